@@ -1,0 +1,16 @@
+"""pdlt: the effective theory of deep neural networks, computable and checked.
+
+The theory of *The Principles of Deep Learning Theory* (Roberts & Yaida, with
+Hanin; arXiv:2106.10165) as functions, each checked against ensembles of real
+networks (``pdlt.experiment``, which needs PyTorch). Conventions:
+``shared/NOTATION.md``.
+"""
+
+from .activations import Activation, ActivationError, activation, available_activations
+from .network import MLP
+from .theory.kernel import flow
+
+__version__ = "0.1.0"
+
+__all__ = ["Activation", "ActivationError", "activation", "available_activations", "MLP", "flow",
+           "__version__"]
