@@ -1,0 +1,1 @@
+"""Subcommands of the ``pdlt`` CLI, one module each (see ``pdlt.cli``)."""

@@ -1,0 +1,33 @@
+"""``pdlt flow``: single-input statistics at every layer."""
+
+from __future__ import annotations
+
+from .common import add_mlp_arguments, build_mlp, format_table, print_json
+
+
+def register(sub):
+    p = sub.add_parser("flow", help="single-input kernel, NTK and susceptibilities at every layer",
+                       description="Single-input infinite-width statistics at every layer.")
+    add_mlp_arguments(p)
+    p.add_argument("--K1", type=float, default=1.0,
+                   help="first-layer kernel value K^(1) (default 1); fixes |x|^2/n0 = (K1-C_b)/C_W")
+    p.add_argument("--critical", action="store_true",
+                   help="use the critical (C_b, C_W) of the activation")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run)
+
+
+def run(args):
+    from ..theory.kernel import flow
+
+    mlp = build_mlp(args, critical=args.critical)
+    result = flow(mlp, K1=args.K1)
+    d = result.to_dict()
+    if args.json:
+        print_json(d)
+        return 0
+    keys = [k for k in d["layers"][0] if k != "layer"]
+    rows = [[s["layer"], *[s[k] for k in keys]] for s in d["layers"]]
+    print(f"{mlp!r}, K1={args.K1:g}")
+    print(format_table(["layer", *keys], rows))
+    return 0

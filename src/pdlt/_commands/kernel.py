@@ -1,0 +1,50 @@
+"""``pdlt kernel``: kernel and NTK matrices for a set of inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .common import add_mlp_arguments, build_mlp, print_json
+
+
+def register(sub):
+    p = sub.add_parser("kernel", help="K and Theta at every layer for inputs in a .npy file",
+                       description="Infinite-width kernel K and NTK Theta (N x N) at every layer.")
+    add_mlp_arguments(p)
+    p.add_argument("--inputs", required=True, help=".npy file with inputs of shape (N, n0)")
+    p.add_argument("--critical", action="store_true",
+                   help="use the critical (C_b, C_W) of the activation")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run)
+
+
+def load_inputs(path):
+    try:
+        x = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--inputs: no such file {path!r}") from None
+    except ValueError as exc:
+        raise ValueError(f"--inputs: {path!r} is not a readable .npy array ({exc})") from None
+    x = np.asarray(x, dtype=float)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise ValueError(f"--inputs must hold an array of shape (N, n0); got shape {x.shape}")
+    return x
+
+
+def run(args):
+    from ..theory.kernel import flow
+
+    x = load_inputs(args.inputs)
+    mlp = build_mlp(args, n0=x.shape[1], critical=args.critical)
+    result = flow(mlp, x)
+    if args.json:
+        print_json({"layers": [{"layer": s.layer, "K": s.K, "Theta": s.Theta, **s.extra}
+                               for s in result]})
+        return 0
+    np.set_printoptions(precision=6, suppress=False, linewidth=120)
+    print(f"{mlp!r}, N={x.shape[0]} inputs")
+    for s in result:
+        print(f"\nlayer {s.layer}\nK =\n{s.K}\nTheta =\n{s.Theta}")
+    return 0
