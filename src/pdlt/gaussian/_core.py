@@ -151,7 +151,7 @@ def _rule(centers, widths, step=None):
     levels = np.minimum(levels, 30).astype(int)
     L = int(levels.max()) if levels.size else 0
     j = np.arange(L)
-    off = w[:, :, None] / 4.0 * 4.0 ** j  # (B, C, L)
+    off = np.minimum(w, 4.0)[:, :, None] / 4.0 * 4.0 ** j  # (B, C, L)
     off = np.where(j[None, None, :] < levels[:, :, None], np.minimum(off, 1.0), 0.0)
     pts = np.concatenate([centers[:, :, None], centers[:, :, None] + off,
                           centers[:, :, None] - off], axis=2).reshape(B, -1)
@@ -278,6 +278,7 @@ def expect2(f, g, K11, K12, K22, *, kinks_f=(), kinks_g=()):
 
 
 def _check_psd2(K11, K12, K22, where=""):
+    K11, K12, K22 = (np.ravel(k) for k in np.broadcast_arrays(K11, K12, K22))
     if np.any(K11 < 0) or np.any(K22 < 0):
         raise KernelNotPSDError(f"negative variance in a 2x2 covariance{where}")
     excess = K12 * K12 - K11 * K22
