@@ -1,0 +1,69 @@
+"""End-to-end tests of the `pdlt kernel` and `pdlt flow` commands."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pdlt.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_flow_json_shape_and_values(capsys):
+    code, out, err = run_cli(capsys, "flow", "--activation", "relu", "--depth", "4",
+                             "--width", "50", "--C-W", "2", "--K1", "1.5", "--json")
+    assert code == 0 and err == ""
+    d = json.loads(out)
+    assert [s["layer"] for s in d["layers"]] == [1, 2, 3, 4]
+    for s in d["layers"]:
+        assert set(s) >= {"layer", "K", "Theta", "chi_parallel", "chi_perp"}
+        assert s["K"] == pytest.approx(1.5)
+    # Theta^(1) = lambda_b + lambda_W G0 with G0 = (K1 - C_b)/C_W
+    assert d["layers"][0]["Theta"] == pytest.approx(1 + 0.75)
+
+
+def test_flow_human_table(capsys):
+    code, out, err = run_cli(capsys, "flow", "--activation", "tanh", "--depth", "3")
+    assert code == 0 and err == ""
+    assert "chi_parallel" in out and "layer" in out and len(out.splitlines()) == 6
+
+
+def test_kernel_json(tmp_path, capsys):
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    code, out, err = run_cli(capsys, "kernel", "--activation", "tanh", "--depth", "3",
+                             "--C-b", "0", "--C-W", "1", "--inputs", str(path), "--json")
+    assert code == 0 and err == ""
+    d = json.loads(out)
+    assert len(d["layers"]) == 3
+    K1 = np.array(d["layers"][0]["K"])
+    np.testing.assert_allclose(K1, x @ x.T / 4, rtol=1e-14)
+    assert np.array(d["layers"][2]["Theta"]).shape == (3, 3)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["kernel", "--depth", "2", "--inputs", "/no/such.npy"], "no such file"),
+    (["flow", "--depth", "0"], "depth must be a positive integer"),
+    (["flow", "--depth", "3", "--activation", "nope"], "unknown activation"),
+    (["flow", "--depth", "3", "--C-W", "-1"], "C_W must be > 0"),
+])
+def test_cli_errors_are_clear(capsys, argv, match):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and match in err and "Traceback" not in err
+
+
+def test_help_does_not_import_torch_or_matplotlib():
+    code = ("import sys; from pdlt.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, "
+            "[m for m in sys.modules if m.startswith(('torch', 'matplotlib'))]")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
