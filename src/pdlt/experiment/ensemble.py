@@ -1,0 +1,480 @@
+r"""Ensembles of real finite-width MLPs, batched over the network axis.
+
+:class:`Ensemble` draws M independent networks initialized as
+``shared/NOTATION.md`` says (``b ~ N(0, C_b)``, ``W ~ N(0, C_W / n_{l-1})``),
+runs them in chunks that fit a memory budget (weights (B, n_l, n_{l-1}), one
+batched matmul per layer), and measures the statistics of NOTATION.md with
+standard errors (:mod:`pdlt.experiment.estimators`).
+
+Reproducibility
+---------------
+Randomness is drawn per *block* of networks: block k holds networks
+``k*b .. (k+1)*b - 1`` with a block size ``b`` that depends on the MLP only
+(:attr:`Ensemble.block_size`), and its parameters come from a CPU
+``torch.Generator`` in float64 seeded by ``numpy.random.SeedSequence(seed,
+spawn_key=(k,))``, then are cast and moved to ``dtype``/``device``. So network
+m has the same parameters whatever the chunk size, the memory budget, the
+ensemble size M, and the device; the networks of a smaller ensemble are the
+first networks of a larger one with the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+
+import numpy as np
+import torch
+
+from ..network import MLP, validate_inputs
+from . import ntk as _ntk
+from .activations import torch_activation
+from .estimators import STATISTICS, SUFFICIENT, GroupSums, estimate_statistic
+from .results import LayerMeasurement, Measurement
+
+__all__ = ["Ensemble", "DEFAULT_MEMORY_BUDGET"]
+
+#: default working-memory budget per chunk, bytes (1 GiB)
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+_NTK_STATS = {"Theta", "A", "B", "D", "F"}
+_DERIV_STATS = {"P", "Q", "R", "S", "T", "U"}
+_PAIR_STATS = {"V_pair", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U"}
+
+
+class Ensemble:
+    """M independent randomly initialized copies of an MLP.
+
+    Parameters
+    ----------
+    mlp : pdlt.MLP
+    networks : int, default 1000
+        Number of networks M.
+    seed : int, default 0
+        Seed of the whole ensemble (see the module docstring).
+    dtype : torch.dtype, default torch.float64
+        float64 or float32. Parameters are always drawn in float64 and cast.
+    device : str or torch.device, default "cpu"
+        ``"cuda"`` (or ``"cuda:1"``) runs on a GPU; an error says so if CUDA
+        is not available.
+    memory_budget : int, default 1 GiB
+        Bytes of working memory per chunk of networks (weights, activations,
+        NTKs, estimator temporaries, by a conservative count).
+    chunk_size : int, optional
+        Force the number of networks per chunk (overrides the budget).
+
+    Examples
+    --------
+    >>> import pdlt
+    >>> from pdlt.experiment import Ensemble
+    >>> mlp = pdlt.MLP(n0=2, width=32, depth=3, activation="relu", C_W=2.0)
+    >>> m = Ensemble(mlp, networks=500, seed=0).measure(K1=1.0, stats=["K", "Theta"])
+    >>> m["K"].mean.shape
+    (3,)
+    """
+
+    def __init__(self, mlp, networks=1000, seed=0, dtype=torch.float64, device="cpu",
+                 memory_budget=DEFAULT_MEMORY_BUDGET, chunk_size=None):
+        if not isinstance(mlp, MLP):
+            raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+        if int(networks) != networks or networks < 1:
+            raise ValueError(f"networks must be a positive integer; got {networks!r}")
+        if int(seed) != seed or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+        if dtype not in (torch.float64, torch.float32):
+            raise ValueError(f"dtype must be torch.float64 or torch.float32; got {dtype}")
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} asked for CUDA but torch.cuda.is_available() is "
+                             "False; use device='cpu'")
+        if not memory_budget or memory_budget <= 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes; got {memory_budget!r}")
+        if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size!r}")
+        self.mlp = mlp
+        self.networks = int(networks)
+        self.seed = int(seed)
+        self.dtype = dtype
+        self.device = dev
+        self.memory_budget = int(memory_budget)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self._tact = torch_activation(mlp.activation)
+
+    def __repr__(self):
+        return (f"Ensemble({self.mlp!r}, networks={self.networks}, seed={self.seed}, "
+                f"dtype={self.dtype}, device={str(self.device)!r})")
+
+    # ------------------------------------------------------------------
+    # parameters
+    # ------------------------------------------------------------------
+
+    @property
+    def n_parameters(self) -> int:
+        """Parameters per network."""
+        w = self.mlp.widths
+        return sum(w[l] * w[l + 1] + w[l + 1] for l in range(len(w) - 1))
+
+    @property
+    def block_size(self) -> int:
+        """Networks per random block: ``clip(2**22 // n_parameters, 1, 256)`` (MLP only)."""
+        return int(min(256, max(1, (1 << 22) // self.n_parameters)))
+
+    def _draw_block(self, k):
+        mlp = self.mlp
+        b = self.block_size
+        state = np.random.SeedSequence(self.seed, spawn_key=(k,)).generate_state(1, np.uint64)[0]
+        g = torch.Generator(device="cpu")
+        g.manual_seed(int(state))
+        Ws, bs = [], []
+        for l in range(mlp.depth):
+            n_in, n_out = mlp.widths[l], mlp.widths[l + 1]
+            W = torch.randn((b, n_out, n_in), generator=g, dtype=torch.float64)
+            W.mul_(math.sqrt(mlp.C_W[l] / n_in))
+            bias = torch.randn((b, n_out), generator=g, dtype=torch.float64)
+            bias.mul_(math.sqrt(mlp.C_b[l]))
+            Ws.append(W)
+            bs.append(bias)
+        return Ws, bs
+
+    def parameters(self, start=0, stop=None):
+        """Weights and biases of networks ``start .. stop-1``.
+
+        Returns
+        -------
+        weights : list of tensors (stop-start, n_l, n_{l-1}), l = 1..L
+        biases : list of tensors (stop-start, n_l)
+        """
+        stop = self.networks if stop is None else stop
+        if not 0 <= start < stop <= self.networks:
+            raise ValueError(f"need 0 <= start < stop <= networks={self.networks}; got "
+                             f"start={start}, stop={stop}")
+        b = self.block_size
+        Ws = [[] for _ in range(self.mlp.depth)]
+        bs = [[] for _ in range(self.mlp.depth)]
+        for k in range(start // b, (stop - 1) // b + 1):
+            lo, hi = max(start, k * b) - k * b, min(stop, (k + 1) * b) - k * b
+            W_k, b_k = self._draw_block(k)
+            for l in range(self.mlp.depth):
+                Ws[l].append(W_k[l][lo:hi])
+                bs[l].append(b_k[l][lo:hi])
+        conv = dict(dtype=self.dtype, device=self.device)
+        return ([torch.cat(w).to(**conv) for w in Ws], [torch.cat(v).to(**conv) for v in bs])
+
+    # ------------------------------------------------------------------
+    # inputs and per-network quantities
+    # ------------------------------------------------------------------
+
+    def single_input(self, K1: float) -> np.ndarray:
+        """An input ``x`` (1, n0) with ``C_b + C_W |x|^2 / n0 = K1`` (first-layer kernel)."""
+        K1 = float(K1)
+        G0 = (K1 - self.mlp.C_b[0]) / self.mlp.C_W[0]
+        if not math.isfinite(K1) or G0 < 0:
+            raise ValueError(f"K1={K1} must be finite and >= C_b of the first layer "
+                             f"({self.mlp.C_b[0]}), since |x|^2/n0 = (K1 - C_b)/C_W >= 0")
+        return np.full((1, self.mlp.n0), math.sqrt(G0))
+
+    def _inputs(self, x):
+        x = validate_inputs(x, self.mlp.n0)
+        return torch.as_tensor(x, dtype=self.dtype, device=self.device)
+
+    def preactivations(self, x, start=0, stop=None):
+        """Preactivations of networks ``start..stop-1``: list of (m, n_l, N), l = 1..L."""
+        Ws, bs = self.parameters(start, stop)
+        return _ntk.preactivations(Ws, bs, self._inputs(x), self.mlp.activation)
+
+    def ntk(self, x, start=0, stop=None):
+        """NTK by the forward equation: list of (m, n_l, n_l, N, N), l = 1..L."""
+        Ws, bs = self.parameters(start, stop)
+        return _ntk.ntk_forward(Ws, bs, self._inputs(x), self.mlp)
+
+    # ------------------------------------------------------------------
+    # measurement
+    # ------------------------------------------------------------------
+
+    def _bytes_per_network(self, N, need_ntk, need_4pt):
+        w = self.mlp.widths
+        item = torch.finfo(self.dtype).bits // 8
+        nmax = max(w[1:])
+        count = 2 * self.n_parameters + 6 * sum(w[1:]) * N
+        if need_ntk:
+            count += 5 * nmax * nmax * N * N + 2 * nmax * N ** 3
+        if need_4pt:
+            count += 4 * N ** 4 + 2 * nmax * N ** 2
+        return item * count
+
+    def _deriv_bytes_per_network(self, N, layer):
+        p = self.mlp.widths[layer] * N
+        P = sum(self.mlp.widths[l] * self.mlp.widths[l + 1] + self.mlp.widths[l + 1]
+                for l in range(layer))
+        return 8 * 4 * (p ** 3 * P + p ** 2 * P)
+
+    def measure(self, x=None, stats=("K", "Theta"), layers=None, *, K1=None, K_theory=None,
+                progress=None) -> Measurement:
+        """Measure statistics of ``shared/NOTATION.md`` with standard errors.
+
+        Parameters
+        ----------
+        x : array_like (N, n0), optional
+            Inputs. Give exactly one of ``x`` and ``K1``.
+        stats : sequence of str
+            Names from NOTATION.md: ``K, G1, V, Theta, A, B, D, F, P, Q, R,
+            S, T, U``, plus ``V_pair`` and ``V_same`` (the two V estimators;
+            asking for ``V`` returns all three).
+        layers : sequence of int, optional
+            Layers to measure (1-based); default all.
+        K1 : float, optional
+            Single input with first-layer kernel ``K1`` (:meth:`single_input`);
+            every statistic is then returned as a scalar, like
+            ``pdlt.flow(mlp, K1=...)``.
+        K_theory : array_like, optional
+            Infinite-width kernel at every layer, shape (L,) or (L, N, N), or
+            a ``pdlt.theory.Flow``; needed for ``G1``.
+        progress : bool, optional
+            tqdm progress bar on stderr; default: shown when a run lasts
+            more than 2 s.
+
+        Returns
+        -------
+        Measurement
+            ``result["K"]`` is an :class:`Estimate` with mean and stderr of
+            shape (L', N, N) (or (L',) for ``K1``); ``result.layer(l)["V"]``
+            the estimate at one layer. Shapes per layer: ``K, G1, Theta``
+            (N, N); ``V, A, B, D, F, P, Q, R, S, T, U`` (N, N, N, N).
+
+        Notes
+        -----
+        Statistics whose estimator needs two different neurons (``V_pair,
+        A, B, D, F, P, Q, R, S, T, U``) are NaN at a layer of width 1 (the
+        usual output layer); ``V`` there falls back to ``V_same`` for one
+        input. ``V`` is ``V_pair`` for several inputs (``V_same`` only
+        gives the pairing-symmetrized vertex) and, for one input, whichever
+        of ``V_pair``, ``V_same`` has the smaller standard error.
+        ``P .. U`` use autodiff (cost grows like ``(n_l N)^3`` per network;
+        see :mod:`pdlt.experiment.ntk`).
+        """
+        mlp = self.mlp
+        if (x is None) == (K1 is None):
+            raise ValueError("give exactly one of x (inputs, shape (N, n0)) and K1 (single input)")
+        xs = self.single_input(K1) if K1 is not None else x
+        xt = self._inputs(xs)
+        N = xt.shape[0]
+        if isinstance(stats, str):
+            stats = [s.strip() for s in stats.split(",") if s.strip()]
+        stats = list(dict.fromkeys(stats))
+        for s in stats:
+            if s not in STATISTICS:
+                raise ValueError(f"unknown statistic {s!r} in stats; choose from "
+                                 f"{', '.join(STATISTICS)}")
+        if layers is None:
+            layers = list(range(1, mlp.depth + 1))
+        layers = sorted(set(int(l) for l in layers))
+        if not layers or layers[0] < 1 or layers[-1] > mlp.depth:
+            raise ValueError(f"layers must lie in 1..{mlp.depth}; got {layers}")
+        Kt = None
+        if "G1" in stats:
+            if K_theory is None:
+                raise ValueError("G1 = n (E[zz] - K) needs the infinite-width kernel: pass "
+                                 "K_theory=pdlt.flow(mlp, x).K (or the Flow itself)")
+            Kt = np.asarray(K_theory.K if hasattr(K_theory, "K") else K_theory, dtype=float)
+            if Kt.shape[0] != mlp.depth:
+                raise ValueError(f"K_theory must hold one kernel per layer ({mlp.depth}); got "
+                                 f"shape {Kt.shape}")
+            Kt = Kt.reshape(mlp.depth, N, N)
+        expanded = []
+        for s in stats:
+            expanded += ["V_pair", "V_same"] if s == "V" else [s]
+        base = list(dict.fromkeys(expanded))
+        need = set()
+        for s in base:
+            need.update(SUFFICIENT[s])
+        need_ntk = bool(set(base) & _NTK_STATS)
+        need_deriv = [s for s in base if s in _DERIV_STATS]
+        need_4pt = bool(need & {"zzzz_pair", "zzzz_same", "HH_A", "HH_B", "Hzz_D", "Hzz_F"})
+        upto = layers[-1]
+
+        M = self.networks
+        per_net = self._bytes_per_network(N, need_ntk, need_4pt)
+        chunk = self.chunk_size or int(max(1, min(M, self.memory_budget // per_net)))
+        if self.chunk_size is None and chunk >= self.block_size and chunk < M:
+            chunk -= chunk % self.block_size  # whole random blocks: each drawn once
+        sums = {l: GroupSums(M) for l in layers}
+        bar = _progress(M, progress)
+        try:
+            for start in range(0, M, chunk):
+                stop = min(M, start + chunk)
+                Ws, bs = self.parameters(start, stop)
+                for l, z, H in _ntk._forward(Ws, bs, xt, self._tact, upto, ntk=need_ntk, mlp=mlp):
+                    if l in sums:
+                        for name, val in _sufficient(z, H, need).items():
+                            sums[l].add(name, val, start)
+                if need_deriv:
+                    for l in layers:
+                        if mlp.widths[l] < 2:
+                            continue
+                        sub = int(max(1, min(chunk, self.memory_budget
+                                             // self._deriv_bytes_per_network(N, l))))
+                        for s0 in range(0, stop - start, sub):
+                            s1 = min(stop - start, s0 + sub)
+                            sl = [w[s0:s1] for w in Ws], [b[s0:s1] for b in bs]
+                            zl = _ntk.preactivations(sl[0], sl[1], xt, mlp.activation, l)[-1]
+                            for name, val in _deriv_sufficient(sl[0], sl[1], xt, mlp, l, zl,
+                                                               need_deriv).items():
+                                sums[l].add(name, val, start + s0)
+                if bar is not None:
+                    bar.update(stop - start)
+        finally:
+            if bar is not None:
+                bar.close()
+
+        out = []
+        for l in layers:
+            n_prev = mlp.widths[l - 1]
+            ests = {}
+            for s in base:
+                if s in _PAIR_STATS and mlp.widths[l] < 2:
+                    shape = (N,) * 4
+                    ests[s] = _nan_estimate(shape, M)
+                    continue
+                ests[s] = estimate_statistic(s, sums[l], n_prev,
+                                             None if Kt is None else Kt[l - 1])
+            if "V" in stats:
+                ests["V"] = _choose_V(ests["V_pair"], ests["V_same"], N, mlp.widths[l])
+            ordered = {}
+            for s in stats:
+                ordered[s] = ests[s]
+                if s == "V":
+                    ordered["V_pair"], ordered["V_same"] = ests["V_pair"], ests["V_same"]
+            for s in base:
+                ordered.setdefault(s, ests[s])
+            if K1 is not None:
+                ordered = {k: _squeeze(v) for k, v in ordered.items()}
+            out.append(LayerMeasurement(l, ordered))
+        return Measurement(out, mlp=mlp, n_networks=M, seed=self.seed)
+
+
+# ----------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------
+
+def _progress(total, progress):
+    if progress is False:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in the torch extra
+        return None
+    return tqdm(total=total, unit="net", desc="networks", file=sys.stderr,
+                delay=0 if progress else 2.0, leave=False)
+
+
+def _nan_estimate(shape, M):
+    from .estimators import Estimate
+    return Estimate(np.full(shape, np.nan), np.full(shape, np.nan), M)
+
+
+def _squeeze(est):
+    from .estimators import Estimate
+    m = np.asarray(est.mean)
+    return Estimate(float(m.reshape(-1)[0]) if m.size == 1 else m,
+                    float(np.asarray(est.stderr).reshape(-1)[0]) if m.size == 1 else est.stderr,
+                    est.n_networks)
+
+
+def _choose_V(pair, same, N, width):
+    if width < 2:
+        if N == 1:
+            return same
+        warnings.warn("V at a layer of width 1 with several inputs cannot be separated from "
+                      "its pairing-symmetrized form; V is NaN there (see V_same)", stacklevel=3)
+        return pair
+    if N > 1:
+        return pair
+    return pair if float(np.max(pair.stderr)) <= float(np.max(same.stderr)) else same
+
+
+def _np(t):
+    return t.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+def _sufficient(z, H, need):
+    """Per-network neuron averages (sufficient statistics) at one layer.
+
+    z : (B, n, N); H : (B, N, N, n, n) internal NTK layout or None.
+    Returns a dict name -> ndarray (B, ...).
+    """
+    B, n, N = z.shape
+    out = {}
+    q = z[:, :, :, None] * z[:, :, None, :]  # (B, n, N, N): z_{i;a} z_{i;b}
+    if "zz" in need:
+        out["zz"] = _np(q.mean(1))
+    if need & {"zzzz_same", "zzzz_pair"}:
+        qq = torch.einsum("Biab,Bicd->Babcd", q, q)  # sum_i q_i (x) q_i
+        if "zzzz_same" in need:
+            out["zzzz_same"] = _np(qq / n)
+        if "zzzz_pair" in need and n >= 2:
+            Sq = q.sum(1)
+            out["zzzz_pair"] = _np((Sq[:, :, :, None, None] * Sq[:, None, None] - qq) / (n * (n - 1)))
+    if H is None:
+        return out
+    hd = H.diagonal(dim1=-2, dim2=-1)  # (B, N, N, n): H_{ii;ab}
+    if "Hd" in need:
+        out["Hd"] = _np(hd.mean(-1))
+    if n < 2:
+        return out
+    norm = n * (n - 1)
+    if "HH_A" in need:
+        Sh = hd.sum(-1)
+        out["HH_A"] = _np((Sh[:, :, :, None, None] * Sh[:, None, None]
+                           - torch.einsum("Babi,Bcdi->Babcd", hd, hd)) / norm)
+    if "HH_B" in need:
+        # B[a,b,c,d] = mean_{i!=j} H_{ij;ac} H_{ij;bd}
+        Hf = H.reshape(B, N * N, n * n)
+        full = torch.bmm(Hf, Hf.transpose(1, 2)).reshape(B, N, N, N, N).permute(0, 1, 3, 2, 4)
+        diag = torch.einsum("Baci,Bbdi->Babcd", hd, hd)
+        out["HH_B"] = _np((full - diag) / norm)
+    if "Hzz_D" in need:
+        Sh, Sq = hd.sum(-1), q.sum(1)
+        out["Hzz_D"] = _np((Sh[:, :, :, None, None] * Sq[:, None, None]
+                            - torch.einsum("Babi,Bicd->Babcd", hd, q)) / norm)
+    if "Hzz_F" in need:
+        # F[a,b,c,d] = mean_{i!=j} H_{ij;ac} z_{i;b} z_{j;d}
+        Y = torch.matmul(H, z[:, None, None])  # (B, N(a), N(c), n(i), N(d))
+        full = torch.einsum("Bacid,Bib->Babcd", Y, z)
+        diag = torch.einsum("Baci,Bibd->Babcd", hd, q)
+        out["Hzz_F"] = _np((full - diag) / norm)
+    return out
+
+
+def _pair_mean(t, pattern):
+    """mean over i != j of a tensor (B, n, n, n, n, ...) with neuron pattern 'iijj' etc."""
+    n = t.shape[1]
+    rest = "abcd"[: t.dim() - 5]
+    full = torch.einsum(f"B{pattern}{rest}->B{rest}", t)
+    same = torch.einsum(f"Biiii{rest}->B{rest}", t)
+    return (full - same) / (n * (n - 1))
+
+
+def _deriv_sufficient(Ws, bs, x, mlp, layer, z, need):
+    """Sufficient statistics of P, Q (dNTK) and R, S, T, U (ddNTKs) by autodiff."""
+    out = {}
+    n = z.shape[1]
+    norm = n * (n - 1)
+    if {"P", "Q"} & set(need):
+        dH = _ntk.dntk_autodiff(Ws, bs, x, mlp, layer)  # (B, i0, i1, i2, a0, a1, a2)
+        if "P" in need:  # dH_{i j j} z_{i}
+            full = torch.einsum("Bijjabc,Bid->Babcd", dH, z)
+            same = torch.einsum("Biiiabc,Bid->Babcd", dH, z)
+            out["dHz_P"] = _np((full - same) / norm)
+        if "Q" in need:  # dH_{i i j} z_{j}
+            full = torch.einsum("Biijabc,Bjd->Babcd", dH, z)
+            same = torch.einsum("Biiiabc,Bid->Babcd", dH, z)
+            out["dHz_Q"] = _np((full - same) / norm)
+    if {"R", "S", "T", "U"} & set(need):
+        ddI, ddII = _ntk.ddntk_autodiff(Ws, bs, x, mlp, layer)
+        if "R" in need:
+            out["ddI_R"] = _np(_pair_mean(ddI, "iijj"))
+        for name, pat in (("S", "iijj"), ("T", "ijij"), ("U", "ijji")):
+            if name in need:
+                out["ddII_" + name] = _np(_pair_mean(ddII, pat))
+    return out

@@ -1,0 +1,274 @@
+r"""Estimators with standard errors for the statistics of ``shared/NOTATION.md``.
+
+numpy only: the ensemble engine (:mod:`pdlt.experiment.ensemble`) reduces
+each network to a few *sufficient statistics* (neuron averages such as
+``mean_i z_{i;a} z_{i;b}``), and this module turns their sums into estimates.
+
+How the error bars are made
+---------------------------
+Networks are independent; neurons inside one network are not. So every
+sufficient statistic is first averaged over the neurons (or neuron pairs with
+the index pattern the statistic needs) *inside* each network, and the
+networks are then the independent samples. The M networks are split into
+``G = min(M, 100)`` contiguous groups by network index (so the groups, and
+hence the numbers, do not depend on how the work was chunked). Every
+estimate is a smooth function ``f`` of the ensemble means of the sufficient
+statistics, and is reported with the delete-one-group jackknife:
+
+.. math::
+    \hat f = G f(\bar s) - (G-1)\,\overline{f(\bar s_{(-g)})},\qquad
+    \mathrm{se}^2 = \frac{G-1}{G}\sum_g \big(f(\bar s_{(-g)}) - \overline{f(\bar s_{(-g)})}\big)^2.
+
+For ``f`` linear in the means this is the plain mean and its standard error
+over groups. For ``f`` quadratic in the means (every connected correlator
+here: ``E[XY] - E[X]E[Y]``) the bias-corrected jackknife equals the
+U-statistic over groups, which is *exactly* unbiased; so every estimator in
+this module is an exactly unbiased estimator of the finite-width quantity it
+names (``n x`` the connected correlator). What remains is the truncation of
+the 1/n expansion: the measured ``n x (connected correlator)`` equals the
+O(1/n) coefficient (V, A, B, ...) plus O(1/n) corrections, i.e. the
+``O(1/n^2)`` terms of the correlator divided by ``1/n``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Estimate", "GroupSums", "jackknife", "n_groups", "group_of",
+           "STATISTICS", "SUFFICIENT", "estimate_statistic", "mean_estimate"]
+
+#: Statistic names of ``shared/NOTATION.md`` that :func:`estimate_statistic` knows,
+#: plus the two separate V estimators.
+STATISTICS = ("K", "G1", "V", "V_pair", "V_same", "Theta", "A", "B", "D", "F",
+              "P", "Q", "R", "S", "T", "U")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A Monte Carlo estimate with its standard error.
+
+    Attributes
+    ----------
+    mean : float or ndarray
+        The estimate (shape of the statistic: scalar for one input, one axis
+        per input index otherwise).
+    stderr : float or ndarray
+        Its standard error (same shape), from the jackknife over groups of
+        networks.
+    n_networks : int
+        Number of networks it was measured on.
+    """
+
+    mean: np.ndarray | float
+    stderr: np.ndarray | float
+    n_networks: int
+
+    def to_dict(self) -> dict:
+        """``{"mean": ..., "stderr": ...}`` with arrays as nested lists."""
+        def conv(v):
+            v = np.asarray(v)
+            return v.item() if v.ndim == 0 else v.tolist()
+        return {"mean": conv(self.mean), "stderr": conv(self.stderr)}
+
+    def zscore(self, theory) -> np.ndarray:
+        """``(mean - theory) / stderr``, elementwise."""
+        return (np.asarray(self.mean) - np.asarray(theory)) / np.asarray(self.stderr)
+
+
+def n_groups(n_networks: int) -> int:
+    """Number of jackknife groups: ``min(M, 100)``."""
+    return int(min(n_networks, 100))
+
+
+def group_of(index, n_networks: int) -> np.ndarray:
+    """Jackknife group of each network index (contiguous, near-equal groups)."""
+    G = n_groups(n_networks)
+    return (np.asarray(index, dtype=np.int64) * G) // n_networks
+
+
+class GroupSums:
+    """Per-group sums of named sufficient statistics.
+
+    Parameters
+    ----------
+    n_networks : int
+        Total number of networks M (fixes the groups).
+
+    Notes
+    -----
+    :meth:`add` takes per-network values for a contiguous range of network
+    indices; the order of calls does not matter (sums are exact up to
+    floating-point association, which is below 1e-15 relative).
+    """
+
+    def __init__(self, n_networks: int):
+        self.n_networks = int(n_networks)
+        self.G = n_groups(self.n_networks)
+        self.counts = np.bincount(group_of(np.arange(self.n_networks), self.n_networks),
+                                  minlength=self.G).astype(float)
+        self.sums: dict[str, np.ndarray] = {}
+
+    def add(self, name: str, values, start: int) -> None:
+        """Add per-network values of shape (B, ...) for networks ``start..start+B-1``."""
+        values = np.asarray(values, dtype=float)
+        groups = group_of(np.arange(start, start + values.shape[0]), self.n_networks)
+        if name not in self.sums:
+            self.sums[name] = np.zeros((self.G,) + values.shape[1:])
+        np.add.at(self.sums[name], groups, values)
+
+    def __contains__(self, name):
+        return name in self.sums
+
+
+def jackknife(f, sums: GroupSums, names) -> tuple:
+    """Bias-corrected delete-one-group jackknife of ``f(*means)``.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(m1, m2, ...)`` of the ensemble means of the named sufficient
+        statistics; must broadcast over a leading group axis.
+    sums : GroupSums
+    names : sequence of str
+
+    Returns
+    -------
+    mean, stderr : ndarray
+    """
+    G = sums.G
+    tot = [sums.sums[n].sum(axis=0) for n in names]
+    M = sums.counts.sum()
+    full = f(*[t / M for t in tot])
+    if G < 2:
+        return np.asarray(full), np.full(np.shape(full), np.nan)
+    loo = [(t[None] - sums.sums[n]) / (M - sums.counts).reshape((G,) + (1,) * np.ndim(t))
+           for t, n in zip(tot, names)]
+    fg = np.asarray(f(*loo))
+    fbar = fg.mean(axis=0)
+    est = G * np.asarray(full) - (G - 1) * fbar
+    se = np.sqrt((G - 1) / G * ((fg - fbar) ** 2).sum(axis=0))
+    return est, se
+
+
+def mean_estimate(values) -> Estimate:
+    """Estimate of ``E[X]`` from i.i.d. samples of shape (M, ...) (no grouping)."""
+    values = np.asarray(values, dtype=float)
+    M = values.shape[0]
+    se = values.std(axis=0, ddof=1) / np.sqrt(M) if M > 1 else np.full(values.shape[1:], np.nan)
+    return Estimate(values.mean(axis=0), se, M)
+
+
+# ---------------------------------------------------------------------------
+# the statistics as functions of sufficient statistics
+# ---------------------------------------------------------------------------
+
+def _outer(a, b):
+    # a (..., N, N), b (..., N, N) -> (..., N, N, N, N) with [a b c d] = a[a,b] b[c,d]
+    return a[..., :, :, None, None] * b[..., None, None, :, :]
+
+
+def _cumulant4(m4, m2):
+    # E z_a z_b z_c z_d - (K_ab K_cd + K_ac K_bd + K_ad K_bc)
+    return (m4 - _outer(m2, m2) - np.swapaxes(_outer(m2, m2), -3, -2)
+            - np.einsum("...ad,...bc->...abcd", m2, m2))
+
+
+#: sufficient statistics each statistic needs (names produced by the engine)
+SUFFICIENT = {
+    "K": ("zz",),
+    "G1": ("zz",),
+    "V_pair": ("zzzz_pair", "zz"),
+    "V_same": ("zzzz_same", "zz"),
+    "Theta": ("Hd",),
+    "A": ("HH_A", "Hd"),
+    "B": ("HH_B",),
+    "D": ("Hzz_D", "Hd", "zz"),
+    "F": ("Hzz_F",),
+    "P": ("dHz_P",),
+    "Q": ("dHz_Q",),
+    "R": ("ddI_R",),
+    "S": ("ddII_S",),
+    "T": ("ddII_T",),
+    "U": ("ddII_U",),
+}
+
+
+def estimate_statistic(name: str, sums: GroupSums, n: int, K_theory=None) -> Estimate:
+    r"""One statistic of ``shared/NOTATION.md`` from group sums at one layer.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`STATISTICS` except ``"V"`` (the engine picks between
+        ``V_pair`` and ``V_same``).
+    sums : GroupSums
+        Sufficient statistics of the layer (names in :data:`SUFFICIENT`).
+    n : int
+        ``n_{l-1}``, the width feeding the layer (the 1/n of NOTATION.md).
+    K_theory : ndarray (N, N), optional
+        Required for ``G1``.
+
+    Returns
+    -------
+    Estimate
+        Shapes: ``K, G1, Theta`` (N, N); the rest (N, N, N, N), index order
+        as NOTATION.md writes the statistic (``V[a1,a2,a3,a4] =
+        V_{(a1a2)(a3a4)}``, ``B[a1,a2,a3,a4] = B_{(a1a2)(a3a4)}``,
+        ``F[a1,a2,a3,a4] = F_{a1a2a3a4}``, ...).
+
+    Notes
+    -----
+    Definitions (``i != j`` are different neurons of the layer; every
+    estimator averages over all ordered neuron pairs inside each network):
+
+    * ``K = E[z_i z_i]`` -- the metric; it differs from the infinite-width
+      kernel by ``G1/n + O(1/n^2)``.
+    * ``G1 = n (E[z_i z_i] - K_theory)``; bias ``O(1/n)`` (the 1/n^2 term of
+      the metric times n).
+    * ``V_pair = n Cov(z_i z_i, z_j z_j)``, ``V_same = n kappa_4 / 3`` with
+      ``kappa_4`` the same-neuron fourth cumulant, symmetrized over the three
+      pairings (``V_same`` equals V for one input; for several inputs it is
+      ``(V_(12)(34) + V_(13)(24) + V_(14)(23)) / 3``).
+    * ``Theta = E[H_ii]``; ``A = n Cov(H_ii, H_jj)``;
+      ``B_{(a1a3)(a2a4)} = n E[H_{ij;a1a2} H_{ij;a3a4}]``.
+    * ``D_{a1a2a3a4} = n Cov(H_{ii;a1a2}, z_{j;a3} z_{j;a4})``;
+      ``F_{a1a3a2a4} = n E[H_{ij;a1a2} z_{i;a3} z_{j;a4}]``.
+    * ``P_{a0a1a2a3} = n E[dH_{ijj;a0a1a2} z_{i;a3}]``;
+      ``Q_{a0a1a2a3} = n E[dH_{iij;a0a1a2} z_{j;a3}]`` (averaged with the
+      mirror pattern ``dH_{iji;a0a2a1} z_{j;a3}``).
+    * ``R = n E[ddIH_{iijj}]``; ``S, T, U = n E[ddIIH_{iijj}], n E[ddIIH_{ijij}],
+      n E[ddIIH_{ijji}]``.
+
+    Means of off-diagonal ``H_ij``, of ``dH`` and ``z`` vanish exactly (sign
+    flips of a row of the last weight matrix), so B, F, P, Q need no
+    subtraction. Each is an unbiased estimator of ``n x`` its finite-width
+    correlator, which is the statistic plus ``O(1/n)``.
+    """
+    if name == "K":
+        return Estimate(*jackknife(lambda m: m, sums, ["zz"]), sums.n_networks)
+    if name == "G1":
+        if K_theory is None:
+            raise ValueError("G1 needs the infinite-width kernel: pass K_theory (e.g. "
+                             "pdlt.flow(mlp, x).K) to measure(..., K_theory=...)")
+        Kt = np.asarray(K_theory, dtype=float)
+        return Estimate(*jackknife(lambda m: n * (m - Kt), sums, ["zz"]), sums.n_networks)
+    if name == "V_pair":
+        return Estimate(*jackknife(lambda m4, m2: n * (m4 - _outer(m2, m2)), sums,
+                                   ["zzzz_pair", "zz"]), sums.n_networks)
+    if name == "V_same":
+        return Estimate(*jackknife(lambda m4, m2: n * _cumulant4(m4, m2) / 3.0, sums,
+                                   ["zzzz_same", "zz"]), sums.n_networks)
+    if name == "Theta":
+        return Estimate(*jackknife(lambda h: h, sums, ["Hd"]), sums.n_networks)
+    if name == "A":
+        return Estimate(*jackknife(lambda hh, h: n * (hh - _outer(h, h)), sums, ["HH_A", "Hd"]),
+                        sums.n_networks)
+    if name == "D":
+        return Estimate(*jackknife(lambda hzz, h, m2: n * (hzz - _outer(h, m2)), sums,
+                                   ["Hzz_D", "Hd", "zz"]), sums.n_networks)
+    if name in ("B", "F", "P", "Q", "R", "S", "T", "U"):
+        key = SUFFICIENT[name][0]
+        return Estimate(*jackknife(lambda m: n * m, sums, [key]), sums.n_networks)
+    raise ValueError(f"unknown statistic {name!r}; choose from {', '.join(STATISTICS)}")

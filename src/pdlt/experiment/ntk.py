@@ -1,0 +1,268 @@
+r"""Preactivations, the NTK by its forward equation, and autodiff NTK/dNTK/ddNTKs.
+
+Parameters of M networks are stored batched over the network axis:
+``weights[l-1]`` has shape (M, n_l, n_{l-1}) and ``biases[l-1]`` (M, n_l)
+for layer l = 1..L. Inputs ``x`` have shape (N, n0). Index order of every
+returned tensor: the network axis, then neuron indices in the order
+``shared/NOTATION.md`` writes them, then input indices in the same order:
+``H[m, i1, i2, a1, a2] = H_{i1 i2; a1 a2}``,
+``dH[m, i0, i1, i2, a0, a1, a2]``, ``ddI[m, i0, i1, i2, i3, a0, a1, a2, a3]``.
+
+Forward equation of the NTK (book eq. 8.12; eq. numbers to be checked)
+----------------------------------------------------------------------
+With ``sigma_{j;a} = sigma(z^(l)_{j;a})`` and the hyperparameters of layer l+1,
+
+.. math::
+    H^{(l+1)}_{i_1 i_2; a_1 a_2} = \delta_{i_1 i_2}\Big[\lambda_b
+        + \frac{\lambda_W}{n_l}\sum_j \sigma_{j;a_1}\sigma_{j;a_2}\Big]
+        + \sum_{j_1 j_2} W_{i_1 j_1} W_{i_2 j_2}\,
+          \sigma'_{j_1;a_1}\sigma'_{j_2;a_2}\, H^{(l)}_{j_1 j_2; a_1 a_2},
+
+starting from ``H^(1) = delta_{i1 i2} [lambda_b + lambda_W x_a . x_b / n_0]``.
+It needs no Jacobian: per layer two batched matmuls of size
+(n_{l+1} x n_l x n_l) per input pair. It agrees with the autodiff NTK
+(:func:`ntk_autodiff`, ``J Lambda J^T``) to ~1e-13 relative in float64
+(``tests/experiment/test_ntk.py`` checks 1e-10).
+
+Derivatives by torch.func
+-------------------------
+In rescaled coordinates ``phi_mu = theta_mu / sqrt(lambda_mu)`` the
+learning rates disappear: ``H = J J^T``, ``dH_{i0i1i2} = D^2 z_{i0}[J_{i1},
+J_{i2}]``, ``ddIH_{i0i1i2i3} = D^3 z_{i0}[J_{i1}, J_{i2}, J_{i3}]`` and
+``ddIIH_{i0i1i2i3} = (Hess z_{i0} J_{i2}) . (Hess z_{i1} J_{i3})``, with
+``J_i = d z_i / d phi`` (book ch. 11 and "The End of Training"; definitions
+of NOTATION.md). They are computed per network by forward-over-reverse
+(``jvp`` of ``jacrev``) and vectorized over networks with ``vmap``. Cost:
+with ``p = n_l N`` outputs and ``P`` parameters, the dNTK needs ``p``
+forward-over-reverse passes and memory ``p^2 P`` per network; the ddNTKs
+``p^2`` third-order passes and memory ``p^3 P``. They are meant for
+widths up to a few tens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.func import jacrev, jvp, vmap
+
+__all__ = ["preactivations", "ntk_forward", "ntk_autodiff", "dntk_autodiff", "ddntk_autodiff",
+           "network_function"]
+
+
+# ---------------------------------------------------------------------------
+# forward pass and NTK forward equation (internal layout H[m, a1, a2, i1, i2])
+# ---------------------------------------------------------------------------
+
+def _first_layer_ntk(x, mlp, B, n1, dtype, device):
+    N = x.shape[0]
+    theta1 = mlp.lambda_b[0] + mlp.lambda_W[0] / mlp.widths[0] * (x @ x.T)  # (N, N)
+    eye = torch.eye(n1, dtype=dtype, device=device)
+    return (theta1[:, :, None, None] * eye).expand(B, N, N, n1, n1)
+
+
+def _ntk_step(H, sp, sig, W, lb, lW):
+    """One step of the NTK forward equation, internal layout.
+
+    H : (B, N, N, n, n); sp, sig : (B, n, N) sigma'(z), sigma(z); W : (B, n', n).
+    Returns (B, N, N, n', n').
+    """
+    B, N, _, n, _ = H.shape
+    n_out = W.shape[1]
+    s = sp.transpose(1, 2)  # (B, N, n)
+    Mx = s[:, :, None, :, None] * H * s[:, None, :, None, :]  # sigma'_a1 H_a1a2 sigma'_a2
+    # Y[a1, a2] = Mx[a1, a2] W^T : one bmm over (B) with rows (a1, a2, j1)
+    Y = torch.bmm(Mx.reshape(B, N * N * n, n), W.transpose(1, 2))  # (B, N N n, n')
+    Y = Y.reshape(B, N * N, n, n_out).transpose(1, 2).reshape(B, n, N * N * n_out)
+    Z = torch.bmm(W, Y).reshape(B, n_out, N, N, n_out).permute(0, 2, 3, 1, 4)
+    gram = sig.transpose(1, 2) @ sig  # (B, N, N): sum_j sigma_j;a1 sigma_j;a2
+    Z = Z.contiguous()
+    Z.diagonal(dim1=-2, dim2=-1).add_((lb + lW / n * gram)[..., None])
+    return Z
+
+
+def _forward(weights, biases, x, tact, upto, *, ntk=False, mlp=None):
+    """Yield ``(l, z, H)`` for l = 1..upto; z (B, n_l, N), H internal or None."""
+    B = weights[0].shape[0]
+    z = torch.matmul(weights[0], x.T) + biases[0][:, :, None]
+    H = _first_layer_ntk(x, mlp, B, z.shape[1], z.dtype, z.device) if ntk else None
+    yield 1, z, H
+    for l in range(1, upto):
+        sig = tact.sigma(z)
+        z_next = torch.baddbmm(biases[l][:, :, None], weights[l], sig)
+        if ntk:
+            H = _ntk_step(H, tact.d1(z), sig, weights[l], mlp.lambda_b[l], mlp.lambda_W[l])
+        z = z_next
+        yield l + 1, z, H
+
+
+def preactivations(weights, biases, x, act, upto=None):
+    """Preactivations ``z^(l)`` of M networks.
+
+    Parameters
+    ----------
+    weights, biases : lists of tensors (M, n_l, n_{l-1}) and (M, n_l)
+    x : tensor (N, n0)
+    act : pdlt.Activation
+    upto : int, optional
+        Last layer (default: all).
+
+    Returns
+    -------
+    list of tensors (M, n_l, N), layers 1..upto
+    """
+    from .activations import torch_activation
+    upto = upto or len(weights)
+    return [z for _, z, _ in _forward(weights, biases, x, torch_activation(act), upto)]
+
+
+def ntk_forward(weights, biases, x, mlp, upto=None):
+    """The NTK of M networks by the forward equation (no Jacobian).
+
+    Parameters
+    ----------
+    weights, biases : lists of tensors (M, n_l, n_{l-1}) and (M, n_l)
+    x : tensor (N, n0)
+    mlp : pdlt.MLP
+        Supplies the activation and ``lambda_b``, ``lambda_W``.
+    upto : int, optional
+
+    Returns
+    -------
+    list of tensors (M, n_l, n_l, N, N)
+        ``H^(l)_{i1 i2; a1 a2}`` for l = 1..upto.
+    """
+    from .activations import torch_activation
+    upto = upto or len(weights)
+    out = []
+    for _, _, H in _forward(weights, biases, x, torch_activation(mlp.activation), upto,
+                            ntk=True, mlp=mlp):
+        out.append(H.permute(0, 3, 4, 1, 2))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# autodiff (torch.func) in rescaled coordinates phi = theta / sqrt(lambda)
+# ---------------------------------------------------------------------------
+
+def network_function(ws, bs, x, mlp, layer, tact=None):
+    """``f(phi) -> z^(layer)`` flattened (index ``i * N + a``) for one network.
+
+    ``ws``, ``bs`` are one network's weights (n_l, n_{l-1}) and biases;
+    ``phi`` is a flat vector of parameter displacements in rescaled
+    coordinates (``W = W0 + sqrt(lambda_W / n_{l-1}) phi_W``, ``b = b0 +
+    sqrt(lambda_b) phi_b``), so ``d/dphi = sqrt(lambda) d/dtheta``.
+
+    Returns
+    -------
+    f : callable
+    P : int
+        Number of parameters up to ``layer``.
+    """
+    from .activations import torch_activation
+    tact = tact or torch_activation(mlp.activation)
+    shapes = []
+    for l in range(layer):
+        shapes.append((ws[l].shape, math.sqrt(mlp.lambda_W[l] / mlp.widths[l])))
+        shapes.append((bs[l].shape, math.sqrt(mlp.lambda_b[l])))
+    sizes = [math.prod(s) for s, _ in shapes]
+    P = sum(sizes)
+
+    def f(phi):
+        parts = torch.split(phi, sizes)
+        h = x.T
+        z = None
+        for l in range(layer):
+            W = ws[l] + shapes[2 * l][1] * parts[2 * l].reshape(shapes[2 * l][0])
+            b = bs[l] + shapes[2 * l + 1][1] * parts[2 * l + 1].reshape(shapes[2 * l + 1][0])
+            z = W @ h + b[:, None]
+            if l < layer - 1:
+                h = tact.sigma(z)
+        return z.reshape(-1)
+    return f, P
+
+
+def _per_network(fn, weights, biases, x, mlp, layer):
+    """vmap ``fn(f, phi0)`` over the network axis."""
+    from .activations import torch_activation
+    tact = torch_activation(mlp.activation)
+
+    def one(ws, bs):
+        f, P = network_function(ws, bs, x, mlp, layer, tact)
+        phi0 = torch.zeros(P, dtype=x.dtype, device=x.device)
+        return fn(f, phi0)
+    return vmap(one)([w for w in weights[:layer]], [b for b in biases[:layer]])
+
+
+def _jac_and_hvps(f, phi0):
+    J = jacrev(f)(phi0)  # (p, P)
+    G = vmap(lambda v: jvp(jacrev(f), (phi0,), (v,))[1])(J)  # G[v, i0, :] = Hess z_i0 . J_v
+    return J, G
+
+
+def ntk_autodiff(weights, biases, x, mlp, layer):
+    """The NTK ``J Lambda J^T`` of M networks at one layer, by ``torch.func.jacrev``.
+
+    Returns
+    -------
+    tensor (M, n_l, n_l, N, N)
+    """
+    N = x.shape[0]
+
+    def fn(f, phi0):
+        J = jacrev(f)(phi0)
+        return J @ J.T
+    H = _per_network(fn, weights, biases, x, mlp, layer)
+    n = weights[layer - 1].shape[1]
+    return H.reshape(-1, n, N, n, N).permute(0, 1, 3, 2, 4)
+
+
+def dntk_autodiff(weights, biases, x, mlp, layer):
+    """The dNTK ``dH_{i0 i1 i2; a0 a1 a2}`` of M networks at one layer.
+
+    ``dH_{i0i1i2} = sum lambda_mu lambda_nu (d_mu d_nu z_{i0}) (d_mu z_{i1}) (d_nu z_{i2})``
+    (NOTATION.md; book ch. 11, eq. numbers to be checked).
+
+    Returns
+    -------
+    tensor (M, n, n, n, N, N, N)
+    """
+    N = x.shape[0]
+    n = weights[layer - 1].shape[1]
+
+    def fn(f, phi0):
+        J, G = _jac_and_hvps(f, phi0)
+        return torch.einsum("vip,up->iuv", G, J)
+    dH = _per_network(fn, weights, biases, x, mlp, layer)
+    return dH.reshape(-1, n, N, n, N, n, N).permute(0, 1, 3, 5, 2, 4, 6)
+
+
+def ddntk_autodiff(weights, biases, x, mlp, layer):
+    """The two ddNTKs ``ddIH`` and ``ddIIH`` of M networks at one layer.
+
+    ``ddIH_{i0i1i2i3} = sum l l l (d1 d2 d3 z_{i0})(d1 z_{i1})(d2 z_{i2})(d3 z_{i3})``,
+    ``ddIIH_{i0i1i2i3} = sum l l l (d1 d2 z_{i0})(d1 d3 z_{i1})(d2 z_{i2})(d3 z_{i3})``
+    (NOTATION.md; book "The End of Training", eq. numbers to be checked).
+
+    Returns
+    -------
+    ddI, ddII : tensors (M, n, n, n, n, N, N, N, N)
+    """
+    N = x.shape[0]
+    n = weights[layer - 1].shape[1]
+
+    def fn(f, phi0):
+        J, G = _jac_and_hvps(f, phi0)
+
+        def hvp_along(v):
+            return lambda phi: jvp(jacrev(f), (phi,), (v,))[1]
+
+        # T[v, w, i0, :] = d/dt (Hess z_i0 . J_v)(phi0 + t J_w)
+        T = vmap(lambda v: vmap(lambda w: jvp(hvp_along(v), (phi0,), (w,))[1])(J))(J)
+        ddI = torch.einsum("klip,jp->ijkl", T, J)
+        ddII = torch.einsum("kip,ljp->ijkl", G, G)
+        return ddI, ddII
+    ddI, ddII = _per_network(fn, weights, biases, x, mlp, layer)
+    perm = (0, 1, 3, 5, 7, 2, 4, 6, 8)
+    return (ddI.reshape(-1, n, N, n, N, n, N, n, N).permute(*perm),
+            ddII.reshape(-1, n, N, n, N, n, N, n, N).permute(*perm))
