@@ -765,9 +765,9 @@ def _chis_at(act, K, C_W, plus=None, minus=None):
             plus, minus, _ = taylor_at_zero(act)
         m = 0.5 * (plus[1] ** 2 + minus[1] ** 2)
         s0, s2 = 0.5 * (plus[0] + minus[0]), 0.5 * (plus[2] + minus[2])
-        return C_W * (m + s0 * s2), C_W * m
-    S, Z2, D = (float(v) for v in _moments(act, np.array([K])))
-    return C_W * (Z2 - S) / (2 * K), C_W * D
+        return float(C_W * (m + s0 * s2)), float(C_W * m)
+    S, Z2, D = (float(v) for v in _moments(act, np.array(K)))
+    return float(C_W * (Z2 - S) / (2 * K)), float(C_W * D)
 
 
 def fixed_points(activation, C_b, C_W, *, K_range=K_RANGE):
@@ -799,7 +799,7 @@ def _fixed_points(act, C_b, C_W, K_range, S_grid=None):
     def fn(k):
         return C_b + C_W * float(_expect(act, lambda z: act.sigma(z) ** 2, k)) - k
 
-    roots = _find_roots(fn, grid, F)
+    roots = _find_roots(fn, grid, F, noise=64 * _EPS * (C_b + C_W * np.abs(S) + grid))
     pts = []
     s0 = float(act.sigma(np.array([0.0]))[0])
     if C_b == 0 and s0 == 0:
