@@ -708,7 +708,7 @@ def criticality(activation, *, K_range=K_RANGE) -> Criticality:
         side = "above" if rmin > 1 else "below" if rmax < 1 else "around"
         parts.append(
             f"chi_par/chi_perp = 1 + <sigma sigma''>/<sigma'^2> stays {side} 1 (between "
-            f"{rmin:.4g} and {rmax:.4g}) for K in [{lo:g}, {hi:g}]: with chi_perp held at 1, "
+            f"{rmin:.10g} and {rmax:.10g}) for K in [{lo:g}, {hi:g}]: with chi_perp held at 1, "
             f"chi_par is never 1, so no K* > 0 is critical")
     for sol, asym in candidates:
         if sol.K_star == 0.0:

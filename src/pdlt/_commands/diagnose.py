@@ -1,0 +1,125 @@
+"""``pdlt diagnose``: what the theory says about an MLP's initialization and aspect ratio."""
+
+from __future__ import annotations
+
+import math
+
+from .common import print_json, resolve_activation
+
+
+def register(sub):
+    p = sub.add_parser(
+        "diagnose", help="universality class, critical initialization and L/n of an MLP",
+        description="Diagnose an MLP at initialization: its activation's universality class and "
+                    "critical (C_b, C_W), the depth-to-width ratio L/n, and what the effective "
+                    "theory says about them.")
+    p.add_argument("--activation", default="relu",
+                   help="named activation (relu, tanh, gelu, ...) or module:function")
+    p.add_argument("--depth", type=int, required=True, help="number of layers L")
+    p.add_argument("--width", type=int, required=True, help="hidden width n")
+    p.add_argument("--C-b", dest="C_b", type=float, default=None,
+                   help="bias variance (default: the critical one)")
+    p.add_argument("--C-W", dest="C_W", type=float, default=None,
+                   help="weight variance (default: the critical one)")
+    p.add_argument("--K1", type=float, default=1.0,
+                   help="first-layer kernel K^(1) = C_b + C_W |x|^2/n0 (default 1)")
+    p.add_argument("--json", action="store_true", help="print JSON (sorted keys)")
+    p.set_defaults(run=run)
+
+
+def _regime(r):
+    # rule-of-thumb boundaries; the book's expansion parameter is r = L/n (ch. 3-4)
+    if r < 0.1:
+        return ("near-Gaussian", "L/n < 0.1: finite-width corrections, of order L/n, are small; "
+                "the network stays close to its infinite-width kernel (little representation "
+                "learning)")
+    if r < 1:
+        return ("effective-theory", "0.1 <= L/n < 1: 1/n corrections of order L/n matter and the "
+                "effective theory computes them (four-point vertex V/(n K^2) grows linearly "
+                "with L/n at criticality)")
+    return ("strongly-coupled", "L/n >= 1: the expansion in L/n breaks down; fluctuations "
+            "between networks are as large as the mean (reduce the depth or widen)")
+
+
+def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0):
+    """The diagnosis as a dict (the CLI's JSON)."""
+    from ..network import MLP
+    from ..theory.criticality import criticality, depth_scales
+    from ..theory.kernel import flow
+
+    if depth < 1 or width < 1:
+        raise ValueError(f"--depth and --width must be >= 1; got {depth}, {width}")
+    res = criticality(act)
+    notes = []
+    critical_init = C_b is None and C_W is None
+    if res.universality_class == "none":
+        if C_b is None or C_W is None:
+            raise ValueError(f"activation {res.activation!r} has no critical point ({res.reason}); "
+                             "give --C-b and --C-W to diagnose a chosen initialization")
+        notes.append("no critical initialization exists: " + res.reason)
+    C_b = res.C_b if C_b is None else C_b
+    C_W = res.C_W if C_W is None else C_W
+    r = depth / width
+    regime, regime_text = _regime(r)
+    notes.append(regime_text)
+    mlp = MLP(n0=1, width=width, depth=depth, activation=act, C_b=C_b, C_W=C_W)
+    fl = flow(mlp, K1=K1)
+    last = fl[-1]
+    ds = depth_scales(act, C_b, C_W, K1=K1)
+    out = dict(activation=res.activation, universality_class=res.universality_class,
+               critical_C_b=res.C_b, critical_C_W=res.C_W, K_star=res.K_star,
+               C_b=C_b, C_W=C_W, at_criticality=bool(critical_init and res.is_critical),
+               depth=depth, width=width, L_over_n=r, regime=regime, K1=K1,
+               K_L=last.K, chi_parallel_L=last.chi_parallel, chi_perp_L=last.chi_perp,
+               phase=ds.phase, xi_parallel=ds.xi_parallel, xi_perp=ds.xi_perp,
+               asymptotics=None if res.asymptotics is None else res.asymptotics.law)
+    if out["at_criticality"]:
+        cls = res.universality_class
+        if cls == "scale-invariant":
+            notes.append("scale-invariant at criticality: the kernel is the same at every layer")
+        elif cls == "K*=0":
+            notes.append(f"K*=0 class: the kernel decays as a power law, K^(L) = {last.K:.4g} "
+                         f"at L = {depth} ({res.asymptotics.law})")
+        elif cls == "half-stable":
+            lo, hi = res.asymptotics.coefficients["basin"]
+            inside = lo < K1 < hi or K1 == res.K_star
+            notes.append(
+                f"half-stable: K* = {res.K_star:.6g} attracts only from K^(1) in ({lo:.4g}, "
+                f"{hi:.4g}); K^(1) = {K1:g} is {'inside' if inside else 'OUTSIDE'} it"
+                + ("" if inside else f", so the kernel flows to K^(L) = {last.K:.4g} instead "
+                   "(rescale the inputs)"))
+    else:
+        xi = min(ds.xi_parallel, ds.xi_perp) if all(
+            math.isfinite(v) for v in (ds.xi_parallel, ds.xi_perp)) else math.nan
+        if ds.phase == "exploding":
+            notes.append("off criticality: the kernel grows without bound with depth")
+        else:
+            notes.append(f"off criticality ({ds.phase} phase): depth scales xi_par = "
+                         f"{ds.xi_parallel:.4g}, xi_perp = {ds.xi_perp:.4g}; "
+                         + ("L exceeds them: signals from the input are lost with depth"
+                            if math.isfinite(xi) and depth > xi else "L is within them"))
+    out["notes"] = notes
+    return out
+
+
+def run(args):
+    act = resolve_activation(args.activation)
+    d = diagnose(act, args.depth, args.width, args.C_b, args.C_W, args.K1)
+    if args.json:
+        print_json(d)
+        return 0
+    print(f"activation          {d['activation']}  ({d['universality_class']} class)")
+    if d["critical_C_W"] is not None:
+        k = "every K" if d["K_star"] is None else f"{d['K_star']:.10g}"
+        print(f"critical init       C_b = {d['critical_C_b']:.10g}, C_W = {d['critical_C_W']:.10g}, "
+              f"K* = {k}")
+    print(f"this init           C_b = {d['C_b']:.10g}, C_W = {d['C_W']:.10g}"
+          + ("  (critical)" if d["at_criticality"] else f"  ({d['phase']} phase)"))
+    print(f"depth L, width n    {d['depth']}, {d['width']}")
+    print(f"L/n                 {d['L_over_n']:.4g}  ({d['regime']})")
+    print(f"K^(1) -> K^(L)      {d['K1']:.6g} -> {d['K_L']:.6g}; chi_par, chi_perp at L: "
+          f"{d['chi_parallel_L']:.6g}, {d['chi_perp_L']:.6g}")
+    print("\nwhat the theory says:")
+    for n in d["notes"]:
+        print(f"- {n}")
+    return 0
