@@ -20,8 +20,8 @@ sizes. The default ``(q0, q1) = (4, 28)`` was calibrated on one-variable
 ``s = 0.3``, ~5e-6 at ``s = 1``); axes with ``lambda_k = 0`` (coinciding
 inputs) get one node. Measured on 4 x 4 covariances with unit-scale
 variances (``tests/test_gaussian_multi.py``): relative error below 1e-5 for
-tanh, below 1e-8 for erf and GELU; pass ``accuracy="high"`` for
-``(q0, q1) = (8, 48)`` (below 1e-7 for tanh, 2-5x slower). Cost: the product
+tanh and 1e-6 for erf; pass ``accuracy="high"`` for ``(q0, q1) = (8, 48)``
+(below 1e-6 for tanh, 2-5x slower). Cost: the product
 of the ``Q_k``, i.e. ~1e4-1e6 evaluations per 4-variable expectation; strongly
 correlated inputs (deep layers) are cheap because only one axis is wide.
 
@@ -32,8 +32,9 @@ fixed breakpoints ``0, +-1, +-2, +-4, +-7`` (truncation at ``|u| = 7``:
 Gaussian mass 2.6e-12) and integrated by 6-node Gauss-Legendre per panel.
 For scale-invariant activations (ReLU family) the innermost axis is done in
 closed form, ``<sigma(m + s u)> = a_- m + (a_+ - a_-)(m Phi(m/s) + s phi(m/s))``.
-Measured: relative error below 1e-8 for ReLU against the closed-form
-two-variable kernel and exact moments. Cost: 54^(d-1) evaluations per
+Measured: relative error below 1e-7 for ReLU against the closed-form
+two-variable kernel and exact orthant products (the 6-node panels on
+``[2, 4]`` and ``[4, 7]`` dominate). Cost: 54^(d-1) evaluations per
 expectation for the ReLU family, 54^d otherwise (slow for d = 4: use few
 inputs with non-scale-invariant kinked activations).
 
