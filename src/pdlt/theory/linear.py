@@ -158,10 +158,15 @@ def linear_density(z, mlp, layer, *, K1=1.0, grid_points=4001):
     grid_points = int(grid_points) | 1
     t = np.linspace(-half, half, grid_points)
     w = _log_scale_density(nk, t) * (t[1] - t[0])
-    var = Kl * np.exp(t)
-    zz = z.reshape(-1, 1)
-    p = np.exp(-0.5 * zz * zz / var) / np.sqrt(2 * math.pi * var)
-    return (p @ w).reshape(z.shape)
+    keep = w > 1e-300 * w.max()
+    var, w = Kl * np.exp(t[keep]), w[keep]
+    flat = z.ravel()
+    out = np.empty(flat.shape)
+    step = max(1, 2 ** 21 // len(w))
+    for i in range(0, len(flat), step):   # bounded memory
+        zz = flat[i:i + step, None]
+        out[i:i + step] = (np.exp(-0.5 * zz * zz / var) / np.sqrt(2 * math.pi * var)) @ w
+    return out.reshape(z.shape)
 
 
 def large_depth_moments(ratio, orders=(1, 2), *, K=1.0):
@@ -181,7 +186,9 @@ def large_depth_density(z, ratio, *, K=1.0, nodes=64):
     """Density of one preactivation at fixed ``L/n = ratio``, ``L, n -> inf``.
 
     ``z = sqrt(K S) u`` with ``log S ~ N(-ratio, 2 ratio)`` (a Gaussian with
-    log-normal variance); Gauss-Hermite over ``log S`` with ``nodes`` nodes.
+    log-normal variance); Gauss-Hermite over ``log S`` with ``nodes`` nodes
+    (64: relative error below 1e-6 in the moments up to ``z^4`` for
+    ``ratio <= 0.5``, ``tests/theory/test_linear.py``).
     """
     ratio = float(ratio)
     if ratio < 0:
