@@ -36,10 +36,19 @@ polynomials ``h_k`` and ``c^f_k(K) = <f(sqrt(K) u) h_k(u)>``,
 
 By Cauchy-Schwarz and Parseval the tail after order M is bounded by
 ``|rho|^(M+1) sqrt(T^f_M T^g_M)`` with ``T^f_M = <f^2> - sum_{k<=M} (c^f_k)^2``,
-a bound computed exactly from the coefficients. Each tile of pairs is summed
-to the order its bound requires for an absolute error at most
-``rtol * sqrt(<f_a^2> <g_b^2>)`` (the Cauchy-Schwarz scale of the result).
-The coefficients of all N inputs are one matrix product.
+a bound computed exactly from the coefficients. Each block of pairs (64
+rows by the columns on or right of the diagonal; the lower triangle is the
+mirror image) is summed by Horner's rule to the order its bound requires for
+an absolute error at most ``rtol * sqrt(<f_a^2> <g_b^2>)`` (the Cauchy-Schwarz
+scale of the result). When the terms of one parity are negligible (f and g
+both odd or both even: tanh, erf, sin and their derivatives) only the other
+parity is summed, in ``rho^2``; the dropped terms are bounded by
+``sum_k |rho|^k max|c^f_k| max|c^g_k|`` and must stay below 1e-3 of the
+budget, so the stated bound still holds. Pairs whose bound fails at the
+highest order (160) go to nested quadrature. The coefficients of all N inputs
+are one matrix product (orders up to 64 first, up to 160 only when the bound
+needs them), and a Horner step is an in-place product and a BLAS rank-1
+update, so the cost is about 2 M passes over the N^2/2 pairs for order M.
 
 **Two variables, nested quadrature.** ``z1 = sqrt(K11) u1``,
 ``z2 = (K12/K11) z1 + s u2`` with ``s^2 = K22 - K12^2/K11``. The inner
@@ -62,6 +71,7 @@ import math
 import warnings
 
 import numpy as np
+from scipy.linalg.blas import dger as _dger
 
 __all__ = [
     "expect",
@@ -350,11 +360,17 @@ def _nested(f, g, K11, K12, K22, kinks_f, kinks_g):
 # ---------------------------------------------------------------------------
 
 _KMAX = 160
+_KMAX_FIRST = 64  # orders tried first by the Mehler sum
 
 
 @functools.lru_cache(maxsize=4)
 def _hermite_design(kmax):
-    """Weighted normalized Hermite values on the fixed rule: (M, kmax+1)."""
+    """Weighted normalized Hermite values on the fixed rule: (M, kmax+1).
+
+    ``D[m, k] = w_m h_k(u_m)`` (three-term recurrence), so that
+    ``f(sqrt(K) u) @ D`` are the coefficients ``c_k(K)``. Cached and
+    read-only; C-contiguous for the matrix product.
+    """
     u, w = _fixed_rule()
     H = np.empty((len(u), kmax + 1))
     H[:, 0] = 1.0
@@ -362,9 +378,15 @@ def _hermite_design(kmax):
         H[:, 1] = u
     for k in range(1, kmax):
         H[:, k + 1] = (u * H[:, k] - math.sqrt(k) * H[:, k - 1]) / math.sqrt(k + 1)
-    D = H * w[:, None]
+    D = np.ascontiguousarray(H * w[:, None])
     D.setflags(write=False)
     return D
+
+
+def _coefficients_from_values(vals, kmax):
+    """``(c, norm2)`` from ``vals = f(sqrt(K) u)`` on the fixed rule, shape (N, M)."""
+    _, w = _fixed_rule()
+    return vals @ _hermite_design(kmax), (vals * vals) @ w
 
 
 def hermite_coefficients(f, K, kmax=_KMAX):
@@ -385,13 +407,16 @@ def hermite_coefficients(f, K, kmax=_KMAX):
     c : ndarray (N, kmax+1)
     norm2 : ndarray (N,)
         ``<f^2>_K``, for the Parseval tail bound.
+
+    Notes
+    -----
+    One evaluation of f on the fixed rule per input and one matrix product
+    with the cached design ``w_m h_k(u_m)``; the quadrature error is that of
+    the fixed rule (module docstring).
     """
     K = np.atleast_1d(np.asarray(K, dtype=float))
-    u, w = _fixed_rule()
-    vals = f(np.sqrt(K)[:, None] * u[None, :])
-    c = vals @ _hermite_design(kmax)
-    norm2 = (vals * vals) @ w
-    return c, norm2
+    u, _ = _fixed_rule()
+    return _coefficients_from_values(f(np.sqrt(K)[:, None] * u[None, :]), kmax)
 
 
 # ---------------------------------------------------------------------------
@@ -479,13 +504,17 @@ def pair_expectations(act, K, terms=(("sigma", "sigma"),), *, rtol=1e-12, method
         ``rtol * sqrt(<fa_a^2> <fb_b^2>)`` for each pair.
     method : {"auto", "series", "quadrature"}
         ``"auto"`` uses closed forms, then the Mehler series with nested
-        quadrature for slow pairs; ``"quadrature"`` forces nested quadrature
-        for every off-diagonal pair (slow; a reference).
+        quadrature for slow pairs; ``"series"`` skips the closed forms;
+        ``"quadrature"`` forces nested quadrature for every off-diagonal pair
+        (slow; a reference).
 
     Returns
     -------
     dict mapping each term to an (N, N) ndarray
+        Exactly symmetric when ``fa == fb``.
     """
+    if method not in ("auto", "series", "quadrature"):
+        raise ValueError(f"method must be 'auto', 'series' or 'quadrature'; got {method!r}")
     K = _validate_kernel(K)
     N = K.shape[0]
     diag = np.diag(K).copy()
@@ -498,93 +527,203 @@ def pair_expectations(act, K, terms=(("sigma", "sigma"),), *, rtol=1e-12, method
             continue
         f, g = getattr(act, fa), getattr(act, fb)
         res = np.empty((N, N))
+        if N > 1 and method != "quadrature":
+            _mehler_offdiag(act, f, g, fa == fb, K, diag, res, rtol)
+            out[(fa, fb)] = res
+            continue
         # the diagonal is a one-variable integral
         res[np.diag_indices(N)] = expect(lambda z: f(z) * g(z), diag, kinks=act.kinks,
                                          period=act.period)
         if N > 1:
-            if method == "quadrature":
-                iu = np.triu_indices(N, 1)
-                vals = expect2(f, g, diag[iu[0]], K[iu], diag[iu[1]],
-                               kinks_f=act.kinks, kinks_g=act.kinks)
-                res[iu] = vals
-                lower = np.tril_indices(N, -1)
-                if fa == fb:
-                    res[lower] = res.T[lower]
-                else:
-                    res[lower] = expect2(f, g, diag[lower[0]], K[lower], diag[lower[1]],
-                                         kinks_f=act.kinks, kinks_g=act.kinks)
+            iu = np.triu_indices(N, 1)
+            vals = expect2(f, g, diag[iu[0]], K[iu], diag[iu[1]],
+                           kinks_f=act.kinks, kinks_g=act.kinks)
+            res[iu] = vals
+            lower = np.tril_indices(N, -1)
+            if fa == fb:
+                res[lower] = res.T[lower]
             else:
-                _mehler_offdiag(act, f, g, fa == fb, K, diag, res, rtol)
+                res[lower] = expect2(f, g, diag[lower[0]], K[lower], diag[lower[1]],
+                                     kinks_f=act.kinks, kinks_g=act.kinks)
         out[(fa, fb)] = res
     return out
 
 
+_STRIP = 64          # rows per block of the Mehler sum (block = rows x columns j >= i0)
+_TILE_COLS = 128     # columns per Horner tile: 64 x 128 < 9216, OpenBLAS runs dger single-threaded
+_PARITY_SHARE = 1e-3  # share of the error budget allowed for dropped parity terms
+
+
 def _mehler_offdiag(act, f, g, symmetric, K, diag, res, rtol):
+    """Fill ``res`` (N, N) with ``<f(z_a) g(z_b)>``: Mehler series off the diagonal.
+
+    Blocks of ``_STRIP`` rows (and, when ``symmetric``, only the columns on
+    or right of the block's first row, mirrored afterwards) are summed by
+    Horner's rule to the order M their Parseval bound requires; each Horner
+    step is one in-place Hadamard product and one BLAS rank-1 update. Where
+    the coefficients of one parity are negligible (odd or even f, g: all
+    named smooth odd activations and their derivatives) the sum runs over
+    the other parity in ``rho^2``, halving the work; the dropped terms are
+    bounded and charged to the error budget. Pairs whose bound is not met at
+    ``kmax`` go to nested quadrature.
+    """
     N = K.shape[0]
-    kmax = _KMAX
+    u, w = _fixed_rule()
     pos = diag > 0
     safe = np.where(pos, diag, 1.0)
-    cf, nf = hermite_coefficients(f, safe, kmax)
-    if symmetric:
-        cg, ng = cf, nf
+    sd = np.sqrt(safe)[:, None]
+    vf = f(sd * u[None, :])
+    vg = vf if symmetric else g(sd * u[None, :])
+    # the diagonal: the one-variable fixed rule, as `expect` would use it
+    kinks = tuple(k for k in act.kinks if k != 0.0)
+    if not kinks and act.period is None and np.all(diag <= _K_FIXED_MAX):
+        dvals = (vf * vg) @ w
+        if not pos.all():
+            z0 = np.zeros((~pos).sum())
+            dvals[~pos] = f(z0) * g(z0)
     else:
-        cg, ng = hermite_coefficients(g, safe, kmax)
-    # zero-variance inputs: z = 0 exactly, only the k = 0 term survives
-    if not pos.all():
-        cf[~pos] = 0.0
-        cf[~pos, 0] = f(np.zeros((~pos).sum()))
-        nf[~pos] = cf[~pos, 0] ** 2
-        cg[~pos] = 0.0
-        cg[~pos, 0] = g(np.zeros((~pos).sum()))
-        ng[~pos] = cg[~pos, 0] ** 2
-    # Parseval tails T_M = <f^2> - sum_{k<=M} c_k^2 (plus a rounding floor)
-    tf = np.maximum(nf[:, None] - np.cumsum(cf * cf, axis=1), 0.0) + 64 * _EPS * nf[:, None]
-    tg = np.maximum(ng[:, None] - np.cumsum(cg * cg, axis=1), 0.0) + 64 * _EPS * ng[:, None]
-    rho, _ = _safe_rho(diag[:, None], K, diag[None, :])
+        dvals = expect(lambda z: f(z) * g(z), diag, kinks=act.kinks, period=act.period)
+    # rho_ab = K_ab / sqrt(K_aa K_bb), exactly symmetric (K is, s_a s_b is)
+    s = np.where(pos, 1.0 / sd[:, 0], 0.0)
+    rho = K * np.multiply.outer(s, s)
+    np.clip(rho, -1.0, 1.0, out=rho)
     np.fill_diagonal(rho, 0.0)
     # coefficients beyond the fixed rule's resolution are not trusted: such
     # inputs go to nested quadrature
     huge = diag > _K_FIXED_MAX
-    tf[huge] = np.inf
-    tg[huge] = np.inf
+    if act.period is not None:
+        # as in `expect`: the fixed rule resolves f(sqrt(K) u) only while
+        # sqrt(K) <= period / 2
+        huge |= np.sqrt(diag) > 0.5 * act.period
+    # first the orders k <= _KMAX_FIRST; all _KMAX only if the global bound
+    # (largest |rho|, largest tails, smallest scale) needs more
+    for kmax in (_KMAX_FIRST, _KMAX):
+        cf, nf, tf = _series_coefficients(vf, kmax, f, pos, huge)
+        cg, ng, tg = (cf, nf, tf) if symmetric else _series_coefficients(vg, kmax, g, pos, huge)
+        bound = np.max(np.abs(rho)) ** (kmax + 1) * math.sqrt(np.max(tf[:, kmax])
+                                                              * np.max(tg[:, kmax]))
+        if bound <= rtol * math.sqrt(np.min(nf) * np.min(ng)):
+            break
+    cfT = np.ascontiguousarray(cf.T)
+    cgT = cfT if symmetric else np.ascontiguousarray(cg.T)
+    acf, acg = np.abs(cf), np.abs(cg)
     ks = np.arange(kmax + 1)
-    slow = np.zeros((N, N), dtype=bool)
-    for i0 in range(0, N, _TILE):
-        ia = slice(i0, min(N, i0 + _TILE))
-        j_start = i0 if symmetric else 0
-        for j0 in range(j_start, N, _TILE):
-            jb = slice(j0, min(N, j0 + _TILE))
-            r = rho[ia, jb]
-            rmax = np.max(np.abs(r))
-            scale = np.sqrt(np.min(nf[ia]) * np.min(ng[jb]))
-            bound = rmax ** (ks + 1) * np.sqrt(np.max(tf[ia], axis=0) * np.max(tg[jb], axis=0))
-            good = np.flatnonzero(bound <= rtol * max(scale, 1e-300))
-            M = int(good[0]) if len(good) else kmax
-            # Horner in rho: sum_{k<=M} rho^k cf_k cg_k
-            acc = np.multiply.outer(cf[ia, M], cg[jb, M])
-            for k in range(M - 1, -1, -1):
-                acc *= r
-                acc += np.multiply.outer(cf[ia, k], cg[jb, k])
-            res[ia, jb] = np.where(np.arange(ia.start, ia.stop)[:, None]
-                                   == np.arange(jb.start, jb.stop)[None, :], res[ia, jb], acc)
-            if not len(good):
-                # per-pair bound at kmax decides which pairs need quadrature
-                pb = np.abs(r) ** (kmax + 1) * np.sqrt(tf[ia, kmax][:, None] * tg[jb, kmax][None, :])
-                ps = np.sqrt(nf[ia][:, None] * ng[jb][None, :])
-                slow[ia, jb] = pb > rtol * ps
-    np.fill_diagonal(slow, False)
-    if symmetric:
-        iu = np.triu_indices(N, 1)
-        slow_u = slow[iu]
-        if slow_u.any():
-            a, b = iu[0][slow_u], iu[1][slow_u]
-            res[a, b] = expect2(f, g, diag[a], K[a, b], diag[b], kinks_f=act.kinks, kinks_g=act.kinks)
-        lower = np.tril_indices(N, -1)
-        res[lower] = res.T[lower]
-    else:
-        if slow.any():
-            a, b = np.nonzero(slow)
-            res[a, b] = expect2(f, g, diag[a], K[a, b], diag[b], kinks_f=act.kinks, kinks_g=act.kinks)
+    odd = (ks % 2).astype(bool)
+    slow_a, slow_b = [], []
+    for i0 in range(0, N, _STRIP):
+        ia = slice(i0, min(N, i0 + _STRIP))
+        jb = slice(i0 if symmetric else 0, N)
+        r = rho[ia, jb]
+        absr = np.abs(r)
+        scale = math.sqrt(np.min(nf[ia]) * np.min(ng[jb]))
+        budget = rtol * max(scale, 1e-300)
+        tailc = np.sqrt(np.max(tf[ia], axis=0) * np.max(tg[jb], axis=0))
+        rmax = float(np.max(absr))
+        if rmax ** (kmax + 1) * tailc[kmax] > budget:
+            # the block bound fails at kmax: test pairs one by one; those
+            # failing their own bound at kmax go to quadrature
+            with np.errstate(divide="ignore"):
+                rlim = (budget / tailc[kmax]) ** (1.0 / (kmax + 1))
+            ca, cb = np.nonzero(absr > rlim)
+            a, b = ca + ia.start, cb + jb.start
+            pb = absr[ca, cb] ** (kmax + 1) * np.sqrt(tf[a, kmax] * tg[b, kmax])
+            bad = pb > rtol * np.sqrt(nf[a] * ng[b])
+            slow_a.append(a[bad])
+            slow_b.append(b[bad])
+            if bad.all():
+                rmax = float(np.max(np.where(absr > rlim, 0.0, absr)))
+        rp = rmax ** ks
+        tail = rmax * rp * tailc              # bound on the terms k > M, for M = k
+        choices = []
+        ok = np.flatnonzero(tail <= budget)
+        M = int(ok[0]) if len(ok) else kmax
+        choices.append((M + 1, None, M))
+        pk = rp * np.max(acf[ia], axis=0) * np.max(acg[jb], axis=0)
+        for q in (0, 1):
+            drop = np.cumsum(np.where(odd != bool(q), pk, 0.0))
+            okq = np.flatnonzero((tail + drop <= budget) & (drop <= _PARITY_SHARE * budget)
+                                 & (odd == bool(q)))
+            if len(okq):
+                Mq = int(okq[0])
+                choices.append(((Mq - q) // 2 + 2 + q, q, Mq))
+        _, q, M = min(choices, key=lambda c: c[0])
+        acc = _horner_block(r, cfT, cgT, ia, jb, M, q)
+        if symmetric:
+            # the square block on the diagonal: keep its upper triangle (the
+            # BLAS update may round (a, b) and (b, a) differently)
+            na = ia.stop - ia.start
+            blk = acc[:, :na]
+            il = _tril(na)
+            blk[il] = blk.T[il]
+            res[jb, ia] = acc.T
+        res[ia, jb] = acc
+    if slow_a:
+        a = np.concatenate(slow_a)
+        b = np.concatenate(slow_b)
+        if symmetric:
+            keep = a < b
+            a, b = a[keep], b[keep]
+        if len(a):
+            v = expect2(f, g, diag[a], K[a, b], diag[b], kinks_f=act.kinks, kinks_g=act.kinks)
+            res[a, b] = v
+            if symmetric:
+                res[b, a] = v
+    res[np.diag_indices(N)] = dvals
+
+
+def _series_coefficients(vals, kmax, f, pos, huge):
+    """Coefficients, ``<f^2>`` and Parseval tails for the Mehler sum.
+
+    ``vals`` : (N, M) values of f on the fixed rule. Zero-variance inputs
+    (``~pos``: z = 0 exactly) keep only ``c_0 = f(0)``; inputs the fixed rule
+    does not resolve (``huge``) get infinite tails, which sends their pairs
+    to nested quadrature. Tails ``T_M = <f^2> - sum_{k<=M} c_k^2`` carry a
+    rounding floor ``64 eps <f^2>``.
+    """
+    c, n2 = _coefficients_from_values(vals, kmax)
+    if not pos.all():
+        c[~pos] = 0.0
+        c[~pos, 0] = f(np.zeros((~pos).sum()))
+        n2[~pos] = c[~pos, 0] ** 2
+    t = np.maximum(n2[:, None] - np.cumsum(c * c, axis=1), 0.0) + 64 * _EPS * n2[:, None]
+    t[huge] = np.inf
+    return c, n2, t
+
+
+_TRIL = {}
+
+
+def _tril(n):
+    """Cached strict lower-triangle indices of an n x n block."""
+    if n not in _TRIL:
+        _TRIL[n] = np.tril_indices(n, -1)
+    return _TRIL[n]
+
+
+def _horner_block(r, cfT, cgT, ia, jb, M, q):
+    """``sum_k r^k cf_k(a) cg_k(b)`` over k <= M (all k, or k = q mod 2), by Horner.
+
+    r : (na, nb) view of rho; cfT, cgT : (kmax+1, N) coefficients by order.
+    Each step is ``acc *= x`` and the BLAS rank-1 update ``acc += cf_k cg_k^T``
+    (dger on the Fortran-ordered transpose, in place), on column tiles of
+    ``_TILE_COLS`` so that each update stays below OpenBLAS's threading
+    threshold (threaded level-2 calls stall on a busy machine).
+    """
+    ks = list(range(M, -1, -1) if q is None else range(M, q - 1, -2))
+    x_all = r if q is None else r * r
+    out = np.empty(r.shape)
+    for c0 in range(0, r.shape[1], _TILE_COLS):
+        cs = slice(c0, min(r.shape[1], c0 + _TILE_COLS))
+        jc = slice(jb.start + cs.start, jb.start + cs.stop)
+        x = x_all[:, cs]
+        acc = np.multiply.outer(cfT[ks[0], ia], cgT[ks[0], jc])
+        for k in ks[1:]:
+            np.multiply(acc, x, out=acc)
+            acc = _dger(1.0, cgT[k, jc], cfT[k, ia], a=acc.T, overwrite_a=1).T
+        if q == 1:
+            np.multiply(acc, r[:, cs], out=acc)
+        out[:, cs] = acc
+    return out
 
 
 def _warn(msg):
