@@ -8,6 +8,7 @@ Every ``nn.Linear`` gets weights ``W_ij ~ N(0, C_W / fan_in)`` and biases
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -33,31 +34,46 @@ def _np_gelu_tanh(z):
     return 0.5 * z * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z ** 3)))
 
 
+def _spec_of_module(mod):
+    """A pdlt activation name for a torch module, a numpy callable, or None."""
+    if isinstance(mod, nn.ReLU):
+        return "relu"
+    if isinstance(mod, nn.LeakyReLU):
+        return f"leaky_relu({float(mod.negative_slope)!r})"
+    if isinstance(mod, nn.Tanh):
+        return "tanh"
+    if isinstance(mod, nn.GELU):
+        return "gelu" if mod.approximate == "none" else _GELU_TANH
+    if isinstance(mod, nn.SiLU):
+        return "swish"
+    if isinstance(mod, nn.ELU):
+        return f"elu({float(mod.alpha)!r})"
+    if isinstance(mod, nn.Sigmoid):
+        return "sigmoid"
+    if isinstance(mod, nn.Softplus):
+        return "softplus" if float(mod.beta) == 1.0 else _softplus_activation(float(mod.beta))
+    if isinstance(mod, nn.Identity):
+        return "linear"
+    return None
+
+
 def _from_module(mod) -> Activation | None:
     """The pdlt activation of a torch activation module, or None if not one."""
-    if isinstance(mod, nn.ReLU):
-        return _activation("relu")
-    if isinstance(mod, nn.LeakyReLU):
-        return _activation("leaky_relu", slope=float(mod.negative_slope))
-    if isinstance(mod, nn.Tanh):
-        return _activation("tanh")
-    if isinstance(mod, nn.GELU):
-        if mod.approximate == "none":
-            return _activation("gelu")
-        return Activation.from_callable(_np_gelu_tanh, name="gelu_tanh")
-    if isinstance(mod, nn.SiLU):
-        return _activation("swish")
-    if isinstance(mod, nn.ELU):
-        return _activation("elu", alpha=float(mod.alpha))
-    if isinstance(mod, nn.Sigmoid):
-        return _activation("sigmoid")
-    if isinstance(mod, nn.Softplus):
-        if float(mod.beta) == 1.0:
-            return _activation("softplus")
-        return Activation.from_callable(_np_softplus(float(mod.beta)))
-    if isinstance(mod, nn.Identity):
-        return _activation("linear")
-    return None
+    spec = _spec_of_module(mod)
+    return None if spec is None else _activation(spec)
+
+
+_GELU_TANH = Activation.from_callable(_np_gelu_tanh, name="gelu_tanh")
+
+
+@functools.lru_cache(maxsize=16)
+def _softplus_activation(beta):
+    return Activation.from_callable(_np_softplus(beta))
+
+
+@functools.lru_cache(maxsize=32)
+def _criticality_of(spec):
+    return criticality(spec)
 
 
 _ACTIVATION_TYPES = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.Sigmoid,
@@ -67,6 +83,18 @@ _ACTIVATION_TYPES = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, n
 
 
 def detect_activation(model: nn.Module) -> Activation:
+    """The single activation used by ``model``'s activation modules.
+
+    Raises
+    ------
+    ValueError
+        If the model has no activation module, several different ones, or one
+        pdlt has no numpy twin for: pass ``activation=`` explicitly.
+    """
+    return _activation(_spec_of_module(_detect_module(model)))
+
+
+def _detect_module(model: nn.Module):
     """The single activation used by ``model``'s activation modules.
 
     Raises
@@ -92,12 +120,11 @@ def detect_activation(model: nn.Module) -> Activation:
             f"init_critical_: the model uses several activations ({', '.join(sorted(real))}); "
             "critical initialization needs one: pass activation= explicitly")
     (key, mod), = real.items()
-    act = _from_module(mod)
-    if act is None:
+    if _spec_of_module(mod) is None:
         raise ValueError(
             f"init_critical_: pdlt has no numpy twin for {key}; pass activation= as a vectorized "
             "numpy callable computing the same function")
-    return act
+    return mod
 
 
 def _generator(generator, seed):
@@ -161,14 +188,15 @@ def init_critical_(model: nn.Module, activation=None, *, generator=None, seed=No
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if activation is None:
-        act = detect_activation(model)
+        spec = _spec_of_module(_detect_module(model))
     elif isinstance(activation, nn.Module):
-        act = _from_module(activation)
-        if act is None:
+        spec = _spec_of_module(activation)
+        if spec is None:
             raise ValueError(f"pdlt has no numpy twin for {activation!r}; pass a numpy callable")
     else:
-        act = _activation(activation)
-    res = criticality(act)
+        spec = activation
+    # named activations and detected modules are cached; other callables are solved afresh
+    res = _criticality_of(spec) if isinstance(spec, (str, Activation)) else criticality(spec)
     if res.universality_class == "none":
         raise NoCriticalPointError(f"activation {res.activation!r}: {res.reason}")
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]

@@ -51,6 +51,7 @@ adaptive quadrature).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -632,10 +633,21 @@ def criticality(activation, *, K_range=K_RANGE) -> Criticality:
     >>> round(criticality("tanh").C_W, 12)
     1.0
     """
-    act = _act_iv(activation)
     lo, hi = (float(k) for k in K_range)
     if not (0 < lo < hi and math.isfinite(hi)):
         raise ValueError(f"K_range must be (lo, hi) with 0 < lo < hi < inf; got {K_range!r}")
+    if isinstance(activation, str):
+        # named activations are pure functions of their name: cache the result
+        return _criticality_named(activation.strip().lower(), lo, hi)
+    return _criticality(_act_iv(activation), lo, hi)
+
+
+@functools.lru_cache(maxsize=64)
+def _criticality_named(spec, lo, hi):
+    return _criticality(_act_iv(spec), lo, hi)
+
+
+def _criticality(act, lo, hi):
     name = act.name
     slopes = _scale_invariant_slopes(act)
     if slopes is not None:
