@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -626,8 +625,8 @@ def criticality(activation, *, K_range=K_RANGE) -> Criticality:
 
     Examples
     --------
-    >>> import pdlt
-    >>> res = pdlt.theory.criticality.criticality("relu")
+    >>> from pdlt.theory.criticality import criticality
+    >>> res = criticality("relu")
     >>> res.universality_class, res.C_b, res.C_W
     ('scale-invariant', 0.0, 2.0)
     >>> round(criticality("tanh").C_W, 12)
@@ -1008,7 +1007,3 @@ def phase_diagram(activation, C_b=None, C_W=None, *, K1=1.0, K_range=(1e-8, 1e4)
         line = dict(C_b=cb_line[keep], C_W=cw_line[keep], K_star=grid[keep])
     return PhaseDiagram(crit.activation, C_b, C_W, phase=phase, critical_line=line,
                         critical_point=crit, K1=K1, **arrays)
-
-
-def _warn(msg):  # pragma: no cover - kept for symmetry with the engine
-    warnings.warn(msg, RuntimeWarning, stacklevel=3)
