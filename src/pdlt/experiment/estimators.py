@@ -28,6 +28,14 @@ names (``n x`` the connected correlator). What remains is the truncation of
 the 1/n expansion: the measured ``n x (connected correlator)`` equals the
 O(1/n) coefficient (V, A, B, ...) plus O(1/n) corrections, i.e. the
 ``O(1/n^2)`` terms of the correlator divided by ``1/n``.
+
+Calibration (``tests/experiment/test_estimators.py``, synthetic data with
+known truth): the reported standard errors match the scatter of replicate
+ensembles within the test's 15 %, and 2-sigma intervals of statistics linear
+in the means (K, Theta, B, F, ...) cover ~95 %. For the variance-type
+estimators (V, A, D) with small or strongly non-Gaussian ensembles the
+sampling distribution is skewed and coverage is lower: 0.83-0.92 at
+M = 120-1000 on the synthetic stress case (neurons sharing a chi^2_6 scale).
 """
 
 from __future__ import annotations
