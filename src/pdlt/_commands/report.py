@@ -1,0 +1,39 @@
+"""``pdlt report``: theory against ensembles of real networks, as an HTML page."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(sub):
+    p = sub.add_parser("report", help="theory versus ensembles of real networks (HTML report)",
+                       description="Measure K, Theta and V on ensembles of critical MLPs and "
+                                   "write a self-contained HTML report with a pass/fail table.")
+    p.add_argument("--out", default="pdlt-report", help="output directory (default pdlt-report)")
+    p.add_argument("--quick", action="store_true", help="small suite, under a minute")
+    p.add_argument("--json", action="store_true", help="also write report.json")
+    p.add_argument("--stats", default="K,Theta,V", help="comma-separated statistics")
+    p.set_defaults(run=run)
+
+
+def run(args):
+    from ..report import run_suite, write_report
+    from ..report.suite import STAT_SPECS
+
+    stats = [s.strip() for s in args.stats.split(",") if s.strip()]
+    unknown = [s for s in stats if s not in STAT_SPECS]
+    if unknown:
+        raise ValueError(f"--stats: no report comparison for {', '.join(unknown)}; "
+                         f"available: {', '.join(STAT_SPECS)}")
+    suite = run_suite(stats=stats, quick=args.quick,
+                      log=lambda m: print(m, file=sys.stderr, flush=True))
+    path = write_report(suite, args.out, write_json=args.json)
+    from .common import format_table
+
+    rows = [[r.statistic, r.activation, r.width, r.layer, r.theory, r.measured, r.stderr,
+             r.sigmas, "pass" if r.passed else "FAIL"] for r in suite.rows]
+    print(format_table(["stat", "activation", "width", "layer", "theory", "measured", "stderr",
+                        "sigmas", "result"], rows))
+    print(f"\nreport written to {path} ({suite.seconds:.0f} s); "
+          f"{sum(r.passed for r in suite.rows)}/{len(suite.rows)} rows pass")
+    return 0 if suite.passed else 1

@@ -1,0 +1,55 @@
+"""The report: runs end to end, writes a self-contained page, and fails when
+theory and experiment disagree."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+from pdlt.report import suite as S  # noqa: E402
+from pdlt.report import write_report  # noqa: E402
+
+TINY = [S.Case("relu", 16, 3, 1500, seed=1), S.Case("tanh", 16, 3, 1500, seed=2)]
+
+
+@pytest.fixture(scope="module")
+def tiny_suite():
+    return S.run_suite(TINY, stats=("K", "Theta", "V"))
+
+
+def test_suite_rows_and_pass(tiny_suite):
+    assert len(tiny_suite.rows) == 6
+    assert {r.statistic for r in tiny_suite.rows} == {"K", "Theta", "V"}
+    assert tiny_suite.passed, [r for r in tiny_suite.rows if not r.passed]
+    relu_K = next(r for r in tiny_suite.rows if r.activation == "relu" and r.statistic == "K")
+    assert relu_K.theory == pytest.approx(1.0)  # ReLU at criticality keeps K1 = 1
+
+
+def test_html_and_json_written(tiny_suite, tmp_path):
+    path = write_report(tiny_suite, tmp_path / "rep", write_json=True)
+    text = open(path, encoding="utf-8").read()
+    assert "data:image/png;base64," in text and "<table>" in text and "FAIL" not in text
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert data["passed"] is True and len(data["rows"]) == 6
+
+
+def test_a_wrong_theory_fails(monkeypatch):
+    spec = S.STAT_SPECS["K"]
+    wrong = S.StatSpec(theory=lambda ff, mlp: 1.1 * spec.theory(ff, mlp),
+                       allowance=spec.allowance, label="wrong", note="10 % too large")
+    monkeypatch.setitem(S.STAT_SPECS, "K", wrong)
+    res = S.run_suite([S.Case("relu", 16, 3, 1500, seed=1)], stats=("K",))
+    assert not res.passed
+
+
+def test_cli_report_quick_exit_code(tmp_path, monkeypatch, capsys):
+    from pdlt.cli import main
+
+    monkeypatch.setattr(S, "default_cases", lambda quick=False: TINY[:1])
+    code = main(["report", "--quick", "--out", str(tmp_path / "r"), "--json"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "rows pass" in out
+    assert (tmp_path / "r" / "index.html").exists()
