@@ -8,9 +8,11 @@ networks (``pdlt.experiment``, which needs PyTorch). Conventions:
 
 from .activations import Activation, ActivationError, activation, available_activations
 from .network import MLP
+from .theory.criticality import criticality
 from .theory.kernel import flow
+from .theory.vertex import finite_width_flow
 
 __version__ = "0.1.0"
 
-__all__ = ["Activation", "ActivationError", "activation", "available_activations", "MLP", "flow",
+__all__ = ["Activation", "ActivationError", "activation", "available_activations", "MLP", "flow", "criticality", "finite_width_flow",
            "__version__"]

@@ -274,7 +274,8 @@ def monomial(p: int) -> Activation:
 
 def _tanh():
     def d1(z):
-        return 1.0 / np.cosh(z) ** 2
+        t = np.tanh(z)
+        return 1.0 - t * t  # not 1/cosh^2, which overflows for |z| > 710
 
     def d2(z):
         t = np.tanh(z)

@@ -16,7 +16,7 @@ def add_mlp_arguments(p, *, depth_default=None, width=True):
     p.add_argument("--depth", type=int, default=depth_default, required=depth_default is None,
                    help="number of layers L")
     if width:
-        p.add_argument("--width", type=int, default=100, help="hidden width n (default 100)")
+        p.add_argument("--width", type=int, default=None, help="hidden width n (default 100)")
         p.add_argument("--widths", default=None,
                        help="comma-separated hidden widths n1,...,n_{L-1} (overrides --width)")
     p.add_argument("--C-b", dest="C_b", type=float, default=None, help="bias variance C_b")
@@ -68,7 +68,8 @@ def build_mlp(args, n0=1, critical=False):
             raise ValueError(f"--widths gives {len(ws)} hidden widths but --depth {args.depth} "
                              f"needs {args.depth - 1}")
         return MLP(widths=ws, **kw)
-    return MLP(width=getattr(args, "width", 1), depth=args.depth, **kw)
+    width = getattr(args, "width", None)
+    return MLP(width=100 if width is None else width, depth=args.depth, **kw)
 
 
 def _clean(obj):

@@ -6,8 +6,11 @@ from .common import add_mlp_arguments, build_mlp, format_table, print_json
 
 
 def register(sub):
-    p = sub.add_parser("flow", help="single-input kernel, NTK and susceptibilities at every layer",
-                       description="Single-input infinite-width statistics at every layer.")
+    p = sub.add_parser("flow", help="single-input kernel, NTK, susceptibilities, V and G1 per layer",
+                       description="Single-input statistics at every layer: K, Theta, chi_parallel, "
+                                   "chi_perp, and the order-1/n four-point vertex V and NLO metric "
+                                   "G1 (normalized by n_{l-1}; set the widths with --width or "
+                                   "--widths).")
     add_mlp_arguments(p)
     p.add_argument("--K1", type=float, default=1.0,
                    help="first-layer kernel value K^(1) (default 1); fixes |x|^2/n0 = (K1-C_b)/C_W")
@@ -19,9 +22,11 @@ def register(sub):
 
 def run(args):
     from ..theory.kernel import flow
+    from ..theory.vertex import finite_width_flow
 
     mlp = build_mlp(args, critical=args.critical)
-    result = flow(mlp, K1=args.K1)
+    # V and G1 (order 1/n, normalized by n_{l-1}) need K1 > 0
+    result = finite_width_flow(mlp, K1=args.K1) if args.K1 > 0 else flow(mlp, K1=args.K1)
     d = result.to_dict()
     if args.json:
         print_json(d)

@@ -9,7 +9,10 @@ from .common import add_mlp_arguments, build_mlp, print_json
 
 def register(sub):
     p = sub.add_parser("kernel", help="K and Theta at every layer for inputs in a .npy file",
-                       description="Infinite-width kernel K and NTK Theta (N x N) at every layer.")
+                       description="Infinite-width kernel K and NTK Theta (N x N) at every layer; "
+                                   "with --width or --widths also the four-point vertex V "
+                                   "(N x N x N x N, V[a1][a2][a3][a4] = V_(a1a2)(a3a4)) and the "
+                                   "NLO metric G1 (N x N).")
     add_mlp_arguments(p)
     p.add_argument("--inputs", required=True, help=".npy file with inputs of shape (N, n0)")
     p.add_argument("--critical", action="store_true",
@@ -35,10 +38,13 @@ def load_inputs(path):
 
 def run(args):
     from ..theory.kernel import flow
+    from ..theory.vertex import finite_width_flow
 
     x = load_inputs(args.inputs)
     mlp = build_mlp(args, n0=x.shape[1], critical=args.critical)
-    result = flow(mlp, x)
+    # the order-1/n tensors (V is N^4) only when the widths are asked for
+    finite = args.width is not None or args.widths is not None
+    result = finite_width_flow(mlp, x) if finite else flow(mlp, x)
     if args.json:
         print_json({"layers": [{"layer": s.layer, "K": s.K, "Theta": s.Theta, **s.extra}
                                for s in result]})
@@ -47,4 +53,6 @@ def run(args):
     print(f"{mlp!r}, N={x.shape[0]} inputs")
     for s in result:
         print(f"\nlayer {s.layer}\nK =\n{s.K}\nTheta =\n{s.Theta}")
+        if "G1" in s.extra:
+            print(f"G1 =\n{s.extra['G1']}")
     return 0

@@ -4,6 +4,10 @@ Every statistic is a step function from layer l to layer l+1, composed into a
 flow over depth by :func:`flow`.
 """
 
+from .criticality import NoCriticalPointError, chi_parallel, chi_perp, criticality
 from .kernel import Flow, KernelNotPSDError, LayerStatistics, first_layer, flow, kernel_step
+from .vertex import finite_width_flow, vertex_slope
 
-__all__ = ["Flow", "KernelNotPSDError", "LayerStatistics", "first_layer", "flow", "kernel_step"]
+__all__ = ["Flow", "KernelNotPSDError", "LayerStatistics", "first_layer", "flow", "kernel_step",
+           "criticality", "chi_parallel", "chi_perp", "NoCriticalPointError",
+           "finite_width_flow", "vertex_slope"]
