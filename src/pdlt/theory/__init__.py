@@ -4,10 +4,12 @@ Every statistic is a step function from layer l to layer l+1, composed into a
 flow over depth by :func:`flow`.
 """
 
-from .criticality import NoCriticalPointError, chi_parallel, chi_perp, criticality
+from . import criticality  # the module; the function is pdlt.criticality
+from .criticality import NoCriticalPointError, chi_parallel, chi_perp, depth_scales, phase_diagram
 from .kernel import Flow, KernelNotPSDError, LayerStatistics, first_layer, flow, kernel_step
 from .vertex import finite_width_flow, vertex_slope
 
 __all__ = ["Flow", "KernelNotPSDError", "LayerStatistics", "first_layer", "flow", "kernel_step",
-           "criticality", "chi_parallel", "chi_perp", "NoCriticalPointError",
+           "criticality", "chi_parallel", "chi_perp", "NoCriticalPointError", "depth_scales",
+           "phase_diagram",
            "finite_width_flow", "vertex_slope"]
