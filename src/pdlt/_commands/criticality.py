@@ -29,8 +29,13 @@ def run(args):
         from ..theory.criticality import phase_diagram
 
         plot_phase_diagram(phase_diagram(act), path=args.phase_diagram)
+    from ..theory.vertex import vertex_slope
+
+    slope = (vertex_slope(act, C_W=res.C_W, K_star=res.K_star)
+             if res.universality_class != "none" else None)
     if args.json:
         d = res.to_dict()
+        d["vertex_slope"] = slope
         d["activation"] = args.activation if ":" in args.activation else res.activation
         print_json(d)
         return 0
@@ -40,6 +45,8 @@ def run(args):
         k = "every K" if res.K_star is None else f"{res.K_star:.15g}"
         print(f"critical C_b      {res.C_b:.15g}\ncritical C_W      {res.C_W:.15g}\nK*                {k}")
         print(f"chi_parallel      {res.chi_parallel:.15g}\nchi_perp          {res.chi_perp:.15g}")
+    if slope is not None:
+        print(f"vertex_slope      {slope:.15g}  (V/(n K^2) ~ vertex_slope * L/n at criticality)")
     print(f"\n{res.reason}")
     if res.asymptotics is not None:
         print(f"asymptotics: {res.asymptotics.law}")

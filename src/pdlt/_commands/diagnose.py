@@ -98,6 +98,25 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0):
                          f"{ds.xi_parallel:.4g}, xi_perp = {ds.xi_perp:.4g}; "
                          + ("L exceeds them: signals from the input are lost with depth"
                             if math.isfinite(xi) and depth > xi else "L is within them"))
+    # order-1/n size at the last layer: V/(n K^2) from the finite-width flow,
+    # and the asymptotic slope nu of V/(n K^2) ~ nu L/n at criticality
+    from ..theory.vertex import finite_width_flow, vertex_slope
+
+    if K1 > 0:
+        ff = finite_width_flow(mlp, K1=K1)
+        K_L = float(ff.K[-1])
+        v_norm = float(ff["V"][-1]) / (mlp.fan_in(depth) * K_L ** 2) if K_L > 0 else math.nan
+        out["V_over_nK2_L"] = v_norm
+        out["G1_over_nK_L"] = (float(ff["G1"][-1]) / (mlp.fan_in(depth) * K_L)
+                               if K_L > 0 else math.nan)
+        notes.append(f"finite-width effects at layer L: connected 4-point function "
+                     f"V/(n K^2) = {v_norm:.3g} (the preactivation kurtosis excess is 3x that), "
+                     f"NLO kernel shift G1/(n K) = {out['G1_over_nK_L']:.3g}")
+    out["vertex_slope"] = None
+    if res.universality_class != "none":
+        out["vertex_slope"] = vertex_slope(act, C_W=res.C_W, K_star=res.K_star)
+        notes.append(f"at criticality V/(n K^2) grows like {out['vertex_slope']:.4g} L/n: "
+                     f"{out['vertex_slope'] * r:.3g} for this L/n")
     out["notes"] = notes
     return out
 
