@@ -360,7 +360,7 @@ def _nested(f, g, K11, K12, K22, kinks_f, kinks_g):
 # ---------------------------------------------------------------------------
 
 _KMAX = 160
-_KMAX_FIRST = 64  # orders tried first by the Mehler sum
+_KMAX_FIRST = 48  # orders tried first by the Mehler sum
 
 
 @functools.lru_cache(maxsize=4)
@@ -519,6 +519,7 @@ def pair_expectations(act, K, terms=(("sigma", "sigma"),), *, rtol=1e-12, method
     N = K.shape[0]
     diag = np.diag(K).copy()
     out = {}
+    grid = None  # what the series terms share: rho, the rule's nodes, f values
     for fa, fb in terms:
         cf = closed_form_pair(act, fa, fb, diag[:, None], K, diag[None, :]) \
             if method == "auto" else None
@@ -526,11 +527,12 @@ def pair_expectations(act, K, terms=(("sigma", "sigma"),), *, rtol=1e-12, method
             out[(fa, fb)] = np.asarray(cf, dtype=float)
             continue
         f, g = getattr(act, fa), getattr(act, fb)
-        res = np.empty((N, N))
         if N > 1 and method != "quadrature":
-            _mehler_offdiag(act, f, g, fa == fb, K, diag, res, rtol)
-            out[(fa, fb)] = res
+            if grid is None:
+                grid = _SeriesGrid(act, K, diag)
+            out[(fa, fb)] = _mehler_offdiag(grid, fa, fb, rtol)
             continue
+        res = np.empty((N, N))
         # the diagonal is a one-variable integral
         res[np.diag_indices(N)] = expect(lambda z: f(z) * g(z), diag, kinks=act.kinks,
                                          period=act.period)
@@ -554,10 +556,68 @@ _TILE_COLS = 128     # columns per Horner tile: 64 x 128 < 9216, OpenBLAS runs d
 _PARITY_SHARE = 1e-3  # share of the error budget allowed for dropped parity terms
 
 
-def _mehler_offdiag(act, f, g, symmetric, K, diag, res, rtol):
-    """Fill ``res`` (N, N) with ``<f(z_a) g(z_b)>``: Mehler series off the diagonal.
+class _SeriesGrid:
+    """What all series terms of one kernel share.
 
-    Blocks of ``_STRIP`` rows (and, when ``symmetric``, only the columns on
+    ``rho`` (N, N) with a zero diagonal and ``absrho``; the fixed rule's
+    nodes ``z = sqrt(K_aa) u`` (N, M); the values of each named function on
+    them and its coefficients, computed once per name.
+    """
+
+    def __init__(self, act, K, diag):
+        self.act, self.K, self.diag = act, K, diag
+        self.N = K.shape[0]
+        u, self.w = _fixed_rule()
+        self.pos = diag > 0
+        sd = np.sqrt(np.where(self.pos, diag, 1.0))
+        self.z = sd[:, None] * u[None, :]
+        # rho_ab = K_ab / sqrt(K_aa K_bb), exactly symmetric (K is, s_a s_b is)
+        s = np.where(self.pos, 1.0 / sd, 0.0)
+        rho = K * np.multiply.outer(s, s)
+        np.clip(rho, -1.0, 1.0, out=rho)
+        np.fill_diagonal(rho, 0.0)
+        self.rho = rho
+        self.absrho = np.abs(rho)
+        self.rho_max = float(np.max(self.absrho))
+        # coefficients beyond the fixed rule's resolution are not trusted:
+        # such inputs go to nested quadrature
+        huge = diag > _K_FIXED_MAX
+        if act.period is not None:
+            # as in `expect`: the fixed rule resolves f(sqrt(K) u) only while
+            # sqrt(K) <= period / 2
+            huge |= sd > 0.5 * act.period
+        self.huge = huge
+        # the diagonal can come from the same values exactly when `expect`
+        # would use the fixed rule
+        kinks = tuple(k for k in act.kinks if k != 0.0)
+        self.diag_on_rule = (not kinks and act.period is None
+                             and bool(np.all(diag <= _K_FIXED_MAX)))
+        self._vals, self._coef, self._rmax = {}, {}, {}
+
+    def values(self, name):
+        if name not in self._vals:
+            self._vals[name] = getattr(self.act, name)(self.z)
+        return self._vals[name]
+
+    def coefficients(self, name, kmax):
+        """``(c, <f^2>, tails)`` (see :func:`_series_coefficients`)."""
+        key = (name, kmax)
+        if key not in self._coef:
+            self._coef[key] = _series_coefficients(self.values(name), kmax,
+                                                   getattr(self.act, name), self.pos, self.huge)
+        return self._coef[key]
+
+    def strip_max(self, ia, jb):
+        key = (ia.start, jb.start)
+        if key not in self._rmax:
+            self._rmax[key] = float(np.max(self.absrho[ia, jb]))
+        return self._rmax[key]
+
+
+def _mehler_offdiag(grid, fa, fb, rtol):
+    """``<f(z_a) g(z_b)>`` (N, N) for ``f, g = act.<fa>, act.<fb>``: Mehler series.
+
+    Blocks of ``_STRIP`` rows (and, when ``fa == fb``, only the columns on
     or right of the block's first row, mirrored afterwards) are summed by
     Horner's rule to the order M their Parseval bound requires; each Horner
     step is one in-place Hadamard product and one BLAS rank-1 update. Where
@@ -565,60 +625,50 @@ def _mehler_offdiag(act, f, g, symmetric, K, diag, res, rtol):
     named smooth odd activations and their derivatives) the sum runs over
     the other parity in ``rho^2``, halving the work; the dropped terms are
     bounded and charged to the error budget. Pairs whose bound is not met at
-    ``kmax`` go to nested quadrature.
+    ``kmax`` go to nested quadrature. The diagonal is the one-variable rule.
     """
-    N = K.shape[0]
-    u, w = _fixed_rule()
-    pos = diag > 0
-    safe = np.where(pos, diag, 1.0)
-    sd = np.sqrt(safe)[:, None]
-    vf = f(sd * u[None, :])
-    vg = vf if symmetric else g(sd * u[None, :])
+    act, K, diag, N = grid.act, grid.K, grid.diag, grid.N
+    symmetric = fa == fb
+    f, g = getattr(act, fa), getattr(act, fb)
+    rho, absrho, pos = grid.rho, grid.absrho, grid.pos
+    # first the orders k <= _KMAX_FIRST; all _KMAX only if the global bound
+    # (largest |rho|, largest normalized tails) needs more
+    for kmax in (_KMAX_FIRST, _KMAX):
+        cf, nf, tf = grid.coefficients(fa, kmax)
+        cg, ng, tg = grid.coefficients(fb, kmax)
+        bound = grid.rho_max ** (kmax + 1) * math.sqrt(
+            np.max(tf[:, kmax] * _inv_sqrt(nf)[:, 0] ** 2)
+            * np.max(tg[:, kmax] * _inv_sqrt(ng)[:, 0] ** 2))
+        if bound <= rtol:
+            break
     # the diagonal: the one-variable fixed rule, as `expect` would use it
-    kinks = tuple(k for k in act.kinks if k != 0.0)
-    if not kinks and act.period is None and np.all(diag <= _K_FIXED_MAX):
-        dvals = (vf * vg) @ w
+    if grid.diag_on_rule:
+        dvals = nf.copy() if symmetric else (grid.values(fa) * grid.values(fb)) @ grid.w
         if not pos.all():
             z0 = np.zeros((~pos).sum())
             dvals[~pos] = f(z0) * g(z0)
     else:
         dvals = expect(lambda z: f(z) * g(z), diag, kinks=act.kinks, period=act.period)
-    # rho_ab = K_ab / sqrt(K_aa K_bb), exactly symmetric (K is, s_a s_b is)
-    s = np.where(pos, 1.0 / sd[:, 0], 0.0)
-    rho = K * np.multiply.outer(s, s)
-    np.clip(rho, -1.0, 1.0, out=rho)
-    np.fill_diagonal(rho, 0.0)
-    # coefficients beyond the fixed rule's resolution are not trusted: such
-    # inputs go to nested quadrature
-    huge = diag > _K_FIXED_MAX
-    if act.period is not None:
-        # as in `expect`: the fixed rule resolves f(sqrt(K) u) only while
-        # sqrt(K) <= period / 2
-        huge |= np.sqrt(diag) > 0.5 * act.period
-    # first the orders k <= _KMAX_FIRST; all _KMAX only if the global bound
-    # (largest |rho|, largest tails, smallest scale) needs more
-    for kmax in (_KMAX_FIRST, _KMAX):
-        cf, nf, tf = _series_coefficients(vf, kmax, f, pos, huge)
-        cg, ng, tg = (cf, nf, tf) if symmetric else _series_coefficients(vg, kmax, g, pos, huge)
-        bound = np.max(np.abs(rho)) ** (kmax + 1) * math.sqrt(np.max(tf[:, kmax])
-                                                              * np.max(tg[:, kmax]))
-        if bound <= rtol * math.sqrt(np.min(nf) * np.min(ng)):
-            break
+    res = np.empty((N, N))
     cfT = np.ascontiguousarray(cf.T)
     cgT = cfT if symmetric else np.ascontiguousarray(cg.T)
-    acf, acg = np.abs(cf), np.abs(cg)
+    # everything relative to each pair's own Cauchy-Schwarz scale
+    # sqrt(<f_a^2> <g_b^2>): normalized tails sqrt(T_M / <f^2>) and |c_k| / sqrt(<f^2>)
+    # (an input with <f^2> = 0 has f = 0 a.e.: its coefficients vanish)
+    invf, invg = _inv_sqrt(nf), _inv_sqrt(ng)
+    tfn, tgn = np.sqrt(tf) * invf, np.sqrt(tg) * invg
+    acf, acg = np.abs(cf) * invf, np.abs(cg) * invg
     ks = np.arange(kmax + 1)
     odd = (ks % 2).astype(bool)
+    budget = rtol
     slow_a, slow_b = [], []
     for i0 in range(0, N, _STRIP):
         ia = slice(i0, min(N, i0 + _STRIP))
         jb = slice(i0 if symmetric else 0, N)
         r = rho[ia, jb]
-        absr = np.abs(r)
-        scale = math.sqrt(np.min(nf[ia]) * np.min(ng[jb]))
-        budget = rtol * max(scale, 1e-300)
-        tailc = np.sqrt(np.max(tf[ia], axis=0) * np.max(tg[jb], axis=0))
-        rmax = float(np.max(absr))
+        absr = absrho[ia, jb]
+        tailc = np.max(tfn[ia], axis=0) * np.max(tgn[jb], axis=0)
+        rmax = grid.strip_max(ia, jb)
         if rmax ** (kmax + 1) * tailc[kmax] > budget:
             # the block bound fails at kmax: test pairs one by one; those
             # failing their own bound at kmax go to quadrature
@@ -626,8 +676,7 @@ def _mehler_offdiag(act, f, g, symmetric, K, diag, res, rtol):
                 rlim = (budget / tailc[kmax]) ** (1.0 / (kmax + 1))
             ca, cb = np.nonzero(absr > rlim)
             a, b = ca + ia.start, cb + jb.start
-            pb = absr[ca, cb] ** (kmax + 1) * np.sqrt(tf[a, kmax] * tg[b, kmax])
-            bad = pb > rtol * np.sqrt(nf[a] * ng[b])
+            bad = absr[ca, cb] ** (kmax + 1) * tfn[a, kmax] * tgn[b, kmax] > budget
             slow_a.append(a[bad])
             slow_b.append(b[bad])
             if bad.all():
@@ -669,6 +718,13 @@ def _mehler_offdiag(act, f, g, symmetric, K, diag, res, rtol):
             if symmetric:
                 res[b, a] = v
     res[np.diag_indices(N)] = dvals
+    return res
+
+
+def _inv_sqrt(n2):
+    """``1 / sqrt(n2)`` as a column, 0 where ``n2 = 0``."""
+    pos = n2 > 0
+    return np.where(pos, 1.0 / np.sqrt(np.where(pos, n2, 1.0)), 0.0)[:, None]
 
 
 def _series_coefficients(vals, kmax, f, pos, huge):
