@@ -53,3 +53,17 @@ def test_cli_report_quick_exit_code(tmp_path, monkeypatch, capsys):
     out, _ = capsys.readouterr()
     assert code == 0 and "rows pass" in out
     assert (tmp_path / "r" / "index.html").exists()
+
+
+def test_studies_rows_and_figures(tmp_path):
+    from pdlt.report import studies as st
+
+    lin = st.linear_kurtosis_study(widths=(8,), depth=4, networks=2000)
+    hist = st.histogram_study(width=64, depth=3, networks=400)
+    res = S.run_suite([S.Case("relu", 16, 3, 500, seed=1)], stats=("K",),
+                      studies=[lambda: lin, lambda: hist])
+    assert len(res.rows) == 3 and res.passed, res.rows
+    # the deep-linear theory is exact: (1 + 2/8)^3 at layer 4
+    assert lin.rows[0].theory == pytest.approx(1.25 ** 3, rel=1e-14)
+    text = open(write_report(res, tmp_path / "r"), encoding="utf-8").read()
+    assert text.count("data:image/png;base64,") == 1 + 2  # the K figure and the two studies

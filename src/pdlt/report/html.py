@@ -44,12 +44,14 @@ def write_report(suite, out_dir, *, write_json=False, title="pdlt: theory versus
                  + "</tr>")
     by_case = {(r.case.activation, r.case.width): r for r in suite.cases}
     for row in suite.rows:
-        res = by_case[(row.activation, row.width)]
+        res = by_case.get((row.activation, row.width))
+        cb, cw, nets = ((f"{res.C_b:.6g}", f"{res.C_W:.6g}", res.case.networks) if res is not None
+                        and row.statistic in res.theory else ("", "", ""))
         cls = "pass" if row.passed else "fail"
         parts.append(
-            f"<tr><td>{row.statistic}</td><td>{row.activation}</td><td>{res.C_b:.6g}</td>"
-            f"<td>{res.C_W:.6g}</td><td>{row.width}</td><td>{row.layer}</td>"
-            f"<td>{res.case.networks}</td><td>{row.theory:.6g}</td><td>{row.measured:.6g}</td>"
+            f"<tr><td>{html.escape(row.statistic)}</td><td>{row.activation}</td><td>{cb}</td>"
+            f"<td>{cw}</td><td>{row.width}</td><td>{row.layer}</td>"
+            f"<td>{nets}</td><td>{row.theory:.6g}</td><td>{row.measured:.6g}</td>"
             f"<td>{row.stderr:.3g}</td><td>{row.allowance:.3g}</td><td>{row.sigmas:.2f}</td>"
             f"<td class='{cls}'>{'pass' if row.passed else 'FAIL'}</td></tr>")
     parts.append("</table>")
@@ -59,6 +61,11 @@ def write_report(suite, out_dir, *, write_json=False, title="pdlt: theory versus
             fig = depth_figure(suite.cases, s, a, STAT_SPECS[s])
             parts.append(f"<img alt='{s} {a}' src='data:image/png;base64,{figure_to_base64(fig)}'>")
         parts.append("</div>")
+    for study in suite.studies:
+        fig = study.figure()
+        parts.append(f"<h2>{html.escape(study.title)}</h2><p>{html.escape(study.note)}</p>"
+                     f"<div class='figs'><img alt='{html.escape(study.title)}' "
+                     f"src='data:image/png;base64,{figure_to_base64(fig)}'></div>")
     parts.append("</body></html>")
     path = os.path.join(out_dir, "index.html")
     with open(path, "w", encoding="utf-8") as fh:

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 __all__ = ["Case", "StatSpec", "STAT_SPECS", "Row", "CaseResult", "SuiteResult",
-           "default_cases", "run_case", "run_suite", "critical_mlp"]
+           "default_cases", "default_studies", "run_case", "run_suite", "critical_mlp"]
 
 Z_PASS = 4.0
 
@@ -140,6 +140,7 @@ class SuiteResult:
     cases: tuple
     rows: tuple
     seconds: float
+    studies: tuple = ()
 
     @property
     def passed(self) -> bool:
@@ -219,9 +220,27 @@ def _rows(res: CaseResult):
     return rows
 
 
+def default_studies(quick=False):
+    """The extra studies (:mod:`pdlt.report.studies`) as zero-argument callables."""
+    from . import studies as st
+
+    if quick:
+        return [lambda: st.linear_kurtosis_study(networks=4000),
+                lambda: st.histogram_study(networks=1500)]
+    return [lambda: st.linear_kurtosis_study(networks=20000),
+            lambda: st.histogram_study(networks=6000)]
+
+
 def run_suite(cases=None, stats=("K", "Theta", "V"), *, quick=False, progress=None,
-              log=None) -> SuiteResult:
-    """Run every case and compare at the last layer. ``log(msg)`` reports progress."""
+              log=None, studies=None) -> SuiteResult:
+    """Run every case and compare at the last layer. ``log(msg)`` reports progress.
+
+    ``studies``: zero-argument callables returning a
+    :class:`pdlt.report.studies.Study`; default :func:`default_studies` when
+    ``cases`` is None, none otherwise.
+    """
+    if studies is None:
+        studies = default_studies(quick) if cases is None else []
     cases = default_cases(quick) if cases is None else list(cases)
     t0 = time.perf_counter()
     results, rows = [], []
@@ -232,4 +251,11 @@ def run_suite(cases=None, stats=("K", "Theta", "V"), *, quick=False, progress=No
         res = run_case(case, stats, progress=progress)
         results.append(res)
         rows.extend(_rows(res))
-    return SuiteResult(tuple(results), tuple(rows), time.perf_counter() - t0)
+    done = []
+    for k, make in enumerate(studies):
+        if log:
+            log(f"[study {k + 1}/{len(studies)}]")
+        study = make()
+        done.append(study)
+        rows.extend(study.rows)
+    return SuiteResult(tuple(results), tuple(rows), time.perf_counter() - t0, tuple(done))
