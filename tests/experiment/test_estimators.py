@@ -50,7 +50,7 @@ def synthetic(rng, M, n=N_NEURONS):
     idx = np.arange(n)
     H[:, idx, idx] = diag
     zt = torch.as_tensor(z[:, :, None])                # (M, n, N=1)
-    Ht = torch.as_tensor(H[:, None, None])             # (M, N, N, n, n)
+    Ht = torch.as_tensor(H[:, None, :, None, :])       # (M, N, n, N, n)
     return zt, Ht
 
 

@@ -400,7 +400,7 @@ def _np(t):
 def _sufficient(z, H, need):
     """Per-network neuron averages (sufficient statistics) at one layer.
 
-    z : (B, n, N); H : (B, N, N, n, n) internal NTK layout or None.
+    z : (B, n, N); H : (B, N, n, N, n) internal NTK layout ``H[(a1,i1),(a2,i2)]`` or None.
     Returns a dict name -> ndarray (B, ...).
     """
     B, n, N = z.shape
@@ -417,7 +417,7 @@ def _sufficient(z, H, need):
             out["zzzz_pair"] = _np((Sq[:, :, :, None, None] * Sq[:, None, None] - qq) / (n * (n - 1)))
     if H is None:
         return out
-    hd = H.diagonal(dim1=-2, dim2=-1)  # (B, N, N, n): H_{ii;ab}
+    hd = H.diagonal(dim1=2, dim2=4)  # (B, N, N, n): H_{ii;ab}
     if "Hd" in need:
         out["Hd"] = _np(hd.mean(-1))
     if n < 2:
@@ -429,8 +429,7 @@ def _sufficient(z, H, need):
                            - torch.einsum("Babi,Bcdi->Babcd", hd, hd)) / norm)
     if "HH_B" in need:
         # B[a,b,c,d] = mean_{i!=j} H_{ij;ac} H_{ij;bd}
-        Hf = H.reshape(B, N * N, n * n)
-        full = torch.bmm(Hf, Hf.transpose(1, 2)).reshape(B, N, N, N, N).permute(0, 1, 3, 2, 4)
+        full = torch.einsum("Baicj,Bbidj->Babcd", H, H)
         diag = torch.einsum("Baci,Bbdi->Babcd", hd, hd)
         out["HH_B"] = _np((full - diag) / norm)
     if "Hzz_D" in need:
@@ -439,8 +438,8 @@ def _sufficient(z, H, need):
                             - torch.einsum("Babi,Bicd->Babcd", hd, q)) / norm)
     if "Hzz_F" in need:
         # F[a,b,c,d] = mean_{i!=j} H_{ij;ac} z_{i;b} z_{j;d}
-        Y = torch.matmul(H, z[:, None, None])  # (B, N(a), N(c), n(i), N(d))
-        full = torch.einsum("Bacid,Bib->Babcd", Y, z)
+        Y = torch.einsum("Baicj,Bjd->Baicd", H, z)
+        full = torch.einsum("Baicd,Bib->Babcd", Y, z)
         diag = torch.einsum("Baci,Bibd->Babcd", hd, q)
         out["Hzz_F"] = _np((full - diag) / norm)
     return out

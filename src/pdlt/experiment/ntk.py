@@ -19,8 +19,9 @@ With ``sigma_{j;a} = sigma(z^(l)_{j;a})`` and the hyperparameters of layer l+1,
           \sigma'_{j_1;a_1}\sigma'_{j_2;a_2}\, H^{(l)}_{j_1 j_2; a_1 a_2},
 
 starting from ``H^(1) = delta_{i1 i2} [lambda_b + lambda_W x_a . x_b / n_0]``.
-It needs no Jacobian: per layer two batched matmuls of size
-(n_{l+1} x n_l x n_l) per input pair. It agrees with the autodiff NTK
+It needs no Jacobian: per layer two batched matmuls of
+(n_{l+1} x n_l) by (n_l x N n) over the (network, input) batch, treating H as
+one symmetric (N n) x (N n) matrix per network. It agrees with the autodiff NTK
 (:func:`ntk_autodiff`, ``J Lambda J^T``) to ~1e-13 relative in float64
 (``tests/experiment/test_ntk.py`` checks 1e-10).
 
@@ -51,38 +52,43 @@ __all__ = ["preactivations", "ntk_forward", "ntk_autodiff", "dntk_autodiff", "dd
 
 
 # ---------------------------------------------------------------------------
-# forward pass and NTK forward equation (internal layout H[m, a1, a2, i1, i2])
+# forward pass and NTK forward equation (internal layout H[m, a1, i1, a2, i2])
 # ---------------------------------------------------------------------------
 
 def _first_layer_ntk(x, mlp, B, n1, dtype, device):
     N = x.shape[0]
     theta1 = mlp.lambda_b[0] + mlp.lambda_W[0] / mlp.widths[0] * (x @ x.T)  # (N, N)
     eye = torch.eye(n1, dtype=dtype, device=device)
-    return (theta1[:, :, None, None] * eye).expand(B, N, N, n1, n1)
+    H = theta1[:, None, :, None] * eye[None, :, None, :]  # (a1, i1, a2, i2)
+    return H.expand(B, N, n1, N, n1)
 
 
 def _ntk_step(H, sp, sig, W, lb, lW):
     """One step of the NTK forward equation, internal layout.
 
-    H : (B, N, N, n, n); sp, sig : (B, n, N) sigma'(z), sigma(z); W : (B, n', n).
-    Returns (B, N, N, n', n').
+    H is the symmetric (N n) x (N n) matrix ``H[(a1, i1), (a2, i2)]`` of each
+    network, stored (B, N, n, N, n). With the block-diagonal
+    ``Wt = diag_a(W diag(sigma'_a))`` the step is ``Wt H Wt^T`` plus the
+    diagonal term: two batched matmuls of (n' x n) by (n x N n) over the
+    (network, input) batch, using ``(Wt H)^T = H Wt^T``.
+
+    sp, sig : (B, n, N) sigma'(z), sigma(z); W : (B, n', n).
+    Returns (B, N, n', N, n').
     """
-    B, N, _, n, _ = H.shape
+    B, N, n = H.shape[0], H.shape[1], H.shape[2]
     n_out = W.shape[1]
-    s = sp.transpose(1, 2)  # (B, N, n)
-    Mx = s[:, :, None, :, None] * H * s[:, None, :, None, :]  # sigma'_a1 H_a1a2 sigma'_a2
-    # Y[a1, a2] = Mx[a1, a2] W^T : one bmm over (B) with rows (a1, a2, j1)
-    Y = torch.bmm(Mx.reshape(B, N * N * n, n), W.transpose(1, 2))  # (B, N N n, n')
-    Y = Y.reshape(B, N * N, n, n_out).transpose(1, 2).reshape(B, n, N * N * n_out)
-    Z = torch.bmm(W, Y).reshape(B, n_out, N, N, n_out).permute(0, 2, 3, 1, 4)
+    Wa = W[:, None, :, :] * sp.transpose(1, 2)[:, :, None, :]  # (B, N, n', n): W diag(sigma'_a)
+    Wa = Wa.reshape(B * N, n_out, n)
+    X = torch.bmm(Wa, H.reshape(B * N, n, N * n))  # (Wt H)[(a1 i1), (a2 j2)]
+    Xt = X.reshape(B, N * n_out, N * n).transpose(1, 2).reshape(B * N, n, N * n_out)
+    Z = torch.bmm(Wa, Xt).reshape(B, N, n_out, N, n_out)  # Wt (Wt H)^T = Wt H Wt^T
     gram = sig.transpose(1, 2) @ sig  # (B, N, N): sum_j sigma_j;a1 sigma_j;a2
-    Z = Z.contiguous()
-    Z.diagonal(dim1=-2, dim2=-1).add_((lb + lW / n * gram)[..., None])
+    Z.diagonal(dim1=2, dim2=4).add_((lb + lW / n * gram)[..., None])
     return Z
 
 
 def _forward(weights, biases, x, tact, upto, *, ntk=False, mlp=None):
-    """Yield ``(l, z, H)`` for l = 1..upto; z (B, n_l, N), H internal or None."""
+    """Yield ``(l, z, H)`` for l = 1..upto; z (B, n_l, N), H (B, N, n, N, n) or None."""
     B = weights[0].shape[0]
     z = torch.matmul(weights[0], x.T) + biases[0][:, :, None]
     H = _first_layer_ntk(x, mlp, B, z.shape[1], z.dtype, z.device) if ntk else None
@@ -137,7 +143,7 @@ def ntk_forward(weights, biases, x, mlp, upto=None):
     out = []
     for _, _, H in _forward(weights, biases, x, torch_activation(mlp.activation), upto,
                             ntk=True, mlp=mlp):
-        out.append(H.permute(0, 3, 4, 1, 2))
+        out.append(H.permute(0, 2, 4, 1, 3))
     return out
 
 
