@@ -224,7 +224,7 @@ def vertex_step(act, K, V, C_W, ratio=1.0, *, accuracy="default", _mats=None):
         Weight variance of layer l+1.
     ratio : float
         ``n_l / n_{l-1}``.
-    accuracy : {"default", "high"}
+    accuracy : {"fast", "default", "high"}
         Rule of the four-variable expectations (:mod:`pdlt.gaussian._multi`).
 
     Returns
@@ -373,8 +373,10 @@ def finite_width_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", rtol=1e-
         Inputs (multi-input path).
     K1 : float, optional
         Single-input path: the first-layer kernel. Give exactly one of x, K1.
-    accuracy : {"default", "high"}
-        Rule for the four-variable expectations (multi-input path).
+    accuracy : {"fast", "default", "high"}
+        Rule for the four-variable expectations (multi-input path; errors
+        stated in :mod:`pdlt.gaussian._multi`). "fast" meets the benchmark
+        target (N = 16, depth 10, tanh, under 10 s; ``benchmarks/vertex.py``).
     rtol : float
         Passed to :func:`pdlt.theory.kernel.flow`.
 
@@ -398,8 +400,8 @@ def finite_width_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", rtol=1e-
         if not K1 > 0:
             raise ValueError(f"K1 must be > 0 for the finite-width statistics; got {K1}")
         return _single(mlp, kflow)
-    if accuracy not in ("default", "high"):
-        raise ValueError(f"accuracy must be 'default' or 'high'; got {accuracy!r}")
+    if accuracy not in ("fast", "default", "high"):
+        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
     return _multi(mlp, kflow, accuracy)
 
 
