@@ -72,6 +72,9 @@ class Activation:
     period : float or None
         Period of an oscillatory activation (sin: 2 pi); the integration
         engine then refines its panels for large variances.
+    torch_fn : callable or None
+        Elementwise torch twin of sigma for a user activation, used by the
+        ensemble engine (``pdlt.experiment``); named activations need none.
     """
 
     name: str
@@ -84,6 +87,7 @@ class Activation:
     parameters: dict = field(default_factory=dict, compare=False, hash=False)
     derivatives: str = "exact"
     period: float | None = None
+    torch_fn: Callable | None = field(default=None, compare=False, hash=False, repr=False)
 
     def __call__(self, z):
         return self.sigma(np.asarray(z, dtype=float))
@@ -99,7 +103,7 @@ class Activation:
 
     @classmethod
     def from_callable(cls, fn, d1=None, d2=None, *, name=None, kinks=(),
-                      step=None) -> "Activation":
+                      step=None, torch_fn=None) -> "Activation":
         """Wrap a user's vectorized numpy callable as an :class:`Activation`.
 
         Parameters
@@ -122,6 +126,9 @@ class Activation:
             Points where fn or its first two derivatives jump.
         step : float, optional
             Finite-difference step scale (default 1e-2).
+        torch_fn : callable, optional
+            Elementwise torch version of ``fn`` so that ensembles of real
+            networks (``pdlt.experiment``) can use this activation.
 
         Raises
         ------
@@ -150,7 +157,8 @@ class Activation:
         return cls(name=name, sigma=_vectorized(fn), d1=_vectorized(d1),
                    d2=_vectorized(d2), kinks=tuple(float(k) for k in kinks),
                    taylor=taylor,
-                   derivatives="numerical" if numerical else "exact")
+                   derivatives="numerical" if numerical else "exact",
+                   torch_fn=torch_fn)
 
 
 def _vectorized(fn):

@@ -19,6 +19,7 @@ from ._core import (  # noqa: F401
     pair_expectations,
 )
 from ._core import __doc__ as _methods_doc
+from ._multi import expect_nd, quad_expectations  # noqa: F401
 
 __doc__ = (__doc__ or "") + "\n" + (_methods_doc or "")
 
@@ -28,6 +29,8 @@ __all__ = [
     "pair_expectations",
     "hermite_coefficients",
     "closed_form_pair",
+    "expect_nd",
+    "quad_expectations",
     "KernelNotPSDError",
     "T_TRUNC",
 ]

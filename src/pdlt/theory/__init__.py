@@ -5,11 +5,14 @@ flow over depth by :func:`flow`.
 """
 
 from . import criticality  # the module; the function is pdlt.criticality
+from . import linear, nearly_gaussian
 from .criticality import NoCriticalPointError, chi_parallel, chi_perp, depth_scales, phase_diagram
 from .kernel import Flow, KernelNotPSDError, LayerStatistics, first_layer, flow, kernel_step
-from .vertex import finite_width_flow, vertex_slope
+from .vertex import (finite_width_flow, metric_step, metric_step_single, vertex_slope,
+                     vertex_step, vertex_step_single)
 
 __all__ = ["Flow", "KernelNotPSDError", "LayerStatistics", "first_layer", "flow", "kernel_step",
            "criticality", "chi_parallel", "chi_perp", "NoCriticalPointError", "depth_scales",
            "phase_diagram",
-           "finite_width_flow", "vertex_slope"]
+           "finite_width_flow", "vertex_slope", "vertex_step", "vertex_step_single",
+           "metric_step", "metric_step_single", "linear", "nearly_gaussian"]
