@@ -26,7 +26,7 @@ def test_criticality_json(capsys, name, cls, C_W):
     rc, out, err = run(capsys, "criticality", name, "--json")
     assert rc == 0 and err == ""
     d = json.loads(out)
-    assert set(d) == KEYS
+    assert KEYS <= set(d), KEYS - set(d)  # later issues add keys (vertex_slope, ...)
     assert d["universality_class"] == cls and d["activation"] == name
     if C_W is None:
         assert d["C_W"] is None and "no critical" in d["reason"]
