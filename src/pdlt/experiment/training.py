@@ -1,0 +1,189 @@
+r"""Full-batch gradient descent of an ensemble of real MLPs (needs PyTorch).
+
+The referee of :mod:`pdlt.learning.kernel_learning`: M networks drawn exactly
+as :class:`pdlt.experiment.Ensemble` draws them (network m has the same
+initial parameters as in ``Ensemble(mlp, networks, seed)``), trained together,
+batched over the network axis, on the MSE loss with the 1/2-sum convention
+
+.. math::
+    \mathcal{L} = \frac12 \sum_{a \in A} \sum_i (z_{i;a} - y_{i;a})^2
+
+(no 1/N), with the learning-rate tensor of ``shared/NOTATION.md``: a bias of
+layer l steps by ``eta * lambda_b^(l) * dL/db`` and a weight of layer l by
+``eta * lambda_W^(l) / n_{l-1} * dL/dW``. Then at first order the outputs
+move by ``-eta H (z - y)`` with the NTK H of NOTATION.md, so at infinite
+width the trained ensemble follows the frozen-NTK linear model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..network import MLP, validate_inputs
+from .activations import torch_activation
+from .ensemble import DEFAULT_MEMORY_BUDGET, Ensemble
+from .estimators import Estimate
+
+__all__ = ["TrainedEnsemble", "train_ensemble"]
+
+
+@dataclass(frozen=True)
+class TrainedEnsemble:
+    """Outputs of M networks along full-batch gradient descent.
+
+    Attributes
+    ----------
+    steps : ndarray (T,) of int
+        The recorded step counts (0 = initialization).
+    train : ndarray (M, T, N, n_out)
+        Outputs on the training inputs after each recorded step.
+    test : ndarray (M, T, N_test, n_out)
+        Outputs on the test inputs.
+    loss : ndarray (M, T)
+        Training loss ``(1/2) sum (z - y)^2`` per network.
+    learning_rate : float
+    seed : int
+    """
+
+    steps: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+    loss: np.ndarray
+    learning_rate: float
+    seed: int
+
+    @property
+    def n_networks(self) -> int:
+        return self.test.shape[0]
+
+    def _index(self, step):
+        if step is None:
+            return len(self.steps) - 1
+        hits = np.flatnonzero(self.steps == step)
+        if not hits.size:
+            raise ValueError(f"step {step} was not recorded; recorded: {self.steps.tolist()}")
+        return int(hits[0])
+
+    def mean(self, step=None, on="test") -> Estimate:
+        """Ensemble mean of the outputs (N', n_out) at a recorded step (default: last)."""
+        z = getattr(self, on)[:, self._index(step)]
+        M = z.shape[0]
+        return Estimate(z.mean(0), z.std(0, ddof=1) / np.sqrt(M), M)
+
+    def cov(self, step=None, on="test", component=0) -> Estimate:
+        """Covariance over networks (N', N') of one output component, with delta-method stderr."""
+        z = getattr(self, on)[:, self._index(step), :, component]
+        M = z.shape[0]
+        d = z - z.mean(0)
+        prod = d[:, :, None] * d[:, None, :]
+        return Estimate(prod.sum(0) / (M - 1), prod.std(0, ddof=1) / np.sqrt(M), M)
+
+
+def _forward(Ws, bs, x, tact):
+    """Outputs (B, N, n_L) of B networks on inputs x (N, n0)."""
+    h = x
+    z = None
+    for l, (W, b) in enumerate(zip(Ws, bs)):
+        if l > 0:
+            h = tact.sigma(z)
+        # z_{i;a} = b_i + sum_j W_ij h_{j;a}: (B, N, n_l)
+        z = torch.matmul(h, W.transpose(1, 2)) + b[:, None, :]
+    return z
+
+
+def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate, steps,
+                   record=None, seed=0, dtype=torch.float64, device="cpu",
+                   memory_budget=DEFAULT_MEMORY_BUDGET, chunk_size=None) -> TrainedEnsemble:
+    """Train M networks by full-batch gradient descent on the MSE loss.
+
+    Parameters
+    ----------
+    mlp : pdlt.MLP
+    X_train : array_like (N, n0)
+    y_train : array_like (N,) or (N, n_out)
+        ``n_out`` must equal ``mlp.n_out`` (a 1-D ``y`` needs ``n_out = 1``).
+    X_test : array_like (N_test, n0)
+    networks : int, default 100
+    learning_rate : float
+        ``eta``; the step of parameter mu is ``eta * lambda_mu * dL/dtheta_mu``.
+    steps : int
+        Number of full-batch steps.
+    record : sequence of int, optional
+        Steps at which outputs are recorded (default ``(0, steps)``).
+    seed : int, default 0
+        Same networks as ``Ensemble(mlp, networks, seed)``.
+    dtype, device, memory_budget, chunk_size
+        As for :class:`Ensemble`.
+
+    Returns
+    -------
+    TrainedEnsemble
+    """
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    Xa = validate_inputs(X_train, mlp.n0, "X_train")
+    Xb = validate_inputs(X_test, mlp.n0, "X_test")
+    y = np.asarray(y_train, dtype=float)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.shape != (Xa.shape[0], mlp.n_out):
+        raise ValueError(f"y_train must have shape ({Xa.shape[0]},) or ({Xa.shape[0]}, "
+                         f"{mlp.n_out}) (one target per input and output); got {np.shape(y_train)}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y_train contains NaN or inf; drop or impute those targets")
+    eta = float(learning_rate)
+    if not np.isfinite(eta) or eta <= 0:
+        raise ValueError(f"learning_rate must be finite and > 0; got {learning_rate!r}")
+    if int(steps) != steps or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer; got {steps!r}")
+    steps = int(steps)
+    rec = np.unique(np.asarray((0, steps) if record is None else record, dtype=int))
+    if rec[0] < 0 or rec[-1] > steps:
+        raise ValueError(f"record must lie in 0..steps={steps}; got {rec.tolist()}")
+    ens = Ensemble(mlp, networks=networks, seed=seed, dtype=dtype, device=device,
+                   memory_budget=memory_budget, chunk_size=chunk_size)
+    tact = torch_activation(mlp.activation)
+    conv = dict(dtype=dtype, device=ens.device)
+    xa, xb = torch.as_tensor(Xa, **conv), torch.as_tensor(Xb, **conv)
+    yt = torch.as_tensor(y, **conv)
+    # per-parameter learning rates (NOTATION.md): lambda_b^(l), lambda_W^(l) / n_{l-1}
+    lr_W = [eta * mlp.lambda_W[l] / mlp.widths[l] for l in range(mlp.depth)]
+    lr_b = [eta * mlp.lambda_b[l] for l in range(mlp.depth)]
+
+    N = Xa.shape[0] + Xb.shape[0]
+    item = torch.finfo(dtype).bits // 8
+    per_net = item * (4 * ens.n_parameters + 8 * N * sum(mlp.widths[1:]))
+    chunk = chunk_size or int(max(1, min(networks, memory_budget // per_net)))
+    M, T = networks, rec.size
+    out_a = np.empty((M, T, Xa.shape[0], mlp.n_out))
+    out_b = np.empty((M, T, Xb.shape[0], mlp.n_out))
+    loss = np.empty((M, T))
+    for start in range(0, M, chunk):
+        stop = min(M, start + chunk)
+        Ws, bs = ens.parameters(start, stop)
+        params = [p.requires_grad_(True) for p in (*Ws, *bs)]
+        k = 0
+        for t in range(steps + 1):
+            za = _forward(Ws, bs, xa, tact)
+            resid = za - yt
+            if k < T and t == rec[k]:
+                with torch.no_grad():
+                    zb = _forward(Ws, bs, xb, tact)
+                out_a[start:stop, k] = za.detach().cpu().double().numpy()
+                out_b[start:stop, k] = zb.cpu().double().numpy()
+                loss[start:stop, k] = (0.5 * (resid.detach() ** 2).sum((1, 2))).cpu().double().numpy()
+                k += 1
+            if t == steps:
+                break
+            # the loss of the batch is the sum of the networks' losses, so each
+            # network's gradient is its own
+            grads = torch.autograd.grad(0.5 * (resid ** 2).sum(), params)
+            with torch.no_grad():
+                L = mlp.depth
+                for l in range(L):
+                    Ws[l].sub_(lr_W[l] * grads[l])
+                    bs[l].sub_(lr_b[l] * grads[L + l])
+    return TrainedEnsemble(rec, out_a, out_b, loss, eta, int(seed))
