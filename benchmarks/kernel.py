@@ -69,7 +69,8 @@ def _nt_worker(inp, outdir):
     """Compute NNGP/NTK with neural-tangents for each requested activation."""
     spec = json.load(open(os.path.join(inp, "spec.json")))
     import jax
-    jax.config.update("jax_enable_x64", spec["dtype"] == "float64")
+    # the convention check always runs in float64; the timed runs in spec["dtype"]
+    jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     from neural_tangents import stax
 
@@ -103,10 +104,11 @@ def _nt_worker(inp, outdir):
         pass
     # convention check: two inputs, ReLU, depth 3
     x2 = np.load(os.path.join(inp, "x2.npy"))
-    k = kernel_fn("relu", 3, spec["check_cb"], spec["check_cw"])(jnp.asarray(x2, dtype), None,
-                                                                get=("nngp", "ntk"))
+    k = kernel_fn("relu", 3, spec["check_cb"], spec["check_cw"])(jnp.asarray(x2, jnp.float64),
+                                                                None, get=("nngp", "ntk"))
     np.save(os.path.join(outdir, "check_K.npy"), np.asarray(k.nngp, float))
     np.save(os.path.join(outdir, "check_Theta.npy"), np.asarray(k.ntk, float))
+    jax.config.update("jax_enable_x64", spec["dtype"] == "float64")
     for N in spec["sizes"]:
         x = jnp.asarray(np.load(os.path.join(inp, f"x{N}.npy")), dtype)
         for name in spec["activations"]:
