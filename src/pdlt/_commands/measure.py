@@ -27,6 +27,21 @@ def register(sub):
     p.add_argument("--float32", action="store_true", help="run in float32 (default float64)")
     p.add_argument("--memory-budget", dest="memory_budget", type=float, default=1.0,
                    help="working memory per chunk in GiB (default 1)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local (default): this process; ray: shards of networks as Ray tasks "
+                        "(pip install 'pdlt[ray]')")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address to connect to (e.g. auto, ray://head:10001); "
+                        "default: start a local Ray instance (needs --backend ray)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="CPUs of the local Ray instance (default: all cores; --backend ray "
+                        "without --address)")
+    p.add_argument("--shards", type=int, default=None,
+                   help="split the ensemble into this many network ranges (default: one pass "
+                        "locally, a few per Ray CPU); the result does not depend on it")
+    p.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help=".npz file of the shards already measured: an interrupted run given "
+                        "the same file resumes where it stopped")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run)
 
@@ -61,6 +76,13 @@ def run(args):
         except ValueError:
             raise ValueError(f"--layers must be comma-separated integers; got {args.layers!r}") from None
 
+    if args.address is not None and args.backend != "ray":
+        raise ValueError(f"--address {args.address} connects to a Ray cluster: add --backend ray")
+    if args.shards is not None and args.shards < 1:
+        raise ValueError(f"--shards must be a positive integer; got {args.shards}")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be a positive integer; got {args.workers}")
+
     import torch
 
     from ..experiment import Ensemble
@@ -71,7 +93,9 @@ def run(args):
     ens = Ensemble(mlp, networks=args.networks, seed=args.seed,
                    dtype=torch.float32 if args.float32 else torch.float64, device=args.device,
                    memory_budget=int(args.memory_budget * (1 << 30)))
-    result = ens.measure(x, stats=stats, layers=layers, K1=K1, K_theory=K_theory)
+    result = ens.measure(x, stats=stats, layers=layers, K1=K1, K_theory=K_theory,
+                         backend=args.backend, address=args.address, shards=args.shards,
+                         checkpoint=args.checkpoint, workers=args.workers)
     if args.json:
         print_json(result.to_dict())
         return 0

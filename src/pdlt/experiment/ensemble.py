@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -210,7 +211,8 @@ class Ensemble:
         return 8 * 4 * (p ** 3 * P + p ** 2 * P)
 
     def measure(self, x=None, stats=("K", "Theta"), layers=None, *, K1=None, K_theory=None,
-                progress=None) -> Measurement:
+                progress=None, backend="local", address=None, shards=None, checkpoint=None,
+                workers=None) -> Measurement:
         """Measure statistics of ``shared/NOTATION.md`` with standard errors.
 
         Parameters
@@ -232,7 +234,30 @@ class Ensemble:
             a ``pdlt.theory.Flow``; needed for ``G1``.
         progress : bool, optional
             tqdm progress bar on stderr; default: shown when a run lasts
-            more than 2 s.
+            more than 2 s. Over networks for the plain local run, over
+            shards when the ensemble is sharded.
+        backend : {"local", "ray"}, default "local"
+            ``"ray"`` runs the shards as Ray tasks (needs ``pip install
+            'pdlt[ray]'``; see :mod:`pdlt.experiment.distributed`).
+        address : str, optional
+            Ray cluster to connect to (``ray.init(address=...)``, e.g.
+            ``"auto"`` or ``"ray://head:10001"``); default: start a local Ray
+            instance with ``workers`` CPUs and shut it down afterwards. An
+            already initialized Ray session is used as it is.
+        shards : int, optional
+            Number of shards (contiguous ranges of network indices). Default:
+            the plain single pass for ``backend="local"`` without a
+            checkpoint; otherwise chosen from the ensemble size and the
+            number of Ray CPUs. The result does not depend on it beyond
+            float rounding.
+        checkpoint : str or path, optional
+            File (``.npz``) holding the sufficient-statistic sums of the
+            shards already done; an interrupted run given the same file
+            resumes from it. Refused with an error if it was written for a
+            different measurement.
+        workers : int, optional
+            CPUs of the local Ray instance started when ``address`` is None
+            (default ``os.cpu_count()``); ignored otherwise.
 
         Returns
         -------
@@ -252,13 +277,48 @@ class Ensemble:
         of ``V_pair``, ``V_same`` has the smaller standard error.
         ``P .. U`` use autodiff (cost grows like ``(n_l N)^3`` per network;
         see :mod:`pdlt.experiment.ntk`).
+
+        Sharded runs (``shards``, ``checkpoint`` or ``backend="ray"``)
+        compute the per-group sums of the sufficient statistics for each
+        network range separately and add them on the driver in the order of
+        the ranges, so the result equals the single-pass one up to float
+        rounding (exactly, when shard boundaries fall on group boundaries).
         """
+        if backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray'; got {backend!r}")
+        if shards is not None and (isinstance(shards, bool) or int(shards) != shards
+                                   or shards < 1):
+            raise ValueError(f"shards must be a positive integer or None; got {shards!r}")
+        if workers is not None and (isinstance(workers, bool) or int(workers) != workers
+                                    or workers < 1):
+            raise ValueError(f"workers must be a positive integer or None; got {workers!r}")
+        if address is not None and backend != "ray":
+            raise ValueError(f"address={address!r} is only used by backend='ray'; pass "
+                             "backend='ray' or drop address")
+        plan = self._plan(x, stats, layers, K1, K_theory)
+        if backend == "local" and shards is None and checkpoint is None:
+            sums = {l: GroupSums(self.networks) for l in plan.layers}
+            bar = _progress(self.networks, progress)
+            try:
+                self._accumulate(plan, 0, self.networks, sums, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+        else:
+            from .distributed import sharded_sums
+            sums = sharded_sums(self, plan, backend=backend, address=address, shards=shards,
+                                checkpoint=checkpoint, workers=workers, progress=progress)
+        return self._estimate(plan, sums)
+
+    # -- the three steps of measure(): plan, sums over a network range, estimates --
+
+    def _plan(self, x, stats, layers, K1, K_theory) -> "_Plan":
+        """Validate the arguments of :meth:`measure` once; what to compute."""
         mlp = self.mlp
         if (x is None) == (K1 is None):
             raise ValueError("give exactly one of x (inputs, shape (N, n0)) and K1 (single input)")
-        xs = self.single_input(K1) if K1 is not None else x
-        xt = self._inputs(xs)
-        N = xt.shape[0]
+        xs = self.single_input(K1) if K1 is not None else validate_inputs(x, mlp.n0)
+        N = xs.shape[0]
         if isinstance(stats, str):
             stats = [s.strip() for s in stats.split(",") if s.strip()]
         stats = list(dict.fromkeys(stats))
@@ -284,73 +344,121 @@ class Ensemble:
         expanded = []
         for s in stats:
             expanded += ["V_pair", "V_same"] if s == "V" else [s]
-        base = list(dict.fromkeys(expanded))
+        base = tuple(dict.fromkeys(expanded))
         need = set()
         for s in base:
             need.update(SUFFICIENT[s])
-        need_ntk = bool(set(base) & _NTK_STATS)
-        need_deriv = [s for s in base if s in _DERIV_STATS]
-        need_4pt = bool(need & {"zzzz_pair", "zzzz_same", "HH_A", "HH_B", "Hzz_D", "Hzz_F"})
-        upto = layers[-1]
+        return _Plan(xs=np.ascontiguousarray(xs, dtype=float), stats=tuple(stats), base=base,
+                     need=frozenset(need), layers=tuple(layers), K1=K1, Kt=Kt)
 
+    def _chunk(self, plan) -> int:
+        """Networks per chunk (a multiple of the block size when it can be)."""
         M = self.networks
-        per_net = self._bytes_per_network(N, need_ntk, need_4pt)
+        per_net = self._bytes_per_network(plan.xs.shape[0], plan.need_ntk, plan.need_4pt)
         chunk = self.chunk_size or int(max(1, min(M, self.memory_budget // per_net)))
         if self.chunk_size is None and chunk >= self.block_size and chunk < M:
             chunk -= chunk % self.block_size  # whole random blocks: each drawn once
-        sums = {l: GroupSums(M) for l in layers}
-        bar = _progress(M, progress)
-        try:
-            for start in range(0, M, chunk):
-                stop = min(M, start + chunk)
-                Ws, bs = self.parameters(start, stop)
-                for l, z, H in _ntk._forward(Ws, bs, xt, self._tact, upto, ntk=need_ntk, mlp=mlp):
-                    if l in sums:
-                        for name, val in _sufficient(z, H, need).items():
-                            sums[l].add(name, val, start)
-                if need_deriv:
-                    for l in layers:
-                        if mlp.widths[l] < 2:
-                            continue
-                        sub = int(max(1, min(chunk, self.memory_budget
-                                             // self._deriv_bytes_per_network(N, l))))
-                        for s0 in range(0, stop - start, sub):
-                            s1 = min(stop - start, s0 + sub)
-                            sl = [w[s0:s1] for w in Ws], [b[s0:s1] for b in bs]
-                            zl = _ntk.preactivations(sl[0], sl[1], xt, mlp.activation, l)[-1]
-                            for name, val in _deriv_sufficient(sl[0], sl[1], xt, mlp, l, zl,
-                                                               need_deriv).items():
-                                sums[l].add(name, val, start + s0)
-                if bar is not None:
-                    bar.update(stop - start)
-        finally:
-            if bar is not None:
-                bar.close()
+        return chunk
 
+    def _accumulate(self, plan, start, stop, sums, bar=None) -> None:
+        """Add the sufficient statistics of networks ``start..stop-1`` to ``sums``.
+
+        ``sums`` maps layer -> :class:`GroupSums` of the whole ensemble. Chunks
+        follow one global grid (multiples of :meth:`_chunk`), so a network is
+        computed in the same chunk whichever range it is asked for in, except
+        where the range cuts a chunk.
+        """
+        mlp = self.mlp
+        xt = self._inputs(plan.xs)
+        N = xt.shape[0]
+        need, need_deriv, layers = plan.need, plan.need_deriv, plan.layers
+        upto = layers[-1]
+        chunk = self._chunk(plan)
+        lo = start
+        while lo < stop:
+            hi = min(stop, (lo // chunk + 1) * chunk)
+            Ws, bs = self.parameters(lo, hi)
+            for l, z, H in _ntk._forward(Ws, bs, xt, self._tact, upto, ntk=plan.need_ntk,
+                                         mlp=mlp):
+                if l in sums:
+                    for name, val in _sufficient(z, H, need).items():
+                        sums[l].add(name, val, lo)
+            if need_deriv:
+                for l in layers:
+                    if mlp.widths[l] < 2:
+                        continue
+                    sub = int(max(1, min(chunk, self.memory_budget
+                                         // self._deriv_bytes_per_network(N, l))))
+                    for s0 in range(0, hi - lo, sub):
+                        s1 = min(hi - lo, s0 + sub)
+                        sl = [w[s0:s1] for w in Ws], [b[s0:s1] for b in bs]
+                        zl = _ntk.preactivations(sl[0], sl[1], xt, mlp.activation, l)[-1]
+                        for name, val in _deriv_sufficient(sl[0], sl[1], xt, mlp, l, zl,
+                                                           need_deriv).items():
+                            sums[l].add(name, val, lo + s0)
+            if bar is not None:
+                bar.update(hi - lo)
+            lo = hi
+
+    def _estimate(self, plan, sums) -> Measurement:
+        """Estimates with jackknife errors from the per-layer group sums."""
+        mlp, M = self.mlp, self.networks
+        N = plan.xs.shape[0]
         out = []
-        for l in layers:
+        for l in plan.layers:
             n_prev = mlp.widths[l - 1]
             ests = {}
-            for s in base:
+            for s in plan.base:
                 if s in _PAIR_STATS and mlp.widths[l] < 2:
                     shape = (N,) * 4
                     ests[s] = _nan_estimate(shape, M)
                     continue
                 ests[s] = estimate_statistic(s, sums[l], n_prev,
-                                             None if Kt is None else Kt[l - 1])
-            if "V" in stats:
+                                             None if plan.Kt is None else plan.Kt[l - 1])
+            if "V" in plan.stats:
                 ests["V"] = _choose_V(ests["V_pair"], ests["V_same"], N, mlp.widths[l])
             ordered = {}
-            for s in stats:
+            for s in plan.stats:
                 ordered[s] = ests[s]
                 if s == "V":
                     ordered["V_pair"], ordered["V_same"] = ests["V_pair"], ests["V_same"]
-            for s in base:
+            for s in plan.base:
                 ordered.setdefault(s, ests[s])
-            if K1 is not None:
+            if plan.K1 is not None:
                 ordered = {k: _squeeze(v) for k, v in ordered.items()}
             out.append(LayerMeasurement(l, ordered))
         return Measurement(out, mlp=mlp, n_networks=M, seed=self.seed)
+
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """What one :meth:`Ensemble.measure` call computes (validated arguments).
+
+    ``xs`` (N, n0) float64 inputs; ``stats`` as asked; ``base`` the
+    estimators to run (``V`` expanded); ``need`` the sufficient statistics;
+    ``layers`` sorted 1-based; ``K1`` the single-input kernel or None;
+    ``Kt`` (L, N, N) infinite-width kernel for G1 or None.
+    """
+
+    xs: np.ndarray
+    stats: tuple
+    base: tuple
+    need: frozenset
+    layers: tuple
+    K1: float | None = None
+    Kt: np.ndarray | None = None
+
+    @property
+    def need_ntk(self) -> bool:
+        return bool(set(self.base) & _NTK_STATS)
+
+    @property
+    def need_deriv(self) -> list:
+        return [s for s in self.base if s in _DERIV_STATS]
+
+    @property
+    def need_4pt(self) -> bool:
+        return bool(self.need & {"zzzz_pair", "zzzz_same", "HH_A", "HH_B", "Hzz_D", "Hzz_F"})
 
 
 # ----------------------------------------------------------------------
