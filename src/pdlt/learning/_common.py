@@ -7,12 +7,13 @@ import numpy as np
 from ..network import MLP, validate_inputs
 
 __all__ = ["SingularKernelError", "UnstableLearningRateError", "check_data", "check_mlp",
-           "check_targets", "check_noise", "last_layer_kernels", "eigh_psd", "EstimatorBase"]
+           "check_targets", "check_noise", "check_duplicates", "estimator_data", "not_fitted", "last_layer_kernels", "eigh_psd", "EstimatorBase"]
 
 _EPS = np.finfo(float).eps
-#: an eigenvalue below ``_SINGULAR_RTOL * N * lambda_max`` counts as zero (a
-#: duplicate training input gives ~1e-16 relative; see ``eigh_psd``)
-_SINGULAR_RTOL = 100 * _EPS
+#: an eigenvalue below ``_SINGULAR_RTOL * N * lambda_max`` counts as zero: ten
+#: times numpy's matrix-rank tolerance (a duplicate training input gives an
+#: eigenvalue of a few eps * lambda_max; see ``eigh_psd``)
+_SINGULAR_RTOL = 10 * _EPS
 
 
 class SingularKernelError(np.linalg.LinAlgError):
@@ -117,6 +118,19 @@ def eigh_psd(A, name, fix, *, allow_singular=False):
     return w, U
 
 
+def check_duplicates(X, noise, name="X_train"):
+    """Raise :class:`SingularKernelError` for repeated inputs when ``noise == 0``."""
+    if noise > 0:
+        return
+    _, first, counts = np.unique(X, axis=0, return_index=True, return_counts=True)
+    if np.any(counts > 1):
+        row = int(first[np.argmax(counts > 1)])
+        raise SingularKernelError(
+            f"{name} repeats input row {row} ({int(counts.max())} copies): the training kernel is "
+            "singular without observation noise; add noise > 0 (e.g. noise=1e-6), or remove the "
+            "duplicates")
+
+
 class _MiniBase:
     """get_params/set_params for when scikit-learn is not installed."""
 
@@ -154,11 +168,43 @@ try:  # use scikit-learn's base classes when available (clone, pipelines, check_
     from sklearn.base import RegressorMixin as _SkRegressor
 
     class EstimatorBase(_SkRegressor, _SkBase):
-        """scikit-learn's RegressorMixin + BaseEstimator."""
+        """scikit-learn's RegressorMixin + BaseEstimator (multi-output targets allowed)."""
+
+        def __sklearn_tags__(self):
+            tags = super().__sklearn_tags__()
+            tags.target_tags.multi_output = True
+            return tags
 
 except ImportError:  # pragma: no cover - exercised without scikit-learn
     class EstimatorBase(_MiniBase):
         """Minimal estimator base (scikit-learn not installed)."""
+
+
+def estimator_data(est, X, y=None, *, reset):
+    """Validate estimator input at the boundary: sklearn's ``validate_data`` when available.
+
+    ``reset=True`` (fit) records ``n_features_in_``; ``reset=False`` (predict)
+    checks it. Returns clean float64 ``X`` (and ``(y2d, was_1d)``).
+    """
+    try:
+        from sklearn.utils.validation import validate_data
+    except ImportError:  # pragma: no cover - exercised without scikit-learn
+        validate_data = None
+    if validate_data is not None:
+        if not reset:
+            X = validate_data(est, X, reset=reset, dtype=np.float64)
+        else:
+            X, y = validate_data(est, X, y, reset=reset, dtype=np.float64, multi_output=True,
+                                 y_numeric=True)
+    if not reset:
+        X = check_data(X, None, None, "X")
+        if not reset and X.shape[1] != est.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but {type(est).__name__} was "
+                             f"fitted with {est.n_features_in_} features")
+        return X
+    X, y2, was_1d = check_data(X, y, None, "X", "y")
+    est.n_features_in_ = X.shape[1]
+    return X, y2, was_1d
 
 
 def not_fitted(est):

@@ -35,7 +35,8 @@ import numpy as np
 import scipy.linalg
 
 from ._common import (EstimatorBase, SingularKernelError, check_data, check_mlp, check_noise,
-                      eigh_psd, last_layer_kernels)
+                      eigh_psd, estimator_data, last_layer_kernels, not_fitted,
+                      check_duplicates)
 
 __all__ = ["Posterior", "EvidenceScan", "gp_posterior", "log_evidence", "nngp_posterior",
            "evidence_scan", "NNGPRegressor"]
@@ -208,6 +209,7 @@ def nngp_posterior(mlp, X_train, y_train, X_test, noise=0.0) -> Posterior:
     X_train, y2, _ = check_data(X_train, y_train, mlp.n0, "X_train", "y_train")
     X_test = check_data(X_test, None, mlp.n0, "X_test")
     N = X_train.shape[0]
+    check_duplicates(X_train, check_noise(noise))
     K, _ = last_layer_kernels(mlp, X_train, X_test)
     return gp_posterior(K[:N, :N], K[N:, :N], K[N:, N:], y2, noise)
 
@@ -309,12 +311,12 @@ class NNGPRegressor(EstimatorBase):
             NaN/inf in X or y, or inconsistent shapes.
         """
         noise = check_noise(self.noise, "noise")
-        X, y2, was_1d = check_data(X, y, None, "X", "y")
+        X, y2, was_1d = estimator_data(self, X, y, reset=True)
         mlp = _default_mlp(self.mlp, X.shape[1])
+        check_duplicates(X, noise, "X")
         K, _ = last_layer_kernels(mlp, X)
         cf = _factor(K, noise)
         self.mlp_ = mlp
-        self.n_features_in_ = X.shape[1]
         self.X_train_ = X
         self.y_train_ = y2
         self._y_1d = was_1d
@@ -340,14 +342,10 @@ class NNGPRegressor(EstimatorBase):
         cov : ndarray (M, M), if ``return_cov``
         """
         if not hasattr(self, "alpha_"):
-            from ._common import not_fitted
             raise not_fitted(self)
         if return_std and return_cov:
             raise ValueError("return_std and return_cov cannot both be True; pick one")
-        X = check_data(X, None, None, "X")
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} was "
-                             f"fitted with {self.n_features_in_} features")
+        X = estimator_data(self, X, reset=False)
         N = self.X_train_.shape[0]
         K, _ = last_layer_kernels(self.mlp_, self.X_train_, X)
         K_cross, K_test = K[N:, :N], K[N:, N:]

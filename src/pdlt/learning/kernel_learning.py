@@ -43,7 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._common import (EstimatorBase, UnstableLearningRateError, check_data, check_mlp, check_noise,
-                      check_targets, eigh_psd, last_layer_kernels, not_fitted)
+                      check_targets, eigh_psd, estimator_data, last_layer_kernels, not_fitted,
+                      check_duplicates)
 
 __all__ = ["KernelPrediction", "stability_bound", "check_learning_rate", "propagator",
            "linear_model_outputs", "newton_step", "kernel_prediction", "ntk_prediction",
@@ -306,6 +307,8 @@ def ntk_prediction(mlp, X_train, y_train, X_test, learning_rate=None, steps=None
     X_test = check_data(X_test, None, mlp.n0, "X_test")
     noise = check_noise(noise)
     N = X_train.shape[0]
+    if steps is None:
+        check_duplicates(X_train, noise)
     K, Th = last_layer_kernels(mlp, X_train, X_test)
     Th_train = Th[:N, :N] + noise * np.eye(N)
     if steps is not None and learning_rate is None:
@@ -365,20 +368,20 @@ class NTKRegressor(EstimatorBase):
         from .bayes import _default_mlp
         noise = check_noise(self.noise)
         steps = _check_steps(self.steps)
-        X, y2, was_1d = check_data(X, y, None, "X", "y")
+        X, y2, was_1d = estimator_data(self, X, y, reset=True)
         mlp = _default_mlp(self.mlp, X.shape[1])
         K, Th = last_layer_kernels(mlp, X)
         Th = Th + noise * np.eye(X.shape[0])
         bound = stability_bound(Th)
         if steps is None:
             eta = None
+            check_duplicates(X, noise, "X")
             # the infinite-time limit needs an invertible Theta_AA: fail here, not in predict
             eigh_psd(Th, "the training NTK Theta_AA", _FIX)
         else:
             eta = 0.5 * bound if self.learning_rate is None else check_learning_rate(
                 self.learning_rate, Th)
         self.mlp_ = mlp
-        self.n_features_in_ = X.shape[1]
         self.X_train_ = X
         self.y_train_ = y2
         self._y_1d = was_1d
@@ -399,10 +402,7 @@ class NTKRegressor(EstimatorBase):
             raise not_fitted(self)
         if return_std and return_cov:
             raise ValueError("return_std and return_cov cannot both be True; pick one")
-        X = check_data(X, None, None, "X")
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} was "
-                             f"fitted with {self.n_features_in_} features")
+        X = estimator_data(self, X, reset=False)
         N = self.X_train_.shape[0]
         K, Th = last_layer_kernels(self.mlp_, self.X_train_, X)
         Th_train = Th[:N, :N] + check_noise(self.noise) * np.eye(N)
