@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import signal
@@ -289,9 +290,10 @@ class _RaySession:
         if not ray.is_initialized():
             if self.address is None:
                 ray.init(num_cpus=self.workers or os.cpu_count() or 1, include_dashboard=False,
-                         log_to_driver=False)
+                         log_to_driver=False, logging_level=logging.WARNING)
             else:
-                ray.init(address=self.address, log_to_driver=False)
+                ray.init(address=self.address, log_to_driver=False,
+                         logging_level=logging.WARNING)
             self.started = True
         return ray
 

@@ -16,6 +16,11 @@ spawn_key=(k,))``, then are cast and moved to ``dtype``/``device``. So network
 m has the same parameters whatever the chunk size, the memory budget, the
 ensemble size M, and the device; the networks of a smaller ensemble are the
 first networks of a larger one with the same seed.
+
+Because of that, any range of networks can be regenerated anywhere:
+``measure(..., shards=S)``, ``checkpoint=FILE`` and ``backend="ray"`` split
+the ensemble into network ranges whose sufficient-statistic sums are merged
+before estimating (:mod:`pdlt.experiment.distributed`).
 """
 
 from __future__ import annotations
@@ -182,7 +187,7 @@ class Ensemble:
     def preactivations(self, x, start=0, stop=None):
         """Preactivations of networks ``start..stop-1``: list of (m, n_l, N), l = 1..L."""
         Ws, bs = self.parameters(start, stop)
-        return _ntk.preactivations(Ws, bs, self._inputs(x), self.mlp.activation)
+        return _ntk.preactivations(Ws, bs, self._inputs(x), self.mlp)
 
     def ntk(self, x, start=0, stop=None):
         """NTK by the forward equation: list of (m, n_l, n_l, N, N), l = 1..L."""
@@ -392,7 +397,7 @@ class Ensemble:
                     for s0 in range(0, hi - lo, sub):
                         s1 = min(hi - lo, s0 + sub)
                         sl = [w[s0:s1] for w in Ws], [b[s0:s1] for b in bs]
-                        zl = _ntk.preactivations(sl[0], sl[1], xt, mlp.activation, l)[-1]
+                        zl = _ntk.preactivations(sl[0], sl[1], xt, mlp, l)[-1]
                         for name, val in _deriv_sufficient(sl[0], sl[1], xt, mlp, l, zl,
                                                            need_deriv).items():
                             sums[l].add(name, val, lo + s0)
