@@ -1,0 +1,268 @@
+r"""The NTK family at finite width, layer by layer: A, B, D, F, P, Q, R, S, T, U.
+
+:func:`ntk_fluctuation_flow` folds the one-layer steps of
+:mod:`pdlt.theory.ntk` (A, B, D, F), :mod:`pdlt.theory.dntk` (P, Q) and
+:mod:`pdlt.theory.ddntk` (R, S, T, U) over depth, on top of
+:func:`pdlt.theory.vertex.finite_width_flow` (K, Theta, V, G1).
+:func:`critical_learning_rates` gives the per-layer ``lambda_b``,
+``lambda_W`` of book ch. 9 that keep Theta finite at depth, and
+:func:`ntk_slopes` the asymptotic depth-to-width slopes of the normalized
+statistics at criticality.
+
+All statistics at layer l are normalized by ``n_{l-1}`` (``shared/NOTATION.md``);
+every one of them vanishes at l = 1 (the first layer's NTK is deterministic
+and its preactivations are linear in the parameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from ..network import MLP
+from ._ntk_avg import single_input_terms
+from .ddntk import ddntk_step_single
+from .dntk import dntk_step_single
+from .kernel import Flow
+from .ntk import ntk_step_single
+from .vertex import finite_width_flow
+
+__all__ = ["ntk_fluctuation_flow", "critical_learning_rates", "ntk_slopes", "NTK_STATISTICS",
+           "SLOPE_NORMALIZATIONS"]
+
+#: names of the statistics added to ``LayerStatistics.extra``
+NTK_STATISTICS = ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")
+
+#: normalization of each statistic in :func:`ntk_slopes` (times n), per class:
+#: the powers (a, b) of Theta and K it is divided by. In the K*=0 class
+#: (K ~ 1/l) R, S, T grow like Theta^3 l^2 and U like K Theta^3 l, so their
+#: natural scales carry a power of K (found from the recursions to depth 4096).
+SLOPE_NORMALIZATIONS = {
+    "scale-invariant": {"A": (2, 0), "B": (2, 0), "D": (1, 1), "F": (1, 1), "P": (2, 0),
+                        "Q": (2, 0), "R": (3, 0), "S": (3, 0), "T": (3, 0), "U": (3, 0)},
+    "K*=0": {"A": (2, 0), "B": (2, 0), "D": (1, 1), "F": (1, 1), "P": (2, 0),
+             "Q": (2, 0), "R": (3, -1), "S": (3, -1), "T": (3, -1), "U": (3, 1)},
+}
+
+
+def _recursion_single(mlp, K, Theta, V=None):
+    """Single-input recursions over all layers; K, Theta (and V) arrays of shape (L,).
+
+    Returns a dict name -> ndarray (L,) (V included, recomputed when not given).
+    """
+    act = mlp.activation
+    L = mlp.depth
+    out = {k: np.zeros(L) for k in NTK_STATISTICS + ("V",)}
+    if L == 1:
+        return out
+    t_all = single_input_terms(act, np.asarray(K[:L - 1], dtype=float))
+    st = dict.fromkeys(NTK_STATISTICS + ("V",), 0.0)
+    for l in range(1, L):
+        t = {k: float(v[l - 1]) for k, v in t_all.items()}
+        r = mlp.widths[l] / mlp.widths[l - 1]
+        C_W, lW = mlp.C_W[l], mlp.lambda_W[l]
+        Th = float(Theta[l - 1])
+        Vl = st["V"] if V is None else float(V[l - 1])
+        A, B, D, F = ntk_step_single(t, Th, Vl, st["A"], st["B"], st["D"], st["F"], C_W, lW, r)
+        P, Q = dntk_step_single(t, Th, st["B"], st["F"], st["P"], st["Q"], C_W, lW, r)
+        R, S, T, U = ddntk_step_single(t, Th, st["B"], st["F"], st["P"], st["Q"], st["R"],
+                                       st["S"], st["T"], st["U"], C_W, lW, r)
+        # V (book eq. 4.90), only needed when not supplied by the vertex flow
+        Vn = C_W ** 2 * (t["ssss"] - t["ss"] ** 2) + r * (C_W * t["dss"]) ** 2 * Vl
+        st = dict(A=A, B=B, D=D, F=F, P=P, Q=Q, R=R, S=S, T=T, U=U, V=Vn)
+        if not all(math.isfinite(v) for v in st.values()):
+            raise FloatingPointError(
+                f"an NTK statistic overflowed at layer {l + 1}; reduce the depth or "
+                "initialize at criticality (pdlt.criticality) with critical learning rates "
+                "(critical_learning_rates)")
+        for k, v in st.items():
+            out[k][l] = v
+    if V is not None:
+        out["V"] = np.asarray(V, dtype=float)
+    return out
+
+
+def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default") -> Flow:
+    """Kernel flow with every order-1/n NTK statistic at every layer.
+
+    Parameters
+    ----------
+    mlp : MLP
+        Widths (unequal allowed), per-layer ``C_b``, ``C_W``, ``lambda_b``,
+        ``lambda_W``.
+    x : array_like (N, n0), optional
+        Inputs (multi-input path: not implemented yet, see Raises).
+    K1 : float, optional
+        Single input: the first-layer kernel (as in :func:`pdlt.flow`).
+    accuracy : {"default", "high"}
+        Passed to :func:`pdlt.theory.vertex.finite_width_flow`.
+
+    Returns
+    -------
+    Flow
+        Each :class:`~pdlt.theory.kernel.LayerStatistics` carries ``extra``
+        entries ``"V"``, ``"G1"`` (from the vertex flow) and ``"A"``, ``"B"``,
+        ``"D"``, ``"F"``, ``"P"``, ``"Q"``, ``"R"``, ``"S"``, ``"T"``, ``"U"``
+        (floats); ``flow["B"]`` stacks them over layers, shape (L,).
+
+    Raises
+    ------
+    NotImplementedError
+        For ``x`` (N inputs): the N-input tensors are not implemented yet.
+    FloatingPointError
+        If a statistic overflows (deep, far from criticality).
+
+    Notes
+    -----
+    Cost: 14 one-variable Gaussian averages per layer, evaluated for all
+    layers in one vectorized call (error < 1e-14 each,
+    :func:`pdlt.gaussian.expect`); a few ms per layer.
+
+    Examples
+    --------
+    >>> import pdlt
+    >>> from pdlt.theory.finite_ntk import ntk_fluctuation_flow
+    >>> mlp = pdlt.MLP(n0=1, width=64, depth=4, C_W=2.0, lambda_b=0.0, lambda_W=1.0)
+    >>> f = ntk_fluctuation_flow(mlp, K1=1.0)
+    >>> [round(v, 10) for v in f["B"]]   # ReLU at criticality: sum_{m<l} m^2 / 2
+    [0.0, 0.5, 2.5, 7.0]
+    """
+    if x is not None and K1 is None:
+        raise NotImplementedError(
+            "the N-input NTK statistics are not implemented yet; use K1= (single input)")
+    base = finite_width_flow(mlp, x, K1=K1, accuracy=accuracy)
+    stats = _recursion_single(mlp, base.K, base.Theta, base["V"])
+    out = [dataclasses.replace(s, extra={**s.extra, **{k: float(stats[k][i])
+                                                      for k in NTK_STATISTICS}})
+           for i, s in enumerate(base)]
+    return Flow(out, mlp)
+
+
+# ---------------------------------------------------------------------------
+# criticality for the NTK (book ch. 9)
+# ---------------------------------------------------------------------------
+
+def _critical(activation):
+    from ..activations import activation as _activation
+    from .criticality import require_critical
+    act = _activation(activation)
+    return act, require_critical(act)
+
+
+def critical_learning_rates(activation, depth, *, lambda_b=1.0, lambda_W=1.0):
+    r"""Per-layer learning rates that keep Theta finite at depth (book ch. 9).
+
+    Equal contribution of every layer to ``Theta^(L)`` (book §9.4, eqs.
+    9.94-9.95 and 9.107-9.108; eq. numbers to be checked). With
+    ``chi_perp^(l) ~ 1 - p_perp / l`` at criticality,
+
+    * scale-invariant class (``p_perp = 0``):
+      ``lambda_b^(l) = lambda_b / L``, ``lambda_W^(l) = lambda_W / L``;
+    * K* = 0 class (tanh, erf, sin, ...; ``<sigma^2>_K ~ K ~ 1/l``):
+      ``lambda_b^(l) = lambda_b L^(p_perp - 1) / l^p_perp``,
+      ``lambda_W^(l) = lambda_W (L / l)^(p_perp - 1)``;
+    Other classes (half-stable) raise ValueError: not derived here.
+
+    Parameters
+    ----------
+    activation : str, Activation or callable
+    depth : int
+        L.
+    lambda_b, lambda_W : float
+        The depth-independent rescaled rates (the book's lambda-tilde).
+
+    Returns
+    -------
+    dict
+        ``{"lambda_b": ndarray (L,), "lambda_W": ndarray (L,), "C_b": float,
+        "C_W": float, "universality_class": str, "p_perp": float}``; pass
+        ``lambda_b``, ``lambda_W``, ``C_b``, ``C_W`` to :class:`pdlt.MLP`.
+
+    Examples
+    --------
+    >>> from pdlt.theory.finite_ntk import critical_learning_rates
+    >>> critical_learning_rates("relu", 4)["lambda_W"]
+    array([0.25, 0.25, 0.25, 0.25])
+    """
+    if int(depth) != depth or depth < 1:
+        raise ValueError(f"depth must be a positive integer; got {depth!r}")
+    for name, v in (("lambda_b", lambda_b), ("lambda_W", lambda_W)):
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0; got {v!r}")
+    act, crit = _critical(activation)
+    L = int(depth)
+    l = np.arange(1, L + 1, dtype=float)
+    cls = crit.universality_class
+    if cls not in SLOPE_NORMALIZATIONS:
+        raise ValueError(
+            f"critical learning rates are derived here for the scale-invariant and K*=0 "
+            f"classes only; {act.name!r} is in the {cls!r} class")
+    if cls == "scale-invariant":
+        p = 0.0
+    else:
+        p = crit.asymptotics.p_perp if crit.asymptotics and crit.asymptotics.p_perp else 0.0
+    lb = lambda_b * L ** (p - 1.0) / l ** p
+    if cls == "K*=0":
+        lw = lambda_W * (L / l) ** (p - 1.0)
+    else:
+        lw = lambda_W * L ** (p - 1.0) / l ** p
+    return {"lambda_b": lb, "lambda_W": lw, "C_b": crit.C_b, "C_W": crit.C_W,
+            "universality_class": cls, "p_perp": float(p)}
+
+
+def ntk_slopes(activation, *, depth=2048, lambda_b=1.0, lambda_W=1.0, K1=1.0):
+    r"""Asymptotic slopes ``nu_X`` of ``X^(l) / (n Theta^a K^b) ~ nu_X l / n`` at criticality.
+
+    The normalizations ``(a, b)`` are :data:`SLOPE_NORMALIZATIONS`:
+    A, B over ``Theta^2``; D, F over ``K Theta``; P, Q over ``Theta^2``;
+    R, S, T, U over ``Theta^3`` (K*=0 class: R, S, T over ``Theta^3 / K``
+    and U over ``K Theta^3``). The network is at its critical ``C_b``,
+    ``C_W`` with :func:`critical_learning_rates` (equal widths, one input
+    with first-layer kernel ``K1``, or ``K*`` where it is positive). The
+    slope is the limit of ``g(l) = X / (Theta^a K^b l)``, estimated by
+    Richardson extrapolation ``2 g(L) - g(L/2)`` from the single-input
+    recursions at ``L = depth`` (removes the 1/l term; the K*=0 class also
+    has ``log(l)/l`` corrections, so its slopes carry a relative error of a
+    few 1e-3 at the default depth, see ``tests/theory/test_ntk.py``).
+
+    Scale-invariant class (``lambda_b = 0``): ReLU gives
+    ``nu_B = 2/3``, ``nu_F = 1/3``, ... (closed forms in the tests).
+    The result depends on the ratio ``lambda_b : lambda_W`` but not on the
+    overall scale of the learning rates.
+
+    Parameters
+    ----------
+    activation : str, Activation or callable
+    depth : int, default 2048
+    lambda_b, lambda_W : float
+        Rescaled learning rates of :func:`critical_learning_rates`.
+    K1 : float
+        First-layer kernel (scale-invariant and K*=0 classes).
+
+    Returns
+    -------
+    dict
+        name -> slope (float), plus ``"universality_class"``.
+    """
+    if int(depth) != depth or depth < 8:
+        raise ValueError(f"depth must be an integer >= 8; got {depth!r}")
+    act, crit = _critical(activation)
+    lr = critical_learning_rates(act, depth, lambda_b=lambda_b, lambda_W=lambda_W)
+    if crit.K_star is not None and crit.K_star > 0:
+        K1 = crit.K_star
+    mlp = MLP(n0=1, width=1, depth=int(depth), activation=act, C_b=crit.C_b, C_W=crit.C_W,
+              lambda_b=lr["lambda_b"], lambda_W=lr["lambda_W"])
+    from .kernel import flow as _flow
+    base = _flow(mlp, K1=K1)
+    K, Th = base.K, base.Theta
+    stats = _recursion_single(mlp, K, Th)
+    L = int(depth)
+    out = {}
+    for name, (a, b) in SLOPE_NORMALIZATIONS[crit.universality_class].items():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = stats[name] / (Th ** a * K ** b * np.arange(1, L + 1))
+        out[name] = float(2 * g[L - 1] - g[L // 2 - 1])
+    out["universality_class"] = crit.universality_class
+    return out

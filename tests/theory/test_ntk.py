@@ -1,0 +1,83 @@
+"""A, B, D, F recursions: exact closed forms, structure, errors (no torch).
+
+Closed forms below were derived by hand from the single-input recursions of
+pdlt.theory.ntk (module docstring), independently of the code:
+
+* deep linear net, C_W = 1, C_b = 0, lambda_b = 0, lambda_W = 1, K1 = 1:
+  K = 1, Theta_l = l, V_l = 2 (l - 1), B_l = sum_{m<l} m^2, F_l = sum_{m<l} m,
+  D_l = l (l - 1), A_l = 2 sum_{m<l} m^2;
+* ReLU at criticality (C_W = 2, C_b = 0), lambda_b = 0, lambda_W = 1, K1 = 1:
+  Theta_l = l / 2, B' = B + 2 Theta^2 so B_l = sum_{m<l} m^2 / 2,
+  F' = F + 2 Theta so F_l = l (l - 1) / 2.
+"""
+
+import numpy as np
+import pytest
+
+import pdlt
+from pdlt.theory.finite_ntk import NTK_STATISTICS, ntk_fluctuation_flow
+
+EPS = np.finfo(float).eps
+L = 7
+
+
+def _cum(f):
+    return np.array([sum(f(m) for m in range(1, l)) for l in range(1, L + 1)], dtype=float)
+
+
+def test_deep_linear_closed_forms():
+    mlp = pdlt.MLP(n0=3, width=16, depth=L, activation="linear", C_W=1.0, lambda_b=0.0,
+                   lambda_W=1.0)
+    f = ntk_fluctuation_flow(mlp, K1=1.0)
+    l = np.arange(1, L + 1)
+    np.testing.assert_allclose(f.Theta, l, rtol=100 * EPS)
+    np.testing.assert_allclose(f["B"], _cum(lambda m: m * m), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(f["F"], _cum(lambda m: m), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(f["D"], l * (l - 1.0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(f["A"], 2 * _cum(lambda m: m * m), rtol=1e-12, atol=1e-12)
+
+
+def test_relu_critical_closed_forms():
+    mlp = pdlt.MLP(n0=2, width=16, depth=L, activation="relu", C_W=2.0, lambda_b=0.0,
+                   lambda_W=1.0)
+    f = ntk_fluctuation_flow(mlp, K1=1.0)
+    l = np.arange(1, L + 1)
+    np.testing.assert_allclose(f.Theta, l / 2.0, rtol=1e-12)   # exactly linear in l
+    np.testing.assert_allclose(f["B"], 0.5 * _cum(lambda m: m * m), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(f["F"], l * (l - 1) / 2.0, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu", "erf"])
+def test_first_layer_zero_and_scaling_with_learning_rates(act):
+    """A, B ~ lambda^2 and D, F ~ lambda (all learning rates scaled together)."""
+    mlp = pdlt.MLP(n0=2, width=8, depth=4, activation=act, C_W=1.5, C_b=0.1,
+                   lambda_b=0.3, lambda_W=0.7)
+    f1 = ntk_fluctuation_flow(mlp, K1=0.8)
+    f2 = ntk_fluctuation_flow(mlp.with_(lambda_b=0.6, lambda_W=1.4), K1=0.8)
+    for k in NTK_STATISTICS:
+        assert f1[k][0] == 0.0
+    for k, p in (("A", 2), ("B", 2), ("D", 1), ("F", 1)):
+        np.testing.assert_allclose(f2[k], 2.0 ** p * f1[k], rtol=1e-12, atol=1e-14)
+
+
+def test_unequal_widths_ratio():
+    """Propagation terms carry n_l / n_{l-1}: B' = source + r chi_perp^2 B."""
+    a = ntk_fluctuation_flow(pdlt.MLP(n0=2, widths=(10, 20, 40), activation="linear"), K1=1.0)
+    # linear, C_W = 1: B' = Theta^2 + r B, Theta_l = l + 1 (lambda_b = lambda_W = 1)
+    Th = a.Theta
+    B2 = Th[0] ** 2
+    B3 = Th[1] ** 2 + (20 / 10) * B2
+    B4 = Th[2] ** 2 + (40 / 20) * B3
+    np.testing.assert_allclose(a["B"][1:], [B2, B3, B4], rtol=1e-12)
+
+
+def test_multi_input_not_implemented_message():
+    mlp = pdlt.MLP(n0=2, width=8, depth=3)
+    with pytest.raises(NotImplementedError, match="single input"):
+        ntk_fluctuation_flow(mlp, np.ones((2, 2)))
+
+
+def test_bad_kernel():
+    mlp = pdlt.MLP(n0=2, width=8, depth=3, C_b=0.0)
+    with pytest.raises(ValueError, match="K1"):
+        ntk_fluctuation_flow(mlp, K1=0.0)
