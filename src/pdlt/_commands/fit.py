@@ -1,0 +1,93 @@
+"""``pdlt fit``: NNGP or NTK predictions of an infinite-width MLP on CSV data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .common import add_mlp_arguments, build_mlp, format_table, print_json
+
+
+def register(sub):
+    p = sub.add_parser(
+        "fit", help="fit an infinite-width MLP (Bayesian NNGP or gradient-descent NTK) to CSV data",
+        description="Predictions with uncertainties of an infinite-width MLP. CSV files: feature "
+                    "columns, the last column the target (a header row is skipped). nngp: "
+                    "Bayesian posterior mean and std, and the log evidence. ntk: mean and std "
+                    "over initializations of the network trained by full-batch gradient descent "
+                    "on the MSE loss (no --steps: trained to convergence).")
+    add_mlp_arguments(p, width=False)
+    p.add_argument("--critical", action="store_true",
+                   help="use the critical (C_b, C_W) of the activation")
+    p.add_argument("--method", choices=("nngp", "ntk"), required=True)
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="variance added to the training kernel's diagonal (default 0)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="ntk: number of gradient-descent steps (default: to convergence)")
+    p.add_argument("--learning-rate", dest="learning_rate", type=float, default=None,
+                   help="ntk: learning rate eta (default: half the stability bound "
+                        "2/lambda_max(Theta))")
+    p.add_argument("--train", required=True, help="training CSV")
+    p.add_argument("--test", required=True, help="test CSV (its last column is the target)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run)
+
+
+def _read_csv(path, name):
+    try:
+        with open(path) as fh:
+            first = fh.readline()
+    except OSError as exc:
+        raise FileNotFoundError(f"--{name}: cannot read {path!r}: {exc.strerror}") from None
+    skip = 0
+    try:
+        [float(v) for v in first.strip().split(",") if v.strip()]
+    except ValueError:
+        skip = 1  # header row
+    try:
+        data = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+    except ValueError as exc:
+        raise ValueError(f"--{name} {path!r} is not a numeric CSV: {exc}") from None
+    if data.shape[1] < 2 or data.shape[0] < 1:
+        raise ValueError(f"--{name} {path!r} needs at least one feature column and a target "
+                         f"column; got shape {data.shape}")
+    return data[:, :-1], data[:, -1]
+
+
+def run(args):
+    from ..learning import NNGPRegressor, NTKRegressor
+
+    Xa, ya = _read_csv(args.train, "train")
+    Xb, yb = _read_csv(args.test, "test")
+    if Xb.shape[1] != Xa.shape[1]:
+        raise ValueError(f"--test has {Xb.shape[1]} feature columns but --train has "
+                         f"{Xa.shape[1]}")
+    mlp = build_mlp(args, n0=Xa.shape[1], critical=args.critical)
+    if args.method == "nngp":
+        if args.steps is not None or args.learning_rate is not None:
+            raise ValueError("--steps and --learning-rate apply to --method ntk only")
+        reg = NNGPRegressor(mlp, noise=args.noise).fit(Xa, ya)
+        evidence = reg.log_evidence_
+    else:
+        reg = NTKRegressor(mlp, learning_rate=args.learning_rate, steps=args.steps,
+                           noise=args.noise).fit(Xa, ya)
+        evidence = None
+    mean, std = reg.predict(Xb, return_std=True)
+    out = {"mean": mean, "std": std, "log_evidence": evidence, "method": args.method,
+           "mlp": repr(mlp), "mse": float(np.mean((mean - yb) ** 2))}
+    if args.method == "ntk":
+        out.update(steps=args.steps, learning_rate=reg.learning_rate_,
+                   stability_bound=reg.stability_bound_)
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"{mlp!r}, method={args.method}, noise={args.noise:g}")
+    if args.method == "ntk":
+        eta = "-" if reg.learning_rate_ is None else f"{reg.learning_rate_:.6g}"
+        print(f"steps={args.steps if args.steps is not None else 'inf'}, learning_rate={eta}, "
+              f"stability bound 2/lambda_max={reg.stability_bound_:.6g}")
+    rows = [[i, float(m), float(s), float(t)] for i, (m, s, t) in enumerate(zip(mean, std, yb))]
+    print(format_table(["input", "mean", "std", "target"], rows))
+    print(f"test MSE {out['mse']:.6g}")
+    if evidence is not None:
+        print(f"log evidence {evidence:.6g}")
+    return 0

@@ -1,0 +1,97 @@
+"""End-to-end tests of `pdlt fit`."""
+
+import json
+
+import numpy as np
+import pytest
+
+import pdlt
+from pdlt.cli import main
+from pdlt.learning import ntk_prediction, nngp_posterior
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def csvs(tmp_path):
+    rng = np.random.default_rng(0)
+    Xa, Xb = rng.standard_normal((7, 2)), rng.standard_normal((3, 2))
+    ya, yb = np.sin(Xa.sum(1)), np.sin(Xb.sum(1))
+    tr, te = tmp_path / "train.csv", tmp_path / "test.csv"
+    np.savetxt(tr, np.c_[Xa, ya], delimiter=",", header="x1,x2,y", comments="")
+    np.savetxt(te, np.c_[Xb, yb], delimiter=",")
+    return str(tr), str(te), Xa, ya, Xb, yb
+
+
+MLP_ARGS = ["--activation", "tanh", "--depth", "4", "--C-b", "0.1", "--C-W", "1.2"]
+
+
+def _mlp():
+    return pdlt.MLP(2, width=100, depth=4, activation="tanh", C_b=0.1, C_W=1.2)
+
+
+def test_nngp_json_matches_api(csvs, capsys):
+    tr, te, Xa, ya, Xb, _ = csvs
+    code, out, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--noise", "0.01",
+                             "--train", tr, "--test", te, "--json")
+    assert code == 0 and err == ""
+    d = json.loads(out)
+    post = nngp_posterior(_mlp(), Xa, ya, Xb, noise=0.01)
+    np.testing.assert_allclose(d["mean"], post.mean[:, 0], rtol=1e-10)
+    np.testing.assert_allclose(d["std"], post.std, rtol=1e-8)
+    assert d["log_evidence"] == pytest.approx(post.log_evidence, rel=1e-10)
+    assert list(d) == sorted(d)
+
+
+def test_ntk_json_steps_and_convergence(csvs, capsys):
+    tr, te, Xa, ya, Xb, _ = csvs
+    code, out, err = run_cli(capsys, "fit", *MLP_ARGS, "--lambda-W", "2", "--method", "ntk",
+                             "--steps", "30", "--learning-rate", "0.05", "--train", tr,
+                             "--test", te, "--json")
+    assert code == 0 and err == ""
+    d = json.loads(out)
+    ref = ntk_prediction(_mlp().with_(lambda_W=2.0), Xa, ya, Xb, learning_rate=0.05, steps=30)
+    np.testing.assert_allclose(d["mean"], ref.mean[:, 0], rtol=1e-10)
+    np.testing.assert_allclose(d["std"], ref.std, rtol=1e-8)
+    assert d["log_evidence"] is None and d["steps"] == 30
+    code, out, _ = run_cli(capsys, "fit", *MLP_ARGS, "--method", "ntk", "--train", tr,
+                           "--test", te, "--json")
+    ref = ntk_prediction(_mlp(), Xa, ya, Xb)
+    np.testing.assert_allclose(json.loads(out)["mean"], ref.mean[:, 0], rtol=1e-9)
+
+
+def test_human_output(csvs, capsys):
+    tr, te, *_ = csvs
+    code, out, err = run_cli(capsys, "fit", "--activation", "relu", "--depth", "3", "--critical",
+                             "--method", "nngp", "--noise", "1e-3", "--train", tr, "--test", te)
+    assert code == 0 and err == ""
+    assert "log evidence" in out and "mean" in out and len(out.splitlines()) == 8
+
+
+def test_errors(csvs, tmp_path, capsys):
+    tr, te, Xa, ya, *_ = csvs
+    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "ntk", "--steps", "3",
+                           "--learning-rate", "100", "--train", tr, "--test", te)
+    assert code == 2 and "2 / lambda_max(Theta_train)" in err
+    dup = tmp_path / "dup.csv"
+    np.savetxt(dup, np.c_[np.r_[Xa, Xa[:1]], np.r_[ya, ya[:1]]], delimiter=",")
+    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--train", str(dup),
+                           "--test", te)
+    assert code == 2 and "add noise > 0" in err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2,3\n4,nan,6\n")
+    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--train", str(bad),
+                           "--test", te)
+    assert code == 2 and "NaN" in err
+    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--train", tr,
+                           "--test", str(tmp_path / "missing.csv"))
+    assert code == 2 and "cannot read" in err
+    one = tmp_path / "one.csv"
+    np.savetxt(one, np.c_[np.ones(3), np.ones(3)], delimiter=",")
+    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--train", tr,
+                           "--test", str(one))
+    assert code == 2 and "feature columns" in err
