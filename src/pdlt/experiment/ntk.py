@@ -25,6 +25,12 @@ one symmetric (N n) x (N n) matrix per network. It agrees with the autodiff NTK
 (:func:`ntk_autodiff`, ``J Lambda J^T``) to ~1e-13 relative in float64
 (``tests/experiment/test_ntk.py`` checks 1e-10).
 
+Residual MLPs (book appendix B): ``z^(l+1) = xi [b + W sigma(z^(l))] + gamma z^(l)``
+and the forward equation becomes ``H' = xi^2 [lambda_b + lambda_W sigma.sigma/n]
+delta + Y H Y^T`` with ``Y = xi W diag(sigma') + gamma 1`` (the same two matmuls).
+Functions that take an ``mlp`` read ``mlp.gamma`` and ``mlp.xi``; those that
+take an activation also accept the MLP in its place.
+
 Derivatives by torch.func
 -------------------------
 In rescaled coordinates ``phi_mu = theta_mu / sqrt(lambda_mu)`` the
@@ -63,7 +69,7 @@ def _first_layer_ntk(x, mlp, B, n1, dtype, device):
     return H.expand(B, N, n1, N, n1)
 
 
-def _ntk_step(H, sp, sig, W, lb, lW):
+def _ntk_step(H, sp, sig, W, lb, lW, gamma=0.0, xi=1.0):
     """One step of the NTK forward equation, internal layout.
 
     H is the symmetric (N n) x (N n) matrix ``H[(a1, i1), (a2, i2)]`` of each
@@ -73,31 +79,55 @@ def _ntk_step(H, sp, sig, W, lb, lW):
     (network, input) batch, using ``(Wt H)^T = H Wt^T``.
 
     sp, sig : (B, n, N) sigma'(z), sigma(z); W : (B, n', n).
+    Residual layer: ``Wt -> xi Wt + gamma 1`` and the diagonal term gets ``xi^2``.
     Returns (B, N, n', N, n').
     """
     B, N, n = H.shape[0], H.shape[1], H.shape[2]
     n_out = W.shape[1]
     Wa = W[:, None, :, :] * sp.transpose(1, 2)[:, :, None, :]  # (B, N, n', n): W diag(sigma'_a)
+    plain = gamma == 0.0 and xi == 1.0
+    if not plain:
+        Wa = xi * Wa
+        if gamma != 0.0:
+            Wa = Wa + gamma * torch.eye(n, dtype=Wa.dtype, device=Wa.device)
     Wa = Wa.reshape(B * N, n_out, n)
     X = torch.bmm(Wa, H.reshape(B * N, n, N * n))  # (Wt H)[(a1 i1), (a2 j2)]
     Xt = X.reshape(B, N * n_out, N * n).transpose(1, 2).reshape(B * N, n, N * n_out)
     Z = torch.bmm(Wa, Xt).reshape(B, N, n_out, N, n_out)  # Wt (Wt H)^T = Wt H Wt^T
     gram = sig.transpose(1, 2) @ sig  # (B, N, N): sum_j sigma_j;a1 sigma_j;a2
-    Z.diagonal(dim1=2, dim2=4).add_((lb + lW / n * gram)[..., None])
+    diag = lb + lW / n * gram
+    Z.diagonal(dim1=2, dim2=4).add_((diag if plain else xi * xi * diag)[..., None])
     return Z
 
 
+def _residual_params(mlp, depth):
+    """Per-layer (gamma, xi) of an MLP, or the plain ones when mlp is None."""
+    gam = getattr(mlp, "gamma", None)
+    xis = getattr(mlp, "xi", None)
+    if gam is None:
+        return (0.0,) * depth, (1.0,) * depth
+    return tuple(gam), tuple(xis)
+
+
 def _forward(weights, biases, x, tact, upto, *, ntk=False, mlp=None):
-    """Yield ``(l, z, H)`` for l = 1..upto; z (B, n_l, N), H (B, N, n, N, n) or None."""
+    """Yield ``(l, z, H)`` for l = 1..upto; z (B, n_l, N), H (B, N, n, N, n) or None.
+
+    Residual layers (``mlp.gamma``, ``mlp.xi``) are applied when ``mlp`` is given.
+    """
     B = weights[0].shape[0]
+    gam, xis = _residual_params(mlp, len(weights))
     z = torch.matmul(weights[0], x.T) + biases[0][:, :, None]
     H = _first_layer_ntk(x, mlp, B, z.shape[1], z.dtype, z.device) if ntk else None
     yield 1, z, H
     for l in range(1, upto):
         sig = tact.sigma(z)
         z_next = torch.baddbmm(biases[l][:, :, None], weights[l], sig)
+        g, xi = gam[l], xis[l]
+        if g != 0.0 or xi != 1.0:
+            z_next = xi * z_next + g * z if g != 0.0 else xi * z_next
         if ntk:
-            H = _ntk_step(H, tact.d1(z), sig, weights[l], mlp.lambda_b[l], mlp.lambda_W[l])
+            H = _ntk_step(H, tact.d1(z), sig, weights[l], mlp.lambda_b[l], mlp.lambda_W[l],
+                          g, xi)
         z = z_next
         yield l + 1, z, H
 
@@ -109,7 +139,9 @@ def preactivations(weights, biases, x, act, upto=None):
     ----------
     weights, biases : lists of tensors (M, n_l, n_{l-1}) and (M, n_l)
     x : tensor (N, n0)
-    act : pdlt.Activation
+    act : pdlt.Activation or pdlt.MLP
+        The activation; pass the MLP itself for a residual network (its
+        ``gamma`` and ``xi`` are then applied).
     upto : int, optional
         Last layer (default: all).
 
@@ -119,7 +151,9 @@ def preactivations(weights, biases, x, act, upto=None):
     """
     from .activations import torch_activation
     upto = upto or len(weights)
-    return [z for _, z, _ in _forward(weights, biases, x, torch_activation(act), upto)]
+    mlp = act if hasattr(act, "gamma") and hasattr(act, "activation") else None
+    tact = torch_activation(mlp.activation if mlp is not None else act)
+    return [z for _, z, _ in _forward(weights, biases, x, tact, upto, mlp=mlp)]
 
 
 def ntk_forward(weights, biases, x, mlp, upto=None):
@@ -174,6 +208,8 @@ def network_function(ws, bs, x, mlp, layer, tact=None):
     sizes = [math.prod(s) for s, _ in shapes]
     P = sum(sizes)
 
+    gam, xis = _residual_params(mlp, len(ws))
+
     def f(phi):
         parts = torch.split(phi, sizes)
         h = x.T
@@ -181,7 +217,10 @@ def network_function(ws, bs, x, mlp, layer, tact=None):
         for l in range(layer):
             W = ws[l] + shapes[2 * l][1] * parts[2 * l].reshape(shapes[2 * l][0])
             b = bs[l] + shapes[2 * l + 1][1] * parts[2 * l + 1].reshape(shapes[2 * l + 1][0])
-            z = W @ h + b[:, None]
+            z_new = W @ h + b[:, None]
+            if gam[l] != 0.0 or xis[l] != 1.0:   # residual layer (l >= 1, 0-based)
+                z_new = xis[l] * z_new + gam[l] * z
+            z = z_new
             if l < layer - 1:
                 h = tact.sigma(z)
         return z.reshape(-1)

@@ -18,6 +18,32 @@ susceptibilities (book eqs. 5.50-5.51) at layer l,
     \chi_\perp = C_W \langle \sigma'^2\rangle_{K^{(l)}},
 
 use the C_W of the step they govern, layer l+1 (layer L's own at l = L).
+
+Residual MLPs (book appendix B; ``z^(l+1) = xi [b + W sigma(z^(l))] + gamma z^(l)``)
+---------------------------------------------------------------------------------
+With ``u = b + W sigma(z^(l))`` independent of nothing but layer l's
+preactivations, and W, b of layer l+1 zero-mean and independent of layer l,
+every cross term ``E[u z]`` vanishes: ``E[u_i z_j] = E[b_i] E[z_j] + sum_k
+E[W_ik] E[sigma_k z_j] = 0``. Hence
+
+.. math::
+    K' = \xi^2 [C_b + C_W\langle\sigma_a\sigma_b\rangle_K] + \gamma^2 K .
+
+For the NTK, ``dz'_i/dtheta = xi sum_j W_ij sigma'_j dz_j/dtheta + gamma dz_i/dtheta``
+for the parameters of layers <= l, and ``xi`` times the plain derivative for
+layer l+1's own. So ``H' = xi^2 [lambda_b + lambda_W sigma.sigma/n] delta
++ Y H Y^T`` with ``Y = xi W diag(sigma') + gamma I``. The cross terms
+``xi gamma (W diag(sigma') H + H diag(sigma') W^T)`` are linear in W of
+layer l+1 and average to zero, leaving
+
+.. math::
+    \Theta' = \xi^2 [\lambda_b + \lambda_W \langle\sigma_a\sigma_b\rangle_K
+        + C_W\langle\sigma'_a\sigma'_b\rangle_K \Theta] + \gamma^2\Theta .
+
+The susceptibilities are the derivatives of the kernel map:
+``chi_par = xi^2 C_W <sigma'^2 + sigma sigma''> + gamma^2`` and
+``chi_perp = xi^2 C_W <sigma'^2> + gamma^2``. The hyperparameters are layer
+l+1's; at ``gamma = 0, xi = 1`` the code path is the plain one, bit for bit.
 """
 
 from __future__ import annotations
@@ -152,6 +178,13 @@ def single_input_moments(act, K):
             gaussian.expect(lambda z: act.sigma(z) * act.d2(z), K, **kw))
 
 
+def _res(new, old, xi2, gamma2):
+    """``xi^2 new + gamma^2 old``; exactly ``new`` for the plain MLP (xi = 1, gamma = 0)."""
+    if xi2 == 1.0 and gamma2 == 0.0:
+        return new
+    return xi2 * new + gamma2 * old
+
+
 def _check_finite(value, layer, what):
     if not np.all(np.isfinite(value)):
         raise FloatingPointError(
@@ -163,6 +196,8 @@ def _check_finite(value, layer, what):
 def _single_flow(mlp: MLP, K1: float) -> Flow:
     act = mlp.activation
     C_b, C_W, lb, lW = mlp.C_b, mlp.C_W, mlp.lambda_b, mlp.lambda_W
+    g2 = [g * g for g in mlp.gamma]
+    x2 = [x * x for x in mlp.xi]
     L = mlp.depth
     # G0 = |x|^2 / n0 is fixed by K1 = C_b + C_W G0
     G0 = (K1 - C_b[0]) / C_W[0]
@@ -175,13 +210,15 @@ def _single_flow(mlp: MLP, K1: float) -> Flow:
     layers = []
     for l in range(1, L + 1):
         ss, dd, sdd = single_input_moments(act, K)
-        cw_next = C_W[l] if l < L else C_W[L - 1]
-        layers.append(LayerStatistics(l, K, float(Theta), float(cw_next * (dd + sdd)),
-                                      float(cw_next * dd)))
+        nxt = l if l < L else L - 1
+        cw_next = C_W[nxt]
+        layers.append(LayerStatistics(l, K, float(Theta),
+                                      _res(float(cw_next * (dd + sdd)), 1.0, x2[nxt], g2[nxt]),
+                                      _res(float(cw_next * dd), 1.0, x2[nxt], g2[nxt])))
         if l == L:
             break
-        K_new = C_b[l] + C_W[l] * float(ss)
-        Theta = lb[l] + lW[l] * float(ss) + C_W[l] * float(dd) * Theta
+        K_new = _res(C_b[l] + C_W[l] * float(ss), K, x2[l], g2[l])
+        Theta = _res(lb[l] + lW[l] * float(ss) + C_W[l] * float(dd) * Theta, Theta, x2[l], g2[l])
         _check_finite((K_new, Theta), l + 1, "the kernel")
         K = K_new
     return Flow(layers, mlp)
@@ -198,7 +235,7 @@ def first_layer(mlp: MLP, x):
     return mlp.C_b[0] + mlp.C_W[0] * G0, mlp.lambda_b[0] + mlp.lambda_W[0] * G0
 
 
-def kernel_step(act, K, Theta, C_b, C_W, lambda_b, lambda_W, *, rtol=1e-12):
+def kernel_step(act, K, Theta, C_b, C_W, lambda_b, lambda_W, *, gamma=0.0, xi=1.0, rtol=1e-12):
     """One layer of the kernel and NTK recursions, N inputs.
 
     Parameters
@@ -208,6 +245,9 @@ def kernel_step(act, K, Theta, C_b, C_W, lambda_b, lambda_W, *, rtol=1e-12):
         K^(l), Theta^(l).
     C_b, C_W, lambda_b, lambda_W : float
         Hyperparameters of layer l+1.
+    gamma, xi : float
+        Residual hyperparameters of layer l+1 (module docstring):
+        ``K' = xi^2 [C_b + C_W <sigma sigma>] + gamma^2 K`` and likewise Theta.
 
     Returns
     -------
@@ -215,12 +255,15 @@ def kernel_step(act, K, Theta, C_b, C_W, lambda_b, lambda_W, *, rtol=1e-12):
     """
     e = gaussian.pair_expectations(act, K, (("sigma", "sigma"), ("d1", "d1")), rtol=rtol)
     ss, dd = e[("sigma", "sigma")], e[("d1", "d1")]
-    return C_b + C_W * ss, lambda_b + lambda_W * ss + C_W * dd * Theta
+    x2, g2 = float(xi) ** 2, float(gamma) ** 2
+    return (_res(C_b + C_W * ss, K, x2, g2),
+            _res(lambda_b + lambda_W * ss + C_W * dd * Theta, Theta, x2, g2))
 
 
-def _chis(act, diag, C_W):
+def _chis(act, diag, C_W, xi2=1.0, gamma2=0.0):
     _, dd, sdd = single_input_moments(act, diag)
-    return C_W * (np.asarray(dd) + np.asarray(sdd)), C_W * np.asarray(dd)
+    return (_res(C_W * (np.asarray(dd) + np.asarray(sdd)), 1.0, xi2, gamma2),
+            _res(C_W * np.asarray(dd), 1.0, xi2, gamma2))
 
 
 def _multi_flow(mlp: MLP, x, rtol) -> Flow:
@@ -229,14 +272,15 @@ def _multi_flow(mlp: MLP, x, rtol) -> Flow:
     L = mlp.depth
     layers = []
     for l in range(1, L + 1):
-        cw_next = mlp.C_W[l] if l < L else mlp.C_W[L - 1]
-        cpar, cperp = _chis(act, np.diag(K).copy(), cw_next)
+        nxt = l if l < L else L - 1
+        cpar, cperp = _chis(act, np.diag(K).copy(), mlp.C_W[nxt], mlp.xi[nxt] ** 2,
+                            mlp.gamma[nxt] ** 2)
         layers.append(LayerStatistics(l, K, Theta, cpar, cperp))
         if l == L:
             break
         try:
             K, Theta = kernel_step(act, K, Theta, mlp.C_b[l], mlp.C_W[l], mlp.lambda_b[l],
-                                   mlp.lambda_W[l], rtol=rtol)
+                                   mlp.lambda_W[l], gamma=mlp.gamma[l], xi=mlp.xi[l], rtol=rtol)
         except KernelNotPSDError as exc:
             raise KernelNotPSDError(
                 f"kernel at layer {l} is not positive semi-definite: {exc}. Check the inputs "

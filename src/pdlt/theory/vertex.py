@@ -57,6 +57,60 @@ How the Gaussian averages are computed (no sigma'' deltas, no sigma''')
 * ``<sigma_a1 sigma_a2 sigma_a3 sigma_a4>``:
   :func:`pdlt.gaussian._multi.quad_expectations` (accuracy stated there).
 
+Residual MLPs (book appendix B; derivation ours, eq. numbers to be checked)
+----------------------------------------------------------------------------
+``z'_i = xi u_i + gamma z_i`` with ``u_i = b_i + sum_j W_ij sigma_j``. Given
+layer l, ``u_i`` is Gaussian with covariance ``delta_ij Ghat`` and independent
+across i, so for ``i != j``
+``E[z'_{i;a1} z'_{i;a2} | layer l] = xi^2 Ghat_{a1a2} + gamma^2 z_{i;a1} z_{i;a2}`` and
+
+.. math::
+    \frac{V'}{n_l} = \mathrm{Cov}(\xi^2\hat G_{12} + \gamma^2 z_{i1}z_{i2},\,
+                                   \xi^2\hat G_{34} + \gamma^2 z_{j3}z_{j4}).
+
+The ``xi^4`` piece is the plain step; ``gamma^4`` gives ``V/n_{l-1}``; the
+mixed piece ``xi^2 gamma^2 Cov(Ghat_12, z_j3 z_j4)`` has a same-neuron part
+``(C_W/n_l)[<sigma_1 sigma_2 z_3 z_4> - <sigma_1 sigma_2> K_34]
+= (C_W/n_l) 2 sum_b M_{(12)(b1b2)} K_{b1 3} K_{b2 4}`` (Stein twice) and a
+cross-neuron part ``(C_W/n_{l-1}) (M V)_{(12)(34)}``. Altogether
+
+.. math::
+    V^{(l+1)} = \xi^4 C_W^2[\langle\sigma^4\rangle - \langle\sigma\sigma\rangle
+        \langle\sigma\sigma\rangle] + 2\xi^2\gamma^2 C_W [M(KK) + (M(KK))^T]
+        + \frac{n_l}{n_{l-1}} \tilde M V \tilde M^T,\qquad
+    \tilde M = \xi^2 C_W M + \gamma^2 \mathbb 1,
+
+and, from ``E[z'z'] = xi^2 (C_b + C_W E[sigma sigma]) + gamma^2 E[z z]``,
+
+.. math::
+    G^{1(l+1)} = \frac{n_l}{n_{l-1}}\big[\tilde M G^{1(l)} + \xi^2 C_W \cdot
+        \tfrac18\textstyle\sum V \langle\partial^4(\sigma\sigma)\rangle\big].
+
+Single input: ``V' = xi^4 C_W^2 (<sigma^4> - <sigma^2>^2) + 4 xi^2 gamma^2 C_W
+<sigma'^2 + sigma sigma''> K^2 + (n_l/n_{l-1}) chi_par^2 V`` with the residual
+``chi_par = xi^2 C_W <sigma'^2 + sigma sigma''> + gamma^2``. At ``gamma = 0,
+xi = 1`` the plain code path runs, bit for bit.
+
+The three-point function of residual MLPs. The above assumes that odd
+cumulants vanish, which the plain MLP guarantees (flip the signs of W and b
+of one layer). A residual layer breaks that symmetry unless sigma is odd:
+``E[z'_i z'_i z'_k] = xi^2 gamma E[Ghat z_k] + gamma^3 E[z_i z_i z_k]`` and
+``E[Ghat z_k] = (C_W/n_l) <sigma^2 z>_K + ...`` is O(1/n). For one input,
+
+.. math::
+    E[z_i z_j z_k] = \frac{\kappa_3}{n}(\delta_{ij} + \delta_{ik} + \delta_{jk}),\qquad
+    \kappa_3' = \xi^2\gamma C_W K D_1 + \frac{n_l}{n_{l-1}}\gamma\chi_\parallel\kappa_3,
+
+with ``D_1 = <(sigma^2)'>_K = <z sigma^2>_K / K`` (the all-different-neuron
+part stays zero and the all-equal part carries no extra term). It feeds the
+order-1/n recursions through Edgeworth's cubic term:
+``V' = (source) + (n_l/n_{l-1}) chi_par [chi_par V + 2 xi^2 C_W D_1 kappa3]`` and
+``G1' = (n_l/n_{l-1}) [chi_par G1 + xi^2 C_W (<(sigma^2)^(4)> V / 8
++ <(sigma^2)^(3)> kappa3 / 2)]``. For odd sigma ``D_1 = 0`` and ``kappa3 = 0``.
+The single-input flow implements this (``extra["kappa3"]`` on residual
+MLPs); the N-input flow of a residual MLP needs an odd activation (the
+N-input three-point tensor is not implemented) and raises otherwise.
+
 Cost of the N-input step: ``C(N+3, 4)`` four-point expectations (full
 permutation symmetry of ``<sigma sigma sigma sigma>``), O(N^2) pair terms and
 an O(N^4) contraction; memory ``N^4`` floats per tensor. V is stored as the
@@ -123,7 +177,7 @@ def single_input_vertex_terms(act, K):
     return {"s2": s2, "s4": s4, "dchi": zss / K, "d4": h4 / (K * K)}
 
 
-def vertex_step_single(act, K, V, C_W, ratio=1.0, *, terms=None):
+def vertex_step_single(act, K, V, C_W, ratio=1.0, *, gamma=0.0, xi=1.0, terms=None):
     """Single-input V^(l+1) from V^(l) (book eq. 4.90, eq. numbers to be checked).
 
     ``V' = C_W^2 (<sigma^4>_K - <sigma^2>_K^2) + ratio chi_par^2 V`` with
@@ -138,40 +192,97 @@ def vertex_step_single(act, K, V, C_W, ratio=1.0, *, terms=None):
         Weight variance of layer l+1.
     ratio : float
         ``n_l / n_{l-1}``.
+    gamma, xi : float
+        Residual hyperparameters of layer l+1 (module docstring).
 
     Returns
     -------
     float
     """
     t = terms or single_input_vertex_terms(act, K)
-    chi = C_W * t["dchi"]
-    return C_W ** 2 * (t["s4"] - t["s2"] ** 2) + ratio * chi * chi * V
+    if gamma == 0.0 and xi == 1.0:
+        chi = C_W * t["dchi"]
+        return C_W ** 2 * (t["s4"] - t["s2"] ** 2) + ratio * chi * chi * V
+    x2, g2 = xi * xi, gamma * gamma
+    chi = x2 * C_W * t["dchi"] + g2
+    return (x2 * x2 * C_W ** 2 * (t["s4"] - t["s2"] ** 2)
+            + 4.0 * x2 * g2 * C_W * t["dchi"] * K * K + ratio * chi * chi * V)
 
 
-def metric_step_single(act, K, V, G1, C_W, ratio=1.0, *, terms=None):
+def metric_step_single(act, K, V, G1, C_W, ratio=1.0, *, gamma=0.0, xi=1.0, terms=None):
     """Single-input G1^(l+1) (book eq. 4.115, eq. numbers to be checked).
 
-    ``G1' = ratio [chi_par G1 + (C_W / 8) <(sigma^2)''''>_K V]``.
+    ``G1' = ratio [chi_par G1 + xi^2 (C_W / 8) <(sigma^2)''''>_K V]`` with
+    ``chi_par = xi^2 C_W <sigma'^2 + sigma sigma''> + gamma^2``.
     """
     t = terms or single_input_vertex_terms(act, K)
-    return ratio * (C_W * t["dchi"] * G1 + 0.125 * C_W * t["d4"] * V)
+    if gamma == 0.0 and xi == 1.0:
+        return ratio * (C_W * t["dchi"] * G1 + 0.125 * C_W * t["d4"] * V)
+    x2 = xi * xi
+    return ratio * ((x2 * C_W * t["dchi"] + gamma * gamma) * G1 + 0.125 * x2 * C_W * t["d4"] * V)
+
+
+def odd_terms(act, K):
+    """``D1 = <(sigma^2)'>_K = <z sigma^2>/K`` and ``D3 = <(sigma^2)^(3)>_K`` (Stein).
+
+    Both vanish for an odd activation; they drive the three-point function of
+    residual MLPs (module docstring).
+    """
+    K = float(K)
+    sq = math.sqrt(K)
+    kw = dict(kinks=act.kinks, period=act.period)
+    zs2 = gaussian.expect(lambda z: z * act.sigma(z) ** 2, K, **kw)
+    h3 = gaussian.expect(lambda z: act.sigma(z) ** 2 * ((z / sq) ** 3 - 3 * (z / sq)), K, **kw)
+    return float(zs2) / K, float(h3) / (K * sq)
+
+
+def residual_three_point_step(act, K, kappa3, C_W, ratio=1.0, *, gamma=0.0, xi=1.0,
+                              terms=None, odd=None):
+    """Single-input ``kappa3^(l+1)`` of a residual MLP (module docstring).
+
+    ``E[z_i z_j z_k] = (kappa3 / n)(d_ij + d_ik + d_jk)``;
+    ``kappa3' = xi^2 gamma C_W K D1 + ratio gamma chi_par kappa3``.
+    """
+    t = terms or single_input_vertex_terms(act, K)
+    D1, _ = odd or odd_terms(act, K)
+    chi = xi * xi * C_W * t["dchi"] + gamma * gamma
+    return xi * xi * gamma * C_W * K * D1 + ratio * gamma * chi * kappa3
+
+
+def _odd_activation(act):
+    z = np.linspace(0.05, 6.0, 37)
+    s_p, s_m = act.sigma(z), act.sigma(-z)
+    return bool(np.allclose(s_m, -s_p, rtol=1e-12, atol=1e-14))
 
 
 def _single(mlp, kflow):
     act = mlp.activation
     L = mlp.depth
-    V, G1 = 0.0, 0.0
+    V, G1, k3 = 0.0, 0.0, 0.0
+    track3 = mlp.is_residual and not _odd_activation(act)
     out = []
     for l in range(1, L + 1):
         s = kflow[l - 1]
-        out.append(dataclasses.replace(s, extra={**s.extra, "V": float(V), "G1": float(G1)}))
+        extra = {**s.extra, "V": float(V), "G1": float(G1)}
+        if mlp.is_residual:
+            extra["kappa3"] = float(k3)
+        out.append(dataclasses.replace(s, extra=extra))
         if l == L:
             break
         ratio = mlp.widths[l] / mlp.widths[l - 1]
         t = single_input_vertex_terms(act, s.K)
-        C_W = mlp.C_W[l]
-        V, G1 = (vertex_step_single(act, s.K, V, C_W, ratio, terms=t),
-                 metric_step_single(act, s.K, V, G1, C_W, ratio, terms=t))
+        C_W, rk = mlp.C_W[l], dict(gamma=mlp.gamma[l], xi=mlp.xi[l])
+        V_new, G1_new = (vertex_step_single(act, s.K, V, C_W, ratio, terms=t, **rk),
+                         metric_step_single(act, s.K, V, G1, C_W, ratio, terms=t, **rk))
+        if track3:
+            D1, D3 = odd = odd_terms(act, s.K)
+            x2 = mlp.xi[l] ** 2
+            chi = x2 * C_W * t["dchi"] + mlp.gamma[l] ** 2
+            # the cubic (Edgeworth) terms of the three-point function kappa3 at layer l
+            V_new += ratio * chi * 2.0 * x2 * C_W * D1 * k3
+            G1_new += ratio * x2 * C_W * 0.5 * D3 * k3
+            k3 = residual_three_point_step(act, s.K, k3, C_W, ratio, terms=t, odd=odd, **rk)
+        V, G1 = V_new, G1_new
         if not (math.isfinite(V) and math.isfinite(G1)):
             raise FloatingPointError(
                 f"V or G1 overflowed at layer {l + 1}; reduce the depth or initialize at "
@@ -210,7 +321,8 @@ def _apply_M(A, B, X):
             + B[(...,) + extra] * X)
 
 
-def vertex_step(act, K, V, C_W, ratio=1.0, *, accuracy="default", _mats=None):
+def vertex_step(act, K, V, C_W, ratio=1.0, *, gamma=0.0, xi=1.0, accuracy="default",
+                _mats=None):
     """N-input V^(l+1) from V^(l) (book eq. 4.90, eq. numbers to be checked).
 
     Parameters
@@ -224,6 +336,8 @@ def vertex_step(act, K, V, C_W, ratio=1.0, *, accuracy="default", _mats=None):
         Weight variance of layer l+1.
     ratio : float
         ``n_l / n_{l-1}``.
+    gamma, xi : float
+        Residual hyperparameters of layer l+1 (module docstring).
     accuracy : {"fast", "default", "high"}
         Rule of the four-variable expectations (:mod:`pdlt.gaussian._multi`).
 
@@ -233,11 +347,25 @@ def vertex_step(act, K, V, C_W, ratio=1.0, *, accuracy="default", _mats=None):
     """
     S, A, B = _mats or _derivative_matrices(act, K)
     S4 = quad_expectations(act, K, accuracy=accuracy)
-    out = C_W ** 2 * (S4 - S[:, :, None, None] * S[None, None, :, :])
+    if gamma == 0.0 and xi == 1.0:
+        out = C_W ** 2 * (S4 - S[:, :, None, None] * S[None, None, :, :])
+        if ratio != 0 and np.any(V):
+            T = _apply_M(A, B, V)                                 # first pair
+            T = _apply_M(A, B, np.moveaxis(T, (2, 3), (0, 1)))    # second pair
+            out = out + C_W ** 2 * ratio * np.moveaxis(T, (0, 1), (2, 3))
+        return out
+    x2, g2 = xi * xi, gamma * gamma
+    out = x2 * x2 * C_W ** 2 * (S4 - S[:, :, None, None] * S[None, None, :, :])
+    # same-neuron mixed term 2 sum_b M_{(12)(b1b2)} K_{b1 3} K_{b2 4}, plus its mirror
+    KK = K[:, None, :, None] * K[None, :, None, :]            # KK[b1, b2, a3, a4]
+    KK = 0.5 * (KK + np.swapaxes(KK, 2, 3))
+    X = 2.0 * _apply_M(A, B, KK)
+    out = out + x2 * g2 * C_W * (X + np.moveaxis(X, (0, 1), (2, 3)))
     if ratio != 0 and np.any(V):
-        T = _apply_M(A, B, V)                                 # first pair
-        T = _apply_M(A, B, np.moveaxis(T, (2, 3), (0, 1)))    # second pair
-        out = out + C_W ** 2 * ratio * np.moveaxis(T, (0, 1), (2, 3))
+        T = x2 * C_W * _apply_M(A, B, V) + g2 * V                  # first pair
+        T2 = np.moveaxis(T, (2, 3), (0, 1))
+        T = x2 * C_W * _apply_M(A, B, T2) + g2 * T2                # second pair
+        out = out + ratio * np.moveaxis(T, (0, 1), (2, 3))
     return out
 
 
@@ -311,7 +439,7 @@ def _fourth_derivative_source(act, K, V):
     return Q
 
 
-def metric_step(act, K, V, G1, C_W, ratio=1.0, *, _mats=None):
+def metric_step(act, K, V, G1, C_W, ratio=1.0, *, gamma=0.0, xi=1.0, _mats=None):
     """N-input G1^(l+1) (book eq. 4.115, eq. numbers to be checked).
 
     Parameters
@@ -321,6 +449,8 @@ def metric_step(act, K, V, G1, C_W, ratio=1.0, *, _mats=None):
     V : ndarray (N, N, N, N)
     C_W, ratio : float
         Weight variance of layer l+1 and ``n_l / n_{l-1}``.
+    gamma, xi : float
+        Residual hyperparameters of layer l+1.
 
     Returns
     -------
@@ -328,11 +458,19 @@ def metric_step(act, K, V, G1, C_W, ratio=1.0, *, _mats=None):
     """
     S, A, B = _mats or _derivative_matrices(act, K)
     src = _fourth_derivative_source(act, K, V) if np.any(V) else 0.0
-    return ratio * C_W * (_apply_M(A, B, G1) + src)
+    if gamma == 0.0 and xi == 1.0:
+        return ratio * C_W * (_apply_M(A, B, G1) + src)
+    return ratio * (xi * xi * C_W * (_apply_M(A, B, G1) + src) + gamma * gamma * G1)
 
 
 def _multi(mlp, kflow, accuracy):
     act = mlp.activation
+    if mlp.is_residual and not _odd_activation(act):
+        raise NotImplementedError(
+            f"the N-input finite-width flow of a residual MLP with the non-odd activation "
+            f"{act.name!r} needs the O(1/n) three-point function, which is implemented for "
+            "one input only: use finite_width_flow(mlp, K1=...) per input, an odd activation "
+            "(tanh, erf, sin, linear), or gamma = 0")
     L = mlp.depth
     N = kflow[0].K.shape[0]
     V = np.zeros((N, N, N, N))
@@ -350,9 +488,9 @@ def _multi(mlp, kflow, accuracy):
                 "K_aa > 0 (use C_b > 0 or nonzero inputs)")
         ratio = mlp.widths[l] / mlp.widths[l - 1]
         mats = _derivative_matrices(act, K)
-        C_W = mlp.C_W[l]
-        V_new = vertex_step(act, K, V, C_W, ratio, accuracy=accuracy, _mats=mats)
-        G1 = metric_step(act, K, V, G1, C_W, ratio, _mats=mats)
+        C_W, rk = mlp.C_W[l], dict(gamma=mlp.gamma[l], xi=mlp.xi[l])
+        V_new = vertex_step(act, K, V, C_W, ratio, accuracy=accuracy, _mats=mats, **rk)
+        G1 = metric_step(act, K, V, G1, C_W, ratio, _mats=mats, **rk)
         V = V_new
         if not (np.all(np.isfinite(V)) and np.all(np.isfinite(G1))):
             raise FloatingPointError(
