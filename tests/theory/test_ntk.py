@@ -81,3 +81,38 @@ def test_bad_kernel():
     mlp = pdlt.MLP(n0=2, width=8, depth=3, C_b=0.0)
     with pytest.raises(ValueError, match="K1"):
         ntk_fluctuation_flow(mlp, K1=0.0)
+
+
+def test_slopes_scale_invariant_closed_forms():
+    """ReLU, lambda_b = 0: Theta = theta l, B' = B + 2 Theta^2 -> B/Theta^2 ~ (2/3) l;
+    F' = F + 2 Theta K/2... -> F/(K Theta) ~ l. Linear: B ~ l/3 Theta^2, F ~ l/2 K Theta."""
+    from pdlt.theory.finite_ntk import ntk_slopes
+    r = ntk_slopes("relu", lambda_b=0.0)
+    assert abs(r["B"] - 2 / 3) < 1e-5 and abs(r["F"] - 1.0) < 1e-5
+    assert r["P"] == 0.0 and r["R"] == 0.0 and r["U"] == 0.0
+    lin = ntk_slopes("linear", lambda_b=0.0)
+    assert abs(lin["B"] - 1 / 3) < 1e-5 and abs(lin["F"] - 0.5) < 1e-5
+
+
+def test_slopes_k0_class_converge_in_depth():
+    from pdlt.theory.finite_ntk import ntk_slopes
+    a, b = ntk_slopes("tanh", depth=1024), ntk_slopes("tanh", depth=4096)
+    for k in ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U"):
+        assert abs(a[k] - b[k]) <= 2e-2 * abs(b[k]) + 1e-6, (k, a[k], b[k])
+    assert a["universality_class"] == "K*=0"
+
+
+def test_critical_learning_rates_keep_theta_finite():
+    from pdlt.theory.finite_ntk import critical_learning_rates
+    for act in ("relu", "tanh"):
+        th = []
+        for L in (64, 256):
+            lr = critical_learning_rates(act, L)
+            mlp = pdlt.MLP(n0=1, width=1, depth=L, activation=act, C_b=lr["C_b"],
+                           C_W=lr["C_W"], lambda_b=lr["lambda_b"], lambda_W=lr["lambda_W"])
+            th.append(pdlt.flow(mlp, K1=1.0).Theta[-1])
+        assert abs(th[1] - th[0]) < 0.05 * th[1], (act, th)
+    with pytest.raises(ValueError, match="depth"):
+        critical_learning_rates("relu", 0)
+    with pytest.raises(ValueError, match="half-stable"):
+        critical_learning_rates("gelu", 8)
