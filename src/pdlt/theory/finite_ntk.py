@@ -126,7 +126,7 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default") -> Fl
     >>> from pdlt.theory.finite_ntk import ntk_fluctuation_flow
     >>> mlp = pdlt.MLP(n0=1, width=64, depth=4, C_W=2.0, lambda_b=0.0, lambda_W=1.0)
     >>> f = ntk_fluctuation_flow(mlp, K1=1.0)
-    >>> [round(v, 10) for v in f["B"]]   # ReLU at criticality: sum_{m<l} m^2 / 2
+    >>> [round(float(v), 10) for v in f["B"]]   # ReLU at criticality: sum_{m<l} m^2 / 2
     [0.0, 0.5, 2.5, 7.0]
     """
     if x is not None and K1 is None:
