@@ -1,0 +1,587 @@
+r"""Bayesian inference at finite width: the O(1/n) posterior and representation learning.
+
+Book ch. 6.4 ("Bayesian inference at finite width"; eq. numbers to be checked,
+roughly (6.75)-(6.110) for the posterior, the "Hebbian" representation
+learning of §6.4.2). Definitions are those of ``shared/NOTATION.md``; the
+derivation below is ours and is checked in ``tests/learning/test_finite_bayes.py``
+against exact Bayesian inference by importance sampling over ensembles of real
+finite-width networks.
+
+The prior at order 1/n
+----------------------
+With ``n = n_{L-1}`` (the width feeding the output layer), the outputs
+``z_{i;a}`` (neuron i, input a) have at order 1/n the cumulants
+
+.. math::
+    \kappa_{(ia)(jb)} = \delta_{ij}\,\big(K_{ab} + G^{1}_{ab}/n\big),\qquad
+    \kappa_{(ia)(jb)(kc)(ld)} = \frac1n\big[\delta_{ij}\delta_{kl}V_{(ab)(cd)}
+        + \delta_{ik}\delta_{jl}V_{(ac)(bd)} + \delta_{il}\delta_{jk}V_{(ad)(bc)}\big],
+
+odd cumulants vanish (flip the signs of the last layer) and higher ones are
+O(1/n^2). Its density is the Edgeworth form
+``p(w) = N(w; Sigma) [1 + (1/24) kappa4 . H4(w)]`` with the Hermite tensor
+``H4_abcd = y_a y_b y_c y_d - (P_ab y_c y_d + 5 perms) + (P_ab P_cd + 2 perms)``,
+``P = Sigma^{-1}``, ``y = P w`` (:class:`pdlt.theory.nearly_gaussian.NearlyGaussian`;
+the book writes the same distribution as a quartic action, book §4.? and
+§6.4, eq. numbers to be checked).
+
+Conditioning (the posterior)
+----------------------------
+Gaussian likelihood with variance ``s2`` (``noise``): the training
+observations are ``u_A = z_A + eps``, ``eps ~ N(0, s2 I)``; ``(u_A, z_B)`` is
+nearly Gaussian with the same ``kappa4`` and ``Sigma_AA -> Sigma_AA + s2 I``,
+and the posterior of the test outputs ``z_B`` is its conditional distribution
+at ``u_A = y``. The Gaussian factor splits into ``N(u; Sigma_AA) N(z_B; m0, S0)``
+with the usual
+
+.. math::
+    m^0_B = \Sigma_{BA}\Sigma_{AA}^{-1} y,\qquad
+    S^0_{BB} = \Sigma_{BB} - \Sigma_{BA}\Sigma_{AA}^{-1}\Sigma_{AB}.
+
+Write ``z_B = m0 + xi``, ``xi ~ N(0, S0)``; then ``y_full = P w = a + R xi`` with
+``a = (alpha, 0)``, ``alpha = Sigma_AA^{-1} y`` and ``Cov(xi, R xi) = W =
+[-Sigma_BA Sigma_AA^{-1}, 1]`` (M x (N + M)). Taking Gaussian expectations of
+``xi kappa4.H4`` and ``(xi xi^T - S0) kappa4.H4`` (Isserlis) and using
+``R S0 R^T = P - diag(Sigma_AA^{-1}, 0)`` everything except the training
+block cancels; to O(1/n):
+
+.. math::
+    E[z_B \mid y] = m^0_B + W t,\qquad
+    t_a = \tfrac16 \kappa_{a c d e}\alpha_c\alpha_d\alpha_e
+          - \tfrac12 \kappa_{a c d e}\alpha_c (\Sigma_{AA}^{-1})_{de},
+
+.. math::
+    \mathrm{Cov}[z_B \mid y] = S^0_{BB} + W U W^T,\qquad
+    U_{ab} = \tfrac12 \kappa_{a b c d}\big[\alpha_c\alpha_d - (\Sigma_{AA}^{-1})_{cd}\big],
+
+with a, b over all inputs and c, d, e over the training inputs (composite
+neuron-input indices when ``n_out > 1``). Both corrections are Hermite
+polynomials of the whitened targets: ``U`` couples the data only through the
+"Hebbian" combination ``alpha alpha^T - Sigma_AA^{-1}`` whose prior mean is 0
+(noiseless), and they vanish when a test input equals a training input with
+``s2 = 0`` (``W t = t_B - t_A = 0``). With the neuron structure of kappa4
+(``X = sum_k alpha_k alpha_k^T - n_out Sigma_AA^{-1}``):
+
+.. math::
+    t_{i;a} = \frac1{2n}\Big[V_{(ab)(cd)}\alpha_{i;b}X_{cd}
+        - 2V_{(ac)(bd)}\alpha_{i;b}(\Sigma_{AA}^{-1})_{cd}\Big],
+
+.. math::
+    U_{ij;ab} = \frac1{2n}\Big\{\delta_{ij}\big[V_{(ab)(cd)}X_{cd}
+        - 2V_{(ac)(bd)}(\Sigma_{AA}^{-1})_{cd}\big]
+        + V_{(ac)(bd)}\alpha_{i;c}\alpha_{j;d} + V_{(ad)(bc)}\alpha_{i;d}\alpha_{j;c}\Big\}.
+
+So at finite width the posterior of one output neuron depends on the targets
+of the others (through ``X``), and the posterior covariance depends on the
+targets: neither happens at infinite width. The log evidence gains
+``(1/24) kappa4 . H4(y)`` on the training block. We keep the NLO metric
+exactly inside ``Sigma = K + G1/n`` (linearizing it changes O(1/n^2)).
+Noiseless limit: ``noise = 0`` is allowed whenever ``K_AA + G1_AA/n`` is
+invertible (distinct training inputs).
+
+Representation learning ("Hebbian" wiring, book §6.4.2; eq. numbers to be checked)
+--------------------------------------------------------------------------------
+The layer-l metric of one network, ``Ghat^(l)_ab = (1/n_l) sum_j z^(l)_{j;a}
+z^(l)_{j;b}``, has prior mean ``K^(l) + G1^(l)/n_{l-1}``. For any observable O
+with ``Cov(O, z) = 0`` (parity) the nearly-Gaussian conditional mean is
+``E[O | u] = E[O] + (1/2) kappa(O; u_c, u_d) [ (P u)_c (P u)_d - P_cd ] +
+O(1/n^2)`` (the joint cumulants ``kappa(O, u, u)`` are O(1/n); the others that
+could enter are O(1/n^2)). With ``O = Ghat^(l)`` the mixed vertex
+``C^(l,L)_{(ab)(cd)} = Cov(Ghat^(l)_ab, z^(L)_{i;c} z^(L)_{i;d})`` obeys, since
+layer l'+1 given layer l' is Gaussian with covariance
+``C_b + C_W (1/n_l') sum_j sigma_j sigma_j`` and Stein's lemma turns the
+same-neuron term into the same derivative map,
+
+.. math::
+    C^{(l,l)} = \frac1{n_l}(K_{ac}K_{bd} + K_{ad}K_{bc}) + \frac{V^{(l)}_{(ab)(cd)}}{n_{l-1}},
+    \qquad C^{(l,l'+1)}_{(ab)(cd)} = C_W^{(l'+1)} \sum_{ef}
+        M^{(l')}_{(cd)(ef)} C^{(l,l')}_{(ab)(ef)},
+
+``M_{(cd)(ef)} = d<sigma_c sigma_d>_{K^(l')} / dK_{ef}`` (the matrix of the V
+recursion in :mod:`pdlt.theory.vertex`). Hence the posterior mean of the
+layer-l metric
+
+.. math::
+    E[\hat G^{(l)}_{ab} \mid y] = K^{(l)}_{ab} + \frac{G^{1(l)}_{ab}}{n_{l-1}}
+      + \frac12\sum_{c,d\in A} C^{(l,L)}_{(ab)(cd)}
+        \Big[\sum_i \alpha_{i;c}\alpha_{i;d} - n_{out}\,(K^{(L)}_{AA} + s^2)^{-1}_{cd}\Big]:
+
+the representation moves along the outer product of the whitened targets
+(Hebbian), by O(1/n), and not at all at infinite width.
+
+Referee: :func:`importance_posterior` computes the exact posterior of any
+ensemble of prior draws by self-normalized importance sampling with a block
+jackknife standard error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from ._common import SingularKernelError, check_data, check_duplicates, check_mlp, check_noise, eigh_psd
+
+__all__ = ["FiniteWidthPosterior", "RepresentationShift", "ImportancePosterior",
+           "nearly_gaussian_posterior", "finite_width_posterior", "hebbian_kernel_shift",
+           "importance_posterior"]
+
+_FIX = "add noise > 0, remove duplicate training inputs, or increase the width"
+
+
+@dataclass(frozen=True)
+class FiniteWidthPosterior:
+    """Posterior of the network output at test inputs, at O(1/n).
+
+    Attributes
+    ----------
+    mean : ndarray (M, n_out)
+        ``E[z_B | y]`` to O(1/n).
+    cov : ndarray (M, M) if n_out == 1, else (n_out, M, n_out, M)
+        ``Cov[z_B | y]`` to O(1/n) (output neurons are correlated at finite
+        width).
+    mean_infinite_width : ndarray (M, n_out)
+        NNGP posterior mean with the kernel ``K`` alone.
+    cov_infinite_width : ndarray (M, M)
+        NNGP posterior covariance (the same for every output neuron).
+    log_evidence, log_evidence_infinite_width : float
+        Log marginal likelihood of the training targets, O(1/n) and n = inf.
+    width : float
+        The ``n`` of the 1/n expansion (``n_{L-1}``).
+    """
+
+    mean: np.ndarray
+    cov: np.ndarray
+    mean_infinite_width: np.ndarray
+    cov_infinite_width: np.ndarray
+    log_evidence: float
+    log_evidence_infinite_width: float
+    width: float
+
+    @property
+    def std(self) -> np.ndarray:
+        """Posterior standard deviation, shape (M, n_out)."""
+        c = self.cov
+        if c.ndim == 2:
+            return np.sqrt(np.clip(np.diag(c), 0.0, None))[:, None]
+        d = np.einsum("imim->mi", c)
+        return np.sqrt(np.clip(d, 0.0, None))
+
+    @property
+    def std_infinite_width(self) -> np.ndarray:
+        """NNGP posterior standard deviation, shape (M, n_out)."""
+        s = np.sqrt(np.clip(np.diag(self.cov_infinite_width), 0.0, None))
+        return np.repeat(s[:, None], self.mean.shape[1], axis=1)
+
+
+@dataclass(frozen=True)
+class RepresentationShift:
+    """Posterior mean of every hidden-layer metric at O(1/n).
+
+    Attributes
+    ----------
+    layers : tuple of int
+        Hidden layers ``1 .. L-1``.
+    prior : ndarray (L-1, D, D)
+        Prior mean ``K^(l) + G1^(l)/n_{l-1}`` on the D inputs ``x``.
+    shift : ndarray (L-1, D, D)
+        ``E[Ghat^(l) | y] - E[Ghat^(l)]``, O(1/n).
+    x : ndarray (D, n0)
+        Inputs: the training inputs first, then the extra ones.
+    """
+
+    layers: tuple
+    prior: np.ndarray
+    shift: np.ndarray
+    x: np.ndarray
+
+    @property
+    def posterior(self) -> np.ndarray:
+        """``prior + shift``, shape (L-1, D, D)."""
+        return self.prior + self.shift
+
+
+@dataclass(frozen=True)
+class ImportancePosterior:
+    """Exact posterior moments from weighted prior draws, with jackknife errors.
+
+    Attributes
+    ----------
+    mean, mean_stderr : ndarray (M, n_out)
+    var, var_stderr : ndarray (M, n_out)
+        Posterior variance of each test output.
+    observables, observables_stderr : ndarray (...) or None
+        Posterior mean minus prior mean of the extra observables (shift), if given.
+    ess : float
+        Effective sample size ``(sum w)^2 / sum w^2``.
+    networks : int
+    """
+
+    mean: np.ndarray
+    mean_stderr: np.ndarray
+    var: np.ndarray
+    var_stderr: np.ndarray
+    observables: np.ndarray | None
+    observables_stderr: np.ndarray | None
+    ess: float
+    networks: int
+
+
+# ---------------------------------------------------------------------------
+# the core: conditioning a nearly-Gaussian vector
+# ---------------------------------------------------------------------------
+
+def _check_blocks(Sigma, V, y, n_train, n):
+    Sigma = np.asarray(Sigma, dtype=float)
+    D = Sigma.shape[0] if Sigma.ndim == 2 else -1
+    if Sigma.ndim != 2 or Sigma.shape != (D, D):
+        raise ValueError(f"K must be a square (D, D) kernel over train+test inputs; got shape "
+                         f"{Sigma.shape}")
+    V = np.asarray(V, dtype=float)
+    if V.shape != (D,) * 4:
+        raise ValueError(f"V must have shape {(D,) * 4} (V[a,b,c,d] = V_(ab)(cd)); got {V.shape}")
+    if not (isinstance(n_train, (int, np.integer)) and 1 <= n_train <= D):
+        raise ValueError(f"n_train must be an integer in [1, {D}] (training inputs come first); "
+                         f"got {n_train!r}")
+    y2 = np.asarray(y, dtype=float)
+    if y2.ndim == 1:
+        y2 = y2[:, None]
+    if y2.ndim != 2 or y2.shape[0] != n_train:
+        raise ValueError(f"y must have shape ({n_train},) or ({n_train}, n_out); got "
+                         f"{np.shape(y)}")
+    if not np.all(np.isfinite(y2)):
+        raise ValueError("y contains NaN or inf; drop or impute those targets")
+    n = float(n)
+    if not n > 0:
+        raise ValueError(f"n (the width n_{{L-1}}) must be > 0; got {n}")
+    return Sigma, V, y2, n
+
+
+def _gaussian_factor(SAA):
+    eigh_psd(SAA, "the training covariance K_AA + G1_AA/n + noise * I", _FIX)
+    try:
+        return scipy.linalg.cho_factor(SAA, lower=True)
+    except np.linalg.LinAlgError as exc:  # pragma: no cover - caught by the eigenvalue check
+        raise SingularKernelError(f"the training covariance is not positive definite ({exc}); "
+                                  f"{_FIX}") from exc
+
+
+def _gauss_log_evidence(cf, y2, alpha):
+    N, n_out = y2.shape
+    logdet = 2.0 * np.sum(np.log(np.diag(cf[0])))
+    return float(-0.5 * np.sum(y2 * alpha) - 0.5 * n_out * logdet
+                 - 0.5 * n_out * N * math.log(2 * math.pi))
+
+
+def nearly_gaussian_posterior(K, V, y, n_train, noise=0.0, *, G1=None, n=1.0):
+    """Posterior of a nearly-Gaussian prior conditioned on noisy training outputs.
+
+    The prior of the outputs on D = N + M inputs (training first) has the
+    cumulants ``delta_ij (K + G1/n)`` and ``kappa4 = (1/n)[V + 2 perms]`` of
+    ``shared/NOTATION.md``; see the module docstring for the formulas.
+
+    Parameters
+    ----------
+    K : array_like (D, D)
+        Leading-order kernel over train+test inputs.
+    V : array_like (D, D, D, D)
+        Four-point vertex, ``V[a,b,c,d] = V_{(ab)(cd)}``, normalized by ``n``.
+    y : array_like (N,) or (N, n_out)
+        Training targets.
+    n_train : int
+        N, the number of training inputs (the first N rows of K).
+    noise : float, default 0
+        Observation-noise variance ``s2``.
+    G1 : array_like (D, D), optional
+        NLO metric (default 0).
+    n : float, default 1
+        The width of the 1/n expansion.
+
+    Returns
+    -------
+    FiniteWidthPosterior
+
+    Raises
+    ------
+    SingularKernelError
+        If ``K_AA + G1_AA/n + noise I`` is singular.
+    """
+    Sig0, V, y2, n = _check_blocks(K, V, y, n_train, n)
+    noise = check_noise(noise)
+    D = Sig0.shape[0]
+    G1 = np.zeros((D, D)) if G1 is None else np.asarray(G1, dtype=float)
+    if G1.shape != (D, D):
+        raise ValueError(f"G1 must have shape {(D, D)}; got {G1.shape}")
+    N, M, n_out = n_train, D - n_train, y2.shape[1]
+    if M < 1:
+        raise ValueError("need at least one test input after the N training inputs in K")
+    Sig0 = 0.5 * (Sig0 + Sig0.T)
+    Sig = Sig0 + 0.5 * (G1 + G1.T) / n
+    I_N = np.eye(N)
+
+    def gauss(S):
+        cf = _gaussian_factor(S[:N, :N] + noise * I_N)
+        alpha = scipy.linalg.cho_solve(cf, y2)                 # Sigma_AA^-1 y   (N, n_out)
+        R = scipy.linalg.cho_solve(cf, S[:N, N:]).T            # Sigma_BA Sigma_AA^-1 (M, N)
+        cov = S[N:, N:] - R @ S[:N, N:]
+        return cf, alpha, R, R @ y2, 0.5 * (cov + cov.T)
+
+    cf_inf, alpha_inf, _, m_inf, S_inf = gauss(Sig0)
+    cf, alpha, R, m0, S0 = gauss(Sig)
+    P = scipy.linalg.cho_solve(cf, I_N)
+    P = 0.5 * (P + P.T)
+    Y2 = alpha @ alpha.T                                       # sum_k alpha_k alpha_k^T
+    X = Y2 - n_out * P
+    VA = V[:, :N, :N, :N]                                      # V_(a b)(c d), b c d in A
+    VDD = V[:, :, :N, :N]                                      # V_(a b)(c d), a b in D
+    VX = V[:, :N, :, :N]                                       # V_(a c)(b d), c d in A
+    c = 0.5 / n
+    # t_{a,i} = (1/2n)[V_(ab)(cd) alpha_bi X_cd - 2 V_(ac)(bd) alpha_bi P_cd]
+    t = c * (np.einsum("abcd,cd,bi->ai", VA, X, alpha, optimize=True)
+             - 2.0 * np.einsum("acbd,cd,bi->ai", VA, P, alpha, optimize=True))
+    W = np.hstack([-R, np.eye(M)])                             # (M, D)
+    mean = m0 + W @ t
+    # U_{ij;ab}
+    diag_part = c * (np.einsum("abcd,cd->ab", VDD, X) - 2.0 * np.einsum("acbd,cd->ab", VX, P))
+    cross = c * (np.einsum("acbd,ci,dj->ijab", VX, alpha, alpha, optimize=True)
+                 + np.einsum("adbc,di,cj->ijab", VX, alpha, alpha, optimize=True))
+    U = cross + np.eye(n_out)[:, :, None, None] * diag_part[None, None]
+    dS = np.einsum("ma,ijab,pb->impj", W, U, W, optimize=True)   # (n_out, M, n_out, M)
+    cov = dS + np.eye(n_out)[:, None, :, None] * S0[None, :, None, :]
+    cov = 0.5 * (cov + cov.transpose(2, 3, 0, 1))
+    if n_out == 1:
+        cov = cov[0, :, 0, :]
+    # log evidence: Gaussian part + (1/24) kappa4 . H4(y) on the training block
+    VAA = V[:N, :N, :N, :N]
+    VAX = np.swapaxes(VAA, 1, 2)                               # V_(ac)(bd) -> [a,b,c,d]
+    T4 = 3.0 * np.einsum("abcd,ab,cd->", VAA, Y2, Y2)
+    T2 = n_out * np.einsum("abcd,ab,cd->", VAA, P, Y2) + 2.0 * np.einsum("abcd,ab,cd->", VAX, P, Y2)
+    T0 = (n_out ** 2 * np.einsum("abcd,ab,cd->", VAA, P, P)
+          + 2.0 * n_out * np.einsum("abcd,ab,cd->", VAX, P, P))
+    logZ = _gauss_log_evidence(cf, y2, alpha) + (T4 - 6.0 * T2 + 3.0 * T0) / (24.0 * n)
+    return FiniteWidthPosterior(mean=mean, cov=cov, mean_infinite_width=m_inf,
+                                cov_infinite_width=S_inf, log_evidence=float(logZ),
+                                log_evidence_infinite_width=_gauss_log_evidence(cf_inf, y2, alpha_inf),
+                                width=n)
+
+
+# ---------------------------------------------------------------------------
+# MLP entry points
+# ---------------------------------------------------------------------------
+
+def _mlp_data(mlp, X_train, y_train, X_test, noise):
+    mlp = check_mlp(mlp)
+    X_train, y2, _ = check_data(X_train, y_train, mlp.n0, "X_train", "y_train")
+    noise = check_noise(noise)
+    check_duplicates(X_train, noise)
+    if y2.shape[1] != mlp.n_out:
+        raise ValueError(f"y_train has {y2.shape[1]} output columns but the MLP has n_out="
+                         f"{mlp.n_out}; give one target column per output neuron (the "
+                         "finite-width posterior couples the output neurons)")
+    if X_test is None:
+        return mlp, X_train, y2, np.empty((0, mlp.n0)), noise
+    return mlp, X_train, y2, check_data(X_test, None, mlp.n0, "X_test"), noise
+
+
+def finite_width_posterior(mlp, X_train, y_train, X_test, noise=0.0, *, accuracy="default"):
+    """Bayesian posterior of an MLP's output at ``X_test``, to order 1/n.
+
+    The prior is the nearly-Gaussian output distribution of ``mlp`` at its
+    widths (``K^(L) + G1^(L)/n`` and ``V^(L)/n`` with ``n = n_{L-1}``, from
+    :func:`pdlt.theory.vertex.finite_width_flow`); the likelihood is Gaussian
+    with variance ``noise``. Formulas and derivation: module docstring
+    (book §6.4, eq. numbers to be checked).
+
+    Parameters
+    ----------
+    mlp : pdlt.MLP
+    X_train : array_like (N, n0)
+    y_train : array_like (N,) or (N, n_out)
+        One column per output neuron of ``mlp``.
+    X_test : array_like (M, n0)
+    noise : float, default 0
+        Observation-noise variance; 0 is the noiseless limit (distinct
+        training inputs needed).
+    accuracy : {"fast", "default", "high"}
+        Rule of the vertex's four-variable expectations.
+
+    Returns
+    -------
+    FiniteWidthPosterior
+        ``mean`` (M, n_out), ``cov`` ((M, M) for one output), and the
+        infinite-width (NNGP) ``mean_infinite_width``, ``cov_infinite_width``.
+
+    Examples
+    --------
+    >>> import numpy as np, pdlt
+    >>> from pdlt.learning.finite_bayes import finite_width_posterior
+    >>> mlp = pdlt.MLP(1, width=16, depth=3, activation="tanh", C_W=1.0, C_b=0.1)
+    >>> post = finite_width_posterior(mlp, [[0.5], [-1.0]], [1.0, -0.5], [[0.2]], noise=0.1)
+    >>> post.mean.shape, post.cov.shape
+    ((1, 1), (1, 1))
+    >>> bool(abs(post.mean - post.mean_infinite_width).max() < 0.2)
+    True
+    """
+    from ..theory.vertex import finite_width_flow
+
+    mlp, X_train, y2, X_test, noise = _mlp_data(mlp, X_train, y_train, X_test, noise)
+    if X_test.shape[0] == 0:
+        raise ValueError("X_test must have at least one row")
+    x = np.vstack([X_train, X_test])
+    last = finite_width_flow(mlp, x, accuracy=accuracy)[-1]
+    D = x.shape[0]
+    n = mlp.widths[mlp.depth - 1]
+    V = np.asarray(last.extra["V"], dtype=float).reshape((D,) * 4)
+    G1 = np.asarray(last.extra["G1"], dtype=float).reshape(D, D)
+    return nearly_gaussian_posterior(last.K, V, y2, X_train.shape[0], noise, G1=G1, n=n)
+
+
+def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="default"):
+    """Posterior mean of each hidden-layer metric: representation learning at O(1/n).
+
+    ``Ghat^(l)_ab = (1/n_l) sum_j z^(l)_{j;a} z^(l)_{j;b}`` moves under Bayesian
+    conditioning by ``(1/2) C^(l,L) . [alpha alpha^T - n_out (K_AA + s2)^-1]``
+    with the mixed vertex ``C^(l,L)`` (module docstring; book §6.4.2,
+    eq. numbers to be checked). Zero at infinite width.
+
+    Parameters
+    ----------
+    mlp : pdlt.MLP
+        A plain (non-residual) MLP.
+    X_train : array_like (N, n0)
+    y_train : array_like (N,) or (N, n_out)
+    X : array_like (M, n0), optional
+        Extra inputs on which to report the metric (besides the training ones).
+    noise : float, default 0
+    accuracy : {"fast", "default", "high"}
+
+    Returns
+    -------
+    RepresentationShift
+        Over the D = N + M inputs (training first), for layers 1..L-1.
+    """
+    from ..theory.vertex import _apply_M, _derivative_matrices, finite_width_flow
+
+    mlp, X_train, y2, Xe, noise = _mlp_data(mlp, X_train, y_train, X, noise)
+    if mlp.is_residual:
+        raise NotImplementedError("hebbian_kernel_shift covers plain MLPs (gamma = 0, xi = 1); "
+                                  "the residual mixed vertex is not implemented")
+    if mlp.depth < 2:
+        raise ValueError("a depth-1 network has no hidden layer to learn a representation; "
+                         "use depth >= 2")
+    x = np.vstack([X_train, Xe])
+    D, N, L = x.shape[0], X_train.shape[0], mlp.depth
+    fw = finite_width_flow(mlp, x, accuracy=accuracy)
+    Ks = [np.asarray(s.K, dtype=float).reshape(D, D) for s in fw]
+    KA = Ks[-1][:N, :N] + noise * np.eye(N)
+    cf = _gaussian_factor(KA)
+    alpha = scipy.linalg.cho_solve(cf, y2)
+    P = scipy.linalg.cho_solve(cf, np.eye(N))
+    X_heb = alpha @ alpha.T - y2.shape[1] * 0.5 * (P + P.T)
+    mats = {lp: _derivative_matrices(mlp.activation, Ks[lp - 1]) for lp in range(1, L)}
+    prior, shift = [], []
+    for l in range(1, L):
+        s = fw[l - 1]
+        K = Ks[l - 1]
+        V = np.asarray(s.extra["V"], dtype=float).reshape((D,) * 4)
+        G1 = np.asarray(s.extra["G1"], dtype=float).reshape(D, D)
+        n_l, n_prev = mlp.widths[l], mlp.widths[l - 1]
+        # C^(l,l) = (K_ac K_bd + K_ad K_bc) / n_l + V^(l) / n_{l-1}
+        C = (np.einsum("ac,bd->abcd", K, K) + np.einsum("ad,bc->abcd", K, K)) / n_l + V / n_prev
+        for lp in range(l, L):
+            _, A, B = mats[lp]
+            # C^(l,lp+1) = C_W^(lp+1) M^(lp) acting on the second pair
+            T = _apply_M(A, B, np.moveaxis(C, (2, 3), (0, 1)))
+            C = mlp.C_W[lp] * np.moveaxis(T, (0, 1), (2, 3))
+        prior.append(K + G1 / n_prev)
+        shift.append(0.5 * np.einsum("abcd,cd->ab", C[:, :, :N, :N], X_heb))
+    return RepresentationShift(tuple(range(1, L)), np.array(prior), np.array(shift), x)
+
+
+# ---------------------------------------------------------------------------
+# the referee: exact posterior by importance sampling over prior draws
+# ---------------------------------------------------------------------------
+
+def importance_posterior(z_train, z_test, y_train, noise, *, observables=None, blocks=50):
+    """Exact posterior moments of an ensemble of prior draws, by importance sampling.
+
+    Each draw m is weighted by the likelihood ``w_m = exp(-|y - z_{A,m}|^2 / (2 noise))``;
+    posterior means are self-normalized weighted means. Standard errors come
+    from a jackknife over ``blocks`` contiguous blocks of draws (it accounts
+    for the weights' variance, i.e. the effective sample size).
+
+    Parameters
+    ----------
+    z_train : array_like (R, N, n_out)
+        Prior draws of the outputs at the training inputs (R draws).
+    z_test : array_like (R, M, n_out)
+        The same draws at the test inputs.
+    y_train : array_like (N,) or (N, n_out)
+    noise : float
+        Likelihood variance, > 0.
+    observables : array_like (R, ...), optional
+        Per-draw quantities whose posterior-minus-prior mean is also returned
+        (e.g. hidden-layer metrics).
+    blocks : int, default 50
+
+    Returns
+    -------
+    ImportancePosterior
+    """
+    zA = np.asarray(z_train, dtype=float)
+    zB = np.asarray(z_test, dtype=float)
+    if zA.ndim != 3 or zB.ndim != 3 or zA.shape[0] != zB.shape[0] or zA.shape[2] != zB.shape[2]:
+        raise ValueError(f"z_train and z_test must have shapes (R, N, n_out) and (R, M, n_out) "
+                         f"with the same R and n_out; got {zA.shape} and {zB.shape}")
+    R = zA.shape[0]
+    y2 = np.asarray(y_train, dtype=float).reshape(zA.shape[1], -1)
+    s2 = check_noise(noise)
+    if s2 <= 0:
+        raise ValueError("noise must be > 0 for importance sampling (the noiseless likelihood "
+                         "is a delta function); use a small positive noise")
+    if not (isinstance(blocks, (int, np.integer)) and 2 <= blocks <= R):
+        raise ValueError(f"blocks must be an integer in [2, R={R}]; got {blocks!r}")
+    logw = -0.5 * np.sum((zA - y2[None]) ** 2, axis=(1, 2)) / s2
+    w = np.exp(logw - logw.max())
+    obs = None if observables is None else np.asarray(observables, dtype=float)
+    if obs is not None and obs.shape[0] != R:
+        raise ValueError(f"observables must have R={R} rows (one per draw); got {obs.shape}")
+
+    # per-block sums of the sufficient statistics, then leave-one-block-out estimates
+    edges = np.linspace(0, R, blocks + 1).astype(int)
+
+    def bsum(a):
+        return np.add.reduceat(a, edges[:-1], axis=0)
+
+    Sw = bsum(w)
+    Swz = bsum(w[:, None, None] * zB)
+    Swzz = bsum(w[:, None, None] * zB * zB)
+    parts = [Sw, Swz, Swzz]
+    if obs is not None:
+        parts += [bsum(w.reshape((R,) + (1,) * (obs.ndim - 1)) * obs), bsum(obs),
+                  np.diff(edges).astype(float)]
+
+    def estimate(sums):
+        sw, swz, swzz = sums[:3]
+        mu = swz / sw
+        var = swzz / sw - mu * mu
+        out = [mu, var]
+        if obs is not None:
+            swo, so, cnt = sums[3:]
+            out.append(swo / sw - so / cnt)
+        return out
+
+    total = [p.sum(axis=0) for p in parts]
+    full = estimate(total)
+    loo = [estimate([t - p[k] for t, p in zip(total, parts)]) for k in range(blocks)]
+    errs = []
+    for j in range(len(full)):
+        arr = np.array([e[j] for e in loo])
+        errs.append(np.sqrt((blocks - 1) / blocks * np.sum((arr - arr.mean(axis=0)) ** 2, axis=0)))
+    ess = float(w.sum() ** 2 / np.sum(w * w))
+    return ImportancePosterior(mean=full[0], mean_stderr=errs[0], var=full[1], var_stderr=errs[1],
+                               observables=full[2] if obs is not None else None,
+                               observables_stderr=errs[2] if obs is not None else None,
+                               ess=ess, networks=R)
