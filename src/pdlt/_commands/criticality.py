@@ -14,6 +14,13 @@ def register(sub):
                    help="named activation (relu, tanh, gelu, leaky_relu(0.1), ...) or "
                         "module:function for a vectorized numpy callable")
     p.add_argument("--json", action="store_true", help="print JSON (sorted keys)")
+    p.add_argument("--residual", metavar="GAMMA", type=float, default=None,
+                   help="residual MLP z' = [b + W sigma(z)] + GAMMA z (xi = 1): report the "
+                        "critical C_b, C_W, vertex slope and optimal aspect ratio at this "
+                        "strength (|GAMMA| < 1)")
+    p.add_argument("--output-width", metavar="NL", type=int, default=1,
+                   help="output width n_L for the optimal aspect ratio r* = 4/((20 + 3 n_L) nu) "
+                        "(default 1)")
     p.add_argument("--phase-diagram", metavar="FILE", default=None,
                    help="also draw the (C_b, C_W) phase diagram to FILE (needs matplotlib)")
     p.set_defaults(run=run)
@@ -23,6 +30,8 @@ def run(args):
     from ..theory.criticality import criticality
 
     act = resolve_activation(args.activation)
+    if args.output_width < 1:
+        raise ValueError(f"--output-width must be a positive integer; got {args.output_width}")
     res = criticality(act)
     if args.phase_diagram:
         from ..report.phase import plot_phase_diagram
@@ -31,12 +40,31 @@ def run(args):
         plot_phase_diagram(phase_diagram(act), path=args.phase_diagram)
     from ..theory.vertex import vertex_slope
 
+    from ..theory.information import optimal_aspect_ratio_from_slope
+
     slope = (vertex_slope(act, C_W=res.C_W, K_star=res.K_star)
              if res.universality_class != "none" else None)
+    rstar = None if slope is None else optimal_aspect_ratio_from_slope(slope, args.output_width)
+    rc = None
+    if args.residual is not None:
+        from ..theory.residual import residual_criticality
+
+        if res.universality_class == "none":
+            raise ValueError(f"--residual: activation {res.activation!r} has no critical point "
+                             f"({res.reason})")
+        rc = residual_criticality(act, args.residual, n_out=args.output_width)
     if args.json:
         d = res.to_dict()
         d["vertex_slope"] = slope
+        d["optimal_aspect_ratio"] = rstar
+        d["output_width"] = args.output_width
         d["activation"] = args.activation if ":" in args.activation else res.activation
+        if rc is not None:
+            d["plain"] = dict(C_b=res.C_b, C_W=res.C_W, vertex_slope=slope,
+                              optimal_aspect_ratio=rstar)
+            d.update(C_b=rc.C_b, C_W=rc.C_W, vertex_slope=rc.vertex_slope,
+                     optimal_aspect_ratio=rc.optimal_aspect_ratio,
+                     residual=dict(gamma=rc.gamma, xi=rc.xi))
         print_json(d)
         return 0
     print(f"activation        {res.activation}")
@@ -47,6 +75,14 @@ def run(args):
         print(f"chi_parallel      {res.chi_parallel:.15g}\nchi_perp          {res.chi_perp:.15g}")
     if slope is not None:
         print(f"vertex_slope      {slope:.15g}  (V/(n K^2) ~ vertex_slope * L/n at criticality)")
+        print(f"optimal L/n       {rstar:.6g}  (r* = 4/((20 + 3 n_L) nu), n_L = {args.output_width}: "
+              "maximizes the output neurons' mutual information, book appendix A)")
+    if rc is not None:
+        print(f"\nresidual gamma = {rc.gamma:g} (xi = 1):")
+        print(f"critical C_b      {rc.C_b:.15g}\ncritical C_W      {rc.C_W:.15g}  "
+              "(= (1 - gamma^2) x the plain values)")
+        print(f"vertex_slope      {rc.vertex_slope:.15g}")
+        print(f"optimal L/n       {rc.optimal_aspect_ratio:.6g}")
     print(f"\n{res.reason}")
     if res.asymptotics is not None:
         print(f"asymptotics: {res.asymptotics.law}")

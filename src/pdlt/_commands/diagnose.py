@@ -23,6 +23,11 @@ def register(sub):
                    help="weight variance (default: the critical one)")
     p.add_argument("--K1", type=float, default=1.0,
                    help="first-layer kernel K^(1) = C_b + C_W |x|^2/n0 (default 1)")
+    p.add_argument("--residual", metavar="GAMMA", type=float, default=None,
+                   help="residual MLP z' = [b + W sigma(z)] + GAMMA z in the equal-width layers "
+                        "(xi = 1); the default C_b, C_W are then the residual critical ones")
+    p.add_argument("--output-width", metavar="NL", type=int, default=1,
+                   help="output width n_L (default 1); sets the optimal aspect ratio")
     p.add_argument("--json", action="store_true", help="print JSON (sorted keys)")
     p.set_defaults(run=run)
 
@@ -41,15 +46,48 @@ def _regime(r):
             "between networks are as large as the mean (reduce the depth or widen)")
 
 
-def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0):
-    """The diagnosis as a dict (the CLI's JSON)."""
+def _aspect_text(r, rstar, n_out):
+    if not math.isfinite(rstar):
+        return "no vertex growth at this residual strength: the theory sets no depth limit"
+    q = r / rstar
+    if q < 0.5:
+        verdict = (f"well below the information-theoretic optimum r* = {rstar:.3g}: the network "
+                   "could be deeper (or narrower) and still stay in the regime where its output "
+                   "neurons share the most information")
+    elif q <= 2.0:
+        verdict = (f"close to the information-theoretic optimum r* = {rstar:.3g} (within a "
+                   "factor 2)")
+    else:
+        verdict = (f"above the information-theoretic optimum r* = {rstar:.3g}: fluctuations of "
+                   "the whole layer start to wash out what the output neurons share; widen the "
+                   "network, make it shallower, or use residual connections with gamma near 1")
+    return (f"L/n = {r:.3g} is {q:.2g} x r*, {verdict} (r* = 4/((20 + 3 n_L) nu), n_L = {n_out}, "
+            "book appendix A)")
+
+
+def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out=1):
+    """The diagnosis as a dict (the CLI's JSON).
+
+    ``residual`` is the residual strength gamma (xi = 1) of the equal-width
+    layers; ``n_out`` the output width n_L.
+    """
     from ..network import MLP
     from ..theory.criticality import criticality, depth_scales
     from ..theory.kernel import flow
 
     if depth < 1 or width < 1:
         raise ValueError(f"--depth and --width must be >= 1; got {depth}, {width}")
+    if int(n_out) != n_out or n_out < 1:
+        raise ValueError(f"--output-width must be a positive integer; got {n_out}")
+    gamma = 0.0 if residual is None else float(residual)
     res = criticality(act)
+    if residual is not None and res.universality_class != "none":
+        from dataclasses import replace
+
+        from ..theory.residual import residual_criticality
+
+        rc = residual_criticality(act, gamma, n_out=n_out)
+        res = replace(res, C_b=rc.C_b, C_W=rc.C_W)
     notes = []
     critical_init = C_b is None and C_W is None
     if res.universality_class == "none":
@@ -62,14 +100,33 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0):
     r = depth / width
     regime, regime_text = _regime(r)
     notes.append(regime_text)
-    mlp = MLP(n0=1, width=width, depth=depth, activation=act, C_b=C_b, C_W=C_W)
+    mlp = MLP(n0=1, width=width, depth=depth, n_out=n_out, activation=act, C_b=C_b, C_W=C_W,
+              gamma=gamma)
     fl = flow(mlp, K1=K1)
     last = fl[-1]
     ds = depth_scales(act, C_b, C_W, K1=K1)
+    if gamma != 0.0:
+        # the residual map is gamma^2 K + (1 - gamma^2) f~(K), f~ the plain map at
+        # (C_b, C_W) / (1 - gamma^2): same fixed points and phase; chi = gamma^2 + (1 - gamma^2) chi~
+        from dataclasses import replace
+
+        f = 1.0 - gamma * gamma
+        if f > 0:
+            ds0 = depth_scales(act, C_b / f, C_W / f, K1=K1)
+            cpar = gamma * gamma + f * ds0.chi_parallel
+            cperp = gamma * gamma + f * ds0.chi_perp
+
+            def _scale(c):
+                return math.inf if c == 1.0 or not math.isfinite(c) else 1.0 / abs(math.log(c))
+            ds = replace(ds0, C_b=C_b, C_W=C_W, chi_parallel=cpar, chi_perp=cperp,
+                         xi_parallel=_scale(cpar), xi_perp=_scale(cperp))
+        ds = ds0.__class__(**{**ds0.__dict__, "xi_parallel": ds0.xi_parallel / f,
+                              "xi_perp": ds0.xi_perp / f}) if f > 0 else ds
     out = dict(activation=res.activation, universality_class=res.universality_class,
                critical_C_b=res.C_b, critical_C_W=res.C_W, K_star=res.K_star,
                C_b=C_b, C_W=C_W, at_criticality=bool(critical_init and res.is_critical),
                depth=depth, width=width, L_over_n=r, regime=regime, K1=K1,
+               residual=gamma, output_width=n_out,
                K_L=last.K, chi_parallel_L=last.chi_parallel, chi_perp_L=last.chi_perp,
                phase=ds.phase, xi_parallel=ds.xi_parallel, xi_perp=ds.xi_perp,
                asymptotics=None if res.asymptotics is None else res.asymptotics.law)
@@ -113,17 +170,25 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0):
                      f"V/(n K^2) = {v_norm:.3g} (the preactivation kurtosis excess is 3x that), "
                      f"NLO kernel shift G1/(n K) = {out['G1_over_nK_L']:.3g}")
     out["vertex_slope"] = None
+    out["optimal_aspect_ratio"] = None
     if res.universality_class != "none":
-        out["vertex_slope"] = vertex_slope(act, C_W=res.C_W, K_star=res.K_star)
+        from ..theory.information import optimal_aspect_ratio_from_slope
+        from ..theory.residual import residual_vertex_slope
+
+        out["vertex_slope"] = (residual_vertex_slope(act, gamma) if gamma != 0.0
+                               else vertex_slope(act, C_W=res.C_W, K_star=res.K_star))
         notes.append(f"at criticality V/(n K^2) grows like {out['vertex_slope']:.4g} L/n: "
                      f"{out['vertex_slope'] * r:.3g} for this L/n")
+        out["optimal_aspect_ratio"] = optimal_aspect_ratio_from_slope(out["vertex_slope"], n_out)
+        notes.append(_aspect_text(r, out["optimal_aspect_ratio"], n_out))
     out["notes"] = notes
     return out
 
 
 def run(args):
     act = resolve_activation(args.activation)
-    d = diagnose(act, args.depth, args.width, args.C_b, args.C_W, args.K1)
+    d = diagnose(act, args.depth, args.width, args.C_b, args.C_W, args.K1,
+                 residual=args.residual, n_out=args.output_width)
     if args.json:
         print_json(d)
         return 0
@@ -136,6 +201,9 @@ def run(args):
           + ("  (critical)" if d["at_criticality"] else f"  ({d['phase']} phase)"))
     print(f"depth L, width n    {d['depth']}, {d['width']}")
     print(f"L/n                 {d['L_over_n']:.4g}  ({d['regime']})")
+    if d["optimal_aspect_ratio"] is not None:
+        print(f"optimal L/n (r*)    {d['optimal_aspect_ratio']:.4g}  (n_L = {d['output_width']}"
+              + (f", residual gamma = {d['residual']:g}" if d["residual"] else "") + ")")
     print(f"K^(1) -> K^(L)      {d['K1']:.6g} -> {d['K_L']:.6g}; chi_par, chi_perp at L: "
           f"{d['chi_parallel_L']:.6g}, {d['chi_perp_L']:.6g}")
     print("\nwhat the theory says:")

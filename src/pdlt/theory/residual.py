@@ -1,0 +1,198 @@
+r"""Residual MLPs at criticality: critical initialization, vertex slope and r* vs gamma.
+
+The residual MLP of ``shared/NOTATION.md`` (book appendix B),
+``z^(l+1) = xi [b + W sigma(z^(l))] + gamma z^(l)``, has the single-input
+kernel map (:mod:`pdlt.theory.kernel`)
+
+.. math::
+    K' = \xi^2 [C_b + C_W\langle\sigma^2\rangle_K] + \gamma^2 K
+       = \gamma^2 K + (1-\gamma^2)\,[\tilde C_b + \tilde C_W\langle\sigma^2\rangle_K],\qquad
+    \tilde C_{b,W} = \frac{\xi^2 C_{b,W}}{1-\gamma^2},
+
+and susceptibilities ``chi = gamma^2 + (1 - gamma^2) chi~`` with ``chi~`` the
+plain susceptibilities at ``(C~_b, C~_W)``. So criticality
+(``K* = K'(K*)``, ``chi_par = chi_perp = 1``) holds exactly when
+``(C~_b, C~_W)`` is the plain critical point: for ``|gamma| < 1``
+
+.. math::
+    C_b(\gamma) = \frac{(1-\gamma^2)\, C_b^\star}{\xi^2},\qquad
+    C_W(\gamma) = \frac{(1-\gamma^2)\, C_W^\star}{\xi^2},
+
+with the same ``K*`` and universality class (derivation ours; the book's
+appendix B, eq. numbers to be checked). ``|gamma| >= 1`` has no critical
+point (``chi_perp >= gamma^2 >= 1`` with equality only at C_W = 0).
+
+Vertex slope. With the single-input recursions of :mod:`pdlt.theory.vertex`
+(equal widths, ``chi_par = 1`` at K*), write ``c~ = C~_W`` and
+``D1 = <(sigma^2)'>_{K*}``. The three-point function converges geometrically,
+``kappa3 -> (1 - gamma^2) c~ gamma K* D1 / (1 - gamma)``, and V grows by a
+constant per layer:
+
+.. math::
+    \nu(\gamma) = (1-\gamma^2)\Big[(1-\gamma^2)\,\nu_0 + 4\gamma^2
+        + 2\gamma(1+\gamma)\,\frac{\tilde c^2 D_1^2}{K^\star}\Big],
+
+``nu_0`` the plain slope (:func:`pdlt.theory.vertex.vertex_slope`). ReLU
+(``c~ = 2``, ``D1^2 = 2K/pi``): ``nu = (1 - gamma^2)[5 - gamma^2
++ (16/pi) gamma (1 + gamma)]``; linear: ``nu = 2 (1 - gamma^4)``. For the
+K* = 0 class (K ~ 1/((1 - gamma^2) a l), chi_par ~ 1 - 2/l, D1 -> 0):
+``nu = (2/3)(1 - gamma^4)``. Every slope vanishes as ``gamma -> 1``, so the
+optimal aspect ratio ``r* = 4 / ((20 + 3 n_L) nu)``
+(:mod:`pdlt.theory.information`) diverges: residual connections let the
+network be deeper at a given width.
+
+Note the residual layers are the equal-width hidden layers; with ``n_L = 1``
+the output layer is plain (:class:`pdlt.MLP`), which keeps the output a
+Gaussian scale mixture, the structure :mod:`pdlt.theory.information` uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from ..activations import activation as _activation
+from .criticality import NoCriticalPointError, criticality
+
+__all__ = ["ResidualCriticality", "residual_criticality", "residual_vertex_slope",
+           "residual_mlp"]
+
+
+@dataclass(frozen=True)
+class ResidualCriticality:
+    """Critical initialization of a residual MLP at residual strength gamma.
+
+    Attributes
+    ----------
+    activation, universality_class : str
+    gamma, xi : float
+    C_b, C_W : float
+        Critical bias and weight variances of the residual layers.
+    K_star : float or None
+        Fixed point (None: every K, scale-invariant class).
+    vertex_slope : float
+        ``nu(gamma)``: ``V/(n K^2) ~ nu L/n``.
+    optimal_aspect_ratio : float
+        ``r* = 4 / ((20 + 3 n_out) nu)`` at ``n_out`` outputs.
+    n_out : int
+    """
+
+    activation: str
+    universality_class: str
+    gamma: float
+    xi: float
+    C_b: float
+    C_W: float
+    K_star: float | None
+    vertex_slope: float
+    optimal_aspect_ratio: float
+    n_out: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _gamma_iv(gamma, xi):
+    gamma, xi = float(gamma), float(xi)
+    if not math.isfinite(gamma):
+        raise ValueError(f"gamma must be finite; got {gamma}")
+    if not (math.isfinite(xi) and xi > 0):
+        raise ValueError(f"xi must be a finite number > 0; got {xi}")
+    if abs(gamma) >= 1:
+        raise NoCriticalPointError(
+            f"no critical point for residual strength |gamma| = {abs(gamma):g} >= 1: "
+            "chi_perp = gamma^2 + xi^2 C_W <sigma'^2> exceeds 1 for every C_W > 0; use |gamma| < 1")
+    return gamma, xi
+
+
+def residual_vertex_slope(activation, gamma, *, crit=None):
+    """``nu(gamma)``, the slope of ``V/(n K^2)`` per layer at residual criticality.
+
+    Parameters
+    ----------
+    activation : str, Activation or callable
+    gamma : float
+        Residual strength, ``|gamma| < 1`` (xi drops out at criticality).
+    crit : Criticality, optional
+        The plain critical point (computed when omitted).
+
+    Returns
+    -------
+    float
+        See the module docstring; equals
+        :func:`pdlt.theory.vertex.vertex_slope` at ``gamma = 0``.
+    """
+    from .vertex import odd_terms, vertex_slope
+
+    act = _activation(activation)
+    gamma, _ = _gamma_iv(gamma, 1.0)
+    crit = crit or criticality(act)
+    if not crit.is_critical:
+        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    nu0 = vertex_slope(act, C_W=crit.C_W, K_star=crit.K_star)
+    g2 = gamma * gamma
+    if gamma == 0.0:
+        return nu0
+    if crit.universality_class == "K*=0":
+        return nu0 * (1.0 - g2 * g2)
+    K = 1.0 if crit.K_star is None else crit.K_star
+    D1, _ = odd_terms(act, K)
+    cross = 2.0 * gamma * (1.0 + gamma) * crit.C_W ** 2 * D1 * D1 / K
+    return (1.0 - g2) * ((1.0 - g2) * nu0 + 4.0 * g2 + cross)
+
+
+def residual_criticality(activation, gamma, *, xi=1.0, n_out=1) -> ResidualCriticality:
+    """Critical ``(C_b, C_W)``, vertex slope and r* of a residual MLP.
+
+    Parameters
+    ----------
+    activation : str, Activation or callable
+    gamma : float
+        Residual strength, ``|gamma| < 1``.
+    xi : float, default 1
+        Scale of the layer's own branch.
+    n_out : int, default 1
+        Output width n_L for the optimal aspect ratio.
+
+    Returns
+    -------
+    ResidualCriticality
+
+    Raises
+    ------
+    NoCriticalPointError
+        For ``|gamma| >= 1`` or an activation without a critical point.
+
+    Examples
+    --------
+    >>> from pdlt.theory.residual import residual_criticality
+    >>> r = residual_criticality("relu", 0.5)
+    >>> r.C_W, round(r.vertex_slope, 6)
+    (1.5, 6.427289)
+    """
+    from .information import optimal_aspect_ratio_from_slope
+
+    act = _activation(activation)
+    gamma, xi = _gamma_iv(gamma, xi)
+    crit = criticality(act)
+    if not crit.is_critical:
+        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    f = (1.0 - gamma * gamma) / (xi * xi)
+    nu = residual_vertex_slope(act, gamma, crit=crit)
+    return ResidualCriticality(
+        activation=crit.activation, universality_class=crit.universality_class,
+        gamma=gamma, xi=xi, C_b=f * crit.C_b, C_W=f * crit.C_W, K_star=crit.K_star,
+        vertex_slope=nu, optimal_aspect_ratio=optimal_aspect_ratio_from_slope(nu, n_out),
+        n_out=int(n_out))
+
+
+def residual_mlp(activation, gamma, *, n0=1, width, depth, n_out=1, xi=1.0, **kwargs):
+    """A :class:`pdlt.MLP` at residual criticality (every layer at the critical C_b, C_W).
+
+    Extra keyword arguments (``lambda_b``, ``lambda_W``) go to the MLP.
+    """
+    from ..network import MLP
+
+    rc = residual_criticality(activation, gamma, xi=xi)
+    return MLP(n0=n0, width=width, depth=depth, n_out=n_out, activation=activation,
+               C_b=rc.C_b, C_W=rc.C_W, gamma=gamma, xi=xi, **kwargs)
