@@ -83,3 +83,13 @@ def test_bad_activations_raise_clear_errors(bad, match):
 def test_monomial_power_validated():
     with pytest.raises(ActivationError, match="integer >= 1"):
         monomial(0)
+
+
+@pytest.mark.parametrize("spec", ["relu", "leaky_relu(0.2)", "monomial(3)", "gelu", "elu", "sin"])
+def test_named_activations_pickle(spec):
+    import pickle
+
+    act = pdlt.activation(spec)
+    back = pickle.loads(pickle.dumps(act))
+    assert back == act and back.parameters == act.parameters
+    np.testing.assert_array_equal(back.d1(Z), act.d1(Z))

@@ -58,3 +58,12 @@ def test_validate_inputs():
         validate_inputs([[1.0, 2.0], [np.nan, 1.0]], n0=2)
     with pytest.raises(ValueError, match="shape"):
         validate_inputs(np.ones((2, 2, 2)))
+
+
+def test_equal_specifications_compare_equal_and_pickle():
+    import pickle
+
+    a = MLP(n0=2, width=3, depth=2, activation="gelu", C_W=1.5)
+    assert a == MLP(n0=2, width=3, depth=2, activation="gelu", C_W=1.5)
+    assert a != MLP(n0=2, width=3, depth=2, activation="tanh", C_W=1.5)
+    assert pickle.loads(pickle.dumps(a)) == a

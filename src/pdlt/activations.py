@@ -67,6 +67,9 @@ class Activation:
         writes them this way). ``None`` where sigma is not analytic at 0.
     parameters : dict
         Parameters of a parametrized family (e.g. ``{"slope": 0.1}``).
+    spec : tuple or None
+        ``(name, parameters)`` for activations made by :func:`activation`;
+        they pickle by it.
     derivatives : {"exact", "numerical"}
         Whether ``d1``, ``d2`` are exact or finite differences.
     period : float or None
@@ -88,6 +91,28 @@ class Activation:
     derivatives: str = "exact"
     period: float | None = None
     torch_fn: Callable | None = field(default=None, compare=False, hash=False, repr=False)
+    spec: tuple | None = field(default=None, compare=False, hash=False, repr=False)
+
+    def _key(self):
+        if self.spec is not None:
+            return ("named", self.spec)
+        return ("callables", self.name, self.sigma, self.d1, self.d2, tuple(self.kinks))
+
+    def __eq__(self, other):
+        # named activations are equal by name and parameters; others by their callables
+        if not isinstance(other, Activation):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __reduce__(self):
+        # named activations pickle by name and parameters (their functions are
+        # closures); a user's activation pickles only if its callables do
+        if self.spec is not None:
+            return (_from_spec, self.spec)
+        return super().__reduce__()
 
     def __call__(self, z):
         return self.sigma(np.asarray(z, dtype=float))
@@ -401,6 +426,14 @@ _NAMED = {
 }
 
 
+def _from_spec(name, items):
+    """The named activation ``name`` with family parameters ``items``, tagged for pickling."""
+    import dataclasses
+
+    act = _NAMED[name](**dict(items))
+    return dataclasses.replace(act, spec=(name, tuple(items)))
+
+
 def available_activations() -> list[str]:
     """Names accepted by :func:`activation` (``silu`` is an alias of ``swish``)."""
     return sorted(_NAMED)
@@ -445,7 +478,7 @@ def activation(spec, **parameters) -> Activation:
                 f"unknown activation {spec!r}; choose one of "
                 f"{', '.join(available_activations())}, or pass a callable")
         try:
-            return _NAMED[name](**parameters)
+            return _from_spec(name, tuple(sorted(parameters.items())))
         except TypeError as exc:
             raise ActivationError(f"bad parameters {parameters} for activation {name!r}: {exc}") from exc
     if callable(spec):

@@ -101,11 +101,9 @@ def test_real_data_diabetes_nngp_and_ntk_predict_better_than_the_mean():
     assert np.mean((ntk.predict(d.X_test) - d.y_test) ** 2) < base
 
 
-# sklearn checks that cannot pass for a documented reason
-_EXPECTED_FAILURES = {
-    # pdlt.Activation closures (pdlt/activations.py) are not picklable
-    "check_estimators_pickle",
-}
+# sklearn checks that cannot pass for a documented reason (none since named
+# activations pickle by name)
+_EXPECTED_FAILURES = set()
 
 
 @pytest.mark.parametrize("cls", [NNGPRegressor, NTKRegressor])

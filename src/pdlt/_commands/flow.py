@@ -25,8 +25,17 @@ def run(args):
     from ..theory.vertex import finite_width_flow
 
     mlp = build_mlp(args, critical=args.critical)
-    # V and G1 (order 1/n, normalized by n_{l-1}) need K1 > 0
-    result = finite_width_flow(mlp, K1=args.K1) if args.K1 > 0 else flow(mlp, K1=args.K1)
+    from ..theory.finite_ntk import ntk_fluctuation_flow
+
+    # the order-1/n statistics (normalized by n_{l-1}) need K1 > 0: V, G1 and
+    # the NTK ones A, B, D, F, P, Q, R, S, T, U where their recursions apply
+    if args.K1 > 0:
+        try:
+            result = ntk_fluctuation_flow(mlp, K1=args.K1)
+        except (ValueError, NotImplementedError):
+            result = finite_width_flow(mlp, K1=args.K1)
+    else:
+        result = flow(mlp, K1=args.K1)
     d = result.to_dict()
     if args.json:
         print_json(d)

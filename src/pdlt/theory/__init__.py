@@ -7,6 +7,7 @@ flow over depth by :func:`flow`.
 from . import criticality  # the module; the function is pdlt.criticality
 from . import linear, nearly_gaussian
 from .criticality import NoCriticalPointError, chi_parallel, chi_perp, depth_scales, phase_diagram
+from .finite_ntk import NTK_STATISTICS, critical_learning_rates, ntk_fluctuation_flow, ntk_slopes
 from .kernel import Flow, KernelNotPSDError, LayerStatistics, first_layer, flow, kernel_step
 from .vertex import (finite_width_flow, metric_step, metric_step_single, vertex_slope,
                      vertex_step, vertex_step_single)
@@ -15,4 +16,5 @@ __all__ = ["Flow", "KernelNotPSDError", "LayerStatistics", "first_layer", "flow"
            "criticality", "chi_parallel", "chi_perp", "NoCriticalPointError", "depth_scales",
            "phase_diagram",
            "finite_width_flow", "vertex_slope", "vertex_step", "vertex_step_single",
-           "metric_step", "metric_step_single", "linear", "nearly_gaussian"]
+           "metric_step", "metric_step_single", "linear", "nearly_gaussian",
+           "ntk_fluctuation_flow", "ntk_slopes", "critical_learning_rates", "NTK_STATISTICS"]
