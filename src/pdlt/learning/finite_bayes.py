@@ -348,7 +348,7 @@ def nearly_gaussian_posterior(K, V, y, n_train, noise=0.0, *, G1=None, n=1.0):
     cross = c * (np.einsum("acbd,ci,dj->ijab", VX, alpha, alpha, optimize=True)
                  + np.einsum("adbc,di,cj->ijab", VX, alpha, alpha, optimize=True))
     U = cross + np.eye(n_out)[:, :, None, None] * diag_part[None, None]
-    dS = np.einsum("ma,ijab,pb->impj", W, U, W, optimize=True)   # (n_out, M, n_out, M)
+    dS = np.einsum("ma,ijab,pb->imjp", W, U, W, optimize=True)   # (n_out, M, n_out, M)
     cov = dS + np.eye(n_out)[:, None, :, None] * S0[None, :, None, :]
     cov = 0.5 * (cov + cov.transpose(2, 3, 0, 1))
     if n_out == 1:
