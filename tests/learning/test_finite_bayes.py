@@ -22,7 +22,7 @@ from pdlt.learning.bayes import nngp_posterior
 from pdlt.learning.finite_bayes import (finite_width_posterior, hebbian_kernel_shift,
                                         importance_posterior, nearly_gaussian_posterior)
 from pdlt.theory.nearly_gaussian import NearlyGaussian
-from tests.conftest import EPS, max_zscore, torch_available
+from conftest import EPS, max_zscore, torch_available
 
 # ---------------------------------------------------------------------------
 # helpers
