@@ -24,6 +24,11 @@ from .kernel_learning import (KernelPrediction, NTKRegressor, check_learning_rat
                               linear_model_outputs, newton_step, ntk_prediction, propagator,
                               stability_bound)
 
+from .finite_bayes import (FiniteWidthPosterior, ImportancePosterior, RepresentationShift,
+                           finite_width_posterior, hebbian_kernel_shift, importance_posterior,
+                           nearly_gaussian_posterior)
+from .nearly_kernel import MetaKernels, meta_kernels, quadratic_model, quadratic_step
+
 __all__ = [
     # bayes
     "Posterior", "EvidenceScan", "gp_posterior", "log_evidence", "nngp_posterior",
@@ -35,6 +40,11 @@ __all__ = [
     # generalization
     "BiasVariance", "Task", "bias_variance", "bias_variance_scan",
     "interpolation_extrapolation", "sine_task", "diabetes_task",
+    # finite width (Bayesian, nearly-kernel)
+    "FiniteWidthPosterior", "ImportancePosterior", "RepresentationShift",
+    "finite_width_posterior", "hebbian_kernel_shift", "importance_posterior",
+    "nearly_gaussian_posterior", "MetaKernels", "meta_kernels", "quadratic_model",
+    "quadratic_step",
     # errors
     "SingularKernelError", "UnstableLearningRateError",
 ]
