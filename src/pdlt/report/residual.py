@@ -1,0 +1,148 @@
+"""Report figures for residual MLPs and the optimal aspect ratio (matplotlib, Agg).
+
+Each function returns ``(fig, data)``: the matplotlib figure and the numbers
+it draws (JSON-ready), so the report can both embed and tabulate them.
+``residual_depth_figure`` runs an ensemble (needs torch); the others are
+theory only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .figures import _plt
+
+__all__ = ["optimal_aspect_ratio_figure", "residual_depth_figure", "information_figure"]
+
+
+def optimal_aspect_ratio_figure(activations=("relu", "gelu", "tanh", "linear"), gammas=None,
+                                n_out=1):
+    """r* = 4/((20 + 3 n_L) nu(gamma)) against the residual strength gamma (xi = 1).
+
+    Parameters
+    ----------
+    activations : sequence of str
+    gammas : array_like, optional
+        Residual strengths in [0, 1); default 60 points on [0, 0.98].
+    n_out : int
+        Output width n_L.
+
+    Returns
+    -------
+    fig, data
+        ``data[act] = {"gamma": [...], "r_star": [...], "vertex_slope": [...]}``.
+    """
+    from ..theory.information import optimal_aspect_ratio_from_slope
+    from ..theory.residual import residual_vertex_slope
+
+    plt = _plt()
+    g = np.linspace(0.0, 0.98, 60) if gammas is None else np.asarray(gammas, float)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    data = {}
+    for act in activations:
+        nu = np.array([residual_vertex_slope(act, float(x)) for x in g])
+        r = np.array([optimal_aspect_ratio_from_slope(v, n_out) for v in nu])
+        data[act] = dict(gamma=g.tolist(), vertex_slope=nu.tolist(), r_star=r.tolist())
+        ax1.plot(g, nu, label=act)
+        ax2.semilogy(g, r, label=act)
+    ax1.set_xlabel("residual strength gamma (xi = 1, critical C_W)")
+    ax1.set_ylabel("vertex slope nu(gamma)")
+    ax1.set_title("V/(n K^2) ~ nu L/n")
+    ax2.set_xlabel("residual strength gamma")
+    ax2.set_ylabel(f"optimal L/n, n_L = {n_out}")
+    ax2.set_title("r* = 4 / ((20 + 3 n_L) nu)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig, data
+
+
+def residual_depth_figure(activation="relu", gamma=0.5, *, width=64, depth=8, networks=2000,
+                          seed=0, K1=1.0):
+    """K, V/(n K^2) and G1/(n K) against depth: theory vs an ensemble of residual networks.
+
+    The network is at residual criticality (:func:`pdlt.theory.residual.residual_mlp`),
+    with ``n_out = width`` so every layer l >= 2 is residual. Needs torch.
+
+    Returns
+    -------
+    fig, data
+        ``data`` holds per-layer theory, ensemble mean and stderr for K, V, G1.
+    """
+    from ..experiment import Ensemble
+    from ..theory.residual import residual_mlp
+    from ..theory.vertex import finite_width_flow
+
+    mlp = residual_mlp(activation, gamma, width=width, depth=depth, n_out=width)
+    fl = finite_width_flow(mlp, K1=K1)
+    meas = Ensemble(mlp, networks=networks, seed=seed).measure(
+        K1=K1, stats=["K", "V", "G1"], K_theory=fl, progress=False)
+    layers = np.arange(1, depth + 1)
+    n = np.array([mlp.fan_in(l) for l in layers], float)
+    K = fl.K
+    rows = {
+        "K (incl. G1/n)": (K + fl["G1"] / n, meas["K"].mean, meas["K"].stderr),
+        "V / (n K^2)": (fl["V"] / (n * K ** 2), meas["V"].mean / (n * K ** 2),
+                        meas["V"].stderr / (n * K ** 2)),
+        "G1 / (n K)": (fl["G1"] / (n * K), meas["G1"].mean / (n * K),
+                       meas["G1"].stderr / (n * K)),
+    }
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    data = dict(activation=activation, gamma=gamma, width=width, depth=depth,
+                networks=networks, seed=seed)
+    for ax, (name, (th, mean, err)) in zip(axes, rows.items()):
+        ax.plot(layers, th, "-", lw=1.4, label="theory")
+        ax.errorbar(layers, mean, yerr=err, fmt="o", ms=4, capsize=2,
+                    label=f"ensemble (M={networks})")
+        ax.set_xlabel("layer l")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        data[name] = dict(theory=np.asarray(th).tolist(), mean=np.asarray(mean).tolist(),
+                          stderr=np.asarray(err).tolist())
+    fig.suptitle(f"residual {activation}, gamma = {gamma:g}, n = {width} (residual criticality)",
+                 fontsize=9)
+    return fig, data
+
+
+def information_figure(n_out=1, *, k2_max=0.4, points=40):
+    """Mutual information between output groups vs the output non-Gaussianity k2 = V/(n K^2).
+
+    The truncated series ``m_A m_B [k2^2/8 - (3 n_L + 20) k2^3/48]`` (whose
+    maximum sets r*) against the exact mutual information of a lognormal
+    scale mixture with the same k2 (the scale-invariant class's law), for
+    ``m_A = 1, m_B = max(n_L - 1, 1)``.
+
+    Returns
+    -------
+    fig, data
+    """
+    from ..theory.information import (optimal_vertex, scale_mixture_mi_series,
+                                      scale_mixture_mutual_information)
+
+    mA, mB = 1, max(n_out - 1, 1)
+    k2 = np.linspace(k2_max / points, k2_max, points)
+    y, w = np.polynomial.hermite_e.hermegauss(80)
+    w = w / w.sum()
+    exact = []
+    for k in k2:
+        s = math.log1p(k)                       # lognormal with Var(eps) = k
+        exact.append(scale_mixture_mutual_information(np.exp(-s / 2 + math.sqrt(s) * y), w,
+                                                      mA, mB))
+    series = scale_mixture_mi_series(k2, mA, mB)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    ax.plot(k2, series, "-", label="series to k2^3 (the r* argument)")
+    ax.plot(k2, exact, "--", label="exact, lognormal mixing")
+    ks = optimal_vertex(mA + mB)
+    ax.axvline(ks, color="k", lw=0.8, ls=":", label=f"k2* = 4/(20 + 3 n_L) = {ks:.3g}")
+    ax.set_xlabel("k2 = V/(n K^2) at the output  (~ nu L/n)")
+    ax.set_ylabel("I(A; B) [nats]")
+    ax.set_title(f"output neurons' mutual information, n_L = {mA + mB}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig, dict(k2=k2.tolist(), series=np.asarray(series).tolist(), exact=exact,
+                     k2_star=ks, m_A=mA, m_B=mB)
