@@ -356,8 +356,7 @@ def _nested(f, g, K11, K12, K22, kinks_f, kinks_g):
     # / s >= 4, where 40-node Gauss-Hermite converges to round-off; 25x
     # cheaper than the panel rule, and exactly the regime (|rho| -> 1) in
     # which the Mehler series hands pairs to this function
-    gh = has_s & (s <= _GH_MAX_SPREAD) if not any(k != 0.0 for k in kinks_g) else \
-        np.zeros_like(has_s)
+    gh = has_s & (s <= _GH_MAX_SPREAD) if len(kinks_g) == 0 else np.zeros_like(has_s)
     if gh.any():
         idx = np.flatnonzero(gh)
         x, wgt = _hermite_e(_GH_NODES)
