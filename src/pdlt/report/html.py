@@ -62,10 +62,14 @@ def write_report(suite, out_dir, *, write_json=False, title="pdlt: theory versus
             parts.append(f"<img alt='{s} {a}' src='data:image/png;base64,{figure_to_base64(fig)}'>")
         parts.append("</div>")
     for study in suite.studies:
-        fig = study.figure()
+        figs = study.figure()
+        figs = figs if isinstance(figs, dict) else {study.title: figs}
         parts.append(f"<h2>{html.escape(study.title)}</h2><p>{html.escape(study.note)}</p>"
-                     f"<div class='figs'><img alt='{html.escape(study.title)}' "
-                     f"src='data:image/png;base64,{figure_to_base64(fig)}'></div>")
+                     "<div class='figs'>")
+        for name, fig in figs.items():
+            parts.append(f"<img alt='{html.escape(name)}' "
+                         f"src='data:image/png;base64,{figure_to_base64(fig)}'>")
+        parts.append("</div>")
     parts.append("</body></html>")
     path = os.path.join(out_dir, "index.html")
     with open(path, "w", encoding="utf-8") as fh:

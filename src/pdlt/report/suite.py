@@ -196,7 +196,7 @@ def default_cases(quick=False):
     if quick:
         widths, depth, networks = (32, 64), 4, 10000
     else:
-        widths, depth, networks = (32, 64, 128), 6, 16000
+        widths, depth, networks = (32, 64, 128), 6, 12000
     return [Case(a, n, depth, networks, seed=17 * i + j)
             for i, a in enumerate(("relu", "tanh", "gelu"))
             for j, n in enumerate(widths)]
@@ -278,9 +278,11 @@ def default_studies(quick=False):
 
     if quick:
         return [lambda: st.linear_kurtosis_study(networks=4000),
-                lambda: st.histogram_study(networks=1500)]
+                lambda: st.histogram_study(networks=1500),
+                lambda: st.learning_study(widths=(32, 64), networks=120, steps=20)]
     return [lambda: st.linear_kurtosis_study(networks=20000),
-            lambda: st.histogram_study(networks=6000)]
+            lambda: st.histogram_study(networks=6000),
+            lambda: st.learning_study()]
 
 
 def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, progress=None,
