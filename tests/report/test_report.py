@@ -49,6 +49,7 @@ def test_cli_report_quick_exit_code(tmp_path, monkeypatch, capsys):
     from pdlt.cli import main
 
     monkeypatch.setattr(S, "default_cases", lambda quick=False: TINY[:1])
+    monkeypatch.setattr(S, "default_studies", lambda quick=False: [])  # studies tested above
     code = main(["report", "--quick", "--out", str(tmp_path / "r"), "--json"])
     out, _ = capsys.readouterr()
     assert code == 0 and "rows pass" in out
