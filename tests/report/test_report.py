@@ -68,3 +68,13 @@ def test_studies_rows_and_figures(tmp_path):
     assert lin.rows[0].theory == pytest.approx(1.25 ** 3, rel=1e-14)
     text = open(write_report(res, tmp_path / "r"), encoding="utf-8").read()
     assert text.count("data:image/png;base64,") == 1 + 2  # the K figure and the two studies
+
+
+def test_learning_study_rows():
+    from pdlt.report import studies as st
+
+    s = st.learning_study(widths=(16, 32), networks=60, steps=5)
+    assert [r.width for r in s.rows] == [16, 32, 32]
+    gap_rows = s.rows[:2]
+    assert all(r.theory == 0.0 and r.allowance == 2.0 / r.width for r in gap_rows)
+    assert all(r.stderr > 0 for r in s.rows)
