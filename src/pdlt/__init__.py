@@ -9,10 +9,13 @@ networks (``pdlt.experiment``, which needs PyTorch). Conventions:
 from .activations import Activation, ActivationError, activation, available_activations
 from .network import MLP
 from .theory.criticality import criticality
+from .theory.information import optimal_aspect_ratio
 from .theory.kernel import flow
+from .theory.residual import residual_criticality
 from .theory.vertex import finite_width_flow
 
 __version__ = "0.1.0"
 
-__all__ = ["Activation", "ActivationError", "activation", "available_activations", "MLP", "flow", "criticality", "finite_width_flow",
-           "__version__"]
+__all__ = ["Activation", "ActivationError", "activation", "available_activations", "MLP",
+           "flow", "criticality", "finite_width_flow", "optimal_aspect_ratio",
+           "residual_criticality", "__version__"]

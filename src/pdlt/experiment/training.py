@@ -124,6 +124,10 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
     """
     if not isinstance(mlp, MLP):
         raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    if mlp.is_residual:
+        raise NotImplementedError(
+            "train_ensemble does not support residual MLPs yet (gamma != 0 or xi != 1): its "
+            "forward pass has no skip connections")
     Xa = validate_inputs(X_train, mlp.n0, "X_train")
     Xb = validate_inputs(X_test, mlp.n0, "X_test")
     y = np.asarray(y_train, dtype=float)

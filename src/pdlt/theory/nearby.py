@@ -176,6 +176,10 @@ def delta_flow(mlp: MLP, x=None, *, components=None) -> DeltaFlow:
     """
     if not isinstance(mlp, MLP):
         raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    if mlp.is_residual:
+        raise NotImplementedError(
+            "delta_flow does not support residual MLPs yet (gamma != 0 or xi != 1); use "
+            "pdlt.flow on the two inputs for the full two-input kernel")
     if (x is None) == (components is None):
         raise ValueError("give exactly one of x (shape (2, n0)) and components (K0, K1, K2)")
     if x is not None:
