@@ -78,3 +78,12 @@ def test_learning_study_rows():
     gap_rows = s.rows[:2]
     assert all(r.theory == 0.0 and r.allowance == 2.0 / r.width for r in gap_rows)
     assert all(r.stderr > 0 for r in s.rows)
+
+
+def test_residual_study_rows():
+    from pdlt.report import studies as st
+
+    s = st.residual_study(cases=(("tanh", 0.5, 32, 3),), networks=600)
+    assert [r.statistic for r in s.rows] == ["K+G1/n (gamma=0.5)", "V/(nK^2) (gamma=0.5)"]
+    assert all(r.passed for r in s.rows), s.rows
+    assert set(s.figure()) == {"residual tanh", "optimal aspect ratio", "information"}

@@ -15,7 +15,8 @@ import numpy as np
 
 from .suite import Z_PASS, Row
 
-__all__ = ["Study", "linear_kurtosis_study", "histogram_study", "learning_study"]
+__all__ = ["Study", "linear_kurtosis_study", "histogram_study", "learning_study",
+           "residual_study"]
 
 
 @dataclass(frozen=True)
@@ -215,3 +216,37 @@ def learning_study(widths=(64, 128, 256), networks=300, steps=40, seed=3):
                  f"{steps} steps of full-batch gradient descent against the frozen-NTK kernel "
                  "prediction; the departure shrinks like 1/n. Allowances: 2/n on the mean, 0.15 on "
                  "the slope.", tuple(rows), figures)
+
+
+def residual_study(cases=(("tanh", 0.5, 64, 6), ("relu", 0.5, 128, 5)), networks=4000, seed=21):
+    """Residual MLPs at residual criticality: theory against residual ensembles.
+
+    Rows at the last layer for K (with G1/n; allowance |K| ((L-1)/n)^2) and V
+    (allowance V^2/(2 n K^2), as for plain networks); figures: the depth
+    curves (:func:`pdlt.report.residual.residual_depth_figure`), r* against
+    the residual strength and the mutual-information series behind r*.
+    """
+    from .residual import information_figure, optimal_aspect_ratio_figure, residual_depth_figure
+
+    rows, figs = [], {}
+    for act, gamma, n, L in cases:
+        fig, data = residual_depth_figure(act, gamma, width=n, depth=L, networks=networks,
+                                          seed=seed)
+        figs[f"residual {act}"] = fig
+        k = data["K (incl. G1/n)"]
+        v = data["V / (n K^2)"]
+        th_k, m_k, s_k = (float(np.asarray(k[x])[-1]) for x in ("theory", "mean", "stderr"))
+        rows.append(_row(f"K+G1/n (gamma={gamma:g})", act, n, L, th_k, m_k, s_k,
+                         abs(th_k) * ((L - 1) / n) ** 2))
+        th_v, m_v, s_v = (float(np.asarray(v[x])[-1]) for x in ("theory", "mean", "stderr"))
+        # in units of nK^2 the allowance V^2/(2nK^2) is (V/(nK^2))^2 / 2
+        rows.append(_row(f"V/(nK^2) (gamma={gamma:g})", act, n, L, th_v, m_v, s_v,
+                         0.5 * th_v * th_v))
+    figs["optimal aspect ratio"] = optimal_aspect_ratio_figure()[0]
+    figs["information"] = information_figure()[0]
+
+    return Study("Residual MLPs and the optimal aspect ratio",
+                 "residual networks z' = xi [b + W sigma(z)] + gamma z at residual criticality "
+                 "(C_b, C_W scaled by 1 - gamma^2); r* = 4/((20 + 3 n_L) nu(gamma)) from the "
+                 "mutual-information argument (book appendix A). Allowances as for plain networks.",
+                 tuple(rows), lambda: figs)

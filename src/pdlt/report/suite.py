@@ -279,10 +279,12 @@ def default_studies(quick=False):
     if quick:
         return [lambda: st.linear_kurtosis_study(networks=4000),
                 lambda: st.histogram_study(networks=1500),
-                lambda: st.learning_study(widths=(32, 64), networks=120, steps=20)]
+                lambda: st.learning_study(widths=(32, 64), networks=120, steps=20),
+                lambda: st.residual_study(networks=1500)]
     return [lambda: st.linear_kurtosis_study(networks=20000),
             lambda: st.histogram_study(networks=6000),
-            lambda: st.learning_study()]
+            lambda: st.learning_study(),
+            lambda: st.residual_study()]
 
 
 def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, progress=None,
