@@ -84,7 +84,7 @@ def _recursion_single(mlp, K, Theta, V=None):
     return out
 
 
-def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default") -> Flow:
+def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", stats=None) -> Flow:
     """Kernel flow with every order-1/n NTK statistic at every layer.
 
     Parameters
@@ -93,11 +93,18 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default") -> Fl
         Widths (unequal allowed), per-layer ``C_b``, ``C_W``, ``lambda_b``,
         ``lambda_W``.
     x : array_like (N, n0), optional
-        Inputs (multi-input path: not implemented yet, see Raises).
+        Inputs (N-input path: A, B, D, F only, see ``stats`` and Raises;
+        :mod:`pdlt.theory.ntk_multi`).
     K1 : float, optional
         Single input: the first-layer kernel (as in :func:`pdlt.flow`).
-    accuracy : {"default", "high"}
-        Passed to :func:`pdlt.theory.vertex.finite_width_flow`.
+    accuracy : {"fast", "default", "high"}
+        Passed to :func:`pdlt.theory.vertex.finite_width_flow` (and, for N
+        inputs, to the three- and four-variable expectations of
+        :func:`pdlt.theory.ntk_multi.ntk_step`).
+    stats : sequence of str, optional
+        N-input path: the statistics wanted, a subset of
+        :data:`pdlt.theory.ntk_multi.NTK_MULTI_STATISTICS` (default: all of
+        them). The single-input path always carries all ten.
 
     Returns
     -------
@@ -105,12 +112,19 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default") -> Fl
         Each :class:`~pdlt.theory.kernel.LayerStatistics` carries ``extra``
         entries ``"V"``, ``"G1"`` (from the vertex flow) and ``"A"``, ``"B"``,
         ``"D"``, ``"F"``, ``"P"``, ``"Q"``, ``"R"``, ``"S"``, ``"T"``, ``"U"``
-        (floats); ``flow["B"]`` stacks them over layers, shape (L,).
+        (floats); ``flow["B"]`` stacks them over layers, shape (L,). With
+        ``x`` (N inputs): ``"V"``, ``"G1"`` and ``"A"``, ``"B"``, ``"D"``,
+        ``"F"`` only, each (N, N, N, N) in NOTATION.md's index order
+        (``B[a1,a2,a3,a4] = B_{(a1a2)(a3a4)} = n E[H_{ij;a1a3} H_{ij;a2a4}]``,
+        ``F[a1,a2,a3,a4] = F_{a1a2a3a4}``; :mod:`pdlt.theory.ntk_multi`).
 
     Raises
     ------
     NotImplementedError
-        For ``x`` (N inputs): the N-input tensors are not implemented yet.
+        For ``x`` (N inputs) with ``stats`` naming P, Q, R, S, T or U (the
+        N-input dNTK and ddNTK tensors are not implemented), or a residual MLP.
+    ValueError
+        For an unknown name in ``stats``.
     FloatingPointError
         If a statistic overflows (deep, far from criticality).
 
@@ -129,9 +143,25 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default") -> Fl
     >>> [round(float(v), 10) for v in f["B"]]   # ReLU at criticality: sum_{m<l} m^2 / 2
     [0.0, 0.5, 2.5, 7.0]
     """
+    if stats is not None:
+        stats = [stats] if isinstance(stats, str) else list(stats)
+        bad = [k for k in stats if k not in NTK_STATISTICS]
+        if bad:
+            raise ValueError(f"stats: unknown statistic(s) {bad}; choose from "
+                             f"{', '.join(NTK_STATISTICS)}")
     if x is not None and K1 is None:
-        raise NotImplementedError(
-            "the N-input NTK statistics are not implemented yet; use K1= (single input)")
+        from .ntk_multi import NTK_MULTI_STATISTICS, ntk_multi_flow
+        want = list(NTK_MULTI_STATISTICS) if stats is None else stats
+        missing = [k for k in want if k not in NTK_MULTI_STATISTICS]
+        if missing:
+            raise NotImplementedError(
+                f"the N-input tensors {missing} are not implemented (N inputs give "
+                f"{', '.join(NTK_MULTI_STATISTICS)}); use K1= for the single-input values")
+        base = finite_width_flow(mlp, x, K1=K1, accuracy=accuracy)
+        multi = ntk_multi_flow(mlp, base, accuracy=accuracy)
+        out = [dataclasses.replace(s, extra={**s.extra, **{k: multi[k][i] for k in want}})
+               for i, s in enumerate(base)]
+        return Flow(out, mlp)
     base = finite_width_flow(mlp, x, K1=K1, accuracy=accuracy)
     stats = _recursion_single(mlp, base.K, base.Theta, base["V"])
     out = [dataclasses.replace(s, extra={**s.extra, **{k: float(stats[k][i])

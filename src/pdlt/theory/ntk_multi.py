@@ -1,0 +1,410 @@
+r"""N-input NTK fluctuations A, B and NTK-preactivation cross-correlations D, F.
+
+Definitions (``shared/NOTATION.md``, binding; ``n = n_{l-1}``, ``i != j``
+different neurons). Array index order is the order in which NOTATION.md
+writes each statistic's subscripts, the order the ensemble estimators of
+:mod:`pdlt.experiment.estimators` use:
+
+* ``A[a1,a2,a3,a4] = A_{(a1a2)(a3a4)} = n Cov(H_{ii;a1a2}, H_{jj;a3a4})``;
+* ``B[a1,a2,a3,a4] = B_{(a1a2)(a3a4)} = n E[H_{ij;a1a3} H_{ij;a2a4}]`` (the
+  definition writes ``B_{(a1a3)(a2a4)}`` as the coefficient of
+  ``d_{i1i3} d_{i2i4}`` in ``E[DeltaH_{i1i2;a1a2} DeltaH_{i3i4;a3a4}]``: the
+  first pair of B's subscripts belongs to the *first neuron* of the
+  off-diagonal NTK, the second pair to the second neuron);
+* ``D[a1,a2,a3,a4] = D_{a1a2a3a4} = n Cov(H_{ii;a1a2}, z_{j;a3} z_{j;a4})``;
+* ``F[a1,a2,a3,a4] = F_{a1a2a3a4} = n E[H_{ij;a1a3} z_{i;a2} z_{j;a4}]``.
+
+Symmetries implied by the definitions: A is symmetric under ``a1<->a2``,
+``a3<->a4`` and ``(a1a2)<->(a3a4)``; B under ``(a1a2)<->(a3a4)`` and under
+the simultaneous swap ``a1<->a2, a3<->a4`` (not under ``a1<->a2`` alone);
+D under ``a1<->a2`` and ``a3<->a4``; F under ``(a1a2)<->(a3a4)``. All four
+vanish at layer 1.
+
+Derivation (book ch. 8, N-input forms near eqs. 8.79-8.86; eq. numbers to be checked)
+--------------------------------------------------------------------------------------
+Condition on layer l and integrate out layer l+1 (``c = C_W / n_l``):
+``H'_{i1i2} = d_{i1i2}[lambda_b + (lambda_W/n_l) sum_j sigma_j sigma_j]
++ sum_{jk} W_{i1j} W_{i2k} Omega_{jk}``, ``Omega_{jk;a1a2} = p_{j;a1}
+p_{k;a2} H_{jk;a1a2}`` with ``p = sigma'``. Wick's theorem in W gives the
+conditional mean ``d_{i1i2} Hhat``, ``Hhat_{a1a2} = lambda_b + (1/n_l)
+sum_j Y_{j;a1a2}``, ``Y_{j;ab} = lambda_W s_{j;a} s_{j;b} + C_W p_{j;a}
+p_{j;b} H_{jj;ab}``, and the conditional covariance ``c^2 [d13 d24 sum_{jk}
+Omega^{12}_{jk} Omega^{34}_{jk} + d14 d23 (...)]``. Hence, exactly at this
+stage,
+
+* ``A'/n_l = Cov(Hhat_{a1a2}, Hhat_{a3a4})``;
+* ``B'_{(a1a2)(a3a4)}/n_l = c^2 E sum_{jk} (p_{j;a1} p_{j;a2})(p_{k;a3}
+  p_{k;a4}) H_{jk;a1a3} H_{jk;a2a4}``;
+* ``D'/n_l = Cov(Hhat_{a1a2}, Ghat_{a3a4})``, ``Ghat = C_b + (C_W/n_l)
+  sum_j s_j s_j`` (H'_ii and z'_j are conditionally independent for i != j);
+* ``F'_{a1a2a3a4}/n_l = c^2 E sum_{jk} p_{j;a1} s_{j;a2} p_{k;a3} s_{k;a4}
+  H_{jk;a1a3}`` (the pairing ``W_{ij}W_{ij'} W_{kk'} W_{kk''}`` of
+  ``H'_{ik} z'_i z'_k``).
+
+Each neuron sum splits into ``j = k`` (n_l terms, layer l at infinite width:
+``H_jj -> Theta``; weight ``1/n_l``) and ``j != k`` (n_l^2 terms, each
+``O(1/n_{l-1})``; weight ``r = n_l/n_{l-1}``). The cross-neuron correlations
+of layer l at order 1/n are (Edgeworth / Gaussian integration by parts):
+
+* ``Cov(f(z_j), g(z_k)) = (1/n) sum_b V_{(b1b2)(b3b4)} d<f>/dK_{b1b2} d<g>/dK_{b3b4}``;
+* ``E[DeltaH_{jj;a1a2} g(z_k)] = (1/n) sum_b D_{a1a2b1b2} d<g>/dK_{b1b2}``;
+* ``Cov(DeltaH_jj, DeltaH_kk) = A/n``; ``E[H_{jk;a1a3} H_{jk;a2a4} f g] =
+  (B_{(a1a2)(a3a4)}/n) <f><g>``;
+* ``E[H_{jk;a1a3} f(z_j) g(z_k)] = (1/n) sum_{b1b2} F_{a1b1a3b2} <d_b1 f><d_b2 g>``;
+
+where ``d<F>/dK_{b1b2}`` (summed over *ordered* pairs ``b1 b2``) is the
+operator ``M^F_{(a1a2)(b1b2)} = (1/2)<d_{b1} d_{b2} F_{a1a2}>``. With
+``y_{ab} = lambda_W s_a s_b + C_W Theta_{ab} p_a p_b`` (the infinite-width
+Y), ``U = d<y>/dK = lambda_W M^{ss} + C_W Theta o M^{pp}`` (Theta multiplies
+the output pair), ``PP = <p_a p_b>``, and the hyperparameters those of layer
+l+1:
+
+.. math::
+    A'_{(12)(34)} &= \mathrm{Cov}_K(y_{12}, y_{34}) + r\big[(U V U^T)_{(12)(34)}
+        + C_W PP_{34} (U D_{34\cdot}^T)_{12} + C_W PP_{12} (U D_{12\cdot}^T)_{34}
+        + C_W^2 PP_{12} PP_{34} A_{(12)(34)}\big],\\
+    B'_{(12)(34)} &= C_W^2 \Theta_{13}\Theta_{24}\langle p_1p_2p_3p_4\rangle
+        + r\,C_W^2 PP_{12} PP_{34} B_{(12)(34)},\\
+    D'_{1234} &= C_W \mathrm{Cov}_K(y_{12}, s_3 s_4) + r\big[C_W (U V M^{ss\,T})_{(12)(34)}
+        + C_W^2 PP_{12} (D M^{ss\,T})_{12,34}\big],\\
+    F'_{1234} &= C_W^2 \Theta_{13}\langle p_1 s_2 p_3 s_4\rangle
+        + r\,C_W^2 \sum_{b_1b_2} G_{(12)b_1} F_{1 b_1 3 b_2} G_{(34)b_2},
+
+with ``G_{(a1a2)b} = <d_b (p_{a1} s_{a2})>``. For coinciding inputs every
+operator collapses to the one-variable derivative (``M -> d<.>/dK``,
+``G -> <(s p)'> = chi_par/C_W``) and the four lines become those of
+:func:`pdlt.theory.ntk.ntk_step_single` (tested to 1e-10).
+
+Gaussian averages (no pointwise delta functions)
+------------------------------------------------
+Two-variable terms use :func:`pdlt.gaussian.pair_expectations` (rtol 1e-13):
+``<s s>``, ``<p p>``, ``<z p_a s_b>`` and, for smooth activations,
+``<q q>``, ``<z q_a p_b>`` (``q = sigma''`` pointwise). The derivatives use
+Stein's identity along ``z_a`` with ``z_b - (K_ab/K_aa) z_a`` held fixed:
+``<f'_a g_b> = (<z_a f_a g_b> - K_ab <f_a g'_b>)/K_aa``, so
+``(1/2)<s''_a s_b>``, ``<p'_a s_b>`` and, for smooth sigma,
+``(1/2)<p''_a p_b>`` need no third derivative. For kinked activations (ReLU
+family, elu) ``p`` jumps and ``d<p_a p_b>/dK`` is taken by the Hermite form
+``d<F>/dK_{ab} = <F [(K^-1 z)_a (K^-1 z)_b - (K^-1)_{ab}]>`` (times 1/2 on the
+diagonal) on the 2 x 2 block, from the moments ``<z_a^i p_a z_b^j p_b>``
+(:func:`pdlt.gaussian._multi.expect_nd`, split Gauss-Legendre, relative
+error ~1e-7). For ReLU it equals the closed form
+``d/dK_ab (pi - psi)/(2 pi) = 1/(2 pi sqrt(K_aa K_bb) sin psi)``, which
+diverges as two inputs approach each other (``psi -> 0``) while its
+contraction with V, D stays finite; exactly coinciding inputs are therefore
+merged before the step (identical rows of K: the tensors are equal under
+relabelling), and nearly coinciding distinct inputs of a kinked activation
+lose accuracy like ``1/(1 - rho^2)``. One-variable (diagonal) terms use
+:func:`pdlt.theory._ntk_avg.single_input_terms` (error < 1e-14).
+
+Four-point terms ``<s s s s>``, ``<s s p p>``, ``<p p p p>``: coinciding
+indices are merged (``<s_a^2 p_b p_c>`` is three-variable) and each distinct
+multiset is integrated once with :func:`pdlt.gaussian._multi.expect_nd`
+(accuracy stated there: smooth "default" < 1e-5 relative, kinked ~1e-7).
+
+Cost and memory per layer: ``O(N^4)`` expectations of at most four
+variables (N <= 3 needs no four-variable one; a four-variable kinked
+expectation costs 54^4 function evaluations), ``O(N^2)`` pair terms,
+contractions ``O(N^6)`` (the F line; the others ``O(N^4)``); four
+``(N, N, N, N)`` tensors. N = 3, depth 4: about a second (tanh).
+
+Deep linear network (``sigma(z) = z``, ``C_b = 0``): ``p = 1`` so every
+``M^{pp}`` vanishes and ``<s s s s> - <s s><s s> = K13 K24 + K14 K23``; with
+``C_W = 1``, equal widths, ``Theta_m = m Theta_1``, ``P4 = K13 K24 + K14
+K23``: ``A_l = lambda_W^2 sum_{m<l} m^2 P4``, ``B_l = sum_{m<l} m^2
+Theta1_{13} Theta1_{24}``, ``D_l = lambda_W (l(l-1)/2) P4``, ``F_l =
+sum_{m<l} m Theta1_{13} K_{24}`` (``tests/theory/test_ntk_multi.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+
+from .. import gaussian
+from ..gaussian._multi import expect_nd
+from ._ntk_avg import single_input_terms
+
+__all__ = ["ntk_step", "ntk_multi_flow", "NTK_MULTI_STATISTICS"]
+
+#: statistics the N-input path implements
+NTK_MULTI_STATISTICS = ("A", "B", "D", "F")
+
+_PAIR_RTOL = 1e-13
+
+
+def _shim(act, **fns):
+    return SimpleNamespace(name="_ntk_multi_shim", scale_invariant=None, kinks=act.kinks,
+                           period=act.period, **fns)
+
+
+def _smooth(act):
+    return len(act.kinks) == 0
+
+
+def _pairs(act, K):
+    """Two-variable matrices and the one-variable diagonal terms the step needs."""
+    N = K.shape[0]
+    e = gaussian.pair_expectations(act, K, (("sigma", "sigma"), ("d1", "d1")), rtol=_PAIR_RTOL)
+    S, PP = e[("sigma", "sigma")], e[("d1", "d1")]
+    s, p, q = act.sigma, act.d1, act.d2
+    fns = dict(s=s, p=p, zp=lambda z: z * p(z))
+    terms = [("zp", "s")]
+    if _smooth(act):
+        fns.update(q=q, zq=lambda z: z * q(z))
+        terms += [("q", "q"), ("zq", "p")]
+    e2 = gaussian.pair_expectations(_shim(act, **fns), K, tuple(terms), rtol=_PAIR_RTOL)
+    diag = np.diag(K).copy()
+    t = single_input_terms(act, diag, need_d3=False)
+    out = {"S": S, "PP": PP, "diag": diag, "t": t}
+    # <s''_a s_b> and <p'_a s_b> by Stein along z_a (module docstring)
+    out["dps"] = (e2[("zp", "s")] - K * PP) / diag[:, None]          # <p'_a s_b>
+    if _smooth(act):
+        QQ = e2[("q", "q")]
+        out["Mpp_d"] = 0.5 * (e2[("zq", "p")] - K * QQ) / diag[:, None]  # (1/2)<p''_a p_b>
+        out["Mpp_o"] = QQ                                                  # <p'_a p'_b>
+    else:
+        out["Mpp_d"], out["Mpp_o"] = _hermite_pp(act, K)
+    return out
+
+
+def _hermite_pp(act, K):
+    """``d<p_a p_b>/dK_aa`` and ``d<p_a p_b>/dK_ab`` (total) by the Hermite form (kinked)."""
+    N = K.shape[0]
+    Dd, Do = np.zeros((N, N)), np.zeros((N, N))
+    if N == 1:
+        return Dd, Do
+    a, b = np.triu_indices(N, 1)
+    blk = np.stack([np.stack([K[a, a], K[a, b]], -1), np.stack([K[b, a], K[b, b]], -1)], -2)
+    p = act.d1
+    f = {i: (lambda i: lambda z: z ** i * p(z))(i) for i in range(3)}
+    m = {(i, j): expect_nd([f[i], f[j]], blk, kinks=act.kinks) for i, j in
+         ((0, 0), (2, 0), (1, 1), (0, 2))}
+    det = K[a, a] * K[b, b] - K[a, b] ** 2
+    La, Lb, Lo = K[b, b] / det, K[a, a] / det, -K[a, b] / det
+    # (K^-1 z)_a = La z_a + Lo z_b, (K^-1 z)_b = Lo z_a + Lb z_b
+    waa = La * La * m[2, 0] + 2 * La * Lo * m[1, 1] + Lo * Lo * m[0, 2]
+    wbb = Lo * Lo * m[2, 0] + 2 * Lo * Lb * m[1, 1] + Lb * Lb * m[0, 2]
+    wab = La * Lo * m[2, 0] + (La * Lb + Lo * Lo) * m[1, 1] + Lo * Lb * m[0, 2]
+    Dd[a, b] = 0.5 * (waa - La * m[0, 0])
+    Dd[b, a] = 0.5 * (wbb - Lb * m[0, 0])
+    Do[a, b] = Do[b, a] = wab - Lo * m[0, 0]
+    return Dd, Do
+
+
+def _operator(Dd, Do, d_diag):
+    """``(Dd1, Dd2, Do)`` of ``F_{a1a2}``: derivatives by K_{a1a1}, K_{a2a2}, K_{a1a2} (total).
+
+    ``Dd[a, b]`` is the derivative of ``<f_a g_b>`` by ``K_aa``; the a1 = a2
+    entries carry the one-variable derivative ``d_diag`` in ``Dd1`` only.
+    """
+    N = Dd.shape[0]
+    ar = np.arange(N)
+    D1, D2, O = Dd.copy(), Dd.T.copy(), Do.copy()
+    D1[ar, ar], D2[ar, ar], O[ar, ar] = d_diag, 0.0, 0.0
+    return D1, D2, O
+
+
+def _apply(op, X):
+    """``sum_{b1b2} M_{(a1a2)(b1b2)} X_{b1b2...}`` on the first two axes of X (X symmetric there)."""
+    D1, D2, O = op
+    N = D1.shape[0]
+    ar = np.arange(N)
+    Xd = X[ar, ar]
+    ex = (None,) * (X.ndim - 2)
+    return D1[(...,) + ex] * Xd[:, None] + D2[(...,) + ex] * Xd[None, :] + O[(...,) + ex] * X
+
+
+def _apply2(op, X):
+    """The same on the last two axes of a 4-tensor."""
+    return np.moveaxis(_apply(op, np.moveaxis(X, (2, 3), (0, 1))), (0, 1), (2, 3))
+
+
+def _quad(act, K, slots, accuracy, cache):
+    """``T[a1,a2,a3,a4] = <f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>``, slots from {"s", "p"}.
+
+    Coinciding indices are merged into products; each distinct
+    (variables, functions) multiset is integrated once (``cache``).
+    """
+    N = K.shape[0]
+    base = {"s": act.sigma, "p": act.d1}
+    keys = {}
+    for idx in itertools.product(range(N), repeat=4):
+        per = {}
+        for a, nm in zip(idx, slots):
+            per.setdefault(a, []).append(nm)
+        var = sorted((tuple(sorted(v)), a) for a, v in per.items())
+        keys[idx] = (tuple(v[0] for v in var), tuple(v[1] for v in var))
+    todo = {}
+    for key in set(keys.values()):
+        if key not in cache:
+            todo.setdefault(key[0], []).append(key[1])
+    si = act.scale_invariant if (act.scale_invariant is not None
+                                 and act.name != "monomial") else None
+    kw = dict(kinks=act.kinks, period=act.period)
+    for sig, idxs in todo.items():
+        fs = [(lambda names: lambda z: np.prod([base[n](z) for n in names], axis=0))(nm)
+              for nm in sig]
+        I = np.array(idxs)
+        if len(sig) == 1:
+            vals = np.atleast_1d(gaussian.expect(fs[0], K[I[:, 0], I[:, 0]], **kw))
+        else:
+            Ks = K[I[:, :, None], I[:, None, :]]
+            use_si = si if all(nm == ("s",) for nm in sig) else None
+            vals = expect_nd(fs, Ks, kinks=act.kinks, scale_invariant=use_si,
+                             accuracy=accuracy)
+        for ix, v in zip(idxs, np.atleast_1d(vals)):
+            cache[(sig, ix)] = float(v)
+    T = np.empty((N,) * 4)
+    for idx, key in keys.items():
+        T[idx] = cache[key]
+    return T
+
+
+def _representatives(K, tol=1e-13):
+    """Indices of distinct inputs and the map back (identical rows of K = same input)."""
+    N = K.shape[0]
+    scale = max(float(np.max(np.abs(K))), 1e-300)
+    reps, inv = [], np.empty(N, dtype=int)
+    for a in range(N):
+        for r, b in enumerate(reps):
+            if np.max(np.abs(K[a] - K[b])) <= tol * scale:
+                inv[a] = r
+                break
+        else:
+            inv[a] = len(reps)
+            reps.append(a)
+    return np.array(reps), inv
+
+
+def ntk_step(act, K, Theta, V, A, B, D, F, C_W, lambda_W, ratio=1.0, *, accuracy="default",
+             merge=True):
+    """N-input A, B, D, F at layer l+1 from layer l (module docstring).
+
+    Parameters
+    ----------
+    act : Activation
+    K, Theta : ndarray (N, N)
+        Kernel and NTK mean at layer l.
+    V, A, B, D, F : ndarray (N, N, N, N)
+        Statistics at layer l (normalized by n_{l-1}; index order in the
+        module docstring).
+    C_W, lambda_W : float
+        Hyperparameters of layer l+1.
+    ratio : float
+        ``n_l / n_{l-1}``.
+    accuracy : {"fast", "default", "high"}
+        Rule of the three- and four-variable expectations
+        (:mod:`pdlt.gaussian._multi`).
+    merge : bool
+        Merge exactly coinciding inputs first (needed for kinked activations;
+        the result is the same tensor, expanded back).
+
+    Returns
+    -------
+    dict
+        ``{"A", "B", "D", "F"}`` -> ndarray (N, N, N, N) at layer l+1
+        (normalized by n_l).
+    """
+    K = np.asarray(K, dtype=float)
+    N = K.shape[0]
+    if merge and N > 1:
+        reps, inv = _representatives(K)
+        if len(reps) < N:
+            ix2, ix4 = np.ix_(reps, reps), np.ix_(reps, reps, reps, reps)
+            sub = ntk_step(act, K[ix2], np.asarray(Theta)[ix2], V[ix4], A[ix4], B[ix4], D[ix4],
+                           F[ix4], C_W, lambda_W, ratio, accuracy=accuracy, merge=False)
+            back = np.ix_(inv, inv, inv, inv)
+            return {k: v[back] for k, v in sub.items()}
+    Th = np.asarray(Theta, dtype=float)
+    pr = _pairs(act, K)
+    S, PP, t = pr["S"], pr["PP"], pr["t"]
+    cache = {}
+    SSSS = _quad(act, K, "ssss", accuracy, cache)
+    SSPP = _quad(act, K, "sspp", accuracy, cache)
+    PPPP = _quad(act, K, "pppp", accuracy, cache)
+    PPSS = np.moveaxis(SSPP, (0, 1), (2, 3))                   # <p_a p_b s_c s_d>
+    o = np.multiply.outer
+    # Cov_K(y12, y34) and Cov_K(y12, s3 s4), y_ab = lambda_W s_a s_b + C_W Theta_ab p_a p_b
+    cSS = SSSS - o(S, S)
+    cSP = SSPP - o(S, PP)                                      # Cov(s1 s2, p3 p4)
+    cPS = PPSS - o(PP, S)
+    cPP = PPPP - o(PP, PP)
+    T12, T34 = Th[:, :, None, None], Th[None, None, :, :]
+    cov_yy = (lambda_W ** 2 * cSS + lambda_W * C_W * (T34 * cSP + T12 * cPS)
+              + C_W ** 2 * T12 * T34 * cPP)
+    cov_ys = lambda_W * cSS + C_W * T12 * cPS
+    # derivative operators: M^ss, M^pp, U = d<y>/dK
+    Mss = _operator(0.5 * pr["dps"], PP, t["dss"])
+    Mpp = _operator(pr["Mpp_d"], pr["Mpp_o"], t["dpp"])
+    U = tuple(lambda_W * a + C_W * Th * b for a, b in zip(Mss, Mpp))
+    # G_{(a1a2)b} = <d_b (p_a1 s_a2)>
+    ar = np.arange(N)
+    G = np.zeros((N, N, N))
+    G[ar[:, None], ar[None, :], ar[:, None]] += pr["dps"]
+    G[ar[:, None], ar[None, :], ar[None, :]] += PP
+    G[ar, ar, ar] = t["dss"]
+    # sources (equal neurons)
+    A_new = cov_yy
+    B_new = C_W ** 2 * Th[:, None, :, None] * Th[None, :, None, :] * PPPP
+    D_new = C_W * cov_ys
+    F_new = C_W ** 2 * Th[:, None, :, None] * np.transpose(SSPP, (2, 0, 3, 1))
+    # propagation (different neurons): order 1/n_{l-1}
+    if ratio != 0:
+        PP12 = PP[:, :, None, None]
+        PP34 = PP[None, None, :, :]
+        UV = _apply(U, V)
+        UVU = _apply2(U, UV)
+        UD = _apply(U, np.moveaxis(D, (2, 3), (0, 1)))        # [a1,a2,a3,a4] = (U D_{34.})_{12}
+        A_new = A_new + ratio * (UVU + C_W * PP34 * UD + C_W * PP12 * np.moveaxis(UD, (0, 1), (2, 3))
+                                 + C_W ** 2 * PP12 * PP34 * A)
+        B_new = B_new + ratio * C_W ** 2 * PP12 * PP34 * B
+        D_new = D_new + ratio * (C_W * _apply2(Mss, UV) + C_W ** 2 * PP12 * _apply2(Mss, D))
+        F_new = F_new + ratio * C_W ** 2 * np.einsum("ibx,ixky,kdy->ibkd", G, F, G)
+    return {"A": A_new, "B": B_new, "D": D_new, "F": F_new}
+
+
+def ntk_multi_flow(mlp, base, *, accuracy="default"):
+    """A, B, D, F at every layer for N inputs.
+
+    Parameters
+    ----------
+    mlp : MLP
+        Plain MLP (``gamma = 0, xi = 1``).
+    base : Flow
+        :func:`pdlt.theory.vertex.finite_width_flow` on the same inputs
+        (supplies K, Theta and V per layer).
+    accuracy : {"fast", "default", "high"}
+
+    Returns
+    -------
+    dict
+        name -> list over layers of ndarray (N, N, N, N).
+    """
+    if mlp.is_residual:
+        raise NotImplementedError(
+            "the N-input NTK statistics are derived for plain MLPs only (gamma = 0, xi = 1)")
+    act = mlp.activation
+    N = np.asarray(base[0].K).shape[0]
+    zero = np.zeros((N,) * 4)
+    st = {k: zero for k in NTK_MULTI_STATISTICS}
+    out = {k: [zero] for k in NTK_MULTI_STATISTICS}
+    for l in range(1, mlp.depth):
+        s = base[l - 1]
+        K = np.asarray(s.K, dtype=float)
+        if np.any(np.diag(K) <= 0):
+            raise ValueError(
+                f"an input has zero variance at layer {l}; the finite-width recursions need "
+                "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+        ratio = mlp.widths[l] / mlp.widths[l - 1]
+        st = ntk_step(act, K, s.Theta, s.extra["V"], st["A"], st["B"], st["D"], st["F"],
+                      mlp.C_W[l], mlp.lambda_W[l], ratio, accuracy=accuracy)
+        if not all(np.all(np.isfinite(v)) for v in st.values()):
+            raise FloatingPointError(
+                f"an NTK statistic overflowed at layer {l + 1}; reduce the depth or "
+                "initialize at criticality")
+        for k in NTK_MULTI_STATISTICS:
+            out[k].append(st[k])
+    return out

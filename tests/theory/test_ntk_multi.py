@@ -1,0 +1,186 @@
+"""N-input A, B, D, F (pdlt.theory.ntk_multi): reduction, exact linear forms, operators, symmetries.
+
+Deep linear closed forms (derived by hand from the module's recursions,
+independently of the code): sigma(z) = z, C_b = 0, C_W = 1, equal widths, so
+K^(l) = K1, Theta_m = m Theta1 with Theta1 = lambda_b + lambda_W x.x/n0, and
+with ``P4 = K13 K24 + K14 K23``:
+A_l = lambda_W^2 sum_{m<l} m^2 P4, B_l[a1,a2,a3,a4] = sum_{m<l} m^2 Theta1_13 Theta1_24,
+D_l = lambda_W l (l-1)/2 P4, F_l[a1,a2,a3,a4] = sum_{m<l} m Theta1_13 K1_24.
+"""
+
+import numpy as np
+import pytest
+
+import pdlt
+from pdlt import gaussian
+from pdlt.activations import activation
+from pdlt.gaussian._multi import expect_nd
+from pdlt.theory import ntk_multi as nm
+from pdlt.theory._ntk_avg import single_input_terms
+from pdlt.theory.finite_ntk import ntk_fluctuation_flow
+from pdlt.theory.ntk import ntk_step_single
+
+X3 = np.array([[1.0, 0.2], [-0.3, 1.1], [0.7, -0.9]])
+VALS = dict(V=0.7, A=0.4, B=0.3, D=-0.2, F=0.25)
+
+
+def _coinciding_step(name, N, merge, accuracy="default"):
+    act = activation(name)
+    k, th = 0.8, 1.3
+    t = single_input_terms(act, k, need_d3=False)
+    ref = ntk_step_single(t, th, VALS["V"], VALS["A"], VALS["B"], VALS["D"], VALS["F"],
+                          1.7, 0.6, 1.3)
+    full = {s: np.full((N,) * 4, v) for s, v in VALS.items()}
+    out = nm.ntk_step(act, np.full((N, N), k), np.full((N, N), th), full["V"], full["A"],
+                      full["B"], full["D"], full["F"], 1.7, 0.6, 1.3, merge=merge,
+                      accuracy=accuracy)
+    return out, dict(zip("ABDF", ref))
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "gelu", "erf", "linear", "leaky_relu"])
+def test_coinciding_inputs_reduce_to_single_input(name):
+    out, ref = _coinciding_step(name, 3, merge=True)
+    for s in "ABDF":
+        np.testing.assert_allclose(out[s], ref[s], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,tol", [("gelu", 1e-10), ("linear", 1e-12), ("tanh", 1e-4),
+                                      ("erf", 1e-5)])
+def test_coinciding_inputs_without_merging(name, tol):
+    """The full N-input path (off-diagonal operators at rho = 1) reduces to one input.
+
+    gelu and linear to 1e-10; tanh and erf to the stated accuracy of the
+    Gauss-Hermite four-point rule (pdlt.gaussian._multi, "high": the two-
+    variable sech^8 costs ~4e-6), the pair terms themselves agree to 1e-13.
+    """
+    out, ref = _coinciding_step(name, 2, merge=False, accuracy="high")
+    for s in "ABDF":
+        np.testing.assert_allclose(out[s], ref[s], rtol=tol, atol=tol)
+
+
+def test_single_input_x_matches_K1_path():
+    x = np.array([[0.9, -0.4]])
+    for name in ("relu", "tanh"):
+        mlp = pdlt.MLP(n0=2, width=16, depth=5, activation=name, C_W=1.3, C_b=0.2,
+                       lambda_b=0.4, lambda_W=1.1)
+        K1 = 0.2 + 1.3 * float(x[0] @ x[0]) / 2
+        a = ntk_fluctuation_flow(mlp, x)
+        b = ntk_fluctuation_flow(mlp, K1=K1)
+        for s in "ABDF":
+            np.testing.assert_allclose(a[s].reshape(-1), b[s], rtol=1e-9, atol=1e-12)
+
+
+def test_deep_linear_closed_forms():
+    L, lb, lw = 6, 0.5, 1.5
+    mlp = pdlt.MLP(n0=2, width=16, depth=L, activation="linear", C_W=1.0, C_b=0.0,
+                   lambda_b=lb, lambda_W=lw)
+    f = ntk_fluctuation_flow(mlp, X3)
+    K1 = X3 @ X3.T / 2
+    T1 = lb + lw * K1
+    P4 = np.einsum("ac,bd->abcd", K1, K1) + np.einsum("ad,bc->abcd", K1, K1)
+    TT = np.einsum("ac,bd->abcd", T1, T1)
+    TK = np.einsum("ac,bd->abcd", T1, K1)
+    for l in range(1, L + 1):
+        s2, s1 = sum(m * m for m in range(1, l)), sum(range(1, l))
+        np.testing.assert_allclose(f["A"][l - 1], lw ** 2 * s2 * P4, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(f["B"][l - 1], s2 * TT, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(f["D"][l - 1], lw * l * (l - 1) / 2 * P4, rtol=1e-12,
+                                   atol=1e-12)
+        np.testing.assert_allclose(f["F"][l - 1], s1 * TK, rtol=1e-12, atol=1e-12)
+
+
+def _kernel(name):
+    mlp = pdlt.MLP(n0=2, width=8, depth=2, activation=name, C_W=1.5, C_b=0.1)
+    return pdlt.flow(mlp, X3).K[1]
+
+
+def _pair(act, K, f, g):
+    sh = nm._shim(act, f=f, g=g)
+    return gaussian.pair_expectations(sh, K, (("f", "g"),), rtol=1e-13)[("f", "g")]
+
+
+@pytest.mark.parametrize("name", ["tanh", "relu", "gelu"])
+def test_derivative_operators_against_finite_differences(name):
+    """sum_b M_{(a1a2)(b1b2)} X_b = d/dt <F_a1a2>_{K + t X} for F = s s and p p."""
+    act = activation(name)
+    K = _kernel(name)
+    X = np.array([[0.3, -0.1, 0.2], [-0.1, 0.5, 0.05], [0.2, 0.05, -0.2]])
+    pr = nm._pairs(act, K)
+    t = pr["t"]
+    Mss = nm._operator(0.5 * pr["dps"], pr["PP"], t["dss"])
+    Mpp = nm._operator(pr["Mpp_d"], pr["Mpp_o"], t["dpp"])
+    h = 1e-4
+    for op, f in ((Mss, act.sigma), (Mpp, act.d1)):
+        fd = (_pair(act, K + h * X, f, f) - _pair(act, K - h * X, f, f)) / (2 * h)
+        np.testing.assert_allclose(nm._apply(op, X), fd, rtol=2e-6, atol=2e-7)
+
+
+def test_relu_pp_derivative_closed_form():
+    """ReLU: d<p_a p_b>/dK_ab = 1 / (2 pi sqrt(K_aa K_bb) sin psi) (Hermite form, kinked path)."""
+    K = _kernel("relu")
+    Dd, Do = nm._hermite_pp(activation("relu"), K)
+    d = np.sqrt(np.diag(K))
+    cos = K / np.outer(d, d)
+    sin = np.sqrt(1 - np.minimum(cos, 1) ** 2)
+    off = ~np.eye(3, dtype=bool)
+    sin[~off] = 1.0
+    np.testing.assert_allclose(Do[off], (1 / (2 * np.pi * np.outer(d, d) * sin))[off], rtol=1e-6)
+    # d/dK_aa of (pi - psi)/(2 pi) = -cos psi / (4 pi K_aa sin psi)
+    np.testing.assert_allclose(Dd[off], (-cos / (4 * np.pi * np.diag(K)[:, None] * sin))[off],
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tanh", "relu"])
+def test_first_derivative_G_by_integration_by_parts(name):
+    """<z_c p_a1 s_a2> = sum_b K_cb G_{(a1a2)b} with G_{(a1a2)b} = <d_b (p_a1 s_a2)>."""
+    act = activation(name)
+    K = _kernel(name)
+    pr = nm._pairs(act, K)
+    N = 3
+    ar = np.arange(N)
+    G = np.zeros((N, N, N))
+    G[ar[:, None], ar[None, :], ar[:, None]] += pr["dps"]
+    G[ar[:, None], ar[None, :], ar[None, :]] += pr["PP"]
+    G[ar, ar, ar] = pr["t"]["dss"]
+    p, s = act.d1, act.sigma
+    for a1 in range(N):
+        for a2 in range(N):
+            for c in range(N):
+                if a1 == a2:
+                    fs, idx = ([lambda z: p(z) * s(z), lambda z: z], [a1, c])
+                else:
+                    fs, idx = ([p, s, lambda z: z], [a1, a2, c])
+                Ks = K[np.ix_(idx, idx)]
+                lhs = float(expect_nd(fs, Ks, kinks=act.kinks, accuracy="high"))
+                np.testing.assert_allclose(lhs, K[c] @ G[a1, a2], rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "gelu"])
+def test_index_symmetries(name):
+    mlp = pdlt.MLP(n0=2, width=16, depth=4, activation=name, C_W=1.5, C_b=0.1,
+                   lambda_b=0.5, lambda_W=1.5)
+    f = ntk_fluctuation_flow(mlp, X3)
+    A, B, D, F = (f[s][-1] for s in "ABDF")
+
+    def same(T, perm):
+        np.testing.assert_allclose(T, np.transpose(T, perm), rtol=1e-12, atol=1e-14)
+    for perm in ((1, 0, 2, 3), (0, 1, 3, 2), (2, 3, 0, 1)):
+        same(A, perm)
+    same(B, (2, 3, 0, 1))
+    same(B, (1, 0, 3, 2))
+    assert not np.allclose(B, np.transpose(B, (1, 0, 2, 3)))   # not a1 <-> a2 alone
+    same(D, (1, 0, 2, 3))
+    same(D, (0, 1, 3, 2))
+    same(F, (2, 3, 0, 1))
+    for s in "ABDF":
+        assert np.all(f[s][0] == 0)
+
+
+def test_unimplemented_statistics_raise():
+    mlp = pdlt.MLP(n0=2, width=8, depth=3, activation="tanh")
+    with pytest.raises(NotImplementedError, match="P"):
+        ntk_fluctuation_flow(mlp, X3, stats=["A", "P"])
+    with pytest.raises(ValueError, match="stats"):
+        ntk_fluctuation_flow(mlp, X3, stats=["Z"])
+    f = ntk_fluctuation_flow(mlp, X3, stats=["B"])
+    assert "B" in f[1].extra and "A" not in f[1].extra
