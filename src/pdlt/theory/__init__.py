@@ -5,7 +5,7 @@ flow over depth by :func:`flow`.
 """
 
 from . import criticality  # the module; the function is pdlt.criticality
-from . import information, linear, nearly_gaussian, residual
+from . import information, linear, nearby, nearly_gaussian, residual, vertex_nearby
 from .information import optimal_aspect_ratio
 from .residual import residual_criticality
 from .criticality import NoCriticalPointError, chi_parallel, chi_perp, depth_scales, phase_diagram
@@ -20,4 +20,5 @@ __all__ = ["Flow", "KernelNotPSDError", "LayerStatistics", "first_layer", "flow"
            "finite_width_flow", "vertex_slope", "vertex_step", "vertex_step_single",
            "metric_step", "metric_step_single", "linear", "nearly_gaussian",
            "ntk_fluctuation_flow", "ntk_slopes", "critical_learning_rates", "NTK_STATISTICS",
-           "information", "residual", "optimal_aspect_ratio", "residual_criticality"]
+           "information", "residual", "optimal_aspect_ratio", "residual_criticality",
+           "nearby", "vertex_nearby"]
