@@ -18,6 +18,7 @@ from pdlt.gaussian._multi import expect_nd
 from pdlt.theory import ntk_multi as nm
 from pdlt.theory._ntk_avg import single_input_terms
 from pdlt.theory.finite_ntk import ntk_fluctuation_flow
+from pdlt.theory.dntk import dntk_step_single
 from pdlt.theory.ntk import ntk_step_single
 
 X3 = np.array([[1.0, 0.2], [-0.3, 1.1], [0.7, -0.9]])
@@ -178,9 +179,57 @@ def test_index_symmetries(name):
 
 def test_unimplemented_statistics_raise():
     mlp = pdlt.MLP(n0=2, width=8, depth=3, activation="tanh")
-    with pytest.raises(NotImplementedError, match="P"):
-        ntk_fluctuation_flow(mlp, X3, stats=["A", "P"])
+    with pytest.raises(NotImplementedError, match="R"):
+        ntk_fluctuation_flow(mlp, X3, stats=["A", "R"])
     with pytest.raises(ValueError, match="stats"):
         ntk_fluctuation_flow(mlp, X3, stats=["Z"])
     f = ntk_fluctuation_flow(mlp, X3, stats=["B"])
     assert "B" in f[1].extra and "A" not in f[1].extra
+
+
+@pytest.mark.parametrize("name,merge,tol", [
+    ("relu", True, 1e-12), ("tanh", True, 1e-12), ("gelu", True, 1e-12), ("erf", True, 1e-12),
+    ("gelu", False, 1e-10), ("linear", False, 1e-12), ("relu", False, 1e-7),
+    ("tanh", False, 1e-4)])
+def test_dntk_coinciding_inputs_reduce_to_single_input(name, merge, tol):
+    act = activation(name)
+    k, th, B, F, P, Q = 0.8, 1.3, 0.3, 0.25, 0.15, -0.35
+    t = single_input_terms(act, k, need_d3=False)
+    ref = dntk_step_single(t, th, B, F, P, Q, 1.7, 0.6, 1.3)
+    N = 3 if merge else 2
+
+    def f(v):
+        return np.full((N,) * 4, v)
+    out = nm.dntk_step(act, np.full((N, N), k), np.full((N, N), th), f(B), f(F), f(P), f(Q),
+                       1.7, 0.6, 1.3, merge=merge, accuracy="high")
+    for s, r in zip("PQ", ref):
+        np.testing.assert_allclose(out[s], r, rtol=tol, atol=tol)
+
+
+def test_dntk_deep_linear_closed_forms():
+    L, lb, lw = 6, 0.5, 1.5
+    mlp = pdlt.MLP(n0=2, width=16, depth=L, activation="linear", C_W=1.0, C_b=0.0,
+                   lambda_b=lb, lambda_W=lw)
+    f = ntk_fluctuation_flow(mlp, X3, stats=["P", "Q"])
+    K1 = X3 @ X3.T / 2
+    T1 = lb + lw * K1
+    TK = np.einsum("ac,bd->abcd", T1, K1)        # Theta1_{a0a2} K1_{a1a3}
+    for l in range(1, L + 1):
+        np.testing.assert_allclose(f["P"][l - 1], 0.0, atol=1e-12)
+        c = lw * sum(m * (m + 1) / 2 for m in range(1, l))
+        np.testing.assert_allclose(f["Q"][l - 1], c * TK, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu"])
+def test_dntk_symmetry_and_single_input_x(name):
+    mlp = pdlt.MLP(n0=2, width=16, depth=4, activation=name, C_W=1.5, C_b=0.1,
+                   lambda_b=0.5, lambda_W=1.5)
+    f = ntk_fluctuation_flow(mlp, X3)
+    P, Q = f["P"][-1], f["Q"][-1]
+    np.testing.assert_allclose(P, np.transpose(P, (0, 2, 1, 3)), rtol=1e-12, atol=1e-14)
+    assert np.max(np.abs(P)) > 0 and np.max(np.abs(Q)) > 0
+    x = X3[:1]
+    a = ntk_fluctuation_flow(mlp, x)
+    b = ntk_fluctuation_flow(mlp, K1=0.1 + 1.5 * float(x[0] @ x[0]) / 2)
+    for s in "PQ":
+        np.testing.assert_allclose(a[s].reshape(-1), b[s], rtol=1e-9, atol=1e-12)

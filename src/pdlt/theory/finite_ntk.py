@@ -93,7 +93,7 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", stats
         Widths (unequal allowed), per-layer ``C_b``, ``C_W``, ``lambda_b``,
         ``lambda_W``.
     x : array_like (N, n0), optional
-        Inputs (N-input path: A, B, D, F only, see ``stats`` and Raises;
+        Inputs (N-input path: A, B, D, F, P, Q, see ``stats`` and Raises;
         :mod:`pdlt.theory.ntk_multi`).
     K1 : float, optional
         Single input: the first-layer kernel (as in :func:`pdlt.flow`).
@@ -113,16 +113,16 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", stats
         entries ``"V"``, ``"G1"`` (from the vertex flow) and ``"A"``, ``"B"``,
         ``"D"``, ``"F"``, ``"P"``, ``"Q"``, ``"R"``, ``"S"``, ``"T"``, ``"U"``
         (floats); ``flow["B"]`` stacks them over layers, shape (L,). With
-        ``x`` (N inputs): ``"V"``, ``"G1"`` and ``"A"``, ``"B"``, ``"D"``,
-        ``"F"`` only, each (N, N, N, N) in NOTATION.md's index order
+        ``x`` (N inputs): ``"V"``, ``"G1"`` and those of ``"A"``, ``"B"``, ``"D"``,
+        ``"F"``, ``"P"``, ``"Q"`` in ``stats`` (default all six), each (N, N, N, N) in NOTATION.md's index order
         (``B[a1,a2,a3,a4] = B_{(a1a2)(a3a4)} = n E[H_{ij;a1a3} H_{ij;a2a4}]``,
         ``F[a1,a2,a3,a4] = F_{a1a2a3a4}``; :mod:`pdlt.theory.ntk_multi`).
 
     Raises
     ------
     NotImplementedError
-        For ``x`` (N inputs) with ``stats`` naming P, Q, R, S, T or U (the
-        N-input dNTK and ddNTK tensors are not implemented), or a residual MLP.
+        For ``x`` (N inputs) with ``stats`` naming R, S, T or U (the N-input
+        ddNTK tensors are not implemented), or a residual MLP.
     ValueError
         For an unknown name in ``stats``.
     FloatingPointError
@@ -158,7 +158,7 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", stats
                 f"the N-input tensors {missing} are not implemented (N inputs give "
                 f"{', '.join(NTK_MULTI_STATISTICS)}); use K1= for the single-input values")
         base = finite_width_flow(mlp, x, K1=K1, accuracy=accuracy)
-        multi = ntk_multi_flow(mlp, base, accuracy=accuracy)
+        multi = ntk_multi_flow(mlp, base, accuracy=accuracy, stats=want)
         out = [dataclasses.replace(s, extra={**s.extra, **{k: multi[k][i] for k in want}})
                for i, s in enumerate(base)]
         return Flow(out, mlp)

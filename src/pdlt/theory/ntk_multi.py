@@ -1,4 +1,4 @@
-r"""N-input NTK fluctuations A, B and NTK-preactivation cross-correlations D, F.
+r"""N-input NTK fluctuations A, B, NTK-preactivation cross-correlations D, F and the dNTK's P, Q.
 
 Definitions (``shared/NOTATION.md``, binding; ``n = n_{l-1}``, ``i != j``
 different neurons). Array index order is the order in which NOTATION.md
@@ -75,11 +75,41 @@ operator collapses to the one-variable derivative (``M -> d<.>/dK``,
 ``G -> <(s p)'> = chi_par/C_W``) and the four lines become those of
 :func:`pdlt.theory.ntk.ntk_step_single` (tested to 1e-10).
 
+The dNTK: P and Q (book ch. 11, near eqs. 11.46-11.53; eq. numbers to be checked)
+--------------------------------------------------------------------------------
+``P[a0,a1,a2,a3] = P_{a0a1a2a3} = n E[dH_{ijj;a0a1a2} z_{i;a3}]``,
+``Q[a0,a1,a2,a3] = Q_{a0a1a2a3} = n E[dH_{iij;a0a1a2} z_{j;a3}]``; P is
+symmetric under ``a1<->a2`` (so is dH under ``(i1,a1)<->(i2,a2)``), Q has no
+index symmetry in general. Multiply the forward equation of
+:mod:`pdlt.theory.dntk` (``j`` carries a0, ``k`` a1, ``m`` a2) by
+``z'_{i3;a3}`` and integrate out layer l+1. The pairing ``d_{i0i3}
+d_{i1i2}`` gives ``P'/n_l = c^2 E sum_{jk} p_{k;a1} p_{k;a2} s_{j;a3}
+[q_{j;a0} H_{jk;a0a1} H_{jk;a0a2} + p_{j;a0} dH_{jkk;a0a1a2}]``; the pairing
+``d_{i0i1} d_{i2i3}`` of the cubic term and the ``lambda_W`` term give Q.
+With ``q = sigma''`` pointwise (0 for the ReLU family, as autodiff sees it),
+``G2_{(a0a1)b} = <d_b (q_{a0} p_{a1})>`` and
+``E[dH_{jkk;a0a1a2} f(z_j) g(z_k)] = (1/n) sum_b P_{a0a1a2b} <d_b f><g>``,
+``E[dH_{jjm;a0a1a2} f(z_j) g(z_m)] = (1/n) sum_b Q_{a0a1a2b} <f><d_b g>``:
+
+.. math::
+    P'_{0123} &= C_W^2\Theta_{01}\Theta_{02}\langle q_0 p_1 p_2 s_3\rangle
+        + r\,C_W^2 PP_{12}\big[\langle q_0 s_3\rangle B_{(00)(12)}
+        + \textstyle\sum_b P_{012b} G_{(03)b}\big],\\
+    Q'_{0123} &= C_W^2\Theta_{01}\Theta_{02}\langle q_0 p_1 p_2 s_3\rangle
+        + \lambda_W C_W \Theta_{02}\langle p_0 s_1 p_2 s_3\rangle
+        + r\,C_W\big[\textstyle\sum_{b_1b_2}\Phi_{(01)b_1} F_{0b_1 2b_2} G_{(23)b_2}
+        + C_W PP_{01} \sum_b Q_{012b} G_{(23)b}\big],
+
+``Phi = C_W Theta_{01} G2 + lambda_W G``. One input: the lines of
+:func:`pdlt.theory.dntk.dntk_step_single`. Deep linear (``q = 0``): ``P = 0``
+and, with ``C_W = 1`` and equal widths, ``Q_l = lambda_W sum_{m<l} m (m+1)/2
+Theta1_{02} K1_{13}``.
+
 Gaussian averages (no pointwise delta functions)
 ------------------------------------------------
 Two-variable terms use :func:`pdlt.gaussian.pair_expectations` (rtol 1e-13):
 ``<s s>``, ``<p p>``, ``<z p_a s_b>`` and, for smooth activations,
-``<q q>``, ``<z q_a p_b>`` (``q = sigma''`` pointwise). The derivatives use
+``<q q>``, ``<z q_a p_b>``, ``<q_a s_b>`` (``q = sigma''`` pointwise). The derivatives use
 Stein's identity along ``z_a`` with ``z_b - (K_ab/K_aa) z_a`` held fixed:
 ``<f'_a g_b> = (<z_a f_a g_b> - K_ab <f_a g'_b>)/K_aa``, so
 ``(1/2)<s''_a s_b>``, ``<p'_a s_b>`` and, for smooth sigma,
@@ -127,10 +157,10 @@ from .. import gaussian
 from ..gaussian._multi import expect_nd
 from ._ntk_avg import single_input_terms
 
-__all__ = ["ntk_step", "ntk_multi_flow", "NTK_MULTI_STATISTICS"]
+__all__ = ["ntk_step", "dntk_step", "ntk_multi_flow", "NTK_MULTI_STATISTICS"]
 
 #: statistics the N-input path implements
-NTK_MULTI_STATISTICS = ("A", "B", "D", "F")
+NTK_MULTI_STATISTICS = ("A", "B", "D", "F", "P", "Q")
 
 _PAIR_RTOL = 1e-13
 
@@ -150,19 +180,19 @@ def _pairs(act, K):
     e = gaussian.pair_expectations(act, K, (("sigma", "sigma"), ("d1", "d1")), rtol=_PAIR_RTOL)
     S, PP = e[("sigma", "sigma")], e[("d1", "d1")]
     s, p, q = act.sigma, act.d1, act.d2
-    fns = dict(s=s, p=p, zp=lambda z: z * p(z))
-    terms = [("zp", "s")]
-    if _smooth(act):
-        fns.update(q=q, zq=lambda z: z * q(z))
-        terms += [("q", "q"), ("zq", "p")]
-    e2 = gaussian.pair_expectations(_shim(act, **fns), K, tuple(terms), rtol=_PAIR_RTOL)
+    fns = dict(s=s, p=p, zp=lambda z: z * p(z), q=q, zq=lambda z: z * q(z))
+    terms = (("zp", "s"), ("q", "q"), ("zq", "p"), ("q", "s"))
+    e2 = gaussian.pair_expectations(_shim(act, **fns), K, terms, rtol=_PAIR_RTOL)
     diag = np.diag(K).copy()
     t = single_input_terms(act, diag, need_d3=False)
     out = {"S": S, "PP": PP, "diag": diag, "t": t}
     # <s''_a s_b> and <p'_a s_b> by Stein along z_a (module docstring)
     out["dps"] = (e2[("zp", "s")] - K * PP) / diag[:, None]          # <p'_a s_b>
+    QQ = e2[("q", "q")]
+    out["QS"] = e2[("q", "s")]                                         # <q_a s_b>
+    out["QQ"] = QQ
+    out["dqp"] = (e2[("zq", "p")] - K * QQ) / diag[:, None]            # <q'_a p_b>
     if _smooth(act):
-        QQ = e2[("q", "q")]
         out["Mpp_d"] = 0.5 * (e2[("zq", "p")] - K * QQ) / diag[:, None]  # (1/2)<p''_a p_b>
         out["Mpp_o"] = QQ                                                  # <p'_a p'_b>
     else:
@@ -183,6 +213,9 @@ def _hermite_pp(act, K):
     m = {(i, j): expect_nd([f[i], f[j]], blk, kinks=act.kinks) for i, j in
          ((0, 0), (2, 0), (1, 1), (0, 2))}
     det = K[a, a] * K[b, b] - K[a, b] ** 2
+    if np.any(det <= 0):
+        # coinciding inputs (merged by the steps): d<p_a p_b>/dK is infinite for a kinked p
+        det = np.where(det > 0, det, np.nan)
     La, Lb, Lo = K[b, b] / det, K[a, a] / det, -K[a, b] / det
     # (K^-1 z)_a = La z_a + Lo z_b, (K^-1 z)_b = Lo z_a + Lb z_b
     waa = La * La * m[2, 0] + 2 * La * Lo * m[1, 1] + Lo * Lo * m[0, 2]
@@ -223,13 +256,13 @@ def _apply2(op, X):
 
 
 def _quad(act, K, slots, accuracy, cache):
-    """``T[a1,a2,a3,a4] = <f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>``, slots from {"s", "p"}.
+    """``T[a1,a2,a3,a4] = <f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>``, slots from {"s", "p", "q"}.
 
     Coinciding indices are merged into products; each distinct
     (variables, functions) multiset is integrated once (``cache``).
     """
     N = K.shape[0]
-    base = {"s": act.sigma, "p": act.d1}
+    base = {"s": act.sigma, "p": act.d1, "q": act.d2}
     keys = {}
     for idx in itertools.product(range(N), repeat=4):
         per = {}
@@ -261,6 +294,17 @@ def _quad(act, K, slots, accuracy, cache):
     for idx, key in keys.items():
         T[idx] = cache[key]
     return T
+
+
+def _first_derivative(d_first, d_second, d_diag):
+    """``G[a1, a2, b] = <d_b (f_a1 g_a2)>`` from ``<f'_a g_b>``, ``<f_a g'_b>`` and the 1-D ``<(f g)'>``."""
+    N = d_first.shape[0]
+    ar = np.arange(N)
+    G = np.zeros((N, N, N))
+    G[ar[:, None], ar[None, :], ar[:, None]] += d_first
+    G[ar[:, None], ar[None, :], ar[None, :]] += d_second
+    G[ar, ar, ar] = d_diag
+    return G
 
 
 def _representatives(K, tol=1e-13):
@@ -340,12 +384,7 @@ def ntk_step(act, K, Theta, V, A, B, D, F, C_W, lambda_W, ratio=1.0, *, accuracy
     Mss = _operator(0.5 * pr["dps"], PP, t["dss"])
     Mpp = _operator(pr["Mpp_d"], pr["Mpp_o"], t["dpp"])
     U = tuple(lambda_W * a + C_W * Th * b for a, b in zip(Mss, Mpp))
-    # G_{(a1a2)b} = <d_b (p_a1 s_a2)>
-    ar = np.arange(N)
-    G = np.zeros((N, N, N))
-    G[ar[:, None], ar[None, :], ar[:, None]] += pr["dps"]
-    G[ar[:, None], ar[None, :], ar[None, :]] += PP
-    G[ar, ar, ar] = t["dss"]
+    G = _first_derivative(pr["dps"], PP, t["dss"])      # G_{(a1a2)b} = <d_b (p_a1 s_a2)>
     # sources (equal neurons)
     A_new = cov_yy
     B_new = C_W ** 2 * Th[:, None, :, None] * Th[None, :, None, :] * PPPP
@@ -366,7 +405,66 @@ def ntk_step(act, K, Theta, V, A, B, D, F, C_W, lambda_W, ratio=1.0, *, accuracy
     return {"A": A_new, "B": B_new, "D": D_new, "F": F_new}
 
 
-def ntk_multi_flow(mlp, base, *, accuracy="default"):
+def dntk_step(act, K, Theta, B, F, P, Q, C_W, lambda_W, ratio=1.0, *, accuracy="default",
+              merge=True):
+    """N-input P, Q at layer l+1 from layer l (module docstring, "The dNTK").
+
+    Parameters
+    ----------
+    act : Activation
+    K, Theta : ndarray (N, N)
+    B, F, P, Q : ndarray (N, N, N, N)
+        Statistics at layer l (``P[a0,a1,a2,a3] = P_{a0a1a2a3}``, likewise Q).
+    C_W, lambda_W, ratio : float
+        Hyperparameters of layer l+1 and ``n_l / n_{l-1}``.
+    accuracy : {"fast", "default", "high"}
+    merge : bool
+        Merge exactly coinciding inputs first.
+
+    Returns
+    -------
+    dict
+        ``{"P", "Q"}`` -> ndarray (N, N, N, N) at layer l+1.
+    """
+    K = np.asarray(K, dtype=float)
+    N = K.shape[0]
+    if merge and N > 1:
+        reps, inv = _representatives(K)
+        if len(reps) < N:
+            ix2, ix4 = np.ix_(reps, reps), np.ix_(reps, reps, reps, reps)
+            sub = dntk_step(act, K[ix2], np.asarray(Theta)[ix2], B[ix4], F[ix4], P[ix4], Q[ix4],
+                            C_W, lambda_W, ratio, accuracy=accuracy, merge=False)
+            back = np.ix_(inv, inv, inv, inv)
+            return {k: v[back] for k, v in sub.items()}
+    Th = np.asarray(Theta, dtype=float)
+    pr = _pairs(act, K)
+    PP, t = pr["PP"], pr["t"]
+    cache = {}
+    QPPS = _quad(act, K, "qpps", accuracy, cache)             # <q_a0 p_a1 p_a2 s_a3>
+    SSPP = _quad(act, K, "sspp", accuracy, cache)
+    PSPS = np.transpose(SSPP, (2, 0, 3, 1))                   # <p_a0 s_a1 p_a2 s_a3>
+    G = _first_derivative(pr["dps"], PP, t["dss"])            # <d_b (p_a s_c)>
+    G2 = _first_derivative(pr["dqp"], pr["QQ"], t["dqp"])     # <d_b (q_a p_c)>
+    T01 = Th[:, :, None, None]                                # Theta_{a0a1}
+    T02 = Th[:, None, :, None]                                # Theta_{a0a2}
+    src = C_W ** 2 * T01 * T02 * QPPS
+    P_new = src.copy()
+    Q_new = src + lambda_W * C_W * T02 * PSPS
+    if ratio != 0:
+        ar = np.arange(N)
+        Bdiag = B[ar, ar]                                     # B[a0, a0, a1, a2]
+        PP12 = PP[None, :, :, None]
+        P_new = P_new + ratio * C_W ** 2 * PP12 * (
+            pr["QS"][:, None, None, :] * Bdiag[:, :, :, None]
+            + np.einsum("ijkb,ilb->ijkl", P, G))
+        Phi = C_W * Th[:, :, None] * G2 + lambda_W * G          # Phi[a0, a1, b]
+        Q_new = Q_new + ratio * C_W * (
+            np.einsum("ijx,ixky,kly->ijkl", Phi, F, G)
+            + C_W * PP[:, :, None, None] * np.einsum("ijkb,klb->ijkl", Q, G))
+    return {"P": P_new, "Q": Q_new}
+
+
+def ntk_multi_flow(mlp, base, *, accuracy="default", stats=None):
     """A, B, D, F at every layer for N inputs.
 
     Parameters
@@ -377,6 +475,9 @@ def ntk_multi_flow(mlp, base, *, accuracy="default"):
         :func:`pdlt.theory.vertex.finite_width_flow` on the same inputs
         (supplies K, Theta and V per layer).
     accuracy : {"fast", "default", "high"}
+    stats : sequence of str, optional
+        Subset of :data:`NTK_MULTI_STATISTICS`; P and Q are skipped (and
+        absent from the result) unless asked for or ``stats`` is None.
 
     Returns
     -------
@@ -388,6 +489,8 @@ def ntk_multi_flow(mlp, base, *, accuracy="default"):
             "the N-input NTK statistics are derived for plain MLPs only (gamma = 0, xi = 1)")
     act = mlp.activation
     N = np.asarray(base[0].K).shape[0]
+    want = list(NTK_MULTI_STATISTICS if stats is None else stats)
+    dntk = any(k in want for k in ("P", "Q"))
     zero = np.zeros((N,) * 4)
     st = {k: zero for k in NTK_MULTI_STATISTICS}
     out = {k: [zero] for k in NTK_MULTI_STATISTICS}
@@ -399,12 +502,19 @@ def ntk_multi_flow(mlp, base, *, accuracy="default"):
                 f"an input has zero variance at layer {l}; the finite-width recursions need "
                 "K_aa > 0 (use C_b > 0 or nonzero inputs)")
         ratio = mlp.widths[l] / mlp.widths[l - 1]
-        st = ntk_step(act, K, s.Theta, s.extra["V"], st["A"], st["B"], st["D"], st["F"],
-                      mlp.C_W[l], mlp.lambda_W[l], ratio, accuracy=accuracy)
+        args = (mlp.C_W[l], mlp.lambda_W[l], ratio)
+        new = ntk_step(act, K, s.Theta, s.extra["V"], st["A"], st["B"], st["D"], st["F"],
+                       *args, accuracy=accuracy)
+        if dntk:
+            new.update(dntk_step(act, K, s.Theta, st["B"], st["F"], st["P"], st["Q"], *args,
+                                 accuracy=accuracy))
+        else:
+            new.update(P=zero, Q=zero)
+        st = new
         if not all(np.all(np.isfinite(v)) for v in st.values()):
             raise FloatingPointError(
                 f"an NTK statistic overflowed at layer {l + 1}; reduce the depth or "
                 "initialize at criticality")
         for k in NTK_MULTI_STATISTICS:
             out[k].append(st[k])
-    return out
+    return {k: out[k] for k in want}
