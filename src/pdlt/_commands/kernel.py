@@ -11,8 +11,9 @@ def register(sub):
     p = sub.add_parser("kernel", help="K and Theta at every layer for inputs in a .npy file",
                        description="Infinite-width kernel K and NTK Theta (N x N) at every layer; "
                                    "with --width or --widths also the four-point vertex V "
-                                   "(N x N x N x N, V[a1][a2][a3][a4] = V_(a1a2)(a3a4)) and the "
-                                   "NLO metric G1 (N x N).")
+                                   "(N x N x N x N, V[a1][a2][a3][a4] = V_(a1a2)(a3a4)), the "
+                                   "NLO metric G1 (N x N) and the NTK statistics A, B, D, F, "
+                                   "P, Q (N x N x N x N, indices as NOTATION.md writes them).")
     add_mlp_arguments(p)
     p.add_argument("--inputs", required=True, help=".npy file with inputs of shape (N, n0)")
     p.add_argument("--critical", action="store_true",
@@ -42,9 +43,18 @@ def run(args):
 
     x = load_inputs(args.inputs)
     mlp = build_mlp(args, n0=x.shape[1], critical=args.critical)
-    # the order-1/n tensors (V is N^4) only when the widths are asked for
+    from ..theory.finite_ntk import ntk_fluctuation_flow
+
+    # the order-1/n tensors (each N^4) only when the widths are asked for:
+    # V, G1 and the NTK statistics A, B, D, F, P, Q where their recursions apply
     finite = args.width is not None or args.widths is not None
-    result = finite_width_flow(mlp, x) if finite else flow(mlp, x)
+    if not finite:
+        result = flow(mlp, x)
+    else:
+        try:
+            result = ntk_fluctuation_flow(mlp, x)
+        except (NotImplementedError, ValueError):  # e.g. residual nets, elu's sigma'' jump
+            result = finite_width_flow(mlp, x)
     if args.json:
         print_json({"layers": [{"layer": s.layer, "K": s.K, "Theta": s.Theta, **s.extra}
                                for s in result]})
