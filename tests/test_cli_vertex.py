@@ -52,3 +52,11 @@ def test_diagnose_reports_finite_width_size(capsys):
     # V/(n K^2) at layer L = 5 (L - 1)/n for ReLU
     assert d["V_over_nK2_L"] == pytest.approx(5 * 8 / 64, rel=1e-12)
     assert d["vertex_slope"] == pytest.approx(5.0)
+
+
+def test_criticality_reports_ntk_slopes(capsys):
+    d = _json(capsys, "criticality", "relu", "--json")
+    # ReLU (lambda_b = 1): B/(n Theta^2) and F/(n K Theta) slopes from the recursions
+    assert set(d["ntk_slopes"]) == set("ABDFPQRSTU")
+    g = _json(capsys, "criticality", "gelu", "--json")
+    assert g["ntk_slopes"] is None and "half-stable" in g["ntk_slopes_reason"]

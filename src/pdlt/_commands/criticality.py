@@ -53,8 +53,20 @@ def run(args):
             raise ValueError(f"--residual: activation {res.activation!r} has no critical point "
                              f"({res.reason})")
         rc = residual_criticality(act, args.residual, n_out=args.output_width)
+    # asymptotic L/n slopes of the normalized NTK statistics (book ch. 9)
+    ntk, ntk_reason = None, None
+    if res.universality_class != "none":
+        from ..theory.finite_ntk import ntk_slopes
+
+        try:
+            ntk = {k: v for k, v in ntk_slopes(act).items() if k != "universality_class"}
+        except ValueError as exc:
+            ntk_reason = str(exc)
     if args.json:
         d = res.to_dict()
+        d["ntk_slopes"] = ntk
+        if ntk_reason:
+            d["ntk_slopes_reason"] = ntk_reason
         d["vertex_slope"] = slope
         d["optimal_aspect_ratio"] = rstar
         d["output_width"] = args.output_width
@@ -77,6 +89,11 @@ def run(args):
         print(f"vertex_slope      {slope:.15g}  (V/(n K^2) ~ vertex_slope * L/n at criticality)")
         print(f"optimal L/n       {rstar:.6g}  (r* = 4/((20 + 3 n_L) nu), n_L = {args.output_width}: "
               "maximizes the output neurons' mutual information, book appendix A)")
+    if ntk is not None:
+        print("NTK slopes (normalized statistic ~ slope * L/n): "
+              + ", ".join(f"{k} {v:.4g}" for k, v in ntk.items()))
+    elif ntk_reason:
+        print(f"NTK slopes: {ntk_reason}")
     if rc is not None:
         print(f"\nresidual gamma = {rc.gamma:g} (xi = 1):")
         print(f"critical C_b      {rc.C_b:.15g}\ncritical C_W      {rc.C_W:.15g}  "
