@@ -117,3 +117,9 @@ def test_critical_learning_rates_keep_theta_finite():
         critical_learning_rates("relu", 0)
     with pytest.raises(ValueError, match="half-stable"):
         critical_learning_rates("gelu", 8)
+
+
+def test_residual_mlp_refused_not_ignored():
+    mlp = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, gamma=0.5)
+    with pytest.raises(NotImplementedError, match="residual"):
+        ntk_fluctuation_flow(mlp, K1=1.0)

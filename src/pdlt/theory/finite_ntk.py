@@ -143,6 +143,10 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", stats
     >>> [round(float(v), 10) for v in f["B"]]   # ReLU at criticality: sum_{m<l} m^2 / 2
     [0.0, 0.5, 2.5, 7.0]
     """
+    if isinstance(mlp, MLP) and mlp.is_residual:
+        raise NotImplementedError(
+            "the NTK statistics are not derived for residual MLPs yet (gamma != 0 or xi != 1); "
+            "pdlt.finite_width_flow gives their V and G1")
     if stats is not None:
         stats = [stats] if isinstance(stats, str) else list(stats)
         bad = [k for k in stats if k not in NTK_STATISTICS]
