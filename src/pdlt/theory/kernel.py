@@ -266,15 +266,17 @@ def _chis(act, diag, C_W, xi2=1.0, gamma2=0.0):
             _res(C_W * np.asarray(dd), 1.0, xi2, gamma2))
 
 
-def _multi_flow(mlp: MLP, x, rtol) -> Flow:
+def _multi_flow(mlp: MLP, x, rtol, susceptibilities=True) -> Flow:
     act = mlp.activation
     K, Theta = first_layer(mlp, x)
     L = mlp.depth
     layers = []
     for l in range(1, L + 1):
         nxt = l if l < L else L - 1
-        cpar, cperp = _chis(act, np.diag(K).copy(), mlp.C_W[nxt], mlp.xi[nxt] ** 2,
-                            mlp.gamma[nxt] ** 2)
+        cpar = cperp = None
+        if susceptibilities:
+            cpar, cperp = _chis(act, np.diag(K).copy(), mlp.C_W[nxt], mlp.xi[nxt] ** 2,
+                                mlp.gamma[nxt] ** 2)
         layers.append(LayerStatistics(l, K, Theta, cpar, cperp))
         if l == L:
             break
@@ -290,7 +292,7 @@ def _multi_flow(mlp: MLP, x, rtol) -> Flow:
     return Flow(layers, mlp)
 
 
-def flow(mlp: MLP, x=None, *, K1=None, rtol=1e-12) -> Flow:
+def flow(mlp: MLP, x=None, *, K1=None, rtol=1e-12, susceptibilities=True) -> Flow:
     """Infinite-width kernel and NTK at every layer (the book's RG flow).
 
     Parameters
@@ -305,6 +307,11 @@ def flow(mlp: MLP, x=None, *, K1=None, rtol=1e-12) -> Flow:
     rtol : float
         Accuracy target of the pair expectations (see
         :func:`pdlt.gaussian.pair_expectations`).
+
+    susceptibilities : bool, default True
+        Multi-input path: also compute ``chi_parallel``, ``chi_perp`` per
+        input (three one-variable integrals per input and layer); ``False``
+        leaves them ``None`` when only K and Theta are wanted.
 
     Returns
     -------
@@ -334,4 +341,4 @@ def flow(mlp: MLP, x=None, *, K1=None, rtol=1e-12) -> Flow:
         if not math.isfinite(K1) or K1 < 0:
             raise ValueError(f"K1 must be a finite variance >= 0; got {K1}")
         return _single_flow(mlp, K1)
-    return _multi_flow(mlp, x, rtol)
+    return _multi_flow(mlp, x, rtol, susceptibilities)
