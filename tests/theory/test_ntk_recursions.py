@@ -115,8 +115,60 @@ def test_critical_learning_rates_keep_theta_finite():
         assert abs(th[1] - th[0]) < 0.05 * th[1], (act, th)
     with pytest.raises(ValueError, match="depth"):
         critical_learning_rates("relu", 0)
-    with pytest.raises(ValueError, match="half-stable"):
-        critical_learning_rates("gelu", 8)
+    with pytest.raises(ValueError, match="no critical point"):
+        critical_learning_rates("sigmoid", 8)   # no critical point at all
+
+
+@pytest.mark.parametrize("act", ["gelu", "swish"])
+def test_half_stable_learning_rates_keep_theta_finite(act):
+    """K^(1) = K*: K stays at K*, chi_perp = 1, so lambda ~ 1/L gives
+    Theta^(L) = lambda_b + lambda_W <sigma^2>_{K*} = lambda_b + lambda_W (K* - C_b) / C_W."""
+    from pdlt.theory.finite_ntk import critical_learning_rates
+    crit = pdlt.criticality(act)
+    want = 0.7 + 1.3 * (crit.K_star - crit.C_b) / crit.C_W
+    for L in (64, 256):
+        lr = critical_learning_rates(act, L, lambda_b=0.7, lambda_W=1.3)
+        assert lr["universality_class"] == "half-stable" and lr["p_perp"] == 0.0
+        mlp = pdlt.MLP(n0=1, width=1, depth=L, activation=act, C_b=lr["C_b"], C_W=lr["C_W"],
+                       lambda_b=lr["lambda_b"], lambda_W=lr["lambda_W"])
+        f = pdlt.flow(mlp, K1=crit.K_star)
+        np.testing.assert_allclose(f.K, crit.K_star, rtol=1e-13)
+        np.testing.assert_allclose(f.Theta, want * np.arange(1, L + 1) / L, rtol=1e-12)
+
+
+@pytest.mark.parametrize("act", ["gelu", "swish"])
+def test_half_stable_slopes(act):
+    """At K* the recursions have layer-independent coefficients: X^(l) is a polynomial
+    in l of degree a + k (k from SLOPE_DEPTH_POWERS). Checked: the (d+1)-th difference
+    vanishes and the d-th does not; the finite-difference slopes agree between depths
+    and with an independent two-step Richardson extrapolation of X / (Theta^a K^b l^k)."""
+    from pdlt.theory.finite_ntk import (SLOPE_DEPTH_POWERS, SLOPE_NORMALIZATIONS,
+                                        _recursion_single, ntk_slopes)
+    a, b = ntk_slopes(act, depth=16), ntk_slopes(act, depth=1024)
+    assert a["universality_class"] == "half-stable"
+    norms, powers = SLOPE_NORMALIZATIONS["half-stable"], SLOPE_DEPTH_POWERS["half-stable"]
+    for k in NTK_STATISTICS:
+        assert isinstance(b[k], float) and b[k] != 0.0
+        assert abs(a[k] - b[k]) <= 1e-9 * abs(b[k]), (k, a[k], b[k])
+    crit = pdlt.criticality(act)
+    L = 2048
+    lr = pdlt.theory.critical_learning_rates(act, L)
+    mlp = pdlt.MLP(n0=1, width=1, depth=L, activation=act, C_b=crit.C_b, C_W=crit.C_W,
+                   lambda_b=lr["lambda_b"], lambda_W=lr["lambda_W"])
+    f = pdlt.flow(mlp, K1=crit.K_star)
+    st = _recursion_single(mlp, f.K, f.Theta)
+    l = np.arange(1, L + 1)
+    for k in NTK_STATISTICS:
+        (pa, pb), q = norms[k], powers[k]
+        x = st[k][9:40]
+        dd, dd1 = np.diff(x, n=pa + q), np.diff(x, n=pa + q + 1)
+        assert np.max(np.abs(dd1)) < 1e-7 * np.max(np.abs(dd)), k   # degree <= a + k
+        assert np.ptp(dd) < 1e-6 * abs(dd[0]), k                     # degree == a + k
+        g = st[k] / (f.Theta ** pa * f.K ** pb * l ** q)
+        rich = (8 * g[L - 1] - 6 * g[L // 2 - 1] + g[L // 4 - 1]) / 3
+        assert abs(rich - b[k]) < 2e-4 * abs(b[k]), (k, rich, b[k])
+    # B and F: O(1) and close to the ReLU-like values (B ~ 2/3 + ..., F ~ 1 + ...)
+    assert 0.6 < b["B"] < 0.75 and 0.95 < b["F"] < 1.05
 
 
 def test_residual_mlp_refused_not_ignored():
