@@ -62,3 +62,11 @@ def test_criticality_reports_ntk_slopes(capsys):
     # half-stable class, at K^(1) = K* (finite_ntk.ntk_slopes)
     assert set(g["ntk_slopes"]) == set("ABDFPQRSTU") and "ntk_slopes_reason" not in g
     assert g["ntk_slopes"]["B"] == pytest.approx(0.686487735, rel=1e-8)
+
+
+def test_criticality_reports_depth_powers_of_ntk_slopes(capsys):
+    g = _json(capsys, "criticality", "gelu", "--json")
+    # half-stable: D grows like L^2/n and A like L^3/n at K* (the chi_perp'(K*) feed)
+    assert g["ntk_slope_depth_powers"]["A"] == 3 and g["ntk_slope_depth_powers"]["D"] == 2
+    r = _json(capsys, "criticality", "relu", "--json")
+    assert set(r["ntk_slope_depth_powers"].values()) == {1}

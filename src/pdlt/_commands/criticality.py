@@ -54,17 +54,19 @@ def run(args):
                              f"({res.reason})")
         rc = residual_criticality(act, args.residual, n_out=args.output_width)
     # asymptotic L/n slopes of the normalized NTK statistics (book ch. 9)
-    ntk, ntk_reason = None, None
+    ntk, ntk_reason, ntk_powers = None, None, None
     if res.universality_class != "none":
-        from ..theory.finite_ntk import ntk_slopes
+        from ..theory.finite_ntk import SLOPE_DEPTH_POWERS, ntk_slopes
 
         try:
             ntk = {k: v for k, v in ntk_slopes(act).items() if k != "universality_class"}
+            ntk_powers = SLOPE_DEPTH_POWERS[res.universality_class]
         except ValueError as exc:
             ntk_reason = str(exc)
     if args.json:
         d = res.to_dict()
         d["ntk_slopes"] = ntk
+        d["ntk_slope_depth_powers"] = ntk_powers  # statistic ~ slope * L^power / n
         if ntk_reason:
             d["ntk_slopes_reason"] = ntk_reason
         d["vertex_slope"] = slope
@@ -90,8 +92,11 @@ def run(args):
         print(f"optimal L/n       {rstar:.6g}  (r* = 4/((20 + 3 n_L) nu), n_L = {args.output_width}: "
               "maximizes the output neurons' mutual information, book appendix A)")
     if ntk is not None:
-        print("NTK slopes (normalized statistic ~ slope * L/n): "
-              + ", ".join(f"{k} {v:.4g}" for k, v in ntk.items()))
+        def law(k):
+            p = ntk_powers.get(k, 1)
+            return "L/n" if p == 1 else f"L^{p}/n"
+        print("NTK statistics at criticality (normalized statistic ~ slope x L^p/n): "
+              + ", ".join(f"{k} {v:.4g} {law(k)}" for k, v in ntk.items()))
     elif ntk_reason:
         print(f"NTK slopes: {ntk_reason}")
     if rc is not None:
