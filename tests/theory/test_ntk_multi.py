@@ -18,6 +18,7 @@ from pdlt.gaussian._multi import expect_nd
 from pdlt.theory import ntk_multi as nm
 from pdlt.theory._ntk_avg import single_input_terms
 from pdlt.theory.finite_ntk import ntk_fluctuation_flow
+from pdlt.theory.ddntk import ddntk_step_single
 from pdlt.theory.dntk import dntk_step_single
 from pdlt.theory.ntk import ntk_step_single
 
@@ -177,10 +178,10 @@ def test_index_symmetries(name):
         assert np.all(f[s][0] == 0)
 
 
-def test_unimplemented_statistics_raise():
+def test_stats_selection_and_unknown_names():
     mlp = pdlt.MLP(n0=2, width=8, depth=3, activation="tanh")
-    with pytest.raises(NotImplementedError, match="R"):
-        ntk_fluctuation_flow(mlp, X3, stats=["A", "R"])
+    f = ntk_fluctuation_flow(mlp, X3, stats=["A", "R"])
+    assert set(f[1].extra) >= {"A", "R"} and "S" not in f[1].extra
     with pytest.raises(ValueError, match="stats"):
         ntk_fluctuation_flow(mlp, X3, stats=["Z"])
     f = ntk_fluctuation_flow(mlp, X3, stats=["B"])
@@ -233,3 +234,114 @@ def test_dntk_symmetry_and_single_input_x(name):
     b = ntk_fluctuation_flow(mlp, K1=0.1 + 1.5 * float(x[0] @ x[0]) / 2)
     for s in "PQ":
         np.testing.assert_allclose(a[s].reshape(-1), b[s], rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# ddNTK tensors R, S, T, U
+# ---------------------------------------------------------------------------
+
+DD_VALS = dict(B=0.3, F=0.25, P=0.15, Q=-0.35, R=0.2, S=-0.1, T=0.4, U=0.05)
+
+
+def _dd_coinciding(name, N, merge, C_W, accuracy="high"):
+    act = activation(name)
+    k, th = 0.8, 1.3
+    t = single_input_terms(act, k, need_d3=True)
+    ref = ddntk_step_single(t, th, *DD_VALS.values(), C_W, 0.6, 1.3)
+    full = [np.full((N,) * 4, v) for v in DD_VALS.values()]
+    out = nm.ddntk_step(act, np.full((N, N), k), np.full((N, N), th), *full, C_W, 0.6, 1.3,
+                        merge=merge, accuracy=accuracy)
+    return out, dict(zip("RSTU", ref))
+
+
+@pytest.mark.parametrize("name,merge,tol", [
+    ("relu", True, 1e-12), ("tanh", True, 1e-12), ("gelu", True, 1e-12), ("erf", True, 1e-12),
+    ("swish", True, 1e-12), ("linear", True, 1e-12),
+    ("gelu", False, 1e-8), ("linear", False, 1e-12), ("relu", False, 1e-7),
+    ("tanh", False, 2e-3)])
+def test_ddntk_coinciding_inputs_reduce_to_single_input(name, merge, tol):
+    """With C_W = 1 (see the S note below) every tensor entry equals the one-input value.
+
+    Without merging, the four-variable rule at rho = 1 limits the accuracy
+    (tanh's sech^8-type integrands: ~1e-3 for R at "high", see
+    pdlt.gaussian._multi; gelu ~1e-9).
+    """
+    out, ref = _dd_coinciding(name, 3 if merge else 2, merge, 1.0)
+    for s in "RSTU":
+        np.testing.assert_allclose(out[s], ref[s], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "gelu", "erf", "swish", "linear"])
+def test_ddntk_coinciding_inputs_reduce_to_single_input_any_C_W(name):
+    """C_W != 1: R, T, U equal ddntk_step_single; S equals it with the B-propagation term
+    C_W^2 Theta <q^2> <p^2> B (four layer-(l+1) weights: C_W^2; ddntk_step_single writes
+    chi_perp C_W^2 = C_W^3 there, which coincides only at C_W = 1)."""
+    C_W = 1.7
+    out, ref = _dd_coinciding(name, 3, True, C_W)
+    for s in "RTU":
+        np.testing.assert_allclose(out[s], ref[s], rtol=1e-12, atol=1e-12)
+    t = single_input_terms(activation(name), 0.8, need_d3=True)
+    S_ref = ref["S"] - 1.3 * (C_W - 1) * C_W ** 2 * 1.3 * t["qq"] * t["pp"] * DD_VALS["B"]
+    np.testing.assert_allclose(out["S"], S_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_ddntk_deep_linear_closed_forms():
+    """sigma(z) = z, C_b = 0, C_W = 1, equal widths; Theta_m = m Theta1 and (hand-derived
+    from the module's recursions with q = 0, p = 1, Phi_{(ac)b} = lambda_W delta_bc):
+    R = U = 0, S_l = lambda_W Theta1_02 Theta1_13 sum_{m<l} (m^2 + sum_{k<m} k^2),
+    T_l = lambda_W^2 Theta1_01 K1_23 sum_{m<l} (m + m(m-1)/2 + 2 sum_{k<m} k(k+1)/2)."""
+    L, lb, lw = 6, 0.5, 1.5
+    mlp = pdlt.MLP(n0=2, width=16, depth=L, activation="linear", C_W=1.0, C_b=0.0,
+                   lambda_b=lb, lambda_W=lw)
+    f = ntk_fluctuation_flow(mlp, X3, stats=["R", "S", "T", "U"])
+    K1 = X3 @ X3.T / 2
+    T1 = lb + lw * K1
+    S_shape = np.einsum("ac,bd->abcd", T1, T1)          # Theta1_{a0a2} Theta1_{a1a3}
+    T_shape = np.einsum("ab,cd->abcd", T1, K1)          # Theta1_{a0a1} K1_{a2a3}
+    for l in range(1, L + 1):
+        cs = sum(m * m + sum(k * k for k in range(1, m)) for m in range(1, l))
+        ct = sum(m + m * (m - 1) / 2 + 2 * sum(k * (k + 1) / 2 for k in range(1, m))
+                 for m in range(1, l))
+        np.testing.assert_allclose(f["R"][l - 1], 0.0, atol=1e-12)
+        np.testing.assert_allclose(f["U"][l - 1], 0.0, atol=1e-12)
+        np.testing.assert_allclose(f["S"][l - 1], lw * cs * S_shape, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(f["T"][l - 1], lw ** 2 * ct * T_shape, rtol=1e-12,
+                                   atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu", "relu"])
+def test_ddntk_symmetries_and_single_input_x(name):
+    """R_{a0a1a2a3} = R_{a0a1a3a2} (mu2 <-> mu3 in ddIH); S, T, U are invariant under the
+    simultaneous swap a0 <-> a1, a2 <-> a3 (mu2 <-> mu3 in ddIIH with i0 <-> i1, i2 <-> i3)."""
+    mlp = pdlt.MLP(n0=2, width=16, depth=4, activation=name, C_W=1.5, C_b=0.1,
+                   lambda_b=0.5, lambda_W=1.5)
+    f = ntk_fluctuation_flow(mlp, X3, stats=["R", "S", "T", "U"])
+    R, S, T, U = (f[s][-1] for s in "RSTU")
+
+    def same(X, perm):
+        np.testing.assert_allclose(X, np.transpose(X, perm), rtol=1e-12, atol=1e-14)
+    same(R, (0, 1, 3, 2))
+    for X in (S, T, U):
+        same(X, (1, 0, 3, 2))
+    assert not np.allclose(T, np.transpose(T, (1, 0, 2, 3)))
+    assert not np.allclose(S, np.transpose(S, (0, 1, 3, 2)))
+    for s in "RSTU":
+        assert np.all(f[s][0] == 0)
+    if name != "relu":
+        assert all(np.max(np.abs(X)) > 0 for X in (R, S, T, U))
+    x = X3[:1]
+    a = ntk_fluctuation_flow(mlp, x, stats=["R", "T", "U"])
+    b = ntk_fluctuation_flow(mlp, K1=0.1 + 1.5 * float(x[0] @ x[0]) / 2)
+    for s in "RTU":
+        np.testing.assert_allclose(a[s].reshape(-1), b[s], rtol=1e-9, atol=1e-12)
+
+
+def test_ddntk_relu_R_U_vanish_and_elu_R_refused():
+    mlp = pdlt.MLP(n0=2, width=16, depth=4, activation="relu", C_W=2.0, lambda_b=0.3)
+    f = ntk_fluctuation_flow(mlp, X3, stats=["R", "U"])
+    assert np.all(f["R"][-1] == 0) and np.all(f["U"][-1] == 0)
+    elu = pdlt.MLP(n0=2, width=8, depth=3, activation="elu", C_W=1.0, C_b=0.1)
+    with pytest.raises(ValueError, match="jumps"):
+        ntk_fluctuation_flow(elu, X3, stats=["R"])
+    g = ntk_fluctuation_flow(elu, X3[:2], stats=["S", "T", "U"])
+    assert np.all(np.isfinite(g["T"][-1]))

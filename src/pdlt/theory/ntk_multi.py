@@ -157,10 +157,11 @@ from .. import gaussian
 from ..gaussian._multi import expect_nd
 from ._ntk_avg import single_input_terms
 
-__all__ = ["ntk_step", "dntk_step", "ntk_multi_flow", "NTK_MULTI_STATISTICS"]
+__all__ = ["ntk_step", "dntk_step", "ddntk_step", "ntk_multi_flow", "NTK_MULTI_STATISTICS"]
 
 #: statistics the N-input path implements
-NTK_MULTI_STATISTICS = ("A", "B", "D", "F", "P", "Q")
+NTK_MULTI_STATISTICS = ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")
+_DDNTK = ("R", "S", "T", "U")
 
 _PAIR_RTOL = 1e-13
 
@@ -256,13 +257,15 @@ def _apply2(op, X):
 
 
 def _quad(act, K, slots, accuracy, cache):
-    """``T[a1,a2,a3,a4] = <f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>``, slots from {"s", "p", "q"}.
+    """``T[a1,a2,a3,a4] = <f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>``, slots from {"s", "p", "q", "x"}.
+
+    ``x`` is ``z sigma''(z)`` (the Stein form of the sigma''' average of R).
 
     Coinciding indices are merged into products; each distinct
     (variables, functions) multiset is integrated once (``cache``).
     """
     N = K.shape[0]
-    base = {"s": act.sigma, "p": act.d1, "q": act.d2}
+    base = {"s": act.sigma, "p": act.d1, "q": act.d2, "x": lambda z: z * act.d2(z)}
     keys = {}
     for idx in itertools.product(range(N), repeat=4):
         per = {}
@@ -464,6 +467,104 @@ def dntk_step(act, K, Theta, B, F, P, Q, C_W, lambda_W, ratio=1.0, *, accuracy="
     return {"P": P_new, "Q": Q_new}
 
 
+def ddntk_step(act, K, Theta, B, F, P, Q, R, S, T, U, C_W, lambda_W, ratio=1.0, *,
+               accuracy="default", merge=True, want=("R", "S", "T", "U")):
+    """N-input R, S, T, U at layer l+1 from layer l (module docstring, "The ddNTKs").
+
+    Parameters
+    ----------
+    act : Activation
+    K, Theta : ndarray (N, N)
+        Kernel and NTK mean at layer l.
+    B, F, P, Q, R, S, T, U : ndarray (N, N, N, N)
+        Statistics at layer l (NOTATION.md's index order, e.g.
+        ``R[a0,a1,a2,a3] = R_{a0a1a2a3}``).
+    C_W, lambda_W, ratio : float
+        Hyperparameters of layer l+1 and ``n_l / n_{l-1}``.
+    accuracy : {"fast", "default", "high"}
+    merge : bool
+        Merge exactly coinciding inputs first.
+    want : sequence of str
+        Which of R, S, T, U to compute (R needs the third derivative of sigma
+        and is refused for an activation whose sigma'' jumps at a kink, e.g. elu).
+
+    Returns
+    -------
+    dict
+        name -> ndarray (N, N, N, N) at layer l+1, for the names in ``want``.
+    """
+    want = tuple(want)
+    K = np.asarray(K, dtype=float)
+    N = K.shape[0]
+    if merge and N > 1:
+        reps, inv = _representatives(K)
+        if len(reps) < N:
+            ix2, ix4 = np.ix_(reps, reps), np.ix_(reps, reps, reps, reps)
+            sub = ddntk_step(act, K[ix2], np.asarray(Theta)[ix2],
+                             *(X[ix4] for X in (B, F, P, Q, R, S, T, U)),
+                             C_W, lambda_W, ratio, accuracy=accuracy, merge=False, want=want)
+            back = np.ix_(inv, inv, inv, inv)
+            return {k: v[back] for k, v in sub.items()}
+    Th = np.asarray(Theta, dtype=float)
+    pr = _pairs(act, K)
+    PP, t, QQ = pr["PP"], pr["t"], pr["QQ"]
+    if "R" in want:
+        single_input_terms(act, pr["diag"], need_d3=True)     # refuses a jumping sigma''
+    cache = {}
+    QQPP = _quad(act, K, "qqpp", accuracy, cache)             # <q0 q1 p2 p3>
+    G = _first_derivative(pr["dps"], PP, t["dss"])            # <d_b (p_a s_c)>
+    G2 = _first_derivative(pr["dqp"], QQ, t["dqp"])           # <d_b (q_a p_c)>
+    Phi = C_W * Th[:, :, None] * G2 + lambda_W * G            # Phi[a, c, b]
+    e = np.einsum
+    T01, T02 = Th[:, :, None, None], Th[:, None, :, None]
+    T03, T13 = Th[:, None, None, :], Th[None, :, None, :]
+    P01, P23 = PP[:, :, None, None], PP[None, None, :, :]
+    P02, P13 = PP[:, None, :, None], PP[None, :, None, :]
+    P03, P12 = PP[:, None, None, :], PP[None, :, :, None]
+    r = ratio
+    out = {}
+    if "R" in want:
+        # <sigma'''_a0 p1 p2 p3> by Stein along z_a0 (x = z sigma'')
+        XPPP = _quad(act, K, "xppp", accuracy, cache)
+        Q3PPP = (XPPP - K[:, :, None, None] * QQPP - K[:, None, :, None] * e("acbd->abcd", QQPP)
+                 - K[:, None, None, :] * e("adbc->abcd", QQPP)) / pr["diag"][:, None, None, None]
+        QSPP = _quad(act, K, "qspp", accuracy, cache)         # <q0 s1 p2 p3>
+        psi = C_W * Th * pr["dqp"] + lambda_W * pr["QS"]      # C_W Th01 <q'_0 p_1> + lW <q_0 s_1>
+        ar = np.arange(N)
+        Bd = B[ar, ar]                                        # Bd[a0, a2, a3] = B[a0,a0,a2,a3]
+        R_new = C_W ** 2 * T01 * T02 * T03 * Q3PPP + lambda_W * C_W * T02 * T03 * QSPP
+        if r != 0:
+            R_new = R_new + r * C_W * P23 * (psi[:, :, None, None] * Bd[:, None, :, :]
+                                             + e("ikly,ijy->ijkl", P, Phi) + C_W * P01 * R)
+        out["R"] = R_new
+    if "S" in want:
+        PPPP = _quad(act, K, "pppp", accuracy, cache)
+        S_new = C_W ** 2 * T01 * T02 * T13 * QQPP + lambda_W * C_W * T02 * T13 * PPPP
+        if r != 0:
+            S_new = S_new + r * C_W * P23 * (C_W * T01 * QQ[:, :, None, None] * B
+                                             + C_W * P01 * S + lambda_W * P01 * B)
+        out["S"] = S_new
+    if "T" in want:
+        QPPS = _quad(act, K, "qpps", accuracy, cache)         # <q0 p1 p2 s3>
+        SSPP = _quad(act, K, "sspp", accuracy, cache)
+        PPSS = np.moveaxis(SSPP, (0, 1), (2, 3))              # <p0 p1 s2 s3>
+        phi2 = (C_W ** 2 * T02 * T13 * QQPP + lambda_W * C_W * T13 * e("badc->abcd", QPPS)
+                + lambda_W * C_W * T02 * QPPS + lambda_W ** 2 * PPSS)   # <phi_02 phi_13>
+        T_new = T01 * phi2
+        if r != 0:
+            T_new = T_new + r * (e("ixjy,ikx,jly->ijkl", F, Phi, Phi)
+                                 + C_W * P13 * e("jlib,ikb->ijkl", Q, Phi)
+                                 + C_W * P02 * e("ikjb,jlb->ijkl", Q, Phi)
+                                 + C_W ** 2 * P02 * P13 * T)
+        out["T"] = T_new
+    if "U" in want:
+        U_new = C_W ** 2 * T01 * T02 * T13 * QQPP
+        if r != 0:
+            U_new = U_new + r * C_W ** 2 * P03 * P12 * U
+        out["U"] = U_new
+    return out
+
+
 def ntk_multi_flow(mlp, base, *, accuracy="default", stats=None):
     """A, B, D, F at every layer for N inputs.
 
@@ -490,7 +591,8 @@ def ntk_multi_flow(mlp, base, *, accuracy="default", stats=None):
     act = mlp.activation
     N = np.asarray(base[0].K).shape[0]
     want = list(NTK_MULTI_STATISTICS if stats is None else stats)
-    dntk = any(k in want for k in ("P", "Q"))
+    ddw = tuple(k for k in _DDNTK if k in want)
+    dntk = bool(ddw) or any(k in want for k in ("P", "Q"))
     zero = np.zeros((N,) * 4)
     st = {k: zero for k in NTK_MULTI_STATISTICS}
     out = {k: [zero] for k in NTK_MULTI_STATISTICS}
@@ -510,6 +612,11 @@ def ntk_multi_flow(mlp, base, *, accuracy="default", stats=None):
                                  accuracy=accuracy))
         else:
             new.update(P=zero, Q=zero)
+        if ddw:
+            new.update(ddntk_step(act, K, s.Theta, st["B"], st["F"], st["P"], st["Q"],
+                                  *(st[k] for k in _DDNTK), *args, accuracy=accuracy,
+                                  want=ddw))
+        new.update({k: zero for k in _DDNTK if k not in new})
         st = new
         if not all(np.all(np.isfinite(v)) for v in st.values()):
             raise FloatingPointError(
