@@ -1,4 +1,4 @@
-"""N-input A, B, D, F (pdlt.theory.ntk_multi): reduction, exact linear forms, operators, symmetries.
+"""N-input NTK statistics A..U (pdlt.theory.ntk_multi): reductions, exact forms, symmetries.
 
 Deep linear closed forms (derived by hand from the module's recursions,
 independently of the code): sigma(z) = z, C_b = 0, C_W = 1, equal widths, so

@@ -108,8 +108,8 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", stats
         Widths (unequal allowed), per-layer ``C_b``, ``C_W``, ``lambda_b``,
         ``lambda_W``.
     x : array_like (N, n0), optional
-        Inputs (N-input path: A, B, D, F, P, Q, see ``stats`` and Raises;
-        :mod:`pdlt.theory.ntk_multi`).
+        Inputs (N-input path: all ten tensors A, B, D, F, P, Q, R, S, T, U,
+        see ``stats``; :mod:`pdlt.theory.ntk_multi`).
     K1 : float, optional
         Single input: the first-layer kernel (as in :func:`pdlt.flow`).
     accuracy : {"fast", "default", "high"}
@@ -128,18 +128,19 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", stats
         entries ``"V"``, ``"G1"`` (from the vertex flow) and ``"A"``, ``"B"``,
         ``"D"``, ``"F"``, ``"P"``, ``"Q"``, ``"R"``, ``"S"``, ``"T"``, ``"U"``
         (floats); ``flow["B"]`` stacks them over layers, shape (L,). With
-        ``x`` (N inputs): ``"V"``, ``"G1"`` and those of ``"A"``, ``"B"``, ``"D"``,
-        ``"F"``, ``"P"``, ``"Q"`` in ``stats`` (default all six), each (N, N, N, N) in NOTATION.md's index order
+        ``x`` (N inputs): ``"V"``, ``"G1"`` and the statistics in ``stats``
+        (default all ten), each (N, N, N, N) in NOTATION.md's index order
         (``B[a1,a2,a3,a4] = B_{(a1a2)(a3a4)} = n E[H_{ij;a1a3} H_{ij;a2a4}]``,
-        ``F[a1,a2,a3,a4] = F_{a1a2a3a4}``; :mod:`pdlt.theory.ntk_multi`).
+        ``F[a1,a2,a3,a4] = F_{a1a2a3a4}``, ``R[a0,a1,a2,a3] = R_{a0a1a2a3}``, ...;
+        :mod:`pdlt.theory.ntk_multi`).
 
     Raises
     ------
     NotImplementedError
-        For ``x`` (N inputs) with ``stats`` naming R, S, T or U (the N-input
-        ddNTK tensors are not implemented), or a residual MLP.
+        For a residual MLP.
     ValueError
-        For an unknown name in ``stats``.
+        For an unknown name in ``stats``, or R asked for an activation whose
+        second derivative jumps at a kink (elu).
     FloatingPointError
         If a statistic overflows (deep, far from criticality).
 

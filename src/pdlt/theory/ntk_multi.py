@@ -1,4 +1,4 @@
-r"""N-input NTK fluctuations A, B, NTK-preactivation cross-correlations D, F and the dNTK's P, Q.
+r"""N-input NTK statistics: A, B (fluctuations), D, F (NTK-preactivation), P, Q (dNTK), R, S, T, U.
 
 Definitions (``shared/NOTATION.md``, binding; ``n = n_{l-1}``, ``i != j``
 different neurons). Array index order is the order in which NOTATION.md
@@ -104,6 +104,73 @@ With ``q = sigma''`` pointwise (0 for the ReLU family, as autodiff sees it),
 :func:`pdlt.theory.dntk.dntk_step_single`. Deep linear (``q = 0``): ``P = 0``
 and, with ``C_W = 1`` and equal widths, ``Q_l = lambda_W sum_{m<l} m (m+1)/2
 Theta1_{02} K1_{13}``.
+
+The ddNTKs: R, S, T, U (book "The End of Training", §∞.2-∞.3; eq. numbers to be checked)
+---------------------------------------------------------------------------------------
+``R[a0,a1,a2,a3] = R_{a0a1a2a3} = n E[ddIH_{iijj;a0a1a2a3}]``,
+``S = n E[ddIIH_{iijj}]``, ``T = n E[ddIIH_{ijij}]``, ``U = n E[ddIIH_{ijji}]``
+(``i != j``; index order as NOTATION.md writes the subscripts). Symmetries
+implied by the definitions: R under ``a2<->a3`` (``mu2<->mu3`` in ddIH); S, T
+and U under the simultaneous swap ``a0<->a1, a2<->a3`` (``mu2<->mu3`` in
+ddIIH with ``i0<->i1, i2<->i3``); nothing else in general. All vanish at
+layer 1.
+
+Generalizing :mod:`pdlt.theory.ddntk` (neuron ``j`` carries a0, ``k`` a1,
+``m`` a2, ``n`` a3): the all-earlier part of ``ddIIH'`` is ``sum W_{i0j}
+W_{i1k} W_{i2m} W_{i3n} p_m p_n [q_j q_k H_jk H_jm H_kn + q_j p_k H_jm
+dH_kjn + p_j q_k dH_jkm H_kn + p_j p_k ddIIH_jkmn]`` (``q = sigma''``
+pointwise); a new weight as ``mu1`` gives ``(lambda_W/n_l) d_{i0i1} sum_q
+p_{q;a0} p_{q;a1} sum W_{i2m} W_{i3n} p_m p_n H_{qm;a0a2} H_{qn;a1a3}``, as
+``mu2`` gives ``(lambda_W/n_l) d_{i0i2} sum_q p_{q;a0} s_{q;a2} sum W_{i1k}
+W_{i3n} p_n [q_k H_{qk;a0a1} H_{kn;a1a3} + p_k dH_{kqn;a1a0a3}]`` (``mu3``
+likewise with ``d_{i1i3}``), both ``mu2`` and ``mu3`` give ``(lambda_W/n_l)^2
+d_{i0i2} d_{i1i3} sum_{qq'} p_{q;a0} s_{q;a2} p_{q';a1} s_{q';a3}
+H_{qq';a0a1}``; biases never enter. ``ddIH'`` has the all-earlier part
+``sum W W W W p_k p_m p_n [sigma'''_j H_jk H_jm H_jn + q_j (dH_jkm H_jn + 2
+perms) + p_j ddIH_jkmn]`` and, for the ``d_{i0i1}`` pattern, the new weight
+as ``mu1``: ``(lambda_W/n_l) d_{i0i1} sum_q s_{q;a1} sum W_{i2m} W_{i3n}
+p_m p_n [q_{q;a0} H_{qm;a0a2} H_{qn;a0a3} + p_{q;a0} dH_{qmn;a0a2a3}]``.
+Wick in W, then equal neurons (source) and different neurons (``r``) as
+above, with in addition ``E[dH_{kjk;c0c1c2} f(z_j) g(z_k)] = (1/n) sum_b
+Q_{c0c2c1b} <d_b f><g>`` and ``E[ddIIH_{jjmm}] = S/n`` etc. (products of an
+off-diagonal H with a dH, or of three off-diagonal H, drop out as for one
+input). With ``Phi_{(ac)b} = C_W Theta_{ac} G2_{(ac)b} + lambda_W
+G_{(ac)b}`` (the P, Q section), ``phi_{ac} = C_W Theta_{ac} q_a p_c +
+lambda_W p_a s_c``, ``psi_{01} = C_W Theta_{01} <sigma'''_0 p_1> + lambda_W
+<q_0 s_1>`` and ``Bd_{023} = B_{(00)(23)}``:
+
+.. math::
+    R'_{0123} &= C_W^2\Theta_{01}\Theta_{02}\Theta_{03}\langle\sigma'''_0 p_1p_2p_3\rangle
+        + \lambda_W C_W\Theta_{02}\Theta_{03}\langle q_0 s_1 p_2 p_3\rangle
+        + r\,C_W PP_{23}\big[\psi_{01} B_{(00)(23)}
+        + \textstyle\sum_b P_{023b}\Phi_{(01)b} + C_W PP_{01} R_{0123}\big],\\
+    S'_{0123} &= C_W^2\Theta_{01}\Theta_{02}\Theta_{13}\langle q_0q_1p_2p_3\rangle
+        + \lambda_W C_W\Theta_{02}\Theta_{13}\langle p_0p_1p_2p_3\rangle
+        + r\,C_W PP_{23}\big[(C_W\Theta_{01}\langle q_0q_1\rangle + \lambda_W PP_{01})
+          B_{(01)(23)} + C_W PP_{01} S_{0123}\big],\\
+    T'_{0123} &= \Theta_{01}\langle\phi_{02}\phi_{13}\rangle
+        + r\big[\textstyle\sum_{b_1b_2} F_{0b_11b_2}\Phi_{(02)b_1}\Phi_{(13)b_2}
+        + C_W PP_{13}\sum_b Q_{130b}\Phi_{(02)b}
+        + C_W PP_{02}\sum_b Q_{021b}\Phi_{(13)b} + C_W^2 PP_{02}PP_{13} T_{0123}\big],\\
+    U'_{0123} &= C_W^2\Theta_{01}\Theta_{02}\Theta_{13}\langle q_0q_1p_2p_3\rangle
+        + r\,C_W^2 PP_{03}PP_{12} U_{0123}.
+
+``<sigma'''_a p_b> = <q'_a p_b>`` is the ``dqp`` pair term, and
+``<sigma'''_0 p_1p_2p_3> = (<z_0 q_0 p_1p_2p_3> - K_01 <q_0q_1p_2p_3> -
+K_02 <q_0p_1q_2p_3> - K_03 <q_0p_1p_2q_3>) / K_00`` (Stein along z_0; exact
+for smooth sigma and the ReLU family, refused like the one-input R for a
+sigma'' that jumps). One input: R, T, U are the lines of
+:func:`pdlt.theory.ddntk.ddntk_step_single`; S is too at ``C_W = 1``, but
+the one-input line writes ``chi_perp C_W^2 Theta <q^2> B`` (``C_W^3``) where
+the four layer-(l+1) weights give ``C_W^2 Theta <q^2> <p^2> B``: a one-input
+tanh ensemble (``C_W = 3``, ``C_b = 0.1``, widths 4/8, depth 3, 10^4
+networks) gives ``S_3 = 33.8 +- 2.0`` after extrapolation against 37.0
+(``C_W^2``) and 51.4 (``C_W^3``). Deep linear (``q = 0``, ``C_W = 1``,
+equal widths, ``Theta_m = m Theta1``): ``R = U = 0``, ``S_l = lambda_W
+Theta1_02 Theta1_13 sum_{m<l} (m^2 + sum_{k<m} k^2)``, ``T_l = lambda_W^2
+Theta1_01 K1_23 sum_{m<l} (m + m(m-1)/2 + 2 sum_{k<m} k(k+1)/2)``. Cost:
+four more four-point tensors (``<q q p p>``, ``<z q p p p>``, ``<q s p p>``,
+``<q p p s>``), contractions ``O(N^6)`` (the F line of T).
 
 Gaussian averages (no pointwise delta functions)
 ------------------------------------------------
@@ -566,7 +633,7 @@ def ddntk_step(act, K, Theta, B, F, P, Q, R, S, T, U, C_W, lambda_W, ratio=1.0, 
 
 
 def ntk_multi_flow(mlp, base, *, accuracy="default", stats=None):
-    """A, B, D, F at every layer for N inputs.
+    """A, B, D, F, P, Q, R, S, T, U at every layer for N inputs.
 
     Parameters
     ----------
@@ -577,8 +644,9 @@ def ntk_multi_flow(mlp, base, *, accuracy="default", stats=None):
         (supplies K, Theta and V per layer).
     accuracy : {"fast", "default", "high"}
     stats : sequence of str, optional
-        Subset of :data:`NTK_MULTI_STATISTICS`; P and Q are skipped (and
-        absent from the result) unless asked for or ``stats`` is None.
+        Subset of :data:`NTK_MULTI_STATISTICS` (None: all). P, Q are
+        computed only when asked for or needed by R, S, T, U; R, S, T, U only
+        when asked for. Only the names asked for are returned.
 
     Returns
     -------
