@@ -578,7 +578,15 @@ def ddntk_step(act, K, Theta, B, F, P, Q, R, S, T, U, C_W, lambda_W, ratio=1.0, 
     if "R" in want:
         single_input_terms(act, pr["diag"], need_d3=True)     # refuses a jumping sigma''
     cache = {}
-    QQPP = _quad(act, K, "qqpp", accuracy, cache)             # <q0 q1 p2 p3>
+    # piecewise-linear activations (scale_invariant) have sigma'' = 0 pointwise:
+    # every tensor with a q or x slot vanishes exactly and is not integrated
+    linear_pieces = act.scale_invariant is not None
+
+    def quad(slots):
+        if linear_pieces and ("q" in slots or "x" in slots):
+            return np.zeros((N,) * 4)
+        return _quad(act, K, slots, accuracy, cache)
+    QQPP = quad("qqpp")                                       # <q0 q1 p2 p3>
     G = _first_derivative(pr["dps"], PP, t["dss"])            # <d_b (p_a s_c)>
     G2 = _first_derivative(pr["dqp"], QQ, t["dqp"])           # <d_b (q_a p_c)>
     Phi = C_W * Th[:, :, None] * G2 + lambda_W * G            # Phi[a, c, b]
@@ -592,10 +600,10 @@ def ddntk_step(act, K, Theta, B, F, P, Q, R, S, T, U, C_W, lambda_W, ratio=1.0, 
     out = {}
     if "R" in want:
         # <sigma'''_a0 p1 p2 p3> by Stein along z_a0 (x = z sigma'')
-        XPPP = _quad(act, K, "xppp", accuracy, cache)
+        XPPP = quad("xppp")
         Q3PPP = (XPPP - K[:, :, None, None] * QQPP - K[:, None, :, None] * e("acbd->abcd", QQPP)
                  - K[:, None, None, :] * e("adbc->abcd", QQPP)) / pr["diag"][:, None, None, None]
-        QSPP = _quad(act, K, "qspp", accuracy, cache)         # <q0 s1 p2 p3>
+        QSPP = quad("qspp")                               # <q0 s1 p2 p3>
         psi = C_W * Th * pr["dqp"] + lambda_W * pr["QS"]      # C_W Th01 <q'_0 p_1> + lW <q_0 s_1>
         ar = np.arange(N)
         Bd = B[ar, ar]                                        # Bd[a0, a2, a3] = B[a0,a0,a2,a3]
@@ -605,15 +613,15 @@ def ddntk_step(act, K, Theta, B, F, P, Q, R, S, T, U, C_W, lambda_W, ratio=1.0, 
                                              + e("ikly,ijy->ijkl", P, Phi) + C_W * P01 * R)
         out["R"] = R_new
     if "S" in want:
-        PPPP = _quad(act, K, "pppp", accuracy, cache)
+        PPPP = quad("pppp")
         S_new = C_W ** 2 * T01 * T02 * T13 * QQPP + lambda_W * C_W * T02 * T13 * PPPP
         if r != 0:
             S_new = S_new + r * C_W * P23 * (C_W * T01 * QQ[:, :, None, None] * B
                                              + C_W * P01 * S + lambda_W * P01 * B)
         out["S"] = S_new
     if "T" in want:
-        QPPS = _quad(act, K, "qpps", accuracy, cache)         # <q0 p1 p2 s3>
-        SSPP = _quad(act, K, "sspp", accuracy, cache)
+        QPPS = quad("qpps")                               # <q0 p1 p2 s3>
+        SSPP = quad("sspp")
         PPSS = np.moveaxis(SSPP, (0, 1), (2, 3))              # <p0 p1 s2 s3>
         phi2 = (C_W ** 2 * T02 * T13 * QQPP + lambda_W * C_W * T13 * e("badc->abcd", QPPS)
                 + lambda_W * C_W * T02 * QPPS + lambda_W ** 2 * PPSS)   # <phi_02 phi_13>
