@@ -71,13 +71,6 @@ def test_unequal_widths_ratio():
     np.testing.assert_allclose(a["B"][1:], [B2, B3, B4], rtol=1e-12)
 
 
-def test_multi_input_ddntk_not_implemented_message():
-    # N inputs: A, B, D, F, P, Q exist (tests/theory/test_ntk_multi.py); R, S, T, U not yet
-    mlp = pdlt.MLP(n0=2, width=8, depth=3)
-    with pytest.raises(NotImplementedError, match="not implemented"):
-        ntk_fluctuation_flow(mlp, np.array([[1.0, 0.5], [0.2, -0.3]]), stats=["R"])
-
-
 def test_bad_kernel():
     mlp = pdlt.MLP(n0=2, width=8, depth=3, C_b=0.0)
     with pytest.raises(ValueError, match="K1"):

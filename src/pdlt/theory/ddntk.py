@@ -57,7 +57,9 @@ def ddntk_step_single(t, Theta, B, F, P, Q, R, S, T, U, C_W, lambda_W, ratio=1.0
                                     + chi_perp * R)
                         + lambda_W * chi_perp * (t["qs"] * B + t["dss"] * P)))
     S_new = (C_W ** 2 * Th ** 3 * t["qqpp"] + lambda_W * C_W * Th ** 2 * t["pppp"]
-             + ratio * (chi_perp * C_W ** 2 * Th * t["qq"] * B + chi_perp ** 2 * S
+             # four layer-(l+1) weights: C_W^2 <q^2><p^2> Theta B (not chi_perp C_W^2,
+             # which is C_W^3: caught by a C_W = 3 ensemble, see theory/ntk_multi.py)
+             + ratio * (C_W ** 2 * Th * t["qq"] * t["pp"] * B + chi_perp ** 2 * S
                         + lambda_W * chi_perp ** 2 / C_W * B))
     phi2 = ((C_W * Th) ** 2 * t["qqpp"] + 2 * C_W * Th * lambda_W * t["qspp"]
             + lambda_W ** 2 * t["sspp"])
