@@ -86,3 +86,13 @@ def test_linear_dntk_statistics_that_vanish_shrink_like_one_over_n():
         sb = float(vals[8][s].stderr[0])
         # halving of the width halves the value (within 4 se of each and a 25 % systematic)
         assert abs(b - a / 2) < 4 * np.hypot(sb, float(vals[4][s].stderr[0]) / 2) + 0.25 * abs(b)
+
+
+@pytest.mark.slow
+def test_gelu_ddntk_at_C_W_not_one_vs_ensemble():
+    """Critical GELU has C_W = 1.98: the single-input S recursion with C_W^3 instead of
+    C_W^2 in its B term gave z = -3.4 here; the corrected one gives |z| < 1 (about 60 s)."""
+    res = _richardson("gelu", 6, 3, 1500, ["R", "S", "T", "U"], seed=5)
+    for s in "RSTU":
+        z, th, _, _ = res[s]
+        assert z.max() < 4, f"gelu {s}: z = {np.round(z, 2)} (theory {th})"
