@@ -352,14 +352,15 @@ def test_ddntk_relu_R_U_vanish_and_elu_R_refused():
 
 
 @pytest.mark.slow
-def test_multi_input_ddntk_vs_ensemble():
-    """R, S, T, U for two inputs against real networks (tanh, C_W = 1.5, C_b = 0.1, widths 4
-    and 8, depth 3, M = 1000; method of tests/experiment/test_ntk_multi_ensemble.py:
-    Richardson extrapolation 2 m(2n) - m(n) within 4 se plus a quarter of the half-shift
-    allowance for the O(1/n^2) rest). Needs torch (/tmp/venv); 33 s on a loaded 2-core
-    machine. Measured: max z 0.74 (R), 0.55 (S), 1.63 (T), 1.13 (U) over all entries of
-    layers 2, 3; the index orders matter: S and T read with a1 <-> a0 or a2 <-> a3 swapped
-    fail by z = 206 and 29."""
+@pytest.mark.parametrize("act,C_W", [("tanh", 1.5), ("gelu", 1.8)])
+def test_multi_input_ddntk_vs_ensemble(act, C_W):
+    """R, S, T, U for two inputs against real networks (C_b = 0.1, widths 4 and 8, depth 3,
+    M = 1000; method of tests/experiment/test_ntk_multi_ensemble.py: Richardson
+    extrapolation 2 m(2n) - m(n) within 4 se plus a quarter of the half-shift allowance for
+    the O(1/n^2) rest). Needs torch (/tmp/venv); 33-38 s each on a loaded 2-core machine.
+    Measured max z over all entries of layers 2, 3: tanh 0.74 (R), 0.55 (S), 1.63 (T),
+    1.13 (U); gelu 1.44, 0.75, 1.07, 1.22. The index orders matter: S and T read with
+    a0 <-> a1 or a2 <-> a3 swapped fail by z = 206, 29 (tanh) and 134, 20 (gelu)."""
     pytest.importorskip("torch")
     from pdlt.experiment import Ensemble
 
@@ -367,7 +368,7 @@ def test_multi_input_ddntk_vs_ensemble():
     stats = ["R", "S", "T", "U"]
 
     def mlp(n):
-        return pdlt.MLP(n0=2, width=n, depth=3, n_out=n, activation="tanh", C_W=1.5,
+        return pdlt.MLP(n0=2, width=n, depth=3, n_out=n, activation=act, C_W=C_W,
                         C_b=0.1, lambda_b=0.5, lambda_W=1.5)
     m1 = Ensemble(mlp(4), networks=1000, seed=11).measure(x, stats=stats, progress=False)
     m2 = Ensemble(mlp(8), networks=1000, seed=11).measure(x, stats=stats, progress=False)
@@ -380,6 +381,6 @@ def test_multi_input_ddntk_vs_ensemble():
         allowance = 0.5 * np.abs(np.asarray(b.mean) - np.asarray(a.mean))
         tol = se + allowance / 4 + 1e-12
         z = np.abs(ext - th[s])[1:] / tol[1:]
-        assert z.max() < 4, f"tanh {s}: max z per layer {z.reshape(2, -1).max(1)}"
+        assert z.max() < 4, f"{act} {s}: max z per layer {z.reshape(2, -1).max(1)}"
         if s in wrong:
             assert (np.abs(ext - np.transpose(th[s], wrong[s])) / tol)[1:].max() > 8
