@@ -273,13 +273,13 @@ def test_ddntk_coinciding_inputs_reduce_to_single_input(name, merge, tol):
 
 @pytest.mark.parametrize("name", ["relu", "tanh", "gelu", "erf", "swish", "linear"])
 def test_ddntk_coinciding_inputs_reduce_to_single_input_any_C_W(name):
-    """C_W != 1: R, T, U equal ddntk_step_single; S equals the one-input line written out
-    here, whose B-propagation term is C_W^2 Theta <q^2> <p^2> B (four layer-(l+1) weights;
-    an earlier ddntk_step_single had chi_perp C_W^2 = C_W^3 there, equal only at C_W = 1,
-    refuted by a C_W = 3 ensemble: module docstring of pdlt.theory.ntk_multi)."""
+    """C_W != 1: R, S, T, U equal ddntk_step_single; S also equals the one-input line
+    written out here, whose B-propagation term is C_W^2 Theta <q^2> <p^2> B (four
+    layer-(l+1) weights; an earlier ddntk_step_single had chi_perp C_W^2 = C_W^3 there,
+    equal only at C_W = 1, refuted by a C_W = 3 ensemble: pdlt.theory.ntk_multi)."""
     C_W, lW, r, k, th = 1.7, 0.6, 1.3, 0.8, 1.3
     out, ref = _dd_coinciding(name, 3, True, C_W)
-    for s in "RTU":
+    for s in "RSTU":
         np.testing.assert_allclose(out[s], ref[s], rtol=1e-12, atol=1e-12)
     t = single_input_terms(activation(name), k, need_d3=True)
     B, S, pp = DD_VALS["B"], DD_VALS["S"], t["pp"]

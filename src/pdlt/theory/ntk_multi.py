@@ -159,13 +159,13 @@ lambda_W p_a s_c``, ``psi_{01} = C_W Theta_{01} <sigma'''_0 p_1> + lambda_W
 ``<sigma'''_0 p_1p_2p_3> = (<z_0 q_0 p_1p_2p_3> - K_01 <q_0q_1p_2p_3> -
 K_02 <q_0p_1q_2p_3> - K_03 <q_0p_1p_2q_3>) / K_00`` (Stein along z_0; exact
 for smooth sigma and the ReLU family, refused like the one-input R for a
-sigma'' that jumps). One input: R, T, U are the lines of
-:func:`pdlt.theory.ddntk.ddntk_step_single`; S is too at ``C_W = 1``, but
-the one-input line writes ``chi_perp C_W^2 Theta <q^2> B`` (``C_W^3``) where
-the four layer-(l+1) weights give ``C_W^2 Theta <q^2> <p^2> B``: a one-input
-tanh ensemble (``C_W = 3``, ``C_b = 0.1``, widths 4/8, depth 3, 10^4
-networks) gives ``S_3 = 33.8 +- 2.0`` after extrapolation against 37.0
-(``C_W^2``) and 51.4 (``C_W^3``). Deep linear (``q = 0``, ``C_W = 1``,
+sigma'' that jumps). One input: the four lines of
+:func:`pdlt.theory.ddntk.ddntk_step_single` (tested to 1e-12). Its S line
+once had ``chi_perp C_W^2 Theta <q^2> B`` (``C_W^3``) where the four
+layer-(l+1) weights give ``C_W^2 Theta <q^2> <p^2> B``; equal at
+``C_W = 1``, the two were told apart by a one-input tanh ensemble (``C_W =
+3``, ``C_b = 0.1``, widths 4/8, depth 3, 10^4 networks): ``S_3 = 33.8 +-
+2.0`` after extrapolation against 37.0 (``C_W^2``) and 51.4 (``C_W^3``). Deep linear (``q = 0``, ``C_W = 1``,
 equal widths, ``Theta_m = m Theta1``): ``R = U = 0``, ``S_l = lambda_W
 Theta1_02 Theta1_13 sum_{m<l} (m^2 + sum_{k<m} k^2)``, ``T_l = lambda_W^2
 Theta1_01 K1_23 sum_{m<l} (m + m(m-1)/2 + 2 sum_{k<m} k(k+1)/2)``. Cost:
