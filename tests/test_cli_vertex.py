@@ -34,8 +34,11 @@ def test_kernel_adds_V_and_G1_only_with_width(tmp_path, capsys):
     d = _json(capsys, *base, "--width", "32")
     V = np.array(d["layers"][2]["V"])
     assert V.shape == (2, 2, 2, 2) and np.array(d["layers"][2]["G1"]).shape == (2, 2)
-    for name in ("A", "B", "D", "F", "P", "Q"):
+    for name in "ABDFPQRSTU":
         assert np.array(d["layers"][2][name]).shape == (2, 2, 2, 2)
+    # elu: R needs a sigma'' without jumps; the other nine are still given
+    e = _json(capsys, *[a if a != "tanh" else "elu" for a in base], "--width", "32")
+    assert "R" not in e["layers"][2] and np.array(e["layers"][2]["S"]).shape == (2, 2, 2, 2)
     np.testing.assert_allclose(V, V.transpose(1, 0, 2, 3), rtol=1e-12)
     np.testing.assert_allclose(V, V.transpose(2, 3, 0, 1), rtol=1e-12)
 

@@ -13,7 +13,8 @@ def register(sub):
                                    "with --width or --widths also the four-point vertex V "
                                    "(N x N x N x N, V[a1][a2][a3][a4] = V_(a1a2)(a3a4)), the "
                                    "NLO metric G1 (N x N) and the NTK statistics A, B, D, F, "
-                                   "P, Q (N x N x N x N, indices as NOTATION.md writes them).")
+                                   "P, Q, R, S, T, U (N x N x N x N, indices as NOTATION.md "
+                                   "writes them).")
     add_mlp_arguments(p)
     p.add_argument("--inputs", required=True, help=".npy file with inputs of shape (N, n0)")
     p.add_argument("--critical", action="store_true",
@@ -53,7 +54,12 @@ def run(args):
     else:
         try:
             result = ntk_fluctuation_flow(mlp, x)
-        except (NotImplementedError, ValueError):  # e.g. residual nets, elu's sigma'' jump
+        except ValueError:  # R needs sigma'' without jumps (elu): the other nine
+            try:
+                result = ntk_fluctuation_flow(mlp, x, stats=list("ABDFPQSTU"))
+            except (NotImplementedError, ValueError):
+                result = finite_width_flow(mlp, x)
+        except NotImplementedError:  # e.g. residual networks
             result = finite_width_flow(mlp, x)
     if args.json:
         print_json({"layers": [{"layer": s.layer, "K": s.K, "Theta": s.Theta, **s.extra}
