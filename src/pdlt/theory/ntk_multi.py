@@ -393,6 +393,22 @@ def _representatives(K, tol=1e-13):
     return np.array(reps), inv
 
 
+def _on_distinct_inputs(step, act, K, Theta, tensors, *args, **kw):
+    """Run ``step`` on the distinct inputs only and expand the result back.
+
+    Coinciding inputs are merged (their Gaussian averages are singular for
+    kinked activations); returns None when all inputs are distinct.
+    """
+    reps, inv = _representatives(K)
+    if len(reps) == K.shape[0]:
+        return None
+    ix2, ix4 = np.ix_(reps, reps), np.ix_(reps, reps, reps, reps)
+    sub = step(act, K[ix2], np.asarray(Theta)[ix2], *(X[ix4] for X in tensors), *args,
+               merge=False, **kw)
+    back = np.ix_(inv, inv, inv, inv)
+    return {k: v[back] for k, v in sub.items()}
+
+
 def ntk_step(act, K, Theta, V, A, B, D, F, C_W, lambda_W, ratio=1.0, *, accuracy="default",
              merge=True):
     """N-input A, B, D, F at layer l+1 from layer l (module docstring).
@@ -425,13 +441,10 @@ def ntk_step(act, K, Theta, V, A, B, D, F, C_W, lambda_W, ratio=1.0, *, accuracy
     K = np.asarray(K, dtype=float)
     N = K.shape[0]
     if merge and N > 1:
-        reps, inv = _representatives(K)
-        if len(reps) < N:
-            ix2, ix4 = np.ix_(reps, reps), np.ix_(reps, reps, reps, reps)
-            sub = ntk_step(act, K[ix2], np.asarray(Theta)[ix2], V[ix4], A[ix4], B[ix4], D[ix4],
-                           F[ix4], C_W, lambda_W, ratio, accuracy=accuracy, merge=False)
-            back = np.ix_(inv, inv, inv, inv)
-            return {k: v[back] for k, v in sub.items()}
+        out = _on_distinct_inputs(ntk_step, act, K, Theta, (V, A, B, D, F),
+                                  C_W, lambda_W, ratio, accuracy=accuracy)
+        if out is not None:
+            return out
     Th = np.asarray(Theta, dtype=float)
     pr = _pairs(act, K)
     S, PP, t = pr["S"], pr["PP"], pr["t"]
@@ -499,13 +512,10 @@ def dntk_step(act, K, Theta, B, F, P, Q, C_W, lambda_W, ratio=1.0, *, accuracy="
     K = np.asarray(K, dtype=float)
     N = K.shape[0]
     if merge and N > 1:
-        reps, inv = _representatives(K)
-        if len(reps) < N:
-            ix2, ix4 = np.ix_(reps, reps), np.ix_(reps, reps, reps, reps)
-            sub = dntk_step(act, K[ix2], np.asarray(Theta)[ix2], B[ix4], F[ix4], P[ix4], Q[ix4],
-                            C_W, lambda_W, ratio, accuracy=accuracy, merge=False)
-            back = np.ix_(inv, inv, inv, inv)
-            return {k: v[back] for k, v in sub.items()}
+        out = _on_distinct_inputs(dntk_step, act, K, Theta, (B, F, P, Q),
+                                  C_W, lambda_W, ratio, accuracy=accuracy)
+        if out is not None:
+            return out
     Th = np.asarray(Theta, dtype=float)
     pr = _pairs(act, K)
     PP, t = pr["PP"], pr["t"]
@@ -564,14 +574,10 @@ def ddntk_step(act, K, Theta, B, F, P, Q, R, S, T, U, C_W, lambda_W, ratio=1.0, 
     K = np.asarray(K, dtype=float)
     N = K.shape[0]
     if merge and N > 1:
-        reps, inv = _representatives(K)
-        if len(reps) < N:
-            ix2, ix4 = np.ix_(reps, reps), np.ix_(reps, reps, reps, reps)
-            sub = ddntk_step(act, K[ix2], np.asarray(Theta)[ix2],
-                             *(X[ix4] for X in (B, F, P, Q, R, S, T, U)),
-                             C_W, lambda_W, ratio, accuracy=accuracy, merge=False, want=want)
-            back = np.ix_(inv, inv, inv, inv)
-            return {k: v[back] for k, v in sub.items()}
+        out = _on_distinct_inputs(ddntk_step, act, K, Theta, (B, F, P, Q, R, S, T, U),
+                                  C_W, lambda_W, ratio, accuracy=accuracy, want=want)
+        if out is not None:
+            return out
     Th = np.asarray(Theta, dtype=float)
     pr = _pairs(act, K)
     PP, t, QQ = pr["PP"], pr["t"], pr["QQ"]
