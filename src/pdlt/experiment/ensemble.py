@@ -39,10 +39,14 @@ from .activations import torch_activation
 from .estimators import STATISTICS, SUFFICIENT, GroupSums, estimate_statistic
 from .results import LayerMeasurement, Measurement
 
-__all__ = ["Ensemble", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["Ensemble", "DEFAULT_MEMORY_BUDGET", "DEFAULT_DERIVATIVE_NEURONS"]
 
 #: default working-memory budget per chunk, bytes (1 GiB)
 DEFAULT_MEMORY_BUDGET = 1 << 30
+
+#: default number of neurons per layer whose ordered pairs the P..U estimators
+#: average over (see :meth:`Ensemble.measure`, ``derivative_neurons``)
+DEFAULT_DERIVATIVE_NEURONS = 8
 
 _NTK_STATS = {"Theta", "A", "B", "D", "F"}
 _DERIV_STATS = {"P", "Q", "R", "S", "T", "U"}
@@ -209,15 +213,22 @@ class Ensemble:
             count += 4 * N ** 4 + 2 * nmax * N ** 2
         return item * count
 
-    def _deriv_bytes_per_network(self, N, layer):
-        p = self.mlp.widths[layer] * N
-        P = sum(self.mlp.widths[l] * self.mlp.widths[l + 1] + self.mlp.widths[l + 1]
-                for l in range(layer))
-        return 8 * 4 * (p ** 3 * P + p ** 2 * P)
+    def _deriv_bytes_per_network(self, N, layer, neurons):
+        """Working memory of :func:`pdlt.experiment.ntk.derivative_pairs` per network.
+
+        Its outputs are ``J`` (s N, P), ``G`` ((s N)^2, P) and the third
+        derivatives (s^2 N^3, P) with ``s = min(neurons, n_layer)``; autodiff
+        temporaries are counted as three times that.
+        """
+        w = self.mlp.widths
+        s = min(neurons, w[layer])
+        P = sum(w[l] * w[l + 1] + w[l + 1] for l in range(layer))
+        item = torch.finfo(self.dtype).bits // 8
+        return item * 3 * (s * N + (s * N) ** 2 + s * s * N ** 3) * P
 
     def measure(self, x=None, stats=("K", "Theta"), layers=None, *, K1=None, K_theory=None,
                 progress=None, backend="local", address=None, shards=None, checkpoint=None,
-                workers=None) -> Measurement:
+                workers=None, derivative_neurons=None) -> Measurement:
         """Measure statistics of ``shared/NOTATION.md`` with standard errors.
 
         Parameters
@@ -263,6 +274,16 @@ class Ensemble:
         workers : int, optional
             CPUs of the local Ray instance started when ``address`` is None
             (default ``os.cpu_count()``); ignored otherwise.
+        derivative_neurons : int, optional
+            ``s >= 2``: the P, Q, R, S, T, U estimators average over the
+            ordered pairs ``i != j`` of the first ``s`` neurons of each layer
+            (all of them where the layer has at most ``s``). Neurons are
+            exchangeable at initialization, so every ``s`` gives an unbiased
+            estimator; the cost per network grows like ``s^2`` and the
+            standard error falls with ``s`` until the network-to-network
+            scatter dominates. Default :data:`DEFAULT_DERIVATIVE_NEURONS`
+            (the best standard error per CPU second measured; see the
+            Notes). Sharded runs use the default.
 
         Returns
         -------
@@ -280,8 +301,11 @@ class Ensemble:
         input. ``V`` is ``V_pair`` for several inputs (``V_same`` only
         gives the pairing-symmetrized vertex) and, for one input, whichever
         of ``V_pair``, ``V_same`` has the smaller standard error.
-        ``P .. U`` use autodiff (cost grows like ``(n_l N)^3`` per network;
-        see :mod:`pdlt.experiment.ntk`).
+        ``P .. U`` use autodiff on ``s = min(derivative_neurons, n_l)``
+        neurons (:func:`pdlt.experiment.ntk.derivative_pairs`): per network
+        about ``(s N)^2 + s^2 N^3`` reverse passes and ``(s N)^2 (1 + N) P``
+        floats of memory, ``P`` the parameters up to the layer, independent
+        of the width beyond ``P``.
 
         Sharded runs (``shards``, ``checkpoint`` or ``backend="ray"``)
         compute the per-group sums of the sufficient statistics for each
@@ -300,7 +324,13 @@ class Ensemble:
         if address is not None and backend != "ray":
             raise ValueError(f"address={address!r} is only used by backend='ray'; pass "
                              "backend='ray' or drop address")
-        plan = self._plan(x, stats, layers, K1, K_theory)
+        plan = self._plan(x, stats, layers, K1, K_theory, derivative_neurons)
+        if plan.deriv_neurons != DEFAULT_DERIVATIVE_NEURONS and plan.need_deriv and (
+                backend != "local" or shards is not None or checkpoint is not None):
+            raise ValueError(f"derivative_neurons={derivative_neurons!r}: sharded runs (shards, "
+                             "checkpoint, backend='ray') use the default "
+                             f"{DEFAULT_DERIVATIVE_NEURONS}; drop derivative_neurons or run "
+                             "locally without shards and checkpoint")
         if backend == "local" and shards is None and checkpoint is None:
             sums = {l: GroupSums(self.networks) for l in plan.layers}
             bar = _progress(self.networks, progress)
@@ -317,9 +347,15 @@ class Ensemble:
 
     # -- the three steps of measure(): plan, sums over a network range, estimates --
 
-    def _plan(self, x, stats, layers, K1, K_theory) -> "_Plan":
+    def _plan(self, x, stats, layers, K1, K_theory, derivative_neurons=None) -> "_Plan":
         """Validate the arguments of :meth:`measure` once; what to compute."""
         mlp = self.mlp
+        dn = derivative_neurons
+        if dn is None:
+            dn = DEFAULT_DERIVATIVE_NEURONS
+        elif isinstance(dn, bool) or not isinstance(dn, (int, np.integer)) or dn < 2:
+            raise ValueError("derivative_neurons must be an integer >= 2 (the P..U estimators "
+                             f"average over pairs of different neurons) or None; got {dn!r}")
         if (x is None) == (K1 is None):
             raise ValueError("give exactly one of x (inputs, shape (N, n0)) and K1 (single input)")
         xs = self.single_input(K1) if K1 is not None else validate_inputs(x, mlp.n0)
@@ -354,7 +390,8 @@ class Ensemble:
         for s in base:
             need.update(SUFFICIENT[s])
         return _Plan(xs=np.ascontiguousarray(xs, dtype=float), stats=tuple(stats), base=base,
-                     need=frozenset(need), layers=tuple(layers), K1=K1, Kt=Kt)
+                     need=frozenset(need), layers=tuple(layers), K1=K1, Kt=Kt,
+                     deriv_neurons=int(dn))
 
     def _chunk(self, plan) -> int:
         """Networks per chunk (a multiple of the block size when it can be)."""
@@ -392,14 +429,15 @@ class Ensemble:
                 for l in layers:
                     if mlp.widths[l] < 2:
                         continue
-                    sub = int(max(1, min(chunk, self.memory_budget
-                                         // self._deriv_bytes_per_network(N, l))))
+                    per_net = self._deriv_bytes_per_network(N, l, plan.deriv_neurons)
+                    sub = int(max(1, min(chunk, self.memory_budget // per_net)))
                     for s0 in range(0, hi - lo, sub):
                         s1 = min(hi - lo, s0 + sub)
                         sl = [w[s0:s1] for w in Ws], [b[s0:s1] for b in bs]
                         zl = _ntk.preactivations(sl[0], sl[1], xt, mlp, l)[-1]
                         for name, val in _deriv_sufficient(sl[0], sl[1], xt, mlp, l, zl,
-                                                           need_deriv).items():
+                                                           need_deriv,
+                                                           plan.deriv_neurons).items():
                             sums[l].add(name, val, lo + s0)
             if bar is not None:
                 bar.update(hi - lo)
@@ -442,7 +480,8 @@ class _Plan:
     ``xs`` (N, n0) float64 inputs; ``stats`` as asked; ``base`` the
     estimators to run (``V`` expanded); ``need`` the sufficient statistics;
     ``layers`` sorted 1-based; ``K1`` the single-input kernel or None;
-    ``Kt`` (L, N, N) infinite-width kernel for G1 or None.
+    ``Kt`` (L, N, N) infinite-width kernel for G1 or None; ``deriv_neurons``
+    the neuron subset size of the P..U estimators.
     """
 
     xs: np.ndarray
@@ -452,6 +491,7 @@ class _Plan:
     layers: tuple
     K1: float | None = None
     Kt: np.ndarray | None = None
+    deriv_neurons: int = DEFAULT_DERIVATIVE_NEURONS
 
     @property
     def need_ntk(self) -> bool:
@@ -558,35 +598,38 @@ def _sufficient(z, H, need):
     return out
 
 
-def _pair_mean(t, pattern):
-    """mean over i != j of a tensor (B, n, n, n, n, ...) with neuron pattern 'iijj' etc."""
-    n = t.shape[1]
-    rest = "abcd"[: t.dim() - 5]
-    full = torch.einsum(f"B{pattern}{rest}->B{rest}", t)
-    same = torch.einsum(f"Biiii{rest}->B{rest}", t)
-    return (full - same) / (n * (n - 1))
+def _offdiag_mean(t):
+    """Mean over ordered pairs i != j of a pair tensor (B, s, s, ...)."""
+    s = t.shape[1]
+    diag = torch.diagonal(t, dim1=1, dim2=2)  # (B, ..., s)
+    return (t.sum((1, 2)) - diag.sum(-1)) / (s * (s - 1))
 
 
-def _deriv_sufficient(Ws, bs, x, mlp, layer, z, need):
-    """Sufficient statistics of P, Q (dNTK) and R, S, T, U (ddNTKs) by autodiff."""
-    out = {}
+#: sufficient statistic -> the DerivativePairs field it is made from
+_PAIR_SOURCE = {"P": "dH_ijj", "Q": "dH_iij", "R": "ddI_iijj", "S": "ddII_iijj",
+                "T": "ddII_ijij", "U": "ddII_ijji"}
+
+
+def _deriv_sufficient(Ws, bs, x, mlp, layer, z, need, neurons=None):
+    """Sufficient statistics of P, Q (dNTK) and R, S, T, U (ddNTKs) by autodiff.
+
+    Averages over the ordered pairs ``i != j`` of the first ``neurons`` neurons
+    of the layer (all when None or >= the width; exchangeability of the neurons
+    keeps the average unbiased), from :func:`pdlt.experiment.ntk.derivative_pairs`.
+    z : (B, n, N) preactivations of the layer. Returns name -> ndarray (B, N, N, N, N).
+    """
     n = z.shape[1]
-    norm = n * (n - 1)
-    if {"P", "Q"} & set(need):
-        dH = _ntk.dntk_autodiff(Ws, bs, x, mlp, layer)  # (B, i0, i1, i2, a0, a1, a2)
-        if "P" in need:  # dH_{i j j} z_{i}
-            full = torch.einsum("Bijjabc,Bid->Babcd", dH, z)
-            same = torch.einsum("Biiiabc,Bid->Babcd", dH, z)
-            out["dHz_P"] = _np((full - same) / norm)
-        if "Q" in need:  # dH_{i i j} z_{j}
-            full = torch.einsum("Biijabc,Bjd->Babcd", dH, z)
-            same = torch.einsum("Biiiabc,Bid->Babcd", dH, z)
-            out["dHz_Q"] = _np((full - same) / norm)
-    if {"R", "S", "T", "U"} & set(need):
-        ddI, ddII = _ntk.ddntk_autodiff(Ws, bs, x, mlp, layer)
-        if "R" in need:
-            out["ddI_R"] = _np(_pair_mean(ddI, "iijj"))
-        for name, pat in (("S", "iijj"), ("T", "ijij"), ("U", "ijji")):
-            if name in need:
-                out["ddII_" + name] = _np(_pair_mean(ddII, pat))
+    s = n if neurons is None else int(min(neurons, n))
+    need = [k for k in _PAIR_SOURCE if k in set(need)]
+    pairs = _ntk.derivative_pairs(Ws, bs, x, mlp, layer, s,
+                                  fields=[_PAIR_SOURCE[k] for k in need])
+    zs = z[:, :s]
+    out = {}
+    if "P" in need:  # dH_{i j j; a0 a1 a2} z_{i; a3}
+        out["dHz_P"] = _np(_offdiag_mean(torch.einsum("Bijabc,Bid->Bijabcd", pairs.dH_ijj, zs)))
+    if "Q" in need:  # dH_{i i j; a0 a1 a2} z_{j; a3}
+        out["dHz_Q"] = _np(_offdiag_mean(torch.einsum("Bijabc,Bjd->Bijabcd", pairs.dH_iij, zs)))
+    for k, name in (("R", "ddI_R"), ("S", "ddII_S"), ("T", "ddII_T"), ("U", "ddII_U")):
+        if k in need:
+            out[name] = _np(_offdiag_mean(getattr(pairs, _PAIR_SOURCE[k])))
     return out

@@ -49,12 +49,13 @@ widths up to a few tens.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch.func import jacrev, jvp, vmap
 
 __all__ = ["preactivations", "ntk_forward", "ntk_autodiff", "dntk_autodiff", "ddntk_autodiff",
-           "network_function"]
+           "network_function", "derivative_pairs", "DerivativePairs"]
 
 
 # ---------------------------------------------------------------------------
@@ -219,7 +220,9 @@ def network_function(ws, bs, x, mlp, layer, tact=None):
             b = bs[l] + shapes[2 * l + 1][1] * parts[2 * l + 1].reshape(shapes[2 * l + 1][0])
             z_new = W @ h + b[:, None]
             if gam[l] != 0.0 or xis[l] != 1.0:   # residual layer (l >= 1, 0-based)
-                z_new = xis[l] * z_new + gam[l] * z
+                # a last layer restricted to its first rows (derivative_pairs) keeps
+                # the skip connection of those rows only
+                z_new = xis[l] * z_new + gam[l] * z[: z_new.shape[0]]
             z = z_new
             if l < layer - 1:
                 h = tact.sigma(z)
@@ -311,3 +314,125 @@ def ddntk_autodiff(weights, biases, x, mlp, layer):
     perm = (0, 1, 3, 5, 7, 2, 4, 6, 8)
     return (ddI.reshape(-1, n, N, n, N, n, N, n, N).permute(*perm),
             ddII.reshape(-1, n, N, n, N, n, N, n, N).permute(*perm))
+
+
+# ---------------------------------------------------------------------------
+# the neuron-pair patterns of the dNTK and ddNTKs on a subset of neurons
+# ---------------------------------------------------------------------------
+
+class DerivativePairs(NamedTuple):
+    """Neuron-pair patterns of the dNTK and ddNTKs on the first ``s`` neurons.
+
+    Each field is a tensor over the network axis, two neuron indices
+    ``i, j`` of the subset (``0 <= i, j < s``, the diagonal ``i = j``
+    included) and the input indices, or None when not asked for:
+
+    ``dH_ijj[m, i, j, a0, a1, a2] = dH_{i j j; a0 a1 a2}``,
+    ``dH_iij[m, i, j, a0, a1, a2] = dH_{i i j; a0 a1 a2}``,
+    ``ddI_iijj[m, i, j, a0, a1, a2, a3] = ddIH_{i i j j; a0 a1 a2 a3}``,
+    ``ddII_iijj``, ``ddII_ijij``, ``ddII_ijji`` likewise for ``ddIIH`` with
+    the neuron pattern in the name (``ddII_ijji[m, i, j, ...] = ddIIH_{i j j i; ...}``).
+    """
+
+    dH_ijj: torch.Tensor | None
+    dH_iij: torch.Tensor | None
+    ddI_iijj: torch.Tensor | None
+    ddII_iijj: torch.Tensor | None
+    ddII_ijij: torch.Tensor | None
+    ddII_ijji: torch.Tensor | None
+
+
+_PAIR_FIELDS = DerivativePairs._fields
+
+
+def derivative_pairs(weights, biases, x, mlp, layer, neurons, fields=_PAIR_FIELDS):
+    r"""The dNTK/ddNTK entries the P..U estimators need, on the first ``neurons`` neurons.
+
+    The estimators of P, Q, R, S, T, U (:func:`pdlt.experiment.estimators.estimate_statistic`)
+    average six neuron patterns over ordered pairs ``i != j``. The neurons of a
+    layer are exchangeable at initialization, so averaging over the ordered pairs
+    of a fixed subset of ``s`` neurons is still unbiased. This function computes
+    only those entries, for the subset ``S = {0, .., s-1}`` (see the module
+    docstring for the rescaled coordinates ``phi``):
+
+    * ``J_j = d z_{j} / d phi`` for ``j`` in S (all inputs): ``s N`` reverse passes
+      of the network restricted to the rows S of its last layer (the other rows
+      cannot affect ``z_S``);
+    * ``G[(j,c), (i,a)] = Hess z_{i;a} . J_{j;c}`` for ``i, j`` in S:
+      ``s N`` forward-over-reverse passes; then
+      ``dH_{i0i1i2} = G[i2, i0] . J_{i1}`` and
+      ``ddIIH_{i0i1i2i3} = G[i2, i0] . G[i3, i1]`` for the patterns needed;
+    * for ``ddIH_{iijj} = D^3 z_i[J_i, J_j, J_j]`` only the third derivatives
+      along two Jacobian rows of the *same* neuron j: ``s N^2`` passes
+      ``d/dt G[(j,c)](phi0 + t J_{j;d})``, dotted with ``J_{i}``.
+
+    Cost per network, with ``P`` the parameters up to ``layer``: time about
+    ``(s N)^2 + s^2 N^3`` reverse passes, memory about ``(s^2 N^2 + s^2 N^3) P``
+    floats (against ``(n N)^3`` passes and ``(n N)^3 P`` floats for the full
+    :func:`ddntk_autodiff`). With ``neurons >= n_l`` the patterns are those of
+    the full tensors (``tests/experiment/test_ntk.py`` checks 1e-12 relative).
+
+    Parameters
+    ----------
+    weights, biases : lists of tensors (M, n_l, n_{l-1}) and (M, n_l)
+    x : tensor (N, n0)
+    mlp : pdlt.MLP
+    layer : int
+        1-based layer.
+    neurons : int
+        Subset size ``s``; capped at the width ``n_layer``.
+    fields : sequence of str
+        Which fields of :class:`DerivativePairs` to compute (default all);
+        ``ddI_iijj`` is the expensive one (third derivatives).
+
+    Returns
+    -------
+    DerivativePairs
+        Fields of shape (M, s, s, N, N, N) (``dH_*``) and (M, s, s, N, N, N, N)
+        (``dd*``); the fields not asked for are None.
+    """
+    unknown = set(fields) - set(_PAIR_FIELDS)
+    if unknown:
+        raise ValueError(f"fields: unknown {sorted(unknown)}; choose from {_PAIR_FIELDS}")
+    N = x.shape[0]
+    s = int(min(neurons, weights[layer - 1].shape[1]))
+    ws = list(weights[:layer])
+    bs = list(biases[:layer])
+    ws[-1], bs[-1] = ws[-1][:, :s], bs[-1][:, :s]  # the rows S of the last layer
+    want = set(fields)
+    need_G = bool(want - {"ddI_iijj"})
+
+    def fn(f, phi0):
+        J = jacrev(f)(phi0)  # (s N, P), rows (j, c)
+        Pn = J.shape[1]
+        J3 = J.reshape(s, N, Pn)
+        out = {}
+        if need_G:
+            G = vmap(lambda v: jvp(jacrev(f), (phi0,), (v,))[1])(J)  # G[(j,c), (i,a), :]
+            G5 = G.reshape(s, N, s, N, Pn)  # G5[j, c, i, a, :] = Hess z_{i;a} . J_{j;c}
+            if "dH_ijj" in want:   # dH_{(i,a0)(j,a1)(j,a2)} = G[(j,a2),(i,a0)] . J_{(j,a1)}
+                out["dH_ijj"] = torch.einsum("jciap,jbp->ijabc", G5, J3)
+            if "dH_iij" in want:   # dH_{(i,a0)(i,a1)(j,a2)} = G[(j,a2),(i,a0)] . J_{(i,a1)}
+                out["dH_iij"] = torch.einsum("jciap,ibp->ijabc", G5, J3)
+            if "ddII_iijj" in want:  # G[(j,a2),(i,a0)] . G[(j,a3),(i,a1)]
+                out["ddII_iijj"] = torch.einsum("jciap,jdibp->ijabcd", G5, G5)
+            if "ddII_ijij" in want:  # G[(i,a2),(i,a0)] . G[(j,a3),(j,a1)]
+                Gd = torch.diagonal(G5, dim1=0, dim2=2).permute(3, 0, 1, 2)  # [i, c, a, :]
+                out["ddII_ijij"] = torch.einsum("icap,jdbp->ijabcd", Gd, Gd)
+            if "ddII_ijji" in want:  # G[(j,a2),(i,a0)] . G[(i,a3),(j,a1)]
+                out["ddII_ijji"] = torch.einsum("jciap,idjbp->ijabcd", G5, G5)
+        if "ddI_iijj" in want:
+            # T[(j,c,d), (i,a), :] = d/dt (Hess z_{i;a} . J_{j;c})(phi0 + t J_{j;d})
+            Jc = J3[:, :, None, :].expand(s, N, N, Pn).reshape(s * N * N, Pn)
+            Jd = J3[:, None, :, :].expand(s, N, N, Pn).reshape(s * N * N, Pn)
+
+            def third(v, w):
+                return jvp(lambda phi: jvp(jacrev(f), (phi,), (v,))[1], (phi0,), (w,))[1]
+            T = vmap(third)(Jc, Jd).reshape(s, N, N, s, N, Pn)
+            # ddIH_{(i,a0)(i,a1)(j,a2)(j,a3)} = T[(j,a2,a3), (i,a0)] . J_{(i,a1)}
+            out["ddI_iijj"] = torch.einsum("jcdiap,ibp->ijabcd", T, J3)
+        return tuple(out.get(k, torch.zeros(0, dtype=J.dtype, device=J.device))
+                     for k in _PAIR_FIELDS)
+
+    res = _per_network(fn, ws, bs, x, mlp, layer)
+    return DerivativePairs(*(r if k in want else None for k, r in zip(_PAIR_FIELDS, res)))
