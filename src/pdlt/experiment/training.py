@@ -94,9 +94,10 @@ def _forward(Ws, bs, x, tact):
     return z
 
 
-def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate, steps,
+def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate=None, steps=None,
                    record=None, seed=0, dtype=torch.float64, device="cpu",
-                   memory_budget=DEFAULT_MEMORY_BUDGET, chunk_size=None) -> TrainedEnsemble:
+                   memory_budget=DEFAULT_MEMORY_BUDGET, chunk_size=None,
+                   step_matrices=None) -> TrainedEnsemble:
     """Train M networks by full-batch gradient descent on the MSE loss.
 
     Parameters
@@ -117,6 +118,13 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
         Same networks as ``Ensemble(mlp, networks, seed)``.
     dtype, device, memory_budget, chunk_size
         As for :class:`Ensemble`.
+    step_matrices : sequence of array_like (N, N), optional
+        A general schedule instead of ``learning_rate`` and ``steps``: step t
+        moves parameter mu by ``-lambda_mu sum_c (d_mu z_c) (M_t (z - y))_c``,
+        i.e. one unit step on the loss ``(1/2) (z - y)^T M_t (z - y)``
+        (``M_t = eta 1`` is gradient descent; ``M_t = Theta_AA^{-1}`` is the
+        Newton "giant leap"; :func:`pdlt.learning.finite_training.algorithm_schedule`).
+        ``steps`` is then ``len(step_matrices)``; ``learning_rate`` is reported as 1.
 
     Returns
     -------
@@ -138,6 +146,22 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
                          f"{mlp.n_out}) (one target per input and output); got {np.shape(y_train)}")
     if not np.all(np.isfinite(y)):
         raise ValueError("y_train contains NaN or inf; drop or impute those targets")
+    mats = None
+    if step_matrices is not None:
+        if learning_rate is not None or steps is not None:
+            raise ValueError("give either step_matrices or learning_rate and steps, not both")
+        mats = [np.asarray(m, dtype=float) for m in step_matrices]
+        for m in mats:
+            if m.shape != (Xa.shape[0], Xa.shape[0]) or not np.all(np.isfinite(m)):
+                raise ValueError(f"each of step_matrices must be a finite ({Xa.shape[0]}, "
+                                 f"{Xa.shape[0]}) matrix (one row per training input); got "
+                                 f"shape {m.shape}")
+            if not np.allclose(m, m.T, rtol=1e-12, atol=1e-14 * np.abs(m).max()):
+                raise ValueError("step_matrices must be symmetric (the step is the gradient "
+                                 "of (1/2) eps^T M eps)")
+        learning_rate, steps = 1.0, len(mats)
+    if learning_rate is None or steps is None:
+        raise ValueError("train_ensemble needs learning_rate and steps (or step_matrices)")
     eta = float(learning_rate)
     if not np.isfinite(eta) or eta <= 0:
         raise ValueError(f"learning_rate must be finite and > 0; got {learning_rate!r}")
@@ -153,6 +177,7 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
     conv = dict(dtype=dtype, device=ens.device)
     xa, xb = torch.as_tensor(Xa, **conv), torch.as_tensor(Xb, **conv)
     yt = torch.as_tensor(y, **conv)
+    mats_t = None if mats is None else [torch.as_tensor(m, **conv) for m in mats]
     # per-parameter learning rates (NOTATION.md): lambda_b^(l), lambda_W^(l) / n_{l-1}
     lr_W = [eta * mlp.lambda_W[l] / mlp.widths[l] for l in range(mlp.depth)]
     lr_b = [eta * mlp.lambda_b[l] for l in range(mlp.depth)]
@@ -184,7 +209,11 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
                 break
             # the loss of the batch is the sum of the networks' losses, so each
             # network's gradient is its own
-            grads = torch.autograd.grad(0.5 * (resid ** 2).sum(), params)
+            if mats_t is None:
+                objective = 0.5 * (resid ** 2).sum()
+            else:
+                objective = 0.5 * (resid * torch.matmul(mats_t[t], resid)).sum()
+            grads = torch.autograd.grad(objective, params)
             with torch.no_grad():
                 L = mlp.depth
                 for l in range(L):

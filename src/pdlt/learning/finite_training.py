@@ -1,0 +1,516 @@
+r"""The end of training at finite width: trained predictions at order 1/n.
+
+At infinite width gradient descent on the MSE loss is a linear model with the
+frozen NTK Theta (:mod:`pdlt.learning.kernel_learning`). At finite width
+(book, chapter "The End of Training"; eq. numbers to be checked) four things
+change the trained network's predictions at order 1/n:
+
+1. the NTK mean is ``Theta + H1/n`` (:mod:`pdlt.theory.ntk_mean`);
+2. the NTK fluctuates, ``E[DeltaH DeltaH] = (A, B)/n``, and is correlated with
+   the preactivations, ``E[DeltaH z z] = (D, F)/n``;
+3. the NTK moves during training through the dNTK, correlated with the
+   outputs by ``E[dH z] = (P, Q)/n``;
+4. the dNTK moves, and the outputs and NTK get third-order terms, through the
+   ddNTKs, ``E[ddIH] = R/n``, ``E[ddIIH] = (S, T, U)/n``.
+
+Dynamics (exact Taylor expansion of one step about the current parameters)
+--------------------------------------------------------------------------
+With the training set A, residuals ``eps = z_A - y_A`` and a step
+``Delta theta_mu = -lambda_mu sum_{c in A} (d_mu z_c) (M_t eps)_c`` (``M_t =
+eta 1`` for gradient descent with the learning-rate tensor of NOTATION.md,
+``M_t = Theta_AA^{-1}`` for the Newton "giant leap"), write ``u = M_t eps``.
+Then for every input a (train or test), to the order kept here,
+
+.. math::
+    \Delta z_a &= -\sum_c H_{ac} u_c + \tfrac12 \sum_{cd} dH_{acd} u_c u_d
+                 - \tfrac16 \sum_{cde} ddIH_{acde} u_c u_d u_e, \\
+    \Delta H_{ab} &= -\sum_c (dH_{abc} + dH_{bac}) u_c
+        + \sum_{cd}\big[\tfrac12 ddIH_{abcd} + \tfrac12 ddIH_{bacd} + ddIIH_{abcd}\big] u_c u_d, \\
+    \Delta dH_{abc} &= -\sum_d \big[ddIH_{abcd} + ddIIH_{abcd} + ddIIH_{acbd}\big] u_d,
+
+and the ddNTKs are constant. These follow from ``H = J J^T``, ``dH_{i0i1i2} =
+D^2 z_{i0}[J_{i1}, J_{i2}]``, ``ddIH_{i0i1i2i3} = D^3 z_{i0}[J_{i1}, J_{i2},
+J_{i3}]``, ``ddIIH_{i0i1i2i3} = (Hess z_{i0} J_{i2}) . (Hess z_{i1} J_{i3})``
+in rescaled coordinates (NOTATION.md). Sizes: ``z = O(1)``, ``DeltaH =
+O(n^{-1/2})``, ``dH``, ``ddIH``, ``ddIIH`` are ``O(1/n)`` (dH has mean zero
+and RMS ~ 1/n; the ddNTKs have means ~1/n and fluctuations ~ n^{-3/2}), so at
+order 1/n the ddNTKs are replaced by their means, dH enters linearly, and
+DeltaH up to second order.
+
+Solution at order 1/n
+---------------------
+Split the trained output into the *kernel part* with the actual initial NTK
+``H0 = Theta + H1/n + DeltaH``,
+
+.. math:: z(T) \supset z - \mathcal F(H_0)\,(z_A - y),\qquad
+          \mathcal F(H) = H_{\cdot A}\sum_t M_t \prod_{s<t}(1 - H_{AA} M_s),
+
+and the *dynamical part* ``Z1``, linear in dH and the ddNTKs, obtained by
+running the perturbed dynamics above with ``H0 -> Theta``. Then
+
+* mean: ``E[z(T)] = F(Theta) y + [DF(H1) + (1/2) sum_k c_k D^2F(V_k, V_k)] y / n
+  + n^{-1} E[Z1]``, where ``n E[DeltaH DeltaH] = sum_k c_k V_k (x) V_k`` is the
+  eigen-decomposition of the A, B covariance, and ``E[F(H0) z] = 0`` by the
+  sign symmetry of the last layer (z odd, H even);
+* E[Z1]: dH enters through ``E[dH z]`` only (``E[dH] = E[dH z z] = 0``), so
+  replacing dH by its linear conditional mean ``X K^{-1} z / n`` (``X = n
+  E[dH z]`` from P, Q) is exact at this order, and the average over ``z ~
+  N(0, K)`` of the resulting cubic polynomial is done exactly by the 2N-point
+  Gaussian cubature ``z = +-sqrt(N) L e_i`` (degree 3);
+* covariance: the kernel part's ``C(H0) z`` expanded to second order in
+  DeltaH, with ``E[zz] = K + G1/n``, ``E[DeltaH z z]`` from D, F and
+  ``E[DeltaH DeltaH z z] = E[DeltaH DeltaH] K`` (connected parts are
+  ``O(1/n^2)``); the variance ``Var(DF(DeltaH) y)`` of the mean predictor; and
+  ``2 Cov(C0 z, Z1)`` by Stein's lemma ``E[z f(z)] = K E[grad f]`` with the
+  derivative taken exactly (five-point stencil, exact for the quartic in the
+  shift).
+
+The result is the same function for every algorithm: only the schedule of
+``M_t`` changes. :func:`algorithm_schedule` builds the schedules of the
+book's three cases: one giant leap (Newton step), a giant leap followed by
+small gradient steps, and many gradient-descent steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._common import check_data, check_mlp
+
+__all__ = ["TrainingStatistics", "FiniteWidthTraining", "algorithm_schedule",
+           "training_statistics", "end_of_training", "finite_width_training"]
+
+
+# ---------------------------------------------------------------------------
+# inputs: the statistics at the output layer, combined for one output neuron
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainingStatistics:
+    """Output-layer statistics of one network output on N = N_A + N_B inputs.
+
+    All tensors are over the combined inputs (training inputs first) and are
+    the coefficients of 1/n (``n = n_{L-1}``). For a single output neuron
+    (``n_out = 1``) the Kronecker deltas of NOTATION.md all equal one, so
+
+    * ``cov_H[a,b,c,d] = n E[DeltaH_ab DeltaH_cd] = A_(ab)(cd) + B_(ac)(bd) + B_(ad)(bc)``;
+    * ``Hzz[a,b,c,d] = n E[DeltaH_ab z_c z_d] = D_abcd + F_acbd + F_adbc``;
+    * ``dHz[a,b,c,d] = n E[dH_abc z_d] = P_abcd + Q_abcd + Q_acbd``;
+    * ``ddI[a,b,c,d] = n E[ddIH_abcd] = R_abcd + R_acbd + R_adbc``;
+    * ``ddII[a,b,c,d] = n E[ddIIH_abcd] = S_abcd + T_abcd + U_abcd``.
+
+    Attributes
+    ----------
+    K, G1, Theta, H1 : ndarray (N, N)
+    cov_H, Hzz, dHz, ddI, ddII : ndarray (N, N, N, N)
+    n_train : int
+    """
+
+    K: np.ndarray
+    G1: np.ndarray
+    Theta: np.ndarray
+    H1: np.ndarray
+    cov_H: np.ndarray
+    Hzz: np.ndarray
+    dHz: np.ndarray
+    ddI: np.ndarray
+    ddII: np.ndarray
+    n_train: int
+
+    @classmethod
+    def from_tensors(cls, *, K, G1, Theta, H1, A, B, D, F, P, Q, R, S, T, U, n_train):
+        """Combine NOTATION.md's tensors (index order as written there)."""
+        sw = np.swapaxes
+        A, B, D, F, P, Q, R, S, T, U = (np.asarray(t, float) for t in (A, B, D, F, P, Q, R,
+                                                                      S, T, U))
+        # B[a1,a3,a2,a4] -> index (a1 a2 a3 a4) = B_(a1a3)(a2a4)
+        cov_H = A + np.einsum("acbd->abcd", B) + np.einsum("adbc->abcd", B)
+        Hzz = D + np.einsum("acbd->abcd", F) + np.einsum("adbc->abcd", F)
+        dHz = P + Q + sw(Q, 1, 2)
+        ddI = R + np.einsum("acbd->abcd", R) + np.einsum("adbc->abcd", R)
+        ddII = S + T + U
+        return cls(np.asarray(K, float), np.asarray(G1, float), np.asarray(Theta, float),
+                   np.asarray(H1, float), cov_H, Hzz, dHz, ddI, ddII, int(n_train))
+
+    @property
+    def N(self) -> int:
+        return self.K.shape[0]
+
+
+def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> TrainingStatistics:
+    """The output-layer statistics of ``mlp`` on the training and test inputs.
+
+    Parameters
+    ----------
+    mlp : pdlt.MLP
+        Plain (not residual) MLP with one output (``n_out = 1``).
+    X_train : array_like (N_A, n0)
+    X_test : array_like (N_B, n0)
+
+    Returns
+    -------
+    TrainingStatistics
+
+    Notes
+    -----
+    Cost: the N-input NTK tensors of :mod:`pdlt.theory.ntk_multi` with
+    ``N = N_A + N_B``, which grows like N^4 to N^5 (0.2 s at N = 4, 4 s at
+    N = 8, 25 s at N = 12 for a depth-3 tanh MLP); keep N small.
+    """
+    from ..theory.finite_ntk import ntk_fluctuation_flow
+    from ..theory.ntk_mean import ntk_mean_correction
+
+    mlp = check_mlp(mlp)
+    if mlp.n_out != 1:
+        raise ValueError(f"the finite-width training prediction is implemented for one output "
+                         f"(n_out = 1); got n_out = {mlp.n_out}. Train one output at a time")
+    if mlp.is_residual:
+        raise NotImplementedError("the NTK statistics are not derived for residual MLPs; use a "
+                                  "plain MLP (gamma = 0, xi = 1)")
+    Xa = check_data(X_train, None, mlp.n0, name_X="X_train")
+    Xb = check_data(X_test, None, mlp.n0, name_X="X_test")
+    x = np.concatenate([Xa, Xb], axis=0)
+    fl = ntk_fluctuation_flow(mlp, x, accuracy=accuracy)
+    last = fl[-1]
+    H1 = np.asarray(ntk_mean_correction(mlp, x))[-1]
+    t = {k: last.extra[k] for k in ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")}
+    return TrainingStatistics.from_tensors(K=last.K, G1=last.extra["G1"], Theta=last.Theta,
+                                           H1=H1, n_train=Xa.shape[0], **t)
+
+
+# ---------------------------------------------------------------------------
+# algorithms as schedules of step matrices M_t
+# ---------------------------------------------------------------------------
+
+def algorithm_schedule(Theta_train, algorithm="gd", *, learning_rate=None, steps=None):
+    """The step matrices ``M_t`` (N_A, N_A) of a training algorithm.
+
+    Parameters
+    ----------
+    Theta_train : ndarray (N_A, N_A)
+        The infinite-width NTK on the training set (the Newton step uses its
+        inverse).
+    algorithm : {"gd", "newton", "newton+gd"}
+        ``"gd"``: ``steps`` gradient-descent steps, ``M_t = eta 1``;
+        ``"newton"``: one giant leap ``M_0 = Theta_AA^{-1}`` (book: the
+        one-step "giant leap"); ``"newton+gd"``: the giant leap followed by
+        ``steps`` small gradient steps.
+    learning_rate : float
+        ``eta`` for the gradient steps (``0 < eta < 2 / lambda_max``).
+    steps : int
+
+    Returns
+    -------
+    list of ndarray (N_A, N_A)
+    """
+    Th = np.asarray(Theta_train, float)
+    Na = Th.shape[0]
+    sched = []
+    if algorithm in ("newton", "newton+gd"):
+        w = np.linalg.eigvalsh(Th)
+        if w[0] <= 1e-12 * max(w[-1], 1e-300):
+            raise ValueError("the Newton step needs an invertible Theta_AA; remove duplicate "
+                             "training inputs or use algorithm='gd'")
+        sched.append(np.linalg.inv(Th))
+    elif algorithm != "gd":
+        raise ValueError(f"algorithm must be 'gd', 'newton' or 'newton+gd'; got {algorithm!r}")
+    if algorithm in ("gd", "newton+gd"):
+        if learning_rate is None or steps is None:
+            raise ValueError(f"algorithm={algorithm!r} needs learning_rate and steps")
+        eta = float(learning_rate)
+        lmax = float(np.linalg.eigvalsh(Th)[-1])
+        if not (0 < eta < 2.0 / lmax):
+            raise ValueError(f"learning_rate must lie in (0, 2/lambda_max(Theta_AA)) = "
+                             f"(0, {2.0 / lmax:.4g}) for gradient descent to converge; got {eta}")
+        if int(steps) != steps or steps < 0:
+            raise ValueError(f"steps must be a non-negative integer; got {steps!r}")
+        sched.extend([eta * np.eye(Na)] * int(steps))
+    return sched
+
+
+# ---------------------------------------------------------------------------
+# the kernel part F(H) and its derivatives along directions (exact jets)
+# ---------------------------------------------------------------------------
+
+def _kernel_map_jets(Theta, V, sched, Na):
+    """F(Theta + s V) = H_{.A} sum_t M_t P_t with P_t = prod (1 - H_AA M_s): value, d/ds, d2/ds2.
+
+    Theta (N, N); V (k, N, N) directions. Returns F0 (N, Na), F1, F2 (k, N, Na).
+    """
+    k = V.shape[0]
+    ThA, VA = Theta[:Na, :Na], V[:, :Na, :Na]
+    I = np.eye(Na)
+    P0, P1, P2 = I.copy(), np.zeros((k, Na, Na)), np.zeros((k, Na, Na))
+    S0, S1, S2 = np.zeros((Na, Na)), np.zeros((k, Na, Na)), np.zeros((k, Na, Na))
+    for M in sched:
+        S0 = S0 + M @ P0
+        S1 = S1 + M @ P1
+        S2 = S2 + M @ P2
+        # P' = (1 - H M) P with H = Th + s V
+        TM, VM = ThA @ M, VA @ M
+        P2 = P2 - TM @ P2 - 2.0 * VM @ P1
+        P1 = P1 - TM @ P1 - VM @ P0
+        P0 = P0 - TM @ P0
+    Th_c, V_c = Theta[:, :Na], V[:, :, :Na]
+    F0 = Th_c @ S0
+    F1 = V_c @ S0 + Th_c @ S1
+    F2 = 2.0 * V_c @ S1 + Th_c @ S2
+    return F0, F1, F2
+
+
+def _cov_directions(cov_H, tol=1e-12):
+    """Eigen-decomposition ``cov_H = sum_k c_k V_k (x) V_k`` over N x N matrices."""
+    N = cov_H.shape[0]
+    C = cov_H.reshape(N * N, N * N)
+    C = 0.5 * (C + C.T)
+    w, Q = np.linalg.eigh(C)
+    keep = np.abs(w) > tol * max(np.abs(w).max(), 1e-300)
+    return w[keep], Q[:, keep].T.reshape(-1, N, N)
+
+
+# ---------------------------------------------------------------------------
+# the dynamical part Z1 (linear in dH and the ddNTK means), batched over points
+# ---------------------------------------------------------------------------
+
+def _dynamics(st: TrainingStatistics, z, y, sched):
+    """Run the order-1/n dynamics for a batch of initial outputs.
+
+    z : (B, N) initial outputs (all inputs); dH is its conditional mean
+    ``X K^{-1} z`` (coefficient of 1/n). Returns (e (B, N), h (B, N, N)): the
+    order-1/n output shift and NTK change after the schedule, times n.
+    """
+    Na = st.n_train
+    Th = st.Theta
+    B, N = z.shape
+    Kinv_z = np.linalg.solve(st.K, z.T).T                              # (B, N)
+    dH = np.einsum("abcd,Bd->Babc", st.dHz, Kinv_z)                      # (B, N, N, N)
+    # W[a,b,c,d] for dH's change, Y[a,b,c,d] for H's second-order change (d, c in A used)
+    W = st.ddI + st.ddII + np.swapaxes(st.ddII, 1, 2)
+    Y = 0.5 * st.ddI + 0.5 * np.swapaxes(st.ddI, 0, 1) + st.ddII
+    W_A = W[:, :, :, :Na]                                               # (N, N, N, Na)
+    Y_AA = Y[:, :, :Na, :Na]
+    ddI_AAA = st.ddI[:, :Na, :Na, :Na]
+    eps = z[:, :Na] - y[None, :]                                        # eps0(t)
+    e = np.zeros((B, N))
+    h = np.zeros((B, N, N))
+    g = np.zeros((B, N, N, N))
+    ThA = Th[:, :Na]
+    for M in sched:
+        u = eps @ M.T                                                   # (B, Na)
+        dHt = dH + g
+        dHt_A = dHt[:, :, :Na, :Na]
+        r = (-np.einsum("Bac,Bc->Ba", h[:, :, :Na], u)
+             + 0.5 * np.einsum("Bacd,Bc,Bd->Ba", dHt_A, u, u)
+             - np.einsum("acde,Bc,Bd,Be->Ba", ddI_AAA, u, u, u) / 6.0)
+        e_new = e - (e[:, :Na] @ M.T) @ ThA.T + r
+        dh = -np.einsum("Babc,Bc->Bab", dHt[:, :, :, :Na], u)
+        dh = dh + np.swapaxes(dh, 1, 2) + np.einsum("abcd,Bc,Bd->Bab", Y_AA, u, u)
+        g = g - np.einsum("abcd,Bd->Babc", W_A, u)
+        h = h + dh
+        e = e_new
+        eps = eps - u @ Th[:Na, :Na].T
+    return e, h
+
+
+def _cubature_points(K):
+    """2N points ``+-sqrt(N) L e_i`` with equal weights: exact for degree <= 3 under N(0, K)."""
+    N = K.shape[0]
+    w, Q = np.linalg.eigh(0.5 * (K + K.T))
+    L = Q * np.sqrt(np.clip(w, 0.0, None))
+    pts = math.sqrt(N) * L.T                                            # rows: sqrt(N) L e_i
+    return np.concatenate([pts, -pts], axis=0)
+
+
+# ---------------------------------------------------------------------------
+# the result
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FiniteWidthTraining:
+    """Trained-network predictions over initializations, to order 1/n.
+
+    Attributes
+    ----------
+    mean_infinite : ndarray (N_B,)
+        The infinite-width (frozen-NTK) mean on the test inputs.
+    mean_correction : ndarray (N_B,)
+        Its 1/n coefficient: ``E[z(T)] = mean_infinite + mean_correction / n``.
+    cov_infinite, cov_correction : ndarray (N_B, N_B)
+        Likewise for the covariance over initializations.
+    train_mean_correction : ndarray (N_A,)
+        The 1/n coefficient of the trained outputs on the training inputs
+        (their infinite-width limit after convergence is ``y``).
+    ntk_change : ndarray (N, N)
+        ``n E[H(T) - H(0)]`` over all inputs (training first): the predicted
+        change of the NTK during training (representation learning).
+    parts : dict str -> ndarray (N_B,)
+        The mean correction split by origin: ``"H1"`` (NTK mean shift),
+        ``"AB"`` (NTK fluctuations), ``"dynamics"`` (dNTK and ddNTKs).
+    width : int or None
+        n, when given: then ``mean`` and ``cov`` are the finite-width values.
+    """
+
+    mean_infinite: np.ndarray
+    mean_correction: np.ndarray
+    cov_infinite: np.ndarray
+    cov_correction: np.ndarray
+    train_mean_correction: np.ndarray
+    ntk_change: np.ndarray
+    parts: dict = field(default_factory=dict)
+    width: int | None = None
+
+    @property
+    def mean(self) -> np.ndarray:
+        if self.width is None:
+            raise ValueError("no width given: pass width=n to get the finite-width mean "
+                             "(mean_infinite + mean_correction / n)")
+        return self.mean_infinite + self.mean_correction / self.width
+
+    @property
+    def cov(self) -> np.ndarray:
+        if self.width is None:
+            raise ValueError("no width given: pass width=n to get the finite-width covariance")
+        return self.cov_infinite + self.cov_correction / self.width
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(np.clip(np.diag(self.cov), 0.0, None))
+
+
+def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> FiniteWidthTraining:
+    """Mean and covariance of trained outputs at order 1/n, from the statistics.
+
+    Parameters
+    ----------
+    stats : TrainingStatistics
+        Output-layer statistics (:func:`training_statistics`, or measured).
+    y : array_like (N_A,)
+        Training targets.
+    schedule : list of ndarray (N_A, N_A)
+        Step matrices (:func:`algorithm_schedule`).
+    width : int, optional
+
+    Returns
+    -------
+    FiniteWidthTraining
+    """
+    st = stats
+    Na, N = st.n_train, st.N
+    y = np.asarray(y, float).reshape(-1)
+    if y.shape != (Na,):
+        raise ValueError(f"y must have one target per training input ({Na}); got {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y contains NaN or inf; drop or impute those targets")
+    if width is not None and (int(width) != width or width < 1):
+        raise ValueError(f"width must be a positive integer; got {width!r}")
+    sched = [np.asarray(M, float) for M in schedule]
+    test = slice(Na, N)
+
+    # kernel part: F(Theta), DF(H1), and second derivatives along the A,B covariance
+    c, V = _cov_directions(st.cov_H)
+    dirs = np.concatenate([st.H1[None], V], axis=0)
+    # Hzz[:, :, r, s] as directions for E[DF(DeltaH) z z^T]
+    Hzz_dirs = np.moveaxis(st.Hzz, (2, 3), (0, 1)).reshape(N * N, N, N)
+    F0, F1, F2 = _kernel_map_jets(st.Theta, np.concatenate([dirs, Hzz_dirs]), sched, Na)
+    F1_H1, F1_V, F1_zz = F1[0], F1[1:1 + len(c)], F1[1 + len(c):].reshape(N, N, N, Na)
+    F2_V = F2[1:1 + len(c)]
+
+    mean_inf_all = F0 @ y
+    m_H1 = F1_H1 @ y
+    m_AB = 0.5 * np.einsum("k,kan,n->a", c, F2_V, y)
+
+    # dynamical part by the degree-3 cubature
+    pts = _cubature_points(st.K)
+    e, h = _dynamics(st, pts, y, sched)
+    m_dyn = e.mean(0)
+    ntk_change = h.mean(0)
+    ntk_change = 0.5 * (ntk_change + ntk_change.T)
+    mean_corr_all = m_H1 + m_AB + m_dyn
+
+    # covariance: G = C(H0) z with C(H) = 1 - [F(H), 0]
+    def pad(Fm):
+        out = np.zeros(Fm.shape[:-1] + (N,))
+        out[..., :Na] = Fm
+        return out
+    C0 = np.eye(N) - pad(F0)
+    cov_inf_all = C0 @ st.K @ C0.T
+    D_H1 = pad(F1_H1)
+    # E[DF(DeltaH) z z^T] (times n): sum_r DF(Hzz[:,:,r,s])_{a r}
+    EDz = np.einsum("rsar->as", np.pad(F1_zz, ((0, 0), (0, 0), (0, 0), (0, N - Na))))
+    D2 = 0.5 * np.einsum("k,kar->ar", c, pad(F2_V))
+    DV = pad(F1_V)                                                     # (k, N, N)
+    cov_corr = (C0 @ st.G1 @ C0.T
+                - (D_H1 @ st.K @ C0.T + C0 @ st.K @ D_H1.T)
+                - (EDz @ C0.T + C0 @ EDz.T)
+                + np.einsum("k,kar,rs,kbs->ab", c, DV, st.K, DV)
+                - (D2 @ st.K @ C0.T + C0 @ st.K @ D2.T)
+                + np.einsum("k,ka,kb->ab", c, F1_V @ y, F1_V @ y))
+    # 2 Cov(C0 z, Z1) by Stein: E[(C0 z)_a Z1_b] = sum_j (C0 K)_{aj} E[d_j Z1_b]
+    U = st.K @ C0.T                                                    # column a: direction u_a
+    rows = list(range(Na, N))
+    cross = np.zeros((N, N))
+    hstep = 1.0
+    batch = []
+    for a in rows:
+        for s in (1.0, -1.0, 2.0, -2.0):
+            batch.append(pts + s * hstep * U[:, a][None, :])
+    if rows:
+        eb, _ = _dynamics(st, np.concatenate(batch, axis=0), y, sched)
+        eb = eb.reshape(len(rows), 4, pts.shape[0], N).mean(2)          # (rows, shift, N)
+        deriv = (8.0 * (eb[:, 0] - eb[:, 1]) - (eb[:, 2] - eb[:, 3])) / (12.0 * hstep)
+        for k, a in enumerate(rows):
+            cross[a] = deriv[k]
+    cov_corr = cov_corr + cross + cross.T
+
+    return FiniteWidthTraining(
+        mean_infinite=mean_inf_all[test], mean_correction=mean_corr_all[test],
+        cov_infinite=cov_inf_all[test, test], cov_correction=cov_corr[test, test],
+        train_mean_correction=mean_corr_all[:Na], ntk_change=ntk_change,
+        parts={"H1": m_H1[test], "AB": m_AB[test], "dynamics": m_dyn[test]},
+        width=None if width is None else int(width))
+
+
+def finite_width_training(mlp, X_train, y_train, X_test, *, algorithm="gd", learning_rate=None,
+                          steps=None, width=None, accuracy="default") -> FiniteWidthTraining:
+    """Predict what training does to a finite-width MLP's outputs, at order 1/n.
+
+    Parameters
+    ----------
+    mlp : pdlt.MLP
+        One output; its hidden width n_{L-1} is the n of the correction
+        unless ``width`` is given.
+    X_train : array_like (N_A, n0)
+    y_train : array_like (N_A,)
+    X_test : array_like (N_B, n0)
+    algorithm, learning_rate, steps
+        See :func:`algorithm_schedule`.
+    width : int, optional
+        Default ``mlp.widths[-2]`` (the width feeding the output).
+
+    Returns
+    -------
+    FiniteWidthTraining
+
+    Examples
+    --------
+    >>> import numpy as np, pdlt
+    >>> from pdlt.learning.finite_training import finite_width_training
+    >>> mlp = pdlt.MLP(n0=2, width=64, depth=2, n_out=1, activation="tanh", C_W=1.0)
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0]]); Xt = np.array([[0.6, 0.8]])
+    >>> r = finite_width_training(mlp, X, [0.5, -0.5], Xt, algorithm="newton")
+    >>> r.mean.shape
+    (1,)
+    """
+    mlp = check_mlp(mlp)
+    Xa, y, _ = check_data(X_train, y_train, mlp.n0, name_X="X_train", name_y="y_train")
+    if y.shape[1] != 1:
+        raise ValueError(f"y_train must have one target per input (one output); got {y.shape}")
+    y = y[:, 0]
+    st = training_statistics(mlp, Xa, X_test, accuracy=accuracy)
+    sched = algorithm_schedule(st.Theta[:st.n_train, :st.n_train], algorithm,
+                               learning_rate=learning_rate, steps=steps)
+    n = mlp.widths[-2] if width is None else width
+    return end_of_training(st, y, sched, width=n)
