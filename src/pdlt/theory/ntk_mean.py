@@ -293,9 +293,12 @@ def ntk_mean_correction(mlp: MLP, x=None, *, K1=None, accuracy="default") -> np.
     --------
     >>> import pdlt
     >>> from pdlt.theory.ntk_mean import ntk_mean_correction
-    >>> mlp = pdlt.MLP(n0=1, width=64, depth=4, C_W=2.0)   # ReLU, one input: no 1/n shift
-    >>> [round(float(h), 12) for h in ntk_mean_correction(mlp, K1=1.0)]
-    [0.0, 0.0, 0.0, 0.0]
+    >>> mlp = pdlt.MLP(n0=1, width=64, depth=4, activation="tanh", C_W=1.0)
+    >>> [round(float(h), 6) for h in ntk_mean_correction(mlp, K1=1.0)]
+    [0.0, 0.0, 0.003773, 0.026621]
+    >>> relu = pdlt.MLP(n0=1, width=64, depth=4, C_W=2.0)   # one ReLU input: no 1/n shift
+    >>> bool(abs(ntk_mean_correction(relu, K1=1.0)).max() < 1e-12)
+    True
     """
     if not isinstance(mlp, MLP):
         raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
