@@ -26,6 +26,7 @@ from ..network import MLP, validate_inputs
 from .activations import torch_activation
 from .ensemble import DEFAULT_MEMORY_BUDGET, Ensemble
 from .estimators import Estimate
+from .ntk import ntk_forward
 
 __all__ = ["TrainedEnsemble", "train_ensemble"]
 
@@ -46,6 +47,11 @@ class TrainedEnsemble:
         Training loss ``(1/2) sum (z - y)^2`` per network.
     learning_rate : float
     seed : int
+    ntk : ndarray (M, T, N + N_test, N + N_test) or None
+        Output-layer NTK at the recorded steps (``train_ensemble(ntk=True)``).
+    antithetic : bool
+        Networks come in sign-flipped pairs (``train_ensemble(antithetic=True)``);
+        standard errors are then computed over pair averages.
     """
 
     steps: np.ndarray
@@ -54,6 +60,12 @@ class TrainedEnsemble:
     loss: np.ndarray
     learning_rate: float
     seed: int
+    antithetic: bool = False
+    ntk: np.ndarray | None = None
+
+    def _units(self, values):
+        """Independent units: pair averages when antithetic, networks otherwise."""
+        return 0.5 * (values[0::2] + values[1::2]) if self.antithetic else values
 
     @property
     def n_networks(self) -> int:
@@ -70,8 +82,18 @@ class TrainedEnsemble:
     def mean(self, step=None, on="test") -> Estimate:
         """Ensemble mean of the outputs (N', n_out) at a recorded step (default: last)."""
         z = getattr(self, on)[:, self._index(step)]
-        M = z.shape[0]
-        return Estimate(z.mean(0), z.std(0, ddof=1) / np.sqrt(M), M)
+        u = self._units(z)
+        return Estimate(u.mean(0), u.std(0, ddof=1) / np.sqrt(u.shape[0]), z.shape[0])
+
+    def ntk_change(self, step=None) -> Estimate:
+        """Mean change ``H(step) - H(0)`` of the output-layer NTK (N_all, N_all), with stderr."""
+        if self.ntk is None:
+            raise ValueError("no NTK recorded: train with train_ensemble(..., ntk=True)")
+        if self.steps[0] != 0:
+            raise ValueError("the NTK change needs step 0 among the recorded steps")
+        d = self.ntk[:, self._index(step)] - self.ntk[:, 0]
+        u = self._units(d)
+        return Estimate(u.mean(0), u.std(0, ddof=1) / np.sqrt(u.shape[0]), d.shape[0])
 
     def cov(self, step=None, on="test", component=0) -> Estimate:
         """Covariance over networks (N', N') of one output component, with delta-method stderr."""
@@ -79,7 +101,8 @@ class TrainedEnsemble:
         M = z.shape[0]
         d = z - z.mean(0)
         prod = d[:, :, None] * d[:, None, :]
-        return Estimate(prod.sum(0) / (M - 1), prod.std(0, ddof=1) / np.sqrt(M), M)
+        u = self._units(prod)
+        return Estimate(prod.sum(0) / (M - 1), u.std(0, ddof=1) / np.sqrt(u.shape[0]), M)
 
 
 def _forward(Ws, bs, x, tact):
@@ -97,7 +120,7 @@ def _forward(Ws, bs, x, tact):
 def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate=None, steps=None,
                    record=None, seed=0, dtype=torch.float64, device="cpu",
                    memory_budget=DEFAULT_MEMORY_BUDGET, chunk_size=None,
-                   step_matrices=None) -> TrainedEnsemble:
+                   step_matrices=None, antithetic=False, ntk=False) -> TrainedEnsemble:
     """Train M networks by full-batch gradient descent on the MSE loss.
 
     Parameters
@@ -125,6 +148,20 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
         (``M_t = eta 1`` is gradient descent; ``M_t = Theta_AA^{-1}`` is the
         Newton "giant leap"; :func:`pdlt.learning.finite_training.algorithm_schedule`).
         ``steps`` is then ``len(step_matrices)``; ``learning_rate`` is reported as 1.
+    antithetic : bool, default False
+        Variance reduction for means: network 2k+1 is network 2k with the last
+        layer's weights and biases negated (``z -> -z``, ``H`` unchanged,
+        ``dH -> -dH``: the distribution of the ensemble is unchanged). The
+        pair average cancels every part of the trained output that is odd in
+        the initial output, which dominates the spread, so a mean's standard
+        error shrinks from O(1) to O(n^{-1/2}). Needs an even ``networks``;
+        standard errors must then be computed over pairs
+        (:attr:`TrainedEnsemble.antithetic`).
+    ntk : bool, default False
+        Also record the output-layer NTK ``H_{11; a b}`` of every network on
+        the training and test inputs (training first) at the recorded steps
+        (by the forward equation, :func:`pdlt.experiment.ntk.ntk_forward`),
+        to measure how the NTK moves during training. Needs ``n_out = 1``.
 
     Returns
     -------
@@ -171,6 +208,10 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
     rec = np.unique(np.asarray((0, steps) if record is None else record, dtype=int))
     if rec[0] < 0 or rec[-1] > steps:
         raise ValueError(f"record must lie in 0..steps={steps}; got {rec.tolist()}")
+    if ntk and mlp.n_out != 1:
+        raise ValueError(f"ntk=True records the NTK of one output; got n_out = {mlp.n_out}")
+    if antithetic and networks % 2:
+        raise ValueError(f"antithetic=True pairs networks: networks must be even; got {networks}")
     ens = Ensemble(mlp, networks=networks, seed=seed, dtype=dtype, device=device,
                    memory_budget=memory_budget, chunk_size=chunk_size)
     tact = torch_activation(mlp.activation)
@@ -186,13 +227,23 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
     item = torch.finfo(dtype).bits // 8
     per_net = item * (4 * ens.n_parameters + 8 * N * sum(mlp.widths[1:]))
     chunk = chunk_size or int(max(1, min(networks, memory_budget // per_net)))
+    if antithetic:
+        chunk = max(2, chunk - chunk % 2)
     M, T = networks, rec.size
     out_a = np.empty((M, T, Xa.shape[0], mlp.n_out))
     out_b = np.empty((M, T, Xb.shape[0], mlp.n_out))
     loss = np.empty((M, T))
+    out_h = np.empty((M, T, N, N)) if ntk else None
+    x_all = torch.cat([xa, xb], dim=0) if ntk else None
     for start in range(0, M, chunk):
         stop = min(M, start + chunk)
         Ws, bs = ens.parameters(start, stop)
+        if antithetic:
+            with torch.no_grad():
+                for l, (W, b) in enumerate(zip(Ws, bs)):
+                    sign = -1.0 if l == len(Ws) - 1 else 1.0
+                    W[1::2] = sign * W[0::2]
+                    b[1::2] = sign * b[0::2]
         params = [p.requires_grad_(True) for p in (*Ws, *bs)]
         k = 0
         for t in range(steps + 1):
@@ -203,6 +254,11 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
                     zb = _forward(Ws, bs, xb, tact)
                 out_a[start:stop, k] = za.detach().cpu().double().numpy()
                 out_b[start:stop, k] = zb.cpu().double().numpy()
+                if ntk:
+                    with torch.no_grad():
+                        H = ntk_forward([w.detach() for w in Ws], [b.detach() for b in bs],
+                                        x_all, mlp)[-1][:, 0, 0]
+                    out_h[start:stop, k] = H.cpu().double().numpy()
                 loss[start:stop, k] = (0.5 * (resid.detach() ** 2).sum((1, 2))).cpu().double().numpy()
                 k += 1
             if t == steps:
@@ -219,4 +275,4 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
                 for l in range(L):
                     Ws[l].sub_(lr_W[l] * grads[l])
                     bs[l].sub_(lr_b[l] * grads[L + l])
-    return TrainedEnsemble(rec, out_a, out_b, loss, eta, int(seed))
+    return TrainedEnsemble(rec, out_a, out_b, loss, eta, int(seed), bool(antithetic), out_h)
