@@ -46,7 +46,7 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 
 #: default number of neurons per layer whose ordered pairs the P..U estimators
 #: average over (see :meth:`Ensemble.measure`, ``derivative_neurons``)
-DEFAULT_DERIVATIVE_NEURONS = 8
+DEFAULT_DERIVATIVE_NEURONS = 2
 
 _NTK_STATS = {"Theta", "A", "B", "D", "F"}
 _DERIV_STATS = {"P", "Q", "R", "S", "T", "U"}

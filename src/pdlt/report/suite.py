@@ -27,7 +27,14 @@ Z_PASS = 4.0
 
 @dataclass(frozen=True)
 class Case:
-    """One ensemble: a critical MLP of equal hidden widths, single input K1."""
+    """One ensemble: a critical MLP of equal hidden widths, single input K1.
+
+    ``derivative_networks``: networks for the dNTK/ddNTK statistics P..U
+    (the first ones of the same seed; default ``networks``). They are
+    measured at the last layer only (the one the rows compare), on
+    ``derivative_neurons`` neurons (:meth:`pdlt.experiment.Ensemble.measure`),
+    and are NaN at the other layers.
+    """
 
     activation: str
     width: int
@@ -35,6 +42,7 @@ class Case:
     networks: int
     K1: float = 1.0
     seed: int = 0
+    derivative_networks: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,24 @@ for _name, _ylabel in (("A", "A"), ("B", "B"), ("D", "D"), ("F", "F")):
     STAT_SPECS[_name] = _ntk_spec(_name, _ylabel)
 
 
+def _deriv_spec(name):
+    chapter = "ch. 11, dNTK" if name in "PQ" else "'The End of Training', ddNTKs"
+    return StatSpec(
+        theory=lambda ff, mlp: np.asarray(ff[name], float),
+        allowance=lambda th, ff, mlp: np.zeros_like(th),
+        label=name, ylabel=name, extrapolate=True,
+        note=f"{name} ({chapter}) measured at the last layer as n x (connected correlator) on "
+             "the ordered pairs of 2 neurons per network (unbiased by exchangeability; "
+             "Case.derivative_networks networks) and compared as the two-width extrapolation "
+             "2 m(2n) - m(n) with allowance |m(2n) - m(n)|/2 for the remaining O(1/n^2) term")
+
+
+#: the dNTK (P, Q) and ddNTK (R, S, T, U) statistics: autodiff, separate network count
+DERIVATIVE_STATS = ("P", "Q", "R", "S", "T", "U")
+for _name in DERIVATIVE_STATS:
+    STAT_SPECS[_name] = _deriv_spec(_name)
+
+
 @dataclass(frozen=True)
 class Row:
     statistic: str
@@ -191,22 +217,31 @@ def default_cases(quick=False):
     """The suite: relu, tanh and gelu at criticality, two or three widths.
 
     Sized for 2 cores: the full suite takes about 3-5 minutes, ``quick``
-    under one minute.
+    under one minute, plus about 3.7 minutes (quick: 50 s) for P..U
+    (:data:`DERIVATIVE_NETWORKS` networks per case at the last layer).
     """
     if quick:
-        widths, depth, networks = (32, 64), 4, 10000
+        widths, depth, networks, deriv = (32, 64), 4, 10000, QUICK_DERIVATIVE_NETWORKS
     else:
-        widths, depth, networks = (32, 64, 128), 6, 12000
-    return [Case(a, n, depth, networks, seed=17 * i + j)
+        widths, depth, networks, deriv = (32, 64, 128), 6, 12000, DERIVATIVE_NETWORKS
+    return [Case(a, n, depth, networks, seed=17 * i + j, derivative_networks=deriv)
             for i, a in enumerate(("relu", "tanh", "gelu"))
             for j, n in enumerate(widths)]
 
 
-DEFAULT_STATS = ("K", "Theta", "V", "A", "B", "D", "F")
+DEFAULT_STATS = ("K", "Theta", "V", "A", "B", "D", "F") + DERIVATIVE_STATS
+
+#: networks per case for P..U in the default and the quick report (see default_cases).
+#: Measured on 2 busy cores (derivative_neurons = 2, last layer only): 500 networks
+#: per case take 61 s for the nine default cases (depth 6, widths 32, 64, 128) and
+#: 10 s for the six quick ones (depth 4, widths 32, 64); these counts keep the added
+#: time near 3.7 minutes and 50 seconds.
+DERIVATIVE_NETWORKS = 1800
+QUICK_DERIVATIVE_NETWORKS = 2500
 
 
 def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
-    from ..experiment import Ensemble
+    from ..experiment import Ensemble, Estimate
     from ..theory.finite_ntk import NTK_STATISTICS, ntk_fluctuation_flow
     from ..theory.vertex import finite_width_flow
 
@@ -216,8 +251,22 @@ def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
         ff = ntk_fluctuation_flow(mlp, K1=case.K1)
     else:
         ff = finite_width_flow(mlp, K1=case.K1)
-    meas = Ensemble(mlp, networks=case.networks, seed=case.seed).measure(
-        K1=case.K1, stats=list(stats), progress=progress)
+    plain = [s for s in stats if s not in DERIVATIVE_STATS]
+    deriv = [s for s in stats if s in DERIVATIVE_STATS]
+    meas = {}
+    if plain:
+        m = Ensemble(mlp, networks=case.networks, seed=case.seed).measure(
+            K1=case.K1, stats=plain, progress=progress)
+        meas.update({s: m[s] for s in plain})
+    if deriv:
+        M = case.derivative_networks or case.networks
+        last = Ensemble(mlp, networks=M, seed=case.seed).measure(
+            K1=case.K1, stats=deriv, layers=[case.depth], progress=progress)
+        for s in deriv:
+            e = last[s]
+            mean, se = np.full(case.depth, np.nan), np.full(case.depth, np.nan)
+            mean[-1], se[-1] = float(np.ravel(e.mean)[0]), float(np.ravel(e.stderr)[0])
+            meas[s] = Estimate(mean, se, M)
     theory, allowance, measured, normalized = {}, {}, {}, {}
     for s in stats:
         spec = STAT_SPECS[s]
