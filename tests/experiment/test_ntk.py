@@ -183,3 +183,39 @@ def test_torch_activations_match_numpy(name):
     zt = torch.as_tensor(z)
     np.testing.assert_allclose(ta.sigma(zt).numpy(), act.sigma(z), rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(ta.d1(zt).numpy(), act.d1(z), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("name,residual", [("tanh", False), ("gelu", False), ("tanh", True)])
+def test_derivative_pairs_are_the_full_tensors_restricted(name, residual):
+    """derivative_pairs (J, Hess z J and same-neuron third derivatives on the first s
+    neurons only) equals the patterns of the full dNTK/ddNTKs, for s = n and s < n,
+    two inputs, and a residual last layer (which keeps the skip rows of the subset)."""
+    from pdlt.experiment.ntk import derivative_pairs
+    if residual:
+        mlp0, Ws, bs, x = tiny(CONFIGS[name], widths=(4, 4), n_out=4, M=2, N=2)
+        mlp = pdlt.MLP(n0=2, widths=[4, 4], n_out=4, gamma=0.6, lambda_b=mlp0.lambda_b,
+                       lambda_W=mlp0.lambda_W, **CONFIGS[name])
+    else:
+        mlp, Ws, bs, x = tiny(CONFIGS[name], widths=(3, 4), n_out=4, M=2, N=2)
+    L = mlp.depth
+    dH = dntk_autodiff(Ws, bs, x, mlp, L)
+    ddI, ddII = ddntk_autodiff(Ws, bs, x, mlp, L)
+
+    def pat(t, f):
+        return torch.stack([torch.stack([f(t, i, j) for j in range(s)], 1) for i in range(s)], 1)
+    for s in (4, 2):
+        p = derivative_pairs(Ws, bs, x, mlp, L, s)
+        ref = {"dH_ijj": pat(dH, lambda t, i, j: t[:, i, j, j]),
+               "dH_iij": pat(dH, lambda t, i, j: t[:, i, i, j]),
+               "ddI_iijj": pat(ddI, lambda t, i, j: t[:, i, i, j, j]),
+               "ddII_iijj": pat(ddII, lambda t, i, j: t[:, i, i, j, j]),
+               "ddII_ijij": pat(ddII, lambda t, i, j: t[:, i, j, i, j]),
+               "ddII_ijji": pat(ddII, lambda t, i, j: t[:, i, j, j, i])}
+        for k, r in ref.items():
+            v = getattr(p, k)
+            assert v.shape == r.shape == (2, s, s) + (2,) * (r.dim() - 3), k
+            assert (v - r).abs().max().item() <= 1e-12 * r.abs().max().item(), (k, s)
+    only = derivative_pairs(Ws, bs, x, mlp, L, 3, fields=("dH_iij",))
+    assert only.ddI_iijj is None and only.dH_iij.shape == (2, 3, 3, 2, 2, 2)
+    with pytest.raises(ValueError, match="fields"):
+        derivative_pairs(Ws, bs, x, mlp, L, 3, fields=("dH_jij",))

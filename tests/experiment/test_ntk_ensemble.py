@@ -96,3 +96,81 @@ def test_gelu_ddntk_at_C_W_not_one_vs_ensemble():
     for s in "RSTU":
         z, th, _, _ = res[s]
         assert z.max() < 4, f"gelu {s}: z = {np.round(z, 2)} (theory {th})"
+
+
+DERIV = ["P", "Q", "R", "S", "T", "U"]
+
+
+def test_subset_estimator_is_the_full_one_when_it_holds_every_neuron():
+    """derivative_neurons >= n averages over every ordered pair: the full estimator
+    (reduced here by hand from the full dNTK/ddNTK tensors), to float rounding."""
+    from pdlt.experiment.ntk import ddntk_autodiff, dntk_autodiff, preactivations
+    mlp = _mlp("tanh", 4, 3)
+    ens = Ensemble(mlp, networks=6, seed=2)
+    a = ens.measure(K1=1.0, stats=DERIV, layers=[3], derivative_neurons=4, progress=False)
+    b = ens.measure(K1=1.0, stats=DERIV, layers=[3], derivative_neurons=50, progress=False)
+    W, bias = ens.parameters()
+    x = torch.as_tensor(ens.single_input(1.0))
+    z = preactivations(W, bias, x, mlp)[-1][..., 0]
+    dH = dntk_autodiff(W, bias, x, mlp, 3)[..., 0, 0, 0]
+    ddI, ddII = (t[..., 0, 0, 0, 0] for t in ddntk_autodiff(W, bias, x, mlp, 3))
+    off = 1 - torch.eye(4, dtype=torch.float64)
+    per_net = {
+        "P": torch.einsum("mijj,mi,ij->m", dH, z, off), "Q": torch.einsum("miij,mj,ij->m", dH, z, off),
+        "R": torch.einsum("miijj,ij->m", ddI, off), "S": torch.einsum("miijj,ij->m", ddII, off),
+        "T": torch.einsum("mijij,ij->m", ddII, off), "U": torch.einsum("mijji,ij->m", ddII, off)}
+    for s in DERIV:
+        ref = 4 * per_net[s].mean().item() / 12  # n x mean over the 12 ordered pairs
+        assert a[s].mean[0] == b[s].mean[0]
+        assert a[s].mean[0] == pytest.approx(ref, rel=1e-12), s
+
+
+def test_subset_estimator_agrees_with_the_full_one_within_errors():
+    """s = 2 of n = 8 neurons: same expectation as all 8 (exchangeability); the
+    difference of the two means on the same networks is compared with the sum of
+    their standard errors (conservative: the two are positively correlated)."""
+    ens = Ensemble(_mlp("tanh", 8, 3), networks=600, seed=4)
+    full = ens.measure(K1=1.0, stats=DERIV, layers=[3], derivative_neurons=8, progress=False)
+    sub = ens.measure(K1=1.0, stats=DERIV, layers=[3], derivative_neurons=2, progress=False)
+    for s in DERIV:
+        f, g = full[s], sub[s]
+        assert abs(g.mean[0] - f.mean[0]) < 4 * (g.stderr[0] + f.stderr[0]), s
+        assert g.stderr[0] >= 0.9 * f.stderr[0], s  # fewer pairs cannot beat all of them
+        assert abs(g.mean[0] - f.mean[0]) > 0, s      # genuinely different neuron pairs
+
+
+def test_derivative_neurons_validated():
+    ens = Ensemble(_mlp("tanh", 4, 2), networks=4, seed=0)
+    for bad in (1, 0, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="derivative_neurons"):
+            ens.measure(K1=1.0, stats=["P"], derivative_neurons=bad, progress=False)
+    with pytest.raises(ValueError, match="derivative_neurons=4: sharded"):
+        ens.measure(K1=1.0, stats=["P"], derivative_neurons=4, shards=2, progress=False)
+
+
+def test_dntk_ddntk_vs_ensemble_at_width_32():
+    """P..U of tanh at widths 32 and 64 (depth 3) against the recursions, on 2 neurons
+    per network (about 10 s)."""
+    res = _richardson("tanh", 32, 3, 1500, DERIV, seed=21)
+    for s in DERIV:
+        z, th, _, _ = res[s]
+        assert z.max() < 4, f"tanh {s}: z = {np.round(z, 2)} (theory {th})"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
+def test_dntk_ddntk_vs_ensemble_wide_and_deep(act):
+    """P..U at depth 6 from the width pairs (32, 64) and (64, 128), M = 1500 each
+    (about 1.5 minutes per activation on 2 cores)."""
+    stats, depth, M = DERIV, 6, 1500
+    ms = {n: Ensemble(_mlp(act, n, depth), networks=M, seed=31).measure(
+        K1=1.0, stats=stats, layers=[depth], progress=False) for n in (32, 64, 128)}
+    th = ntk_fluctuation_flow(_mlp(act, 32, depth), K1=1.0)
+    for n in (32, 64):
+        for s in stats:
+            a, b = ms[n][s], ms[2 * n][s]
+            ext = 2 * b.mean[0] - a.mean[0]
+            se = np.hypot(2 * b.stderr[0], a.stderr[0])
+            allowance = 0.5 * abs(b.mean[0] - a.mean[0])
+            assert abs(ext - th[s][-1]) < 4 * se + allowance, (
+                f"{act} {s} ({n},{2 * n}): {ext:.4g} +- {se:.2g} vs {th[s][-1]:.4g}")
