@@ -111,3 +111,18 @@ def test_bad_inputs():
         train_ensemble(mlp, XA, YA, XB, learning_rate=0.0, steps=1)
     with pytest.raises(ValueError, match="record must lie"):
         train_ensemble(mlp, XA, YA, XB, learning_rate=0.1, steps=1, record=[5])
+
+
+def test_recorded_ntk_is_the_forward_equation_ntk():
+    import torch
+    from pdlt.experiment import Ensemble
+    from pdlt.experiment.ntk import ntk_forward
+    from pdlt.experiment.training import train_ensemble
+    mlp = pdlt.MLP(n0=2, width=7, depth=3, n_out=1, activation="tanh", lambda_b=0.3,
+                   lambda_W=1.7)
+    X, Xt = np.array([[1.0, 0.2], [-0.3, 0.8]]), np.array([[0.5, 0.5]])
+    te = train_ensemble(mlp, X, [0.1, -0.2], Xt, networks=4, learning_rate=0.05, steps=0,
+                        ntk=True, seed=3)
+    Ws, bs = Ensemble(mlp, networks=4, seed=3).parameters(0, 4)
+    H = ntk_forward(Ws, bs, torch.as_tensor(np.r_[X, Xt]), mlp)[-1][:, 0, 0].numpy()
+    np.testing.assert_allclose(te.ntk[:, 0], H, rtol=1e-12)

@@ -26,7 +26,6 @@ from ..network import MLP, validate_inputs
 from .activations import torch_activation
 from .ensemble import DEFAULT_MEMORY_BUDGET, Ensemble
 from .estimators import Estimate
-from .ntk import ntk_forward
 
 __all__ = ["TrainedEnsemble", "train_ensemble"]
 
@@ -117,6 +116,20 @@ def _forward(Ws, bs, x, tact):
     return z
 
 
+def _output_ntk(Ws, bs, x, tact, mlp, params):
+    """NTK ``sum_mu lambda_mu d_mu z_a d_mu z_b`` of one output, (B, N, N), by N backward passes."""
+    z = _forward(Ws, bs, x, tact)[:, :, 0]
+    L = mlp.depth
+    lam = [mlp.lambda_W[l] / mlp.widths[l] for l in range(L)] + [mlp.lambda_b[l] for l in range(L)]
+    N = z.shape[1]
+    g = [torch.autograd.grad(z[:, a].sum(), params, retain_graph=a < N - 1) for a in range(N)]
+    H = torch.zeros((z.shape[0], N, N), dtype=z.dtype, device=z.device)
+    for p_idx, lr in enumerate(lam):
+        G = torch.stack([g[a][p_idx].reshape(z.shape[0], -1) for a in range(N)], dim=1)
+        H += lr * G @ G.transpose(1, 2)
+    return H.detach().cpu().double().numpy()
+
+
 def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate=None, steps=None,
                    record=None, seed=0, dtype=torch.float64, device="cpu",
                    memory_budget=DEFAULT_MEMORY_BUDGET, chunk_size=None,
@@ -160,7 +173,8 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
     ntk : bool, default False
         Also record the output-layer NTK ``H_{11; a b}`` of every network on
         the training and test inputs (training first) at the recorded steps
-        (by the forward equation, :func:`pdlt.experiment.ntk.ntk_forward`),
+        (one backward pass per input; it agrees with the forward equation of
+        :func:`pdlt.experiment.ntk.ntk_forward`),
         to measure how the NTK moves during training. Needs ``n_out = 1``.
 
     Returns
@@ -255,10 +269,7 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
                 out_a[start:stop, k] = za.detach().cpu().double().numpy()
                 out_b[start:stop, k] = zb.cpu().double().numpy()
                 if ntk:
-                    with torch.no_grad():
-                        H = ntk_forward([w.detach() for w in Ws], [b.detach() for b in bs],
-                                        x_all, mlp)[-1][:, 0, 0]
-                    out_h[start:stop, k] = H.cpu().double().numpy()
+                    out_h[start:stop, k] = _output_ntk(Ws, bs, x_all, tact, mlp, params)
                 loss[start:stop, k] = (0.5 * (resid.detach() ** 2).sum((1, 2))).cpu().double().numpy()
                 k += 1
             if t == steps:

@@ -505,6 +505,9 @@ def finite_width_training(mlp, X_train, y_train, X_test, *, algorithm="gd", lear
     (1,)
     """
     mlp = check_mlp(mlp)
+    if mlp.n_out != 1:
+        raise ValueError(f"the finite-width training prediction is implemented for one output "
+                         f"(n_out = 1); got n_out = {mlp.n_out}. Train one output at a time")
     Xa, y, _ = check_data(X_train, y_train, mlp.n0, name_X="X_train", name_y="y_train")
     if y.shape[1] != 1:
         raise ValueError(f"y_train must have one target per input (one output); got {y.shape}")

@@ -1,0 +1,77 @@
+"""Trained real networks against the order-1/n end-of-training prediction.
+
+A giant leap (Newton step) followed by small gradient steps, tanh at
+criticality, depth 3, four training and two test inputs on the unit circle.
+The measured shift ``d(n) = n (E[z(T)] - mean_infinite)`` at n = 64 must
+match the predicted 1/n coefficient within 4 standard errors plus the
+allowance ``|d(32) - d(64)|``, which is the size of the omitted 1/n^2 term
+at n = 64 (``d(n) = m1 + m2 / n``). Antithetic pairs (last layer negated)
+remove the part of the trained output that is odd in the initial output, so
+the means are resolved at these sizes.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import pdlt  # noqa: E402
+from pdlt.experiment.training import train_ensemble  # noqa: E402
+from pdlt.learning import finite_training as ft  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup():
+    crit = pdlt.criticality("tanh")
+    ang, angt = np.array([0.0, 1.2, 2.4, 3.6]), np.array([0.6, 3.0])
+    X, Xt = np.c_[np.cos(ang), np.sin(ang)], np.c_[np.cos(angt), np.sin(angt)]
+    y = 0.5 * np.sin(ang) + 0.2
+    mlp = pdlt.MLP(n0=2, width=32, depth=3, n_out=1, activation="tanh", C_W=crit.C_W,
+                   C_b=crit.C_b)
+    st = ft.training_statistics(mlp, X, Xt)
+    eta = 1.0 / np.linalg.eigvalsh(st.Theta[:4, :4])[-1]
+    sched = ft.algorithm_schedule(st.Theta[:4, :4], "newton+gd", learning_rate=eta, steps=5)
+    pred = ft.end_of_training(st, y, sched)
+    runs = {n: train_ensemble(mlp.with_(width=n), X, y, Xt, networks=6000, step_matrices=sched,
+                              seed=n, antithetic=True, ntk=True) for n in (32, 64)}
+    return y, pred, runs
+
+
+def _check(d32, d64, se64, theory):
+    allow = np.abs(d32 - d64)
+    dev = np.abs(d64 - theory)
+    assert np.all(dev <= 4 * se64 + allow), (d32, d64, se64, theory)
+
+
+def test_trained_mean_shift_matches_the_order_one_over_n_prediction(setup):
+    y, pred, runs = setup
+    # infinite-width train outputs after the leap and the small steps
+    m_inf_train = y + 0.0  # the leap lands on y; later steps keep it there at infinite width
+    d, se = {}, {}
+    for n, te in runs.items():
+        mt, ma = te.mean(on="test"), te.mean(on="train")
+        d[n] = np.concatenate([n * (ma.mean[:, 0] - m_inf_train), n * (mt.mean[:, 0]
+                                                                       - pred.mean_infinite)])
+        se[n] = n * np.concatenate([ma.stderr[:, 0], mt.stderr[:, 0]])
+    theory = np.concatenate([pred.train_mean_correction, pred.mean_correction])
+    _check(d[32], d[64], se[64], theory)
+    # the shift is resolved: the prediction is not compatible with zero
+    assert np.max(np.abs(theory) / se[64]) > 8
+
+
+def test_trained_variance_shift_matches_the_prediction(setup):
+    _, pred, runs = setup
+    dv, se = {}, {}
+    for n, te in runs.items():
+        c = te.cov(on="test")
+        dv[n] = n * (np.diag(c.mean) - np.diag(pred.cov_infinite))
+        se[n] = n * np.diag(c.stderr)
+    _check(dv[32], dv[64], se[64], np.diag(pred.cov_correction))
+
+
+def test_ntk_change_during_training_matches_the_prediction(setup):
+    _, pred, runs = setup
+    dh = {n: n * te.ntk_change().mean for n, te in runs.items()}
+    se64 = 64 * runs[64].ntk_change().stderr
+    _check(dh[32], dh[64], se64, pred.ntk_change)
+    assert np.max(np.abs(pred.ntk_change) / se64) > 20
