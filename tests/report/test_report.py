@@ -87,3 +87,18 @@ def test_residual_study_rows():
     assert [r.statistic for r in s.rows] == ["K+G1/n (gamma=0.5)", "V/(nK^2) (gamma=0.5)"]
     assert all(r.passed for r in s.rows), s.rows
     assert set(s.figure()) == {"residual tanh", "optimal aspect ratio", "information"}
+
+
+def test_derivative_statistics_rows(tmp_path):
+    """P..U: a separate (smaller) network count, the last layer only, rows as
+    two-width extrapolations, NaN at the other layers in the figure."""
+    cases = [S.Case("tanh", n, 3, 300, seed=3, derivative_networks=400) for n in (8, 16)]
+    res = S.run_suite(cases, stats=("K", "P", "S"), studies=[])
+    names = [r.statistic for r in res.rows]
+    assert names == ["K", "K", "P (n,2n extrap.)", "S (n,2n extrap.)"]
+    s_meas = res.cases[0].measured["S"]
+    assert s_meas.n_networks == 400 and np.isnan(s_meas.mean[:2]).all()
+    assert res.cases[0].measured["K"].n_networks == 300
+    assert all(r.passed for r in res.rows), res.rows
+    text = open(write_report(res, tmp_path / "r"), encoding="utf-8").read()
+    assert "S against depth" in text
