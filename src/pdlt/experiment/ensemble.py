@@ -305,7 +305,13 @@ class Ensemble:
         neurons (:func:`pdlt.experiment.ntk.derivative_pairs`): per network
         about ``(s N)^2 + s^2 N^3`` reverse passes and ``(s N)^2 (1 + N) P``
         floats of memory, ``P`` the parameters up to the layer, independent
-        of the width beyond ``P``.
+        of the width beyond ``P``. Default ``s = 2``: on tanh and relu
+        networks of width 128, depth 6, one input, the variance times the
+        CPU time per network of each of P..U was smallest at ``s = 2`` or
+        within a factor 2 of it (``s = 2, 4, 8``: 20, 75, 279 ms per
+        network; the standard error falls more slowly than ``1/s`` because
+        network-to-network scatter dominates); ``s >= n`` gives the
+        estimator over all ordered pairs.
 
         Sharded runs (``shards``, ``checkpoint`` or ``backend="ray"``)
         compute the per-group sums of the sufficient statistics for each

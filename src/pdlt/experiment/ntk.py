@@ -43,7 +43,10 @@ of NOTATION.md). They are computed per network by forward-over-reverse
 with ``p = n_l N`` outputs and ``P`` parameters, the dNTK needs ``p``
 forward-over-reverse passes and memory ``p^2 P`` per network; the ddNTKs
 ``p^2`` third-order passes and memory ``p^3 P``. They are meant for
-widths up to a few tens.
+widths up to a few tens. The ensemble estimators of P..U need only six
+neuron-pair patterns of these tensors, on a subset of ``s`` neurons:
+:func:`derivative_pairs` computes just those, at a cost that does not grow
+with the width beyond ``P`` (widths 128 and more).
 """
 
 from __future__ import annotations
