@@ -95,3 +95,55 @@ def test_errors(csvs, tmp_path, capsys):
     code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--train", tr,
                            "--test", str(one))
     assert code == 2 and "feature columns" in err
+
+
+@pytest.fixture
+def small_csvs(tmp_path):
+    rng = np.random.default_rng(1)
+    Xa, Xb = rng.standard_normal((3, 2)), rng.standard_normal((2, 2))
+    ya, yb = np.sin(Xa.sum(1)), np.sin(Xb.sum(1))
+    tr, te = tmp_path / "train.csv", tmp_path / "test.csv"
+    np.savetxt(tr, np.c_[Xa, ya], delimiter=",")
+    np.savetxt(te, np.c_[Xb, yb], delimiter=",")
+    return str(tr), str(te), Xa, ya, Xb
+
+
+def test_ntk_width_json_has_the_infinite_width_mean_beside(small_csvs, capsys):
+    from pdlt.learning.finite_training import finite_width_training
+    tr, te, Xa, ya, Xb = small_csvs
+    code, out, _ = run_cli(capsys, "fit", *MLP_ARGS, "--method", "ntk", "--width", "32",
+                           "--steps", "20", "--learning-rate", "0.05", "--train", tr,
+                           "--test", te, "--json")
+    assert code == 0
+    d = json.loads(out)
+    r = finite_width_training(_mlp(), Xa, ya, Xb, learning_rate=0.05, steps=20, width=32)
+    np.testing.assert_allclose(d["mean"], r.mean, rtol=1e-10)
+    np.testing.assert_allclose(d["mean_infinite_width"], r.mean_infinite, rtol=1e-10)
+    np.testing.assert_allclose(d["std"], r.std, rtol=1e-10)
+    infinite = ntk_prediction(_mlp(), Xa, ya, Xb, learning_rate=0.05, steps=20)
+    np.testing.assert_allclose(d["mean_infinite_width"], np.ravel(infinite.mean), rtol=1e-10)
+    assert d["width"] == 32 and not np.allclose(d["mean"], d["mean_infinite_width"])
+
+
+def test_nngp_width_json_matches_the_finite_width_posterior(small_csvs, capsys):
+    from pdlt.learning import finite_width_posterior
+    tr, te, Xa, ya, Xb = small_csvs
+    code, out, _ = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--width", "16",
+                           "--noise", "0.01", "--train", tr, "--test", te, "--json")
+    assert code == 0
+    d = json.loads(out)
+    post = finite_width_posterior(_mlp().with_(width=16), Xa, ya, Xb, noise=0.01)
+    np.testing.assert_allclose(d["mean"], post.mean[:, 0], rtol=1e-10)
+    np.testing.assert_allclose(d["mean_infinite_width"], post.mean_infinite_width[:, 0],
+                               rtol=1e-10)
+    assert d["log_evidence"] == pytest.approx(post.log_evidence)
+
+
+def test_width_errors_are_clear(small_csvs, capsys):
+    tr, te, *_ = small_csvs
+    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "ntk", "--width", "0",
+                           "--train", tr, "--test", te)
+    assert code != 0 and "width" in err
+    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "ntk", "--width", "32",
+                           "--noise", "0.1", "--train", tr, "--test", te)
+    assert code != 0 and "noise" in err

@@ -177,3 +177,26 @@ def test_errors_name_the_parameter():
     r = ft.end_of_training(st, [1.0, 0.0, 2.0], [])
     with pytest.raises(ValueError, match="width"):
         r.mean
+
+
+def test_regressors_with_width_add_the_correction_and_converge_by_default():
+    from pdlt.learning import NNGPRegressor, NTKRegressor
+    mlp = pdlt.MLP(n0=2, width=50, depth=2, n_out=1, activation="tanh", C_W=1.0)
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [-0.7, 0.7]])
+    y = np.array([0.3, -0.4, 0.1])
+    Xt = np.array([[0.6, 0.8]])
+    inf = NTKRegressor(mlp).fit(X, y)
+    fin = NTKRegressor(mlp, width=50).fit(X, y)
+    r = fin.finite_width_prediction(Xt)
+    # trained to convergence by default: the infinite-width part is kernel regression
+    np.testing.assert_allclose(r.mean_infinite, inf.predict(Xt), rtol=1e-8)
+    np.testing.assert_allclose(fin.predict(Xt), r.mean_infinite + r.mean_correction / 50)
+    m, s = fin.predict(Xt, return_std=True)
+    assert s.shape == (1,) and np.all(s > 0)
+    nn = NNGPRegressor(mlp, noise=0.01, width=50).fit(X, y)
+    post = nn.finite_width_prediction(Xt)
+    np.testing.assert_allclose(nn.predict(Xt), post.mean[:, 0])
+    with pytest.raises(ValueError, match="noise"):
+        NTKRegressor(mlp, noise=0.1, width=50).fit(X, y)
+    with pytest.raises(ValueError, match="width"):
+        NTKRegressor(mlp, width=-3).fit(X, y)

@@ -26,6 +26,11 @@ def register(sub):
     p.add_argument("--learning-rate", dest="learning_rate", type=float, default=None,
                    help="ntk: learning rate eta (default: half the stability bound "
                         "2/lambda_max(Theta))")
+    p.add_argument("--width", type=int, default=None,
+                   help="add the order-1/n finite-width correction for hidden width n "
+                        "(nngp: Bayesian posterior of the finite network; ntk: the trained "
+                        "finite network's mean and std over initializations); the JSON then "
+                        "also has mean_infinite_width and std_infinite_width")
     p.add_argument("--train", required=True, help="training CSV")
     p.add_argument("--test", required=True, help="test CSV (its last column is the target)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -65,17 +70,33 @@ def run(args):
     if args.method == "nngp":
         if args.steps is not None or args.learning_rate is not None:
             raise ValueError("--steps and --learning-rate apply to --method ntk only")
-        reg = NNGPRegressor(mlp, noise=args.noise).fit(Xa, ya)
+        reg = NNGPRegressor(mlp, noise=args.noise, width=args.width).fit(Xa, ya)
         evidence = reg.log_evidence_
     else:
         reg = NTKRegressor(mlp, learning_rate=args.learning_rate, steps=args.steps,
-                           noise=args.noise).fit(Xa, ya)
+                           noise=args.noise, width=args.width).fit(Xa, ya)
         evidence = None
-    mean, std = reg.predict(Xb, return_std=True)
+    extra = {}
+    if args.width is None:
+        mean, std = reg.predict(Xb, return_std=True)
+    else:
+        fw = reg.finite_width_prediction(Xb)
+        if args.method == "nngp":
+            mean, std = fw.mean[:, 0], fw.std[:, 0]
+            evidence = fw.log_evidence
+            extra = {"mean_infinite_width": fw.mean_infinite_width[:, 0],
+                     "std_infinite_width": fw.std_infinite_width[:, 0],
+                     "log_evidence_infinite_width": fw.log_evidence_infinite_width}
+        else:
+            mean, std = fw.mean, fw.std
+            extra = {"mean_infinite_width": fw.mean_infinite,
+                     "std_infinite_width": np.sqrt(np.clip(np.diag(fw.cov_infinite), 0, None)),
+                     "mean_correction": fw.mean_correction}
+        extra["width"] = args.width
     out = {"mean": mean, "std": std, "log_evidence": evidence, "method": args.method,
-           "mlp": repr(mlp), "mse": float(np.mean((mean - yb) ** 2))}
+           "mlp": repr(mlp), "mse": float(np.mean((mean - yb) ** 2)), **extra}
     if args.method == "ntk":
-        out.update(steps=args.steps, learning_rate=reg.learning_rate_,
+        out.update(steps=getattr(reg, "steps_", args.steps), learning_rate=reg.learning_rate_,
                    stability_bound=reg.stability_bound_)
     if args.json:
         print_json(out)
@@ -85,8 +106,15 @@ def run(args):
         eta = "-" if reg.learning_rate_ is None else f"{reg.learning_rate_:.6g}"
         print(f"steps={args.steps if args.steps is not None else 'inf'}, learning_rate={eta}, "
               f"stability bound 2/lambda_max={reg.stability_bound_:.6g}")
-    rows = [[i, float(m), float(s), float(t)] for i, (m, s, t) in enumerate(zip(mean, std, yb))]
-    print(format_table(["input", "mean", "std", "target"], rows))
+    if args.width is None:
+        rows = [[i, float(m), float(s), float(t)] for i, (m, s, t) in enumerate(zip(mean, std, yb))]
+        print(format_table(["input", "mean", "std", "target"], rows))
+    else:
+        print(f"finite width n={args.width} (order 1/n); infinite-width values beside")
+        rows = [[i, float(m), float(s), float(mi), float(si), float(t)] for i, (m, s, mi, si, t)
+                in enumerate(zip(mean, std, extra["mean_infinite_width"],
+                                 extra["std_infinite_width"], yb))]
+        print(format_table(["input", "mean", "std", "mean_inf", "std_inf", "target"], rows))
     print(f"test MSE {out['mse']:.6g}")
     if evidence is not None:
         print(f"log evidence {evidence:.6g}")

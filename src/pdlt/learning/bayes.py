@@ -272,6 +272,11 @@ class NNGPRegressor(EstimatorBase):
         C_b=0, C_W=2)`` (critical ReLU).
     noise : float, default 0
         Observation-noise variance added to the training kernel's diagonal.
+    width : int, optional
+        Use the posterior of a network whose hidden layers have ``width``
+        neurons, at order 1/n (book §6.4;
+        :func:`pdlt.learning.finite_bayes.finite_width_posterior`): the prior
+        is the nearly-Gaussian ``K + G1/n``, ``V/n``.
 
     Attributes
     ----------
@@ -296,7 +301,8 @@ class NNGPRegressor(EstimatorBase):
     ((1,), (1,))
     """
 
-    def __init__(self, mlp=None, noise=0.0):
+    def __init__(self, mlp=None, noise=0.0, width=None):
+        self.width = width
         self.mlp = mlp
         self.noise = noise
 
@@ -346,6 +352,14 @@ class NNGPRegressor(EstimatorBase):
         if return_std and return_cov:
             raise ValueError("return_std and return_cov cannot both be True; pick one")
         X = estimator_data(self, X, reset=False)
+        if self.width is not None:
+            post = self.finite_width_prediction(X)
+            mean = post.mean[:, 0] if self._y_1d else post.mean
+            if return_cov:
+                return mean, post.cov
+            if return_std:
+                return mean, (post.std[:, 0] if self._y_1d else post.std)
+            return mean
         N = self.X_train_.shape[0]
         K, _ = last_layer_kernels(self.mlp_, self.X_train_, X)
         K_cross, K_test = K[N:, :N], K[N:, N:]
@@ -360,6 +374,27 @@ class NNGPRegressor(EstimatorBase):
             return mean, 0.5 * (cov + cov.T)
         var = np.diag(K_test) - np.sum(V * V, axis=0)
         return mean, np.sqrt(np.clip(var, 0.0, None))
+
+
+    def finite_width_prediction(self, X):
+        """The order-1/n posterior at ``X`` (needs ``width``).
+
+        Returns
+        -------
+        pdlt.learning.finite_bayes.FiniteWidthPosterior
+            ``mean``, ``cov``, ``mean_infinite_width``, ``log_evidence``, ...
+        """
+        from .finite_bayes import finite_width_posterior
+        if not hasattr(self, "alpha_"):
+            raise not_fitted(self)
+        w = self.width
+        if w is None:
+            raise ValueError("finite_width_prediction needs width=n (the network's width)")
+        if isinstance(w, bool) or int(w) != w or w < 1:
+            raise ValueError(f"width must be a positive integer (the hidden width n); got {w!r}")
+        X = estimator_data(self, X, reset=False)
+        return finite_width_posterior(self.mlp_.with_(width=int(w)), self.X_train_,
+                                      self.y_train_, X, noise=check_noise(self.noise))
 
 
 def _default_mlp(mlp, n_features):

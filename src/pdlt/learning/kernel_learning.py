@@ -38,6 +38,7 @@ Newton's step need it invertible.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,6 +116,17 @@ def check_learning_rate(learning_rate, Theta_train) -> float:
             f"converges only for learning_rate < 2 / lambda_max(Theta_train) = {bound:.6g}; "
             f"use a smaller learning rate (e.g. {bound / 2:.6g})")
     return eta
+
+
+def _check_finite_width_fit(width, noise, y2):
+    if isinstance(width, bool) or int(width) != width or width < 1:
+        raise ValueError(f"width must be a positive integer (the hidden width n); got {width!r}")
+    if noise != 0:
+        raise ValueError("noise (a ridge on Theta_AA) has no finite-width network counterpart; "
+                         "use noise=0 with width=")
+    if y2.shape[1] != 1:
+        raise ValueError(f"the finite-width correction is implemented for one output; y has "
+                         f"{y2.shape[1]} columns. Fit one output at a time")
 
 
 def _check_steps(steps):
@@ -336,6 +348,15 @@ class NTKRegressor(EstimatorBase):
         Number of full-batch steps; None trains to convergence.
     noise : float, default 0
         Ridge added to the training NTK's diagonal.
+    width : int, optional
+        Add the order-1/n finite-width correction of a network whose last
+        hidden layer has ``width`` neurons (book, "The End of Training";
+        :mod:`pdlt.learning.finite_training`): the mean and covariance over
+        initializations of the trained finite network, for the same
+        gradient-descent run (``steps=None``: the steps that bring every
+        kernel mode to 1e-10 of convergence). One output only, ``noise = 0``
+        (a ridge has no network counterpart); cost grows like N^5 in the
+        number of training plus test inputs.
 
     Attributes
     ----------
@@ -357,11 +378,12 @@ class NTKRegressor(EstimatorBase):
     True
     """
 
-    def __init__(self, mlp=None, learning_rate=None, steps=None, noise=0.0):
+    def __init__(self, mlp=None, learning_rate=None, steps=None, noise=0.0, width=None):
         self.mlp = mlp
         self.learning_rate = learning_rate
         self.steps = steps
         self.noise = noise
+        self.width = width
 
     def fit(self, X, y):
         """Store the training data and check the learning rate; returns ``self``."""
@@ -373,7 +395,26 @@ class NTKRegressor(EstimatorBase):
         K, Th = last_layer_kernels(mlp, X)
         Th = Th + noise * np.eye(X.shape[0])
         bound = stability_bound(Th)
-        if steps is None:
+        if self.width is not None:
+            _check_finite_width_fit(self.width, noise, y2)
+            if steps is None:
+                # a finite run is needed: converge every kernel mode to 1e-10
+                eta = 0.5 * bound if self.learning_rate is None else check_learning_rate(
+                    self.learning_rate, Th)
+                w = np.linalg.eigvalsh(Th)
+                if w[0] <= 1e-12 * w[-1]:
+                    raise ValueError("training to convergence at finite width needs an "
+                                     "invertible Theta_AA: remove duplicate inputs or give steps")
+                rate = max(abs(1 - eta * w[0]), abs(1 - eta * w[-1]))
+                steps = int(math.ceil(math.log(1e-10) / math.log(rate)))
+                if steps > 100_000:
+                    raise ValueError(f"training to convergence would take {steps} steps (Theta_AA "
+                                     "is ill-conditioned); give steps= explicitly")
+            else:
+                eta = 0.5 * bound if self.learning_rate is None else check_learning_rate(
+                    self.learning_rate, Th)
+            self.steps_ = steps
+        elif steps is None:
             eta = None
             check_duplicates(X, noise, "X")
             # the infinite-time limit needs an invertible Theta_AA: fail here, not in predict
@@ -403,6 +444,14 @@ class NTKRegressor(EstimatorBase):
         if return_std and return_cov:
             raise ValueError("return_std and return_cov cannot both be True; pick one")
         X = estimator_data(self, X, reset=False)
+        if self.width is not None:
+            r = self.finite_width_prediction(X)
+            mean = r.mean if self._y_1d else r.mean[:, None]
+            if return_cov:
+                return mean, r.cov
+            if return_std:
+                return mean, r.std
+            return mean
         N = self.X_train_.shape[0]
         K, Th = last_layer_kernels(self.mlp_, self.X_train_, X)
         Th_train = Th[:N, :N] + check_noise(self.noise) * np.eye(N)
@@ -414,3 +463,24 @@ class NTKRegressor(EstimatorBase):
         if return_std:
             return mean, pred.std
         return mean
+
+    def finite_width_prediction(self, X):
+        """The order-1/n prediction at ``X`` (needs ``width``).
+
+        Returns
+        -------
+        pdlt.learning.finite_training.FiniteWidthTraining
+            ``mean``, ``cov`` at ``width``; ``mean_infinite``,
+            ``mean_correction`` (the 1/n coefficient), the NTK change.
+        """
+        from .finite_training import algorithm_schedule, end_of_training, training_statistics
+        if not hasattr(self, "stability_bound_"):
+            raise not_fitted(self)
+        if self.width is None:
+            raise ValueError("finite_width_prediction needs width=n (the network's width)")
+        X = estimator_data(self, X, reset=False)
+        st = training_statistics(self.mlp_, self.X_train_, X)
+        Na = self.X_train_.shape[0]
+        sched = algorithm_schedule(st.Theta[:Na, :Na], "gd", learning_rate=self.learning_rate_,
+                                   steps=self.steps_)
+        return end_of_training(st, self.y_train_[:, 0], sched, width=self.width)
