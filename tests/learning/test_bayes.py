@@ -136,7 +136,7 @@ def test_regressor_matches_functions_and_api():
     mlp = pdlt.MLP(3, width=50, depth=3, activation="tanh")
     Xa, y, Xb = _data()
     reg = NNGPRegressor(mlp, noise=0.01)
-    assert reg.get_params() == {"mlp": mlp, "noise": 0.01}
+    assert reg.get_params() == {"mlp": mlp, "noise": 0.01, "width": None}
     assert reg.fit(Xa, y) is reg
     post = nngp_posterior(mlp, Xa, y, Xb, noise=0.01)
     mean, std = reg.predict(Xb, return_std=True)

@@ -161,7 +161,6 @@ def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> Training
     N = 8, 25 s at N = 12 for a depth-3 tanh MLP); keep N small.
     """
     from ..theory.finite_ntk import ntk_fluctuation_flow
-    from ..theory.ntk_mean import ntk_mean_correction
 
     mlp = check_mlp(mlp)
     if mlp.n_out != 1:
@@ -175,7 +174,7 @@ def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> Training
     x = np.concatenate([Xa, Xb], axis=0)
     fl = ntk_fluctuation_flow(mlp, x, accuracy=accuracy)
     last = fl[-1]
-    H1 = np.asarray(ntk_mean_correction(mlp, x))[-1]
+    H1 = np.asarray(last.extra["H1"])
     t = {k: last.extra[k] for k in ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")}
     return TrainingStatistics.from_tensors(K=last.K, G1=last.extra["G1"], Theta=last.Theta,
                                            H1=H1, n_train=Xa.shape[0], **t)

@@ -10,6 +10,7 @@ from .information import optimal_aspect_ratio
 from .residual import residual_criticality
 from .criticality import NoCriticalPointError, chi_parallel, chi_perp, depth_scales, phase_diagram
 from .finite_ntk import NTK_STATISTICS, critical_learning_rates, ntk_fluctuation_flow, ntk_slopes
+from .ntk_mean import ntk_mean_correction
 from .kernel import Flow, KernelNotPSDError, LayerStatistics, first_layer, flow, kernel_step
 from .vertex import (finite_width_flow, metric_step, metric_step_single, vertex_slope,
                      vertex_step, vertex_step_single)
@@ -19,6 +20,6 @@ __all__ = ["Flow", "KernelNotPSDError", "LayerStatistics", "first_layer", "flow"
            "phase_diagram",
            "finite_width_flow", "vertex_slope", "vertex_step", "vertex_step_single",
            "metric_step", "metric_step_single", "linear", "nearly_gaussian",
-           "ntk_fluctuation_flow", "ntk_slopes", "critical_learning_rates", "NTK_STATISTICS",
+           "ntk_fluctuation_flow", "ntk_mean_correction", "ntk_slopes", "critical_learning_rates", "NTK_STATISTICS",
            "information", "residual", "optimal_aspect_ratio", "residual_criticality",
            "nearby", "vertex_nearby"]

@@ -27,6 +27,7 @@ from .ddntk import ddntk_step_single
 from .dntk import dntk_step_single
 from .kernel import Flow
 from .ntk import ntk_step_single
+from .ntk_mean import h1_from_flow, ntk_mean_correction
 from .vertex import finite_width_flow
 
 __all__ = ["ntk_fluctuation_flow", "critical_learning_rates", "ntk_slopes", "NTK_STATISTICS",
@@ -125,7 +126,8 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", stats
     -------
     Flow
         Each :class:`~pdlt.theory.kernel.LayerStatistics` carries ``extra``
-        entries ``"V"``, ``"G1"`` (from the vertex flow) and ``"A"``, ``"B"``,
+        entries ``"V"``, ``"G1"`` (from the vertex flow), ``"H1"`` (the NTK
+        mean's 1/n shift, ``E[H] = Theta + H1/n``, :mod:`pdlt.theory.ntk_mean`) and ``"A"``, ``"B"``,
         ``"D"``, ``"F"``, ``"P"``, ``"Q"``, ``"R"``, ``"S"``, ``"T"``, ``"U"``
         (floats); ``flow["B"]`` stacks them over layers, shape (L,). With
         ``x`` (N inputs): ``"V"``, ``"G1"`` and the statistics in ``stats``
@@ -179,13 +181,19 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", stats
                 f"{', '.join(NTK_MULTI_STATISTICS)}); use K1= for the single-input values")
         base = finite_width_flow(mlp, x, K1=K1, accuracy=accuracy)
         multi = ntk_multi_flow(mlp, base, accuracy=accuracy, stats=want)
-        out = [dataclasses.replace(s, extra={**s.extra, **{k: multi[k][i] for k in want}})
+        if "D" in want and "F" in want:
+            H1 = h1_from_flow(mlp, base, multi["D"], multi["F"])
+        else:
+            H1 = ntk_mean_correction(mlp, x, accuracy=accuracy)
+        out = [dataclasses.replace(s, extra={**s.extra, "H1": H1[i],
+                                             **{k: multi[k][i] for k in want}})
                for i, s in enumerate(base)]
         return Flow(out, mlp)
     base = finite_width_flow(mlp, x, K1=K1, accuracy=accuracy)
     stats = _recursion_single(mlp, base.K, base.Theta, base["V"])
-    out = [dataclasses.replace(s, extra={**s.extra, **{k: float(stats[k][i])
-                                                      for k in NTK_STATISTICS}})
+    H1 = ntk_mean_correction(mlp, K1=K1, accuracy=accuracy)
+    out = [dataclasses.replace(s, extra={**s.extra, "H1": float(H1[i]),
+                                         **{k: float(stats[k][i]) for k in NTK_STATISTICS}})
            for i, s in enumerate(base)]
     return Flow(out, mlp)
 

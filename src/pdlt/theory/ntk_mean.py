@@ -107,7 +107,7 @@ from .ntk import ntk_step_single
 from .ntk_multi import _apply, _operator, _pairs, _representatives, ntk_multi_flow
 from .vertex import _fourth_derivative_source, finite_width_flow
 
-__all__ = ["single_input_mean_terms", "ntk_mean_step_single", "ntk_mean_step",
+__all__ = ["single_input_mean_terms", "ntk_mean_step_single", "ntk_mean_step", "h1_from_flow",
            "ntk_mean_correction"]
 
 
@@ -343,9 +343,22 @@ def ntk_mean_correction(mlp: MLP, x=None, *, K1=None, accuracy="default") -> np.
                     f"H1 overflowed at layer {l + 1}; reduce the depth or initialize at "
                     "criticality (pdlt.criticality)")
         return H1
+    DF = ntk_multi_flow(head, base, accuracy=accuracy, stats=["D", "F"])
+    return h1_from_flow(mlp, base, DF["D"], DF["F"])
+
+
+def h1_from_flow(mlp: MLP, base, D, F) -> np.ndarray:
+    """N-input ``H1`` at every layer from a computed flow and its D, F tensors.
+
+    For callers that already have them (:func:`pdlt.theory.finite_ntk.ntk_fluctuation_flow`):
+    ``base`` is :func:`pdlt.theory.vertex.finite_width_flow` of ``mlp`` on the inputs
+    (at least L - 1 layers), ``D``, ``F`` the (>= L - 1, N, N, N, N) tensors of
+    :func:`pdlt.theory.ntk_multi.ntk_multi_flow`. Returns (L, N, N).
+    """
+    act = mlp.activation
+    L = mlp.depth
     N = np.asarray(base[0].K).shape[0]
     H1 = np.zeros((L, N, N))
-    DF = ntk_multi_flow(head, base, accuracy=accuracy, stats=["D", "F"])
     for l in range(1, L):
         s = base[l - 1]
         K = np.asarray(s.K, dtype=float)
@@ -355,7 +368,7 @@ def ntk_mean_correction(mlp: MLP, x=None, *, K1=None, accuracy="default") -> np.
                 "K_aa > 0 (use C_b > 0 or nonzero inputs)")
         r = mlp.widths[l] / mlp.widths[l - 1]
         H1[l] = ntk_mean_step(act, K, s.Theta, H1[l - 1], s.extra["G1"], s.extra["V"],
-                              DF["D"][l - 1], DF["F"][l - 1], mlp.C_W[l], mlp.lambda_W[l], r)
+                              D[l - 1], F[l - 1], mlp.C_W[l], mlp.lambda_W[l], r)
         if not np.all(np.isfinite(H1[l])):
             raise FloatingPointError(
                 f"H1 overflowed at layer {l + 1}; reduce the depth or initialize at "
