@@ -7,13 +7,17 @@ import sys
 
 def register(sub):
     p = sub.add_parser("report", help="theory versus ensembles of real networks (HTML report)",
-                       description="Measure K, Theta, V and the NTK fluctuations A, B, D, F on "
-                                   "ensembles of critical MLPs and "
+                       description="Measure K, Theta, V, the NTK fluctuations A, B, D, F, the "
+                                   "dNTK P, Q and the ddNTKs R, S, T, U on ensembles of critical "
+                                   "MLPs, run the studies (deep linear kurtosis, histograms, "
+                                   "trained networks at infinite and finite width, residual "
+                                   "networks) and "
                                    "write a self-contained HTML report with a pass/fail table.")
     p.add_argument("--out", default="pdlt-report", help="output directory (default pdlt-report)")
     p.add_argument("--quick", action="store_true", help="small suite, under a minute")
     p.add_argument("--json", action="store_true", help="also write report.json")
-    p.add_argument("--stats", default="K,Theta,V,A,B,D,F", help="comma-separated statistics")
+    p.add_argument("--stats", default="K,Theta,V,A,B,D,F,P,Q,R,S,T,U",
+                   help="comma-separated statistics (default: all of them)")
     p.set_defaults(run=run)
 
 

@@ -7,7 +7,7 @@ import json
 import os
 
 from .figures import depth_figure, figure_to_base64
-from .suite import STAT_SPECS, Z_PASS
+from .suite import DERIVATIVE_STATS, STAT_SPECS, Z_PASS
 
 __all__ = ["write_report"]
 
@@ -45,8 +45,13 @@ def write_report(suite, out_dir, *, write_json=False, title="pdlt: theory versus
     by_case = {(r.case.activation, r.case.width): r for r in suite.cases}
     for row in suite.rows:
         res = by_case.get((row.activation, row.width))
-        cb, cw, nets = ((f"{res.C_b:.6g}", f"{res.C_W:.6g}", res.case.networks) if res is not None
-                        and row.statistic in res.theory else ("", "", ""))
+        base = row.statistic.split(" ")[0]
+        nets = ""
+        if res is not None and base in res.theory:
+            nets = (res.case.derivative_networks if base in DERIVATIVE_STATS
+                    and getattr(res.case, "derivative_networks", None) else res.case.networks)
+        cb, cw = ((f"{res.C_b:.6g}", f"{res.C_W:.6g}") if res is not None
+                  and base in res.theory else ("", ""))
         cls = "pass" if row.passed else "fail"
         parts.append(
             f"<tr><td>{html.escape(row.statistic)}</td><td>{row.activation}</td><td>{cb}</td>"
