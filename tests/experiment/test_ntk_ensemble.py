@@ -144,8 +144,21 @@ def test_derivative_neurons_validated():
     for bad in (1, 0, 2.5, True, "4"):
         with pytest.raises(ValueError, match="derivative_neurons"):
             ens.measure(K1=1.0, stats=["P"], derivative_neurons=bad, progress=False)
-    with pytest.raises(ValueError, match="derivative_neurons=4: sharded"):
-        ens.measure(K1=1.0, stats=["P"], derivative_neurons=4, shards=2, progress=False)
+
+
+def test_sharded_runs_and_checkpoints_carry_derivative_neurons(tmp_path):
+    ens = Ensemble(_mlp("tanh", 6, 2), networks=12, seed=0)
+    local = ens.measure(K1=1.0, stats=["P", "R"], derivative_neurons=4, progress=False)
+    sharded = ens.measure(K1=1.0, stats=["P", "R"], derivative_neurons=4, shards=3,
+                          progress=False)
+    for s in ("P", "R"):
+        np.testing.assert_allclose(sharded[s].mean, local[s].mean, rtol=1e-12, atol=1e-14)
+    ck = str(tmp_path / "ck.npz")
+    ens.measure(K1=1.0, stats=["P"], derivative_neurons=4, shards=3, checkpoint=ck,
+                progress=False)
+    with pytest.raises(ValueError, match="derivative_neurons"):
+        ens.measure(K1=1.0, stats=["P"], derivative_neurons=2, shards=3, checkpoint=ck,
+                    progress=False)
 
 
 def test_dntk_ddntk_vs_ensemble_at_width_32():

@@ -23,10 +23,10 @@ except ImportError as exc:  # pragma: no cover - exercised without torch
         "pdlt.experiment needs PyTorch: pip install 'pdlt[torch]' (torch==2.13.0)") from exc
 
 from .activations import TorchActivation, torch_activation
-from .ensemble import DEFAULT_MEMORY_BUDGET, Ensemble
+from .ensemble import DEFAULT_DERIVATIVE_NEURONS, DEFAULT_MEMORY_BUDGET, Ensemble
 from .estimators import STATISTICS, Estimate
-from .ntk import (ddntk_autodiff, dntk_autodiff, network_function, ntk_autodiff, ntk_forward,
-                  preactivations)
+from .ntk import (DerivativePairs, ddntk_autodiff, derivative_pairs,
+                  dntk_autodiff, network_function, ntk_autodiff, ntk_forward, preactivations)
 from .results import LayerMeasurement, Measurement
 
 __all__ = [
@@ -42,6 +42,9 @@ __all__ = [
     "dntk_autodiff",
     "ddntk_autodiff",
     "network_function",
+    "derivative_pairs",
+    "DerivativePairs",
+    "DEFAULT_DERIVATIVE_NEURONS",
     "torch_activation",
     "TorchActivation",
 ]

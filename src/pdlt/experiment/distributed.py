@@ -154,7 +154,7 @@ def _spec(ens, plan) -> dict:
                 dtype=str(ens.dtype).replace("torch.", ""), device=str(ens.device),
                 memory_budget=ens.memory_budget, chunk_size=ens.chunk_size,
                 xs=plan.xs, stats=plan.stats, base=plan.base, need=sorted(plan.need),
-                layers=plan.layers)
+                layers=plan.layers, deriv_neurons=plan.deriv_neurons)
 
 
 def _rebuild(spec):
@@ -165,7 +165,8 @@ def _rebuild(spec):
                    dtype=getattr(torch, spec["dtype"]), device=spec["device"],
                    memory_budget=spec["memory_budget"], chunk_size=spec["chunk_size"])
     plan = _Plan(xs=spec["xs"], stats=tuple(spec["stats"]), base=tuple(spec["base"]),
-                 need=frozenset(spec["need"]), layers=tuple(spec["layers"]))
+                 need=frozenset(spec["need"]), layers=tuple(spec["layers"]),
+                 deriv_neurons=spec["deriv_neurons"])
     return ens, plan
 
 
@@ -205,7 +206,9 @@ def _shard_task(spec, start, stop, fault=None):
 def _description(ens, plan) -> dict:
     """What the sums depend on, as JSON-ready values (floats at full precision)."""
     mlp = ens.mlp
+    extra = {"derivative_neurons": plan.deriv_neurons} if plan.need_deriv else {}
     return {
+        **extra,
         "widths": list(mlp.widths),
         "activation": mlp.activation.name,
         "C_b": [repr(v) for v in mlp.C_b], "C_W": [repr(v) for v in mlp.C_W],

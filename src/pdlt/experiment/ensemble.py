@@ -331,12 +331,6 @@ class Ensemble:
             raise ValueError(f"address={address!r} is only used by backend='ray'; pass "
                              "backend='ray' or drop address")
         plan = self._plan(x, stats, layers, K1, K_theory, derivative_neurons)
-        if plan.deriv_neurons != DEFAULT_DERIVATIVE_NEURONS and plan.need_deriv and (
-                backend != "local" or shards is not None or checkpoint is not None):
-            raise ValueError(f"derivative_neurons={derivative_neurons!r}: sharded runs (shards, "
-                             "checkpoint, backend='ray') use the default "
-                             f"{DEFAULT_DERIVATIVE_NEURONS}; drop derivative_neurons or run "
-                             "locally without shards and checkpoint")
         if backend == "local" and shards is None and checkpoint is None:
             sums = {l: GroupSums(self.networks) for l in plan.layers}
             bar = _progress(self.networks, progress)

@@ -229,7 +229,10 @@ def estimate_statistic(name: str, sums: GroupSums, n: int, K_theory=None) -> Est
     Notes
     -----
     Definitions (``i != j`` are different neurons of the layer; every
-    estimator averages over all ordered neuron pairs inside each network):
+    estimator averages over all ordered neuron pairs inside each network,
+    except P..U, which average over the ordered pairs of the first
+    ``derivative_neurons`` neurons (:meth:`Ensemble.measure`; unbiased by
+    the exchangeability of neurons at initialization)):
 
     * ``K = E[z_i z_i]`` -- the metric; it differs from the infinite-width
       kernel by ``G1/n + O(1/n^2)``.
