@@ -98,3 +98,21 @@ def test_phase_diagram_figure(tmp_path, capsys):
     path = tmp_path / "phase.png"
     rc, out, err = run(capsys, "criticality", "tanh", "--phase-diagram", str(path))
     assert rc == 0 and path.stat().st_size > 1000
+
+
+def test_diagnose_reports_ntk_slopes_and_finite_width_learning(capsys):
+    import json
+    from pdlt.cli import main
+    d = {}
+    for n in (64, 128):
+        assert main(["diagnose", "--activation", "tanh", "--depth", "6", "--width", str(n),
+                     "--json"]) == 0
+        d[n] = json.loads(capsys.readouterr()[0])
+    assert set(d[64]["ntk_slopes"]) == set("ABDFPQRSTU")
+    f64, f128 = d[64]["finite_width_learning"], d[128]["finite_width_learning"]
+    # order 1/n: the sizes halve when the width doubles; the coefficients do not change
+    assert f64["representation_learning"] == pytest.approx(2 * f128["representation_learning"])
+    assert f64["prediction_correction"] == pytest.approx(2 * f128["prediction_correction"])
+    assert f64["ntk_change_coefficient"] != 0
+    assert main(["diagnose", "--activation", "tanh", "--depth", "6", "--width", "64"]) == 0
+    assert "representation learning" in capsys.readouterr()[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .common import print_json, resolve_activation
 
 
@@ -181,6 +183,38 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
                      f"{out['vertex_slope'] * r:.3g} for this L/n")
         out["optimal_aspect_ratio"] = optimal_aspect_ratio_from_slope(out["vertex_slope"], n_out)
         notes.append(_aspect_text(r, out["optimal_aspect_ratio"], n_out))
+        # NTK statistics at criticality: their asymptotic L/n slopes (book ch. 9)
+        from ..theory.finite_ntk import SLOPE_DEPTH_POWERS, ntk_slopes
+
+        out["ntk_slopes"] = None
+        try:
+            out["ntk_slopes"] = {k: v for k, v in ntk_slopes(act).items()
+                                 if k != "universality_class"}
+            out["ntk_slope_depth_powers"] = SLOPE_DEPTH_POWERS[res.universality_class]
+            pw = out["ntk_slope_depth_powers"]
+            notes.append("NTK statistics at criticality (normalized statistic ~ slope x L^p/n): "
+                         + ", ".join(f"{k} {v:.3g}" + ("" if pw.get(k, 1) == 1 else f" (p={pw[k]})")
+                                     for k, v in out["ntk_slopes"].items()))
+        except ValueError as exc:
+            notes.append(f"NTK slopes not available: {exc}")
+    # what finite width does to learning, on a data-free reference problem
+    out["finite_width_learning"] = None
+    if gamma == 0.0 and K1 > C_b:
+        from ..learning.finite_training import finite_width_learning_size
+
+        try:
+            fl_size = finite_width_learning_size(mlp.with_(n_out=1), K1)
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+            notes.append(f"finite-width learning not predicted: {exc}")
+        else:
+            out["finite_width_learning"] = fl_size
+            notes.append(
+                "finite-width learning (one training input, an orthogonal test input, target "
+                "at the output's scale, gradient descent to convergence; order 1/n): the NTK "
+                f"moves by {100 * fl_size['representation_learning']:+.3g} % during training "
+                "(representation learning; 0 at infinite width) and the trained prediction "
+                f"at the test input shifts by {100 * fl_size['prediction_correction']:.3g} % of "
+                "the target from the infinite-width (kernel) prediction")
     out["notes"] = notes
     return out
 

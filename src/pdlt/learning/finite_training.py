@@ -81,7 +81,8 @@ import numpy as np
 from ._common import check_data, check_mlp
 
 __all__ = ["TrainingStatistics", "FiniteWidthTraining", "algorithm_schedule",
-           "training_statistics", "end_of_training", "finite_width_training"]
+           "training_statistics", "end_of_training", "finite_width_training",
+           "finite_width_learning_size"]
 
 
 # ---------------------------------------------------------------------------
@@ -516,3 +517,48 @@ def finite_width_training(mlp, X_train, y_train, X_test, *, algorithm="gd", lear
                                learning_rate=learning_rate, steps=steps)
     n = mlp.widths[-2] if width is None else width
     return end_of_training(st, y, sched, width=n)
+
+
+def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
+    """The size of finite-width learning effects of ``mlp``, for ``pdlt diagnose``.
+
+    A reference problem that needs no data: one training input and one test
+    input orthogonal to it, both with first-layer kernel ``K1``
+    (``x = sqrt(n0 (K1 - C_b) / C_W) e_a`` in two input dimensions), target
+    ``y = sqrt(K^(L))`` (the output's own scale), trained by gradient descent
+    with ``eta = 1 / (2 Theta)`` for ``steps`` steps (converged to ~1e-12).
+
+    Returns
+    -------
+    dict
+        ``representation_learning``: ``E[H(T) - H(0)] / Theta`` at the training
+        input (the relative NTK change), ``prediction_correction``: the
+        finite-width shift of the trained mean at the test input relative to
+        the target, ``|m1 / n| / y``, both at the MLP's width ``n = n_{L-1}``;
+        the 1/n coefficients ``ntk_change_coefficient`` and
+        ``mean_correction_coefficient`` (in the same relative units, times n);
+        the reference problem's ``Theta``, ``y``, ``test_mean_infinite``.
+    """
+    from ..network import MLP
+
+    mlp = check_mlp(mlp)
+    if mlp.is_residual:
+        raise NotImplementedError("finite-width training is derived for plain MLPs only")
+    C_b, C_W = mlp.C_b[0], mlp.C_W[0]
+    if not K1 > C_b:
+        raise ValueError(f"K1 = {K1} must exceed C_b = {C_b} (the inputs' part of K^(1) is "
+                         "K1 - C_b)")
+    scale = math.sqrt(2.0 * (K1 - C_b) / C_W)
+    ref = MLP(n0=2, widths=mlp.widths[1:-1], n_out=1, activation=mlp.activation,
+              C_b=mlp.C_b, C_W=mlp.C_W, lambda_b=mlp.lambda_b, lambda_W=mlp.lambda_W)
+    st = training_statistics(ref, np.array([[scale, 0.0]]), np.array([[0.0, scale]]))
+    y = math.sqrt(float(st.K[0, 0]))
+    Th = float(st.Theta[0, 0])
+    sched = algorithm_schedule(st.Theta[:1, :1], "gd", learning_rate=0.5 / Th, steps=steps)
+    r = end_of_training(st, np.array([y]), sched)
+    n = mlp.widths[-2]
+    dh = float(r.ntk_change[0, 0]) / Th
+    dm = float(r.mean_correction[0]) / y
+    return {"representation_learning": dh / n, "prediction_correction": abs(dm) / n,
+            "ntk_change_coefficient": dh, "mean_correction_coefficient": dm, "Theta": Th,
+            "y": y, "test_mean_infinite": float(r.mean_infinite[0]), "width": n}
