@@ -102,3 +102,17 @@ def test_derivative_statistics_rows(tmp_path):
     assert all(r.passed for r in res.rows), res.rows
     text = open(write_report(res, tmp_path / "r"), encoding="utf-8").read()
     assert "S against depth" in text
+
+
+def test_finite_training_study_rows_and_figure():
+    from pdlt.report.finite_training import TrainingCase, finite_training_study
+
+    case = TrainingCase("circle", "newton", widths=(16, 32, 64), networks=400)
+    s = finite_training_study([case])
+    names = [r.statistic for r in s.rows]
+    # the largest-|m1| training input and the two test inputs, each at n_max and
+    # extrapolated, and the NTK change
+    assert len(names) == 3 * 2 + 2 and names[-2].startswith("NTK change")
+    assert all(r.width == 64 and r.stderr > 0 and np.isfinite(r.measured) for r in s.rows)
+    assert all(r.allowance == 0.0 for r in s.rows if r.statistic.startswith("1/n"))
+    assert set(s.figure()) == {"finite_training"}

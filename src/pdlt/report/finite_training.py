@@ -23,7 +23,8 @@ Rows (largest width n_max, previous width n_max/2):
 * ``1/n extrapolation``: the intercept of a weighted least-squares fit of
   ``d(n) = a + c/n`` over all widths against ``m1`` (4 standard errors of
   ``a``, no allowance): the residual is O(1/n^2);
-* ``NTK change``: ``n E[H(T) - H(0)]`` (largest entry) against the prediction.
+* ``NTK change``: ``n E[H(T) - H(0)]`` (largest entry) against the prediction,
+  at n_max (same allowance) and extrapolated (no allowance).
 """
 
 from __future__ import annotations
@@ -162,9 +163,16 @@ def _rows(res):
     th = res["ntk_change"]
     k = np.unravel_index(np.argmax(np.abs(th)), th.shape)
     allow = abs(res["dh"][-2][k] - res["dh"][-1][k])
-    rows.append(_row(f"NTK change n E[H(T)-H(0)], {case.label}, entry {tuple(int(v) for v in k)}",
+    entry = tuple(int(v) for v in k)
+    rows.append(_row(f"NTK change n E[H(T)-H(0)], {case.label}, entry {entry}",
                      case.activation, n, case.depth, th[k], res["dh"][-1][k], res["dh_se"][-1][k],
                      allow))
+    if len(case.widths) >= 3:
+        dk = np.array([v[k] for v in res["dh"]])
+        sk = np.array([v[k] for v in res["dh_se"]])
+        a, sa, _ = _fit(case.widths, dk, sk)
+        rows.append(_row(f"1/n extrapolation of the NTK change, {case.label}, entry {entry}",
+                         case.activation, n, case.depth, th[k], a, sa, 0.0))
     return rows
 
 

@@ -336,16 +336,19 @@ def _extrapolated_rows(results):
 def default_studies(quick=False):
     """The extra studies (:mod:`pdlt.report.studies`) as zero-argument callables."""
     from . import studies as st
+    from .finite_training import finite_training_study
 
     if quick:
         return [lambda: st.linear_kurtosis_study(networks=4000),
                 lambda: st.histogram_study(networks=1500),
                 lambda: st.learning_study(widths=(32, 64), networks=120, steps=20),
-                lambda: st.residual_study(networks=1500)]
+                lambda: st.residual_study(networks=1500),
+                lambda: finite_training_study(quick=True)]
     return [lambda: st.linear_kurtosis_study(networks=20000),
             lambda: st.histogram_study(networks=6000),
             lambda: st.learning_study(),
-            lambda: st.residual_study()]
+            lambda: st.residual_study(),
+            lambda: finite_training_study()]
 
 
 def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, progress=None,
