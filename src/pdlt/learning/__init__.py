@@ -8,6 +8,8 @@ Numpy/scipy only (no torch). The NNGP kernel ``K^(L)`` and the frozen NTK
 - :mod:`~pdlt.learning.kernel_learning`: gradient descent with the frozen NTK
   (discrete steps, infinite time, Newton's step, the stability bound, the
   kernel prediction over initializations; book ch. 7, 10), :class:`NTKRegressor`;
+- :mod:`~pdlt.learning.finite_training`: the trained network at order 1/n
+  (mean, covariance, NTK change) for any step schedule, from H1, A..U;
 - :mod:`~pdlt.learning.generalization`: the bias-variance decomposition of the
   test error against C_W and depth, interpolation versus extrapolation
   (book §10.3), and the data sets used by the report.
@@ -28,6 +30,9 @@ from .finite_bayes import (FiniteWidthPosterior, ImportancePosterior, Representa
                            finite_width_posterior, hebbian_kernel_shift, importance_posterior,
                            nearly_gaussian_posterior)
 from .nearly_kernel import MetaKernels, meta_kernels, quadratic_model, quadratic_step
+from .finite_training import (FiniteWidthTraining, TrainingStatistics, algorithm_schedule,
+                              end_of_training, finite_width_learning_size, finite_width_training,
+                              training_statistics)
 
 __all__ = [
     # bayes
@@ -45,6 +50,9 @@ __all__ = [
     "finite_width_posterior", "hebbian_kernel_shift", "importance_posterior",
     "nearly_gaussian_posterior", "MetaKernels", "meta_kernels", "quadratic_model",
     "quadratic_step",
+    # finite width (the end of training)
+    "FiniteWidthTraining", "TrainingStatistics", "algorithm_schedule", "end_of_training",
+    "finite_width_training", "finite_width_learning_size", "training_statistics",
     # errors
     "SingularKernelError", "UnstableLearningRateError",
 ]

@@ -69,6 +69,30 @@ The result is the same function for every algorithm: only the schedule of
 ``M_t`` changes. :func:`algorithm_schedule` builds the schedules of the
 book's three cases: one giant leap (Newton step), a giant leap followed by
 small gradient steps, and many gradient-descent steps.
+
+What depends on the algorithm (``FiniteWidthTraining.parts``)
+-------------------------------------------------------------
+At infinite width every schedule that converges gives the same kernel
+prediction. At order 1/n they differ:
+
+* NTK fluctuations (``"AB"``): after one giant leap ``F(H) = H_{.A}
+  Theta_AA^{-1}`` is *linear* in H, so the fluctuations average out and the
+  term vanishes exactly; many small steps make ``F`` nonlinear in H
+  (``H_{.A} H_AA^{-1}`` at convergence), and ``E[F(Theta + DeltaH)] !=
+  F(Theta)``: the A, B term appears.
+* dNTK and ddNTKs (``"dynamics"``): the Newton step moves the parameters by
+  ``u = Theta_AA^{-1} eps`` at once, so the second- and third-order terms see
+  the whole residual ``(1/2) dH[u, u]``, ``(1/6) ddIH[u, u, u]``; after the
+  leap the training residual is O(1/n), not zero, and the following small
+  steps remove it (the book's "small step following a giant leap"); with many
+  small steps the residual decays mode by mode and the NTK and dNTK change
+  along the way, so the sums over steps weight each eigenmode of Theta_AA by
+  its own decay (the book's algorithm projectors).
+* ``"H1"``: the NTK mean shift enters every algorithm through ``DF(H1)``.
+
+Checked against trained real networks in
+``tests/experiment/test_finite_training_ensemble.py`` and in the report
+(:mod:`pdlt.report.finite_training`).
 """
 
 from __future__ import annotations
