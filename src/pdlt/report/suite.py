@@ -129,15 +129,17 @@ STAT_SPECS = {
 }
 
 
-def _ntk_spec(name, ylabel):
+def _ntk_spec(name, ylabel, note=None):
+    """An extrapolated (two-width) comparison of one NTK-family statistic."""
     return StatSpec(
         theory=lambda ff, mlp: np.asarray(ff[name], float),
         allowance=lambda th, ff, mlp: np.zeros_like(th),
         label=name, ylabel=ylabel, extrapolate=True,
-        note=f"NTK statistic {name} (ch. 8) measured as n x (connected correlator), whose O(1/n) "
-             "shift is several standard errors at these widths; compared as the two-width "
-             "extrapolation 2 m(2n) - m(n) with allowance |m(2n) - m(n)|/2 for the remaining "
-             "O(1/n^2) term (the expansion at least halves from n to 2n)")
+        note=note or (
+            f"NTK statistic {name} (ch. 8) measured as n x (connected correlator), whose O(1/n) "
+            "shift is several standard errors at these widths; compared as the two-width "
+            "extrapolation 2 m(2n) - m(n) with allowance |m(2n) - m(n)|/2 for the remaining "
+            "O(1/n^2) term (the expansion at least halves from n to 2n)"))
 
 
 for _name, _ylabel in (("A", "A"), ("B", "B"), ("D", "D"), ("F", "F")):
@@ -146,10 +148,8 @@ for _name, _ylabel in (("A", "A"), ("B", "B"), ("D", "D"), ("F", "F")):
 
 def _deriv_spec(name):
     chapter = "ch. 11, dNTK" if name in "PQ" else "'The End of Training', ddNTKs"
-    return StatSpec(
-        theory=lambda ff, mlp: np.asarray(ff[name], float),
-        allowance=lambda th, ff, mlp: np.zeros_like(th),
-        label=name, ylabel=name, extrapolate=True,
+    return _ntk_spec(
+        name, name,
         note=f"{name} ({chapter}) measured at the last layer as n x (connected correlator) on "
              "the ordered pairs of 2 neurons per network (unbiased by exchangeability; "
              "Case.derivative_networks networks) and compared as the two-width extrapolation "

@@ -104,7 +104,8 @@ from .. import gaussian
 from ..network import MLP
 from ._ntk_avg import single_input_terms
 from .ntk import ntk_step_single
-from .ntk_multi import _apply, _operator, _pairs, _representatives, ntk_multi_flow
+from .ntk_multi import (_apply, _operator, _pairs, _representatives, ntk_multi_flow,
+                        positive_variances)
 from .vertex import _fourth_derivative_source, finite_width_flow
 
 __all__ = ["single_input_mean_terms", "ntk_mean_step_single", "ntk_mean_step", "h1_from_flow",
@@ -361,11 +362,7 @@ def h1_from_flow(mlp: MLP, base, D, F) -> np.ndarray:
     H1 = np.zeros((L, N, N))
     for l in range(1, L):
         s = base[l - 1]
-        K = np.asarray(s.K, dtype=float)
-        if np.any(np.diag(K) <= 0):
-            raise ValueError(
-                f"an input has zero variance at layer {l}; the finite-width recursions need "
-                "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+        K = positive_variances(s.K, l)
         r = mlp.widths[l] / mlp.widths[l - 1]
         H1[l] = ntk_mean_step(act, K, s.Theta, H1[l - 1], s.extra["G1"], s.extra["V"],
                               D[l - 1], F[l - 1], mlp.C_W[l], mlp.lambda_W[l], r)

@@ -646,6 +646,16 @@ def ddntk_step(act, K, Theta, B, F, P, Q, R, S, T, U, C_W, lambda_W, ratio=1.0, 
     return out
 
 
+def positive_variances(K, layer):
+    """``K`` as a float array, after checking every input's variance at ``layer`` is > 0."""
+    K = np.asarray(K, dtype=float)
+    if np.any(np.diag(K) <= 0):
+        raise ValueError(
+            f"an input has zero variance at layer {layer}; the finite-width recursions need "
+            "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+    return K
+
+
 def ntk_multi_flow(mlp, base, *, accuracy="default", stats=None):
     """A, B, D, F, P, Q, R, S, T, U at every layer for N inputs.
 
@@ -680,11 +690,7 @@ def ntk_multi_flow(mlp, base, *, accuracy="default", stats=None):
     out = {k: [zero] for k in NTK_MULTI_STATISTICS}
     for l in range(1, mlp.depth):
         s = base[l - 1]
-        K = np.asarray(s.K, dtype=float)
-        if np.any(np.diag(K) <= 0):
-            raise ValueError(
-                f"an input has zero variance at layer {l}; the finite-width recursions need "
-                "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+        K = positive_variances(s.K, l)
         ratio = mlp.widths[l] / mlp.widths[l - 1]
         args = (mlp.C_W[l], mlp.lambda_W[l], ratio)
         new = ntk_step(act, K, s.Theta, s.extra["V"], st["A"], st["B"], st["D"], st["F"],
