@@ -314,28 +314,32 @@ def _dynamics(st: TrainingStatistics, z, y, sched):
     # W[a,b,c,d] for dH's change, Y[a,b,c,d] for H's second-order change (d, c in A used)
     W = st.ddI + st.ddII + np.swapaxes(st.ddII, 1, 2)
     Y = 0.5 * st.ddI + 0.5 * np.swapaxes(st.ddI, 0, 1) + st.ddII
-    W_A = W[:, :, :, :Na]                                               # (N, N, N, Na)
-    Y_AA = Y[:, :, :Na, :Na]
-    ddI_AAA = st.ddI[:, :Na, :Na, :Na]
+    # contractions as matrix products over the batch (BLAS), not einsum loops
+    W_A = W[:, :, :, :Na].reshape(N ** 3, Na).T                         # (Na, N^3)
+    Y_AA = Y[:, :, :Na, :Na].reshape(N * N, Na * Na).T                  # (Na^2, N^2)
+    ddI_AAA = st.ddI[:, :Na, :Na, :Na].reshape(N, Na ** 3).T            # (Na^3, N)
     eps = z[:, :Na] - y[None, :]                                        # eps0(t)
     e = np.zeros((B, N))
     h = np.zeros((B, N, N))
-    g = np.zeros((B, N, N, N))
-    ThA = Th[:, :Na]
+    g = np.zeros((B, N ** 3))
+    dH = dH.reshape(B, N ** 3)
+    ThA_T = Th[:, :Na].T                                                # (Na, N)
+    ThAA_T = Th[:Na, :Na].T
     for M in sched:
         u = eps @ M.T                                                   # (B, Na)
-        dHt = dH + g
+        uu = (u[:, :, None] * u[:, None, :]).reshape(B, Na * Na)
+        dHt = (dH + g).reshape(B, N, N, N)
         dHt_A = dHt[:, :, :Na, :Na]
-        r = (-np.einsum("Bac,Bc->Ba", h[:, :, :Na], u)
-             + 0.5 * np.einsum("Bacd,Bc,Bd->Ba", dHt_A, u, u)
-             - np.einsum("acde,Bc,Bd,Be->Ba", ddI_AAA, u, u, u) / 6.0)
-        e_new = e - (e[:, :Na] @ M.T) @ ThA.T + r
-        dh = -np.einsum("Babc,Bc->Bab", dHt[:, :, :, :Na], u)
-        dh = dh + np.swapaxes(dh, 1, 2) + np.einsum("abcd,Bc,Bd->Bab", Y_AA, u, u)
-        g = g - np.einsum("abcd,Bd->Babc", W_A, u)
+        r = (-np.matmul(h[:, :, :Na], u[:, :, None])[..., 0]
+             + 0.5 * np.matmul(dHt_A.reshape(B, N, Na * Na), uu[:, :, None])[..., 0]
+             - ((uu[:, :, None] * u[:, None, :]).reshape(B, Na ** 3) @ ddI_AAA) / 6.0)
+        e_new = e - (e[:, :Na] @ M.T) @ ThA_T + r
+        dh = -np.matmul(dHt[:, :, :, :Na].reshape(B, N * N, Na), u[:, :, None]).reshape(B, N, N)
+        dh = dh + np.swapaxes(dh, 1, 2) + (uu @ Y_AA).reshape(B, N, N)
+        g = g - u @ W_A
         h = h + dh
         e = e_new
-        eps = eps - u @ Th[:Na, :Na].T
+        eps = eps - u @ ThAA_T
     return e, h
 
 
