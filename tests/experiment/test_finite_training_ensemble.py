@@ -75,3 +75,26 @@ def test_ntk_change_during_training_matches_the_prediction(setup):
     se64 = 64 * runs[64].ntk_change().stderr
     _check(dh[32], dh[64], se64, pred.ntk_change)
     assert np.max(np.abs(pred.ntk_change) / se64) > 20
+
+
+def test_deep_linear_newton_step_exact_at_small_width():
+    # sigma(z) = z, depth 2, no biases: the order-1/n prediction of one Newton step is exact
+    # at every width (tests/learning/test_finite_training.py derives it), so real networks
+    # at n = 8 must agree within 4 standard errors with no allowance
+    X = np.array([[1.0, 0.3, -0.2], [0.1, -0.8, 0.5]])
+    Xt = np.array([[0.4, 0.4, 0.9]])
+    y = np.array([0.7, -0.3])
+    mlp = pdlt.MLP(n0=3, width=8, depth=2, n_out=1, activation="linear", C_b=0.0, C_W=1.3,
+                   lambda_b=0.0, lambda_W=0.9)
+    st = ft.training_statistics(mlp, X, Xt)
+    sched = ft.algorithm_schedule(st.Theta[:2, :2], "newton")
+    pred = ft.end_of_training(st, y, sched, width=8)
+    te = train_ensemble(mlp, X, y, Xt, networks=20000, step_matrices=sched, seed=4,
+                        antithetic=True)
+    m, ma = te.mean(on="test"), te.mean(on="train")
+    measured = np.r_[ma.mean[:, 0], m.mean[:, 0]]
+    se = np.r_[ma.stderr[:, 0], m.stderr[:, 0]]
+    theory = np.r_[y + pred.train_mean_correction / 8, pred.mean]
+    assert np.all(np.abs(measured - theory) <= 4 * se), (measured, theory, se)
+    # and the 1/n shift is resolved
+    assert np.max(np.abs(theory - np.r_[y, pred.mean_infinite]) / se) > 8

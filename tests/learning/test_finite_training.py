@@ -200,3 +200,44 @@ def test_regressors_with_width_add_the_correction_and_converge_by_default():
         NTKRegressor(mlp, noise=0.1, width=50).fit(X, y)
     with pytest.raises(ValueError, match="width"):
         NTKRegressor(mlp, width=-3).fit(X, y)
+
+
+def _linear_two_layer_newton_shift(X, Xt, y, lambda_W, C_W):
+    """Exact n (E[z(1)] - Theta_BA Theta_AA^{-1} y) for sigma(z) = z, depth 2, no biases.
+
+    z = W2 W1 x is bilinear in (W1, W2), so one step is exactly
+    ``z(1) = z - H u + (1/2) dH[u, u]`` with ``u = Theta_AA^{-1} (z_A - y)``; the
+    NTK mean is exactly Theta, and ``dH_abc = (lambda_W^2 / (n n0)) [(x_a.x_c) z_b +
+    (x_a.x_b) z_c]`` (the only second derivatives are d^2 z / dW2_j dW1_jk = x_k), so
+    ``n E[dH_abc z_d] = (lambda_W^2 / n0) [(x_a.x_c) K_bd + (x_a.x_b) K_cd]`` with
+    ``K = C_W^2 x.x / n0``, exactly at every width.
+    """
+    Xall = np.r_[X, Xt]
+    n0 = X.shape[1]
+    G = Xall @ Xall.T
+    K = C_W * C_W * G / n0
+    nX = lambda_W ** 2 / n0 * (np.einsum("ac,bd->abcd", G, K) + np.einsum("ab,cd->abcd", G, K))
+    Na = X.shape[0]
+    Theta = lambda_W * G / n0 * C_W + lambda_W * C_W * G / n0   # layer 2: lambda_W K1 + C_W Theta1
+    M = np.linalg.inv(Theta[:Na, :Na])
+    My = M @ y
+    # E[(1/2) dH_{.bc} u_b u_c] = - sum M_bd E[dH_{.bcd-index} z_d] (M y)_c
+    shift = -np.einsum("bd,abcd,c->a", M, nX[:, :Na, :Na, :Na], My)
+    return shift[Na:], shift[:Na], Theta
+
+
+def test_deep_linear_newton_step_is_exact():
+    # the end-of-training engine with the theory's P, Q against the closed form above
+    X = np.array([[1.0, 0.3, -0.2], [0.1, -0.8, 0.5]])
+    Xt = np.array([[0.4, 0.4, 0.9]])
+    y = np.array([0.7, -0.3])
+    mlp = pdlt.MLP(n0=3, width=16, depth=2, n_out=1, activation="linear", C_b=0.0, C_W=1.3,
+                   lambda_b=0.0, lambda_W=0.9)
+    st = ft.training_statistics(mlp, X, Xt)
+    test_shift, train_shift, Theta = _linear_two_layer_newton_shift(X, Xt, y, 0.9, 1.3)
+    np.testing.assert_allclose(st.Theta, Theta, rtol=1e-12)
+    np.testing.assert_allclose(st.H1, 0.0, atol=1e-12)
+    r = ft.end_of_training(st, y, ft.algorithm_schedule(st.Theta[:2, :2], "newton"))
+    np.testing.assert_allclose(r.mean_correction, test_shift, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(r.train_mean_correction, train_shift, rtol=1e-9, atol=1e-12)
+    assert np.abs(test_shift).max() > 0.05
