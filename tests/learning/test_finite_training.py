@@ -241,3 +241,9 @@ def test_deep_linear_newton_step_is_exact():
     np.testing.assert_allclose(r.mean_correction, test_shift, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(r.train_mean_correction, train_shift, rtol=1e-9, atol=1e-12)
     assert np.abs(test_shift).max() > 0.05
+
+
+def test_kinked_activations_warn_that_kink_crossings_are_missing():
+    mlp = pdlt.MLP(n0=2, width=32, depth=2, n_out=1, activation="relu", C_W=2.0)
+    with pytest.warns(UserWarning, match="kinks"):
+        ft.training_statistics(mlp, np.eye(2), np.array([[0.6, 0.8]]))

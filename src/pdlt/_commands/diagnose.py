@@ -202,8 +202,14 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
     if gamma == 0.0 and K1 > C_b:
         from ..learning.finite_training import finite_width_learning_size
 
+        import warnings
+
         try:
-            fl_size = finite_width_learning_size(mlp.with_(n_out=1), K1)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fl_size = finite_width_learning_size(mlp.with_(n_out=1), K1)
+            for w in caught:
+                notes.append(f"caution: {w.message}")
         except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
             notes.append(f"finite-width learning not predicted: {exc}")
         else:
