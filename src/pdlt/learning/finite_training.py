@@ -90,6 +90,14 @@ prediction. At order 1/n they differ:
   its own decay (the book's algorithm projectors).
 * ``"H1"``: the NTK mean shift enters every algorithm through ``DF(H1)``.
 
+Kinked activations (ReLU): the expansion assumes a smooth network function.
+Trained ReLU networks disagree with it: ``n (E[z(T)] - m_inf)`` grows roughly
+like ``sqrt(n)`` at widths 16-256 (Newton leap and gradient descent alike)
+and the NTK falls about twice as much as predicted, consistent with
+preactivations near the kink crossing it during training (an O(n^{-1/2})
+effect, one-sided because inactive neurons get no gradient).
+:func:`training_statistics` warns for such activations.
+
 Checked against trained real networks in
 ``tests/experiment/test_finite_training_ensemble.py`` and in the report
 (:mod:`pdlt.report.finite_training`).
@@ -202,10 +210,13 @@ def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> Training
             "steps move preactivations across the kinks. For trained critical ReLU networks "
             "(the depth-3 'circle' task of pdlt.report.finite_training, Newton leap + 5 "
             "steps, widths 32-256) the measured "
-            "n (E[z(T)] - m_inf) grows with n instead of approaching the prediction (at n = 256 "
-            "the NTK change is 2.3x the predicted one): the finite-width shift of kinked "
-            "networks is larger than O(1/n) there. Use a smooth activation (gelu, swish, tanh) "
-            "for quantitative predictions", UserWarning, stacklevel=2)
+            "n (E[z(T)] - m_inf) grows roughly like sqrt(n) instead of approaching the "
+            "prediction, with gradient descent to convergence as with a Newton leap, and the "
+            "NTK falls about twice as much as predicted: consistent with neurons near the kink "
+            "being pushed across it (only active neurons get gradient, so the crossings do not "
+            "cancel), an O(n^-1/2) effect that no order-1/n expansion contains. Use a smooth "
+            "activation (gelu, swish, tanh) for quantitative predictions",
+            UserWarning, stacklevel=2)
     Xa = check_data(X_train, None, mlp.n0, name_X="X_train")
     Xb = check_data(X_test, None, mlp.n0, name_X="X_test")
     x = np.concatenate([Xa, Xb], axis=0)
