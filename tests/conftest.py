@@ -33,3 +33,15 @@ def torch_available():
     except ImportError:
         return False
     return True
+
+
+def linear_newton_case(width):
+    """Deep linear depth-2 MLP (no biases) and a 2-train/1-test problem whose one-Newton-step
+    order-1/n prediction is exact at every width (tests/learning/test_finite_training.py)."""
+    import pdlt
+    X = np.array([[1.0, 0.3, -0.2], [0.1, -0.8, 0.5]])
+    Xt = np.array([[0.4, 0.4, 0.9]])
+    y = np.array([0.7, -0.3])
+    mlp = pdlt.MLP(n0=3, width=width, depth=2, n_out=1, activation="linear", C_b=0.0, C_W=1.3,
+                   lambda_b=0.0, lambda_W=0.9)
+    return mlp, X, Xt, y

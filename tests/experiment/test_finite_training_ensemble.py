@@ -81,11 +81,8 @@ def test_deep_linear_newton_step_exact_at_small_width():
     # sigma(z) = z, depth 2, no biases: the order-1/n prediction of one Newton step is exact
     # at every width (tests/learning/test_finite_training.py derives it), so real networks
     # at n = 8 must agree within 4 standard errors with no allowance
-    X = np.array([[1.0, 0.3, -0.2], [0.1, -0.8, 0.5]])
-    Xt = np.array([[0.4, 0.4, 0.9]])
-    y = np.array([0.7, -0.3])
-    mlp = pdlt.MLP(n0=3, width=8, depth=2, n_out=1, activation="linear", C_b=0.0, C_W=1.3,
-                   lambda_b=0.0, lambda_W=0.9)
+    from conftest import linear_newton_case
+    mlp, X, Xt, y = linear_newton_case(8)
     st = ft.training_statistics(mlp, X, Xt)
     sched = ft.algorithm_schedule(st.Theta[:2, :2], "newton")
     pred = ft.end_of_training(st, y, sched, width=8)

@@ -228,11 +228,8 @@ def _linear_two_layer_newton_shift(X, Xt, y, lambda_W, C_W):
 
 def test_deep_linear_newton_step_is_exact():
     # the end-of-training engine with the theory's P, Q against the closed form above
-    X = np.array([[1.0, 0.3, -0.2], [0.1, -0.8, 0.5]])
-    Xt = np.array([[0.4, 0.4, 0.9]])
-    y = np.array([0.7, -0.3])
-    mlp = pdlt.MLP(n0=3, width=16, depth=2, n_out=1, activation="linear", C_b=0.0, C_W=1.3,
-                   lambda_b=0.0, lambda_W=0.9)
+    from conftest import linear_newton_case
+    mlp, X, Xt, y = linear_newton_case(16)
     st = ft.training_statistics(mlp, X, Xt)
     test_shift, train_shift, Theta = _linear_two_layer_newton_shift(X, Xt, y, 0.9, 1.3)
     np.testing.assert_allclose(st.Theta, Theta, rtol=1e-12)
