@@ -215,7 +215,7 @@ def _figure(results):
         ax.set_ylabel("n (E[z(T)] - m_inf)")
         ax.set_title(case.label, fontsize=9)
         ax.axhline(0, color="0.8", lw=0.5)
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.suptitle("trained finite-width networks: stars = predicted 1/n coefficient at 1/n = 0; "
                  "dotted = fit a + c/n (residual ~ 1/n^2)", fontsize=9)
     fig.tight_layout()
