@@ -111,16 +111,19 @@ def small_csvs(tmp_path):
 def test_ntk_width_json_has_the_infinite_width_mean_beside(small_csvs, capsys):
     from pdlt.learning.finite_training import finite_width_training
     tr, te, Xa, ya, Xb = small_csvs
-    code, out, _ = run_cli(capsys, "fit", *MLP_ARGS, "--method", "ntk", "--width", "32",
+    # depth 3 (not MLP_ARGS' 4): the N-input NTK tensors are the cost of this test
+    args = ["--activation", "tanh", "--depth", "3", "--C-b", "0.1", "--C-W", "1.2"]
+    mlp = pdlt.MLP(2, width=100, depth=3, activation="tanh", C_b=0.1, C_W=1.2)
+    code, out, _ = run_cli(capsys, "fit", *args, "--method", "ntk", "--width", "32",
                            "--steps", "20", "--learning-rate", "0.05", "--train", tr,
                            "--test", te, "--json")
     assert code == 0
     d = json.loads(out)
-    r = finite_width_training(_mlp(), Xa, ya, Xb, learning_rate=0.05, steps=20, width=32)
+    r = finite_width_training(mlp, Xa, ya, Xb, learning_rate=0.05, steps=20, width=32)
     np.testing.assert_allclose(d["mean"], r.mean, rtol=1e-10)
     np.testing.assert_allclose(d["mean_infinite_width"], r.mean_infinite, rtol=1e-10)
     np.testing.assert_allclose(d["std"], r.std, rtol=1e-10)
-    infinite = ntk_prediction(_mlp(), Xa, ya, Xb, learning_rate=0.05, steps=20)
+    infinite = ntk_prediction(mlp, Xa, ya, Xb, learning_rate=0.05, steps=20)
     np.testing.assert_allclose(d["mean_infinite_width"], np.ravel(infinite.mean), rtol=1e-10)
     assert d["width"] == 32 and not np.allclose(d["mean"], d["mean_infinite_width"])
 
