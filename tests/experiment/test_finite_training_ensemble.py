@@ -45,8 +45,9 @@ def _check(d32, d64, se64, theory):
 
 def test_trained_mean_shift_matches_the_order_one_over_n_prediction(setup):
     y, pred, runs = setup
-    # infinite-width train outputs after the leap and the small steps
-    m_inf_train = y + 0.0  # the leap lands on y; later steps keep it there at infinite width
+    # the leap lands on y at infinite width and the small steps keep it there
+    np.testing.assert_allclose(pred.train_mean_infinite, y, rtol=1e-10, atol=1e-12)
+    m_inf_train = pred.train_mean_infinite
     d, se = {}, {}
     for n, te in runs.items():
         mt, ma = te.mean(on="test"), te.mean(on="train")

@@ -176,6 +176,14 @@ class TrainingStatistics:
         return self.K.shape[0]
 
 
+def _check_one_output(mlp):
+    mlp = check_mlp(mlp)
+    if mlp.n_out != 1:
+        raise ValueError(f"the finite-width training prediction is implemented for one output "
+                         f"(n_out = 1); got n_out = {mlp.n_out}. Train one output at a time")
+    return mlp
+
+
 def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> TrainingStatistics:
     """The output-layer statistics of ``mlp`` on the training and test inputs.
 
@@ -198,10 +206,7 @@ def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> Training
     """
     from ..theory.finite_ntk import ntk_fluctuation_flow
 
-    mlp = check_mlp(mlp)
-    if mlp.n_out != 1:
-        raise ValueError(f"the finite-width training prediction is implemented for one output "
-                         f"(n_out = 1); got n_out = {mlp.n_out}. Train one output at a time")
+    mlp = _check_one_output(mlp)
     if mlp.is_residual:
         raise NotImplementedError("the NTK statistics are not derived for residual MLPs; use a "
                                   "plain MLP (gamma = 0, xi = 1)")
@@ -394,9 +399,9 @@ class FiniteWidthTraining:
         Its 1/n coefficient: ``E[z(T)] = mean_infinite + mean_correction / n``.
     cov_infinite, cov_correction : ndarray (N_B, N_B)
         Likewise for the covariance over initializations.
-    train_mean_correction : ndarray (N_A,)
-        The 1/n coefficient of the trained outputs on the training inputs
-        (their infinite-width limit after convergence is ``y``).
+    train_mean_infinite, train_mean_correction : ndarray (N_A,)
+        The same on the training inputs (the infinite-width mean is ``y``
+        after convergence or a Newton leap).
     ntk_change : ndarray (N, N)
         ``n E[H(T) - H(0)]`` over all inputs (training first): the predicted
         change of the NTK during training (representation learning).
@@ -411,6 +416,7 @@ class FiniteWidthTraining:
     mean_correction: np.ndarray
     cov_infinite: np.ndarray
     cov_correction: np.ndarray
+    train_mean_infinite: np.ndarray
     train_mean_correction: np.ndarray
     ntk_change: np.ndarray
     parts: dict = field(default_factory=dict)
@@ -522,7 +528,8 @@ def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> Fi
     return FiniteWidthTraining(
         mean_infinite=mean_inf_all[test], mean_correction=mean_corr_all[test],
         cov_infinite=cov_inf_all[test, test], cov_correction=cov_corr[test, test],
-        train_mean_correction=mean_corr_all[:Na], ntk_change=ntk_change,
+        train_mean_infinite=mean_inf_all[:Na], train_mean_correction=mean_corr_all[:Na],
+        ntk_change=ntk_change,
         parts={"H1": m_H1[test], "AB": m_AB[test], "dynamics": m_dyn[test]},
         width=None if width is None else int(width))
 
@@ -558,10 +565,7 @@ def finite_width_training(mlp, X_train, y_train, X_test, *, algorithm="gd", lear
     >>> r.mean.shape
     (1,)
     """
-    mlp = check_mlp(mlp)
-    if mlp.n_out != 1:
-        raise ValueError(f"the finite-width training prediction is implemented for one output "
-                         f"(n_out = 1); got n_out = {mlp.n_out}. Train one output at a time")
+    mlp = _check_one_output(mlp)
     Xa, y, _ = check_data(X_train, y_train, mlp.n0, name_X="X_train", name_y="y_train")
     if y.shape[1] != 1:
         raise ValueError(f"y_train must have one target per input (one output); got {y.shape}")

@@ -397,10 +397,10 @@ class NTKRegressor(EstimatorBase):
         bound = stability_bound(Th)
         if self.width is not None:
             _check_finite_width_fit(self.width, noise, y2)
+            eta = 0.5 * bound if self.learning_rate is None else check_learning_rate(
+                self.learning_rate, Th)
             if steps is None:
                 # a finite run is needed: converge every kernel mode to 1e-10
-                eta = 0.5 * bound if self.learning_rate is None else check_learning_rate(
-                    self.learning_rate, Th)
                 w = np.linalg.eigvalsh(Th)
                 if w[0] <= 1e-12 * w[-1]:
                     raise ValueError("training to convergence at finite width needs an "
@@ -410,9 +410,6 @@ class NTKRegressor(EstimatorBase):
                 if steps > 100_000:
                     raise ValueError(f"training to convergence would take {steps} steps (Theta_AA "
                                      "is ill-conditioned); give steps= explicitly")
-            else:
-                eta = 0.5 * bound if self.learning_rate is None else check_learning_rate(
-                    self.learning_rate, Th)
             self.steps_ = steps
         elif steps is None:
             eta = None
@@ -445,19 +442,15 @@ class NTKRegressor(EstimatorBase):
             raise ValueError("return_std and return_cov cannot both be True; pick one")
         X = estimator_data(self, X, reset=False)
         if self.width is not None:
-            r = self.finite_width_prediction(X)
-            mean = r.mean if self._y_1d else r.mean[:, None]
-            if return_cov:
-                return mean, r.cov
-            if return_std:
-                return mean, r.std
-            return mean
-        N = self.X_train_.shape[0]
-        K, Th = last_layer_kernels(self.mlp_, self.X_train_, X)
-        Th_train = Th[:N, :N] + check_noise(self.noise) * np.eye(N)
-        pred = kernel_prediction(K[:N, :N], K[N:, :N], K[N:, N:], Th_train, Th[N:, :N],
-                                 self.y_train_, self.learning_rate_, self.steps)
-        mean = pred.mean[:, 0] if self._y_1d else pred.mean
+            pred = self.finite_width_prediction(X)
+            mean = pred.mean if self._y_1d else pred.mean[:, None]
+        else:
+            N = self.X_train_.shape[0]
+            K, Th = last_layer_kernels(self.mlp_, self.X_train_, X)
+            Th_train = Th[:N, :N] + check_noise(self.noise) * np.eye(N)
+            pred = kernel_prediction(K[:N, :N], K[N:, :N], K[N:, N:], Th_train, Th[N:, :N],
+                                     self.y_train_, self.learning_rate_, self.steps)
+            mean = pred.mean[:, 0] if self._y_1d else pred.mean
         if return_cov:
             return mean, pred.cov
         if return_std:

@@ -117,12 +117,7 @@ def run_training_case(case: TrainingCase, log=None) -> dict:
         learning_rate=1.0 / np.linalg.eigvalsh(ThA)[-1], steps=case.steps)
     sched = algorithm_schedule(ThA, case.algorithm, **kw)
     pred = end_of_training(st, y, sched)
-    # the infinite-width mean on the training inputs after the schedule
-    F0 = np.eye(Na)
-    for M in sched:
-        F0 = F0 - ThA @ M @ F0
-    m_inf_train = y - F0 @ y  # E[eps(T)] = prod_t (1 - Theta_AA M_t) E[eps(0)], E[eps(0)] = -y
-    m_inf = np.concatenate([m_inf_train, pred.mean_infinite])
+    m_inf = np.concatenate([pred.train_mean_infinite, pred.mean_infinite])
     m1 = np.concatenate([pred.train_mean_correction, pred.mean_correction])
     d, se, dh, dh_se = [], [], [], []
     for n in case.widths:
