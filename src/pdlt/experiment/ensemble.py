@@ -283,7 +283,7 @@ class Ensemble:
             standard error falls with ``s`` until the network-to-network
             scatter dominates. Default :data:`DEFAULT_DERIVATIVE_NEURONS`
             (the best standard error per CPU second measured; see the
-            Notes). Sharded runs use the default.
+            Notes). Sharded and Ray runs pass it on; checkpoints record it.
 
         Returns
         -------
