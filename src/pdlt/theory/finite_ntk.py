@@ -27,7 +27,7 @@ from .ddntk import ddntk_step_single
 from .dntk import dntk_step_single
 from .kernel import Flow
 from .ntk import ntk_step_single
-from .ntk_mean import h1_from_flow, ntk_mean_correction
+from .ntk_mean import h1_from_flow, h1_single_from_flow, ntk_mean_correction
 from .vertex import finite_width_flow
 
 __all__ = ["ntk_fluctuation_flow", "critical_learning_rates", "ntk_slopes", "NTK_STATISTICS",
@@ -191,7 +191,7 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", stats
         return Flow(out, mlp)
     base = finite_width_flow(mlp, x, K1=K1, accuracy=accuracy)
     stats = _recursion_single(mlp, base.K, base.Theta, base["V"])
-    H1 = ntk_mean_correction(mlp, K1=K1, accuracy=accuracy)
+    H1 = h1_single_from_flow(mlp, base, stats["D"], stats["F"])
     out = [dataclasses.replace(s, extra={**s.extra, "H1": float(H1[i]),
                                          **{k: float(stats[k][i]) for k in NTK_STATISTICS}})
            for i, s in enumerate(base)]

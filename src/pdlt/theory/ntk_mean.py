@@ -109,7 +109,7 @@ from .ntk_multi import (_apply, _operator, _pairs, _representatives, ntk_multi_f
 from .vertex import _fourth_derivative_source, finite_width_flow
 
 __all__ = ["single_input_mean_terms", "ntk_mean_step_single", "ntk_mean_step", "h1_from_flow",
-           "ntk_mean_correction"]
+           "h1_single_from_flow", "ntk_mean_correction"]
 
 
 # ---------------------------------------------------------------------------
@@ -325,27 +325,47 @@ def ntk_mean_correction(mlp: MLP, x=None, *, K1=None, accuracy="default") -> np.
     head = _first_layers(mlp, L - 1)
     base = finite_width_flow(head, x, K1=K1, accuracy=accuracy)
     if K1 is not None:
-        H1 = np.zeros(L)
+        # D, F at layers 1..L-1 by the single-input NTK step (D = F = 0 at layer 1)
         K = np.asarray(base.K, dtype=float)
-        t_mean = single_input_mean_terms(act, K[:L - 1])
         t_ntk = single_input_terms(act, K[:L - 1], need_d3=False)
-        A = B = D = F = 0.0
-        for l in range(1, L):
-            r = mlp.widths[l] / mlp.widths[l - 1]
-            C_W, lW = mlp.C_W[l], mlp.lambda_W[l]
+        D, F = np.zeros(L - 1), np.zeros(L - 1)
+        A = B = 0.0
+        for l in range(1, L - 1):
             s = base[l - 1]
-            th, V, G1 = float(s.Theta), float(s.extra["V"]), float(s.extra["G1"])
-            tm = {k: float(v[l - 1]) for k, v in t_mean.items()}
-            H1[l] = ntk_mean_step_single(tm, th, H1[l - 1], G1, V, D, F, C_W, lW, r)
             tn = {k: float(v[l - 1]) for k, v in t_ntk.items()}
-            A, B, D, F = ntk_step_single(tn, th, V, A, B, D, F, C_W, lW, r)
-            if not math.isfinite(H1[l]):
-                raise FloatingPointError(
-                    f"H1 overflowed at layer {l + 1}; reduce the depth or initialize at "
-                    "criticality (pdlt.criticality)")
-        return H1
+            A, B, D[l], F[l] = ntk_step_single(tn, float(s.Theta), float(s.extra["V"]), A, B,
+                                               D[l - 1], F[l - 1], mlp.C_W[l], mlp.lambda_W[l],
+                                               mlp.widths[l] / mlp.widths[l - 1])
+        return h1_single_from_flow(mlp, base, D, F)
     DF = ntk_multi_flow(head, base, accuracy=accuracy, stats=["D", "F"])
     return h1_from_flow(mlp, base, DF["D"], DF["F"])
+
+
+def h1_single_from_flow(mlp: MLP, base, D, F) -> np.ndarray:
+    """Single-input ``H1`` at every layer from a computed flow and its D, F.
+
+    The one-input twin of :func:`h1_from_flow`: ``base`` is
+    :func:`pdlt.theory.vertex.finite_width_flow` of ``mlp`` with ``K1`` (at
+    least L - 1 layers), ``D``, ``F`` (>= L - 1,) per layer. Returns (L,).
+    """
+    L = mlp.depth
+    H1 = np.zeros(L)
+    if L <= 2:
+        return H1
+    K = np.asarray(base.K, dtype=float)
+    t_mean = single_input_mean_terms(mlp.activation, K[:L - 1])
+    for l in range(1, L):
+        s = base[l - 1]
+        tm = {k: float(v[l - 1]) for k, v in t_mean.items()}
+        H1[l] = ntk_mean_step_single(tm, float(s.Theta), H1[l - 1], float(s.extra["G1"]),
+                                     float(s.extra["V"]), float(D[l - 1]), float(F[l - 1]),
+                                     mlp.C_W[l], mlp.lambda_W[l],
+                                     mlp.widths[l] / mlp.widths[l - 1])
+        if not math.isfinite(H1[l]):
+            raise FloatingPointError(
+                f"H1 overflowed at layer {l + 1}; reduce the depth or initialize at "
+                "criticality (pdlt.criticality)")
+    return H1
 
 
 def h1_from_flow(mlp: MLP, base, D, F) -> np.ndarray:
