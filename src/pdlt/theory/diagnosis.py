@@ -1,0 +1,277 @@
+"""Per-layer diagnosis of an MLP's initialization (numpy only).
+
+What the effective theory says about one concrete MLP, layer by layer: the
+kernel ``K^(l)`` and NTK mean ``Theta^(l)`` of a typical input, the
+susceptibilities ``chi_parallel``, ``chi_perp`` (book ch. 5) and the distance
+from criticality, the local depth scales over which signals are lost, the
+order-1/n statistics ``V/(n K^2)`` (the preactivations' non-Gaussianity,
+book ch. 4) and ``A/(n Theta^2)`` (NTK fluctuations, book ch. 8-9), and, for
+the network as a whole, ``L/n`` against the information-theoretic optimum
+(book appendix A) and the size of representation learning
+(:func:`pdlt.learning.finite_training.finite_width_learning_size`).
+
+The MLP may have a different ``C_b``, ``C_W`` in every layer (PyTorch's
+default initialization gives ``C_b^(l) = 1/(3 n_{l-1})``), which is why this
+works from the per-layer flows rather than from the fixed-point analysis of
+:func:`pdlt.theory.criticality.depth_scales`. :func:`pdlt.torch.diagnose`
+builds the MLP from a real PyTorch model and calls :func:`diagnose_mlp`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..network import MLP
+
+__all__ = ["MLPDiagnosis", "diagnose_mlp", "local_depth_scale"]
+
+
+def local_depth_scale(chi):
+    """``1 / |ln chi|``: layers over which a perturbation grows or shrinks by e.
+
+    Infinite at ``chi = 1`` (criticality); NaN for ``chi <= 0`` or non-finite.
+    Vectorized over ``chi``.
+    """
+    chi = np.asarray(chi, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(chi > 0, 1.0 / np.abs(np.log(np.where(chi > 0, chi, 1.0))), np.nan)
+    out = np.where(chi == 1.0, np.inf, out)
+    return out if out.ndim else float(out)
+
+
+@dataclass(frozen=True)
+class MLPDiagnosis:
+    """The theory's per-layer diagnosis of an MLP (arrays of shape (L,)).
+
+    Attributes
+    ----------
+    mlp : MLP
+        The network diagnosed (its per-layer ``C_b``, ``C_W``, ``gamma``, ``xi``).
+    K1 : float
+        First-layer kernel of the typical input the statistics refer to.
+    K, Theta : ndarray (L,)
+        Infinite-width kernel and NTK mean at every layer.
+    chi_parallel, chi_perp : ndarray (L,)
+        Susceptibilities of the map from layer l to l+1 at ``K^(l)``
+        (``chi^(L)`` uses layer L's ``C_W``, as :func:`pdlt.flow`).
+    criticality_distance : ndarray (L,)
+        ``max(|chi_parallel - 1|, |chi_perp - 1|)``: 0 at criticality.
+    xi_parallel, xi_perp : ndarray (L,)
+        Local depth scales ``1/|ln chi|`` (:func:`local_depth_scale`).
+    V, A : ndarray (L,)
+        Four-point vertex and NTK variance A (NOTATION.md), normalized by
+        ``n_{l-1}``; ``A`` is NaN for residual MLPs (not derived).
+    V_over_nK2, A_over_nTheta2 : ndarray (L,)
+        ``V^(l) / (n_{l-1} K^2)``: the single-neuron excess kurtosis of the
+        preactivations is 3x this; ``A^(l) / (n_{l-1} Theta^2)``: the
+        variance of the NTK's diagonal entry relative to its square mean.
+    K_nlo, Theta_nlo : ndarray (L,)
+        ``K + G1/n_{l-1}`` and ``Theta + H1/n_{l-1}``: the means at a finite
+        width, to order 1/n (``Theta_nlo`` NaN for residual MLPs).
+    signal_depth : float
+        ``L / |sum_l ln chi_perp^(l)|`` over the maps between layers: the
+        number of layers over which the difference of two nearby inputs is
+        multiplied by ``e`` or ``1/e`` (infinite at criticality). Signals
+        are lost when it is much smaller than the depth L.
+    L_over_n, n_eff : float
+        Depth over the effective width, the harmonic mean of the hidden
+        widths (``sum_l 1/n_l`` is what the order-1/n statistics accumulate).
+    universality_class, critical_C_b, critical_C_W
+        Of the activation (:func:`pdlt.criticality`); the C's are None when
+        it has no critical point.
+    vertex_slope, optimal_aspect_ratio, optimal_vertex : float or None
+        ``nu`` of ``V/(n K^2) ~ nu L/n`` at criticality, ``r* = 4/((20 + 3
+        n_L) nu)`` and ``k2* = 4/(20 + 3 n_L)`` (book appendix A).
+    representation_learning : dict or None
+        :func:`pdlt.learning.finite_training.finite_width_learning_size` at
+        this MLP (plain MLPs with ``K1 > C_b``); None where not available.
+    notes : tuple of str
+        What the theory says, in words.
+    """
+
+    mlp: MLP
+    K1: float
+    K: np.ndarray
+    Theta: np.ndarray
+    chi_parallel: np.ndarray
+    chi_perp: np.ndarray
+    criticality_distance: np.ndarray
+    xi_parallel: np.ndarray
+    xi_perp: np.ndarray
+    V: np.ndarray
+    A: np.ndarray
+    V_over_nK2: np.ndarray
+    A_over_nTheta2: np.ndarray
+    K_nlo: np.ndarray
+    Theta_nlo: np.ndarray
+    signal_depth: float
+    L_over_n: float
+    n_eff: float
+    universality_class: str
+    critical_C_b: float | None
+    critical_C_W: float | None
+    vertex_slope: float | None
+    optimal_aspect_ratio: float | None
+    optimal_vertex: float | None
+    representation_learning: dict | None
+    notes: tuple = field(default_factory=tuple)
+
+
+def _n_eff(mlp):
+    hidden = mlp.hidden_widths
+    if not hidden:
+        return math.inf
+    return len(hidden) / sum(1.0 / h for h in hidden)
+
+
+def diagnose_mlp(mlp: MLP, K1: float, *, learning=True) -> MLPDiagnosis:
+    """The theory's per-layer diagnosis of ``mlp`` for an input with first-layer kernel K1.
+
+    Parameters
+    ----------
+    mlp : MLP
+        Per-layer ``C_b``, ``C_W`` (e.g. estimated from a model's weights),
+        ``lambda_b``, ``lambda_W`` and residual ``gamma``, ``xi``.
+    K1 : float
+        ``K^(1) = C_b^(1) + C_W^(1) |x|^2 / n_0`` of the typical input; > 0.
+    learning : bool, default True
+        Also predict the size of representation learning (about 0.1 s).
+
+    Returns
+    -------
+    MLPDiagnosis
+
+    Raises
+    ------
+    ValueError
+        If ``K1`` is not a positive finite number or is below ``C_b^(1)``.
+
+    Examples
+    --------
+    >>> import pdlt
+    >>> from pdlt.theory.diagnosis import diagnose_mlp
+    >>> d = diagnose_mlp(pdlt.MLP(n0=4, width=64, depth=3, C_W=2.0), K1=1.0)
+    >>> [round(float(v), 12) for v in d.V_over_nK2]   # ReLU at criticality: 5 (l-1)/n
+    [0.0, 0.078125, 0.15625]
+    """
+    from .criticality import criticality
+    from .information import optimal_aspect_ratio_from_slope, optimal_vertex
+    from .vertex import finite_width_flow, vertex_slope
+
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    K1 = float(K1)
+    if not (math.isfinite(K1) and K1 > 0):
+        raise ValueError(f"K1 must be a positive finite number (the first-layer kernel); got {K1}")
+    if K1 < mlp.C_b[0]:
+        raise ValueError(f"K1 = {K1:g} is below C_b^(1) = {mlp.C_b[0]:g}: the input norm "
+                         "|x|^2/n0 = (K1 - C_b)/C_W would be negative")
+    L = mlp.depth
+    notes = []
+    ff = finite_width_flow(mlp, K1=K1)
+    K = np.asarray(ff.K, dtype=float)
+    Theta = np.asarray(ff.Theta, dtype=float)
+    cpar = np.asarray(ff.chi_parallel, dtype=float)
+    cperp = np.asarray(ff.chi_perp, dtype=float)
+    V = np.asarray(ff["V"], dtype=float)
+    G1 = np.asarray(ff["G1"], dtype=float)
+    fan = np.array([mlp.fan_in(l) for l in range(1, L + 1)], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v_norm = V / (fan * K ** 2)
+    A = np.full(L, np.nan)
+    H1 = np.full(L, np.nan)
+    if mlp.is_residual:
+        notes.append("NTK fluctuations A and the NTK's 1/n shift are not derived for residual "
+                     "MLPs: A/(n Theta^2) is not predicted")
+    else:
+        from .finite_ntk import ntk_fluctuation_flow
+        try:
+            nf = ntk_fluctuation_flow(mlp, K1=K1)
+            A = np.asarray(nf["A"], dtype=float)
+            H1 = np.asarray(nf["H1"], dtype=float)
+        except (ValueError, FloatingPointError, NotImplementedError) as exc:
+            notes.append(f"NTK fluctuations not predicted: {exc}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_norm = A / (fan * Theta ** 2)
+    dist = np.maximum(np.abs(cpar - 1.0), np.abs(cperp - 1.0))
+    # the maps between layers are l -> l+1 for l < L; chi^(L) is not one of them
+    logs = np.log(np.clip(cperp[:-1], np.finfo(float).tiny, None)) if L > 1 else np.zeros(0)
+    total = float(np.abs(logs.sum()))
+    signal_depth = math.inf if total == 0.0 else (L - 1) / total if L > 1 else math.inf
+    n_eff = _n_eff(mlp)
+    r = L / n_eff if math.isfinite(n_eff) else 0.0
+
+    crit = criticality(mlp.activation)
+    has_crit = crit.universality_class != "none"
+    nu = r_star = k2 = None
+    if has_crit:
+        nu = vertex_slope(mlp.activation, C_W=crit.C_W, K_star=crit.K_star)
+        r_star = optimal_aspect_ratio_from_slope(nu, mlp.n_out)
+        k2 = optimal_vertex(mlp.n_out)
+
+    # --- what it means, in words
+    worst = int(np.nanargmax(dist[:-1])) + 1 if L > 1 else 1
+    if has_crit:
+        notes.append(f"activation {crit.activation!r} ({crit.universality_class} class): critical "
+                     f"initialization C_b = {crit.C_b:.6g}, C_W = {crit.C_W:.6g}")
+    else:
+        notes.append(f"activation {crit.activation!r} has no critical initialization "
+                     f"({crit.reason}): signals change geometrically with depth at any (C_b, C_W)")
+    if L > 1:
+        if float(np.max(dist[:-1])) <= 1e-6:
+            notes.append("at criticality: chi_parallel = chi_perp = 1 between all layers")
+        else:
+            phase = "ordered (signals shrink)" if cperp[worst - 1] < 1 else "chaotic (signals grow)"
+            notes.append(
+                f"off criticality: largest |chi - 1| = {dist[worst - 1]:.3g} at layer {worst}, "
+                f"{phase}; the difference of two nearby inputs changes by a factor e every "
+                f"{signal_depth:.3g} layers on average, against a depth of L = {L}"
+                + (": signals from the input are lost before the output" if signal_depth < L
+                   else ""))
+        ratio = K[-1] / K[0] if K[0] > 0 else math.nan
+        if not 0.1 <= ratio <= 10:
+            notes.append(f"the kernel goes from K^(1) = {K[0]:.4g} to K^(L) = {K[-1]:.4g} "
+                         f"(x{ratio:.3g}): the output's scale is set by the depth, not the data")
+    if math.isfinite(n_eff):
+        msg = f"L/n = {r:.3g} (n = {n_eff:.4g}, the harmonic mean of the hidden widths)"
+        if r_star is not None and math.isfinite(r_star):
+            msg += f"; the information-theoretic optimum at criticality is r* = {r_star:.3g}"
+        notes.append(msg)
+    if L > 1 and np.isfinite(v_norm[-1]):
+        msg = (f"output non-Gaussianity V/(n K^2) = {v_norm[-1]:.3g} (excess kurtosis "
+               f"{3 * v_norm[-1]:.3g})")
+        if k2 is not None:
+            msg += f"; the optimum k2* = 4/(20 + 3 n_L) = {k2:.3g}"
+        notes.append(msg)
+    rep = None
+    if learning and not mlp.is_residual and K1 > mlp.C_b[0]:
+        from ..learning.finite_training import finite_width_learning_size
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                rep = finite_width_learning_size(mlp.with_(n_out=1), K1)
+            for w in caught:
+                notes.append(f"caution: {str(w.message).split('. ')[0]}")
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError,
+                NotImplementedError) as exc:
+            notes.append(f"representation learning not predicted: {exc}")
+        else:
+            notes.append(
+                f"representation learning: the NTK moves by "
+                f"{100 * rep['representation_learning']:+.3g} % during training to convergence "
+                "on a one-input reference problem (0 at infinite width)")
+    return MLPDiagnosis(
+        mlp=mlp, K1=K1, K=K, Theta=Theta, chi_parallel=cpar, chi_perp=cperp,
+        criticality_distance=dist, xi_parallel=np.asarray(local_depth_scale(cpar)),
+        xi_perp=np.asarray(local_depth_scale(cperp)), V=V, A=A, V_over_nK2=v_norm,
+        A_over_nTheta2=a_norm, K_nlo=K + G1 / fan, Theta_nlo=Theta + H1 / fan,
+        signal_depth=float(signal_depth), L_over_n=float(r), n_eff=float(n_eff),
+        universality_class=crit.universality_class,
+        critical_C_b=crit.C_b if has_crit else None, critical_C_W=crit.C_W if has_crit else None,
+        vertex_slope=None if nu is None else float(nu),
+        optimal_aspect_ratio=None if r_star is None else float(r_star),
+        optimal_vertex=k2, representation_learning=rep, notes=tuple(notes))
