@@ -572,7 +572,8 @@ class InitEstimate:
     ``W_mean_z`` is ``mean(W) / stderr(mean(W))``: the theory assumes
     zero-mean weights, so ``|W_mean_z| > 4`` is flagged. ``W_excess_kurtosis``
     is ``mean(W^4)/mean(W^2)^2 - 3``: 0 for Gaussian weights, -1.2 for
-    PyTorch's default uniform ones.
+    PyTorch's default uniform ones; ``W_excess_kurtosis_stderr = sqrt(24 /
+    count)`` is its standard error for Gaussian weights (the null hypothesis).
     """
 
     layer: int
@@ -582,11 +583,13 @@ class InitEstimate:
     C_b_stderr: float
     W_mean_z: float
     W_excess_kurtosis: float
+    W_excess_kurtosis_stderr: float
 
     def to_dict(self) -> dict:
         return dict(layer=self.layer, C_W=self.C_W, C_W_stderr=self.C_W_stderr, C_b=self.C_b,
                     C_b_stderr=self.C_b_stderr, W_mean_z=self.W_mean_z,
-                    W_excess_kurtosis=self.W_excess_kurtosis)
+                    W_excess_kurtosis=self.W_excess_kurtosis,
+                    W_excess_kurtosis_stderr=self.W_excess_kurtosis_stderr)
 
 
 def _mean_and_stderr(v):
@@ -614,7 +617,8 @@ def estimate_layer(W, b, layer=0) -> InitEstimate:
         cb, cb_se = _mean_and_stderr(np.asarray(b, dtype=float) ** 2)
     with np.errstate(divide="ignore", invalid="ignore"):
         mz = wm / wm_se if wm_se > 0 else (0.0 if wm == 0 else math.inf)
-    return InitEstimate(int(layer), cw, cw_se, cb, cb_se, float(mz), kurt)
+    return InitEstimate(int(layer), cw, cw_se, cb, cb_se, float(mz), kurt,
+                        math.sqrt(24.0 / W.size))
 
 
 def estimate_init(arch: Architecture) -> tuple:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..network import MLP
 
-__all__ = ["MLPDiagnosis", "diagnose_mlp", "local_depth_scale"]
+__all__ = ["MLPDiagnosis", "diagnose_mlp", "input_kernels", "local_depth_scale"]
 
 
 def local_depth_scale(chi):
@@ -83,6 +83,9 @@ class MLPDiagnosis:
     universality_class, critical_C_b, critical_C_W
         Of the activation (:func:`pdlt.criticality`); the C's are None when
         it has no critical point.
+    at_criticality : ndarray of bool (L,)
+        Whether each layer's ``(C_b, C_W)`` is the critical one (within
+        ``critical_tolerance``).
     vertex_slope, optimal_aspect_ratio, optimal_vertex : float or None
         ``nu`` of ``V/(n K^2) ~ nu L/n`` at criticality, ``r* = 4/((20 + 3
         n_L) nu)`` and ``k2* = 4/(20 + 3 n_L)`` (book appendix A).
@@ -114,6 +117,7 @@ class MLPDiagnosis:
     universality_class: str
     critical_C_b: float | None
     critical_C_W: float | None
+    at_criticality: np.ndarray
     vertex_slope: float | None
     optimal_aspect_ratio: float | None
     optimal_vertex: float | None
@@ -128,7 +132,28 @@ def _n_eff(mlp):
     return len(hidden) / sum(1.0 / h for h in hidden)
 
 
-def diagnose_mlp(mlp: MLP, K1: float, *, learning=True) -> MLPDiagnosis:
+def _span(v):
+    v = np.asarray(v, dtype=float)
+    if v.size == 0:
+        return "-"
+    lo, hi = float(v.min()), float(v.max())
+    return f"{lo:.3g}" if math.isclose(lo, hi, rel_tol=1e-3) else f"{lo:.3g} .. {hi:.3g}"
+
+
+def _tolerances(tol, crit, L):
+    """Absolute per-layer tolerances (C_b, C_W) for "at the critical values"."""
+    if tol is None:
+        eps = 1e-9
+        return (np.full(L, eps * max(1.0, abs(crit.C_b))),
+                np.full(L, eps * max(1.0, abs(crit.C_W))))
+    tb, tw = tol
+    tb = np.broadcast_to(np.nan_to_num(np.asarray(tb, dtype=float), nan=np.inf), (L,))
+    tw = np.broadcast_to(np.nan_to_num(np.asarray(tw, dtype=float), nan=np.inf), (L,))
+    return tb, tw
+
+
+def diagnose_mlp(mlp: MLP, K1: float, *, learning=True,
+                 critical_tolerance=None) -> MLPDiagnosis:
     """The theory's per-layer diagnosis of ``mlp`` for an input with first-layer kernel K1.
 
     Parameters
@@ -140,6 +165,11 @@ def diagnose_mlp(mlp: MLP, K1: float, *, learning=True) -> MLPDiagnosis:
         ``K^(1) = C_b^(1) + C_W^(1) |x|^2 / n_0`` of the typical input; > 0.
     learning : bool, default True
         Also predict the size of representation learning (about 0.1 s).
+    critical_tolerance : (array_like, array_like), optional
+        Absolute tolerances ``(C_b, C_W)``, scalars or per layer, within which
+        a layer counts as initialized at the critical values (e.g. 4
+        standard errors of estimated variances; NaN: cannot tell, counts as
+        within). Default ``1e-9`` relative.
 
     Returns
     -------
@@ -214,28 +244,45 @@ def diagnose_mlp(mlp: MLP, K1: float, *, learning=True) -> MLPDiagnosis:
         k2 = optimal_vertex(mlp.n_out)
 
     # --- what it means, in words
-    worst = int(np.nanargmax(dist[:-1])) + 1 if L > 1 else 1
+    at_crit = np.zeros(L, dtype=bool)
     if has_crit:
+        tol_b, tol_W = _tolerances(critical_tolerance, crit, L)
+        at_crit = ((np.abs(np.asarray(mlp.C_W) - crit.C_W) <= tol_W)
+                   & (np.abs(np.asarray(mlp.C_b) - crit.C_b) <= tol_b))
         notes.append(f"activation {crit.activation!r} ({crit.universality_class} class): critical "
                      f"initialization C_b = {crit.C_b:.6g}, C_W = {crit.C_W:.6g}")
     else:
         notes.append(f"activation {crit.activation!r} has no critical initialization "
                      f"({crit.reason}): signals change geometrically with depth at any (C_b, C_W)")
-    if L > 1:
-        if float(np.max(dist[:-1])) <= 1e-6:
-            notes.append("at criticality: chi_parallel = chi_perp = 1 between all layers")
-        else:
-            phase = "ordered (signals shrink)" if cperp[worst - 1] < 1 else "chaotic (signals grow)"
-            notes.append(
-                f"off criticality: largest |chi - 1| = {dist[worst - 1]:.3g} at layer {worst}, "
-                f"{phase}; the difference of two nearby inputs changes by a factor e every "
-                f"{signal_depth:.3g} layers on average, against a depth of L = {L}"
-                + (": signals from the input are lost before the output" if signal_depth < L
-                   else ""))
-        ratio = K[-1] / K[0] if K[0] > 0 else math.nan
-        if not 0.1 <= ratio <= 10:
-            notes.append(f"the kernel goes from K^(1) = {K[0]:.4g} to K^(L) = {K[-1]:.4g} "
-                         f"(x{ratio:.3g}): the output's scale is set by the depth, not the data")
+    ratio = K[-1] / K[0] if K[0] > 0 else math.nan
+    scale_depth = (math.inf if L < 2 else
+                   (L - 1) / abs(math.log(ratio)) if ratio > 0 and ratio != 1 else math.inf)
+    if has_crit and at_crit.all():
+        msg = "at criticality: (C_b, C_W) match the critical values in every layer"
+        if mlp.is_residual:
+            msg += " (of the plain MLP; residual layers have their own, pdlt.residual_criticality)"
+        cls = crit.universality_class
+        if cls == "scale-invariant":
+            msg += "; the kernel stays at K^(1) in every layer"
+        elif cls == "K*=0":
+            msg += (f"; in the K*=0 class the kernel decays as a power law toward 0 "
+                    f"(K^(1) = {K[0]:.4g} -> K^(L) = {K[-1]:.4g}) and chi_parallel, chi_perp "
+                    "approach 1 only as K -> 0, not exponentially as off criticality")
+        notes.append(msg)
+    elif L > 1:
+        bad = [l + 1 for l in range(L) if not at_crit[l]] if has_crit else list(range(1, L + 1))
+        chi_msg = (f"chi_parallel {_span(cpar[:-1])}, chi_perp {_span(cperp[:-1])} between "
+                   "layers")
+        notes.append(
+            ("off criticality" + (f" (C_b, C_W differ from the critical ones in layers {bad})"
+                                  if has_crit else ""))
+            + f": {chi_msg}. Per layer the kernel K (the signal's scale) is multiplied by "
+            "about chi_parallel and the difference of two nearby inputs by chi_perp; "
+            f"here K goes from {K[0]:.4g} to {K[-1]:.4g} (x{ratio:.3g}, a factor e every "
+            f"{scale_depth:.3g} layers) and input differences change by e every "
+            f"{signal_depth:.3g} layers, against a depth of L = {L}"
+            + (": the signal's scale vanishes or explodes exponentially with depth"
+               if min(scale_depth, signal_depth) < L else ""))
     if math.isfinite(n_eff):
         msg = f"L/n = {r:.3g} (n = {n_eff:.4g}, the harmonic mean of the hidden widths)"
         if r_star is not None and math.isfinite(r_star):
@@ -272,6 +319,39 @@ def diagnose_mlp(mlp: MLP, K1: float, *, learning=True) -> MLPDiagnosis:
         signal_depth=float(signal_depth), L_over_n=float(r), n_eff=float(n_eff),
         universality_class=crit.universality_class,
         critical_C_b=crit.C_b if has_crit else None, critical_C_W=crit.C_W if has_crit else None,
+        at_criticality=at_crit,
         vertex_slope=None if nu is None else float(nu),
         optimal_aspect_ratio=None if r_star is None else float(r_star),
         optimal_vertex=k2, representation_learning=rep, notes=tuple(notes))
+
+
+def input_kernels(mlp: MLP, x) -> np.ndarray:
+    """Each input's own kernel ``K^(l)_{aa}`` at every layer, shape (L, N).
+
+    The diagonal of the kernel recursion closes on itself (NOTATION.md:
+    ``K^(l+1)_{aa} = C_b + C_W <sigma^2>_{K^(l)_{aa}}``, with the residual
+    ``xi^2 [...] + gamma^2 K``), so this costs one vectorized one-variable
+    Gaussian average per layer, not the N x N pair integrals of
+    :func:`pdlt.flow`.
+
+    Parameters
+    ----------
+    mlp : MLP
+    x : array_like (N, n0)
+
+    Returns
+    -------
+    ndarray (L, N)
+    """
+    from ..network import validate_inputs
+    from .kernel import single_input_moments
+
+    x = validate_inputs(x, mlp.n0)
+    K = mlp.C_b[0] + mlp.C_W[0] * np.einsum("ai,ai->a", x, x) / mlp.n0
+    out = [K]
+    for l in range(1, mlp.depth):
+        ss, _, _ = single_input_moments(mlp.activation, K)
+        new = mlp.C_b[l] + mlp.C_W[l] * np.asarray(ss, dtype=float)
+        K = mlp.xi[l] ** 2 * new + mlp.gamma[l] ** 2 * K
+        out.append(K)
+    return np.array(out)
