@@ -17,8 +17,8 @@ def register(sub):
                     "theory says about them.")
     p.add_argument("--activation", default="relu",
                    help="named activation (relu, tanh, gelu, ...) or module:function")
-    p.add_argument("--depth", type=int, required=True, help="number of layers L")
-    p.add_argument("--width", type=int, required=True, help="hidden width n")
+    p.add_argument("--depth", type=int, default=None, help="number of layers L")
+    p.add_argument("--width", type=int, default=None, help="hidden width n")
     p.add_argument("--C-b", dest="C_b", type=float, default=None,
                    help="bias variance (default: the critical one)")
     p.add_argument("--C-W", dest="C_W", type=float, default=None,
@@ -31,7 +31,82 @@ def register(sub):
     p.add_argument("--output-width", metavar="NL", type=int, default=1,
                    help="output width n_L (default 1); sets the optimal aspect ratio")
     p.add_argument("--json", action="store_true", help="print JSON (sorted keys)")
+    _register_model_arguments(p)
     p.set_defaults(run=run)
+
+
+def _register_model_arguments(p):
+    """--model module:factory and its options (pdlt.torch.diagnose)."""
+    g = p.add_argument_group(
+        "your own PyTorch model",
+        "diagnose a real model instead of --activation/--depth/--width: its architecture and "
+        "its initialization as it actually is (C_W, C_b estimated from the weights)")
+    g.add_argument("--model", metavar="MODULE:FACTORY", default=None,
+                   help="a function returning the nn.Module, e.g. mypkg.models:make_mlp "
+                        "(imported from the current directory or the Python path)")
+    g.add_argument("--inputs", metavar="X.npy", default=None,
+                   help="your inputs, shape (N, n0): sets the input scale (default |x|^2/n0 = 1)")
+    g.add_argument("--verify", action="store_true",
+                   help="also measure K, Theta, V, A on re-initialized copies of the model")
+    g.add_argument("--networks", type=int, default=500, help="copies for --verify (500)")
+    g.add_argument("--init", metavar="MODULE:FUNCTION|pytorch", default=None,
+                   help="how --verify re-initializes the copies: init(model) in place, "
+                        "'pytorch' (PyTorch's default); default pdlt.torch.init_critical_")
+    g.add_argument("--seed", type=int, default=0, help="seed of --verify (0)")
+    g.add_argument("--figure", metavar="PATH", default=None,
+                   help="write the depth profiles to PATH (.png or .html)")
+
+
+def _import_object(spec, option):
+    """``module:name`` -> the object (the current directory is importable)."""
+    import importlib
+    import os
+    import sys
+
+    if ":" not in spec:
+        raise ValueError(f"{option} must be MODULE:NAME (e.g. mymodels:make_mlp); got {spec!r}")
+    mod_name, name = spec.split(":", 1)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ValueError(f"{option}: cannot import module {mod_name!r} ({exc})") from exc
+    obj = getattr(mod, name, None)
+    if obj is None:
+        raise ValueError(f"{option}: module {mod_name!r} has no attribute {name!r}")
+    return obj
+
+
+def run_model(args):
+    """``pdlt diagnose --model module:factory``: pdlt.torch.diagnose on the user's model."""
+    if args.depth is not None or args.width is not None:
+        raise ValueError("--model reads the depth and widths from the model; drop --depth and "
+                         "--width")
+    from ..experiment.bridge import diagnose as diagnose_model
+
+    factory = _import_object(args.model, "--model")
+    model = factory() if callable(factory) and not hasattr(factory, "parameters") else factory
+    x = None
+    if args.inputs is not None:
+        from .kernel import load_inputs
+        x = load_inputs(args.inputs)
+    init = None
+    if args.init is not None:
+        init = "pytorch" if args.init == "pytorch" else _import_object(args.init, "--init")
+    if args.networks < 2:
+        raise ValueError(f"--networks must be >= 2; got {args.networks}")
+    d = diagnose_model(model, x, verify=args.verify, networks=args.networks, init=init,
+                       seed=args.seed)
+    if args.figure is not None:
+        d.save_figure(args.figure)
+    if args.json:
+        print_json(d.to_dict())
+    else:
+        print(d)
+        if args.figure is not None:
+            print(f"\nfigure written to {args.figure}")
+    return 0
 
 
 def _regime(r):
@@ -226,6 +301,11 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
 
 
 def run(args):
+    if getattr(args, "model", None) is not None:
+        return run_model(args)
+    if args.depth is None or args.width is None:
+        raise ValueError("--depth and --width are required (or --model MODULE:FACTORY to "
+                         "diagnose your own PyTorch model)")
     act = resolve_activation(args.activation)
     d = diagnose(act, args.depth, args.width, args.C_b, args.C_W, args.K1,
                  residual=args.residual, n_out=args.output_width)

@@ -435,22 +435,23 @@ class Diagnosis:
         v = self.verification
         if v is not None:
             vt = v.theory
-            for name, axis, norm in (("K", ax[0], None),
-                                     ("V", ax[2], lambda i: vt.mlp.fan_in(i) * vt.K[i - 1] ** 2),
-                                     ("A", ax[2],
-                                      lambda i: vt.mlp.fan_in(i) * vt.Theta[i - 1] ** 2)):
+            norms = {"K": lambda i: 1.0,
+                     "V": lambda i: vt.mlp.fan_in(i) * vt.K[i - 1] ** 2,
+                     "A": lambda i: vt.mlp.fan_in(i) * vt.Theta[i - 1] ** 2}
+            for name, axis in (("K", ax[0]), ("V", ax[2]), ("A", ax[2])):
                 rs = [r for r in v.rows if r.name == name]
                 if not rs:
                     continue
                 ls = np.array([r.layer for r in rs])
-                f = np.array([1.0 if norm is None else norm(i) for i in ls])
+                f = np.array([norms[name](i) for i in ls])
+                axis.plot(ls, [r.theory / c for r, c in zip(rs, f)], "k:", lw=1)
                 axis.errorbar(ls, [r.measured / c for r, c in zip(rs, f)],
                               yerr=[2 * r.stderr / c for r, c in zip(rs, f)], fmt="x",
-                              capsize=3, label=f"measured {name} ({v.init}, M={v.networks})")
-                if v.init == "init_critical_" and name == "K":
-                    axis.plot(ls, [r.theory for r in rs], "k:", label="theory K at init_critical_")
+                              capsize=3, label=f"measured {name} +- 2 se ({v.init}, M={v.networks}"
+                                                "; dotted: its theory)")
         for a in ax:
             a.legend(fontsize=7)
+            a.xaxis.get_major_locator().set_params(integer=True)
         fig.tight_layout()
         return fig
 
@@ -700,7 +701,11 @@ def max_stable_learning_rate(model, x, *, lambda_b=1.0, lambda_W=1.0,
     Notes
     -----
     A network of finite width has ``H = Theta + O(1/sqrt(n))``, so stay a
-    margin below the bound (a factor 0.5-0.9).
+    margin below the bound (a factor 0.5-0.9). Above it the loss first grows
+    (the top kernel mode by ``|1 - eta lambda_max|`` per step) until the
+    network leaves the kernel regime: it then diverges or, for wide networks
+    somewhat above the bound, "catapults" into a region of smaller NTK and
+    converges there, which the kernel description does not cover.
     """
     from ..theory.kernel import flow
 
