@@ -119,6 +119,14 @@ def test_residual_blocks_map_to_gamma_xi():
     ref = pdlt.flow(d.mlp, K1=d.theory.K1)
     np.testing.assert_allclose(d.theory.K, ref.K, rtol=1e-12)
     assert np.all(np.isnan(d.theory.A))          # not derived for residual MLPs: not faked
+    # measured on copies, the residual forward (gamma, xi) follows the residual theory
+    v = pdlt.torch.diagnose(m, verify=True, networks=300, learning=False).verification
+    assert v.agrees, str(v)
+    assert {r.name for r in v.rows} == {"K", "Theta", "V"}     # no A row: no theory for it
+    k = [r for r in v.rows if r.name == "K"]
+    assert all(r.resolution < 0.5 for r in k)
+    plain = diagnose_mlp(v.mlp.with_(gamma=0.0, xi=1.0), v.K1, learning=False)
+    assert not all(r.agrees for r in v.compare({"K": plain.K_nlo}))  # gamma, xi matter
     # a custom forward z + f(z) is the gamma = xi = 1 block
     c = Chain()
     arch = read_architecture(c)
