@@ -1,8 +1,8 @@
 """examples/own_model.py runs end to end (CI size) and its comparison can fail.
 
 The CI-sized run (``--quick``: width 64, 4 networks, 60 steps, 200
-verification copies) takes about 15 s on 2 cores; the full run
-(``python examples/own_model.py``) a few minutes.
+verification copies) takes about 6 s of CPU time plus imports; the full run
+(``python examples/own_model.py``) about a minute.
 """
 
 import importlib.util
