@@ -405,3 +405,16 @@ def test_max_stable_learning_rate_separates_convergence_from_divergence():
     unstable = _train(m2, x, y, 1.25 * eta, 15)
     assert max(stable[1:]) < stable[0] and stable[-1] < 0.3 * stable[0], stable[::5]
     assert max(unstable) > 30 * unstable[0], unstable
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_model_is_diagnosed_and_stepped_on_its_device():
+    m = mlp_seq(4, 32, 32, 1, act=nn.Tanh).cuda()
+    pdlt.torch.init_critical_(m, generator=torch.Generator(device="cuda").manual_seed(0))
+    d = pdlt.torch.diagnose(m, np.ones((3, 4)), verify=True, networks=50, learning=False)
+    assert d.theory.at_criticality.all() and d.verification.agrees
+    opt = torch.optim.SGD(pdlt.torch.param_groups(m, 0.1))
+    x = torch.randn(5, 4, device="cuda")
+    (0.5 * m(x).pow(2).sum()).backward()
+    opt.step()
+    assert all(p.device.type == "cuda" for p in m.parameters())

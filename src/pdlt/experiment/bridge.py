@@ -457,6 +457,10 @@ class Diagnosis:
         fig.tight_layout()
         return fig
 
+    def plot(self, path=None):
+        """:meth:`figure`, or, with ``path``, :meth:`save_figure` (returns the path)."""
+        return self.figure() if path is None else self.save_figure(path)
+
     def save_figure(self, path):
         """Write :meth:`figure` to ``path``: ``.png``, or ``.html`` (image and the table)."""
         import html as _html
