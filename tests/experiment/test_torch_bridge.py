@@ -76,6 +76,16 @@ class SneakyLinear(nn.Linear):
         return 2.0 * super().forward(x)
 
 
+class Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.h, self.c = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 1)
+
+    def forward(self, x):
+        z = self.h(torch.relu(self.a(x)))
+        return self.c(torch.relu(self.h(torch.relu(z))))
+
+
 class ExtraParameter(nn.Module):
     def __init__(self):
         super().__init__()
@@ -156,6 +166,7 @@ def test_residual_blocks_map_to_gamma_xi():
     (PostActivationResidual(), "residual connection .* wraps Linear"),
     (Scaled(), "operation 'mul'"),
     (ExtraParameter(), "parameter 'scale' is not"),
+    (Shared(), "used by more than one layer"),
     (nn.Sequential(nn.Linear(3, 8), Residual(nn.Sequential(nn.Linear(8, 8), nn.ReLU())),
                    nn.Linear(8, 1)), r"residual block '1'.*must be \(activation, nn.Linear\)"),
 ])

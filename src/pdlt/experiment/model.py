@@ -461,6 +461,10 @@ def read_architecture(model: nn.Module) -> Architecture:
         pending = None
         if act is not None:
             acts.append((act, path))
+        if any(lin is other for other in linears):
+            raise UnsupportedModelError(
+                f"module {path!r} is used by more than one layer (shared weights); the theory "
+                "draws every layer's parameters independently")
         prev = linears[-1].out_features if linears else lin.in_features
         if lin.in_features != prev:
             raise UnsupportedModelError(

@@ -268,6 +268,10 @@ def diagnose_mlp(mlp: MLP, K1: float, *, learning=True,
             msg += (f"; in the K*=0 class the kernel decays as a power law toward 0 "
                     f"(K^(1) = {K[0]:.4g} -> K^(L) = {K[-1]:.4g}) and chi_parallel, chi_perp "
                     "approach 1 only as K -> 0, not exponentially as off criticality")
+        elif cls == "half-stable" and crit.K_star is not None:
+            msg += (f"; half-stable class: the kernel stays at K* = {crit.K_star:.6g} only if "
+                    f"K^(1) = K* (here K^(1) = {K[0]:.4g}; scale the inputs so that C_b + "
+                    "C_W |x|^2/n0 = K*), otherwise it flows slowly or away")
         notes.append(msg)
     elif L > 1:
         bad = [l + 1 for l in range(L) if not at_crit[l]] if has_crit else list(range(1, L + 1))
