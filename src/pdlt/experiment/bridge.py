@@ -212,7 +212,7 @@ def _typical_input(n0, G0):
 
 
 def verify_model(model, arch, *, G0=1.0, networks=500, init=None, seed=0, lambda_b=1.0,
-           lambda_W=1.0) -> Verification:
+                 lambda_W=1.0) -> Verification:
     r"""Measure K, Theta, V, A on re-initialized copies and compare with the theory.
 
     The probe is one input with ``|x|^2 / n_0 = G0``. The theory is the MLP
@@ -586,6 +586,10 @@ def diagnose(model: nn.Module, x=None, *, verify: bool = False, networks: int = 
                      + ("theory and measurement agree within 4 stderr + the neglected "
                         "higher-order terms" if ver.agrees else
                         "theory and measurement DISAGREE somewhere (see the table)"))
+        if init is None and not th.at_criticality.all():
+            notes.append("the verification re-initialized the copies with init_critical_, not "
+                         "as this model is initialized now; pass init='pytorch' or your own "
+                         "init function to check the theory for that initialization")
     return Diagnosis(arch, estimates, th, G0, K_in, ver, tuple(notes))
 
 
