@@ -574,9 +574,9 @@ def diagnose(model: nn.Module, x=None, *, verify: bool = False, networks: int = 
                          "the theory assumes zero-mean weights")
     if th.critical_C_W is not None and not th.at_criticality.all():
         off = [e.layer for e, ok in zip(estimates, th.at_criticality) if not ok]
-        notes.append(f"to initialize layers {off} (all layers) at criticality: "
-                     f"pdlt.torch.init_critical_(model) (C_b = {th.critical_C_b:.6g}, "
-                     f"C_W = {th.critical_C_W:.6g})")
+        notes.append(f"layers {off} are not at the critical (C_b, C_W) within 4 stderr; "
+                     "pdlt.torch.init_critical_(model) re-initializes every layer at C_b = "
+                     f"{th.critical_C_b:.6g}, C_W = {th.critical_C_W:.6g}")
     notes += list(th.notes)
     ver = None
     if verify:
