@@ -11,6 +11,11 @@ come from the argparse parser, and the API pages from ``__all__``.
 
 import os
 import sys
+import warnings
+
+# matplotlib reports a formula it cannot draw as a Python warning, which
+# Sphinx's -W does not see: make it an error
+warnings.filterwarnings("error", message="Could not render math expression")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "_ext"))
@@ -60,8 +65,10 @@ numpydoc_validation_checks = set()
 # ``pytest --doctest-modules`` (with their module's globals), not twice here
 doctest_test_doctest_blocks = ""
 doctest_global_setup = """
+import importlib.util
 import numpy as np
 import pdlt
+HAVE_RAY = importlib.util.find_spec("ray") is not None
 """
 
 # figures: computed at build time, shown with the code that made them
