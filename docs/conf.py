@@ -83,8 +83,15 @@ plot_apply_rcparams = True
 
 # math on the guide pages is drawn by matplotlib (mathmpl: offline, no LaTeX);
 # :math: in docstrings goes through MathJax when a browser can fetch it
-mathmpl_fontsize = 11.0
+mathmpl_fontsize = 12.0
 mathmpl_srcset = ["2x"]
+
+# MathJax (for ``.. math::`` in docstrings) comes from its CDN by default;
+# PDLT_DOCS_MATHJAX points at a local copy for viewing offline, e.g.
+# "file:///usr/share/javascript/mathjax/MathJax.js?config=TeX-AMS_CHTML"
+# (Debian's libjs-mathjax)
+if os.environ.get("PDLT_DOCS_MATHJAX"):
+    mathjax_path = os.environ["PDLT_DOCS_MATHJAX"]
 
 html_theme = "alabaster"
 html_title = f"pdlt {release}"

@@ -341,6 +341,7 @@ class PdltRun(SphinxDirective):
         shown = f"$ pdlt {' '.join(argv)}\n{text}"
         node = nodes.literal_block(shown, shown)
         node["language"] = "text"
+        node["classes"].append("pdlt-output")  # wrapped, not scrolled (pdlt.css)
         return [node]
 
 
