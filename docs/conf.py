@@ -68,7 +68,11 @@ doctest_global_setup = """
 import importlib.util
 import numpy as np
 import pdlt
-HAVE_RAY = importlib.util.find_spec("ray") is not None
+import os
+# the Ray example runs wherever ray is installed (CI installs it);
+# PDLT_DOCS_SKIP_RAY=1 skips it on a machine too loaded to start Ray
+HAVE_RAY = (importlib.util.find_spec("ray") is not None
+            and not os.environ.get("PDLT_DOCS_SKIP_RAY"))
 """
 
 # figures: computed at build time, shown with the code that made them
