@@ -283,7 +283,7 @@ def _piecewise_linear(name, a_plus, a_minus, parameters=None):
 
 
 def leaky_relu(slope: float = 0.01) -> Activation:
-    """Leaky ReLU ``max(z, slope z)``: scale invariant with (a_+, a_-) = (1, slope)."""
+    """Leaky ReLU ``max(z, slope z)``: scale invariant with ``(a_+, a_-) = (1, slope)``."""
     slope = float(slope)
     if not math.isfinite(slope):
         raise ActivationError(f"leaky_relu slope must be finite; got {slope}")

@@ -60,7 +60,7 @@ Measured error: below 1e-13 relative for ReLU and erf against their closed
 forms over ``|rho|`` up to ``1 - 1e-12``.
 
 **Closed forms.** Scale-invariant (ReLU, leaky ReLU, linear: the arc-cosine
-kernels of degree 1 and 0), erf, sin and GELU (derived in :func:`_gelu_pair`),
+kernels of degree 1 and 0), erf, sin and GELU (derived in :func:`~pdlt.gaussian._core._gelu_pair`),
 used automatically by :func:`pair_expectations`.
 """
 

@@ -282,7 +282,7 @@ class NNGPRegressor(EstimatorBase):
     ----------
     mlp_ : pdlt.MLP
         The MLP used, with ``n0 = n_features_in_``.
-    X_train_ : ndarray (N, n_features_in_)
+    X_train_ : ndarray (N, ``n_features_in_``)
     y_train_ : ndarray (N, n_out)
     alpha_ : ndarray (N, n_out)
         ``(K_AA + noise I)^{-1} y``.

@@ -80,7 +80,7 @@ Noiseless limit: ``noise = 0`` is allowed whenever ``K_AA + G1_AA/n`` is
 invertible (distinct training inputs).
 
 Representation learning ("Hebbian" wiring, book §6.4.2; eq. numbers to be checked)
---------------------------------------------------------------------------------
+----------------------------------------------------------------------------------
 The layer-l metric of one network, ``Ghat^(l)_ab = (1/n_l) sum_j z^(l)_{j;a}
 z^(l)_{j;b}``, has prior mean ``K^(l) + G1^(l)/n_{l-1}``. For any observable O
 with ``Cov(O, z) = 0`` (parity) the nearly-Gaussian conditional mean is

@@ -51,9 +51,9 @@ def width_convergence(mlp, task, *, widths=(64, 128, 256, 512), networks=400, st
     Returns
     -------
     dict
-        ``widths``; per width (lists): ``mean_z`` (max |z-score| of the
+        ``widths``; per width (lists): ``mean_z`` (max ``|z-score|`` of the
         ensemble mean against the theory mean), ``cov_z`` (same for the
-        covariance), ``mean_gap`` (max |E[d]|) and ``mean_gap_stderr``,
+        covariance), ``mean_gap`` (max ``|E[d]|``) and ``mean_gap_stderr``,
         ``msd`` (``E[d^2]`` averaged over test inputs) and ``msd_stderr``;
         ``theory`` (mean (M,), cov (M, M)) per width; ``slope``: the
         least-squares slope of log msd against log n (-1 expected);

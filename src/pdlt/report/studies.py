@@ -221,7 +221,7 @@ def learning_study(widths=(64, 128, 256), networks=300, steps=40, seed=3):
 def residual_study(cases=(("tanh", 0.5, 64, 6), ("relu", 0.5, 128, 5)), networks=4000, seed=21):
     """Residual MLPs at residual criticality: theory against residual ensembles.
 
-    Rows at the last layer for K (with G1/n; allowance |K| ((L-1)/n)^2) and V
+    Rows at the last layer for K (with G1/n; allowance ``|K| ((L-1)/n)^2``) and V
     (allowance V^2/(2 n K^2), as for plain networks); figures: the depth
     curves (:func:`pdlt.report.residual.residual_depth_figure`), r* against
     the residual strength and the mutual-information series behind r*.

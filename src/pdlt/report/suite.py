@@ -49,6 +49,8 @@ class Case:
 class StatSpec:
     """How to compare one statistic.
 
+    Attributes
+    ----------
     theory : callable (finite_width_flow, mlp) -> ndarray (L,)
         Theory per layer, including every order the library implements.
     allowance : callable (theory (L,), finite_width_flow, mlp) -> ndarray (L,)

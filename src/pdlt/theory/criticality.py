@@ -30,7 +30,7 @@ by the Taylor expansion of sigma at the origin (book §5.3.3), and sorts the
 solutions into the book's universality classes:
 
 ``"scale-invariant"``
-    sigma(z) = a_+ z (z > 0), a_- z (z < 0): ``C_b = 0``,
+    ``sigma(z) = a_+ z (z > 0), a_- z (z < 0)``: ``C_b = 0``,
     ``C_W = 2/(a_+^2 + a_-^2)``, every K is a fixed point (book §5.2).
 ``"K*=0"``
     sigma(0) = 0, sigma'(0) != 0: ``C_b = 0``, ``C_W = 1/sigma_1^2``; the

@@ -12,7 +12,7 @@ NOTATION.md's order is kept.
 Derivation
 ----------
 Differentiating ``z'_i`` three times (a weight ``W_pq`` of layer l+1 enters
-at most once in a nonzero derivative, biases never):
+at most once in a nonzero derivative, biases never)::
 
     ddIH' = sum W_{i0j} W_{i1k1} W_{i2k2} W_{i3k3} sigma'_k1 sigma'_k2 sigma'_k3
             [sigma'''_j H H H + sigma''_j (dH H + 2 perms) + sigma'_j ddIH]
@@ -28,7 +28,7 @@ integrate layer l+1 by Wick, and split neuron sums as for the NTK (source
 1/n_l, propagation ``r = n_l/n_{l-1}`` with B, F, P, Q, R, S, T, U of layer
 l; products of an off-diagonal H with a dH, or of three off-diagonal H, are
 O(n^-3/2) or smaller). Single input, with
-``phi = C_W Theta sigma'' sigma' + lambda_W sigma' sigma``:
+``phi = C_W Theta sigma'' sigma' + lambda_W sigma' sigma``::
 
     R' = C_W^2 Theta^3 <sigma''' sigma'^3> + lambda_W C_W Theta^2 <sigma'' sigma sigma'^2>
          + r {chi_perp [C_W Theta (<sigma''' sigma'> B + <(sigma'' sigma')'> P) + chi_perp R]

@@ -10,7 +10,7 @@ Derivation (book §11.2: forward equation near eq. 11.9, P and Q recursions
 near eqs. 11.46-11.53; eq. numbers to be checked)
 ----------------------------------------------------------------------------
 Differentiating ``z'_i = b_i + sum_j W_ij sigma_j`` twice gives the forward
-equation
+equation::
 
     dH'_{i0i1i2} = sum_{jkm} W_{i0j} W_{i1k} W_{i2m} sigma'_k sigma'_m
                    [sigma''_j H_jk H_jm + sigma'_j dH_jkm]

@@ -20,7 +20,7 @@ susceptibilities (book eqs. 5.50-5.51) at layer l,
 use the C_W of the step they govern, layer l+1 (layer L's own at l = L).
 
 Residual MLPs (book appendix B; ``z^(l+1) = xi [b + W sigma(z^(l))] + gamma z^(l)``)
----------------------------------------------------------------------------------
+------------------------------------------------------------------------------------
 With ``u = b + W sigma(z^(l))`` independent of nothing but layer l's
 preactivations, and W, b of layer l+1 zero-mean and independent of layer l,
 every cross term ``E[u z]`` vanishes: ``E[u_i z_j] = E[b_i] E[z_j] + sum_k

@@ -56,7 +56,7 @@ hyperparameters are those of layer l+1):
     F' &= C_W^2\Theta\langle\sigma^2\sigma'^2\rangle + r\,\chi_\parallel^2 F.
 
 N inputs: the same with ``<.>'`` the matrix derivative ``d<.>/dK_{b1b2}``
-and the contractions written out in :func:`ntk_step`.
+and the contractions written out in :func:`~pdlt.theory.ntk_multi.ntk_step`.
 
 Exact cases (tests): deep linear network (``sigma(z) = z``, ``C_b = 0``,
 equal widths, constant ``C_W``, ``lambda``): ``B^(l) = C_W^2 sum_{m<l}

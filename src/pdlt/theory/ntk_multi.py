@@ -76,7 +76,7 @@ operator collapses to the one-variable derivative (``M -> d<.>/dK``,
 :func:`pdlt.theory.ntk.ntk_step_single` (tested to 1e-10).
 
 The dNTK: P and Q (book ch. 11, near eqs. 11.46-11.53; eq. numbers to be checked)
---------------------------------------------------------------------------------
+---------------------------------------------------------------------------------
 ``P[a0,a1,a2,a3] = P_{a0a1a2a3} = n E[dH_{ijj;a0a1a2} z_{i;a3}]``,
 ``Q[a0,a1,a2,a3] = Q_{a0a1a2a3} = n E[dH_{iij;a0a1a2} z_{j;a3}]``; P is
 symmetric under ``a1<->a2`` (so is dH under ``(i1,a1)<->(i2,a2)``), Q has no
@@ -106,7 +106,7 @@ and, with ``C_W = 1`` and equal widths, ``Q_l = lambda_W sum_{m<l} m (m+1)/2
 Theta1_{02} K1_{13}``.
 
 The ddNTKs: R, S, T, U (book "The End of Training", §∞.2-∞.3; eq. numbers to be checked)
----------------------------------------------------------------------------------------
+----------------------------------------------------------------------------------------
 ``R[a0,a1,a2,a3] = R_{a0a1a2a3} = n E[ddIH_{iijj;a0a1a2a3}]``,
 ``S = n E[ddIIH_{iijj}]``, ``T = n E[ddIIH_{ijij}]``, ``U = n E[ddIIH_{ijji}]``
 (``i != j``; index order as NOTATION.md writes the subscripts). Symmetries

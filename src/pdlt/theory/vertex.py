@@ -530,7 +530,7 @@ def finite_width_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", rtol=1e-
     >>> import pdlt
     >>> from pdlt.theory.vertex import finite_width_flow
     >>> f = finite_width_flow(pdlt.MLP(n0=1, width=64, depth=4, C_W=2.0), K1=1.0)
-    >>> [round(v, 10) for v in f["V"]]   # ReLU at criticality: 5 (l-1) K^2
+    >>> [round(float(v), 10) for v in f["V"]]   # ReLU at criticality: 5 (l-1) K^2
     [0.0, 5.0, 10.0, 15.0]
     """
     kflow = _kernel_flow(mlp, x, K1=K1, rtol=rtol)
