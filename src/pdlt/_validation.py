@@ -326,7 +326,12 @@ def check_correction(leading, correction, what, *, fraction=CORRECTION_FRACTION)
 def check_aspect_ratio(mlp, n_out=None):
     """Warn when ``L/n`` exceeds twice the activation's optimal aspect ratio ``r*``.
 
-    ``n`` is the narrowest hidden width. For an activation without a critical
+    ``r* = 4/((20 + 3 n_L) nu)`` (book appendix A; ``nu`` the vertex slope,
+    ``V/(n K^2) ~ nu L/n``), so at ``L/n = 2 r*`` with ``n_L = 1`` the
+    normalized four-point vertex is ``8/23 = 0.35``, about the
+    :data:`CORRECTION_FRACTION` beyond which pdlt distrusts the truncated
+    expansion; ``pdlt diagnose`` calls the same factor 2 the edge of the
+    optimal regime. ``n`` is the narrowest hidden width. For an activation without a critical
     point (no ``r*``) the bound is ``L/n = 1``. Returns ``(r, bound)``.
     """
     from .theory.information import optimal_aspect_ratio
