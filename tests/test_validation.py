@@ -343,3 +343,37 @@ def test_check_estimator_passes_with_default_arguments():
                   if r["status"] == "failed"]
         assert failed == [], failed
         assert len(results) >= 40
+
+
+def test_kernel_inputs_outside_float64_range(tmp_path, capsys):
+    path = tmp_path / "x.npy"
+    np.save(path, np.array([[1.0, 2.0], [1e200, 0.0]]))
+    code, out, err = run_cli(capsys, "kernel", "--depth", "2", "--inputs", str(path))
+    assert code == 2 and "input row 1 has first-layer kernel" in err and "rescale" in err
+
+
+def test_ctrl_c_without_checkpoint_is_one_line(capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from pdlt.experiment import Ensemble
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Ensemble, "_accumulate", interrupted)
+    code, out, err = run_cli(capsys, "measure", "--depth", "2", "--width", "4",
+                             "--networks", "4")
+    assert code == 130 and out == "" and err.count("\n") == 1
+    assert "interrupted by Ctrl-C (SIGINT); nothing saved (pass --checkpoint FILE" in err
+
+
+def test_other_warnings_still_reach_stderr(capsys, monkeypatch):
+    import pdlt._commands.flow as F
+
+    real = F.check_flow_validity
+
+    def noisy(*a, **k):
+        warnings.warn("a plain runtime warning", RuntimeWarning)
+        return real(*a, **k)
+    monkeypatch.setattr(F, "check_flow_validity", noisy)
+    code, out, err = run_cli(capsys, "flow", "--activation", "tanh", "--depth", "2",
+                             "--width", "1000")
+    assert code == 0 and "RuntimeWarning: a plain runtime warning" in err

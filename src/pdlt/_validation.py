@@ -39,7 +39,7 @@ import numpy as np
 
 __all__ = ["ValidityWarning", "CORRECTION_FRACTION", "K1_RANGE", "check_int", "check_float",
            "as_inputs", "load_npy_inputs", "check_device", "check_checkpoint_path",
-           "check_kernel_scale", "numeric_guard", "json_document", "check_correction", "correction_ratio", "Interrupted",
+           "check_kernel_scale", "check_input_scale", "numeric_guard", "json_document", "check_correction", "correction_ratio", "Interrupted",
            "sigterm_as_interrupt", "describe_interrupt",
            "check_aspect_ratio", "check_learning_rate_fluctuations", "learning_rate_margin"]
 
@@ -228,6 +228,26 @@ def check_kernel_scale(K1, name="K1"):
                          "scale-invariant activation such as relu every statistic scales "
                          "exactly as a power of K1)")
     return v
+
+
+def check_input_scale(mlp, x, name="--inputs"):
+    """Each input's first-layer kernel ``C_b + C_W |x|^2/n0`` inside :data:`K1_RANGE` (or 0)."""
+    x = np.asarray(x, dtype=float)
+    m = np.max(np.abs(x), axis=1, keepdims=True)
+    safe = np.where(m > 0, m, 1.0)
+    # |x|^2 = m^2 sum((x/m)^2), in logs: no overflow for entries near 1e200
+    with np.errstate(divide="ignore"):
+        log_sq = 2 * np.log(safe[:, 0]) + np.log(np.sum((x / safe) ** 2, axis=1) + (m[:, 0] == 0))
+    lo, hi = K1_RANGE
+    with np.errstate(over="ignore"):
+        K1 = float(mlp.C_b[0]) + float(mlp.C_W[0]) * np.exp(log_sq) / x.shape[1]
+    bad = (K1 != 0) & ~((K1 >= lo) & (K1 <= hi))
+    if np.any(bad):
+        a = int(np.argmax(bad))
+        raise ValueError(f"{name}: input row {a} has first-layer kernel K1 = C_b + C_W |x|^2/n0 "
+                         f"= {K1[a]:.3g}, outside the range pdlt computes in float64, "
+                         f"{lo:g} <= K1 <= {hi:g}; rescale the inputs")
+    return K1
 
 
 @contextlib.contextmanager

@@ -75,7 +75,7 @@ def _read_csv(path, name):
     if bad.any():
         r, c = (int(v) for v in np.argwhere(bad)[0])
         what = "target" if c == data.shape[1] - 1 else f"feature {c + 1}"
-        raise ValueError(f"--{name} {path!r} has a non-finite value ({data[r, c]}) in data row "
+        raise ValueError(f"--{name} {path!r} has a non-finite value (NaN or inf: {data[r, c]}) in data row "
                          f"{r + 1}, {what} column ({int(bad.sum())} in all); drop or impute "
                          "those rows")
     return data[:, :-1], data[:, -1]

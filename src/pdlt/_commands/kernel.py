@@ -55,10 +55,11 @@ def _compute(mlp, x, finite):
 
 
 def run(args):
-    from .._validation import numeric_guard
+    from .._validation import check_input_scale, numeric_guard
 
     x = load_inputs(args.inputs)
     mlp = build_mlp(args, n0=x.shape[1], critical=args.critical)
+    check_input_scale(mlp, x)
     finite = args.width is not None or args.widths is not None
     with numeric_guard("the kernel flow", _FIX):
         result = _compute(mlp, x, finite)
