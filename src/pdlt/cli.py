@@ -71,17 +71,17 @@ def main(argv=None) -> int:
         warnings.simplefilter("always", ValidityWarning)
         common.begin(caught)
         try:
-            return int(args.run(args) or 0)
+            code = int(args.run(args) or 0)
         except (ValueError, TypeError, FileNotFoundError, ArithmeticError, ImportError) as exc:
             print(f"pdlt {args.command}: error: {exc}", file=sys.stderr)
-            return 2
+            code = 2
         except KeyboardInterrupt as exc:
             msg, code = describe_interrupt(exc)
             print(f"pdlt {args.command}: {msg}", file=sys.stderr)
-            return code
-        finally:
-            common.end(args.command)
-
+        records = list(caught)
+    # outside catch_warnings: other warnings go to the real showwarning
+    common.end(args.command, records)
+    return code
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -130,14 +130,18 @@ def _validity_messages(caught=None):
     return out
 
 
-def end(command):
-    """Print each validity warning as one line; hand every other warning on unchanged."""
+def end(command, caught):
+    """Print each validity warning as one line; hand every other warning on unchanged.
+
+    Call it after leaving ``warnings.catch_warnings``, so the others reach
+    the real ``warnings.showwarning``.
+    """
     import warnings
 
     from .._validation import ValidityWarning
 
     global _CAUGHT
-    caught, _CAUGHT = _CAUGHT, None
+    _CAUGHT = None
     for msg in _validity_messages(caught or []):
         print(f"pdlt {command}: warning: {msg}", file=sys.stderr)
     for w in caught or ():
