@@ -51,6 +51,20 @@ def test_json_document_is_strict_and_names_nonfinite_values():
     assert back["e"] == 2.5 and back["f"] == [0, 1] and back["warnings"] == []
 
 
+def test_measure_json_names_nan_statistics(capsys):
+    # was: NaN written as null (indistinguishable from "not computed"), inf as "inf"
+    pytest.importorskip("torch")
+    code, out, err = run_cli(capsys, "measure", "--depth", "2", "--width", "4",
+                             "--networks", "4", "--stats", "V_pair", "--json")
+    assert code == 0
+    assert '"inf"' not in out and "NaN" not in out and "Infinity" not in out
+    d = json.loads(out)
+    # V_pair needs two neurons: NaN at the output layer of width 1
+    assert d["layers"][1]["V_pair"]["mean"] is None
+    assert d["nonfinite"]["layers/1/V_pair/mean"] == "nan"
+    assert d["layers"][0]["V_pair"]["mean"] is not None
+
+
 def test_measure_deep_chaotic_stderr_is_finite(capsys):
     # was: standard errors "inf" (overflow in the squares) although the means were finite
     code, out, err = run_cli(capsys, "measure", "--activation", "relu", "--depth", "60",
