@@ -38,13 +38,17 @@ Checkpoints
 -----------
 With ``checkpoint=FILE`` the driver writes, at most every
 :data:`CHECKPOINT_INTERVAL` seconds, when the run ends, and when it is
-interrupted (``KeyboardInterrupt`` or any error), an ``.npz`` file holding
+interrupted (Ctrl-C, SIGTERM -- turned into
+:class:`pdlt._validation.Interrupted` while the driver runs in the main
+thread -- or any error), an ``.npz`` file holding
 the group sums of every finished shard keyed by its network range, and a
 fingerprint of what is measured (MLP, seed, networks, statistics, layers,
 inputs, dtype). A rerun with the same file skips the ranges already done;
 a file written for another measurement is refused with an error. The
 file is written to a temporary name and renamed, so a crash while writing
-leaves the previous checkpoint intact. Only numeric arrays and a JSON
+leaves the previous checkpoint intact; SIGINT and SIGTERM are held back
+while it is written. The path is checked before any network is drawn
+(its folder must exist and be writable). Only numeric arrays and a JSON
 header are stored (loaded with ``allow_pickle=False``).
 """
 
