@@ -6,6 +6,7 @@ networks (``pdlt.experiment``, which needs PyTorch). Conventions:
 ``shared/NOTATION.md``.
 """
 
+from ._validation import ValidityWarning
 from .activations import Activation, ActivationError, activation, available_activations
 from .network import MLP
 from .theory.criticality import criticality
@@ -18,4 +19,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Activation", "ActivationError", "activation", "available_activations", "MLP",
            "flow", "criticality", "finite_width_flow", "optimal_aspect_ratio",
-           "residual_criticality", "__version__"]
+           "residual_criticality", "ValidityWarning", "__version__"]

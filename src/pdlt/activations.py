@@ -176,8 +176,8 @@ class Activation:
         for f, what in ((d1, "first derivative"), (d2, "second derivative")):
             if not callable(f):
                 raise ActivationError(f"{what} of activation {name!r} must be callable")
-        _probe(d1, name + "'")
-        _probe(d2, name + "''")
+        _probe(d1, name + "'", derivative=True)
+        _probe(d2, name + "''", derivative=True)
         taylor = _numerical_taylor(fn, kinks)
         return cls(name=name, sigma=_vectorized(fn), d1=_vectorized(d1),
                    d2=_vectorized(d2), kinks=tuple(float(k) for k in kinks),
@@ -189,7 +189,10 @@ class Activation:
 def _vectorized(fn):
     def wrapped(z):
         z = np.asarray(z, dtype=float)
-        out = np.asarray(fn(z), dtype=float)
+        raw = np.asarray(fn(z))
+        if np.iscomplexobj(raw):
+            raise ActivationError(_complex_message(getattr(fn, "__name__", "fn"), raw))
+        out = raw.astype(float, copy=False)
         if out.shape != z.shape:
             out = np.broadcast_to(out, z.shape).copy()
         return out
@@ -197,14 +200,39 @@ def _vectorized(fn):
     return wrapped
 
 
-def _probe(fn, name):
+def _complex_message(name, raw):
+    return (f"activation {name!r} returned complex values (dtype {raw.dtype}); pdlt needs a "
+            "real function of a real z: return np.real(...) if the imaginary part is zero, "
+            "or rewrite it with real numpy functions")
+
+
+def _probe(fn, name, derivative=False):
+    """Call a user's callable on a float array and refuse what pdlt cannot use.
+
+    Complex or non-numeric results and (for sigma itself) a single number
+    instead of an elementwise array raise :class:`ActivationError`; a
+    derivative may be a constant number (broadcast).
+    """
     z = np.linspace(-8.0, 8.0, 33)
     try:
-        out = np.asarray(fn(z), dtype=float)
+        raw = np.asarray(fn(z))
     except Exception as exc:  # noqa: BLE001 - re-raised with context
         raise ActivationError(
             f"activation {name!r} failed on a numpy array of shape {z.shape}: "
             f"{exc!r}. It must be a vectorized numpy function z -> sigma(z)") from exc
+    if np.iscomplexobj(raw):
+        raise ActivationError(_complex_message(name, raw))
+    if raw.dtype.kind not in "biuf":
+        raise ActivationError(
+            f"activation {name!r} returned {raw.dtype} values for a float array; it must "
+            "return real numbers")
+    out = raw.astype(float)
+    if out.shape == () and not derivative:
+        raise ActivationError(
+            f"activation {name!r} returned a single number ({float(out):g}) for an array of "
+            f"shape {z.shape}; it must act elementwise and return an array of the input's "
+            "shape (use numpy functions such as np.tanh, not math.tanh; a constant c is "
+            "lambda z: np.full_like(z, c))")
     if out.shape not in (z.shape, ()):
         raise ActivationError(
             f"activation {name!r} returned shape {out.shape} for input shape "

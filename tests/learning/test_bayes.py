@@ -84,7 +84,15 @@ def test_duplicate_inputs_need_noise():
     with pytest.raises(SingularKernelError, match="add noise > 0"):
         nngp_posterior(mlp, Xa, y, Xb)
     with pytest.raises(SingularKernelError, match="add noise > 0"):
-        NNGPRegressor(mlp).fit(Xa, y)
+        NNGPRegressor(mlp, noise=0).fit(Xa, y)
+    # the default noise="auto" adds the smallest jitter that makes the kernel
+    # invertible: the vanishing-noise limit, whose mean at a duplicated input is
+    # the average of its targets
+    reg = NNGPRegressor(mlp).fit(Xa, y)
+    assert reg.noise_ > 0
+    yy = np.asarray(y, dtype=float).reshape(len(Xa), -1)
+    mean = np.asarray(reg.predict(Xa[[1]])).reshape(-1)
+    np.testing.assert_allclose(mean, 0.5 * (yy[1] + yy[3]), rtol=1e-4, atol=1e-6)
     # the kernel-level entry point detects it from the eigenvalues
     K, _ = last_layer_kernels(mlp, Xa)
     with pytest.raises(SingularKernelError, match=r"smallest eigenvalue.*add noise > 0"):

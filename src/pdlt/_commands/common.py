@@ -72,24 +72,95 @@ def build_mlp(args, n0=1, critical=False):
     return MLP(width=100 if width is None else width, depth=args.depth, **kw)
 
 
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, (np.floating,)):
-        obj = float(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    return obj
+def check_flow_validity(mlp, layers):
+    """One :class:`pdlt.ValidityWarning` for the layer whose 1/n correction is largest.
+
+    ``layers``: ``(layer, K, G1, V)`` per layer (None where not computed).
+    Compares ``G1/n`` with ``K`` and ``V/n`` with the Gaussian four-point
+    ``K K`` (``n = n_{l-1}``), and ``L/n`` with the optimal aspect ratio.
+    """
+    import warnings
+
+    from .._validation import (CORRECTION_FRACTION, ValidityWarning, check_aspect_ratio,
+                               correction_ratio)
+
+    worst = (0.0, None, None)
+    for l, K, G1, V in layers:
+        if l < 2:
+            continue
+        n = mlp.widths[l - 1]
+        K = np.asarray(K, dtype=float)
+        KK = K * K if K.ndim == 0 else np.multiply.outer(K, K)
+        for what, lead, corr in (("G1/n against K", K, G1), ("V/n against K K", KK, V)):
+            if corr is None:
+                continue
+            r = correction_ratio(lead, np.asarray(corr, dtype=float) / n)
+            if math.isnan(r) or r > worst[0]:
+                worst = (r, l, what)
+            if math.isnan(r):
+                break
+    r, l, what = worst
+    if l is not None and (math.isnan(r) or r > CORRECTION_FRACTION):
+        size = "non-finite" if math.isnan(r) else f"{r:.3g} x the leading term"
+        warnings.warn(f"layer {l}: the order-1/n correction {what} is {size} (more than "
+                      f"{CORRECTION_FRACTION:g}, up to which pdlt trusts the truncated 1/n "
+                      "expansion); the finite-width statistics are not reliable -- widen the "
+                      "network or make it shallower", ValidityWarning, stacklevel=2)
+    check_aspect_ratio(mlp)
+
+
+# warnings caught while a command runs (set by pdlt.cli.main)
+_CAUGHT = None
+
+
+def begin(caught):
+    """Record the list that ``warnings.catch_warnings(record=True)`` fills."""
+    global _CAUGHT
+    _CAUGHT = caught
+
+
+def _validity_messages(caught=None):
+    from .._validation import ValidityWarning
+
+    seen, out = set(), []
+    for w in (_CAUGHT if caught is None else caught) or ():
+        if issubclass(w.category, ValidityWarning) and str(w.message) not in seen:
+            seen.add(str(w.message))
+            out.append(str(w.message))
+    return out
+
+
+def end(command, caught):
+    """Print each validity warning as one line; hand every other warning on unchanged.
+
+    Call it after leaving ``warnings.catch_warnings``, so the others reach
+    the real ``warnings.showwarning``.
+    """
+    import warnings
+
+    from .._validation import ValidityWarning
+
+    global _CAUGHT
+    _CAUGHT = None
+    for msg in _validity_messages(caught or []):
+        print(f"pdlt {command}: warning: {msg}", file=sys.stderr)
+    for w in caught or ():
+        if not issubclass(w.category, ValidityWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def print_json(obj):
-    json.dump(_clean(obj), sys.stdout, sort_keys=True, indent=1)
+    """Strict JSON on stdout (see :func:`pdlt._validation.json_document`).
+
+    Non-finite floats become ``null`` and are listed in ``"nonfinite"``
+    (path -> "nan" | "inf" | "-inf"); ``null`` elsewhere means "not
+    computed"; ``"warnings"`` lists the validity warnings of the run as
+    ``{"category": "ValidityWarning", "message": ...}``.
+    """
+    from .._validation import json_document
+
+    ws = [{"category": "ValidityWarning", "message": m} for m in _validity_messages()]
+    json.dump(json_document(obj, ws), sys.stdout, sort_keys=True, indent=1, allow_nan=False)
     sys.stdout.write("\n")
 
 

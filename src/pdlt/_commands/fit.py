@@ -19,8 +19,10 @@ def register(sub):
     p.add_argument("--critical", action="store_true",
                    help="use the critical (C_b, C_W) of the activation")
     p.add_argument("--method", choices=("nngp", "ntk"), required=True)
-    p.add_argument("--noise", type=float, default=0.0,
-                   help="variance added to the training kernel's diagonal (default 0)")
+    p.add_argument("--noise", type=_noise, default="auto",
+                   help="variance added to the training kernel's diagonal, or 'auto' (default): "
+                        "none when the kernel is invertible, else the smallest jitter that "
+                        "makes it so")
     p.add_argument("--steps", type=int, default=None,
                    help="ntk: number of gradient-descent steps (default: to convergence)")
     p.add_argument("--learning-rate", dest="learning_rate", type=float, default=None,
@@ -37,7 +39,21 @@ def register(sub):
     p.set_defaults(run=run)
 
 
+def _noise(text):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        import argparse
+        raise argparse.ArgumentTypeError(f"expected a variance >= 0 or 'auto'; got {text!r}")
+
+
 def _read_csv(path, name):
+    import os
+
+    if os.path.isdir(path):
+        raise ValueError(f"--{name} {path!r} is a directory; give a CSV file")
     try:
         with open(path) as fh:
             first = fh.readline()
@@ -55,6 +71,13 @@ def _read_csv(path, name):
     if data.shape[1] < 2 or data.shape[0] < 1:
         raise ValueError(f"--{name} {path!r} needs at least one feature column and a target "
                          f"column; got shape {data.shape}")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        r, c = (int(v) for v in np.argwhere(bad)[0])
+        what = "target" if c == data.shape[1] - 1 else f"feature {c + 1}"
+        raise ValueError(f"--{name} {path!r} has a non-finite value (NaN or inf: {data[r, c]}) in data row "
+                         f"{r + 1}, {what} column ({int(bad.sum())} in all); drop or impute "
+                         "those rows")
     return data[:, :-1], data[:, -1]
 
 
@@ -67,6 +90,12 @@ def run(args):
         raise ValueError(f"--test has {Xb.shape[1]} feature columns but --train has "
                          f"{Xa.shape[1]}")
     mlp = build_mlp(args, n0=Xa.shape[1], critical=args.critical)
+    if args.learning_rate is not None and not (np.isfinite(args.learning_rate)
+                                               and args.learning_rate > 0):
+        raise ValueError(f"--learning-rate must be a finite number > 0; got {args.learning_rate}"
+                         " (omit it for half the stability bound 2/lambda_max(Theta))")
+    if args.noise != "auto" and not (np.isfinite(args.noise) and args.noise >= 0):
+        raise ValueError(f"--noise must be a variance >= 0 or 'auto'; got {args.noise}")
     if args.method == "nngp":
         if args.steps is not None or args.learning_rate is not None:
             raise ValueError("--steps and --learning-rate apply to --method ntk only")
@@ -94,6 +123,7 @@ def run(args):
                      "mean_correction": fw.mean_correction}
         extra["width"] = args.width
     out = {"mean": mean, "std": std, "log_evidence": evidence, "method": args.method,
+           "noise": reg.noise_,
            "mlp": repr(mlp), "mse": float(np.mean((mean - yb) ** 2)), **extra}
     if args.method == "ntk":
         out.update(steps=getattr(reg, "steps_", args.steps), learning_rate=reg.learning_rate_,
@@ -101,7 +131,8 @@ def run(args):
     if args.json:
         print_json(out)
         return 0
-    print(f"{mlp!r}, method={args.method}, noise={args.noise:g}")
+    print(f"{mlp!r}, method={args.method}, noise={reg.noise_:g}"
+          + (" (auto)" if args.noise == "auto" else ""))
     if args.method == "ntk":
         eta = "-" if reg.learning_rate_ is None else f"{reg.learning_rate_:.6g}"
         print(f"steps={args.steps if args.steps is not None else 'inf'}, learning_rate={eta}, "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_mlp_arguments, build_mlp, format_table, print_json
+from .common import add_mlp_arguments, build_mlp, check_flow_validity, format_table, print_json
 
 
 def register(sub):
@@ -21,22 +21,28 @@ def register(sub):
 
 
 def run(args):
+    from .._validation import check_kernel_scale, numeric_guard
+    from ..theory.finite_ntk import ntk_fluctuation_flow
     from ..theory.kernel import flow
     from ..theory.vertex import finite_width_flow
+    from .kernel import _FIX
 
+    K1 = check_kernel_scale(args.K1, "--K1")
     mlp = build_mlp(args, critical=args.critical)
-    from ..theory.finite_ntk import ntk_fluctuation_flow
-
     # the order-1/n statistics (normalized by n_{l-1}) need K1 > 0: V, G1 and
     # the NTK ones A, B, D, F, P, Q, R, S, T, U where their recursions apply
-    if args.K1 > 0:
-        try:
-            result = ntk_fluctuation_flow(mlp, K1=args.K1)
-        except (ValueError, NotImplementedError):
-            result = finite_width_flow(mlp, K1=args.K1)
-    else:
-        result = flow(mlp, K1=args.K1)
-    d = result.to_dict()
+    with numeric_guard(f"the flow at K1={K1:g}, C_W={args.C_W}", _FIX):
+        if K1 > 0:
+            try:
+                result = ntk_fluctuation_flow(mlp, K1=K1)
+            except (ValueError, NotImplementedError):
+                result = finite_width_flow(mlp, K1=K1)
+        else:
+            result = flow(mlp, K1=K1)
+        d = result.to_dict()
+    if K1 > 0:
+        check_flow_validity(mlp, [(s["layer"], s["K"], s.get("G1"), s.get("V"))
+                                  for s in d["layers"]])
     if args.json:
         print_json(d)
         return 0

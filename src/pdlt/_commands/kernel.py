@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import add_mlp_arguments, build_mlp, print_json
+from .common import add_mlp_arguments, build_mlp, check_flow_validity, print_json
 
 
 def register(sub):
@@ -24,43 +24,48 @@ def register(sub):
 
 
 def load_inputs(path):
-    try:
-        x = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--inputs: no such file {path!r}") from None
-    except ValueError as exc:
-        raise ValueError(f"--inputs: {path!r} is not a readable .npy array ({exc})") from None
-    x = np.asarray(x, dtype=float)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2:
-        raise ValueError(f"--inputs must hold an array of shape (N, n0); got shape {x.shape}")
-    return x
+    """Inputs (N, n0) from a .npy file (a 1-D array is one input; see pdlt._validation)."""
+    from .._validation import load_npy_inputs
+
+    return load_npy_inputs(path, "--inputs")
 
 
-def run(args):
+_FIX = ("rescale the inputs so that K1 = C_b + C_W |x|^2/n0 is of order one, or bring C_W "
+        "closer to its critical value")
+
+
+def _compute(mlp, x, finite):
+    from ..theory.finite_ntk import ntk_fluctuation_flow
     from ..theory.kernel import flow
     from ..theory.vertex import finite_width_flow
 
-    x = load_inputs(args.inputs)
-    mlp = build_mlp(args, n0=x.shape[1], critical=args.critical)
-    from ..theory.finite_ntk import ntk_fluctuation_flow
-
     # the order-1/n tensors (each N^4) only when the widths are asked for:
     # V, G1 and the NTK statistics A, B, D, F, P, Q where their recursions apply
-    finite = args.width is not None or args.widths is not None
     if not finite:
-        result = flow(mlp, x)
-    else:
+        return flow(mlp, x)
+    try:
+        return ntk_fluctuation_flow(mlp, x)
+    except ValueError:  # R needs sigma'' without jumps (elu): the other nine
         try:
-            result = ntk_fluctuation_flow(mlp, x)
-        except ValueError:  # R needs sigma'' without jumps (elu): the other nine
-            try:
-                result = ntk_fluctuation_flow(mlp, x, stats=list("ABDFPQSTU"))
-            except (NotImplementedError, ValueError):
-                result = finite_width_flow(mlp, x)
-        except NotImplementedError:  # e.g. residual networks
-            result = finite_width_flow(mlp, x)
+            return ntk_fluctuation_flow(mlp, x, stats=list("ABDFPQSTU"))
+        except (NotImplementedError, ValueError):
+            return finite_width_flow(mlp, x)
+    except NotImplementedError:  # e.g. residual networks
+        return finite_width_flow(mlp, x)
+
+
+def run(args):
+    from .._validation import check_input_scale, numeric_guard
+
+    x = load_inputs(args.inputs)
+    mlp = build_mlp(args, n0=x.shape[1], critical=args.critical)
+    check_input_scale(mlp, x)
+    finite = args.width is not None or args.widths is not None
+    with numeric_guard("the kernel flow", _FIX):
+        result = _compute(mlp, x, finite)
+    if finite:
+        check_flow_validity(mlp, [(s.layer, s.K, s.extra.get("G1"), s.extra.get("V"))
+                                  for s in result])
     if args.json:
         print_json({"layers": [{"layer": s.layer, "K": s.K, "Theta": s.Theta, **s.extra}
                                for s in result]})

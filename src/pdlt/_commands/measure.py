@@ -60,11 +60,22 @@ def run(args):
     from ..theory.kernel import flow
     from .kernel import load_inputs
 
+    from .._validation import check_checkpoint_path, check_device, check_int, check_kernel_scale
+
     if args.networks < 2:
         raise ValueError(f"--networks must be >= 2 (standard errors need two networks); got "
                          f"{args.networks}")
+    check_int(args.n_out, "--n-out")
+    check_int(args.seed, "--seed", minimum=0)
+    # everything that can fail is checked before the first network is drawn
+    if args.checkpoint is not None:
+        check_checkpoint_path(args.checkpoint, "--checkpoint")
+    if not (args.memory_budget > 0 and np.isfinite(args.memory_budget)):
+        raise ValueError(f"--memory-budget must be a positive number of GiB; got "
+                         f"{args.memory_budget}")
     x = load_inputs(args.inputs) if args.inputs else None
-    K1 = None if x is not None else (1.0 if args.K1 is None else args.K1)
+    K1 = None if x is not None else check_kernel_scale(1.0 if args.K1 is None else args.K1,
+                                                        "--K1")
     mlp = build_mlp(args, n0=x.shape[1] if x is not None else 1)
     if args.n_out != 1:
         mlp = mlp.with_(n_out=args.n_out)
@@ -86,6 +97,8 @@ def run(args):
     import torch
 
     from ..experiment import Ensemble
+
+    check_device(args.device, "--device")
 
     K_theory = None
     if "G1" in stats:

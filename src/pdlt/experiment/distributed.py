@@ -38,13 +38,17 @@ Checkpoints
 -----------
 With ``checkpoint=FILE`` the driver writes, at most every
 :data:`CHECKPOINT_INTERVAL` seconds, when the run ends, and when it is
-interrupted (``KeyboardInterrupt`` or any error), an ``.npz`` file holding
+interrupted (Ctrl-C, SIGTERM -- turned into
+:class:`pdlt._validation.Interrupted` while the driver runs in the main
+thread -- or any error), an ``.npz`` file holding
 the group sums of every finished shard keyed by its network range, and a
 fingerprint of what is measured (MLP, seed, networks, statistics, layers,
 inputs, dtype). A rerun with the same file skips the ranges already done;
 a file written for another measurement is refused with an error. The
 file is written to a temporary name and renamed, so a crash while writing
-leaves the previous checkpoint intact. Only numeric arrays and a JSON
+leaves the previous checkpoint intact; SIGINT and SIGTERM are held back
+while it is written. The path is checked before any network is drawn
+(its folder must exist and be writable). Only numeric arrays and a JSON
 header are stored (loaded with ``allow_pickle=False``).
 """
 
@@ -263,8 +267,16 @@ def _save_checkpoint(path, desc, parts) -> None:
               for name, rows in named.items()}
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, __header__=np.array(json.dumps(header)), **arrays)
-    os.replace(tmp, path)
+    # SIGINT/SIGTERM wait until the file is complete and renamed (delivered right after)
+    block = hasattr(signal, "pthread_sigmask")
+    if block:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        np.savez(tmp, __header__=np.array(json.dumps(header)), **arrays)
+        os.replace(tmp, path)
+    finally:
+        if block:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # ---------------------------------------------------------------------------
@@ -348,46 +360,63 @@ def sharded_sums(ens, plan, *, backend="local", address=None, shards=None, check
         What the single-pass engine would have accumulated, up to float
         rounding: the shard parts added in the order of their ranges.
     """
+    from .._validation import Interrupted, sigterm_as_interrupt
+
     M = ens.networks
     desc = _description(ens, plan)
     parts = _load_checkpoint(checkpoint, desc) if checkpoint is not None else {}
     spec = _spec(ens, plan)
-    session = _RaySession(address, workers) if backend == "ray" else None
-    ray = session.__enter__() if session is not None else None
+    total = None
     try:
-        if shards is None:
-            cpus = int(ray.cluster_resources().get("CPU", 1)) if ray is not None else 1
-            shards = _default_shards(ens, plan, backend, cpus)
-        todo = _subtract(shard_ranges(M, shards), list(parts))
-        bar = _shard_progress(len(parts) + len(todo), len(parts), progress)
-        if ray is not None:
-            it = _ray_executor(spec, todo, ray=ray, gpu=ens.device.type == "cuda")
-        else:
-            it = _local_executor(spec, todo)
-        last = time.monotonic()
-        merged = 0
-        try:
-            for rng, part in it:
-                parts[rng] = part
-                merged += 1
-                if bar is not None:
-                    bar.update(1)
-                if checkpoint is not None and time.monotonic() - last >= CHECKPOINT_INTERVAL:
-                    _save_checkpoint(checkpoint, desc, parts)
-                    last = time.monotonic()
-                if _INTERRUPT_AFTER is not None and merged >= _INTERRUPT_AFTER:
-                    raise KeyboardInterrupt("pdlt test hook: driver interrupted")
-        finally:
-            if hasattr(it, "close"):
-                it.close()
-            if bar is not None:
-                bar.close()
-            if checkpoint is not None and merged:
-                _save_checkpoint(checkpoint, desc, parts)
-    finally:
-        if session is not None:
-            session.__exit__(*sys.exc_info())
+        with sigterm_as_interrupt():
+            session = _RaySession(address, workers) if backend == "ray" else None
+            ray = session.__enter__() if session is not None else None
+            try:
+                if shards is None:
+                    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray is not None else 1
+                    shards = _default_shards(ens, plan, backend, cpus)
+                todo = _subtract(shard_ranges(M, shards), list(parts))
+                total = len(parts) + len(todo)
+                _run_shards(ens, spec, todo, parts, ray, checkpoint, desc,
+                            _shard_progress(total, len(parts), progress))
+            finally:
+                if session is not None:
+                    session.__exit__(*sys.exc_info())
+    except KeyboardInterrupt as exc:
+        # Ctrl-C or SIGTERM: the finished shards are in the checkpoint (saved by
+        # _run_shards on the way out); say where, once
+        raise Interrupted(getattr(exc, "signum", signal.SIGINT),
+                          checkpoint=None if checkpoint is None else os.fspath(checkpoint),
+                          done=len(parts), total=total) from None
     return _merge(M, plan.layers, parts)
+
+
+def _run_shards(ens, spec, todo, parts, ray, checkpoint, desc, bar):
+    """Merge shards into ``parts`` as they finish; checkpoint periodically and on the way out."""
+    if ray is not None:
+        it = _ray_executor(spec, todo, ray=ray, gpu=ens.device.type == "cuda")
+    else:
+        it = _local_executor(spec, todo)
+    last = time.monotonic()
+    merged = 0
+    try:
+        for rng, part in it:
+            parts[rng] = part
+            merged += 1
+            if bar is not None:
+                bar.update(1)
+            if checkpoint is not None and time.monotonic() - last >= CHECKPOINT_INTERVAL:
+                _save_checkpoint(checkpoint, desc, parts)
+                last = time.monotonic()
+            if _INTERRUPT_AFTER is not None and merged >= _INTERRUPT_AFTER:
+                raise KeyboardInterrupt("pdlt test hook: driver interrupted")
+    finally:
+        if hasattr(it, "close"):
+            it.close()
+        if bar is not None:
+            bar.close()
+        if checkpoint is not None and merged:
+            _save_checkpoint(checkpoint, desc, parts)
 
 
 def _merge(M, layers, parts) -> dict:

@@ -94,10 +94,9 @@ class Ensemble:
             raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
         if dtype not in (torch.float64, torch.float32):
             raise ValueError(f"dtype must be torch.float64 or torch.float32; got {dtype}")
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} asked for CUDA but torch.cuda.is_available() is "
-                             "False; use device='cpu'")
+        from .._validation import check_device
+
+        dev = check_device(device, "device")
         if not memory_budget or memory_budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes; got {memory_budget!r}")
         if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
@@ -330,6 +329,12 @@ class Ensemble:
         if address is not None and backend != "ray":
             raise ValueError(f"address={address!r} is only used by backend='ray'; pass "
                              "backend='ray' or drop address")
+        if checkpoint is not None:
+            from .._validation import check_checkpoint_path
+
+            # before any network is drawn: a path that cannot be written would
+            # otherwise lose the whole run at its end
+            check_checkpoint_path(checkpoint, "checkpoint")
         plan = self._plan(x, stats, layers, K1, K_theory, derivative_neurons)
         if backend == "local" and shards is None and checkpoint is None:
             sums = {l: GroupSums(self.networks) for l in plan.layers}

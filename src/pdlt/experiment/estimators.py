@@ -156,7 +156,15 @@ def jackknife(f, sums: GroupSums, names) -> tuple:
     fg = np.asarray(f(*loo))
     fbar = fg.mean(axis=0)
     est = G * np.asarray(full) - (G - 1) * fbar
-    se = np.sqrt((G - 1) / G * ((fg - fbar) ** 2).sum(axis=0))
+    # sum of squares scaled by the largest deviation: no overflow of the squares
+    # where the deviations themselves are finite (e.g. K ~ 1e200 deep in the
+    # chaotic phase); a zero scale gives se = 0
+    dev = fg - fbar
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.max(np.abs(dev), axis=0)
+        safe = np.where((scale > 0) & np.isfinite(scale), scale, 1.0)
+        ss = ((dev / safe) ** 2).sum(axis=0)
+    se = np.where(np.isfinite(scale), safe * np.sqrt((G - 1) / G * ss), scale)
     return est, se
 
 

@@ -7,7 +7,7 @@ import numpy as np
 from ..network import MLP, validate_inputs
 
 __all__ = ["SingularKernelError", "UnstableLearningRateError", "check_data", "check_mlp",
-           "check_targets", "check_noise", "check_duplicates", "estimator_data", "not_fitted", "last_layer_kernels", "eigh_psd", "EstimatorBase"]
+           "check_targets", "check_noise", "check_duplicates", "resolve_noise", "estimator_data", "not_fitted", "last_layer_kernels", "eigh_psd", "EstimatorBase"]
 
 _EPS = np.finfo(float).eps
 #: an eigenvalue below ``_SINGULAR_RTOL * N * lambda_max`` counts as zero: ten
@@ -72,6 +72,35 @@ def check_noise(noise, name="noise") -> float:
         raise ValueError(f"{name} is a variance added to the kernel's diagonal and must be "
                          f"finite and >= 0; got {noise!r}")
     return s2
+
+
+def resolve_noise(noise, K, name="noise") -> float:
+    """The variance added to ``K``'s diagonal: ``noise``, or the automatic jitter.
+
+    ``noise="auto"``: none (0.0) when ``K`` is numerically invertible, i.e.
+    its smallest eigenvalue is above the tolerance ``tol = 10 eps N
+    lambda_max`` of :func:`eigh_psd`; otherwise ``10 max(tol, |lambda_min|)``
+    -- ten times the larger of that tolerance and the size of the kernel's
+    own numerical error (a PSD kernel computed to finite accuracy can show
+    ``lambda_min`` slightly below zero). Well-conditioned kernels thus give
+    exactly the ``noise=0`` result, and duplicate or collinear training
+    inputs (or a low-rank kernel, e.g. ReLU on one feature) get the smallest
+    ridge that makes them well defined.
+    """
+    if isinstance(noise, str):
+        if noise != "auto":
+            raise ValueError(f"{name} must be a variance >= 0 or 'auto' (an automatic jitter); "
+                             f"got {noise!r}")
+        K = np.asarray(K, dtype=float)
+        if K.size == 0:
+            return 0.0
+        w = np.linalg.eigvalsh(K)
+        top = max(float(w[-1]), 0.0)
+        tol = _SINGULAR_RTOL * K.shape[0] * top
+        if top > 0 and w[0] > tol:
+            return 0.0
+        return 10.0 * max(tol, abs(float(w[0])), np.finfo(float).tiny)
+    return check_noise(noise, name)
 
 
 def last_layer_kernels(mlp, X_train, X_test=None, *, rtol=1e-12):

@@ -36,7 +36,7 @@ import scipy.linalg
 
 from ._common import (EstimatorBase, SingularKernelError, check_data, check_mlp, check_noise,
                       eigh_psd, estimator_data, last_layer_kernels, not_fitted,
-                      check_duplicates)
+                      check_duplicates, resolve_noise)
 
 __all__ = ["Posterior", "EvidenceScan", "gp_posterior", "log_evidence", "nngp_posterior",
            "evidence_scan", "NNGPRegressor"]
@@ -108,11 +108,29 @@ def _factor(K_train, noise):
 
 
 def _log_evidence(cf, y):
-    alpha = scipy.linalg.cho_solve(cf, y)
-    logdet = 2.0 * np.sum(np.log(np.diag(cf[0])))
+    """Log evidence from the Cholesky factor, in a scaled form.
+
+    ``y^T A^{-1} y`` is computed as ``s^2 (y/s)^T A^{-1} (y/s)`` with ``s =
+    max |y|``, so no intermediate product overflows while the result fits
+    float64; a result that does not fit (``|y|`` near 1e160 with an O(1)
+    kernel) is refused with an error rather than returned as NaN or -inf.
+    """
     N, n_out = y.shape
-    return float(-0.5 * np.sum(y * alpha) - 0.5 * n_out * logdet
-                 - 0.5 * n_out * N * math.log(2 * math.pi))
+    logdet = 2.0 * np.sum(np.log(np.diag(cf[0])))
+    s = float(np.max(np.abs(y))) if y.size else 0.0
+    if s > 0:
+        ys = y / s
+        q = float(np.sum(ys * scipy.linalg.cho_solve(cf, ys)))
+        with np.errstate(over="ignore"):
+            quad = q * s * s
+    else:
+        quad = 0.0
+    out = -0.5 * quad - 0.5 * n_out * logdet - 0.5 * n_out * N * math.log(2 * math.pi)
+    if not math.isfinite(out):
+        raise ValueError(f"the log evidence overflows float64: y^T (K + noise I)^-1 y = {q:.3g} "
+                         f"x max|y|^2 with max|y| = {s:.3g}; standardize the targets (e.g. "
+                         "y / y.std()) -- the posterior mean scales linearly with y")
+    return float(out)
 
 
 def gp_posterior(K_train, K_cross, K_test, y, noise=0.0) -> Posterior:
@@ -270,8 +288,13 @@ class NNGPRegressor(EstimatorBase):
         averages over features, so the prior does not depend on n0 otherwise).
         Default: ``pdlt.MLP(n0, width=100, depth=3, activation="relu",
         C_b=0, C_W=2)`` (critical ReLU).
-    noise : float, default 0
+    noise : float or "auto", default "auto"
         Observation-noise variance added to the training kernel's diagonal.
+        ``"auto"``: 0 when ``K_AA`` is numerically invertible, otherwise the
+        smallest jitter that makes it so, ``10 max(10 eps N lambda_max,
+        |lambda_min|)`` (:func:`pdlt.learning._common.resolve_noise`): duplicate
+        or collinear inputs are then well defined. ``0``: exact
+        interpolation; duplicate inputs raise :class:`SingularKernelError`.
     width : int, optional
         Use the posterior of a network whose hidden layers have ``width``
         neurons, at order 1/n (book §6.4;
@@ -288,7 +311,15 @@ class NNGPRegressor(EstimatorBase):
         ``(K_AA + noise I)^{-1} y``.
     log_evidence_ : float
         Log marginal likelihood of the training targets.
+    noise_ : float
+        The noise variance used (the jitter for ``noise="auto"``).
     n_features_in_ : int
+
+    Notes
+    -----
+    Hyperparameters are checked in :meth:`fit` (scikit-learn's convention:
+    ``__init__`` only stores them). ``X`` must be 2-D ``(N, n_features)``;
+    a 1-D ``X`` is refused (reshape with ``X.reshape(-1, 1)``).
 
     Examples
     --------
@@ -301,7 +332,7 @@ class NNGPRegressor(EstimatorBase):
     ((1,), (1,))
     """
 
-    def __init__(self, mlp=None, noise=0.0, width=None):
+    def __init__(self, mlp=None, noise="auto", width=None):
         self.width = width
         self.mlp = mlp
         self.noise = noise
@@ -316,12 +347,19 @@ class NNGPRegressor(EstimatorBase):
         ValueError
             NaN/inf in X or y, or inconsistent shapes.
         """
-        noise = check_noise(self.noise, "noise")
+        from .._validation import check_int
+
+        if self.width is not None:
+            check_int(self.width, "width", fix="the hidden width n of the finite network")
+        if not isinstance(self.noise, str):
+            check_noise(self.noise, "noise")
         X, y2, was_1d = estimator_data(self, X, y, reset=True)
         mlp = _default_mlp(self.mlp, X.shape[1])
-        check_duplicates(X, noise, "X")
         K, _ = last_layer_kernels(mlp, X)
+        noise = resolve_noise(self.noise, K)
+        check_duplicates(X, noise, "X")
         cf = _factor(K, noise)
+        self.noise_ = noise
         self.mlp_ = mlp
         self.X_train_ = X
         self.y_train_ = y2
@@ -387,14 +425,22 @@ class NNGPRegressor(EstimatorBase):
         from .finite_bayes import finite_width_posterior
         if not hasattr(self, "alpha_"):
             raise not_fitted(self)
+        from .._validation import check_aspect_ratio, check_correction, check_int
         w = self.width
         if w is None:
             raise ValueError("finite_width_prediction needs width=n (the network's width)")
-        if isinstance(w, bool) or int(w) != w or w < 1:
-            raise ValueError(f"width must be a positive integer (the hidden width n); got {w!r}")
+        w = check_int(w, "width", fix="the hidden width n of the finite network")
         X = estimator_data(self, X, reset=False)
-        return finite_width_posterior(self.mlp_.with_(width=int(w)), self.X_train_,
-                                      self.y_train_, X, noise=check_noise(self.noise))
+        mlp = self.mlp_.with_(width=w)
+        post = finite_width_posterior(mlp, self.X_train_, self.y_train_, X, noise=self.noise_)
+        # validity of the truncated expansion (pdlt.ValidityWarning)
+        check_correction(post.mean_infinite_width, post.mean - post.mean_infinite_width,
+                         f"NNGP posterior mean at width n={w}")
+        if post.cov.ndim == 2:
+            check_correction(post.cov_infinite_width, post.cov - post.cov_infinite_width,
+                             f"NNGP posterior covariance at width n={w}")
+        check_aspect_ratio(mlp)
+        return post
 
 
 def _default_mlp(mlp, n_features):

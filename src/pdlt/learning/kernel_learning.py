@@ -45,7 +45,7 @@ import numpy as np
 
 from ._common import (EstimatorBase, UnstableLearningRateError, check_data, check_mlp, check_noise,
                       check_targets, eigh_psd, estimator_data, last_layer_kernels, not_fitted,
-                      check_duplicates)
+                      check_duplicates, resolve_noise)
 
 __all__ = ["KernelPrediction", "stability_bound", "check_learning_rate", "propagator",
            "linear_model_outputs", "newton_step", "kernel_prediction", "ntk_prediction",
@@ -346,8 +346,13 @@ class NTKRegressor(EstimatorBase):
         Default: half that bound. Irrelevant when ``steps`` is None.
     steps : int, optional
         Number of full-batch steps; None trains to convergence.
-    noise : float, default 0
-        Ridge added to the training NTK's diagonal.
+    noise : float or "auto", default "auto"
+        Ridge added to the training NTK's diagonal. ``"auto"``: 0 when
+        ``Theta_AA`` is numerically invertible, otherwise the smallest
+        jitter that makes it so, ``10 max(10 eps N lambda_max,
+        |lambda_min|)`` (:func:`pdlt.learning._common.resolve_noise`); with
+        ``width`` always 0 (a ridge has no finite-network counterpart).
+        ``0``: plain gradient descent.
     width : int, optional
         Add the order-1/n finite-width correction of a network whose last
         hidden layer has ``width`` neurons (book, "The End of Training";
@@ -365,8 +370,21 @@ class NTKRegressor(EstimatorBase):
         The learning rate used (None for ``steps=None``).
     stability_bound_ : float
         ``2 / lambda_max(Theta_AA)``.
+    noise_ : float
+        The ridge used (the jitter for ``noise="auto"``).
     X_train_, y_train_ : ndarray
     n_features_in_ : int
+
+    Notes
+    -----
+    Hyperparameters are checked in :meth:`fit` (scikit-learn's convention),
+    ``learning_rate`` even when ``steps`` is None. With ``width``,
+    :meth:`finite_width_prediction` warns (:class:`pdlt.ValidityWarning`)
+    when the learning rate reaches ``2 / lambda_high``, ``lambda_high`` the
+    finite-width NTK's largest eigenvalue at three standard deviations of
+    its 1/n fluctuation (:func:`pdlt._validation.learning_rate_margin`), and
+    when the 1/n correction of the mean or covariance exceeds 0.3 of the
+    infinite-width value.
 
     Examples
     --------
@@ -378,7 +396,7 @@ class NTKRegressor(EstimatorBase):
     True
     """
 
-    def __init__(self, mlp=None, learning_rate=None, steps=None, noise=0.0, width=None):
+    def __init__(self, mlp=None, learning_rate=None, steps=None, noise="auto", width=None):
         self.mlp = mlp
         self.learning_rate = learning_rate
         self.steps = steps
@@ -387,12 +405,23 @@ class NTKRegressor(EstimatorBase):
 
     def fit(self, X, y):
         """Store the training data and check the learning rate; returns ``self``."""
+        from .._validation import check_float, check_int
         from .bayes import _default_mlp
-        noise = check_noise(self.noise)
+        if not isinstance(self.noise, str):
+            check_noise(self.noise)
         steps = _check_steps(self.steps)
+        if self.learning_rate is not None:
+            check_float(self.learning_rate, "learning_rate", positive=True,
+                        fix="a gradient-descent step; None picks half the stability bound")
+        if self.width is not None:
+            check_int(self.width, "width", fix="the hidden width n of the finite network")
         X, y2, was_1d = estimator_data(self, X, y, reset=True)
         mlp = _default_mlp(self.mlp, X.shape[1])
         K, Th = last_layer_kernels(mlp, X)
+        if self.width is not None and self.noise == "auto":
+            noise = 0.0
+        else:
+            noise = resolve_noise(self.noise, Th)
         Th = Th + noise * np.eye(X.shape[0])
         bound = stability_bound(Th)
         if self.width is not None:
@@ -420,6 +449,7 @@ class NTKRegressor(EstimatorBase):
             eta = 0.5 * bound if self.learning_rate is None else check_learning_rate(
                 self.learning_rate, Th)
         self.mlp_ = mlp
+        self.noise_ = noise
         self.X_train_ = X
         self.y_train_ = y2
         self._y_1d = was_1d
@@ -447,7 +477,7 @@ class NTKRegressor(EstimatorBase):
         else:
             N = self.X_train_.shape[0]
             K, Th = last_layer_kernels(self.mlp_, self.X_train_, X)
-            Th_train = Th[:N, :N] + check_noise(self.noise) * np.eye(N)
+            Th_train = Th[:N, :N] + self.noise_ * np.eye(N)
             pred = kernel_prediction(K[:N, :N], K[N:, :N], K[N:, N:], Th_train, Th[N:, :N],
                                      self.y_train_, self.learning_rate_, self.steps)
             mean = pred.mean[:, 0] if self._y_1d else pred.mean
@@ -471,9 +501,22 @@ class NTKRegressor(EstimatorBase):
             raise not_fitted(self)
         if self.width is None:
             raise ValueError("finite_width_prediction needs width=n (the network's width)")
+        from .._validation import (check_aspect_ratio, check_correction,
+                                   check_learning_rate_fluctuations)
         X = estimator_data(self, X, reset=False)
         st = training_statistics(self.mlp_, self.X_train_, X)
         Na = self.X_train_.shape[0]
         sched = algorithm_schedule(st.Theta[:Na, :Na], "gd", learning_rate=self.learning_rate_,
                                    steps=self.steps_)
-        return end_of_training(st, self.y_train_[:, 0], sched, width=self.width)
+        out = end_of_training(st, self.y_train_[:, 0], sched, width=self.width)
+        # validity of the truncated expansion (pdlt.ValidityWarning)
+        n = self.width
+        check_correction(out.mean_infinite, out.mean_correction / n,
+                         f"trained mean over initializations at width n={n}")
+        check_correction(out.cov_infinite, out.cov_correction / n,
+                         f"covariance over initializations at width n={n}")
+        check_aspect_ratio(self.mlp_.with_(width=int(n)))
+        self.finite_width_stability_bound_ = check_learning_rate_fluctuations(
+            self.learning_rate_, st.Theta[:Na, :Na], st.cov_H[:Na, :Na, :Na, :Na],
+            st.H1[:Na, :Na], n)
+        return out
