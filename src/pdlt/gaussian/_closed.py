@@ -52,6 +52,7 @@ import numpy as np
 __all__ = ["closed_family", "pair_terms"]
 
 _TWO_PI = 2.0 * math.pi
+_PROD_MAX = 1e300  # Kaa Kbb below this does not overflow
 
 
 def closed_family(act):
@@ -78,30 +79,33 @@ def closed_family(act):
 
 
 def _correlation(Kaa, Kab, Kbb, shape):
-    """``(den, rho)``: ``den = sqrt(Kaa Kbb)``, ``rho = Kab / den`` in [-1, 1] (0 where den = 0).
+    """``(den, rho)``: ``den = sqrt(Kaa Kbb)``, ``rho = Kab / den`` (0 where den = 0; |rho| <= 1 up to round-off).
 
     ``sqrt(K K) == K`` exactly in IEEE arithmetic, so identical inputs get
     ``rho = 1`` exactly. Falls back to ``sqrt(Kaa) sqrt(Kbb)`` where the
     product would overflow (kernels beyond 1e154).
     """
-    den = np.multiply(Kaa, Kbb, out=np.empty(shape))
-    if not np.isfinite(den).all():
-        den = np.multiply(np.sqrt(Kaa), np.sqrt(Kbb), out=np.empty(shape))
-    else:
+    if float(np.max(Kaa)) * float(np.max(Kbb)) < _PROD_MAX:
+        den = np.multiply(Kaa, Kbb, out=np.empty(shape))
         np.sqrt(den, out=den)
+    else:
+        den = np.multiply(np.sqrt(Kaa), np.sqrt(Kbb), out=np.empty(shape))
     if np.min(Kaa) > 0 and np.min(Kbb) > 0:
         rho = np.divide(Kab, den, out=np.empty(shape))
     else:
         rho = np.zeros(shape)
         np.divide(Kab, den, out=rho, where=np.broadcast_to(den > 0, shape))
-    np.clip(rho, -1.0, 1.0, out=rho)
+    # |rho| <= 1 up to round-off: (1 - rho)(1 + rho) is clamped at 0 where it is used,
+    # and the angles come from atan2, which needs no clipping
     return den, rho
 
 
 def _one_minus_rho2(rho, shape):
     """``(1 - rho)(1 + rho)``: exact 0 at ``rho = +-1``, no ``1 - rho^2`` rounding."""
     t = np.subtract(1.0, rho, out=np.empty(shape))
-    t *= 1.0 + rho
+    u = np.add(1.0, rho)
+    t *= u
+    np.maximum(t, 0.0, out=t)  # |rho| may exceed 1 by round-off
     return t
 
 
@@ -115,7 +119,7 @@ def pair_terms(family, Kaa, Kab, Kbb, want=("sigma", "d1")):
     Kaa, Kab, Kbb : array_like, broadcastable
         The 2x2 covariances ``[[Kaa, Kab], [Kab, Kbb]]`` (e.g. a column of
         variances, a block of covariances, a row of variances). PSD is
-        assumed; ``|rho| > 1`` from round-off is clipped.
+        assumed; ``|rho| > 1`` from round-off is harmless (clamped where it matters).
     want : sequence of {"sigma", "d1"}
 
     Returns
