@@ -78,38 +78,55 @@ def closed_family(act):
     return None
 
 
-def _correlation(Kaa, Kab, Kbb, shape):
-    """``(den, rho)``: ``den = sqrt(Kaa Kbb)``, ``rho = Kab / den`` (0 where den = 0; |rho| <= 1 up to round-off).
+class _Work:
+    """Hands out output-shaped scratch arrays: fresh ones, or views of a pool.
 
-    ``sqrt(K K) == K`` exactly in IEEE arithmetic, so identical inputs get
-    ``rho = 1`` exactly. Falls back to ``sqrt(Kaa) sqrt(Kbb)`` where the
-    product would overflow (kernels beyond 1e154).
+    ``pool`` is a list of 1-d float arrays of at least ``prod(shape)``
+    elements (one set per thread), so that a blocked loop allocates nothing
+    in its steady state.
     """
+
+    def __init__(self, shape, pool=None):
+        self.shape, self.pool = shape, pool
+        self.n = math.prod(shape)
+
+    def __call__(self, i):
+        if self.pool is None:
+            return np.empty(self.shape)
+        return self.pool[i][:self.n].reshape(self.shape)
+
+
+#: scratch arrays :func:`pair_terms` needs at most (GELU)
+WORK_ARRAYS = 6
+
+
+def _gram(Kaa, Kab, Kbb, w):
+    """``(den + Kab, G)`` in ``w(0), w(1)``: ``G = Kaa Kbb - Kab^2 >= 0``.
+
+    ``G = (den - Kab)(den + Kab)`` with ``den = sqrt(Kaa Kbb)``, the
+    determinant from the angle: ``den - Kab`` is exact when the two are close
+    (Sterbenz), so G carries only the rounding of den (about
+    ``2 eps den^2``, the same as a relative change eps of Kab); no
+    ``Kaa Kbb - Kab^2`` of two large products. ``sqrt(K K) == K`` exactly in
+    IEEE arithmetic, so identical inputs get ``G = 0`` exactly. ``den``
+    falls back to ``sqrt(Kaa) sqrt(Kbb)`` where ``Kaa Kbb`` would overflow
+    (kernels beyond 1e150). Negative G from round-off (``|rho|`` a few ulps
+    above 1) is clamped at 0.
+    """
+    den = w(0)
     if float(np.max(Kaa)) * float(np.max(Kbb)) < _PROD_MAX:
-        den = np.multiply(Kaa, Kbb, out=np.empty(shape))
+        np.multiply(Kaa, Kbb, out=den)
         np.sqrt(den, out=den)
     else:
-        den = np.multiply(np.sqrt(Kaa), np.sqrt(Kbb), out=np.empty(shape))
-    if np.min(Kaa) > 0 and np.min(Kbb) > 0:
-        rho = np.divide(Kab, den, out=np.empty(shape))
-    else:
-        rho = np.zeros(shape)
-        np.divide(Kab, den, out=rho, where=np.broadcast_to(den > 0, shape))
-    # |rho| <= 1 up to round-off: (1 - rho)(1 + rho) is clamped at 0 where it is used,
-    # and the angles come from atan2, which needs no clipping
-    return den, rho
+        np.multiply(np.sqrt(Kaa), np.sqrt(Kbb), out=den)
+    G = np.subtract(den, Kab, out=w(1))
+    np.add(den, Kab, out=den)
+    G *= den
+    np.maximum(G, 0.0, out=G)
+    return den, G
 
 
-def _one_minus_rho2(rho, shape):
-    """``(1 - rho)(1 + rho)``: exact 0 at ``rho = +-1``, no ``1 - rho^2`` rounding."""
-    t = np.subtract(1.0, rho, out=np.empty(shape))
-    u = np.add(1.0, rho)
-    t *= u
-    np.maximum(t, 0.0, out=t)  # |rho| may exceed 1 by round-off
-    return t
-
-
-def pair_terms(family, Kaa, Kab, Kbb, want=("sigma", "d1")):
+def pair_terms(family, Kaa, Kab, Kbb, want=("sigma", "d1"), scale=(1.0, 1.0), work=None):
     """``<sigma_a sigma_b>`` and/or ``<sigma'_a sigma'_b>`` in closed form.
 
     Parameters
@@ -119,127 +136,149 @@ def pair_terms(family, Kaa, Kab, Kbb, want=("sigma", "d1")):
     Kaa, Kab, Kbb : array_like, broadcastable
         The 2x2 covariances ``[[Kaa, Kab], [Kab, Kbb]]`` (e.g. a column of
         variances, a block of covariances, a row of variances). PSD is
-        assumed; ``|rho| > 1`` from round-off is harmless (clamped where it matters).
+        assumed; ``|rho| > 1`` by round-off is harmless (clamped where it
+        matters).
     want : sequence of {"sigma", "d1"}
+    scale : (float, float)
+        Factors applied to the two results, folded into the formulas (the
+        recursions multiply by C_W anyway).
+    work : list of ndarray, optional
+        :data:`WORK_ARRAYS` 1-d float arrays with at least as many elements
+        as the broadcast shape: scratch space, so that repeated calls
+        allocate nothing. The results are then views of these arrays, valid
+        until the next call with the same ``work``.
 
     Returns
     -------
     dict
-        ``{"sigma": <sigma sigma>, "d1": <sigma' sigma'>}`` for the requested
-        names, arrays of the broadcast shape.
+        ``{"sigma": s0 <sigma sigma>, "d1": s1 <sigma' sigma'>}`` for the
+        requested names, arrays of the broadcast shape.
     """
     Kaa = np.asarray(Kaa, dtype=float)
     Kab = np.asarray(Kab, dtype=float)
     Kbb = np.asarray(Kbb, dtype=float)
     shape = np.broadcast_shapes(Kaa.shape, Kab.shape, Kbb.shape)
     if shape == ():  # scalars: the in-place passes need arrays
-        res = pair_terms(family, Kaa.reshape(1), Kab.reshape(1), Kbb.reshape(1), want)
+        res = pair_terms(family, Kaa.reshape(1), Kab.reshape(1), Kbb.reshape(1), want, scale)
         return {k: v.reshape(()) for k, v in res.items()}
+    w = _Work(shape, work)
+    s0, s1 = (float(v) for v in scale)
     kind = family[0]
     out = {}
     if kind == "linear":
         p2 = family[1] ** 2
         if "sigma" in want:
-            out["sigma"] = np.multiply(p2, np.broadcast_to(Kab, shape), out=np.empty(shape))
+            out["sigma"] = np.multiply(Kab, p2 * s0, out=w(0))
         if "d1" in want:
-            out["d1"] = np.full(shape, p2)
+            d = w(1)
+            d.fill(p2 * s1)
+            out["d1"] = d
         return out
     if kind == "arccos":
+        # psi = atan2(sqrt(G), Kab) (the angle: cos psi = rho, sin psi = sqrt(G) / den);
+        # <sigma' sigma'> = [a1 (pi - psi) + a2 psi] / (2 pi) = a1/2 + (a2 - a1) psi / (2 pi);
+        # <sigma sigma> = (ap - am)^2 sqrt(G) / (2 pi) + Kab <sigma' sigma'>
         ap, am = family[1], family[2]
         a1, a2 = ap * ap + am * am, 2.0 * ap * am
-        den, rho = _correlation(Kaa, Kab, Kbb, shape)
-        sn = _one_minus_rho2(rho, shape)
-        np.sqrt(sn, out=sn)                          # sin(psi), psi = angle of the pair
-        dd = np.arctan2(sn, rho)                     # psi, accurate at rho -> +-1
-        # [a1 (pi - psi) + a2 psi] / (2 pi) = a1/2 + (a2 - a1) psi / (2 pi)
-        dd *= (a2 - a1) / _TWO_PI
-        dd += 0.5 * a1
+        _, sg = _gram(Kaa, Kab, Kbb, w)
+        np.sqrt(sg, out=sg)
+        psi = np.arctan2(sg, Kab, out=w(0))
+        if np.min(Kaa) <= 0 or np.min(Kbb) <= 0:
+            # a zero-variance input: z = 0, sigma'(0) taken as the mean slope
+            # (rho = 0, psi = pi/2), as the quadrature paths do
+            psi[np.broadcast_to((Kaa <= 0) | (Kbb <= 0), shape)] = 0.5 * math.pi
         if "sigma" in want:
-            sn *= (ap - am) ** 2 / _TWO_PI
-            rho *= dd
-            sn += rho
-            sn *= den
-            out["sigma"] = sn
+            # s0 (ap-am)^2/(2 pi) sqrt(G) + Kab (s0 <sigma' sigma'>)
+            sg *= s0 * (ap - am) ** 2 / _TWO_PI
+            t = np.multiply(psi, s0 * (a2 - a1) / _TWO_PI, out=w(2))
+            t += s0 * 0.5 * a1
+            t *= Kab
+            sg += t
+            out["sigma"] = sg
         if "d1" in want:
-            out["d1"] = dd
+            psi *= s1 * (a2 - a1) / _TWO_PI
+            psi += s1 * 0.5 * a1
+            out["d1"] = psi
         return out
     if kind == "erf":
-        # det = (1+2Kaa)(1+2Kbb) - 4Kab^2 = 1 + 2Kaa + 2Kbb + 4G
-        # <erf erf> = (2/pi) asin(2Kab / sqrt((1+2Kaa)(1+2Kbb))) = (2/pi) atan2(2Kab, sqrt(det))
-        # <erf' erf'> = (4/pi) / sqrt(det)
-        _, rho = _correlation(Kaa, Kab, Kbb, shape)
-        g = _one_minus_rho2(rho, shape)
-        g *= 4.0 * np.multiply(Kaa, Kbb)
-        g += np.add(2.0 * Kaa, 2.0 * Kbb) + 1.0
-        np.sqrt(g, out=g)
+        # det = (1+2Kaa)(1+2Kbb) - 4Kab^2 = 4 [G + (1 + 2Kaa + 2Kbb) / 4]; q = sqrt(det) / 2
+        # <erf erf> = (2/pi) asin(2Kab / sqrt((1+2Kaa)(1+2Kbb))) = (2/pi) atan2(Kab, q)
+        # <erf' erf'> = (4/pi) / sqrt(det) = (2/pi) / q
+        t, q = _gram(Kaa, Kab, Kbb, w)
+        q += np.add(0.5 * Kaa + 0.25, 0.5 * Kbb, out=t)
+        np.sqrt(q, out=q)
         if "sigma" in want:
-            x = np.multiply(Kab, 2.0, out=rho)
-            np.arctan2(x, g, out=x)
-            x *= 2.0 / math.pi
-            out["sigma"] = x
+            np.arctan2(Kab, q, out=t)
+            t *= s0 * 2.0 / math.pi
+            out["sigma"] = t
         if "d1" in want:
-            np.divide(4.0 / math.pi, g, out=g)
-            out["d1"] = g
+            np.divide(s1 * 2.0 / math.pi, q, out=q)
+            out["d1"] = q
         return out
     if kind == "sin":
         # e^{-(Kaa+Kbb)/2} sinh(Kab) = sign(Kab) e^{|Kab| - (Kaa+Kbb)/2} (-expm1(-2|Kab|)) / 2
-        m = np.abs(np.broadcast_to(Kab, shape))
-        e = np.subtract(m, 0.5 * np.add(Kaa, Kbb), out=np.empty(shape))
+        m = np.abs(Kab, out=w(0))
+        e = np.add(Kaa, Kbb, out=w(1))
+        e *= -0.5
+        e += m
         np.minimum(e, 0.0, out=e)                    # <= 0 by Cauchy-Schwarz
         np.exp(e, out=e)
         t = np.multiply(m, -2.0, out=m)
         np.expm1(t, out=t)                           # in (-1, 0]
         if "sigma" in want:
-            s = np.multiply(e, t, out=np.empty(shape))
-            s *= -0.5
-            s *= np.sign(Kab)
-            out["sigma"] = s
+            sg = np.multiply(e, t, out=w(2))
+            sg *= -0.5 * s0
+            sg *= np.sign(Kab, out=w(3))
+            out["sigma"] = sg
         if "d1" in want:
             t += 2.0
-            t *= 0.5
+            t *= 0.5 * s1
             t *= e
             out["d1"] = t
         return out
     if kind == "gelu":
-        return _gelu_terms(Kaa, Kab, Kbb, shape, want)
+        return _gelu_terms(Kaa, Kab, Kbb, w, want, s0, s1)
     raise ValueError(f"unknown closed-form family {family!r}")
 
 
-def _gelu_terms(Kaa, Kab, Kbb, shape, want):
+def _gelu_terms(Kaa, Kab, Kbb, w, want, s0=1.0, s1=1.0):
     r"""GELU ``z Phi(z)`` (derivation in :func:`pdlt.gaussian._core._gelu_pair`).
 
     With ``a = 1 + Kaa``, ``b = 1 + Kbb``, ``G = Kaa Kbb - Kab^2``,
     ``D = ab - Kab^2 = 1 + Kaa + Kbb + G``, ``h = 1/a + 1/b``,
-    ``P = arccos(-Kab / sqrt(ab)) / (2 pi)``:
+    ``P = arccos(-Kab / sqrt(ab)) / (2 pi) = atan2(sqrt(D), -Kab) / (2 pi)``:
     ``<sigma sigma> = Kab P + (G + Kab^2 h) / (2 pi sqrt D)`` and
     ``<sigma' sigma'> = P + Kab (h + 1/D) / (2 pi sqrt D)``.
     """
-    h = np.add(1.0 / (1.0 + Kaa), 1.0 / (1.0 + Kbb))   # broadcast of the two diagonals
-    _, rho = _correlation(Kaa, Kab, Kbb, shape)
-    G = _one_minus_rho2(rho, shape)
-    G *= np.multiply(Kaa, Kbb)
-    D = np.add(G, np.add(Kaa, Kbb) + 1.0, out=rho)    # rho is no longer needed
-    sq = np.sqrt(D)
-    c = np.multiply(sq, _TWO_PI)
-    np.reciprocal(c, out=c)                      # 1 / (2 pi sqrt D)
-    # orthant probability arccos(-Kab / sqrt(ab)) / (2 pi) = atan2(sqrt(D), -Kab) / (2 pi)
-    # (sin of the angle is sqrt(D / (ab)); atan2 keeps it accurate at |Kab| -> sqrt(ab))
-    P = np.negative(np.broadcast_to(Kab, shape))
+    h = np.add(1.0 / (1.0 + Kaa), 1.0 / (1.0 + Kbb), out=w(3))
+    D, G = _gram(Kaa, Kab, Kbb, w)
+    np.add(Kaa + 1.0, Kbb, out=D)
+    D += G
+    sq = np.sqrt(D, out=w(2))
+    # orthant probability; atan2 keeps it accurate at |Kab| -> sqrt(ab)
+    P = np.negative(Kab, out=w(4))
     np.arctan2(sq, P, out=P)
     P *= 1.0 / _TWO_PI
+    c = sq
+    c *= _TWO_PI
+    np.reciprocal(c, out=c)                      # 1 / (2 pi sqrt D)
     out = {}
     if "sigma" in want:
-        s = np.multiply(Kab, Kab, out=np.empty(shape))
-        s *= h
-        s += G
-        s *= c
-        s += Kab * P
-        out["sigma"] = s
+        sg = np.multiply(Kab, Kab, out=w(5))
+        sg *= h
+        sg += G
+        sg *= c
+        sg += np.multiply(Kab, P, out=G)
+        if s0 != 1.0:
+            sg *= s0
+        out["sigma"] = sg
     if "d1" in want:
         np.reciprocal(D, out=D)
         D += h
         D *= c
         D *= Kab
         D += P
+        if s1 != 1.0:
+            D *= s1
         out["d1"] = D
     return out

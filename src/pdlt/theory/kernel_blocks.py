@@ -45,18 +45,21 @@ blocked kernel equals :func:`pdlt.flow`'s up to that round-off
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import gaussian
+from ..gaussian import _closed
 from ..gaussian._closed import closed_family, pair_terms
 from ..network import MLP, validate_inputs
 
-__all__ = ["KernelMatrices", "kernel_matrix", "kernel_block", "diagonal_flow",
+__all__ = ["KernelMatrices", "kernel_matrix", "kernel_block", "block_work", "diagonal_flow",
            "block_ranges", "DEFAULT_MEMORY_BUDGET", "STATISTICS"]
 
 #: default bound on the memory one :func:`kernel_matrix` call allocates, bytes (4 GiB)
@@ -64,7 +67,7 @@ DEFAULT_MEMORY_BUDGET = 4 * 2 ** 30
 #: statistics :func:`kernel_matrix` can return
 STATISTICS = ("K", "Theta")
 #: working arrays of one block (state, pair terms and their temporaries)
-_ARRAYS_PER_BLOCK = 12
+_ARRAYS_PER_BLOCK = 10  # 8 scratch arrays (state and pair terms) + slack
 _DEFAULT_BLOCK = 256
 
 
@@ -201,11 +204,12 @@ def _check_get(get):
 
 
 def kernel_block(mlp: MLP, xa, xb, diag_a: DiagonalFlow, diag_b: DiagonalFlow, layers,
-                 get=STATISTICS, *, on_diagonal=False, rtol=1e-12):
+                 get=STATISTICS, *, on_diagonal=False, rtol=1e-12, work=None):
     """K and/or Theta of the pairs ``(xa_i, xb_j)`` at the requested layers.
 
     The unit of work of :func:`kernel_matrix` (and of its Ray tasks). Memory:
-    about 12 arrays of ``len(xa) x len(xb)`` numbers, whatever the depth.
+    the returned arrays plus ``WORK_ARRAYS + 2`` block-sized scratch arrays
+    (passed in ``work`` to allocate nothing), whatever the depth.
 
     Parameters
     ----------
@@ -220,25 +224,35 @@ def kernel_block(mlp: MLP, xa, xb, diag_a: DiagonalFlow, diag_b: DiagonalFlow, l
     on_diagonal : bool
         ``xa`` is ``xb`` (a diagonal block): the block is made exactly
         symmetric and its diagonal set to the diagonal flow.
+    work : list of ndarray, optional
+        ``WORK_ARRAYS + 2`` 1-d float arrays of at least ``B * C`` elements.
 
     Returns
     -------
     dict
         ``{"K": (len(layers), B, C), "Theta": ...}`` for the names in ``get``.
     """
-    act = mlp.activation
-    family = closed_family(act)
-    last = layers[-1]
+    family = closed_family(mlp.activation)
     want_T = "Theta" in get
-    G0 = xa @ xb.T
-    G0 /= mlp.n0
-    K = mlp.C_b[0] + mlp.C_W[0] * G0
-    T = mlp.lambda_b[0] + mlp.lambda_W[0] * G0 if want_T else None
-    del G0
-    out = {g: np.empty((len(layers),) + K.shape) for g in get}
+    B, C = len(xa), len(xb)
+    out = {g: np.empty((len(layers), B, C)) for g in get}
     if family is None:
-        return _kernel_block_series(mlp, xa, xb, K, T, layers, get, out, on_diagonal, rtol)
+        return _kernel_block_series(mlp, xa, xb, layers, out, on_diagonal, rtol)
+    if work is None:
+        work = block_work(B * C)
+    shape = (B, C)
+    K = work[-2][:B * C].reshape(shape)
+    T = work[-1][:B * C].reshape(shape)
+    # layer 1: K = C_b + C_W x.x'/n0, Theta = lambda_b + lambda_W x.x'/n0
+    np.matmul(xa, xb.T, out=T)
+    T /= mlp.n0
+    np.multiply(T, mlp.C_W[0], out=K)
+    K += mlp.C_b[0]
+    T *= mlp.lambda_W[0]
+    T += mlp.lambda_b[0]
+    last = layers[-1]
     idx = 0
+    scratch = work[:_closed.WORK_ARRAYS]
     for l in range(1, last + 1):
         if l == layers[idx]:
             _store(out, idx, K, T, diag_a, diag_b, l, on_diagonal)
@@ -247,21 +261,48 @@ def kernel_block(mlp: MLP, xa, xb, diag_a: DiagonalFlow, diag_b: DiagonalFlow, l
             break
         ka = diag_a.K[l - 1][:, None]
         kb = diag_b.K[l - 1][None, :]
-        e = pair_terms(family, ka, K, kb, ("sigma", "d1") if want_T else ("sigma",))
-        ss = e["sigma"]
+        cw, cb, lw, lb = mlp.C_W[l], mlp.C_b[l], mlp.lambda_W[l], mlp.lambda_b[l]
         x2, g2 = mlp.xi[l] ** 2, mlp.gamma[l] ** 2
+        residual = not (x2 == 1.0 and g2 == 0.0)
+        s0 = cw if cw != 0 else 1.0   # C_W folded into the closed forms
+        e = pair_terms(family, ka, K, kb, ("sigma", "d1") if want_T else ("sigma",),
+                       scale=(s0, cw), work=scratch)
+        ss = e["sigma"]                                  # s0 <sigma sigma>
         if want_T:
+            # Theta' = lambda_b + lambda_W <sigma sigma> + C_W <sigma' sigma'> Theta
+            old = T.copy() if residual else None
             dd = e["d1"]
-            Tn = np.multiply(dd, mlp.C_W[l], out=dd)
-            Tn *= T
-            if mlp.lambda_W[l] != 0:
-                Tn += mlp.lambda_W[l] * ss
-            Tn += mlp.lambda_b[l]
-            T = _res(Tn, T, x2, g2)
-        Kn = np.multiply(ss, mlp.C_W[l], out=ss)
-        Kn += mlp.C_b[l]
-        K = _res(Kn, K, x2, g2)
+            T *= dd
+            if lw == s0:
+                T += ss
+            elif lw != 0:
+                T += np.multiply(ss, lw / s0, out=dd)
+            T += lb
+            if residual:
+                T *= x2
+                T += g2 * old
+        # K' = C_b + C_W <sigma sigma>
+        old = K.copy() if residual else None
+        if cw != 0:
+            np.add(ss, cb, out=K)
+        else:
+            K.fill(cb)
+        if residual:
+            K *= x2
+            K += g2 * old
     return out
+
+
+def block_work(n):
+    """Scratch arrays for :func:`kernel_block` on blocks of up to n pairs."""
+    # one allocation, arrays staggered by an odd number of cache lines: equal
+    # power-of-two offsets between the operands of a ufunc (separately
+    # page-aligned arrays of 2^k bytes) thrash the cache sets (measured 3x
+    # slower at 128 x 128 blocks)
+    m = _closed.WORK_ARRAYS + 2
+    stride = int(n) + 8 * (2 * (int(n) // 8 // 64) + 1) + 8 * 5
+    pool = np.empty(m * stride)
+    return [pool[i * stride:i * stride + n] for i in range(m)]
 
 
 def _store(out, idx, K, T, diag_a, diag_b, l, on_diagonal):
@@ -276,7 +317,7 @@ def _store(out, idx, K, T, diag_a, diag_b, l, on_diagonal):
             np.fill_diagonal(dst, d[l - 1])
 
 
-def _kernel_block_series(mlp, xa, xb, K, T, layers, get, out, on_diagonal, rtol):
+def _kernel_block_series(mlp, xa, xb, layers, out, on_diagonal, rtol):
     """Activations without a closed form: the engine on the union of row and column inputs."""
     from .kernel import kernel_step
     if on_diagonal:
@@ -430,30 +471,50 @@ def kernel_matrix(mlp: MLP, x, x2=None, *, layers=None, get=("K", "Theta"), bloc
     db = da if sym else diagonal_flow(mlp, xb, depth=depth, rtol=rtol)
     blocks = block_ranges(N, None if sym else M, b)
 
+    local = threading.local()
+
     def run(blk):
         r0, r1, c0, c1 = blk
         on_diag = sym and r0 == c0
+        if not hasattr(local, "work"):
+            local.work = None if series else block_work(b * b)
         res = kernel_block(mlp, x[r0:r1], xb[c0:c1], _rows(da, r0, r1), _rows(db, c0, c1),
-                           layers, get, on_diagonal=on_diag, rtol=rtol)
+                           layers, get, on_diagonal=on_diag, rtol=rtol, work=local.work)
         for g in get:
             out[g][:, r0:r1, c0:c1] = res[g]
             if sym and not on_diag:
                 out[g][:, c0:c1, r0:r1] = res[g].transpose(0, 2, 1)
         return None
 
-    if threads == 1 or len(blocks) == 1:
-        for blk in blocks:
-            run(blk)
-    else:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for _ in pool.map(run, blocks):
-                pass
+    with _single_threaded_blas():
+        if threads == 1 or len(blocks) == 1:
+            for blk in blocks:
+                run(blk)
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for _ in pool.map(run, blocks):
+                    pass
     for g in get:
         if isinstance(out[g], np.ndarray) and not np.isfinite(out[g][-1]).all():
             raise FloatingPointError(
                 f"{g} overflowed (deep exploding phase); reduce C_W or the depth, or "
                 "initialize at criticality (pdlt.criticality)")
     return KernelMatrices(layers=layers, **{g: out[g] for g in get})
+
+
+def _single_threaded_blas():
+    """One BLAS thread while the blocks run (they are parallel themselves).
+
+    The only BLAS call per block is the first-layer Gram product; a threaded
+    BLAS spins its idle threads after each such call, which cost 2-3x in CPU
+    time here (measured with OpenBLAS). Uses threadpoolctl when it is
+    installed (scikit-learn depends on it); otherwise nothing changes.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _rows(d: DiagonalFlow, a, b) -> DiagonalFlow:
