@@ -18,7 +18,7 @@ def _local(layers=None, x2=None, block=10):
     return pdlt.kernel_matrix(MLP, X, x2, layers=layers, block_size=block, threads=1)
 
 
-def test_local_backend_equals_kernel_matrix_bit_for_bit(tmp_path):
+def test_local_backend_equals_kernel_matrix(tmp_path):
     res = KD.distributed_kernel_matrix(MLP, X, tmp_path / "k", layers="all", block_size=10,
                                        progress=False)
     ref = _local(layers="all")
@@ -86,10 +86,14 @@ def ray2():
 
 
 def test_ray_two_workers_equals_local(ray2, tmp_path):
-    """Same blocks, same code: equal to the local kernel (the issue asks 1e-12; it is exact)."""
-    res = KD.distributed_kernel_matrix(MLP, X, tmp_path / "k", layers=[2, 5], block_size=10,
+    """Same blocks, same code; numpy's vectorized atan2/exp may round the last bit
+    differently for differently aligned buffers, so equal to 1e-12 of each
+    entry's Cauchy-Schwarz scale (the issue's criterion; measured: a few ulps)."""
+    res = KD.distributed_kernel_matrix(MLP, X, tmp_path / "k", layers=[2, 5], block_size=23,
                                        backend="ray", progress=False)
-    ref = _local(layers=[2, 5])
+    ref = _local(layers=[2, 5], block=23)
     for g in ("K", "Theta"):
-        np.testing.assert_array_equal(res[g], ref[g])
+        d = np.sqrt(np.diagonal(ref[g], axis1=1, axis2=2))
+        err = np.abs(res[g] - ref[g]) / (d[:, :, None] * d[:, None, :])
+        assert err.max() < 1e-12
     assert ray2.is_initialized(), "an existing Ray session must be left running"

@@ -23,8 +23,10 @@ same directory skips those blocks; a directory written for another kernel is
 refused with an error that says what differs. The result does not depend on
 the backend, the number of workers or the order in which blocks finish: each
 entry is computed by the same :func:`~pdlt.theory.kernel_blocks.kernel_block`
-from the same block, so for a given ``block_size`` it is the local result
-bit for bit (``tests/experiment/test_kernel_distributed.py``).
+from the same block, so for a given ``block_size`` it is the local result up
+to the last-bit rounding of numpy's vectorized transcendental functions,
+which may differ with the alignment of the buffers (measured: a few ulps;
+tested to 1e-12 in ``tests/experiment/test_kernel_distributed.py``).
 
 ``backend="ray"`` submits one task per block (``num_cpus=1``, retried by Ray
 when a worker dies: a block is a pure function of its inputs); without
@@ -121,15 +123,17 @@ def _local_executor(job, todo):
 
 
 def _ray_executor(job, todo, *, ray):
+    # the task is pdlt.theory's kernel_block itself: workers import numpy/scipy
+    # and pdlt.theory only (not this package, which imports torch)
     task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES,
-                      retry_exceptions=[MemoryError])(_block_task)
+                      retry_exceptions=[MemoryError])(kernel_block)
     mlp_ref = None
     refs = {}
     for blk in todo:
-        mlp, *rest = job(blk)
+        mlp, xa, xb, da, db, layers, get, on_diag = job(blk)
         if mlp_ref is None:
             mlp_ref = ray.put(mlp)
-        refs[task.remote(mlp_ref, *rest)] = blk
+        refs[task.remote(mlp_ref, xa, xb, da, db, layers, get, on_diagonal=on_diag)] = blk
     pending = list(refs)
     try:
         while pending:
