@@ -66,6 +66,43 @@ def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class _AnonSampler:
+    """Peak anonymous (RssAnon) and file-backed (RssFile) resident memory, sampled at 5 Hz.
+
+    ru_maxrss counts the pages of memory-mapped output files as resident too;
+    those are page cache, written back and reclaimable, so the process's own
+    memory is RssAnon (Linux /proc/self/status).
+    """
+
+    def __init__(self):
+        import threading
+        self.anon = self.file = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _sample(self):
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("RssAnon:"):
+                        self.anon = max(self.anon, int(line.split()[1]) * 1024)
+                    elif line.startswith("RssFile:"):
+                        self.file = max(self.file, int(line.split()[1]) * 1024)
+        except OSError:  # pragma: no cover - not Linux
+            pass
+
+    def _run(self):
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def stop(self):
+        self._sample()
+        self._stop.set()
+        self._t.join()
+        return {"rss_anon": self.anon, "rss_file": self.file}
+
+
 # ---------------------------------------------------------------------------
 # workers (one measurement per process)
 # ---------------------------------------------------------------------------
@@ -118,11 +155,13 @@ def _worker_large(N, scratch, threads, act="relu"):
                    lambda_b=C_B, lambda_W=C_W[act])
     out = {g: np.lib.format.open_memmap(os.path.join(scratch, f"{g}_{N}.npy"), mode="w+",
                                         shape=(1, N, N)) for g in ("K", "Theta")}
+    sampler = _AnonSampler()
     t0 = time.perf_counter()
     km = pdlt.kernel_matrix(mlp, x, out=out, threads=threads, memory_budget=2 * 2 ** 30)
     for g in out:
         out[g].flush()
     dt = time.perf_counter() - t0
+    mem = sampler.stop()
     # spot check: 40 random pairs against the flow of their own two inputs
     rng = np.random.default_rng(1)
     worst = 0.0
@@ -131,7 +170,7 @@ def _worker_large(N, scratch, threads, act="relu"):
         for g, M in (("K", f.K), ("Theta", f.Theta)):
             worst = max(worst, abs(km[g][0, a, b] - M[0, 1]) / math.sqrt(M[0, 0] * M[1, 1]))
     return {"time": dt, "rss": _peak_rss(), "bytes_on_disk": 2 * 8 * N * N,
-            "spot_check_max_rel": worst}
+            "spot_check_max_rel": worst, **mem}
 
 
 # ---------------------------------------------------------------------------
@@ -190,7 +229,8 @@ def cmd_large(a):
     res, _ = _run_worker(sys.executable, ["--worker", "large", "relu", str(a.n), "0",
                                           str(a.threads), a.scratch], env)
     print(f"N={a.n} depth {DEPTH} relu, K and Theta (last layer) to memmaps in {a.scratch}: "
-          f"{res['time']:.1f} s, peak RSS {_gib(res['rss'])} GiB, "
+          f"{res['time']:.1f} s, peak RSS {_gib(res['rss'])} GiB (anonymous "
+          f"{_gib(res['rss_anon'])} GiB, file-backed memmap pages {_gib(res['rss_file'])} GiB), "
           f"{_gib(res['bytes_on_disk'])} GiB on disk, spot check max rel err "
           f"{res['spot_check_max_rel']:.1e}", flush=True)
     if not a.keep:
@@ -228,9 +268,9 @@ def cmd_regression(a):
         res, _ = _run_worker(sys.executable, ["--worker", "regression", "relu", str(N), "0",
                                               str(a.threads)], env)
         print(f"N={N:6d} CG NNGP regression (relu, depth {DEPTH}, n0 = {a.dim}): "
-              f"{res['time']:.1f} s, {res['iterations']} iterations, "
+              f"{res['time']:.1f} s (fit {res['fit_time']:.1f} s), {res['iterations']} iterations, "
               f"{res['kernel_passes']} kernel passes, cached={res['cached']}, peak RSS "
-              f"{_gib(res['rss'])} GiB, test MSE {res['test_mse']:.3g} "
+              f"{_gib(res['rss'])} GiB (anonymous {_gib(res['rss_anon'])}), test MSE {res['test_mse']:.3g} "
               f"(predict-the-mean {res['baseline_mse']:.3g}), relative residual "
               f"{res['residual']:.1e}", flush=True)
         out.append(res)
@@ -245,12 +285,14 @@ def _worker_regression(N, threads, dim=8, noise=0.1):
     f = np.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2]
     y = f + noise * rng.standard_normal(len(f))
     mlp = pdlt.MLP(n0=dim, width=1, depth=DEPTH, activation="relu", C_b=C_B, C_W=2.0)
+    sampler = _AnonSampler()
     t0 = time.perf_counter()
     fit = cg_regression(mlp, x[:N], y[:N], noise=noise ** 2, threads=threads, tol=1e-6,
                         memory_budget=4 * 2 ** 30)
     pred = fit.predict(x[N:])
     dt = time.perf_counter() - t0
-    return {"time": dt, "iterations": fit.iterations, "kernel_passes": fit.kernel_passes,
+    mem = sampler.stop()
+    return {**mem, "fit_time": fit.seconds, "time": dt, "iterations": fit.iterations, "kernel_passes": fit.kernel_passes,
             "cached": fit.cached, "rss": _peak_rss(), "residual": fit.residual,
             "test_mse": float(np.mean((pred - f[N:]) ** 2)),
             "baseline_mse": float(np.mean((f[N:] - y[:N].mean()) ** 2))}
