@@ -146,6 +146,8 @@ def test_budget_and_argument_errors(x):
         kernel_matrix(mlp, x, block_size=0)
     with pytest.raises(TypeError, match="pdlt.MLP"):
         kernel_matrix("relu", x)
+    with pytest.raises(FloatingPointError, match="overflowed.*criticality"):
+        kernel_matrix(pdlt.MLP(n0=5, width=8, depth=200, activation="relu", C_W=100.0), x)
 
 
 def test_public_entry_point(x):

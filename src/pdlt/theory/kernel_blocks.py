@@ -481,6 +481,10 @@ def kernel_matrix(mlp: MLP, x, x2=None, *, layers=None, get=("K", "Theta"), bloc
         res = kernel_block(mlp, x[r0:r1], xb[c0:c1], _rows(da, r0, r1), _rows(db, c0, c1),
                            layers, get, on_diagonal=on_diag, rtol=rtol, work=local.work)
         for g in get:
+            if not np.isfinite(res[g][-1]).all():
+                raise FloatingPointError(
+                    f"{g} overflowed (deep exploding phase); reduce C_W or the depth, or "
+                    "initialize at criticality (pdlt.criticality)")
             out[g][:, r0:r1, c0:c1] = res[g]
             if sym and not on_diag:
                 out[g][:, c0:c1, r0:r1] = res[g].transpose(0, 2, 1)
@@ -494,11 +498,6 @@ def kernel_matrix(mlp: MLP, x, x2=None, *, layers=None, get=("K", "Theta"), bloc
             with ThreadPoolExecutor(max_workers=threads) as pool:
                 for _ in pool.map(run, blocks):
                     pass
-    for g in get:
-        if isinstance(out[g], np.ndarray) and not np.isfinite(out[g][-1]).all():
-            raise FloatingPointError(
-                f"{g} overflowed (deep exploding phase); reduce C_W or the depth, or "
-                "initialize at criticality (pdlt.criticality)")
     return KernelMatrices(layers=layers, **{g: out[g] for g in get})
 
 
