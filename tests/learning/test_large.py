@@ -44,6 +44,20 @@ def test_cg_equals_dense_solve(stat, cache, tmp_path):
         assert fit.kernel_passes >= fit.iterations
 
 
+def test_preconditioners_agree_and_cholesky_needs_fewer_iterations():
+    fits = {p: cg_regression(MLP, X, Y[:, 0], noise=NOISE, tol=TOL, precondition=p, rank=30)
+            for p in ("cholesky", "jacobi", None)}
+    cond = np.linalg.cond(_dense("K")[0] + NOISE * np.eye(80))
+    ref = fits[None].predict(XT)
+    for fit in fits.values():
+        assert np.max(np.abs(fit.predict(XT) - ref)) <= 20 * cond * TOL * np.max(np.abs(ref))
+    assert fits["cholesky"].iterations < fits["jacobi"].iterations / 2
+    with pytest.raises(ValueError, match="needs noise > 0"):
+        cg_regression(MLP, X, Y[:, 0], noise=0.0, precondition="cholesky")
+    with pytest.raises(ValueError, match="precondition must be"):
+        cg_regression(MLP, X, Y[:, 0], precondition="ilu")
+
+
 def test_nngp_mean_equals_the_cholesky_posterior():
     post = nngp_posterior(MLP, X, Y[:, 0], XT, noise=NOISE)
     fit = cg_regression(MLP, X, Y[:, 0], noise=NOISE, tol=TOL)

@@ -61,7 +61,9 @@ forms over ``|rho|`` up to ``1 - 1e-12``.
 
 **Closed forms.** Scale-invariant (ReLU, leaky ReLU, linear: the arc-cosine
 kernels of degree 1 and 0), erf, sin and GELU (derived in :func:`_gelu_pair`),
-used automatically by :func:`pair_expectations`.
+used automatically by :func:`pair_expectations`, evaluated in forms that
+neither overflow nor cancel at any kernel scale (:mod:`._closed`; tested
+against mpmath at input norms 1e-12 .. 1e12).
 """
 
 from __future__ import annotations
