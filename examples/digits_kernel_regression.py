@@ -10,8 +10,9 @@ the frozen NTK of a deep ReLU MLP at criticality (C_W = 2), through
   :class:`pdlt.learning.sklearn_kernel.PDLTKernel`, its output scale and noise
   fitted by the evidence.
 
-Run: ``python examples/digits_kernel_regression.py [--depth 10]`` (a few
-seconds; needs scikit-learn).
+Run: ``python examples/digits_kernel_regression.py [--depth 10]`` (needs
+scikit-learn). Measured on a heavily loaded 2-core machine: test accuracy
+0.996 for NNGP and NTK by CG on all 1347 training images.
 """
 
 import argparse
@@ -48,12 +49,14 @@ def main(argv=None):
         acc = np.mean(np.argmax(fit.predict(Xte), axis=1) == lte)
         print(f"  {name:4s} CG regression: test accuracy {acc:.3f} "
               f"({fit.iterations} CG iterations, {time.perf_counter() - t0:.2f} s)")
+    # scikit-learn's GP (dense Cholesky, the kernel recomputed at every optimizer
+    # step) on the first 500 training images
     t0 = time.perf_counter()
-    gpr = GaussianProcessRegressor(ConstantKernel() * PDLTKernel(mlp) + WhiteKernel(1e-2),
-                                   random_state=0).fit(Xtr, Ytr)
+    kernel = ConstantKernel() * PDLTKernel(mlp) + WhiteKernel(1e-2, noise_level_bounds=(1e-8, 1.0))
+    gpr = GaussianProcessRegressor(kernel, random_state=0).fit(Xtr[:500], Ytr[:500])
     acc = np.mean(np.argmax(gpr.predict(Xte), axis=1) == lte)
-    print(f"  NNGP GaussianProcessRegressor (evidence-fitted {gpr.kernel_}): test accuracy "
-          f"{acc:.3f} ({time.perf_counter() - t0:.2f} s)")
+    print(f"  NNGP GaussianProcessRegressor on 500 images (evidence-fitted {gpr.kernel_}): "
+          f"test accuracy {acc:.3f} ({time.perf_counter() - t0:.2f} s)")
 
 
 if __name__ == "__main__":

@@ -87,10 +87,8 @@ def test_errors_name_the_fix():
         cg_regression(MLP, X, Y[:, 0], noise=-1.0)
 
 
-sk = pytest.importorskip("sklearn")
-
-
 def test_sklearn_kernel_values_and_gpr():
+    pytest.importorskip("sklearn")
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import ConstantKernel, WhiteKernel
 
