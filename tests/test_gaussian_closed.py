@@ -195,3 +195,15 @@ def test_family_table():
     assert closed_family(pdlt.activation("tanh")) is None
     with pytest.raises(ValueError, match="family"):
         pair_terms(("nope",), 1.0, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("family", [("arccos", 1.0, 0.0), ("arccos", 1.0, -0.3), ("erf",),
+                                    ("sin",), ("gelu",), ("linear", 1.5)])
+def test_pair_terms_exactly_symmetric(family):
+    """(a, b) and (b, a) go through the same floating-point operations."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((60, 3)) * np.exp(rng.uniform(-3, 3, (60, 1)))
+    K = x @ x.T / 3 + 0.1
+    d = np.diag(K)
+    for term, M in pair_terms(family, d[:, None], K, d[None, :]).items():
+        np.testing.assert_array_equal(M, M.T, err_msg=term)

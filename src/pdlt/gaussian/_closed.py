@@ -205,7 +205,9 @@ def pair_terms(family, Kaa, Kab, Kbb, want=("sigma", "d1"), scale=(1.0, 1.0), wo
         # <erf erf> = (2/pi) asin(2Kab / sqrt((1+2Kaa)(1+2Kbb))) = (2/pi) atan2(Kab, q)
         # <erf' erf'> = (4/pi) / sqrt(det) = (2/pi) / q
         t, q = _gram(Kaa, Kab, Kbb, w)
-        q += np.add(0.5 * Kaa + 0.25, 0.5 * Kbb, out=t)
+        np.add(0.5 * Kaa, 0.5 * Kbb, out=t)         # symmetric in (a, b), then + 1/4
+        t += 0.25
+        q += t
         np.sqrt(q, out=q)
         if "sigma" in want:
             np.arctan2(Kab, q, out=t)
@@ -252,7 +254,8 @@ def _gelu_terms(Kaa, Kab, Kbb, w, want, s0=1.0, s1=1.0):
     """
     h = np.add(1.0 / (1.0 + Kaa), 1.0 / (1.0 + Kbb), out=w(3))
     D, G = _gram(Kaa, Kab, Kbb, w)
-    np.add(Kaa + 1.0, Kbb, out=D)
+    np.add(Kaa, Kbb, out=D)                      # symmetric in (a, b), then + 1
+    D += 1.0
     D += G
     sq = np.sqrt(D, out=w(2))
     # orthant probability; atan2 keeps it accurate at |Kab| -> sqrt(ab)
