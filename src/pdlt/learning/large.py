@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve
 from scipy.sparse.linalg import LinearOperator, cg
 
 from ..network import MLP, validate_inputs
@@ -266,12 +267,14 @@ def pivoted_cholesky(op: KernelOperator, rank):
 def _woodbury(L, noise):
     """``(L L^T + noise I)^{-1} v`` by the Woodbury identity (noise > 0)."""
     r = L.shape[1]
-    C = np.linalg.cholesky(noise * np.eye(r) + L.T @ L)
+    # (L L^T + s I)^{-1} = [I - L (s I + L^T L)^{-1} L^T] / s; W = L (s I + L^T L)^{-1}
+    # once, so that each application is two (N x r) matrix-vector products
+    c = cho_factor(noise * np.eye(r) + L.T @ L)
+    W = cho_solve(c, L.T).T
 
     def solve(v):
         v = np.ravel(v)
-        w = np.linalg.solve(C.T, np.linalg.solve(C, L.T @ v))
-        return (v - L @ w) / noise
+        return (v - W @ (L.T @ v)) / noise
     return solve
 
 
