@@ -12,7 +12,8 @@ the frozen NTK of a deep ReLU MLP at criticality (C_W = 2), through
 
 Run: ``python examples/digits_kernel_regression.py [--depth 10]`` (needs
 scikit-learn). Measured on a heavily loaded 2-core machine: test accuracy
-0.996 for NNGP and NTK by CG on all 1347 training images.
+0.996 for NNGP and NTK by CG on all 1347 training images (10 s and 5 s),
+0.991 for the GaussianProcessRegressor on 500 of them (7 s).
 """
 
 import argparse

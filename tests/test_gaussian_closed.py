@@ -35,7 +35,8 @@ def _ref(name, term, K11, K12, K22):
         rho = K12 / den if den else mp.mpf(0)
         rho = max(min(rho, 1), -1)
         if term == "sigma":
-            return p * p * K12 + q * q * (2 / pi) * den * (mp.sqrt(1 - rho * rho) + rho * mp.asin(rho))
+            return p * p * K12 + q * q * (2 / pi) * den * (mp.sqrt(1 - rho * rho)
+                                                           + rho * mp.asin(rho))
         return p * p + q * q * (2 / pi) * mp.asin(rho)
     if name == "erf":
         if term == "sigma":
@@ -87,8 +88,11 @@ def _tolerance(name, term, K11, K12, K22):
             args[i] += t
             return _ref(name, term, *args)
         # one-sided where the pair is on the PSD boundary
-        sens += abs(k * (f(h) - f(-h)) / (2 * h)) if abs(K12) < mp.sqrt(
-            mp.mpf(K11) * mp.mpf(K22)) * (1 - mp.mpf(10) ** -20) else abs(k * (f(0) - f(-h if k > 0 else h)) / h)
+        inside = abs(K12) < mp.sqrt(mp.mpf(K11) * mp.mpf(K22)) * (1 - mp.mpf(10) ** -20)
+        if inside:
+            sens += abs(k * (f(h) - f(-h)) / (2 * h))
+        else:
+            sens += abs(k * (f(0) - f(-h if k > 0 else h)) / h)
     return float(8 * EPS * (cs + sens))
 
 

@@ -96,7 +96,8 @@ def _load_manifest(path, fingerprint, desc):
         old = man.get("description", {})
         diff = [f"{k}: on disk {old.get(k)!r} vs now {desc[k]!r}" for k in desc
                 if old.get(k) != desc[k]]
-        raise ValueError(f"{path!r} holds a different kernel ({'; '.join(diff) or 'the inputs differ'}); "
+        what = "; ".join(diff) or "the inputs differ"
+        raise ValueError(f"{path!r} holds a different kernel ({what}); "
                          "delete it, or pass another directory to start afresh")
     return {tuple(b) for b in man["done"]}
 

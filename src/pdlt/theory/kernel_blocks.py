@@ -23,7 +23,8 @@ its own pair and on the two diagonal entries (book eq. 4.118 and 9.4 /
    mirrors them (exactly symmetric results).
 
 Peak memory is the output plus, per thread, 8 block-sized scratch arrays and
-the block's results (``len(layers) x len(get)`` arrays): flat in depth. The output may be any array-like that supports slice
+the block's results (``len(layers) x len(get)`` arrays): flat in depth. The
+output may be any array-like that supports slice
 assignment, e.g. an ``np.memmap`` on disk (:func:`kernel_matrix`'s ``out``);
 :mod:`pdlt.experiment.kernel_distributed` runs the blocks as Ray tasks into
 such a file, resumably.
