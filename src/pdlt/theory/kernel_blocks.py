@@ -146,7 +146,8 @@ def diagonal_flow(mlp: MLP, x, *, depth=None, rtol=1e-12) -> DiagonalFlow:
         if l == L:
             break
         if family is not None:
-            e = pair_terms(family, K, K, K)
+            with np.errstate(over="ignore", invalid="ignore"):  # checked below
+                e = pair_terms(family, K, K, K)
             ss, dd = e["sigma"], e["d1"]
         else:
             kw = dict(kinks=act.kinks, period=act.period)
