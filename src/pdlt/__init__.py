@@ -12,11 +12,12 @@ from .network import MLP
 from .theory.criticality import criticality
 from .theory.information import optimal_aspect_ratio
 from .theory.kernel import flow
+from .theory.kernel_blocks import kernel_matrix
 from .theory.residual import residual_criticality
 from .theory.vertex import finite_width_flow
 
 __version__ = "0.1.0"
 
 __all__ = ["Activation", "ActivationError", "activation", "available_activations", "MLP",
-           "flow", "criticality", "finite_width_flow", "optimal_aspect_ratio",
+           "flow", "kernel_matrix", "criticality", "finite_width_flow", "optimal_aspect_ratio",
            "residual_criticality", "ValidityWarning", "__version__"]

@@ -61,7 +61,9 @@ forms over ``|rho|`` up to ``1 - 1e-12``.
 
 **Closed forms.** Scale-invariant (ReLU, leaky ReLU, linear: the arc-cosine
 kernels of degree 1 and 0), erf, sin and GELU (derived in :func:`~pdlt.gaussian._core._gelu_pair`),
-used automatically by :func:`pair_expectations`.
+used automatically by :func:`pair_expectations`, evaluated in forms that
+neither overflow nor cancel at any kernel scale (``pdlt.gaussian._closed``;
+tested against mpmath at input norms 1e-12 .. 1e12).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ import warnings
 
 import numpy as np
 from scipy.linalg.blas import dger as _dger
+
+from ._closed import closed_family, pair_terms
 
 __all__ = [
     "expect",
@@ -446,13 +450,6 @@ def hermite_coefficients(f, K, kmax=_KMAX):
 # Closed forms
 # ---------------------------------------------------------------------------
 
-def _safe_rho(K11, K12, K22):
-    den = np.sqrt(K11 * K22)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rho = np.where(den > 0, K12 / np.where(den > 0, den, 1.0), 0.0)
-    return np.clip(rho, -1.0, 1.0), den
-
-
 def _gelu_pair(K11, K12, K22, terms=("sigma", "d1")):
     """GELU ``z Phi(z)``: ``<sigma sigma>`` and/or ``<sigma' sigma'>`` in closed form.
 
@@ -463,54 +460,11 @@ def _gelu_pair(K11, K12, K22, terms=("sigma", "d1")):
     ``<sigma sigma> = K12 P + [K11 K22 + K12^2 (h - 1)] / (2 pi sqrt D)`` and
     ``<sigma' sigma'> = P + K12 h / (2 pi sqrt D) + K12 / (2 pi D^(3/2))``
     (both manifestly symmetric). Equal to nested quadrature to 1e-15.
+    Evaluated in the stable form of :func:`pdlt.gaussian._closed._gelu_terms`
+    (``D = 1 + K11 + K22 + G`` with ``G = K11 K22 - K12^2`` from the angle).
     Returns a dict ``{"sigma": ..., "d1": ...}`` of the requested terms.
     """
-    a, b = 1.0 + K11, 1.0 + K22
-    D = a * b - K12 * K12
-    c = 1.0 / (2.0 * math.pi * np.sqrt(D))
-    h = 1.0 / a + 1.0 / b
-    P = 0.25 + np.arcsin(np.clip(K12 / np.sqrt(a * b), -1.0, 1.0)) / (2.0 * math.pi)
-    out = {}
-    if "sigma" in terms:
-        out["sigma"] = K12 * P + (K11 * K22 + K12 * K12 * (h - 1.0)) * c
-    if "d1" in terms:
-        out["d1"] = P + K12 * c * (h + 1.0 / D)
-    return out
-
-
-def _gelu_matrix(diag, K, terms):
-    """:func:`_gelu_pair` for a whole (N, N) kernel, in few in-place passes."""
-    a = 1.0 + diag
-    inva = 1.0 / a
-    K2 = K * K
-    D = np.multiply.outer(a, a)
-    D -= K2
-    c = np.sqrt(D)
-    np.multiply(c, 2.0 * math.pi, out=c)
-    np.reciprocal(c, out=c)                       # 1 / (2 pi sqrt D)
-    h = np.add.outer(inva, inva)
-    rs = np.sqrt(inva)
-    P = K * np.multiply.outer(rs, rs)
-    np.clip(P, -1.0, 1.0, out=P)
-    np.arcsin(P, out=P)
-    P *= 1.0 / (2.0 * math.pi)
-    P += 0.25
-    out = {}
-    if "sigma" in terms:
-        ss = h - 1.0
-        ss *= K2
-        ss += np.multiply.outer(diag, diag)
-        ss *= c
-        ss += K * P
-        out["sigma"] = ss
-    if "d1" in terms:
-        np.reciprocal(D, out=D)
-        D += h
-        D *= c
-        D *= K
-        D += P
-        out["d1"] = D
-    return out
+    return pair_terms(("gelu",), K11, K12, K22, tuple(terms))
 
 
 def closed_form_pair(act, fa, fb, K11, K12, K22):
@@ -518,35 +472,18 @@ def closed_form_pair(act, fa, fb, K11, K12, K22):
 
     Covers ``(fa, fb)`` in ``{("sigma","sigma"), ("d1","d1")}`` for
     scale-invariant activations (arc-cosine kernels of degree 1 and 0,
-    Cho & Saul 2009), erf and sin (formulas in ``shared/NOTATION.md``).
-    Works on any broadcastable arrays.
+    Cho & Saul 2009), erf, sin and GELU (formulas in ``shared/NOTATION.md``),
+    evaluated in forms that neither overflow nor cancel at any kernel scale
+    (:mod:`pdlt.gaussian._closed`). Works on any broadcastable arrays.
     """
     pair = (fa, fb)
     if pair not in (("sigma", "sigma"), ("d1", "d1")):
         return None
+    family = closed_family(act)
+    if family is None:
+        return None
     K11, K12, K22 = np.broadcast_arrays(*(np.asarray(k, float) for k in (K11, K12, K22)))
-    if act.scale_invariant is not None and act.name != "monomial":
-        ap, am = act.scale_invariant
-        p, q = 0.5 * (ap + am), 0.5 * (ap - am)
-        rho, den = _safe_rho(K11, K12, K22)
-        if pair == ("sigma", "sigma"):
-            # sigma = p z + q |z|; E|z1||z2| = (2/pi) sqrt(K11 K22) (sqrt(1-rho^2) + rho asin rho)
-            abs_abs = (2.0 / math.pi) * den * (np.sqrt(np.maximum(1.0 - rho * rho, 0.0))
-                                               + rho * np.arcsin(rho))
-            return p * p * K12 + q * q * abs_abs
-        # sigma' = p + q sign z; E[sign z1 sign z2] = (2/pi) asin rho
-        return p * p + q * q * (2.0 / math.pi) * np.arcsin(rho)
-    if act.name == "erf":
-        if pair == ("sigma", "sigma"):
-            arg = 2.0 * K12 / np.sqrt((1.0 + 2.0 * K11) * (1.0 + 2.0 * K22))
-            return (2.0 / math.pi) * np.arcsin(np.clip(arg, -1.0, 1.0))
-        return (4.0 / math.pi) / np.sqrt((1.0 + 2.0 * K11) * (1.0 + 2.0 * K22) - 4.0 * K12 * K12)
-    if act.name == "sin":
-        e = np.exp(-0.5 * (K11 + K22))
-        return e * (np.sinh(K12) if pair == ("sigma", "sigma") else np.cosh(K12))
-    if act.name == "gelu":
-        return _gelu_pair(K11, K12, K22, (fa,))[fa]
-    return None
+    return pair_terms(family, K11, K12, K22, (fa,))[fa]
 
 
 # ---------------------------------------------------------------------------
@@ -601,49 +538,18 @@ def _validate_kernel(K, where=""):
 
 
 def _closed_forms(act, terms, K, diag, rho, den):
-    """Closed forms for the requested terms that have one, sharing pieces.
+    """Closed forms for the requested terms that have one, in one shared pass.
 
-    Same formulas as :func:`closed_form_pair`, from the precomputed
-    correlations (one arcsin per matrix, not per term).
+    Same stable formulas as :func:`closed_form_pair` (:mod:`._closed`), for
+    the whole (N, N) kernel at once (``rho``, ``den`` are recomputed there so
+    that identical inputs get ``rho = 1`` exactly; see ``_closed``).
     """
     want = [t for t in terms if t in (("sigma", "sigma"), ("d1", "d1"))]
-    out = {}
-    if not want:
-        return out
-    if act.scale_invariant is not None and act.name != "monomial":
-        ap, am = act.scale_invariant
-        p, q = 0.5 * (ap + am), 0.5 * (ap - am)
-        asin = np.arcsin(rho) if q != 0 else None
-        for t in want:
-            if t == ("sigma", "sigma"):
-                if q == 0:
-                    out[t] = p * p * K
-                else:
-                    root = np.sqrt(np.maximum(1.0 - rho * rho, 0.0))
-                    out[t] = p * p * K + q * q * (2.0 / math.pi) * den * (root + rho * asin)
-            else:
-                out[t] = (p * p + q * q * (2.0 / math.pi) * asin) if q != 0 \
-                    else np.full_like(K, p * p)
-        return out
-    if act.name == "erf":
-        c = 1.0 + 2.0 * diag
-        prod = np.multiply.outer(c, c)
-        for t in want:
-            if t == ("sigma", "sigma"):
-                out[t] = (2.0 / math.pi) * np.arcsin(np.clip(2.0 * K / np.sqrt(prod), -1.0, 1.0))
-            else:
-                out[t] = (4.0 / math.pi) / np.sqrt(prod - 4.0 * K * K)
-        return out
-    if act.name == "sin":
-        e = np.exp(-0.5 * diag)
-        ee = np.multiply.outer(e, e)
-        for t in want:
-            out[t] = ee * (np.sinh(K) if t == ("sigma", "sigma") else np.cosh(K))
-        return out
-    if act.name == "gelu":
-        res = _gelu_matrix(diag, K, [t[0] for t in want])
-        return {t: res[t[0]] for t in want}
-    return out
+    family = closed_family(act)
+    if not want or family is None:
+        return {}
+    res = pair_terms(family, diag[:, None], K, diag[None, :], [t[0] for t in want])
+    return {t: res[t[0]] for t in want}
 
 
 def pair_expectations(act, K, terms=(("sigma", "sigma"),), *, rtol=1e-12, method="auto"):

@@ -12,10 +12,12 @@ from .criticality import NoCriticalPointError, chi_parallel, chi_perp, depth_sca
 from .finite_ntk import NTK_STATISTICS, critical_learning_rates, ntk_fluctuation_flow, ntk_slopes
 from .ntk_mean import ntk_mean_correction
 from .kernel import Flow, KernelNotPSDError, LayerStatistics, first_layer, flow, kernel_step
+from .kernel_blocks import KernelMatrices, kernel_matrix
 from .vertex import (finite_width_flow, metric_step, metric_step_single, vertex_slope,
                      vertex_step, vertex_step_single)
 
 __all__ = ["Flow", "KernelNotPSDError", "LayerStatistics", "first_layer", "flow", "kernel_step",
+           "KernelMatrices", "kernel_matrix",
            "criticality", "chi_parallel", "chi_perp", "NoCriticalPointError", "depth_scales",
            "phase_diagram",
            "finite_width_flow", "vertex_slope", "vertex_step", "vertex_step_single",
