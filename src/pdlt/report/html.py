@@ -7,6 +7,7 @@ import json
 import os
 
 from .figures import depth_figure, figure_to_base64
+from .rows import RESOLVED
 from .suite import DERIVATIVE_STATS, STAT_SPECS, Z_PASS
 
 __all__ = ["write_report"]
@@ -15,8 +16,32 @@ _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #ddd;
 text-align:right}th{background:#f4f4f4}.pass{color:#16700d}.fail{color:#b00020;font-weight:bold}
+.unresolved{color:#a06000}
 .figs{display:flex;flex-wrap:wrap;gap:8px}.figs img{width:360px}code{background:#f4f4f4}
 """
+
+
+def _res(row):
+    """The resolution as a percentage, or the absolute bound (theory exactly zero)."""
+    return f"{row.resolution:.0%}" if row.relative else f"&plusmn;{row.resolution:.2g} (abs.)"
+
+
+def _summary_table(summary):
+    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in (
+        "statistic", "activation", "rows", "pass", "unresolved", "fail", "best resolution",
+        "its x0.5 z", "its x2 z", "verdict")) + "</tr>"]
+    for d in summary:
+        best = d["best"]
+        ctl = dict(best.control_z)
+        verdict = ("FAIL" if d["failed"] else "pass" if d["passed"] else "unresolved")
+        cls = {"pass": "pass", "FAIL": "fail", "unresolved": "unresolved"}[verdict]
+        out.append(f"<tr><td>{html.escape(d['key'])}</td><td>{d['activation']}</td>"
+                   f"<td>{d['rows']}</td><td>{d['passed']}</td><td>{d['unresolved']}</td>"
+                   f"<td>{d['failed']}</td><td>{_res(best)}</td>"
+                   f"<td>{ctl.get(0.5, float('nan')):.1f}</td><td>{ctl.get(2.0, float('nan')):.1f}"
+                   f"</td><td class='{cls}'>{verdict}</td></tr>")
+    out.append("</table>")
+    return "\n".join(out)
 
 
 def write_report(suite, out_dir, *, write_json=False, title="pdlt: theory versus experiment"):
@@ -26,21 +51,31 @@ def write_report(suite, out_dir, *, write_json=False, title="pdlt: theory versus
     acts = list(dict.fromkeys(r.case.activation for r in suite.cases))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
-    n_fail = sum(not r.passed for r in suite.rows)
-    verdict = ("<span class='pass'>all rows pass</span>" if not n_fail
-               else f"<span class='fail'>{n_fail} of {len(suite.rows)} rows fail</span>")
-    parts.append(f"<p>{len(suite.rows)} comparisons, {verdict}; {suite.seconds:.0f} s. "
+    counts = suite.counts
+    verdict = (f"<span class='pass'>{counts['pass']} pass</span>, "
+               f"<span class='unresolved'>{counts['unresolved']} unresolved</span>, "
+               f"<span class='{'fail' if counts['FAIL'] else 'pass'}'>{counts['FAIL']} fail</span>")
+    parts.append(f"<p>{len(suite.rows)} comparisons: {verdict}; {suite.seconds:.0f} s. "
                  f"A row passes when |measured - theory| &le; {Z_PASS:g} stderr + allowance. "
+                 "Its resolution, (4 stderr + allowance) / |theory|, is the smallest relative "
+                 "error of the theory the row would detect (for a theory that is exactly zero: "
+                 f"the absolute bound). A row resolved worse than {RESOLVED:.0%} is "
+                 "<span class='unresolved'>unresolved</span> and is not counted as a pass. "
+                 "Negative controls: the same row with the theory x0, x0.5 and x2, in units of "
+                 f"stderr + allowance/{Z_PASS:g} (rejected above {Z_PASS:g}). "
                  "Every network is initialized at the critical (C_b, C_W) of its activation "
                  "(<code>pdlt.theory.criticality</code>) and fed one input with K<sup>(1)</sup> = "
                  f"{suite.cases[0].case.K1 if suite.cases else 1:g}.</p>")
+    parts.append("<h2>Summary: best resolution per statistic and activation</h2>"
+                 + _summary_table(suite.summary()))
     parts.append("<h2>Allowances</h2><ul>")
     for s in stats:
         parts.append(f"<li><b>{s}</b>: {html.escape(STAT_SPECS[s].note)}</li>")
     parts.append("</ul><h2>Table (last layer)</h2><table><tr>"
                  + "".join(f"<th>{h}</th>" for h in
                            ("statistic", "activation", "C_b", "C_W", "width", "layer", "networks",
-                            "theory", "measured", "stderr", "allowance", "sigmas", "result"))
+                            "theory", "measured", "stderr", "allowance", "sigmas", "resolution",
+                            "x0.5 z", "x2 z", "result"))
                  + "</tr>")
     by_case = {(r.case.activation, r.case.width): r for r in suite.cases}
     for row in suite.rows:
@@ -52,13 +87,17 @@ def write_report(suite, out_dir, *, write_json=False, title="pdlt: theory versus
                     and getattr(res.case, "derivative_networks", None) else res.case.networks)
         cb, cw = ((f"{res.C_b:.6g}", f"{res.C_W:.6g}") if res is not None
                   and base in res.theory else ("", ""))
-        cls = "pass" if row.passed else "fail"
+        status = row.status
+        cls = {"pass": "pass", "FAIL": "fail", "unresolved": "unresolved"}[status]
+        ctl = dict(row.control_z)
         parts.append(
             f"<tr><td>{html.escape(row.statistic)}</td><td>{row.activation}</td><td>{cb}</td>"
             f"<td>{cw}</td><td>{row.width}</td><td>{row.layer}</td>"
             f"<td>{nets}</td><td>{row.theory:.6g}</td><td>{row.measured:.6g}</td>"
             f"<td>{row.stderr:.3g}</td><td>{row.allowance:.3g}</td><td>{row.sigmas:.2f}</td>"
-            f"<td class='{cls}'>{'pass' if row.passed else 'FAIL'}</td></tr>")
+            f"<td>{_res(row)}</td><td>{ctl.get(0.5, float('nan')):.1f}</td>"
+            f"<td>{ctl.get(2.0, float('nan')):.1f}</td>"
+            f"<td class='{cls}'>{status}</td></tr>")
     parts.append("</table>")
     for s in stats:
         parts.append(f"<h2>{s} against depth</h2><div class='figs'>")
