@@ -255,6 +255,69 @@ DERIVATIVE_NETWORKS = 1800
 QUICK_DERIVATIVE_NETWORKS = 2500
 
 
+#: statistics measured with the martingale control variates of
+#: :func:`pdlt.experiment.estimators.metric_martingale` (one input, plain MLP):
+#: K and G1 for smooth activations (for ReLU the control variate makes the metric
+#: an identity, E[z z] = K exactly, so the raw neuron average is compared instead), V always
+CONTROL_VARIATE_STATS = ("K", "G1", "V")
+
+
+def measure_metric_cv(mlp, networks, seed=0, K1=1.0, chunk=2000):
+    """K (= E[z z]), G1 and V per layer with the martingale control variates.
+
+    Draws the same networks as ``Ensemble(mlp, networks, seed)`` and reduces
+    each to the neuron averages of ``sigma(z)^2`` per layer
+    (:func:`pdlt.experiment.estimators.metric_martingale`, which holds the
+    derivation). Returns ``{"K", "G1", "V"}`` of :class:`pdlt.experiment.Estimate`
+    with (L,) mean and stderr (i.i.d. networks); G1 against the infinite-width K
+    of :func:`pdlt.theory.vertex.finite_width_flow`.
+    """
+    from ..experiment import Ensemble, Estimate
+    from ..experiment.activations import torch_activation
+    from ..experiment.estimators import (gaussian_expectation, metric_martingale,
+                                         vertex_from_martingale)
+    from ..theory.vertex import finite_width_flow
+
+    if any(float(gm) != 0.0 for gm in mlp.gamma) or any(float(x) != 1.0 for x in mlp.xi):
+        raise ValueError("measure_metric_cv: residual networks (gamma != 0) are not "
+                         "conditionally Gaussian layer to layer; use Ensemble.measure")
+    act = mlp.activation
+    ens = Ensemble(mlp, networks=networks, seed=seed)
+    x = ens.single_input(K1)
+    sig = torch_activation(act).sigma
+    parts = []
+    for start in range(0, networks, chunk):
+        zs = ens.preactivations(x, start, min(networks, start + chunk))
+        parts.append(np.stack([(sig(z[..., 0]) ** 2).mean(1).double().cpu().numpy()
+                               for z in zs], axis=1))
+    s = np.concatenate(parts)
+    L = mlp.depth
+    K = np.asarray(finite_width_flow(mlp, K1=K1).K, float)
+
+    def sq(z):
+        return np.asarray(act(z), float) ** 2
+
+    def g(G):
+        return gaussian_expectation(sq, G)
+
+    def v(G):
+        return gaussian_expectation(lambda z: sq(z) ** 2, G) - g(G) ** 2
+
+    # chi_l = C_W d/dK E[sigma^2] at K_{l-1}: E[(z^2/K - 1) sigma^2] / (2K)
+    Kp = K[:-1]
+    dg = gaussian_expectation(lambda z: sq(z) * z * z, Kp) / (2 * Kp * Kp) - g(Kp) / (2 * Kp)
+    C_W = np.asarray(mlp.C_W, float)
+    chi = np.r_[0.0, C_W[1:] * dg]
+    widths = np.array([mlp.widths[l] for l in range(1, L + 1)], float)
+    out = metric_martingale(s, K1, mlp.C_b, C_W, g, chi, v=v, widths=widths)
+    n = _fan_in(mlp)
+    Y = out["Y"]
+    mY, sY = Y.mean(0), Y.std(0, ddof=1) / np.sqrt(networks)
+    V, sV = vertex_from_martingale(out, K, n)
+    return {"K": Estimate(mY, sY, networks), "G1": Estimate(n * (mY - K), n * sY, networks),
+            "V": Estimate(V, sV, networks)}
+
+
 def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
     from ..experiment import Ensemble, Estimate
     from ..theory.finite_ntk import NTK_STATISTICS, ntk_fluctuation_flow
@@ -266,7 +329,10 @@ def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
         ff = ntk_fluctuation_flow(mlp, K1=case.K1)
     else:
         ff = finite_width_flow(mlp, K1=case.K1)
-    base = list(dict.fromkeys(DERIVED[s][0] if s in DERIVED else s for s in stats))
+    smooth = mlp.activation.is_smooth
+    cv_stats = [s for s in stats if s in CONTROL_VARIATE_STATS and (smooth or s == "V")]
+    base = list(dict.fromkeys(DERIVED[s][0] if s in DERIVED else s for s in stats
+                              if s not in cv_stats))
     plain = [s for s in base if s not in DERIVATIVE_STATS]
     deriv = [s for s in base if s in DERIVATIVE_STATS]
     meas = {}
@@ -283,9 +349,12 @@ def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
             mean, se = np.full(case.depth, np.nan), np.full(case.depth, np.nan)
             mean[-1], se[-1] = float(np.ravel(e.mean)[0]), float(np.ravel(e.stderr)[0])
             meas[s] = Estimate(mean, se, M)
+    if cv_stats:
+        cv = measure_metric_cv(mlp, case.networks, seed=case.seed, K1=case.K1)
+        meas.update({s: cv[s] for s in cv_stats})
     n = _fan_in(mlp)
     for s in stats:
-        if s in DERIVED:
+        if s in DERIVED and s not in cv_stats:
             src, th0 = DERIVED[s]
             e = meas[src]
             # n (m - theory_0): the 1/n coefficient (G1, H1), with its stderr scaled alike
