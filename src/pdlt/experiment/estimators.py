@@ -47,7 +47,7 @@ import numpy as np
 __all__ = ["Estimate", "GroupSums", "jackknife", "n_groups", "group_of",
            "STATISTICS", "SUFFICIENT", "estimate_statistic", "mean_estimate",
            "gaussian_expectation", "metric_martingale",
-           "vertex_from_martingale"]
+           "vertex_from_martingale", "ntk_martingale"]
 
 #: Statistic names of ``shared/NOTATION.md`` that :func:`estimate_statistic` knows,
 #: plus the two separate V estimators.
@@ -355,7 +355,7 @@ def metric_martingale(s, K1, C_b, C_W, g, chi, v=None, widths=None) -> dict:
     Returns
     -------
     dict
-        ``"Y"`` (M, L) with ``Y[:, 0] = K1``; ``"G"``, ``"Lambda"`` (M, L); and
+        ``"Y"`` (M, L) with ``Y[:, 0] = K1``; ``"G"``, ``"Lambda"``, ``"d"`` (M, L); and
         ``"W"``, ``"Q"`` (M, L) given ``v`` and ``widths`` (``Q`` needs the
         theory ``K``: it is returned as ``(G, Lambda, W)`` parts, combine with
         :func:`vertex_from_martingale`).
@@ -372,7 +372,7 @@ def metric_martingale(s, K1, C_b, C_W, g, chi, v=None, widths=None) -> dict:
     lam = np.zeros((M, L))
     for l in range(1, L):
         lam[:, l] = chi[l] * lam[:, l - 1] + C_W[l] * d[:, l - 1]
-    out = {"Y": G - lam, "G": G, "Lambda": lam}
+    out = {"Y": G - lam, "G": G, "Lambda": lam, "d": d}
     if v is not None:
         if widths is None:
             raise ValueError("the vertex control variate needs widths (neurons per layer)")
@@ -403,3 +403,75 @@ def vertex_from_martingale(parts, K, fan_in) -> tuple:
     lin = n * (Q - 2 * ybar * y)
     se = lin.std(0, ddof=1) / np.sqrt(M)
     return est, se
+
+
+def ntk_martingale(metric, s, u, q, Theta, C_W, lambda_b, lambda_W, g1, g2, coef_K,
+                   coef_T, widths) -> np.ndarray:
+    r"""Per-network NTK-mean estimator with exactly zero-mean control variates (one input).
+
+    With ``H_l`` the NTK of layer l (n_l x n_l), ``s_l = mean sigma(z_l)^2``,
+    ``u_l = mean_k sigma'(z_{l,k})^2 H_{l,kk}`` and
+    ``q_l = (sigma sigma')_l^T H_l (sigma sigma')_l``, the forward equation gives,
+    conditional on layers ``<= l``,
+
+    ``E[mean_i H_{l+1,ii}] = T_{l+1} = lambda_b + lambda_W s_l + C_W u_l``
+
+    (Rao-Blackwell: ``T`` replaces the neuron average), and conditional on
+    layers ``<= l-1`` (row ``w`` of ``W_l`` Gaussian, jointly with ``z = b + w.a``,
+    ``beta = C_W / n_{l-1}``, ``G = G_l``)
+
+    ``E[u_l] = (T_l - beta^2 q_{l-1} / G) g1(G) + beta^2 q_{l-1} / G^2 g2(G)``,
+
+    ``g1(G) = E[sigma'^2]``, ``g2(G) = E[z^2 sigma'^2]`` under ``N(0, G)``. So
+    ``f_l = u_l - E[u_l | l-1]`` (and ``d_l`` of :func:`metric_martingale`)
+    are martingale differences. Their linear propagation
+
+    ``Gamma_l = (lambda_W g'(K_{l-1}) + C_W g1'(K_{l-1}) Theta_{l-1}) Lambda_{l-1}
+    + C_W g1(K_{l-1}) Gamma_{l-1} + lambda_W d_{l-1} + C_W f_{l-1}``
+
+    is subtracted: ``Z_l = T_l - Gamma_l`` has ``E[Z_l] = E[mean_i H_{l,ii}]``
+    exactly at every width (the coefficients only set how much variance goes).
+
+    Parameters
+    ----------
+    metric : dict
+        :func:`metric_martingale` of the same networks (its ``G``, ``d``, ``Lambda``).
+    s, u, q : ndarray (M, L)
+        Per network and layer (``q`` unused at the last layer).
+    Theta : float
+        The deterministic first-layer NTK.
+    C_W, lambda_b, lambda_W : ndarray (L,)
+        Per layer (index 0 unused).
+    g1, g2 : callable
+        ``G -> E[sigma'^2], E[z^2 sigma'^2]`` under ``N(0, G)``, exact to float rounding.
+    coef_K, coef_T : ndarray (L,)
+        Propagation coefficients: ``coef_K[l] = lambda_W g'(K_{l-1}) + C_W g1'(K_{l-1})
+        Theta_{l-1}``, ``coef_T[l] = C_W g1(K_{l-1})`` (index 0 unused; any fixed
+        numbers keep ``Z`` unbiased).
+    widths : ndarray (L,)
+        Neurons per layer.
+
+    Returns
+    -------
+    ndarray (M, L)
+        ``Z``; ``Z[:, 0] = Theta``.
+    """
+    s, u, q = (np.asarray(a, dtype=float) for a in (s, u, q))
+    G, d, lam = metric["G"], metric["d"], metric["Lambda"]
+    M, L = s.shape
+    C_W, lb, lw, cK, cT, n = (np.broadcast_to(np.asarray(a, float), (L,)) for a in
+                              (C_W, lambda_b, lambda_W, coef_K, coef_T, widths))
+    T = np.empty((M, L))
+    T[:, 0] = float(Theta)
+    T[:, 1:] = lb[1:] + lw[1:] * s[:, :-1] + C_W[1:] * u[:, :-1]
+    ubar = np.empty((M, L))
+    ubar[:, 0] = float(Theta) * g1(G[:, 0])
+    beta2q = (C_W[1:] / n[:-1]) ** 2 * q[:, :-1]
+    Gl = G[:, 1:]
+    ubar[:, 1:] = (T[:, 1:] - beta2q / Gl) * g1(Gl) + beta2q / Gl ** 2 * g2(Gl)
+    f = u - ubar
+    gam = np.zeros((M, L))
+    for l in range(1, L):
+        gam[:, l] = (cK[l] * lam[:, l - 1] + cT[l] * gam[:, l - 1] + lw[l] * d[:, l - 1]
+                     + C_W[l] * f[:, l - 1])
+    return T - gam

@@ -37,7 +37,9 @@ class Case:
     (the first ones of the same seed; default ``networks``). They are
     measured at the last layer only (the one the rows compare), on
     ``derivative_neurons`` neurons (:meth:`pdlt.experiment.Ensemble.measure`),
-    and are NaN at the other layers.
+    and are NaN at the other layers. ``cv_networks``: networks for the
+    control-variate statistics (:data:`CONTROL_VARIATE_STATS`, :func:`measure_cv`;
+    default ``networks``).
     """
 
     activation: str
@@ -47,6 +49,7 @@ class Case:
     K1: float = 1.0
     seed: int = 0
     derivative_networks: int | None = None
+    cv_networks: int | None = None
 
 
 @dataclass(frozen=True)
@@ -256,66 +259,103 @@ QUICK_DERIVATIVE_NETWORKS = 2500
 
 
 #: statistics measured with the martingale control variates of
-#: :func:`pdlt.experiment.estimators.metric_martingale` (one input, plain MLP):
-#: K and G1 for smooth activations (for ReLU the control variate makes the metric
-#: an identity, E[z z] = K exactly, so the raw neuron average is compared instead), V always
-CONTROL_VARIATE_STATS = ("K", "G1", "V")
+#: :mod:`pdlt.experiment.estimators` (one input, plain MLP): K, G1, Theta and H1 for
+#: smooth activations (for ReLU the control variates turn the metric and the NTK mean
+#: into identities, E[z z] = K and E[H] = Theta exactly, so the raw neuron averages are
+#: compared instead), V always
+CONTROL_VARIATE_STATS = ("K", "G1", "Theta", "H1", "V")
 
 
-def measure_metric_cv(mlp, networks, seed=0, K1=1.0, chunk=2000):
-    """K (= E[z z]), G1 and V per layer with the martingale control variates.
+def measure_cv(mlp, networks, seed=0, K1=1.0, ntk=False, chunk=None):
+    """K (= E[z z]), G1, V and (``ntk``) Theta (= E[H]), H1 per layer, with control variates.
 
     Draws the same networks as ``Ensemble(mlp, networks, seed)`` and reduces
-    each to the neuron averages of ``sigma(z)^2`` per layer
-    (:func:`pdlt.experiment.estimators.metric_martingale`, which holds the
-    derivation). Returns ``{"K", "G1", "V"}`` of :class:`pdlt.experiment.Estimate`
-    with (L,) mean and stderr (i.i.d. networks); G1 against the infinite-width K
-    of :func:`pdlt.theory.vertex.finite_width_flow`.
+    each to neuron averages per layer (:func:`pdlt.experiment.estimators.metric_martingale`
+    and :func:`~pdlt.experiment.estimators.ntk_martingale` hold the derivations).
+    Returns a dict of :class:`pdlt.experiment.Estimate` with (L,) mean and
+    stderr (i.i.d. networks); G1 and H1 against the infinite-width K and Theta.
     """
+    import torch
+
     from ..experiment import Ensemble, Estimate
     from ..experiment.activations import torch_activation
     from ..experiment.estimators import (gaussian_expectation, metric_martingale,
-                                         vertex_from_martingale)
-    from ..theory.vertex import finite_width_flow
+                                         ntk_martingale, vertex_from_martingale)
+    from ..theory.kernel import flow as _flow
 
-    if any(float(gm) != 0.0 for gm in mlp.gamma) or any(float(x) != 1.0 for x in mlp.xi):
-        raise ValueError("measure_metric_cv: residual networks (gamma != 0) are not "
+    if mlp.is_residual:
+        raise ValueError("measure_cv: residual networks (gamma != 0 or xi != 1) are not "
                          "conditionally Gaussian layer to layer; use Ensemble.measure")
     act = mlp.activation
     ens = Ensemble(mlp, networks=networks, seed=seed)
     x = ens.single_input(K1)
-    sig = torch_activation(act).sigma
-    parts = []
+    tact = torch_activation(act)
+    chunk = chunk or max(50, min(2000, int(2e7 // (max(mlp.widths[1:]) ** 2 * mlp.depth))) if ntk
+                         else 2000)
+    cols = {k: [] for k in ("s", "u", "q")}
     for start in range(0, networks, chunk):
-        zs = ens.preactivations(x, start, min(networks, start + chunk))
-        parts.append(np.stack([(sig(z[..., 0]) ** 2).mean(1).double().cpu().numpy()
-                               for z in zs], axis=1))
-    s = np.concatenate(parts)
+        stop = min(networks, start + chunk)
+        zs = ens.preactivations(x, start, stop)
+        Hs = ens.ntk(x, start, stop) if ntk else [None] * len(zs)
+        per = {k: [] for k in cols}
+        for z, H in zip(zs, Hs):
+            z = z[..., 0]
+            sg = tact.sigma(z)
+            per["s"].append((sg ** 2).mean(1))
+            if ntk:
+                H = H[..., 0, 0]
+                sp = tact.d1(z)
+                dH = torch.diagonal(H, dim1=1, dim2=2)
+                per["u"].append((sp ** 2 * dH).mean(1))
+                a = sg * sp
+                per["q"].append(torch.einsum("mi,mij,mj->m", a, H, a))
+        for k in cols:
+            if per[k]:
+                cols[k].append(torch.stack(per[k], 1).double().cpu().numpy())
+    s = np.concatenate(cols["s"])
     L = mlp.depth
-    K = np.asarray(finite_width_flow(mlp, K1=K1).K, float)
+    fl = _flow(mlp, K1=K1)
+    K, Th = np.asarray(fl.K, float), np.asarray(fl.Theta, float)
+    E = gaussian_expectation
 
     def sq(z):
         return np.asarray(act(z), float) ** 2
 
+    def d1sq(z):
+        return np.asarray(act.d1(z), float) ** 2
+
     def g(G):
-        return gaussian_expectation(sq, G)
+        return E(sq, G)
 
     def v(G):
-        return gaussian_expectation(lambda z: sq(z) ** 2, G) - g(G) ** 2
+        return E(lambda z: sq(z) ** 2, G) - g(G) ** 2
 
-    # chi_l = C_W d/dK E[sigma^2] at K_{l-1}: E[(z^2/K - 1) sigma^2] / (2K)
-    Kp = K[:-1]
-    dg = gaussian_expectation(lambda z: sq(z) * z * z, Kp) / (2 * Kp * Kp) - g(Kp) / (2 * Kp)
+    def slope(f, k):
+        # d/dK E_{N(0,K)}[f] = E[(z^2/K - 1) f] / (2K)
+        return E(lambda z: f(z) * z * z, k) / (2 * k * k) - E(f, k) / (2 * k)
+
     C_W = np.asarray(mlp.C_W, float)
-    chi = np.r_[0.0, C_W[1:] * dg]
+    Kp = K[:-1]
+    chi = np.r_[0.0, C_W[1:] * slope(sq, Kp)]
     widths = np.array([mlp.widths[l] for l in range(1, L + 1)], float)
-    out = metric_martingale(s, K1, mlp.C_b, C_W, g, chi, v=v, widths=widths)
+    met = metric_martingale(s, K1, mlp.C_b, C_W, g, chi, v=v, widths=widths)
     n = _fan_in(mlp)
-    Y = out["Y"]
+    Y = met["Y"]
     mY, sY = Y.mean(0), Y.std(0, ddof=1) / np.sqrt(networks)
-    V, sV = vertex_from_martingale(out, K, n)
-    return {"K": Estimate(mY, sY, networks), "G1": Estimate(n * (mY - K), n * sY, networks),
-            "V": Estimate(V, sV, networks)}
+    V, sV = vertex_from_martingale(met, K, n)
+    out = {"K": Estimate(mY, sY, networks), "G1": Estimate(n * (mY - K), n * sY, networks),
+           "V": Estimate(V, sV, networks)}
+    if ntk:
+        lw, lb = np.asarray(mlp.lambda_W, float), np.asarray(mlp.lambda_b, float)
+        cK = np.r_[0.0, lw[1:] * slope(sq, Kp) + C_W[1:] * slope(d1sq, Kp) * Th[:-1]]
+        cT = np.r_[0.0, C_W[1:] * E(d1sq, Kp)]
+        Z = ntk_martingale(met, s, np.concatenate(cols["u"]), np.concatenate(cols["q"]), Th[0],
+                           C_W, lb, lw, lambda G: E(d1sq, G),
+                           lambda G: E(lambda z: z * z * d1sq(z), G), cK, cT, widths)
+        mZ, sZ = Z.mean(0), Z.std(0, ddof=1) / np.sqrt(networks)
+        out["Theta"] = Estimate(mZ, sZ, networks)
+        out["H1"] = Estimate(n * (mZ - Th), n * sZ, networks)
+    return out
 
 
 def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
@@ -331,6 +371,7 @@ def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
         ff = finite_width_flow(mlp, K1=case.K1)
     smooth = mlp.activation.is_smooth
     cv_stats = [s for s in stats if s in CONTROL_VARIATE_STATS and (smooth or s == "V")]
+    cv_ntk = any(s in ("Theta", "H1") for s in cv_stats)
     base = list(dict.fromkeys(DERIVED[s][0] if s in DERIVED else s for s in stats
                               if s not in cv_stats))
     plain = [s for s in base if s not in DERIVATIVE_STATS]
@@ -350,7 +391,8 @@ def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
             mean[-1], se[-1] = float(np.ravel(e.mean)[0]), float(np.ravel(e.stderr)[0])
             meas[s] = Estimate(mean, se, M)
     if cv_stats:
-        cv = measure_metric_cv(mlp, case.networks, seed=case.seed, K1=case.K1)
+        cv = measure_cv(mlp, case.cv_networks or case.networks, seed=case.seed, K1=case.K1,
+                        ntk=cv_ntk)
         meas.update({s: cv[s] for s in cv_stats})
     n = _fan_in(mlp)
     for s in stats:
