@@ -69,11 +69,7 @@ class Comparison:
 
         Below ``Z_PASS`` exactly when the comparison with ``factor x theory`` passes.
         """
-        scale = self.stderr + self.allowance / Z_PASS
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.where(scale > 0, self._dev(factor) / np.where(scale > 0, scale, 1.0),
-                         np.where(self._dev(factor) == 0, 0.0, np.inf))
-        return float(np.max(r))
+        return float(np.max(self.control_z_each(factor)))
 
     @property
     def passed_each(self) -> np.ndarray:
@@ -138,12 +134,29 @@ class Comparison:
         return {f: self.control_z(f) for f in factors}
 
     def describe(self) -> str:
-        """One line for an assertion message."""
-        return (f"theory {np.round(self.theory, 6).tolist()}, measured "
-                f"{np.round(self.measured, 6).tolist()} +- {np.round(self.stderr, 6).tolist()}, "
-                f"allowance {np.round(self.allowance, 6).tolist()}, max z "
-                f"{float(np.max(self.z)):.2f}, resolution {self.resolution:.3g}, controls "
-                + ", ".join(f"x{f:g}: z {z:.1f}" for f, z in self.controls().items()))
+        """One line for an assertion message (arrays: the worst and the best-resolved entry)."""
+        def entry(i):
+            return (f"theory {float(self.theory[i]):.6g}, measured {float(self.measured[i]):.6g} "
+                    f"+- {float(self.stderr[i]):.3g}, allowance {float(self.allowance[i]):.3g}")
+        if self.theory.ndim == 0:
+            where = entry(())
+        else:
+            z = self.control_z_each()
+            worst = np.unravel_index(np.argmax(z), z.shape)
+            res = np.where(self._nonzero, self.resolution_each, np.inf)
+            best = np.unravel_index(np.argmin(res), res.shape)
+            where = (f"worst entry {tuple(int(k) for k in worst)}: {entry(worst)}; best resolved "
+                     f"{tuple(int(k) for k in best)}: {entry(best)}")
+        return (f"{where}; max z {float(np.max(self.z)):.2f}, resolution {self.resolution:.3g}, "
+                "controls " + ", ".join(f"x{f:g}: z {z:.1f}" for f, z in self.controls().items()))
+
+    def control_z_each(self, factor=1.0) -> np.ndarray:
+        """``|measured - factor theory| / (stderr + allowance / Z_PASS)`` per entry."""
+        scale = self.stderr + self.allowance / Z_PASS
+        dev = self._dev(factor)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(scale > 0, dev / np.where(scale > 0, scale, 1.0),
+                            np.where(dev == 0, 0.0, np.inf))
 
 
 def compare(theory, measured, stderr, allowance=0.0) -> Comparison:
