@@ -87,7 +87,7 @@ def test_unresolved_rows_are_not_passes():
 def test_cli_report_quick_exit_code(tmp_path, monkeypatch, capsys):
     from pdlt.cli import main
 
-    monkeypatch.setattr(S, "default_cases", lambda quick=False: TINY[:2])
+    monkeypatch.setattr(S, "default_cases", lambda quick=False, full=False: TINY[:2])
     monkeypatch.setattr(S, "default_studies", lambda quick=False: [])  # studies tested above
     code = main(["report", "--quick", "--stats", "K,V", "--out", str(tmp_path / "r"), "--json"])
     out, _ = capsys.readouterr()

@@ -15,6 +15,9 @@ def register(sub):
                                    "write a self-contained HTML report with a pass/fail table.")
     p.add_argument("--out", default="pdlt-report", help="output directory (default pdlt-report)")
     p.add_argument("--quick", action="store_true", help="small suite, under a minute")
+    p.add_argument("--full", action="store_true",
+                   help="twice the networks everywhere and the control variates at every width "
+                        "(what the slow tests checked; about twice the default's time)")
     p.add_argument("--json", action="store_true", help="also write report.json")
     p.add_argument("--stats", default="K,G1,Theta,H1,V,A,B,D,F,P,Q,R,S,T,U",
                    help="comma-separated statistics (default: all of them)")
@@ -30,7 +33,7 @@ def run(args):
     if unknown:
         raise ValueError(f"--stats: no report comparison for {', '.join(unknown)}; "
                          f"available: {', '.join(STAT_SPECS)}")
-    suite = run_suite(stats=stats, quick=args.quick,
+    suite = run_suite(stats=stats, quick=args.quick, full=getattr(args, "full", False),
                       log=lambda m: print(m, file=sys.stderr, flush=True))
     path = write_report(suite, args.out, write_json=args.json)
     from .common import format_table

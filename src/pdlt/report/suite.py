@@ -39,7 +39,9 @@ class Case:
     ``derivative_neurons`` neurons (:meth:`pdlt.experiment.Ensemble.measure`),
     and are NaN at the other layers. ``cv_networks``: networks for the
     control-variate statistics (:data:`CONTROL_VARIATE_STATS`, :func:`measure_cv`;
-    default ``networks``).
+    default ``networks``; 0: measure them with the plain estimators instead).
+    ``stats``: this case's statistics (default: the suite's). ``lambda_b``,
+    ``lambda_W``: learning-rate weights of the NTK (every layer).
     """
 
     activation: str
@@ -50,6 +52,9 @@ class Case:
     seed: int = 0
     derivative_networks: int | None = None
     cv_networks: int | None = None
+    stats: tuple | None = None
+    lambda_b: float = 1.0
+    lambda_W: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,7 @@ class SuiteResult:
                 "rows": [r.to_dict() for r in self.rows]}
 
 
-def critical_mlp(activation, width, depth):
+def critical_mlp(activation, width, depth, lambda_b=1.0, lambda_W=1.0):
     """An MLP of equal widths at the critical (C_b, C_W) of ``activation``."""
     from ..activations import activation as get_activation
     from ..network import MLP
@@ -228,23 +233,42 @@ def critical_mlp(activation, width, depth):
         raise ValueError(f"activation {act.name!r} has no critical point: {crit.reason}")
     # output width = hidden width: the last layer is then measured on n neurons too
     return MLP(n0=1, width=width, depth=depth, n_out=width, activation=act, C_b=crit.C_b,
-               C_W=crit.C_W)
+               C_W=crit.C_W, lambda_b=lambda_b, lambda_W=lambda_W)
 
 
-def default_cases(quick=False):
-    """The suite: relu, tanh and gelu at criticality, two or three widths.
+def default_cases(quick=False, full=False):
+    """The suite: relu, tanh and gelu at criticality, two or three widths, plus H1 cases.
 
-    Sized for 2 cores: the full suite takes about 3-5 minutes, ``quick``
-    under one minute, plus about 3.7 minutes (quick: 50 s) for P..U
-    (:data:`DERIVATIVE_NETWORKS` networks per case at the last layer).
+    Main cases: widths 32, 64, 128 at depth 6 (``quick``: 32, 64 at depth 4),
+    every statistic; the control-variate statistics (K, G1, Theta, H1, V for
+    tanh and gelu; V for relu) on :data:`CV_NETWORKS` networks at widths 32 and
+    64 and with the plain estimators at 128. H1 cases (:data:`H1_CASES`):
+    one input, widths 16 and 32, where H1 is resolved to <= 25 % by the
+    control variate (tanh needs lambda_b = 0: its bias term dominates the NTK's
+    scatter). ``full`` doubles every ensemble and runs the control variates
+    at every width (``pdlt report --full``).
     """
     if quick:
         widths, depth, networks, deriv = (32, 64), 4, 10000, QUICK_DERIVATIVE_NETWORKS
     else:
         widths, depth, networks, deriv = (32, 64, 128), 6, 12000, DERIVATIVE_NETWORKS
-    return [Case(a, n, depth, networks, seed=17 * i + j, derivative_networks=deriv)
-            for i, a in enumerate(("relu", "tanh", "gelu"))
-            for j, n in enumerate(widths)]
+    f = 2 if full else 1
+    cases = [Case(a, n, depth, f * networks, seed=17 * i + j, derivative_networks=f * deriv,
+                  cv_networks=f * CV_NETWORKS.get(n, CV_NETWORKS[64] if full else 0))
+             for i, a in enumerate(("relu", "tanh", "gelu"))
+             for j, n in enumerate(widths)]
+    cases += [Case(a, n, L, f * M, seed=101 + 7 * i + j, stats=("G1", "H1", "V"),
+                   lambda_b=lb, lambda_W=lw)
+              for i, (a, lb, lw, L, M) in enumerate(H1_CASES)
+              for j, n in enumerate((16, 32))]
+    return cases
+
+
+#: control-variate networks per width in the default report (0 at width 128: plain estimators)
+CV_NETWORKS = {32: 3000, 64: 2000}
+#: (activation, lambda_b, lambda_W, depth, networks) of the H1 cases at widths 16, 32
+#: (measured: H1 resolved to 15 % (tanh) and 24 % (gelu) at these sizes, 6 s each)
+H1_CASES = (("tanh", 0.0, 1.0, 10, 1500), ("gelu", 0.5, 1.5, 6, 2000))
 
 
 DEFAULT_STATS = ("K", "G1", "Theta", "H1", "V", "A", "B", "D", "F") + DERIVATIVE_STATS
@@ -358,19 +382,26 @@ def measure_cv(mlp, networks, seed=0, K1=1.0, ntk=False, chunk=None):
     return out
 
 
+def _case_stats(case, stats):
+    """The statistics a case measures: its own (those among ``stats``) or ``stats``."""
+    return tuple(s for s in case.stats if s in stats) if case.stats is not None else tuple(stats)
+
+
 def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
     from ..experiment import Ensemble, Estimate
     from ..theory.finite_ntk import NTK_STATISTICS, ntk_fluctuation_flow
     from ..theory.vertex import finite_width_flow
 
     t0 = time.perf_counter()
-    mlp = critical_mlp(case.activation, case.width, case.depth)
+    mlp = critical_mlp(case.activation, case.width, case.depth, case.lambda_b, case.lambda_W)
+    stats = _case_stats(case, stats)
     if any(s in NTK_STATISTICS for s in stats):
         ff = ntk_fluctuation_flow(mlp, K1=case.K1)
     else:
         ff = finite_width_flow(mlp, K1=case.K1)
     smooth = mlp.activation.is_smooth
-    cv_stats = [s for s in stats if s in CONTROL_VARIATE_STATS and (smooth or s == "V")]
+    cv_stats = [s for s in stats if s in CONTROL_VARIATE_STATS and (smooth or s == "V")
+                and case.cv_networks != 0]
     cv_ntk = any(s in ("Theta", "H1") for s in cv_stats)
     base = list(dict.fromkeys(DERIVED[s][0] if s in DERIVED else s for s in stats
                               if s not in cv_stats))
@@ -422,17 +453,26 @@ def _extrapolated_rows(results):
     from .rows import richardson
 
     rows = []
-    by_key = {(r.case.activation, r.case.width, r.case.depth): r for r in results}
-    for (act, n, L), a in by_key.items():
-        b = by_key.get((act, 2 * n, L))
+    def key(r):
+        c = r.case
+        return (c.activation, c.depth, c.lambda_b, c.lambda_W, c.stats)
+
+    by_key = {key(r) + (r.case.width,): r for r in results}
+    for k, a in by_key.items():
+        act, L, n = k[0], k[1], k[-1]
+        b = by_key.get(k[:-1] + (2 * n,))
         if b is None:
             continue
         for s, th in a.theory.items():
+            if s not in b.measured:
+                continue
             ea, eb = a.measured[s], b.measured[s]
             ext, se, allow = richardson(ea.mean[L - 1], ea.stderr[L - 1], eb.mean[L - 1],
                                         eb.stderr[L - 1])
-            rows.append(make_row(f"{s} (n,2n extrap.)", act, n, L, th[L - 1], ext, se, allow,
-                                 key=s))
+            lam = ("" if (a.case.lambda_b, a.case.lambda_W) == (1.0, 1.0) else
+                   f", lambda_b={a.case.lambda_b:g}, lambda_W={a.case.lambda_W:g}")
+            rows.append(make_row(f"{s} (n,2n extrap.{lam})", act, n, L, th[L - 1], ext, se,
+                                 allow, key=s))
     return rows
 
 
@@ -454,7 +494,7 @@ def default_studies(quick=False):
             lambda: finite_training_study()]
 
 
-def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, progress=None,
+def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, full=False, progress=None,
               log=None, studies=None) -> SuiteResult:
     """Run every case and compare at the last layer. ``log(msg)`` reports progress.
 
@@ -464,9 +504,10 @@ def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, progress=None,
     """
     if studies is None:
         studies = default_studies(quick) if cases is None else []
-    cases = default_cases(quick) if cases is None else list(cases)
+    cases = default_cases(quick, full) if cases is None else list(cases)
     t0 = time.perf_counter()
     results, rows = [], []
+    cases = [c for c in cases if _case_stats(c, stats)]
     for k, case in enumerate(cases):
         if log:
             log(f"[{k + 1}/{len(cases)}] {case.activation} n={case.width} L={case.depth} "
