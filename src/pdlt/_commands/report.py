@@ -41,9 +41,11 @@ def run(args):
     def res(r):
         return f"{r.resolution:.0%}" if r.relative else f"+-{r.resolution:.2g} abs"
 
-    summary = [[d["key"], d["activation"], d["rows"], d["passed"], d["unresolved"], d["failed"],
-                res(d["best"]), dict(d["best"].control_z).get(0.5), dict(d["best"].control_z).get(2.0)]
-               for d in suite.summary()]
+    summary = []
+    for d in suite.summary():
+        ctl = dict(d["best"].control_z)
+        summary.append([d["key"], d["activation"], d["rows"], d["passed"], d["unresolved"],
+                        d["failed"], res(d["best"]), ctl.get(0.5), ctl.get(2.0)])
     print(format_table(["statistic", "activation", "rows", "pass", "unresolved", "fail",
                         "best resolution", "x0.5 z", "x2 z"], summary))
     print()

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Z_PASS", "RESOLVED", "Comparison", "compare", "richardson", "Row", "make_row", "ZERO_RATIO",
+__all__ = ["Z_PASS", "RESOLVED", "Comparison", "compare", "richardson", "Row", "make_row",
+           "ZERO_RATIO",
            "summarize", "CONTROL_FACTORS"]
 
 #: pass threshold in standard errors

@@ -16,7 +16,6 @@ resolution ``(4 stderr + allowance) / |theory|``; rows resolved worse than
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
