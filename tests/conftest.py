@@ -45,3 +45,30 @@ def linear_newton_case(width):
     mlp = pdlt.MLP(n0=3, width=width, depth=2, n_out=1, activation="linear", C_b=0.0, C_W=1.3,
                    lambda_b=0.0, lambda_W=0.9)
     return mlp, X, Xt, y
+
+
+def powered(theory, measured, stderr, allowance=0.0, *, label="", factors=(0.5, 2.0),
+            zero=True, max_resolution=None):
+    """Assert an ensemble comparison passes AND could fail: the negative controls.
+
+    The same comparison (:func:`pdlt.report.rows.compare`: ``|measured -
+    theory| <= 4 stderr + allowance`` everywhere) must reject ``factor x
+    theory`` for every factor in ``factors`` and, when ``zero`` and some theory
+    entry is nonzero, the theory x0. ``max_resolution`` additionally bounds the
+    comparison's resolution ``(4 stderr + allowance) / |theory|``.
+    Returns the :class:`pdlt.report.rows.Comparison`.
+    """
+    from pdlt.report.rows import compare
+
+    c = compare(theory, measured, stderr, allowance)
+    assert c.passed, f"{label}: fails: {c.describe()}"
+    if not c.relative:
+        # a theory that is exactly zero: the comparison is an absolute bound, and every
+        # multiple of the theory is the same theory (no control possible)
+        return c
+    fs = list(factors) + ([0.0] if zero and c.relative else [])
+    weak = [f for f in fs if not c.rejects(f)]
+    assert not weak, f"{label}: cannot reject theory x{weak}: {c.describe()}"
+    if max_resolution is not None:
+        assert c.resolution <= max_resolution, f"{label}: resolution too coarse: {c.describe()}"
+    return c

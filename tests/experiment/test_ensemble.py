@@ -16,7 +16,7 @@ import pdlt  # noqa: E402
 from pdlt import gaussian  # noqa: E402
 from pdlt.experiment import Ensemble, Estimate, Measurement  # noqa: E402
 
-from conftest import max_zscore  # noqa: E402
+from conftest import max_zscore, powered  # noqa: E402
 
 RELU_CRIT = dict(activation="relu", C_b=0.0, C_W=2.0)
 
@@ -114,9 +114,10 @@ def test_deep_linear_fourth_moment_exact_at_any_width():
     l = np.arange(1, L + 1)
     fan_in = np.array(mlp.widths[:-1])
     exact = fan_in * ((1 + 2 / n) ** (l - 1) - 1)
-    assert max_zscore(m["K"].mean, m["K"].stderr, 1.0) < 4
+    powered(np.ones(L), m["K"].mean, m["K"].stderr, label="linear K")
     for name in ("V_pair", "V_same", "V"):
-        assert max_zscore(m[name].mean[1:], m[name].stderr[1:], exact[1:]) < 4, name
+        powered(exact[1:], m[name].mean[1:], m[name].stderr[1:], label=f"linear {name}",
+                max_resolution=0.5)
     # layer 1 is exactly Gaussian: V^(1) = 0
     assert abs(m["V_pair"].mean[0]) < 4 * m["V_pair"].stderr[0]
 
@@ -128,10 +129,10 @@ def test_relu_criticality_K_constant_Theta_linear():
     mlp = pdlt.MLP(n0=4, width=16, depth=5, **RELU_CRIT)
     m = Ensemble(mlp, networks=3000, seed=1).measure(K1=1.0, stats=["K", "Theta"])
     f = pdlt.flow(mlp, K1=1.0)
-    assert max_zscore(m["K"].mean, m["K"].stderr, f.K) < 4
+    powered(f.K, m["K"].mean, m["K"].stderr, label="relu K")
     # layer 1 Theta is deterministic (stderr 0): compare it exactly
     assert m["Theta"].mean[0] == pytest.approx(f.Theta[0], rel=1e-12)
-    assert max_zscore(m["Theta"].mean[1:], m["Theta"].stderr[1:], f.Theta[1:]) < 4
+    powered(f.Theta[1:], m["Theta"].mean[1:], m["Theta"].stderr[1:], label="relu Theta")
     np.testing.assert_allclose(np.diff(f.Theta), f.Theta[1] - f.Theta[0], rtol=1e-12)
 
 
@@ -144,8 +145,14 @@ def test_second_layer_kernel_exact_for_several_inputs():
     m = Ensemble(mlp, networks=3000, seed=2).measure(x, stats=["K", "Theta"], layers=[2])
     f = pdlt.flow(mlp, x)
     assert m["K"].mean.shape == (1, 3, 3)
-    assert max_zscore(m["K"].mean[0], m["K"].stderr[0], f.K[1]) < 4
-    assert max_zscore(m["Theta"].mean[0], m["Theta"].stderr[0], f.Theta[1]) < 4
+    powered(f.K[1], m["K"].mean[0], m["K"].stderr[0], label="layer-2 K")
+    powered(f.Theta[1], m["Theta"].mean[0], m["Theta"].stderr[0], label="layer-2 Theta")
+
+
+#: tanh's layer-2 V, A, D (3000 networks) resolve to 81 %, 68 %, 55 %: they reject x0 and
+#: x2 (z 4.8-8.3) but not x0.5 (2.5-2.6); relu's and tanh's B, F, relu's V, A, D resolve to
+#: 5-22 % and reject all three
+LAYER2_UNRESOLVED = {("tanh", "V"), ("tanh", "A"), ("tanh", "D")}
 
 
 def _moments(act, K):
@@ -183,7 +190,10 @@ def test_second_layer_four_point_statistics_exact(name):
     m = Ensemble(mlp, networks=3000, seed=4).measure(K1=K1, stats=list(exact))
     for s, v in exact.items():
         est = m.layer(2)[s]
-        assert abs(est.mean - v) < 4 * est.stderr, f"{s}: {est.mean:.4g} ± {est.stderr:.2g} vs {v:.4g}"
+        if (name, s) in LAYER2_UNRESOLVED:
+            powered(v, est.mean, est.stderr, label=f"{name} layer-2 {s}", factors=(2.0,))
+        else:
+            powered(v, est.mean, est.stderr, label=f"{name} layer-2 {s}", max_resolution=0.5)
         if s in ("V", "A", "D"):
             assert abs(m.layer(1)[s].mean) <= 4 * m.layer(1)[s].stderr + 1e-12
     assert m.layer(2)["V_pair"].stderr > 0 and m.layer(2)["V_same"].stderr > 0

@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 
 import pdlt  # noqa: E402
 from pdlt.experiment.training import train_ensemble  # noqa: E402
+from conftest import powered  # noqa: E402
 from pdlt.learning import finite_training as ft  # noqa: E402
 
 
@@ -37,10 +38,9 @@ def setup():
     return y, pred, runs
 
 
-def _check(d32, d64, se64, theory):
-    allow = np.abs(d32 - d64)
-    dev = np.abs(d64 - theory)
-    assert np.all(dev <= 4 * se64 + allow), (d32, d64, se64, theory)
+def _check(d32, d64, se64, theory, label, **kw):
+    """conftest.powered with the measured allowance |d(32) - d(64)| (negative controls)."""
+    return powered(theory, d64, se64, np.abs(d32 - d64), label=label, **kw)
 
 
 def test_trained_mean_shift_matches_the_order_one_over_n_prediction(setup):
@@ -55,9 +55,7 @@ def test_trained_mean_shift_matches_the_order_one_over_n_prediction(setup):
                                                                        - pred.mean_infinite)])
         se[n] = n * np.concatenate([ma.stderr[:, 0], mt.stderr[:, 0]])
     theory = np.concatenate([pred.train_mean_correction, pred.mean_correction])
-    _check(d[32], d[64], se[64], theory)
-    # the shift is resolved: the prediction is not compatible with zero
-    assert np.max(np.abs(theory) / se[64]) > 8
+    _check(d[32], d[64], se[64], theory, "trained mean shift", max_resolution=0.5)
 
 
 def test_trained_variance_shift_matches_the_prediction(setup):
@@ -67,15 +65,18 @@ def test_trained_variance_shift_matches_the_prediction(setup):
         c = te.cov(on="test")
         dv[n] = n * (np.diag(c.mean) - np.diag(pred.cov_infinite))
         se[n] = n * np.diag(c.stderr)
-    _check(dv[32], dv[64], se[64], np.diag(pred.cov_correction))
+    # underpowered: the shift (0.024) is 2.7 se (0.009) and the allowance |dv(32) - dv(64)|
+    # is of its size, so x0 and x2 also pass -- an agreement check only (README, report)
+    c = _check(dv[32], dv[64], se[64], np.diag(pred.cov_correction), "trained variance shift",
+               factors=(), zero=False)
+    assert c.resolution > 0.5  # if this starts failing, the test has gained power: use it
 
 
 def test_ntk_change_during_training_matches_the_prediction(setup):
     _, pred, runs = setup
     dh = {n: n * te.ntk_change().mean for n, te in runs.items()}
     se64 = 64 * runs[64].ntk_change().stderr
-    _check(dh[32], dh[64], se64, pred.ntk_change)
-    assert np.max(np.abs(pred.ntk_change) / se64) > 20
+    _check(dh[32], dh[64], se64, pred.ntk_change, "NTK change", max_resolution=0.5)
 
 
 def test_deep_linear_newton_step_exact_at_small_width():
@@ -94,5 +95,6 @@ def test_deep_linear_newton_step_exact_at_small_width():
     se = np.r_[ma.stderr[:, 0], m.stderr[:, 0]]
     theory = np.r_[y + pred.train_mean_correction / 8, pred.mean]
     assert np.all(np.abs(measured - theory) <= 4 * se), (measured, theory, se)
-    # and the 1/n shift is resolved
-    assert np.max(np.abs(theory - np.r_[y, pred.mean_infinite]) / se) > 8
+    # the 1/n shift itself against the measured one, with negative controls x0, x0.5, x2
+    inf = np.r_[y, pred.mean_infinite]
+    powered(theory - inf, measured - inf, se, label="deep linear 1/n shift", max_resolution=0.5)

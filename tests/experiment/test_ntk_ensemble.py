@@ -21,6 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import pdlt  # noqa: E402
+from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
 from pdlt.theory.finite_ntk import ntk_fluctuation_flow  # noqa: E402
 
@@ -47,10 +48,14 @@ def _richardson(act, n, depth, M, stats, seed):
         ext = 2 * np.asarray(b.mean) - np.asarray(a.mean)
         se = np.sqrt(4 * np.asarray(b.stderr) ** 2 + np.asarray(a.stderr) ** 2)
         allowance = 0.5 * np.abs(np.asarray(b.mean) - np.asarray(a.mean))
-        # a statistic that is exactly 0 in every network (linear net, layer 2) has se = 0
-        z = np.abs(ext - th[s])[1:] / (se[1:] + allowance[1:] / 4 + 1e-12)
-        out[s] = (z, th[s], a, b)
+        out[s] = (ext, se, allowance, th[s], a, b)
     return out
+
+
+def _powered(res, s, label, **kw):
+    """conftest.powered on layers 2..L (layer 1 vanishes exactly)."""
+    ext, se, al, th, _, _ = res[s]
+    return powered(th[1:], ext[1:], se[1:], al[1:], label=f"{label} {s}", **kw)
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
@@ -58,19 +63,33 @@ def test_ntk_fluctuations_vs_ensemble(act):
     stats = ["A", "B", "D", "F"]
     res = _richardson(act, 32, 4, 3000, stats, seed=11)
     for s in stats:
-        z, th, a, _ = res[s]
+        a = res[s][4]
         assert np.all(np.abs(a.mean[0]) < 1e-10), f"{s} must vanish at layer 1"
-        assert z.max() < 4, f"{act} {s}: z = {np.round(z, 2)} (theory {th})"
+        _powered(res, s, act)
 
 
-@pytest.mark.parametrize("act", ["linear", "tanh"])
+#: P..U at n = 4 / 8, depth 3 (layers 2, 3): the statistics each activation resolves to
+#: <= 50 % with these network counts (measured: tanh P 0.43, R 0.38, S 0.18, U 0.35;
+#: relu Q 0.33, S 0.14, T 0.18; gelu Q 0.34, R 0.50, S 0.17, T 0.15, U 0.40), which must
+#: also reject the theory x0, x0.5 and x2. The others are agreement checks only: tanh Q
+#: (1.1) and T (1.2), gelu P (1.0) are unresolved at CI cost (``pdlt report`` measures them
+#: at widths 32-128); ReLU's P, R, U and the linear network's P, R, U vanish exactly (an
+#: absolute bound).
+DERIV_POWERED = {"tanh": ("P", "R", "S", "U"), "relu": ("Q", "S", "T"),
+                 "gelu": ("Q", "R", "S", "T", "U"), "linear": ()}
+DERIV_NETWORKS = {"tanh": 3000, "relu": 2000, "gelu": 2000, "linear": 1000}
+
+
+@pytest.mark.parametrize("act", ["linear", "tanh", "relu", "gelu"])
 def test_dntk_ddntk_vs_ensemble(act):
     # autodiff through the ddNTK costs (n N)^3 P per network: tiny widths
     stats = ["P", "Q", "R", "S", "T", "U"]
-    res = _richardson(act, 4, 3, 1000, stats, seed=5)
+    res = _richardson(act, 4, 3, DERIV_NETWORKS[act], stats, seed=5)
     for s in stats:
-        z, th, _, _ = res[s]
-        assert z.max() < 4, f"{act} {s}: z = {np.round(z, 2)} (theory {th})"
+        if s in DERIV_POWERED[act]:
+            _powered(res, s, act, max_resolution=0.5)
+        else:
+            _powered(res, s, act, factors=(), zero=False)
 
 
 def test_linear_dntk_statistics_that_vanish_shrink_like_one_over_n():
@@ -94,8 +113,7 @@ def test_gelu_ddntk_at_C_W_not_one_vs_ensemble():
     C_W^2 in its B term gave z = -3.4 here; the corrected one gives |z| < 1 (about 60 s)."""
     res = _richardson("gelu", 6, 3, 1500, ["R", "S", "T", "U"], seed=5)
     for s in "RSTU":
-        z, th, _, _ = res[s]
-        assert z.max() < 4, f"gelu {s}: z = {np.round(z, 2)} (theory {th})"
+        _powered(res, s, "gelu")
 
 
 DERIV = ["P", "Q", "R", "S", "T", "U"]
@@ -161,13 +179,17 @@ def test_sharded_runs_and_checkpoints_carry_derivative_neurons(tmp_path):
                     progress=False)
 
 
+@pytest.mark.slow
 def test_dntk_ddntk_vs_ensemble_at_width_32():
     """P..U of tanh at widths 32 and 64 (depth 3) against the recursions, on 2 neurons
-    per network (about 10 s)."""
+    per network (10 s on a quiet machine, 2 minutes on a busy one; ``pdlt report``
+    compares tanh P..U at widths 32-128). Its P resolves to 0.48, the rest to 0.5-1.2:
+    negative controls where resolved."""
     res = _richardson("tanh", 32, 3, 1500, DERIV, seed=21)
     for s in DERIV:
-        z, th, _, _ = res[s]
-        assert z.max() < 4, f"tanh {s}: z = {np.round(z, 2)} (theory {th})"
+        c = _powered(res, s, "tanh", factors=(), zero=False)
+        if c.resolution <= 0.5:
+            _powered(res, s, "tanh")
 
 
 @pytest.mark.slow
@@ -185,5 +207,4 @@ def test_dntk_ddntk_vs_ensemble_wide_and_deep(act):
             ext = 2 * b.mean[0] - a.mean[0]
             se = np.hypot(2 * b.stderr[0], a.stderr[0])
             allowance = 0.5 * abs(b.mean[0] - a.mean[0])
-            assert abs(ext - th[s][-1]) < 4 * se + allowance, (
-                f"{act} {s} ({n},{2 * n}): {ext:.4g} +- {se:.2g} vs {th[s][-1]:.4g}")
+            powered(th[s][-1], ext, se, allowance, label=f"{act} {s} ({n},{2 * n})")

@@ -17,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import pdlt  # noqa: E402
+from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
 from pdlt.theory.finite_ntk import ntk_fluctuation_flow  # noqa: E402
 
@@ -33,7 +34,8 @@ def _mlp(act, n, depth):
 
 @pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
 def test_multi_input_ntk_fluctuations_vs_ensemble(act):
-    n, depth, M = 32, 4, 800
+    # tanh's D needs 1300 networks for its negative control x0.5 (z 3.9 at 800)
+    n, depth, M = 32, 4, 1300 if act == "tanh" else 800
     m1 = Ensemble(_mlp(act, n, depth), networks=M, seed=11).measure(X, stats=STATS,
                                                                     progress=False)
     m2 = Ensemble(_mlp(act, 2 * n, depth), networks=M, seed=11).measure(X, stats=STATS,
@@ -45,8 +47,7 @@ def test_multi_input_ntk_fluctuations_vs_ensemble(act):
         ext = 2 * np.asarray(b.mean) - np.asarray(a.mean)
         se = np.sqrt(4 * np.asarray(b.stderr) ** 2 + np.asarray(a.stderr) ** 2)
         allowance = 0.5 * np.abs(np.asarray(b.mean) - np.asarray(a.mean))
-        z = np.abs(ext - th[s])[1:] / (se[1:] + allowance[1:] / 4 + 1e-12)
-        assert z.max() < 4, f"{act} {s}: max z per layer {z.reshape(depth - 1, -1).max(1)}"
+        powered(th[s][1:], ext[1:], se[1:], allowance[1:], label=f"{act} multi {s}")
 
 
 def test_B_index_order_is_resolved_by_the_ensemble():
@@ -66,11 +67,18 @@ def test_B_index_order_is_resolved_by_the_ensemble():
     assert (np.abs(ext - wrong) / tol)[1:].max() > 8
 
 
-@pytest.mark.slow
-def test_multi_input_dntk_vs_ensemble():
-    """P, Q for two inputs (tanh, n = 4 and 8, depth 3; autodiff through the dNTK is costly:
-    4 s alone, ~50 s on a loaded 2-core machine). Measured at M = 1000: max z 1.6 (P), 1.7 (Q) over all entries of layers 2, 3."""
-    act, n, depth, M = "tanh", 4, 3, 1000
+#: networks and the dNTK statistics resolved to <= 50 % (measured: tanh P 0.43, Q 0.27 at
+#: M = 2000; gelu Q 0.45 at M = 1000; gelu P stays at 0.97 there: agreement only)
+MULTI_DNTK = {"tanh": (2000, ("P", "Q")), "gelu": (1000, ("Q",))}
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu"])
+def test_multi_input_dntk_vs_ensemble(act):
+    """P, Q for two distinct inputs (n = 4 and 8, depth 3; autodiff through the dNTK is
+    costly: about 5 s CPU each), every entry of layers 2, 3, with negative controls for
+    the statistics of ``MULTI_DNTK`` (the comparison as a whole must reject x0, x0.5, x2)."""
+    n, depth = 4, 3
+    M, resolved = MULTI_DNTK[act]
     x = X[:2]
     stats = ["P", "Q"]
     m1 = Ensemble(_mlp(act, n, depth), networks=M, seed=11).measure(x, stats=stats,
@@ -83,5 +91,9 @@ def test_multi_input_dntk_vs_ensemble():
         ext = 2 * np.asarray(b.mean) - np.asarray(a.mean)
         se = np.sqrt(4 * np.asarray(b.stderr) ** 2 + np.asarray(a.stderr) ** 2)
         allowance = 0.5 * np.abs(np.asarray(b.mean) - np.asarray(a.mean))
-        z = np.abs(ext - th[s])[1:] / (se[1:] + allowance[1:] / 4 + 1e-12)
-        assert z.max() < 4, f"{act} {s}: max z per layer {z.reshape(depth - 1, -1).max(1)}"
+        if s in resolved:
+            powered(th[s][1:], ext[1:], se[1:], allowance[1:], label=f"{act} multi {s}",
+                    max_resolution=0.5)
+        else:
+            powered(th[s][1:], ext[1:], se[1:], allowance[1:], label=f"{act} multi {s}",
+                    factors=(), zero=False)

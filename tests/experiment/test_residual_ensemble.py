@@ -2,10 +2,11 @@
 
 Every residual prediction (K, Theta, V, G1, the three-point function kappa3
 and the output mixing-variance cumulant k2 that the information theory is
-built from) is compared in standard errors: |dev| <= 4 stderr + allowance,
-where the allowance is the stated O(1/n^2) truncation, taken as
-(1/2) nu (l - 1) / n relative to the O(1/n) statistic (the size of the next
-term in the exactly solvable ReLU case, Var = (1 + nu/n)^(l-1) - 1). Seeds
+built from) is measured at two widths n and 2n and compared as the Richardson
+extrapolation 2 m(2n) - m(n) through ``conftest.powered``: |dev| <= 4 stderr +
+allowance with the measured allowance |m(2n) - m(n)|/2 (not proportional to
+the theory), and the same comparison must reject the theory x0, x0.5 and x2
+where it is resolved (``RESIDUAL_UNRESOLVED`` lists where it is not). Seeds
 are fixed. The NTK forward equation is checked against autodiff exactly.
 """
 
@@ -17,9 +18,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import pdlt  # noqa: E402
+from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
+from pdlt.report.rows import richardson  # noqa: E402
 from pdlt.experiment import ntk as _ntk  # noqa: E402
-from pdlt.theory.residual import residual_mlp, residual_vertex_slope  # noqa: E402
+from pdlt.theory.residual import residual_mlp  # noqa: E402
 from pdlt.theory.vertex import finite_width_flow  # noqa: E402
 
 N_WIDTH = 128
@@ -52,26 +55,34 @@ def test_ntk_forward_matches_autodiff_residual():
     assert not torch.allclose(plain[2], z[2])
 
 
+#: residual comparisons that pass but cannot reject the theory x0.5 / x2 at CI cost (plain
+#: estimators; the metric's 1/n shift G1 is a few % of K): agreement checks only
+RESIDUAL_UNRESOLVED = {("relu", "G1"), ("tanh", "G1")}
+#: rejects x0, x0.5, x2 but resolves only to 63 % (V/(nK^2) of tanh is small at layer 3)
+RESIDUAL_COARSE = {("tanh", "V")}
+
+
 @pytest.mark.parametrize("act,gamma", CONFIGS)
 def test_kernel_vertex_metric_against_ensemble(act, gamma):
-    L = 4
-    m = residual_mlp(act, gamma, width=N_WIDTH, depth=L, lambda_b=0.5)
-    fl = finite_width_flow(m, K1=1.0)
-    th = pdlt.flow(m, K1=1.0)
-    layers = [2, 3]
-    meas = Ensemble(m, networks=4000, seed=11).measure(K1=1.0, stats=["K", "V", "G1", "Theta"],
-                                                       K_theory=fl, layers=layers, progress=False)
+    L, layers = 4, [2, 3]
     idx = [l - 1 for l in layers]
-    nu = residual_vertex_slope(act, gamma)
-    allow = np.array([0.5 * nu * (l - 1) / N_WIDTH for l in layers])
-    Kt = fl.K[idx] + fl["G1"][idx] / N_WIDTH
-    assert _z(meas["K"].mean, meas["K"].stderr, Kt, allow / N_WIDTH * Kt) < 4
-    assert _z(meas["V"].mean, meas["V"].stderr, fl["V"][idx], allow * np.abs(fl["V"][idx])) < 4
-    assert _z(meas["G1"].mean, meas["G1"].stderr, fl["G1"][idx],
-              allow * (np.abs(fl["G1"][idx]) + fl.K[idx])) < 4
-    # Theta: infinite-width mean, O(1/n) allowance relative (its 1/n correction is not in theory)
-    assert _z(meas["Theta"].mean, meas["Theta"].stderr, th.Theta[idx],
-              nu * L / N_WIDTH * th.Theta[idx]) < 4
+    ms = []
+    for k, n in enumerate((N_WIDTH // 2, N_WIDTH)):
+        m = residual_mlp(act, gamma, width=n, depth=L, lambda_b=0.5)
+        fl = finite_width_flow(m, K1=1.0)
+        ms.append(Ensemble(m, networks=4000, seed=11 + k).measure(
+            K1=1.0, stats=["K", "V", "G1", "Theta"], K_theory=fl, layers=layers,
+            progress=False))
+    th = pdlt.flow(m, K1=1.0)
+    theory = {"K": fl.K[idx], "V": fl["V"][idx], "G1": fl["G1"][idx], "Theta": th.Theta[idx]}
+    for s, t in theory.items():
+        ext, se, al = richardson(ms[0][s].mean, ms[0][s].stderr, ms[1][s].mean,
+                                 ms[1][s].stderr)
+        if (act, s) in RESIDUAL_UNRESOLVED:
+            powered(t, ext, se, al, label=f"residual {act} {s}", factors=(), zero=False)
+        else:
+            powered(t, ext, se, al, label=f"residual {act} {s}",
+                    max_resolution=None if (act, s) in RESIDUAL_COARSE else 0.5)
 
 
 def _pair_mean(a, b):
@@ -81,35 +92,43 @@ def _pair_mean(a, b):
 
 def test_three_point_function_relu():
     """E[z_i z_i z_k] (i != k) = kappa3 / n for a residual ReLU network (zero if plain)."""
-    gamma, n = 0.6, 64
-    m = residual_mlp("relu", gamma, width=n, depth=4)
-    fl = finite_width_flow(m, K1=1.0)
-    E = Ensemble(m, networks=12000, seed=3)
-    zs = E.preactivations(E.single_input(1.0))
-    for l in (2, 3):
-        z = zs[l - 1][:, :, 0].numpy()
-        est = _pair_mean(z * z, z) * n
-        mean, se = est.mean(), est.std() / math.sqrt(est.size)
-        k3 = fl["kappa3"][l - 1]
-        allow = 0.5 * residual_vertex_slope("relu", gamma) * (l - 1) / n * abs(k3)
-        assert abs(mean - k3) <= 4 * se + allow, (l, mean, se, k3)
-        assert abs(k3) > 5 * se   # the effect itself is resolved (about 8 se at l = 2)
+    gamma = 0.6
+    meas = []
+    for k, n in enumerate((32, 64)):
+        m = residual_mlp("relu", gamma, width=n, depth=4)
+        fl = finite_width_flow(m, K1=1.0)
+        E = Ensemble(m, networks=12000, seed=3 + k)
+        zs = E.preactivations(E.single_input(1.0))
+        row = []
+        for l in (2, 3):
+            z = zs[l - 1][:, :, 0].numpy()
+            est = _pair_mean(z * z, z) * n
+            row.append((est.mean(), est.std() / math.sqrt(est.size)))
+        meas.append(np.array(row))
+    ext, se, al = richardson(meas[0][:, 0], meas[0][:, 1], meas[1][:, 0], meas[1][:, 1])
+    # the extrapolation doubles the error: resolution 0.82, rejects kappa3 x0 (z 5.7) but
+    # not x0.5 (3.2) or x2 (4.1, marginal): an existence check plus agreement, listed as
+    # unresolved in the README
+    powered(fl["kappa3"][1:3], ext, se, al, label="residual relu kappa3", factors=())
 
 
 @pytest.mark.parametrize("act,gamma", [("relu", 0.0), ("relu", 0.5), ("tanh", 0.5)])
 def test_output_mixing_variance_cumulant(act, gamma):
     """k2 = Var(Ghat)/E[Ghat]^2 of the last layer's conditional variance, computed exactly per
     network from layer L-1, against V^(L) / (n K^(L)^2): the input of the r* argument."""
-    L, n = 5, N_WIDTH
-    m = residual_mlp(act, gamma, width=n, depth=L) if gamma else pdlt.MLP(
-        n0=1, width=n, depth=L, activation=act, C_W=pdlt.criticality(act).C_W)
-    fl = finite_width_flow(m, K1=1.0)
-    E = Ensemble(m, networks=4000, seed=5)
-    z = E.preactivations(E.single_input(1.0))[L - 2][:, :, 0]
-    tact = pdlt.experiment.activations.torch_activation(m.activation)
-    G = (m.C_b[L - 1] + m.C_W[L - 1] * (tact.sigma(z) ** 2).mean(1)).numpy()
-    g = G / G.mean()
-    k2, se = float(np.var(g)), float(np.std((g - 1) ** 2) / math.sqrt(g.size))
-    want = fl["V"][-1] / (n * fl.K[-1] ** 2)
-    allow = 0.5 * residual_vertex_slope(act, gamma) * (L - 1) / n * want
-    assert abs(k2 - want) <= 4 * se + allow, (k2, se, want)
+    L = 5
+    nk2 = []
+    for k, n in enumerate((N_WIDTH // 2, N_WIDTH)):
+        m = residual_mlp(act, gamma, width=n, depth=L) if gamma else pdlt.MLP(
+            n0=1, width=n, depth=L, activation=act, C_W=pdlt.criticality(act).C_W)
+        fl = finite_width_flow(m, K1=1.0)
+        E = Ensemble(m, networks=4000, seed=5 + k)
+        z = E.preactivations(E.single_input(1.0))[L - 2][:, :, 0]
+        tact = pdlt.experiment.activations.torch_activation(m.activation)
+        G = (m.C_b[L - 1] + m.C_W[L - 1] * (tact.sigma(z) ** 2).mean(1)).numpy()
+        g = G / G.mean()
+        # n k2 = V / K^2 + O(1/n)
+        nk2.append((n * float(np.var(g)), n * float(np.std((g - 1) ** 2) / math.sqrt(g.size))))
+    ext, se, al = richardson(nk2[0][0], nk2[0][1], nk2[1][0], nk2[1][1])
+    powered(fl["V"][-1] / fl.K[-1] ** 2, ext, se, al, label=f"{act} gamma={gamma} n k2",
+            max_resolution=0.5)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import pdlt
-from conftest import max_zscore, torch_available
+from conftest import max_zscore, powered, torch_available
 
 pytestmark = pytest.mark.skipif(not torch_available(), reason="needs torch")
 
@@ -73,8 +73,11 @@ def test_trained_ensemble_matches_kernel_prediction():
                                eta, T)
     tr = train_ensemble(mlp, XA, YA, XB, networks=400, learning_rate=eta, steps=T, seed=7)
     m, c = tr.mean(), tr.cov()
-    assert max_zscore(m.mean[:, 0], m.stderr[:, 0], theory.mean[:, 0], allowance=2 / n) < 4
-    assert max_zscore(c.mean, c.stderr, theory.cov, allowance=2 * K.max() / n) < 4
+    powered(theory.mean[:, 0], m.mean[:, 0], m.stderr[:, 0], 2 / n, label="trained mean")
+    # the covariance's O(1/n) allowance 2 K_max / n leaves it at 55 % resolution: it rejects
+    # the kernel covariance x0 and x2 (z 7.2, 7.4) but not x0.5 (3.5)
+    powered(theory.cov, c.mean, c.stderr, 2 * K.max() / n, label="trained covariance",
+            factors=(2.0,))
     # and training did something: the loss fell
     assert np.all(tr.loss[:, -1] < tr.loss[:, 0])
 

@@ -1,18 +1,19 @@
 """Four-point vertex V and NLO metric G1: theory against ensembles of real networks.
 
-Theory: :func:`pdlt.theory.vertex.finite_width_flow`. Ensemble:
-:class:`pdlt.experiment.Ensemble` (jackknife standard errors over networks).
+Theory: :func:`pdlt.theory.vertex.finite_width_flow`. Every comparison goes
+through ``conftest.powered``: ``|measured - theory| <= 4 stderr + allowance``
+must hold AND the same comparison must reject the theory x0.5, x2 and x0.
 
-Tolerance: ``|measured - theory| <= 4 stderr + allowance``. The measured
-``n x (connected correlator)`` equals V (or G1) plus the next order of the
-1/n expansion divided by 1/n, a relative correction O(l/n) that grows with
-depth. Measured on GELU at criticality (K* = 3.56, the largest relative
-corrections among the activations tested here), 6000 networks, layer 5:
-V deviations +21 %, +12 %, +4 % at n = 32, 64, 128 -- shrinking like 1/n,
-i.e. ``|dV| ~ c (l/n) |V|`` with ``c <= 1.4``. We allow
-``ALLOW (l/n) |V|`` with ``ALLOW = 2``; for G1, whose next order is sourced by
-V as well, ``ALLOW (l/n) (|G1| + |V|/K)``. ``test_correction_shrinks_with_width``
-checks the 1/n scaling of the deviation that the allowance assumes.
+Method. The measured ``n x (connected correlator)`` (V) and ``n (E[z z] - K)``
+(G1) equal the statistic plus ``c/n + O(1/n^2)``; each test measures widths n
+and 2n and compares the Richardson extrapolation ``2 m(2n) - m(n)`` with the
+theory, allowance ``|m(2n) - m(n)|/2`` for the remaining ``O(1/n^2)`` (measured,
+not proportional to the theory). One input: the martingale control variates
+of :func:`pdlt.report.suite.measure_cv` (exactly unbiased; G1's standard error
+/25, V's /6-12 against the plain neuron averages at n = 64), which is what
+makes G1 (0.5-4 % of K at these widths) resolvable at all. For ReLU the
+control variate turns the metric into an identity (E[z z] = K exactly, G1 = 0),
+so ReLU's G1 is checked with the plain estimator against 0 (an absolute bound).
 """
 
 import numpy as np
@@ -24,7 +25,8 @@ from pdlt.theory.vertex import finite_width_flow
 torch = pytest.importorskip("torch")
 from pdlt.experiment import Ensemble  # noqa: E402
 
-ALLOW = 2.0
+from conftest import powered  # noqa: E402
+from pdlt.report.suite import measure_cv  # noqa: E402
 
 
 def _user_activation():
@@ -55,44 +57,45 @@ CONFIGS = {
 }
 
 
-def _check(theory_V, theory_G, K, meas, l, n, label):
-    zV = []
-    for name, th, scale in (("V", theory_V, np.abs(theory_V)),
-                            ("G1", theory_G, np.abs(theory_G) + np.abs(theory_V) / K)):
-        est = meas[name]
-        allowance = ALLOW * (l / n) * scale
-        dev = np.abs(est.mean - th)
-        ok = dev <= 4 * est.stderr + allowance
-        z = dev / est.stderr
-        assert np.all(ok), (f"{label} {name} layer {l}: theory {th}, measured {est.mean} "
-                            f"+- {est.stderr} (z={z}, allowance {allowance})")
-        zV.append(float(np.max(z)))
-    return zV
+def _richardson(a, b):
+    """(ext, se, allowance) of two Estimates (widths n, 2n)."""
+    from pdlt.report.rows import richardson
+    return richardson(a.mean, a.stderr, b.mean, b.stderr)
 
 
-@pytest.mark.parametrize("n", [64, 128])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_single_input(name, n):
-    kw, K1 = CONFIGS[name]
-    depth = 8 if n == 64 else 5
-    mlp = pdlt.MLP(n0=2, width=n, depth=depth, n_out=2, **kw)
-    th = finite_width_flow(mlp, K1=K1)
-    layers = list(range(2, depth + 1))
-    m = Ensemble(mlp, networks=2000, seed=11).measure(
-        K1=K1, stats=["V", "G1"], K_theory=th, layers=layers, progress=False)
-    for i, l in enumerate(layers):
-        s = th[l - 1]
-        _check(s.extra["V"], s.extra["G1"], s.K, {k: _layer(m[k], i) for k in ("V", "G1")},
-               l, mlp.widths[l - 1], f"{name} n={n}")
+def test_single_input_powered(name):
+    """V and G1 at layers 3..5 from widths 32 and 64 (control variates, 1500 networks).
+
+    K1 = 1 for every activation (GELU's fixed point K* = 3.56 is where its G1 is smallest)."""
+    kw, K1 = CONFIGS[name][0], 1.0
+    depth, M = 5, 1500
+    ms, ths = [], None
+    for k, n in enumerate((32, 64)):
+        mlp = pdlt.MLP(n0=2, width=n, depth=depth, n_out=n, **kw)
+        ths = finite_width_flow(mlp, K1=K1)
+        ms.append(measure_cv(mlp, M, seed=11 + k, K1=K1))
+    sl = slice(2, None)
+    ext, se, al = _richardson(ms[0]["V"], ms[1]["V"])
+    powered(ths["V"][sl], ext[sl], se[sl], al[sl], label=f"{name} V", max_resolution=0.5)
+    if name != "relu":
+        ext, se, al = _richardson(ms[0]["G1"], ms[1]["G1"])
+        powered(ths["G1"][sl], ext[sl], se[sl], al[sl], label=f"{name} G1",
+                max_resolution=0.5)
 
 
-class _E:
-    def __init__(self, mean, stderr):
-        self.mean, self.stderr = mean, stderr
-
-
-def _layer(est, i):
-    return _E(np.asarray(est.mean)[i], np.asarray(est.stderr)[i])
+def test_relu_single_input_metric_is_exact():
+    """ReLU, one input: E[z z] = K at every width (G1 = 0); the plain estimator agrees."""
+    mlp = pdlt.MLP(n0=2, width=32, depth=5, n_out=32, **CONFIGS["relu"][0])
+    th = finite_width_flow(mlp, K1=1.0)
+    assert np.max(np.abs(th["G1"])) < 1e-12
+    m = Ensemble(mlp, networks=1500, seed=3).measure(K1=1.0, stats=["G1"], K_theory=th,
+                                                     progress=False)["G1"]
+    c = powered(th["G1"], m.mean, m.stderr, label="relu G1 = 0", factors=())
+    assert not c.relative  # an absolute bound
+    # the control variate is the identity: every network gives exactly K
+    cv = measure_cv(mlp, 50, seed=3)
+    np.testing.assert_allclose(cv["K"].stderr, 0.0, atol=1e-14)
 
 
 X3 = np.array([[1.0, 0.3, -0.5], [0.2, -0.9, 0.7], [0.8, 0.6, 0.1]])
@@ -100,34 +103,23 @@ X3 = np.array([[1.0, 0.3, -0.5], [0.2, -0.9, 0.7], [0.8, 0.6, 0.1]])
 
 @pytest.mark.parametrize("name", ["relu", "tanh", "gelu"])
 def test_multi_input(name):
+    """Three distinct inputs, widths 32 and 64, depth 3, 4000 networks, plain estimators
+    (no control variate for several inputs yet): V at layer 3 is powered; G1 (a few % of
+    K) is not resolvable at this cost and is checked for agreement only (listed as
+    unresolved in the README)."""
     kw, K1 = CONFIGS[name]
     x = X3 * np.sqrt(max(K1 - kw["C_b"], 0.1) / kw["C_W"]) / np.sqrt(np.mean(X3 ** 2, axis=1,
                                                                           keepdims=True))
-    mlp = pdlt.MLP(n0=3, width=64, depth=4, n_out=2, **kw)
-    th = finite_width_flow(mlp, x)
-    layers = [2, 3, 4]
-    m = Ensemble(mlp, networks=2000, seed=12).measure(
-        x, stats=["V", "G1"], K_theory=th, layers=layers, progress=False)
-    for i, l in enumerate(layers):
-        s = th[l - 1]
-        Kd = np.sqrt(np.einsum("aa->a", s.K))
-        Kscale = np.minimum.outer(Kd, Kd) ** 2
-        _check(s.extra["V"], s.extra["G1"], Kscale, {k: _layer(m[k], i) for k in ("V", "G1")},
-               l, 64, f"{name} multi")
-
-
-def test_correction_shrinks_with_width():
-    # the allowance assumes the deviation is O(l/n): at n=32 it must exceed the one at n=128
-    kw, K1 = CONFIGS["gelu"]
-    dev = []
-    for n in (32, 128):
-        mlp = pdlt.MLP(n0=2, width=n, depth=5, n_out=2, **kw)
-        th = finite_width_flow(mlp, K1=K1)
-        m = Ensemble(mlp, networks=3000, seed=13).measure(K1=K1, stats=["V"], layers=[5],
-                                                          progress=False)
-        dev.append((float(np.asarray(m["V"].mean)[0]) - th[4].extra["V"],
-                    float(np.asarray(m["V"].stderr)[0])))
-    (d32, s32), (d128, s128) = dev
-    # Richardson: the 1/n-extrapolated value (4 V_128 - V_32)/3 agrees with theory
-    ext, se = (4 * d128 - d32) / 3, np.hypot(4 * s128, s32) / 3
-    assert abs(ext) < 4 * se, (d32, d128, ext, se)
+    layers = [3]
+    ms = []
+    for k, n in enumerate((32, 64)):
+        mlp = pdlt.MLP(n0=3, width=n, depth=3, n_out=n, **kw)
+        th = finite_width_flow(mlp, x)
+        ms.append(Ensemble(mlp, networks=4000, seed=12 + k).measure(
+            x, stats=["V", "G1"], K_theory=th, layers=layers, progress=False))
+    thV = np.stack([th[l - 1].extra["V"] for l in layers])
+    thG = np.stack([th[l - 1].extra["G1"] for l in layers])
+    ext, se, al = _richardson(ms[0]["V"], ms[1]["V"])
+    powered(thV, ext, se, al, label=f"{name} multi V", max_resolution=0.5)
+    ext, se, al = _richardson(ms[0]["G1"], ms[1]["G1"])
+    powered(thG, ext, se, al, label=f"{name} multi G1", factors=(), zero=False)

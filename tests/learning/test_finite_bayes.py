@@ -22,7 +22,7 @@ from pdlt.learning.bayes import nngp_posterior
 from pdlt.learning.finite_bayes import (finite_width_posterior, hebbian_kernel_shift,
                                         importance_posterior, nearly_gaussian_posterior)
 from pdlt.theory.nearly_gaussian import NearlyGaussian
-from conftest import EPS, max_zscore, torch_available
+from conftest import EPS, max_zscore, powered, torch_available
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -311,25 +311,32 @@ def test_posterior_and_hebbian_shift_against_importance_sampling():
     ip = importance_posterior(zL[:, :2], zL[:, 2:], YA, noise, observables=G)
     assert ip.ess > 5000, f"ESS {ip.ess:.0f} too small for this check"
 
+    # every O(1/n) effect is compared as (measured - infinite width) against the predicted
+    # correction, with its allowance fixed, and must reject the correction x0, x0.5, x2
     sd_inf = post.std_infinite_width
     d_mean = post.mean - post.mean_infinite_width
     allow_mean = np.abs(d_mean).max() ** 2 / sd_inf.min()
-    z_fin = max_zscore(ip.mean, ip.mean_stderr, post.mean, allow_mean)
-    assert z_fin < 4, f"O(1/n) posterior mean off: z = {z_fin:.1f}"
-    # infinite width is rejected (same test, same allowance)
-    z_inf = max_zscore(ip.mean, ip.mean_stderr, post.mean_infinite_width, allow_mean)
-    assert z_inf > 4, f"infinite-width mean not rejected: z = {z_inf:.1f}"
+    powered(d_mean, ip.mean - post.mean_infinite_width, ip.mean_stderr, allow_mean,
+            label="O(1/n) posterior mean", factors=FINITE_BAYES_FACTORS["mean"])
 
     var = np.diag(post.cov)[:, None]
     var_inf = np.diag(post.cov_infinite_width)[:, None]
     allow_var = np.abs(var - var_inf).max() ** 2 / var_inf.min()
-    z_var = max_zscore(ip.var, ip.var_stderr, var, allow_var)
-    assert z_var < 4, f"O(1/n) posterior variance off: z = {z_var:.1f}"
+    powered(var - var_inf, ip.var - var_inf, ip.var_stderr, allow_var,
+            label="O(1/n) posterior variance", factors=FINITE_BAYES_FACTORS["var"],
+            zero=FINITE_BAYES_FACTORS["var"] != ())
 
     Kdiag = np.array([np.diag(p).min() for p in heb.prior])
     allow_heb = np.abs(heb.shift).max() ** 2 / Kdiag.min()
-    z_heb = max_zscore(ip.observables, ip.observables_stderr, heb.shift, allow_heb)
-    assert z_heb < 4, f"Hebbian shift of the hidden metrics off: z = {z_heb:.1f}"
-    # the representation does move: infinite width (no shift) is rejected
-    z_heb0 = max_zscore(ip.observables, ip.observables_stderr, 0 * heb.shift, allow_heb)
-    assert z_heb0 > 4, f"no-representation-learning not rejected: z = {z_heb0:.1f}"
+    powered(heb.shift, ip.observables, ip.observables_stderr, allow_heb,
+            label="Hebbian shift of the hidden metrics", factors=FINITE_BAYES_FACTORS["heb"])
+
+
+#: the negative controls each comparison of the importance-sampling test rejects (x0 too,
+#: except for the variance). Measured (100 000 networks, ESS ~ 12 000): the O(1/n)
+#: posterior mean correction resolves to 48 % (controls x0: z 6.5, x0.5: 2.4, x2: 10.0);
+#: the Hebbian metric shift to 39 % (x0: 8.9, x0.5: 3.8, x2: 11.7); the O(1/n) posterior
+#: variance correction to 17x its size (controls z < 1: no check at all). The x0.5 controls
+#: of the mean and the metric shift and the whole variance comparison are unresolved
+#: (README, verification): resolving them needs ~4x and ~300x the networks.
+FINITE_BAYES_FACTORS = {"mean": (2.0,), "var": (), "heb": (2.0,)}

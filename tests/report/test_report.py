@@ -12,47 +12,86 @@ pytest.importorskip("matplotlib")
 from pdlt.report import suite as S  # noqa: E402
 from pdlt.report import write_report  # noqa: E402
 
-TINY = [S.Case("relu", 16, 3, 1500, seed=1), S.Case("tanh", 16, 3, 1500, seed=2)]
+TINY = [S.Case(a, n, 4, 1000, seed=k, cv_networks=600) for k, a in enumerate(("relu", "tanh"))
+        for n in (16, 32)]
+TINY_STATS = ("K", "G1", "Theta", "H1", "V")
 
 
 @pytest.fixture(scope="module")
 def tiny_suite():
-    return S.run_suite(TINY, stats=("K", "Theta", "V"))
+    return S.run_suite(TINY, stats=TINY_STATS)
 
 
 def test_suite_rows_and_pass(tiny_suite):
-    assert len(tiny_suite.rows) == 6
-    assert {r.statistic for r in tiny_suite.rows} == {"K", "Theta", "V"}
+    # one (n, 2n) extrapolated row per statistic and activation
+    assert len(tiny_suite.rows) == 2 * len(TINY_STATS)
+    assert {r.family for r in tiny_suite.rows} == set(TINY_STATS)
     assert tiny_suite.passed, [r for r in tiny_suite.rows if not r.passed]
-    relu_K = next(r for r in tiny_suite.rows if r.activation == "relu" and r.statistic == "K")
+    relu_K = next(r for r in tiny_suite.rows if r.activation == "relu" and r.family == "K")
     assert relu_K.theory == pytest.approx(1.0)  # ReLU at criticality keeps K1 = 1
+    # ReLU's one-input G1 and H1 vanish: absolute bounds, not relative resolutions
+    for key in ("G1", "H1"):
+        r = next(r for r in tiny_suite.rows if r.activation == "relu" and r.family == key)
+        assert not r.relative and r.status == "pass"
+    # every row carries its resolution and its negative controls
+    for r in tiny_suite.rows:
+        assert np.isfinite(r.resolution) and dict(r.control_z).keys() == {0.0, 0.5, 2.0}
+        assert r.status in ("pass", "unresolved")
+
+
+def test_resolved_rows_reject_wrong_theories(tiny_suite):
+    """The negative controls of every report spec: the same rows, fed the theory x0, x0.5
+    and x2, fail wherever the row passed with resolution <= 25 % (tanh's K, Theta, V here).
+    (A row resolved to 25-50 % rejects x0 and x2 but may pass x0.5: its control z is in
+    the table.)"""
+    from dataclasses import replace
+
+    resolved = {(r.family, r.activation) for r in tiny_suite.rows if r.status == "pass"
+                and r.relative and r.resolution <= 0.25}
+    assert {("V", "tanh"), ("K", "tanh"), ("Theta", "tanh")} <= resolved
+    for factor in (0.0, 0.5, 2.0):
+        scaled = [replace(res, theory={k: factor * v for k, v in res.theory.items()})
+                  for res in tiny_suite.cases]
+        rows = S._extrapolated_rows(scaled)
+        for r in rows:
+            if (r.family, r.activation) in resolved:
+                assert not r.passed, (factor, r)
 
 
 def test_html_and_json_written(tiny_suite, tmp_path):
     path = write_report(tiny_suite, tmp_path / "rep", write_json=True)
     text = open(path, encoding="utf-8").read()
     assert "data:image/png;base64," in text and "<table>" in text and "FAIL" not in text
+    assert "Summary: best resolution" in text and "resolution" in text
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
-    assert data["passed"] is True and len(data["rows"]) == 6
+    assert data["passed"] is True and len(data["rows"]) == 2 * len(TINY_STATS)
+    assert {d["key"] for d in data["summary"]} == set(TINY_STATS)
+    assert sum(data["counts"].values()) == len(data["rows"])
 
 
-def test_a_wrong_theory_fails(monkeypatch):
-    spec = S.STAT_SPECS["K"]
-    wrong = S.StatSpec(theory=lambda ff, mlp: 1.1 * spec.theory(ff, mlp),
-                       allowance=spec.allowance, label="wrong", note="10 % too large")
-    monkeypatch.setitem(S.STAT_SPECS, "K", wrong)
-    res = S.run_suite([S.Case("relu", 16, 3, 1500, seed=1)], stats=("K",))
-    assert not res.passed
+def test_unresolved_rows_are_not_passes():
+    from pdlt.report.rows import make_row, summarize
+
+    good = make_row("X", "tanh", 16, 3, 1.0, 1.01, 0.01, 0.0)
+    vague = make_row("X", "relu", 16, 3, 1.0, 1.2, 0.2, 0.0)      # resolution 0.8
+    bad = make_row("X", "gelu", 16, 3, 1.0, 2.0, 0.01, 0.0)
+    assert (good.status, vague.status, bad.status) == ("pass", "unresolved", "FAIL")
+    assert vague.passed and vague.resolution == pytest.approx(0.8)
+    table = {d["activation"]: d for d in summarize([good, vague, bad])}
+    assert table["relu"]["passed"] == 0 and table["relu"]["unresolved"] == 1
+    assert table["tanh"]["best_resolution"] == pytest.approx(0.04)
+    zero = make_row("Y", "relu", 16, 3, 0.0, 0.01, 0.01, 0.02)
+    assert not zero.relative and zero.resolution == pytest.approx(0.06)
 
 
 def test_cli_report_quick_exit_code(tmp_path, monkeypatch, capsys):
     from pdlt.cli import main
 
-    monkeypatch.setattr(S, "default_cases", lambda quick=False: TINY[:1])
+    monkeypatch.setattr(S, "default_cases", lambda quick=False, full=False: TINY[:2])
     monkeypatch.setattr(S, "default_studies", lambda quick=False: [])  # studies tested above
-    code = main(["report", "--quick", "--out", str(tmp_path / "r"), "--json"])
+    code = main(["report", "--quick", "--stats", "K,V", "--out", str(tmp_path / "r"), "--json"])
     out, _ = capsys.readouterr()
-    assert code == 0 and "rows pass" in out
+    assert code == 0 and "best resolution" in out and " 0 fail" in out
     assert (tmp_path / "r" / "index.html").exists()
 
 
@@ -61,7 +100,7 @@ def test_studies_rows_and_figures(tmp_path):
 
     lin = st.linear_kurtosis_study(widths=(8,), depth=4, networks=2000)
     hist = st.histogram_study(width=64, depth=3, networks=400)
-    res = S.run_suite([S.Case("relu", 16, 3, 500, seed=1)], stats=("K",),
+    res = S.run_suite([S.Case("relu", n, 3, 500, seed=1) for n in (16, 32)], stats=("K",),
                       studies=[lambda: lin, lambda: hist])
     assert len(res.rows) == 3 and res.passed, res.rows
     # the deep-linear theory is exact: (1 + 2/8)^3 at layer 4
@@ -84,7 +123,7 @@ def test_residual_study_rows():
     from pdlt.report import studies as st
 
     s = st.residual_study(cases=(("tanh", 0.5, 32, 3),), networks=600)
-    assert [r.statistic for r in s.rows] == ["K+G1/n (gamma=0.5)", "V/(nK^2) (gamma=0.5)"]
+    assert [r.family for r in s.rows] == ["residual G1", "residual V"]
     assert all(r.passed for r in s.rows), s.rows
     assert set(s.figure()) == {"residual tanh", "optimal aspect ratio", "information"}
 
@@ -95,7 +134,7 @@ def test_derivative_statistics_rows(tmp_path):
     cases = [S.Case("tanh", n, 3, 300, seed=3, derivative_networks=400) for n in (8, 16)]
     res = S.run_suite(cases, stats=("K", "P", "S"), studies=[])
     names = [r.statistic for r in res.rows]
-    assert names == ["K", "K", "P (n,2n extrap.)", "S (n,2n extrap.)"]
+    assert names == ["K (n,2n extrap.)", "P (n,2n extrap.)", "S (n,2n extrap.)"]
     s_meas = res.cases[0].measured["S"]
     assert s_meas.n_networks == 400 and np.isnan(s_meas.mean[:2]).all()
     assert res.cases[0].measured["K"].n_networks == 300

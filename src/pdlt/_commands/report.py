@@ -15,8 +15,11 @@ def register(sub):
                                    "write a self-contained HTML report with a pass/fail table.")
     p.add_argument("--out", default="pdlt-report", help="output directory (default pdlt-report)")
     p.add_argument("--quick", action="store_true", help="small suite, under a minute")
+    p.add_argument("--full", action="store_true",
+                   help="twice the networks everywhere and the control variates at every width "
+                        "(what the slow tests checked; about twice the default's time)")
     p.add_argument("--json", action="store_true", help="also write report.json")
-    p.add_argument("--stats", default="K,Theta,V,A,B,D,F,P,Q,R,S,T,U",
+    p.add_argument("--stats", default="K,G1,Theta,H1,V,A,B,D,F,P,Q,R,S,T,U",
                    help="comma-separated statistics (default: all of them)")
     p.set_defaults(run=run)
 
@@ -30,15 +33,28 @@ def run(args):
     if unknown:
         raise ValueError(f"--stats: no report comparison for {', '.join(unknown)}; "
                          f"available: {', '.join(STAT_SPECS)}")
-    suite = run_suite(stats=stats, quick=args.quick,
+    suite = run_suite(stats=stats, quick=args.quick, full=getattr(args, "full", False),
                       log=lambda m: print(m, file=sys.stderr, flush=True))
     path = write_report(suite, args.out, write_json=args.json)
     from .common import format_table
 
+    def res(r):
+        return f"{r.resolution:.0%}" if r.relative else f"+-{r.resolution:.2g} abs"
+
+    summary = []
+    for d in suite.summary():
+        ctl = dict(d["best"].control_z)
+        summary.append([d["key"], d["activation"], d["rows"], d["passed"], d["unresolved"],
+                        d["failed"], res(d["best"]), ctl.get(0.5), ctl.get(2.0)])
+    print(format_table(["statistic", "activation", "rows", "pass", "unresolved", "fail",
+                        "best resolution", "x0.5 z", "x2 z"], summary))
+    print()
     rows = [[r.statistic, r.activation, r.width, r.layer, r.theory, r.measured, r.stderr,
-             r.sigmas, "pass" if r.passed else "FAIL"] for r in suite.rows]
+             r.sigmas, res(r), r.status] for r in suite.rows]
     print(format_table(["stat", "activation", "width", "layer", "theory", "measured", "stderr",
-                        "sigmas", "result"], rows))
-    print(f"\nreport written to {path} ({suite.seconds:.0f} s); "
-          f"{sum(r.passed for r in suite.rows)}/{len(suite.rows)} rows pass")
+                        "sigmas", "resolution", "result"], rows))
+    c = suite.counts
+    print(f"\nreport written to {path} ({suite.seconds:.0f} s); {len(suite.rows)} rows: "
+          f"{c['pass']} pass, {c['unresolved']} unresolved (resolution worse than 50 %, not "
+          f"counted as passes), {c['FAIL']} fail")
     return 0 if suite.passed else 1

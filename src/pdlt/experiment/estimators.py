@@ -45,7 +45,9 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Estimate", "GroupSums", "jackknife", "n_groups", "group_of",
-           "STATISTICS", "SUFFICIENT", "estimate_statistic", "mean_estimate"]
+           "STATISTICS", "SUFFICIENT", "estimate_statistic", "mean_estimate",
+           "gaussian_expectation", "metric_martingale",
+           "vertex_from_martingale", "ntk_martingale"]
 
 #: Statistic names of ``shared/NOTATION.md`` that :func:`estimate_statistic` knows,
 #: plus the two separate V estimators.
@@ -291,3 +293,193 @@ def estimate_statistic(name: str, sums: GroupSums, n: int, K_theory=None) -> Est
         key = SUFFICIENT[name][0]
         return Estimate(*jackknife(lambda m: n * m, sums, [key]), sums.n_networks)
     raise ValueError(f"unknown statistic {name!r}; choose from {', '.join(STATISTICS)}")
+
+
+# ---------------------------------------------------------------------------
+# control variates with exactly known means
+# ---------------------------------------------------------------------------
+
+def gaussian_expectation(fn, G, nodes: int = 96) -> np.ndarray:
+    """``E[fn(z)]`` for ``z ~ N(0, G)``, elementwise in ``G`` (Gauss-Hermite, ``nodes`` points).
+
+    An even node count puts no node at the kink of a piecewise-linear
+    activation, so ``E[relu(z)^2] = G/2`` comes out exactly (symmetric nodes);
+    for smooth activations the rule converges geometrically (96 nodes: below
+    1e-13 relative for tanh^2 and gelu^2 at G <= 10).
+    """
+    y, w = np.polynomial.hermite_e.hermegauss(int(nodes))
+    w = w / w.sum()
+    G = np.asarray(G, dtype=float)
+    return (np.asarray(fn(np.sqrt(G)[..., None] * y), dtype=float) * w).sum(-1)
+
+
+def metric_martingale(s, K1, C_b, C_W, g, chi, v=None, widths=None) -> dict:
+    r"""Per-network metric and vertex estimators with exactly zero-mean control variates.
+
+    One input. Conditional on layer ``l-1`` the preactivations of layer ``l``
+    are i.i.d. ``N(0, G_l)`` with ``G_l = C_b + C_W s_{l-1}``,
+    ``s_{l-1} = mean_j sigma(z_{l-1,j})^2`` (and ``G_1 = K1``). Hence
+
+    * ``E[mean_i z_{l,i}^2] = E[G_l]`` and ``E[z_{l,i}^2 z_{l,j}^2] = E[G_l^2]``
+      (``i != j``): ``G_l`` replaces the neuron averages (Rao-Blackwell),
+      removing their within-layer scatter;
+    * ``d_l = s_l - g(G_l)``, ``g(G) = E_{N(0,G)}[sigma^2]``, has conditional
+      mean zero given layer ``l - 1`` (a martingale difference), and
+      conditional variance ``v(G_l) / n_l`` with ``v(G) = Var_{N(0,G)}[sigma^2]``.
+
+    ``G_l - K_l`` is driven at linear order by ``Lambda_l = chi_l Lambda_{l-1} +
+    C_W d_{l-1}`` (``chi_l`` the slope of the kernel map; any fixed numbers
+    keep the estimators unbiased, they only set how much variance is removed).
+    Returned per network:
+
+    * ``Y_l = G_l - Lambda_l``: ``E[Y_l] = E[mean_i z_{l,i}^2]`` *exactly* at
+      every width, with scatter O(1/n) instead of O(1/sqrt(n)); so
+      ``n (mean Y - K)`` measures G1 (plus its own O(1/n));
+    * ``Q_l = (G_l - K_l)^2 - Lambda_l^2 + W_l`` with
+      ``W_l = chi_l^2 W_{l-1} + C_W^2 v(G_{l-1}) / n_{l-1}``: ``E[Lambda_l^2] =
+      E[W_l]`` exactly (the d's are orthogonal), so ``E[Q_l] = E[(G_l - K_l)^2]``
+      and ``n (mean Q - (mean Y - K)^2)`` measures ``n Var(G_l)``, which is
+      exactly the estimand of the pair estimator of V (``n Cov(z_i^2, z_j^2)``),
+      with the leading ``Lambda^2`` scatter removed.
+
+    Parameters
+    ----------
+    s : ndarray (M, L)
+        Per network and layer, the neuron average of ``sigma(z)^2``.
+    K1 : float
+        First-layer kernel (``G_1``, deterministic).
+    C_b, C_W : ndarray (L,)
+        Per layer (``C_W[l]`` multiplies layer ``l``'s incoming weights; index 0 unused).
+    g : callable
+        ``G (any shape) -> E_{N(0,G)}[sigma(z)^2]``, exact to float rounding
+        (e.g. :func:`gaussian_expectation`).
+    chi : ndarray (L,)
+        Propagation coefficients (``chi[l] = C_W[l] g'(K_{l-1})``; index 0 unused).
+    v : callable, optional
+        ``G -> Var_{N(0,G)}[sigma(z)^2]`` exactly; needed for ``Q``.
+    widths : ndarray (L,), optional
+        Neurons per layer (``n_l``); needed for ``Q``.
+
+    Returns
+    -------
+    dict
+        ``"Y"`` (M, L) with ``Y[:, 0] = K1``; ``"G"``, ``"Lambda"``, ``"d"`` (M, L); and
+        ``"W"``, ``"Q"`` (M, L) given ``v`` and ``widths`` (``Q`` needs the
+        theory ``K``: it is returned as ``(G, Lambda, W)`` parts, combine with
+        :func:`vertex_from_martingale`).
+    """
+    s = np.asarray(s, dtype=float)
+    if s.ndim != 2:
+        raise ValueError(f"s must have shape (networks, layers); got {s.shape}")
+    M, L = s.shape
+    C_b, C_W, chi = (np.broadcast_to(np.asarray(v_, float), (L,)) for v_ in (C_b, C_W, chi))
+    G = np.empty((M, L))
+    G[:, 0] = float(K1)
+    G[:, 1:] = C_b[1:] + C_W[1:] * s[:, :-1]
+    d = s - g(G)
+    lam = np.zeros((M, L))
+    for l in range(1, L):
+        lam[:, l] = chi[l] * lam[:, l - 1] + C_W[l] * d[:, l - 1]
+    out = {"Y": G - lam, "G": G, "Lambda": lam, "d": d}
+    if v is not None:
+        if widths is None:
+            raise ValueError("the vertex control variate needs widths (neurons per layer)")
+        n = np.broadcast_to(np.asarray(widths, float), (L,))
+        var = v(G)
+        W = np.zeros((M, L))
+        for l in range(1, L):
+            W[:, l] = chi[l] ** 2 * W[:, l - 1] + C_W[l] ** 2 * var[:, l - 1] / n[l - 1]
+        out["W"] = W
+    return out
+
+
+def vertex_from_martingale(parts, K, fan_in) -> tuple:
+    """V per layer from :func:`metric_martingale` parts: ``(mean, stderr)`` each (L,).
+
+    ``n [mean(Q) - (mean(Y) - K)^2]`` with ``Q = (G - K)^2 - Lambda^2 + W``,
+    standard error by the delta method over networks (i.i.d.).
+    """
+    K = np.asarray(K, float)
+    n = np.asarray(fan_in, float)
+    G, lam, W, Y = parts["G"], parts["Lambda"], parts["W"], parts["Y"]
+    Q = (G - K) ** 2 - lam ** 2 + W
+    M = Q.shape[0]
+    y = Y - K
+    ybar = y.mean(0)
+    est = n * (Q.mean(0) - ybar ** 2)
+    # linearization: n [Q - 2 ybar y] per network
+    lin = n * (Q - 2 * ybar * y)
+    se = lin.std(0, ddof=1) / np.sqrt(M)
+    return est, se
+
+
+def ntk_martingale(metric, s, u, q, Theta, C_W, lambda_b, lambda_W, g1, g2, coef_K,
+                   coef_T, widths) -> np.ndarray:
+    r"""Per-network NTK-mean estimator with exactly zero-mean control variates (one input).
+
+    With ``H_l`` the NTK of layer l (n_l x n_l), ``s_l = mean sigma(z_l)^2``,
+    ``u_l = mean_k sigma'(z_{l,k})^2 H_{l,kk}`` and
+    ``q_l = (sigma sigma')_l^T H_l (sigma sigma')_l``, the forward equation gives,
+    conditional on layers ``<= l``,
+
+    ``E[mean_i H_{l+1,ii}] = T_{l+1} = lambda_b + lambda_W s_l + C_W u_l``
+
+    (Rao-Blackwell: ``T`` replaces the neuron average), and conditional on
+    layers ``<= l-1`` (row ``w`` of ``W_l`` Gaussian, jointly with ``z = b + w.a``,
+    ``beta = C_W / n_{l-1}``, ``G = G_l``)
+
+    ``E[u_l] = (T_l - beta^2 q_{l-1} / G) g1(G) + beta^2 q_{l-1} / G^2 g2(G)``,
+
+    ``g1(G) = E[sigma'^2]``, ``g2(G) = E[z^2 sigma'^2]`` under ``N(0, G)``. So
+    ``f_l = u_l - E[u_l | l-1]`` (and ``d_l`` of :func:`metric_martingale`)
+    are martingale differences. Their linear propagation
+
+    ``Gamma_l = (lambda_W g'(K_{l-1}) + C_W g1'(K_{l-1}) Theta_{l-1}) Lambda_{l-1}
+    + C_W g1(K_{l-1}) Gamma_{l-1} + lambda_W d_{l-1} + C_W f_{l-1}``
+
+    is subtracted: ``Z_l = T_l - Gamma_l`` has ``E[Z_l] = E[mean_i H_{l,ii}]``
+    exactly at every width (the coefficients only set how much variance goes).
+
+    Parameters
+    ----------
+    metric : dict
+        :func:`metric_martingale` of the same networks (its ``G``, ``d``, ``Lambda``).
+    s, u, q : ndarray (M, L)
+        Per network and layer (``q`` unused at the last layer).
+    Theta : float
+        The deterministic first-layer NTK.
+    C_W, lambda_b, lambda_W : ndarray (L,)
+        Per layer (index 0 unused).
+    g1, g2 : callable
+        ``G -> E[sigma'^2], E[z^2 sigma'^2]`` under ``N(0, G)``, exact to float rounding.
+    coef_K, coef_T : ndarray (L,)
+        Propagation coefficients: ``coef_K[l] = lambda_W g'(K_{l-1}) + C_W g1'(K_{l-1})
+        Theta_{l-1}``, ``coef_T[l] = C_W g1(K_{l-1})`` (index 0 unused; any fixed
+        numbers keep ``Z`` unbiased).
+    widths : ndarray (L,)
+        Neurons per layer.
+
+    Returns
+    -------
+    ndarray (M, L)
+        ``Z``; ``Z[:, 0] = Theta``.
+    """
+    s, u, q = (np.asarray(a, dtype=float) for a in (s, u, q))
+    G, d, lam = metric["G"], metric["d"], metric["Lambda"]
+    M, L = s.shape
+    C_W, lb, lw, cK, cT, n = (np.broadcast_to(np.asarray(a, float), (L,)) for a in
+                              (C_W, lambda_b, lambda_W, coef_K, coef_T, widths))
+    T = np.empty((M, L))
+    T[:, 0] = float(Theta)
+    T[:, 1:] = lb[1:] + lw[1:] * s[:, :-1] + C_W[1:] * u[:, :-1]
+    ubar = np.empty((M, L))
+    ubar[:, 0] = float(Theta) * g1(G[:, 0])
+    beta2q = (C_W[1:] / n[:-1]) ** 2 * q[:, :-1]
+    Gl = G[:, 1:]
+    ubar[:, 1:] = (T[:, 1:] - beta2q / Gl) * g1(Gl) + beta2q / Gl ** 2 * g2(Gl)
+    f = u - ubar
+    gam = np.zeros((M, L))
+    for l in range(1, L):
+        gam[:, l] = (cK[l] * lam[:, l - 1] + cT[l] * gam[:, l - 1] + lw[l] * d[:, l - 1]
+                     + C_W[l] * f[:, l - 1])
+    return T - gam

@@ -34,7 +34,8 @@ def depth_figure(case_results, statistic, activation, spec):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, res in enumerate(r for r in case_results if r.case.activation == activation):
+    for k, res in enumerate(r for r in case_results if r.case.activation == activation
+                            and statistic in r.theory):
         c = colors[k % len(colors)]
         L = res.case.depth
         layers = np.arange(1, L + 1)
@@ -43,9 +44,10 @@ def depth_figure(case_results, statistic, activation, spec):
         else:
             th = res.theory[statistic]
             mean, err = res.measured[statistic].mean, res.measured[statistic].stderr
-        ax.plot(layers, th, "-", color=c, lw=1.4, label=f"theory n={res.case.width}")
+        tag = f"n={res.case.width}" + (f", L={L}" if res.case.stats is not None else "")
+        ax.plot(layers, th, "-", color=c, lw=1.4, label=f"theory {tag}")
         ax.errorbar(layers, mean, yerr=err, fmt="o", ms=4, color=c, capsize=2,
-                    label=f"ensemble n={res.case.width} (M={res.case.networks})")
+                    label=f"ensemble {tag} (M={res.case.networks})")
     ax.set_xlabel("layer l")
     ax.set_ylabel(spec.ylabel or statistic)
     ax.set_title(f"{statistic}: {activation} at criticality")

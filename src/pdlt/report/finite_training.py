@@ -162,24 +162,27 @@ def _rows(res):
         where = f"train {i}" if i < Na else f"test {i - Na}"
         allow = abs(d[-2, i] - d[-1, i])
         rows.append(_row(f"trained mean shift n(m-m_inf), {case.label}, {where}",
-                         case.activation, n, case.depth, m1[i], d[-1, i], se[-1, i], allow))
+                         case.activation, n, case.depth, m1[i], d[-1, i], se[-1, i], allow,
+                         key="trained mean (1/n)"))
         if len(case.widths) >= 3:
             a, sa, _ = _fit(case.widths, d[:, i], se[:, i])
             rows.append(_row(f"1/n extrapolation of n(m-m_inf), {case.label}, {where}",
-                             case.activation, n, case.depth, m1[i], a, sa, 0.0))
+                             case.activation, n, case.depth, m1[i], a, sa, 0.0,
+                             key="trained mean (1/n)"))
     th = res["ntk_change"]
     k = np.unravel_index(np.argmax(np.abs(th)), th.shape)
     allow = abs(res["dh"][-2][k] - res["dh"][-1][k])
     entry = tuple(int(v) for v in k)
     rows.append(_row(f"NTK change n E[H(T)-H(0)], {case.label}, entry {entry}",
                      case.activation, n, case.depth, th[k], res["dh"][-1][k], res["dh_se"][-1][k],
-                     allow))
+                     allow, key="NTK change (1/n)"))
     if len(case.widths) >= 3:
         dk = np.array([v[k] for v in res["dh"]])
         sk = np.array([v[k] for v in res["dh_se"]])
         a, sa, _ = _fit(case.widths, dk, sk)
         rows.append(_row(f"1/n extrapolation of the NTK change, {case.label}, entry {entry}",
-                         case.activation, n, case.depth, th[k], a, sa, 0.0))
+                         case.activation, n, case.depth, th[k], a, sa, 0.0,
+                         key="NTK change (1/n)"))
     return rows
 
 

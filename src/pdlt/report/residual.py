@@ -103,6 +103,9 @@ def residual_depth_figure(activation="relu", gamma=0.5, *, width=64, depth=8, ne
         ax.legend(fontsize=7)
         data[name] = dict(theory=np.asarray(th).tolist(), mean=np.asarray(mean).tolist(),
                           stderr=np.asarray(err).tolist())
+    for s, th in (("K", K), ("V", fl["V"]), ("G1", fl["G1"])):
+        data[s] = dict(theory=np.asarray(th).tolist(), mean=np.asarray(meas[s].mean).tolist(),
+                       stderr=np.asarray(meas[s].stderr).tolist())
     fig.suptitle(f"residual {activation}, gamma = {gamma:g}, n = {width} (residual criticality)",
                  fontsize=9)
     return fig, data
