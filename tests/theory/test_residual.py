@@ -186,3 +186,29 @@ def test_optimal_aspect_ratio_diverges_as_gamma_to_one(act):
     assert r[2] > 50 * optimal_aspect_ratio(act)
     # nu ~ (1 - gamma^2) c as gamma -> 1: r* (1 - gamma) tends to a constant
     assert r[2] * 0.001 == pytest.approx(r[1] * 0.01, rel=0.02)
+
+
+# ---------------------------------------------------------------------------
+# the output-layer convention (issue 17): only residual layers are scaled
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_plain_output_layer_keeps_the_plain_critical_point(act):
+    """With n_out = 1 the output layer is plain: it must map K* to K* (not (1-g^2) K*)."""
+    plain = pdlt.criticality(act)
+    rc = residual_criticality(act, 0.5)
+    assert (rc.plain_C_b, rc.plain_C_W) == (plain.C_b, plain.C_W)
+    m = residual_mlp(act, 0.5, width=8, depth=5)
+    assert m.C_W == (plain.C_W, rc.C_W, rc.C_W, rc.C_W, plain.C_W)
+    assert m.C_b == (plain.C_b, rc.C_b, rc.C_b, rc.C_b, plain.C_b)
+    K1 = plain.K_star or 1.0
+    np.testing.assert_allclose(flow(m, K1=K1).K, K1, rtol=1e-10)
+    # n_out = width: the output layer is residual and scaled
+    assert residual_mlp(act, 0.5, width=8, depth=3, n_out=8).C_W == (plain.C_W, rc.C_W, rc.C_W)
+
+
+def test_diagnose_agrees_with_the_convention():
+    from pdlt._commands.diagnose import diagnose
+    d = diagnose(pdlt.activation("relu"), depth=6, width=64, residual=0.5)
+    assert d["K_L"] == pytest.approx(1.0, rel=1e-12)          # was 0.75 before the convention
+    assert d["critical_C_W"] == 1.5 and d["plain_layer_C_W"] == 2.0

@@ -104,6 +104,13 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
     notes.append(regime_text)
     mlp = MLP(n0=1, width=width, depth=depth, n_out=n_out, activation=act, C_b=C_b, C_W=C_W,
               gamma=gamma)
+    if gamma != 0.0 and critical_init and res.is_critical:
+        # convention (pdlt.theory.residual): only the residual layers get the residual
+        # critical (C_b, C_W); the first and a plain output layer keep the plain ones,
+        # so K^(L) = K* (not (1 - gamma^2) K*)
+        from ..theory.residual import residual_layer_variances
+        lb, lw = residual_layer_variances(mlp, rc)
+        mlp = mlp.with_(C_b=lb, C_W=lw)
     fl = flow(mlp, K1=K1)
     last = fl[-1]
     ds = depth_scales(act, C_b, C_W, K1=K1)
@@ -132,6 +139,11 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
                K_L=last.K, chi_parallel_L=last.chi_parallel, chi_perp_L=last.chi_perp,
                phase=ds.phase, xi_parallel=ds.xi_parallel, xi_perp=ds.xi_perp,
                asymptotics=None if res.asymptotics is None else res.asymptotics.law)
+    if gamma != 0.0 and critical_init and res.is_critical:
+        out["plain_layer_C_b"], out["plain_layer_C_W"] = rc.plain_C_b, rc.plain_C_W
+        notes.append(f"residual criticality: the residual layers at C_b = {rc.C_b:.4g}, "
+                     f"C_W = {rc.C_W:.4g}; the first and a plain output layer keep the plain "
+                     f"critical C_b = {rc.plain_C_b:.4g}, C_W = {rc.plain_C_W:.4g}, so K^(L) = K*")
     if out["at_criticality"]:
         cls = res.universality_class
         if cls == "scale-invariant":

@@ -44,6 +44,20 @@ network be deeper at a given width.
 Note the residual layers are the equal-width hidden layers; with ``n_L = 1``
 the output layer is plain (:class:`pdlt.MLP`), which keeps the output a
 Gaussian scale mixture, the structure :mod:`pdlt.theory.information` uses.
+
+Which layers get the residual critical variances (the convention)
+-----------------------------------------------------------------
+"Critical" means every layer maps ``K*`` to ``K*`` with ``chi = 1``. A residual
+layer does so at ``(1 - gamma^2)/xi^2`` times the plain critical
+``(C_b*, C_W*)``; a layer *without* a residual connection (the first layer,
+and a plain output layer, ``n_out != width``) does so only at the plain
+``(C_b*, C_W*)`` itself. So :func:`residual_mlp`, ``pdlt diagnose --residual``
+and ``pdlt.torch.init_critical_(model, gamma=...)`` scale only the residual
+layers and keep the plain critical values in the others: the output of a
+critical residual MLP sits at ``K^(L) = K*`` (scaling the plain output layer
+too would leave it at ``(1 - gamma^2) K*``, a network that is not what a user
+calls critical). ``ResidualCriticality.plain_C_b/plain_C_W`` are the values
+of the non-residual layers.
 """
 
 from __future__ import annotations
@@ -55,7 +69,7 @@ from ..activations import activation as _activation
 from .criticality import NoCriticalPointError, criticality
 
 __all__ = ["ResidualCriticality", "residual_criticality", "residual_vertex_slope",
-           "residual_mlp"]
+           "residual_mlp", "residual_layer_variances"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,9 @@ class ResidualCriticality:
     gamma, xi : float
     C_b, C_W : float
         Critical bias and weight variances of the residual layers.
+    plain_C_b, plain_C_W : float
+        Those of the layers without a residual connection (the first layer and
+        a plain output layer): the plain critical values (module docstring).
     K_star : float or None
         Fixed point (None: every K, scale-invariant class).
     vertex_slope : float
@@ -87,6 +104,8 @@ class ResidualCriticality:
     vertex_slope: float
     optimal_aspect_ratio: float
     n_out: int
+    plain_C_b: float = float("nan")
+    plain_C_W: float = float("nan")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -183,16 +202,40 @@ def residual_criticality(activation, gamma, *, xi=1.0, n_out=1) -> ResidualCriti
         activation=crit.activation, universality_class=crit.universality_class,
         gamma=gamma, xi=xi, C_b=f * crit.C_b, C_W=f * crit.C_W, K_star=crit.K_star,
         vertex_slope=nu, optimal_aspect_ratio=optimal_aspect_ratio_from_slope(nu, n_out),
-        n_out=int(n_out))
+        n_out=int(n_out), plain_C_b=crit.C_b, plain_C_W=crit.C_W)
+
+
+def residual_layer_variances(mlp, rc):
+    """Per-layer critical ``(C_b, C_W)`` tuples of ``mlp`` under the module's convention.
+
+    Layers with a residual connection (``gamma != 0`` or ``xi != 1``) get
+    ``rc.C_b, rc.C_W``; the others the plain critical ``rc.plain_C_b,
+    rc.plain_C_W``.
+    """
+    res = [g != 0.0 or x != 1.0 for g, x in zip(mlp.gamma, mlp.xi)]
+    return (tuple(rc.C_b if r else rc.plain_C_b for r in res),
+            tuple(rc.C_W if r else rc.plain_C_W for r in res))
 
 
 def residual_mlp(activation, gamma, *, n0=1, width, depth, n_out=1, xi=1.0, **kwargs):
-    """A :class:`pdlt.MLP` at residual criticality (every layer at the critical C_b, C_W).
+    """A :class:`pdlt.MLP` at residual criticality.
 
-    Extra keyword arguments (``lambda_b``, ``lambda_W``) go to the MLP.
+    The residual layers (``l >= 2`` with equal widths) get the residual
+    critical ``C_b, C_W``; the first layer and a plain output layer
+    (``n_out != width``) the plain critical ones, so every layer maps K* to
+    K* (module docstring, "the convention"). Extra keyword arguments
+    (``lambda_b``, ``lambda_W``) go to the MLP.
+
+    Examples
+    --------
+    >>> from pdlt.theory.residual import residual_mlp
+    >>> residual_mlp("relu", 0.5, width=8, depth=4).C_W
+    (2.0, 1.5, 1.5, 2.0)
     """
     from ..network import MLP
 
     rc = residual_criticality(activation, gamma, xi=xi)
-    return MLP(n0=n0, width=width, depth=depth, n_out=n_out, activation=activation,
-               C_b=rc.C_b, C_W=rc.C_W, gamma=gamma, xi=xi, **kwargs)
+    mlp = MLP(n0=n0, width=width, depth=depth, n_out=n_out, activation=activation,
+              gamma=gamma, xi=xi, **kwargs)
+    C_b, C_W = residual_layer_variances(mlp, rc)
+    return mlp.with_(C_b=C_b, C_W=C_W)
