@@ -1,0 +1,251 @@
+r"""NTK statistics of residual MLPs at order 1/n, single input: B and F (exact history form).
+
+Residual MLP (``shared/NOTATION.md``): ``z' = xi u + gamma z``,
+``u_i = b_i + sum_j W_ij sigma_j``. Its NTK obeys (:mod:`pdlt.theory.kernel`)
+
+.. math::
+    H'_{ik} = \xi^2\delta_{ik}\big[\lambda_b + \tfrac{\lambda_W}{n}\textstyle\sum_j\sigma_j^2\big]
+      + \xi^2\textstyle\sum_{ab}W_{ia}W_{kb}\sigma'_a\sigma'_b H_{ab}
+      + \xi\gamma\textstyle\sum_a (W_{ia}\sigma'_a H_{ak} + W_{ka}\sigma'_a H_{ia})
+      + \gamma^2 H_{ik}.
+
+Why the book's closure fails for residual MLPs (derivation:
+``docs/derivations/residual_ntk.md``). In a plain MLP a statistic at layer
+l+1 needs, from layer l, only Gaussian averages at ``K^(l)`` and the finite
+set (V, A, B, D, F, ...). In a residual MLP neuron i of layer l+1 *is*
+neuron i of layer l plus an increment, so the skip terms create pieces of
+``H_ik`` attached to one neuron's past (``xi gamma W_ik sigma'(z_k) H_kk``:
+its variance is ``c sigma'(z_k^(l))^2 Theta^2``, a function of z_k^(l)). One
+layer later they are weighted with ``sigma'(z_k^(l+1))^2``, and
+``E[sigma'^2(z^(l+1)) sigma'^2(z^(l))] != <sigma'^2>_{K^(l+1)} <sigma'^2>_{K^(l)}``
+(the neuron's preactivations at two depths are correlated,
+``Cov(z^(l), z^(p)) = gamma^(p+1) ... gamma^(l) K^(p)``). The exact order-1/n
+statistics therefore carry the single-neuron *two-depth* Gaussian averages;
+this module tracks them exactly ("history" features).
+
+B. At layer l, ``n_{l-1} E[H_ik^2 | trajectories] = beta_0 + sum_{p<l} beta_p
+[sigma'^2(z_i^(p)) + sigma'^2(z_k^(p))]`` and ``B = beta_0 + 2 sum_p beta_p
+<sigma'^2>_{K^(p)}``. With layer l+1's ``C_W, gamma, xi``, ``r = n_l/n_{l-1}``,
+``s = <sigma'^2>_{K^(l)}``, ``chi_perp = xi^2 C_W s + gamma^2`` and the two-depth
+average ``T_{lp} = E[sigma'^2(z^(l)) sigma'^2(z^(p))]``:
+
+.. math::
+    \beta_0' &= \xi^4 C_W^2\langle\sigma'^4\rangle\Theta^2
+        + r\big[\chi_\perp^2\beta_0 + 2\xi^2 C_W\chi_\perp\textstyle\sum_p\beta_p T_{lp}\big],\\
+    \beta_p' &= r\,\gamma^2\chi_\perp\,\beta_p\quad(p<l),\qquad
+    \beta_l' = \xi^2\gamma^2 C_W\,\Theta^2 .
+
+Replacing ``T_{lp}`` by ``s <sigma'^2>_{K^(p)}`` (the closure) gives
+``B' = xi^4 C_W^2 <sigma'^4> Theta^2 + 2 xi^2 gamma^2 C_W <sigma'^2> Theta^2
++ r chi_perp^2 B``; the exact value differs by
+``2 r xi^2 C_W chi_perp sum_p beta_p Cov(sigma'^2(z^(l)), sigma'^2(z^(p)))``.
+
+F. ``E[H_ik | trajectories]`` is O(1/n) and bilinear in features of the two
+neurons' trajectories: the increments ``U_m = u^(m)`` and ``S_p =
+sigma(z^(p)) sigma'(z^(p))``: ``n_{l-1} E[H_ik | .] = sum M_{ab} phi_a(i)
+phi_b(k)``. It is sourced by the W's of ``H'`` that also sit in ``u_i, u_k``
+(``E[W_ia | u_i] = c sigma_a u_i / G``, ``G = C_b + C_W <sigma^2>_{K^(l)}``):
+
+.. math::
+    M' &= r\gamma^2 M
+      + \frac{\xi^2}{G^2}\big[C_W^2\langle\sigma^2\sigma'^2\rangle\Theta + r C_W^2\, e^T M e\big]\,
+        U_{l+1}\otimes U_{l+1}\\
+      &\quad + \frac{\xi\gamma C_W}{G}\big[\Theta\,(U_{l+1}\otimes S_l + S_l\otimes U_{l+1})
+        + r\,(U_{l+1}\otimes M e + M e\otimes U_{l+1})\big],
+
+with ``e_a = E[phi_a sigma(z^(l)) sigma'(z^(l))]`` (one neuron), and
+``F = v^T M v``, ``v_a = E[phi_a z^(l)]``. The single-neuron trajectory is
+Gaussian at infinite width: ``z^(l) = sum_m a_{lm} w_m`` with independent
+``w_1 = z^(1) ~ N(0, K^(1))``, ``w_m = u^(m) ~ N(0, G_{m-1})``,
+``a_{ll} = xi^(l)``, ``a_{lm} = gamma^(l) a_{l-1,m}``; so ``E[U_m f(z^(l))] =
+a_{lm} G_{m-1} <f'>_{K^(l)}`` (Stein) and ``E[S_p f(z^(l))]`` is a two-variable
+Gaussian average with covariance ``Cov(z^(l), z^(p))``.
+
+At ``gamma = 0`` every history term vanishes and both recursions are the
+plain ones of :mod:`pdlt.theory.ntk` (``B' = C_W^2 Theta^2 <sigma'^4> + r
+chi_perp^2 B``, ``F' = C_W^2 Theta <sigma^2 sigma'^2> + r chi_par^2 F``).
+
+Status (issue 17): B and F are derived here and checked against ensembles
+of real residual networks (``tests/experiment/test_residual_ntk_ensemble.py``,
+``pdlt.report`` rows). A, D (NTK-diagonal fluctuations: cross-neuron
+covariances mediated by the shared fields, which for residual MLPs need the
+same two-depth treatment as V; the existing V/G1 recursion of
+:mod:`pdlt.theory.vertex` truncates it at the three-point function, see the
+derivation notes), P, Q, R, S, T, U and H1 are NOT derived for residual MLPs
+and raise ``NotImplementedError``.
+
+Cost: ``O(L^2)`` two-variable Gaussian averages (:func:`pdlt.gaussian.expect2`,
+~1e6 function evaluations each) and ``O(L^3)`` algebra; fine to depth ~50.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import gaussian
+from ..network import MLP
+from ._ntk_avg import single_input_terms
+from .kernel import flow as _kernel_flow
+
+__all__ = ["residual_ntk_single", "residual_b_closure", "RESIDUAL_NTK_STATISTICS"]
+
+#: statistics derived (and ensemble-checked) for residual MLPs, single input
+RESIDUAL_NTK_STATISTICS = ("B", "F")
+
+
+def _trajectory(mlp, K, Theta):
+    """Single-neuron Gaussian trajectory at infinite width.
+
+    Returns ``a`` (L, L) with ``z^(l) = sum_m a[l, m] w_m``, ``varw`` (L,) the
+    variances of the independent ``w_m`` and ``C`` (L, L) ``Cov(z^(l), z^(p))``
+    (0-based layer indices).
+    """
+    L = mlp.depth
+    act = mlp.activation
+    ss = np.asarray(single_input_terms(act, np.asarray(K, float), need_d3=False)["ss"])
+    a = np.zeros((L, L))
+    varw = np.empty(L)
+    varw[0] = K[0]
+    a[0, 0] = 1.0
+    for l in range(1, L):
+        varw[l] = mlp.C_b[l] + mlp.C_W[l] * ss[l - 1]          # G_{l-1}: variance of u^(l+1)
+        a[l, :l] = mlp.gamma[l] * a[l - 1, :l]
+        a[l, l] = mlp.xi[l]
+    C = (a * varw) @ a.T
+    return a, varw, C
+
+
+def _two_depth(act, fn, K, C):
+    """``E[fn(z^(l)) fn(z^(p))]`` for all p < l (matrix, lower triangle filled)."""
+    L = len(K)
+    out = np.zeros((L, L))
+    li, pi = np.tril_indices(L, -1)
+    if len(li) == 0:
+        return out
+    keep = C[li, pi] != 0.0          # uncorrelated (a plain layer in between): a product
+    kw = dict(kinks_f=act.kinks, kinks_g=act.kinks)
+    one = np.array([float(gaussian.expect(fn, k, kinks=act.kinks, period=act.period))
+                    for k in K])
+    out[li, pi] = one[li] * one[pi]
+    if keep.any():
+        out[li[keep], pi[keep]] = gaussian.expect2(fn, fn, K[li[keep]], C[li[keep], pi[keep]],
+                                                   K[pi[keep]], **kw)
+    return out
+
+
+def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> dict:
+    """B and F of a residual MLP at every layer, one input (module docstring).
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi`` (plain layers allowed); unequal widths
+        only where ``gamma = 0``.
+    K1 : float > 0
+        First-layer kernel.
+    stats : sequence of {"B", "F"}
+
+    Returns
+    -------
+    dict
+        name -> ndarray (L,), normalized by ``n_{l-1}`` as in ``shared/NOTATION.md``.
+
+    Raises
+    ------
+    NotImplementedError
+        For a statistic other than B, F (not derived for residual MLPs).
+
+    Examples
+    --------
+    >>> import pdlt
+    >>> from pdlt.theory.residual_ntk import residual_ntk_single
+    >>> m = pdlt.MLP(n0=1, width=8, depth=3, activation="linear", C_W=0.5, gamma=0.5)
+    >>> [round(float(b), 12) for b in residual_ntk_single(m, 1.0)["B"]]
+    [0.0, 4.5, 5.640625]
+    """
+    stats = [stats] if isinstance(stats, str) else list(stats)
+    bad = [k for k in stats if k not in RESIDUAL_NTK_STATISTICS]
+    if bad:
+        raise NotImplementedError(
+            f"residual MLPs: the NTK statistics {bad} are not derived (derived: "
+            f"{', '.join(RESIDUAL_NTK_STATISTICS)}); see pdlt.theory.residual_ntk")
+    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
+        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
+    act = mlp.activation
+    L = mlp.depth
+    base = _kernel_flow(mlp, K1=float(K1))
+    K, Th = np.asarray(base.K, float), np.asarray(base.Theta, float)
+    t = single_input_terms(act, K, need_d3=False)
+    s, q, sspp, dss = (np.asarray(t[k], float) for k in ("pp", "pppp", "sspp", "dss"))
+    a, varw, C = _trajectory(mlp, K, Th)
+    out = {k: np.zeros(L) for k in stats}
+    if "B" in stats:
+        T = _two_depth(act, lambda z: act.d1(z) ** 2, K, C)
+        beta0, beta = 0.0, np.zeros(L)            # beta[p]: attachment to sigma'^2(z^(p))
+        for l in range(L - 1):                    # step layer l+1 -> l+2 (0-based l)
+            r = mlp.widths[l + 1] / mlp.widths[l]
+            CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+            chi = x * x * CW * s[l] + g * g
+            hist = float(beta[:l] @ T[l, :l])
+            beta0 = (x ** 4 * CW ** 2 * q[l] * Th[l] ** 2
+                     + r * (chi * chi * beta0 + 2 * x * x * CW * chi * hist))
+            beta[:l] *= r * g * g * chi
+            beta[l] = x * x * g * g * CW * Th[l] ** 2
+            out["B"][l + 1] = beta0 + 2 * float(beta[:l + 1] @ s[:l + 1])
+    if "F" in stats:
+        SS = _two_depth(act, lambda z: act.sigma(z) * act.d1(z), K, C)
+        # features: index m in 0..L-1 is U (increment w_m, m >= 1); L + p is S_p
+        M = np.zeros((2 * L, 2 * L))
+        for l in range(L - 1):
+            r = mlp.widths[l + 1] / mlp.widths[l]
+            CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+            G = varw[l + 1]
+            e = np.zeros(2 * L)
+            e[:l + 1] = a[l, :l + 1] * varw[:l + 1] * dss[l]
+            e[L:L + l] = SS[l, :l]
+            Me = M @ e
+            eMe = float(e @ Me)
+            M = r * g * g * M
+            u, sl = l + 1, L + l
+            M[u, u] += x * x * (CW ** 2 * sspp[l] * Th[l] + r * CW ** 2 * eMe) / G ** 2
+            if g != 0.0:
+                c = x * g * CW / G
+                M[u, sl] += c * Th[l]
+                M[sl, u] += c * Th[l]
+                M[u, :] += c * r * Me
+                M[:, u] += c * r * Me
+            v = np.zeros(2 * L)
+            v[:l + 2] = a[l + 1, :l + 2] * varw[:l + 2]
+            v[L:L + l + 1] = C[l + 1, :l + 1] * dss[:l + 1]
+            out["F"][l + 1] = float(v @ M @ v)
+    for k, arr in out.items():
+        if not np.all(np.isfinite(arr)):
+            raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
+                                     "criticality")
+    return out
+
+
+def residual_b_closure(mlp: MLP, K1: float) -> np.ndarray:
+    """B from the *closure* recursion (history terms dropped), for comparison only.
+
+    ``B' = xi^4 C_W^2 <sigma'^4> Theta^2 + 2 xi^2 gamma^2 C_W <sigma'^2> Theta^2
+    + r chi_perp^2 B``: what a book-style recursion with the finite set of
+    statistics gives. It is exact at gamma = 0, for linear networks and at
+    layer 2, and wrong beyond for nonlinear residual MLPs (module docstring;
+    the ensembles reject it for ReLU at gamma = 0.7, see
+    :func:`pdlt.report.residual.residual_ntk_rows`). Returns ndarray (L,).
+    """
+    act = mlp.activation
+    base = _kernel_flow(mlp, K1=float(K1))
+    K, Th = np.asarray(base.K, float), np.asarray(base.Theta, float)
+    t = single_input_terms(act, K, need_d3=False)
+    out = np.zeros(mlp.depth)
+    for l in range(mlp.depth - 1):
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+        chi = x * x * CW * t["pp"][l] + g * g
+        out[l + 1] = (x ** 4 * CW ** 2 * t["pppp"][l] * Th[l] ** 2
+                      + 2 * x * x * g * g * CW * t["pp"][l] * Th[l] ** 2 + r * chi * chi * out[l])
+    return out
