@@ -1,0 +1,79 @@
+"""Residual NTK statistics B, F (pdlt.theory.residual_ntk): exact references.
+
+* gamma = 0: the history recursion must be the plain recursion of
+  pdlt.theory.ntk (same floating-point inputs, different algebra): 1e-12.
+* Layer 2 (layer 1 exactly Gaussian, its NTK deterministic): closed forms
+  B = xi^4 C_W^2 <s'^4> Th^2 + 2 xi^2 g^2 C_W <s'^2> Th^2 and
+  F = xi^4 C_W^2 Th <s^2 s'^2> + 2 xi^2 g^2 C_W Th <z s s'>, exact at any width.
+* Linear networks: sigma' = 1, so every two-depth average factorizes and the
+  closure recursion is exact; the history recursion must agree with it.
+* Hand computation for a linear 3-layer network (module doctest).
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import pdlt
+from pdlt.theory.finite_ntk import ntk_fluctuation_flow
+from pdlt.theory.residual_ntk import residual_b_closure, residual_ntk_single
+from pdlt.gaussian import expect
+
+ACTS = ["relu", "tanh", "gelu", "sin"]
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_gamma_zero_is_the_plain_recursion(act):
+    m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9), activation=act, C_W=1.3, C_b=0.1,
+                 lambda_b=0.5, lambda_W=0.8)
+    r = residual_ntk_single(m, 0.9)
+    f = ntk_fluctuation_flow(m, K1=0.9)
+    for k in ("B", "F"):
+        np.testing.assert_allclose(r[k], f[k], rtol=1e-12, atol=1e-14 * np.abs(f[k]).max())
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_layer_two_closed_form(act):
+    g, x, CW, Cb, K1 = 0.6, 0.9, 0.8, 0.2, 0.7
+    m = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, activation=act, C_W=CW, C_b=Cb,
+                 gamma=g, xi=x, lambda_b=0.3, lambda_W=1.1)
+    a = m.activation
+    Th = float(pdlt.flow(m, K1=K1).Theta[0])
+    kw = dict(kinks=a.kinks)
+    p2, p4 = (float(expect(lambda z, k=k: a.d1(z) ** k, K1, **kw)) for k in (2, 4))
+    s2p2 = float(expect(lambda z: (a.sigma(z) * a.d1(z)) ** 2, K1, **kw))
+    zsp = float(expect(lambda z: z * a.sigma(z) * a.d1(z), K1, **kw))
+    r = residual_ntk_single(m, K1)
+    B2 = x ** 4 * CW ** 2 * p4 * Th ** 2 + 2 * x * x * g * g * CW * p2 * Th ** 2
+    F2 = x ** 4 * CW ** 2 * Th * s2p2 + 2 * x * x * g * g * CW * Th * zsp
+    assert r["B"][1] == pytest.approx(B2, rel=1e-12)
+    assert r["F"][1] == pytest.approx(F2, rel=1e-11)
+    assert residual_b_closure(m, K1)[1] == pytest.approx(B2, rel=1e-12)
+
+
+def test_linear_history_equals_closure():
+    m = pdlt.MLP(n0=1, width=8, depth=7, n_out=8, activation="linear", C_W=0.6, C_b=0.1,
+                 gamma=(0, 0.5, 0.7, 0.0, 0.9, 0.3, 0.6), lambda_b=0.4)
+    np.testing.assert_allclose(residual_ntk_single(m, 1.3, stats="B")["B"],
+                               residual_b_closure(m, 1.3), rtol=1e-13)
+
+
+def test_history_differs_from_closure_for_relu():
+    """The two-depth term: B^(3) - closure = 2 C_W chi_perp beta_1 arcsin(g)/(2 pi) (ReLU, K = K*)."""
+    g = 0.7
+    m = pdlt.theory.residual.residual_mlp("relu", g, width=8, depth=3, n_out=8, lambda_b=0.5)
+    Th1 = float(pdlt.flow(m, K1=1.0).Theta[0])
+    CW = m.C_W[1]
+    beta1 = g * g * CW * Th1 ** 2
+    want = 2 * CW * 1.0 * beta1 * math.asin(g) / (2 * math.pi)
+    diff = residual_ntk_single(m, 1.0, stats="B")["B"][2] - residual_b_closure(m, 1.0)[2]
+    assert diff == pytest.approx(want, rel=1e-9)
+
+
+def test_refuses_statistics_not_derived():
+    m = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, gamma=0.5)
+    with pytest.raises(NotImplementedError, match=r"\['A'\].*derived: B, F"):
+        residual_ntk_single(m, 1.0, stats=("A", "B"))
+    with pytest.raises(ValueError, match="K1 must be"):
+        residual_ntk_single(m, -1.0)
