@@ -27,9 +27,9 @@ ACTS = ["relu", "tanh", "gelu", "sin"]
 def test_gamma_zero_is_the_plain_recursion(act):
     m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9), activation=act, C_W=1.3, C_b=0.1,
                  lambda_b=0.5, lambda_W=0.8)
-    r = residual_ntk_single(m, 0.9)
+    r = residual_ntk_single(m, 0.9, stats=("A", "B", "D", "F", "V"))
     f = ntk_fluctuation_flow(m, K1=0.9)
-    for k in ("B", "F"):
+    for k in ("A", "B", "D", "F", "V"):
         np.testing.assert_allclose(r[k], f[k], rtol=1e-12, atol=1e-14 * np.abs(f[k]).max())
 
 
@@ -73,7 +73,35 @@ def test_history_differs_from_closure_for_relu():
 
 def test_refuses_statistics_not_derived():
     m = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, gamma=0.5)
-    with pytest.raises(NotImplementedError, match=r"\['A'\].*derived: B, F"):
-        residual_ntk_single(m, 1.0, stats=("A", "B"))
+    with pytest.raises(NotImplementedError, match=r"\[.P.\].*derived: A, B, D, F"):
+        residual_ntk_single(m, 1.0, stats=("P", "B"))
     with pytest.raises(ValueError, match="K1 must be"):
         residual_ntk_single(m, -1.0)
+
+
+def test_linear_vertex_is_the_closed_form():
+    """Linear residual nets: no two-depth terms beyond z^2, so the field-covariance V must
+    equal pdlt.theory.vertex's (checked there against the deep linear closed form)."""
+    from pdlt.theory.vertex import finite_width_flow
+    m = pdlt.MLP(n0=1, width=8, depth=6, n_out=8, activation="linear", C_W=0.7, C_b=0.2,
+                 gamma=(0, 0.5, 0.8, 0.3, 0.6, 0.9), xi=1.1)
+    np.testing.assert_allclose(residual_ntk_single(m, 1.2, stats="V")["V"],
+                               finite_width_flow(m, K1=1.2)["V"], rtol=1e-12)
+
+
+def test_relu_vertex_layer_three_direct():
+    """V^(3), ReLU, gamma = 0.5 (K = 1), by the direct conditional formula
+    V/n = xi^4 Var(G2) + 2 xi^2 g^2 Cov(G2, z2^2) + g^4 V^(2)/n, with the exact
+    two-depth covariance Cov(sigma^2(z^(2)), sigma^2(z^(1))) (arc-cosine kernel of
+    degree 2): 8.6179, where the three-point truncation of pdlt.theory.vertex gives 8.5574."""
+    g, CW = 0.5, 1.5
+    m = pdlt.theory.residual.residual_mlp("relu", g, width=8, depth=3, n_out=8)
+    th = math.acos(g)
+    two = (3 * math.sin(th) * math.cos(th) + (math.pi - th) * (1 + 2 * math.cos(th) ** 2)) / (
+        2 * math.pi) - 0.25                        # Cov(relu(z2)^2, relu(z1)^2), rho = g
+    var_s2, cov_s2_z2, dK = 1.25, 1.0, 0.5        # Var(relu^2), Cov(relu^2, z^2), d<relu^2>/dK
+    V2 = CW ** 2 * var_s2 + 4 * g * g * CW * 0.5   # layer 2 (exact)
+    cross_ss = CW ** 2 * var_s2 * dK ** 2 + 2 * CW * dK * two
+    cross_sz = CW ** 2 * var_s2 * dK + CW * (dK * g * g * cov_s2_z2 + two)
+    V3 = CW ** 2 * (var_s2 + cross_ss) + 2 * g * g * CW * (cov_s2_z2 + cross_sz) + g ** 4 * V2
+    assert residual_ntk_single(m, 1.0, stats="V")["V"][2] == pytest.approx(V3, rel=1e-10)

@@ -92,7 +92,7 @@ from .kernel import flow as _kernel_flow
 __all__ = ["residual_ntk_single", "residual_b_closure", "RESIDUAL_NTK_STATISTICS"]
 
 #: statistics derived (and ensemble-checked) for residual MLPs, single input
-RESIDUAL_NTK_STATISTICS = ("B", "F")
+RESIDUAL_NTK_STATISTICS = ("A", "B", "D", "F")
 
 
 def _trajectory(mlp, K, Theta):
@@ -145,7 +145,12 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
         only where ``gamma = 0``.
     K1 : float > 0
         First-layer kernel.
-    stats : sequence of {"B", "F"}
+    stats : sequence of {"A", "B", "D", "F", "V"}
+        ``"V"`` is the exact residual vertex from the field covariances
+        (:func:`_field_statistics`); it differs from
+        :func:`pdlt.theory.vertex.finite_width_flow`'s residual V, which keeps
+        only the three-point part of the two-depth terms (~1 % for ReLU and
+        tanh at gamma = 0.5).
 
     Returns
     -------
@@ -162,11 +167,11 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
     >>> import pdlt
     >>> from pdlt.theory.residual_ntk import residual_ntk_single
     >>> m = pdlt.MLP(n0=1, width=8, depth=3, activation="linear", C_W=0.5, gamma=0.5)
-    >>> [round(float(b), 12) for b in residual_ntk_single(m, 1.0)["B"]]
+    >>> [round(float(b), 12) for b in residual_ntk_single(m, 1.0, stats="B")["B"]]
     [0.0, 4.5, 5.640625]
     """
     stats = [stats] if isinstance(stats, str) else list(stats)
-    bad = [k for k in stats if k not in RESIDUAL_NTK_STATISTICS]
+    bad = [k for k in stats if k not in RESIDUAL_NTK_STATISTICS + ("V",)]
     if bad:
         raise NotImplementedError(
             f"residual MLPs: the NTK statistics {bad} are not derived (derived: "
@@ -181,6 +186,11 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
     s, q, sspp, dss = (np.asarray(t[k], float) for k in ("pp", "pppp", "sspp", "dss"))
     a, varw, C = _trajectory(mlp, K, Th)
     out = {k: np.zeros(L) for k in stats}
+    if {"A", "D", "V"} & set(stats):
+        fs = _field_statistics(mlp, K1)
+        for k in ("A", "D", "V"):
+            if k in stats:
+                out[k] = fs[k]
     if "B" in stats:
         T = _two_depth(act, lambda z: act.d1(z) ** 2, K, C)
         beta0, beta = 0.0, np.zeros(L)            # beta[p]: attachment to sigma'^2(z^(p))
@@ -248,4 +258,133 @@ def residual_b_closure(mlp: MLP, K1: float) -> np.ndarray:
         chi = x * x * CW * t["pp"][l] + g * g
         out[l + 1] = (x ** 4 * CW ** 2 * t["pppp"][l] * Th[l] ** 2
                       + 2 * x * x * g * g * CW * t["pp"][l] * Th[l] ** 2 + r * chi * chi * out[l])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# A, D (and the exact V): cross-neuron covariances through the shared fields
+# ---------------------------------------------------------------------------
+
+def _cov2(act, f, h, K, C, same):
+    """Single-neuron ``Cov(f(z^(l)), h(z^(m)))`` for all l, m (matrix (L, L)).
+
+    ``C[l, m] = Cov(z^(l), z^(m))``; ``same[l]`` the one-variable ``<f h>`` at
+    ``K[l]`` (used on the diagonal).
+    """
+    L = len(K)
+    kw = dict(kinks=act.kinks, period=act.period)
+    mf = np.array([float(gaussian.expect(f, k, **kw)) for k in K])
+    mh = np.array([float(gaussian.expect(h, k, **kw)) for k in K])
+    out = np.zeros((L, L))
+    out[np.arange(L), np.arange(L)] = np.asarray(same) - mf * mh
+    li, mi = np.nonzero((C != 0.0) & ~np.eye(L, dtype=bool))
+    if len(li):
+        e = gaussian.expect2(f, h, K[li], C[li, mi], K[mi], kinks_f=act.kinks,
+                             kinks_g=act.kinks)
+        out[li, mi] = e - mf[li] * mh[mi]
+    return out
+
+
+def _field_statistics(mlp, K1):
+    r"""V, A, D of a residual MLP from the covariance of the shared fields (single input).
+
+    Fields (one pair per layer m = 1..L-1): ``S_m = (1/n) sum_a sigma^2(z_a^(m))``
+    (the variance of the next increment is ``C_b + C_W S_m``) and ``P_m = (1/n)
+    sum_a sigma'^2(z_a^(m)) H_aa^(m)`` (the next NTK mean's ``C_W`` term). Given
+    the fields a neuron's trajectory is Gaussian, ``z^(l) = sum_q a_{lq} w_q``
+    with ``Var w_q = C_b + C_W S_{q-1}``, and its NTK diagonal is
+    ``H^(l) = sum_q b_{lq} xi_q^2 [lambda_b + lambda_W S_{q-1} + C_W P_{q-1}]``
+    (+ its own noise, which no other neuron sees), ``b_{lq} = prod gamma_p^2``.
+    For two different neurons and per-neuron functionals Phi, Psi:
+
+    .. math::
+        n\,\mathrm{Cov}(\Phi_j, \Psi_k) = \rho(\Phi)^T\Sigma\rho(\Psi)
+            + c(\Phi)^T\rho(\Psi) + \rho(\Phi)^T c(\Psi),
+
+    ``rho_q(Phi) = d<Phi>/dF_q`` (response to field q), ``c_q(Phi) =
+    Cov(Phi, f_q)`` in one neuron (``f_q`` the neuron's own term in field q:
+    the neuron's own influence on the fields), and ``Sigma_{qq'} = n Cov(F_q,
+    F_q') = Cov(f_q, f_q') + [the same formula for f_q, f_q']``, built layer by
+    layer (a field responds only to earlier fields). Then ``V = rho(z^2)^T Sigma
+    rho(z^2) + 2 rho(z^2)^T c(z^2)``, ``D = rho(H)^T Sigma rho(z^2) + rho(H)^T
+    c(z^2)``, ``A = rho(H)^T Sigma rho(H)`` (``c(H) = 0``: a neuron's NTK depends
+    on its own trajectory only at O(1/n)).
+    """
+    act = mlp.activation
+    L = mlp.depth
+    base = _kernel_flow(mlp, K1=float(K1))
+    K, Th = np.asarray(base.K, float), np.asarray(base.Theta, float)
+    t = single_input_terms(act, K, need_d3=False)
+    ss, pp, dss, dpp = (np.asarray(t[k], float) for k in ("ss", "pp", "dss", "dpp"))
+    a, varw, C = _trajectory(mlp, K, Th)
+    CW, lW, x, g = (np.asarray(v, float) for v in (mlp.C_W, mlp.lambda_W, mlp.xi, mlp.gamma))
+    s2 = lambda z: act.sigma(z) ** 2            # noqa: E731
+    p2 = lambda z: act.d1(z) ** 2               # noqa: E731
+    kw = dict(kinks=act.kinks, period=act.period)
+    one = lambda f: np.array([float(gaussian.expect(f, k, **kw)) for k in K])  # noqa: E731
+    cSS = _cov2(act, s2, s2, K, C, one(lambda z: s2(z) ** 2))
+    cSP = _cov2(act, s2, p2, K, C, one(lambda z: s2(z) * p2(z)))      # Cov(s^2_l, p^2_m)
+    cPP = _cov2(act, p2, p2, K, C, one(lambda z: p2(z) ** 2))
+    # b[l, q]: weight of layer q's NTK increment in H^(l)
+    b = np.zeros((L, L))
+    for l in range(L):
+        b[l, l] = 1.0
+        for q in range(l):
+            b[l, q] = b[l - 1, q] * g[l] ** 2
+    nf = 2 * (L - 1)                              # fields: S_m at m, P_m at L-1+m
+
+    def resp_z(fn_d, l):
+        """rho(Phi(z^(l))) for <Phi>' = fn_d (derivative in K at K_l)."""
+        r = np.zeros(nf)
+        for m in range(l):                        # S_m sets Var w_{m+1}
+            r[m] = a[l, m + 1] ** 2 * CW[m + 1] * fn_d
+        return r
+
+    def resp_H(l):
+        r = np.zeros(nf)
+        for m in range(l):
+            w = b[l, m + 1] * x[m + 1] ** 2
+            r[m] = w * lW[m + 1]
+            r[L - 1 + m] = w * CW[m + 1]
+        return r
+
+    # single-neuron covariances of the fields' own terms: Cov(f_i, f_q) for all i, q
+    own = np.zeros((nf, nf))
+    S_, P_ = np.arange(L - 1), L - 1 + np.arange(L - 1)
+    own[np.ix_(S_, S_)] = cSS[:L - 1, :L - 1]
+    own[np.ix_(S_, P_)] = cSP[:L - 1, :L - 1] * Th[None, :L - 1]
+    own[np.ix_(P_, S_)] = own[np.ix_(S_, P_)].T
+    own[np.ix_(P_, P_)] = cPP[:L - 1, :L - 1] * np.outer(Th[:L - 1], Th[:L - 1])
+    R = np.zeros((nf, nf))                        # R[q] = response vector of f_q (causal)
+    for m in range(L - 1):
+        R[m] = resp_z(dss[m], m)
+        R[L - 1 + m] = Th[m] * resp_z(dpp[m], m) + pp[m] * resp_H(m)
+    # dressed own influence: a neuron's term in an early field moves the later fields
+    # through the other neurons' responses, c~ = c + R c~
+    # (unnormalized covariances: a field of layer m averages n_m neurons, and a neuron's own
+    # term in it carries 1/n_m; own[q, q'] != 0 only within a residual chain of equal widths)
+    nw = np.array([mlp.widths[m + 1] for m in range(L - 1)] * 2, dtype=float)
+    dress = np.linalg.inv(np.eye(nf) - R)
+    ctil = (own / nw[None, :]) @ dress.T          # ctil[i] = dressed c(f_i)
+    Sig = np.zeros((nf, nf))
+    for m in range(L - 1):
+        new = (m, L - 1 + m)
+        done = [q for q in range(nf) if (q - (L - 1) if q >= L - 1 else q) <= m]
+        for i in new:
+            for q in done:
+                v = own[i, q] / nw[q] + R[i] @ Sig @ R[q] + ctil[i] @ R[q] + R[i] @ ctil[q]
+                Sig[i, q] = Sig[q, i] = v
+    out = {k: np.zeros(L) for k in ("V", "A", "D")}
+    for l in range(1, L):
+        rz = resp_z(1.0, l)
+        rH = resp_H(l)
+        cz = np.zeros(nf)
+        for m in range(l):
+            cz[m] = 2 * C[l, m] ** 2 * dss[m]
+            cz[L - 1 + m] = 2 * C[l, m] ** 2 * dpp[m] * Th[m]
+        cz = dress @ (cz / nw)
+        n = mlp.widths[l]                         # n_{l-1} of NOTATION.md's normalization
+        out["V"][l] = n * (rz @ Sig @ rz + 2 * rz @ cz)
+        out["D"][l] = n * (rH @ Sig @ rz + rH @ cz)
+        out["A"][l] = n * (rH @ Sig @ rH)
     return out
