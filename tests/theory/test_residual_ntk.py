@@ -105,3 +105,15 @@ def test_relu_vertex_layer_three_direct():
     cross_sz = CW ** 2 * var_s2 * dK + CW * (dK * g * g * cov_s2_z2 + two)
     V3 = CW ** 2 * (var_s2 + cross_ss) + 2 * g * g * CW * (cov_s2_z2 + cross_sz) + g ** 4 * V2
     assert residual_ntk_single(m, 1.0, stats="V")["V"][2] == pytest.approx(V3, rel=1e-10)
+
+
+def test_ntk_fluctuation_flow_serves_what_is_derived():
+    m = pdlt.MLP(n0=1, width=8, depth=4, n_out=8, activation="tanh", C_W=0.8, gamma=0.5)
+    f = ntk_fluctuation_flow(m, K1=1.0, stats=("A", "B", "D", "F"))
+    r = residual_ntk_single(m, 1.0)
+    for k in "ABDF":
+        np.testing.assert_array_equal(f[k], r[k])
+    with pytest.raises(NotImplementedError, match="not derived: P, Q"):
+        ntk_fluctuation_flow(m, K1=1.0)
+    with pytest.raises(NotImplementedError, match="N-input"):
+        ntk_fluctuation_flow(m, np.ones((2, 1)), stats="B")
