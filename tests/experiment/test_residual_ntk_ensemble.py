@@ -4,7 +4,7 @@ Criterion (the house rule): |measured - theory| <= 4 se + allowance, with the
 resolution (4 se + allowance)/|theory| stated, and the same comparison must
 reject the theory x0.5 and x2.
 
-* CI: layer 2, where B and F are exact at any width (layer 1 is Gaussian and
+* CI: layer 2, where A, B, D, F are exact at any width (layer 1 is Gaussian and
   its NTK deterministic), so the allowance is 0 and one small width suffices.
 * slow: layer 3, ReLU at gamma = 0.7, two widths (32, 64) extrapolated,
   m = 2 m(64) - m(32), allowance 0.25 |m(32) - m(64)| for the O(1/n^2)
@@ -31,13 +31,16 @@ def _check(mean, se, theory, allowance=0.0, max_resolution=0.25):
     assert abs(mean - 0.5 * theory) > tol and abs(mean - 2 * theory) > tol
 
 
-@pytest.mark.parametrize("act,gamma", [("relu", 0.7), ("tanh", 0.3), ("gelu", 0.7)])
-def test_layer_two_exact_at_any_width(act, gamma):
+@pytest.mark.parametrize("act,gamma,stats", [("relu", 0.7, "ABDF"), ("tanh", 0.3, "BF"),
+                                             ("gelu", 0.3, "ABDF")])
+def test_layer_two_exact_at_any_width(act, gamma, stats):
+    """(tanh's A and D are ~20x smaller relative to their scatter: not resolved at this size.)"""
     K1 = pdlt.criticality(act).K_star or 1.0
     m = residual_mlp(act, gamma, width=12, depth=2, n_out=12, lambda_b=0.5)
-    meas = Ensemble(m, networks=1500, seed=7).measure(K1=K1, stats=["B", "F"], progress=False)
+    N = 4000 if "D" in stats else 1500
+    meas = Ensemble(m, networks=N, seed=7).measure(K1=K1, stats=list(stats), progress=False)
     th = residual_ntk_single(m, K1)
-    for k in ("B", "F"):
+    for k in stats:
         _check(float(meas[k].mean[1]), float(meas[k].stderr[1]), float(th[k][1]),
                max_resolution=0.25)
 
