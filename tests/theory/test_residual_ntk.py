@@ -117,3 +117,17 @@ def test_ntk_fluctuation_flow_serves_what_is_derived():
         ntk_fluctuation_flow(m, K1=1.0)
     with pytest.raises(NotImplementedError, match="N-input"):
         ntk_fluctuation_flow(m, np.ones((2, 1)), stats="B")
+
+
+def test_slopes_reduce_to_the_plain_ones_and_exceed_the_three_point_form():
+    from pdlt.theory.finite_ntk import ntk_slopes
+    from pdlt.theory.residual import residual_vertex_slope
+    from pdlt.theory.residual_ntk import residual_slopes
+    s0 = residual_slopes("relu", 0.0, depth=40)
+    plain = ntk_slopes("relu")
+    assert s0["nu_V"] == pytest.approx(5.0, rel=1e-12)
+    for k in "ABDF":       # Richardson at depth 40: O(1/L^2) ~ 1e-3
+        assert s0[k] == pytest.approx(plain[k], rel=2e-3)
+    s = residual_slopes("relu", 0.5, depth=24)
+    assert s["nu_V"] == pytest.approx(6.49631, rel=1e-5)   # converged (geometric) by l ~ 20
+    assert s["nu_V"] > residual_vertex_slope("relu", 0.5) * 1.005

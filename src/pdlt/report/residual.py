@@ -15,7 +15,7 @@ import numpy as np
 from .figures import _plt
 
 __all__ = ["optimal_aspect_ratio_figure", "residual_depth_figure", "information_figure",
-           "residual_ntk_rows"]
+           "residual_ntk_rows", "residual_aspect_ratio_figure"]
 
 
 def optimal_aspect_ratio_figure(activations=("relu", "gelu", "tanh", "linear"), gammas=None,
@@ -220,3 +220,61 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
                                    closure_rejected=abs(mean - c) > tol)
                     rows.append(row)
     return rows
+
+
+def residual_aspect_ratio_figure(activations=("relu", "gelu"), gammas=None, *, n_out=1,
+                                 depth=60):
+    """r*(gamma) from the exact residual vertex slope, and the NTK fluctuation slopes.
+
+    Three panels: the vertex slope ``nu(gamma)`` from the closed form of
+    :func:`pdlt.theory.residual.residual_vertex_slope` (three-point part of the
+    two-depth terms) and exact (:func:`pdlt.theory.residual_ntk.residual_slopes`);
+    ``r* = 4/((20 + 3 n_L) nu)`` from both; and, for the scale-invariant
+    activations, the slopes of ``A, B/(n Theta^2)`` and ``D, F/(n K Theta)``
+    against gamma (``lambda_b = lambda_W = 1``): how strongly the NTK fluctuates
+    per unit of L/n. The representation-learning side (dNTK P, Q) is not
+    derived for residual MLPs, so no NTK-based r* is drawn. Theory only; about
+    4 s per (activation, gamma) at depth 60.
+
+    Returns
+    -------
+    fig, data
+    """
+    from ..theory.criticality import criticality
+    from ..theory.information import optimal_aspect_ratio_from_slope
+    from ..theory.residual import residual_vertex_slope
+    from ..theory.residual_ntk import residual_slopes
+
+    g = np.linspace(0.0, 0.9, 10) if gammas is None else np.asarray(gammas, float)
+    plt = _plt()
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6))
+    data = dict(gamma=g.tolist(), n_out=n_out, depth=depth)
+    for act in activations:
+        closed = np.array([residual_vertex_slope(act, float(x)) for x in g])
+        sl = [residual_slopes(act, float(x), depth=depth) for x in g]
+        exact = np.array([s["nu_V"] for s in sl])
+        r_c = np.array([optimal_aspect_ratio_from_slope(v, n_out) for v in closed])
+        r_e = np.array([optimal_aspect_ratio_from_slope(v, n_out) for v in exact])
+        d = dict(nu_closed_form=closed.tolist(), nu_exact=exact.tolist(),
+                 r_star_closed_form=r_c.tolist(), r_star_exact=r_e.tolist())
+        line, = ax1.plot(g, exact, "-", label=f"{act} exact")
+        ax1.plot(g, closed, "--", color=line.get_color(), label=f"{act} three-point only")
+        ax2.semilogy(g, r_e, "-", color=line.get_color(), label=f"{act} exact")
+        ax2.semilogy(g, r_c, "--", color=line.get_color())
+        if criticality(act).universality_class == "scale-invariant":
+            for name, ls in zip("ABDF", ("-", "--", ":", "-.")):
+                vals = [s[name] for s in sl]
+                d[f"nu_{name}"] = vals
+                ax3.plot(g, vals, ls, label=f"{act} {name}")
+        data[act] = d
+    ax1.set_xlabel("residual strength gamma")
+    ax1.set_ylabel("nu: V/(n K^2) ~ nu L/n")
+    ax2.set_xlabel("residual strength gamma")
+    ax2.set_ylabel(f"r* = 4/((20 + 3 n_L) nu), n_L = {n_out}")
+    ax3.set_xlabel("residual strength gamma")
+    ax3.set_ylabel("A, B/(n Theta^2); D, F/(n K Theta) per L/n")
+    ax3.set_title("NTK fluctuation slopes")
+    for ax in (ax1, ax2, ax3):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig, data

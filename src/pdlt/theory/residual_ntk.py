@@ -94,7 +94,8 @@ from ..network import MLP
 from ._ntk_avg import single_input_terms
 from .kernel import flow as _kernel_flow
 
-__all__ = ["residual_ntk_single", "residual_b_closure", "RESIDUAL_NTK_STATISTICS"]
+__all__ = ["residual_ntk_single", "residual_b_closure", "residual_slopes",
+           "RESIDUAL_NTK_STATISTICS"]
 
 #: statistics derived (and ensemble-checked) for residual MLPs, single input
 RESIDUAL_NTK_STATISTICS = ("A", "B", "D", "F")
@@ -122,6 +123,21 @@ def _trajectory(mlp, K, Theta):
     return a, varw, C
 
 
+def _expect2_unique(f, h, Ka, C, Kb, kinks):
+    """``<f(z_a) h(z_b)>`` for many covariances, each distinct one integrated once.
+
+    At criticality (K constant, one gamma) the covariances repeat with the lag
+    only, so this turns O(L^2) two-variable integrals into O(L). Keys are
+    rounded to 13 significant digits (the integrals' own accuracy).
+    """
+    key = np.round(np.stack([Ka, C, Kb], axis=1), 13 - int(np.ceil(np.log10(
+        max(float(np.max(np.abs(Ka))), 1e-300)))))
+    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    first = np.array([np.flatnonzero(inv.ravel() == u)[0] for u in range(len(uniq))])
+    vals = gaussian.expect2(f, h, Ka[first], C[first], Kb[first], kinks_f=kinks, kinks_g=kinks)
+    return np.asarray(vals)[inv.ravel()]
+
+
 def _two_depth(act, fn, K, C):
     """``E[fn(z^(l)) fn(z^(p))]`` for all p < l (matrix, lower triangle filled)."""
     L = len(K)
@@ -130,13 +146,12 @@ def _two_depth(act, fn, K, C):
     if len(li) == 0:
         return out
     keep = C[li, pi] != 0.0          # uncorrelated (a plain layer in between): a product
-    kw = dict(kinks_f=act.kinks, kinks_g=act.kinks)
     one = np.array([float(gaussian.expect(fn, k, kinks=act.kinks, period=act.period))
                     for k in K])
     out[li, pi] = one[li] * one[pi]
     if keep.any():
-        out[li[keep], pi[keep]] = gaussian.expect2(fn, fn, K[li[keep]], C[li[keep], pi[keep]],
-                                                   K[pi[keep]], **kw)
+        out[li[keep], pi[keep]] = _expect2_unique(fn, fn, K[li[keep]], C[li[keep], pi[keep]],
+                                                  K[pi[keep]], act.kinks)
     return out
 
 
@@ -284,8 +299,7 @@ def _cov2(act, f, h, K, C, same):
     out[np.arange(L), np.arange(L)] = np.asarray(same) - mf * mh
     li, mi = np.nonzero((C != 0.0) & ~np.eye(L, dtype=bool))
     if len(li):
-        e = gaussian.expect2(f, h, K[li], C[li, mi], K[mi], kinks_f=act.kinks,
-                             kinks_g=act.kinks)
+        e = _expect2_unique(f, h, K[li], C[li, mi], K[mi], act.kinks)
         out[li, mi] = e - mf[li] * mh[mi]
     return out
 
@@ -392,4 +406,55 @@ def _field_statistics(mlp, K1):
         out["V"][l] = n * (rz @ Sig @ rz + 2 * rz @ cz)
         out["D"][l] = n * (rH @ Sig @ rz + rH @ cz)
         out["A"][l] = n * (rH @ Sig @ rH)
+    return out
+
+
+def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambda_W=1.0):
+    r"""Depth slopes of the exact residual V and of A, B, D, F at residual criticality.
+
+    The network is :func:`pdlt.theory.residual.residual_mlp` (every layer l >= 2
+    residual, constant ``lambda_b``, ``lambda_W``, one input at ``K1 = K*`` or 1).
+    At ``gamma = 0`` the NTK slopes are :func:`pdlt.theory.finite_ntk.ntk_slopes`'
+    (which depend on ``lambda_b : lambda_W`` only).
+
+    * ``nu_V``: the increment of ``V / K^2`` per layer at the last layer, for
+      activations with ``K* > 0`` or scale invariance (K stays at K*, the
+      two-depth terms converge geometrically, V grows linearly); compare
+      :func:`pdlt.theory.residual.residual_vertex_slope`, which keeps only the
+      three-point part of the two-depth terms.
+    * scale-invariant class only: ``nu_X`` of ``X/(n Theta^a K^b) ~ nu_X l / n``
+      for A, B (``a = 2, b = 0``) and D, F (``a = b = 1``), by Richardson
+      extrapolation ``2 g(L) - g(L/2)`` of ``g(l) = X / (Theta^a K^b l)``
+      (relative error O(1/L^2) plus the geometric transient).
+
+    Returns
+    -------
+    dict
+        ``{"nu_V": float, "A": ..., "B": ..., "D": ..., "F": ...}`` (the NTK
+        entries None outside the scale-invariant class).
+    """
+    from ..activations import activation as _act
+    from .criticality import criticality
+    from .residual import residual_mlp
+
+    act = _act(activation)
+    crit = criticality(act)
+    if not crit.is_critical or crit.universality_class == "K*=0":
+        raise ValueError(f"residual_slopes needs K* > 0 or a scale-invariant activation; "
+                         f"{act.name!r} is in the {crit.universality_class!r} class")
+    if K1 is None:
+        K1 = crit.K_star if crit.K_star else 1.0
+    L = int(depth)
+    m = residual_mlp(act, gamma, width=8, depth=L, n_out=8, lambda_b=lambda_b,
+                     lambda_W=lambda_W)
+    r = residual_ntk_single(m, K1, stats=("A", "B", "D", "F", "V"))
+    fl = _kernel_flow(m, K1=float(K1))
+    K, Th = np.asarray(fl.K, float), np.asarray(fl.Theta, float)
+    out = {"nu_V": float((r["V"][-1] - r["V"][-2]) / K[-1] ** 2)}
+    for name, (pa, pb) in {"A": (2, 0), "B": (2, 0), "D": (1, 1), "F": (1, 1)}.items():
+        if crit.universality_class != "scale-invariant":
+            out[name] = None
+            continue
+        g = r[name] / (Th ** pa * K ** pb * np.arange(1, L + 1))
+        out[name] = float(2 * g[L - 1] - g[L // 2 - 1])
     return out
