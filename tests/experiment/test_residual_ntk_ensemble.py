@@ -63,3 +63,18 @@ def test_layer_three_history_term_relu():
         if k == "B":
             clos = float(residual_b_closure(m, 1.0)[2])
             assert abs(mean - clos) > 4 * se + allow, "the closure recursion is not rejected"
+
+
+@pytest.mark.slow
+def test_report_rows_relu_all_four():
+    """~1-2 min: pdlt.report.residual.residual_ntk_rows for ReLU, gamma = 0.7, layers 2-3:
+    every row passes, and every row with resolution <= 25 % rejects x0.5 and x2."""
+    from pdlt.report.residual import residual_ntk_rows
+    rows = residual_ntk_rows(("relu",), (0.7,), depth=3, widths=(16, 32), networks=8000,
+                             stats=("A", "B", "D", "F"))
+    assert len(rows) == 8
+    for r in rows:
+        assert r["passed"], r
+        if r["resolution"] <= 0.25:
+            assert r["rejects_half"] and r["rejects_double"], r
+    assert sum(r["resolution"] <= 0.25 for r in rows) >= 7
