@@ -24,7 +24,7 @@ def test_only_residual_layers_are_scaled():
                         nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 8))
     init_critical_(net, seed=0, gamma=0.5)
     lins = [m for m in net if isinstance(m, nn.Linear)]
-    var = [float(lin.weight.var()) * lin.in_features for lin in lins]
+    var = [float(lin.weight.detach().var()) * lin.in_features for lin in lins]
     assert var[0] == pytest.approx(2.0, rel=0.05)         # first layer: plain
     assert var[1] == pytest.approx(1.5, rel=0.05)         # residual layers: (1 - 0.25) * 2
     assert var[2] == pytest.approx(1.5, rel=0.05)
