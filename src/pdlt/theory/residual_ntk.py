@@ -1,4 +1,4 @@
-r"""NTK statistics of residual MLPs at order 1/n, single input: B and F (exact history form).
+r"""NTK statistics of residual MLPs at order 1/n, single input: A, B, D, F (and the exact V).
 
 Residual MLP (``shared/NOTATION.md``): ``z' = xi u + gamma z``,
 ``u_i = b_i + sum_j W_ij sigma_j``. Its NTK obeys (:mod:`pdlt.theory.kernel`)
@@ -101,7 +101,7 @@ __all__ = ["residual_ntk_single", "residual_b_closure", "residual_slopes",
 RESIDUAL_NTK_STATISTICS = ("A", "B", "D", "F")
 
 
-def _trajectory(mlp, K, Theta):
+def _trajectory(mlp, K):
     """Single-neuron Gaussian trajectory at infinite width.
 
     Returns ``a`` (L, L) with ``z^(l) = sum_m a[l, m] w_m``, ``varw`` (L,) the
@@ -156,7 +156,10 @@ def _two_depth(act, fn, K, C):
 
 
 def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> dict:
-    """B and F of a residual MLP at every layer, one input (module docstring).
+    """A, B, D, F (and the exact V) of a residual MLP at every layer, one input.
+
+    B and F by the history recursions, A, D and V by the field covariances
+    (module docstring).
 
     Parameters
     ----------
@@ -204,7 +207,7 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
     K, Th = np.asarray(base.K, float), np.asarray(base.Theta, float)
     t = single_input_terms(act, K, need_d3=False)
     s, q, sspp, dss = (np.asarray(t[k], float) for k in ("pp", "pppp", "sspp", "dss"))
-    a, varw, C = _trajectory(mlp, K, Th)
+    a, varw, C = _trajectory(mlp, K)
     out = {k: np.zeros(L) for k in stats}
     if {"A", "D", "V"} & set(stats):
         fs = _field_statistics(mlp, K1)
@@ -335,7 +338,7 @@ def _field_statistics(mlp, K1):
     K, Th = np.asarray(base.K, float), np.asarray(base.Theta, float)
     t = single_input_terms(act, K, need_d3=False)
     ss, pp, dss, dpp = (np.asarray(t[k], float) for k in ("ss", "pp", "dss", "dpp"))
-    a, varw, C = _trajectory(mlp, K, Th)
+    a, varw, C = _trajectory(mlp, K)
     CW, lW, x, g = (np.asarray(v, float) for v in (mlp.C_W, mlp.lambda_W, mlp.xi, mlp.gamma))
     s2 = lambda z: act.sigma(z) ** 2            # noqa: E731
     p2 = lambda z: act.d1(z) ** 2               # noqa: E731
