@@ -212,3 +212,10 @@ def test_diagnose_agrees_with_the_convention():
     d = diagnose(pdlt.activation("relu"), depth=6, width=64, residual=0.5)
     assert d["K_L"] == pytest.approx(1.0, rel=1e-12)          # was 0.75 before the convention
     assert d["critical_C_W"] == 1.5 and d["plain_layer_C_W"] == 2.0
+    # the residual NTK slopes (not the plain network's) and the exact vertex slope
+    from pdlt.theory.finite_ntk import ntk_slopes
+    assert set(d["ntk_slopes"]) == {"A", "B", "D", "F"}
+    assert d["ntk_slopes"]["B"] < 0.6 < ntk_slopes("relu")["B"]      # 0.535 vs 2/3
+    assert d["vertex_slope_exact"] == pytest.approx(6.4963, rel=1e-4)
+    t = diagnose(pdlt.activation("tanh"), depth=6, width=64, residual=0.5)
+    assert t["ntk_slopes"] is None and any("not available" in n for n in t["notes"])

@@ -200,8 +200,22 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
 
         out["ntk_slopes"] = None
         try:
-            out["ntk_slopes"] = {k: v for k, v in ntk_slopes(act).items()
-                                 if k != "universality_class"}
+            if gamma != 0.0:
+                # residual: the derived A, B, D, F and the exact vertex slope
+                # (pdlt.theory.residual_ntk); P..U are not derived for residual MLPs
+                from ..theory.residual_ntk import residual_slopes
+                rs = residual_slopes(act, gamma, depth=32)
+                out["vertex_slope_exact"] = rs.pop("nu_V")
+                notes.append(f"residual: exact vertex slope {out['vertex_slope_exact']:.4g} "
+                             "(the closed form keeps only the three-point part of the "
+                             "two-depth terms); NTK statistics P..U not derived")
+                if any(v is None for v in rs.values()):
+                    raise ValueError("the residual NTK slopes are derived for the "
+                                     "scale-invariant class only")
+                out["ntk_slopes"] = rs
+            else:
+                out["ntk_slopes"] = {k: v for k, v in ntk_slopes(act).items()
+                                     if k != "universality_class"}
             out["ntk_slope_depth_powers"] = SLOPE_DEPTH_POWERS[res.universality_class]
             pw = out["ntk_slope_depth_powers"]
             notes.append("NTK statistics at criticality (normalized statistic ~ slope x L^p/n): "
