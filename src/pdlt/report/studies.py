@@ -218,13 +218,17 @@ def learning_study(widths=(64, 128, 256), networks=300, steps=40, seed=3):
                  "the slope.", tuple(rows), figures)
 
 
-def residual_study(cases=(("tanh", 0.5, 64, 6), ("relu", 0.5, 128, 5)), networks=4000, seed=21):
+def residual_study(cases=(("tanh", 0.5, 64, 6), ("relu", 0.5, 128, 5)), networks=4000, seed=21,
+                   ntk=False):
     """Residual MLPs at residual criticality: theory against residual ensembles.
 
     Rows at the last layer for K (with G1/n; allowance |K| ((L-1)/n)^2) and V
     (allowance V^2/(2 n K^2), as for plain networks); figures: the depth
     curves (:func:`pdlt.report.residual.residual_depth_figure`), r* against
     the residual strength and the mutual-information series behind r*.
+    ``ntk=True`` adds rows for the residual NTK statistics A, B, D, F (ReLU,
+    gamma = 0.7, layer 3, two widths; ~1 min) and the figure of r* from the
+    exact vertex slope with the NTK fluctuation slopes (~1 min).
     """
     from .residual import information_figure, optimal_aspect_ratio_figure, residual_depth_figure
 
@@ -242,6 +246,18 @@ def residual_study(cases=(("tanh", 0.5, 64, 6), ("relu", 0.5, 128, 5)), networks
         # in units of nK^2 the allowance V^2/(2nK^2) is (V/(nK^2))^2 / 2
         rows.append(_row(f"V/(nK^2) (gamma={gamma:g})", act, n, L, th_v, m_v, s_v,
                          0.5 * th_v * th_v))
+    # NTK statistics A, B, D, F (pdlt.theory.residual_ntk): ReLU, gamma = 0.7, layer 3,
+    # widths 16/32 extrapolated (allowance: a quarter of the observed 1/n shift)
+    from .residual import residual_aspect_ratio_figure, residual_ntk_rows
+    if ntk:
+        for r in residual_ntk_rows(("relu",), (0.7,), depth=3, widths=(16, 32),
+                                   networks=2 * networks, seed=seed,
+                                   stats=("A", "B", "D", "F")):
+            if r["layer"] == 3:
+                rows.append(_row(f"{r['statistic']} (gamma=0.7, 2m(32)-m(16))", "relu", 32, 3,
+                                 r["theory"], r["measured"], r["se"], r["allowance"]))
+        figs["r* exact and NTK slopes"] = residual_aspect_ratio_figure(
+            gammas=np.linspace(0.0, 0.9, 7), depth=32)[0]
     figs["optimal aspect ratio"] = optimal_aspect_ratio_figure()[0]
     figs["information"] = information_figure()[0]
 
