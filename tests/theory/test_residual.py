@@ -104,13 +104,30 @@ def test_deep_linear_residual_closed_form(gamma, xi):
     assert np.all(f["kappa3"] == 0)     # odd activation: no three-point function
 
 
+def _truncated_single(m, K1):
+    """The single-input residual recursion without the two-depth terms beyond kappa3
+    (vertex_step_single / metric_step_single): what the N-input residual flow computes."""
+    from pdlt.theory.vertex import metric_step_single, vertex_step_single
+    f = flow(m, K1=K1)
+    V, G1 = [0.0], [0.0]
+    for l in range(1, m.depth):
+        kw = dict(gamma=m.gamma[l], xi=m.xi[l])
+        V.append(vertex_step_single(m.activation, f.K[l - 1], V[-1], m.C_W[l], **kw))
+        G1.append(metric_step_single(m.activation, f.K[l - 1], V[-2], G1[-1], m.C_W[l], **kw))
+    return np.array(V), np.array(G1)
+
+
 def test_multi_input_diagonal_matches_single_input_tanh():
+    """The N-input residual flow (odd sigma) is the truncated recursion: its diagonal equals
+    the truncated single-input one; the exact single-input V differs (p >= 4 Hermite terms)."""
     m = MLP(n0=2, width=16, depth=4, activation="tanh", C_W=0.7, C_b=0.1, gamma=0.5)
     f2 = finite_width_flow(m, X2[:2])
     for a in range(2):
-        fs = finite_width_flow(m, K1=f2[0].K[a, a])
-        np.testing.assert_allclose(f2["V"][:, a, a, a, a], fs["V"], rtol=1e-9, atol=1e-14)
-        np.testing.assert_allclose(f2["G1"][:, a, a], fs["G1"], rtol=1e-9, atol=1e-14)
+        V, G1 = _truncated_single(m, f2[0].K[a, a])
+        np.testing.assert_allclose(f2["V"][:, a, a, a, a], V, rtol=1e-9, atol=1e-14)
+        np.testing.assert_allclose(f2["G1"][:, a, a], G1, rtol=1e-9, atol=1e-14)
+        exact = finite_width_flow(m, K1=f2[0].K[a, a])["V"]
+        assert abs(exact[2] / V[2] - 1) > 1e-3     # the truncation is visible at layer 3
     V = f2["V"][-1]
     np.testing.assert_allclose(V, V.transpose(1, 0, 2, 3), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(V, V.transpose(2, 3, 0, 1), rtol=1e-12, atol=1e-15)

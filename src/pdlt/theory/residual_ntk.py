@@ -461,3 +461,137 @@ def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambd
         g = r[name] / (Th ** pa * K ** pb * np.arange(1, L + 1))
         out[name] = float(2 * g[L - 1] - g[L // 2 - 1])
     return out
+
+
+# ---------------------------------------------------------------------------
+# V and G1 (exact): the S-fields alone
+# ---------------------------------------------------------------------------
+
+def _stein_lyapunov(R, X):
+    """``Sig = X + R Sig R^T`` for a strictly causal (nilpotent) ``R``, by doubling.
+
+    ``Sig = sum_k R^k X (R^T)^k``; after ``ceil(log2(n))`` doublings ``R^(2^j) = 0``
+    and the sum is exact (no iteration error).
+    """
+    Sig, A = X.copy(), R.copy()
+    while np.any(A):
+        Sig = Sig + A @ Sig @ A.T
+        A = A @ A
+    return 0.5 * (Sig + Sig.T)
+
+
+def _cov_second_derivative(act, g, F, Kx, c, Ky):
+    """``Cov(g(x), F''(y))`` for ``(x, y)`` Gaussian, variances Kx, Ky, covariance c (arrays).
+
+    No derivative of F is taken: with ``y = beta x + e``, ``e`` independent of x,
+    ``beta = c / Kx``, ``s = Var e``, Stein along e gives ``E[g(x) F''(y)] =
+    E[g(x) F(y) ((y - beta x)^2 - s)] / s^2``, four two-variable averages. Relative
+    accuracy ~ 1e-13 / (1 - rho^2)^2.
+    """
+    beta = c / Kx
+    s = Ky - c * c / Kx
+    kk = act.kinks
+    E = lambda f, h: _expect2_unique(f, h, Kx, c, Ky, kk)    # noqa: E731
+    ev = (E(g, lambda y: F(y) * y * y) - 2 * beta * E(lambda x: x * g(x), lambda y: y * F(y))
+          + beta * beta * E(lambda x: x * x * g(x), F) - s * E(g, F))
+    kw = dict(kinks=act.kinks, period=act.period)
+    mg = np.array([float(gaussian.expect(g, k, **kw)) for k in Kx])
+    mF2 = np.array([float(gaussian.expect(lambda z: F(z) * (z * z / k - 1.0) / k, k, **kw))
+                    for k in Ky])                          # <F''>_Ky by Stein
+    return ev / (s * s) - mg * mF2
+
+
+def residual_vertex_metric(mlp: MLP, K1: float) -> dict:
+    r"""Exact single-input V and G1 of a residual MLP at order 1/n.
+
+    The fields ``S_m = (1/n_m) sum_a sigma^2(z_a^(m))`` (m = 1..L-1) set the
+    variances of the increments, ``Var u^(m+1) = C_b + C_W S_m``; given the
+    fields, a neuron's preactivation ``z^(l) = sum_q a_{lq} w_q`` has the
+    conditional variance ``Khat_l = sum_m rho_m S_m + const``, ``rho_m =
+    a_{l,m+1}^2 C_W^(m+1)``. With ``Sigma = Cov(S, S)``, the one-neuron
+    two-depth covariances ``c_m(Phi) = Cov(Phi, sigma^2(z^(m)))`` and their
+    dressing ``c~ = (1 - R)^{-1} c / n`` (``R``: response of a field to earlier
+    fields; the neuron's own term in an early field moves the later ones through
+    the other neurons), see :func:`_field_statistics`:
+
+    .. math::
+        V^{(l)} &= n_{l-1}\,[\rho^T\Sigma\rho + 2\rho^T\tilde c(z^2)],\\
+        G^{1(l+1)} &= \frac{n_l}{n_{l-1}}\gamma^2 G^{1(l)} + n_l\,\xi^2 C_W\,
+          \Big[\tfrac12\langle(\sigma^2)''\rangle \tfrac{G^{1(l)}}{n_{l-1}}
+          + \tfrac18\langle(\sigma^2)''''\rangle\,\rho^T\Sigma\rho
+          + \tfrac12\rho^T\tilde c\big((\sigma^2)''(z^{(l)})\big)\Big].
+
+    The G1 step is ``E[z'^2] = xi^2 (C_b + C_W E[sigma^2(z)]) + gamma^2 E[z^2]``
+    with the one-neuron mean ``E[sigma^2(z^(l))]`` at order 1/n: the fluctuating
+    conditional variance (second-order term) and the correlation of an
+    increment's variance with the neuron's own past (Stein along the
+    increment: ``E[h(past) f'(z) a eps / (2 sqrt v)] = (a^2/2) E[h f''(z)]``).
+    Expanding ``c((sigma^2)'')`` in Hermite polynomials, its first two terms are
+    the three-point (``kappa3 <(sigma^2)'''>/2``) and mixed-V
+    (``<(sigma^2)''''> V/8``) terms of :mod:`pdlt.theory.vertex`'s truncation;
+    the rest is what the truncation drops. At gamma = 0 both are the plain
+    recursions; for sigma linear every two-depth term is exact in the truncation.
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+
+    Returns
+    -------
+    dict
+        ``{"V": ndarray (L,), "G1": ndarray (L,)}``, normalized by ``n_{l-1}``.
+    """
+    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
+        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
+    act = mlp.activation
+    L = mlp.depth
+    base = _kernel_flow(mlp, K1=float(K1))
+    K = np.asarray(base.K, float)
+    dss = np.asarray(single_input_terms(act, K, need_d3=False)["dss"], float)
+    a, _, C = _trajectory(mlp, K)
+    CW, x, g = (np.asarray(v, float) for v in (mlp.C_W, mlp.xi, mlp.gamma))
+    s2 = lambda z: act.sigma(z) ** 2            # noqa: E731
+    kw = dict(kinks=act.kinks, period=act.period)
+    one = lambda f: np.array([float(gaussian.expect(f, k, **kw)) for k in K])  # noqa: E731
+    d4 = np.array([float(gaussian.expect(
+            lambda z, k=k: s2(z) * ((z * z / k) ** 2 - 6 * z * z / k + 3), k, **kw)) / (k * k)
+            for k in K])                        # <(sigma^2)''''>_K by Stein
+    out = {"V": np.zeros(L), "G1": np.zeros(L)}
+    nf = L - 1
+    if nf == 0:
+        return out
+    cSS = _cov2(act, s2, s2, K, C, one(lambda z: s2(z) ** 2))
+    rho = np.zeros((L, nf))                      # rho[l, m]: response of Khat_l to S_m
+    for l in range(L):
+        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
+    R = rho[:nf] * dss[:nf, None]                # R[m, j] = d<sigma^2(z^(m))>/dS_j
+    nw = np.array([mlp.widths[m + 1] for m in range(nf)], dtype=float)
+    D = cSS[:nf, :nf] / nw[None, :]
+    dress = np.linalg.inv(np.eye(nf) - R)
+    ctil = D @ dress.T
+    Sig = _stein_lyapunov(R, D + ctil @ R.T + R @ ctil.T)
+    # Cov((sigma^2)''(z^(l)), sigma^2(z^(m))), m < l (zero through a plain layer)
+    cF2 = np.zeros((L, nf))
+    li, mi = np.nonzero((np.tril(C, -1)[:, :nf] != 0.0))
+    if len(li):
+        cF2[li, mi] = _cov_second_derivative(act, s2, s2, K[mi], C[li, mi], K[li])
+    g1 = 0.0                                     # E[z^(l) z^(l)] - K^(l), unnormalized
+    for l in range(L):
+        r = rho[l]
+        varK = float(r @ Sig @ r)
+        if l >= 1:
+            cz = dress @ (2.0 * C[l, :nf] ** 2 * dss[:nf] * (np.arange(nf) < l) / nw)
+            out["V"][l] = mlp.widths[l] * (varK + 2.0 * float(r @ cz))
+            out["G1"][l] = mlp.widths[l] * g1
+        if l == L - 1:
+            break
+        self_ = 0.5 * float(r @ (dress @ (cF2[l] / nw)))
+        shift = dss[l] * g1 + 0.125 * d4[l] * varK + self_
+        g1 = x[l + 1] ** 2 * CW[l + 1] * shift + g[l + 1] ** 2 * g1
+    for k, arr in out.items():
+        if not np.all(np.isfinite(arr)):
+            raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
+                                     "criticality")
+    return out

@@ -258,35 +258,47 @@ def _odd_activation(act):
 def _single(mlp, kflow):
     act = mlp.activation
     L = mlp.depth
-    V, G1, k3 = 0.0, 0.0, 0.0
-    track3 = mlp.is_residual and not _odd_activation(act)
+    if mlp.is_residual:
+        return _single_residual(mlp, kflow)
+    V, G1 = 0.0, 0.0
     out = []
     for l in range(1, L + 1):
         s = kflow[l - 1]
-        extra = {**s.extra, "V": float(V), "G1": float(G1)}
-        if mlp.is_residual:
-            extra["kappa3"] = float(k3)
-        out.append(dataclasses.replace(s, extra=extra))
+        out.append(dataclasses.replace(s, extra={**s.extra, "V": float(V), "G1": float(G1)}))
         if l == L:
             break
         ratio = mlp.widths[l] / mlp.widths[l - 1]
         t = single_input_vertex_terms(act, s.K)
-        C_W, rk = mlp.C_W[l], dict(gamma=mlp.gamma[l], xi=mlp.xi[l])
-        V_new, G1_new = (vertex_step_single(act, s.K, V, C_W, ratio, terms=t, **rk),
-                         metric_step_single(act, s.K, V, G1, C_W, ratio, terms=t, **rk))
-        if track3:
-            D1, D3 = odd = odd_terms(act, s.K)
-            x2 = mlp.xi[l] ** 2
-            chi = x2 * C_W * t["dchi"] + mlp.gamma[l] ** 2
-            # the cubic (Edgeworth) terms of the three-point function kappa3 at layer l
-            V_new += ratio * chi * 2.0 * x2 * C_W * D1 * k3
-            G1_new += ratio * x2 * C_W * 0.5 * D3 * k3
-            k3 = residual_three_point_step(act, s.K, k3, C_W, ratio, terms=t, odd=odd, **rk)
-        V, G1 = V_new, G1_new
+        C_W = mlp.C_W[l]
+        V, G1 = (vertex_step_single(act, s.K, V, C_W, ratio, terms=t),
+                 metric_step_single(act, s.K, V, G1, C_W, ratio, terms=t))
         if not (math.isfinite(V) and math.isfinite(G1)):
             raise FloatingPointError(
                 f"V or G1 overflowed at layer {l + 1}; reduce the depth or initialize at "
                 "criticality")
+    return Flow(out, mlp)
+
+
+def _single_residual(mlp, kflow):
+    """Residual MLP, one input: the exact V and G1 (two-depth averages, module docstring)
+    from :func:`pdlt.theory.residual_ntk.residual_vertex_metric`, and kappa3."""
+    from .residual_ntk import residual_vertex_metric
+
+    act = mlp.activation
+    L = mlp.depth
+    exact = residual_vertex_metric(mlp, float(kflow[0].K))
+    track3 = not _odd_activation(act)
+    k3 = 0.0
+    out = []
+    for l in range(1, L + 1):
+        s = kflow[l - 1]
+        out.append(dataclasses.replace(s, extra={
+            **s.extra, "V": float(exact["V"][l - 1]), "G1": float(exact["G1"][l - 1]),
+            "kappa3": float(k3)}))
+        if l < L and track3:
+            ratio = mlp.widths[l] / mlp.widths[l - 1]
+            k3 = residual_three_point_step(act, s.K, k3, mlp.C_W[l], ratio,
+                                           gamma=mlp.gamma[l], xi=mlp.xi[l])
     return Flow(out, mlp)
 
 
