@@ -121,7 +121,7 @@ def test_ntk_fluctuation_flow_serves_what_is_derived():
 
 def test_slopes_reduce_to_the_plain_ones_and_exceed_the_three_point_form():
     from pdlt.theory.finite_ntk import ntk_slopes
-    from pdlt.theory.residual import residual_vertex_slope
+    from pdlt.theory.residual import residual_vertex_slope, three_point_vertex_slope
     from pdlt.theory.residual_ntk import residual_slopes
     s0 = residual_slopes("relu", 0.0, depth=40)
     plain = ntk_slopes("relu")
@@ -130,4 +130,5 @@ def test_slopes_reduce_to_the_plain_ones_and_exceed_the_three_point_form():
         assert s0[k] == pytest.approx(plain[k], rel=2e-3)
     s = residual_slopes("relu", 0.5, depth=24)
     assert s["nu_V"] == pytest.approx(6.49631, rel=1e-5)   # converged (geometric) by l ~ 20
-    assert s["nu_V"] > residual_vertex_slope("relu", 0.5) * 1.005
+    assert s["nu_V"] == residual_vertex_slope("relu", 0.5)
+    assert s["nu_V"] > three_point_vertex_slope("relu", 0.5) * 1.005

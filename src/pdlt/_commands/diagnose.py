@@ -205,10 +205,8 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
                 # (pdlt.theory.residual_ntk); P..U are not derived for residual MLPs
                 from ..theory.residual_ntk import residual_slopes
                 rs = residual_slopes(act, gamma, depth=32)
-                out["vertex_slope_exact"] = rs.pop("nu_V")
-                notes.append(f"residual: exact vertex slope {out['vertex_slope_exact']:.4g} "
-                             "(the closed form keeps only the three-point part of the "
-                             "two-depth terms); NTK statistics P..U not derived")
+                rs.pop("nu_V")                  # = out["vertex_slope"] (exact)
+                notes.append("residual: NTK statistics P..U not derived")
                 if any(v is None for v in rs.values()):
                     raise ValueError("the residual NTK slopes are derived for the "
                                      "scale-invariant class only")

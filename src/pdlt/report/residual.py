@@ -242,7 +242,7 @@ def residual_aspect_ratio_figure(activations=("relu", "gelu"), gammas=None, *, n
     """
     from ..theory.criticality import criticality
     from ..theory.information import optimal_aspect_ratio_from_slope
-    from ..theory.residual import residual_vertex_slope
+    from ..theory.residual import three_point_vertex_slope
     from ..theory.residual_ntk import residual_slopes
 
     g = np.linspace(0.0, 0.9, 10) if gammas is None else np.asarray(gammas, float)
@@ -250,7 +250,7 @@ def residual_aspect_ratio_figure(activations=("relu", "gelu"), gammas=None, *, n
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6))
     data = dict(gamma=g.tolist(), n_out=n_out, depth=depth)
     for act in activations:
-        closed = np.array([residual_vertex_slope(act, float(x)) for x in g])
+        closed = np.array([three_point_vertex_slope(act, float(x)) for x in g])
         sl = [residual_slopes(act, float(x), depth=depth) for x in g]
         exact = np.array([s["nu_V"] for s in sl])
         r_c = np.array([optimal_aspect_ratio_from_slope(v, n_out) for v in closed])

@@ -75,9 +75,12 @@ gamma = 0 to 1e-12, and are checked against ensembles of real residual
 networks (``tests/experiment/test_residual_ntk_ensemble.py``,
 :func:`pdlt.report.residual.residual_ntk_rows`). P, Q, R, S, T, U, H1 and all
 N-input tensors are NOT derived for residual MLPs and raise
-``NotImplementedError``. The V of :mod:`pdlt.theory.vertex` for residual MLPs
-keeps only the three-point part of the two-depth terms; ``stats="V"`` here is
-the exact one (ReLU, gamma = 0.5: V^(3) = 8.6179 vs 8.5574).
+``NotImplementedError``. The exact single-input V and G1
+(:func:`residual_vertex_metric`) are what
+:func:`pdlt.theory.vertex.finite_width_flow` serves for residual MLPs; the
+three-point truncation it used before was ~1-4 % off (ReLU, gamma = 0.5:
+V^(3) = 8.6179 vs 8.5574, G1^(3) = 0.3426 vs 0.3581; a Monte Carlo of real
+networks, ``docs/derivations/residual_g1_mc.py``, confirms G1^(3), G1^(4)).
 
 Cost: ``O(L^2)`` two-variable Gaussian averages (:func:`pdlt.gaussian.expect2`,
 ~1e6 function evaluations each) and ``O(L^3)`` algebra; fine to depth ~50.
@@ -169,11 +172,8 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
     K1 : float > 0
         First-layer kernel.
     stats : sequence of {"A", "B", "D", "F", "V"}
-        ``"V"`` is the exact residual vertex from the field covariances
-        (:func:`_field_statistics`); it differs from
-        :func:`pdlt.theory.vertex.finite_width_flow`'s residual V, which keeps
-        only the three-point part of the two-depth terms (~1 % for ReLU and
-        tanh at gamma = 0.5).
+        ``"V"`` is the exact residual vertex (:func:`residual_vertex_metric`,
+        the same one :func:`pdlt.theory.vertex.finite_width_flow` serves).
 
     Returns
     -------
@@ -209,11 +209,13 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
     s, q, sspp, dss = (np.asarray(t[k], float) for k in ("pp", "pppp", "sspp", "dss"))
     a, varw, C = _trajectory(mlp, K)
     out = {k: np.zeros(L) for k in stats}
-    if {"A", "D", "V"} & set(stats):
+    if {"A", "D"} & set(stats):
         fs = _field_statistics(mlp, K1)
-        for k in ("A", "D", "V"):
+        for k in ("A", "D"):
             if k in stats:
                 out[k] = fs[k]
+    if "V" in stats:
+        out["V"] = residual_vertex_metric(mlp, float(K1))["V"]
     if "B" in stats:
         T = _two_depth(act, lambda z: act.d1(z) ** 2, K, C)
         beta0, beta = 0.0, np.zeros(L)            # beta[p]: attachment to sigma'^2(z^(p))
@@ -308,7 +310,7 @@ def _cov2(act, f, h, K, C, same):
 
 
 def _field_statistics(mlp, K1):
-    r"""V, A, D of a residual MLP from the covariance of the shared fields (single input).
+    r"""A, D of a residual MLP from the covariance of the shared fields (single input).
 
     Fields (one pair per layer m = 1..L-1): ``S_m = (1/n) sum_a sigma^2(z_a^(m))``
     (the variance of the next increment is ``C_b + C_W S_m``) and ``P_m = (1/n)
@@ -327,8 +329,8 @@ def _field_statistics(mlp, K1):
     Cov(Phi, f_q)`` in one neuron (``f_q`` the neuron's own term in field q:
     the neuron's own influence on the fields), and ``Sigma_{qq'} = n Cov(F_q,
     F_q') = Cov(f_q, f_q') + [the same formula for f_q, f_q']``, built layer by
-    layer (a field responds only to earlier fields). Then ``V = rho(z^2)^T Sigma
-    rho(z^2) + 2 rho(z^2)^T c(z^2)``, ``D = rho(H)^T Sigma rho(z^2) + rho(H)^T
+    layer (a field responds only to earlier fields). Then (V, from the S fields
+    alone: :func:`residual_vertex_metric`) ``D = rho(H)^T Sigma rho(z^2) + rho(H)^T
     c(z^2)``, ``A = rho(H)^T Sigma rho(H)`` (``c(H) = 0``: a neuron's NTK depends
     on its own trajectory only at O(1/n)).
     """
@@ -344,7 +346,11 @@ def _field_statistics(mlp, K1):
     p2 = lambda z: act.d1(z) ** 2               # noqa: E731
     kw = dict(kinks=act.kinks, period=act.period)
     one = lambda f: np.array([float(gaussian.expect(f, k, **kw)) for k in K])  # noqa: E731
-    cSS = _cov2(act, s2, s2, K, C, one(lambda z: s2(z) ** 2))
+    fns = {"g": s2, "F": s2, "xg": lambda z: z * s2(z), "yF": lambda z: z * s2(z),
+           "x2g": lambda z: z * z * s2(z), "Fy2": lambda z: z * z * s2(z)}
+    P = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"), ("x2g", "F")))
+    mean = one(s2)
+    cSS = P[("g", "F")] - np.outer(mean, mean)  # Cov(sigma^2(z^(l)), sigma^2(z^(m)))
     cSP = _cov2(act, s2, p2, K, C, one(lambda z: s2(z) * p2(z)))      # Cov(s^2_l, p^2_m)
     cPP = _cov2(act, p2, p2, K, C, one(lambda z: p2(z) ** 2))
     # b[l, q]: weight of layer q's NTK increment in H^(l)
@@ -396,7 +402,7 @@ def _field_statistics(mlp, K1):
             for q in done:
                 v = own[i, q] / nw[q] + R[i] @ Sig @ R[q] + ctil[i] @ R[q] + R[i] @ ctil[q]
                 Sig[i, q] = Sig[q, i] = v
-    out = {k: np.zeros(L) for k in ("V", "A", "D")}
+    out = {k: np.zeros(L) for k in ("A", "D")}
     for l in range(1, L):
         rz = resp_z(1.0, l)
         rH = resp_H(l)
@@ -406,7 +412,6 @@ def _field_statistics(mlp, K1):
             cz[L - 1 + m] = 2 * C[l, m] ** 2 * dpp[m] * Th[m]
         cz = dress @ (cz / nw)
         n = mlp.widths[l]                         # n_{l-1} of NOTATION.md's normalization
-        out["V"][l] = n * (rz @ Sig @ rz + 2 * rz @ cz)
         out["D"][l] = n * (rH @ Sig @ rz + rH @ cz)
         out["A"][l] = n * (rH @ Sig @ rH)
     return out
@@ -420,11 +425,9 @@ def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambd
     At ``gamma = 0`` the NTK slopes are :func:`pdlt.theory.finite_ntk.ntk_slopes`'
     (which depend on ``lambda_b : lambda_W`` only).
 
-    * ``nu_V``: the increment of ``V / K^2`` per layer at the last layer, for
-      activations with ``K* > 0`` or scale invariance (K stays at K*, the
-      two-depth terms converge geometrically, V grows linearly); compare
-      :func:`pdlt.theory.residual.residual_vertex_slope`, which keeps only the
-      three-point part of the two-depth terms.
+    * ``nu_V``: the exact vertex slope,
+      :func:`pdlt.theory.residual.residual_vertex_slope` (its own depth;
+      Aitken-extrapolated), for activations with ``K* > 0`` or scale invariance.
     * scale-invariant class only: ``nu_X`` of ``X/(n Theta^a K^b) ~ nu_X l / n``
       for A, B (``a = 2, b = 0``) and D, F (``a = b = 1``), by Richardson
       extrapolation ``2 g(L) - g(L/2)`` of ``g(l) = X / (Theta^a K^b l)``
@@ -438,7 +441,7 @@ def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambd
     """
     from ..activations import activation as _act
     from .criticality import criticality
-    from .residual import residual_mlp
+    from .residual import residual_mlp, residual_vertex_slope
 
     act = _act(activation)
     crit = criticality(act)
@@ -450,10 +453,10 @@ def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambd
     L = int(depth)
     m = residual_mlp(act, gamma, width=8, depth=L, n_out=8, lambda_b=lambda_b,
                      lambda_W=lambda_W)
-    r = residual_ntk_single(m, K1, stats=("A", "B", "D", "F", "V"))
+    r = residual_ntk_single(m, K1, stats=("A", "B", "D", "F"))
     fl = _kernel_flow(m, K1=float(K1))
     K, Th = np.asarray(fl.K, float), np.asarray(fl.Theta, float)
-    out = {"nu_V": float((r["V"][-1] - r["V"][-2]) / K[-1] ** 2)}
+    out = {"nu_V": residual_vertex_slope(act, gamma)}
     for name, (pa, pb) in {"A": (2, 0), "B": (2, 0), "D": (1, 1), "F": (1, 1)}.items():
         if crit.universality_class != "scale-invariant":
             out[name] = None
@@ -480,25 +483,62 @@ def _stein_lyapunov(R, X):
     return 0.5 * (Sig + Sig.T)
 
 
-def _cov_second_derivative(act, g, F, Kx, c, Ky):
-    """``Cov(g(x), F''(y))`` for ``(x, y)`` Gaussian, variances Kx, Ky, covariance c (arrays).
+def _two_depth_pairs(act, C, fns, terms):
+    """Single-neuron two-depth averages ``<fa(z^(l)) fb(z^(m))>`` for all (l, m) at once.
 
-    No derivative of F is taken: with ``y = beta x + e``, ``e`` independent of x,
-    ``beta = c / Kx``, ``s = Var e``, Stein along e gives ``E[g(x) F''(y)] =
-    E[g(x) F(y) ((y - beta x)^2 - s)] / s^2``, four two-variable averages. Relative
-    accuracy ~ 1e-13 / (1 - rho^2)^2.
+    The covariance ``C`` of one neuron's preactivations over the depths is a kernel
+    matrix, so :func:`pdlt.gaussian.pair_expectations` (Mehler series with nested
+    quadrature fallback; absolute error ``<= 1e-13 sqrt(<fa^2><fb^2>)``) serves every
+    pair in one call. ``fns``: name -> function; returns term -> (L, L) ndarray.
     """
-    beta = c / Kx
-    s = Ky - c * c / Kx
-    kk = act.kinks
-    E = lambda f, h: _expect2_unique(f, h, Kx, c, Ky, kk)    # noqa: E731
-    ev = (E(g, lambda y: F(y) * y * y) - 2 * beta * E(lambda x: x * g(x), lambda y: y * F(y))
-          + beta * beta * E(lambda x: x * x * g(x), F) - s * E(g, F))
-    kw = dict(kinks=act.kinks, period=act.period)
-    mg = np.array([float(gaussian.expect(g, k, **kw)) for k in Kx])
-    mF2 = np.array([float(gaussian.expect(lambda z: F(z) * (z * z / k - 1.0) / k, k, **kw))
-                    for k in Ky])                          # <F''>_Ky by Stein
-    return ev / (s * s) - mg * mF2
+    from types import SimpleNamespace
+    sh = SimpleNamespace(name="_two_depth", scale_invariant=None, kinks=act.kinks,
+                         period=act.period, **fns)
+    L = C.shape[0]
+    K = np.diag(C).copy()
+    li, mi = np.triu_indices(L)
+    scale = 10.0 ** (12 - int(np.ceil(np.log10(max(float(np.max(np.abs(K))), 1e-300)))))
+    key = np.round(np.stack([K[li], C[li, mi], K[mi]], axis=1) * scale)
+    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    inv = inv.ravel()
+    if len(uniq) * 10 > len(li):                 # few repeats: one call on the whole matrix
+        return gaussian.pair_expectations(sh, C, terms, rtol=1e-13)
+    # at criticality the covariances repeat with the lag: one 2 x 2 kernel per distinct one
+    first = np.zeros(len(uniq), dtype=int)
+    first[inv[::-1]] = np.arange(len(li))[::-1]
+    out = {t: np.empty((L, L)) for t in terms}
+    for u, j in enumerate(first):
+        l, m = li[j], mi[j]
+        k2 = np.array([[C[l, l], C[l, m]], [C[l, m], C[m, m]]])
+        e = gaussian.pair_expectations(sh, k2, terms, rtol=1e-13)
+        sel = np.flatnonzero(inv == u)
+        for t in terms:
+            out[t][li[sel], mi[sel]] = e[t][0, 1] if l != m else e[t][0, 0]
+            out[t][mi[sel], li[sel]] = e[t][1, 0] if l != m else e[t][0, 0]
+    return out
+
+
+def _cov_second_derivative(P, K, C):
+    """``Cov(g(z^(m)), F''(z^(l)))`` (matrix [l, m]) from two-depth averages, no derivative of F.
+
+    With ``x = z^(m)``, ``y = z^(l) = beta x + e``, ``e`` independent of x, ``beta =
+    C_lm / K_m``, ``s = Var e``, Stein along e gives ``E[g(x) F''(y)] = E[g(x) F(y)
+    ((y - beta x)^2 - s)] / s^2``. ``P`` holds the averages (keys ``("g", "Fy2")``,
+    ``("xg", "yF")``, ``("x2g", "F")``, ``("g", "F")``, indexed [x-depth, y-depth]) and
+    ``<F''>_{K_l}`` under ``"F2"``, ``<g>_{K_m}`` under ``"g"``. Relative accuracy
+    ~ 1e-13 / (1 - rho^2)^2; the diagonal (rho = 1) is not used and set to 0.
+    """
+    Km, Kl = K[None, :], K[:, None]
+    Cl = C                                     # [l, m]
+    beta = Cl / Km
+    s = Kl - Cl * Cl / Km
+    np.fill_diagonal(s, 1.0)
+    T = lambda key: P[key].T                   # noqa: E731  (-> [l, m])
+    ev = (T(("g", "Fy2")) - 2 * beta * T(("xg", "yF")) + beta * beta * T(("x2g", "F"))
+          - s * T(("g", "F"))) / (s * s)
+    out = ev - P["F2"][:, None] * P["g"][None, :]
+    np.fill_diagonal(out, 0.0)
+    return out
 
 
 def residual_vertex_metric(mlp: MLP, K1: float) -> dict:
@@ -562,7 +602,11 @@ def residual_vertex_metric(mlp: MLP, K1: float) -> dict:
     nf = L - 1
     if nf == 0:
         return out
-    cSS = _cov2(act, s2, s2, K, C, one(lambda z: s2(z) ** 2))
+    fns = {"g": s2, "F": s2, "xg": lambda z: z * s2(z), "yF": lambda z: z * s2(z),
+           "x2g": lambda z: z * z * s2(z), "Fy2": lambda z: z * z * s2(z)}
+    P = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"), ("x2g", "F")))
+    mean = one(s2)
+    cSS = P[("g", "F")] - np.outer(mean, mean)  # Cov(sigma^2(z^(l)), sigma^2(z^(m)))
     rho = np.zeros((L, nf))                      # rho[l, m]: response of Khat_l to S_m
     for l in range(L):
         rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
@@ -572,11 +616,10 @@ def residual_vertex_metric(mlp: MLP, K1: float) -> dict:
     dress = np.linalg.inv(np.eye(nf) - R)
     ctil = D @ dress.T
     Sig = _stein_lyapunov(R, D + ctil @ R.T + R @ ctil.T)
-    # Cov((sigma^2)''(z^(l)), sigma^2(z^(m))), m < l (zero through a plain layer)
-    cF2 = np.zeros((L, nf))
-    li, mi = np.nonzero((np.tril(C, -1)[:, :nf] != 0.0))
-    if len(li):
-        cF2[li, mi] = _cov_second_derivative(act, s2, s2, K[mi], C[li, mi], K[li])
+    P["g"] = mean
+    P["F2"] = np.array([float(gaussian.expect(lambda z, k=k: s2(z) * (z * z / k - 1.0) / k,
+                                              k, **kw)) for k in K])    # <(sigma^2)''>
+    cF2 = _cov_second_derivative(P, K, C)[:, :nf]
     g1 = 0.0                                     # E[z^(l) z^(l)] - K^(l), unnormalized
     for l in range(L):
         r = rho[l]
