@@ -80,13 +80,18 @@ def main():
         k3 = residual_three_point_step(act, 1.0, k3, CW, **kw)
         V = Vn
         trunc.append(G)
-    rng = np.random.default_rng(20261203)
-    widths = (16, 32, 64)
+    return check(gamma, N, exact, trunc)
+
+
+def check(gamma, N, exact, trunc, seed=20261203, widths=(16, 32, 64)):
+    """Fit m(n) = G1 + b/n per layer; print and return the rows (layer, G1, se, ...)."""
+    rng = np.random.default_rng(seed)
     rows = [run(n, N, gamma, rng) for n in widths]
+    out = []
     for li, layer in ((0, 3), (1, 4)):
         y = np.array([r[li][0] for r in rows])
         se = np.array([r[li][1] for r in rows])
-        A = np.column_stack([np.ones(3), 1.0 / np.array(widths)])
+        A = np.column_stack([np.ones(len(widths)), 1.0 / np.array(widths)])
         W = 1 / se ** 2
         cov = np.linalg.inv(A.T @ (A * W[:, None]))
         beta = cov @ (A.T @ (W * y))
@@ -98,6 +103,9 @@ def main():
               f"(z={(G1 - th) / seG:+.1f}), truncation {tr:.4f} (z={(G1 - tr) / seG:+.1f}), "
               f"x0.5 z={(G1 - 0.5 * th) / seG:+.1f}, x2 z={(G1 - 2 * th) / seG:+.1f}, "
               f"resolution 4se/|G1| = {4 * seG / abs(th):.3f}", flush=True)
+        out.append(dict(layer=layer, G1=float(G1), se=float(seG), exact=float(th),
+                        truncation=float(tr), chi2=chi2))
+    return out
 
 
 if __name__ == "__main__":
