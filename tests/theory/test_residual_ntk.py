@@ -89,6 +89,18 @@ def test_linear_vertex_is_the_closed_form():
                                finite_width_flow(m, K1=1.2)["V"], rtol=1e-12)
 
 
+@pytest.mark.parametrize("act", ACTS)
+def test_vertex_metric_gamma_zero_is_the_plain_recursion(act):
+    """residual_vertex_metric at gamma = 0 (unequal widths): the plain V, G1 of vertex.py."""
+    from pdlt.theory.residual_ntk import residual_vertex_metric
+    from pdlt.theory.vertex import finite_width_flow
+    m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9), activation=act, C_W=1.3, C_b=0.1)
+    r, f = residual_vertex_metric(m, 0.9), finite_width_flow(m, K1=0.9)
+    for k in ("V", "G1"):
+        scale = max(np.abs(f[k]).max(), np.abs(f["V"]).max())
+        np.testing.assert_allclose(r[k], f[k], rtol=1e-12, atol=1e-14 * scale)
+
+
 def _relu_v3_direct(g, CW):
     th = math.acos(g)
     two = (3 * math.sin(th) * math.cos(th) + (math.pi - th) * (1 + 2 * math.cos(th) ** 2)) / (
