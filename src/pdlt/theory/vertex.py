@@ -124,7 +124,9 @@ V^(3) 8.6179 vs 8.5574, G1^(3) 0.3426 vs 0.3581; tanh ~0.5-15 %). Hence:
   ``docs/derivations/residual_ntk.md``; checked: gamma = 0 = plain to 1e-15,
   linear = closed form, V^(3) by a direct formula, G1^(3), G1^(4) by a Monte
   Carlo of real networks) and ``extra["kappa3"]`` from the recursion above
-  (exact: Cov(g(x), y) has one Hermite term);
+  (its two-depth average ``Cov(g(z^(p)), z^(l))`` has a single Hermite term, so
+  the truncation does not touch it; the dressed cross-neuron part was not
+  re-derived here);
 * :func:`vertex_step_single`, :func:`metric_step_single`, :func:`vertex_step`,
   :func:`metric_step` with ``gamma != 0`` are the truncated steps, and the
   N-input flow of a residual MLP (odd sigma only) uses them: its V and G1 are
