@@ -6,6 +6,7 @@ import math
 import pytest
 
 from pdlt.cli import main
+from pdlt.theory.residual import residual_vertex_slope
 
 
 def _json(capsys, *argv):
@@ -27,7 +28,8 @@ def test_criticality_residual(capsys):
     g = 0.6
     d = _json(capsys, "criticality", "relu", "--residual", str(g), "--json")
     assert d["C_W"] == pytest.approx(2 * (1 - g * g), rel=1e-14) and d["C_b"] == 0
-    nu = (1 - g * g) * (5 - g * g + 16 / math.pi * g * (1 + g))
+    nu = residual_vertex_slope("relu", g)        # exact (two-depth terms)
+    assert nu > (1 - g * g) * (5 - g * g + 16 / math.pi * g * (1 + g))   # three-point form
     assert d["vertex_slope"] == pytest.approx(nu, rel=1e-12)
     assert d["optimal_aspect_ratio"] == pytest.approx(4 / (23 * nu), rel=1e-12)
     assert d["residual"] == {"gamma": g, "xi": 1.0}
@@ -49,7 +51,8 @@ def test_criticality_residual_out_of_range(capsys):
 def test_diagnose_residual(capsys):
     d = _json(capsys, "diagnose", "--activation", "relu", "--depth", "20", "--width", "64",
               "--residual", "0.9", "--output-width", "2", "--json")
-    nu = (1 - 0.81) * (5 - 0.81 + 16 / math.pi * 0.9 * 1.9)
+    nu = residual_vertex_slope("relu", 0.9)      # 2.5359 (three-point form: 2.4508)
+    assert nu == pytest.approx(2.53585455, rel=1e-8)
     assert d["vertex_slope"] == pytest.approx(nu, rel=1e-12)
     assert d["optimal_aspect_ratio"] == pytest.approx(4 / (26 * nu), rel=1e-12)
     assert d["C_W"] == pytest.approx(2 * 0.19, rel=1e-14) and d["at_criticality"]

@@ -17,7 +17,8 @@ from pdlt import MLP
 from pdlt.theory.criticality import NoCriticalPointError
 from pdlt.theory.information import optimal_aspect_ratio
 from pdlt.theory.kernel import flow
-from pdlt.theory.residual import residual_criticality, residual_mlp, residual_vertex_slope
+from pdlt.theory.residual import (residual_criticality, residual_mlp, residual_vertex_slope,
+                                  three_point_vertex_slope)
 from pdlt.theory.vertex import finite_width_flow
 
 EPS = np.finfo(float).eps
@@ -104,13 +105,30 @@ def test_deep_linear_residual_closed_form(gamma, xi):
     assert np.all(f["kappa3"] == 0)     # odd activation: no three-point function
 
 
+def _truncated_single(m, K1):
+    """The single-input residual recursion without the two-depth terms beyond kappa3
+    (vertex_step_single / metric_step_single): what the N-input residual flow computes."""
+    from pdlt.theory.vertex import metric_step_single, vertex_step_single
+    f = flow(m, K1=K1)
+    V, G1 = [0.0], [0.0]
+    for l in range(1, m.depth):
+        kw = dict(gamma=m.gamma[l], xi=m.xi[l])
+        V.append(vertex_step_single(m.activation, f.K[l - 1], V[-1], m.C_W[l], **kw))
+        G1.append(metric_step_single(m.activation, f.K[l - 1], V[-2], G1[-1], m.C_W[l], **kw))
+    return np.array(V), np.array(G1)
+
+
 def test_multi_input_diagonal_matches_single_input_tanh():
+    """The N-input residual flow (odd sigma) is the truncated recursion: its diagonal equals
+    the truncated single-input one; the exact single-input V differs (p >= 4 Hermite terms)."""
     m = MLP(n0=2, width=16, depth=4, activation="tanh", C_W=0.7, C_b=0.1, gamma=0.5)
     f2 = finite_width_flow(m, X2[:2])
     for a in range(2):
-        fs = finite_width_flow(m, K1=f2[0].K[a, a])
-        np.testing.assert_allclose(f2["V"][:, a, a, a, a], fs["V"], rtol=1e-9, atol=1e-14)
-        np.testing.assert_allclose(f2["G1"][:, a, a], fs["G1"], rtol=1e-9, atol=1e-14)
+        V, G1 = _truncated_single(m, f2[0].K[a, a])
+        np.testing.assert_allclose(f2["V"][:, a, a, a, a], V, rtol=1e-9, atol=1e-14)
+        np.testing.assert_allclose(f2["G1"][:, a, a], G1, rtol=1e-9, atol=1e-14)
+        exact = finite_width_flow(m, K1=f2[0].K[a, a])["V"]
+        assert abs(exact[2] / V[2] - 1) > 1e-3     # the truncation is visible at layer 3
     V = f2["V"][-1]
     np.testing.assert_allclose(V, V.transpose(1, 0, 2, 3), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(V, V.transpose(2, 3, 0, 1), rtol=1e-12, atol=1e-15)
@@ -146,30 +164,60 @@ def test_residual_criticality_keeps_the_kernel_critical(act, gamma):
         np.testing.assert_allclose(f.chi_perp, 1.0, atol=0.05)
 
 
-def test_relu_slope_closed_form():
+def test_three_point_slope_closed_form():
     for g in (-0.5, 0.0, 0.3, 0.6, 0.95):
         want = (1 - g * g) * (5 - g * g + 16 / math.pi * g * (1 + g))
-        assert math.isclose(residual_vertex_slope("relu", g), want, rel_tol=1e-12)
+        assert math.isclose(three_point_vertex_slope("relu", g), want, rel_tol=1e-12)
+
+
+def test_exact_slope_reference_values():
+    """gamma = 0: the plain slope; linear: 2 (1 - gamma^4) (no two-depth terms survive);
+    K* = 0: (2/3)(1 - gamma^4); ReLU: the exact V's increment (6.4963 at gamma = 0.5, where
+    the three-point closed form gives 6.4273)."""
+    assert residual_vertex_slope("relu", 0.0) == 5.0
     assert residual_vertex_slope("linear", 0.5) == pytest.approx(2 * (1 - 0.5 ** 4), rel=1e-12)
     assert residual_vertex_slope("tanh", 0.5) == pytest.approx(2 / 3 * (1 - 0.5 ** 4), rel=1e-12)
+    assert residual_vertex_slope("relu", 0.5) == pytest.approx(6.4963125440, rel=1e-9)
+    assert three_point_vertex_slope("relu", 0.5) == pytest.approx(6.4272889757, rel=1e-9)
+    with pytest.raises(ValueError, match="gamma"):
+        residual_vertex_slope("relu", 0.995)
 
 
 @pytest.mark.parametrize("act,gamma", [("relu", 0.5), ("relu", -0.5), ("gelu", 0.5),
-                                       ("leaky_relu(0.2)", 0.7)])
-def test_slope_matches_the_recursion_at_depth(act, gamma):
-    """K* > 0: V grows by exactly nu K*^2 per layer once kappa3 has converged (geometric)."""
+                                       ("leaky_relu(0.2)", 0.7), ("relu", 0.9)])
+def test_slope_matches_the_flow_at_depth(act, gamma):
+    """K* > 0: finite_width_flow's (exact) V grows by nu K*^2 per layer once the two-depth
+    terms have converged (ratio gamma): the raw last increment at depth L equals the
+    Aitken-extrapolated slope to ~gamma^L."""
     crit = pdlt.criticality(act)
     K1 = crit.K_star or 1.0
-    f = finite_width_flow(residual_mlp(act, gamma, width=100, depth=300, n_out=100), K1=K1)
+    L = 120 if gamma == 0.9 else 60
+    f = finite_width_flow(residual_mlp(act, gamma, width=100, depth=L, n_out=100), K1=K1)
     est = (f["V"][-1] - f["V"][-2]) / f.K[-1] ** 2
-    assert est == pytest.approx(residual_vertex_slope(act, gamma), rel=1e-9)
+    assert est == pytest.approx(residual_vertex_slope(act, gamma), rel=1e-9 + 30 * abs(gamma) ** L)
 
 
-def test_k_star_zero_slope_at_depth():
-    """tanh: V/(K^2 l) -> (2/3)(1 - gamma^4) with O(log l / l) corrections (1e-2 at l = 4000)."""
+def test_k_star_zero_slope():
+    """tanh: the truncated recursion (vertex_step_single) gives V/(K^2 l) -> (2/3)(1 - gamma^4)
+    with O(log l / l) corrections (1e-2 at l = 4000); the exact V differs from it by two-depth
+    terms that vanish as K -> 0 (relative difference ~K: checked at two K)."""
+    from pdlt.theory.vertex import vertex_step_single
     L = 4000
-    f = finite_width_flow(residual_mlp("tanh", 0.5, width=100, depth=L, n_out=100), K1=1.0)
-    assert f["V"][-1] / f.K[-1] ** 2 / L == pytest.approx(2 / 3 * (1 - 0.5 ** 4), rel=1e-2)
+    m = residual_mlp("tanh", 0.5, width=100, depth=L, n_out=100)
+    K = flow(m, K1=1.0).K
+    V = 0.0
+    for l in range(1, L):
+        V = vertex_step_single(m.activation, K[l - 1], V, m.C_W[l], gamma=0.5)
+    assert V / K[-1] ** 2 / L == pytest.approx(2 / 3 * (1 - 0.5 ** 4), rel=1e-2)
+    rel = []
+    for K1 in (0.2, 0.05):
+        m = residual_mlp("tanh", 0.5, width=100, depth=12, n_out=100)
+        exact = finite_width_flow(m, K1=K1)["V"][-1]
+        V, kk = 0.0, flow(m, K1=K1).K
+        for l in range(1, 12):
+            V = vertex_step_single(m.activation, kk[l - 1], V, m.C_W[l], gamma=0.5)
+        rel.append(abs(exact / V - 1))
+    assert rel[1] < rel[0] / 3
 
 
 def test_no_criticality_at_unit_residual_strength():
@@ -179,10 +227,50 @@ def test_no_criticality_at_unit_residual_strength():
         residual_vertex_slope("tanh", -1.2)
 
 
-@pytest.mark.parametrize("act", ["relu", "tanh", "gelu", "linear"])
+@pytest.mark.parametrize("act", ["tanh", "linear"])
 def test_optimal_aspect_ratio_diverges_as_gamma_to_one(act):
     r = [optimal_aspect_ratio(act, gamma=g) for g in (0.9, 0.99, 0.999)]
     assert all(np.isfinite(r)) and r[0] < r[1] < r[2]
     assert r[2] > 50 * optimal_aspect_ratio(act)
     # nu ~ (1 - gamma^2) c as gamma -> 1: r* (1 - gamma) tends to a constant
     assert r[2] * 0.001 == pytest.approx(r[1] * 0.01, rel=0.02)
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_optimal_aspect_ratio_grows_towards_gamma_one(act):
+    """Exact slope (|gamma| <= 0.993): r* grows with gamma, ~(1 - gamma) nu -> constant."""
+    r = [optimal_aspect_ratio(act, gamma=g) for g in (0.8, 0.9, 0.95)]
+    assert r[0] < r[1] < r[2] and r[2] > 3 * optimal_aspect_ratio(act)   # 3.6x at 0.95
+
+
+# ---------------------------------------------------------------------------
+# the output-layer convention (issue 17): only residual layers are scaled
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_plain_output_layer_keeps_the_plain_critical_point(act):
+    """With n_out = 1 the output layer is plain: it must map K* to K* (not (1-g^2) K*)."""
+    plain = pdlt.criticality(act)
+    rc = residual_criticality(act, 0.5)
+    assert (rc.plain_C_b, rc.plain_C_W) == (plain.C_b, plain.C_W)
+    m = residual_mlp(act, 0.5, width=8, depth=5)
+    assert m.C_W == (plain.C_W, rc.C_W, rc.C_W, rc.C_W, plain.C_W)
+    assert m.C_b == (plain.C_b, rc.C_b, rc.C_b, rc.C_b, plain.C_b)
+    K1 = plain.K_star or 1.0
+    np.testing.assert_allclose(flow(m, K1=K1).K, K1, rtol=1e-10)
+    # n_out = width: the output layer is residual and scaled
+    assert residual_mlp(act, 0.5, width=8, depth=3, n_out=8).C_W == (plain.C_W, rc.C_W, rc.C_W)
+
+
+def test_diagnose_agrees_with_the_convention():
+    from pdlt._commands.diagnose import diagnose
+    d = diagnose(pdlt.activation("relu"), depth=6, width=64, residual=0.5)
+    assert d["K_L"] == pytest.approx(1.0, rel=1e-12)          # was 0.75 before the convention
+    assert d["critical_C_W"] == 1.5 and d["plain_layer_C_W"] == 2.0
+    # the residual NTK slopes (not the plain network's) and the exact vertex slope
+    from pdlt.theory.finite_ntk import ntk_slopes
+    assert set(d["ntk_slopes"]) == {"A", "B", "D", "F"}
+    assert d["ntk_slopes"]["B"] < 0.6 < ntk_slopes("relu")["B"]      # 0.535 vs 2/3
+    assert d["vertex_slope"] == pytest.approx(6.4963, rel=1e-4)
+    t = diagnose(pdlt.activation("tanh"), depth=6, width=64, residual=0.5)
+    assert t["ntk_slopes"] is None and any("not available" in n for n in t["notes"])

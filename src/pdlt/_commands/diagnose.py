@@ -179,6 +179,13 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
     notes.append(regime_text)
     mlp = MLP(n0=1, width=width, depth=depth, n_out=n_out, activation=act, C_b=C_b, C_W=C_W,
               gamma=gamma)
+    if gamma != 0.0 and critical_init and res.is_critical:
+        # convention (pdlt.theory.residual): only the residual layers get the residual
+        # critical (C_b, C_W); the first and a plain output layer keep the plain ones,
+        # so K^(L) = K* (not (1 - gamma^2) K*)
+        from ..theory.residual import residual_layer_variances
+        lb, lw = residual_layer_variances(mlp, rc)
+        mlp = mlp.with_(C_b=lb, C_W=lw)
     fl = flow(mlp, K1=K1)
     last = fl[-1]
     ds = depth_scales(act, C_b, C_W, K1=K1)
@@ -207,6 +214,11 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
                K_L=last.K, chi_parallel_L=last.chi_parallel, chi_perp_L=last.chi_perp,
                phase=ds.phase, xi_parallel=ds.xi_parallel, xi_perp=ds.xi_perp,
                asymptotics=None if res.asymptotics is None else res.asymptotics.law)
+    if gamma != 0.0 and critical_init and res.is_critical:
+        out["plain_layer_C_b"], out["plain_layer_C_W"] = rc.plain_C_b, rc.plain_C_W
+        notes.append(f"residual criticality: the residual layers at C_b = {rc.C_b:.4g}, "
+                     f"C_W = {rc.C_W:.4g}; the first and a plain output layer keep the plain "
+                     f"critical C_b = {rc.plain_C_b:.4g}, C_W = {rc.plain_C_W:.4g}, so K^(L) = K*")
     if out["at_criticality"]:
         cls = res.universality_class
         if cls == "scale-invariant":
@@ -263,8 +275,20 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
 
         out["ntk_slopes"] = None
         try:
-            out["ntk_slopes"] = {k: v for k, v in ntk_slopes(act).items()
-                                 if k != "universality_class"}
+            if gamma != 0.0:
+                # residual: the derived A, B, D, F and the exact vertex slope
+                # (pdlt.theory.residual_ntk); P..U are not derived for residual MLPs
+                from ..theory.residual_ntk import residual_slopes
+                rs = residual_slopes(act, gamma, depth=32)
+                rs.pop("nu_V")                  # = out["vertex_slope"] (exact)
+                notes.append("residual: NTK statistics P..U not derived")
+                if any(v is None for v in rs.values()):
+                    raise ValueError("the residual NTK slopes are derived for the "
+                                     "scale-invariant class only")
+                out["ntk_slopes"] = rs
+            else:
+                out["ntk_slopes"] = {k: v for k, v in ntk_slopes(act).items()
+                                     if k != "universality_class"}
             out["ntk_slope_depth_powers"] = SLOPE_DEPTH_POWERS[res.universality_class]
             pw = out["ntk_slope_depth_powers"]
             notes.append("NTK statistics at criticality (normalized statistic ~ slope x L^p/n): "

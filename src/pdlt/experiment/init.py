@@ -144,7 +144,7 @@ def _generator(generator, seed):
 
 @torch.no_grad()
 def init_critical_(model: nn.Module, activation=None, *, generator=None, seed=None,
-                   return_criticality=False):
+                   return_criticality=False, gamma=0.0, xi=1.0):
     """Initialize every ``nn.Linear`` of ``model`` at criticality, in place.
 
     Weights ``W ~ N(0, C_W / fan_in)`` and biases ``b ~ N(0, C_b)`` with the
@@ -166,6 +166,15 @@ def init_critical_(model: nn.Module, activation=None, *, generator=None, seed=No
         Seed for a fresh CPU generator (alternative to ``generator``).
     return_criticality : bool
         Also return the :class:`~pdlt.theory.criticality.Criticality` used.
+    gamma, xi : float, default 0 and 1
+        Residual strength of a model whose forward computes
+        ``z' = xi [b + W sigma(z)] + gamma z`` in its residual layers (book
+        appendix B). As in :class:`pdlt.MLP`, the residual layers are the
+        ``nn.Linear`` layers after the first whose input and output widths
+        agree; they get ``(1 - gamma^2)/xi^2`` times the plain critical
+        ``(C_b, C_W)``, and the other layers (the first, a plain output layer)
+        keep the plain critical values, so every layer maps K* to K*
+        (:mod:`pdlt.theory.residual`, "the convention"; ``|gamma| < 1``).
 
     Returns
     -------
@@ -202,12 +211,19 @@ def init_critical_(model: nn.Module, activation=None, *, generator=None, seed=No
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError("init_critical_: the model has no nn.Linear layer to initialize")
+    scale = [1.0] * len(linears)
+    if gamma != 0.0 or xi != 1.0:
+        from ..theory.residual import _gamma_iv
+        gamma, xi = _gamma_iv(gamma, xi)
+        f = (1.0 - gamma * gamma) / (xi * xi)
+        scale = [f if i > 0 and lin.in_features == lin.out_features else 1.0
+                 for i, lin in enumerate(linears)]
     g = _generator(generator, seed)
-    for lin in linears:
+    for lin, f in zip(linears, scale):
         fan_in = lin.weight.shape[1]
         w = torch.randn(lin.weight.shape, generator=g, device=g.device, dtype=lin.weight.dtype)
-        lin.weight.copy_(w * math.sqrt(res.C_W / fan_in))
+        lin.weight.copy_(w * math.sqrt(f * res.C_W / fan_in))
         if lin.bias is not None:
             b = torch.randn(lin.bias.shape, generator=g, device=g.device, dtype=lin.bias.dtype)
-            lin.bias.copy_(b * math.sqrt(res.C_b))
+            lin.bias.copy_(b * math.sqrt(f * res.C_b))
     return (model, res) if return_criticality else model

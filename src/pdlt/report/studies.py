@@ -218,7 +218,8 @@ def learning_study(widths=(64, 128, 256), networks=300, steps=40, seed=3):
                  "the slope.", tuple(rows), figures)
 
 
-def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=4000, seed=21):
+def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=4000, seed=21,
+                   ntk=False):
     """Residual MLPs at residual criticality: theory against residual ensembles.
 
     Each case ``(activation, gamma, n, L)`` is measured at widths n (every
@@ -228,6 +229,10 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
     figures: the depth curves (:func:`pdlt.report.residual.residual_depth_figure`),
     r* against the residual strength and the mutual-information series behind
     r* (theory only: r* itself is not measured).
+    ``ntk=True`` adds rows for the residual NTK statistics A, B, D, F (ReLU,
+    gamma = 0.7, layer 3, widths 16/32 extrapolated; allowance a quarter of the
+    measured 1/n shift; ~1 min) and the figure of r* from the exact vertex
+    slope with the NTK fluctuation slopes (~1 min).
     """
     from ..experiment import Ensemble
     from ..theory.residual import residual_mlp
@@ -251,12 +256,24 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
                                         float(np.ravel(meas2[s].stderr)[0]))
             rows.append(_row(f"{s} (gamma={gamma:g}, n,2n extrap.)", act, n, L, d["theory"][-1],
                              ext, se, allow, key=f"residual {s}"))
+    # NTK statistics A, B, D, F (pdlt.theory.residual_ntk): ReLU, gamma = 0.7, layer 3,
+    # widths 16/32 extrapolated (allowance: a quarter of the observed 1/n shift)
+    from .residual import residual_aspect_ratio_figure, residual_ntk_rows
+    if ntk:
+        for r in residual_ntk_rows(("relu",), (0.7,), depth=3, widths=(16, 32),
+                                   networks=2 * networks, seed=seed,
+                                   stats=("A", "B", "D", "F")):
+            if r["layer"] == 3:
+                rows.append(_row(f"{r['statistic']} (gamma=0.7, 2m(32)-m(16))", "relu", 32, 3,
+                                 r["theory"], r["measured"], r["se"], r["allowance"]))
+        figs["r* exact and NTK slopes"] = residual_aspect_ratio_figure(
+            gammas=np.linspace(0.0, 0.9, 7), depth=32)[0]
     figs["optimal aspect ratio"] = optimal_aspect_ratio_figure()[0]
     figs["information"] = information_figure()[0]
 
     return Study("Residual MLPs and the optimal aspect ratio",
                  "residual networks z' = xi [b + W sigma(z)] + gamma z at residual criticality "
-                 "(C_b, C_W scaled by 1 - gamma^2); rows: G1 and V at the last layer as the "
+                 "(residual layers' C_b, C_W scaled by 1 - gamma^2); rows: G1 and V at the last layer as the "
                  "two-width extrapolation 2 m(2n) - m(n), allowance |m(2n) - m(n)|/2 (measured). "
                  "r* = 4/((20 + 3 n_L) nu(gamma)) from the mutual-information argument (book "
                  "appendix A) is theory only: its ingredients beyond V are not measured here.",

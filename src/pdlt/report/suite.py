@@ -491,7 +491,7 @@ def default_studies(quick=False):
     return [lambda: st.linear_kurtosis_study(networks=20000),
             lambda: st.histogram_study(networks=6000),
             lambda: st.learning_study(),
-            lambda: st.residual_study(),
+            lambda: st.residual_study(ntk=True),
             lambda: finite_training_study()]
 
 

@@ -118,6 +118,7 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", stats
         inputs, to the three- and four-variable expectations of
         :func:`pdlt.theory.ntk_multi.ntk_step`).
     stats : sequence of str, optional
+        Residual MLPs: required, a subset of A, B, D, F (one input).
         N-input path: the statistics wanted, a subset of
         :data:`pdlt.theory.ntk_multi.NTK_MULTI_STATISTICS` (default: all of
         them). The single-input path always carries all ten.
@@ -139,7 +140,10 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", stats
     Raises
     ------
     NotImplementedError
-        For a residual MLP.
+        For a residual MLP, except one input with ``stats`` in A, B, D, F
+        (:mod:`pdlt.theory.residual_ntk`; the other statistics, H1 and the
+        N-input tensors are not derived for residual MLPs). ``extra["V"]`` is
+        then still :mod:`pdlt.theory.vertex`'s (three-point truncation).
     ValueError
         For an unknown name in ``stats``, or R asked for an activation whose
         second derivative jumps at a kink (elu).
@@ -162,9 +166,20 @@ def ntk_fluctuation_flow(mlp: MLP, x=None, *, K1=None, accuracy="default", stats
     [0.0, 0.5, 2.5, 7.0]
     """
     if isinstance(mlp, MLP) and mlp.is_residual:
-        raise NotImplementedError(
-            "the NTK statistics are not derived for residual MLPs yet (gamma != 0 or xi != 1); "
-            "pdlt.finite_width_flow gives their V and G1")
+        from .residual_ntk import RESIDUAL_NTK_STATISTICS, residual_ntk_single
+        want = None if stats is None else ([stats] if isinstance(stats, str) else list(stats))
+        missing = [k for k in (want or NTK_STATISTICS) if k not in RESIDUAL_NTK_STATISTICS]
+        if x is not None or K1 is None or missing:
+            raise NotImplementedError(
+                "residual MLPs (gamma != 0 or xi != 1): only the single-input A, B, D, F are "
+                "derived (pdlt.theory.residual_ntk; pass K1= and stats=('A', 'B', 'D', 'F')); "
+                + (f"not derived: {', '.join(missing)}, and H1" if missing else
+                   "the N-input tensors and H1 are not derived"))
+        base = finite_width_flow(mlp, K1=K1, accuracy=accuracy)
+        res = residual_ntk_single(mlp, K1, stats=want)
+        return Flow([dataclasses.replace(s, extra={**s.extra, **{k: float(res[k][i])
+                                                                 for k in want}})
+                     for i, s in enumerate(base)], mlp)
     if stats is not None:
         stats = [stats] if isinstance(stats, str) else list(stats)
         bad = [k for k in stats if k not in NTK_STATISTICS]

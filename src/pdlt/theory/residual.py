@@ -22,40 +22,75 @@ with the same ``K*`` and universality class (derivation ours; the book's
 appendix B, eq. numbers to be checked). ``|gamma| >= 1`` has no critical
 point (``chi_perp >= gamma^2 >= 1`` with equality only at C_W = 0).
 
-Vertex slope. With the single-input recursions of :mod:`pdlt.theory.vertex`
-(equal widths, ``chi_par = 1`` at K*), write ``c~ = C~_W`` and
-``D1 = <(sigma^2)'>_{K*}``. The three-point function converges geometrically,
-``kappa3 -> (1 - gamma^2) c~ gamma K* D1 / (1 - gamma)``, and V grows by a
-constant per layer:
+Vertex slope. At criticality (equal widths, ``chi_par = 1`` at K*) V grows by
+a constant ``nu K*^2`` per layer once the two-depth terms (a residual neuron
+carries its own past; :mod:`pdlt.theory.residual_ntk`) have converged
+geometrically (ratio gamma). :func:`residual_vertex_slope` computes ``nu``
+from the exact V (:func:`pdlt.theory.residual_ntk.residual_vertex_metric`),
+run to ``gamma^(2L) <= 1e-8`` and Aitken-extrapolated. Keeping only the
+three-point part of the two-depth terms (``kappa3``, with ``c~ = C~_W``,
+``D1 = <(sigma^2)'>_{K*}``) gives the closed form
+:func:`three_point_vertex_slope`,
 
 .. math::
-    \nu(\gamma) = (1-\gamma^2)\Big[(1-\gamma^2)\,\nu_0 + 4\gamma^2
+    \nu_3(\gamma) = (1-\gamma^2)\Big[(1-\gamma^2)\,\nu_0 + 4\gamma^2
         + 2\gamma(1+\gamma)\,\frac{\tilde c^2 D_1^2}{K^\star}\Big],
 
-``nu_0`` the plain slope (:func:`pdlt.theory.vertex.vertex_slope`). ReLU
-(``c~ = 2``, ``D1^2 = 2K/pi``): ``nu = (1 - gamma^2)[5 - gamma^2
-+ (16/pi) gamma (1 + gamma)]``; linear: ``nu = 2 (1 - gamma^4)``. For the
-K* = 0 class (K ~ 1/((1 - gamma^2) a l), chi_par ~ 1 - 2/l, D1 -> 0):
-``nu = (2/3)(1 - gamma^4)``. Every slope vanishes as ``gamma -> 1``, so the
-optimal aspect ratio ``r* = 4 / ((20 + 3 n_L) nu)``
+``nu_0`` the plain slope (:func:`pdlt.theory.vertex.vertex_slope`); ReLU:
+``(1 - g^2)[5 - g^2 + (16/pi) g (1 + g)]``. It is exact for linear networks
+(``nu = 2 (1 - gamma^4)``) and at gamma = 0, and off for nonlinear sigma:
+ReLU, gamma = 0.5: exact 6.4963 vs 6.4273; gamma = 0.9: 2.5359 vs 2.4508;
+gamma = -0.5: 2.5538 vs 2.6076. For the K* = 0 class (K ~ 1/((1 - gamma^2) a
+l), chi_par ~ 1 - 2/l, D1 -> 0, and every two-depth term beyond the linear
+one vanishes as K -> 0): ``nu = (2/3)(1 - gamma^4)``. Every slope vanishes
+as ``gamma -> 1``, so the optimal aspect ratio ``r* = 4 / ((20 + 3 n_L) nu)``
 (:mod:`pdlt.theory.information`) diverges: residual connections let the
 network be deeper at a given width.
 
 Note the residual layers are the equal-width hidden layers; with ``n_L = 1``
 the output layer is plain (:class:`pdlt.MLP`), which keeps the output a
 Gaussian scale mixture, the structure :mod:`pdlt.theory.information` uses.
+
+Which layers get the residual critical variances (the convention)
+-----------------------------------------------------------------
+"Critical" means every layer maps ``K*`` to ``K*`` with ``chi = 1``. A residual
+layer does so at ``(1 - gamma^2)/xi^2`` times the plain critical
+``(C_b*, C_W*)``; a layer *without* a residual connection (the first layer,
+and a plain output layer, ``n_out != width``) does so only at the plain
+``(C_b*, C_W*)`` itself. So :func:`residual_mlp`, ``pdlt diagnose --residual``
+and ``pdlt.torch.init_critical_(model, gamma=...)`` scale only the residual
+layers and keep the plain critical values in the others: the output of a
+critical residual MLP sits at ``K^(L) = K*`` (scaling the plain output layer
+too would leave it at ``(1 - gamma^2) K*``, a network that is not what a user
+calls critical). ``ResidualCriticality.plain_C_b/plain_C_W`` are the values
+of the non-residual layers.
+
+NTK statistics. The single-input A, B, D, F of residual MLPs are in
+:mod:`pdlt.theory.residual_ntk`: unlike the plain MLP they do not close on
+Gaussian averages at one depth, because a residual neuron carries its own
+past; they need the single-neuron two-depth averages
+``E[f(z^(l)) g(z^(p))]``, ``Cov(z^(l), z^(p)) = gamma^(p+1)...gamma^(l) K^(p)``
+(derivation: ``docs/derivations/residual_ntk.md``). The same terms enter V and
+G1: the single-input V, G1 of :func:`pdlt.theory.vertex.finite_width_flow` and
+:func:`residual_vertex_slope` are exact; keeping only their three-point part
+is ~1-4 % off for nonlinear sigma (ReLU, gamma = 0.5: V^(3) 8.6179 exact vs
+8.5574, G1^(3) 0.3426 vs 0.3581).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+
+import numpy as np
 
 from ..activations import activation as _activation
 from .criticality import NoCriticalPointError, criticality
 
 __all__ = ["ResidualCriticality", "residual_criticality", "residual_vertex_slope",
-           "residual_mlp"]
+           "three_point_vertex_slope",
+           "residual_mlp", "residual_layer_variances"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +103,9 @@ class ResidualCriticality:
     gamma, xi : float
     C_b, C_W : float
         Critical bias and weight variances of the residual layers.
+    plain_C_b, plain_C_W : float
+        Those of the layers without a residual connection (the first layer and
+        a plain output layer): the plain critical values (module docstring).
     K_star : float or None
         Fixed point (None: every K, scale-invariant class).
     vertex_slope : float
@@ -87,6 +125,8 @@ class ResidualCriticality:
     vertex_slope: float
     optimal_aspect_ratio: float
     n_out: int
+    plain_C_b: float = float("nan")
+    plain_C_W: float = float("nan")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,23 +146,36 @@ def _gamma_iv(gamma, xi):
 
 
 def residual_vertex_slope(activation, gamma, *, crit=None):
-    """``nu(gamma)``, the slope of ``V/(n K^2)`` per layer at residual criticality.
+    """``nu(gamma)``, the slope of ``V/(n K^2)`` per layer at residual criticality (exact).
+
+    ``K* > 0`` and scale-invariant classes: the increment ``(V^(l+1) - V^(l)) / K*^2``
+    of the exact residual V (:func:`pdlt.theory.residual_ntk.residual_vertex_metric`,
+    equal widths, one input at ``K*`` or 1) converges geometrically (ratio gamma);
+    it is run to the depth ``L`` where ``gamma^(2L) <= 1e-8`` and Aitken-extrapolated
+    (relative error ~1e-8). ``K* = 0`` class: ``(2/3)(1 - gamma^4)`` (the two-depth
+    terms beyond ``kappa3`` vanish as ``K -> 0``; module docstring).
 
     Parameters
     ----------
     activation : str, Activation or callable
     gamma : float
-        Residual strength, ``|gamma| < 1`` (xi drops out at criticality).
+        Residual strength, ``|gamma| <= 0.993`` (beyond, the geometric transient
+        needs more than 1000 layers).
     crit : Criticality, optional
         The plain critical point (computed when omitted).
 
     Returns
     -------
     float
-        See the module docstring; equals
-        :func:`pdlt.theory.vertex.vertex_slope` at ``gamma = 0``.
+        Equals :func:`pdlt.theory.vertex.vertex_slope` at ``gamma = 0``.
+
+    Examples
+    --------
+    >>> from pdlt.theory.residual import residual_vertex_slope
+    >>> round(residual_vertex_slope("relu", 0.5), 6)
+    6.496313
     """
-    from .vertex import odd_terms, vertex_slope
+    from .vertex import vertex_slope
 
     act = _activation(activation)
     gamma, _ = _gamma_iv(gamma, 1.0)
@@ -133,6 +186,43 @@ def residual_vertex_slope(activation, gamma, *, crit=None):
     g2 = gamma * gamma
     if gamma == 0.0:
         return nu0
+    if crit.universality_class == "K*=0":
+        return nu0 * (1.0 - g2 * g2)
+    si = act.scale_invariant
+    if si is not None and si[0] == si[1]:     # linear: no two-depth terms beyond kappa3 = 0
+        return three_point_vertex_slope(act, gamma, crit=crit)
+    depth = math.ceil(math.log(1e-8) / (2.0 * math.log(abs(gamma)))) + 10
+    if depth > 1000:
+        raise ValueError(f"the exact residual vertex slope needs |gamma| <= 0.993 (its "
+                         f"geometric transient would need {depth} layers); got gamma={gamma}")
+    from .residual_ntk import residual_vertex_metric
+
+    K = 1.0 if crit.K_star is None else crit.K_star
+    m = residual_mlp(act, gamma, width=8, depth=max(depth, 30), n_out=8)
+    d = np.diff(residual_vertex_metric(m, K)["V"])[-3:] / (K * K)
+    den = (d[2] - d[1]) - (d[1] - d[0])
+    if den == 0.0 or abs(d[2] - d[1]) <= 1e-15 * abs(d[2]):
+        return float(d[2])
+    return float(d[2] - (d[2] - d[1]) ** 2 / den)
+
+
+def three_point_vertex_slope(activation, gamma, *, crit=None):
+    """The slope of the three-point truncation (for comparison; not the network's slope).
+
+    ``(1 - g^2)[(1 - g^2) nu_0 + 4 g^2 + 2 g (1 + g) c~^2 D1^2 / K*]`` (module
+    docstring): what :mod:`pdlt.theory.vertex`'s truncated residual recursion
+    (``kappa3`` but no higher two-depth terms) gives. Exact for linear
+    networks and at gamma = 0; ReLU, gamma = 0.5: 6.4273 against the exact 6.4963.
+    """
+    from .vertex import odd_terms, vertex_slope
+
+    act = _activation(activation)
+    gamma, _ = _gamma_iv(gamma, 1.0)
+    crit = crit or criticality(act)
+    if not crit.is_critical:
+        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    nu0 = vertex_slope(act, C_W=crit.C_W, K_star=crit.K_star)
+    g2 = gamma * gamma
     if crit.universality_class == "K*=0":
         return nu0 * (1.0 - g2 * g2)
     K = 1.0 if crit.K_star is None else crit.K_star
@@ -168,7 +258,7 @@ def residual_criticality(activation, gamma, *, xi=1.0, n_out=1) -> ResidualCriti
     >>> from pdlt.theory.residual import residual_criticality
     >>> r = residual_criticality("relu", 0.5)
     >>> r.C_W, round(r.vertex_slope, 6)
-    (1.5, 6.427289)
+    (1.5, 6.496313)
     """
     from .information import optimal_aspect_ratio_from_slope
 
@@ -183,16 +273,48 @@ def residual_criticality(activation, gamma, *, xi=1.0, n_out=1) -> ResidualCriti
         activation=crit.activation, universality_class=crit.universality_class,
         gamma=gamma, xi=xi, C_b=f * crit.C_b, C_W=f * crit.C_W, K_star=crit.K_star,
         vertex_slope=nu, optimal_aspect_ratio=optimal_aspect_ratio_from_slope(nu, n_out),
-        n_out=int(n_out))
+        n_out=int(n_out), plain_C_b=crit.C_b, plain_C_W=crit.C_W)
+
+
+def residual_layer_variances(mlp, rc):
+    """Per-layer critical ``(C_b, C_W)`` tuples of ``mlp`` under the module's convention.
+
+    Layers with a residual connection (``gamma != 0`` or ``xi != 1``) get
+    ``rc.C_b, rc.C_W``; the others the plain critical ``rc.plain_C_b,
+    rc.plain_C_W``.
+    """
+    res = [g != 0.0 or x != 1.0 for g, x in zip(mlp.gamma, mlp.xi)]
+    return (tuple(rc.C_b if r else rc.plain_C_b for r in res),
+            tuple(rc.C_W if r else rc.plain_C_W for r in res))
 
 
 def residual_mlp(activation, gamma, *, n0=1, width, depth, n_out=1, xi=1.0, **kwargs):
-    """A :class:`pdlt.MLP` at residual criticality (every layer at the critical C_b, C_W).
+    """A :class:`pdlt.MLP` at residual criticality.
 
-    Extra keyword arguments (``lambda_b``, ``lambda_W``) go to the MLP.
+    The residual layers (``l >= 2`` with equal widths) get the residual
+    critical ``C_b, C_W``; the first layer and a plain output layer
+    (``n_out != width``) the plain critical ones, so every layer maps K* to
+    K* (module docstring, "the convention"). Extra keyword arguments
+    (``lambda_b``, ``lambda_W``) go to the MLP.
+
+    Examples
+    --------
+    >>> from pdlt.theory.residual import residual_mlp
+    >>> residual_mlp("relu", 0.5, width=8, depth=4).C_W
+    (2.0, 1.5, 1.5, 2.0)
     """
     from ..network import MLP
 
-    rc = residual_criticality(activation, gamma, xi=xi)
-    return MLP(n0=n0, width=width, depth=depth, n_out=n_out, activation=activation,
-               C_b=rc.C_b, C_W=rc.C_W, gamma=gamma, xi=xi, **kwargs)
+    act = _activation(activation)
+    g, x = _gamma_iv(gamma, xi)
+    crit = criticality(act)
+    if not crit.is_critical:
+        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    f = (1.0 - g * g) / (x * x)
+    # the variances only (residual_criticality would also compute the vertex slope)
+    rc = SimpleNamespace(C_b=f * crit.C_b, C_W=f * crit.C_W, plain_C_b=crit.C_b,
+                         plain_C_W=crit.C_W)
+    mlp = MLP(n0=n0, width=width, depth=depth, n_out=n_out, activation=activation,
+              gamma=gamma, xi=xi, **kwargs)
+    C_b, C_W = residual_layer_variances(mlp, rc)
+    return mlp.with_(C_b=C_b, C_W=C_W)

@@ -107,9 +107,33 @@ order-1/n recursions through Edgeworth's cubic term:
 ``V' = (source) + (n_l/n_{l-1}) chi_par [chi_par V + 2 xi^2 C_W D_1 kappa3]`` and
 ``G1' = (n_l/n_{l-1}) [chi_par G1 + xi^2 C_W (<(sigma^2)^(4)> V / 8
 + <(sigma^2)^(3)> kappa3 / 2)]``. For odd sigma ``D_1 = 0`` and ``kappa3 = 0``.
-The single-input flow implements this (``extra["kappa3"]`` on residual
-MLPs); the N-input flow of a residual MLP needs an odd activation (the
-N-input three-point tensor is not implemented) and raises otherwise.
+
+Two-depth terms: why the above is a truncation. A residual neuron carries its
+own past, so the recursions need one neuron's averages at two depths,
+``Cov(sigma^2(z^(l+1)), sigma^2(z^(p)))`` and ``Cov((sigma^2)''(z^(l)),
+sigma^2(z^(p)))`` with ``Cov(z^(l), z^(p)) = gamma^(p+1)...gamma^(l) K^(p)``.
+Their Hermite expansion starts with the terms the recursions above keep
+(``kappa3``: first order; the mixed ``M(KK)`` term: second order); the rest
+(order >= 3 for non-odd, >= 4 for odd sigma) is dropped. It vanishes for
+linear sigma and at gamma = 0 and is ~1-4 % otherwise (ReLU, gamma = 0.5:
+V^(3) 8.6179 vs 8.5574, G1^(3) 0.3426 vs 0.3581; tanh ~0.5-15 %). Hence:
+
+* the single-input flow of a residual MLP serves the exact V and G1,
+  :func:`pdlt.theory.residual_ntk.residual_vertex_metric` (field covariances
+  with the neuron's dressed self-influence; derivation
+  ``docs/derivations/residual_ntk.md``; checked: gamma = 0 = plain to 1e-15,
+  linear = closed form, V^(3) by a direct formula, G1^(3), G1^(4) by a Monte
+  Carlo of real networks) and ``extra["kappa3"]`` from the recursion above
+  (its two-depth average ``Cov(g(z^(p)), z^(l))`` has a single Hermite term, so
+  the truncation does not touch it; the dressed cross-neuron part was not
+  re-derived here);
+* :func:`vertex_step_single`, :func:`metric_step_single`, :func:`vertex_step`,
+  :func:`metric_step` with ``gamma != 0`` are the truncated steps, and the
+  N-input flow of a residual MLP (odd sigma only) uses them: its V and G1 are
+  the truncation (exact for linear sigma, ~1 % off for tanh);
+* the N-input flow of a residual MLP with non-odd sigma raises: it would need
+  the N-input three-point tensor and the N-input two-depth averages
+  ``<f(z^(l)_a) g(z^(p)_b)>`` over four Gaussian variables, not derived.
 
 Cost of the N-input step: ``C(N+3, 4)`` four-point expectations (full
 permutation symmetry of ``<sigma sigma sigma sigma>``), O(N^2) pair terms and
@@ -258,35 +282,47 @@ def _odd_activation(act):
 def _single(mlp, kflow):
     act = mlp.activation
     L = mlp.depth
-    V, G1, k3 = 0.0, 0.0, 0.0
-    track3 = mlp.is_residual and not _odd_activation(act)
+    if mlp.is_residual:
+        return _single_residual(mlp, kflow)
+    V, G1 = 0.0, 0.0
     out = []
     for l in range(1, L + 1):
         s = kflow[l - 1]
-        extra = {**s.extra, "V": float(V), "G1": float(G1)}
-        if mlp.is_residual:
-            extra["kappa3"] = float(k3)
-        out.append(dataclasses.replace(s, extra=extra))
+        out.append(dataclasses.replace(s, extra={**s.extra, "V": float(V), "G1": float(G1)}))
         if l == L:
             break
         ratio = mlp.widths[l] / mlp.widths[l - 1]
         t = single_input_vertex_terms(act, s.K)
-        C_W, rk = mlp.C_W[l], dict(gamma=mlp.gamma[l], xi=mlp.xi[l])
-        V_new, G1_new = (vertex_step_single(act, s.K, V, C_W, ratio, terms=t, **rk),
-                         metric_step_single(act, s.K, V, G1, C_W, ratio, terms=t, **rk))
-        if track3:
-            D1, D3 = odd = odd_terms(act, s.K)
-            x2 = mlp.xi[l] ** 2
-            chi = x2 * C_W * t["dchi"] + mlp.gamma[l] ** 2
-            # the cubic (Edgeworth) terms of the three-point function kappa3 at layer l
-            V_new += ratio * chi * 2.0 * x2 * C_W * D1 * k3
-            G1_new += ratio * x2 * C_W * 0.5 * D3 * k3
-            k3 = residual_three_point_step(act, s.K, k3, C_W, ratio, terms=t, odd=odd, **rk)
-        V, G1 = V_new, G1_new
+        C_W = mlp.C_W[l]
+        V, G1 = (vertex_step_single(act, s.K, V, C_W, ratio, terms=t),
+                 metric_step_single(act, s.K, V, G1, C_W, ratio, terms=t))
         if not (math.isfinite(V) and math.isfinite(G1)):
             raise FloatingPointError(
                 f"V or G1 overflowed at layer {l + 1}; reduce the depth or initialize at "
                 "criticality")
+    return Flow(out, mlp)
+
+
+def _single_residual(mlp, kflow):
+    """Residual MLP, one input: the exact V and G1 (two-depth averages, module docstring)
+    from :func:`pdlt.theory.residual_ntk.residual_vertex_metric`, and kappa3."""
+    from .residual_ntk import residual_vertex_metric
+
+    act = mlp.activation
+    L = mlp.depth
+    exact = residual_vertex_metric(mlp, float(kflow[0].K))
+    track3 = not _odd_activation(act)
+    k3 = 0.0
+    out = []
+    for l in range(1, L + 1):
+        s = kflow[l - 1]
+        out.append(dataclasses.replace(s, extra={
+            **s.extra, "V": float(exact["V"][l - 1]), "G1": float(exact["G1"][l - 1]),
+            "kappa3": float(k3)}))
+        if l < L and track3:
+            ratio = mlp.widths[l] / mlp.widths[l - 1]
+            k3 = residual_three_point_step(act, s.K, k3, mlp.C_W[l], ratio,
+                                           gamma=mlp.gamma[l], xi=mlp.xi[l])
     return Flow(out, mlp)
 
 
@@ -468,9 +504,13 @@ def _multi(mlp, kflow, accuracy):
     if mlp.is_residual and not _odd_activation(act):
         raise NotImplementedError(
             f"the N-input finite-width flow of a residual MLP with the non-odd activation "
-            f"{act.name!r} needs the O(1/n) three-point function, which is implemented for "
-            "one input only: use finite_width_flow(mlp, K1=...) per input, an odd activation "
-            "(tanh, erf, sin, linear), or gamma = 0")
+            f"{act.name!r} is not derived: it needs the O(1/n) three-point function "
+            "E[z_a z_b z_c] as an N-input tensor and, because a residual neuron carries its "
+            "own past, one neuron's averages at two depths <f(z_a^(l)) g(z_b^(p))> over the "
+            "inputs (the single-input versions are pdlt.theory.residual_ntk."
+            "residual_vertex_metric). Use finite_width_flow(mlp, K1=...) per input (exact), "
+            "an odd activation (tanh, erf, sin, linear; N-input V, G1 then keep only the "
+            "leading two-depth terms), or gamma = 0")
     L = mlp.depth
     N = kflow[0].K.shape[0]
     V = np.zeros((N, N, N, N))

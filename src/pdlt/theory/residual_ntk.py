@@ -1,0 +1,640 @@
+r"""NTK statistics of residual MLPs at order 1/n, single input: A, B, D, F (and the exact V).
+
+Residual MLP (``shared/NOTATION.md``): ``z' = xi u + gamma z``,
+``u_i = b_i + sum_j W_ij sigma_j``. Its NTK obeys (:mod:`pdlt.theory.kernel`)
+
+.. math::
+    H'_{ik} = \xi^2\delta_{ik}\big[\lambda_b + \tfrac{\lambda_W}{n}\textstyle\sum_j\sigma_j^2\big]
+      + \xi^2\textstyle\sum_{ab}W_{ia}W_{kb}\sigma'_a\sigma'_b H_{ab}
+      + \xi\gamma\textstyle\sum_a (W_{ia}\sigma'_a H_{ak} + W_{ka}\sigma'_a H_{ia})
+      + \gamma^2 H_{ik}.
+
+Why the book's closure fails for residual MLPs (derivation:
+``docs/derivations/residual_ntk.md``). In a plain MLP a statistic at layer
+l+1 needs, from layer l, only Gaussian averages at ``K^(l)`` and the finite
+set (V, A, B, D, F, ...). In a residual MLP neuron i of layer l+1 *is*
+neuron i of layer l plus an increment, so the skip terms create pieces of
+``H_ik`` attached to one neuron's past (``xi gamma W_ik sigma'(z_k) H_kk``:
+its variance is ``c sigma'(z_k^(l))^2 Theta^2``, a function of z_k^(l)). One
+layer later they are weighted with ``sigma'(z_k^(l+1))^2``, and
+``E[sigma'^2(z^(l+1)) sigma'^2(z^(l))] != <sigma'^2>_{K^(l+1)} <sigma'^2>_{K^(l)}``
+(the neuron's preactivations at two depths are correlated,
+``Cov(z^(l), z^(p)) = gamma^(p+1) ... gamma^(l) K^(p)``). The exact order-1/n
+statistics therefore carry the single-neuron *two-depth* Gaussian averages;
+this module tracks them exactly ("history" features).
+
+B. At layer l, ``n_{l-1} E[H_ik^2 | trajectories] = beta_0 + sum_{p<l} beta_p
+[sigma'^2(z_i^(p)) + sigma'^2(z_k^(p))]`` and ``B = beta_0 + 2 sum_p beta_p
+<sigma'^2>_{K^(p)}``. With layer l+1's ``C_W, gamma, xi``, ``r = n_l/n_{l-1}``,
+``s = <sigma'^2>_{K^(l)}``, ``chi_perp = xi^2 C_W s + gamma^2`` and the two-depth
+average ``T_{lp} = E[sigma'^2(z^(l)) sigma'^2(z^(p))]``:
+
+.. math::
+    \beta_0' &= \xi^4 C_W^2\langle\sigma'^4\rangle\Theta^2
+        + r\big[\chi_\perp^2\beta_0 + 2\xi^2 C_W\chi_\perp\textstyle\sum_p\beta_p T_{lp}\big],\\
+    \beta_p' &= r\,\gamma^2\chi_\perp\,\beta_p\quad(p<l),\qquad
+    \beta_l' = \xi^2\gamma^2 C_W\,\Theta^2 .
+
+Replacing ``T_{lp}`` by ``s <sigma'^2>_{K^(p)}`` (the closure) gives
+``B' = xi^4 C_W^2 <sigma'^4> Theta^2 + 2 xi^2 gamma^2 C_W <sigma'^2> Theta^2
++ r chi_perp^2 B``; the exact value differs by
+``2 r xi^2 C_W chi_perp sum_p beta_p Cov(sigma'^2(z^(l)), sigma'^2(z^(p)))``.
+
+F. ``E[H_ik | trajectories]`` is O(1/n) and bilinear in features of the two
+neurons' trajectories: the increments ``U_m = u^(m)`` and ``S_p =
+sigma(z^(p)) sigma'(z^(p))``: ``n_{l-1} E[H_ik | .] = sum M_{ab} phi_a(i)
+phi_b(k)``. It is sourced by the W's of ``H'`` that also sit in ``u_i, u_k``
+(``E[W_ia | u_i] = c sigma_a u_i / G``, ``G = C_b + C_W <sigma^2>_{K^(l)}``):
+
+.. math::
+    M' &= r\gamma^2 M
+      + \frac{\xi^2}{G^2}\big[C_W^2\langle\sigma^2\sigma'^2\rangle\Theta + r C_W^2\, e^T M e\big]\,
+        U_{l+1}\otimes U_{l+1}\\
+      &\quad + \frac{\xi\gamma C_W}{G}\big[\Theta\,(U_{l+1}\otimes S_l + S_l\otimes U_{l+1})
+        + r\,(U_{l+1}\otimes M e + M e\otimes U_{l+1})\big],
+
+with ``e_a = E[phi_a sigma(z^(l)) sigma'(z^(l))]`` (one neuron), and
+``F = v^T M v``, ``v_a = E[phi_a z^(l)]``. The single-neuron trajectory is
+Gaussian at infinite width: ``z^(l) = sum_m a_{lm} w_m`` with independent
+``w_1 = z^(1) ~ N(0, K^(1))``, ``w_m = u^(m) ~ N(0, G_{m-1})``,
+``a_{ll} = xi^(l)``, ``a_{lm} = gamma^(l) a_{l-1,m}``; so ``E[U_m f(z^(l))] =
+a_{lm} G_{m-1} <f'>_{K^(l)}`` (Stein) and ``E[S_p f(z^(l))]`` is a two-variable
+Gaussian average with covariance ``Cov(z^(l), z^(p))``.
+
+At ``gamma = 0`` every history term vanishes and both recursions are the
+plain ones of :mod:`pdlt.theory.ntk` (``B' = C_W^2 Theta^2 <sigma'^4> + r
+chi_perp^2 B``, ``F' = C_W^2 Theta <sigma^2 sigma'^2> + r chi_par^2 F``).
+
+A, D (and the exact V): cross-neuron covariances through the shared fields
+``S_m = (1/n) sum sigma^2(z^(m))`` and ``P_m = (1/n) sum sigma'^2(z^(m)) H^(m)``
+with the neuron's own (dressed) influence on them, :func:`_field_statistics`.
+
+Status (issue 17): A, B, D, F are derived here (derivation notes
+``docs/derivations/residual_ntk.md``), equal the plain recursions at
+gamma = 0 to 1e-12, and are checked against ensembles of real residual
+networks (``tests/experiment/test_residual_ntk_ensemble.py``,
+:func:`pdlt.report.residual.residual_ntk_rows`). P, Q, R, S, T, U, H1 and all
+N-input tensors are NOT derived for residual MLPs and raise
+``NotImplementedError``. The exact single-input V and G1
+(:func:`residual_vertex_metric`) are what
+:func:`pdlt.theory.vertex.finite_width_flow` serves for residual MLPs; the
+three-point truncation it used before was ~1-4 % off (ReLU, gamma = 0.5:
+V^(3) = 8.6179 vs 8.5574, G1^(3) = 0.3426 vs 0.3581; a Monte Carlo of real
+networks, ``docs/derivations/residual_g1_mc.py``, confirms G1^(3), G1^(4)).
+
+Cost: ``O(L^2)`` two-variable Gaussian averages (:func:`pdlt.gaussian.expect2`,
+~1e6 function evaluations each) and ``O(L^3)`` algebra; fine to depth ~50.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import gaussian
+from ..network import MLP
+from ._ntk_avg import single_input_terms
+from .kernel import flow as _kernel_flow
+
+__all__ = ["residual_ntk_single", "residual_b_closure", "residual_slopes",
+           "RESIDUAL_NTK_STATISTICS"]
+
+#: statistics derived (and ensemble-checked) for residual MLPs, single input
+RESIDUAL_NTK_STATISTICS = ("A", "B", "D", "F")
+
+
+def _trajectory(mlp, K):
+    """Single-neuron Gaussian trajectory at infinite width.
+
+    Returns ``a`` (L, L) with ``z^(l) = sum_m a[l, m] w_m``, ``varw`` (L,) the
+    variances of the independent ``w_m`` and ``C`` (L, L) ``Cov(z^(l), z^(p))``
+    (0-based layer indices).
+    """
+    L = mlp.depth
+    act = mlp.activation
+    ss = np.asarray(single_input_terms(act, np.asarray(K, float), need_d3=False)["ss"])
+    a = np.zeros((L, L))
+    varw = np.empty(L)
+    varw[0] = K[0]
+    a[0, 0] = 1.0
+    for l in range(1, L):
+        varw[l] = mlp.C_b[l] + mlp.C_W[l] * ss[l - 1]          # G_{l-1}: variance of u^(l+1)
+        a[l, :l] = mlp.gamma[l] * a[l - 1, :l]
+        a[l, l] = mlp.xi[l]
+    C = (a * varw) @ a.T
+    return a, varw, C
+
+
+def _expect2_unique(f, h, Ka, C, Kb, kinks):
+    """``<f(z_a) h(z_b)>`` for many covariances, each distinct one integrated once.
+
+    At criticality (K constant, one gamma) the covariances repeat with the lag
+    only, so this turns O(L^2) two-variable integrals into O(L). Keys are
+    rounded to 13 significant digits (the integrals' own accuracy).
+    """
+    key = np.round(np.stack([Ka, C, Kb], axis=1), 13 - int(np.ceil(np.log10(
+        max(float(np.max(np.abs(Ka))), 1e-300)))))
+    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    first = np.array([np.flatnonzero(inv.ravel() == u)[0] for u in range(len(uniq))])
+    vals = gaussian.expect2(f, h, Ka[first], C[first], Kb[first], kinks_f=kinks, kinks_g=kinks)
+    return np.asarray(vals)[inv.ravel()]
+
+
+def _two_depth(act, fn, K, C):
+    """``E[fn(z^(l)) fn(z^(p))]`` for all p < l (matrix, lower triangle filled)."""
+    L = len(K)
+    out = np.zeros((L, L))
+    li, pi = np.tril_indices(L, -1)
+    if len(li) == 0:
+        return out
+    keep = C[li, pi] != 0.0          # uncorrelated (a plain layer in between): a product
+    one = np.array([float(gaussian.expect(fn, k, kinks=act.kinks, period=act.period))
+                    for k in K])
+    out[li, pi] = one[li] * one[pi]
+    if keep.any():
+        out[li[keep], pi[keep]] = _expect2_unique(fn, fn, K[li[keep]], C[li[keep], pi[keep]],
+                                                  K[pi[keep]], act.kinks)
+    return out
+
+
+def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> dict:
+    """A, B, D, F (and the exact V) of a residual MLP at every layer, one input.
+
+    B and F by the history recursions, A, D and V by the field covariances
+    (module docstring).
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi`` (plain layers allowed); unequal widths
+        only where ``gamma = 0``.
+    K1 : float > 0
+        First-layer kernel.
+    stats : sequence of {"A", "B", "D", "F", "V"}
+        ``"V"`` is the exact residual vertex (:func:`residual_vertex_metric`,
+        the same one :func:`pdlt.theory.vertex.finite_width_flow` serves).
+
+    Returns
+    -------
+    dict
+        name -> ndarray (L,), normalized by ``n_{l-1}`` as in ``shared/NOTATION.md``.
+
+    Raises
+    ------
+    NotImplementedError
+        For a statistic other than B, F (not derived for residual MLPs).
+
+    Examples
+    --------
+    >>> import pdlt
+    >>> from pdlt.theory.residual_ntk import residual_ntk_single
+    >>> m = pdlt.MLP(n0=1, width=8, depth=3, activation="linear", C_W=0.5, gamma=0.5)
+    >>> [round(float(b), 12) for b in residual_ntk_single(m, 1.0, stats="B")["B"]]
+    [0.0, 4.5, 5.640625]
+    """
+    stats = [stats] if isinstance(stats, str) else list(stats)
+    bad = [k for k in stats if k not in RESIDUAL_NTK_STATISTICS + ("V",)]
+    if bad:
+        raise NotImplementedError(
+            f"residual MLPs: the NTK statistics {bad} are not derived (derived: "
+            f"{', '.join(RESIDUAL_NTK_STATISTICS)}); see pdlt.theory.residual_ntk")
+    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
+        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
+    act = mlp.activation
+    L = mlp.depth
+    base = _kernel_flow(mlp, K1=float(K1))
+    K, Th = np.asarray(base.K, float), np.asarray(base.Theta, float)
+    t = single_input_terms(act, K, need_d3=False)
+    s, q, sspp, dss = (np.asarray(t[k], float) for k in ("pp", "pppp", "sspp", "dss"))
+    a, varw, C = _trajectory(mlp, K)
+    out = {k: np.zeros(L) for k in stats}
+    if {"A", "D"} & set(stats):
+        fs = _field_statistics(mlp, K1)
+        for k in ("A", "D"):
+            if k in stats:
+                out[k] = fs[k]
+    if "V" in stats:
+        out["V"] = residual_vertex_metric(mlp, float(K1))["V"]
+    if "B" in stats:
+        T = _two_depth(act, lambda z: act.d1(z) ** 2, K, C)
+        beta0, beta = 0.0, np.zeros(L)            # beta[p]: attachment to sigma'^2(z^(p))
+        for l in range(L - 1):                    # step layer l+1 -> l+2 (0-based l)
+            r = mlp.widths[l + 1] / mlp.widths[l]
+            CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+            chi = x * x * CW * s[l] + g * g
+            hist = float(beta[:l] @ T[l, :l])
+            beta0 = (x ** 4 * CW ** 2 * q[l] * Th[l] ** 2
+                     + r * (chi * chi * beta0 + 2 * x * x * CW * chi * hist))
+            beta[:l] *= r * g * g * chi
+            beta[l] = x * x * g * g * CW * Th[l] ** 2
+            out["B"][l + 1] = beta0 + 2 * float(beta[:l + 1] @ s[:l + 1])
+    if "F" in stats:
+        SS = _two_depth(act, lambda z: act.sigma(z) * act.d1(z), K, C)
+        # features: index m in 0..L-1 is U (increment w_m, m >= 1); L + p is S_p
+        M = np.zeros((2 * L, 2 * L))
+        for l in range(L - 1):
+            r = mlp.widths[l + 1] / mlp.widths[l]
+            CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+            G = varw[l + 1]
+            e = np.zeros(2 * L)
+            e[:l + 1] = a[l, :l + 1] * varw[:l + 1] * dss[l]
+            e[L:L + l] = SS[l, :l]
+            Me = M @ e
+            eMe = float(e @ Me)
+            M = r * g * g * M
+            u, sl = l + 1, L + l
+            M[u, u] += x * x * (CW ** 2 * sspp[l] * Th[l] + r * CW ** 2 * eMe) / G ** 2
+            if g != 0.0:
+                c = x * g * CW / G
+                M[u, sl] += c * Th[l]
+                M[sl, u] += c * Th[l]
+                M[u, :] += c * r * Me
+                M[:, u] += c * r * Me
+            v = np.zeros(2 * L)
+            v[:l + 2] = a[l + 1, :l + 2] * varw[:l + 2]
+            v[L:L + l + 1] = C[l + 1, :l + 1] * dss[:l + 1]
+            out["F"][l + 1] = float(v @ M @ v)
+    for k, arr in out.items():
+        if not np.all(np.isfinite(arr)):
+            raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
+                                     "criticality")
+    return out
+
+
+def residual_b_closure(mlp: MLP, K1: float) -> np.ndarray:
+    """B from the *closure* recursion (history terms dropped), for comparison only.
+
+    ``B' = xi^4 C_W^2 <sigma'^4> Theta^2 + 2 xi^2 gamma^2 C_W <sigma'^2> Theta^2
+    + r chi_perp^2 B``: what a book-style recursion with the finite set of
+    statistics gives. It is exact at gamma = 0, for linear networks and at
+    layer 2, and wrong beyond for nonlinear residual MLPs (module docstring;
+    the ensembles reject it for ReLU at gamma = 0.7, see
+    :func:`pdlt.report.residual.residual_ntk_rows`). Returns ndarray (L,).
+    """
+    act = mlp.activation
+    base = _kernel_flow(mlp, K1=float(K1))
+    K, Th = np.asarray(base.K, float), np.asarray(base.Theta, float)
+    t = single_input_terms(act, K, need_d3=False)
+    out = np.zeros(mlp.depth)
+    for l in range(mlp.depth - 1):
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+        chi = x * x * CW * t["pp"][l] + g * g
+        out[l + 1] = (x ** 4 * CW ** 2 * t["pppp"][l] * Th[l] ** 2
+                      + 2 * x * x * g * g * CW * t["pp"][l] * Th[l] ** 2 + r * chi * chi * out[l])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# A, D (and the exact V): cross-neuron covariances through the shared fields
+# ---------------------------------------------------------------------------
+
+def _cov2(act, f, h, K, C, same):
+    """Single-neuron ``Cov(f(z^(l)), h(z^(m)))`` for all l, m (matrix (L, L)).
+
+    ``C[l, m] = Cov(z^(l), z^(m))``; ``same[l]`` the one-variable ``<f h>`` at
+    ``K[l]`` (used on the diagonal).
+    """
+    L = len(K)
+    kw = dict(kinks=act.kinks, period=act.period)
+    mf = np.array([float(gaussian.expect(f, k, **kw)) for k in K])
+    mh = np.array([float(gaussian.expect(h, k, **kw)) for k in K])
+    out = np.zeros((L, L))
+    out[np.arange(L), np.arange(L)] = np.asarray(same) - mf * mh
+    li, mi = np.nonzero((C != 0.0) & ~np.eye(L, dtype=bool))
+    if len(li):
+        e = _expect2_unique(f, h, K[li], C[li, mi], K[mi], act.kinks)
+        out[li, mi] = e - mf[li] * mh[mi]
+    return out
+
+
+def _field_statistics(mlp, K1):
+    r"""A, D of a residual MLP from the covariance of the shared fields (single input).
+
+    Fields (one pair per layer m = 1..L-1): ``S_m = (1/n) sum_a sigma^2(z_a^(m))``
+    (the variance of the next increment is ``C_b + C_W S_m``) and ``P_m = (1/n)
+    sum_a sigma'^2(z_a^(m)) H_aa^(m)`` (the next NTK mean's ``C_W`` term). Given
+    the fields a neuron's trajectory is Gaussian, ``z^(l) = sum_q a_{lq} w_q``
+    with ``Var w_q = C_b + C_W S_{q-1}``, and its NTK diagonal is
+    ``H^(l) = sum_q b_{lq} xi_q^2 [lambda_b + lambda_W S_{q-1} + C_W P_{q-1}]``
+    (+ its own noise, which no other neuron sees), ``b_{lq} = prod gamma_p^2``.
+    For two different neurons and per-neuron functionals Phi, Psi:
+
+    .. math::
+        n\,\mathrm{Cov}(\Phi_j, \Psi_k) = \rho(\Phi)^T\Sigma\rho(\Psi)
+            + c(\Phi)^T\rho(\Psi) + \rho(\Phi)^T c(\Psi),
+
+    ``rho_q(Phi) = d<Phi>/dF_q`` (response to field q), ``c_q(Phi) =
+    Cov(Phi, f_q)`` in one neuron (``f_q`` the neuron's own term in field q:
+    the neuron's own influence on the fields), and ``Sigma_{qq'} = n Cov(F_q,
+    F_q') = Cov(f_q, f_q') + [the same formula for f_q, f_q']``, built layer by
+    layer (a field responds only to earlier fields). Then (V, from the S fields
+    alone: :func:`residual_vertex_metric`) ``D = rho(H)^T Sigma rho(z^2) + rho(H)^T
+    c(z^2)``, ``A = rho(H)^T Sigma rho(H)`` (``c(H) = 0``: a neuron's NTK depends
+    on its own trajectory only at O(1/n)).
+    """
+    act = mlp.activation
+    L = mlp.depth
+    base = _kernel_flow(mlp, K1=float(K1))
+    K, Th = np.asarray(base.K, float), np.asarray(base.Theta, float)
+    t = single_input_terms(act, K, need_d3=False)
+    ss, pp, dss, dpp = (np.asarray(t[k], float) for k in ("ss", "pp", "dss", "dpp"))
+    a, varw, C = _trajectory(mlp, K)
+    CW, lW, x, g = (np.asarray(v, float) for v in (mlp.C_W, mlp.lambda_W, mlp.xi, mlp.gamma))
+    s2 = lambda z: act.sigma(z) ** 2            # noqa: E731
+    p2 = lambda z: act.d1(z) ** 2               # noqa: E731
+    kw = dict(kinks=act.kinks, period=act.period)
+    one = lambda f: np.array([float(gaussian.expect(f, k, **kw)) for k in K])  # noqa: E731
+    fns = {"g": s2, "F": s2, "xg": lambda z: z * s2(z), "yF": lambda z: z * s2(z),
+           "x2g": lambda z: z * z * s2(z), "Fy2": lambda z: z * z * s2(z)}
+    P = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"), ("x2g", "F")))
+    mean = one(s2)
+    cSS = P[("g", "F")] - np.outer(mean, mean)  # Cov(sigma^2(z^(l)), sigma^2(z^(m)))
+    cSP = _cov2(act, s2, p2, K, C, one(lambda z: s2(z) * p2(z)))      # Cov(s^2_l, p^2_m)
+    cPP = _cov2(act, p2, p2, K, C, one(lambda z: p2(z) ** 2))
+    # b[l, q]: weight of layer q's NTK increment in H^(l)
+    b = np.zeros((L, L))
+    for l in range(L):
+        b[l, l] = 1.0
+        for q in range(l):
+            b[l, q] = b[l - 1, q] * g[l] ** 2
+    nf = 2 * (L - 1)                              # fields: S_m at m, P_m at L-1+m
+
+    def resp_z(fn_d, l):
+        """rho(Phi(z^(l))) for <Phi>' = fn_d (derivative in K at K_l)."""
+        r = np.zeros(nf)
+        for m in range(l):                        # S_m sets Var w_{m+1}
+            r[m] = a[l, m + 1] ** 2 * CW[m + 1] * fn_d
+        return r
+
+    def resp_H(l):
+        r = np.zeros(nf)
+        for m in range(l):
+            w = b[l, m + 1] * x[m + 1] ** 2
+            r[m] = w * lW[m + 1]
+            r[L - 1 + m] = w * CW[m + 1]
+        return r
+
+    # single-neuron covariances of the fields' own terms: Cov(f_i, f_q) for all i, q
+    own = np.zeros((nf, nf))
+    S_, P_ = np.arange(L - 1), L - 1 + np.arange(L - 1)
+    own[np.ix_(S_, S_)] = cSS[:L - 1, :L - 1]
+    own[np.ix_(S_, P_)] = cSP[:L - 1, :L - 1] * Th[None, :L - 1]
+    own[np.ix_(P_, S_)] = own[np.ix_(S_, P_)].T
+    own[np.ix_(P_, P_)] = cPP[:L - 1, :L - 1] * np.outer(Th[:L - 1], Th[:L - 1])
+    R = np.zeros((nf, nf))                        # R[q] = response vector of f_q (causal)
+    for m in range(L - 1):
+        R[m] = resp_z(dss[m], m)
+        R[L - 1 + m] = Th[m] * resp_z(dpp[m], m) + pp[m] * resp_H(m)
+    # dressed own influence: a neuron's term in an early field moves the later fields
+    # through the other neurons' responses, c~ = c + R c~
+    # (unnormalized covariances: a field of layer m averages n_m neurons, and a neuron's own
+    # term in it carries 1/n_m; own[q, q'] != 0 only within a residual chain of equal widths)
+    nw = np.array([mlp.widths[m + 1] for m in range(L - 1)] * 2, dtype=float)
+    dress = np.linalg.inv(np.eye(nf) - R)
+    ctil = (own / nw[None, :]) @ dress.T          # ctil[i] = dressed c(f_i)
+    Sig = np.zeros((nf, nf))
+    for m in range(L - 1):
+        new = (m, L - 1 + m)
+        done = [q for q in range(nf) if (q - (L - 1) if q >= L - 1 else q) <= m]
+        for i in new:
+            for q in done:
+                v = own[i, q] / nw[q] + R[i] @ Sig @ R[q] + ctil[i] @ R[q] + R[i] @ ctil[q]
+                Sig[i, q] = Sig[q, i] = v
+    out = {k: np.zeros(L) for k in ("A", "D")}
+    for l in range(1, L):
+        rz = resp_z(1.0, l)
+        rH = resp_H(l)
+        cz = np.zeros(nf)
+        for m in range(l):
+            cz[m] = 2 * C[l, m] ** 2 * dss[m]
+            cz[L - 1 + m] = 2 * C[l, m] ** 2 * dpp[m] * Th[m]
+        cz = dress @ (cz / nw)
+        n = mlp.widths[l]                         # n_{l-1} of NOTATION.md's normalization
+        out["D"][l] = n * (rH @ Sig @ rz + rH @ cz)
+        out["A"][l] = n * (rH @ Sig @ rH)
+    return out
+
+
+def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambda_W=1.0):
+    r"""Depth slopes of the exact residual V and of A, B, D, F at residual criticality.
+
+    The network is :func:`pdlt.theory.residual.residual_mlp` (every layer l >= 2
+    residual, constant ``lambda_b``, ``lambda_W``, one input at ``K1 = K*`` or 1).
+    At ``gamma = 0`` the NTK slopes are :func:`pdlt.theory.finite_ntk.ntk_slopes`'
+    (which depend on ``lambda_b : lambda_W`` only).
+
+    * ``nu_V``: the exact vertex slope,
+      :func:`pdlt.theory.residual.residual_vertex_slope` (its own depth;
+      Aitken-extrapolated), for activations with ``K* > 0`` or scale invariance.
+    * scale-invariant class only: ``nu_X`` of ``X/(n Theta^a K^b) ~ nu_X l / n``
+      for A, B (``a = 2, b = 0``) and D, F (``a = b = 1``), by Richardson
+      extrapolation ``2 g(L) - g(L/2)`` of ``g(l) = X / (Theta^a K^b l)``
+      (relative error O(1/L^2) plus the geometric transient).
+
+    Returns
+    -------
+    dict
+        ``{"nu_V": float, "A": ..., "B": ..., "D": ..., "F": ...}`` (the NTK
+        entries None outside the scale-invariant class).
+    """
+    from ..activations import activation as _act
+    from .criticality import criticality
+    from .residual import residual_mlp, residual_vertex_slope
+
+    act = _act(activation)
+    crit = criticality(act)
+    if not crit.is_critical or crit.universality_class == "K*=0":
+        raise ValueError(f"residual_slopes needs K* > 0 or a scale-invariant activation; "
+                         f"{act.name!r} is in the {crit.universality_class!r} class")
+    if K1 is None:
+        K1 = crit.K_star if crit.K_star else 1.0
+    L = int(depth)
+    m = residual_mlp(act, gamma, width=8, depth=L, n_out=8, lambda_b=lambda_b,
+                     lambda_W=lambda_W)
+    r = residual_ntk_single(m, K1, stats=("A", "B", "D", "F"))
+    fl = _kernel_flow(m, K1=float(K1))
+    K, Th = np.asarray(fl.K, float), np.asarray(fl.Theta, float)
+    out = {"nu_V": residual_vertex_slope(act, gamma)}
+    for name, (pa, pb) in {"A": (2, 0), "B": (2, 0), "D": (1, 1), "F": (1, 1)}.items():
+        if crit.universality_class != "scale-invariant":
+            out[name] = None
+            continue
+        g = r[name] / (Th ** pa * K ** pb * np.arange(1, L + 1))
+        out[name] = float(2 * g[L - 1] - g[L // 2 - 1])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# V and G1 (exact): the S-fields alone
+# ---------------------------------------------------------------------------
+
+def _stein_lyapunov(R, X):
+    """``Sig = X + R Sig R^T`` for a strictly causal (nilpotent) ``R``, by doubling.
+
+    ``Sig = sum_k R^k X (R^T)^k``; after ``ceil(log2(n))`` doublings ``R^(2^j) = 0``
+    and the sum is exact (no iteration error).
+    """
+    Sig, A = X.copy(), R.copy()
+    while np.any(A):
+        Sig = Sig + A @ Sig @ A.T
+        A = A @ A
+    return 0.5 * (Sig + Sig.T)
+
+
+def _two_depth_pairs(act, C, fns, terms):
+    """Single-neuron two-depth averages ``<fa(z^(l)) fb(z^(m))>`` for all (l, m) at once.
+
+    The covariance ``C`` of one neuron's preactivations over the depths is a kernel
+    matrix, so :func:`pdlt.gaussian.pair_expectations` (Mehler series with nested
+    quadrature fallback; absolute error ``<= 1e-13 sqrt(<fa^2><fb^2>)``) serves every
+    pair in one call. ``fns``: name -> function; returns term -> (L, L) ndarray.
+    """
+    from types import SimpleNamespace
+    sh = SimpleNamespace(name="_two_depth", scale_invariant=None, kinks=act.kinks,
+                         period=act.period, **fns)
+    L = C.shape[0]
+    K = np.diag(C).copy()
+    li, mi = np.triu_indices(L)
+    scale = 10.0 ** (12 - int(np.ceil(np.log10(max(float(np.max(np.abs(K))), 1e-300)))))
+    key = np.round(np.stack([K[li], C[li, mi], K[mi]], axis=1) * scale)
+    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    inv = inv.ravel()
+    if len(uniq) * 10 > len(li):                 # few repeats: one call on the whole matrix
+        return gaussian.pair_expectations(sh, C, terms, rtol=1e-13)
+    # at criticality the covariances repeat with the lag: one 2 x 2 kernel per distinct one
+    first = np.zeros(len(uniq), dtype=int)
+    first[inv[::-1]] = np.arange(len(li))[::-1]
+    out = {t: np.empty((L, L)) for t in terms}
+    for u, j in enumerate(first):
+        l, m = li[j], mi[j]
+        k2 = np.array([[C[l, l], C[l, m]], [C[l, m], C[m, m]]])
+        e = gaussian.pair_expectations(sh, k2, terms, rtol=1e-13)
+        sel = np.flatnonzero(inv == u)
+        for t in terms:
+            out[t][li[sel], mi[sel]] = e[t][0, 1] if l != m else e[t][0, 0]
+            out[t][mi[sel], li[sel]] = e[t][1, 0] if l != m else e[t][0, 0]
+    return out
+
+
+def _cov_second_derivative(P, K, C):
+    """``Cov(g(z^(m)), F''(z^(l)))`` (matrix [l, m]) from two-depth averages, no derivative of F.
+
+    With ``x = z^(m)``, ``y = z^(l) = beta x + e``, ``e`` independent of x, ``beta =
+    C_lm / K_m``, ``s = Var e``, Stein along e gives ``E[g(x) F''(y)] = E[g(x) F(y)
+    ((y - beta x)^2 - s)] / s^2``. ``P`` holds the averages (keys ``("g", "Fy2")``,
+    ``("xg", "yF")``, ``("x2g", "F")``, ``("g", "F")``, indexed [x-depth, y-depth]) and
+    ``<F''>_{K_l}`` under ``"F2"``, ``<g>_{K_m}`` under ``"g"``. Relative accuracy
+    ~ 1e-13 / (1 - rho^2)^2; the diagonal (rho = 1) is not used and set to 0.
+    """
+    Km, Kl = K[None, :], K[:, None]
+    Cl = C                                     # [l, m]
+    beta = Cl / Km
+    s = Kl - Cl * Cl / Km
+    np.fill_diagonal(s, 1.0)
+    T = lambda key: P[key].T                   # noqa: E731  (-> [l, m])
+    ev = (T(("g", "Fy2")) - 2 * beta * T(("xg", "yF")) + beta * beta * T(("x2g", "F"))
+          - s * T(("g", "F"))) / (s * s)
+    out = ev - P["F2"][:, None] * P["g"][None, :]
+    np.fill_diagonal(out, 0.0)
+    return out
+
+
+def residual_vertex_metric(mlp: MLP, K1: float) -> dict:
+    r"""Exact single-input V and G1 of a residual MLP at order 1/n.
+
+    The fields ``S_m = (1/n_m) sum_a sigma^2(z_a^(m))`` (m = 1..L-1) set the
+    variances of the increments, ``Var u^(m+1) = C_b + C_W S_m``; given the
+    fields, a neuron's preactivation ``z^(l) = sum_q a_{lq} w_q`` has the
+    conditional variance ``Khat_l = sum_m rho_m S_m + const``, ``rho_m =
+    a_{l,m+1}^2 C_W^(m+1)``. With ``Sigma = Cov(S, S)``, the one-neuron
+    two-depth covariances ``c_m(Phi) = Cov(Phi, sigma^2(z^(m)))`` and their
+    dressing ``c~ = (1 - R)^{-1} c / n`` (``R``: response of a field to earlier
+    fields; the neuron's own term in an early field moves the later ones through
+    the other neurons), see :func:`_field_statistics`:
+
+    .. math::
+        V^{(l)} &= n_{l-1}\,[\rho^T\Sigma\rho + 2\rho^T\tilde c(z^2)],\\
+        G^{1(l+1)} &= \frac{n_l}{n_{l-1}}\gamma^2 G^{1(l)} + n_l\,\xi^2 C_W\,
+          \Big[\tfrac12\langle(\sigma^2)''\rangle \tfrac{G^{1(l)}}{n_{l-1}}
+          + \tfrac18\langle(\sigma^2)''''\rangle\,\rho^T\Sigma\rho
+          + \tfrac12\rho^T\tilde c\big((\sigma^2)''(z^{(l)})\big)\Big].
+
+    The G1 step is ``E[z'^2] = xi^2 (C_b + C_W E[sigma^2(z)]) + gamma^2 E[z^2]``
+    with the one-neuron mean ``E[sigma^2(z^(l))]`` at order 1/n: the fluctuating
+    conditional variance (second-order term) and the correlation of an
+    increment's variance with the neuron's own past (Stein along the
+    increment: ``E[h(past) f'(z) a eps / (2 sqrt v)] = (a^2/2) E[h f''(z)]``).
+    Expanding ``c((sigma^2)'')`` in Hermite polynomials, its first two terms are
+    the three-point (``kappa3 <(sigma^2)'''>/2``) and mixed-V
+    (``<(sigma^2)''''> V/8``) terms of :mod:`pdlt.theory.vertex`'s truncation;
+    the rest is what the truncation drops. At gamma = 0 both are the plain
+    recursions; for sigma linear every two-depth term is exact in the truncation.
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+
+    Returns
+    -------
+    dict
+        ``{"V": ndarray (L,), "G1": ndarray (L,)}``, normalized by ``n_{l-1}``.
+    """
+    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
+        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
+    act = mlp.activation
+    L = mlp.depth
+    base = _kernel_flow(mlp, K1=float(K1))
+    K = np.asarray(base.K, float)
+    dss = np.asarray(single_input_terms(act, K, need_d3=False)["dss"], float)
+    a, _, C = _trajectory(mlp, K)
+    CW, x, g = (np.asarray(v, float) for v in (mlp.C_W, mlp.xi, mlp.gamma))
+    s2 = lambda z: act.sigma(z) ** 2            # noqa: E731
+    kw = dict(kinks=act.kinks, period=act.period)
+    one = lambda f: np.array([float(gaussian.expect(f, k, **kw)) for k in K])  # noqa: E731
+    d4 = np.array([float(gaussian.expect(
+            lambda z, k=k: s2(z) * ((z * z / k) ** 2 - 6 * z * z / k + 3), k, **kw)) / (k * k)
+            for k in K])                        # <(sigma^2)''''>_K by Stein
+    out = {"V": np.zeros(L), "G1": np.zeros(L)}
+    nf = L - 1
+    if nf == 0:
+        return out
+    fns = {"g": s2, "F": s2, "xg": lambda z: z * s2(z), "yF": lambda z: z * s2(z),
+           "x2g": lambda z: z * z * s2(z), "Fy2": lambda z: z * z * s2(z)}
+    P = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"), ("x2g", "F")))
+    mean = one(s2)
+    cSS = P[("g", "F")] - np.outer(mean, mean)  # Cov(sigma^2(z^(l)), sigma^2(z^(m)))
+    rho = np.zeros((L, nf))                      # rho[l, m]: response of Khat_l to S_m
+    for l in range(L):
+        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
+    R = rho[:nf] * dss[:nf, None]                # R[m, j] = d<sigma^2(z^(m))>/dS_j
+    nw = np.array([mlp.widths[m + 1] for m in range(nf)], dtype=float)
+    D = cSS[:nf, :nf] / nw[None, :]
+    dress = np.linalg.inv(np.eye(nf) - R)
+    ctil = D @ dress.T
+    Sig = _stein_lyapunov(R, D + ctil @ R.T + R @ ctil.T)
+    P["g"] = mean
+    P["F2"] = np.array([float(gaussian.expect(lambda z, k=k: s2(z) * (z * z / k - 1.0) / k,
+                                              k, **kw)) for k in K])    # <(sigma^2)''>
+    cF2 = _cov_second_derivative(P, K, C)[:, :nf]
+    g1 = 0.0                                     # E[z^(l) z^(l)] - K^(l), unnormalized
+    for l in range(L):
+        r = rho[l]
+        varK = float(r @ Sig @ r)
+        if l >= 1:
+            cz = dress @ (2.0 * C[l, :nf] ** 2 * dss[:nf] * (np.arange(nf) < l) / nw)
+            out["V"][l] = mlp.widths[l] * (varK + 2.0 * float(r @ cz))
+            out["G1"][l] = mlp.widths[l] * g1
+        if l == L - 1:
+            break
+        self_ = 0.5 * float(r @ (dress @ (cF2[l] / nw)))
+        shift = dss[l] * g1 + 0.125 * d4[l] * varK + self_
+        g1 = x[l + 1] ** 2 * CW[l + 1] * shift + g[l + 1] ** 2 * g1
+    for k, arr in out.items():
+        if not np.all(np.isfinite(arr)):
+            raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
+                                     "criticality")
+    return out

@@ -1,0 +1,80 @@
+"""Residual NTK statistics B and F against ensembles of real residual networks.
+
+Criterion (the house rule): |measured - theory| <= 4 se + allowance, with the
+resolution (4 se + allowance)/|theory| stated, and the same comparison must
+reject the theory x0.5 and x2.
+
+* CI: layer 2, where A, B, D, F are exact at any width (layer 1 is Gaussian and
+  its NTK deterministic), so the allowance is 0 and one small width suffices.
+* slow: layer 3, ReLU at gamma = 0.7, two widths (32, 64) extrapolated,
+  m = 2 m(64) - m(32), allowance 0.25 |m(32) - m(64)| for the O(1/n^2)
+  remainder. This is where the two-depth (history) term of
+  pdlt.theory.residual_ntk matters: the closure recursion must be rejected.
+"""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import pdlt  # noqa: E402
+from pdlt.experiment import Ensemble  # noqa: E402
+from pdlt.theory.residual import residual_mlp  # noqa: E402
+from pdlt.theory.residual_ntk import residual_b_closure, residual_ntk_single  # noqa: E402
+
+
+def _check(mean, se, theory, allowance=0.0, max_resolution=0.25):
+    tol = 4 * se + allowance
+    assert tol / abs(theory) <= max_resolution, f"resolution {tol / abs(theory):.3f} too coarse"
+    assert abs(mean - theory) <= tol, f"{mean} +- {se} vs theory {theory}"
+    assert abs(mean - 0.5 * theory) > tol and abs(mean - 2 * theory) > tol
+
+
+@pytest.mark.parametrize("act,gamma,stats", [("relu", 0.7, "ABDF"), ("tanh", 0.3, "BF"),
+                                             ("gelu", 0.3, "ABDF")])
+def test_layer_two_exact_at_any_width(act, gamma, stats):
+    """(tanh's A and D are ~20x smaller relative to their scatter: not resolved at this size.)"""
+    K1 = pdlt.criticality(act).K_star or 1.0
+    m = residual_mlp(act, gamma, width=12, depth=2, n_out=12, lambda_b=0.5)
+    N = 4000 if "D" in stats else 1500
+    meas = Ensemble(m, networks=N, seed=7).measure(K1=K1, stats=list(stats), progress=False)
+    th = residual_ntk_single(m, K1)
+    for k in stats:
+        _check(float(meas[k].mean[1]), float(meas[k].stderr[1]), float(th[k][1]),
+               max_resolution=0.25)
+
+
+@pytest.mark.slow
+def test_layer_three_history_term_relu():
+    """~2 min: B, F at layer 3 resolved to ~2 %; the closure B is rejected (>= 5 se)."""
+    act, gamma, N = "relu", 0.7, 20000
+    meas = {}
+    for i, n in enumerate((32, 64)):
+        m = residual_mlp(act, gamma, width=n, depth=3, n_out=n, lambda_b=0.5)
+        meas[n] = Ensemble(m, networks=N, seed=100 + i).measure(K1=1.0, stats=["B", "F"],
+                                                                progress=False)
+    th = residual_ntk_single(m, 1.0)
+    for k in ("B", "F"):
+        a1, s1 = float(meas[32][k].mean[2]), float(meas[32][k].stderr[2])
+        a2, s2 = float(meas[64][k].mean[2]), float(meas[64][k].stderr[2])
+        mean, se, allow = 2 * a2 - a1, math.hypot(2 * s2, s1), 0.25 * abs(a1 - a2)
+        _check(mean, se, float(th[k][2]), allow, max_resolution=0.06)
+        if k == "B":
+            clos = float(residual_b_closure(m, 1.0)[2])
+            assert abs(mean - clos) > 4 * se + allow, "the closure recursion is not rejected"
+
+
+@pytest.mark.slow
+def test_report_rows_relu_all_four():
+    """~1-2 min: pdlt.report.residual.residual_ntk_rows for ReLU, gamma = 0.7, layers 2-3:
+    every row passes, and every row with resolution <= 25 % rejects x0.5 and x2."""
+    from pdlt.report.residual import residual_ntk_rows
+    rows = residual_ntk_rows(("relu",), (0.7,), depth=3, widths=(16, 32), networks=8000,
+                             stats=("A", "B", "D", "F"))
+    assert len(rows) == 8
+    for r in rows:
+        assert r["passed"], r
+        if r["resolution"] <= 0.25:
+            assert r["rejects_half"] and r["rejects_double"], r
+    assert sum(r["resolution"] <= 0.25 for r in rows) >= 7

@@ -1,0 +1,193 @@
+"""Residual NTK statistics B, F (pdlt.theory.residual_ntk): exact references.
+
+* gamma = 0: the history recursion must be the plain recursion of
+  pdlt.theory.ntk (same floating-point inputs, different algebra): 1e-12.
+* Layer 2 (layer 1 exactly Gaussian, its NTK deterministic): closed forms
+  B = xi^4 C_W^2 <s'^4> Th^2 + 2 xi^2 g^2 C_W <s'^2> Th^2 and
+  F = xi^4 C_W^2 Th <s^2 s'^2> + 2 xi^2 g^2 C_W Th <z s s'>, exact at any width.
+* Linear networks: sigma' = 1, so every two-depth average factorizes and the
+  closure recursion is exact; the history recursion must agree with it.
+* Hand computation for a linear 3-layer network (module doctest).
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import pdlt
+from pdlt.theory.finite_ntk import ntk_fluctuation_flow
+from pdlt.theory.residual_ntk import residual_b_closure, residual_ntk_single
+from pdlt.gaussian import expect
+
+ACTS = ["relu", "tanh", "gelu", "sin"]
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_gamma_zero_is_the_plain_recursion(act):
+    m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9), activation=act, C_W=1.3, C_b=0.1,
+                 lambda_b=0.5, lambda_W=0.8)
+    r = residual_ntk_single(m, 0.9, stats=("A", "B", "D", "F", "V"))
+    f = ntk_fluctuation_flow(m, K1=0.9)
+    for k in ("A", "B", "D", "F", "V"):
+        np.testing.assert_allclose(r[k], f[k], rtol=1e-12, atol=1e-14 * np.abs(f[k]).max())
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_layer_two_closed_form(act):
+    g, x, CW, Cb, K1 = 0.6, 0.9, 0.8, 0.2, 0.7
+    m = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, activation=act, C_W=CW, C_b=Cb,
+                 gamma=g, xi=x, lambda_b=0.3, lambda_W=1.1)
+    a = m.activation
+    Th = float(pdlt.flow(m, K1=K1).Theta[0])
+    kw = dict(kinks=a.kinks)
+    p2, p4 = (float(expect(lambda z, k=k: a.d1(z) ** k, K1, **kw)) for k in (2, 4))
+    s2p2 = float(expect(lambda z: (a.sigma(z) * a.d1(z)) ** 2, K1, **kw))
+    zsp = float(expect(lambda z: z * a.sigma(z) * a.d1(z), K1, **kw))
+    r = residual_ntk_single(m, K1)
+    B2 = x ** 4 * CW ** 2 * p4 * Th ** 2 + 2 * x * x * g * g * CW * p2 * Th ** 2
+    F2 = x ** 4 * CW ** 2 * Th * s2p2 + 2 * x * x * g * g * CW * Th * zsp
+    assert r["B"][1] == pytest.approx(B2, rel=1e-12)
+    assert r["F"][1] == pytest.approx(F2, rel=1e-11)
+    assert residual_b_closure(m, K1)[1] == pytest.approx(B2, rel=1e-12)
+
+
+def test_linear_history_equals_closure():
+    m = pdlt.MLP(n0=1, width=8, depth=7, n_out=8, activation="linear", C_W=0.6, C_b=0.1,
+                 gamma=(0, 0.5, 0.7, 0.0, 0.9, 0.3, 0.6), lambda_b=0.4)
+    np.testing.assert_allclose(residual_ntk_single(m, 1.3, stats="B")["B"],
+                               residual_b_closure(m, 1.3), rtol=1e-13)
+
+
+def test_history_differs_from_closure_for_relu():
+    """The two-depth term: B^(3) - closure = 2 C_W chi_perp beta_1 arcsin(g)/(2 pi) (ReLU, K = K*)."""
+    g = 0.7
+    m = pdlt.theory.residual.residual_mlp("relu", g, width=8, depth=3, n_out=8, lambda_b=0.5)
+    Th1 = float(pdlt.flow(m, K1=1.0).Theta[0])
+    CW = m.C_W[1]
+    beta1 = g * g * CW * Th1 ** 2
+    want = 2 * CW * 1.0 * beta1 * math.asin(g) / (2 * math.pi)
+    diff = residual_ntk_single(m, 1.0, stats="B")["B"][2] - residual_b_closure(m, 1.0)[2]
+    assert diff == pytest.approx(want, rel=1e-9)
+
+
+def test_refuses_statistics_not_derived():
+    m = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, gamma=0.5)
+    with pytest.raises(NotImplementedError, match=r"\[.P.\].*derived: A, B, D, F"):
+        residual_ntk_single(m, 1.0, stats=("P", "B"))
+    with pytest.raises(ValueError, match="K1 must be"):
+        residual_ntk_single(m, -1.0)
+
+
+def test_linear_vertex_is_the_closed_form():
+    """Linear residual nets: no two-depth terms beyond z^2, so the field-covariance V must
+    equal pdlt.theory.vertex's (checked there against the deep linear closed form)."""
+    from pdlt.theory.vertex import finite_width_flow
+    m = pdlt.MLP(n0=1, width=8, depth=6, n_out=8, activation="linear", C_W=0.7, C_b=0.2,
+                 gamma=(0, 0.5, 0.8, 0.3, 0.6, 0.9), xi=1.1)
+    np.testing.assert_allclose(residual_ntk_single(m, 1.2, stats="V")["V"],
+                               finite_width_flow(m, K1=1.2)["V"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_vertex_metric_gamma_zero_is_the_plain_recursion(act):
+    """residual_vertex_metric at gamma = 0 (unequal widths): the plain V, G1 of vertex.py."""
+    from pdlt.theory.residual_ntk import residual_vertex_metric
+    from pdlt.theory.vertex import finite_width_flow
+    m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9), activation=act, C_W=1.3, C_b=0.1)
+    r, f = residual_vertex_metric(m, 0.9), finite_width_flow(m, K1=0.9)
+    for k in ("V", "G1"):
+        scale = max(np.abs(f[k]).max(), np.abs(f["V"]).max())
+        np.testing.assert_allclose(r[k], f[k], rtol=1e-12, atol=1e-14 * scale)
+
+
+def _relu_v3_direct(g, CW):
+    th = math.acos(g)
+    two = (3 * math.sin(th) * math.cos(th) + (math.pi - th) * (1 + 2 * math.cos(th) ** 2)) / (
+        2 * math.pi) - 0.25                        # Cov(relu(z2)^2, relu(z1)^2), rho = g
+    var_s2, cov_s2_z2, dK = 1.25, 1.0, 0.5        # Var(relu^2), Cov(relu^2, z^2), d<relu^2>/dK
+    V2 = CW ** 2 * var_s2 + 4 * g * g * CW * 0.5   # layer 2 (exact)
+    cross_ss = CW ** 2 * var_s2 * dK ** 2 + 2 * CW * dK * two
+    cross_sz = CW ** 2 * var_s2 * dK + CW * (dK * g * g * cov_s2_z2 + two)
+    return CW ** 2 * (var_s2 + cross_ss) + 2 * g * g * CW * (cov_s2_z2 + cross_sz) + g ** 4 * V2
+
+
+def test_relu_vertex_layer_three_direct():
+    """V^(3), ReLU, gamma = 0.5 (K = 1), by the direct conditional formula
+    V/n = xi^4 Var(G2) + 2 xi^2 g^2 Cov(G2, z2^2) + g^4 V^(2)/n, with the exact
+    two-depth covariance Cov(sigma^2(z^(2)), sigma^2(z^(1))) (arc-cosine kernel of
+    degree 2): 8.6179, where the three-point truncation of pdlt.theory.vertex gives 8.5574.
+    finite_width_flow serves the same (exact) value."""
+    from pdlt.theory.vertex import finite_width_flow
+    g, CW = 0.5, 1.5
+    m = pdlt.theory.residual.residual_mlp("relu", g, width=8, depth=3, n_out=8)
+    V3 = _relu_v3_direct(g, CW)
+    assert V3 == pytest.approx(8.6179, abs=5e-5)
+    assert residual_ntk_single(m, 1.0, stats="V")["V"][2] == pytest.approx(V3, rel=1e-10)
+    assert finite_width_flow(m, K1=1.0)["V"][2] == pytest.approx(V3, rel=1e-10)
+
+
+def test_relu_metric_layer_three_closed_form():
+    """G1^(3), ReLU, K = 1: <(relu^2)''''> = 0, so only the neuron's own past enters,
+    G1^(3) = (C_W^2 / 2) Cov(relu(z1)^2, 2 theta(z2)) with E[x^2 1{x>0, y>0}] =
+    1/4 + (arcsin rho + rho sqrt(1 - rho^2)) / (2 pi), rho = gamma:
+    G1^(3) = (C_W^2 / 2)(arcsin g + g sqrt(1 - g^2)) / pi (gamma = 0.5: 0.34256; the
+    three-point truncation gives 0.35810)."""
+    from pdlt.theory.vertex import finite_width_flow
+    for g in (0.5, 0.8):
+        CW = 2 * (1 - g * g)
+        m = pdlt.theory.residual.residual_mlp("relu", g, width=8, depth=3, n_out=8)
+        want = CW * CW / 2 * (math.asin(g) + g * math.sqrt(1 - g * g)) / math.pi
+        assert finite_width_flow(m, K1=1.0)["G1"][2] == pytest.approx(want, rel=1e-10)
+
+
+@pytest.mark.slow
+def test_relu_metric_monte_carlo():
+    """G1^(3), G1^(4) of real residual ReLU networks (gamma = 0.5; widths 16, 32, 64, 2e6
+    networks each, Rao-Blackwellized, docs/derivations/residual_g1_mc.py; ~3 min): exact
+    within 3 se; the three-point truncation and x0.5 / x2 rejected at > 4 se; resolution
+    4 se / G1 < 3 %."""
+    import importlib.util
+    import pathlib
+    import sys
+    path = pathlib.Path(__file__).parents[2] / "docs" / "derivations" / "residual_g1_mc.py"
+    spec = importlib.util.spec_from_file_location("residual_g1_mc", path)
+    mc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mc)
+    argv, sys.argv = sys.argv, ["x", "0.5", "2e6"]
+    try:
+        rows = mc.main()
+    finally:
+        sys.argv = argv
+    for r in rows:
+        assert 4 * r["se"] / r["exact"] < 0.03
+        assert abs(r["G1"] - r["exact"]) < 3 * r["se"]
+        for bad in (r["truncation"], 0.5 * r["exact"], 2 * r["exact"]):
+            assert abs(r["G1"] - bad) > 4 * r["se"]
+
+
+def test_ntk_fluctuation_flow_serves_what_is_derived():
+    m = pdlt.MLP(n0=1, width=8, depth=4, n_out=8, activation="tanh", C_W=0.8, gamma=0.5)
+    f = ntk_fluctuation_flow(m, K1=1.0, stats=("A", "B", "D", "F"))
+    r = residual_ntk_single(m, 1.0)
+    for k in "ABDF":
+        np.testing.assert_array_equal(f[k], r[k])
+    with pytest.raises(NotImplementedError, match="not derived: P, Q"):
+        ntk_fluctuation_flow(m, K1=1.0)
+    with pytest.raises(NotImplementedError, match="N-input"):
+        ntk_fluctuation_flow(m, np.ones((2, 1)), stats="B")
+
+
+def test_slopes_reduce_to_the_plain_ones_and_exceed_the_three_point_form():
+    from pdlt.theory.finite_ntk import ntk_slopes
+    from pdlt.theory.residual import residual_vertex_slope, three_point_vertex_slope
+    from pdlt.theory.residual_ntk import residual_slopes
+    s0 = residual_slopes("relu", 0.0, depth=40)
+    plain = ntk_slopes("relu")
+    assert s0["nu_V"] == pytest.approx(5.0, rel=1e-12)
+    for k in "ABDF":       # Richardson at depth 40: O(1/L^2) ~ 1e-3
+        assert s0[k] == pytest.approx(plain[k], rel=2e-3)
+    s = residual_slopes("relu", 0.5, depth=24)
+    assert s["nu_V"] == pytest.approx(6.49631, rel=1e-5)   # converged (geometric) by l ~ 20
+    assert s["nu_V"] == residual_vertex_slope("relu", 0.5)
+    assert s["nu_V"] > three_point_vertex_slope("relu", 0.5) * 1.005
