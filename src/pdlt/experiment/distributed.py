@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import signal
@@ -65,6 +64,7 @@ import time
 
 import numpy as np
 
+from ._ray import RaySession, as_completed
 from .estimators import GroupSums, group_of, n_groups
 
 __all__ = ["shard_ranges", "sharded_sums", "CHECKPOINT_INTERVAL"]
@@ -289,35 +289,6 @@ def _local_executor(spec, todo, **_):
         yield (a, b), range_sums(ens, plan, a, b)
 
 
-class _RaySession:
-    """``ray.init`` unless Ray is already up; shut down only what it started."""
-
-    def __init__(self, address, workers):
-        self.address, self.workers, self.started = address, workers, False
-
-    def __enter__(self):
-        try:
-            import ray
-        except ImportError as exc:
-            raise ImportError("backend='ray' needs Ray: pip install 'pdlt[ray]' (ray==2.60.0), "
-                              "or use backend='local'") from exc
-        self.ray = ray
-        if not ray.is_initialized():
-            if self.address is None:
-                ray.init(num_cpus=self.workers or os.cpu_count() or 1, include_dashboard=False,
-                         log_to_driver=False, logging_level=logging.WARNING)
-            else:
-                ray.init(address=self.address, log_to_driver=False,
-                         logging_level=logging.WARNING)
-            self.started = True
-        return ray
-
-    def __exit__(self, *exc):
-        if self.started:
-            self.ray.shutdown()
-        return False
-
-
 def _ray_executor(spec, todo, *, ray, gpu=False):
     import torch
     retry_on = [MemoryError]
@@ -327,14 +298,7 @@ def _ray_executor(spec, todo, *, ray, gpu=False):
                       retry_exceptions=retry_on)(_shard_task)
     spec_ref = ray.put(spec)
     refs = {task.remote(spec_ref, a, b, _FAULT): (a, b) for a, b in todo}
-    pending = list(refs)
-    try:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            yield refs[ready[0]], ray.get(ready[0])
-    finally:
-        for ref in pending:  # interrupted: stop the work still queued or running
-            ray.cancel(ref, force=True)
+    yield from as_completed(ray, refs)
 
 
 # ---------------------------------------------------------------------------
@@ -369,7 +333,7 @@ def sharded_sums(ens, plan, *, backend="local", address=None, shards=None, check
     total = None
     try:
         with sigterm_as_interrupt():
-            session = _RaySession(address, workers) if backend == "ray" else None
+            session = RaySession(address, workers) if backend == "ray" else None
             ray = session.__enter__() if session is not None else None
             try:
                 if shards is None:

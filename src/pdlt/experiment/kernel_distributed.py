@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import sys
 import time
 
 import numpy as np
 
+from ._ray import RaySession, as_completed
 from ..network import MLP, validate_inputs
 from ..theory.kernel_blocks import (KernelMatrices, _check_get, _check_layers, _rows,
                                     block_ranges, diagonal_flow, kernel_block)
@@ -135,43 +135,7 @@ def _ray_executor(job, todo, *, ray):
         if mlp_ref is None:
             mlp_ref = ray.put(mlp)
         refs[task.remote(mlp_ref, xa, xb, da, db, layers, get, on_diagonal=on_diag)] = blk
-    pending = list(refs)
-    try:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            yield refs[ready[0]], ray.get(ready[0])
-    finally:
-        for ref in pending:  # interrupted: stop the work still queued or running
-            ray.cancel(ref, force=True)
-
-
-class _RaySession:
-    """``ray.init`` unless Ray is already up; shut down only what it started."""
-
-    def __init__(self, address, workers):
-        self.address, self.workers, self.started = address, workers, False
-
-    def __enter__(self):
-        try:
-            import ray
-        except ImportError as exc:
-            raise ImportError("backend='ray' needs Ray: pip install 'pdlt[ray]' (ray==2.60.0), "
-                              "or use backend='local'") from exc
-        self.ray = ray
-        if not ray.is_initialized():
-            kw = dict(log_to_driver=False, logging_level=logging.WARNING)
-            if self.address is None:
-                ray.init(num_cpus=self.workers or os.cpu_count() or 1, include_dashboard=False,
-                         **kw)
-            else:
-                ray.init(address=self.address, **kw)
-            self.started = True
-        return ray
-
-    def __exit__(self, *exc):
-        if self.started:
-            self.ray.shutdown()
-        return False
+    yield from as_completed(ray, refs)
 
 
 def distributed_kernel_matrix(mlp: MLP, x, path, x2=None, *, layers=None, get=("K", "Theta"),
@@ -249,7 +213,7 @@ def distributed_kernel_matrix(mlp: MLP, x, path, x2=None, *, layers=None, get=("
         return (mlp, x[r0:r1], xb[c0:c1], _rows(da, r0, r1), _rows(db, c0, c1), layers, get,
                 sym and r0 == c0)
 
-    session = _RaySession(address, workers) if backend == "ray" else None
+    session = RaySession(address, workers) if backend == "ray" else None
     ray = session.__enter__() if session is not None else None
     bar = _progress(len(done) + len(todo), len(done), progress)
     written = 0
