@@ -67,6 +67,7 @@ _SPLIT_RULES = {
     "high": (np.array([-8.0, -6.0, -4.5, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0]), 7),
 }
 _PHI = 1.0 / math.sqrt(2.0 * math.pi)
+_TWO_MIN_S = 1e-3  # sqrt(1 - rho^2) of the last pair below this: one axis less in closed form
 _GRADE = np.array([1.0])  # offsets around a projected kink, in units of its smoothing width
 _CHUNK = 2 ** 22  # evaluation points per vectorized block
 _EPS = np.finfo(float).eps
@@ -378,6 +379,69 @@ def _exact_inner(fs_inner, m, l):
     return total
 
 
+def _phi(x):
+    return _PHI * np.exp(-0.5 * x * x)
+
+
+def _bvn_upper(h, k, rho, s):
+    """``P(X > -h, Y > -k)`` for standard bivariate normal with correlation rho (|rho| < 1).
+
+    Owen's T form of the bivariate normal distribution function
+    ``Phi_2(h, k; rho)``; absolute error ~1e-16.
+    """
+    h = np.where(h == 0, 1e-300, h)
+    k = np.where(k == 0, 1e-300, k)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ah = (k - rho * h) / (h * s)
+        ak = (h - rho * k) / (k * s)
+    beta = np.where(np.sign(h) == np.sign(k), 0.0, 0.5)
+    return (0.5 * (special.ndtr(h) + special.ndtr(k)) - special.owens_t(h, ah)
+            - special.owens_t(k, ak) - beta)
+
+
+def _exact_inner2(fa, fb, ma, la, mb, lb1, lb2):
+    """``E[fa(ma + la u1) fb(mb + lb1 u1 + lb2 u2)]``, u ~ N(0, I_2), in closed form.
+
+    fa, fb : :class:`PiecewiseMonomial` of degree 0 or 1; la > 0, lb2 > 0.
+    With ``A = sa (h + X)``, ``B = sb (k + Y)`` standardized, each sign
+    quadrant is a truncated bivariate-normal moment (Stein's lemma):
+    ``E[X; X>-h, Y>-k] = phi(h) Phi((k - rho h)/s) + rho phi(k) Phi((h - rho k)/s)`` and
+    ``E[XY; .] = rho P - rho h phi(h) Phi(.) - rho k phi(k) Phi(.) + s phi(h) phi((k - rho h)/s)``.
+    """
+    sa = np.abs(la)
+    sb = np.sqrt(lb1 * lb1 + lb2 * lb2)
+    rho0 = lb1 * np.sign(la) / sb
+    s = np.abs(lb2) / sb
+    h0, k0 = ma / sa, mb / sb
+    total = 0.0
+    for ea in (1.0, -1.0):
+        ca = fa.cp if ea > 0 else fa.cm
+        if ca == 0:
+            continue
+        for eb in (1.0, -1.0):
+            cb = fb.cp if eb > 0 else fb.cm
+            if cb == 0:
+                continue
+            h, k, rho = ea * h0, eb * k0, ea * eb * rho0
+            P = _bvn_upper(h, k, rho, s)
+            g1 = special.ndtr((k - rho * h) / s)
+            g2 = special.ndtr((h - rho * k) / s)
+            ph, pk = _phi(h), _phi(k)
+            EX = ph * g1 + rho * pk * g2
+            EY = pk * g2 + rho * ph * g1
+            if fa.n == 0 and fb.n == 0:
+                val = P
+            elif fa.n == 1 and fb.n == 0:
+                val = sa * ea * (h * P + EX)
+            elif fa.n == 0 and fb.n == 1:
+                val = sb * eb * (k * P + EY)
+            else:
+                EXY = rho * P - rho * h * ph * g1 - rho * k * pk * g2 + s * ph * _phi((k - rho * h) / s)
+                val = sa * sb * ea * eb * (h * k * P + h * EY + k * EX + EXY)
+            total = total + ca * cb * val
+    return total
+
+
 def _split_axis(m, Lkk, centers, breaks, q):
     """Nodes/weights in u for one axis (n points), split at ``centers`` (n, C).
 
@@ -419,19 +483,28 @@ def _split_sum(fs, order, L, kinks, breaks, q, exact_inner):
     rank = np.sum(diagL > 0, axis=1)
     ks = np.array(kinks)
     # group by the ordering and the rank: the functions at each position are then fixed
-    keys, inv = np.unique(np.concatenate([order, rank[:, None]], axis=1), axis=0,
+    # the last two axes in closed form (bivariate normal) when the last two
+    # variables are the only ones on them, of degree <= 1, and not collinear
+    two = np.zeros(B, dtype=bool)
+    if exact_inner and d >= 2:
+        sb = np.sqrt(L[:, d - 1, d - 2] ** 2 + L[:, d - 1, d - 1] ** 2)
+        two = (rank == d) & (L[:, d - 1, d - 1] > _TWO_MIN_S * np.maximum(sb, 1e-300))
+        deg1 = np.array([f.n <= 1 for f in fs])
+        two &= deg1[order[:, d - 2]] & deg1[order[:, d - 1]]
+    keys, inv = np.unique(np.concatenate([order, rank[:, None], two[:, None]], axis=1), axis=0,
                           return_inverse=True)
     inv = np.asarray(inv).reshape(-1)
     for g, key in enumerate(keys):
         idx_g = np.flatnonzero(inv == g)
         fo = [fs[v] for v in key[:d]]
         r = int(key[d])
+        use2 = bool(key[d + 1])
         if r == 0:
             out[idx_g] = np.prod([f(np.zeros(1))[0] for f in fo])
             continue
         # outer axes 0..n_outer-1 by split quadrature; with exact_inner the
-        # last axis r-1 carries the variables r-1..d-1 in closed form
-        n_outer = r - 1 if exact_inner else r
+        # last axis r-1 (or the last two) carries the remaining variables in closed form
+        n_outer = (r - 2 if use2 else r - 1) if exact_inner else r
         per_axis = (len(breaks) - 1 + 3 * len(ks) * d) * q
         step = max(1, _CHUNK // (per_axis ** max(n_outer, 1)))
         for start in range(0, len(idx_g), step):
@@ -476,7 +549,12 @@ def _split_sum(fs, order, L, kinks, breaks, q, exact_inner):
                 w = (w[:, :, None] * wk).reshape(b, -1)
                 us = np.concatenate([np.repeat(us, u.shape[2], axis=1),
                                      u.reshape(b, -1, 1)], axis=2)
-            if exact_inner:
+            if use2:
+                m = np.einsum("bpj,bij->bpi", us, Lb[:, d - 2:, :d - 2])      # (b, P, 2)
+                val = val * _exact_inner2(fo[d - 2], fo[d - 1], m[:, :, 0],
+                                          Lb[:, None, d - 2, d - 2], m[:, :, 1],
+                                          Lb[:, None, d - 1, d - 2], Lb[:, None, d - 1, d - 1])
+            elif exact_inner:
                 m = np.einsum("bpj,bij->bpi", us, Lb[:, r - 1:, :r - 1])      # (b, P, d-r+1)
                 l = Lb[:, None, r - 1:, r - 1]
                 val = val * _exact_inner(fo[r - 1:], m, l)
