@@ -19,6 +19,10 @@ def register(sub):
     p.add_argument("--inputs", required=True, help=".npy file with inputs of shape (N, n0)")
     p.add_argument("--critical", action="store_true",
                    help="use the critical (C_b, C_W) of the activation")
+    p.add_argument("--accuracy", choices=("fast", "default", "high"), default="default",
+                   help="rule of the three- and four-variable Gaussian averages behind V, G1 "
+                        "and A..U (pdlt.gaussian._multi states their errors); each layer "
+                        "reports its estimate as integration_error")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run)
 
@@ -53,14 +57,15 @@ def run(args):
         result = flow(mlp, x)
     else:
         try:
-            result = ntk_fluctuation_flow(mlp, x)
+            result = ntk_fluctuation_flow(mlp, x, accuracy=args.accuracy)
         except ValueError:  # R needs sigma'' without jumps (elu): the other nine
             try:
-                result = ntk_fluctuation_flow(mlp, x, stats=list("ABDFPQSTU"))
+                result = ntk_fluctuation_flow(mlp, x, stats=list("ABDFPQSTU"),
+                                              accuracy=args.accuracy)
             except (NotImplementedError, ValueError):
-                result = finite_width_flow(mlp, x)
+                result = finite_width_flow(mlp, x, accuracy=args.accuracy)
         except NotImplementedError:  # e.g. residual networks
-            result = finite_width_flow(mlp, x)
+            result = finite_width_flow(mlp, x, accuracy=args.accuracy)
     if args.json:
         print_json({"layers": [{"layer": s.layer, "K": s.K, "Theta": s.Theta, **s.extra}
                                for s in result]})
