@@ -246,7 +246,11 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         ap, am = scale_invariant
         fs = [PiecewiseMonomial(ap, am, 1)] * d
     order, L = _factor(Kb, where)
-    if all(isinstance(f, PiecewiseMonomial) for f in fs):
+    pw = all(isinstance(f, PiecewiseMonomial) for f in fs)
+    if pw and all(f.cp == f.cm for f in fs):
+        # plain monomials (linear activation): Gauss-Hermite is exact for polynomials
+        out, err = _gh_path(fs, order, L, accuracy, return_error)
+    elif pw:
         out, err = _split_path(fs, order, L, (0.0,), accuracy, return_error, exact_inner=True)
     elif len(kinks) == 0:
         out, err = _gh_path(fs, order, L, accuracy, return_error)
