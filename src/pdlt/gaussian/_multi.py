@@ -7,36 +7,52 @@ r"""Three- and four-variable Gaussian expectations (for the four-point vertex).
 
 Methods and their accuracy
 --------------------------
-**Smooth integrands (no kinks): nested Gauss-Hermite.** The variables are
-ordered by decreasing variance and written ``z = L u`` with L the (pivot
-tolerant) Cholesky factor, ``u ~ N(0, I_d)``; a tensor Gauss-Hermite rule in
-u is summed innermost-first, so ``f_k`` is evaluated on only
-``Q_1 ... Q_k`` points. Along axis k the integrand varies on the scale
-``s_k = max_i |L_ik|`` (in units of the activation's own scale, 1 for every
-named activation); an analytic activation with its nearest complex
-singularity at distance ~1 (tanh: pi/2) needs ``Q(s) = ceil(q0 + q1 s)``
-nodes (capped at 64, rounded up to a small set of rule sizes); axes with
-``L_kk = 0`` (coinciding inputs) get one node. ``accuracy`` picks
-``(q0, q1)``: "fast" (3, 18), "default" (5, 30), "high" (8, 48). Measured
-error on tanh with unit-scale 4 x 4 covariances, relative to the
-Cauchy-Schwarz scale ``prod_k <f_k^4>^(1/4)`` (``tests/test_gaussian_multi.py``):
-fast < 1e-4, default < 1e-5, high < 1e-6 (typically 2e-5, 4e-7 and 1e-8).
-Cost: ``prod_k Q_k`` evaluations of the last function, ~1e4-2e6 per
-four-variable expectation; strongly correlated inputs (deep layers) are cheap
-because only one axis is wide.
+**Factorization (any rank).** Each covariance is eigendecomposed and the
+rows of ``U sqrt(max(lambda, 0))`` are orthogonalized by pivoted
+Gram-Schmidt (largest conditional variance first): ``z = L u`` with L lower
+triangular, conditional variances computed as norms (never negative), and
+axes whose conditional variance is below 1e-14 of the largest variance
+dropped, so rank-deficient covariances (N > n0 + 1 inputs at the first
+layer) are integrated exactly on their support. A covariance with an
+eigenvalue below ``-1e-9 d`` times its largest variance is indefinite and
+raises :class:`KernelNotPSDError` naming it and the eigenvalue
+(:func:`check_psd` names the inputs of a whole kernel).
 
-**Kinked integrands: nested split Gauss-Legendre.** In Cholesky coordinates
-``z_k = sum_{j<k} L_kj u_j + L_kk u_k`` the integrand is smooth in ``u_k``
-except at the kinks ``u_k = (c - m_k)/L_kk``; each axis is split there and at
-fixed breakpoints ``0, +-1, +-2, +-4, +-7`` (truncation at ``|u| = 7``:
-Gaussian mass 2.6e-12) and integrated by 6-node Gauss-Legendre per panel.
-For scale-invariant activations (ReLU family) the innermost axis is done in
-closed form, ``<sigma(m + s u)> = a_- m + (a_+ - a_-)(m Phi(m/s) + s phi(m/s))``.
-Measured: relative error below 1e-7 for ReLU against the closed-form
-two-variable kernel and exact orthant products (the 6-node panels on
-``[2, 4]`` and ``[4, 7]`` dominate). Cost: 54^(d-1) evaluations per
-expectation for the ReLU family, 54^d otherwise (slow for d = 4: use few
-inputs with non-scale-invariant kinked activations).
+**Smooth integrands: nested Gauss-Hermite.** A tensor Gauss-Hermite rule
+in u is summed innermost-first, so ``f_k`` is evaluated on only
+``Q_1 ... Q_k`` points. Along axis k the integrand varies on the scale
+``s_k = max_i |L_ik|``; ``Q(s) = ceil(q0 + q1 s)`` nodes (capped at 64,
+rounded up to a rule size), one node for a zero axis. ``accuracy`` picks
+``(q0, q1)``: "fast" (3, 18), "default" (5, 30), "high" (8, 48). Measured
+error on tanh four-variable expectations against a 96-node tensor
+Gauss-Legendre reference (``benchmarks/accuracy.py``), relative to the
+Cauchy-Schwarz scale ``prod_k <f_k^4>^(1/4)``: at axis scales 0.3-0.7,
+fast 3e-8 - 7e-8, default 2e-11 - 1e-10, high < 2e-13; at unit scale
+(``K ~ 1``) fast 4e-6, default 6e-8, high 5e-9 -- Gauss-Hermite converges
+only like ``exp(-c sqrt(Q))`` for tanh (poles at ``i pi / 2``), so the
+1e-8 contract is NOT met by "default" for tanh-like activations at K ~ 1.
+The error estimate is the difference from the rule with every axis two
+sizes smaller: measured to overestimate the error in every case above.
+
+**ReLU family (products of ``a_+- z`` and ``a_+-``): closed-form inner axes.**
+The functions are :class:`PiecewiseMonomial`. The last two axes are done
+in closed form when the last two variables are of degree <= 1 and not
+collinear (``sqrt(1 - rho^2) > 1e-3``): a bivariate normal orthant
+probability (Owen's T) and its truncated first and mixed moments (Stein's
+lemma); otherwise the last axis alone is done exactly by truncated Gaussian
+moments of the piecewise polynomial. The outer axes (at most two for a
+four-variable expectation of full rank) use split Gauss-Legendre: fixed
+breakpoints (truncation at ``|u| = 8``), the variable's own kink, and the
+kinks of later variables projected onto the axis with panels of their
+smoothing width on both sides. Measured against an independent unpivoted
+nested reference (``tests/test_gaussian_multi.py``): default <= 2e-11
+(generic) and 6e-9 (strongly correlated, rho ~ 0.99), high <= 1e-11, fast
+<= 2e-5; ~10 ms per four-variable expectation at "default". Error
+estimate: the same panels with two nodes fewer (an overestimate).
+
+**Other kinked integrands (elu, declared user kinks): nested split
+Gauss-Legendre** on all axes with the same panels (the kinks given);
+``(6-12 panels x 4-7 nodes)^d`` evaluations: slow for d = 4.
 
 Coinciding indices are reduced before integrating:
 ``<sigma_a^2 sigma_b sigma_c>`` is a three-variable expectation of
