@@ -93,3 +93,60 @@ def test_named_activations_pickle(spec):
     back = pickle.loads(pickle.dumps(act))
     assert back == act and back.parameters == act.parameters
     np.testing.assert_array_equal(back.d1(Z), act.d1(Z))
+
+
+# ---------------------------------------------------------------------------
+# user callables: scale invariance, kinks, jumps
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn, slopes", [
+    (lambda z: np.maximum(z, 0), (1.0, 0.0)),
+    (np.abs, (1.0, -1.0)),
+    (lambda z: np.where(z > 0, z, 0.2 * z), (1.0, 0.2)),
+])
+def test_user_scale_invariant_is_exact(fn, slopes):
+    act = pdlt.activation(fn)
+    assert act.scale_invariant == slopes and act.kinks == (0.0,)
+    assert act.derivatives == "exact"
+    named = pdlt.activation("leaky_relu", slope=slopes[1]) if slopes != (1.0, -1.0) else None
+    if named is not None:
+        np.testing.assert_array_equal(act.d1(Z), named.d1(Z))
+    # criticality and the vertex slope work as for the named ones
+    crit = pdlt.criticality(act)
+    assert crit.universality_class == "scale-invariant"
+    assert crit.C_W == pytest.approx(2.0 / (slopes[0] ** 2 + slopes[1] ** 2), rel=1e-15)
+    from pdlt.theory.vertex import vertex_slope
+    ap, am = slopes
+    assert vertex_slope(act) == pytest.approx(6 * (ap ** 4 + am ** 4) / (ap ** 2 + am ** 2) ** 2 - 1,
+                                              rel=1e-15)
+
+
+def test_user_relu_theta_matches_named_relu_deep():
+    # the case: Theta off by 15% at L = 1000 with finite-difference derivatives
+    mk = lambda a: pdlt.MLP(n0=1, width=10, depth=1000, activation=a, C_W=2.0, C_b=0.0)
+    f_user = pdlt.flow(mk(pdlt.activation(lambda z: np.maximum(z, 0))), K1=1.0)
+    f_named = pdlt.flow(mk("relu"), K1=1.0)
+    np.testing.assert_allclose(f_user.Theta, f_named.Theta, rtol=1e-13)
+    np.testing.assert_allclose(f_user.chi_perp, 1.0, rtol=1e-13)
+
+
+def test_undeclared_kink_refused_with_the_fix():
+    f = lambda z: np.where(z > 0.5, np.tanh(z), np.tanh(0.5) + 0.3 * (z - 0.5))
+    with pytest.raises(pdlt.ActivationError, match=r"kinks=\[0\.5\]"):
+        pdlt.activation(f)
+    act = pdlt.activation(f, kinks=[0.5])
+    assert act.kinks == (0.5,)
+    # the declared kink keeps the finite differences on one side
+    assert act.d1(np.array([0.5 - 1e-4]))[0] == pytest.approx(0.3, abs=1e-9)
+    assert act.d1(np.array([0.5 + 1e-4]))[0] == pytest.approx(1 - np.tanh(0.5 + 1e-4) ** 2, abs=1e-9)
+
+
+def test_step_function_refused():
+    with pytest.raises(pdlt.ActivationError, match="continuous"):
+        pdlt.activation(lambda z: np.where(z > 0, 1.0, 0.0))
+
+
+@pytest.mark.parametrize("fn", [np.tanh, np.sin, lambda z: np.exp(-z * z), lambda z: z * z * z])
+def test_smooth_user_activations_not_flagged(fn):
+    act = pdlt.activation(fn)
+    assert act.kinks == () and act.scale_invariant is None

@@ -135,3 +135,15 @@ def test_hermite_coefficients_parseval_and_mehler():
     K12 = rho * math.sqrt(K[0] * K[1])
     ref = G.closed_form_pair(erf, "sigma", "sigma", K[0], K12, K[1])
     assert series == pytest.approx(ref, rel=1e-13)
+
+
+def test_periodic_activation_huge_variance_bounded_memory():
+    # sin at K = 1e11: the panels (half a period each, ~1e6 of them) are integrated in
+    # blocks of 2^22 nodes; <sin^2>_K = (1 - e^{-2K})/2 to the rule's round-off
+    # (~1e6 panels x eps ~ 1e-10 accumulated)
+    from pdlt.gaussian._core import _BLOCK_NODES, _Q2, _T_RULE
+    K = 1e11
+    step = 0.5 * 2 * np.pi / np.sqrt(K)
+    assert 2 * _T_RULE / step * _Q2 > _BLOCK_NODES          # the blocked path runs
+    v = G.expect(lambda z: np.sin(z) ** 2, K, period=2 * np.pi)
+    assert abs(v - 0.5) < 1e-10

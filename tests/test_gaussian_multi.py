@@ -115,3 +115,108 @@ def test_errors(rng):
         expect_nd([np.tanh] * 2, np.array([[1.0, 2.0], [2.0, 1.0]]))
     with pytest.raises(ValueError, match="accuracy"):
         expect_nd([np.tanh] * 2, np.eye(2), accuracy="best")
+
+
+# ---------------------------------------------------------------------------
+# rank-deficient covariances, indefinite kernels, ReLU-family closed-form axes
+# ---------------------------------------------------------------------------
+
+def _relu_ref(kinds, K):
+    """Independent reference for ReLU-family products: plain (unpivoted) Cholesky,
+    nested Gauss-Legendre on uniform panels of width 1 over [-9, 9] split at each
+    variable's own kink (12 nodes each), innermost variable in closed form."""
+    from scipy import special
+    L = np.linalg.cholesky(K)
+    f = {"s": lambda z: np.maximum(z, 0.0), "p": lambda z: (z > 0).astype(float)}
+
+    def axis(c):
+        base = np.arange(-9.0, 9.5, 1.0)
+        brk = np.sort(np.concatenate([np.broadcast_to(base, (len(c), len(base))),
+                                      np.clip(c, -9, 9)[:, None]], 1), 1)
+        x, w = np.polynomial.legendre.leggauss(12)
+        a, b = brk[:, :-1, None], brk[:, 1:, None]
+        u = (0.5 * (a + b) + 0.5 * (b - a) * x).reshape(len(c), -1)
+        return u, (0.5 * (b - a) * w).reshape(len(c), -1) * np.exp(-0.5 * u * u) / np.sqrt(2 * np.pi)
+
+    def inner(kind, m, s):
+        t = m / s
+        if kind == "p":
+            return special.ndtr(t)
+        return m * special.ndtr(t) + s * np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi)
+
+    u1, w1 = axis(np.zeros(1))
+    u1, w1 = u1[0], w1[0]
+    total = 0.0
+    for a, wa in zip(u1, w1):
+        f1 = f[kinds[0]](L[0, 0] * a)
+        u2, w2 = axis(np.array([-L[1, 0] * a / L[1, 1]]))
+        u2, w2 = u2[0], w2[0]
+        f2 = f[kinds[1]](L[1, 0] * a + L[1, 1] * u2)
+        m3 = L[2, 0] * a + L[2, 1] * u2
+        if len(kinds) == 3:
+            total += wa * f1 * np.sum(w2 * f2 * inner(kinds[2], m3, L[2, 2]))
+            continue
+        u3, w3 = axis(-m3 / L[2, 2])
+        f3 = f[kinds[2]](m3[:, None] + L[2, 2] * u3)
+        m4 = L[3, 0] * a + L[3, 1] * u2[:, None] + L[3, 2] * u3
+        total += wa * f1 * np.sum(w2[:, None] * f2[:, None] * w3 * f3 * inner(kinds[3], m4, L[3, 3]))
+    return total
+
+
+@pytest.mark.parametrize("kinds", ["ssss", "pppp", "sps"])
+def test_relu_family_against_independent_reference(kinds):
+    # stated: "default" within 1e-8 of the Cauchy-Schwarz scale, with an error
+    # estimate that is an overestimate
+    from pdlt.gaussian._multi import PiecewiseMonomial
+    rng = np.random.default_rng(3)
+    K = _random_cov(rng, len(kinds))
+    fs = [PiecewiseMonomial(1.0, 0.0, 1 if c == "s" else 0) for c in kinds]
+    ref = _relu_ref(kinds, K)
+    scale = np.prod([np.sqrt(K[i, i]) if c == "s" else 1.0 for i, c in enumerate(kinds)])
+    got, est = expect_nd(fs, K, return_error=True)
+    assert abs(got - ref) < 1e-8 * scale, (got, ref)
+    assert abs(got - ref) <= est + 1e-13 * scale
+
+
+def test_rank_deficient_covariances_are_integrated_exactly():
+    # N > n0 inputs: the 4 x 4 sub-covariances of a first-layer kernel have rank <= 3;
+    # a rank-2 covariance z3 = a z1 + b z2, z4 = z1 - z2 reduces to two variables
+    rng = np.random.default_rng(0)
+    K2 = _random_cov(rng, 2)
+    T = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, -0.4], [1.0, -1.0]])
+    K4 = T @ K2 @ T.T
+    assert np.linalg.eigvalsh(K4)[0] < 1e-14 * np.max(K4)     # singular (maybe slightly negative)
+    got = expect_nd([np.tanh] * 4, K4, accuracy="high")
+    x, w = np.polynomial.hermite_e.hermegauss(120)
+    w = w / w.sum()
+    L = np.linalg.cholesky(K2)
+    U = np.stack(np.meshgrid(x, x, indexing="ij"), -1).reshape(-1, 2)
+    Z = U @ L.T @ T.T
+    want = np.prod(np.tanh(Z), axis=1) @ np.outer(w, w).ravel()
+    assert abs(got - want) < 1e-9
+    # the same for ReLU (exact axes)
+    relu = activation("relu")
+    got = quad_expectations(relu, K4)[0, 1, 2, 3]
+    want = np.prod(np.maximum(Z, 0), axis=1) @ np.outer(w, w).ravel()
+    assert abs(got - want) < 1e-4 * np.max(np.diag(K4)) ** 2   # want: GH on a kinked integrand
+
+
+def test_first_layer_kernel_with_more_inputs_than_dimensions():
+    # 16 random inputs in 3 dimensions (rank-4 first-layer kernel): no spurious error
+    from pdlt.gaussian._multi import check_psd
+    x = np.random.default_rng(0).standard_normal((6, 2))
+    K = 0.1 + x @ x.T / 2
+    check_psd(K)
+    for name in ("tanh", "relu"):
+        T = quad_expectations(activation(name), K, accuracy="fast")
+        assert np.all(np.isfinite(T))
+
+
+def test_indefinite_kernel_is_named():
+    from pdlt.gaussian._multi import check_psd
+    K = np.eye(5)
+    K[1, 3] = K[3, 1] = 1.5
+    with pytest.raises(KernelNotPSDError, match=r"smallest eigenvalue -5\.000e-01.*inputs \[1, 3\]"):
+        check_psd(K, " at layer 4")
+    with pytest.raises(KernelNotPSDError, match="at layer 4"):
+        quad_expectations(activation("tanh"), K, where=" at layer 4")

@@ -174,3 +174,14 @@ def test_flow_rejects_nan_inputs_and_bad_kernels():
         pdlt.gaussian.pair_expectations(pdlt.activation("tanh"), np.array([[1.0, 2.0], [2.0, 1.0]]))
     with pytest.raises(TypeError, match="pdlt.MLP"):
         flow("not an mlp", K1=1.0)
+
+
+def test_non_finite_averages_refused():
+    # exp: <sigma^2>_K = e^{2K} overflows at layer 3 (K ~ 2.6e6); never printed as a result
+    mlp = pdlt.MLP(n0=1, width=100, depth=3, activation=pdlt.activation(np.exp))
+    with pytest.raises(FloatingPointError, match="not finite at layer 3"):
+        with np.errstate(all="ignore"):
+            pdlt.flow(mlp, K1=1.0)
+    from pdlt.cli import main
+    with np.errstate(all="ignore"):
+        assert main(["flow", "--activation", "numpy:exp", "--depth", "3"]) != 0

@@ -163,3 +163,17 @@ def test_errors():
         finite_width_flow(mlp)
     with pytest.raises(ValueError, match="accuracy"):
         finite_width_flow(pdlt.MLP(n0=3, width=10, depth=3), X3, accuracy="best")
+
+
+def test_more_inputs_than_dimensions_and_error_estimate():
+    # N > n0: rank-deficient first-layer kernel (the spurious non-PSD error);
+    # each layer carries the error estimate of its four-point averages, and at layer 2
+    # (V = C_W^2 (<ssss> - <ss><ss>) exactly) it bounds the change to the "high" rule
+    x = np.random.default_rng(0).standard_normal((7, 2))
+    for name in ("tanh", "relu"):
+        mlp = pdlt.MLP(n0=2, width=32, depth=2, activation=name)
+        f = finite_width_flow(mlp, x)
+        h = finite_width_flow(mlp, x, accuracy="high")
+        err, err_h = f[1].extra["integration_error"], h[1].extra["integration_error"]
+        assert f[0].extra["integration_error"] == 0.0 and err > 0.0
+        assert np.max(np.abs(f[1].extra["V"] - h[1].extra["V"])) <= err + err_h, name

@@ -19,6 +19,10 @@ def register(sub):
     p.add_argument("--inputs", required=True, help=".npy file with inputs of shape (N, n0)")
     p.add_argument("--critical", action="store_true",
                    help="use the critical (C_b, C_W) of the activation")
+    p.add_argument("--accuracy", choices=("fast", "default", "high"), default="default",
+                   help="rule of the three- and four-variable Gaussian averages behind V, G1 "
+                        "and A..U (pdlt.gaussian._multi states their errors); each layer "
+                        "reports its estimate as integration_error")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run)
 
@@ -34,7 +38,7 @@ _FIX = ("rescale the inputs so that K1 = C_b + C_W |x|^2/n0 is of order one, or 
         "closer to its critical value")
 
 
-def _compute(mlp, x, finite):
+def _compute(mlp, x, finite, accuracy="default"):
     from ..theory.finite_ntk import ntk_fluctuation_flow
     from ..theory.kernel import flow
     from ..theory.vertex import finite_width_flow
@@ -44,14 +48,14 @@ def _compute(mlp, x, finite):
     if not finite:
         return flow(mlp, x)
     try:
-        return ntk_fluctuation_flow(mlp, x)
+        return ntk_fluctuation_flow(mlp, x, accuracy=accuracy)
     except ValueError:  # R needs sigma'' without jumps (elu): the other nine
         try:
-            return ntk_fluctuation_flow(mlp, x, stats=list("ABDFPQSTU"))
+            return ntk_fluctuation_flow(mlp, x, stats=list("ABDFPQSTU"), accuracy=accuracy)
         except (NotImplementedError, ValueError):
-            return finite_width_flow(mlp, x)
+            return finite_width_flow(mlp, x, accuracy=accuracy)
     except NotImplementedError:  # e.g. residual networks
-        return finite_width_flow(mlp, x)
+        return finite_width_flow(mlp, x, accuracy=accuracy)
 
 
 def run(args):
@@ -62,7 +66,7 @@ def run(args):
     check_input_scale(mlp, x)
     finite = args.width is not None or args.widths is not None
     with numeric_guard("the kernel flow", _FIX):
-        result = _compute(mlp, x, finite)
+        result = _compute(mlp, x, finite, args.accuracy)
     if finite:
         check_flow_validity(mlp, [(s.layer, s.K, s.extra.get("G1"), s.extra.get("V"))
                                   for s in result])

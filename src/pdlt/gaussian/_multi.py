@@ -7,36 +7,52 @@ r"""Three- and four-variable Gaussian expectations (for the four-point vertex).
 
 Methods and their accuracy
 --------------------------
-**Smooth integrands (no kinks): nested Gauss-Hermite.** The variables are
-ordered by decreasing variance and written ``z = L u`` with L the (pivot
-tolerant) Cholesky factor, ``u ~ N(0, I_d)``; a tensor Gauss-Hermite rule in
-u is summed innermost-first, so ``f_k`` is evaluated on only
-``Q_1 ... Q_k`` points. Along axis k the integrand varies on the scale
-``s_k = max_i |L_ik|`` (in units of the activation's own scale, 1 for every
-named activation); an analytic activation with its nearest complex
-singularity at distance ~1 (tanh: pi/2) needs ``Q(s) = ceil(q0 + q1 s)``
-nodes (capped at 64, rounded up to a small set of rule sizes); axes with
-``L_kk = 0`` (coinciding inputs) get one node. ``accuracy`` picks
-``(q0, q1)``: "fast" (3, 18), "default" (5, 30), "high" (8, 48). Measured
-error on tanh with unit-scale 4 x 4 covariances, relative to the
-Cauchy-Schwarz scale ``prod_k <f_k^4>^(1/4)`` (``tests/test_gaussian_multi.py``):
-fast < 1e-4, default < 1e-5, high < 1e-6 (typically 2e-5, 4e-7 and 1e-8).
-Cost: ``prod_k Q_k`` evaluations of the last function, ~1e4-2e6 per
-four-variable expectation; strongly correlated inputs (deep layers) are cheap
-because only one axis is wide.
+**Factorization (any rank).** Each covariance is eigendecomposed and the
+rows of ``U sqrt(max(lambda, 0))`` are orthogonalized by pivoted
+Gram-Schmidt (largest conditional variance first): ``z = L u`` with L lower
+triangular, conditional variances computed as norms (never negative), and
+axes whose conditional variance is below 1e-14 of the largest variance
+dropped, so rank-deficient covariances (N > n0 + 1 inputs at the first
+layer) are integrated exactly on their support. A covariance with an
+eigenvalue below ``-1e-9 d`` times its largest variance is indefinite and
+raises :class:`KernelNotPSDError` naming it and the eigenvalue
+(:func:`check_psd` names the inputs of a whole kernel).
 
-**Kinked integrands: nested split Gauss-Legendre.** In Cholesky coordinates
-``z_k = sum_{j<k} L_kj u_j + L_kk u_k`` the integrand is smooth in ``u_k``
-except at the kinks ``u_k = (c - m_k)/L_kk``; each axis is split there and at
-fixed breakpoints ``0, +-1, +-2, +-4, +-7`` (truncation at ``|u| = 7``:
-Gaussian mass 2.6e-12) and integrated by 6-node Gauss-Legendre per panel.
-For scale-invariant activations (ReLU family) the innermost axis is done in
-closed form, ``<sigma(m + s u)> = a_- m + (a_+ - a_-)(m Phi(m/s) + s phi(m/s))``.
-Measured: relative error below 1e-7 for ReLU against the closed-form
-two-variable kernel and exact orthant products (the 6-node panels on
-``[2, 4]`` and ``[4, 7]`` dominate). Cost: 54^(d-1) evaluations per
-expectation for the ReLU family, 54^d otherwise (slow for d = 4: use few
-inputs with non-scale-invariant kinked activations).
+**Smooth integrands: nested Gauss-Hermite.** A tensor Gauss-Hermite rule
+in u is summed innermost-first, so ``f_k`` is evaluated on only
+``Q_1 ... Q_k`` points. Along axis k the integrand varies on the scale
+``s_k = max_i |L_ik|``; ``Q(s) = ceil(q0 + q1 s)`` nodes (capped at 64,
+rounded up to a rule size), one node for a zero axis. ``accuracy`` picks
+``(q0, q1)``: "fast" (3, 18), "default" (5, 30), "high" (8, 48). Measured
+error on tanh four-variable expectations against a 96-node tensor
+Gauss-Legendre reference (``benchmarks/accuracy.py``), relative to the
+Cauchy-Schwarz scale ``prod_k <f_k^4>^(1/4)``: at axis scales 0.3-0.7,
+fast 3e-8 - 7e-8, default 2e-11 - 1e-10, high < 2e-13; at unit scale
+(``K ~ 1``) fast 4e-6, default 6e-8, high 5e-9 -- Gauss-Hermite converges
+only like ``exp(-c sqrt(Q))`` for tanh (poles at ``i pi / 2``), so the
+1e-8 contract is NOT met by "default" for tanh-like activations at K ~ 1.
+The error estimate is the difference from the rule with every axis two
+sizes smaller: measured to overestimate the error in every case above.
+
+**ReLU family (products of ``a_+- z`` and ``a_+-``): closed-form inner axes.**
+The functions are :class:`PiecewiseMonomial`. The last two axes are done
+in closed form when the last two variables are of degree <= 1 and not
+collinear (``sqrt(1 - rho^2) > 1e-3``): a bivariate normal orthant
+probability (Owen's T) and its truncated first and mixed moments (Stein's
+lemma); otherwise the last axis alone is done exactly by truncated Gaussian
+moments of the piecewise polynomial. The outer axes (at most two for a
+four-variable expectation of full rank) use split Gauss-Legendre: fixed
+breakpoints (truncation at ``|u| = 8``), the variable's own kink, and the
+kinks of later variables projected onto the axis with panels of their
+smoothing width on both sides. Measured against an independent unpivoted
+nested reference (``tests/test_gaussian_multi.py``): default <= 2e-11
+(generic) and 6e-9 (strongly correlated, rho ~ 0.99), high <= 1e-11, fast
+<= 2e-5; ~10 ms per four-variable expectation at "default". Error
+estimate: the same panels with two nodes fewer (an overestimate).
+
+**Other kinked integrands (elu, declared user kinks): nested split
+Gauss-Legendre** on all axes with the same panels (the kinks given);
+``(6-12 panels x 4-7 nodes)^d`` evaluations: slow for d = 4.
 
 Coinciding indices are reduced before integrating:
 ``<sigma_a^2 sigma_b sigma_c>`` is a three-variable expectation of
@@ -59,8 +75,16 @@ __all__ = ["expect_nd", "quad_expectations", "node_count"]
 
 _Q_SIZES = np.array([1, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64])
 _ACCURACY = {"fast": (3.0, 18.0), "default": (5.0, 30.0), "high": (8.0, 48.0)}
-_SPLIT_BREAKS = np.array([-7.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 7.0])
-_SPLIT_Q = 6
+# split rule per accuracy: fixed panel breakpoints (truncation at |u| = 8, Gaussian mass
+# 1.2e-15) and Gauss-Legendre nodes per panel (measured errors in the module doc)
+_SPLIT_RULES = {
+    "fast": (np.array([-8.0, -5.0, -3.0, -1.5, 0.0, 1.5, 3.0, 5.0, 8.0]), 4),
+    "default": (np.array([-8.0, -6.0, -4.0, -2.5, -1.2, 0.0, 1.2, 2.5, 4.0, 6.0, 8.0]), 6),
+    "high": (np.array([-8.0, -6.0, -4.5, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0]), 7),
+}
+_PHI = 1.0 / math.sqrt(2.0 * math.pi)
+_TWO_MIN_S = 1e-3  # sqrt(1 - rho^2) of the last pair below this: one axis less in closed form
+_GRADE = np.array([1.0])  # offsets around a projected kink, in units of its smoothing width
 _CHUNK = 2 ** 22  # evaluation points per vectorized block
 _EPS = np.finfo(float).eps
 
@@ -103,57 +127,127 @@ def _validate_batch(K, d):
     return 0.5 * (K + np.swapaxes(K, -1, -2))
 
 
-def _eig_psd(K):
-    lam, U = np.linalg.eigh(K)
-    scale = np.maximum(np.max(np.abs(lam), axis=-1, keepdims=True), 1e-300)
-    tol = 1e3 * _EPS * scale * K.shape[-1]
-    if np.any(lam < -tol):
-        b = np.unravel_index(np.argmin(lam + tol), lam.shape)[0]
-        raise KernelNotPSDError(
-            f"covariance number {b} is not positive semi-definite (smallest eigenvalue "
-            f"{lam.min():.3e}); the kernel must come from real inputs")
-    lam = np.where(lam > tol, lam, 0.0)
-    return lam, U
+_RANK_TOL = 1e-14   # conditional variance <= this x the largest variance: a zero axis
+_INDEF_TOL = 1e-9   # eigenvalue < -this x d x the largest variance: genuinely indefinite
 
 
-def _cholesky_psd(K):
-    """Batched Cholesky that tolerates PSD-singular matrices (zero columns)."""
+def _factor(K, where=""):
+    """Pivoted factor of a batch of PSD covariances, exact for any rank.
+
+    ``z[order[:, k]] = sum_{j <= k} L[:, k, j] u_j`` with ``u ~ N(0, I)``:
+    the rows of ``U sqrt(max(lambda, 0))`` (eigendecomposition) are
+    orthogonalized by modified Gram-Schmidt, pivoting on the largest residual
+    (conditional) variance, so the residual variances are norms, never
+    negative, and an axis whose residual variance is below ``_RANK_TOL`` of
+    the largest variance is a zero column (degenerate Gaussians are exact).
+
+    Returns
+    -------
+    order : ndarray (B, d) of int
+    L : ndarray (B, d, d), lower triangular, zero columns beyond the rank
+
+    Raises
+    ------
+    KernelNotPSDError
+        If a covariance has an eigenvalue below ``-_INDEF_TOL d`` times its
+        largest variance (round-off of a computed kernel is far smaller).
+    """
     B, d, _ = K.shape
-    L = np.zeros_like(K)
-    scale = np.maximum(np.max(np.abs(np.diagonal(K, axis1=1, axis2=2)), axis=1), 1e-300)
+    lam, U = np.linalg.eigh(K)
+    scale = np.maximum(np.max(np.diagonal(K, axis1=1, axis2=2), axis=1), 1e-300)
+    bad = lam[:, 0] < -_INDEF_TOL * d * scale
+    if bad.any():
+        b = int(np.argmin(lam[:, 0] / scale))
+        raise KernelNotPSDError(
+            f"covariance{where} number {b} is not positive semi-definite: smallest eigenvalue "
+            f"{lam[b, 0]:.3e} against the largest variance {scale[b]:.3e} (the round-off "
+            "of a computed kernel is ~1e-12 of it); a kernel of real inputs is PSD, so "
+            "check how K was built")
+    R = U * np.sqrt(np.maximum(lam, 0.0))[:, None, :]     # z_i = R[i] . g, g ~ N(0, I)
+    ar = np.arange(B)
+    Lraw = np.zeros((B, d, d))
+    order = np.zeros((B, d), dtype=int)
+    used = np.zeros((B, d), dtype=bool)
+    live = np.ones(B, dtype=bool)
     for j in range(d):
-        r = K[:, j, j] - np.sum(L[:, j, :j] ** 2, axis=1)
-        if np.any(r < -1e3 * _EPS * scale * d):
-            raise KernelNotPSDError("a covariance is not positive semi-definite")
-        piv = r > 1e3 * _EPS * scale * d
-        L[:, j, j] = np.sqrt(np.where(piv, r, 0.0))
-        for i in range(j + 1, d):
-            num = K[:, i, j] - np.sum(L[:, i, :j] * L[:, j, :j], axis=1)
-            L[:, i, j] = np.where(piv, num / np.where(piv, L[:, j, j], 1.0), 0.0)
-    return L
+        n2 = np.einsum("bij,bij->bi", R, R)
+        n2[used] = -1.0
+        piv = np.argmax(n2, axis=1)
+        top = n2[ar, piv]
+        live &= top > _RANK_TOL * scale
+        q = R[ar, piv] / np.sqrt(np.where(live, top, 1.0))[:, None]
+        q[~live] = 0.0
+        col = np.einsum("bij,bj->bi", R, q)
+        R -= col[:, :, None] * q[:, None, :]
+        Lraw[:, :, j] = col
+        order[:, j] = piv
+        used[ar, piv] = True
+    L = np.take_along_axis(Lraw, order[:, :, None], axis=1)
+    L *= np.tril(np.ones((d, d)))[None]
+    return order, L
 
 
-def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default"):
+class PiecewiseMonomial:
+    """``c_plus z^n`` for ``z > 0`` and ``c_minus z^n`` for ``z < 0``, as a callable.
+
+    Products of a piecewise-linear activation (ReLU family) and its
+    derivative are of this form; :func:`expect_nd` integrates the innermost
+    axis of such products exactly (truncated Gaussian moments).
+    """
+
+    __slots__ = ("cp", "cm", "n")
+
+    def __init__(self, cp, cm, n):
+        self.cp, self.cm, self.n = float(cp), float(cm), int(n)
+
+    def __call__(self, z):
+        z = np.asarray(z, dtype=float)
+        c = np.where(z > 0, self.cp, self.cm)
+        return c if self.n == 0 else c * z ** self.n
+
+    def __mul__(self, other):
+        return PiecewiseMonomial(self.cp * other.cp, self.cm * other.cm, self.n + other.n)
+
+    def __repr__(self):
+        return f"PiecewiseMonomial({self.cp}, {self.cm}, {self.n})"
+
+
+def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
+              return_error=False, where=""):
     """``<f_1(z_1) f_2(z_2) ... f_d(z_d)>`` for ``z ~ N(0, K)``, d = 1..4.
 
     Parameters
     ----------
     fs : sequence of d callables
-        Vectorized functions.
+        Vectorized functions. If every one is a :class:`PiecewiseMonomial`
+        the innermost axis is integrated exactly.
     K : array_like of shape (..., d, d)
-        Covariances (symmetric positive semi-definite; singular is allowed).
+        Covariances: symmetric positive semi-definite of any rank
+        (degenerate Gaussians are integrated exactly on their support).
     kinks : sequence of float
         Points where some f_k is not smooth. Empty: principal-axis
         Gauss-Hermite; otherwise nested split Gauss-Legendre (module doc).
     scale_invariant : (a_plus, a_minus) or None
-        If every f_k is the same piecewise-linear activation with these
-        slopes, the innermost axis is integrated in closed form.
-    accuracy : {"default", "high"}
-        Node rule of the smooth path (module doc states the measured error).
+        Shorthand: every f_k is the piecewise-linear activation with these
+        slopes (the innermost axis is then exact).
+    accuracy : {"fast", "default", "high"}
+        Node rule (module doc states the measured error).
+    return_error : bool
+        Also return an error estimate per covariance: the difference between
+        this rule and the next lower one (an overestimate of the error of
+        this rule when the rules converge geometrically).
+    where : str
+        Text naming the caller's context (layer, inputs) for error messages.
 
     Returns
     -------
-    ndarray of shape (...)
+    ndarray of shape (...), and the error estimate of the same shape if
+    ``return_error``
+
+    Raises
+    ------
+    KernelNotPSDError
+        A covariance has a negative eigenvalue beyond round-off.
     """
     fs = list(fs)
     d = len(fs)
@@ -164,22 +258,51 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default"):
     K = _validate_batch(K, d)
     shape = K.shape[:-2]
     Kb = K.reshape(-1, d, d)
-    if len(kinks) == 0:
-        out = _gh_path(fs, Kb, accuracy)
+    if scale_invariant is not None and not all(isinstance(f, PiecewiseMonomial) for f in fs):
+        ap, am = scale_invariant
+        fs = [PiecewiseMonomial(ap, am, 1)] * d
+    order, L = _factor(Kb, where)
+    pw = all(isinstance(f, PiecewiseMonomial) for f in fs)
+    if pw and all(f.cp == f.cm for f in fs):
+        # plain monomials (linear activation): Gauss-Hermite is exact for polynomials
+        out, err = _gh_path(fs, order, L, accuracy, return_error)
+    elif pw:
+        out, err = _split_path(fs, order, L, (0.0,), accuracy, return_error, exact_inner=True)
+    elif len(kinks) == 0:
+        out, err = _gh_path(fs, order, L, accuracy, return_error)
     else:
-        out = _split_path(fs, Kb, tuple(float(c) for c in kinks), scale_invariant)
+        out, err = _split_path(fs, order, L, tuple(float(c) for c in kinks), accuracy,
+                               return_error, exact_inner=False)
+    if return_error:
+        return out.reshape(shape), err.reshape(shape)
     return out.reshape(shape)
 
 
-def _gh_path(fs, K, accuracy):
-    B, d, _ = K.shape
-    # variables in decreasing variance, then Cholesky: z_k depends on u_1..u_k only,
-    # so f_k is evaluated on prod_{j<=k} Q_j points (nested sums, innermost first)
-    order = np.argsort(-np.diagonal(K, axis1=1, axis2=2), axis=1, kind="stable")
-    Kp = np.take_along_axis(np.take_along_axis(K, order[:, :, None], 1), order[:, None, :], 2)
-    L = _cholesky_psd(Kp)
+def _lower_rule(qs):
+    """The next smaller rule size per axis (1 stays 1), for the error estimate."""
+    idx = np.searchsorted(_Q_SIZES, qs)
+    lo = _Q_SIZES[np.maximum(idx - 2, 1)]
+    return np.where(qs > 1, np.minimum(lo, qs), 1)
+
+
+def _gh_path(fs, order, L, accuracy, return_error):
+    """Nested Gauss-Hermite with the node rule of ``accuracy`` (module doc).
+
+    The error estimate is the difference from the rule with every resolved
+    axis two sizes smaller (an overestimate of this rule's error while the
+    rules converge, which for tanh-like activations at axis scales ~1 is
+    slow: see the module doc).
+    """
     s = np.max(np.abs(L), axis=1)               # per-axis scale (B, d)
     qs = node_count(s, accuracy)                # (B, d)
+    out = _gh_sum(fs, order, L, qs)
+    if not return_error:
+        return out, None
+    return out, np.abs(out - _gh_sum(fs, order, L, _lower_rule(qs)))
+
+
+def _gh_sum(fs, order, L, qs):
+    B, d, _ = L.shape
     out = np.empty(B)
     keys, inv = np.unique(qs, axis=0, return_inverse=True)
     inv = np.asarray(inv).reshape(-1)
@@ -192,7 +315,6 @@ def _gh_path(fs, K, accuracy):
             sel = idx[start:start + step]
             Lb, ob = L[sel], order[sel]
             b = len(sel)
-            # mean parts m_k(u_1..u_{k-1}) built up axis by axis
             vals = []
             for k in range(d):
                 shape = (b,) + tuple(len(r[0]) for r in rules[:k + 1])
@@ -201,13 +323,7 @@ def _gh_path(fs, K, accuracy):
                     sh = [1] * (k + 2)
                     sh[j + 1] = len(rules[j][0])
                     z = z + Lb[:, k, j].reshape((b,) + (1,) * (k + 1)) * rules[j][0].reshape(sh)
-                # the function of the original variable placed at this position
-                fk = np.empty(shape)
-                for v in range(d):
-                    mask = ob[:, k] == v
-                    if mask.any():
-                        fk[mask] = fs[v](z[mask])
-                vals.append(fk)
+                vals.append(_apply_ordered(fs, ob[:, k], z))
             acc = vals[d - 1] @ rules[d - 1][1]
             for k in range(d - 2, -1, -1):
                 acc = (vals[k] * acc) @ rules[k][1]
@@ -215,70 +331,263 @@ def _gh_path(fs, K, accuracy):
     return out
 
 
-def _relu_family_mean(m, s, ap, am):
+def _apply_ordered(fs, which, z):
+    """``fs[which[b]](z[b])`` for each batch row b."""
+    first = which[0]
+    if np.all(which == first):
+        return fs[first](z)
+    out = np.empty(z.shape)
+    for v in np.unique(which):
+        mask = which == v
+        out[mask] = fs[v](z[mask])
+    return out
+
+
+def _trunc_moments(a, b, D):
+    """``M_j = int_a^b u^j phi(u) du`` for j = 0..D (a <= b, may be infinite)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        pa = np.where(np.isfinite(a), np.exp(-0.5 * np.where(np.isfinite(a), a * a, 0.0)), 0.0)
+        pb = np.where(np.isfinite(b), np.exp(-0.5 * np.where(np.isfinite(b), b * b, 0.0)), 0.0)
+    pa, pb = pa * _PHI, pb * _PHI
+    af = np.where(np.isfinite(a), a, 0.0)
+    bf = np.where(np.isfinite(b), b, 0.0)
+    m0 = np.where(a >= 0, special.ndtr(-a) - special.ndtr(-b), special.ndtr(b) - special.ndtr(a))
+    M = [m0]
+    if D >= 1:
+        M.append(pa - pb)
+    for j in range(2, D + 1):
+        M.append((j - 1) * M[j - 2] + af ** (j - 1) * pa - bf ** (j - 1) * pb)
+    return M
+
+
+def _exact_inner(fs_inner, m, l):
+    """``int prod_k f_k(m_k + l_k u) phi(u) du`` for piecewise monomials f_k.
+
+    m : (..., nv) means, l : (..., nv) slopes (broadcastable). On each of the
+    at most ``nv + 1`` intervals between the sign changes the integrand is a
+    polynomial in u (degree ``sum n_k``), integrated by truncated moments.
+    """
+    nv = len(fs_inner)
+    m, l = np.broadcast_arrays(m, l)
+    D = sum(f.n for f in fs_inner)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(s > 0, m / np.where(s > 0, s, 1.0), np.sign(m) * np.inf)
-    pos = m * special.ndtr(t) + np.where(s > 0, s * np.exp(-0.5 * np.minimum(t * t, 1e300))
-                                         / math.sqrt(2 * math.pi), 0.0)
-    pos = np.where(np.isfinite(pos), pos, np.maximum(m, 0.0))
-    return am * m + (ap - am) * pos
+        t = np.where(l != 0, -m / np.where(l != 0, l, 1.0), np.inf)
+    t = np.sort(t, axis=-1)
+    edges = [np.full(m.shape[:-1], -np.inf)] + [t[..., k] for k in range(nv)] \
+        + [np.full(m.shape[:-1], np.inf)]
+    total = np.zeros(m.shape[:-1])
+    for i in range(nv + 1):
+        a, b = edges[i], edges[i + 1]
+        fa, fb = np.isfinite(a), np.isfinite(b)
+        mid = np.where(fa & fb, 0.5 * (np.where(fa, a, 0) + np.where(fb, b, 0)),
+                       np.where(fa, np.where(fa, a, 0) + 1.0, np.where(fb, np.where(fb, b, 0) - 1.0, 0.0)))
+        nonempty = b > a
+        if not nonempty.any():
+            continue
+        poly = np.zeros(m.shape[:-1] + (D + 1,))
+        poly[..., 0] = 1.0
+        deg = 0
+        for k, f in enumerate(fs_inner):
+            mk, lk = m[..., k], l[..., k]
+            sgn = mk + lk * mid
+            c = np.where(sgn > 0, f.cp, f.cm)
+            poly *= c[..., None]
+            for _ in range(f.n):      # multiply by (mk + lk u)
+                new = poly * mk[..., None]
+                new[..., 1:deg + 2] += poly[..., :deg + 1] * lk[..., None]
+                poly = new
+                deg += 1
+        M = _trunc_moments(np.where(nonempty, a, 0.0), np.where(nonempty, b, 0.0), D)
+        val = sum(poly[..., j] * M[j] for j in range(D + 1))
+        total += np.where(nonempty, val, 0.0)
+    return total
 
 
-def _split_axis(m, Lkk, kinks):
-    """Nodes/weights in u for one axis at means m (n,), scale Lkk (n,)."""
+def _phi(x):
+    return _PHI * np.exp(-0.5 * x * x)
+
+
+def _bvn_upper(h, k, rho, s):
+    """``P(X > -h, Y > -k)`` for standard bivariate normal with correlation rho (|rho| < 1).
+
+    Owen's T form of the bivariate normal distribution function
+    ``Phi_2(h, k; rho)``; absolute error ~1e-16.
+    """
+    h = np.where(h == 0, 1e-300, h)
+    k = np.where(k == 0, 1e-300, k)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ah = (k - rho * h) / (h * s)
+        ak = (h - rho * k) / (k * s)
+    beta = np.where(np.sign(h) == np.sign(k), 0.0, 0.5)
+    return (0.5 * (special.ndtr(h) + special.ndtr(k)) - special.owens_t(h, ah)
+            - special.owens_t(k, ak) - beta)
+
+
+def _exact_inner2(fa, fb, ma, la, mb, lb1, lb2):
+    """``E[fa(ma + la u1) fb(mb + lb1 u1 + lb2 u2)]``, u ~ N(0, I_2), in closed form.
+
+    fa, fb : :class:`PiecewiseMonomial` of degree 0 or 1; la > 0, lb2 > 0.
+    With ``A = sa (h + X)``, ``B = sb (k + Y)`` standardized, each sign
+    quadrant is a truncated bivariate-normal moment (Stein's lemma):
+    ``E[X; X>-h, Y>-k] = phi(h) Phi((k - rho h)/s) + rho phi(k) Phi((h - rho k)/s)`` and
+    ``E[XY; .] = rho P - rho h phi(h) Phi(.) - rho k phi(k) Phi(.) + s phi(h) phi((k - rho h)/s)``.
+    """
+    sa = np.abs(la)
+    sb = np.sqrt(lb1 * lb1 + lb2 * lb2)
+    rho0 = lb1 * np.sign(la) / sb
+    s = np.abs(lb2) / sb
+    h0, k0 = ma / sa, mb / sb
+    total = 0.0
+    for ea in (1.0, -1.0):
+        ca = fa.cp if ea > 0 else fa.cm
+        if ca == 0:
+            continue
+        for eb in (1.0, -1.0):
+            cb = fb.cp if eb > 0 else fb.cm
+            if cb == 0:
+                continue
+            h, k, rho = ea * h0, eb * k0, ea * eb * rho0
+            P = _bvn_upper(h, k, rho, s)
+            g1 = special.ndtr((k - rho * h) / s)
+            g2 = special.ndtr((h - rho * k) / s)
+            ph, pk = _phi(h), _phi(k)
+            EX = ph * g1 + rho * pk * g2
+            EY = pk * g2 + rho * ph * g1
+            if fa.n == 0 and fb.n == 0:
+                val = P
+            elif fa.n == 1 and fb.n == 0:
+                val = sa * ea * (h * P + EX)
+            elif fa.n == 0 and fb.n == 1:
+                val = sb * eb * (k * P + EY)
+            else:
+                EXY = rho * P - rho * h * ph * g1 - rho * k * pk * g2 + s * ph * _phi((k - rho * h) / s)
+                val = sa * sb * ea * eb * (h * k * P + h * EY + k * EX + EXY)
+            total = total + ca * cb * val
+    return total
+
+
+def _split_axis(m, Lkk, centers, breaks, q):
+    """Nodes/weights in u for one axis (n points), split at ``centers`` (n, C).
+
+    Panels: the fixed breakpoints ``_SPLIT_BREAKS`` (truncation at |u| = 8:
+    Gaussian mass 1.2e-15) and the centers (the kink of this axis' variable
+    and the kinks of the later variables projected onto this axis), ``q``
+    Gauss-Legendre nodes each; the standard normal density is folded into w.
+    """
     n = len(m)
     piv = Lkk > 0
-    safe = np.where(piv, Lkk, 1.0)
-    ks = np.array(kinks)
-    star = np.clip((ks[None, :] - m[:, None]) / safe[:, None], _SPLIT_BREAKS[0], _SPLIT_BREAKS[-1])
-    star = np.where(piv[:, None], star, 0.0)
-    brk = np.sort(np.concatenate([np.broadcast_to(_SPLIT_BREAKS, (n, len(_SPLIT_BREAKS))), star],
+    star = np.clip(centers, breaks[0], breaks[-1])
+    brk = np.sort(np.concatenate([np.broadcast_to(breaks, (n, len(breaks))), star],
                                  axis=1), axis=1)
-    x, wq = _gauss_legendre(_SPLIT_Q)
+    x, wq = _gauss_legendre(q)
     a, b = brk[:, :-1, None], brk[:, 1:, None]
     half = 0.5 * (b - a)
     u = (0.5 * (a + b) + half * x).reshape(n, -1)
-    w = (half * wq).reshape(n, -1) * np.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
-    # degenerate axis (L_kk = 0): one node, weight 1
+    w = (half * wq).reshape(n, -1) * np.exp(-0.5 * u * u) * _PHI
     if not piv.all():
+        # degenerate axis (L_kk = 0): one node, weight 1
         u[~piv] = 0.0
         w[~piv] = 0.0
         w[~piv, 0] = 1.0
     return u, w
 
 
-def _split_path(fs, K, kinks, scale_invariant):
-    B, d, _ = K.shape
-    L = _cholesky_psd(K)
+def _split_path(fs, order, L, kinks, accuracy, return_error, exact_inner):
+    breaks, q = _SPLIT_RULES[accuracy]
+    out = _split_sum(fs, order, L, kinks, breaks, q, exact_inner)
+    if not return_error:
+        return out, None
+    return out, np.abs(out - _split_sum(fs, order, L, kinks, breaks, q - 2, exact_inner))
+
+
+def _split_sum(fs, order, L, kinks, breaks, q, exact_inner):
+    B, d, _ = L.shape
     out = np.empty(B)
-    closed = scale_invariant is not None and d >= 2
-    n_outer = d - 1 if closed else d
-    per_axis = (len(_SPLIT_BREAKS) - 1 + len(kinks)) * _SPLIT_Q
-    P = per_axis ** n_outer
-    step = max(1, _CHUNK // P)
-    for start in range(0, B, step):
-        sl = slice(start, min(B, start + step))
-        Lb = L[sl]
-        b = Lb.shape[0]
-        us = np.zeros((b, 1, 0))
-        w = np.ones((b, 1))
-        val = np.ones((b, 1))
-        for k in range(n_outer):
-            m = np.einsum("bpj,bj->bp", us, Lb[:, k, :k])
-            npts = m.shape[1]
-            u, wk = _split_axis(m.ravel(), np.repeat(Lb[:, k, k], npts), kinks)
-            u = u.reshape(b, npts, -1)
-            wk = wk.reshape(b, npts, -1)
-            z = m[:, :, None] + Lb[:, k, k][:, None, None] * u
-            val = (val[:, :, None] * fs[k](z)).reshape(b, -1)
-            w = (w[:, :, None] * wk).reshape(b, -1)
-            us = np.concatenate([np.repeat(us, u.shape[2], axis=1),
-                                 u.reshape(b, -1, 1)], axis=2)
-        if closed:
-            m = np.einsum("bpj,bj->bp", us, Lb[:, d - 1, :d - 1])
-            s = np.broadcast_to(Lb[:, d - 1, d - 1][:, None], m.shape)
-            val = val * _relu_family_mean(m, s, *scale_invariant)
-        out[sl] = np.sum(val * w, axis=1)
+    diagL = np.diagonal(L, axis1=1, axis2=2)
+    rank = np.sum(diagL > 0, axis=1)
+    ks = np.array(kinks)
+    # group by the ordering and the rank: the functions at each position are then fixed
+    # the last two axes in closed form (bivariate normal) when the last two
+    # variables are the only ones on them, of degree <= 1, and not collinear
+    two = np.zeros(B, dtype=bool)
+    if exact_inner and d >= 2:
+        sb = np.sqrt(L[:, d - 1, d - 2] ** 2 + L[:, d - 1, d - 1] ** 2)
+        two = (rank == d) & (L[:, d - 1, d - 1] > _TWO_MIN_S * np.maximum(sb, 1e-300))
+        deg1 = np.array([f.n <= 1 for f in fs])
+        two &= deg1[order[:, d - 2]] & deg1[order[:, d - 1]]
+    keys, inv = np.unique(np.concatenate([order, rank[:, None], two[:, None]], axis=1), axis=0,
+                          return_inverse=True)
+    inv = np.asarray(inv).reshape(-1)
+    for g, key in enumerate(keys):
+        idx_g = np.flatnonzero(inv == g)
+        fo = [fs[v] for v in key[:d]]
+        r = int(key[d])
+        use2 = bool(key[d + 1])
+        if r == 0:
+            out[idx_g] = np.prod([f(np.zeros(1))[0] for f in fo])
+            continue
+        # outer axes 0..n_outer-1 by split quadrature; with exact_inner the
+        # last axis r-1 (or the last two) carries the remaining variables in closed form
+        n_outer = (r - 2 if use2 else r - 1) if exact_inner else r
+        per_axis = (len(breaks) - 1 + 3 * len(ks) * d) * q
+        step = max(1, _CHUNK // (per_axis ** max(n_outer, 1)))
+        for start in range(0, len(idx_g), step):
+            sel = idx_g[start:start + step]
+            Lb = L[sel]
+            b = len(sel)
+            us = np.zeros((b, 1, 0))
+            w = np.ones((b, 1))
+            val = np.ones((b, 1))
+            for k in range(n_outer):
+                m_all = np.einsum("bpj,bij->bpi", us, Lb[:, :, :k])     # (b, P, d) means
+                npts = m_all.shape[1]
+                lk = Lb[:, :, k]                                      # (b, d) slopes on axis k
+                # kinks of variable k on this axis, and of later variables i > k
+                # projected (their conditional means cross a kink there)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    cen = (ks[None, None, None, :] - m_all[:, :, k:, None]) \
+                        / lk[:, None, k:, None]
+                cen = np.where(np.isfinite(cen), cen, 0.0)
+                if k + 1 < d:
+                    # a later variable's kink is smoothed by the later axes over a
+                    # width (its remaining conditional sd) / |slope on this axis|:
+                    # panels of that width on both sides resolve the near-kink
+                    rest = np.sqrt(np.sum(Lb[:, k + 1:, k + 1:] ** 2, axis=2))   # (b, d-k-1)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        wid = rest / np.abs(lk[:, k + 1:])
+                    wid = np.where(np.isfinite(wid), np.minimum(wid, 4.0), 0.0)
+                    later = cen[:, :, 1:, :]
+                    off = wid[:, None, :, None] * _GRADE
+                    cen = np.concatenate([cen[:, :, :1, :].reshape(b, npts, -1),
+                                          later.reshape(b, npts, -1),
+                                          (later[..., None] + off[..., None, :]).reshape(b, npts, -1),
+                                          (later[..., None] - off[..., None, :]).reshape(b, npts, -1)],
+                                         axis=2)
+                cen = cen.reshape(b * npts, -1)
+                u, wk = _split_axis(m_all[:, :, k].ravel(), np.repeat(Lb[:, k, k], npts),
+                                    cen, breaks, q)
+                u = u.reshape(b, npts, -1)
+                wk = wk.reshape(b, npts, -1)
+                z = m_all[:, :, k][:, :, None] + Lb[:, k, k][:, None, None] * u
+                val = (val[:, :, None] * fo[k](z)).reshape(b, -1)
+                w = (w[:, :, None] * wk).reshape(b, -1)
+                us = np.concatenate([np.repeat(us, u.shape[2], axis=1),
+                                     u.reshape(b, -1, 1)], axis=2)
+            if use2:
+                m = np.einsum("bpj,bij->bpi", us, Lb[:, d - 2:, :d - 2])      # (b, P, 2)
+                val = val * _exact_inner2(fo[d - 2], fo[d - 1], m[:, :, 0],
+                                          Lb[:, None, d - 2, d - 2], m[:, :, 1],
+                                          Lb[:, None, d - 1, d - 2], Lb[:, None, d - 1, d - 1])
+            elif exact_inner:
+                m = np.einsum("bpj,bij->bpi", us, Lb[:, r - 1:, :r - 1])      # (b, P, d-r+1)
+                l = Lb[:, None, r - 1:, r - 1]
+                val = val * _exact_inner(fo[r - 1:], m, l)
+            else:
+                # variables beyond the rank: functions of u_1..u_r
+                for k in range(r, d):
+                    z = np.einsum("bpj,bj->bp", us, Lb[:, k, :r])
+                    val = val * fo[k](z)
+            out[sel] = np.sum(val * w, axis=1)
     return out
 
 
@@ -289,13 +598,38 @@ def _split_path(fs, K, kinks, scale_invariant):
 def _power(f, p):
     if p == 1:
         return f
+    if isinstance(f, PiecewiseMonomial):
+        return PiecewiseMonomial(f.cp ** p, f.cm ** p, f.n * p)
 
     def fp(z):
         return f(z) ** p
     return fp
 
 
-def quad_expectations(act, K, *, accuracy="default"):
+def check_psd(K, where=""):
+    """Raise :class:`KernelNotPSDError` naming the inputs if K (N, N) is indefinite.
+
+    Indefinite means an eigenvalue below ``-_INDEF_TOL N`` times the largest
+    variance (a computed kernel's round-off is ~1e-12 of it); rank-deficient
+    kernels (N > n0 + 1 inputs at the first layer) are PSD and pass.
+    """
+    K = np.asarray(K, dtype=float)
+    N = K.shape[0]
+    if N < 2:
+        return
+    scale = max(float(np.max(np.diag(K))), 1e-300)
+    lam, U = np.linalg.eigh(K)
+    if lam[0] < -_INDEF_TOL * N * scale:
+        v = np.abs(U[:, 0])
+        inputs = np.flatnonzero(v >= 0.25 * v.max())[:8].tolist()
+        raise KernelNotPSDError(
+            f"kernel{where} is not positive semi-definite: smallest eigenvalue {lam[0]:.3e} "
+            f"(largest variance {scale:.3e}), carried mostly by inputs {inputs}; a kernel of "
+            "real inputs is PSD up to round-off (~1e-12 relative), so the kernel passed or the "
+            "inputs are corrupted")
+
+
+def quad_expectations(act, K, *, accuracy="default", return_error=False, where=""):
     """``<sigma(z_a1) sigma(z_a2) sigma(z_a3) sigma(z_a4)>_K`` for all quadruples.
 
     The result is fully symmetric in its four indices; only the
@@ -307,12 +641,17 @@ def quad_expectations(act, K, *, accuracy="default"):
     ----------
     act : Activation
     K : ndarray (N, N)
-        Kernel; symmetric positive semi-definite.
-    accuracy : {"default", "high"}
+        Kernel; symmetric positive semi-definite of any rank.
+    accuracy : {"fast", "default", "high"}
+    return_error : bool
+        Also return the (N, N, N, N) error estimate of each entry
+        (:func:`expect_nd`).
+    where : str
+        Context for error messages (e.g. " at layer 3").
 
     Returns
     -------
-    ndarray (N, N, N, N)
+    ndarray (N, N, N, N), and the error estimate if ``return_error``
 
     Notes
     -----
@@ -321,10 +660,14 @@ def quad_expectations(act, K, *, accuracy="default"):
     """
     K = np.asarray(K, dtype=float)
     N = K.shape[0]
+    check_psd(K, where)
     sigma = act.sigma
     kinks = act.kinks
     si = act.scale_invariant if (act.scale_invariant is not None and act.name != "monomial") else None
+    if si is not None:
+        sigma = PiecewiseMonomial(si[0], si[1], 1)
     T = np.empty((N, N, N, N))
+    E = np.zeros((N, N, N, N))
     # group sorted quadruples by their multiplicity pattern
     groups = {}
     for q in itertools.combinations_with_replacement(range(N), 4):
@@ -334,15 +677,19 @@ def quad_expectations(act, K, *, accuracy="default"):
     for pattern, items in groups.items():
         idx = np.array([it[1] for it in items])          # (B, d)
         d = len(pattern)
+        err = np.zeros(len(items))
         if d == 1:
             vals = expect(lambda z: sigma(z) ** 4, K[idx[:, 0], idx[:, 0]], kinks=kinks,
                           period=act.period)
+            err = 1e-14 * np.abs(vals)
         else:
             Ksub = K[idx[:, :, None], idx[:, None, :]]
             fs = [_power(sigma, p) for p in pattern]
-            use_si = si if all(p == 1 for p in pattern) else None
-            vals = expect_nd(fs, Ksub, kinks=kinks, scale_invariant=use_si, accuracy=accuracy)
-        for (q, _), v in zip(items, vals):
+            res = expect_nd(fs, Ksub, kinks=kinks, accuracy=accuracy,
+                            return_error=return_error, where=where)
+            vals, err = res if return_error else (res, err)
+        for (q, _), v, e in zip(items, vals, err):
             for perm in set(itertools.permutations(q)):
                 T[perm] = v
-    return T
+                E[perm] = e
+    return (T, E) if return_error else T

@@ -193,6 +193,18 @@ def _check_finite(value, layer, what):
             "(pdlt.criticality)")
 
 
+def _check_averages(values, layer, K, act):
+    """Refuse non-finite Gaussian averages (an activation growing too fast to integrate)."""
+    if not all(np.all(np.isfinite(v)) for v in values):
+        Kmax = float(np.max(K))
+        raise FloatingPointError(
+            f"the Gaussian averages of activation {act.name!r} are not finite at layer {layer} "
+            f"(K = {Kmax:.4g}): <sigma^2>_K or <sigma'^2>_K overflows float64, so K, the NTK "
+            "and the susceptibilities there are not defined; the activation grows too fast "
+            "for this depth and initialization (use fewer layers, a smaller C_W, or an "
+            "activation of at most polynomial growth)")
+
+
 def _single_flow(mlp: MLP, K1: float) -> Flow:
     act = mlp.activation
     C_b, C_W, lb, lW = mlp.C_b, mlp.C_W, mlp.lambda_b, mlp.lambda_W
@@ -212,6 +224,7 @@ def _single_flow(mlp: MLP, K1: float) -> Flow:
         ss, dd, sdd = single_input_moments(act, K)
         nxt = l if l < L else L - 1
         cw_next = C_W[nxt]
+        _check_averages((ss, dd, sdd), l, K, act)
         layers.append(LayerStatistics(l, K, float(Theta),
                                       _res(float(cw_next * (dd + sdd)), 1.0, x2[nxt], g2[nxt]),
                                       _res(float(cw_next * dd), 1.0, x2[nxt], g2[nxt])))
@@ -277,6 +290,7 @@ def _multi_flow(mlp: MLP, x, rtol, susceptibilities=True) -> Flow:
         if susceptibilities:
             cpar, cperp = _chis(act, np.diag(K).copy(), mlp.C_W[nxt], mlp.xi[nxt] ** 2,
                                 mlp.gamma[nxt] ** 2)
+            _check_averages((cpar, cperp), l, np.diag(K), act)
         layers.append(LayerStatistics(l, K, Theta, cpar, cperp))
         if l == L:
             break

@@ -215,13 +215,14 @@ sum_{m<l} m Theta1_{13} K_{24}`` (``tests/theory/test_ntk_multi.py``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from types import SimpleNamespace
 
 import numpy as np
 
 from .. import gaussian
-from ..gaussian._multi import expect_nd
+from ..gaussian._multi import PiecewiseMonomial, expect_nd
 from ._ntk_avg import single_input_terms
 
 __all__ = ["ntk_step", "dntk_step", "ddntk_step", "ntk_multi_flow", "NTK_MULTI_STATISTICS"]
@@ -278,6 +279,9 @@ def _hermite_pp(act, K):
     blk = np.stack([np.stack([K[a, a], K[a, b]], -1), np.stack([K[b, a], K[b, b]], -1)], -2)
     p = act.d1
     f = {i: (lambda i: lambda z: z ** i * p(z))(i) for i in range(3)}
+    si = act.scale_invariant
+    if si is not None and act.name != "monomial":
+        f = {i: PiecewiseMonomial(si[0], si[1], i) for i in range(3)}
     m = {(i, j): expect_nd([f[i], f[j]], blk, kinks=act.kinks) for i, j in
          ((0, 0), (2, 0), (1, 1), (0, 2))}
     det = K[a, a] * K[b, b] - K[a, b] ** 2
@@ -346,18 +350,27 @@ def _quad(act, K, slots, accuracy, cache):
             todo.setdefault(key[0], []).append(key[1])
     si = act.scale_invariant if (act.scale_invariant is not None
                                  and act.name != "monomial") else None
+    if si is not None:
+        # ReLU family: products of s = a_+- z and p = a_+- are piecewise monomials
+        # (exact inner axes in expect_nd); q = x = 0 pointwise
+        pm = {"s": PiecewiseMonomial(si[0], si[1], 1), "p": PiecewiseMonomial(si[0], si[1], 0)}
     kw = dict(kinks=act.kinks, period=act.period)
     for sig, idxs in todo.items():
-        fs = [(lambda names: lambda z: np.prod([base[n](z) for n in names], axis=0))(nm)
-              for nm in sig]
         I = np.array(idxs)
-        if len(sig) == 1:
+        if si is not None and any(n in ("q", "x") for nm in sig for n in nm):
+            vals = np.zeros(len(idxs))
+        elif si is not None:
+            fs = [functools.reduce(lambda a, b: a * b, [pm[n] for n in nm]) for nm in sig]
+        else:
+            fs = [(lambda names: lambda z: np.prod([base[n](z) for n in names], axis=0))(nm)
+                  for nm in sig]
+        if si is not None and any(n in ("q", "x") for nm in sig for n in nm):
+            pass
+        elif len(sig) == 1:
             vals = np.atleast_1d(gaussian.expect(fs[0], K[I[:, 0], I[:, 0]], **kw))
         else:
             Ks = K[I[:, :, None], I[:, None, :]]
-            use_si = si if all(nm == ("s",) for nm in sig) else None
-            vals = expect_nd(fs, Ks, kinks=act.kinks, scale_invariant=use_si,
-                             accuracy=accuracy)
+            vals = expect_nd(fs, Ks, kinks=act.kinks, accuracy=accuracy)
         for ix, v in zip(idxs, np.atleast_1d(vals)):
             cache[(sig, ix)] = float(v)
     T = np.empty((N,) * 4)

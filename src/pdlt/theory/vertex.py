@@ -358,7 +358,7 @@ def _apply_M(A, B, X):
 
 
 def vertex_step(act, K, V, C_W, ratio=1.0, *, gamma=0.0, xi=1.0, accuracy="default",
-                _mats=None):
+                _mats=None, _err=None, _where=""):
     """N-input V^(l+1) from V^(l) (book eq. 4.90, eq. numbers to be checked).
 
     Parameters
@@ -382,7 +382,13 @@ def vertex_step(act, K, V, C_W, ratio=1.0, *, gamma=0.0, xi=1.0, accuracy="defau
     ndarray (N, N, N, N)
     """
     S, A, B = _mats or _derivative_matrices(act, K)
-    S4 = quad_expectations(act, K, accuracy=accuracy)
+    if _err is None:
+        S4 = quad_expectations(act, K, accuracy=accuracy, where=_where)
+    else:
+        # the four-point averages with their error estimate (pdlt.gaussian._multi),
+        # as an absolute error of V's source term C_W^2 (xi^4) <s s s s>
+        S4, E4 = quad_expectations(act, K, accuracy=accuracy, return_error=True, where=_where)
+        _err["V"] = float(np.max(E4)) * C_W ** 2 * xi ** 4
     if gamma == 0.0 and xi == 1.0:
         out = C_W ** 2 * (S4 - S[:, :, None, None] * S[None, None, :, :])
         if ratio != 0 and np.any(V):
@@ -516,9 +522,13 @@ def _multi(mlp, kflow, accuracy):
     V = np.zeros((N, N, N, N))
     G1 = np.zeros((N, N))
     out = []
+    errors = [0.0]
     for l in range(1, L + 1):
         s = kflow[l - 1]
-        out.append(dataclasses.replace(s, extra={**s.extra, "V": V, "G1": G1}))
+        # integration_error: estimated absolute error of the four-point averages that
+        # entered V at this layer's step (not propagated through the recursion)
+        out.append(dataclasses.replace(s, extra={**s.extra, "V": V, "G1": G1,
+                                                 "integration_error": errors[-1]}))
         if l == L:
             break
         K = s.K
@@ -529,7 +539,10 @@ def _multi(mlp, kflow, accuracy):
         ratio = mlp.widths[l] / mlp.widths[l - 1]
         mats = _derivative_matrices(act, K)
         C_W, rk = mlp.C_W[l], dict(gamma=mlp.gamma[l], xi=mlp.xi[l])
-        V_new = vertex_step(act, K, V, C_W, ratio, accuracy=accuracy, _mats=mats, **rk)
+        err = {}
+        V_new = vertex_step(act, K, V, C_W, ratio, accuracy=accuracy, _mats=mats, _err=err,
+                            _where=f" at layer {l} (inputs of the flow)", **rk)
+        errors.append(err["V"])
         G1 = metric_step(act, K, V, G1, C_W, ratio, _mats=mats, **rk)
         V = V_new
         if not (np.all(np.isfinite(V)) and np.all(np.isfinite(G1))):
