@@ -98,6 +98,7 @@ class Residual(nn.Module):
         self.xi = xi
 
     def forward(self, z):
+        """``gamma * z + xi * block(z)``."""
         return self.gamma * z + self.xi * self.block(z)
 
     def extra_repr(self):

@@ -35,7 +35,7 @@ The error estimate is the difference from the rule with every axis two
 sizes smaller: measured to overestimate the error in every case above.
 
 **ReLU family (products of ``a_+- z`` and ``a_+-``): closed-form inner axes.**
-The functions are :class:`PiecewiseMonomial`. The last two axes are done
+The functions are ``PiecewiseMonomial``. The last two axes are done
 in closed form when the last two variables are of degree <= 1 and not
 collinear (``sqrt(1 - rho^2) > 1e-3``): a bivariate normal orthant
 probability (Owen's T) and its truncated first and mixed moments (Stein's
@@ -219,7 +219,7 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
     Parameters
     ----------
     fs : sequence of d callables
-        Vectorized functions. If every one is a :class:`PiecewiseMonomial`
+        Vectorized functions. If every one is a ``PiecewiseMonomial``
         the innermost axis is integrated exactly.
     K : array_like of shape (..., d, d)
         Covariances: symmetric positive semi-definite of any rank
@@ -426,7 +426,7 @@ def _bvn_upper(h, k, rho, s):
 def _exact_inner2(fa, fb, ma, la, mb, lb1, lb2):
     """``E[fa(ma + la u1) fb(mb + lb1 u1 + lb2 u2)]``, u ~ N(0, I_2), in closed form.
 
-    fa, fb : :class:`PiecewiseMonomial` of degree 0 or 1; la > 0, lb2 > 0.
+    fa, fb : ``PiecewiseMonomial`` of degree 0 or 1; la > 0, lb2 > 0.
     With ``A = sa (h + X)``, ``B = sb (k + Y)`` standardized, each sign
     quadrant is a truncated bivariate-normal moment (Stein's lemma):
     ``E[X; X>-h, Y>-k] = phi(h) Phi((k - rho h)/s) + rho phi(k) Phi((h - rho k)/s)`` and
