@@ -60,3 +60,17 @@ def test_layer_progress_is_silent_off_a_terminal(capsys):
     # tests, pipes and CI see no bar (tqdm's disable=None: only on a terminal)
     assert list(layers(range(1, 7), "test")) == [1, 2, 3, 4, 5, 6]
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_reference_problem_runs_at_depth_2000():
+    # ~100 s for tanh on 2 shared cores (relu ~300 s): slow-marked, not in CI.
+    # The training input's Theta and y^2 = K must equal the single-input flow's.
+    from pdlt.theory.finite_ntk import ntk_fluctuation_flow
+
+    mlp = pdlt.MLP(n0=2, width=64, depth=2000, n_out=1, activation="tanh", C_W=1.0)
+    r = finite_width_learning_size(mlp)
+    assert all(np.isfinite(r[k]) for k in _KEYS)
+    one = ntk_fluctuation_flow(mlp, K1=1.0, stats=["A"])[-1]
+    assert abs(r["Theta"] - one.Theta) <= 1e-10 * one.Theta
+    assert abs(r["y"] ** 2 - one.K) <= 1e-10 * one.K
