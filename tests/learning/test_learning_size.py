@@ -74,3 +74,22 @@ def test_reference_problem_runs_at_depth_2000():
     one = ntk_fluctuation_flow(mlp, K1=1.0, stats=["A"])[-1]
     assert abs(r["Theta"] - one.Theta) <= 1e-10 * one.Theta
     assert abs(r["y"] ** 2 - one.K) <= 1e-10 * one.K
+
+
+def test_layer_progress_shows_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    import pdlt._progress as progress
+
+    pytest.importorskip("tqdm")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    monkeypatch.setattr(progress, "_DELAY_S", 0.0)
+    assert list(progress.layers(range(1, 4), "NTK statistics, 2 inputs")) == [1, 2, 3]
+    assert "NTK statistics, 2 inputs" in term.getvalue() and "layer" in term.getvalue()
