@@ -149,7 +149,32 @@ def _fixed_rule():
     return u, w
 
 
+_RULE_CACHE: dict = {}
+_RULE_CACHE_SIZE = 16
+
+
 def _rule(centers, widths, step=None):
+    """:func:`_rule_uncached`, remembering the last few rules (read-only arrays).
+
+    The rule depends only on its arguments, and the recursions ask for the
+    same ones many times per layer (every pair term at one kernel shares
+    them), so repeats cost a dictionary look-up; values are bitwise the same.
+    """
+    centers, widths = np.ascontiguousarray(centers), np.ascontiguousarray(widths)
+    key = (centers.shape, centers.tobytes(), widths.tobytes(),
+           None if step is None else np.ascontiguousarray(step).tobytes())
+    hit = _RULE_CACHE.pop(key, None)
+    if hit is None:
+        hit = _rule_uncached(centers, widths, step)
+        for a in hit:
+            a.setflags(write=False)
+        while len(_RULE_CACHE) >= _RULE_CACHE_SIZE:
+            _RULE_CACHE.pop(next(iter(_RULE_CACHE)))
+    _RULE_CACHE[key] = hit                  # most recently used last
+    return hit
+
+
+def _rule_uncached(centers, widths, step=None):
     """Per-row rule in u with breakpoints at ``centers`` graded by ``widths``.
 
     centers, widths : (B, C) feature points and their scales in u units

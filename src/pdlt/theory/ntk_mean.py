@@ -101,6 +101,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .. import gaussian
+from .._progress import layers
 from ..network import MLP
 from ._ntk_avg import single_input_terms
 from .ntk import ntk_step_single
@@ -380,7 +381,7 @@ def h1_from_flow(mlp: MLP, base, D, F) -> np.ndarray:
     L = mlp.depth
     N = np.asarray(base[0].K).shape[0]
     H1 = np.zeros((L, N, N))
-    for l in range(1, L):
+    for l in layers(range(1, L), f"H1, {N} inputs"):
         s = base[l - 1]
         K = positive_variances(s.K, l)
         r = mlp.widths[l] / mlp.widths[l - 1]

@@ -223,6 +223,7 @@ import numpy as np
 
 from .. import gaussian
 from ..gaussian._multi import PiecewiseMonomial, expect_nd
+from .._progress import layers
 from ._ntk_avg import single_input_terms
 
 __all__ = ["ntk_step", "dntk_step", "ddntk_step", "ntk_multi_flow", "NTK_MULTI_STATISTICS"]
@@ -701,7 +702,7 @@ def ntk_multi_flow(mlp, base, *, accuracy="default", stats=None):
     zero = np.zeros((N,) * 4)
     st = {k: zero for k in NTK_MULTI_STATISTICS}
     out = {k: [zero] for k in NTK_MULTI_STATISTICS}
-    for l in range(1, mlp.depth):
+    for l in layers(range(1, mlp.depth), f"NTK statistics, {N} inputs"):
         s = base[l - 1]
         K = positive_variances(s.K, l)
         ratio = mlp.widths[l] / mlp.widths[l - 1]

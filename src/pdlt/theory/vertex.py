@@ -151,6 +151,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .. import gaussian
+from .._progress import layers
 from ..gaussian._multi import quad_expectations
 from ..network import MLP
 from .kernel import Flow, flow as _kernel_flow
@@ -523,7 +524,7 @@ def _multi(mlp, kflow, accuracy):
     G1 = np.zeros((N, N))
     out = []
     errors = [0.0]
-    for l in range(1, L + 1):
+    for l in layers(range(1, L + 1), f"V, G1, {N} inputs"):
         s = kflow[l - 1]
         # integration_error: estimated absolute error of the four-point averages that
         # entered V at this layer's step (not propagated through the recursion)
