@@ -164,7 +164,9 @@ def diagnose_mlp(mlp: MLP, K1: float, *, learning=True,
     K1 : float
         ``K^(1) = C_b^(1) + C_W^(1) |x|^2 / n_0`` of the typical input; > 0.
     learning : bool, default True
-        Also predict the size of representation learning (the two-input NTK recursion at every layer: ~0.1 s at depth 10, minutes at depth 1000; benchmarks/README.md).
+        Also predict the size of representation learning (the two-input NTK
+        recursion at every layer: ~0.1 s at depth 10, minutes at depth 1000;
+        benchmarks/README.md).
     critical_tolerance : (array_like, array_like), optional
         Absolute tolerances ``(C_b, C_W)``, scalars or per layer, within which
         a layer counts as initialized at the critical values (e.g. 4
