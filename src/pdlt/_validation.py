@@ -255,7 +255,10 @@ def numeric_guard(what, fix):
     """Turn float64 overflow/underflow inside a computation into one clear ``ValueError``."""
     try:
         yield
-    except (OverflowError, ZeroDivisionError, FloatingPointError) as exc:
+    except FloatingPointError as exc:
+        # pdlt's own: raised where a statistic stops being finite, with its reason and fix
+        raise ValueError(f"{what}: {exc}") from None
+    except (OverflowError, ZeroDivisionError) as exc:
         raise ValueError(f"{what} left the float64 range ({type(exc).__name__}: {exc}); "
                          f"{fix}") from None
 
