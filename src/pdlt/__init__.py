@@ -11,13 +11,12 @@ from .activations import Activation, ActivationError, activation, available_acti
 from .network import MLP
 from .theory.criticality import criticality
 from .theory.information import optimal_aspect_ratio
-from .theory.kernel import flow
+from .theory.statistics import Statistics, flow, statistics
 from .theory.kernel_blocks import kernel_matrix
 from .theory.residual import residual_criticality
-from .theory.vertex import finite_width_flow
 
 __version__ = "0.1.0"
 
 __all__ = ["Activation", "ActivationError", "activation", "available_activations", "MLP",
-           "flow", "kernel_matrix", "criticality", "finite_width_flow", "optimal_aspect_ratio",
+           "flow", "statistics", "Statistics", "kernel_matrix", "criticality", "optimal_aspect_ratio",
            "residual_criticality", "ValidityWarning", "__version__"]

@@ -1,27 +1,26 @@
 """Layer-to-layer recursions of the effective theory (numpy/scipy only).
 
-Every statistic is a step function from layer l to layer l+1, composed into a
-flow over depth by :func:`flow`.
+Every statistic has one step from layer l to layer l+1, written for N inputs
+(:mod:`pdlt.theory.kernel`, :mod:`~pdlt.theory.vertex`, :mod:`~pdlt.theory.ntk`,
+:mod:`~pdlt.theory.dntk`, :mod:`~pdlt.theory.ddntk`, :mod:`~pdlt.theory.ntk_mean`),
+folded over depth by :func:`pdlt.statistics` (:mod:`pdlt.theory.statistics`).
 """
 
 from . import criticality  # the module; the function is pdlt.criticality
 from . import information, linear, nearby, nearly_gaussian, residual, vertex_nearby
-from .information import optimal_aspect_ratio
-from .residual import residual_criticality
 from .criticality import NoCriticalPointError, chi_parallel, chi_perp, depth_scales, phase_diagram
-from .finite_ntk import NTK_STATISTICS, critical_learning_rates, ntk_fluctuation_flow, ntk_slopes
-from .ntk_mean import ntk_mean_correction
-from .kernel import Flow, KernelNotPSDError, LayerStatistics, first_layer, flow, kernel_step
+from .information import optimal_aspect_ratio
+from .kernel import KernelNotPSDError, first_layer, kernel_step
 from .kernel_blocks import KernelMatrices, kernel_matrix
-from .vertex import (finite_width_flow, metric_step, metric_step_single, vertex_slope,
-                     vertex_step, vertex_step_single)
+from .ntk_criticality import NTK_STATISTICS, critical_learning_rates, ntk_slopes
+from .residual import residual_criticality
+from .statistics import Flow, LayerStatistics, Statistics, flow, statistics
+from .vertex import vertex_slope
 
-__all__ = ["Flow", "KernelNotPSDError", "LayerStatistics", "first_layer", "flow", "kernel_step",
-           "KernelMatrices", "kernel_matrix",
+__all__ = ["Flow", "KernelNotPSDError", "LayerStatistics", "Statistics", "first_layer", "flow",
+           "kernel_step", "statistics", "KernelMatrices", "kernel_matrix",
            "criticality", "chi_parallel", "chi_perp", "NoCriticalPointError", "depth_scales",
-           "phase_diagram",
-           "finite_width_flow", "vertex_slope", "vertex_step", "vertex_step_single",
-           "metric_step", "metric_step_single", "linear", "nearly_gaussian",
-           "ntk_fluctuation_flow", "ntk_mean_correction", "ntk_slopes", "critical_learning_rates", "NTK_STATISTICS",
+           "phase_diagram", "vertex_slope", "linear", "nearly_gaussian",
+           "ntk_slopes", "critical_learning_rates", "NTK_STATISTICS",
            "information", "residual", "optimal_aspect_ratio", "residual_criticality",
            "nearby", "vertex_nearby"]

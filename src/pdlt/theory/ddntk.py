@@ -1,69 +1,79 @@
-r"""The ddNTK statistics R, S, T, U at order 1/n (book "The End of Training").
+r"""The ddNTK statistics R, S, T, U: one step each, N inputs.
 
-Definitions (``shared/NOTATION.md``, binding): the means at order 1/n of
-``ddIH_{i0i1i2i3} = sum l l l (d1 d2 d3 z_{i0})(d1 z_{i1})(d2 z_{i2})(d3 z_{i3})``
-(pattern ``d_{i0i1} d_{i2i3} R_{a0a1a2a3} + 2 perms``) and of
-``ddIIH_{i0i1i2i3} = sum l l l (d1 d2 z_{i0})(d1 d3 z_{i1})(d2 z_{i2})(d3 z_{i3})``
-(``d_{i0i1}d_{i2i3} S + d_{i0i2}d_{i1i3} T + d_{i0i3}d_{i1i2} U``).
-All vanish at l = 1. Book chapter "The End of Training", §∞.2-∞.3 (eq.
-numbers to be checked); where the book orders sample indices differently,
-NOTATION.md's order is kept.
-
-Derivation
-----------
-Differentiating ``z'_i`` three times (a weight ``W_pq`` of layer l+1 enters
-at most once in a nonzero derivative, biases never)::
-
-    ddIH' = sum W_{i0j} W_{i1k1} W_{i2k2} W_{i3k3} sigma'_k1 sigma'_k2 sigma'_k3
-            [sigma'''_j H H H + sigma''_j (dH H + 2 perms) + sigma'_j ddIH]
-          + (lambda_W/n_l) [delta_{i0i1} sum_q sigma_{q;a1} sum W W sigma' sigma'
-            (sigma''_q H H + sigma'_q dH) + 2 perms],
-
-and ``ddIIH'`` has one all-earlier term (sigma''sigma'' HHH, sigma''sigma'
-H dH twice, sigma'sigma' ddIIH), one with the new weight in the shared
-derivative (delta_{i0i1}), two with it in one of the others (delta_{i0i2},
-delta_{i1i3}) and one with two new weights (delta_{i0i2} delta_{i1i3}
-(lambda_W/n_l)^2). Take the mean with the neuron pattern of each statistic,
-integrate layer l+1 by Wick, and split neuron sums as for the NTK (source
-1/n_l, propagation ``r = n_l/n_{l-1}`` with B, F, P, Q, R, S, T, U of layer
-l; products of an off-diagonal H with a dH, or of three off-diagonal H, are
-O(n^-3/2) or smaller). Single input, with
-``phi = C_W Theta sigma'' sigma' + lambda_W sigma' sigma``::
-
-    R' = C_W^2 Theta^3 <sigma''' sigma'^3> + lambda_W C_W Theta^2 <sigma'' sigma sigma'^2>
-         + r {chi_perp [C_W Theta (<sigma''' sigma'> B + <(sigma'' sigma')'> P) + chi_perp R]
-              + lambda_W chi_perp [<sigma'' sigma> B + <(sigma' sigma)'> P]},
-    S' = C_W^2 Theta^3 <sigma''^2 sigma'^2> + lambda_W C_W Theta^2 <sigma'^4>
-         + r [chi_perp C_W^2 Theta <sigma''^2> B + chi_perp^2 S + lambda_W chi_perp^2 B / C_W],
-    T' = Theta <phi^2> + r [F <phi'>^2 + 2 chi_perp Q <phi'> + chi_perp^2 T],
-    U' = C_W^2 Theta^3 <sigma''^2 sigma'^2> + r chi_perp^2 U.
-
-Pointwise sigma'', sigma''' in sources (0 for ReLU, as autodiff sees it);
-``<(.)'>`` by Stein. Exact cases: ReLU and linear nets have ``R = U = 0``;
-deep linear (``C_W = 1``, ``lambda_b = 0``, ``lambda_W = 1``, ``K = 1``):
-``S' = S + m^2 + B_m``, ``T' = T + m + F_m + 2 Q_m`` at layer m.
+Definitions (``shared/NOTATION.md``; ``i != j``): ``R_{a0a1a2a3} = n
+E[ddIH_{iijj}]``, ``S = n E[ddIIH_{iijj}]``, ``T = n E[ddIIH_{ijij}]``,
+``U = n E[ddIIH_{ijji}]``, indexed in that order; all vanish at layer 1.
+Derivation: ``docs/derivations/ddntk.md`` (book "The End of Training",
+§∞.2-∞.3). ``q = sigma''`` and ``sigma'''`` are pointwise (0 for the ReLU
+family); ``<sigma''' ...>`` is taken by Stein along ``z_a0`` from ``x = z
+sigma''``, so R is refused for an activation whose sigma'' jumps at a kink.
+Plain MLPs only.
 """
+
 from __future__ import annotations
 
-__all__ = ["ddntk_step_single"]
+import numpy as np
+
+__all__ = ["ddntk_R_step", "ddntk_S_step", "ddntk_T_step", "ddntk_U_step"]
+
+_e = np.einsum
 
 
-def ddntk_step_single(t, Theta, B, F, P, Q, R, S, T, U, C_W, lambda_W, ratio=1.0):
-    """Single-input R, S, T, U at layer l+1 from layer l."""
-    chi_par, chi_perp = C_W * t["dss"], C_W * t["pp"]
-    Th = Theta
-    R_new = (C_W ** 2 * Th ** 3 * t["q3ppp"] + lambda_W * C_W * Th ** 2 * t["qspp"]
-             + ratio * (chi_perp * (C_W * Th * t["q3p"] * B + C_W * Th * t["dqp"] * P
-                                    + chi_perp * R)
-                        + lambda_W * chi_perp * (t["qs"] * B + t["dss"] * P)))
-    S_new = (C_W ** 2 * Th ** 3 * t["qqpp"] + lambda_W * C_W * Th ** 2 * t["pppp"]
-             # four layer-(l+1) weights: C_W^2 <q^2><p^2> Theta B (not chi_perp C_W^2,
-             # which is C_W^3: caught by a C_W = 3 ensemble, see theory/ntk_multi.py)
-             + ratio * (C_W ** 2 * Th * t["qq"] * t["pp"] * B + chi_perp ** 2 * S
-                        + lambda_W * chi_perp ** 2 / C_W * B))
-    phi2 = ((C_W * Th) ** 2 * t["qqpp"] + 2 * C_W * Th * lambda_W * t["qspp"]
-            + lambda_W ** 2 * t["sspp"])
-    dphi = C_W * Th * t["dqp"] + lambda_W * t["dss"]
-    T_new = Th * phi2 + ratio * (F * dphi ** 2 + 2 * chi_perp * Q * dphi + chi_perp ** 2 * T)
-    U_new = C_W ** 2 * Th ** 3 * t["qqpp"] + ratio * chi_perp ** 2 * U
-    return R_new, S_new, T_new, U_new
+def _Phi(avg, Th, hp):
+    """``Phi[a, c, b] = C_W Theta_ac <d_b (q_a p_c)> + lambda_W <d_b (p_a s_c)>``."""
+    return hp.C_W * Th[:, :, None] * avg.G2 + hp.lambda_W * avg.G
+
+
+def ddntk_R_step(avg, st, hp):
+    """``R^(l+1)`` (N, N, N, N); uses Theta, B, P, R of ``st`` (layer l)."""
+    Th, C_W, lW, K, PP = st["Theta"], hp.C_W, hp.lambda_W, avg.K, avg.PP
+    avg.t["q3p"]                                     # refuses a jumping sigma''
+    QQPP = avg.quad("qqpp")
+    # <sigma'''_a0 p1 p2 p3> by Stein along z_a0 (x = z sigma'')
+    Q3PPP = (avg.quad("xppp") - K[:, :, None, None] * QQPP
+             - K[:, None, :, None] * _e("acbd->abcd", QQPP)
+             - K[:, None, None, :] * _e("adbc->abcd", QQPP)) / avg.diag[:, None, None, None]
+    T01, T02, T03 = Th[:, :, None, None], Th[:, None, :, None], Th[:, None, None, :]
+    src = C_W ** 2 * T01 * T02 * T03 * Q3PPP + lW * C_W * T02 * T03 * avg.quad("qspp")
+    psi = C_W * Th * avg.dqp + lW * avg.QS       # C_W Th01 <q'_0 p_1> + lW <q_0 s_1>
+    B = st["B"]
+    ar = np.arange(B.shape[0])
+    prop = (psi[:, :, None, None] * B[ar, ar][:, None, :, :]
+            + _e("ikly,ijy->ijkl", st["P"], _Phi(avg, Th, hp))
+            + C_W * PP[:, :, None, None] * st["R"])
+    return src + hp.ratio * C_W * PP[None, None, :, :] * prop
+
+
+def ddntk_S_step(avg, st, hp):
+    """``S^(l+1)``; uses Theta, B, S."""
+    Th, C_W, lW, PP, B = st["Theta"], hp.C_W, hp.lambda_W, avg.PP, st["B"]
+    T01, T02, T13 = Th[:, :, None, None], Th[:, None, :, None], Th[None, :, None, :]
+    P01 = PP[:, :, None, None]
+    src = C_W ** 2 * T01 * T02 * T13 * avg.quad("qqpp") + lW * C_W * T02 * T13 * avg.quad("pppp")
+    prop = C_W * T01 * avg.QQ[:, :, None, None] * B + C_W * P01 * st["S"] + lW * P01 * B
+    return src + hp.ratio * C_W * PP[None, None, :, :] * prop
+
+
+def ddntk_T_step(avg, st, hp):
+    """``T^(l+1)``; uses Theta, F, Q, T."""
+    Th, C_W, lW, PP = st["Theta"], hp.C_W, hp.lambda_W, avg.PP
+    T01, T02, T13 = Th[:, :, None, None], Th[:, None, :, None], Th[None, :, None, :]
+    QPPS = avg.quad("qpps")
+    phi2 = (C_W ** 2 * T02 * T13 * avg.quad("qqpp") + lW * C_W * T13 * _e("badc->abcd", QPPS)
+            + lW * C_W * T02 * QPPS
+            + lW ** 2 * np.moveaxis(avg.quad("sspp"), (0, 1), (2, 3)))   # <phi_02 phi_13>
+    Phi = _Phi(avg, Th, hp)
+    P02, P13 = PP[:, None, :, None], PP[None, :, None, :]
+    prop = (_e("ixjy,ikx,jly->ijkl", st["F"], Phi, Phi)
+            + C_W * P13 * _e("jlib,ikb->ijkl", st["Q"], Phi)
+            + C_W * P02 * _e("ikjb,jlb->ijkl", st["Q"], Phi)
+            + C_W ** 2 * P02 * P13 * st["T"])
+    return T01 * phi2 + hp.ratio * prop
+
+
+def ddntk_U_step(avg, st, hp):
+    """``U^(l+1)``; uses Theta, U."""
+    Th, C_W, PP = st["Theta"], hp.C_W, avg.PP
+    src = C_W ** 2 * Th[:, :, None, None] * Th[:, None, :, None] * Th[None, :, None, :] \
+        * avg.quad("qqpp")
+    return src + hp.ratio * C_W ** 2 * PP[:, None, None, :] * PP[None, :, :, None] * st["U"]

@@ -1,53 +1,48 @@
-r"""The dNTK statistics P and Q at order 1/n (book ch. 11).
+r"""The dNTK statistics P and Q: one step each, N inputs.
 
-Definition (``shared/NOTATION.md``, binding): with
-``dH_{i0i1i2} = sum lambda_mu lambda_nu (d_mu d_nu z_{i0})(d_mu z_{i1})(d_nu z_{i2})``,
-``E[dH_{i0i1i2;a0a1a2} z_{i3;a3}] = (1/n)[d_{i0i3} d_{i1i2} P_{a0a1a2a3}
-+ d_{i0i1} d_{i2i3} Q_{a0a1a2a3} + d_{i0i2} d_{i1i3} Q_{a0a2a1a3}]``.
-``P = Q = 0`` at l = 1 (z^(1) is linear in the parameters).
+Definition (``shared/NOTATION.md``): ``E[dH_{i0i1i2;a0a1a2} z_{i3;a3}] =
+(1/n)[d_{i0i3} d_{i1i2} P_{a0a1a2a3} + d_{i0i1} d_{i2i3} Q_{a0a1a2a3} +
+d_{i0i2} d_{i1i3} Q_{a0a2a1a3}]``; ``P[a0, a1, a2, a3] = P_{a0a1a2a3}``, likewise
+Q; both vanish at layer 1. Derivation: ``docs/derivations/dntk.md`` (book
+§11.2). With ``q = sigma''`` pointwise (0 for the ReLU family, as autodiff sees
+it), ``G_{(a0a1)b} = <d_b (p_a0 s_a1)>``, ``G2_{(a0a1)b} = <d_b (q_a0 p_a1)>``
+and ``Phi = C_W Theta_{01} G2 + lambda_W G``:
 
-Derivation (book §11.2: forward equation near eq. 11.9, P and Q recursions
-near eqs. 11.46-11.53; eq. numbers to be checked)
-----------------------------------------------------------------------------
-Differentiating ``z'_i = b_i + sum_j W_ij sigma_j`` twice gives the forward
-equation::
-
-    dH'_{i0i1i2} = sum_{jkm} W_{i0j} W_{i1k} W_{i2m} sigma'_k sigma'_m
-                   [sigma''_j H_jk H_jm + sigma'_j dH_jkm]
-                 + (lambda_W/n_l) [delta_{i0i1} sum_{qm} sigma'_{q;a0} sigma_{q;a1}
-                   W_{i2m} sigma'_{m;a2} H_{qm;a0a2} + (1 <-> 2)].
-
-Multiply by ``z'_{i3}`` and integrate out layer l+1 (Wick in W); the
-pairing ``d_{i0i3} d_{i1i2}`` gives P, ``d_{i0i1} d_{i2i3}`` gives Q. Each
-neuron sum splits into equal neurons (source, 1/n_l) and different neurons
-(propagation, ``r = n_l/n_{l-1}``), where ``E[H_jk H_jk] = B/n``,
-``E[H_jk f(z_j) g(z_k)] = (1/n) sum F <d f><d g>`` and
-``E[dH_jkk f(z_j) g(z_k)] = (1/n) sum_b P_{..b} <d_b f><g>``. Products such
-as ``dH_jjk H_jk`` are O(n^-3/2) and drop out. Single input, with
-``phi = C_W Theta sigma'' sigma' + lambda_W sigma' sigma``:
-
-    P' = C_W^2 Theta^2 <sigma'' sigma'^2 sigma>
-         + r [chi_perp C_W <sigma'' sigma> B + chi_perp chi_par P],
-    Q' = C_W^2 Theta^2 <sigma'' sigma'^2 sigma> + lambda_W C_W Theta <sigma'^2 sigma^2>
-         + r [chi_par <phi'> F + chi_perp chi_par Q].
-
-``sigma''`` in a source is pointwise (``act.d2``: 0 for ReLU, as autodiff
-sees it); ``<phi'>`` is a distributional Gaussian derivative (Stein).
-Exact cases: ReLU and linear nets have ``P = 0`` at every layer; a deep
-linear net with ``C_W = 1, lambda_b = 0, lambda_W = 1, K = 1`` has
-``Q' = Q + m + m (m - 1) / 2`` at layer m.
+.. math::
+    P' &= C_W^2\Theta_{01}\Theta_{02}\langle q_0 p_1 p_2 s_3\rangle
+        + r\,C_W^2 PP_{12}\big[\langle q_0 s_3\rangle B_{(00)(12)} + \textstyle\sum_b P_{012b} G_{(03)b}\big],\\
+    Q' &= C_W^2\Theta_{01}\Theta_{02}\langle q_0 p_1 p_2 s_3\rangle
+        + \lambda_W C_W \Theta_{02}\langle p_0 s_1 p_2 s_3\rangle
+        + r\,C_W\big[\textstyle\sum \Phi_{(01)b_1} F_{0b_1 2b_2} G_{(23)b_2}
+        + C_W PP_{01} \sum_b Q_{012b} G_{(23)b}\big].
 """
+
 from __future__ import annotations
 
-__all__ = ["dntk_step_single"]
+import numpy as np
+
+__all__ = ["dntk_P_step", "dntk_Q_step"]
 
 
-def dntk_step_single(t, Theta, B, F, P, Q, C_W, lambda_W, ratio=1.0):
-    """Single-input P, Q at layer l+1 from layer l."""
-    chi_par, chi_perp = C_W * t["dss"], C_W * t["pp"]
-    P_new = (C_W * Theta) ** 2 * t["qspp"] + ratio * (chi_perp * C_W * t["qs"] * B
-                                                       + chi_perp * chi_par * P)
-    dphi = C_W * Theta * t["dqp"] + lambda_W * t["dss"]
-    Q_new = ((C_W * Theta) ** 2 * t["qspp"] + lambda_W * C_W * Theta * t["sspp"]
-             + ratio * (chi_par * dphi * F + chi_perp * chi_par * Q))
-    return P_new, Q_new
+def _source(avg, Th, C_W):
+    return C_W ** 2 * Th[:, :, None, None] * Th[:, None, :, None] * avg.quad("qpps")
+
+
+def dntk_P_step(avg, st, hp):
+    """``P^(l+1)`` (N, N, N, N); uses Theta, B, P of ``st`` (layer l)."""
+    Th, C_W, B = st["Theta"], hp.C_W, st["B"]
+    ar = np.arange(B.shape[0])
+    prop = (avg.QS[:, None, None, :] * B[ar, ar][:, :, :, None]
+            + np.einsum("ijkb,ilb->ijkl", st["P"], avg.G))
+    return _source(avg, Th, C_W) + hp.ratio * C_W ** 2 * avg.PP[None, :, :, None] * prop
+
+
+def dntk_Q_step(avg, st, hp):
+    """``Q^(l+1)``; uses Theta, F, Q."""
+    Th, C_W, lW, G = st["Theta"], hp.C_W, hp.lambda_W, avg.G
+    psps = np.transpose(avg.quad("sspp"), (2, 0, 3, 1))       # <p_a0 s_a1 p_a2 s_a3>
+    src = _source(avg, Th, C_W) + lW * C_W * Th[:, None, :, None] * psps
+    Phi = C_W * Th[:, :, None] * avg.G2 + lW * G
+    return src + hp.ratio * C_W * (
+        np.einsum("ijx,ixky,kly->ijkl", Phi, st["F"], G)
+        + C_W * avg.PP[:, :, None, None] * np.einsum("ijkb,klb->ijkl", st["Q"], G))

@@ -1,106 +1,81 @@
-r"""NTK fluctuations A, B and NTK-preactivation cross-correlations D, F at order 1/n.
+r"""NTK fluctuations A, B and NTK-preactivation cross-correlations D, F: one step each.
 
-Definitions (``shared/NOTATION.md``, binding; ``n = n_{l-1}``):
-
-.. math::
-    E[\Delta H_{i_1i_2;a_1a_2}\Delta H_{i_3i_4;a_3a_4}] = \frac1n\big[
-        \delta_{i_1i_2}\delta_{i_3i_4}A_{(a_1a_2)(a_3a_4)}
-      + \delta_{i_1i_3}\delta_{i_2i_4}B_{(a_1a_3)(a_2a_4)}
-      + \delta_{i_1i_4}\delta_{i_2i_3}B_{(a_1a_4)(a_2a_3)}\big],
-
-    E[\Delta H_{i_1i_2;a_1a_2} z_{i_3;a_3} z_{i_4;a_4}] = \frac1n\big[
-        \delta_{i_1i_2}\delta_{i_3i_4}D_{a_1a_2a_3a_4}
-      + \delta_{i_1i_3}\delta_{i_2i_4}F_{a_1a_3a_2a_4}
-      + \delta_{i_1i_4}\delta_{i_2i_3}F_{a_1a_4a_2a_3}\big].
-
-The first layer's NTK is deterministic, so ``A = B = D = F = 0`` at l = 1.
-
-Derivation (book ch. 8, eqs. 8.89-8.97 for one input and 8.79-8.86 for N
-inputs; eq. numbers to be checked)
----------------------------------------------------------------------------
-Condition on layer l (``z_j``, ``H_jk``, ``j, k = 1..n_l``) and integrate out
-layer l+1's weights (variance ``c = C_W / n_l``) and biases. With
-``Omega_{jk;a1a2} = sigma'_{j;a1} sigma'_{k;a2} H_{jk;a1a2}`` the forward
-equation ``H'_{i1i2} = delta_{i1i2}[lambda_b + (lambda_W/n_l) sum_j sigma_j
-sigma_j] + sum_{jk} W_{i1j} W_{i2k} Omega_{jk}`` is a Gaussian chaos in W;
-Wick's theorem gives
-
-* the conditional mean ``delta_{i1i2} Hhat_{a1a2}``,
-  ``Hhat = lambda_b + (1/n_l) sum_j Y_j``,
-  ``Y_{j;a1a2} = lambda_W sigma_{j;a1}sigma_{j;a2} + C_W Omega_{jj;a1a2}``;
-* the conditional covariance ``c^2 [d13 d24 sum_{jk} Omega^{a1a2}_{jk}
-  Omega^{a3a4}_{jk} + d14 d23 (...)]``, which is B;
-* for D, F the Wick pairings between the W's of H' and of
-  ``z'_i = b_i + sum_j W_ij sigma_j``: ``D/n_l = Cov(Hhat, Ghat)`` with
-  ``Ghat = C_b + (C_W/n_l) sum sigma sigma``, and
-  ``F_{a1a3a2a4}/n_l = c^2 E sum_{jk} Omega_{jk;a1a2} sigma_{j;a3} sigma_{k;a4}``.
-
-Every sum over neurons splits into ``j = k`` (n_l terms, evaluated with
-layer l at infinite width: the "source", weight 1/n_l) and ``j != k``
-(n_l^2 terms, each O(1/n_{l-1}): the "propagation", whence the width ratio
-``r = n_l / n_{l-1}``). The cross-neuron expectations use the order-1/n
-joint cumulants of layer l (an Edgeworth step): for ``j != k``,
-``Cov(f(z_j), g(z_k)) = (1/n) sum V <d f/dK><d g/dK>``,
-``E[Delta H_jj f(z_j) g(z_k)] - E[f(z_j)] E[Delta H_jj g(z_k)] = (1/n) sum D <f><dg/dK>``-type
-terms, ``E[H_jk f(z_j) g(z_k)] = (1/n) sum_{b1b2} F_{a1b1a2b2} <d_b1 f><d_b2 g>``,
-``E[Delta H_jj Delta H_kk] = A/n`` and ``E[H_jk H_jk] = B/n``.
-
-Result (single input; ``chi_par = C_W <(sigma sigma')'>``, ``chi_perp = C_W <sigma'^2>``,
-``y = lambda_W sigma^2 + C_W Theta sigma'^2``, ``<y>' = d<y>_K/dK``; the
-hyperparameters are those of layer l+1):
+Definitions (``shared/NOTATION.md``; ``n = n_{l-1}``, ``i != j``):
+``A_{(a1a2)(a3a4)} = n Cov(H_{ii;a1a2}, H_{jj;a3a4})``,
+``B_{(a1a2)(a3a4)} = n E[H_{ij;a1a3} H_{ij;a2a4}]``,
+``D_{a1a2a3a4} = n Cov(H_{ii;a1a2}, z_{j;a3} z_{j;a4})``,
+``F_{a1a2a3a4} = n E[H_{ij;a1a3} z_{i;a2} z_{j;a4}]``; arrays are indexed in
+that order (``B[a1, a2, a3, a4] = B_{(a1a2)(a3a4)}``). All vanish at layer 1.
+Derivation: ``docs/derivations/ntk_fluctuations.md`` (book ch. 8). With
+``y_ab = lambda_W s_a s_b + C_W Theta_ab p_a p_b``, ``U = d<y>/dK``,
+``PP = <p_a p_b>``, ``G_{(a1a2)b} = <d_b (p_a1 s_a2)>`` and ``r = n_l / n_{l-1}``:
 
 .. math::
-    A' &= \mathrm{Var}_K(y) + r\,[\langle y\rangle'^2 V + 2\chi_\perp\langle y\rangle' D + \chi_\perp^2 A],\\
-    B' &= C_W^2\Theta^2\langle\sigma'^4\rangle + r\,\chi_\perp^2 B,\\
-    D' &= C_W\,\mathrm{Cov}_K(y, \sigma^2) + r\,[\chi_\parallel\langle y\rangle' V + \chi_\parallel\chi_\perp D],\\
-    F' &= C_W^2\Theta\langle\sigma^2\sigma'^2\rangle + r\,\chi_\parallel^2 F.
+    A' &= \mathrm{Cov}(y_{12}, y_{34}) + r[U V U^T + C_W PP_{34} (U D_{34\cdot})_{12}
+          + C_W PP_{12} (U D_{12\cdot})_{34} + C_W^2 PP_{12} PP_{34} A],\\
+    B' &= C_W^2 \Theta_{13}\Theta_{24}\langle p_1p_2p_3p_4\rangle + r C_W^2 PP_{12} PP_{34} B,\\
+    D' &= C_W \mathrm{Cov}(y_{12}, s_3 s_4) + r[C_W (U V M^{ss\,T}) + C_W^2 PP_{12} (D M^{ss\,T})],\\
+    F' &= C_W^2 \Theta_{13}\langle p_1 s_2 p_3 s_4\rangle + r C_W^2 \textstyle\sum G F G.
 
-N inputs: the same with ``<.>'`` the matrix derivative ``d<.>/dK_{b1b2}``
-and the contractions written out in :func:`~pdlt.theory.ntk_multi.ntk_step`.
-
-Exact cases (tests): deep linear network (``sigma(z) = z``, ``C_b = 0``,
-equal widths, constant ``C_W``, ``lambda``): ``B^(l) = C_W^2 sum_{m<l}
-C_W^{2(l-1-m)} Theta_m^2`` etc.; ReLU at criticality (``C_W = 2``, ``C_b =
-0``, ``lambda_b = 0``): ``Theta^(l) = lambda_W K l``, and the recursions add
-a polynomial in l per layer (see ``tests/theory/test_ntk.py``).
+Plain MLPs only (one input of a residual MLP: :mod:`pdlt.theory.residual_ntk`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._ntk_avg import single_input_terms
+from ._averages import apply_M, apply_M2
 
-__all__ = ["ntk_step_single", "single_input_terms"]
+__all__ = ["ntk_A_step", "ntk_B_step", "ntk_D_step", "ntk_F_step"]
 
 
-def ntk_step_single(t, Theta, V, A, B, D, F, C_W, lambda_W, ratio=1.0):
-    """Single-input A, B, D, F at layer l+1 from layer l.
+def _U(avg, Th, hp):
+    """``U = d<y>/dK``, ``y_ab = lambda_W s_a s_b + C_W Theta_ab p_a p_b`` (an operator)."""
+    return tuple(hp.lambda_W * a + hp.C_W * Th * b for a, b in zip(avg.Mss, avg.Mpp))
 
-    Parameters
-    ----------
-    t : dict
-        :func:`single_input_terms` at K^(l).
-    Theta, V, A, B, D, F : float
-        Statistics at layer l (normalized by n_{l-1}).
-    C_W, lambda_W : float
-        Hyperparameters of layer l+1.
-    ratio : float
-        ``n_l / n_{l-1}``.
 
-    Returns
-    -------
-    A, B, D, F : float
-        At layer l+1 (normalized by n_l).
-    """
-    chi_par, chi_perp = C_W * t["dss"], C_W * t["pp"]
-    var_y = (lambda_W ** 2 * (t["ssss"] - t["ss"] ** 2)
-             + 2 * lambda_W * C_W * Theta * (t["sspp"] - t["ss"] * t["pp"])
-             + (C_W * Theta) ** 2 * (t["pppp"] - t["pp"] ** 2))
-    cov_ys = lambda_W * (t["ssss"] - t["ss"] ** 2) + C_W * Theta * (t["sspp"] - t["ss"] * t["pp"])
-    dy = lambda_W * t["dss"] + C_W * Theta * t["dpp"]
-    A_new = var_y + ratio * (dy * dy * V + 2 * chi_perp * dy * D + chi_perp ** 2 * A)
-    B_new = (C_W * Theta) ** 2 * t["pppp"] + ratio * chi_perp ** 2 * B
-    D_new = C_W * cov_ys + ratio * (chi_par * dy * V + chi_par * chi_perp * D)
-    F_new = C_W ** 2 * Theta * t["sspp"] + ratio * chi_par ** 2 * F
-    return A_new, B_new, D_new, F_new
+def _covariances(avg):
+    """``Cov_K(s s, s s)``, ``Cov(s s, p p)``, ``Cov(p p, s s)``, ``Cov(p p, p p)``."""
+    S, PP = avg.S, avg.PP
+    o = np.multiply.outer
+    SSPP = avg.quad("sspp")
+    return (avg.quad("ssss") - o(S, S), SSPP - o(S, PP),
+            np.moveaxis(SSPP, (0, 1), (2, 3)) - o(PP, S), avg.quad("pppp") - o(PP, PP))
+
+
+def ntk_A_step(avg, st, hp):
+    """``A^(l+1)`` (N, N, N, N); uses Theta, V, D, A of ``st`` (layer l)."""
+    Th, C_W, lW, PP = st["Theta"], hp.C_W, hp.lambda_W, avg.PP
+    cSS, cSP, cPS, cPP = _covariances(avg)
+    T12, T34 = Th[:, :, None, None], Th[None, None, :, :]
+    out = lW ** 2 * cSS + lW * C_W * (T34 * cSP + T12 * cPS) + C_W ** 2 * T12 * T34 * cPP
+    U = _U(avg, Th, hp)
+    PP12, PP34 = PP[:, :, None, None], PP[None, None, :, :]
+    UD = apply_M(U, np.moveaxis(st["D"], (2, 3), (0, 1)))     # (U D_{34.})_{12}
+    return out + hp.ratio * (apply_M2(U, apply_M(U, st["V"])) + C_W * PP34 * UD
+                             + C_W * PP12 * np.moveaxis(UD, (0, 1), (2, 3))
+                             + C_W ** 2 * PP12 * PP34 * st["A"])
+
+
+def ntk_B_step(avg, st, hp):
+    """``B^(l+1)``; uses Theta, B."""
+    Th, C_W, PP = st["Theta"], hp.C_W, avg.PP
+    src = C_W ** 2 * Th[:, None, :, None] * Th[None, :, None, :] * avg.quad("pppp")
+    return src + hp.ratio * C_W ** 2 * PP[:, :, None, None] * PP[None, None, :, :] * st["B"]
+
+
+def ntk_D_step(avg, st, hp):
+    """``D^(l+1)``; uses Theta, V, D."""
+    Th, C_W, lW = st["Theta"], hp.C_W, hp.lambda_W
+    cSS, _, cPS, _ = _covariances(avg)
+    src = C_W * (lW * cSS + C_W * Th[:, :, None, None] * cPS)
+    UV = apply_M(_U(avg, Th, hp), st["V"])
+    return src + hp.ratio * (C_W * apply_M2(avg.Mss, UV)
+                             + C_W ** 2 * avg.PP[:, :, None, None] * apply_M2(avg.Mss, st["D"]))
+
+
+def ntk_F_step(avg, st, hp):
+    """``F^(l+1)``; uses Theta, F."""
+    Th, C_W, G = st["Theta"], hp.C_W, avg.G
+    src = C_W ** 2 * Th[:, None, :, None] * np.transpose(avg.quad("sspp"), (2, 0, 3, 1))
+    return src + hp.ratio * C_W ** 2 * np.einsum("ibx,ixky,kdy->ibkd", G, st["F"], G)

@@ -214,7 +214,8 @@ def three_point_vertex_slope(activation, gamma, *, crit=None):
     (``kappa3`` but no higher two-depth terms) gives. Exact for linear
     networks and at gamma = 0; ReLU, gamma = 0.5: 6.4273 against the exact 6.4963.
     """
-    from .vertex import odd_terms, vertex_slope
+    from ._averages import OneVariableTable
+    from .vertex import vertex_slope
 
     act = _activation(activation)
     gamma, _ = _gamma_iv(gamma, 1.0)
@@ -226,7 +227,7 @@ def three_point_vertex_slope(activation, gamma, *, crit=None):
     if crit.universality_class == "K*=0":
         return nu0 * (1.0 - g2 * g2)
     K = 1.0 if crit.K_star is None else crit.K_star
-    D1, _ = odd_terms(act, K)
+    D1 = float(OneVariableTable(act, K)["d1ss"])    # <(sigma^2)'> = <z sigma^2>/K
     cross = 2.0 * gamma * (1.0 + gamma) * crit.C_W ** 2 * D1 * D1 / K
     return (1.0 - g2) * ((1.0 - g2) * nu0 + 4.0 * g2 + cross)
 

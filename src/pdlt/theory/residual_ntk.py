@@ -94,14 +94,21 @@ import numpy as np
 
 from .. import gaussian
 from ..network import MLP
-from ._ntk_avg import single_input_terms
-from .kernel import flow as _kernel_flow
+from ._averages import OneVariableTable
+from .kernel import first_layer_kernel, kernel_fold
 
 __all__ = ["residual_ntk_single", "residual_b_closure", "residual_slopes",
            "RESIDUAL_NTK_STATISTICS"]
 
 #: statistics derived (and ensemble-checked) for residual MLPs, single input
 RESIDUAL_NTK_STATISTICS = ("A", "B", "D", "F")
+
+
+def _kernel(mlp, K1):
+    """K, Theta (L,) of one input (the kernel fold of :mod:`pdlt.theory.kernel`)."""
+    Ks, Ths, _, _ = kernel_fold(mlp, *first_layer_kernel(mlp, K1=float(K1)),
+                                susceptibilities=False)
+    return Ks[:, 0, 0], Ths[:, 0, 0]
 
 
 def _trajectory(mlp, K):
@@ -113,7 +120,7 @@ def _trajectory(mlp, K):
     """
     L = mlp.depth
     act = mlp.activation
-    ss = np.asarray(single_input_terms(act, np.asarray(K, float), need_d3=False)["ss"])
+    ss = np.asarray(OneVariableTable(act, np.asarray(K, float))["ss"])
     a = np.zeros((L, L))
     varw = np.empty(L)
     varw[0] = K[0]
@@ -203,9 +210,8 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
         raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
     act = mlp.activation
     L = mlp.depth
-    base = _kernel_flow(mlp, K1=float(K1))
-    K, Th = np.asarray(base.K, float), np.asarray(base.Theta, float)
-    t = single_input_terms(act, K, need_d3=False)
+    K, Th = _kernel(mlp, K1)
+    t = OneVariableTable(act, K)
     s, q, sspp, dss = (np.asarray(t[k], float) for k in ("pp", "pppp", "sspp", "dss"))
     a, varw, C = _trajectory(mlp, K)
     out = {k: np.zeros(L) for k in stats}
@@ -273,9 +279,8 @@ def residual_b_closure(mlp: MLP, K1: float) -> np.ndarray:
     :func:`pdlt.report.residual.residual_ntk_rows`). Returns ndarray (L,).
     """
     act = mlp.activation
-    base = _kernel_flow(mlp, K1=float(K1))
-    K, Th = np.asarray(base.K, float), np.asarray(base.Theta, float)
-    t = single_input_terms(act, K, need_d3=False)
+    K, Th = _kernel(mlp, K1)
+    t = OneVariableTable(act, K)
     out = np.zeros(mlp.depth)
     for l in range(mlp.depth - 1):
         r = mlp.widths[l + 1] / mlp.widths[l]
@@ -336,9 +341,8 @@ def _field_statistics(mlp, K1):
     """
     act = mlp.activation
     L = mlp.depth
-    base = _kernel_flow(mlp, K1=float(K1))
-    K, Th = np.asarray(base.K, float), np.asarray(base.Theta, float)
-    t = single_input_terms(act, K, need_d3=False)
+    K, Th = _kernel(mlp, K1)
+    t = OneVariableTable(act, K)
     ss, pp, dss, dpp = (np.asarray(t[k], float) for k in ("ss", "pp", "dss", "dpp"))
     a, varw, C = _trajectory(mlp, K)
     CW, lW, x, g = (np.asarray(v, float) for v in (mlp.C_W, mlp.lambda_W, mlp.xi, mlp.gamma))
@@ -454,8 +458,7 @@ def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambd
     m = residual_mlp(act, gamma, width=8, depth=L, n_out=8, lambda_b=lambda_b,
                      lambda_W=lambda_W)
     r = residual_ntk_single(m, K1, stats=("A", "B", "D", "F"))
-    fl = _kernel_flow(m, K1=float(K1))
-    K, Th = np.asarray(fl.K, float), np.asarray(fl.Theta, float)
+    K, Th = _kernel(m, K1)
     out = {"nu_V": residual_vertex_slope(act, gamma)}
     for name, (pa, pb) in {"A": (2, 0), "B": (2, 0), "D": (1, 1), "F": (1, 1)}.items():
         if crit.universality_class != "scale-invariant":
@@ -587,9 +590,8 @@ def residual_vertex_metric(mlp: MLP, K1: float) -> dict:
         raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
     act = mlp.activation
     L = mlp.depth
-    base = _kernel_flow(mlp, K1=float(K1))
-    K = np.asarray(base.K, float)
-    dss = np.asarray(single_input_terms(act, K, need_d3=False)["dss"], float)
+    K, _ = _kernel(mlp, K1)
+    dss = np.asarray(OneVariableTable(act, K)["dss"], float)
     a, _, C = _trajectory(mlp, K)
     CW, x, g = (np.asarray(v, float) for v in (mlp.C_W, mlp.xi, mlp.gamma))
     s2 = lambda z: act.sigma(z) ** 2            # noqa: E731
