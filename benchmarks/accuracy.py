@@ -78,7 +78,7 @@ def accuracy():
 
 
 def cost():
-    from pdlt.theory.finite_ntk import ntk_fluctuation_flow
+    from pdlt.theory.ntk_criticality import ntk_fluctuation_flow
     from pdlt.theory.vertex import finite_width_flow
     for name in ("tanh", "relu", "gelu"):
         x = np.random.default_rng(0).standard_normal((16, 3))

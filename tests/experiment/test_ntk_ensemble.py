@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 import pdlt  # noqa: E402
 from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
-from pdlt.theory.finite_ntk import ntk_fluctuation_flow  # noqa: E402
+from pdlt.theory.ntk_criticality import ntk_fluctuation_flow  # noqa: E402
 
 CRITICAL = {"relu": dict(C_W=2.0, C_b=0.0), "tanh": dict(C_W=1.0, C_b=0.0),
             "gelu": dict(C_W=1.98, C_b=0.0), "linear": dict(C_W=1.0, C_b=0.0)}

@@ -59,7 +59,7 @@ from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
 from pdlt.report.rows import richardson  # noqa: E402
 from pdlt.report.suite import measure_cv  # noqa: E402
-from pdlt.theory.finite_ntk import ntk_fluctuation_flow  # noqa: E402
+from pdlt.theory.ntk_criticality import ntk_fluctuation_flow  # noqa: E402
 from pdlt.theory.ntk_mean import ntk_mean_correction  # noqa: E402
 
 X2 = np.array([[1.0, 0.2], [-0.3, 1.1]])

@@ -233,7 +233,7 @@ def test_hebbian_shift_symmetry_and_no_data_direction():
     np.testing.assert_allclose(heb.posterior, heb.prior + heb.shift)
     # targets whose whitened outer product equals the prior's average, alpha alpha^T =
     # (K_AA + s2)^-1, leave the representation where it is (Hebbian term vanishes)
-    from pdlt.theory.kernel import flow
+    from pdlt.theory.statistics import flow
     KA = flow(mlp, XA)[-1].K + 0.3 * np.eye(2)
     w, U = np.linalg.eigh(KA)
     # one column of y per output neuron: n_out = 2 with y y^T = 2 (K_AA + s2), so that

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import pdlt
-from pdlt.theory.finite_ntk import ntk_fluctuation_flow
+from pdlt.theory.ntk_criticality import ntk_fluctuation_flow
 
 L = 7
 

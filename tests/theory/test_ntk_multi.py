@@ -17,7 +17,7 @@ from pdlt.activations import activation
 from pdlt.gaussian._multi import expect_nd
 from pdlt.theory import ntk_multi as nm
 from pdlt.theory._ntk_avg import single_input_terms
-from pdlt.theory.finite_ntk import ntk_fluctuation_flow
+from pdlt.theory.ntk_criticality import ntk_fluctuation_flow
 from pdlt.theory.ddntk import ddntk_step_single
 from pdlt.theory.dntk import dntk_step_single
 from pdlt.theory.ntk import ntk_step_single

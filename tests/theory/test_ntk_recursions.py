@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import pdlt
-from pdlt.theory.finite_ntk import NTK_STATISTICS, ntk_fluctuation_flow
+from pdlt.theory.ntk_criticality import NTK_STATISTICS, ntk_fluctuation_flow
 
 EPS = np.finfo(float).eps
 L = 7
@@ -80,7 +80,7 @@ def test_bad_kernel():
 def test_slopes_scale_invariant_closed_forms():
     """ReLU, lambda_b = 0: Theta = theta l, B' = B + 2 Theta^2 -> B/Theta^2 ~ (2/3) l;
     F' = F + 2 Theta K/2... -> F/(K Theta) ~ l. Linear: B ~ l/3 Theta^2, F ~ l/2 K Theta."""
-    from pdlt.theory.finite_ntk import ntk_slopes
+    from pdlt.theory.ntk_criticality import ntk_slopes
     r = ntk_slopes("relu", lambda_b=0.0)
     assert abs(r["B"] - 2 / 3) < 1e-5 and abs(r["F"] - 1.0) < 1e-5
     assert r["P"] == 0.0 and r["R"] == 0.0 and r["U"] == 0.0
@@ -89,7 +89,7 @@ def test_slopes_scale_invariant_closed_forms():
 
 
 def test_slopes_k0_class_converge_in_depth():
-    from pdlt.theory.finite_ntk import ntk_slopes
+    from pdlt.theory.ntk_criticality import ntk_slopes
     a, b = ntk_slopes("tanh", depth=1024), ntk_slopes("tanh", depth=4096)
     for k in ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U"):
         assert abs(a[k] - b[k]) <= 2e-2 * abs(b[k]) + 1e-6, (k, a[k], b[k])
@@ -97,7 +97,7 @@ def test_slopes_k0_class_converge_in_depth():
 
 
 def test_critical_learning_rates_keep_theta_finite():
-    from pdlt.theory.finite_ntk import critical_learning_rates
+    from pdlt.theory.ntk_criticality import critical_learning_rates
     for act in ("relu", "tanh"):
         th = []
         for L in (64, 256):
@@ -116,7 +116,7 @@ def test_critical_learning_rates_keep_theta_finite():
 def test_half_stable_learning_rates_keep_theta_finite(act):
     """K^(1) = K*: K stays at K*, chi_perp = 1, so lambda ~ 1/L gives
     Theta^(L) = lambda_b + lambda_W <sigma^2>_{K*} = lambda_b + lambda_W (K* - C_b) / C_W."""
-    from pdlt.theory.finite_ntk import critical_learning_rates
+    from pdlt.theory.ntk_criticality import critical_learning_rates
     crit = pdlt.criticality(act)
     want = 0.7 + 1.3 * (crit.K_star - crit.C_b) / crit.C_W
     for L in (64, 256):
@@ -135,7 +135,7 @@ def test_half_stable_slopes(act):
     in l of degree a + k (k from SLOPE_DEPTH_POWERS). Checked: the (d+1)-th difference
     vanishes and the d-th does not; the finite-difference slopes agree between depths
     and with an independent two-step Richardson extrapolation of X / (Theta^a K^b l^k)."""
-    from pdlt.theory.finite_ntk import (SLOPE_DEPTH_POWERS, SLOPE_NORMALIZATIONS,
+    from pdlt.theory.ntk_criticality import (SLOPE_DEPTH_POWERS, SLOPE_NORMALIZATIONS,
                                         _recursion_single, ntk_slopes)
     a, b = ntk_slopes(act, depth=16), ntk_slopes(act, depth=1024)
     assert a["universality_class"] == "half-stable"

@@ -16,7 +16,7 @@ import pdlt
 from pdlt import MLP
 from pdlt.theory.criticality import NoCriticalPointError
 from pdlt.theory.information import optimal_aspect_ratio
-from pdlt.theory.kernel import flow
+from pdlt.theory.statistics import flow
 from pdlt.theory.residual import (residual_criticality, residual_mlp, residual_vertex_slope,
                                   three_point_vertex_slope)
 from pdlt.theory.vertex import finite_width_flow
@@ -268,7 +268,7 @@ def test_diagnose_agrees_with_the_convention():
     assert d["K_L"] == pytest.approx(1.0, rel=1e-12)          # was 0.75 before the convention
     assert d["critical_C_W"] == 1.5 and d["plain_layer_C_W"] == 2.0
     # the residual NTK slopes (not the plain network's) and the exact vertex slope
-    from pdlt.theory.finite_ntk import ntk_slopes
+    from pdlt.theory.ntk_criticality import ntk_slopes
     assert set(d["ntk_slopes"]) == {"A", "B", "D", "F"}
     assert d["ntk_slopes"]["B"] < 0.6 < ntk_slopes("relu")["B"]      # 0.535 vs 2/3
     assert d["vertex_slope"] == pytest.approx(6.4963, rel=1e-4)

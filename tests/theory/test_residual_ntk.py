@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import pdlt
-from pdlt.theory.finite_ntk import ntk_fluctuation_flow
+from pdlt.theory.ntk_criticality import ntk_fluctuation_flow
 from pdlt.theory.residual_ntk import residual_b_closure, residual_ntk_single
 from pdlt.gaussian import expect
 
@@ -179,7 +179,7 @@ def test_ntk_fluctuation_flow_serves_what_is_derived():
 
 
 def test_slopes_reduce_to_the_plain_ones_and_exceed_the_three_point_form():
-    from pdlt.theory.finite_ntk import ntk_slopes
+    from pdlt.theory.ntk_criticality import ntk_slopes
     from pdlt.theory.residual import residual_vertex_slope, three_point_vertex_slope
     from pdlt.theory.residual_ntk import residual_slopes
     s0 = residual_slopes("relu", 0.0, depth=40)

@@ -56,7 +56,7 @@ def run(args):
     # asymptotic L/n slopes of the normalized NTK statistics (book ch. 9)
     ntk, ntk_reason, ntk_powers = None, None, None
     if res.universality_class != "none":
-        from ..theory.finite_ntk import SLOPE_DEPTH_POWERS, ntk_slopes
+        from ..theory.ntk_criticality import SLOPE_DEPTH_POWERS, ntk_slopes
 
         try:
             ntk = {k: v for k, v in ntk_slopes(act).items() if k != "universality_class"}

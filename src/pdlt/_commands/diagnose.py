@@ -150,7 +150,7 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
     """
     from ..network import MLP
     from ..theory.criticality import criticality, depth_scales
-    from ..theory.kernel import flow
+    from ..theory.statistics import flow
 
     if depth < 1 or width < 1:
         raise ValueError(f"--depth and --width must be >= 1; got {depth}, {width}")
@@ -246,10 +246,11 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
                             if math.isfinite(xi) and depth > xi else "L is within them"))
     # order-1/n size at the last layer: V/(n K^2) from the finite-width flow,
     # and the asymptotic slope nu of V/(n K^2) ~ nu L/n at criticality
-    from ..theory.vertex import finite_width_flow, vertex_slope
+    from ..theory.statistics import statistics
+    from ..theory.vertex import vertex_slope
 
     if K1 > 0:
-        ff = finite_width_flow(mlp, K1=K1)
+        ff = statistics(mlp, K1=K1, get=("V", "G1"))
         K_L = float(ff.K[-1])
         v_norm = float(ff["V"][-1]) / (mlp.fan_in(depth) * K_L ** 2) if K_L > 0 else math.nan
         out["V_over_nK2_L"] = v_norm
@@ -271,7 +272,7 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
         out["optimal_aspect_ratio"] = optimal_aspect_ratio_from_slope(out["vertex_slope"], n_out)
         notes.append(_aspect_text(r, out["optimal_aspect_ratio"], n_out))
         # NTK statistics at criticality: their asymptotic L/n slopes (book ch. 9)
-        from ..theory.finite_ntk import SLOPE_DEPTH_POWERS, ntk_slopes
+        from ..theory.ntk_criticality import SLOPE_DEPTH_POWERS, ntk_slopes
 
         out["ntk_slopes"] = None
         try:

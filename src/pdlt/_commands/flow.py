@@ -22,9 +22,7 @@ def register(sub):
 
 def run(args):
     from .._validation import check_kernel_scale, numeric_guard
-    from ..theory.finite_ntk import ntk_fluctuation_flow
-    from ..theory.kernel import flow
-    from ..theory.vertex import finite_width_flow
+    from ..theory.statistics import statistics
     from .kernel import _FIX
 
     K1 = check_kernel_scale(args.K1, "--K1")
@@ -32,14 +30,9 @@ def run(args):
     # the order-1/n statistics (normalized by n_{l-1}) need K1 > 0: V, G1 and
     # the NTK ones A, B, D, F, P, Q, R, S, T, U where their recursions apply
     with numeric_guard(f"the flow at K1={K1:g}, C_W={args.C_W}", _FIX):
-        if K1 > 0:
-            try:
-                result = ntk_fluctuation_flow(mlp, K1=K1)
-            except (ValueError, NotImplementedError):
-                result = finite_width_flow(mlp, K1=K1)
-        else:
-            result = flow(mlp, K1=K1)
-        d = result.to_dict()
+        # every statistic defined for this network (pdlt.theory.statistics.defined)
+        get = "all" if K1 > 0 else ("K", "Theta", "chi_parallel", "chi_perp")
+        d = {"layers": statistics(mlp, K1=K1, get=get).layers()}
     if K1 > 0:
         check_flow_validity(mlp, [(s["layer"], s["K"], s.get("G1"), s.get("V"))
                                   for s in d["layers"]])

@@ -39,23 +39,16 @@ _FIX = ("rescale the inputs so that K1 = C_b + C_W |x|^2/n0 is of order one, or 
 
 
 def _compute(mlp, x, finite, accuracy="default"):
-    from ..theory.finite_ntk import ntk_fluctuation_flow
-    from ..theory.kernel import flow
-    from ..theory.vertex import finite_width_flow
+    from ..theory.statistics import statistics
 
-    # the order-1/n tensors (each N^4) only when the widths are asked for:
-    # V, G1 and the NTK statistics A, B, D, F, P, Q where their recursions apply
-    if not finite:
-        return flow(mlp, x)
-    try:
-        return ntk_fluctuation_flow(mlp, x, accuracy=accuracy)
-    except ValueError:  # R needs sigma'' without jumps (elu): the other nine
-        try:
-            return ntk_fluctuation_flow(mlp, x, stats=list("ABDFPQSTU"), accuracy=accuracy)
-        except (NotImplementedError, ValueError):
-            return finite_width_flow(mlp, x, accuracy=accuracy)
-    except NotImplementedError:  # e.g. residual networks
-        return finite_width_flow(mlp, x, accuracy=accuracy)
+    # the order-1/n tensors (each N^4) only when the widths are asked for: every
+    # statistic defined for this network (pdlt.theory.statistics.defined)
+    get = "all" if finite else ("K", "Theta", "chi_parallel", "chi_perp")
+    return statistics(mlp, x, get=get, accuracy=accuracy).layers()
+
+
+def _array(v):
+    return None if v is None else np.asarray(v, dtype=float)
 
 
 def run(args):
@@ -68,16 +61,15 @@ def run(args):
     with numeric_guard("the kernel flow", _FIX):
         result = _compute(mlp, x, finite, args.accuracy)
     if finite:
-        check_flow_validity(mlp, [(s.layer, s.K, s.extra.get("G1"), s.extra.get("V"))
-                                  for s in result])
+        check_flow_validity(mlp, [(s["layer"], np.array(s["K"]), _array(s.get("G1")),
+                                   _array(s.get("V"))) for s in result])
     if args.json:
-        print_json({"layers": [{"layer": s.layer, "K": s.K, "Theta": s.Theta, **s.extra}
-                               for s in result]})
+        print_json({"layers": result})
         return 0
     np.set_printoptions(precision=6, suppress=False, linewidth=120)
     print(f"{mlp!r}, N={x.shape[0]} inputs")
     for s in result:
-        print(f"\nlayer {s.layer}\nK =\n{s.K}\nTheta =\n{s.Theta}")
-        if "G1" in s.extra:
-            print(f"G1 =\n{s.extra['G1']}")
+        print(f"\nlayer {s['layer']}\nK =\n{np.array(s['K'])}\nTheta =\n{np.array(s['Theta'])}")
+        if "G1" in s:
+            print(f"G1 =\n{np.array(s['G1'])}")
     return 0

@@ -57,7 +57,7 @@ def _fmt(mean, se):
 def run(args):
     import numpy as np
 
-    from ..theory.kernel import flow
+    from ..theory.statistics import flow
     from .kernel import load_inputs
 
     from .._validation import check_checkpoint_path, check_device, check_int, check_kernel_scale

@@ -610,7 +610,7 @@ def _per_layer(value, L, name):
 def _learning_rates(arch, lambda_b, lambda_W, critical_depth_scaling):
     L = arch.depth
     if critical_depth_scaling:
-        from ..theory.finite_ntk import critical_learning_rates
+        from ..theory.ntk_criticality import critical_learning_rates
         for name, v in (("lambda_b", lambda_b), ("lambda_W", lambda_W)):
             if np.ndim(v) != 0:
                 raise ValueError(f"with critical_depth_scaling=True, {name} is the "
@@ -645,7 +645,7 @@ def param_groups(model: nn.Module, lr: float, lambda_b=1.0, lambda_W=1.0, *,
     lambda_b, lambda_W : float or sequence of L floats, default 1
         Per-layer rates; with ``critical_depth_scaling`` the scalar
         depth-independent rates of
-        :func:`pdlt.theory.finite_ntk.critical_learning_rates`, which
+        :func:`pdlt.theory.ntk_criticality.critical_learning_rates`, which
         divides them by depth so that Theta stays finite at criticality.
     critical_depth_scaling : bool, default False
     **options
@@ -717,7 +717,7 @@ def max_stable_learning_rate(model, x, *, lambda_b=1.0, lambda_W=1.0,
     somewhat above the bound, "catapults" into a region of smaller NTK and
     converges there, which the kernel description does not cover.
     """
-    from ..theory.kernel import flow
+    from ..theory.statistics import flow
 
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}; got {reduction!r}")

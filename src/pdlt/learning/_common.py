@@ -118,7 +118,7 @@ def last_layer_kernels(mlp, X_train, X_test=None, *, rtol=1e-12):
         Training inputs first. Computed in one :func:`pdlt.flow` call, so the
         cross blocks are consistent with the diagonal ones.
     """
-    from ..theory.kernel import flow
+    from ..theory.statistics import flow
 
     x = X_train if X_test is None else np.vstack([X_train, X_test])
     last = flow(mlp, x, rtol=rtol)[-1]

@@ -390,7 +390,7 @@ def finite_width_posterior(mlp, X_train, y_train, X_test, noise=0.0, *, accuracy
 
     The prior is the nearly-Gaussian output distribution of ``mlp`` at its
     widths (``K^(L) + G1^(L)/n`` and ``V^(L)/n`` with ``n = n_{L-1}``, from
-    :func:`pdlt.theory.vertex.finite_width_flow`); the likelihood is Gaussian
+    :func:`pdlt.statistics`); the likelihood is Gaussian
     with variance ``noise``. Formulas and derivation: module docstring
     (book §6.4, eq. numbers to be checked).
 
@@ -424,18 +424,16 @@ def finite_width_posterior(mlp, X_train, y_train, X_test, noise=0.0, *, accuracy
     >>> bool(abs(post.mean - post.mean_infinite_width).max() < 0.2)
     True
     """
-    from ..theory.vertex import finite_width_flow
+    from ..theory.statistics import statistics
 
     mlp, X_train, y2, X_test, noise = _mlp_data(mlp, X_train, y_train, X_test, noise)
     if X_test.shape[0] == 0:
         raise ValueError("X_test must have at least one row")
     x = np.vstack([X_train, X_test])
-    last = finite_width_flow(mlp, x, accuracy=accuracy)[-1]
-    D = x.shape[0]
+    st = statistics(mlp, x, get=("V", "G1"), accuracy=accuracy)
     n = mlp.widths[mlp.depth - 1]
-    V = np.asarray(last.extra["V"], dtype=float).reshape((D,) * 4)
-    G1 = np.asarray(last.extra["G1"], dtype=float).reshape(D, D)
-    return nearly_gaussian_posterior(last.K, V, y2, X_train.shape[0], noise, G1=G1, n=n)
+    return nearly_gaussian_posterior(st.K[-1], st.V[-1], y2, X_train.shape[0], noise,
+                                     G1=st.G1[-1], n=n)
 
 
 def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="default"):
@@ -462,7 +460,8 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
     RepresentationShift
         Over the D = N + M inputs (training first), for layers 1..L-1.
     """
-    from ..theory.vertex import _apply_M, _derivative_matrices, finite_width_flow
+    from ..theory.statistics import statistics
+    from ..theory.vertex import apply_M, kernel_derivative_operator
 
     mlp, X_train, y2, Xe, noise = _mlp_data(mlp, X_train, y_train, X, noise)
     if mlp.is_residual:
@@ -472,28 +471,24 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
         raise ValueError("a depth-1 network has no hidden layer to learn a representation; "
                          "use depth >= 2")
     x = np.vstack([X_train, Xe])
-    D, N, L = x.shape[0], X_train.shape[0], mlp.depth
-    fw = finite_width_flow(mlp, x, accuracy=accuracy)
-    Ks = [np.asarray(s.K, dtype=float).reshape(D, D) for s in fw]
+    N, L = X_train.shape[0], mlp.depth
+    fw = statistics(mlp, x, get=("V", "G1"), accuracy=accuracy)
+    Ks = fw.K
     KA = Ks[-1][:N, :N] + noise * np.eye(N)
     cf = _gaussian_factor(KA)
     alpha = scipy.linalg.cho_solve(cf, y2)
     P = scipy.linalg.cho_solve(cf, np.eye(N))
     X_heb = alpha @ alpha.T - y2.shape[1] * 0.5 * (P + P.T)
-    mats = {lp: _derivative_matrices(mlp.activation, Ks[lp - 1]) for lp in range(1, L)}
+    ops = {lp: kernel_derivative_operator(mlp.activation, Ks[lp - 1]) for lp in range(1, L)}
     prior, shift = [], []
     for l in range(1, L):
-        s = fw[l - 1]
-        K = Ks[l - 1]
-        V = np.asarray(s.extra["V"], dtype=float).reshape((D,) * 4)
-        G1 = np.asarray(s.extra["G1"], dtype=float).reshape(D, D)
+        K, V, G1 = Ks[l - 1], fw.V[l - 1], fw.G1[l - 1]
         n_l, n_prev = mlp.widths[l], mlp.widths[l - 1]
         # C^(l,l) = (K_ac K_bd + K_ad K_bc) / n_l + V^(l) / n_{l-1}
         C = (np.einsum("ac,bd->abcd", K, K) + np.einsum("ad,bc->abcd", K, K)) / n_l + V / n_prev
         for lp in range(l, L):
-            _, A, B = mats[lp]
             # C^(l,lp+1) = C_W^(lp+1) M^(lp) acting on the second pair
-            T = _apply_M(A, B, np.moveaxis(C, (2, 3), (0, 1)))
+            T = apply_M(ops[lp], np.moveaxis(C, (2, 3), (0, 1)))
             C = mlp.C_W[lp] * np.moveaxis(T, (0, 1), (2, 3))
         prior.append(K + G1 / n_prev)
         shift.append(0.5 * np.einsum("abcd,cd->ab", C[:, :, :N, :N], X_heb))

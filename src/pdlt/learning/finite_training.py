@@ -200,11 +200,11 @@ def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> Training
 
     Notes
     -----
-    Cost: the N-input NTK tensors of :mod:`pdlt.theory.ntk_multi` with
+    Cost: the N-input NTK tensors of :func:`pdlt.statistics` with
     ``N = N_A + N_B``, which grows like N^4 to N^5 (0.2 s at N = 4, 4 s at
     N = 8, 25 s at N = 12 for a depth-3 tanh MLP); keep N small.
     """
-    from ..theory.finite_ntk import ntk_fluctuation_flow
+    from ..theory.statistics import statistics
 
     mlp = _check_one_output(mlp)
     if mlp.is_residual:
@@ -228,12 +228,11 @@ def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> Training
     Xa = check_data(X_train, None, mlp.n0, name_X="X_train")
     Xb = check_data(X_test, None, mlp.n0, name_X="X_test")
     x = np.concatenate([Xa, Xb], axis=0)
-    fl = ntk_fluctuation_flow(mlp, x, accuracy=accuracy)
-    last = fl[-1]
-    H1 = np.asarray(last.extra["H1"])
-    t = {k: last.extra[k] for k in ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")}
-    return TrainingStatistics.from_tensors(K=last.K, G1=last.extra["G1"], Theta=last.Theta,
-                                           H1=H1, n_train=Xa.shape[0], **t)
+    names = ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")
+    st = statistics(mlp, x, get=names + ("G1", "H1"), accuracy=accuracy)
+    return TrainingStatistics.from_tensors(K=st.K[-1], G1=st.G1[-1], Theta=st.Theta[-1],
+                                           H1=st.H1[-1], n_train=Xa.shape[0],
+                                           **{k: st[k][-1] for k in names})
 
 
 # ---------------------------------------------------------------------------

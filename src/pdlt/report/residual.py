@@ -74,10 +74,10 @@ def residual_depth_figure(activation="relu", gamma=0.5, *, width=64, depth=8, ne
     """
     from ..experiment import Ensemble
     from ..theory.residual import residual_mlp
-    from ..theory.vertex import finite_width_flow
+    from ..theory.statistics import statistics
 
     mlp = residual_mlp(activation, gamma, width=width, depth=depth, n_out=width)
-    fl = finite_width_flow(mlp, K1=K1)
+    fl = statistics(mlp, K1=K1, get=("V", "G1"))
     meas = Ensemble(mlp, networks=networks, seed=seed).measure(
         K1=K1, stats=["K", "V", "G1"], K_theory=fl, progress=False)
     layers = np.arange(1, depth + 1)

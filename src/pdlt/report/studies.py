@@ -112,12 +112,12 @@ def histogram_study(activation="relu", width=128, depth=5, networks=4000, K1=1.0
 
     from ..experiment import Ensemble
     from ..theory.nearly_gaussian import nearly_gaussian
-    from ..theory.vertex import finite_width_flow
+    from ..theory.statistics import statistics
     from .suite import critical_mlp
 
     mlp = critical_mlp(activation, width, depth)
-    ff = finite_width_flow(mlp, K1=K1)
-    ng = nearly_gaussian(ff[-1], mlp.fan_in(depth))
+    ff = statistics(mlp, K1=K1, get=("V", "G1"))
+    ng = nearly_gaussian(ff, mlp.fan_in(depth))
     k2 = float(ng.kappa2[0, 0])
     cut = 2.0 * math.sqrt(k2)
     inner, _ = integrate.quad(lambda z: float(ng.density(z)), -cut, cut, epsabs=1e-13)
@@ -236,7 +236,7 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
     """
     from ..experiment import Ensemble
     from ..theory.residual import residual_mlp
-    from ..theory.vertex import finite_width_flow
+    from ..theory.statistics import statistics
     from .residual import information_figure, optimal_aspect_ratio_figure, residual_depth_figure
     from .rows import richardson
 
@@ -246,7 +246,7 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
                                           seed=seed)
         figs[f"residual {act}"] = fig
         m2 = residual_mlp(act, gamma, width=2 * n, depth=L, n_out=2 * n)
-        fl2 = finite_width_flow(m2, K1=1.0)
+        fl2 = statistics(m2, K1=1.0, get=("V", "G1"))
         meas2 = Ensemble(m2, networks=networks, seed=seed + 1).measure(
             K1=1.0, stats=["V", "G1"], K_theory=fl2, layers=[L], progress=False)
         for s in ("G1", "V"):

@@ -62,9 +62,10 @@ class StatSpec:
 
     Attributes
     ----------
-    theory : callable (finite_width_flow, mlp) -> ndarray (L,)
-        Theory per layer, including every order the library implements.
-    allowance : callable (theory (L,), finite_width_flow, mlp) -> ndarray (L,)
+    theory : callable (statistics, mlp) -> ndarray (L,)
+        Theory per layer from :func:`pdlt.statistics` (one input), including
+        every order the library implements.
+    allowance : callable (theory (L,), statistics, mlp) -> ndarray (L,)
         Systematic allowance per layer (the first omitted order).
     normalize : callable (values (L,), flow, mlp) -> (L,), optional
         What the figure plots (e.g. V / (n K^2)).
@@ -91,12 +92,8 @@ def _fan_in(mlp):
 
 
 def _H1_theory(ff, mlp):
-    """H1 per layer (from the flow's extras, else computed; single input)."""
-    try:
-        return np.asarray(ff["H1"], float)
-    except KeyError:
-        from ..theory.ntk_mean import ntk_mean_correction
-        return np.asarray(ntk_mean_correction(mlp, K1=float(np.asarray(ff[0].K))), float)
+    """H1 per layer (one input)."""
+    return np.asarray(ff["H1"], float)
 
 
 _EXTRAP_NOTE = ("compared as the two-width extrapolation 2 m(2n) - m(n), which removes the "
@@ -306,7 +303,7 @@ def measure_cv(mlp, networks, seed=0, K1=1.0, ntk=False, chunk=None):
     from ..experiment.activations import torch_activation
     from ..experiment.estimators import (gaussian_expectation, metric_martingale,
                                          ntk_martingale, vertex_from_martingale)
-    from ..theory.kernel import flow as _flow
+    from ..theory.statistics import flow as _flow
 
     if mlp.is_residual:
         raise ValueError("measure_cv: residual networks (gamma != 0 or xi != 1) are not "
@@ -390,16 +387,13 @@ def _case_stats(case, stats):
 
 def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
     from ..experiment import Ensemble, Estimate
-    from ..theory.finite_ntk import NTK_STATISTICS, ntk_fluctuation_flow
-    from ..theory.vertex import finite_width_flow
+    from ..theory.statistics import ORDER_ONE_OVER_N, statistics
 
     t0 = time.perf_counter()
     mlp = critical_mlp(case.activation, case.width, case.depth, case.lambda_b, case.lambda_W)
     stats = _case_stats(case, stats)
-    if any(s in NTK_STATISTICS for s in stats):
-        ff = ntk_fluctuation_flow(mlp, K1=case.K1)
-    else:
-        ff = finite_width_flow(mlp, K1=case.K1)
+    ff = statistics(mlp, K1=case.K1,
+                    get=("V", "G1") + tuple(s for s in stats if s in ORDER_ONE_OVER_N))
     smooth = mlp.activation.is_smooth
     cv_stats = [s for s in stats if s in CONTROL_VARIATE_STATS and (smooth or s == "V")
                 and case.cv_networks != 0]

@@ -446,7 +446,6 @@ class LayerAverages:
         """
         N, K, act = self.N, self.K, self.act
         key = "d4ss" if of == "s" else "d4pp"
-        f = act.sigma if of == "s" else act.d1
         Q = np.zeros((N, N))
         ar = np.arange(N)
         Q[ar, ar] = 0.125 * V[ar, ar, ar, ar] * np.asarray(self.t[key]).reshape(N)

@@ -192,7 +192,8 @@ def diagnose_mlp(mlp: MLP, K1: float, *, learning=True,
     """
     from .criticality import criticality
     from .information import optimal_aspect_ratio_from_slope, optimal_vertex
-    from .vertex import finite_width_flow, vertex_slope
+    from .statistics import statistics
+    from .vertex import vertex_slope
 
     if not isinstance(mlp, MLP):
         raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
@@ -204,13 +205,13 @@ def diagnose_mlp(mlp: MLP, K1: float, *, learning=True,
                          "|x|^2/n0 = (K1 - C_b)/C_W would be negative")
     L = mlp.depth
     notes = []
-    ff = finite_width_flow(mlp, K1=K1)
+    ff = statistics(mlp, K1=K1, get=("chi_parallel", "chi_perp", "V", "G1"))
     K = np.asarray(ff.K, dtype=float)
     Theta = np.asarray(ff.Theta, dtype=float)
     cpar = np.asarray(ff.chi_parallel, dtype=float)
     cperp = np.asarray(ff.chi_perp, dtype=float)
-    V = np.asarray(ff["V"], dtype=float)
-    G1 = np.asarray(ff["G1"], dtype=float)
+    V = np.asarray(ff.V, dtype=float)
+    G1 = np.asarray(ff.G1, dtype=float)
     fan = np.array([mlp.fan_in(l) for l in range(1, L + 1)], dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         v_norm = V / (fan * K ** 2)
@@ -220,11 +221,10 @@ def diagnose_mlp(mlp: MLP, K1: float, *, learning=True,
         notes.append("NTK fluctuations A and the NTK's 1/n shift are not derived for residual "
                      "MLPs: A/(n Theta^2) is not predicted")
     else:
-        from .finite_ntk import ntk_fluctuation_flow
         try:
-            nf = ntk_fluctuation_flow(mlp, K1=K1)
-            A = np.asarray(nf["A"], dtype=float)
-            H1 = np.asarray(nf["H1"], dtype=float)
+            nf = statistics(mlp, K1=K1, get=("A", "H1"))
+            A = np.asarray(nf.A, dtype=float)
+            H1 = np.asarray(nf.H1, dtype=float)
         except (ValueError, FloatingPointError, NotImplementedError) as exc:
             notes.append(f"NTK fluctuations not predicted: {exc}")
     with np.errstate(divide="ignore", invalid="ignore"):

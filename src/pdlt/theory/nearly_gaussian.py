@@ -119,9 +119,14 @@ class NearlyGaussian:
         return base * corr
 
 
-def nearly_gaussian(stats, n):
-    """:class:`NearlyGaussian` from a :class:`LayerStatistics` with V and G1 in ``extra``."""
-    return NearlyGaussian(stats.K, stats.extra["V"], stats.extra.get("G1", 0.0), n)
+def nearly_gaussian(stats, n, layer=-1):
+    """:class:`NearlyGaussian` at one layer of a :class:`pdlt.Statistics` with V (and G1).
+
+    ``n`` is the width feeding that layer, ``n_{l-1}``; ``layer`` indexes the
+    layers from 0 (default: the last).
+    """
+    G1 = stats.G1[layer] if stats.G1 is not None else 0.0
+    return NearlyGaussian(stats.K[layer], stats["V"][layer], G1, n)
 
 
 def density(z, K, V, G1=0.0, n=1, form="edgeworth"):

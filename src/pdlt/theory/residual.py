@@ -71,7 +71,7 @@ Gaussian averages at one depth, because a residual neuron carries its own
 past; they need the single-neuron two-depth averages
 ``E[f(z^(l)) g(z^(p))]``, ``Cov(z^(l), z^(p)) = gamma^(p+1)...gamma^(l) K^(p)``
 (derivation: ``docs/derivations/residual_ntk.md``). The same terms enter V and
-G1: the single-input V, G1 of :func:`pdlt.theory.vertex.finite_width_flow` and
+G1: the single-input V, G1 of :func:`pdlt.statistics` and
 :func:`residual_vertex_slope` are exact; keeping only their three-point part
 is ~1-4 % off for nonlinear sigma (ReLU, gamma = 0.5: V^(3) 8.6179 exact vs
 8.5574, G1^(3) 0.3426 vs 0.3581).

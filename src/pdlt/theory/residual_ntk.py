@@ -77,7 +77,7 @@ networks (``tests/experiment/test_residual_ntk_ensemble.py``,
 N-input tensors are NOT derived for residual MLPs and raise
 ``NotImplementedError``. The exact single-input V and G1
 (:func:`residual_vertex_metric`) are what
-:func:`pdlt.theory.vertex.finite_width_flow` serves for residual MLPs; the
+:func:`pdlt.statistics` serves for residual MLPs; the
 three-point truncation it used before was ~1-4 % off (ReLU, gamma = 0.5:
 V^(3) = 8.6179 vs 8.5574, G1^(3) = 0.3426 vs 0.3581; a Monte Carlo of real
 networks, ``docs/derivations/residual_g1_mc.py``, confirms G1^(3), G1^(4)).
@@ -180,7 +180,7 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
         First-layer kernel.
     stats : sequence of {"A", "B", "D", "F", "V"}
         ``"V"`` is the exact residual vertex (:func:`residual_vertex_metric`,
-        the same one :func:`pdlt.theory.vertex.finite_width_flow` serves).
+        the same one :func:`pdlt.statistics` serves).
 
     Returns
     -------
@@ -426,7 +426,7 @@ def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambd
 
     The network is :func:`pdlt.theory.residual.residual_mlp` (every layer l >= 2
     residual, constant ``lambda_b``, ``lambda_W``, one input at ``K1 = K*`` or 1).
-    At ``gamma = 0`` the NTK slopes are :func:`pdlt.theory.finite_ntk.ntk_slopes`'
+    At ``gamma = 0`` the NTK slopes are :func:`pdlt.theory.ntk_criticality.ntk_slopes`'
     (which depend on ``lambda_b : lambda_W`` only).
 
     * ``nu_V``: the exact vertex slope,

@@ -32,7 +32,6 @@ shape (L,).
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -46,7 +45,7 @@ from .ntk import ntk_A_step, ntk_B_step, ntk_D_step, ntk_F_step
 from .ntk_mean import ntk_mean_step
 from .vertex import metric_step, three_point_step, vertex_step
 
-__all__ = ["statistics", "Statistics", "flow", "Flow", "LayerStatistics", "NAMES", "DEPENDS",
+__all__ = ["statistics", "Statistics", "defined", "flow", "Flow", "LayerStatistics", "NAMES", "DEPENDS",
            "ORDER_ONE_OVER_N", "INFINITE_WIDTH"]
 
 #: statistics of the infinite-width flow
@@ -133,6 +132,20 @@ class Statistics:
             out["integration_error"] = self.integration_error.tolist()
         return out
 
+    def layers(self) -> list:
+        """One dict per layer, ``{"layer": l, "K": ..., "V": ..., ...}`` (values as nested lists)."""
+        names = self.computed()
+        out = []
+        for i in range(self.depth):
+            d = {"layer": i + 1}
+            for n in names:
+                v = getattr(self, n)[i]
+                d[n] = v.tolist() if isinstance(v, np.ndarray) else float(v)
+            if self.integration_error is not None:
+                d["integration_error"] = float(self.integration_error[i])
+            out.append(d)
+        return out
+
 
 def _closure(get):
     need, todo = set(), list(get)
@@ -144,9 +157,25 @@ def _closure(get):
     return need
 
 
-def _parse_get(get):
+def defined(mlp, n_inputs=1):
+    """The statistics :func:`statistics` can compute for ``mlp`` and this many inputs.
+
+    Plain MLPs: all of :data:`NAMES` except R when sigma'' jumps at a kink
+    (elu with alpha != 1). Residual MLPs: K, Theta, chi's, V, G1, and for one
+    input also kappa3, A, B, D, F; N inputs of a residual MLP with a non-odd
+    activation: the infinite-width ones only.
+    """
+    from ._averages import jumps_in_d2
+    if not mlp.is_residual:
+        return tuple(n for n in NAMES if not (n == "R" and jumps_in_d2(mlp.activation)))
+    if n_inputs == 1:
+        return INFINITE_WIDTH + ("V", "G1", "kappa3", "A", "B", "D", "F")
+    return INFINITE_WIDTH + (("V", "G1") if is_odd(mlp.activation) else ())
+
+
+def _parse_get(get, mlp, n_inputs):
     if isinstance(get, str):
-        get = NAMES if get == "all" else (get,)
+        get = defined(mlp, n_inputs) if get == "all" else (get,)
     get = tuple(get)
     bad = [g for g in get if g not in NAMES]
     if bad:
@@ -274,7 +303,8 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         ``|x|^2 / n0 = (K1 - C_b) / C_W`` then fixes ``Theta^(1)``. Give
         exactly one of ``x`` and ``K1``; with ``K1`` every field has shape (L,).
     get : str or sequence of str, default ("K", "Theta")
-        Names from :data:`NAMES` (module table), or ``"all"``. K and Theta
+        Names from :data:`NAMES` (module table), or ``"all"``: every
+        statistic defined for this network (:func:`defined`). K and Theta
         are always computed; what the asked statistics need is computed
         too (:data:`DEPENDS`) and returned as well.
     accuracy : {"fast", "default", "high"}
@@ -316,7 +346,8 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         raise ValueError("give exactly one of x (inputs, shape (N, n0)) and K1 (one input)")
     if accuracy not in _ACCURACY:
         raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
-    get = _parse_get(get)
+    n_inputs = 1 if K1 is not None else len(np.atleast_2d(np.asarray(x, dtype=float)))
+    get = _parse_get(get, mlp, n_inputs)
     need = _closure(get)
     K, Theta = first_layer_kernel(mlp, x, K1)
     chis = bool(need & {"chi_parallel", "chi_perp"})

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._averages import apply_M
+from ._averages import LayerAverages, OneVariableTable, apply_M
 
-__all__ = ["vertex_step", "metric_step", "three_point_step", "vertex_slope"]
+__all__ = ["vertex_step", "metric_step", "three_point_step", "vertex_slope",
+           "kernel_derivative_operator", "apply_M"]
 
 
 def _plain(hp):
@@ -113,7 +114,6 @@ def vertex_slope(act, *, C_W=None, K_star=None):
     float
     """
     from ..activations import activation as _activation
-    from ._averages import OneVariableTable
     act = _activation(act)
     if act.scale_invariant is not None and act.name != "monomial":
         ap, am = act.scale_invariant
@@ -127,3 +127,14 @@ def vertex_slope(act, *, C_W=None, K_star=None):
         return 2.0 / 3.0
     t = OneVariableTable(act, K_star)
     return float(C_W ** 2 * (t["ssss"] - t["ss"] ** 2) / K_star ** 2)
+
+
+def kernel_derivative_operator(act, K):
+    """The operator ``M_{(a1a2)(b1b2)} = d<sigma_a1 sigma_a2>_K / dK_{b1b2}`` at a kernel (N, N).
+
+    Apply it with :func:`apply_M` (``sum_b M_{(a1a2)(b1b2)} X_{b1b2...}`` on
+    the first two axes of X); the V and G1 steps and the Hebbian
+    representation shift of :mod:`pdlt.learning.finite_bayes` use it.
+    """
+    K = np.asarray(K, dtype=float)
+    return LayerAverages(act, K, OneVariableTable(act, np.diag(K).copy())).Mss
