@@ -64,7 +64,7 @@ import json, sys, warnings
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 import pdlt
-from pdlt.theory.ntk_criticality import ntk_fluctuation_flow
+from pdlt.theory.finite_ntk import ntk_fluctuation_flow
 from pdlt.theory.vertex import finite_width_flow
 cases = json.load(open(sys.argv[2]))
 out = {}
@@ -109,13 +109,21 @@ def new_values(cases):
 
 
 def compare(old, new):
+    """Largest |new - old| over layers and inputs, relative to the statistic's largest value.
+
+    A statistic that is zero in exact arithmetic (one ReLU input: G1 = H1 = 0)
+    and below 1e-13 in both codes is reported as "0 (round-off)".
+    """
     worst = 0.0
     for name in old:
         line = []
         for k, v in old[name].items():
             a, b = np.asarray(v, float), np.asarray(new[name][k], float)
-            scale = max(float(np.max(np.abs(a))), 1e-300)
-            d = float(np.max(np.abs(a - b))) / scale if a.size else 0.0
+            scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))), 1e-300)
+            if scale < 1e-13:
+                line.append(f"{k} 0 (round-off)")
+                continue
+            d = float(np.max(np.abs(a - b))) / scale
             worst = max(worst, d)
             line.append(f"{k} {d:.1e}")
         print(f"{name:26s} " + ", ".join(line))

@@ -1,4 +1,4 @@
-"""Four-point vertex V and NLO metric G1 (pdlt.theory.vertex).
+"""Four-point vertex V and NLO metric G1 (pdlt.theory.vertex, folded by pdlt.statistics).
 
 Exact references: ReLU at criticality (V = 5 (l-1) K^2 with equal widths,
 G1 = 0 since E[z^2] is exact for scale-invariant activations); deep linear
@@ -14,12 +14,23 @@ import numpy as np
 import pytest
 
 import pdlt
+from pdlt.theory._averages import LayerAverages, OneVariableTable
+from pdlt.theory.kernel import LayerHyper
 from pdlt.theory.linear import linear_moments
-from pdlt.theory.vertex import (finite_width_flow, metric_step, vertex_slope,
-                                vertex_step_single)
+from pdlt.theory.vertex import metric_step, vertex_slope, vertex_step
 
 EPS = np.finfo(float).eps
 X3 = np.array([[1.0, 0.3, -0.5], [0.2, -0.9, 0.7], [0.8, 0.6, 0.1]])
+
+
+def finite_width_flow(mlp, x=None, **kw):
+    return pdlt.statistics(mlp, x, get=("V", "G1"), **kw)
+
+
+def averages(act, K):
+    """The layer averages at a kernel (N, N), as the fold builds them."""
+    K = np.asarray(K, dtype=float)
+    return LayerAverages(act, K, OneVariableTable(act, np.diag(K).copy()))
 
 
 def test_relu_criticality_exact():
@@ -53,11 +64,11 @@ def test_deep_linear_unequal_widths_matches_exact_moments():
 def test_deep_linear_multi_input_exact():
     mlp = pdlt.MLP(n0=3, width=20, depth=5, activation="linear", C_W=1.0)
     f = finite_width_flow(mlp, X3)
-    K = f[0].K
+    K = f.K[0]
     iso = np.einsum("ac,bd->abcd", K, K) + np.einsum("ad,bc->abcd", K, K)
-    for l, s in enumerate(f, start=1):
-        np.testing.assert_allclose(s.extra["V"], (l - 1) * iso, rtol=1e-12, atol=1e-13)
-        np.testing.assert_allclose(s.extra["G1"], 0.0, atol=1e-12)
+    for l in range(1, mlp.depth + 1):
+        np.testing.assert_allclose(f.V[l - 1], (l - 1) * iso, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(f.G1[l - 1], 0.0, atol=1e-12)
 
 
 @pytest.mark.parametrize("act,C_W,C_b", [("tanh", 1.0, 0.0), ("relu", 2.0, 0.1),
@@ -66,43 +77,47 @@ def test_multi_reduces_to_single_at_coinciding_inputs(act, C_W, C_b):
     x = np.array([[1.0, 0.5, -0.3], [1.0, 0.5, -0.3], [0.2, -1.0, 0.4]])
     mlp = pdlt.MLP(n0=3, widths=[40, 20, 60], activation=act, C_W=C_W, C_b=C_b)
     fm = finite_width_flow(mlp, x)
-    fs = finite_width_flow(mlp, K1=float(fm[0].K[0, 0]))
+    fs = finite_width_flow(mlp, K1=float(fm.K[0, 0, 0]))
     # error budget: the stated 1e-5 relative accuracy of each <s s s s> (module doc of
     # pdlt.gaussian._multi), times C_W^2 <s^4>, accumulated over the layers so far
     act_ = mlp.activation
-    s4 = [C_W ** 2 * pdlt.gaussian.expect(lambda z: act_.sigma(z) ** 4, float(s.K[0, 0]))
-          for s in fm]
-    for l, (sm, ss) in enumerate(zip(fm, fs), start=1):
-        V, G = sm.extra["V"], sm.extra["G1"]
+    s4 = [C_W ** 2 * pdlt.gaussian.expect(lambda z: act_.sigma(z) ** 4, float(s[0, 0]))
+          for s in fm.K]
+    for l in range(1, mlp.depth + 1):
+        V, G, Vs, Gs = fm.V[l - 1], fm.G1[l - 1], fs.V[l - 1], fs.G1[l - 1]
         tol = 1e-5 * np.sum(s4[:l]) + 1e-12
         for idx in itertools.product([0, 1], repeat=4):
-            assert abs(V[idx] - ss.extra["V"]) <= tol, (idx, V[idx], ss.extra["V"])
+            assert abs(V[idx] - Vs) <= tol, (idx, V[idx], Vs)
         for idx in itertools.product([0, 1], repeat=2):
-            assert abs(G[idx] - ss.extra["G1"]) <= tol, (idx, G[idx], ss.extra["G1"])
+            assert abs(G[idx] - Gs) <= tol, (idx, G[idx], Gs)
 
 
 @pytest.mark.parametrize("act", ["tanh", "relu"])
 def test_index_symmetries(act):
     mlp = pdlt.MLP(n0=3, width=30, depth=4, activation=act, C_W=1.0 if act == "tanh" else 2.0)
-    for s in finite_width_flow(mlp, X3):
-        V = s.extra["V"]
+    f = finite_width_flow(mlp, X3)
+    for V, G in zip(f.V, f.G1):
         tol = 1e-12 * max(np.abs(V).max(), 1.0)
         assert np.abs(V - V.transpose(1, 0, 2, 3)).max() <= tol
         assert np.abs(V - V.transpose(0, 1, 3, 2)).max() <= tol
         assert np.abs(V - V.transpose(2, 3, 0, 1)).max() <= tol
-        G = s.extra["G1"]
         assert np.abs(G - G.T).max() <= 1e-12 * max(np.abs(G).max(), 1.0)
         # Cov(z_i z_i, z_j z_j) matrix over pairs is PSD-compatible on the diagonal
         assert np.all(np.einsum("aabb->ab", V).diagonal() >= -tol)
 
 
-def test_single_input_width_ratio():
+def test_one_input_width_ratio():
     act = pdlt.activation("tanh")
+    avg = averages(act, [[0.7]])
     # V' = C_W^2 (<s^4> - <s^2>^2) + ratio chi^2 V: linear in V with slope ratio chi^2
-    a = vertex_step_single(act, 0.7, 0.0, 1.0, 2.0)
-    b = vertex_step_single(act, 0.7, 1.0, 1.0, 2.0)
-    c = vertex_step_single(act, 0.7, 1.0, 1.0, 1.0)
+
+    def step(V, ratio):
+        st = {"K": np.array([[0.7]]), "V": np.full((1,) * 4, V)}
+        return float(vertex_step(avg, st, LayerHyper(0.0, 1.0, 0.0, 1.0, ratio=ratio))[0, 0, 0, 0])
+    a, b, c = step(0.0, 2.0), step(1.0, 2.0), step(1.0, 1.0)
     assert abs((b - a) - 2 * (c - a)) < 1e-14
+    chi = float(avg.t["dss"][0])
+    assert abs((c - a) - chi ** 2) < 1e-14
 
 
 def test_fourth_derivative_source_sin_closed_form():
@@ -119,7 +134,8 @@ def test_fourth_derivative_source_sin_closed_form():
     # V_{(aa)(bb)} = V_{(bb)(aa)} = 1 only; sum_b V <d^4 F> = 2 <d_a^2 d_b^2 F>
     V = np.zeros((2,) * 4)
     V[0, 0, 1, 1] = V[1, 1, 0, 0] = 1.0
-    G = metric_step(act, K, V, np.zeros((2, 2)), C_W=1.0)
+    G = metric_step(averages(act, K), {"K": K, "V": V, "G1": np.zeros((2, 2))},
+                    LayerHyper(0.0, 1.0, 0.0, 1.0))
     # <d_a^2 d_b^2 F> = 4 d^2 P / dKaa dKbb = 4 * P / 4 = P
     want = 0.125 * 2 * P(Kaa, Kab, Kbb)
     assert abs(G[0, 1] - want) < 1e-10
@@ -157,7 +173,7 @@ def test_vertex_slope_kstar_positive_matches_flow():
 
 def test_errors():
     mlp = pdlt.MLP(n0=1, width=10, depth=3)
-    with pytest.raises(ValueError, match="K1 must be > 0"):
+    with pytest.raises(ValueError, match="zero variance at layer 1"):
         finite_width_flow(mlp, K1=0.0)
     with pytest.raises(ValueError, match="exactly one"):
         finite_width_flow(mlp)
@@ -174,6 +190,6 @@ def test_more_inputs_than_dimensions_and_error_estimate():
         mlp = pdlt.MLP(n0=2, width=32, depth=2, activation=name)
         f = finite_width_flow(mlp, x)
         h = finite_width_flow(mlp, x, accuracy="high")
-        err, err_h = f[1].extra["integration_error"], h[1].extra["integration_error"]
-        assert f[0].extra["integration_error"] == 0.0 and err > 0.0
-        assert np.max(np.abs(f[1].extra["V"] - h[1].extra["V"])) <= err + err_h, name
+        err, err_h = f.integration_error[1], h.integration_error[1]
+        assert f.integration_error[0] == 0.0 and err > 0.0
+        assert np.max(np.abs(f.V[1] - h.V[1])) <= err + err_h, name

@@ -7,22 +7,22 @@ inputs (one input is N = 1); the steps share one
 dependency table (:data:`DEPENDS`) decides which steps run. This loop is
 the book's "RG flow".
 
-========  ==============================================  ===========  ===============
-name      meaning (``shared/NOTATION.md``)                 shape        needs
-========  ==============================================  ===========  ===============
+========  ==============================================  ===============  ===============
+name      meaning (``shared/NOTATION.md``)                 shape            needs
+========  ==============================================  ===============  ===============
 K         kernel                                           (L, N, N)
 Theta     frozen NTK                                       (L, N, N)
 chi_*     susceptibilities per input (parallel, perp)      (L, N)
 V         four-point vertex                                (L, N, N, N, N)
-G1        NLO metric                                       (L, N, N)    V
-A, B      NTK fluctuations                                 (L, N^4)     A: V, D
-D, F      NTK-preactivation cross-correlations             (L, N^4)     D: V
-P, Q      dNTK                                             (L, N^4)     P: B; Q: F
-R, S      ddNTK                                            (L, N^4)     R: B, P; S: B
-T, U      ddNTK                                            (L, N^4)     T: F, Q
-H1        NTK mean at order 1/n                            (L, N, N)    G1, V, D, F
-kappa3    three-point function (residual, one input)       (L,)
-========  ==============================================  ===========  ===============
+G1        NLO metric                                       (L, N, N)        V
+A, B      NTK fluctuations                                 (L, N, N, N, N)  A: V, D
+D, F      NTK-preactivation cross-correlations             (L, N, N, N, N)  D: V
+P, Q      dNTK                                             (L, N, N, N, N)  P: B; Q: F
+R, S      ddNTKs                                           (L, N, N, N, N)  R: B, P; S: B
+T, U      ddNTKs                                           (L, N, N, N, N)  T: F, Q
+H1        NTK mean at order 1/n                            (L, N, N)        G1, V, D, F
+kappa3    three-point function (0 in a plain MLP)          (L, N, N, N)
+========  ==============================================  ===============  ===============
 
 Every order-1/n statistic at layer l is normalized by ``n_{l-1}`` and
 vanishes at layer 1. With ``K1=`` (one input) every field is squeezed to
@@ -45,7 +45,7 @@ from .ntk import ntk_A_step, ntk_B_step, ntk_D_step, ntk_F_step
 from .ntk_mean import ntk_mean_step
 from .vertex import metric_step, three_point_step, vertex_step
 
-__all__ = ["statistics", "Statistics", "defined", "flow", "Flow", "LayerStatistics", "NAMES", "DEPENDS",
+__all__ = ["statistics", "Statistics", "defined", "layer_step", "flow", "Flow", "LayerStatistics", "NAMES", "DEPENDS",
            "ORDER_ONE_OVER_N", "INFINITE_WIDTH"]
 
 #: statistics of the infinite-width flow
@@ -63,7 +63,7 @@ _STEPS = {"V": vertex_step, "G1": metric_step, "kappa3": three_point_step,
           "A": ntk_A_step, "B": ntk_B_step, "D": ntk_D_step, "F": ntk_F_step,
           "P": dntk_P_step, "Q": dntk_Q_step, "R": ddntk_R_step, "S": ddntk_S_step,
           "T": ddntk_T_step, "U": ddntk_U_step, "H1": ntk_mean_step}
-_RANK = {"G1": 2, "H1": 2, "kappa3": 2}          # the others are rank 4
+_RANK = {"G1": 2, "H1": 2, "kappa3": 3}          # the others are rank 4
 
 _ACCURACY = ("fast", "default", "high")
 
@@ -231,12 +231,66 @@ def _as_tensors(given, N):
             for k, v in given.items()}
 
 
+def layer_step(act, K, Theta, state, names, hp, *, accuracy="default", merge=True, diag=None,
+               where=""):
+    """One layer of the order-1/n fold: the statistics ``names`` at layer l+1 from layer l.
+
+    Parameters
+    ----------
+    act : Activation
+    K, Theta : ndarray (N, N)
+        Kernel and NTK at layer l.
+    state : mapping
+        Layer-l statistics each step in ``names`` reads (:data:`DEPENDS`),
+        as (N, N) or (N, N, N, N) arrays.
+    names : sequence of str
+        Statistics to step (names of :data:`ORDER_ONE_OVER_N`).
+    hp : LayerHyper
+        Hyperparameters of layer l+1 and ``n_l / n_{l-1}``.
+    accuracy : {"fast", "default", "high"}
+    merge : bool
+        Merge exactly coinciding inputs first (their pair averages are
+        singular for kinked activations; every statistic of a repeated input
+        is a copy), expanding the result back.
+    diag : mapping, optional
+        One-variable averages at the distinct inputs' variances (a row of
+        :class:`~pdlt.theory._averages.OneVariableTable`); computed if None.
+    where : str
+        Context for error messages.
+
+    Returns
+    -------
+    values : dict
+        name -> array at layer l+1.
+    averages : LayerAverages
+        The averages the steps used (their ``quad_error`` included).
+    """
+    N = K.shape[0]
+    reps, inv = representatives(K) if (merge and N > 1) else (np.arange(N), None)
+    merged = len(reps) < N
+    if merged:
+        i2 = np.ix_(reps, reps)
+        st = {"K": K[i2], "Theta": Theta[i2]}
+        for k, v in state.items():
+            st[k] = v[np.ix_(*(reps,) * v.ndim)]
+    else:
+        st = {"K": K, "Theta": Theta, **state}
+    if diag is None:
+        diag = OneVariableTable(act, np.diag(st["K"]).copy())
+    avg = LayerAverages(act, st["K"], diag, accuracy=accuracy, where=where)
+    out = {}
+    for k in names:
+        val = _STEPS[k](avg, st, hp)
+        out[k] = val[np.ix_(*(inv,) * val.ndim)] if merged else val
+    return out, avg
+
+
 def _finite_fold(mlp, Ks, Ths, need, accuracy):
     act, L, N = mlp.activation, mlp.depth, Ks.shape[1]
     if mlp.is_residual:
         given = _residual_given(mlp, need, Ks, Ths, N == 1)
     else:   # a plain MLP's odd cumulants vanish (flip the signs of one layer's W and b)
-        given = {"kappa3": np.zeros(L)} if "kappa3" in need else {}
+        given = {"kappa3": np.zeros((L,) + (N,) * 3)} if "kappa3" in need else {}
     out = {k: np.zeros((L,) + (N,) * _RANK.get(k, 4)) for k in need}
     for k, v in _as_tensors(given, N).items():
         out[k][:] = v
@@ -254,30 +308,19 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy):
     hps = [LayerHyper.of(mlp, l) for l in range(L)]
     for l in _layers(range(1, L), f"{', '.join(run)}, {N} input{'s' if N > 1 else ''}"):
         K = Ks[l - 1]
-        reps, inv = representatives(K) if N > 1 else (np.arange(1), None)
-        merged = len(reps) < N
-        if merged:
-            i2 = np.ix_(reps, reps)
-            st = {"K": K[i2], "Theta": Ths[l - 1][i2]}
-            for k in need:
-                st[k] = out[k][l - 1][np.ix_(*(reps,) * _RANK.get(k, 4))]
-        else:
-            st = {"K": K, "Theta": Ths[l - 1], **{k: out[k][l - 1] for k in need}}
-        avg = LayerAverages(act, st["K"], table.at((l - 1, reps)), accuracy=accuracy,
-                            where=f" at layer {l} (inputs of the flow)")
-        hp = hps[l]
-        if merged:
-            back2, back4 = np.ix_(inv, inv), np.ix_(inv, inv, inv, inv)
+        reps = representatives(K)[0] if N > 1 else np.arange(1)
+        new, avg = layer_step(act, K, Ths[l - 1], {k: out[k][l - 1] for k in need}, run,
+                              hps[l], accuracy=accuracy, diag=table.at((l - 1, reps)),
+                              where=f" at layer {l} (inputs of the flow)")
         for k in run:
-            val = _STEPS[k](avg, st, hp)
-            out[k][l] = val[back2 if _RANK.get(k, 4) == 2 else back4] if merged else val
-            if not np.all(np.isfinite(out[k][l])):
+            if not np.all(np.isfinite(new[k])):
                 raise FloatingPointError(
                     f"{k} overflowed at layer {l + 1}; reduce the depth or initialize at "
                     "criticality (pdlt.criticality)")
+            out[k][l] = new[k]
         if errors is not None:
             E = avg.quad_error
-            scale = hp.C_W ** 2 * hp.xi ** 4
+            scale = hps[l].C_W ** 2 * hps[l].xi ** 4
             errors[l] = (float(np.max(E)) if E is not None
                          else 1e-14 * float(np.max(np.abs(avg.quad("ssss"))))) * scale
     return out, errors

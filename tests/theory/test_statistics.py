@@ -1,0 +1,185 @@
+"""pdlt.statistics: one step per statistic for N inputs, one fold, one entry point.
+
+* One input: the fold of the N-input steps with 1 x 1 arrays equals the
+  one-input recursions written out by hand (tests/theory/one_input_oracles.py)
+  for every statistic, to round-off (1e-12 of each statistic's scale).
+* One input given as ``x`` (N = 1) equals ``K1=``.
+* Coinciding inputs are merged (one set of averages for the distinct inputs):
+  every entry of the N-input result then equals the one-input value.
+* The 1 x 1 fast path of the kernel fold equals the general N-input step.
+* ``get`` computes what is asked for and what it needs, nothing else.
+"""
+
+import numpy as np
+import pytest
+
+import pdlt
+from pdlt.activations import activation
+
+from pdlt.theory._averages import OneVariableTable
+from pdlt.theory.kernel import LayerHyper, first_layer_kernel, kernel_fold, kernel_step
+from pdlt.theory.statistics import NAMES, DEPENDS, ORDER_ONE_OVER_N, defined, layer_step
+
+from one_input_oracles import fold, ntk_fluctuations  # tests/theory, on sys.path
+
+ALL = ("V", "G1", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U", "H1")
+CASES = [
+    ("relu", dict(width=16, depth=5, C_W=2.0, lambda_b=0.3)),
+    ("tanh", dict(width=16, depth=6, C_W=1.0, C_b=0.1, lambda_W=1.3)),
+    ("gelu", dict(width=16, depth=5, C_W=1.8, C_b=0.05)),
+    ("erf", dict(width=16, depth=5, C_W=1.2)),
+    ("swish", dict(width=16, depth=4, C_W=1.9, C_b=0.02)),
+    ("linear", dict(width=16, depth=5, C_W=0.9, C_b=0.2)),
+    ("tanh", dict(widths=(3, 8, 16, 12, 20), C_W=(1.2, 0.9, 1.1, 1.3, 1.0, 1.1), C_b=0.1,
+                  lambda_W=(1.0, 0.5, 2.0, 1.0, 1.0, 0.7))),
+]
+
+
+def _close(a, b, what):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))), 1.0)
+    assert np.max(np.abs(a - b)) <= 1e-12 * scale, (what, np.max(np.abs(a - b)), scale)
+
+
+@pytest.mark.parametrize("name,kw", CASES)
+def test_one_input_fold_equals_hand_written_recursions(name, kw):
+    mlp = pdlt.MLP(n0=3, activation=name, **kw)
+    s = pdlt.statistics(mlp, K1=1.1, get=ALL)
+    table = OneVariableTable(activation(name), s.K[:-1])
+    want = fold(mlp, s.K, s.Theta, table)
+    for k in ALL:
+        _close(s[k], want[k], f"{name} {k}")
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "gelu"])
+def test_one_input_as_x_equals_K1(name):
+    x = np.array([[0.9, -0.4]])
+    mlp = pdlt.MLP(n0=2, width=16, depth=5, activation=name, C_W=1.3, C_b=0.2,
+                   lambda_b=0.4, lambda_W=1.1)
+    a = pdlt.statistics(mlp, x, get="all")
+    b = pdlt.statistics(mlp, K1=0.2 + 1.3 * float(x[0] @ x[0]) / 2, get="all")
+    assert a.computed() == b.computed()
+    for k in a.computed():
+        _close(np.asarray(a[k]).reshape(mlp.depth), b[k], k)
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "gelu", "erf", "linear", "leaky_relu"])
+def test_coinciding_inputs_are_merged_and_equal_one_input(name):
+    """Three copies of one input: every tensor entry is the one-input value (merged step)."""
+    act = activation(name)
+    k, th, vals = 0.8, 1.3, dict(V=0.7, G1=0.1, A=0.4, B=0.3, D=-0.2, F=0.25, P=0.15,
+                                 Q=-0.35, R=0.2, S=-0.1, T=0.4, U=0.05, H1=0.3)
+    hp = LayerHyper(0.1, 1.7, 0.2, 0.6, ratio=1.3)
+    names = [n for n in ALL if n in defined(pdlt.MLP(n0=1, width=2, depth=2, activation=act))]
+
+    def run(N):
+        state = {n: np.full((N,) * (2 if n in ("G1", "H1") else 4), v) for n, v in vals.items()}
+        return layer_step(act, np.full((N, N), k), np.full((N, N), th), state, names, hp)[0]
+    one, three = run(1), run(3)
+    for n in names:
+        _close(three[n], np.full(three[n].shape, float(one[n].reshape(-1)[0])), n)
+    # and the one-input step is the hand-written line (A, B, D, F shown)
+    t = OneVariableTable(act, k)
+    ref = ntk_fluctuations(t, th, vals["V"], vals["A"], vals["B"], vals["D"], vals["F"],
+                           1.7, 0.6, 1.3)
+    for n, r in zip("ABDF", ref):
+        _close(one[n], r, n)
+
+
+@pytest.mark.parametrize("name,tol", [("gelu", 1e-10), ("linear", 1e-12), ("tanh", 1e-4),
+                                      ("erf", 1e-5)])
+def test_coinciding_inputs_without_merging(name, tol):
+    """The full N-input path (off-diagonal operators at rho = 1) reduces to one input.
+
+    gelu and linear to 1e-10; tanh and erf to the stated accuracy of the
+    Gauss-Hermite four-point rule (pdlt.gaussian._multi, "high": the two-
+    variable sech^8 costs ~4e-6), the pair terms themselves agree to 1e-13.
+    """
+    act = activation(name)
+    vals = dict(V=0.7, A=0.4, B=0.3, D=-0.2, F=0.25)
+    hp = LayerHyper(0.0, 1.7, 0.0, 0.6, ratio=1.3)
+
+    def run(N, merge):
+        state = {n: np.full((N,) * 4, v) for n, v in vals.items()}
+        return layer_step(act, np.full((N, N), 0.8), np.full((N, N), 1.3), state, "ABDF", hp,
+                          merge=merge, accuracy="high")[0]
+    one, two = run(1, True), run(2, False)
+    for n in "ABDF":
+        np.testing.assert_allclose(two[n], float(one[n][0, 0, 0, 0]), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", ["tanh", "relu", "gelu", "sin", "elu"])
+def test_kernel_fast_one_input_path_equals_general_step(name):
+    """The 1 x 1 float path of kernel_fold equals kernel_step (pair expectations) layer by layer."""
+    mlp = pdlt.MLP(n0=1, width=4, depth=8, activation=name, C_W=1.4, C_b=0.1, lambda_b=0.3)
+    K, Th = first_layer_kernel(mlp, K1=0.9)
+    Ks, Ths, _, _ = kernel_fold(mlp, K, Th)
+    for l in range(1, mlp.depth):
+        h = LayerHyper.of(mlp, l)
+        K_next, T_next = kernel_step(mlp.activation, np.full((1, 1), Ks[l - 1, 0, 0]),
+                                     np.full((1, 1), Ths[l - 1, 0, 0]), h.C_b, h.C_W,
+                                     h.lambda_b, h.lambda_W)
+        from pdlt import gaussian
+        e = gaussian.pair_expectations(mlp.activation, Ks[l - 1][:, :], (("sigma", "sigma"),
+                                                                        ("d1", "d1")))
+        general = (h.C_b + h.C_W * e[("sigma", "sigma")],
+                   h.lambda_b + h.lambda_W * e[("sigma", "sigma")]
+                   + h.C_W * e[("d1", "d1")] * Ths[l - 1])
+        for got, want in ((Ks[l], general[0]), (Ths[l], general[1]),
+                          (K_next, general[0]), (T_next, general[1])):
+            assert abs(float(got[0, 0]) - float(want[0, 0])) <= 1e-13 * abs(float(want[0, 0]))
+
+
+def test_get_computes_what_is_asked_and_what_it_needs():
+    mlp = pdlt.MLP(n0=2, width=8, depth=3, activation="tanh")
+    x = np.array([[1.0, 0.2], [-0.3, 1.1]])
+    s = pdlt.statistics(mlp, x, get=["A", "R"])
+    assert set(s.computed()) == {"K", "Theta", "V", "D", "A", "B", "P", "R"}
+    assert s.get == ("A", "R") and s.S is None
+    with pytest.raises(KeyError, match="get=\\['S'\\]"):
+        s["S"]
+    with pytest.raises(ValueError, match="get: unknown"):
+        pdlt.statistics(mlp, x, get=["Z"])
+    assert pdlt.statistics(mlp, x).computed() == ("K", "Theta")
+    assert set(pdlt.statistics(mlp, x, get="all").computed()) == set(NAMES)
+    # every dependency is a statistic with a step
+    assert set(DEPENDS) == set(ORDER_ONE_OVER_N)
+    assert all(set(d) <= set(ORDER_ONE_OVER_N) for d in DEPENDS.values())
+
+
+def test_shapes_and_layers_view():
+    mlp = pdlt.MLP(n0=2, width=8, depth=3, activation="gelu")
+    x = np.array([[1.0, 0.2], [-0.3, 1.1], [0.5, 0.5]])
+    s = pdlt.statistics(mlp, x, get=["G1", "B", "chi_perp"])
+    assert s.K.shape == (3, 3, 3) and s.G1.shape == (3, 3, 3) and s.B.shape == (3, 3, 3, 3, 3)
+    assert s.chi_perp.shape == (3, 3) and s.integration_error.shape == (3,)
+    one = pdlt.statistics(mlp, K1=1.0, get=["G1", "B", "chi_perp"])
+    assert all(np.shape(one[k]) == (3,) for k in one.computed())
+    rows = one.layers()
+    assert [r["layer"] for r in rows] == [1, 2, 3] and set(rows[0]) >= {"K", "V", "G1", "B"}
+
+
+def test_errors_and_residual_limits():
+    mlp = pdlt.MLP(n0=1, width=10, depth=3)
+    with pytest.raises(ValueError, match="exactly one"):
+        pdlt.statistics(mlp)
+    with pytest.raises(TypeError, match="pdlt.MLP"):
+        pdlt.statistics("mlp", K1=1.0)
+    with pytest.raises(ValueError, match="accuracy"):
+        pdlt.statistics(mlp, K1=1.0, accuracy="best")
+    with pytest.raises(ValueError, match="zero variance at layer 1"):
+        pdlt.statistics(mlp, K1=0.0, get="V")
+    res = pdlt.MLP(n0=2, width=8, depth=3, activation="relu", gamma=0.5)
+    with pytest.raises(NotImplementedError, match="P"):
+        pdlt.statistics(res, K1=1.0, get="P")
+    with pytest.raises(NotImplementedError, match="non-odd"):
+        pdlt.statistics(res, np.eye(2), get="V")
+    assert set(defined(res, 1)) >= {"V", "G1", "kappa3", "A", "B", "D", "F"}
+    assert "H1" not in defined(res, 1) and "V" not in defined(res, 2)
+    assert "R" not in defined(pdlt.MLP(n0=1, width=4, depth=2, activation="elu", C_W=1.0,
+                                       C_b=0.1))
+
+
+def test_plain_mlp_three_point_function_vanishes():
+    mlp = pdlt.MLP(n0=1, width=8, depth=4, activation="gelu", C_W=1.5)
+    assert np.all(pdlt.statistics(mlp, K1=1.0, get="kappa3").kappa3 == 0)
