@@ -97,3 +97,18 @@ def fold(mlp, K, Theta, table):
         for k in names:
             out[k].append(st[k])
     return out
+
+
+def residual_vertex(t, K, V, C_W, r, gamma, xi):
+    """Residual layer, truncated at the leading two-depth terms (what N inputs compute):
+    ``V' = xi^4 C_W^2 (<s^4> - <s^2>^2) + 4 xi^2 gamma^2 C_W dss K^2 + r chi^2 V``."""
+    x2, g2 = xi * xi, gamma * gamma
+    chi = x2 * C_W * t["dss"] + g2
+    return (x2 * x2 * C_W ** 2 * (t["ssss"] - t["ss"] ** 2)
+            + 4.0 * x2 * g2 * C_W * t["dss"] * K * K + r * chi * chi * V)
+
+
+def residual_metric(t, V, G1, C_W, r, gamma, xi):
+    """``G1' = r [chi G1 + xi^2 (C_W / 8) <(s^2)''''> V]``, ``chi = xi^2 C_W dss + gamma^2``."""
+    x2 = xi * xi
+    return r * ((x2 * C_W * t["dss"] + gamma * gamma) * G1 + 0.125 * x2 * C_W * t["d4ss"] * V)

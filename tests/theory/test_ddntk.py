@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 
 import pdlt
-from pdlt.theory.ntk_criticality import ntk_fluctuation_flow
+from pdlt.theory.ntk_criticality import NTK_STATISTICS
+
+
+def ntk_fluctuation_flow(mlp, x=None, **kw):
+    return pdlt.statistics(mlp, x, get=NTK_STATISTICS, **kw)
 
 L = 7
 

@@ -13,7 +13,8 @@ import pytest
 
 import pdlt
 from pdlt import MLP
-from pdlt.theory.kernel import KernelNotPSDError, first_layer, flow
+from pdlt.theory.kernel import KernelNotPSDError, first_layer
+from pdlt.theory.statistics import flow
 
 from conftest import EPS
 

@@ -11,7 +11,6 @@ import pytest
 import pdlt
 from pdlt.theory.linear import linear_density
 from pdlt.theory.nearly_gaussian import NearlyGaussian, excess_kurtosis, nearly_gaussian
-from pdlt.theory.vertex import finite_width_flow
 
 
 def test_single_input_cumulants():
@@ -34,7 +33,7 @@ def test_single_input_cumulants():
 def test_two_inputs_cumulants():
     mlp = pdlt.MLP(n0=3, width=30, depth=4, activation="tanh", C_W=1.0)
     x = np.array([[1.0, 0.3, -0.5], [0.2, -0.9, 0.7]])
-    s = finite_width_flow(mlp, x)[-1]
+    s = pdlt.statistics(mlp, x, get=("V", "G1"))
     ng = nearly_gaussian(s, 30)
     g = np.linspace(-7, 7, 561)
     Z = np.stack(np.meshgrid(g, g, indexing="ij"), -1)
@@ -53,7 +52,7 @@ def test_deep_linear_density_error_is_second_order():
     errs = []
     for n in (20, 40, 80):
         mlp = pdlt.MLP(n0=1, width=n, depth=3, activation="linear")
-        s = finite_width_flow(mlp, K1=1.0)[-1]
+        s = pdlt.statistics(mlp, K1=1.0, get=("V", "G1"))
         z = np.linspace(-6, 6, 241)
         exact = linear_density(z, mlp, 3)
         approx = nearly_gaussian(s, n).density(z)

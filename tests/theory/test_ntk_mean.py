@@ -34,8 +34,24 @@ import pytest
 import pdlt
 from pdlt import gaussian
 from pdlt.activations import activation
-from pdlt.theory.ntk_mean import (ntk_mean_correction, ntk_mean_step, ntk_mean_step_single,
-                                  single_input_mean_terms)
+from pdlt.theory._averages import LayerAverages, OneVariableTable
+from pdlt.theory.kernel import LayerHyper
+from pdlt.theory.ntk_mean import ntk_mean_step
+
+from one_input_oracles import ntk_mean as ntk_mean_one_input  # tests/theory, on sys.path
+
+
+def ntk_mean_correction(mlp, x=None, **kw):
+    return pdlt.statistics(mlp, x, get="H1", **kw).H1
+
+
+def step(act, K, Th, H1, G1, V, D, F, C_W, lambda_W, ratio):
+    """The N-input H1 step at one layer (hyperparameters of layer l+1)."""
+    K = np.asarray(K, dtype=float)
+    avg = LayerAverages(act, K, OneVariableTable(act, np.diag(K).copy()))
+    st = dict(K=K, Theta=np.asarray(Th, float), H1=np.asarray(H1, float),
+              G1=np.asarray(G1, float), V=V, D=D, F=F)
+    return ntk_mean_step(avg, st, LayerHyper(0.0, C_W, 0.0, lambda_W, ratio=ratio))
 
 X3 = np.array([[1.0, 0.3, -0.5], [0.2, -0.9, 0.7], [-0.6, 0.4, 0.9]])
 
@@ -132,10 +148,10 @@ def test_symmetric_and_coinciding_inputs(act):
 
 def test_width_ratio_scales_the_step():
     act = activation("tanh")
-    t = single_input_mean_terms(act, 0.8)
-    args = (1.7, 0.3, -0.2, 1.1, 0.4, 0.25, 1.2, 0.9)
-    h = ntk_mean_step_single(t, *args, ratio=1.0)
-    assert ntk_mean_step_single(t, *args, ratio=2.5) == pytest.approx(2.5 * h, rel=1e-15)
+    args = (0.8, [[1.7]], [[0.3]], [[-0.2]], np.full((1,) * 4, 1.1), np.full((1,) * 4, 0.4),
+            np.full((1,) * 4, 0.25), 1.2, 0.9)
+    h = step(act, [[args[0]]], *args[1:], ratio=1.0)
+    assert step(act, [[args[0]]], *args[1:], ratio=2.5) == pytest.approx(2.5 * h, rel=1e-15)
     # in a flow: H1^(3) = (n_2/n_1) [layer-2 statistics, all normalized by n_1],
     # so doubling n_2 doubles H1^(3) (normalized by n_2) and nothing else there
     mlp_a = _mlp("tanh", widths=(16, 16, 16))
@@ -144,14 +160,16 @@ def test_width_ratio_scales_the_step():
     assert hb[2] == pytest.approx(2.0 * ha[2], rel=1e-12)
 
 
-def test_vectorized_terms_equal_scalar_calls():
-    act = activation("gelu")
+@pytest.mark.parametrize("name", ["gelu", "relu", "sin"])
+def test_vectorized_terms_equal_scalar_calls(name):
+    """One table over many kernels (all layers at once) equals one table per kernel."""
+    act = activation(name)
     Ks = np.array([0.3, 1.0, 2.5])
-    vec = single_input_mean_terms(act, Ks)
+    vec = OneVariableTable(act, Ks)
     for i, k in enumerate(Ks):
-        one = single_input_mean_terms(act, float(k))
-        for name, v in one.items():
-            assert vec[name][i] == pytest.approx(v, rel=1e-14, abs=1e-16)
+        one = OneVariableTable(act, float(k))
+        for key in ("dss", "dpp", "pp", "d4ss", "d4pp", "ssss", "sspp", "qspp"):
+            assert vec[key][i] == pytest.approx(float(one[key]), rel=1e-14, abs=1e-16), key
 
 
 # ---------------------------------------------------------------------------
@@ -205,7 +223,7 @@ def test_step_equals_its_definition_by_finite_differences(act_name):
     Th = np.array([[1.5, 0.6], [0.6, 1.3]])
     G1, H1, V, D, F = _random_tensors(rng, N)
     C_W, lam_W, r = 1.4, 0.9, 1.5
-    got = ntk_mean_step(act, K, Th, H1, G1, V, D, F, C_W, lam_W, r)
+    got = step(act, K, Th, H1, G1, V, D, F, C_W, lam_W, r)
 
     def ss(Kp):
         return _pair(act, Kp, ("sigma", "sigma"))
@@ -237,14 +255,13 @@ def test_step_equals_its_definition_by_finite_differences(act_name):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * scale)
 
 
-def test_single_step_equals_one_input_n_step():
+def test_one_input_step_equals_the_hand_written_line():
     act = activation("tanh")
     K, Th, H1, G1, V, D, F = 0.9, 1.4, 0.3, -0.2, 0.8, 0.5, 0.35
-    t = single_input_mean_terms(act, K)
-    one = ntk_mean_step_single(t, Th, H1, G1, V, D, F, 1.2, 0.7, 1.5)
-    arr = ntk_mean_step(act, np.array([[K]]), np.array([[Th]]), np.array([[H1]]),
-                        np.array([[G1]]), np.full((1,) * 4, V), np.full((1,) * 4, D),
-                        np.full((1,) * 4, F), 1.2, 0.7, 1.5)
+    one = ntk_mean_one_input(OneVariableTable(act, K), Th, H1, G1, V, D, F, 1.2, 0.7, 1.5)
+    arr = step(act, np.array([[K]]), np.array([[Th]]), np.array([[H1]]),
+               np.array([[G1]]), np.full((1,) * 4, V), np.full((1,) * 4, D),
+               np.full((1,) * 4, F), 1.2, 0.7, 1.5)
     assert arr.shape == (1, 1)
     assert arr[0, 0] == pytest.approx(one, rel=1e-12)
 
@@ -255,7 +272,7 @@ def test_single_step_equals_one_input_n_step():
 
 def test_residual_mlp_is_refused():
     mlp = pdlt.MLP(n0=3, width=16, depth=4, activation="tanh", gamma=0.5)
-    with pytest.raises(NotImplementedError, match="plain MLPs only.*residual"):
+    with pytest.raises(NotImplementedError, match="residual MLPs.*H1 not derived"):
         ntk_mean_correction(mlp, K1=1.0)
 
 
@@ -265,8 +282,10 @@ def test_bad_arguments():
         ntk_mean_correction(mlp)
     with pytest.raises(ValueError, match="exactly one of x"):
         ntk_mean_correction(mlp, X3, K1=1.0)
-    with pytest.raises(ValueError, match="K1 must be > 0"):
+    with pytest.raises(ValueError, match="smaller than C_b"):
         ntk_mean_correction(mlp, K1=0.0)
+    with pytest.raises(ValueError, match="zero variance at layer 1"):
+        ntk_mean_correction(mlp.with_(C_b=0.0), K1=0.0)
     with pytest.raises(ValueError, match="accuracy"):
         ntk_mean_correction(mlp, X3, accuracy="best")
     with pytest.raises(TypeError, match="pdlt.MLP"):

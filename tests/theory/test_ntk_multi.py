@@ -1,4 +1,8 @@
-"""N-input NTK statistics A..U (pdlt.theory.ntk_multi): reductions, exact forms, symmetries.
+"""N-input NTK statistics A..U (pdlt.theory.ntk, dntk, ddntk): exact forms, operators, symmetries.
+
+One input against the hand-written one-input lines and coinciding inputs:
+tests/theory/test_statistics.py; here also the dNTK and ddNTK steps at
+coinciding inputs without merging (the N-input operators at rho = 1).
 
 Deep linear closed forms (derived by hand from the module's recursions,
 independently of the code): sigma(z) = z, C_b = 0, C_W = 1, equal widths, so
@@ -15,61 +19,29 @@ import pdlt
 from pdlt import gaussian
 from pdlt.activations import activation
 from pdlt.gaussian._multi import expect_nd
-from pdlt.theory import ntk_multi as nm
-from pdlt.theory._ntk_avg import single_input_terms
-from pdlt.theory.ntk_criticality import ntk_fluctuation_flow
-from pdlt.theory.ddntk import ddntk_step_single
-from pdlt.theory.dntk import dntk_step_single
-from pdlt.theory.ntk import ntk_step_single
+from pdlt.theory._averages import LayerAverages, OneVariableTable, _Functions, apply_M
+from pdlt.theory.kernel import LayerHyper
+from pdlt.theory.statistics import layer_step
+
+from one_input_oracles import ddntk, dntk  # tests/theory, on sys.path
 
 X3 = np.array([[1.0, 0.2], [-0.3, 1.1], [0.7, -0.9]])
-VALS = dict(V=0.7, A=0.4, B=0.3, D=-0.2, F=0.25)
 
 
-def _coinciding_step(name, N, merge, accuracy="default"):
-    act = activation(name)
-    k, th = 0.8, 1.3
-    t = single_input_terms(act, k, need_d3=False)
-    ref = ntk_step_single(t, th, VALS["V"], VALS["A"], VALS["B"], VALS["D"], VALS["F"],
-                          1.7, 0.6, 1.3)
-    full = {s: np.full((N,) * 4, v) for s, v in VALS.items()}
-    out = nm.ntk_step(act, np.full((N, N), k), np.full((N, N), th), full["V"], full["A"],
-                      full["B"], full["D"], full["F"], 1.7, 0.6, 1.3, merge=merge,
-                      accuracy=accuracy)
-    return out, dict(zip("ABDF", ref))
+def ntk_fluctuation_flow(mlp, x=None, stats=None, **kw):
+    return pdlt.statistics(mlp, x, get=stats or list("ABDFPQRSTU"), **kw)
 
 
-@pytest.mark.parametrize("name", ["relu", "tanh", "gelu", "erf", "linear", "leaky_relu"])
-def test_coinciding_inputs_reduce_to_single_input(name):
-    out, ref = _coinciding_step(name, 3, merge=True)
-    for s in "ABDF":
-        np.testing.assert_allclose(out[s], ref[s], rtol=1e-12, atol=1e-12)
+def averages(act, K):
+    K = np.asarray(K, dtype=float)
+    return LayerAverages(act, K, OneVariableTable(act, np.diag(K).copy()))
 
 
-@pytest.mark.parametrize("name,tol", [("gelu", 1e-10), ("linear", 1e-12), ("tanh", 1e-4),
-                                      ("erf", 1e-5)])
-def test_coinciding_inputs_without_merging(name, tol):
-    """The full N-input path (off-diagonal operators at rho = 1) reduces to one input.
-
-    gelu and linear to 1e-10; tanh and erf to the stated accuracy of the
-    Gauss-Hermite four-point rule (pdlt.gaussian._multi, "high": the two-
-    variable sech^8 costs ~4e-6), the pair terms themselves agree to 1e-13.
-    """
-    out, ref = _coinciding_step(name, 2, merge=False, accuracy="high")
-    for s in "ABDF":
-        np.testing.assert_allclose(out[s], ref[s], rtol=tol, atol=tol)
-
-
-def test_single_input_x_matches_K1_path():
-    x = np.array([[0.9, -0.4]])
-    for name in ("relu", "tanh"):
-        mlp = pdlt.MLP(n0=2, width=16, depth=5, activation=name, C_W=1.3, C_b=0.2,
-                       lambda_b=0.4, lambda_W=1.1)
-        K1 = 0.2 + 1.3 * float(x[0] @ x[0]) / 2
-        a = ntk_fluctuation_flow(mlp, x)
-        b = ntk_fluctuation_flow(mlp, K1=K1)
-        for s in "ABDF":
-            np.testing.assert_allclose(a[s].reshape(-1), b[s], rtol=1e-9, atol=1e-12)
+def coinciding(act, N, k, th, vals, names, hp, merge, accuracy="high"):
+    """One layer step at N copies of one input (merged, or the full N-input path)."""
+    state = {n: np.full((N,) * 4, v) for n, v in vals.items()}
+    return layer_step(act, np.full((N, N), k), np.full((N, N), th), state, names, hp,
+                      merge=merge, accuracy=accuracy)[0]
 
 
 def test_deep_linear_closed_forms():
@@ -97,7 +69,7 @@ def _kernel(name):
 
 
 def _pair(act, K, f, g):
-    sh = nm._shim(act, f=f, g=g)
+    sh = _Functions(act, f=f, g=g)
     return gaussian.pair_expectations(sh, K, (("f", "g"),), rtol=1e-13)[("f", "g")]
 
 
@@ -107,20 +79,17 @@ def test_derivative_operators_against_finite_differences(name):
     act = activation(name)
     K = _kernel(name)
     X = np.array([[0.3, -0.1, 0.2], [-0.1, 0.5, 0.05], [0.2, 0.05, -0.2]])
-    pr = nm._pairs(act, K)
-    t = pr["t"]
-    Mss = nm._operator(0.5 * pr["dps"], pr["PP"], t["dss"])
-    Mpp = nm._operator(pr["Mpp_d"], pr["Mpp_o"], t["dpp"])
+    avg = averages(act, K)
     h = 1e-4
-    for op, f in ((Mss, act.sigma), (Mpp, act.d1)):
+    for op, f in ((avg.Mss, act.sigma), (avg.Mpp, act.d1)):
         fd = (_pair(act, K + h * X, f, f) - _pair(act, K - h * X, f, f)) / (2 * h)
-        np.testing.assert_allclose(nm._apply(op, X), fd, rtol=2e-6, atol=2e-7)
+        np.testing.assert_allclose(apply_M(op, X), fd, rtol=2e-6, atol=2e-7)
 
 
 def test_relu_pp_derivative_closed_form():
     """ReLU: d<p_a p_b>/dK_ab = 1 / (2 pi sqrt(K_aa K_bb) sin psi) (Hermite form, kinked path)."""
     K = _kernel("relu")
-    Dd, Do = nm._hermite_pp(activation("relu"), K)
+    Dd, Do = averages(activation("relu"), K)._hermite_pp()
     d = np.sqrt(np.diag(K))
     cos = K / np.outer(d, d)
     sin = np.sqrt(1 - np.minimum(cos, 1) ** 2)
@@ -137,13 +106,8 @@ def test_first_derivative_G_by_integration_by_parts(name):
     """<z_c p_a1 s_a2> = sum_b K_cb G_{(a1a2)b} with G_{(a1a2)b} = <d_b (p_a1 s_a2)>."""
     act = activation(name)
     K = _kernel(name)
-    pr = nm._pairs(act, K)
+    G = averages(act, K).G
     N = 3
-    ar = np.arange(N)
-    G = np.zeros((N, N, N))
-    G[ar[:, None], ar[None, :], ar[:, None]] += pr["dps"]
-    G[ar[:, None], ar[None, :], ar[None, :]] += pr["PP"]
-    G[ar, ar, ar] = pr["t"]["dss"]
     p, s = act.d1, act.sigma
     for a1 in range(N):
         for a2 in range(N):
@@ -181,11 +145,11 @@ def test_index_symmetries(name):
 def test_stats_selection_and_unknown_names():
     mlp = pdlt.MLP(n0=2, width=8, depth=3, activation="tanh")
     f = ntk_fluctuation_flow(mlp, X3, stats=["A", "R"])
-    assert set(f[1].extra) >= {"A", "R"} and "S" not in f[1].extra
-    with pytest.raises(ValueError, match="stats"):
+    assert {"A", "R"} <= set(f.computed()) and f.S is None
+    with pytest.raises(ValueError, match="get"):
         ntk_fluctuation_flow(mlp, X3, stats=["Z"])
     f = ntk_fluctuation_flow(mlp, X3, stats=["B"])
-    assert "B" in f[1].extra and "A" not in f[1].extra
+    assert f.B is not None and f.A is None
 
 
 @pytest.mark.parametrize("name,merge,tol", [
@@ -195,14 +159,9 @@ def test_stats_selection_and_unknown_names():
 def test_dntk_coinciding_inputs_reduce_to_single_input(name, merge, tol):
     act = activation(name)
     k, th, B, F, P, Q = 0.8, 1.3, 0.3, 0.25, 0.15, -0.35
-    t = single_input_terms(act, k, need_d3=False)
-    ref = dntk_step_single(t, th, B, F, P, Q, 1.7, 0.6, 1.3)
-    N = 3 if merge else 2
-
-    def f(v):
-        return np.full((N,) * 4, v)
-    out = nm.dntk_step(act, np.full((N, N), k), np.full((N, N), th), f(B), f(F), f(P), f(Q),
-                       1.7, 0.6, 1.3, merge=merge, accuracy="high")
+    ref = dntk(OneVariableTable(act, k), th, B, F, P, Q, 1.7, 0.6, 1.3)
+    out = coinciding(act, 3 if merge else 2, k, th, dict(B=B, F=F, P=P, Q=Q), "PQ",
+                     LayerHyper(0.0, 1.7, 0.0, 0.6, ratio=1.3), merge)
     for s, r in zip("PQ", ref):
         np.testing.assert_allclose(out[s], r, rtol=tol, atol=tol)
 
@@ -246,11 +205,9 @@ DD_VALS = dict(B=0.3, F=0.25, P=0.15, Q=-0.35, R=0.2, S=-0.1, T=0.4, U=0.05)
 def _dd_coinciding(name, N, merge, C_W, accuracy="high"):
     act = activation(name)
     k, th = 0.8, 1.3
-    t = single_input_terms(act, k, need_d3=True)
-    ref = ddntk_step_single(t, th, *DD_VALS.values(), C_W, 0.6, 1.3)
-    full = [np.full((N,) * 4, v) for v in DD_VALS.values()]
-    out = nm.ddntk_step(act, np.full((N, N), k), np.full((N, N), th), *full, C_W, 0.6, 1.3,
-                        merge=merge, accuracy=accuracy)
+    ref = ddntk(OneVariableTable(act, k), th, *DD_VALS.values(), C_W, 0.6, 1.3)
+    out = coinciding(act, N, k, th, DD_VALS, "RSTU", LayerHyper(0.0, C_W, 0.0, 0.6, ratio=1.3),
+                     merge, accuracy)
     return out, dict(zip("RSTU", ref))
 
 
@@ -273,15 +230,15 @@ def test_ddntk_coinciding_inputs_reduce_to_single_input(name, merge, tol):
 
 @pytest.mark.parametrize("name", ["relu", "tanh", "gelu", "erf", "swish", "linear"])
 def test_ddntk_coinciding_inputs_reduce_to_single_input_any_C_W(name):
-    """C_W != 1: R, S, T, U equal ddntk_step_single; S also equals the one-input line
-    written out here, whose B-propagation term is C_W^2 Theta <q^2> <p^2> B (four
-    layer-(l+1) weights; an earlier ddntk_step_single had chi_perp C_W^2 = C_W^3 there,
-    equal only at C_W = 1, refuted by a C_W = 3 ensemble: pdlt.theory.ntk_multi)."""
+    """C_W != 1: R, S, T, U equal the one-input lines; S also equals the line written out
+    here, whose B-propagation term is C_W^2 Theta <q^2> <p^2> B (four layer-(l+1)
+    weights; an earlier one-input copy had chi_perp C_W^2 = C_W^3 there, equal only at
+    C_W = 1, refuted by a C_W = 3 ensemble)."""
     C_W, lW, r, k, th = 1.7, 0.6, 1.3, 0.8, 1.3
     out, ref = _dd_coinciding(name, 3, True, C_W)
     for s in "RSTU":
         np.testing.assert_allclose(out[s], ref[s], rtol=1e-12, atol=1e-12)
-    t = single_input_terms(activation(name), k, need_d3=True)
+    t = OneVariableTable(activation(name), k)
     B, S, pp = DD_VALS["B"], DD_VALS["S"], t["pp"]
     S_ref = (C_W ** 2 * th ** 3 * t["qqpp"] + lW * C_W * th ** 2 * t["pppp"]
              + r * (C_W ** 2 * th * t["qq"] * pp * B + C_W ** 2 * pp ** 2 * S

@@ -15,7 +15,11 @@ import numpy as np
 import pytest
 
 import pdlt
-from pdlt.theory.ntk_criticality import NTK_STATISTICS, ntk_fluctuation_flow
+from pdlt.theory.ntk_criticality import NTK_STATISTICS
+
+
+def ntk_fluctuation_flow(mlp, x=None, **kw):
+    return pdlt.statistics(mlp, x, get=NTK_STATISTICS, **kw)
 
 EPS = np.finfo(float).eps
 L = 7
@@ -73,7 +77,7 @@ def test_unequal_widths_ratio():
 
 def test_bad_kernel():
     mlp = pdlt.MLP(n0=2, width=8, depth=3, C_b=0.0)
-    with pytest.raises(ValueError, match="K1"):
+    with pytest.raises(ValueError, match="zero variance at layer 1"):
         ntk_fluctuation_flow(mlp, K1=0.0)
 
 
@@ -135,8 +139,7 @@ def test_half_stable_slopes(act):
     in l of degree a + k (k from SLOPE_DEPTH_POWERS). Checked: the (d+1)-th difference
     vanishes and the d-th does not; the finite-difference slopes agree between depths
     and with an independent two-step Richardson extrapolation of X / (Theta^a K^b l^k)."""
-    from pdlt.theory.ntk_criticality import (SLOPE_DEPTH_POWERS, SLOPE_NORMALIZATIONS,
-                                        _recursion_single, ntk_slopes)
+    from pdlt.theory.ntk_criticality import SLOPE_DEPTH_POWERS, SLOPE_NORMALIZATIONS, ntk_slopes
     a, b = ntk_slopes(act, depth=16), ntk_slopes(act, depth=1024)
     assert a["universality_class"] == "half-stable"
     norms, powers = SLOPE_NORMALIZATIONS["half-stable"], SLOPE_DEPTH_POWERS["half-stable"]
@@ -148,8 +151,7 @@ def test_half_stable_slopes(act):
     lr = pdlt.theory.critical_learning_rates(act, L)
     mlp = pdlt.MLP(n0=1, width=1, depth=L, activation=act, C_b=crit.C_b, C_W=crit.C_W,
                    lambda_b=lr["lambda_b"], lambda_W=lr["lambda_W"])
-    f = pdlt.flow(mlp, K1=crit.K_star)
-    st = _recursion_single(mlp, f.K, f.Theta)
+    f = st = pdlt.statistics(mlp, K1=crit.K_star, get=NTK_STATISTICS)
     l = np.arange(1, L + 1)
     for k in NTK_STATISTICS:
         (pa, pb), q = norms[k], powers[k]

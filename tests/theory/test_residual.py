@@ -19,7 +19,22 @@ from pdlt.theory.information import optimal_aspect_ratio
 from pdlt.theory.statistics import flow
 from pdlt.theory.residual import (residual_criticality, residual_mlp, residual_vertex_slope,
                                   three_point_vertex_slope)
-from pdlt.theory.vertex import finite_width_flow
+from pdlt.theory._averages import OneVariableTable
+
+from one_input_oracles import residual_metric, residual_vertex  # tests/theory, on sys.path
+
+
+def finite_width_flow(mlp, x=None, **kw):
+    get = ("chi_parallel", "chi_perp", "V", "G1") + (("kappa3",) if x is None and mlp.is_residual else ())
+    return pdlt.statistics(mlp, x, get=get, **kw)
+
+
+def vertex_step_single(act, K, V, C_W, ratio=1.0, *, gamma=0.0, xi=1.0):
+    return residual_vertex(OneVariableTable(act, K), K, V, C_W, ratio, gamma, xi)
+
+
+def metric_step_single(act, K, V, G1, C_W, ratio=1.0, *, gamma=0.0, xi=1.0):
+    return residual_metric(OneVariableTable(act, K), V, G1, C_W, ratio, gamma, xi)
 
 EPS = np.finfo(float).eps
 X2 = np.array([[1.0, 0.3], [-0.5, 0.8], [0.2, -1.1]])
@@ -80,7 +95,7 @@ def test_gamma_zero_is_the_plain_code_path_bit_for_bit():
                  (finite_width_flow(m, K1=0.9), finite_width_flow(explicit, K1=0.9))):
         for name in ("K", "Theta", "chi_parallel", "chi_perp"):
             assert np.array_equal(a[name], b[name])
-    assert "kappa3" not in finite_width_flow(m, K1=0.9)[0].extra
+    assert finite_width_flow(m, K1=0.9).kappa3 is None
 
 
 @pytest.mark.parametrize("gamma,xi", [(0.6, 1.0), (0.9, 0.5), (-0.4, 1.2)])
@@ -107,8 +122,8 @@ def test_deep_linear_residual_closed_form(gamma, xi):
 
 def _truncated_single(m, K1):
     """The single-input residual recursion without the two-depth terms beyond kappa3
-    (vertex_step_single / metric_step_single): what the N-input residual flow computes."""
-    from pdlt.theory.vertex import metric_step_single, vertex_step_single
+    (one_input_oracles.residual_vertex / residual_metric): what the N-input residual flow
+    computes."""
     f = flow(m, K1=K1)
     V, G1 = [0.0], [0.0]
     for l in range(1, m.depth):
@@ -124,10 +139,10 @@ def test_multi_input_diagonal_matches_single_input_tanh():
     m = MLP(n0=2, width=16, depth=4, activation="tanh", C_W=0.7, C_b=0.1, gamma=0.5)
     f2 = finite_width_flow(m, X2[:2])
     for a in range(2):
-        V, G1 = _truncated_single(m, f2[0].K[a, a])
+        V, G1 = _truncated_single(m, f2.K[0, a, a])
         np.testing.assert_allclose(f2["V"][:, a, a, a, a], V, rtol=1e-9, atol=1e-14)
         np.testing.assert_allclose(f2["G1"][:, a, a], G1, rtol=1e-9, atol=1e-14)
-        exact = finite_width_flow(m, K1=f2[0].K[a, a])["V"]
+        exact = finite_width_flow(m, K1=f2.K[0, a, a])["V"]
         assert abs(exact[2] / V[2] - 1) > 1e-3     # the truncation is visible at layer 3
     V = f2["V"][-1]
     np.testing.assert_allclose(V, V.transpose(1, 0, 2, 3), rtol=1e-12, atol=1e-15)
@@ -198,10 +213,9 @@ def test_slope_matches_the_flow_at_depth(act, gamma):
 
 
 def test_k_star_zero_slope():
-    """tanh: the truncated recursion (vertex_step_single) gives V/(K^2 l) -> (2/3)(1 - gamma^4)
+    """tanh: the truncated recursion (one_input_oracles.residual_vertex) gives V/(K^2 l) -> (2/3)(1 - gamma^4)
     with O(log l / l) corrections (1e-2 at l = 4000); the exact V differs from it by two-depth
     terms that vanish as K -> 0 (relative difference ~K: checked at two K)."""
-    from pdlt.theory.vertex import vertex_step_single
     L = 4000
     m = residual_mlp("tanh", 0.5, width=100, depth=L, n_out=100)
     K = flow(m, K1=1.0).K

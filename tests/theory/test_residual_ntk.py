@@ -16,8 +16,15 @@ import numpy as np
 import pytest
 
 import pdlt
-from pdlt.theory.ntk_criticality import ntk_fluctuation_flow
 from pdlt.theory.residual_ntk import residual_b_closure, residual_ntk_single
+
+
+def ntk_fluctuation_flow(mlp, x=None, stats=tuple("ABDFPQRSTU"), **kw):
+    return pdlt.statistics(mlp, x, get=("V",) + tuple(stats), **kw)
+
+
+def finite_width_flow(mlp, x=None, **kw):
+    return pdlt.statistics(mlp, x, get=("V", "G1"), **kw)
 from pdlt.gaussian import expect
 
 ACTS = ["relu", "tanh", "gelu", "sin"]
@@ -28,7 +35,7 @@ def test_gamma_zero_is_the_plain_recursion(act):
     m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9), activation=act, C_W=1.3, C_b=0.1,
                  lambda_b=0.5, lambda_W=0.8)
     r = residual_ntk_single(m, 0.9, stats=("A", "B", "D", "F", "V"))
-    f = ntk_fluctuation_flow(m, K1=0.9)
+    f = ntk_fluctuation_flow(m, K1=0.9, stats="ABDF")
     for k in ("A", "B", "D", "F", "V"):
         np.testing.assert_allclose(r[k], f[k], rtol=1e-12, atol=1e-14 * np.abs(f[k]).max())
 
@@ -82,7 +89,6 @@ def test_refuses_statistics_not_derived():
 def test_linear_vertex_is_the_closed_form():
     """Linear residual nets: no two-depth terms beyond z^2, so the field-covariance V must
     equal pdlt.theory.vertex's (checked there against the deep linear closed form)."""
-    from pdlt.theory.vertex import finite_width_flow
     m = pdlt.MLP(n0=1, width=8, depth=6, n_out=8, activation="linear", C_W=0.7, C_b=0.2,
                  gamma=(0, 0.5, 0.8, 0.3, 0.6, 0.9), xi=1.1)
     np.testing.assert_allclose(residual_ntk_single(m, 1.2, stats="V")["V"],
@@ -93,7 +99,6 @@ def test_linear_vertex_is_the_closed_form():
 def test_vertex_metric_gamma_zero_is_the_plain_recursion(act):
     """residual_vertex_metric at gamma = 0 (unequal widths): the plain V, G1 of vertex.py."""
     from pdlt.theory.residual_ntk import residual_vertex_metric
-    from pdlt.theory.vertex import finite_width_flow
     m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9), activation=act, C_W=1.3, C_b=0.1)
     r, f = residual_vertex_metric(m, 0.9), finite_width_flow(m, K1=0.9)
     for k in ("V", "G1"):
@@ -118,7 +123,6 @@ def test_relu_vertex_layer_three_direct():
     two-depth covariance Cov(sigma^2(z^(2)), sigma^2(z^(1))) (arc-cosine kernel of
     degree 2): 8.6179, where the three-point truncation of pdlt.theory.vertex gives 8.5574.
     finite_width_flow serves the same (exact) value."""
-    from pdlt.theory.vertex import finite_width_flow
     g, CW = 0.5, 1.5
     m = pdlt.theory.residual.residual_mlp("relu", g, width=8, depth=3, n_out=8)
     V3 = _relu_v3_direct(g, CW)
@@ -133,7 +137,6 @@ def test_relu_metric_layer_three_closed_form():
     1/4 + (arcsin rho + rho sqrt(1 - rho^2)) / (2 pi), rho = gamma:
     G1^(3) = (C_W^2 / 2)(arcsin g + g sqrt(1 - g^2)) / pi (gamma = 0.5: 0.34256; the
     three-point truncation gives 0.35810)."""
-    from pdlt.theory.vertex import finite_width_flow
     for g in (0.5, 0.8):
         CW = 2 * (1 - g * g)
         m = pdlt.theory.residual.residual_mlp("relu", g, width=8, depth=3, n_out=8)
@@ -172,7 +175,7 @@ def test_ntk_fluctuation_flow_serves_what_is_derived():
     r = residual_ntk_single(m, 1.0)
     for k in "ABDF":
         np.testing.assert_array_equal(f[k], r[k])
-    with pytest.raises(NotImplementedError, match="not derived: P, Q"):
+    with pytest.raises(NotImplementedError, match="P, Q, R, S, T, U not derived"):
         ntk_fluctuation_flow(m, K1=1.0)
     with pytest.raises(NotImplementedError, match="N-input"):
         ntk_fluctuation_flow(m, np.ones((2, 1)), stats="B")

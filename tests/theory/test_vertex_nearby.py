@@ -1,15 +1,15 @@
 """Delta expansion of the two-input vertex against the full two-input V recursion.
 
 References:
-* coinciding inputs: the single-input flow ``finite_width_flow(mlp, K1=K_[0])``
+* coinciding inputs: the one-input fold ``pdlt.statistics(mlp, K1=K_[0], get="V")``
   (same recursion, different quadrature of the same averages: 1e-11);
-* nearby inputs: ``finite_width_flow(mlp, x, accuracy="high")`` (N = 2, the
+* nearby inputs: ``pdlt.statistics(mlp, x, get="V", accuracy="high")`` (N = 2, the
   N-input recursion of pdlt.theory.vertex) for the reassembled tensor, and, for
   the small components (``V_[2][2] ~ delta^4``, below the four-variable
   quadrature's ~2e-8 floor), the same N = 2 recursion evaluated with the
   two-variable engine (``_exact_pair_flow``: every four-point average over two
   inputs is a two-variable one, error ~1e-14), which is checked against
-  ``finite_width_flow`` first.
+  ``pdlt.statistics`` first.
 
 Orders (module docstring of pdlt.theory.vertex_nearby): halving delta divides
 the even part of the tensor error by 16, the odd part by 8 and the relative
@@ -27,6 +27,7 @@ import pdlt
 from pdlt import gaussian
 from pdlt.theory import criticality as C
 from pdlt.theory import vertex as VX
+from pdlt.theory._averages import _Functions
 from pdlt.theory import vertex_nearby as VN
 
 
@@ -54,13 +55,14 @@ def _exact_pair_flow(mlp, x):
     """The N = 2 vertex recursion of pdlt.theory.vertex with two-variable averages."""
     act = mlp.activation
     Ks = pdlt.flow(mlp, x).K
-    sh = VX._shim(act, f1=act.sigma, f2=lambda z: act.sigma(z) ** 2,
+    sh = _Functions(act, f1=act.sigma, f2=lambda z: act.sigma(z) ** 2,
                   f3=lambda z: act.sigma(z) ** 3)
     V = np.zeros((2, 2, 2, 2))
     out = [V]
     for l in range(1, mlp.depth):
         K = Ks[l - 1]
-        S, A, B = VX._derivative_matrices(act, K)
+        S = gaussian.pair_expectations(act, K, (("sigma", "sigma"),))[("sigma", "sigma")]
+        M = VX.kernel_derivative_operator(act, K)
         e = gaussian.pair_expectations(sh, K, (("f3", "f1"), ("f2", "f2")), rtol=1e-14)
         q4 = [float(gaussian.expect(lambda z: act.sigma(z) ** 4, K[a, a])) for a in range(2)]
         S4 = np.empty((2, 2, 2, 2))
@@ -69,8 +71,8 @@ def _exact_pair_flow(mlp, x):
             S4[idx] = {4: q4[0], 0: q4[1], 3: e[("f3", "f1")][0, 1],
                        1: e[("f3", "f1")][1, 0], 2: e[("f2", "f2")][0, 1]}[n_plus]
         C_W, r = mlp.C_W[l], mlp.widths[l] / mlp.widths[l - 1]
-        T = VX._apply_M(A, B, V)
-        T = VX._apply_M(A, B, np.moveaxis(T, (2, 3), (0, 1)))
+        T = VX.apply_M(M, V)
+        T = VX.apply_M(M, np.moveaxis(T, (2, 3), (0, 1)))
         V = C_W ** 2 * (S4 - S[:, :, None, None] * S[None, None]) \
             + C_W ** 2 * r * np.moveaxis(T, (0, 1), (2, 3))
         out.append(V)
@@ -117,7 +119,7 @@ def test_coinciding_inputs_reduce_to_single_input_vertex(config):
     mlp = CONFIGS[config]()
     x = _pair(0.0)
     f = VN.vertex_delta_flow(mlp, x)
-    single = VX.finite_width_flow(mlp, K1=float(f.K0[0]))
+    single = pdlt.statistics(mlp, get="V", K1=float(f.K0[0]))
     np.testing.assert_allclose(f.K0, single.K, rtol=1e-13)
     np.testing.assert_allclose(f["V00"], single["V"], rtol=1e-11, atol=0)
     others = f.components.copy()
@@ -136,7 +138,7 @@ def test_exact_pair_reference_is_the_n_input_recursion(config):
     mlp = CONFIGS[config]()
     x = _pair(0.2)
     ref = _exact_pair_flow(mlp, x)
-    full = np.array(VX.finite_width_flow(mlp, x, accuracy="high")["V"])
+    full = np.array(pdlt.statistics(mlp, x, get="V", accuracy="high")["V"])
     # "high" four-variable rule: measured 2e-8 here (pdlt.gaussian._multi: < 1e-6 relative)
     assert np.abs(full - ref).max() < 1e-6 * np.abs(ref).max()
 
@@ -147,7 +149,7 @@ def test_tensor_converges_to_full_two_input_vertex(config):
     err_even, err_odd = [], []
     for delta in (0.2, 0.1):
         x = _pair(delta)
-        full = np.array(VX.finite_width_flow(mlp, x, accuracy="high")["V"])
+        full = np.array(pdlt.statistics(mlp, x, get="V", accuracy="high")["V"])
         approx = VN.vertex_delta_flow(mlp, x).V
         err_even.append(np.abs(_even(approx - full)).max())
         err_odd.append(np.abs(_odd(approx - full)).max())
@@ -220,7 +222,7 @@ def test_errors():
     # linear is smooth (equal slopes): allowed, and its V components are exact
     lin = pdlt.MLP(n0=2, width=8, depth=4, activation="linear", C_W=1.0)
     f = VN.vertex_delta_flow(lin, _pair(0.3))
-    full = np.array(VX.finite_width_flow(lin, _pair(0.3))["V"])
+    full = np.array(pdlt.statistics(lin, _pair(0.3), get="V")["V"])
     np.testing.assert_allclose(f.V, full, rtol=1e-10, atol=1e-12)
 
 

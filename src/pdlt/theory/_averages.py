@@ -174,6 +174,8 @@ class OneVariableTable:
         if name == "dss":
             return self["zsp"] / K
         if name == "dpp":
+            if _scale_invariant(self.act) is not None:     # <p^2> is constant in K
+                return np.zeros(K.shape)
             return 0.5 * (self["zpzp"] / K - self["pp"]) / K
         if name == "dqp":
             return self["zqp"] / K

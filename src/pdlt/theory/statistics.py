@@ -292,6 +292,7 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy):
     else:   # a plain MLP's odd cumulants vanish (flip the signs of one layer's W and b)
         given = {"kappa3": np.zeros((L,) + (N,) * 3)} if "kappa3" in need else {}
     out = {k: np.zeros((L,) + (N,) * _RANK.get(k, 4)) for k in need}
+    given = {k: v for k, v in given.items() if k in need}
     for k, v in _as_tensors(given, N).items():
         out[k][:] = v
     run = [k for k in ORDER_ONE_OVER_N if k in need and k not in given]
