@@ -139,7 +139,7 @@ which = sys.argv[2]
 m50 = pdlt.MLP(n0=1, width=64, depth=50, activation="tanh", C_W=1.0)
 m10k = pdlt.MLP(n0=1, width=10, depth=10000, activation="tanh", C_W=1.0)
 if which == "old":
-    from pdlt.theory.ntk_criticality import ntk_fluctuation_flow
+    from pdlt.theory.finite_ntk import ntk_fluctuation_flow
     allstats = lambda: ntk_fluctuation_flow(m50, K1=1.0)
 else:
     allstats = lambda: pdlt.statistics(m50, K1=1.0, get=list("VABDFPQRSTU") + ["G1", "H1"])
