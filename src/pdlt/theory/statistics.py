@@ -43,6 +43,7 @@ from .ddntk import ddntk_R_step, ddntk_S_step, ddntk_T_step, ddntk_U_step
 from .dntk import dntk_P_step, dntk_Q_step
 from .ntk import ntk_A_step, ntk_B_step, ntk_D_step, ntk_F_step
 from .ntk_mean import ntk_mean_step
+from .residual_ntk import residual_ntk_single, residual_vertex_metric
 from .vertex import metric_step, three_point_step, vertex_step
 
 __all__ = ["statistics", "Statistics", "defined", "layer_step", "flow", "Flow", "LayerStatistics", "NAMES", "DEPENDS",
@@ -212,7 +213,6 @@ def _residual_given(mlp, need, K, Theta, single):
                 "erf, sin, linear; N-input V, G1 then keep the leading two-depth terms), or "
                 "gamma = 0")
         return {}
-    from .residual_ntk import residual_ntk_single, residual_vertex_metric
     K1 = float(K[0, 0, 0])
     given = {}
     if need & {"V", "G1", "A", "D"}:
