@@ -19,7 +19,7 @@ import pdlt
 from pdlt import gaussian
 from pdlt.activations import activation
 from pdlt.gaussian._multi import expect_nd
-from pdlt.theory._averages import LayerAverages, OneVariableTable, _Functions, apply_M
+from pdlt.theory._averages import LayerAverages, OneVariableTable, Integrands, apply_M
 from pdlt.theory.kernel import LayerHyper
 from pdlt.theory.statistics import layer_step
 
@@ -69,7 +69,7 @@ def _kernel(name):
 
 
 def _pair(act, K, f, g):
-    sh = _Functions(act, f=f, g=g)
+    sh = Integrands(act, f=f, g=g)
     return gaussian.pair_expectations(sh, K, (("f", "g"),), rtol=1e-13)[("f", "g")]
 
 

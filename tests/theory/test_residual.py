@@ -277,7 +277,7 @@ def test_plain_output_layer_keeps_the_plain_critical_point(act):
 
 
 def test_diagnose_agrees_with_the_convention():
-    from pdlt._commands.diagnose import diagnose
+    from pdlt.theory.diagnosis import diagnose_architecture as diagnose
     d = diagnose(pdlt.activation("relu"), depth=6, width=64, residual=0.5)
     assert d["K_L"] == pytest.approx(1.0, rel=1e-12)          # was 0.75 before the convention
     assert d["critical_C_W"] == 1.5 and d["plain_layer_C_W"] == 2.0

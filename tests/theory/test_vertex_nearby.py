@@ -27,7 +27,7 @@ import pdlt
 from pdlt import gaussian
 from pdlt.theory import criticality as C
 from pdlt.theory import vertex as VX
-from pdlt.theory._averages import _Functions
+from pdlt.theory._averages import Integrands
 from pdlt.theory import vertex_nearby as VN
 
 
@@ -55,7 +55,7 @@ def _exact_pair_flow(mlp, x):
     """The N = 2 vertex recursion of pdlt.theory.vertex with two-variable averages."""
     act = mlp.activation
     Ks = pdlt.flow(mlp, x).K
-    sh = _Functions(act, f1=act.sigma, f2=lambda z: act.sigma(z) ** 2,
+    sh = Integrands(act, f1=act.sigma, f2=lambda z: act.sigma(z) ** 2,
                   f3=lambda z: act.sigma(z) ** 3)
     V = np.zeros((2, 2, 2, 2))
     out = [V]

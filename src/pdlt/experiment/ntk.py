@@ -8,7 +8,7 @@ returned tensor: the network axis, then neuron indices in the order
 ``H[m, i1, i2, a1, a2] = H_{i1 i2; a1 a2}``,
 ``dH[m, i0, i1, i2, a0, a1, a2]``, ``ddI[m, i0, i1, i2, i3, a0, a1, a2, a3]``.
 
-Forward equation of the NTK (book eq. 8.12; eq. numbers to be checked)
+Forward equation of the NTK (book eq. 8.12; book section as cited)
 ----------------------------------------------------------------------
 With ``sigma_{j;a} = sigma(z^(l)_{j;a})`` and the hyperparameters of layer l+1,
 
@@ -272,7 +272,7 @@ def dntk_autodiff(weights, biases, x, mlp, layer):
     """The dNTK ``dH_{i0 i1 i2; a0 a1 a2}`` of M networks at one layer.
 
     ``dH_{i0i1i2} = sum lambda_mu lambda_nu (d_mu d_nu z_{i0}) (d_mu z_{i1}) (d_nu z_{i2})``
-    (NOTATION.md; book ch. 11, eq. numbers to be checked).
+    (NOTATION.md; book ch. 11, book section as cited).
 
     Returns
     -------
@@ -293,7 +293,7 @@ def ddntk_autodiff(weights, biases, x, mlp, layer):
 
     ``ddIH_{i0i1i2i3} = sum l l l (d1 d2 d3 z_{i0})(d1 z_{i1})(d2 z_{i2})(d3 z_{i3})``,
     ``ddIIH_{i0i1i2i3} = sum l l l (d1 d2 z_{i0})(d1 d3 z_{i1})(d2 z_{i2})(d3 z_{i3})``
-    (NOTATION.md; book "The End of Training", eq. numbers to be checked).
+    (NOTATION.md; book "The End of Training", book section as cited).
 
     Returns
     -------

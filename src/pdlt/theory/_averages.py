@@ -37,7 +37,7 @@ _PAIR_RTOL = 1e-13
 _COINCIDE = 1e-4   # 1 - rho^2 below which a pair counts as coinciding in <d^4 F>
 
 
-class _Functions:
+class Integrands:
     """Named one-variable functions for :func:`pdlt.gaussian.pair_expectations`.
 
     The engine reads ``kinks``, ``period``, ``scale_invariant`` and the
@@ -347,7 +347,7 @@ class LayerAverages:
             return {"S": S, "PP": PP, "QS": zero, "QQ": zero, "dps": (S - K * PP) / d,
                     "dqp": zero}
         s, p, q = act.sigma, act.d1, act.d2
-        fns = _Functions(act, s=s, p=p, zp=lambda z: z * p(z), q=q, zq=lambda z: z * q(z))
+        fns = Integrands(act, s=s, p=p, zp=lambda z: z * p(z), q=q, zq=lambda z: z * q(z))
         e2 = gaussian.pair_expectations(fns, K, (("zp", "s"), ("q", "q"), ("zq", "p"),
                                                  ("q", "s")), rtol=_PAIR_RTOL)
         QQ = e2[("q", "q")]
@@ -498,7 +498,7 @@ class LayerAverages:
         fns = {f"f{i}": (lambda i: lambda z: z ** i * f(z))(i) for i in range(5)}
         terms = (("f0", "f0"), ("f1", "f1"), ("f2", "f2"), ("f2", "f0"), ("f4", "f0"),
                  ("f3", "f1"))
-        e = gaussian.pair_expectations(_Functions(self.act, **fns), self.K, terms,
+        e = gaussian.pair_expectations(Integrands(self.act, **fns), self.K, terms,
                                        rtol=_PAIR_RTOL)
         m = {(int(a[1]), int(b[1])): v for (a, b), v in e.items()}
         for (i, j) in list(m):

@@ -27,7 +27,8 @@ import numpy as np
 
 from ..network import MLP
 
-__all__ = ["MLPDiagnosis", "diagnose_mlp", "input_kernels", "local_depth_scale"]
+__all__ = ["MLPDiagnosis", "diagnose_mlp", "diagnose_architecture", "input_kernels",
+           "local_depth_scale"]
 
 
 def local_depth_scale(chi):
@@ -361,3 +362,229 @@ def input_kernels(mlp: MLP, x) -> np.ndarray:
         K = mlp.xi[l] ** 2 * new + mlp.gamma[l] ** 2 * K
         out.append(K)
     return np.array(out)
+
+
+# ---------------------------------------------------------------------------
+# an architecture given by activation, depth and width (pdlt diagnose)
+# ---------------------------------------------------------------------------
+
+def _regime(r):
+    # rule-of-thumb boundaries; the book's expansion parameter is r = L/n (ch. 3-4)
+    if r < 0.1:
+        return ("near-Gaussian", "L/n < 0.1: finite-width corrections, of order L/n, are small; "
+                "the network stays close to its infinite-width kernel (little representation "
+                "learning)")
+    if r < 1:
+        return ("effective-theory", "0.1 <= L/n < 1: 1/n corrections of order L/n matter and the "
+                "effective theory computes them (four-point vertex V/(n K^2) grows linearly "
+                "with L/n at criticality)")
+    return ("strongly-coupled", "L/n >= 1: the expansion in L/n breaks down; fluctuations "
+            "between networks are as large as the mean (reduce the depth or widen)")
+
+
+def _aspect_text(r, rstar, n_out):
+    if not math.isfinite(rstar):
+        return "no vertex growth at this residual strength: the theory sets no depth limit"
+    q = r / rstar
+    if q < 0.5:
+        verdict = (f"well below the information-theoretic optimum r* = {rstar:.3g}: the network "
+                   "could be deeper (or narrower) and still stay in the regime where its output "
+                   "neurons share the most information")
+    elif q <= 2.0:
+        verdict = (f"close to the information-theoretic optimum r* = {rstar:.3g} (within a "
+                   "factor 2)")
+    else:
+        verdict = (f"above the information-theoretic optimum r* = {rstar:.3g}: fluctuations of "
+                   "the whole layer start to wash out what the output neurons share; widen the "
+                   "network, make it shallower, or use residual connections with gamma near 1")
+    return (f"L/n = {r:.3g} is {q:.2g} x r*, {verdict} (r* = 4/((20 + 3 n_L) nu), n_L = {n_out}, "
+            "book appendix A)")
+
+
+def diagnose_architecture(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out=1):
+    """What the theory says about an MLP of this activation, depth and width (``pdlt diagnose``).
+
+    Returns the diagnosis as a dict (the CLI prints it, or its JSON): the
+    universality class and critical initialization, the phase of the given
+    (C_b, C_W), the regime of L/n against the optimal aspect ratio r*, the
+    kernel at layer L, the order-1/n sizes there and the asymptotic slopes,
+    with notes in words.
+
+    ``residual`` is the residual strength gamma (xi = 1) of the equal-width
+    layers; ``n_out`` the output width n_L.
+    """
+    from ..network import MLP
+    from .criticality import criticality, depth_scales
+    from .statistics import flow
+
+    if depth < 1 or width < 1:
+        raise ValueError(f"depth and width (--depth, --width) must be >= 1; got {depth}, {width}")
+    if int(n_out) != n_out or n_out < 1:
+        raise ValueError(f"n_out (--output-width) must be a positive integer; got {n_out}")
+    gamma = 0.0 if residual is None else float(residual)
+    res = criticality(act)
+    if residual is not None and res.universality_class != "none":
+        from dataclasses import replace
+
+        from .residual import residual_criticality
+
+        rc = residual_criticality(act, gamma, n_out=n_out)
+        res = replace(res, C_b=rc.C_b, C_W=rc.C_W)
+    notes = []
+    critical_init = C_b is None and C_W is None
+    if res.universality_class == "none":
+        if C_b is None or C_W is None:
+            raise ValueError(f"activation {res.activation!r} has no critical point ({res.reason}); "
+                             "give --C-b and --C-W to diagnose a chosen initialization")
+        notes.append("no critical initialization exists: " + res.reason)
+    C_b = res.C_b if C_b is None else C_b
+    C_W = res.C_W if C_W is None else C_W
+    r = depth / width
+    regime, regime_text = _regime(r)
+    notes.append(regime_text)
+    mlp = MLP(n0=1, width=width, depth=depth, n_out=n_out, activation=act, C_b=C_b, C_W=C_W,
+              gamma=gamma)
+    if gamma != 0.0 and critical_init and res.is_critical:
+        # convention (pdlt.theory.residual): only the residual layers get the residual
+        # critical (C_b, C_W); the first and a plain output layer keep the plain ones,
+        # so K^(L) = K* (not (1 - gamma^2) K*)
+        from .residual import residual_layer_variances
+        lb, lw = residual_layer_variances(mlp, rc)
+        mlp = mlp.with_(C_b=lb, C_W=lw)
+    fl = flow(mlp, K1=K1)
+    last = fl[-1]
+    ds = depth_scales(act, C_b, C_W, K1=K1)
+    if gamma != 0.0:
+        # the residual map is gamma^2 K + (1 - gamma^2) f~(K), f~ the plain map at
+        # (C_b, C_W) / (1 - gamma^2): same fixed points and phase; chi = gamma^2 + (1 - gamma^2) chi~
+        from dataclasses import replace
+
+        f = 1.0 - gamma * gamma
+        if f > 0:
+            ds0 = depth_scales(act, C_b / f, C_W / f, K1=K1)
+            cpar = gamma * gamma + f * ds0.chi_parallel
+            cperp = gamma * gamma + f * ds0.chi_perp
+
+            def _scale(c):
+                return math.inf if c == 1.0 or not math.isfinite(c) else 1.0 / abs(math.log(c))
+            ds = replace(ds0, C_b=C_b, C_W=C_W, chi_parallel=cpar, chi_perp=cperp,
+                         xi_parallel=_scale(cpar), xi_perp=_scale(cperp))
+        ds = ds0.__class__(**{**ds0.__dict__, "xi_parallel": ds0.xi_parallel / f,
+                              "xi_perp": ds0.xi_perp / f}) if f > 0 else ds
+    out = dict(activation=res.activation, universality_class=res.universality_class,
+               critical_C_b=res.C_b, critical_C_W=res.C_W, K_star=res.K_star,
+               C_b=C_b, C_W=C_W, at_criticality=bool(critical_init and res.is_critical),
+               depth=depth, width=width, L_over_n=r, regime=regime, K1=K1,
+               residual=gamma, output_width=n_out,
+               K_L=last.K, chi_parallel_L=last.chi_parallel, chi_perp_L=last.chi_perp,
+               phase=ds.phase, xi_parallel=ds.xi_parallel, xi_perp=ds.xi_perp,
+               asymptotics=None if res.asymptotics is None else res.asymptotics.law)
+    if gamma != 0.0 and critical_init and res.is_critical:
+        out["plain_layer_C_b"], out["plain_layer_C_W"] = rc.plain_C_b, rc.plain_C_W
+        notes.append(f"residual criticality: the residual layers at C_b = {rc.C_b:.4g}, "
+                     f"C_W = {rc.C_W:.4g}; the first and a plain output layer keep the plain "
+                     f"critical C_b = {rc.plain_C_b:.4g}, C_W = {rc.plain_C_W:.4g}, so K^(L) = K*")
+    if out["at_criticality"]:
+        cls = res.universality_class
+        if cls == "scale-invariant":
+            notes.append("scale-invariant at criticality: the kernel is the same at every layer")
+        elif cls == "K*=0":
+            notes.append(f"K*=0 class: the kernel decays as a power law, K^(L) = {last.K:.4g} "
+                         f"at L = {depth} ({res.asymptotics.law})")
+        elif cls == "half-stable":
+            lo, hi = res.asymptotics.coefficients["basin"]
+            inside = lo < K1 < hi or K1 == res.K_star
+            notes.append(
+                f"half-stable: K* = {res.K_star:.6g} attracts only from K^(1) in ({lo:.4g}, "
+                f"{hi:.4g}); K^(1) = {K1:g} is {'inside' if inside else 'OUTSIDE'} it"
+                + ("" if inside else f", so the kernel flows to K^(L) = {last.K:.4g} instead "
+                   "(rescale the inputs)"))
+    else:
+        xi = min(ds.xi_parallel, ds.xi_perp) if all(
+            math.isfinite(v) for v in (ds.xi_parallel, ds.xi_perp)) else math.nan
+        if ds.phase == "exploding":
+            notes.append("off criticality: the kernel grows without bound with depth")
+        else:
+            notes.append(f"off criticality ({ds.phase} phase): depth scales xi_par = "
+                         f"{ds.xi_parallel:.4g}, xi_perp = {ds.xi_perp:.4g}; "
+                         + ("L exceeds them: signals from the input are lost with depth"
+                            if math.isfinite(xi) and depth > xi else "L is within them"))
+    # order-1/n size at the last layer: V/(n K^2) from the finite-width flow,
+    # and the asymptotic slope nu of V/(n K^2) ~ nu L/n at criticality
+    from .statistics import statistics
+    from .vertex import vertex_slope
+
+    if K1 > 0:
+        ff = statistics(mlp, K1=K1, get=("V", "G1"))
+        K_L = float(ff.K[-1])
+        v_norm = float(ff["V"][-1]) / (mlp.fan_in(depth) * K_L ** 2) if K_L > 0 else math.nan
+        out["V_over_nK2_L"] = v_norm
+        out["G1_over_nK_L"] = (float(ff["G1"][-1]) / (mlp.fan_in(depth) * K_L)
+                               if K_L > 0 else math.nan)
+        notes.append(f"finite-width effects at layer L: connected 4-point function "
+                     f"V/(n K^2) = {v_norm:.3g} (the preactivation kurtosis excess is 3x that), "
+                     f"NLO kernel shift G1/(n K) = {out['G1_over_nK_L']:.3g}")
+    out["vertex_slope"] = None
+    out["optimal_aspect_ratio"] = None
+    if res.universality_class != "none":
+        from .information import optimal_aspect_ratio_from_slope
+        from .residual import residual_vertex_slope
+
+        out["vertex_slope"] = (residual_vertex_slope(act, gamma) if gamma != 0.0
+                               else vertex_slope(act, C_W=res.C_W, K_star=res.K_star))
+        notes.append(f"at criticality V/(n K^2) grows like {out['vertex_slope']:.4g} L/n: "
+                     f"{out['vertex_slope'] * r:.3g} for this L/n")
+        out["optimal_aspect_ratio"] = optimal_aspect_ratio_from_slope(out["vertex_slope"], n_out)
+        notes.append(_aspect_text(r, out["optimal_aspect_ratio"], n_out))
+        # NTK statistics at criticality: their asymptotic L/n slopes (book ch. 9)
+        from .ntk_criticality import SLOPE_DEPTH_POWERS, ntk_slopes
+
+        out["ntk_slopes"] = None
+        try:
+            if gamma != 0.0:
+                # residual: the derived A, B, D, F and the exact vertex slope
+                # (pdlt.theory.residual_ntk); P..U are not derived for residual MLPs
+                from .residual_ntk import residual_slopes
+                rs = residual_slopes(act, gamma, depth=32)
+                rs.pop("nu_V")                  # = out["vertex_slope"] (exact)
+                notes.append("residual: NTK statistics P..U not derived")
+                if any(v is None for v in rs.values()):
+                    raise ValueError("the residual NTK slopes are derived for the "
+                                     "scale-invariant class only")
+                out["ntk_slopes"] = rs
+            else:
+                out["ntk_slopes"] = {k: v for k, v in ntk_slopes(act).items()
+                                     if k != "universality_class"}
+            out["ntk_slope_depth_powers"] = SLOPE_DEPTH_POWERS[res.universality_class]
+            pw = out["ntk_slope_depth_powers"]
+            notes.append("NTK statistics at criticality (normalized statistic ~ slope x L^p/n): "
+                         + ", ".join(f"{k} {v:.3g}" + ("" if pw.get(k, 1) == 1 else f" (p={pw[k]})")
+                                     for k, v in out["ntk_slopes"].items()))
+        except ValueError as exc:
+            notes.append(f"NTK slopes not available: {exc}")
+    # what finite width does to learning, on a data-free reference problem
+    out["finite_width_learning"] = None
+    if gamma == 0.0 and K1 > C_b:
+        from ..learning.finite_training import finite_width_learning_size
+
+        import warnings
+
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fl_size = finite_width_learning_size(mlp.with_(n_out=1), K1)
+            for w in caught:
+                notes.append(f"caution: {w.message}")
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+            notes.append(f"finite-width learning not predicted: {exc}")
+        else:
+            out["finite_width_learning"] = fl_size
+            notes.append(
+                "finite-width learning (one training input, an orthogonal test input, target "
+                "at the output's scale, gradient descent to convergence; order 1/n): the NTK "
+                f"moves by {100 * fl_size['representation_learning']:+.3g} % during training "
+                "(representation learning; 0 at infinite width) and the trained prediction "
+                f"at the test input shifts by {100 * fl_size['prediction_correction']:.3g} % of "
+                "the target from the infinite-width (kernel) prediction")
+    out["notes"] = notes
+    return out

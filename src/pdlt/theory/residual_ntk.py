@@ -94,7 +94,7 @@ import numpy as np
 
 from .. import gaussian
 from ..network import MLP
-from ._averages import OneVariableTable
+from ._averages import Integrands, OneVariableTable
 from .kernel import first_layer_kernel, kernel_fold
 
 __all__ = ["residual_ntk_single", "residual_b_closure", "residual_slopes",
@@ -494,9 +494,7 @@ def _two_depth_pairs(act, C, fns, terms):
     quadrature fallback; absolute error ``<= 1e-13 sqrt(<fa^2><fb^2>)``) serves every
     pair in one call. ``fns``: name -> function; returns term -> (L, L) ndarray.
     """
-    from types import SimpleNamespace
-    sh = SimpleNamespace(name="_two_depth", scale_invariant=None, kinks=act.kinks,
-                         period=act.period, **fns)
+    sh = Integrands(act, **fns)
     L = C.shape[0]
     K = np.diag(C).copy()
     li, mi = np.triu_indices(L)
