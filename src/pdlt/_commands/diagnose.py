@@ -149,7 +149,8 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
     layers; ``n_out`` the output width n_L.
     """
     from ..network import MLP
-    from ..theory.criticality import criticality, depth_scales
+    from ..theory.criticality import criticality
+    from ..theory.phase import depth_scales
     from ..theory.kernel import flow
 
     if depth < 1 or width < 1:

@@ -5,10 +5,11 @@ flow over depth by :func:`flow`.
 """
 
 from . import criticality  # the module; the function is pdlt.criticality
-from . import information, linear, nearby, nearly_gaussian, residual, vertex_nearby
+from . import delta_expansion, delta_expansion_vertex, information, linear, nearly_gaussian, phase, residual
 from .information import optimal_aspect_ratio
 from .residual import residual_criticality
-from .criticality import NoCriticalPointError, chi_parallel, chi_perp, depth_scales, phase_diagram
+from .criticality import NoCriticalPointError, chi_parallel, chi_perp
+from .phase import depth_scales, phase_diagram
 from .finite_ntk import NTK_STATISTICS, critical_learning_rates, ntk_fluctuation_flow, ntk_slopes
 from .ntk_mean import ntk_mean_correction
 from .kernel import Flow, KernelNotPSDError, LayerStatistics, first_layer, flow, kernel_step
@@ -24,4 +25,4 @@ __all__ = ["Flow", "KernelNotPSDError", "LayerStatistics", "first_layer", "flow"
            "metric_step", "metric_step_single", "linear", "nearly_gaussian",
            "ntk_fluctuation_flow", "ntk_mean_correction", "ntk_slopes", "critical_learning_rates", "NTK_STATISTICS",
            "information", "residual", "optimal_aspect_ratio", "residual_criticality",
-           "nearby", "vertex_nearby"]
+           "delta_expansion", "delta_expansion_vertex", "phase"]

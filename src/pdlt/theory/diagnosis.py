@@ -13,7 +13,7 @@ the network as a whole, ``L/n`` against the information-theoretic optimum
 The MLP may have a different ``C_b``, ``C_W`` in every layer (PyTorch's
 default initialization gives ``C_b^(l) = 1/(3 n_{l-1})``), which is why this
 works from the per-layer flows rather than from the fixed-point analysis of
-:func:`pdlt.theory.criticality.depth_scales`. :func:`pdlt.torch.diagnose`
+:func:`pdlt.theory.phase.depth_scales`. :func:`pdlt.torch.diagnose`
 builds the MLP from a real PyTorch model and calls :func:`diagnose_mlp`.
 """
 

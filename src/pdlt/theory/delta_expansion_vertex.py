@@ -4,7 +4,7 @@ For a pair of inputs ``x_+- = x_0 +- delta/2`` the two-input vertex
 ``V_{(a1a2)(a3a4)}`` (``shared/NOTATION.md``) is a 2x2x2x2 tensor with the
 symmetries ``V_{(a1a2)(a3a4)} = V_{(a2a1)(a3a4)} = V_{(a3a4)(a1a2)}``: a
 symmetric 3x3 matrix over the pairs ``(++), (--), (+-)``. This module expands
-it in delta, as :mod:`pdlt.theory.nearby` expands the kernel.
+it in delta, as :mod:`pdlt.theory.delta_expansion` expands the kernel.
 
 Components (the gamma basis; book §4.x/§5.x, eq. numbers to be checked)
 ------------------------------------------------------------------------
@@ -63,7 +63,7 @@ input at ``K_[0]``; primes on ``g, a, b, ...`` are ``d/dK``.
 (``g' = a + b``): ``S_[1] = [g(K_[0]+K_[2]+K_[1]) - g(K_[0]+K_[2]-K_[1])]/2``
 exactly (the diagonal entries are single-input), and the expansion of
 ``<sigma_+ sigma_->`` gives ``S_[0] = g + a K_[2] + a' K_[1]^2/2 + O(d^4)``,
-``S_[2] = b K_[2] + b' K_[1]^2/2 + O(d^4)`` (:mod:`pdlt.theory.nearby`). Then
+``S_[2] = b K_[2] + b' K_[1]^2/2 + O(d^4)`` (:mod:`pdlt.theory.delta_expansion`). Then
 
 .. math::
     C_W\mathcal M = \begin{pmatrix}
@@ -99,21 +99,21 @@ At ``K_[1] = K_[2] = 0`` the ``[0][0]`` recursion is the single-input one,
 
 Truncation and accuracy (a checkable claim)
 -------------------------------------------
-Like :mod:`pdlt.theory.nearby` for the kernel, every component is kept at its
+Like :mod:`pdlt.theory.delta_expansion` for the kernel, every component is kept at its
 leading order in delta (relative error ``O(delta^2)``) and ``V_[0][0]`` through
 ``O(delta^2)`` (absolute error ``O(delta^4)``). The kernel components come from
-:func:`pdlt.theory.nearby.delta_flow` (``K_[0]`` to ``O(delta^4)``, ``K_[1]``,
+:func:`pdlt.theory.delta_expansion.delta_flow` (``K_[0]`` to ``O(delta^4)``, ``K_[1]``,
 ``K_[2]`` to relative ``O(delta^2)``). So the reassembled 2x2x2x2 tensor has
 error ``O(delta^4)`` in its part even under ``x_+ <-> x_-`` and ``O(delta^3)``
 in its odd part (relative ``O(delta^2)`` there, as the odd part is
 ``O(delta)``): halving delta divides these by 16 and 8, and the relative
 errors of the components ``[0][1] ... [2][2]`` by 4
-(``tests/theory/test_vertex_nearby.py``).
+(``tests/theory/test_delta_expansion_vertex.py``).
 
 Smooth activations only: for a kink (ReLU family, ELU) ``sigma''`` has a
 delta function and the two-input averages pick up terms of order ``|delta|^3``
 (relative) that no Taylor expansion sees (as for the kernel in
-:mod:`pdlt.theory.nearby`); the exact two-input V of such activations is
+:mod:`pdlt.theory.delta_expansion`); the exact two-input V of such activations is
 :func:`pdlt.theory.vertex.finite_width_flow` with ``x`` of shape (2, n0).
 Residual MLPs are not covered.
 """
@@ -127,8 +127,8 @@ import numpy as np
 
 from .. import gaussian
 from ..network import MLP
-from . import criticality as _crit
-from . import nearby as _nearby
+from . import _kernel_map as _kmap
+from . import delta_expansion as _dexp
 
 __all__ = [
     "vertex_components",
@@ -281,8 +281,8 @@ def vertex_delta_coefficients(activation, K0):
 
 
 def _smooth_iv(activation):
-    act = _crit._act_iv(activation)
-    slopes = _crit._scale_invariant_slopes(act)
+    act = _kmap.resolve_activation(activation)
+    slopes = _kmap.scale_invariant_slopes(act)
     if act.is_smooth or (slopes is not None and slopes[0] == slopes[1]):
         return act
     raise ValueError(
@@ -336,7 +336,7 @@ def vertex_delta_step(activation, K0, K1, K2, components, C_W, ratio=1.0):
         ``V_[i][j]`` at layer l+1, each at its leading order in delta and
         ``V_[0][0]`` through ``O(delta^2)``.
     """
-    C_W = _crit._CW_iv(C_W)
+    C_W = _kmap.check_variances(C_W)
     C = np.asarray(components, dtype=float)
     if C.shape != (3, 3) or not np.all(np.isfinite(C)):
         raise ValueError(f"components must be a finite (3, 3) array V_[i][j]; got shape "
@@ -358,7 +358,7 @@ class VertexDeltaFlow:
     Attributes
     ----------
     K0, K1, K2 : ndarray of shape (L,)
-        Kernel components (:class:`pdlt.theory.nearby.DeltaFlow`).
+        Kernel components (:class:`pdlt.theory.delta_expansion.DeltaFlow`).
     components : ndarray of shape (L, 3, 3)
         ``components[l-1, i, j] = V_[i][j]^(l)``, normalized by ``n_{l-1}``
         like V; ``V^(1) = 0``.
@@ -376,7 +376,7 @@ class VertexDeltaFlow:
     @property
     def K(self):
         """The 2x2 kernels reassembled: shape (L, 2, 2)."""
-        return _nearby.delta_kernel(self.K0, self.K1, self.K2)
+        return _dexp.delta_kernel(self.K0, self.K1, self.K2)
 
     @property
     def V(self):
@@ -395,7 +395,7 @@ class VertexDeltaFlow:
 def vertex_delta_flow(mlp: MLP, x=None, *, components=None) -> VertexDeltaFlow:
     """Flow of the delta-expanded two-input vertex through an MLP.
 
-    Composes with :func:`pdlt.theory.nearby.delta_flow`: the kernel
+    Composes with :func:`pdlt.theory.delta_expansion.delta_flow`: the kernel
     components at each layer are its output, and the vertex components obey
     the truncated recursion of the module docstring.
 
@@ -416,7 +416,7 @@ def vertex_delta_flow(mlp: MLP, x=None, *, components=None) -> VertexDeltaFlow:
     Examples
     --------
     >>> import numpy as np, pdlt
-    >>> from pdlt.theory.vertex_nearby import vertex_delta_flow
+    >>> from pdlt.theory.delta_expansion_vertex import vertex_delta_flow
     >>> mlp = pdlt.MLP(n0=2, width=64, depth=3, activation="tanh", C_W=1.0)
     >>> f = vertex_delta_flow(mlp, components=(1.0, 0.0, 0.0))
     >>> bool(np.all(f.components[:, 1:, :] == 0))   # coinciding inputs
@@ -428,7 +428,7 @@ def vertex_delta_flow(mlp: MLP, x=None, *, components=None) -> VertexDeltaFlow:
         raise NotImplementedError("vertex_delta_flow covers plain MLPs; for a residual MLP "
                                   "use pdlt.theory.vertex.finite_width_flow(mlp, x)")
     act = _smooth_iv(mlp.activation)
-    kf = _nearby.delta_flow(mlp, x, components=components)
+    kf = _dexp.delta_flow(mlp, x, components=components)
     L = mlp.depth
     if np.any(kf.K0 <= 0):
         raise ValueError("K_[0] vanishes at some layer; the expansion needs K_[0] > 0 "

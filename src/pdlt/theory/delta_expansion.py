@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..network import MLP
-from . import criticality as _crit
+from . import _kernel_map as _kmap
 from .kernel import first_layer
 
 __all__ = [
@@ -103,7 +103,7 @@ def _coefficients(act, K0, C_W, slopes):
         return m * K0, C_W * m, C_W * m, 0.0, 0.0, 0.0
     if K0 <= 0:
         raise ValueError("the delta expansion needs K_[0] > 0")
-    S, S1, S2, _, D, D1 = _crit._derivatives(act, K0)
+    S, S1, S2, _, D, D1 = _kmap.derivatives(act, K0)
     H, H1 = S1 - D, S2 - D1
     return S, C_W * S1, C_W * D, C_W * D1, H, H1
 
@@ -123,10 +123,10 @@ def delta_step(activation, K0, K1, K2, C_b, C_W):
     -------
     (K0, K1, K2) at layer l+1 : tuple of float
     """
-    act = _crit._act_iv(activation)
-    C_b, C_W = _crit._CW_iv(C_W, C_b)
+    act = _kmap.resolve_activation(activation)
+    C_b, C_W = _kmap.check_variances(C_W, C_b)
     return _delta_step(act, float(K0), float(K1), float(K2), C_b, C_W,
-                       _crit._scale_invariant_slopes(act))
+                       _kmap.scale_invariant_slopes(act))
 
 
 def _delta_step(act, K0, K1, K2, C_b, C_W, slopes):
@@ -193,7 +193,7 @@ def delta_flow(mlp: MLP, x=None, *, components=None) -> DeltaFlow:
         if not all(math.isfinite(v) for v in (K0, K1, K2)) or K0 <= 0 or K2 < 0:
             raise ValueError(f"components must be finite with K0 > 0 and K2 >= 0; got {components!r}")
     act = mlp.activation
-    slopes = _crit._scale_invariant_slopes(act)
+    slopes = _kmap.scale_invariant_slopes(act)
     L = mlp.depth
     out = np.empty((5, L))
     for l in range(1, L + 1):
@@ -214,13 +214,13 @@ def angle_alpha(activation) -> float:
     ValueError
         If the activation is not scale invariant.
     """
-    act = _crit._act_iv(activation)
+    act = _kmap.resolve_activation(activation)
     c = _angle_c(act)
     return 2.0 * c / (3.0 * math.pi)
 
 
 def _angle_c(act):
-    slopes = _crit._scale_invariant_slopes(act)
+    slopes = _kmap.scale_invariant_slopes(act)
     if slopes is None:
         raise ValueError(f"the finite-angle flow is for scale-invariant activations (ReLU, leaky "
                          f"ReLU, linear); {act.name!r} is not one: use delta_flow")
@@ -265,7 +265,7 @@ def angle_flow(activation, psi1, depth) -> AngleFlow:
     -------
     AngleFlow
     """
-    act = _crit._act_iv(activation)
+    act = _kmap.resolve_activation(activation)
     c = _angle_c(act)
     psi = float(psi1)
     if not (0 <= psi <= math.pi):
