@@ -5,8 +5,7 @@ process with covariance ``delta_{ij} K^(L)_{ab}`` (the kernel of
 :func:`pdlt.flow` at the last layer), one independent process per output
 component. Conditioning on training data ``(x_A, y_A)`` with Gaussian
 observation noise of variance ``noise`` (a jitter when small) gives the
-posterior of the network function at test inputs ``x_B`` (book §6.3;
-eq. numbers to be checked):
+posterior of the network function at test inputs ``x_B`` (book §6.3):
 
 .. math::
     m_B = K_{BA} (K_{AA} + \sigma^2 I)^{-1} y_A, \qquad

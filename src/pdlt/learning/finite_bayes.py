@@ -1,117 +1,25 @@
 r"""Bayesian inference at finite width: the O(1/n) posterior and representation learning.
 
-Book ch. 6.4 ("Bayesian inference at finite width"; eq. numbers to be checked,
-roughly (6.75)-(6.110) for the posterior, the "Hebbian" representation
-learning of §6.4.2). Definitions are those of ``shared/NOTATION.md``; the
-derivation below is ours and is checked in ``tests/learning/test_finite_bayes.py``
-against exact Bayesian inference by importance sampling over ensembles of real
-finite-width networks.
+At finite width the prior over an MLP's outputs is nearly Gaussian
+(``K + G1/n`` and ``V/n`` with ``n = n_{L-1}``, ``shared/NOTATION.md``), and
+conditioning on data does two things it cannot do at infinite width (book
+§6.4): the posterior of one output neuron depends on the targets of the
+others, and the posterior covariance depends on the targets.
 
-The prior at order 1/n
-----------------------
-With ``n = n_{L-1}`` (the width feeding the output layer), the outputs
-``z_{i;a}`` (neuron i, input a) have at order 1/n the cumulants
+* :func:`finite_width_posterior` (from an MLP) and
+  :func:`nearly_gaussian_posterior` (from K, V, G1 directly): the posterior
+  mean and covariance at test inputs to order 1/n, and the log evidence;
+  ``noise = 0`` is allowed whenever ``K_AA + G1_AA/n`` is invertible;
+* :func:`hebbian_kernel_shift`: the posterior mean of every hidden-layer
+  metric, which moves along the outer product of the whitened targets by
+  O(1/n) ("Hebbian" representation learning, book §6.4.2);
+* :func:`importance_posterior`: the referee, the exact posterior of an
+  ensemble of prior draws by self-normalized importance sampling with a block
+  jackknife standard error.
 
-.. math::
-    \kappa_{(ia)(jb)} = \delta_{ij}\,\big(K_{ab} + G^{1}_{ab}/n\big),\qquad
-    \kappa_{(ia)(jb)(kc)(ld)} = \frac1n\big[\delta_{ij}\delta_{kl}V_{(ab)(cd)}
-        + \delta_{ik}\delta_{jl}V_{(ac)(bd)} + \delta_{il}\delta_{jk}V_{(ad)(bc)}\big],
-
-odd cumulants vanish (flip the signs of the last layer) and higher ones are
-O(1/n^2). Its density is the Edgeworth form
-``p(w) = N(w; Sigma) [1 + (1/24) kappa4 . H4(w)]`` with the Hermite tensor
-``H4_abcd = y_a y_b y_c y_d - (P_ab y_c y_d + 5 perms) + (P_ab P_cd + 2 perms)``,
-``P = Sigma^{-1}``, ``y = P w`` (:class:`pdlt.theory.nearly_gaussian.NearlyGaussian`;
-the book writes the same distribution as a quartic action, book §4.? and
-§6.4, eq. numbers to be checked).
-
-Conditioning (the posterior)
-----------------------------
-Gaussian likelihood with variance ``s2`` (``noise``): the training
-observations are ``u_A = z_A + eps``, ``eps ~ N(0, s2 I)``; ``(u_A, z_B)`` is
-nearly Gaussian with the same ``kappa4`` and ``Sigma_AA -> Sigma_AA + s2 I``,
-and the posterior of the test outputs ``z_B`` is its conditional distribution
-at ``u_A = y``. The Gaussian factor splits into ``N(u; Sigma_AA) N(z_B; m0, S0)``
-with the usual
-
-.. math::
-    m^0_B = \Sigma_{BA}\Sigma_{AA}^{-1} y,\qquad
-    S^0_{BB} = \Sigma_{BB} - \Sigma_{BA}\Sigma_{AA}^{-1}\Sigma_{AB}.
-
-Write ``z_B = m0 + xi``, ``xi ~ N(0, S0)``; then ``y_full = P w = a + R xi`` with
-``a = (alpha, 0)``, ``alpha = Sigma_AA^{-1} y`` and ``Cov(xi, R xi) = W =
-[-Sigma_BA Sigma_AA^{-1}, 1]`` (M x (N + M)). Taking Gaussian expectations of
-``xi kappa4.H4`` and ``(xi xi^T - S0) kappa4.H4`` (Isserlis) and using
-``R S0 R^T = P - diag(Sigma_AA^{-1}, 0)`` everything except the training
-block cancels; to O(1/n):
-
-.. math::
-    E[z_B \mid y] = m^0_B + W t,\qquad
-    t_a = \tfrac16 \kappa_{a c d e}\alpha_c\alpha_d\alpha_e
-          - \tfrac12 \kappa_{a c d e}\alpha_c (\Sigma_{AA}^{-1})_{de},
-
-.. math::
-    \mathrm{Cov}[z_B \mid y] = S^0_{BB} + W U W^T,\qquad
-    U_{ab} = \tfrac12 \kappa_{a b c d}\big[\alpha_c\alpha_d - (\Sigma_{AA}^{-1})_{cd}\big],
-
-with a, b over all inputs and c, d, e over the training inputs (composite
-neuron-input indices when ``n_out > 1``). Both corrections are Hermite
-polynomials of the whitened targets: ``U`` couples the data only through the
-"Hebbian" combination ``alpha alpha^T - Sigma_AA^{-1}`` whose prior mean is 0
-(noiseless), and they vanish when a test input equals a training input with
-``s2 = 0`` (``W t = t_B - t_A = 0``). With the neuron structure of kappa4
-(``X = sum_k alpha_k alpha_k^T - n_out Sigma_AA^{-1}``):
-
-.. math::
-    t_{i;a} = \frac1{2n}\Big[V_{(ab)(cd)}\alpha_{i;b}X_{cd}
-        - 2V_{(ac)(bd)}\alpha_{i;b}(\Sigma_{AA}^{-1})_{cd}\Big],
-
-.. math::
-    U_{ij;ab} = \frac1{2n}\Big\{\delta_{ij}\big[V_{(ab)(cd)}X_{cd}
-        - 2V_{(ac)(bd)}(\Sigma_{AA}^{-1})_{cd}\big]
-        + V_{(ac)(bd)}\alpha_{i;c}\alpha_{j;d} + V_{(ad)(bc)}\alpha_{i;d}\alpha_{j;c}\Big\}.
-
-So at finite width the posterior of one output neuron depends on the targets
-of the others (through ``X``), and the posterior covariance depends on the
-targets: neither happens at infinite width. The log evidence gains
-``(1/24) kappa4 . H4(y)`` on the training block. We keep the NLO metric
-exactly inside ``Sigma = K + G1/n`` (linearizing it changes O(1/n^2)).
-Noiseless limit: ``noise = 0`` is allowed whenever ``K_AA + G1_AA/n`` is
-invertible (distinct training inputs).
-
-Representation learning ("Hebbian" wiring, book §6.4.2; eq. numbers to be checked)
-----------------------------------------------------------------------------------
-The layer-l metric of one network, ``Ghat^(l)_ab = (1/n_l) sum_j z^(l)_{j;a}
-z^(l)_{j;b}``, has prior mean ``K^(l) + G1^(l)/n_{l-1}``. For any observable O
-with ``Cov(O, z) = 0`` (parity) the nearly-Gaussian conditional mean is
-``E[O | u] = E[O] + (1/2) kappa(O; u_c, u_d) [ (P u)_c (P u)_d - P_cd ] +
-O(1/n^2)`` (the joint cumulants ``kappa(O, u, u)`` are O(1/n); the others that
-could enter are O(1/n^2)). With ``O = Ghat^(l)`` the mixed vertex
-``C^(l,L)_{(ab)(cd)} = Cov(Ghat^(l)_ab, z^(L)_{i;c} z^(L)_{i;d})`` obeys, since
-layer l'+1 given layer l' is Gaussian with covariance
-``C_b + C_W (1/n_l') sum_j sigma_j sigma_j`` and Stein's lemma turns the
-same-neuron term into the same derivative map,
-
-.. math::
-    C^{(l,l)} = \frac1{n_l}(K_{ac}K_{bd} + K_{ad}K_{bc}) + \frac{V^{(l)}_{(ab)(cd)}}{n_{l-1}},
-    \qquad C^{(l,l'+1)}_{(ab)(cd)} = C_W^{(l'+1)} \sum_{ef}
-        M^{(l')}_{(cd)(ef)} C^{(l,l')}_{(ab)(ef)},
-
-``M_{(cd)(ef)} = d<sigma_c sigma_d>_{K^(l')} / dK_{ef}`` (the matrix of the V
-recursion in :mod:`pdlt.theory.vertex`). Hence the posterior mean of the
-layer-l metric
-
-.. math::
-    E[\hat G^{(l)}_{ab} \mid y] = K^{(l)}_{ab} + \frac{G^{1(l)}_{ab}}{n_{l-1}}
-      + \frac12\sum_{c,d\in A} C^{(l,L)}_{(ab)(cd)}
-        \Big[\sum_i \alpha_{i;c}\alpha_{i;d} - n_{out}\,(K^{(L)}_{AA} + s^2)^{-1}_{cd}\Big]:
-
-the representation moves along the outer product of the whitened targets
-(Hebbian), by O(1/n), and not at all at infinite width.
-
-Referee: :func:`importance_posterior` computes the exact posterior of any
-ensemble of prior draws by self-normalized importance sampling with a block
-jackknife standard error.
+Checked in ``tests/learning/test_finite_bayes.py`` against exact Bayesian
+inference over ensembles of real finite-width networks.
+Derivation: ``docs/derivations/finite_bayes.rst``.
 """
 
 from __future__ import annotations
@@ -280,7 +188,7 @@ def nearly_gaussian_posterior(K, V, y, n_train, noise=0.0, *, G1=None, n=1.0):
 
     The prior of the outputs on D = N + M inputs (training first) has the
     cumulants ``delta_ij (K + G1/n)`` and ``kappa4 = (1/n)[V + 2 perms]`` of
-    ``shared/NOTATION.md``; see the module docstring for the formulas.
+    ``shared/NOTATION.md``; formulas: ``docs/derivations/finite_bayes.rst``.
 
     Parameters
     ----------
@@ -391,8 +299,8 @@ def finite_width_posterior(mlp, X_train, y_train, X_test, noise=0.0, *, accuracy
     The prior is the nearly-Gaussian output distribution of ``mlp`` at its
     widths (``K^(L) + G1^(L)/n`` and ``V^(L)/n`` with ``n = n_{L-1}``, from
     :func:`pdlt.theory.vertex.finite_width_flow`); the likelihood is Gaussian
-    with variance ``noise``. Formulas and derivation: module docstring
-    (book §6.4, eq. numbers to be checked).
+    with variance ``noise``. Derivation: ``docs/derivations/finite_bayes.rst``
+    (book §6.4).
 
     Parameters
     ----------
@@ -443,8 +351,8 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
 
     ``Ghat^(l)_ab = (1/n_l) sum_j z^(l)_{j;a} z^(l)_{j;b}`` moves under Bayesian
     conditioning by ``(1/2) C^(l,L) . [alpha alpha^T - n_out (K_AA + s2)^-1]``
-    with the mixed vertex ``C^(l,L)`` (module docstring; book §6.4.2,
-    eq. numbers to be checked). Zero at infinite width.
+    with the mixed vertex ``C^(l,L)`` (``docs/derivations/finite_bayes.rst``;
+    book §6.4.2). Zero at infinite width.
 
     Parameters
     ----------

@@ -11,7 +11,7 @@ the test inputs, one step of learning rate ``eta`` moves the outputs by
     z_A(t+1) = z_A(t) - \eta\,\Theta_{AA} (z_A(t) - y_A),\qquad
     z_B(t+1) = z_B(t) - \eta\,\Theta_{BA} (z_A(t) - y_A),
 
-so after ``t`` discrete steps (book §10.2; eq. numbers to be checked)
+so after ``t`` discrete steps (book §10.2)
 
 .. math::
     z_A(t) - y_A = (1 - \eta\Theta_{AA})^t (z_A(0) - y_A),\qquad

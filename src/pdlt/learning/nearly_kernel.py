@@ -1,6 +1,6 @@
 r"""Nearly-kernel methods: the quadratic model in the parameters (book §11.4).
 
-Book §11.4 (eq. numbers to be checked). Expanding a network to second order
+Book §11.4. Expanding a network to second order
 around its initialization ``theta_0``,
 
 .. math::

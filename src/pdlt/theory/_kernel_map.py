@@ -146,7 +146,7 @@ def taylor_at_zero(activation, order=5):
     """One-sided Taylor coefficients of sigma at the origin.
 
     ``sigma(z) = sum_p sigma_p^{+-} z^p / p!`` for ``z -> 0^{+-}`` (book
-    eq. 5.84 convention). Exact coefficients of a named analytic activation
+    §5.3.3 convention). Exact coefficients of a named analytic activation
     are used up to order 4 (and exact one-sided sigma', sigma'' at a kink);
     the rest come from Chebyshev fits: degree 15 on ``[-0.2, 0.2]`` where
     sigma is analytic at 0 (measured on tanh: error 1e-13 for sigma_1,

@@ -1,33 +1,10 @@
 r"""Criticality and universality classes of the infinite-width kernel flow.
 
-For one input the kernel obeys the map (``shared/NOTATION.md``; book eq. 5.3,
-eq. numbers to be checked)
-
-.. math::  K^{(l+1)} = f(K^{(l)}) = C_b + C_W \langle\sigma^2\rangle_{K^{(l)}},
-
-whose slope is the parallel susceptibility and whose companion governs the
-perpendicular (angular) direction (book eqs. 5.50-5.51):
-
-.. math::
-    \chi_\parallel(K) = f'(K) = C_W\langle\sigma'^2 + \sigma\sigma''\rangle_K
-                      = \frac{C_W}{2K^2}\langle\sigma^2 (z^2 - K)\rangle_K,\qquad
-    \chi_\perp(K) = C_W\langle\sigma'^2\rangle_K .
-
-The last form of :math:`\chi_\parallel` follows from Gaussian integration by
-parts, ``d<F>_K/dK = <F''>_K / 2 = <F He_2(z/sqrt K)>_K / (2K)``; more
-generally ``d^n <F>_K / dK^n = <F He_{2n}(z/sqrt K)>_K / (2K)^n``. The solver
-uses these forms, which need sigma alone (and sigma' for chi_perp), so a
-user's callable with finite-difference derivatives gets the same answer as the
-named activation.
-
-Criticality (book §5.2-5.3) is a fixed point ``K* = f(K*)`` with
-``chi_par(K*) = chi_perp(K*) = 1``. Eliminating ``C_W = 1/<sigma'^2>_{K*}``
-leaves one equation in K*, ``<sigma sigma''>_{K*} = 0`` (i.e. chi_par /
-chi_perp = 1), after which ``C_b = K* - <sigma^2>/<sigma'^2>`` must be
-``>= 0``. :func:`criticality` finds every root on ``K in [1e-8, 1e6]`` by a
-log-grid scan for sign changes refined with Brent's method, treats ``K* = 0``
-by the Taylor expansion of sigma at the origin (book §5.3.3), and sorts the
-solutions into the book's universality classes:
+:func:`criticality` finds the critical initialization of any activation (a
+name, an :class:`~pdlt.Activation` or a vectorized numpy callable)
+numerically: the fixed point ``K* = C_b + C_W <sigma^2>_{K*}`` with
+``chi_parallel(K*) = chi_perp(K*) = 1`` (book §5.2-5.3), sorted into the
+book's universality classes:
 
 ``"scale-invariant"``
     ``sigma(z) = a_+ z (z > 0), a_- z (z < 0)``: ``C_b = 0``,
@@ -36,17 +13,24 @@ solutions into the book's universality classes:
     sigma(0) = 0, sigma'(0) != 0: ``C_b = 0``, ``C_W = 1/sigma_1^2``; the
     kernel decays as a power of l (book §5.3.3).
 ``"half-stable"``
-    a root K* > 0 with C_b >= 0 where f - K touches zero quadratically, so
-    K* attracts from one side only, with a ``1/l`` approach (SWISH, GELU;
-    book §5.3.4).
+    a root K* > 0 with C_b >= 0 that attracts from one side only, with a
+    ``1/l`` approach (SWISH, GELU; book §5.3.4).
 ``"none"``
     no physical solution; ``reason`` says why.
+
+:func:`kernel_map`, :func:`chi_parallel` and :func:`chi_perp` are the
+single-input map ``f(K) = C_b + C_W <sigma^2>_K`` and its susceptibilities
+(book §5.1); :func:`require_critical` raises for class ``"none"``. Off
+criticality (fixed points, depth scales, the phase diagram):
+:mod:`pdlt.theory.phase`.
 
 Accuracy: the expectations are the engine's (below 1e-14 relative for the
 named activations, :mod:`pdlt.gaussian`); roots are solved to
 ``xtol = 1e-14 K``; ``chi_parallel`` and ``chi_perp`` at the reported point
 equal 1 to within 1e-10 (checked by the tests against an independent
 adaptive quadrature).
+
+Derivation: ``docs/derivations/criticality.rst``.
 """
 
 from __future__ import annotations
@@ -137,7 +121,7 @@ class Asymptotics:
     ``coefficients`` holds the expansion of the kernel map around K*:
     ``Delta' = Delta + A Delta^2 + B Delta^3`` (``A = f''/2``,
     ``B = f'''/6``; for the K*=0 class ``A = a_1``, ``B = a_2`` of book
-    eq. 5.88, eq. numbers to be checked), or ``Delta' = Delta + a_half
+    §5.3.3), or ``Delta' = Delta + a_half
     Delta^(3/2) + A Delta^2`` for an activation with a kink at the origin.
 
     Attributes
@@ -224,7 +208,7 @@ def _h(act, K):
 # ---------------------------------------------------------------------------
 
 def kernel_map(activation, K, C_b, C_W):
-    """The single-input kernel map ``f(K) = C_b + C_W <sigma^2>_K`` (book eq. 5.3).
+    """The single-input kernel map ``f(K) = C_b + C_W <sigma^2>_K`` (book §5.1).
 
     Parameters
     ----------
@@ -246,7 +230,7 @@ def kernel_map(activation, K, C_b, C_W):
 
 
 def chi_parallel(activation, K, C_W=1.0):
-    """``chi_par(K) = C_W <sigma'^2 + sigma sigma''>_K = f'(K)`` (book eq. 5.50).
+    """``chi_par(K) = C_W <sigma'^2 + sigma sigma''>_K = f'(K)`` (book §5.1).
 
     Parameters
     ----------
@@ -269,7 +253,7 @@ def chi_parallel(activation, K, C_W=1.0):
 
 
 def chi_perp(activation, K, C_W=1.0):
-    """``chi_perp(K) = C_W <sigma'^2>_K`` (book eq. 5.51).
+    """``chi_perp(K) = C_W <sigma'^2>_K`` (book §5.1).
 
     Parameters and returns as :func:`chi_parallel`.
     """

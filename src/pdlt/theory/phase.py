@@ -5,7 +5,7 @@ For one input the kernel flows by the map ``K -> f(K) = C_b + C_W <sigma^2>_K``
 flow ends at a fixed point ``K* = f(K*)`` (or grows without bound), and the
 susceptibilities there set the depth scales over which the kernel forgets its
 input (``xi_parallel``) and two nearby inputs merge or separate
-(``xi_perp``): book §5.4. Derivation: ``docs/derivations/criticality.rst``.
+(``xi_perp``): book ch. 5. Derivation: ``docs/derivations/criticality.rst``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def fixed_points(activation, C_b, C_W, *, K_range=K_RANGE):
 
 @dataclass(frozen=True)
 class DepthScales:
-    """The fixed point the flow reaches and the depth scales there (book §5.4?, to be checked).
+    """The fixed point the flow reaches and the depth scales there (book ch. 5).
 
     ``xi_parallel = -1/log chi_par(K*)``: ``K^(l) - K*`` decays like
     ``exp(-l/xi_parallel)``; ``xi_perp = 1/|log chi_perp(K*)|``: the
