@@ -143,15 +143,15 @@ class ImportancePosterior:
 
 def _check_blocks(Sigma, V, y, n_train, n):
     Sigma = np.asarray(Sigma, dtype=float)
-    D = Sigma.shape[0] if Sigma.ndim == 2 else -1
-    if Sigma.ndim != 2 or Sigma.shape != (D, D):
+    n_in = Sigma.shape[0] if Sigma.ndim == 2 else -1
+    if Sigma.ndim != 2 or Sigma.shape != (n_in, n_in):
         raise ValueError(f"K must be a square (D, D) kernel over train+test inputs; got shape "
                          f"{Sigma.shape}")
     V = np.asarray(V, dtype=float)
-    if V.shape != (D,) * 4:
-        raise ValueError(f"V must have shape {(D,) * 4} (V[a,b,c,d] = V_(ab)(cd)); got {V.shape}")
-    if not (isinstance(n_train, (int, np.integer)) and 1 <= n_train <= D):
-        raise ValueError(f"n_train must be an integer in [1, {D}] (training inputs come first); "
+    if V.shape != (n_in,) * 4:
+        raise ValueError(f"V must have shape {(n_in,) * 4} (V[a,b,c,d] = V_(ab)(cd)); got {V.shape}")
+    if not (isinstance(n_train, (int, np.integer)) and 1 <= n_train <= n_in):
+        raise ValueError(f"n_train must be an integer in [1, {n_in}] (training inputs come first); "
                          f"got {n_train!r}")
     y2 = np.asarray(y, dtype=float)
     if y2.ndim == 1:
@@ -218,45 +218,45 @@ def nearly_gaussian_posterior(K, V, y, n_train, noise=0.0, *, G1=None, n=1.0):
     """
     Sig0, V, y2, n = _check_blocks(K, V, y, n_train, n)
     noise = check_noise(noise)
-    D = Sig0.shape[0]
-    G1 = np.zeros((D, D)) if G1 is None else np.asarray(G1, dtype=float)
-    if G1.shape != (D, D):
-        raise ValueError(f"G1 must have shape {(D, D)}; got {G1.shape}")
-    N, M, n_out = n_train, D - n_train, y2.shape[1]
+    n_in = Sig0.shape[0]
+    G1 = np.zeros((n_in, n_in)) if G1 is None else np.asarray(G1, dtype=float)
+    if G1.shape != (n_in, n_in):
+        raise ValueError(f"G1 must have shape {(n_in, n_in)}; got {G1.shape}")
+    N, M, n_out = n_train, n_in - n_train, y2.shape[1]
     if M < 1:
         raise ValueError("need at least one test input after the N training inputs in K")
     Sig0 = 0.5 * (Sig0 + Sig0.T)
     Sig = Sig0 + 0.5 * (G1 + G1.T) / n
     I_N = np.eye(N)
 
-    def gauss(S):
-        cf = _gaussian_factor(S[:N, :N] + noise * I_N)
+    def gauss(sig):
+        cf = _gaussian_factor(sig[:N, :N] + noise * I_N)
         alpha = scipy.linalg.cho_solve(cf, y2)                 # Sigma_AA^-1 y   (N, n_out)
-        R = scipy.linalg.cho_solve(cf, S[:N, N:]).T            # Sigma_BA Sigma_AA^-1 (M, N)
-        cov = S[N:, N:] - R @ S[:N, N:]
-        return cf, alpha, R, R @ y2, 0.5 * (cov + cov.T)
+        reg = scipy.linalg.cho_solve(cf, sig[:N, N:]).T            # Sigma_BA Sigma_AA^-1 (M, N)
+        cov = sig[N:, N:] - reg @ sig[:N, N:]
+        return cf, alpha, reg, reg @ y2, 0.5 * (cov + cov.T)
 
     cf_inf, alpha_inf, _, m_inf, S_inf = gauss(Sig0)
-    cf, alpha, R, m0, S0 = gauss(Sig)
-    P = scipy.linalg.cho_solve(cf, I_N)
-    P = 0.5 * (P + P.T)
+    cf, alpha, reg, m0, S0 = gauss(Sig)
+    prec = scipy.linalg.cho_solve(cf, I_N)
+    prec = 0.5 * (prec + prec.T)
     Y2 = alpha @ alpha.T                                       # sum_k alpha_k alpha_k^T
-    X = Y2 - n_out * P
+    X = Y2 - n_out * prec
     VA = V[:, :N, :N, :N]                                      # V_(a b)(c d), b c d in A
     VDD = V[:, :, :N, :N]                                      # V_(a b)(c d), a b in D
     VX = V[:, :N, :, :N]                                       # V_(a c)(b d), c d in A
     c = 0.5 / n
     # t_{a,i} = (1/2n)[V_(ab)(cd) alpha_bi X_cd - 2 V_(ac)(bd) alpha_bi P_cd]
     t = c * (np.einsum("abcd,cd,bi->ai", VA, X, alpha, optimize=True)
-             - 2.0 * np.einsum("acbd,cd,bi->ai", VA, P, alpha, optimize=True))
-    W = np.hstack([-R, np.eye(M)])                             # (M, D)
+             - 2.0 * np.einsum("acbd,cd,bi->ai", VA, prec, alpha, optimize=True))
+    W = np.hstack([-reg, np.eye(M)])                             # (M, D)
     mean = m0 + W @ t
     # U_{ij;ab}
-    diag_part = c * (np.einsum("abcd,cd->ab", VDD, X) - 2.0 * np.einsum("acbd,cd->ab", VX, P))
+    diag_part = c * (np.einsum("abcd,cd->ab", VDD, X) - 2.0 * np.einsum("acbd,cd->ab", VX, prec))
     cross = c * (np.einsum("acbd,ci,dj->ijab", VX, alpha, alpha, optimize=True)
                  + np.einsum("adbc,di,cj->ijab", VX, alpha, alpha, optimize=True))
-    U = cross + np.eye(n_out)[:, :, None, None] * diag_part[None, None]
-    dS = np.einsum("ma,ijab,pb->imjp", W, U, W, optimize=True)   # (n_out, M, n_out, M)
+    u_cov = cross + np.eye(n_out)[:, :, None, None] * diag_part[None, None]
+    dS = np.einsum("ma,ijab,pb->imjp", W, u_cov, W, optimize=True)   # (n_out, M, n_out, M)
     cov = dS + np.eye(n_out)[:, None, :, None] * S0[None, :, None, :]
     cov = 0.5 * (cov + cov.transpose(2, 3, 0, 1))
     if n_out == 1:
@@ -265,9 +265,10 @@ def nearly_gaussian_posterior(K, V, y, n_train, noise=0.0, *, G1=None, n=1.0):
     VAA = V[:N, :N, :N, :N]
     VAX = np.swapaxes(VAA, 1, 2)                               # V_(ac)(bd) -> [a,b,c,d]
     T4 = 3.0 * np.einsum("abcd,ab,cd->", VAA, Y2, Y2)
-    T2 = n_out * np.einsum("abcd,ab,cd->", VAA, P, Y2) + 2.0 * np.einsum("abcd,ab,cd->", VAX, P, Y2)
-    T0 = (n_out ** 2 * np.einsum("abcd,ab,cd->", VAA, P, P)
-          + 2.0 * n_out * np.einsum("abcd,ab,cd->", VAX, P, P))
+    T2 = (n_out * np.einsum("abcd,ab,cd->", VAA, prec, Y2)
+          + 2.0 * np.einsum("abcd,ab,cd->", VAX, prec, Y2))
+    T0 = (n_out ** 2 * np.einsum("abcd,ab,cd->", VAA, prec, prec)
+          + 2.0 * n_out * np.einsum("abcd,ab,cd->", VAX, prec, prec))
     logZ = _gauss_log_evidence(cf, y2, alpha) + (T4 - 6.0 * T2 + 3.0 * T0) / (24.0 * n)
     return FiniteWidthPosterior(mean=mean, cov=cov, mean_infinite_width=m_inf,
                                 cov_infinite_width=S_inf, log_evidence=float(logZ),
@@ -339,10 +340,10 @@ def finite_width_posterior(mlp, X_train, y_train, X_test, noise=0.0, *, accuracy
         raise ValueError("X_test must have at least one row")
     x = np.vstack([X_train, X_test])
     last = finite_width_flow(mlp, x, accuracy=accuracy)[-1]
-    D = x.shape[0]
+    n_in = x.shape[0]
     n = mlp.widths[mlp.depth - 1]
-    V = np.asarray(last.extra["V"], dtype=float).reshape((D,) * 4)
-    G1 = np.asarray(last.extra["G1"], dtype=float).reshape(D, D)
+    V = np.asarray(last.extra["V"], dtype=float).reshape((n_in,) * 4)
+    G1 = np.asarray(last.extra["G1"], dtype=float).reshape(n_in, n_in)
     return nearly_gaussian_posterior(last.K, V, y2, X_train.shape[0], noise, G1=G1, n=n)
 
 
@@ -380,29 +381,29 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
         raise ValueError("a depth-1 network has no hidden layer to learn a representation; "
                          "use depth >= 2")
     x = np.vstack([X_train, Xe])
-    D, N, L = x.shape[0], X_train.shape[0], mlp.depth
+    n_in, N, L = x.shape[0], X_train.shape[0], mlp.depth
     fw = finite_width_flow(mlp, x, accuracy=accuracy)
-    Ks = [np.asarray(s.K, dtype=float).reshape(D, D) for s in fw]
+    Ks = [np.asarray(s.K, dtype=float).reshape(n_in, n_in) for s in fw]
     KA = Ks[-1][:N, :N] + noise * np.eye(N)
     cf = _gaussian_factor(KA)
     alpha = scipy.linalg.cho_solve(cf, y2)
-    P = scipy.linalg.cho_solve(cf, np.eye(N))
-    X_heb = alpha @ alpha.T - y2.shape[1] * 0.5 * (P + P.T)
+    prec = scipy.linalg.cho_solve(cf, np.eye(N))
+    X_heb = alpha @ alpha.T - y2.shape[1] * 0.5 * (prec + prec.T)
     mats = {lp: _derivative_matrices(mlp.activation, Ks[lp - 1]) for lp in range(1, L)}
     prior, shift = [], []
     for l in range(1, L):
         s = fw[l - 1]
         K = Ks[l - 1]
-        V = np.asarray(s.extra["V"], dtype=float).reshape((D,) * 4)
-        G1 = np.asarray(s.extra["G1"], dtype=float).reshape(D, D)
+        V = np.asarray(s.extra["V"], dtype=float).reshape((n_in,) * 4)
+        G1 = np.asarray(s.extra["G1"], dtype=float).reshape(n_in, n_in)
         n_l, n_prev = mlp.widths[l], mlp.widths[l - 1]
         # C^(l,l) = (K_ac K_bd + K_ad K_bc) / n_l + V^(l) / n_{l-1}
         C = (np.einsum("ac,bd->abcd", K, K) + np.einsum("ad,bc->abcd", K, K)) / n_l + V / n_prev
         for lp in range(l, L):
-            _, A, B = mats[lp]
+            _, m_a, m_b = mats[lp]
             # C^(l,lp+1) = C_W^(lp+1) M^(lp) acting on the second pair
-            T = _apply_M(A, B, np.moveaxis(C, (2, 3), (0, 1)))
-            C = mlp.C_W[lp] * np.moveaxis(T, (0, 1), (2, 3))
+            moved = _apply_M(m_a, m_b, np.moveaxis(C, (2, 3), (0, 1)))
+            C = mlp.C_W[lp] * np.moveaxis(moved, (0, 1), (2, 3))
         prior.append(K + G1 / n_prev)
         shift.append(0.5 * np.einsum("abcd,cd->ab", C[:, :, :N, :N], X_heb))
     return RepresentationShift(tuple(range(1, L)), np.array(prior), np.array(shift), x)
@@ -443,22 +444,22 @@ def importance_posterior(z_train, z_test, y_train, noise, *, observables=None, b
     if zA.ndim != 3 or zB.ndim != 3 or zA.shape[0] != zB.shape[0] or zA.shape[2] != zB.shape[2]:
         raise ValueError(f"z_train and z_test must have shapes (R, N, n_out) and (R, M, n_out) "
                          f"with the same R and n_out; got {zA.shape} and {zB.shape}")
-    R = zA.shape[0]
+    n_draws = zA.shape[0]
     y2 = np.asarray(y_train, dtype=float).reshape(zA.shape[1], -1)
     s2 = check_noise(noise)
     if s2 <= 0:
         raise ValueError("noise must be > 0 for importance sampling (the noiseless likelihood "
                          "is a delta function); use a small positive noise")
-    if not (isinstance(blocks, (int, np.integer)) and 2 <= blocks <= R):
-        raise ValueError(f"blocks must be an integer in [2, R={R}]; got {blocks!r}")
+    if not (isinstance(blocks, (int, np.integer)) and 2 <= blocks <= n_draws):
+        raise ValueError(f"blocks must be an integer in [2, R={n_draws}]; got {blocks!r}")
     logw = -0.5 * np.sum((zA - y2[None]) ** 2, axis=(1, 2)) / s2
     w = np.exp(logw - logw.max())
     obs = None if observables is None else np.asarray(observables, dtype=float)
-    if obs is not None and obs.shape[0] != R:
-        raise ValueError(f"observables must have R={R} rows (one per draw); got {obs.shape}")
+    if obs is not None and obs.shape[0] != n_draws:
+        raise ValueError(f"observables must have R={n_draws} rows (one per draw); got {obs.shape}")
 
     # per-block sums of the sufficient statistics, then leave-one-block-out estimates
-    edges = np.linspace(0, R, blocks + 1).astype(int)
+    edges = np.linspace(0, n_draws, blocks + 1).astype(int)
 
     def bsum(a):
         return np.add.reduceat(a, edges[:-1], axis=0)
@@ -468,7 +469,7 @@ def importance_posterior(z_train, z_test, y_train, noise, *, observables=None, b
     Swzz = bsum(w[:, None, None] * zB * zB)
     parts = [Sw, Swz, Swzz]
     if obs is not None:
-        parts += [bsum(w.reshape((R,) + (1,) * (obs.ndim - 1)) * obs), bsum(obs),
+        parts += [bsum(w.reshape((n_draws,) + (1,) * (obs.ndim - 1)) * obs), bsum(obs),
                   np.diff(edges).astype(float)]
 
     def estimate(sums):
@@ -492,4 +493,4 @@ def importance_posterior(z_train, z_test, y_train, noise, *, observables=None, b
     return ImportancePosterior(mean=full[0], mean_stderr=errs[0], var=full[1], var_stderr=errs[1],
                                observables=full[2] if obs is not None else None,
                                observables_stderr=errs[2] if obs is not None else None,
-                               ess=ess, networks=R)
+                               ess=ess, networks=n_draws)

@@ -268,7 +268,7 @@ def _dynamics(st: TrainingStatistics, z, y, sched):
     """
     Na = st.n_train
     Th = st.Theta
-    B, N = z.shape
+    n_batch, N = z.shape
     Kinv_z = np.linalg.solve(st.K, z.T).T                              # (B, N)
     dH = np.einsum("abcd,Bd->Babc", st.dHz, Kinv_z)                      # (B, N, N, N)
     # W[a,b,c,d] for dH's change, Y[a,b,c,d] for H's second-order change (d, c in A used)
@@ -279,23 +279,24 @@ def _dynamics(st: TrainingStatistics, z, y, sched):
     Y_AA = Y[:, :, :Na, :Na].reshape(N * N, Na * Na).T                  # (Na^2, N^2)
     ddI_AAA = st.ddI[:, :Na, :Na, :Na].reshape(N, Na ** 3).T            # (Na^3, N)
     eps = z[:, :Na] - y[None, :]                                        # eps0(t)
-    e = np.zeros((B, N))
-    h = np.zeros((B, N, N))
-    g = np.zeros((B, N ** 3))
-    dH = dH.reshape(B, N ** 3)
+    e = np.zeros((n_batch, N))
+    h = np.zeros((n_batch, N, N))
+    g = np.zeros((n_batch, N ** 3))
+    dH = dH.reshape(n_batch, N ** 3)
     ThA_T = Th[:, :Na].T                                                # (Na, N)
     ThAA_T = Th[:Na, :Na].T
     for M in sched:
         u = eps @ M.T                                                   # (B, Na)
-        uu = (u[:, :, None] * u[:, None, :]).reshape(B, Na * Na)
-        dHt = (dH + g).reshape(B, N, N, N)
+        uu = (u[:, :, None] * u[:, None, :]).reshape(n_batch, Na * Na)
+        dHt = (dH + g).reshape(n_batch, N, N, N)
         dHt_A = dHt[:, :, :Na, :Na]
         r = (-np.matmul(h[:, :, :Na], u[:, :, None])[..., 0]
-             + 0.5 * np.matmul(dHt_A.reshape(B, N, Na * Na), uu[:, :, None])[..., 0]
-             - ((uu[:, :, None] * u[:, None, :]).reshape(B, Na ** 3) @ ddI_AAA) / 6.0)
+             + 0.5 * np.matmul(dHt_A.reshape(n_batch, N, Na * Na), uu[:, :, None])[..., 0]
+             - ((uu[:, :, None] * u[:, None, :]).reshape(n_batch, Na ** 3) @ ddI_AAA) / 6.0)
         e_new = e - (e[:, :Na] @ M.T) @ ThA_T + r
-        dh = -np.matmul(dHt[:, :, :, :Na].reshape(B, N * N, Na), u[:, :, None]).reshape(B, N, N)
-        dh = dh + np.swapaxes(dh, 1, 2) + (uu @ Y_AA).reshape(B, N, N)
+        dh = -np.matmul(dHt[:, :, :, :Na].reshape(n_batch, N * N, Na),
+                        u[:, :, None]).reshape(n_batch, N, N)
+        dh = dh + np.swapaxes(dh, 1, 2) + (uu @ Y_AA).reshape(n_batch, N, N)
         g = g - u @ W_A
         h = h + dh
         e = e_new
@@ -438,14 +439,14 @@ def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> Fi
                 - (D2 @ st.K @ C0.T + C0 @ st.K @ D2.T)
                 + np.einsum("k,ka,kb->ab", c, F1_V @ y, F1_V @ y))
     # 2 Cov(C0 z, Z1) by Stein: E[(C0 z)_a Z1_b] = sum_j (C0 K)_{aj} E[d_j Z1_b]
-    U = st.K @ C0.T                                                    # column a: direction u_a
+    dirs = st.K @ C0.T                                                 # column a: direction u_a
     rows = list(range(Na, N))
     cross = np.zeros((N, N))
     hstep = 1.0
     batch = []
     for a in rows:
         for s in (1.0, -1.0, 2.0, -2.0):
-            batch.append(pts + s * hstep * U[:, a][None, :])
+            batch.append(pts + s * hstep * dirs[:, a][None, :])
     if rows:
         eb, _ = _dynamics(st, np.concatenate(batch, axis=0), y, sched)
         eb = eb.reshape(len(rows), 4, pts.shape[0], N).mean(2)          # (rows, shift, N)

@@ -64,37 +64,35 @@ def expect(act, fn, K):
 def moments(act, K):
     """Expectations the solver needs, at K > 0 (array).
 
-    Returns S = <sigma^2>, Z2 = <z^2 sigma^2>/K, Z4 = <z^4 sigma^2>/K^2,
-    Z6 = <z^6 sigma^2>/K^3, D = <sigma'^2>, DZ = <z^2 sigma'^2>/K, so that
-    (with u = z/sqrt K) S1 = dS/dK = (Z2 - S)/(2K),
-    S2 = (Z4 - 6 Z2 + 3 S)/(4K^2), D1 = (DZ - D)/(2K).
+    Returns ``ss = <sigma^2>``, ``zss = <z^2 sigma^2>/K`` and ``pp = <sigma'^2>``,
+    so that ``d ss/dK = (zss - ss)/(2K)`` (Stein).
     """
     K = np.asarray(K, dtype=float)
     s = act.sigma
     d = act.d1
-    # subtract sigma(0)^2 before integrating: Z2 - S = <(sigma^2 - sigma(0)^2)(u^2 - 1)>
+    # subtract sigma(0)^2 before integrating: zss - ss = <(sigma^2 - sigma(0)^2)(u^2 - 1)>
     # then loses no digits to cancellation at small K (sigmoid, softplus)
     s00 = float(s(np.zeros(1))[0]) ** 2
-    S = expect(act, lambda z: s(z) ** 2 - s00, K)
-    Z2 = expect(act, lambda z: z * z * (s(z) ** 2 - s00), K) / K
-    D = expect(act, lambda z: d(z) ** 2, K)
-    return S + s00, Z2 + s00, D
+    ss = expect(act, lambda z: s(z) ** 2 - s00, K)
+    zss = expect(act, lambda z: z * z * (s(z) ** 2 - s00), K) / K
+    pp = expect(act, lambda z: d(z) ** 2, K)
+    return ss + s00, zss + s00, pp
 
 
 
 def derivatives(act, K):
-    """f-independent derivatives at scalar K: S, S1, S2, S3, D, D1."""
+    """f-independent derivatives at scalar K: ss, ss1, ss2, ss3, pp, pp1."""
     K = float(K)
     s, d = act.sigma, act.d1
     E = [expect(act, lambda z, p=p: (z * z / K) ** p * s(z) ** 2, K) for p in range(4)]
-    Dm = [expect(act, lambda z, p=p: (z * z / K) ** p * d(z) ** 2, K) for p in range(2)]
-    S = float(E[0])
-    S1 = float(E[1] - E[0]) / (2 * K)                                   # He_2
-    S2 = float(E[2] - 6 * E[1] + 3 * E[0]) / (4 * K * K)               # He_4
-    S3 = float(E[3] - 15 * E[2] + 45 * E[1] - 15 * E[0]) / (8 * K ** 3)  # He_6
-    D = float(Dm[0])
-    D1 = float(Dm[1] - Dm[0]) / (2 * K)
-    return S, S1, S2, S3, D, D1
+    ppm = [expect(act, lambda z, p=p: (z * z / K) ** p * d(z) ** 2, K) for p in range(2)]
+    ss = float(E[0])
+    ss1 = float(E[1] - E[0]) / (2 * K)                                   # He_2
+    ss2 = float(E[2] - 6 * E[1] + 3 * E[0]) / (4 * K * K)               # He_4
+    ss3 = float(E[3] - 15 * E[2] + 45 * E[1] - 15 * E[0]) / (8 * K ** 3)  # He_6
+    pp = float(ppm[0])
+    pp1 = float(ppm[1] - ppm[0]) / (2 * K)
+    return ss, ss1, ss2, ss3, pp, pp1
 
 
 # ---------------------------------------------------------------------------
@@ -253,11 +251,11 @@ def chis_at(act, K, C_W, plus=None, minus=None):
         m = 0.5 * (plus[1] ** 2 + minus[1] ** 2)
         s0, s2 = 0.5 * (plus[0] + minus[0]), 0.5 * (plus[2] + minus[2])
         return float(C_W * (m + s0 * s2)), float(C_W * m)
-    S, Z2, D = (float(v) for v in moments(act, np.array(K)))
-    return float(C_W * (Z2 - S) / (2 * K)), float(C_W * D)
+    ss, zss, pp = (float(v) for v in moments(act, np.array(K)))
+    return float(C_W * (zss - ss) / (2 * K)), float(C_W * pp)
 
 
-def find_fixed_points(act, C_b, C_W, K_range, S_grid=None):
+def find_fixed_points(act, C_b, C_W, K_range, ss_grid=None):
     slopes = scale_invariant_slopes(act)
     if slopes is not None:
         m = 0.5 * (slopes[0] ** 2 + slopes[1] ** 2)
@@ -267,14 +265,14 @@ def find_fixed_points(act, C_b, C_W, K_range, S_grid=None):
         if g < 1:
             return (FixedPoint(C_b / (1 - g), g, g),)
         return ()
-    grid = scan_grid(K_range) if S_grid is None else S_grid[0]
-    S = moments(act, grid)[0] if S_grid is None else S_grid[1]
-    F = C_b + C_W * S - grid
+    grid = scan_grid(K_range) if ss_grid is None else ss_grid[0]
+    ss = moments(act, grid)[0] if ss_grid is None else ss_grid[1]
+    gap = C_b + C_W * ss - grid
 
     def fn(k):
         return C_b + C_W * float(expect(act, lambda z: act.sigma(z) ** 2, k)) - k
 
-    roots = find_roots(fn, grid, F, noise=64 * EPS * (C_b + C_W * np.abs(S) + grid))
+    roots = find_roots(fn, grid, gap, noise=64 * EPS * (C_b + C_W * np.abs(ss) + grid))
     pts = []
     s0 = float(act.sigma(np.array([0.0]))[0])
     if C_b == 0 and s0 == 0:

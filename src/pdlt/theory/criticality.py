@@ -200,8 +200,8 @@ class Criticality:
 
 def _h(act, K):
     """<sigma sigma''>_K = dS/dK - <sigma'^2> (zero at a critical K*)."""
-    S, Z2, D = moments(act, K)
-    return (Z2 - S) / (2.0 * K) - D
+    ss, zss, pp = moments(act, K)
+    return (zss - ss) / (2.0 * K) - pp
 
 # ---------------------------------------------------------------------------
 # public single-input functions
@@ -270,24 +270,24 @@ def chi_perp(activation, K, C_W=1.0):
 # ---------------------------------------------------------------------------
 
 def _root_solution(act, K):
-    S, S1, S2, S3, D, D1 = derivatives(act, K)
-    C_W = 1.0 / D
-    C_b = K - C_W * S
+    ss, ss1, ss2, ss3, pp, pp1 = derivatives(act, K)
+    C_W = 1.0 / pp
+    C_b = K - C_W * ss
     if abs(C_b) <= 64 * EPS * K:
         C_b = 0.0
-    f2, f3 = C_W * S2, C_W * S3
+    f2, f3 = C_W * ss2, C_W * ss3
     if abs(f2) * K <= 1e-9:
         stability = "undetermined"
     else:
         stability = "attracts from below" if f2 > 0 else "attracts from above"
     sol = CriticalSolution(K_star=float(K), C_b=float(C_b), C_W=float(C_W),
-                           chi_parallel=float(C_W * S1), chi_perp=float(C_W * D),
+                           chi_parallel=float(C_W * ss1), chi_perp=float(C_W * pp),
                            physical=bool(C_b >= 0), stability=stability)
-    A, B = f2 / 2.0, f3 / 6.0
+    map_a, map_b = f2 / 2.0, f3 / 6.0
     asym = None
     if stability != "undetermined" and C_b >= 0:
         side = "below" if f2 > 0 else "above"
-        dchi_perp = C_W * D1
+        dchi_perp = C_W * pp1
         # the basin: up to the neighbouring fixed points of the critical map
         others = [p.K for p in find_fixed_points(act, C_b, C_W, K_RANGE)
                   if abs(p.K - K) > 1e-6 * K]
@@ -298,12 +298,12 @@ def _root_solution(act, K):
             basin = (K, min([k for k in others if k > K], default=math.inf))
         asym = Asymptotics(
             law=(f"half-stable: K^(l) -> K* = {K:.10g} from {side} only (from K^(1) in "
-                 f"({basin[0]:.6g}, {basin[1]:.6g})), K^(l) - K* ~ {-1.0 / A:.6g} / l once "
-                 f"|K - K*| << |A/B| = {abs(A / B):.3g}; from the other side the kernel "
+                 f"({basin[0]:.6g}, {basin[1]:.6g})), K^(l) - K* ~ {-1.0 / map_a:.6g} / l once "
+                 f"|K - K*| << |A/B| = {abs(map_a / map_b):.3g}; from the other side the kernel "
                  "flows away"),
-            exponent=-1.0, amplitude=float(-1.0 / A),
-            p_parallel=2.0, p_perp=float(dchi_perp / A), side=side,
-            coefficients=dict(A=float(A), B=float(B), f2=float(f2), f3=float(f3),
+            exponent=-1.0, amplitude=float(-1.0 / map_a),
+            p_parallel=2.0, p_perp=float(dchi_perp / map_a), side=side,
+            coefficients=dict(A=float(map_a), B=float(map_b), f2=float(f2), f3=float(f3),
                               dchi_perp_dK=float(dchi_perp), basin=[float(b) for b in basin],
                               other_fixed_points=[float(k) for k in others]))
     return sol, asym
@@ -447,15 +447,15 @@ def _criticality(act, lo, hi):
 
     # --- K > 0: roots of h(K) = <sigma sigma''>_K on a log grid ------------
     grid = scan_grid((lo, hi))
-    S, Z2, D = moments(act, grid)
-    for v in (S, Z2, D):
+    ss, zss, pp = moments(act, grid)
+    for v in (ss, zss, pp):
         check_moments(act, grid, v)
-    h = (Z2 - S) / (2.0 * grid) - D
-    # rounding level of h: sigma is known to eps relative, and (Z2 - S)/(2K)
-    # divides terms of size S by K (sigmoid at K = 1e-8 has |h| < noise)
-    noise = 64 * EPS * (S / grid + D)
+    h = (zss - ss) / (2.0 * grid) - pp
+    # rounding level of h: sigma is known to eps relative, and (zss - ss)/(2K)
+    # divides terms of size ss by K (sigmoid at K = 1e-8 has |h| < noise)
+    noise = 64 * EPS * (ss / grid + pp)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(np.abs(h) > noise, 1.0 + h / D, np.nan)
+        ratio = np.where(np.abs(h) > noise, 1.0 + h / pp, np.nan)
     roots = find_roots(lambda k: float(_h(act, k)), grid, h, noise)
     candidates = []  # (solution, asymptotics)
     for K in roots:

@@ -217,8 +217,8 @@ def scale_mixture_mutual_information(G, weights=None, m_A=1, m_B=1, *, points=40
     lo = 0.5 * math.log(G.min()) - 40.0 / max(m_A + m_B, 1) ** 0.5 - 10.0
     hi = 0.5 * math.log(G.max()) + 0.5 * math.log(2.0 * (m_A + m_B) + 80.0) + 0.5
     u = np.linspace(lo, hi, int(points))
-    S = [_mixture_entropy(G, w, m, u)[0] for m in (m_A, m_B, m_A + m_B)]
-    return S[0] + S[1] - S[2]
+    ents = [_mixture_entropy(G, w, m, u)[0] for m in (m_A, m_B, m_A + m_B)]
+    return ents[0] + ents[1] - ents[2]
 
 
 def optimal_vertex(n_out=1):

@@ -76,12 +76,12 @@ def _classify(chi_perp, tol=1e-9):
     return "ordered" if chi_perp < 1 else "chaotic"
 
 
-def _reached(points, K1, F1):
+def _reached(points, K1, gap1):
     """The fixed point the flow from K1 reaches (monotone map assumed)."""
-    if F1 == 0:
+    if gap1 == 0:
         cand = [p for p in points if abs(p.K - K1) <= 1e-9 * max(K1, 1)]
         return cand[0] if cand else None
-    if F1 > 0:
+    if gap1 > 0:
         above = [p for p in points if p.K > K1]
         return above[0] if above else None
     below = [p for p in points if p.K < K1]
@@ -110,7 +110,7 @@ def depth_scales(activation, C_b, C_W, *, K1=1.0, K_range=K_RANGE) -> DepthScale
     return _depth_scales(act, C_b, C_W, K1, K_range)
 
 
-def _depth_scales(act, C_b, C_W, K1, K_range, S_grid=None):
+def _depth_scales(act, C_b, C_W, K1, K_range, ss_grid=None):
     slopes = scale_invariant_slopes(act)
     if slopes is not None:
         m = 0.5 * (slopes[0] ** 2 + slopes[1] ** 2)
@@ -121,9 +121,9 @@ def _depth_scales(act, C_b, C_W, K1, K_range, S_grid=None):
         if g == 1 and C_b == 0:
             return DepthScales(C_b, C_W, K1, 1.0, 1.0, math.inf, math.inf, "critical")
         return DepthScales(C_b, C_W, math.inf, g, g, math.nan, math.nan, "exploding")
-    pts = find_fixed_points(act, C_b, C_W, K_range, S_grid)
-    F1 = C_b + C_W * float(expect(act, lambda z: act.sigma(z) ** 2, K1)) - K1
-    p = _reached(pts, K1, F1)
+    pts = find_fixed_points(act, C_b, C_W, K_range, ss_grid)
+    gap1 = C_b + C_W * float(expect(act, lambda z: act.sigma(z) ** 2, K1)) - K1
+    p = _reached(pts, K1, gap1)
     if p is None:
         return DepthScales(C_b, C_W, math.inf, math.nan, math.nan, math.nan, math.nan,
                            "exploding")
@@ -199,14 +199,14 @@ def phase_diagram(activation, C_b=None, C_W=None, *, K1=1.0, K_range=(1e-8, 1e4)
     K1 = float(check_kernel(K1, "K1"))
     crit = criticality(act)
     grid = scan_grid(K_range)
-    S_grid = (grid, moments(act, grid)[0])
+    ss_grid = (grid, moments(act, grid)[0])
     shape = (len(C_b), len(C_W))
     arrays = {k: np.full(shape, np.nan) for k in
               ("K_star", "chi_parallel", "chi_perp", "xi_parallel", "xi_perp")}
     phase = np.empty(shape, dtype=object)
     for i, cb in enumerate(C_b):
         for j, cw in enumerate(C_W):
-            d = _depth_scales(act, float(cb), float(cw), K1, K_range, S_grid)
+            d = _depth_scales(act, float(cb), float(cw), K1, K_range, ss_grid)
             for k in arrays:
                 arrays[k][i, j] = getattr(d, k)
             phase[i, j] = d.phase
@@ -214,10 +214,10 @@ def phase_diagram(activation, C_b=None, C_W=None, *, K1=1.0, K_range=(1e-8, 1e4)
     if scale_invariant_slopes(act) is not None:
         line = dict(C_b=np.array([0.0]), C_W=np.array([crit.C_W]), K_star=np.array([np.nan]))
     else:
-        S, Z2, D = moments(act, grid)
-        cw_line = 1.0 / D
-        cb_line = grid - S / D
-        chi_par = cw_line * (Z2 - S) / (2 * grid)
+        ss, zss, pp = moments(act, grid)
+        cw_line = 1.0 / pp
+        cb_line = grid - ss / pp
+        chi_par = cw_line * (zss - ss) / (2 * grid)
         keep = (cb_line >= 0) & (chi_par <= 1 + 1e-12) & (cb_line <= C_b.max()) \
             & (cw_line <= C_W.max()) & (cw_line >= C_W.min())
         line = dict(C_b=cb_line[keep], C_W=cw_line[keep], K_star=grid[keep])

@@ -166,13 +166,13 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
     if "V" in stats:
         out["V"] = residual_vertex_metric(mlp, float(K1))["V"]
     if "B" in stats:
-        T = _two_depth(act, lambda z: act.d1(z) ** 2, K, C)
+        two_depth = _two_depth(act, lambda z: act.d1(z) ** 2, K, C)
         beta0, beta = 0.0, np.zeros(L)            # beta[p]: attachment to sigma'^2(z^(p))
         for l in range(L - 1):                    # step layer l+1 -> l+2 (0-based l)
             r = mlp.widths[l + 1] / mlp.widths[l]
             CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
             chi = x * x * CW * s[l] + g * g
-            hist = float(beta[:l] @ T[l, :l])
+            hist = float(beta[:l] @ two_depth[l, :l])
             beta0 = (x ** 4 * CW ** 2 * q[l] * Th[l] ** 2
                      + r * (chi * chi * beta0 + 2 * x * x * CW * chi * hist))
             beta[:l] *= r * g * g * chi
@@ -185,7 +185,7 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
         for l in range(L - 1):
             r = mlp.widths[l + 1] / mlp.widths[l]
             CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
-            G = varw[l + 1]
+            g_var = varw[l + 1]
             e = np.zeros(2 * L)
             e[:l + 1] = a[l, :l + 1] * varw[:l + 1] * dss[l]
             e[L:L + l] = SS[l, :l]
@@ -193,9 +193,9 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
             eMe = float(e @ Me)
             M = r * g * g * M
             u, sl = l + 1, L + l
-            M[u, u] += x * x * (CW ** 2 * sspp[l] * Th[l] + r * CW ** 2 * eMe) / G ** 2
+            M[u, u] += x * x * (CW ** 2 * sspp[l] * Th[l] + r * CW ** 2 * eMe) / g_var ** 2
             if g != 0.0:
-                c = x * g * CW / G
+                c = x * g * CW / g_var
                 M[u, sl] += c * Th[l]
                 M[sl, u] += c * Th[l]
                 M[u, :] += c * r * Me
@@ -297,9 +297,9 @@ def _field_statistics(mlp, K1):
     one = lambda f: np.array([float(gaussian.expect(f, k, **kw)) for k in K])  # noqa: E731
     fns = {"g": s2, "F": s2, "xg": lambda z: z * s2(z), "yF": lambda z: z * s2(z),
            "x2g": lambda z: z * z * s2(z), "Fy2": lambda z: z * z * s2(z)}
-    P = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"), ("x2g", "F")))
+    pairs = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"), ("x2g", "F")))
     mean = one(s2)
-    cSS = P[("g", "F")] - np.outer(mean, mean)  # Cov(sigma^2(z^(l)), sigma^2(z^(m)))
+    cSS = pairs[("g", "F")] - np.outer(mean, mean)  # Cov(sigma^2(z^(l)), sigma^2(z^(m)))
     cSP = _cov2(act, s2, p2, K, C, one(lambda z: s2(z) * p2(z)))      # Cov(s^2_l, p^2_m)
     cPP = _cov2(act, p2, p2, K, C, one(lambda z: p2(z) ** 2))
     # b[l, q]: weight of layer q's NTK increment in H^(l)
@@ -425,10 +425,10 @@ def _stein_lyapunov(R, X):
     ``Sig = sum_k R^k X (R^T)^k``; after ``ceil(log2(n))`` doublings ``R^(2^j) = 0``
     and the sum is exact (no iteration error).
     """
-    Sig, A = X.copy(), R.copy()
-    while np.any(A):
-        Sig = Sig + A @ Sig @ A.T
-        A = A @ A
+    Sig, power = X.copy(), R.copy()
+    while np.any(power):
+        Sig = Sig + power @ Sig @ power.T
+        power = power @ power
     return 0.5 * (Sig + Sig.T)
 
 
@@ -467,7 +467,7 @@ def _two_depth_pairs(act, C, fns, terms):
     return out
 
 
-def _cov_second_derivative(P, K, C):
+def _cov_second_derivative(pairs, K, C):
     """``Cov(g(z^(m)), F''(z^(l)))`` (matrix [l, m]) from two-depth averages, no derivative of F.
 
     With ``x = z^(m)``, ``y = z^(l) = beta x + e``, ``e`` independent of x, ``beta =
@@ -482,10 +482,10 @@ def _cov_second_derivative(P, K, C):
     beta = Cl / Km
     s = Kl - Cl * Cl / Km
     np.fill_diagonal(s, 1.0)
-    T = lambda key: P[key].T                   # noqa: E731  (-> [l, m])
-    ev = (T(("g", "Fy2")) - 2 * beta * T(("xg", "yF")) + beta * beta * T(("x2g", "F"))
-          - s * T(("g", "F"))) / (s * s)
-    out = ev - P["F2"][:, None] * P["g"][None, :]
+    tr = lambda key: pairs[key].T                   # noqa: E731  (-> [l, m])
+    ev = (tr(("g", "Fy2")) - 2 * beta * tr(("xg", "yF")) + beta * beta * tr(("x2g", "F"))
+          - s * tr(("g", "F"))) / (s * s)
+    out = ev - pairs["F2"][:, None] * pairs["g"][None, :]
     np.fill_diagonal(out, 0.0)
     return out
 
@@ -553,22 +553,22 @@ def residual_vertex_metric(mlp: MLP, K1: float) -> dict:
         return out
     fns = {"g": s2, "F": s2, "xg": lambda z: z * s2(z), "yF": lambda z: z * s2(z),
            "x2g": lambda z: z * z * s2(z), "Fy2": lambda z: z * z * s2(z)}
-    P = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"), ("x2g", "F")))
+    pairs = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"), ("x2g", "F")))
     mean = one(s2)
-    cSS = P[("g", "F")] - np.outer(mean, mean)  # Cov(sigma^2(z^(l)), sigma^2(z^(m)))
+    cSS = pairs[("g", "F")] - np.outer(mean, mean)  # Cov(sigma^2(z^(l)), sigma^2(z^(m)))
     rho = np.zeros((L, nf))                      # rho[l, m]: response of Khat_l to S_m
     for l in range(L):
         rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
     R = rho[:nf] * dss[:nf, None]                # R[m, j] = d<sigma^2(z^(m))>/dS_j
     nw = np.array([mlp.widths[m + 1] for m in range(nf)], dtype=float)
-    D = cSS[:nf, :nf] / nw[None, :]
+    own_cov = cSS[:nf, :nf] / nw[None, :]
     dress = np.linalg.inv(np.eye(nf) - R)
-    ctil = D @ dress.T
-    Sig = _stein_lyapunov(R, D + ctil @ R.T + R @ ctil.T)
-    P["g"] = mean
-    P["F2"] = np.array([float(gaussian.expect(lambda z, k=k: s2(z) * (z * z / k - 1.0) / k,
+    ctil = own_cov @ dress.T
+    Sig = _stein_lyapunov(R, own_cov + ctil @ R.T + R @ ctil.T)
+    pairs["g"] = mean
+    pairs["F2"] = np.array([float(gaussian.expect(lambda z, k=k: s2(z) * (z * z / k - 1.0) / k,
                                               k, **kw)) for k in K])    # <(sigma^2)''>
-    cF2 = _cov_second_derivative(P, K, C)[:, :nf]
+    cF2 = _cov_second_derivative(pairs, K, C)[:, :nf]
     g1 = 0.0                                     # E[z^(l) z^(l)] - K^(l), unnormalized
     for l in range(L):
         r = rho[l]
