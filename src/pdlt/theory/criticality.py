@@ -197,11 +197,11 @@ class Criticality:
                     asymptotics=None if self.asymptotics is None else self.asymptotics.to_dict())
 
 
-
 def _h(act, K):
-    """<sigma sigma''>_K = dS/dK - <sigma'^2> (zero at a critical K*)."""
+    """``<sigma sigma''>_K = d<sigma^2>/dK - <sigma'^2>`` (zero at a critical K*)."""
     ss, zss, pp = moments(act, K)
     return (zss - ss) / (2.0 * K) - pp
+
 
 # ---------------------------------------------------------------------------
 # public single-input functions
