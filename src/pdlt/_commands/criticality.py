@@ -35,7 +35,7 @@ def run(args):
     res = criticality(act)
     if args.phase_diagram:
         from ..report.phase import plot_phase_diagram
-        from ..theory.criticality import phase_diagram
+        from ..theory.phase import phase_diagram
 
         plot_phase_diagram(phase_diagram(act), path=args.phase_diagram)
     from ..theory.vertex import vertex_slope

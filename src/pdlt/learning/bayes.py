@@ -5,8 +5,7 @@ process with covariance ``delta_{ij} K^(L)_{ab}`` (the kernel of
 :func:`pdlt.flow` at the last layer), one independent process per output
 component. Conditioning on training data ``(x_A, y_A)`` with Gaussian
 observation noise of variance ``noise`` (a jitter when small) gives the
-posterior of the network function at test inputs ``x_B`` (book §6.3;
-eq. numbers to be checked):
+posterior of the network function at test inputs ``x_B`` (book §6.3):
 
 .. math::
     m_B = K_{BA} (K_{AA} + \sigma^2 I)^{-1} y_A, \qquad
@@ -96,12 +95,12 @@ class EvidenceScan:
 
 def _factor(K_train, noise):
     """Cholesky factor of K_AA + noise I, with a clear error if singular."""
-    A = K_train + noise * np.eye(K_train.shape[0])
+    k_reg = K_train + noise * np.eye(K_train.shape[0])
     # eigenvalue check first: a Cholesky of a numerically singular matrix may
     # "succeed" with a garbage pivot
-    eigh_psd(A, "the training kernel K_AA + noise * I", _FIX)
+    eigh_psd(k_reg, "the training kernel K_AA + noise * I", _FIX)
     try:
-        return scipy.linalg.cho_factor(A, lower=True)
+        return scipy.linalg.cho_factor(k_reg, lower=True)
     except np.linalg.LinAlgError as exc:  # pragma: no cover - caught by the eigenvalue check
         raise SingularKernelError(f"the training kernel K_AA + noise * I is not positive "
                                   f"definite ({exc}); {_FIX}") from exc
@@ -172,8 +171,8 @@ def gp_posterior(K_train, K_cross, K_test, y, noise=0.0) -> Posterior:
     y2, _ = check_targets(y, N)
     cf = _factor(K_train, check_noise(noise))
     mean = K_cross @ scipy.linalg.cho_solve(cf, y2)               # K_BA (K_AA + s2)^-1 y
-    V = scipy.linalg.solve_triangular(cf[0], K_cross.T, lower=True)  # L^-1 K_AB
-    cov = K_test - V.T @ V                                          # K_BB - K_BA (..)^-1 K_AB
+    w = scipy.linalg.solve_triangular(cf[0], K_cross.T, lower=True)  # L^-1 K_AB
+    cov = K_test - w.T @ w                                          # K_BB - K_BA (..)^-1 K_AB
     return Posterior(mean, 0.5 * (cov + cov.T), _log_evidence(cf, y2))
 
 
@@ -406,11 +405,11 @@ class NNGPRegressor(EstimatorBase):
             mean = mean[:, 0]
         if not (return_std or return_cov):
             return mean
-        V = scipy.linalg.solve_triangular(self._cf[0], K_cross.T, lower=True)
+        w = scipy.linalg.solve_triangular(self._cf[0], K_cross.T, lower=True)
         if return_cov:
-            cov = K_test - V.T @ V
+            cov = K_test - w.T @ w
             return mean, 0.5 * (cov + cov.T)
-        var = np.diag(K_test) - np.sum(V * V, axis=0)
+        var = np.diag(K_test) - np.sum(w * w, axis=0)
         return mean, np.sqrt(np.clip(var, 0.0, None))
 
 

@@ -1,117 +1,25 @@
 r"""Bayesian inference at finite width: the O(1/n) posterior and representation learning.
 
-Book ch. 6.4 ("Bayesian inference at finite width"; eq. numbers to be checked,
-roughly (6.75)-(6.110) for the posterior, the "Hebbian" representation
-learning of §6.4.2). Definitions are those of ``shared/NOTATION.md``; the
-derivation below is ours and is checked in ``tests/learning/test_finite_bayes.py``
-against exact Bayesian inference by importance sampling over ensembles of real
-finite-width networks.
+At finite width the prior over an MLP's outputs is nearly Gaussian
+(``K + G1/n`` and ``V/n`` with ``n = n_{L-1}``, ``shared/NOTATION.md``), and
+conditioning on data does two things it cannot do at infinite width (book
+§6.4): the posterior of one output neuron depends on the targets of the
+others, and the posterior covariance depends on the targets.
 
-The prior at order 1/n
-----------------------
-With ``n = n_{L-1}`` (the width feeding the output layer), the outputs
-``z_{i;a}`` (neuron i, input a) have at order 1/n the cumulants
+* :func:`finite_width_posterior` (from an MLP) and
+  :func:`nearly_gaussian_posterior` (from K, V, G1 directly): the posterior
+  mean and covariance at test inputs to order 1/n, and the log evidence;
+  ``noise = 0`` is allowed whenever ``K_AA + G1_AA/n`` is invertible;
+* :func:`hebbian_kernel_shift`: the posterior mean of every hidden-layer
+  metric, which moves along the outer product of the whitened targets by
+  O(1/n) ("Hebbian" representation learning, book §6.4.2);
+* :func:`importance_posterior`: the referee, the exact posterior of an
+  ensemble of prior draws by self-normalized importance sampling with a block
+  jackknife standard error.
 
-.. math::
-    \kappa_{(ia)(jb)} = \delta_{ij}\,\big(K_{ab} + G^{1}_{ab}/n\big),\qquad
-    \kappa_{(ia)(jb)(kc)(ld)} = \frac1n\big[\delta_{ij}\delta_{kl}V_{(ab)(cd)}
-        + \delta_{ik}\delta_{jl}V_{(ac)(bd)} + \delta_{il}\delta_{jk}V_{(ad)(bc)}\big],
-
-odd cumulants vanish (flip the signs of the last layer) and higher ones are
-O(1/n^2). Its density is the Edgeworth form
-``p(w) = N(w; Sigma) [1 + (1/24) kappa4 . H4(w)]`` with the Hermite tensor
-``H4_abcd = y_a y_b y_c y_d - (P_ab y_c y_d + 5 perms) + (P_ab P_cd + 2 perms)``,
-``P = Sigma^{-1}``, ``y = P w`` (:class:`pdlt.theory.nearly_gaussian.NearlyGaussian`;
-the book writes the same distribution as a quartic action, book §4.? and
-§6.4, eq. numbers to be checked).
-
-Conditioning (the posterior)
-----------------------------
-Gaussian likelihood with variance ``s2`` (``noise``): the training
-observations are ``u_A = z_A + eps``, ``eps ~ N(0, s2 I)``; ``(u_A, z_B)`` is
-nearly Gaussian with the same ``kappa4`` and ``Sigma_AA -> Sigma_AA + s2 I``,
-and the posterior of the test outputs ``z_B`` is its conditional distribution
-at ``u_A = y``. The Gaussian factor splits into ``N(u; Sigma_AA) N(z_B; m0, S0)``
-with the usual
-
-.. math::
-    m^0_B = \Sigma_{BA}\Sigma_{AA}^{-1} y,\qquad
-    S^0_{BB} = \Sigma_{BB} - \Sigma_{BA}\Sigma_{AA}^{-1}\Sigma_{AB}.
-
-Write ``z_B = m0 + xi``, ``xi ~ N(0, S0)``; then ``y_full = P w = a + R xi`` with
-``a = (alpha, 0)``, ``alpha = Sigma_AA^{-1} y`` and ``Cov(xi, R xi) = W =
-[-Sigma_BA Sigma_AA^{-1}, 1]`` (M x (N + M)). Taking Gaussian expectations of
-``xi kappa4.H4`` and ``(xi xi^T - S0) kappa4.H4`` (Isserlis) and using
-``R S0 R^T = P - diag(Sigma_AA^{-1}, 0)`` everything except the training
-block cancels; to O(1/n):
-
-.. math::
-    E[z_B \mid y] = m^0_B + W t,\qquad
-    t_a = \tfrac16 \kappa_{a c d e}\alpha_c\alpha_d\alpha_e
-          - \tfrac12 \kappa_{a c d e}\alpha_c (\Sigma_{AA}^{-1})_{de},
-
-.. math::
-    \mathrm{Cov}[z_B \mid y] = S^0_{BB} + W U W^T,\qquad
-    U_{ab} = \tfrac12 \kappa_{a b c d}\big[\alpha_c\alpha_d - (\Sigma_{AA}^{-1})_{cd}\big],
-
-with a, b over all inputs and c, d, e over the training inputs (composite
-neuron-input indices when ``n_out > 1``). Both corrections are Hermite
-polynomials of the whitened targets: ``U`` couples the data only through the
-"Hebbian" combination ``alpha alpha^T - Sigma_AA^{-1}`` whose prior mean is 0
-(noiseless), and they vanish when a test input equals a training input with
-``s2 = 0`` (``W t = t_B - t_A = 0``). With the neuron structure of kappa4
-(``X = sum_k alpha_k alpha_k^T - n_out Sigma_AA^{-1}``):
-
-.. math::
-    t_{i;a} = \frac1{2n}\Big[V_{(ab)(cd)}\alpha_{i;b}X_{cd}
-        - 2V_{(ac)(bd)}\alpha_{i;b}(\Sigma_{AA}^{-1})_{cd}\Big],
-
-.. math::
-    U_{ij;ab} = \frac1{2n}\Big\{\delta_{ij}\big[V_{(ab)(cd)}X_{cd}
-        - 2V_{(ac)(bd)}(\Sigma_{AA}^{-1})_{cd}\big]
-        + V_{(ac)(bd)}\alpha_{i;c}\alpha_{j;d} + V_{(ad)(bc)}\alpha_{i;d}\alpha_{j;c}\Big\}.
-
-So at finite width the posterior of one output neuron depends on the targets
-of the others (through ``X``), and the posterior covariance depends on the
-targets: neither happens at infinite width. The log evidence gains
-``(1/24) kappa4 . H4(y)`` on the training block. We keep the NLO metric
-exactly inside ``Sigma = K + G1/n`` (linearizing it changes O(1/n^2)).
-Noiseless limit: ``noise = 0`` is allowed whenever ``K_AA + G1_AA/n`` is
-invertible (distinct training inputs).
-
-Representation learning ("Hebbian" wiring, book §6.4.2; eq. numbers to be checked)
-----------------------------------------------------------------------------------
-The layer-l metric of one network, ``Ghat^(l)_ab = (1/n_l) sum_j z^(l)_{j;a}
-z^(l)_{j;b}``, has prior mean ``K^(l) + G1^(l)/n_{l-1}``. For any observable O
-with ``Cov(O, z) = 0`` (parity) the nearly-Gaussian conditional mean is
-``E[O | u] = E[O] + (1/2) kappa(O; u_c, u_d) [ (P u)_c (P u)_d - P_cd ] +
-O(1/n^2)`` (the joint cumulants ``kappa(O, u, u)`` are O(1/n); the others that
-could enter are O(1/n^2)). With ``O = Ghat^(l)`` the mixed vertex
-``C^(l,L)_{(ab)(cd)} = Cov(Ghat^(l)_ab, z^(L)_{i;c} z^(L)_{i;d})`` obeys, since
-layer l'+1 given layer l' is Gaussian with covariance
-``C_b + C_W (1/n_l') sum_j sigma_j sigma_j`` and Stein's lemma turns the
-same-neuron term into the same derivative map,
-
-.. math::
-    C^{(l,l)} = \frac1{n_l}(K_{ac}K_{bd} + K_{ad}K_{bc}) + \frac{V^{(l)}_{(ab)(cd)}}{n_{l-1}},
-    \qquad C^{(l,l'+1)}_{(ab)(cd)} = C_W^{(l'+1)} \sum_{ef}
-        M^{(l')}_{(cd)(ef)} C^{(l,l')}_{(ab)(ef)},
-
-``M_{(cd)(ef)} = d<sigma_c sigma_d>_{K^(l')} / dK_{ef}`` (the matrix of the V
-recursion in :mod:`pdlt.theory.vertex`). Hence the posterior mean of the
-layer-l metric
-
-.. math::
-    E[\hat G^{(l)}_{ab} \mid y] = K^{(l)}_{ab} + \frac{G^{1(l)}_{ab}}{n_{l-1}}
-      + \frac12\sum_{c,d\in A} C^{(l,L)}_{(ab)(cd)}
-        \Big[\sum_i \alpha_{i;c}\alpha_{i;d} - n_{out}\,(K^{(L)}_{AA} + s^2)^{-1}_{cd}\Big]:
-
-the representation moves along the outer product of the whitened targets
-(Hebbian), by O(1/n), and not at all at infinite width.
-
-Referee: :func:`importance_posterior` computes the exact posterior of any
-ensemble of prior draws by self-normalized importance sampling with a block
-jackknife standard error.
+Checked in ``tests/learning/test_finite_bayes.py`` against exact Bayesian
+inference over ensembles of real finite-width networks.
+Derivation: ``docs/derivations/finite_bayes.rst``.
 """
 
 from __future__ import annotations
@@ -235,15 +143,15 @@ class ImportancePosterior:
 
 def _check_blocks(Sigma, V, y, n_train, n):
     Sigma = np.asarray(Sigma, dtype=float)
-    D = Sigma.shape[0] if Sigma.ndim == 2 else -1
-    if Sigma.ndim != 2 or Sigma.shape != (D, D):
+    n_in = Sigma.shape[0] if Sigma.ndim == 2 else -1
+    if Sigma.ndim != 2 or Sigma.shape != (n_in, n_in):
         raise ValueError(f"K must be a square (D, D) kernel over train+test inputs; got shape "
                          f"{Sigma.shape}")
     V = np.asarray(V, dtype=float)
-    if V.shape != (D,) * 4:
-        raise ValueError(f"V must have shape {(D,) * 4} (V[a,b,c,d] = V_(ab)(cd)); got {V.shape}")
-    if not (isinstance(n_train, (int, np.integer)) and 1 <= n_train <= D):
-        raise ValueError(f"n_train must be an integer in [1, {D}] (training inputs come first); "
+    if V.shape != (n_in,) * 4:
+        raise ValueError(f"V must have shape {(n_in,) * 4} (V[a,b,c,d] = V_(ab)(cd)); got {V.shape}")
+    if not (isinstance(n_train, (int, np.integer)) and 1 <= n_train <= n_in):
+        raise ValueError(f"n_train must be an integer in [1, {n_in}] (training inputs come first); "
                          f"got {n_train!r}")
     y2 = np.asarray(y, dtype=float)
     if y2.ndim == 1:
@@ -280,7 +188,7 @@ def nearly_gaussian_posterior(K, V, y, n_train, noise=0.0, *, G1=None, n=1.0):
 
     The prior of the outputs on D = N + M inputs (training first) has the
     cumulants ``delta_ij (K + G1/n)`` and ``kappa4 = (1/n)[V + 2 perms]`` of
-    ``shared/NOTATION.md``; see the module docstring for the formulas.
+    ``shared/NOTATION.md``; formulas: ``docs/derivations/finite_bayes.rst``.
 
     Parameters
     ----------
@@ -310,45 +218,45 @@ def nearly_gaussian_posterior(K, V, y, n_train, noise=0.0, *, G1=None, n=1.0):
     """
     Sig0, V, y2, n = _check_blocks(K, V, y, n_train, n)
     noise = check_noise(noise)
-    D = Sig0.shape[0]
-    G1 = np.zeros((D, D)) if G1 is None else np.asarray(G1, dtype=float)
-    if G1.shape != (D, D):
-        raise ValueError(f"G1 must have shape {(D, D)}; got {G1.shape}")
-    N, M, n_out = n_train, D - n_train, y2.shape[1]
+    n_in = Sig0.shape[0]
+    G1 = np.zeros((n_in, n_in)) if G1 is None else np.asarray(G1, dtype=float)
+    if G1.shape != (n_in, n_in):
+        raise ValueError(f"G1 must have shape {(n_in, n_in)}; got {G1.shape}")
+    N, M, n_out = n_train, n_in - n_train, y2.shape[1]
     if M < 1:
         raise ValueError("need at least one test input after the N training inputs in K")
     Sig0 = 0.5 * (Sig0 + Sig0.T)
     Sig = Sig0 + 0.5 * (G1 + G1.T) / n
     I_N = np.eye(N)
 
-    def gauss(S):
-        cf = _gaussian_factor(S[:N, :N] + noise * I_N)
+    def gauss(sig):
+        cf = _gaussian_factor(sig[:N, :N] + noise * I_N)
         alpha = scipy.linalg.cho_solve(cf, y2)                 # Sigma_AA^-1 y   (N, n_out)
-        R = scipy.linalg.cho_solve(cf, S[:N, N:]).T            # Sigma_BA Sigma_AA^-1 (M, N)
-        cov = S[N:, N:] - R @ S[:N, N:]
-        return cf, alpha, R, R @ y2, 0.5 * (cov + cov.T)
+        reg = scipy.linalg.cho_solve(cf, sig[:N, N:]).T            # Sigma_BA Sigma_AA^-1 (M, N)
+        cov = sig[N:, N:] - reg @ sig[:N, N:]
+        return cf, alpha, reg, reg @ y2, 0.5 * (cov + cov.T)
 
     cf_inf, alpha_inf, _, m_inf, S_inf = gauss(Sig0)
-    cf, alpha, R, m0, S0 = gauss(Sig)
-    P = scipy.linalg.cho_solve(cf, I_N)
-    P = 0.5 * (P + P.T)
+    cf, alpha, reg, m0, S0 = gauss(Sig)
+    prec = scipy.linalg.cho_solve(cf, I_N)
+    prec = 0.5 * (prec + prec.T)
     Y2 = alpha @ alpha.T                                       # sum_k alpha_k alpha_k^T
-    X = Y2 - n_out * P
+    X = Y2 - n_out * prec
     VA = V[:, :N, :N, :N]                                      # V_(a b)(c d), b c d in A
     VDD = V[:, :, :N, :N]                                      # V_(a b)(c d), a b in D
     VX = V[:, :N, :, :N]                                       # V_(a c)(b d), c d in A
     c = 0.5 / n
     # t_{a,i} = (1/2n)[V_(ab)(cd) alpha_bi X_cd - 2 V_(ac)(bd) alpha_bi P_cd]
     t = c * (np.einsum("abcd,cd,bi->ai", VA, X, alpha, optimize=True)
-             - 2.0 * np.einsum("acbd,cd,bi->ai", VA, P, alpha, optimize=True))
-    W = np.hstack([-R, np.eye(M)])                             # (M, D)
+             - 2.0 * np.einsum("acbd,cd,bi->ai", VA, prec, alpha, optimize=True))
+    W = np.hstack([-reg, np.eye(M)])                             # (M, D)
     mean = m0 + W @ t
     # U_{ij;ab}
-    diag_part = c * (np.einsum("abcd,cd->ab", VDD, X) - 2.0 * np.einsum("acbd,cd->ab", VX, P))
+    diag_part = c * (np.einsum("abcd,cd->ab", VDD, X) - 2.0 * np.einsum("acbd,cd->ab", VX, prec))
     cross = c * (np.einsum("acbd,ci,dj->ijab", VX, alpha, alpha, optimize=True)
                  + np.einsum("adbc,di,cj->ijab", VX, alpha, alpha, optimize=True))
-    U = cross + np.eye(n_out)[:, :, None, None] * diag_part[None, None]
-    dS = np.einsum("ma,ijab,pb->imjp", W, U, W, optimize=True)   # (n_out, M, n_out, M)
+    u_cov = cross + np.eye(n_out)[:, :, None, None] * diag_part[None, None]
+    dS = np.einsum("ma,ijab,pb->imjp", W, u_cov, W, optimize=True)   # (n_out, M, n_out, M)
     cov = dS + np.eye(n_out)[:, None, :, None] * S0[None, :, None, :]
     cov = 0.5 * (cov + cov.transpose(2, 3, 0, 1))
     if n_out == 1:
@@ -357,9 +265,10 @@ def nearly_gaussian_posterior(K, V, y, n_train, noise=0.0, *, G1=None, n=1.0):
     VAA = V[:N, :N, :N, :N]
     VAX = np.swapaxes(VAA, 1, 2)                               # V_(ac)(bd) -> [a,b,c,d]
     T4 = 3.0 * np.einsum("abcd,ab,cd->", VAA, Y2, Y2)
-    T2 = n_out * np.einsum("abcd,ab,cd->", VAA, P, Y2) + 2.0 * np.einsum("abcd,ab,cd->", VAX, P, Y2)
-    T0 = (n_out ** 2 * np.einsum("abcd,ab,cd->", VAA, P, P)
-          + 2.0 * n_out * np.einsum("abcd,ab,cd->", VAX, P, P))
+    T2 = (n_out * np.einsum("abcd,ab,cd->", VAA, prec, Y2)
+          + 2.0 * np.einsum("abcd,ab,cd->", VAX, prec, Y2))
+    T0 = (n_out ** 2 * np.einsum("abcd,ab,cd->", VAA, prec, prec)
+          + 2.0 * n_out * np.einsum("abcd,ab,cd->", VAX, prec, prec))
     logZ = _gauss_log_evidence(cf, y2, alpha) + (T4 - 6.0 * T2 + 3.0 * T0) / (24.0 * n)
     return FiniteWidthPosterior(mean=mean, cov=cov, mean_infinite_width=m_inf,
                                 cov_infinite_width=S_inf, log_evidence=float(logZ),
@@ -391,8 +300,8 @@ def finite_width_posterior(mlp, X_train, y_train, X_test, noise=0.0, *, accuracy
     The prior is the nearly-Gaussian output distribution of ``mlp`` at its
     widths (``K^(L) + G1^(L)/n`` and ``V^(L)/n`` with ``n = n_{L-1}``, from
     :func:`pdlt.statistics`); the likelihood is Gaussian
-    with variance ``noise``. Formulas and derivation: module docstring
-    (book §6.4, eq. numbers to be checked).
+    with variance ``noise``. Derivation: ``docs/derivations/finite_bayes.rst``
+    (book §6.4).
 
     Parameters
     ----------
@@ -441,8 +350,8 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
 
     ``Ghat^(l)_ab = (1/n_l) sum_j z^(l)_{j;a} z^(l)_{j;b}`` moves under Bayesian
     conditioning by ``(1/2) C^(l,L) . [alpha alpha^T - n_out (K_AA + s2)^-1]``
-    with the mixed vertex ``C^(l,L)`` (module docstring; book §6.4.2,
-    eq. numbers to be checked). Zero at infinite width.
+    with the mixed vertex ``C^(l,L)`` (``docs/derivations/finite_bayes.rst``;
+    book §6.4.2). Zero at infinite width.
 
     Parameters
     ----------
@@ -477,8 +386,8 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
     KA = Ks[-1][:N, :N] + noise * np.eye(N)
     cf = _gaussian_factor(KA)
     alpha = scipy.linalg.cho_solve(cf, y2)
-    P = scipy.linalg.cho_solve(cf, np.eye(N))
-    X_heb = alpha @ alpha.T - y2.shape[1] * 0.5 * (P + P.T)
+    prec = scipy.linalg.cho_solve(cf, np.eye(N))
+    X_heb = alpha @ alpha.T - y2.shape[1] * 0.5 * (prec + prec.T)
     ops = {lp: kernel_derivative_operator(mlp.activation, Ks[lp - 1]) for lp in range(1, L)}
     prior, shift = [], []
     for l in range(1, L):
@@ -488,8 +397,8 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
         C = (np.einsum("ac,bd->abcd", K, K) + np.einsum("ad,bc->abcd", K, K)) / n_l + V / n_prev
         for lp in range(l, L):
             # C^(l,lp+1) = C_W^(lp+1) M^(lp) acting on the second pair
-            T = apply_M(ops[lp], np.moveaxis(C, (2, 3), (0, 1)))
-            C = mlp.C_W[lp] * np.moveaxis(T, (0, 1), (2, 3))
+            moved = apply_M(ops[lp], np.moveaxis(C, (2, 3), (0, 1)))
+            C = mlp.C_W[lp] * np.moveaxis(moved, (0, 1), (2, 3))
         prior.append(K + G1 / n_prev)
         shift.append(0.5 * np.einsum("abcd,cd->ab", C[:, :, :N, :N], X_heb))
     return RepresentationShift(tuple(range(1, L)), np.array(prior), np.array(shift), x)
@@ -530,22 +439,22 @@ def importance_posterior(z_train, z_test, y_train, noise, *, observables=None, b
     if zA.ndim != 3 or zB.ndim != 3 or zA.shape[0] != zB.shape[0] or zA.shape[2] != zB.shape[2]:
         raise ValueError(f"z_train and z_test must have shapes (R, N, n_out) and (R, M, n_out) "
                          f"with the same R and n_out; got {zA.shape} and {zB.shape}")
-    R = zA.shape[0]
+    n_draws = zA.shape[0]
     y2 = np.asarray(y_train, dtype=float).reshape(zA.shape[1], -1)
     s2 = check_noise(noise)
     if s2 <= 0:
         raise ValueError("noise must be > 0 for importance sampling (the noiseless likelihood "
                          "is a delta function); use a small positive noise")
-    if not (isinstance(blocks, (int, np.integer)) and 2 <= blocks <= R):
-        raise ValueError(f"blocks must be an integer in [2, R={R}]; got {blocks!r}")
+    if not (isinstance(blocks, (int, np.integer)) and 2 <= blocks <= n_draws):
+        raise ValueError(f"blocks must be an integer in [2, R={n_draws}]; got {blocks!r}")
     logw = -0.5 * np.sum((zA - y2[None]) ** 2, axis=(1, 2)) / s2
     w = np.exp(logw - logw.max())
     obs = None if observables is None else np.asarray(observables, dtype=float)
-    if obs is not None and obs.shape[0] != R:
-        raise ValueError(f"observables must have R={R} rows (one per draw); got {obs.shape}")
+    if obs is not None and obs.shape[0] != n_draws:
+        raise ValueError(f"observables must have R={n_draws} rows (one per draw); got {obs.shape}")
 
     # per-block sums of the sufficient statistics, then leave-one-block-out estimates
-    edges = np.linspace(0, R, blocks + 1).astype(int)
+    edges = np.linspace(0, n_draws, blocks + 1).astype(int)
 
     def bsum(a):
         return np.add.reduceat(a, edges[:-1], axis=0)
@@ -555,7 +464,7 @@ def importance_posterior(z_train, z_test, y_train, noise, *, observables=None, b
     Swzz = bsum(w[:, None, None] * zB * zB)
     parts = [Sw, Swz, Swzz]
     if obs is not None:
-        parts += [bsum(w.reshape((R,) + (1,) * (obs.ndim - 1)) * obs), bsum(obs),
+        parts += [bsum(w.reshape((n_draws,) + (1,) * (obs.ndim - 1)) * obs), bsum(obs),
                   np.diff(edges).astype(float)]
 
     def estimate(sums):
@@ -579,4 +488,4 @@ def importance_posterior(z_train, z_test, y_train, noise, *, observables=None, b
     return ImportancePosterior(mean=full[0], mean_stderr=errs[0], var=full[1], var_stderr=errs[1],
                                observables=full[2] if obs is not None else None,
                                observables_stderr=errs[2] if obs is not None else None,
-                               ess=ess, networks=R)
+                               ess=ess, networks=n_draws)

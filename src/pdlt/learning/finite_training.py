@@ -1,108 +1,37 @@
 r"""The end of training at finite width: trained predictions at order 1/n.
 
 At infinite width gradient descent on the MSE loss is a linear model with the
-frozen NTK Theta (:mod:`pdlt.learning.kernel_learning`). At finite width
-(book, chapter "The End of Training"; eq. numbers to be checked) four things
-change the trained network's predictions at order 1/n:
+frozen NTK (:mod:`pdlt.learning.kernel_learning`). At finite width the NTK
+mean shift H1, the NTK fluctuations and correlations A, B, D, F, the dNTK
+(P, Q) and the ddNTKs (R, S, T, U) change the trained network's predictions
+at order 1/n (book chapter ∞, "The End of Training", §∞.2-∞.3).
 
-1. the NTK mean is ``Theta + H1/n`` (:mod:`pdlt.theory.ntk_mean`);
-2. the NTK fluctuates, ``E[DeltaH DeltaH] = (A, B)/n``, and is correlated with
-   the preactivations, ``E[DeltaH z z] = (D, F)/n``;
-3. the NTK moves during training through the dNTK, correlated with the
-   outputs by ``E[dH z] = (P, Q)/n``;
-4. the dNTK moves, and the outputs and NTK get third-order terms, through the
-   ddNTKs, ``E[ddIH] = R/n``, ``E[ddIIH] = (S, T, U)/n``.
+* :func:`training_statistics` computes the statistics an MLP needs on the
+  training and test inputs (it warns for kinked activations, see below);
+* :func:`algorithm_schedule` builds the step schedules of the book's three
+  algorithms: one giant leap (Newton step), a giant leap followed by small
+  gradient steps, and many gradient-descent steps;
+* :func:`end_of_training` gives the trained mean, covariance and NTK change
+  for any schedule (:class:`FiniteWidthTraining`, with the contribution of
+  each statistic in ``parts``); :func:`finite_width_training` does both steps
+  from an MLP and data; :func:`finite_width_learning_size` measures the size
+  of representation learning for one input.
 
-Dynamics (exact Taylor expansion of one step about the current parameters)
---------------------------------------------------------------------------
-With the training set A, residuals ``eps = z_A - y_A`` and a step
-``Delta theta_mu = -lambda_mu sum_{c in A} (d_mu z_c) (M_t eps)_c`` (``M_t =
-eta 1`` for gradient descent with the learning-rate tensor of NOTATION.md,
-``M_t = Theta_AA^{-1}`` for the Newton "giant leap"), write ``u = M_t eps``.
-Then for every input a (train or test), to the order kept here,
-
-.. math::
-    \Delta z_a &= -\sum_c H_{ac} u_c + \tfrac12 \sum_{cd} dH_{acd} u_c u_d
-                 - \tfrac16 \sum_{cde} ddIH_{acde} u_c u_d u_e, \\
-    \Delta H_{ab} &= -\sum_c (dH_{abc} + dH_{bac}) u_c
-        + \sum_{cd}\big[\tfrac12 ddIH_{abcd} + \tfrac12 ddIH_{bacd} + ddIIH_{abcd}\big] u_c u_d, \\
-    \Delta dH_{abc} &= -\sum_d \big[ddIH_{abcd} + ddIIH_{abcd} + ddIIH_{acbd}\big] u_d,
-
-and the ddNTKs are constant. These follow from ``H = J J^T``, ``dH_{i0i1i2} =
-D^2 z_{i0}[J_{i1}, J_{i2}]``, ``ddIH_{i0i1i2i3} = D^3 z_{i0}[J_{i1}, J_{i2},
-J_{i3}]``, ``ddIIH_{i0i1i2i3} = (Hess z_{i0} J_{i2}) . (Hess z_{i1} J_{i3})``
-in rescaled coordinates (NOTATION.md). Sizes: ``z = O(1)``, ``DeltaH =
-O(n^{-1/2})``, ``dH``, ``ddIH``, ``ddIIH`` are ``O(1/n)`` (dH has mean zero
-and RMS ~ 1/n; the ddNTKs have means ~1/n and fluctuations ~ n^{-3/2}), so at
-order 1/n the ddNTKs are replaced by their means, dH enters linearly, and
-DeltaH up to second order.
-
-Solution at order 1/n
----------------------
-Split the trained output into the *kernel part* with the actual initial NTK
-``H0 = Theta + H1/n + DeltaH``,
-
-.. math:: z(T) \supset z - \mathcal F(H_0)\,(z_A - y),\qquad
-          \mathcal F(H) = H_{\cdot A}\sum_t M_t \prod_{s<t}(1 - H_{AA} M_s),
-
-and the *dynamical part* ``Z1``, linear in dH and the ddNTKs, obtained by
-running the perturbed dynamics above with ``H0 -> Theta``. Then
-
-* mean: ``E[z(T)] = F(Theta) y + [DF(H1) + (1/2) sum_k c_k D^2F(V_k, V_k)] y / n
-  + n^{-1} E[Z1]``, where ``n E[DeltaH DeltaH] = sum_k c_k V_k (x) V_k`` is the
-  eigen-decomposition of the A, B covariance, and ``E[F(H0) z] = 0`` by the
-  sign symmetry of the last layer (z odd, H even);
-* E[Z1]: dH enters through ``E[dH z]`` only (``E[dH] = E[dH z z] = 0``), so
-  replacing dH by its linear conditional mean ``X K^{-1} z / n`` (``X = n
-  E[dH z]`` from P, Q) is exact at this order, and the average over ``z ~
-  N(0, K)`` of the resulting cubic polynomial is done exactly by the 2N-point
-  Gaussian cubature ``z = +-sqrt(N) L e_i`` (degree 3);
-* covariance: the kernel part's ``C(H0) z`` expanded to second order in
-  DeltaH, with ``E[zz] = K + G1/n``, ``E[DeltaH z z]`` from D, F and
-  ``E[DeltaH DeltaH z z] = E[DeltaH DeltaH] K`` (connected parts are
-  ``O(1/n^2)``); the variance ``Var(DF(DeltaH) y)`` of the mean predictor; and
-  ``2 Cov(C0 z, Z1)`` by Stein's lemma ``E[z f(z)] = K E[grad f]`` with the
-  derivative taken exactly (five-point stencil, exact for the quartic in the
-  shift).
-
-The result is the same function for every algorithm: only the schedule of
-``M_t`` changes. :func:`algorithm_schedule` builds the schedules of the
-book's three cases: one giant leap (Newton step), a giant leap followed by
-small gradient steps, and many gradient-descent steps.
-
-What depends on the algorithm (``FiniteWidthTraining.parts``)
--------------------------------------------------------------
-At infinite width every schedule that converges gives the same kernel
-prediction. At order 1/n they differ:
-
-* NTK fluctuations (``"AB"``): after one giant leap ``F(H) = H_{.A}
-  Theta_AA^{-1}`` is *linear* in H, so the fluctuations average out and the
-  term vanishes exactly; many small steps make ``F`` nonlinear in H
-  (``H_{.A} H_AA^{-1}`` at convergence), and ``E[F(Theta + DeltaH)] !=
-  F(Theta)``: the A, B term appears.
-* dNTK and ddNTKs (``"dynamics"``): the Newton step moves the parameters by
-  ``u = Theta_AA^{-1} eps`` at once, so the second- and third-order terms see
-  the whole residual ``(1/2) dH[u, u]``, ``(1/6) ddIH[u, u, u]``; after the
-  leap the training residual is O(1/n), not zero, and the following small
-  steps remove it (the book's "small step following a giant leap"); with many
-  small steps the residual decays mode by mode and the NTK and dNTK change
-  along the way, so the sums over steps weight each eigenmode of Theta_AA by
-  its own decay (the book's algorithm projectors).
-* ``"H1"``: the NTK mean shift enters every algorithm through ``DF(H1)``.
+The result is the same function for every algorithm: only the schedule
+changes. At infinite width every converging schedule gives the same
+prediction; at order 1/n they differ (one giant leap is linear in the NTK, so
+the A, B term vanishes exactly; many small steps are not).
 
 Kinked activations (ReLU): the expansion assumes a smooth network function.
 Trained ReLU networks disagree with it: ``n (E[z(T)] - m_inf)`` grows like
-``n^0.6`` at widths 16-256 (Newton leap and gradient descent alike: the
-shift of the trained mean decays like ``n^-0.4``, not 1/n), and the NTK
-change, of order 1/n (``n E[H(T) - H(0)]`` = -8.1 .. -11.2 at n = 16 .. 256
-on the 'pair' task), is about twice the predicted -4.7: consistent with
-preactivations crossing the kink during training, which the pointwise
-derivatives behind P..U (sigma'' = 0 away from the kink) do not see.
-:func:`training_statistics` warns for such activations.
+``n^0.6`` at widths 16-256, and the NTK change (``n E[H(T) - H(0)]`` = -8.1
+.. -11.2 at n = 16 .. 256 on the 'pair' task) is about twice the predicted
+-4.7, consistent with preactivations crossing the kink during training.
 
 Checked against trained real networks in
 ``tests/experiment/test_finite_training_ensemble.py`` and in the report
 (:mod:`pdlt.report.finite_training`).
+Derivation: ``docs/derivations/finite_training.rst``.
 """
 
 from __future__ import annotations
@@ -338,7 +267,7 @@ def _dynamics(st: TrainingStatistics, z, y, sched):
     """
     Na = st.n_train
     Th = st.Theta
-    B, N = z.shape
+    n_batch, N = z.shape
     Kinv_z = np.linalg.solve(st.K, z.T).T                              # (B, N)
     dH = np.einsum("abcd,Bd->Babc", st.dHz, Kinv_z)                      # (B, N, N, N)
     # W[a,b,c,d] for dH's change, Y[a,b,c,d] for H's second-order change (d, c in A used)
@@ -349,23 +278,24 @@ def _dynamics(st: TrainingStatistics, z, y, sched):
     Y_AA = Y[:, :, :Na, :Na].reshape(N * N, Na * Na).T                  # (Na^2, N^2)
     ddI_AAA = st.ddI[:, :Na, :Na, :Na].reshape(N, Na ** 3).T            # (Na^3, N)
     eps = z[:, :Na] - y[None, :]                                        # eps0(t)
-    e = np.zeros((B, N))
-    h = np.zeros((B, N, N))
-    g = np.zeros((B, N ** 3))
-    dH = dH.reshape(B, N ** 3)
+    e = np.zeros((n_batch, N))
+    h = np.zeros((n_batch, N, N))
+    g = np.zeros((n_batch, N ** 3))
+    dH = dH.reshape(n_batch, N ** 3)
     ThA_T = Th[:, :Na].T                                                # (Na, N)
     ThAA_T = Th[:Na, :Na].T
     for M in sched:
         u = eps @ M.T                                                   # (B, Na)
-        uu = (u[:, :, None] * u[:, None, :]).reshape(B, Na * Na)
-        dHt = (dH + g).reshape(B, N, N, N)
+        uu = (u[:, :, None] * u[:, None, :]).reshape(n_batch, Na * Na)
+        dHt = (dH + g).reshape(n_batch, N, N, N)
         dHt_A = dHt[:, :, :Na, :Na]
         r = (-np.matmul(h[:, :, :Na], u[:, :, None])[..., 0]
-             + 0.5 * np.matmul(dHt_A.reshape(B, N, Na * Na), uu[:, :, None])[..., 0]
-             - ((uu[:, :, None] * u[:, None, :]).reshape(B, Na ** 3) @ ddI_AAA) / 6.0)
+             + 0.5 * np.matmul(dHt_A.reshape(n_batch, N, Na * Na), uu[:, :, None])[..., 0]
+             - ((uu[:, :, None] * u[:, None, :]).reshape(n_batch, Na ** 3) @ ddI_AAA) / 6.0)
         e_new = e - (e[:, :Na] @ M.T) @ ThA_T + r
-        dh = -np.matmul(dHt[:, :, :, :Na].reshape(B, N * N, Na), u[:, :, None]).reshape(B, N, N)
-        dh = dh + np.swapaxes(dh, 1, 2) + (uu @ Y_AA).reshape(B, N, N)
+        dh = -np.matmul(dHt[:, :, :, :Na].reshape(n_batch, N * N, Na),
+                        u[:, :, None]).reshape(n_batch, N, N)
+        dh = dh + np.swapaxes(dh, 1, 2) + (uu @ Y_AA).reshape(n_batch, N, N)
         g = g - u @ W_A
         h = h + dh
         e = e_new
@@ -508,14 +438,14 @@ def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> Fi
                 - (D2 @ st.K @ C0.T + C0 @ st.K @ D2.T)
                 + np.einsum("k,ka,kb->ab", c, F1_V @ y, F1_V @ y))
     # 2 Cov(C0 z, Z1) by Stein: E[(C0 z)_a Z1_b] = sum_j (C0 K)_{aj} E[d_j Z1_b]
-    U = st.K @ C0.T                                                    # column a: direction u_a
+    dirs = st.K @ C0.T                                                 # column a: direction u_a
     rows = list(range(Na, N))
     cross = np.zeros((N, N))
     hstep = 1.0
     batch = []
     for a in rows:
         for s in (1.0, -1.0, 2.0, -2.0):
-            batch.append(pts + s * hstep * U[:, a][None, :])
+            batch.append(pts + s * hstep * dirs[:, a][None, :])
     if rows:
         eb, _ = _dynamics(st, np.concatenate(batch, axis=0), y, sched)
         eb = eb.reshape(len(rows), 4, pts.shape[0], N).mean(2)          # (rows, shift, N)

@@ -13,7 +13,7 @@ summed over output components. How the two terms depend on ``C_W`` and
 depth shows the role of criticality: off criticality the kernel either
 forgets the inputs' differences (ordered phase: large bias) or amplifies
 them (chaotic phase: large variance) exponentially in depth; at criticality
-both behave as power laws (book §10.3; eq. numbers to be checked).
+both behave as power laws (book §10.3).
 ``interpolation_extrapolation`` splits the error between test inputs inside
 the training range and outside it. For the NNGP the same split holds with
 the posterior mean and variance.

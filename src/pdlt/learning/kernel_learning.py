@@ -11,7 +11,7 @@ the test inputs, one step of learning rate ``eta`` moves the outputs by
     z_A(t+1) = z_A(t) - \eta\,\Theta_{AA} (z_A(t) - y_A),\qquad
     z_B(t+1) = z_B(t) - \eta\,\Theta_{BA} (z_A(t) - y_A),
 
-so after ``t`` discrete steps (book §10.2; eq. numbers to be checked)
+so after ``t`` discrete steps (book §10.2)
 
 .. math::
     z_A(t) - y_A = (1 - \eta\Theta_{AA})^t (z_A(0) - y_A),\qquad
@@ -280,13 +280,13 @@ def kernel_prediction(K_train, K_cross, K_test, Theta_train, Theta_cross, y,
     K_train, K_cross, K_test = (np.atleast_2d(np.asarray(a, dtype=float))
                                 for a in (K_train, K_cross, K_test))
     y2, _ = check_targets(y, K_train.shape[0])
-    P = propagator(Theta_train, Theta_cross, learning_rate, steps)
-    if K_cross.shape != P.shape or K_test.shape != (P.shape[0],) * 2:
+    prop = propagator(Theta_train, Theta_cross, learning_rate, steps)
+    if K_cross.shape != prop.shape or K_test.shape != (prop.shape[0],) * 2:
         raise ValueError(f"K blocks {K_train.shape}, {K_cross.shape}, {K_test.shape} do not match "
-                         f"the NTK blocks ({P.shape[1]} train, {P.shape[0]} test inputs)")
-    mean = P @ y2
-    PK = P @ K_cross.T                                       # P K_AB
-    cov = K_test - PK - PK.T + P @ K_train @ P.T
+                         f"the NTK blocks ({prop.shape[1]} train, {prop.shape[0]} test inputs)")
+    mean = prop @ y2
+    prop_k = prop @ K_cross.T                                # P K_AB
+    cov = K_test - prop_k - prop_k.T + prop @ K_train @ prop.T
     eta = None if learning_rate is None else float(learning_rate)
     return KernelPrediction(mean, 0.5 * (cov + cov.T), eta, _check_steps(steps))
 

@@ -1,7 +1,7 @@
 r"""Kernel regression at dataset scale: conjugate gradients with a blocked kernel operator.
 
-The NNGP posterior mean (book eq. 6.64) and the infinite-time NTK prediction
-(book eq. 10.39 / ch. 7, kernel regression with the frozen NTK) both need
+The NNGP posterior mean (book §6.3) and the infinite-time NTK prediction
+(book §10.2, kernel regression with the frozen NTK) both need
 ``alpha = (k_AA + noise I)^{-1} y`` and then ``k_BA alpha``. A dense
 Cholesky needs the ``N x N`` kernel in memory and ``N^3 / 3`` flops; here the
 solve is scipy's conjugate gradients (:func:`scipy.sparse.linalg.cg`) on a
@@ -286,7 +286,7 @@ def cg_regression(mlp: MLP, x, y, *, noise=1e-6, statistic="K", layer=None, tol=
 
     Solves ``(k_AA + noise I) alpha = y`` with :func:`scipy.sparse.linalg.cg`
     on a :class:`KernelOperator`; ``predict`` then gives the NNGP posterior
-    mean (``statistic="K"``, book eq. 6.64) or the infinite-time prediction
+    mean (``statistic="K"``, book §6.3) or the infinite-time prediction
     of gradient descent with the frozen NTK (``statistic="Theta"``,
     ``noise`` a ridge; book ch. 10).
 

@@ -1,6 +1,6 @@
 r"""Nearly-kernel methods: the quadratic model in the parameters (book §11.4).
 
-Book §11.4 (eq. numbers to be checked). Expanding a network to second order
+Book §11.4. Expanding a network to second order
 around its initialization ``theta_0``,
 
 .. math::
@@ -68,13 +68,14 @@ def _check(phi, psi, lam):
     if phi.ndim != 2:
         raise ValueError(f"phi must have shape (P, n_params) (first derivatives of the P "
                          f"outputs); got {phi.shape}")
-    P, Q = phi.shape
+    n_z, n_params = phi.shape
     psi = np.asarray(psi, dtype=float)
-    if psi.shape != (P, Q, Q):
-        raise ValueError(f"psi must have shape {(P, Q, Q)} (second derivatives); got {psi.shape}")
+    if psi.shape != (n_z, n_params, n_params):
+        raise ValueError(f"psi must have shape {(n_z, n_params, n_params)} (second derivatives); "
+                         f"got {psi.shape}")
     if not np.allclose(psi, np.swapaxes(psi, 1, 2), rtol=1e-12, atol=0):
         raise ValueError("psi must be symmetric in its two parameter indices (it is a Hessian)")
-    lam = np.broadcast_to(np.asarray(lam, dtype=float), (Q,))
+    lam = np.broadcast_to(np.asarray(lam, dtype=float), (n_params,))
     if np.any(lam < 0):
         raise ValueError("lam (the learning-rate tensor lambda_mu) must be >= 0")
     return phi, psi, lam
@@ -102,8 +103,8 @@ def meta_kernels(phi, psi, lam=1.0) -> MetaKernels:
     dH = np.einsum("amn,bm,cn->abc", psi, lphi, lphi, optimize=True)
     # ddH_{i1 i2 j1 j2} = sum lambda_mu lambda_nu lambda_rho psi_{i1 mu nu} psi_{i2 mu rho}
     #                     phi_{j1 nu} phi_{j2 rho}
-    A = np.einsum("amn,cn->amc", psi, lphi, optimize=True)     # (P, Q, P)
-    ddH = np.einsum("amc,m,bmd->abcd", A, lam, A, optimize=True)
+    psi_l = np.einsum("amn,cn->amc", psi, lphi, optimize=True)     # (P, Q, P)
+    ddH = np.einsum("amc,m,bmd->abcd", psi_l, lam, psi_l, optimize=True)
     return MetaKernels(H, dH, ddH)
 
 
@@ -147,9 +148,9 @@ def quadratic_step(kernels: MetaKernels, eps, eta):
     dH : ndarray (P, P)
     """
     eps = np.asarray(eps, dtype=float)
-    P = kernels.H.shape[0]
-    if eps.shape != (P,):
-        raise ValueError(f"eps must have shape ({P},) (one entry per output); got {eps.shape}")
+    n_z = kernels.H.shape[0]
+    if eps.shape != (n_z,):
+        raise ValueError(f"eps must have shape ({n_z},) (one entry per output); got {eps.shape}")
     eta = float(eta)
     dz = -eta * kernels.H @ eps + 0.5 * eta ** 2 * np.einsum("abc,b,c->a", kernels.dH, eps, eps)
     lin = np.einsum("abc,c->ab", kernels.dH, eps)

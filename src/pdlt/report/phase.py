@@ -10,7 +10,7 @@ _PHASE_CODES = {"ordered": 0, "critical": 1, "chaotic": 2, "exploding": 3}
 
 
 def plot_phase_diagram(diagram, path=None, ax=None):
-    """Draw a :class:`~pdlt.theory.criticality.PhaseDiagram`.
+    """Draw a :class:`~pdlt.theory.phase.PhaseDiagram`.
 
     Colours the phases (ordered, chaotic, exploding), shades by
     ``log chi_perp(K*)``, draws the critical line ``chi_perp = 1`` and marks
@@ -19,7 +19,7 @@ def plot_phase_diagram(diagram, path=None, ax=None):
     Parameters
     ----------
     diagram : PhaseDiagram
-        From :func:`pdlt.theory.criticality.phase_diagram`.
+        From :func:`pdlt.theory.phase.phase_diagram`.
     path : str or path-like, optional
         Save the figure there (format from the suffix).
     ax : matplotlib Axes, optional

@@ -7,10 +7,11 @@ folded over depth by :func:`pdlt.statistics` (:mod:`pdlt.theory.statistics`).
 """
 
 from . import criticality  # the module; the function is pdlt.criticality
-from . import information, linear, nearby, nearly_gaussian, residual, vertex_nearby
-from .criticality import NoCriticalPointError, chi_parallel, chi_perp, depth_scales, phase_diagram
+from . import delta_expansion, delta_expansion_vertex, information, linear, nearly_gaussian, phase, residual
+from .criticality import NoCriticalPointError, chi_parallel, chi_perp
 from .information import optimal_aspect_ratio
 from .kernel import KernelNotPSDError, first_layer, kernel_step
+from .phase import depth_scales, phase_diagram
 from .kernel_blocks import KernelMatrices, kernel_matrix
 from .ntk_criticality import NTK_STATISTICS, critical_learning_rates, ntk_slopes
 from .residual import residual_criticality
@@ -23,4 +24,4 @@ __all__ = ["Flow", "KernelNotPSDError", "LayerStatistics", "Statistics", "first_
            "phase_diagram", "vertex_slope", "linear", "nearly_gaussian",
            "ntk_slopes", "critical_learning_rates", "NTK_STATISTICS",
            "information", "residual", "optimal_aspect_ratio", "residual_criticality",
-           "nearby", "vertex_nearby"]
+           "delta_expansion", "delta_expansion_vertex", "phase"]

@@ -1,33 +1,10 @@
 r"""Criticality and universality classes of the infinite-width kernel flow.
 
-For one input the kernel obeys the map (``shared/NOTATION.md``; book eq. 5.3,
-eq. numbers to be checked)
-
-.. math::  K^{(l+1)} = f(K^{(l)}) = C_b + C_W \langle\sigma^2\rangle_{K^{(l)}},
-
-whose slope is the parallel susceptibility and whose companion governs the
-perpendicular (angular) direction (book eqs. 5.50-5.51):
-
-.. math::
-    \chi_\parallel(K) = f'(K) = C_W\langle\sigma'^2 + \sigma\sigma''\rangle_K
-                      = \frac{C_W}{2K^2}\langle\sigma^2 (z^2 - K)\rangle_K,\qquad
-    \chi_\perp(K) = C_W\langle\sigma'^2\rangle_K .
-
-The last form of :math:`\chi_\parallel` follows from Gaussian integration by
-parts, ``d<F>_K/dK = <F''>_K / 2 = <F He_2(z/sqrt K)>_K / (2K)``; more
-generally ``d^n <F>_K / dK^n = <F He_{2n}(z/sqrt K)>_K / (2K)^n``. The solver
-uses these forms, which need sigma alone (and sigma' for chi_perp), so a
-user's callable with finite-difference derivatives gets the same answer as the
-named activation.
-
-Criticality (book §5.2-5.3) is a fixed point ``K* = f(K*)`` with
-``chi_par(K*) = chi_perp(K*) = 1``. Eliminating ``C_W = 1/<sigma'^2>_{K*}``
-leaves one equation in K*, ``<sigma sigma''>_{K*} = 0`` (i.e. chi_par /
-chi_perp = 1), after which ``C_b = K* - <sigma^2>/<sigma'^2>`` must be
-``>= 0``. :func:`criticality` finds every root on ``K in [1e-8, 1e6]`` by a
-log-grid scan for sign changes refined with Brent's method, treats ``K* = 0``
-by the Taylor expansion of sigma at the origin (book §5.3.3), and sorts the
-solutions into the book's universality classes:
+:func:`criticality` finds the critical initialization of any activation (a
+name, an :class:`~pdlt.Activation` or a vectorized numpy callable)
+numerically: the fixed point ``K* = C_b + C_W <sigma^2>_{K*}`` with
+``chi_parallel(K*) = chi_perp(K*) = 1`` (book §5.2-5.3), sorted into the
+book's universality classes:
 
 ``"scale-invariant"``
     ``sigma(z) = a_+ z (z > 0), a_- z (z < 0)``: ``C_b = 0``,
@@ -36,17 +13,24 @@ solutions into the book's universality classes:
     sigma(0) = 0, sigma'(0) != 0: ``C_b = 0``, ``C_W = 1/sigma_1^2``; the
     kernel decays as a power of l (book §5.3.3).
 ``"half-stable"``
-    a root K* > 0 with C_b >= 0 where f - K touches zero quadratically, so
-    K* attracts from one side only, with a ``1/l`` approach (SWISH, GELU;
-    book §5.3.4).
+    a root K* > 0 with C_b >= 0 that attracts from one side only, with a
+    ``1/l`` approach (SWISH, GELU; book §5.3.4).
 ``"none"``
     no physical solution; ``reason`` says why.
+
+:func:`kernel_map`, :func:`chi_parallel` and :func:`chi_perp` are the
+single-input map ``f(K) = C_b + C_W <sigma^2>_K`` and its susceptibilities
+(book §5.1); :func:`require_critical` raises for class ``"none"``. Off
+criticality (fixed points, depth scales, the phase diagram):
+:mod:`pdlt.theory.phase`.
 
 Accuracy: the expectations are the engine's (below 1e-14 relative for the
 named activations, :mod:`pdlt.gaussian`); roots are solved to
 ``xtol = 1e-14 K``; ``chi_parallel`` and ``chi_perp`` at the reported point
 equal 1 to within 1e-10 (checked by the tests against an independent
 adaptive quadrature).
+
+Derivation: ``docs/derivations/criticality.rst``.
 """
 
 from __future__ import annotations
@@ -56,10 +40,10 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize
 
-from .. import gaussian
-from ..activations import Activation, ActivationError, activation as _activation
+from ._kernel_map import (EPS, K_RANGE, check_kernel, check_moments, check_variances, derivatives,
+                          find_fixed_points, find_roots, moments, resolve_activation,
+                          scale_invariant_slopes, scan_grid, taylor_at_zero)
 from .kernel import single_input_moments
 
 __all__ = [
@@ -67,23 +51,14 @@ __all__ = [
     "CriticalSolution",
     "Asymptotics",
     "Criticality",
-    "FixedPoint",
-    "DepthScales",
-    "PhaseDiagram",
     "kernel_map",
     "chi_parallel",
     "chi_perp",
-    "fixed_points",
     "criticality",
     "require_critical",
-    "depth_scales",
-    "phase_diagram",
     "taylor_at_zero",
 ]
 
-_EPS = np.finfo(float).eps
-K_RANGE = (1e-8, 1e6)
-_SCAN_PER_DECADE = 24
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
@@ -146,7 +121,7 @@ class Asymptotics:
     ``coefficients`` holds the expansion of the kernel map around K*:
     ``Delta' = Delta + A Delta^2 + B Delta^3`` (``A = f''/2``,
     ``B = f'''/6``; for the K*=0 class ``A = a_1``, ``B = a_2`` of book
-    eq. 5.88, eq. numbers to be checked), or ``Delta' = Delta + a_half
+    §5.3.3), or ``Delta' = Delta + a_half
     Delta^(3/2) + A Delta^2`` for an activation with a kink at the origin.
 
     Attributes
@@ -222,82 +197,10 @@ class Criticality:
                     asymptotics=None if self.asymptotics is None else self.asymptotics.to_dict())
 
 
-# ---------------------------------------------------------------------------
-# validation and moments
-# ---------------------------------------------------------------------------
-
-def _act_iv(act) -> Activation:
-    """Resolve and validate an activation (name, Activation or callable)."""
-    if act is None:
-        raise ActivationError("activation is required: a name such as 'tanh', an "
-                              "Activation, or a vectorized numpy callable")
-    return _activation(act)
-
-
-def _K_iv(K, name="K"):
-    arr = np.asarray(K, dtype=float)
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise ValueError(f"{name} must be a finite variance >= 0; got {K!r}")
-    return arr
-
-
-def _CW_iv(C_W, C_b=None):
-    C_W = float(C_W)
-    if not math.isfinite(C_W) or C_W <= 0:
-        raise ValueError(f"C_W must be a finite weight variance > 0; got {C_W!r}")
-    if C_b is not None:
-        C_b = float(C_b)
-        if not math.isfinite(C_b) or C_b < 0:
-            raise ValueError(f"C_b must be a finite bias variance >= 0; got {C_b!r}")
-        return C_b, C_W
-    return C_W
-
-
-def _expect(act, fn, K):
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        out = gaussian.expect(fn, K, kinks=act.kinks, period=act.period)
-    return out
-
-
-def _moments(act, K):
-    """Expectations the solver needs, at K > 0 (array).
-
-    Returns S = <sigma^2>, Z2 = <z^2 sigma^2>/K, Z4 = <z^4 sigma^2>/K^2,
-    Z6 = <z^6 sigma^2>/K^3, D = <sigma'^2>, DZ = <z^2 sigma'^2>/K, so that
-    (with u = z/sqrt K) S1 = dS/dK = (Z2 - S)/(2K),
-    S2 = (Z4 - 6 Z2 + 3 S)/(4K^2), D1 = (DZ - D)/(2K).
-    """
-    K = np.asarray(K, dtype=float)
-    s = act.sigma
-    d = act.d1
-    # subtract sigma(0)^2 before integrating: Z2 - S = <(sigma^2 - sigma(0)^2)(u^2 - 1)>
-    # then loses no digits to cancellation at small K (sigmoid, softplus)
-    s00 = float(s(np.zeros(1))[0]) ** 2
-    S = _expect(act, lambda z: s(z) ** 2 - s00, K)
-    Z2 = _expect(act, lambda z: z * z * (s(z) ** 2 - s00), K) / K
-    D = _expect(act, lambda z: d(z) ** 2, K)
-    return S + s00, Z2 + s00, D
-
-
 def _h(act, K):
-    """<sigma sigma''>_K = dS/dK - <sigma'^2> (zero at a critical K*)."""
-    S, Z2, D = _moments(act, K)
-    return (Z2 - S) / (2.0 * K) - D
-
-
-def _derivatives(act, K):
-    """f-independent derivatives at scalar K: S, S1, S2, S3, D, D1."""
-    K = float(K)
-    s, d = act.sigma, act.d1
-    E = [_expect(act, lambda z, p=p: (z * z / K) ** p * s(z) ** 2, K) for p in range(4)]
-    Dm = [_expect(act, lambda z, p=p: (z * z / K) ** p * d(z) ** 2, K) for p in range(2)]
-    S = float(E[0])
-    S1 = float(E[1] - E[0]) / (2 * K)                                   # He_2
-    S2 = float(E[2] - 6 * E[1] + 3 * E[0]) / (4 * K * K)               # He_4
-    S3 = float(E[3] - 15 * E[2] + 45 * E[1] - 15 * E[0]) / (8 * K ** 3)  # He_6
-    D = float(Dm[0])
-    D1 = float(Dm[1] - Dm[0]) / (2 * K)
-    return S, S1, S2, S3, D, D1
+    """``<sigma sigma''>_K = d<sigma^2>/dK - <sigma'^2>`` (zero at a critical K*)."""
+    ss, zss, pp = moments(act, K)
+    return (zss - ss) / (2.0 * K) - pp
 
 
 # ---------------------------------------------------------------------------
@@ -305,7 +208,7 @@ def _derivatives(act, K):
 # ---------------------------------------------------------------------------
 
 def kernel_map(activation, K, C_b, C_W):
-    """The single-input kernel map ``f(K) = C_b + C_W <sigma^2>_K`` (book eq. 5.3).
+    """The single-input kernel map ``f(K) = C_b + C_W <sigma^2>_K`` (book §5.1).
 
     Parameters
     ----------
@@ -318,16 +221,16 @@ def kernel_map(activation, K, C_b, C_W):
     -------
     float or ndarray of shape (...)
     """
-    act = _act_iv(activation)
-    C_b, C_W = _CW_iv(C_W, C_b)
-    K = _K_iv(K)
+    act = resolve_activation(activation)
+    C_b, C_W = check_variances(C_W, C_b)
+    K = check_kernel(K)
     ss, _, _ = single_input_moments(act, K)
     out = C_b + C_W * np.asarray(ss, dtype=float)
     return float(out) if out.ndim == 0 else out
 
 
 def chi_parallel(activation, K, C_W=1.0):
-    """``chi_par(K) = C_W <sigma'^2 + sigma sigma''>_K = f'(K)`` (book eq. 5.50).
+    """``chi_par(K) = C_W <sigma'^2 + sigma sigma''>_K = f'(K)`` (book §5.1).
 
     Parameters
     ----------
@@ -341,156 +244,52 @@ def chi_parallel(activation, K, C_W=1.0):
         Independent of C_b. At ``K = 0`` the value ``C_W sigma'(0)^2``
         (the limit for sigma(0) = 0).
     """
-    act = _act_iv(activation)
-    C_W = _CW_iv(C_W)
-    K = _K_iv(K)
+    act = resolve_activation(activation)
+    C_W = check_variances(C_W)
+    K = check_kernel(K)
     _, dd, sdd = single_input_moments(act, K)
     out = C_W * (np.asarray(dd, dtype=float) + np.asarray(sdd, dtype=float))
     return float(out) if out.ndim == 0 else out
 
 
 def chi_perp(activation, K, C_W=1.0):
-    """``chi_perp(K) = C_W <sigma'^2>_K`` (book eq. 5.51).
+    """``chi_perp(K) = C_W <sigma'^2>_K`` (book §5.1).
 
     Parameters and returns as :func:`chi_parallel`.
     """
-    act = _act_iv(activation)
-    C_W = _CW_iv(C_W)
-    K = _K_iv(K)
+    act = resolve_activation(activation)
+    C_W = check_variances(C_W)
+    K = check_kernel(K)
     _, dd, _ = single_input_moments(act, K)
     out = C_W * np.asarray(dd, dtype=float)
     return float(out) if out.ndim == 0 else out
 
 
 # ---------------------------------------------------------------------------
-# structure at the origin: scale invariance and one-sided Taylor coefficients
-# ---------------------------------------------------------------------------
-
-def _scale_invariant_slopes(act):
-    """(a_plus, a_minus) if sigma(z) = a_+ z (z > 0), a_- z (z < 0), else None.
-
-    Named activations declare it; a user's callable is tested on 80 points
-    spanning 1e-6 <= |z| <= 1e3 to 1e-12 relative.
-    """
-    if act.scale_invariant is not None and not (act.name == "monomial"
-                                                and act.parameters.get("p", 1) != 1):
-        return tuple(float(a) for a in act.scale_invariant)
-    z = np.logspace(-6, 3, 40)
-    with np.errstate(all="ignore"):
-        ap = float(act.sigma(np.array([1.0]))[0])
-        am = -float(act.sigma(np.array([-1.0]))[0])
-        plus, minus = act.sigma(z), act.sigma(-z)
-        zero = float(act.sigma(np.array([0.0]))[0])
-    tol = 1e-12 * max(abs(ap), abs(am), 1.0)
-    if (abs(zero) <= tol and np.all(np.abs(plus - ap * z) <= tol * np.maximum(z, 1.0))
-            and np.all(np.abs(minus + am * z) <= tol * np.maximum(z, 1.0))):
-        if ap == 0 and am == 0:
-            return None
-        return ap, am
-    return None
-
-
-def _cheb_taylor(fn, lo, hi, order, m=24):
-    """Taylor coefficients at 0 of fn on [lo, hi] (0 an endpoint or inside)."""
-    t = np.cos(np.pi * (np.arange(m) + 0.5) / m)
-    x = 0.5 * (lo + hi) + 0.5 * (hi - lo) * t
-    with np.errstate(all="ignore"):
-        y = np.asarray(fn(x), dtype=float)
-    if not np.all(np.isfinite(y)):
-        raise ActivationError("activation returned a non-finite value near z = 0")
-    cheb = np.polynomial.chebyshev.Chebyshev.fit(x, y, m - 1, domain=[lo, hi])
-    # domain == window: the polynomial in the original variable z
-    poly = cheb.convert(kind=np.polynomial.Polynomial, domain=[lo, hi], window=[lo, hi])
-    c = np.zeros(order + 1)
-    k = min(order + 1, len(poly.coef))
-    c[:k] = poly.coef[:k]
-    return np.array([c[p] * math.factorial(p) for p in range(order + 1)])
-
-
-def taylor_at_zero(activation, order=5):
-    """One-sided Taylor coefficients of sigma at the origin.
-
-    ``sigma(z) = sum_p sigma_p^{+-} z^p / p!`` for ``z -> 0^{+-}`` (book
-    eq. 5.84 convention). Exact coefficients of a named analytic activation
-    are used up to order 4 (and exact one-sided sigma', sigma'' at a kink);
-    the rest come from Chebyshev fits: degree 15 on ``[-0.2, 0.2]`` where
-    sigma is analytic at 0 (measured on tanh: error 1e-13 for sigma_1,
-    1e-12 for sigma_3, 1e-7 for sigma_5), degree 11 on ``[0, 0.2]`` and
-    ``[-0.2, 0]`` for the one-sided coefficients used to detect a kink
-    (1e-13 for sigma_1, 1e-8 for sigma_3).
-
-    Returns
-    -------
-    plus, minus : ndarray of shape (order + 1,)
-    analytic : bool
-        Whether the two sides agree (no kink at the origin).
-    """
-    act = _act_iv(activation)
-    r = 0.2
-    plus = _cheb_taylor(act.sigma, 0.0, r, order, m=12)
-    minus = _cheb_taylor(act.sigma, -r, 0.0, order, m=12)
-    scale = max(1.0, float(np.max(np.abs(plus[:4]))), float(np.max(np.abs(minus[:4]))))
-    tol = np.array([1e-10, 1e-8, 1e-6, 1e-4]) * scale
-    analytic = bool(np.all(np.abs(plus[:4] - minus[:4]) <= tol))
-    exact = act.derivatives == "exact"
-    if analytic:
-        central = _cheb_taylor(act.sigma, -r, r, order, m=16)
-        if exact and act.taylor is not None and 0.0 not in act.kinks:
-            k = min(len(act.taylor), order + 1)
-            central[:k] = act.taylor[:k]
-        plus = minus = central
-    elif exact:
-        # exact one-sided limits of sigma, sigma', sigma'' at the kink
-        tiny = 1e-15
-        with np.errstate(all="ignore"):
-            for arr, sgn in ((plus, 1.0), (minus, -1.0)):
-                z = np.array([sgn * tiny])
-                arr[0] = float(act.sigma(np.zeros(1))[0])
-                arr[1] = float(act.d1(z)[0])
-                arr[2] = float(act.d2(z)[0])
-    return plus, minus, analytic
-
-
-# ---------------------------------------------------------------------------
 # the solver
 # ---------------------------------------------------------------------------
 
-def _scan_grid(K_range):
-    lo, hi = (math.log10(k) for k in K_range)
-    return np.logspace(lo, hi, int(round((hi - lo) * _SCAN_PER_DECADE)) + 1)
-
-
-def _check_moments(act, K, values):
-    bad = ~np.isfinite(values)
-    if bad.any():
-        k = float(np.asarray(K)[np.argmax(bad)])
-        raise ActivationError(
-            f"activation {act.name!r} gives a non-finite Gaussian average at K = {k:.3g} "
-            "(it returns NaN/inf or grows too fast); it must be finite and grow at most "
-            "polynomially")
-
-
 def _root_solution(act, K):
-    S, S1, S2, S3, D, D1 = _derivatives(act, K)
-    C_W = 1.0 / D
-    C_b = K - C_W * S
-    if abs(C_b) <= 64 * _EPS * K:
+    ss, ss1, ss2, ss3, pp, pp1 = derivatives(act, K)
+    C_W = 1.0 / pp
+    C_b = K - C_W * ss
+    if abs(C_b) <= 64 * EPS * K:
         C_b = 0.0
-    f2, f3 = C_W * S2, C_W * S3
+    f2, f3 = C_W * ss2, C_W * ss3
     if abs(f2) * K <= 1e-9:
         stability = "undetermined"
     else:
         stability = "attracts from below" if f2 > 0 else "attracts from above"
     sol = CriticalSolution(K_star=float(K), C_b=float(C_b), C_W=float(C_W),
-                           chi_parallel=float(C_W * S1), chi_perp=float(C_W * D),
+                           chi_parallel=float(C_W * ss1), chi_perp=float(C_W * pp),
                            physical=bool(C_b >= 0), stability=stability)
-    A, B = f2 / 2.0, f3 / 6.0
+    map_a, map_b = f2 / 2.0, f3 / 6.0
     asym = None
     if stability != "undetermined" and C_b >= 0:
         side = "below" if f2 > 0 else "above"
-        dchi_perp = C_W * D1
+        dchi_perp = C_W * pp1
         # the basin: up to the neighbouring fixed points of the critical map
-        others = [p.K for p in _fixed_points(act, C_b, C_W, K_RANGE)
+        others = [p.K for p in find_fixed_points(act, C_b, C_W, K_RANGE)
                   if abs(p.K - K) > 1e-6 * K]
         if side == "below":
             lower = max([k for k in others if k < K], default=0.0)
@@ -499,12 +298,12 @@ def _root_solution(act, K):
             basin = (K, min([k for k in others if k > K], default=math.inf))
         asym = Asymptotics(
             law=(f"half-stable: K^(l) -> K* = {K:.10g} from {side} only (from K^(1) in "
-                 f"({basin[0]:.6g}, {basin[1]:.6g})), K^(l) - K* ~ {-1.0 / A:.6g} / l once "
-                 f"|K - K*| << |A/B| = {abs(A / B):.3g}; from the other side the kernel "
+                 f"({basin[0]:.6g}, {basin[1]:.6g})), K^(l) - K* ~ {-1.0 / map_a:.6g} / l once "
+                 f"|K - K*| << |A/B| = {abs(map_a / map_b):.3g}; from the other side the kernel "
                  "flows away"),
-            exponent=-1.0, amplitude=float(-1.0 / A),
-            p_parallel=2.0, p_perp=float(dchi_perp / A), side=side,
-            coefficients=dict(A=float(A), B=float(B), f2=float(f2), f3=float(f3),
+            exponent=-1.0, amplitude=float(-1.0 / map_a),
+            p_parallel=2.0, p_perp=float(dchi_perp / map_a), side=side,
+            coefficients=dict(A=float(map_a), B=float(map_b), f2=float(f2), f3=float(f3),
                               dchi_perp_dK=float(dchi_perp), basin=[float(b) for b in basin],
                               other_fixed_points=[float(k) for k in others]))
     return sol, asym
@@ -567,29 +366,6 @@ def _origin_solution(act, plus, minus, analytic):
     return sol, asym, coeffs
 
 
-def _find_roots(fn, grid, values, noise=None):
-    """Sign changes of values on grid, refined by brentq.
-
-    Points where ``|values| <= noise`` (the rounding level) carry no sign and
-    are skipped.
-    """
-    roots = []
-    if noise is not None:
-        keep = np.abs(values) > noise
-        grid, values = grid[keep], values[keep]
-    sign = np.sign(values)
-    for i in np.flatnonzero(sign[:-1] * sign[1:] < 0):
-        fa, fb = fn(grid[i]), fn(grid[i + 1])
-        if not fa * fb < 0:  # a sign change of the scan that the refined values do not confirm
-            continue
-        r = optimize.brentq(fn, grid[i], grid[i + 1], xtol=1e-14 * grid[i], rtol=4 * _EPS,
-                            maxiter=200)
-        roots.append(float(r))
-    for i in np.flatnonzero(values == 0):
-        roots.append(float(grid[i]))
-    return sorted(roots)
-
-
 def criticality(activation, *, K_range=K_RANGE) -> Criticality:
     """Critical initialization and universality class of an activation.
 
@@ -638,17 +414,17 @@ def criticality(activation, *, K_range=K_RANGE) -> Criticality:
     if isinstance(activation, str):
         # named activations are pure functions of their name: cache the result
         return _criticality_named(activation.strip().lower(), lo, hi)
-    return _criticality(_act_iv(activation), lo, hi)
+    return _criticality(resolve_activation(activation), lo, hi)
 
 
 @functools.lru_cache(maxsize=64)
 def _criticality_named(spec, lo, hi):
-    return _criticality(_act_iv(spec), lo, hi)
+    return _criticality(resolve_activation(spec), lo, hi)
 
 
 def _criticality(act, lo, hi):
     name = act.name
-    slopes = _scale_invariant_slopes(act)
+    slopes = scale_invariant_slopes(act)
     if slopes is not None:
         ap, am = slopes
         m = 0.5 * (ap * ap + am * am)
@@ -670,17 +446,17 @@ def _criticality(act, lo, hi):
                            "is a fixed point", asym)
 
     # --- K > 0: roots of h(K) = <sigma sigma''>_K on a log grid ------------
-    grid = _scan_grid((lo, hi))
-    S, Z2, D = _moments(act, grid)
-    for v in (S, Z2, D):
-        _check_moments(act, grid, v)
-    h = (Z2 - S) / (2.0 * grid) - D
-    # rounding level of h: sigma is known to eps relative, and (Z2 - S)/(2K)
-    # divides terms of size S by K (sigmoid at K = 1e-8 has |h| < noise)
-    noise = 64 * _EPS * (S / grid + D)
+    grid = scan_grid((lo, hi))
+    ss, zss, pp = moments(act, grid)
+    for v in (ss, zss, pp):
+        check_moments(act, grid, v)
+    h = (zss - ss) / (2.0 * grid) - pp
+    # rounding level of h: sigma is known to eps relative, and (zss - ss)/(2K)
+    # divides terms of size ss by K (sigmoid at K = 1e-8 has |h| < noise)
+    noise = 64 * EPS * (ss / grid + pp)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(np.abs(h) > noise, 1.0 + h / D, np.nan)
-    roots = _find_roots(lambda k: float(_h(act, k)), grid, h, noise)
+        ratio = np.where(np.abs(h) > noise, 1.0 + h / pp, np.nan)
+    roots = find_roots(lambda k: float(_h(act, k)), grid, h, noise)
     candidates = []  # (solution, asymptotics)
     for K in roots:
         candidates.append(_root_solution(act, K))
@@ -751,259 +527,3 @@ def require_critical(activation, **kwargs) -> Criticality:
         raise NoCriticalPointError(f"activation {res.activation!r} has no critical point: "
                                    f"{res.reason}")
     return res
-
-
-# ---------------------------------------------------------------------------
-# off criticality: fixed points, depth scales and the phase diagram
-# ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FixedPoint:
-    """A fixed point ``K* = f(K*)`` of the single-input kernel map."""
-
-    K: float
-    chi_parallel: float
-    chi_perp: float
-
-    @property
-    def stable(self) -> bool:
-        return self.chi_parallel < 1
-
-
-def _chis_at(act, K, C_W, plus=None, minus=None):
-    if K == 0.0:
-        if plus is None:
-            plus, minus, _ = taylor_at_zero(act)
-        m = 0.5 * (plus[1] ** 2 + minus[1] ** 2)
-        s0, s2 = 0.5 * (plus[0] + minus[0]), 0.5 * (plus[2] + minus[2])
-        return float(C_W * (m + s0 * s2)), float(C_W * m)
-    S, Z2, D = (float(v) for v in _moments(act, np.array(K)))
-    return float(C_W * (Z2 - S) / (2 * K)), float(C_W * D)
-
-
-def fixed_points(activation, C_b, C_W, *, K_range=K_RANGE):
-    """All fixed points of ``K -> C_b + C_W <sigma^2>_K`` in ``[0, K_range[1]]``.
-
-    Returns
-    -------
-    tuple of FixedPoint, sorted by K (``K = 0`` included when it is one).
-    """
-    act = _act_iv(activation)
-    C_b, C_W = _CW_iv(C_W, C_b)
-    return _fixed_points(act, C_b, C_W, K_range)
-
-
-def _fixed_points(act, C_b, C_W, K_range, S_grid=None):
-    slopes = _scale_invariant_slopes(act)
-    if slopes is not None:
-        m = 0.5 * (slopes[0] ** 2 + slopes[1] ** 2)
-        g = C_W * m
-        if C_b == 0:
-            return (FixedPoint(0.0, g, g),)
-        if g < 1:
-            return (FixedPoint(C_b / (1 - g), g, g),)
-        return ()
-    grid = _scan_grid(K_range) if S_grid is None else S_grid[0]
-    S = _moments(act, grid)[0] if S_grid is None else S_grid[1]
-    F = C_b + C_W * S - grid
-
-    def fn(k):
-        return C_b + C_W * float(_expect(act, lambda z: act.sigma(z) ** 2, k)) - k
-
-    roots = _find_roots(fn, grid, F, noise=64 * _EPS * (C_b + C_W * np.abs(S) + grid))
-    pts = []
-    s0 = float(act.sigma(np.array([0.0]))[0])
-    if C_b == 0 and s0 == 0:
-        pts.append(FixedPoint(0.0, *_chis_at(act, 0.0, C_W)))
-    for r in roots:
-        pts.append(FixedPoint(r, *_chis_at(act, r, C_W)))
-    return tuple(pts)
-
-
-@dataclass(frozen=True)
-class DepthScales:
-    """The fixed point the flow reaches and the depth scales there (book §5.4?, to be checked).
-
-    ``xi_parallel = -1/log chi_par(K*)``: ``K^(l) - K*`` decays like
-    ``exp(-l/xi_parallel)``; ``xi_perp = 1/|log chi_perp(K*)|``: the
-    perpendicular component ``K_[2]`` of two nearby inputs shrinks
-    (ordered, chi_perp < 1) or grows (chaotic, chi_perp > 1) like
-    ``exp(-+l/xi_perp)``. Infinite on the critical line.
-    ``phase`` is ``"ordered"``, ``"chaotic"``, ``"critical"`` or
-    ``"exploding"`` (no finite fixed point is reached; the kernel grows
-    without bound).
-    """
-
-    C_b: float
-    C_W: float
-    K_star: float
-    chi_parallel: float
-    chi_perp: float
-    xi_parallel: float
-    xi_perp: float
-    phase: str
-
-    def to_dict(self) -> dict:
-        return dict(C_b=self.C_b, C_W=self.C_W, K_star=self.K_star,
-                    chi_parallel=self.chi_parallel, chi_perp=self.chi_perp,
-                    xi_parallel=self.xi_parallel, xi_perp=self.xi_perp, phase=self.phase)
-
-
-def _xi(chi):
-    with np.errstate(divide="ignore"):
-        return float(-1.0 / math.log(chi)) if 0 < chi < 1 else math.inf if chi == 1 else math.nan
-
-
-def _classify(chi_perp, tol=1e-9):
-    if abs(chi_perp - 1) <= tol:
-        return "critical"
-    return "ordered" if chi_perp < 1 else "chaotic"
-
-
-def _reached(points, K1, F1):
-    """The fixed point the flow from K1 reaches (monotone map assumed)."""
-    if F1 == 0:
-        cand = [p for p in points if abs(p.K - K1) <= 1e-9 * max(K1, 1)]
-        return cand[0] if cand else None
-    if F1 > 0:
-        above = [p for p in points if p.K > K1]
-        return above[0] if above else None
-    below = [p for p in points if p.K < K1]
-    return below[-1] if below else None
-
-
-def depth_scales(activation, C_b, C_W, *, K1=1.0, K_range=K_RANGE) -> DepthScales:
-    """Fixed point reached from ``K^(1) = K1`` and its depth scales xi_par, xi_perp.
-
-    Parameters
-    ----------
-    activation : str, Activation or callable
-    C_b, C_W : float
-    K1 : float
-        First-layer kernel; the flow is followed from here (for a monotone
-        kernel map it ends at the nearest fixed point in the direction of
-        ``f(K1) - K1``).
-
-    Returns
-    -------
-    DepthScales
-    """
-    act = _act_iv(activation)
-    C_b, C_W = _CW_iv(C_W, C_b)
-    K1 = float(_K_iv(K1, "K1"))
-    return _depth_scales(act, C_b, C_W, K1, K_range)
-
-
-def _depth_scales(act, C_b, C_W, K1, K_range, S_grid=None):
-    slopes = _scale_invariant_slopes(act)
-    if slopes is not None:
-        m = 0.5 * (slopes[0] ** 2 + slopes[1] ** 2)
-        g = C_W * m
-        if g < 1:
-            K = C_b / (1 - g)
-            return DepthScales(C_b, C_W, K, g, g, _xi(g), _xi(g), "ordered")
-        if g == 1 and C_b == 0:
-            return DepthScales(C_b, C_W, K1, 1.0, 1.0, math.inf, math.inf, "critical")
-        return DepthScales(C_b, C_W, math.inf, g, g, math.nan, math.nan, "exploding")
-    pts = _fixed_points(act, C_b, C_W, K_range, S_grid)
-    F1 = C_b + C_W * float(_expect(act, lambda z: act.sigma(z) ** 2, K1)) - K1
-    p = _reached(pts, K1, F1)
-    if p is None:
-        return DepthScales(C_b, C_W, math.inf, math.nan, math.nan, math.nan, math.nan,
-                           "exploding")
-    return DepthScales(C_b, C_W, p.K, p.chi_parallel, p.chi_perp, _xi(p.chi_parallel),
-                       _xi(p.chi_perp) if p.chi_perp <= 1 else float(1 / math.log(p.chi_perp)),
-                       _classify(p.chi_perp))
-
-
-@dataclass(frozen=True)
-class PhaseDiagram:
-    """The (C_b, C_W) phase diagram as data.
-
-    Attributes
-    ----------
-    activation : str
-    C_b : ndarray (nb,)
-    C_W : ndarray (nw,)
-    K_star, chi_parallel, chi_perp, xi_parallel, xi_perp : ndarray (nb, nw)
-        At the fixed point reached from ``K1`` (inf/NaN where none).
-    phase : ndarray (nb, nw) of str
-        ``"ordered"``, ``"chaotic"``, ``"critical"``, ``"exploding"``.
-    critical_line : dict
-        ``{"C_b": (m,), "C_W": (m,), "K_star": (m,)}``: the line
-        ``chi_perp(K*) = 1`` through stable fixed points, parametrized by K*
-        (``C_W = 1/<sigma'^2>_K``, ``C_b = K - <sigma^2>_K/<sigma'^2>_K``).
-    critical_point : Criticality
-    K1 : float
-    """
-
-    activation: str
-    C_b: np.ndarray
-    C_W: np.ndarray
-    K_star: np.ndarray
-    chi_parallel: np.ndarray
-    chi_perp: np.ndarray
-    xi_parallel: np.ndarray
-    xi_perp: np.ndarray
-    phase: np.ndarray
-    critical_line: dict
-    critical_point: Criticality
-    K1: float
-
-    def to_dict(self) -> dict:
-        return dict(activation=self.activation, C_b=self.C_b, C_W=self.C_W, K_star=self.K_star,
-                    chi_parallel=self.chi_parallel, chi_perp=self.chi_perp,
-                    xi_parallel=self.xi_parallel, xi_perp=self.xi_perp, phase=self.phase,
-                    critical_line=self.critical_line,
-                    critical_point=self.critical_point.to_dict(), K1=self.K1)
-
-
-def phase_diagram(activation, C_b=None, C_W=None, *, K1=1.0, K_range=(1e-8, 1e4)) -> PhaseDiagram:
-    """Phase of every (C_b, C_W) on a grid, and the critical line.
-
-    Parameters
-    ----------
-    activation : str, Activation or callable
-    C_b : array_like (nb,), default ``linspace(0, 1, 21)``
-    C_W : array_like (nw,), default ``linspace(0.5, 3, 26)``
-    K1 : float
-        First-layer kernel the flow starts from.
-
-    Returns
-    -------
-    PhaseDiagram
-    """
-    act = _act_iv(activation)
-    C_b = np.linspace(0.0, 1.0, 21) if C_b is None else np.atleast_1d(np.asarray(C_b, float))
-    C_W = np.linspace(0.5, 3.0, 26) if C_W is None else np.atleast_1d(np.asarray(C_W, float))
-    if np.any(~np.isfinite(C_b)) or np.any(C_b < 0):
-        raise ValueError("C_b values must be finite and >= 0")
-    if np.any(~np.isfinite(C_W)) or np.any(C_W <= 0):
-        raise ValueError("C_W values must be finite and > 0")
-    K1 = float(_K_iv(K1, "K1"))
-    crit = criticality(act)
-    grid = _scan_grid(K_range)
-    S_grid = (grid, _moments(act, grid)[0])
-    shape = (len(C_b), len(C_W))
-    arrays = {k: np.full(shape, np.nan) for k in
-              ("K_star", "chi_parallel", "chi_perp", "xi_parallel", "xi_perp")}
-    phase = np.empty(shape, dtype=object)
-    for i, cb in enumerate(C_b):
-        for j, cw in enumerate(C_W):
-            d = _depth_scales(act, float(cb), float(cw), K1, K_range, S_grid)
-            for k in arrays:
-                arrays[k][i, j] = getattr(d, k)
-            phase[i, j] = d.phase
-    # critical line, parametrized by K*
-    if _scale_invariant_slopes(act) is not None:
-        line = dict(C_b=np.array([0.0]), C_W=np.array([crit.C_W]), K_star=np.array([np.nan]))
-    else:
-        S, Z2, D = _moments(act, grid)
-        cw_line = 1.0 / D
-        cb_line = grid - S / D
-        chi_par = cw_line * (Z2 - S) / (2 * grid)
-        keep = (cb_line >= 0) & (chi_par <= 1 + 1e-12) & (cb_line <= C_b.max()) \
-            & (cw_line <= C_W.max()) & (cw_line >= C_W.min())
-        line = dict(C_b=cb_line[keep], C_W=cw_line[keep], K_star=grid[keep])
-    return PhaseDiagram(crit.activation, C_b, C_W, phase=phase, critical_line=line,
-                        critical_point=crit, K1=K1, **arrays)

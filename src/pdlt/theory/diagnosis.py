@@ -13,7 +13,7 @@ the network as a whole, ``L/n`` against the information-theoretic optimum
 The MLP may have a different ``C_b``, ``C_W`` in every layer (PyTorch's
 default initialization gives ``C_b^(l) = 1/(3 n_{l-1})``), which is why this
 works from the per-layer flows rather than from the fixed-point analysis of
-:func:`pdlt.theory.criticality.depth_scales`. :func:`pdlt.torch.diagnose`
+:func:`pdlt.theory.phase.depth_scales`. :func:`pdlt.torch.diagnose`
 builds the MLP from a real PyTorch model and calls :func:`diagnose_mlp`.
 """
 
@@ -414,7 +414,8 @@ def diagnose_architecture(act, depth, width, C_b=None, C_W=None, K1=1.0, residua
     layers; ``n_out`` the output width n_L.
     """
     from ..network import MLP
-    from .criticality import criticality, depth_scales
+    from .criticality import criticality
+    from .phase import depth_scales
     from .statistics import flow
 
     if depth < 1 or width < 1:

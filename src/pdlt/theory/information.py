@@ -1,66 +1,27 @@
 r"""Entropy, mutual information and the optimal aspect ratio (book appendix A).
 
-Infinite width
---------------
-Preactivations are Gaussian, independent across neurons: for one neuron on N
-inputs ``S = (1/2) log det(2 pi e K)``, and between input subsets A, B
-``I(A; B) = (1/2)[log det K_AA + log det K_BB - log det K]``. Different
-neurons share no information.
+* Infinite width (book §A.2): :func:`gaussian_entropy` and
+  :func:`gaussian_mutual_information` of Gaussian preactivations; different
+  neurons share no information.
+* Finite width (book §A.3): :func:`nearly_gaussian_entropy` and
+  :func:`nearly_gaussian_mutual_information` from (K, V, G1); groups of
+  ``m_A`` and ``m_B`` neurons share ``I = m_A m_B <V, V> / (8 n^2)``.
+* One input, next order: the output of a plain last layer is a Gaussian
+  scale mixture; :func:`scale_mixture_mi_series` gives its mutual
+  information ``m_A m_B [k2^2/8 - (3(m_A + m_B) + 20) k2^3 / 48]`` in the
+  variance ``k2 = V/(n K^2)`` of the scale, and
+  :func:`scale_mixture_mutual_information` the exact value.
+  :func:`optimal_vertex` maximizes the series, ``k2* = 4/(20 + 3 n_L)``, and
+  :func:`optimal_aspect_ratio` turns it into ``r* = (L/n)* = 4/((20 + 3 n_L) nu)``
+  with ``nu`` the vertex slope (:func:`pdlt.theory.vertex.vertex_slope`;
+  residual MLPs: :func:`pdlt.theory.residual.residual_vertex_slope`).
 
-Finite width (order 1/n^2 in the entropy)
------------------------------------------
-For m neurons on N inputs with the cumulants of :mod:`pdlt.theory.nearly_gaussian`
-(``kappa2 = K + G1/n``, ``kappa4 = (V + 2 perms)/n`` per neuron pair
-structure), the Gaussian of the same covariance maximizes the entropy, so
-``S = S_Gauss(kappa2) - KL``, and the Edgeworth form gives
-``KL = (1/2) E[(kappa4 H_4 / 24)^2] = ||kappa4||^2 / 48`` (contractions with
-``K^{-1}``). With the neuron structure of kappa4,
+Caveats: the optimum is a property of the truncated series (the exact mixture
+information keeps growing with k2); converting ``k2*`` to ``L/n`` with the
+next order shifts r* by O(k2*) relative (-8 % at n_L = 1). For n_L = 1 the
+value is the formula's (there is no pair of output neurons).
 
-.. math::
-    S_m = \frac m2 \log\det(2\pi e\,\kappa_2)
-        - \frac{1}{48 n^2}\big[3m^2\langle V, V\rangle + 6m\langle V, V\rangle_\times\big]
-        + O(1/n^3),
-
-``<V, V> = V_{(ab)(cd)} V^{(ab)(cd)}`` (same pairing, indices raised with
-``K^{-1}``) and ``<V, V>_x = V_{(ab)(cd)} V^{(ac)(bd)}``. Hence the mutual
-information between two groups of ``m_A`` and ``m_B`` neurons is
-``I = m_A m_B <V, V> / (8 n^2)``: finite width makes neurons share
-information. At O(1/n) the entropy only moves through G1.
-
-Single input, the next order: the optimal aspect ratio
-------------------------------------------------------
-Conditioned on layer L-1, the output neurons of a (plain) last layer are
-i.i.d. ``N(0, Ghat)``, ``Ghat = C_b + (C_W/n) sum_j sigma_j^2``: the output
-distribution is exactly a Gaussian scale mixture. Write ``Ghat = E[Ghat](1 +
-eps)`` with cumulants ``k2 = Var(eps) = V/(n K^2) + O(1/n^2)``, ``k3``, ...,
-``k_j = O((L/n)^{j-1})`` at criticality. Expanding the density ratio
-``Delta = p_AB/(p_A p_B) - 1`` in eps and averaging over the chi-square laws
-of the two groups' radii (a symbolic computation; its output is what
-:func:`scale_mixture_mi_series` returns),
-
-.. math::
-    I(A; B) = m_A m_B\Big[\frac{k_2^2}{8}
-        - \frac{3(m_A + m_B) + 20}{48}\, k_2^3\Big] + O(k^4),
-
-with no ``k2 k3`` term. The first term grows with depth: finite width lets
-neurons share information (representation learning needs it); the second
-says that past a point the fluctuations of the whole layer (eps) swamp it.
-Maximizing over ``k2`` with ``m_A + m_B = n_L`` output neurons:
-
-.. math::
-    k_2^\star = \frac{4}{20 + 3 n_L},\qquad
-    r^\star = \Big(\frac Ln\Big)^\star = \frac{4}{(20 + 3 n_L)\,\nu}
-
-at leading order ``k2 = nu L/n`` (``nu`` the vertex slope,
-:func:`pdlt.theory.vertex.vertex_slope`: ReLU 5, linear 2, K* = 0 class
-2/3; residual: :func:`pdlt.theory.residual.residual_vertex_slope`). This
-reproduces the form of the book's result (appendix A; eq. numbers to be
-checked). Caveats, stated: the optimum is a property of the truncated
-series (the exact mixture information keeps growing with k2); converting
-``k2*`` to ``L/n`` with the next order (for ReLU ``k2 = e^{5 L/n} - 1``)
-shifts r* by O(k2*) relative (``log(1 + k2*)/nu`` instead of ``k2*/nu``:
--8 % at n_L = 1). For n_L = 1 there is no pair of output neurons; the value
-is the formula's, the issue's convention for a single-output network.
+Derivation: ``docs/derivations/information.rst``.
 """
 
 from __future__ import annotations
@@ -256,8 +217,8 @@ def scale_mixture_mutual_information(G, weights=None, m_A=1, m_B=1, *, points=40
     lo = 0.5 * math.log(G.min()) - 40.0 / max(m_A + m_B, 1) ** 0.5 - 10.0
     hi = 0.5 * math.log(G.max()) + 0.5 * math.log(2.0 * (m_A + m_B) + 80.0) + 0.5
     u = np.linspace(lo, hi, int(points))
-    S = [_mixture_entropy(G, w, m, u)[0] for m in (m_A, m_B, m_A + m_B)]
-    return S[0] + S[1] - S[2]
+    ents = [_mixture_entropy(G, w, m, u)[0] for m in (m_A, m_B, m_A + m_B)]
+    return ents[0] + ents[1] - ents[2]
 
 
 def optimal_vertex(n_out=1):

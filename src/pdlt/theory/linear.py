@@ -1,30 +1,14 @@
 r"""Deep linear networks, exact at every width (book ch. 3).
 
-For ``sigma(z) = z`` and ``C_b = 0`` every layer is a Gaussian scale mixture.
-Conditioned on layer l, ``z^(l+1)_i`` are i.i.d. ``N(0, C_W^(l+1) |z^(l)|^2 / n_l)``;
-and ``|z^(l)|^2 / n_l`` is itself ``(prefactor) x chi^2_{n_l} / n_l``.
-Unrolling, one preactivation of layer l is
+For ``sigma(z) = z`` and ``C_b = 0`` one preactivation of layer l is a
+Gaussian scale mixture, ``z^(l) = sqrt(K^(l)) u prod_{k<l} sqrt(X_k/n_k)``
+with ``u ~ N(0, 1)`` and independent ``X_k ~ chi^2_{n_k}``, so its moments and
+density are known exactly at any widths: ``G1 = 0``,
+``E[z^4]/(3 E[z^2]^2) = prod_k (1 + 2/n_k)`` and, at large depth with
+``r = L/n`` fixed, ``E[z^{2m}]/((2m-1)!! K^m) -> exp(m (m - 1) r)``. These
+are the exact references the finite-width recursions are tested against.
 
-.. math::
-    z^{(l)} = \sqrt{K^{(l)}}\, u \prod_{k=1}^{l-1} \sqrt{X_k / n_k},\qquad
-    u \sim N(0,1),\ X_k \sim \chi^2_{n_k}\ \text{independent},
-
-with ``K^(l) = K^(1) prod_{k=2}^{l} C_W^(k)``. Hence, exactly,
-
-.. math::
-    E[(z^{(l)})^{2m}] = (2m-1)!!\,(K^{(l)})^m \prod_{k=1}^{l-1}\prod_{j=0}^{m-1}\Big(1 + \frac{2j}{n_k}\Big)
-
-(book eq. 3.?? for equal widths, eq. numbers to be checked): ``G1 = 0`` at
-every width, ``E[z^4]/(3 E[z^2]^2) = prod_k (1 + 2/n_k)``, and at leading
-order ``V^(l)/n_{l-1} = 2 K^2 sum_{k<l} 1/n_k`` (equal widths:
-``V/K^2 = 2 (l - 1)``).
-
-Large depth at fixed ``r = L/n`` (equal widths): ``log(X_k/n)`` has mean
-``-1/n + O(n^-2)`` and variance ``2/n + O(n^-2)``, so the log of the scale
-``S = prod X_k/n_k`` tends to ``N(-r, 2r)`` and ``z`` to a Gaussian with a
-log-normal variance: ``E[z^{2m}] / ((2m-1)!! K^m) -> exp(m (m - 1) r)``.
-
-Odd moments vanish; the inputs enter only through ``K^(1)``.
+Derivation: ``docs/derivations/linear.rst``.
 """
 
 from __future__ import annotations

@@ -1,31 +1,16 @@
 r"""The nearly-Gaussian distribution of one neuron's preactivations at O(1/n).
 
-For one neuron and N inputs the cumulants to O(1/n) (``shared/NOTATION.md``)
-are
+For one neuron and N inputs the cumulants to O(1/n) are
+``kappa_ab = K_ab + G1_ab/n`` and
+``kappa_abcd = (V_(ab)(cd) + V_(ac)(bd) + V_(ad)(bc))/n``
+(``shared/NOTATION.md``). :func:`density` returns the Edgeworth form
+``N(z; kappa_2) [1 + (1/24) kappa_abcd H^abcd(z)]`` (``form="edgeworth"``:
+normalized, with exactly these cumulants) or the expanded quartic action of
+the book (``form="action"``), which agrees to O(1/n). Both hold only while
+the correction is small, ``3 V / (n K^2) << 1``. One input:
+``E[z^4]/E[z^2]^2 - 3 = 3 V / (n K^2) + O(1/n^2)``.
 
-.. math::
-    \kappa_{ab} = K_{ab} + \frac1n G^{1}_{ab},\qquad
-    \kappa_{abcd} = \frac1n\big[V_{(ab)(cd)} + V_{(ac)(bd)} + V_{(ad)(bc)}\big],
-
-higher cumulants being O(1/n^2). Two equivalent O(1/n) forms of the density:
-
-* the quartic action (book §4.?, eq. numbers to be checked)
-  ``p(z) ∝ exp(-S)``,
-  ``S(z) = (1/2) gamma^{ab} z_a z_b - (1/24) lambda^{abcd} z_a z_b z_c z_d``
-  with ``lambda^{abcd} = kappa_{a'b'c'd'} K^{aa'} K^{bb'} K^{cc'} K^{dd'}`` and
-  ``gamma = g^{-1}``, ``g_{ab} = kappa_{ab} - (1/2) kappa_{abcd} K^{cd}``
-  (single input: ``lambda = 3V/(n K^4)``, ``g = K + (G1 - 3V/(2K))/n``). The
-  action is unbounded below at large ``|z|`` and is a statement about the
-  first two orders of the cumulants only, so it is evaluated expanded:
-  ``exp(-S) ~ N(z; g) [1 + (1/24) lambda (z z z z) - const]``;
-* the Edgeworth form ``N(z; kappa_2) [1 + (1/24) kappa_{abcd} H^{abcd}(z)]``
-  with the Hermite tensor of ``kappa_2`` -- normalized exactly, with exactly
-  the cumulants ``kappa_2`` and ``kappa_4``. This is what :func:`density`
-  returns (``form="edgeworth"``); ``form="action"`` returns the expanded
-  action, which agrees to O(1/n) (both are valid only while the correction
-  is small: ``3 V / (n K^2) << 1``).
-
-Excess kurtosis of one input: ``E[z^4]/E[z^2]^2 - 3 = 3 V / (n K^2) + O(1/n^2)``.
+Derivation: ``docs/derivations/nearly_gaussian.rst``.
 """
 
 from __future__ import annotations

@@ -1,80 +1,31 @@
 r"""Residual MLPs at criticality: critical initialization, vertex slope and r* vs gamma.
 
-The residual MLP of ``shared/NOTATION.md`` (book appendix B),
-``z^(l+1) = xi [b + W sigma(z^(l))] + gamma z^(l)``, has the single-input
-kernel map (:mod:`pdlt.theory.kernel`)
+For the residual MLP ``z^(l+1) = xi [b + W sigma(z^(l))] + gamma z^(l)``
+(``shared/NOTATION.md``, book appendix B):
 
-.. math::
-    K' = \xi^2 [C_b + C_W\langle\sigma^2\rangle_K] + \gamma^2 K
-       = \gamma^2 K + (1-\gamma^2)\,[\tilde C_b + \tilde C_W\langle\sigma^2\rangle_K],\qquad
-    \tilde C_{b,W} = \frac{\xi^2 C_{b,W}}{1-\gamma^2},
+* :func:`residual_criticality`: a residual layer is critical at
+  ``(1 - gamma^2)/xi^2`` times the plain critical ``(C_b*, C_W*)``, with the
+  same K* and universality class, for ``|gamma| < 1`` (book §B.2; no critical
+  point for ``|gamma| >= 1``). Layers *without* a residual connection (the
+  first layer, a plain output layer) keep the plain values
+  (``ResidualCriticality.plain_C_b/plain_C_W``), so the output of a critical
+  residual MLP sits at ``K^(L) = K*``; :func:`residual_mlp`,
+  ``pdlt diagnose --residual`` and ``pdlt.torch.init_critical_(model,
+  gamma=...)`` follow this convention.
+* :func:`residual_vertex_slope`: the slope ``nu`` of ``V/(n K*^2)`` per layer
+  at criticality, from the exact V of
+  :func:`pdlt.theory.residual_ntk.residual_vertex_metric` (a residual neuron
+  carries its own past, so V needs two-depth averages);
+  :func:`three_point_vertex_slope` is the closed form that keeps only their
+  three-point part (exact for linear networks and at gamma = 0; ReLU,
+  gamma = 0.5: 6.4273 against the exact 6.4963). Every slope vanishes as
+  ``gamma -> 1``, so the optimal aspect ratio ``r* = 4 / ((20 + 3 n_L) nu)``
+  (:mod:`pdlt.theory.information`, book §B.3) diverges: residual connections
+  let the network be deeper at a given width.
 
-and susceptibilities ``chi = gamma^2 + (1 - gamma^2) chi~`` with ``chi~`` the
-plain susceptibilities at ``(C~_b, C~_W)``. So criticality
-(``K* = K'(K*)``, ``chi_par = chi_perp = 1``) holds exactly when
-``(C~_b, C~_W)`` is the plain critical point: for ``|gamma| < 1``
-
-.. math::
-    C_b(\gamma) = \frac{(1-\gamma^2)\, C_b^\star}{\xi^2},\qquad
-    C_W(\gamma) = \frac{(1-\gamma^2)\, C_W^\star}{\xi^2},
-
-with the same ``K*`` and universality class (derivation ours; the book's
-appendix B, eq. numbers to be checked). ``|gamma| >= 1`` has no critical
-point (``chi_perp >= gamma^2 >= 1`` with equality only at C_W = 0).
-
-Vertex slope. At criticality (equal widths, ``chi_par = 1`` at K*) V grows by
-a constant ``nu K*^2`` per layer once the two-depth terms (a residual neuron
-carries its own past; :mod:`pdlt.theory.residual_ntk`) have converged
-geometrically (ratio gamma). :func:`residual_vertex_slope` computes ``nu``
-from the exact V (:func:`pdlt.theory.residual_ntk.residual_vertex_metric`),
-run to ``gamma^(2L) <= 1e-8`` and Aitken-extrapolated. Keeping only the
-three-point part of the two-depth terms (``kappa3``, with ``c~ = C~_W``,
-``D1 = <(sigma^2)'>_{K*}``) gives the closed form
-:func:`three_point_vertex_slope`,
-
-.. math::
-    \nu_3(\gamma) = (1-\gamma^2)\Big[(1-\gamma^2)\,\nu_0 + 4\gamma^2
-        + 2\gamma(1+\gamma)\,\frac{\tilde c^2 D_1^2}{K^\star}\Big],
-
-``nu_0`` the plain slope (:func:`pdlt.theory.vertex.vertex_slope`); ReLU:
-``(1 - g^2)[5 - g^2 + (16/pi) g (1 + g)]``. It is exact for linear networks
-(``nu = 2 (1 - gamma^4)``) and at gamma = 0, and off for nonlinear sigma:
-ReLU, gamma = 0.5: exact 6.4963 vs 6.4273; gamma = 0.9: 2.5359 vs 2.4508;
-gamma = -0.5: 2.5538 vs 2.6076. For the K* = 0 class (K ~ 1/((1 - gamma^2) a
-l), chi_par ~ 1 - 2/l, D1 -> 0, and every two-depth term beyond the linear
-one vanishes as K -> 0): ``nu = (2/3)(1 - gamma^4)``. Every slope vanishes
-as ``gamma -> 1``, so the optimal aspect ratio ``r* = 4 / ((20 + 3 n_L) nu)``
-(:mod:`pdlt.theory.information`) diverges: residual connections let the
-network be deeper at a given width.
-
-Note the residual layers are the equal-width hidden layers; with ``n_L = 1``
-the output layer is plain (:class:`pdlt.MLP`), which keeps the output a
-Gaussian scale mixture, the structure :mod:`pdlt.theory.information` uses.
-
-Which layers get the residual critical variances (the convention)
------------------------------------------------------------------
-"Critical" means every layer maps ``K*`` to ``K*`` with ``chi = 1``. A residual
-layer does so at ``(1 - gamma^2)/xi^2`` times the plain critical
-``(C_b*, C_W*)``; a layer *without* a residual connection (the first layer,
-and a plain output layer, ``n_out != width``) does so only at the plain
-``(C_b*, C_W*)`` itself. So :func:`residual_mlp`, ``pdlt diagnose --residual``
-and ``pdlt.torch.init_critical_(model, gamma=...)`` scale only the residual
-layers and keep the plain critical values in the others: the output of a
-critical residual MLP sits at ``K^(L) = K*`` (scaling the plain output layer
-too would leave it at ``(1 - gamma^2) K*``, a network that is not what a user
-calls critical). ``ResidualCriticality.plain_C_b/plain_C_W`` are the values
-of the non-residual layers.
-
-NTK statistics. The single-input A, B, D, F of residual MLPs are in
-:mod:`pdlt.theory.residual_ntk`: unlike the plain MLP they do not close on
-Gaussian averages at one depth, because a residual neuron carries its own
-past; they need the single-neuron two-depth averages
-``E[f(z^(l)) g(z^(p))]``, ``Cov(z^(l), z^(p)) = gamma^(p+1)...gamma^(l) K^(p)``
-(derivation: ``docs/derivations/residual_ntk.md``). The same terms enter V and
-G1: the single-input V, G1 of :func:`pdlt.statistics` and
-:func:`residual_vertex_slope` are exact; keeping only their three-point part
-is ~1-4 % off for nonlinear sigma (ReLU, gamma = 0.5: V^(3) 8.6179 exact vs
-8.5574, G1^(3) 0.3426 vs 0.3581).
+The single-input NTK statistics of residual MLPs: :mod:`pdlt.theory.residual_ntk`.
+Derivation: ``docs/derivations/residual.rst`` and
+``docs/derivations/residual_ntk.md``.
 """
 
 from __future__ import annotations

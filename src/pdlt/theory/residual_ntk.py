@@ -1,89 +1,38 @@
 r"""NTK statistics of residual MLPs at order 1/n, single input: A, B, D, F (and the exact V).
 
-Residual MLP (``shared/NOTATION.md``): ``z' = xi u + gamma z``,
-``u_i = b_i + sum_j W_ij sigma_j``. Its NTK obeys (:mod:`pdlt.theory.kernel`)
+For the residual MLP ``z' = xi [b + W sigma(z)] + gamma z``
+(``shared/NOTATION.md``) the book's closure on a finite set of statistics
+fails: a residual neuron carries its own past, so the order-1/n statistics
+need one neuron's *two-depth* Gaussian averages ``E[f(z^(l)) g(z^(p))]``,
+``Cov(z^(l), z^(p)) = gamma^(p+1) ... gamma^(l) K^(p)``. This module tracks
+them exactly:
 
-.. math::
-    H'_{ik} = \xi^2\delta_{ik}\big[\lambda_b + \tfrac{\lambda_W}{n}\textstyle\sum_j\sigma_j^2\big]
-      + \xi^2\textstyle\sum_{ab}W_{ia}W_{kb}\sigma'_a\sigma'_b H_{ab}
-      + \xi\gamma\textstyle\sum_a (W_{ia}\sigma'_a H_{ak} + W_{ka}\sigma'_a H_{ia})
-      + \gamma^2 H_{ik}.
+* :func:`residual_ntk_single`: A, B, D, F and the exact V of a residual MLP at
+  every layer, one input (B and F by history recursions, A, D and V by the
+  covariances of the shared fields with the neuron's own dressed influence);
+* :func:`residual_vertex_metric`: the exact single-input V and G1, which
+  :func:`pdlt.statistics` serves for residual MLPs (the
+  three-point truncation it used before was ~1-4 % off: ReLU, gamma = 0.5,
+  V^(3) = 8.6179 against 8.5574, G1^(3) = 0.3426 against 0.3581);
+* :func:`residual_b_closure`: B from the closure recursion (history terms
+  dropped), for comparison only;
+* :func:`residual_slopes`: the depth-to-width slopes of the normalized
+  statistics at criticality.
 
-Why the book's closure fails for residual MLPs (derivation:
-``docs/derivations/residual_ntk.md``). In a plain MLP a statistic at layer
-l+1 needs, from layer l, only Gaussian averages at ``K^(l)`` and the finite
-set (V, A, B, D, F, ...). In a residual MLP neuron i of layer l+1 *is*
-neuron i of layer l plus an increment, so the skip terms create pieces of
-``H_ik`` attached to one neuron's past (``xi gamma W_ik sigma'(z_k) H_kk``:
-its variance is ``c sigma'(z_k^(l))^2 Theta^2``, a function of z_k^(l)). One
-layer later they are weighted with ``sigma'(z_k^(l+1))^2``, and
-``E[sigma'^2(z^(l+1)) sigma'^2(z^(l))] != <sigma'^2>_{K^(l+1)} <sigma'^2>_{K^(l)}``
-(the neuron's preactivations at two depths are correlated,
-``Cov(z^(l), z^(p)) = gamma^(p+1) ... gamma^(l) K^(p)``). The exact order-1/n
-statistics therefore carry the single-neuron *two-depth* Gaussian averages;
-this module tracks them exactly ("history" features).
-
-B. At layer l, ``n_{l-1} E[H_ik^2 | trajectories] = beta_0 + sum_{p<l} beta_p
-[sigma'^2(z_i^(p)) + sigma'^2(z_k^(p))]`` and ``B = beta_0 + 2 sum_p beta_p
-<sigma'^2>_{K^(p)}``. With layer l+1's ``C_W, gamma, xi``, ``r = n_l/n_{l-1}``,
-``s = <sigma'^2>_{K^(l)}``, ``chi_perp = xi^2 C_W s + gamma^2`` and the two-depth
-average ``T_{lp} = E[sigma'^2(z^(l)) sigma'^2(z^(p))]``:
-
-.. math::
-    \beta_0' &= \xi^4 C_W^2\langle\sigma'^4\rangle\Theta^2
-        + r\big[\chi_\perp^2\beta_0 + 2\xi^2 C_W\chi_\perp\textstyle\sum_p\beta_p T_{lp}\big],\\
-    \beta_p' &= r\,\gamma^2\chi_\perp\,\beta_p\quad(p<l),\qquad
-    \beta_l' = \xi^2\gamma^2 C_W\,\Theta^2 .
-
-Replacing ``T_{lp}`` by ``s <sigma'^2>_{K^(p)}`` (the closure) gives
-``B' = xi^4 C_W^2 <sigma'^4> Theta^2 + 2 xi^2 gamma^2 C_W <sigma'^2> Theta^2
-+ r chi_perp^2 B``; the exact value differs by
-``2 r xi^2 C_W chi_perp sum_p beta_p Cov(sigma'^2(z^(l)), sigma'^2(z^(p)))``.
-
-F. ``E[H_ik | trajectories]`` is O(1/n) and bilinear in features of the two
-neurons' trajectories: the increments ``U_m = u^(m)`` and ``S_p =
-sigma(z^(p)) sigma'(z^(p))``: ``n_{l-1} E[H_ik | .] = sum M_{ab} phi_a(i)
-phi_b(k)``. It is sourced by the W's of ``H'`` that also sit in ``u_i, u_k``
-(``E[W_ia | u_i] = c sigma_a u_i / G``, ``G = C_b + C_W <sigma^2>_{K^(l)}``):
-
-.. math::
-    M' &= r\gamma^2 M
-      + \frac{\xi^2}{G^2}\big[C_W^2\langle\sigma^2\sigma'^2\rangle\Theta + r C_W^2\, e^T M e\big]\,
-        U_{l+1}\otimes U_{l+1}\\
-      &\quad + \frac{\xi\gamma C_W}{G}\big[\Theta\,(U_{l+1}\otimes S_l + S_l\otimes U_{l+1})
-        + r\,(U_{l+1}\otimes M e + M e\otimes U_{l+1})\big],
-
-with ``e_a = E[phi_a sigma(z^(l)) sigma'(z^(l))]`` (one neuron), and
-``F = v^T M v``, ``v_a = E[phi_a z^(l)]``. The single-neuron trajectory is
-Gaussian at infinite width: ``z^(l) = sum_m a_{lm} w_m`` with independent
-``w_1 = z^(1) ~ N(0, K^(1))``, ``w_m = u^(m) ~ N(0, G_{m-1})``,
-``a_{ll} = xi^(l)``, ``a_{lm} = gamma^(l) a_{l-1,m}``; so ``E[U_m f(z^(l))] =
-a_{lm} G_{m-1} <f'>_{K^(l)}`` (Stein) and ``E[S_p f(z^(l))]`` is a two-variable
-Gaussian average with covariance ``Cov(z^(l), z^(p))``.
-
-At ``gamma = 0`` every history term vanishes and both recursions are the
-plain ones of :mod:`pdlt.theory.ntk` (``B' = C_W^2 Theta^2 <sigma'^4> + r
-chi_perp^2 B``, ``F' = C_W^2 Theta <sigma^2 sigma'^2> + r chi_par^2 F``).
-
-A, D (and the exact V): cross-neuron covariances through the shared fields
-``S_m = (1/n) sum sigma^2(z^(m))`` and ``P_m = (1/n) sum sigma'^2(z^(m)) H^(m)``
-with the neuron's own (dressed) influence on them, :func:`_field_statistics`.
-
-Status (issue 17): A, B, D, F are derived here (derivation notes
-``docs/derivations/residual_ntk.md``), equal the plain recursions at
-gamma = 0 to 1e-12, and are checked against ensembles of real residual
-networks (``tests/experiment/test_residual_ntk_ensemble.py``,
-:func:`pdlt.report.residual.residual_ntk_rows`). P, Q, R, S, T, U, H1 and all
-N-input tensors are NOT derived for residual MLPs and raise
-``NotImplementedError``. The exact single-input V and G1
-(:func:`residual_vertex_metric`) are what
-:func:`pdlt.statistics` serves for residual MLPs; the
-three-point truncation it used before was ~1-4 % off (ReLU, gamma = 0.5:
-V^(3) = 8.6179 vs 8.5574, G1^(3) = 0.3426 vs 0.3581; a Monte Carlo of real
-networks, ``docs/derivations/residual_g1_mc.py``, confirms G1^(3), G1^(4)).
+At gamma = 0 every history term vanishes and the recursions are the plain ones
+of :mod:`pdlt.theory.ntk` (equal to 1e-12). Checked against ensembles of real
+residual networks (``tests/experiment/test_residual_ntk_ensemble.py``,
+:func:`pdlt.report.residual.residual_ntk_rows`); G1^(3), G1^(4) by a Monte
+Carlo of real networks (``docs/derivations/residual_g1_mc.py``). P, Q, R, S,
+T, U, H1 and all N-input tensors are NOT derived for residual MLPs and raise
+``NotImplementedError``.
 
 Cost: ``O(L^2)`` two-variable Gaussian averages (:func:`pdlt.gaussian.expect2`,
 ~1e6 function evaluations each) and ``O(L^3)`` algebra; fine to depth ~50.
+
+Derivation: ``docs/derivations/residual_ntk.md`` (forward equation, why the
+closure fails, the B attachments, the F bilinear features, the field
+covariances for V, A, D, and the checks).
 """
 
 from __future__ import annotations
@@ -169,7 +118,7 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
     """A, B, D, F (and the exact V) of a residual MLP at every layer, one input.
 
     B and F by the history recursions, A, D and V by the field covariances
-    (module docstring).
+    (``docs/derivations/residual_ntk.md``).
 
     Parameters
     ----------
@@ -223,13 +172,13 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
     if "V" in stats:
         out["V"] = residual_vertex_metric(mlp, float(K1))["V"]
     if "B" in stats:
-        T = _two_depth(act, lambda z: act.d1(z) ** 2, K, C)
+        two_depth = _two_depth(act, lambda z: act.d1(z) ** 2, K, C)
         beta0, beta = 0.0, np.zeros(L)            # beta[p]: attachment to sigma'^2(z^(p))
         for l in range(L - 1):                    # step layer l+1 -> l+2 (0-based l)
             r = mlp.widths[l + 1] / mlp.widths[l]
             CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
             chi = x * x * CW * s[l] + g * g
-            hist = float(beta[:l] @ T[l, :l])
+            hist = float(beta[:l] @ two_depth[l, :l])
             beta0 = (x ** 4 * CW ** 2 * q[l] * Th[l] ** 2
                      + r * (chi * chi * beta0 + 2 * x * x * CW * chi * hist))
             beta[:l] *= r * g * g * chi
@@ -242,7 +191,7 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
         for l in range(L - 1):
             r = mlp.widths[l + 1] / mlp.widths[l]
             CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
-            G = varw[l + 1]
+            g_var = varw[l + 1]
             e = np.zeros(2 * L)
             e[:l + 1] = a[l, :l + 1] * varw[:l + 1] * dss[l]
             e[L:L + l] = SS[l, :l]
@@ -250,9 +199,9 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
             eMe = float(e @ Me)
             M = r * g * g * M
             u, sl = l + 1, L + l
-            M[u, u] += x * x * (CW ** 2 * sspp[l] * Th[l] + r * CW ** 2 * eMe) / G ** 2
+            M[u, u] += x * x * (CW ** 2 * sspp[l] * Th[l] + r * CW ** 2 * eMe) / g_var ** 2
             if g != 0.0:
-                c = x * g * CW / G
+                c = x * g * CW / g_var
                 M[u, sl] += c * Th[l]
                 M[sl, u] += c * Th[l]
                 M[u, :] += c * r * Me
@@ -274,7 +223,7 @@ def residual_b_closure(mlp: MLP, K1: float) -> np.ndarray:
     ``B' = xi^4 C_W^2 <sigma'^4> Theta^2 + 2 xi^2 gamma^2 C_W <sigma'^2> Theta^2
     + r chi_perp^2 B``: what a book-style recursion with the finite set of
     statistics gives. It is exact at gamma = 0, for linear networks and at
-    layer 2, and wrong beyond for nonlinear residual MLPs (module docstring;
+    layer 2, and wrong beyond for nonlinear residual MLPs (``residual_ntk.md``;
     the ensembles reject it for ReLU at gamma = 0.7, see
     :func:`pdlt.report.residual.residual_ntk_rows`). Returns ndarray (L,).
     """
@@ -352,9 +301,9 @@ def _field_statistics(mlp, K1):
     one = lambda f: np.array([float(gaussian.expect(f, k, **kw)) for k in K])  # noqa: E731
     fns = {"g": s2, "F": s2, "xg": lambda z: z * s2(z), "yF": lambda z: z * s2(z),
            "x2g": lambda z: z * z * s2(z), "Fy2": lambda z: z * z * s2(z)}
-    P = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"), ("x2g", "F")))
+    pairs = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"), ("x2g", "F")))
     mean = one(s2)
-    cSS = P[("g", "F")] - np.outer(mean, mean)  # Cov(sigma^2(z^(l)), sigma^2(z^(m)))
+    cSS = pairs[("g", "F")] - np.outer(mean, mean)  # Cov(sigma^2(z^(l)), sigma^2(z^(m)))
     cSP = _cov2(act, s2, p2, K, C, one(lambda z: s2(z) * p2(z)))      # Cov(s^2_l, p^2_m)
     cPP = _cov2(act, p2, p2, K, C, one(lambda z: p2(z) ** 2))
     # b[l, q]: weight of layer q's NTK increment in H^(l)
@@ -479,10 +428,10 @@ def _stein_lyapunov(R, X):
     ``Sig = sum_k R^k X (R^T)^k``; after ``ceil(log2(n))`` doublings ``R^(2^j) = 0``
     and the sum is exact (no iteration error).
     """
-    Sig, A = X.copy(), R.copy()
-    while np.any(A):
-        Sig = Sig + A @ Sig @ A.T
-        A = A @ A
+    Sig, power = X.copy(), R.copy()
+    while np.any(power):
+        Sig = Sig + power @ Sig @ power.T
+        power = power @ power
     return 0.5 * (Sig + Sig.T)
 
 
@@ -519,7 +468,7 @@ def _two_depth_pairs(act, C, fns, terms):
     return out
 
 
-def _cov_second_derivative(P, K, C):
+def _cov_second_derivative(pairs, K, C):
     """``Cov(g(z^(m)), F''(z^(l)))`` (matrix [l, m]) from two-depth averages, no derivative of F.
 
     With ``x = z^(m)``, ``y = z^(l) = beta x + e``, ``e`` independent of x, ``beta =
@@ -534,10 +483,10 @@ def _cov_second_derivative(P, K, C):
     beta = Cl / Km
     s = Kl - Cl * Cl / Km
     np.fill_diagonal(s, 1.0)
-    T = lambda key: P[key].T                   # noqa: E731  (-> [l, m])
-    ev = (T(("g", "Fy2")) - 2 * beta * T(("xg", "yF")) + beta * beta * T(("x2g", "F"))
-          - s * T(("g", "F"))) / (s * s)
-    out = ev - P["F2"][:, None] * P["g"][None, :]
+    tr = lambda key: pairs[key].T                   # noqa: E731  (-> [l, m])
+    ev = (tr(("g", "Fy2")) - 2 * beta * tr(("xg", "yF")) + beta * beta * tr(("x2g", "F"))
+          - s * tr(("g", "F"))) / (s * s)
+    out = ev - pairs["F2"][:, None] * pairs["g"][None, :]
     np.fill_diagonal(out, 0.0)
     return out
 
@@ -604,22 +553,22 @@ def residual_vertex_metric(mlp: MLP, K1: float) -> dict:
         return out
     fns = {"g": s2, "F": s2, "xg": lambda z: z * s2(z), "yF": lambda z: z * s2(z),
            "x2g": lambda z: z * z * s2(z), "Fy2": lambda z: z * z * s2(z)}
-    P = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"), ("x2g", "F")))
+    pairs = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"), ("x2g", "F")))
     mean = one(s2)
-    cSS = P[("g", "F")] - np.outer(mean, mean)  # Cov(sigma^2(z^(l)), sigma^2(z^(m)))
+    cSS = pairs[("g", "F")] - np.outer(mean, mean)  # Cov(sigma^2(z^(l)), sigma^2(z^(m)))
     rho = np.zeros((L, nf))                      # rho[l, m]: response of Khat_l to S_m
     for l in range(L):
         rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
     R = rho[:nf] * dss[:nf, None]                # R[m, j] = d<sigma^2(z^(m))>/dS_j
     nw = np.array([mlp.widths[m + 1] for m in range(nf)], dtype=float)
-    D = cSS[:nf, :nf] / nw[None, :]
+    own_cov = cSS[:nf, :nf] / nw[None, :]
     dress = np.linalg.inv(np.eye(nf) - R)
-    ctil = D @ dress.T
-    Sig = _stein_lyapunov(R, D + ctil @ R.T + R @ ctil.T)
-    P["g"] = mean
-    P["F2"] = np.array([float(gaussian.expect(lambda z, k=k: s2(z) * (z * z / k - 1.0) / k,
+    ctil = own_cov @ dress.T
+    Sig = _stein_lyapunov(R, own_cov + ctil @ R.T + R @ ctil.T)
+    pairs["g"] = mean
+    pairs["F2"] = np.array([float(gaussian.expect(lambda z, k=k: s2(z) * (z * z / k - 1.0) / k,
                                               k, **kw)) for k in K])    # <(sigma^2)''>
-    cF2 = _cov_second_derivative(P, K, C)[:, :nf]
+    cF2 = _cov_second_derivative(pairs, K, C)[:, :nf]
     g1 = 0.0                                     # E[z^(l) z^(l)] - K^(l), unnormalized
     for l in range(L):
         r = rho[l]

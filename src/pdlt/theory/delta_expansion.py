@@ -1,42 +1,19 @@
-r"""Two nearby inputs: the delta expansion and the finite-angle flow (book ch. 5).
+r"""Two nearby inputs: the delta expansion of the kernel and the finite-angle flow.
 
-**Delta expansion** (book §5.1, eq. numbers to be checked). For inputs
-``x_+-`` the 2x2 kernel is written
+For inputs ``x_+-`` the 2x2 kernel is split into components
+``K_[0]`` (the midpoint), ``K_[1] = O(delta)`` and ``K_[2] = O(delta^2)``
+(the perpendicular part):
+``K_++ = K_[0] + K_[1] + K_[2]``, ``K_-- = K_[0] - K_[1] + K_[2]``,
+``K_+- = K_[0] - K_[2]`` (book §5.1). :func:`delta_flow` follows them over
+depth, each to relative ``O(delta^2)``; ``K_[1]`` grows with
+``chi_parallel`` and ``K_[2]`` with ``chi_perp``. It needs a smooth
+activation: for a kink (ReLU family) the exact two-input map has an
+``|delta|^3`` term no Taylor expansion sees, and :func:`angle_flow` gives the
+exact finite-angle flow of the scale-invariant class instead (book §5.5:
+ReLU's angle closes as ``3 pi / l``).
 
-.. math::
-    K_{++} = K_{[0]} + K_{[1]} + K_{[2]},\quad
-    K_{--} = K_{[0]} - K_{[1]} + K_{[2]},\quad
-    K_{+-} = K_{[0]} - K_{[2]},
-
-so ``K_[0]`` is the kernel of the midpoint (up to O(delta^2)), ``K_[1] =
-O(delta)`` and ``K_[2] = O(delta^2)`` the perpendicular component. Writing
-``z_+- = u +- v`` with ``Var u = K_[0]``, ``Var v = K_[2]``,
-``Cov(u, v) = K_[1]/2`` and expanding in v gives, through O(delta^2) in each
-component (derived here by Gaussian integration by parts),
-
-.. math::
-    K_{[0]}' &= C_b + C_W\langle\sigma^2\rangle + C_W\langle\sigma\sigma''\rangle K_{[2]}
-               + \tfrac{C_W}{2}\,\tfrac{d\langle\sigma\sigma''\rangle}{dK} K_{[1]}^2,\\
-    K_{[1]}' &= \chi_\parallel K_{[1]},\\
-    K_{[2]}' &= \chi_\perp K_{[2]} + \tfrac12 \tfrac{d\chi_\perp}{dK} K_{[1]}^2,
-
-all averages at ``K_[0]``. The neglected terms are O(delta^4), O(delta^3),
-O(delta^4): relative errors O(delta^2) in every component, which the tests
-check against the full two-input flow :func:`pdlt.flow`. The expansion needs
-a smooth activation; for a kink (ReLU family) the exact two-input map has a
-term of order ``|delta|^3`` that no Taylor expansion sees: use the
-finite-angle flow instead.
-
-**Finite angle, scale-invariant class** (book §5.2). For
-``sigma = p z + q |z|`` at criticality (``C_b = 0``, ``C_W = 1/(p^2+q^2)``)
-the norms are fixed and the angle ``psi`` between two inputs obeys exactly
-
-.. math:: \cos\psi' = \cos\psi + \frac{2c}{\pi}(\sin\psi - \psi\cos\psi),
-          \qquad c = \frac{q^2}{p^2 + q^2},
-
-(ReLU: c = 1/2, the book's ``(1/pi)(sin psi - psi cos psi)``), so
-``psi' = psi - alpha psi^2 - (alpha^2/2) psi^3 + O(psi^4)`` with
-``alpha = 2c/(3 pi)`` and ``psi^(l) ~ 1/(alpha l)`` (ReLU: ``3 pi / l``).
+The four-point vertex of two nearby inputs: :mod:`pdlt.theory.delta_expansion_vertex`.
+Derivation: ``docs/derivations/delta_expansion.rst``.
 """
 
 from __future__ import annotations
@@ -47,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..network import MLP
-from . import criticality as _crit
+from . import _kernel_map as _kmap
 from .kernel import first_layer
 
 __all__ = [
@@ -103,7 +80,7 @@ def _coefficients(act, K0, C_W, slopes):
         return m * K0, C_W * m, C_W * m, 0.0, 0.0, 0.0
     if K0 <= 0:
         raise ValueError("the delta expansion needs K_[0] > 0")
-    S, S1, S2, _, D, D1 = _crit._derivatives(act, K0)
+    S, S1, S2, _, D, D1 = _kmap.derivatives(act, K0)
     H, H1 = S1 - D, S2 - D1
     return S, C_W * S1, C_W * D, C_W * D1, H, H1
 
@@ -123,10 +100,10 @@ def delta_step(activation, K0, K1, K2, C_b, C_W):
     -------
     (K0, K1, K2) at layer l+1 : tuple of float
     """
-    act = _crit._act_iv(activation)
-    C_b, C_W = _crit._CW_iv(C_W, C_b)
+    act = _kmap.resolve_activation(activation)
+    C_b, C_W = _kmap.check_variances(C_W, C_b)
     return _delta_step(act, float(K0), float(K1), float(K2), C_b, C_W,
-                       _crit._scale_invariant_slopes(act))
+                       _kmap.scale_invariant_slopes(act))
 
 
 def _delta_step(act, K0, K1, K2, C_b, C_W, slopes):
@@ -193,7 +170,7 @@ def delta_flow(mlp: MLP, x=None, *, components=None) -> DeltaFlow:
         if not all(math.isfinite(v) for v in (K0, K1, K2)) or K0 <= 0 or K2 < 0:
             raise ValueError(f"components must be finite with K0 > 0 and K2 >= 0; got {components!r}")
     act = mlp.activation
-    slopes = _crit._scale_invariant_slopes(act)
+    slopes = _kmap.scale_invariant_slopes(act)
     L = mlp.depth
     out = np.empty((5, L))
     for l in range(1, L + 1):
@@ -214,13 +191,13 @@ def angle_alpha(activation) -> float:
     ValueError
         If the activation is not scale invariant.
     """
-    act = _crit._act_iv(activation)
+    act = _kmap.resolve_activation(activation)
     c = _angle_c(act)
     return 2.0 * c / (3.0 * math.pi)
 
 
 def _angle_c(act):
-    slopes = _crit._scale_invariant_slopes(act)
+    slopes = _kmap.scale_invariant_slopes(act)
     if slopes is None:
         raise ValueError(f"the finite-angle flow is for scale-invariant activations (ReLU, leaky "
                          f"ReLU, linear); {act.name!r} is not one: use delta_flow")
@@ -265,7 +242,7 @@ def angle_flow(activation, psi1, depth) -> AngleFlow:
     -------
     AngleFlow
     """
-    act = _crit._act_iv(activation)
+    act = _kmap.resolve_activation(activation)
     c = _angle_c(act)
     psi = float(psi1)
     if not (0 <= psi <= math.pi):

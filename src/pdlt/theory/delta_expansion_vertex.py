@@ -1,121 +1,21 @@
-r"""Two nearby inputs: the delta expansion of the four-point vertex V (book ch. 5).
+r"""Two nearby inputs: the delta expansion of the four-point vertex V.
 
-For a pair of inputs ``x_+- = x_0 +- delta/2`` the two-input vertex
-``V_{(a1a2)(a3a4)}`` (``shared/NOTATION.md``) is a 2x2x2x2 tensor with the
-symmetries ``V_{(a1a2)(a3a4)} = V_{(a2a1)(a3a4)} = V_{(a3a4)(a1a2)}``: a
-symmetric 3x3 matrix over the pairs ``(++), (--), (+-)``. This module expands
-it in delta, as :mod:`pdlt.theory.nearby` expands the kernel.
+For ``x_+- = x_0 +- delta/2`` the two-input vertex (a symmetric 3x3 matrix
+over the pairs ``(++), (--), (+-)``) is written in the components
+``V_[i][j]`` (``i, j`` in ``0, 1, 2``, the kernel's decomposition of
+:mod:`pdlt.theory.delta_expansion` on each pair slot), with
+``V_[i][j] = O(delta^(i+j))``: ``V_[0][0]`` is the midpoint vertex,
+``V_[0][1]`` and ``V_[1][2]`` are odd under ``x_+ <-> x_-``.
+:func:`vertex_components` and :func:`vertex_from_components` change basis;
+:func:`vertex_delta_flow` follows the components over depth, each at its
+leading order in delta (relative error ``O(delta^2)``) and ``V_[0][0]``
+through ``O(delta^2)``; halving delta divides the error of the reassembled
+tensor by 16 (even part) and 8 (odd part).
 
-Components (the gamma basis; book §4.x/§5.x, eq. numbers to be checked)
-------------------------------------------------------------------------
-Each pair slot is decomposed like the kernel, ``X_[0] = (X_++ + X_-- + 2X_+-)/4``,
-``X_[1] = (X_++ - X_--)/2``, ``X_[2] = (X_++ + X_-- - 2X_+-)/4``, i.e.
-
-.. math::
-    V_{(a_1a_2)(a_3a_4)} = \sum_{i,j=0}^{2} V_{[i][j]}\,
-        \gamma^{[i]}_{a_1a_2}\gamma^{[j]}_{a_3a_4},\qquad
-    \gamma^{[0]} = \begin{pmatrix}1&1\\1&1\end{pmatrix},\;
-    \gamma^{[1]} = \begin{pmatrix}1&0\\0&-1\end{pmatrix},\;
-    \gamma^{[2]} = \begin{pmatrix}1&-1\\-1&1\end{pmatrix},
-
-with ``V_[i][j] = V_[j][i]``: six components. Under ``x_+ <-> x_-`` the index
-``[1]`` is odd and ``[0], [2]`` even, so ``V_[0][1]`` and ``V_[1][2]`` are odd
-in delta. Writing ``z_+- = u +- v`` (``Var u = K_[0]``, ``Cov(u, v) = K_[1]/2``,
-``Var v = K_[2]``), the pair products are ``Phi_0 = s^2``, ``Phi_1 = 2 s d``,
-``Phi_2 = d^2`` with ``s = (sigma_+ + sigma_-)/2 = O(1)`` and
-``d = (sigma_+ - sigma_-)/2 = O(v) = O(delta)``, hence
-``V_[i][j] = O(delta^(i+j))``: ``V_[0][0] = O(1)`` (the midpoint vertex),
-``V_[0][1] = O(delta)``, ``V_[0][2], V_[1][1] = O(delta^2)``,
-``V_[1][2] = O(delta^3)``, ``V_[2][2] = O(delta^4)``.
-
-Exact recursion in components (derived here from ``pdlt.theory.vertex``)
-------------------------------------------------------------------------
-The N-input recursion (book eq. 4.90, to be checked)
-``V' = C_W^2 [<s s s s> - <s s><s s>] + C_W^2 r M V M^T``, with
-``M = d<sigma sigma>/dK`` and ``r = n_l / n_{l-1}``, is linear in each pair
-slot, so the same change of basis on both slots gives, exactly for N = 2,
-
-.. math::
-    V'_{[i][j]} = C_W^2\Big[\mathrm{Cov}_K(\Phi_i, \Phi_j)
-        + r \sum_{k,l} \mathcal M_{ik} V_{[k][l]} \mathcal M_{jl}\Big],\qquad
-    \mathcal M_{ik} = \frac{\partial S_{[i]}}{\partial K_{[k]}},
-
-``S_[i]`` the components of ``<sigma_a sigma_b>_K`` (``C_W M`` is the Jacobian
-of the kernel map in components).
-
-Expansion around the midpoint
------------------------------
-Gaussian averages over ``(u, v)`` obey the heat equation
-``d/dK_[0] = (1/2) d_u^2``, ``d/dK_[1] = (1/2) d_u d_v``,
-``d/dK_[2] = (1/2) d_v^2``; at ``K_[1] = K_[2] = 0`` v vanishes, so
-
-.. math::
-    \langle F\rangle = \sum_{m,n} \frac{K_{[1]}^m K_{[2]}^n}{m!\,n!\,2^{m+n}}
-        \langle \partial_u^m \partial_v^{m+2n} F(u, 0)\rangle_{K_{[0]}},
-
-a term of order ``delta^(m+2n)``. In particular (exact, a finite sum)
-``<f(u) v^k> = sum_{m+2n=k} k! K_[1]^m K_[2]^n / (m! n! 2^(m+n)) <f^(m)>``,
-and ``<f^(m)>_K = <f(z) He_m(z/sqrt K)>_K / K^(m/2)`` (Stein), so only
-``sigma, sigma', sigma''`` are ever evaluated. All averages below are single
-input at ``K_[0]``; primes on ``g, a, b, ...`` are ``d/dK``.
-
-*Kernel map.* With ``g = <sigma^2>``, ``a = <sigma sigma''>``, ``b = <sigma'^2>``
-(``g' = a + b``): ``S_[1] = [g(K_[0]+K_[2]+K_[1]) - g(K_[0]+K_[2]-K_[1])]/2``
-exactly (the diagonal entries are single-input), and the expansion of
-``<sigma_+ sigma_->`` gives ``S_[0] = g + a K_[2] + a' K_[1]^2/2 + O(d^4)``,
-``S_[2] = b K_[2] + b' K_[1]^2/2 + O(d^4)`` (:mod:`pdlt.theory.nearby`). Then
-
-.. math::
-    C_W\mathcal M = \begin{pmatrix}
-      \chi_\parallel + C_W(a' K_{[2]} + \tfrac12 a'' K_{[1]}^2) & C_W a' K_{[1]} & C_W a\\
-      \chi_\parallel' K_{[1]} & \chi_\parallel & \cdot\\
-      \chi_\perp' K_{[2]} + \tfrac12\chi_\perp'' K_{[1]}^2 & \chi_\perp' K_{[1]} & \chi_\perp
-    \end{pmatrix},
-
-``chi_par = C_W g'``, ``chi_perp = C_W b`` and their K-derivatives: the
-lower triangle at leading order is all the leading orders need (a term
-``M_ik V_kl M_jl`` with ``k > i`` or ``l > j`` is down by ``delta^2``); the
-first row is kept through ``O(delta^2)`` for ``V_[0][0]``. The entry ``(1,2)``
-(``O(delta)``) only enters beyond the kept orders and is set to 0.
-
-*Sources* ``Cov(Phi_i, Phi_j)`` from ``s = sigma + sigma'' v^2/2 + O(v^4)``,
-``d = sigma' v + O(v^3)`` and the ``<f v^k>`` rule, with ``q = <sigma^4>``,
-``c = <sigma^3 sigma''>``, ``e = <sigma^2 sigma'^2>``, ``p = sigma sigma'^3``,
-``w = sigma'^4``, ``P_2 = b K_[2] + b' K_[1]^2/2`` (``= <Phi_2>``):
-
-.. math::
-    \mathrm{Cov}_{00} &= q - g^2 + 2(c - g a) K_{[2]} + (c' - g a') K_{[1]}^2 + O(\delta^4)\\
-    \mathrm{Cov}_{01} &= (q'/2 - g g') K_{[1]} + O(\delta^3)\\
-    \mathrm{Cov}_{02} &= (e - g b) K_{[2]} + \tfrac12 (e' - g b') K_{[1]}^2 + O(\delta^4)\\
-    \mathrm{Cov}_{11} &= 4 e K_{[2]} + (2 e' - g'^2) K_{[1]}^2 + O(\delta^4)\\
-    \mathrm{Cov}_{12} &= 3\langle p'\rangle K_{[1]}K_{[2]} + \tfrac14\langle p'''\rangle K_{[1]}^3
-        - g' K_{[1]} P_2 + O(\delta^5)\\
-    \mathrm{Cov}_{22} &= 3\langle w\rangle K_{[2]}^2 + \tfrac32\langle w''\rangle K_{[1]}^2 K_{[2]}
-        + \tfrac1{16}\langle w''''\rangle K_{[1]}^4 - P_2^2 + O(\delta^6).
-
-At ``K_[1] = K_[2] = 0`` the ``[0][0]`` recursion is the single-input one,
-``V_[0][0]' = C_W^2(<sigma^4> - <sigma^2>^2) + r chi_par^2 V_[0][0]`` (book eq.
-4.90 / 5.x, to be checked), and every other component stays 0.
-
-Truncation and accuracy (a checkable claim)
--------------------------------------------
-Like :mod:`pdlt.theory.nearby` for the kernel, every component is kept at its
-leading order in delta (relative error ``O(delta^2)``) and ``V_[0][0]`` through
-``O(delta^2)`` (absolute error ``O(delta^4)``). The kernel components come from
-:func:`pdlt.theory.nearby.delta_flow` (``K_[0]`` to ``O(delta^4)``, ``K_[1]``,
-``K_[2]`` to relative ``O(delta^2)``). So the reassembled 2x2x2x2 tensor has
-error ``O(delta^4)`` in its part even under ``x_+ <-> x_-`` and ``O(delta^3)``
-in its odd part (relative ``O(delta^2)`` there, as the odd part is
-``O(delta)``): halving delta divides these by 16 and 8, and the relative
-errors of the components ``[0][1] ... [2][2]`` by 4
-(``tests/theory/test_vertex_nearby.py``).
-
-Smooth activations only: for a kink (ReLU family, ELU) ``sigma''`` has a
-delta function and the two-input averages pick up terms of order ``|delta|^3``
-(relative) that no Taylor expansion sees (as for the kernel in
-:mod:`pdlt.theory.nearby`); the exact two-input V of such activations is
-:func:`pdlt.theory.vertex.finite_width_flow` with ``x`` of shape (2, n0).
-Residual MLPs are not covered.
+Smooth activations only (a kink adds ``|delta|^3`` terms; the exact two-input
+V of such activations is :func:`pdlt.statistics` with
+``x`` of shape (2, n0)). Residual MLPs are not covered.
+Derivation: ``docs/derivations/delta_expansion.rst``.
 """
 
 from __future__ import annotations
@@ -127,8 +27,8 @@ import numpy as np
 
 from .. import gaussian
 from ..network import MLP
-from . import criticality as _crit
-from . import nearby as _nearby
+from . import _kernel_map as _kmap
+from . import delta_expansion as _dexp
 
 __all__ = [
     "vertex_components",
@@ -151,7 +51,7 @@ _PAIRS = ((0, 0), (1, 1), (0, 1))
 
 
 def vertex_components(V):
-    """Components ``V_[i][j]`` of two-input vertices (module docstring).
+    """Components ``V_[i][j]`` of two-input vertices (``docs/derivations/delta_expansion.rst``).
 
     Parameters
     ----------
@@ -281,19 +181,19 @@ def vertex_delta_coefficients(activation, K0):
 
 
 def _smooth_iv(activation):
-    act = _crit._act_iv(activation)
-    slopes = _crit._scale_invariant_slopes(act)
+    act = _kmap.resolve_activation(activation)
+    slopes = _kmap.scale_invariant_slopes(act)
     if act.is_smooth or (slopes is not None and slopes[0] == slopes[1]):
         return act
     raise ValueError(
         f"the delta expansion of V needs a smooth activation; {act.name!r} has kinks at "
         f"{act.kinks}, where the two-input vertex is not analytic in delta. Use "
-        "pdlt.theory.vertex.finite_width_flow(mlp, x) with the two inputs for the exact "
+        "pdlt.statistics(mlp, x, get='V') with the two inputs for the exact "
         "two-input V")
 
 
 def _step(t, K0, K1, K2, C, C_W, ratio):
-    """One layer of the truncated component recursion (module docstring); t at K0."""
+    """One layer of the truncated component recursion (``docs/derivations/delta_expansion.rst``); t at K0."""
     g, g1, g2, a, a1, a2 = (t[k] for k in ("g", "g1", "g2", "a", "a1", "a2"))
     b, b1, b2 = t["b"], t["b1"], t["b2"]
     K11 = K1 * K1
@@ -315,7 +215,7 @@ def _step(t, K0, K1, K2, C, C_W, ratio):
 
 
 def vertex_delta_step(activation, K0, K1, K2, components, C_W, ratio=1.0):
-    """One layer of the delta-expanded two-input vertex (module docstring).
+    """One layer of the delta-expanded two-input vertex (``docs/derivations/delta_expansion.rst``).
 
     Parameters
     ----------
@@ -336,7 +236,7 @@ def vertex_delta_step(activation, K0, K1, K2, components, C_W, ratio=1.0):
         ``V_[i][j]`` at layer l+1, each at its leading order in delta and
         ``V_[0][0]`` through ``O(delta^2)``.
     """
-    C_W = _crit._CW_iv(C_W)
+    C_W = _kmap.check_variances(C_W)
     C = np.asarray(components, dtype=float)
     if C.shape != (3, 3) or not np.all(np.isfinite(C)):
         raise ValueError(f"components must be a finite (3, 3) array V_[i][j]; got shape "
@@ -358,7 +258,7 @@ class VertexDeltaFlow:
     Attributes
     ----------
     K0, K1, K2 : ndarray of shape (L,)
-        Kernel components (:class:`pdlt.theory.nearby.DeltaFlow`).
+        Kernel components (:class:`pdlt.theory.delta_expansion.DeltaFlow`).
     components : ndarray of shape (L, 3, 3)
         ``components[l-1, i, j] = V_[i][j]^(l)``, normalized by ``n_{l-1}``
         like V; ``V^(1) = 0``.
@@ -376,7 +276,7 @@ class VertexDeltaFlow:
     @property
     def K(self):
         """The 2x2 kernels reassembled: shape (L, 2, 2)."""
-        return _nearby.delta_kernel(self.K0, self.K1, self.K2)
+        return _dexp.delta_kernel(self.K0, self.K1, self.K2)
 
     @property
     def V(self):
@@ -395,7 +295,7 @@ class VertexDeltaFlow:
 def vertex_delta_flow(mlp: MLP, x=None, *, components=None) -> VertexDeltaFlow:
     """Flow of the delta-expanded two-input vertex through an MLP.
 
-    Composes with :func:`pdlt.theory.nearby.delta_flow`: the kernel
+    Composes with :func:`pdlt.theory.delta_expansion.delta_flow`: the kernel
     components at each layer are its output, and the vertex components obey
     the truncated recursion of the module docstring.
 
@@ -416,7 +316,7 @@ def vertex_delta_flow(mlp: MLP, x=None, *, components=None) -> VertexDeltaFlow:
     Examples
     --------
     >>> import numpy as np, pdlt
-    >>> from pdlt.theory.vertex_nearby import vertex_delta_flow
+    >>> from pdlt.theory.delta_expansion_vertex import vertex_delta_flow
     >>> mlp = pdlt.MLP(n0=2, width=64, depth=3, activation="tanh", C_W=1.0)
     >>> f = vertex_delta_flow(mlp, components=(1.0, 0.0, 0.0))
     >>> bool(np.all(f.components[:, 1:, :] == 0))   # coinciding inputs
@@ -426,9 +326,9 @@ def vertex_delta_flow(mlp: MLP, x=None, *, components=None) -> VertexDeltaFlow:
         raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
     if mlp.is_residual:
         raise NotImplementedError("vertex_delta_flow covers plain MLPs; for a residual MLP "
-                                  "use pdlt.theory.vertex.finite_width_flow(mlp, x)")
+                                  "use pdlt.statistics(mlp, x, get='V')")
     act = _smooth_iv(mlp.activation)
-    kf = _nearby.delta_flow(mlp, x, components=components)
+    kf = _dexp.delta_flow(mlp, x, components=components)
     L = mlp.depth
     if np.any(kf.K0 <= 0):
         raise ValueError("K_[0] vanishes at some layer; the expansion needs K_[0] > 0 "

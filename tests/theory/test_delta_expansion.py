@@ -14,7 +14,7 @@ import pytest
 
 import pdlt
 from pdlt.theory import criticality as C
-from pdlt.theory import nearby as N
+from pdlt.theory import delta_expansion as N
 
 
 def test_components_roundtrip():

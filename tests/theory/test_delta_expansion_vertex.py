@@ -11,7 +11,7 @@ References:
   inputs is a two-variable one, error ~1e-14), which is checked against
   ``pdlt.statistics`` first.
 
-Orders (module docstring of pdlt.theory.vertex_nearby): halving delta divides
+Orders (docs/derivations/delta_expansion.rst): halving delta divides
 the even part of the tensor error by 16, the odd part by 8 and the relative
 component errors by 4 (``V_[0][0]``: 16); ``rel=0.1`` because the next order
 is O(delta^2) = a few % smaller at delta = 0.2 (measured ratios 15.7-15.9,
@@ -28,7 +28,7 @@ from pdlt import gaussian
 from pdlt.theory import criticality as C
 from pdlt.theory import vertex as VX
 from pdlt.theory._averages import Integrands
-from pdlt.theory import vertex_nearby as VN
+from pdlt.theory import delta_expansion_vertex as VN
 
 
 def _critical(name, **kw):
