@@ -3,7 +3,7 @@ r"""The ddNTK statistics R, S, T, U: one step each, N inputs.
 Definitions (``shared/NOTATION.md``; ``i != j``): ``R_{a0a1a2a3} = n
 E[ddIH_{iijj}]``, ``S = n E[ddIIH_{iijj}]``, ``T = n E[ddIIH_{ijij}]``,
 ``U = n E[ddIIH_{ijji}]``, indexed in that order; all vanish at layer 1.
-Derivation: ``docs/derivations/ddntk.md`` (book "The End of Training",
+Derivation: ``docs/derivations/ddntk.rst`` (book "The End of Training",
 §∞.2-∞.3). ``q = sigma''`` and ``sigma'''`` are pointwise (0 for the ReLU
 family); ``<sigma''' ...>`` is taken by Stein along ``z_a0`` from ``x = z
 sigma''``, so R is refused for an activation whose sigma'' jumps at a kink.

@@ -3,7 +3,7 @@ r"""The dNTK statistics P and Q: one step each, N inputs.
 Definition (``shared/NOTATION.md``): ``E[dH_{i0i1i2;a0a1a2} z_{i3;a3}] =
 (1/n)[d_{i0i3} d_{i1i2} P_{a0a1a2a3} + d_{i0i1} d_{i2i3} Q_{a0a1a2a3} +
 d_{i0i2} d_{i1i3} Q_{a0a2a1a3}]``; ``P[a0, a1, a2, a3] = P_{a0a1a2a3}``, likewise
-Q; both vanish at layer 1. Derivation: ``docs/derivations/dntk.md`` (book
+Q; both vanish at layer 1. Derivation: ``docs/derivations/dntk.rst`` (book
 §11.2). With ``q = sigma''`` pointwise (0 for the ReLU family, as autodiff sees
 it), ``G_{(a0a1)b} = <d_b (p_a0 s_a1)>``, ``G2_{(a0a1)b} = <d_b (q_a0 p_a1)>``
 and ``Phi = C_W Theta_{01} G2 + lambda_W G``:

@@ -10,7 +10,7 @@ r"""The kernel and the frozen NTK: one layer step, N inputs (book eqs. 4.118, 9.
 with the hyperparameters of layer l+1 (``gamma = 0, xi = 1`` for a plain
 layer), and the susceptibilities ``chi_parallel = xi^2 C_W <sigma'^2 + sigma
 sigma''> + gamma^2``, ``chi_perp = xi^2 C_W <sigma'^2> + gamma^2`` at each
-input's own variance. Derivation: ``docs/derivations/kernel.md``. The fold
+input's own variance. Derivation: ``docs/derivations/kernel.rst``. The fold
 over depth is :func:`pdlt.statistics` (and :func:`pdlt.flow`).
 """
 
@@ -93,7 +93,7 @@ def kernel_update(S, PP, K, Theta, hp):
 
     ``K' = xi^2 [C_b + C_W <s s>] + gamma^2 K`` and
     ``Theta' = xi^2 [lambda_b + lambda_W <s s> + C_W <p p> Theta] + gamma^2 Theta``
-    (``docs/derivations/kernel.md``).
+    (``docs/derivations/kernel.rst``).
     """
     return (_res(hp.C_b + hp.C_W * S, K, hp),
             _res(hp.lambda_b + hp.lambda_W * S + hp.C_W * PP * Theta, Theta, hp))

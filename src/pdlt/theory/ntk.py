@@ -6,7 +6,7 @@ Definitions (``shared/NOTATION.md``; ``n = n_{l-1}``, ``i != j``):
 ``D_{a1a2a3a4} = n Cov(H_{ii;a1a2}, z_{j;a3} z_{j;a4})``,
 ``F_{a1a2a3a4} = n E[H_{ij;a1a3} z_{i;a2} z_{j;a4}]``; arrays are indexed in
 that order (``B[a1, a2, a3, a4] = B_{(a1a2)(a3a4)}``). All vanish at layer 1.
-Derivation: ``docs/derivations/ntk_fluctuations.md`` (book ch. 8). With
+Derivation: ``docs/derivations/ntk_fluctuations.rst`` (book ch. 8). With
 ``y_ab = lambda_W s_a s_b + C_W Theta_ab p_a p_b``, ``U = d<y>/dK``,
 ``PP = <p_a p_b>``, ``G_{(a1a2)b} = <d_b (p_a1 s_a2)>`` and ``r = n_l / n_{l-1}``:
 

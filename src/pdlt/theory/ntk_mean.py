@@ -1,7 +1,7 @@
 r"""The NTK mean at order 1/n, ``H1``: one step, N inputs.
 
 ``E[H_{i1i2;a1a2}] = d_{i1i2} [Theta_{a1a2} + H1_{a1a2} / n_{l-1} + O(1/n^2)]``;
-``H1 = 0`` at layers 1 and 2. Derivation: ``docs/derivations/ntk_mean.md``
+``H1 = 0`` at layers 1 and 2. Derivation: ``docs/derivations/ntk_mean.rst``
 (book ch. 8, NTK mean at NLO). With ``Delta^ff = M^ff G1 + (1/8) sum V
 <d^4 (f_a f_b)>`` (f = sigma, sigma'), ``X_abcd = D_abcd + F_acbd + F_adbc``
 and ``r = n_l / n_{l-1}``:

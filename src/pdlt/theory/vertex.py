@@ -2,8 +2,8 @@ r"""The four-point vertex V and the NLO metric G1: one layer step each, N inputs
 
 Definitions (``shared/NOTATION.md``; ``n = n_{l-1}``):
 ``E[z z z z]_conn = (1/n)[d d V + 2 perms]`` and ``E[z_{i;a} z_{i;b}] = K_ab +
-G1_ab / n``; both vanish at layer 1. Derivation: ``docs/derivations/vertex.md``
-and ``docs/derivations/metric.md`` (book ch. 4). Steps, with ``M`` the
+G1_ab / n``; both vanish at layer 1. Derivation: ``docs/derivations/vertex.rst``
+and ``docs/derivations/metric.rst`` (book ch. 4). Steps, with ``M`` the
 operator ``d<sigma_a sigma_b>_K / dK`` and ``r = n_l / n_{l-1}``:
 
 .. math::
