@@ -7,7 +7,8 @@ folded over depth by :func:`pdlt.statistics` (:mod:`pdlt.theory.statistics`).
 """
 
 from . import criticality  # the module; the function is pdlt.criticality
-from . import delta_expansion, delta_expansion_vertex, information, linear, nearly_gaussian, phase, residual
+from . import (delta_expansion, delta_expansion_vertex, information, linear, nearly_gaussian, phase,
+               residual)
 from .criticality import NoCriticalPointError, chi_parallel, chi_perp
 from .information import optimal_aspect_ratio
 from .kernel import KernelNotPSDError, first_layer, kernel_step

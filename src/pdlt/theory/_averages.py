@@ -247,7 +247,7 @@ def apply_M2(op, X):
 
 
 def first_derivative(d_first, d_second, d_diag):
-    """``G[a1, a2, b] = <d_b (f_a1 g_a2)>`` from ``<f'_a g_b>``, ``<f_a g'_b>`` and ``<(f g)'>``."""
+    """``G[a1, a2, b] = <d_b (f_a1 g_a2)>`` from ``<f'_a g_b>``, ``<f_a g'_b>``, ``<(f g)'>``."""
     N = d_first.shape[0]
     ar = np.arange(N)
     G = np.zeros((N, N, N))

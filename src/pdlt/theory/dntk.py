@@ -10,7 +10,8 @@ and ``Phi = C_W Theta_{01} G2 + lambda_W G``:
 
 .. math::
     P' &= C_W^2\Theta_{01}\Theta_{02}\langle q_0 p_1 p_2 s_3\rangle
-        + r\,C_W^2 PP_{12}\big[\langle q_0 s_3\rangle B_{(00)(12)} + \textstyle\sum_b P_{012b} G_{(03)b}\big],\\
+        + r\,C_W^2 PP_{12}\big[\langle q_0 s_3\rangle B_{(00)(12)}
+        + \textstyle\sum_b P_{012b} G_{(03)b}\big],\\
     Q' &= C_W^2\Theta_{01}\Theta_{02}\langle q_0 p_1 p_2 s_3\rangle
         + \lambda_W C_W \Theta_{02}\langle p_0 s_1 p_2 s_3\rangle
         + r\,C_W\big[\textstyle\sum \Phi_{(01)b_1} F_{0b_1 2b_2} G_{(23)b_2}

@@ -46,8 +46,8 @@ from .ntk_mean import ntk_mean_step
 from .residual_ntk import residual_ntk_single, residual_vertex_metric
 from .vertex import metric_step, three_point_step, vertex_step
 
-__all__ = ["statistics", "Statistics", "defined", "layer_step", "flow", "Flow", "LayerStatistics", "NAMES", "DEPENDS",
-           "ORDER_ONE_OVER_N", "INFINITE_WIDTH"]
+__all__ = ["statistics", "Statistics", "defined", "layer_step", "flow", "Flow", "LayerStatistics",
+           "NAMES", "DEPENDS", "ORDER_ONE_OVER_N", "INFINITE_WIDTH"]
 
 #: statistics of the infinite-width flow
 INFINITE_WIDTH = ("K", "Theta", "chi_parallel", "chi_perp")
