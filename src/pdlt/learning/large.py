@@ -553,6 +553,8 @@ class NystromRegression:
         diagonal, plus its float64 round-off allowance).
     alpha_norm : ndarray (n_out,)
         ``|(q_AA + noise I)^{-1} y|`` per output column.
+    y_norm : ndarray (n_out,)
+        ``|y|`` per output column.
     seconds : float
     """
 
@@ -567,6 +569,7 @@ class NystromRegression:
     trace: float
     trace_residual: float
     alpha_norm: np.ndarray
+    y_norm: np.ndarray
     seconds: float
     _T: np.ndarray = field(repr=False, default=None)
     _G: np.ndarray = field(repr=False, default=None)
@@ -590,8 +593,10 @@ class NystromRegression:
 
         with ``epsilon = trace_residual >= ||E||_2``, ``E_xx`` the residual
         variance at x (``|e|^2 <= E_xx tr E`` by Cauchy-Schwarz) and
-        ``|alpha| <= |alpha_q| (1 + epsilon / s)``. A worst case: the true
-        distance is usually orders of magnitude smaller.
+        ``|alpha| <= |alpha_q| (1 + epsilon / s)``, or ``|alpha| <= |y| / s``
+        where that is smaller (it then replaces ``|alpha_q| (1 + epsilon / s)``
+        above). A worst case: the true distance is usually orders of
+        magnitude smaller.
 
         Parameters
         ----------
@@ -628,9 +633,10 @@ class NystromRegression:
             Exx = np.maximum(kxx - uu, 0.0) + 4 * (self.rank + 1) * np.finfo(float).eps * kxx
             Z = cho_solve(self._A, U)                            # (q_AA + s)^{-1} q_Ax = F Z
             qn = np.sqrt(np.maximum(np.einsum("ij,ij->j", Z, self._G @ Z), 0.0))
-            b = (1 + eps / s) * (np.sqrt(Exx * eps) + eps * qn)
+            b = np.sqrt(Exx * eps) + eps * qn
+            a = np.minimum(self.alpha_norm * (1 + eps / s), self.y_norm / s)  # >= |alpha|
             bound[r0:r0 + batch] = b.reshape((-1,) + (1,) * (self.beta.ndim - 1)) * \
-                self.alpha_norm.reshape(self.beta.shape[1:] or ())
+                a.reshape(self.beta.shape[1:] or ())
         return (out, bound) if return_bound else out
 
 
@@ -728,5 +734,6 @@ def nystrom_regression(mlp: MLP, x, y, *, m=1000, noise=1e-2, statistic="K", lay
     return NystromRegression(
         mlp=mlp, statistic=statistic, layer=lay, landmarks=x[P], landmark_index=P,
         beta=beta.reshape((r,) + y.shape[1:]), rank=r, noise=s, trace=float(diag.sum()),
-        trace_residual=eps, alpha_norm=alpha_norm, seconds=time.perf_counter() - t0,
+        trace_residual=eps, alpha_norm=alpha_norm, y_norm=np.linalg.norm(Y, axis=0),
+        seconds=time.perf_counter() - t0,
         _T=T, _G=G, _A=A, block_size=block_size, threads=threads)
