@@ -154,7 +154,8 @@ def test_nystrom_error_within_its_bound_and_too_few_landmarks_fail(stat):
     m = 320 landmarks (480 for the rougher NTK): the certified bound is below
     the target, and so is the measured error; m = 40: the bound says it is
     not, and the measured error indeed misses the target (by ~100x). At every
-    m the error lies below the bound (measured: 1e2-1e7 times below it).
+    m the error lies below the bound (measured: the largest bound is 5e2-1e5
+    times the largest error).
     """
     from pdlt.learning.large import nystrom_regression
     rng = np.random.default_rng(5)
@@ -163,7 +164,7 @@ def test_nystrom_error_within_its_bound_and_too_few_landmarks_fail(stat):
     y = np.sin(x[:, 0]) + 0.5 * x[:, 0] * x[:, 1] + 0.1 * rng.standard_normal(1500)
     mlp = pdlt.MLP(n0=2, width=1, depth=3, activation="erf", C_b=0.1, C_W=1.0)
     s = 1e-2
-    ref, cond, kaa = _exact(mlp, x, xt, y, s, stat)
+    ref, cond, _ = _exact(mlp, x, xt, y, s, stat)
     target = 1e-3 * np.max(np.abs(ref))
     roundoff = 10 * cond * np.finfo(float).eps * np.max(np.abs(ref))
     res, big = {}, {"K": 320, "Theta": 480}[stat]
@@ -176,11 +177,6 @@ def test_nystrom_error_within_its_bound_and_too_few_landmarks_fail(stat):
         res[m] = (np.max(err), np.max(bound), fit.trace_residual)
     assert res[big][1] <= target and res[big][0] <= target
     assert res[40][1] > target and res[40][0] > target
-    # the certified trace error is at least the neglected spectrum (tr E >= sum_{i>m} lambda_i)
-    if stat == "K":
-        lam = np.linalg.eigvalsh(kaa)[::-1]
-        assert res[big][2] >= lam[big:].sum() * (1 - 1e-6)
-        assert res[40][2] >= lam[40:].sum() * (1 - 1e-6)
 
 
 def test_nystrom_factor_is_the_nystrom_approximation():
@@ -197,6 +193,9 @@ def test_nystrom_factor_is_the_nystrom_approximation():
     np.testing.assert_allclose(d, np.maximum(np.diag(kaa - F @ F.T), 0), rtol=0,
                                atol=100 * cond * np.finfo(float).eps * np.max(diag))
     assert np.all(d[P] == 0.0)
+    # tr E is at least the neglected spectrum sum_{i>r} lambda_i (k - F F^T is PSD, F rank r)
+    lam = np.linalg.eigvalsh(kaa)[::-1]
+    assert d.sum() >= lam[25:].sum() * (1 - 1e-9)
     # greedy: the first pivot is the largest diagonal
     Fg, Pg, _, _ = nystrom_features(MLP, X, 5, pivots="greedy", block=1)
     assert Pg[0] == np.argmax(np.diag(kaa))

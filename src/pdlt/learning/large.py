@@ -711,17 +711,20 @@ def nystrom_regression(mlp: MLP, x, y, *, m=1000, noise=1e-2, statistic="K", lay
     if s <= 0:
         raise ValueError("noise must be > 0 for nystrom_regression (the low-rank kernel is "
                          "singular); pass the observation-noise variance or a small ridge")
-    x = validate_inputs(x, mlp.n0, "x") if isinstance(mlp, MLP) else x
-    F, P, d, diag = nystrom_features(mlp, x, m, statistic=statistic, layer=layer,
-                                     pivots=pivots, seed=seed, rtol=rtol, block=block,
-                                     memory_budget=memory_budget, block_size=block_size,
-                                     threads=threads)
-    N, r = F.shape
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    x = validate_inputs(x, mlp.n0, "x")
+    N = x.shape[0]
     y = np.asarray(y, dtype=float)
     if y.ndim not in (1, 2) or y.shape[0] != N or not np.isfinite(y).all():
         raise ValueError(f"y must be finite with shape (N,) or (N, n_out), N = {N}; got "
                          f"shape {y.shape}")
     Y = y.reshape(N, -1)
+    F, P, d, diag = nystrom_features(mlp, x, m, statistic=statistic, layer=layer,
+                                     pivots=pivots, seed=seed, rtol=rtol, block=block,
+                                     memory_budget=memory_budget, block_size=block_size,
+                                     threads=threads)
+    r = F.shape[1]
     G = F.T @ F
     A = cho_factor(G + s * np.eye(r))
     W = cho_solve(A, F.T @ Y)                      # (F^T F + s)^{-1} F^T y
