@@ -22,6 +22,10 @@ Every measurement runs in its own subprocess, so that its peak RSS
 * ``regression``: NNGP regression by conjugate gradients with the blocked
   kernel operator (``pdlt.learning.large``) on synthetic data, time, peak
   RSS and iterations per N.
+* ``nystrom``: the same regression with a rank-m Nystrom kernel
+  (``pdlt.learning.large.nystrom_regression``, memory O(N m)) for N up to
+  10^5; where N <= ``--exact-max`` the exact solution (CG, kernel cached)
+  runs too, and the two predictions are compared.
 
 Usage::
 
@@ -29,6 +33,8 @@ Usage::
     nice -n 10 python benchmarks/kernel_scale.py large --scratch /tmp/pdlt-scale
     nice -n 10 python benchmarks/kernel_scale.py ray
     nice -n 10 python benchmarks/kernel_scale.py regression --sizes 2000 5000 10000
+    nice -n 10 python benchmarks/kernel_scale.py nystrom --sizes 10000 --ranks 500 1000 2000
+    nice -n 10 python benchmarks/kernel_scale.py nystrom --sizes 100000 --ranks 2000
 
 neural-tangents runs in its own environment (never a pdlt dependency), e.g.
 ``python3 -m venv /tmp/ntvenv && /tmp/ntvenv/bin/pip install jax==0.5.3
@@ -331,6 +337,72 @@ def _worker_regression(N, threads, cache="auto", dim=8, noise=0.1):
             "baseline_mse": float(np.mean((f[N:] - y[:N].mean()) ** 2))}
 
 
+def cmd_nystrom(a):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "src"),
+                                         env.get("PYTHONPATH", "")])
+    out = []
+    for N in a.sizes:
+        if N <= a.exact_max:
+            ex, arr = _run_worker(sys.executable, ["--worker", "nystrom", "relu", str(N), "0",
+                                                   str(a.threads), "exact"], env)
+            print(f"N={N:6d} exact (CG, kernel cached): fit {ex['fit_time']:.1f} s, total "
+                  f"{ex['time']:.1f} s, peak RSS anonymous {_gib(ex['rss_anon'])} GiB, test MSE "
+                  f"{ex['test_mse']:.4g} (predict-the-mean {ex['baseline_mse']:.3g})", flush=True)
+            ex["N"], ex["m"] = N, None
+            out.append(ex)
+            ref = arr["pred"]
+        for m in a.ranks:
+            res, arr2 = _run_worker(sys.executable, ["--worker", "nystrom", "relu", str(N), "0",
+                                                     str(a.threads), str(m)], env)
+            res["N"], res["m"] = N, m
+            line = (f"N={N:6d} Nystrom m={m:5d} (rank {res['rank']}): fit {res['fit_time']:.1f} s, "
+                    f"fit + predict {res['time']:.1f} s, peak RSS anonymous "
+                    f"{_gib(res['rss_anon'])} GiB, test MSE {res['test_mse']:.4g}, "
+                    f"tr(k - q)/tr k {res['trace_residual'] / res['trace']:.2e}, certified bound "
+                    f"max {res['bound_max']:.2e}")
+            if N <= a.exact_max:
+                p = arr2["pred"]
+                res["max_diff"] = float(np.max(np.abs(p - ref)) / np.max(np.abs(ref)))
+                res["rms_diff"] = float(np.sqrt(np.mean((p - ref) ** 2)))
+                line += (f", vs exact: max |diff|/max|exact| {res['max_diff']:.2e}, rms diff "
+                         f"{res['rms_diff']:.3g}")
+            print(line, flush=True)
+            out.append(res)
+    return out
+
+
+def _worker_nystrom(N, threads, what, outdir, dim=8, noise=0.1):
+    """One fit: ``what`` = "exact" (CG, cached kernel) or the rank m of a Nystrom fit."""
+    import pdlt
+    from pdlt.learning.large import cg_regression, nystrom_regression
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N + 1000, dim))
+    f = np.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2]
+    y = f + noise * rng.standard_normal(len(f))
+    mlp = pdlt.MLP(n0=dim, width=1, depth=DEPTH, activation="relu", C_b=C_B, C_W=2.0)
+    sampler = _AnonSampler()
+    t0 = time.perf_counter()
+    extra = {}
+    if what == "exact":
+        fit = cg_regression(mlp, x[:N], y[:N], noise=noise ** 2, threads=threads, tol=1e-10,
+                            memory_budget=4 * 2 ** 30, cache="memory")
+        pred = fit.predict(x[N:])
+        extra = {"iterations": fit.iterations}
+    else:
+        fit = nystrom_regression(mlp, x[:N], y[:N], m=int(what), noise=noise ** 2,
+                                 threads=threads, memory_budget=5 * 2 ** 30)
+        pred, bound = fit.predict(x[N:], return_bound=True)
+        extra = {"rank": fit.rank, "trace": fit.trace, "trace_residual": fit.trace_residual,
+                 "bound_max": float(np.max(bound)), "bound_median": float(np.median(bound))}
+    dt = time.perf_counter() - t0
+    mem = sampler.stop()
+    np.save(os.path.join(outdir, "pred.npy"), pred)
+    return {**mem, **extra, "fit_time": fit.seconds, "time": dt, "rss": _peak_rss(),
+            "test_mse": float(np.mean((pred - f[N:]) ** 2)),
+            "baseline_mse": float(np.mean((f[N:] - y[:N].mean()) ** 2))}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -362,6 +434,13 @@ def main(argv=None):
                    help="auto: kernel cached in memory when it fits; none: recomputed every "
                         "CG iteration; pass: time one streamed product only")
     q.add_argument("--json")
+    ny = sub.add_parser("nystrom")
+    ny.add_argument("--sizes", type=int, nargs="+", default=[10000])
+    ny.add_argument("--ranks", type=int, nargs="+", default=[500, 1000, 2000])
+    ny.add_argument("--exact-max", type=int, default=10000,
+                    help="also solve exactly (CG, cached kernel) up to this N")
+    ny.add_argument("--threads", type=int, default=0)
+    ny.add_argument("--json")
     a = ap.parse_args(argv)
     if a.worker:
         kind, act, N = a.worker[0], a.worker[1], int(a.worker[2])
@@ -374,14 +453,16 @@ def main(argv=None):
             res = _worker_large(N, rest[2], int(rest[1]) or None, act)
         elif kind == "regression":
             res = _worker_regression(N, int(rest[1]) or None, rest[2])
+        elif kind == "nystrom":
+            res = _worker_nystrom(N, int(rest[1]) or None, rest[2], a.worker_out)
         else:
             raise SystemExit(f"unknown worker {kind}")
         json.dump(res, open(os.path.join(a.worker_out, "result.json"), "w"))
         return
     if a.cmd is None:
-        ap.error("choose speed, large, ray or regression")
+        ap.error("choose speed, large, ray, regression or nystrom")
     res = {"speed": cmd_speed, "large": cmd_large, "ray": cmd_ray,
-           "regression": cmd_regression}[a.cmd](a)
+           "regression": cmd_regression, "nystrom": cmd_nystrom}[a.cmd](a)
     if getattr(a, "json", None):
         json.dump(res, open(a.json, "w"), indent=1)
 

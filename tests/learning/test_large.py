@@ -114,3 +114,102 @@ def test_sklearn_kernel_values_and_gpr():
     assert "PDLTKernel(relu" in repr(gpr2.kernel_)
     with pytest.raises(ValueError, match="statistic must be"):
         PDLTKernel(MLP, statistic="V")(X)
+
+
+# ---------------------------------------------------------------------------
+# Nystrom (low-rank) regression
+# ---------------------------------------------------------------------------
+# The bound of NystromRegression.predict is a theorem about the low-rank
+# predictor in exact arithmetic: |f - f_exact| <= |alpha_q| (1 + eps/s)
+# [sqrt(E_xx eps) + eps |(q + s)^-1 q_x|], eps = tr(k - q) >= ||k - q||_2.
+# Float64 round-off of the solves adds at most ~ cond(k + s) eps_64 |f|.
+
+def _exact(mlp, x, xt, y, s, stat="K"):
+    k = pdlt.kernel_matrix(mlp, np.concatenate([x, xt]), get=[stat])[stat][0]
+    N = len(x)
+    A = k[:N, :N] + s * np.eye(N)
+    # cond(A) <= (tr k + s) / s, without an SVD
+    return k[N:, :N] @ np.linalg.solve(A, y), (np.trace(k[:N, :N]) + s) / s, k[:N, :N]
+
+
+def test_nystrom_full_rank_is_the_exact_regression():
+    from pdlt.learning.large import nystrom_regression
+    ref, cond, _ = _exact(MLP, X, XT, Y, NOISE)
+    for pivots in ("random", "greedy"):
+        fit = nystrom_regression(MLP, X, Y, m=80, noise=NOISE, pivots=pivots, block=16)
+        pred, bound = fit.predict(XT, return_bound=True)
+        assert pred.shape == bound.shape == (20, 2)
+        roundoff = 10 * cond * np.finfo(float).eps * np.max(np.abs(ref))
+        assert np.all(np.abs(pred - ref) <= bound + roundoff)
+        # all 80 inputs are landmarks (or numerically dependent): the bound is round-off
+        assert fit.trace_residual <= 1e-9 * fit.trace
+        assert np.max(np.abs(pred - ref)) <= 1e-7 * np.max(np.abs(ref))
+
+
+@pytest.mark.parametrize("stat", ["K", "Theta"])
+def test_nystrom_error_within_its_bound_and_too_few_landmarks_fail(stat):
+    """erf, 2-d inputs: an analytic kernel, fast-decaying spectrum, so the bound bites.
+
+    Target: predictions within 1e-3 max|f_exact| of the exact solve (N = 1500).
+    m = 320 landmarks (480 for the rougher NTK): the certified bound is below
+    the target, and so is the measured error; m = 40: the bound says it is
+    not, and the measured error indeed misses the target (by ~100x). At every
+    m the error lies below the bound (measured: the largest bound is 5e2-1e5
+    times the largest error).
+    """
+    from pdlt.learning.large import nystrom_regression
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1500, 2))
+    xt = rng.standard_normal((100, 2))
+    y = np.sin(x[:, 0]) + 0.5 * x[:, 0] * x[:, 1] + 0.1 * rng.standard_normal(1500)
+    mlp = pdlt.MLP(n0=2, width=1, depth=3, activation="erf", C_b=0.1, C_W=1.0)
+    s = 1e-2
+    ref, cond, _ = _exact(mlp, x, xt, y, s, stat)
+    target = 1e-3 * np.max(np.abs(ref))
+    roundoff = 10 * cond * np.finfo(float).eps * np.max(np.abs(ref))
+    res, big = {}, {"K": 320, "Theta": 480}[stat]
+    for m in (40, big):
+        fit = nystrom_regression(mlp, x, y, m=m, noise=s, statistic=stat)
+        pred, bound = fit.predict(xt, return_bound=True)
+        err = np.abs(pred - ref)
+        assert fit.rank == m
+        assert np.all(err <= bound + roundoff), (m, np.max(err / bound))
+        res[m] = (np.max(err), np.max(bound), fit.trace_residual)
+    assert res[big][1] <= target and res[big][0] <= target
+    assert res[40][1] > target and res[40][0] > target
+
+
+def test_nystrom_factor_is_the_nystrom_approximation():
+    """F F^T = k_AP k_PP^-1 k_PA on the landmarks P, F[P] lower triangular, d = diag(k - F F^T)."""
+    from pdlt.learning.large import nystrom_features
+    kaa, _ = _dense("K")
+    F, P, d, diag = nystrom_features(MLP, X, 25, block=10, seed=1)
+    assert F.shape == (80, 25) and len(set(P.tolist())) == 25
+    assert np.array_equal(np.triu(F[P], 1), np.zeros((25, 25)))
+    ny = kaa[:, P] @ np.linalg.solve(kaa[np.ix_(P, P)], kaa[P])
+    scale = np.sqrt(np.outer(np.diag(kaa), np.diag(kaa)))
+    cond = np.linalg.cond(kaa[np.ix_(P, P)])
+    assert np.max(np.abs(F @ F.T - ny) / scale) <= 100 * cond * np.finfo(float).eps
+    np.testing.assert_allclose(d, np.maximum(np.diag(kaa - F @ F.T), 0), rtol=0,
+                               atol=100 * cond * np.finfo(float).eps * np.max(diag))
+    assert np.all(d[P] == 0.0)
+    # tr E is at least the neglected spectrum sum_{i>r} lambda_i (k - F F^T is PSD, F rank r)
+    lam = np.linalg.eigvalsh(kaa)[::-1]
+    assert d.sum() >= lam[25:].sum() * (1 - 1e-9)
+    # greedy: the first pivot is the largest diagonal
+    Fg, Pg, _, _ = nystrom_features(MLP, X, 5, pivots="greedy", block=1)
+    assert Pg[0] == np.argmax(np.diag(kaa))
+
+
+def test_nystrom_errors_name_the_fix():
+    from pdlt.learning.large import nystrom_features, nystrom_regression
+    with pytest.raises(ValueError, match="noise must be > 0"):
+        nystrom_regression(MLP, X, Y, m=10, noise=0.0)
+    with pytest.raises(ValueError, match="m .the number of landmarks."):
+        nystrom_regression(MLP, X, Y, m=0)
+    with pytest.raises(ValueError, match="pivots must be"):
+        nystrom_features(MLP, X, 10, pivots="best")
+    with pytest.raises(MemoryError, match="lower m or raise memory_budget"):
+        nystrom_features(MLP, X, 50, memory_budget=8 * 80 * 10)
+    with pytest.raises(ValueError, match="y must be finite"):
+        nystrom_regression(MLP, X, Y[:5], m=10)

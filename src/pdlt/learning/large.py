@@ -26,6 +26,13 @@ rank-200 pivoted Cholesky factor of the kernel (Woodbury inverse of
 ``L L^T + noise I``), which takes out the few large eigenvalues of a deep
 network's kernel; the Jacobi preconditioner is the fallback.
 
+When even one kernel pass per CG iteration is too much (N = 10^5: the
+kernel is 80 GB, one streamed product ~ an hour on one core),
+:func:`nystrom_regression` replaces the kernel by a rank-m Nystrom
+approximation on landmarks chosen by pivoted Cholesky: memory ``O(N m)``,
+time ``O(N m L + N m^2)``, and a certified bound on the distance of each
+prediction from the exact regression (:meth:`NystromRegression.predict`).
+
 For scikit-learn's :class:`~sklearn.gaussian_process.GaussianProcessRegressor`
 see :class:`pdlt.learning.sklearn_kernel.PDLTKernel`.
 """
@@ -47,7 +54,8 @@ from ..theory.kernel_blocks import (DEFAULT_MEMORY_BUDGET, _check_layers, block_
 from ..theory.kernel_blocks import _rows
 from ._common import check_noise
 
-__all__ = ["KernelOperator", "CGRegression", "cg_regression", "pivoted_cholesky"]
+__all__ = ["KernelOperator", "CGRegression", "cg_regression", "pivoted_cholesky",
+           "NystromRegression", "nystrom_features", "nystrom_regression"]
 
 _STATS = ("K", "Theta")
 
@@ -384,3 +392,351 @@ def cg_regression(mlp: MLP, x, y, *, noise=1e-6, statistic="K", layer=None, tol=
                         kernel_passes=op.passes, cached=op.cached,
                         seconds=time.perf_counter() - t0, block_size=block_size,
                         threads=threads)
+
+
+# ---------------------------------------------------------------------------
+# Low rank: Nystrom regression with pivoted-Cholesky landmarks
+# ---------------------------------------------------------------------------
+
+def _select_pivots(d, b, how, rng):
+    """``b`` candidate pivots: sampled with probability proportional to d, or the b largest."""
+    live = np.flatnonzero(d > 0)
+    b = min(int(b), live.size)
+    if b == 0:
+        return live
+    if how == "random":
+        p = d[live] / d[live].sum()
+        return np.sort(rng.choice(live, size=b, replace=False, p=p))
+    return np.sort(live[np.argpartition(d[live], -b)[-b:]])
+
+
+def nystrom_features(mlp: MLP, x, m, *, statistic="K", layer=None, pivots="random", seed=0,
+                     rtol=0.0, block=128, memory_budget=DEFAULT_MEMORY_BUDGET, block_size=None,
+                     threads=None):
+    r"""Low-rank factor ``k_AA ~ F F^T`` by blocked, pivoted partial Cholesky.
+
+    After r pivots (landmarks) ``P``, ``F F^T = k_AP k_PP^{-1} k_PA`` exactly
+    (the Nystrom approximation with landmarks P), and the residual
+    ``E = k_AA - F F^T`` is positive semi-definite with diagonal ``d`` known
+    at every step: ``||E||_2 <= tr E = sum(d)``. Pivots are taken ``block`` at
+    a time: ``"random"`` samples them with probability proportional to the
+    remaining diagonal (randomly pivoted Cholesky, Chen, Epperly, Tropp and
+    Webber 2023: expected trace error within ``1 + delta`` of the best rank-k
+    one, ``sum_{i>k} lambda_i``, for ``r >~ k / delta + k log(1/(delta eta))``,
+    ``eta`` the relative tail), ``"greedy"`` takes the largest remaining
+    diagonals; within a block, LAPACK's pivoted Cholesky (``dpstrf``) orders
+    them and drops the numerically dependent ones.
+
+    Kernel columns come from :func:`pdlt.kernel_matrix` (``N x block``
+    cross kernels); memory ``O(N m)``, time ``O(N m L)`` for the kernel and
+    ``O(N m^2)`` for the updates (matrix products).
+
+    Parameters
+    ----------
+    mlp : MLP
+    x : array_like (N, n0)
+    m : int
+        Largest rank (number of landmarks).
+    statistic : {"K", "Theta"}
+    layer : int, optional
+        Default: the last layer.
+    pivots : {"random", "greedy"}
+    seed : int
+        Seed of the random pivots.
+    rtol : float, default 0
+        Stop early once ``tr E <= rtol tr k_AA``.
+    block : int, default 128
+        Pivots per step.
+    memory_budget, block_size, threads
+        As in :func:`pdlt.kernel_matrix`.
+
+    Returns
+    -------
+    F : ndarray (N, r)
+        ``F[P]`` is lower triangular (rows in pivot order).
+    P : ndarray of int (r,)
+        Landmark indices in pivot order.
+    d : ndarray (N,)
+        Residual diagonal ``diag(E)`` (>= 0, zero at the landmarks).
+    diag : ndarray (N,)
+        ``diag(k_AA)``.
+    """
+    from scipy.linalg import lapack, solve_triangular
+
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    x = validate_inputs(x, mlp.n0, "x")
+    statistic = _check_statistic(statistic)
+    (layer,) = _check_layers(mlp, layer)
+    if pivots not in ("random", "greedy"):
+        raise ValueError(f"pivots must be 'random' or 'greedy'; got {pivots!r}")
+    N = x.shape[0]
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+        raise ValueError(f"m (the number of landmarks) must be an integer >= 1; got {m!r}")
+    m = int(min(m, N))
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"block must be an integer >= 1; got {block!r}")
+    rtol = float(rtol)
+    if not (0.0 <= rtol < 1.0):
+        raise ValueError(f"rtol must lie in [0, 1); got {rtol!r}")
+    if memory_budget is not None and 8 * N * m > 0.8 * float(memory_budget):
+        raise MemoryError(
+            f"the rank-{m} factor of {N} inputs needs {8 * N * m / 2**30:.2f} GiB but "
+            f"memory_budget is {float(memory_budget) / 2**30:.2f} GiB: lower m or raise "
+            "memory_budget")
+    rng = np.random.default_rng(seed)
+    diag = getattr(diagonal_flow(mlp, x, depth=layer), statistic)[layer - 1].copy()
+    d = diag.copy()
+    trace = float(diag.sum())
+    # a pivot whose remaining diagonal is below this is numerical noise
+    tiny = 1e-12 * float(diag.max()) if N else 0.0
+    F = np.zeros((N, m))
+    P = np.empty(m, dtype=np.intp)
+    k = 0
+    while k < m and float(d.sum()) > rtol * trace and float(d.max()) > tiny:
+        S = _select_pivots(np.where(d > tiny, d, 0.0), min(block, m - k), pivots, rng)
+        if S.size == 0:
+            break
+        C = kernel_matrix(mlp, x, x[S], layers=[layer], get=[statistic], block_size=block_size,
+                          threads=threads, memory_budget=memory_budget)[statistic][0]
+        if k:
+            C -= F[:, :k] @ F[S, :k].T           # columns of the residual kernel E
+        G = C[S]
+        G = 0.5 * (G + G.T)
+        c, piv, rank, info = lapack.dpstrf(G, lower=1, tol=tiny)
+        if info < 0:  # pragma: no cover - LAPACK argument error
+            raise RuntimeError(f"dpstrf failed (info {info})")
+        rank = int(min(rank, m - k))
+        if rank == 0:
+            d[S] = 0.0  # their residual is below the noise floor
+            continue
+        order = S[piv[:rank] - 1]
+        Lf = np.tril(c[:rank, :rank])
+        new = solve_triangular(Lf, C[:, piv[:rank] - 1].T, lower=True, check_finite=False).T
+        new[P[:k]] = 0.0          # exact zeros on earlier landmarks: F[P] lower triangular
+        new[order] = Lf
+        F[:, k:k + rank] = new
+        P[k:k + rank] = order
+        d -= np.einsum("ij,ij->i", new, new)
+        d[order] = 0.0
+        np.maximum(d, 0.0, out=d)
+        k += rank
+    return F[:, :k], P[:k], d, diag
+
+
+@dataclass(frozen=True)
+class NystromRegression:
+    r"""A fitted Nystrom (low-rank) kernel regression, with a certified error bound.
+
+    The kernel ``k`` is replaced by ``q(x, x') = k(x, X_P) k_PP^{-1} k(X_P, x')``
+    (landmarks ``X_P``); the prediction is ``q(x, X) (q_AA + noise I)^{-1} y
+    = k(x, X_P) beta``.
+
+    Attributes
+    ----------
+    mlp : MLP
+    statistic : str
+    layer : int
+    landmarks : ndarray (r, n0)
+        The inputs ``X_P``, in pivot order.
+    landmark_index : ndarray of int (r,)
+        Their rows in the training inputs.
+    beta : ndarray (r,) or (r, n_out)
+        Weights of ``k(x, X_P)``.
+    rank : int
+        r (at most m).
+    noise : float
+    trace : float
+        ``tr k_AA``.
+    trace_residual : float
+        Certified ``tr E >= ||E||_2``, ``E = k_AA - q_AA`` (sum of the residual
+        diagonal, plus its float64 round-off allowance).
+    alpha_norm : ndarray (n_out,)
+        ``|(q_AA + noise I)^{-1} y|`` per output column.
+    y_norm : ndarray (n_out,)
+        ``|y|`` per output column.
+    seconds : float
+    """
+
+    mlp: MLP
+    statistic: str
+    layer: int
+    landmarks: np.ndarray
+    landmark_index: np.ndarray
+    beta: np.ndarray
+    rank: int
+    noise: float
+    trace: float
+    trace_residual: float
+    alpha_norm: np.ndarray
+    y_norm: np.ndarray
+    seconds: float
+    _T: np.ndarray = field(repr=False, default=None)
+    _G: np.ndarray = field(repr=False, default=None)
+    _A: tuple = field(repr=False, default=None)
+    block_size: int | None = None
+    threads: int | None = None
+
+    def predict(self, x, *, return_bound=False, batch=4096):
+        r"""Predictions ``k(x, X_P) beta``, optionally with a bound on their distance to exact.
+
+        The bound is on ``|f(x) - f_exact(x)|``, ``f_exact`` the regression with
+        the exact kernel (``k_xA (k_AA + noise I)^{-1} y``, what
+        :func:`cg_regression` solves). With ``E`` the residual kernel (positive
+        semi-definite on the training inputs and x together), ``e = E(X, x)``,
+        ``alpha`` and ``alpha_q`` the exact and low-rank weights,
+        ``f - f_exact = -e^T alpha + q_xA (q_AA + s)^{-1} E alpha``, and
+
+        .. math::
+            |f - f_\mathrm{exact}| \le |\alpha_q| (1 + \epsilon/s)
+            \left[\sqrt{E_{xx}\,\epsilon} + \epsilon\,|(q_{AA} + s)^{-1} q_{Ax}|\right]
+
+        with ``epsilon = trace_residual >= ||E||_2``, ``E_xx`` the residual
+        variance at x (``|e|^2 <= E_xx tr E`` by Cauchy-Schwarz) and
+        ``|alpha| <= |alpha_q| (1 + epsilon / s)``, or ``|alpha| <= |y| / s``
+        where that is smaller (it then replaces ``|alpha_q| (1 + epsilon / s)``
+        above). A worst case: the true distance is usually orders of
+        magnitude smaller.
+
+        Parameters
+        ----------
+        x : array_like (M, n0)
+        return_bound : bool
+        batch : int
+            Test inputs per cross-kernel block.
+
+        Returns
+        -------
+        pred : ndarray (M,) or (M, n_out)
+        bound : ndarray, same shape as ``pred`` (with ``return_bound``)
+        """
+        from scipy.linalg import solve_triangular
+
+        x = validate_inputs(x, self.mlp.n0, "x")
+        M = x.shape[0]
+        out = np.empty((M,) + self.beta.shape[1:])
+        bound = np.empty_like(out) if return_bound else None
+        s, eps = self.noise, self.trace_residual
+        for r0 in range(0, M, batch):
+            xb = x[r0:r0 + batch]
+            kx = kernel_matrix(self.mlp, xb, self.landmarks, layers=[self.layer],
+                               get=[self.statistic], block_size=self.block_size,
+                               threads=self.threads, memory_budget=None)[self.statistic][0]
+            out[r0:r0 + batch] = kx @ self.beta
+            if not return_bound:
+                continue
+            kxx = getattr(diagonal_flow(self.mlp, xb, depth=self.layer),
+                          self.statistic)[self.layer - 1]
+            U = solve_triangular(self._T, kx.T, lower=True, check_finite=False)  # (r, B)
+            uu = np.einsum("ij,ij->j", U, U)
+            # residual variance at x, with the round-off of k_xx - |u|^2
+            Exx = np.maximum(kxx - uu, 0.0) + 4 * (self.rank + 1) * np.finfo(float).eps * kxx
+            Z = cho_solve(self._A, U)                            # (q_AA + s)^{-1} q_Ax = F Z
+            qn = np.sqrt(np.maximum(np.einsum("ij,ij->j", Z, self._G @ Z), 0.0))
+            b = np.sqrt(Exx * eps) + eps * qn
+            a = np.minimum(self.alpha_norm * (1 + eps / s), self.y_norm / s)  # >= |alpha|
+            bound[r0:r0 + batch] = b.reshape((-1,) + (1,) * (self.beta.ndim - 1)) * \
+                a.reshape(self.beta.shape[1:] or ())
+        return (out, bound) if return_bound else out
+
+
+def nystrom_regression(mlp: MLP, x, y, *, m=1000, noise=1e-2, statistic="K", layer=None,
+                       pivots="random", seed=0, rtol=0.0, block=128,
+                       memory_budget=DEFAULT_MEMORY_BUDGET, block_size=None,
+                       threads=None) -> NystromRegression:
+    r"""Kernel regression with a rank-m Nystrom kernel: memory ``O(N m)``, time ``O(N m^2)``.
+
+    For N beyond what the exact kernel allows (at N = 10^5 it is 80 GB and
+    :func:`cg_regression` would recompute it at every iteration): the kernel
+    is replaced by its Nystrom approximation on ``m`` landmarks chosen by
+    pivoted Cholesky (:func:`nystrom_features`), ``k ~ F F^T``, and
+
+    .. math::
+        f(x) = k(x, X_P)\,\beta,\qquad
+        \beta = F_P^{-T} (F^T F + s I)^{-1} F^T y,
+
+    i.e. ``q(x, X)(q_AA + s I)^{-1} y`` with ``q`` the Nystrom kernel
+    (``s = noise``; Woodbury). The kernel enters only through
+    :func:`pdlt.kernel_matrix` blocks of ``N x block`` pairs.
+
+    Accuracy against the exact regression: ``predict(x, return_bound=True)``
+    gives a certified bound per test input from the neglected part of the
+    kernel, ``trace_residual = tr(k - q) >= ||k - q||_2``
+    (:meth:`NystromRegression.predict`). Raise ``m`` (or set ``rtol``) until
+    it is below what you need; ``trace_residual`` is at least the neglected
+    spectrum ``sum_{i > m} lambda_i(k_AA)``, and random pivots come within a
+    small factor of it (:func:`nystrom_features`).
+
+    Parameters
+    ----------
+    mlp : MLP
+    x : array_like (N, n0)
+    y : array_like (N,) or (N, n_out)
+    m : int, default 1000
+        Largest number of landmarks (rank).
+    noise : float, default 1e-2
+        Observation-noise variance (or ridge), > 0.
+    statistic : {"K", "Theta"}
+        NNGP posterior mean or frozen-NTK prediction (as :func:`cg_regression`).
+    layer : int, optional
+        Default: the last layer.
+    pivots : {"random", "greedy"}
+        Landmark choice (:func:`nystrom_features`).
+    seed : int
+    rtol : float, default 0
+        Stop adding landmarks once ``tr(k - q) <= rtol tr k``.
+    block : int
+        Landmarks per pivoting step.
+    memory_budget, block_size, threads
+        As in :func:`pdlt.kernel_matrix`; the factor takes ``8 N m`` bytes.
+
+    Returns
+    -------
+    NystromRegression
+
+    Examples
+    --------
+    >>> import numpy as np, pdlt
+    >>> from pdlt.learning.large import nystrom_regression
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((500, 4)); y = np.sin(x[:, 0])
+    >>> mlp = pdlt.MLP(n0=4, width=1, depth=3, activation="relu", C_W=2.0, C_b=0.1)
+    >>> fit = nystrom_regression(mlp, x, y, m=200, noise=1e-2)
+    >>> pred, bound = fit.predict(x[:5], return_bound=True)
+    >>> pred.shape, fit.rank
+    ((5,), 200)
+    """
+    t0 = time.perf_counter()
+    s = check_noise(noise)
+    if s <= 0:
+        raise ValueError("noise must be > 0 for nystrom_regression (the low-rank kernel is "
+                         "singular); pass the observation-noise variance or a small ridge")
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    x = validate_inputs(x, mlp.n0, "x")
+    N = x.shape[0]
+    y = np.asarray(y, dtype=float)
+    if y.ndim not in (1, 2) or y.shape[0] != N or not np.isfinite(y).all():
+        raise ValueError(f"y must be finite with shape (N,) or (N, n_out), N = {N}; got "
+                         f"shape {y.shape}")
+    Y = y.reshape(N, -1)
+    F, P, d, diag = nystrom_features(mlp, x, m, statistic=statistic, layer=layer,
+                                     pivots=pivots, seed=seed, rtol=rtol, block=block,
+                                     memory_budget=memory_budget, block_size=block_size,
+                                     threads=threads)
+    r = F.shape[1]
+    G = F.T @ F
+    A = cho_factor(G + s * np.eye(r))
+    W = cho_solve(A, F.T @ Y)                      # (F^T F + s)^{-1} F^T y
+    alpha_norm = np.linalg.norm(Y - F @ W, axis=0) / s   # (F F^T + s)^{-1} y = (y - F W) / s
+    from scipy.linalg import solve_triangular
+    T = F[P]
+    beta = solve_triangular(T, W, lower=True, trans="T", check_finite=False)
+    eps = float(d.sum()) + N * 4 * (r + 1) * np.finfo(float).eps * float(diag.max())
+    (lay,) = _check_layers(mlp, layer)
+    return NystromRegression(
+        mlp=mlp, statistic=statistic, layer=lay, landmarks=x[P], landmark_index=P,
+        beta=beta.reshape((r,) + y.shape[1:]), rank=r, noise=s, trace=float(diag.sum()),
+        trace_residual=eps, alpha_norm=alpha_norm, y_norm=np.linalg.norm(Y, axis=0),
+        seconds=time.perf_counter() - t0,
+        _T=T, _G=G, _A=A, block_size=block_size, threads=threads)
