@@ -153,6 +153,27 @@ def _tolerances(tol, crit, L):
     return tb, tw
 
 
+def _learning_size(mlp, K1, notes, what, first_sentence=False):
+    """:func:`pdlt.learning.finite_training.finite_width_learning_size`, or None with a note.
+
+    Warnings it raises become ``caution:`` notes (their first sentence when
+    ``first_sentence``); an error becomes "``what`` not predicted: ...".
+    """
+    from ..learning.finite_training import finite_width_learning_size
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            size = finite_width_learning_size(mlp.with_(n_out=1), K1)
+    except (ValueError, FloatingPointError, np.linalg.LinAlgError,
+            NotImplementedError) as exc:
+        notes.append(f"{what} not predicted: {exc}")
+        return None
+    for w in caught:
+        msg = str(w.message)
+        notes.append(f"caution: {msg.split('. ')[0] if first_sentence else msg}")
+    return size
+
+
 def diagnose_mlp(mlp: MLP, K1: float, *, learning=True,
                  critical_tolerance=None) -> MLPDiagnosis:
     """The theory's per-layer diagnosis of ``mlp`` for an input with first-layer kernel K1.
@@ -303,17 +324,8 @@ def diagnose_mlp(mlp: MLP, K1: float, *, learning=True,
         notes.append(msg)
     rep = None
     if learning and not mlp.is_residual and K1 > mlp.C_b[0]:
-        from ..learning.finite_training import finite_width_learning_size
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                rep = finite_width_learning_size(mlp.with_(n_out=1), K1)
-            for w in caught:
-                notes.append(f"caution: {str(w.message).split('. ')[0]}")
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError,
-                NotImplementedError) as exc:
-            notes.append(f"representation learning not predicted: {exc}")
-        else:
+        rep = _learning_size(mlp, K1, notes, "representation learning", first_sentence=True)
+        if rep is not None:
             notes.append(
                 f"representation learning: the NTK moves by "
                 f"{100 * rep['representation_learning']:+.3g} % during training to convergence "
@@ -565,22 +577,11 @@ def diagnose_architecture(act, depth, width, C_b=None, C_W=None, K1=1.0, residua
             notes.append(f"NTK slopes not available: {exc}")
     # what finite width does to learning, on a data-free reference problem
     out["finite_width_learning"] = None
-    if gamma == 0.0 and K1 > C_b:
-        from ..learning.finite_training import finite_width_learning_size
-
-        import warnings
-
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                fl_size = finite_width_learning_size(mlp.with_(n_out=1), K1)
-            for w in caught:
-                notes.append(f"caution: {w.message}")
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
-            notes.append(f"finite-width learning not predicted: {exc}")
-        else:
-            out["finite_width_learning"] = fl_size
-            notes.append(
+    fl_size = (_learning_size(mlp, K1, notes, "finite-width learning")
+               if gamma == 0.0 and K1 > C_b else None)
+    if fl_size is not None:
+        out["finite_width_learning"] = fl_size
+        notes.append(
                 "finite-width learning (one training input, an orthogonal test input, target "
                 "at the output's scale, gradient descent to convergence; order 1/n): the NTK "
                 f"moves by {100 * fl_size['representation_learning']:+.3g} % during training "
