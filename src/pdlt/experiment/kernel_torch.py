@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from ..gaussian._closed import closed_family
-from ..network import MLP, validate_inputs
-from ..theory.kernel_blocks import (DEFAULT_MEMORY_BUDGET, KernelMatrices, _check_get,
-                                    _check_layers, _parse_budget, block_ranges, diagonal_flow)
+from ..network import MLP
+from ..theory.kernel_blocks import (DEFAULT_MEMORY_BUDGET, KernelMatrices, _parse_budget,
+                                    block_ranges, check_kernel_call, diagonal_flow)
 
 __all__ = ["torch_kernel_matrix", "default_device"]
 
@@ -194,13 +194,8 @@ def torch_kernel_matrix(mlp: MLP, x, x2=None, *, layers=None, get=("K", "Theta")
             f"activation {mlp.activation.name!r} has no closed form, which the torch backend "
             "needs; use pdlt.kernel_matrix (numpy, Mehler series per block)")
     dev = default_device() if device is None else check_device(device, "device")
-    x = validate_inputs(x, mlp.n0, "x")
-    sym = x2 is None
-    xb = x if sym else validate_inputs(x2, mlp.n0, "x2")
-    layers = _check_layers(mlp, layers)
-    get = _check_get(get)
-    N, M = x.shape[0], xb.shape[0]
-    shape = (len(layers), N, M)
+    x, xb, sym, layers, get, shape = check_kernel_call(mlp, x, x2, layers, get)
+    N, M = shape[1:]
     budget = _parse_budget(memory_budget)
     out_bytes = len(get) * 8 * math.prod(shape)
     if budget is not None and out_bytes > budget:

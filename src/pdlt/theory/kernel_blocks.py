@@ -61,6 +61,7 @@ from ..gaussian._closed import closed_family, pair_terms
 from ..network import MLP, validate_inputs
 
 __all__ = ["KernelMatrices", "kernel_matrix", "kernel_block", "block_work", "diagonal_flow",
+           "check_kernel_call",
            "block_ranges", "DEFAULT_MEMORY_BUDGET", "STATISTICS"]
 
 #: default bound on the memory one :func:`kernel_matrix` call allocates, bytes (4 GiB)
@@ -361,6 +362,29 @@ def _default_threads():
     return max(1, min(n, 8))
 
 
+def check_kernel_call(mlp, x, x2, layers, get):
+    """Validated arguments of a kernel-matrix call (shared by every backend).
+
+    Returns
+    -------
+    x, x2 : ndarray (N, n0), (M, n0)
+        ``x2`` is ``x`` itself when None was given (``sym`` True).
+    sym : bool
+    layers : tuple of int
+    get : tuple of str
+    shape : tuple
+        ``(len(layers), N, M)``, the shape of each output.
+    """
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    x = validate_inputs(x, mlp.n0, "x")
+    sym = x2 is None
+    xb = x if sym else validate_inputs(x2, mlp.n0, "x2")
+    layers = _check_layers(mlp, layers)
+    get = _check_get(get)
+    return x, xb, sym, layers, get, (len(layers), x.shape[0], xb.shape[0])
+
+
 def kernel_matrix(mlp: MLP, x, x2=None, *, layers=None, get=("K", "Theta"), block_size=None,
                   memory_budget=DEFAULT_MEMORY_BUDGET, out=None, threads=None,
                   rtol=1e-12) -> KernelMatrices:
@@ -426,15 +450,8 @@ def kernel_matrix(mlp: MLP, x, x2=None, *, layers=None, get=("K", "Theta"), bloc
     >>> bool(np.allclose(km.K[0], pdlt.flow(mlp, x)[-1].K, rtol=1e-13))
     True
     """
-    if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
-    x = validate_inputs(x, mlp.n0, "x")
-    sym = x2 is None
-    xb = x if sym else validate_inputs(x2, mlp.n0, "x2")
-    layers = _check_layers(mlp, layers)
-    get = _check_get(get)
-    N, M = x.shape[0], xb.shape[0]
-    shape = (len(layers), N, M)
+    x, xb, sym, layers, get, shape = check_kernel_call(mlp, x, x2, layers, get)
+    N, M = shape[1:]
     budget = _parse_budget(memory_budget)
     threads = _default_threads() if threads is None else int(threads)
     if threads < 1:
