@@ -278,7 +278,7 @@ def diagnose(act, depth, width, C_b=None, C_W=None, K1=1.0, residual=None, n_out
             if gamma != 0.0:
                 # residual: the derived A, B, D, F and the exact vertex slope
                 # (pdlt.theory.residual_ntk); P..U are not derived for residual MLPs
-                from ..theory.residual_ntk import residual_slopes
+                from ..theory.residual import residual_slopes
                 rs = residual_slopes(act, gamma, depth=32)
                 rs.pop("nu_V")                  # = out["vertex_slope"] (exact)
                 notes.append("residual: NTK statistics P..U not derived")

@@ -231,7 +231,7 @@ def residual_aspect_ratio_figure(activations=("relu", "gelu"), gammas=None, *, n
 
     Three panels: the vertex slope ``nu(gamma)`` from the closed form of
     :func:`pdlt.theory.residual.residual_vertex_slope` (three-point part of the
-    two-depth terms) and exact (:func:`pdlt.theory.residual_ntk.residual_slopes`);
+    two-depth terms) and exact (:func:`pdlt.theory.residual.residual_slopes`);
     ``r* = 4/((20 + 3 n_L) nu)`` from both; and, for the scale-invariant
     activations, the slopes of ``A, B/(n Theta^2)`` and ``D, F/(n K Theta)``
     against gamma (``lambda_b = lambda_W = 1``): how strongly the NTK fluctuates
@@ -245,8 +245,7 @@ def residual_aspect_ratio_figure(activations=("relu", "gelu"), gammas=None, *, n
     """
     from ..theory.criticality import criticality
     from ..theory.information import optimal_aspect_ratio_from_slope
-    from ..theory.residual import three_point_vertex_slope
-    from ..theory.residual_ntk import residual_slopes
+    from ..theory.residual import residual_slopes, three_point_vertex_slope
 
     g = np.linspace(0.0, 0.9, 10) if gammas is None else np.asarray(gammas, float)
     plt = _plt()

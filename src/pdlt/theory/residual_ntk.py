@@ -97,7 +97,7 @@ from ..network import MLP
 from ._ntk_avg import single_input_terms
 from .kernel import flow as _kernel_flow
 
-__all__ = ["residual_ntk_single", "residual_b_closure", "residual_slopes",
+__all__ = ["residual_ntk_single", "residual_b_closure",
            "RESIDUAL_NTK_STATISTICS"]
 
 #: statistics derived (and ensemble-checked) for residual MLPs, single input
@@ -414,55 +414,6 @@ def _field_statistics(mlp, K1):
         n = mlp.widths[l]                         # n_{l-1} of NOTATION.md's normalization
         out["D"][l] = n * (rH @ Sig @ rz + rH @ cz)
         out["A"][l] = n * (rH @ Sig @ rH)
-    return out
-
-
-def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambda_W=1.0):
-    r"""Depth slopes of the exact residual V and of A, B, D, F at residual criticality.
-
-    The network is :func:`pdlt.theory.residual.residual_mlp` (every layer l >= 2
-    residual, constant ``lambda_b``, ``lambda_W``, one input at ``K1 = K*`` or 1).
-    At ``gamma = 0`` the NTK slopes are :func:`pdlt.theory.finite_ntk.ntk_slopes`'
-    (which depend on ``lambda_b : lambda_W`` only).
-
-    * ``nu_V``: the exact vertex slope,
-      :func:`pdlt.theory.residual.residual_vertex_slope` (its own depth;
-      Aitken-extrapolated), for activations with ``K* > 0`` or scale invariance.
-    * scale-invariant class only: ``nu_X`` of ``X/(n Theta^a K^b) ~ nu_X l / n``
-      for A, B (``a = 2, b = 0``) and D, F (``a = b = 1``), by Richardson
-      extrapolation ``2 g(L) - g(L/2)`` of ``g(l) = X / (Theta^a K^b l)``
-      (relative error O(1/L^2) plus the geometric transient).
-
-    Returns
-    -------
-    dict
-        ``{"nu_V": float, "A": ..., "B": ..., "D": ..., "F": ...}`` (the NTK
-        entries None outside the scale-invariant class).
-    """
-    from ..activations import activation as _act
-    from .criticality import criticality
-    from .residual import residual_mlp, residual_vertex_slope
-
-    act = _act(activation)
-    crit = criticality(act)
-    if not crit.is_critical or crit.universality_class == "K*=0":
-        raise ValueError(f"residual_slopes needs K* > 0 or a scale-invariant activation; "
-                         f"{act.name!r} is in the {crit.universality_class!r} class")
-    if K1 is None:
-        K1 = crit.K_star if crit.K_star else 1.0
-    L = int(depth)
-    m = residual_mlp(act, gamma, width=8, depth=L, n_out=8, lambda_b=lambda_b,
-                     lambda_W=lambda_W)
-    r = residual_ntk_single(m, K1, stats=("A", "B", "D", "F"))
-    fl = _kernel_flow(m, K1=float(K1))
-    K, Th = np.asarray(fl.K, float), np.asarray(fl.Theta, float)
-    out = {"nu_V": residual_vertex_slope(act, gamma)}
-    for name, (pa, pb) in {"A": (2, 0), "B": (2, 0), "D": (1, 1), "F": (1, 1)}.items():
-        if crit.universality_class != "scale-invariant":
-            out[name] = None
-            continue
-        g = r[name] / (Th ** pa * K ** pb * np.arange(1, L + 1))
-        out[name] = float(2 * g[L - 1] - g[L // 2 - 1])
     return out
 
 
