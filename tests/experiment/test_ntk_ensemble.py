@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 import pdlt  # noqa: E402
 from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
+from pdlt.report.rows import width_extrapolation  # noqa: E402
 from pdlt.theory.finite_ntk import ntk_fluctuation_flow  # noqa: E402
 
 CRITICAL = {"relu": dict(C_W=2.0, C_b=0.0), "tanh": dict(C_W=1.0, C_b=0.0),
@@ -45,9 +46,7 @@ def _richardson(act, n, depth, M, stats, seed):
     for s in stats:
         np.testing.assert_allclose(th[s], th2[s], rtol=1e-12)   # equal widths: n-free
         a, b = m1[s], m2[s]
-        ext = 2 * np.asarray(b.mean) - np.asarray(a.mean)
-        se = np.sqrt(4 * np.asarray(b.stderr) ** 2 + np.asarray(a.stderr) ** 2)
-        allowance = 0.5 * np.abs(np.asarray(b.mean) - np.asarray(a.mean))
+        ext, se, allowance = width_extrapolation(a.mean, a.stderr, b.mean, b.stderr)
         out[s] = (ext, se, allowance, th[s], a, b)
     return out
 
@@ -204,7 +203,6 @@ def test_dntk_ddntk_vs_ensemble_wide_and_deep(act):
     for n in (32, 64):
         for s in stats:
             a, b = ms[n][s], ms[2 * n][s]
-            ext = 2 * b.mean[0] - a.mean[0]
-            se = np.hypot(2 * b.stderr[0], a.stderr[0])
-            allowance = 0.5 * abs(b.mean[0] - a.mean[0])
+            ext, se, allowance = width_extrapolation(a.mean[0], a.stderr[0], b.mean[0],
+                                                     b.stderr[0])
             powered(th[s][-1], ext, se, allowance, label=f"{act} {s} ({n},{2 * n})")

@@ -48,6 +48,26 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 _PAIR_STATS = {"V_pair", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U"}
 
 
+def check_device(device, name="device"):
+    """A torch device that exists here; raises ``ValueError`` naming ``name`` otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{name}={device!r} is not a torch device ({str(exc).splitlines()[0]}); "
+                         "use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r} asked for CUDA but torch.cuda.is_available() is "
+                             "False; use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={device!r}: this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s); use cuda:0 .. cuda:N-1 or 'cpu'")
+    elif dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name}={device!r}: pdlt runs on 'cpu' or 'cuda' devices; got device "
+                         f"type {dev.type!r}")
+    return dev
+
+
 class Ensemble:
     """M independent randomly initialized copies of an MLP.
 
@@ -89,8 +109,6 @@ class Ensemble:
             raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
         if dtype not in (torch.float64, torch.float32):
             raise ValueError(f"dtype must be torch.float64 or torch.float32; got {dtype}")
-        from .._validation import check_device
-
         dev = check_device(device, "device")
         if not memory_budget or memory_budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes; got {memory_budget!r}")

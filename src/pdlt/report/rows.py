@@ -1,7 +1,9 @@
 """One comparison of theory with a measurement, and what it could detect.
 
-The single rule every report row and every ensemble test uses
-(numpy only; a leaf module that the report and ``tests/conftest.py`` share):
+The single rule every report row and every ensemble test uses. A leaf of
+:mod:`pdlt.report` (it imports no other report module) that the report's
+modules and ``tests/conftest.py`` share: the pass rule, :class:`Row`,
+:class:`Study`, the width extrapolation and the critical MLP of the cases.
 
 * a comparison *passes* when ``|measured - theory| <= Z_PASS stderr + allowance``;
 * its *resolution* is the smallest relative error of the theory it would
@@ -19,12 +21,12 @@ with the theory lets a theory twice too large pass).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-__all__ = ["Z_PASS", "RESOLVED", "Comparison", "compare", "richardson", "Row", "make_row",
-           "ZERO_RATIO",
-           "summarize", "CONTROL_FACTORS"]
+__all__ = ["Z_PASS", "RESOLVED", "Comparison", "compare", "width_extrapolation", "Row",
+           "make_row", "ZERO_RATIO", "summarize", "CONTROL_FACTORS", "Study", "critical_mlp"]
 
 #: pass threshold in standard errors
 Z_PASS = 4.0
@@ -177,13 +179,23 @@ def compare(theory, measured, stderr, allowance=0.0) -> Comparison:
     return Comparison(th.copy(), m.copy(), se.copy(), al.copy())
 
 
-def richardson(m_n, se_n, m_2n, se_2n):
-    """Two-width extrapolation of a quantity ``m(n) = m + c/n + O(1/n^2)``.
+def width_extrapolation(m_n, se_n, m_2n, se_2n):
+    """Two-width extrapolation to infinite width of ``m(n) = m + c/n + O(1/n^2)``.
 
-    Returns ``(2 m(2n) - m(n), sqrt(4 se(2n)^2 + se(n)^2), |m(2n) - m(n)| / 2)``:
-    the estimate with ``c/n`` removed, its standard error (independent
-    ensembles), and the allowance for the remaining ``O(1/n^2)`` term (the
-    expansion at least halves from n to 2n), measured, not from the theory.
+    Parameters
+    ----------
+    m_n, se_n : float or ndarray
+        Mean and standard error measured at width n.
+    m_2n, se_2n : float or ndarray
+        The same at width 2n (an independent ensemble); broadcast with the first.
+
+    Returns
+    -------
+    ext, se, allowance : ndarray
+        ``2 m(2n) - m(n)`` (``c/n`` removed), its standard error
+        ``sqrt(4 se(2n)^2 + se(n)^2)``, and ``|m(2n) - m(n)| / 2``, the allowance
+        for the remaining ``O(1/n^2)`` term (the expansion at least halves from n
+        to 2n): measured, not from the theory.
     """
     m_n, se_n, m_2n, se_2n = (np.asarray(v, float) for v in (m_n, se_n, m_2n, se_2n))
     return 2 * m_2n - m_n, np.sqrt(4 * se_2n ** 2 + se_n ** 2), 0.5 * np.abs(m_2n - m_n)
@@ -273,3 +285,40 @@ def summarize(rows) -> list:
                         failed=sum(r.status == "FAIL" for r in rs),
                         best_resolution=best.resolution, relative=best.relative, best=best))
     return sorted(out, key=lambda d: (d["key"], d["activation"]))
+
+
+@dataclass(frozen=True)
+class Study:
+    """A report study beyond the per-layer statistics: its rows and its figure.
+
+    ``rows`` are :class:`Row`; ``figure()`` returns a matplotlib Figure, or a
+    dict name -> Figure, and is called only when the HTML is written.
+    """
+
+    title: str
+    note: str
+    rows: tuple
+    figure: Callable
+
+
+def critical_mlp(activation, width, depth, lambda_b=1.0, lambda_W=1.0):
+    """An MLP of equal widths (one input dimension) at the critical (C_b, C_W) of ``activation``.
+
+    The output width equals the hidden width, so the last layer is measured
+    on ``width`` neurons too.
+
+    Raises
+    ------
+    ValueError
+        If ``activation`` has no critical point.
+    """
+    from ..activations import activation as get_activation
+    from ..network import MLP
+    from ..theory.criticality import criticality
+
+    act = get_activation(activation)
+    crit = criticality(act)
+    if crit.C_W is None:
+        raise ValueError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    return MLP(n0=1, width=width, depth=depth, n_out=width, activation=act, C_b=crit.C_b,
+               C_W=crit.C_W, lambda_b=lambda_b, lambda_W=lambda_W)
