@@ -1,4 +1,11 @@
-"""Shared configurations, tolerances and helpers for the test suite."""
+"""Shared configurations, tolerances, fixtures and helpers for the test suite.
+
+Fixtures: ``rng``; ``run_cli`` (the ``pdlt`` command in process); ``critical_mlp``
+(an MLP at its activation's critical point). Markers: ``needs_torch``.
+"""
+
+import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -28,11 +35,52 @@ def rng():
 
 
 def torch_available():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether PyTorch is installed (found, not imported: collecting stays fast)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+#: skip a test (or, as ``pytestmark``, a module) that needs PyTorch (the ensemble engine)
+needs_torch = pytest.mark.skipif(not torch_available(),
+                                 reason="needs torch: pip install 'pdlt[torch]'")
+
+
+class CliRun:
+    """The ``pdlt`` command run in process, its output captured by ``capsys``.
+
+    ``run_cli(*argv)`` returns ``(exit code, stdout, stderr)``;
+    ``run_cli.json(*argv)`` asserts exit code 0 and an empty stderr and returns
+    the parsed JSON on stdout.
+    """
+
+    def __init__(self, capsys):
+        self._capsys = capsys
+
+    def __call__(self, *argv):
+        from pdlt.cli import main
+
+        code = main(list(argv))
+        out, err = self._capsys.readouterr()
+        return code, out, err
+
+    def json(self, *argv):
+        code, out, err = self(*argv)
+        assert code == 0 and err == "", f"pdlt {' '.join(argv)}: exit {code}, stderr {err!r}"
+        return json.loads(out)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """:class:`CliRun`: ``run_cli("flow", "--json") -> (code, out, err)``."""
+    return CliRun(capsys)
+
+
+@pytest.fixture(scope="session")
+def critical_mlp():
+    """:func:`pdlt.report.rows.critical_mlp`, the factory the report's cases use:
+    ``critical_mlp(activation, width, depth, lambda_b, lambda_W, n0=1, n_out=width)``."""
+    from pdlt.report.rows import critical_mlp
+
+    return critical_mlp
 
 
 def linear_newton_case(width):

@@ -7,17 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from pdlt.cli import main
 
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_flow_json_shape_and_values(capsys):
-    code, out, err = run_cli(capsys, "flow", "--activation", "relu", "--depth", "4",
+def test_flow_json_shape_and_values(run_cli):
+    code, out, err = run_cli("flow", "--activation", "relu", "--depth", "4",
                              "--width", "50", "--C-W", "2", "--K1", "1.5", "--json")
     # L/n = 0.08 is above 2 r* = 0.07 of relu: one validity warning, also in the JSON
     assert code == 0 and err.startswith("pdlt flow: warning: L/n = 4/50") and err.count("\n") == 1
@@ -31,17 +23,17 @@ def test_flow_json_shape_and_values(capsys):
     assert d["layers"][0]["Theta"] == pytest.approx(1 + 0.75)
 
 
-def test_flow_human_table(capsys):
-    code, out, err = run_cli(capsys, "flow", "--activation", "tanh", "--depth", "3")
+def test_flow_human_table(run_cli):
+    code, out, err = run_cli("flow", "--activation", "tanh", "--depth", "3")
     assert code == 0 and err == ""
     assert "chi_parallel" in out and "layer" in out and len(out.splitlines()) == 6
 
 
-def test_kernel_json(tmp_path, capsys):
+def test_kernel_json(tmp_path, run_cli):
     x = np.random.default_rng(0).standard_normal((3, 4))
     path = tmp_path / "x.npy"
     np.save(path, x)
-    code, out, err = run_cli(capsys, "kernel", "--activation", "tanh", "--depth", "3",
+    code, out, err = run_cli("kernel", "--activation", "tanh", "--depth", "3",
                              "--C-b", "0", "--C-W", "1", "--inputs", str(path), "--json")
     assert code == 0 and err == ""
     d = json.loads(out)
@@ -57,8 +49,8 @@ def test_kernel_json(tmp_path, capsys):
     (["flow", "--depth", "3", "--activation", "nope"], "unknown activation"),
     (["flow", "--depth", "3", "--C-W", "-1"], "C_W must be > 0"),
 ])
-def test_cli_errors_are_clear(capsys, argv, match):
-    code, out, err = run_cli(capsys, *argv)
+def test_cli_errors_are_clear(run_cli, argv, match):
+    code, out, err = run_cli(*argv)
     assert code == 2 and match in err and "Traceback" not in err
 
 

@@ -57,7 +57,7 @@ torch = pytest.importorskip("torch")
 import pdlt  # noqa: E402
 from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
-from pdlt.report.rows import width_extrapolation  # noqa: E402
+from pdlt.report.rows import critical_mlp, width_extrapolation  # noqa: E402
 from pdlt.report.suite import measure_cv  # noqa: E402
 from pdlt.theory.finite_ntk import ntk_fluctuation_flow  # noqa: E402
 from pdlt.theory.ntk_mean import ntk_mean_correction  # noqa: E402
@@ -67,9 +67,7 @@ DEPTH = 4
 
 
 def _mlp(act, n):
-    crit = pdlt.criticality(act)
-    return pdlt.MLP(n0=2, width=n, depth=DEPTH, n_out=n, activation=act, C_b=crit.C_b,
-                    C_W=crit.C_W, lambda_b=0.5, lambda_W=1.5)
+    return critical_mlp(act, n, DEPTH, lambda_b=0.5, lambda_W=1.5, n0=2)
 
 
 def _compare(act, n, M, seed):

@@ -301,11 +301,11 @@ class Study:
     figure: Callable
 
 
-def critical_mlp(activation, width, depth, lambda_b=1.0, lambda_W=1.0):
-    """An MLP of equal widths (one input dimension) at the critical (C_b, C_W) of ``activation``.
+def critical_mlp(activation, width, depth, lambda_b=1.0, lambda_W=1.0, *, n0=1, n_out=None):
+    """An MLP of equal hidden widths at the critical (C_b, C_W) of ``activation``.
 
-    The output width equals the hidden width, so the last layer is measured
-    on ``width`` neurons too.
+    ``n0`` input features; the output width ``n_out`` defaults to the hidden
+    width, so that the last layer is measured on ``width`` neurons too.
 
     Raises
     ------
@@ -320,5 +320,5 @@ def critical_mlp(activation, width, depth, lambda_b=1.0, lambda_W=1.0):
     crit = criticality(act)
     if crit.C_W is None:
         raise ValueError(f"activation {act.name!r} has no critical point: {crit.reason}")
-    return MLP(n0=1, width=width, depth=depth, n_out=width, activation=act, C_b=crit.C_b,
-               C_W=crit.C_W, lambda_b=lambda_b, lambda_W=lambda_W)
+    return MLP(n0=n0, width=width, depth=depth, n_out=width if n_out is None else n_out,
+               activation=act, C_b=crit.C_b, C_W=crit.C_W, lambda_b=lambda_b, lambda_W=lambda_W)
