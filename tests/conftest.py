@@ -1,7 +1,8 @@
 """Shared configurations, tolerances, fixtures and helpers for the test suite.
 
 Fixtures: ``rng``; ``run_cli`` (the ``pdlt`` command in process); ``critical_mlp``
-(an MLP at its activation's critical point). Markers: ``needs_torch``.
+(an MLP at its activation's critical point); ``regression_csvs`` (``pdlt fit``
+inputs); ``ray2`` (a two-CPU Ray instance per test module). Markers: ``needs_torch``.
 """
 
 import importlib.util
@@ -74,6 +75,27 @@ def run_cli(capsys):
     return CliRun(capsys)
 
 
+@pytest.fixture
+def regression_csvs(tmp_path):
+    """Factory of ``pdlt fit`` inputs: ``regression_csvs(n_train, n_test, seed=0, header=False)``.
+
+    Writes ``train.csv`` and ``test.csv`` in ``tmp_path`` (columns x1, x2, y with
+    ``y = sin(x1 + x2)`` at standard-normal x; the header line only on the
+    training file) and returns ``(train path, test path, Xa, ya, Xb, yb)``.
+    """
+    def make(n_train, n_test, seed=0, header=False):
+        rng = np.random.default_rng(seed)
+        Xa, Xb = rng.standard_normal((n_train, 2)), rng.standard_normal((n_test, 2))
+        ya, yb = np.sin(Xa.sum(1)), np.sin(Xb.sum(1))
+        tr, te = tmp_path / "train.csv", tmp_path / "test.csv"
+        np.savetxt(tr, np.c_[Xa, ya], delimiter=",",
+                   **(dict(header="x1,x2,y", comments="") if header else {}))
+        np.savetxt(te, np.c_[Xb, yb], delimiter=",")
+        return str(tr), str(te), Xa, ya, Xb, yb
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def critical_mlp():
     """:func:`pdlt.report.rows.critical_mlp`, the factory the report's cases use:
@@ -120,3 +142,15 @@ def powered(theory, measured, stderr, allowance=0.0, *, label="", factors=(0.5, 
     if max_resolution is not None:
         assert c.resolution <= max_resolution, f"{label}: resolution too coarse: {c.describe()}"
     return c
+
+
+@pytest.fixture(scope="module")
+def ray2():
+    """A local Ray instance with two CPUs for the test module (skips without ray)."""
+    ray = pytest.importorskip(
+        "ray", reason="ray is not installed (pip install 'pdlt[ray]'): Ray backend tests skipped")
+    if ray.is_initialized():  # pragma: no cover - another module left Ray running
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

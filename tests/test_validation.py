@@ -17,14 +17,8 @@ from pdlt._validation import (ValidityWarning, as_inputs, check_checkpoint_path,
 
 
 @pytest.fixture
-def csvs(tmp_path):
-    rng = np.random.default_rng(0)
-    Xa, Xb = rng.standard_normal((7, 2)), rng.standard_normal((3, 2))
-    ya, yb = np.sin(Xa.sum(1)), np.sin(Xb.sum(1))
-    tr, te = tmp_path / "train.csv", tmp_path / "test.csv"
-    np.savetxt(tr, np.c_[Xa, ya], delimiter=",")
-    np.savetxt(te, np.c_[Xb, yb], delimiter=",")
-    return tmp_path, str(tr), str(te)
+def csvs(regression_csvs, tmp_path):
+    return (tmp_path, *regression_csvs(7, 3)[:2])
 
 
 MLP_ARGS = ["--activation", "tanh", "--depth", "3", "--C-b", "0.1", "--C-W", "1.2"]

@@ -10,14 +10,8 @@ from pdlt.learning import ntk_prediction, nngp_posterior
 
 
 @pytest.fixture
-def csvs(tmp_path):
-    rng = np.random.default_rng(0)
-    Xa, Xb = rng.standard_normal((7, 2)), rng.standard_normal((3, 2))
-    ya, yb = np.sin(Xa.sum(1)), np.sin(Xb.sum(1))
-    tr, te = tmp_path / "train.csv", tmp_path / "test.csv"
-    np.savetxt(tr, np.c_[Xa, ya], delimiter=",", header="x1,x2,y", comments="")
-    np.savetxt(te, np.c_[Xb, yb], delimiter=",")
-    return str(tr), str(te), Xa, ya, Xb, yb
+def csvs(regression_csvs):
+    return regression_csvs(7, 3, header=True)
 
 
 MLP_ARGS = ["--activation", "tanh", "--depth", "4", "--C-b", "0.1", "--C-W", "1.2"]
@@ -95,14 +89,8 @@ def test_errors(csvs, tmp_path, run_cli):
 
 
 @pytest.fixture
-def small_csvs(tmp_path):
-    rng = np.random.default_rng(1)
-    Xa, Xb = rng.standard_normal((3, 2)), rng.standard_normal((2, 2))
-    ya, yb = np.sin(Xa.sum(1)), np.sin(Xb.sum(1))
-    tr, te = tmp_path / "train.csv", tmp_path / "test.csv"
-    np.savetxt(tr, np.c_[Xa, ya], delimiter=",")
-    np.savetxt(te, np.c_[Xb, yb], delimiter=",")
-    return str(tr), str(te), Xa, ya, Xb
+def small_csvs(regression_csvs):
+    return regression_csvs(3, 2, seed=1)[:5]
 
 
 def test_ntk_width_json_has_the_infinite_width_mean_beside(small_csvs, run_cli):

@@ -54,10 +54,12 @@ def test_cli_errors_are_clear(run_cli, argv, match):
     assert code == 2 and match in err and "Traceback" not in err
 
 
-def test_help_does_not_import_torch_or_matplotlib():
+@pytest.mark.parametrize("argvs", [[["--help"]],
+                                   [["criticality", "--help"], ["criticality", "tanh"]]])
+def test_help_does_not_import_torch_or_matplotlib(argvs):
     code = ("import sys; from pdlt.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, "
+            + "".join(f"try:\n    main({a!r})\nexcept SystemExit:\n    pass\n" for a in argvs)
+            + "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, "
             "[m for m in sys.modules if m.startswith(('torch', 'matplotlib'))]")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

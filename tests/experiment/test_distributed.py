@@ -244,17 +244,6 @@ def test_cli_sharded_checkpoint_equals_plain(run_cli, tmp_path):
 # Ray: one local instance with two workers for the whole module
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ray2():
-    ray = pytest.importorskip(
-        "ray", reason="ray is not installed (pip install 'pdlt[ray]'): Ray backend tests skipped")
-    if ray.is_initialized():  # pragma: no cover - another module left Ray running
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_two_workers_equals_local(ray2, reference):
     assert ray2.cluster_resources()["CPU"] == 2
     m = ensemble().measure(X, stats=STATS, backend="ray", shards=7, progress=False)

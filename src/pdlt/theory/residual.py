@@ -150,6 +150,14 @@ def _gamma_iv(gamma, xi):
     return gamma, xi
 
 
+def _plain_critical(act, crit=None):
+    """The plain critical point of ``act`` (``crit`` when given); NoCriticalPointError if none."""
+    crit = crit or criticality(act)
+    if not crit.is_critical:
+        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    return crit
+
+
 def residual_vertex_slope(activation, gamma, *, crit=None):
     """``nu(gamma)``, the slope of ``V/(n K^2)`` per layer at residual criticality (exact).
 
@@ -182,9 +190,7 @@ def residual_vertex_slope(activation, gamma, *, crit=None):
     """
     act = _activation(activation)
     gamma, _ = _gamma_iv(gamma, 1.0)
-    crit = crit or criticality(act)
-    if not crit.is_critical:
-        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    crit = _plain_critical(act, crit)
     nu0 = vertex_slope(act, C_W=crit.C_W, K_star=crit.K_star)
     g2 = gamma * gamma
     if gamma == 0.0:
@@ -217,9 +223,7 @@ def three_point_vertex_slope(activation, gamma, *, crit=None):
     """
     act = _activation(activation)
     gamma, _ = _gamma_iv(gamma, 1.0)
-    crit = crit or criticality(act)
-    if not crit.is_critical:
-        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    crit = _plain_critical(act, crit)
     nu0 = vertex_slope(act, C_W=crit.C_W, K_star=crit.K_star)
     g2 = gamma * gamma
     if crit.universality_class == "K*=0":
@@ -334,9 +338,7 @@ def residual_criticality(activation, gamma, *, xi=1.0, n_out=1) -> ResidualCriti
     """
     act = _activation(activation)
     gamma, xi = _gamma_iv(gamma, xi)
-    crit = criticality(act)
-    if not crit.is_critical:
-        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    crit = _plain_critical(act)
     f = (1.0 - gamma * gamma) / (xi * xi)
     nu = residual_vertex_slope(act, gamma, crit=crit)
     return ResidualCriticality(
@@ -375,9 +377,7 @@ def residual_mlp(activation, gamma, *, n0=1, width, depth, n_out=1, xi=1.0, **kw
     """
     act = _activation(activation)
     g, x = _gamma_iv(gamma, xi)
-    crit = criticality(act)
-    if not crit.is_critical:
-        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    crit = _plain_critical(act)
     f = (1.0 - g * g) / (x * x)
     # the variances only (residual_criticality would also compute the vertex slope)
     rc = SimpleNamespace(C_b=f * crit.C_b, C_W=f * crit.C_W, plain_C_b=crit.C_b,
