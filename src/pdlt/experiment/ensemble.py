@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .._progress import counter
+from .._validation import check_checkpoint_path
 from ..network import MLP, validate_inputs
 from . import ntk as _ntk
 from ._plan import DEFAULT_DERIVATIVE_NEURONS, Plan
@@ -343,8 +344,6 @@ class Ensemble:
             raise ValueError(f"address={address!r} is only used by backend='ray'; pass "
                              "backend='ray' or drop address")
         if checkpoint is not None:
-            from .._validation import check_checkpoint_path
-
             # before any network is drawn: a path that cannot be written would
             # otherwise lose the whole run at its end
             check_checkpoint_path(checkpoint, "checkpoint")

@@ -222,7 +222,7 @@ def _figure(results):
 
 
 def finite_training_study(cases=None, *, quick=False, log=None):
-    """The end-of-training study for the report (:class:`pdlt.report.studies.Study`)."""
+    """The end-of-training study for the report (:class:`pdlt.report.rows.Study`)."""
     cases = default_training_cases(quick) if cases is None else list(cases)
     results = [run_training_case(c, log=log) for c in cases]
     rows = tuple(r for res in results for r in _rows(res))

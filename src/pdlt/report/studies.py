@@ -1,7 +1,7 @@
 """Report studies beyond the per-layer statistics: exact deep linear
 kurtosis, and the nearly-Gaussian density against ensemble histograms.
 
-Each study returns a :class:`Study`: pass/fail rows for the table and a
+Each study returns a :class:`~pdlt.report.rows.Study`: pass/fail rows for the table and a
 function that draws its figure (called only when the HTML is written).
 """
 
@@ -13,8 +13,7 @@ import numpy as np
 from .figures import pyplot
 from .rows import Study, critical_mlp, make_row, width_extrapolation
 
-__all__ = ["Study", "linear_kurtosis_study", "histogram_study", "learning_study",
-           "residual_study"]
+__all__ = ["linear_kurtosis_study", "histogram_study", "learning_study", "residual_study"]
 
 
 def _per_network_moments(ens, K1, powers, chunk=2000):

@@ -482,7 +482,7 @@ def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, full=False, progr
     """Run every case and compare at the last layer. ``log(msg)`` reports progress.
 
     ``studies``: zero-argument callables returning a
-    :class:`pdlt.report.studies.Study`; default :func:`default_studies` when
+    :class:`pdlt.report.rows.Study`; default :func:`default_studies` when
     ``cases`` is None, none otherwise.
     """
     if studies is None:
