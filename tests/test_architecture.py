@@ -22,24 +22,25 @@ import pytest
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
 
 TORCH_FREE = ("pdlt.theory", "pdlt.gaussian", "pdlt.learning", "pdlt.activations",
-              "pdlt.network", "pdlt._validation", "pdlt._progress")
+              "pdlt.network", "pdlt._validation", "pdlt._progress", "pdlt._pass_rule")
 
 #: the layers below each layer (a layer is ``pdlt.<first part>``; ``pdlt`` is the
 #: package's own __init__)
 BELOW = {
     "activations": set(),
     "_progress": set(),
+    "_pass_rule": set(),
     "gaussian": {"activations"},
     "network": {"activations"},
     "theory": {"activations", "gaussian", "network", "_progress"},
     "_validation": {"network", "theory"},
     "learning": {"activations", "gaussian", "network", "theory", "_validation", "_progress"},
     "experiment": {"activations", "gaussian", "network", "theory", "learning", "_validation",
-                   "_progress"},
+                   "_progress", "_pass_rule"},
     "torch": {"activations", "gaussian", "network", "theory", "experiment", "_validation"},
     "pdlt": {"activations", "gaussian", "network", "theory", "_validation"},
     "report": {"pdlt", "activations", "gaussian", "network", "theory", "learning",
-               "experiment", "_validation", "_progress"},
+               "experiment", "_validation", "_progress", "_pass_rule"},
     "_commands": {"pdlt", "activations", "gaussian", "network", "theory", "learning",
                   "experiment", "report", "_validation", "_progress"},
     "cli": {"pdlt", "_commands", "_validation"},
