@@ -1,4 +1,12 @@
-"""Shared configurations, tolerances and helpers for the test suite."""
+"""Shared configurations, tolerances, fixtures and helpers for the test suite.
+
+Fixtures: ``rng``; ``run_cli`` (the ``pdlt`` command in process); ``critical_mlp``
+(an MLP at its activation's critical point); ``regression_csvs`` (``pdlt fit``
+inputs); ``ray2`` (a two-CPU Ray instance per test module). Markers: ``needs_torch``.
+"""
+
+import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -28,11 +36,73 @@ def rng():
 
 
 def torch_available():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether PyTorch is installed (found, not imported: collecting stays fast)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+#: skip a test (or, as ``pytestmark``, a module) that needs PyTorch (the ensemble engine)
+needs_torch = pytest.mark.skipif(not torch_available(),
+                                 reason="needs torch: pip install 'pdlt[torch]'")
+
+
+class CliRun:
+    """The ``pdlt`` command run in process, its output captured by ``capsys``.
+
+    ``run_cli(*argv)`` returns ``(exit code, stdout, stderr)``;
+    ``run_cli.json(*argv)`` asserts exit code 0 and an empty stderr and returns
+    the parsed JSON on stdout.
+    """
+
+    def __init__(self, capsys):
+        self._capsys = capsys
+
+    def __call__(self, *argv):
+        from pdlt.cli import main
+
+        code = main(list(argv))
+        out, err = self._capsys.readouterr()
+        return code, out, err
+
+    def json(self, *argv):
+        code, out, err = self(*argv)
+        assert code == 0 and err == "", f"pdlt {' '.join(argv)}: exit {code}, stderr {err!r}"
+        return json.loads(out)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """:class:`CliRun`: ``run_cli("flow", "--json") -> (code, out, err)``."""
+    return CliRun(capsys)
+
+
+@pytest.fixture
+def regression_csvs(tmp_path):
+    """Factory of ``pdlt fit`` inputs: ``regression_csvs(n_train, n_test, seed=0, header=False)``.
+
+    Writes ``train.csv`` and ``test.csv`` in ``tmp_path`` (columns x1, x2, y with
+    ``y = sin(x1 + x2)`` at standard-normal x; the header line only on the
+    training file) and returns ``(train path, test path, Xa, ya, Xb, yb)``.
+    """
+    def make(n_train, n_test, seed=0, header=False):
+        rng = np.random.default_rng(seed)
+        Xa, Xb = rng.standard_normal((n_train, 2)), rng.standard_normal((n_test, 2))
+        ya, yb = np.sin(Xa.sum(1)), np.sin(Xb.sum(1))
+        tr, te = tmp_path / "train.csv", tmp_path / "test.csv"
+        np.savetxt(tr, np.c_[Xa, ya], delimiter=",",
+                   **(dict(header="x1,x2,y", comments="") if header else {}))
+        np.savetxt(te, np.c_[Xb, yb], delimiter=",")
+        return str(tr), str(te), Xa, ya, Xb, yb
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def critical_mlp():
+    """:func:`pdlt.report.rows.critical_mlp`, the factory the report's cases use:
+    ``critical_mlp(activation, width, depth, lambda_b, lambda_W, n0=1, n_out=width)``."""
+    from pdlt.report.rows import critical_mlp
+
+    return critical_mlp
 
 
 def linear_newton_case(width):
@@ -72,3 +142,15 @@ def powered(theory, measured, stderr, allowance=0.0, *, label="", factors=(0.5, 
     if max_resolution is not None:
         assert c.resolution <= max_resolution, f"{label}: resolution too coarse: {c.describe()}"
     return c
+
+
+@pytest.fixture(scope="module")
+def ray2():
+    """A local Ray instance with two CPUs for the test module (skips without ray)."""
+    ray = pytest.importorskip(
+        "ray", reason="ray is not installed (pip install 'pdlt[ray]'): Ray backend tests skipped")
+    if ray.is_initialized():  # pragma: no cover - another module left Ray running
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

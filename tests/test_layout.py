@@ -17,7 +17,8 @@ def test_test_module_basenames_are_unique():
 def test_core_imports_without_torch_matplotlib_sklearn():
     code = ("import sys\n"
             "for m in ('torch', 'matplotlib', 'sklearn', 'ray'):\n    sys.modules[m] = None\n"
-            "import pdlt, pdlt.theory, pdlt.gaussian\n"
+            "import pdlt, pdlt.theory, pdlt.gaussian, pdlt.learning, pdlt.activations, "
+            "pdlt.network\n"
             "import numpy as np\n"
             "pdlt.flow(pdlt.MLP(n0=2, width=3, depth=3, activation='gelu'), np.eye(2))\n"
             "pdlt.criticality('tanh'); pdlt.optimal_aspect_ratio('relu')\n")

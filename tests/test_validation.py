@@ -10,27 +10,15 @@ import numpy as np
 import pytest
 
 import pdlt
+from conftest import needs_torch
 from pdlt._validation import (ValidityWarning, as_inputs, check_checkpoint_path,
                               check_correction, describe_interrupt, json_document,
                               learning_rate_margin, Interrupted)
-from pdlt.cli import main
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
-def csvs(tmp_path):
-    rng = np.random.default_rng(0)
-    Xa, Xb = rng.standard_normal((7, 2)), rng.standard_normal((3, 2))
-    ya, yb = np.sin(Xa.sum(1)), np.sin(Xb.sum(1))
-    tr, te = tmp_path / "train.csv", tmp_path / "test.csv"
-    np.savetxt(tr, np.c_[Xa, ya], delimiter=",")
-    np.savetxt(te, np.c_[Xb, yb], delimiter=",")
-    return tmp_path, str(tr), str(te)
+def csvs(regression_csvs, tmp_path):
+    return (tmp_path, *regression_csvs(7, 3)[:2])
 
 
 MLP_ARGS = ["--activation", "tanh", "--depth", "3", "--C-b", "0.1", "--C-W", "1.2"]
@@ -51,10 +39,10 @@ def test_json_document_is_strict_and_names_nonfinite_values():
     assert back["e"] == 2.5 and back["f"] == [0, 1] and back["warnings"] == []
 
 
-def test_measure_json_names_nan_statistics(capsys):
+@needs_torch
+def test_measure_json_names_nan_statistics(run_cli):
     # was: NaN written as null (indistinguishable from "not computed"), inf as "inf"
-    pytest.importorskip("torch")
-    code, out, err = run_cli(capsys, "measure", "--depth", "2", "--width", "4",
+    code, out, err = run_cli("measure", "--depth", "2", "--width", "4",
                              "--networks", "4", "--stats", "V_pair", "--json")
     assert code == 0
     assert '"inf"' not in out and "NaN" not in out and "Infinity" not in out
@@ -65,9 +53,9 @@ def test_measure_json_names_nan_statistics(capsys):
     assert d["layers"][0]["V_pair"]["mean"] is not None
 
 
-def test_measure_deep_chaotic_stderr_is_finite(capsys):
+def test_measure_deep_chaotic_stderr_is_finite(run_cli):
     # was: standard errors "inf" (overflow in the squares) although the means were finite
-    code, out, err = run_cli(capsys, "measure", "--activation", "relu", "--depth", "60",
+    code, out, err = run_cli("measure", "--activation", "relu", "--depth", "60",
                              "--width", "8", "--networks", "20", "--C-W", "3000",
                              "--stats", "K", "--json")
     assert code == 0, err
@@ -94,20 +82,20 @@ def test_jackknife_sum_of_squares_does_not_overflow():
 # pdlt fit
 # ---------------------------------------------------------------------------
 
-def test_fit_nan_test_target_is_an_error(csvs, capsys):
+def test_fit_nan_test_target_is_an_error(csvs, run_cli):
     tmp, tr, te = csvs
     data = np.loadtxt(te, delimiter=",")
     data[1, -1] = np.nan
     np.savetxt(te, data, delimiter=",")
-    code, out, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--train", tr,
+    code, out, err = run_cli("fit", *MLP_ARGS, "--method", "nngp", "--train", tr,
                              "--test", te)
     assert code == 2 and out == ""
     assert "--test" in err and "non-finite" in err and "row 2, target column" in err
 
 
-def test_fit_negative_learning_rate_without_steps_is_an_error(csvs, capsys):
+def test_fit_negative_learning_rate_without_steps_is_an_error(csvs, run_cli):
     _, tr, te = csvs
-    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "ntk", "--learning-rate",
+    code, _, err = run_cli("fit", *MLP_ARGS, "--method", "ntk", "--learning-rate",
                            "-1", "--train", tr, "--test", te)
     assert code == 2 and "--learning-rate must be a finite number > 0; got -1.0" in err
     from pdlt.learning import NTKRegressor
@@ -116,10 +104,10 @@ def test_fit_negative_learning_rate_without_steps_is_an_error(csvs, capsys):
         NTKRegressor(learning_rate=-1.0).fit(X, X[:, 0])
 
 
-def test_fit_width_one_warns_that_the_expansion_is_invalid(csvs, capsys):
+def test_fit_width_one_warns_that_the_expansion_is_invalid(csvs, run_cli):
     # was: a "correction" 10^4 times the prediction, silently
     _, tr, te = csvs
-    code, out, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--width", "1",
+    code, out, err = run_cli("fit", *MLP_ARGS, "--method", "nngp", "--width", "1",
                              "--noise", "1e-4", "--train", tr, "--test", te, "--json")
     assert code == 0
     d = json.loads(out)
@@ -127,7 +115,7 @@ def test_fit_width_one_warns_that_the_expansion_is_invalid(csvs, capsys):
     assert any("order-1/n correction is" in m and "NNGP posterior" in m for m in msgs)
     assert "pdlt fit: warning:" in err
     # a wide network stays quiet
-    code, out, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--width", "400",
+    code, out, err = run_cli("fit", *MLP_ARGS, "--method", "nngp", "--width", "400",
                              "--noise", "1e-4", "--train", tr, "--test", te, "--json")
     assert code == 0 and json.loads(out)["warnings"] == [] and err == ""
 
@@ -175,12 +163,12 @@ def test_check_correction_threshold():
 # inputs: 1-D arrays, directories, CSV, devices
 # ---------------------------------------------------------------------------
 
-def test_one_dimensional_inputs_mean_one_input_in_api_and_cli(tmp_path, capsys):
+def test_one_dimensional_inputs_mean_one_input_in_api_and_cli(tmp_path, run_cli):
     x = np.array([0.3, -1.2, 0.7])
     assert as_inputs(x).shape == (1, 3)
     path = tmp_path / "x.npy"
     np.save(path, x)
-    code, out, err = run_cli(capsys, "kernel", "--activation", "tanh", "--depth", "2",
+    code, out, err = run_cli("kernel", "--activation", "tanh", "--depth", "2",
                              "--inputs", str(path), "--json")
     assert code == 0 and "read as ONE input of 3 features" in err
     K_cli = np.array(json.loads(out)["layers"][-1]["K"])
@@ -200,25 +188,25 @@ def test_one_dimensional_inputs_mean_one_input_in_api_and_cli(tmp_path, capsys):
     (lambda p: np.save(p, np.array([[1.0, np.nan]])) or p, "NaN or inf"),
     (lambda p: np.save(p, np.array([[1 + 1j]])) or p, "complex"),
 ])
-def test_inputs_errors_are_one_line(tmp_path, capsys, make, msg):
+def test_inputs_errors_are_one_line(tmp_path, run_cli, make, msg):
     path = make(tmp_path / "in.npy")
-    code, out, err = run_cli(capsys, "kernel", "--depth", "2", "--inputs", str(path))
+    code, out, err = run_cli("kernel", "--depth", "2", "--inputs", str(path))
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err.startswith("pdlt kernel: error: --inputs") or "--inputs" in err
     import re
     assert re.search(msg, err), err
 
 
-def test_inputs_csv_says_how_to_convert(tmp_path, capsys):
+def test_inputs_csv_says_how_to_convert(tmp_path, run_cli):
     p = tmp_path / "x.csv"
     p.write_text("0.1,0.2\n0.3,0.4\n")
-    code, _, err = run_cli(capsys, "kernel", "--depth", "2", "--inputs", str(p))
+    code, _, err = run_cli("kernel", "--depth", "2", "--inputs", str(p))
     assert code == 2 and "numpy.save('x.npy', numpy.loadtxt(path, delimiter=','))" in err
 
 
-def test_unknown_device_is_an_error(capsys):
-    pytest.importorskip("torch")
-    code, out, err = run_cli(capsys, "measure", "--depth", "2", "--width", "4",
+@needs_torch
+def test_unknown_device_is_an_error(run_cli):
+    code, out, err = run_cli("measure", "--depth", "2", "--width", "4",
                              "--networks", "4", "--device", "tpu9")
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "--device='tpu9' is not a torch device" in err and "'cpu'" in err
@@ -233,18 +221,18 @@ def test_unknown_device_is_an_error(capsys):
     (["--K1", "1e-200"], "outside the range pdlt computes in float64"),
     (["--C-W", "1e-300"], "C_W=1e-300 left the float64 range"),
 ])
-def test_flow_extreme_scales_are_clear_errors(capsys, args, msg):
+def test_flow_extreme_scales_are_clear_errors(run_cli, args, msg):
     import re
-    code, out, err = run_cli(capsys, "flow", "--depth", "3", "--width", "10", *args)
+    code, out, err = run_cli("flow", "--depth", "3", "--width", "10", *args)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "Numerical result out of range" not in err and "float division by zero" not in err \
         or "left the float64 range" in err
     assert re.search(msg, err), err
 
 
-def test_flow_at_the_edges_of_the_range_is_finite(capsys):
+def test_flow_at_the_edges_of_the_range_is_finite(run_cli):
     for K1 in ("1e-100", "1e100"):
-        code, out, err = run_cli(capsys, "flow", "--activation", "relu", "--depth", "3",
+        code, out, err = run_cli("flow", "--activation", "relu", "--depth", "3",
                                  "--width", "1000", "--C-W", "2", "--K1", K1, "--json")
         assert code == 0, err
         d = json.loads(out)
@@ -277,10 +265,10 @@ def test_scalar_activation_is_refused():
 # checkpoints and interrupts
 # ---------------------------------------------------------------------------
 
-def test_checkpoint_path_checked_before_running(tmp_path, capsys):
-    pytest.importorskip("torch")
+@needs_torch
+def test_checkpoint_path_checked_before_running(tmp_path, run_cli):
     bad = tmp_path / "no" / "such" / "dir" / "ck.npz"
-    code, out, err = run_cli(capsys, "measure", "--depth", "2", "--width", "4",
+    code, out, err = run_cli("measure", "--depth", "2", "--width", "4",
                              "--networks", "4", "--checkpoint", str(bad))
     assert code == 2 and out == "" and "does not exist" in err and "no work is lost" in err
     with pytest.raises(ValueError, match="is a directory"):
@@ -298,12 +286,12 @@ def test_interrupt_messages_and_exit_codes():
     assert code == 143 and "'ck.npz' holds 3 of 10 shards" in msg and "resume" in msg
 
 
-def test_ctrl_c_in_measure_is_one_line_exit_130(tmp_path, capsys, monkeypatch):
-    pytest.importorskip("torch")
+@needs_torch
+def test_ctrl_c_in_measure_is_one_line_exit_130(tmp_path, run_cli, monkeypatch):
     from pdlt.experiment import distributed as D
     monkeypatch.setattr(D, "_INTERRUPT_AFTER", 2)
     ck = tmp_path / "ck.npz"
-    code, out, err = run_cli(capsys, "measure", "--depth", "2", "--width", "4",
+    code, out, err = run_cli("measure", "--depth", "2", "--width", "4",
                              "--networks", "40", "--shards", "5", "--checkpoint", str(ck))
     assert code == 130 and out == ""
     assert err.strip().count("\n") == 0 and "Traceback" not in err
@@ -359,27 +347,27 @@ def test_check_estimator_passes_with_default_arguments():
         assert len(results) >= 40
 
 
-def test_kernel_inputs_outside_float64_range(tmp_path, capsys):
+def test_kernel_inputs_outside_float64_range(tmp_path, run_cli):
     path = tmp_path / "x.npy"
     np.save(path, np.array([[1.0, 2.0], [1e200, 0.0]]))
-    code, out, err = run_cli(capsys, "kernel", "--depth", "2", "--inputs", str(path))
+    code, out, err = run_cli("kernel", "--depth", "2", "--inputs", str(path))
     assert code == 2 and "input row 1 has first-layer kernel" in err and "rescale" in err
 
 
-def test_ctrl_c_without_checkpoint_is_one_line(capsys, monkeypatch):
-    pytest.importorskip("torch")
+@needs_torch
+def test_ctrl_c_without_checkpoint_is_one_line(run_cli, monkeypatch):
     from pdlt.experiment import Ensemble
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(Ensemble, "_accumulate", interrupted)
-    code, out, err = run_cli(capsys, "measure", "--depth", "2", "--width", "4",
+    code, out, err = run_cli("measure", "--depth", "2", "--width", "4",
                              "--networks", "4")
     assert code == 130 and out == "" and err.count("\n") == 1
     assert "interrupted by Ctrl-C (SIGINT); nothing saved (pass --checkpoint FILE" in err
 
 
-def test_other_warnings_still_reach_stderr(capsys, monkeypatch):
+def test_other_warnings_still_reach_stderr(run_cli, monkeypatch):
     import pdlt._commands.flow as F
 
     real = F.check_flow_validity
@@ -390,6 +378,6 @@ def test_other_warnings_still_reach_stderr(capsys, monkeypatch):
     monkeypatch.setattr(F, "check_flow_validity", noisy)
     # handed on to warnings.showwarning (stderr outside pytest), once
     with pytest.warns(RuntimeWarning, match="a plain runtime warning") as rec:
-        code, out, err = run_cli(capsys, "flow", "--activation", "tanh", "--depth", "2",
+        code, out, err = run_cli("flow", "--activation", "tanh", "--depth", "2",
                                  "--width", "1000")
     assert code == 0 and len([w for w in rec if "plain runtime" in str(w.message)]) == 1

@@ -1,6 +1,7 @@
 """One validation layer at the boundary, shared by the API and the ``pdlt`` command.
 
-Everything here is numpy only (``check_device`` imports torch lazily). The
+Everything here is numpy only (the torch device check is
+``pdlt.experiment.ensemble.check_device``). The
 rules, in one place:
 
 * **Inputs** are ``x`` of shape ``(N, n0)`` (``shared/NOTATION.md``). A 1-D
@@ -38,7 +39,7 @@ import warnings
 import numpy as np
 
 __all__ = ["ValidityWarning", "CORRECTION_FRACTION", "K1_RANGE", "check_int", "check_float",
-           "as_inputs", "load_npy_inputs", "check_device", "check_checkpoint_path",
+           "as_inputs", "load_npy_inputs", "check_checkpoint_path",
            "check_kernel_scale", "check_input_scale", "numeric_guard", "json_document", "check_correction", "correction_ratio", "Interrupted",
            "sigterm_as_interrupt", "describe_interrupt",
            "check_aspect_ratio", "check_learning_rate_fluctuations", "learning_rate_margin"]
@@ -163,28 +164,6 @@ def _looks_like_text(path):
 # ---------------------------------------------------------------------------
 # devices and files
 # ---------------------------------------------------------------------------
-
-def check_device(device, name="device"):
-    """A torch device that exists here; raises ``ValueError`` otherwise."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise ValueError(f"{name}={device!r} is not a torch device ({str(exc).splitlines()[0]}); "
-                         "use 'cpu', 'cuda' or 'cuda:N'") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{name}={device!r} asked for CUDA but torch.cuda.is_available() is "
-                             "False; use device='cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"{name}={device!r}: this machine has {torch.cuda.device_count()} "
-                             "CUDA device(s); use cuda:0 .. cuda:N-1 or 'cpu'")
-    elif dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"{name}={device!r}: pdlt runs on 'cpu' or 'cuda' devices; got device "
-                         f"type {dev.type!r}")
-    return dev
-
 
 def check_checkpoint_path(path, name="checkpoint"):
     """Refuse, before any work, a checkpoint path that cannot be written.

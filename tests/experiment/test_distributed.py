@@ -25,7 +25,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import pdlt  # noqa: E402
-from pdlt.cli import main  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
 from pdlt.experiment import distributed as D  # noqa: E402
 from pdlt.experiment.estimators import group_of, n_groups  # noqa: E402
@@ -221,46 +220,29 @@ def test_missing_ray_says_how_to_install():
         pytest.skip("ray is installed: the missing-ray error cannot be produced here")
 
 
-def cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 CLI_ARGS = ["measure", "--activation", "tanh", "--depth", "3", "--width", "6", "--n-out", "2",
             "--networks", "120", "--stats", "K,V,Theta", "--json"]
 
 
-def test_cli_sharded_checkpoint_equals_plain(capsys, tmp_path):
-    code, plain, err = cli(capsys, *CLI_ARGS)
+def test_cli_sharded_checkpoint_equals_plain(run_cli, tmp_path):
+    code, plain, err = run_cli(*CLI_ARGS)
     assert code == 0 and err == ""
     ck = tmp_path / "c.npz"
-    code, out, err = cli(capsys, *CLI_ARGS, "--shards", "4", "--checkpoint", str(ck))
+    code, out, err = run_cli(*CLI_ARGS, "--shards", "4", "--checkpoint", str(ck))
     assert code == 0 and err == "" and ck.exists()
     a, b = json.loads(plain), json.loads(out)
     for la, lb in zip(a["layers"], b["layers"]):
         for k in ("K", "V", "Theta"):
             np.testing.assert_allclose(lb[k]["mean"], la[k]["mean"], rtol=1e-11, atol=1e-14)
-    code, _, err = cli(capsys, *CLI_ARGS, "--shards", "0")
+    code, _, err = run_cli(*CLI_ARGS, "--shards", "0")
     assert code == 2 and "shards" in err
-    code, _, err = cli(capsys, *CLI_ARGS, "--address", "auto")
+    code, _, err = run_cli(*CLI_ARGS, "--address", "auto")
     assert code == 2 and "--backend ray" in err
 
 
 # ---------------------------------------------------------------------------
 # Ray: one local instance with two workers for the whole module
 # ---------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ray2():
-    ray = pytest.importorskip(
-        "ray", reason="ray is not installed (pip install 'pdlt[ray]'): Ray backend tests skipped")
-    if ray.is_initialized():  # pragma: no cover - another module left Ray running
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
 
 def test_ray_two_workers_equals_local(ray2, reference):
     assert ray2.cluster_resources()["CPU"] == 2
@@ -300,9 +282,9 @@ def test_ray_resume_after_driver_interrupt(ray2, reference, tmp_path, monkeypatc
     assert_same(resumed, reference)
 
 
-def test_cli_ray_backend_equals_local(ray2, capsys):
-    code, plain, _ = cli(capsys, *CLI_ARGS)
-    code, out, _ = cli(capsys, *CLI_ARGS, "--backend", "ray", "--shards", "3")
+def test_cli_ray_backend_equals_local(ray2, run_cli):
+    code, plain, _ = run_cli(*CLI_ARGS)
+    code, out, _ = run_cli(*CLI_ARGS, "--backend", "ray", "--shards", "3")
     assert code == 0
     a, b = json.loads(plain), json.loads(out)
     for la, lb in zip(a["layers"], b["layers"]):

@@ -15,20 +15,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import pdlt  # noqa: E402
 from pdlt.experiment.training import train_ensemble  # noqa: E402
 from conftest import powered  # noqa: E402
 from pdlt.learning import finite_training as ft  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def setup():
-    crit = pdlt.criticality("tanh")
+def setup(critical_mlp):
     ang, angt = np.array([0.0, 1.2, 2.4, 3.6]), np.array([0.6, 3.0])
     X, Xt = np.c_[np.cos(ang), np.sin(ang)], np.c_[np.cos(angt), np.sin(angt)]
     y = 0.5 * np.sin(ang) + 0.2
-    mlp = pdlt.MLP(n0=2, width=32, depth=3, n_out=1, activation="tanh", C_W=crit.C_W,
-                   C_b=crit.C_b)
+    mlp = critical_mlp("tanh", 32, 3, n0=2, n_out=1)
     st = ft.training_statistics(mlp, X, Xt)
     eta = 1.0 / np.linalg.eigvalsh(st.Theta[:4, :4])[-1]
     sched = ft.algorithm_schedule(st.Theta[:4, :4], "newton+gd", learning_rate=eta, steps=5)

@@ -74,17 +74,6 @@ def test_bad_arguments(tmp_path):
         KD.distributed_kernel_matrix(MLP, X, tmp_path, block_size=0)
 
 
-@pytest.fixture(scope="module")
-def ray2():
-    ray = pytest.importorskip(
-        "ray", reason="ray is not installed (pip install 'pdlt[ray]'): Ray backend tests skipped")
-    if ray.is_initialized():  # pragma: no cover - another module left Ray running
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_two_workers_equals_local(ray2, tmp_path):
     """Same blocks, same code; numpy's vectorized atan2/exp may round the last bit
     differently for differently aligned buffers, so equal to 1e-12 of each

@@ -23,7 +23,8 @@ torch = pytest.importorskip("torch")
 import pdlt  # noqa: E402
 from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
-from pdlt.theory.ntk_criticality import ntk_fluctuation_flow  # noqa: E402
+from pdlt.report.rows import width_extrapolation  # noqa: E402
+from pdlt.theory.finite_ntk import ntk_fluctuation_flow  # noqa: E402
 
 CRITICAL = {"relu": dict(C_W=2.0, C_b=0.0), "tanh": dict(C_W=1.0, C_b=0.0),
             "gelu": dict(C_W=1.98, C_b=0.0), "linear": dict(C_W=1.0, C_b=0.0)}
@@ -34,7 +35,9 @@ def _mlp(act, n, depth):
                     lambda_W=1.5, **CRITICAL[act])
 
 
-def _richardson(act, n, depth, M, stats, seed):
+def _two_widths(act, n, depth, M, stats, seed):
+    """Ensembles at widths n and 2n, extrapolated (:func:`width_extrapolation`):
+    ``{stat: (ext, se, allowance, theory, estimate n, estimate 2n)}``."""
     m1 = Ensemble(_mlp(act, n, depth), networks=M, seed=seed).measure(
         K1=1.0, stats=stats, progress=False)
     m2 = Ensemble(_mlp(act, 2 * n, depth), networks=M, seed=seed).measure(
@@ -45,9 +48,7 @@ def _richardson(act, n, depth, M, stats, seed):
     for s in stats:
         np.testing.assert_allclose(th[s], th2[s], rtol=1e-12)   # equal widths: n-free
         a, b = m1[s], m2[s]
-        ext = 2 * np.asarray(b.mean) - np.asarray(a.mean)
-        se = np.sqrt(4 * np.asarray(b.stderr) ** 2 + np.asarray(a.stderr) ** 2)
-        allowance = 0.5 * np.abs(np.asarray(b.mean) - np.asarray(a.mean))
+        ext, se, allowance = width_extrapolation(a.mean, a.stderr, b.mean, b.stderr)
         out[s] = (ext, se, allowance, th[s], a, b)
     return out
 
@@ -61,7 +62,7 @@ def _powered(res, s, label, **kw):
 @pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
 def test_ntk_fluctuations_vs_ensemble(act):
     stats = ["A", "B", "D", "F"]
-    res = _richardson(act, 32, 4, 3000, stats, seed=11)
+    res = _two_widths(act, 32, 4, 3000, stats, seed=11)
     for s in stats:
         a = res[s][4]
         assert np.all(np.abs(a.mean[0]) < 1e-10), f"{s} must vanish at layer 1"
@@ -84,7 +85,7 @@ DERIV_NETWORKS = {"tanh": 3000, "relu": 2000, "gelu": 2000, "linear": 1000}
 def test_dntk_ddntk_vs_ensemble(act):
     # autodiff through the ddNTK costs (n N)^3 P per network: tiny widths
     stats = ["P", "Q", "R", "S", "T", "U"]
-    res = _richardson(act, 4, 3, DERIV_NETWORKS[act], stats, seed=5)
+    res = _two_widths(act, 4, 3, DERIV_NETWORKS[act], stats, seed=5)
     for s in stats:
         if s in DERIV_POWERED[act]:
             _powered(res, s, act, max_resolution=0.5)
@@ -111,7 +112,7 @@ def test_linear_dntk_statistics_that_vanish_shrink_like_one_over_n():
 def test_gelu_ddntk_at_C_W_not_one_vs_ensemble():
     """Critical GELU has C_W = 1.98: the single-input S recursion with C_W^3 instead of
     C_W^2 in its B term gave z = -3.4 here; the corrected one gives |z| < 1 (about 60 s)."""
-    res = _richardson("gelu", 6, 3, 1500, ["R", "S", "T", "U"], seed=5)
+    res = _two_widths("gelu", 6, 3, 1500, ["R", "S", "T", "U"], seed=5)
     for s in "RSTU":
         _powered(res, s, "gelu")
 
@@ -185,7 +186,7 @@ def test_dntk_ddntk_vs_ensemble_at_width_32():
     per network (10 s on a quiet machine, 2 minutes on a busy one; ``pdlt report``
     compares tanh P..U at widths 32-128). Its P resolves to 0.48, the rest to 0.5-1.2:
     negative controls where resolved."""
-    res = _richardson("tanh", 32, 3, 1500, DERIV, seed=21)
+    res = _two_widths("tanh", 32, 3, 1500, DERIV, seed=21)
     for s in DERIV:
         c = _powered(res, s, "tanh", factors=(), zero=False)
         if c.resolution <= 0.5:
@@ -204,7 +205,6 @@ def test_dntk_ddntk_vs_ensemble_wide_and_deep(act):
     for n in (32, 64):
         for s in stats:
             a, b = ms[n][s], ms[2 * n][s]
-            ext = 2 * b.mean[0] - a.mean[0]
-            se = np.hypot(2 * b.stderr[0], a.stderr[0])
-            allowance = 0.5 * abs(b.mean[0] - a.mean[0])
+            ext, se, allowance = width_extrapolation(a.mean[0], a.stderr[0], b.mean[0],
+                                                     b.stderr[0])
             powered(th[s][-1], ext, se, allowance, label=f"{act} {s} ({n},{2 * n})")

@@ -57,7 +57,7 @@ torch = pytest.importorskip("torch")
 import pdlt  # noqa: E402
 from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
-from pdlt.report.rows import richardson  # noqa: E402
+from pdlt.report.rows import critical_mlp, width_extrapolation  # noqa: E402
 from pdlt.report.suite import measure_cv  # noqa: E402
 from pdlt.theory.ntk_criticality import ntk_fluctuation_flow  # noqa: E402
 from pdlt.theory.ntk_mean import ntk_mean_correction  # noqa: E402
@@ -67,9 +67,7 @@ DEPTH = 4
 
 
 def _mlp(act, n):
-    crit = pdlt.criticality(act)
-    return pdlt.MLP(n0=2, width=n, depth=DEPTH, n_out=n, activation=act, C_b=crit.C_b,
-                    C_W=crit.C_W, lambda_b=0.5, lambda_W=1.5)
+    return critical_mlp(act, n, DEPTH, lambda_b=0.5, lambda_W=1.5, n0=2)
 
 
 def _compare(act, n, M, seed):
@@ -87,9 +85,7 @@ def _compare(act, n, M, seed):
     s1 = n * (np.asarray(a.mean) - theta)
     s2 = 2 * n * (np.asarray(b.mean) - theta)
     se1, se2 = n * np.asarray(a.stderr), 2 * n * np.asarray(b.stderr)
-    ext = 2 * s2 - s1
-    se = np.sqrt(4 * se2 ** 2 + se1 ** 2)
-    allowance = 0.5 * np.abs(s2 - s1)
+    ext, se, allowance = width_extrapolation(s1, se1, s2, se2)
     iu = (slice(1, None),) + np.triu_indices(2)              # layers 2..L, entries 11, 12, 22
     z = np.abs(ext - H1)[iu] / se[iu]
     ok = np.abs(ext - H1)[iu] <= 4 * se[iu] + allowance[iu]
@@ -141,5 +137,5 @@ def test_ntk_mean_shift_powered(act, lb, lw, depth, M):
     a = measure_cv(mk(16), M, seed=1, ntk=True)["H1"]
     b = measure_cv(mk(32), M, seed=2, ntk=True)["H1"]
     H1 = ntk_fluctuation_flow(mk(16), K1=1.0)["H1"]
-    ext, se, al = richardson(a.mean[-1], a.stderr[-1], b.mean[-1], b.stderr[-1])
+    ext, se, al = width_extrapolation(a.mean[-1], a.stderr[-1], b.mean[-1], b.stderr[-1])
     powered(H1[-1], ext, se, al, label=f"{act} H1", max_resolution=0.25)

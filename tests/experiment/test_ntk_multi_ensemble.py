@@ -19,7 +19,8 @@ torch = pytest.importorskip("torch")
 import pdlt  # noqa: E402
 from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
-from pdlt.theory.ntk_criticality import ntk_fluctuation_flow  # noqa: E402
+from pdlt.report.rows import width_extrapolation  # noqa: E402
+from pdlt.theory.finite_ntk import ntk_fluctuation_flow  # noqa: E402
 
 CRITICAL = {"relu": dict(C_W=2.0, C_b=0.0), "tanh": dict(C_W=1.0, C_b=0.0),
             "gelu": dict(C_W=1.98, C_b=0.0)}
@@ -44,9 +45,7 @@ def test_multi_input_ntk_fluctuations_vs_ensemble(act):
     for s in STATS:
         a, b = m1[s], m2[s]
         assert np.all(np.abs(np.asarray(a.mean)[0]) < 1e-10), f"{s} must vanish at layer 1"
-        ext = 2 * np.asarray(b.mean) - np.asarray(a.mean)
-        se = np.sqrt(4 * np.asarray(b.stderr) ** 2 + np.asarray(a.stderr) ** 2)
-        allowance = 0.5 * np.abs(np.asarray(b.mean) - np.asarray(a.mean))
+        ext, se, allowance = width_extrapolation(a.mean, a.stderr, b.mean, b.stderr)
         powered(th[s][1:], ext[1:], se[1:], allowance[1:], label=f"{act} multi {s}")
 
 
@@ -58,9 +57,8 @@ def test_B_index_order_is_resolved_by_the_ensemble():
     m2 = Ensemble(_mlp(act, 2 * n, depth), networks=M, seed=3).measure(X, stats=["B"],
                                                                        progress=False)
     th = ntk_fluctuation_flow(_mlp(act, n, depth), X)["B"]
-    ext = 2 * np.asarray(m2["B"].mean) - np.asarray(m1["B"].mean)
-    se = np.sqrt(4 * np.asarray(m2["B"].stderr) ** 2 + np.asarray(m1["B"].stderr) ** 2)
-    allowance = 0.5 * np.abs(np.asarray(m2["B"].mean) - np.asarray(m1["B"].mean))
+    a, b = m1["B"], m2["B"]
+    ext, se, allowance = width_extrapolation(a.mean, a.stderr, b.mean, b.stderr)
     tol = se + allowance / 4 + 1e-12
     assert (np.abs(ext - th) / tol)[1:].max() < 4
     wrong = np.transpose(th, (0, 1, 3, 2, 4))   # B_{(a1a3)(a2a4)} read as B[a1,a2,a3,a4]
@@ -88,9 +86,7 @@ def test_multi_input_dntk_vs_ensemble(act):
     th = ntk_fluctuation_flow(_mlp(act, n, depth), x, stats=stats)
     for s in stats:
         a, b = m1[s], m2[s]
-        ext = 2 * np.asarray(b.mean) - np.asarray(a.mean)
-        se = np.sqrt(4 * np.asarray(b.stderr) ** 2 + np.asarray(a.stderr) ** 2)
-        allowance = 0.5 * np.abs(np.asarray(b.mean) - np.asarray(a.mean))
+        ext, se, allowance = width_extrapolation(a.mean, a.stderr, b.mean, b.stderr)
         if s in resolved:
             powered(th[s][1:], ext[1:], se[1:], allowance[1:], label=f"{act} multi {s}",
                     max_resolution=0.5)

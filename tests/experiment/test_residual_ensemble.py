@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 import pdlt  # noqa: E402
 from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
-from pdlt.report.rows import richardson  # noqa: E402
+from pdlt.report.rows import width_extrapolation  # noqa: E402
 from pdlt.experiment import ntk as _ntk  # noqa: E402
 from pdlt.theory.residual import residual_mlp  # noqa: E402
 from pdlt.theory.vertex import finite_width_flow  # noqa: E402
@@ -76,8 +76,8 @@ def test_kernel_vertex_metric_against_ensemble(act, gamma):
     th = pdlt.flow(m, K1=1.0)
     theory = {"K": fl.K[idx], "V": fl["V"][idx], "G1": fl["G1"][idx], "Theta": th.Theta[idx]}
     for s, t in theory.items():
-        ext, se, al = richardson(ms[0][s].mean, ms[0][s].stderr, ms[1][s].mean,
-                                 ms[1][s].stderr)
+        ext, se, al = width_extrapolation(ms[0][s].mean, ms[0][s].stderr, ms[1][s].mean,
+                                          ms[1][s].stderr)
         if (act, s) in RESIDUAL_UNRESOLVED:
             powered(t, ext, se, al, label=f"residual {act} {s}", factors=(), zero=False)
         else:
@@ -105,7 +105,7 @@ def test_three_point_function_relu():
             est = _pair_mean(z * z, z) * n
             row.append((est.mean(), est.std() / math.sqrt(est.size)))
         meas.append(np.array(row))
-    ext, se, al = richardson(meas[0][:, 0], meas[0][:, 1], meas[1][:, 0], meas[1][:, 1])
+    ext, se, al = width_extrapolation(meas[0][:, 0], meas[0][:, 1], meas[1][:, 0], meas[1][:, 1])
     # the extrapolation doubles the error: resolution 0.82, rejects kappa3 x0 (z 5.7) but
     # not x0.5 (3.2) or x2 (4.1, marginal): an existence check plus agreement, listed as
     # unresolved in the README
@@ -129,6 +129,6 @@ def test_output_mixing_variance_cumulant(act, gamma):
         g = G / G.mean()
         # n k2 = V / K^2 + O(1/n)
         nk2.append((n * float(np.var(g)), n * float(np.std((g - 1) ** 2) / math.sqrt(g.size))))
-    ext, se, al = richardson(nk2[0][0], nk2[0][1], nk2[1][0], nk2[1][1])
+    ext, se, al = width_extrapolation(nk2[0][0], nk2[0][1], nk2[1][0], nk2[1][1])
     powered(fl["V"][-1] / fl.K[-1] ** 2, ext, se, al, label=f"{act} gamma={gamma} n k2",
             max_resolution=0.5)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import pdlt
-from conftest import max_zscore, powered, torch_available
+from conftest import max_zscore, powered, needs_torch
 
-pytestmark = pytest.mark.skipif(not torch_available(), reason="needs torch")
+pytestmark = needs_torch
 
 # the task used below: 5 training and 4 test inputs on a line (2 test inputs outside)
 XA = np.linspace(-1.5, 1.5, 5)[:, None]

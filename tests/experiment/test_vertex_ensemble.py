@@ -26,6 +26,7 @@ torch = pytest.importorskip("torch")
 from pdlt.experiment import Ensemble  # noqa: E402
 
 from conftest import powered  # noqa: E402
+from pdlt.report.rows import width_extrapolation  # noqa: E402
 from pdlt.report.suite import measure_cv  # noqa: E402
 
 
@@ -57,10 +58,9 @@ CONFIGS = {
 }
 
 
-def _richardson(a, b):
+def _extrapolated(a, b):
     """(ext, se, allowance) of two Estimates (widths n, 2n)."""
-    from pdlt.report.rows import richardson
-    return richardson(a.mean, a.stderr, b.mean, b.stderr)
+    return width_extrapolation(a.mean, a.stderr, b.mean, b.stderr)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -76,10 +76,10 @@ def test_single_input_powered(name):
         ths = finite_width_flow(mlp, K1=K1)
         ms.append(measure_cv(mlp, M, seed=11 + k, K1=K1))
     sl = slice(2, None)
-    ext, se, al = _richardson(ms[0]["V"], ms[1]["V"])
+    ext, se, al = _extrapolated(ms[0]["V"], ms[1]["V"])
     powered(ths["V"][sl], ext[sl], se[sl], al[sl], label=f"{name} V", max_resolution=0.5)
     if name != "relu":
-        ext, se, al = _richardson(ms[0]["G1"], ms[1]["G1"])
+        ext, se, al = _extrapolated(ms[0]["G1"], ms[1]["G1"])
         powered(ths["G1"][sl], ext[sl], se[sl], al[sl], label=f"{name} G1",
                 max_resolution=0.5)
 
@@ -119,7 +119,7 @@ def test_multi_input(name):
             x, stats=["V", "G1"], K_theory=th, layers=layers, progress=False))
     thV = np.stack([th[l - 1].extra["V"] for l in layers])
     thG = np.stack([th[l - 1].extra["G1"] for l in layers])
-    ext, se, al = _richardson(ms[0]["V"], ms[1]["V"])
+    ext, se, al = _extrapolated(ms[0]["V"], ms[1]["V"])
     powered(thV, ext, se, al, label=f"{name} multi V", max_resolution=0.5)
-    ext, se, al = _richardson(ms[0]["G1"], ms[1]["G1"])
+    ext, se, al = _extrapolated(ms[0]["G1"], ms[1]["G1"])
     powered(thG, ext, se, al, label=f"{name} multi G1", factors=(), zero=False)

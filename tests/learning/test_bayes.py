@@ -5,7 +5,7 @@ import pytest
 import scipy.stats
 
 import pdlt
-from conftest import EPS, max_zscore, torch_available
+from conftest import EPS, max_zscore, needs_torch
 from pdlt.learning import (NNGPRegressor, SingularKernelError, evidence_scan, gp_posterior,
                            log_evidence, nngp_posterior)
 from pdlt.learning._common import last_layer_kernels
@@ -165,7 +165,7 @@ def test_unfitted_predict_raises():
         NNGPRegressor().predict(np.ones((2, 2)))
 
 
-@pytest.mark.skipif(not torch_available(), reason="needs torch")
+@needs_torch
 def test_posterior_mean_matches_conditioned_ensemble_of_real_networks():
     """Bayes' rule on real networks: importance-weight an ensemble by the likelihood.
 

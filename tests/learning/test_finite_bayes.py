@@ -22,7 +22,7 @@ from pdlt.learning.bayes import nngp_posterior
 from pdlt.learning.finite_bayes import (finite_width_posterior, hebbian_kernel_shift,
                                         importance_posterior, nearly_gaussian_posterior)
 from pdlt.theory.nearly_gaussian import NearlyGaussian
-from conftest import EPS, max_zscore, powered, torch_available
+from conftest import EPS, max_zscore, powered, needs_torch
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -285,7 +285,7 @@ def test_importance_posterior_on_gaussian_draws_matches_gp():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not torch_available(), reason="needs torch (the ensemble engine)")
+@needs_torch
 def test_posterior_and_hebbian_shift_against_importance_sampling():
     """Critical ReLU, depth 3, width 16, 2 training and 2 test inputs, noise 0.3.
 

@@ -41,10 +41,8 @@ _STORED = {
 
 
 @pytest.mark.parametrize("act,depth", sorted(_STORED))
-def test_reference_problem_matches_stored_outputs(act, depth):
-    c = pdlt.criticality(act)
-    mlp = pdlt.MLP(n0=2, width=32, depth=depth, n_out=1, activation=act, C_b=c.C_b,
-                   C_W=c.C_W)
+def test_reference_problem_matches_stored_outputs(act, depth, critical_mlp):
+    mlp = critical_mlp(act, 32, depth, n0=2, n_out=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)       # relu: the kink caution
         r = finite_width_learning_size(mlp)

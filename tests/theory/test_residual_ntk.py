@@ -184,7 +184,7 @@ def test_ntk_fluctuation_flow_serves_what_is_derived():
 def test_slopes_reduce_to_the_plain_ones_and_exceed_the_three_point_form():
     from pdlt.theory.ntk_criticality import ntk_slopes
     from pdlt.theory.residual import residual_vertex_slope, three_point_vertex_slope
-    from pdlt.theory.residual_ntk import residual_slopes
+    from pdlt.theory.residual import residual_slopes
     s0 = residual_slopes("relu", 0.0, depth=40)
     plain = ntk_slopes("relu")
     assert s0["nu_V"] == pytest.approx(5.0, rel=1e-12)

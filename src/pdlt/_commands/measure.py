@@ -60,7 +60,7 @@ def run(args):
     from ..theory.statistics import flow
     from .kernel import load_inputs
 
-    from .._validation import check_checkpoint_path, check_device, check_int, check_kernel_scale
+    from .._validation import check_checkpoint_path, check_int, check_kernel_scale
 
     if args.networks < 2:
         raise ValueError(f"--networks must be >= 2 (standard errors need two networks); got "
@@ -97,6 +97,7 @@ def run(args):
     import torch
 
     from ..experiment import Ensemble
+    from ..experiment.ensemble import check_device
 
     check_device(args.device, "--device")
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._pass_rule import compare
 from ..network import MLP, validate_inputs
 from ..theory.diagnosis import MLPDiagnosis, diagnose_mlp, input_kernels
 from .ensemble import Ensemble
@@ -60,13 +61,17 @@ class VerifiedStatistic:
     def z(self) -> float:
         return (self.measured - self.theory) / self.stderr if self.stderr > 0 else math.nan
 
+    def _comparison(self):
+        # the report's pass rule (pdlt.report.rows.Comparison), written once in pdlt._pass_rule
+        return compare(self.theory, self.measured, self.stderr, self.allowance)
+
     @property
     def resolution(self) -> float:
-        return (4 * self.stderr + self.allowance) / abs(self.theory) if self.theory else math.inf
+        return float(self._comparison().tolerance) / abs(self.theory) if self.theory else math.inf
 
     @property
     def agrees(self) -> bool:
-        return abs(self.measured - self.theory) <= 4 * self.stderr + self.allowance
+        return self._comparison().passed
 
     def to_dict(self) -> dict:
         return dict(layer=self.layer, name=self.name, theory=self.theory,

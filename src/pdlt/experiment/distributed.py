@@ -60,12 +60,14 @@ import math
 import os
 import signal
 import sys
-import time
 
 import numpy as np
 
-from ._ray import RaySession, as_completed
-from .estimators import GroupSums, group_of, n_groups
+from .._progress import counter
+from .._validation import Interrupted, sigterm_as_interrupt
+from ._plan import Plan, merge_parts, range_sums
+from ._ray import RaySession, as_completed, drain
+from .estimators import n_groups
 
 __all__ = ["shard_ranges", "sharded_sums", "CHECKPOINT_INTERVAL"]
 
@@ -153,8 +155,12 @@ def _subtract(ranges, done):
 # ---------------------------------------------------------------------------
 
 def _spec(ens, plan) -> dict:
-    """Everything a worker needs to rebuild the ensemble and the plan (picklable)."""
-    return dict(mlp=ens.mlp, networks=ens.networks, seed=ens.seed,
+    """Everything a worker needs to rebuild the ensemble and the plan (picklable).
+
+    ``ensemble`` is the ensemble's class (pickled by reference), so this module
+    needs no import of :mod:`pdlt.experiment.ensemble`.
+    """
+    return dict(ensemble=type(ens), mlp=ens.mlp, networks=ens.networks, seed=ens.seed,
                 dtype=str(ens.dtype).replace("torch.", ""), device=str(ens.device),
                 memory_budget=ens.memory_budget, chunk_size=ens.chunk_size,
                 xs=plan.xs, stats=plan.stats, base=plan.base, need=sorted(plan.need),
@@ -164,33 +170,13 @@ def _spec(ens, plan) -> dict:
 def _rebuild(spec):
     import torch
 
-    from .ensemble import Ensemble, _Plan
-    ens = Ensemble(spec["mlp"], networks=spec["networks"], seed=spec["seed"],
-                   dtype=getattr(torch, spec["dtype"]), device=spec["device"],
-                   memory_budget=spec["memory_budget"], chunk_size=spec["chunk_size"])
-    plan = _Plan(xs=spec["xs"], stats=tuple(spec["stats"]), base=tuple(spec["base"]),
-                 need=frozenset(spec["need"]), layers=tuple(spec["layers"]),
-                 deriv_neurons=spec["deriv_neurons"])
+    ens = spec["ensemble"](spec["mlp"], networks=spec["networks"], seed=spec["seed"],
+                           dtype=getattr(torch, spec["dtype"]), device=spec["device"],
+                           memory_budget=spec["memory_budget"], chunk_size=spec["chunk_size"])
+    plan = Plan(xs=spec["xs"], stats=tuple(spec["stats"]), base=tuple(spec["base"]),
+                need=frozenset(spec["need"]), layers=tuple(spec["layers"]),
+                deriv_neurons=spec["deriv_neurons"])
     return ens, plan
-
-
-def range_sums(ens, plan, start, stop) -> dict:
-    """Group sums of networks ``start..stop-1``: ``{layer: {name: rows}}``.
-
-    ``rows`` has shape ``(g1 - g0, ...)``: the sums of groups
-    ``g0 = group_of(start) .. g1 - 1 = group_of(stop - 1)``, the only groups
-    the range touches.
-    """
-    M = ens.networks
-    sums = {l: GroupSums(M) for l in plan.layers}
-    ens._accumulate(plan, start, stop, sums)
-    g0, g1 = _group_span(start, stop, M)
-    return {l: {name: np.ascontiguousarray(arr[g0:g1]) for name, arr in sums[l].sums.items()}
-            for l in plan.layers}
-
-
-def _group_span(start, stop, M):
-    return int(group_of(start, M)), int(group_of(stop - 1, M)) + 1
 
 
 def _shard_task(spec, start, stop, fault=None):
@@ -312,7 +298,7 @@ def sharded_sums(ens, plan, *, backend="local", address=None, shards=None, check
     Parameters
     ----------
     ens : Ensemble
-    plan : pdlt.experiment.ensemble._Plan
+    plan : pdlt.experiment._plan.Plan
         Validated arguments of :meth:`Ensemble.measure`.
     backend : {"local", "ray"}
     address, shards, checkpoint, workers, progress
@@ -324,8 +310,6 @@ def sharded_sums(ens, plan, *, backend="local", address=None, shards=None, check
         What the single-pass engine would have accumulated, up to float
         rounding: the shard parts added in the order of their ranges.
     """
-    from .._validation import Interrupted, sigterm_as_interrupt
-
     M = ens.networks
     desc = _description(ens, plan)
     parts = _load_checkpoint(checkpoint, desc) if checkpoint is not None else {}
@@ -342,7 +326,8 @@ def sharded_sums(ens, plan, *, backend="local", address=None, shards=None, check
                 todo = _subtract(shard_ranges(M, shards), list(parts))
                 total = len(parts) + len(todo)
                 _run_shards(ens, spec, todo, parts, ray, checkpoint, desc,
-                            _shard_progress(total, len(parts), progress))
+                            counter(total, progress, unit="shard", desc="shards",
+                                    initial=len(parts)))
             finally:
                 if session is not None:
                     session.__exit__(*sys.exc_info())
@@ -352,7 +337,7 @@ def sharded_sums(ens, plan, *, backend="local", address=None, shards=None, check
         raise Interrupted(getattr(exc, "signum", signal.SIGINT),
                           checkpoint=None if checkpoint is None else os.fspath(checkpoint),
                           done=len(parts), total=total) from None
-    return _merge(M, plan.layers, parts)
+    return merge_parts(M, plan.layers, parts)
 
 
 def _run_shards(ens, spec, todo, parts, ray, checkpoint, desc, bar):
@@ -361,49 +346,6 @@ def _run_shards(ens, spec, todo, parts, ray, checkpoint, desc, bar):
         it = _ray_executor(spec, todo, ray=ray, gpu=ens.device.type == "cuda")
     else:
         it = _local_executor(spec, todo)
-    last = time.monotonic()
-    merged = 0
-    try:
-        for rng, part in it:
-            parts[rng] = part
-            merged += 1
-            if bar is not None:
-                bar.update(1)
-            if checkpoint is not None and time.monotonic() - last >= CHECKPOINT_INTERVAL:
-                _save_checkpoint(checkpoint, desc, parts)
-                last = time.monotonic()
-            if _INTERRUPT_AFTER is not None and merged >= _INTERRUPT_AFTER:
-                raise KeyboardInterrupt("pdlt test hook: driver interrupted")
-    finally:
-        if hasattr(it, "close"):
-            it.close()
-        if bar is not None:
-            bar.close()
-        if checkpoint is not None and merged:
-            _save_checkpoint(checkpoint, desc, parts)
-
-
-def _merge(M, layers, parts) -> dict:
-    """Add shard parts into whole-ensemble group sums, in the order of the ranges."""
-    covered = sum(b - a for a, b in parts)
-    if covered != M:  # pragma: no cover - guarded by construction
-        raise RuntimeError(f"shards cover {covered} of {M} networks")
-    sums = {l: GroupSums(M) for l in layers}
-    for (a, b) in sorted(parts):
-        g0, g1 = _group_span(a, b, M)
-        for l in layers:
-            for name, rows in parts[(a, b)][l].items():
-                tot = sums[l].sums.setdefault(name, np.zeros((sums[l].G,) + rows.shape[1:]))
-                tot[g0:g1] += rows
-    return sums
-
-
-def _shard_progress(total, initial, progress):
-    if progress is False:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is in the torch extra
-        return None
-    return tqdm(total=total, initial=initial, unit="shard", desc="shards", file=sys.stderr,
-                delay=0 if progress else 2.0, leave=False)
+    save = None if checkpoint is None else lambda: _save_checkpoint(checkpoint, desc, parts)
+    drain(it, parts.__setitem__, save=save, interval=CHECKPOINT_INTERVAL,
+          interrupt_after=_INTERRUPT_AFTER, bar=bar)

@@ -26,17 +26,19 @@ before estimating (:mod:`pdlt.experiment.distributed`).
 from __future__ import annotations
 
 import math
-import sys
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .._progress import counter
+from .._validation import check_checkpoint_path
 from ..network import MLP, validate_inputs
 from . import ntk as _ntk
+from ._plan import DEFAULT_DERIVATIVE_NEURONS, Plan
 from .activations import torch_activation
-from .estimators import STATISTICS, SUFFICIENT, GroupSums, estimate_statistic
+from .distributed import sharded_sums
+from .estimators import STATISTICS, SUFFICIENT, Estimate, GroupSums, estimate_statistic
 from .results import LayerMeasurement, Measurement
 
 __all__ = ["Ensemble", "DEFAULT_MEMORY_BUDGET", "DEFAULT_DERIVATIVE_NEURONS"]
@@ -44,13 +46,27 @@ __all__ = ["Ensemble", "DEFAULT_MEMORY_BUDGET", "DEFAULT_DERIVATIVE_NEURONS"]
 #: default working-memory budget per chunk, bytes (1 GiB)
 DEFAULT_MEMORY_BUDGET = 1 << 30
 
-#: default number of neurons per layer whose ordered pairs the P..U estimators
-#: average over (see :meth:`Ensemble.measure`, ``derivative_neurons``)
-DEFAULT_DERIVATIVE_NEURONS = 2
-
-_NTK_STATS = {"Theta", "A", "B", "D", "F"}
-_DERIV_STATS = {"P", "Q", "R", "S", "T", "U"}
 _PAIR_STATS = {"V_pair", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U"}
+
+
+def check_device(device, name="device"):
+    """A torch device that exists here; raises ``ValueError`` naming ``name`` otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{name}={device!r} is not a torch device ({str(exc).splitlines()[0]}); "
+                         "use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r} asked for CUDA but torch.cuda.is_available() is "
+                             "False; use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={device!r}: this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s); use cuda:0 .. cuda:N-1 or 'cpu'")
+    elif dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name}={device!r}: pdlt runs on 'cpu' or 'cuda' devices; got device "
+                         f"type {dev.type!r}")
+    return dev
 
 
 class Ensemble:
@@ -94,8 +110,6 @@ class Ensemble:
             raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
         if dtype not in (torch.float64, torch.float32):
             raise ValueError(f"dtype must be torch.float64 or torch.float32; got {dtype}")
-        from .._validation import check_device
-
         dev = check_device(device, "device")
         if not memory_budget or memory_budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes; got {memory_budget!r}")
@@ -330,29 +344,26 @@ class Ensemble:
             raise ValueError(f"address={address!r} is only used by backend='ray'; pass "
                              "backend='ray' or drop address")
         if checkpoint is not None:
-            from .._validation import check_checkpoint_path
-
             # before any network is drawn: a path that cannot be written would
             # otherwise lose the whole run at its end
             check_checkpoint_path(checkpoint, "checkpoint")
         plan = self._plan(x, stats, layers, K1, K_theory, derivative_neurons)
         if backend == "local" and shards is None and checkpoint is None:
             sums = {l: GroupSums(self.networks) for l in plan.layers}
-            bar = _progress(self.networks, progress)
+            bar = counter(self.networks, progress, unit="net", desc="networks")
             try:
                 self._accumulate(plan, 0, self.networks, sums, bar)
             finally:
                 if bar is not None:
                     bar.close()
         else:
-            from .distributed import sharded_sums
             sums = sharded_sums(self, plan, backend=backend, address=address, shards=shards,
                                 checkpoint=checkpoint, workers=workers, progress=progress)
         return self._estimate(plan, sums)
 
     # -- the three steps of measure(): plan, sums over a network range, estimates --
 
-    def _plan(self, x, stats, layers, K1, K_theory, derivative_neurons=None) -> "_Plan":
+    def _plan(self, x, stats, layers, K1, K_theory, derivative_neurons=None) -> Plan:
         """Validate the arguments of :meth:`measure` once; what to compute."""
         mlp = self.mlp
         dn = derivative_neurons
@@ -394,7 +405,7 @@ class Ensemble:
         need = set()
         for s in base:
             need.update(SUFFICIENT[s])
-        return _Plan(xs=np.ascontiguousarray(xs, dtype=float), stats=tuple(stats), base=base,
+        return Plan(xs=np.ascontiguousarray(xs, dtype=float), stats=tuple(stats), base=base,
                      need=frozenset(need), layers=tuple(layers), K1=K1, Kt=Kt,
                      deriv_neurons=int(dn))
 
@@ -478,61 +489,15 @@ class Ensemble:
         return Measurement(out, mlp=mlp, n_networks=M, seed=self.seed)
 
 
-@dataclass(frozen=True, eq=False)
-class _Plan:
-    """What one :meth:`Ensemble.measure` call computes (validated arguments).
-
-    ``xs`` (N, n0) float64 inputs; ``stats`` as asked; ``base`` the
-    estimators to run (``V`` expanded); ``need`` the sufficient statistics;
-    ``layers`` sorted 1-based; ``K1`` the single-input kernel or None;
-    ``Kt`` (L, N, N) infinite-width kernel for G1 or None; ``deriv_neurons``
-    the neuron subset size of the P..U estimators.
-    """
-
-    xs: np.ndarray
-    stats: tuple
-    base: tuple
-    need: frozenset
-    layers: tuple
-    K1: float | None = None
-    Kt: np.ndarray | None = None
-    deriv_neurons: int = DEFAULT_DERIVATIVE_NEURONS
-
-    @property
-    def need_ntk(self) -> bool:
-        return bool(set(self.base) & _NTK_STATS)
-
-    @property
-    def need_deriv(self) -> list:
-        return [s for s in self.base if s in _DERIV_STATS]
-
-    @property
-    def need_4pt(self) -> bool:
-        return bool(self.need & {"zzzz_pair", "zzzz_same", "HH_A", "HH_B", "Hzz_D", "Hzz_F"})
-
-
 # ----------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------
 
-def _progress(total, progress):
-    if progress is False:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is in the torch extra
-        return None
-    return tqdm(total=total, unit="net", desc="networks", file=sys.stderr,
-                delay=0 if progress else 2.0, leave=False)
-
-
 def _nan_estimate(shape, M):
-    from .estimators import Estimate
     return Estimate(np.full(shape, np.nan), np.full(shape, np.nan), M)
 
 
 def _squeeze(est):
-    from .estimators import Estimate
     m = np.asarray(est.mean)
     return Estimate(float(m.reshape(-1)[0]) if m.size == 1 else m,
                     float(np.asarray(est.stderr).reshape(-1)[0]) if m.size == 1 else est.stderr,

@@ -41,11 +41,11 @@ import hashlib
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
-from ._ray import RaySession, as_completed
+from .._progress import counter
+from ._ray import RaySession, as_completed, drain
 from ..network import MLP, validate_inputs
 from ..theory.kernel_blocks import (KernelMatrices, _check_get, _check_layers, _rows,
                                     block_ranges, diagonal_flow, kernel_block)
@@ -213,48 +213,23 @@ def distributed_kernel_matrix(mlp: MLP, x, path, x2=None, *, layers=None, get=("
         return (mlp, x[r0:r1], xb[c0:c1], _rows(da, r0, r1), _rows(db, c0, c1), layers, get,
                 sym and r0 == c0)
 
+    def write(blk, res):
+        r0, r1, c0, c1 = blk
+        for g in get:
+            arrays[g][:, r0:r1, c0:c1] = res[g]
+            if sym and r0 != c0:
+                arrays[g][:, c0:c1, r0:r1] = res[g].transpose(0, 2, 1)
+        done.add(blk)
+
     session = RaySession(address, workers) if backend == "ray" else None
     ray = session.__enter__() if session is not None else None
-    bar = _progress(len(done) + len(todo), len(done), progress)
-    written = 0
+    bar = counter(len(done) + len(todo), progress, unit="block", desc="kernel blocks",
+                  initial=len(done))
     try:
         it = _ray_executor(job, todo, ray=ray) if ray is not None else _local_executor(job, todo)
-        last = time.monotonic()
-        try:
-            for blk, res in it:
-                r0, r1, c0, c1 = blk
-                for g in get:
-                    arrays[g][:, r0:r1, c0:c1] = res[g]
-                    if sym and r0 != c0:
-                        arrays[g][:, c0:c1, r0:r1] = res[g].transpose(0, 2, 1)
-                done.add(blk)
-                written += 1
-                if bar is not None:
-                    bar.update(1)
-                if time.monotonic() - last >= CHECKPOINT_INTERVAL:
-                    _save_manifest(path, fingerprint, desc, done, arrays)
-                    last = time.monotonic()
-                if _INTERRUPT_AFTER is not None and written >= _INTERRUPT_AFTER:
-                    raise KeyboardInterrupt("pdlt test hook: driver interrupted")
-        finally:
-            if hasattr(it, "close"):
-                it.close()
-            if bar is not None:
-                bar.close()
-            if written:
-                _save_manifest(path, fingerprint, desc, done, arrays)
+        drain(it, write, save=lambda: _save_manifest(path, fingerprint, desc, done, arrays),
+              interval=CHECKPOINT_INTERVAL, interrupt_after=_INTERRUPT_AFTER, bar=bar)
     finally:
         if session is not None:
             session.__exit__(*sys.exc_info())
     return KernelMatrices(layers=layers, **{g: arrays[g] for g in get})
-
-
-def _progress(total, initial, progress):
-    if progress is False:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is in the torch extra
-        return None
-    return tqdm(total=total, initial=initial, unit="block", desc="kernel blocks",
-                file=sys.stderr, delay=0 if progress else 2.0, leave=False)

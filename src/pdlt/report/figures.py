@@ -10,7 +10,7 @@ import numpy as np
 __all__ = ["depth_figure", "figure_to_base64"]
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +22,7 @@ def _plt():
 def figure_to_base64(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -31,7 +31,7 @@ def depth_figure(case_results, statistic, activation, spec):
 
     One line and one set of points per width, for one activation.
     """
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, res in enumerate(r for r in case_results if r.case.activation == activation

@@ -35,6 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .figures import pyplot
+from .rows import Study, make_row
+
 __all__ = ["TrainingCase", "default_training_cases", "run_training_case",
            "finite_training_study"]
 
@@ -148,7 +151,6 @@ def _fit(widths, d, se):
 
 
 def _rows(res):
-    from .studies import _row
     case = res["case"]
     Na = res["n_train"]
     n = case.widths[-1]
@@ -161,34 +163,33 @@ def _rows(res):
     for i in idx:
         where = f"train {i}" if i < Na else f"test {i - Na}"
         allow = abs(d[-2, i] - d[-1, i])
-        rows.append(_row(f"trained mean shift n(m-m_inf), {case.label}, {where}",
-                         case.activation, n, case.depth, m1[i], d[-1, i], se[-1, i], allow,
-                         key="trained mean (1/n)"))
+        rows.append(make_row(f"trained mean shift n(m-m_inf), {case.label}, {where}",
+                             case.activation, n, case.depth, m1[i], d[-1, i], se[-1, i], allow,
+                             key="trained mean (1/n)"))
         if len(case.widths) >= 3:
             a, sa, _ = _fit(case.widths, d[:, i], se[:, i])
-            rows.append(_row(f"1/n extrapolation of n(m-m_inf), {case.label}, {where}",
-                             case.activation, n, case.depth, m1[i], a, sa, 0.0,
-                             key="trained mean (1/n)"))
+            rows.append(make_row(f"1/n extrapolation of n(m-m_inf), {case.label}, {where}",
+                                 case.activation, n, case.depth, m1[i], a, sa, 0.0,
+                                 key="trained mean (1/n)"))
     th = res["ntk_change"]
     k = np.unravel_index(np.argmax(np.abs(th)), th.shape)
     allow = abs(res["dh"][-2][k] - res["dh"][-1][k])
     entry = tuple(int(v) for v in k)
-    rows.append(_row(f"NTK change n E[H(T)-H(0)], {case.label}, entry {entry}",
-                     case.activation, n, case.depth, th[k], res["dh"][-1][k], res["dh_se"][-1][k],
-                     allow, key="NTK change (1/n)"))
+    rows.append(make_row(f"NTK change n E[H(T)-H(0)], {case.label}, entry {entry}",
+                         case.activation, n, case.depth, th[k], res["dh"][-1][k], res["dh_se"][-1][k],
+                         allow, key="NTK change (1/n)"))
     if len(case.widths) >= 3:
         dk = np.array([v[k] for v in res["dh"]])
         sk = np.array([v[k] for v in res["dh_se"]])
         a, sa, _ = _fit(case.widths, dk, sk)
-        rows.append(_row(f"1/n extrapolation of the NTK change, {case.label}, entry {entry}",
-                         case.activation, n, case.depth, th[k], a, sa, 0.0,
-                         key="NTK change (1/n)"))
+        rows.append(make_row(f"1/n extrapolation of the NTK change, {case.label}, entry {entry}",
+                             case.activation, n, case.depth, th[k], a, sa, 0.0,
+                             key="NTK change (1/n)"))
     return rows
 
 
 def _figure(results):
-    from .learning import _plt
-    plt = _plt()
+    plt = pyplot()
     k = len(results)
     cols = min(k, 3)
     rows = (k + cols - 1) // cols
@@ -221,8 +222,7 @@ def _figure(results):
 
 
 def finite_training_study(cases=None, *, quick=False, log=None):
-    """The end-of-training study for the report (:class:`pdlt.report.studies.Study`)."""
-    from .studies import Study
+    """The end-of-training study for the report (:class:`pdlt.report.rows.Study`)."""
     cases = default_training_cases(quick) if cases is None else list(cases)
     results = [run_training_case(c, log=log) for c in cases]
     rows = tuple(r for res in results for r in _rows(res))
@@ -239,7 +239,7 @@ def finite_training_study(cases=None, *, quick=False, log=None):
         "circle ('circle': 4 training, 2 test inputs; 'pair': 2 training inputs at right "
         "angles, 3 test inputs, trained once by a Newton leap and once by gradient descent: the "
         "same infinite-width prediction, different 1/n corrections) and on scikit-learn's "
-        "diabetes data (4 training, 2 test patients); {'/'.join(map(str, nets))} networks per width in antithetic pairs. "
+        f"diabetes data (4 training, 2 test patients); {'/'.join(map(str, nets))} networks per width in antithetic pairs. "
         "The measured n(E[z(T)] - m_inf) against the predicted 1/n coefficient from H1, A, B, "
         "D, F, P, Q, R, S, T, U. Allowance for the single-width rows: the change of the measured "
         "value between the two largest widths (the size of the 1/n^2 term); the 1/n "

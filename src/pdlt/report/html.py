@@ -7,8 +7,8 @@ import json
 import os
 
 from .figures import depth_figure, figure_to_base64
-from .rows import RESOLVED
-from .suite import DERIVATIVE_STATS, STAT_SPECS, Z_PASS
+from .rows import RESOLVED, Z_PASS
+from .suite import DERIVATIVE_STATS, STAT_SPECS
 
 __all__ = ["write_report"]
 

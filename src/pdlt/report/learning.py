@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .figures import pyplot
+
 __all__ = ["width_convergence", "learning_figures"]
 
 
@@ -101,15 +103,6 @@ def width_convergence(mlp, task, *, widths=(64, 128, 256, 512), networks=400, st
             "networks": networks}
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def learning_figures(mlp=None, task=None, *, C_W=None, depths=(2, 4, 8, 16), noise=1e-4,
                      convergence=None, steps=(0, 1, 2, 5, 10, 20, 50, 100, 1000)):
     """Figures for the learning part of the report.
@@ -143,7 +136,7 @@ def learning_figures(mlp=None, task=None, *, C_W=None, depths=(2, 4, 8, 16), noi
     from ..learning import (bias_variance, bias_variance_scan, evidence_scan, ntk_prediction,
                             nngp_posterior, sine_task)
 
-    plt = _plt()
+    plt = pyplot()
     task = sine_task() if task is None else task
     mlp = pdlt.MLP(task.n0, width=100, depth=4, activation="tanh", C_b=0.0, C_W=1.0) \
         if mlp is None else mlp

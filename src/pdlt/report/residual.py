@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-from .figures import _plt
+from .figures import pyplot
+from .rows import compare, width_extrapolation
 
 __all__ = ["optimal_aspect_ratio_figure", "residual_depth_figure", "information_figure",
            "residual_ntk_rows", "residual_aspect_ratio_figure"]
@@ -38,7 +39,7 @@ def optimal_aspect_ratio_figure(activations=("relu", "gelu", "tanh", "linear"), 
     from ..theory.information import optimal_aspect_ratio_from_slope
     from ..theory.residual import residual_vertex_slope
 
-    plt = _plt()
+    plt = pyplot()
     g = np.linspace(0.0, 0.98, 60) if gammas is None else np.asarray(gammas, float)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.6))
     data = {}
@@ -90,7 +91,7 @@ def residual_depth_figure(activation="relu", gamma=0.5, *, width=64, depth=8, ne
         "G1 / (n K)": (fl["G1"] / (n * K), meas["G1"].mean / (n * K),
                        meas["G1"].stderr / (n * K)),
     }
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     data = dict(activation=activation, gamma=gamma, width=width, depth=depth,
                 networks=networks, seed=seed)
@@ -137,7 +138,7 @@ def information_figure(n_out=1, *, k2_max=0.4, points=40):
         exact.append(scale_mixture_mutual_information(np.exp(-s / 2 + math.sqrt(s) * y), w,
                                                       mA, mB))
     series = scale_mixture_mi_series(k2, mA, mB)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     ax.plot(k2, series, "-", label="series to k2^3 (the r* argument)")
     ax.plot(k2, exact, "--", label="exact, lognormal mixing")
@@ -204,23 +205,23 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
                     if l == 2:
                         mean, se, allow = a2, s2, 0.0
                     else:
-                        mean, se = 2 * a2 - a1, math.sqrt(4 * s2 * s2 + s1 * s1)
+                        mean, se, _ = width_extrapolation(a1, s1, a2, s2)
+                        mean, se = float(mean), float(se)
                         allow = remainder * abs(a1 - a2)
                     t = float(th[name][l - 1])
-                    tol = 4 * se + allow
+                    c = compare(t, mean, se, allow)
                     row = dict(statistic=name, activation=act, gamma=gamma, layer=l,
                                widths=list(widths), networks=networks, theory=t,
                                measured=mean, se=se, allowance=allow,
-                               resolution=tol / abs(t), z=abs(mean - t) / se,
-                               passed=abs(mean - t) <= tol,
+                               resolution=float(c.tolerance) / abs(t), z=float(c.z),
+                               passed=c.passed,
                                z_half=abs(mean - 0.5 * t) / se,
                                z_double=abs(mean - 2 * t) / se,
-                               rejects_half=abs(mean - 0.5 * t) > tol,
-                               rejects_double=abs(mean - 2 * t) > tol)
+                               rejects_half=c.rejects(0.5), rejects_double=c.rejects(2.0))
                     if name == "B":
-                        c = float(clos[l - 1])
-                        row.update(closure=c, closure_z=abs(mean - c) / se,
-                                   closure_rejected=abs(mean - c) > tol)
+                        closure = float(clos[l - 1])
+                        row.update(closure=closure, closure_z=abs(mean - closure) / se,
+                                   closure_rejected=not compare(closure, mean, se, allow).passed)
                     rows.append(row)
     return rows
 
@@ -231,7 +232,7 @@ def residual_aspect_ratio_figure(activations=("relu", "gelu"), gammas=None, *, n
 
     Three panels: the vertex slope ``nu(gamma)`` from the closed form of
     :func:`pdlt.theory.residual.residual_vertex_slope` (three-point part of the
-    two-depth terms) and exact (:func:`pdlt.theory.residual_ntk.residual_slopes`);
+    two-depth terms) and exact (:func:`pdlt.theory.residual.residual_slopes`);
     ``r* = 4/((20 + 3 n_L) nu)`` from both; and, for the scale-invariant
     activations, the slopes of ``A, B/(n Theta^2)`` and ``D, F/(n K Theta)``
     against gamma (``lambda_b = lambda_W = 1``): how strongly the NTK fluctuates
@@ -245,11 +246,10 @@ def residual_aspect_ratio_figure(activations=("relu", "gelu"), gammas=None, *, n
     """
     from ..theory.criticality import criticality
     from ..theory.information import optimal_aspect_ratio_from_slope
-    from ..theory.residual import three_point_vertex_slope
-    from ..theory.residual_ntk import residual_slopes
+    from ..theory.residual import residual_slopes, three_point_vertex_slope
 
     g = np.linspace(0.0, 0.9, 10) if gammas is None else np.asarray(gammas, float)
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6))
     data = dict(gamma=g.tolist(), n_out=n_out, depth=depth)
     for act in activations:

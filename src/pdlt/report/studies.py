@@ -1,30 +1,19 @@
 """Report studies beyond the per-layer statistics: exact deep linear
 kurtosis, and the nearly-Gaussian density against ensemble histograms.
 
-Each study returns a :class:`Study`: pass/fail rows for the table and a
+Each study returns a :class:`~pdlt.report.rows.Study`: pass/fail rows for the table and a
 function that draws its figure (called only when the HTML is written).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
-from .rows import make_row
+from .figures import pyplot
+from .rows import Study, critical_mlp, make_row, width_extrapolation
 
-__all__ = ["Study", "linear_kurtosis_study", "histogram_study", "learning_study",
-           "residual_study"]
-
-
-@dataclass(frozen=True)
-class Study:
-    title: str
-    note: str
-    rows: tuple
-    figure: Callable  # () -> matplotlib Figure, or a dict name -> Figure
+__all__ = ["linear_kurtosis_study", "histogram_study", "learning_study", "residual_study"]
 
 
 def _per_network_moments(ens, K1, powers, chunk=2000):
@@ -51,10 +40,6 @@ def _ratio_and_stderr(B, A, c):
     return r, se
 
 
-def _row(stat, act, width, layer, th, mean, se, allow, key=""):
-    return make_row(stat, act, width, layer, th, mean, se, allow, key=key)
-
-
 def linear_kurtosis_study(widths=(8, 16), depth=8, networks=20000, seed=5):
     """Deep linear networks: ``E[z^4] / (3 E[z^2]^2) = (1 + 2/n)^(l-1)`` exactly.
 
@@ -73,13 +58,12 @@ def linear_kurtosis_study(widths=(8, 16), depth=8, networks=20000, seed=5):
         r, se = _ratio_and_stderr(mom[4], mom[2], 3.0)
         th = linear_kurtosis(mlp)
         data.append((n, th, r, se))
-        rows.append(_row("E[z^4]/3E[z^2]^2", "linear", n, depth, th[-1], r[-1], se[-1], 0.0,
-                         key="deep linear kurtosis"))
+        rows.append(make_row("E[z^4]/3E[z^2]^2", "linear", n, depth, th[-1], r[-1], se[-1], 0.0,
+                             key="deep linear kurtosis"))
 
     def figure():
-        from .figures import _plt
 
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
         for n, th, r, se in data:
             layers = np.arange(1, len(th) + 1)
@@ -113,7 +97,6 @@ def histogram_study(activation="relu", width=128, depth=5, networks=4000, K1=1.0
     from ..experiment import Ensemble
     from ..theory.nearly_gaussian import nearly_gaussian
     from ..theory.statistics import statistics
-    from .suite import critical_mlp
 
     mlp = critical_mlp(activation, width, depth)
     ff = statistics(mlp, K1=K1, get=("V", "G1"))
@@ -135,14 +118,13 @@ def histogram_study(activation="relu", width=128, depth=5, networks=4000, K1=1.0
         tails.append((np.abs(z) > cut).mean(1))  # per network
     tails = np.concatenate(tails)
     tail, tail_se = tails.mean(), tails.std(ddof=1) / math.sqrt(len(tails))
-    row = _row("P(|z|>2sqrt(k2))", activation, width, depth, th_tail, tail, tail_se, allow,
-               key="nearly-Gaussian tail")
+    row = make_row("P(|z|>2sqrt(k2))", activation, width, depth, th_tail, tail, tail_se, allow,
+                   key="nearly-Gaussian tail")
     total = networks * mlp.n_out
 
     def figure():
-        from .figures import _plt
 
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
         centers = 0.5 * (edges[1:] + edges[:-1])
         w = edges[1] - edges[0]
@@ -195,8 +177,8 @@ def learning_study(widths=(64, 128, 256), networks=300, steps=40, seed=3):
     # is each network's own initial outputs through the frozen-NTK model, whose
     # ensemble mean is exactly the kernel prediction (control variate)
     for n, gap, se in zip(conv["widths"], conv["mean_gap"], conv["mean_gap_stderr"]):
-        rows.append(_row("trained - kernel pred. (mean)", "tanh", n, 3, 0.0, gap, se, 2.0 / n,
-                         key="trained - kernel (absolute)"))
+        rows.append(make_row("trained - kernel pred. (mean)", "tanh", n, 3, 0.0, gap, se, 2.0 / n,
+                             key="trained - kernel (absolute)"))
     w = np.log(np.asarray(conv["widths"], float))
     y = np.log(np.asarray(conv["msd"], float))
     sy = np.asarray(conv["msd_stderr"], float) / np.asarray(conv["msd"], float)
@@ -205,8 +187,8 @@ def learning_study(widths=(64, 128, 256), networks=300, steps=40, seed=3):
         X = np.stack([w, np.ones_like(w)], axis=1)
         cov = np.linalg.inv(X.T @ W @ X)
         slope = float((cov @ X.T @ W @ y)[0])
-        rows.append(_row("d log msd / d log n", "tanh", conv["widths"][-1], 3, -1.0, slope,
-                         math.sqrt(cov[0, 0]), 0.15, key="msd slope"))
+        rows.append(make_row("d log msd / d log n", "tanh", conv["widths"][-1], 3, -1.0, slope,
+                             math.sqrt(cov[0, 0]), 0.15, key="msd slope"))
 
     def figures():
         return learning_figures(convergence=conv)
@@ -238,7 +220,6 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
     from ..theory.residual import residual_mlp
     from ..theory.statistics import statistics
     from .residual import information_figure, optimal_aspect_ratio_figure, residual_depth_figure
-    from .rows import richardson
 
     rows, figs = [], {}
     for act, gamma, n, L in cases:
@@ -251,11 +232,11 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
             K1=1.0, stats=["V", "G1"], K_theory=fl2, layers=[L], progress=False)
         for s in ("G1", "V"):
             d = data[s]
-            ext, se, allow = richardson(d["mean"][-1], d["stderr"][-1],
-                                        float(np.ravel(meas2[s].mean)[0]),
-                                        float(np.ravel(meas2[s].stderr)[0]))
-            rows.append(_row(f"{s} (gamma={gamma:g}, n,2n extrap.)", act, n, L, d["theory"][-1],
-                             ext, se, allow, key=f"residual {s}"))
+            ext, se, allow = width_extrapolation(d["mean"][-1], d["stderr"][-1],
+                                                 float(np.ravel(meas2[s].mean)[0]),
+                                                 float(np.ravel(meas2[s].stderr)[0]))
+            rows.append(make_row(f"{s} (gamma={gamma:g}, n,2n extrap.)", act, n, L, d["theory"][-1],
+                                 ext, se, allow, key=f"residual {s}"))
     # NTK statistics A, B, D, F (pdlt.theory.residual_ntk): ReLU, gamma = 0.7, layer 3,
     # widths 16/32 extrapolated (allowance: a quarter of the observed 1/n shift)
     from .residual import residual_aspect_ratio_figure, residual_ntk_rows
@@ -264,8 +245,8 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
                                    networks=2 * networks, seed=seed,
                                    stats=("A", "B", "D", "F")):
             if r["layer"] == 3:
-                rows.append(_row(f"{r['statistic']} (gamma=0.7, 2m(32)-m(16))", "relu", 32, 3,
-                                 r["theory"], r["measured"], r["se"], r["allowance"]))
+                rows.append(make_row(f"{r['statistic']} (gamma=0.7, 2m(32)-m(16))", "relu", 32, 3,
+                                     r["theory"], r["measured"], r["se"], r["allowance"]))
         figs["r* exact and NTK slopes"] = residual_aspect_ratio_figure(
             gammas=np.linspace(0.0, 0.9, 7), depth=32)[0]
     figs["optimal aspect ratio"] = optimal_aspect_ratio_figure()[0]

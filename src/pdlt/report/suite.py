@@ -25,7 +25,9 @@ import numpy as np
 __all__ = ["Case", "StatSpec", "STAT_SPECS", "Row", "CaseResult", "SuiteResult",
            "default_cases", "default_studies", "run_case", "run_suite", "critical_mlp"]
 
-from .rows import Z_PASS, Row, make_row  # noqa: F401  (Row re-exported)
+from .finite_training import finite_training_study
+from .rows import Row, critical_mlp, make_row, width_extrapolation  # noqa: F401 (re-exported)
+from .studies import histogram_study, learning_study, linear_kurtosis_study, residual_study
 
 
 @dataclass(frozen=True)
@@ -217,21 +219,6 @@ class SuiteResult:
                 "summary": [{k: (v.to_dict() if k == "best" else v) for k, v in d.items()}
                             for d in self.summary()],
                 "rows": [r.to_dict() for r in self.rows]}
-
-
-def critical_mlp(activation, width, depth, lambda_b=1.0, lambda_W=1.0):
-    """An MLP of equal widths at the critical (C_b, C_W) of ``activation``."""
-    from ..activations import activation as get_activation
-    from ..network import MLP
-    from ..theory.criticality import criticality
-
-    act = get_activation(activation)
-    crit = criticality(act)
-    if crit.C_W is None:
-        raise ValueError(f"activation {act.name!r} has no critical point: {crit.reason}")
-    # output width = hidden width: the last layer is then measured on n neurons too
-    return MLP(n0=1, width=width, depth=depth, n_out=width, activation=act, C_b=crit.C_b,
-               C_W=crit.C_W, lambda_b=lambda_b, lambda_W=lambda_W)
 
 
 def default_cases(quick=False, full=False):
@@ -445,8 +432,6 @@ def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
 
 def _extrapolated_rows(results):
     """Rows ``2 m(2n) - m(n)`` against theory at the last layer, for every width pair."""
-    from .rows import richardson
-
     rows = []
     def key(r):
         c = r.case
@@ -462,8 +447,8 @@ def _extrapolated_rows(results):
             if s not in b.measured:
                 continue
             ea, eb = a.measured[s], b.measured[s]
-            ext, se, allow = richardson(ea.mean[L - 1], ea.stderr[L - 1], eb.mean[L - 1],
-                                        eb.stderr[L - 1])
+            ext, se, allow = width_extrapolation(ea.mean[L - 1], ea.stderr[L - 1],
+                                                 eb.mean[L - 1], eb.stderr[L - 1])
             lam = ("" if (a.case.lambda_b, a.case.lambda_W) == (1.0, 1.0) else
                    f", lambda_b={a.case.lambda_b:g}, lambda_W={a.case.lambda_W:g}")
             rows.append(make_row(f"{s} (n,2n extrap.{lam})", act, n, L, th[L - 1], ext, se,
@@ -473,19 +458,16 @@ def _extrapolated_rows(results):
 
 def default_studies(quick=False):
     """The extra studies (:mod:`pdlt.report.studies`) as zero-argument callables."""
-    from . import studies as st
-    from .finite_training import finite_training_study
-
     if quick:
-        return [lambda: st.linear_kurtosis_study(networks=4000),
-                lambda: st.histogram_study(networks=1500),
-                lambda: st.learning_study(widths=(32, 64), networks=120, steps=20),
-                lambda: st.residual_study(networks=1500),
+        return [lambda: linear_kurtosis_study(networks=4000),
+                lambda: histogram_study(networks=1500),
+                lambda: learning_study(widths=(32, 64), networks=120, steps=20),
+                lambda: residual_study(networks=1500),
                 lambda: finite_training_study(quick=True)]
-    return [lambda: st.linear_kurtosis_study(networks=20000),
-            lambda: st.histogram_study(networks=6000),
-            lambda: st.learning_study(),
-            lambda: st.residual_study(ntk=True),
+    return [lambda: linear_kurtosis_study(networks=20000),
+            lambda: histogram_study(networks=6000),
+            lambda: learning_study(),
+            lambda: residual_study(ntk=True),
             lambda: finite_training_study()]
 
 
@@ -494,7 +476,7 @@ def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, full=False, progr
     """Run every case and compare at the last layer. ``log(msg)`` reports progress.
 
     ``studies``: zero-argument callables returning a
-    :class:`pdlt.report.studies.Study`; default :func:`default_studies` when
+    :class:`pdlt.report.rows.Study`; default :func:`default_studies` when
     ``cases`` is None, none otherwise.
     """
     if studies is None:

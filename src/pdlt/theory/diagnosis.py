@@ -557,7 +557,7 @@ def diagnose_architecture(act, depth, width, C_b=None, C_W=None, K1=1.0, residua
             if gamma != 0.0:
                 # residual: the derived A, B, D, F and the exact vertex slope
                 # (pdlt.theory.residual_ntk); P..U are not derived for residual MLPs
-                from .residual_ntk import residual_slopes
+                from .residual import residual_slopes
                 rs = residual_slopes(act, gamma, depth=32)
                 rs.pop("nu_V")                  # = out["vertex_slope"] (exact)
                 notes.append("residual: NTK statistics P..U not derived")

@@ -30,6 +30,10 @@ import math
 
 import numpy as np
 
+from ._aspect_ratio import neuron_count, optimal_aspect_ratio_from_slope, optimal_vertex
+# the residual-aware r*(activation, gamma) lives with the residual vertex slope
+from .residual import optimal_aspect_ratio
+
 __all__ = [
     "gaussian_entropy",
     "gaussian_mutual_information",
@@ -55,12 +59,6 @@ def _K_iv(K):
     return K, logdet
 
 
-def _m_iv(m, name):
-    if int(m) != m or m < 1:
-        raise ValueError(f"{name} must be a positive integer number of neurons; got {m!r}")
-    return int(m)
-
-
 def gaussian_entropy(K, neurons=1):
     """Differential entropy (nats) of ``neurons`` independent Gaussian neurons with kernel K.
 
@@ -76,7 +74,7 @@ def gaussian_entropy(K, neurons=1):
     """
     K, logdet = _K_iv(K)
     N = K.shape[0]
-    return _m_iv(neurons, "neurons") * 0.5 * (N * math.log(2 * math.pi * math.e) + logdet)
+    return neuron_count(neurons, "neurons") * 0.5 * (N * math.log(2 * math.pi * math.e) + logdet)
 
 
 def gaussian_mutual_information(K, A, B):
@@ -131,7 +129,7 @@ def nearly_gaussian_entropy(K, V, n, *, G1=0.0, neurons=1):
     float
         ``(m/2) log det(2 pi e kappa2) - [3 m^2 <V,V> + 6 m <V,V>_x] / (48 n^2)``.
     """
-    m = _m_iv(neurons, "neurons")
+    m = neuron_count(neurons, "neurons")
     K, _ = _K_iv(K)
     n = float(n)
     if not n > 0:
@@ -146,7 +144,7 @@ def nearly_gaussian_mutual_information(K, V, n, m_A=1, m_B=1):
 
     ``I = m_A m_B <V, V> / (8 n^2)``; single input ``m_A m_B (V/(n K^2))^2 / 8``.
     """
-    m_A, m_B = _m_iv(m_A, "m_A"), _m_iv(m_B, "m_B")
+    m_A, m_B = neuron_count(m_A, "m_A"), neuron_count(m_B, "m_B")
     same, _ = _vv(K, V)
     return m_A * m_B * same / (8.0 * float(n) ** 2)
 
@@ -156,7 +154,7 @@ def scale_mixture_mi_series(k2, m_A=1, m_B=1):
 
     ``m_A m_B [k2^2/8 - (3 (m_A + m_B) + 20) k2^3 / 48]`` (module docstring).
     """
-    m_A, m_B = _m_iv(m_A, "m_A"), _m_iv(m_B, "m_B")
+    m_A, m_B = neuron_count(m_A, "m_A"), neuron_count(m_B, "m_B")
     k2 = np.asarray(k2, dtype=float)
     return m_A * m_B * (k2 ** 2 / 8.0 - (3.0 * (m_A + m_B) + 20.0) * k2 ** 3 / 48.0)
 
@@ -203,7 +201,7 @@ def scale_mixture_mutual_information(G, weights=None, m_A=1, m_B=1, *, points=40
     float
         ``S_A + S_B - S_{A+B}`` in nats.
     """
-    m_A, m_B = _m_iv(m_A, "m_A"), _m_iv(m_B, "m_B")
+    m_A, m_B = neuron_count(m_A, "m_A"), neuron_count(m_B, "m_B")
     G = np.asarray(G, dtype=float).ravel()
     if G.size == 0 or not np.all(np.isfinite(G)) or np.any(G <= 0):
         raise ValueError("G must be a non-empty array of finite variances > 0")
@@ -219,49 +217,3 @@ def scale_mixture_mutual_information(G, weights=None, m_A=1, m_B=1, *, points=40
     u = np.linspace(lo, hi, int(points))
     ents = [_mixture_entropy(G, w, m, u)[0] for m in (m_A, m_B, m_A + m_B)]
     return ents[0] + ents[1] - ents[2]
-
-
-def optimal_vertex(n_out=1):
-    """``k2* = 4 / (20 + 3 n_L)``: the output non-Gaussianity ``V/(n K^2)`` that maximizes I."""
-    n_out = _m_iv(n_out, "n_out")
-    return 4.0 / (20.0 + 3.0 * n_out)
-
-
-def optimal_aspect_ratio_from_slope(nu, n_out=1):
-    """``r* = 4 / ((20 + 3 n_L) nu)``; ``inf`` when ``nu <= 0`` (no vertex growth)."""
-    nu = float(nu)
-    if not math.isfinite(nu):
-        raise ValueError(f"the vertex slope nu must be finite; got {nu}")
-    if nu <= 0:
-        return math.inf
-    return optimal_vertex(n_out) / nu
-
-
-def optimal_aspect_ratio(activation, n_out=1, *, gamma=0.0):
-    """The information-theoretic optimal depth-to-width ratio ``(L/n)*``.
-
-    Parameters
-    ----------
-    activation : str, Activation or callable
-        At its critical initialization (:func:`pdlt.criticality`).
-    n_out : int, default 1
-        Output width n_L.
-    gamma : float, default 0
-        Residual strength (residual MLP at its critical point,
-        :func:`pdlt.theory.residual.residual_criticality`).
-
-    Returns
-    -------
-    float
-        ``4 / ((20 + 3 n_L) nu(gamma))`` (module docstring). ReLU, n_L = 1:
-        ``4/115 = 0.0348``.
-
-    Examples
-    --------
-    >>> from pdlt.theory.information import optimal_aspect_ratio
-    >>> round(optimal_aspect_ratio("relu"), 6), round(optimal_aspect_ratio("tanh"), 6)
-    (0.034783, 0.26087)
-    """
-    from .residual import residual_vertex_slope
-
-    return optimal_aspect_ratio_from_slope(residual_vertex_slope(activation, gamma), n_out)

@@ -37,10 +37,15 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..activations import activation as _activation
+from ..network import MLP
+from ._aspect_ratio import optimal_aspect_ratio_from_slope
 from .criticality import NoCriticalPointError, criticality
+from ._averages import OneVariableTable
+from .residual_ntk import one_input_kernel, residual_ntk_single, residual_vertex_metric
+from .vertex import vertex_slope
 
 __all__ = ["ResidualCriticality", "residual_criticality", "residual_vertex_slope",
-           "three_point_vertex_slope",
+           "three_point_vertex_slope", "residual_slopes", "optimal_aspect_ratio",
            "residual_mlp", "residual_layer_variances"]
 
 
@@ -96,6 +101,14 @@ def _gamma_iv(gamma, xi):
     return gamma, xi
 
 
+def _plain_critical(act, crit=None):
+    """The plain critical point of ``act`` (``crit`` when given); NoCriticalPointError if none."""
+    crit = crit or criticality(act)
+    if not crit.is_critical:
+        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    return crit
+
+
 def residual_vertex_slope(activation, gamma, *, crit=None):
     """``nu(gamma)``, the slope of ``V/(n K^2)`` per layer at residual criticality (exact).
 
@@ -126,13 +139,9 @@ def residual_vertex_slope(activation, gamma, *, crit=None):
     >>> round(residual_vertex_slope("relu", 0.5), 6)
     6.496313
     """
-    from .vertex import vertex_slope
-
     act = _activation(activation)
     gamma, _ = _gamma_iv(gamma, 1.0)
-    crit = crit or criticality(act)
-    if not crit.is_critical:
-        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    crit = _plain_critical(act, crit)
     nu0 = vertex_slope(act, C_W=crit.C_W, K_star=crit.K_star)
     g2 = gamma * gamma
     if gamma == 0.0:
@@ -146,8 +155,6 @@ def residual_vertex_slope(activation, gamma, *, crit=None):
     if depth > 1000:
         raise ValueError(f"the exact residual vertex slope needs |gamma| <= 0.993 (its "
                          f"geometric transient would need {depth} layers); got gamma={gamma}")
-    from .residual_ntk import residual_vertex_metric
-
     K = 1.0 if crit.K_star is None else crit.K_star
     m = residual_mlp(act, gamma, width=8, depth=max(depth, 30), n_out=8)
     d = np.diff(residual_vertex_metric(m, K)["V"])[-3:] / (K * K)
@@ -165,14 +172,9 @@ def three_point_vertex_slope(activation, gamma, *, crit=None):
     (``kappa3`` but no higher two-depth terms) gives. Exact for linear
     networks and at gamma = 0; ReLU, gamma = 0.5: 6.4273 against the exact 6.4963.
     """
-    from ._averages import OneVariableTable
-    from .vertex import vertex_slope
-
     act = _activation(activation)
     gamma, _ = _gamma_iv(gamma, 1.0)
-    crit = crit or criticality(act)
-    if not crit.is_critical:
-        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    crit = _plain_critical(act, crit)
     nu0 = vertex_slope(act, C_W=crit.C_W, K_star=crit.K_star)
     g2 = gamma * gamma
     if crit.universality_class == "K*=0":
@@ -181,6 +183,78 @@ def three_point_vertex_slope(activation, gamma, *, crit=None):
     D1 = float(OneVariableTable(act, K)["d1ss"])    # <(sigma^2)'> = <z sigma^2>/K
     cross = 2.0 * gamma * (1.0 + gamma) * crit.C_W ** 2 * D1 * D1 / K
     return (1.0 - g2) * ((1.0 - g2) * nu0 + 4.0 * g2 + cross)
+
+
+def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambda_W=1.0):
+    r"""Depth slopes of the exact residual V and of A, B, D, F at residual criticality.
+
+    The network is :func:`residual_mlp` (every layer l >= 2
+    residual, constant ``lambda_b``, ``lambda_W``, one input at ``K1 = K*`` or 1).
+    At ``gamma = 0`` the NTK slopes are :func:`pdlt.theory.finite_ntk.ntk_slopes`'
+    (which depend on ``lambda_b : lambda_W`` only).
+
+    * ``nu_V``: the exact vertex slope,
+      :func:`residual_vertex_slope` (its own depth;
+      Aitken-extrapolated), for activations with ``K* > 0`` or scale invariance.
+    * scale-invariant class only: ``nu_X`` of ``X/(n Theta^a K^b) ~ nu_X l / n``
+      for A, B (``a = 2, b = 0``) and D, F (``a = b = 1``), by Richardson
+      extrapolation ``2 g(L) - g(L/2)`` of ``g(l) = X / (Theta^a K^b l)``
+      (relative error O(1/L^2) plus the geometric transient).
+
+    Returns
+    -------
+    dict
+        ``{"nu_V": float, "A": ..., "B": ..., "D": ..., "F": ...}`` (the NTK
+        entries None outside the scale-invariant class).
+    """
+    act = _activation(activation)
+    crit = criticality(act)
+    if not crit.is_critical or crit.universality_class == "K*=0":
+        raise ValueError(f"residual_slopes needs K* > 0 or a scale-invariant activation; "
+                         f"{act.name!r} is in the {crit.universality_class!r} class")
+    if K1 is None:
+        K1 = crit.K_star if crit.K_star else 1.0
+    L = int(depth)
+    m = residual_mlp(act, gamma, width=8, depth=L, n_out=8, lambda_b=lambda_b,
+                     lambda_W=lambda_W)
+    r = residual_ntk_single(m, K1, stats=("A", "B", "D", "F"))
+    K, Th = one_input_kernel(m, K1)
+    out = {"nu_V": residual_vertex_slope(act, gamma)}
+    for name, (pa, pb) in {"A": (2, 0), "B": (2, 0), "D": (1, 1), "F": (1, 1)}.items():
+        if crit.universality_class != "scale-invariant":
+            out[name] = None
+            continue
+        g = r[name] / (Th ** pa * K ** pb * np.arange(1, L + 1))
+        out[name] = float(2 * g[L - 1] - g[L // 2 - 1])
+    return out
+
+
+def optimal_aspect_ratio(activation, n_out=1, *, gamma=0.0):
+    """The information-theoretic optimal depth-to-width ratio ``(L/n)*``.
+
+    Parameters
+    ----------
+    activation : str, Activation or callable
+        At its critical initialization (:func:`pdlt.criticality`).
+    n_out : int, default 1
+        Output width n_L.
+    gamma : float, default 0
+        Residual strength (residual MLP at its critical point,
+        :func:`residual_criticality`).
+
+    Returns
+    -------
+    float
+        ``4 / ((20 + 3 n_L) nu(gamma))`` (:mod:`pdlt.theory.information`), ``nu`` from
+        :func:`residual_vertex_slope`. ReLU, n_L = 1: ``4/115 = 0.0348``.
+
+    Examples
+    --------
+    >>> from pdlt.theory.residual import optimal_aspect_ratio
+    >>> round(optimal_aspect_ratio("relu"), 6), round(optimal_aspect_ratio("tanh"), 6)
+    (0.034783, 0.26087)
+    """
+    return optimal_aspect_ratio_from_slope(residual_vertex_slope(activation, gamma), n_out)
 
 
 def residual_criticality(activation, gamma, *, xi=1.0, n_out=1) -> ResidualCriticality:
@@ -212,13 +286,9 @@ def residual_criticality(activation, gamma, *, xi=1.0, n_out=1) -> ResidualCriti
     >>> r.C_W, round(r.vertex_slope, 6)
     (1.5, 6.496313)
     """
-    from .information import optimal_aspect_ratio_from_slope
-
     act = _activation(activation)
     gamma, xi = _gamma_iv(gamma, xi)
-    crit = criticality(act)
-    if not crit.is_critical:
-        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    crit = _plain_critical(act)
     f = (1.0 - gamma * gamma) / (xi * xi)
     nu = residual_vertex_slope(act, gamma, crit=crit)
     return ResidualCriticality(
@@ -255,13 +325,9 @@ def residual_mlp(activation, gamma, *, n0=1, width, depth, n_out=1, xi=1.0, **kw
     >>> residual_mlp("relu", 0.5, width=8, depth=4).C_W
     (2.0, 1.5, 1.5, 2.0)
     """
-    from ..network import MLP
-
     act = _activation(activation)
     g, x = _gamma_iv(gamma, xi)
-    crit = criticality(act)
-    if not crit.is_critical:
-        raise NoCriticalPointError(f"activation {act.name!r} has no critical point: {crit.reason}")
+    crit = _plain_critical(act)
     f = (1.0 - g * g) / (x * x)
     # the variances only (residual_criticality would also compute the vertex slope)
     rc = SimpleNamespace(C_b=f * crit.C_b, C_W=f * crit.C_W, plain_C_b=crit.C_b,

@@ -46,14 +46,14 @@ from ..network import MLP
 from ._averages import Integrands, OneVariableTable
 from .kernel import first_layer_kernel, kernel_fold
 
-__all__ = ["residual_ntk_single", "residual_b_closure", "residual_slopes",
+__all__ = ["residual_ntk_single", "residual_b_closure", "one_input_kernel",
            "RESIDUAL_NTK_STATISTICS"]
 
 #: statistics derived (and ensemble-checked) for residual MLPs, single input
 RESIDUAL_NTK_STATISTICS = ("A", "B", "D", "F")
 
 
-def _kernel(mlp, K1):
+def one_input_kernel(mlp, K1):
     """K, Theta (L,) of one input (the kernel fold of :mod:`pdlt.theory.kernel`)."""
     Ks, Ths, _, _ = kernel_fold(mlp, *first_layer_kernel(mlp, K1=float(K1)),
                                 susceptibilities=False)
@@ -159,7 +159,7 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
         raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
     act = mlp.activation
     L = mlp.depth
-    K, Th = _kernel(mlp, K1)
+    K, Th = one_input_kernel(mlp, K1)
     t = OneVariableTable(act, K)
     s, q, sspp, dss = (np.asarray(t[k], float) for k in ("pp", "pppp", "sspp", "dss"))
     a, varw, C = _trajectory(mlp, K)
@@ -228,7 +228,7 @@ def residual_b_closure(mlp: MLP, K1: float) -> np.ndarray:
     :func:`pdlt.report.residual.residual_ntk_rows`). Returns ndarray (L,).
     """
     act = mlp.activation
-    K, Th = _kernel(mlp, K1)
+    K, Th = one_input_kernel(mlp, K1)
     t = OneVariableTable(act, K)
     out = np.zeros(mlp.depth)
     for l in range(mlp.depth - 1):
@@ -290,7 +290,7 @@ def _field_statistics(mlp, K1):
     """
     act = mlp.activation
     L = mlp.depth
-    K, Th = _kernel(mlp, K1)
+    K, Th = one_input_kernel(mlp, K1)
     t = OneVariableTable(act, K)
     ss, pp, dss, dpp = (np.asarray(t[k], float) for k in ("ss", "pp", "dss", "dpp"))
     a, varw, C = _trajectory(mlp, K)
@@ -367,54 +367,6 @@ def _field_statistics(mlp, K1):
         n = mlp.widths[l]                         # n_{l-1} of NOTATION.md's normalization
         out["D"][l] = n * (rH @ Sig @ rz + rH @ cz)
         out["A"][l] = n * (rH @ Sig @ rH)
-    return out
-
-
-def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambda_W=1.0):
-    r"""Depth slopes of the exact residual V and of A, B, D, F at residual criticality.
-
-    The network is :func:`pdlt.theory.residual.residual_mlp` (every layer l >= 2
-    residual, constant ``lambda_b``, ``lambda_W``, one input at ``K1 = K*`` or 1).
-    At ``gamma = 0`` the NTK slopes are :func:`pdlt.theory.ntk_criticality.ntk_slopes`'
-    (which depend on ``lambda_b : lambda_W`` only).
-
-    * ``nu_V``: the exact vertex slope,
-      :func:`pdlt.theory.residual.residual_vertex_slope` (its own depth;
-      Aitken-extrapolated), for activations with ``K* > 0`` or scale invariance.
-    * scale-invariant class only: ``nu_X`` of ``X/(n Theta^a K^b) ~ nu_X l / n``
-      for A, B (``a = 2, b = 0``) and D, F (``a = b = 1``), by Richardson
-      extrapolation ``2 g(L) - g(L/2)`` of ``g(l) = X / (Theta^a K^b l)``
-      (relative error O(1/L^2) plus the geometric transient).
-
-    Returns
-    -------
-    dict
-        ``{"nu_V": float, "A": ..., "B": ..., "D": ..., "F": ...}`` (the NTK
-        entries None outside the scale-invariant class).
-    """
-    from ..activations import activation as _act
-    from .criticality import criticality
-    from .residual import residual_mlp, residual_vertex_slope
-
-    act = _act(activation)
-    crit = criticality(act)
-    if not crit.is_critical or crit.universality_class == "K*=0":
-        raise ValueError(f"residual_slopes needs K* > 0 or a scale-invariant activation; "
-                         f"{act.name!r} is in the {crit.universality_class!r} class")
-    if K1 is None:
-        K1 = crit.K_star if crit.K_star else 1.0
-    L = int(depth)
-    m = residual_mlp(act, gamma, width=8, depth=L, n_out=8, lambda_b=lambda_b,
-                     lambda_W=lambda_W)
-    r = residual_ntk_single(m, K1, stats=("A", "B", "D", "F"))
-    K, Th = _kernel(m, K1)
-    out = {"nu_V": residual_vertex_slope(act, gamma)}
-    for name, (pa, pb) in {"A": (2, 0), "B": (2, 0), "D": (1, 1), "F": (1, 1)}.items():
-        if crit.universality_class != "scale-invariant":
-            out[name] = None
-            continue
-        g = r[name] / (Th ** pa * K ** pb * np.arange(1, L + 1))
-        out[name] = float(2 * g[L - 1] - g[L // 2 - 1])
     return out
 
 
@@ -537,7 +489,7 @@ def residual_vertex_metric(mlp: MLP, K1: float) -> dict:
         raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
     act = mlp.activation
     L = mlp.depth
-    K, _ = _kernel(mlp, K1)
+    K, _ = one_input_kernel(mlp, K1)
     dss = np.asarray(OneVariableTable(act, K)["dss"], float)
     a, _, C = _trajectory(mlp, K)
     CW, x, g = (np.asarray(v, float) for v in (mlp.C_W, mlp.xi, mlp.gamma))

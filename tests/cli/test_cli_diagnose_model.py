@@ -8,7 +8,6 @@ import pytest
 
 pytest.importorskip("torch")
 
-from pdlt.cli import main  # noqa: E402
 
 MODELS = '''
 import torch
@@ -38,18 +37,12 @@ def models(tmp_path, monkeypatch):
     sys.modules.pop("pdlt_user_models", None)
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_diagnose_model_json_and_figure(models, tmp_path, capsys):
+def test_diagnose_model_json_and_figure(models, tmp_path, run_cli):
     x = np.random.default_rng(0).standard_normal((10, 5))
     np.save(tmp_path / "x.npy", x)
     fig = tmp_path / "d.png"
-    code, out, err = run(capsys, "diagnose", "--model", f"{models}:make", "--inputs",
-                         str(tmp_path / "x.npy"), "--json", "--figure", str(fig))
+    code, out, err = run_cli("diagnose", "--model", f"{models}:make", "--inputs",
+                             str(tmp_path / "x.npy"), "--json", "--figure", str(fig))
     assert code == 0 and err == ""
     d = json.loads(out)
     assert d["activation"] == "tanh" and d["depth"] == 3
@@ -61,9 +54,9 @@ def test_diagnose_model_json_and_figure(models, tmp_path, capsys):
     assert fig.stat().st_size > 5000
 
 
-def test_diagnose_model_verify_table(models, capsys):
-    code, out, err = run(capsys, "diagnose", "--model", f"{models}:make", "--verify",
-                         "--networks", "100", "--init", f"{models}:gaussian")
+def test_diagnose_model_verify_table(models, run_cli):
+    code, out, err = run_cli("diagnose", "--model", f"{models}:make", "--verify",
+                             "--networks", "100", "--init", f"{models}:gaussian")
     assert code == 0 and err == ""
     assert "verification on 100 copies re-initialized by gaussian" in out
     assert "chi_perp" in out and "what the theory says" in out
@@ -78,8 +71,8 @@ def test_diagnose_model_verify_table(models, capsys):
     (["--model", "{m}:make", "--verify", "--networks", "1"], "--networks must be >= 2"),
     ([], "--depth and --width are required"),
 ])
-def test_diagnose_model_errors(models, capsys, argv, match):
+def test_diagnose_model_errors(models, run_cli, argv, match):
     argv = [a.format(m=models) for a in argv]
-    code, out, err = run(capsys, "diagnose", *argv)
+    code, out, err = run_cli("diagnose", *argv)
     assert code == 2 and out == ""
     assert match.replace("\\", "") in err or __import__("re").search(match, err), err

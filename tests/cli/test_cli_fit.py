@@ -6,25 +6,12 @@ import numpy as np
 import pytest
 
 import pdlt
-from pdlt.cli import main
 from pdlt.learning import ntk_prediction, nngp_posterior
 
 
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture
-def csvs(tmp_path):
-    rng = np.random.default_rng(0)
-    Xa, Xb = rng.standard_normal((7, 2)), rng.standard_normal((3, 2))
-    ya, yb = np.sin(Xa.sum(1)), np.sin(Xb.sum(1))
-    tr, te = tmp_path / "train.csv", tmp_path / "test.csv"
-    np.savetxt(tr, np.c_[Xa, ya], delimiter=",", header="x1,x2,y", comments="")
-    np.savetxt(te, np.c_[Xb, yb], delimiter=",")
-    return str(tr), str(te), Xa, ya, Xb, yb
+def csvs(regression_csvs):
+    return regression_csvs(7, 3, header=True)
 
 
 MLP_ARGS = ["--activation", "tanh", "--depth", "4", "--C-b", "0.1", "--C-W", "1.2"]
@@ -34,9 +21,9 @@ def _mlp():
     return pdlt.MLP(2, width=100, depth=4, activation="tanh", C_b=0.1, C_W=1.2)
 
 
-def test_nngp_json_matches_api(csvs, capsys):
+def test_nngp_json_matches_api(csvs, run_cli):
     tr, te, Xa, ya, Xb, _ = csvs
-    code, out, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--noise", "0.01",
+    code, out, err = run_cli("fit", *MLP_ARGS, "--method", "nngp", "--noise", "0.01",
                              "--train", tr, "--test", te, "--json")
     assert code == 0 and err == ""
     d = json.loads(out)
@@ -47,9 +34,9 @@ def test_nngp_json_matches_api(csvs, capsys):
     assert list(d) == sorted(d)
 
 
-def test_ntk_json_steps_and_convergence(csvs, capsys):
+def test_ntk_json_steps_and_convergence(csvs, run_cli):
     tr, te, Xa, ya, Xb, _ = csvs
-    code, out, err = run_cli(capsys, "fit", *MLP_ARGS, "--lambda-W", "2", "--method", "ntk",
+    code, out, err = run_cli("fit", *MLP_ARGS, "--lambda-W", "2", "--method", "ntk",
                              "--steps", "30", "--learning-rate", "0.05", "--train", tr,
                              "--test", te, "--json")
     assert code == 0 and err == ""
@@ -58,67 +45,61 @@ def test_ntk_json_steps_and_convergence(csvs, capsys):
     np.testing.assert_allclose(d["mean"], ref.mean[:, 0], rtol=1e-10)
     np.testing.assert_allclose(d["std"], ref.std, rtol=1e-8)
     assert d["log_evidence"] is None and d["steps"] == 30
-    code, out, _ = run_cli(capsys, "fit", *MLP_ARGS, "--method", "ntk", "--train", tr,
+    code, out, _ = run_cli("fit", *MLP_ARGS, "--method", "ntk", "--train", tr,
                            "--test", te, "--json")
     ref = ntk_prediction(_mlp(), Xa, ya, Xb)
     np.testing.assert_allclose(json.loads(out)["mean"], ref.mean[:, 0], rtol=1e-9)
 
 
-def test_human_output(csvs, capsys):
+def test_human_output(csvs, run_cli):
     tr, te, *_ = csvs
-    code, out, err = run_cli(capsys, "fit", "--activation", "relu", "--depth", "3", "--critical",
+    code, out, err = run_cli("fit", "--activation", "relu", "--depth", "3", "--critical",
                              "--method", "nngp", "--noise", "1e-3", "--train", tr, "--test", te)
     assert code == 0 and err == ""
     assert "log evidence" in out and "mean" in out and len(out.splitlines()) == 8
 
 
-def test_errors(csvs, tmp_path, capsys):
+def test_errors(csvs, tmp_path, run_cli):
     tr, te, Xa, ya, *_ = csvs
-    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "ntk", "--steps", "3",
+    code, _, err = run_cli("fit", *MLP_ARGS, "--method", "ntk", "--steps", "3",
                            "--learning-rate", "100", "--train", tr, "--test", te)
     assert code == 2 and "2 / lambda_max(Theta_train)" in err
     dup = tmp_path / "dup.csv"
     np.savetxt(dup, np.c_[np.r_[Xa, Xa[:1]], np.r_[ya, ya[:1]]], delimiter=",")
-    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--noise", "0",
+    code, _, err = run_cli("fit", *MLP_ARGS, "--method", "nngp", "--noise", "0",
                            "--train", str(dup), "--test", te)
     assert code == 2 and "add noise > 0" in err
     # the default --noise auto jitters just enough for the duplicate
-    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--train", str(dup),
+    code, _, err = run_cli("fit", *MLP_ARGS, "--method", "nngp", "--train", str(dup),
                            "--test", te)
     assert code == 0
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2,3\n4,nan,6\n")
-    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--train", str(bad),
+    code, _, err = run_cli("fit", *MLP_ARGS, "--method", "nngp", "--train", str(bad),
                            "--test", te)
     assert code == 2 and "NaN" in err
-    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--train", tr,
+    code, _, err = run_cli("fit", *MLP_ARGS, "--method", "nngp", "--train", tr,
                            "--test", str(tmp_path / "missing.csv"))
     assert code == 2 and "cannot read" in err
     one = tmp_path / "one.csv"
     np.savetxt(one, np.c_[np.ones(3), np.ones(3)], delimiter=",")
-    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--train", tr,
+    code, _, err = run_cli("fit", *MLP_ARGS, "--method", "nngp", "--train", tr,
                            "--test", str(one))
     assert code == 2 and "feature columns" in err
 
 
 @pytest.fixture
-def small_csvs(tmp_path):
-    rng = np.random.default_rng(1)
-    Xa, Xb = rng.standard_normal((3, 2)), rng.standard_normal((2, 2))
-    ya, yb = np.sin(Xa.sum(1)), np.sin(Xb.sum(1))
-    tr, te = tmp_path / "train.csv", tmp_path / "test.csv"
-    np.savetxt(tr, np.c_[Xa, ya], delimiter=",")
-    np.savetxt(te, np.c_[Xb, yb], delimiter=",")
-    return str(tr), str(te), Xa, ya, Xb
+def small_csvs(regression_csvs):
+    return regression_csvs(3, 2, seed=1)[:5]
 
 
-def test_ntk_width_json_has_the_infinite_width_mean_beside(small_csvs, capsys):
+def test_ntk_width_json_has_the_infinite_width_mean_beside(small_csvs, run_cli):
     from pdlt.learning.finite_training import finite_width_training
     tr, te, Xa, ya, Xb = small_csvs
     # depth 3 (not MLP_ARGS' 4): the N-input NTK tensors are the cost of this test
     args = ["--activation", "tanh", "--depth", "3", "--C-b", "0.1", "--C-W", "1.2"]
     mlp = pdlt.MLP(2, width=100, depth=3, activation="tanh", C_b=0.1, C_W=1.2)
-    code, out, _ = run_cli(capsys, "fit", *args, "--method", "ntk", "--width", "32",
+    code, out, _ = run_cli("fit", *args, "--method", "ntk", "--width", "32",
                            "--steps", "20", "--learning-rate", "0.05", "--train", tr,
                            "--test", te, "--json")
     assert code == 0
@@ -132,10 +113,10 @@ def test_ntk_width_json_has_the_infinite_width_mean_beside(small_csvs, capsys):
     assert d["width"] == 32 and not np.allclose(d["mean"], d["mean_infinite_width"])
 
 
-def test_nngp_width_json_matches_the_finite_width_posterior(small_csvs, capsys):
+def test_nngp_width_json_matches_the_finite_width_posterior(small_csvs, run_cli):
     from pdlt.learning import finite_width_posterior
     tr, te, Xa, ya, Xb = small_csvs
-    code, out, _ = run_cli(capsys, "fit", *MLP_ARGS, "--method", "nngp", "--width", "16",
+    code, out, _ = run_cli("fit", *MLP_ARGS, "--method", "nngp", "--width", "16",
                            "--noise", "0.01", "--train", tr, "--test", te, "--json")
     assert code == 0
     d = json.loads(out)
@@ -146,11 +127,11 @@ def test_nngp_width_json_matches_the_finite_width_posterior(small_csvs, capsys):
     assert d["log_evidence"] == pytest.approx(post.log_evidence)
 
 
-def test_width_errors_are_clear(small_csvs, capsys):
+def test_width_errors_are_clear(small_csvs, run_cli):
     tr, te, *_ = small_csvs
-    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "ntk", "--width", "0",
+    code, _, err = run_cli("fit", *MLP_ARGS, "--method", "ntk", "--width", "0",
                            "--train", tr, "--test", te)
     assert code != 0 and "width" in err
-    code, _, err = run_cli(capsys, "fit", *MLP_ARGS, "--method", "ntk", "--width", "32",
+    code, _, err = run_cli("fit", *MLP_ARGS, "--method", "ntk", "--width", "32",
                            "--noise", "0.1", "--train", tr, "--test", te)
     assert code != 0 and "noise" in err

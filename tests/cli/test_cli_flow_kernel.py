@@ -7,21 +7,14 @@ import sys
 import numpy as np
 import pytest
 
-from pdlt.cli import main
 
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_flow_json_shape_and_values(capsys):
-    code, out, err = run_cli(capsys, "flow", "--activation", "relu", "--depth", "4",
+def test_flow_json_shape_and_values(run_cli):
+    code, out, err = run_cli("flow", "--activation", "relu", "--depth", "4",
                              "--width", "52", "--C-W", "2", "--K1", "1.5", "--json")
     # L/n = 0.077 is above 2 r* = 0.07 of relu: one validity warning, also in the JSON
     # (V/n = 15 K^2/52 stays below 0.3 K^2: at n = 50 it sits exactly on the threshold)
-    assert code == 0 and err.startswith("pdlt flow: warning: L/n = 4/52") and err.count("\n") == 1
+    assert code == 0 and err.startswith("pdlt flow: warning: L/n = 4/52") and err.count("
+") == 1
     d = json.loads(out)
     assert d["warnings"][0]["category"] == "ValidityWarning" and d["nonfinite"] == {}
     assert [s["layer"] for s in d["layers"]] == [1, 2, 3, 4]
@@ -32,17 +25,17 @@ def test_flow_json_shape_and_values(capsys):
     assert d["layers"][0]["Theta"] == pytest.approx(1 + 0.75)
 
 
-def test_flow_human_table(capsys):
-    code, out, err = run_cli(capsys, "flow", "--activation", "tanh", "--depth", "3")
+def test_flow_human_table(run_cli):
+    code, out, err = run_cli("flow", "--activation", "tanh", "--depth", "3")
     assert code == 0 and err == ""
     assert "chi_parallel" in out and "layer" in out and len(out.splitlines()) == 6
 
 
-def test_kernel_json(tmp_path, capsys):
+def test_kernel_json(tmp_path, run_cli):
     x = np.random.default_rng(0).standard_normal((3, 4))
     path = tmp_path / "x.npy"
     np.save(path, x)
-    code, out, err = run_cli(capsys, "kernel", "--activation", "tanh", "--depth", "3",
+    code, out, err = run_cli("kernel", "--activation", "tanh", "--depth", "3",
                              "--C-b", "0", "--C-W", "1", "--inputs", str(path), "--json")
     assert code == 0 and err == ""
     d = json.loads(out)
@@ -58,15 +51,17 @@ def test_kernel_json(tmp_path, capsys):
     (["flow", "--depth", "3", "--activation", "nope"], "unknown activation"),
     (["flow", "--depth", "3", "--C-W", "-1"], "C_W must be > 0"),
 ])
-def test_cli_errors_are_clear(capsys, argv, match):
-    code, out, err = run_cli(capsys, *argv)
+def test_cli_errors_are_clear(run_cli, argv, match):
+    code, out, err = run_cli(*argv)
     assert code == 2 and match in err and "Traceback" not in err
 
 
-def test_help_does_not_import_torch_or_matplotlib():
+@pytest.mark.parametrize("argvs", [[["--help"]],
+                                   [["criticality", "--help"], ["criticality", "tanh"]]])
+def test_help_does_not_import_torch_or_matplotlib(argvs):
     code = ("import sys; from pdlt.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, "
+            + "".join(f"try:\n    main({a!r})\nexcept SystemExit:\n    pass\n" for a in argvs)
+            + "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, "
             "[m for m in sys.modules if m.startswith(('torch', 'matplotlib'))]")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
