@@ -10,7 +10,7 @@ independent references -- tanh: tensor Gauss-Legendre on [-10, 10]^4 (96
 nodes per axis) in plain Cholesky coordinates; ReLU family (sigma and
 sigma' slots): unpivoted Cholesky, nested Gauss-Legendre on unit panels split
 at each variable's own kink, innermost variable in closed form (the
-``_relu_ref`` of ``tests/test_gaussian_multi.py``). Errors relative to the
+``_relu_ref`` of ``tests/gaussian/test_multi.py``). Errors relative to the
 Cauchy-Schwarz scale of each expectation, with the error estimate the
 engine reports.
 
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gaussian"))
 
 import pdlt  # noqa: E402
 from pdlt.gaussian._multi import PiecewiseMonomial, expect_nd  # noqa: E402
-from test_gaussian_multi import _relu_ref  # noqa: E402
+from test_multi import _relu_ref  # noqa: E402
 
 
 def _cov(rng, d, scale):

@@ -45,7 +45,7 @@ four-variable expectation of full rank) use split Gauss-Legendre: fixed
 breakpoints (truncation at ``|u| = 8``), the variable's own kink, and the
 kinks of later variables projected onto the axis with panels of their
 smoothing width on both sides. Measured against an independent unpivoted
-nested reference (``tests/test_gaussian_multi.py``): default <= 2e-11
+nested reference (``tests/gaussian/test_multi.py``): default <= 2e-11
 (generic) and 6e-9 (strongly correlated, rho ~ 0.99), high <= 1e-11, fast
 <= 2e-5; ~10 ms per four-variable expectation at "default". Error
 estimate: the same panels with two nodes fewer (an overestimate).
@@ -69,7 +69,7 @@ import math
 import numpy as np
 from scipy import special
 
-from ._core import KernelNotPSDError, _gauss_legendre, expect
+from ._rule import KernelNotPSDError, _gauss_legendre, expect
 
 __all__ = ["expect_nd", "quad_expectations", "node_count"]
 

@@ -193,3 +193,16 @@ def test_bad_method_is_named():
     act = _act("tanh")
     with pytest.raises(ValueError, match="method"):
         G.pair_expectations(act, np.eye(2), method="mehler")
+
+
+def test_hermite_coefficients_parseval_and_mehler():
+    # Parseval: sum c_k^2 = <f^2>; Mehler reproduces the erf closed form
+    erf = pdlt.activation("erf")
+    K = np.array([0.5, 2.0])
+    c, n2 = G.hermite_coefficients(erf.sigma, K)
+    np.testing.assert_allclose((c * c).sum(1), n2, rtol=1e-12)
+    rho = 0.6
+    series = np.sum(rho ** np.arange(c.shape[1]) * c[0] * c[1])
+    K12 = rho * math.sqrt(K[0] * K[1])
+    ref = G.closed_form_pair(erf, "sigma", "sigma", K[0], K12, K[1])
+    assert series == pytest.approx(ref, rel=1e-13)
