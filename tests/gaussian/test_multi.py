@@ -45,7 +45,7 @@ def test_two_variable_against_closed_form(rng, name):
 
 
 def _panel_axis(scale, pole=np.pi / 2):
-    """Composite Gauss-Legendre on unit panels over [-7.5, 7.5] for an axis of
+    """Composite Gauss-Legendre on unit panels over [-10.5, 10.5] for an axis of
     scale ``scale``: nodes per panel from the Bernstein ellipse that reaches the
     nearest singularity ``pole / scale`` (in u) of the integrand, for ~1e-17 on
     the central panels and the Gaussian's decay (|u| > 5: 1.5e-6) outside."""
@@ -54,7 +54,7 @@ def _panel_axis(scale, pole=np.pi / 2):
     n_in = int(np.clip(np.ceil(20.0 / np.log(ratio)), 10, 48))
     n_out = max(6, n_in // 2)
     us, ws = [], []
-    for a0 in np.arange(-7.5, 7.5):
+    for a0 in np.arange(-10.5, 10.5):
         n = n_in if -5.0 <= a0 < 5.0 else n_out
         x, w = np.polynomial.legendre.leggauss(n)
         us.append(a0 + 0.5 * (x + 1.0))

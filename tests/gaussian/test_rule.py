@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import special
 
+import pdlt
 from pdlt import gaussian as G
 
 from conftest import EPS
@@ -65,3 +66,22 @@ def test_periodic_activation_huge_variance_bounded_memory():
     assert 2 * _T_RULE / step * _Q2 > _BLOCK_NODES          # the blocked path runs
     v = G.expect(lambda z: np.sin(z) ** 2, K, period=2 * np.pi)
     assert abs(v - 0.5) < 1e-10
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu", "swish", "erf"])
+def test_expect_against_mpmath(name):
+    # stated accuracy of the one-variable rule (pdlt.gaussian._rule): 1e-14 relative to the
+    # Cauchy-Schwarz scale <f^2>^(1/2); mpmath.quad at 25 digits is the reference
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 20
+    f_mp = {"tanh": mp.tanh, "gelu": lambda z: z * mp.ncdf(z),
+            "swish": lambda z: z / (1 + mp.exp(-z)), "erf": mp.erf}[name]
+    act = pdlt.activation(name)
+    powers = (2,) if name in ("tanh", "erf") else (1, 2)     # odd: <f> = 0 exactly
+    for K in (1e-3, 1.0, 30.0):
+        sd = mp.sqrt(K)
+        for p in powers:
+            ref = mp.quad(lambda u: f_mp(sd * u) ** p * mp.npdf(u), [-mp.inf, 0, mp.inf])
+            cs = np.sqrt(G.expect(lambda z: act.sigma(z) ** (2 * p), K))   # a scale only
+            got = G.expect(lambda z: act.sigma(z) ** p, K)
+            assert abs(got - ref) <= 1e-14 * cs, (K, p, float(abs(got - ref) / cs))
