@@ -31,17 +31,21 @@ singularities), at most 160 nodes
 (:func:`axis_rules`), one node for a zero axis. Gauss-Hermite converges only
 like ``exp(-const sqrt(Q))`` for tanh (poles at ``i pi / 2``, i.e. at
 ``pi / (2 s)`` in u), the trapezoid like ``exp(-pi^2 / (s h)) = exp(-c)``.
-Measured on tanh four-variable expectations against independent references
-(``benchmarks/accuracy.py``: tensor Gauss-Legendre in plain Cholesky
-coordinates), relative to the Cauchy-Schwarz scale
-``prod_k <f_k^4>^(1/4)``, at axis scales 0.2-0.4 / 0.5-0.75 / 0.5-1.3:
-fast 3e-8 / 2e-8 / 1.4e-7, default 2e-11 / 1.2e-10 / 1.4e-11, high
-2e-15 / 2e-14 / 2e-12 (the reference's own limit). Axes wider than
+Measured against independent references (plain Cholesky and composite
+Gauss-Legendre on unit panels, converged to ~1e-13; ``benchmarks/accuracy.py``,
+``tests/gaussian/test_multi.py``), relative to the Cauchy-Schwarz scale
+``prod_k <|f_k|^d>^(1/d)``: every entry of ``quad_expectations`` for
+N = 2, 3, 4 inputs at K ~ 1 and ~3 (axis scales up to 2): tanh <= 6e-11,
+GELU, swish <= 3e-13, erf <= 1.2e-15 at "default"; three-variable tanh
+at axis scales up to 3.4: fast 2.4e-6, default 4e-10, high 5e-12. (Gauss-Hermite
+alone gave 6e-8 at K ~ 1 and 1e-6 at K ~ 3 at "default".) Axes wider than
 ``s ~ 4`` hit the 160-node cap at "default": the error estimate, not a
 claim, then says how good the result is. The error estimate is the
 difference from a smaller rule on every resolved axis (Gauss-Hermite two
 sizes smaller, trapezoid with 4/5 of the nodes): measured to overestimate
-the error in every case above (by 10-1000x).
+the error by 60x or more wherever the error exceeds round-off (1e-12); it does
+not include the truncation at ``|u| = 8`` (below 1e-11 relative for
+integrands growing like ``|z|^4``) nor round-off (~1e-13).
 
 **ReLU family (products of ``a_+- z`` and ``a_+-``): closed-form inner axes.**
 The functions are ``PiecewiseMonomial``. The last two axes are done
@@ -56,7 +60,10 @@ kinks of later variables projected onto the axis with panels of their
 smoothing width on both sides. Measured against an independent unpivoted
 nested reference (``tests/gaussian/test_multi.py``): default <= 2e-11
 (generic) and 6e-9 (strongly correlated, rho ~ 0.99), high <= 1e-11, fast
-<= 2e-5; ~10 ms per four-variable expectation at "default". Error
+<= 2e-5; ~10 ms per four-variable expectation at "default"; with the merged
+powers of coinciding inputs (relu^2, relu^3) every entry of
+``quad_expectations`` for N = 2, 3, 4 is within 4e-10 at "default"
+(``benchmarks/accuracy.py``). Error
 estimate: the same panels with two nodes fewer (an overestimate).
 
 **Other kinked integrands (elu, declared user kinks): nested split
