@@ -10,8 +10,8 @@ Every error is relative to the Cauchy-Schwarz (Hoelder) scale of the
 expectation, ``prod_k <|f_k|^d>^(1/d)`` for a d-variable ``<f_1 ... f_d>``
 (the contract of issue #15: 1e-8 at the default rule), and "estimate" is the
 smallest ratio of the engine's own error estimate to the measured error where
-the engine reports one, over the entries whose error exceeds round-off
-(1e-12; >= 1: the estimate is an upper bound; "inf": no such entry).
+the engine reports one, over the entries whose error exceeds 1e-13
+(>= 1: the estimate is an upper bound; "inf": no such entry).
 
 References, all independent of the engine's rules:
 
@@ -271,7 +271,7 @@ def pairs_and_quads(quick=False):
                     cs = _cs(fs, Ks)
                     err = abs(T[q] - refs[key]) / cs
                     qw = max(qw, err)
-                    if len(distinct) > 1 and err > 1e-12:     # above round-off
+                    if len(distinct) > 1 and err > 1e-13:
                         ratio = min(ratio, E[q] / cs / err)
                 rows.append((name, N, scale, pw, qw, ratio, tq, tr))
                 print(f"{name:10s} {N:2d} {scale:5g} {pw:12.1e} {qw:12.1e} {ratio:11.1f} "
