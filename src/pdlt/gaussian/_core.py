@@ -5,10 +5,11 @@ The engine is split by idea: :mod:`._rule` (the one-variable rule and
 Mehler series, :func:`hermite_coefficients`), :mod:`._closed` (closed
 forms) and :mod:`._pairs` (:func:`pair_expectations`). Import from
 :mod:`pdlt.gaussian`; the names below are re-exported unchanged (the same
-objects) for code that still imports them from here.
+objects) for code that still imports them from here (all but the unused
+``_TILE`` and ``_warn``, which were dead code).
 """
 
-from ._closed import _gelu_pair, closed_form_pair  # noqa: F401
+from ._closed import _gelu_pair, closed_family, closed_form_pair, pair_terms  # noqa: F401
 from ._closed import closed_forms_nn as _closed_forms  # noqa: F401
 from ._mehler import (  # noqa: F401
     _KMAX,
@@ -16,6 +17,8 @@ from ._mehler import (  # noqa: F401
     _PARITY_SHARE,
     _STRIP,
     _TILE_COLS,
+    _TRIL,
+    _dger,
     _coefficients_from_values,
     _hermite_design,
     _horner_block,
