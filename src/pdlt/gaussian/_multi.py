@@ -289,8 +289,9 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         Covariances: symmetric positive semi-definite of any rank
         (degenerate Gaussians are integrated exactly on their support).
     kinks : sequence of float
-        Points where some f_k is not smooth. Empty: principal-axis
-        Gauss-Hermite; otherwise nested split Gauss-Legendre (module doc).
+        Points where some f_k is not smooth. Empty: the smooth product
+        rule (Gauss-Hermite or trapezoid per axis); otherwise nested split
+        Gauss-Legendre (module doc).
     scale_invariant : (a_plus, a_minus) or None
         Shorthand: every f_k is the piecewise-linear activation with these
         slopes (the innermost axis is then exact).
