@@ -11,7 +11,8 @@ seconds of the process (``time.process_time``, one BLAS thread), which is
 less sensitive to the load of a shared machine than wall time. Cases: the
 kernel flow of one input through 10,000 layers (tanh, ``pdlt.flow(...,
 K1=1.0)``); ``pair_expectations`` at N = 1000 (tanh: the Mehler series;
-gelu: closed forms; swish: the series) for the NNGP and NTK terms; the
+gelu: closed forms; swish: the series) for the NNGP and NTK terms, on the
+kernel of the last of 8 layers (correlated inputs: high series orders); the
 four-point averages ``quad_expectations`` (tanh, N = 4 and 8 unit inputs in
 8 dimensions at K ~ 1) and the V/G1 flow ``finite_width_flow`` (N = 8,
 depth 10), the only ones whose rule changed (``pdlt.gaussian._multi``:
@@ -44,8 +45,11 @@ def _worker(case, repeats):
         return x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(d)
 
     def kernel(name, n):
-        mlp = pdlt.MLP(n0=64, width=10, depth=2, activation=name)
-        return pdlt.flow(mlp, inputs(n, 64))[1].K
+        # the kernel at layer 8 of a critical-ish flow: correlated inputs (|rho| up to
+        # ~0.99), so the series needs high orders and some pairs go to quadrature
+        mlp = pdlt.MLP(n0=64, width=10, depth=8, activation=name, C_b=0.01,
+                       C_W=1.0 if name == "tanh" else 1.8)
+        return pdlt.flow(mlp, inputs(n, 64))[-1].K
 
     if case == "flow_1input_10000":
         mlp = pdlt.MLP(n0=1, width=10, depth=10000, activation="tanh")
