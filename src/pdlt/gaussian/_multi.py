@@ -49,7 +49,7 @@ axis scales (3.1, 2.0, 1.7, 0.9): estimate 3e-8, at (4.4, 2.8, 2.4, 1.3):
 error estimate, not a claim, says how good the result is. The error estimate is the
 difference from a smaller rule on every resolved axis (Gauss-Hermite two
 sizes smaller, trapezoid with 4/5 of the nodes): measured to overestimate
-the error by 60x or more wherever the error exceeds round-off (1e-12); it does
+the error by 10x or more wherever the error exceeds round-off (1e-12); it does
 not include the truncation at ``|u| = 8`` (below 1e-11 relative for
 integrands growing like ``|z|^4``) nor round-off (~1e-13).
 
