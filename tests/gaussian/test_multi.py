@@ -122,7 +122,7 @@ def _tanh2(z):
     ([_tanh2, np.tanh, np.tanh], 1.0, _smooth_reference),
     ([_tanh2, np.tanh, np.tanh], 3.0, _smooth_reference),
     ([np.tanh] * 4, 0.3, _gl72_reference),
-    ([np.tanh] * 4, 0.3, _smooth_reference)])
+    pytest.param([np.tanh] * 4, 0.3, _smooth_reference, marks=pytest.mark.slow)])
 def test_tanh_accuracy_contract(fs, scale, ref):
     # stated in the module docstring, relative to the Cauchy-Schwarz scale: "default" and
     # "high" within 1e-8 (the contract), "fast" within 1e-5; every error estimate is an
