@@ -1,27 +1,31 @@
 """Gaussian expectations: the one integration engine of pdlt.
 
 ``pdlt.gaussian`` is a package only so that its pieces stay small; import
-from here. One variable and two variables (all pairs of N inputs) live in
-``_core``; three- and four-variable expectations (for the four-point vertex)
-live in ``_multi`` when present. See ``_core``'s docstring for the methods and
-their measured accuracy.
+from here. The pieces, by idea:
+
+* ``_rule`` -- the one-variable rule and :func:`expect`;
+* ``_nested`` -- two variables by nested quadrature, :func:`expect2`;
+* ``_mehler`` -- the Mehler (Hermite) series, :func:`hermite_coefficients`;
+* ``_closed`` -- closed forms (:func:`closed_form_pair`), stable at any scale;
+* ``_pairs`` -- all pairs of N inputs, :func:`pair_expectations` (closed
+  forms, then the series, then nested quadrature);
+* ``_multi`` -- three and four variables, :func:`expect_nd`,
+  :func:`quad_expectations`.
+
+The methods and their measured accuracy follow (each module's own
+docstring).
 """
 
-from ._core import (  # noqa: F401
-    T_TRUNC,
-    KernelNotPSDError,
-    _fixed_rule,
-    _K_FIXED_MAX,
-    closed_form_pair,
-    expect,
-    expect2,
-    hermite_coefficients,
-    pair_expectations,
-)
-from ._core import __doc__ as _methods_doc
+from . import _closed, _mehler, _multi, _nested, _rule
+from ._closed import closed_form_pair  # noqa: F401
+from ._mehler import hermite_coefficients  # noqa: F401
 from ._multi import expect_nd, quad_expectations  # noqa: F401
+from ._nested import expect2  # noqa: F401
+from ._pairs import pair_expectations  # noqa: F401
+from ._rule import T_TRUNC, KernelNotPSDError, _fixed_rule, _K_FIXED_MAX, expect  # noqa: F401
 
-__doc__ = (__doc__ or "") + "\n" + (_methods_doc or "")
+__doc__ = (__doc__ or "") + "".join(
+    "\n" + (m.__doc__ or "") for m in (_rule, _nested, _mehler, _closed, _multi))
 
 __all__ = [
     "expect",

@@ -32,7 +32,7 @@ terms remains outside the part the input itself fixes:
 Accuracy: a few ulps of each term's Cauchy-Schwarz scale
 ``sqrt(<f_a^2> <g_b^2>)`` for every kernel scale where the inputs are finite
 (tested at input norms 1e-12 .. 1e12 against mpmath in
-``tests/test_gaussian_closed.py``), plus the conditioning of the value on
+``tests/gaussian/test_closed.py``), plus the conditioning of the value on
 ``K12`` itself: a relative change ``eps`` of K12 moves G by ``2 eps K12^2``,
 which is what any float64 evaluation from the kernel entries inherits.
 
@@ -49,7 +49,7 @@ import math
 
 import numpy as np
 
-__all__ = ["closed_family", "pair_terms"]
+__all__ = ["closed_family", "pair_terms", "closed_form_pair"]
 
 _TWO_PI = 2.0 * math.pi
 _PROD_MAX = 1e300  # Kaa Kbb below this does not overflow
@@ -244,7 +244,7 @@ def pair_terms(family, Kaa, Kab, Kbb, want=("sigma", "d1"), scale=(1.0, 1.0), wo
 
 
 def _gelu_terms(Kaa, Kab, Kbb, w, want, s0=1.0, s1=1.0):
-    r"""GELU ``z Phi(z)`` (derivation in :func:`pdlt.gaussian._core._gelu_pair`).
+    r"""GELU ``z Phi(z)`` (derivation in :func:`_gelu_pair`).
 
     With ``a = 1 + Kaa``, ``b = 1 + Kbb``, ``G = Kaa Kbb - Kab^2``,
     ``D = ab - Kab^2 = 1 + Kaa + Kbb + G``, ``h = 1/a + 1/b``,
@@ -285,3 +285,55 @@ def _gelu_terms(Kaa, Kab, Kbb, w, want, s0=1.0, s1=1.0):
             D *= s1
         out["d1"] = D
     return out
+
+
+def _gelu_pair(K11, K12, K22, terms=("sigma", "d1")):
+    """GELU ``z Phi(z)``: ``<sigma sigma>`` and/or ``<sigma' sigma'>`` in closed form.
+
+    Derived here (Stein's lemma along z1, then Gaussian integrals of
+    ``Phi``/``phi`` products): with ``D = (1 + K11)(1 + K22) - K12^2``,
+    ``h = 1/(1 + K11) + 1/(1 + K22)`` and the orthant probability
+    ``P = 1/4 + asin(K12 / sqrt((1+K11)(1+K22))) / (2 pi)``,
+    ``<sigma sigma> = K12 P + [K11 K22 + K12^2 (h - 1)] / (2 pi sqrt D)`` and
+    ``<sigma' sigma'> = P + K12 h / (2 pi sqrt D) + K12 / (2 pi D^(3/2))``
+    (both manifestly symmetric). Equal to nested quadrature to 1e-15.
+    Evaluated in the stable form of :func:`_gelu_terms`
+    (``D = 1 + K11 + K22 + G`` with ``G = K11 K22 - K12^2`` from the angle).
+    Returns a dict ``{"sigma": ..., "d1": ...}`` of the requested terms.
+    """
+    return pair_terms(("gelu",), K11, K12, K22, tuple(terms))
+
+
+def closed_form_pair(act, fa, fb, K11, K12, K22):
+    """Closed-form ``<fa(z1) fb(z2)>`` for an activation, or None.
+
+    Covers ``(fa, fb)`` in ``{("sigma","sigma"), ("d1","d1")}`` for
+    scale-invariant activations (arc-cosine kernels of degree 1 and 0,
+    Cho & Saul 2009), erf, sin and GELU (formulas in ``shared/NOTATION.md``),
+    evaluated in forms that neither overflow nor cancel at any kernel scale
+    (:mod:`pdlt.gaussian._closed`). Works on any broadcastable arrays.
+    """
+    pair = (fa, fb)
+    if pair not in (("sigma", "sigma"), ("d1", "d1")):
+        return None
+    family = closed_family(act)
+    if family is None:
+        return None
+    K11, K12, K22 = np.broadcast_arrays(*(np.asarray(k, float) for k in (K11, K12, K22)))
+    return pair_terms(family, K11, K12, K22, (fa,))[fa]
+
+
+
+def closed_forms_nn(act, terms, K, diag, rho, den):
+    """Closed forms for the requested terms that have one, in one shared pass.
+
+    Same stable formulas as :func:`closed_form_pair`, for
+    the whole (N, N) kernel at once (``rho``, ``den`` are recomputed there so
+    that identical inputs get ``rho = 1`` exactly; see the module docstring).
+    """
+    want = [t for t in terms if t in (("sigma", "sigma"), ("d1", "d1"))]
+    family = closed_family(act)
+    if not want or family is None:
+        return {}
+    res = pair_terms(family, diag[:, None], K, diag[None, :], [t[0] for t in want])
+    return {t: res[t[0]] for t in want}

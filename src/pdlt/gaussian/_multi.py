@@ -18,21 +18,40 @@ eigenvalue below ``-1e-9 d`` times its largest variance is indefinite and
 raises :class:`KernelNotPSDError` naming it and the eigenvalue
 (:func:`check_psd` names the inputs of a whole kernel).
 
-**Smooth integrands: nested Gauss-Hermite.** A tensor Gauss-Hermite rule
-in u is summed innermost-first, so ``f_k`` is evaluated on only
-``Q_1 ... Q_k`` points. Along axis k the integrand varies on the scale
-``s_k = max_i |L_ik|``; ``Q(s) = ceil(q0 + q1 s)`` nodes (capped at 64,
-rounded up to a rule size), one node for a zero axis. ``accuracy`` picks
-``(q0, q1)``: "fast" (3, 18), "default" (5, 30), "high" (8, 48). Measured
-error on tanh four-variable expectations against a 96-node tensor
-Gauss-Legendre reference (``benchmarks/accuracy.py``), relative to the
-Cauchy-Schwarz scale ``prod_k <f_k^4>^(1/4)``: at axis scales 0.3-0.7,
-fast 3e-8 - 7e-8, default 2e-11 - 1e-10, high < 2e-13; at unit scale
-(``K ~ 1``) fast 4e-6, default 6e-8, high 5e-9 -- Gauss-Hermite converges
-only like ``exp(-c sqrt(Q))`` for tanh (poles at ``i pi / 2``), so the
-1e-8 contract is NOT met by "default" for tanh-like activations at K ~ 1.
-The error estimate is the difference from the rule with every axis two
-sizes smaller: measured to overestimate the error in every case above.
+**Smooth integrands: nested product rule, Gauss-Hermite or trapezoid per
+axis.** A tensor rule in u is summed innermost-first, so ``f_k`` is
+evaluated on only ``Q_1 ... Q_k`` points. Along axis k the integrand varies
+on the scale ``s_k = max_i |L_ik|``. Narrow axes (``s_k <= 0.6``) use
+Gauss-Hermite with ``Q(s) = ceil(q0 + q1 s)`` nodes (rounded up to a rule
+size; ``(q0, q1)`` = (3, 18) "fast", (5, 30) "default", (8, 48) "high");
+wider axes use the trapezoidal rule on ``|u| <= 8`` with spacing
+``h = min(pi^2 / (c s), 0.7)``, ``c`` = 16 / 25 / 32 for four variables
+(+5 per variable less: the merged powers ``tanh^p`` have stronger
+singularities), at most 640 nodes, and fewer where the tensor grid would
+exceed ``min(8 x 64^d, 64^4)`` points (bounded cost)
+(:func:`axis_rules`), one node for a zero axis. Gauss-Hermite converges only
+like ``exp(-const sqrt(Q))`` for tanh (poles at ``i pi / 2``, i.e. at
+``pi / (2 s)`` in u), the trapezoid like ``exp(-pi^2 / (s h)) = exp(-c)``.
+Measured against independent references (plain Cholesky and composite
+Gauss-Legendre on unit panels, converged to ~1e-13; ``benchmarks/accuracy.py``,
+``tests/gaussian/test_multi.py``), relative to the Cauchy-Schwarz scale
+``prod_k <|f_k|^d>^(1/d)``: every entry of ``quad_expectations`` for
+N = 2, 3, 4 inputs at K ~ 1 and ~3 (axis scales up to 2): tanh <= 6e-11,
+GELU, swish <= 3e-13, erf <= 1.2e-15 at "default"; three-variable tanh
+at axis scales up to 3.4: fast 2.4e-6, default 4e-10, high 5e-12. (Gauss-Hermite
+alone gave 6e-8 at K ~ 1 and 1e-6 at K ~ 3 at "default".) The cost is bounded: at most ``min(8 x 64^d, 64^4)``
+points per expectation (64 per axis was the old Gauss-Hermite cap), so
+averages with several wide axes get fewer nodes than the rule asks for and
+may miss 1e-8 (variances above ~3 at the first layer): four-variable tanh at
+axis scales (3.1, 2.0, 1.7, 0.9): estimate 3e-8, at (4.4, 2.8, 2.4, 1.3):
+2e-6, at (6.2, 3.9, 3.3, 1.9): 5e-5 (about 1 s each); three-variable at
+(6.2, 3.7, 1.5): 3e-8, at (10.7, 6.5, 2.6): 3e-5 (0.1-0.2 s). There the
+error estimate, not a claim, says how good the result is. The error estimate is the
+difference from a smaller rule on every resolved axis (Gauss-Hermite two
+sizes smaller, trapezoid with 4/5 of the nodes): measured to overestimate
+the error by 10x or more wherever the error exceeds round-off (1e-12); it does
+not include the truncation at ``|u| = 8`` (below 1e-11 relative for
+integrands growing like ``|z|^4``) nor round-off (~1e-13).
 
 **ReLU family (products of ``a_+- z`` and ``a_+-``): closed-form inner axes.**
 The functions are ``PiecewiseMonomial``. The last two axes are done
@@ -45,9 +64,12 @@ four-variable expectation of full rank) use split Gauss-Legendre: fixed
 breakpoints (truncation at ``|u| = 8``), the variable's own kink, and the
 kinks of later variables projected onto the axis with panels of their
 smoothing width on both sides. Measured against an independent unpivoted
-nested reference (``tests/test_gaussian_multi.py``): default <= 2e-11
+nested reference (``tests/gaussian/test_multi.py``): default <= 2e-11
 (generic) and 6e-9 (strongly correlated, rho ~ 0.99), high <= 1e-11, fast
-<= 2e-5; ~10 ms per four-variable expectation at "default". Error
+<= 2e-5; ~10 ms per four-variable expectation at "default"; with the merged
+powers of coinciding inputs (relu^2, relu^3) every entry of
+``quad_expectations`` for N = 2, 3, 4 is within 4e-10 at "default"
+(``benchmarks/accuracy.py``). Error
 estimate: the same panels with two nodes fewer (an overestimate).
 
 **Other kinked integrands (elu, declared user kinks): nested split
@@ -69,9 +91,9 @@ import math
 import numpy as np
 from scipy import special
 
-from ._core import KernelNotPSDError, _gauss_legendre, expect
+from ._rule import KernelNotPSDError, _gauss_legendre, expect
 
-__all__ = ["expect_nd", "quad_expectations", "node_count"]
+__all__ = ["expect_nd", "quad_expectations", "node_count", "axis_rules"]
 
 _Q_SIZES = np.array([1, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64])
 _ACCURACY = {"fast": (3.0, 18.0), "default": (5.0, 30.0), "high": (8.0, 48.0)}
@@ -82,6 +104,14 @@ _SPLIT_RULES = {
     "default": (np.array([-8.0, -6.0, -4.0, -2.5, -1.2, 0.0, 1.2, 2.5, 4.0, 6.0, 8.0]), 6),
     "high": (np.array([-8.0, -6.0, -4.5, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0]), 7),
 }
+# smooth path: trapezoidal rule on the axes of scale above _TRAP_FROM (axis_rules)
+_TRAP_FROM = 0.6
+_TRAP_T = 8.0
+_TRAP_HMAX = 0.7
+_TRAP_QMAX = 640          # nodes per trapezoid axis at most, and the tensor grid of d axes
+# at most 8 x 64^d points (64 was the old Gauss-Hermite cap), and 64^4 for d = 4
+_TRAP_POINTS = {d: min(8.0 * 64.0 ** d, 64.0 ** 4) for d in range(1, 5)}
+_TRAP_C = {"fast": 16.0, "default": 25.0, "high": 32.0}
 _PHI = 1.0 / math.sqrt(2.0 * math.pi)
 _TWO_MIN_S = 1e-3  # sqrt(1 - rho^2) of the last pair below this: one axis less in closed form
 _GRADE = np.array([1.0])  # offsets around a projected kink, in units of its smoothing width
@@ -96,13 +126,26 @@ def _gh(q):
 
 
 @functools.lru_cache(maxsize=64)
-def _gh_grid(qs):
-    """Tensor Gauss-Hermite grid for node counts qs: (P, d) nodes, (P,) weights."""
-    rules = [_gh(q) if q > 1 else (np.zeros(1), np.ones(1)) for q in qs]
-    u = np.stack(np.meshgrid(*[r[0] for r in rules], indexing="ij"), -1).reshape(-1, len(qs))
-    w = np.prod(np.stack(np.meshgrid(*[r[1] for r in rules], indexing="ij"), -1)
-                .reshape(-1, len(qs)), axis=1)
-    return u, w
+def _trapezoid(q):
+    """Trapezoidal rule in u on ``[-_TRAP_T, _TRAP_T]`` with q nodes, weights normalized to sum 1.
+
+    For ``f(s u) phi(u)`` analytic in the strip ``|Im u| < a`` the error is
+    about ``exp(-2 pi a / h)`` (``h`` the spacing), plus the aliasing of the
+    Gaussian ``~ (2 pi / h)^4 exp(-2 pi^2 / h^2)`` (below 1e-13 for
+    ``h <= 0.7``) and the truncation (Gaussian mass beyond 8: 1.2e-15).
+    """
+    u = np.linspace(-_TRAP_T, _TRAP_T, q)
+    w = np.exp(-0.5 * u * u)
+    return u, w / w.sum()
+
+
+def _axis_rule(q):
+    """1-D rule of an axis code: ``q > 1`` Gauss-Hermite, ``q < -1`` trapezoid, else one node."""
+    if q > 1:
+        return _gh(q)
+    if q < -1:
+        return _trapezoid(-q)
+    return np.zeros(1), np.ones(1)
 
 
 def node_count(s, accuracy="default"):
@@ -113,6 +156,45 @@ def node_count(s, accuracy="default"):
     idx = np.searchsorted(_Q_SIZES, np.minimum(q, _Q_SIZES[-1]))
     out = _Q_SIZES[np.minimum(idx, len(_Q_SIZES) - 1)]
     return np.where(s > 0, out, 1)
+
+
+def axis_rules(s, accuracy="default"):
+    """Rule codes of the smooth path for axis scales ``s``: Gauss-Hermite or trapezoid.
+
+    Gauss-Hermite (:func:`node_count` nodes, code ``q > 0``) on axes of scale
+    ``s <= _TRAP_FROM``, where it converges fast; above, the trapezoidal rule
+    (code ``-q``) with spacing ``h = pi^2 / (c s)`` (``c`` from ``accuracy``),
+    at most 0.7, i.e. ``q = 1 + 2 _TRAP_T / h`` nodes (capped at
+    ``_TRAP_QMAX``): for an activation analytic in ``|Im z| < pi / 2`` (tanh;
+    sigmoid, swish and softplus reach ``pi``, erf, GELU and sin are entire)
+    the strip in u has half-width ``pi / (2 s)`` and the error is about
+    ``exp(-c)`` relative, times a constant that grows with the order of the
+    singularity: for ``d < 4`` variables (powers such as ``tanh^3`` where
+    inputs coincide) ``c`` grows by 5 per missing variable (measured:
+    ``<tanh^3 tanh>`` at K ~ 1 is 3e-8 at c = 25, 4e-10 at c = 30).
+    At most 640 nodes per axis; where the tensor grid would exceed
+    ``min(8 x 64^d, 64^4)`` points (64 per axis was the old Gauss-Hermite
+    cap) the trapezoid axes shrink by a common factor, so the cost per
+    expectation stays bounded. ``s`` has shape (..., d). Gauss-Hermite converges only like
+    ``exp(-const sqrt(Q))`` there (measured 6e-8 at ``s ~ 1`` with 40-48
+    nodes against 4e-11 for the trapezoid with as many).
+    """
+    s = np.asarray(s, dtype=float)
+    gh = node_count(s, accuracy)
+    # fewer than four variables: the integrands are powers of the activation
+    # (coinciding inputs merged), with stronger singularities: c + 5 per variable less
+    d = s.shape[-1] if s.ndim else 4
+    c = _TRAP_C[accuracy] + 5.0 * max(0, 4 - d)
+    q = np.ceil(1.0 + 2.0 * _TRAP_T * np.maximum(s * c / math.pi ** 2, 1.0 / _TRAP_HMAX))
+    q = np.minimum(q, _TRAP_QMAX).astype(int)
+    codes = np.where(s > _TRAP_FROM, -q, gh)
+    # over the point budget: shrink the trapezoid axes by a common factor (the
+    # accuracy then drops, and the error estimate says by how much)
+    size = np.prod(np.abs(codes).astype(float), axis=-1, keepdims=True)
+    n_tr = np.maximum(np.sum(codes < -1, axis=-1, keepdims=True), 1)
+    shrink = np.minimum(1.0, (_TRAP_POINTS[max(1, min(d, 4))] / size) ** (1.0 / n_tr))
+    qs = np.maximum(np.floor(q * shrink), np.minimum(q, 16)).astype(int)
+    return np.where(s > _TRAP_FROM, -qs, gh)
 
 
 def _validate_batch(K, d):
@@ -225,8 +307,9 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         Covariances: symmetric positive semi-definite of any rank
         (degenerate Gaussians are integrated exactly on their support).
     kinks : sequence of float
-        Points where some f_k is not smooth. Empty: principal-axis
-        Gauss-Hermite; otherwise nested split Gauss-Legendre (module doc).
+        Points where some f_k is not smooth. Empty: the smooth product
+        rule (Gauss-Hermite or trapezoid per axis); otherwise nested split
+        Gauss-Legendre (module doc).
     scale_invariant : (a_plus, a_minus) or None
         Shorthand: every f_k is the piecewise-linear activation with these
         slopes (the innermost axis is then exact).
@@ -265,7 +348,7 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
     pw = all(isinstance(f, PiecewiseMonomial) for f in fs)
     if pw and all(f.cp == f.cm for f in fs):
         # plain monomials (linear activation): Gauss-Hermite is exact for polynomials
-        out, err = _gh_path(fs, order, L, accuracy, return_error)
+        out, err = _gh_path(fs, order, L, accuracy, return_error, smooth=False)
     elif pw:
         out, err = _split_path(fs, order, L, (0.0,), accuracy, return_error, exact_inner=True)
     elif len(kinks) == 0:
@@ -279,22 +362,26 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
 
 
 def _lower_rule(qs):
-    """The next smaller rule size per axis (1 stays 1), for the error estimate."""
-    idx = np.searchsorted(_Q_SIZES, qs)
+    """A smaller rule per axis, for the error estimate: Gauss-Hermite two sizes
+    smaller, the trapezoid with 4/5 of the nodes (1 stays 1)."""
+    idx = np.searchsorted(_Q_SIZES, np.abs(qs))
     lo = _Q_SIZES[np.maximum(idx - 2, 1)]
-    return np.where(qs > 1, np.minimum(lo, qs), 1)
+    gh = np.where(qs > 1, np.minimum(lo, qs), 1)
+    tr = -np.ceil(0.8 * np.abs(qs)).astype(int)
+    return np.where(qs < -1, tr, gh)
 
 
-def _gh_path(fs, order, L, accuracy, return_error):
-    """Nested Gauss-Hermite with the node rule of ``accuracy`` (module doc).
+def _gh_path(fs, order, L, accuracy, return_error, smooth=True):
+    """Nested product rule with the node rule of ``accuracy`` (module doc).
 
-    The error estimate is the difference from the rule with every resolved
-    axis two sizes smaller (an overestimate of this rule's error while the
-    rules converge, which for tanh-like activations at axis scales ~1 is
-    slow: see the module doc).
+    ``smooth``: the per-axis choice of :func:`axis_rules` (Gauss-Hermite on
+    narrow axes, trapezoid on wide ones); otherwise Gauss-Hermite only
+    (exact for the polynomials of the linear activation). The error estimate
+    is the difference from a smaller rule on every resolved axis
+    (:func:`_lower_rule`): measured to overestimate the error (module doc).
     """
     s = np.max(np.abs(L), axis=1)               # per-axis scale (B, d)
-    qs = node_count(s, accuracy)                # (B, d)
+    qs = axis_rules(s, accuracy) if smooth else node_count(s, accuracy)   # (B, d)
     out = _gh_sum(fs, order, L, qs)
     if not return_error:
         return out, None
@@ -308,8 +395,8 @@ def _gh_sum(fs, order, L, qs):
     inv = np.asarray(inv).reshape(-1)
     for g, key in enumerate(keys):
         idx = np.flatnonzero(inv == g)
-        rules = [_gh(int(q)) if q > 1 else (np.zeros(1), np.ones(1)) for q in key]
-        P = int(np.prod(key))
+        rules = [_axis_rule(int(q)) for q in key]
+        P = int(np.prod(np.abs(key)))
         step = max(1, _CHUNK // max(P, 1))
         for start in range(0, len(idx), step):
             sel = idx[start:start + step]

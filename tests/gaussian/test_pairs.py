@@ -193,3 +193,35 @@ def test_bad_method_is_named():
     act = _act("tanh")
     with pytest.raises(ValueError, match="method"):
         G.pair_expectations(act, np.eye(2), method="mehler")
+
+
+def test_hermite_coefficients_parseval_and_mehler():
+    # Parseval: sum c_k^2 = <f^2>; Mehler reproduces the erf closed form
+    erf = pdlt.activation("erf")
+    K = np.array([0.5, 2.0])
+    c, n2 = G.hermite_coefficients(erf.sigma, K)
+    np.testing.assert_allclose((c * c).sum(1), n2, rtol=1e-12)
+    rho = 0.6
+    series = np.sum(rho ** np.arange(c.shape[1]) * c[0] * c[1])
+    K12 = rho * math.sqrt(K[0] * K[1])
+    ref = G.closed_form_pair(erf, "sigma", "sigma", K[0], K12, K[1])
+    assert series == pytest.approx(ref, rel=1e-13)
+
+
+@pytest.mark.parametrize("name", ["tanh", "swish"])
+def test_series_against_independent_reference(name):
+    # the series' stated bound: absolute error <= rtol (1e-12) x the Cauchy-Schwarz scale of
+    # each pair (plus the fixed rule's ~1e-14); reference: plain Cholesky and composite
+    # Gauss-Legendre (tests/gaussian/test_multi.py), independent of the Hermite coefficients
+    from test_multi import _smooth_reference
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 8))
+    K = 3.0 * (x @ x.T) / 8
+    act = pdlt.activation(name)
+    res = G.pair_expectations(act, K, terms=[("sigma", "sigma"), ("d1", "d1")], method="series")
+    for fa in ("sigma", "d1"):
+        f = getattr(act, fa)
+        n2 = G.expect(lambda z: f(z) ** 2, np.diag(K))
+        for a, b in ((0, 1), (0, 2), (1, 2)):
+            ref = _smooth_reference([f, f], K[np.ix_([a, b], [a, b])])
+            assert abs(res[(fa, fa)][a, b] - ref) <= 2e-12 * np.sqrt(n2[a] * n2[b]), (fa, a, b)
