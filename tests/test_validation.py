@@ -219,7 +219,7 @@ def test_unknown_device_is_an_error(run_cli):
 @pytest.mark.parametrize("args, msg", [
     (["--K1", "1e200"], "outside the range pdlt computes in float64"),
     (["--K1", "1e-200"], "outside the range pdlt computes in float64"),
-    (["--C-W", "1e-300"], "C_W=1e-300 left the float64 range"),
+    (["--C-W", "1e-300"], "C_W=1e-300: the kernel left the float64 range"),
 ])
 def test_flow_extreme_scales_are_clear_errors(run_cli, args, msg):
     import re

@@ -38,6 +38,8 @@ import warnings
 
 import numpy as np
 
+from .theory._averages import KERNEL_RANGE
+
 __all__ = ["ValidityWarning", "CORRECTION_FRACTION", "K1_RANGE", "check_int", "check_float",
            "as_inputs", "load_npy_inputs", "check_checkpoint_path",
            "check_kernel_scale", "check_input_scale", "numeric_guard", "json_document", "check_correction", "correction_ratio", "Interrupted",
@@ -48,7 +50,7 @@ __all__ = ["ValidityWarning", "CORRECTION_FRACTION", "K1_RANGE", "check_int", "c
 #: truncated expansion unreliable: pdlt warns (|correction| > 0.3 |leading|)
 CORRECTION_FRACTION = 0.3
 #: first-layer kernel values whose order-1/n statistics float64 holds
-K1_RANGE = (1e-100, 1e100)
+K1_RANGE = KERNEL_RANGE
 #: the finite-width NTK's largest eigenvalue is taken as its mean plus this
 #: many standard deviations over initializations (first-order perturbation)
 LAMBDA_SIGMAS = 3.0

@@ -13,8 +13,7 @@ def test_flow_json_shape_and_values(run_cli):
                              "--width", "52", "--C-W", "2", "--K1", "1.5", "--json")
     # L/n = 0.077 is above 2 r* = 0.07 of relu: one validity warning, also in the JSON
     # (V/n = 15 K^2/52 stays below 0.3 K^2: at n = 50 it sits exactly on the threshold)
-    assert code == 0 and err.startswith("pdlt flow: warning: L/n = 4/52") and err.count("
-") == 1
+    assert code == 0 and err.startswith("pdlt flow: warning: L/n = 4/52") and err.count("\n") == 1
     d = json.loads(out)
     assert d["warnings"][0]["category"] == "ValidityWarning" and d["nonfinite"] == {}
     assert [s["layer"] for s in d["layers"]] == [1, 2, 3, 4]

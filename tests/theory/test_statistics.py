@@ -169,6 +169,13 @@ def test_errors_and_residual_limits():
         pdlt.statistics(mlp, K1=1.0, accuracy="best")
     with pytest.raises(ValueError, match="zero variance at layer 1"):
         pdlt.statistics(mlp, K1=0.0, get="V")
+    # a kernel that leaves the float64 range of the 1/n statistics (they divide by K^2)
+    # is an error, not a silent 5e299 (the kernel itself may underflow to 0: it is the
+    # correctly rounded limit)
+    tiny = pdlt.MLP(n0=1, width=10, depth=3, C_W=1e-300)
+    assert pdlt.flow(tiny, K1=1.0).K[-1] == 0.0
+    with pytest.raises(FloatingPointError, match="float64 range.*layer 2"):
+        pdlt.statistics(tiny, K1=1.0, get="V")
     res = pdlt.MLP(n0=2, width=8, depth=3, activation="relu", gamma=0.5)
     with pytest.raises(NotImplementedError, match="P"):
         pdlt.statistics(res, K1=1.0, get="P")

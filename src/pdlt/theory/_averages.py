@@ -30,10 +30,14 @@ import numpy as np
 from .. import gaussian
 from ..gaussian._multi import PiecewiseMonomial, expect_nd, quad_expectations
 
-__all__ = ["LayerAverages", "OneVariableTable", "representatives", "apply_M", "apply_M2",
+__all__ = ["KERNEL_RANGE", "LayerAverages", "OneVariableTable", "representatives", "apply_M", "apply_M2",
            "derivative_operator", "is_odd", "jumps_in_d2"]
 
 _PAIR_RTOL = 1e-13
+
+#: kernel values at which the order-1/n statistics are computed in float64: they
+#: scale like K^2 (the NTK ones up to K^3), so K must stay well inside the range
+KERNEL_RANGE = (1e-100, 1e100)
 _COINCIDE = 1e-4   # 1 - rho^2 below which a pair counts as coinciding in <d^4 F>
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from .._progress import layers as _layers
 from ..network import MLP
-from ._averages import LayerAverages, OneVariableTable, is_odd, representatives
+from ._averages import KERNEL_RANGE, LayerAverages, OneVariableTable, is_odd, representatives
 from .kernel import LayerHyper, first_layer_kernel, kernel_fold
 from .ddntk import ddntk_R_step, ddntk_S_step, ddntk_T_step, ddntk_U_step
 from .dntk import dntk_P_step, dntk_Q_step
@@ -300,11 +300,20 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy):
     if L == 1 or not run:
         return out, errors
     diag = np.einsum("lii->li", Ks[:L - 1])
-    if np.any(diag <= 0):
-        l = int(np.argwhere(diag <= 0)[0, 0]) + 1
+    if np.any(diag[0] <= 0):
         raise ValueError(
-            f"an input has zero variance at layer {l}; the finite-width statistics need "
+            "an input has zero variance at layer 1; the finite-width statistics need "
             "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+    lo, hi = KERNEL_RANGE
+    out_of_range = (diag < lo) | (diag > hi)
+    if np.any(out_of_range):
+        l, a = (int(i) for i in np.argwhere(out_of_range)[0])
+        raise FloatingPointError(
+            f"the kernel left the float64 range of the order-1/n statistics ({lo:g} <= K <= "
+            f"{hi:g}; they scale like K^2, the NTK ones up to K^3): K = {diag[l, a]:.3g} at "
+            f"layer {l + 1}{f' for input {a}' if N > 1 else ''}. Far from criticality K "
+            "shrinks or grows geometrically with depth: initialize at criticality "
+            "(pdlt.criticality), use fewer layers, or rescale the inputs")
     table = OneVariableTable(act, diag)
     hps = [LayerHyper.of(mlp, l) for l in range(L)]
     for l in _layers(range(1, L), f"{', '.join(run)}, {N} input{'s' if N > 1 else ''}"):
