@@ -14,8 +14,8 @@ at each variable's own kink, innermost variable in closed form (the
 Cauchy-Schwarz scale of each expectation, with the error estimate the
 engine reports.
 
-Cost: finite_width_flow (V, G1) at N = 16, depth 10 and
-ntk_fluctuation_flow (all ten tensors) at N = 8 inputs in n0 = 2 dimensions
+Cost: ``pdlt.statistics`` for V, G1 at N = 16, depth 10 and for the ten NTK
+tensors A..U at N = 8 inputs in n0 = 2 dimensions
 (N > n0: rank-deficient first-layer covariances).
 """
 
@@ -78,21 +78,19 @@ def accuracy():
 
 
 def cost():
-    from pdlt.theory.ntk_criticality import ntk_fluctuation_flow
-    from pdlt.theory.vertex import finite_width_flow
     for name in ("tanh", "relu", "gelu"):
         x = np.random.default_rng(0).standard_normal((16, 3))
         mlp = pdlt.MLP(n0=3, width=32, depth=10, activation=name)
         t = time.perf_counter()
-        f = finite_width_flow(mlp, x)
+        f = pdlt.statistics(mlp, x, get=["V", "G1"])
         print(f"V, G1  N=16 depth 10 {name:5s}: {time.perf_counter() - t:7.1f} s, "
-              f"max integration_error {max(s.extra['integration_error'] for s in f):.1e}")
+              f"max integration_error {f.integration_error.max():.1e}")
     for name in ("tanh", "relu", "gelu"):
         x = np.random.default_rng(0).standard_normal((8, 2))
         crit = pdlt.criticality(name)
         mlp = pdlt.MLP(n0=2, width=32, depth=3, activation=name, C_W=crit.C_W, C_b=crit.C_b)
         t = time.perf_counter()
-        ntk_fluctuation_flow(mlp, x)
+        pdlt.statistics(mlp, x, get=list("ABDFPQRSTU"))
         print(f"A..U   N=8  depth 3  {name:5s}: {time.perf_counter() - t:7.1f} s")
 
 
