@@ -120,7 +120,7 @@ def test_output_mixing_variance_cumulant(act, gamma):
     for k, n in enumerate((N_WIDTH // 2, N_WIDTH)):
         m = residual_mlp(act, gamma, width=n, depth=L) if gamma else pdlt.MLP(
             n0=1, width=n, depth=L, activation=act, C_W=pdlt.criticality(act).C_W)
-        fl = pdlt.statistics(m, K1=1.0, get=["V"])
+        fl = pdlt.statistics(m, K1=1.0, get=["V", "G1"])
         E = Ensemble(m, networks=4000, seed=5 + k)
         z = E.preactivations(E.single_input(1.0))[L - 2][:, :, 0]
         tact = pdlt.experiment.activations.torch_activation(m.activation)
