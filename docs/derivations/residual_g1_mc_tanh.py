@@ -26,7 +26,8 @@ def one_input(l):  # the averages at K^(l) and the hyperparameters of the step l
 avg, hp = one_input(1)
 V2 = vertex_step(avg, {"K": np.array([[K[0]]]), "V": np.zeros((1, 1, 1, 1))}, hp)
 avg, hp = one_input(2)
-trunc = float(metric_step(avg, {"K": np.array([[K[1]]]), "V": V2, "G1": np.zeros((1, 1))}, hp)[0, 0])
+st = {"K": np.array([[K[1]]]), "V": V2, "G1": np.zeros((1, 1))}
+trunc = float(metric_step(avg, st, hp)[0, 0])
 print("exact", exact, "trunc", trunc, "K", K)
 x, w = np.polynomial.hermite_e.hermegauss(24); w = w / w.sum()
 def f(mu, v):  # E[tanh(mu + sqrt(v) e)^2]

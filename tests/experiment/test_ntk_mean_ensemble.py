@@ -75,7 +75,8 @@ def _compare(act, n, M, seed):
     theta = pdlt.flow(mlp1, X2).Theta                        # (L, 2, 2), width-free
     H1 = pdlt.statistics(mlp1, X2, get=["H1"]).H1
     # equal widths: every normalized statistic, H1 included, is n-free
-    np.testing.assert_allclose(pdlt.statistics(mlp2, X2, get=["H1"]).H1, H1, rtol=1e-12, atol=1e-14)
+    H1_2n = pdlt.statistics(mlp2, X2, get=["H1"]).H1
+    np.testing.assert_allclose(H1_2n, H1, rtol=1e-12, atol=1e-14)
     m1 = Ensemble(mlp1, networks=M, seed=seed).measure(X2, stats=["Theta"], progress=False)
     m2 = Ensemble(mlp2, networks=M, seed=seed + 1).measure(X2, stats=["Theta"], progress=False)
     a, b = m1["Theta"], m2["Theta"]
