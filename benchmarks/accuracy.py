@@ -280,21 +280,19 @@ def pairs_and_quads(quick=False):
 
 
 def cost():
-    from pdlt.theory.ntk_criticality import ntk_fluctuation_flow
-    from pdlt.theory.vertex import finite_width_flow
     for name in ("tanh", "relu", "gelu"):
         x = np.random.default_rng(0).standard_normal((16, 3))
         mlp = pdlt.MLP(n0=3, width=32, depth=10, activation=name)
         t = time.perf_counter()
-        f = finite_width_flow(mlp, x)
+        f = pdlt.statistics(mlp, x, get=["V", "G1"])
         print(f"V, G1  N=16 depth 10 {name:5s}: {time.perf_counter() - t:7.1f} s, "
-              f"max integration_error {max(s.extra['integration_error'] for s in f):.1e}")
+              f"max integration_error {f.integration_error.max():.1e}")
     for name in ("tanh", "relu", "gelu"):
         x = np.random.default_rng(0).standard_normal((8, 2))
         crit = pdlt.criticality(name)
         mlp = pdlt.MLP(n0=2, width=32, depth=3, activation=name, C_W=crit.C_W, C_b=crit.C_b)
         t = time.perf_counter()
-        ntk_fluctuation_flow(mlp, x)
+        pdlt.statistics(mlp, x, get=list("ABDFPQRSTU"))
         print(f"A..U   N=8  depth 3  {name:5s}: {time.perf_counter() - t:7.1f} s")
 
 

@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
+import pdlt
 from pdlt.experiment import Ensemble
 from pdlt.report.suite import critical_mlp, measure_cv
-from pdlt.theory.vertex import finite_width_flow
 
 STATS = ("K", "G1", "V", "Theta", "H1")
 
@@ -39,7 +39,7 @@ def main(argv=None):
     ap.add_argument("--networks", type=int, default=1000)
     a = ap.parse_args(argv)
     mlp = critical_mlp(a.activation, a.width, a.depth)
-    ff = finite_width_flow(mlp, K1=1.0)
+    ff = pdlt.statistics(mlp, K1=1.0)                 # K, the plain G1 estimator's reference
     n = a.width
     L = a.depth
     # warm-up (allocations, torch dispatch)

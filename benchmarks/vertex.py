@@ -1,6 +1,6 @@
 """Benchmark: multi-input four-point vertex V and NLO metric G1.
 
-Times ``pdlt.theory.vertex.finite_width_flow`` for N = 4, 8, 16 inputs,
+Times ``pdlt.statistics(mlp, x, get=["V", "G1"])`` for N = 4, 8, 16 inputs,
 depth 10, tanh at criticality (C_b = 0, C_W = 1), random unit-norm inputs,
 and reports wall time and peak memory (tracemalloc, numpy allocations).
 Run: ``python benchmarks/vertex.py`` (target: N = 16 in at most 10 s).
@@ -13,7 +13,6 @@ import tracemalloc
 import numpy as np
 
 import pdlt
-from pdlt.theory.vertex import finite_width_flow
 
 
 def main(sizes=(4, 8, 16), depth=10, n0=8, seed=0):
@@ -25,11 +24,11 @@ def main(sizes=(4, 8, 16), depth=10, n0=8, seed=0):
         mlp = pdlt.MLP(n0=n0, width=128, depth=depth, activation="tanh", C_W=1.0)
         tracemalloc.start()
         t0 = time.perf_counter()
-        f = finite_width_flow(mlp, x, accuracy=accuracy)
+        f = pdlt.statistics(mlp, x, get=["V", "G1"], accuracy=accuracy)
         dt = time.perf_counter() - t0
         peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
         tracemalloc.stop()
-        assert np.all(np.isfinite(f[-1].extra["V"]))
+        assert np.all(np.isfinite(f.V[-1]))
         print(f"{N:>4} {depth:>6} {accuracy:>9} {dt:>9.2f} {peak:>9.1f}")
 
 

@@ -12,7 +12,7 @@ Three things, each generated at build time so the site cannot drift from the cod
   runs ``pdlt ARGS`` and prints the command and its output (a nonzero exit
   status fails the build).
 - A reference to any import path of a documented object (``pdlt.flow``,
-  ``pdlt.theory.flow``, ``pdlt.theory.kernel.flow``) resolves to its one entry;
+  ``pdlt.theory.flow``, ``pdlt.theory.statistics.flow``) resolves to its one entry;
   a reference to a name that does not exist stays broken, and the nitpicky
   build fails on it.
 """
@@ -205,8 +205,8 @@ def resolve_alias(app, env, node, contnode):
     """Resolve a reference to any import path of a pdlt object.
 
     ``pdlt.theory.flow``, ``pdlt.flow`` and ``flow`` inside
-    ``pdlt.theory.kernel`` all reach the one entry of
-    ``pdlt.theory.kernel.flow``; ``Ensemble.measure`` inside
+    ``pdlt.theory.statistics`` all reach the one entry of
+    ``pdlt.theory.statistics.flow``; ``Ensemble.measure`` inside
     ``pdlt.experiment.training`` reaches the method's entry. A name that
     exists but is private (``pdlt.gaussian._multi``) renders as plain code: it
     is not a broken link. A name that does not exist stays unresolved, and

@@ -62,25 +62,40 @@ def main():
     N = int(float(sys.argv[2])) if len(sys.argv) > 2 else 2_000_000
     from pdlt.theory.residual import residual_mlp
     from pdlt.theory.residual_ntk import residual_vertex_metric
-    from pdlt.theory.vertex import metric_step_single, vertex_step_single
     m = residual_mlp("relu", gamma, width=8, depth=4, n_out=8)
     exact = residual_vertex_metric(m, 1.0)["G1"]
-    # the three-point truncation (vertex_step_single / metric_step_single + kappa3)
-    from pdlt.theory.vertex import odd_terms, residual_three_point_step, single_input_vertex_terms
+    return check(gamma, N, exact, truncation(m))
+
+
+def truncation(m, K=1.0):
+    """G1 at layers 1..4 of the three-point truncation.
+
+    The one-input V and G1 steps (:func:`pdlt.theory.vertex.vertex_step`,
+    :func:`~pdlt.theory.vertex.metric_step`) plus the kappa3 feeds
+    ``2 chi C_W <(s^2)'> kappa3`` (V) and ``C_W <(s^2)'''> kappa3 / 2`` (G1), kappa3 by
+    :func:`~pdlt.theory.vertex.three_point_step`; K = 1 at every layer (residual ReLU,
+    C_W = 2 (1 - gamma^2), C_b = 0).
+    """
+    from pdlt.theory._averages import LayerAverages, OneVariableTable
+    from pdlt.theory.kernel import LayerHyper
+    from pdlt.theory.vertex import metric_step, three_point_step, vertex_step
     act = m.activation
+    t = OneVariableTable(act, np.array([K]))
+    avg = LayerAverages(act, np.array([[K]]), t.at(slice(None)))
     V, G, k3 = 0.0, 0.0, 0.0
     trunc = [0.0]
     for l in range(1, 4):
-        t = single_input_vertex_terms(act, 1.0)
-        D1, D3 = odd_terms(act, 1.0)
-        CW, kw = m.C_W[l], dict(gamma=m.gamma[l], xi=m.xi[l])
-        chi = CW * t["dchi"] + gamma ** 2
-        Vn = vertex_step_single(act, 1.0, V, CW, **kw) + chi * 2 * CW * D1 * k3
-        G = metric_step_single(act, 1.0, V, G, CW, **kw) + CW * 0.5 * D3 * k3
-        k3 = residual_three_point_step(act, 1.0, k3, CW, **kw)
+        hp = LayerHyper.of(m, l)
+        st = {"K": np.array([[K]]), "V": np.full((1, 1, 1, 1), V), "G1": np.full((1, 1), G),
+              "kappa3": np.full((1, 1), k3)}
+        CW = hp.C_W
+        chi = CW * t["dss"][0] + hp.gamma ** 2
+        Vn = float(vertex_step(avg, st, hp)[0, 0, 0, 0]) + chi * 2 * CW * t["d1ss"][0] * k3
+        G = float(metric_step(avg, st, hp)[0, 0]) + CW * 0.5 * t["d3ss"][0] * k3
+        k3 = float(np.squeeze(three_point_step(avg, st, hp)))
         V = Vn
-        trunc.append(G)
-    return check(gamma, N, exact, trunc)
+        trunc.append(float(G))
+    return trunc
 
 
 def check(gamma, N, exact, trunc, seed=20261203, widths=(16, 32, 64)):

@@ -10,14 +10,24 @@ import sys, time
 import numpy as np
 import pdlt
 from pdlt.theory.residual_ntk import residual_vertex_metric
-from pdlt.theory.vertex import finite_width_flow, vertex_step_single, metric_step_single
+from pdlt.theory._averages import LayerAverages, OneVariableTable
+from pdlt.theory.kernel import LayerHyper
+from pdlt.theory.vertex import metric_step, vertex_step
 gamma, CW, Cb, K1 = 0.5, 0.9, 0.05, 1.0
 N = int(float(sys.argv[1]))
 m = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, activation="tanh", C_W=CW, C_b=Cb, gamma=gamma)
 exact = residual_vertex_metric(m, K1)["G1"][2]
-K = pdlt.theory.kernel.flow(m, K1=K1).K
-V2 = vertex_step_single(m.activation, K[0], 0.0, CW, gamma=gamma)
-trunc = metric_step_single(m.activation, K[1], V2, 0.0, CW, gamma=gamma)
+K = pdlt.flow(m, K1=K1).K
+def one_input(l):  # the averages at K^(l) and the hyperparameters of the step l -> l+1
+    avg = LayerAverages(m.activation, np.array([[K[l - 1]]]),
+                        OneVariableTable(m.activation, K[l - 1:l]).at(slice(None)))
+    return avg, LayerHyper.of(m, l)
+# the truncation: the one-input V, G1 steps (kappa3 = 0 for odd sigma)
+avg, hp = one_input(1)
+V2 = vertex_step(avg, {"K": np.array([[K[0]]]), "V": np.zeros((1, 1, 1, 1))}, hp)
+avg, hp = one_input(2)
+st = {"K": np.array([[K[1]]]), "V": V2, "G1": np.zeros((1, 1))}
+trunc = float(metric_step(avg, st, hp)[0, 0])
 print("exact", exact, "trunc", trunc, "K", K)
 x, w = np.polynomial.hermite_e.hermegauss(24); w = w / w.sum()
 def f(mu, v):  # E[tanh(mu + sqrt(v) e)^2]

@@ -52,7 +52,7 @@ def test_criticality_reports_ntk_slopes(run_cli):
     # ReLU (lambda_b = 1): B/(n Theta^2) and F/(n K Theta) slopes from the recursions
     assert set(d["ntk_slopes"]) == set("ABDFPQRSTU")
     g = run_cli.json("criticality", "gelu", "--json")
-    # half-stable class, at K^(1) = K* (finite_ntk.ntk_slopes)
+    # half-stable class, at K^(1) = K* (pdlt.theory.ntk_criticality.ntk_slopes)
     assert set(g["ntk_slopes"]) == set("ABDFPQRSTU") and "ntk_slopes_reason" not in g
     assert g["ntk_slopes"]["B"] == pytest.approx(0.686487735, rel=1e-8)
 

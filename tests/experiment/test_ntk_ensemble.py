@@ -24,7 +24,6 @@ import pdlt  # noqa: E402
 from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
 from pdlt.report.rows import width_extrapolation  # noqa: E402
-from pdlt.theory.finite_ntk import ntk_fluctuation_flow  # noqa: E402
 
 CRITICAL = {"relu": dict(C_W=2.0, C_b=0.0), "tanh": dict(C_W=1.0, C_b=0.0),
             "gelu": dict(C_W=1.98, C_b=0.0), "linear": dict(C_W=1.0, C_b=0.0)}
@@ -42,8 +41,8 @@ def _two_widths(act, n, depth, M, stats, seed):
         K1=1.0, stats=stats, progress=False)
     m2 = Ensemble(_mlp(act, 2 * n, depth), networks=M, seed=seed).measure(
         K1=1.0, stats=stats, progress=False)
-    th = ntk_fluctuation_flow(_mlp(act, n, depth), K1=1.0)
-    th2 = ntk_fluctuation_flow(_mlp(act, 2 * n, depth), K1=1.0)
+    th = pdlt.statistics(_mlp(act, n, depth), K1=1.0, get=stats)
+    th2 = pdlt.statistics(_mlp(act, 2 * n, depth), K1=1.0, get=stats)
     out = {}
     for s in stats:
         np.testing.assert_allclose(th[s], th2[s], rtol=1e-12)   # equal widths: n-free
@@ -201,7 +200,7 @@ def test_dntk_ddntk_vs_ensemble_wide_and_deep(act):
     stats, depth, M = DERIV, 6, 1500
     ms = {n: Ensemble(_mlp(act, n, depth), networks=M, seed=31).measure(
         K1=1.0, stats=stats, layers=[depth], progress=False) for n in (32, 64, 128)}
-    th = ntk_fluctuation_flow(_mlp(act, 32, depth), K1=1.0)
+    th = pdlt.statistics(_mlp(act, 32, depth), K1=1.0, get=stats)
     for n in (32, 64):
         for s in stats:
             a, b = ms[n][s], ms[2 * n][s]

@@ -1,6 +1,6 @@
 """The NTK mean at order 1/n (H1) against ensembles of real networks.
 
-Theory: :func:`pdlt.theory.ntk_mean.ntk_mean_correction`. Ensemble: the
+Theory: :func:`pdlt.statistics` (``get=["H1"]``). Ensemble: the
 ``Theta`` estimator of :class:`pdlt.experiment.Ensemble` (``E[H_ii]``, averaged
 over the neurons i of a layer), two inputs, so both the one-input path (the
 diagonal) and the off-diagonal path are checked. Critical initialization
@@ -59,8 +59,6 @@ from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
 from pdlt.report.rows import critical_mlp, width_extrapolation  # noqa: E402
 from pdlt.report.suite import measure_cv  # noqa: E402
-from pdlt.theory.ntk_criticality import ntk_fluctuation_flow  # noqa: E402
-from pdlt.theory.ntk_mean import ntk_mean_correction  # noqa: E402
 
 X2 = np.array([[1.0, 0.2], [-0.3, 1.1]])
 DEPTH = 4
@@ -73,9 +71,10 @@ def _mlp(act, n):
 def _compare(act, n, M, seed):
     mlp1, mlp2 = _mlp(act, n), _mlp(act, 2 * n)
     theta = pdlt.flow(mlp1, X2).Theta                        # (L, 2, 2), width-free
-    H1 = ntk_mean_correction(mlp1, X2)
+    H1 = pdlt.statistics(mlp1, X2, get=["H1"]).H1
     # equal widths: every normalized statistic, H1 included, is n-free
-    np.testing.assert_allclose(ntk_mean_correction(mlp2, X2), H1, rtol=1e-12, atol=1e-14)
+    H1_2n = pdlt.statistics(mlp2, X2, get=["H1"]).H1
+    np.testing.assert_allclose(H1_2n, H1, rtol=1e-12, atol=1e-14)
     m1 = Ensemble(mlp1, networks=M, seed=seed).measure(X2, stats=["Theta"], progress=False)
     m2 = Ensemble(mlp2, networks=M, seed=seed + 1).measure(X2, stats=["Theta"], progress=False)
     a, b = m1["Theta"], m2["Theta"]
@@ -136,6 +135,6 @@ def test_ntk_mean_shift_powered(act, lb, lw, depth, M):
                         C_W=crit.C_W, lambda_b=lb, lambda_W=lw)
     a = measure_cv(mk(16), M, seed=1, ntk=True)["H1"]
     b = measure_cv(mk(32), M, seed=2, ntk=True)["H1"]
-    H1 = ntk_fluctuation_flow(mk(16), K1=1.0)["H1"]
+    H1 = pdlt.statistics(mk(16), K1=1.0, get=["H1"]).H1
     ext, se, al = width_extrapolation(a.mean[-1], a.stderr[-1], b.mean[-1], b.stderr[-1])
     powered(H1[-1], ext, se, al, label=f"{act} H1", max_resolution=0.25)

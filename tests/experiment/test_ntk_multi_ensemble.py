@@ -1,4 +1,4 @@
-"""N-input A, B, D, F (pdlt.theory.ntk_multi) against ensembles of real networks.
+"""N-input A, B, D, F, P, Q (pdlt.statistics) against ensembles of real networks.
 
 Same method as tests/experiment/test_ntk_ensemble.py (one input): the
 estimators are unbiased for ``n x`` the finite-width correlator, i.e. the
@@ -20,7 +20,6 @@ import pdlt  # noqa: E402
 from conftest import powered  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
 from pdlt.report.rows import width_extrapolation  # noqa: E402
-from pdlt.theory.finite_ntk import ntk_fluctuation_flow  # noqa: E402
 
 CRITICAL = {"relu": dict(C_W=2.0, C_b=0.0), "tanh": dict(C_W=1.0, C_b=0.0),
             "gelu": dict(C_W=1.98, C_b=0.0)}
@@ -41,7 +40,7 @@ def test_multi_input_ntk_fluctuations_vs_ensemble(act):
                                                                     progress=False)
     m2 = Ensemble(_mlp(act, 2 * n, depth), networks=M, seed=11).measure(X, stats=STATS,
                                                                         progress=False)
-    th = ntk_fluctuation_flow(_mlp(act, n, depth), X)
+    th = pdlt.statistics(_mlp(act, n, depth), X, get=STATS)
     for s in STATS:
         a, b = m1[s], m2[s]
         assert np.all(np.abs(np.asarray(a.mean)[0]) < 1e-10), f"{s} must vanish at layer 1"
@@ -56,7 +55,7 @@ def test_B_index_order_is_resolved_by_the_ensemble():
                                                                    progress=False)
     m2 = Ensemble(_mlp(act, 2 * n, depth), networks=M, seed=3).measure(X, stats=["B"],
                                                                        progress=False)
-    th = ntk_fluctuation_flow(_mlp(act, n, depth), X)["B"]
+    th = pdlt.statistics(_mlp(act, n, depth), X, get=["B"]).B
     a, b = m1["B"], m2["B"]
     ext, se, allowance = width_extrapolation(a.mean, a.stderr, b.mean, b.stderr)
     tol = se + allowance / 4 + 1e-12
@@ -83,7 +82,7 @@ def test_multi_input_dntk_vs_ensemble(act):
                                                                     progress=False)
     m2 = Ensemble(_mlp(act, 2 * n, depth), networks=M, seed=11).measure(x, stats=stats,
                                                                         progress=False)
-    th = ntk_fluctuation_flow(_mlp(act, n, depth), x, stats=stats)
+    th = pdlt.statistics(_mlp(act, n, depth), x, get=stats)
     for s in stats:
         a, b = m1[s], m2[s]
         ext, se, allowance = width_extrapolation(a.mean, a.stderr, b.mean, b.stderr)

@@ -23,7 +23,6 @@ from pdlt.experiment import Ensemble  # noqa: E402
 from pdlt.report.rows import width_extrapolation  # noqa: E402
 from pdlt.experiment import ntk as _ntk  # noqa: E402
 from pdlt.theory.residual import residual_mlp  # noqa: E402
-from pdlt.theory.vertex import finite_width_flow  # noqa: E402
 
 N_WIDTH = 128
 CONFIGS = [("relu", 0.5), ("tanh", 0.5)]
@@ -69,7 +68,7 @@ def test_kernel_vertex_metric_against_ensemble(act, gamma):
     ms = []
     for k, n in enumerate((N_WIDTH // 2, N_WIDTH)):
         m = residual_mlp(act, gamma, width=n, depth=L, lambda_b=0.5)
-        fl = finite_width_flow(m, K1=1.0)
+        fl = pdlt.statistics(m, K1=1.0, get=["V", "G1"])
         ms.append(Ensemble(m, networks=4000, seed=11 + k).measure(
             K1=1.0, stats=["K", "V", "G1", "Theta"], K_theory=fl, layers=layers,
             progress=False))
@@ -96,7 +95,7 @@ def test_three_point_function_relu():
     meas = []
     for k, n in enumerate((32, 64)):
         m = residual_mlp("relu", gamma, width=n, depth=4)
-        fl = finite_width_flow(m, K1=1.0)
+        fl = pdlt.statistics(m, K1=1.0, get=["kappa3"])
         E = Ensemble(m, networks=12000, seed=3 + k)
         zs = E.preactivations(E.single_input(1.0))
         row = []
@@ -121,7 +120,7 @@ def test_output_mixing_variance_cumulant(act, gamma):
     for k, n in enumerate((N_WIDTH // 2, N_WIDTH)):
         m = residual_mlp(act, gamma, width=n, depth=L) if gamma else pdlt.MLP(
             n0=1, width=n, depth=L, activation=act, C_W=pdlt.criticality(act).C_W)
-        fl = finite_width_flow(m, K1=1.0)
+        fl = pdlt.statistics(m, K1=1.0, get=["V", "G1"])
         E = Ensemble(m, networks=4000, seed=5 + k)
         z = E.preactivations(E.single_input(1.0))[L - 2][:, :, 0]
         tact = pdlt.experiment.activations.torch_activation(m.activation)

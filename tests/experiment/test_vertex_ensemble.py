@@ -1,6 +1,6 @@
 """Four-point vertex V and NLO metric G1: theory against ensembles of real networks.
 
-Theory: :func:`pdlt.theory.vertex.finite_width_flow`. Every comparison goes
+Theory: :func:`pdlt.statistics` (``get=["V", "G1"]``). Every comparison goes
 through ``conftest.powered``: ``|measured - theory| <= 4 stderr + allowance``
 must hold AND the same comparison must reject the theory x0.5, x2 and x0.
 
@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 import pdlt
-from pdlt.theory.vertex import finite_width_flow
 
 torch = pytest.importorskip("torch")
 from pdlt.experiment import Ensemble  # noqa: E402
@@ -73,7 +72,7 @@ def test_single_input_powered(name):
     ms, ths = [], None
     for k, n in enumerate((32, 64)):
         mlp = pdlt.MLP(n0=2, width=n, depth=depth, n_out=n, **kw)
-        ths = finite_width_flow(mlp, K1=K1)
+        ths = pdlt.statistics(mlp, K1=K1, get=["V", "G1"])
         ms.append(measure_cv(mlp, M, seed=11 + k, K1=K1))
     sl = slice(2, None)
     ext, se, al = _extrapolated(ms[0]["V"], ms[1]["V"])
@@ -87,7 +86,7 @@ def test_single_input_powered(name):
 def test_relu_single_input_metric_is_exact():
     """ReLU, one input: E[z z] = K at every width (G1 = 0); the plain estimator agrees."""
     mlp = pdlt.MLP(n0=2, width=32, depth=5, n_out=32, **CONFIGS["relu"][0])
-    th = finite_width_flow(mlp, K1=1.0)
+    th = pdlt.statistics(mlp, K1=1.0, get=["G1"])
     assert np.max(np.abs(th["G1"])) < 1e-12
     m = Ensemble(mlp, networks=1500, seed=3).measure(K1=1.0, stats=["G1"], K_theory=th,
                                                      progress=False)["G1"]
@@ -114,11 +113,11 @@ def test_multi_input(name):
     ms = []
     for k, n in enumerate((32, 64)):
         mlp = pdlt.MLP(n0=3, width=n, depth=3, n_out=n, **kw)
-        th = finite_width_flow(mlp, x)
+        th = pdlt.statistics(mlp, x, get=["V", "G1"])
         ms.append(Ensemble(mlp, networks=4000, seed=12 + k).measure(
             x, stats=["V", "G1"], K_theory=th, layers=layers, progress=False))
-    thV = np.stack([th[l - 1].extra["V"] for l in layers])
-    thG = np.stack([th[l - 1].extra["G1"] for l in layers])
+    thV = th.V[[l - 1 for l in layers]]
+    thG = th.G1[[l - 1 for l in layers]]
     ext, se, al = _extrapolated(ms[0]["V"], ms[1]["V"])
     powered(thV, ext, se, al, label=f"{name} multi V", max_resolution=0.5)
     ext, se, al = _extrapolated(ms[0]["G1"], ms[1]["G1"])
