@@ -36,6 +36,7 @@ import torch
 
 from ..gaussian._closed import closed_family
 from ..network import MLP
+from .ensemble import check_device
 from ..theory.kernel_blocks import (DEFAULT_MEMORY_BUDGET, KernelMatrices, _parse_budget,
                                     block_ranges, check_kernel_call, diagonal_flow)
 
@@ -184,8 +185,6 @@ def torch_kernel_matrix(mlp: MLP, x, x2=None, *, layers=None, get=("K", "Theta")
     >>> bool(np.allclose(km.K, pdlt.kernel_matrix(mlp, x).K, rtol=1e-13))
     True
     """
-    from .._validation import check_device
-
     if not isinstance(mlp, MLP):
         raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
     family = closed_family(mlp.activation)

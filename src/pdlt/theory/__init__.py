@@ -7,6 +7,7 @@ folded over depth by :func:`pdlt.statistics` (:mod:`pdlt.theory.statistics`).
 """
 
 from . import criticality  # the module; the function is pdlt.criticality
+from . import statistics  # the module; the function is pdlt.statistics
 from . import (delta_expansion, delta_expansion_vertex, information, linear, nearly_gaussian, phase,
                residual)
 from .criticality import NoCriticalPointError, chi_parallel, chi_perp
@@ -16,7 +17,7 @@ from .phase import depth_scales, phase_diagram
 from .kernel_blocks import KernelMatrices, kernel_matrix
 from .ntk_criticality import NTK_STATISTICS, critical_learning_rates, ntk_slopes
 from .residual import residual_criticality
-from .statistics import Flow, LayerStatistics, Statistics, flow, statistics
+from .statistics import Flow, LayerStatistics, Statistics, flow
 from .vertex import vertex_slope
 
 __all__ = ["Flow", "KernelNotPSDError", "LayerStatistics", "Statistics", "first_layer", "flow",
