@@ -21,7 +21,7 @@ import pdlt  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
 from pdlt.report.rows import width_extrapolation  # noqa: E402
 from pdlt.theory.residual import residual_mlp  # noqa: E402
-from pdlt.theory.residual_ntk import residual_b_closure, residual_ntk_single  # noqa: E402
+from pdlt.theory.residual_ntk import residual_b_closure, residual_ntk_one_input  # noqa: E402
 
 
 def _check(mean, se, theory, allowance=0.0, max_resolution=0.25):
@@ -39,7 +39,7 @@ def test_layer_two_exact_at_any_width(act, gamma, stats):
     m = residual_mlp(act, gamma, width=12, depth=2, n_out=12, lambda_b=0.5)
     N = 4000 if "D" in stats else 1500
     meas = Ensemble(m, networks=N, seed=7).measure(K1=K1, stats=list(stats), progress=False)
-    th = residual_ntk_single(m, K1)
+    th = residual_ntk_one_input(m, K1)
     for k in stats:
         _check(float(meas[k].mean[1]), float(meas[k].stderr[1]), float(th[k][1]),
                max_resolution=0.25)
@@ -54,7 +54,7 @@ def test_layer_three_history_term_relu():
         m = residual_mlp(act, gamma, width=n, depth=3, n_out=n, lambda_b=0.5)
         meas[n] = Ensemble(m, networks=N, seed=100 + i).measure(K1=1.0, stats=["B", "F"],
                                                                 progress=False)
-    th = residual_ntk_single(m, 1.0)
+    th = residual_ntk_one_input(m, 1.0)
     for k in ("B", "F"):
         a1, s1 = float(meas[32][k].mean[2]), float(meas[32][k].stderr[2])
         a2, s2 = float(meas[64][k].mean[2]), float(meas[64][k].stderr[2])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import pdlt
-from pdlt.theory.residual_ntk import residual_b_closure, residual_ntk_single
+from pdlt.theory.residual_ntk import residual_b_closure, residual_ntk_one_input
 
 
 def ntk_fluctuation_flow(mlp, x=None, stats=tuple("ABDFPQRSTU"), **kw):
@@ -34,7 +34,7 @@ ACTS = ["relu", "tanh", "gelu", "sin"]
 def test_gamma_zero_is_the_plain_recursion(act):
     m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9), activation=act, C_W=1.3, C_b=0.1,
                  lambda_b=0.5, lambda_W=0.8)
-    r = residual_ntk_single(m, 0.9, stats=("A", "B", "D", "F", "V"))
+    r = residual_ntk_one_input(m, 0.9, stats=("A", "B", "D", "F", "V"))
     f = ntk_fluctuation_flow(m, K1=0.9, stats="ABDF")
     for k in ("A", "B", "D", "F", "V"):
         np.testing.assert_allclose(r[k], f[k], rtol=1e-12, atol=1e-14 * np.abs(f[k]).max())
@@ -51,7 +51,7 @@ def test_layer_two_closed_form(act):
     p2, p4 = (float(expect(lambda z, k=k: a.d1(z) ** k, K1, **kw)) for k in (2, 4))
     s2p2 = float(expect(lambda z: (a.sigma(z) * a.d1(z)) ** 2, K1, **kw))
     zsp = float(expect(lambda z: z * a.sigma(z) * a.d1(z), K1, **kw))
-    r = residual_ntk_single(m, K1)
+    r = residual_ntk_one_input(m, K1)
     B2 = x ** 4 * CW ** 2 * p4 * Th ** 2 + 2 * x * x * g * g * CW * p2 * Th ** 2
     F2 = x ** 4 * CW ** 2 * Th * s2p2 + 2 * x * x * g * g * CW * Th * zsp
     assert r["B"][1] == pytest.approx(B2, rel=1e-12)
@@ -62,7 +62,7 @@ def test_layer_two_closed_form(act):
 def test_linear_history_equals_closure():
     m = pdlt.MLP(n0=1, width=8, depth=7, n_out=8, activation="linear", C_W=0.6, C_b=0.1,
                  gamma=(0, 0.5, 0.7, 0.0, 0.9, 0.3, 0.6), lambda_b=0.4)
-    np.testing.assert_allclose(residual_ntk_single(m, 1.3, stats="B")["B"],
+    np.testing.assert_allclose(residual_ntk_one_input(m, 1.3, stats="B")["B"],
                                residual_b_closure(m, 1.3), rtol=1e-13)
 
 
@@ -74,16 +74,16 @@ def test_history_differs_from_closure_for_relu():
     CW = m.C_W[1]
     beta1 = g * g * CW * Th1 ** 2
     want = 2 * CW * 1.0 * beta1 * math.asin(g) / (2 * math.pi)
-    diff = residual_ntk_single(m, 1.0, stats="B")["B"][2] - residual_b_closure(m, 1.0)[2]
+    diff = residual_ntk_one_input(m, 1.0, stats="B")["B"][2] - residual_b_closure(m, 1.0)[2]
     assert diff == pytest.approx(want, rel=1e-9)
 
 
 def test_refuses_statistics_not_derived():
     m = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, gamma=0.5)
     with pytest.raises(NotImplementedError, match=r"\[.P.\].*derived: A, B, D, F"):
-        residual_ntk_single(m, 1.0, stats=("P", "B"))
+        residual_ntk_one_input(m, 1.0, stats=("P", "B"))
     with pytest.raises(ValueError, match="K1 must be"):
-        residual_ntk_single(m, -1.0)
+        residual_ntk_one_input(m, -1.0)
 
 
 def test_linear_vertex_is_the_closed_form():
@@ -91,7 +91,7 @@ def test_linear_vertex_is_the_closed_form():
     equal pdlt.theory.vertex's (checked there against the deep linear closed form)."""
     m = pdlt.MLP(n0=1, width=8, depth=6, n_out=8, activation="linear", C_W=0.7, C_b=0.2,
                  gamma=(0, 0.5, 0.8, 0.3, 0.6, 0.9), xi=1.1)
-    np.testing.assert_allclose(residual_ntk_single(m, 1.2, stats="V")["V"],
+    np.testing.assert_allclose(residual_ntk_one_input(m, 1.2, stats="V")["V"],
                                finite_width_flow(m, K1=1.2)["V"], rtol=1e-12)
 
 
@@ -127,7 +127,7 @@ def test_relu_vertex_layer_three_direct():
     m = pdlt.theory.residual.residual_mlp("relu", g, width=8, depth=3, n_out=8)
     V3 = _relu_v3_direct(g, CW)
     assert V3 == pytest.approx(8.6179, abs=5e-5)
-    assert residual_ntk_single(m, 1.0, stats="V")["V"][2] == pytest.approx(V3, rel=1e-10)
+    assert residual_ntk_one_input(m, 1.0, stats="V")["V"][2] == pytest.approx(V3, rel=1e-10)
     assert finite_width_flow(m, K1=1.0)["V"][2] == pytest.approx(V3, rel=1e-10)
 
 
@@ -172,7 +172,7 @@ def test_relu_metric_monte_carlo():
 def test_ntk_fluctuation_flow_serves_what_is_derived():
     m = pdlt.MLP(n0=1, width=8, depth=4, n_out=8, activation="tanh", C_W=0.8, gamma=0.5)
     f = ntk_fluctuation_flow(m, K1=1.0, stats=("A", "B", "D", "F"))
-    r = residual_ntk_single(m, 1.0)
+    r = residual_ntk_one_input(m, 1.0)
     for k in "ABDF":
         np.testing.assert_array_equal(f[k], r[k])
     with pytest.raises(NotImplementedError, match="P, Q, R, S, T, U not derived"):

@@ -183,7 +183,7 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
 
     from ..experiment import Ensemble
     from ..theory.residual import residual_mlp
-    from ..theory.residual_ntk import residual_ntk_single, residual_b_closure
+    from ..theory.residual_ntk import residual_ntk_one_input, residual_b_closure
 
     n1, n2 = widths
     rows = []
@@ -196,7 +196,7 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
                 m = residual_mlp(act, gamma, width=n, depth=depth, n_out=n, lambda_b=0.5)
                 meas[n] = Ensemble(m, networks=networks, seed=seed + 1000 * i).measure(
                     K1=K1, stats=list(stats), progress=False)
-            th = residual_ntk_single(m, K1, stats=stats)
+            th = residual_ntk_one_input(m, K1, stats=stats)
             clos = residual_b_closure(m, K1) if "B" in stats else None
             for name in stats:
                 for l in range(2, depth + 1):

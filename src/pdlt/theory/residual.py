@@ -41,7 +41,7 @@ from ..network import MLP
 from ._aspect_ratio import optimal_aspect_ratio_from_slope
 from .criticality import NoCriticalPointError, criticality
 from ._averages import OneVariableTable
-from .residual_ntk import one_input_kernel, residual_ntk_single, residual_vertex_metric
+from .residual_ntk import one_input_kernel, residual_ntk_one_input, residual_vertex_metric
 from .vertex import vertex_slope
 
 __all__ = ["ResidualCriticality", "residual_criticality", "residual_vertex_slope",
@@ -217,7 +217,7 @@ def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambd
     L = int(depth)
     m = residual_mlp(act, gamma, width=8, depth=L, n_out=8, lambda_b=lambda_b,
                      lambda_W=lambda_W)
-    r = residual_ntk_single(m, K1, stats=("A", "B", "D", "F"))
+    r = residual_ntk_one_input(m, K1, stats=("A", "B", "D", "F"))
     K, Th = one_input_kernel(m, K1)
     out = {"nu_V": residual_vertex_slope(act, gamma)}
     for name, (pa, pb) in {"A": (2, 0), "B": (2, 0), "D": (1, 1), "F": (1, 1)}.items():

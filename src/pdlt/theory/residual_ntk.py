@@ -7,7 +7,7 @@ need one neuron's *two-depth* Gaussian averages ``E[f(z^(l)) g(z^(p))]``,
 ``Cov(z^(l), z^(p)) = gamma^(p+1) ... gamma^(l) K^(p)``. This module tracks
 them exactly:
 
-* :func:`residual_ntk_single`: A, B, D, F and the exact V of a residual MLP at
+* :func:`residual_ntk_one_input`: A, B, D, F and the exact V of a residual MLP at
   every layer, one input (B and F by history recursions, A, D and V by the
   covariances of the shared fields with the neuron's own dressed influence);
 * :func:`residual_vertex_metric`: the exact single-input V and G1, which
@@ -46,7 +46,7 @@ from ..network import MLP
 from ._averages import Integrands, OneVariableTable
 from .kernel import first_layer_kernel, kernel_fold
 
-__all__ = ["residual_ntk_single", "residual_b_closure", "one_input_kernel",
+__all__ = ["residual_ntk_one_input", "residual_b_closure", "one_input_kernel",
            "RESIDUAL_NTK_STATISTICS"]
 
 #: statistics derived (and ensemble-checked) for residual MLPs, single input
@@ -114,7 +114,7 @@ def _two_depth(act, fn, K, C):
     return out
 
 
-def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> dict:
+def residual_ntk_one_input(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> dict:
     """A, B, D, F (and the exact V) of a residual MLP at every layer, one input.
 
     B and F by the history recursions, A, D and V by the field covariances
@@ -144,9 +144,9 @@ def residual_ntk_single(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -> d
     Examples
     --------
     >>> import pdlt
-    >>> from pdlt.theory.residual_ntk import residual_ntk_single
+    >>> from pdlt.theory.residual_ntk import residual_ntk_one_input
     >>> m = pdlt.MLP(n0=1, width=8, depth=3, activation="linear", C_W=0.5, gamma=0.5)
-    >>> [round(float(b), 12) for b in residual_ntk_single(m, 1.0, stats="B")["B"]]
+    >>> [round(float(b), 12) for b in residual_ntk_one_input(m, 1.0, stats="B")["B"]]
     [0.0, 4.5, 5.640625]
     """
     stats = [stats] if isinstance(stats, str) else list(stats)

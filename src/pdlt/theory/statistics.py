@@ -43,7 +43,7 @@ from .ddntk import ddntk_R_step, ddntk_S_step, ddntk_T_step, ddntk_U_step
 from .dntk import dntk_P_step, dntk_Q_step
 from .ntk import ntk_A_step, ntk_B_step, ntk_D_step, ntk_F_step
 from .ntk_mean import ntk_mean_step
-from .residual_ntk import residual_ntk_single, residual_vertex_metric
+from .residual_ntk import residual_ntk_one_input, residual_vertex_metric
 from .vertex import metric_step, three_point_step, vertex_step
 
 __all__ = ["statistics", "Statistics", "defined", "layer_step", "flow", "Flow", "LayerStatistics",
@@ -220,7 +220,7 @@ def _residual_given(mlp, need, K, Theta, single):
         given.update(V=vm["V"], G1=vm["G1"])
     ntk = sorted(need & {"A", "B", "D", "F"})
     if ntk:
-        given.update(residual_ntk_single(mlp, K1, stats=ntk))
+        given.update(residual_ntk_one_input(mlp, K1, stats=ntk))
     if "kappa3" in need and is_odd(mlp.activation):
         given["kappa3"] = np.zeros(mlp.depth)
     return given
