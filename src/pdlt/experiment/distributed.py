@@ -293,7 +293,7 @@ def _ray_executor(spec, todo, *, ray, gpu=False):
 
 def sharded_sums(ens, plan, *, backend="local", address=None, shards=None, checkpoint=None,
                  workers=None, progress=None) -> dict:
-    """Per-layer :class:`GroupSums` of the whole ensemble, computed shard by shard.
+    """Per-layer :class:`~pdlt.experiment.estimators.GroupSums` of the whole ensemble, computed shard by shard.
 
     Parameters
     ----------

@@ -36,7 +36,7 @@ Accuracy: a few ulps of each term's Cauchy-Schwarz scale
 ``K12`` itself: a relative change ``eps`` of K12 moves G by ``2 eps K12^2``,
 which is what any float64 evaluation from the kernel entries inherits.
 
-:func:`pair_terms` works on broadcastable arrays with in-place passes over
+``pair_terms`` works on broadcastable arrays with in-place passes over
 one output-sized buffer per intermediate; it is the elementwise core of the
 blocked kernel (:mod:`pdlt.theory.kernel_blocks`) as well as of
 :func:`pdlt.gaussian.closed_form_pair` and the closed forms of
@@ -96,7 +96,7 @@ class _Work:
         return self.pool[i][:self.n].reshape(self.shape)
 
 
-#: scratch arrays :func:`pair_terms` needs at most (GELU)
+#: scratch arrays ``pair_terms`` needs at most (GELU)
 WORK_ARRAYS = 6
 
 

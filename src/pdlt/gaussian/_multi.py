@@ -16,7 +16,7 @@ dropped, so rank-deficient covariances (N > n0 + 1 inputs at the first
 layer) are integrated exactly on their support. A covariance with an
 eigenvalue below ``-1e-9 d`` times its largest variance is indefinite and
 raises :class:`KernelNotPSDError` naming it and the eigenvalue
-(:func:`check_psd` names the inputs of a whole kernel).
+(``check_psd`` names the inputs of a whole kernel).
 
 **Smooth integrands: nested product rule, Gauss-Hermite or trapezoid per
 axis.** A tensor rule in u is summed innermost-first, so ``f_k`` is
@@ -29,7 +29,7 @@ wider axes use the trapezoidal rule on ``|u| <= 8`` with spacing
 (+5 per variable less: the merged powers ``tanh^p`` have stronger
 singularities), at most 640 nodes, and fewer where the tensor grid would
 exceed ``min(8 x 64^d, 64^4)`` points (bounded cost)
-(:func:`axis_rules`), one node for a zero axis. Gauss-Hermite converges only
+(``axis_rules``), one node for a zero axis. Gauss-Hermite converges only
 like ``exp(-const sqrt(Q))`` for tanh (poles at ``i pi / 2``, i.e. at
 ``pi / (2 s)`` in u), the trapezoid like ``exp(-pi^2 / (s h)) = exp(-c)``.
 Measured against independent references (plain Cholesky and composite
@@ -374,7 +374,7 @@ def _lower_rule(qs):
 def _gh_path(fs, order, L, accuracy, return_error, smooth=True):
     """Nested product rule with the node rule of ``accuracy`` (module doc).
 
-    ``smooth``: the per-axis choice of :func:`axis_rules` (Gauss-Hermite on
+    ``smooth``: the per-axis choice of ``axis_rules`` (Gauss-Hermite on
     narrow axes, trapezoid on wide ones); otherwise Gauss-Hermite only
     (exact for the polynomials of the linear activation). The error estimate
     is the difference from a smaller rule on every resolved axis

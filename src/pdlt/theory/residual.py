@@ -190,7 +190,7 @@ def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambd
 
     The network is :func:`residual_mlp` (every layer l >= 2
     residual, constant ``lambda_b``, ``lambda_W``, one input at ``K1 = K*`` or 1).
-    At ``gamma = 0`` the NTK slopes are :func:`pdlt.theory.finite_ntk.ntk_slopes`'
+    At ``gamma = 0`` the NTK slopes are :func:`pdlt.theory.ntk_criticality.ntk_slopes`'
     (which depend on ``lambda_b : lambda_W`` only).
 
     * ``nu_V``: the exact vertex slope,

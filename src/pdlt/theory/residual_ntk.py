@@ -16,7 +16,7 @@ them exactly:
   V^(3) = 8.6179 against 8.5574, G1^(3) = 0.3426 against 0.3581);
 * :func:`residual_b_closure`: B from the closure recursion (history terms
   dropped), for comparison only;
-* :func:`residual_slopes`: the depth-to-width slopes of the normalized
+* :func:`pdlt.theory.residual.residual_slopes`: the depth-to-width slopes of the normalized
   statistics at criticality.
 
 At gamma = 0 every history term vanishes and the recursions are the plain ones

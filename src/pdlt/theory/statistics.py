@@ -7,22 +7,22 @@ inputs (one input is N = 1); the steps share one
 dependency table (:data:`DEPENDS`) decides which steps run. This loop is
 the book's "RG flow".
 
-========  ==============================================  ===============  ===============
-name      meaning (``shared/NOTATION.md``)                 shape            needs
-========  ==============================================  ===============  ===============
-K         kernel                                           (L, N, N)
-Theta     frozen NTK                                       (L, N, N)
-chi_*     susceptibilities per input (parallel, perp)      (L, N)
-V         four-point vertex                                (L, N, N, N, N)
-G1        NLO metric                                       (L, N, N)        V
-A, B      NTK fluctuations                                 (L, N, N, N, N)  A: V, D
-D, F      NTK-preactivation cross-correlations             (L, N, N, N, N)  D: V
-P, Q      dNTK                                             (L, N, N, N, N)  P: B; Q: F
-R, S      ddNTKs                                           (L, N, N, N, N)  R: B, P; S: B
-T, U      ddNTKs                                           (L, N, N, N, N)  T: F, Q
-H1        NTK mean at order 1/n                            (L, N, N)        G1, V, D, F
-kappa3    three-point function (0 in a plain MLP)          (L, N, N, N)
-========  ==============================================  ===============  ===============
+======  ===========================================  ===============  =============
+name    meaning (``shared/NOTATION.md``)             shape            needs
+======  ===========================================  ===============  =============
+K       kernel                                       (L, N, N)
+Theta   frozen NTK                                   (L, N, N)
+chi_*   susceptibilities per input (parallel, perp)  (L, N)
+V       four-point vertex                            (L, N, N, N, N)
+G1      NLO metric                                   (L, N, N)        V
+A, B    NTK fluctuations                             (L, N, N, N, N)  A: V, D
+D, F    NTK-preactivation cross-correlations         (L, N, N, N, N)  D: V
+P, Q    dNTK                                         (L, N, N, N, N)  P: B; Q: F
+R, S    ddNTKs                                       (L, N, N, N, N)  R: B, P; S: B
+T, U    ddNTKs                                       (L, N, N, N, N)  T: F, Q
+H1      NTK mean at order 1/n                        (L, N, N)        G1, V, D, F
+kappa3  three-point function (0 in a plain MLP)      (L, N, N, N)
+======  ===========================================  ===============  =============
 
 Every order-1/n statistic at layer l is normalized by ``n_{l-1}`` and
 vanishes at layer 1. With ``K1=`` (one input) every field is squeezed to
