@@ -46,9 +46,9 @@ import numpy as np
 
 from .._progress import counter
 from ._ray import RaySession, as_completed, drain
-from ..network import MLP, validate_inputs
-from ..theory.kernel_blocks import (KernelMatrices, _check_get, _check_layers, _rows,
-                                    block_ranges, diagonal_flow, kernel_block)
+from ..network import MLP
+from ..theory.kernel_blocks import (KernelMatrices, _rows, block_ranges, check_kernel_call,
+                                    diagonal_flow, kernel_block)
 
 __all__ = ["distributed_kernel_matrix", "CHECKPOINT_INTERVAL"]
 
@@ -179,15 +179,9 @@ def distributed_kernel_matrix(mlp: MLP, x, path, x2=None, *, layers=None, get=("
     ImportError
         ``backend="ray"`` without Ray installed.
     """
-    if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
     if backend not in ("local", "ray"):
         raise ValueError(f"backend must be 'local' or 'ray'; got {backend!r}")
-    x = validate_inputs(x, mlp.n0, "x")
-    sym = x2 is None
-    xb = x if sym else validate_inputs(x2, mlp.n0, "x2")
-    layers = _check_layers(mlp, layers)
-    get = _check_get(get)
+    x, xb, sym, layers, get, _ = check_kernel_call(mlp, x, x2, layers, get)
     b = int(block_size)
     if b < 1:
         raise ValueError(f"block_size must be >= 1; got {block_size!r}")
