@@ -44,6 +44,24 @@ def test_kernel_json(tmp_path, run_cli):
     assert np.array(d["layers"][2]["Theta"]).shape == (3, 3)
 
 
+def test_kernel_error_estimate(tmp_path, run_cli):
+    """--error-estimate: per layer, every order-1/n entry's rule difference (pdlt.statistics
+    error=True); equal to the library's, and absent without the flag."""
+    x = np.array([[1.0, 0.3], [0.2, -0.9]])
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    argv = ("kernel", "--activation", "tanh", "--depth", "3", "--width", "16",
+            "--inputs", str(path), "--json")
+    d = run_cli.json(*argv, "--error-estimate")
+    e = d["layers"][2]["error"]
+    assert set(e) >= {"V", "G1", "A", "B", "P", "T", "H1"}
+    import pdlt
+    want = pdlt.statistics(pdlt.MLP(n0=2, width=16, depth=3, activation="tanh"), x,
+                           get="all", error=True).error
+    np.testing.assert_allclose(np.array(e["A"]), want["A"][2], rtol=1e-12, atol=1e-300)
+    assert "error" not in run_cli.json(*argv)["layers"][2]
+
+
 @pytest.mark.parametrize("argv,match", [
     (["kernel", "--depth", "2", "--inputs", "/no/such.npy"], "no such file"),
     (["flow", "--depth", "0"], "depth must be a positive integer"),

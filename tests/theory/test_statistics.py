@@ -190,3 +190,24 @@ def test_errors_and_residual_limits():
 def test_plain_mlp_three_point_function_vanishes():
     mlp = pdlt.MLP(n0=1, width=8, depth=4, activation="gelu", C_W=1.5)
     assert np.all(pdlt.statistics(mlp, K1=1.0, get="kappa3").kappa3 == 0)
+
+
+def test_error_estimate_tracks_the_rule_error():
+    """error=True: |value - value at the next rule| per entry. For the "fast" rule it is
+    the distance to the "high" rule within a factor 2 (the rules converge: "default" is
+    ~50x closer to "high" than "fast" is), so it measures the integration error."""
+    x = np.array([[1.0, 0.3, -0.5], [0.2, -0.9, 0.7]])
+    mlp = pdlt.MLP(n0=3, width=16, depth=3, activation="tanh", C_W=1.0, C_b=0.1)
+    get = ["V", "G1", "A", "B", "D", "F", "P", "T", "H1"]
+    fast = pdlt.statistics(mlp, x, get=get, accuracy="fast", error=True)
+    high = pdlt.statistics(mlp, x, get=get, accuracy="high")
+    assert set(fast.error) == set(fast.computed()) - {"K", "Theta"}
+    for k in get:
+        est, true = fast.error[k], np.abs(fast[k] - high[k])
+        assert est.shape == fast[k].shape
+        ratio = est.max() / true.max()
+        assert 0.5 <= ratio <= 2.0, (k, ratio)
+    # one input: one-variable rules only, both folds agree exactly
+    one = pdlt.statistics(mlp, K1=1.0, get=get, error=True)
+    assert all(np.all(v == 0) for v in one.error.values())
+    assert pdlt.statistics(mlp, x, get="V").error is None

@@ -23,6 +23,9 @@ def register(sub):
                    help="rule of the three- and four-variable Gaussian averages behind V, G1 "
                         "and A..U (pdlt.gaussian._multi states their errors); each layer "
                         "reports its estimate as integration_error")
+    p.add_argument("--error-estimate", action="store_true",
+                   help="with --width: also estimate every order-1/n entry's integration error "
+                        "(a second fold with another rule; per layer under \"error\")")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run)
 
@@ -38,13 +41,13 @@ _FIX = ("rescale the inputs so that K1 = C_b + C_W |x|^2/n0 is of order one, or 
         "closer to its critical value")
 
 
-def _compute(mlp, x, finite, accuracy="default"):
+def _compute(mlp, x, finite, accuracy="default", error=False):
     from ..theory.statistics import statistics
 
     # the order-1/n tensors (each N^4) only when the widths are asked for: every
     # statistic defined for this network (pdlt.theory.statistics.defined)
     get = "all" if finite else ("K", "Theta", "chi_parallel", "chi_perp")
-    return statistics(mlp, x, get=get, accuracy=accuracy).layers()
+    return statistics(mlp, x, get=get, accuracy=accuracy, error=error and finite).layers()
 
 
 def _array(v):
@@ -59,7 +62,7 @@ def run(args):
     check_input_scale(mlp, x)
     finite = args.width is not None or args.widths is not None
     with numeric_guard("the kernel flow", _FIX):
-        result = _compute(mlp, x, finite, args.accuracy)
+        result = _compute(mlp, x, finite, args.accuracy, args.error_estimate)
     if finite:
         check_flow_validity(mlp, [(s["layer"], np.array(s["K"]), _array(s.get("G1")),
                                    _array(s.get("V"))) for s in result])
