@@ -23,9 +23,13 @@ axis.** A tensor rule in u is summed innermost-first, so ``f_k`` is
 evaluated on only ``Q_1 ... Q_k`` points. Along axis k the integrand varies
 on the scale ``s_k = max_i |L_ik|``. Narrow axes (``s_k <= 0.6``) use
 Gauss-Hermite with ``Q(s) = ceil(q0 + q1 s)`` nodes (rounded up to a rule
-size; ``(q0, q1)`` = (3, 18) "fast", (5, 30) "default", (8, 48) "high");
+size; ``(q0, q1)`` = (3, 18) "fast", (5, 30) "default", (8, 48) "high",
+(12, 72) "higher"; with three or fewer variables each accuracy uses the next
+rule: there the grids cost at most ~4x more, and the merged powers of
+coinciding inputs converge slowest, e.g. tanh ``<q q p p>`` at variance ~0.2
+was 2e-5 at "default", 4e-8 one rule up);
 wider axes use the trapezoidal rule on ``|u| <= 8`` with spacing
-``h = min(pi^2 / (c s), 0.7)``, ``c`` = 16 / 25 / 32 for four variables
+``h = min(pi^2 / (c s), 0.7)``, ``c`` = 16 / 25 / 32 / 40 for four variables
 (+5 per variable less: the merged powers ``tanh^p`` have stronger
 singularities), at most 640 nodes, and fewer where the tensor grid would
 exceed ``min(8 x 64^d, 64^4)`` points (bounded cost)
@@ -96,7 +100,13 @@ from ._rule import KernelNotPSDError, _gauss_legendre, expect
 __all__ = ["expect_nd", "quad_expectations", "node_count", "axis_rules"]
 
 _Q_SIZES = np.array([1, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64])
-_ACCURACY = {"fast": (3.0, 18.0), "default": (5.0, 30.0), "high": (8.0, 48.0)}
+_ACCURACY = {"fast": (3.0, 18.0), "default": (5.0, 30.0), "high": (8.0, 48.0),
+             "higher": (12.0, 72.0)}
+#: the smooth path's rules in order; with three or fewer variables each accuracy uses
+#: the next one (its grids cost (q'/q)^d <= ~4x more there, not ~6.5x as for four, and
+#: the merged powers of coinciding inputs converge slowest: tanh <q q p p> at variance
+#: ~0.2 was 2e-5 at "default", 4e-8 one rule up)
+_LEVELS = ("fast", "default", "high", "higher")
 # split rule per accuracy: fixed panel breakpoints (truncation at |u| = 8, Gaussian mass
 # 1.2e-15) and Gauss-Legendre nodes per panel (measured errors in the module doc)
 _SPLIT_RULES = {
@@ -111,7 +121,7 @@ _TRAP_HMAX = 0.7
 _TRAP_QMAX = 640          # nodes per trapezoid axis at most, and the tensor grid of d axes
 # at most 8 x 64^d points (64 was the old Gauss-Hermite cap), and 64^4 for d = 4
 _TRAP_POINTS = {d: min(8.0 * 64.0 ** d, 64.0 ** 4) for d in range(1, 5)}
-_TRAP_C = {"fast": 16.0, "default": 25.0, "high": 32.0}
+_TRAP_C = {"fast": 16.0, "default": 25.0, "high": 32.0, "higher": 40.0}
 _PHI = 1.0 / math.sqrt(2.0 * math.pi)
 _TWO_MIN_S = 1e-3  # sqrt(1 - rho^2) of the last pair below this: one axis less in closed form
 _GRADE = np.array([1.0])  # offsets around a projected kink, in units of its smoothing width
@@ -180,10 +190,12 @@ def axis_rules(s, accuracy="default"):
     nodes against 4e-11 for the trapezoid with as many).
     """
     s = np.asarray(s, dtype=float)
+    d = s.shape[-1] if s.ndim else 4
+    if d <= 3:
+        accuracy = _LEVELS[min(_LEVELS.index(accuracy) + 1, len(_LEVELS) - 1)]
     gh = node_count(s, accuracy)
     # fewer than four variables: the integrands are powers of the activation
     # (coinciding inputs merged), with stronger singularities: c + 5 per variable less
-    d = s.shape[-1] if s.ndim else 4
     c = _TRAP_C[accuracy] + 5.0 * max(0, 4 - d)
     q = np.ceil(1.0 + 2.0 * _TRAP_T * np.maximum(s * c / math.pi ** 2, 1.0 / _TRAP_HMAX))
     q = np.minimum(q, _TRAP_QMAX).astype(int)
