@@ -121,10 +121,6 @@ def test_peak_memory_flat_in_depth():
     peaks = []
     for depth in (4, 40):
         mlp = _mlp("relu", depth=depth)
-        # once untraced first: what the engine caches on first use (and what earlier
-        # tests left there) is not the call's working memory; the full suite once
-        # measured 1.246 MB against 1.240 MB this way, alone it stays well below
-        kernel_matrix(mlp, x, block_size=50, threads=1)
         tracemalloc.start()
         kernel_matrix(mlp, x, block_size=50, threads=1)
         peaks.append(tracemalloc.get_traced_memory()[1])
