@@ -62,7 +62,8 @@ from ..network import MLP, validate_inputs
 
 __all__ = ["KernelMatrices", "kernel_matrix", "kernel_block", "block_work", "diagonal_flow",
            "check_kernel_call",
-           "block_ranges", "DEFAULT_MEMORY_BUDGET", "STATISTICS"]
+           "block_ranges", "diagonal_bytes", "block_bytes_per_pair", "DEFAULT_MEMORY_BUDGET",
+           "STATISTICS"]
 
 #: default bound on the memory one :func:`kernel_matrix` call allocates, bytes (4 GiB)
 DEFAULT_MEMORY_BUDGET = 4 * 2 ** 30
@@ -412,8 +413,10 @@ def kernel_matrix(mlp: MLP, x, x2=None, *, layers=None, get=("K", "Theta"), bloc
         Rows (and columns) per block. Default 256, lowered to fit the budget.
     memory_budget : int or None, default 4 GiB
         Bound in bytes on what this call allocates: the outputs it allocates
-        (none for the arrays passed in ``out``) plus ``threads`` blocks of
-        working arrays. Exceeding it is an error that says what to change.
+        (none for the arrays passed in ``out``), the per-input diagonal flows
+        (:func:`diagonal_bytes`), and ``threads`` blocks of working arrays
+        (:func:`block_bytes_per_pair` per pair), up to a fixed overhead of
+        Python objects that does not grow with N, depth or the block. Exceeding it is an error that says what to change.
         None: no bound.
     out : dict, optional
         ``{"K": array, "Theta": array}``, each of shape
@@ -465,8 +468,10 @@ def kernel_matrix(mlp: MLP, x, x2=None, *, layers=None, get=("K", "Theta"), bloc
                              f"got {tuple(out[g].shape)}")
     alloc = [g for g in get if g not in out]
     out_bytes = len(alloc) * 8 * math.prod(shape)
+    # the diagonal flows: K and Theta of every input at every layer up to the last asked
+    out_bytes += diagonal_bytes(layers[-1], N if sym else N + M)
+    per_elem = block_bytes_per_pair(mlp, layers, get)
     series = closed_family(mlp.activation) is None
-    per_elem = 8 * (_ARRAYS_PER_BLOCK + 2 * len(layers) * len(get)) * (4 if series else 1)
     b = _DEFAULT_BLOCK if block_size is None else int(block_size)
     if b < 1:
         raise ValueError(f"block_size must be >= 1; got {block_size!r}")
@@ -477,7 +482,8 @@ def kernel_matrix(mlp: MLP, x, x2=None, *, layers=None, get=("K", "Theta"), bloc
             raise MemoryError(
                 f"kernel_matrix needs {need / 2**30:.2f} GiB ({out_bytes / 2**30:.2f} GiB of "
                 f"output for {len(alloc)} statistic(s) x {len(layers)} layer(s) x {N} x {M} "
-                f"float64) but memory_budget is {budget / 2**30:.2f} GiB: pass out= arrays "
+                f"float64, with the per-input diagonal flows) but memory_budget is "
+                f"{budget / 2**30:.2f} GiB: pass out= arrays "
                 "(e.g. np.memmap files on disk, or pdlt.experiment.kernel_distributed), ask for "
                 "fewer layers= or one statistic in get=, or raise memory_budget")
         if block_size is None:
@@ -518,6 +524,22 @@ def kernel_matrix(mlp: MLP, x, x2=None, *, layers=None, get=("K", "Theta"), bloc
                 for _ in pool.map(run, blocks):
                     pass
     return KernelMatrices(layers=layers, **{g: out[g] for g in get})
+
+
+def diagonal_bytes(depth: int, n_inputs: int) -> int:
+    """Bytes of the diagonal flows :func:`kernel_matrix` keeps: K and Theta, (depth, inputs)."""
+    return 2 * 8 * int(depth) * int(n_inputs)
+
+
+def block_bytes_per_pair(mlp: MLP, layers, get) -> int:
+    """Working bytes per input pair of one block, as :func:`kernel_matrix` budgets them.
+
+    ``_ARRAYS_PER_BLOCK`` scratch arrays plus the block's kept layers (two
+    copies while they are written out), four times that for activations
+    evaluated by a series (no closed form).
+    """
+    series = closed_family(mlp.activation) is None
+    return 8 * (_ARRAYS_PER_BLOCK + 2 * len(layers) * len(get)) * (4 if series else 1)
 
 
 def _single_threaded_blas():
