@@ -216,6 +216,10 @@ class _TableRow:
     def __getitem__(self, name):
         return self._t[name][self._i]
 
+    def subset(self, inputs):
+        """The same row restricted to ``inputs`` (an index array over the last axis)."""
+        return _TableRow(self._t, (self._i, inputs))
+
 
 # ---------------------------------------------------------------------------
 # the derivative operator M and coinciding inputs

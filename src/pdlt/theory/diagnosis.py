@@ -363,15 +363,15 @@ def input_kernels(mlp: MLP, x) -> np.ndarray:
     ndarray (L, N)
     """
     from ..network import validate_inputs
-    from .kernel import single_input_moments
+    from .kernel import LayerHyper, kernel_update, single_input_moments
 
     x = validate_inputs(x, mlp.n0)
     K = mlp.C_b[0] + mlp.C_W[0] * np.einsum("ai,ai->a", x, x) / mlp.n0
     out = [K]
     for l in range(1, mlp.depth):
         ss, _, _ = single_input_moments(mlp.activation, K)
-        new = mlp.C_b[l] + mlp.C_W[l] * np.asarray(ss, dtype=float)
-        K = mlp.xi[l] ** 2 * new + mlp.gamma[l] ** 2 * K
+        # the kernel step of pdlt.theory.kernel on each input's own variance (no NTK)
+        K = kernel_update(np.asarray(ss, dtype=float), 0.0, K, 0.0, LayerHyper.of(mlp, l))[0]
         out.append(K)
     return np.array(out)
 

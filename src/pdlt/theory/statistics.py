@@ -261,9 +261,10 @@ def layer_step(act, K, Theta, state, names, hp, *, accuracy="default", merge=Tru
         Merge exactly coinciding inputs first (their pair averages are
         singular for kinked activations; every statistic of a repeated input
         is a copy), expanding the result back.
-    diag : mapping, optional
-        One-variable averages at the distinct inputs' variances (a row of
-        :class:`~pdlt.theory._averages.OneVariableTable`); computed if None.
+    diag : table row, optional
+        One-variable averages at every input's variance (a row of
+        :class:`~pdlt.theory._averages.OneVariableTable`, ``table.at(l - 1)``);
+        restricted to the distinct inputs here. Computed if None.
     where : str
         Context for error messages.
 
@@ -286,6 +287,8 @@ def layer_step(act, K, Theta, state, names, hp, *, accuracy="default", merge=Tru
         st = {"K": K, "Theta": Theta, **state}
     if diag is None:
         diag = OneVariableTable(act, np.diag(st["K"]).copy())
+    elif merged:
+        diag = diag.subset(reps)
     avg = LayerAverages(act, st["K"], diag, accuracy=accuracy, where=where)
     out = {}
     for k in names:
@@ -326,10 +329,9 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy):
     table = OneVariableTable(act, diag)
     hps = [LayerHyper.of(mlp, l) for l in range(L)]
     for l in _layers(range(1, L), f"{', '.join(run)}, {N} input{'s' if N > 1 else ''}"):
-        K = Ks[l - 1]
-        reps = representatives(K)[0] if N > 1 else np.arange(1)
-        new, avg = layer_step(act, K, Ths[l - 1], {k: out[k][l - 1] for k in need}, run,
-                              hps[l], accuracy=accuracy, diag=table.at((l - 1, reps)),
+        state = {k: out[k][l - 1] for k in need}
+        new, avg = layer_step(act, Ks[l - 1], Ths[l - 1], state, run, hps[l],
+                              accuracy=accuracy, diag=table.at(l - 1),
                               where=f" at layer {l} (inputs of the flow)")
         for k in run:
             if not np.all(np.isfinite(new[k])):
