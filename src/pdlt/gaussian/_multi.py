@@ -24,10 +24,13 @@ evaluated on only ``Q_1 ... Q_k`` points. Along axis k the integrand varies
 on the scale ``s_k = max_i |L_ik|``. Narrow axes (``s_k <= 0.6``) use
 Gauss-Hermite with ``Q(s) = ceil(q0 + q1 s)`` nodes (rounded up to a rule
 size; ``(q0, q1)`` = (3, 18) "fast", (5, 30) "default", (8, 48) "high",
-(12, 72) "higher"; with three or fewer variables each accuracy uses the next
-rule: there the grids cost at most ~4x more, and the merged powers of
-coinciding inputs converge slowest, e.g. tanh ``<q q p p>`` at variance ~0.2
-was 2e-5 at "default", 4e-8 one rule up);
+(12, 72) "higher", (16, 96) "highest"; with three or fewer variables each
+accuracy uses the rule two up on these axes and one up on trapezoid axes:
+there the grids cost at most ~3x more, and the merged powers of coinciding
+inputs converge slowest, e.g. tanh ``<q q p p>`` at variance ~0.2 was 2e-5
+at "default", 4e-8 one rule up, and tanh's dNTK and ddNTKs at N = 2, 3 were
+1e-8..9e-8 of their scale off an independent reference with the Gauss-Hermite
+axes one rule up, <= 2e-10 two up (``benchmarks/statistics_reference.py``));
 wider axes use the trapezoidal rule on ``|u| <= 8`` with spacing
 ``h = min(pi^2 / (c s), 0.7)``, ``c`` = 16 / 25 / 32 / 40 for four variables
 (+5 per variable less: the merged powers ``tanh^p`` have stronger
@@ -99,14 +102,20 @@ from ._rule import KernelNotPSDError, _gauss_legendre, expect
 
 __all__ = ["expect_nd", "quad_expectations", "node_count", "axis_rules"]
 
-_Q_SIZES = np.array([1, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64])
+_Q_SIZES = np.array([1, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80,
+                     96])
 _ACCURACY = {"fast": (3.0, 18.0), "default": (5.0, 30.0), "high": (8.0, 48.0),
-             "higher": (12.0, 72.0)}
+             "higher": (12.0, 72.0), "highest": (16.0, 96.0)}
 #: the smooth path's rules in order; with three or fewer variables each accuracy uses
-#: the next one (its grids cost (q'/q)^d <= ~4x more there, not ~6.5x as for four, and
-#: the merged powers of coinciding inputs converge slowest: tanh <q q p p> at variance
-#: ~0.2 was 2e-5 at "default", 4e-8 one rule up)
-_LEVELS = ("fast", "default", "high", "higher")
+#: the next one on trapezoid axes and the one after on Gauss-Hermite axes (those grids
+#: cost (q'/q)^d <= ~3x more there, not ~6.5x as for four, and the merged powers of
+#: coinciding inputs converge slowest: tanh <q q p p> at variance ~0.2 was 2e-5 at
+#: "default", 4e-8 one rule up; the Gauss-Hermite axes one rule up still left tanh's
+#: dNTK and ddNTKs 1e-8..9e-8 off an independent reference at N = 2, 3, two rules up
+#: <= 2e-10: benchmarks/statistics_reference.py)
+_LEVELS = ("fast", "default", "high", "higher", "highest")
+_GH_STEP_UP = 2     # levels up for Gauss-Hermite axes with three or fewer variables
+_TRAP_STEP_UP = 1   # levels up for trapezoid axes with three or fewer variables
 # split rule per accuracy: fixed panel breakpoints (truncation at |u| = 8, Gaussian mass
 # 1.2e-15) and Gauss-Legendre nodes per panel (measured errors in the module doc)
 _SPLIT_RULES = {
@@ -121,7 +130,7 @@ _TRAP_HMAX = 0.7
 _TRAP_QMAX = 640          # nodes per trapezoid axis at most, and the tensor grid of d axes
 # at most 8 x 64^d points (64 was the old Gauss-Hermite cap), and 64^4 for d = 4
 _TRAP_POINTS = {d: min(8.0 * 64.0 ** d, 64.0 ** 4) for d in range(1, 5)}
-_TRAP_C = {"fast": 16.0, "default": 25.0, "high": 32.0, "higher": 40.0}
+_TRAP_C = {"fast": 16.0, "default": 25.0, "high": 32.0, "higher": 40.0, "highest": 48.0}
 _PHI = 1.0 / math.sqrt(2.0 * math.pi)
 _TWO_MIN_S = 1e-3  # sqrt(1 - rho^2) of the last pair below this: one axis less in closed form
 _GRADE = np.array([1.0])  # offsets around a projected kink, in units of its smoothing width
@@ -191,9 +200,12 @@ def axis_rules(s, accuracy="default"):
     """
     s = np.asarray(s, dtype=float)
     d = s.shape[-1] if s.ndim else 4
+    gh_accuracy = accuracy
     if d <= 3:
-        accuracy = _LEVELS[min(_LEVELS.index(accuracy) + 1, len(_LEVELS) - 1)]
-    gh = node_count(s, accuracy)
+        i, top = _LEVELS.index(accuracy), len(_LEVELS) - 1
+        accuracy = _LEVELS[min(i + _TRAP_STEP_UP, top)]
+        gh_accuracy = _LEVELS[min(i + _GH_STEP_UP, top)]
+    gh = node_count(s, gh_accuracy)
     # fewer than four variables: the integrands are powers of the activation
     # (coinciding inputs merged), with stronger singularities: c + 5 per variable less
     c = _TRAP_C[accuracy] + 5.0 * max(0, 4 - d)
