@@ -280,7 +280,9 @@ def residual_ntk_mean_measure(mlp, K1, networks, seed, *, chunk=2000):
     half-skip term and the neuron's own past ``gamma z_j``). The estimator is unbiased
     at any width; control variates with exactly zero mean (Hermite means of the
     standardized layer-1 preactivations and of every sampled increment ``u / sqrt(G)``,
-    and of the standardized weights) are regressed out. Numpy only (float64).
+    of the standardized weights, the layer-1 means of ``sigma^2, sigma'^2`` and, for
+    every sampled layer, the martingale differences of ``S``, ``P`` and the NTK
+    diagonal against their exact conditional means) are regressed out. Numpy only (float64).
 
     Parameters
     ----------
@@ -295,6 +297,7 @@ def residual_ntk_mean_measure(mlp, K1, networks, seed, *, chunk=2000):
     mean, se : ndarray (L,)
         ``n (m - Theta)`` and its standard error; entries for layers 1, 2 are 0 (exact).
     """
+    from .. import gaussian
     from ..theory.residual_ntk import one_input_kernel
     act = mlp.activation
     L = mlp.depth
@@ -306,6 +309,9 @@ def residual_ntk_mean_measure(mlp, K1, networks, seed, *, chunk=2000):
     K, Th = one_input_kernel(mlp, K1)
     Cb, CW, lb, lW, xi, ga = (np.asarray(v, float) for v in
                               (mlp.C_b, mlp.C_W, mlp.lambda_b, mlp.lambda_W, mlp.xi, mlp.gamma))
+    kw = dict(kinks=act.kinks, period=act.period)
+    ss1 = float(gaussian.expect(lambda v: act.sigma(v) ** 2, float(K1), **kw))
+    pp1 = float(gaussian.expect(lambda v: act.d1(v) ** 2, float(K1), **kw))
     rng = np.random.default_rng(seed)
     He = [lambda x: x, lambda x: x * x - 1, lambda x: x ** 3 - 3 * x,
           lambda x: x ** 4 - 6 * x * x + 3]
@@ -320,6 +326,8 @@ def residual_ntk_mean_measure(mlp, K1, networks, seed, *, chunk=2000):
         H = np.broadcast_to(Th[0] * eye, (b, n, n)).copy()
         est = np.zeros((b, L))
         cv = [n * f(x1).mean(1) for f in He] + [n * (x1 ** 5 - 10 * x1 ** 3 + 15 * x1).mean(1)]
+        s1, p1 = act.sigma(z), act.d1(z)
+        cv += [n * ((s1 * s1).mean(1) - ss1), n * ((p1 * p1).mean(1) - pp1)]
         for k in range(L - 2):                 # state: 0-based layer k; targets layer k+2
             s, p = act.sigma(z), act.d1(z)
             S = (s * s).mean(1)
@@ -361,6 +369,13 @@ def residual_ntk_mean_measure(mlp, K1, networks, seed, *, chunk=2000):
             H = (xi[l1] ** 2 * (lb[l1] + lW[l1] * S))[:, None, None] * eye + Yk @ H @ \
                 np.swapaxes(Yk, 1, 2)
             z = xi[l1] * u + ga[l1] * z
+            # martingale differences (exactly zero mean): what layer k+1 adds to S, P and
+            # the NTK diagonal beyond their conditional means given layer k
+            s1, p1 = act.sigma(z), act.d1(z)
+            Hd1 = np.einsum("bii->bi", H)
+            cv += [n * ((s1 * s1).mean(1) - A0.mean(1)),
+                   n * ((p1 * p1 * Hd1).mean(1) - EspH.mean(1)),
+                   n * (Hd1.mean(1) - EH.mean(1))]
         Y.append(est)
         CV.append(np.stack(cv, 1))
     Y, C = np.concatenate(Y), np.concatenate(CV)

@@ -632,9 +632,9 @@ def residual_ntk_mean(mlp: MLP, K1: float) -> np.ndarray:
     --------
     >>> import pdlt
     >>> from pdlt.theory.residual_ntk import residual_ntk_mean
-    >>> m = pdlt.MLP(n0=1, width=8, depth=4, activation="linear", C_W=0.5, gamma=0.5)
-    >>> [float(h) for h in residual_ntk_mean(m, 1.0)]
-    [0.0, 0.0, 0.0, 0.0]
+    >>> m = pdlt.theory.residual.residual_mlp("relu", 0.5, width=16, depth=4, n_out=16)
+    >>> [round(float(h), 4) for h in residual_ntk_mean(m, 1.0)]   # plain ReLU: 0
+    [0.0, 0.0, 0.738, 2.4916]
     """
     if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
         raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
