@@ -6,6 +6,12 @@ reject the theory x0.5 and x2.
 
 * CI: layer 2, where A, B, D, F are exact at any width (layer 1 is Gaussian and
   its NTK deterministic), so the allowance is 0 and one small width suffices.
+* H1 (the NTK mean, pdlt.theory.residual_ntk.residual_ntk_mean): n (E[H] - Theta) of
+  real residual networks by pdlt.report.residual.residual_ntk_mean_measure (layers
+  1..l-2 sampled, the last two steps integrated exactly, martingale-difference control
+  variates), widths 16 and 32 extrapolated, allowance 0.25 |m(16) - m(32)|; the theory
+  x0, x0.5 and x2 must be rejected (conftest.powered). CI: relu and tanh at gamma = 0.7,
+  layers 3-4; slow: relu, tanh, gelu at gamma = 0.3 and 0.7, layers 3-5.
 * slow: layer 3, ReLU at gamma = 0.7, two widths (32, 64) extrapolated,
   m = 2 m(64) - m(32), allowance 0.25 |m(32) - m(64)| for the O(1/n^2)
   remainder. This is where the two-depth (history) term of
@@ -16,6 +22,8 @@ reject the theory x0.5 and x2.
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from conftest import powered  # noqa: E402
 
 import pdlt  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
@@ -79,3 +87,33 @@ def test_report_rows_relu_all_four():
         if r["resolution"] <= 0.25:
             assert r["rejects_half"] and r["rejects_double"], r
     assert sum(r["resolution"] <= 0.25 for r in rows) >= 7
+
+
+def _h1_rows(acts, gammas, depth, networks, max_resolution):
+    from pdlt.report.residual import residual_ntk_rows
+    rows = residual_ntk_rows(acts, gammas, depth=depth, widths=(16, 32), networks=networks,
+                             stats=("H1",))
+    assert len(rows) == len(acts) * len(gammas) * (depth - 2)
+    for r in rows:
+        powered(r["theory"], r["measured"], r["se"], r["allowance"],
+                label=f"H1 {r['activation']} gamma={r['gamma']} layer {r['layer']}",
+                max_resolution=max_resolution)
+        assert r["rejects_zero"] and r["rejects_half"] and r["rejects_double"]
+    return rows
+
+
+def test_ntk_mean_relu_tanh():
+    """~10 s. H1^(3), H1^(4) at gamma = 0.7, 8000 networks per width, extrapolated
+    (seed 17): relu 0.551(13), 1.814(46) against 0.5425, 1.7984; tanh -0.0590(8),
+    -0.1275(28) against -0.0588, -0.1287; resolution (4 se + allowance)/|H1| 10 %, 10 %,
+    5 %, 9 %; x0.5, x2 rejected at z >= 20. (ReLU's plain H1 is 0 for one input: the
+    whole value here is the residual neuron's own past.)"""
+    _h1_rows(("relu", "tanh"), (0.7,), depth=4, networks=8000, max_resolution=0.25)
+
+
+@pytest.mark.slow
+def test_ntk_mean_all():
+    """~3 min. relu, tanh, gelu at gamma 0.3 and 0.7, layers 3-5, 20000 networks per width:
+    every row resolved to <= 25 % and x0, x0.5, x2 rejected."""
+    _h1_rows(("relu", "tanh", "gelu"), (0.3, 0.7), depth=5, networks=20000,
+             max_resolution=0.25)
