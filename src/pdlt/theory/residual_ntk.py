@@ -1,4 +1,4 @@
-r"""NTK statistics of residual MLPs at order 1/n, single input: A, B, D, F (and the exact V).
+r"""NTK statistics of residual MLPs at order 1/n, single input: A, B, D, F, H1 (and the exact V).
 
 For the residual MLP ``z' = xi [b + W sigma(z)] + gamma z``
 (``shared/NOTATION.md``) the book's closure on a finite set of statistics
@@ -14,6 +14,9 @@ them exactly:
   :func:`pdlt.statistics` serves for residual MLPs (the
   three-point truncation it used before was ~1-4 % off: ReLU, gamma = 0.5,
   V^(3) = 8.6179 against 8.5574, G1^(3) = 0.3426 against 0.3581);
+* :func:`residual_ntk_mean`: H1, the NTK mean at order 1/n (the shared fields,
+  the neuron's own dressed past, and the diagonal of F's bilinear form), which
+  :func:`pdlt.statistics` serves for residual MLPs;
 * :func:`residual_b_closure`: B from the closure recursion (history terms
   dropped), for comparison only;
 * :func:`pdlt.theory.residual.residual_slopes`: the depth-to-width slopes of the normalized
@@ -23,8 +26,10 @@ At gamma = 0 every history term vanishes and the recursions are the plain ones
 of :mod:`pdlt.theory.ntk` (equal to 1e-12). Checked against ensembles of real
 residual networks (``tests/experiment/test_residual_ntk_ensemble.py``,
 :func:`pdlt.report.residual.residual_ntk_rows`); G1^(3), G1^(4) by a Monte
-Carlo of real networks (``docs/derivations/residual_g1_mc.py``). P, Q, R, S,
-T, U, H1 and all N-input tensors are NOT derived for residual MLPs and raise
+Carlo of real networks (``docs/derivations/residual_g1_mc.py``); H1 at layer 3
+by an independent delta-method derivation and at layers 3-5 by Rao-Blackwellized
+ensembles (:func:`pdlt.report.residual.residual_ntk_mean_measure`). P, Q, R, S,
+T, U and all N-input tensors are NOT derived for residual MLPs and raise
 ``NotImplementedError``.
 
 Cost: ``O(L^2)`` two-variable Gaussian averages (:func:`pdlt.gaussian.expect2`,
@@ -32,7 +37,7 @@ Cost: ``O(L^2)`` two-variable Gaussian averages (:func:`pdlt.gaussian.expect2`,
 
 Derivation: ``docs/derivations/residual_ntk.md`` (forward equation, why the
 closure fails, the B attachments, the F bilinear features, the field
-covariances for V, A, D, and the checks).
+covariances for V, A, D, H1 (section 8), and the checks).
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ from ..network import MLP
 from ._averages import Integrands, OneVariableTable
 from .kernel import first_layer_kernel, kernel_fold
 
-__all__ = ["residual_ntk_one_input", "residual_b_closure", "one_input_kernel",
-           "RESIDUAL_NTK_STATISTICS"]
+__all__ = ["residual_ntk_one_input", "residual_ntk_mean", "residual_b_closure",
+           "one_input_kernel", "RESIDUAL_NTK_STATISTICS"]
 
 #: statistics derived (and ensemble-checked) for residual MLPs, single input
 RESIDUAL_NTK_STATISTICS = ("A", "B", "D", "F")
