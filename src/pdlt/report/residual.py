@@ -382,8 +382,8 @@ def residual_ntk_mean_measure(mlp, K1, networks, seed, *, chunk=2000):
                          rng.standard_normal((b, n)))
             wn = W * math.sqrt(n / CW[l1])
             cv += [n * f(e).mean(1) for f in He]
-            cv += [n * (wn * wn - 1).mean((1, 2)), n * np.einsum("bii->bi", wn).mean(1) / math.sqrt(n),
-                   n * (e * x1).mean(1)]
+            cv += [n * (wn * wn - 1).mean((1, 2)),
+                   n * np.einsum("bii->bi", wn).mean(1) / math.sqrt(n), n * (e * x1).mean(1)]
             Yk = xi[l1] * W * p[:, None, :] + ga[l1] * eye
             H = (xi[l1] ** 2 * (lb[l1] + lW[l1] * S))[:, None, None] * eye + Yk @ H @ \
                 np.swapaxes(Yk, 1, 2)
