@@ -299,7 +299,53 @@ def test_ntk_mean_is_served_by_statistics():
     np.testing.assert_array_equal(np.ravel(st.H1), residual_ntk_mean(m, 1.0))
     assert st.H1[2] > 0.1                       # ReLU: zero for plain MLPs, not here
     assert "H1" in pdlt.theory.statistics.defined(m)
+    assert "P" not in pdlt.theory.statistics.defined(m)   # residual_dntk_p: not validated
     with pytest.raises(NotImplementedError, match="H1 not derived"):
         pdlt.statistics(m, np.ones((2, 1)), get=("H1",))
     with pytest.raises(ValueError, match="K1 must be"):
         residual_ntk_mean(m, 0.0)
+
+
+# ---------------------------------------------------------------------------
+# P: the dNTK-preactivation correlation (pdlt.theory.residual_ntk.residual_dntk_p)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("act", ["tanh", "gelu", "sin"])
+def test_dntk_p_gamma_zero_is_the_plain_recursion(act):
+    """gamma = 0, unequal widths: the bilinear-form recursion is the book's (dntk.py), 1e-12."""
+    from pdlt.theory.residual_ntk import residual_dntk_p
+    m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9, 9), activation=act, C_W=1.3, C_b=0.1,
+                 lambda_b=0.5, lambda_W=0.8)
+    f = np.ravel(pdlt.statistics(m, K1=0.9, get=("P",)).P)
+    np.testing.assert_allclose(residual_dntk_p(m, 0.9), f, rtol=1e-12,
+                               atol=1e-12 * np.abs(f).max())
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu", "sin"])
+def test_dntk_p_layer_two_closed_form(act):
+    """Layer 2, exact at any width (layer 1 Gaussian, H^(1) = Theta1 1, dH^(1) = 0):
+    P = xi^4 C_W^2 Theta1^2 <q s p^2> + xi^2 gamma^2 C_W Theta1^2 <q s>, q = sigma''."""
+    from pdlt.theory.residual_ntk import residual_dntk_p
+    g, x, CW, Cb, K1 = 0.6, 0.9, 0.8, 0.2, 0.7
+    m = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, activation=act, C_W=CW, C_b=Cb,
+                 gamma=g, xi=x, lambda_b=0.3, lambda_W=1.1)
+    a = m.activation
+    Th = float(pdlt.flow(m, K1=K1).Theta[0])
+    qsp2 = float(expect(lambda z: a.d2(z) * a.sigma(z) * a.d1(z) ** 2, K1))
+    qs = float(expect(lambda z: a.d2(z) * a.sigma(z), K1))
+    want = x ** 4 * CW ** 2 * Th ** 2 * qsp2 + x * x * g * g * CW * Th ** 2 * qs
+    assert residual_dntk_p(m, K1)[1] == pytest.approx(want, rel=1e-11)
+
+
+def test_dntk_p_vanishes_without_curvature_and_differs_from_the_closure():
+    """ReLU and linear: sigma'' = 0 (pointwise), so P = 0 at every layer. GELU at
+    gamma = 0.7: the two-depth averages move P^(4) by ~30 % against the closure."""
+    from pdlt.theory.residual_ntk import residual_dntk_p
+    for act in ("relu", "linear"):
+        m = pdlt.theory.residual.residual_mlp(act, 0.5, width=8, depth=5, n_out=8)
+        assert np.all(residual_dntk_p(m, 1.0) == 0.0)
+    m = pdlt.theory.residual.residual_mlp("gelu", 0.7, width=8, depth=4, n_out=8)
+    K1 = pdlt.criticality("gelu").K_star
+    ex, cl = residual_dntk_p(m, K1), residual_dntk_p(m, K1, closure=True)
+    assert ex[1] == pytest.approx(cl[1], rel=1e-12)          # layer 2: no history yet
+    assert abs(ex[3] - cl[3]) > 0.2 * abs(ex[3])

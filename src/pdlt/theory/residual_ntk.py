@@ -721,3 +721,111 @@ def residual_ntk_mean(mlp: MLP, K1: float) -> np.ndarray:
     if not np.all(np.isfinite(out)):
         raise FloatingPointError("H1 overflowed; reduce the depth or initialize at criticality")
     return out
+
+
+# ---------------------------------------------------------------------------
+# P: the dNTK-preactivation correlation
+# ---------------------------------------------------------------------------
+
+def residual_dntk_p(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
+    r"""``P``, the dNTK-preactivation correlation of a residual MLP at every layer, one input.
+
+    ``E[dH_{jkk} z_j] = P / n_{l-1}`` for ``j != k`` (``shared/NOTATION.md``). The
+    conditional mean of the dNTK given the two neurons' trajectories is a
+    bilinear form (``docs/derivations/residual_ntk.md``, section 9),
+
+    .. math::
+        n\,E[dH_{jkk} \mid \text{trajectories}] = \sum_{\alpha\beta}\Pi_{\alpha\beta}\,
+            \phi_\alpha(j)\,\psi_\beta(k),
+
+    ``phi``: the increments ``U_m`` of neuron j; ``psi``: 1, ``sigma'' sigma(z_k^(p))``
+    and ``sigma'^2(z_k^(p))``. A layer step (``q = sigma''``, ``s = sigma``,
+    ``p = sigma'``, all at layer l; ``G`` the variance of the new increment ``u``):
+
+    .. math::
+        \Pi' = r\gamma^3\Pi + r\gamma\xi^2 C_W (\Pi e_\psi) \otimes 1
+          + \frac{\xi C_W}{G}\, u \otimes \Big[\xi^2 C_W\big(\langle q s p^2\rangle
+          \Theta^2 + r B_{qs,p^2} + r\,e_\phi^T\Pi e_\psi\big)
+          + \gamma^2\big(\Theta^2\, q s(z_k) + r\,b_{qs}(k) + r\,e_\phi^T\Pi\big)\Big],
+
+    with ``B_{qs,p^2} = n E[q s(z_a) p^2(z_b) H_ab^2]`` and ``b_qs(k) = n E_a[q s(z_a)
+    H_ak^2]`` from the attachments of B (section 3), ``e_phi = E[U s p(z)]`` and
+    ``e_psi = E[p^2(z) psi]`` (two-depth averages). At gamma = 0 this is the book's
+    recursion (:mod:`pdlt.theory.dntk`; 1e-12); at layer 2 it is the closed form
+    ``xi^4 C_W^2 Theta^2 <q s p^2> + xi^2 gamma^2 C_W Theta^2 <q s>``. ReLU
+    (``sigma'' = 0`` pointwise): P = 0 at every layer.
+
+    .. warning::
+        Not served by :func:`pdlt.statistics` (which still raises for residual P):
+        the ensemble check is incomplete. Tanh (gamma = 0.5, widths 16/32
+        extrapolated) agrees at layers 3-4 (resolution 15-19 %), but there the
+        two-depth terms move P by < 1 %; GELU (gamma = 0.7, K1 = 1), where they
+        move it 8-10 %, agrees at layer 3 and deviates at layers 4-5 at n = 16 by
+        3.4 se (1.78(28), 4.39(72) against 0.835, 1.899), not yet separated from
+        the finite-width behaviour of the dNTK estimator (plain GELU at
+        criticality shows similar n = 16 excursions). Derivation:
+        ``docs/derivations/residual_ntk.md``, section 9.
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+    closure : bool
+        Replace every two-depth average by the product of one-depth ones (the
+        book-style closure; for comparison only: it is wrong for nonlinear
+        residual MLPs).
+
+    Returns
+    -------
+    ndarray (L,)
+        ``P^(l)``, normalized by ``n_{l-1}``.
+    """
+    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
+        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
+    act = mlp.activation
+    L = mlp.depth
+    K, Th = one_input_kernel(mlp, K1)
+    t = OneVariableTable(act, K)
+    pp, pppp, dss, qs, qspp = (np.asarray(t[k], float)
+                               for k in ("pp", "pppp", "dss", "qs", "qspp"))
+    a, varw, C = _trajectory(mlp, K)
+    if closure:
+        QSPP, PPQS, PPPP = np.outer(qs, pp), np.outer(pp, qs), np.outer(pp, pp)
+    else:   # [l, p]: <f(z^(l)) g(z^(p))> for the named pair (f, g)
+        fns = {"qs": lambda z: act.d2(z) * act.sigma(z), "pp": lambda z: act.d1(z) ** 2}
+        pr = _two_depth_pairs(act, C, fns, (("qs", "pp"), ("pp", "qs"), ("pp", "pp")))
+        QSPP, PPQS, PPPP = pr[("qs", "pp")], pr[("pp", "qs")], pr[("pp", "pp")]
+    out = np.zeros(L)
+    Pi = np.zeros((L, 1 + 2 * L))          # psi columns: 1 | q s(z^(p)) | p^2(z^(p))
+    beta0, beta = 0.0, np.zeros(L)          # B attachments (residual_ntk_one_input)
+    mpsi = np.concatenate([[1.0], qs, pp])
+    for l in range(L - 1):
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+        bl = beta[:l]
+        ephi = a[l] * varw * dss[l]
+        epsi = np.zeros(1 + 2 * L)
+        epsi[0] = pp[l]
+        epsi[1:1 + l] = PPQS[l, :l]
+        epsi[1 + L:1 + L + l] = PPPP[l, :l]
+        Beval = beta0 * qs[l] * pp[l] + float(bl @ (QSPP[l, :l] * pp[l] + qs[l] * PPPP[l, :l]))
+        new = r * g ** 3 * Pi
+        new[:, 0] += r * g * x * x * CW * (Pi @ epsi)
+        u, f = l + 1, x * CW / varw[l + 1]
+        new[u, 0] += f * (x * x * CW * (qspp[l] * Th[l] ** 2 + r * Beval
+                                        + r * float(ephi @ Pi @ epsi))
+                          + g * g * r * (beta0 * qs[l] + float(bl @ QSPP[l, :l])))
+        new[u, 1 + l] += f * g * g * Th[l] ** 2
+        new[u, 1 + L:1 + L + l] += f * g * g * r * qs[l] * bl
+        new[u, :] += f * g * g * r * (ephi @ Pi)
+        Pi = new
+        chi = x * x * CW * pp[l] + g * g
+        beta0 = (x ** 4 * CW ** 2 * pppp[l] * Th[l] ** 2
+                 + r * (chi * chi * beta0 + 2 * x * x * CW * chi * float(bl @ PPPP[l, :l])))
+        beta[:l] *= r * g * g * chi
+        beta[l] = x * x * g * g * CW * Th[l] ** 2
+        out[l + 1] = float((a[l + 1] * varw) @ Pi @ mpsi)
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("P overflowed; reduce the depth or initialize at criticality")
+    return out
