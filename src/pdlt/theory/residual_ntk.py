@@ -760,10 +760,10 @@ def residual_dntk_p(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
         the ensemble check is incomplete. Tanh (gamma = 0.5, widths 16/32
         extrapolated) agrees at layers 3-4 (resolution 15-19 %), but there the
         two-depth terms move P by < 1 %; GELU (gamma = 0.7, K1 = 1), where they
-        move it 8-10 %, agrees at layer 3 and deviates at layers 4-5 at n = 16 by
-        3.4 se (1.78(28), 4.39(72) against 0.835, 1.899), not yet separated from
-        the finite-width behaviour of the dNTK estimator (plain GELU at
-        criticality shows similar n = 16 excursions). Derivation:
+        move it 8-10 %, is not resolved: 4000 networks at n = 16 and 32 disagree
+        with each other beyond their stated errors (heavy-tailed dNTK estimates)
+        and with the theory by up to 3.7 se at layers 3-5 (plain GELU at
+        criticality shows similar excursions against the book's recursion). Derivation:
         ``docs/derivations/residual_ntk.md``, section 9.
 
     Parameters
