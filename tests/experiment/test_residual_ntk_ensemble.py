@@ -6,6 +6,12 @@ reject the theory x0.5 and x2.
 
 * CI: layer 2, where A, B, D, F are exact at any width (layer 1 is Gaussian and
   its NTK deterministic), so the allowance is 0 and one small width suffices.
+* H1 (the NTK mean, pdlt.theory.residual_ntk.residual_ntk_mean): n (E[H] - Theta) of
+  real residual networks by pdlt.report.residual.residual_ntk_mean_measure (layers
+  1..l-2 sampled, the last two steps integrated exactly, martingale-difference control
+  variates), widths 16 and 32 extrapolated, allowance 0.25 |m(16) - m(32)|; the theory
+  x0, x0.5 and x2 must be rejected (conftest.powered). CI: relu and tanh at gamma = 0.7,
+  layers 3-4; slow: relu, tanh, gelu at gamma = 0.3 and 0.7, layers 3-5.
 * slow: layer 3, ReLU at gamma = 0.7, two widths (32, 64) extrapolated,
   m = 2 m(64) - m(32), allowance 0.25 |m(32) - m(64)| for the O(1/n^2)
   remainder. This is where the two-depth (history) term of
@@ -13,9 +19,12 @@ reject the theory x0.5 and x2.
 """
 
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from conftest import powered  # noqa: E402
 
 import pdlt  # noqa: E402
 from pdlt.experiment import Ensemble  # noqa: E402
@@ -79,3 +88,84 @@ def test_report_rows_relu_all_four():
         if r["resolution"] <= 0.25:
             assert r["rejects_half"] and r["rejects_double"], r
     assert sum(r["resolution"] <= 0.25 for r in rows) >= 7
+
+
+def _h1_rows(acts, gammas, depth, networks, max_resolution):
+    from pdlt.report.residual import residual_ntk_rows
+    rows = residual_ntk_rows(acts, gammas, depth=depth, widths=(16, 32), networks=networks,
+                             stats=("H1",))
+    assert len(rows) == len(acts) * len(gammas) * (depth - 2)
+    for r in rows:
+        powered(r["theory"], r["measured"], r["se"], r["allowance"],
+                label=f"H1 {r['activation']} gamma={r['gamma']} layer {r['layer']}",
+                max_resolution=max_resolution)
+        assert r["rejects_zero"] and r["rejects_half"] and r["rejects_double"]
+        print(f"H1 {r['activation']} gamma={r['gamma']} layer {r['layer']}: measured "
+              f"{r['measured']:.4f} +- {r['se']:.4f} (allowance {r['allowance']:.4f}), theory "
+              f"{r['theory']:.4f}, resolution {r['resolution']:.3f}, z(x0.5) {r['z_half']:.1f},"
+              f" z(x2) {r['z_double']:.1f}")
+    return rows
+
+
+def test_ntk_mean_relu_tanh():
+    """~10 s. H1^(3), H1^(4) at gamma = 0.7, 8000 networks per width, extrapolated
+    (seed 17): relu 0.551(13), 1.814(46) against 0.5425, 1.7984; tanh -0.0590(8),
+    -0.1275(28) against -0.0588, -0.1287; resolution (4 se + allowance)/|H1| 10 %, 10 %,
+    5 %, 9 %; x0.5, x2 rejected at z >= 20. (ReLU's plain H1 is 0 for one input: the
+    whole value here is the residual neuron's own past.)"""
+    _h1_rows(("relu", "tanh"), (0.7,), depth=4, networks=8000, max_resolution=0.25)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act,gamma,networks", [
+    ("relu", 0.3, 20000), ("relu", 0.7, 20000), ("tanh", 0.3, 60000), ("tanh", 0.7, 20000),
+    ("gelu", 0.3, 20000), ("gelu", 0.7, 20000)])
+def test_ntk_mean_all(act, gamma, networks):
+    """~4 min in all. Layers 3-5: every row resolved to <= 25 % and x0, x0.5, x2 rejected
+    (tanh at gamma = 0.3, H1 ~ -0.03..-0.08, needs 60000 networks per width)."""
+    _h1_rows((act,), (gamma,), depth=5, networks=networks, max_resolution=0.25)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act", ["tanh", "gelu"])
+def test_ntk_mean_mixed_hyperparameters(act):
+    """~30 s. Per-layer gamma with a plain layer inside (0, 0.6, 0, 0.8, 0.5), xi, C_W and
+    lambda_W per layer, C_b = 0.1, not at criticality; 20000 networks at widths 16, 32.
+    Measured: tanh -0.0925(19), -0.1049(29), -0.1969(47) against -0.0943, -0.1077,
+    -0.1948; gelu 0.964(14), 1.358(17), 2.149(22) against 0.936, 1.330, 2.136
+    (resolutions 5-12 %)."""
+    from pdlt.report.residual import residual_ntk_mean_measure
+    from pdlt.theory.residual_ntk import residual_ntk_mean
+    res = {}
+    for n in (16, 32):
+        m = pdlt.MLP(n0=1, width=n, depth=5, n_out=n, activation=act,
+                     C_W=(1.0, 1.2, 0.9, 1.0, 0.7), C_b=0.1, gamma=(0, 0.6, 0.0, 0.8, 0.5),
+                     xi=(1, 0.9, 1.2, 0.8, 1.1), lambda_b=0.3, lambda_W=(1, 0.7, 1.3, 0.9, 1.1))
+        res[n] = residual_ntk_mean_measure(m, 1.0, 20000, seed=5 + n)
+    th = residual_ntk_mean(m, 1.0)
+    (a1, s1), (a2, s2) = res[16], res[32]
+    ext, se, _ = width_extrapolation(a1[2:], s1[2:], a2[2:], s2[2:])
+    powered(th[2:], ext, se, 0.25 * np.abs(a1[2:] - a2[2:]), label=f"H1 mixed {act}",
+            max_resolution=0.25)
+
+
+def test_ntk_mean_estimator_matches_autodiff_networks():
+    """~4 s. The H1 estimator's networks are the torch ones: at one width (n = 8, no
+    extrapolation, no allowance: both estimators are unbiased at any width) the
+    Rao-Blackwellized E[H^(l)] (numpy forward equation, last two steps integrated) equals
+    pdlt.experiment.Ensemble's autodiff E[H_ii] within 4 combined se (relu: 3.067 vs
+    3.092(18), 4.222 vs 4.236(34) at layers 3, 4). This checks the estimator (an error of
+    order Theta in its sampling or integration is rejected: resolution ~1-2 % of E[H]),
+    not H1 itself (H1/n is ~2 % of E[H] here: the powered H1 checks are above)."""
+    from pdlt.report.residual import residual_ntk_mean_measure
+    from pdlt.theory.residual_ntk import one_input_kernel
+    n = 8
+    m = residual_mlp("relu", 0.7, width=n, depth=4, n_out=n, lambda_b=0.5)
+    meas = Ensemble(m, networks=6000, seed=3).measure(K1=1.0, stats=["Theta"], progress=False)
+    y, se = residual_ntk_mean_measure(m, 1.0, 20000, seed=4)
+    Th = one_input_kernel(m, 1.0)[1]
+    rb, rb_se = Th[2:] + y[2:] / n, se[2:] / n
+    t, t_se = np.asarray(meas["Theta"].mean)[2:], np.asarray(meas["Theta"].stderr)[2:]
+    tol = 4 * np.hypot(rb_se, t_se)
+    assert np.all(np.abs(rb - t) <= tol), (rb, t, tol)
+    assert np.all(tol / rb < 0.04)

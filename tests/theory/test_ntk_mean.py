@@ -270,10 +270,11 @@ def test_one_input_step_equals_the_hand_written_line():
 # errors
 # ---------------------------------------------------------------------------
 
-def test_residual_mlp_is_refused():
+def test_residual_mlp_is_refused_for_several_inputs():
+    """One input is served (pdlt.theory.residual_ntk.residual_ntk_mean); N inputs are not."""
     mlp = pdlt.MLP(n0=3, width=16, depth=4, activation="tanh", gamma=0.5)
     with pytest.raises(NotImplementedError, match="residual MLPs.*H1 not derived"):
-        ntk_mean_correction(mlp, K1=1.0)
+        ntk_mean_correction(mlp, X3)
 
 
 def test_bad_arguments():

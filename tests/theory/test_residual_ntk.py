@@ -194,3 +194,158 @@ def test_slopes_reduce_to_the_plain_ones_and_exceed_the_three_point_form():
     assert s["nu_V"] == pytest.approx(6.49631, rel=1e-5)   # converged (geometric) by l ~ 20
     assert s["nu_V"] == residual_vertex_slope("relu", 0.5)
     assert s["nu_V"] > three_point_vertex_slope("relu", 0.5) * 1.005
+
+
+# ---------------------------------------------------------------------------
+# H1: the NTK mean at order 1/n (pdlt.theory.residual_ntk.residual_ntk_mean)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
+def test_ntk_mean_gamma_zero_is_the_plain_recursion(act):
+    """gamma = 0 (unequal widths): the fields + bilinear-form algebra must give the plain
+    H1 of pdlt.theory.ntk_mean (same Gaussian averages, different algebra; 1e-12 of the
+    largest H1, float64 round-off over ~10 terms)."""
+    from pdlt.theory.residual_ntk import residual_ntk_mean
+    m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9, 9), activation=act, C_W=1.3, C_b=0.1,
+                 lambda_b=0.5, lambda_W=0.8)
+    r = residual_ntk_mean(m, 0.9)
+    f = np.ravel(pdlt.statistics(m, K1=0.9, get=("H1",)).H1)
+    scale = max(np.abs(f).max(), float(np.max(pdlt.flow(m, K1=0.9).Theta)))
+    np.testing.assert_allclose(r, f, rtol=1e-12, atol=1e-12 * scale)
+
+
+def test_ntk_mean_deep_linear_vanishes():
+    """Deep linear residual network, closed form H1 = 0 at every layer and width: with
+    sigma' = 1 the averaged forward equation E[H'] = xi^2 [lambda_b + lambda_W E[z^2]
+    + C_W E[H]] + gamma^2 E[H] is exact, and so is E[z'^2] = xi^2 (C_b + C_W E[z^2])
+    + gamma^2 E[z^2] (an increment is uncorrelated with the past), so E[z^2] = K and
+    E[H] = Theta exactly. Every term of the general recursion (fields, dressing,
+    bilinear form) must cancel to round-off: 1e-12 of n Theta."""
+    from pdlt.theory.residual_ntk import residual_ntk_mean
+    m = pdlt.MLP(n0=1, width=8, depth=7, n_out=8, activation="linear", C_W=0.6, C_b=0.1,
+                 gamma=(0, 0.5, 0.7, 0.0, 0.9, 0.3, 0.6), xi=1.1, lambda_b=0.4,
+                 lambda_W=1.3)
+    h = residual_ntk_mean(m, 1.3)
+    Th = pdlt.flow(m, K1=1.3).Theta
+    assert np.all(np.abs(h) <= 1e-12 * 8 * np.max(Th))
+
+
+def _h1_layer3_delta(mlp, K1, nodes=120):
+    """H1^(3) by the delta method on the exact conditional mean given layer 1.
+
+    Given layer 1 (n i.i.d. N(0, K1) preactivations, H^(1) = Theta1 * 1), Gaussian
+    conditioning of layer 2's rows on the increments gives E[H^(3) | layer 1] exactly
+    (pdlt.report.residual.residual_ntk_mean_measure, last two steps):
+    xi^2 [lambda_b + lambda_W mean_j A0_j + C_W mean_j E_j] + gamma^2 Theta2, with
+    E_j = B(S, P) F0(z_j; S) + C_W^2 xi^2 Theta1 Q F2_j / (n G^2)
+    + 2 xi gamma C_W Theta1 F1_j s_j p_j / (n G), functions of z_j and of the empirical
+    means S = mean s^2, P = mean p^2 (which include z_j). Expanding in S - <s^2>, P - <p^2>
+    to O(1/n) (the neuron's own term and the variance of the means) and integrating by
+    nested Gauss-Hermite (smooth activations only) gives H1^(3): no fields, no dressing,
+    no bilinear forms, no two-depth series.
+    """
+    act = mlp.activation
+    Cb, CW, lb, lW, xi, ga = (np.asarray(v, float) for v in
+                              (mlp.C_b, mlp.C_W, mlp.lambda_b, mlp.lambda_W, mlp.xi, mlp.gamma))
+    Th1 = float(pdlt.flow(mlp, K1=K1).Theta[0])
+    e, w = np.polynomial.hermite_e.hermegauss(nodes)
+    w = w / w.sum()
+    z = math.sqrt(K1) * e                       # outer: a layer-1 preactivation
+    s, p = act.sigma(z), act.d1(z)
+    Ez = lambda f: float(f @ w)                 # noqa: E731
+    mu, pi = Ez(s * s), Ez(p * p)
+    vs, csp, Q = Ez((s * s - mu) ** 2), Ez((s * s - mu) * (p * p - pi)), Ez(s * s * p * p)
+    G0 = Cb[1] + CW[1] * mu
+    t = xi[1] ** 2 * G0
+    y = ga[1] * z[:, None] + math.sqrt(t) * e[None, :]
+    inner = lambda f: f @ w                     # noqa: E731  (over the increment, per z)
+    He2, He4 = e * e - 1, e ** 4 - 6 * e * e + 3
+    dS = xi[1] ** 2 * CW[1]                     # d t / d S; d/dt <f> = <f He2>/(2t), ...
+    s2, p2 = act.sigma(y) ** 2, act.d1(y) ** 2
+    dA0, d2A0 = dS * inner(s2 * He2) / (2 * t), dS ** 2 * inner(s2 * He4) / (4 * t * t)
+    F0 = inner(p2)
+    dF0, d2F0 = dS * inner(p2 * He2) / (2 * t), dS ** 2 * inner(p2 * He4) / (4 * t * t)
+    F1 = math.sqrt(t) * inner(p2 * e) / xi[1]
+    F2 = t * inner(p2 * He2) / xi[1] ** 2
+    a0 = Ez(dA0 * (s * s - mu)) + 0.5 * Ez(d2A0) * vs
+    B = xi[1] ** 2 * (lb[1] + lW[1] * mu + CW[1] * Th1 * pi) + ga[1] ** 2 * Th1
+    c = xi[1] ** 2 * CW[1] * Th1
+    e1 = (Ez((lW[1] * xi[1] ** 2 * F0 + B * dF0) * (s * s - mu)) + c * Ez(F0 * (p * p - pi))
+          + 0.5 * (2 * lW[1] * xi[1] ** 2 * Ez(dF0) + B * Ez(d2F0)) * vs + c * Ez(dF0) * csp
+          + xi[1] ** 2 * CW[1] ** 2 * Th1 * Q * Ez(F2) / G0 ** 2
+          + 2 * xi[1] * ga[1] * CW[1] * Th1 * Ez(F1 * s * p) / G0)
+    return xi[2] ** 2 * (lW[2] * a0 + CW[2] * e1)
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu", "sin"])
+@pytest.mark.parametrize("g", [0.3, 0.7])
+def test_ntk_mean_layer_three_by_the_delta_method(act, g):
+    """H1^(3) two independent ways: the general recursion and the delta method on the exact
+    conditional mean (_h1_layer3_delta). The reference's 120 x 120 Gauss-Hermite rule is
+    accurate to ~1e-11 for these entire (tanh: strip-analytic) integrands; 1e-9 relative.
+    (The plain H1 at gamma = 0 is checked above; here the own-past terms are nonzero.)"""
+    from pdlt.theory.residual_ntk import residual_ntk_mean
+    m = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, activation=act, C_W=0.8, C_b=0.2,
+                 gamma=g, xi=0.9, lambda_b=0.3, lambda_W=1.1)
+    want = _h1_layer3_delta(m, 0.7)
+    assert abs(want) > 0.01
+    assert residual_ntk_mean(m, 0.7)[2] == pytest.approx(want, rel=1e-9)
+
+
+def test_ntk_mean_is_served_by_statistics():
+    from pdlt.theory.residual_ntk import residual_ntk_mean
+    m = pdlt.theory.residual.residual_mlp("relu", 0.5, width=16, depth=5, n_out=16)
+    st = pdlt.statistics(m, K1=1.0, get=("Theta", "H1"))
+    np.testing.assert_array_equal(np.ravel(st.H1), residual_ntk_mean(m, 1.0))
+    assert st.H1[2] > 0.1                       # ReLU: zero for plain MLPs, not here
+    assert "H1" in pdlt.theory.statistics.defined(m)
+    assert "P" not in pdlt.theory.statistics.defined(m)   # residual_dntk_p: not validated
+    with pytest.raises(NotImplementedError, match="H1 not derived"):
+        pdlt.statistics(m, np.ones((2, 1)), get=("H1",))
+    with pytest.raises(ValueError, match="K1 must be"):
+        residual_ntk_mean(m, 0.0)
+
+
+# ---------------------------------------------------------------------------
+# P: the dNTK-preactivation correlation (pdlt.theory.residual_ntk.residual_dntk_p)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("act", ["tanh", "gelu", "sin"])
+def test_dntk_p_gamma_zero_is_the_plain_recursion(act):
+    """gamma = 0, unequal widths: the bilinear-form recursion is the book's (dntk.py), 1e-12."""
+    from pdlt.theory.residual_ntk import residual_dntk_p
+    m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9, 9), activation=act, C_W=1.3, C_b=0.1,
+                 lambda_b=0.5, lambda_W=0.8)
+    f = np.ravel(pdlt.statistics(m, K1=0.9, get=("P",)).P)
+    np.testing.assert_allclose(residual_dntk_p(m, 0.9), f, rtol=1e-12,
+                               atol=1e-12 * np.abs(f).max())
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu", "sin"])
+def test_dntk_p_layer_two_closed_form(act):
+    """Layer 2, exact at any width (layer 1 Gaussian, H^(1) = Theta1 1, dH^(1) = 0):
+    P = xi^4 C_W^2 Theta1^2 <q s p^2> + xi^2 gamma^2 C_W Theta1^2 <q s>, q = sigma''."""
+    from pdlt.theory.residual_ntk import residual_dntk_p
+    g, x, CW, Cb, K1 = 0.6, 0.9, 0.8, 0.2, 0.7
+    m = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, activation=act, C_W=CW, C_b=Cb,
+                 gamma=g, xi=x, lambda_b=0.3, lambda_W=1.1)
+    a = m.activation
+    Th = float(pdlt.flow(m, K1=K1).Theta[0])
+    qsp2 = float(expect(lambda z: a.d2(z) * a.sigma(z) * a.d1(z) ** 2, K1))
+    qs = float(expect(lambda z: a.d2(z) * a.sigma(z), K1))
+    want = x ** 4 * CW ** 2 * Th ** 2 * qsp2 + x * x * g * g * CW * Th ** 2 * qs
+    assert residual_dntk_p(m, K1)[1] == pytest.approx(want, rel=1e-11)
+
+
+def test_dntk_p_vanishes_without_curvature_and_differs_from_the_closure():
+    """ReLU and linear: sigma'' = 0 (pointwise), so P = 0 at every layer. GELU at
+    gamma = 0.7: the two-depth averages move P^(4) by ~30 % against the closure."""
+    from pdlt.theory.residual_ntk import residual_dntk_p
+    for act in ("relu", "linear"):
+        m = pdlt.theory.residual.residual_mlp(act, 0.5, width=8, depth=5, n_out=8)
+        assert np.all(residual_dntk_p(m, 1.0) == 0.0)
+    m = pdlt.theory.residual.residual_mlp("gelu", 0.7, width=8, depth=4, n_out=8)
+    K1 = pdlt.criticality("gelu").K_star
+    ex, cl = residual_dntk_p(m, K1), residual_dntk_p(m, K1, closure=True)
+    assert ex[1] == pytest.approx(cl[1], rel=1e-12)          # layer 2: no history yet
+    assert abs(ex[3] - cl[3]) > 0.2 * abs(ex[3])

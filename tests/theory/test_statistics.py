@@ -182,7 +182,8 @@ def test_errors_and_residual_limits():
     with pytest.raises(NotImplementedError, match="non-odd"):
         pdlt.statistics(res, np.eye(2), get="V")
     assert set(defined(res, 1)) >= {"V", "G1", "kappa3", "A", "B", "D", "F"}
-    assert "H1" not in defined(res, 1) and "V" not in defined(res, 2)
+    assert "H1" in defined(res, 1) and "P" not in defined(res, 1)   # residual H1: one input
+    assert "H1" not in defined(res, 2) and "V" not in defined(res, 2)
     assert "R" not in defined(pdlt.MLP(n0=1, width=4, depth=2, activation="elu", C_W=1.0,
                                        C_b=0.1))
 

@@ -9,6 +9,7 @@ theory only.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from .figures import pyplot
 from .rows import compare, width_extrapolation
 
 __all__ = ["optimal_aspect_ratio_figure", "residual_depth_figure", "information_figure",
-           "residual_ntk_rows", "residual_aspect_ratio_figure"]
+           "residual_ntk_rows", "residual_aspect_ratio_figure", "residual_ntk_mean_measure"]
 
 
 def optimal_aspect_ratio_figure(activations=("relu", "gelu", "tanh", "linear"), gammas=None,
@@ -174,34 +175,51 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
     ``resolution = (4 se + allowance)/|theory|``, ``z = |measured - theory|/se``,
     ``passed = |measured - theory| <= 4 se + allowance`` and the same test for
     the theory x0.5 and x2 (``z_half``, ``z_double``, ``rejects_half``,
-    ``rejects_double``), plus the closure value of B (two-depth averages
-    replaced by products, :mod:`pdlt.theory.residual_ntk`) and its verdict.
+    ``rejects_double``, and ``rejects_zero`` for x0), plus the closure value of B
+    (two-depth averages replaced by products, :mod:`pdlt.theory.residual_ntk`) and
+    its verdict.
 
-    Needs torch. Cost ~2.5 ms per network and width at depth 5 (two CPU cores).
+    ``"H1"`` in ``stats`` (the NTK mean, :func:`pdlt.theory.residual_ntk.residual_ntk_mean`)
+    is measured as ``n (E[H] - Theta)`` by :func:`residual_ntk_mean_measure` (real
+    networks, the last two steps integrated exactly; numpy, no torch) on ``networks``
+    networks per width, layers 3..depth (layers 1, 2 vanish exactly), extrapolated
+    and allowed for like the others.
+
+    Needs torch for A, B, D, F. Cost ~2.5 ms per network and width at depth 5 (two
+    CPU cores); H1 ~0.2-1 ms per network and width at widths 16-32.
     """
     import pdlt
 
-    from ..experiment import Ensemble
     from ..theory.residual import residual_mlp
-    from ..theory.residual_ntk import residual_ntk_one_input, residual_b_closure
+    from ..theory.residual_ntk import (residual_ntk_mean, residual_ntk_one_input,
+                                       residual_b_closure)
 
     n1, n2 = widths
+    ens_stats = [s for s in stats if s != "H1"]
     rows = []
     for act in activations:
         crit = pdlt.criticality(act)
         K1 = crit.K_star if crit.K_star else 1.0
         for gamma in gammas:
-            meas = {}
+            meas, meas_h1 = {}, {}
             for i, n in enumerate(widths):
                 m = residual_mlp(act, gamma, width=n, depth=depth, n_out=n, lambda_b=0.5)
-                meas[n] = Ensemble(m, networks=networks, seed=seed + 1000 * i).measure(
-                    K1=K1, stats=list(stats), progress=False)
-            th = residual_ntk_one_input(m, K1, stats=stats)
+                if ens_stats:
+                    from ..experiment import Ensemble
+                    meas[n] = Ensemble(m, networks=networks, seed=seed + 1000 * i).measure(
+                        K1=K1, stats=ens_stats, progress=False)
+                if "H1" in stats:
+                    meas_h1[n] = {"H1": _Measured(*residual_ntk_mean_measure(
+                        m, K1, networks, seed + 1000 * i + 1))}
+            th = residual_ntk_one_input(m, K1, stats=ens_stats) if ens_stats else {}
+            if "H1" in stats:
+                th["H1"] = residual_ntk_mean(m, K1)
             clos = residual_b_closure(m, K1) if "B" in stats else None
             for name in stats:
-                for l in range(2, depth + 1):
-                    a1, s1 = float(meas[n1][name].mean[l - 1]), float(meas[n1][name].stderr[l - 1])
-                    a2, s2 = float(meas[n2][name].mean[l - 1]), float(meas[n2][name].stderr[l - 1])
+                src = meas_h1 if name == "H1" else meas
+                for l in range(3 if name == "H1" else 2, depth + 1):
+                    a1, s1 = float(src[n1][name].mean[l - 1]), float(src[n1][name].stderr[l - 1])
+                    a2, s2 = float(src[n2][name].mean[l - 1]), float(src[n2][name].stderr[l - 1])
                     if l == 2:
                         mean, se, allow = a2, s2, 0.0
                     else:
@@ -217,13 +235,185 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
                                passed=c.passed,
                                z_half=abs(mean - 0.5 * t) / se,
                                z_double=abs(mean - 2 * t) / se,
-                               rejects_half=c.rejects(0.5), rejects_double=c.rejects(2.0))
+                               rejects_half=c.rejects(0.5), rejects_double=c.rejects(2.0),
+                               rejects_zero=c.rejects(0.0))
                     if name == "B":
                         closure = float(clos[l - 1])
                         row.update(closure=closure, closure_z=abs(mean - closure) / se,
                                    closure_rejected=not compare(closure, mean, se, allow).passed)
                     rows.append(row)
     return rows
+
+
+def _last_step_integrals(act, m, t, xi, nodes=64):
+    """One-variable averages over ``y ~ N(m, t)`` (``y = xi u + m``, ``u ~ N(0, t / xi^2)``).
+
+    Returns ``A0 = E[sigma^2(y)]``, ``F0 = E[sigma'^2(y)]``, ``F1 = E[sigma'^2(y) u]``,
+    ``F2 = E[sigma'^2(y) (u^2 - t / xi^2)]``, shaped like ``m``. ReLU in closed form
+    (its ``sigma'^2`` jumps); smooth activations by Gauss-Hermite (``nodes`` points).
+    """
+    from scipy.special import ndtr
+    st = np.sqrt(t)
+    if act.name == "relu":
+        with np.errstate(divide="ignore"):
+            a = m / st
+        phi = np.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
+        Phi = ndtr(a)
+        A0 = (m * m + t) * Phi + m * st * phi
+        return A0, Phi, st * phi / xi, -m * st * phi / xi ** 2
+    if act.kinks:
+        raise NotImplementedError(f"the residual NTK-mean estimator integrates {act.name!r} "
+                                  "by Gauss-Hermite, which a kink spoils; use relu, tanh, gelu")
+    e, w = np.polynomial.hermite_e.hermegauss(nodes)
+    w = w / w.sum()
+    y = m[..., None] + st[..., None] * e
+    s2, p2 = act.sigma(y) ** 2, act.d1(y) ** 2
+    A0 = s2 @ w
+    F0 = p2 @ w
+    F1 = (p2 * e) @ w * st / xi
+    F2 = (p2 * (e * e - 1.0)) @ w * t / xi ** 2
+    return A0, F0, F1, F2
+
+
+def residual_ntk_mean_measure(mlp, K1, networks, seed, *, chunk=2000):
+    r"""``n (E[H_ii^(l)] - Theta^(l))`` of real residual networks, layers 3..L (one input).
+
+    Rao-Blackwellized: layers ``1..l-2`` of each network are sampled (the
+    preactivations and the full NTK matrix by the forward equation
+    ``H' = xi^2 (lambda_b + lambda_W S) 1 + Y H Y^T``, ``Y = xi W diag(sigma') + gamma 1``),
+    and the last two steps are integrated exactly. Given layer k,
+    ``E[H^(k+2)] = xi^2 [lambda_b + lambda_W E S_{k+1} + C_W E P_{k+1}] + gamma^2 E H^(k+1)``
+    with, per neuron j of layer k+1 (``y = xi u + gamma z_j``, ``u ~ N(0, G)``,
+    ``G = C_b + C_W S_k``, ``c = C_W / n``; Gaussian conditioning of the row ``W_j``
+    on ``u``: ``E[W_ja W_jb | u] = c d_ab + c^2 s_a s_b (u^2 - G) / G^2``,
+    ``E[W_ja | u] = c s_a u / G``):
+
+    .. math::
+        E[\sigma'^2(y) H'_{jj}] = \xi^2[(\lambda_b + \lambda_W S + C_W P) F_0
+            + c^2 F_2\, q / G^2] + 2\xi\gamma (c / G) F_1 r_j + \gamma^2 H_{jj} F_0,
+
+    ``P = mean_a sigma'^2_a H_aa``, ``q = (s p)^T H (s p)``, ``r = H (s p)``
+    (``s = sigma, p = sigma'`` of layer k), ``F_0, F_1, F_2`` of
+    :func:`_last_step_integrals` (the residual form of
+    :func:`pdlt.experiment.estimators.ntk_martingale`'s conditional mean, with the
+    half-skip term and the neuron's own past ``gamma z_j``). The estimator is unbiased
+    at any width; control variates with exactly zero mean (Hermite means of the
+    standardized layer-1 preactivations and of every sampled increment ``u / sqrt(G)``,
+    of the standardized weights, the layer-1 means of ``sigma^2, sigma'^2`` and, for
+    every sampled layer, the martingale differences of ``S``, ``P`` and the NTK
+    diagonal against their exact conditional means) are regressed out. Numpy only (float64).
+
+    Parameters
+    ----------
+    mlp : MLP
+        Residual MLP with equal hidden widths.
+    K1 : float > 0
+    networks : int
+    seed : int
+
+    Returns
+    -------
+    mean, se : ndarray (L,)
+        ``n (m - Theta)`` and its standard error; entries for layers 1, 2 are 0 (exact).
+    """
+    from .. import gaussian
+    from ..theory.residual_ntk import one_input_kernel
+    act = mlp.activation
+    L = mlp.depth
+    n = int(mlp.widths[1])
+    if any(int(w) != n for w in mlp.widths[1:L]):
+        raise ValueError(f"residual_ntk_mean_measure needs equal hidden widths; got {mlp.widths}")
+    if L < 3:
+        raise ValueError(f"H1 vanishes at layers 1 and 2; need depth >= 3, got {L}")
+    K, Th = one_input_kernel(mlp, K1)
+    Cb, CW, lb, lW, xi, ga = (np.asarray(v, float) for v in
+                              (mlp.C_b, mlp.C_W, mlp.lambda_b, mlp.lambda_W, mlp.xi, mlp.gamma))
+    kw = dict(kinks=act.kinks, period=act.period)
+    ss1 = float(gaussian.expect(lambda v: act.sigma(v) ** 2, float(K1), **kw))
+    pp1 = float(gaussian.expect(lambda v: act.d1(v) ** 2, float(K1), **kw))
+    rng = np.random.default_rng(seed)
+    He = [lambda x: x, lambda x: x * x - 1, lambda x: x ** 3 - 3 * x,
+          lambda x: x ** 4 - 6 * x * x + 3]
+    Y, CV = [], []
+    done = 0
+    eye = np.eye(n)
+    while done < networks:
+        b = min(chunk, networks - done)
+        done += b
+        x1 = rng.standard_normal((b, n))
+        z = math.sqrt(K1) * x1
+        H = np.broadcast_to(Th[0] * eye, (b, n, n)).copy()
+        est = np.zeros((b, L))
+        cv = [n * f(x1).mean(1) for f in He] + [n * (x1 ** 5 - 10 * x1 ** 3 + 15 * x1).mean(1)]
+        s1, p1 = act.sigma(z), act.d1(z)
+        cv += [n * ((s1 * s1).mean(1) - ss1), n * ((p1 * p1).mean(1) - pp1)]
+        for k in range(L - 2):                 # state: 0-based layer k; targets layer k+2
+            s, p = act.sigma(z), act.d1(z)
+            S = (s * s).mean(1)
+            Hd = np.einsum("bii->bi", H)
+            P = (p * p * Hd).mean(1)
+            sp = s * p
+            r = np.einsum("bij,bj->bi", H, sp)
+            q = np.einsum("bi,bi->b", sp, r)
+            l1 = k + 1
+            G = Cb[l1] + CW[l1] * S
+            c = CW[l1] / n
+            # G = 0 (ReLU, C_b = 0, every neuron off): the increment vanishes and so do
+            # s p, q and r; the conditional terms are then 0 (a guard, not an approximation)
+            live = G > 0
+            G = np.where(live, G, 1.0)
+            t = np.where(live, xi[l1] ** 2 * G, 1e-300)
+            A0, F0, F1, F2 = _last_step_integrals(act, ga[l1] * z, np.broadcast_to(
+                t[:, None], z.shape), xi[l1])
+            base = lb[l1] + lW[l1] * S + CW[l1] * P
+            EspH = (xi[l1] ** 2 * (base[:, None] * F0 + c * c * F2 * (live * q / G ** 2)[:, None])
+                    + 2 * xi[l1] * ga[l1] * (live * c / G)[:, None] * F1 * r
+                    + ga[l1] ** 2 * Hd * F0)
+            EH = xi[l1] ** 2 * base[:, None] + ga[l1] ** 2 * Hd
+            l2 = k + 2
+            est[:, l2] = n * (xi[l2] ** 2 * (lb[l2] + lW[l2] * A0.mean(1) + CW[l2] * EspH.mean(1))
+                              + ga[l2] ** 2 * EH.mean(1) - Th[l2])
+            if k + 1 >= L - 2:
+                break
+            # sample layer k+1 of the real network
+            W = rng.standard_normal((b, n, n)) * math.sqrt(CW[l1] / n)
+            u = math.sqrt(Cb[l1]) * rng.standard_normal((b, n)) + np.einsum("bij,bj->bi", W, s)
+            e = np.where(live[:, None], u / np.sqrt(G)[:, None],      # N(0, 1) given the past
+                         rng.standard_normal((b, n)))
+            wn = W * math.sqrt(n / CW[l1])
+            cv += [n * f(e).mean(1) for f in He]
+            cv += [n * (wn * wn - 1).mean((1, 2)),
+                   n * np.einsum("bii->bi", wn).mean(1) / math.sqrt(n), n * (e * x1).mean(1)]
+            Yk = xi[l1] * W * p[:, None, :] + ga[l1] * eye
+            H = (xi[l1] ** 2 * (lb[l1] + lW[l1] * S))[:, None, None] * eye + Yk @ H @ \
+                np.swapaxes(Yk, 1, 2)
+            z = xi[l1] * u + ga[l1] * z
+            # martingale differences (exactly zero mean): what layer k+1 adds to S, P and
+            # the NTK diagonal beyond their conditional means given layer k
+            s1, p1 = act.sigma(z), act.d1(z)
+            Hd1 = np.einsum("bii->bi", H)
+            cv += [n * ((s1 * s1).mean(1) - A0.mean(1)),
+                   n * ((p1 * p1 * Hd1).mean(1) - EspH.mean(1)),
+                   n * (Hd1.mean(1) - EH.mean(1))]
+        Y.append(est)
+        CV.append(np.stack(cv, 1))
+    Y, C = np.concatenate(Y), np.concatenate(CV)
+    mean, se = np.zeros(L), np.zeros(L)
+    for l in range(2, L):
+        A = np.column_stack([np.ones(len(Y)), C])
+        coef, *_ = np.linalg.lstsq(A, Y[:, l], rcond=None)
+        res = Y[:, l] - C @ coef[1:]
+        mean[l] = res.mean()
+        se[l] = res.std(ddof=A.shape[1]) / math.sqrt(len(res))
+    return mean, se
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """Per-layer mean and standard error (the fields of an ensemble estimate rows read)."""
+
+    mean: np.ndarray
+    stderr: np.ndarray
 
 
 def residual_aspect_ratio_figure(activations=("relu", "gelu"), gammas=None, *, n_out=1,

@@ -237,13 +237,14 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
                                                  float(np.ravel(meas2[s].stderr)[0]))
             rows.append(make_row(f"{s} (gamma={gamma:g}, n,2n extrap.)", act, n, L, d["theory"][-1],
                                  ext, se, allow, key=f"residual {s}"))
-    # NTK statistics A, B, D, F (pdlt.theory.residual_ntk): ReLU, gamma = 0.7, layer 3,
+    # NTK statistics A, B, D, F and the NTK mean H1 (pdlt.theory.residual_ntk): ReLU,
+    # gamma = 0.7, layer 3,
     # widths 16/32 extrapolated (allowance: a quarter of the observed 1/n shift)
     from .residual import residual_aspect_ratio_figure, residual_ntk_rows
     if ntk:
         for r in residual_ntk_rows(("relu",), (0.7,), depth=3, widths=(16, 32),
                                    networks=2 * networks, seed=seed,
-                                   stats=("A", "B", "D", "F")):
+                                   stats=("A", "B", "D", "F", "H1")):
             if r["layer"] == 3:
                 rows.append(make_row(f"{r['statistic']} (gamma=0.7, 2m(32)-m(16))", "relu", 32, 3,
                                      r["theory"], r["measured"], r["se"], r["allowance"]))

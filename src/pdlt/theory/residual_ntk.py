@@ -1,4 +1,4 @@
-r"""NTK statistics of residual MLPs at order 1/n, single input: A, B, D, F (and the exact V).
+r"""NTK statistics of residual MLPs at order 1/n, single input: A, B, D, F, H1 (and the exact V).
 
 For the residual MLP ``z' = xi [b + W sigma(z)] + gamma z``
 (``shared/NOTATION.md``) the book's closure on a finite set of statistics
@@ -14,6 +14,9 @@ them exactly:
   :func:`pdlt.statistics` serves for residual MLPs (the
   three-point truncation it used before was ~1-4 % off: ReLU, gamma = 0.5,
   V^(3) = 8.6179 against 8.5574, G1^(3) = 0.3426 against 0.3581);
+* :func:`residual_ntk_mean`: H1, the NTK mean at order 1/n (the shared fields,
+  the neuron's own dressed past, and the diagonal of F's bilinear form), which
+  :func:`pdlt.statistics` serves for residual MLPs;
 * :func:`residual_b_closure`: B from the closure recursion (history terms
   dropped), for comparison only;
 * :func:`pdlt.theory.residual.residual_slopes`: the depth-to-width slopes of the normalized
@@ -23,8 +26,10 @@ At gamma = 0 every history term vanishes and the recursions are the plain ones
 of :mod:`pdlt.theory.ntk` (equal to 1e-12). Checked against ensembles of real
 residual networks (``tests/experiment/test_residual_ntk_ensemble.py``,
 :func:`pdlt.report.residual.residual_ntk_rows`); G1^(3), G1^(4) by a Monte
-Carlo of real networks (``docs/derivations/residual_g1_mc.py``). P, Q, R, S,
-T, U, H1 and all N-input tensors are NOT derived for residual MLPs and raise
+Carlo of real networks (``docs/derivations/residual_g1_mc.py``); H1 at layer 3
+by an independent delta-method derivation and at layers 3-5 by Rao-Blackwellized
+ensembles (:func:`pdlt.report.residual.residual_ntk_mean_measure`). P, Q, R, S,
+T, U and all N-input tensors are NOT derived for residual MLPs and raise
 ``NotImplementedError``.
 
 Cost: ``O(L^2)`` two-variable Gaussian averages (:func:`pdlt.gaussian.expect2`,
@@ -32,7 +37,7 @@ Cost: ``O(L^2)`` two-variable Gaussian averages (:func:`pdlt.gaussian.expect2`,
 
 Derivation: ``docs/derivations/residual_ntk.md`` (forward equation, why the
 closure fails, the B attachments, the F bilinear features, the field
-covariances for V, A, D, and the checks).
+covariances for V, A, D, H1 (section 8), and the checks).
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ from ..network import MLP
 from ._averages import Integrands, OneVariableTable
 from .kernel import first_layer_kernel, kernel_fold
 
-__all__ = ["residual_ntk_one_input", "residual_b_closure", "one_input_kernel",
-           "RESIDUAL_NTK_STATISTICS"]
+__all__ = ["residual_ntk_one_input", "residual_ntk_mean", "residual_b_closure",
+           "one_input_kernel", "RESIDUAL_NTK_STATISTICS"]
 
 #: statistics derived (and ensemble-checked) for residual MLPs, single input
 RESIDUAL_NTK_STATISTICS = ("A", "B", "D", "F")
@@ -185,36 +190,55 @@ def residual_ntk_one_input(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -
             beta[l] = x * x * g * g * CW * Th[l] ** 2
             out["B"][l + 1] = beta0 + 2 * float(beta[:l + 1] @ s[:l + 1])
     if "F" in stats:
-        SS = _two_depth(act, lambda z: act.sigma(z) * act.d1(z), K, C)
-        # features: index m in 0..L-1 is U (increment w_m, m >= 1); L + p is S_p
-        M = np.zeros((2 * L, 2 * L))
+        Ms = _bilinear_forms(mlp, K, Th, a, varw, C)
         for l in range(L - 1):
-            r = mlp.widths[l + 1] / mlp.widths[l]
-            CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
-            g_var = varw[l + 1]
-            e = np.zeros(2 * L)
-            e[:l + 1] = a[l, :l + 1] * varw[:l + 1] * dss[l]
-            e[L:L + l] = SS[l, :l]
-            Me = M @ e
-            eMe = float(e @ Me)
-            M = r * g * g * M
-            u, sl = l + 1, L + l
-            M[u, u] += x * x * (CW ** 2 * sspp[l] * Th[l] + r * CW ** 2 * eMe) / g_var ** 2
-            if g != 0.0:
-                c = x * g * CW / g_var
-                M[u, sl] += c * Th[l]
-                M[sl, u] += c * Th[l]
-                M[u, :] += c * r * Me
-                M[:, u] += c * r * Me
             v = np.zeros(2 * L)
             v[:l + 2] = a[l + 1, :l + 2] * varw[:l + 2]
             v[L:L + l + 1] = C[l + 1, :l + 1] * dss[:l + 1]
-            out["F"][l + 1] = float(v @ M @ v)
+            out["F"][l + 1] = float(v @ Ms[l + 1] @ v)
     for k, arr in out.items():
         if not np.all(np.isfinite(arr)):
             raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
                                      "criticality")
     return out
+
+
+def _bilinear_forms(mlp, K, Th, a, varw, C):
+    """The bilinear forms ``M^(l)`` of the conditional NTK mean (section 4 of the derivation).
+
+    ``n_{l-1} E[H_ik^(l) | trajectories of i, k] = phi(i)^T M^(l) phi(k)`` (i != k) in the
+    features ``phi``: index m in 0..L-1 is ``U_m = w_m`` (``w_0 = z^(1)``, ``w_m`` the
+    increment of layer m+1), ``L + p`` is ``S_p = sigma(z^(p)) sigma'(z^(p))``. M pairs a
+    ``U_m`` only with itself or with older features (``U_q``, q < m; ``S_p``, p < m).
+    Returns a list of L matrices (2L, 2L); ``M^(1) = 0``.
+    """
+    act = mlp.activation
+    L = mlp.depth
+    t = OneVariableTable(act, K)
+    sspp, dss = (np.asarray(t[k], float) for k in ("sspp", "dss"))
+    SS = _two_depth(act, lambda z: act.sigma(z) * act.d1(z), K, C)
+    M = np.zeros((2 * L, 2 * L))
+    Ms = [M.copy()]
+    for l in range(L - 1):
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+        g_var = varw[l + 1]
+        e = np.zeros(2 * L)
+        e[:l + 1] = a[l, :l + 1] * varw[:l + 1] * dss[l]
+        e[L:L + l] = SS[l, :l]
+        Me = M @ e
+        eMe = float(e @ Me)
+        M = r * g * g * M
+        u, sl = l + 1, L + l
+        M[u, u] += x * x * (CW ** 2 * sspp[l] * Th[l] + r * CW ** 2 * eMe) / g_var ** 2
+        if g != 0.0:
+            c = x * g * CW / g_var
+            M[u, sl] += c * Th[l]
+            M[sl, u] += c * Th[l]
+            M[u, :] += c * r * Me
+            M[:, u] += c * r * Me
+        Ms.append(M.copy())
+    return Ms
 
 
 def residual_b_closure(mlp: MLP, K1: float) -> np.ndarray:
@@ -263,7 +287,7 @@ def _cov2(act, f, h, K, C, same):
     return out
 
 
-def _field_statistics(mlp, K1):
+def _field_statistics(mlp, K1, internals=False):
     r"""A, D of a residual MLP from the covariance of the shared fields (single input).
 
     Fields (one pair per layer m = 1..L-1): ``S_m = (1/n) sum_a sigma^2(z_a^(m))``
@@ -367,6 +391,8 @@ def _field_statistics(mlp, K1):
         n = mlp.widths[l]                         # n_{l-1} of NOTATION.md's normalization
         out["D"][l] = n * (rH @ Sig @ rz + rH @ cz)
         out["A"][l] = n * (rH @ Sig @ rH)
+    if internals:
+        return out, dict(Sig=Sig, dress=dress, nw=nw, resp_z=resp_z, resp_H=resp_H)
     return out
 
 
@@ -485,6 +511,14 @@ def residual_vertex_metric(mlp: MLP, K1: float) -> dict:
     dict
         ``{"V": ndarray (L,), "G1": ndarray (L,)}``, normalized by ``n_{l-1}``.
     """
+    return _vertex_metric(mlp, K1)[0]
+
+
+def _vertex_metric(mlp, K1):
+    """:func:`residual_vertex_metric` and, per layer, what :func:`residual_ntk_mean` reuses:
+    ``g1`` (``E[z^2] - K``), ``varK`` (``Var Khat``), ``shift`` (``E[sigma^2(z)] -
+    <sigma^2>_K``), all unnormalized, and the S-field response ``rho``, dressing ``dress``
+    and widths ``nw``."""
     if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
         raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
     act = mlp.activation
@@ -501,8 +535,9 @@ def residual_vertex_metric(mlp: MLP, K1: float) -> dict:
             for k in K])                        # <(sigma^2)''''>_K by Stein
     out = {"V": np.zeros(L), "G1": np.zeros(L)}
     nf = L - 1
+    inner = {k: np.zeros(L) for k in ("g1", "varK", "shift")}
     if nf == 0:
-        return out
+        return out, inner
     fns = {"g": s2, "F": s2, "xg": lambda z: z * s2(z), "yF": lambda z: z * s2(z),
            "x2g": lambda z: z * z * s2(z), "Fy2": lambda z: z * z * s2(z)}
     pairs = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"), ("x2g", "F")))
@@ -525,6 +560,7 @@ def residual_vertex_metric(mlp: MLP, K1: float) -> dict:
     for l in range(L):
         r = rho[l]
         varK = float(r @ Sig @ r)
+        inner["g1"][l], inner["varK"][l] = g1, varK
         if l >= 1:
             cz = dress @ (2.0 * C[l, :nf] ** 2 * dss[:nf] * (np.arange(nf) < l) / nw)
             out["V"][l] = mlp.widths[l] * (varK + 2.0 * float(r @ cz))
@@ -533,9 +569,263 @@ def residual_vertex_metric(mlp: MLP, K1: float) -> dict:
             break
         self_ = 0.5 * float(r @ (dress @ (cF2[l] / nw)))
         shift = dss[l] * g1 + 0.125 * d4[l] * varK + self_
+        inner["shift"][l] = shift
         g1 = x[l + 1] ** 2 * CW[l + 1] * shift + g[l + 1] ** 2 * g1
     for k, arr in out.items():
         if not np.all(np.isfinite(arr)):
             raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
                                      "criticality")
+    inner.update(rho=rho, dress=dress, nw=nw)
+    return out, inner
+
+
+# ---------------------------------------------------------------------------
+# H1: the NTK mean at order 1/n
+# ---------------------------------------------------------------------------
+
+def residual_ntk_mean(mlp: MLP, K1: float) -> np.ndarray:
+    r"""``H1``, the order-1/n NTK mean of a residual MLP at every layer, one input.
+
+    ``E[H_ii^(l)] = Theta^(l) + H1^(l) / n_{l-1} + O(1/n^2)`` (``shared/NOTATION.md``).
+    Averaging the forward equation over layer l+1's weights (independent of
+    layer l; the half-skip term is linear in them) gives exactly
+
+    .. math::
+        E[H'] = \xi^2\big[\lambda_b + \lambda_W E[\sigma^2(z)]
+                + C_W E[\sigma'^2(z) H]\big] + \gamma^2 E[H]
+
+    for one neuron of layer l, so (unnormalized ``h = H1 / n_{l-1}``)
+
+    .. math::
+        h' = \xi^2\big[\lambda_W\,\delta_{\sigma^2}
+             + C_W\big(\Theta\,\delta_{\sigma'^2} + \langle\sigma'^2\rangle h
+             + \mathrm{Cov}(\sigma'^2(z), H)\big)\big] + \gamma^2 h,
+
+    ``delta_f = E[f(z^(l))] - <f>_{K^(l)}`` (the G1 step of
+    :func:`residual_vertex_metric`, with the neuron's own past) and the
+    one-neuron covariance of its ``sigma'^2`` with its own NTK diagonal,
+
+    .. math::
+        n\,\mathrm{Cov}(f(z^{(l)}), H^{(l)}) = \rho(f)^T\Sigma\rho(H)
+            + \tilde c(f)^T\rho(H) + \langle f''\rangle v_U^T M_{UU} v_U
+            + 2\,v_U^T M_{US} w_S,
+
+    the shared fields (:func:`_field_statistics`: the fields move both; the
+    neuron's own dressed term in an early field moves its later NTK) plus
+    the neuron's own conditional NTK mean ``phi^T M phi`` (the bilinear form
+    of F, :func:`_bilinear_forms`, on the diagonal), with ``v_U[m] =
+    Cov(z^(l), w_m)`` and ``w_S[p] = E[f'(z^(l)) sigma sigma'(z^(p))]``
+    (two-depth averages, by Stein without differentiating f). At gamma = 0
+    this is the plain recursion of :mod:`pdlt.theory.ntk_mean`
+    (``Cov = dpp (D + 2F) / n``); for linear sigma every term vanishes and
+    ``H1 = 0`` at every layer. Derivation: ``docs/derivations/residual_ntk.md``,
+    section 8.
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+        First-layer kernel.
+
+    Returns
+    -------
+    ndarray (L,)
+        ``H1^(l)``, normalized by ``n_{l-1}``; ``H1^(1) = H1^(2) = 0``.
+
+    Raises
+    ------
+    ValueError
+        If ``K1`` is not a finite number > 0.
+    FloatingPointError
+        If H1 overflows (far from criticality at large depth).
+
+    Notes
+    -----
+    Cost: that of :func:`residual_vertex_metric` plus :func:`_field_statistics` plus
+    six two-depth averages per pair of layers (~0.1-0.4 s at depth 5).
+
+    Examples
+    --------
+    >>> import pdlt
+    >>> from pdlt.theory.residual_ntk import residual_ntk_mean
+    >>> m = pdlt.theory.residual.residual_mlp("relu", 0.5, width=16, depth=4, n_out=16)
+    >>> [round(float(h), 4) for h in residual_ntk_mean(m, 1.0)]   # plain ReLU: 0
+    [0.0, 0.0, 0.738, 2.4916]
+    """
+    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
+        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
+    act = mlp.activation
+    L = mlp.depth
+    h1 = np.zeros(L)
+    if L <= 2:
+        return h1
+    K, Th = one_input_kernel(mlp, K1)
+    t = OneVariableTable(act, K)
+    pp, dpp, d4pp = (np.asarray(t[k], float) for k in ("pp", "dpp", "d4pp"))
+    a, varw, C = _trajectory(mlp, K)
+    CW, lW, x, g = (np.asarray(v, float) for v in (mlp.C_W, mlp.lambda_W, mlp.xi, mlp.gamma))
+    _, vm = _vertex_metric(mlp, float(K1))
+    _, fs = _field_statistics(mlp, float(K1), internals=True)
+    Ms = _bilinear_forms(mlp, K, Th, a, varw, C)
+    s2 = lambda z: act.sigma(z) ** 2            # noqa: E731
+    p2 = lambda z: act.d1(z) ** 2               # noqa: E731
+    sp = lambda z: act.sigma(z) * act.d1(z)     # noqa: E731
+    kw = dict(kinks=act.kinks, period=act.period)
+    one = lambda f: np.array([float(gaussian.expect(f, k, **kw)) for k in K])  # noqa: E731
+    # one-neuron two-depth averages, [x-depth, y-depth]: g = sigma^2, h = sigma sigma' at x,
+    # F = sigma'^2 at y
+    fns = {"g": s2, "F": p2, "xg": lambda z: z * s2(z), "yF": lambda z: z * p2(z),
+           "x2g": lambda z: z * z * s2(z), "Fy2": lambda z: z * z * p2(z),
+           "h": sp, "xh": lambda z: z * sp(z)}
+    pairs = _two_depth_pairs(act, C, fns, (("g", "F"), ("g", "Fy2"), ("xg", "yF"),
+                                           ("x2g", "F"), ("h", "yF"), ("xh", "F")))
+    pairs["g"] = one(s2)
+    pairs["F2"] = np.array([float(gaussian.expect(lambda z, k=k: p2(z) * (z * z / k - 1.0) / k,
+                                                  k, **kw)) for k in K])   # <(sigma'^2)''>
+    cF2 = _cov_second_derivative(pairs, K, C)   # [l, m]: Cov(sigma^2(z^(m)), (sigma'^2)''(z^(l)))
+    # w_S[l, p] = E[(sigma'^2)'(z^(l)) sigma sigma'(z^(p))], p < l, by Stein along z^(l)
+    Kp, Kl = K[None, :], K[:, None]
+    beta = C / Kp
+    sres = Kl - C * C / Kp
+    np.fill_diagonal(sres, 1.0)
+    wS = (pairs[("h", "yF")].T - beta * pairs[("xh", "F")].T) / sres
+    wS = np.tril(wS, -1)
+    # single-neuron covariances with sigma'^2(z^(l)) of the fields' own terms:
+    # S_m: Cov(sigma^2(z^(m)), sigma'^2(z^(l))); P_m: Theta_m Cov(sigma'^2(z^(m)), sigma'^2(z^(l)))
+    cSP = _cov2(act, s2, p2, K, C, one(lambda z: s2(z) * p2(z)))    # [m, l]
+    cPP = _cov2(act, p2, p2, K, C, one(lambda z: p2(z) ** 2))
+    rho, dressS, nwS = vm["rho"], vm["dress"], vm["nw"]
+    Sig, dress, nw = fs["Sig"], fs["dress"], fs["nw"]
+    nf = L - 1
+    for l in range(L - 1):
+        # E[sigma'^2(z^(l))] - <sigma'^2>: as the G1 step, with sigma'^2 for sigma^2
+        self_ = 0.5 * float(rho[l] @ (dressS @ (cF2[l, :nf] / nwS)))
+        dp = dpp[l] * vm["g1"][l] + 0.125 * d4pp[l] * vm["varK"][l] + self_
+        # Cov(sigma'^2(z^(l)), H^(l)): shared fields ...
+        rf, rH = fs["resp_z"](dpp[l], l), fs["resp_H"](l)
+        cf = np.zeros(2 * nf)
+        cf[:nf] = cSP[:nf, l]
+        cf[nf:] = Th[:nf] * cPP[:nf, l]
+        cf[np.r_[np.arange(nf), np.arange(nf)] >= l] = 0.0
+        cov = float(rf @ Sig @ rH + rH @ (dress @ (cf / nw)))
+        # ... and the neuron's own conditional NTK mean phi^T M phi
+        M = Ms[l]
+        vU = a[l] * varw
+        cov += float(2.0 * dpp[l] * (vU @ M[:L, :L] @ vU)
+                     + 2.0 * (vU @ M[:L, L:] @ wS[l])) / mlp.widths[l]
+        h1[l + 1] = (x[l + 1] ** 2 * (lW[l + 1] * vm["shift"][l]
+                                      + CW[l + 1] * (Th[l] * dp + pp[l] * h1[l] + cov))
+                     + g[l + 1] ** 2 * h1[l])
+    out = h1 * np.asarray(mlp.widths[:L], float)
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("H1 overflowed; reduce the depth or initialize at criticality")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# P: the dNTK-preactivation correlation
+# ---------------------------------------------------------------------------
+
+def residual_dntk_p(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
+    r"""``P``, the dNTK-preactivation correlation of a residual MLP at every layer, one input.
+
+    ``E[dH_{jkk} z_j] = P / n_{l-1}`` for ``j != k`` (``shared/NOTATION.md``). The
+    conditional mean of the dNTK given the two neurons' trajectories is a
+    bilinear form (``docs/derivations/residual_ntk.md``, section 9),
+
+    .. math::
+        n\,E[dH_{jkk} \mid \text{trajectories}] = \sum_{\alpha\beta}\Pi_{\alpha\beta}\,
+            \phi_\alpha(j)\,\psi_\beta(k),
+
+    ``phi``: the increments ``U_m`` of neuron j; ``psi``: 1, ``sigma'' sigma(z_k^(p))``
+    and ``sigma'^2(z_k^(p))``. A layer step (``q = sigma''``, ``s = sigma``,
+    ``p = sigma'``, all at layer l; ``G`` the variance of the new increment ``u``):
+
+    .. math::
+        \Pi' = r\gamma^3\Pi + r\gamma\xi^2 C_W (\Pi e_\psi) \otimes 1
+          + \frac{\xi C_W}{G}\, u \otimes \Big[\xi^2 C_W\big(\langle q s p^2\rangle
+          \Theta^2 + r B_{qs,p^2} + r\,e_\phi^T\Pi e_\psi\big)
+          + \gamma^2\big(\Theta^2\, q s(z_k) + r\,b_{qs}(k) + r\,e_\phi^T\Pi\big)\Big],
+
+    with ``B_{qs,p^2} = n E[q s(z_a) p^2(z_b) H_ab^2]`` and ``b_qs(k) = n E_a[q s(z_a)
+    H_ak^2]`` from the attachments of B (section 3), ``e_phi = E[U s p(z)]`` and
+    ``e_psi = E[p^2(z) psi]`` (two-depth averages). At gamma = 0 this is the book's
+    recursion (:mod:`pdlt.theory.dntk`; 1e-12); at layer 2 it is the closed form
+    ``xi^4 C_W^2 Theta^2 <q s p^2> + xi^2 gamma^2 C_W Theta^2 <q s>``. ReLU
+    (``sigma'' = 0`` pointwise): P = 0 at every layer.
+
+    .. warning::
+        Not served by :func:`pdlt.statistics` (which still raises for residual P):
+        the ensemble check is incomplete. Tanh (gamma = 0.5, widths 16/32
+        extrapolated) agrees at layers 3-4 (resolution 15-19 %), but there the
+        two-depth terms move P by < 1 %; GELU (gamma = 0.7, K1 = 1), where they
+        move it 8-10 %, is not resolved: 4000 networks at n = 16 and 32 disagree
+        with each other beyond their stated errors (heavy-tailed dNTK estimates)
+        and with the theory by up to 3.7 se at layers 3-5 (plain GELU at
+        criticality shows similar excursions against the book's recursion). Derivation:
+        ``docs/derivations/residual_ntk.md``, section 9.
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+    closure : bool
+        Replace every two-depth average by the product of one-depth ones (the
+        book-style closure; for comparison only: it is wrong for nonlinear
+        residual MLPs).
+
+    Returns
+    -------
+    ndarray (L,)
+        ``P^(l)``, normalized by ``n_{l-1}``.
+    """
+    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
+        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
+    act = mlp.activation
+    L = mlp.depth
+    K, Th = one_input_kernel(mlp, K1)
+    t = OneVariableTable(act, K)
+    pp, pppp, dss, qs, qspp = (np.asarray(t[k], float)
+                               for k in ("pp", "pppp", "dss", "qs", "qspp"))
+    a, varw, C = _trajectory(mlp, K)
+    if closure:
+        QSPP, PPQS, PPPP = np.outer(qs, pp), np.outer(pp, qs), np.outer(pp, pp)
+    else:   # [l, p]: <f(z^(l)) g(z^(p))> for the named pair (f, g)
+        fns = {"qs": lambda z: act.d2(z) * act.sigma(z), "pp": lambda z: act.d1(z) ** 2}
+        pr = _two_depth_pairs(act, C, fns, (("qs", "pp"), ("pp", "qs"), ("pp", "pp")))
+        QSPP, PPQS, PPPP = pr[("qs", "pp")], pr[("pp", "qs")], pr[("pp", "pp")]
+    out = np.zeros(L)
+    Pi = np.zeros((L, 1 + 2 * L))          # psi columns: 1 | q s(z^(p)) | p^2(z^(p))
+    beta0, beta = 0.0, np.zeros(L)          # B attachments (residual_ntk_one_input)
+    mpsi = np.concatenate([[1.0], qs, pp])
+    for l in range(L - 1):
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+        bl = beta[:l]
+        ephi = a[l] * varw * dss[l]
+        epsi = np.zeros(1 + 2 * L)
+        epsi[0] = pp[l]
+        epsi[1:1 + l] = PPQS[l, :l]
+        epsi[1 + L:1 + L + l] = PPPP[l, :l]
+        Beval = beta0 * qs[l] * pp[l] + float(bl @ (QSPP[l, :l] * pp[l] + qs[l] * PPPP[l, :l]))
+        new = r * g ** 3 * Pi
+        new[:, 0] += r * g * x * x * CW * (Pi @ epsi)
+        u, f = l + 1, x * CW / varw[l + 1]
+        new[u, 0] += f * (x * x * CW * (qspp[l] * Th[l] ** 2 + r * Beval
+                                        + r * float(ephi @ Pi @ epsi))
+                          + g * g * r * (beta0 * qs[l] + float(bl @ QSPP[l, :l])))
+        new[u, 1 + l] += f * g * g * Th[l] ** 2
+        new[u, 1 + L:1 + L + l] += f * g * g * r * qs[l] * bl
+        new[u, :] += f * g * g * r * (ephi @ Pi)
+        Pi = new
+        chi = x * x * CW * pp[l] + g * g
+        beta0 = (x ** 4 * CW ** 2 * pppp[l] * Th[l] ** 2
+                 + r * (chi * chi * beta0 + 2 * x * x * CW * chi * float(bl @ PPPP[l, :l])))
+        beta[:l] *= r * g * g * chi
+        beta[l] = x * x * g * g * CW * Th[l] ** 2
+        out[l + 1] = float((a[l + 1] * varw) @ Pi @ mpsi)
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("P overflowed; reduce the depth or initialize at criticality")
     return out
