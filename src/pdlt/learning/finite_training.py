@@ -53,9 +53,14 @@ __all__ = ["TrainingStatistics", "FiniteWidthTraining", "algorithm_schedule",
 # inputs: the statistics at the output layer, combined for one output neuron
 # ---------------------------------------------------------------------------
 
+#: the three Kronecker-delta pairings of four output indices (i0 i1 i2 i3), in the
+#: order the ``pairs`` of :class:`TrainingStatistics` store them
+PAIRINGS = ("01|23", "02|13", "03|12")
+
+
 @dataclass(frozen=True)
 class TrainingStatistics:
-    """Output-layer statistics of one network output on N = N_A + N_B inputs.
+    """Output-layer statistics of the network outputs on N = N_A + N_B inputs.
 
     All tensors are over the combined inputs (training inputs first) and are
     the coefficients of 1/n (``n = n_{L-1}``). For a single output neuron
@@ -67,11 +72,22 @@ class TrainingStatistics:
     * ``ddI[a,b,c,d] = n E[ddIH_abcd] = R_abcd + R_acbd + R_adbc``;
     * ``ddII[a,b,c,d] = n E[ddIIH_abcd] = S_abcd + T_abcd + U_abcd``.
 
+    For ``n_out > 1`` each of these five is needed term by term: ``pairs[name]``
+    (3, N, N, N, N) holds the three terms in the order of :data:`PAIRINGS`,
+    term p multiplying the Kronecker deltas of the output indices of the
+    four tensor positions paired as ``PAIRINGS[p]`` ("01|23" is
+    ``delta_{i0 i1} delta_{i2 i3}``); the one-output tensor is their sum.
+    :meth:`lifted` builds the statistics of all ``n_out`` outputs from them.
+
     Attributes
     ----------
     K, G1, Theta, H1 : ndarray (N, N)
     cov_H, Hzz, dHz, ddI, ddII : ndarray (N, N, N, N)
     n_train : int
+    pairs : dict str -> ndarray (3, N, N, N, N) or None
+        The pairing terms of ``cov_H, Hzz, dHz, ddI, ddII``
+        (:meth:`from_tensors` fills them; statistics built directly from the
+        one-output sums have None and serve one output only).
     """
 
     K: np.ndarray
@@ -84,6 +100,7 @@ class TrainingStatistics:
     ddI: np.ndarray
     ddII: np.ndarray
     n_train: int
+    pairs: dict | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_tensors(cls, *, K, G1, Theta, H1, A, B, D, F, P, Q, R, S, T, U, n_train):
@@ -91,25 +108,106 @@ class TrainingStatistics:
         sw = np.swapaxes
         A, B, D, F, P, Q, R, S, T, U = (np.asarray(t, float) for t in (A, B, D, F, P, Q, R,
                                                                       S, T, U))
-        # B[a1,a3,a2,a4] -> index (a1 a2 a3 a4) = B_(a1a3)(a2a4)
-        cov_H = A + np.einsum("acbd->abcd", B) + np.einsum("adbc->abcd", B)
-        Hzz = D + np.einsum("acbd->abcd", F) + np.einsum("adbc->abcd", F)
-        dHz = P + Q + sw(Q, 1, 2)
-        ddI = R + np.einsum("acbd->abcd", R) + np.einsum("adbc->abcd", R)
-        ddII = S + T + U
+        # B[a1,a3,a2,a4] -> index (a1 a2 a3 a4) = B_(a1a3)(a2a4); one entry per pairing
+        # of PAIRINGS, i.e. the coefficient of d_{i0i1} d_{i2i3}, d_{i0i2} d_{i1i3},
+        # d_{i0i3} d_{i1i2} in NOTATION.md's definitions
+        e13, e14 = (lambda X: np.einsum("acbd->abcd", X)), (lambda X: np.einsum("adbc->abcd", X))
+        pairs = {"cov_H": (A, e13(B), e14(B)),
+                 "Hzz": (D, e13(F), e14(F)),
+                 "dHz": (Q, sw(Q, 1, 2), P),          # E[dH_{i0i1i2} z_{i3}]: P has d03 d12
+                 "ddI": (R, e13(R), e14(R)),
+                 "ddII": (S, T, U)}
+        sums = {k: v[0] + v[1] + v[2] for k, v in pairs.items()}
+        sums["dHz"] = P + Q + sw(Q, 1, 2)          # the one-output sum, in its usual order
         return cls(np.asarray(K, float), np.asarray(G1, float), np.asarray(Theta, float),
-                   np.asarray(H1, float), cov_H, Hzz, dHz, ddI, ddII, int(n_train))
+                   np.asarray(H1, float), n_train=int(n_train),
+                   pairs={k: np.stack(v) for k, v in pairs.items()}, **sums)
 
     @property
     def N(self) -> int:
         return self.K.shape[0]
 
+    def output_positions(self, n_out: int) -> np.ndarray:
+        """Position of (input a, output i) in the lifted statistics: ndarray (N, n_out) of int.
 
-def _check_one_output(mlp):
+        Training entries first, output-major: ``(a, i) -> i N_A + a`` for a
+        training input, ``n_out N_A + i N_B + (a - N_A)`` for a test input.
+        """
+        Na, N = self.n_train, self.N
+        Nb = N - Na
+        i = np.arange(n_out)[None, :]
+        a = np.arange(N)[:, None]
+        return np.where(a < Na, i * Na + a, n_out * Na + i * Nb + (a - Na))
+
+    def lifted(self, n_out: int) -> "TrainingStatistics":
+        """The statistics of ``n_out`` outputs over the combined index ``s = (a, i)``.
+
+        Every two-index statistic becomes ``delta_{ij} X_ab`` and every
+        four-index one the sum over the three pairings of
+        ``delta delta X_p`` (NOTATION.md); the result is a one-output
+        :class:`TrainingStatistics` over ``N n_out`` "inputs" (training
+        first, :meth:`output_positions`) with ``n_train = N_A n_out``, on which
+        the one-output dynamics are exact (module docstring).
+
+        Parameters
+        ----------
+        n_out : int >= 1
+
+        Returns
+        -------
+        TrainingStatistics
+            ``N' = n_out N``; tensors (N', N') and (N', N', N', N').
+        """
+        if isinstance(n_out, bool) or int(n_out) != n_out or n_out < 1:
+            raise ValueError(f"n_out must be a positive integer (the number of outputs); "
+                             f"got {n_out!r}")
+        n_out = int(n_out)
+        if n_out == 1:
+            return self
+        if self.pairs is None:
+            raise ValueError("these statistics hold only the one-output sums of the pairing "
+                             "terms; build them with TrainingStatistics.from_tensors (or "
+                             "training_statistics) to get n_out > 1")
+        N, n = self.N, n_out
+        Np = N * n
+        est = 8.0 * Np ** 4 * 12
+        if est > _LIFT_MEMORY:
+            raise MemoryError(
+                f"the statistics of n_out = {n} outputs on N = {N} inputs are tensors of "
+                f"(N n_out)^4 = {Np ** 4:.3g} entries (~{est / 2 ** 30:.1f} GiB in all, over the "
+                f"{_LIFT_MEMORY / 2 ** 30:.0f} GiB limit); use fewer inputs or outputs "
+                "(the outputs interact: they cannot be trained one at a time at order 1/n)")
+        pos = self.output_positions(n)                                  # (N, n)
+        order = np.empty(Np, dtype=int)
+        order[pos.ravel()] = np.arange(Np)          # lifted position -> flat (a, i) index
+        d = np.eye(n)
+
+        def two(X):
+            return np.einsum("ij,ab->aibj", d, X).reshape(Np, Np)[np.ix_(order, order)]
+
+        specs = ("ij,kl,abcd->aibjckdl", "ik,jl,abcd->aibjckdl", "il,jk,abcd->aibjckdl")
+
+        def four(P3):
+            X = sum(np.einsum(sp, d, d, P3[p]) for p, sp in enumerate(specs))
+            return X.reshape((Np,) * 4)[np.ix_(order, order, order, order)]
+
+        return TrainingStatistics(K=two(self.K), G1=two(self.G1), Theta=two(self.Theta),
+                                  H1=two(self.H1), n_train=self.n_train * n,
+                                  **{k: four(self.pairs[k]) for k in
+                                     ("cov_H", "Hzz", "dHz", "ddI", "ddII")})
+
+
+#: memory bound (bytes) for the lifted statistics of several outputs
+_LIFT_MEMORY = 4 * 2 ** 30
+
+
+def _check_outputs(mlp, n_out=None):
+    """The MLP (plain, checked); ``n_out`` targets, when given, must match its outputs."""
     mlp = check_mlp(mlp)
-    if mlp.n_out != 1:
-        raise ValueError(f"the finite-width training prediction is implemented for one output "
-                         f"(n_out = 1); got n_out = {mlp.n_out}. Train one output at a time")
+    if n_out is not None and mlp.n_out != n_out:
+        raise ValueError(f"y_train has {n_out} target column(s) but the MLP has n_out = "
+                         f"{mlp.n_out} outputs; give y_train of shape (N_A, {mlp.n_out}) (or "
+                         f"(N_A,) for one output), or an MLP with n_out={n_out}")
     return mlp
 
 
@@ -119,7 +217,10 @@ def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> Training
     Parameters
     ----------
     mlp : pdlt.MLP
-        Plain (not residual) MLP with one output (``n_out = 1``).
+        Plain (not residual) MLP. The statistics are those of the output
+        layer, per Kronecker-delta pairing of the output indices
+        (``TrainingStatistics.pairs``), so they serve any number of outputs
+        (:meth:`TrainingStatistics.lifted`).
     X_train : array_like (N_A, n0)
     X_test : array_like (N_B, n0)
 
@@ -135,7 +236,7 @@ def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> Training
     """
     from ..theory.statistics import statistics
 
-    mlp = _check_one_output(mlp)
+    mlp = _check_outputs(mlp)
     if mlp.is_residual:
         raise NotImplementedError("the NTK statistics are not derived for residual MLPs; use a "
                                   "plain MLP (gamma = 0, xi = 1)")
@@ -312,6 +413,16 @@ def _cubature_points(K):
     return np.concatenate([pts, -pts], axis=0)
 
 
+def _dynamics_batched(st, z, y, sched, budget=2 ** 25):
+    """:func:`_dynamics` in chunks of the batch, each holding at most ``budget`` floats per array."""
+    N = st.N
+    chunk = max(1, budget // max(1, N ** 3))
+    if z.shape[0] <= chunk:
+        return _dynamics(st, z, y, sched)
+    parts = [_dynamics(st, z[i:i + chunk], y, sched) for i in range(0, z.shape[0], chunk)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 # ---------------------------------------------------------------------------
 # the result
 # ---------------------------------------------------------------------------
@@ -320,21 +431,30 @@ def _cubature_points(K):
 class FiniteWidthTraining:
     """Trained-network predictions over initializations, to order 1/n.
 
+    Shapes: for one output given as a 1-D ``y`` (N_A,) the output axes are
+    dropped (the shapes below without ``n_out``); for ``y`` of shape
+    (N_A, n_out) every array carries them, and ``cov.reshape(N_B n_out,
+    N_B n_out)`` is the covariance of ``mean.ravel()``.
+
     Attributes
     ----------
-    mean_infinite : ndarray (N_B,)
+    mean_infinite : ndarray (N_B, n_out)
         The infinite-width (frozen-NTK) mean on the test inputs.
-    mean_correction : ndarray (N_B,)
+    mean_correction : ndarray (N_B, n_out)
         Its 1/n coefficient: ``E[z(T)] = mean_infinite + mean_correction / n``.
-    cov_infinite, cov_correction : ndarray (N_B, N_B)
-        Likewise for the covariance over initializations.
-    train_mean_infinite, train_mean_correction : ndarray (N_A,)
+    cov_infinite, cov_correction : ndarray (N_B, n_out, N_B, n_out)
+        Likewise for the covariance over initializations,
+        ``cov[b, i, c, j] = Cov(z_{i;b}(T), z_{j;c}(T))``. The infinite-width
+        part is ``delta_ij`` times one (N_B, N_B) block; the correction has
+        cross-output blocks ``i != j`` (module docstring).
+    train_mean_infinite, train_mean_correction : ndarray (N_A, n_out)
         The same on the training inputs (the infinite-width mean is ``y``
         after convergence or a Newton leap).
-    ntk_change : ndarray (N, N)
-        ``n E[H(T) - H(0)]`` over all inputs (training first): the predicted
-        change of the NTK during training (representation learning).
-    parts : dict str -> ndarray (N_B,)
+    ntk_change : ndarray (N, n_out, N, n_out)
+        ``n E[H_{ij;ab}(T) - H_{ij;ab}(0)]`` over all inputs (training first):
+        the predicted change of the NTK during training (representation
+        learning), with its cross-output part ``i != j``.
+    parts : dict str -> ndarray (N_B, n_out)
         The mean correction split by origin: ``"H1"`` (NTK mean shift),
         ``"AB"`` (NTK fluctuations), ``"dynamics"`` (dNTK and ddNTKs).
     width : int or None
@@ -352,6 +472,11 @@ class FiniteWidthTraining:
     width: int | None = None
 
     @property
+    def n_out(self) -> int:
+        """Number of outputs (1 for the one-output shapes)."""
+        return 1 if self.mean_infinite.ndim == 1 else self.mean_infinite.shape[1]
+
+    @property
     def mean(self) -> np.ndarray:
         if self.width is None:
             raise ValueError("no width given: pass width=n to get the finite-width mean "
@@ -366,37 +491,16 @@ class FiniteWidthTraining:
 
     @property
     def std(self) -> np.ndarray:
-        return np.sqrt(np.clip(np.diag(self.cov), 0.0, None))
+        """Standard deviation over initializations, shaped like ``mean``."""
+        c = self.cov
+        m = int(np.prod(self.mean_infinite.shape))
+        return np.sqrt(np.clip(np.diag(c.reshape(m, m)), 0.0, None)).reshape(
+            self.mean_infinite.shape)
 
 
-def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> FiniteWidthTraining:
-    """Mean and covariance of trained outputs at order 1/n, from the statistics.
-
-    Parameters
-    ----------
-    stats : TrainingStatistics
-        Output-layer statistics (:func:`training_statistics`, or measured).
-    y : array_like (N_A,)
-        Training targets.
-    schedule : list of ndarray (N_A, N_A)
-        Step matrices (:func:`algorithm_schedule`).
-    width : int, optional
-
-    Returns
-    -------
-    FiniteWidthTraining
-    """
-    st = stats
+def _end_of_training(st: TrainingStatistics, y, sched):
+    """The engine on one-output statistics (or lifted ones): arrays over all N inputs."""
     Na, N = st.n_train, st.N
-    y = np.asarray(y, float).reshape(-1)
-    if y.shape != (Na,):
-        raise ValueError(f"y must have one target per training input ({Na}); got {y.shape}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("y contains NaN or inf; drop or impute those targets")
-    if width is not None and (int(width) != width or width < 1):
-        raise ValueError(f"width must be a positive integer; got {width!r}")
-    sched = [np.asarray(M, float) for M in schedule]
-    test = slice(Na, N)
 
     # kernel part: F(Theta), DF(H1), and second derivatives along the A,B covariance
     c, V = _cov_directions(st.cov_H)
@@ -413,7 +517,7 @@ def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> Fi
 
     # dynamical part by the degree-3 cubature
     pts = _cubature_points(st.K)
-    e, h = _dynamics(st, pts, y, sched)
+    e, h = _dynamics_batched(st, pts, y, sched)
     m_dyn = e.mean(0)
     ntk_change = h.mean(0)
     ntk_change = 0.5 * (ntk_change + ntk_change.T)
@@ -447,20 +551,81 @@ def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> Fi
         for s in (1.0, -1.0, 2.0, -2.0):
             batch.append(pts + s * hstep * dirs[:, a][None, :])
     if rows:
-        eb, _ = _dynamics(st, np.concatenate(batch, axis=0), y, sched)
+        eb, _ = _dynamics_batched(st, np.concatenate(batch, axis=0), y, sched)
         eb = eb.reshape(len(rows), 4, pts.shape[0], N).mean(2)          # (rows, shift, N)
         deriv = (8.0 * (eb[:, 0] - eb[:, 1]) - (eb[:, 2] - eb[:, 3])) / (12.0 * hstep)
         for k, a in enumerate(rows):
             cross[a] = deriv[k]
     cov_corr = cov_corr + cross + cross.T
+    return (mean_inf_all, mean_corr_all, cov_inf_all, cov_corr, ntk_change,
+            {"H1": m_H1, "AB": m_AB, "dynamics": m_dyn})
 
+
+def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> FiniteWidthTraining:
+    """Mean and covariance of trained outputs at order 1/n, from the statistics.
+
+    Parameters
+    ----------
+    stats : TrainingStatistics
+        Output-layer statistics (:func:`training_statistics`, or measured).
+    y : array_like (N_A,) or (N_A, n_out)
+        Training targets; ``n_out`` columns train ``n_out`` outputs on the
+        summed MSE loss (module docstring). A 1-D ``y`` gives the one-output
+        shapes (no output axes).
+    schedule : list of ndarray (N_A, N_A)
+        Step matrices (:func:`algorithm_schedule`), acting on the input index
+        of every output alike (``M_t`` times the identity on outputs).
+    width : int, optional
+
+    Returns
+    -------
+    FiniteWidthTraining
+        Shapes with output axes for a 2-D ``y`` (see there).
+    """
+    st = stats
+    Na, N = st.n_train, st.N
+    y = np.asarray(y, float)
+    one = y.ndim == 1
+    if one:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != Na or y.shape[1] < 1:
+        raise ValueError(f"y must have one target per training input ({Na}): shape ({Na},) "
+                         f"or ({Na}, n_out); got {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y contains NaN or inf; drop or impute those targets")
+    if width is not None and (int(width) != width or width < 1):
+        raise ValueError(f"width must be a positive integer; got {width!r}")
+    sched = [np.asarray(M, float) for M in schedule]
+    for M in sched:
+        if M.shape != (Na, Na):
+            raise ValueError(f"each step matrix of schedule must be ({Na}, {Na}) (one row per "
+                             f"training input); got {M.shape}")
+    n_out = y.shape[1]
+    w = None if width is None else int(width)
+    if n_out == 1:
+        mi, mc, ci, cc, h, parts = _end_of_training(st, y[:, 0], sched)
+        test = slice(Na, N)
+        if one:
+            return FiniteWidthTraining(
+                mean_infinite=mi[test], mean_correction=mc[test], cov_infinite=ci[test, test],
+                cov_correction=cc[test, test], train_mean_infinite=mi[:Na],
+                train_mean_correction=mc[:Na], ntk_change=h,
+                parts={k: v[test] for k, v in parts.items()}, width=w)
+        pos = np.arange(N)[:, None]
+        lst = st
+    else:
+        lst = st.lifted(n_out)
+        pos = st.output_positions(n_out)                               # (N, n_out)
+        y_l = np.empty(Na * n_out)
+        y_l[pos[:Na]] = y
+        sched_l = [np.kron(np.eye(n_out), M) for M in sched]
+        mi, mc, ci, cc, h, parts = _end_of_training(lst, y_l, sched_l)
+    pa, pb = pos[:Na], pos[Na:]
+    pair = (lambda X, p: X[p[:, :, None, None], p[None, None, :, :]])
     return FiniteWidthTraining(
-        mean_infinite=mean_inf_all[test], mean_correction=mean_corr_all[test],
-        cov_infinite=cov_inf_all[test, test], cov_correction=cov_corr[test, test],
-        train_mean_infinite=mean_inf_all[:Na], train_mean_correction=mean_corr_all[:Na],
-        ntk_change=ntk_change,
-        parts={"H1": m_H1[test], "AB": m_AB[test], "dynamics": m_dyn[test]},
-        width=None if width is None else int(width))
+        mean_infinite=mi[pb], mean_correction=mc[pb], cov_infinite=pair(ci, pb),
+        cov_correction=pair(cc, pb), train_mean_infinite=mi[pa], train_mean_correction=mc[pa],
+        ntk_change=pair(h, pos), parts={k: v[pb] for k, v in parts.items()}, width=w)
 
 
 def finite_width_training(mlp, X_train, y_train, X_test, *, algorithm="gd", learning_rate=None,
@@ -470,10 +635,11 @@ def finite_width_training(mlp, X_train, y_train, X_test, *, algorithm="gd", lear
     Parameters
     ----------
     mlp : pdlt.MLP
-        One output; its hidden width n_{L-1} is the n of the correction
-        unless ``width`` is given.
+        Plain MLP; its hidden width n_{L-1} is the n of the correction
+        unless ``width`` is given, and its ``n_out`` must match the targets.
     X_train : array_like (N_A, n0)
-    y_train : array_like (N_A,)
+    y_train : array_like (N_A,) or (N_A, n_out)
+        A 1-D ``y_train`` (``n_out = 1``) gives results without output axes.
     X_test : array_like (N_B, n0)
     algorithm, learning_rate, steps
         See :func:`algorithm_schedule`.
@@ -483,6 +649,14 @@ def finite_width_training(mlp, X_train, y_train, X_test, *, algorithm="gd", lear
     Returns
     -------
     FiniteWidthTraining
+        ``mean`` (N_B,) or (N_B, n_out), ``cov`` (N_B, N_B) or
+        (N_B, n_out, N_B, n_out).
+
+    Notes
+    -----
+    Several outputs are trained together and interact at order 1/n (module
+    docstring): the cost is that of the one-output engine on
+    ``n_out (N_A + N_B)`` inputs.
 
     Examples
     --------
@@ -493,17 +667,19 @@ def finite_width_training(mlp, X_train, y_train, X_test, *, algorithm="gd", lear
     >>> r = finite_width_training(mlp, X, [0.5, -0.5], Xt, algorithm="newton")
     >>> r.mean.shape
     (1,)
+    >>> r2 = finite_width_training(mlp.with_(n_out=2), X, [[0.5, 0.1], [-0.5, 0.3]], Xt,
+    ...                            algorithm="newton")
+    >>> r2.mean.shape, r2.cov.shape
+    ((1, 2), (1, 2, 1, 2))
     """
-    mlp = _check_one_output(mlp)
-    Xa, y, _ = check_data(X_train, y_train, mlp.n0, name_X="X_train", name_y="y_train")
-    if y.shape[1] != 1:
-        raise ValueError(f"y_train must have one target per input (one output); got {y.shape}")
-    y = y[:, 0]
+    mlp = check_mlp(mlp)
+    Xa, y, was_1d = check_data(X_train, y_train, mlp.n0, name_X="X_train", name_y="y_train")
+    mlp = _check_outputs(mlp, y.shape[1])
     st = training_statistics(mlp, Xa, X_test, accuracy=accuracy)
     sched = algorithm_schedule(st.Theta[:st.n_train, :st.n_train], algorithm,
                                learning_rate=learning_rate, steps=steps)
     n = mlp.widths[-2] if width is None else width
-    return end_of_training(st, y, sched, width=n)
+    return end_of_training(st, y[:, 0] if was_1d else y, sched, width=n)
 
 
 def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
