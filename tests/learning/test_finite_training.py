@@ -442,3 +442,17 @@ def test_finite_width_training_with_several_outputs_from_an_mlp():
     # the covariance over the flattened outputs is symmetric
     c = r.cov.reshape(4, 4)
     np.testing.assert_allclose(c, c.T, atol=1e-12)
+
+
+def test_ntk_regressor_with_width_trains_several_outputs_together():
+    from pdlt.learning import NTKRegressor
+    mlp = pdlt.MLP(n0=2, width=50, depth=2, n_out=2, activation="tanh", C_W=1.0)
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [-0.7, 0.7]])
+    y = np.array([[0.3, 0.1], [-0.4, 0.2], [0.1, -0.5]])
+    Xt = np.array([[0.6, 0.8]])
+    reg = NTKRegressor(mlp, width=50, steps=8, learning_rate=0.2).fit(X, y)
+    m, s = reg.predict(Xt, return_std=True)
+    ref = ft.finite_width_training(mlp, X, y, Xt, learning_rate=0.2, steps=8)
+    np.testing.assert_allclose(m, ref.mean, rtol=1e-12)
+    np.testing.assert_allclose(s, ref.std, rtol=1e-12)
+    assert m.shape == (1, 2) and reg.predict(Xt, return_cov=True)[1].shape == (1, 2, 1, 2)

@@ -22,6 +22,62 @@ changes. At infinite width every converging schedule gives the same
 prediction; at order 1/n they differ (one giant leap is linear in the NTK, so
 the A, B term vanishes exactly; many small steps are not).
 
+Several outputs (``n_out > 1``, plain MLPs)
+-------------------------------------------
+The MSE loss sums over outputs, ``L = (1/2) sum_i eps_i^T M_t eps_i``, so a
+step moves ``theta_mu`` by ``-lambda_mu sum_{i,c} (d_mu z_{i;c}) u_{i;c}`` with
+``u_i = M_t eps_i``. Write ``s = (a, i)`` for an (input, output) pair. The
+one-output dynamics (``docs/derivations/finite_training.rst``) follow from
+``H = J J^T``, ``dH = D^2 z[J, J]``, ``ddIH = D^3 z[J, J, J]``, ``ddIIH =
+(Hess z J).(Hess z J)`` and never use the output index, so in ``s`` they hold
+verbatim, with the schedule ``M_t (x) 1_{n_out}`` (the Newton leap too: the
+infinite-width NTK is ``Theta (x) 1``, its inverse ``Theta_AA^{-1} (x) 1``), and
+the order counting is unchanged. Hence the trained outputs of ``n_out``
+outputs are the one-output solution on ``n_out N`` "inputs", with NOTATION.md's
+statistics lifted (:meth:`TrainingStatistics.lifted`):
+
+* two-index: ``K, G1, Theta, H1 -> delta_ij X_ab``;
+* four-index: ``X_{s0s1s2s3} = d_{i0i1} d_{i2i3} X_{01|23} + d_{i0i2} d_{i1i3}
+  X_{02|13} + d_{i0i3} d_{i1i2} X_{03|12}`` with, in that order, ``(A,
+  B_(a0a2)(a1a3), B_(a0a3)(a1a2))`` for ``n E[DeltaH DeltaH]``, ``(D, F_a0a2a1a3,
+  F_a0a3a1a2)`` for ``n E[DeltaH z z]``, ``(Q_a0a1a2a3, Q_a0a2a1a3, P)`` for
+  ``n E[dH_{i0i1i2} z_{i3}]``, ``(R_a0a1a2a3, R_a0a2a1a3, R_a0a3a1a2)`` and ``(S,
+  T, U)`` for the ddNTK means.
+
+For ``n_out = 1`` every delta is one and the lift is the one-output sum (same
+code path, same numbers). What the deltas imply: every order-1/n term holds
+exactly one statistic (two deltas over four output indices), contracted with
+output-diagonal objects (``Theta``, ``K``, the schedule) and targets ``y_k``;
+the external output index (``i`` of the mean, ``i, j`` of a covariance or NTK
+change) sits on the statistic, and its other pairing either meets targets or
+closes one free output loop, a factor ``n_out``. So
+
+* infinite width: ``F(Theta (x) 1) = F(Theta) (x) 1``; every output is trained
+  alone, ``mean_i = F(Theta) y_i``, covariance ``delta_ij C0 K C0^T``;
+* ``H1`` (``delta_ij``): ``DF(H1) y_i``, output by output, independent of n_out;
+* A, B in the mean: ``sum_j E[DeltaH_ij X DeltaH_jk] = delta_ik [A + B_(13)(24) +
+  n_out B_(14)(23)]`` (contracted); in the covariance the variance of the mean
+  predictor ``E[(DF(DeltaH) y)_i (DF(DeltaH) y)_j]`` has an A and a B term in
+  ``y_i (x) y_j`` (cross-output, ``i != j``) and a ``delta_ij`` B term in
+  ``Y = sum_k y_k (x) y_k``;
+* D, F, G1 (covariance only): output-diagonal, D and F with one loop;
+* P, Q, R, S, T, U (dynamics): terms linear in ``y_i`` are output-diagonal,
+  with loops (the deep linear Newton step shows it in closed form: ``Q``
+  contracts to ``(x_a.x_c) K_bb' + n_out (x_a.x_b) K_cb'``); the terms cubic in
+  the targets are ``y_i`` times ``Y``; the NTK change and the covariance get
+  ``delta_ij`` terms (affine in n_out and in ``Y``) and cross-output terms
+  bilinear in ``y_i, y_j``.
+
+Consequences, tested in ``tests/learning/test_finite_training.py``: mean,
+covariance and NTK change are equivariant under output rotations ``y -> y O``
+and affine in n_out at fixed targets; an output with all-zero targets has
+zero mean correction and zero cross-output covariance and NTK change
+(``z_j -> -z_j`` is then a symmetry); for ``i != j`` the trained outputs are
+correlated and the NTK block ``H_ij`` moves at order 1/n. The outputs
+interact: at order 1/n they cannot be trained one at a time. Cost: that of
+the one-output engine on ``n_out (N_A + N_B)`` inputs (memory ~ ``(n_out
+N)^4``; a clear MemoryError beyond 4 GiB).
+
 Kinked activations (ReLU): the expansion assumes a smooth network function.
 Trained ReLU networks disagree with it: ``n (E[z(T)] - m_inf)`` grows like
 ``n^0.6`` at widths 16-256, and the NTK change (``n E[H(T) - H(0)]`` = -8.1
