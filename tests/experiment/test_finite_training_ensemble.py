@@ -189,3 +189,20 @@ def test_deep_linear_newton_step_with_two_outputs_exact_at_small_width():
     one_shift = np.c_[[np.r_[r.train_mean_correction, r.mean_correction] / 8 for r in one]].T
     from pdlt.report.rows import compare
     assert not compare(one_shift, measured - inf, se).passed
+
+
+def test_recorded_ntk_of_two_outputs_is_the_forward_equation_ntk():
+    # train_ensemble(ntk=True) with n_out = 2: every block H_{ij;ab}, against ntk_forward
+    from pdlt.experiment import Ensemble
+    from pdlt.experiment.ntk import ntk_forward
+    import pdlt
+    mlp = pdlt.MLP(n0=2, width=7, depth=3, n_out=2, activation="tanh", lambda_b=0.3,
+                   lambda_W=1.7)
+    X, Xt = np.array([[1.0, 0.2], [-0.3, 0.8]]), np.array([[0.5, 0.5]])
+    te = train_ensemble(mlp, X, np.ones((2, 2)), Xt, networks=4, learning_rate=0.05, steps=0,
+                        ntk=True, seed=3)
+    Ws, bs = Ensemble(mlp, networks=4, seed=3).parameters(0, 4)
+    H = ntk_forward(Ws, bs, torch.as_tensor(np.r_[X, Xt]), mlp)[-1].numpy()   # (M, i, j, a, b)
+    np.testing.assert_allclose(te.ntk[:, 0], np.einsum("mijab->maibj", H), rtol=1e-12,
+                               atol=1e-14)
+    assert np.abs(H[:, 0, 1]).max() > 1e-3      # the cross-output blocks are not trivially 0
