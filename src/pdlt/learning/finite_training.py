@@ -22,9 +22,7 @@ changes. At infinite width every converging schedule gives the same
 prediction; at order 1/n they differ (one giant leap is linear in the NTK, so
 the A, B term vanishes exactly; many small steps are not).
 
-Several outputs (``n_out > 1``, plain MLPs)
--------------------------------------------
-The MSE loss sums over outputs, ``L = (1/2) sum_i eps_i^T M_t eps_i``, so a
+**Several outputs** (``n_out > 1``, plain MLPs). The MSE loss sums over outputs, ``L = (1/2) sum_i eps_i^T M_t eps_i``, so a
 step moves ``theta_mu`` by ``-lambda_mu sum_{i,c} (d_mu z_{i;c}) u_{i;c}`` with
 ``u_i = M_t eps_i``. Write ``s = (a, i)`` for an (input, output) pair. The
 one-output dynamics (``docs/derivations/finite_training.rst``) follow from
@@ -129,7 +127,7 @@ class TrainingStatistics:
     * ``ddII[a,b,c,d] = n E[ddIIH_abcd] = S_abcd + T_abcd + U_abcd``.
 
     For ``n_out > 1`` each of these five is needed term by term: ``pairs[name]``
-    (3, N, N, N, N) holds the three terms in the order of :data:`PAIRINGS`,
+    (3, N, N, N, N) holds the three terms in the order of ``PAIRINGS``,
     term p multiplying the Kronecker deltas of the output indices of the
     four tensor positions paired as ``PAIRINGS[p]`` ("01|23" is
     ``delta_{i0 i1} delta_{i2 i3}``); the one-output tensor is their sum.

@@ -461,11 +461,12 @@ class NTKRegressor(EstimatorBase):
         Returns
         -------
         mean : ndarray (M,) or (M, n_out)
-        std : ndarray (M,), if ``return_std``; (M, n_out) with ``width`` and
-            several outputs
-        cov : ndarray (M, M), if ``return_cov`` (shared by all outputs at
-            infinite width); (M, n_out, M, n_out) with ``width`` and several
-            outputs (the outputs are correlated at order 1/n)
+        std : ndarray (M,) or (M, n_out)
+            If ``return_std``; (M, n_out) with ``width`` and several outputs.
+        cov : ndarray (M, M) or (M, n_out, M, n_out)
+            If ``return_cov``: one (M, M) block shared by all outputs at
+            infinite width; with ``width`` and several outputs the full
+            covariance, the outputs being correlated at order 1/n.
         """
         if not hasattr(self, "stability_bound_"):
             raise not_fitted(self)
