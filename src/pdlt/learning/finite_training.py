@@ -399,14 +399,22 @@ def _kernel_map_jets(Theta, V, sched, Na):
     return F0, F1, F2
 
 
-def _cov_directions(cov_H, tol=1e-12):
-    """Eigen-decomposition ``cov_H = sum_k c_k V_k (x) V_k`` over N x N matrices."""
+def _cov_directions(cov_H, Na, tol=1e-12):
+    """Eigen-decomposition ``cov_H = sum_k c_k V_k (x) V_k`` over the entries ``H[:, :Na]``.
+
+    The kernel map F(H) reads only the columns of H on the training inputs,
+    so only their covariance is decomposed; ``V_k`` (k, N, N) is zero in the
+    other columns (and symmetric on the training block, since the entries
+    (a, b) and (b, a) there have identical covariance rows).
+    """
     N = cov_H.shape[0]
-    C = cov_H.reshape(N * N, N * N)
+    C = cov_H[:, :Na, :, :Na].reshape(N * Na, N * Na)
     C = 0.5 * (C + C.T)
     w, Q = np.linalg.eigh(C)
     keep = np.abs(w) > tol * max(np.abs(w).max(), 1e-300)
-    return w[keep], Q[:, keep].T.reshape(-1, N, N)
+    V = np.zeros((int(keep.sum()), N, N))
+    V[:, :, :Na] = Q[:, keep].T.reshape(-1, N, Na)
+    return w[keep], V
 
 
 # ---------------------------------------------------------------------------
@@ -424,31 +432,31 @@ def _dynamics(st: TrainingStatistics, z, y, sched):
     Th = st.Theta
     n_batch, N = z.shape
     Kinv_z = np.linalg.solve(st.K, z.T).T                              # (B, N)
-    dH = np.einsum("abcd,Bd->Babc", st.dHz, Kinv_z)                      # (B, N, N, N)
+    # dH_abc is used only with c in A (the step contracts its last index with u)
+    dH = Kinv_z @ st.dHz[:, :, :Na, :].reshape(N * N * Na, N).T         # (B, N N Na)
     # W[a,b,c,d] for dH's change, Y[a,b,c,d] for H's second-order change (d, c in A used)
     W = st.ddI + st.ddII + np.swapaxes(st.ddII, 1, 2)
     Y = 0.5 * st.ddI + 0.5 * np.swapaxes(st.ddI, 0, 1) + st.ddII
     # contractions as matrix products over the batch (BLAS), not einsum loops
-    W_A = W[:, :, :, :Na].reshape(N ** 3, Na).T                         # (Na, N^3)
+    W_A = W[:, :, :Na, :Na].reshape(N * N * Na, Na).T                   # (Na, N N Na)
     Y_AA = Y[:, :, :Na, :Na].reshape(N * N, Na * Na).T                  # (Na^2, N^2)
     ddI_AAA = st.ddI[:, :Na, :Na, :Na].reshape(N, Na ** 3).T            # (Na^3, N)
     eps = z[:, :Na] - y[None, :]                                        # eps0(t)
     e = np.zeros((n_batch, N))
     h = np.zeros((n_batch, N, N))
-    g = np.zeros((n_batch, N ** 3))
-    dH = dH.reshape(n_batch, N ** 3)
+    g = np.zeros((n_batch, N * N * Na))
     ThA_T = Th[:, :Na].T                                                # (Na, N)
     ThAA_T = Th[:Na, :Na].T
     for M in sched:
         u = eps @ M.T                                                   # (B, Na)
         uu = (u[:, :, None] * u[:, None, :]).reshape(n_batch, Na * Na)
-        dHt = (dH + g).reshape(n_batch, N, N, N)
-        dHt_A = dHt[:, :, :Na, :Na]
+        dHt = (dH + g).reshape(n_batch, N, N, Na)
+        dHt_A = dHt[:, :, :Na, :]
         r = (-np.matmul(h[:, :, :Na], u[:, :, None])[..., 0]
              + 0.5 * np.matmul(dHt_A.reshape(n_batch, N, Na * Na), uu[:, :, None])[..., 0]
              - ((uu[:, :, None] * u[:, None, :]).reshape(n_batch, Na ** 3) @ ddI_AAA) / 6.0)
         e_new = e - (e[:, :Na] @ M.T) @ ThA_T + r
-        dh = -np.matmul(dHt[:, :, :, :Na].reshape(n_batch, N * N, Na),
+        dh = -np.matmul(dHt.reshape(n_batch, N * N, Na),
                         u[:, :, None]).reshape(n_batch, N, N)
         dh = dh + np.swapaxes(dh, 1, 2) + (uu @ Y_AA).reshape(n_batch, N, N)
         g = g - u @ W_A
@@ -467,10 +475,10 @@ def _cubature_points(K):
     return np.concatenate([pts, -pts], axis=0)
 
 
-def _dynamics_batched(st, z, y, sched, budget=2 ** 25):
+def _dynamics_batched(st, z, y, sched, budget=2 ** 24):
     """:func:`_dynamics` in chunks of the batch, each holding at most ``budget`` floats per array."""
     N = st.N
-    chunk = max(1, budget // max(1, N ** 3))
+    chunk = max(1, budget // max(1, N * N * st.n_train))
     if z.shape[0] <= chunk:
         return _dynamics(st, z, y, sched)
     parts = [_dynamics(st, z[i:i + chunk], y, sched) for i in range(0, z.shape[0], chunk)]
@@ -557,7 +565,7 @@ def _end_of_training(st: TrainingStatistics, y, sched):
     Na, N = st.n_train, st.N
 
     # kernel part: F(Theta), DF(H1), and second derivatives along the A,B covariance
-    c, V = _cov_directions(st.cov_H)
+    c, V = _cov_directions(st.cov_H, Na)
     dirs = np.concatenate([st.H1[None], V], axis=0)
     # Hzz[:, :, r, s] as directions for E[DF(DeltaH) z z^T]
     Hzz_dirs = np.moveaxis(st.Hzz, (2, 3), (0, 1)).reshape(N * N, N, N)
@@ -592,7 +600,7 @@ def _end_of_training(st: TrainingStatistics, y, sched):
     cov_corr = (C0 @ st.G1 @ C0.T
                 - (D_H1 @ st.K @ C0.T + C0 @ st.K @ D_H1.T)
                 - (EDz @ C0.T + C0 @ EDz.T)
-                + np.einsum("k,kar,rs,kbs->ab", c, DV, st.K, DV)
+                + np.einsum("k,kar,rs,kbs->ab", c, DV, st.K, DV, optimize=True)
                 - (D2 @ st.K @ C0.T + C0 @ st.K @ D2.T)
                 + np.einsum("k,ka,kb->ab", c, F1_V @ y, F1_V @ y))
     # 2 Cov(C0 z, Z1) by Stein: E[(C0 z)_a Z1_b] = sum_j (C0 K)_{aj} E[d_j Z1_b]
