@@ -206,3 +206,28 @@ def test_recorded_ntk_of_two_outputs_is_the_forward_equation_ntk():
     np.testing.assert_allclose(te.ntk[:, 0], np.einsum("mijab->maibj", H), rtol=1e-12,
                                atol=1e-14)
     assert np.abs(H[:, 0, 1]).max() > 1e-3      # the cross-output blocks are not trivially 0
+
+
+@pytest.mark.slow
+def test_cross_output_ntk_change_depth_three_wider(critical_mlp):
+    # the CI case deeper and wider: depth 3, four training and two test inputs, 6000
+    # networks at n = 64 and 128 (about 8 minutes on 2 cores). When written: cross block
+    # resolution 0.16 (rejects x0.5, x2, x0 at z 10.5, 27.9, 23.0), diagonal blocks 0.08-0.09.
+    # The cross block measured 0.90-0.91 x theory at n = 64 and at n = 128 (about 2.5 se
+    # per entry, inside 4 se + |d(64) - d(128)|); at n = 32 it is 0.88 x, so a remaining
+    # 1/n^2 term of that size is consistent with the three widths within their errors
+    ang, angt = np.array([0.0, 1.2, 2.4, 3.6]), np.array([0.6, 3.0])
+    X, Xt = np.c_[np.cos(ang), np.sin(ang)], np.c_[np.cos(angt), np.sin(angt)]
+    Y = np.c_[0.5 * np.sin(ang) + 0.2, 0.6 * np.cos(ang) - 0.1]
+    mlp = critical_mlp("tanh", 32, 3, n0=2, n_out=2)
+    st = ft.training_statistics(mlp, X, Xt)
+    eta = 1.0 / np.linalg.eigvalsh(st.Theta[:4, :4])[-1]
+    sched = ft.algorithm_schedule(st.Theta[:4, :4], "newton+gd", learning_rate=eta, steps=5)
+    pred = ft.end_of_training(st, Y, sched)
+    ch = {n: train_ensemble(mlp.with_(width=n), X, Y, Xt, networks=6000, step_matrices=sched,
+                            seed=n, antithetic=True, ntk=True).ntk_change() for n in (64, 128)}
+    for i, j in ((0, 1), (0, 0), (1, 1)):
+        blk = (slice(None), i, slice(None), j)
+        powered(pred.ntk_change[blk], 128 * ch[128].mean[blk], 128 * ch[128].stderr[blk],
+                np.abs(64 * ch[64].mean[blk] - 128 * ch[128].mean[blk]),
+                label=f"NTK change H_{i}{j}, depth 3", max_resolution=0.5)

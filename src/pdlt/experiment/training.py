@@ -122,7 +122,7 @@ def _forward(Ws, bs, x, tact):
 
 
 def _output_ntk(Ws, bs, x, tact, mlp, params):
-    """NTK ``sum_mu lambda_mu d_mu z_{i;a} d_mu z_{j;b}`` of the outputs, by N n_out backward passes.
+    """Output NTK ``sum_mu lambda_mu d_mu z_{i;a} d_mu z_{j;b}``, by N n_out backward passes.
 
     Returns ndarray (B, N, N) for one output, (B, N, n_out, N, n_out) otherwise
     (``[m, a, i, b, j] = H_{ij;ab}`` of network m).

@@ -22,17 +22,18 @@ changes. At infinite width every converging schedule gives the same
 prediction; at order 1/n they differ (one giant leap is linear in the NTK, so
 the A, B term vanishes exactly; many small steps are not).
 
-**Several outputs** (``n_out > 1``, plain MLPs). The MSE loss sums over outputs, ``L = (1/2) sum_i eps_i^T M_t eps_i``, so a
-step moves ``theta_mu`` by ``-lambda_mu sum_{i,c} (d_mu z_{i;c}) u_{i;c}`` with
-``u_i = M_t eps_i``. Write ``s = (a, i)`` for an (input, output) pair. The
-one-output dynamics (``docs/derivations/finite_training.rst``) follow from
-``H = J J^T``, ``dH = D^2 z[J, J]``, ``ddIH = D^3 z[J, J, J]``, ``ddIIH =
-(Hess z J).(Hess z J)`` and never use the output index, so in ``s`` they hold
-verbatim, with the schedule ``M_t (x) 1_{n_out}`` (the Newton leap too: the
-infinite-width NTK is ``Theta (x) 1``, its inverse ``Theta_AA^{-1} (x) 1``), and
-the order counting is unchanged. Hence the trained outputs of ``n_out``
-outputs are the one-output solution on ``n_out N`` "inputs", with NOTATION.md's
-statistics lifted (:meth:`TrainingStatistics.lifted`):
+**Several outputs** (``n_out > 1``, plain MLPs). The MSE loss sums over
+outputs, ``L = (1/2) sum_i eps_i^T M_t eps_i``, so a step moves ``theta_mu``
+by ``-lambda_mu sum_{i,c} (d_mu z_{i;c}) u_{i;c}`` with ``u_i = M_t eps_i``.
+Write ``s = (a, i)`` for an (input, output) pair. The one-output dynamics
+(``docs/derivations/finite_training.rst``) follow from ``H = J J^T``, ``dH =
+D^2 z[J, J]``, ``ddIH = D^3 z[J, J, J]``, ``ddIIH = (Hess z J).(Hess z J)``
+and never use the output index, so in ``s`` they hold verbatim, with the
+schedule ``M_t (x) 1_{n_out}`` (the Newton leap too: the infinite-width NTK is
+``Theta (x) 1``, its inverse ``Theta_AA^{-1} (x) 1``), and the order counting
+is unchanged. Hence the trained outputs of ``n_out`` outputs are the
+one-output solution on ``n_out N`` "inputs", with NOTATION.md's statistics
+lifted (:meth:`TrainingStatistics.lifted`):
 
 * two-index: ``K, G1, Theta, H1 -> delta_ij X_ab``;
 * four-index: ``X_{s0s1s2s3} = d_{i0i1} d_{i2i3} X_{01|23} + d_{i0i2} d_{i1i3}
@@ -476,7 +477,7 @@ def _cubature_points(K):
 
 
 def _dynamics_batched(st, z, y, sched, budget=2 ** 24):
-    """:func:`_dynamics` in chunks of the batch, each holding at most ``budget`` floats per array."""
+    """:func:`_dynamics` in chunks of the batch, at most ``budget`` floats per array."""
     N = st.N
     chunk = max(1, budget // max(1, N * N * st.n_train))
     if z.shape[0] <= chunk:
