@@ -135,3 +135,39 @@ def test_width_errors_are_clear(small_csvs, run_cli):
     code, _, err = run_cli("fit", *MLP_ARGS, "--method", "ntk", "--width", "32",
                            "--noise", "0.1", "--train", tr, "--test", te)
     assert code != 0 and "noise" in err
+
+
+def test_several_targets_with_width_train_the_outputs_together(tmp_path, run_cli):
+    # --targets 2: the last two CSV columns are the targets of two outputs; with --width the
+    # finite-width NTK prediction of pdlt.learning.finite_training for n_out = 2
+    from pdlt.learning.finite_training import finite_width_training
+    rng = np.random.default_rng(5)
+    Xa, Xb = rng.standard_normal((3, 2)), rng.standard_normal((2, 2))
+    Ya = np.c_[np.sin(Xa.sum(1)), np.cos(Xa[:, 0])]
+    Yb = np.c_[np.sin(Xb.sum(1)), np.cos(Xb[:, 0])]
+    tr, te = tmp_path / "tr.csv", tmp_path / "te.csv"
+    np.savetxt(tr, np.c_[Xa, Ya], delimiter=",", header="x1,x2,y1,y2", comments="")
+    np.savetxt(te, np.c_[Xb, Yb], delimiter=",")
+    args = ["--activation", "tanh", "--depth", "2", "--C-W", "1.0", "--method", "ntk",
+            "--targets", "2", "--steps", "6", "--learning-rate", "0.2", "--train", str(tr),
+            "--test", str(te)]
+    code, out, err = run_cli("fit", *args, "--width", "64", "--json")
+    assert code == 0 and err == "", err
+    d = json.loads(out)
+    mlp = pdlt.MLP(2, width=64, depth=2, n_out=2, activation="tanh", C_b=0.0, C_W=1.0)
+    ref = finite_width_training(mlp, Xa, Ya, Xb, learning_rate=0.2, steps=6)
+    np.testing.assert_allclose(d["mean"], ref.mean, rtol=1e-10)
+    np.testing.assert_allclose(d["std"], ref.std, rtol=1e-10)
+    np.testing.assert_allclose(d["mean_correction"], ref.mean_correction, rtol=1e-10)
+    assert np.shape(d["std_infinite_width"]) == (2, 2)
+    assert d["mse"] == pytest.approx(np.mean((ref.mean - Yb) ** 2), rel=1e-10)
+    # the human table has one row per (input, output)
+    code, out, _ = run_cli("fit", *args, "--width", "64")
+    assert code == 0 and "output" in out and len(out.splitlines()) == 2 + 2 + 4 + 1 + 1
+    # infinite width: both outputs, one std per input repeated for each output
+    code, out, _ = run_cli("fit", *args, "--json")
+    d = json.loads(out)
+    assert code == 0 and np.shape(d["mean"]) == (2, 2) and np.shape(d["std"]) == (2, 2)
+    code, _, err = run_cli("fit", *args[:-4], "--targets", "4", "--train", str(tr),
+                           "--test", str(te))
+    assert code == 2 and "--targets 4" in err

@@ -161,8 +161,10 @@ def test_finite_width_training_from_an_mlp_and_width_scaling():
 def test_errors_name_the_parameter():
     mlp = pdlt.MLP(n0=2, width=8, depth=2, n_out=2)
     X = np.eye(2)
-    with pytest.raises(ValueError, match="n_out"):
-        ft.finite_width_training(mlp, X, [[1, 2], [3, 4]], X, algorithm="newton")
+    with pytest.raises(ValueError, match="n_out = 2"):
+        ft.finite_width_training(mlp, X, [1, 2], X, algorithm="newton")
+    with pytest.raises(ValueError, match="3 target column"):
+        ft.finite_width_training(mlp, X, np.ones((2, 3)), X, algorithm="newton")
     st = _stats(np.random.default_rng(6))
     with pytest.raises(ValueError, match="algorithm"):
         ft.algorithm_schedule(st.Theta[:3, :3], "adam")
@@ -172,6 +174,17 @@ def test_errors_name_the_parameter():
         ft.algorithm_schedule(st.Theta[:3, :3], "gd")
     with pytest.raises(ValueError, match="one target"):
         ft.end_of_training(st, [1.0, 2.0], [])
+    with pytest.raises(ValueError, match="step matrix"):
+        ft.end_of_training(st, np.ones((3, 2)), [np.eye(2)])
+    with pytest.raises(ValueError, match="from_tensors"):
+        ft.end_of_training(st, np.ones((3, 2)), [])          # one-output sums only
+    with pytest.raises(ValueError, match="n_out"):
+        _pair_stats(np.random.default_rng(6)).lifted(0)
+    with pytest.raises(MemoryError, match="n_out = 200"):      # refused before allocating
+        _pair_stats(np.random.default_rng(6)).lifted(200)
+    res = pdlt.MLP(n0=2, width=8, depth=3, n_out=2, activation="tanh", gamma=0.5)
+    with pytest.raises(NotImplementedError, match="residual"):
+        ft.finite_width_training(res, X, np.ones((2, 2)), X, algorithm="newton")
     with pytest.raises(ValueError, match="NaN"):
         ft.end_of_training(st, [1.0, np.nan, 2.0], [])
     r = ft.end_of_training(st, [1.0, 0.0, 2.0], [])
@@ -244,3 +257,207 @@ def test_kinked_activations_warn_that_kink_crossings_are_missing():
     mlp = pdlt.MLP(n0=2, width=32, depth=2, n_out=1, activation="relu", C_W=2.0)
     with pytest.warns(UserWarning, match="kinks"):
         ft.training_statistics(mlp, np.eye(2), np.array([[0.6, 0.8]]))
+
+
+# ---------------------------------------------------------------------------
+# several outputs (n_out > 1): the output-index structure of NOTATION.md
+# ---------------------------------------------------------------------------
+
+def _pair_stats(rng, N=4, Na=3):
+    """Random statistics with every pairing term of NOTATION.md separate (from_tensors)."""
+    K, Th = _sym(rng, N), _sym(rng, N)
+    G1, H1 = 0.3 * (lambda a: a + a.T)(rng.normal(size=(N, N))), 0.2 * _sym(rng, N)
+    # A_(a1a2)(a3a4) symmetric in each pair and under exchanging the pairs, B likewise,
+    # and the sum PSD over the lifted pairs: build both from a few symmetric directions
+    Vs = rng.normal(size=(2, 3, N, N))
+    Vs = Vs + np.swapaxes(Vs, 2, 3)
+    A = 0.05 * np.einsum("kab,kcd->abcd", Vs[0], Vs[0])
+    B = 0.03 * np.einsum("kab,kcd->abcd", Vs[1], Vs[1])
+    sym_pair = (lambda x: x + np.einsum("bacd->abcd", x))
+    D = 0.1 * sym_pair(sym_pair(rng.normal(size=(N,) * 4)).transpose(2, 3, 0, 1))
+    F = 0.1 * rng.normal(size=(N,) * 4)
+    P = 0.1 * (lambda x: x + np.einsum("acbd->abcd", x))(rng.normal(size=(N,) * 4))
+    Q = 0.1 * rng.normal(size=(N,) * 4)
+    R = 0.05 * (lambda x: x + np.einsum("abdc->abcd", x))(rng.normal(size=(N,) * 4))
+    S, T, U = (0.05 * rng.normal(size=(N,) * 4) for _ in range(3))
+    return ft.TrainingStatistics.from_tensors(K=K, G1=G1, Theta=Th, H1=H1, A=A, B=B, D=D, F=F,
+                                             P=P, Q=Q, R=R, S=S, T=T, U=U, n_train=Na)
+
+
+def test_one_output_as_a_column_is_the_one_output_result():
+    # y of shape (N_A, 1) runs the same engine as y (N_A,): only the output axes differ
+    st = _pair_stats(np.random.default_rng(20))
+    y = np.array([0.4, -0.1, 0.3])
+    sched = ft.algorithm_schedule(st.Theta[:3, :3], "newton+gd", learning_rate=0.1, steps=4)
+    r1, r2 = ft.end_of_training(st, y, sched), ft.end_of_training(st, y[:, None], sched)
+    assert r2.mean_correction.shape == (1, 1) and r2.cov_correction.shape == (1, 1, 1, 1)
+    assert r2.ntk_change.shape == (4, 1, 4, 1) and r2.n_out == 1 and r1.n_out == 1
+    for k in ("mean_correction", "train_mean_correction", "mean_infinite"):
+        np.testing.assert_array_equal(getattr(r2, k)[:, 0], getattr(r1, k))
+    np.testing.assert_array_equal(r2.cov_correction[:, 0, :, 0], r1.cov_correction)
+    np.testing.assert_array_equal(r2.ntk_change[:, 0, :, 0], r1.ntk_change)
+
+
+def test_lifted_statistics_carry_the_kronecker_deltas_of_notation():
+    # entry by entry against NOTATION.md's definitions, written out with explicit deltas
+    rng = np.random.default_rng(21)
+    st = _pair_stats(rng, N=3, Na=2)
+    n = 3
+    L = st.lifted(n)
+    pos = st.output_positions(n)
+    assert L.N == 9 and L.n_train == 6 and sorted(pos.ravel()) == list(range(9))
+    assert np.all(pos[:2] < 6)                      # training entries first
+    A, B = st.pairs["cov_H"][0], np.einsum("acbd->abcd", st.pairs["cov_H"][1])  # B itself
+    P = st.pairs["dHz"][2]
+    d = np.eye(n)
+    for _ in range(40):
+        a, i = rng.integers(0, 3, size=4), rng.integers(0, n, size=4)
+        s = pos[a, i]
+        covH = (d[i[0], i[1]] * d[i[2], i[3]] * A[a[0], a[1], a[2], a[3]]
+                + d[i[0], i[2]] * d[i[1], i[3]] * B[a[0], a[2], a[1], a[3]]
+                + d[i[0], i[3]] * d[i[1], i[2]] * B[a[0], a[3], a[1], a[2]])
+        np.testing.assert_allclose(L.cov_H[tuple(s)], covH, rtol=1e-13, atol=1e-15)
+        # E[dH_{i0i1i2} z_{i3}]: P rides on d_{i0i3} d_{i1i2}
+        Pd = d[i[0], i[3]] * d[i[1], i[2]] * P[a[0], a[1], a[2], a[3]]
+        Qd = st.dHz[tuple(a)] - P[tuple(a)]         # the two Q terms, present when all i agree
+        if len(set(i)) == 1:
+            np.testing.assert_allclose(L.dHz[tuple(s)], Pd + Qd, rtol=1e-13, atol=1e-15)
+        elif i[0] == i[3] and i[1] == i[2]:
+            np.testing.assert_allclose(L.dHz[tuple(s)], Pd, rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(L.K[s[0], s[1]], d[i[0], i[1]] * st.K[a[0], a[1]])
+    # one output's block of the lift is the one-output statistics
+    blk = pos[:, 1]
+    for k in ("cov_H", "Hzz", "dHz", "ddI", "ddII"):
+        np.testing.assert_allclose(getattr(L, k)[np.ix_(blk, blk, blk, blk)], getattr(st, k),
+                                   rtol=1e-14, atol=1e-15)
+
+
+def _rot(n, seed):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(n, n)))
+    return q
+
+
+def test_several_outputs_are_rotation_and_permutation_equivariant():
+    # NOTATION.md's statistics are sums of Kronecker deltas in the output indices, so
+    # training the rotated targets y O gives the rotated predictions: mean O, O^T cov O
+    st = _pair_stats(np.random.default_rng(22))
+    y = np.random.default_rng(23).normal(size=(3, 3))
+    sched = ft.algorithm_schedule(st.Theta[:3, :3], "newton+gd", learning_rate=0.1, steps=2)
+    r = ft.end_of_training(st, y, sched)
+    for O in (_rot(3, 0), np.eye(3)[[2, 0, 1]]):
+        q = ft.end_of_training(st, y @ O, sched)
+        np.testing.assert_allclose(q.mean_correction, r.mean_correction @ O, atol=1e-12)
+        np.testing.assert_allclose(q.train_mean_correction, r.train_mean_correction @ O,
+                                   atol=1e-12)
+        for k in ("cov_correction", "ntk_change"):
+            np.testing.assert_allclose(getattr(q, k), np.einsum("aibj,ik,jl->akbl",
+                                                                getattr(r, k), O, O),
+                                       atol=1e-12)
+    # the infinite-width part: every output alone, with the one-output kernel prediction
+    r1 = ft.end_of_training(st, y[:, 1], sched)
+    np.testing.assert_allclose(r.mean_infinite[:, 1], r1.mean_infinite, rtol=1e-12)
+    np.testing.assert_allclose(r.cov_infinite[:, 1, :, 1], r1.cov_infinite, rtol=1e-12)
+    np.testing.assert_array_equal(r.cov_infinite[:, 0, :, 1], 0.0)
+
+
+def test_output_structure_zero_targets_loops_and_cross_terms():
+    # the structure derived in the module docstring:
+    # * an output with zero targets has zero trained mean, and zero covariance and NTK
+    #   change with every other output (z_j -> -z_j is then a symmetry);
+    # * mean, covariance and NTK change of an output are affine in n_out at fixed targets
+    #   (one free output loop at most: the extra outputs enter only through it);
+    # * the cross-output parts are not zero when both targets are (the outputs interact)
+    st = _pair_stats(np.random.default_rng(24))
+    y = np.array([[0.5, -0.4], [0.2, 0.6], [-0.3, 0.1]])
+    sched = ft.algorithm_schedule(st.Theta[:3, :3], "newton+gd", learning_rate=0.1, steps=2)
+    rs = [ft.end_of_training(st, np.c_[y, np.zeros((3, k))], sched) for k in (0, 1, 2)]
+    for r in rs[1:]:
+        np.testing.assert_allclose(r.mean_correction[:, 2:], 0.0, atol=1e-13)
+        np.testing.assert_allclose(r.cov_correction[:, :2, :, 2:], 0.0, atol=1e-13)
+        np.testing.assert_allclose(r.ntk_change[:, :2, :, 2:], 0.0, atol=1e-13)
+    m = np.array([r.mean_correction[:, :2] for r in rs])
+    c = np.array([r.cov_correction[:, :2, :, :2] for r in rs])
+    h = np.array([r.ntk_change[:, :2, :, :2] for r in rs])
+    for q in (m, c, h):
+        second = q[2:] - 2 * q[1:-1] + q[:-2]
+        np.testing.assert_allclose(second, 0.0, atol=1e-11 * np.abs(q).max())
+        assert np.abs(q[1] - q[0]).max() > 1e-3 * np.abs(q).max()   # n_out does enter
+    assert np.abs(rs[0].cov_correction[:, 0, :, 1]).max() > 1e-3
+    assert np.abs(rs[0].ntk_change[:, 0, :, 1]).max() > 1e-3
+
+
+def _linear_newton_shift_outputs(X, Xt, y, lambda_W, C_W):
+    """Exact n (E[z_i(1)] - Theta_BA Theta_AA^{-1} y_i) for n_out outputs (sigma(z) = z, depth 2).
+
+    As in :func:`_linear_two_layer_newton_shift`, with the output indices kept:
+    ``dH_{ijk;abc} = (lambda_W^2 / (n n0)) [d_ij (x_a.x_c) z_{k;b} + d_ik (x_a.x_b) z_{j;c}]``
+    and ``E[z_{j;b} z_{k;c}] = d_jk K_bc``. The mean step ``(1/2) E[dH_{ijk} u_j u_k]``
+    with ``u_j = M (z_j - y_j)`` has two Wick contractions per term; in one of each the
+    sum over the other output index is free and gives a factor n_out:
+    ``n E[...] = -(lambda_W^2 / (2 n0)) sum M_bb' M_cc' [(G_ac K_bb' + n_out G_ab K_cb') y_{i;c'}
+    + (n_out G_ac K_bc' + G_ab K_cc') y_{i;b'}]``.
+    """
+    Xall = np.r_[X, Xt]
+    n0, Na, n_out = X.shape[1], X.shape[0], y.shape[1]
+    G = Xall @ Xall.T
+    K = C_W * C_W * G / n0
+    Theta = 2 * lambda_W * C_W * G / n0
+    M = np.linalg.inv(Theta[:Na, :Na])
+    GA, KA = G[:, :Na], K[:Na, :Na]
+    t1 = (np.einsum("ac,bd,bd,ce,ei->ai", GA, KA, M, M, y)
+          + n_out * np.einsum("ab,cd,bd,ce,ei->ai", GA, KA, M, M, y))
+    t2 = (n_out * np.einsum("ac,be,bd,ce,di->ai", GA, KA, M, M, y)
+          + np.einsum("ab,ce,bd,ce,di->ai", GA, KA, M, M, y))
+    shift = -lambda_W ** 2 / (2 * n0) * (t1 + t2)
+    return shift[Na:], shift[:Na]
+
+
+@pytest.mark.parametrize("n_out", [1, 2, 3])
+def test_deep_linear_newton_step_is_exact_for_several_outputs(n_out):
+    # the engine with the theory's P, Q (lifted with NOTATION.md's deltas) against the
+    # closed form; n_out = 1 reproduces _linear_two_layer_newton_shift
+    from conftest import linear_newton_case
+    mlp, X, Xt, y1 = linear_newton_case(16)
+    y = np.c_[y1, [0.2, 0.9], [-0.5, 0.4]][:, :n_out]
+    st = ft.training_statistics(mlp, X, Xt)
+    test_shift, train_shift = _linear_newton_shift_outputs(X, Xt, y, 0.9, 1.3)
+    if n_out == 1:
+        ref_test, ref_train, _ = _linear_two_layer_newton_shift(X, Xt, y1, 0.9, 1.3)
+        np.testing.assert_allclose(test_shift[:, 0], ref_test, rtol=1e-12)
+        np.testing.assert_allclose(train_shift[:, 0], ref_train, rtol=1e-12)
+    r = ft.end_of_training(st, y, ft.algorithm_schedule(st.Theta[:2, :2], "newton"))
+    np.testing.assert_allclose(r.mean_correction, test_shift, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(r.train_mean_correction, train_shift, rtol=1e-9, atol=1e-12)
+    if n_out > 1:
+        # the n_out loops matter: the one-output prediction of the same column is off
+        r1 = ft.end_of_training(st, y[:, 0], ft.algorithm_schedule(st.Theta[:2, :2], "newton"))
+        assert np.abs(r1.mean_correction - test_shift[:, 0]).max() > 0.1 * np.abs(
+            test_shift[:, 0]).max()
+
+
+def test_finite_width_training_with_several_outputs_from_an_mlp():
+    mlp = pdlt.MLP(n0=2, width=64, depth=2, n_out=2, activation="tanh", C_W=1.0)
+    X = np.array([[1.0, 0.0], [0.0, 1.0]])
+    Xt = np.array([[0.6, 0.8], [-0.2, 0.5]])
+    y = np.array([[0.5, 0.1], [-0.5, 0.3]])
+    r = ft.finite_width_training(mlp, X, y, Xt, algorithm="newton")
+    assert r.mean.shape == (2, 2) and r.cov.shape == (2, 2, 2, 2) and r.std.shape == (2, 2)
+    assert r.ntk_change.shape == (4, 2, 4, 2) and r.n_out == 2
+    np.testing.assert_allclose(r.std ** 2, np.einsum("aiai->ai", r.cov))
+    # the covariance over the flattened outputs is symmetric
+    c = r.cov.reshape(4, 4)
+    np.testing.assert_allclose(c, c.T, atol=1e-12)
+
+
+def test_ntk_regressor_with_width_trains_several_outputs_together():
+    from pdlt.learning import NTKRegressor
+    mlp = pdlt.MLP(n0=2, width=50, depth=2, n_out=2, activation="tanh", C_W=1.0)
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [-0.7, 0.7]])
+    y = np.array([[0.3, 0.1], [-0.4, 0.2], [0.1, -0.5]])
+    Xt = np.array([[0.6, 0.8]])
+    reg = NTKRegressor(mlp, width=50, steps=8, learning_rate=0.2).fit(X, y)
+    m, s = reg.predict(Xt, return_std=True)
+    ref = ft.finite_width_training(mlp, X, y, Xt, learning_rate=0.2, steps=8)
+    np.testing.assert_allclose(m, ref.mean, rtol=1e-12)
+    np.testing.assert_allclose(s, ref.std, rtol=1e-12)
+    assert m.shape == (1, 2) and reg.predict(Xt, return_cov=True)[1].shape == (1, 2, 1, 2)

@@ -11,7 +11,8 @@ def register(sub):
     p = sub.add_parser(
         "fit", help="fit an infinite-width MLP (Bayesian NNGP or gradient-descent NTK) to CSV data",
         description="Predictions with uncertainties of an infinite-width MLP. CSV files: feature "
-                    "columns, the last column the target (a header row is skipped). nngp: "
+                    "columns, the last column the target, or the last --targets columns "
+                    "the targets of as many outputs (a header row is skipped). nngp: "
                     "Bayesian posterior mean and std, and the log evidence. ntk: mean and std "
                     "over initializations of the network trained by full-batch gradient descent "
                     "on the MSE loss (no --steps: trained to convergence).")
@@ -33,6 +34,10 @@ def register(sub):
                         "(nngp: Bayesian posterior of the finite network; ntk: the trained "
                         "finite network's mean and std over initializations); the JSON then "
                         "also has mean_infinite_width and std_infinite_width")
+    p.add_argument("--targets", type=int, default=1,
+                   help="number of target columns at the end of each CSV row (default 1): "
+                        "one network output per column, trained together on the summed MSE "
+                        "loss (with --width the outputs interact at order 1/n)")
     p.add_argument("--train", required=True, help="training CSV")
     p.add_argument("--test", required=True, help="test CSV (its last column is the target)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -49,7 +54,7 @@ def _noise(text):
         raise argparse.ArgumentTypeError(f"expected a variance >= 0 or 'auto'; got {text!r}")
 
 
-def _read_csv(path, name):
+def _read_csv(path, name, targets=1):
     import os
 
     if os.path.isdir(path):
@@ -68,28 +73,35 @@ def _read_csv(path, name):
         data = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
     except ValueError as exc:
         raise ValueError(f"--{name} {path!r} is not a numeric CSV: {exc}") from None
-    if data.shape[1] < 2 or data.shape[0] < 1:
-        raise ValueError(f"--{name} {path!r} needs at least one feature column and a target "
-                         f"column; got shape {data.shape}")
+    if data.shape[1] < targets + 1 or data.shape[0] < 1:
+        raise ValueError(f"--{name} {path!r} needs at least one feature column and {targets} "
+                         f"target column(s) (--targets {targets}); got shape {data.shape}")
     bad = ~np.isfinite(data)
     if bad.any():
         r, c = (int(v) for v in np.argwhere(bad)[0])
-        what = "target" if c == data.shape[1] - 1 else f"feature {c + 1}"
+        what = (f"target {c - data.shape[1] + targets + 1}" if c >= data.shape[1] - targets
+                else f"feature {c + 1}")
         raise ValueError(f"--{name} {path!r} has a non-finite value (NaN or inf: {data[r, c]}) in data row "
                          f"{r + 1}, {what} column ({int(bad.sum())} in all); drop or impute "
                          "those rows")
-    return data[:, :-1], data[:, -1]
+    y = data[:, -targets:]
+    return data[:, :-targets], (y[:, 0] if targets == 1 else y)
 
 
 def run(args):
     from ..learning import NNGPRegressor, NTKRegressor
 
-    Xa, ya = _read_csv(args.train, "train")
-    Xb, yb = _read_csv(args.test, "test")
+    if args.targets < 1:
+        raise ValueError(f"--targets must be a positive number of target columns; got "
+                         f"{args.targets}")
+    Xa, ya = _read_csv(args.train, "train", args.targets)
+    Xb, yb = _read_csv(args.test, "test", args.targets)
     if Xb.shape[1] != Xa.shape[1]:
         raise ValueError(f"--test has {Xb.shape[1]} feature columns but --train has "
                          f"{Xa.shape[1]}")
     mlp = build_mlp(args, n0=Xa.shape[1], critical=args.critical)
+    if args.targets > 1:
+        mlp = mlp.with_(n_out=args.targets)
     if args.learning_rate is not None and not (np.isfinite(args.learning_rate)
                                                and args.learning_rate > 0):
         raise ValueError(f"--learning-rate must be a finite number > 0; got {args.learning_rate}"
@@ -111,17 +123,22 @@ def run(args):
     else:
         fw = reg.finite_width_prediction(Xb)
         if args.method == "nngp":
-            mean, std = fw.mean[:, 0], fw.std[:, 0]
+            pick = (lambda v: v[:, 0]) if args.targets == 1 else (lambda v: v)  # noqa: E731
+            mean, std = pick(fw.mean), pick(fw.std)
             evidence = fw.log_evidence
-            extra = {"mean_infinite_width": fw.mean_infinite_width[:, 0],
-                     "std_infinite_width": fw.std_infinite_width[:, 0],
+            extra = {"mean_infinite_width": pick(fw.mean_infinite_width),
+                     "std_infinite_width": pick(fw.std_infinite_width),
                      "log_evidence_infinite_width": fw.log_evidence_infinite_width}
         else:
             mean, std = fw.mean, fw.std
+            m = mean.size
             extra = {"mean_infinite_width": fw.mean_infinite,
-                     "std_infinite_width": np.sqrt(np.clip(np.diag(fw.cov_infinite), 0, None)),
+                     "std_infinite_width": np.sqrt(np.clip(np.diag(
+                         fw.cov_infinite.reshape(m, m)), 0, None)).reshape(mean.shape),
                      "mean_correction": fw.mean_correction}
         extra["width"] = args.width
+    if np.ndim(mean) == 2 and np.ndim(std) == 1:
+        std = np.repeat(std[:, None], mean.shape[1], axis=1)   # infinite width: one per input
     out = {"mean": mean, "std": std, "log_evidence": evidence, "method": args.method,
            "noise": reg.noise_,
            "mlp": repr(mlp), "mse": float(np.mean((mean - yb) ** 2)), **extra}
@@ -137,15 +154,20 @@ def run(args):
         eta = "-" if reg.learning_rate_ is None else f"{reg.learning_rate_:.6g}"
         print(f"steps={args.steps if args.steps is not None else 'inf'}, learning_rate={eta}, "
               f"stability bound 2/lambda_max={reg.stability_bound_:.6g}")
+    # one row per (input, output); the output column only with --targets > 1
+    multi = np.ndim(mean) == 2
+    cols = lambda v: np.reshape(v, (len(yb), -1))                     # noqa: E731
+    outs = [(a, k) for a in range(len(yb)) for k in range(cols(mean).shape[1])]
+    head = ["input"] + (["output"] if multi else [])
+    key = (lambda a, k: [a, k] if multi else [a])                     # noqa: E731
     if args.width is None:
-        rows = [[i, float(m), float(s), float(t)] for i, (m, s, t) in enumerate(zip(mean, std, yb))]
-        print(format_table(["input", "mean", "std", "target"], rows))
+        rows = [key(a, k) + [float(cols(v)[a, k]) for v in (mean, std, yb)] for a, k in outs]
+        print(format_table(head + ["mean", "std", "target"], rows))
     else:
         print(f"finite width n={args.width} (order 1/n); infinite-width values beside")
-        rows = [[i, float(m), float(s), float(mi), float(si), float(t)] for i, (m, s, mi, si, t)
-                in enumerate(zip(mean, std, extra["mean_infinite_width"],
-                                 extra["std_infinite_width"], yb))]
-        print(format_table(["input", "mean", "std", "mean_inf", "std_inf", "target"], rows))
+        vals = (mean, std, extra["mean_infinite_width"], extra["std_infinite_width"], yb)
+        rows = [key(a, k) + [float(cols(v)[a, k]) for v in vals] for a, k in outs]
+        print(format_table(head + ["mean", "std", "mean_inf", "std_inf", "target"], rows))
     print(f"test MSE {out['mse']:.6g}")
     if evidence is not None:
         print(f"log evidence {evidence:.6g}")

@@ -47,7 +47,9 @@ class TrainedEnsemble:
     learning_rate : float
     seed : int
     ntk : ndarray (M, T, N + N_test, N + N_test) or None
-        Output-layer NTK at the recorded steps (``train_ensemble(ntk=True)``).
+        Output-layer NTK at the recorded steps (``train_ensemble(ntk=True)``);
+        for ``n_out > 1`` of shape (M, T, N_all, n_out, N_all, n_out) with
+        ``[m, t, a, i, b, j] = H_{ij;ab}``.
     antithetic : bool
         Networks come in sign-flipped pairs (``train_ensemble(antithetic=True)``);
         standard errors are then computed over pair averages.
@@ -85,7 +87,10 @@ class TrainedEnsemble:
         return Estimate(u.mean(0), u.std(0, ddof=1) / np.sqrt(u.shape[0]), z.shape[0])
 
     def ntk_change(self, step=None) -> Estimate:
-        """Mean change ``H(step) - H(0)`` of the output-layer NTK (N_all, N_all), with stderr."""
+        """Mean change ``H(step) - H(0)`` of the output-layer NTK, with stderr.
+
+        Shape (N_all, N_all) for one output, (N_all, n_out, N_all, n_out) otherwise.
+        """
         if self.ntk is None:
             raise ValueError("no NTK recorded: train with train_ensemble(..., ntk=True)")
         if self.steps[0] != 0:
@@ -117,17 +122,24 @@ def _forward(Ws, bs, x, tact):
 
 
 def _output_ntk(Ws, bs, x, tact, mlp, params):
-    """NTK ``sum_mu lambda_mu d_mu z_a d_mu z_b`` of one output, (B, N, N), by N backward passes."""
-    z = _forward(Ws, bs, x, tact)[:, :, 0]
+    """Output NTK ``sum_mu lambda_mu d_mu z_{i;a} d_mu z_{j;b}``, by N n_out backward passes.
+
+    Returns ndarray (B, N, N) for one output, (B, N, n_out, N, n_out) otherwise
+    (``[m, a, i, b, j] = H_{ij;ab}`` of network m).
+    """
+    z = _forward(Ws, bs, x, tact)                                       # (B, N, n_out)
     L = mlp.depth
     lam = [mlp.lambda_W[l] / mlp.widths[l] for l in range(L)] + [mlp.lambda_b[l] for l in range(L)]
-    N = z.shape[1]
-    g = [torch.autograd.grad(z[:, a].sum(), params, retain_graph=a < N - 1) for a in range(N)]
-    H = torch.zeros((z.shape[0], N, N), dtype=z.dtype, device=z.device)
+    B, N, n_out = z.shape
+    pairs = [(a, i) for a in range(N) for i in range(n_out)]
+    g = [torch.autograd.grad(z[:, a, i].sum(), params, retain_graph=k < len(pairs) - 1)
+         for k, (a, i) in enumerate(pairs)]
+    H = torch.zeros((B, len(pairs), len(pairs)), dtype=z.dtype, device=z.device)
     for p_idx, lr in enumerate(lam):
-        G = torch.stack([g[a][p_idx].reshape(z.shape[0], -1) for a in range(N)], dim=1)
+        G = torch.stack([g[k][p_idx].reshape(B, -1) for k in range(len(pairs))], dim=1)
         H += lr * G @ G.transpose(1, 2)
-    return H.detach().cpu().double().numpy()
+    H = H.detach().cpu().double().numpy()
+    return H if n_out == 1 else H.reshape(B, N, n_out, N, n_out)
 
 
 def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate=None, steps=None,
@@ -171,11 +183,11 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
         standard errors must then be computed over pairs
         (:attr:`TrainedEnsemble.antithetic`).
     ntk : bool, default False
-        Also record the output-layer NTK ``H_{11; a b}`` of every network on
+        Also record the output-layer NTK ``H_{ij; a b}`` of every network on
         the training and test inputs (training first) at the recorded steps
-        (one backward pass per input; it agrees with the forward equation of
-        :func:`pdlt.experiment.ntk.ntk_forward`),
-        to measure how the NTK moves during training. Needs ``n_out = 1``.
+        (one backward pass per input and output; it agrees with the forward
+        equation of :func:`pdlt.experiment.ntk.ntk_forward`), to measure how
+        the NTK moves during training, across outputs too when ``n_out > 1``.
 
     Returns
     -------
@@ -222,8 +234,6 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
     rec = np.unique(np.asarray((0, steps) if record is None else record, dtype=int))
     if rec[0] < 0 or rec[-1] > steps:
         raise ValueError(f"record must lie in 0..steps={steps}; got {rec.tolist()}")
-    if ntk and mlp.n_out != 1:
-        raise ValueError(f"ntk=True records the NTK of one output; got n_out = {mlp.n_out}")
     if antithetic and networks % 2:
         raise ValueError(f"antithetic=True pairs networks: networks must be even; got {networks}")
     ens = Ensemble(mlp, networks=networks, seed=seed, dtype=dtype, device=device,
@@ -247,7 +257,8 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
     out_a = np.empty((M, T, Xa.shape[0], mlp.n_out))
     out_b = np.empty((M, T, Xb.shape[0], mlp.n_out))
     loss = np.empty((M, T))
-    out_h = np.empty((M, T, N, N)) if ntk else None
+    out_h = (np.empty((M, T) + ((N, N) if mlp.n_out == 1 else (N, mlp.n_out, N, mlp.n_out)))
+             if ntk else None)
     x_all = torch.cat([xa, xb], dim=0) if ntk else None
     for start in range(0, M, chunk):
         stop = min(M, start + chunk)

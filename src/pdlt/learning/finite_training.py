@@ -22,6 +22,61 @@ changes. At infinite width every converging schedule gives the same
 prediction; at order 1/n they differ (one giant leap is linear in the NTK, so
 the A, B term vanishes exactly; many small steps are not).
 
+**Several outputs** (``n_out > 1``, plain MLPs). The MSE loss sums over
+outputs, ``L = (1/2) sum_i eps_i^T M_t eps_i``, so a step moves ``theta_mu``
+by ``-lambda_mu sum_{i,c} (d_mu z_{i;c}) u_{i;c}`` with ``u_i = M_t eps_i``.
+Write ``s = (a, i)`` for an (input, output) pair. The one-output dynamics
+(``docs/derivations/finite_training.rst``) follow from ``H = J J^T``, ``dH =
+D^2 z[J, J]``, ``ddIH = D^3 z[J, J, J]``, ``ddIIH = (Hess z J).(Hess z J)``
+and never use the output index, so in ``s`` they hold verbatim, with the
+schedule ``M_t (x) 1_{n_out}`` (the Newton leap too: the infinite-width NTK is
+``Theta (x) 1``, its inverse ``Theta_AA^{-1} (x) 1``), and the order counting
+is unchanged. Hence the trained outputs of ``n_out`` outputs are the
+one-output solution on ``n_out N`` "inputs", with NOTATION.md's statistics
+lifted (:meth:`TrainingStatistics.lifted`):
+
+* two-index: ``K, G1, Theta, H1 -> delta_ij X_ab``;
+* four-index: ``X_{s0s1s2s3} = d_{i0i1} d_{i2i3} X_{01|23} + d_{i0i2} d_{i1i3}
+  X_{02|13} + d_{i0i3} d_{i1i2} X_{03|12}`` with, in that order, ``(A,
+  B_(a0a2)(a1a3), B_(a0a3)(a1a2))`` for ``n E[DeltaH DeltaH]``, ``(D, F_a0a2a1a3,
+  F_a0a3a1a2)`` for ``n E[DeltaH z z]``, ``(Q_a0a1a2a3, Q_a0a2a1a3, P)`` for
+  ``n E[dH_{i0i1i2} z_{i3}]``, ``(R_a0a1a2a3, R_a0a2a1a3, R_a0a3a1a2)`` and ``(S,
+  T, U)`` for the ddNTK means.
+
+For ``n_out = 1`` every delta is one and the lift is the one-output sum (same
+code path, same numbers). What the deltas imply: every order-1/n term holds
+exactly one statistic (two deltas over four output indices), contracted with
+output-diagonal objects (``Theta``, ``K``, the schedule) and targets ``y_k``;
+the external output index (``i`` of the mean, ``i, j`` of a covariance or NTK
+change) sits on the statistic, and its other pairing either meets targets or
+closes one free output loop, a factor ``n_out``. So
+
+* infinite width: ``F(Theta (x) 1) = F(Theta) (x) 1``; every output is trained
+  alone, ``mean_i = F(Theta) y_i``, covariance ``delta_ij C0 K C0^T``;
+* ``H1`` (``delta_ij``): ``DF(H1) y_i``, output by output, independent of n_out;
+* A, B in the mean: ``sum_j E[DeltaH_ij X DeltaH_jk] = delta_ik [A + B_(13)(24) +
+  n_out B_(14)(23)]`` (contracted); in the covariance the variance of the mean
+  predictor ``E[(DF(DeltaH) y)_i (DF(DeltaH) y)_j]`` has an A and a B term in
+  ``y_i (x) y_j`` (cross-output, ``i != j``) and a ``delta_ij`` B term in
+  ``Y = sum_k y_k (x) y_k``;
+* D, F, G1 (covariance only): output-diagonal, D and F with one loop;
+* P, Q, R, S, T, U (dynamics): terms linear in ``y_i`` are output-diagonal,
+  with loops (the deep linear Newton step shows it in closed form: ``Q``
+  contracts to ``(x_a.x_c) K_bb' + n_out (x_a.x_b) K_cb'``); the terms cubic in
+  the targets are ``y_i`` times ``Y``; the NTK change and the covariance get
+  ``delta_ij`` terms (affine in n_out and in ``Y``) and cross-output terms
+  bilinear in ``y_i, y_j``.
+
+Consequences, tested in ``tests/learning/test_finite_training.py``: mean,
+covariance and NTK change are equivariant under output rotations ``y -> y O``
+and affine in n_out at fixed targets; an output with all-zero targets has
+zero mean correction and zero cross-output covariance and NTK change
+(``z_j -> -z_j`` is then a symmetry); for ``i != j`` the trained outputs are
+correlated and the NTK block ``H_ij`` moves at order 1/n. The outputs
+interact: at order 1/n they cannot be trained one at a time. Cost: that of
+the one-output engine on ``n_out (N_A + N_B)`` inputs (memory ~ ``(n_out
+N)^4``; a clear MemoryError beyond 4 GiB).
+
 Kinked activations (ReLU): the expansion assumes a smooth network function.
 Trained ReLU networks disagree with it: ``n (E[z(T)] - m_inf)`` grows like
 ``n^0.6`` at widths 16-256, and the NTK change (``n E[H(T) - H(0)]`` = -8.1
@@ -53,9 +108,14 @@ __all__ = ["TrainingStatistics", "FiniteWidthTraining", "algorithm_schedule",
 # inputs: the statistics at the output layer, combined for one output neuron
 # ---------------------------------------------------------------------------
 
+#: the three Kronecker-delta pairings of four output indices (i0 i1 i2 i3), in the
+#: order the ``pairs`` of :class:`TrainingStatistics` store them
+PAIRINGS = ("01|23", "02|13", "03|12")
+
+
 @dataclass(frozen=True)
 class TrainingStatistics:
-    """Output-layer statistics of one network output on N = N_A + N_B inputs.
+    """Output-layer statistics of the network outputs on N = N_A + N_B inputs.
 
     All tensors are over the combined inputs (training inputs first) and are
     the coefficients of 1/n (``n = n_{L-1}``). For a single output neuron
@@ -67,11 +127,22 @@ class TrainingStatistics:
     * ``ddI[a,b,c,d] = n E[ddIH_abcd] = R_abcd + R_acbd + R_adbc``;
     * ``ddII[a,b,c,d] = n E[ddIIH_abcd] = S_abcd + T_abcd + U_abcd``.
 
+    For ``n_out > 1`` each of these five is needed term by term: ``pairs[name]``
+    (3, N, N, N, N) holds the three terms in the order of ``PAIRINGS``,
+    term p multiplying the Kronecker deltas of the output indices of the
+    four tensor positions paired as ``PAIRINGS[p]`` ("01|23" is
+    ``delta_{i0 i1} delta_{i2 i3}``); the one-output tensor is their sum.
+    :meth:`lifted` builds the statistics of all ``n_out`` outputs from them.
+
     Attributes
     ----------
     K, G1, Theta, H1 : ndarray (N, N)
     cov_H, Hzz, dHz, ddI, ddII : ndarray (N, N, N, N)
     n_train : int
+    pairs : dict str -> ndarray (3, N, N, N, N) or None
+        The pairing terms of ``cov_H, Hzz, dHz, ddI, ddII``
+        (:meth:`from_tensors` fills them; statistics built directly from the
+        one-output sums have None and serve one output only).
     """
 
     K: np.ndarray
@@ -84,6 +155,7 @@ class TrainingStatistics:
     ddI: np.ndarray
     ddII: np.ndarray
     n_train: int
+    pairs: dict | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_tensors(cls, *, K, G1, Theta, H1, A, B, D, F, P, Q, R, S, T, U, n_train):
@@ -91,25 +163,106 @@ class TrainingStatistics:
         sw = np.swapaxes
         A, B, D, F, P, Q, R, S, T, U = (np.asarray(t, float) for t in (A, B, D, F, P, Q, R,
                                                                       S, T, U))
-        # B[a1,a3,a2,a4] -> index (a1 a2 a3 a4) = B_(a1a3)(a2a4)
-        cov_H = A + np.einsum("acbd->abcd", B) + np.einsum("adbc->abcd", B)
-        Hzz = D + np.einsum("acbd->abcd", F) + np.einsum("adbc->abcd", F)
-        dHz = P + Q + sw(Q, 1, 2)
-        ddI = R + np.einsum("acbd->abcd", R) + np.einsum("adbc->abcd", R)
-        ddII = S + T + U
+        # B[a1,a3,a2,a4] -> index (a1 a2 a3 a4) = B_(a1a3)(a2a4); one entry per pairing
+        # of PAIRINGS, i.e. the coefficient of d_{i0i1} d_{i2i3}, d_{i0i2} d_{i1i3},
+        # d_{i0i3} d_{i1i2} in NOTATION.md's definitions
+        e13, e14 = (lambda X: np.einsum("acbd->abcd", X)), (lambda X: np.einsum("adbc->abcd", X))
+        pairs = {"cov_H": (A, e13(B), e14(B)),
+                 "Hzz": (D, e13(F), e14(F)),
+                 "dHz": (Q, sw(Q, 1, 2), P),          # E[dH_{i0i1i2} z_{i3}]: P has d03 d12
+                 "ddI": (R, e13(R), e14(R)),
+                 "ddII": (S, T, U)}
+        sums = {k: v[0] + v[1] + v[2] for k, v in pairs.items()}
+        sums["dHz"] = P + Q + sw(Q, 1, 2)          # the one-output sum, in its usual order
         return cls(np.asarray(K, float), np.asarray(G1, float), np.asarray(Theta, float),
-                   np.asarray(H1, float), cov_H, Hzz, dHz, ddI, ddII, int(n_train))
+                   np.asarray(H1, float), n_train=int(n_train),
+                   pairs={k: np.stack(v) for k, v in pairs.items()}, **sums)
 
     @property
     def N(self) -> int:
         return self.K.shape[0]
 
+    def output_positions(self, n_out: int) -> np.ndarray:
+        """Position of (input a, output i) in the lifted statistics: ndarray (N, n_out) of int.
 
-def _check_one_output(mlp):
+        Training entries first, output-major: ``(a, i) -> i N_A + a`` for a
+        training input, ``n_out N_A + i N_B + (a - N_A)`` for a test input.
+        """
+        Na, N = self.n_train, self.N
+        Nb = N - Na
+        i = np.arange(n_out)[None, :]
+        a = np.arange(N)[:, None]
+        return np.where(a < Na, i * Na + a, n_out * Na + i * Nb + (a - Na))
+
+    def lifted(self, n_out: int) -> "TrainingStatistics":
+        """The statistics of ``n_out`` outputs over the combined index ``s = (a, i)``.
+
+        Every two-index statistic becomes ``delta_{ij} X_ab`` and every
+        four-index one the sum over the three pairings of
+        ``delta delta X_p`` (NOTATION.md); the result is a one-output
+        :class:`TrainingStatistics` over ``N n_out`` "inputs" (training
+        first, :meth:`output_positions`) with ``n_train = N_A n_out``, on which
+        the one-output dynamics are exact (module docstring).
+
+        Parameters
+        ----------
+        n_out : int >= 1
+
+        Returns
+        -------
+        TrainingStatistics
+            ``N' = n_out N``; tensors (N', N') and (N', N', N', N').
+        """
+        if isinstance(n_out, bool) or int(n_out) != n_out or n_out < 1:
+            raise ValueError(f"n_out must be a positive integer (the number of outputs); "
+                             f"got {n_out!r}")
+        n_out = int(n_out)
+        if n_out == 1:
+            return self
+        if self.pairs is None:
+            raise ValueError("these statistics hold only the one-output sums of the pairing "
+                             "terms; build them with TrainingStatistics.from_tensors (or "
+                             "training_statistics) to get n_out > 1")
+        N, n = self.N, n_out
+        Np = N * n
+        est = 8.0 * Np ** 4 * 12
+        if est > _LIFT_MEMORY:
+            raise MemoryError(
+                f"the statistics of n_out = {n} outputs on N = {N} inputs are tensors of "
+                f"(N n_out)^4 = {Np ** 4:.3g} entries (~{est / 2 ** 30:.1f} GiB in all, over the "
+                f"{_LIFT_MEMORY / 2 ** 30:.0f} GiB limit); use fewer inputs or outputs "
+                "(the outputs interact: they cannot be trained one at a time at order 1/n)")
+        pos = self.output_positions(n)                                  # (N, n)
+        order = np.empty(Np, dtype=int)
+        order[pos.ravel()] = np.arange(Np)          # lifted position -> flat (a, i) index
+        d = np.eye(n)
+
+        def two(X):
+            return np.einsum("ij,ab->aibj", d, X).reshape(Np, Np)[np.ix_(order, order)]
+
+        specs = ("ij,kl,abcd->aibjckdl", "ik,jl,abcd->aibjckdl", "il,jk,abcd->aibjckdl")
+
+        def four(P3):
+            X = sum(np.einsum(sp, d, d, P3[p]) for p, sp in enumerate(specs))
+            return X.reshape((Np,) * 4)[np.ix_(order, order, order, order)]
+
+        return TrainingStatistics(K=two(self.K), G1=two(self.G1), Theta=two(self.Theta),
+                                  H1=two(self.H1), n_train=self.n_train * n,
+                                  **{k: four(self.pairs[k]) for k in
+                                     ("cov_H", "Hzz", "dHz", "ddI", "ddII")})
+
+
+#: memory bound (bytes) for the lifted statistics of several outputs
+_LIFT_MEMORY = 4 * 2 ** 30
+
+
+def _check_outputs(mlp, n_out=None):
+    """The MLP (plain, checked); ``n_out`` targets, when given, must match its outputs."""
     mlp = check_mlp(mlp)
-    if mlp.n_out != 1:
-        raise ValueError(f"the finite-width training prediction is implemented for one output "
-                         f"(n_out = 1); got n_out = {mlp.n_out}. Train one output at a time")
+    if n_out is not None and mlp.n_out != n_out:
+        raise ValueError(f"y_train has {n_out} target column(s) but the MLP has n_out = "
+                         f"{mlp.n_out} outputs; give y_train of shape (N_A, {mlp.n_out}) (or "
+                         f"(N_A,) for one output), or an MLP with n_out={n_out}")
     return mlp
 
 
@@ -119,7 +272,10 @@ def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> Training
     Parameters
     ----------
     mlp : pdlt.MLP
-        Plain (not residual) MLP with one output (``n_out = 1``).
+        Plain (not residual) MLP. The statistics are those of the output
+        layer, per Kronecker-delta pairing of the output indices
+        (``TrainingStatistics.pairs``), so they serve any number of outputs
+        (:meth:`TrainingStatistics.lifted`).
     X_train : array_like (N_A, n0)
     X_test : array_like (N_B, n0)
 
@@ -135,7 +291,7 @@ def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> Training
     """
     from ..theory.statistics import statistics
 
-    mlp = _check_one_output(mlp)
+    mlp = _check_outputs(mlp)
     if mlp.is_residual:
         raise NotImplementedError("the NTK statistics are not derived for residual MLPs; use a "
                                   "plain MLP (gamma = 0, xi = 1)")
@@ -244,14 +400,22 @@ def _kernel_map_jets(Theta, V, sched, Na):
     return F0, F1, F2
 
 
-def _cov_directions(cov_H, tol=1e-12):
-    """Eigen-decomposition ``cov_H = sum_k c_k V_k (x) V_k`` over N x N matrices."""
+def _cov_directions(cov_H, Na, tol=1e-12):
+    """Eigen-decomposition ``cov_H = sum_k c_k V_k (x) V_k`` over the entries ``H[:, :Na]``.
+
+    The kernel map F(H) reads only the columns of H on the training inputs,
+    so only their covariance is decomposed; ``V_k`` (k, N, N) is zero in the
+    other columns (and symmetric on the training block, since the entries
+    (a, b) and (b, a) there have identical covariance rows).
+    """
     N = cov_H.shape[0]
-    C = cov_H.reshape(N * N, N * N)
+    C = cov_H[:, :Na, :, :Na].reshape(N * Na, N * Na)
     C = 0.5 * (C + C.T)
     w, Q = np.linalg.eigh(C)
     keep = np.abs(w) > tol * max(np.abs(w).max(), 1e-300)
-    return w[keep], Q[:, keep].T.reshape(-1, N, N)
+    V = np.zeros((int(keep.sum()), N, N))
+    V[:, :, :Na] = Q[:, keep].T.reshape(-1, N, Na)
+    return w[keep], V
 
 
 # ---------------------------------------------------------------------------
@@ -269,31 +433,31 @@ def _dynamics(st: TrainingStatistics, z, y, sched):
     Th = st.Theta
     n_batch, N = z.shape
     Kinv_z = np.linalg.solve(st.K, z.T).T                              # (B, N)
-    dH = np.einsum("abcd,Bd->Babc", st.dHz, Kinv_z)                      # (B, N, N, N)
+    # dH_abc is used only with c in A (the step contracts its last index with u)
+    dH = Kinv_z @ st.dHz[:, :, :Na, :].reshape(N * N * Na, N).T         # (B, N N Na)
     # W[a,b,c,d] for dH's change, Y[a,b,c,d] for H's second-order change (d, c in A used)
     W = st.ddI + st.ddII + np.swapaxes(st.ddII, 1, 2)
     Y = 0.5 * st.ddI + 0.5 * np.swapaxes(st.ddI, 0, 1) + st.ddII
     # contractions as matrix products over the batch (BLAS), not einsum loops
-    W_A = W[:, :, :, :Na].reshape(N ** 3, Na).T                         # (Na, N^3)
+    W_A = W[:, :, :Na, :Na].reshape(N * N * Na, Na).T                   # (Na, N N Na)
     Y_AA = Y[:, :, :Na, :Na].reshape(N * N, Na * Na).T                  # (Na^2, N^2)
     ddI_AAA = st.ddI[:, :Na, :Na, :Na].reshape(N, Na ** 3).T            # (Na^3, N)
     eps = z[:, :Na] - y[None, :]                                        # eps0(t)
     e = np.zeros((n_batch, N))
     h = np.zeros((n_batch, N, N))
-    g = np.zeros((n_batch, N ** 3))
-    dH = dH.reshape(n_batch, N ** 3)
+    g = np.zeros((n_batch, N * N * Na))
     ThA_T = Th[:, :Na].T                                                # (Na, N)
     ThAA_T = Th[:Na, :Na].T
     for M in sched:
         u = eps @ M.T                                                   # (B, Na)
         uu = (u[:, :, None] * u[:, None, :]).reshape(n_batch, Na * Na)
-        dHt = (dH + g).reshape(n_batch, N, N, N)
-        dHt_A = dHt[:, :, :Na, :Na]
+        dHt = (dH + g).reshape(n_batch, N, N, Na)
+        dHt_A = dHt[:, :, :Na, :]
         r = (-np.matmul(h[:, :, :Na], u[:, :, None])[..., 0]
              + 0.5 * np.matmul(dHt_A.reshape(n_batch, N, Na * Na), uu[:, :, None])[..., 0]
              - ((uu[:, :, None] * u[:, None, :]).reshape(n_batch, Na ** 3) @ ddI_AAA) / 6.0)
         e_new = e - (e[:, :Na] @ M.T) @ ThA_T + r
-        dh = -np.matmul(dHt[:, :, :, :Na].reshape(n_batch, N * N, Na),
+        dh = -np.matmul(dHt.reshape(n_batch, N * N, Na),
                         u[:, :, None]).reshape(n_batch, N, N)
         dh = dh + np.swapaxes(dh, 1, 2) + (uu @ Y_AA).reshape(n_batch, N, N)
         g = g - u @ W_A
@@ -312,6 +476,16 @@ def _cubature_points(K):
     return np.concatenate([pts, -pts], axis=0)
 
 
+def _dynamics_batched(st, z, y, sched, budget=2 ** 24):
+    """:func:`_dynamics` in chunks of the batch, at most ``budget`` floats per array."""
+    N = st.N
+    chunk = max(1, budget // max(1, N * N * st.n_train))
+    if z.shape[0] <= chunk:
+        return _dynamics(st, z, y, sched)
+    parts = [_dynamics(st, z[i:i + chunk], y, sched) for i in range(0, z.shape[0], chunk)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 # ---------------------------------------------------------------------------
 # the result
 # ---------------------------------------------------------------------------
@@ -320,21 +494,30 @@ def _cubature_points(K):
 class FiniteWidthTraining:
     """Trained-network predictions over initializations, to order 1/n.
 
+    Shapes: for one output given as a 1-D ``y`` (N_A,) the output axes are
+    dropped (the shapes below without ``n_out``); for ``y`` of shape
+    (N_A, n_out) every array carries them, and ``cov.reshape(N_B n_out,
+    N_B n_out)`` is the covariance of ``mean.ravel()``.
+
     Attributes
     ----------
-    mean_infinite : ndarray (N_B,)
+    mean_infinite : ndarray (N_B, n_out)
         The infinite-width (frozen-NTK) mean on the test inputs.
-    mean_correction : ndarray (N_B,)
+    mean_correction : ndarray (N_B, n_out)
         Its 1/n coefficient: ``E[z(T)] = mean_infinite + mean_correction / n``.
-    cov_infinite, cov_correction : ndarray (N_B, N_B)
-        Likewise for the covariance over initializations.
-    train_mean_infinite, train_mean_correction : ndarray (N_A,)
+    cov_infinite, cov_correction : ndarray (N_B, n_out, N_B, n_out)
+        Likewise for the covariance over initializations,
+        ``cov[b, i, c, j] = Cov(z_{i;b}(T), z_{j;c}(T))``. The infinite-width
+        part is ``delta_ij`` times one (N_B, N_B) block; the correction has
+        cross-output blocks ``i != j`` (module docstring).
+    train_mean_infinite, train_mean_correction : ndarray (N_A, n_out)
         The same on the training inputs (the infinite-width mean is ``y``
         after convergence or a Newton leap).
-    ntk_change : ndarray (N, N)
-        ``n E[H(T) - H(0)]`` over all inputs (training first): the predicted
-        change of the NTK during training (representation learning).
-    parts : dict str -> ndarray (N_B,)
+    ntk_change : ndarray (N, n_out, N, n_out)
+        ``n E[H_{ij;ab}(T) - H_{ij;ab}(0)]`` over all inputs (training first):
+        the predicted change of the NTK during training (representation
+        learning), with its cross-output part ``i != j``.
+    parts : dict str -> ndarray (N_B, n_out)
         The mean correction split by origin: ``"H1"`` (NTK mean shift),
         ``"AB"`` (NTK fluctuations), ``"dynamics"`` (dNTK and ddNTKs).
     width : int or None
@@ -352,6 +535,11 @@ class FiniteWidthTraining:
     width: int | None = None
 
     @property
+    def n_out(self) -> int:
+        """Number of outputs (1 for the one-output shapes)."""
+        return 1 if self.mean_infinite.ndim == 1 else self.mean_infinite.shape[1]
+
+    @property
     def mean(self) -> np.ndarray:
         if self.width is None:
             raise ValueError("no width given: pass width=n to get the finite-width mean "
@@ -366,40 +554,19 @@ class FiniteWidthTraining:
 
     @property
     def std(self) -> np.ndarray:
-        return np.sqrt(np.clip(np.diag(self.cov), 0.0, None))
+        """Standard deviation over initializations, shaped like ``mean``."""
+        c = self.cov
+        m = int(np.prod(self.mean_infinite.shape))
+        return np.sqrt(np.clip(np.diag(c.reshape(m, m)), 0.0, None)).reshape(
+            self.mean_infinite.shape)
 
 
-def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> FiniteWidthTraining:
-    """Mean and covariance of trained outputs at order 1/n, from the statistics.
-
-    Parameters
-    ----------
-    stats : TrainingStatistics
-        Output-layer statistics (:func:`training_statistics`, or measured).
-    y : array_like (N_A,)
-        Training targets.
-    schedule : list of ndarray (N_A, N_A)
-        Step matrices (:func:`algorithm_schedule`).
-    width : int, optional
-
-    Returns
-    -------
-    FiniteWidthTraining
-    """
-    st = stats
+def _end_of_training(st: TrainingStatistics, y, sched):
+    """The engine on one-output statistics (or lifted ones): arrays over all N inputs."""
     Na, N = st.n_train, st.N
-    y = np.asarray(y, float).reshape(-1)
-    if y.shape != (Na,):
-        raise ValueError(f"y must have one target per training input ({Na}); got {y.shape}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("y contains NaN or inf; drop or impute those targets")
-    if width is not None and (int(width) != width or width < 1):
-        raise ValueError(f"width must be a positive integer; got {width!r}")
-    sched = [np.asarray(M, float) for M in schedule]
-    test = slice(Na, N)
 
     # kernel part: F(Theta), DF(H1), and second derivatives along the A,B covariance
-    c, V = _cov_directions(st.cov_H)
+    c, V = _cov_directions(st.cov_H, Na)
     dirs = np.concatenate([st.H1[None], V], axis=0)
     # Hzz[:, :, r, s] as directions for E[DF(DeltaH) z z^T]
     Hzz_dirs = np.moveaxis(st.Hzz, (2, 3), (0, 1)).reshape(N * N, N, N)
@@ -413,7 +580,7 @@ def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> Fi
 
     # dynamical part by the degree-3 cubature
     pts = _cubature_points(st.K)
-    e, h = _dynamics(st, pts, y, sched)
+    e, h = _dynamics_batched(st, pts, y, sched)
     m_dyn = e.mean(0)
     ntk_change = h.mean(0)
     ntk_change = 0.5 * (ntk_change + ntk_change.T)
@@ -434,7 +601,7 @@ def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> Fi
     cov_corr = (C0 @ st.G1 @ C0.T
                 - (D_H1 @ st.K @ C0.T + C0 @ st.K @ D_H1.T)
                 - (EDz @ C0.T + C0 @ EDz.T)
-                + np.einsum("k,kar,rs,kbs->ab", c, DV, st.K, DV)
+                + np.einsum("k,kar,rs,kbs->ab", c, DV, st.K, DV, optimize=True)
                 - (D2 @ st.K @ C0.T + C0 @ st.K @ D2.T)
                 + np.einsum("k,ka,kb->ab", c, F1_V @ y, F1_V @ y))
     # 2 Cov(C0 z, Z1) by Stein: E[(C0 z)_a Z1_b] = sum_j (C0 K)_{aj} E[d_j Z1_b]
@@ -447,20 +614,81 @@ def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> Fi
         for s in (1.0, -1.0, 2.0, -2.0):
             batch.append(pts + s * hstep * dirs[:, a][None, :])
     if rows:
-        eb, _ = _dynamics(st, np.concatenate(batch, axis=0), y, sched)
+        eb, _ = _dynamics_batched(st, np.concatenate(batch, axis=0), y, sched)
         eb = eb.reshape(len(rows), 4, pts.shape[0], N).mean(2)          # (rows, shift, N)
         deriv = (8.0 * (eb[:, 0] - eb[:, 1]) - (eb[:, 2] - eb[:, 3])) / (12.0 * hstep)
         for k, a in enumerate(rows):
             cross[a] = deriv[k]
     cov_corr = cov_corr + cross + cross.T
+    return (mean_inf_all, mean_corr_all, cov_inf_all, cov_corr, ntk_change,
+            {"H1": m_H1, "AB": m_AB, "dynamics": m_dyn})
 
+
+def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> FiniteWidthTraining:
+    """Mean and covariance of trained outputs at order 1/n, from the statistics.
+
+    Parameters
+    ----------
+    stats : TrainingStatistics
+        Output-layer statistics (:func:`training_statistics`, or measured).
+    y : array_like (N_A,) or (N_A, n_out)
+        Training targets; ``n_out`` columns train ``n_out`` outputs on the
+        summed MSE loss (module docstring). A 1-D ``y`` gives the one-output
+        shapes (no output axes).
+    schedule : list of ndarray (N_A, N_A)
+        Step matrices (:func:`algorithm_schedule`), acting on the input index
+        of every output alike (``M_t`` times the identity on outputs).
+    width : int, optional
+
+    Returns
+    -------
+    FiniteWidthTraining
+        Shapes with output axes for a 2-D ``y`` (see there).
+    """
+    st = stats
+    Na, N = st.n_train, st.N
+    y = np.asarray(y, float)
+    one = y.ndim == 1
+    if one:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != Na or y.shape[1] < 1:
+        raise ValueError(f"y must have one target per training input ({Na}): shape ({Na},) "
+                         f"or ({Na}, n_out); got {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y contains NaN or inf; drop or impute those targets")
+    if width is not None and (int(width) != width or width < 1):
+        raise ValueError(f"width must be a positive integer; got {width!r}")
+    sched = [np.asarray(M, float) for M in schedule]
+    for M in sched:
+        if M.shape != (Na, Na):
+            raise ValueError(f"each step matrix of schedule must be ({Na}, {Na}) (one row per "
+                             f"training input); got {M.shape}")
+    n_out = y.shape[1]
+    w = None if width is None else int(width)
+    if n_out == 1:
+        mi, mc, ci, cc, h, parts = _end_of_training(st, y[:, 0], sched)
+        test = slice(Na, N)
+        if one:
+            return FiniteWidthTraining(
+                mean_infinite=mi[test], mean_correction=mc[test], cov_infinite=ci[test, test],
+                cov_correction=cc[test, test], train_mean_infinite=mi[:Na],
+                train_mean_correction=mc[:Na], ntk_change=h,
+                parts={k: v[test] for k, v in parts.items()}, width=w)
+        pos = np.arange(N)[:, None]
+        lst = st
+    else:
+        lst = st.lifted(n_out)
+        pos = st.output_positions(n_out)                               # (N, n_out)
+        y_l = np.empty(Na * n_out)
+        y_l[pos[:Na]] = y
+        sched_l = [np.kron(np.eye(n_out), M) for M in sched]
+        mi, mc, ci, cc, h, parts = _end_of_training(lst, y_l, sched_l)
+    pa, pb = pos[:Na], pos[Na:]
+    pair = (lambda X, p: X[p[:, :, None, None], p[None, None, :, :]])
     return FiniteWidthTraining(
-        mean_infinite=mean_inf_all[test], mean_correction=mean_corr_all[test],
-        cov_infinite=cov_inf_all[test, test], cov_correction=cov_corr[test, test],
-        train_mean_infinite=mean_inf_all[:Na], train_mean_correction=mean_corr_all[:Na],
-        ntk_change=ntk_change,
-        parts={"H1": m_H1[test], "AB": m_AB[test], "dynamics": m_dyn[test]},
-        width=None if width is None else int(width))
+        mean_infinite=mi[pb], mean_correction=mc[pb], cov_infinite=pair(ci, pb),
+        cov_correction=pair(cc, pb), train_mean_infinite=mi[pa], train_mean_correction=mc[pa],
+        ntk_change=pair(h, pos), parts={k: v[pb] for k, v in parts.items()}, width=w)
 
 
 def finite_width_training(mlp, X_train, y_train, X_test, *, algorithm="gd", learning_rate=None,
@@ -470,10 +698,11 @@ def finite_width_training(mlp, X_train, y_train, X_test, *, algorithm="gd", lear
     Parameters
     ----------
     mlp : pdlt.MLP
-        One output; its hidden width n_{L-1} is the n of the correction
-        unless ``width`` is given.
+        Plain MLP; its hidden width n_{L-1} is the n of the correction
+        unless ``width`` is given, and its ``n_out`` must match the targets.
     X_train : array_like (N_A, n0)
-    y_train : array_like (N_A,)
+    y_train : array_like (N_A,) or (N_A, n_out)
+        A 1-D ``y_train`` (``n_out = 1``) gives results without output axes.
     X_test : array_like (N_B, n0)
     algorithm, learning_rate, steps
         See :func:`algorithm_schedule`.
@@ -483,6 +712,14 @@ def finite_width_training(mlp, X_train, y_train, X_test, *, algorithm="gd", lear
     Returns
     -------
     FiniteWidthTraining
+        ``mean`` (N_B,) or (N_B, n_out), ``cov`` (N_B, N_B) or
+        (N_B, n_out, N_B, n_out).
+
+    Notes
+    -----
+    Several outputs are trained together and interact at order 1/n (module
+    docstring): the cost is that of the one-output engine on
+    ``n_out (N_A + N_B)`` inputs.
 
     Examples
     --------
@@ -493,17 +730,19 @@ def finite_width_training(mlp, X_train, y_train, X_test, *, algorithm="gd", lear
     >>> r = finite_width_training(mlp, X, [0.5, -0.5], Xt, algorithm="newton")
     >>> r.mean.shape
     (1,)
+    >>> r2 = finite_width_training(mlp.with_(n_out=2), X, [[0.5, 0.1], [-0.5, 0.3]], Xt,
+    ...                            algorithm="newton")
+    >>> r2.mean.shape, r2.cov.shape
+    ((1, 2), (1, 2, 1, 2))
     """
-    mlp = _check_one_output(mlp)
-    Xa, y, _ = check_data(X_train, y_train, mlp.n0, name_X="X_train", name_y="y_train")
-    if y.shape[1] != 1:
-        raise ValueError(f"y_train must have one target per input (one output); got {y.shape}")
-    y = y[:, 0]
+    mlp = check_mlp(mlp)
+    Xa, y, was_1d = check_data(X_train, y_train, mlp.n0, name_X="X_train", name_y="y_train")
+    mlp = _check_outputs(mlp, y.shape[1])
     st = training_statistics(mlp, Xa, X_test, accuracy=accuracy)
     sched = algorithm_schedule(st.Theta[:st.n_train, :st.n_train], algorithm,
                                learning_rate=learning_rate, steps=steps)
     n = mlp.widths[-2] if width is None else width
-    return end_of_training(st, y, sched, width=n)
+    return end_of_training(st, y[:, 0] if was_1d else y, sched, width=n)
 
 
 def finite_width_learning_size(mlp, K1=1.0, *, steps=40):

@@ -124,9 +124,6 @@ def _check_finite_width_fit(width, noise, y2):
     if noise != 0:
         raise ValueError("noise (a ridge on Theta_AA) has no finite-width network counterpart; "
                          "use noise=0 with width=")
-    if y2.shape[1] != 1:
-        raise ValueError(f"the finite-width correction is implemented for one output; y has "
-                         f"{y2.shape[1]} columns. Fit one output at a time")
 
 
 def _check_steps(steps):
@@ -359,9 +356,10 @@ class NTKRegressor(EstimatorBase):
         :mod:`pdlt.learning.finite_training`): the mean and covariance over
         initializations of the trained finite network, for the same
         gradient-descent run (``steps=None``: the steps that bring every
-        kernel mode to 1e-10 of convergence). One output only, ``noise = 0``
-        (a ridge has no network counterpart); cost grows like N^5 in the
-        number of training plus test inputs.
+        kernel mode to 1e-10 of convergence). ``y`` with several columns
+        trains that many outputs together (they interact at order 1/n);
+        ``noise = 0`` (a ridge has no network counterpart); cost grows like
+        N^5 in the number of training plus test inputs times outputs.
 
     Attributes
     ----------
@@ -463,8 +461,12 @@ class NTKRegressor(EstimatorBase):
         Returns
         -------
         mean : ndarray (M,) or (M, n_out)
-        std : ndarray (M,), if ``return_std``
-        cov : ndarray (M, M), if ``return_cov``
+        std : ndarray (M,) or (M, n_out)
+            If ``return_std``; (M, n_out) with ``width`` and several outputs.
+        cov : ndarray (M, M) or (M, n_out, M, n_out)
+            If ``return_cov``: one (M, M) block shared by all outputs at
+            infinite width; with ``width`` and several outputs the full
+            covariance, the outputs being correlated at order 1/n.
         """
         if not hasattr(self, "stability_bound_"):
             raise not_fitted(self)
@@ -473,7 +475,7 @@ class NTKRegressor(EstimatorBase):
         X = estimator_data(self, X, reset=False)
         if self.width is not None:
             pred = self.finite_width_prediction(X)
-            mean = pred.mean if self._y_1d else pred.mean[:, None]
+            mean = pred.mean if (self._y_1d or pred.n_out > 1) else pred.mean[:, None]
         else:
             N = self.X_train_.shape[0]
             K, Th = last_layer_kernels(self.mlp_, self.X_train_, X)
@@ -508,7 +510,8 @@ class NTKRegressor(EstimatorBase):
         Na = self.X_train_.shape[0]
         sched = algorithm_schedule(st.Theta[:Na, :Na], "gd", learning_rate=self.learning_rate_,
                                    steps=self.steps_)
-        out = end_of_training(st, self.y_train_[:, 0], sched, width=self.width)
+        y = self.y_train_[:, 0] if self.y_train_.shape[1] == 1 else self.y_train_
+        out = end_of_training(st, y, sched, width=self.width)
         # validity of the truncated expansion (pdlt.ValidityWarning)
         n = self.width
         check_correction(out.mean_infinite, out.mean_correction / n,
@@ -516,6 +519,8 @@ class NTKRegressor(EstimatorBase):
         check_correction(out.cov_infinite, out.cov_correction / n,
                          f"covariance over initializations at width n={n}")
         check_aspect_ratio(self.mlp_.with_(width=int(n)))
+        # one output's block: the top eigenvectors e_i (x) v of Theta_AA (x) 1 see the
+        # one-output fluctuation for any number of outputs
         self.finite_width_stability_bound_ = check_learning_rate_fluctuations(
             self.learning_rate_, st.Theta[:Na, :Na], st.cov_H[:Na, :Na, :Na, :Na],
             st.H1[:Na, :Na], n)
