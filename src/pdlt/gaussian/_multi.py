@@ -559,6 +559,16 @@ def _outer_grid(codes, even):
 
 
 @functools.lru_cache(maxsize=1024)
+def _outer_bins(codes, even):
+    """Bins (0.1 in log10, from the lightest) of the last outer level's point weights,
+    and the weights' mass per bin."""
+    Wp = _outer_grid(codes, even)[-1][3]
+    bp = np.floor(10.0 * np.log10(np.maximum(Wp, 1e-300))).astype(np.intp)
+    bp -= bp.min()
+    return bp, np.bincount(bp, weights=Wp)
+
+
+@functools.lru_cache(maxsize=1024)
 def _inner_ranges(codes, even):
     """The last axis of rule ``codes``: per kept outer point, the central nodes kept.
 
@@ -570,26 +580,27 @@ def _inner_ranges(codes, even):
     The dropped points weigh at most ``_PRUNE_MASS`` together.
     """
     u, w = _axis_rule(codes[-1])
-    Wp = _outer_grid(codes[:-1], even)[-1][3]
+    bp, hist_p = _outer_bins(codes[:-1], even)
     Q = len(u)
     # the mass of the products W_p w_j by the sum of their bins (0.1 in log10):
     # the convolution of the two one-axis histograms; drop the pairs whose bin
     # sum is below the first one where the cumulative mass exceeds _PRUNE_MASS
-    with np.errstate(divide="ignore"):
-        bp = np.floor(10.0 * np.log10(np.maximum(Wp, 1e-300))).astype(np.intp)
-        bq = np.floor(10.0 * np.log10(np.maximum(w, 1e-300))).astype(np.intp)
-    bp0, bq0 = bp.min(), bq.min()
-    conv = np.convolve(np.bincount(bp - bp0, weights=Wp), np.bincount(bq - bq0, weights=w))
+    bq = np.floor(10.0 * np.log10(np.maximum(w, 1e-300))).astype(np.intp)
+    bp0, bq0 = 0, bq.min()
+    conv = np.convolve(hist_p, np.bincount(bq - bq0, weights=w))
     jstar = int(np.searchsorted(np.cumsum(conv), _PRUNE_MASS, side="right"))
     # node j is kept for point p iff (bp_p - bp0) + (bq_j - bq0) >= jstar
     need = jstar - (bp - bp0) + bq0                              # kept iff bq_j >= need_p
     sq = np.sort(bq)
     n = np.maximum(Q - np.searchsorted(sq, need, side="left"), 1)
+    # the kept nodes are the heaviest: a central range of Q - 2 half nodes
+    half = (Q - n) // 2
+    by = np.argsort(half, kind="stable")
+    counts = np.bincount(half)
     groups = []
-    for cnt in np.unique(n):
-        sel = np.flatnonzero(n == cnt)
-        half = (Q - int(cnt)) // 2        # the kept nodes are the heaviest: a central range
-        groups.append((sel, half, Q - half))
+    ends = np.cumsum(counts)
+    for h in np.flatnonzero(counts):
+        groups.append((by[ends[h] - counts[h]:ends[h]], int(h), Q - int(h)))
     points = int(sum(len(s) * (j1 - j0) for s, j0, j1 in groups))
     return (points, u, w, groups)
 
