@@ -414,10 +414,13 @@ def _gh_path(fs, order, L, accuracy, return_error, smooth=True):
     s = np.max(np.abs(L), axis=1)               # per-axis scale (B, d)
     qs = axis_rules(s, accuracy) if smooth else node_count(s, accuracy)   # (B, d)
     even = _even_product(fs, float(np.max(np.abs(L), initial=0.0)))
-    out = _gh_sum(fs, order, L, qs, even)
+    # polynomials (smooth=False, the linear activation) are integrated exactly by
+    # Gauss-Hermite with all its nodes: no pruning there
+    mass = _PRUNE_MASS if smooth else 0.0
+    out = _gh_sum(fs, order, L, qs, even, mass)
     if not return_error:
         return out, None
-    return out, np.abs(out - _gh_sum(fs, order, L, _lower_rule(qs), even))
+    return out, np.abs(out - _gh_sum(fs, order, L, _lower_rule(qs), even, mass))
 
 
 _PARITY_U = np.linspace(0.05, 8.0, 41)
@@ -446,7 +449,7 @@ def _even_product(fs, scale):
     return odd % 2 == 0
 
 
-def _gh_sum(fs, order, L, qs, even=False):
+def _gh_sum(fs, order, L, qs, even=False, mass=None):
     """Nested product rule (codes ``qs`` per axis) on the pruned, possibly halved grid.
 
     The tensor grid is pruned (:func:`_outer_grid`, :func:`_inner_ranges`):
@@ -457,6 +460,7 @@ def _gh_sum(fs, order, L, qs, even=False):
     points of the first k axes, ``f_d`` on the kept points of all d axes.
     """
     B, d, _ = L.shape
+    mass = _PRUNE_MASS if mass is None else float(mass)
     out = np.empty(B)
     # one group per rule and per assignment of distinct functions to the axes
     fid = np.array([next(i for i, g in enumerate(fs) if g is f) for f in fs])
@@ -470,8 +474,8 @@ def _gh_sum(fs, order, L, qs, even=False):
             u, w = _axis_rule(codes[0])
             out[idx] = fo[0](L[idx, 0, 0, None] * u) @ w
             continue
-        levels = _outer_grid(codes[:-1], bool(even))
-        inner = _inner_ranges(codes, bool(even))
+        levels = _outer_grid(codes[:-1], bool(even), mass)
+        inner = _inner_ranges(codes, bool(even), mass)
         step = max(1, _CHUNK // max(inner[0], 1))
         for start in range(0, len(idx), step):
             sel = idx[start:start + step]
@@ -510,7 +514,7 @@ def _grid_sum(fo, Lb, levels, inner):
 _PRUNE_MASS = 1e-14  # Gaussian mass of the dropped grid points, outer axes and last axis each
 
 
-def _mass_threshold(W):
+def _mass_threshold(W, mass):
     """Bin (0.1 in log10) below which the weights ``W`` sum to at most ``_PRUNE_MASS``.
 
     Returns the integer bin index ``j`` and the bins of W: entries in bins
@@ -520,7 +524,7 @@ def _mass_threshold(W):
         lw = np.log10(W)
     b = np.clip(np.floor((lw + 60.0) * 10.0), 0, 600).astype(np.intp)
     cum = np.cumsum(np.bincount(b.ravel(), weights=W.ravel(), minlength=601))
-    return int(np.searchsorted(cum, _PRUNE_MASS, side="right")), b
+    return int(np.searchsorted(cum, mass, side="right")), b
 
 
 def _halved(rule):
@@ -533,7 +537,7 @@ def _halved(rule):
 
 
 @functools.lru_cache(maxsize=1024)
-def _outer_grid(codes, even):
+def _outer_grid(codes, even, mass=_PRUNE_MASS):
     """Kept points of the tensor grid of the outer axes (rule ``codes``), level by level.
 
     Returns a list over the outer axes k = 0 .. d-2 of ``(U, w, starts, W)``:
@@ -552,7 +556,7 @@ def _outer_grid(codes, even):
     if even:
         rules[0] = _halved(rules[0])
     W = functools.reduce(np.multiply.outer, [r[1] for r in rules])
-    j, bins = _mass_threshold(W)
+    j, bins = _mass_threshold(W, mass)
     keeps = [bins >= j]                                        # (Q_0, ..., Q_(d-2))
     for _ in range(len(codes) - 1):
         keeps.insert(0, keeps[0].any(axis=-1))
@@ -572,17 +576,17 @@ def _outer_grid(codes, even):
 
 
 @functools.lru_cache(maxsize=1024)
-def _outer_bins(codes, even):
+def _outer_bins(codes, even, mass):
     """Bins (0.1 in log10, from the lightest) of the last outer level's point weights,
     and the weights' mass per bin."""
-    Wp = _outer_grid(codes, even)[-1][3]
+    Wp = _outer_grid(codes, even, mass)[-1][3]
     bp = np.floor(10.0 * np.log10(np.maximum(Wp, 1e-300))).astype(np.intp)
     bp -= bp.min()
     return bp, np.bincount(bp, weights=Wp)
 
 
 @functools.lru_cache(maxsize=1024)
-def _inner_ranges(codes, even):
+def _inner_ranges(codes, even, mass=_PRUNE_MASS):
     """The last axis of rule ``codes``: per kept outer point, the central nodes kept.
 
     Returns ``(points, u, w, groups)``: the number of grid points evaluated,
@@ -593,7 +597,7 @@ def _inner_ranges(codes, even):
     The dropped points weigh at most ``_PRUNE_MASS`` together.
     """
     u, w = _axis_rule(codes[-1])
-    bp, hist_p = _outer_bins(codes[:-1], even)
+    bp, hist_p = _outer_bins(codes[:-1], even, mass)
     Q = len(u)
     # the mass of the products W_p w_j by the sum of their bins (0.1 in log10):
     # the convolution of the two one-axis histograms; drop the pairs whose bin
@@ -601,7 +605,7 @@ def _inner_ranges(codes, even):
     bq = np.floor(10.0 * np.log10(np.maximum(w, 1e-300))).astype(np.intp)
     bp0, bq0 = 0, bq.min()
     conv = np.convolve(hist_p, np.bincount(bq - bq0, weights=w))
-    jstar = int(np.searchsorted(np.cumsum(conv), _PRUNE_MASS, side="right"))
+    jstar = int(np.searchsorted(np.cumsum(conv), mass, side="right"))
     # node j is kept for point p iff (bp_p - bp0) + (bq_j - bq0) >= jstar
     need = jstar - (bp - bp0) + bq0                              # kept iff bq_j >= need_p
     sq = np.sort(bq)
