@@ -91,3 +91,16 @@ def test_trapezoid_sizes_round_up():
     assert np.all(q >= want) and np.all(q <= np.ceil(1.07 * want))
     assert set(np.unique(q).tolist()) <= set(M._TRAP_LADDER.tolist())
     assert len(np.unique(q)) < len(np.unique(want)) / 2      # fewer distinct grids
+
+
+def test_threads_give_identical_results(monkeypatch):
+    # several groups of covariances, enough points for the thread pool to be used
+    Ks = np.stack([_cov(20 + i, 4, s) for i, s in enumerate((0.3, 0.7, 1.0, 1.5))])
+    monkeypatch.setenv("PDLT_THREADS", "1")
+    one = M.expect_nd([np.tanh] * 4, Ks)
+    monkeypatch.setenv("PDLT_THREADS", "2")
+    two = M.expect_nd([np.tanh] * 4, Ks)
+    assert np.array_equal(one, two)
+    monkeypatch.setenv("PDLT_THREADS", "zero")
+    with pytest.raises(ValueError, match="PDLT_THREADS"):
+        M.expect_nd([np.tanh] * 4, Ks)

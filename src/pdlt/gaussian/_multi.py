@@ -104,6 +104,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 
 import numpy as np
 from scipy import special
@@ -466,6 +467,7 @@ def _gh_sum(fs, order, L, qs, even=False, mass=None):
     fid = np.array([next(i for i, g in enumerate(fs) if g is f) for f in fs])
     keys, inv = np.unique(np.concatenate([qs, fid[order]], axis=1), axis=0, return_inverse=True)
     inv = np.asarray(inv).reshape(-1)
+    tasks = []
     for g, key in enumerate(keys):
         idx = np.flatnonzero(inv == g)
         codes = tuple(int(q) for q in key[:d])
@@ -479,8 +481,52 @@ def _gh_sum(fs, order, L, qs, even=False, mass=None):
         step = max(1, _CHUNK // max(inner[0], 1))
         for start in range(0, len(idx), step):
             sel = idx[start:start + step]
-            out[sel] = _grid_sum(fo, L[sel], levels, inner[1:])
+            tasks.append((sel, fo, levels, inner[1:], inner[0] * len(sel)))
+    _run_tasks(tasks, L, out)
     return out
+
+
+def _threads():
+    """Worker threads for the grid sums: ``PDLT_THREADS`` if set, else the CPUs (at most 8)."""
+    env = os.environ.get("PDLT_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"PDLT_THREADS must be a positive integer; got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"PDLT_THREADS must be a positive integer; got {env!r}")
+        return n
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else (os.cpu_count() or 1)))
+
+
+def _run_tasks(tasks, L, out):
+    """``out[sel] = _grid_sum(...)`` for every task, on several threads when it pays.
+
+    numpy's ufunc loops and matmul release the GIL, so the grid sums of
+    different groups run in parallel; each task writes its own entries, so
+    the result does not depend on the scheduling.
+    """
+    if not tasks:
+        return
+    n = _threads()
+    total = sum(t[4] for t in tasks)
+    if n == 1 or len(tasks) == 1 or total < 2 ** 20:
+        for sel, fo, levels, inner, _ in tasks:
+            out[sel] = _grid_sum(fo, L[sel], levels, inner)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(t):
+        sel, fo, levels, inner, _ = t
+        out[sel] = _grid_sum(fo, L[sel], levels, inner)
+
+    # largest first, so that the threads finish together
+    tasks = sorted(tasks, key=lambda t: -t[4])
+    with ThreadPoolExecutor(max_workers=min(n, len(tasks))) as ex:
+        for _ in ex.map(one, tasks):
+            pass
 
 
 def _grid_sum(fo, Lb, levels, inner):
