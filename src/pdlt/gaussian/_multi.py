@@ -658,12 +658,8 @@ def _inner_ranges(codes, even, mass=_PRUNE_MASS):
     n = np.maximum(Q - np.searchsorted(sq, need, side="left"), 1)
     # the kept nodes are the heaviest: a central range of Q - 2 half nodes
     half = (Q - n) // 2
-    by = np.argsort(half, kind="stable")
-    counts = np.bincount(half)
-    groups = []
-    ends = np.cumsum(counts)
-    for h in np.flatnonzero(counts):
-        groups.append((by[ends[h] - counts[h]:ends[h]], int(h), Q - int(h)))
+    groups = [(np.flatnonzero(half == h), int(h), Q - int(h))
+              for h in np.flatnonzero(np.bincount(half))]
     points = int(sum(len(s) * (j1 - j0) for s, j0, j1 in groups))
     return (points, u, w, groups)
 
@@ -954,6 +950,18 @@ def check_psd(K, where=""):
             "inputs are corrupted")
 
 
+@functools.lru_cache(maxsize=16)
+def _quadruple_groups(N):
+    """The sorted quadruples of N inputs grouped by multiplicity pattern:
+    pattern -> list of (quadruple, its distinct indices)."""
+    groups = {}
+    for q in itertools.combinations_with_replacement(range(N), 4):
+        distinct = sorted(set(q))
+        pattern = tuple(q.count(a) for a in distinct)
+        groups.setdefault(pattern, []).append((q, distinct))
+    return groups
+
+
 def quad_expectations(act, K, *, accuracy="default", return_error=False, where=""):
     """``<sigma(z_a1) sigma(z_a2) sigma(z_a3) sigma(z_a4)>_K`` for all quadruples.
 
@@ -995,13 +1003,7 @@ def quad_expectations(act, K, *, accuracy="default", return_error=False, where="
     # permutations at the end
     Tq = np.zeros(N ** 4)
     Eq = np.zeros(N ** 4)
-    # group sorted quadruples by their multiplicity pattern
-    groups = {}
-    for q in itertools.combinations_with_replacement(range(N), 4):
-        distinct = sorted(set(q))
-        pattern = tuple(q.count(a) for a in distinct)
-        groups.setdefault(pattern, []).append((q, distinct))
-    for pattern, items in groups.items():
+    for pattern, items in _quadruple_groups(N).items():
         idx = np.array([it[1] for it in items])          # (B, d)
         d = len(pattern)
         err = np.zeros(len(items))
