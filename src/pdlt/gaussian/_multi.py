@@ -487,7 +487,12 @@ def _gh_sum(fs, order, L, qs, even=False, mass=None):
 
 
 def _threads():
-    """Worker threads for the grid sums: ``PDLT_THREADS`` if set, else the CPUs (at most 8)."""
+    """Worker threads for the grid sums: ``PDLT_THREADS`` if set, else 1.
+
+    Opt-in: on the shared 2-core dev machine two threads gave 1.3x wall on
+    one first-layer case and no gain beyond the load's scatter on the whole
+    N = 16 fold (benchmarks/README.md, "Theory engine cost (#15)").
+    """
     env = os.environ.get("PDLT_THREADS")
     if env:
         try:
@@ -497,8 +502,7 @@ def _threads():
         if n < 1:
             raise ValueError(f"PDLT_THREADS must be a positive integer; got {env!r}")
         return n
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else (os.cpu_count() or 1)))
+    return 1
 
 
 def _run_tasks(tasks, L, out):
