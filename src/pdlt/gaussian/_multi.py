@@ -36,7 +36,20 @@ wider axes use the trapezoidal rule on ``|u| <= 8`` with spacing
 (+5 per variable less: the merged powers ``tanh^p`` have stronger
 singularities), at most 640 nodes, and fewer where the tensor grid would
 exceed ``min(8 x 64^d, 64^4)`` points (bounded cost)
-(``axis_rules``), one node for a zero axis. Gauss-Hermite converges only
+(``axis_rules``; trapezoid sizes rounded up to a ladder ~6 % apart, so that
+covariances of similar scales share one cached grid), one node for a zero
+axis. The tensor grid is pruned: the lightest points of the outer axes that
+together weigh at most ``_PRUNE_MASS = 1e-14`` of the Gaussian mass are
+dropped, and per kept outer point the light nodes of the last axis (another
+1e-14), so the error added is at most 2e-14 times the integrand's bound on
+the dropped points (tanh: 2e-14 of the scale; integrands growing like
+``|z|^4``, GELU and swish, measured ~1e-12); an integrand even under
+``z -> -z`` (products of odd and even functions with evenly many odd ones,
+checked on a grid: all averages of tanh, erf, sin with an even number of
+odd slots) is summed over ``u_1 >= 0`` with doubled weights, exactly. With
+the last axis in cache-sized blocks this cut the points evaluated ~3.7x
+(N = 16 tanh inputs, first layer) and the time per point ~2x (issue #15,
+``benchmarks/theory_cost.py``). Gauss-Hermite converges only
 like ``exp(-const sqrt(Q))`` for tanh (poles at ``i pi / 2``, i.e. at
 ``pi / (2 s)`` in u), the trapezoid like ``exp(-pi^2 / (s h)) = exp(-c)``.
 Measured against independent references (plain Cholesky and composite
@@ -94,6 +107,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 
 import numpy as np
 from scipy import special
@@ -128,6 +142,9 @@ _TRAP_FROM = 0.6
 _TRAP_T = 8.0
 _TRAP_HMAX = 0.7
 _TRAP_QMAX = 640          # nodes per trapezoid axis at most, and the tensor grid of d axes
+#: trapezoid sizes: the rule's node count is rounded up to the next of these (~6 % apart)
+_TRAP_LADDER = np.unique(np.append(np.minimum(np.ceil(2.0 * 1.06 ** np.arange(100)), _TRAP_QMAX),
+                                   _TRAP_QMAX)).astype(int)
 # at most 8 x 64^d points (64 was the old Gauss-Hermite cap), and 64^4 for d = 4
 _TRAP_POINTS = {d: min(8.0 * 64.0 ** d, 64.0 ** 4) for d in range(1, 5)}
 _TRAP_C = {"fast": 16.0, "default": 25.0, "high": 32.0, "higher": 40.0, "highest": 48.0}
@@ -135,6 +152,7 @@ _PHI = 1.0 / math.sqrt(2.0 * math.pi)
 _TWO_MIN_S = 1e-3  # sqrt(1 - rho^2) of the last pair below this: one axis less in closed form
 _GRADE = np.array([1.0])  # offsets around a projected kink, in units of its smoothing width
 _CHUNK = 2 ** 22  # evaluation points per vectorized block
+_BLOCK = 2 ** 16  # points of the innermost axis per block (temporaries of 512 kB: in cache)
 _EPS = np.finfo(float).eps
 
 
@@ -210,7 +228,9 @@ def axis_rules(s, accuracy="default"):
     # (coinciding inputs merged), with stronger singularities: c + 5 per variable less
     c = _TRAP_C[accuracy] + 5.0 * max(0, 4 - d)
     q = np.ceil(1.0 + 2.0 * _TRAP_T * np.maximum(s * c / math.pi ** 2, 1.0 / _TRAP_HMAX))
-    q = np.minimum(q, _TRAP_QMAX).astype(int)
+    # rounded up to a ladder of sizes ~6 % apart, so that covariances of similar
+    # scales share one (pruned) grid: at most ~6 % more nodes per axis
+    q = _TRAP_LADDER[np.searchsorted(_TRAP_LADDER, np.minimum(q, _TRAP_QMAX))]
     codes = np.where(s > _TRAP_FROM, -q, gh)
     # over the point budget: shrink the trapezoid axes by a common factor (the
     # accuracy then drops, and the error estimate says by how much)
@@ -406,52 +426,258 @@ def _gh_path(fs, order, L, accuracy, return_error, smooth=True):
     """
     s = np.max(np.abs(L), axis=1)               # per-axis scale (B, d)
     qs = axis_rules(s, accuracy) if smooth else node_count(s, accuracy)   # (B, d)
-    out = _gh_sum(fs, order, L, qs)
+    even = _even_product(fs, float(np.max(np.abs(L), initial=0.0)))
+    # polynomials (smooth=False, the linear activation) are integrated exactly by
+    # Gauss-Hermite with all its nodes: no pruning there
+    mass = _PRUNE_MASS if smooth else 0.0
+    out = _gh_sum(fs, order, L, qs, even, mass)
     if not return_error:
         return out, None
-    return out, np.abs(out - _gh_sum(fs, order, L, _lower_rule(qs)))
+    return out, np.abs(out - _gh_sum(fs, order, L, _lower_rule(qs), even, mass))
 
 
-def _gh_sum(fs, order, L, qs):
+_PARITY_U = np.linspace(0.05, 8.0, 41)
+
+
+def _even_product(fs, scale):
+    """True if ``prod_k f_k(-z_k) = prod_k f_k(z_k)``: every f_k even or odd, evenly many odd.
+
+    Checked on a grid out to 8 times the largest axis scale (and to 8), to
+    1e-12 relative: halving the grid is then exact to that round-off.
+    """
+    z = np.concatenate([_PARITY_U, _PARITY_U * max(scale, 1e-300)])
+    odd = 0
+    for f in dict.fromkeys(fs):
+        with np.errstate(all="ignore"):
+            a, b = np.asarray(f(z), dtype=float), np.asarray(f(-z), dtype=float)
+        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+            return False
+        tol = 1e-12 * max(float(np.max(np.abs(a))), 1e-300)
+        if np.all(np.abs(b - a) <= tol):
+            continue
+        if np.all(np.abs(b + a) <= tol):
+            odd += sum(g is f for g in fs)
+            continue
+        return False
+    return odd % 2 == 0
+
+
+def _gh_sum(fs, order, L, qs, even=False, mass=None):
+    """Nested product rule (codes ``qs`` per axis) on the pruned, possibly halved grid.
+
+    The tensor grid is pruned (:func:`_outer_grid`, :func:`_inner_ranges`):
+    points whose product of weights is so small that all of them together
+    carry a Gaussian mass below ``2 _PRUNE_MASS`` are dropped; for an
+    integrand even under ``z -> -z`` (``even``) only the half ``u_1 >= 0``
+    is kept, with doubled weights. ``f_k`` (k < d) is evaluated on the kept
+    points of the first k axes, ``f_d`` on the kept points of all d axes.
+    """
     B, d, _ = L.shape
+    mass = _PRUNE_MASS if mass is None else float(mass)
     out = np.empty(B)
-    keys, inv = np.unique(qs, axis=0, return_inverse=True)
+    # one group per rule and per assignment of distinct functions to the axes
+    fid = np.array([next(i for i, g in enumerate(fs) if g is f) for f in fs])
+    keys, inv = np.unique(np.concatenate([qs, fid[order]], axis=1), axis=0, return_inverse=True)
     inv = np.asarray(inv).reshape(-1)
+    tasks = []
     for g, key in enumerate(keys):
         idx = np.flatnonzero(inv == g)
-        rules = [_axis_rule(int(q)) for q in key]
-        P = int(np.prod(np.abs(key)))
-        step = max(1, _CHUNK // max(P, 1))
+        codes = tuple(int(q) for q in key[:d])
+        fo = [fs[int(v)] for v in key[d:]]
+        if d == 1:
+            u, w = _axis_rule(codes[0])
+            out[idx] = fo[0](L[idx, 0, 0, None] * u) @ w
+            continue
+        levels = _outer_grid(codes[:-1], bool(even), mass)
+        inner = _inner_ranges(codes, bool(even), mass)
+        step = max(1, _CHUNK // max(inner[0], 1))
         for start in range(0, len(idx), step):
             sel = idx[start:start + step]
-            Lb, ob = L[sel], order[sel]
-            b = len(sel)
-            vals = []
-            for k in range(d):
-                shape = (b,) + tuple(len(r[0]) for r in rules[:k + 1])
-                z = np.zeros(shape)
-                for j in range(k + 1):
-                    sh = [1] * (k + 2)
-                    sh[j + 1] = len(rules[j][0])
-                    z = z + Lb[:, k, j].reshape((b,) + (1,) * (k + 1)) * rules[j][0].reshape(sh)
-                vals.append(_apply_ordered(fs, ob[:, k], z))
-            acc = vals[d - 1] @ rules[d - 1][1]
-            for k in range(d - 2, -1, -1):
-                acc = (vals[k] * acc) @ rules[k][1]
-            out[sel] = acc
+            tasks.append((sel, fo, levels, inner[1:], inner[0] * len(sel)))
+    _run_tasks(tasks, L, out)
     return out
 
 
-def _apply_ordered(fs, which, z):
-    """``fs[which[b]](z[b])`` for each batch row b."""
-    first = which[0]
-    if np.all(which == first):
-        return fs[first](z)
-    out = np.empty(z.shape)
-    for v in np.unique(which):
-        mask = which == v
-        out[mask] = fs[v](z[mask])
-    return out
+def _threads():
+    """Worker threads for the grid sums: ``PDLT_THREADS`` if set, else 1.
+
+    Opt-in: on the shared 2-core dev machine two threads gave 1.3x wall on
+    one first-layer case and no gain beyond the load's scatter on the whole
+    N = 16 fold (benchmarks/README.md, "Theory engine cost (#15)").
+    """
+    env = os.environ.get("PDLT_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"PDLT_THREADS must be a positive integer; got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"PDLT_THREADS must be a positive integer; got {env!r}")
+        return n
+    return 1
+
+
+def _run_tasks(tasks, L, out):
+    """``out[sel] = _grid_sum(...)`` for every task, on several threads when it pays.
+
+    numpy's ufunc loops and matmul release the GIL, so the grid sums of
+    different groups run in parallel; each task writes its own entries, so
+    the result does not depend on the scheduling.
+    """
+    if not tasks:
+        return
+    n = _threads()
+    total = sum(t[4] for t in tasks)
+    if n == 1 or len(tasks) == 1 or total < 2 ** 20:
+        for sel, fo, levels, inner, _ in tasks:
+            out[sel] = _grid_sum(fo, L[sel], levels, inner)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(t):
+        sel, fo, levels, inner, _ = t
+        out[sel] = _grid_sum(fo, L[sel], levels, inner)
+
+    # largest first, so that the threads finish together
+    tasks = sorted(tasks, key=lambda t: -t[4])
+    with ThreadPoolExecutor(max_workers=min(n, len(tasks))) as ex:
+        for _ in ex.map(one, tasks):
+            pass
+
+
+def _grid_sum(fo, Lb, levels, inner):
+    """``sum W prod_k f_k(z_k)`` over the kept grid points, for a batch of factors Lb (b, d, d)."""
+    d = Lb.shape[1]
+    vals = []
+    for k, (U, w, parent, _) in enumerate(levels):
+        vals.append(fo[k](Lb[:, k, :k + 1] @ U.T))                # (b, P_k)
+    m = Lb[:, d - 1, :d - 1] @ levels[-1][0].T                   # (b, P) conditional means
+    cu = Lb[:, d - 1, d - 1, None, None] * inner[0]              # (b, 1, Q_d) last axis
+    w_last = inner[1]
+    b, P = m.shape
+    acc = np.empty((b, P))
+    # outer points grouped by the central range of last-axis nodes they keep;
+    # in blocks of ~_BLOCK points, so that the temporaries stay in cache
+    for sel, j0, j1 in inner[2]:
+        n = j1 - j0
+        bs = max(1, _BLOCK // max(b * n, 1))
+        mm = m[:, sel]
+        for s in range(0, len(sel), bs):
+            acc[:, sel[s:s + bs]] = fo[d - 1](mm[:, s:s + bs, None] + cu[:, :, j0:j1]) \
+                @ w_last[j0:j1]
+    for k in range(d - 2, -1, -1):
+        U, w, starts, _ = levels[k]
+        acc = vals[k] * acc * w
+        if k:
+            acc = np.add.reduceat(acc, starts, axis=1)            # children -> parents
+    return acc.sum(axis=1)
+
+
+_PRUNE_MASS = 1e-14  # Gaussian mass of the dropped grid points, outer axes and last axis each
+
+
+def _mass_threshold(W, mass):
+    """Bin (0.1 in log10) below which the weights ``W`` sum to at most ``_PRUNE_MASS``.
+
+    Returns the integer bin index ``j`` and the bins of W: entries in bins
+    below j are dropped.
+    """
+    with np.errstate(divide="ignore"):
+        lw = np.log10(W)
+    b = np.clip(np.floor((lw + 60.0) * 10.0), 0, 600).astype(np.intp)
+    cum = np.cumsum(np.bincount(b.ravel(), weights=W.ravel(), minlength=601))
+    return int(np.searchsorted(cum, mass, side="right")), b
+
+
+def _halved(rule):
+    """The nodes ``u >= 0`` of a symmetric rule, weights of ``u > 0`` doubled."""
+    u, w = rule
+    tol = 1e-12 * max(1.0, float(np.max(np.abs(u))))
+    keep = u >= -tol
+    zero = np.abs(u) <= tol
+    return np.where(zero, 0.0, u)[keep], np.where(zero, w, 2.0 * w)[keep]
+
+
+@functools.lru_cache(maxsize=1024)
+def _outer_grid(codes, even, mass=_PRUNE_MASS):
+    """Kept points of the tensor grid of the outer axes (rule ``codes``), level by level.
+
+    Returns a list over the outer axes k = 0 .. d-2 of ``(U, w, starts, W)``:
+    ``U`` (P_k, k+1) the kept points' coordinates (parent-major order),
+    ``w`` (P_k,) the weight of their last coordinate, ``starts`` (P_(k-1),)
+    where each parent's children begin (``None`` at k = 0), ``W`` (P_k,)
+    the product of their weights. A point of the last outer level is kept
+    unless it is among the lightest points that together weigh at most
+    ``_PRUNE_MASS`` (their integrand times that bounds the error: ~1e-14
+    of the Cauchy-Schwarz scale for bounded activations); a point of an
+    earlier level is kept if one of its children is. ``even``: only
+    ``u_0 >= 0``, weights of ``u_0 > 0`` doubled (exact for an integrand
+    even under ``u -> -u``, on a symmetric rule).
+    """
+    rules = [_axis_rule(q) for q in codes]
+    if even:
+        rules[0] = _halved(rules[0])
+    W = functools.reduce(np.multiply.outer, [r[1] for r in rules])
+    j, bins = _mass_threshold(W, mass)
+    keeps = [bins >= j]                                        # (Q_0, ..., Q_(d-2))
+    for _ in range(len(codes) - 1):
+        keeps.insert(0, keeps[0].any(axis=-1))
+    levels = []
+    for k in range(len(codes)):
+        pts = np.argwhere(keeps[k])                            # parent-major (C order)
+        U = np.stack([rules[i][0][pts[:, i]] for i in range(k + 1)], axis=1)
+        Wk = np.prod([rules[i][1][pts[:, i]] for i in range(k + 1)], axis=0)
+        starts = None
+        if k:
+            pid = np.full(keeps[k - 1].shape, -1)
+            pid[keeps[k - 1]] = np.arange(int(keeps[k - 1].sum()))
+            owner = pid[tuple(pts[:, :k].T)]
+            starts = np.searchsorted(owner, np.arange(int(keeps[k - 1].sum())))
+        levels.append((U, rules[k][1][pts[:, k]], starts, Wk))
+    return levels
+
+
+@functools.lru_cache(maxsize=1024)
+def _outer_bins(codes, even, mass):
+    """Bins (0.1 in log10, from the lightest) of the last outer level's point weights,
+    and the weights' mass per bin."""
+    Wp = _outer_grid(codes, even, mass)[-1][3]
+    bp = np.floor(10.0 * np.log10(np.maximum(Wp, 1e-300))).astype(np.intp)
+    bp -= bp.min()
+    return bp, np.bincount(bp, weights=Wp)
+
+
+@functools.lru_cache(maxsize=1024)
+def _inner_ranges(codes, even, mass=_PRUNE_MASS):
+    """The last axis of rule ``codes``: per kept outer point, the central nodes kept.
+
+    Returns ``(points, u, w, groups)``: the number of grid points evaluated,
+    the last axis' nodes and weights, and ``groups``, a list of
+    ``(sel, j0, j1)``: the outer points ``sel`` keep nodes ``j0 .. j1 - 1``
+    (the rule is symmetric and its weights fall off from the center, so the
+    nodes whose product weight exceeds the threshold form a central range).
+    The dropped points weigh at most ``_PRUNE_MASS`` together.
+    """
+    u, w = _axis_rule(codes[-1])
+    bp, hist_p = _outer_bins(codes[:-1], even, mass)
+    Q = len(u)
+    # the mass of the products W_p w_j by the sum of their bins (0.1 in log10):
+    # the convolution of the two one-axis histograms; drop the pairs whose bin
+    # sum is below the first one where the cumulative mass exceeds _PRUNE_MASS
+    bq = np.floor(10.0 * np.log10(np.maximum(w, 1e-300))).astype(np.intp)
+    bp0, bq0 = 0, bq.min()
+    conv = np.convolve(hist_p, np.bincount(bq - bq0, weights=w))
+    jstar = int(np.searchsorted(np.cumsum(conv), mass, side="right"))
+    # node j is kept for point p iff (bp_p - bp0) + (bq_j - bq0) >= jstar
+    need = jstar - (bp - bp0) + bq0                              # kept iff bq_j >= need_p
+    sq = np.sort(bq)
+    n = np.maximum(Q - np.searchsorted(sq, need, side="left"), 1)
+    # the kept nodes are the heaviest: a central range of Q - 2 half nodes
+    half = (Q - n) // 2
+    groups = [(np.flatnonzero(half == h), int(h), Q - int(h))
+              for h in np.flatnonzero(np.bincount(half))]
+    points = int(sum(len(s) * (j1 - j0) for s, j0, j1 in groups))
+    return (points, u, w, groups)
 
 
 def _trunc_moments(a, b, D):
@@ -740,6 +966,18 @@ def check_psd(K, where=""):
             "inputs are corrupted")
 
 
+@functools.lru_cache(maxsize=16)
+def _quadruple_groups(N):
+    """The sorted quadruples of N inputs grouped by multiplicity pattern:
+    pattern -> list of (quadruple, its distinct indices)."""
+    groups = {}
+    for q in itertools.combinations_with_replacement(range(N), 4):
+        distinct = sorted(set(q))
+        pattern = tuple(q.count(a) for a in distinct)
+        groups.setdefault(pattern, []).append((q, distinct))
+    return groups
+
+
 def quad_expectations(act, K, *, accuracy="default", return_error=False, where=""):
     """``<sigma(z_a1) sigma(z_a2) sigma(z_a3) sigma(z_a4)>_K`` for all quadruples.
 
@@ -777,15 +1015,11 @@ def quad_expectations(act, K, *, accuracy="default", return_error=False, where="
     si = act.scale_invariant if (act.scale_invariant is not None and act.name != "monomial") else None
     if si is not None:
         sigma = PiecewiseMonomial(si[0], si[1], 1)
-    T = np.empty((N, N, N, N))
-    E = np.zeros((N, N, N, N))
-    # group sorted quadruples by their multiplicity pattern
-    groups = {}
-    for q in itertools.combinations_with_replacement(range(N), 4):
-        distinct = sorted(set(q))
-        pattern = tuple(q.count(a) for a in distinct)
-        groups.setdefault(pattern, []).append((q, distinct))
-    for pattern, items in groups.items():
+    # entries by the flat index of their sorted quadruple; scattered to all
+    # permutations at the end
+    Tq = np.zeros(N ** 4)
+    Eq = np.zeros(N ** 4)
+    for pattern, items in _quadruple_groups(N).items():
         idx = np.array([it[1] for it in items])          # (B, d)
         d = len(pattern)
         err = np.zeros(len(items))
@@ -799,8 +1033,11 @@ def quad_expectations(act, K, *, accuracy="default", return_error=False, where="
             res = expect_nd(fs, Ksub, kinks=kinks, accuracy=accuracy,
                             return_error=return_error, where=where)
             vals, err = res if return_error else (res, err)
-        for (q, _), v, e in zip(items, vals, err):
-            for perm in set(itertools.permutations(q)):
-                T[perm] = v
-                E[perm] = e
+        flat = np.ravel_multi_index(np.array([it[0] for it in items]).T, (N,) * 4)
+        Tq[flat] = vals
+        Eq[flat] = err
+    every = np.sort(np.indices((N,) * 4).reshape(4, -1), axis=0)
+    where = np.ravel_multi_index(every, (N,) * 4)
+    T = Tq[where].reshape((N,) * 4)
+    E = Eq[where].reshape((N,) * 4)
     return (T, E) if return_error else T
