@@ -31,7 +31,8 @@ from pdlt.report.finite_training import default_training_cases, finite_training_
 def _scaled_case(case, f):
     def sc(v):
         return None if v is None else (0 if v == 0 else max(20, int(round(f * v))))
-    return replace(case, networks=sc(case.networks), derivative_networks=sc(case.derivative_networks),
+    return replace(case, networks=sc(case.networks),
+                   derivative_networks=sc(case.derivative_networks),
                    cv_networks=sc(case.cv_networks))
 
 

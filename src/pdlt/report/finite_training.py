@@ -59,18 +59,35 @@ class TrainingCase:
         return f"{self.task}, {alg}"
 
 
-def default_training_cases(quick=False):
-    """The study's cases; ``quick`` keeps two widths and the cheap algorithms."""
+#: networks per width of the default cases (antithetic pairs)
+TRAINING_NETWORKS = 8000
+
+
+def default_training_cases(quick=False, full=False):
+    """The study's cases; ``quick`` keeps two widths and the cheap algorithms.
+
+    Default: widths 32, 64, 128 with :data:`TRAINING_NETWORKS` networks each.
+    Measured (``benchmarks/README.md``, "Report cost"): the scatter of
+    ``d(n) = n (E[z(T)] - m_inf)`` grows like ``sqrt(n)`` (antithetic pairs
+    leave an O(1/sqrt(n)) per-network spread of z), that of the NTK change is
+    flat in n, and the cost per network grows like n^2; so width 256 costs 3/4
+    of a four-width case and buys the least precision. Twice the networks at
+    32-128 give the 1/n extrapolation the same standard error for the NTK change
+    and a smaller one for the trained mean (weighted least squares in 1/n) at
+    half the CPU time. ``full`` (``pdlt report --full``) adds width 256 back.
+    """
     if quick:
         return [TrainingCase("circle", "newton+gd", 5, widths=(32, 64), networks=3000),
                 TrainingCase("diabetes", "newton", widths=(32, 64), networks=3000, seed=1)]
+    widths = (32, 64, 128, 256) if full else (32, 64, 128)
+    M = TRAINING_NETWORKS
     # the "pair" task twice: one Newton leap against gradient descent to convergence
     # (same infinite-width prediction, different 1/n corrections: the algorithm dependence)
-    return [TrainingCase("circle", "newton", widths=(32, 64, 128, 256)),
-            TrainingCase("circle", "newton+gd", 5, widths=(32, 64, 128, 256)),
-            TrainingCase("pair", "newton", widths=(32, 64, 128, 256), seed=2),
+    return [TrainingCase("circle", "newton", widths=widths, networks=M),
+            TrainingCase("circle", "newton+gd", 5, widths=widths, networks=M),
+            TrainingCase("pair", "newton", widths=widths, networks=M, seed=2),
             TrainingCase("pair", "gd", 100, widths=(16, 32, 64), networks=3000, seed=2),
-            TrainingCase("diabetes", "newton+gd", 5, widths=(32, 64, 128, 256), seed=1)]
+            TrainingCase("diabetes", "newton+gd", 5, widths=widths, networks=M, seed=1)]
 
 
 def _task(name):
@@ -221,9 +238,9 @@ def _figure(results):
     return fig
 
 
-def finite_training_study(cases=None, *, quick=False, log=None):
+def finite_training_study(cases=None, *, quick=False, full=False, log=None):
     """The end-of-training study for the report (:class:`pdlt.report.rows.Study`)."""
-    cases = default_training_cases(quick) if cases is None else list(cases)
+    cases = default_training_cases(quick, full) if cases is None else list(cases)
     results = [run_training_case(c, log=log) for c in cases]
     rows = tuple(r for res in results for r in _rows(res))
 

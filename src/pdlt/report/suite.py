@@ -491,8 +491,12 @@ def _extrapolated_rows(results):
     return rows
 
 
-def default_studies(quick=False):
-    """The extra studies (:mod:`pdlt.report.studies`) as zero-argument callables."""
+def default_studies(quick=False, full=False):
+    """The extra studies (:mod:`pdlt.report.studies`) as zero-argument callables.
+
+    ``full`` adds width 256 to the finite-width training study
+    (:func:`pdlt.report.finite_training.default_training_cases`).
+    """
     if quick:
         return [lambda: linear_kurtosis_study(networks=4000),
                 lambda: histogram_study(networks=1500),
@@ -503,7 +507,7 @@ def default_studies(quick=False):
             lambda: histogram_study(networks=6000),
             lambda: learning_study(),
             lambda: residual_study(ntk=True),
-            lambda: finite_training_study()]
+            lambda: finite_training_study(full=full)]
 
 
 def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, full=False, progress=None,
@@ -515,7 +519,7 @@ def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, full=False, progr
     ``cases`` is None, none otherwise.
     """
     if studies is None:
-        studies = default_studies(quick) if cases is None else []
+        studies = default_studies(quick, full) if cases is None else []
     cases = default_cases(quick, full) if cases is None else list(cases)
     t0 = time.perf_counter()
     results, rows, timings = [], [], []
