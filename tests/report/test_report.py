@@ -69,6 +69,7 @@ def test_html_and_json_written(tiny_suite, tmp_path):
     text = open(path, encoding="utf-8").read()
     assert "data:image/png;base64," in text and "<table>" in text and "FAIL" not in text
     assert "Summary: best resolution" in text and "resolution" in text
+    assert "Cost per piece" in text and "tanh n=32 L=4: control variates" in text
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert data["passed"] is True and len(data["rows"]) == 2 * len(TINY_STATS)
     assert {d["key"] for d in data["summary"]} == set(TINY_STATS)
