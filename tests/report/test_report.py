@@ -152,14 +152,15 @@ def test_derivative_statistics_rows(tmp_path):
 
 
 def test_default_training_cases_widths():
-    """The default study stops at width 128 with twice the networks; --full adds 256."""
+    """The default study keeps the diabetes case (widths to 128) and pair/gd; --full runs
+    all five cases with width 256."""
     from pdlt.report.finite_training import TRAINING_NETWORKS, default_training_cases
 
     d, f = default_training_cases(), default_training_cases(full=True)
-    assert [c.widths for c in d if c.algorithm != "gd"] == [(32, 64, 128)] * 4
-    assert all(c.networks == TRAINING_NETWORKS for c in d if c.algorithm != "gd")
+    assert [c.label for c in d] == ["pair, gd (100 steps)", "diabetes, newton+gd (5 steps)"]
+    assert d[1].widths == (32, 64, 128) and d[1].networks == TRAINING_NETWORKS
+    assert len(f) == 5 and {c.label for c in d} < {c.label for c in f}
     assert [c.widths[-1] for c in f if c.algorithm != "gd"] == [256] * 4
-    assert [c.label for c in d] == [c.label for c in f]
 
 
 def test_finite_training_study_rows_and_figure():
