@@ -57,9 +57,12 @@ so ``U . U'`` is a sum over layers of products of neuron dot products:
 <delta, dd'> (d h_a . h_a') + <delta, delta'> (d h_a . d h_a')]``, which gives
 ``ddIIH`` (``ddII_* = U . U``).
 
-Cost per network: about ``(4 + 3 K + K^2 + K^3 + 2 s N K)`` products of a
-weight matrix with a vector per layer (``K = s N`` directions), against the
-autodiff path's ``(s N)^2 + s^2 N^3`` passes over all ``P`` parameters.
+Cost per network and layer: products of the layer's weight matrix with the
+``s N`` backward vectors, ``K`` first-order, ``K^2`` second-order and
+``K s N^2`` third-order jets (same-neuron pairs only) and ``s N K``
+Hessian-vector recursions (``K = s N``), each of the layer's width; against
+the autodiff path's ``(s N)^2 + s^2 N^3`` passes over all ``P`` parameters
+(``benchmarks/README.md``, "Report cost": 14-70x less CPU at widths 32-128).
 """
 
 from __future__ import annotations
