@@ -113,7 +113,9 @@ def write_report(suite, out_dir, *, write_json=False, title="pdlt: theory versus
     verdict = (f"<span class='pass'>{counts['pass']} pass</span>, "
                f"<span class='unresolved'>{counts['unresolved']} unresolved</span>, "
                f"<span class='{'fail' if counts['FAIL'] else 'pass'}'>{counts['FAIL']} fail</span>")
-    parts.append(f"<p>{len(suite.rows)} comparisons: {verdict}; {suite.seconds:.0f} s. "
+    cpu = sum(t[2] for t in suite.timings)
+    cost = f"{suite.seconds:.0f} s wall" + (f", {cpu:.0f} s CPU" if suite.timings else "")
+    parts.append(f"<p>{len(suite.rows)} comparisons: {verdict}; {cost} (figures not included). "
                  f"A row passes when |measured - theory| &le; {Z_PASS:g} stderr + allowance. "
                  "Its resolution, (4 stderr + allowance) / |theory|, is the smallest relative "
                  "error of the theory the row would detect (for a theory that is exactly zero: "
