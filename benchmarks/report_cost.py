@@ -36,7 +36,7 @@ def _scaled_case(case, f):
                    cv_networks=sc(case.cv_networks))
 
 
-def _studies(quick, f):
+def _studies(quick, f, full=False):
     """Each default study at fraction f of its networks: (label, callable)."""
     def n(v):
         return max(20, int(round(f * v)) // 2 * 2)
@@ -57,7 +57,7 @@ def _studies(quick, f):
         ("residual (+NTK)", lambda: st.residual_study(networks=n(4000), ntk=True)),
     ] + [(f"finite-width training: {c.label}",
           (lambda c=c: finite_training_study([replace(c, networks=n(c.networks))])))
-         for c in default_training_cases(False)]
+         for c in default_training_cases(False, full)]
 
 
 def _timed(fn):
@@ -103,9 +103,9 @@ def main(argv=None):
                 out.append((f"{S.case_label(case)}: {piece}", w, c))
                 print(f"{out[-1][0]:55s} {w:8.1f} s wall {c:8.1f} s CPU", flush=True)
     if args.only != "cases":
-        for k in range(len(_studies(args.quick, 1.0))):
-            t = [_timed(_studies(args.quick, f)[k][1])[1:] for f in (f1, f2)]
-            label = _studies(args.quick, 1.0)[k][0]
+        for k in range(len(_studies(args.quick, 1.0, args.full))):
+            t = [_timed(_studies(args.quick, f, args.full)[k][1])[1:] for f in (f1, f2)]
+            label = _studies(args.quick, 1.0, args.full)[k][0]
             w = _extrapolate(t[0][0], t[1][0], f1, f2)
             c = _extrapolate(t[0][1], t[1][1], f1, f2)
             out.append((f"study: {label}", w, c))
