@@ -33,6 +33,12 @@ def test_suite_rows_and_pass(tiny_suite):
     for key in ("G1", "H1"):
         r = next(r for r in tiny_suite.rows if r.activation == "relu" and r.family == key)
         assert not r.relative and r.status == "pass"
+    # per-piece cost (wall, CPU) of every case, in the suite and in report.json
+    # (relu: K, Theta plain and V by control variates; tanh: all five by control variates)
+    pieces = [lab.split(": ")[-1] for lab, _, _ in tiny_suite.timings]
+    assert pieces == ["theory", "plain", "control variates"] * 2 + ["theory",
+                                                                    "control variates"] * 2
+    assert all(w >= 0 and c >= 0 for _, w, c in tiny_suite.timings)
     # every row carries its resolution and its negative controls
     for r in tiny_suite.rows:
         assert np.isfinite(r.resolution) and dict(r.control_z).keys() == {0.0, 0.5, 2.0}
@@ -63,6 +69,7 @@ def test_html_and_json_written(tiny_suite, tmp_path):
     text = open(path, encoding="utf-8").read()
     assert "data:image/png;base64," in text and "<table>" in text and "FAIL" not in text
     assert "Summary: best resolution" in text and "resolution" in text
+    assert "Cost per piece" in text and "tanh n=32 L=4: control variates" in text
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert data["passed"] is True and len(data["rows"]) == 2 * len(TINY_STATS)
     assert {d["key"] for d in data["summary"]} == set(TINY_STATS)
@@ -88,7 +95,8 @@ def test_cli_report_quick_exit_code(tmp_path, monkeypatch, capsys):
     from pdlt.cli import main
 
     monkeypatch.setattr(S, "default_cases", lambda quick=False, full=False: TINY[:2])
-    monkeypatch.setattr(S, "default_studies", lambda quick=False: [])  # studies tested above
+    # the studies are tested on their own below
+    monkeypatch.setattr(S, "default_studies", lambda quick=False, full=False: [])
     code = main(["report", "--quick", "--stats", "K,V", "--out", str(tmp_path / "r"), "--json"])
     out, _ = capsys.readouterr()
     assert code == 0 and "best resolution" in out and " 0 fail" in out
@@ -141,6 +149,18 @@ def test_derivative_statistics_rows(tmp_path):
     assert all(r.passed for r in res.rows), res.rows
     text = open(write_report(res, tmp_path / "r"), encoding="utf-8").read()
     assert "S against depth" in text
+
+
+def test_default_training_cases_widths():
+    """The default study keeps the diabetes case (widths to 128) and pair/gd; --full runs
+    all five cases with width 256."""
+    from pdlt.report.finite_training import TRAINING_NETWORKS, default_training_cases
+
+    d, f = default_training_cases(), default_training_cases(full=True)
+    assert [c.label for c in d] == ["pair, gd (100 steps)", "diabetes, newton+gd (5 steps)"]
+    assert d[1].widths == (32, 64, 128) and d[1].networks == TRAINING_NETWORKS
+    assert len(f) == 5 and {c.label for c in d} < {c.label for c in f}
+    assert [c.widths[-1] for c in f if c.algorithm != "gd"] == [256] * 4
 
 
 def test_finite_training_study_rows_and_figure():

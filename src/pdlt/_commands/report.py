@@ -16,8 +16,9 @@ def register(sub):
     p.add_argument("--out", default="pdlt-report", help="output directory (default pdlt-report)")
     p.add_argument("--quick", action="store_true", help="small suite, under a minute")
     p.add_argument("--full", action="store_true",
-                   help="twice the networks everywhere and the control variates at every width "
-                        "(what the slow tests checked; about twice the default's time)")
+                   help="twice the networks everywhere, the control variates at every width, "
+                        "and all five finite-training cases with widths to 256 (what the slow "
+                        "tests checked; several times the default's time)")
     p.add_argument("--json", action="store_true", help="also write report.json")
     p.add_argument("--stats", default="K,G1,Theta,H1,V,A,B,D,F,P,Q,R,S,T,U",
                    help="comma-separated statistics (default: all of them)")

@@ -39,6 +39,7 @@ from ._plan import DEFAULT_DERIVATIVE_NEURONS, Plan
 from .activations import torch_activation
 from .distributed import sharded_sums
 from .estimators import STATISTICS, SUFFICIENT, Estimate, GroupSums, estimate_statistic
+from .estimators_derivative import derivative_pairs_batched
 from .results import LayerMeasurement, Measurement
 
 __all__ = ["Ensemble", "DEFAULT_MEMORY_BUDGET", "DEFAULT_DERIVATIVE_NEURONS"]
@@ -581,18 +582,21 @@ _PAIR_SOURCE = {"P": "dH_ijj", "Q": "dH_iij", "R": "ddI_iijj", "S": "ddII_iijj",
 
 
 def _deriv_sufficient(Ws, bs, x, mlp, layer, z, need, neurons=None):
-    """Sufficient statistics of P, Q (dNTK) and R, S, T, U (ddNTKs) by autodiff.
+    """Sufficient statistics of P, Q (dNTK) and R, S, T, U (ddNTKs).
 
     Averages over the ordered pairs ``i != j`` of the first ``neurons`` neurons
     of the layer (all when None or >= the width; exchangeability of the neurons
-    keeps the average unbiased), from :func:`pdlt.experiment.ntk.derivative_pairs`.
+    keeps the average unbiased), from
+    :func:`pdlt.experiment.estimators_derivative.derivative_pairs_batched` (the
+    numbers of :func:`pdlt.experiment.ntk.derivative_pairs`, by batched recursions).
     z : (B, n, N) preactivations of the layer. Returns name -> ndarray (B, N, N, N, N).
     """
     n = z.shape[1]
     s = n if neurons is None else int(min(neurons, n))
     need = [k for k in _PAIR_SOURCE if k in set(need)]
-    pairs = _ntk.derivative_pairs(Ws, bs, x, mlp, layer, s,
-                                  fields=[_PAIR_SOURCE[k] for k in need])
+    # batched layer recursions (autodiff for residual MLPs): same numbers, ~10x faster
+    pairs = derivative_pairs_batched(Ws, bs, x, mlp, layer, s,
+                                     fields=[_PAIR_SOURCE[k] for k in need])
     zs = z[:, :s]
     out = {}
     if "P" in need:  # dH_{i j j; a0 a1 a2} z_{i; a3}

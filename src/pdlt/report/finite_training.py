@@ -4,7 +4,9 @@ For each task (two synthetic ones on the unit circle and scikit-learn's
 diabetes data) and each training algorithm (one Newton "giant leap", the leap
 followed by small gradient steps, many gradient steps), ensembles of real
 critical tanh MLPs are trained at several widths
-(:func:`pdlt.experiment.training.train_ensemble`, antithetic pairs) and the
+(:func:`pdlt.experiment.training.train_ensemble`, antithetic pairs; the
+default report runs the two cases of :func:`default_training_cases`, ``--full``
+all five) and the
 measured shift of the trained mean from the infinite-width prediction,
 
     d(n) = n (E[z(T)] - mean_infinite),
@@ -59,18 +61,47 @@ class TrainingCase:
         return f"{self.task}, {alg}"
 
 
-def default_training_cases(quick=False):
-    """The study's cases; ``quick`` keeps two widths and the cheap algorithms."""
+#: networks per width of the default report's diabetes case (antithetic pairs)
+TRAINING_NETWORKS = 6000
+
+
+def default_training_cases(quick=False, full=False):
+    """The study's cases; ``quick`` keeps two widths and the cheap algorithms.
+
+    Default (``pdlt report``): the two cases that carry the study's best
+    resolution per row family at the least cost, measured on 400-network runs
+    of every case (``benchmarks/README.md``, "Report cost (#14)"):
+
+    * diabetes, Newton leap + 5 gradient steps, widths 32, 64, 128 with
+      :data:`TRAINING_NETWORKS` networks: the best-resolved trained-mean shift
+      (projected ~22 %, the other tasks 40-90 %) and NTK change (~5 %);
+    * pair, gradient descent to convergence (100 steps), widths 16, 32, 64:
+      the only algorithm whose training outputs are pinned, and cheap.
+
+    ``full`` (``pdlt report --full``) runs the five cases with widths 32-256
+    (pair/gd: 16-64) at 8000 networks (pair/gd: 6000): also the circle task
+    (Newton leap; leap + 5 steps) and the pair task by a Newton leap, i.e. the
+    algorithm dependence at one infinite-width prediction. Why width 256 left
+    the default: the scatter of ``d(n) = n (E[z(T)] - m_inf)`` grows like
+    ``sqrt(n)`` (antithetic pairs leave an O(1/sqrt(n)) spread of z), that of
+    the NTK change is flat in n, and the cost per network grows like ``n^2``,
+    so width 256 cost 3/4 of a four-width case for the least precision.
+    """
     if quick:
         return [TrainingCase("circle", "newton+gd", 5, widths=(32, 64), networks=3000),
                 TrainingCase("diabetes", "newton", widths=(32, 64), networks=3000, seed=1)]
+    if not full:
+        return [TrainingCase("pair", "gd", 100, widths=(16, 32, 64), networks=3000, seed=2),
+                TrainingCase("diabetes", "newton+gd", 5, widths=(32, 64, 128),
+                             networks=TRAINING_NETWORKS, seed=1)]
+    widths, M = (32, 64, 128, 256), 8000
     # the "pair" task twice: one Newton leap against gradient descent to convergence
     # (same infinite-width prediction, different 1/n corrections: the algorithm dependence)
-    return [TrainingCase("circle", "newton", widths=(32, 64, 128, 256)),
-            TrainingCase("circle", "newton+gd", 5, widths=(32, 64, 128, 256)),
-            TrainingCase("pair", "newton", widths=(32, 64, 128, 256), seed=2),
-            TrainingCase("pair", "gd", 100, widths=(16, 32, 64), networks=3000, seed=2),
-            TrainingCase("diabetes", "newton+gd", 5, widths=(32, 64, 128, 256), seed=1)]
+    return [TrainingCase("circle", "newton", widths=widths, networks=M),
+            TrainingCase("circle", "newton+gd", 5, widths=widths, networks=M),
+            TrainingCase("pair", "newton", widths=widths, networks=M, seed=2),
+            TrainingCase("pair", "gd", 100, widths=(16, 32, 64), networks=6000, seed=2),
+            TrainingCase("diabetes", "newton+gd", 5, widths=widths, networks=M, seed=1)]
 
 
 def _task(name):
@@ -221,9 +252,9 @@ def _figure(results):
     return fig
 
 
-def finite_training_study(cases=None, *, quick=False, log=None):
+def finite_training_study(cases=None, *, quick=False, full=False, log=None):
     """The end-of-training study for the report (:class:`pdlt.report.rows.Study`)."""
-    cases = default_training_cases(quick) if cases is None else list(cases)
+    cases = default_training_cases(quick, full) if cases is None else list(cases)
     results = [run_training_case(c, log=log) for c in cases]
     rows = tuple(r for res in results for r in _rows(res))
 
@@ -231,16 +262,18 @@ def finite_training_study(cases=None, *, quick=False, log=None):
         return {"finite_training": _figure(results)}
 
     nets = sorted({c.networks for c in cases})
+    tasks = {"circle": "'circle' (4 training, 2 test inputs on the unit circle)",
+             "pair": "'pair' (2 training inputs at right angles, 3 test inputs on the circle)",
+             "diabetes": "scikit-learn's diabetes data (4 training, 2 test patients)"}
+    used = ", ".join(tasks[t] for t in dict.fromkeys(c.task for c in cases))
     return Study(
         "Learning at finite width: the end of training at order 1/n",
         "critical tanh MLPs, depth 3, one output, trained by a Newton giant leap, the leap and "
         "small gradient steps, or many gradient steps to convergence (the step matrices of "
-        "pdlt.learning.finite_training.algorithm_schedule) on two synthetic tasks on the unit "
-        "circle ('circle': 4 training, 2 test inputs; 'pair': 2 training inputs at right "
-        "angles, 3 test inputs, trained once by a Newton leap and once by gradient descent: the "
-        "same infinite-width prediction, different 1/n corrections) and on scikit-learn's "
-        f"diabetes data (4 training, 2 test patients); {'/'.join(map(str, nets))} networks per width in antithetic pairs. "
-        "The measured n(E[z(T)] - m_inf) against the predicted 1/n coefficient from H1, A, B, "
-        "D, F, P, Q, R, S, T, U. Allowance for the single-width rows: the change of the measured "
-        "value between the two largest widths (the size of the 1/n^2 term); the 1/n "
+        "pdlt.learning.finite_training.algorithm_schedule); cases: "
+        + "; ".join(f"{c.label}, widths {'/'.join(map(str, c.widths))}" for c in cases)
+        + f"; tasks: {used}; {'/'.join(map(str, nets))} networks per width in antithetic "
+        "pairs. The measured n(E[z(T)] - m_inf) against the predicted 1/n coefficient from H1, "
+        "A, B, D, F, P, Q, R, S, T, U. Allowance for the single-width rows: the change of the "
+        "measured value between the two largest widths (the size of the 1/n^2 term); the 1/n "
         "extrapolation rows have none.", rows, figure)

@@ -84,6 +84,24 @@ def _closing_note(suite):
     return "\n".join(out)
 
 
+def _cost_table(suite):
+    """Wall and CPU seconds per case piece and per study (``SuiteResult.timings``)."""
+    if not suite.timings:
+        return ""
+    tw = sum(t[1] for t in suite.timings)
+    tc = sum(t[2] for t in suite.timings)
+    out = ["<h2>Cost per piece</h2><p>Wall and CPU (process time, all threads) seconds of "
+           "each case's theory, plain ensemble estimators, dNTK/ddNTK estimators (P..U) and "
+           "control variates, and of each study (figures are drawn afterwards, when the page "
+           f"is written). Total {tw:.0f} s wall, {tc:.0f} s CPU.</p><table><tr>"
+           "<th>piece</th><th>wall s</th><th>CPU s</th></tr>"]
+    for label, w, c in suite.timings:
+        out.append(f"<tr><td style='text-align:left'>{html.escape(label)}</td><td>{w:.1f}</td>"
+                   f"<td>{c:.1f}</td></tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
 def write_report(suite, out_dir, *, write_json=False, title="pdlt: theory versus experiment"):
     """Write ``out_dir/index.html`` (and ``report.json`` if asked); return the path."""
     os.makedirs(out_dir, exist_ok=True)
@@ -95,7 +113,9 @@ def write_report(suite, out_dir, *, write_json=False, title="pdlt: theory versus
     verdict = (f"<span class='pass'>{counts['pass']} pass</span>, "
                f"<span class='unresolved'>{counts['unresolved']} unresolved</span>, "
                f"<span class='{'fail' if counts['FAIL'] else 'pass'}'>{counts['FAIL']} fail</span>")
-    parts.append(f"<p>{len(suite.rows)} comparisons: {verdict}; {suite.seconds:.0f} s. "
+    cpu = sum(t[2] for t in suite.timings)
+    cost = f"{suite.seconds:.0f} s wall" + (f", {cpu:.0f} s CPU" if suite.timings else "")
+    parts.append(f"<p>{len(suite.rows)} comparisons: {verdict}; {cost} (figures not included). "
                  f"A row passes when |measured - theory| &le; {Z_PASS:g} stderr + allowance. "
                  "Its resolution, (4 stderr + allowance) / |theory|, is the smallest relative "
                  "error of the theory the row would detect (for a theory that is exactly zero: "
@@ -155,6 +175,7 @@ def write_report(suite, out_dir, *, write_json=False, title="pdlt: theory versus
                          f"src='data:image/png;base64,{figure_to_base64(fig)}'>")
         parts.append("</div>")
     parts.append(_closing_note(suite))
+    parts.append(_cost_table(suite))
     parts.append("</body></html>")
     path = os.path.join(out_dir, "index.html")
     with open(path, "w", encoding="utf-8") as fh:

@@ -187,6 +187,8 @@ class CaseResult:
     measured: dict        # stat -> Estimate with (L,) mean/stderr
     normalized: dict = field(default_factory=dict)  # stat -> (theory (L,), mean (L,), err (L,))
     seconds: float = 0.0
+    #: piece -> (wall s, CPU s): "theory", "plain", "derivative", "control variates"
+    timings: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,8 @@ class SuiteResult:
     rows: tuple
     seconds: float
     studies: tuple = ()
+    #: (label, wall s, CPU s) per case piece and per study (:func:`cost_table`)
+    timings: tuple = ()
 
     @property
     def passed(self) -> bool:
@@ -216,6 +220,7 @@ class SuiteResult:
 
     def to_dict(self):
         return {"passed": self.passed, "seconds": self.seconds, "counts": self.counts,
+                "timings": [list(t) for t in self.timings],
                 "summary": [{k: (v.to_dict() if k == "best" else v) for k, v in d.items()}
                             for d in self.summary()],
                 "rows": [r.to_dict() for r in self.rows]}
@@ -367,6 +372,31 @@ def measure_cv(mlp, networks, seed=0, K1=1.0, ntk=False, chunk=None):
     return out
 
 
+class _Clock:
+    """Wall and CPU (process, all threads) seconds between laps: ``laps[name] = (wall, cpu)``."""
+
+    def __init__(self):
+        self.laps = {}
+        self._t = (time.perf_counter(), time.process_time())
+
+    def lap(self, name):
+        t = (time.perf_counter(), time.process_time())
+        w, c = self.laps.get(name, (0.0, 0.0))
+        self.laps[name] = (w + t[0] - self._t[0], c + t[1] - self._t[1])
+        self._t = t
+        return self.laps[name]
+
+
+def case_label(case) -> str:
+    """``"tanh n=64 L=6"`` (with the lambdas and the statistics of a special case)."""
+    lab = f"{case.activation} n={case.width} L={case.depth}"
+    if (case.lambda_b, case.lambda_W) != (1.0, 1.0):
+        lab += f" lambda_b={case.lambda_b:g} lambda_W={case.lambda_W:g}"
+    if case.stats is not None:
+        lab += f" [{','.join(case.stats)}]"
+    return lab
+
+
 def _case_stats(case, stats):
     """The statistics a case measures: its own (those among ``stats``) or ``stats``."""
     return tuple(s for s in case.stats if s in stats) if case.stats is not None else tuple(stats)
@@ -377,10 +407,12 @@ def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
     from ..theory.statistics import ORDER_ONE_OVER_N, statistics
 
     t0 = time.perf_counter()
+    clock = _Clock()
     mlp = critical_mlp(case.activation, case.width, case.depth, case.lambda_b, case.lambda_W)
     stats = _case_stats(case, stats)
     ff = statistics(mlp, K1=case.K1,
                     get=("V", "G1") + tuple(s for s in stats if s in ORDER_ONE_OVER_N))
+    clock.lap("theory")
     smooth = mlp.activation.is_smooth
     cv_stats = [s for s in stats if s in CONTROL_VARIATE_STATS and (smooth or s == "V")
                 and case.cv_networks != 0]
@@ -394,6 +426,7 @@ def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
         m = Ensemble(mlp, networks=case.networks, seed=case.seed).measure(
             K1=case.K1, stats=plain, progress=progress)
         meas.update({s: m[s] for s in plain})
+        clock.lap("plain")
     if deriv:
         M = case.derivative_networks or case.networks
         last = Ensemble(mlp, networks=M, seed=case.seed).measure(
@@ -403,10 +436,12 @@ def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
             mean, se = np.full(case.depth, np.nan), np.full(case.depth, np.nan)
             mean[-1], se[-1] = float(np.ravel(e.mean)[0]), float(np.ravel(e.stderr)[0])
             meas[s] = Estimate(mean, se, M)
+        clock.lap("derivative")
     if cv_stats:
         cv = measure_cv(mlp, case.cv_networks or case.networks, seed=case.seed, K1=case.K1,
                         ntk=cv_ntk)
         meas.update({s: cv[s] for s in cv_stats})
+        clock.lap("control variates")
     n = _fan_in(mlp)
     for s in stats:
         if s in DERIVED and s not in cv_stats:
@@ -427,7 +462,7 @@ def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
             normalized[s] = tuple(np.asarray(spec.normalize(v, ff, mlp), float)
                                   for v in (th, est.mean, est.stderr))
     return CaseResult(case, mlp, mlp.C_b[0], mlp.C_W[0], theory, allowance, measured,
-                      normalized, time.perf_counter() - t0)
+                      normalized, time.perf_counter() - t0, dict(clock.laps))
 
 
 def _extrapolated_rows(results):
@@ -456,8 +491,12 @@ def _extrapolated_rows(results):
     return rows
 
 
-def default_studies(quick=False):
-    """The extra studies (:mod:`pdlt.report.studies`) as zero-argument callables."""
+def default_studies(quick=False, full=False):
+    """The extra studies (:mod:`pdlt.report.studies`) as zero-argument callables.
+
+    ``full`` adds width 256 to the finite-width training study
+    (:func:`pdlt.report.finite_training.default_training_cases`).
+    """
     if quick:
         return [lambda: linear_kurtosis_study(networks=4000),
                 lambda: histogram_study(networks=1500),
@@ -468,7 +507,7 @@ def default_studies(quick=False):
             lambda: histogram_study(networks=6000),
             lambda: learning_study(),
             lambda: residual_study(ntk=True),
-            lambda: finite_training_study()]
+            lambda: finite_training_study(full=full)]
 
 
 def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, full=False, progress=None,
@@ -480,10 +519,10 @@ def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, full=False, progr
     ``cases`` is None, none otherwise.
     """
     if studies is None:
-        studies = default_studies(quick) if cases is None else []
+        studies = default_studies(quick, full) if cases is None else []
     cases = default_cases(quick, full) if cases is None else list(cases)
     t0 = time.perf_counter()
-    results, rows = [], []
+    results, rows, timings = [], [], []
     cases = [c for c in cases if _case_stats(c, stats)]
     for k, case in enumerate(cases):
         if log:
@@ -491,12 +530,18 @@ def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, full=False, progr
                 f"M={case.networks}")
         res = run_case(case, stats, progress=progress)
         results.append(res)
+        for piece, (w, c) in res.timings.items():
+            timings.append((f"{case_label(case)}: {piece}", w, c))
     rows.extend(_extrapolated_rows(results))
     done = []
     for k, make in enumerate(studies):
         if log:
             log(f"[study {k + 1}/{len(studies)}]")
+        clock = _Clock()
         study = make()
+        w, c = clock.lap("study")
+        timings.append((f"study: {study.title}", w, c))
         done.append(study)
         rows.extend(study.rows)
-    return SuiteResult(tuple(results), tuple(rows), time.perf_counter() - t0, tuple(done))
+    return SuiteResult(tuple(results), tuple(rows), time.perf_counter() - t0, tuple(done),
+                       tuple(timings))
