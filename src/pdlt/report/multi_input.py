@@ -1,0 +1,127 @@
+"""G1 at several distinct inputs, measured with the metric control variate.
+
+The one-input G1 rows of the report (:mod:`pdlt.report.suite`) use
+:func:`pdlt.experiment.estimators.metric_martingale`; here the N-input version
+:func:`pdlt.experiment.estimators.metric_martingale_multi` measures every entry
+``G1_ab`` of the NLO metric at N = 2 or 3 distinct inputs, as ``n (mean Y - K)``
+at two widths n and 2n, compared at the last layer through the two-width
+extrapolation ``2 m(2n) - m(n)`` (:func:`pdlt.report.rows.width_extrapolation`:
+allowance ``|m(2n) - m(n)| / 2``, measured). Each row carries its resolution and
+its negative controls (:func:`pdlt.report.rows.make_row`).
+
+:func:`g1_multi_rows` returns the rows; :data:`G1_MULTI_CASES` the default cases.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .rows import critical_mlp, make_row, width_extrapolation
+
+__all__ = ["MultiInputCase", "G1_MULTI_CASES", "inputs_for_kernel", "measure_g1_multi",
+           "g1_multi_rows"]
+
+
+@dataclass(frozen=True)
+class MultiInputCase:
+    """One G1 comparison at N distinct inputs: ``activation`` at criticality.
+
+    ``K1`` is the first-layer kernel of the inputs (N x N, as nested tuples);
+    ``widths`` the two widths n, 2n of the extrapolation, ``networks`` the
+    ensemble size at each width, ``seed`` the first width's seed (the second
+    uses ``seed + 1``).
+    """
+
+    activation: str
+    depth: int
+    K1: tuple
+    widths: tuple = (16, 32)
+    networks: int = 2000
+    seed: int = 0
+
+    def __post_init__(self):
+        K = np.asarray(self.K1, float)
+        if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] < 2:
+            raise ValueError(f"K1 must be an N x N kernel with N >= 2; got shape {K.shape}")
+        if len(self.widths) != 2 or self.widths[1] != 2 * self.widths[0]:
+            raise ValueError(f"widths must be (n, 2n); got {self.widths}")
+        if int(self.networks) < 2:
+            raise ValueError(f"networks={self.networks} must be >= 2")
+
+
+def inputs_for_kernel(mlp, K1) -> np.ndarray:
+    """Inputs ``x`` (N, n0) whose first-layer kernel ``C_b + C_W x_a . x_b / n0`` is ``K1``.
+
+    Needs ``n0 >= N`` and ``(K1 - C_b) / C_W`` positive definite.
+    """
+    K1 = np.asarray(K1, float)
+    N = K1.shape[0]
+    if mlp.n0 < N:
+        raise ValueError(f"the MLP has n0={mlp.n0} input features; {N} inputs with a "
+                         f"prescribed kernel need n0 >= {N}")
+    A = (K1 - mlp.C_b[0]) / mlp.C_W[0]
+    try:
+        Lc = np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        raise ValueError(f"K1 - C_b = {A.tolist()} (divided by C_W) must be positive definite "
+                         "for distinct inputs; choose K1 with K1_aa > C_b and |K1_ab - C_b| "
+                         "smaller") from None
+    x = np.zeros((N, mlp.n0))
+    x[:, :N] = np.sqrt(mlp.n0) * Lc
+    return x
+
+
+def measure_g1_multi(mlp, x, networks, seed=0, chunk=1000):
+    """G1 per layer at the inputs ``x`` from ``networks`` networks, with the control variate.
+
+    Returns
+    -------
+    dict
+        ``"G1"``, ``"stderr"`` (L, N, N): ``n (mean Y - K)`` and its i.i.d.
+        standard error; ``"K"``, ``"theory"`` (L, N, N): the infinite-width
+        kernel and G1 of :func:`pdlt.statistics`; ``"plain_stderr"`` (L, N, N):
+        the same without the control variate (raw neuron averages), for the
+        variance reduction; ``"seconds"``.
+    """
+    from ..experiment import Ensemble
+    from ..experiment.activations import torch_activation
+    from ..experiment.estimators import (gaussian_pair_expectation, kernel_map_jacobian,
+                                         metric_martingale_multi)
+    from ..theory.statistics import statistics
+
+    t0 = time.perf_counter()
+    act = mlp.activation
+    if not act.is_smooth:
+        raise ValueError(f"activation {act.name!r}: the pair rule of the control variate "
+                         "needs a smooth activation (tanh, gelu)")
+    st = statistics(mlp, x, get=("G1",))
+    K, G1 = np.asarray(st.K, float), np.asarray(st["G1"], float)
+    ens = Ensemble(mlp, networks=networks, seed=seed)
+    tact = torch_activation(act)
+    S, raw = [], []
+    for start in range(0, networks, chunk):
+        stop = min(networks, start + chunk)
+        zs = ens.preactivations(x, start, stop)
+        s_l, r_l = [], []
+        for z in zs:
+            sg = tact.sigma(z)
+            n_l = z.shape[1]
+            s_l.append((sg.transpose(1, 2) @ sg) / n_l)
+            r_l.append((z.transpose(1, 2) @ z) / n_l)
+        S.append(np.stack([t.double().cpu().numpy() for t in s_l], 1))
+        raw.append(np.stack([t.double().cpu().numpy() for t in r_l], 1))
+    S, raw = np.concatenate(S), np.concatenate(raw)
+
+    def g(G):
+        return gaussian_pair_expectation(act, G)
+
+    chi = kernel_map_jacobian(g, K, mlp.C_W)
+    Y = metric_martingale_multi(S, K[0], mlp.C_b, mlp.C_W, g, chi)["Y"]
+    n = np.array([mlp.fan_in(l) for l in range(1, mlp.depth + 1)], float)[:, None, None]
+    root = np.sqrt(networks)
+    return {"G1": n * (Y.mean(0) - K), "stderr": n * Y.std(0, ddof=1) / root, "K": K,
+            "theory": G1, "plain_stderr": n * raw.std(0, ddof=1) / root,
+            "seconds": time.perf_counter() - t0}
