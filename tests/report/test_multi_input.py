@@ -60,3 +60,15 @@ def test_inputs_for_kernel_and_bad_input():
         MultiInputCase("tanh", 4, ((1.0,),))
     with pytest.raises(ValueError, match="smooth"):
         g1_multi_rows([MultiInputCase("relu", 3, ((1.0, 0.5), (0.5, 1.0)), networks=10)])
+
+
+def test_study_wraps_rows_and_draws():
+    pytest.importorskip("matplotlib")
+    from pdlt.report.multi_input import g1_multi_study
+
+    small = MultiInputCase("gelu", 3, ((1.0, 0.5, 0.2), (0.5, 1.0, 0.3), (0.2, 0.3, 1.0)),
+                           widths=(4, 8), networks=60, seed=1)
+    st = g1_multi_study([small])
+    assert len(st.rows) == 6 and "60" not in st.title and "120 networks" in st.note
+    fig = st.figure()
+    assert len(fig.axes) == 1

@@ -9,7 +9,9 @@ extrapolation ``2 m(2n) - m(n)`` (:func:`pdlt.report.rows.width_extrapolation`:
 allowance ``|m(2n) - m(n)| / 2``, measured). Each row carries its resolution and
 its negative controls (:func:`pdlt.report.rows.make_row`).
 
-:func:`g1_multi_rows` returns the rows; :data:`G1_MULTI_CASES` the default cases.
+:func:`g1_multi_rows` returns the rows; :data:`G1_MULTI_CASES` the default cases;
+:func:`g1_multi_study` wraps them as a report :class:`pdlt.report.rows.Study`
+(register it in ``pdlt.report.suite.default_studies``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rows import critical_mlp, make_row, width_extrapolation
+from .rows import Study, critical_mlp, make_row, width_extrapolation
 
 __all__ = ["MultiInputCase", "G1_MULTI_CASES", "inputs_for_kernel", "measure_g1_multi",
-           "g1_multi_rows"]
+           "g1_multi_rows", "g1_multi_study"]
 
 
 @dataclass(frozen=True)
@@ -127,14 +129,17 @@ def measure_g1_multi(mlp, x, networks, seed=0, chunk=1000):
             "seconds": time.perf_counter() - t0}
 
 
-#: default cases of :func:`g1_multi_rows` (widths 16, 32). Measured on 2 busy cores:
-#: tanh depth 10 resolves G1 at 2 inputs to ~27 % (diagonal) and ~39 % (off-diagonal)
-#: with 1000 networks per width (~12 s); the report runs 4000 (resolution roughly halves).
+#: default cases of :func:`g1_multi_rows` (widths 16, 32; networks per width). Measured on
+#: 2 busy cores (first run, before these sizes): tanh N = 2, 4000 networks: resolution
+#: 12-20 % in 21 s; tanh N = 3, 3000 networks: 15-49 % in 19 s (G1_02 the weakest, the
+#: least correlated pair); gelu N = 2 (K1_01 = 0.5), 2000 networks: 21 % diagonal, 68 %
+#: off-diagonal in 12 s. The sizes below double the N = 3 ensemble and move GELU to a
+#: stronger correlation with 4x the networks.
 G1_MULTI_CASES = (
     MultiInputCase("tanh", 10, ((1.0, 0.7), (0.7, 1.0)), networks=4000, seed=211),
     MultiInputCase("tanh", 10, ((1.0, 0.7, 0.4), (0.7, 1.0, 0.6), (0.4, 0.6, 1.0)),
-                   networks=3000, seed=223),
-    MultiInputCase("gelu", 6, ((1.0, 0.5), (0.5, 1.0)), networks=2000, seed=227),
+                   networks=6000, seed=223),
+    MultiInputCase("gelu", 6, ((1.0, 0.8), (0.8, 1.0)), networks=8000, seed=227),
 )
 
 
@@ -152,8 +157,10 @@ def g1_multi_rows(cases=G1_MULTI_CASES, progress=False) -> tuple:
         first input kernel's off-diagonal entries.
     info : tuple of dict
         Per case: ``case``, ``seconds`` (CPU time of both widths), ``networks``,
-        ``resolution`` (dict entry -> resolution) and ``cv_gain`` (the plain
-        estimator's stderr over the control variate's, last layer, width 2n).
+        ``resolution`` (dict entry -> resolution), ``cv_gain`` (the plain
+        estimator's stderr over the control variate's, last layer, width 2n,
+        smallest entry), and (N, N) arrays ``theory``, ``extrapolated``,
+        ``stderr``, ``allowance`` at the last layer.
     """
     rows, info = [], []
     for case in cases:
@@ -184,5 +191,46 @@ def g1_multi_rows(cases=G1_MULTI_CASES, progress=False) -> tuple:
         gain = b_["plain_stderr"][L - 1] / b_["stderr"][L - 1]
         info.append(dict(case=case, seconds=a_["seconds"] + b_["seconds"],
                          networks=2 * case.networks, resolution=resol,
-                         cv_gain=float(np.min(gain))))
+                         cv_gain=float(np.min(gain)), theory=th, extrapolated=ext,
+                         stderr=se, allowance=allow))
     return tuple(rows), tuple(info)
+
+
+def g1_multi_study(cases=G1_MULTI_CASES, progress=False) -> Study:
+    """:func:`g1_multi_rows` as a report :class:`pdlt.report.rows.Study` with its figure.
+
+    The figure shows, per case, every entry ``G1_ab`` (``a <= b``) extrapolated
+    to infinite width with its ``4 stderr + allowance`` bar, against the theory.
+    """
+    rows, info = g1_multi_rows(cases, progress=progress)
+
+    def figure():
+        from .figures import pyplot
+
+        plt = pyplot()
+        fig, axes = plt.subplots(1, len(info), figsize=(3.6 * len(info), 3.4), squeeze=False)
+        for ax, d in zip(axes[0], info):
+            c = d["case"]
+            N = d["theory"].shape[0]
+            ent = [(a, b) for a in range(N) for b in range(a, N)]
+            pos = np.arange(len(ent))
+            ax.plot(pos, [d["theory"][e] for e in ent], "k_", ms=18, mew=2, label="theory G1")
+            ax.errorbar(pos, [d["extrapolated"][e] for e in ent],
+                        yerr=[4 * d["stderr"][e] + d["allowance"][e] for e in ent], fmt="o",
+                        capsize=3, label="2 m(2n) - m(n), 4 se + allowance")
+            ax.set_xticks(pos, [f"{a}{b}" for a, b in ent])
+            ax.set_title(f"{c.activation}, N={N}, L={c.depth}, n={c.widths[0]},{c.widths[1]}",
+                         fontsize=8)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("G1_ab at the last layer")
+        axes[0][0].legend(fontsize=7)
+        return fig
+
+    cost = "; ".join(f"{d['case'].activation} N={d['theory'].shape[0]}: {d['networks']} "
+                     f"networks, {d['seconds']:.0f} s, control variate {d['cv_gain']:.0f}x "
+                     "smaller stderr" for d in info)
+    note = ("G1 at N distinct inputs, measured with the exactly unbiased N-input metric control "
+            "variate (pdlt.experiment.estimators.metric_martingale_multi) at widths n and 2n and "
+            "compared through 2 m(2n) - m(n) with allowance |m(2n) - m(n)|/2 (measured). "
+            + cost + ".")
+    return Study("G1 at several distinct inputs", note, rows, figure)
