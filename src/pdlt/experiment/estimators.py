@@ -680,3 +680,6 @@ def metric_martingale_multi(S, K1, C_b, C_W, g, chi) -> dict:
         lam[:, l] = (np.einsum("abcd,mcd->mab", chi[l], lam[:, l - 1])
                      + C_W[l] * d[:, l - 1])
     return {"Y": G - lam, "G": G, "Lambda": lam, "d": d}
+
+
+__all__ += ["gaussian_pair_expectation", "kernel_map_jacobian", "metric_martingale_multi"]
