@@ -159,7 +159,7 @@ def g1_multi_rows(cases=G1_MULTI_CASES, progress=False) -> tuple:
         Family ``"G1 (N inputs)"``; the statistic names the entry, N and the
         first input kernel's off-diagonal entries.
     info : tuple of dict
-        Per case: ``case``, ``seconds`` (CPU time of both widths), ``networks``,
+        Per case: ``case``, ``seconds`` (wall time of both widths), ``networks``,
         ``resolution`` (dict entry -> resolution), ``cv_gain`` (the plain
         estimator's stderr over the control variate's, last layer, width 2n,
         smallest entry), and (N, N) arrays ``theory``, ``extrapolated``,
