@@ -1,0 +1,239 @@
+"""G1 at several distinct inputs, measured with the metric control variate.
+
+The one-input G1 rows of the report (:mod:`pdlt.report.suite`) use
+:func:`pdlt.experiment.estimators.metric_martingale`; here the N-input version
+:func:`pdlt.experiment.estimators.metric_martingale_multi` measures every entry
+``G1_ab`` of the NLO metric at N = 2 or 3 distinct inputs, as ``n (mean Y - K)``
+at two widths n and 2n, compared at the last layer through the two-width
+extrapolation ``2 m(2n) - m(n)`` (:func:`pdlt.report.rows.width_extrapolation`:
+allowance ``|m(2n) - m(n)| / 2``, measured). Each row carries its resolution and
+its negative controls (:func:`pdlt.report.rows.make_row`).
+
+:func:`g1_multi_rows` returns the rows; :data:`G1_MULTI_CASES` the default cases;
+:func:`g1_multi_study` wraps them as a report :class:`pdlt.report.rows.Study`
+(register it in ``pdlt.report.suite.default_studies``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .rows import Study, critical_mlp, make_row, width_extrapolation
+
+__all__ = ["MultiInputCase", "G1_MULTI_CASES", "inputs_for_kernel", "measure_g1_multi",
+           "g1_multi_rows", "g1_multi_study"]
+
+
+@dataclass(frozen=True)
+class MultiInputCase:
+    """One G1 comparison at N distinct inputs: ``activation`` at criticality.
+
+    ``K1`` is the first-layer kernel of the inputs (N x N, as nested tuples);
+    ``widths`` the two widths n, 2n of the extrapolation, ``networks`` the
+    ensemble size at each width, ``seed`` the first width's seed (the second
+    uses ``seed + 1``).
+    """
+
+    activation: str
+    depth: int
+    K1: tuple
+    widths: tuple = (16, 32)
+    networks: int = 2000
+    seed: int = 0
+
+    def __post_init__(self):
+        K = np.asarray(self.K1, float)
+        if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] < 2:
+            raise ValueError(f"K1 must be an N x N kernel with N >= 2; got shape {K.shape}")
+        if len(self.widths) != 2 or self.widths[1] != 2 * self.widths[0]:
+            raise ValueError(f"widths must be (n, 2n); got {self.widths}")
+        if int(self.networks) < 2:
+            raise ValueError(f"networks={self.networks} must be >= 2")
+
+
+def inputs_for_kernel(mlp, K1) -> np.ndarray:
+    """Inputs ``x`` (N, n0) whose first-layer kernel ``C_b + C_W x_a . x_b / n0`` is ``K1``.
+
+    Needs ``n0 >= N`` and ``(K1 - C_b) / C_W`` positive definite.
+    """
+    K1 = np.asarray(K1, float)
+    N = K1.shape[0]
+    if mlp.n0 < N:
+        raise ValueError(f"the MLP has n0={mlp.n0} input features; {N} inputs with a "
+                         f"prescribed kernel need n0 >= {N}")
+    A = (K1 - mlp.C_b[0]) / mlp.C_W[0]
+    try:
+        Lc = np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        raise ValueError(f"K1 - C_b = {A.tolist()} (divided by C_W) must be positive definite "
+                         "for distinct inputs; choose K1 with K1_aa > C_b and |K1_ab - C_b| "
+                         "smaller") from None
+    x = np.zeros((N, mlp.n0))
+    x[:, :N] = np.sqrt(mlp.n0) * Lc
+    return x
+
+
+def measure_g1_multi(mlp, x, networks, seed=0, chunk=1000):
+    """G1 per layer at the inputs ``x`` from ``networks`` networks, with the control variate.
+
+    Returns
+    -------
+    dict
+        ``"G1"``, ``"stderr"`` (L, N, N): ``n (mean Y - K)`` and its i.i.d.
+        standard error; ``"K"``, ``"theory"`` (L, N, N): the infinite-width
+        kernel and G1 of :func:`pdlt.statistics`; ``"plain_stderr"`` (L, N, N):
+        the same without the control variate (raw neuron averages), for the
+        variance reduction; ``"seconds"``.
+    """
+    from ..experiment import Ensemble
+    from ..experiment.activations import torch_activation
+    from ..experiment.estimators import (gaussian_pair_expectation, kernel_map_jacobian,
+                                         metric_martingale_multi)
+    from ..theory.statistics import statistics
+
+    t0 = time.perf_counter()
+    act = mlp.activation
+    if not act.is_smooth:
+        raise ValueError(f"activation {act.name!r}: the pair rule of the control variate "
+                         "needs a smooth activation (tanh, gelu)")
+    st = statistics(mlp, x, get=("G1",))
+    K, G1 = np.asarray(st.K, float), np.asarray(st["G1"], float)
+    ens = Ensemble(mlp, networks=networks, seed=seed)
+    tact = torch_activation(act)
+    S, raw = [], []
+    for start in range(0, networks, chunk):
+        stop = min(networks, start + chunk)
+        zs = ens.preactivations(x, start, stop)
+        s_l, r_l = [], []
+        for z in zs:
+            sg = tact.sigma(z)
+            n_l = z.shape[1]
+            s_l.append((sg.transpose(1, 2) @ sg) / n_l)
+            r_l.append((z.transpose(1, 2) @ z) / n_l)
+        S.append(np.stack([t.double().cpu().numpy() for t in s_l], 1))
+        raw.append(np.stack([t.double().cpu().numpy() for t in r_l], 1))
+    S, raw = np.concatenate(S), np.concatenate(raw)
+
+    def g(G):
+        return gaussian_pair_expectation(act, G)
+
+    chi = kernel_map_jacobian(g, K, mlp.C_W)
+    Y = metric_martingale_multi(S, K[0], mlp.C_b, mlp.C_W, g, chi)["Y"]
+    n = np.array([mlp.fan_in(l) for l in range(1, mlp.depth + 1)], float)[:, None, None]
+    root = np.sqrt(networks)
+    return {"G1": n * (Y.mean(0) - K), "stderr": n * Y.std(0, ddof=1) / root, "K": K,
+            "theory": G1, "plain_stderr": n * raw.std(0, ddof=1) / root,
+            "seconds": time.perf_counter() - t0}
+
+
+#: default cases of :func:`g1_multi_rows` (networks per width). Measured on 2 busy cores:
+#: tanh N = 2, 4000 networks: resolution 12-20 % in 21 s; tanh N = 3, 6000 networks:
+#: 10-35 % in 36 s (G1_02, the least correlated pair, the weakest); gelu N = 2
+#: (K1_01 = 0.8) at widths 32, 64 with 4000 networks: 15-21 % in 24 s. GELU at widths
+#: 16, 32 (8000 networks: 12-17 %) sat at z = 3.8 of the 4 allowed on G1_11: its
+#: measured G1 at depth 6 is ~6-9 % below the theory at every width pair tried, with one
+#: input too (the one-input control variate of pdlt.report.suite.measure_cv, widths 32,
+#: 64: 1.30 +- 0.05 against 1.42), so the wider pair is used.
+G1_MULTI_CASES = (
+    MultiInputCase("tanh", 10, ((1.0, 0.7), (0.7, 1.0)), networks=4000, seed=211),
+    MultiInputCase("tanh", 10, ((1.0, 0.7, 0.4), (0.7, 1.0, 0.6), (0.4, 0.6, 1.0)),
+                   networks=6000, seed=223),
+    MultiInputCase("gelu", 6, ((1.0, 0.8), (0.8, 1.0)), widths=(32, 64), networks=4000,
+                   seed=229),
+)
+
+
+def g1_multi_rows(cases=G1_MULTI_CASES, progress=False) -> tuple:
+    """Report rows for G1 at N distinct inputs: every entry ``a <= b``, last layer.
+
+    Per case, ``G1_ab`` measured at widths n and 2n (:func:`measure_g1_multi`)
+    and compared through ``2 m(2n) - m(n)`` with allowance ``|m(2n) - m(n)| / 2``
+    (:func:`pdlt.report.rows.width_extrapolation`), as the one-input G1 rows are.
+
+    Returns
+    -------
+    rows : tuple of :class:`pdlt.report.rows.Row`
+        Family ``"G1 (N inputs)"``; the statistic names the entry, N and the
+        first input kernel's off-diagonal entries.
+    info : tuple of dict
+        Per case: ``case``, ``seconds`` (wall time of both widths), ``networks``,
+        ``resolution`` (dict entry -> resolution), ``cv_gain`` (the plain
+        estimator's stderr over the control variate's, last layer, width 2n,
+        smallest entry), and (N, N) arrays ``theory``, ``extrapolated``,
+        ``stderr``, ``allowance`` at the last layer.
+    """
+    rows, info = [], []
+    for case in cases:
+        K1 = np.asarray(case.K1, float)
+        N = K1.shape[0]
+        res = []
+        for j, n in enumerate(case.widths):
+            mlp = critical_mlp(case.activation, n, case.depth, n0=N)
+            x = inputs_for_kernel(mlp, K1)
+            res.append(measure_g1_multi(mlp, x, case.networks, seed=case.seed + j))
+            if progress:
+                print(f"G1 multi-input {case.activation} N={N} n={n}: "
+                      f"{res[-1]['seconds']:.1f} s", flush=True)
+        a_, b_ = res
+        L = case.depth
+        th = a_["theory"][L - 1]
+        ext, se, allow = width_extrapolation(a_["G1"][L - 1], a_["stderr"][L - 1],
+                                             b_["G1"][L - 1], b_["stderr"][L - 1])
+        offd = ",".join(f"{K1[i, k]:g}" for i in range(N) for k in range(i + 1, N))
+        resol = {}
+        for a in range(N):
+            for b in range(a, N):
+                row = make_row(f"G1[{a}{b}] (N={N} inputs, K1 off-diag {offd}, n,2n extrap.)",
+                               case.activation, case.widths[0], L, th[a, b], ext[a, b],
+                               se[a, b], allow[a, b], key="G1 (N inputs)")
+                rows.append(row)
+                resol[f"{a}{b}"] = row.resolution
+        gain = b_["plain_stderr"][L - 1] / b_["stderr"][L - 1]
+        info.append(dict(case=case, seconds=a_["seconds"] + b_["seconds"],
+                         networks=2 * case.networks, resolution=resol,
+                         cv_gain=float(np.min(gain)), theory=th, extrapolated=ext,
+                         stderr=se, allowance=allow))
+    return tuple(rows), tuple(info)
+
+
+def g1_multi_study(cases=G1_MULTI_CASES, progress=False) -> Study:
+    """:func:`g1_multi_rows` as a report :class:`pdlt.report.rows.Study` with its figure.
+
+    The figure shows, per case, every entry ``G1_ab`` (``a <= b``) extrapolated
+    to infinite width with its ``4 stderr + allowance`` bar, against the theory.
+    """
+    rows, info = g1_multi_rows(cases, progress=progress)
+
+    def figure():
+        from .figures import pyplot
+
+        plt = pyplot()
+        fig, axes = plt.subplots(1, len(info), figsize=(3.6 * len(info), 3.4), squeeze=False)
+        for ax, d in zip(axes[0], info):
+            c = d["case"]
+            N = d["theory"].shape[0]
+            ent = [(a, b) for a in range(N) for b in range(a, N)]
+            pos = np.arange(len(ent))
+            ax.plot(pos, [d["theory"][e] for e in ent], "k_", ms=18, mew=2, label="theory G1")
+            ax.errorbar(pos, [d["extrapolated"][e] for e in ent],
+                        yerr=[4 * d["stderr"][e] + d["allowance"][e] for e in ent], fmt="o",
+                        capsize=3, label="2 m(2n) - m(n), 4 se + allowance")
+            ax.set_xticks(pos, [f"{a}{b}" for a, b in ent])
+            ax.set_title(f"{c.activation}, N={N}, L={c.depth}, n={c.widths[0]},{c.widths[1]}",
+                         fontsize=8)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("G1_ab at the last layer")
+        axes[0][0].legend(fontsize=7)
+        return fig
+
+    cost = "; ".join(f"{d['case'].activation} N={d['theory'].shape[0]}: {d['networks']} "
+                     f"networks, {d['seconds']:.0f} s, control variate {d['cv_gain']:.0f}x "
+                     "smaller stderr" for d in info)
+    note = ("G1 at N distinct inputs, measured with the exactly unbiased N-input metric control "
+            "variate (pdlt.experiment.estimators.metric_martingale_multi) at widths n and 2n and "
+            "compared through 2 m(2n) - m(n) with allowance |m(2n) - m(n)|/2 (measured). "
+            + cost + ".")
+    return Study("G1 at several distinct inputs", note, rows, figure)
