@@ -26,6 +26,7 @@ __all__ = ["Case", "StatSpec", "STAT_SPECS", "Row", "CaseResult", "SuiteResult",
            "default_cases", "default_studies", "run_case", "run_suite", "critical_mlp"]
 
 from .finite_training import finite_training_study
+from .multi_input import G1_MULTI_CASES, g1_multi_study
 from .rows import Row, critical_mlp, make_row, width_extrapolation  # noqa: F401 (re-exported)
 from .studies import histogram_study, learning_study, linear_kurtosis_study, residual_study
 
@@ -495,19 +496,25 @@ def default_studies(quick=False, full=False):
     """The extra studies (:mod:`pdlt.report.studies`) as zero-argument callables.
 
     ``full`` adds width 256 to the finite-width training study
-    (:func:`pdlt.report.finite_training.default_training_cases`).
+    (:func:`pdlt.report.finite_training.default_training_cases`) and runs every
+    N-input G1 case (:data:`pdlt.report.multi_input.G1_MULTI_CASES`: tanh N = 2 and 3,
+    gelu N = 2, ~55 CPU s); the default and the quick report run the first (tanh N = 2,
+    ~15 CPU s), so that G1 at distinct inputs has a resolved row in every report.
     """
+    g1_cases = G1_MULTI_CASES if full else G1_MULTI_CASES[:1]
     if quick:
         return [lambda: linear_kurtosis_study(networks=4000),
                 lambda: histogram_study(networks=1500),
                 lambda: learning_study(widths=(32, 64), networks=120, steps=20),
                 lambda: residual_study(networks=1500),
-                lambda: finite_training_study(quick=True)]
+                lambda: finite_training_study(quick=True),
+                lambda: g1_multi_study(g1_cases)]
     return [lambda: linear_kurtosis_study(networks=20000),
             lambda: histogram_study(networks=6000),
             lambda: learning_study(),
             lambda: residual_study(ntk=True),
-            lambda: finite_training_study(full=full)]
+            lambda: finite_training_study(full=full),
+            lambda: g1_multi_study(g1_cases)]
 
 
 def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, full=False, progress=None,
