@@ -28,6 +28,7 @@ import itertools
 import numpy as np
 
 from .. import gaussian
+from ..gaussian import _multi
 from ..gaussian._multi import PiecewiseMonomial, expect_nd, quad_expectations
 
 __all__ = ["KERNEL_RANGE", "LayerAverages", "OneVariableTable", "representatives", "apply_M", "apply_M2",
@@ -514,6 +515,12 @@ class LayerAverages:
         return m
 
 
+def _rule_up(accuracy):
+    """The next rule of :mod:`pdlt.gaussian._multi` (the highest stays)."""
+    levels = _multi._LEVELS
+    return levels[min(levels.index(accuracy) + 1, len(levels) - 1)]
+
+
 def _quad_tensor(act, K, slots, accuracy, cache):
     """``<f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>`` for N inputs (coinciding slots merged)."""
     N = K.shape[0]
@@ -544,7 +551,12 @@ def _quad_tensor(act, K, slots, accuracy, cache):
             vals = np.atleast_1d(gaussian.expect(fs[0], K[I[:, 0], I[:, 0]], **kw))
         else:
             Ks = K[I[:, :, None], I[:, None, :]]
-            vals = expect_nd(fs, Ks, kinks=act.kinks, accuracy=accuracy)
+            # four distinct inputs with derivative slots (A, P..U): one rule up. At the
+            # default these were 2e-8..4e-8 of tanh's A, P, Q, R, T, U at N = 4 (the
+            # difference to the next rule), the rest of the fold 1e-9 or better;
+            # sigma-only tensors (V, G1) go through quad_expectations, unchanged.
+            acc = _rule_up(accuracy) if len(sig) == 4 else accuracy
+            vals = expect_nd(fs, Ks, kinks=act.kinks, accuracy=acc)
         for ix, v in zip(idxs, np.atleast_1d(vals)):
             cache[(sig, ix)] = float(v)
     T = np.empty((N,) * 4)
