@@ -79,7 +79,8 @@ def _read_csv(path, name, targets=1):
     bad = ~np.isfinite(data)
     if bad.any():
         r, c = (int(v) for v in np.argwhere(bad)[0])
-        what = (f"target {c - data.shape[1] + targets + 1}" if c >= data.shape[1] - targets
+        k = c - data.shape[1] + targets + 1
+        what = (("target" if targets == 1 else f"target {k} of {targets}") if k >= 1
                 else f"feature {c + 1}")
         raise ValueError(f"--{name} {path!r} has a non-finite value (NaN or inf: {data[r, c]}) in data row "
                          f"{r + 1}, {what} column ({int(bad.sum())} in all); drop or impute "
