@@ -212,3 +212,17 @@ def test_error_estimate_tracks_the_rule_error():
     one = pdlt.statistics(mlp, K1=1.0, get=get, error=True)
     assert all(np.all(v == 0) for v in one.error.values())
     assert pdlt.statistics(mlp, x, get="V").error is None
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("accuracy", ["fast", "default", "high"])
+def test_every_accuracy_runs_with_four_distinct_inputs(act, accuracy):
+    """Four distinct inputs take the four-variable rules (smooth: one rule up for the
+    derivative slots; kinked: the split path) at every accuracy and with the error fold,
+    which runs the next rule ("high" -> the highest): a rule name that a path lacks
+    would raise here."""
+    x = np.random.default_rng(3).standard_normal((4, 3))
+    mlp = pdlt.MLP(n0=3, width=16, depth=2, activation=act, C_W=2.0 if act == "relu" else 1.0)
+    s = pdlt.statistics(mlp, x, get=["A", "P", "T"], accuracy=accuracy, error=True)
+    for k in ("A", "P", "T"):
+        assert np.isfinite(s[k]).all() and np.isfinite(s.error[k]).all()

@@ -555,7 +555,9 @@ def _quad_tensor(act, K, slots, accuracy, cache):
             # default these were 2e-8..4e-8 of tanh's A, P, Q, R, T, U at N = 4 (the
             # difference to the next rule), the rest of the fold 1e-9 or better;
             # sigma-only tensors (V, G1) go through quad_expectations, unchanged.
-            acc = _rule_up(accuracy) if len(sig) == 4 else accuracy
+            # (smooth path only: kinked activations take the exact-inner split path,
+            # whose rules are its own and already within 4e-10)
+            acc = _rule_up(accuracy) if len(sig) == 4 and not act.kinks else accuracy
             vals = expect_nd(fs, Ks, kinks=act.kinks, accuracy=acc)
         for ix, v in zip(idxs, np.atleast_1d(vals)):
             cache[(sig, ix)] = float(v)
