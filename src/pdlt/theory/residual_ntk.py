@@ -58,6 +58,16 @@ __all__ = ["residual_ntk_one_input", "residual_ntk_mean", "residual_b_closure",
 RESIDUAL_NTK_STATISTICS = ("A", "B", "D", "F")
 
 
+def _one_input_setup(mlp, K1, names):
+    """Validate K1; the kernel K, Theta (L,), the named one-variable averages of
+    :class:`OneVariableTable` at K, and the residual trajectory ``(a, varw, C)``."""
+    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
+        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
+    K, Th = one_input_kernel(mlp, K1)
+    t = OneVariableTable(mlp.activation, K)
+    return K, Th, tuple(np.asarray(t[k], float) for k in names), _trajectory(mlp, K)
+
+
 def one_input_kernel(mlp, K1):
     """K, Theta (L,) of one input (the kernel fold of :mod:`pdlt.theory.kernel`)."""
     Ks, Ths, _, _ = kernel_fold(mlp, *first_layer_kernel(mlp, K1=float(K1)),
@@ -160,14 +170,9 @@ def residual_ntk_one_input(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -
         raise NotImplementedError(
             f"residual MLPs: the NTK statistics {bad} are not derived (derived: "
             f"{', '.join(RESIDUAL_NTK_STATISTICS)}); see pdlt.theory.residual_ntk")
-    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
-        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
-    act = mlp.activation
-    L = mlp.depth
-    K, Th = one_input_kernel(mlp, K1)
-    t = OneVariableTable(act, K)
-    s, q, sspp, dss = (np.asarray(t[k], float) for k in ("pp", "pppp", "sspp", "dss"))
-    a, varw, C = _trajectory(mlp, K)
+    act, L = mlp.activation, mlp.depth
+    K, Th, (s, q, sspp, dss), (a, varw, C) = _one_input_setup(mlp, K1,
+                                                             ("pp", "pppp", "sspp", "dss"))
     out = {k: np.zeros(L) for k in stats}
     if {"A", "D"} & set(stats):
         fs = _field_statistics(mlp, K1)
@@ -781,15 +786,9 @@ def residual_dntk_p(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
     ndarray (L,)
         ``P^(l)``, normalized by ``n_{l-1}``.
     """
-    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
-        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
-    act = mlp.activation
-    L = mlp.depth
-    K, Th = one_input_kernel(mlp, K1)
-    t = OneVariableTable(act, K)
-    pp, pppp, dss, qs, qspp = (np.asarray(t[k], float)
-                               for k in ("pp", "pppp", "dss", "qs", "qspp"))
-    a, varw, C = _trajectory(mlp, K)
+    act, L = mlp.activation, mlp.depth
+    K, Th, (pp, pppp, dss, qs, qspp), (a, varw, C) = _one_input_setup(
+        mlp, K1, ("pp", "pppp", "dss", "qs", "qspp"))
     if closure:
         QSPP, PPQS, PPPP = np.outer(qs, pp), np.outer(pp, qs), np.outer(pp, pp)
     else:   # [l, p]: <f(z^(l)) g(z^(p))> for the named pair (f, g)
