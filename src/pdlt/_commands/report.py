@@ -14,7 +14,7 @@ def register(sub):
                                    "networks) and "
                                    "write a self-contained HTML report with a pass/fail table.")
     p.add_argument("--out", default="pdlt-report", help="output directory (default pdlt-report)")
-    p.add_argument("--quick", action="store_true", help="small suite (69 rows, ~4 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="small suite (~70 rows, ~4 min on 2 cores)")
     p.add_argument("--full", action="store_true",
                    help="twice the networks everywhere, the control variates at every width, "
                         "and all five finite-training cases with widths to 256 (what the slow "
