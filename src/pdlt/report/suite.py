@@ -198,7 +198,8 @@ class SuiteResult:
     rows: tuple
     seconds: float
     studies: tuple = ()
-    #: (label, wall s, CPU s) per case piece and per study (:func:`cost_table`)
+    #: (label, wall s, CPU s) per case piece and per study (the report page's
+    #: "Cost per piece" table)
     timings: tuple = ()
 
     @property
