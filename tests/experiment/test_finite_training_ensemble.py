@@ -117,16 +117,24 @@ def test_deep_linear_newton_step_exact_at_small_width():
 # two outputs: the cross-output terms of NOTATION.md's Kronecker deltas
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def two_outputs(critical_mlp):
-    ang, angt = np.array([0.0, 1.2, 2.4]), np.array([0.6])
+def _two_output_case(critical_mlp, ang, angt, depth):
+    """Critical tanh MLP with two outputs, inputs on the unit circle at angles ``ang``
+    (training) and ``angt`` (test), one Newton step then 5 gradient steps at the largest
+    stable rate: (mlp, X, Xt, Y, statistics, schedule, prediction)."""
     X, Xt = np.c_[np.cos(ang), np.sin(ang)], np.c_[np.cos(angt), np.sin(angt)]
     Y = np.c_[0.5 * np.sin(ang) + 0.2, 0.6 * np.cos(ang) - 0.1]
-    mlp = critical_mlp("tanh", 32, 2, n0=2, n_out=2)
+    mlp = critical_mlp("tanh", 32, depth, n0=2, n_out=2)
     st = ft.training_statistics(mlp, X, Xt)
-    eta = 1.0 / np.linalg.eigvalsh(st.Theta[:3, :3])[-1]
-    sched = ft.algorithm_schedule(st.Theta[:3, :3], "newton+gd", learning_rate=eta, steps=5)
-    pred = ft.end_of_training(st, Y, sched)
+    k = len(ang)
+    eta = 1.0 / np.linalg.eigvalsh(st.Theta[:k, :k])[-1]
+    sched = ft.algorithm_schedule(st.Theta[:k, :k], "newton+gd", learning_rate=eta, steps=5)
+    return mlp, X, Xt, Y, st, sched, ft.end_of_training(st, Y, sched)
+
+
+@pytest.fixture(scope="module")
+def two_outputs(critical_mlp):
+    mlp, X, Xt, Y, st, sched, pred = _two_output_case(
+        critical_mlp, np.array([0.0, 1.2, 2.4]), np.array([0.6]), depth=2)
     runs = {n: train_ensemble(mlp.with_(width=n), X, Y, Xt, networks=6000, step_matrices=sched,
                               seed=100 + n, antithetic=True, ntk=True) for n in (32, 64)}
     return st, Y, sched, pred, runs
@@ -216,14 +224,8 @@ def test_cross_output_ntk_change_depth_three_wider(critical_mlp):
     # The cross block measured 0.90-0.91 x theory at n = 64 and at n = 128 (about 2.5 se
     # per entry, inside 4 se + |d(64) - d(128)|); at n = 32 it is 0.88 x, so a remaining
     # 1/n^2 term of that size is consistent with the three widths within their errors
-    ang, angt = np.array([0.0, 1.2, 2.4, 3.6]), np.array([0.6, 3.0])
-    X, Xt = np.c_[np.cos(ang), np.sin(ang)], np.c_[np.cos(angt), np.sin(angt)]
-    Y = np.c_[0.5 * np.sin(ang) + 0.2, 0.6 * np.cos(ang) - 0.1]
-    mlp = critical_mlp("tanh", 32, 3, n0=2, n_out=2)
-    st = ft.training_statistics(mlp, X, Xt)
-    eta = 1.0 / np.linalg.eigvalsh(st.Theta[:4, :4])[-1]
-    sched = ft.algorithm_schedule(st.Theta[:4, :4], "newton+gd", learning_rate=eta, steps=5)
-    pred = ft.end_of_training(st, Y, sched)
+    mlp, X, Xt, Y, _, sched, pred = _two_output_case(
+        critical_mlp, np.array([0.0, 1.2, 2.4, 3.6]), np.array([0.6, 3.0]), depth=3)
     ch = {n: train_ensemble(mlp.with_(width=n), X, Y, Xt, networks=6000, step_matrices=sched,
                             seed=n, antithetic=True, ntk=True).ntk_change() for n in (64, 128)}
     for i, j in ((0, 1), (0, 0), (1, 1)):
