@@ -185,6 +185,11 @@ def _axis_rule(q):
     return np.zeros(1), np.ones(1)
 
 
+def rule_up(accuracy, steps=1):
+    """The rule ``steps`` levels above ``accuracy`` in :data:`_LEVELS` (the highest stays)."""
+    return _LEVELS[min(_LEVELS.index(accuracy) + steps, len(_LEVELS) - 1)]
+
+
 def node_count(s, accuracy="default"):
     """Gauss-Hermite nodes used along an axis of scale ``s`` (see module doc)."""
     q0, q1 = _ACCURACY[accuracy]
@@ -220,9 +225,7 @@ def axis_rules(s, accuracy="default"):
     d = s.shape[-1] if s.ndim else 4
     gh_accuracy = accuracy
     if d <= 3:
-        i, top = _LEVELS.index(accuracy), len(_LEVELS) - 1
-        accuracy = _LEVELS[min(i + _TRAP_STEP_UP, top)]
-        gh_accuracy = _LEVELS[min(i + _GH_STEP_UP, top)]
+        accuracy, gh_accuracy = rule_up(accuracy, _TRAP_STEP_UP), rule_up(accuracy, _GH_STEP_UP)
     gh = node_count(s, gh_accuracy)
     # fewer than four variables: the integrands are powers of the activation
     # (coinciding inputs merged), with stronger singularities: c + 5 per variable less

@@ -28,8 +28,7 @@ import itertools
 import numpy as np
 
 from .. import gaussian
-from ..gaussian import _multi
-from ..gaussian._multi import PiecewiseMonomial, expect_nd, quad_expectations
+from ..gaussian._multi import PiecewiseMonomial, expect_nd, quad_expectations, rule_up
 
 __all__ = ["KERNEL_RANGE", "LayerAverages", "OneVariableTable", "representatives", "apply_M", "apply_M2",
            "derivative_operator", "is_odd", "jumps_in_d2"]
@@ -515,12 +514,6 @@ class LayerAverages:
         return m
 
 
-def _rule_up(accuracy):
-    """The next rule of :mod:`pdlt.gaussian._multi` (the highest stays)."""
-    levels = _multi._LEVELS
-    return levels[min(levels.index(accuracy) + 1, len(levels) - 1)]
-
-
 def _quad_tensor(act, K, slots, accuracy, cache):
     """``<f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>`` for N inputs (coinciding slots merged)."""
     N = K.shape[0]
@@ -557,7 +550,7 @@ def _quad_tensor(act, K, slots, accuracy, cache):
             # sigma-only tensors (V, G1) go through quad_expectations, unchanged.
             # (smooth path only: kinked activations take the exact-inner split path,
             # whose rules are its own and already within 4e-10)
-            acc = _rule_up(accuracy) if len(sig) == 4 and not act.kinks else accuracy
+            acc = rule_up(accuracy) if len(sig) == 4 and not act.kinks else accuracy
             vals = expect_nd(fs, Ks, kinks=act.kinks, accuracy=acc)
         for ix, v in zip(idxs, np.atleast_1d(vals)):
             cache[(sig, ix)] = float(v)

@@ -416,7 +416,8 @@ def kernel_matrix(mlp: MLP, x, x2=None, *, layers=None, get=("K", "Theta"), bloc
         (none for the arrays passed in ``out``), the per-input diagonal flows
         (:func:`diagonal_bytes`), and ``threads`` blocks of working arrays
         (:func:`block_bytes_per_pair` per pair), up to a fixed overhead of
-        Python objects that does not grow with N, depth or the block. Exceeding it is an error that says what to change.
+        Python objects that does not grow with N, depth or the block.
+        Exceeding it is an error that says what to change.
         None: no bound.
     out : dict, optional
         ``{"K": array, "Theta": array}``, each of shape
