@@ -374,14 +374,11 @@ def metric_martingale(s, K1, C_b, C_W, g, chi, v=None, widths=None) -> dict:
         raise ValueError(f"s must have shape (networks, layers); got {s.shape}")
     M, L = s.shape
     C_b, C_W, chi = (np.broadcast_to(np.asarray(v_, float), (L,)) for v_ in (C_b, C_W, chi))
-    G = np.empty((M, L))
-    G[:, 0] = float(K1)
-    G[:, 1:] = C_b[1:] + C_W[1:] * s[:, :-1]
-    d = s - g(G)
-    lam = np.zeros((M, L))
-    for l in range(1, L):
-        lam[:, l] = chi[l] * lam[:, l - 1] + C_W[l] * d[:, l - 1]
-    out = {"Y": G - lam, "G": G, "Lambda": lam, "d": d}
+    # the N-input control variate at N = 1 (g is elementwise, so it takes (..., 1, 1) as is)
+    multi = metric_martingale_multi(s[:, :, None, None], np.full((1, 1), float(K1)), C_b, C_W,
+                                    g, chi.reshape(L, 1, 1, 1, 1))
+    out = {k: v[..., 0, 0] for k, v in multi.items()}
+    G = out["G"]
     if v is not None:
         if widths is None:
             raise ValueError("the vertex control variate needs widths (neurons per layer)")
