@@ -118,7 +118,7 @@ def check_learning_rate(learning_rate, Theta_train) -> float:
     return eta
 
 
-def _check_finite_width_fit(width, noise, y2):
+def _check_finite_width_fit(width, noise):
     if isinstance(width, bool) or int(width) != width or width < 1:
         raise ValueError(f"width must be a positive integer (the hidden width n); got {width!r}")
     if noise != 0:
@@ -423,7 +423,7 @@ class NTKRegressor(EstimatorBase):
         Th = Th + noise * np.eye(X.shape[0])
         bound = stability_bound(Th)
         if self.width is not None:
-            _check_finite_width_fit(self.width, noise, y2)
+            _check_finite_width_fit(self.width, noise)
             eta = 0.5 * bound if self.learning_rate is None else check_learning_rate(
                 self.learning_rate, Th)
             if steps is None:
