@@ -11,7 +11,8 @@ its negative controls (:func:`pdlt.report.rows.make_row`).
 
 :func:`g1_multi_rows` returns the rows; :data:`G1_MULTI_CASES` the default cases;
 :func:`g1_multi_study` wraps them as a report :class:`pdlt.report.rows.Study`
-(register it in ``pdlt.report.suite.default_studies``).
+(``pdlt.report.suite.default_studies`` runs the first case in every report, all
+three with ``--full``).
 """
 
 from __future__ import annotations
