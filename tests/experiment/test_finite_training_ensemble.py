@@ -92,24 +92,35 @@ def test_ntk_change_during_training_matches_the_prediction(setup):
     _check(dh[32], dh[64], se64, pred.ntk_change, "NTK change", max_resolution=0.5)
 
 
+def _deep_linear_newton(y, seed, n_out=1):
+    """One Newton step of the deep linear case of conftest at n = 8 on targets ``y``
+    ((N_A,) or (N_A, n_out)): statistics, schedule, prediction, and the trained ensemble's
+    measured means, stderrs, the predicted means and the infinite-width ones (train inputs
+    first, shaped like ``y``)."""
+    from conftest import linear_newton_case
+    mlp, X, Xt, _ = linear_newton_case(8)
+    mlp = mlp.with_(n_out=n_out)
+    st = ft.training_statistics(mlp, X, Xt)
+    sched = ft.algorithm_schedule(st.Theta[:2, :2], "newton")
+    pred = ft.end_of_training(st, y, sched, width=8)
+    te = train_ensemble(mlp, X, y, Xt, networks=20000, step_matrices=sched, seed=seed,
+                        antithetic=True)
+    m, ma = te.mean(on="test"), te.mean(on="train")
+    theory = np.r_[y + pred.train_mean_correction / 8, pred.mean]
+    measured = np.r_[ma.mean, m.mean].reshape(theory.shape)
+    se = np.r_[ma.stderr, m.stderr].reshape(theory.shape)
+    return st, sched, measured, se, theory, np.r_[y, pred.mean_infinite]
+
+
 def test_deep_linear_newton_step_exact_at_small_width():
     # sigma(z) = z, depth 2, no biases: the order-1/n prediction of one Newton step is exact
     # at every width (tests/learning/test_finite_training.py derives it), so real networks
     # at n = 8 must agree within 4 standard errors with no allowance
     from conftest import linear_newton_case
-    mlp, X, Xt, y = linear_newton_case(8)
-    st = ft.training_statistics(mlp, X, Xt)
-    sched = ft.algorithm_schedule(st.Theta[:2, :2], "newton")
-    pred = ft.end_of_training(st, y, sched, width=8)
-    te = train_ensemble(mlp, X, y, Xt, networks=20000, step_matrices=sched, seed=4,
-                        antithetic=True)
-    m, ma = te.mean(on="test"), te.mean(on="train")
-    measured = np.r_[ma.mean[:, 0], m.mean[:, 0]]
-    se = np.r_[ma.stderr[:, 0], m.stderr[:, 0]]
-    theory = np.r_[y + pred.train_mean_correction / 8, pred.mean]
+    y = linear_newton_case(8)[3]
+    _, _, measured, se, theory, inf = _deep_linear_newton(y, seed=4)
     assert np.all(np.abs(measured - theory) <= 4 * se), (measured, theory, se)
     # the 1/n shift itself against the measured one, with negative controls x0, x0.5, x2
-    inf = np.r_[y, pred.mean_infinite]
     powered(theory - inf, measured - inf, se, label="deep linear 1/n shift", max_resolution=0.5)
 
 
@@ -177,19 +188,8 @@ def test_deep_linear_newton_step_with_two_outputs_exact_at_small_width():
     # exact at every width (tests/learning/test_finite_training.py derives the closed form);
     # the one-output prediction of each column misses the output loops (n_out Q terms)
     from conftest import linear_newton_case
-    mlp, X, Xt, y1 = linear_newton_case(8)
-    mlp = mlp.with_(n_out=2)
-    Y = np.c_[y1, [0.2, 0.9]]
-    st = ft.training_statistics(mlp, X, Xt)
-    sched = ft.algorithm_schedule(st.Theta[:2, :2], "newton")
-    pred = ft.end_of_training(st, Y, sched, width=8)
-    te = train_ensemble(mlp, X, Y, Xt, networks=20000, step_matrices=sched, seed=5,
-                        antithetic=True)
-    m, ma = te.mean(on="test"), te.mean(on="train")
-    measured = np.r_[ma.mean, m.mean]
-    se = np.r_[ma.stderr, m.stderr]
-    inf = np.r_[Y, pred.mean_infinite]
-    theory = np.r_[Y + pred.train_mean_correction / 8, pred.mean]
+    Y = np.c_[linear_newton_case(8)[3], [0.2, 0.9]]
+    st, sched, measured, se, theory, inf = _deep_linear_newton(Y, seed=5, n_out=2)
     assert np.all(np.abs(measured - theory) <= 4 * se), (measured, theory, se)
     powered(theory - inf, measured - inf, se, label="deep linear 1/n shift, two outputs",
             max_resolution=0.5)
