@@ -199,36 +199,39 @@ def kernel_fold(mlp: MLP, K, Theta, *, rtol=1e-12, susceptibilities=True):
     one = N == 1
     if one:
         K, Theta = float(K[0, 0]), float(Theta[0, 0])
-    for l in range(1, L + 1):
-        Ks[l - 1], Ths[l - 1] = K, Theta
-        diag = K if one else np.diag(K).copy()
-        if one:
-            # the three one-variable moments serve the step and the susceptibilities
-            ss, dd, sdd = single_input_moments(act, K)
-        if susceptibilities:
-            hp = hps[l if l < L else L - 1]          # chi governs the next step
-            if not one:
-                _, dd, sdd = single_input_moments(act, diag)
-            cpar[l - 1] = _res(hp.C_W * (np.asarray(dd) + np.asarray(sdd)), 1.0, hp)
-            cperp[l - 1] = _res(hp.C_W * np.asarray(dd), 1.0, hp)
-            _check_averages((cpar[l - 1], cperp[l - 1]), l, diag, act)
-        if l == L:
-            break
-        if one:
-            S, PP = ss, dd
-            if not (math.isfinite(S) and math.isfinite(PP)):
+    # overflow of a fast-growing sigma becomes a non-finite average, which the checks
+    # below turn into one clear error (no numpy RuntimeWarnings on the way)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for l in range(1, L + 1):
+            Ks[l - 1], Ths[l - 1] = K, Theta
+            diag = K if one else np.diag(K).copy()
+            if one:
+                # the three one-variable moments serve the step and the susceptibilities
+                ss, dd, sdd = single_input_moments(act, K)
+            if susceptibilities:
+                hp = hps[l if l < L else L - 1]          # chi governs the next step
+                if not one:
+                    _, dd, sdd = single_input_moments(act, diag)
+                cpar[l - 1] = _res(hp.C_W * (np.asarray(dd) + np.asarray(sdd)), 1.0, hp)
+                cperp[l - 1] = _res(hp.C_W * np.asarray(dd), 1.0, hp)
+                _check_averages((cpar[l - 1], cperp[l - 1]), l, diag, act)
+            if l == L:
+                break
+            if one:
+                S, PP = ss, dd
+                if not (math.isfinite(S) and math.isfinite(PP)):
+                    _check_averages((S, PP), l, K, act)
+            else:
+                try:
+                    S, PP = kernel_pairs(act, K, rtol)
+                except KernelNotPSDError as exc:
+                    raise KernelNotPSDError(
+                        f"kernel at layer {l} is not positive semi-definite: {exc}. Check the "
+                        "inputs for NaN or huge values, or move (C_b, C_W) toward criticality"
+                    ) from exc
                 _check_averages((S, PP), l, K, act)
-        else:
-            try:
-                S, PP = kernel_pairs(act, K, rtol)
-            except KernelNotPSDError as exc:
-                raise KernelNotPSDError(
-                    f"kernel at layer {l} is not positive semi-definite: {exc}. Check the "
-                    "inputs for NaN or huge values, or move (C_b, C_W) toward criticality"
-                ) from exc
-            _check_averages((S, PP), l, K, act)
-        K, Theta = kernel_update(S, PP, K, Theta, hps[l])
-        if not (one and math.isfinite(K) and math.isfinite(Theta)):
-            _check_finite(K, l + 1, "the kernel")
-            _check_finite(Theta, l + 1, "the NTK")
+            K, Theta = kernel_update(S, PP, K, Theta, hps[l])
+            if not (one and math.isfinite(K) and math.isfinite(Theta)):
+                _check_finite(K, l + 1, "the kernel")
+                _check_finite(Theta, l + 1, "the NTK")
     return Ks, Ths, cpar, cperp
