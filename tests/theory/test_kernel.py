@@ -7,7 +7,6 @@ E[H^(2)] equal the recursion at any width) with plain numpy sampling.
 """
 
 import math
-
 import warnings
 
 import numpy as np
