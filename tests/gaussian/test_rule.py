@@ -57,15 +57,58 @@ def test_expect_rejects_negative_variance():
 
 
 def test_periodic_activation_huge_variance_bounded_memory():
-    # sin at K = 1e11: the panels (half a period each, ~1e6 of them) are integrated in
-    # blocks of 2^22 nodes; <sin^2>_K = (1 - e^{-2K})/2 to the rule's round-off
-    # (~1e6 panels x eps ~ 1e-10 accumulated)
+    # without periodic=True the period is only a panel hint (callers pass it for integrands
+    # such as z sigma(z)^2 that are not periodic): at K = 1e11 the panels (half a period
+    # each, ~1e6 of them) are integrated in blocks of 2^22 nodes, so memory stays bounded;
+    # <sin^2>_K = (1 - e^{-2K})/2 to the rule's round-off (~1e6 panels x eps ~ 1e-10)
     from pdlt.gaussian._rule import _BLOCK_NODES, _Q2, _T_RULE
     K = 1e11
     step = 0.5 * 2 * np.pi / np.sqrt(K)
     assert 2 * _T_RULE / step * _Q2 > _BLOCK_NODES          # the blocked path runs
     v = G.expect(lambda z: np.sin(z) ** 2, K, period=2 * np.pi)
     assert abs(v - 0.5) < 1e-10
+
+
+@pytest.mark.parametrize("K", [1.0, 30.0, 79.0, 81.0, 1e3, 1e11, 1e100])
+@pytest.mark.parametrize("m", [0.0, 0.7])
+def test_periodic_average_any_variance(K, m):
+    # <sin^2(m + z)>_K = (1 - e^{-2K} cos 2m) / 2: the quadrature below w^2 K / 2 = 40
+    # (period 2 pi, K = 80), the period mean beyond; 1e-14 both sides of the switch
+    exact = 0.5 * (1.0 - np.exp(-2.0 * K) * np.cos(2.0 * m))
+    v = G.expect(lambda z: np.sin(z) ** 2, K, m, period=2 * np.pi, periodic=True)
+    assert abs(v - exact) < 1e-14
+    # a periodic f with all harmonics (analytic): exp(cos z), <.> = sum_k I_k(1) e^{-k^2 K/2} cos km
+    from scipy.special import iv
+    exact = sum((1 if k == 0 else 2) * iv(k, 1.0) * np.exp(-k * k * K / 2) * np.cos(k * m)
+                for k in range(30))
+    v = G.expect(lambda z: np.exp(np.cos(z)), K, m, period=2 * np.pi, periodic=True)
+    assert abs(v - exact) < 1e-14 * exact
+
+
+def test_periodic_average_cost_independent_of_variance():
+    # at w^2 K / 2 >= 40 a periodic f averages to its period mean: memory and time do not
+    # grow with K (the former panel rule needed ~sqrt(K) nodes: K = 1e16 was ~1e9 nodes)
+    import tracemalloc
+    calls = []
+
+    def f(z):
+        calls.append(np.size(z))
+        return np.sin(z) ** 2
+
+    tracemalloc.start()
+    v = G.expect(f, np.array([1e6, 1e16, 1e200]), period=2 * np.pi, periodic=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.allclose(v, 0.5, rtol=0, atol=1e-15)
+    assert sum(calls) <= 2 * 65536 and peak < 4e6
+
+
+def test_periodic_average_rough_function_refused():
+    # a period mean that the trapezoid rule cannot converge (a kink the caller did not
+    # declare) is an error, not a number
+    saw = lambda z: np.mod(z, 2 * np.pi) ** 0.5   # noqa: E731  (jump at the period's end)
+    with pytest.raises(ArithmeticError, match="period mean"):
+        G.expect(saw, 1e6, period=2 * np.pi, periodic=True)
 
 
 @pytest.mark.parametrize("name", ["tanh", "gelu", "swish", "erf"])

@@ -188,3 +188,15 @@ def test_non_finite_averages_refused():
             pdlt.flow(mlp, K1=1.0)
         from pdlt.cli import main
         assert main(["flow", "--activation", "numpy:exp", "--depth", "3"]) != 0
+
+
+def test_periodic_flow_at_huge_kernel_is_cheap_and_exact():
+    # sin at K1 = 1e12 .. 1e50: <sin^2>_K = (1 - e^{-2K})/2 = 1/2, <cos^2> = 1/2 by the period
+    # mean (cost independent of K; the panel rule needed ~sqrt(K) nodes); C_W = 1 gives
+    # K^(2) = 1/2 exactly, then the closed form K' = (1 - e^{-2K})/2
+    for K1 in (1e12, 1e50):
+        st = pdlt.statistics(pdlt.MLP(n0=1, width=8, depth=3, activation="sin", C_W=1.0),
+                             K1=K1, get=("K", "Theta", "chi_perp"))
+        assert st.K[1] == pytest.approx(0.5, abs=1e-15)
+        assert st.K[2] == pytest.approx(0.5 * (1 - np.exp(-1.0)), rel=1e-14)
+        assert st.chi_perp[0] == pytest.approx(0.5, abs=1e-15)

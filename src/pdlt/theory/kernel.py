@@ -66,7 +66,7 @@ def single_input_moments(act, K):
         z = math.sqrt(float(K)) * u
         s, d1, d2 = act.sigma(z), act.d1(z), act.d2(z)
         return float((s * s) @ w), float((d1 * d1) @ w), float((s * d2) @ w)
-    kw = dict(kinks=act.kinks, period=act.period)
+    kw = dict(kinks=act.kinks, period=act.period, periodic=True)   # functions of sigma only
     return (gaussian.expect(lambda z: act.sigma(z) ** 2, K, **kw),
             gaussian.expect(lambda z: act.d1(z) ** 2, K, **kw),
             gaussian.expect(lambda z: act.sigma(z) * act.d2(z), K, **kw))
