@@ -169,3 +169,104 @@ def test_ntk_mean_estimator_matches_autodiff_networks():
     tol = 4 * np.hypot(rb_se, t_se)
     assert np.all(np.abs(rb - t) <= tol), (rb, t, tol)
     assert np.all(tol / rb < 0.04)
+
+
+# ---------------------------------------------------------------------------
+# P: the dNTK-preactivation correlation (pdlt.report.residual.residual_dntk_p_measure)
+# ---------------------------------------------------------------------------
+
+def _sampled_layers(act, n, depth, M, seed):
+    """torch weights of M residual networks and the estimator's numpy forward pass."""
+    import math
+    from pdlt.report.residual import _dntk_step
+    m = residual_mlp(act, 0.6, width=n, depth=depth, n_out=n, lambda_b=0.5, lambda_W=1.3)
+    g = torch.Generator().manual_seed(seed)
+    Ws = [torch.randn(M, n, 1, generator=g, dtype=torch.float64)] + [
+        torch.randn(M, n, n, generator=g, dtype=torch.float64) * math.sqrt(m.C_W[l] / n)
+        for l in range(1, depth)]
+    bs = [0.3 * torch.randn(M, n, generator=g, dtype=torch.float64) for _ in range(depth)]
+    z = (0.8 * Ws[0][:, :, 0] + bs[0]).numpy()
+    H = np.broadcast_to((m.lambda_b[0] + m.lambda_W[0] * 0.64) * np.eye(n), (M, n, n)).copy()
+    states, dH = [(z, H, None)], None
+    for l in range(1, depth):
+        hp = (m.xi[l], m.gamma[l], m.lambda_b[l], m.lambda_W[l])
+        z, H, dH = _dntk_step(m.activation, z, H, dH, Ws[l].numpy(), bs[l].numpy(), hp, n,
+                              diag_only=False)
+        states.append((z, H, dH))
+    return m, Ws, bs, states
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu"])
+def test_dntk_p_estimator_forward_equals_autodiff(act):
+    """The P estimator's forward equation of the residual dNTK (full tensor, and the
+    [i0, k, k] part it keeps at the last layer) equals torch autodiff to 1e-12."""
+    from pdlt.experiment.ntk import dntk_autodiff, ntk_autodiff
+    from pdlt.report.residual import _dntk_step
+    n, depth = 5, 4
+    m, Ws, bs, states = _sampled_layers(act, n, depth, 3, seed=0)
+    x = torch.tensor([[0.8]], dtype=torch.float64)
+    for l in range(2, depth + 1):
+        z, H, dH = states[l - 1]
+        ad = dntk_autodiff(Ws, bs, x, m, l)[..., 0, 0, 0].numpy()
+        ah = ntk_autodiff(Ws, bs, x, m, l)[..., 0, 0].numpy()
+        np.testing.assert_allclose(dH, ad, rtol=0, atol=1e-12 * np.abs(ad).max())
+        np.testing.assert_allclose(H, ah, rtol=0, atol=1e-12 * np.abs(ah).max())
+        zp, Hp, dp = states[l - 2]
+        hp = (m.xi[l - 1], m.gamma[l - 1], m.lambda_b[l - 1], m.lambda_W[l - 1])
+        *_, Dm = _dntk_step(m.activation, zp, Hp, dp, Ws[l - 1].numpy(), bs[l - 1].numpy(),
+                            hp, n, diag_only=True)
+        idx = np.arange(n)
+        np.testing.assert_allclose(Dm, ad[:, :, idx, idx], rtol=0,
+                                   atol=1e-12 * np.abs(ad).max())
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu"])
+def test_dntk_p_last_layer_integral_is_exact(act):
+    """~2 s. The exact average over the last layer's weights and biases, given a sampled
+    layer 3 with its NTK and dNTK, against 40000 draws of that layer (brute force, the
+    real forward pass): within 4 se (se ~0.5 % of the value), and the draws reject the
+    average x0.9 and x1.1."""
+    from pdlt.report.residual import _dntk_p_conditional, _dntk_step
+    n = 5
+    m, _, _, states = _sampled_layers(act, n, 4, 1, seed=2)
+    z, H, dH = states[2]             # layer 3 sampled; layer 4 (0-based 3) integrated
+    l = 3
+    idx = np.arange(n)
+    want = _dntk_p_conditional(m.activation, z, H, dH[:, :, idx, idx], m.xi[l], m.gamma[l],
+                               m.C_W[l], n)[0]
+    B = 40000
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((B, n, n)) * np.sqrt(m.C_W[l] / n)
+    b = rng.standard_normal((B, n)) * np.sqrt(m.C_b[l])
+    rep = [np.broadcast_to(v, (B,) + v.shape[1:]).copy() for v in (z, H, dH)]
+    hp = (m.xi[l], m.gamma[l], m.lambda_b[l], m.lambda_W[l])
+    z2, _, Dm = _dntk_step(m.activation, *rep, W, b, hp, n, diag_only=True)
+    off = ~np.eye(n, dtype=bool)
+    draws = n * np.einsum("bj,bjk->b", z2, Dm * off) / (n * (n - 1))
+    mean, se = draws.mean(), draws.std() / np.sqrt(B)
+    assert abs(mean - want) <= 4 * se, (mean, se, want)
+    assert abs(mean - 0.9 * want) > 4 * se and abs(mean - 1.1 * want) > 4 * se
+
+
+def _p_rows(acts, gammas, depth, networks, widths, K1=1.0, max_resolution=0.25, seed=17):
+    from pdlt.report.residual import residual_ntk_rows
+    rows = residual_ntk_rows(acts, gammas, depth=depth, widths=widths, networks=networks,
+                             stats=("P",), K1=K1, seed=seed)
+    assert len(rows) == len(acts) * len(gammas) * (depth - 1)
+    for r in rows:
+        print(f"P {r['activation']} gamma={r['gamma']} layer {r['layer']} widths {widths}: "
+              f"measured {r['measured']:.4f} +- {r['se']:.4f} (allowance "
+              f"{r['allowance']:.4f}), theory {r['theory']:.4f}, resolution "
+              f"{r['resolution']:.3f}, z(x0.5) {r['z_half']:.1f}, z(x2) {r['z_double']:.1f}")
+    for r in rows:
+        powered(r["theory"], r["measured"], r["se"], r["allowance"],
+                label=f"P {r['activation']} gamma={r['gamma']} layer {r['layer']}",
+                max_resolution=max_resolution)
+        assert r["rejects_zero"] and r["rejects_half"] and r["rejects_double"]
+    return rows
+
+
+def test_dntk_p_tanh():
+    """~10 s. tanh, gamma = 0.7, K1 = 1, layers 2-4, widths 16, 32 extrapolated, 3000
+    networks each (RESULTS_IN_DOCSTRING)."""
+    _p_rows(("tanh",), (0.7,), depth=4, networks=3000, widths=(16, 32))

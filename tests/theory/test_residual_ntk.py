@@ -175,7 +175,7 @@ def test_ntk_fluctuation_flow_serves_what_is_derived():
     r = residual_ntk_one_input(m, 1.0)
     for k in "ABDF":
         np.testing.assert_array_equal(f[k], r[k])
-    with pytest.raises(NotImplementedError, match="P, Q, R, S, T, U not derived"):
+    with pytest.raises(NotImplementedError, match="Q, R, S, T, U not derived"):
         ntk_fluctuation_flow(m, K1=1.0)
     with pytest.raises(NotImplementedError, match="N-input"):
         ntk_fluctuation_flow(m, np.ones((2, 1)), stats="B")
@@ -299,7 +299,7 @@ def test_ntk_mean_is_served_by_statistics():
     np.testing.assert_array_equal(np.ravel(st.H1), residual_ntk_mean(m, 1.0))
     assert st.H1[2] > 0.1                       # ReLU: zero for plain MLPs, not here
     assert "H1" in pdlt.theory.statistics.defined(m)
-    assert "P" not in pdlt.theory.statistics.defined(m)   # residual_dntk_p: not validated
+    assert "Q" not in pdlt.theory.statistics.defined(m)   # not derived for residual MLPs
     with pytest.raises(NotImplementedError, match="H1 not derived"):
         pdlt.statistics(m, np.ones((2, 1)), get=("H1",))
     with pytest.raises(ValueError, match="K1 must be"):
@@ -349,3 +349,19 @@ def test_dntk_p_vanishes_without_curvature_and_differs_from_the_closure():
     ex, cl = residual_dntk_p(m, K1), residual_dntk_p(m, K1, closure=True)
     assert ex[1] == pytest.approx(cl[1], rel=1e-12)          # layer 2: no history yet
     assert abs(ex[3] - cl[3]) > 0.2 * abs(ex[3])
+
+
+def test_dntk_p_is_served_by_statistics():
+    """P is served for one input (ensemble-checked: tests/experiment/
+    test_residual_ntk_ensemble.py); Q..U and N inputs still raise."""
+    from pdlt.theory.residual_ntk import residual_dntk_p
+    m = pdlt.theory.residual.residual_mlp("tanh", 0.5, width=16, depth=5, n_out=16)
+    st = pdlt.statistics(m, K1=1.0, get=("P", "B"))
+    np.testing.assert_array_equal(np.ravel(st.P), residual_dntk_p(m, 1.0))
+    assert st.P[3] < -0.1
+    assert "P" in pdlt.theory.statistics.defined(m)
+    assert "P" not in pdlt.theory.statistics.defined(m, 2)
+    with pytest.raises(NotImplementedError, match="Q not derived"):
+        pdlt.statistics(m, K1=1.0, get=("P", "Q"))
+    with pytest.raises(NotImplementedError, match="P not derived"):
+        pdlt.statistics(m, np.ones((2, 1)), get=("P",))
