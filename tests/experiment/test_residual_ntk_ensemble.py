@@ -270,3 +270,13 @@ def test_dntk_p_tanh():
     """~10 s. tanh, gamma = 0.7, K1 = 1, layers 2-4, widths 16, 32 extrapolated, 3000
     networks each (RESULTS_IN_DOCSTRING)."""
     _p_rows(("tanh",), (0.7,), depth=4, networks=3000, widths=(16, 32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act,gamma,widths,networks", [
+    ("tanh", 0.3, (16, 32), 4000), ("gelu", 0.3, (32, 64), 3000), ("gelu", 0.7, (32, 64), 3000)])
+def test_dntk_p_all(act, gamma, widths, networks):
+    """~1-4 min each. Layers 2-5 at K1 = 1, every row resolved to <= 25 % with x0, x0.5, x2
+    rejected. GELU's 1/n terms are large (P^(5) at gamma = 0.7: 4.41, 3.02, 2.39 at
+    n = 16, 32, 64 against 1.90), so its widths are 32/64."""
+    _p_rows((act,), (gamma,), depth=5, networks=networks, widths=widths)
