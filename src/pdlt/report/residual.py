@@ -18,7 +18,7 @@ from .rows import compare, width_extrapolation
 
 __all__ = ["optimal_aspect_ratio_figure", "residual_depth_figure", "information_figure",
            "residual_ntk_rows", "residual_aspect_ratio_figure", "residual_ntk_mean_measure",
-           "residual_dntk_p_measure"]
+           "residual_dntk_p_measure", "residual_dntk_q_measure"]
 
 
 def optimal_aspect_ratio_figure(activations=("relu", "gelu", "tanh", "linear"), gammas=None,
@@ -190,7 +190,8 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
     :func:`pdlt.theory.residual_ntk.residual_dntk_p`) is measured by
     :func:`residual_dntk_p_measure` (real networks, the last layer integrated exactly;
     numpy) on ``networks`` networks per width, layers 2..depth (layer 2 exact at any
-    width).
+    width); ``"Q"`` likewise by :func:`residual_dntk_q_measure`
+    (:func:`pdlt.theory.residual_ntk.residual_dntk_q`).
 
     Needs torch for A, B, D, F. Cost ~2.5 ms per network and width at depth 5 (two
     CPU cores); H1 ~0.2-1 ms per network and width at widths 16-32.
@@ -198,11 +199,12 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
     import pdlt
 
     from ..theory.residual import residual_mlp
-    from ..theory.residual_ntk import (residual_b_closure, residual_dntk_p, residual_ntk_mean,
-                                       residual_ntk_one_input)
+    from ..theory.residual_ntk import (residual_b_closure, residual_dntk_p, residual_dntk_q,
+                                       residual_ntk_mean, residual_ntk_one_input)
 
     n1, n2 = widths
-    own = {"H1": residual_ntk_mean_measure, "P": residual_dntk_p_measure}   # numpy estimators
+    own = {"H1": residual_ntk_mean_measure, "P": residual_dntk_p_measure,   # numpy estimators
+           "Q": residual_dntk_q_measure}
     ens_stats = [s for s in stats if s not in own]
     rows = []
     for act in activations:
@@ -223,6 +225,8 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
                 th["H1"] = residual_ntk_mean(m, k1)
             if "P" in stats:
                 th["P"] = residual_dntk_p(m, k1)
+            if "Q" in stats:
+                th["Q"] = residual_dntk_q(m, k1)
             clos = residual_b_closure(m, k1) if "B" in stats else None
             for name in stats:
                 src = meas_own if name in own else meas
@@ -480,6 +484,37 @@ def _dntk_p_conditional(act, z, H, Dm, xi, ga, CW, n):
     return n * out
 
 
+def _dntk_q_conditional(act, z, H, dH, xi, ga, CW, lW, n):
+    """``n E[dH'_{jjk} z'_k | layer]``, averaged over the ordered pairs j != k (per network).
+
+    ``dH`` (B, n, n, n) of the given layer (None: zero). With ``E[W_ja Hhat_aj] = xi c p_a
+    H_aa``, ``E[Hhat_ak z'_k] = xi^2 c (H s p)_a + gamma^2 H_ak z_k``, ``E[Y_ja Y_jb] =
+    xi^2 c p_a^2 d_ab + gamma^2 d_ja d_jb``, ``E[Y_kc z'_k] = xi^2 c s_c p_c + gamma^2 d_kc z_k``
+    and ``E[v_k z'_k] = xi^2 c (sp)^T H (sp) + gamma^2 z_k (H sp)_k`` (the lambda_W term).
+    """
+    s, p, q = act.sigma(z), act.d1(z), act.d2(z)
+    c = CW / n
+    qp, sp, p2 = q * p, s * p, p * p
+    Hd = np.einsum("bii->bi", H)
+    Hsp = np.einsum("bac,bc->ba", H, sp)
+    w = np.einsum("ba,bak->bk", qp * Hd, H)
+    out = (xi ** 4 * c * c * np.einsum("ba,ba->b", qp * Hd, Hsp)
+           + xi ** 2 * ga ** 2 * c * (w * z).mean(1)
+           + lW * xi ** 2 / n * (xi ** 2 * c * np.einsum("ba,ba->b", sp, Hsp)
+                                 + ga ** 2 * (z * Hsp).mean(1)))
+    if dH is not None:
+        idx = np.arange(n)
+        Dq = dH[:, idx, idx, :]                                 # [a, c] = dH_aac
+        p2D = np.einsum("ba,bac->bc", p2, Dq)
+        pair = (np.einsum("bjk,bk->b", Dq, z)
+                - np.einsum("bj,bj->b", z, np.einsum("bjj->bj", Dq))) / (n * (n - 1))
+        out = (out + xi ** 4 * c * c * np.einsum("bc,bc->b", p2D, sp)
+               + xi ** 2 * ga ** 2 * c * (z * p2D).mean(1)
+               + ga ** 2 * xi ** 2 * c * np.einsum("bjc,bc->bj", Dq, sp).mean(1)
+               + ga ** 4 * pair)
+    return n * out
+
+
 def residual_dntk_p_measure(mlp, K1, networks, seed, *, chunk=None):
     r"""``P = n E[dH_{jkk}^(l) z_j^(l)]`` (j != k) of real residual networks, layers 2..L.
 
@@ -528,15 +563,45 @@ def residual_dntk_p_measure(mlp, K1, networks, seed, *, chunk=None):
     Cost: ``O(n^4)`` per network and sampled layer (three contractions of the dNTK
     tensor): at depth 5 ~0.5, 4 and 50 ms per network at n = 16, 32, 64 (one core).
     """
+    return _dntk_measure(mlp, K1, networks, seed, "P", chunk)
+
+
+def residual_dntk_q_measure(mlp, K1, networks, seed, *, chunk=None):
+    r"""``Q = n E[dH_{jjk}^(l) z_k^(l)]`` (j != k) of real residual networks, layers 2..L.
+
+    As :func:`residual_dntk_p_measure` (layers ``1..l-1`` sampled with the full NTK and
+    dNTK by the forward equations, layer l integrated exactly), with the conditional
+    mean of the other contraction: given layer l-1 (``s, p, q`` its ``sigma, sigma',
+    sigma''``, ``c = C_W / n``, ``v = Hhat^T (s p)``),
+
+    .. math::
+        E[dH'_{jjk} z'_k] = \xi^2 c\sum_a q_a p_a H_{aa}\big[\xi^2 c (H s p)_a
+            + \gamma^2 H_{ak} z_k\big]
+          + \sum_{abc}E[Y_{ja}Y_{jb}]\,E[Y_{kc}z'_k]\,dH_{abc}
+          + \frac{\lambda_W\xi^2}{n}E[v_k z'_k]
+
+    with ``E[Y_ja Y_jb] = xi^2 c p_a^2 d_ab + gamma^2 d_ja d_jb``, ``E[Y_kc z'_k] =
+    xi^2 c s_c p_c + gamma^2 d_kc z_k``, ``E[v_k z'_k] = xi^2 c (sp)^T H (sp) + gamma^2
+    z_k (H sp)_k``, averaged over all ordered pairs j != k. Unbiased at any width. Numpy only (float64); the full dNTK
+    tensor at every sampled layer, ``O(n^4)`` per network and layer.
+
+    Parameters, returns: as :func:`residual_dntk_p_measure` (``Q^(l)`` estimates).
+    """
+    return _dntk_measure(mlp, K1, networks, seed, "Q", chunk)
+
+
+def _dntk_measure(mlp, K1, networks, seed, stat, chunk):
+    """The P or Q estimator of :func:`residual_dntk_p_measure` / :func:`residual_dntk_q_measure`."""
     from ..theory.residual_ntk import one_input_kernel
+    name = f"residual_dntk_{stat.lower()}_measure"
     act = mlp.activation
     L = mlp.depth
     n = int(mlp.widths[1])
     if any(int(w) != n for w in mlp.widths[1:]):
-        raise ValueError(f"residual_dntk_p_measure needs equal widths from layer 1 on "
-                         f"(n_out = width); got {mlp.widths}")
+        raise ValueError(f"{name} needs equal widths from layer 1 on (n_out = width); "
+                         f"got {mlp.widths}")
     if L < 2:
-        raise ValueError(f"P vanishes at layer 1; need depth >= 2, got {L}")
+        raise ValueError(f"{stat} vanishes at layer 1; need depth >= 2, got {L}")
     if not (isinstance(networks, int) and networks >= 2):
         raise ValueError(f"networks must be an integer >= 2; got {networks!r}")
     _, Th = one_input_kernel(mlp, K1)
@@ -545,6 +610,13 @@ def residual_dntk_p_measure(mlp, K1, networks, seed, *, chunk=None):
     rng = np.random.default_rng(seed)
     chunk = int(chunk or max(1, 4e6 // n ** 3))
     idx = np.arange(n)
+
+    def conditional(z, H, T, diag, l):
+        if stat == "P":
+            D = None if T is None else (T if diag else T[:, :, idx, idx])
+            return _dntk_p_conditional(act, z, H, D, xi[l], ga[l], CW[l], n)
+        return _dntk_q_conditional(act, z, H, T, xi[l], ga[l], CW[l], lW[l], n)
+
     Ys, done = [], 0
     while done < networks:
         b = min(chunk, networks - done)
@@ -552,16 +624,15 @@ def residual_dntk_p_measure(mlp, K1, networks, seed, *, chunk=None):
         z = math.sqrt(K1) * rng.standard_normal((b, n))
         H = np.broadcast_to(Th[0] * np.eye(n), (b, n, n)).copy()
         est = np.zeros((b, L))
-        est[:, 1] = _dntk_p_conditional(act, z, H, None, xi[1], ga[1], CW[1], n)
+        est[:, 1] = conditional(z, H, None, False, 1)
         dH = None
         for k in range(1, L - 1):        # sample layer k+1 (0-based k), estimate layer k+2
             W = rng.standard_normal((b, n, n)) * math.sqrt(CW[k] / n)
             bias = math.sqrt(Cb[k]) * rng.standard_normal((b, n))
-            last = k == L - 2
+            diag = stat == "P" and k == L - 2      # P needs only dH_{akk} at the last one
             z, H, T = _dntk_step(act, z, H, dH, W, bias, (xi[k], ga[k], lb[k], lW[k]), n,
-                                 diag_only=last)
-            est[:, k + 1] = _dntk_p_conditional(act, z, H, T if last else T[:, :, idx, idx],
-                                                xi[k + 1], ga[k + 1], CW[k + 1], n)
+                                 diag_only=diag)
+            est[:, k + 1] = conditional(z, H, T, diag, k + 1)
             dH = T
         Ys.append(est)
     Y = np.concatenate(Ys)

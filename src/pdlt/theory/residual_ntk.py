@@ -831,3 +831,100 @@ def residual_dntk_p(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
     if not np.all(np.isfinite(out)):
         raise FloatingPointError("P overflowed; reduce the depth or initialize at criticality")
     return out
+
+
+# ---------------------------------------------------------------------------
+# Q: the dNTK's other contraction with a preactivation
+# ---------------------------------------------------------------------------
+
+def residual_dntk_q(mlp: MLP, K1: float) -> np.ndarray:
+    r"""``Q``, the dNTK-preactivation correlation ``n E[dH_{jjk} z_k]`` (j != k), one input.
+
+    ``E[dH_{i0i1i2} z_{i3}] ⊃ d_{i0i1} d_{i2i3} Q / n`` (``shared/NOTATION.md``). The
+    conditional mean of ``dH_{jjk}`` given the two neurons' trajectories is, at
+    order 1/n, a *linear* form in neuron k's features alone
+    (``docs/derivations/residual_ntk.md``, section 10),
+
+    .. math::
+        n\,E[dH_{jjk} \mid \text{trajectories}] = \xi^T\phi(k),\qquad
+        \phi: U_m,\ \sigma\sigma'(z^{(p)}),\ \sigma''\sigma'(z^{(p)}),
+
+    (the rows of neuron j enter only through ``E[W_ja W_jb] = c d_ab``). A layer step
+    (``s, p, q = sigma, sigma', sigma''`` at layer l, ``G`` the new increment's variance,
+    ``M`` the bilinear form of F, :func:`_bilinear_forms`, ``e_f = E[f(z^(l)) phi]``):
+
+    .. math::
+        \xi' = r(\gamma^3 + \xi^2\gamma C_W\langle p^2\rangle)\xi
+          + r\xi^2\gamma(C_W\Theta M e_{qp} + \lambda_W M e_{sp})
+          + \xi^2\gamma C_W\Theta^2\,\mathrm{QP}_l + \lambda_W\xi^2\gamma\Theta\,\mathrm{S}_l
+          + \frac{U_{l+1}}{G}\Big[\xi^3 C_W^2\big(\Theta^2\langle q s p^2\rangle
+          + r\Theta e_{qp}^TMe_{sp} + r\langle p^2\rangle \xi^Te_{sp}\big)
+          + r\xi\gamma^2 C_W\,\xi^Te_{sp}
+          + \lambda_W\xi^3 C_W\big(\Theta\langle s^2p^2\rangle + r e_{sp}^TMe_{sp}\big)\Big],
+
+    and ``Q^(l) = xi^T E[phi z^(l)]``. At gamma = 0 this is the book's recursion
+    (:func:`pdlt.theory.dntk.dntk_Q_step`; 1e-12); at layer 2 the closed form
+    ``xi^2 C_W Theta^2 (xi^2 C_W <q s p^2> + gamma^2 <q p z>) + lambda_W xi^2 Theta
+    (xi^2 C_W <s^2 p^2> + gamma^2 <z s p>)`` (exact at any width).
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+
+    Returns
+    -------
+    ndarray (L,)
+        ``Q^(l)``, normalized by ``n_{l-1}``.
+
+    Raises
+    ------
+    ValueError
+        If ``K1`` is not a finite number > 0.
+    FloatingPointError
+        If Q overflows (far from criticality at large depth).
+    """
+    act, L = mlp.activation, mlp.depth
+    K, Th, (pp, dss, dqp, qspp, sspp), (a, varw, C) = _one_input_setup(
+        mlp, K1, ("pp", "dss", "dqp", "qspp", "sspp"))
+    out = np.zeros(L)
+    if L == 1:
+        return out
+    Ms = _bilinear_forms(mlp, K, Th, a, varw, C)
+    fns = {"sp": lambda z: act.sigma(z) * act.d1(z), "qp": lambda z: act.d2(z) * act.d1(z)}
+    pr = _two_depth_pairs(act, C, fns, (("sp", "sp"), ("sp", "qp"), ("qp", "sp")))
+    SS, SQ, QS = pr[("sp", "sp")], pr[("sp", "qp")], pr[("qp", "sp")]
+    CW, lW, x, g = (np.asarray(v, float) for v in (mlp.C_W, mlp.lambda_W, mlp.xi, mlp.gamma))
+    L2 = 2 * L
+    xv = np.zeros(3 * L)                     # features: U_m | S_p = s p(z^(p)) | QP_p = q p(z^(p))
+    for l in range(L - 1):
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        c, gg, xx, lw, G = CW[l + 1], g[l + 1], x[l + 1], lW[l + 1], varw[l + 1]
+        M = Ms[l]
+        esp = np.zeros(3 * L)
+        esp[:l + 1] = a[l, :l + 1] * varw[:l + 1] * dss[l]
+        esp[L:L + l] = SS[l, :l]
+        esp[L2:L2 + l] = SQ[l, :l]
+        eqp = np.zeros(L2)
+        eqp[:l + 1] = a[l, :l + 1] * varw[:l + 1] * dqp[l]
+        eqp[L:L + l] = QS[l, :l]
+        Msp, Mqp = M @ esp[:L2], M @ eqp
+        xe = float(xv @ esp)
+        new = r * (gg ** 3 + xx * xx * gg * c * pp[l]) * xv
+        new[:L2] += r * xx * xx * gg * (c * Th[l] * Mqp + lw * Msp)
+        new[L2 + l] += xx * xx * gg * c * Th[l] ** 2
+        new[L + l] += lw * xx * xx * gg * Th[l]
+        new[l + 1] += (xx ** 3 * c * c * (Th[l] ** 2 * qspp[l] + r * Th[l] * float(eqp @ Msp)
+                                          + r * pp[l] * xe)
+                       + r * xx * gg * gg * c * xe
+                       + lw * xx ** 3 * c * (Th[l] * sspp[l] + r * float(esp[:L2] @ Msp))) / G
+        xv = new
+        vz = np.zeros(3 * L)
+        vz[:l + 2] = a[l + 1, :l + 2] * varw[:l + 2]
+        vz[L:L + l + 1] = C[l + 1, :l + 1] * dss[:l + 1]
+        vz[L2:L2 + l + 1] = C[l + 1, :l + 1] * dqp[:l + 1]
+        out[l + 1] = float(xv @ vz)
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("Q overflowed; reduce the depth or initialize at criticality")
+    return out
