@@ -263,7 +263,8 @@ def _p_rows(acts, gammas, depth, networks, widths, K1=1.0, max_resolution=0.25, 
                              stats=stats, K1=K1, seed=seed)
     assert len(rows) == len(stats) * len(acts) * len(gammas) * (depth - 1)
     for r in rows:
-        print(f"{r['statistic']} {r['activation']} gamma={r['gamma']} layer {r['layer']} widths {widths}: "
+        print(f"{r['statistic']} {r['activation']} gamma={r['gamma']} layer {r['layer']} "
+              f"widths {widths}: "
               f"measured {r['measured']:.4f} +- {r['se']:.4f} (allowance "
               f"{r['allowance']:.4f}), theory {r['theory']:.4f}, resolution "
               f"{r['resolution']:.3f}, z(x0.5) {r['z_half']:.1f}, z(x2) {r['z_double']:.1f}")

@@ -582,8 +582,9 @@ def residual_dntk_q_measure(mlp, K1, networks, seed, *, chunk=None):
 
     with ``E[Y_ja Y_jb] = xi^2 c p_a^2 d_ab + gamma^2 d_ja d_jb``, ``E[Y_kc z'_k] =
     xi^2 c s_c p_c + gamma^2 d_kc z_k``, ``E[v_k z'_k] = xi^2 c (sp)^T H (sp) + gamma^2
-    z_k (H sp)_k``, averaged over all ordered pairs j != k. Unbiased at any width. Numpy only (float64); the full dNTK
-    tensor at every sampled layer, ``O(n^4)`` per network and layer.
+    z_k (H sp)_k``, averaged over all ordered pairs j != k. Unbiased at any width. Numpy
+    only (float64); the full dNTK tensor at every sampled layer, ``O(n^4)`` per network
+    and layer.
 
     Parameters, returns: as :func:`residual_dntk_p_measure` (``Q^(l)`` estimates).
     """

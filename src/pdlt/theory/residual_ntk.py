@@ -1,4 +1,4 @@
-r"""NTK statistics of residual MLPs at order 1/n, single input: A, B, D, F, H1, P (and the exact V).
+r"""NTK statistics of residual MLPs at order 1/n, single input: A, B, D, F, H1, P, Q (and exact V).
 
 For the residual MLP ``z' = xi [b + W sigma(z)] + gamma z``
 (``shared/NOTATION.md``) the book's closure on a finite set of statistics
@@ -20,6 +20,8 @@ them exactly:
 * :func:`residual_dntk_p`: P, the dNTK-preactivation correlation (a bilinear form
   in the two neurons' trajectories, fed by B's attachments), which
   :func:`pdlt.statistics` serves for residual MLPs;
+* :func:`residual_dntk_q`: Q, the dNTK's other contraction (a linear form in one
+  neuron's features), which :func:`pdlt.statistics` serves for residual MLPs;
 * :func:`residual_b_closure`: B from the closure recursion (history terms
   dropped), for comparison only;
 * :func:`pdlt.theory.residual.residual_slopes`: the depth-to-width slopes of the normalized
@@ -32,16 +34,16 @@ residual networks (``tests/experiment/test_residual_ntk_ensemble.py``,
 Carlo of real networks (``docs/derivations/residual_g1_mc.py``); H1 at layer 3
 by an independent delta-method derivation and at layers 3-5 by Rao-Blackwellized
 ensembles (:func:`pdlt.report.residual.residual_ntk_mean_measure`); P at layers 2-5
-by Rao-Blackwellized ensembles (:func:`pdlt.report.residual.residual_dntk_p_measure`).
-Q, R, S, T, U and all N-input tensors are NOT derived for residual MLPs and raise
-``NotImplementedError``.
+and Q by Rao-Blackwellized ensembles (:func:`pdlt.report.residual.residual_dntk_p_measure`,
+:func:`pdlt.report.residual.residual_dntk_q_measure`). R, S, T, U and all N-input
+tensors are NOT derived for residual MLPs and raise ``NotImplementedError``.
 
 Cost: ``O(L^2)`` two-variable Gaussian averages (:func:`pdlt.gaussian.expect2`,
 ~1e6 function evaluations each) and ``O(L^3)`` algebra; fine to depth ~50.
 
 Derivation: ``docs/derivations/residual_ntk.md`` (forward equation, why the
 closure fails, the B attachments, the F bilinear features, the field
-covariances for V, A, D, H1 (section 8), and the checks).
+covariances for V, A, D, H1 (section 8), P (section 9), Q (section 10), and the checks).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from ..network import MLP
 from ._averages import Integrands, OneVariableTable
 from .kernel import first_layer_kernel, kernel_fold
 
-__all__ = ["residual_ntk_one_input", "residual_ntk_mean", "residual_dntk_p",
+__all__ = ["residual_ntk_one_input", "residual_ntk_mean", "residual_dntk_p", "residual_dntk_q",
            "residual_b_closure", "one_input_kernel", "RESIDUAL_NTK_STATISTICS"]
 
 #: statistics derived (and ensemble-checked) for residual MLPs, single input
