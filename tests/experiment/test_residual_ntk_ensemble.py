@@ -304,14 +304,15 @@ def test_dntk_q_tanh():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("act,gamma,widths,networks", [
-    ("tanh", 0.7, (16, 32), 8000), ("gelu", 0.3, (16, 32), 12000),
-    ("gelu", 0.7, (16, 32), 12000)])
-def test_dntk_q_all(act, gamma, widths, networks):
-    """~1-3 min each. Q at layers 2-5, K1 = 1: every row resolved to <= 25 % with x0, x0.5,
-    x2 rejected (GELU's Q scatters more: 3000 networks per width left layers 4-5 at
-    26-41 %, while agreeing to z <= 0.4)."""
-    _p_rows((act,), (gamma,), depth=5, networks=networks, widths=widths, stats=("Q",))
+@pytest.mark.parametrize("act,gamma,networks,depth", [
+    ("tanh", 0.7, 8000, 5), ("gelu", 0.3, 12000, 4), ("gelu", 0.7, 12000, 5)])
+def test_dntk_q_all(act, gamma, networks, depth):
+    """~1-3 min each. Q at layers 2..depth, K1 = 1, widths 16/32: every row resolved to
+    <= 25 % with x0, x0.5, x2 rejected (GELU's Q scatters more: 3000 networks per width
+    left layers 4-5 at 26-41 %, while agreeing to z <= 0.4; GELU at gamma = 0.3, layer 5,
+    12000 networks: 24.1(1.1), allowance 1.9, against 25.11, resolution 26 %: not
+    claimed)."""
+    _p_rows((act,), (gamma,), depth=depth, networks=networks, widths=(16, 32), stats=("Q",))
 
 
 @pytest.mark.slow
