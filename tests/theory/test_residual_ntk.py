@@ -80,8 +80,8 @@ def test_history_differs_from_closure_for_relu():
 
 def test_refuses_statistics_not_derived():
     m = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, gamma=0.5)
-    with pytest.raises(NotImplementedError, match=r"\[.P.\].*derived: A, B, D, F"):
-        residual_ntk_one_input(m, 1.0, stats=("P", "B"))
+    with pytest.raises(NotImplementedError, match=r"\[.R.\].*this function: A, B, D, F"):
+        residual_ntk_one_input(m, 1.0, stats=("R", "B"))
     with pytest.raises(ValueError, match="K1 must be"):
         residual_ntk_one_input(m, -1.0)
 

@@ -160,7 +160,8 @@ def residual_ntk_one_input(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -
     Raises
     ------
     NotImplementedError
-        For a statistic other than B, F (not derived for residual MLPs).
+        For a statistic other than A, B, D, F, V (P and Q: :func:`residual_dntk_p`,
+        :func:`residual_dntk_q`; R, S, T, U are not derived for residual MLPs).
 
     Examples
     --------
@@ -174,8 +175,9 @@ def residual_ntk_one_input(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -
     bad = [k for k in stats if k not in RESIDUAL_NTK_STATISTICS + ("V",)]
     if bad:
         raise NotImplementedError(
-            f"residual MLPs: the NTK statistics {bad} are not derived (derived: "
-            f"{', '.join(RESIDUAL_NTK_STATISTICS)}); see pdlt.theory.residual_ntk")
+            f"residual MLPs: the NTK statistics {bad} are not derived here (this function: "
+            f"{', '.join(RESIDUAL_NTK_STATISTICS)}; P, Q: residual_dntk_p, residual_dntk_q, "
+            "or pdlt.statistics(get=...)); see pdlt.theory.residual_ntk")
     act, L = mlp.activation, mlp.depth
     K, Th, (s, q, sspp, dss), (a, varw, C) = _one_input_setup(mlp, K1,
                                                              ("pp", "pppp", "sspp", "dss"))
@@ -853,7 +855,7 @@ def residual_dntk_q(mlp: MLP, K1: float) -> np.ndarray:
 
     (the rows of neuron j enter only through ``E[W_ja W_jb] = c d_ab``). A layer step
     (``s, p, q = sigma, sigma', sigma''`` at layer l, ``G`` the new increment's variance,
-    ``M`` the bilinear form of F, :func:`_bilinear_forms`, ``e_f = E[f(z^(l)) phi]``):
+    ``M`` the bilinear form of F, ``_bilinear_forms``, ``e_f = E[f(z^(l)) phi]``):
 
     .. math::
         \xi' = r(\gamma^3 + \xi^2\gamma C_W\langle p^2\rangle)\xi
