@@ -215,8 +215,8 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
     gamma = 0.7, layer 3, widths 16/32 extrapolated; allowance a quarter of the
     measured 1/n shift; ~1 min), for P and Q (tanh, layers 2-4, widths 16/32,
     :func:`pdlt.report.residual.residual_dntk_p_measure` and ``residual_dntk_q_measure``,
-    ~20 s; with ``full`` also GELU at gamma = 0.7, P at widths 32/64, ~2 min) and the figure of r* from the exact vertex
-    slope with the NTK fluctuation slopes (~1 min).
+    ~20 s; with ``full`` also GELU at gamma = 0.7, P at widths 32/64, ~2 min) and the
+    figure of r* from the exact vertex slope with the NTK fluctuation slopes (~1 min).
     """
     from ..experiment import Ensemble
     from ..theory.residual import residual_mlp

@@ -847,8 +847,8 @@ def residual_dntk_q(mlp: MLP, K1: float) -> np.ndarray:
     r"""``Q``, the dNTK-preactivation correlation ``n E[dH_{jjk} z_k]`` (j != k), one input.
 
     ``E[dH_{i0i1i2} z_{i3}]`` has the term ``d_{i0i1} d_{i2i3} Q / n``
-    (``shared/NOTATION.md``). The conditional mean of ``dH_{jjk}`` given the two neurons' trajectories is, at
-    order 1/n, a *linear* form in neuron k's features alone
+    (``shared/NOTATION.md``). The conditional mean of ``dH_{jjk}`` given the two
+    neurons' trajectories is, at order 1/n, a *linear* form in neuron k's features alone
     (``docs/derivations/residual_ntk.md``, section 10),
 
     .. math::
