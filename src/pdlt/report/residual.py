@@ -658,8 +658,9 @@ def residual_aspect_ratio_figure(activations=("relu", "gelu"), gammas=None, *, n
     ``r* = 4/((20 + 3 n_L) nu)`` from both; and, for the scale-invariant
     activations, the slopes of ``A, B/(n Theta^2)`` and ``D, F/(n K Theta)``
     against gamma (``lambda_b = lambda_W = 1``): how strongly the NTK fluctuates
-    per unit of L/n. The representation-learning side (dNTK P, Q) is not
-    derived for residual MLPs, so no NTK-based r* is drawn. Theory only; about
+    per unit of L/n. The representation-learning side (dNTK P, Q) is derived for
+    one input (:func:`pdlt.theory.residual_ntk.residual_dntk_p`, ``residual_dntk_q``)
+    but not yet turned into an NTK-based r*, so none is drawn. Theory only; about
     4 s per (activation, gamma) at depth 60.
 
     Returns
