@@ -862,7 +862,7 @@ def residual_dntk_q(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
     (``docs/derivations/residual_ntk.md``, section 10),
 
     .. math::
-        n\,E[dH_{jjk} \mid \text{trajectories}] = \xi^T\phi(k),\qquad
+        n\,E[dH_{jjk} \mid \text{trajectories}] = w^T\phi(k),\qquad
         \phi: U_m,\ \sigma\sigma'(z^{(p)}),\ \sigma''\sigma'(z^{(p)}),
 
     (the rows of neuron j enter only through ``E[W_ja W_jb] = c d_ab``). A layer step
@@ -870,15 +870,16 @@ def residual_dntk_q(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
     ``M`` the bilinear form of F, ``_bilinear_forms``, ``e_f = E[f(z^(l)) phi]``):
 
     .. math::
-        \xi' = r(\gamma^3 + \xi^2\gamma C_W\langle p^2\rangle)\xi
+        w' = r(\gamma^3 + \xi^2\gamma C_W\langle p^2\rangle)w
           + r\xi^2\gamma(C_W\Theta M e_{qp} + \lambda_W M e_{sp})
           + \xi^2\gamma C_W\Theta^2\,\mathrm{QP}_l + \lambda_W\xi^2\gamma\Theta\,\mathrm{S}_l
           + \frac{U_{l+1}}{G}\Big[\xi^3 C_W^2\big(\Theta^2\langle q s p^2\rangle
-          + r\Theta e_{qp}^TMe_{sp} + r\langle p^2\rangle \xi^Te_{sp}\big)
-          + r\xi\gamma^2 C_W\,\xi^Te_{sp}
+          + r\Theta e_{qp}^TMe_{sp} + r\langle p^2\rangle w^Te_{sp}\big)
+          + r\xi\gamma^2 C_W\,w^Te_{sp}
           + \lambda_W\xi^3 C_W\big(\Theta\langle s^2p^2\rangle + r e_{sp}^TMe_{sp}\big)\Big],
 
-    and ``Q^(l) = xi^T E[phi z^(l)]``. At gamma = 0 this is the book's recursion
+    and ``Q^(l) = w^T E[phi z^(l)]`` (``xi`` is the layer's residual multiplier, ``w``
+    the form). At gamma = 0 this is the book's recursion
     (:func:`pdlt.theory.dntk.dntk_Q_step`; 1e-12); at layer 2 the closed form
     ``xi^2 C_W Theta^2 (xi^2 C_W <q s p^2> + gamma^2 <q p z>) + lambda_W xi^2 Theta
     (xi^2 C_W <s^2 p^2> + gamma^2 <z s p>)`` (exact at any width). Checked against real
