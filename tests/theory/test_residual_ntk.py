@@ -80,8 +80,8 @@ def test_history_differs_from_closure_for_relu():
 
 def test_refuses_statistics_not_derived():
     m = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, gamma=0.5)
-    with pytest.raises(NotImplementedError, match=r"\[.P.\].*derived: A, B, D, F"):
-        residual_ntk_one_input(m, 1.0, stats=("P", "B"))
+    with pytest.raises(NotImplementedError, match=r"\[.R.\].*this function: A, B, D, F"):
+        residual_ntk_one_input(m, 1.0, stats=("R", "B"))
     with pytest.raises(ValueError, match="K1 must be"):
         residual_ntk_one_input(m, -1.0)
 
@@ -175,7 +175,7 @@ def test_ntk_fluctuation_flow_serves_what_is_derived():
     r = residual_ntk_one_input(m, 1.0)
     for k in "ABDF":
         np.testing.assert_array_equal(f[k], r[k])
-    with pytest.raises(NotImplementedError, match="P, Q, R, S, T, U not derived"):
+    with pytest.raises(NotImplementedError, match="R, S, T, U not derived"):
         ntk_fluctuation_flow(m, K1=1.0)
     with pytest.raises(NotImplementedError, match="N-input"):
         ntk_fluctuation_flow(m, np.ones((2, 1)), stats="B")
@@ -299,7 +299,7 @@ def test_ntk_mean_is_served_by_statistics():
     np.testing.assert_array_equal(np.ravel(st.H1), residual_ntk_mean(m, 1.0))
     assert st.H1[2] > 0.1                       # ReLU: zero for plain MLPs, not here
     assert "H1" in pdlt.theory.statistics.defined(m)
-    assert "P" not in pdlt.theory.statistics.defined(m)   # residual_dntk_p: not validated
+    assert "R" not in pdlt.theory.statistics.defined(m)   # not derived for residual MLPs
     with pytest.raises(NotImplementedError, match="H1 not derived"):
         pdlt.statistics(m, np.ones((2, 1)), get=("H1",))
     with pytest.raises(ValueError, match="K1 must be"):
@@ -349,3 +349,80 @@ def test_dntk_p_vanishes_without_curvature_and_differs_from_the_closure():
     ex, cl = residual_dntk_p(m, K1), residual_dntk_p(m, K1, closure=True)
     assert ex[1] == pytest.approx(cl[1], rel=1e-12)          # layer 2: no history yet
     assert abs(ex[3] - cl[3]) > 0.2 * abs(ex[3])
+
+
+def test_dntk_p_is_served_by_statistics():
+    """P and Q are served for one input (ensemble-checked: tests/experiment/
+    test_residual_ntk_ensemble.py); R..U and N inputs still raise."""
+    from pdlt.theory.residual_ntk import residual_dntk_p
+    m = pdlt.theory.residual.residual_mlp("tanh", 0.5, width=16, depth=5, n_out=16)
+    st = pdlt.statistics(m, K1=1.0, get=("P", "B"))
+    np.testing.assert_array_equal(np.ravel(st.P), residual_dntk_p(m, 1.0))
+    assert st.P[3] < -0.1
+    assert "P" in pdlt.theory.statistics.defined(m)
+    assert "P" not in pdlt.theory.statistics.defined(m, 2)
+    with pytest.raises(NotImplementedError, match="R not derived"):
+        pdlt.statistics(m, K1=1.0, get=("P", "R"))
+    with pytest.raises(NotImplementedError, match="P not derived"):
+        pdlt.statistics(m, np.ones((2, 1)), get=("P",))
+
+
+# ---------------------------------------------------------------------------
+# Q (pdlt.theory.residual_ntk.residual_dntk_q)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("act", ["tanh", "gelu", "sin", "relu"])
+def test_dntk_q_gamma_zero_is_the_plain_recursion(act):
+    """gamma = 0, unequal widths: the linear-form recursion is the book's (dntk.py), 1e-12."""
+    from pdlt.theory.residual_ntk import residual_dntk_q
+    m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9, 9), activation=act, C_W=1.3, C_b=0.1,
+                 lambda_b=0.5, lambda_W=0.8)
+    f = np.ravel(pdlt.statistics(m, K1=0.9, get=("Q",)).Q)
+    np.testing.assert_allclose(residual_dntk_q(m, 0.9), f, rtol=1e-12,
+                               atol=1e-12 * np.abs(f).max())
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu", "sin", "relu"])
+def test_dntk_q_layer_two_closed_form(act):
+    """Layer 2, exact at any width: Q = xi^2 C_W Theta1^2 (xi^2 C_W <q s p^2> + gamma^2 <q p z>)
+    + lambda_W xi^2 Theta1 (xi^2 C_W <s^2 p^2> + gamma^2 <z s p>)."""
+    from pdlt.theory.residual_ntk import residual_dntk_q
+    g, x, CW, Cb, K1, lW = 0.6, 0.9, 0.8, 0.2, 0.7, 1.1
+    m = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, activation=act, C_W=CW, C_b=Cb,
+                 gamma=g, xi=x, lambda_b=0.3, lambda_W=lW)
+    a = m.activation
+    Th = float(pdlt.flow(m, K1=K1).Theta[0])
+    kw = dict(kinks=a.kinks)
+    qsp2 = float(expect(lambda z: a.d2(z) * a.sigma(z) * a.d1(z) ** 2, K1, **kw))
+    qpz = float(expect(lambda z: a.d2(z) * a.d1(z) * z, K1, **kw))
+    s2p2 = float(expect(lambda z: (a.sigma(z) * a.d1(z)) ** 2, K1, **kw))
+    zsp = float(expect(lambda z: z * a.sigma(z) * a.d1(z), K1, **kw))
+    want = (x * x * CW * Th ** 2 * (x * x * CW * qsp2 + g * g * qpz)
+            + lW * x * x * Th * (x * x * CW * s2p2 + g * g * zsp))
+    assert residual_dntk_q(m, K1)[1] == pytest.approx(want, rel=1e-11)
+
+
+def test_dntk_q_is_served_by_statistics():
+    from pdlt.theory.residual_ntk import residual_dntk_q
+    m = pdlt.theory.residual.residual_mlp("gelu", 0.7, width=16, depth=5, n_out=16)
+    st = pdlt.statistics(m, K1=1.0, get=("P", "Q"))
+    np.testing.assert_array_equal(np.ravel(st.Q), residual_dntk_q(m, 1.0))
+    assert "Q" in pdlt.theory.statistics.defined(m)
+    with pytest.raises(ValueError, match="K1 must be"):
+        residual_dntk_q(m, -1.0)
+
+
+def test_dntk_q_closure():
+    """The closure (two-depth averages replaced by products) is exact for a plain MLP
+    (preactivations at different depths are independent; 1e-10: the pair quadrature's
+    stated 1e-13 absolute error, summed over layers) and, at layer 2, for any residual
+    MLP; GELU at gamma = 0.7 it is ~17 % off at layer 4 (the ensembles reject it)."""
+    from pdlt.theory.residual_ntk import residual_dntk_q
+    m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9, 9), activation="gelu", C_W=1.3, C_b=0.1,
+                 lambda_b=0.5, lambda_W=0.8)
+    np.testing.assert_allclose(residual_dntk_q(m, 0.9, closure=True), residual_dntk_q(m, 0.9),
+                               rtol=1e-10)
+    m = pdlt.theory.residual.residual_mlp("gelu", 0.7, width=8, depth=4, n_out=8)
+    ex, cl = residual_dntk_q(m, 1.0), residual_dntk_q(m, 1.0, closure=True)
+    assert ex[1] == pytest.approx(cl[1], rel=1e-12)
+    assert abs(ex[3] - cl[3]) > 0.1 * abs(ex[3])

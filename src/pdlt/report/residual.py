@@ -17,7 +17,8 @@ from .figures import pyplot
 from .rows import compare, width_extrapolation
 
 __all__ = ["optimal_aspect_ratio_figure", "residual_depth_figure", "information_figure",
-           "residual_ntk_rows", "residual_aspect_ratio_figure", "residual_ntk_mean_measure"]
+           "residual_ntk_rows", "residual_aspect_ratio_figure", "residual_ntk_mean_measure",
+           "residual_dntk_p_measure", "residual_dntk_q_measure"]
 
 
 def optimal_aspect_ratio_figure(activations=("relu", "gelu", "tanh", "linear"), gammas=None,
@@ -156,14 +157,14 @@ def information_figure(n_out=1, *, k2_max=0.4, points=40):
 
 def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *, depth=5,
                       widths=(16, 32), networks=10000, seed=17, stats=("B", "F"),
-                      remainder=0.25):
+                      remainder=0.25, K1=None):
     """Residual NTK statistics against ensembles of real residual networks, with power.
 
     For each activation and residual strength: a residual MLP at residual
     criticality (:func:`pdlt.theory.residual.residual_mlp`, ``n_out = width``
     so every layer l >= 2 is residual, ``lambda_b = 0.5``, ``lambda_W = 1``,
-    one input at ``K1 = K*`` or 1), measured at two widths ``n, 2n``
-    (independent seeds) and extrapolated, ``m = 2 m(2n) - m(n)`` (removes the
+    one input at ``K1`` (default ``K*``, or 1 where ``K* = 0``), measured at two
+    widths ``n, 2n`` (independent seeds) and extrapolated, ``m = 2 m(2n) - m(n)`` (removes the
     1/n term; ``se = sqrt(4 se(2n)^2 + se(n)^2)``). The allowance for the
     O(1/n^2) remainder is ``remainder * |m(n) - m(2n)|`` (a quarter of the
     observed 1/n shift between the widths: data-based, it does not grow with
@@ -185,38 +186,50 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
     networks per width, layers 3..depth (layers 1, 2 vanish exactly), extrapolated
     and allowed for like the others.
 
+    ``"P"`` (the dNTK-preactivation correlation,
+    :func:`pdlt.theory.residual_ntk.residual_dntk_p`) is measured by
+    :func:`residual_dntk_p_measure` (real networks, the last layer integrated exactly;
+    numpy) on ``networks`` networks per width, layers 2..depth (layer 2 exact at any
+    width); ``"Q"`` likewise by :func:`residual_dntk_q_measure`
+    (:func:`pdlt.theory.residual_ntk.residual_dntk_q`).
+
     Needs torch for A, B, D, F. Cost ~2.5 ms per network and width at depth 5 (two
     CPU cores); H1 ~0.2-1 ms per network and width at widths 16-32.
     """
     import pdlt
 
     from ..theory.residual import residual_mlp
-    from ..theory.residual_ntk import (residual_ntk_mean, residual_ntk_one_input,
-                                       residual_b_closure)
+    from ..theory.residual_ntk import (residual_b_closure, residual_dntk_p, residual_dntk_q,
+                                       residual_ntk_mean, residual_ntk_one_input)
 
     n1, n2 = widths
-    ens_stats = [s for s in stats if s != "H1"]
+    own = {"H1": residual_ntk_mean_measure, "P": residual_dntk_p_measure,   # numpy estimators
+           "Q": residual_dntk_q_measure}
+    ens_stats = [s for s in stats if s not in own]
     rows = []
     for act in activations:
         crit = pdlt.criticality(act)
-        K1 = crit.K_star if crit.K_star else 1.0
+        k1 = (crit.K_star if crit.K_star else 1.0) if K1 is None else float(K1)
         for gamma in gammas:
-            meas, meas_h1 = {}, {}
+            meas, meas_own = {}, {}
             for i, n in enumerate(widths):
                 m = residual_mlp(act, gamma, width=n, depth=depth, n_out=n, lambda_b=0.5)
                 if ens_stats:
                     from ..experiment import Ensemble
                     meas[n] = Ensemble(m, networks=networks, seed=seed + 1000 * i).measure(
-                        K1=K1, stats=ens_stats, progress=False)
-                if "H1" in stats:
-                    meas_h1[n] = {"H1": _Measured(*residual_ntk_mean_measure(
-                        m, K1, networks, seed + 1000 * i + 1))}
-            th = residual_ntk_one_input(m, K1, stats=ens_stats) if ens_stats else {}
+                        K1=k1, stats=ens_stats, progress=False)
+                meas_own[n] = {k: _Measured(*f(m, k1, networks, seed + 1000 * i + 1 + j))
+                               for j, (k, f) in enumerate(own.items()) if k in stats}
+            th = residual_ntk_one_input(m, k1, stats=ens_stats) if ens_stats else {}
             if "H1" in stats:
-                th["H1"] = residual_ntk_mean(m, K1)
-            clos = residual_b_closure(m, K1) if "B" in stats else None
+                th["H1"] = residual_ntk_mean(m, k1)
+            if "P" in stats:
+                th["P"] = residual_dntk_p(m, k1)
+            if "Q" in stats:
+                th["Q"] = residual_dntk_q(m, k1)
+            clos = residual_b_closure(m, k1) if "B" in stats else None
             for name in stats:
-                src = meas_h1 if name == "H1" else meas
+                src = meas_own if name in own else meas
                 for l in range(3 if name == "H1" else 2, depth + 1):
                     a1, s1 = float(src[n1][name].mean[l - 1]), float(src[n1][name].stderr[l - 1])
                     a2, s2 = float(src[n2][name].mean[l - 1]), float(src[n2][name].stderr[l - 1])
@@ -229,7 +242,7 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
                     t = float(th[name][l - 1])
                     c = compare(t, mean, se, allow)
                     row = dict(statistic=name, activation=act, gamma=gamma, layer=l,
-                               widths=list(widths), networks=networks, theory=t,
+                               widths=list(widths), networks=networks, K1=k1, theory=t,
                                measured=mean, se=se, allowance=allow,
                                resolution=float(c.tolerance) / abs(t), z=float(c.z),
                                passed=c.passed,
@@ -408,6 +421,225 @@ def residual_ntk_mean_measure(mlp, K1, networks, seed, *, chunk=2000):
     return mean, se
 
 
+def _dntk_step(act, z, H, dH, W, bias, hp, n, diag_only):
+    """One residual layer of a real network: ``z, H`` and the dNTK (or its ``[i0, k, k]`` part).
+
+    ``hp = (xi, gamma, lambda_b, lambda_W)`` of the new layer; ``dH`` (B, n, n, n) or None
+    (layer 1: zero). Returns ``z', H'`` and ``dH'`` (B, n, n, n), or ``dH'_{i0 k k}``
+    (B, n, n) when ``diag_only`` (all the estimator needs at the last sampled layer).
+    """
+    xi, ga, lb, lW = hp
+    s, p, q = act.sigma(z), act.d1(z), act.d2(z)
+    B = z.shape[0]
+    eye = np.eye(n)
+    Y = xi * W * p[:, None, :] + ga * eye                  # Y_ia = xi W_ia p_a + gamma d_ia
+    YT = np.swapaxes(Y, 1, 2)
+    Hhat = H @ YT                                          # Hhat[a, i] = sum_b H_ab Y_ib
+    v = np.einsum("bk,bki->bi", s * p, Hhat)               # sum_b s_b p_b Hhat_{b,i}
+    f = lW * xi * xi / n
+    Wq = W * q[:, None, :]
+    if diag_only:
+        T = xi * (Wq @ (Hhat * Hhat))
+        if dH is not None:                                 # sum_abc Y_ia Y_kb Y_kc dH_abc
+            X = (dH.reshape(B, n * n, n) @ YT).reshape(B, n, n, n)      # [a, b, k]
+            T = T + Y @ np.einsum("bkx,baxk->bak", Y, X)
+        T = T + 2.0 * f * eye * v[:, None, :]
+    else:
+        HH = Hhat[:, :, :, None] * Hhat[:, :, None, :]
+        T = xi * (Wq @ HH.reshape(B, n, n * n)).reshape(B, n, n, n)
+        if dH is not None:                                 # Y (x) Y (x) Y on the three slots
+            X = (Y @ dH.reshape(B, n, n * n)).reshape(B, n, n, n)       # [i0, b, c]
+            X = np.ascontiguousarray(X.transpose(0, 2, 1, 3)).reshape(B, n, n * n)
+            X = ((Y @ X).reshape(B, n * n, n) @ YT).reshape(B, n, n, n)  # [i1, i0, i2]
+            T = T + X.transpose(0, 2, 1, 3)
+        T += f * (eye[None, :, :, None] * v[:, None, None, :]
+                  + eye[None, :, None, :] * v[:, None, :, None])
+    S = (s * s).mean(1)
+    Hn = (xi * xi * (lb + lW * S))[:, None, None] * eye + Y @ H @ YT
+    zn = xi * (bias + np.einsum("bij,bj->bi", W, s)) + ga * z
+    return zn, Hn, T
+
+
+def _dntk_p_conditional(act, z, H, Dm, xi, ga, CW, n):
+    """``n E[dH'_{jkk} z'_j | layer]``, averaged over the ordered pairs j != k (per network).
+
+    ``Dm[a, k] = dH_{akk}`` of the given layer (None: zero). The next layer's row
+    ``W_j`` enters ``z'_j`` and the first slot, the row ``W_k`` the other two;
+    ``E[W_ja z'_j] = xi c s_a``, ``E[Y_ja z'_j] = xi^2 c p_a s_a + gamma^2 d_ja z_j``,
+    ``E[Y_kb Y_kc] = xi^2 c p_b^2 d_bc + gamma^2 d_kb d_kc`` (``c = C_W / n``).
+    """
+    s, p, q = act.sigma(z), act.d1(z), act.d2(z)
+    c = CW / n
+    sq, sp, p2 = s * q, s * p, p * p
+    sqH2 = np.einsum("ba,bak->bk", sq, H * H)
+    out = (xi ** 4 * c * c * np.einsum("bk,bk->b", sqH2, p2)
+           + xi ** 2 * ga ** 2 * c * sqH2.mean(1))
+    if Dm is not None:
+        Dp = np.einsum("bak,bk->ba", Dm, p2)
+        pair = (np.einsum("bj,bjk->b", z, Dm)
+                - np.einsum("bj,bj->b", z, np.einsum("bjj->bj", Dm))) / (n * (n - 1))
+        out = (out + xi ** 4 * c * c * np.einsum("ba,ba->b", sp, Dp)
+               + xi ** 2 * ga ** 2 * c * np.einsum("ba,bak->bk", sp, Dm).mean(1)
+               + ga ** 2 * xi ** 2 * c * (z * Dp).mean(1) + ga ** 4 * pair)
+    return n * out
+
+
+def _dntk_q_conditional(act, z, H, dH, xi, ga, CW, lW, n):
+    """``n E[dH'_{jjk} z'_k | layer]``, averaged over the ordered pairs j != k (per network).
+
+    ``dH`` (B, n, n, n) of the given layer (None: zero). With ``E[W_ja Hhat_aj] = xi c p_a
+    H_aa``, ``E[Hhat_ak z'_k] = xi^2 c (H s p)_a + gamma^2 H_ak z_k``, ``E[Y_ja Y_jb] =
+    xi^2 c p_a^2 d_ab + gamma^2 d_ja d_jb``, ``E[Y_kc z'_k] = xi^2 c s_c p_c + gamma^2 d_kc z_k``
+    and ``E[v_k z'_k] = xi^2 c (sp)^T H (sp) + gamma^2 z_k (H sp)_k`` (the lambda_W term).
+    """
+    s, p, q = act.sigma(z), act.d1(z), act.d2(z)
+    c = CW / n
+    qp, sp, p2 = q * p, s * p, p * p
+    Hd = np.einsum("bii->bi", H)
+    Hsp = np.einsum("bac,bc->ba", H, sp)
+    w = np.einsum("ba,bak->bk", qp * Hd, H)
+    out = (xi ** 4 * c * c * np.einsum("ba,ba->b", qp * Hd, Hsp)
+           + xi ** 2 * ga ** 2 * c * (w * z).mean(1)
+           + lW * xi ** 2 / n * (xi ** 2 * c * np.einsum("ba,ba->b", sp, Hsp)
+                                 + ga ** 2 * (z * Hsp).mean(1)))
+    if dH is not None:
+        idx = np.arange(n)
+        Dq = dH[:, idx, idx, :]                                 # [a, c] = dH_aac
+        p2D = np.einsum("ba,bac->bc", p2, Dq)
+        pair = (np.einsum("bjk,bk->b", Dq, z)
+                - np.einsum("bj,bj->b", z, np.einsum("bjj->bj", Dq))) / (n * (n - 1))
+        out = (out + xi ** 4 * c * c * np.einsum("bc,bc->b", p2D, sp)
+               + xi ** 2 * ga ** 2 * c * (z * p2D).mean(1)
+               + ga ** 2 * xi ** 2 * c * np.einsum("bjc,bc->bj", Dq, sp).mean(1)
+               + ga ** 4 * pair)
+    return n * out
+
+
+def residual_dntk_p_measure(mlp, K1, networks, seed, *, chunk=None):
+    r"""``P = n E[dH_{jkk}^(l) z_j^(l)]`` (j != k) of real residual networks, layers 2..L.
+
+    Rao-Blackwellized, one input: layers ``1..l-1`` of each network are sampled
+    with the full NTK matrix and dNTK tensor by the forward equations
+    (``docs/derivations/residual_ntk.md``, section 9; ``Y = xi W diag(sigma') + gamma 1``,
+    ``Hhat = H Y^T``)
+
+    .. math::
+        dH'_{i_0i_1i_2} = \xi\sum_a W_{i_0a}\sigma''_a\hat H_{a,i_1}\hat H_{a,i_2}
+          + \sum_{abc}Y_{i_0a}Y_{i_1b}Y_{i_2c}\,dH_{abc}
+          + \frac{\lambda_W\xi^2}{n}\big[\delta_{i_0i_1}v_{i_2} + \delta_{i_0i_2}v_{i_1}\big],
+
+    ``v = Hhat^T (sigma sigma')`` (equal to autodiff to 1e-15), and layer l is
+    integrated exactly: given layer l-1 the rows ``W_j`` and ``W_k`` of the new
+    layer are independent, so
+
+    .. math::
+        E[dH'_{jkk} z'_j] = \xi^2 c\sum_a s_a q_a\big[\xi^2 c\sum_b p_b^2 H_{ab}^2
+            + \gamma^2 H_{ak}^2\big] + \sum_a\big(\xi^2 c\,p_a s_a + \gamma^2\delta_{ja} z_j\big)
+            \big[\xi^2 c\sum_b p_b^2\,dH_{abb} + \gamma^2 dH_{akk}\big]
+
+    (``s, p, q = sigma, sigma', sigma''`` at layer l-1, ``c = C_W / n``), averaged
+    over all ordered pairs j != k. Unbiased at any width; the integration removes
+    the heavy tails of the per-network dNTK (autodiff estimates of GELU's P at
+    n = 16 had kurtosis > 50 and stated errors that the two widths contradicted).
+    Numpy only (float64).
+
+    Parameters
+    ----------
+    mlp : MLP
+        Residual MLP with equal hidden widths (``n_out`` = width), depth >= 2.
+    K1 : float > 0
+    networks : int
+    seed : int
+    chunk : int, optional
+        Networks per batch (default ``4e6 / n^3``: the dNTK tensors stay in cache).
+
+    Returns
+    -------
+    mean, se : ndarray (L,)
+        ``P^(l)`` estimates and standard errors; layer 1 is 0 (exact).
+
+    Notes
+    -----
+    Cost: ``O(n^4)`` per network and sampled layer (three contractions of the dNTK
+    tensor): at depth 5 ~0.5, 4 and 50 ms per network at n = 16, 32, 64 (one core).
+    """
+    return _dntk_measure(mlp, K1, networks, seed, "P", chunk)
+
+
+def residual_dntk_q_measure(mlp, K1, networks, seed, *, chunk=None):
+    r"""``Q = n E[dH_{jjk}^(l) z_k^(l)]`` (j != k) of real residual networks, layers 2..L.
+
+    As :func:`residual_dntk_p_measure` (layers ``1..l-1`` sampled with the full NTK and
+    dNTK by the forward equations, layer l integrated exactly), with the conditional
+    mean of the other contraction: given layer l-1 (``s, p, q`` its ``sigma, sigma',
+    sigma''``, ``c = C_W / n``, ``v = Hhat^T (s p)``),
+
+    .. math::
+        E[dH'_{jjk} z'_k] = \xi^2 c\sum_a q_a p_a H_{aa}\big[\xi^2 c (H s p)_a
+            + \gamma^2 H_{ak} z_k\big]
+          + \sum_{abc}E[Y_{ja}Y_{jb}]\,E[Y_{kc}z'_k]\,dH_{abc}
+          + \frac{\lambda_W\xi^2}{n}E[v_k z'_k]
+
+    with ``E[Y_ja Y_jb] = xi^2 c p_a^2 d_ab + gamma^2 d_ja d_jb``, ``E[Y_kc z'_k] =
+    xi^2 c s_c p_c + gamma^2 d_kc z_k``, ``E[v_k z'_k] = xi^2 c (sp)^T H (sp) + gamma^2
+    z_k (H sp)_k``, averaged over all ordered pairs j != k. Unbiased at any width. Numpy
+    only (float64); the full dNTK tensor at every sampled layer, ``O(n^4)`` per network
+    and layer.
+
+    Parameters, returns: as :func:`residual_dntk_p_measure` (``Q^(l)`` estimates).
+    """
+    return _dntk_measure(mlp, K1, networks, seed, "Q", chunk)
+
+
+def _dntk_measure(mlp, K1, networks, seed, stat, chunk):
+    """The P or Q estimator of :func:`residual_dntk_p_measure` / :func:`residual_dntk_q_measure`."""
+    from ..theory.residual_ntk import one_input_kernel
+    name = f"residual_dntk_{stat.lower()}_measure"
+    act = mlp.activation
+    L = mlp.depth
+    n = int(mlp.widths[1])
+    if any(int(w) != n for w in mlp.widths[1:]):
+        raise ValueError(f"{name} needs equal widths from layer 1 on (n_out = width); "
+                         f"got {mlp.widths}")
+    if L < 2:
+        raise ValueError(f"{stat} vanishes at layer 1; need depth >= 2, got {L}")
+    if not (isinstance(networks, int) and networks >= 2):
+        raise ValueError(f"networks must be an integer >= 2; got {networks!r}")
+    _, Th = one_input_kernel(mlp, K1)
+    Cb, CW, lb, lW, xi, ga = (np.asarray(v, float) for v in
+                              (mlp.C_b, mlp.C_W, mlp.lambda_b, mlp.lambda_W, mlp.xi, mlp.gamma))
+    rng = np.random.default_rng(seed)
+    chunk = int(chunk or max(1, 4e6 // n ** 3))
+    idx = np.arange(n)
+
+    def conditional(z, H, T, diag, l):
+        if stat == "P":
+            D = None if T is None else (T if diag else T[:, :, idx, idx])
+            return _dntk_p_conditional(act, z, H, D, xi[l], ga[l], CW[l], n)
+        return _dntk_q_conditional(act, z, H, T, xi[l], ga[l], CW[l], lW[l], n)
+
+    Ys, done = [], 0
+    while done < networks:
+        b = min(chunk, networks - done)
+        done += b
+        z = math.sqrt(K1) * rng.standard_normal((b, n))
+        H = np.broadcast_to(Th[0] * np.eye(n), (b, n, n)).copy()
+        est = np.zeros((b, L))
+        est[:, 1] = conditional(z, H, None, False, 1)
+        dH = None
+        for k in range(1, L - 1):        # sample layer k+1 (0-based k), estimate layer k+2
+            W = rng.standard_normal((b, n, n)) * math.sqrt(CW[k] / n)
+            bias = math.sqrt(Cb[k]) * rng.standard_normal((b, n))
+            diag = stat == "P" and k == L - 2      # P needs only dH_{akk} at the last one
+            z, H, T = _dntk_step(act, z, H, dH, W, bias, (xi[k], ga[k], lb[k], lW[k]), n,
+                                 diag_only=diag)
+            est[:, k + 1] = conditional(z, H, T, diag, k + 1)
+            dH = T
+        Ys.append(est)
+    Y = np.concatenate(Ys)
+    return Y.mean(0), Y.std(0, ddof=1) / math.sqrt(len(Y))
+
+
 @dataclass(frozen=True)
 class _Measured:
     """Per-layer mean and standard error (the fields of an ensemble estimate rows read)."""
@@ -426,8 +658,9 @@ def residual_aspect_ratio_figure(activations=("relu", "gelu"), gammas=None, *, n
     ``r* = 4/((20 + 3 n_L) nu)`` from both; and, for the scale-invariant
     activations, the slopes of ``A, B/(n Theta^2)`` and ``D, F/(n K Theta)``
     against gamma (``lambda_b = lambda_W = 1``): how strongly the NTK fluctuates
-    per unit of L/n. The representation-learning side (dNTK P, Q) is not
-    derived for residual MLPs, so no NTK-based r* is drawn. Theory only; about
+    per unit of L/n. The representation-learning side (dNTK P, Q) is derived for
+    one input (:func:`pdlt.theory.residual_ntk.residual_dntk_p`, ``residual_dntk_q``)
+    but not yet turned into an NTK-based r*, so none is drawn. Theory only; about
     4 s per (activation, gamma) at depth 60.
 
     Returns

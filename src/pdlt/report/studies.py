@@ -201,7 +201,7 @@ def learning_study(widths=(64, 128, 256), networks=300, steps=40, seed=3):
 
 
 def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=4000, seed=21,
-                   ntk=False):
+                   ntk=False, full=False):
     """Residual MLPs at residual criticality: theory against residual ensembles.
 
     Each case ``(activation, gamma, n, L)`` is measured at widths n (every
@@ -213,8 +213,10 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
     r* (theory only: r* itself is not measured).
     ``ntk=True`` adds rows for the residual NTK statistics A, B, D, F (ReLU,
     gamma = 0.7, layer 3, widths 16/32 extrapolated; allowance a quarter of the
-    measured 1/n shift; ~1 min) and the figure of r* from the exact vertex
-    slope with the NTK fluctuation slopes (~1 min).
+    measured 1/n shift; ~1 min), for P and Q (tanh, layers 2-4, widths 16/32,
+    :func:`pdlt.report.residual.residual_dntk_p_measure` and ``residual_dntk_q_measure``,
+    ~20 s; with ``full`` also GELU at gamma = 0.7, P at widths 32/64, ~2 min) and the
+    figure of r* from the exact vertex slope with the NTK fluctuation slopes (~1 min).
     """
     from ..experiment import Ensemble
     from ..theory.residual import residual_mlp
@@ -248,6 +250,17 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
             if r["layer"] == 3:
                 rows.append(make_row(f"{r['statistic']} (gamma=0.7, 2m(32)-m(16))", "relu", 32, 3,
                                      r["theory"], r["measured"], r["se"], r["allowance"]))
+        # residual dNTK statistics P, Q, K1 = 1 (Rao-Blackwellized estimators): tanh at
+        # widths 16/32 (~20 s); under full also GELU, P at 32/64 (its 1/n terms are large)
+        cases = [("P", "tanh", 0.7, (16, 32), 3000), ("Q", "tanh", 0.3, (16, 32), 2000)]
+        if full:
+            cases += [("P", "gelu", 0.7, (32, 64), 2000), ("Q", "gelu", 0.7, (16, 32), 3000)]
+        for stat, act, g, ws, N in cases:
+            for r in residual_ntk_rows((act,), (g,), depth=4, widths=ws, networks=N,
+                                       seed=seed, stats=(stat,), K1=1.0):
+                rows.append(make_row(f"{stat} (gamma={g:g}, 2m({ws[1]})-m({ws[0]}))", act,
+                                     ws[1], r["layer"], r["theory"], r["measured"], r["se"],
+                                     r["allowance"]))
         figs["r* exact and NTK slopes"] = residual_aspect_ratio_figure(
             gammas=np.linspace(0.0, 0.9, 7), depth=32)[0]
     figs["optimal aspect ratio"] = optimal_aspect_ratio_figure()[0]

@@ -513,7 +513,7 @@ def default_studies(quick=False, full=False):
     return [lambda: linear_kurtosis_study(networks=20000),
             lambda: histogram_study(networks=6000),
             lambda: learning_study(),
-            lambda: residual_study(ntk=True),
+            lambda: residual_study(ntk=True, full=full),
             lambda: finite_training_study(full=full),
             lambda: g1_multi_study(g1_cases)]
 

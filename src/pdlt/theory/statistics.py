@@ -172,14 +172,14 @@ def defined(mlp, n_inputs=1):
 
     Plain MLPs: all of :data:`NAMES` except R when sigma'' jumps at a kink
     (elu with alpha != 1). Residual MLPs: K, Theta, chi's, V, G1, and for one
-    input also kappa3, A, B, D, F, H1; N inputs of a residual MLP with a non-odd
+    input also kappa3, A, B, D, F, H1, P, Q; N inputs of a residual MLP with a non-odd
     activation: the infinite-width ones only.
     """
     from ._averages import jumps_in_d2
     if not mlp.is_residual:
         return tuple(n for n in NAMES if not (n == "R" and jumps_in_d2(mlp.activation)))
     if n_inputs == 1:
-        return INFINITE_WIDTH + ("V", "G1", "kappa3", "A", "B", "D", "F", "H1")
+        return INFINITE_WIDTH + ("V", "G1", "kappa3", "A", "B", "D", "F", "P", "Q", "H1")
     return INFINITE_WIDTH + (("V", "G1") if is_odd(mlp.activation) else ())
 
 
@@ -204,14 +204,15 @@ def _parse_get(get, mlp, n_inputs):
 
 def _residual_given(mlp, need, K, Theta, single):
     """Residual MLPs: what is derived, and the exact one-input statistics."""
-    allowed = {"V", "G1"} | ({"kappa3", "A", "B", "D", "F", "H1"} if single else set())
+    allowed = {"V", "G1"} | ({"kappa3", "A", "B", "D", "F", "P", "Q", "H1"} if single
+                             else set())
     missing = sorted(need - allowed, key=NAMES.index)
     if missing:
         raise NotImplementedError(
             f"residual MLPs (gamma != 0 or xi != 1): {', '.join(missing)} not derived "
-            + ("(one input: V, G1, kappa3, A, B, D, F, H1 are; pdlt.theory.residual_ntk)"
+            + ("(one input: V, G1, kappa3, A, B, D, F, P, Q, H1 are; pdlt.theory.residual_ntk)"
                if single else "for N inputs (N-input residual MLPs: V and G1 for odd "
-                              "activations; one input: V, G1, kappa3, A, B, D, F, H1)"))
+                              "activations; one input: V, G1, kappa3, A, B, D, F, P, Q, H1)"))
     if not single:
         if not is_odd(mlp.activation):
             raise NotImplementedError(
@@ -235,6 +236,12 @@ def _residual_given(mlp, need, K, Theta, single):
     if "H1" in need:
         from .residual_ntk import residual_ntk_mean
         given["H1"] = residual_ntk_mean(mlp, K1)
+    if "P" in need:
+        from .residual_ntk import residual_dntk_p
+        given["P"] = residual_dntk_p(mlp, K1)
+    if "Q" in need:
+        from .residual_ntk import residual_dntk_q
+        given["Q"] = residual_dntk_q(mlp, K1)
     return given
 
 
