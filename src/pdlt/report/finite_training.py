@@ -54,6 +54,8 @@ class TrainingCase:
     activation: str = "tanh"
     depth: int = 3
     seed: int = 0
+    ntk: bool = True        # record the NTK (the NTK change rows)
+    variance: bool = False  # the trained variance rows (control variate, needs Khat)
 
     @property
     def label(self):
@@ -153,22 +155,43 @@ def run_training_case(case: TrainingCase, log=None) -> dict:
     pred = end_of_training(st, y, sched)
     m_inf = np.concatenate([pred.train_mean_infinite, pred.mean_infinite])
     m1 = np.concatenate([pred.train_mean_correction, pred.mean_correction])
-    d, se, dh, dh_se = [], [], [], []
+    v_inf, v1 = np.diag(pred.cov_infinite), np.diag(pred.cov_correction)
+    C0 = _infinite_width_map(st, sched)[Na:] if case.variance else None
+    d, se, dh, dh_se, dv, dv_se = [], [], [], [], [], []
     for n in case.widths:
         if log:
             log(f"  {case.label}: n={n}, {case.networks} networks")
+        seed = case.seed * 1000 + n
         te = train_ensemble(mlp.with_(width=n), X, y, Xt, networks=case.networks,
-                            step_matrices=sched, seed=case.seed * 1000 + n, antithetic=True,
-                            ntk=True)
+                            step_matrices=sched, seed=seed, antithetic=True, ntk=case.ntk)
         ma, mt = te.mean(on="train"), te.mean(on="test")
         d.append(n * (np.concatenate([ma.mean[:, 0], mt.mean[:, 0]]) - m_inf))
         se.append(n * np.concatenate([ma.stderr[:, 0], mt.stderr[:, 0]]))
-        ch = te.ntk_change()
-        dh.append(n * ch.mean)
-        dh_se.append(n * ch.stderr)
+        if case.ntk:
+            ch = te.ntk_change()
+            dh.append(n * ch.mean)
+            dh_se.append(n * ch.stderr)
+        if case.variance:
+            from .learning import hidden_kernels
+            v = te.variance(C0, hidden_kernels(mlp.with_(width=n), np.r_[X, Xt], case.networks,
+                                               seed=seed))
+            dv.append(n * (v.mean - v_inf))
+            dv_se.append(n * v.stderr)
     return {"case": case, "n_train": Na, "m1": m1, "m_inf": m_inf, "widths": np.array(case.widths),
             "d": np.array(d), "se": np.array(se), "ntk_change": pred.ntk_change,
-            "dh": np.array(dh), "dh_se": np.array(dh_se), "parts": pred.parts}
+            "dh": np.array(dh), "dh_se": np.array(dh_se), "parts": pred.parts,
+            "v1": v1, "v_inf": v_inf, "dv": np.array(dv), "dv_se": np.array(dv_se)}
+
+
+def _infinite_width_map(st, sched):
+    """``C0`` (N, N): the trained outputs at infinite width are ``C0 z(0) + F0 y``."""
+    from ..learning.finite_training import _kernel_map_jets
+
+    Na, N = st.n_train, st.N
+    F0 = _kernel_map_jets(st.Theta, np.zeros((0, N, N)), sched, Na)[0]
+    C0 = np.eye(N)
+    C0[:, :Na] -= F0
+    return C0
 
 
 def _fit(widths, d, se):
@@ -202,6 +225,14 @@ def _rows(res):
             rows.append(make_row(f"1/n extrapolation of n(m-m_inf), {case.label}, {where}",
                                  case.activation, n, case.depth, m1[i], a, sa, 0.0,
                                  key="trained mean (1/n)"))
+    if case.variance:
+        v1, dv, dv_se = res["v1"], res["dv"], res["dv_se"]
+        for b in np.flatnonzero(np.abs(v1) >= 0.2 * np.abs(v1).max()):
+            rows.append(make_row(f"trained variance shift n(v-v_inf), {case.label}, test {b}",
+                                 case.activation, n, case.depth, v1[b], dv[-1, b], dv_se[-1, b],
+                                 abs(dv[-2, b] - dv[-1, b]), key="trained variance (1/n)"))
+    if not case.ntk:
+        return rows
     th = res["ntk_change"]
     k = np.unravel_index(np.argmax(np.abs(th)), th.shape)
     allow = abs(res["dh"][-2][k] - res["dh"][-1][k])
