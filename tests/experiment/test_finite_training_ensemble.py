@@ -48,7 +48,13 @@ def setup(critical_mlp):
     pred = ft.end_of_training(st, y, sched)
     runs = {n: train_ensemble(mlp.with_(width=n), X, y, Xt, networks=6000, step_matrices=sched,
                               seed=n, antithetic=True, ntk=True) for n in (32, 64)}
-    return y, pred, runs
+    # for the variance's control variate: the infinite-width map C0 of the initial outputs
+    # (test rows) and every network's last-layer kernel (same seeds, same hidden layers)
+    from pdlt.report.finite_training import _infinite_width_map
+    from pdlt.report.learning import hidden_kernels
+    C0 = _infinite_width_map(st, sched)[4:]
+    Khat = {n: hidden_kernels(mlp.with_(width=n), np.r_[X, Xt], 6000, seed=n) for n in runs}
+    return y, pred, runs, (C0, Khat)
 
 
 def _check(d32, d64, se64, theory, label, **kw):
@@ -57,7 +63,7 @@ def _check(d32, d64, se64, theory, label, **kw):
 
 
 def test_trained_mean_shift_matches_the_order_one_over_n_prediction(setup):
-    y, pred, runs = setup
+    y, pred, runs, _ = setup
     # the leap lands on y at infinite width and the small steps keep it there
     np.testing.assert_allclose(pred.train_mean_infinite, y, rtol=1e-10, atol=1e-12)
     m_inf_train = pred.train_mean_infinite
@@ -72,21 +78,39 @@ def test_trained_mean_shift_matches_the_order_one_over_n_prediction(setup):
 
 
 def test_trained_variance_shift_matches_the_prediction(setup):
-    _, pred, runs = setup
+    _, pred, runs, (C0, Khat) = setup
     dv, se = {}, {}
     for n, te in runs.items():
-        c = te.cov(on="test")
-        dv[n] = n * (np.diag(c.mean) - np.diag(pred.cov_infinite))
-        se[n] = n * np.diag(c.stderr)
-    # underpowered: the shift (0.024) is 2.7 se (0.009) and the allowance |dv(32) - dv(64)|
-    # is of its size, so x0 and x2 also pass -- an agreement check only (README, report)
+        v = te.variance(C0, Khat[n], on="test")        # exactly zero-mean control variate
+        dv[n] = n * (v.mean - np.diag(pred.cov_infinite))
+        se[n] = n * v.stderr
+    # underpowered for tanh at these sizes (6000 networks): the shifts (0.024, 0.028) are
+    # ~5 se and the allowance |dv(32) - dv(64)| is noise-limited, so x0.5 and x2 can pass --
+    # an agreement check only. The powered trained-variance check is the gelu one below
+    # (and the report); tanh would need ~1e5 networks per width (benchmarks/README.md)
     c = _check(dv[32], dv[64], se[64], np.diag(pred.cov_correction), "trained variance shift",
                factors=(), zero=False)
-    assert c.resolution > 0.5  # if this starts failing, the test has gained power: use it
+    assert c.resolution > 0.25  # if this starts failing, the test has gained power: use it
+
+
+def test_trained_variance_shift_resolved_gelu():
+    """GELU at criticality, depth 3, the circle's training inputs and one test input on
+    its far side (report task 'circle-far'), Newton leap + 5 gradient steps, 8000 networks
+    at n = 16 and 32: the variance's 1/n coefficient (-3.6, against v_inf = 0.50) at n = 32
+    with allowance |d(16) - d(32)|, through the control variate of TrainedEnsemble.variance
+    (2.6x smaller stderr than the plain sample variance at n = 64). Measured when
+    written: see the assertion message; rejects theory x0, x0.5 and x2."""
+    from pdlt.report.finite_training import TrainingCase, run_training_case
+
+    r = run_training_case(TrainingCase("circle-far", "newton+gd", 5, widths=(16, 32),
+                                       networks=8000, activation="gelu", ntk=False,
+                                       variance=True, seed=5))
+    dv, se = r["dv"][:, 0], r["dv_se"][:, 0]
+    _check(dv[0], dv[1], se[1], r["v1"][0], "gelu trained variance shift", max_resolution=0.5)
 
 
 def test_ntk_change_during_training_matches_the_prediction(setup):
-    _, pred, runs = setup
+    _, pred, runs, _ = setup
     dh = {n: n * te.ntk_change().mean for n, te in runs.items()}
     se64 = 64 * runs[64].ntk_change().stderr
     _check(dh[32], dh[64], se64, pred.ntk_change, "NTK change", max_resolution=0.5)

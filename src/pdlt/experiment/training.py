@@ -115,11 +115,11 @@ class TrainedEnsemble:
         At infinite width the trained output is linear in the initial outputs
         of the network, ``z(T) = C0 z(0) + const`` over all recorded inputs
         (training first). Given its hidden layers a network's initial output is
-        exactly Gaussian with its own last-layer kernel ``Khat`` (:func:`pdlt.
-        report.learning.hidden_kernels`, same ``seed``: the antithetic sign flip
-        of the last layer leaves ``Khat`` unchanged), so ``c = w^2 -
-        diag(C0 Khat C0^T)`` with ``w = C0 z(0)`` has mean exactly zero at any
-        width, and ``(z - zbar)^2 - beta c`` estimates the variance with the
+        exactly Gaussian with its own last-layer kernel ``Khat``
+        (:func:`pdlt.report.learning.hidden_kernels`, same ``seed``: the
+        antithetic sign flip of the last layer leaves ``Khat`` unchanged), so
+        ``c = w^2 - diag(C0 Khat C0^T)`` with ``w = C0 z(0)`` has mean exactly
+        zero at any width, and ``(z - zbar)^2 - beta c`` estimates the variance with the
         part that follows ``w^2`` removed; ``beta`` is the least-squares
         coefficient over the independent units (its O(1/M) bias is far below
         the standard error).

@@ -27,7 +27,15 @@ Rows (largest width n_max, previous width n_max/2):
   ``d(n) = a + c/n`` over all widths against ``m1`` (4 standard errors of
   ``a``, no allowance): the residual is O(1/n^2);
 * ``NTK change``: ``n E[H(T) - H(0)]`` (largest entry) against the prediction,
-  at n_max (same allowance) and extrapolated (no allowance).
+  at n_max (same allowance) and extrapolated (no allowance);
+* ``trained variance shift`` (cases with ``variance=True``,
+  :data:`VARIANCE_CASES`): ``n (Var z(T) - v_inf)`` at each test input against
+  the 1/n coefficient of the trained covariance, at n_max with the allowance
+  ``|d(n_max/2) - d(n_max)|``. The variance is measured with the exactly
+  zero-mean control variate of
+  :meth:`pdlt.experiment.training.TrainedEnsemble.variance` (the initial
+  outputs mapped to the trained ones at infinite width, squared, minus their
+  conditional mean given the network's own last-layer kernel).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from .figures import pyplot
 from .rows import Study, make_row
 
 __all__ = ["TrainingCase", "default_training_cases", "run_training_case",
-           "finite_training_study"]
+           "finite_training_study", "VARIANCE_CASES"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class TrainingCase:
     seed: int = 0
     ntk: bool = True        # record the NTK (the NTK change rows)
     variance: bool = False  # the trained variance rows (control variate, needs Khat)
+    mean: bool = True       # the trained mean rows
 
     @property
     def label(self):
@@ -70,7 +79,7 @@ TRAINING_NETWORKS = 6000
 def default_training_cases(quick=False, full=False):
     """The study's cases; ``quick`` keeps two widths and the cheap algorithms.
 
-    Default (``pdlt report``): the two cases that carry the study's best
+    Default (``pdlt report``): the two mean/NTK cases that carry the study's best
     resolution per row family at the least cost, measured on 400-network runs
     of every case (``benchmarks/README.md``, "Report cost (#14)"):
 
@@ -78,10 +87,13 @@ def default_training_cases(quick=False, full=False):
       :data:`TRAINING_NETWORKS` networks: the best-resolved trained-mean shift
       (projected ~22 %, the other tasks 40-90 %) and NTK change (~5 %);
     * pair, gradient descent to convergence (100 steps), widths 16, 32, 64:
-      the only algorithm whose training outputs are pinned, and cheap.
+      the only algorithm whose training outputs are pinned, and cheap;
+    * the trained variance (the first of :data:`VARIANCE_CASES`: gelu,
+      'circle-far', widths 16, 32, 20 000 networks).
 
     ``full`` (``pdlt report --full``) runs the five cases with widths 32-256
-    (pair/gd: 16-64) at 8000 networks (pair/gd: 6000): also the circle task
+    (pair/gd: 16-64) at 8000 networks (pair/gd: 6000) and the other two
+    :data:`VARIANCE_CASES`: also the circle task
     (Newton leap; leap + 5 steps) and the pair task by a Newton leap, i.e. the
     algorithm dependence at one infinite-width prediction. Why width 256 left
     the default: the scatter of ``d(n) = n (E[z(T)] - m_inf)`` grows like
@@ -95,7 +107,8 @@ def default_training_cases(quick=False, full=False):
     if not full:
         return [TrainingCase("pair", "gd", 100, widths=(16, 32, 64), networks=3000, seed=2),
                 TrainingCase("diabetes", "newton+gd", 5, widths=(32, 64, 128),
-                             networks=TRAINING_NETWORKS, seed=1)]
+                             networks=TRAINING_NETWORKS, seed=1),
+                VARIANCE_CASES[0]]
     widths, M = (32, 64, 128, 256), 8000
     # the "pair" task twice: one Newton leap against gradient descent to convergence
     # (same infinite-width prediction, different 1/n corrections: the algorithm dependence)
@@ -103,7 +116,21 @@ def default_training_cases(quick=False, full=False):
             TrainingCase("circle", "newton+gd", 5, widths=widths, networks=M),
             TrainingCase("pair", "newton", widths=widths, networks=M, seed=2),
             TrainingCase("pair", "gd", 100, widths=(16, 32, 64), networks=6000, seed=2),
-            TrainingCase("diabetes", "newton+gd", 5, widths=widths, networks=M, seed=1)]
+            TrainingCase("diabetes", "newton+gd", 5, widths=widths, networks=M, seed=1),
+            *VARIANCE_CASES[1:]]
+
+
+#: the trained variance's 1/n shift (rows "trained variance (1/n)"): task 'circle-far', Newton
+#: leap + 5 steps, no NTK, no mean rows (at n = 16..32 the trained mean's single-width
+#: allowance understates its 1/n^2 term: gelu d(32) = 1.45 against 1.63 with |d(16) - d(32)|
+#: = 0.02). Default report: gelu at n = 16, 32 (20 000 networks, ~35 CPU s, resolution 0.24
+#: when written); --full: gelu at n = 16, 32, 64 (40 000) and tanh at n = 16, 32, 64
+#: (100 000, resolution ~0.5-1: benchmarks/README.md, "Variance corrections (#14)").
+VARIANCE_CASES = tuple(
+    TrainingCase("circle-far", "newton+gd", 5, widths=w, networks=M, activation=a, ntk=False,
+                 variance=True, mean=False)
+    for a, w, M in (("gelu", (16, 32), 20000), ("gelu", (16, 32, 64), 40000),
+                    ("tanh", (16, 32, 64), 100000)))
 
 
 def _task(name):
@@ -111,6 +138,11 @@ def _task(name):
         ang, angt = np.array([0.0, 1.2, 2.4, 3.6]), np.array([0.6, 3.0])
         X, Xt = np.c_[np.cos(ang), np.sin(ang)], np.c_[np.cos(angt), np.sin(angt)]
         return X, 0.5 * np.sin(ang) + 0.2, Xt
+    if name == "circle-far":
+        # the circle's training set and one test input on its far side (angle 4.8), where
+        # the trained variance's 1/n shift is largest against its sampling noise
+        X, y, _ = _task("circle")
+        return X, y, np.array([[np.cos(4.8), np.sin(4.8)]])
     if name == "pair":
         # two training inputs at right angles, three test inputs around the circle
         ang, angt = np.array([0.0, 0.5 * np.pi]), np.array([0.25 * np.pi, 2.0, 3.5])
@@ -132,7 +164,7 @@ def _task(name):
         # n (m - m_inf) ~ 24 at a training input: not perturbative at n <= 256)
         idx = np.random.default_rng(3).permutation(X.shape[0])[:6]
         return X[idx[:4]], y[idx[:4]], X[idx[4:]]
-    raise ValueError(f"task must be 'circle', 'pair' or 'diabetes'; got {name!r}")
+    raise ValueError(f"task must be 'circle', 'circle-far', 'pair' or 'diabetes'; got {name!r}")
 
 
 def run_training_case(case: TrainingCase, log=None) -> dict:
@@ -214,7 +246,7 @@ def _rows(res):
     # are pinned to the targets at every width (gradient descent run to convergence)
     i_tr = int(np.argmax(np.abs(m1[:Na])))
     idx = ([i_tr] if abs(m1[i_tr]) > 1e-3 * np.abs(m1).max() else []) + list(range(Na, m1.size))
-    for i in idx:
+    for i in idx if case.mean else ():
         where = f"train {i}" if i < Na else f"test {i - Na}"
         allow = abs(d[-2, i] - d[-1, i])
         rows.append(make_row(f"trained mean shift n(m-m_inf), {case.label}, {where}",
@@ -294,12 +326,22 @@ def finite_training_study(cases=None, *, quick=False, full=False, log=None):
 
     nets = sorted({c.networks for c in cases})
     tasks = {"circle": "'circle' (4 training, 2 test inputs on the unit circle)",
+             "circle-far": "'circle-far' (the circle's training inputs, one test input at "
+                           "angle 4.8)",
              "pair": "'pair' (2 training inputs at right angles, 3 test inputs on the circle)",
              "diabetes": "scikit-learn's diabetes data (4 training, 2 test patients)"}
     used = ", ".join(tasks[t] for t in dict.fromkeys(c.task for c in cases))
+    acts = "/".join(dict.fromkeys(c.activation for c in cases))
+    var_note = ("" if not any(c.variance for c in cases) else
+                " Trained variance rows (cases 'circle-far'/variance): n (Var z(T) - v_inf) "
+                "measured with the exactly zero-mean control variate w^2 - C0 Khat C0^T (w = "
+                "C0 z(0), the infinite-width image of the initial outputs; Khat the network's "
+                "own last-layer kernel), against the 1/n coefficient of the trained covariance "
+                "(G1, H1, A, B, D, F and the dynamics P..U); these cases show no mean rows "
+                "(at n = 16-32 the mean's single-width allowance understates its 1/n^2 term).")
     return Study(
         "Learning at finite width: the end of training at order 1/n",
-        "critical tanh MLPs, depth 3, one output, trained by a Newton giant leap, the leap and "
+        f"critical {acts} MLPs, depth 3, one output, trained by a Newton giant leap, the leap and "
         "small gradient steps, or many gradient steps to convergence (the step matrices of "
         "pdlt.learning.finite_training.algorithm_schedule); cases: "
         + "; ".join(f"{c.label}, widths {'/'.join(map(str, c.widths))}" for c in cases)
@@ -307,4 +349,4 @@ def finite_training_study(cases=None, *, quick=False, full=False, log=None):
         "pairs. The measured n(E[z(T)] - m_inf) against the predicted 1/n coefficient from H1, "
         "A, B, D, F, P, Q, R, S, T, U. Allowance for the single-width rows: the change of the "
         "measured value between the two largest widths (the size of the 1/n^2 term); the 1/n "
-        "extrapolation rows have none.", rows, figure)
+        "extrapolation rows have none." + var_note, rows, figure)
