@@ -120,17 +120,20 @@ def default_training_cases(quick=False, full=False):
             *VARIANCE_CASES[1:]]
 
 
-#: the trained variance's 1/n shift (rows "trained variance (1/n)"): task 'circle-far', Newton
-#: leap + 5 steps, no NTK, no mean rows (at n = 16..32 the trained mean's single-width
-#: allowance understates its 1/n^2 term: gelu d(32) = 1.45 against 1.63 with |d(16) - d(32)|
-#: = 0.02). Default report: gelu at n = 16, 32 (20 000 networks, ~35 CPU s, resolution 0.24
-#: when written); --full: gelu at n = 16, 32, 64 (40 000) and tanh at n = 16, 32, 64
-#: (100 000, resolution ~0.5-1: benchmarks/README.md, "Variance corrections (#14)").
+#: the trained variance's 1/n shift (rows "trained variance (1/n)"): Newton leap + 5 steps,
+#: no NTK, no mean rows (at n = 16..32 the trained mean's single-width allowance understates
+#: its 1/n^2 term: gelu d(32) = 1.45 against 1.63 with |d(16) - d(32)| = 0.02). Default
+#: report: gelu, task 'circle-far', n = 16, 32 (20 000 networks, ~35 CPU s; resolution 0.24
+#: when written). --full adds gelu at n = 16, 32, 64 (40 000 networks) and tanh on the
+#: 'circle' task at n = 32, 64 (60 000 networks, 104 CPU s; resolution 0.37 and 0.42 when
+#: written: tanh's shift is 0.024-0.028 against v_inf = 0.005, and 25 % would need ~180 000
+#: networks per width; benchmarks/README.md, "Variance corrections (#14)").
 VARIANCE_CASES = tuple(
-    TrainingCase("circle-far", "newton+gd", 5, widths=w, networks=M, activation=a, ntk=False,
+    TrainingCase(task, "newton+gd", 5, widths=w, networks=M, activation=a, ntk=False,
                  variance=True, mean=False)
-    for a, w, M in (("gelu", (16, 32), 20000), ("gelu", (16, 32, 64), 40000),
-                    ("tanh", (16, 32, 64), 100000)))
+    for a, task, w, M in (("gelu", "circle-far", (16, 32), 20000),
+                          ("gelu", "circle-far", (16, 32, 64), 40000),
+                          ("tanh", "circle", (32, 64), 60000)))
 
 
 def _task(name):
