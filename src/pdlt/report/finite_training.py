@@ -69,7 +69,8 @@ class TrainingCase:
     @property
     def label(self):
         alg = self.algorithm + (f" ({self.steps} steps)" if self.algorithm != "newton" else "")
-        return f"{self.task}, {alg}"
+        act = "" if self.activation == "tanh" else f", {self.activation}"
+        return f"{self.task}, {alg}{act}" + (", variance" if self.variance else "")
 
 
 #: networks per width of the default report's diabetes case (antithetic pairs)
