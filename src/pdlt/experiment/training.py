@@ -108,7 +108,6 @@ class TrainedEnsemble:
         u = self._units(prod)
         return Estimate(prod.sum(0) / (M - 1), u.std(0, ddof=1) / np.sqrt(u.shape[0]), M)
 
-
     def variance(self, C0, Khat, step=None, on="test", component=0) -> Estimate:
         """Variance over networks of each output, with an exactly unbiased control variate.
 
@@ -151,9 +150,9 @@ class TrainedEnsemble:
         if Kh.shape != (M, n_all, n_all):
             raise ValueError(f"Khat must have shape ({M}, {n_all}, {n_all}) (one kernel per "
                              f"network over the training then test inputs); got {Kh.shape}")
-        z0 = np.concatenate([self.train[:, 0, :, component], self.test[:, 0, :, component]], 1)
         if self.steps[0] != 0:
             raise ValueError("the control variate needs the initial outputs: record step 0")
+        z0 = np.concatenate([self.train[:, 0, :, component], self.test[:, 0, :, component]], 1)
         w = z0 @ C0.T
         c = self._units(w * w - np.einsum("bi,mij,bj->mb", C0, Kh, C0, optimize=True))
         d = z - z.mean(0)
