@@ -78,7 +78,7 @@ def width_convergence(mlp, task, *, widths=(64, 128, 256, 512), networks=400, st
 
     dtype = torch.float64 if dtype is None else dtype
     Xa, ya, Xb = task.X_train, np.asarray(task.y_train, float), task.X_test
-    N, M = Xa.shape[0], Xb.shape[0]
+    N = Xa.shape[0]
     # the infinite-width kernels do not depend on the width
     K, Th = last_layer_kernels(mlp, Xa, Xb)
     eta = lr_fraction * stability_bound(Th[:N, :N])
