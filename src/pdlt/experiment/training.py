@@ -108,6 +108,60 @@ class TrainedEnsemble:
         u = self._units(prod)
         return Estimate(prod.sum(0) / (M - 1), u.std(0, ddof=1) / np.sqrt(u.shape[0]), M)
 
+    def variance(self, C0, Khat, step=None, on="test", component=0) -> Estimate:
+        """Variance over networks of each output, with an exactly unbiased control variate.
+
+        At infinite width the trained output is linear in the initial outputs
+        of the network, ``z(T) = C0 z(0) + const`` over all recorded inputs
+        (training first). Given its hidden layers a network's initial output is
+        exactly Gaussian with its own last-layer kernel ``Khat``
+        (:func:`pdlt.report.learning.hidden_kernels`, same ``seed``: the
+        antithetic sign flip of the last layer leaves ``Khat`` unchanged), so
+        ``c = w^2 - diag(C0 Khat C0^T)`` with ``w = C0 z(0)`` has mean exactly
+        zero at any width, and ``(z - zbar)^2 - beta c`` estimates the variance with the
+        part that follows ``w^2`` removed; ``beta`` is the least-squares
+        coefficient over the independent units (its O(1/M) bias is far below
+        the standard error).
+
+        Parameters
+        ----------
+        C0 : array_like (N', N + N_test)
+            Rows: the outputs whose variance is wanted (``N'`` = the inputs of
+            ``on``); columns: the initial outputs, training inputs first.
+        Khat : array_like (M, N + N_test, N + N_test)
+            Every network's last-layer kernel on the same inputs.
+        step, on, component
+            As for :meth:`cov`.
+
+        Returns
+        -------
+        Estimate
+            Mean and stderr of shape (N',).
+        """
+        z = getattr(self, on)[:, self._index(step), :, component]           # (M, N')
+        M = z.shape[0]
+        C0 = np.asarray(C0, float)
+        Kh = np.asarray(Khat, float)
+        n_all = self.train.shape[2] + self.test.shape[2]
+        if C0.shape != (z.shape[1], n_all):
+            raise ValueError(f"C0 must have shape ({z.shape[1]}, {n_all}) (one row per output "
+                             f"of on={on!r}, one column per training then test input); got "
+                             f"{C0.shape}")
+        if Kh.shape != (M, n_all, n_all):
+            raise ValueError(f"Khat must have shape ({M}, {n_all}, {n_all}) (one kernel per "
+                             f"network over the training then test inputs); got {Kh.shape}")
+        if self.steps[0] != 0:
+            raise ValueError("the control variate needs the initial outputs: record step 0")
+        z0 = np.concatenate([self.train[:, 0, :, component], self.test[:, 0, :, component]], 1)
+        w = z0 @ C0.T
+        c = self._units(w * w - np.einsum("bi,mij,bj->mb", C0, Kh, C0, optimize=True))
+        d = z - z.mean(0)
+        q = self._units(d * d * M / (M - 1))
+        cc = c - c.mean(0)
+        beta = ((q - q.mean(0)) * cc).sum(0) / np.maximum((cc * cc).sum(0), 1e-300)
+        u = q - beta * c
+        return Estimate(u.mean(0), u.std(0, ddof=1) / np.sqrt(u.shape[0]), M)
+
 
 def _forward(Ws, bs, x, tact):
     """Outputs (B, N, n_L) of B networks on inputs x (N, n0)."""

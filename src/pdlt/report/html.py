@@ -51,9 +51,12 @@ NOT_RESOLVED = (
     "K; no multi-input control variate yet) and for residual networks",
     "H1 of ReLU: exactly zero for one input; its two-input off-diagonal value is unresolved at "
     "affordable cost",
-    "the O(1/n) variance correction of finite-width training (tests: 2.7 se, agreement only) "
-    "and of the Bayesian posterior (importance sampling: resolution 17x), and the Bayesian "
-    "posterior mean's x0.5 control (resolution 48 %); none of them is a report row",
+    "the O(1/n) variance correction of finite-width training for tanh at 25 % (resolved to "
+    "37 % with 60 000 networks per width under --full; 25 % needs ~180 000) and for ReLU "
+    "(kinks: the expansion does not describe trained ReLU networks); resolved: the trained "
+    "variance of gelu (24 %) and the Bayesian posterior variance of relu, tanh and gelu "
+    "(13-16 %, exact inference with the last layer integrated out); the Bayesian posterior "
+    "mean is resolved for tanh (24 %), not for relu and gelu (76-86 %)",
     "P..U rows at widths 32-128 whose resolution is above 50 % (see the table); gelu P for "
     "two inputs",
     "r* (the optimal aspect ratio) is theory only: its ingredient V/(n K^2) at the output is "

@@ -26,6 +26,7 @@ __all__ = ["Case", "StatSpec", "STAT_SPECS", "Row", "CaseResult", "SuiteResult",
            "default_cases", "default_studies", "run_case", "run_suite", "critical_mlp"]
 
 from .finite_training import finite_training_study
+from .learning import finite_bayes_study
 from .multi_input import G1_MULTI_CASES, g1_multi_study
 from .rows import Row, critical_mlp, make_row, width_extrapolation  # noqa: F401 (re-exported)
 from .studies import histogram_study, learning_study, linear_kurtosis_study, residual_study
@@ -509,13 +510,15 @@ def default_studies(quick=False, full=False):
                 lambda: learning_study(widths=(32, 64), networks=120, steps=20),
                 lambda: residual_study(networks=1500),
                 lambda: finite_training_study(quick=True),
-                lambda: g1_multi_study(g1_cases)]
+                lambda: g1_multi_study(g1_cases),
+                lambda: finite_bayes_study(quick=True)]
     return [lambda: linear_kurtosis_study(networks=20000),
             lambda: histogram_study(networks=6000),
             lambda: learning_study(),
             lambda: residual_study(ntk=True, full=full),
             lambda: finite_training_study(full=full),
-            lambda: g1_multi_study(g1_cases)]
+            lambda: g1_multi_study(g1_cases),
+            lambda: finite_bayes_study(full=full)]
 
 
 def run_suite(cases=None, stats=DEFAULT_STATS, *, quick=False, full=False, progress=None,
