@@ -28,9 +28,10 @@ import itertools
 import numpy as np
 
 from .. import gaussian
-from ..gaussian._multi import PiecewiseMonomial, expect_nd, quad_expectations, rule_up
+from ..gaussian._multi import (PiecewiseMonomial, _power, _quadruple_groups, expect_nd,
+                               quad_expectations, rule_up)
 
-__all__ = ["KERNEL_RANGE", "LayerAverages", "OneVariableTable", "representatives", "apply_M", "apply_M2",
+__all__ = ["KERNEL_RANGE", "LayerAverages", "LayerBlock", "OneVariableTable", "representatives", "apply_M", "apply_M2",
            "derivative_operator", "is_odd", "jumps_in_d2"]
 
 _PAIR_RTOL = 1e-13
@@ -312,6 +313,14 @@ class LayerAverages:
         (:mod:`pdlt.gaussian._multi`).
     where : str
         Context for error messages.
+    block : LayerBlock, optional
+        The kernels of this and neighbouring layers: the averages that do not
+        depend on the layer's statistics (four-variable tensors, the kinked
+        ``d<p p>/dK``) are then evaluated for every layer of the block in one
+        vectorized call (same rules, same numbers) and this layer's row is
+        read; ``K`` must be ``block.Ks[pos]``.
+    pos : int, optional
+        This layer's index in ``block``.
 
     Attributes (lazy)
     -----------------
@@ -327,14 +336,30 @@ class LayerAverages:
         The one-variable averages at the diagonal.
     """
 
-    def __init__(self, act, K, diag, *, accuracy="default", where=""):
+    def __init__(self, act, K, diag, *, accuracy="default", where="", block=None, pos=None):
         self.act, self.K, self.t = act, np.asarray(K, dtype=float), diag
+        self._block, self._pos = block, pos
         self.N = self.K.shape[0]
         self.accuracy, self.where = accuracy, where
         self.diag = np.diag(self.K).copy()
         self._quads = {}
         self._quad_cache = {}
+        self._moments = {}
         self.quad_error = None
+
+    def _nd(self, name, fs, I, *, kinks=(), period=None, accuracy="default", return_error=False):
+        """``<prod_k fs[k](z_{I[:, k]})>`` at this layer's K for every row of ``I`` (M, k).
+
+        :func:`pdlt.gaussian.expect_nd` (one variable: :func:`pdlt.gaussian.expect`)
+        at the covariances ``K[I[:, :, None], I[:, None, :]]``; in a block, one
+        call for the block's layers (:class:`LayerBlock`): ``name`` must name
+        ``fs`` (the block evaluates the first layer's ``fs`` for all of them).
+        """
+        kw = dict(kinks=kinks, period=period, accuracy=accuracy, return_error=return_error)
+        if self._block is None:
+            return _eval_nd(fs, self.K, I, kw)
+        key = (name, I.tobytes(), I.shape, tuple(sorted(kw.items())))
+        return self._block.row(key, self._pos, lambda Ks: _eval_nd(fs, Ks, I, kw))
 
     # -- pairs -------------------------------------------------------------
     @functools.cached_property
@@ -385,14 +410,13 @@ class LayerAverages:
         act, K, N = self.act, self.K, self.N
         Dd, Do = np.zeros((N, N)), np.zeros((N, N))
         a, b = np.triu_indices(N, 1)
-        blk = np.stack([np.stack([K[a, a], K[a, b]], -1), np.stack([K[b, a], K[b, b]], -1)],
-                       -2)
         p = act.d1
         f = {i: (lambda i: lambda z: z ** i * p(z))(i) for i in range(3)}
         si = _scale_invariant(act)
         if si is not None:
             f = {i: PiecewiseMonomial(si[0], si[1], i) for i in range(3)}
-        m = {(i, j): expect_nd([f[i], f[j]], blk, kinks=act.kinks)
+        I = np.stack([a, b], axis=1)
+        m = {(i, j): self._nd(("hermite_pp", i, j), [f[i], f[j]], I, kinks=act.kinks)
              for i, j in ((0, 0), (2, 0), (1, 1), (0, 2))}
         det = K[a, a] * K[b, b] - K[a, b] ** 2
         La, Lb, Lo = K[b, b] / det, K[a, a] / det, -K[a, b] / det
@@ -439,11 +463,14 @@ class LayerAverages:
                 v = self.t[table[key]]
             return np.full((1, 1, 1, 1), float(np.asarray(v).reshape(-1)[0]))
         if slots == "ssss":
-            T, E = quad_expectations(act, self.K, accuracy=self.accuracy, return_error=True,
-                                     where=self.where)
+            if self._block is None:
+                T, E = quad_expectations(act, self.K, accuracy=self.accuracy,
+                                         return_error=True, where=self.where)
+            else:   # the same expectations, one call per block of layers
+                T, E = _quad_ssss(act, self.N, self.accuracy, self._nd)
             self.quad_error = E
             return T
-        return _quad_tensor(act, self.K, slots, self.accuracy, self._quad_cache)
+        return _quad_tensor(act, self.K, slots, self.accuracy, self._quad_cache, self._nd)
 
     # -- fourth derivatives ---------------------------------------------------
     def d4_source(self, V, of="s"):
@@ -502,6 +529,14 @@ class LayerAverages:
 
     def _pair_moments(self, of):
         """``m[i, j][a, b] = <z_a^i f_a z_b^j f_b>`` for i + j in {0, 2, 4}, f = s or p."""
+        if of not in self._moments:
+            self._moments[of] = self._pair_moments_uncached(of)
+        return self._moments[of]
+
+    def _pair_moments_uncached(self, of):
+        si = _scale_invariant(self.act)
+        if si is not None:
+            return _piecewise_pair_moments(si, 1 if of == "s" else 0, self.K)
         f = self.act.sigma if of == "s" else self.act.d1
         fns = {f"f{i}": (lambda i: lambda z: z ** i * f(z))(i) for i in range(5)}
         terms = (("f0", "f0"), ("f1", "f1"), ("f2", "f2"), ("f2", "f0"), ("f4", "f0"),
@@ -514,10 +549,73 @@ class LayerAverages:
         return m
 
 
-def _quad_tensor(act, K, slots, accuracy, cache):
-    """``<f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>`` for N inputs (coinciding slots merged)."""
-    N = K.shape[0]
-    base = {"s": act.sigma, "p": act.d1, "q": act.d2, "x": lambda z: z * act.d2(z)}
+#: Gauss-Legendre nodes per smooth piece of the angular integral (trigonometric
+#: polynomials of degree <= 8 on pieces of length <= pi: exact to round-off)
+_ANGULAR_NODES = 32
+#: the pair moments of :meth:`LayerAverages._pair_moments`, as (i, j)
+_MOMENTS = ((0, 0), (1, 1), (2, 2), (2, 0), (4, 0), (3, 1))
+
+
+def _piecewise_pair_moments(si, deg, K):
+    r"""``m[i, j][a, b] = <z_a^i f(z_a) z_b^j f(z_b)>_K`` for ``f = c_\pm z^deg`` (ReLU family).
+
+    ``f`` is ``sigma`` (``deg = 1``) or ``sigma'`` (``deg = 0``) of a
+    scale-invariant activation with slopes ``si = (c_+, c_-)``; the moments
+    are :data:`_MOMENTS` and their transposes. With ``z_a = sqrt(K_aa) R
+    cos(alpha)``, ``z_b = sqrt(K_bb) R cos(alpha - phi)``, ``cos(phi) =
+    rho_ab``, ``R^2 ~ chi^2_2`` and ``alpha`` uniform and independent, a
+    product of homogeneous functions of total degree ``k`` averages to
+    ``K_aa^(m/2) K_bb^(n/2) E[R^k] (1/2 pi) int_0^{2 pi} f_m(cos alpha)
+    g_n(cos(alpha - phi)) d alpha`` with ``E[R^k] = 2^(k/2) Gamma(1 + k/2)``.
+    The angular integrand is a trigonometric polynomial between its four
+    sign changes, integrated piece by piece by Gauss-Legendre: exact to
+    round-off (the Mehler/nested-quadrature path of
+    :func:`pdlt.gaussian.pair_expectations` agrees to ~1e-14; tests), and
+    vectorized over every pair (any number of leading axes of ``K``).
+
+    Parameters
+    ----------
+    si : (float, float)
+    deg : {0, 1}
+    K : ndarray (..., N, N)
+
+    Returns
+    -------
+    dict (i, j) -> ndarray (..., N, N)
+    """
+    from math import gamma
+    cp, cm = float(si[0]), float(si[1])
+    K = np.asarray(K, dtype=float)
+    d = np.sqrt(np.einsum("...ii->...i", K))
+    sa, sb = d[..., :, None], d[..., None, :]
+    rho = np.clip(K / (sa * sb), -1.0, 1.0)
+    phi = np.arccos(rho)[..., None]
+    two_pi = 2.0 * np.pi
+    cuts = np.concatenate([np.broadcast_to(np.array([0.0, 0.5 * np.pi, 1.5 * np.pi, two_pi]),
+                                           phi.shape[:-1] + (4,)),
+                           np.mod(phi + 0.5 * np.pi, two_pi), np.mod(phi + 1.5 * np.pi, two_pi)],
+                          axis=-1)
+    cuts.sort(axis=-1)                                               # (..., N, N, 6)
+    x, w = np.polynomial.legendre.leggauss(_ANGULAR_NODES)
+    lo, hi = cuts[..., :-1, None], cuts[..., 1:, None]              # (..., N, N, 5, 1)
+    alpha = 0.5 * (hi + lo) + 0.5 * (hi - lo) * x
+    wt = (0.5 * (hi - lo) * w) / two_pi
+    u, v = np.cos(alpha), np.cos(alpha - phi[..., None])
+    cu, cv = np.where(u > 0, cp, cm), np.where(v > 0, cp, cm)
+    out = {}
+    for i, j in _MOMENTS:
+        m, n = i + deg, j + deg
+        k = m + n
+        ang = np.sum(wt * cu * cv * u ** m * v ** n, axis=(-2, -1))
+        out[(i, j)] = (2.0 ** (0.5 * k) * gamma(1.0 + 0.5 * k)) * sa ** m * sb ** n * ang
+    for (i, j) in list(out):
+        out[(j, i)] = np.swapaxes(out[(i, j)], -1, -2)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _quad_keys(N, slots):
+    """Index tuple -> (slot names per distinct input, the inputs), for :func:`_quad_tensor`."""
     keys = {}
     for idx in itertools.product(range(N), repeat=4):
         per = {}
@@ -525,36 +623,120 @@ def _quad_tensor(act, K, slots, accuracy, cache):
             per.setdefault(a, []).append(nm)
         var = sorted((tuple(sorted(v)), a) for a, v in per.items())
         keys[idx] = (tuple(v[0] for v in var), tuple(v[1] for v in var))
+    return keys
+
+
+def _eval_nd(fs, K, I, kw):
+    """``<prod_k fs[k](z_{I[:, k]})>_K`` for K (..., N, N): values (..., M) (and errors)."""
+    kw = dict(kw)
+    ret = kw.pop("return_error")
+    lead = K.shape[:-2]
+    M, k = I.shape
+    if k == 1:
+        kw.pop("accuracy")                      # one variable: error < 1e-14 always
+        v = np.asarray(gaussian.expect(fs[0], K[..., I[:, 0], I[:, 0]].reshape(-1), **kw),
+                       dtype=float).reshape(lead + (M,))
+        return (v, 1e-14 * np.abs(v)) if ret else v
+    Ks = K[..., I[:, :, None], I[:, None, :]].reshape((-1, k, k))
+    res = expect_nd(fs, Ks, kinks=kw["kinks"], accuracy=kw["accuracy"], return_error=ret)
+    if ret:
+        return (np.asarray(res[0], dtype=float).reshape(lead + (M,)),
+                np.asarray(res[1], dtype=float).reshape(lead + (M,)))
+    return np.asarray(res, dtype=float).reshape(lead + (M,))
+
+
+def _quad_ssss(act, N, accuracy, nd):
+    """:func:`pdlt.gaussian.quad_expectations` with ``return_error``, through ``nd``.
+
+    The same groups of sorted quadruples, functions and rules (so the same
+    numbers); ``nd`` (:meth:`LayerAverages._nd`) evaluates each group, for
+    a whole :class:`LayerBlock` at once. Returns ``(T, E)``, (N, N, N, N) each.
+    """
+    sigma = act.sigma
+    si = _scale_invariant(act)
+    if si is not None:
+        sigma = PiecewiseMonomial(si[0], si[1], 1)
+    Tq, Eq = np.zeros(N ** 4), np.zeros(N ** 4)
+    for pattern, items in _quadruple_groups(N).items():
+        idx = np.array([it[1] for it in items])
+        if len(pattern) == 1:
+            fs = [lambda z: sigma(z) ** 4]
+        else:
+            fs = [_power(sigma, p) for p in pattern]
+        vals, err = nd(("ssss", pattern), fs, idx, kinks=act.kinks, period=act.period,
+                       accuracy=accuracy, return_error=True)
+        flat = np.ravel_multi_index(np.array([it[0] for it in items]).T, (N,) * 4)
+        Tq[flat], Eq[flat] = vals, err
+    every = np.sort(np.indices((N,) * 4).reshape(4, -1), axis=0)
+    where = np.ravel_multi_index(every, (N,) * 4)
+    return Tq[where].reshape((N,) * 4), Eq[where].reshape((N,) * 4)
+
+
+class LayerBlock:
+    """The kernels ``Ks`` (B, N, N) of consecutive layers, and the averages read from them.
+
+    :meth:`LayerAverages._nd` of the block's layers asks for one average
+    at a time; the first asking layer's call is evaluated at all B kernels
+    at once (one vectorized :func:`pdlt.gaussian.expect_nd` call instead of
+    B) and every layer reads its row. The fold over depth is sequential in
+    the statistics but not in these averages, which depend on K only.
+    """
+
+    def __init__(self, Ks):
+        self.Ks = np.asarray(Ks, dtype=float)
+        self._rows = {}
+
+    def row(self, key, pos, compute):
+        """Row ``pos`` of ``compute(Ks)`` (computed once per key)."""
+        if key not in self._rows:
+            self._rows[key] = compute(self.Ks)
+        v = self._rows[key]
+        return tuple(x[pos] for x in v) if isinstance(v, tuple) else v[pos]
+
+
+def _quad_tensor(act, K, slots, accuracy, cache, nd, errors=False):
+    """``<f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>`` for N inputs (coinciding slots merged).
+
+    ``nd`` evaluates the merged expectations (:meth:`LayerAverages._nd`);
+    ``errors=True`` also returns their error estimates, (N, N, N, N).
+    """
+    N = K.shape[0]
+    base = {"s": act.sigma, "p": act.d1, "q": act.d2, "x": lambda z: z * act.d2(z)}
+    keys = _quad_keys(N, slots)
+    ecache = {}
     todo = {}
     for key in set(keys.values()):
-        if key not in cache:
+        if errors or key not in cache:
             todo.setdefault(key[0], []).append(key[1])
     si = _scale_invariant(act)
     if si is not None:
         pm = {"s": PiecewiseMonomial(si[0], si[1], 1), "p": PiecewiseMonomial(si[0], si[1], 0)}
     kw = dict(kinks=act.kinks, period=act.period)
-    for sig, idxs in todo.items():
+    for sig, idxs in sorted(todo.items()):
+        idxs = sorted(idxs)
         I = np.array(idxs)
         if si is not None:
             fs = [functools.reduce(lambda a, b: a * b, [pm[n] for n in nm]) for nm in sig]
         else:
             fs = [(lambda names: lambda z: np.prod([base[n](z) for n in names], axis=0))(nm)
                   for nm in sig]
-        if len(sig) == 1:
-            vals = np.atleast_1d(gaussian.expect(fs[0], K[I[:, 0], I[:, 0]], **kw))
-        else:
-            Ks = K[I[:, :, None], I[:, None, :]]
-            # four distinct inputs with derivative slots (A, P..U): one rule up. At the
-            # default these were 2e-8..4e-8 of tanh's A, P, Q, R, T, U at N = 4 (the
-            # difference to the next rule), the rest of the fold 1e-9 or better;
-            # sigma-only tensors (V, G1) go through quad_expectations, unchanged.
-            # (smooth path only: kinked activations take the exact-inner split path,
-            # whose rules are its own and already within 4e-10)
-            acc = rule_up(accuracy) if len(sig) == 4 and not act.kinks else accuracy
-            vals = expect_nd(fs, Ks, kinks=act.kinks, accuracy=acc)
-        for ix, v in zip(idxs, np.atleast_1d(vals)):
+        # four distinct inputs with derivative slots (A, P..U): one rule up. At the
+        # default these were 2e-8..4e-8 of tanh's A, P, Q, R, T, U at N = 4 (the
+        # difference to the next rule), the rest of the fold 1e-9 or better;
+        # sigma-only tensors (V, G1) go through quad_expectations, unchanged.
+        # (smooth path only: kinked activations take the exact-inner split path,
+        # whose rules are its own and already within 4e-10)
+        acc = rule_up(accuracy) if len(sig) == 4 and not act.kinks else accuracy
+        res = nd(("quad", sig), fs, I, accuracy=acc, return_error=errors, **kw)
+        vals, errs = res if errors else (res, None)
+        for n_, (ix, v) in enumerate(zip(idxs, np.atleast_1d(vals))):
             cache[(sig, ix)] = float(v)
+            if errors:
+                ecache[(sig, ix)] = float(errs[n_])
     T = np.empty((N,) * 4)
+    E = np.empty((N,) * 4) if errors else None
     for idx, key in keys.items():
         T[idx] = cache[key]
-    return T
+        if errors:
+            E[idx] = ecache[key]
+    return (T, E) if errors else T
