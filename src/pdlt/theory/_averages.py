@@ -536,7 +536,11 @@ class LayerAverages:
     def _pair_moments_uncached(self, of):
         si = _scale_invariant(self.act)
         if si is not None:
-            return _piecewise_pair_moments(si, 1 if of == "s" else 0, self.K)
+            deg = 1 if of == "s" else 0
+            if self._block is not None:
+                return self._block.row(("moments", of), self._pos,
+                                       lambda Ks: _piecewise_pair_moments(si, deg, Ks))
+            return _piecewise_pair_moments(si, deg, self.K)
         f = self.act.sigma if of == "s" else self.act.d1
         fns = {f"f{i}": (lambda i: lambda z: z ** i * f(z))(i) for i in range(5)}
         terms = (("f0", "f0"), ("f1", "f1"), ("f2", "f2"), ("f2", "f0"), ("f4", "f0"),
@@ -554,6 +558,11 @@ class LayerAverages:
 _ANGULAR_NODES = 32
 #: the pair moments of :meth:`LayerAverages._pair_moments`, as (i, j)
 _MOMENTS = ((0, 0), (1, 1), (2, 2), (2, 0), (4, 0), (3, 1))
+
+
+@functools.lru_cache(maxsize=4)
+def _legendre(n):
+    return np.polynomial.legendre.leggauss(n)
 
 
 def _piecewise_pair_moments(si, deg, K):
@@ -596,7 +605,7 @@ def _piecewise_pair_moments(si, deg, K):
                            np.mod(phi + 0.5 * np.pi, two_pi), np.mod(phi + 1.5 * np.pi, two_pi)],
                           axis=-1)
     cuts.sort(axis=-1)                                               # (..., N, N, 6)
-    x, w = np.polynomial.legendre.leggauss(_ANGULAR_NODES)
+    x, w = _legendre(_ANGULAR_NODES)
     lo, hi = cuts[..., :-1, None], cuts[..., 1:, None]              # (..., N, N, 5, 1)
     alpha = 0.5 * (hi + lo) + 0.5 * (hi - lo) * x
     wt = (0.5 * (hi - lo) * w) / two_pi
@@ -691,6 +700,8 @@ class LayerBlock:
         if key not in self._rows:
             self._rows[key] = compute(self.Ks)
         v = self._rows[key]
+        if isinstance(v, dict):
+            return {k: x[pos] for k, x in v.items()}
         return tuple(x[pos] for x in v) if isinstance(v, tuple) else v[pos]
 
 
