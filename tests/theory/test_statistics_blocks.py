@@ -5,7 +5,9 @@ evaluates the averages that depend on the kernel only (four-variable tensors,
 the kinked ``d<p p>/dK``, the ReLU family's pair moments) for a block of
 layers in one vectorized call (``statistics._BLOCK_LAYERS``) and then steps
 the statistics layer by layer as before. These tests prove the block path
-equal to the layer-by-layer one (``_BLOCK_LAYERS = 0``), and the ReLU
+equal to the layer-by-layer one (``_BLOCK_LAYERS = 0``, and no factorized
+pair averages of uncorrelated inputs: ``_averages._INDEPENDENT``, which
+tanh's reference problem uses at every layer), and the ReLU
 family's exact angular pair moments equal to the Mehler / nested-quadrature
 ones of :func:`pdlt.gaussian.pair_expectations`.
 
@@ -46,6 +48,8 @@ def _reference(act, depth):
 
 def _fold(mlp, x, monkeypatch, block, perturb=False):
     monkeypatch.setattr(stats_mod, "_BLOCK_LAYERS", block)
+    if not block:       # the general path throughout: no factorized uncorrelated pairs
+        monkeypatch.setattr(_averages, "_INDEPENDENT", -1.0)
     if perturb:
         orig = _averages.LayerAverages._quad
 

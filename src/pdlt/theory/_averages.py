@@ -40,6 +40,9 @@ _PAIR_RTOL = 1e-13
 #: scale like K^2 (the NTK ones up to K^3), so K must stay well inside the range
 KERNEL_RANGE = (1e-100, 1e100)
 _COINCIDE = 1e-4   # 1 - rho^2 below which a pair counts as coinciding in <d^4 F>
+#: |rho| below which inputs count as uncorrelated (pair averages factorize exactly
+#: in float64: the neglected terms are O(rho) relative)
+_INDEPENDENT = 1e-17
 
 
 class Integrands:
@@ -94,7 +97,9 @@ class OneVariableTable:
     ``dpp = d<p^2>/dK``, ``qs, qspp, qq, qqpp``, ``dqp = <(q p)'>``,
     ``q3p = <sigma''' p>``, ``q3ppp = <sigma''' p^3>``, ``zqppp = <z q p^3>``,
     ``d4ss = <(s^2)''''>``, ``d4pp = <(p^2)''''>``, ``d1ss = <(s^2)'>``,
-    ``d3ss = <(s^2)'''>``.
+    ``d3ss = <(s^2)'''>``; ``m<i><slots>`` is ``<z^i prod(slots)>`` (``m0s =
+    <sigma>``, ``m3pp = <z^3 sigma'^2>``), the factors of pair averages of
+    uncorrelated inputs.
     """
 
     def __init__(self, act, K):
@@ -192,6 +197,18 @@ class OneVariableTable:
             return self["zqppp"] / K - 3.0 * self["qqpp"]
         if name in ("d4ss", "d4pp", "d3ss"):
             return self._stein(name)
+        if name[0] == "m" and name[1:2].isdigit() and set(name[2:]) <= set("spq"):
+            # "m<i><slots>": <z^i prod(slots)>, e.g. m0s = <sigma>, m2pp = <z^2 sigma'^2>
+            i, slots = int(name[1]), name[2:]
+
+            def g(z, s, p, q):
+                v = {"s": s, "p": p, "q": q}[slots[0]]
+                for c in slots[1:]:
+                    v = v * {"s": s, "p": p, "q": q}[c]
+                for _ in range(i):
+                    v = v * z
+                return v
+            return E(g)
         if name == "d1ss":
             return self["zss"] / K
         raise KeyError(name)
@@ -345,6 +362,7 @@ class LayerAverages:
         self._quads = {}
         self._quad_cache = {}
         self._moments = {}
+        self._d4 = {}
         self.quad_error = None
 
     def _nd(self, name, fs, I, *, kinks=(), period=None, accuracy="default", return_error=False):
@@ -363,6 +381,32 @@ class LayerAverages:
 
     # -- pairs -------------------------------------------------------------
     @functools.cached_property
+    def _independent(self):
+        """True when every pair of inputs is uncorrelated to round-off.
+
+        ``|rho_ab| <= _INDEPENDENT`` (below float64 resolution): a pair
+        average ``<f(z_a) g(z_b)>`` is then ``<f>_a <g>_b`` (the Mehler series'
+        first term; the rest is ``O(rho)``), from the one-variable table. An
+        odd activation with ``C_b = 0`` keeps orthogonal inputs exactly
+        uncorrelated at every layer (``pdlt diagnose``'s reference problem).
+        """
+        if self.N == 1:
+            return False
+        d = np.sqrt(self.diag)
+        rho = np.abs(self.K) / np.multiply.outer(d, d)
+        np.fill_diagonal(rho, 0.0)
+        return bool(np.max(rho) <= _INDEPENDENT)
+
+    def _factorized(self, fa, fb, ia=0, ib=0):
+        """``<z_a^ia fa(z_a) z_b^ib fb(z_b)>`` (N, N) of uncorrelated inputs (:attr:`_independent`)."""
+        t, N = self.t, self.N
+        out = np.multiply.outer(np.asarray(t[f"m{ia}{fa}"]).reshape(N),
+                                np.asarray(t[f"m{ib}{fb}"]).reshape(N))
+        ar = np.arange(N)
+        out[ar, ar] = np.asarray(t[f"m{ia + ib}{''.join(sorted(fa + fb))}"]).reshape(N)
+        return out
+
+    @functools.cached_property
     def _pairs(self):
         act, K, t = self.act, self.K, self.t
         if self.N == 1:
@@ -370,9 +414,21 @@ class LayerAverages:
             return {"S": one(t["ss"]), "PP": one(t["pp"]), "QS": one(t["qs"]),
                     "QQ": one(t["qq"]), "dps": one(t["dss"] - t["pp"]),
                     "dqp": one(t["dqp"] - t["qq"])}
+        d = self.diag[:, None]
+        if self._independent:
+            f = self._factorized
+            S, PP = f("s", "s"), f("p", "p")
+            if _scale_invariant(act) is not None:
+                zero = np.zeros_like(S)
+                return {"S": S, "PP": PP, "QS": zero, "QQ": zero, "dps": (S - K * PP) / d,
+                        "dqp": zero}
+            QQ = f("q", "q")
+            return {"S": S, "PP": PP, "QS": f("q", "s"), "QQ": QQ,
+                    "dps": (f("p", "s", ia=1) - K * PP) / d,
+                    "dqp": (f("q", "p", ia=1) - K * QQ) / d}
         e = gaussian.pair_expectations(act, K, (("sigma", "sigma"), ("d1", "d1")),
                                        rtol=_PAIR_RTOL)
-        S, PP, d = e[("sigma", "sigma")], e[("d1", "d1")], self.diag[:, None]
+        S, PP = e[("sigma", "sigma")], e[("d1", "d1")]
         if _scale_invariant(act) is not None:
             # ReLU family: z sigma'(z) = sigma(z) and sigma'' = 0 pointwise, so every
             # derived pair is a closed form: <z_a p_a s_b> = <s_a s_b>
@@ -470,7 +526,8 @@ class LayerAverages:
                 T, E = _quad_ssss(act, self.N, self.accuracy, self._nd)
             self.quad_error = E
             return T
-        return _quad_tensor(act, self.K, slots, self.accuracy, self._quad_cache, self._nd)
+        cache = None if self._block is not None else self._quad_cache
+        return _quad_tensor(act, self.K, slots, self.accuracy, cache, self._nd)
 
     # -- fourth derivatives ---------------------------------------------------
     def d4_source(self, V, of="s"):
@@ -521,11 +578,27 @@ class LayerAverages:
         if (~far).any():
             P = np.flatnonzero(~far)
             Wbar = W[P].reshape(len(P), -1).mean(axis=1)
-            mid = OneVariableTable(act, 0.5 * (Kaa[P] + Kbb[P]))[key]
-            out[P] = 0.125 * Wbar * mid
+            out[P] = 0.125 * Wbar * self._d4_mid(key)[P]
         Q[a, b] = out
         Q[b, a] = out
         return Q
+
+    def _d4_mid(self, key):
+        """``<(f^2)^(4)>`` at the midpoint kernel ``(K_aa + K_bb)/2`` of every pair a < b.
+
+        The coinciding limit of :meth:`d4_source` (K only: cached, and in a
+        two-input :class:`LayerBlock` evaluated for all its layers at once).
+        """
+        if key not in self._d4:
+            if self._block is not None and self.N == 2:
+                Kb = self._block.Ks
+                self._d4[key] = np.atleast_1d(self._block.row(
+                    ("d4mid", key), self._pos,
+                    lambda Ks: OneVariableTable(self.act, 0.5 * (Kb[:, 0, 0] + Kb[:, 1, 1]))[key]))
+            else:
+                a, b = np.triu_indices(self.N, 1)
+                self._d4[key] = OneVariableTable(self.act, 0.5 * (self.diag[a] + self.diag[b]))[key]
+        return self._d4[key]
 
     def _pair_moments(self, of):
         """``m[i, j][a, b] = <z_a^i f_a z_b^j f_b>`` for i + j in {0, 2, 4}, f = s or p."""
@@ -534,6 +607,11 @@ class LayerAverages:
         return self._moments[of]
 
     def _pair_moments_uncached(self, of):
+        if self._independent:
+            m = {(i, j): self._factorized(of, of, i, j) for i, j in _MOMENTS}
+            for (i, j) in list(m):
+                m[(j, i)] = m[(i, j)].T
+            return m
         si = _scale_invariant(self.act)
         if si is not None:
             deg = 1 if of == "s" else 0
@@ -623,16 +701,30 @@ def _piecewise_pair_moments(si, deg, K):
 
 
 @functools.lru_cache(maxsize=64)
-def _quad_keys(N, slots):
-    """Index tuple -> (slot names per distinct input, the inputs), for :func:`_quad_tensor`."""
-    keys = {}
-    for idx in itertools.product(range(N), repeat=4):
+def _quad_plan(N, slots):
+    """How :func:`_quad_tensor` fills its (N, N, N, N) tensor from merged expectations.
+
+    Each index tuple ``(a1..a4)`` merges its coinciding inputs: a signature
+    (the slot names on each distinct input, sorted) and the distinct inputs
+    ``ix``. Returns ``[(sig, I, pos, rows)]``, one entry per signature:
+    ``I`` (M, k) the distinct input tuples, and the flat positions ``pos``
+    of the tensor that take row ``rows`` of that signature's values.
+    """
+    groups = {}
+    for flat, idx in enumerate(itertools.product(range(N), repeat=4)):
         per = {}
         for a, nm in zip(idx, slots):
             per.setdefault(a, []).append(nm)
         var = sorted((tuple(sorted(v)), a) for a, v in per.items())
-        keys[idx] = (tuple(v[0] for v in var), tuple(v[1] for v in var))
-    return keys
+        sig, ix = tuple(v[0] for v in var), tuple(v[1] for v in var)
+        groups.setdefault(sig, {}).setdefault(ix, []).append(flat)
+    plan = []
+    for sig in sorted(groups):
+        ixs = sorted(groups[sig])
+        pos = np.concatenate([groups[sig][ix] for ix in ixs])
+        rows = np.repeat(np.arange(len(ixs)), [len(groups[sig][ix]) for ix in ixs])
+        plan.append((sig, np.array(ixs), tuple(ixs), pos, rows))
+    return plan
 
 
 def _eval_nd(fs, K, I, kw):
@@ -705,27 +797,21 @@ class LayerBlock:
         return tuple(x[pos] for x in v) if isinstance(v, tuple) else v[pos]
 
 
-def _quad_tensor(act, K, slots, accuracy, cache, nd, errors=False):
+def _quad_tensor(act, K, slots, accuracy, cache, nd):
     """``<f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>`` for N inputs (coinciding slots merged).
 
     ``nd`` evaluates the merged expectations (:meth:`LayerAverages._nd`);
-    ``errors=True`` also returns their error estimates, (N, N, N, N).
+    ``cache`` (a dict, or None in a :class:`LayerBlock`, which keeps its own)
+    shares merged expectations between the slot orders of one layer.
     """
     N = K.shape[0]
     base = {"s": act.sigma, "p": act.d1, "q": act.d2, "x": lambda z: z * act.d2(z)}
-    keys = _quad_keys(N, slots)
-    ecache = {}
-    todo = {}
-    for key in set(keys.values()):
-        if errors or key not in cache:
-            todo.setdefault(key[0], []).append(key[1])
     si = _scale_invariant(act)
     if si is not None:
         pm = {"s": PiecewiseMonomial(si[0], si[1], 1), "p": PiecewiseMonomial(si[0], si[1], 0)}
     kw = dict(kinks=act.kinks, period=act.period)
-    for sig, idxs in sorted(todo.items()):
-        idxs = sorted(idxs)
-        I = np.array(idxs)
+    T = np.empty(N ** 4)
+    for sig, I, ixs, pos, rows in _quad_plan(N, slots):
         if si is not None:
             fs = [functools.reduce(lambda a, b: a * b, [pm[n] for n in nm]) for nm in sig]
         else:
@@ -738,16 +824,14 @@ def _quad_tensor(act, K, slots, accuracy, cache, nd, errors=False):
         # (smooth path only: kinked activations take the exact-inner split path,
         # whose rules are its own and already within 4e-10)
         acc = rule_up(accuracy) if len(sig) == 4 and not act.kinks else accuracy
-        res = nd(("quad", sig), fs, I, accuracy=acc, return_error=errors, **kw)
-        vals, errs = res if errors else (res, None)
-        for n_, (ix, v) in enumerate(zip(idxs, np.atleast_1d(vals))):
-            cache[(sig, ix)] = float(v)
-            if errors:
-                ecache[(sig, ix)] = float(errs[n_])
-    T = np.empty((N,) * 4)
-    E = np.empty((N,) * 4) if errors else None
-    for idx, key in keys.items():
-        T[idx] = cache[key]
-        if errors:
-            E[idx] = ecache[key]
-    return (T, E) if errors else T
+        if cache is None:
+            vals = nd(("quad", sig), fs, I, accuracy=acc, **kw)
+        else:
+            miss = [k for k, ix in enumerate(ixs) if (sig, ix) not in cache]
+            if miss:
+                got = np.atleast_1d(nd(("quad", sig), fs, I[miss], accuracy=acc, **kw))
+                for k, v in zip(miss, got):
+                    cache[(sig, ixs[k])] = float(v)
+            vals = np.array([cache[(sig, ix)] for ix in ixs])
+        T[pos] = np.asarray(vals)[rows]
+    return T.reshape((N,) * 4)
