@@ -28,6 +28,7 @@ import itertools
 import numpy as np
 
 from .. import gaussian
+from ..gaussian._closed import closed_family, pair_terms
 from ..gaussian._multi import (PiecewiseMonomial, _power, _quadruple_groups, expect_nd,
                                quad_expectations, rule_up)
 
@@ -426,8 +427,14 @@ class LayerAverages:
             return {"S": S, "PP": PP, "QS": f("q", "s"), "QQ": QQ,
                     "dps": (f("p", "s", ia=1) - K * PP) / d,
                     "dqp": (f("q", "p", ia=1) - K * QQ) / d}
-        e = gaussian.pair_expectations(act, K, (("sigma", "sigma"), ("d1", "d1")),
-                                       rtol=_PAIR_RTOL)
+        family = closed_family(act)
+        if self._block is not None and family is not None:
+            # closed forms (ReLU family, erf, sin, gelu) for the whole block at once
+            e = self._block.row(("pairs", "closed"), self._pos,
+                                lambda Ks: _closed_pairs(family, Ks))
+        else:
+            e = gaussian.pair_expectations(act, K, (("sigma", "sigma"), ("d1", "d1")),
+                                           rtol=_PAIR_RTOL)
         S, PP = e[("sigma", "sigma")], e[("d1", "d1")]
         if _scale_invariant(act) is not None:
             # ReLU family: z sigma'(z) = sigma(z) and sigma'' = 0 pointwise, so every
@@ -522,12 +529,17 @@ class LayerAverages:
             if self._block is None:
                 T, E = quad_expectations(act, self.K, accuracy=self.accuracy,
                                          return_error=True, where=self.where)
-            else:   # the same expectations, one call per block of layers
-                T, E = _quad_ssss(act, self.N, self.accuracy, self._nd)
+            else:   # the same expectations, for every layer of the block at once
+                T, E = self._block.row(
+                    ("ssss", self.accuracy), self._pos,
+                    lambda Ks: _quad_ssss(act, N, self.accuracy, _evaluator(Ks)))
             self.quad_error = E
             return T
-        cache = None if self._block is not None else self._quad_cache
-        return _quad_tensor(act, self.K, slots, self.accuracy, cache, self._nd)
+        if self._block is not None:
+            return self._block.row(
+                ("quad", slots, self.accuracy), self._pos,
+                lambda Ks: _quad_tensor(act, Ks, slots, self.accuracy, None, _evaluator(Ks)))
+        return _quad_tensor(act, self.K, slots, self.accuracy, self._quad_cache, self._nd)
 
     # -- fourth derivatives ---------------------------------------------------
     def d4_source(self, V, of="s"):
@@ -673,28 +685,43 @@ def _piecewise_pair_moments(si, deg, K):
     from math import gamma
     cp, cm = float(si[0]), float(si[1])
     K = np.asarray(K, dtype=float)
+    N = K.shape[-1]
+    ia, ib = np.triu_indices(N)                                     # pairs a <= b
     d = np.sqrt(np.einsum("...ii->...i", K))
-    sa, sb = d[..., :, None], d[..., None, :]
-    rho = np.clip(K / (sa * sb), -1.0, 1.0)
+    sa, sb = d[..., ia], d[..., ib]
+    rho = np.clip(K[..., ia, ib] / (sa * sb), -1.0, 1.0)
     phi = np.arccos(rho)[..., None]
     two_pi = 2.0 * np.pi
     cuts = np.concatenate([np.broadcast_to(np.array([0.0, 0.5 * np.pi, 1.5 * np.pi, two_pi]),
                                            phi.shape[:-1] + (4,)),
                            np.mod(phi + 0.5 * np.pi, two_pi), np.mod(phi + 1.5 * np.pi, two_pi)],
                           axis=-1)
-    cuts.sort(axis=-1)                                               # (..., N, N, 6)
+    cuts.sort(axis=-1)                                               # (..., P, 6)
     x, w = _legendre(_ANGULAR_NODES)
-    lo, hi = cuts[..., :-1, None], cuts[..., 1:, None]              # (..., N, N, 5, 1)
+    lo, hi = cuts[..., :-1, None], cuts[..., 1:, None]              # (..., P, 5, 1)
     alpha = 0.5 * (hi + lo) + 0.5 * (hi - lo) * x
     wt = (0.5 * (hi - lo) * w) / two_pi
     u, v = np.cos(alpha), np.cos(alpha - phi[..., None])
-    cu, cv = np.where(u > 0, cp, cm), np.where(v > 0, cp, cm)
+    base = wt * np.where(u > 0, cp, cm) * np.where(v > 0, cp, cm)
+    top = max(i for ij in _MOMENTS for i in ij) + deg
+    pu, pv = [np.ones_like(u)], [np.ones_like(v)]
+    for _ in range(top):
+        pu.append(pu[-1] * u)
+        pv.append(pv[-1] * v)
     out = {}
     for i, j in _MOMENTS:
         m, n = i + deg, j + deg
         k = m + n
-        ang = np.sum(wt * cu * cv * u ** m * v ** n, axis=(-2, -1))
-        out[(i, j)] = (2.0 ** (0.5 * k) * gamma(1.0 + 0.5 * k)) * sa ** m * sb ** n * ang
+        ang = np.sum(base * pu[m] * pv[n], axis=(-2, -1))
+        vals = (2.0 ** (0.5 * k) * gamma(1.0 + 0.5 * k)) * sa ** m * sb ** n * ang
+        full = np.empty(K.shape)
+        full[..., ia, ib] = vals
+        if i == j:
+            full[..., ib, ia] = vals
+        else:   # the lower triangle: the same moment with the roles of a and b swapped
+            full[..., ib, ia] = ((2.0 ** (0.5 * k) * gamma(1.0 + 0.5 * k)) * sb ** m * sa ** n
+                                 * np.sum(base * pu[n] * pv[m], axis=(-2, -1)))
+        out[(i, j)] = full
     for (i, j) in list(out):
         out[(j, i)] = np.swapaxes(out[(i, j)], -1, -2)
     return out
@@ -727,6 +754,14 @@ def _quad_plan(N, slots):
     return plan
 
 
+def _closed_pairs(family, Ks):
+    """``<sigma_a sigma_b>``, ``<sigma'_a sigma'_b>`` (..., N, N) by the closed forms of
+    :func:`pdlt.gaussian.pair_expectations` (:func:`pdlt.gaussian._closed.pair_terms`)."""
+    d = np.einsum("...ii->...i", Ks)
+    r = pair_terms(family, d[..., :, None], Ks, d[..., None, :], ("sigma", "d1"))
+    return {("sigma", "sigma"): np.array(r["sigma"]), ("d1", "d1"): np.array(r["d1"])}
+
+
 def _eval_nd(fs, K, I, kw):
     """``<prod_k fs[k](z_{I[:, k]})>_K`` for K (..., N, N): values (..., M) (and errors)."""
     kw = dict(kw)
@@ -757,7 +792,7 @@ def _quad_ssss(act, N, accuracy, nd):
     si = _scale_invariant(act)
     if si is not None:
         sigma = PiecewiseMonomial(si[0], si[1], 1)
-    Tq, Eq = np.zeros(N ** 4), np.zeros(N ** 4)
+    Tq = Eq = None
     for pattern, items in _quadruple_groups(N).items():
         idx = np.array([it[1] for it in items])
         if len(pattern) == 1:
@@ -766,11 +801,23 @@ def _quad_ssss(act, N, accuracy, nd):
             fs = [_power(sigma, p) for p in pattern]
         vals, err = nd(("ssss", pattern), fs, idx, kinks=act.kinks, period=act.period,
                        accuracy=accuracy, return_error=True)
+        if Tq is None:
+            lead = np.shape(vals)[:-1]
+            Tq, Eq = np.zeros(lead + (N ** 4,)), np.zeros(lead + (N ** 4,))
         flat = np.ravel_multi_index(np.array([it[0] for it in items]).T, (N,) * 4)
-        Tq[flat], Eq[flat] = vals, err
+        Tq[..., flat], Eq[..., flat] = vals, err
     every = np.sort(np.indices((N,) * 4).reshape(4, -1), axis=0)
     where = np.ravel_multi_index(every, (N,) * 4)
-    return Tq[where].reshape((N,) * 4), Eq[where].reshape((N,) * 4)
+    shape = Tq.shape[:-1] + (N,) * 4
+    return Tq[..., where].reshape(shape), Eq[..., where].reshape(shape)
+
+
+def _evaluator(Ks):
+    """An ``nd`` for :func:`_quad_tensor` / :func:`_quad_ssss` at kernels Ks (..., N, N)."""
+    def nd(name, fs, I, *, kinks=(), period=None, accuracy="default", return_error=False):
+        return _eval_nd(fs, Ks, I, dict(kinks=kinks, period=period, accuracy=accuracy,
+                                        return_error=return_error))
+    return nd
 
 
 class LayerBlock:
@@ -800,17 +847,18 @@ class LayerBlock:
 def _quad_tensor(act, K, slots, accuracy, cache, nd):
     """``<f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>`` for N inputs (coinciding slots merged).
 
-    ``nd`` evaluates the merged expectations (:meth:`LayerAverages._nd`);
-    ``cache`` (a dict, or None in a :class:`LayerBlock`, which keeps its own)
-    shares merged expectations between the slot orders of one layer.
+    ``nd`` evaluates the merged expectations (:meth:`LayerAverages._nd`, or
+    :func:`_evaluator` of a stack of kernels K (..., N, N): the tensors then
+    carry the leading axes); ``cache`` (a dict, or None) shares merged
+    expectations between the slot orders of one layer.
     """
-    N = K.shape[0]
+    N = K.shape[-1]
     base = {"s": act.sigma, "p": act.d1, "q": act.d2, "x": lambda z: z * act.d2(z)}
     si = _scale_invariant(act)
     if si is not None:
         pm = {"s": PiecewiseMonomial(si[0], si[1], 1), "p": PiecewiseMonomial(si[0], si[1], 0)}
     kw = dict(kinks=act.kinks, period=act.period)
-    T = np.empty(N ** 4)
+    T = np.empty(K.shape[:-2] + (N ** 4,))
     for sig, I, ixs, pos, rows in _quad_plan(N, slots):
         if si is not None:
             fs = [functools.reduce(lambda a, b: a * b, [pm[n] for n in nm]) for nm in sig]
@@ -833,5 +881,5 @@ def _quad_tensor(act, K, slots, accuracy, cache, nd):
                 for k, v in zip(miss, got):
                     cache[(sig, ixs[k])] = float(v)
             vals = np.array([cache[(sig, ix)] for ix in ixs])
-        T[pos] = np.asarray(vals)[rows]
-    return T.reshape((N,) * 4)
+        T[..., pos] = np.asarray(vals)[..., rows]
+    return T.reshape(K.shape[:-2] + (N,) * 4)

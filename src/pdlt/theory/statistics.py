@@ -348,7 +348,7 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy):
     block = None
     for l in _layers(range(1, L), f"{', '.join(run)}, {N} input{'s' if N > 1 else ''}"):
         if nb and (l - 1) % nb == 0:
-            block = LayerBlock(Ks[l - 1:l - 1 + nb])
+            block = LayerBlock(Ks[l - 1:min(l - 1 + nb, L - 1)])     # the kernels stepped from
         state = {k: out[k][l - 1] for k in need}
         new, avg = layer_step(act, Ks[l - 1], Ths[l - 1], state, run, hps[l],
                               accuracy=accuracy, diag=table.at(l - 1),
