@@ -550,7 +550,7 @@ class LayerAverages:
         relative accuracy); pairs with ``1 - rho^2 < 1e-4`` use the
         coinciding limit at the midpoint kernel (error O(1 - rho)).
         """
-        N, K, act = self.N, self.K, self.act
+        N, K = self.N, self.K
         key = "d4ss" if of == "s" else "d4pp"
         Q = np.zeros((N, N))
         ar = np.arange(N)
