@@ -17,7 +17,11 @@ distributional and taken by Stein's lemma, ``<f'>_K = <z f>_K / K`` and
 One input (``N = 1``) is the same object with (1, 1) arrays; its
 one-variable averages are evaluated for all layers at once by
 :class:`OneVariableTable` (one vectorized call per function), which is what
-keeps the one-input flow as fast as a scalar recursion.
+keeps the one-input flow as fast as a scalar recursion. Two inputs (the
+reference problem of ``pdlt diagnose``) get the averages that depend on K
+only for a block of layers at once (:class:`LayerBlock`: one vectorized
+call instead of one per layer), and inputs uncorrelated to round-off get
+their pair averages as products of one-variable ones.
 """
 
 from __future__ import annotations
