@@ -128,11 +128,13 @@ def test_residual_blocks_map_to_gamma_xi():
     d = pdlt.torch.diagnose(m, learning=False)
     ref = pdlt.flow(d.mlp, K1=d.theory.K1)
     np.testing.assert_allclose(d.theory.K, ref.K, rtol=1e-12)
-    assert np.all(np.isnan(d.theory.A))          # not derived for residual MLPs: not faked
+    # A (and H1) of one input are derived for residual MLPs (pdlt.theory.residual_ntk)
+    np.testing.assert_allclose(d.theory.A, pdlt.statistics(d.mlp, K1=d.theory.K1,
+                                                           get=["A"]).A, rtol=1e-12)
     # measured on copies, the residual forward (gamma, xi) follows the residual theory
     v = pdlt.torch.diagnose(m, verify=True, networks=300, learning=False).verification
     assert v.agrees, str(v)
-    assert {r.name for r in v.rows} == {"K", "Theta", "V"}     # no A row: no theory for it
+    assert {r.name for r in v.rows} == {"K", "Theta", "V", "A"}
     k = [r for r in v.rows if r.name == "K"]
     assert all(r.resolution < 0.5 for r in k)
     plain = diagnose_mlp(v.mlp.with_(gamma=0.0, xi=1.0), v.K1, learning=False)

@@ -98,3 +98,53 @@ def test_layer_progress_shows_on_a_terminal(monkeypatch):
     monkeypatch.setattr(progress, "_DELAY_S", 0.0)
     assert list(progress.layers(range(1, 4), "NTK statistics, 2 inputs")) == [1, 2, 3]
     assert "NTK statistics, 2 inputs" in term.getvalue() and "layer" in term.getvalue()
+
+
+def _ulp_bumped_ssss(monkeypatch):
+    """<sigma sigma sigma sigma> one ulp larger at every layer: the round-off scale of a result."""
+    from pdlt.theory import _averages
+    orig = _averages.LayerAverages._quad
+
+    def bumped(self, slots):
+        T = orig(self, slots)
+        return T * (1.0 + 2.0 ** -52) if slots == "ssss" else T
+    monkeypatch.setattr(_averages.LayerAverages, "_quad", bumped)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh",
+                                 pytest.param("gelu", marks=pytest.mark.slow)])  # gelu: 8 s
+def test_fast_reference_problem_equals_the_general_fold(act, critical_mlp, monkeypatch):
+    # pdlt diagnose's reference problem takes the fast paths of pdlt.statistics (K-only
+    # averages per block of layers; tanh's uncorrelated inputs factorized); the general
+    # fold (_BLOCK_LAYERS = 0, _INDEPENDENT < 0) must give the same numbers: to 1e-10
+    # relative, plus 8 ulps of the four-point average propagated (measured here: the
+    # prediction correction of relu and gelu goes through G1 and H1, whose fourth-
+    # derivative source loses ~(1 - rho^2)^-2 for the nearly coinciding inputs at depth)
+    from pdlt.theory import _averages, statistics as stats_mod
+
+    mlp = critical_mlp(act, 1000, 50, n0=2, n_out=1)
+
+    def size(**patch):
+        with monkeypatch.context() as mp:
+            for k, v in patch.items():
+                if k == "bump":
+                    _ulp_bumped_ssss(mp)
+                else:
+                    mp.setattr(*v)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                r = finite_width_learning_size(mlp)
+        return np.array([r[k] for k in _KEYS])
+
+    general = size(block=(stats_mod, "_BLOCK_LAYERS", 0), ind=(_averages, "_INDEPENDENT", -1.0))
+    fast = size()
+    bumped = size(bump=True)
+    tol = 1e-10 * np.abs(general) + 8.0 * np.abs(fast - bumped)
+    assert np.all(np.abs(fast - general) <= tol), (fast - general) / general
+    assert np.all(tol <= 1e-4 * np.abs(general))
+
+    class Shifted(_averages.LayerBlock):           # the same check rejects a layer off
+        def __init__(self, Ks):
+            super().__init__(np.concatenate([Ks[1:], Ks[-1:]]))
+    wrong = size(shift=(stats_mod, "LayerBlock", Shifted))
+    assert np.any(np.abs(wrong - general) > 100 * tol)

@@ -17,7 +17,11 @@ distributional and taken by Stein's lemma, ``<f'>_K = <z f>_K / K`` and
 One input (``N = 1``) is the same object with (1, 1) arrays; its
 one-variable averages are evaluated for all layers at once by
 :class:`OneVariableTable` (one vectorized call per function), which is what
-keeps the one-input flow as fast as a scalar recursion.
+keeps the one-input flow as fast as a scalar recursion. Two inputs (the
+reference problem of ``pdlt diagnose``) get the averages that depend on K
+only for a block of layers at once (:class:`LayerBlock`: one vectorized
+call instead of one per layer), and inputs uncorrelated to round-off get
+their pair averages as products of one-variable ones.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ import itertools
 import numpy as np
 
 from .. import gaussian
-from ..gaussian._multi import PiecewiseMonomial, expect_nd, quad_expectations, rule_up
+from ..gaussian._closed import closed_family, pair_terms
+from ..gaussian._multi import (PiecewiseMonomial, _power, _quadruple_groups, expect_nd,
+                               quad_expectations, rule_up)
 
-__all__ = ["KERNEL_RANGE", "LayerAverages", "OneVariableTable", "representatives", "apply_M", "apply_M2",
+__all__ = ["KERNEL_RANGE", "LayerAverages", "LayerBlock", "OneVariableTable", "representatives", "apply_M", "apply_M2",
            "derivative_operator", "is_odd", "jumps_in_d2"]
 
 _PAIR_RTOL = 1e-13
@@ -39,6 +45,9 @@ _PAIR_RTOL = 1e-13
 #: scale like K^2 (the NTK ones up to K^3), so K must stay well inside the range
 KERNEL_RANGE = (1e-100, 1e100)
 _COINCIDE = 1e-4   # 1 - rho^2 below which a pair counts as coinciding in <d^4 F>
+#: |rho| below which inputs count as uncorrelated (pair averages factorize exactly
+#: in float64: the neglected terms are O(rho) relative)
+_INDEPENDENT = 1e-17
 
 
 class Integrands:
@@ -93,7 +102,9 @@ class OneVariableTable:
     ``dpp = d<p^2>/dK``, ``qs, qspp, qq, qqpp``, ``dqp = <(q p)'>``,
     ``q3p = <sigma''' p>``, ``q3ppp = <sigma''' p^3>``, ``zqppp = <z q p^3>``,
     ``d4ss = <(s^2)''''>``, ``d4pp = <(p^2)''''>``, ``d1ss = <(s^2)'>``,
-    ``d3ss = <(s^2)'''>``.
+    ``d3ss = <(s^2)'''>``; ``m<i><slots>`` is ``<z^i prod(slots)>`` (``m0s =
+    <sigma>``, ``m3pp = <z^3 sigma'^2>``), the factors of pair averages of
+    uncorrelated inputs.
     """
 
     def __init__(self, act, K):
@@ -191,6 +202,18 @@ class OneVariableTable:
             return self["zqppp"] / K - 3.0 * self["qqpp"]
         if name in ("d4ss", "d4pp", "d3ss"):
             return self._stein(name)
+        if name[0] == "m" and name[1:2].isdigit() and set(name[2:]) <= set("spq"):
+            # "m<i><slots>": <z^i prod(slots)>, e.g. m0s = <sigma>, m2pp = <z^2 sigma'^2>
+            i, slots = int(name[1]), name[2:]
+
+            def g(z, s, p, q):
+                v = {"s": s, "p": p, "q": q}[slots[0]]
+                for c in slots[1:]:
+                    v = v * {"s": s, "p": p, "q": q}[c]
+                for _ in range(i):
+                    v = v * z
+                return v
+            return E(g)
         if name == "d1ss":
             return self["zss"] / K
         raise KeyError(name)
@@ -312,6 +335,14 @@ class LayerAverages:
         (:mod:`pdlt.gaussian._multi`).
     where : str
         Context for error messages.
+    block : LayerBlock, optional
+        The kernels of this and neighbouring layers: the averages that do not
+        depend on the layer's statistics (four-variable tensors, the kinked
+        ``d<p p>/dK``) are then evaluated for every layer of the block in one
+        vectorized call (same rules, same numbers) and this layer's row is
+        read; ``K`` must be ``block.Ks[pos]``.
+    pos : int, optional
+        This layer's index in ``block``.
 
     Attributes (lazy)
     -----------------
@@ -327,16 +358,59 @@ class LayerAverages:
         The one-variable averages at the diagonal.
     """
 
-    def __init__(self, act, K, diag, *, accuracy="default", where=""):
+    def __init__(self, act, K, diag, *, accuracy="default", where="", block=None, pos=None):
         self.act, self.K, self.t = act, np.asarray(K, dtype=float), diag
+        self._block, self._pos = block, pos
         self.N = self.K.shape[0]
         self.accuracy, self.where = accuracy, where
         self.diag = np.diag(self.K).copy()
         self._quads = {}
         self._quad_cache = {}
+        self._moments = {}
+        self._d4 = {}
         self.quad_error = None
 
+    def _nd(self, name, fs, I, *, kinks=(), period=None, accuracy="default", return_error=False):
+        """``<prod_k fs[k](z_{I[:, k]})>`` at this layer's K for every row of ``I`` (M, k).
+
+        :func:`pdlt.gaussian.expect_nd` (one variable: :func:`pdlt.gaussian.expect`)
+        at the covariances ``K[I[:, :, None], I[:, None, :]]``; in a block, one
+        call for the block's layers (:class:`LayerBlock`): ``name`` must name
+        ``fs`` (the block evaluates the first layer's ``fs`` for all of them).
+        """
+        kw = dict(kinks=kinks, period=period, accuracy=accuracy, return_error=return_error)
+        if self._block is None:
+            return _eval_nd(fs, self.K, I, kw)
+        key = (name, I.tobytes(), I.shape, tuple(sorted(kw.items())))
+        return self._block.row(key, self._pos, lambda Ks: _eval_nd(fs, Ks, I, kw))
+
     # -- pairs -------------------------------------------------------------
+    @functools.cached_property
+    def _independent(self):
+        """True when every pair of inputs is uncorrelated to round-off.
+
+        ``|rho_ab| <= _INDEPENDENT`` (below float64 resolution): a pair
+        average ``<f(z_a) g(z_b)>`` is then ``<f>_a <g>_b`` (the Mehler series'
+        first term; the rest is ``O(rho)``), from the one-variable table. An
+        odd activation with ``C_b = 0`` keeps orthogonal inputs exactly
+        uncorrelated at every layer (``pdlt diagnose``'s reference problem).
+        """
+        if self.N == 1:
+            return False
+        d = np.sqrt(self.diag)
+        rho = np.abs(self.K) / np.multiply.outer(d, d)
+        np.fill_diagonal(rho, 0.0)
+        return bool(np.max(rho) <= _INDEPENDENT)
+
+    def _factorized(self, fa, fb, ia=0, ib=0):
+        """``<z_a^ia fa(z_a) z_b^ib fb(z_b)>`` (N, N) of uncorrelated inputs (:attr:`_independent`)."""
+        t, N = self.t, self.N
+        out = np.multiply.outer(np.asarray(t[f"m{ia}{fa}"]).reshape(N),
+                                np.asarray(t[f"m{ib}{fb}"]).reshape(N))
+        ar = np.arange(N)
+        out[ar, ar] = np.asarray(t[f"m{ia + ib}{''.join(sorted(fa + fb))}"]).reshape(N)
+        return out
+
     @functools.cached_property
     def _pairs(self):
         act, K, t = self.act, self.K, self.t
@@ -345,9 +419,27 @@ class LayerAverages:
             return {"S": one(t["ss"]), "PP": one(t["pp"]), "QS": one(t["qs"]),
                     "QQ": one(t["qq"]), "dps": one(t["dss"] - t["pp"]),
                     "dqp": one(t["dqp"] - t["qq"])}
-        e = gaussian.pair_expectations(act, K, (("sigma", "sigma"), ("d1", "d1")),
-                                       rtol=_PAIR_RTOL)
-        S, PP, d = e[("sigma", "sigma")], e[("d1", "d1")], self.diag[:, None]
+        d = self.diag[:, None]
+        if self._independent:
+            f = self._factorized
+            S, PP = f("s", "s"), f("p", "p")
+            if _scale_invariant(act) is not None:
+                zero = np.zeros_like(S)
+                return {"S": S, "PP": PP, "QS": zero, "QQ": zero, "dps": (S - K * PP) / d,
+                        "dqp": zero}
+            QQ = f("q", "q")
+            return {"S": S, "PP": PP, "QS": f("q", "s"), "QQ": QQ,
+                    "dps": (f("p", "s", ia=1) - K * PP) / d,
+                    "dqp": (f("q", "p", ia=1) - K * QQ) / d}
+        family = closed_family(act)
+        if self._block is not None and family is not None:
+            # closed forms (ReLU family, erf, sin, gelu) for the whole block at once
+            e = self._block.row(("pairs", "closed"), self._pos,
+                                lambda Ks: _closed_pairs(family, Ks))
+        else:
+            e = gaussian.pair_expectations(act, K, (("sigma", "sigma"), ("d1", "d1")),
+                                           rtol=_PAIR_RTOL)
+        S, PP = e[("sigma", "sigma")], e[("d1", "d1")]
         if _scale_invariant(act) is not None:
             # ReLU family: z sigma'(z) = sigma(z) and sigma'' = 0 pointwise, so every
             # derived pair is a closed form: <z_a p_a s_b> = <s_a s_b>
@@ -385,14 +477,13 @@ class LayerAverages:
         act, K, N = self.act, self.K, self.N
         Dd, Do = np.zeros((N, N)), np.zeros((N, N))
         a, b = np.triu_indices(N, 1)
-        blk = np.stack([np.stack([K[a, a], K[a, b]], -1), np.stack([K[b, a], K[b, b]], -1)],
-                       -2)
         p = act.d1
         f = {i: (lambda i: lambda z: z ** i * p(z))(i) for i in range(3)}
         si = _scale_invariant(act)
         if si is not None:
             f = {i: PiecewiseMonomial(si[0], si[1], i) for i in range(3)}
-        m = {(i, j): expect_nd([f[i], f[j]], blk, kinks=act.kinks)
+        I = np.stack([a, b], axis=1)
+        m = {(i, j): self._nd(("hermite_pp", i, j), [f[i], f[j]], I, kinks=act.kinks)
              for i, j in ((0, 0), (2, 0), (1, 1), (0, 2))}
         det = K[a, a] * K[b, b] - K[a, b] ** 2
         La, Lb, Lo = K[b, b] / det, K[a, a] / det, -K[a, b] / det
@@ -439,11 +530,20 @@ class LayerAverages:
                 v = self.t[table[key]]
             return np.full((1, 1, 1, 1), float(np.asarray(v).reshape(-1)[0]))
         if slots == "ssss":
-            T, E = quad_expectations(act, self.K, accuracy=self.accuracy, return_error=True,
-                                     where=self.where)
+            if self._block is None:
+                T, E = quad_expectations(act, self.K, accuracy=self.accuracy,
+                                         return_error=True, where=self.where)
+            else:   # the same expectations, for every layer of the block at once
+                T, E = self._block.row(
+                    ("ssss", self.accuracy), self._pos,
+                    lambda Ks: _quad_ssss(act, N, self.accuracy, _evaluator(Ks)))
             self.quad_error = E
             return T
-        return _quad_tensor(act, self.K, slots, self.accuracy, self._quad_cache)
+        if self._block is not None:
+            return self._block.row(
+                ("quad", slots, self.accuracy), self._pos,
+                lambda Ks: _quad_tensor(act, Ks, slots, self.accuracy, None, _evaluator(Ks)))
+        return _quad_tensor(act, self.K, slots, self.accuracy, self._quad_cache, self._nd)
 
     # -- fourth derivatives ---------------------------------------------------
     def d4_source(self, V, of="s"):
@@ -454,7 +554,7 @@ class LayerAverages:
         relative accuracy); pairs with ``1 - rho^2 < 1e-4`` use the
         coinciding limit at the midpoint kernel (error O(1 - rho)).
         """
-        N, K, act = self.N, self.K, self.act
+        N, K = self.N, self.K
         key = "d4ss" if of == "s" else "d4pp"
         Q = np.zeros((N, N))
         ar = np.arange(N)
@@ -494,14 +594,47 @@ class LayerAverages:
         if (~far).any():
             P = np.flatnonzero(~far)
             Wbar = W[P].reshape(len(P), -1).mean(axis=1)
-            mid = OneVariableTable(act, 0.5 * (Kaa[P] + Kbb[P]))[key]
-            out[P] = 0.125 * Wbar * mid
+            out[P] = 0.125 * Wbar * self._d4_mid(key)[P]
         Q[a, b] = out
         Q[b, a] = out
         return Q
 
+    def _d4_mid(self, key):
+        """``<(f^2)^(4)>`` at the midpoint kernel ``(K_aa + K_bb)/2`` of every pair a < b.
+
+        The coinciding limit of :meth:`d4_source` (K only: cached, and in a
+        two-input :class:`LayerBlock` evaluated for all its layers at once).
+        """
+        if key not in self._d4:
+            if self._block is not None and self.N == 2:
+                Kb = self._block.Ks
+                self._d4[key] = np.atleast_1d(self._block.row(
+                    ("d4mid", key), self._pos,
+                    lambda Ks: OneVariableTable(self.act, 0.5 * (Kb[:, 0, 0] + Kb[:, 1, 1]))[key]))
+            else:
+                a, b = np.triu_indices(self.N, 1)
+                self._d4[key] = OneVariableTable(self.act, 0.5 * (self.diag[a] + self.diag[b]))[key]
+        return self._d4[key]
+
     def _pair_moments(self, of):
         """``m[i, j][a, b] = <z_a^i f_a z_b^j f_b>`` for i + j in {0, 2, 4}, f = s or p."""
+        if of not in self._moments:
+            self._moments[of] = self._pair_moments_uncached(of)
+        return self._moments[of]
+
+    def _pair_moments_uncached(self, of):
+        if self._independent:
+            m = {(i, j): self._factorized(of, of, i, j) for i, j in _MOMENTS}
+            for (i, j) in list(m):
+                m[(j, i)] = m[(i, j)].T
+            return m
+        si = _scale_invariant(self.act)
+        if si is not None:
+            deg = 1 if of == "s" else 0
+            if self._block is not None:
+                return self._block.row(("moments", of), self._pos,
+                                       lambda Ks: _piecewise_pair_moments(si, deg, Ks))
+            return _piecewise_pair_moments(si, deg, self.K)
         f = self.act.sigma if of == "s" else self.act.d1
         fns = {f"f{i}": (lambda i: lambda z: z ** i * f(z))(i) for i in range(5)}
         terms = (("f0", "f0"), ("f1", "f1"), ("f2", "f2"), ("f2", "f0"), ("f4", "f0"),
@@ -514,47 +647,243 @@ class LayerAverages:
         return m
 
 
-def _quad_tensor(act, K, slots, accuracy, cache):
-    """``<f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>`` for N inputs (coinciding slots merged)."""
-    N = K.shape[0]
-    base = {"s": act.sigma, "p": act.d1, "q": act.d2, "x": lambda z: z * act.d2(z)}
-    keys = {}
-    for idx in itertools.product(range(N), repeat=4):
+#: Gauss-Legendre nodes per smooth piece of the angular integral (trigonometric
+#: polynomials of degree <= 8 on pieces of length <= pi: exact to round-off)
+_ANGULAR_NODES = 32
+#: the pair moments of :meth:`LayerAverages._pair_moments`, as (i, j)
+_MOMENTS = ((0, 0), (1, 1), (2, 2), (2, 0), (4, 0), (3, 1))
+
+
+@functools.lru_cache(maxsize=4)
+def _legendre(n):
+    return np.polynomial.legendre.leggauss(n)
+
+
+def _piecewise_pair_moments(si, deg, K):
+    r"""``m[i, j][a, b] = <z_a^i f(z_a) z_b^j f(z_b)>_K`` for ``f = c_\pm z^deg`` (ReLU family).
+
+    ``f`` is ``sigma`` (``deg = 1``) or ``sigma'`` (``deg = 0``) of a
+    scale-invariant activation with slopes ``si = (c_+, c_-)``; the moments
+    are :data:`_MOMENTS` and their transposes. With ``z_a = sqrt(K_aa) R
+    cos(alpha)``, ``z_b = sqrt(K_bb) R cos(alpha - phi)``, ``cos(phi) =
+    rho_ab``, ``R^2 ~ chi^2_2`` and ``alpha`` uniform and independent, a
+    product of homogeneous functions of total degree ``k`` averages to
+    ``K_aa^(m/2) K_bb^(n/2) E[R^k] (1/2 pi) int_0^{2 pi} f_m(cos alpha)
+    g_n(cos(alpha - phi)) d alpha`` with ``E[R^k] = 2^(k/2) Gamma(1 + k/2)``.
+    The angular integrand is a trigonometric polynomial between its four
+    sign changes, integrated piece by piece by Gauss-Legendre: exact to
+    round-off (the Mehler/nested-quadrature path of
+    :func:`pdlt.gaussian.pair_expectations` agrees to ~1e-14; tests), and
+    vectorized over every pair (any number of leading axes of ``K``).
+
+    Parameters
+    ----------
+    si : (float, float)
+    deg : {0, 1}
+    K : ndarray (..., N, N)
+
+    Returns
+    -------
+    dict (i, j) -> ndarray (..., N, N)
+    """
+    from math import gamma
+    cp, cm = float(si[0]), float(si[1])
+    K = np.asarray(K, dtype=float)
+    N = K.shape[-1]
+    ia, ib = np.triu_indices(N)                                     # pairs a <= b
+    d = np.sqrt(np.einsum("...ii->...i", K))
+    sa, sb = d[..., ia], d[..., ib]
+    rho = np.clip(K[..., ia, ib] / (sa * sb), -1.0, 1.0)
+    phi = np.arccos(rho)[..., None]
+    two_pi = 2.0 * np.pi
+    cuts = np.concatenate([np.broadcast_to(np.array([0.0, 0.5 * np.pi, 1.5 * np.pi, two_pi]),
+                                           phi.shape[:-1] + (4,)),
+                           np.mod(phi + 0.5 * np.pi, two_pi), np.mod(phi + 1.5 * np.pi, two_pi)],
+                          axis=-1)
+    cuts.sort(axis=-1)                                               # (..., P, 6)
+    x, w = _legendre(_ANGULAR_NODES)
+    lo, hi = cuts[..., :-1, None], cuts[..., 1:, None]              # (..., P, 5, 1)
+    alpha = 0.5 * (hi + lo) + 0.5 * (hi - lo) * x
+    wt = (0.5 * (hi - lo) * w) / two_pi
+    u, v = np.cos(alpha), np.cos(alpha - phi[..., None])
+    base = wt * np.where(u > 0, cp, cm) * np.where(v > 0, cp, cm)
+    top = max(i for ij in _MOMENTS for i in ij) + deg
+    pu, pv = [np.ones_like(u)], [np.ones_like(v)]
+    for _ in range(top):
+        pu.append(pu[-1] * u)
+        pv.append(pv[-1] * v)
+    out = {}
+    for i, j in _MOMENTS:
+        m, n = i + deg, j + deg
+        k = m + n
+        ang = np.sum(base * pu[m] * pv[n], axis=(-2, -1))
+        vals = (2.0 ** (0.5 * k) * gamma(1.0 + 0.5 * k)) * sa ** m * sb ** n * ang
+        full = np.empty(K.shape)
+        full[..., ia, ib] = vals
+        if i == j:
+            full[..., ib, ia] = vals
+        else:   # the lower triangle: the same moment with the roles of a and b swapped
+            full[..., ib, ia] = ((2.0 ** (0.5 * k) * gamma(1.0 + 0.5 * k)) * sb ** m * sa ** n
+                                 * np.sum(base * pu[n] * pv[m], axis=(-2, -1)))
+        out[(i, j)] = full
+    for (i, j) in list(out):
+        out[(j, i)] = np.swapaxes(out[(i, j)], -1, -2)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _quad_plan(N, slots):
+    """How :func:`_quad_tensor` fills its (N, N, N, N) tensor from merged expectations.
+
+    Each index tuple ``(a1..a4)`` merges its coinciding inputs: a signature
+    (the slot names on each distinct input, sorted) and the distinct inputs
+    ``ix``. Returns ``[(sig, I, pos, rows)]``, one entry per signature:
+    ``I`` (M, k) the distinct input tuples, and the flat positions ``pos``
+    of the tensor that take row ``rows`` of that signature's values.
+    """
+    groups = {}
+    for flat, idx in enumerate(itertools.product(range(N), repeat=4)):
         per = {}
         for a, nm in zip(idx, slots):
             per.setdefault(a, []).append(nm)
         var = sorted((tuple(sorted(v)), a) for a, v in per.items())
-        keys[idx] = (tuple(v[0] for v in var), tuple(v[1] for v in var))
-    todo = {}
-    for key in set(keys.values()):
-        if key not in cache:
-            todo.setdefault(key[0], []).append(key[1])
+        sig, ix = tuple(v[0] for v in var), tuple(v[1] for v in var)
+        groups.setdefault(sig, {}).setdefault(ix, []).append(flat)
+    plan = []
+    for sig in sorted(groups):
+        ixs = sorted(groups[sig])
+        pos = np.concatenate([groups[sig][ix] for ix in ixs])
+        rows = np.repeat(np.arange(len(ixs)), [len(groups[sig][ix]) for ix in ixs])
+        plan.append((sig, np.array(ixs), tuple(ixs), pos, rows))
+    return plan
+
+
+def _closed_pairs(family, Ks):
+    """``<sigma_a sigma_b>``, ``<sigma'_a sigma'_b>`` (..., N, N) by the closed forms of
+    :func:`pdlt.gaussian.pair_expectations` (:func:`pdlt.gaussian._closed.pair_terms`)."""
+    d = np.einsum("...ii->...i", Ks)
+    r = pair_terms(family, d[..., :, None], Ks, d[..., None, :], ("sigma", "d1"))
+    return {("sigma", "sigma"): np.array(r["sigma"]), ("d1", "d1"): np.array(r["d1"])}
+
+
+def _eval_nd(fs, K, I, kw):
+    """``<prod_k fs[k](z_{I[:, k]})>_K`` for K (..., N, N): values (..., M) (and errors)."""
+    kw = dict(kw)
+    ret = kw.pop("return_error")
+    lead = K.shape[:-2]
+    M, k = I.shape
+    if k == 1:
+        kw.pop("accuracy")                      # one variable: error < 1e-14 always
+        v = np.asarray(gaussian.expect(fs[0], K[..., I[:, 0], I[:, 0]].reshape(-1), **kw),
+                       dtype=float).reshape(lead + (M,))
+        return (v, 1e-14 * np.abs(v)) if ret else v
+    Ks = K[..., I[:, :, None], I[:, None, :]].reshape((-1, k, k))
+    res = expect_nd(fs, Ks, kinks=kw["kinks"], accuracy=kw["accuracy"], return_error=ret)
+    if ret:
+        return (np.asarray(res[0], dtype=float).reshape(lead + (M,)),
+                np.asarray(res[1], dtype=float).reshape(lead + (M,)))
+    return np.asarray(res, dtype=float).reshape(lead + (M,))
+
+
+def _quad_ssss(act, N, accuracy, nd):
+    """:func:`pdlt.gaussian.quad_expectations` with ``return_error``, through ``nd``.
+
+    The same groups of sorted quadruples, functions and rules (so the same
+    numbers); ``nd`` (:meth:`LayerAverages._nd`) evaluates each group, for
+    a whole :class:`LayerBlock` at once. Returns ``(T, E)``, (N, N, N, N) each.
+    """
+    sigma = act.sigma
+    si = _scale_invariant(act)
+    if si is not None:
+        sigma = PiecewiseMonomial(si[0], si[1], 1)
+    Tq = Eq = None
+    for pattern, items in _quadruple_groups(N).items():
+        idx = np.array([it[1] for it in items])
+        if len(pattern) == 1:
+            fs = [lambda z: sigma(z) ** 4]
+        else:
+            fs = [_power(sigma, p) for p in pattern]
+        vals, err = nd(("ssss", pattern), fs, idx, kinks=act.kinks, period=act.period,
+                       accuracy=accuracy, return_error=True)
+        if Tq is None:
+            lead = np.shape(vals)[:-1]
+            Tq, Eq = np.zeros(lead + (N ** 4,)), np.zeros(lead + (N ** 4,))
+        flat = np.ravel_multi_index(np.array([it[0] for it in items]).T, (N,) * 4)
+        Tq[..., flat], Eq[..., flat] = vals, err
+    every = np.sort(np.indices((N,) * 4).reshape(4, -1), axis=0)
+    where = np.ravel_multi_index(every, (N,) * 4)
+    shape = Tq.shape[:-1] + (N,) * 4
+    return Tq[..., where].reshape(shape), Eq[..., where].reshape(shape)
+
+
+def _evaluator(Ks):
+    """An ``nd`` for :func:`_quad_tensor` / :func:`_quad_ssss` at kernels Ks (..., N, N)."""
+    def nd(name, fs, I, *, kinks=(), period=None, accuracy="default", return_error=False):
+        return _eval_nd(fs, Ks, I, dict(kinks=kinks, period=period, accuracy=accuracy,
+                                        return_error=return_error))
+    return nd
+
+
+class LayerBlock:
+    """The kernels ``Ks`` (B, N, N) of consecutive layers, and the averages read from them.
+
+    :meth:`LayerAverages._nd` of the block's layers asks for one average
+    at a time; the first asking layer's call is evaluated at all B kernels
+    at once (one vectorized :func:`pdlt.gaussian.expect_nd` call instead of
+    B) and every layer reads its row. The fold over depth is sequential in
+    the statistics but not in these averages, which depend on K only.
+    """
+
+    def __init__(self, Ks):
+        self.Ks = np.asarray(Ks, dtype=float)
+        self._rows = {}
+
+    def row(self, key, pos, compute):
+        """Row ``pos`` of ``compute(Ks)`` (computed once per key)."""
+        if key not in self._rows:
+            self._rows[key] = compute(self.Ks)
+        v = self._rows[key]
+        if isinstance(v, dict):
+            return {k: x[pos] for k, x in v.items()}
+        return tuple(x[pos] for x in v) if isinstance(v, tuple) else v[pos]
+
+
+def _quad_tensor(act, K, slots, accuracy, cache, nd):
+    """``<f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>`` for N inputs (coinciding slots merged).
+
+    ``nd`` evaluates the merged expectations (:meth:`LayerAverages._nd`, or
+    :func:`_evaluator` of a stack of kernels K (..., N, N): the tensors then
+    carry the leading axes); ``cache`` (a dict, or None) shares merged
+    expectations between the slot orders of one layer.
+    """
+    N = K.shape[-1]
+    base = {"s": act.sigma, "p": act.d1, "q": act.d2, "x": lambda z: z * act.d2(z)}
     si = _scale_invariant(act)
     if si is not None:
         pm = {"s": PiecewiseMonomial(si[0], si[1], 1), "p": PiecewiseMonomial(si[0], si[1], 0)}
     kw = dict(kinks=act.kinks, period=act.period)
-    for sig, idxs in todo.items():
-        I = np.array(idxs)
+    T = np.empty(K.shape[:-2] + (N ** 4,))
+    for sig, I, ixs, pos, rows in _quad_plan(N, slots):
         if si is not None:
             fs = [functools.reduce(lambda a, b: a * b, [pm[n] for n in nm]) for nm in sig]
         else:
             fs = [(lambda names: lambda z: np.prod([base[n](z) for n in names], axis=0))(nm)
                   for nm in sig]
-        if len(sig) == 1:
-            vals = np.atleast_1d(gaussian.expect(fs[0], K[I[:, 0], I[:, 0]], **kw))
+        # four distinct inputs with derivative slots (A, P..U): one rule up. At the
+        # default these were 2e-8..4e-8 of tanh's A, P, Q, R, T, U at N = 4 (the
+        # difference to the next rule), the rest of the fold 1e-9 or better;
+        # sigma-only tensors (V, G1) go through quad_expectations, unchanged.
+        # (smooth path only: kinked activations take the exact-inner split path,
+        # whose rules are its own and already within 4e-10)
+        acc = rule_up(accuracy) if len(sig) == 4 and not act.kinks else accuracy
+        if cache is None:
+            vals = nd(("quad", sig), fs, I, accuracy=acc, **kw)
         else:
-            Ks = K[I[:, :, None], I[:, None, :]]
-            # four distinct inputs with derivative slots (A, P..U): one rule up. At the
-            # default these were 2e-8..4e-8 of tanh's A, P, Q, R, T, U at N = 4 (the
-            # difference to the next rule), the rest of the fold 1e-9 or better;
-            # sigma-only tensors (V, G1) go through quad_expectations, unchanged.
-            # (smooth path only: kinked activations take the exact-inner split path,
-            # whose rules are its own and already within 4e-10)
-            acc = rule_up(accuracy) if len(sig) == 4 and not act.kinks else accuracy
-            vals = expect_nd(fs, Ks, kinks=act.kinks, accuracy=acc)
-        for ix, v in zip(idxs, np.atleast_1d(vals)):
-            cache[(sig, ix)] = float(v)
-    T = np.empty((N,) * 4)
-    for idx, key in keys.items():
-        T[idx] = cache[key]
-    return T
+            miss = [k for k, ix in enumerate(ixs) if (sig, ix) not in cache]
+            if miss:
+                got = np.atleast_1d(nd(("quad", sig), fs, I[miss], accuracy=acc, **kw))
+                for k, v in zip(miss, got):
+                    cache[(sig, ixs[k])] = float(v)
+            vals = np.array([cache[(sig, ix)] for ix in ixs])
+        T[..., pos] = np.asarray(vals)[..., rows]
+    return T.reshape(K.shape[:-2] + (N,) * 4)

@@ -65,14 +65,16 @@ class MLPDiagnosis:
         Local depth scales ``1/|ln chi|`` (:func:`local_depth_scale`).
     V, A : ndarray (L,)
         Four-point vertex and NTK variance A (NOTATION.md), normalized by
-        ``n_{l-1}``; ``A`` is NaN for residual MLPs (not derived).
+        ``n_{l-1}`` (residual MLPs included: one input,
+        :mod:`pdlt.theory.residual_ntk`); NaN where the statistics fail
+        (a note says why).
     V_over_nK2, A_over_nTheta2 : ndarray (L,)
         ``V^(l) / (n_{l-1} K^2)``: the single-neuron excess kurtosis of the
         preactivations is 3x this; ``A^(l) / (n_{l-1} Theta^2)``: the
         variance of the NTK's diagonal entry relative to its square mean.
     K_nlo, Theta_nlo : ndarray (L,)
         ``K + G1/n_{l-1}`` and ``Theta + H1/n_{l-1}``: the means at a finite
-        width, to order 1/n (``Theta_nlo`` NaN for residual MLPs).
+        width, to order 1/n.
     signal_depth : float
         ``L / |sum_l ln chi_perp^(l)|`` over the maps between layers: the
         number of layers over which the difference of two nearby inputs is
@@ -186,9 +188,10 @@ def diagnose_mlp(mlp: MLP, K1: float, *, learning=True,
     K1 : float
         ``K^(1) = C_b^(1) + C_W^(1) |x|^2 / n_0`` of the typical input; > 0.
     learning : bool, default True
-        Also predict the size of representation learning (the two-input NTK
-        recursion at every layer: ~0.1 s at depth 10, minutes at depth 1000;
-        benchmarks/README.md).
+        Also predict the size of representation learning (plain MLPs: the
+        two-input NTK recursion at every layer, ~3 ms per layer for relu
+        and tanh at criticality, ~15 ms for gelu; benchmarks/README.md,
+        "Cost of pdlt diagnose at depth").
     critical_tolerance : (array_like, array_like), optional
         Absolute tolerances ``(C_b, C_W)``, scalars or per layer, within which
         a layer counts as initialized at the critical values (e.g. 4
@@ -239,16 +242,12 @@ def diagnose_mlp(mlp: MLP, K1: float, *, learning=True,
         v_norm = V / (fan * K ** 2)
     A = np.full(L, np.nan)
     H1 = np.full(L, np.nan)
-    if mlp.is_residual:
-        notes.append("NTK fluctuations A and the NTK's 1/n shift are not derived for residual "
-                     "MLPs: A/(n Theta^2) is not predicted")
-    else:
-        try:
-            nf = statistics(mlp, K1=K1, get=("A", "H1"))
-            A = np.asarray(nf.A, dtype=float)
-            H1 = np.asarray(nf.H1, dtype=float)
-        except (ValueError, FloatingPointError, NotImplementedError) as exc:
-            notes.append(f"NTK fluctuations not predicted: {exc}")
+    try:    # residual MLPs too: one input (pdlt.theory.residual_ntk)
+        nf = statistics(mlp, K1=K1, get=("A", "H1"))
+        A = np.asarray(nf.A, dtype=float)
+        H1 = np.asarray(nf.H1, dtype=float)
+    except (ValueError, FloatingPointError, NotImplementedError) as exc:
+        notes.append(f"NTK fluctuations not predicted: {exc}")
     with np.errstate(divide="ignore", invalid="ignore"):
         a_norm = A / (fan * Theta ** 2)
     dist = np.maximum(np.abs(cpar - 1.0), np.abs(cperp - 1.0))

@@ -37,7 +37,8 @@ import numpy as np
 
 from .._progress import layers as _layers
 from ..network import MLP
-from ._averages import KERNEL_RANGE, LayerAverages, OneVariableTable, is_odd, representatives
+from ._averages import (KERNEL_RANGE, LayerAverages, LayerBlock, OneVariableTable, is_odd,
+                        representatives)
 from .kernel import LayerHyper, first_layer_kernel, kernel_fold
 from .ddntk import ddntk_R_step, ddntk_S_step, ddntk_T_step, ddntk_U_step
 from .dntk import dntk_P_step, dntk_Q_step
@@ -251,7 +252,7 @@ def _as_tensors(given, N):
 
 
 def layer_step(act, K, Theta, state, names, hp, *, accuracy="default", merge=True, diag=None,
-               where=""):
+               where="", block=None, pos=None):
     """One layer of the order-1/n fold: the statistics ``names`` at layer l+1 from layer l.
 
     Parameters
@@ -277,6 +278,10 @@ def layer_step(act, K, Theta, state, names, hp, *, accuracy="default", merge=Tru
         restricted to the distinct inputs here. Computed if None.
     where : str
         Context for error messages.
+    block, pos : LayerBlock and int, optional
+        ``K`` is ``block.Ks[pos]``: the averages that depend on K only are
+        evaluated for all the block's layers at once (:class:`LayerAverages`).
+        Ignored when inputs are merged.
 
     Returns
     -------
@@ -299,12 +304,20 @@ def layer_step(act, K, Theta, state, names, hp, *, accuracy="default", merge=Tru
         diag = OneVariableTable(act, np.diag(st["K"]).copy())
     elif merged:
         diag = diag.subset(reps)
-    avg = LayerAverages(act, st["K"], diag, accuracy=accuracy, where=where)
+    if merged:
+        block = pos = None
+    avg = LayerAverages(act, st["K"], diag, accuracy=accuracy, where=where, block=block,
+                        pos=pos)
     out = {}
     for k in names:
         val = _STEPS[k](avg, st, hp)
         out[k] = val[np.ix_(*(inv,) * val.ndim)] if merged else val
     return out, avg
+
+
+#: layers whose K-only averages are evaluated together (:class:`LayerBlock`), for
+#: two inputs (the reference problem of ``pdlt diagnose``); 0: layer by layer
+_BLOCK_LAYERS = 128
 
 
 def _finite_fold(mlp, Ks, Ths, need, accuracy):
@@ -338,11 +351,16 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy):
             "(pdlt.criticality), use fewer layers, or rescale the inputs")
     table = OneVariableTable(act, diag)
     hps = [LayerHyper.of(mlp, l) for l in range(L)]
+    nb = _BLOCK_LAYERS if N == 2 else 0
+    block = None
     for l in _layers(range(1, L), f"{', '.join(run)}, {N} input{'s' if N > 1 else ''}"):
+        if nb and (l - 1) % nb == 0:
+            block = LayerBlock(Ks[l - 1:min(l - 1 + nb, L - 1)])     # the kernels stepped from
         state = {k: out[k][l - 1] for k in need}
         new, avg = layer_step(act, Ks[l - 1], Ths[l - 1], state, run, hps[l],
                               accuracy=accuracy, diag=table.at(l - 1),
-                              where=f" at layer {l} (inputs of the flow)")
+                              where=f" at layer {l} (inputs of the flow)",
+                              block=block, pos=(l - 1) % nb if nb else None)
         for k in run:
             if not np.all(np.isfinite(new[k])):
                 raise FloatingPointError(

@@ -1,0 +1,98 @@
+"""Cost of ``pdlt diagnose`` at depth, old tree against this one, and the reported numbers.
+
+Usage::
+
+    python benchmarks/diagnose_cost.py [--old OLD/src] [--activations relu tanh gelu]
+                                       [--depths 100 1000 10000] [--old-depths 100 300]
+
+Each run is ``pdlt diagnose --activation A --depth L --width 1000 --json`` in a
+fresh subprocess with ``PYTHONPATH`` set to the tree's ``src`` and
+``OMP_NUM_THREADS=1`` (one core), timed by its wall clock and by the child's
+CPU time (``resource.getrusage(RUSAGE_CHILDREN)``, imports included). The
+table gives both trees' times where both ran and the largest relative
+difference of the reference problem's numbers (``finite_width_learning``:
+``representation_learning``, ``prediction_correction`` and the rest)
+between them. ``--old`` is the ``src`` folder of an older checkout, e.g.
+``git archive 3dd83a2 src | tar -x -C /tmp/old`` then ``--old /tmp/old/src``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent.parent / "src"
+_RUN = ("import sys; from pdlt.cli import main; sys.exit(main(['diagnose', '--activation', "
+        "sys.argv[1], '--depth', sys.argv[2], '--width', sys.argv[3], '--json']))")
+
+
+def run(src, act, depth, width, timeout):
+    """(wall s, CPU s, the JSON dict) of one ``pdlt diagnose`` in a fresh process, or None."""
+    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([sys.executable, "-c", _RUN, act, str(depth), str(width)], env=env,
+                           capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if p.returncode != 0:
+        raise RuntimeError(f"{src} {act} depth {depth} failed:\n{p.stderr[-2000:]}")
+    return wall, cpu, json.loads(p.stdout)
+
+
+def largest_difference(a, b):
+    """Largest |a - b| / max(|a|, |b|) over the reference problem's numbers."""
+    la, lb = a.get("finite_width_learning") or {}, b.get("finite_width_learning") or {}
+    worst = 0.0
+    for k in la:
+        x, y = la[k], lb.get(k)
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+            s = max(abs(x), abs(y))
+            if s > 0:
+                worst = max(worst, abs(x - y) / s)
+    return worst
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--old", type=Path, default=None, help="src folder of the older tree")
+    ap.add_argument("--activations", nargs="+", default=["relu", "tanh", "gelu"])
+    ap.add_argument("--depths", nargs="+", type=int, default=[100, 1000, 10000])
+    ap.add_argument("--old-depths", nargs="+", type=int, default=[100, 300],
+                    help="depths at which the old tree runs too (it is slow)")
+    ap.add_argument("--width", type=int, default=1000)
+    ap.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
+    args = ap.parse_args(argv)
+    print("| activation | depth | old wall | old CPU | new wall | new CPU | "
+          "learning numbers, old vs new |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
+    for act in args.activations:
+        for depth in sorted(set(args.depths) | (set(args.old_depths) if args.old else set())):
+            old = (run(args.old, act, depth, args.width, args.timeout)
+                   if args.old is not None and depth in args.old_depths else None)
+            new = run(_HERE, act, depth, args.width, args.timeout)
+            cells = [act, str(depth)]
+            cells += ([f"{old[0]:.1f} s", f"{old[1]:.1f} s"] if old else ["", ""])
+            cells += ([f"{new[0]:.1f} s", f"{new[1]:.1f} s"] if new else ["timeout", ""])
+            cells.append(f"{largest_difference(old[2], new[2]):.1e}" if old and new else "")
+            print("| " + " | ".join(cells) + " |", flush=True)
+            if new:
+                fl = new[2].get("finite_width_learning") or {}
+                print(f"<!-- {act} {depth}: representation_learning "
+                      f"{fl.get('representation_learning')}, prediction_correction "
+                      f"{fl.get('prediction_correction')} -->", flush=True)
+
+
+if __name__ == "__main__":
+    main()
