@@ -580,12 +580,14 @@ def diagnose_architecture(act, depth, width, C_b=None, C_W=None, K1=1.0, residua
                if gamma == 0.0 and K1 > C_b else None)
     if fl_size is not None:
         out["finite_width_learning"] = fl_size
+        pc = fl_size["prediction_correction"]
         notes.append(
                 "finite-width learning (one training input, an orthogonal test input, target "
                 "at the output's scale, gradient descent to convergence; order 1/n): the NTK "
                 f"moves by {100 * fl_size['representation_learning']:+.3g} % during training "
                 "(representation learning; 0 at infinite width) and the trained prediction "
-                f"at the test input shifts by {100 * fl_size['prediction_correction']:.3g} % of "
-                "the target from the infinite-width (kernel) prediction")
+                + (f"at the test input shifts by {100 * pc:.3g} % of the target from the "
+                   "infinite-width (kernel) prediction" if pc is not None else
+                   "shift at the test input is " + fl_size["prediction_correction_note"]))
     out["notes"] = notes
     return out
