@@ -282,10 +282,10 @@ def default_cases(quick=False, full=False):
 
 
 #: control-variate networks per width in the default report (at 128: K, G1 and V only)
-CV_NETWORKS = {32: 3000, 64: 2000, 128: 4000}
+CV_NETWORKS = {32: 3000, 64: 2000, 128: 2000}
 #: plain-estimator networks where they differ from 12,000: tanh's rows from width 128
 #: were at 0-5 % (K, Theta, B, F) and its A, D rows best at (32, 64)
-PLAIN_NETWORKS = {("tanh", 128): 6000}
+PLAIN_NETWORKS = {("tanh", 128): 5000}
 #: (activation, lambda_b, lambda_W, depth, networks) of the H1 cases at widths 16, 32
 #: (measured: H1 resolved to 15 % (tanh) and 24 % (gelu) at these sizes, 6 s each)
 H1_CASES = (("tanh", 0.0, 1.0, 10, 1500), ("gelu", 0.5, 1.5, 6, 2000))
@@ -300,9 +300,9 @@ DEFAULT_STATS = ("K", "G1", "Theta", "H1", "V", "A", "B", "D", "F") + DERIVATIVE
 #: (P's scatter falls like 1/neurons: sd 30, 17, 14 at s = 16, 64, 128 against P = 19).
 #: Network counts from the measured scatter for <= 25 % resolution of the (64, 128) rows
 #: (``benchmarks/README.md``, "Report cost").
-DERIVATIVE_PASSES = {"relu": (("PQRSTU", 2500, 8),),
-                     "tanh": (("PQRSTU", 1500, 8),),
-                     "gelu": (("P", 2000, 128), ("QRSTU", 4000, 8))}
+DERIVATIVE_PASSES = {"relu": (("PQRSTU", 2200, 8),),
+                     "tanh": (("PQRSTU", 1200, 8),),
+                     "gelu": (("P", 1500, 128), ("QRSTU", 3500, 8))}
 #: networks per case for P..U in the quick report (one pass, 2 neurons)
 QUICK_DERIVATIVE_NETWORKS = 2500
 
