@@ -178,9 +178,11 @@ def _deriv_spec(name):
     return _ntk_spec(
         name, name,
         note=f"{name} ({chapter}) measured at the last layer as n x (connected correlator) on "
-             "the ordered pairs of 2 neurons per network (unbiased by exchangeability; "
-             "Case.derivative_networks networks) and compared as the two-width extrapolation "
-             "2 m(2n) - m(n) with allowance |m(2n) - m(n)|/2 for the remaining O(1/n^2) term")
+             "the ordered pairs of the first s neurons of each network (unbiased by "
+             "exchangeability; networks and s per pass: Case.derivative_passes, in the default "
+             "report s = 8, and every neuron for GELU's P) and compared as the two-width "
+             "extrapolation 2 m(2n) - m(n) with allowance |m(2n) - m(n)|/2 for the remaining "
+             "O(1/n^2) term")
 
 
 #: the dNTK (P, Q) and ddNTK (R, S, T, U) statistics: autodiff, separate network count
