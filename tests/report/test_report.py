@@ -245,3 +245,22 @@ def test_derivative_passes_split_same_numbers():
         with pytest.raises(ValueError, match="derivative_passes"):
             S.run_case(S.Case("gelu", 6, 3, 50, derivative_passes=bad),
                        stats=S.DERIVATIVE_STATS)
+
+
+def test_page_with_cases_measuring_subsets(tmp_path):
+    """A first case without P..U (the default's width 32) leaves the P..U notes and figures
+    on the page, and the networks column shows each estimate's own networks."""
+    cases = [S.Case("tanh", 4, 3, 80, seed=1, derivative_passes=())]
+    cases += [S.Case("tanh", n, 3, 80, seed=2 + k, derivative_passes=(("P", 70, 4),
+                                                                      ("QRSTU", 60, 4)))
+              for k, n in enumerate((8, 16))]
+    res = S.run_suite(cases, stats=("K", "P", "S"), studies=[])
+    assert set(res.cases[0].measured) == {"K"}
+    text = open(write_report(res, tmp_path / "r"), encoding="utf-8").read()
+    assert "P against depth" in text and "S against depth" in text
+    assert "<b>P</b>" in text and "<b>S</b>" in text
+    assert "<td>P (n,2n extrap.)</td><td>tanh</td>" in text
+    # first row of each statistic: P, S from (8, 16), K from (4, 8)
+    for stat, n, nets in (("P", 8, 70), ("S", 8, 60), ("K", 4, 80)):
+        row = text.split(f"<td>{stat} (n,2n extrap.)</td>")[1].split("</tr>")[0]
+        assert f"<td>{n}</td><td>3</td><td>{nets}</td>" in row, (stat, row)
