@@ -304,7 +304,7 @@ DEFAULT_STATS = ("K", "G1", "Theta", "H1", "V", "A", "B", "D", "F") + DERIVATIVE
 #: (``benchmarks/README.md``, "Report cost").
 DERIVATIVE_PASSES = {"relu": (("PQRSTU", 2200, 8),),
                      "tanh": (("PQRSTU", 1200, 8),),
-                     "gelu": (("P", 1500, 128), ("QRSTU", 3500, 8))}
+                     "gelu": (("P", 2500, 128), ("QRSTU", 3500, 8))}
 #: networks per case for P..U in the quick report (one pass, 2 neurons)
 QUICK_DERIVATIVE_NETWORKS = 2500
 
