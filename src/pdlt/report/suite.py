@@ -272,7 +272,8 @@ def default_cases(quick=False, full=False):
                 passes = (() if n == 32 and not full else
                           tuple((st, f * M, s) for st, M, s in DERIVATIVE_PASSES[a]))
                 cases.append(Case(
-                    a, n, 6, f * PLAIN_NETWORKS.get((a, n), 12000), seed=17 * i + j,
+                    a, n, 6, f * (12000 if full else PLAIN_NETWORKS.get((a, n), 12000)),
+                    seed=17 * i + j,
                     derivative_passes=passes,
                     cv_networks=f * (CV_NETWORKS[64] if full and n == 128 else CV_NETWORKS[n]),
                     cv_ntk=full or n < 128))
