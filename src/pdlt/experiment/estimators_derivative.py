@@ -98,8 +98,8 @@ def batched_bytes_per_network(mlp, N, layer, neurons, fields=_ntk._PAIR_FIELDS, 
     Counts what the recursions keep for every layer up to ``layer`` (forward
     values and the four activation derivatives, backward vectors, first- and
     second-order jets: ``n (5 N + 2 s N + 2 N K + N K^2)`` floats per layer,
-    ``K = s N``; ``N K`` instead of ``N K^2`` for P alone), three times that for the temporaries of one layer step, the
-    third-order jets ``n N K s N^2`` (seven arrays of that size at once) when
+    ``K = s N``; ``N K`` instead of ``N K^2`` for P alone), three times that
+    for the temporaries of one layer step, the third-order jets ``n N K s N^2`` (seven arrays of that size at once) when
     R is asked for, and the Hessian-vector Gram blocks (twelve ``R x R``
     arrays, ``R = s N K``) when S, T or U is; ``item`` bytes per float.
     Residual MLPs take the autodiff path, whose memory this does not bound.
@@ -264,7 +264,8 @@ def derivative_pairs_batched(weights, biases, x, mlp, layer, neurons, fields=_nt
                 d1v = D1[l - 1].reshape(B, -1, N, s, N)               # [.., a, j, c]
                 P1 = torch.einsum("bmc,bmak->bcak", hp, dh1[l - 1])   # (B, N_c, N_a, K)
                 Pd = P1.reshape(B, N, N, s, N).permute(0, 2, 3, 1, 4)  # [a, j, c, d]
-                term = dk.reshape(B, n_l, 1, s, N, 1) * Pd[:, None]    # delta_(j,c) (h_c.d_(j,d) h_a)
+                # delta_(j,c) (h_c . d_(j,d) h_a)
+                term = dk.reshape(B, n_l, 1, s, N, 1) * Pd[:, None]
                 d2h = (s2[..., None, None, None] * d1v[..., :, :, None] * d1v[..., :, None, :]
                        + s1[..., None, None, None] * D2d)
                 D2d = lw[l - 1] * (term + term.transpose(-1, -2)) + matvec(l, d2h)
