@@ -31,9 +31,11 @@ from pdlt.report.finite_training import default_training_cases, finite_training_
 def _scaled_case(case, f):
     def sc(v):
         return None if v is None else (0 if v == 0 else max(20, int(round(f * v))))
+    passes = (None if case.derivative_passes is None else
+              tuple((st, sc(M), s) for st, M, s in case.derivative_passes))
     return replace(case, networks=sc(case.networks),
                    derivative_networks=sc(case.derivative_networks),
-                   cv_networks=sc(case.cv_networks))
+                   derivative_passes=passes, cv_networks=sc(case.cv_networks))
 
 
 def _studies(quick, f, full=False):

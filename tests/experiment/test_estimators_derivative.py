@@ -80,3 +80,18 @@ def test_measure_uses_batched_pairs_same_estimates():
     for k in stats:
         a, b = float(np.ravel(ref[k].mean)[0]), float(np.ravel(new[k].mean)[0])
         assert abs(a - b) <= 1e-10 * max(abs(a), float(np.ravel(ref[k].stderr)[0])), k
+
+
+@pytest.mark.parametrize("act,N,s,L", [("gelu", 2, 3, 3), ("tanh", 1, 4, 4), ("relu", 2, 2, 3)])
+def test_p_alone_same_neuron_pairs(act, N, s, L):
+    """dH_ijj alone takes the same-neuron-pair recursion (s N^2 second-order jets instead
+    of (s N)^2): the same numbers as the full recursion and as autodiff."""
+    mlp, Ws, bs, x = _nets(act, N, L)
+    ref = _ntk.derivative_pairs(Ws, bs, x, mlp, L, s, fields=("dH_ijj",)).dH_ijj
+    full = derivative_pairs_batched(Ws, bs, x, mlp, L, s, fields=("dH_ijj", "dH_iij")).dH_ijj
+    alone = derivative_pairs_batched(Ws, bs, x, mlp, L, s, fields=("dH_ijj",)).dH_ijj
+    scale = ref.abs().max().item()
+    assert scale > 0
+    for new in (full, alone):
+        assert new.shape == ref.shape
+        assert (new - ref).abs().max().item() <= 1e-11 * scale

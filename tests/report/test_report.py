@@ -180,3 +180,92 @@ def test_finite_training_study_rows_and_figure():
     assert all(r.width == 64 and r.stderr > 0 and np.isfinite(r.measured) for r in s.rows)
     assert all(r.allowance == 0.0 for r in s.rows if r.statistic.startswith("1/n"))
     assert set(s.figure()) == {"finite_training"}
+
+
+# P..U at CI size, in the passes of the default report (P over every neuron, Q..U over 8)
+DERIV_CI = {"gelu": 1000, "relu": 1000}
+
+
+@pytest.fixture(scope="module")
+def derivative_ci_rows():
+    out = {}
+    for k, (act, M) in enumerate(DERIV_CI.items()):
+        cases = [S.Case(act, n, 3, 100, seed=5 + j, derivative_passes=(("P", M, 64),
+                                                                      ("QRSTU", M, 8)))
+                 for j, n in enumerate((16, 32))]
+        out[act] = {r.family: r for r in S.run_suite(cases, stats=S.DERIVATIVE_STATS,
+                                                     studies=[]).rows}
+    return out
+
+
+def test_derivative_rows_resolved_and_reject_wrong_theories(derivative_ci_rows):
+    """The (16, 32) P..U rows of GELU and ReLU at depth 3 (the report's passes at CI size):
+    each passes; each nonzero statistic is resolved to <= 50 % and its negative controls
+    (theory x0, x0.5, x2) are rejected (control z above Z_PASS, in units of stderr +
+    allowance / Z_PASS); ReLU's P, R, U vanish exactly and are bounded to a few percent of
+    Q's (P) and S's (R, U) size."""
+    from pdlt.report.rows import Z_PASS
+
+    for act, rows in derivative_ci_rows.items():
+        assert set(rows) == set(S.DERIVATIVE_STATS)
+        for key, r in rows.items():
+            assert r.passed, (act, r)
+            if r.theory == 0.0:
+                assert act == "relu" and key in "PRU"
+                scale = abs(rows["Q" if key == "P" else "S"].theory)
+                assert not r.relative and r.resolution <= 0.1 * scale, (act, r)
+                continue
+            assert r.status == "pass" and r.resolution <= 0.5, (act, r)
+            z = dict(r.control_z)
+            assert min(z[0.0], z[0.5], z[2.0]) > Z_PASS, (act, r)
+    # the same comparison fails for the scaled theory (what control_z says)
+    from pdlt.report.rows import make_row
+
+    for rows in derivative_ci_rows.values():
+        for r in rows.values():
+            if r.theory != 0.0:
+                for f in (0.5, 2.0):
+                    assert not make_row("x", r.activation, r.width, r.layer, f * r.theory,
+                                        r.measured, r.stderr, r.allowance).passed
+
+
+def test_derivative_passes_split_same_numbers():
+    """P alone (same-neuron-pair recursion) and Q..U in their own pass give the numbers
+    of one pass over the same networks and neurons; a pass naming a statistic twice or
+    outside P..U is refused."""
+    one = S.run_case(S.Case("gelu", 6, 3, 50, seed=2, derivative_networks=60,
+                            derivative_neurons=4), stats=S.DERIVATIVE_STATS)
+    two = S.run_case(S.Case("gelu", 6, 3, 50, seed=2, derivative_passes=(("P", 60, 4),
+                                                                        ("QRSTU", 60, 4))),
+                     stats=S.DERIVATIVE_STATS)
+    for k in S.DERIVATIVE_STATS:
+        a, b = one.measured[k], two.measured[k]
+        assert a.n_networks == b.n_networks == 60
+        assert abs(a.mean[-1] - b.mean[-1]) <= 1e-10 * abs(a.mean[-1]), k
+        assert abs(a.stderr[-1] - b.stderr[-1]) <= 1e-10 * a.stderr[-1], k
+    none = S.run_case(S.Case("gelu", 6, 3, 50, seed=2, derivative_passes=()),
+                      stats=("K",) + S.DERIVATIVE_STATS)
+    assert set(none.measured) == {"K"}
+    for bad in ((("P", 10, 4), ("PQ", 10, 4)), (("PX", 10, 4),)):
+        with pytest.raises(ValueError, match="derivative_passes"):
+            S.run_case(S.Case("gelu", 6, 3, 50, derivative_passes=bad),
+                       stats=S.DERIVATIVE_STATS)
+
+
+def test_page_with_cases_measuring_subsets(tmp_path):
+    """A first case without P..U (the default's width 32) leaves the P..U notes and figures
+    on the page, and the networks column shows each estimate's own networks."""
+    cases = [S.Case("tanh", 4, 3, 80, seed=1, derivative_passes=())]
+    cases += [S.Case("tanh", n, 3, 80, seed=2 + k, derivative_passes=(("P", 70, 4),
+                                                                      ("QRSTU", 60, 4)))
+              for k, n in enumerate((8, 16))]
+    res = S.run_suite(cases, stats=("K", "P", "S"), studies=[])
+    assert set(res.cases[0].measured) == {"K"}
+    text = open(write_report(res, tmp_path / "r"), encoding="utf-8").read()
+    assert "P against depth" in text and "S against depth" in text
+    assert "<b>P</b>" in text and "<b>S</b>" in text
+    assert "<td>P (n,2n extrap.)</td><td>tanh</td>" in text
+    # first row of each statistic: P, S from (8, 16), K from (4, 8)
+    for stat, n, nets in (("P", 8, 70), ("S", 8, 60), ("K", 4, 80)):
+        row = text.split(f"<td>{stat} (n,2n extrap.)</td>")[1].split("</tr>")[0]
+        assert f"<td>{n}</td><td>3</td><td>{nets}</td>" in row, (stat, row)

@@ -39,7 +39,7 @@ from ._plan import DEFAULT_DERIVATIVE_NEURONS, Plan
 from .activations import torch_activation
 from .distributed import sharded_sums
 from .estimators import STATISTICS, SUFFICIENT, Estimate, GroupSums, estimate_statistic
-from .estimators_derivative import derivative_pairs_batched
+from .estimators_derivative import batched_bytes_per_network, derivative_pairs_batched
 from .results import LayerMeasurement, Measurement
 
 __all__ = ["Ensemble", "DEFAULT_MEMORY_BUDGET", "DEFAULT_DERIVATIVE_NEURONS"]
@@ -227,13 +227,20 @@ class Ensemble:
             count += 4 * N ** 4 + 2 * nmax * N ** 2
         return item * count
 
-    def _deriv_bytes_per_network(self, N, layer, neurons):
-        """Working memory of :func:`pdlt.experiment.ntk.derivative_pairs` per network.
+    def _deriv_bytes_per_network(self, N, layer, neurons, stats=None):
+        """Working memory of the P..U pair patterns per network.
 
-        Its outputs are ``J`` (s N, P), ``G`` ((s N)^2, P) and the third
-        derivatives (s^2 N^3, P) with ``s = min(neurons, n_layer)``; autodiff
-        temporaries are counted as three times that.
+        Plain MLPs: :func:`pdlt.experiment.estimators_derivative.batched_bytes_per_network`
+        (the batched recursions). Residual MLPs take the autodiff path
+        (:func:`pdlt.experiment.ntk.derivative_pairs`), whose outputs are ``J``
+        (s N, P), ``G`` ((s N)^2, P) and the third derivatives (s^2 N^3, P) with
+        ``s = min(neurons, n_layer)``; autodiff temporaries are counted as three
+        times that. ``stats``: the statistics among P..U computed (default all).
         """
+        if not self.mlp.is_residual:
+            fields = [_PAIR_SOURCE[k] for k in (stats or _PAIR_SOURCE)]
+            return batched_bytes_per_network(self.mlp, N, layer, neurons, fields,
+                                             item=torch.finfo(self.dtype).bits // 8)
         w = self.mlp.widths
         s = min(neurons, w[layer])
         P = sum(w[l] * w[l + 1] + w[l + 1] for l in range(layer))
@@ -446,7 +453,8 @@ class Ensemble:
                 for l in layers:
                     if mlp.widths[l] < 2:
                         continue
-                    per_net = self._deriv_bytes_per_network(N, l, plan.deriv_neurons)
+                    per_net = self._deriv_bytes_per_network(N, l, plan.deriv_neurons,
+                                                           need_deriv)
                     sub = int(max(1, min(chunk, self.memory_budget // per_net)))
                     for s0 in range(0, hi - lo, sub):
                         s1 = min(hi - lo, s0 + sub)

@@ -71,7 +71,7 @@ import torch
 
 from . import ntk as _ntk
 
-__all__ = ["derivative_pairs_batched"]
+__all__ = ["derivative_pairs_batched", "batched_bytes_per_network"]
 
 
 def _activation_derivatives(tact, z):
@@ -90,6 +90,55 @@ def _activation_derivatives(tact, z):
     s1, s2 = jvp(d1, (z,), (one,))
     _, s3 = jvp(d2, (z,), (one,))
     return s0, s1, s2, s3
+
+
+def batched_bytes_per_network(mlp, N, layer, neurons, fields=_ntk._PAIR_FIELDS, item=8):
+    """Working memory of :func:`derivative_pairs_batched` per network, in bytes (an upper bound).
+
+    Counts what the recursions keep for every layer up to ``layer`` (forward
+    values and the four activation derivatives, backward vectors, first- and
+    second-order jets: ``n (5 N + 2 s N + 2 N K + N K^2)`` floats per layer,
+    ``K = s N``; ``N K`` instead of ``N K^2`` for P alone), three times that
+    for the temporaries of one layer step, the third-order jets ``n N K s N^2`` (seven arrays of that size at once) when
+    R is asked for, and the Hessian-vector Gram blocks (twelve ``R x R``
+    arrays, ``R = s N K``) when S, T or U is; ``item`` bytes per float.
+    Residual MLPs take the autodiff path, whose memory this does not bound.
+
+    Parameters
+    ----------
+    mlp : pdlt.MLP
+    N : int
+        Number of inputs.
+    layer : int
+        1-based layer measured.
+    neurons : int
+        Subset size ``s`` (capped at the layer's width).
+    fields : sequence of str
+        The fields computed (see :func:`derivative_pairs_batched`).
+    item : int
+        Bytes per float (8: float64).
+
+    Returns
+    -------
+    int
+    """
+    want = set(fields)
+    s = int(min(neurons, mlp.widths[layer]))
+    K = s * N
+    d2 = bool(want & {"dH_iij", "ddI_iijj"})
+    d2_diag = "dH_ijj" in want and not d2
+    d3 = "ddI_iijj" in want
+    gram = bool(want & {"ddII_iijj", "ddII_ijij", "ddII_ijji"})
+    per_unit = (5 * N + 2 * s * N + 2 * N * K + (N * K * K if d2 else 0)
+                + (N * N * K if d2_diag else 0))
+    count = 0
+    for l in range(1, int(layer) + 1):
+        n = int(mlp.widths[l])
+        count += 3 * n * per_unit + (7 * n * N * K * s * N * N if d3 else 0)
+    if gram:
+        R = s * N * K
+        count += 12 * R * R + 6 * int(max(mlp.widths[1:layer + 1])) * R
+    return int(item * count)
 
 
 def derivative_pairs_batched(weights, biases, x, mlp, layer, neurons, fields=_ntk._PAIR_FIELDS):
@@ -175,8 +224,11 @@ def derivative_pairs_batched(weights, biases, x, mlp, layer, neurons, fields=_nt
         """P (B, N_c, ...) -> (B, K, ...) with entry k taken at c = c(k)."""
         return P[:, cK]
 
-    need_d2 = bool(want & {"dH_ijj", "dH_iij", "ddI_iijj"})
     need_d3 = "ddI_iijj" in want
+    # P alone needs the second-order jets only along same-neuron direction pairs
+    # ((j,c), (j,d)): s N^2 of them instead of K^2 = s^2 N^2 (the recursion closes on them)
+    diag_d2 = want & {"dH_ijj", "dH_iij", "ddI_iijj"} == {"dH_ijj"}
+    need_d2 = bool(want & {"dH_iij", "ddI_iijj"})
     need_U = bool(want & {"ddII_iijj", "ddII_ijij", "ddII_ijji"})
     # forward jets; D1[l] (B, n, N_a, K), D2[l] (B, n, N_a, K, K), D3[l] (B, n, N_a, K, s, N, N)
     # [.., k1, j, c, d] = d_{k1} d_{(j,c)} d_{(j,d)} z (only same-neuron pairs (j,c), (j,d))
@@ -184,6 +236,7 @@ def derivative_pairs_batched(weights, biases, x, mlp, layer, neurons, fields=_nt
     D2 = [None] * (L + 1)
     D3 = [None] * (L + 1)
     dh1 = [None] * (L + 1)   # d_k h^(l) (B, n, N, K); None (zero) at l = 0
+    D2d = None               # diag_d2: (B, n, N_a, s, N_c, N_d) = d_{(j,c)} d_{(j,d)} z_a
     for l in range(1, L + 1):
         hp = h[l - 1]
         Gh = hp.transpose(1, 2) @ hp                           # (B, N_c, N_a)
@@ -204,6 +257,20 @@ def derivative_pairs_batched(weights, biases, x, mlp, layer, neurons, fields=_nt
                 D2[l] = lw[l - 1] * (term + term.transpose(-1, -2)) + matvec(l, d2h)
             else:
                 D2[l] = torch.zeros(B, dk.shape[1], N, K, K, dtype=dt, device=dev)
+        if diag_d2:
+            n_l = dk.shape[1]
+            if l > 1:
+                s1, s2, _ = sd[l - 1]
+                d1v = D1[l - 1].reshape(B, -1, N, s, N)               # [.., a, j, c]
+                P1 = torch.einsum("bmc,bmak->bcak", hp, dh1[l - 1])   # (B, N_c, N_a, K)
+                Pd = P1.reshape(B, N, N, s, N).permute(0, 2, 3, 1, 4)  # [a, j, c, d]
+                # delta_(j,c) (h_c . d_(j,d) h_a)
+                term = dk.reshape(B, n_l, 1, s, N, 1) * Pd[:, None]
+                d2h = (s2[..., None, None, None] * d1v[..., :, :, None] * d1v[..., :, None, :]
+                       + s1[..., None, None, None] * D2d)
+                D2d = lw[l - 1] * (term + term.transpose(-1, -2)) + matvec(l, d2h)
+            else:
+                D2d = torch.zeros(B, n_l, N, s, N, N, dtype=dt, device=dev)
         if need_d3:
             n_l = dk.shape[1]
             if l > 1:
@@ -246,6 +313,8 @@ def derivative_pairs_batched(weights, biases, x, mlp, layer, neurons, fields=_nt
         if l < L:
             dh1[l] = sd[l][0][..., None] * D1[l]
     out = {}
+    if diag_d2:   # dH_ijj[i, j, a, b, c] = D2d[i, a, j, b, c]
+        out["dH_ijj"] = D2d.permute(0, 1, 3, 2, 4, 5)
     if need_d2:
         d2L = D2[L].reshape(B, s, N, s, N, s, N)   # [i, a, j1, b, j2, c]
         if "dH_ijj" in want:   # [i, j, a, b, c] = D2[i, a, (j,b), (j,c)]

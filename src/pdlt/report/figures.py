@@ -47,7 +47,7 @@ def depth_figure(case_results, statistic, activation, spec):
         tag = f"n={res.case.width}" + (f", L={L}" if res.case.stats is not None else "")
         ax.plot(layers, th, "-", color=c, lw=1.4, label=f"theory {tag}")
         ax.errorbar(layers, mean, yerr=err, fmt="o", ms=4, color=c, capsize=2,
-                    label=f"ensemble {tag} (M={res.case.networks})")
+                    label=f"ensemble {tag} (M={res.measured[statistic].n_networks})")
     ax.set_xlabel("layer l")
     ax.set_ylabel(spec.ylabel or statistic)
     ax.set_title(f"{statistic}: {activation} at criticality")

@@ -8,7 +8,7 @@ import os
 
 from .figures import depth_figure, figure_to_base64
 from .rows import RESOLVED, Z_PASS
-from .suite import DERIVATIVE_STATS, STAT_SPECS
+from .suite import STAT_SPECS
 
 __all__ = ["write_report"]
 
@@ -108,7 +108,9 @@ def _cost_table(suite):
 def write_report(suite, out_dir, *, write_json=False, title="pdlt: theory versus experiment"):
     """Write ``out_dir/index.html`` (and ``report.json`` if asked); return the path."""
     os.makedirs(out_dir, exist_ok=True)
-    stats = list(suite.cases[0].theory) if suite.cases else []
+    # every case's statistics, in order of first appearance (a case may measure a subset:
+    # the default report's width-32 cases have no P..U)
+    stats = list(dict.fromkeys(s for r in suite.cases for s in r.theory))
     acts = list(dict.fromkeys(r.case.activation for r in suite.cases))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -145,9 +147,9 @@ def write_report(suite, out_dir, *, write_json=False, title="pdlt: theory versus
         res = by_case.get((row.activation, row.width))
         base = row.statistic.split(" ")[0]
         nets = ""
-        if res is not None and base in res.theory:
-            nets = (res.case.derivative_networks if base in DERIVATIVE_STATS
-                    and getattr(res.case, "derivative_networks", None) else res.case.networks)
+        if res is not None and base in res.measured:
+            # the networks of this statistic's own estimate (plain, control-variate or P..U pass)
+            nets = res.measured[base].n_networks
         cb, cw = ((f"{res.C_b:.6g}", f"{res.C_W:.6g}") if res is not None
                   and base in res.theory else ("", ""))
         status = row.status

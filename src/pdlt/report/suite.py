@@ -37,12 +37,21 @@ class Case:
     """One ensemble: a critical MLP of equal hidden widths, single input K1.
 
     ``derivative_networks``: networks for the dNTK/ddNTK statistics P..U
-    (the first ones of the same seed; default ``networks``). They are
-    measured at the last layer only (the one the rows compare), on
-    ``derivative_neurons`` neurons (:meth:`pdlt.experiment.Ensemble.measure`),
-    and are NaN at the other layers. ``cv_networks``: networks for the
+    (the first ones of the same seed; default ``networks``; 0: not measured in
+    this case). They are measured at the last layer only (the one the rows
+    compare), over the ordered pairs of the first ``derivative_neurons``
+    neurons of each network (:meth:`pdlt.experiment.Ensemble.measure`), and
+    are NaN at the other layers. ``derivative_passes``: instead, several
+    passes ``((statistics, networks, neurons), ...)`` (e.g. ``(("P", 2000,
+    128), ("QRSTU", 3000, 8))``): P's scatter falls like 1/neurons up to all
+    of them, and alone it needs only same-neuron second-order jets, while
+    Q..U's scatter levels off at a few neurons (``benchmarks/README.md``,
+    "Report cost"). ``cv_networks``: networks for the
     control-variate statistics (:data:`CONTROL_VARIATE_STATS`, :func:`measure_cv`;
     default ``networks``; 0: measure them with the plain estimators instead).
+    ``cv_ntk``: False measures Theta and H1 with the plain estimators (which
+    run anyway for A, B, D, F) and keeps only the NTK-free control variates
+    (K, G1, V: forward passes only, cheap at any width).
     ``stats``: this case's statistics (default: the suite's). ``lambda_b``,
     ``lambda_W``: learning-rate weights of the NTK (every layer).
     """
@@ -58,6 +67,9 @@ class Case:
     stats: tuple | None = None
     lambda_b: float = 1.0
     lambda_W: float = 1.0
+    derivative_neurons: int = 2
+    derivative_passes: tuple | None = None
+    cv_ntk: bool = True
 
 
 @dataclass(frozen=True)
@@ -167,9 +179,11 @@ def _deriv_spec(name):
     return _ntk_spec(
         name, name,
         note=f"{name} ({chapter}) measured at the last layer as n x (connected correlator) on "
-             "the ordered pairs of 2 neurons per network (unbiased by exchangeability; "
-             "Case.derivative_networks networks) and compared as the two-width extrapolation "
-             "2 m(2n) - m(n) with allowance |m(2n) - m(n)|/2 for the remaining O(1/n^2) term")
+             "the ordered pairs of the first s neurons of each network (unbiased by "
+             "exchangeability; networks and s per pass: Case.derivative_passes, in the default "
+             "report s = 8, and every neuron for GELU's P) and compared as the two-width "
+             "extrapolation 2 m(2n) - m(n) with allowance |m(2n) - m(n)|/2 for the remaining "
+             "O(1/n^2) term")
 
 
 #: the dNTK (P, Q) and ddNTK (R, S, T, U) statistics: autodiff, separate network count
@@ -233,23 +247,37 @@ def default_cases(quick=False, full=False):
     """The suite: relu, tanh and gelu at criticality, two or three widths, plus H1 cases.
 
     Main cases: widths 32, 64, 128 at depth 6 (``quick``: 32, 64 at depth 4),
-    every statistic; the control-variate statistics (K, G1, Theta, H1, V for
-    tanh and gelu; V for relu) on :data:`CV_NETWORKS` networks at widths 32 and
-    64 and with the plain estimators at 128. H1 cases (:data:`H1_CASES`):
+    every statistic; the plain estimators on 12,000 networks (tanh at 128:
+    :data:`PLAIN_NETWORKS`); the control-variate statistics (K, G1, Theta,
+    H1, V for tanh and gelu; V for relu) on :data:`CV_NETWORKS` networks, at
+    width 128 only the NTK-free ones (K, G1, V; Theta and H1 from the plain
+    pass there). P..U in the passes of :data:`DERIVATIVE_PASSES` at widths 64
+    and 128 (their (64, 128) rows; ``quick``: one pass on
+    :data:`QUICK_DERIVATIVE_NETWORKS` networks, 2 neurons). H1 cases (:data:`H1_CASES`):
     one input, widths 16 and 32, where H1 is resolved to <= 25 % by the
     control variate (tanh needs lambda_b = 0: its bias term dominates the NTK's
-    scatter). ``full`` doubles every ensemble and runs the control variates
-    at every width (``pdlt report --full``).
+    scatter). ``full`` doubles every ensemble, runs the NTK control variates
+    at every width and P..U at width 32 too (``pdlt report --full``).
     """
-    if quick:
-        widths, depth, networks, deriv = (32, 64), 4, 10000, QUICK_DERIVATIVE_NETWORKS
-    else:
-        widths, depth, networks, deriv = (32, 64, 128), 6, 12000, DERIVATIVE_NETWORKS
     f = 2 if full else 1
-    cases = [Case(a, n, depth, f * networks, seed=17 * i + j, derivative_networks=f * deriv,
-                  cv_networks=f * CV_NETWORKS.get(n, CV_NETWORKS[64] if full else 0))
-             for i, a in enumerate(("relu", "tanh", "gelu"))
-             for j, n in enumerate(widths)]
+    if quick:
+        cases = [Case(a, n, 4, f * 10000, seed=17 * i + j,
+                      derivative_networks=f * QUICK_DERIVATIVE_NETWORKS,
+                      cv_networks=f * CV_NETWORKS[min(n, 64)])
+                 for i, a in enumerate(("relu", "tanh", "gelu"))
+                 for j, n in enumerate((32, 64))]
+    else:
+        cases = []
+        for i, a in enumerate(("relu", "tanh", "gelu")):
+            for j, n in enumerate((32, 64, 128)):
+                passes = (() if n == 32 and not full else
+                          tuple((st, f * M, s) for st, M, s in DERIVATIVE_PASSES[a]))
+                cases.append(Case(
+                    a, n, 6, f * (12000 if full else PLAIN_NETWORKS.get((a, n), 12000)),
+                    seed=17 * i + j,
+                    derivative_passes=passes,
+                    cv_networks=f * (CV_NETWORKS[64] if full and n == 128 else CV_NETWORKS[n]),
+                    cv_ntk=full or n < 128))
     cases += [Case(a, n, L, f * M, seed=101 + 7 * i + j, stats=("G1", "H1", "V"),
                    lambda_b=lb, lambda_W=lw)
               for i, (a, lb, lw, L, M) in enumerate(H1_CASES)
@@ -257,8 +285,11 @@ def default_cases(quick=False, full=False):
     return cases
 
 
-#: control-variate networks per width in the default report (0 at width 128: plain estimators)
-CV_NETWORKS = {32: 3000, 64: 2000}
+#: control-variate networks per width in the default report (at 128: K, G1 and V only)
+CV_NETWORKS = {32: 3000, 64: 2000, 128: 2000}
+#: plain-estimator networks where they differ from 12,000: tanh's rows from width 128
+#: were at 0-5 % (K, Theta, B, F) and its A, D rows best at (32, 64)
+PLAIN_NETWORKS = {("tanh", 128): 5000}
 #: (activation, lambda_b, lambda_W, depth, networks) of the H1 cases at widths 16, 32
 #: (measured: H1 resolved to 15 % (tanh) and 24 % (gelu) at these sizes, 6 s each)
 H1_CASES = (("tanh", 0.0, 1.0, 10, 1500), ("gelu", 0.5, 1.5, 6, 2000))
@@ -266,12 +297,17 @@ H1_CASES = (("tanh", 0.0, 1.0, 10, 1500), ("gelu", 0.5, 1.5, 6, 2000))
 
 DEFAULT_STATS = ("K", "G1", "Theta", "H1", "V", "A", "B", "D", "F") + DERIVATIVE_STATS
 
-#: networks per case for P..U in the default and the quick report (see default_cases).
-#: Measured on 2 busy cores (derivative_neurons = 2, last layer only): 500 networks
-#: per case take 61 s for the nine default cases (depth 6, widths 32, 64, 128) and
-#: 10 s for the six quick ones (depth 4, widths 32, 64); these counts keep the added
-#: time near 3.7 minutes and 50 seconds.
-DERIVATIVE_NETWORKS = 1800
+#: P..U passes ``(statistics, networks, neurons)`` per activation at widths 64 and 128 of
+#: the default report (see :attr:`Case.derivative_passes`): over the ordered pairs of 8
+#: neurons per network (Q..U's scatter levels off there: gelu, width 128, R's per-network
+#: sd 441, 418, 405 at s = 8, 16, 32), and GELU's P over all of them in a pass of its own
+#: (P's scatter falls like 1/neurons: sd 30, 17, 14 at s = 16, 64, 128 against P = 19).
+#: Network counts from the measured scatter for <= 25 % resolution of the (64, 128) rows
+#: (``benchmarks/README.md``, "Report cost").
+DERIVATIVE_PASSES = {"relu": (("PQRSTU", 2200, 8),),
+                     "tanh": (("PQRSTU", 1200, 8),),
+                     "gelu": (("P", 2500, 128), ("QRSTU", 3500, 8))}
+#: networks per case for P..U in the quick report (one pass, 2 neurons)
 QUICK_DERIVATIVE_NETWORKS = 2500
 
 
@@ -405,6 +441,35 @@ def _case_stats(case, stats):
     return tuple(s for s in case.stats if s in stats) if case.stats is not None else tuple(stats)
 
 
+def _derivative_groups(case):
+    """The P..U passes of a case: ``[(networks, neurons, statistics), ...]``.
+
+    :attr:`Case.derivative_passes` when given, else one pass of every
+    statistic with ``derivative_networks`` and ``derivative_neurons``; passes
+    with 0 networks are left out.
+
+    Raises
+    ------
+    ValueError
+        If a pass names a statistic outside P..U, or a statistic twice.
+    """
+    if case.derivative_passes is None:
+        M = case.networks if case.derivative_networks is None else case.derivative_networks
+        groups = [(int(M), int(case.derivative_neurons), DERIVATIVE_STATS)]
+    else:
+        groups, seen = [], set()
+        for stats, M, s in case.derivative_passes:
+            stats = tuple(stats)
+            bad = [x for x in stats if x not in DERIVATIVE_STATS or x in seen]
+            if bad:
+                raise ValueError(f"derivative_passes: {bad} are not P..U or appear twice in "
+                                 f"{case.derivative_passes!r}; give each of "
+                                 f"{''.join(DERIVATIVE_STATS)} at most once")
+            seen.update(stats)
+            groups.append((int(M), int(s), stats))
+    return [g for g in groups if g[0] > 0]
+
+
 def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
     from ..experiment import Ensemble, Estimate
     from ..theory.statistics import ORDER_ONE_OVER_N, statistics
@@ -417,8 +482,12 @@ def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
                     get=("V", "G1") + tuple(s for s in stats if s in ORDER_ONE_OVER_N))
     clock.lap("theory")
     smooth = mlp.activation.is_smooth
+    groups = _derivative_groups(case)
+    measured_deriv = {s for g in groups for s in g[2]}
+    stats = tuple(s for s in stats if s not in DERIVATIVE_STATS or s in measured_deriv)
     cv_stats = [s for s in stats if s in CONTROL_VARIATE_STATS and (smooth or s == "V")
-                and case.cv_networks != 0]
+                and case.cv_networks != 0
+                and (case.cv_ntk or s not in ("Theta", "H1"))]
     cv_ntk = any(s in ("Theta", "H1") for s in cv_stats)
     base = list(dict.fromkeys(DERIVED[s][0] if s in DERIVED else s for s in stats
                               if s not in cv_stats))
@@ -430,11 +499,14 @@ def run_case(case: Case, stats=DEFAULT_STATS, progress=False) -> CaseResult:
             K1=case.K1, stats=plain, progress=progress)
         meas.update({s: m[s] for s in plain})
         clock.lap("plain")
-    if deriv:
-        M = case.derivative_networks or case.networks
+    for M, neurons, group in groups:
+        group = [s for s in group if s in deriv]
+        if not group:
+            continue
         last = Ensemble(mlp, networks=M, seed=case.seed).measure(
-            K1=case.K1, stats=deriv, layers=[case.depth], progress=progress)
-        for s in deriv:
+            K1=case.K1, stats=group, layers=[case.depth], progress=progress,
+            derivative_neurons=neurons)
+        for s in group:
             e = last[s]
             mean, se = np.full(case.depth, np.nan), np.full(case.depth, np.nan)
             mean[-1], se[-1] = float(np.ravel(e.mean)[0]), float(np.ravel(e.stderr)[0])
