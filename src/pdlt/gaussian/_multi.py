@@ -114,7 +114,8 @@ from scipy import special
 
 from ._rule import KernelNotPSDError, _gauss_legendre, expect
 
-__all__ = ["expect_nd", "quad_expectations", "node_count", "axis_rules"]
+__all__ = ["expect_nd", "quad_expectations", "node_count", "axis_rules", "NormalFamily",
+           "normal_family"]
 
 _Q_SIZES = np.array([1, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80,
                      96])
@@ -201,7 +202,23 @@ def node_count(s, accuracy="default"):
     return np.where(s > 0, out, 1)
 
 
-def axis_rules(s, accuracy="default"):
+#: entire activations whose products grow like a Gaussian off the real axis: the
+#: trapezoid's spacing from ``1 / h^2 = c (1 + kappa s^2) / (2 pi^2)`` (see axis_rules);
+#: kappa fitted to products of four GELUs (benchmarks/README.md, "Theory engine cost
+#: (#15)"). erf (growth exp(y^2) per factor) needed kappa ~ 4.4, which gives as many
+#: nodes as the strip rule: it keeps the strip rule.
+_ENTIRE_GROWTH = {"gelu": 2.2}
+
+
+def entire_growth(act):
+    """``kappa`` of :data:`_ENTIRE_GROWTH` for ``act`` (verified as the named function), else None."""
+    kappa = _ENTIRE_GROWTH.get(getattr(act, "name", None))
+    if kappa is None or not isinstance(normal_family(act, "sigma"), NormalFamily):
+        return None
+    return kappa
+
+
+def axis_rules(s, accuracy="default", growth=None):
     """Rule codes of the smooth path for axis scales ``s``: Gauss-Hermite or trapezoid.
 
     Gauss-Hermite (:func:`node_count` nodes, code ``q > 0``) on axes of scale
@@ -221,6 +238,14 @@ def axis_rules(s, accuracy="default"):
     expectation stays bounded. ``s`` has shape (..., d). Gauss-Hermite converges only like
     ``exp(-const sqrt(Q))`` there (measured 6e-8 at ``s ~ 1`` with 40-48
     nodes against 4e-11 for the trapezoid with as many).
+
+    ``growth`` (``kappa``, for entire activations such as GELU, whose products
+    grow like ``exp(kappa s^2 y^2 / 2)`` at ``u + i y``): the trapezoid error
+    is then ``exp(-2 pi^2 / (h^2 (1 + kappa s^2)))`` (the strip half-width that
+    balances the growth), so ``1 / h^2 = c (1 + kappa s^2) / (2 pi^2)``; for
+    GELU (kappa = 2.2) that is 1.2-1.5x fewer nodes per axis than the strip
+    rule at s = 1..3, with errors of four-GELU products <= 3e-12 at c = 25
+    (measured against mpmath, s = 0.6..3).
     """
     s = np.asarray(s, dtype=float)
     d = s.shape[-1] if s.ndim else 4
@@ -231,7 +256,11 @@ def axis_rules(s, accuracy="default"):
     # fewer than four variables: the integrands are powers of the activation
     # (coinciding inputs merged), with stronger singularities: c + 5 per variable less
     c = _TRAP_C[accuracy] + 5.0 * max(0, 4 - d)
-    q = np.ceil(1.0 + 2.0 * _TRAP_T * np.maximum(s * c / math.pi ** 2, 1.0 / _TRAP_HMAX))
+    if growth is None:
+        inv_h = s * c / math.pi ** 2
+    else:
+        inv_h = np.sqrt(c * (1.0 + float(growth) * s * s) / (2.0 * math.pi ** 2))
+    q = np.ceil(1.0 + 2.0 * _TRAP_T * np.maximum(inv_h, 1.0 / _TRAP_HMAX))
     # rounded up to a ladder of sizes ~6 % apart, so that covariances of similar
     # scales share one (pruned) grid: at most ~6 % more nodes per axis
     q = _TRAP_LADDER[np.searchsorted(_TRAP_LADDER, np.minimum(q, _TRAP_QMAX))]
@@ -342,8 +371,117 @@ class PiecewiseMonomial:
         return f"PiecewiseMonomial({self.cp}, {self.cm}, {self.n})"
 
 
+class NormalFamily:
+    """``f(z) = P(z) + A(z) Phi(a z) + B(z) phi(a z)``, a callable whose Gaussian average is a closed form.
+
+    ``P, A, B`` are polynomials (coefficient tuples, lowest power first),
+    ``Phi``/``phi`` the standard normal CDF/density, ``a > 0``. GELU and its
+    derivatives (``z Phi(z)``, ``Phi + z phi``, ``(2 - z^2) phi``) and erf
+    and its derivatives (``2 Phi(sqrt(2) z) - 1``, ...) are of this form.
+    Calls go to ``fn`` (the activation's own function, so values are
+    bitwise those of the activation); :meth:`inner` gives
+    ``<f(m + c u)>_{u ~ N(0, 1)}`` in closed form, so :func:`expect_nd`
+    integrates the innermost axis of such a function exactly (one CDF and
+    one exponential per outer point instead of a rule of 10-80 nodes).
+
+    The closed forms (``W = a (m + c u) ~ N(mu0, s^2)``, ``r^2 = 1 + s^2``):
+    ``<W^j phi(W)> = phi(mu0 / r) / r * E[Y^j]`` with ``Y ~ N(mu0 / r^2, s^2 / r^2)``
+    (product of two Gaussians), ``<Phi(W)> = Phi(mu0 / r)`` and, by Stein's
+    lemma, ``<W^j Phi(W)> = mu0 <W^(j-1) Phi> + s^2 ((j-1) <W^(j-2) Phi> + <W^(j-1) phi>)``.
+    """
+
+    __slots__ = ("fn", "P", "A", "B", "a")
+
+    def __init__(self, fn, P=(), A=(), B=(), a=1.0):
+        self.fn = fn
+        self.P, self.A, self.B = (tuple(float(c) for c in v) for v in (P, A, B))
+        self.a = float(a)
+
+    def __call__(self, z):
+        return self.fn(z)
+
+    def formula(self, z):
+        """The closed form itself (for checking ``fn`` against it)."""
+        z = np.asarray(z, dtype=float)
+        az = self.a * z
+        poly = lambda c: sum(ck * z ** k for k, ck in enumerate(c)) if c else 0.0  # noqa: E731
+        return poly(self.P) + poly(self.A) * special.ndtr(az) \
+            + poly(self.B) * np.exp(-0.5 * az * az) * _PHI
+
+    def inner(self, m, c):
+        """``<f(m + c u)>`` over ``u ~ N(0, 1)``; m, c broadcastable arrays."""
+        m, c = np.broadcast_arrays(np.asarray(m, dtype=float), np.asarray(c, dtype=float))
+        out = np.zeros(m.shape)
+        if self.P:
+            # moments of N(m, c^2)
+            E = [np.ones(m.shape), m]
+            for j in range(2, len(self.P)):
+                E.append(m * E[j - 1] + (j - 1) * c * c * E[j - 2])
+            out = out + sum(pk * E[k] for k, pk in enumerate(self.P))
+        if not (self.A or self.B):
+            return out
+        a = self.a
+        mu0, s2 = a * m, (a * c) ** 2
+        r2 = 1.0 + s2
+        r = np.sqrt(r2)
+        x = mu0 / r
+        dens = np.exp(-0.5 * x * x) * _PHI / r
+        mu, v = mu0 / r2, s2 / r2
+        n = max(len(self.A), len(self.B) + 1, 1)
+        G = [np.ones(m.shape), mu]                      # moments of N(mu, v)
+        for j in range(2, n):
+            G.append(mu * G[j - 1] + (j - 1) * v * G[j - 2])
+        N = [dens * g for g in G[:n]]                   # <W^j phi(W)>
+        if self.A:
+            M = [special.ndtr(x)]                       # <W^j Phi(W)>
+            for j in range(1, len(self.A)):
+                M.append(mu0 * M[j - 1] + s2 * ((j - 1) * (M[j - 2] if j >= 2 else 0.0)
+                                                + N[j - 1]))
+            out = out + sum(ak * a ** -k * M[k] for k, ak in enumerate(self.A))
+        if self.B:
+            out = out + sum(bk * a ** -k * N[k] for k, bk in enumerate(self.B))
+        return out
+
+    def __repr__(self):
+        return f"NormalFamily(P={self.P}, A={self.A}, B={self.B}, a={self.a})"
+
+
+_SQRT2 = math.sqrt(2.0)
+# slot functions of the named activations in the normal family (see NormalFamily)
+_NORMAL_FAMILY = {
+    "gelu": {"sigma": dict(A=(0.0, 1.0)), "d1": dict(A=(1.0,), B=(0.0, 1.0)),
+             "d2": dict(B=(2.0, 0.0, -1.0))},
+    "erf": {"sigma": dict(P=(-1.0,), A=(2.0,), a=_SQRT2),
+            "d1": dict(B=(2.0 * _SQRT2,), a=_SQRT2),
+            "d2": dict(B=(0.0, -4.0 * _SQRT2), a=_SQRT2)},
+}
+_FAMILY_PROBE = np.linspace(-12.0, 12.0, 241)
+
+
+def normal_family(act, slot="sigma"):
+    """``act``'s function ``slot`` ("sigma", "d1", "d2") as a :class:`NormalFamily`, else itself.
+
+    Only for the named activations listed in ``_NORMAL_FAMILY`` (GELU, erf)
+    and only if the activation's function equals the closed form on a probe
+    grid to 1e-14 (a user function that merely carries the name keeps its own
+    rule).
+    """
+    fn = getattr(act, slot)
+    spec = _NORMAL_FAMILY.get(getattr(act, "name", None), {}).get(slot)
+    if spec is None or getattr(act, "kinks", ()) or isinstance(fn, NormalFamily):
+        return fn
+    nf = NormalFamily(fn, **spec)
+    with np.errstate(all="ignore"):
+        got = np.asarray(fn(_FAMILY_PROBE), dtype=float)
+    want = nf.formula(_FAMILY_PROBE)
+    if got.shape != want.shape or not np.all(
+            np.abs(got - want) <= 1e-14 * np.maximum(1.0, np.abs(want))):
+        return fn
+    return nf
+
+
 def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
-              return_error=False, where=""):
+              return_error=False, where="", growth=None):
     """``<f_1(z_1) f_2(z_2) ... f_d(z_d)>`` for ``z ~ N(0, K)``, d = 1..4.
 
     Parameters
@@ -369,6 +507,11 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         this rule when the rules converge geometrically).
     where : str
         Text naming the caller's context (layer, inputs) for error messages.
+    growth : float or None
+        For entire functions (GELU: :func:`entire_growth`), ``kappa`` of the
+        trapezoid rule for entire integrands (:func:`axis_rules`); None: the
+        strip rule (poles at ``i pi / 2``, tanh), right for any activation
+        analytic in that strip.
 
     Returns
     -------
@@ -400,7 +543,7 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
     elif pw:
         out, err = _split_path(fs, order, L, (0.0,), accuracy, return_error, exact_inner=True)
     elif len(kinks) == 0:
-        out, err = _gh_path(fs, order, L, accuracy, return_error)
+        out, err = _gh_path(fs, order, L, accuracy, return_error, growth=growth)
     else:
         out, err = _split_path(fs, order, L, tuple(float(c) for c in kinks), accuracy,
                                return_error, exact_inner=False)
@@ -426,7 +569,7 @@ def _lower_rule(qs):
     return np.where(qs < -1, tr, gh)
 
 
-def _gh_path(fs, order, L, accuracy, return_error, smooth=True):
+def _gh_path(fs, order, L, accuracy, return_error, smooth=True, growth=None):
     """Nested product rule with the node rule of ``accuracy`` (module doc).
 
     ``smooth``: the per-axis choice of ``axis_rules`` (Gauss-Hermite on
@@ -436,7 +579,12 @@ def _gh_path(fs, order, L, accuracy, return_error, smooth=True):
     (:func:`_lower_rule`): measured to overestimate the error (module doc).
     """
     s = np.max(np.abs(L), axis=1)               # per-axis scale (B, d)
-    qs = axis_rules(s, accuracy) if smooth else node_count(s, accuracy)   # (B, d)
+    qs = axis_rules(s, accuracy, growth) if smooth else node_count(s, accuracy)   # (B, d)
+    d = L.shape[1]
+    if d > 1:
+        # a last variable of the normal family (GELU, erf): its axis in closed form
+        exact = np.array([isinstance(f, NormalFamily) for f in fs])[order[:, d - 1]]
+        qs[exact, d - 1] = 1
     even = _even_product(fs, float(np.max(np.abs(L), initial=0.0)))
     # polynomials (smooth=False, the linear activation) are integrated exactly by
     # Gauss-Hermite with all its nodes: no pruning there
@@ -500,7 +648,10 @@ def _gh_sum(fs, order, L, qs, even=False, mass=None):
             out[idx] = fo[0](L[idx, 0, 0, None] * u) @ w
             continue
         levels = _outer_grid(codes[:-1], bool(even), mass)
-        inner = _inner_ranges(codes, bool(even), mass)
+        if isinstance(fo[-1], NormalFamily):
+            inner = (len(levels[-1][0]), None)        # the last axis in closed form
+        else:
+            inner = _inner_ranges(codes, bool(even), mass)
         step = max(1, _CHUNK // max(inner[0], 1))
         for start in range(0, len(idx), step):
             sel = idx[start:start + step]
@@ -563,6 +714,9 @@ def _grid_sum(fo, Lb, levels, inner):
     for k, (U, w, parent, _) in enumerate(levels):
         vals.append(fo[k](Lb[:, k, :k + 1] @ U.T))                # (b, P_k)
     m = Lb[:, d - 1, :d - 1] @ levels[-1][0].T                   # (b, P) conditional means
+    if inner[0] is None:
+        acc = fo[d - 1].inner(m, Lb[:, d - 1, d - 1, None])        # closed form (NormalFamily)
+        return _fold_outer(vals, acc, levels, d)
     cu = Lb[:, d - 1, d - 1, None, None] * inner[0]              # (b, 1, Q_d) last axis
     w_last = inner[1]
     b, P = m.shape
@@ -576,6 +730,11 @@ def _grid_sum(fo, Lb, levels, inner):
         for s in range(0, len(sel), bs):
             acc[:, sel[s:s + bs]] = fo[d - 1](mm[:, s:s + bs, None] + cu[:, :, j0:j1]) \
                 @ w_last[j0:j1]
+    return _fold_outer(vals, acc, levels, d)
+
+
+def _fold_outer(vals, acc, levels, d):
+    """Sum the inner sums ``acc`` (b, P) over the outer levels, innermost first."""
     for k in range(d - 2, -1, -1):
         U, w, starts, _ = levels[k]
         acc = vals[k] * acc * w
@@ -1021,7 +1180,8 @@ def quad_expectations(act, K, *, accuracy="default", return_error=False, where="
     K = np.asarray(K, dtype=float)
     N = K.shape[0]
     check_psd(K, where)
-    sigma = act.sigma
+    sigma = normal_family(act, "sigma")     # GELU, erf: innermost axis in closed form
+    growth = entire_growth(act)             # GELU: the trapezoid rule of entire functions
     kinks = act.kinks
     si = act.scale_invariant if (act.scale_invariant is not None and act.name != "monomial") else None
     if si is not None:
@@ -1042,7 +1202,7 @@ def quad_expectations(act, K, *, accuracy="default", return_error=False, where="
             Ksub = K[idx[:, :, None], idx[:, None, :]]
             fs = [_power(sigma, p) for p in pattern]
             res = expect_nd(fs, Ksub, kinks=kinks, accuracy=accuracy,
-                            return_error=return_error, where=where)
+                            return_error=return_error, where=where, growth=growth)
             vals, err = res if return_error else (res, err)
         flat = np.ravel_multi_index(np.array([it[0] for it in items]).T, (N,) * 4)
         Tq[flat] = vals
