@@ -28,7 +28,8 @@ import itertools
 import numpy as np
 
 from .. import gaussian
-from ..gaussian._multi import PiecewiseMonomial, expect_nd, quad_expectations, rule_up
+from ..gaussian._multi import (PiecewiseMonomial, entire_growth, expect_nd, normal_family,
+                               quad_expectations, rule_up)
 
 __all__ = ["KERNEL_RANGE", "LayerAverages", "OneVariableTable", "representatives", "apply_M", "apply_M2",
            "derivative_operator", "is_odd", "jumps_in_d2"]
@@ -517,7 +518,9 @@ class LayerAverages:
 def _quad_tensor(act, K, slots, accuracy, cache):
     """``<f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>`` for N inputs (coinciding slots merged)."""
     N = K.shape[0]
-    base = {"s": act.sigma, "p": act.d1, "q": act.d2, "x": lambda z: z * act.d2(z)}
+    # GELU/erf slots as NormalFamily: their innermost axis is then a closed form
+    base = {"s": normal_family(act, "sigma"), "p": normal_family(act, "d1"),
+            "q": normal_family(act, "d2"), "x": lambda z: z * act.d2(z)}
     keys = {}
     for idx in itertools.product(range(N), repeat=4):
         per = {}
@@ -538,7 +541,8 @@ def _quad_tensor(act, K, slots, accuracy, cache):
         if si is not None:
             fs = [functools.reduce(lambda a, b: a * b, [pm[n] for n in nm]) for nm in sig]
         else:
-            fs = [(lambda names: lambda z: np.prod([base[n](z) for n in names], axis=0))(nm)
+            fs = [base[nm[0]] if len(nm) == 1 else
+                  (lambda names: lambda z: np.prod([base[n](z) for n in names], axis=0))(nm)
                   for nm in sig]
         if len(sig) == 1:
             vals = np.atleast_1d(gaussian.expect(fs[0], K[I[:, 0], I[:, 0]], **kw))
@@ -551,7 +555,7 @@ def _quad_tensor(act, K, slots, accuracy, cache):
             # (smooth path only: kinked activations take the exact-inner split path,
             # whose rules are its own and already within 4e-10)
             acc = rule_up(accuracy) if len(sig) == 4 and not act.kinks else accuracy
-            vals = expect_nd(fs, Ks, kinks=act.kinks, accuracy=acc)
+            vals = expect_nd(fs, Ks, kinks=act.kinks, accuracy=acc, growth=entire_growth(act))
         for ix, v in zip(idxs, np.atleast_1d(vals)):
             cache[(sig, ix)] = float(v)
     T = np.empty((N,) * 4)
