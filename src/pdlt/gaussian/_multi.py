@@ -39,14 +39,14 @@ exceed ``min(8 x 64^d, 64^4)`` points (bounded cost)
 (``axis_rules``; trapezoid sizes rounded up to a ladder ~6 % apart, so that
 covariances of similar scales share one cached grid), one node for a zero
 axis. The tensor grid is pruned: the lightest points of the outer axes that
-together weigh at most ``_PRUNE_MASS = 1e-13`` of the Gaussian mass are
+together weigh at most ``_PRUNE_MASS = 1e-14`` of the Gaussian mass are
 dropped, and per kept outer point the light nodes of the last axis (another
-1e-13), so the error added is at most 2e-13 times the integrand's bound on
-the dropped points (tanh: 2e-13 absolute; integrands growing like
-``|z|^4``, GELU and swish, measured ~1e-12 at 1e-14; 1e-13 instead of 1e-14
-cut the points of the N = 16 tanh benchmark by ~10 %; the error estimate's
-lower rule is pruned at 1e-12, which adds at most 2e-12 times that bound to
-the estimate: it stays an overestimate); an integrand even under
+1e-14), so the error added is at most 2e-14 times the integrand's bound on
+the dropped points (tanh: 2e-14 of the scale; integrands growing like
+``|z|^4``, GELU and swish, measured ~1e-12; the error estimate's lower rule
+is pruned at ``_PRUNE_MASS_ESTIMATE = 1e-12``, which adds at most 2e-12
+times that bound to the estimate, so it stays an overestimate, for ~25 %
+fewer of its points); an integrand even under
 ``z -> -z`` (products of odd and even functions with evenly many odd ones,
 checked on a grid: all averages of tanh, erf, sin with an even number of
 odd slots) is summed over ``u_1 >= 0`` with doubled weights, exactly. With
@@ -758,7 +758,7 @@ def _fold_outer(vals, acc, levels, d):
     return acc.sum(axis=1)
 
 
-_PRUNE_MASS = 1e-13  # Gaussian mass of the dropped grid points, outer axes and last axis each
+_PRUNE_MASS = 1e-14  # Gaussian mass of the dropped grid points, outer axes and last axis each
 _PRUNE_MASS_ESTIMATE = 1e-12  # the same for the error estimate's lower rule
 
 
