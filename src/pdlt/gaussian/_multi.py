@@ -134,6 +134,10 @@ _ACCURACY = {"fast": (3.0, 18.0), "default": (5.0, 30.0), "high": (8.0, 48.0),
 _LEVELS = ("fast", "default", "high", "higher", "highest")
 _GH_STEP_UP = 2     # levels up for Gauss-Hermite axes with three or fewer variables
 _TRAP_STEP_UP = 1   # levels up for trapezoid axes with three or fewer variables
+#: the same for quad_expectations' averages of powers of sigma alone (V, G1): one level
+#: up; two (for derivative products such as <q q p p>) tripled their cost at small
+#: variances: 32 against 20 nodes per axis at s = 0.25 (issue #15, N = 16 benchmark)
+_GH_STEP_UP_SIGMA = 1
 # split rule per accuracy: fixed panel breakpoints (truncation at |u| = 8, Gaussian mass
 # 1.2e-15) and Gauss-Legendre nodes per panel (measured errors in the module doc)
 _SPLIT_RULES = {
@@ -221,7 +225,7 @@ def entire_growth(act):
     return kappa
 
 
-def axis_rules(s, accuracy="default", growth=None):
+def axis_rules(s, accuracy="default", growth=None, gh_up=None):
     """Rule codes of the smooth path for axis scales ``s``: Gauss-Hermite or trapezoid.
 
     Gauss-Hermite (:func:`node_count` nodes, code ``q > 0``) on axes of scale
@@ -254,7 +258,8 @@ def axis_rules(s, accuracy="default", growth=None):
     d = s.shape[-1] if s.ndim else 4
     gh_accuracy = accuracy
     if d <= 3:
-        accuracy, gh_accuracy = rule_up(accuracy, _TRAP_STEP_UP), rule_up(accuracy, _GH_STEP_UP)
+        gh_accuracy = rule_up(accuracy, _GH_STEP_UP if gh_up is None else gh_up)
+        accuracy = rule_up(accuracy, _TRAP_STEP_UP)
     gh = node_count(s, gh_accuracy)
     # fewer than four variables: the integrands are powers of the activation
     # (coinciding inputs merged), with stronger singularities: c + 5 per variable less
@@ -484,7 +489,7 @@ def normal_family(act, slot="sigma"):
 
 
 def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
-              return_error=False, where="", growth=None):
+              return_error=False, where="", growth=None, gh_up=None):
     """``<f_1(z_1) f_2(z_2) ... f_d(z_d)>`` for ``z ~ N(0, K)``, d = 1..4.
 
     Parameters
@@ -515,6 +520,11 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         trapezoid rule for entire integrands (:func:`axis_rules`); None: the
         strip rule (poles at ``i pi / 2``, tanh), right for any activation
         analytic in that strip.
+    gh_up : int or None
+        With three or fewer variables, the Gauss-Hermite axes take the rule
+        this many levels above ``accuracy`` (default ``_GH_STEP_UP`` = 2, for
+        the derivative products of the NTK tensors; :func:`quad_expectations`
+        uses 1 for its powers of sigma).
 
     Returns
     -------
@@ -546,7 +556,7 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
     elif pw:
         out, err = _split_path(fs, order, L, (0.0,), accuracy, return_error, exact_inner=True)
     elif len(kinks) == 0:
-        out, err = _gh_path(fs, order, L, accuracy, return_error, growth=growth)
+        out, err = _gh_path(fs, order, L, accuracy, return_error, growth=growth, gh_up=gh_up)
     else:
         out, err = _split_path(fs, order, L, tuple(float(c) for c in kinks), accuracy,
                                return_error, exact_inner=False)
@@ -572,7 +582,7 @@ def _lower_rule(qs):
     return np.where(qs < -1, tr, gh)
 
 
-def _gh_path(fs, order, L, accuracy, return_error, smooth=True, growth=None):
+def _gh_path(fs, order, L, accuracy, return_error, smooth=True, growth=None, gh_up=None):
     """Nested product rule with the node rule of ``accuracy`` (module doc).
 
     ``smooth``: the per-axis choice of ``axis_rules`` (Gauss-Hermite on
@@ -582,7 +592,7 @@ def _gh_path(fs, order, L, accuracy, return_error, smooth=True, growth=None):
     (:func:`_lower_rule`): measured to overestimate the error (module doc).
     """
     s = np.max(np.abs(L), axis=1)               # per-axis scale (B, d)
-    qs = axis_rules(s, accuracy, growth) if smooth else node_count(s, accuracy)   # (B, d)
+    qs = axis_rules(s, accuracy, growth, gh_up) if smooth else node_count(s, accuracy)
     d = L.shape[1]
     if d > 1:
         # a last variable of the normal family (GELU, erf): its axis in closed form
@@ -1218,7 +1228,8 @@ def quad_expectations(act, K, *, accuracy="default", return_error=False, where="
             Ksub = K[idx[:, :, None], idx[:, None, :]]
             fs = [_power(sigma, p) for p in pattern]
             res = expect_nd(fs, Ksub, kinks=kinks, accuracy=accuracy,
-                            return_error=return_error, where=where, growth=growth)
+                            return_error=return_error, where=where, growth=growth,
+                            gh_up=_GH_STEP_UP_SIGMA)
             vals, err = res if return_error else (res, err)
         flat = np.ravel_multi_index(np.array([it[0] for it in items]).T, (N,) * 4)
         Tq[flat] = vals
