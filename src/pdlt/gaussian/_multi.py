@@ -76,6 +76,16 @@ the error by 10x or more wherever the error exceeds round-off (1e-12); it does
 not include the truncation at ``|u| = 8`` (below 1e-11 relative for
 integrands growing like ``|z|^4``) nor round-off (~1e-13).
 
+**GELU and erf: the innermost axis in closed form.** Their functions are
+``P(z) + A(z) Phi(a z) + B(z) phi(a z)`` (:class:`NormalFamily`; GELU's
+``z Phi``, ``Phi + z phi``, ``(2 - z^2) phi`` and erf's), whose average over
+the last axis given the outer ones is a closed form; when the pivoted last
+variable carries such a function (every four-distinct-input average; merged
+powers such as ``sigma^2`` do not qualify) the smooth path sums only the
+outer axes (error of the closed form ~1e-16, checked against adaptive
+quadrature in ``tests/gaussian/test_multi_normal.py``). GELU's trapezoid axes
+use the rule of an entire function (:func:`axis_rules`, ``growth``).
+
 **ReLU family (products of ``a_+- z`` and ``a_+-``): closed-form inner axes.**
 The functions are ``PiecewiseMonomial``. The last two axes are done
 in closed form when the last two variables are of degree <= 1 and not
