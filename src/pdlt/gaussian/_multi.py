@@ -228,7 +228,7 @@ _ENTIRE_GROWTH = {"gelu": 2.2}
 
 
 def entire_growth(act):
-    """``kappa`` of :data:`_ENTIRE_GROWTH` for ``act`` (verified as the named function), else None."""
+    """``kappa`` of :data:`_ENTIRE_GROWTH` for ``act`` (verified), else None."""
     kappa = _ENTIRE_GROWTH.get(getattr(act, "name", None))
     if kappa is None or not isinstance(normal_family(act, "sigma"), NormalFamily):
         return None
@@ -390,7 +390,7 @@ class PiecewiseMonomial:
 
 
 class NormalFamily:
-    """``f(z) = P(z) + A(z) Phi(a z) + B(z) phi(a z)``, a callable whose Gaussian average is a closed form.
+    """``f(z) = P(z) + A(z) Phi(a z) + B(z) phi(a z)``: a Gaussian average in closed form.
 
     ``P, A, B`` are polynomials (coefficient tuples, lowest power first),
     ``Phi``/``phi`` the standard normal CDF/density, ``a > 0``. GELU and its
