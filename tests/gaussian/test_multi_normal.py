@@ -114,3 +114,32 @@ def test_gauss_hermite_estimate_small_variance():
     # measured: one size down 1.1e-11 (17x the error), two sizes down 2.4e-10 (380x)
     assert err <= est < 50 * err, (err, est)
     assert est / _cs_scale(fs, K) < 1e-8      # 1.0e-9; two sizes down: 2.3e-8
+
+
+def test_quad_expectations_tanh_powers_one_rule_up():
+    # quad_expectations takes the Gauss-Hermite axes of its <= 3-variable averages of
+    # powers of sigma one rule up (not two): against the "highest" rule, every entry
+    # within its estimate and the 1e-8 contract, the <= 3-variable ones within 1e-9 of
+    # the tensor's largest entry, at a first-layer-like (variances ~0.1-2.5) and a
+    # deep-layer-like (~0.07, strongly correlated) kernel
+    import itertools
+    act = activation("tanh")
+    x = np.random.default_rng(1).standard_normal((5, 3))
+    for K in (0.05 + x @ x.T / 3, 0.07 * (0.4 + 0.6 * np.corrcoef(x))):
+        T, E = quad_expectations(act, K, return_error=True)
+        worst = {2: 0.0, 3: 0.0, 4: 0.0}
+        for q in itertools.combinations_with_replacement(range(5), 4):
+            distinct = sorted(set(q))
+            if len(distinct) == 1:
+                continue
+            fs = [(lambda p: (lambda z: np.tanh(z) ** p))(q.count(a)) for a in distinct]
+            want = expect_nd(fs, K[np.ix_(distinct, distinct)], accuracy="highest")
+            assert abs(T[q] - want) <= E[q] + 1e-14, (q, T[q] - want, E[q])
+            worst[len(distinct)] = max(worst[len(distinct)], abs(T[q] - want))
+        scale = np.max(np.abs(T))
+        # the contract (1e-8) for all; the <= 3-variable averages (the rule changed
+        # here) measured 2.4e-10 (two variables) and 2.2e-11 (three) of the scale at the
+        # first kernel (the four-variable ones, unchanged, 1.4e-9); with Gauss-Hermite
+        # not stepped up at all (gh_up = 0) they fail the 1e-9 below
+        assert max(worst.values()) < 1e-8 * scale, worst
+        assert max(worst[2], worst[3]) < 1e-9 * scale, worst
