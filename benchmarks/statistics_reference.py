@@ -116,7 +116,7 @@ class Reference:
         return {(a, b): self.nd([getattr(act, a), getattr(act, b)], C) for a, b in terms}
 
     def expect_nd(self, fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
-                  return_error=False, where=""):
+                  return_error=False, where="", growth=None):
         v = self.nd(list(fs), K)
         return (v, np.zeros_like(v)) if return_error else v
 

@@ -1,7 +1,8 @@
 """Cost of the theory engine's N-input statistics and of ``pdlt diagnose`` (issue #15).
 
 ``python benchmarks/theory_cost.py [--old OLD/src] [--activations tanh gelu relu]
-[--inputs 16] [--depth 10] [--repeats 1] [--diagnose-depths 30 100] [--json out.json]``
+[--inputs 16] [--depth 10] [--repeats 1] [--diagnose-depths 30 100]
+[--ntk-activations relu gelu tanh] [--json out.json]``
 
 1. ``pdlt.statistics(mlp, x, get=["V", "G1"])`` at the default accuracy for
    N random inputs in 8 dimensions (``standard_normal``, seed 1), depth 10,
@@ -16,6 +17,13 @@
    initialization) at the depths given: wall and CPU seconds, and the CPU
    seconds per layer of its finite-width learning size (the two-input
    order-1/n recursion through every layer, which dominates at depth).
+
+3. With ``--ntk-activations relu gelu tanh``: all ten NTK tensors (A, B, D,
+   F, P, Q, R, S, T, U) for 8 inputs in 2 dimensions
+   (``standard_normal((8, 2))``, seed 0: N > n0, so the first layer's
+   covariances are rank-deficient), depth 3, width 32, critical: wall and
+   CPU seconds per tree (issue #15, item 8: the activations within 3x of
+   each other).
 
 Long runs: the old tree takes minutes for N = 16; run one benchmark at a time.
 """
@@ -47,6 +55,22 @@ _STATS_CHILD = textwrap.dedent("""
     np.savez(out, V=s.V, G1=s.G1)
     print(json.dumps(dict(wall=wall, cpu=cpu, err=float(s.integration_error[-1]),
                           scale=float(np.max(np.abs(s.V[-1]))), file=pdlt.__file__)))
+""")
+
+_NTK_CHILD = textwrap.dedent("""
+    import json, sys, time
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np
+    import pdlt
+    act, N, depth = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    crit = pdlt.criticality(act)
+    mlp = pdlt.MLP(n0=2, width=32, depth=depth, activation=act, C_b=crit.C_b, C_W=crit.C_W)
+    x = np.random.default_rng(0).standard_normal((N, 2))
+    names = ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")
+    t0, c0 = time.perf_counter(), time.process_time()
+    s = pdlt.statistics(mlp, x, get=names)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps(dict(wall=wall, cpu=cpu)))
 """)
 
 _DIAGNOSE_CHILD = textwrap.dedent("""
@@ -117,6 +141,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--diagnose-depths", type=int, nargs="*", default=[30, 100])
     ap.add_argument("--diagnose-activations", nargs="+", default=["relu", "tanh"])
+    ap.add_argument("--ntk-activations", nargs="*", default=[],
+                    help="all ten NTK tensors A..U for 8 inputs in 2 dimensions (N > n0: "
+                         "rank-deficient covariances), depth 3, width 32, critical")
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--json")
     a = ap.parse_args(argv)
@@ -135,6 +162,13 @@ def main(argv=None):
             print(f"  old vs new: V {diff['V']:.1e}, G1 {diff['G1']:.1e} of the largest entry",
                   flush=True)
         report["statistics"].append(dict(activation=act, trees=best, diff=diff))
+    report["ntk"] = []
+    for act in a.ntk_activations:
+        for name, src in trees.items():
+            res = _run(_NTK_CHILD, [src, act, 8, 3], a.timeout)
+            print(f"{name}: A..U, 8 inputs in 2 dimensions, depth 3, {act}: wall "
+                  f"{res['wall']:.1f} s, cpu {res['cpu']:.1f} s", flush=True)
+            report["ntk"].append(dict(tree=name, activation=act, **res))
     for act in a.diagnose_activations:
         for depth in a.diagnose_depths:
             for name, src in trees.items():

@@ -33,8 +33,9 @@ import numpy as np
 
 from .. import gaussian
 from ..gaussian._closed import closed_family, pair_terms
-from ..gaussian._multi import (PiecewiseMonomial, _power, _quadruple_groups, expect_nd,
-                               quad_expectations, rule_up)
+from ..gaussian._multi import (_GH_STEP_UP_SIGMA, PiecewiseMonomial, _power, _quadruple_groups,
+                               entire_growth, expect_nd, normal_family, quad_expectations,
+                               rule_up)
 
 __all__ = ["KERNEL_RANGE", "LayerAverages", "LayerBlock", "OneVariableTable", "representatives", "apply_M", "apply_M2",
            "derivative_operator", "is_odd", "jumps_in_d2"]
@@ -370,7 +371,8 @@ class LayerAverages:
         self._d4 = {}
         self.quad_error = None
 
-    def _nd(self, name, fs, I, *, kinks=(), period=None, accuracy="default", return_error=False):
+    def _nd(self, name, fs, I, *, kinks=(), period=None, accuracy="default", return_error=False,
+            growth=None, gh_up=None):
         """``<prod_k fs[k](z_{I[:, k]})>`` at this layer's K for every row of ``I`` (M, k).
 
         :func:`pdlt.gaussian.expect_nd` (one variable: :func:`pdlt.gaussian.expect`)
@@ -378,7 +380,8 @@ class LayerAverages:
         call for the block's layers (:class:`LayerBlock`): ``name`` must name
         ``fs`` (the block evaluates the first layer's ``fs`` for all of them).
         """
-        kw = dict(kinks=kinks, period=period, accuracy=accuracy, return_error=return_error)
+        kw = dict(kinks=kinks, period=period, accuracy=accuracy, return_error=return_error,
+                  growth=growth, gh_up=gh_up)
         if self._block is None:
             return _eval_nd(fs, self.K, I, kw)
         key = (name, I.tobytes(), I.shape, tuple(sorted(kw.items())))
@@ -770,6 +773,7 @@ def _eval_nd(fs, K, I, kw):
     """``<prod_k fs[k](z_{I[:, k]})>_K`` for K (..., N, N): values (..., M) (and errors)."""
     kw = dict(kw)
     ret = kw.pop("return_error")
+    nd_only = {k: kw.pop(k, None) for k in ("growth", "gh_up")}
     lead = K.shape[:-2]
     M, k = I.shape
     if k == 1:
@@ -778,7 +782,8 @@ def _eval_nd(fs, K, I, kw):
                        dtype=float).reshape(lead + (M,))
         return (v, 1e-14 * np.abs(v)) if ret else v
     Ks = K[..., I[:, :, None], I[:, None, :]].reshape((-1, k, k))
-    res = expect_nd(fs, Ks, kinks=kw["kinks"], accuracy=kw["accuracy"], return_error=ret)
+    res = expect_nd(fs, Ks, kinks=kw["kinks"], accuracy=kw["accuracy"], return_error=ret,
+                    **nd_only)
     if ret:
         return (np.asarray(res[0], dtype=float).reshape(lead + (M,)),
                 np.asarray(res[1], dtype=float).reshape(lead + (M,)))
@@ -792,7 +797,8 @@ def _quad_ssss(act, N, accuracy, nd):
     numbers); ``nd`` (:meth:`LayerAverages._nd`) evaluates each group, for
     a whole :class:`LayerBlock` at once. Returns ``(T, E)``, (N, N, N, N) each.
     """
-    sigma = act.sigma
+    sigma = normal_family(act, "sigma")     # GELU, erf: innermost axis in closed form
+    growth = entire_growth(act)             # GELU: the trapezoid rule of entire functions
     si = _scale_invariant(act)
     if si is not None:
         sigma = PiecewiseMonomial(si[0], si[1], 1)
@@ -804,7 +810,8 @@ def _quad_ssss(act, N, accuracy, nd):
         else:
             fs = [_power(sigma, p) for p in pattern]
         vals, err = nd(("ssss", pattern), fs, idx, kinks=act.kinks, period=act.period,
-                       accuracy=accuracy, return_error=True)
+                       accuracy=accuracy, return_error=True,
+                       **({} if len(pattern) == 1 else dict(growth=growth, gh_up=_GH_STEP_UP_SIGMA)))
         if Tq is None:
             lead = np.shape(vals)[:-1]
             Tq, Eq = np.zeros(lead + (N ** 4,)), np.zeros(lead + (N ** 4,))
@@ -818,9 +825,10 @@ def _quad_ssss(act, N, accuracy, nd):
 
 def _evaluator(Ks):
     """An ``nd`` for :func:`_quad_tensor` / :func:`_quad_ssss` at kernels Ks (..., N, N)."""
-    def nd(name, fs, I, *, kinks=(), period=None, accuracy="default", return_error=False):
+    def nd(name, fs, I, *, kinks=(), period=None, accuracy="default", return_error=False,
+           growth=None, gh_up=None):
         return _eval_nd(fs, Ks, I, dict(kinks=kinks, period=period, accuracy=accuracy,
-                                        return_error=return_error))
+                                        return_error=return_error, growth=growth, gh_up=gh_up))
     return nd
 
 
@@ -857,17 +865,20 @@ def _quad_tensor(act, K, slots, accuracy, cache, nd):
     expectations between the slot orders of one layer.
     """
     N = K.shape[-1]
-    base = {"s": act.sigma, "p": act.d1, "q": act.d2, "x": lambda z: z * act.d2(z)}
+    # GELU/erf slots as NormalFamily: their innermost axis is then a closed form
+    base = {"s": normal_family(act, "sigma"), "p": normal_family(act, "d1"),
+            "q": normal_family(act, "d2"), "x": lambda z: z * act.d2(z)}
     si = _scale_invariant(act)
     if si is not None:
         pm = {"s": PiecewiseMonomial(si[0], si[1], 1), "p": PiecewiseMonomial(si[0], si[1], 0)}
-    kw = dict(kinks=act.kinks, period=act.period)
+    kw = dict(kinks=act.kinks, period=act.period, growth=entire_growth(act))
     T = np.empty(K.shape[:-2] + (N ** 4,))
     for sig, I, ixs, pos, rows in _quad_plan(N, slots):
         if si is not None:
             fs = [functools.reduce(lambda a, b: a * b, [pm[n] for n in nm]) for nm in sig]
         else:
-            fs = [(lambda names: lambda z: np.prod([base[n](z) for n in names], axis=0))(nm)
+            fs = [base[nm[0]] if len(nm) == 1 else
+                  (lambda names: lambda z: np.prod([base[n](z) for n in names], axis=0))(nm)
                   for nm in sig]
         # four distinct inputs with derivative slots (A, P..U): one rule up. At the
         # default these were 2e-8..4e-8 of tanh's A, P, Q, R, T, U at N = 4 (the
