@@ -140,8 +140,13 @@ def test_fast_reference_problem_equals_the_general_fold(act, critical_mlp, monke
     fast = size()
     bumped = size(bump=True)
     tol = 1e-10 * np.abs(general) + 8.0 * np.abs(fast - bumped)
+    # the test-input correction (entries 1, 3) is reported only while one ulp of any average
+    # moves it by <= ~4e-6 (1 - rho >= 5e-3, benchmarks/prediction_conditioning.py); its stated
+    # reliability, 1000 such ulps, bounds the two paths' round-off difference (gelu at depth
+    # 40: one ulp of <ssss> moves it 4e-8, of the pair moments ~1e-6; measured 1.8e-6)
+    tol[[1, 3]] = np.maximum(tol[[1, 3]], 4e-3 * np.abs(general[[1, 3]]))
     assert np.all(np.abs(fast - general) <= tol), (fast - general) / general
-    assert np.all(tol <= 1e-4 * np.abs(general))
+    assert np.all(np.delete(tol, [1, 3]) <= 1e-4 * np.abs(np.delete(general, [1, 3])))
 
     class Shifted(_averages.LayerBlock):           # the same check rejects a layer off
         def __init__(self, Ks):
