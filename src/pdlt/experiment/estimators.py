@@ -729,13 +729,19 @@ def shifted_activation_moments(activation, mu, var, nodes: int = 64):
     mu, var = np.broadcast_arrays(np.asarray(mu, float), np.asarray(var, float))
     if act.scale_invariant is not None:
         ap, am = act.scale_invariant
-        s = np.sqrt(var)
+        # var = 0 happens (a ReLU layer with every neuron off and C_b = 0): X = mu exactly
+        point = var <= 0
+        s = np.sqrt(np.where(point, 1.0, var))
         # X^k 1{X > 0} = s^k (a + Y)^k 1{..}, a = mu / s; X^k 1{X < 0} by the sign flip
         pos = _positive_moments(mu / s, 4)
         neg = [(-1) ** k * m for k, m in enumerate(_positive_moments(-mu / s, 4))]
         m2 = s ** 2 * (ap ** 2 * pos[2] + am ** 2 * neg[2])
         m4 = s ** 4 * (ap ** 4 * pos[4] + am ** 4 * neg[4])
         mx = s ** 4 * (ap ** 2 * pos[4] + am ** 2 * neg[4])
+        if np.any(point):
+            sq = np.asarray(act(mu), float) ** 2
+            m2, m4, mx = (np.where(point, p_, m_) for p_, m_ in
+                          ((sq, m2), (sq * sq, m4), (sq * mu * mu, mx)))
         return m2, m4, mx
     if not act.is_smooth:
         raise ValueError(f"activation {act.name!r} has kinks {act.kinks} but is not "
