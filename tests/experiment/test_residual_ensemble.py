@@ -141,7 +141,7 @@ def test_output_mixing_variance_cumulant(act, gamma):
 
 from pdlt.experiment.estimators import (metric_martingale, residual_crossfit,  # noqa: E402
                                         residual_metric_martingale,
-                                        shifted_activation_moments, vertex_from_martingale)
+                                        shifted_activation_moments)
 from pdlt.report.residual import residual_metric_measure  # noqa: E402
 
 
@@ -199,7 +199,8 @@ def test_residual_martingale_reduces_to_metric_martingale_at_gamma_zero():
 def test_residual_martingale_unbiased(act):
     """Paired per-network differences with exactly zero mean: Y - q (the metric) and the
     vertex's Q against the plain pair moment, for the linearized and the cross-fitted
-    coefficients; the same check detects the pair correction C being left out."""
+    coefficients. The same check rejects (z > 6) the plain network's conditional mean
+    (no residual shift gamma z) and the vertex control without its W."""
     n, L, M = 8, 4, 4000
     m = residual_mlp(act, 0.5, width=n, depth=L, n_out=n)
     z = _single_input_preactivations(m, M, seed=17)

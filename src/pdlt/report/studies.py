@@ -205,7 +205,7 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
     """Residual MLPs at residual criticality: theory against residual ensembles.
 
     Each case ``(activation, gamma, n, L)`` is measured at widths n (every
-    layer, for the figure) and 2n (last layer). Rows at the last layer: G1
+    layer, for the figure) and 2n. Rows at the last layer: G1
     and V as the two-width extrapolation ``2 m(2n) - m(n)`` with the measured
     allowance ``|m(2n) - m(n)|/2`` (as the plain-network rows of the suite), both
     measured with exactly zero-mean control variates
