@@ -680,3 +680,295 @@ def metric_martingale_multi(S, K1, C_b, C_W, g, chi) -> dict:
 
 
 __all__ += ["gaussian_pair_expectation", "kernel_map_jacobian", "metric_martingale_multi"]
+
+
+# ---------------------------------------------------------------------------
+# residual networks: the metric and the vertex with exactly zero-mean controls
+# ---------------------------------------------------------------------------
+
+def _positive_moments(a, kmax):
+    """``E[(a + Y)^k 1{a + Y > 0}]``, ``Y ~ N(0, 1)``, for k = 0..kmax: list of arrays.
+
+    Truncated-normal recursion ``M_j = E[Y^j 1{Y > -a}] = (-a)^(j-1) phi(a) +
+    (j - 1) M_(j-2)`` (``M_0 = Phi(a)``, ``M_1 = phi(a)``) and the binomial sum.
+    """
+    from scipy.special import ndtr
+
+    phi = np.exp(-0.5 * a * a) / np.sqrt(2 * np.pi)
+    Mj = [ndtr(a), phi]
+    for j in range(2, kmax + 1):
+        Mj.append((-a) ** (j - 1) * phi + (j - 1) * Mj[j - 2])
+    from math import comb
+    return [sum(comb(k, j) * a ** (k - j) * Mj[j] for j in range(k + 1)) for k in range(kmax + 1)]
+
+
+def shifted_activation_moments(activation, mu, var, nodes: int = 64):
+    r"""``E[sigma^2]``, ``E[sigma^4]``, ``E[sigma^2 X^2]`` for ``X ~ N(mu, var)``, elementwise.
+
+    The conditional moments of a residual layer's new preactivation (its mean
+    is ``gamma z`` of the same neuron one layer down, not zero). Exact to
+    float rounding: piecewise-linear (scale-invariant) activations in closed
+    form (truncated-normal moments, the kink need not sit at a node), smooth
+    ones by the trapezoid rule in ``(x - mu)/sd`` on ``[-8.5, 8.5]`` with step
+    ``min(0.25, 0.25/sd_max, 17/nodes)`` (geometric convergence for integrands
+    analytic in a strip; below 1e-13 relative for tanh and GELU at ``var <= 4``,
+    against adaptive quadrature in the tests).
+
+    Parameters
+    ----------
+    activation : pdlt.Activation or str
+    mu, var : ndarray, broadcastable; ``var > 0``
+
+    Returns
+    -------
+    tuple of three ndarrays (the broadcast shape)
+    """
+    from ..activations import activation as _activation
+
+    act = _activation(activation) if isinstance(activation, str) else activation
+    mu, var = np.broadcast_arrays(np.asarray(mu, float), np.asarray(var, float))
+    if act.scale_invariant is not None:
+        ap, am = act.scale_invariant
+        # var = 0 happens (a ReLU layer with every neuron off and C_b = 0): X = mu exactly
+        point = var <= 0
+        s = np.sqrt(np.where(point, 1.0, var))
+        # X^k 1{X > 0} = s^k (a + Y)^k 1{..}, a = mu / s; X^k 1{X < 0} by the sign flip
+        pos = _positive_moments(mu / s, 4)
+        neg = [(-1) ** k * m for k, m in enumerate(_positive_moments(-mu / s, 4))]
+        m2 = s ** 2 * (ap ** 2 * pos[2] + am ** 2 * neg[2])
+        m4 = s ** 4 * (ap ** 4 * pos[4] + am ** 4 * neg[4])
+        mx = s ** 4 * (ap ** 2 * pos[4] + am ** 2 * neg[4])
+        if np.any(point):
+            sq = np.asarray(act(mu), float) ** 2
+            m2, m4, mx = (np.where(point, p_, m_) for p_, m_ in
+                          ((sq, m2), (sq * sq, m4), (sq * mu * mu, mx)))
+        return m2, m4, mx
+    if not act.is_smooth:
+        raise ValueError(f"activation {act.name!r} has kinks {act.kinks} but is not "
+                         "piecewise linear: Gauss-Hermite would not be exact; use a smooth or "
+                         "a scale-invariant (ReLU-family) activation")
+    # trapezoid in the standardized variable: geometric convergence for integrands analytic
+    # in a strip (tanh: poles at distance pi/(2 sd) in y); Gauss-Hermite converges slowly for
+    # saturating activations at large variance (3e-4 relative for tanh^4 at var 4, 64 nodes)
+    sd_max = float(np.sqrt(np.max(var))) if var.size else 1.0
+    step = min(0.25, 0.25 / max(sd_max, 1e-300), 8.5 / max(int(nodes) // 2, 1))
+    y = np.arange(-8.5, 8.5 + step / 2, step)
+    w = np.exp(-0.5 * y * y)
+    w = w / w.sum()
+    x = mu[..., None] + np.sqrt(var)[..., None] * y
+    s2 = np.asarray(act(x), float) ** 2
+    return (s2 @ w, (s2 * s2) @ w, (s2 * x * x) @ w)
+
+
+def residual_metric_martingale(z, K1, C_b, C_W, gamma, xi, activation, K, coef=None,
+                               nodes: int = 64, chunk: int = 1000) -> dict:
+    r"""Per-network metric and vertex estimators of a residual MLP with zero-mean controls.
+
+    One input; ``z^(l) = xi_l [b + W sigma(z^(l-1))] + gamma_l z^(l-1)``
+    (``shared/NOTATION.md``), ``Var(W_ij) = C_W / n_(l-1)``, ``Var(b) = C_b``.
+
+    Derivation. Given layer ``l - 1`` the new preactivations ``z_{l,i}`` are
+    independent over neurons ``i`` and Gaussian with mean ``gamma_l
+    z_{l-1,i}`` (each neuron's own past) and variance ``xi_l^2 G_l``,
+    ``G_l = C_b + C_W s_{l-1}``, ``s = mean_j sigma(z_j)^2``. Write ``q_l =
+    mean_i z_{l,i}^2``. Then
+
+    * ``Ghat_l = E[q_l | l-1] = xi_l^2 G_l + gamma_l^2 q_{l-1}`` (``Ghat_1 =
+      K1``): Rao-Blackwell, ``E[Ghat_l] = E[q_l]`` exactly;
+    * ``e_l = q_l - Ghat_l`` and ``d_l = s_l - h_l``, ``h_l = mean_i
+      E_{N(gamma_l z_{l-1,i}, xi_l^2 G_l)}[sigma^2]`` (``h_1 = g(K1)``), have
+      conditional mean zero given layer ``l - 1`` (martingale differences);
+      ``h_l`` is a per-neuron one-dimensional Gaussian average
+      (:func:`shifted_activation_moments`, exact to float rounding: a bias
+      there would bias the estimator);
+    * linearizing ``Ghat_l = xi_l^2 (C_b + C_W s_{l-1}) + gamma_l^2 q_{l-1}`` with
+      ``s = h + d``, ``q = Ghat + e`` and ``h_l ~ g(Ghat_l)`` (``g(G) =
+      E_{N(0,G)}[sigma^2]``, slope ``g'`` at the theory kernel ``K``) gives
+      ``Lambda_l = chi_l Lambda_{l-1} + xi_l^2 C_W d_{l-1} + gamma_l^2 e_{l-1}``,
+      ``chi_l = xi_l^2 C_W g'(K_{l-1}) + gamma_l^2``, ``Lambda_1 = 0``.
+      ``Lambda_l`` is a combination with FIXED coefficients of martingale
+      differences, so ``E[Lambda_l] = 0`` exactly whatever the quality of the
+      linearization (which only sets how much scatter is removed), and
+      ``Y_l = Ghat_l - Lambda_l`` has ``E[Y_l] = E[q_l]`` exactly at every width;
+    * the martingale differences are orthogonal, so ``E[Lambda_l^2] = E[W_l]``
+      with ``W_l = chi_l^2 W_{l-1} + Var(xi_l^2 C_W d_{l-1} + gamma_l^2 e_{l-1} |
+      l-2)``, the conditional variance ``(1/n^2) sum_i Var(c_s sigma^2 + c_q
+      z^2)`` per neuron from the same Gaussian moments;
+    * the pair moment ``E[z_{l,i}^2 z_{l,j}^2 | l-1]`` (``i != j``) averaged over
+      ordered pairs is ``Ghat_l^2 - C_l`` with ``C_l = gamma_l^4 var_i(z_{l-1,i}^2)
+      / (n_l - 1)`` (population variance over the neurons), so
+      ``V_l = n_{l-1} [E(pair) - E(q_l)^2] = n_{l-1} [E((Ghat_l - K_l)^2) - E(C_l) -
+      (E[q_l] - K_l)^2]`` and ``(Ghat - K)^2 - Lambda^2 + W - C`` has mean
+      ``E((Ghat - K)^2) - E(C)``: :func:`vertex_from_martingale` with ``W - C``
+      in place of ``W``.
+
+    At ``gamma = 0``, ``xi = 1``: ``Ghat = G``, ``h = g(G)``, ``e`` drops out and this
+    is :func:`metric_martingale`.
+
+    The linearization ``h_l ~ g(Ghat_l)`` ignores that ``h_l`` depends on the
+    whole empirical distribution of ``z_{l-1}``, not only on its second moment;
+    for ReLU most of the scatter stays. Better coefficients (``coef``, e.g.
+    fitted by :func:`residual_crossfit` on other networks) are just as
+    unbiased. A third martingale difference helps further:
+    ``r_l = mean_i F_l(z_{l,i}) - mean_i E[F_l(z_{l,i}) | l-1]`` with the fixed
+    function ``F_l(y) = E_eps[sigma^2(gamma_{l+1} y + xi_{l+1} sqrt(G*_{l+1}) eps)]``,
+    ``G*_{l+1} = C_b + C_W g(K_l)`` (what ``h_{l+1}`` is per neuron at the theory
+    variance): its conditional mean is ``E sigma^2`` under ``N(gamma_{l+1} mu,
+    gamma_{l+1}^2 var + xi_{l+1}^2 G*_{l+1})``, again one Gaussian average. Its
+    conditional variance has no closed form, so ``r`` serves the metric (``Y``)
+    only, not the ``W`` of the vertex.
+
+    Parameters
+    ----------
+    z : sequence of L ndarrays (M, n_l)
+        Single-input preactivations of layers 1..L of M networks.
+    K1 : float
+        First-layer kernel (``Ghat_1``, deterministic).
+    C_b, C_W, gamma, xi : ndarray (L,)
+        Per layer (``mlp.C_b`` etc.; layer 1's entries are not used except
+        ``gamma_1 = 0`` implied).
+    activation : pdlt.Activation or str
+    K : ndarray (L,)
+        The infinite-width kernel (the linearization point; any fixed values keep
+        the estimators unbiased).
+    coef : ndarray (L, L, 2), optional
+        ``Lambda_l = sum_{k<l} coef[l, k, 0] d_k + coef[l, k, 1] e_k`` (fixed
+        numbers; entries with ``k >= l`` are ignored). Default: the linearized
+        recursion above.
+    nodes, chunk : int
+        Quadrature resolution for smooth activations (:func:`shifted_activation_moments`)
+        and networks per block.
+
+    Returns
+    -------
+    dict
+        ``"Y"``, ``"G"`` (= ``Ghat``), ``"Lambda"``, ``"W"`` (``W - C``, ready for
+        :func:`vertex_from_martingale`), ``"d"``, ``"e"``, ``"r"`` (``r[:, L-1] = 0``),
+        ``"C"``: each (M, L); ``"cov"`` (M, L, 3): ``Var(d_l)``, ``Cov(d_l, e_l)``,
+        ``Var(e_l)`` given layer ``l - 1``.
+    """
+    from ..activations import activation as _activation
+
+    act = _activation(activation) if isinstance(activation, str) else activation
+    z = [np.asarray(a, float) for a in z]
+    L = len(z)
+    if L == 0 or any(a.ndim != 2 or a.shape[0] != z[0].shape[0] for a in z):
+        raise ValueError("z must be a list of L arrays (networks, neurons) with the same "
+                         f"number of networks; got shapes {[a.shape for a in z]}")
+    M = z[0].shape[0]
+    C_b, C_W, gamma, xi, K = (np.broadcast_to(np.asarray(v_, float), (L,))
+                              for v_ in (C_b, C_W, gamma, xi, K))
+    for l in range(1, L):
+        if gamma[l] != 0.0 and z[l].shape[1] != z[l - 1].shape[1]:
+            raise ValueError(f"gamma[{l}] = {gamma[l]:g} needs equal widths in layers {l} and "
+                             f"{l + 1}; got {z[l - 1].shape[1]} and {z[l].shape[1]}")
+    # slope g'(K) = E[(x^2/K - 1) sigma^2] / (2K) at mean zero
+    s2, _, sx = shifted_activation_moments(act, 0.0, K, nodes)
+    gp = sx / (2 * K * K) - s2 / (2 * K)
+    chi = np.r_[0.0, xi[1:] ** 2 * C_W[1:] * gp[:-1] + gamma[1:] ** 2]
+    q = np.stack([(a * a).mean(1) for a in z], 1)
+    s = np.stack([(np.asarray(act(a), float) ** 2).mean(1) for a in z], 1)
+    Ghat, h = np.empty((M, L)), np.empty((M, L))
+    cov = np.zeros((M, L, 3))      # Var(d_l), Cov(d_l, e_l), Var(e_l) given layer l-1
+    C, r = np.zeros((M, L)), np.zeros((M, L))
+    Ghat[:, 0] = float(K1)
+    Gstar = np.r_[0.0, C_b[1:] + C_W[1:] * s2[:-1]]   # G*_{l+1} = C_b + C_W g(K_l)
+    for l in range(L):
+        for a in range(0, M, chunk):
+            b = min(M, a + chunk)
+            if l == 0:
+                mu, var = np.zeros((b - a, 1)), np.full((b - a, 1), float(K1))
+            else:
+                G = C_b[l] + C_W[l] * s[a:b, l - 1]
+                Ghat[a:b, l] = xi[l] ** 2 * G + gamma[l] ** 2 * q[a:b, l - 1]
+                mu, var = gamma[l] * z[l - 1][a:b], (xi[l] ** 2 * G)[:, None]
+                if gamma[l] != 0.0:
+                    z2 = z[l - 1][a:b] ** 2
+                    C[a:b, l] = gamma[l] ** 4 * z2.var(1) / (z[l].shape[1] - 1)
+            m2, m4, mx = shifted_activation_moments(act, mu, var, nodes)
+            n_l = z[l].shape[1]
+            if l == 0:
+                m2, m4, mx = (np.broadcast_to(m, (b - a, n_l)) for m in (m2, m4, mx))
+            h[a:b, l] = m2.mean(1)
+            x2 = mu * mu + var
+            x4 = mu ** 4 + 6 * mu * mu * var + 3 * var * var
+            for c, per in enumerate((m4 - m2 * m2, mx - m2 * x2, x4 - x2 * x2)):
+                cov[a:b, l, c] = np.broadcast_to(per, (b - a, n_l)).mean(1) / n_l
+            if l + 1 < L and gamma[l + 1] != 0.0:
+                vs = xi[l + 1] ** 2 * Gstar[l + 1]
+                F = shifted_activation_moments(act, gamma[l + 1] * z[l][a:b], vs, nodes)[0]
+                EF = shifted_activation_moments(act, gamma[l + 1] * mu,
+                                                gamma[l + 1] ** 2 * var + vs, nodes)[0]
+                r[a:b, l] = F.mean(1) - np.broadcast_to(EF, (b - a, n_l)).mean(1)
+    d, e = s - h, q - Ghat
+    if coef is None:
+        coef = np.zeros((L, L, 2))
+        for l in range(1, L):
+            coef[l, : l - 1] = chi[l] * coef[l - 1, : l - 1]
+            coef[l, l - 1] = xi[l] ** 2 * C_W[l], gamma[l] ** 2
+    coef = np.asarray(coef, float)
+    if coef.shape != (L, L, 2):
+        raise ValueError(f"coef must have shape (L, L, 2) = {(L, L, 2)}; got {coef.shape}")
+    low = np.tril(np.ones((L, L)), -1)[..., None] * coef      # only k < l
+    lam = np.einsum("lk,mk->ml", low[..., 0], d) + np.einsum("lk,mk->ml", low[..., 1], e)
+    # E[Lambda_l^2] = sum_k E[Var(a d_k + b e_k | k-1)] (orthogonal martingale differences)
+    W = (np.einsum("lk,mk->ml", low[..., 0] ** 2, cov[..., 0])
+         + 2 * np.einsum("lk,mk->ml", low[..., 0] * low[..., 1], cov[..., 1])
+         + np.einsum("lk,mk->ml", low[..., 1] ** 2, cov[..., 2]))
+    return {"Y": Ghat - lam, "G": Ghat, "Lambda": lam, "W": W - C, "d": d, "e": e, "r": r,
+            "C": C, "cov": cov}
+
+
+def residual_crossfit(parts, folds: int = 2) -> dict:
+    r"""Cross-fitted control-variate coefficients for :func:`residual_metric_martingale`.
+
+    The networks are split into ``folds`` contiguous blocks; for each block the
+    coefficients are the least-squares fit of ``Ghat_l`` on the martingale
+    differences of the earlier layers, computed on the OTHER blocks only, so
+    inside a block they are fixed numbers independent of its networks and
+    every block's estimators keep exactly their means (``E[Y] = E[q]``,
+    ``E[Lambda^2] = E[W]``). The metric uses ``d_k, e_k, r_k`` (k < l); the
+    vertex's ``Lambda`` uses ``d_k, e_k`` only (its ``W`` needs their
+    conditional variances).
+
+    Parameters
+    ----------
+    parts : dict
+        The output of :func:`residual_metric_martingale` (any ``coef``).
+    folds : int
+        Number of blocks (>= 2).
+
+    Returns
+    -------
+    dict
+        ``"Y"`` (M, L) the metric estimator; ``"G"``, ``"Lambda"``, ``"W"`` (M, L)
+        ready for :func:`vertex_from_martingale` (with this ``Y``).
+    """
+    G, d, e, r, C, cov = (parts[k] for k in ("G", "d", "e", "r", "C", "cov"))
+    M, L = G.shape
+    if int(folds) < 2 or M < 4 * int(folds):
+        raise ValueError(f"folds must be >= 2 with at least 4 networks per fold; got folds="
+                         f"{folds} for {M} networks")
+    edges = np.linspace(0, M, int(folds) + 1).astype(int)
+    Y, lam, W = G.copy(), np.zeros((M, L)), np.zeros((M, L))
+    for f in range(int(folds)):
+        inside = np.zeros(M, bool)
+        inside[edges[f]:edges[f + 1]] = True
+        for l in range(1, L):
+            for X, out in ((np.c_[d[:, :l], e[:, :l], r[:, :l]], "Y"),
+                           (np.c_[d[:, :l], e[:, :l]], "V")):
+                fit = np.c_[np.ones(M), X][~inside]
+                beta = np.linalg.lstsq(fit, G[~inside, l], rcond=None)[0][1:]
+                control = X[inside] @ beta
+                if out == "Y":
+                    Y[inside, l] = G[inside, l] - control
+                else:
+                    lam[inside, l] = control
+                    a, b = beta[:l], beta[l:]
+                    W[inside, l] = (cov[inside, :l, 0] @ a ** 2
+                                    + 2 * cov[inside, :l, 1] @ (a * b)
+                                    + cov[inside, :l, 2] @ b ** 2)
+    return {"Y": Y, "G": G, "Lambda": lam, "W": W - C}
+
+
+__all__ += ["shifted_activation_moments", "residual_metric_martingale", "residual_crossfit"]

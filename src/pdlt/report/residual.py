@@ -63,26 +63,63 @@ def optimal_aspect_ratio_figure(activations=("relu", "gelu", "tanh", "linear"), 
     return fig, data
 
 
+def residual_metric_measure(mlp, networks, seed=0, K1=1.0, chunk=1000):
+    """K (= E[z z]), G1 and V per layer of a residual MLP, with exactly zero-mean controls.
+
+    Draws the networks of ``Ensemble(mlp, networks, seed)``, keeps their
+    single-input preactivations and applies
+    :func:`pdlt.experiment.estimators.residual_metric_martingale` (the
+    derivation) with coefficients cross-fitted over two halves
+    (:func:`~pdlt.experiment.estimators.residual_crossfit`). Needs torch.
+
+    Returns
+    -------
+    dict
+        ``"K"``, ``"G1"``, ``"V"``: :class:`pdlt.experiment.Estimate` with (L,) mean and
+        stderr (i.i.d. networks); G1 against the infinite-width kernel.
+    """
+    from ..experiment import Ensemble, Estimate
+    from ..experiment.estimators import (residual_crossfit, residual_metric_martingale,
+                                         vertex_from_martingale)
+    from ..theory.statistics import flow
+
+    ens = Ensemble(mlp, networks=networks, seed=seed)
+    x = ens.single_input(K1)
+    cols = [[] for _ in range(mlp.depth)]
+    for start in range(0, networks, chunk):
+        for l, z in enumerate(ens.preactivations(x, start, min(networks, start + chunk))):
+            cols[l].append(z[..., 0].double().cpu().numpy())
+    z = [np.concatenate(c) for c in cols]
+    K = np.asarray(flow(mlp, K1=K1).K, float)
+    parts = residual_crossfit(residual_metric_martingale(
+        z, K1, mlp.C_b, mlp.C_W, mlp.gamma, mlp.xi, mlp.activation, K))
+    n = np.array([mlp.fan_in(l) for l in range(1, mlp.depth + 1)], float)
+    Y = parts["Y"]
+    mY, sY = Y.mean(0), Y.std(0, ddof=1) / np.sqrt(networks)
+    V, sV = vertex_from_martingale(parts, K, n)
+    return {"K": Estimate(mY, sY, networks), "G1": Estimate(n * (mY - K), n * sY, networks),
+            "V": Estimate(V, sV, networks)}
+
+
 def residual_depth_figure(activation="relu", gamma=0.5, *, width=64, depth=8, networks=2000,
                           seed=0, K1=1.0):
     """K, V/(n K^2) and G1/(n K) against depth: theory vs an ensemble of residual networks.
 
     The network is at residual criticality (:func:`pdlt.theory.residual.residual_mlp`),
-    with ``n_out = width`` so every layer l >= 2 is residual. Needs torch.
+    with ``n_out = width`` so every layer l >= 2 is residual. Measured with
+    zero-mean control variates (:func:`residual_metric_measure`). Needs torch.
 
     Returns
     -------
     fig, data
         ``data`` holds per-layer theory, ensemble mean and stderr for K, V, G1.
     """
-    from ..experiment import Ensemble
     from ..theory.residual import residual_mlp
     from ..theory.statistics import statistics
 
     mlp = residual_mlp(activation, gamma, width=width, depth=depth, n_out=width)
     fl = statistics(mlp, K1=K1, get=("V", "G1"))
-    meas = Ensemble(mlp, networks=networks, seed=seed).measure(
-        K1=K1, stats=["K", "V", "G1"], K_theory=fl, progress=False)
+    meas = residual_metric_measure(mlp, networks, seed=seed, K1=K1)
     layers = np.arange(1, depth + 1)
     n = np.array([mlp.fan_in(l) for l in layers], float)
     K = fl.K
