@@ -310,15 +310,17 @@ def test_ntk_mean_is_served_by_statistics():
 # P: the dNTK-preactivation correlation (pdlt.theory.residual_ntk.residual_dntk_p)
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("act", ["tanh", "gelu", "sin"])
-def test_dntk_p_gamma_zero_is_the_plain_recursion(act):
-    """gamma = 0, unequal widths: the bilinear-form recursion is the book's (dntk.py), 1e-12."""
-    from pdlt.theory.residual_ntk import residual_dntk_p
+@pytest.mark.parametrize("stat,act", [("P", "tanh"), ("P", "gelu"), ("P", "sin"),
+                                      ("Q", "tanh"), ("Q", "gelu"), ("Q", "sin"), ("Q", "relu")])
+def test_dntk_gamma_zero_is_the_plain_recursion(stat, act):
+    """gamma = 0, unequal widths: P's bilinear-form and Q's linear-form recursions are the
+    book's (dntk.py), 1e-12."""
+    from pdlt.theory.residual_ntk import residual_dntk_p, residual_dntk_q
     m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9, 9), activation=act, C_W=1.3, C_b=0.1,
                  lambda_b=0.5, lambda_W=0.8)
-    f = np.ravel(pdlt.statistics(m, K1=0.9, get=("P",)).P)
-    np.testing.assert_allclose(residual_dntk_p(m, 0.9), f, rtol=1e-12,
-                               atol=1e-12 * np.abs(f).max())
+    f = np.ravel(pdlt.statistics(m, K1=0.9, get=(stat,))[stat])
+    got = (residual_dntk_p if stat == "P" else residual_dntk_q)(m, 0.9)
+    np.testing.assert_allclose(got, f, rtol=1e-12, atol=1e-12 * np.abs(f).max())
 
 
 @pytest.mark.parametrize("act", ["tanh", "gelu", "sin"])
@@ -370,17 +372,6 @@ def test_dntk_p_is_served_by_statistics():
 # ---------------------------------------------------------------------------
 # Q (pdlt.theory.residual_ntk.residual_dntk_q)
 # ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("act", ["tanh", "gelu", "sin", "relu"])
-def test_dntk_q_gamma_zero_is_the_plain_recursion(act):
-    """gamma = 0, unequal widths: the linear-form recursion is the book's (dntk.py), 1e-12."""
-    from pdlt.theory.residual_ntk import residual_dntk_q
-    m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9, 9), activation=act, C_W=1.3, C_b=0.1,
-                 lambda_b=0.5, lambda_W=0.8)
-    f = np.ravel(pdlt.statistics(m, K1=0.9, get=("Q",)).Q)
-    np.testing.assert_allclose(residual_dntk_q(m, 0.9), f, rtol=1e-12,
-                               atol=1e-12 * np.abs(f).max())
-
 
 @pytest.mark.parametrize("act", ["tanh", "gelu", "sin", "relu"])
 def test_dntk_q_layer_two_closed_form(act):
