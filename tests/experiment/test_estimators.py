@@ -144,3 +144,18 @@ def test_groups_and_errors():
     e = Estimate(np.array([1.0, 2.0]), np.array([0.5, 0.5]), 10)
     assert e.to_dict() == {"mean": [1.0, 2.0], "stderr": [0.5, 0.5]}
     assert np.allclose(e.zscore([0.0, 2.0]), [2.0, 0.0])
+
+
+def test_gaussian_expectation_is_exact_where_gauss_hermite_is_not():
+    # control variates need the exact conditional mean: 96-node Gauss-Hermite is 8e-4 off for
+    # tanh^2 at G = 10 (poles at i pi / 2); the two-rule check hands such values to
+    # pdlt.gaussian.expect (1e-14). relu^2 stays exact (even node count: no node at the kink)
+    import pdlt
+    from pdlt.experiment.estimators import gaussian_expectation
+    G = np.array([[0.1, 1.0], [3.0, 10.0]])
+    f = lambda z: np.tanh(z) ** 2                 # noqa: E731
+    ref = pdlt.gaussian.expect(f, G)
+    assert np.max(np.abs(gaussian_expectation(f, G) / ref - 1)) < 1e-12
+    assert np.max(np.abs(gaussian_expectation(f, G, nodes=400)[1, 1] / ref[1, 1] - 1)) < 1e-12
+    np.testing.assert_allclose(gaussian_expectation(lambda z: np.maximum(z, 0) ** 2, G), G / 2,
+                               rtol=1e-14)

@@ -45,6 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import gaussian
+
 __all__ = ["Estimate", "GroupSums", "jackknife", "n_groups", "group_of",
            "STATISTICS", "SUFFICIENT", "estimate_statistic", "mean_estimate",
            "gaussian_expectation", "metric_martingale",
@@ -301,17 +303,28 @@ def estimate_statistic(name: str, sums: GroupSums, n: int, K_theory=None) -> Est
 # ---------------------------------------------------------------------------
 
 def gaussian_expectation(fn, G, nodes: int = 96) -> np.ndarray:
-    """``E[fn(z)]`` for ``z ~ N(0, G)``, elementwise in ``G`` (Gauss-Hermite, ``nodes`` points).
+    """``E[fn(z)]`` for ``z ~ N(0, G)``, elementwise in ``G``, to ~1e-12 relative.
 
-    An even node count puts no node at the kink of a piecewise-linear
-    activation, so ``E[relu(z)^2] = G/2`` comes out exactly (symmetric nodes);
-    for smooth activations the rule converges geometrically (96 nodes: below
-    1e-13 relative for tanh^2 and gelu^2 at G <= 10).
+    Gauss-Hermite with ``nodes`` and ``3 nodes / 2`` points; where the two
+    differ by more than 1e-12 of the value, :func:`pdlt.gaussian.expect`
+    (error < 1e-14) replaces them. Gauss-Hermite alone converges slowly for
+    functions with poles near the real axis: 96 nodes are 2.5e-9 off for
+    ``tanh^4`` at ``G = 1``, 2e-6 at ``G = 2`` and 8e-4 for ``tanh^2`` at
+    ``G = 10`` -- a control variate built on such a value would be biased by
+    it. An even node count puts no node at the kink of a piecewise-linear
+    activation, so ``E[relu(z)^2] = G/2`` comes out exactly (symmetric nodes).
     """
-    y, w = np.polynomial.hermite_e.hermegauss(int(nodes))
-    w = w / w.sum()
     G = np.asarray(G, dtype=float)
-    return (np.asarray(fn(np.sqrt(G)[..., None] * y), dtype=float) * w).sum(-1)
+
+    def rule(q):
+        y, w = np.polynomial.hermite_e.hermegauss(int(q))
+        return (np.asarray(fn(np.sqrt(G)[..., None] * y), dtype=float) * (w / w.sum())).sum(-1)
+    coarse, fine = rule(nodes), rule(int(nodes) + int(nodes) // 2)
+    bad = ~(np.abs(fine - coarse) <= 1e-12 * np.abs(fine))
+    if np.any(bad):
+        fine = np.array(fine, dtype=float)
+        fine[bad] = gaussian.expect(fn, G[bad])
+    return fine
 
 
 def metric_martingale(s, K1, C_b, C_W, g, chi, v=None, widths=None) -> dict:
