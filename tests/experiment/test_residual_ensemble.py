@@ -177,8 +177,8 @@ def test_residual_martingale_reduces_to_metric_martingale_at_gamma_zero():
     z = _single_input_preactivations(m, 300, seed=4)
     K = np.asarray(pdlt.flow(m, K1=1.0).K, float)
     res = residual_metric_martingale(z, 1.0, m.C_b, m.C_W, m.gamma, m.xi, m.activation, K)
-    # the same exact Gaussian averages on both sides (gaussian_expectation's 96-node
-    # Gauss-Hermite is 3e-11 off for tanh^2 at G = 1), so only the algebra is compared
+    # the same Gaussian averages on both sides (shifted_activation_moments'), so only the
+    # algebra is compared
     def g(G):
         return shifted_activation_moments("tanh", 0.0, G)[0]
 
