@@ -248,7 +248,8 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
                                    stats=("A", "B", "D", "F", "H1")):
             if r["layer"] == 3:
                 rows.append(make_row(f"{r['statistic']} (gamma=0.7, 2m(32)-m(16))", "relu", 32, 3,
-                                     r["theory"], r["measured"], r["se"], r["allowance"]))
+                                     r["theory"], r["measured"], r["se"], r["allowance"],
+                                     key=f"residual {r['statistic']}"))
         # residual dNTK statistics P, Q, K1 = 1 (Rao-Blackwellized estimators): tanh at
         # widths 16/32 (~20 s); under full also GELU, P at 32/64 (its 1/n terms are large)
         cases = [("P", "tanh", 0.7, (16, 32), 3000), ("Q", "tanh", 0.3, (16, 32), 2000)]
@@ -259,7 +260,7 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
                                        seed=seed, stats=(stat,), K1=1.0):
                 rows.append(make_row(f"{stat} (gamma={g:g}, 2m({ws[1]})-m({ws[0]}))", act,
                                      ws[1], r["layer"], r["theory"], r["measured"], r["se"],
-                                     r["allowance"]))
+                                     r["allowance"], key=f"residual {stat}"))
         figs["r* exact and NTK slopes"] = residual_aspect_ratio_figure(
             gammas=np.linspace(0.0, 0.9, 7), depth=32)[0]
     figs["optimal aspect ratio"] = optimal_aspect_ratio_figure()[0]
