@@ -77,14 +77,14 @@ not include the truncation at ``|u| = 8`` (below 1e-11 relative for
 integrands growing like ``|z|^4``) nor round-off (~1e-13).
 
 **GELU and erf: the innermost axis in closed form.** Their functions are
-``P(z) + A(z) Phi(a z) + B(z) phi(a z)`` (:class:`NormalFamily`; GELU's
+``P(z) + A(z) Phi(a z) + B(z) phi(a z)`` (``NormalFamily``; GELU's
 ``z Phi``, ``Phi + z phi``, ``(2 - z^2) phi`` and erf's), whose average over
 the last axis given the outer ones is a closed form; when the pivoted last
 variable carries such a function (every four-distinct-input average; merged
 powers such as ``sigma^2`` do not qualify) the smooth path sums only the
 outer axes (error of the closed form ~1e-16, checked against adaptive
 quadrature in ``tests/gaussian/test_multi_normal.py``). GELU's trapezoid axes
-use the rule of an entire function (:func:`axis_rules`, ``growth``).
+use the rule of an entire function (``axis_rules``, ``growth``).
 
 **ReLU family (products of ``a_+- z`` and ``a_+-``): closed-form inner axes.**
 The functions are ``PiecewiseMonomial``. The last two axes are done
@@ -477,7 +477,7 @@ _FAMILY_PROBE = np.linspace(-12.0, 12.0, 241)
 
 
 def normal_family(act, slot="sigma"):
-    """``act``'s function ``slot`` ("sigma", "d1", "d2") as a :class:`NormalFamily`, else itself.
+    """``act``'s function ``slot`` ("sigma", "d1", "d2") as a ``NormalFamily``, else itself.
 
     Only for the named activations listed in ``_NORMAL_FAMILY`` (GELU, erf)
     and only if the activation's function equals the closed form on a probe
@@ -526,8 +526,8 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
     where : str
         Text naming the caller's context (layer, inputs) for error messages.
     growth : float or None
-        For entire functions (GELU: :func:`entire_growth`), ``kappa`` of the
-        trapezoid rule for entire integrands (:func:`axis_rules`); None: the
+        For entire functions (GELU: ``entire_growth``), ``kappa`` of the
+        trapezoid rule for entire integrands (``axis_rules``); None: the
         strip rule (poles at ``i pi / 2``, tanh), right for any activation
         analytic in that strip.
     gh_up : int or None
