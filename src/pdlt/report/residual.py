@@ -236,8 +236,7 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
     import pdlt
 
     from ..theory.residual import residual_mlp
-    from ..theory.residual_ntk import (residual_b_closure, residual_dntk_p, residual_dntk_q,
-                                       residual_ntk_mean, residual_ntk_one_input)
+    from ..theory.residual_ntk import residual_b_closure, residual_statistics
 
     n1, n2 = widths
     own = {"H1": residual_ntk_mean_measure, "P": residual_dntk_p_measure,   # numpy estimators
@@ -257,13 +256,7 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
                         K1=k1, stats=ens_stats, progress=False)
                 meas_own[n] = {k: _Measured(*f(m, k1, networks, seed + 1000 * i + 1 + j))
                                for j, (k, f) in enumerate(own.items()) if k in stats}
-            th = residual_ntk_one_input(m, k1, stats=ens_stats) if ens_stats else {}
-            if "H1" in stats:
-                th["H1"] = residual_ntk_mean(m, k1)
-            if "P" in stats:
-                th["P"] = residual_dntk_p(m, k1)
-            if "Q" in stats:
-                th["Q"] = residual_dntk_q(m, k1)
+            th = residual_statistics(m, k1, stats)
             clos = residual_b_closure(m, k1) if "B" in stats else None
             for name in stats:
                 src = meas_own if name in own else meas

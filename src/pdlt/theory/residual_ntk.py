@@ -58,7 +58,8 @@ from ._averages import Integrands, OneVariableTable
 from .kernel import first_layer_kernel, kernel_fold
 
 __all__ = ["residual_ntk_one_input", "residual_ntk_mean", "residual_dntk_p", "residual_dntk_q",
-           "residual_b_closure", "one_input_kernel", "RESIDUAL_NTK_STATISTICS"]
+           "residual_statistics", "residual_b_closure", "one_input_kernel",
+           "RESIDUAL_NTK_STATISTICS"]
 
 #: statistics derived (and ensemble-checked) for residual MLPs, single input
 RESIDUAL_NTK_STATISTICS = ("A", "B", "D", "F")
@@ -956,4 +957,30 @@ def residual_dntk_q(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
         out[l + 1] = float(xv @ vz)
     if not np.all(np.isfinite(out)):
         raise FloatingPointError("Q overflowed; reduce the depth or initialize at criticality")
+    return out
+
+
+def residual_statistics(mlp: MLP, K1: float, stats) -> dict:
+    """The one-input residual statistics ``stats`` by name: A, B, D, F, V, H1, P, Q.
+
+    One dispatch for :func:`pdlt.statistics` and the report's residual rows:
+    A, B, D, F and V from :func:`residual_ntk_one_input` (one call for all of
+    them), H1 from :func:`residual_ntk_mean`, P from :func:`residual_dntk_p`,
+    Q from :func:`residual_dntk_q`.
+
+    Returns
+    -------
+    dict
+        name -> ndarray (L,), normalized by ``n_{l-1}`` (``shared/NOTATION.md``).
+    """
+    stats = list(stats)
+    own = {"H1": residual_ntk_mean, "P": residual_dntk_p, "Q": residual_dntk_q}
+    bad = [k for k in stats if k not in own and k not in RESIDUAL_NTK_STATISTICS + ("V",)]
+    if bad:
+        raise NotImplementedError(
+            f"residual MLPs: the statistics {bad} are not derived for one input (derived: "
+            f"{', '.join(RESIDUAL_NTK_STATISTICS + ('V',) + tuple(own))})")
+    shared = [k for k in stats if k not in own]
+    out = residual_ntk_one_input(mlp, K1, stats=shared) if shared else {}
+    out.update({k: own[k](mlp, K1) for k in stats if k in own})
     return out

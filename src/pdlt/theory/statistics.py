@@ -44,7 +44,7 @@ from .ddntk import ddntk_R_step, ddntk_S_step, ddntk_T_step, ddntk_U_step
 from .dntk import dntk_P_step, dntk_Q_step
 from .ntk import ntk_A_step, ntk_B_step, ntk_D_step, ntk_F_step
 from .ntk_mean import ntk_mean_step
-from .residual_ntk import residual_ntk_one_input, residual_vertex_metric
+from .residual_ntk import residual_statistics, residual_vertex_metric
 from .vertex import metric_step, three_point_step, vertex_step
 
 __all__ = ["statistics", "Statistics", "defined", "layer_step", "flow", "Flow", "LayerStatistics",
@@ -229,20 +229,10 @@ def _residual_given(mlp, need, K, Theta, single):
     if need & {"V", "G1", "A", "D"}:
         vm = residual_vertex_metric(mlp, K1)
         given.update(V=vm["V"], G1=vm["G1"])
-    ntk = sorted(need & {"A", "B", "D", "F"})
-    if ntk:
-        given.update(residual_ntk_one_input(mlp, K1, stats=ntk))
     if "kappa3" in need and is_odd(mlp.activation):
         given["kappa3"] = np.zeros(mlp.depth)
-    if "H1" in need:
-        from .residual_ntk import residual_ntk_mean
-        given["H1"] = residual_ntk_mean(mlp, K1)
-    if "P" in need:
-        from .residual_ntk import residual_dntk_p
-        given["P"] = residual_dntk_p(mlp, K1)
-    if "Q" in need:
-        from .residual_ntk import residual_dntk_q
-        given["Q"] = residual_dntk_q(mlp, K1)
+    given.update(residual_statistics(mlp, K1, sorted(need & {"A", "B", "D", "F", "H1", "P", "Q"},
+                                                     key=NAMES.index)))
     return given
 
 
