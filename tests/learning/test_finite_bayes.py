@@ -275,8 +275,9 @@ def test_importance_posterior_on_gaussian_draws_matches_gp():
     y = np.array([0.5, -0.3])
     ip = importance_posterior(z[:, :2], z[:, 2:], y, 0.2)
     ref = gp_posterior(K[:2, :2], K[2:, :2], K[2:, 2:], y, 0.2)
-    assert max_zscore(ip.mean, ip.mean_stderr, ref.mean) < 4
-    assert max_zscore(ip.var[:, 0], ip.var_stderr[:, 0], np.diag(ref.cov)) < 4
+    # the referee's calibration must be able to fail: it rejects the GP x0, x0.5 and x2
+    powered(ref.mean, ip.mean, ip.mean_stderr, label="importance posterior mean")
+    powered(np.diag(ref.cov), ip.var[:, 0], ip.var_stderr[:, 0], label="importance posterior var")
     assert 1000 < ip.ess < 200_000
 
 

@@ -17,7 +17,7 @@ from pdlt import MLP
 from pdlt.theory.kernel import KernelNotPSDError, first_layer
 from pdlt.theory.statistics import flow
 
-from conftest import EPS
+from conftest import EPS, powered
 
 
 def _inputs(rng, N=5, n0=3):
@@ -155,7 +155,8 @@ def test_layer_two_against_numpy_network_ensemble(rng):
         + np.einsum("mj,mja,mjb->mab", W2[:, 0, :] ** 2, ds, ds) * H1
     for est, ref in ((KK, th.K), (H, th.Theta)):
         mean, se = est.mean(0), est.std(0, ddof=1) / math.sqrt(M)
-        assert np.max(np.abs(mean - ref) / se) < 4
+        # exact at any width, no allowance; rejects the recursion x0, x0.5 and x2
+        powered(ref, mean, se, label="layer-2 K / Theta")
 
 
 @pytest.mark.parametrize("kwargs,err,match", [
