@@ -1,4 +1,4 @@
-"""G1 at several distinct inputs, measured with the metric control variate.
+"""G1 and P..U at several distinct inputs.
 
 The one-input G1 rows of the report (:mod:`pdlt.report.suite`) use
 :func:`pdlt.experiment.estimators.metric_martingale`; here the N-input version
@@ -13,6 +13,10 @@ its negative controls (:func:`pdlt.report.rows.make_row`).
 :func:`g1_multi_study` wraps them as a report :class:`pdlt.report.rows.Study`
 (``pdlt.report.suite.default_studies`` runs the first case in every report, all
 three with ``--full``).
+
+P, Q, R, S, T, U at N distinct inputs: :func:`derivative_multi_rows` (plain
+estimators, the entries that mix the inputs, the same two-width extrapolation),
+:data:`DERIVATIVE_MULTI_CASES`, :func:`derivative_multi_study`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import numpy as np
 from .rows import Study, critical_mlp, make_row, width_extrapolation
 
 __all__ = ["MultiInputCase", "G1_MULTI_CASES", "inputs_for_kernel", "measure_g1_multi",
-           "g1_multi_rows", "g1_multi_study"]
+           "g1_multi_rows", "g1_multi_study", "DerivativeMultiCase", "DERIVATIVE_MULTI_CASES",
+           "measure_derivative_multi", "derivative_multi_rows", "derivative_multi_study"]
 
 
 @dataclass(frozen=True)
@@ -238,3 +243,160 @@ def g1_multi_study(cases=G1_MULTI_CASES, progress=False) -> Study:
             "compared through 2 m(2n) - m(n) with allowance |m(2n) - m(n)|/2 (measured). "
             + cost + ".")
     return Study("G1 at several distinct inputs", note, rows, figure)
+
+
+# ---------------------------------------------------------------------------
+# P..U (dNTK, ddNTKs) at N distinct inputs
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DerivativeMultiCase:
+    """One P..U comparison at N distinct inputs: ``activation`` at criticality.
+
+    ``K1`` the first-layer kernel of the inputs (N x N, nested tuples);
+    ``widths`` (n, 2n); ``networks`` per width; ``neurons`` the neurons per
+    network whose ordered pairs the estimators average over
+    (:meth:`pdlt.experiment.Ensemble.measure`'s ``derivative_neurons``);
+    ``stats`` a subset of ``"PQRSTU"``; ``entries`` the tensor entries
+    ``(a0, a1, a2, a3)`` that become rows (default: those that mix the inputs).
+    """
+
+    activation: str
+    depth: int
+    K1: tuple
+    widths: tuple = (16, 32)
+    networks: int = 3500
+    neurons: int = 4
+    stats: str = "PQRSTU"
+    entries: tuple = ((0, 0, 1, 1), (0, 1, 0, 1), (0, 1, 1, 0), (0, 0, 0, 1))
+    seed: int = 0
+
+    def __post_init__(self):
+        MultiInputCase(self.activation, self.depth, self.K1, self.widths, self.networks,
+                       self.seed)  # the same checks
+        bad = [s for s in self.stats if s not in "PQRSTU"]
+        if bad or not self.stats:
+            raise ValueError(f"stats={self.stats!r}: choose a nonempty subset of 'PQRSTU'")
+        if int(self.neurons) < 2:
+            raise ValueError(f"neurons={self.neurons} must be >= 2 (ordered pairs i != j)")
+        N = len(self.K1)
+        for e in self.entries:
+            if len(e) != 4 or any(not 0 <= int(a) < N for a in e):
+                raise ValueError(f"entries: {e!r} is not a 4-index entry of {N} inputs")
+
+
+#: default case of :func:`derivative_multi_rows`: tanh at two inputs (K1 off-diagonal 0.7),
+#: depth 4, widths 16 and 32, 3500 networks each, the ordered pairs of 4 neurons (the cost
+#: of the N-input autodiff jumps ~20x from 4 to 8 neurons at width 8, and 4 neurons on more
+#: networks resolve better per CPU second). Measured on 2 busy cores, every entry, 2000
+#: networks per width (13 s CPU): P 25-39 %, Q 31-180 % (Q[0101] = 0.18 is small), R 17-24 %,
+#: S 10-16 %, T 23-41 %, U 27-31 %; widths 8, 16 with 4000 networks (16 s): P 18-34 %,
+#: Q 24-130 %, R 25-42 %, S 11-23 %, T 27-52 %, U 36-47 % (the O(1/n^2) allowance is larger).
+DERIVATIVE_MULTI_CASES = (
+    DerivativeMultiCase("tanh", 4, ((1.0, 0.7), (0.7, 1.0)), widths=(16, 32), networks=3500,
+                        seed=307),
+)
+
+
+def measure_derivative_multi(mlp, x, stats, networks, neurons, seed=0) -> dict:
+    """P..U at the last layer at the inputs ``x`` (N, n0): ``{stat: Estimate (N,N,N,N)}``.
+
+    Plain estimators of :meth:`pdlt.experiment.Ensemble.measure` (unbiased for
+    ``n x`` the finite-width correlator), plus ``"seconds"`` (wall).
+    """
+    from ..experiment import Ensemble
+
+    t0 = time.perf_counter()
+    m = Ensemble(mlp, networks=networks, seed=seed).measure(
+        x, stats=list(stats), layers=[mlp.depth], progress=False, derivative_neurons=neurons)
+    last = list(m)[-1]
+    out = {s: last[s] for s in stats}
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def derivative_multi_rows(cases=DERIVATIVE_MULTI_CASES) -> tuple:
+    """Report rows for P..U at N distinct inputs: the case's entries, last layer.
+
+    Per case, each statistic at widths n and 2n (:func:`measure_derivative_multi`)
+    compared through ``2 m(2n) - m(n)`` with allowance ``|m(2n) - m(n)| / 2``
+    (:func:`pdlt.report.rows.width_extrapolation`) against
+    :func:`pdlt.statistics` at the inputs.
+
+    Returns
+    -------
+    rows : tuple of :class:`pdlt.report.rows.Row`
+        Family ``"<stat> (N inputs)"``.
+    info : tuple of dict
+        Per case: ``case``, ``seconds``, ``networks`` (both widths), ``rows``.
+    """
+    from ..theory.statistics import statistics
+
+    rows, info = [], []
+    for case in cases:
+        K1 = np.asarray(case.K1, float)
+        N = K1.shape[0]
+        stats = tuple(case.stats)
+        res = []
+        for j, n in enumerate(case.widths):
+            mlp = critical_mlp(case.activation, n, case.depth, n0=N)
+            x = inputs_for_kernel(mlp, K1)
+            res.append(measure_derivative_multi(mlp, x, stats, case.networks, case.neurons,
+                                                seed=case.seed + j))
+        mlp = critical_mlp(case.activation, case.widths[0], case.depth, n0=N)
+        th = statistics(mlp, inputs_for_kernel(mlp, K1), get=stats)
+        L = case.depth
+        offd = ",".join(f"{K1[i, k]:g}" for i in range(N) for k in range(i + 1, N))
+        mine = []
+        for s in stats:
+            a_, b_ = res[0][s], res[1][s]
+            ext, se, allow = width_extrapolation(a_.mean, a_.stderr, b_.mean, b_.stderr)
+            T = np.asarray(th[s], float)[L - 1]
+            for e in case.entries:
+                e = tuple(int(i) for i in e)
+                lab = "".join(map(str, e))
+                mine.append(make_row(
+                    f"{s}[{lab}] (N={N} inputs, K1 off-diag {offd}, s={case.neurons} neurons, "
+                    "n,2n extrap.)", case.activation, case.widths[0], L, T[e], ext[e], se[e],
+                    allow[e], key=f"{s} (N inputs)"))
+        rows += mine
+        info.append(dict(case=case, seconds=res[0]["seconds"] + res[1]["seconds"],
+                         networks=2 * case.networks, rows=tuple(mine)))
+    return tuple(rows), tuple(info)
+
+
+def derivative_multi_study(cases=DERIVATIVE_MULTI_CASES) -> Study:
+    """:func:`derivative_multi_rows` as a report :class:`pdlt.report.rows.Study`.
+
+    The figure shows, per statistic, each entry's ``2 m(2n) - m(n)`` divided by
+    its theory with the ``(4 stderr + allowance) / |theory|`` bar (1 is the theory).
+    """
+    rows, info = derivative_multi_rows(cases)
+
+    def figure():
+        from .figures import pyplot
+
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(7.5, 3.4))
+        rel = [r for r in rows if r.relative]
+        pos = np.arange(len(rel))
+        ax.axhline(1.0, color="k", lw=1)
+        ax.errorbar(pos, [r.measured / r.theory for r in rel],
+                    yerr=[r.resolution for r in rel], fmt="o", capsize=2,
+                    label="(2 m(2n) - m(n)) / theory, (4 se + allowance) / |theory|")
+        ax.set_xticks(pos, [r.statistic.split(" ")[0] for r in rel], rotation=90, fontsize=6)
+        ax.set_ylim(-0.5, 2.5)
+        ax.set_ylabel("measured / theory")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        return fig
+
+    cost = "; ".join(f"{d['case'].activation} N={len(d['case'].K1)} depth {d['case'].depth} "
+                     f"widths {d['case'].widths}: {d['networks']} networks, "
+                     f"{d['seconds']:.0f} s" for d in info)
+    note = ("P, Q (dNTK) and R, S, T, U (ddNTKs) at N distinct inputs, last layer: the entries "
+            "that mix the inputs, measured by the plain estimators on the ordered pairs of s "
+            "neurons per network at widths n and 2n and compared through 2 m(2n) - m(n) with "
+            "allowance |m(2n) - m(n)|/2 (measured). " + cost + ".")
+    return Study("P..U at several distinct inputs", note, rows, figure)

@@ -17,7 +17,7 @@ resolution ``(4 stderr + allowance) / |theory|``; rows resolved worse than
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -27,7 +27,8 @@ __all__ = ["Case", "StatSpec", "STAT_SPECS", "Row", "CaseResult", "SuiteResult",
 
 from .finite_training import finite_training_study
 from .learning import finite_bayes_study
-from .multi_input import G1_MULTI_CASES, g1_multi_study
+from .multi_input import (DERIVATIVE_MULTI_CASES, G1_MULTI_CASES, derivative_multi_study,
+                          g1_multi_study)
 from .rows import Row, critical_mlp, make_row, width_extrapolation  # noqa: F401 (re-exported)
 from .studies import histogram_study, learning_study, linear_kurtosis_study, residual_study
 
@@ -590,9 +591,14 @@ def default_studies(quick=False, full=False):
     (:func:`pdlt.report.finite_training.default_training_cases`) and runs every
     N-input G1 case (:data:`pdlt.report.multi_input.G1_MULTI_CASES`: tanh N = 2 and 3,
     gelu N = 2, ~55 CPU s); the default and the quick report run the first (tanh N = 2,
-    ~15 CPU s), so that G1 at distinct inputs has a resolved row in every report.
+    ~15 CPU s), so that G1 at distinct inputs has a resolved row in every report. P..U
+    at two distinct inputs (:data:`pdlt.report.multi_input.DERIVATIVE_MULTI_CASES`,
+    ~25 CPU s) run in the default report (``full``: twice the networks), not in the
+    quick one.
     """
     g1_cases = G1_MULTI_CASES if full else G1_MULTI_CASES[:1]
+    deriv_cases = tuple(replace(c, networks=2 * c.networks) if full else c
+                        for c in DERIVATIVE_MULTI_CASES)
     if quick:
         return [lambda: linear_kurtosis_study(networks=4000),
                 lambda: histogram_study(networks=1500),
@@ -607,6 +613,7 @@ def default_studies(quick=False, full=False):
             lambda: residual_study(ntk=True, full=full),
             lambda: finite_training_study(full=full),
             lambda: g1_multi_study(g1_cases),
+            lambda: derivative_multi_study(deriv_cases),
             lambda: finite_bayes_study(full=full)]
 
 
