@@ -27,8 +27,8 @@ __all__ = ["Case", "StatSpec", "STAT_SPECS", "Row", "CaseResult", "SuiteResult",
 
 from .finite_training import finite_training_study
 from .learning import finite_bayes_study
-from .multi_input import (DERIVATIVE_MULTI_CASES, G1_MULTI_CASES, derivative_multi_study,
-                          g1_multi_study)
+from .multi_input import (DERIVATIVE_MULTI_CASES, G1_MULTI_CASES, H1_MULTI_CASES,
+                          derivative_multi_study, g1_multi_study, h1_multi_study)
 from .rows import Row, critical_mlp, make_row, width_extrapolation  # noqa: F401 (re-exported)
 from .studies import histogram_study, learning_study, linear_kurtosis_study, residual_study
 
@@ -593,12 +593,14 @@ def default_studies(quick=False, full=False):
     gelu N = 2, ~55 CPU s); the default and the quick report run the first (tanh N = 2,
     ~15 CPU s), so that G1 at distinct inputs has a resolved row in every report. P..U
     at two distinct inputs (:data:`pdlt.report.multi_input.DERIVATIVE_MULTI_CASES`,
-    ~25 CPU s) run in the default report (``full``: twice the networks), not in the
-    quick one.
+    ~25 CPU s) and ReLU's H1 at two distinct inputs
+    (:data:`pdlt.report.multi_input.H1_MULTI_CASES`, ~15 CPU s) run in the default
+    report (``full``: twice the networks), not in the quick one.
     """
     g1_cases = G1_MULTI_CASES if full else G1_MULTI_CASES[:1]
-    deriv_cases = tuple(replace(c, networks=2 * c.networks) if full else c
-                        for c in DERIVATIVE_MULTI_CASES)
+    deriv_cases, h1_cases = (tuple(replace(c, networks=2 * c.networks) if full else c
+                                   for c in cases)
+                             for cases in (DERIVATIVE_MULTI_CASES, H1_MULTI_CASES))
     if quick:
         return [lambda: linear_kurtosis_study(networks=4000),
                 lambda: histogram_study(networks=1500),
@@ -614,6 +616,7 @@ def default_studies(quick=False, full=False):
             lambda: finite_training_study(full=full),
             lambda: g1_multi_study(g1_cases),
             lambda: derivative_multi_study(deriv_cases),
+            lambda: h1_multi_study(h1_cases),
             lambda: finite_bayes_study(full=full)]
 
 
