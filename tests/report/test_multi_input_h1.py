@@ -5,7 +5,9 @@ ReLU's one-input H1 vanishes exactly; at two inputs (first-layer kernel
 and 16 with 20,000 networks each (~4 s CPU), the off-diagonal H1_01 = 3.07 is
 measured with the cross-fitted zero-mean control on the metric martingale
 differences and compared through the two-width extrapolation. The diagonal
-entries are exactly zero (absolute bounds). Also: on the same networks the
+entries are exactly zero (absolute bounds). Measured when written: H1_01 3.36 +-
+0.25 (allowance 0.25) against 3.07, resolution 41 %, controls x0/x0.5/x2 at z 10.7,
+5.8, 8.9; control 2.0x smaller stderr. Also: on the same networks the
 controlled estimate stays within 4 se of the shift from the plain one.
 """
 
