@@ -595,6 +595,15 @@ def hidden_kernel_martingale(mlp, X, networks, seed=0, *, chunk=4000):
     rule of :func:`pdlt.experiment.estimators.gaussian_pair_expectation`
     (<= 1e-10, smooth activations).
 
+    Parameters
+    ----------
+    mlp : pdlt.MLP
+        Plain MLP with at least one hidden layer.
+    X : array_like (D, n0)
+    networks, seed : int
+    chunk : int, default 4000
+        Networks per forward pass.
+
     Returns
     -------
     Khat, Lambda : ndarray (networks, D, D)
@@ -648,6 +657,20 @@ def posterior_control_variate(Khat, Lam, y_train, noise, *, folds=2, features=No
     average), while the leading O(1/sqrt(n)) part of the scatter, which follows
     ``Khat``'s linear fluctuation, is removed. Standard errors from the
     adjusted influence values (i.i.d. networks).
+
+    Parameters
+    ----------
+    Khat, Lam : array_like (M, D, D)
+        :func:`hidden_kernel_martingale` (training inputs first, then the test ones).
+    y_train : array_like (N,)
+    noise : float
+        Observation-noise variance (>= 0).
+    folds : int, default 2
+        Cross-fitting blocks (>= 2, with >= 20 networks each).
+    features : array_like (M, P), optional
+        Other exactly zero-mean per-network controls instead of ``Lambda``'s
+        entries (e.g. the per-layer differences ``d`` of
+        :func:`hidden_kernel_martingale`; measured: no gain over ``Lambda``).
 
     Returns
     -------
