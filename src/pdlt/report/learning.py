@@ -623,6 +623,9 @@ def hidden_kernel_martingale(mlp, X, networks, seed=0, *, chunk=4000):
     from ..experiment.estimators import kernel_map_jacobian, metric_martingale_multi
     from ..theory.statistics import statistics
 
+    if mlp.depth < 2:
+        raise ValueError(f"hidden_kernel_martingale needs an MLP with a hidden layer (depth "
+                         f">= 2); got depth {mlp.depth}")
     act = mlp.activation
     g = _pair_rule(act)
     X = np.asarray(X, float)
