@@ -261,8 +261,8 @@ def default_cases(quick=False, full=False):
     :data:`PLAIN_NETWORKS`); the control-variate statistics (K, G1, Theta,
     H1, V for tanh and gelu; V and D for relu) on :data:`CV_NETWORKS` networks, at
     width 128 only the NTK-free ones for tanh and gelu (K, G1, V; Theta and H1
-    from the plain pass there; relu's D runs the NTK pass at every width). P..U in the passes of :data:`DERIVATIVE_PASSES` at widths 64
-    and 128 (their (64, 128) rows; ``quick``: one pass on
+    from the plain pass there; relu's D runs the NTK pass at every width). P..U in
+    the passes of :data:`DERIVATIVE_PASSES` at widths 64 and 128 (their (64, 128) rows; ``quick``: one pass on
     :data:`QUICK_DERIVATIVE_NETWORKS` networks, 2 neurons). H1 cases (:data:`H1_CASES`):
     one input, widths 16 and 32, where H1 is resolved to <= 25 % by the
     control variate (tanh needs lambda_b = 0: its bias term dominates the NTK's
