@@ -413,7 +413,7 @@ BAYES_CV_NETWORKS = {"relu": 150000, "gelu": 100000}
 
 def default_bayes_cases(quick=False, full=False):
     """relu, tanh and gelu at depth 3; relu and gelu with the control variate on
-    :data:`BAYES_CV_NETWORKS` networks (``full``: widths 16/32/64, twice those, and
+    ``BAYES_CV_NETWORKS`` networks (``full``: widths 16/32/64, twice those, and
     60 000 for tanh)."""
     if quick:
         return [BayesCase("tanh", widths=(16, 32), networks=10000)]
