@@ -438,7 +438,10 @@ class H1MultiCase:
 #: Theta_01) = 6.02 +- 0.26 (n = 8), 6.70 +- 0.20 (n = 16) against H1 = 8.21, resolution
 #: 28 %; at 40,000: 27 % (12 CPU s; the allowance |m(16) - m(8)|/2 = 0.82 is the larger
 #: part); widths 12, 24 with 30,000: 25 % at twice the cost. The control removes 1.9-2.8x
-#: of the plain estimator's stderr (0.59 -> 0.26 at n = 8). At depth 8 and width 8 the
+#: of the plain estimator's stderr (0.59 -> 0.26 at n = 8). This case (60,000, 17.5 CPU
+#: s): 8.77 +- 0.29, allowance 0.77, resolution 23 %, controls x0/x0.5/x2 at z 18, 9.7,
+#: 15.9; the extrapolation read 8.93, 8.77 (40k, 60k) against 8.21, inside the allowance
+#: (the 1/n^2 term is large at depth/width = 1). At depth 8 and width 8 the
 #: per-network values are heavy-tailed (depth/width = 1), so the stderr is rougher than
 #: at the report's other sizes.
 H1_MULTI_CASES = (
