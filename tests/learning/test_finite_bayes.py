@@ -407,3 +407,48 @@ def test_posterior_variance_correction_resolved():
     assert min(res["ess"]) > 0.2 * 20000
     powered(th, d[1], se[1], abs(d[1] - d[0]), label="relu O(1/n) posterior variance",
             max_resolution=0.5)
+
+
+@needs_torch
+def test_bayes_control_variate_zero_mean_unbiased_and_powered():
+    """The posterior mean's O(1/n) with the exactly zero-mean control
+    (:func:`pdlt.report.learning.hidden_kernel_martingale`, cross-fitted in
+    :func:`~pdlt.report.learning.posterior_control_variate`): critical ReLU, depth 3,
+    widths 16 and 32, 40 000 networks each (~5 CPU s). (1) On 10 000 networks of width
+    16 the control's mean is zero within 4 se at every entry (max z 1.6 when written), and
+    the same check rejects a pair rule 2 % off (z 6.5); (2) on the same networks the
+    controlled mean moves from the plain one by less than 4 se of the shift; (3) the extrapolated row at the test input with the larger shift passes,
+    resolved to <= 50 %, and rejects x0, x0.5, x2 (measured when written: 0.96 +- 0.10
+    against 1.00, resolution 0.41; the report's 150 000 networks reach 0.20)."""
+    import pdlt.report.learning as Lmod
+    from pdlt.report.learning import (BAYES_X_TEST, BAYES_X_TRAIN, BAYES_Y_TRAIN, BayesCase,
+                                      hidden_kernel_martingale, posterior_control_variate,
+                                      run_bayes_case)
+    from pdlt.report.rows import critical_mlp, width_extrapolation
+
+    X = np.vstack([BAYES_X_TRAIN, BAYES_X_TEST])
+    mlp = critical_mlp("relu", 16, 3, n0=2, n_out=1)
+    M = 10000
+    Kh, lam, _ = hidden_kernel_martingale(mlp, X, M, seed=16)
+    z = np.abs(lam.mean(0)) / (lam.std(0, ddof=1) / np.sqrt(M))
+    assert z.max() < 4, z
+    rule = Lmod._pair_rule
+    try:
+        Lmod._pair_rule = lambda act: (lambda G: 1.02 * rule(act)(G))
+        _, bad, _ = hidden_kernel_martingale(mlp, X, M, seed=16)
+    finally:
+        Lmod._pair_rule = rule
+    assert (np.abs(bad.mean(0)) / (bad.std(0, ddof=1) / np.sqrt(M))).max() > 4
+    c = posterior_control_variate(Kh, lam, BAYES_Y_TRAIN, 0.05)
+    from pdlt.report.learning import conditional_posterior
+    p = conditional_posterior(Kh, BAYES_Y_TRAIN, 0.05)
+    assert np.all(c["mean_stderr"] < 0.85 * c["plain_mean_stderr"])
+    shift_se = np.sqrt(np.maximum(c["plain_mean_stderr"] ** 2 - c["mean_stderr"] ** 2, 0))
+    assert np.all(np.abs(c["mean"] - p.mean[:, 0]) < 4 * shift_se + 1e-12)
+
+    res = run_bayes_case(BayesCase("relu", networks=40000, control_variate=True))
+    b = int(np.argmax(np.abs(res["mean1"])))
+    ext, se, allow = width_extrapolation(res["dm"][0, b], res["dm_se"][0, b],
+                                         res["dm"][1, b], res["dm_se"][1, b])
+    powered(res["mean1"][b], ext, se, allow, label="relu O(1/n) posterior mean (control)",
+            max_resolution=0.5)

@@ -985,3 +985,102 @@ def residual_crossfit(parts, folds: int = 2) -> dict:
 
 
 __all__ += ["shifted_activation_moments", "residual_metric_martingale", "residual_crossfit"]
+
+
+# ---------------------------------------------------------------------------
+# ReLU: the NTK-metric cross-correlation D by conditional (Rao-Blackwell) martingale terms
+# ---------------------------------------------------------------------------
+
+def relu_ntk_metric_martingale(s, u, q, K1, Theta1, C_b, C_W, lambda_b, lambda_W,
+                               widths) -> np.ndarray:
+    r"""Per-network estimator of ``n_{l-1} Cov(H_{ii}, z_j z_j)`` (D, one input, ReLU).
+
+    One input, ReLU (any ``C_b``, ``C_W``, ``lambda_b``, ``lambda_W`` per
+    layer). With ``G_l = C_b + C_W s_{l-1}`` and ``T_l = lambda_b + lambda_W
+    s_{l-1} + C_W u_{l-1}`` (the conditional means of ``z_{l,i}^2``
+    and ``H_{l,ii}`` given layer ``l - 1``, :func:`ntk_martingale`), and
+    different neurons ``i != j`` independent given layer ``l - 1``,
+    ``Cov(H_{l,ii}, z_{l,j}^2) = Cov(T_l, G_l)`` exactly. For ReLU
+    ``E[sigma^2] = G/2`` and ``E[u_l | l-1] = T_l / 2`` (the ``q`` terms of
+    :func:`ntk_martingale` cancel), so with the martingale differences
+    ``d_l = s_l - G_l/2``, ``f_l = u_l - T_l/2``
+
+    ``dG_{l+1} = (C_W/2) dG_l + C_W d_l``,
+    ``dT_{l+1} = (lambda_W/2) dG_l + (C_W/2) dT_l + lambda_W d_l + C_W f_l``
+
+    (``dG = G - K``, ``dT = T - Theta``, both of mean exactly zero): linear in
+    the d's and f's with fixed coefficients. Different layers' differences are
+    orthogonal, so ``E[dT_l dG_l] = sum_k g_k (t_k E[d_k^2] + t'_k E[d_k f_k])``
+    (``g_k``, ``t_k``, ``t'_k``: the coefficients of ``d_k`` in ``dG_l`` and of
+    ``d_k``, ``f_k`` in ``dT_l``)
+    and each square is replaced by its conditional mean given layer ``k - 1``
+    (exact Gaussian moments, ``beta = C_W / n_{k-1}``):
+
+    ``E[d_k^2 | k-1] = (5/4) G_k^2 / n_k``,
+    ``E[d_k f_k | k-1] = (G_k T_k / 4 + beta^2 q_{k-1}) / n_k``
+
+    (``q_0 = 0``: the first layer's NTK does not depend on its weights). The
+    result is an exactly unbiased estimator of the finite-width
+    ``n_{l-1} Cov(H_{l,ii}, z_{l,j}^2)`` at every width (D plus O(1/n)), whose
+    per-network scatter is O(1/sqrt(n)) of D instead of O(1) (the plain
+    product of two fluctuations).
+
+    Parameters
+    ----------
+    s, u, q : ndarray (M, L)
+        Per network and layer: ``mean sigma(z)^2``, ``mean_k sigma'(z_k)^2 H_kk``,
+        ``(sigma sigma')^T H (sigma sigma')`` (as in :func:`ntk_martingale`;
+        the last layer's values are not used).
+    K1, Theta1 : float
+        The deterministic first-layer kernel and NTK.
+    C_b, C_W, lambda_b, lambda_W : ndarray (L,)
+        Per layer (index 0 unused).
+    widths : ndarray (L,)
+        Neurons per layer ``n_l``.
+
+    Returns
+    -------
+    ndarray (M, L)
+        Per network, ``n_{l-1} sum_{k<l} g_k (t_k E[d_k^2 | k-1] + t'_k E[d_k f_k | k-1])`` at each layer (0 at the first layer,
+        where D vanishes).
+
+    Raises
+    ------
+    ValueError
+        If the shapes of ``s, u, q`` differ or are not (networks, layers).
+    """
+    s, u, q = (np.asarray(a, dtype=float) for a in (s, u, q))
+    if s.ndim != 2 or s.shape != u.shape or s.shape != q.shape:
+        raise ValueError(f"s, u, q must share one shape (networks, layers); got {s.shape}, "
+                         f"{u.shape}, {q.shape}")
+    M, L = s.shape
+    C_b, C_W, lb, lw, n = (np.broadcast_to(np.asarray(a, float), (L,))
+                           for a in (C_b, C_W, lambda_b, lambda_W, widths))
+    G = np.empty((M, L))
+    T = np.empty((M, L))
+    G[:, 0], T[:, 0] = float(K1), float(Theta1)
+    G[:, 1:] = C_b[1:] + C_W[1:] * s[:, :-1]
+    T[:, 1:] = lb[1:] + lw[1:] * s[:, :-1] + C_W[1:] * u[:, :-1]
+    beta2q = np.zeros((M, L))
+    beta2q[:, 1:] = (C_W[1:] / n[:-1]) ** 2 * q[:, :-1]
+    dd = 1.25 * G ** 2 / n                      # E[d_k^2 | k-1]
+    df = (G * T / 4 + beta2q) / n               # E[d_k f_k | k-1]
+    out = np.zeros((M, L))
+    cG = np.zeros(L)           # coefficient of d_k in dG_l, k < l
+    cTd = np.zeros(L)          # of d_k in dT_l
+    cTf = np.zeros(L)          # of f_k in dT_l
+    for l in range(1, L):
+        k = l - 1
+        nG = C_W[l] / 2 * cG
+        nTd = lw[l] / 2 * cG + C_W[l] / 2 * cTd
+        nTf = C_W[l] / 2 * cTf
+        nG[k] += C_W[l]
+        nTd[k] += lw[l]
+        nTf[k] += C_W[l]
+        cG, cTd, cTf = nG, nTd, nTf
+        out[:, l] = n[l - 1] * ((dd[:, :l] * (cG[:l] * cTd[:l])).sum(1)
+                                + (df[:, :l] * (cG[:l] * cTf[:l])).sum(1))
+    return out
+
+
+__all__ += ["relu_ntk_metric_martingale"]
