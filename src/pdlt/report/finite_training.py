@@ -3,10 +3,11 @@
 For each task (two synthetic ones on the unit circle and scikit-learn's
 diabetes data) and each training algorithm (one Newton "giant leap", the leap
 followed by small gradient steps, many gradient steps), ensembles of real
-critical tanh MLPs are trained at several widths
+critical tanh MLPs (and gelu MLPs by one Newton leap, :data:`GELU_MEAN_CASES`) are
+trained at several widths
 (:func:`pdlt.experiment.training.train_ensemble`, antithetic pairs; the
-default report runs the two cases of :func:`default_training_cases`, ``--full``
-all five) and the
+default report runs the tanh cases pair/gd and diabetes of
+:func:`default_training_cases`, ``--full`` all five) and the
 measured shift of the trained mean from the infinite-width prediction,
 
     d(n) = n (E[z(T)] - mean_infinite),
@@ -146,17 +147,20 @@ VARIANCE_CASES = tuple(
 #: 16, 32, 64 (adds the 1/n extrapolation rows). Why the leap and not the leap + small steps:
 #: gelu's NTK fluctuates strongly (n Var(u.DeltaH.u) / lambda^2 = 1.7-4.4 over the
 #: eigenmodes u of Theta_AA, depth 3), so after gradient steps, which make the trained output
-#: a polynomial in DeltaH, the terms of third and fourth order in DeltaH (order 1/n^2 in the
-#: mean) are large at n <= 128; after the leap the kernel map is linear in the NTK and they
-#: vanish exactly. Measured on 'circle-far' (leap + 5 steps, n = 32 / 64, 8000 networks):
-#: the frozen kernel map of each network's own initial NTK beyond its second order in DeltaH
-#: moves n (E[z] - m_inf) at training input 3 by -0.38(5) / -0.13(2), the dynamics beyond
-#: order 1/n by +0.14(5) / -0.04(2), while the order-1/n pieces agree (the quadratic AB term
-#: per network 1.10(3) / 1.05(2) against 1.00); their sum reads 8-10 % low and nearly flat in n
-#: (1.47(2), 1.48(3), 1.47(4), 1.42(6) at n = 16, 32, 64, 128 against 1.63). tanh reads ~10 %
-#: low on the same task too (0.50(2), 0.54(2), 0.50(4) at n = 16-64 against 0.56). The
-#: Newton leap's 1/n theory is exact against first-layer Gaussian averages at depth 2
-#: (tests/learning/test_finite_training.py) and gelu itself is torch's exact GELU
+#: a polynomial in DeltaH, the terms beyond second order in DeltaH (order 1/n^2 in the mean)
+#: are large at n <= 128; after the leap the kernel map is linear in the NTK and they vanish
+#: exactly. Measured on 'circle-far' (leap + 5 steps, 8000 networks, n = 32 / 64 / 128;
+#: benchmarks/gelu_offsets.py split): the frozen kernel map of each network's own initial NTK
+#: beyond its second order in DeltaH moves n (E[z] - m_inf) at training input 3 by -0.38(5) /
+#: -0.13(2) / -0.054(8), the dynamics beyond order 1/n by +0.14(5) / -0.04(2) / -0.04(1), while
+#: the order-1/n kernel piece agrees (the quadratic AB term per network 1.10(3) / 1.05(2) /
+#: 1.002(20) against 1.004); their sum reads 8-10 % low and nearly flat in n (1.47(2), 1.48(3),
+#: 1.47(4), 1.42(6), 1.50(6) at n = 16, 32, 64, 128, 128 against 1.63). tanh reads ~10 % low
+#: on the same task too (0.50(2), 0.54(2), 0.50(4) at n = 16-64 against 0.56). At depth 2,
+#: where wide networks are cheap, the leap's dynamics at training input 3 reads 0.37(1) at n =
+#: 32 and 64, 0.352(12) at 128 and 0.330(11) at 512 against 0.332: it converges to the theory,
+#: whose order 1/n is exact there against first-layer Gaussian averages
+#: (tests/learning/test_finite_training.py); gelu itself is torch's exact GELU
 #: (tests/test_activations.py).
 GELU_MEAN_CASES = (TrainingCase("circle", "newton", widths=(16, 32), networks=16000,
                                 activation="gelu", seed=3),
