@@ -150,3 +150,79 @@ def test_step_function_refused():
 def test_smooth_user_activations_not_flagged(fn):
     act = pdlt.activation(fn)
     assert act.kinks == () and act.scale_invariant is None
+
+
+def test_gelu_is_torch_exact_gelu_with_exact_derivatives():
+    """pdlt's gelu is torch's exact (erf) GELU, with sigma' and sigma'' equal to autograd's.
+
+    The experiments build networks with the erf form (``nn.GELU()``, approximate='none');
+    the tanh approximation differs by up to 4.7e-4 and would be a different activation.
+    Tolerance: float64 round-off of z Phi(z) and its derivatives, a few ulp of (1 + |z|).
+    """
+    torch = pytest.importorskip("torch")
+    act = pdlt.activation("gelu")
+    z = np.linspace(-10.0, 10.0, 4001) + 0.00123
+    t = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+    s = torch.nn.functional.gelu(t, approximate="none")
+    (d1,) = torch.autograd.grad(s.sum(), t, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), t)
+    tol = 8 * np.finfo(float).eps * (1.0 + np.abs(z))
+    for ours, ref in ((act(z), s), (act.d1(z), d1), (act.d2(z), d2)):
+        assert np.all(np.abs(ours - ref.detach().numpy()) <= tol)
+    s_tanh = torch.nn.functional.gelu(t, approximate="tanh").detach().numpy()
+    assert np.abs(s_tanh - act(z)).max() > 1e-4      # the approximation is not pdlt's gelu
+
+
+def test_gelu_criticality_and_one_input_V_G1_against_quadrature():
+    """GELU's K*, C_W, C_b and the one-input V, G1 flow against an independent computation.
+
+    Independent: scipy quad of the NOTATION.md / book recursions (K* from <sigma sigma''> = 0,
+    which is (3 + sqrt 17)/2 exactly; V^(l+1) = C_W^2 (<s^4> - <s^2>^2) + chi_par^2 V^(l);
+    G1^(l+1) = chi_par G1^(l) + (C_W / 8) <s^2 (z^4 - 6 K z^2 + 3 K^2)> / K^4 V^(l), book
+    eqs. 4.90, 4.115 at equal widths), to relative 1e-13 per average.
+    """
+    from scipy import integrate, optimize, special
+
+    def avg(f, K):
+        r = math.sqrt(K)
+        return integrate.quad(lambda u: f(r * u) * math.exp(-0.5 * u * u), -np.inf, np.inf,
+                              epsabs=0, epsrel=1e-13, limit=200)[0] / math.sqrt(2 * math.pi)
+
+    def phi(z):
+        return math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+    def s(z):
+        return z * special.ndtr(z)
+
+    def s1(z):
+        return special.ndtr(z) + z * phi(z)
+
+    def s2(z):
+        return (2.0 - z * z) * phi(z)
+
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", integrate.IntegrationWarning)
+        Ks = optimize.brentq(lambda K: avg(lambda z: s(z) * s2(z), K), 3.0, 4.0, xtol=1e-15)
+        CW = 1.0 / avg(lambda z: s1(z) ** 2, Ks)
+        Cb = Ks - CW * avg(lambda z: s(z) ** 2, Ks)
+        crit = pdlt.criticality("gelu")
+        assert Ks == pytest.approx((3 + math.sqrt(17)) / 2, rel=1e-14)
+        assert crit.K_star == pytest.approx(Ks, rel=1e-12)
+        assert crit.C_W == pytest.approx(CW, rel=1e-12)
+        assert crit.C_b == pytest.approx(Cb, rel=1e-12)
+        K, V, G = 1.0, 0.0, 0.0
+        ref = [(K, V, G)]
+        for _ in range(3):
+            m2, m4 = avg(lambda z: s(z) ** 2, K), avg(lambda z: s(z) ** 4, K)
+            chi = CW * avg(lambda z: z * s(z) * s1(z), K) / K
+            g = avg(lambda z: s(z) ** 2 * (z ** 4 - 6 * K * z * z + 3 * K * K), K) / K ** 4
+            K, V, G = Cb + CW * m2, CW ** 2 * (m4 - m2 * m2) + chi ** 2 * V, chi * G + CW * g * V / 8
+            ref.append((K, V, G))
+    mlp = pdlt.MLP(n0=1, width=8, depth=4, n_out=1, activation="gelu", C_b=crit.C_b,
+                   C_W=crit.C_W)
+    st = pdlt.statistics(mlp, K1=1.0, get=("K", "V", "G1"))
+    ref = np.array(ref)
+    for j, name in enumerate(("K", "V", "G1")):
+        np.testing.assert_allclose(np.ravel(st[name]), ref[:, j], rtol=1e-11, atol=1e-13,
+                                   err_msg=name)

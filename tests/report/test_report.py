@@ -152,20 +152,22 @@ def test_derivative_statistics_rows(tmp_path):
 
 
 def test_default_training_cases_widths():
-    """The default study keeps the diabetes case (widths to 128), pair/gd and the first
-    trained-variance case; --full runs the five mean cases with width 256 and all three
-    variance cases."""
-    from pdlt.report.finite_training import (TRAINING_NETWORKS, VARIANCE_CASES,
+    """The default study keeps the diabetes case (widths to 128), pair/gd, the first
+    trained-variance case and gelu's Newton leap; --full runs the five mean cases with width
+    256, gelu's leap to width 64 and all three variance cases."""
+    from pdlt.report.finite_training import (GELU_MEAN_CASES, TRAINING_NETWORKS, VARIANCE_CASES,
                                              default_training_cases)
 
     d, f = default_training_cases(), default_training_cases(full=True)
     assert [c.label for c in d] == ["pair, gd (100 steps)", "diabetes, newton+gd (5 steps)",
-                                    VARIANCE_CASES[0].label]
+                                    VARIANCE_CASES[0].label, GELU_MEAN_CASES[0].label]
     assert d[1].widths == (32, 64, 128) and d[1].networks == TRAINING_NETWORKS
     assert d[2] == VARIANCE_CASES[0] and d[2].variance and not d[2].mean
-    assert len(f) == 7 and {c.label for c in d} < {c.label for c in f}
-    assert f[-2:] == list(VARIANCE_CASES[1:])
-    assert [c.widths[-1] for c in f if c.algorithm != "gd" and not c.variance] == [256] * 4
+    assert d[3] == GELU_MEAN_CASES[0] and d[3].activation == "gelu" and d[3].mean
+    assert len(f) == 8 and {c.label for c in d} < {c.label for c in f}
+    assert f[-3:] == [GELU_MEAN_CASES[1], *VARIANCE_CASES[1:]]
+    assert [c.widths[-1] for c in f if c.algorithm != "gd" and not c.variance
+            and c.activation == "tanh"] == [256] * 4
 
 
 def test_finite_training_study_rows_and_figure():
