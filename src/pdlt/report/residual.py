@@ -734,3 +734,100 @@ def residual_aspect_ratio_figure(activations=("relu", "gelu"), gammas=None, *, n
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return fig, data
+
+
+def residual_multi_measure(mlp, x, networks, seed=0, *, chunk=2000, folds=2):
+    r"""N-input V and G1 per layer of real residual MLPs (numpy), with zero-mean controls.
+
+    Draws ``networks`` i.i.d. networks ``z' = xi [b + W sigma(z)] + gamma z``
+    (``Var W = C_W / n``, ``Var b = C_b``; numpy, float64, generator ``seed``) at the inputs
+    ``x`` (N, n0) and estimates, at every layer l >= 2 (equal widths ``n_1 = ... = n_L``:
+    neuron i of a layer continues neuron i):
+
+    * ``E[z_a z_b]`` by its conditional mean given layer l-1 (Rao-Blackwell),
+      ``qhat_l = xi^2 (C_b + C_W s_{l-1}) + gamma^2 q_{l-1}`` (``s = mean_j sigma sigma^T``,
+      ``q = mean_i z z^T``);
+    * the pair term ``E[z_ia z_ib z_jc z_jd]`` (i != j) by its conditional mean
+      ``(n^2 Abar_ab Abar_cd - sum_i A_i,ab A_i,cd) / (n (n - 1))``,
+      ``A_i = xi^2 Ghat + gamma^2 y_i y_i^T`` (y: layer l-1);
+
+    each minus control variates with mean exactly zero: the martingale differences
+    ``e_m = q_m - qhat_m`` of the earlier layers (``e_1 = q_1 - K^(1)``) and
+    ``d_1 = s_1 - <sigma sigma>_{K^(1)}`` (all pairs), with least-squares coefficients
+    cross-fitted over ``folds`` blocks (each block's coefficients come from the other
+    blocks, so every block keeps its mean exactly). Then ``G1 = n_{l-1} (E[qhat] - K)``
+    (against the infinite-width K) and ``V_{(ab)(cd)} = n_{l-1} [E(pair) - E(q_ab) E(q_cd)]``
+    (stderr by the delta method; the product's O(1/networks) bias is far below it).
+
+    Returns
+    -------
+    dict
+        ``"G1"``: (mean (L, N, N), stderr (L, N, N)); ``"V"``: (mean (L, N, N, N, N),
+        stderr); layer 1 entries are 0.
+    """
+    from ..theory._averages import LayerAverages, OneVariableTable
+    from ..theory.statistics import statistics
+
+    x = np.atleast_2d(np.asarray(x, float))
+    N, L = len(x), mlp.depth
+    w = mlp.widths
+    if len(set(w[1:])) != 1:
+        raise ValueError(f"residual_multi_measure needs equal widths n_1 = ... = n_L; got {w}")
+    act = mlp.activation
+    Ks = statistics(mlp, x).K
+    S1 = LayerAverages(act, Ks[0], OneVariableTable(act, np.diag(Ks[0]).copy())).S
+    rng = np.random.default_rng(seed)
+    iu = np.triu_indices(N)
+    Q, PP, Fe = [[] for _ in range(L)], [[] for _ in range(L)], [[] for _ in range(L)]
+    for start in range(0, networks, chunk):
+        M = min(chunk, networks - start)
+        W = rng.normal(size=(M, w[1], w[0])) * np.sqrt(mlp.C_W[0] / w[0])
+        b = rng.normal(size=(M, w[1], 1)) * np.sqrt(mlp.C_b[0])
+        z = W @ x.T + b                                         # (M, n, N)
+        sz = act.sigma(z)
+        q = np.einsum("min,mip->mnp", z, z) / w[1]
+        s = np.einsum("min,mip->mnp", sz, sz) / w[1]
+        Fe[0].append(np.concatenate([(q - Ks[0])[:, iu[0], iu[1]],
+                                     (s - S1)[:, iu[0], iu[1]]], axis=1))
+        for l in range(1, L):
+            xi, g, CW, Cb, n = mlp.xi[l], mlp.gamma[l], mlp.C_W[l], mlp.C_b[l], w[l]
+            G = Cb + CW * np.einsum("min,mip->mnp", sz, sz) / n
+            A = xi * xi * G[:, None] + g * g * np.einsum("min,mip->minp", z, z)   # (M, n, N, N)
+            qhat = A.mean(1)
+            Q[l].append(qhat)
+            sA = A.sum(1)
+            PP[l].append((np.einsum("mab,mcd->mabcd", sA, sA)
+                          - np.einsum("miab,micd->mabcd", A, A)) / (n * (n - 1)))
+            if l == L - 1:
+                break
+            W = rng.normal(size=(M, n, n)) * np.sqrt(CW / n)
+            b = rng.normal(size=(M, n, 1)) * np.sqrt(Cb)
+            z = xi * (W @ sz + b) + g * z
+            sz = act.sigma(z)
+            e = np.einsum("min,mip->mnp", z, z) / n - qhat
+            Fe[l].append(e[:, iu[0], iu[1]])
+    out = {"G1": (np.zeros((L, N, N)), np.zeros((L, N, N))),
+           "V": (np.zeros((L,) + (N,) * 4), np.zeros((L,) + (N,) * 4))}
+    edges = np.linspace(0, networks, int(folds) + 1).astype(int)
+    for l in range(1, L):
+        X = np.concatenate([np.concatenate(Fe[m]) for m in range(l)], axis=1)
+        y = np.concatenate(Q[l]).reshape(networks, -1)
+        p = np.concatenate(PP[l]).reshape(networks, -1)
+        T = np.concatenate([y, p], axis=1)
+        Tc = np.empty_like(T)
+        for f in range(int(folds)):
+            inb = np.zeros(networks, dtype=bool)
+            inb[edges[f]:edges[f + 1]] = True
+            Xo, To = X[~inb], T[~inb]
+            beta, *_ = np.linalg.lstsq(Xo - Xo.mean(0), To - To.mean(0), rcond=None)
+            Tc[inb] = T[inb] - X[inb] @ beta           # E[X] = 0 exactly: mean kept
+        y = Tc[:, :N * N].reshape(networks, N, N)
+        p = Tc[:, N * N:].reshape((networks,) + (N,) * 4)
+        n = mlp.fan_in(l + 1)
+        my = y.mean(0)
+        out["G1"][0][l] = n * (my - Ks[l])
+        out["G1"][1][l] = n * y.std(0, ddof=1) / np.sqrt(networks)
+        psi = n * (p - np.einsum("mab,cd->mabcd", y, my) - np.einsum("ab,mcd->mabcd", my, y))
+        out["V"][0][l] = n * (p.mean(0) - np.einsum("ab,cd->abcd", my, my))
+        out["V"][1][l] = psi.std(0, ddof=1) / np.sqrt(networks)
+    return out
