@@ -173,7 +173,7 @@ def _fn(f, k):
     return lambda z: z ** k * f(z)
 
 
-def _two_depth(act, C, todo, accuracy):
+def _two_depth(act, C, todo, accuracy, stein=False):
     """One-neuron two-depth averages for every (m, l, p, f) in ``todo``.
 
     ``C[l, m]`` (N, N) is ``Cov(z^(l), z^(m))``. For each item, ``x`` = the distinct
@@ -186,6 +186,7 @@ def _two_depth(act, C, todo, accuracy):
     on ``y_e = 0``), both exact; any other kinked activation uses Stein's lemma along
     ``e = y - B x`` (independent of x): ``E[g F (u_e u_h - Lam_eh)]``, ``u = Lam e``,
     ``Lam = Cov(e)^-1``, from the moments ``E[g F z_i z_j]`` (no derivative of sigma).
+    ``stein=True`` takes that route for every activation (an independent check).
     """
     si = act.scale_invariant if act.name != "monomial" else None
     if si is not None:      # ReLU family: exact innermost axes (truncated Gaussian moments)
@@ -197,7 +198,7 @@ def _two_depth(act, C, todo, accuracy):
         s, p1, q2 = act.sigma, act.d1, act.d2
         s2 = lambda z: s(z) ** 2              # noqa: E731
         dd = lambda z: 2.0 * (p1(z) ** 2 + s(z) * q2(z))               # noqa: E731
-    smooth = si is not None or not act.kinks
+    smooth = (si is not None or not act.kinks) and not stein
     kw = dict(kinks=act.kinks, accuracy=accuracy, growth=entire_growth(act))
 
     def nd(fs, cov):
@@ -266,7 +267,7 @@ def _two_depth(act, C, todo, accuracy):
     return res
 
 
-def _vertex_metric_multi(mlp, Ks, accuracy):
+def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
     act = mlp.activation
     L, N = Ks.shape[0], Ks.shape[1]
     P, pidx = _pairs(N)
@@ -312,7 +313,7 @@ def _vertex_metric_multi(mlp, Ks, accuracy):
     # two-depth moments for m < l <= L-2 (own covariances and the G1 own term)
     todo = [(m, l, p, f) for l in range(nf) for m in range(l) if np.any(C[l, m] != 0.0)
             for p in P for f in P]
-    td = _two_depth(act, C, todo, accuracy) if todo else {}
+    td = _two_depth(act, C, todo, accuracy, stein) if todo else {}
     for (m, l, p, f), (m0, _) in td.items():
         v = m0 - avg[m].S[p] * avg[l].S[f]
         own[m * M + pidx[p], l * M + pidx[f]] = own[l * M + pidx[f], m * M + pidx[p]] = v
