@@ -751,9 +751,12 @@ def residual_multi_measure(mlp, x, networks, seed=0, *, chunk=2000, folds=2):
       ``(n^2 Abar_ab Abar_cd - sum_i A_i,ab A_i,cd) / (n (n - 1))``,
       ``A_i = xi^2 Ghat + gamma^2 y_i y_i^T`` (y: layer l-1);
 
-    each minus control variates with mean exactly zero: the martingale differences
-    ``e_m = q_m - qhat_m`` of the earlier layers (``e_1 = q_1 - K^(1)``) and
-    ``d_1 = s_1 - <sigma sigma>_{K^(1)}`` (all pairs), with least-squares coefficients
+    each minus control variates with mean exactly zero: for every earlier layer m and every
+    monomial ``P`` of degree 1..4 in the inputs, ``mean_i [P(z_i^(m)) - E[P(z_i^(m)) | m-1]]``
+    (given layer m-1 a neuron is Gaussian with mean ``gamma y_i`` and covariance
+    ``xi^2 Ghat``, so the conditional moments are exact polynomials: Isserlis; degree 2 is
+    ``e_m = q_m - qhat_m``), and ``d_1 = s_1 - <sigma sigma>_{K^(1)}`` (all pairs), with
+    least-squares coefficients
     cross-fitted over ``folds`` blocks (each block's coefficients come from the other
     blocks, so every block keeps its mean exactly). Then ``G1 = n_{l-1} (E[qhat] - K)``
     (against the infinite-width K) and ``V_{(ab)(cd)} = n_{l-1} [E(pair) - E(q_ab) E(q_cd)]``
@@ -787,8 +790,9 @@ def residual_multi_measure(mlp, x, networks, seed=0, *, chunk=2000, folds=2):
         sz = act.sigma(z)
         q = np.einsum("min,mip->mnp", z, z) / w[1]
         s = np.einsum("min,mip->mnp", sz, sz) / w[1]
-        Fe[0].append(np.concatenate([(q - Ks[0])[:, iu[0], iu[1]],
-                                     (s - S1)[:, iu[0], iu[1]]], axis=1))
+        Fe[0].append(np.concatenate([
+            _moment_controls(z, np.zeros_like(z), np.broadcast_to(Ks[0], (M, N, N))),
+            (s - S1)[:, iu[0], iu[1]]], axis=1))
         for l in range(1, L):
             xi, g, CW, Cb, n = mlp.xi[l], mlp.gamma[l], mlp.C_W[l], mlp.C_b[l], w[l]
             G = Cb + CW * np.einsum("min,mip->mnp", sz, sz) / n
@@ -802,10 +806,10 @@ def residual_multi_measure(mlp, x, networks, seed=0, *, chunk=2000, folds=2):
                 break
             W = rng.normal(size=(M, n, n)) * np.sqrt(CW / n)
             b = rng.normal(size=(M, n, 1)) * np.sqrt(Cb)
-            z = xi * (W @ sz + b) + g * z
+            mu = g * z
+            z = xi * (W @ sz + b) + mu
             sz = act.sigma(z)
-            e = np.einsum("min,mip->mnp", z, z) / n - qhat
-            Fe[l].append(e[:, iu[0], iu[1]])
+            Fe[l].append(_moment_controls(z, mu, xi * xi * G))
     out = {"G1": (np.zeros((L, N, N)), np.zeros((L, N, N))),
            "V": (np.zeros((L,) + (N,) * 4), np.zeros((L,) + (N,) * 4))}
     edges = np.linspace(0, networks, int(folds) + 1).astype(int)
@@ -819,7 +823,9 @@ def residual_multi_measure(mlp, x, networks, seed=0, *, chunk=2000, folds=2):
             inb = np.zeros(networks, dtype=bool)
             inb[edges[f]:edges[f + 1]] = True
             Xo, To = X[~inb], T[~inb]
-            beta, *_ = np.linalg.lstsq(Xo - Xo.mean(0), To - To.mean(0), rcond=None)
+            Xo = Xo - Xo.mean(0)
+            # least squares by the (small) normal equations
+            beta, *_ = np.linalg.lstsq(Xo.T @ Xo, Xo.T @ (To - To.mean(0)), rcond=None)
             Tc[inb] = T[inb] - X[inb] @ beta           # E[X] = 0 exactly: mean kept
         y = Tc[:, :N * N].reshape(networks, N, N)
         p = Tc[:, N * N:].reshape((networks,) + (N,) * 4)
@@ -831,3 +837,36 @@ def residual_multi_measure(mlp, x, networks, seed=0, *, chunk=2000, folds=2):
         out["V"][0][l] = n * (p.mean(0) - np.einsum("ab,cd->abcd", my, my))
         out["V"][1][l] = psi.std(0, ddof=1) / np.sqrt(networks)
     return out
+
+
+def _moment_controls(z, mu, Sig):
+    """``mean_i [P(z_i) - E P]`` for every monomial P of degree 1..4 in the N inputs.
+
+    ``z`` (M, n, N) with ``z_i ~ N(mu_i, Sig)`` given the previous layer (``mu`` (M, n, N),
+    ``Sig`` (M, N, N)); ``E P`` by expanding ``z = mu + eps`` (Isserlis for eps).
+    Returns (M, F), mean exactly zero.
+    """
+    import itertools
+
+    N = z.shape[-1]
+    cols = []
+    for d in range(1, 5):
+        for idx in itertools.combinations_with_replacement(range(N), d):
+            val = np.prod([z[..., k] for k in idx], axis=0)
+            mean = np.zeros(z.shape[:-1])
+            for r in (0, 2, 4):
+                for S in itertools.combinations(range(d), r):
+                    rest = [idx[j] for j in range(d) if j not in S]
+                    part = np.prod([mu[..., k] for k in rest], axis=0) if rest else 1.0
+                    e = [idx[j] for j in S]
+                    if r == 0:
+                        m = 1.0
+                    elif r == 2:
+                        m = Sig[:, None, e[0], e[1]]
+                    else:
+                        a, b, c, f = e
+                        m = (Sig[:, None, a, b] * Sig[:, None, c, f] + Sig[:, None, a, c]
+                             * Sig[:, None, b, f] + Sig[:, None, a, f] * Sig[:, None, b, c])
+                    mean = mean + part * m
+            cols.append((val - mean).mean(1))
+    return np.stack(cols, axis=1)
