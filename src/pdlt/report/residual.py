@@ -788,7 +788,6 @@ def residual_multi_measure(mlp, x, networks, seed=0, *, chunk=2000, folds=2):
         b = rng.normal(size=(M, w[1], 1)) * np.sqrt(mlp.C_b[0])
         z = W @ x.T + b                                         # (M, n, N)
         sz = act.sigma(z)
-        q = np.einsum("min,mip->mnp", z, z) / w[1]
         s = np.einsum("min,mip->mnp", sz, sz) / w[1]
         Fe[0].append(np.concatenate([
             _moment_controls(z, np.zeros_like(z), np.broadcast_to(Ks[0], (M, N, N))),

@@ -18,7 +18,7 @@ input; this module does it for N inputs (derivation:
 * the one-neuron covariances across depths, ``Cov(sigma_a sigma_b(z^(m)),
   sigma_c sigma_d(z^(l)))`` and ``Cov(sigma_a sigma_b(z^(m)), d_e d_f (sigma_c
   sigma_d)(z^(l)))``, are up to four-variable Gaussian averages
-  (:func:`pdlt.gaussian._multi.expect_nd`), the second derivatives by Stein's lemma
+  (:func:`pdlt.gaussian.expect_nd`), the second derivatives by Stein's lemma
   along the part of ``z^(l)`` independent of ``z^(m)`` (no derivative of sigma is
   taken, so kinks are exact).
 
@@ -41,7 +41,6 @@ Cost: ``O(L^2 N^4)`` four-variable averages, batched (N = 3, L = 5: a few second
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 
@@ -72,7 +71,7 @@ def residual_vertex_metric_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default
         :func:`pdlt.statistics` has already computed). Give exactly one.
     accuracy : {"fast", "default", "high"}
         Rule of the three- and four-variable averages
-        (:func:`pdlt.gaussian._multi.expect_nd`).
+        (:func:`pdlt.gaussian.expect_nd`).
 
     Returns
     -------
