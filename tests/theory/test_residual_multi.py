@@ -162,3 +162,17 @@ def test_off_diagonal_metric_two_routes(act, C_W, N):
     assert np.array_equal(a["V"], b["V"])
     assert _rel(b["G1"], a["G1"]) < 2e-7
     assert np.max(np.abs(a["G1"][:, 0, 1])) > 0.02 * np.max(np.abs(a["G1"]))   # not trivial
+
+
+def test_mixed_hyperparameters_diagonal():
+    """Per-layer gamma with plain layers inside (their two-depth covariances vanish), per-layer
+    xi, C_W, and a plain output layer of another width: the diagonal is still the one-input
+    V, G1 (measured 3e-12 with GELU)."""
+    m = MLP(n0=3, width=8, depth=6, n_out=2, activation="tanh", C_W=(1.5, 1.2, 1.6, 1.1, 1.3, 1.4),
+            C_b=0.1, gamma=(0, 0.6, 0, 0.8, 0.5, 0), xi=(1, 0.9, 1, 1.1, 0.8, 1))
+    o = residual_vertex_metric_multi(m, X3[:2])
+    K1 = pdlt.statistics(m, X3[:2]).K[0]
+    for a in range(2):
+        ref = residual_vertex_metric(m, float(K1[a, a]))
+        assert _rel(o["V"][:, a, a, a, a], ref["V"]) < 1e-10
+        assert _rel(o["G1"][:, a, a], ref["G1"]) < 1e-10
