@@ -54,3 +54,20 @@ def test_multi_input_vertex_and_metric_against_real_networks(act):
 def test_multi_input_metric_layer_three_against_real_networks(act):
     """G1 at layers 3 and 4, off-diagonal included, with 3x the networks."""
     _check(act, 24000, [3, 4])
+
+
+def test_report_rows_are_the_statistics_entries():
+    """pdlt.report.residual.residual_multi_rows (pdlt report --full): one row per distinct
+    entry at the last layer, theory = pdlt.statistics, keys of the summary table."""
+    from pdlt.report.residual import residual_multi_rows
+
+    rows = residual_multi_rows(("tanh",), networks=400, seed=3)
+    assert len(rows) == 6 + 3
+    assert {r.key for r in rows} == {"residual V (N inputs)", "residual G1 (N inputs)"}
+    th = pdlt.statistics(residual_mlp("tanh", 0.5, n0=2, width=32, depth=4, n_out=32), X2,
+                         get=["V", "G1"])
+    r = next(r for r in rows if r.statistic.startswith("V_(00)(11)"))
+    assert r.theory == th.V[3, 0, 0, 1, 1] and r.layer == 4 and r.width == 32
+    r = next(r for r in rows if r.statistic.startswith("G1_01"))
+    assert r.theory == th.G1[3, 0, 1]
+    assert all(len(r.control_z) == 3 and np.isfinite(r.stderr) and r.stderr > 0 for r in rows)
