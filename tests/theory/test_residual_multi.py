@@ -22,8 +22,8 @@ import pytest
 import pdlt
 from pdlt import MLP
 from pdlt.theory.residual import residual_mlp
-from pdlt.theory.residual_multi import residual_vertex_metric_multi
-from pdlt.theory.residual_ntk import residual_vertex_metric
+from pdlt.theory.residual_multi import residual_b_multi, residual_vertex_metric_multi
+from pdlt.theory.residual_ntk import residual_ntk_one_input, residual_vertex_metric
 from pdlt.theory.statistics import defined
 
 X3 = np.array([[1.0, 0.2, -0.3], [0.3, -0.9, 0.5], [-0.6, 0.4, 0.8]])
@@ -176,3 +176,82 @@ def test_mixed_hyperparameters_diagonal():
         ref = residual_vertex_metric(m, float(K1[a, a]))
         assert _rel(o["V"][:, a, a, a, a], ref["V"]) < 1e-10
         assert _rel(o["G1"][:, a, a], ref["G1"]) < 1e-10
+
+
+# ---------------------------------------------------------------------------
+# B at N inputs (pdlt.theory.residual_multi.residual_b_multi)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
+def test_b_gamma_zero_is_the_plain_recursion(act):
+    """Unequal widths, C_b > 0, three distinct inputs: the plain fold's B (round-off)."""
+    m = MLP(n0=3, widths=(8, 12, 6), activation=act, C_W=1.4, C_b=0.1)
+    assert _rel(residual_b_multi(m, X3), pdlt.statistics(m, X3, get=["B"]).B) < 1e-12
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
+def test_b_diagonal_and_coinciding_inputs_are_the_one_input_b(act):
+    """B_(aa)(aa) of three distinct inputs is the one-input B at K_aa (history sums with
+    the two-depth averages at N inputs); three copies of one input are copies."""
+    m = residual_mlp(act, 0.5, n0=3, width=8, depth=5, n_out=8).with_(C_b=0.1)
+    o = residual_b_multi(m, X3)
+    K1 = pdlt.statistics(m, X3).K[0]
+    for a in range(3):
+        ref = residual_ntk_one_input(m, float(K1[a, a]), stats="B")["B"]
+        assert _rel(o[:, a, a, a, a], ref) < 1e-10
+    assert np.array_equal(o, o.transpose(0, 3, 4, 1, 2))      # (a1a2) <-> (a3a4): i <-> k
+    assert np.array_equal(o, o.transpose(0, 2, 1, 4, 3))
+    x = X3[:1]
+    one = residual_b_multi(m, x)
+    many = residual_b_multi(m, np.repeat(x, 3, axis=0))
+    np.testing.assert_allclose(many, np.broadcast_to(one, many.shape), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu(0.2)"])
+def test_b_collinear_inputs_of_a_homogeneous_network(act):
+    """C_b = 0, lambda_b = 0, ReLU family: H(c_a x, c_b x) = c_a c_b H(x, x) in every
+    network, so B of x, 2x, x/2 is the one-input B times c_a1 c_a2 c_a3 c_a4, every entry
+    (the Theta_{a1a3} Theta_{a2a4} slots of the sources and attachments). With lambda_b = 1
+    the bias NTK breaks the scaling, and the comparison sees it."""
+    c = np.array([1.0, 2.0, 0.5])
+    x = c[:, None] * np.array([0.6, 0.8])[None, :]
+    cccc = np.einsum("a,b,c,d->abcd", c, c, c, c)
+    for lb, ok in ((0.0, True), (1.0, False)):
+        m = MLP(n0=2, width=8, depth=5, activation=act, C_W=1.5, C_b=0.0, gamma=0.5, xi=0.9,
+                lambda_b=lb)
+        ref = residual_ntk_one_input(m, float(pdlt.statistics(m, x).K[0][0, 0]), stats="B")["B"]
+        err = _rel(residual_b_multi(m, x), ref[:, None, None, None, None] * cccc)
+        assert (err < 1e-10) if ok else (err > 0.1)
+
+
+def test_b_deep_linear_residual_closed_form():
+    """sigma linear, C_b = 0, lambda_b = 0: Theta = theta_l x x^T / n0, and every two-depth
+    average is 1, so B = b_l Theta_a1a3 Theta_a2a4 / theta_l^2 with the one-input scalar
+    recursion b' = xi^4 C_W^2 th^2 + chi^2 b + 2 xi^2 C_W chi h, h' = gamma^2 chi h + xi^2 gamma^2 C_W th^2,
+    B = b + 2 h (attachments h, each averaged with <sigma'^2> = 1)."""
+    gamma, xi, C_W, L = 0.6, 1.1, 0.7, 6
+    m = MLP(n0=3, width=16, depth=L, n_out=16, activation="linear", C_W=C_W, C_b=0.0,
+            gamma=gamma, xi=xi, lambda_b=0.0)
+    o = residual_b_multi(m, X3)
+    G = X3 @ X3.T / 3
+    chi = xi * xi * C_W + gamma * gamma
+    # K = k G, Theta = th G: k' = chi k, th' = xi^2 lambda_W k + chi th (lambda_W = 1)
+    k, th, b, h = C_W, 1.0, 0.0, 0.0
+    np.testing.assert_allclose(o[0], 0.0, rtol=0, atol=0)
+    for l in range(1, L):
+        b, h = (xi ** 4 * C_W ** 2 * th ** 2 + chi * chi * b + 2 * xi * xi * C_W * chi * h,
+                gamma ** 2 * chi * h + xi * xi * gamma ** 2 * C_W * th ** 2)
+        k, th = chi * k, xi * xi * k + chi * th
+        want = (b + 2 * h) * np.einsum("ac,bd->abcd", G, G)
+        np.testing.assert_allclose(o[l], want, rtol=1e-12, atol=0)
+
+
+def test_statistics_serves_b_at_n_inputs():
+    m = residual_mlp("relu", 0.5, n0=3, width=8, depth=4, n_out=8)
+    s = pdlt.statistics(m, X3[:2], get=["B"])
+    assert np.array_equal(s.B, residual_b_multi(m, X3[:2]))
+    assert "B" in defined(m, 2)
+    with pytest.raises(NotImplementedError, match="V, G1 and B"):
+        pdlt.statistics(m, X3[:2], get=["F"])
+    with pytest.raises(ValueError, match="both Ks and Thetas"):
+        residual_b_multi(m, Ks=s.K)

@@ -50,7 +50,7 @@ from ._averages import LayerAverages, OneVariableTable, apply_M, representatives
 from .kernel import first_layer_kernel, kernel_fold
 from .residual_ntk import _stein_lyapunov
 
-__all__ = ["residual_vertex_metric_multi"]
+__all__ = ["residual_vertex_metric_multi", "residual_b_multi"]
 
 #: the rule one up (the split path of kinked activations stops at "high")
 _UP = {"fast": "default", "default": "high", "high": "high"}
@@ -382,3 +382,157 @@ def _mean_d2(avg, f, q):
     if e != h:
         return O[a, b]                            # <sigma'_a sigma'_b>
     return 2.0 * (D1[a, b] if e == a else D2[a, b])   # <sigma''_e sigma_other>
+
+
+# ---------------------------------------------------------------------------
+# NTK variance B at N inputs (history recursion of attachments)
+# ---------------------------------------------------------------------------
+
+def residual_b_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="default") -> np.ndarray:
+    r"""Exact N-input NTK variance ``B`` of a residual MLP at every layer, any activation.
+
+    ``B[l, a1, a2, a3, a4] = n_{l-1} E[H_{ik;a1a3} H_{ik;a2a4}]`` (i != k), the plain
+    convention of :func:`pdlt.theory.ntk.ntk_B_step`. Given the trajectories,
+    ``n E[H_{ik;a1a3} H_{ik;a2a4} | .] = beta_0 + sum_p beta^k_p sigma'_{a1} sigma'_{a2}(z_k^(p))
+    + sum_p beta^i_p sigma'_{a3} sigma'_{a4}(z_i^(p))``: the half-skip terms attach pieces to
+    one neuron, as functions of the *other* side's inputs; the recursion needs the one-neuron
+    two-depth averages ``E[sigma'_e sigma'_f(z^(l)) sigma'_g sigma'_h(z^(p))]`` (up to four
+    variables). Derivation: ``docs/derivations/residual_ntk_multi.md`` section 9. At
+    gamma = 0 it is the plain recursion; for one input
+    :func:`pdlt.theory.residual_ntk.residual_ntk_one_input`.
+
+    Parameters
+    ----------
+    mlp : MLP
+    x : array_like (N, n0), optional
+        Inputs.
+    Ks, Thetas : ndarray (L, N, N), optional
+        The infinite-width kernel and NTK at every layer instead of ``x`` (both or neither).
+    accuracy : {"fast", "default", "high"}
+
+    Returns
+    -------
+    ndarray (L, N, N, N, N)
+        ``B`` normalized by ``n_{l-1}``; layer 1 is 0.
+
+    Examples
+    --------
+    >>> import numpy as np, pdlt
+    >>> from pdlt.theory.residual_multi import residual_b_multi
+    >>> m = pdlt.MLP(n0=2, width=8, depth=3, activation="relu", C_W=1.5, gamma=0.5)
+    >>> residual_b_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
+    (3, 2, 2, 2, 2)
+    """
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    if (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
+        raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
+                         "(shape (L, N, N))")
+    if accuracy not in ("fast", "default", "high"):
+        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
+    if Ks is None:
+        K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
+        Ks, Thetas, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
+    Ks, Thetas = np.asarray(Ks, dtype=float), np.asarray(Thetas, dtype=float)
+    if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2] or \
+            Thetas.shape != Ks.shape:
+        raise ValueError(f"Ks and Thetas must have the same shape (L, N, N) with L = "
+                         f"{mlp.depth}; got {Ks.shape} and {Thetas.shape}")
+    N, L = Ks.shape[1], mlp.depth
+    reps, inv = representatives(Ks[0])
+    r2 = (slice(None), reps[:, None], reps[None, :])
+    B = _b_multi(mlp, Ks[r2], Thetas[r2], accuracy)
+    if len(reps) < N:
+        B = B[np.ix_(np.arange(L), inv, inv, inv, inv)]
+    if not np.all(np.isfinite(B)):
+        raise FloatingPointError("B overflowed; reduce the depth or initialize at criticality "
+                                 "(pdlt.criticality)")
+    return B
+
+
+def _dprime_fns(act):
+    """``(sigma', sigma'^2)`` as integrands of :func:`expect_nd` (exact pieces for ReLU)."""
+    si = act.scale_invariant if act.name != "monomial" else None
+    if si is not None:
+        return (PiecewiseMonomial(si[0], si[1], 0),
+                PiecewiseMonomial(si[0] ** 2, si[1] ** 2, 0))
+    d1 = act.d1
+    return d1, (lambda z: d1(z) ** 2)
+
+
+def _pp_two_depth(act, C, l, p, P, accuracy):
+    """``T[(ef), (gh)] = E[sigma'_e sigma'_f(z^(l)) sigma'_g sigma'_h(z^(p))]`` over pairs P."""
+    d1, d1sq = _dprime_fns(act)
+    kw = dict(kinks=act.kinks, growth=entire_growth(act))
+    T = np.empty((len(P), len(P)))
+    groups = {}
+    for u, f in enumerate(P):
+        for v, h in enumerate(P):
+            xs, ys = sorted(set(f)), sorted(set(h))
+            groups.setdefault((len(xs), len(ys)), []).append((u, v, xs, ys))
+    for (nx, ny), items in groups.items():
+        d = nx + ny
+        fs = ([d1sq] if nx == 1 else [d1, d1]) + ([d1sq] if ny == 1 else [d1, d1])
+        cov = np.empty((len(items), d, d))
+        for k, (_, _, xs, ys) in enumerate(items):
+            lay, ins = [l] * nx + [p] * ny, xs + ys
+            for i in range(d):
+                for j in range(d):
+                    cov[k, i, j] = C[lay[i], lay[j]][ins[i], ins[j]]
+        acc = _UP[accuracy] if d <= 3 else accuracy
+        vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw), dtype=float))
+        for k, (u, v, _, _) in enumerate(items):
+            T[u, v] = vals[k]
+    return T
+
+
+def _b_multi(mlp, Ks, Ths, accuracy):
+    act = mlp.activation
+    L, N = Ks.shape[0], Ks.shape[1]
+    B = np.zeros((L,) + (N,) * 4)
+    if L == 1:
+        return B
+    diag = np.einsum("lii->li", Ks)
+    if np.any(diag[:L - 1] <= 0):
+        raise ValueError("an input has zero variance; the finite-width statistics need "
+                         "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+    P, pidx = _pairs(N)
+    avg = [LayerAverages(act, Ks[m], OneVariableTable(act, diag[m].copy()), accuracy=accuracy)
+           for m in range(L - 1)]
+    a = _coefficients(mlp)
+    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    varw = np.empty((L, N, N))
+    varw[0] = Ks[0]
+    for q in range(1, L):
+        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
+    C = np.einsum("lq,mq,qab->lmab", a, a, varw)   # Cov(z^(l), z^(m)), one neuron
+    i1, i2 = np.arange(N)[:, None, None, None], np.arange(N)[None, :, None, None]
+    i3, i4 = np.arange(N)[None, None, :, None], np.arange(N)[None, None, None, :]
+    p12, p34 = pidx[i1, i2], pidx[i3, i4]          # pair index of each side, (N,)*4
+    beta0 = np.zeros((N,) * 4)
+    bk = np.zeros((L,) + (N,) * 4)     # attached to k: sigma'_{a1} sigma'_{a2}(z_k^(p))
+    bi = np.zeros((L,) + (N,) * 4)     # attached to i: sigma'_{a3} sigma'_{a4}(z_i^(p))
+    for l in range(L - 1):                          # step layer l+1 -> l+2 (0-based l)
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        cw, g, xi = CW[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+        s = avg[l].PP                               # <sigma'_e sigma'_f>_{K^(l)}
+        s12, s34 = s[i1, i2], s[i3, i4]
+        ThTh = Ths[l][i1, i3] * Ths[l][i2, i4]
+        hist_i = np.zeros((N,) * 4)
+        hist_k = np.zeros((N,) * 4)
+        for p in range(l):
+            if not (np.any(bi[p]) or np.any(bk[p])):
+                continue
+            T = _pp_two_depth(act, C, l, p, P, accuracy)
+            hist_i += bi[p] * T[p12, p34]           # sigma'_{a1a2}(l) x sigma'_{a3a4}(p) on i
+            hist_k += bk[p] * T[p34, p12]
+        chi12, chi34 = xi * xi * cw * s12 + g * g, xi * xi * cw * s34 + g * g
+        beta0 = (xi ** 4 * cw ** 2 * avg[l].quad("pppp") * ThTh
+                 + r * (chi12 * chi34 * beta0 + xi * xi * cw * (chi34 * hist_i + chi12 * hist_k)))
+        bk[:l] *= r * g * g * chi12
+        bi[:l] *= r * g * g * chi34
+        bk[l] = bi[l] = xi * xi * g * g * cw * ThTh
+        S12 = np.array([avg[p].PP[i1, i2] for p in range(l + 1)])
+        S34 = np.array([avg[p].PP[i3, i4] for p in range(l + 1)])
+        B[l + 1] = beta0 + np.sum(bk[:l + 1] * S12 + bi[:l + 1] * S34, axis=0)
+    return B
