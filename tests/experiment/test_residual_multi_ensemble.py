@@ -71,3 +71,26 @@ def test_report_rows_are_the_statistics_entries():
     r = next(r for r in rows if r.statistic.startswith("G1_01"))
     assert r.theory == th.G1[3, 0, 1]
     assert all(len(r.control_z) == 3 and np.isfinite(r.stderr) and r.stderr > 0 for r in rows)
+
+
+@pytest.mark.parametrize("act,depth,networks", [("relu", 3, 2000), ("tanh", 4, 1500)])
+def test_multi_input_ntk_variance_b_against_real_networks(act, depth, networks):
+    """N-input residual B (pdlt.theory.residual_multi.residual_b_multi) against the NTK of
+    real residual networks (torch autodiff, pdlt.experiment.Ensemble), two inputs,
+    gamma = 0.5, widths 16/32 extrapolated, every entry at layers 2..depth (the history
+    terms enter from layer 3 on) resolved to <= 50 %, the theory x0, x0.5, x2 rejected."""
+    pytest.importorskip("torch")
+    from pdlt.experiment import Ensemble
+
+    ms = []
+    for k, n in enumerate((16, 32)):
+        m = residual_mlp(act, 0.5, n0=2, width=n, depth=depth, n_out=n, lambda_b=0.5)
+        ms.append(Ensemble(m, networks=networks, seed=91 + k).measure(X2, stats=("B",),
+                                                                      progress=False)["B"])
+    theory = pdlt.statistics(m, X2, get=["B"]).B
+    ext, se, al = width_extrapolation(ms[0].mean, ms[0].stderr, ms[1].mean, ms[1].stderr)
+    idx = slice(1, depth)
+    c = powered(theory[idx].ravel(), ext[idx].ravel(), se[idx].ravel(), al[idx].ravel(),
+                label=f"residual {act} N-input B", max_resolution=0.5)
+    worst = float(np.max(c.resolution_each))
+    assert worst <= 0.5, f"residual {act} N-input B: an entry resolves only {worst:.2f}"
