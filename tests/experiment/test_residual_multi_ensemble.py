@@ -74,23 +74,26 @@ def test_report_rows_are_the_statistics_entries():
 
 
 @pytest.mark.parametrize("act,depth,networks", [("relu", 3, 2000), ("tanh", 4, 1500)])
-def test_multi_input_ntk_variance_b_against_real_networks(act, depth, networks):
-    """N-input residual B (pdlt.theory.residual_multi.residual_b_multi) against the NTK of
-    real residual networks (torch autodiff, pdlt.experiment.Ensemble), two inputs,
-    gamma = 0.5, widths 16/32 extrapolated, every entry at layers 2..depth (the history
-    terms enter from layer 3 on) resolved to <= 50 %, the theory x0, x0.5, x2 rejected."""
+def test_multi_input_ntk_b_and_f_against_real_networks(act, depth, networks):
+    """N-input residual B and F (pdlt.theory.residual_multi.residual_b_multi,
+    residual_f_multi) against the NTK of real residual networks (torch autodiff,
+    pdlt.experiment.Ensemble; one run measures both), two inputs, gamma = 0.5, widths
+    16/32 extrapolated, every entry at layers 2..depth (the history terms enter from layer 3
+    on) resolved to <= 50 %, the theory x0, x0.5, x2 rejected."""
     pytest.importorskip("torch")
     from pdlt.experiment import Ensemble
 
     ms = []
     for k, n in enumerate((16, 32)):
         m = residual_mlp(act, 0.5, n0=2, width=n, depth=depth, n_out=n, lambda_b=0.5)
-        ms.append(Ensemble(m, networks=networks, seed=91 + k).measure(X2, stats=("B",),
-                                                                      progress=False)["B"])
-    theory = pdlt.statistics(m, X2, get=["B"]).B
-    ext, se, al = width_extrapolation(ms[0].mean, ms[0].stderr, ms[1].mean, ms[1].stderr)
+        ms.append(Ensemble(m, networks=networks, seed=91 + k).measure(X2, stats=("B", "F"),
+                                                                      progress=False))
+    theory = pdlt.statistics(m, X2, get=["B", "F"])
     idx = slice(1, depth)
-    c = powered(theory[idx].ravel(), ext[idx].ravel(), se[idx].ravel(), al[idx].ravel(),
-                label=f"residual {act} N-input B", max_resolution=0.5)
-    worst = float(np.max(c.resolution_each))
-    assert worst <= 0.5, f"residual {act} N-input B: an entry resolves only {worst:.2f}"
+    for name in ("B", "F"):
+        ext, se, al = width_extrapolation(ms[0][name].mean, ms[0][name].stderr,
+                                          ms[1][name].mean, ms[1][name].stderr)
+        c = powered(getattr(theory, name)[idx].ravel(), ext[idx].ravel(), se[idx].ravel(),
+                    al[idx].ravel(), label=f"residual {act} N-input {name}", max_resolution=0.5)
+        worst = float(np.max(c.resolution_each))
+        assert worst <= 0.5, f"residual {act} N-input {name}: an entry resolves only {worst:.2f}"

@@ -22,7 +22,8 @@ import pytest
 import pdlt
 from pdlt import MLP
 from pdlt.theory.residual import residual_mlp
-from pdlt.theory.residual_multi import residual_b_multi, residual_vertex_metric_multi
+from pdlt.theory.residual_multi import (residual_b_multi, residual_f_multi,
+                                       residual_vertex_metric_multi)
 from pdlt.theory.residual_ntk import residual_ntk_one_input, residual_vertex_metric
 from pdlt.theory.statistics import defined
 
@@ -246,12 +247,61 @@ def test_b_deep_linear_residual_closed_form():
         np.testing.assert_allclose(o[l], want, rtol=1e-12, atol=0)
 
 
-def test_statistics_serves_b_at_n_inputs():
+def test_statistics_serves_b_and_f_at_n_inputs():
     m = residual_mlp("relu", 0.5, n0=3, width=8, depth=4, n_out=8)
-    s = pdlt.statistics(m, X3[:2], get=["B"])
+    s = pdlt.statistics(m, X3[:2], get=["B", "F"])
     assert np.array_equal(s.B, residual_b_multi(m, X3[:2]))
-    assert "B" in defined(m, 2)
-    with pytest.raises(NotImplementedError, match="V, G1 and B"):
-        pdlt.statistics(m, X3[:2], get=["F"])
+    assert np.array_equal(s.F, residual_f_multi(m, X3[:2]))
+    assert {"B", "F"} <= set(defined(m, 2))
+    with pytest.raises(NotImplementedError, match="V, G1, B and F"):
+        pdlt.statistics(m, X3[:2], get=["A"])
     with pytest.raises(ValueError, match="both Ks and Thetas"):
         residual_b_multi(m, Ks=s.K)
+    with pytest.raises(ValueError, match="both Ks and Thetas"):
+        residual_f_multi(m, Ks=s.K)
+
+
+# ---------------------------------------------------------------------------
+# F at N inputs (pdlt.theory.residual_multi.residual_f_multi)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
+def test_f_gamma_zero_is_the_plain_recursion(act):
+    """Unequal widths, C_b > 0, three distinct inputs: the plain fold's F (round-off)."""
+    m = MLP(n0=3, widths=(8, 12, 6), activation=act, C_W=1.4, C_b=0.1)
+    assert _rel(residual_f_multi(m, X3), pdlt.statistics(m, X3, get=["F"]).F) < 1e-12
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
+def test_f_diagonal_and_coinciding_inputs_are_the_one_input_f(act):
+    """F_(aa)(aa) of three distinct inputs is the one-input F at K_aa (the bilinear forms
+    over N-input features, the matrix-valued Stein identities and G^-1); three copies of
+    one input are copies; F[a1, a3, a2, a4] = F[a2, a4, a1, a3] (i <-> k)."""
+    m = residual_mlp(act, 0.5, n0=3, width=8, depth=4, n_out=8).with_(C_b=0.1)
+    o = residual_f_multi(m, X3)
+    K1 = pdlt.statistics(m, X3).K[0]
+    for a in range(3):
+        ref = residual_ntk_one_input(m, float(K1[a, a]), stats="F")["F"]
+        assert _rel(o[:, a, a, a, a], ref) < 1e-10
+    np.testing.assert_allclose(o, o.transpose(0, 3, 4, 1, 2), rtol=1e-12,
+                               atol=1e-14 * np.max(np.abs(o)))
+    x = X3[:1]
+    one = residual_f_multi(m, x)
+    many = residual_f_multi(m, np.repeat(x, 3, axis=0))
+    np.testing.assert_allclose(many, np.broadcast_to(one, many.shape), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu(0.2)"])
+def test_f_collinear_inputs_of_a_homogeneous_network(act):
+    """C_b = 0, lambda_b = 0, ReLU family: H scales as c_a c_b, z as c, so F of x, 2x, x/2
+    is the one-input F times c_a1 c_a2 c_a3 c_a4 (the increment covariance G is singular
+    here: its pseudo-inverse); lambda_b = 1 breaks the scaling and the comparison sees it."""
+    c = np.array([1.0, 2.0, 0.5])
+    x = c[:, None] * np.array([0.6, 0.8])[None, :]
+    cccc = np.einsum("a,b,c,d->abcd", c, c, c, c)
+    for lb, ok in ((0.0, True), (1.0, False)):
+        m = MLP(n0=2, width=8, depth=5, activation=act, C_W=1.5, C_b=0.0, gamma=0.5, xi=0.9,
+                lambda_b=lb)
+        ref = residual_ntk_one_input(m, float(pdlt.statistics(m, x).K[0][0, 0]), stats="F")["F"]
+        err = _rel(residual_f_multi(m, x), ref[:, None, None, None, None] * cccc)
+        assert (err < 1e-10) if ok else (err > 0.1)

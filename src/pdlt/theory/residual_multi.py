@@ -50,7 +50,7 @@ from ._averages import LayerAverages, OneVariableTable, apply_M, representatives
 from .kernel import first_layer_kernel, kernel_fold
 from .residual_ntk import _stein_lyapunov
 
-__all__ = ["residual_vertex_metric_multi", "residual_b_multi"]
+__all__ = ["residual_vertex_metric_multi", "residual_b_multi", "residual_f_multi"]
 
 #: the rule one up (the split path of kinked activations stops at "high")
 _UP = {"fast": "default", "default": "high", "high": "high"}
@@ -536,3 +536,207 @@ def _b_multi(mlp, Ks, Ths, accuracy):
         S34 = np.array([avg[p].PP[i3, i4] for p in range(l + 1)])
         B[l + 1] = beta0 + np.sum(bk[:l + 1] * S12 + bi[:l + 1] * S34, axis=0)
     return B
+
+
+# ---------------------------------------------------------------------------
+# NTK-preactivation correlation F at N inputs (bilinear features)
+# ---------------------------------------------------------------------------
+
+def residual_f_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="default") -> np.ndarray:
+    r"""Exact N-input ``F`` of a residual MLP at every layer, any activation.
+
+    ``F[l, a1, a3, a2, a4] = n_{l-1} E[H_{ik;a1a2} z_{i;a3} z_{k;a4}]`` (i != k;
+    ``shared/NOTATION.md``). Given the trajectories of neurons i and k,
+    ``n E[H_{ik;ab} | .] = phi(i)^T M^{ab} phi(k)`` in the features ``U_{m;c}`` (the
+    increment of layer m+1 at input c; ``U_0 = z^(1)``) and ``S_{p;(c,e)} =
+    sigma_c sigma'_e(z^(p))`` (ordered pairs), with one-neuron two-depth averages
+    ``E[sigma_c sigma'_e(z^(p)) sigma'_a sigma_d(z^(l))]``. Derivation:
+    ``docs/derivations/residual_ntk_multi.md`` section 10. At gamma = 0 it is the plain
+    recursion; for one input :func:`pdlt.theory.residual_ntk.residual_ntk_one_input`.
+
+    Parameters and returns as :func:`residual_b_multi` (``F`` normalized by ``n_{l-1}``,
+    shape (L, N, N, N, N), layer 1 is 0).
+
+    Examples
+    --------
+    >>> import numpy as np, pdlt
+    >>> from pdlt.theory.residual_multi import residual_f_multi
+    >>> m = pdlt.MLP(n0=2, width=8, depth=3, activation="relu", C_W=1.5, gamma=0.5)
+    >>> residual_f_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
+    (3, 2, 2, 2, 2)
+    """
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    if (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
+        raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
+                         "(shape (L, N, N))")
+    if accuracy not in ("fast", "default", "high"):
+        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
+    if Ks is None:
+        K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
+        Ks, Thetas, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
+    Ks, Thetas = np.asarray(Ks, dtype=float), np.asarray(Thetas, dtype=float)
+    if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2] or \
+            Thetas.shape != Ks.shape:
+        raise ValueError(f"Ks and Thetas must have the same shape (L, N, N) with L = "
+                         f"{mlp.depth}; got {Ks.shape} and {Thetas.shape}")
+    N, L = Ks.shape[1], mlp.depth
+    reps, inv = representatives(Ks[0])
+    r2 = (slice(None), reps[:, None], reps[None, :])
+    F = _f_multi(mlp, Ks[r2], Thetas[r2], accuracy)
+    if len(reps) < N:
+        F = F[np.ix_(np.arange(L), inv, inv, inv, inv)]
+    if not np.all(np.isfinite(F)):
+        raise FloatingPointError("F overflowed; reduce the depth or initialize at criticality "
+                                 "(pdlt.criticality)")
+    return F
+
+
+def _fns_sd(act):
+    """Integrands ``{"s": sigma, "d": sigma', "sd": sigma sigma'}`` for :func:`expect_nd`."""
+    si = act.scale_invariant if act.name != "monomial" else None
+    if si is not None:
+        return {"s": PiecewiseMonomial(si[0], si[1], 1), "d": PiecewiseMonomial(si[0], si[1], 0),
+                "sd": PiecewiseMonomial(si[0] ** 2, si[1] ** 2, 1)}
+    s, d1 = act.sigma, act.d1
+    return {"s": s, "d": d1, "sd": lambda z: s(z) * d1(z)}
+
+
+def _sd_two_depth(act, C, l, p, N, accuracy):
+    """``TT[c, e, a, d] = E[sigma_c sigma'_e(z^(p)) sigma'_a sigma_d(z^(l))]`` (p < l)."""
+    fn = _fns_sd(act)
+    kw = dict(kinks=act.kinks, growth=entire_growth(act))
+    groups = {}
+    for c in range(N):
+        for e in range(N):
+            for a in range(N):
+                for d in range(N):
+                    var = []          # (depth, input, name)
+                    for dep, (i_s, i_d) in ((p, (c, e)), (l, (d, a))):
+                        var += [(dep, i_s, "sd")] if i_s == i_d else [(dep, i_s, "s"),
+                                                                       (dep, i_d, "d")]
+                    names = tuple(v[2] for v in var)
+                    groups.setdefault(names, []).append(((c, e, a, d), var))
+    TT = np.empty((N,) * 4)
+    for names, items in groups.items():
+        dd = len(names)
+        cov = np.empty((len(items), dd, dd))
+        for k, (_, var) in enumerate(items):
+            for i in range(dd):
+                for j in range(dd):
+                    cov[k, i, j] = C[var[i][0], var[j][0]][var[i][1], var[j][1]]
+        acc = _UP[accuracy] if dd <= 3 else accuracy
+        vals = np.atleast_1d(np.asarray(expect_nd([fn[n] for n in names], cov, accuracy=acc,
+                                                  **kw), dtype=float))
+        for k, (ix, _) in enumerate(items):
+            TT[ix] = vals[k]
+    return TT
+
+
+def _stein_sd(avg):
+    """``J[a, c, f] = <d_f (sigma'_a sigma_c)>_K`` (one layer; sigma'' by the pointwise rule
+    of :class:`LayerAverages`: ``Mss = (D1, D2, O)``, ``<sigma''_a sigma_c> = 2 D1[a, c]``)."""
+    D1, _, O = avg.Mss
+    N = avg.N
+    J = np.zeros((N, N, N))
+    for a in range(N):
+        for c in range(N):
+            if a == c:
+                J[a, a, a] = D1[a, a]                 # <(sigma sigma')'>
+            else:
+                J[a, c, a] = 2.0 * D1[a, c]
+                J[a, c, c] = O[a, c]
+    return J
+
+
+def _f_multi(mlp, Ks, Ths, accuracy):
+    act = mlp.activation
+    L, N = Ks.shape[0], Ks.shape[1]
+    F = np.zeros((L,) + (N,) * 4)
+    if L == 1:
+        return F
+    diag = np.einsum("lii->li", Ks)
+    if np.any(diag[:L - 1] <= 0):
+        raise ValueError("an input has zero variance; the finite-width statistics need "
+                         "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+    avg = [LayerAverages(act, Ks[m], OneVariableTable(act, diag[m].copy()), accuracy=accuracy)
+           for m in range(L - 1)]
+    a = _coefficients(mlp)
+    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    varw = np.empty((L, N, N))
+    varw[0] = Ks[0]
+    for q in range(1, L):
+        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
+    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
+    J = [_stein_sd(av) for av in avg]
+    nU = L * N
+    Fd = nU + L * N * N
+
+    def U(m):
+        return slice(m * N, (m + 1) * N)
+
+    def S(p):
+        return slice(nU + p * N * N, nU + (p + 1) * N * N)
+
+    M = np.zeros((N, N, Fd, Fd))
+    for l in range(L - 1):                          # step layer l+1 -> l+2 (0-based l)
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        cw, g, xi = CW[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+        # E[W_ij | u_i] = c sigma_j^T G^+ u_i (u lies in the range of G, the increment's
+        # covariance; G is singular for collinear inputs of a homogeneous network)
+        Gi = np.linalg.pinv(varw[l + 1], hermitian=True)
+        Th = Ths[l]
+        # e[a, c, alpha] = E[phi_alpha sigma'_a sigma_c(z^(l))] (one neuron)
+        E = np.zeros((N, N, Fd))
+        for m in range(l + 1):
+            E[:, :, U(m)] = a[l, m] * np.einsum("df,acf->acd", varw[m], J[l])
+        for p in range(l):
+            if np.any(C[l, p] != 0.0):
+                TT = _sd_two_depth(act, C, l, p, N, accuracy)          # [c, e, a, d]
+            else:       # independent depths (a gamma = 0 between them): products
+                TT = np.einsum("ce,da->cead", _pair_sd(avg[p]), _pair_sd(avg[l]))
+            E[:, :, S(p)] = TT.transpose(2, 3, 0, 1).reshape(N, N, N * N)
+        eMi = np.einsum("acx,abxy->abcy", E, M)     # (e^{ac})^T M^{ab}
+        Mek = np.einsum("abxy,bcy->abcx", M, E)     # M^{ab} e^{bc}
+        eMe = np.einsum("abcy,bdy->abcd", eMi, E)
+        Q4 = avg[l].quad("ppss")                    # <sigma'_a sigma'_b sigma_c sigma_d>
+        M = r * g * g * M
+        mix = xi * xi * cw * cw * (Q4 * Th[:, :, None, None] + r * eMe)
+        M[:, :, U(l + 1), U(l + 1)] += np.einsum("abcd,ce,df->abef", mix, Gi, Gi)
+        if g != 0.0:
+            k = xi * g * cw
+            # U_{l+1} (i side) x S_{l;(c, a)} (k side), and the mirror S_{l;(c, b)} x U_{l+1}
+            for a_ in range(N):
+                for b_ in range(N):
+                    for c in range(N):
+                        M[a_, b_, U(l + 1), nU + l * N * N + c * N + a_] += k * Th[a_, b_] * Gi[c]
+                        M[a_, b_, nU + l * N * N + c * N + b_, U(l + 1)] += k * Th[a_, b_] * Gi[c]
+            M[:, :, U(l + 1), :] += k * r * np.einsum("cu,abcy->abuy", Gi, eMi)
+            M[:, :, :, U(l + 1)] += k * r * np.einsum("cu,abcx->abxu", Gi, Mek)
+        # readout at layer l+1: v[y, alpha] = E[phi_alpha z^(l+1)_y]
+        v = np.zeros((N, Fd))
+        for m in range(l + 2):
+            v[:, U(m)] = a[l + 1, m] * varw[m].T
+        for p in range(l + 1):
+            # E[sigma_c sigma'_e(z^(p)) z_y] = sum_f C[l+1, p][y, f] J_p[e, c, f]
+            v[:, S(p)] = np.einsum("yf,ecf->yce", C[l + 1, p], J[p]).reshape(N, N * N)
+        # F[x, y, u, w] = v[y] . M^{xu} . v[w]
+        F[l + 1] = np.einsum("ya,xuab,wb->xyuw", v, M, v)
+    return F
+
+
+def _pair_sd(avg):
+    """``<sigma_c sigma'_e>_K`` as [c, e] (one layer)."""
+    fn = _fns_sd(avg.act)
+    N = avg.N
+    out = np.empty((N, N))
+    K = avg.K
+    kw = dict(kinks=avg.act.kinks, growth=entire_growth(avg.act))
+    for c in range(N):
+        for e in range(N):
+            if c == e:
+                out[c, e] = float(expect_nd([fn["sd"]], K[[c]][:, [c]], accuracy="high", **kw))
+            else:
+                out[c, e] = float(expect_nd([fn["s"], fn["d"]], K[np.ix_([c, e], [c, e])],
+                                            accuracy="high", **kw))
+    return out
