@@ -17,12 +17,15 @@ XB = np.array([[0.3, -0.7]])
 
 
 def _mlp(n_out, act):
-    # scalar gamma: residual in every layer l >= 2 with n_{l-1} == n_l (the output too iff n_out == 4)
-    return pdlt.MLP(2, width=4, depth=3, n_out=n_out, gamma=0.5, activation=act, C_W=1.0, C_b=0.1)
+    # scalar gamma: residual in every layer l >= 2 with n_{l-1} == n_l (the output layer
+    # too iff n_out == 4)
+    return pdlt.MLP(2, width=4, depth=3, n_out=n_out, gamma=0.5, activation=act, C_W=1.0,
+                    C_b=0.1)
 
 
 def _kappa3_out(mlp):
-    return float(np.asarray(pdlt.statistics(mlp, XA[:1], get=("kappa3",)).kappa3).reshape(3, -1)[-1, 0])
+    k3 = pdlt.statistics(mlp, XA[:1], get=("kappa3",)).kappa3
+    return float(np.asarray(k3).reshape(3, -1)[-1, 0])
 
 
 def test_residual_output_with_non_odd_activation_is_refused():

@@ -228,8 +228,9 @@ def test_b_collinear_inputs_of_a_homogeneous_network(act):
 def test_b_deep_linear_residual_closed_form():
     """sigma linear, C_b = 0, lambda_b = 0: Theta = theta_l x x^T / n0, and every two-depth
     average is 1, so B = b_l Theta_a1a3 Theta_a2a4 / theta_l^2 with the one-input scalar
-    recursion b' = xi^4 C_W^2 th^2 + chi^2 b + 2 xi^2 C_W chi h, h' = gamma^2 chi h + xi^2 gamma^2 C_W th^2,
-    B = b + 2 h (attachments h, each averaged with <sigma'^2> = 1)."""
+    recursion b' = xi^4 C_W^2 th^2 + chi^2 b + 2 xi^2 C_W chi h,
+    h' = gamma^2 chi h + xi^2 gamma^2 C_W th^2, B = b + 2 h (attachments h, each averaged
+    with <sigma'^2> = 1)."""
     gamma, xi, C_W, L = 0.6, 1.1, 0.7, 6
     m = MLP(n0=3, width=16, depth=L, n_out=16, activation="linear", C_W=C_W, C_b=0.0,
             gamma=gamma, xi=xi, lambda_b=0.0)
