@@ -61,15 +61,17 @@ def test_report_rows_are_the_statistics_entries():
     entry at the last layer, theory = pdlt.statistics, keys of the summary table."""
     from pdlt.report.residual import residual_multi_rows
 
-    rows = residual_multi_rows(("tanh",), networks=400, seed=3)
-    assert len(rows) == 6 + 3
-    assert {r.key for r in rows} == {"residual V (N inputs)", "residual G1 (N inputs)"}
-    th = pdlt.statistics(residual_mlp("tanh", 0.5, n0=2, width=32, depth=4, n_out=32), X2,
-                         get=["V", "G1"])
-    r = next(r for r in rows if r.statistic.startswith("V_(00)(11)"))
-    assert r.theory == th.V[3, 0, 0, 1, 1] and r.layer == 4 and r.width == 32
-    r = next(r for r in rows if r.statistic.startswith("G1_01"))
-    assert r.theory == th.G1[3, 0, 1]
+    pytest.importorskip("torch")
+    rows = residual_multi_rows(("tanh",), networks=400, seed=3, ntk_networks=60)
+    # V: pairs (ab) <= (cd); G1: a <= b; B, F: one per orbit of their symmetries
+    assert len(rows) == 6 + 3 + 7 + 10
+    assert {r.key for r in rows} == {f"residual {k} (N inputs)" for k in ("V", "G1", "B", "F")}
+    th = pdlt.statistics(residual_mlp("tanh", 0.5, n0=2, width=32, depth=4, n_out=32,
+                                      lambda_b=0.5), X2, get=["V", "G1", "B", "F"])
+    for lab, want in (("V_(00)(11)", th.V[3, 0, 0, 1, 1]), ("G1_01", th.G1[3, 0, 1]),
+                      ("B_(01)(10)", th.B[3, 0, 1, 1, 0]), ("F[0,0,1,1]", th.F[3, 0, 0, 1, 1])):
+        r = next(r for r in rows if r.statistic.startswith(lab))
+        assert r.theory == want and r.layer == 4 and r.width == 32
     assert all(len(r.control_z) == 3 and np.isfinite(r.stderr) and r.stderr > 0 for r in rows)
 
 

@@ -872,7 +872,7 @@ def _moment_controls(z, mu, Sig):
 
 
 def residual_multi_rows(activations=("relu", "tanh"), gamma=0.5, *, x=((1.0, 0.0), (0.6, 0.8)),
-                        widths=(16, 32), depth=4, networks=16000, seed=71):
+                        widths=(16, 32), depth=4, networks=16000, seed=71, ntk_networks=0):
     """Rows: the N-input residual V and G1 against real residual networks, last layer.
 
     For each activation a residual MLP at residual criticality
@@ -886,8 +886,16 @@ def residual_multi_rows(activations=("relu", "tanh"), gamma=0.5, *, x=((1.0, 0.0
     (off-diagonal entries included), keys ``"residual V (N inputs)"`` and
     ``"residual G1 (N inputs)"``.
 
+    ``ntk_networks > 0`` adds the NTK statistics B and F (:func:`residual_b_multi
+    <pdlt.theory.residual_multi.residual_b_multi>`, ``residual_f_multi``) measured on that
+    many real networks per width (torch autodiff NTK, :class:`pdlt.experiment.Ensemble`,
+    ``lambda_b = 0.5``), extrapolated and allowed for the same way, one row per entry up to
+    the symmetries (B: ``(a1a2)(a3a4) = (a2a1)(a4a3) = (a3a4)(a1a2)``; F: the i <-> k swap),
+    keys ``"residual B (N inputs)"``, ``"residual F (N inputs)"``.
+
     Cost: two ensembles of ``networks`` numpy networks per activation (N = 2, depth 4,
-    widths 16/32, 16000 networks: ~3.5 CPU s per activation).
+    widths 16/32, 16000 networks: ~3.5 CPU s per activation); B and F at 4000 networks
+    ~10 CPU s per activation (needs torch).
 
     Returns
     -------
@@ -919,4 +927,42 @@ def residual_multi_rows(activations=("relu", "tanh"), gamma=0.5, *, x=((1.0, 0.0
                                      f"2m({widths[1]})-m({widths[0]}))", act, widths[1], L,
                                      float(t[ix]), float(ext[ix]), float(se[ix]),
                                      float(al[ix]), key=f"residual {name} (N inputs)"))
+        if ntk_networks > 0:
+            rows += _residual_multi_ntk_rows(act, gamma, x, widths, L, ntk_networks, seed + 2)
+    return rows
+
+
+def _residual_multi_ntk_rows(act, gamma, x, widths, L, networks, seed):
+    """B and F rows of :func:`residual_multi_rows` (last layer, one row per orbit)."""
+    import itertools
+
+    import pdlt
+
+    from ..experiment import Ensemble
+    from ..theory.residual import residual_mlp
+    from .rows import make_row, width_extrapolation
+
+    N = x.shape[0]
+    ms = []
+    for k, n in enumerate(widths):
+        m = residual_mlp(act, gamma, n0=x.shape[1], width=n, depth=L, n_out=n, lambda_b=0.5)
+        ms.append(Ensemble(m, networks=networks, seed=seed + k).measure(
+            x, stats=("B", "F"), layers=[L], progress=False))
+    th = pdlt.statistics(m, x, get=["B", "F"])
+    orbit = {"B": lambda q: (q, (q[1], q[0], q[3], q[2]), (q[2], q[3], q[0], q[1]),
+                             (q[3], q[2], q[1], q[0])),
+             "F": lambda q: (q, (q[2], q[3], q[0], q[1]))}
+    rows = []
+    for name in ("B", "F"):
+        e = [ms[i].layer(L)[name] for i in range(2)]
+        ext, se, al = width_extrapolation(e[0].mean, e[0].stderr, e[1].mean, e[1].stderr)
+        t = getattr(th, name)[L - 1]
+        for q in itertools.product(range(N), repeat=4):
+            if min(orbit[name](q)) != q:
+                continue
+            lab = ("B_(%d%d)(%d%d)" % q) if name == "B" else ("F[%d,%d,%d,%d]" % q)
+            rows.append(make_row(f"{lab} (gamma={gamma:g}, {N} inputs, "
+                                 f"2m({widths[1]})-m({widths[0]}))", act, widths[1], L,
+                                 float(t[q]), float(ext[q]), float(se[q]), float(al[q]),
+                                 key=f"residual {name} (N inputs)"))
     return rows
