@@ -123,7 +123,7 @@ def test_deep_linear_residual_closed_form(gamma, xi):
 def _truncated_single(m, K1):
     """The single-input residual recursion without the two-depth terms beyond kappa3
     (one_input_oracles.residual_vertex / residual_metric): what the N-input residual flow
-    computes."""
+    computed before pdlt.theory.residual_multi)."""
     f = flow(m, K1=K1)
     V, G1 = [0.0], [0.0]
     for l in range(1, m.depth):
@@ -133,26 +133,22 @@ def _truncated_single(m, K1):
     return np.array(V), np.array(G1)
 
 
-def test_multi_input_diagonal_matches_single_input_tanh():
-    """The N-input residual flow (odd sigma) is the truncated recursion: its diagonal equals
-    the truncated single-input one; the exact single-input V differs (p >= 4 Hermite terms)."""
-    m = MLP(n0=2, width=16, depth=4, activation="tanh", C_W=0.7, C_b=0.1, gamma=0.5)
+@pytest.mark.parametrize("act,C_W", [("tanh", 0.7), ("relu", 1.5)])
+def test_multi_input_diagonal_matches_single_input(act, C_W):
+    """The N-input residual flow is exact (pdlt.theory.residual_multi, any activation): its
+    diagonal equals the exact single-input V, G1; the three-point truncation it used before
+    (odd sigma only) differs at layer 3 (p >= 4 Hermite terms). More in test_residual_multi.py."""
+    m = MLP(n0=2, width=16, depth=4, activation=act, C_W=C_W, C_b=0.1, gamma=0.5)
     f2 = finite_width_flow(m, X2[:2])
     for a in range(2):
-        V, G1 = _truncated_single(m, f2.K[0, a, a])
-        np.testing.assert_allclose(f2["V"][:, a, a, a, a], V, rtol=1e-9, atol=1e-14)
-        np.testing.assert_allclose(f2["G1"][:, a, a], G1, rtol=1e-9, atol=1e-14)
-        exact = finite_width_flow(m, K1=f2.K[0, a, a])["V"]
-        assert abs(exact[2] / V[2] - 1) > 1e-3     # the truncation is visible at layer 3
+        exact = finite_width_flow(m, K1=f2.K[0, a, a])
+        np.testing.assert_allclose(f2["V"][:, a, a, a, a], exact["V"], rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(f2["G1"][:, a, a], exact["G1"], rtol=1e-10, atol=1e-14)
+        V, _ = _truncated_single(m, f2.K[0, a, a])
+        assert abs(exact["V"][2] / V[2] - 1) > 1e-3     # the truncation is visible at layer 3
     V = f2["V"][-1]
     np.testing.assert_allclose(V, V.transpose(1, 0, 2, 3), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(V, V.transpose(2, 3, 0, 1), rtol=1e-12, atol=1e-15)
-
-
-def test_multi_input_residual_non_odd_activation_raises():
-    m = MLP(n0=2, width=16, depth=3, activation="relu", C_W=1.5, gamma=0.5)
-    with pytest.raises(NotImplementedError, match="three-point function.*K1="):
-        finite_width_flow(m, X2[:2])
 
 
 # ---------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def test_ntk_fluctuation_flow_serves_what_is_derived():
     with pytest.raises(NotImplementedError, match="R, S, T, U not derived"):
         ntk_fluctuation_flow(m, K1=1.0)
     with pytest.raises(NotImplementedError, match="N-input"):
-        ntk_fluctuation_flow(m, np.ones((2, 1)), stats="B")
+        ntk_fluctuation_flow(m, np.ones((2, 1)), stats="A")
 
 
 def test_slopes_reduce_to_the_plain_ones_and_exceed_the_three_point_form():

@@ -322,6 +322,13 @@ def finite_width_posterior(mlp, X_train, y_train, X_test, noise=0.0, *, accuracy
         ``mean`` (M, n_out), ``cov`` ((M, M) for one output), and the
         infinite-width (NNGP) ``mean_infinite_width``, ``cov_infinite_width``.
 
+    Raises
+    ------
+    NotImplementedError
+        If the output layer is residual (``gamma[L-1] != 0``) and the
+        activation is not odd: the output's O(1/n) three-point function is
+        not included.
+
     Examples
     --------
     >>> import numpy as np, pdlt
@@ -338,6 +345,17 @@ def finite_width_posterior(mlp, X_train, y_train, X_test, noise=0.0, *, accuracy
     mlp, X_train, y2, X_test, noise = _mlp_data(mlp, X_train, y_train, X_test, noise)
     if X_test.shape[0] == 0:
         raise ValueError("X_test must have at least one row")
+    if mlp.gamma[-1] != 0.0:
+        from ..theory._averages import is_odd
+        if not is_odd(mlp.activation):
+            # z^(L) = xi [b + W sigma] + gamma z^(L-1) keeps an O(1/n) three-point function
+            # for a non-odd sigma, which shifts the posterior at the same order as V
+            raise NotImplementedError(
+                f"the output layer is residual (gamma[{mlp.depth - 1}] = {mlp.gamma[-1]:g}) and "
+                f"the activation {mlp.activation.name!r} is not odd: the output then has an "
+                "O(1/n) three-point function, which this posterior does not include. Use a "
+                f"plain output layer (gamma[{mlp.depth - 1}] = 0, e.g. a scalar gamma with "
+                "n_out != width) or an odd activation (tanh, linear)")
     x = np.vstack([X_train, X_test])
     st = statistics(mlp, x, get=("V", "G1"), accuracy=accuracy)
     n = mlp.widths[mlp.depth - 1]

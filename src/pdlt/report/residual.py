@@ -734,3 +734,235 @@ def residual_aspect_ratio_figure(activations=("relu", "gelu"), gammas=None, *, n
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return fig, data
+
+
+def residual_multi_measure(mlp, x, networks, seed=0, *, chunk=2000, folds=2):
+    r"""N-input V and G1 per layer of real residual MLPs (numpy), with zero-mean controls.
+
+    Draws ``networks`` i.i.d. networks ``z' = xi [b + W sigma(z)] + gamma z``
+    (``Var W = C_W / n``, ``Var b = C_b``; numpy, float64, generator ``seed``) at the inputs
+    ``x`` (N, n0) and estimates, at every layer l >= 2 (equal widths ``n_1 = ... = n_L``:
+    neuron i of a layer continues neuron i):
+
+    * ``E[z_a z_b]`` by its conditional mean given layer l-1 (Rao-Blackwell),
+      ``qhat_l = xi^2 (C_b + C_W s_{l-1}) + gamma^2 q_{l-1}`` (``s = mean_j sigma sigma^T``,
+      ``q = mean_i z z^T``);
+    * the pair term ``E[z_ia z_ib z_jc z_jd]`` (i != j) by its conditional mean
+      ``(n^2 Abar_ab Abar_cd - sum_i A_i,ab A_i,cd) / (n (n - 1))``,
+      ``A_i = xi^2 Ghat + gamma^2 y_i y_i^T`` (y: layer l-1);
+
+    each minus control variates with mean exactly zero: for every earlier layer m and every
+    monomial ``P`` of degree 1..4 in the inputs, ``mean_i [P(z_i^(m)) - E[P(z_i^(m)) | m-1]]``
+    (given layer m-1 a neuron is Gaussian with mean ``gamma y_i`` and covariance
+    ``xi^2 Ghat``, so the conditional moments are exact polynomials: Isserlis; degree 2 is
+    ``e_m = q_m - qhat_m``), and ``d_1 = s_1 - <sigma sigma>_{K^(1)}`` (all pairs), with
+    least-squares coefficients
+    cross-fitted over ``folds`` blocks (each block's coefficients come from the other
+    blocks, so every block keeps its mean exactly). Then ``G1 = n_{l-1} (E[qhat] - K)``
+    (against the infinite-width K) and ``V_{(ab)(cd)} = n_{l-1} [E(pair) - E(q_ab) E(q_cd)]``
+    (stderr by the delta method; the product's O(1/networks) bias is far below it).
+
+    Returns
+    -------
+    dict
+        ``"G1"``: (mean (L, N, N), stderr (L, N, N)); ``"V"``: (mean (L, N, N, N, N),
+        stderr); layer 1 entries are 0.
+    """
+    from ..theory._averages import LayerAverages, OneVariableTable
+    from ..theory.statistics import statistics
+
+    x = np.atleast_2d(np.asarray(x, float))
+    N, L = len(x), mlp.depth
+    w = mlp.widths
+    if len(set(w[1:])) != 1:
+        raise ValueError(f"residual_multi_measure needs equal widths n_1 = ... = n_L; got {w}")
+    act = mlp.activation
+    Ks = statistics(mlp, x).K
+    S1 = LayerAverages(act, Ks[0], OneVariableTable(act, np.diag(Ks[0]).copy())).S
+    rng = np.random.default_rng(seed)
+    iu = np.triu_indices(N)
+    Q, PP, Fe = [[] for _ in range(L)], [[] for _ in range(L)], [[] for _ in range(L)]
+    for start in range(0, networks, chunk):
+        M = min(chunk, networks - start)
+        W = rng.normal(size=(M, w[1], w[0])) * np.sqrt(mlp.C_W[0] / w[0])
+        b = rng.normal(size=(M, w[1], 1)) * np.sqrt(mlp.C_b[0])
+        z = W @ x.T + b                                         # (M, n, N)
+        sz = act.sigma(z)
+        s = np.einsum("min,mip->mnp", sz, sz) / w[1]
+        Fe[0].append(np.concatenate([
+            _moment_controls(z, np.zeros_like(z), np.broadcast_to(Ks[0], (M, N, N))),
+            (s - S1)[:, iu[0], iu[1]]], axis=1))
+        for l in range(1, L):
+            xi, g, CW, Cb, n = mlp.xi[l], mlp.gamma[l], mlp.C_W[l], mlp.C_b[l], w[l]
+            G = Cb + CW * np.einsum("min,mip->mnp", sz, sz) / n
+            A = xi * xi * G[:, None] + g * g * np.einsum("min,mip->minp", z, z)   # (M, n, N, N)
+            qhat = A.mean(1)
+            Q[l].append(qhat)
+            sA = A.sum(1)
+            PP[l].append((np.einsum("mab,mcd->mabcd", sA, sA)
+                          - np.einsum("miab,micd->mabcd", A, A)) / (n * (n - 1)))
+            if l == L - 1:
+                break
+            W = rng.normal(size=(M, n, n)) * np.sqrt(CW / n)
+            b = rng.normal(size=(M, n, 1)) * np.sqrt(Cb)
+            mu = g * z
+            z = xi * (W @ sz + b) + mu
+            sz = act.sigma(z)
+            Fe[l].append(_moment_controls(z, mu, xi * xi * G))
+    out = {"G1": (np.zeros((L, N, N)), np.zeros((L, N, N))),
+           "V": (np.zeros((L,) + (N,) * 4), np.zeros((L,) + (N,) * 4))}
+    edges = np.linspace(0, networks, int(folds) + 1).astype(int)
+    for l in range(1, L):
+        X = np.concatenate([np.concatenate(Fe[m]) for m in range(l)], axis=1)
+        y = np.concatenate(Q[l]).reshape(networks, -1)
+        p = np.concatenate(PP[l]).reshape(networks, -1)
+        T = np.concatenate([y, p], axis=1)
+        Tc = np.empty_like(T)
+        for f in range(int(folds)):
+            inb = np.zeros(networks, dtype=bool)
+            inb[edges[f]:edges[f + 1]] = True
+            Xo, To = X[~inb], T[~inb]
+            Xo = Xo - Xo.mean(0)
+            # least squares by the (small) normal equations
+            beta, *_ = np.linalg.lstsq(Xo.T @ Xo, Xo.T @ (To - To.mean(0)), rcond=None)
+            Tc[inb] = T[inb] - X[inb] @ beta           # E[X] = 0 exactly: mean kept
+        y = Tc[:, :N * N].reshape(networks, N, N)
+        p = Tc[:, N * N:].reshape((networks,) + (N,) * 4)
+        n = mlp.fan_in(l + 1)
+        my = y.mean(0)
+        out["G1"][0][l] = n * (my - Ks[l])
+        out["G1"][1][l] = n * y.std(0, ddof=1) / np.sqrt(networks)
+        psi = n * (p - np.einsum("mab,cd->mabcd", y, my) - np.einsum("ab,mcd->mabcd", my, y))
+        out["V"][0][l] = n * (p.mean(0) - np.einsum("ab,cd->abcd", my, my))
+        out["V"][1][l] = psi.std(0, ddof=1) / np.sqrt(networks)
+    return out
+
+
+def _moment_controls(z, mu, Sig):
+    """``mean_i [P(z_i) - E P]`` for every monomial P of degree 1..4 in the N inputs.
+
+    ``z`` (M, n, N) with ``z_i ~ N(mu_i, Sig)`` given the previous layer (``mu`` (M, n, N),
+    ``Sig`` (M, N, N)); ``E P`` by expanding ``z = mu + eps`` (Isserlis for eps).
+    Returns (M, F), mean exactly zero.
+    """
+    import itertools
+
+    N = z.shape[-1]
+    cols = []
+    for d in range(1, 5):
+        for idx in itertools.combinations_with_replacement(range(N), d):
+            val = np.prod([z[..., k] for k in idx], axis=0)
+            mean = np.zeros(z.shape[:-1])
+            for r in (0, 2, 4):
+                for S in itertools.combinations(range(d), r):
+                    rest = [idx[j] for j in range(d) if j not in S]
+                    part = np.prod([mu[..., k] for k in rest], axis=0) if rest else 1.0
+                    e = [idx[j] for j in S]
+                    if r == 0:
+                        m = 1.0
+                    elif r == 2:
+                        m = Sig[:, None, e[0], e[1]]
+                    else:
+                        a, b, c, f = e
+                        m = (Sig[:, None, a, b] * Sig[:, None, c, f] + Sig[:, None, a, c]
+                             * Sig[:, None, b, f] + Sig[:, None, a, f] * Sig[:, None, b, c])
+                    mean = mean + part * m
+            cols.append((val - mean).mean(1))
+    return np.stack(cols, axis=1)
+
+
+def residual_multi_rows(activations=("relu", "tanh"), gamma=0.5, *, x=((1.0, 0.0), (0.6, 0.8)),
+                        widths=(16, 32), depth=4, networks=16000, seed=71, ntk_networks=0):
+    """Rows: the N-input residual V and G1 against real residual networks, last layer.
+
+    For each activation a residual MLP at residual criticality
+    (:func:`pdlt.theory.residual.residual_mlp`, ``n_out = width`` so every layer l >= 2 is
+    residual) at the inputs ``x`` (N, n0), measured by :func:`residual_multi_measure` at
+    the two widths (independent seeds) and extrapolated, ``2 m(2n) - m(n)`` with the
+    measured allowance ``|m(2n) - m(n)|/2`` (:func:`pdlt.report.rows.width_extrapolation`),
+    against :func:`pdlt.statistics` (exact N-input V, G1:
+    :mod:`pdlt.theory.residual_multi`). One row per distinct entry at layer ``depth``:
+    ``V_(ab)(cd)`` over unordered pairs ``(ab) <= (cd)``, ``G1_ab`` over ``a <= b``
+    (off-diagonal entries included), keys ``"residual V (N inputs)"`` and
+    ``"residual G1 (N inputs)"``.
+
+    ``ntk_networks > 0`` adds the NTK statistics B and F (:func:`residual_b_multi
+    <pdlt.theory.residual_multi.residual_b_multi>`, ``residual_f_multi``) measured on that
+    many real networks per width (torch autodiff NTK, :class:`pdlt.experiment.Ensemble`,
+    ``lambda_b = 0.5``), extrapolated and allowed for the same way, one row per entry up to
+    the symmetries (B: ``(a1a2)(a3a4) = (a2a1)(a4a3) = (a3a4)(a1a2)``; F: the i <-> k swap),
+    keys ``"residual B (N inputs)"``, ``"residual F (N inputs)"``.
+
+    Cost: two ensembles of ``networks`` numpy networks per activation (N = 2, depth 4,
+    widths 16/32, 16000 networks: ~3.5 CPU s per activation); B and F at 4000 networks
+    ~10 CPU s per activation (needs torch).
+
+    Returns
+    -------
+    list of :class:`pdlt.report.rows.Row`
+    """
+    import pdlt
+
+    from ..theory.residual import residual_mlp
+    from .rows import make_row, width_extrapolation
+
+    x = np.atleast_2d(np.asarray(x, float))
+    N, L = x.shape[0], depth
+    pairs = [(a, b) for a in range(N) for b in range(a, N)]
+    rows = []
+    for act in activations:
+        ms = []
+        for k, n in enumerate(widths):
+            m = residual_mlp(act, gamma, n0=x.shape[1], width=n, depth=L, n_out=n)
+            ms.append(residual_multi_measure(m, x, networks, seed=seed + k))
+        th = pdlt.statistics(m, x, get=["V", "G1"])
+        for name, idx in (("V", [p + q for i, p in enumerate(pairs) for q in pairs[i:]]),
+                          ("G1", pairs)):
+            ext, se, al = width_extrapolation(ms[0][name][0][L - 1], ms[0][name][1][L - 1],
+                                              ms[1][name][0][L - 1], ms[1][name][1][L - 1])
+            t = getattr(th, name)[L - 1]
+            for ix in idx:
+                lab = ("V_(%d%d)(%d%d)" % ix) if name == "V" else ("G1_%d%d" % ix)
+                rows.append(make_row(f"{lab} (gamma={gamma:g}, {N} inputs, "
+                                     f"2m({widths[1]})-m({widths[0]}))", act, widths[1], L,
+                                     float(t[ix]), float(ext[ix]), float(se[ix]),
+                                     float(al[ix]), key=f"residual {name} (N inputs)"))
+        if ntk_networks > 0:
+            rows += _residual_multi_ntk_rows(act, gamma, x, widths, L, ntk_networks, seed + 2)
+    return rows
+
+
+def _residual_multi_ntk_rows(act, gamma, x, widths, L, networks, seed):
+    """B and F rows of :func:`residual_multi_rows` (last layer, one row per orbit)."""
+    import itertools
+
+    import pdlt
+
+    from ..experiment import Ensemble
+    from ..theory.residual import residual_mlp
+    from .rows import make_row, width_extrapolation
+
+    N = x.shape[0]
+    ms = []
+    for k, n in enumerate(widths):
+        m = residual_mlp(act, gamma, n0=x.shape[1], width=n, depth=L, n_out=n, lambda_b=0.5)
+        ms.append(Ensemble(m, networks=networks, seed=seed + k).measure(
+            x, stats=("B", "F"), layers=[L], progress=False))
+    th = pdlt.statistics(m, x, get=["B", "F"])
+    orbit = {"B": lambda q: (q, (q[1], q[0], q[3], q[2]), (q[2], q[3], q[0], q[1]),
+                             (q[3], q[2], q[1], q[0])),
+             "F": lambda q: (q, (q[2], q[3], q[0], q[1]))}
+    rows = []
+    for name in ("B", "F"):
+        e = [ms[i].layer(L)[name] for i in range(2)]
+        ext, se, al = width_extrapolation(e[0].mean, e[0].stderr, e[1].mean, e[1].stderr)
+        t = getattr(th, name)[L - 1]
+        for q in itertools.product(range(N), repeat=4):
+            if min(orbit[name](q)) != q:
+                continue
+            lab = ("B_(%d%d)(%d%d)" % q) if name == "B" else ("F[%d,%d,%d,%d]" % q)
+            rows.append(make_row(f"{lab} (gamma={gamma:g}, {N} inputs, "
+                                 f"2m({widths[1]})-m({widths[0]}))", act, widths[1], L,
+                                 float(t[q]), float(ext[q]), float(se[q]), float(al[q]),
+                                 key=f"residual {name} (N inputs)"))
+    return rows

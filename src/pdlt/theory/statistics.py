@@ -172,16 +172,15 @@ def defined(mlp, n_inputs=1):
     """The statistics :func:`statistics` can compute for ``mlp`` and this many inputs.
 
     Plain MLPs: all of :data:`NAMES` except R when sigma'' jumps at a kink
-    (elu with alpha != 1). Residual MLPs: K, Theta, chi's, V, G1, and for one
-    input also kappa3, A, B, D, F, H1, P, Q; N inputs of a residual MLP with a non-odd
-    activation: the infinite-width ones only.
+    (elu with alpha != 1). Residual MLPs: K, Theta, chi's, V, G1, B, F, and for one
+    input also kappa3, A, D, H1, P, Q.
     """
     from ._averages import jumps_in_d2
     if not mlp.is_residual:
         return tuple(n for n in NAMES if not (n == "R" and jumps_in_d2(mlp.activation)))
     if n_inputs == 1:
         return INFINITE_WIDTH + ("V", "G1", "kappa3", "A", "B", "D", "F", "P", "Q", "H1")
-    return INFINITE_WIDTH + (("V", "G1") if is_odd(mlp.activation) else ())
+    return INFINITE_WIDTH + ("V", "G1", "B", "F")
 
 
 def _parse_get(get, mlp, n_inputs):
@@ -203,27 +202,28 @@ def _parse_get(get, mlp, n_inputs):
 # order 1/n
 # ---------------------------------------------------------------------------
 
-def _residual_given(mlp, need, K, Theta, single):
+def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
     """Residual MLPs: what is derived, and the exact one-input statistics."""
     allowed = {"V", "G1"} | ({"kappa3", "A", "B", "D", "F", "P", "Q", "H1"} if single
-                             else set())
+                             else {"B", "F"})
     missing = sorted(need - allowed, key=NAMES.index)
     if missing:
         raise NotImplementedError(
             f"residual MLPs (gamma != 0 or xi != 1): {', '.join(missing)} not derived "
             + ("(one input: V, G1, kappa3, A, B, D, F, P, Q, H1 are; pdlt.theory.residual_ntk)"
-               if single else "for N inputs (N-input residual MLPs: V and G1 for odd "
-                              "activations; one input: V, G1, kappa3, A, B, D, F, P, Q, H1)"))
-    if not single:
-        if not is_odd(mlp.activation):
-            raise NotImplementedError(
-                f"the N-input finite-width statistics of a residual MLP with the non-odd "
-                f"activation {mlp.activation.name!r} are not derived: they need the O(1/n) "
-                "three-point function as an N-input tensor and one neuron's averages at two "
-                "depths over the inputs. Use K1= per input (exact), an odd activation (tanh, "
-                "erf, sin, linear; N-input V, G1 then keep the leading two-depth terms), or "
-                "gamma = 0")
-        return {}
+               if single else "for N inputs (N-input residual MLPs: V, G1, B and F, "
+                              "pdlt.theory.residual_multi; one input: V, G1, kappa3, A, B, D, "
+                              "F, P, Q, H1)"))
+    if not single:      # exact N-input V, G1, B, F, any activation (pdlt.theory.residual_multi)
+        from .residual_multi import (residual_b_multi, residual_f_multi,
+                                     residual_vertex_metric_multi)
+        given = (residual_vertex_metric_multi(mlp, Ks=K, accuracy=accuracy)
+                 if need & {"V", "G1"} else {})
+        if "B" in need:
+            given["B"] = residual_b_multi(mlp, Ks=K, Thetas=Theta, accuracy=accuracy)
+        if "F" in need:
+            given["F"] = residual_f_multi(mlp, Ks=K, Thetas=Theta, accuracy=accuracy)
+        return given
     K1 = float(K[0, 0, 0])
     given = {}
     if need & {"V", "G1", "A", "D"}:
@@ -313,7 +313,7 @@ _BLOCK_LAYERS = 128
 def _finite_fold(mlp, Ks, Ths, need, accuracy):
     act, L, N = mlp.activation, mlp.depth, Ks.shape[1]
     if mlp.is_residual:
-        given = _residual_given(mlp, need, Ks, Ths, N == 1)
+        given = _residual_given(mlp, need, Ks, Ths, N == 1, accuracy)
     else:   # a plain MLP's odd cumulants vanish (flip the signs of one layer's W and b)
         given = {"kappa3": np.zeros((L,) + (N,) * 3)} if "kappa3" in need else {}
     out = {k: np.zeros((L,) + (N,) * _RANK.get(k, 4)) for k in need}

@@ -11,11 +11,15 @@ operator ``d<sigma_a sigma_b>_K / dK`` and ``r = n_l / n_{l-1}``:
          \langle\sigma\sigma\rangle] + r\,C_W^2\, M V M^T,\qquad
     G^{1\prime} = r\,C_W\big[M G^1 + \tfrac18\textstyle\sum V\langle\partial^4(\sigma\sigma)\rangle\big].
 
-Residual layers (``z' = xi [b + W sigma] + gamma z``) use ``M~ = xi^2 C_W M +
-gamma^2`` and a mixed same-neuron term; for N inputs this keeps the leading
-two-depth terms only (a truncation, exact for linear sigma: see the
-derivation). One input of a residual MLP is served exactly by
-:func:`pdlt.theory.residual_ntk.residual_vertex_metric` instead.
+Residual layers (``z' = xi [b + W sigma] + gamma z``): the residual branches of
+:func:`vertex_step` and :func:`metric_step` (``M~ = xi^2 C_W M + gamma^2`` and a
+mixed same-neuron term) keep the leading two-depth terms only, a truncation
+(exact for linear sigma and at gamma = 0), kept for :func:`pdlt.theory.statistics.layer_step`
+callers and comparison. :func:`pdlt.statistics` does not use them: it serves
+residual V and G1 exactly, for N inputs and any activation from
+:func:`pdlt.theory.residual_multi.residual_vertex_metric_multi`
+(``docs/derivations/residual_ntk_multi.md``), for one input from
+:func:`pdlt.theory.residual_ntk.residual_vertex_metric`.
 
 Array order: ``V[a1, a2, a3, a4] = V_{(a1a2)(a3a4)}``.
 """

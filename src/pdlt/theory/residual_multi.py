@@ -1,0 +1,746 @@
+r"""Exact N-input V, G1, B and F of residual MLPs at order 1/n, any activation.
+
+B (:func:`residual_b_multi`) and F (:func:`residual_f_multi`): the one-input history
+recursions of :mod:`pdlt.theory.residual_ntk` with input slots (derivation sections 9, 10);
+the rest of this docstring is about V and G1.
+
+For the residual MLP ``z' = xi [b + W sigma(z)] + gamma z`` (``shared/NOTATION.md``)
+a neuron carries its own past, so its order-1/n statistics need one neuron's
+*two-depth* Gaussian averages. :mod:`pdlt.theory.residual_ntk` does this for one
+input; this module does it for N inputs (derivation:
+``docs/derivations/residual_ntk_multi.md``):
+
+* the shared fields are ``S_m^{ab} = (1/n_m) sum_j sigma(z_{j;a}^(m)) sigma(z_{j;b}^(m))``
+  for every layer m and every unordered pair of inputs (ab); given them, a neuron's
+  trajectory is Gaussian and its conditional kernel is
+  ``Khat_l = sum_m rho_{lm} S_m + const`` (``rho_{lm} = a_{l,m+1}^2 C_W^(m+1)``, the
+  same for every pair);
+* the response of a field to an earlier one is the kernel-derivative operator
+  ``M = d<sigma_a sigma_b>/dK`` (:func:`pdlt.theory.vertex.kernel_derivative_operator`)
+  times ``rho``; the neuron's own term in a field and its dressing, and the field
+  covariance ``Sigma``, are the one-input construction with (layer, pair) indices;
+* the one-neuron covariances across depths, ``Cov(sigma_a sigma_b(z^(m)),
+  sigma_c sigma_d(z^(l)))`` and ``Cov(sigma_a sigma_b(z^(m)), d_e d_f (sigma_c
+  sigma_d)(z^(l)))``, are up to four-variable Gaussian averages
+  (:func:`pdlt.gaussian.expect_nd`), the second derivatives by Stein's lemma
+  along the part of ``z^(l)`` independent of ``z^(m)`` (no derivative of sigma is
+  taken, so kinks are exact).
+
+Then, with ``n = n_{l-1}``,
+
+.. math::
+    V^{(l)}_{(a_1a_2)(a_3a_4)} = n\,[\rho^T\Sigma\rho
+        + \rho^T\tilde c(z_{a_3}z_{a_4}) + \rho^T\tilde c(z_{a_1}z_{a_2})],\qquad
+    G^{1(l+1)} = \tfrac{n_l}{n_{l-1}}\big[\gamma^2 G^{1(l)}
+        + \xi^2 C_W\,n_{l-1}\,\delta\langle\sigma\sigma\rangle\big],
+
+``delta<sigma_a sigma_b> = M g + (1/8) <d^4(sigma sigma)> Var(Khat) + (own term)``.
+At gamma = 0 both are the plain N-input recursions of :mod:`pdlt.theory.vertex`; for
+one input they are :func:`pdlt.theory.residual_ntk.residual_vertex_metric`.
+
+Served by :func:`pdlt.statistics` for residual MLPs and N inputs (``get=["V", "G1", "B", "F"]``).
+Coinciding inputs are merged first (every statistic of a repeated input is a copy).
+Cost: ``O(L^2 N^4)`` four-variable averages, batched (N = 3, L = 5: a few seconds).
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+
+from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
+from ..network import MLP
+from ._averages import LayerAverages, OneVariableTable, apply_M, representatives
+from .kernel import first_layer_kernel, kernel_fold
+from .residual_ntk import _stein_lyapunov
+
+__all__ = ["residual_vertex_metric_multi", "residual_b_multi", "residual_f_multi"]
+
+#: the rule one up (the split path of kinked activations stops at "high")
+_UP = {"fast": "default", "default": "high", "high": "high"}
+
+
+def residual_vertex_metric_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> dict:
+    """Exact N-input V and G1 of a residual MLP at every layer.
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any activation, per-layer ``gamma``, ``xi`` (unequal widths only where
+        ``gamma = 0``).
+    x : array_like (N, n0), optional
+        Inputs.
+    Ks : ndarray (L, N, N), optional
+        The infinite-width kernel at every layer instead of ``x`` (what
+        :func:`pdlt.statistics` has already computed). Give exactly one.
+    accuracy : {"fast", "default", "high"}
+        Rule of the three- and four-variable averages
+        (:func:`pdlt.gaussian.expect_nd`).
+
+    Returns
+    -------
+    dict
+        ``{"V": ndarray (L, N, N, N, N), "G1": ndarray (L, N, N)}``, normalized by
+        ``n_{l-1}`` (``V[l, a1, a2, a3, a4] = V_{(a1a2)(a3a4)}``).
+
+    Raises
+    ------
+    ValueError
+        Bad arguments, or an input of zero variance.
+    FloatingPointError
+        A statistic that overflowed.
+
+    Examples
+    --------
+    >>> import numpy as np, pdlt
+    >>> from pdlt.theory.residual_multi import residual_vertex_metric_multi
+    >>> m = pdlt.MLP(n0=2, width=8, depth=3, activation="relu", C_W=1.5, gamma=0.5)
+    >>> out = residual_vertex_metric_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]]))
+    >>> out["V"].shape, out["G1"].shape
+    ((3, 2, 2, 2, 2), (3, 2, 2))
+    """
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    if (x is None) == (Ks is None):
+        raise ValueError("give exactly one of x (inputs, shape (N, n0)) and Ks (kernels, "
+                         "shape (L, N, N))")
+    if accuracy not in ("fast", "default", "high"):
+        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
+    if Ks is None:
+        K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
+        Ks, _, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
+    Ks = np.asarray(Ks, dtype=float)
+    if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2]:
+        raise ValueError(f"Ks must have shape (L, N, N) with L = {mlp.depth}; got {Ks.shape}")
+    N = Ks.shape[1]
+    reps, inv = representatives(Ks[0])
+    out = _vertex_metric_multi(mlp, Ks[:, reps[:, None], reps[None, :]], accuracy)
+    if len(reps) < N:
+        out = {"V": out["V"][np.ix_(np.arange(mlp.depth), inv, inv, inv, inv)],
+               "G1": out["G1"][np.ix_(np.arange(mlp.depth), inv, inv)]}
+    return out
+
+
+# ---------------------------------------------------------------------------
+# pieces
+# ---------------------------------------------------------------------------
+
+def _coefficients(mlp):
+    """``a`` (L, L): ``z^(l) = sum_q a[l, q] w_q`` with independent increments ``w_q``."""
+    L = mlp.depth
+    a = np.zeros((L, L))
+    a[0, 0] = 1.0
+    for l in range(1, L):
+        a[l, :l] = mlp.gamma[l] * a[l - 1, :l]
+        a[l, l] = mlp.xi[l]
+    return a
+
+
+def _pairs(N):
+    P = [(i, j) for i in range(N) for j in range(i, N)]
+    idx = np.empty((N, N), dtype=int)
+    for k, (i, j) in enumerate(P):
+        idx[i, j] = idx[j, i] = k
+    return P, idx
+
+
+def _m_matrix(avg, P):
+    """``Mop[p, p'] = d<sigma sigma_p>/dK_{p'}`` (symmetric change of the entry p')."""
+    N = avg.N
+    out = np.empty((len(P), len(P)))
+    pi = np.array([i for i, _ in P]), np.array([j for _, j in P])
+    for k, (e, f) in enumerate(P):
+        E = np.zeros((N, N))
+        E[e, f] = E[f, e] = 1.0
+        out[:, k] = apply_M(avg.Mss, E)[pi]
+    return out
+
+
+def _monomials(d):
+    """Power tuples of the moments ``E[g F]`` and ``E[g F z_i z_j]`` (i <= j), d variables."""
+    out = [(0,) * d]
+    for i in range(d):
+        for j in range(i, d):
+            p = [0] * d
+            p[i] += 1
+            p[j] += 1
+            out.append(tuple(p))
+    return out
+
+
+def _fn(f, k):
+    if k == 0:
+        return f
+    if isinstance(f, PiecewiseMonomial):
+        return PiecewiseMonomial(f.cp, f.cm, f.n + k)
+    return lambda z: z ** k * f(z)
+
+
+def _two_depth(act, C, todo, accuracy, stein=False):
+    """One-neuron two-depth averages for every (m, l, p, f) in ``todo``.
+
+    ``C[l, m]`` (N, N) is ``Cov(z^(l), z^(m))``. For each item, ``x`` = the distinct
+    inputs of pair ``p`` at depth m (function ``g = sigma_p1 sigma_p2``), ``y`` those of
+    pair ``f`` at depth l (``F = sigma_f1 sigma_f2``). Returns, per item,
+    ``(E[g F], {(e, h): E[g(x) d_e d_h F(y)]})`` over the ordered pairs of y-inputs.
+
+    The second derivatives: smooth activations take ``sigma'``, ``sigma''`` directly;
+    the ReLU family ``sigma'`` (a step) and ``sigma'' = (a_+ - a_-) delta`` (conditioning
+    on ``y_e = 0``), both exact; any other kinked activation uses Stein's lemma along
+    ``e = y - B x`` (independent of x): ``E[g F (u_e u_h - Lam_eh)]``, ``u = Lam e``,
+    ``Lam = Cov(e)^-1``, from the moments ``E[g F z_i z_j]`` (no derivative of sigma).
+    ``stein=True`` takes that route for every activation (an independent check).
+    """
+    si = act.scale_invariant if act.name != "monomial" else None
+    if si is not None:      # ReLU family: exact innermost axes (truncated Gaussian moments)
+        s, s2 = PiecewiseMonomial(si[0], si[1], 1), PiecewiseMonomial(si[0] ** 2, si[1] ** 2, 2)
+        p1 = PiecewiseMonomial(si[0], si[1], 0)
+        dd = PiecewiseMonomial(2 * si[0] ** 2, 2 * si[1] ** 2, 0)     # (sigma^2)'' = 2 sigma'^2
+        jump = si[0] - si[1]                                           # sigma'' = jump delta
+    else:
+        s, p1, q2 = act.sigma, act.d1, act.d2
+        s2 = lambda z: s(z) ** 2              # noqa: E731
+        dd = lambda z: 2.0 * (p1(z) ** 2 + s(z) * q2(z))               # noqa: E731
+    smooth = (si is not None or not act.kinks) and not stein
+    kw = dict(kinks=act.kinks, accuracy=accuracy, growth=entire_growth(act))
+
+    def nd(fs, cov):
+        # two and three variables: one rule up (cheap; the powers sigma^2 of a merged pair
+        # converge slowest), so that one input matches the one-input module to ~1e-12
+        k = dict(kw, accuracy=_UP[accuracy]) if len(fs) <= 3 else kw
+        return np.atleast_1d(np.asarray(expect_nd(fs, cov, **k), dtype=float))
+
+    groups = {}
+    for it in todo:
+        m, l, p, f = it
+        groups.setdefault((len(set(p)), len(set(f))), []).append(
+            (it, sorted(set(p)), sorted(set(f))))
+    res = {}
+    for (nx, ny), items in groups.items():
+        d = nx + ny
+        xf = [s2] if nx == 1 else [s, s]
+        base = xf + ([s2] if ny == 1 else [s, s])
+        cov = np.empty((len(items), d, d))
+        for k, ((m, l, _, _), xs, ys) in enumerate(items):
+            lay = [m] * nx + [l] * ny
+            ins = xs + ys
+            for i in range(d):
+                for j in range(d):
+                    cov[k, i, j] = C[lay[i], lay[j]][ins[i], ins[j]]
+        m0 = nd(base, cov)
+        if smooth:
+            D = {}
+            if ny == 1:
+                D[(0, 0)] = nd(xf + [dd], cov)
+            else:
+                D[(0, 1)] = D[(1, 0)] = nd(xf + [p1, p1], cov)
+                for e, o in ((0, 1), (1, 0)):
+                    ie, io = nx + e, nx + o
+                    if si is None:
+                        fs = xf + ([q2, s] if e == 0 else [s, q2])
+                        D[(e, e)] = nd(fs, cov)
+                        continue
+                    # E[g(x) delta(y_e) sigma(y_o)] = phi_e(0) E[g(x) sigma(y_o) | y_e = 0]
+                    keep = list(range(nx)) + [io]
+                    Kee = cov[:, ie, ie]
+                    ce = cov[:, keep, ie]
+                    cc = cov[:, keep][:, :, keep] - ce[:, :, None] * ce[:, None, :] / Kee[:, None, None]
+                    D[(e, e)] = jump * nd(xf + [s], cc) / np.sqrt(2.0 * np.pi * Kee)
+            for k, (it, xs, ys) in enumerate(items):
+                res[it] = (m0[k], {(ys[i], ys[j]): D[(i, j)][k] for (i, j) in D})
+            continue
+        mom = {(0,) * d: m0}
+        for pw in _monomials(d)[1:]:
+            mom[pw] = nd([_fn(base[i], pw[i]) for i in range(d)], cov)
+        for k, (it, xs, ys) in enumerate(items):
+            c = cov[k]
+            Kxx, Cyx, Kyy = c[:nx, :nx], c[nx:, :nx], c[nx:, nx:]
+            B = Cyx @ np.linalg.inv(Kxx)
+            Lam = np.linalg.inv(Kyy - B @ Cyx.T)
+            A = np.hstack([-Lam @ B, Lam])           # u = A (x, y)
+            Mom = np.empty((d, d))
+            for i in range(d):
+                for j in range(i, d):
+                    pw = [0] * d
+                    pw[i] += 1
+                    pw[j] += 1
+                    Mom[i, j] = Mom[j, i] = mom[tuple(pw)][k]
+            D2 = A @ Mom @ A.T - Lam * m0[k]          # E[g d_e d_h F], (ny, ny) over ys
+            res[it] = (m0[k], {(ys[i], ys[j]): D2[i, j] for i in range(ny) for j in range(ny)})
+    return res
+
+
+def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
+    act = mlp.activation
+    L, N = Ks.shape[0], Ks.shape[1]
+    P, pidx = _pairs(N)
+    M = len(P)
+    out = {"V": np.zeros((L,) + (N,) * 4), "G1": np.zeros((L, N, N))}
+    if L == 1:
+        return out
+    diag = np.einsum("lii->li", Ks)
+    if np.any(diag[:L - 1] <= 0):
+        raise ValueError("an input has zero variance; the finite-width statistics need "
+                         "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+    CW = np.asarray(mlp.C_W, float)
+    Cb = np.asarray(mlp.C_b, float)
+    xi = np.asarray(mlp.xi, float)
+    g = np.asarray(mlp.gamma, float)
+    nf = L - 1                                    # fields S_m, m = 0..L-2 (0-based layers)
+    avg = [LayerAverages(act, Ks[m], OneVariableTable(act, diag[m].copy()), accuracy=accuracy)
+           for m in range(nf)]
+    # one neuron's joint covariance over depths and inputs
+    a = _coefficients(mlp)
+    varw = np.empty((L, N, N))
+    varw[0] = Ks[0]
+    for q in range(1, L):
+        S = avg[q - 1].S if q - 1 < nf else None
+        varw[q] = Cb[q] + CW[q] * S
+    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
+    rho = np.zeros((L, nf))                       # response of Khat_l to S_m (every pair)
+    for l in range(L):
+        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
+    pa, pb = np.array([i for i, _ in P]), np.array([j for _, j in P])
+    # fields: index m * M + p
+    F = nf * M
+    Mop = [_m_matrix(av, P) for av in avg]
+    R = np.zeros((F, F))
+    own = np.zeros((F, F))
+    for m in range(nf):
+        sl = slice(m * M, (m + 1) * M)
+        for j in range(m):
+            R[sl, j * M:(j + 1) * M] = rho[m, j] * Mop[m]
+        Q4, S = avg[m].quad("ssss"), avg[m].S
+        own[sl, sl] = Q4[pa[:, None], pb[:, None], pa[None, :], pb[None, :]] - np.outer(
+            S[pa, pb], S[pa, pb])
+    # two-depth moments for m < l <= L-2 (own covariances and the G1 own term)
+    todo = [(m, l, p, f) for l in range(nf) for m in range(l) if np.any(C[l, m] != 0.0)
+            for p in P for f in P]
+    td = _two_depth(act, C, todo, accuracy, stein) if todo else {}
+    for (m, l, p, f), (m0, _) in td.items():
+        v = m0 - avg[m].S[p] * avg[l].S[f]
+        own[m * M + pidx[p], l * M + pidx[f]] = own[l * M + pidx[f], m * M + pidx[p]] = v
+    nw = np.repeat(np.array([mlp.widths[m + 1] for m in range(nf)], dtype=float), M)
+    own_n = own / nw[None, :]
+    dress = np.linalg.inv(np.eye(F) - R)
+    ctil = own_n @ dress.T
+    Sig = _stein_lyapunov(R, own_n + ctil @ R.T + R @ ctil.T)
+    gm = np.zeros((N, N))                         # E[z z] - K, unnormalized
+    for l in range(L):
+        r = np.kron(rho[l], np.eye(M))            # (M, F): Khat_l^p response
+        Vk = r @ Sig @ r.T                        # Var(Khat_l), pairs x pairs
+        out["G1"][l] = mlp.widths[l] * gm
+        if l >= 1:
+            # c(z_a1 z_a2 at l) on field (m, p): 2 M_m[sym(C_lm[a1] C_lm[a2])] / n_m
+            c = np.zeros((M, F))
+            for m in range(min(l, nf)):
+                Clm = C[l, m]
+                for k, (a1, a2) in enumerate(P):
+                    X = np.outer(Clm[a1], Clm[a2])
+                    X = 0.5 * (X + X.T)
+                    c[k, m * M:(m + 1) * M] = 2.0 * apply_M(avg[m].Mss, X)[pa, pb] / nw[m * M]
+            ct = c @ dress.T                      # dressed, (M, F)
+            cr = ct @ r.T                         # [pa, pb] = rho . c~(z_pa)[., pb]
+            Vp = mlp.widths[l] * (Vk + cr + cr.T)
+            out["V"][l] = Vp[pidx[:, :, None, None], pidx[None, None, :, :]]
+        if l == L - 1:
+            break
+        V4 = Vk[pidx[:, :, None, None], pidx[None, None, :, :]]
+        shift = apply_M(avg[l].Mss, gm) + (avg[l].d4_source(V4) if np.any(V4) else 0.0)
+        # own term: (1/2) sum_{m'} rho[l, m'] sum_{ordered (e f)} c~_{(m', ef)}[d_e d_f F]
+        if l >= 1:
+            ownsh = np.zeros((N, N))
+            for f in P:
+                derivs = {}
+                for m in range(l):
+                    if (m, l, P[0], f) not in td:
+                        continue
+                    for p in P:
+                        m0, D2 = td[(m, l, p, f)]
+                        for q, v in D2.items():
+                            Eq = _mean_d2(avg[l], f, q)
+                            derivs.setdefault(q, np.zeros(F))[m * M + pidx[p]] = (
+                                v - avg[m].S[p] * Eq) / nw[m * M]
+                tot = 0.0
+                for q, vec in derivs.items():
+                    dv = dress @ vec
+                    kq = pidx[q]
+                    tot += 0.5 * sum(rho[l, mp] * dv[mp * M + kq] for mp in range(l))
+                ownsh[f] = ownsh[f[::-1]] = tot
+            shift = shift + ownsh
+        gm = xi[l + 1] ** 2 * CW[l + 1] * shift + g[l + 1] ** 2 * gm
+    for k, arr in out.items():
+        if not np.all(np.isfinite(arr)):
+            raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
+                                     "criticality (pdlt.criticality)")
+    return out
+
+
+def _mean_d2(avg, f, q):
+    """``<d_q1 d_q2 (sigma_f1 sigma_f2)>_K`` at one layer (q an ordered pair inside f)."""
+    D1, D2, O = avg.Mss
+    a, b = f
+    e, h = q
+    if a == b:
+        return 2.0 * D1[a, a]                     # <(sigma^2)''> = 2 d<sigma^2>/dK
+    if e != h:
+        return O[a, b]                            # <sigma'_a sigma'_b>
+    return 2.0 * (D1[a, b] if e == a else D2[a, b])   # <sigma''_e sigma_other>
+
+
+# ---------------------------------------------------------------------------
+# NTK variance B at N inputs (history recursion of attachments)
+# ---------------------------------------------------------------------------
+
+def residual_b_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="default") -> np.ndarray:
+    r"""Exact N-input NTK variance ``B`` of a residual MLP at every layer, any activation.
+
+    ``B[l, a1, a2, a3, a4] = n_{l-1} E[H_{ik;a1a3} H_{ik;a2a4}]`` (i != k), the plain
+    convention of :func:`pdlt.theory.ntk.ntk_B_step`. Given the trajectories,
+    ``n E[H_{ik;a1a3} H_{ik;a2a4} | .] = beta_0 + sum_p beta^k_p sigma'_{a1} sigma'_{a2}(z_k^(p))
+    + sum_p beta^i_p sigma'_{a3} sigma'_{a4}(z_i^(p))``: the half-skip terms attach pieces to
+    one neuron, as functions of the *other* side's inputs; the recursion needs the one-neuron
+    two-depth averages ``E[sigma'_e sigma'_f(z^(l)) sigma'_g sigma'_h(z^(p))]`` (up to four
+    variables). Derivation: ``docs/derivations/residual_ntk_multi.md`` section 9. At
+    gamma = 0 it is the plain recursion; for one input
+    :func:`pdlt.theory.residual_ntk.residual_ntk_one_input`.
+
+    Parameters
+    ----------
+    mlp : MLP
+    x : array_like (N, n0), optional
+        Inputs.
+    Ks, Thetas : ndarray (L, N, N), optional
+        The infinite-width kernel and NTK at every layer instead of ``x`` (both or neither).
+    accuracy : {"fast", "default", "high"}
+
+    Returns
+    -------
+    ndarray (L, N, N, N, N)
+        ``B`` normalized by ``n_{l-1}``; layer 1 is 0.
+
+    Examples
+    --------
+    >>> import numpy as np, pdlt
+    >>> from pdlt.theory.residual_multi import residual_b_multi
+    >>> m = pdlt.MLP(n0=2, width=8, depth=3, activation="relu", C_W=1.5, gamma=0.5)
+    >>> residual_b_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
+    (3, 2, 2, 2, 2)
+    """
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    if (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
+        raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
+                         "(shape (L, N, N))")
+    if accuracy not in ("fast", "default", "high"):
+        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
+    if Ks is None:
+        K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
+        Ks, Thetas, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
+    Ks, Thetas = np.asarray(Ks, dtype=float), np.asarray(Thetas, dtype=float)
+    if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2] or \
+            Thetas.shape != Ks.shape:
+        raise ValueError(f"Ks and Thetas must have the same shape (L, N, N) with L = "
+                         f"{mlp.depth}; got {Ks.shape} and {Thetas.shape}")
+    N, L = Ks.shape[1], mlp.depth
+    reps, inv = representatives(Ks[0])
+    r2 = (slice(None), reps[:, None], reps[None, :])
+    B = _b_multi(mlp, Ks[r2], Thetas[r2], accuracy)
+    if len(reps) < N:
+        B = B[np.ix_(np.arange(L), inv, inv, inv, inv)]
+    if not np.all(np.isfinite(B)):
+        raise FloatingPointError("B overflowed; reduce the depth or initialize at criticality "
+                                 "(pdlt.criticality)")
+    return B
+
+
+def _dprime_fns(act):
+    """``(sigma', sigma'^2)`` as integrands of :func:`expect_nd` (exact pieces for ReLU)."""
+    si = act.scale_invariant if act.name != "monomial" else None
+    if si is not None:
+        return (PiecewiseMonomial(si[0], si[1], 0),
+                PiecewiseMonomial(si[0] ** 2, si[1] ** 2, 0))
+    d1 = act.d1
+    return d1, (lambda z: d1(z) ** 2)
+
+
+def _pp_two_depth(act, C, l, p, P, accuracy):
+    """``T[(ef), (gh)] = E[sigma'_e sigma'_f(z^(l)) sigma'_g sigma'_h(z^(p))]`` over pairs P."""
+    d1, d1sq = _dprime_fns(act)
+    kw = dict(kinks=act.kinks, growth=entire_growth(act))
+    T = np.empty((len(P), len(P)))
+    groups = {}
+    for u, f in enumerate(P):
+        for v, h in enumerate(P):
+            xs, ys = sorted(set(f)), sorted(set(h))
+            groups.setdefault((len(xs), len(ys)), []).append((u, v, xs, ys))
+    for (nx, ny), items in groups.items():
+        d = nx + ny
+        fs = ([d1sq] if nx == 1 else [d1, d1]) + ([d1sq] if ny == 1 else [d1, d1])
+        cov = np.empty((len(items), d, d))
+        for k, (_, _, xs, ys) in enumerate(items):
+            lay, ins = [l] * nx + [p] * ny, xs + ys
+            for i in range(d):
+                for j in range(d):
+                    cov[k, i, j] = C[lay[i], lay[j]][ins[i], ins[j]]
+        acc = _UP[accuracy] if d <= 3 else accuracy
+        vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw), dtype=float))
+        for k, (u, v, _, _) in enumerate(items):
+            T[u, v] = vals[k]
+    return T
+
+
+def _b_multi(mlp, Ks, Ths, accuracy):
+    act = mlp.activation
+    L, N = Ks.shape[0], Ks.shape[1]
+    B = np.zeros((L,) + (N,) * 4)
+    if L == 1:
+        return B
+    diag = np.einsum("lii->li", Ks)
+    if np.any(diag[:L - 1] <= 0):
+        raise ValueError("an input has zero variance; the finite-width statistics need "
+                         "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+    P, pidx = _pairs(N)
+    avg = [LayerAverages(act, Ks[m], OneVariableTable(act, diag[m].copy()), accuracy=accuracy)
+           for m in range(L - 1)]
+    a = _coefficients(mlp)
+    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    varw = np.empty((L, N, N))
+    varw[0] = Ks[0]
+    for q in range(1, L):
+        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
+    C = np.einsum("lq,mq,qab->lmab", a, a, varw)   # Cov(z^(l), z^(m)), one neuron
+    i1, i2 = np.arange(N)[:, None, None, None], np.arange(N)[None, :, None, None]
+    i3, i4 = np.arange(N)[None, None, :, None], np.arange(N)[None, None, None, :]
+    p12, p34 = pidx[i1, i2], pidx[i3, i4]          # pair index of each side, (N,)*4
+    beta0 = np.zeros((N,) * 4)
+    bk = np.zeros((L,) + (N,) * 4)     # attached to k: sigma'_{a1} sigma'_{a2}(z_k^(p))
+    bi = np.zeros((L,) + (N,) * 4)     # attached to i: sigma'_{a3} sigma'_{a4}(z_i^(p))
+    for l in range(L - 1):                          # step layer l+1 -> l+2 (0-based l)
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        cw, g, xi = CW[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+        s = avg[l].PP                               # <sigma'_e sigma'_f>_{K^(l)}
+        s12, s34 = s[i1, i2], s[i3, i4]
+        ThTh = Ths[l][i1, i3] * Ths[l][i2, i4]
+        hist_i = np.zeros((N,) * 4)
+        hist_k = np.zeros((N,) * 4)
+        for p in range(l):
+            if not (np.any(bi[p]) or np.any(bk[p])):
+                continue
+            T = _pp_two_depth(act, C, l, p, P, accuracy)
+            hist_i += bi[p] * T[p12, p34]           # sigma'_{a1a2}(l) x sigma'_{a3a4}(p) on i
+            hist_k += bk[p] * T[p34, p12]
+        chi12, chi34 = xi * xi * cw * s12 + g * g, xi * xi * cw * s34 + g * g
+        beta0 = (xi ** 4 * cw ** 2 * avg[l].quad("pppp") * ThTh
+                 + r * (chi12 * chi34 * beta0 + xi * xi * cw * (chi34 * hist_i + chi12 * hist_k)))
+        bk[:l] *= r * g * g * chi12
+        bi[:l] *= r * g * g * chi34
+        bk[l] = bi[l] = xi * xi * g * g * cw * ThTh
+        S12 = np.array([avg[p].PP[i1, i2] for p in range(l + 1)])
+        S34 = np.array([avg[p].PP[i3, i4] for p in range(l + 1)])
+        B[l + 1] = beta0 + np.sum(bk[:l + 1] * S12 + bi[:l + 1] * S34, axis=0)
+    return B
+
+
+# ---------------------------------------------------------------------------
+# NTK-preactivation correlation F at N inputs (bilinear features)
+# ---------------------------------------------------------------------------
+
+def residual_f_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="default") -> np.ndarray:
+    r"""Exact N-input ``F`` of a residual MLP at every layer, any activation.
+
+    ``F[l, a1, a3, a2, a4] = n_{l-1} E[H_{ik;a1a2} z_{i;a3} z_{k;a4}]`` (i != k;
+    ``shared/NOTATION.md``). Given the trajectories of neurons i and k,
+    ``n E[H_{ik;ab} | .] = phi(i)^T M^{ab} phi(k)`` in the features ``U_{m;c}`` (the
+    increment of layer m+1 at input c; ``U_0 = z^(1)``) and ``S_{p;(c,e)} =
+    sigma_c sigma'_e(z^(p))`` (ordered pairs), with one-neuron two-depth averages
+    ``E[sigma_c sigma'_e(z^(p)) sigma'_a sigma_d(z^(l))]``. Derivation:
+    ``docs/derivations/residual_ntk_multi.md`` section 10. At gamma = 0 it is the plain
+    recursion; for one input :func:`pdlt.theory.residual_ntk.residual_ntk_one_input`.
+
+    Parameters and returns as :func:`residual_b_multi` (``F`` normalized by ``n_{l-1}``,
+    shape (L, N, N, N, N), layer 1 is 0).
+
+    Examples
+    --------
+    >>> import numpy as np, pdlt
+    >>> from pdlt.theory.residual_multi import residual_f_multi
+    >>> m = pdlt.MLP(n0=2, width=8, depth=3, activation="relu", C_W=1.5, gamma=0.5)
+    >>> residual_f_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
+    (3, 2, 2, 2, 2)
+    """
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    if (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
+        raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
+                         "(shape (L, N, N))")
+    if accuracy not in ("fast", "default", "high"):
+        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
+    if Ks is None:
+        K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
+        Ks, Thetas, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
+    Ks, Thetas = np.asarray(Ks, dtype=float), np.asarray(Thetas, dtype=float)
+    if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2] or \
+            Thetas.shape != Ks.shape:
+        raise ValueError(f"Ks and Thetas must have the same shape (L, N, N) with L = "
+                         f"{mlp.depth}; got {Ks.shape} and {Thetas.shape}")
+    N, L = Ks.shape[1], mlp.depth
+    reps, inv = representatives(Ks[0])
+    r2 = (slice(None), reps[:, None], reps[None, :])
+    F = _f_multi(mlp, Ks[r2], Thetas[r2], accuracy)
+    if len(reps) < N:
+        F = F[np.ix_(np.arange(L), inv, inv, inv, inv)]
+    if not np.all(np.isfinite(F)):
+        raise FloatingPointError("F overflowed; reduce the depth or initialize at criticality "
+                                 "(pdlt.criticality)")
+    return F
+
+
+def _fns_sd(act):
+    """Integrands ``{"s": sigma, "d": sigma', "sd": sigma sigma'}`` for :func:`expect_nd`."""
+    si = act.scale_invariant if act.name != "monomial" else None
+    if si is not None:
+        return {"s": PiecewiseMonomial(si[0], si[1], 1), "d": PiecewiseMonomial(si[0], si[1], 0),
+                "sd": PiecewiseMonomial(si[0] ** 2, si[1] ** 2, 1)}
+    s, d1 = act.sigma, act.d1
+    return {"s": s, "d": d1, "sd": lambda z: s(z) * d1(z)}
+
+
+def _sd_two_depth(act, C, l, p, N, accuracy):
+    """``TT[c, e, a, d] = E[sigma_c sigma'_e(z^(p)) sigma'_a sigma_d(z^(l))]`` (p < l)."""
+    fn = _fns_sd(act)
+    kw = dict(kinks=act.kinks, growth=entire_growth(act))
+    groups = {}
+    for c in range(N):
+        for e in range(N):
+            for a in range(N):
+                for d in range(N):
+                    var = []          # (depth, input, name)
+                    for dep, (i_s, i_d) in ((p, (c, e)), (l, (d, a))):
+                        var += [(dep, i_s, "sd")] if i_s == i_d else [(dep, i_s, "s"),
+                                                                       (dep, i_d, "d")]
+                    names = tuple(v[2] for v in var)
+                    groups.setdefault(names, []).append(((c, e, a, d), var))
+    TT = np.empty((N,) * 4)
+    for names, items in groups.items():
+        dd = len(names)
+        cov = np.empty((len(items), dd, dd))
+        for k, (_, var) in enumerate(items):
+            for i in range(dd):
+                for j in range(dd):
+                    cov[k, i, j] = C[var[i][0], var[j][0]][var[i][1], var[j][1]]
+        acc = _UP[accuracy] if dd <= 3 else accuracy
+        vals = np.atleast_1d(np.asarray(expect_nd([fn[n] for n in names], cov, accuracy=acc,
+                                                  **kw), dtype=float))
+        for k, (ix, _) in enumerate(items):
+            TT[ix] = vals[k]
+    return TT
+
+
+def _stein_sd(avg):
+    """``J[a, c, f] = <d_f (sigma'_a sigma_c)>_K`` (one layer; sigma'' by the pointwise rule
+    of :class:`LayerAverages`: ``Mss = (D1, D2, O)``, ``<sigma''_a sigma_c> = 2 D1[a, c]``)."""
+    D1, _, O = avg.Mss
+    N = avg.N
+    J = np.zeros((N, N, N))
+    for a in range(N):
+        for c in range(N):
+            if a == c:
+                J[a, a, a] = D1[a, a]                 # <(sigma sigma')'>
+            else:
+                J[a, c, a] = 2.0 * D1[a, c]
+                J[a, c, c] = O[a, c]
+    return J
+
+
+def _f_multi(mlp, Ks, Ths, accuracy):
+    act = mlp.activation
+    L, N = Ks.shape[0], Ks.shape[1]
+    F = np.zeros((L,) + (N,) * 4)
+    if L == 1:
+        return F
+    diag = np.einsum("lii->li", Ks)
+    if np.any(diag[:L - 1] <= 0):
+        raise ValueError("an input has zero variance; the finite-width statistics need "
+                         "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+    avg = [LayerAverages(act, Ks[m], OneVariableTable(act, diag[m].copy()), accuracy=accuracy)
+           for m in range(L - 1)]
+    a = _coefficients(mlp)
+    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    varw = np.empty((L, N, N))
+    varw[0] = Ks[0]
+    for q in range(1, L):
+        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
+    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
+    J = [_stein_sd(av) for av in avg]
+    nU = L * N
+    Fd = nU + L * N * N
+
+    def U(m):
+        return slice(m * N, (m + 1) * N)
+
+    def S(p):
+        return slice(nU + p * N * N, nU + (p + 1) * N * N)
+
+    M = np.zeros((N, N, Fd, Fd))
+    for l in range(L - 1):                          # step layer l+1 -> l+2 (0-based l)
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        cw, g, xi = CW[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+        # E[W_ij | u_i] = c sigma_j^T G^+ u_i (u lies in the range of G, the increment's
+        # covariance; G is singular for collinear inputs of a homogeneous network)
+        Gi = np.linalg.pinv(varw[l + 1], hermitian=True)
+        Th = Ths[l]
+        # e[a, c, alpha] = E[phi_alpha sigma'_a sigma_c(z^(l))] (one neuron)
+        E = np.zeros((N, N, Fd))
+        for m in range(l + 1):
+            E[:, :, U(m)] = a[l, m] * np.einsum("df,acf->acd", varw[m], J[l])
+        for p in range(l):
+            if np.any(C[l, p] != 0.0):
+                TT = _sd_two_depth(act, C, l, p, N, accuracy)          # [c, e, a, d]
+            else:       # independent depths (a gamma = 0 between them): products
+                TT = np.einsum("ce,da->cead", _pair_sd(avg[p]), _pair_sd(avg[l]))
+            E[:, :, S(p)] = TT.transpose(2, 3, 0, 1).reshape(N, N, N * N)
+        eMi = np.einsum("acx,abxy->abcy", E, M)     # (e^{ac})^T M^{ab}
+        Mek = np.einsum("abxy,bcy->abcx", M, E)     # M^{ab} e^{bc}
+        eMe = np.einsum("abcy,bdy->abcd", eMi, E)
+        Q4 = avg[l].quad("ppss")                    # <sigma'_a sigma'_b sigma_c sigma_d>
+        M = r * g * g * M
+        mix = xi * xi * cw * cw * (Q4 * Th[:, :, None, None] + r * eMe)
+        M[:, :, U(l + 1), U(l + 1)] += np.einsum("abcd,ce,df->abef", mix, Gi, Gi)
+        if g != 0.0:
+            k = xi * g * cw
+            # U_{l+1} (i side) x S_{l;(c, a)} (k side), and the mirror S_{l;(c, b)} x U_{l+1}
+            for a_ in range(N):
+                for b_ in range(N):
+                    for c in range(N):
+                        M[a_, b_, U(l + 1), nU + l * N * N + c * N + a_] += k * Th[a_, b_] * Gi[c]
+                        M[a_, b_, nU + l * N * N + c * N + b_, U(l + 1)] += k * Th[a_, b_] * Gi[c]
+            M[:, :, U(l + 1), :] += k * r * np.einsum("cu,abcy->abuy", Gi, eMi)
+            M[:, :, :, U(l + 1)] += k * r * np.einsum("cu,abcx->abxu", Gi, Mek)
+        # readout at layer l+1: v[y, alpha] = E[phi_alpha z^(l+1)_y]
+        v = np.zeros((N, Fd))
+        for m in range(l + 2):
+            v[:, U(m)] = a[l + 1, m] * varw[m].T
+        for p in range(l + 1):
+            # E[sigma_c sigma'_e(z^(p)) z_y] = sum_f C[l+1, p][y, f] J_p[e, c, f]
+            v[:, S(p)] = np.einsum("yf,ecf->yce", C[l + 1, p], J[p]).reshape(N, N * N)
+        # F[x, y, u, w] = v[y] . M^{xu} . v[w]
+        F[l + 1] = np.einsum("ya,xuab,wb->xyuw", v, M, v)
+    return F
+
+
+def _pair_sd(avg):
+    """``<sigma_c sigma'_e>_K`` as [c, e] (one layer)."""
+    fn = _fns_sd(avg.act)
+    N = avg.N
+    out = np.empty((N, N))
+    K = avg.K
+    kw = dict(kinks=avg.act.kinks, growth=entire_growth(avg.act))
+    for c in range(N):
+        for e in range(N):
+            if c == e:
+                out[c, e] = float(expect_nd([fn["sd"]], K[[c]][:, [c]], accuracy="high", **kw))
+            else:
+                out[c, e] = float(expect_nd([fn["s"], fn["d"]], K[np.ix_([c, e], [c, e])],
+                                            accuracy="high", **kw))
+    return out
