@@ -58,7 +58,7 @@ from ._averages import Integrands, OneVariableTable
 from .kernel import first_layer_kernel, kernel_fold
 
 __all__ = ["residual_ntk_one_input", "residual_ntk_mean", "residual_dntk_p", "residual_dntk_q",
-           "residual_statistics", "residual_b_closure", "one_input_kernel",
+           "residual_ddntk_s", "residual_ddntk_u", "residual_statistics", "residual_b_closure", "one_input_kernel",
            "RESIDUAL_NTK_STATISTICS"]
 
 #: statistics derived (and ensemble-checked) for residual MLPs, single input
@@ -961,12 +961,13 @@ def residual_dntk_q(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
 
 
 def residual_statistics(mlp: MLP, K1: float, stats) -> dict:
-    """The one-input residual statistics ``stats`` by name: A, B, D, F, V, H1, P, Q.
+    """The one-input residual statistics ``stats`` by name: A, B, D, F, V, H1, P, Q, S, U.
 
     One dispatch for :func:`pdlt.statistics` and the report's residual rows:
     A, B, D, F and V from :func:`residual_ntk_one_input` (one call for all of
     them), H1 from :func:`residual_ntk_mean`, P from :func:`residual_dntk_p`,
-    Q from :func:`residual_dntk_q`.
+    Q from :func:`residual_dntk_q`, S from :func:`residual_ddntk_s`, U from
+    :func:`residual_ddntk_u` (R and T are not derived for residual MLPs).
 
     Returns
     -------
@@ -974,7 +975,8 @@ def residual_statistics(mlp: MLP, K1: float, stats) -> dict:
         name -> ndarray (L,), normalized by ``n_{l-1}`` (``shared/NOTATION.md``).
     """
     stats = list(stats)
-    own = {"H1": residual_ntk_mean, "P": residual_dntk_p, "Q": residual_dntk_q}
+    own = {"H1": residual_ntk_mean, "P": residual_dntk_p, "Q": residual_dntk_q,
+           "S": residual_ddntk_s, "U": residual_ddntk_u}
     bad = [k for k in stats if k not in own and k not in RESIDUAL_NTK_STATISTICS + ("V",)]
     if bad:
         raise NotImplementedError(
@@ -983,4 +985,183 @@ def residual_statistics(mlp: MLP, K1: float, stats) -> dict:
     shared = [k for k in stats if k not in own]
     out = residual_ntk_one_input(mlp, K1, stats=shared) if shared else {}
     out.update({k: own[k](mlp, K1) for k in stats if k in own})
+    return out
+
+
+# ---------------------------------------------------------------------------
+# U and S: the ddNTK statistics of the ddII kind (docs/derivations/residual_ntk.md, 11-12)
+# ---------------------------------------------------------------------------
+
+def _pair_table(act, K, C, fns, terms, closure):
+    """``[l, p] -> <f(z^(l)) g(z^(p))>`` for each named pair ``(f, g)`` of ``terms``.
+
+    Two-depth averages of one neuron (:func:`_two_depth_pairs`), or, with ``closure``,
+    the products ``<f>_{K_l} <g>_{K_p}`` (the book-style closure, for comparison only).
+    Only the strict lower triangle (p < l) is used by the callers.
+    """
+    if closure:
+        m = {k: _one_means(act, f, K) for k, f in fns.items()}
+        return {t: np.outer(m[t[0]], m[t[1]]) for t in terms}
+    return _two_depth_pairs(act, C, fns, terms)
+
+
+def residual_ddntk_u(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
+    r"""``U``, the ddNTK statistic ``n E[ddIIH_{ijji}]`` (i != j) of a residual MLP, one input.
+
+    Write ``Hs_i`` for neuron i's Hessian in the parameters (rescaled by the learning
+    rates) and ``g_i`` for its gradient, so that ``ddIIH_{i0i1i2i3} = g_{i2}^T Hs_{i0}
+    Hs_{i1} g_{i3}`` (``shared/NOTATION.md``). A residual step gives (derivation:
+    ``docs/derivations/residual_ntk.md``, section 11; ``q = sigma''``, ``p = sigma'``
+    at layer l, ``chi = xi^2 C_W <p^2> + gamma^2``)
+
+    .. math::
+        U' = \xi^4 C_W^2\Theta^3\langle q^2p^2\rangle
+             + 2r\,\xi^2 C_W\,\chi\,E[qp(z^{(l)})\,x] + r\chi^2 U,
+
+    where ``x(a) = n E[H_ab dH_baa | trajectories]`` (a != b) depends on neuron a's
+    trajectory only, ``x = sum_p chi_p sigma''sigma'(z_a^(p))``, with the step
+    ``x' = r gamma^3 chi x + xi^2 gamma^3 C_W Theta^3 sigma''sigma'(z_a^(l))``: the
+    half-skip term of the NTK and the dNTK's ``gamma^2`` part carry neuron a's
+    own ``sigma''sigma'`` (an NTK-dNTK correlation that a plain MLP does not have:
+    it is odd in the last layer's weights there). ``E[qp(z^(l)) x]`` is a two-depth
+    average; it vanishes at gamma = 0 (the book's ``U' = C_W^2 Theta^3 <q^2p^2> +
+    r C_W^2 <p^2>^2 U``, :func:`pdlt.theory.ddntk.ddntk_U_step`) and under the closure
+    for odd sigma (``<sigma''sigma'> = 0``). Layer 2 (exact at any width):
+    ``xi^4 C_W^2 Theta^3 <q^2p^2>``. ReLU and linear networks (``q = 0``): U = 0.
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+        First-layer kernel.
+    closure : bool
+        Replace the two-depth average by the product of one-depth ones (for
+        comparison only).
+
+    Returns
+    -------
+    ndarray (L,)
+        ``U^(l)``, normalized by ``n_{l-1}``.
+
+    Raises
+    ------
+    ValueError
+        If ``K1`` is not a finite number > 0.
+    FloatingPointError
+        If U overflows (far from criticality at large depth).
+    """
+    act, L = mlp.activation, mlp.depth
+    K, Th, (pp, qqpp), (a, varw, C) = _one_input_setup(mlp, K1, ("pp", "qqpp"))
+    qp = lambda z: act.d2(z) * act.d1(z)        # noqa: E731
+    QPQP = _pair_table(act, K, C, {"qp": qp}, (("qp", "qp"),), closure)[("qp", "qp")]
+    out = np.zeros(L)
+    chi_x = np.zeros(L)                  # x(a) = sum_p chi_x[p] qp(z_a^(p))
+    U = 0.0
+    for l in range(L - 1):
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+        chi = x * x * CW * pp[l] + g * g
+        eqpx = float(chi_x[:l] @ QPQP[l, :l])
+        U = x ** 4 * CW ** 2 * Th[l] ** 3 * qqpp[l] + 2 * r * x * x * CW * chi * eqpx \
+            + r * chi * chi * U
+        chi_x[:l] *= r * g ** 3 * chi
+        chi_x[l] = x * x * g ** 3 * CW * Th[l] ** 3
+        out[l + 1] = U
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("U overflowed; reduce the depth or initialize at criticality")
+    return out
+
+
+def residual_ddntk_s(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
+    r"""``S``, the ddNTK statistic ``n E[ddIIH_{iijj}]`` (i != j) of a residual MLP, one input.
+
+    ``ddIIH_{iijj} = g_j^T Hs_i Hs_i g_j`` (notation of :func:`residual_ddntk_u`).
+    Its conditional mean given the two trajectories depends on neuron j's alone
+    (``docs/derivations/residual_ntk.md``, section 12),
+
+    .. math::
+        s(j) = s_0 + \sum_p \big[\sigma_p\,p^2(z_j^{(p)}) + \tau_p\,q^2(z_j^{(p)})\big],
+
+    and a layer step (``s, p, q = sigma, sigma', sigma''`` at layer l; ``n E[H_ab^2 |
+    trajectories] = beta_0 + sum_p beta_p [p^2(z_a^(p)) + p^2(z_b^(p))]`` the B
+    attachments of section 3; ``B_{f,g} = n E[f(z_a) g(z_b) H_ab^2]``, ``b_f(j) = n
+    E_a[f(z_a) H_aj^2]``; ``c = xi^2 gamma^2 C_W``):
+
+    .. math::
+        s' = r(\gamma^4 + c\langle p^2\rangle)s
+          + r(\xi^4 C_W^2\langle p^2\rangle + c)\,E[p^2(z_d)\,s(d)]
+          + \xi^4 C_W^2\Theta^3\langle q^2p^2\rangle + r\xi^4C_W^2\Theta B_{q^2,p^2}
+          + c\,\Theta\,(\Theta^2 q^2(z_j^{(l)}) + r\,b_{q^2}(j))
+          + \lambda_W\xi^2\big[\xi^2 C_W(\Theta^2\langle p^4\rangle + rB_{p^2,p^2})
+          + \gamma^2(\Theta^2p^2(z_j^{(l)}) + r\,b_{p^2}(j))\big],
+
+    and ``S = E[s(j)]``. At gamma = 0 this is the book's recursion
+    (:func:`pdlt.theory.ddntk.ddntk_S_step`); at layer 2 the closed form
+    ``xi^4 C_W^2 Theta^3 <q^2p^2> + xi^2 gamma^2 C_W Theta^3 <q^2> + lambda_W xi^2
+    Theta^2 (xi^2 C_W <p^4> + gamma^2 <p^2>)`` (exact at any width). Linear and ReLU
+    networks keep the lambda_W terms (``q = 0``).
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+        First-layer kernel.
+    closure : bool
+        Replace every two-depth average (here and in B's attachments) by the
+        product of one-depth ones (for comparison only).
+
+    Returns
+    -------
+    ndarray (L,)
+        ``S^(l)``, normalized by ``n_{l-1}``.
+
+    Raises
+    ------
+    ValueError
+        If ``K1`` is not a finite number > 0.
+    FloatingPointError
+        If S overflows (far from criticality at large depth).
+    """
+    act, L = mlp.activation, mlp.depth
+    K, Th, (pp, qq, pppp, qqpp), (a, varw, C) = _one_input_setup(
+        mlp, K1, ("pp", "qq", "pppp", "qqpp"))
+    fns = {"pp": lambda z: act.d1(z) ** 2, "qq": lambda z: act.d2(z) ** 2}
+    pr = _pair_table(act, K, C, fns, (("pp", "pp"), ("qq", "pp"), ("pp", "qq")), closure)
+    PP, QP, PQ = pr[("pp", "pp")], pr[("qq", "pp")], pr[("pp", "qq")]
+    lW = np.asarray(mlp.lambda_W, float)
+    out = np.zeros(L)
+    s0, sig, tau = 0.0, np.zeros(L), np.zeros(L)      # s(j) = s0 + sig.p^2(z_j) + tau.q^2(z_j)
+    beta0, beta = 0.0, np.zeros(L)                    # B attachments (residual_ntk_one_input)
+    for l in range(L - 1):
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        CW, g, x, lw = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1], lW[l + 1]
+        bl = beta[:l]
+        hpp = float(bl @ PP[l, :l])                   # sum_p beta_p E[p^2_l p^2_p]
+        hqp = float(bl @ QP[l, :l])                   # sum_p beta_p E[q^2_l p^2_p]
+        Bqp = beta0 * qq[l] * pp[l] + hqp * pp[l] + qq[l] * hpp
+        Bpp = beta0 * pp[l] ** 2 + 2 * pp[l] * hpp
+        eps = s0 * pp[l] + float(sig[:l] @ PP[l, :l] + tau[:l] @ PQ[l, :l])
+        c = x * x * g * g * CW
+        const = (x ** 4 * CW ** 2 * Th[l] ** 3 * qqpp[l] + r * x ** 4 * CW ** 2 * Th[l] * Bqp
+                 + r * c * Th[l] * (beta0 * qq[l] + hqp)
+                 + lw * x * x * (x * x * CW * (Th[l] ** 2 * pppp[l] + r * Bpp)
+                                 + g * g * r * (beta0 * pp[l] + hpp))
+                 + r * (x ** 4 * CW ** 2 * pp[l] + c) * eps)
+        keep = r * (g ** 4 + c * pp[l])
+        s0 = keep * s0 + const
+        sig *= keep
+        tau *= keep
+        sig[:l] += r * (c * Th[l] * qq[l] + lw * x * x * g * g * pp[l]) * bl
+        tau[l] += c * Th[l] ** 3
+        sig[l] += lw * x * x * g * g * Th[l] ** 2
+        chi = x * x * CW * pp[l] + g * g
+        beta0 = x ** 4 * CW ** 2 * pppp[l] * Th[l] ** 2 + r * (chi * chi * beta0
+                                                             + 2 * x * x * CW * chi * hpp)
+        beta[:l] *= r * g * g * chi
+        beta[l] = x * x * g * g * CW * Th[l] ** 2
+        out[l + 1] = s0 + float(sig[:l + 1] @ pp[:l + 1] + tau[:l + 1] @ qq[:l + 1])
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("S overflowed; reduce the depth or initialize at criticality")
     return out

@@ -205,13 +205,14 @@ def _parse_get(get, mlp, n_inputs):
 
 def _residual_given(mlp, need, K, Theta, single):
     """Residual MLPs: what is derived, and the exact one-input statistics."""
-    allowed = {"V", "G1"} | ({"kappa3", "A", "B", "D", "F", "P", "Q", "H1"} if single
+    allowed = {"V", "G1"} | ({"kappa3", "A", "B", "D", "F", "P", "Q", "S", "U", "H1"} if single
                              else set())
     missing = sorted(need - allowed, key=NAMES.index)
     if missing:
         raise NotImplementedError(
             f"residual MLPs (gamma != 0 or xi != 1): {', '.join(missing)} not derived "
-            + ("(one input: V, G1, kappa3, A, B, D, F, P, Q, H1 are; pdlt.theory.residual_ntk)"
+            + ("(one input: V, G1, kappa3, A, B, D, F, P, Q, S, U, H1 are; "
+               "pdlt.theory.residual_ntk)"
                if single else "for N inputs (N-input residual MLPs: V and G1 for odd "
                               "activations; one input: V, G1, kappa3, A, B, D, F, P, Q, H1)"))
     if not single:
@@ -231,8 +232,8 @@ def _residual_given(mlp, need, K, Theta, single):
         given.update(V=vm["V"], G1=vm["G1"])
     if "kappa3" in need and is_odd(mlp.activation):
         given["kappa3"] = np.zeros(mlp.depth)
-    given.update(residual_statistics(mlp, K1, sorted(need & {"A", "B", "D", "F", "H1", "P", "Q"},
-                                                     key=NAMES.index)))
+    given.update(residual_statistics(mlp, K1, sorted(
+        need & {"A", "B", "D", "F", "H1", "P", "Q", "S", "U"}, key=NAMES.index)))
     return given
 
 
