@@ -173,14 +173,15 @@ def defined(mlp, n_inputs=1):
 
     Plain MLPs: all of :data:`NAMES` except R when sigma'' jumps at a kink
     (elu with alpha != 1). Residual MLPs: K, Theta, chi's, V, G1, and for one
-    input also kappa3, A, B, D, F, H1, P, Q; N inputs of a residual MLP with a non-odd
+    input also kappa3, A, B, D, F, H1, P, Q, S, U; N inputs of a residual MLP with a non-odd
     activation: the infinite-width ones only.
     """
     from ._averages import jumps_in_d2
     if not mlp.is_residual:
         return tuple(n for n in NAMES if not (n == "R" and jumps_in_d2(mlp.activation)))
     if n_inputs == 1:
-        return INFINITE_WIDTH + ("V", "G1", "kappa3", "A", "B", "D", "F", "P", "Q", "H1")
+        return INFINITE_WIDTH + ("V", "G1", "kappa3", "A", "B", "D", "F", "P", "Q", "S", "U",
+                                 "H1")
     return INFINITE_WIDTH + (("V", "G1") if is_odd(mlp.activation) else ())
 
 
