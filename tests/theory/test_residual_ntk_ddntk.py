@@ -1,11 +1,12 @@
-"""Residual ddNTK statistics S, U (pdlt.theory.residual_ntk): exact references.
+"""Residual ddNTK statistics S, T, U (pdlt.theory.residual_ntk): exact references.
 
 * gamma = 0 (unequal widths): the history recursions are the book's plain steps
   (pdlt.theory.ddntk via pdlt.statistics of the same plain MLP): 1e-12.
 * Layer 2 (layer 1 Gaussian, its NTK deterministic, its Hessian zero): closed forms
   U = xi^4 C_W^2 Th^3 <q^2 p^2> and
   S = xi^4 C_W^2 Th^3 <q^2 p^2> + xi^2 g^2 C_W Th^3 <q^2> + lambda_W xi^2 Th^2
-  (xi^2 C_W <p^4> + g^2 <p^2>), exact at any width (q = sigma'', p = sigma').
+  (xi^2 C_W <p^4> + g^2 <p^2>), T = xi^4 Th (C_W^2 Th^2 <q^2 p^2> + 2 lambda_W C_W Th
+  <q s p^2> + lambda_W^2 <s^2 p^2>), exact at any width (q = sigma'', p = sigma').
 * sigma'' = 0 pointwise (ReLU, linear): U = 0 at every layer; S keeps its lambda_W
   terms. Linear networks: every two-depth average factorizes (p = 1), so the
   closure is exact.
@@ -20,12 +21,12 @@ import pytest
 import pdlt
 from pdlt.gaussian import expect
 from pdlt.theory.residual import residual_mlp
-from pdlt.theory.residual_ntk import residual_ddntk_s, residual_ddntk_u
+from pdlt.theory.residual_ntk import residual_ddntk_s, residual_ddntk_t, residual_ddntk_u
 
-FUNCS = {"S": residual_ddntk_s, "U": residual_ddntk_u}
+FUNCS = {"S": residual_ddntk_s, "T": residual_ddntk_t, "U": residual_ddntk_u}
 
 
-@pytest.mark.parametrize("stat", ["S", "U"])
+@pytest.mark.parametrize("stat", ["S", "T", "U"])
 @pytest.mark.parametrize("act", ["tanh", "gelu", "sin", "relu", "linear"])
 def test_gamma_zero_is_the_plain_recursion(stat, act):
     m = pdlt.MLP(n0=1, widths=(12, 16, 16, 9, 9), activation=act, C_W=1.3, C_b=0.1,
@@ -48,11 +49,15 @@ def test_layer_two_closed_form(act):
     q2 = float(expect(lambda z: a.d2(z) ** 2, K1, **kw))
     p4 = float(expect(lambda z: a.d1(z) ** 4, K1, **kw))
     p2 = float(expect(lambda z: a.d1(z) ** 2, K1, **kw))
+    qsp2 = float(expect(lambda z: a.d2(z) * a.sigma(z) * a.d1(z) ** 2, K1, **kw))
+    s2p2 = float(expect(lambda z: (a.sigma(z) * a.d1(z)) ** 2, K1, **kw))
     u = x ** 4 * CW ** 2 * Th ** 3 * q2p2
     s = u + x * x * g * g * CW * Th ** 3 * q2 + lW * x * x * Th ** 2 * (x * x * CW * p4
                                                                       + g * g * p2)
     assert residual_ddntk_u(m, K1)[1] == pytest.approx(u, rel=1e-11, abs=1e-14)
     assert residual_ddntk_s(m, K1)[1] == pytest.approx(s, rel=1e-11)
+    t = x ** 4 * Th * (CW ** 2 * Th ** 2 * q2p2 + 2 * lW * CW * Th * qsp2 + lW ** 2 * s2p2)
+    assert residual_ddntk_t(m, K1)[1] == pytest.approx(t, rel=1e-11)
 
 
 def test_no_curvature():
@@ -85,6 +90,9 @@ def test_history_terms():
     ex, cl = residual_ddntk_u(m, 1.0), residual_ddntk_u(m, 1.0, closure=True)
     assert ex[1] == pytest.approx(cl[1], rel=1e-12)
     assert ex[3] > 1.1 * cl[3] > 0
+    ex, cl = residual_ddntk_t(m, 1.0), residual_ddntk_t(m, 1.0, closure=True)
+    assert ex[1] == pytest.approx(cl[1], rel=1e-12)
+    assert ex[3] > 1.1 * cl[3] > 0
     m = residual_mlp("gelu", 0.7, width=16, depth=4, n_out=16, lambda_b=0.5)
     ex, cl = residual_ddntk_s(m, 1.0), residual_ddntk_s(m, 1.0, closure=True)
     assert ex[1] == pytest.approx(cl[1], rel=1e-12)
@@ -102,15 +110,17 @@ def test_closure_is_exact_for_plain_mlps():
 
 def test_served_by_statistics():
     m = residual_mlp("tanh", 0.5, width=16, depth=5, n_out=16)
-    st = pdlt.statistics(m, K1=1.0, get=("S", "U", "B"))
-    np.testing.assert_array_equal(np.ravel(st.S), residual_ddntk_s(m, 1.0))
-    np.testing.assert_array_equal(np.ravel(st.U), residual_ddntk_u(m, 1.0))
-    assert {"S", "U"} <= set(pdlt.theory.statistics.defined(m))
+    st = pdlt.statistics(m, K1=1.0, get=("S", "T", "U", "B"))
+    for k, f in FUNCS.items():
+        np.testing.assert_array_equal(np.ravel(st[k]), f(m, 1.0))
+    assert {"S", "T", "U"} <= set(pdlt.theory.statistics.defined(m))
+    assert "R" not in pdlt.theory.statistics.defined(m)
     assert "S" not in pdlt.theory.statistics.defined(m, 2)
-    for k in ("R", "T"):
-        with pytest.raises(NotImplementedError, match=f"{k} not derived"):
-            pdlt.statistics(m, K1=1.0, get=("S", k))
+    with pytest.raises(NotImplementedError, match="R not derived"):
+        pdlt.statistics(m, K1=1.0, get=("S", "R"))
     with pytest.raises(ValueError, match="K1 must be"):
         residual_ddntk_s(m, 0.0)
     with pytest.raises(ValueError, match="K1 must be"):
         residual_ddntk_u(m, float("nan"))
+    with pytest.raises(ValueError, match="K1 must be"):
+        residual_ddntk_t(m, "1")

@@ -58,7 +58,7 @@ from ._averages import Integrands, OneVariableTable
 from .kernel import first_layer_kernel, kernel_fold
 
 __all__ = ["residual_ntk_one_input", "residual_ntk_mean", "residual_dntk_p", "residual_dntk_q",
-           "residual_ddntk_s", "residual_ddntk_u", "residual_statistics", "residual_b_closure", "one_input_kernel",
+           "residual_ddntk_s", "residual_ddntk_t", "residual_ddntk_u", "residual_statistics", "residual_b_closure", "one_input_kernel",
            "RESIDUAL_NTK_STATISTICS"]
 
 #: statistics derived (and ensemble-checked) for residual MLPs, single input
@@ -911,6 +911,17 @@ def residual_dntk_q(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
     FloatingPointError
         If Q overflows (far from criticality at large depth).
     """
+    return _dntk_q_fold(mlp, K1, closure)
+
+
+def _dntk_q_fold(mlp, K1, closure, visit=None):
+    """Q's fold over depth (:func:`residual_dntk_q`); returns Q (L,).
+
+    ``visit(l, M, esp, eqp, w)``, if given, sees each step's inputs at layer l (0-based):
+    F's bilinear form ``M`` (2L, 2L), the e-vectors ``esp = E[s p(z^(l)) phi]`` (3L),
+    ``eqp = E[q p(z^(l)) phi]`` on the M features (2L), and Q's linear form ``w`` (3L)
+    of layer l, before the step.
+    """
     act, L = mlp.activation, mlp.depth
     K, Th, (pp, dss, dqp, qspp, sspp), (a, varw, C) = _one_input_setup(
         mlp, K1, ("pp", "dss", "dqp", "qspp", "sspp"))
@@ -939,6 +950,8 @@ def residual_dntk_q(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
         eqp = np.zeros(L2)
         eqp[:l + 1] = a[l, :l + 1] * varw[:l + 1] * dqp[l]
         eqp[L:L + l] = QS[l, :l]
+        if visit is not None:
+            visit(l, M, esp, eqp, xv)
         Msp, Mqp = M @ esp[:L2], M @ eqp
         xe = float(xv @ esp)
         new = r * (gg ** 3 + xx * xx * gg * c * pp[l]) * xv
@@ -961,13 +974,13 @@ def residual_dntk_q(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
 
 
 def residual_statistics(mlp: MLP, K1: float, stats) -> dict:
-    """The one-input residual statistics ``stats`` by name: A, B, D, F, V, H1, P, Q, S, U.
+    """The one-input residual statistics ``stats`` by name: A, B, D, F, V, H1, P, Q, S, T, U.
 
     One dispatch for :func:`pdlt.statistics` and the report's residual rows:
     A, B, D, F and V from :func:`residual_ntk_one_input` (one call for all of
     them), H1 from :func:`residual_ntk_mean`, P from :func:`residual_dntk_p`,
-    Q from :func:`residual_dntk_q`, S from :func:`residual_ddntk_s`, U from
-    :func:`residual_ddntk_u` (R and T are not derived for residual MLPs).
+    Q from :func:`residual_dntk_q`, S, T, U from :func:`residual_ddntk_s`,
+    :func:`residual_ddntk_t`, :func:`residual_ddntk_u` (R is not derived for residual MLPs).
 
     Returns
     -------
@@ -976,7 +989,7 @@ def residual_statistics(mlp: MLP, K1: float, stats) -> dict:
     """
     stats = list(stats)
     own = {"H1": residual_ntk_mean, "P": residual_dntk_p, "Q": residual_dntk_q,
-           "S": residual_ddntk_s, "U": residual_ddntk_u}
+           "S": residual_ddntk_s, "T": residual_ddntk_t, "U": residual_ddntk_u}
     bad = [k for k in stats if k not in own and k not in RESIDUAL_NTK_STATISTICS + ("V",)]
     if bad:
         raise NotImplementedError(
@@ -1164,4 +1177,78 @@ def residual_ddntk_s(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
         out[l + 1] = s0 + float(sig[:l + 1] @ pp[:l + 1] + tau[:l + 1] @ qq[:l + 1])
     if not np.all(np.isfinite(out)):
         raise FloatingPointError("S overflowed; reduce the depth or initialize at criticality")
+    return out
+
+
+def residual_ddntk_t(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
+    r"""``T``, the ddNTK statistic ``n E[ddIIH_{ijij}]`` (i != j) of a residual MLP, one input.
+
+    ``ddIIH_{ijij} = g_i^T Hs_i Hs_j g_j`` (notation of :func:`residual_ddntk_u`). Its
+    conditional mean given the two trajectories is a constant at O(1/n) (every source
+    is a free sum over old neurons; ``docs/derivations/residual_ntk.md``, section 13b), and a step
+    reads F's bilinear form ``M`` (``n E[H_ab | trajectories] = phi(a)^T M phi(b)``) and Q's
+    linear form ``w`` (``n E[dH_{bba} | trajectories] = w^T phi(a)``) of layer l
+    (``s, p, q = sigma, sigma', sigma''``; ``e_f = E[f(z^(l)) phi]``; ``chi = xi^2 C_W <p^2>
+    + gamma^2``; ``lambda_W``, ``xi``, ``C_W`` of the new layer):
+
+    .. math::
+        T' = \xi^4\Theta\big(C_W^2\Theta^2\langle q^2p^2\rangle
+             + 2\lambda_W C_W\Theta\langle q s p^2\rangle + \lambda_W^2\langle s^2p^2\rangle\big)
+           + r\xi^4\, v^T M v
+           + 2r\xi^2\chi\,\big(C_W\Theta\, w^Te_{qp} + \lambda_W\, w^Te_{sp}\big)
+           + r\chi^2 T,\qquad v = C_W\Theta\, e_{qp} + \lambda_W e_{sp}.
+
+    At gamma = 0 this is the book's recursion (:func:`pdlt.theory.ddntk.ddntk_T_step`:
+    ``M`` and ``w`` then live on the increments, ``e_{qp}^T M e_{qp} = <(qp)'>^2 F``); at
+    layer 2 the closed form ``xi^4 Theta (C_W^2 Theta^2 <q^2p^2> + 2 lambda_W C_W Theta
+    <q s p^2> + lambda_W^2 <s^2 p^2>)`` (exact at any width).
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+        First-layer kernel.
+    closure : bool
+        Replace every two-depth average (here and in ``M``, ``w``) by the product of
+        one-depth ones (for comparison only).
+
+    Returns
+    -------
+    ndarray (L,)
+        ``T^(l)``, normalized by ``n_{l-1}``.
+
+    Raises
+    ------
+    ValueError
+        If ``K1`` is not a finite number > 0.
+    FloatingPointError
+        If T overflows (far from criticality at large depth).
+    """
+    act, L = mlp.activation, mlp.depth
+    K, Th, (pp, qqpp, qspp, sspp), (a, varw, C) = _one_input_setup(
+        mlp, K1, ("pp", "qqpp", "qspp", "sspp"))
+    qp = lambda z: act.d2(z) * act.d1(z)        # noqa: E731
+    QQ = _pair_table(act, K, C, {"qp": qp}, (("qp", "qp"),), closure)[("qp", "qp")]
+    seen = []
+    _dntk_q_fold(mlp, K1, closure, visit=lambda *args: seen.append(args))
+    lW = np.asarray(mlp.lambda_W, float)
+    out = np.zeros(L)
+    T, L2 = 0.0, 2 * L
+    for l, M, esp, eqp, w in seen:
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        CW, g, x, lw = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1], lW[l + 1]
+        chi = x * x * CW * pp[l] + g * g
+        v = CW * Th[l] * eqp + lw * esp[:L2]
+        eqp3 = np.zeros(3 * L)
+        eqp3[:L2] = eqp
+        eqp3[L2:L2 + l] = QQ[l, :l]
+        T = (x ** 4 * Th[l] * (CW ** 2 * Th[l] ** 2 * qqpp[l] + 2 * lw * CW * Th[l] * qspp[l]
+                               + lw * lw * sspp[l])
+             + r * x ** 4 * float(v @ M @ v)
+             + 2 * r * x * x * chi * (CW * Th[l] * float(w @ eqp3) + lw * float(w @ esp))
+             + r * chi * chi * T)
+        out[l + 1] = T
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("T overflowed; reduce the depth or initialize at criticality")
     return out
