@@ -58,7 +58,8 @@ from ._averages import Integrands, OneVariableTable
 from .kernel import first_layer_kernel, kernel_fold
 
 __all__ = ["residual_ntk_one_input", "residual_ntk_mean", "residual_dntk_p", "residual_dntk_q",
-           "residual_ddntk_s", "residual_ddntk_t", "residual_ddntk_u", "residual_statistics", "residual_b_closure", "one_input_kernel",
+           "residual_ddntk_r", "residual_ddntk_s", "residual_ddntk_t", "residual_ddntk_u",
+           "residual_statistics", "residual_b_closure", "one_input_kernel",
            "RESIDUAL_NTK_STATISTICS"]
 
 #: statistics derived (and ensemble-checked) for residual MLPs, single input
@@ -806,6 +807,17 @@ def residual_dntk_p(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
     ndarray (L,)
         ``P^(l)``, normalized by ``n_{l-1}``.
     """
+    return _dntk_p_fold(mlp, K1, closure)
+
+
+def _dntk_p_fold(mlp, K1, closure, visit=None):
+    """P's fold over depth (:func:`residual_dntk_p`); returns P (L,).
+
+    ``visit(l, Pi, epsi, beta0, beta)``, if given, sees each step's inputs at layer l
+    (0-based): P's bilinear form ``Pi`` (L, 1 + 2L; rows the increments ``U_m``, columns
+    ``1 | q s(z^(p)) | p^2(z^(p))``), ``epsi = E[p^2(z^(l)) psi]`` and B's attachments
+    ``beta0``, ``beta`` (L,) of layer l, before the step (copies).
+    """
     act, L = mlp.activation, mlp.depth
     K, Th, (pp, pppp, dss, qs, qspp), (a, varw, C) = _one_input_setup(
         mlp, K1, ("pp", "pppp", "dss", "qs", "qspp"))
@@ -829,6 +841,8 @@ def residual_dntk_p(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
         epsi[1:1 + l] = PPQS[l, :l]
         epsi[1 + L:1 + L + l] = PPPP[l, :l]
         Beval = beta0 * qs[l] * pp[l] + float(bl @ (QSPP[l, :l] * pp[l] + qs[l] * PPPP[l, :l]))
+        if visit is not None:
+            visit(l, Pi.copy(), epsi, beta0, beta.copy())
         new = r * g ** 3 * Pi
         new[:, 0] += r * g * x * x * CW * (Pi @ epsi)
         u, f = l + 1, x * CW / varw[l + 1]
@@ -974,13 +988,13 @@ def _dntk_q_fold(mlp, K1, closure, visit=None):
 
 
 def residual_statistics(mlp: MLP, K1: float, stats) -> dict:
-    """The one-input residual statistics ``stats`` by name: A, B, D, F, V, H1, P, Q, S, T, U.
+    """The one-input residual statistics ``stats`` by name: A, B, D, F, V, H1, P, Q, R..U.
 
     One dispatch for :func:`pdlt.statistics` and the report's residual rows:
     A, B, D, F and V from :func:`residual_ntk_one_input` (one call for all of
     them), H1 from :func:`residual_ntk_mean`, P from :func:`residual_dntk_p`,
-    Q from :func:`residual_dntk_q`, S, T, U from :func:`residual_ddntk_s`,
-    :func:`residual_ddntk_t`, :func:`residual_ddntk_u` (R is not derived for residual MLPs).
+    Q from :func:`residual_dntk_q`, R, S, T, U from :func:`residual_ddntk_r`,
+    :func:`residual_ddntk_s`, :func:`residual_ddntk_t`, :func:`residual_ddntk_u`.
 
     Returns
     -------
@@ -989,7 +1003,8 @@ def residual_statistics(mlp: MLP, K1: float, stats) -> dict:
     """
     stats = list(stats)
     own = {"H1": residual_ntk_mean, "P": residual_dntk_p, "Q": residual_dntk_q,
-           "S": residual_ddntk_s, "T": residual_ddntk_t, "U": residual_ddntk_u}
+           "R": residual_ddntk_r, "S": residual_ddntk_s, "T": residual_ddntk_t,
+           "U": residual_ddntk_u}
     bad = [k for k in stats if k not in own and k not in RESIDUAL_NTK_STATISTICS + ("V",)]
     if bad:
         raise NotImplementedError(
@@ -1251,4 +1266,130 @@ def residual_ddntk_t(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
         out[l + 1] = T
     if not np.all(np.isfinite(out)):
         raise FloatingPointError("T overflowed; reduce the depth or initialize at criticality")
+    return out
+
+
+def _stein_two_depth(act, K, C, closure):
+    """Two-depth tables ``[l, p]`` (p < l) that R needs, ``t = sigma''' sigma'``:
+
+    ``TP = E[t(z^(l)) p^2(z^(p))]``, ``PT = E[p^2(z^(l)) t(z^(p))]``, ``QSP = E[q s(z^(l))
+    p^2(z^(p))]``, ``PQS = E[p^2(z^(l)) q s(z^(p))]``, ``PP = E[p^2(z^(l)) p^2(z^(p))]``.
+    ``sigma'''`` is never evaluated: ``t = (q p)' - q^2`` and Stein along the variable that
+    carries the derivative (``y = beta x + e``: ``E[F'(y) G(x)] = E[F(y) G(x) (y - beta x)] /
+    Var e``), so a kink of ``sigma''`` (not a jump) is integrated, not differentiated.
+    """
+    L = len(K)
+    t = OneVariableTable(act, K)
+    q3p, pp, qs = (np.asarray(t[k], float) for k in ("q3p", "pp", "qs"))
+    if closure:
+        return dict(TP=np.outer(q3p, pp), PT=np.outer(pp, q3p), QSP=np.outer(qs, pp),
+                    PQS=np.outer(pp, qs), PP=np.outer(pp, pp))
+    fns = {"qp": lambda z: act.d2(z) * act.d1(z), "zqp": lambda z: z * act.d2(z) * act.d1(z),
+           "qq": lambda z: act.d2(z) ** 2, "pp": lambda z: act.d1(z) ** 2,
+           "zpp": lambda z: z * act.d1(z) ** 2, "qs": lambda z: act.d2(z) * act.sigma(z)}
+    pr = _two_depth_pairs(act, C, fns, (("pp", "zqp"), ("zpp", "qp"), ("pp", "qq"),
+                                        ("zqp", "pp"), ("qp", "zpp"), ("qq", "pp"),
+                                        ("qs", "pp"), ("pp", "qs"), ("pp", "pp")))
+    Kl, Kp = K[:, None], K[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b1, s1 = C / Kp, Kl - C * C / Kp          # z^(l) = b1 z^(p) + e, Var e = s1
+        b2, s2 = C / Kl, Kp - C * C / Kl          # z^(p) = b2 z^(l) + e', Var e' = s2
+        TP = (pr[("pp", "zqp")].T - b1 * pr[("zpp", "qp")].T) / s1 - pr[("pp", "qq")].T
+        PT = (pr[("zqp", "pp")].T - b2 * pr[("qp", "zpp")].T) / s2 - pr[("qq", "pp")].T
+    low = np.tril(np.ones((L, L), bool), -1)
+    return {k: np.where(low, v, 0.0) for k, v in dict(
+        TP=TP, PT=PT, QSP=pr[("qs", "pp")], PQS=pr[("pp", "qs")], PP=pr[("pp", "pp")]).items()}
+
+
+def residual_ddntk_r(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
+    r"""``R``, the ddNTK statistic ``n E[ddIH_{iijj}]`` (i != j) of a residual MLP, one input.
+
+    ``ddIH_{i0i1i2i3} = T3_{i0}[g_{i1}, g_{i2}, g_{i3}]`` with ``T3_i`` neuron i's third
+    derivative tensor (learning-rate rescaled). Its conditional mean given the two
+    trajectories depends on neuron j's alone (``docs/derivations/residual_ntk.md``,
+    section 13c),
+
+    .. math::
+        r(j) = r_0 + \sum_p \big[\rho^{(1)}_p\,\sigma'''\sigma'(z_j^{(p)})
+               + \rho^{(2)}_p\,\sigma''\sigma(z_j^{(p)}) + \rho^{(3)}_p\,\sigma'^2(z_j^{(p)})\big],
+
+    and a step (``s, p, q = sigma, sigma', sigma''`` at layer l; ``g = C_W Theta sigma'''
+    p + lambda_W q s``; ``B_{g,p^2}``, ``b_g(j)`` from B's attachments as in
+    :func:`residual_ddntk_s`; ``Pi`` P's bilinear form of :func:`residual_dntk_p` with
+    ``psi(j) = (1, q s(z_j^(p)), p^2(z_j^(p)))``; ``e = E[(C_W Theta q p + lambda_W s p)(z^(l))
+    U]`` on the increments):
+
+    .. math::
+        r' = r(\gamma^4 + \xi^2\gamma^2 C_W\langle p^2\rangle)r
+           + r(\xi^4 C_W^2\langle p^2\rangle + \xi^2\gamma^2 C_W)E[p^2(z_c)r(c)]
+           + \xi^4 C_W\Theta^2\langle g p^2\rangle + r\xi^4 C_W B_{g,p^2}
+           + \xi^2\gamma^2\big(\Theta^2 g(z_j^{(l)}) + r\,b_g(j)\big)
+           + r\xi^2 e^T\Pi\big(\xi^2 C_W E[p^2\psi] + \gamma^2\psi(j)\big),
+
+    ``R = E[r(j)]``. At gamma = 0 this is the book's recursion
+    (:func:`pdlt.theory.ddntk.ddntk_R_step`); layer 2 (exact at any width):
+    ``xi^4 C_W Theta^2 <g p^2> + xi^2 gamma^2 Theta^2 <g>``. ReLU and linear: R = 0.
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+        First-layer kernel.
+    closure : bool
+        Replace every two-depth average (here, in P's form and B's attachments) by the
+        product of one-depth ones (for comparison only).
+
+    Returns
+    -------
+    ndarray (L,)
+        ``R^(l)``, normalized by ``n_{l-1}``.
+
+    Raises
+    ------
+    ValueError
+        If ``K1`` is not a finite number > 0, or if ``sigma''`` jumps at a kink (R
+        needs ``sigma'''``; as for plain MLPs).
+    FloatingPointError
+        If R overflows (far from criticality at large depth).
+    """
+    act, L = mlp.activation, mlp.depth
+    K, Th, (pp, dqp, dss, qs, qspp, q3p, q3ppp), (a, varw, C) = _one_input_setup(
+        mlp, K1, ("pp", "dqp", "dss", "qs", "qspp", "q3p", "q3ppp"))
+    seen = []
+    _dntk_p_fold(mlp, K1, closure, visit=lambda *args: seen.append(args))
+    tb = _stein_two_depth(act, K, C, closure)
+    TP, PT, QSP, PQS, PP = (tb[k] for k in ("TP", "PT", "QSP", "PQS", "PP"))
+    lW = np.asarray(mlp.lambda_W, float)
+    out = np.zeros(L)
+    r0, rho = 0.0, np.zeros((3, L))           # features: t = s''' s' | q s | p^2, at depth p
+    for l, Pi, epsi, beta0, beta in seen:
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        CW, g, x, lw = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1], lW[l + 1]
+        bl = beta[:l]
+        gm = CW * Th[l] * q3p[l] + lw * qs[l]                 # <g>
+        gp2 = CW * Th[l] * q3ppp[l] + lw * qspp[l]            # <g p^2>
+        gP = CW * Th[l] * TP[l, :l] + lw * QSP[l, :l]         # E[g(z^(l)) p^2(z^(p))]
+        hpp, hg = float(bl @ PP[l, :l]), float(bl @ gP)
+        Bg = beta0 * gm * pp[l] + hg * pp[l] + gm * hpp
+        e = (CW * Th[l] * dqp[l] + lw * dss[l]) * a[l] * varw
+        piv = e @ Pi                                          # (1 + 2L) on psi
+        Er = (r0 * pp[l] + float(rho[0, :l] @ PT[l, :l] + rho[1, :l] @ PQS[l, :l]
+                                 + rho[2, :l] @ PP[l, :l]))
+        c = x * x * g * g
+        const = (x ** 4 * CW * Th[l] ** 2 * gp2 + r * x ** 4 * CW * Bg
+                 + r * c * (beta0 * gm + hg)
+                 + r * x * x * (x * x * CW * float(piv @ epsi) + g * g * piv[0])
+                 + r * (x ** 4 * CW ** 2 * pp[l] + c * CW) * Er)
+        keep = r * (g ** 4 + c * CW * pp[l])
+        r0 = keep * r0 + const
+        rho *= keep
+        rho[0, l] += c * Th[l] ** 2 * CW * Th[l]
+        rho[1, l] += c * Th[l] ** 2 * lw
+        rho[2, :l] += r * c * gm * bl
+        rho[1] += r * c * piv[1:1 + L]
+        rho[2] += r * c * piv[1 + L:]
+        out[l + 1] = r0 + float(rho[0] @ q3p + rho[1] @ qs + rho[2] @ pp)
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("R overflowed; reduce the depth or initialize at criticality")
     return out
