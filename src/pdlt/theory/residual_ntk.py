@@ -1,4 +1,5 @@
-r"""NTK statistics of residual MLPs at order 1/n, single input: A, B, D, F, H1, P, Q (and exact V).
+r"""NTK statistics of residual MLPs at order 1/n, single input: A, B, D, F, H1, P, Q, R, S, T, U
+(and exact V).
 
 For the residual MLP ``z' = xi [b + W sigma(z)] + gamma z``
 (``shared/NOTATION.md``) the book's closure on a finite set of statistics
@@ -22,6 +23,12 @@ them exactly:
   :func:`pdlt.statistics` serves for residual MLPs;
 * :func:`residual_dntk_q`: Q, the dNTK's other contraction (a linear form in one
   neuron's features), which :func:`pdlt.statistics` serves for residual MLPs;
+* :func:`residual_ddntk_r`, :func:`residual_ddntk_s`, :func:`residual_ddntk_t`,
+  :func:`residual_ddntk_u`: the ddNTK statistics, served by :func:`pdlt.statistics`
+  for residual MLPs. S and R are linear forms in neuron j's features (B's attachments;
+  R also P's bilinear form), T a constant fed by F's and Q's forms, and U a constant fed
+  by an NTK-dNTK correlation ``n E[H_ab dH_baa]`` that plain MLPs do not have (8-15 %
+  of U at gamma = 0.7);
 * :func:`residual_b_closure`: B from the closure recursion (history terms
   dropped), for comparison only;
 * :func:`pdlt.theory.residual.residual_slopes`: the depth-to-width slopes of the normalized
@@ -35,15 +42,17 @@ Carlo of real networks (``docs/derivations/residual_g1_mc.py``); H1 at layer 3
 by an independent delta-method derivation and at layers 3-5 by Rao-Blackwellized
 ensembles (:func:`pdlt.report.residual.residual_ntk_mean_measure`); P at layers 2-5
 and Q by Rao-Blackwellized ensembles (:func:`pdlt.report.residual.residual_dntk_p_measure`,
-:func:`pdlt.report.residual.residual_dntk_q_measure`). R, S, T, U and all N-input
-tensors are NOT derived for residual MLPs and raise ``NotImplementedError``.
+:func:`pdlt.report.residual.residual_dntk_q_measure`); R, S, T, U by
+:class:`pdlt.experiment.Ensemble` (autodiff) at layers 2-4. All N-input tensors are NOT
+derived for residual MLPs and raise ``NotImplementedError``.
 
 Cost: ``O(L^2)`` two-variable Gaussian averages (:func:`pdlt.gaussian.expect2`,
 ~1e6 function evaluations each) and ``O(L^3)`` algebra; fine to depth ~50.
 
 Derivation: ``docs/derivations/residual_ntk.md`` (forward equation, why the
 closure fails, the B attachments, the F bilinear features, the field
-covariances for V, A, D, H1 (section 8), P (section 9), Q (section 10), and the checks).
+covariances for V, A, D, H1 (section 8), P (section 9), Q (section 10), the ddNTKs
+(sections 11-14: U, S, T, R and their ensembles), and the checks).
 """
 
 from __future__ import annotations
@@ -169,7 +178,8 @@ def residual_ntk_one_input(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -
     ------
     NotImplementedError
         For a statistic other than A, B, D, F, V (P and Q: :func:`residual_dntk_p`,
-        :func:`residual_dntk_q`; R, S, T, U are not derived for residual MLPs).
+        :func:`residual_dntk_q`; R, S, T, U: :func:`residual_ddntk_r` ..
+        :func:`residual_ddntk_u`).
 
     Examples
     --------
@@ -1039,7 +1049,7 @@ def residual_ddntk_u(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
     Write ``Hs_i`` for neuron i's Hessian in the parameters (rescaled by the learning
     rates) and ``g_i`` for its gradient, so that ``ddIIH_{i0i1i2i3} = g_{i2}^T Hs_{i0}
     Hs_{i1} g_{i3}`` (``shared/NOTATION.md``). A residual step gives (derivation:
-    ``docs/derivations/residual_ntk.md``, section 11; ``q = sigma''``, ``p = sigma'``
+    ``docs/derivations/residual_ntk.md``, section 12; ``q = sigma''``, ``p = sigma'``
     at layer l, ``chi = xi^2 C_W <p^2> + gamma^2``)
 
     .. math::
@@ -1106,7 +1116,7 @@ def residual_ddntk_s(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
 
     ``ddIIH_{iijj} = g_j^T Hs_i Hs_i g_j`` (notation of :func:`residual_ddntk_u`).
     Its conditional mean given the two trajectories depends on neuron j's alone
-    (``docs/derivations/residual_ntk.md``, section 12),
+    (``docs/derivations/residual_ntk.md``, section 13),
 
     .. math::
         s(j) = s_0 + \sum_p \big[\sigma_p\,p^2(z_j^{(p)}) + \tau_p\,q^2(z_j^{(p)})\big],
@@ -1200,8 +1210,8 @@ def residual_ddntk_t(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
 
     ``ddIIH_{ijij} = g_i^T Hs_i Hs_j g_j`` (notation of :func:`residual_ddntk_u`). Its
     conditional mean given the two trajectories is a constant at O(1/n) (every source
-    is a free sum over old neurons; ``docs/derivations/residual_ntk.md``, section 13b), and a step
-    reads F's bilinear form ``M`` (``n E[H_ab | trajectories] = phi(a)^T M phi(b)``) and Q's
+    is a free sum over old neurons; ``docs/derivations/residual_ntk.md``, section 13b),
+    and a step reads F's bilinear form ``M`` (``n E[H_ab | trajectories] = phi(a)^T M phi(b)``) and Q's
     linear form ``w`` (``n E[dH_{bba} | trajectories] = w^T phi(a)``) of layer l
     (``s, p, q = sigma, sigma', sigma''``; ``e_f = E[f(z^(l)) phi]``; ``chi = xi^2 C_W <p^2>
     + gamma^2``; ``lambda_W``, ``xi``, ``C_W`` of the new layer):
