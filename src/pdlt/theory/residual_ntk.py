@@ -1211,8 +1211,8 @@ def residual_ddntk_t(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
     ``ddIIH_{ijij} = g_i^T Hs_i Hs_j g_j`` (notation of :func:`residual_ddntk_u`). Its
     conditional mean given the two trajectories is a constant at O(1/n) (every source
     is a free sum over old neurons; ``docs/derivations/residual_ntk.md``, section 13b),
-    and a step reads F's bilinear form ``M`` (``n E[H_ab | trajectories] = phi(a)^T M phi(b)``) and Q's
-    linear form ``w`` (``n E[dH_{bba} | trajectories] = w^T phi(a)``) of layer l
+    and a step reads F's bilinear form ``M`` (``n E[H_ab | trajectories] = phi(a)^T M
+    phi(b)``) and Q's linear form ``w`` (``n E[dH_{bba} | trajectories] = w^T phi(a)``) of layer l
     (``s, p, q = sigma, sigma', sigma''``; ``e_f = E[f(z^(l)) phi]``; ``chi = xi^2 C_W <p^2>
     + gamma^2``; ``lambda_W``, ``xi``, ``C_W`` of the new layer):
 
