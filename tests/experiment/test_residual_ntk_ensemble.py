@@ -442,3 +442,26 @@ def test_ddntk_all(act, gamma, networks, claimed):
     8.59(8) / 8.57, U^(4) 0.906(28) / 0.896; GELU 0.7: T^(4) 15.23(44) / 15.40."""
     _ddntk_rows(act, gamma, ("R", "S", "T", "U"), depth=4, networks=networks, claimed=claimed,
                 max_resolution=0.25)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gamma", [0.3, 0.7])
+def test_ddntk_gelu_three_widths(gamma):
+    """~1-2 min each. GELU's 1/n terms are large (S, T, U move 10-25 % between n = 16 and 32), so
+    its layer-3 rows are checked on the wider pair: 2 m(64) - m(32), allowance
+    0.25 |m(32) - m(64)|, 20000 / 10000 networks (measured: gamma 0.3: S 6.949(70), T
+    6.277(68), U 1.886(37) against 6.871, 6.208, 1.831; gamma 0.7: 5.027(49), 4.177(41),
+    0.654(14) against 4.985, 4.120, 0.642; resolution 3-10 %)."""
+    from pdlt.theory.residual_ntk import residual_statistics
+    meas = {}
+    for i, (n, N) in enumerate(((32, 20000), (64, 10000)), start=1):
+        m = residual_mlp("gelu", gamma, width=n, depth=3, n_out=n, lambda_b=0.5)
+        meas[n] = Ensemble(m, networks=N, seed=700 + i).measure(K1=1.0, stats=["S", "T", "U"],
+                                                                progress=False)
+    th = residual_statistics(m, 1.0, ["S", "T", "U"])
+    for k in "STU":
+        a1, s1 = float(meas[32][k].mean[2]), float(meas[32][k].stderr[2])
+        a2, s2 = float(meas[64][k].mean[2]), float(meas[64][k].stderr[2])
+        mean, se, _ = width_extrapolation(a1, s1, a2, s2)
+        powered(float(th[k][2]), float(mean), float(se), 0.25 * abs(a1 - a2),
+                label=f"{k}^(3) gelu gamma={gamma} (32/64)", max_resolution=0.12)
