@@ -447,8 +447,8 @@ def test_ddntk_all(act, gamma, networks, claimed):
 @pytest.mark.slow
 @pytest.mark.parametrize("gamma", [0.3, 0.7])
 def test_ddntk_gelu_three_widths(gamma):
-    """~1-2 min each. GELU's 1/n terms are large (S, T, U move 10-25 % between n = 16 and 32), so
-    its layer-3 rows are checked on the wider pair: 2 m(64) - m(32), allowance
+    """~1-2 min each. GELU's 1/n terms are large (S, T, U move 10-25 % between n = 16 and
+    32), so its layer-3 rows are checked on the wider pair: 2 m(64) - m(32), allowance
     0.25 |m(32) - m(64)|, 20000 / 10000 networks (measured: gamma 0.3: S 6.949(70), T
     6.277(68), U 1.886(37) against 6.871, 6.208, 1.831; gamma 0.7: 5.027(49), 4.177(41),
     0.654(14) against 4.985, 4.120, 0.642; resolution 3-10 %)."""
