@@ -256,7 +256,7 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
         cases = [("P", "tanh", 0.7, (16, 32), 3000), ("Q", "tanh", 0.3, (16, 32), 2000)]
         if full:
             cases += [("P", "gelu", 0.7, (32, 64), 2000), ("Q", "gelu", 0.7, (16, 32), 3000)]
-            # ddNTK statistics (autodiff estimators; ~4 min together)
+            # ddNTK statistics (autodiff estimators; 12 rows, ~3.5 min together)
             cases += [("R", "tanh", 0.7, (16, 32), 3000), ("S", "tanh", 0.7, (16, 32), 3000),
                       ("T", "gelu", 0.3, (16, 32), 6000), ("U", "tanh", 0.7, (16, 32), 6000)]
         for stat, act, g, ws, N in cases:
