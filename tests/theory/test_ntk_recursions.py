@@ -172,9 +172,11 @@ def test_half_stable_slopes(act):
 
 
 def test_residual_mlp_refused_not_ignored():
+    """One input: the residual recursions (pdlt.theory.residual_ntk) serve every NTK
+    statistic; N inputs of a residual MLP are refused, not computed by the plain steps."""
     mlp = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, gamma=0.5)
     with pytest.raises(NotImplementedError, match="residual"):
-        ntk_fluctuation_flow(mlp, K1=1.0)
+        ntk_fluctuation_flow(mlp, np.ones((2, 1)))
 
 
 def test_half_stable_recursions_vs_ensemble_at_k_star():
