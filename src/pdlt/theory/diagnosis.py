@@ -430,7 +430,7 @@ def diagnose_architecture(act, depth, width, C_b=None, C_W=None, K1=1.0, residua
     reference problem of :func:`pdlt.learning.finite_training.finite_width_learning_size`,
     ~2-3 ms per layer for relu and tanh and ~6 ms for gelu (depth 1000:
     4.5-8 s; depth 10^4: 20-40 s, benchmarks/README.md). Its layer loop shows
-    a progress bar on stderr (:mod:`pdlt._progress`: on a terminal once it
+    a progress bar on stderr (``pdlt._progress``: on a terminal once it
     has run 5 s; ``pdlt diagnose --progress`` at once, ``--json`` never).
     """
     from ..network import MLP
