@@ -202,7 +202,8 @@ def information_study(activations=("tanh",), widths=(32, 64), depth=6, n_outs=(1
             k += 1
         ax.set_xticks(range(len(labels)), labels)
         ax.set_ylabel("n V/(n K^2) at the output")
-        ax.set_title(f"r* inputs, depth {depth}: statistics (-), nu (L-1) (--), n={n} C0, {n2} C1")
+        ax.set_title(f"r* inputs, depth {depth}: statistics (-), nu (L-1) (--); "
+                     f"n={n} C0, {n2} C1; o cond., s same, ^ pair", fontsize=8)
         ax.grid(alpha=0.3)
         return fig
 

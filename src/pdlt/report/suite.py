@@ -26,6 +26,7 @@ __all__ = ["Case", "StatSpec", "STAT_SPECS", "Row", "CaseResult", "SuiteResult",
            "default_cases", "default_studies", "run_case", "run_suite", "critical_mlp"]
 
 from .finite_training import finite_training_study
+from .information import information_study
 from .learning import finite_bayes_study
 from .multi_input import G1_MULTI_CASES, g1_multi_study
 from .rows import Row, critical_mlp, make_row, width_extrapolation  # noqa: F401 (re-exported)
@@ -590,6 +591,7 @@ def default_studies(quick=False, full=False):
             lambda: residual_study(ntk=True, full=full),
             lambda: finite_training_study(full=full),
             lambda: g1_multi_study(g1_cases),
+            *([information_study] if full else []),  # r*'s inputs: ~24 CPU s, --full only
             lambda: finite_bayes_study(full=full)]
 
 
