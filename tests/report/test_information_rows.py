@@ -60,7 +60,8 @@ def test_row_theory_is_rstar_own_call(monkeypatch):
         assert abs(finite - rstar) > 0.05 * rstar
     # change r* and the row's theory follows: it is the same call
     import pdlt.theory.information as th_info
-    monkeypatch.setattr(th_info, "optimal_aspect_ratio", lambda a, n: 0.5 * optimal_aspect_ratio(a, n))
+    monkeypatch.setattr(th_info, "optimal_aspect_ratio",
+                        lambda a, n: 0.5 * optimal_aspect_ratio(a, n))
     assert math.isclose(info.rstar_inputs("tanh", DEPTH, 3)[0],
                         2 * (DEPTH - 1) * vertex_slope("tanh"), rel_tol=1e-12)
 
@@ -87,6 +88,8 @@ def test_bad_input():
     ens = Ensemble(critical_mlp("tanh", 8, 1, n_out=1), networks=4, seed=0)
     with pytest.raises(ValueError, match="depth >= 2"):
         info.output_moments(ens)
+    with pytest.raises(ValueError, match=r"\(n, 2n\)"):
+        info.information_study(widths=(16, 48))
 
 
 def test_wired_into_full_report_only():

@@ -20,7 +20,8 @@ Estimators (one input, per network ``m`` of the ensemble):
   exactly i.i.d. ``N(0, G_m)`` with ``G_m = C_b + C_W mean_j sigma(z_j^(L-1))^2``,
   so ``E[z^2] = E[G]``, ``<z_i^4>_c / 3 = <z_i^2 z_j^2>_c = Var(G)`` and
   ``n k2 = n Var(G) / E[G]^2`` is estimated without the output layer's own
-  Gaussian noise (at equal cost about 10x smaller standard error);
+  Gaussian noise (tanh, width 64, 6000 networks: standard error 0.055
+  against 1.0 for the direct same-neuron estimator);
 * *direct*: the ensemble's ``V_same = n kappa_4 / 3`` and ``V_pair = n
   Cov(z_i^2, z_j^2)`` of the sampled outputs, divided by ``E[z^2]^2``
   (the same estimators as :meth:`pdlt.experiment.Ensemble.measure`).
@@ -29,8 +30,9 @@ Every row is a two-width extrapolation ``(n, 2n)``
 (:func:`pdlt.report.rows.width_extrapolation`; allowance ``|m(2n) - m(n)| / 2``
 from the measurement). The r* rows compare with ``nu (L - 1)`` where ``nu =
 optimal_vertex(n_L) / optimal_aspect_ratio(activation, n_L)`` -- the very
-functions that compute r* -- and add the measured-independent finite-depth
-difference ``|n k2_statistics(L) - nu (L - 1)|`` to the allowance (zero for ReLU).
+functions that compute r* -- and add the finite-depth difference
+``|n k2_statistics(L) - nu (L - 1)|`` (theory only, independent of the
+measurement) to the allowance (zero for ReLU).
 """
 
 from __future__ import annotations
@@ -163,6 +165,9 @@ def information_study(activations=("tanh",), widths=(32, 64), depth=6, n_outs=(1
     from ..experiment import Ensemble
 
     n, n2 = (int(w) for w in widths)
+    if n < 2 or n2 != 2 * n:
+        raise ValueError(f"widths must be a pair (n, 2n) with n >= 2 for the two-width "
+                         f"extrapolation; got {tuple(widths)}")
     rows, data = [], []
     for a_k, act in enumerate(activations):
         for o_k, nL in enumerate(n_outs):
