@@ -591,7 +591,7 @@ def default_studies(quick=False, full=False):
             lambda: residual_study(ntk=True, full=full),
             lambda: finite_training_study(full=full),
             lambda: g1_multi_study(g1_cases),
-            *([information_study] if full else []),  # r*'s inputs: ~24 CPU s, --full only
+            *([information_study] if full else []),  # r*'s inputs: ~26 CPU s, --full only
             lambda: finite_bayes_study(full=full)]
 
 
