@@ -13,7 +13,14 @@ table gives both trees' times where both ran and the largest relative
 difference of the reference problem's numbers (``finite_width_learning``:
 ``representation_learning``, ``prediction_correction`` and the rest)
 between them. ``--old`` is the ``src`` folder of an older checkout, e.g.
-``git archive 3dd83a2 src | tar -x -C /tmp/old`` then ``--old /tmp/old/src``.
+``git archive 3dd83a2 src | tar -x -C /tmp/old`` then ``--old /tmp/old/src``;
+each configuration runs the old tree and then the new one, side by side.
+
+``--parts`` adds, per configuration and tree, the CPU seconds of the stages
+of ``diagnose_architecture`` in one fresh process: imports, the one-input
+statistics at depth L (``statistics(K1=, get=V, G1)``), ``ntk_slopes`` (a
+one-input fold at depth 2048, independent of L) and the two-input reference
+problem (``finite_width_learning_size``).
 """
 
 from __future__ import annotations
@@ -51,6 +58,42 @@ def run(src, act, depth, width, timeout):
     return wall, cpu, json.loads(p.stdout)
 
 
+_PARTS = r"""
+import sys, time, warnings
+t0 = time.process_time()
+from pdlt.network import MLP
+from pdlt.theory.criticality import criticality
+from pdlt.theory.statistics import statistics
+from pdlt.theory.ntk_criticality import ntk_slopes
+from pdlt.learning.finite_training import finite_width_learning_size
+act, L, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+c = criticality(act)
+mlp = MLP(n0=1, width=n, depth=L, activation=act, C_b=c.C_b, C_W=c.C_W)
+out = {"imports": time.process_time() - t0}
+for name, f in (("one-input V, G1", lambda: statistics(mlp, K1=1.0, get=("V", "G1"))),
+                ("ntk_slopes", lambda: ntk_slopes(act)),
+                ("reference problem", lambda: finite_width_learning_size(mlp, 1.0))):
+    t = time.process_time()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            f()
+    except Exception:
+        pass                     # gelu at depth 1e4: "Singular matrix" (a diagnose note)
+    out[name] = time.process_time() - t
+print(" ".join(f"{k}={v:.2f}" for k, v in out.items()))
+"""
+
+
+def parts(src, act, depth, width, timeout):
+    """CPU seconds of diagnose's stages in one fresh process (a line of name=value)."""
+    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-c", _PARTS, act, str(depth), str(width)], env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    return p.stdout.strip() if p.returncode == 0 else f"failed: {p.stderr[-300:]}"
+
+
 def largest_difference(a, b):
     """Largest |a - b| / max(|a|, |b|) over the reference problem's numbers."""
     la, lb = a.get("finite_width_learning") or {}, b.get("finite_width_learning") or {}
@@ -73,10 +116,13 @@ def main(argv=None):
                     help="depths at which the old tree runs too (it is slow)")
     ap.add_argument("--width", type=int, default=1000)
     ap.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
+    ap.add_argument("--parts", action="store_true",
+                    help="also the CPU seconds of diagnose's stages (after the table)")
     args = ap.parse_args(argv)
     print("| activation | depth | old wall | old CPU | new wall | new CPU | "
           "learning numbers, old vs new |")
     print("|---|--:|--:|--:|--:|--:|--:|")
+    stages = []
     for act in args.activations:
         for depth in sorted(set(args.depths) | (set(args.old_depths) if args.old else set())):
             old = (run(args.old, act, depth, args.width, args.timeout)
@@ -87,11 +133,20 @@ def main(argv=None):
             cells += ([f"{new[0]:.1f} s", f"{new[1]:.1f} s"] if new else ["timeout", ""])
             cells.append(f"{largest_difference(old[2], new[2]):.1e}" if old and new else "")
             print("| " + " | ".join(cells) + " |", flush=True)
+            if args.parts:
+                for tree, src in (("old", args.old), ("new", _HERE)):
+                    if src is not None and (tree == "new" or depth in args.old_depths):
+                        stages.append(f"{act} {depth} {tree}: "
+                                      f"{parts(src, act, depth, args.width, args.timeout)}")
             if new:
                 fl = new[2].get("finite_width_learning") or {}
                 print(f"<!-- {act} {depth}: representation_learning "
                       f"{fl.get('representation_learning')}, prediction_correction "
                       f"{fl.get('prediction_correction')} -->", flush=True)
+    if stages:
+        print("\nCPU seconds by stage (one process per line):")
+        for line in stages:
+            print("    " + line)
 
 
 if __name__ == "__main__":

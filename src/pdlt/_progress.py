@@ -9,9 +9,26 @@ run for 5 s, so short flows, tests and piped output see nothing;
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 _DELAY_S = 5.0
+#: None: layer bars on a terminal only (after _DELAY_S); True: always, at once; False: never
+_SHOW = None
+
+
+@contextlib.contextmanager
+def shown(show):
+    """Within the block, layer bars are shown always (True), never (False) or on a terminal (None).
+
+    The CLI's ``--progress`` (True) and ``--json`` (False) set it around a command.
+    """
+    global _SHOW
+    before, _SHOW = _SHOW, show
+    try:
+        yield
+    finally:
+        _SHOW = before
 
 
 def layers(iterable, desc):
@@ -24,12 +41,15 @@ def layers(iterable, desc):
     desc : str
         What the loop computes, shown before the bar.
     """
+    if _SHOW is False:
+        return iterable
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is optional
         return iterable
-    return tqdm(iterable, desc=desc, unit="layer", file=sys.stderr, delay=_DELAY_S,
-                leave=False, disable=None)
+    return tqdm(iterable, desc=desc, unit="layer", file=sys.stderr,
+                delay=0.0 if _SHOW else _DELAY_S, leave=False,
+                disable=False if _SHOW else None)
 
 
 def counter(total, progress, *, unit, desc, initial=0):

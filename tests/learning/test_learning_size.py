@@ -115,8 +115,9 @@ def _ulp_bumped_ssss(monkeypatch):
                                  pytest.param("gelu", marks=pytest.mark.slow)])  # gelu: 8 s
 def test_fast_reference_problem_equals_the_general_fold(act, critical_mlp, monkeypatch):
     # pdlt diagnose's reference problem takes the fast paths of pdlt.statistics (K-only
-    # averages per block of layers; tanh's uncorrelated inputs factorized); the general
-    # fold (_BLOCK_LAYERS = 0, _INDEPENDENT < 0) must give the same numbers: to 1e-10
+    # averages per block of layers; tanh's uncorrelated inputs factorized; the one-variable
+    # table once per distinct kernel value); the general fold (_BLOCK_LAYERS = 0,
+    # _INDEPENDENT < 0, _DISTINCT_TABLE = False) must give the same numbers: to 1e-10
     # relative, plus 8 ulps of the four-point average propagated (measured here: the
     # prediction correction of relu and gelu goes through G1 and H1, whose fourth-
     # derivative source loses ~(1 - rho^2)^-2 for the nearly coinciding inputs at depth)
@@ -136,7 +137,8 @@ def test_fast_reference_problem_equals_the_general_fold(act, critical_mlp, monke
                 r = finite_width_learning_size(mlp)
         return np.array([r[k] for k in _KEYS])
 
-    general = size(block=(stats_mod, "_BLOCK_LAYERS", 0), ind=(_averages, "_INDEPENDENT", -1.0))
+    general = size(block=(stats_mod, "_BLOCK_LAYERS", 0), ind=(_averages, "_INDEPENDENT", -1.0),
+                   table=(stats_mod, "_DISTINCT_TABLE", False))
     fast = size()
     bumped = size(bump=True)
     tol = 1e-10 * np.abs(general) + 8.0 * np.abs(fast - bumped)

@@ -26,7 +26,12 @@ def register(sub):
                         "(xi = 1); the default C_b, C_W are then the residual critical ones")
     p.add_argument("--output-width", metavar="NL", type=int, default=1,
                    help="output width n_L (default 1); sets the optimal aspect ratio")
-    p.add_argument("--json", action="store_true", help="print JSON (sorted keys)")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON (sorted keys); no progress bar unless --progress")
+    p.add_argument("--progress", action="store_true",
+                   help="show a progress bar (stderr) over the layers of the finite-width "
+                        "folds at once, also off a terminal (default: on a terminal, for "
+                        "loops past 5 s; deep networks, e.g. --depth 10000)")
     _register_model_arguments(p)
     p.set_defaults(run=run)
 
@@ -106,6 +111,14 @@ def run_model(args):
 
 
 def run(args):
+    from .._progress import shown
+
+    show = True if getattr(args, "progress", False) else (False if args.json else None)
+    with shown(show):
+        return _run(args)
+
+
+def _run(args):
     from ..theory.diagnosis import diagnose_architecture
 
     if getattr(args, "model", None) is not None:

@@ -26,6 +26,7 @@ __all__ = ["Case", "StatSpec", "STAT_SPECS", "Row", "CaseResult", "SuiteResult",
            "default_cases", "default_studies", "run_case", "run_suite", "critical_mlp"]
 
 from .finite_training import finite_training_study
+from .information import information_study
 from .learning import finite_bayes_study
 from .multi_input import (DERIVATIVE_MULTI_CASES, G1_MULTI_CASES, H1_MULTI_CASES,
                           derivative_multi_study, g1_multi_study, h1_multi_study)
@@ -626,6 +627,7 @@ def default_studies(quick=False, full=False):
             lambda: g1_multi_study(g1_cases),
             lambda: derivative_multi_study(deriv_cases),
             lambda: h1_multi_study(h1_cases),
+            *([information_study] if full else []),  # r*'s inputs: ~26 CPU s, --full only
             lambda: finite_bayes_study(full=full)]
 
 
