@@ -125,6 +125,7 @@ import os
 import numpy as np
 from scipy import special
 
+from ._orthant import orthant_expect
 from ._rule import KernelNotPSDError, _gauss_legendre, expect
 
 __all__ = ["expect_nd", "quad_expectations", "node_count", "axis_rules", "NormalFamily",
@@ -564,7 +565,7 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         # plain monomials (linear activation): Gauss-Hermite is exact for polynomials
         out, err = _gh_path(fs, order, L, accuracy, return_error, smooth=False)
     elif pw:
-        out, err = _split_path(fs, order, L, (0.0,), accuracy, return_error, exact_inner=True)
+        out, err = _piecewise_path(fs, Kb, order, L, accuracy, return_error)
     elif len(kinks) == 0:
         out, err = _gh_path(fs, order, L, accuracy, return_error, growth=growth, gh_up=gh_up)
     else:
@@ -573,6 +574,28 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
     if return_error:
         return out.reshape(shape), err.reshape(shape)
     return out.reshape(shape)
+
+
+#: products of piecewise monomials under a well-conditioned covariance: the closed
+#: form of :mod:`pdlt.gaussian._orthant` (Stein's lemma down to orthant probabilities);
+#: False forces the split path everywhere (an independent reference for benchmarks)
+_ORTHANT = True
+
+
+def _piecewise_path(fs, K, order, L, accuracy, return_error):
+    """Piecewise monomials (ReLU family): the orthant closed form where the correlation
+    matrix's smallest eigenvalue is >= 1e-6, the split path (exact inner axes) elsewhere."""
+    if not _ORTHANT or len(fs) < 2:
+        return _split_path(fs, order, L, (0.0,), accuracy, return_error, exact_inner=True)
+    out, err, ok = orthant_expect(fs, K, return_error)
+    if not ok.all():
+        rest = np.flatnonzero(~ok)
+        o, e = _split_path(fs, order[rest], L[rest], (0.0,), accuracy, return_error,
+                           exact_inner=True)
+        out[rest] = o
+        if return_error:
+            err[rest] = e
+    return out, (err if return_error else None)
 
 
 def _lower_rule(qs):
