@@ -188,31 +188,150 @@ def _moment(K, n, S, return_error):
     return E(tuple(range(d)), tuple(n), frozenset(S), ())
 
 
+_RANK0 = 1e-10   # correlation eigenvalue below this: a zero direction (cone path)
+
+
+def _cone_moment(K, n, S):
+    """``<prod_k z_k^(n_k) prod_(k in S) 1{z_k > 0}>`` for rank-deficient K (B, d, d).
+
+    The variables are written ``z_k = l_k . u`` with ``u ~ N(0, I_r)`` (the
+    eigenvectors of the correlation matrix with eigenvalues above ``_RANK0``;
+    the dropped directions change the average by O(their eigenvalue)).
+    The indicators of S cut a pointed polyhedral cone out of R^r (r <= 3):
+    its extreme rays are the feasible intersections of pairs of the planes
+    ``l_k . u = 0`` (r = 3) or the normals of the lines (r = 2); the cone is
+    a fan of simplicial cones (rays r_0, r_i, r_(i+1)), and each is an
+    orthant of the r facet variables ``f . u`` (normals of the planes
+    through its pairs of rays), a well-conditioned problem for
+    :func:`_moment` with the z_k as power-only variables.
+
+    Returns (values, errors, good, dropped, cond): ``good`` False where the
+    geometry is degenerate (parallel planes, a nearly flat simplicial cone:
+    facet correlations with an eigenvalue below 1e-8); those are left to the
+    caller; ``dropped`` the largest dropped eigenvalue, ``cond`` the round-off
+    amplification (1 / the facets' smallest correlation eigenvalue).
+    """
+    B, d, _ = K.shape
+    sd = np.sqrt(np.einsum("bii->bi", K))
+    R = K / (sd[:, :, None] * sd[:, None, :])
+    mu, V = np.linalg.eigh(R)
+    val = np.zeros(B)
+    err = np.zeros(B)
+    good = np.zeros(B, dtype=bool)
+    cond = np.ones(B)         # 1 / smallest eigenvalue of the facets' correlations
+    Sl = sorted(S)
+    tris, owner = [], []
+    for b in range(B):
+        keep = mu[b] > _RANK0
+        r = int(keep.sum())
+        if r == 0 or r > 3 or mu[b, ~keep].max(initial=0.0) > _RANK0:
+            continue
+        Lb = sd[b, :, None] * V[b][:, keep] * np.sqrt(mu[b, keep])      # (d, r)
+        C = Lb[Sl]
+        if np.linalg.matrix_rank(C, tol=1e-8 * np.abs(C).max()) < r:
+            continue                                                   # not pointed
+        Cn = C / np.linalg.norm(C, axis=1, keepdims=True)
+        # candidate rays, each with the constraints it lies on (not re-checked there)
+        if r == 1:
+            cand = [(np.array([1.0]), ()), (np.array([-1.0]), ())]
+        elif r == 2:
+            cand = [(s_ * np.array([-c[1], c[0]]), (k,)) for k, c in enumerate(Cn)
+                    for s_ in (1.0, -1.0)]
+        else:
+            cand = []
+            for i, j in itertools.combinations(range(len(Cn)), 2):
+                x = np.cross(Cn[i], Cn[j])
+                nx = np.linalg.norm(x)
+                if nx < 1e-6:
+                    cand = None
+                    break
+                cand += [(x / nx, (i, j)), (-x / nx, (i, j))]
+            if cand is None:
+                continue
+        rays = []
+        for c, on in cand:
+            dots = Cn @ c
+            dots[list(on)] = 0.0
+            if np.all(dots >= -1e-9) and not any(abs(c @ q - 1.0) < 1e-9 for q in rays):
+                rays.append(c)
+        if len(rays) < r:
+            good[b] = True           # empty or of measure zero: contributes 0
+            continue
+        elif r == 1:
+            tri_list = [np.array([rays[0]])]
+        elif r == 2:
+            if len(rays) != 2:
+                continue
+            a, c = rays
+            na, nc = np.array([-c[1], c[0]]), np.array([-a[1], a[0]])
+            na *= np.sign(na @ a)
+            nc *= np.sign(nc @ c)
+            tri_list = [np.array([na, nc])]
+        else:
+            ctr = np.sum(rays, axis=0)
+            ctr /= np.linalg.norm(ctr)
+            e1 = rays[0] - (rays[0] @ ctr) * ctr
+            e1 /= np.linalg.norm(e1)
+            e2 = np.cross(ctr, e1)
+            ang = [math.atan2(q @ e2, q @ e1) for q in rays]
+            rs = [rays[k] for k in np.argsort(ang)]
+            tri_list = []
+            for k in range(1, len(rs) - 1):
+                a, bb, c = rs[0], rs[k], rs[k + 1]
+                fac = []
+                for p, q, o in ((bb, c, a), (c, a, bb), (a, bb, c)):
+                    f = np.cross(p, q)
+                    f /= np.linalg.norm(f)
+                    fac.append(f * np.sign(f @ o))
+                tri_list.append(np.array(fac))
+        lam_f = min([np.linalg.eigvalsh(F @ F.T)[0] for F in tri_list])
+        if lam_f < 1e-8:
+            continue                 # a nearly flat simplicial cone: left to the caller
+        cond[b] = 1.0 / lam_f
+        good[b] = True
+        for F in tri_list:
+            tris.append(np.concatenate([F, Lb], axis=0))             # (r + d, r)
+            owner.append(b)
+    if tris:
+        # group the simplicial cones by their number of facets (r)
+        by_r = {}
+        for M, b in zip(tris, owner):
+            by_r.setdefault(M.shape[1], []).append((M, b))
+        for r, items in by_r.items():
+            M = np.array([m for m, _ in items])
+            Kt = M @ np.swapaxes(M, 1, 2)
+            v, e = _moment(Kt, (0,) * r + tuple(n), tuple(range(r)), True)
+            ow = np.array([b for _, b in items])
+            np.add.at(val, ow, v)
+            np.add.at(err, ow, e)
+    dropped = np.maximum(np.where(mu > _RANK0, 0.0, mu).max(axis=1), 0.0)
+    return val, err, good, dropped, cond
+
+
 def orthant_expect(fs, K, return_error=False, tau=_TAU):
     """``<prod_k f_k(z_k)>`` for piecewise monomials ``fs`` and z ~ N(0, K), K (B, d, d).
 
+    ``f_k = z^(n_k) (c_-,k + (c_+,k - c_-,k) 1{z > 0})``: the products expand
+    into truncated moments over subsets S of the indicators. A subset whose
+    correlation matrix has its smallest eigenvalue >= ``tau`` goes through
+    :func:`_moment` directly, one that is rank-deficient to round-off
+    (eigenvalue < ``_RANK0``) through :func:`_cone_moment`.
+
     Returns ``(values, errors, ok)``: ``ok`` (B,) marks the covariances
-    evaluated here (correlation matrix's smallest eigenvalue >= ``tau``,
-    every variance > 0); the others are left as NaN for the caller.
+    evaluated here; the others (a subset between the two thresholds, a
+    zero variance, degenerate geometry) are NaN, left to the caller.
     """
     K = np.asarray(K, dtype=float)
     B, d, _ = K.shape
     var = np.einsum("bii->bi", K)
-    out = np.full(B, np.nan)
-    err = np.full(B, np.nan)
-    pos = np.all(var > 0, axis=1)
-    lam = np.full(B, -1.0)
-    if pos.any():
-        sd = np.sqrt(var[pos])
-        R = K[pos] / (sd[:, :, None] * sd[:, None, :])
-        lam[pos] = np.linalg.eigvalsh(R)[:, 0]
-    ok = lam >= tau
-    if not ok.any():
-        return out, err, ok
-    Kk = K[ok]
-    n = [f.n for f in fs]
-    val = np.zeros(len(Kk))
-    er = np.zeros(len(Kk))
+    ok = np.all(var > 0, axis=1)
+    sd = np.sqrt(np.where(ok[:, None], var, 1.0))
+    R = K / (sd[:, :, None] * sd[:, None, :])
+    n = tuple(f.n for f in fs)
+    val = np.zeros(B)
+    er = np.zeros(B)
+    amp = np.ones(B)          # round-off amplification 1 / lambda_min of the subsets used
+    drop = np.zeros(B)        # largest correlation eigenvalue neglected by the cone path
     varying = [k for k, f in enumerate(fs) if f.cp != f.cm]
     for r in range(len(varying) + 1):
         for S in itertools.combinations(varying, r):
@@ -221,17 +340,36 @@ def orthant_expect(fs, K, return_error=False, tau=_TAU):
                 coef *= (f.cp - f.cm) if k in S else f.cm
             if coef == 0.0:
                 continue
-            v, e = _moment(Kk, n, S, return_error)
-            val += coef * v
-            er += abs(coef) * e
+            if len(S) >= 2:
+                lam = np.linalg.eigvalsh(R[:, S][:, :, S])[:, 0]
+            else:
+                lam = np.ones(B)
+            direct = ok & (lam >= tau)
+            cone = ok & (lam < _RANK0)
+            ok &= direct | cone
+            if direct.any():
+                v, e = _moment(K[direct], n, S, return_error)
+                val[direct] += coef * v
+                er[direct] += abs(coef) * e
+                amp[direct] = np.maximum(amp[direct], 1.0 / lam[direct])
+            cone &= ok
+            if cone.any():
+                idx = np.flatnonzero(cone)
+                v, e, good, dropped, cnd = _cone_moment(K[idx], n, S)
+                ok[idx[~good]] = False
+                val[idx] += coef * v
+                er[idx] += abs(coef) * e
+                # the facet conditioning (lambda >= 1e-8) and the dropped directions
+                # (they change the average by O(their eigenvalue) of the scale)
+                amp[idx] = np.maximum(amp[idx], cnd)
+                drop[idx] = np.maximum(drop[idx], dropped)
     # round-off: the conditioning loses ~eps / lambda_min relative; against the
     # Cauchy-Schwarz scale prod_k <|f_k|^d>^(1/d) (<|z|^(n d)> and the larger slope)
-    d_ = len(fs)
-    cs = np.ones(len(Kk))
+    cs = np.ones(B)
     for k, f in enumerate(fs):
-        m = f.n * d_
+        m = f.n * d
         absmom = 2.0 ** (m / 2.0) * special.gamma((m + 1) / 2.0) / math.sqrt(math.pi)
-        cs *= (max(abs(f.cp), abs(f.cm)) ** d_ * absmom * var[ok, k] ** (m / 2.0)) ** (1.0 / d_)
-    out[ok] = val
-    err[ok] = er + 64.0 * _EPS / lam[ok] * cs
+        cs *= (max(abs(f.cp), abs(f.cm)) ** d * absmom * var[:, k] ** (m / 2.0)) ** (1.0 / d)
+    out = np.where(ok, val, np.nan)
+    err = np.where(ok, er + (64.0 * _EPS * amp + 10.0 * drop) * cs, np.nan)
     return out, err, ok
