@@ -142,7 +142,8 @@ def test_rank_three_equals_split_path(name):
 
 def test_ill_conditioned_covariance_falls_back_to_split_path():
     # smallest correlation eigenvalue between 1e-10 and 1e-6: neither closed form
-    # applies; expect_nd gives exactly the split path's value there
+    # applies; expect_nd gives exactly the split path's value one rule up there, and
+    # the difference from the rule asked for as its estimate
     rng = np.random.default_rng(2)
     _, K3 = _gram(rng, 1, 3, 6)
     T = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, -0.3, 0.8]])
@@ -151,8 +152,10 @@ def test_ill_conditioned_covariance_falls_back_to_split_path():
     _, _, ok = orthant_expect(fs, K[None])
     assert not ok[0]
     order, L = _factor(K[None])
-    want, _ = _split_path(fs, order, L, (0.0,), "default", False, exact_inner=True)
-    assert expect_nd(fs, K) == want[0]
+    want, _ = _split_path(fs, order, L, (0.0,), "high", False, exact_inner=True)
+    lo, _ = _split_path(fs, order, L, (0.0,), "default", False, exact_inner=True)
+    got, est = expect_nd(fs, K, return_error=True)
+    assert got == want[0] and est == abs(want[0] - lo[0])
 
 
 def test_quad_expectations_relu_first_layer_matches_split_high():

@@ -37,8 +37,17 @@ inputs at the first layer) are left to the caller's split path
 is the difference of the P4 integral from 7 nodes per panel (an overestimate
 of the 10-node error), times its coefficient, plus ``64 eps / lambda_min``
 times the Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)`` for round-off.
-Checked against the split Gauss-Legendre path at "high" and against exact
-orthant values in ``tests/gaussian/test_orthant.py``.
+Measured (``tests/gaussian/test_orthant.py``): P4 within 1e-12 of exact
+values (equicorrelated 1/5, factorized cases); rank-2 products within
+~1e-15 of an independent polar integral (adaptive quadrature between the
+kinks); full-rank products within 1e-10 of the split path at "high", whose
+own error that is (a finer split rule agrees with this path to 1e-13).
+
+**Rank-deficient covariances** (:func:`_cone_moment`): with ``z = L u``,
+``u ~ N(0, I_r)``, r <= 3, the indicators cut a pointed polyhedral cone out
+of R^r; it is split into simplicial cones (a fan over its extreme rays),
+each an orthant of r well-conditioned facet variables, with the z_k as
+power-only variables (Stein's lemma never divides by their variances).
 """
 
 from __future__ import annotations
