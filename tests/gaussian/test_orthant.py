@@ -175,3 +175,14 @@ def test_quad_expectations_relu_first_layer_matches_split_high():
         scale = 1.5 * np.einsum("a,b,c,d->abcd", sd, sd, sd, sd)   # <relu^4>^(1/4) per slot
         assert np.all(np.abs(got - ref) < CONTRACT * scale)
         assert np.max(est / scale) < 1e-9
+
+
+def test_collinear_inputs_exact():
+    # z2 = +-2 z1 (collinear inputs with C_b = 0): <relu relu> = 2 <relu^2> = K11 or 0,
+    # <1{z1 > 0} z2 1{z2 > 0}> = 2 sqrt(K11 / (2 pi)) or 0; float64 round-off only
+    K = np.array([[[1.3, 2.6], [2.6, 5.2]], [[1.3, -2.6], [-2.6, 5.2]]])
+    got, _, ok = orthant_expect([PM(1, 0, 1)] * 2, K)
+    assert ok.all() and np.allclose(got, [1.3, 0.0], rtol=1e-14, atol=1e-14)
+    got, _, ok = orthant_expect([PM(1, 0, 0), PM(1, 0, 1)], K)
+    want = [2 * math.sqrt(1.3 / (2 * math.pi)), 0.0]
+    assert ok.all() and np.allclose(got, want, rtol=1e-14, atol=1e-14)
