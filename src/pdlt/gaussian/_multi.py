@@ -441,38 +441,60 @@ class NormalFamily:
             + poly(self.B) * np.exp(-0.5 * az * az) * _PHI
 
     def inner(self, m, c):
-        """``<f(m + c u)>`` over ``u ~ N(0, 1)``; m, c broadcastable arrays."""
-        m, c = np.broadcast_arrays(np.asarray(m, dtype=float), np.asarray(c, dtype=float))
-        out = np.zeros(m.shape)
+        """``<f(m + c u)>`` over ``u ~ N(0, 1)``; m, c broadcastable arrays.
+
+        Quantities that depend on c alone stay at c's shape (in the grid sums
+        c is one value per covariance, m one per outer point), terms with a
+        zero coefficient are skipped, and only the moments a term uses are
+        formed: the same formulas, ~2.5x fewer full-size array operations for
+        GELU's sigma.
+        """
+        m = np.asarray(m, dtype=float)
+        c = np.asarray(c, dtype=float)
+        shape = np.broadcast_shapes(m.shape, c.shape)
+        out = None
+
+        def add(acc, term):
+            return term if acc is None else acc + term
         if self.P:
             # moments of N(m, c^2)
-            E = [np.ones(m.shape), m]
+            c2 = c * c
+            E = [None, m]
             for j in range(2, len(self.P)):
-                E.append(m * E[j - 1] + (j - 1) * c * c * E[j - 2])
-            out = out + sum(pk * E[k] for k, pk in enumerate(self.P))
-        if not (self.A or self.B):
-            return out
-        a = self.a
-        mu0, s2 = a * m, (a * c) ** 2
-        r2 = 1.0 + s2
-        r = np.sqrt(r2)
-        x = mu0 / r
-        dens = np.exp(-0.5 * x * x) * _PHI / r
-        mu, v = mu0 / r2, s2 / r2
-        n = max(len(self.A), len(self.B) + 1, 1)
-        G = [np.ones(m.shape), mu]                      # moments of N(mu, v)
-        for j in range(2, n):
-            G.append(mu * G[j - 1] + (j - 1) * v * G[j - 2])
-        N = [dens * g for g in G[:n]]                   # <W^j phi(W)>
-        if self.A:
-            M = [special.ndtr(x)]                       # <W^j Phi(W)>
-            for j in range(1, len(self.A)):
-                M.append(mu0 * M[j - 1] + s2 * ((j - 1) * (M[j - 2] if j >= 2 else 0.0)
-                                                + N[j - 1]))
-            out = out + sum(ak * a ** -k * M[k] for k, ak in enumerate(self.A))
-        if self.B:
-            out = out + sum(bk * a ** -k * N[k] for k, bk in enumerate(self.B))
-        return out
+                E.append(m * E[j - 1] + (j - 1) * c2 * (E[j - 2] if j > 2 else 1.0))
+            for k, pk in enumerate(self.P):
+                if pk:
+                    out = add(out, pk if k == 0 else pk * E[k])
+        if self.A or self.B:
+            a = self.a
+            mu0 = m if a == 1.0 else a * m
+            s2 = (a * c) ** 2
+            r2 = 1.0 + s2
+            r = np.sqrt(r2)
+            x = mu0 * (1.0 / r)
+            dens = np.exp(-0.5 * x * x) * (_PHI / r)          # <phi(W)>
+            nN = max(len(self.A) - 1, len(self.B), 1)
+            N = [dens]                                          # <W^j phi(W)>
+            if nN > 1:
+                mu, v = mu0 * (1.0 / r2), s2 / r2               # moments of N(mu, v)
+                G = [1.0, mu]
+                for j in range(2, nN):
+                    G.append(mu * G[j - 1] + (j - 1) * v * G[j - 2])
+                N += [dens * g for g in G[1:nN]]
+            if self.A:
+                M = [special.ndtr(x)]                           # <W^j Phi(W)>
+                for j in range(1, len(self.A)):
+                    M.append(mu0 * M[j - 1] + s2 * ((j - 1) * M[j - 2] + N[j - 1] if j >= 2
+                                                    else N[j - 1]))
+                for k, ak in enumerate(self.A):
+                    if ak:
+                        out = add(out, M[k] if ak * a ** -k == 1.0 else ak * a ** -k * M[k])
+            for k, bk in enumerate(self.B):
+                if bk:
+                    out = add(out, N[k] if bk * a ** -k == 1.0 else bk * a ** -k * N[k])
+        if out is None:
+            return np.zeros(shape)
+        return np.broadcast_to(out, shape).copy() if np.shape(out) != shape else out
 
     def __repr__(self):
         return f"NormalFamily(P={self.P}, A={self.A}, B={self.B}, a={self.a})"
