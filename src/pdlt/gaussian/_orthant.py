@@ -63,6 +63,7 @@ __all__ = ["orthant_expect", "orthant_probability"]
 
 _TAU = 1e-6            # smallest eigenvalue of the correlation matrix for this path
 _NODES, _NODES_LO = 10, 7
+_ROUNDOFF_LAM = 1e-3   # below: round-off estimated by a second evaluation order
 _EPS = np.finfo(float).eps
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -373,7 +374,18 @@ def orthant_expect(fs, K, return_error=False, tau=_TAU):
                 v, e = _moment(K[direct], n, S, return_error)
                 val[direct] += coef * v
                 er[direct] += abs(coef) * e
-                amp[direct] = np.maximum(amp[direct], 1.0 / lam[direct])
+                # round-off of the conditioning: bounded by eps / lambda_min where that
+                # is small; below _ROUNDOFF_LAM the bound overstated (1e-7 against a
+                # true ~1e-12 at lambda = 1.3e-6), so there the difference from the
+                # same moment with the variables in the reverse order measures it
+                amp[direct] = np.maximum(amp[direct], np.where(
+                    lam[direct] >= _ROUNDOFF_LAM, 1.0 / lam[direct], 1.0))
+                low = direct & (lam < _ROUNDOFF_LAM)
+                if return_error and low.any():
+                    rev = np.arange(d)[::-1]
+                    v2, _ = _moment(K[low][:, rev][:, :, rev], tuple(n[k] for k in rev),
+                                    tuple(sorted(d - 1 - k for k in S)), False)
+                    er[low] += abs(coef) * np.abs(v[low[direct]] - v2)
             cone &= ok
             if cone.any():
                 idx = np.flatnonzero(cone)
