@@ -94,12 +94,14 @@ three variables and one smooth 1-D integral (Plackett) for four; a
 rank-deficient covariance, e.g. N > n0 inputs at the first layer, is cut
 into simplicial cones): within 1e-12 of exact orthant values and of an
 independent polar integral, ~0.1 ms per four-variable average instead of
-~10 ms (issue #15: relu V and G1 for N = 16, depth 10, 200 s -> ~1.5 s).
+~10 ms (issue #15: relu V and G1 for N = 16, depth 10, 207 s -> 2 s).
 Covariances whose correlation matrix has its smallest eigenvalue between
 1e-10 and 1e-6 (nearly but not exactly singular) and degenerate cone
-geometries go to the split path below. (That path at "high" was found off
-by up to 1.6e-8 of the scale for rank-2 ``<relu^2 relu relu>``,
-``tests/gaussian/test_orthant.py``.) **Split path: closed-form inner axes.**
+geometries go to the split path below, one rule up. (That path was found
+off on rank-deficient covariances: at "high" by up to 1.6e-8 of the scale
+for rank-2 ``<relu^2 relu relu>`` (``tests/gaussian/test_orthant.py``), 4.7e-7
+for rank-3 four-ReLU averages of 16 inputs in 3 dims, and 2.6e-5 for
+averages with sigma' slots at rank 2 (``benchmarks/relu_orthant.py``).) **Split path: closed-form inner axes.**
 The last two axes are done
 in closed form when the last two variables are of degree <= 1 and not
 collinear (``sqrt(1 - rho^2) > 1e-3``): a bivariate normal orthant
