@@ -145,10 +145,10 @@ def test_ill_conditioned_covariance_falls_back_to_split_path():
     # applies; expect_nd gives exactly the split path's value one rule up there, and
     # the difference from the rule asked for as its estimate
     rng = np.random.default_rng(2)
-    _, K3 = _gram(rng, 1, 3, 6)
-    T = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, -0.3, 0.8]])
-    K = T @ K3[0] @ T.T + 1e-8 * np.diag([0, 0, 0, 1.0])
-    fs = [PM(1, 0, 1)] * 4
+    _, K2 = _gram(rng, 1, 2, 6)
+    T = np.array([[1, 0], [0, 1], [0.5, -0.3]])
+    K = T @ K2[0] @ T.T + 1e-8 * np.diag([0, 0, 1.0])
+    fs = [PM(1, 0, 1)] * 3
     _, _, ok = orthant_expect(fs, K[None])
     assert not ok[0]
     order, L = _factor(K[None])
