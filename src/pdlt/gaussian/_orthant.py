@@ -27,16 +27,20 @@ Gauss-Legendre on panels graded geometrically toward ``t = 1`` (widths
 halving down to ``_TAU / 2``): every panel is at least its own width away from
 the singularity, and 10 nodes per panel converge like ``3.7^-20``.
 
-**Scope and accuracy.** Used when the correlation matrix's smallest eigenvalue
-is at least ``_TAU`` (1e-6): every conditional variance in the recursion is
-then at least ``_TAU`` of its variable's variance, so the round-off of the
-conditioning (``eps / _TAU`` relative) stays below ~1e-10 of the
-Cauchy-Schwarz scale. Rank-deficient or nearly singular covariances (N > n0
-inputs at the first layer) are left to the caller's split path
-(``ok = False``), which integrates them on their support. The error estimate
-is the difference of the P4 integral from 7 nodes per panel (an overestimate
-of the 10-node error), times its coefficient, plus ``64 eps / lambda_min``
-times the Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)`` for round-off.
+**Scope and accuracy.** A subset of indicators whose correlation matrix has
+its smallest eigenvalue ``lambda`` >= ``_TAU`` (1e-6) goes through the
+recursion directly (every conditional variance is then >= ``lambda`` of its
+variable's variance); one with ``lambda < _RANK0`` (1e-10: rank-deficient to
+round-off, N > n0 inputs at the first layer) through the cone path below;
+the few in between, zero variances and degenerate cone geometries are left
+to the caller's split path (``ok = False``). The error estimate: the
+difference of the P4 integral from 7 nodes per panel (an overestimate of the
+10-node error) times its coefficient, plus round-off: ``64 eps / lambda``
+times the Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)`` where
+``lambda >= 1e-3``, else the difference from the same moment with the
+variables in the reverse order (the bound overstated 1e5x at
+``lambda = 1.3e-6``); on the cone path the difference from a second
+decomposition of the cone, plus 10x the dropped eigenvalue times the scale.
 Measured (``tests/gaussian/test_orthant.py``): P4 within 1e-12 of exact
 values (equicorrelated 1/5, factorized cases); rank-2 products within
 ~1e-15 of an independent polar integral (adaptive quadrature between the
