@@ -135,7 +135,7 @@ def statistics_cost(trees, act, N, depth, repeats, timeout):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--old", help="src folder of a second tree to compare against")
-    ap.add_argument("--activations", nargs="+", default=["tanh"])
+    ap.add_argument("--activations", nargs="*", default=["tanh"])
     ap.add_argument("--inputs", type=int, default=16)
     ap.add_argument("--depth", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=1)

@@ -10,13 +10,15 @@ from here. The pieces, by idea:
 * ``_pairs`` -- all pairs of N inputs, :func:`pair_expectations` (closed
   forms, then the series, then nested quadrature);
 * ``_multi`` -- three and four variables, :func:`expect_nd`,
-  :func:`quad_expectations`.
+  :func:`quad_expectations`;
+* ``_orthant`` -- products of piecewise monomials (ReLU family) in closed
+  form, used by ``_multi``.
 
 The methods and their measured accuracy follow (each module's own
 docstring).
 """
 
-from . import _closed, _mehler, _multi, _nested, _rule
+from . import _closed, _mehler, _multi, _nested, _orthant, _rule
 from ._closed import closed_form_pair  # noqa: F401
 from ._mehler import hermite_coefficients  # noqa: F401
 from ._multi import expect_nd, quad_expectations  # noqa: F401
@@ -25,7 +27,7 @@ from ._pairs import pair_expectations  # noqa: F401
 from ._rule import T_TRUNC, KernelNotPSDError, _fixed_rule, _K_FIXED_MAX, expect  # noqa: F401
 
 __doc__ = (__doc__ or "") + "".join(
-    "\n" + (m.__doc__ or "") for m in (_rule, _nested, _mehler, _closed, _multi))
+    "\n" + (m.__doc__ or "") for m in (_rule, _nested, _mehler, _closed, _multi, _orthant))
 
 __all__ = [
     "expect",
