@@ -1,8 +1,9 @@
-r"""Exact N-input V, G1, B and F of residual MLPs at order 1/n, any activation.
+r"""Exact N-input V, G1, A, B, D and F of residual MLPs at order 1/n, any activation.
 
 B (:func:`residual_b_multi`) and F (:func:`residual_f_multi`): the one-input history
 recursions of :mod:`pdlt.theory.residual_ntk` with input slots (derivation sections 9, 10);
-the rest of this docstring is about V and G1.
+A and D (:func:`residual_ad_multi`): the field covariances below with the NTK fields
+``P_m^{ab}`` added (section 11); the rest of this docstring is about V and G1.
 
 For the residual MLP ``z' = xi [b + W sigma(z)] + gamma z`` (``shared/NOTATION.md``)
 a neuron carries its own past, so its order-1/n statistics need one neuron's
@@ -38,7 +39,8 @@ Then, with ``n = n_{l-1}``,
 At gamma = 0 both are the plain N-input recursions of :mod:`pdlt.theory.vertex`; for
 one input they are :func:`pdlt.theory.residual_ntk.residual_vertex_metric`.
 
-Served by :func:`pdlt.statistics` for residual MLPs and N inputs (``get=["V", "G1", "B", "F"]``).
+Served by :func:`pdlt.statistics` for residual MLPs and N inputs
+(``get=["V", "G1", "A", "B", "D", "F"]``).
 Coinciding inputs are merged first (every statistic of a repeated input is a copy).
 Cost: ``O(L^2 N^4)`` four-variable averages, batched (N = 3, L = 5: a few seconds).
 """
