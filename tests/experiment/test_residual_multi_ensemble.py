@@ -63,13 +63,15 @@ def test_report_rows_are_the_statistics_entries():
 
     pytest.importorskip("torch")
     rows = residual_multi_rows(("tanh",), networks=400, seed=3, ntk_networks=60)
-    # V: pairs (ab) <= (cd); G1: a <= b; B, F: one per orbit of their symmetries
-    assert len(rows) == 6 + 3 + 7 + 10
-    assert {r.key for r in rows} == {f"residual {k} (N inputs)" for k in ("V", "G1", "B", "F")}
+    # V, A: pairs (ab) <= (cd); G1: a <= b; D: pair x pair; B, F: one per orbit
+    assert len(rows) == 6 + 3 + 6 + 7 + 9 + 10
+    assert {r.key for r in rows} == {f"residual {k} (N inputs)"
+                                     for k in ("V", "G1", "A", "B", "D", "F")}
     th = pdlt.statistics(residual_mlp("tanh", 0.5, n0=2, width=32, depth=4, n_out=32,
-                                      lambda_b=0.5), X2, get=["V", "G1", "B", "F"])
+                                      lambda_b=0.5), X2, get=["V", "G1", "A", "B", "D", "F"])
     for lab, want in (("V_(00)(11)", th.V[3, 0, 0, 1, 1]), ("G1_01", th.G1[3, 0, 1]),
-                      ("B_(01)(10)", th.B[3, 0, 1, 1, 0]), ("F[0,0,1,1]", th.F[3, 0, 0, 1, 1])):
+                      ("B_(01)(10)", th.B[3, 0, 1, 1, 0]), ("F[0,0,1,1]", th.F[3, 0, 0, 1, 1]),
+                      ("A_(00)(11)", th.A[3, 0, 0, 1, 1]), ("D_(11)(01)", th.D[3, 1, 1, 0, 1])):
         r = next(r for r in rows if r.statistic.startswith(lab))
         assert r.theory == want and r.layer == 4 and r.width == 32
     assert all(len(r.control_z) == 3 and np.isfinite(r.stderr) and r.stderr > 0 for r in rows)
