@@ -22,9 +22,10 @@ import pytest
 import pdlt
 from pdlt import MLP
 from pdlt.theory.residual import residual_mlp
-from pdlt.theory.residual_multi import (residual_b_multi, residual_f_multi,
+from pdlt.theory.residual_multi import (residual_ad_multi, residual_b_multi, residual_f_multi,
                                        residual_vertex_metric_multi)
-from pdlt.theory.residual_ntk import residual_ntk_one_input, residual_vertex_metric
+from pdlt.theory.residual_ntk import (residual_ntk_one_input, residual_statistics,
+                                      residual_vertex_metric)
 from pdlt.theory.statistics import defined
 
 X3 = np.array([[1.0, 0.2, -0.3], [0.3, -0.9, 0.5], [-0.6, 0.4, 0.8]])
@@ -140,7 +141,7 @@ def test_statistics_serves_it_and_the_truncation_is_gone():
     s = pdlt.statistics(relu, X3[:2], get="all")
     assert s.V.shape == (4, 2, 2, 2, 2)
     with pytest.raises(NotImplementedError, match="for N inputs"):
-        pdlt.statistics(relu, X3[:2], get="A")
+        pdlt.statistics(relu, X3[:2], get="P")
     with pytest.raises(ValueError, match="exactly one"):
         residual_vertex_metric_multi(m)
     with pytest.raises(ValueError, match="accuracy"):
@@ -254,8 +255,8 @@ def test_statistics_serves_b_and_f_at_n_inputs():
     assert np.array_equal(s.B, residual_b_multi(m, X3[:2]))
     assert np.array_equal(s.F, residual_f_multi(m, X3[:2]))
     assert {"B", "F"} <= set(defined(m, 2))
-    with pytest.raises(NotImplementedError, match="V, G1, B and F"):
-        pdlt.statistics(m, X3[:2], get=["A"])
+    with pytest.raises(NotImplementedError, match="V, G1, A, B, D and F"):
+        pdlt.statistics(m, X3[:2], get=["P"])
     with pytest.raises(ValueError, match="both Ks and Thetas"):
         residual_b_multi(m, Ks=s.K)
     with pytest.raises(ValueError, match="both Ks and Thetas"):
@@ -306,3 +307,80 @@ def test_f_collinear_inputs_of_a_homogeneous_network(act):
         ref = residual_ntk_one_input(m, float(pdlt.statistics(m, x).K[0][0, 0]), stats="F")["F"]
         err = _rel(residual_f_multi(m, x), ref[:, None, None, None, None] * cccc)
         assert (err < 1e-10) if ok else (err > 0.1)
+
+
+# ---------------------------------------------------------------------------
+# A and D at N inputs (pdlt.theory.residual_multi.residual_ad_multi)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
+def test_ad_gamma_zero_is_the_plain_recursion(act):
+    """Unequal widths, C_b > 0, lambda_b != lambda_W, three distinct inputs: the plain
+    fold's A and D (round-off)."""
+    m = MLP(n0=3, widths=(8, 12, 6, 10), activation=act, C_W=1.4, C_b=0.1, lambda_b=0.5)
+    o = residual_ad_multi(m, X3)
+    s = pdlt.statistics(m, X3, get=["A", "D"])
+    assert _rel(o["A"], s.A) < 1e-12 and _rel(o["D"], s.D) < 1e-12
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
+def test_ad_diagonal_and_coinciding_inputs_are_the_one_input_ad(act):
+    """A_(aa)(aa), D_(aa)(aa) of three distinct inputs are the one-input A, D at K_aa
+    (pdlt.theory.residual_ntk: S and P fields, pair expectations; here pair fields and
+    up-to-four-variable averages); three copies of one input are copies; A is symmetric
+    under (a1a2) <-> (a3a4) and both under a1 <-> a2."""
+    m = residual_mlp(act, 0.5, n0=3, width=8, depth=5, n_out=8).with_(C_b=0.1, lambda_b=0.5)
+    o = residual_ad_multi(m, X3)
+    K1 = pdlt.statistics(m, X3).K[0]
+    for a in range(3):
+        ref = residual_statistics(m, float(K1[a, a]), ["A", "D"])
+        for k in ("A", "D"):
+            assert _rel(o[k][:, a, a, a, a], ref[k]) < 1e-10
+    A, D = o["A"], o["D"]
+    np.testing.assert_allclose(A, A.transpose(0, 3, 4, 1, 2), rtol=1e-12,
+                               atol=1e-13 * np.max(np.abs(A)))
+    for T in (A, D):
+        assert np.array_equal(T, T.transpose(0, 2, 1, 3, 4))
+        assert np.array_equal(T, T.transpose(0, 1, 2, 4, 3))
+    x = X3[:1]
+    one = residual_ad_multi(m, x)
+    many = residual_ad_multi(m, np.repeat(x, 3, axis=0))
+    for k in ("A", "D"):
+        np.testing.assert_allclose(many[k], np.broadcast_to(one[k], many[k].shape), rtol=1e-13,
+                                   atol=0)
+
+
+def test_ad_deep_linear_residual_is_isotropic_wick():
+    """sigma linear, C_b = 0, lambda_b = 0: H_{ii;ab} = x_a^T Q_i x_b and z_{j;a} z_{j;b} =
+    x_a^T Z_j x_b with (Q_i, Z_j) invariant under rotations of the input space, so A and D
+    are alpha G_12 G_34 + beta (G_13 G_24 + G_14 G_23) (G = x x^T) in every entry; the
+    fields' pair bookkeeping (off-diagonal pairs, their responses and own covariances)
+    must produce this form. Measured: alpha = 0 (Wick), beta > 0, the fit exact to
+    round-off. (The ReLU collinear scaling used for B and F is not available here:
+    d<sigma' sigma'>/dK_ab diverges as 1/sin(psi) at collinear inputs, so the N-input
+    A, D of the ReLU family are 0 x inf there, in the plain fold too.)"""
+    m = MLP(n0=3, width=16, depth=5, n_out=16, activation="linear", C_W=0.7, C_b=0.0,
+            gamma=0.6, xi=1.1, lambda_b=0.0)
+    o = residual_ad_multi(m, X3)
+    G = X3 @ X3.T
+    e1 = np.einsum("ab,cd->abcd", G, G).ravel()
+    e2 = (np.einsum("ac,bd->abcd", G, G) + np.einsum("ad,bc->abcd", G, G)).ravel()
+    basis = np.stack([e1, e2], axis=1)
+    for k in ("A", "D"):
+        for l in range(1, m.depth):
+            T = o[k][l].ravel()
+            (alpha, beta), *_ = np.linalg.lstsq(basis, T, rcond=None)
+            assert np.max(np.abs(basis @ (alpha, beta) - T)) < 1e-13 * np.max(np.abs(T))
+            assert abs(alpha) < 1e-13 * beta and beta > 0
+
+
+def test_statistics_serves_a_and_d_at_n_inputs():
+    m = residual_mlp("tanh", 0.5, n0=3, width=8, depth=4, n_out=8)
+    s = pdlt.statistics(m, X3[:2], get=["A", "D"])
+    o = residual_ad_multi(m, X3[:2])
+    assert np.array_equal(s.A, o["A"]) and np.array_equal(s.D, o["D"])
+    assert {"A", "B", "D", "F"} <= set(defined(m, 2))
+    with pytest.raises(NotImplementedError, match="V, G1, A, B, D and F"):
+        pdlt.statistics(m, X3[:2], get=["P"])
+    with pytest.raises(ValueError, match="both Ks and Thetas"):
+        residual_ad_multi(m, Ks=s.K)

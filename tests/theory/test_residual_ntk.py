@@ -178,7 +178,7 @@ def test_ntk_fluctuation_flow_serves_what_is_derived():
     full = ntk_fluctuation_flow(m, K1=1.0)            # one input: every statistic is served
     assert all(np.all(np.isfinite(full[k])) for k in "ABDFPQRSTU")
     with pytest.raises(NotImplementedError, match="N-input"):
-        ntk_fluctuation_flow(m, np.ones((2, 1)), stats="A")
+        ntk_fluctuation_flow(m, np.ones((2, 1)), stats="P")
 
 
 def test_slopes_reduce_to_the_plain_ones_and_exceed_the_three_point_form():

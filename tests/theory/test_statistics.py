@@ -180,10 +180,10 @@ def test_errors_and_residual_limits():
     with pytest.raises(NotImplementedError, match="R not derived for N inputs"):
         pdlt.statistics(res, np.eye(2), get="R")
     with pytest.raises(NotImplementedError, match="not derived for N inputs"):
-        pdlt.statistics(res, np.eye(2), get="A")
+        pdlt.statistics(res, np.eye(2), get="P")
     assert set(defined(res, 1)) >= {"V", "G1", "kappa3", "A", "B", "D", "F"}
     assert "H1" in defined(res, 1) and "R" in defined(res, 1)   # residual H1, R: one input
-    assert "H1" not in defined(res, 2) and "V" in defined(res, 2)   # N-input residual: V, G1, B, F
+    assert "H1" not in defined(res, 2) and "V" in defined(res, 2)   # N-input: V, G1, A, B, D, F
     assert "R" not in defined(pdlt.MLP(n0=1, width=4, depth=2, activation="elu", C_W=1.0,
                                        C_b=0.1))
 

@@ -892,12 +892,14 @@ def residual_multi_rows(activations=("relu", "tanh"), gamma=0.5, *, x=((1.0, 0.0
     (off-diagonal entries included), keys ``"residual V (N inputs)"`` and
     ``"residual G1 (N inputs)"``.
 
-    ``ntk_networks > 0`` adds the NTK statistics B and F (:func:`residual_b_multi
-    <pdlt.theory.residual_multi.residual_b_multi>`, ``residual_f_multi``) measured on that
-    many real networks per width (torch autodiff NTK, :class:`pdlt.experiment.Ensemble`,
-    ``lambda_b = 0.5``), extrapolated and allowed for the same way, one row per entry up to
-    the symmetries (B: ``(a1a2)(a3a4) = (a2a1)(a4a3) = (a3a4)(a1a2)``; F: the i <-> k swap),
-    keys ``"residual B (N inputs)"``, ``"residual F (N inputs)"``.
+    ``ntk_networks > 0`` adds the NTK statistics A, B, D and F (:func:`residual_ad_multi
+    <pdlt.theory.residual_multi.residual_ad_multi>`, ``residual_b_multi``,
+    ``residual_f_multi``) measured on that many real networks per width (torch autodiff
+    NTK, :class:`pdlt.experiment.Ensemble`, one run, ``lambda_b = 0.5``), extrapolated and
+    allowed for the same way, one row per entry up to the symmetries (B:
+    ``(a1a2)(a3a4) = (a2a1)(a4a3) = (a3a4)(a1a2)``; F: the i <-> k swap; A: a1 <-> a2,
+    a3 <-> a4 and the pair swap; D: a1 <-> a2, a3 <-> a4), keys ``"residual A (N inputs)"``,
+    ..., ``"residual F (N inputs)"``.
 
     Cost: two ensembles of ``networks`` numpy networks per activation (N = 2, depth 4,
     widths 16/32, 16000 networks: ~3.5 CPU s per activation); B and F at 4000 networks
@@ -939,7 +941,7 @@ def residual_multi_rows(activations=("relu", "tanh"), gamma=0.5, *, x=((1.0, 0.0
 
 
 def _residual_multi_ntk_rows(act, gamma, x, widths, L, networks, seed):
-    """B and F rows of :func:`residual_multi_rows` (last layer, one row per orbit)."""
+    """A, B, D and F rows of :func:`residual_multi_rows` (last layer, one row per orbit)."""
     import itertools
 
     import pdlt
@@ -953,21 +955,33 @@ def _residual_multi_ntk_rows(act, gamma, x, widths, L, networks, seed):
     for k, n in enumerate(widths):
         m = residual_mlp(act, gamma, n0=x.shape[1], width=n, depth=L, n_out=n, lambda_b=0.5)
         ms.append(Ensemble(m, networks=networks, seed=seed + k).measure(
-            x, stats=("B", "F"), layers=[L], progress=False))
-    th = pdlt.statistics(m, x, get=["B", "F"])
+            x, stats=("A", "B", "D", "F"), layers=[L], progress=False))
+    th = pdlt.statistics(m, x, get=["A", "B", "D", "F"])
+
+    def pair_swaps(q, swap):
+        out = {q}
+        for _ in range(3):
+            out |= {(r[1], r[0], r[2], r[3]) for r in out} | {(r[0], r[1], r[3], r[2])
+                                                               for r in out}
+            if swap:
+                out |= {(r[2], r[3], r[0], r[1]) for r in out}
+        return out
+
     orbit = {"B": lambda q: (q, (q[1], q[0], q[3], q[2]), (q[2], q[3], q[0], q[1]),
                              (q[3], q[2], q[1], q[0])),
-             "F": lambda q: (q, (q[2], q[3], q[0], q[1]))}
+             "F": lambda q: (q, (q[2], q[3], q[0], q[1])),
+             "A": lambda q: pair_swaps(q, True), "D": lambda q: pair_swaps(q, False)}
+    lab = {"A": "A_(%d%d)(%d%d)", "B": "B_(%d%d)(%d%d)", "D": "D_(%d%d)(%d%d)",
+           "F": "F[%d,%d,%d,%d]"}
     rows = []
-    for name in ("B", "F"):
+    for name in ("A", "B", "D", "F"):
         e = [ms[i].layer(L)[name] for i in range(2)]
         ext, se, al = width_extrapolation(e[0].mean, e[0].stderr, e[1].mean, e[1].stderr)
         t = getattr(th, name)[L - 1]
         for q in itertools.product(range(N), repeat=4):
             if min(orbit[name](q)) != q:
                 continue
-            lab = ("B_(%d%d)(%d%d)" % q) if name == "B" else ("F[%d,%d,%d,%d]" % q)
-            rows.append(make_row(f"{lab} (gamma={gamma:g}, {N} inputs, "
+            rows.append(make_row(f"{lab[name] % q} (gamma={gamma:g}, {N} inputs, "
                                  f"2m({widths[1]})-m({widths[0]}))", act, widths[1], L,
                                  float(t[q]), float(ext[q]), float(se[q]), float(al[q]),
                                  key=f"residual {name} (N inputs)"))

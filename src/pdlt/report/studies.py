@@ -272,7 +272,7 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
                 rows.append(make_row(f"{stat} (gamma={g:g}, 2m({ws[1]})-m({ws[0]}))", act,
                                      ws[1], r["layer"], r["theory"], r["measured"], r["se"],
                                      r["allowance"], key=f"residual {stat}"))
-        if full:   # N-input residual V, G1, B, F (relu, tanh; 2 inputs, layer 4; ~18 CPU s)
+        if full:   # N-input residual V, G1, A, B, D, F (relu, tanh; 2 inputs, layer 4; ~18 CPU s)
             from .residual import residual_multi_rows
             rows += residual_multi_rows(seed=seed + 60, ntk_networks=4000)
         figs["r* exact and NTK slopes"] = residual_aspect_ratio_figure(

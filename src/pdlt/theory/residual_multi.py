@@ -1,8 +1,9 @@
-r"""Exact N-input V, G1, B and F of residual MLPs at order 1/n, any activation.
+r"""Exact N-input V, G1, A, B, D and F of residual MLPs at order 1/n, any activation.
 
 B (:func:`residual_b_multi`) and F (:func:`residual_f_multi`): the one-input history
 recursions of :mod:`pdlt.theory.residual_ntk` with input slots (derivation sections 9, 10);
-the rest of this docstring is about V and G1.
+A and D (:func:`residual_ad_multi`): the field covariances below with the NTK fields
+``P_m^{ab}`` added (section 11); the rest of this docstring is about V and G1.
 
 For the residual MLP ``z' = xi [b + W sigma(z)] + gamma z`` (``shared/NOTATION.md``)
 a neuron carries its own past, so its order-1/n statistics need one neuron's
@@ -38,7 +39,8 @@ Then, with ``n = n_{l-1}``,
 At gamma = 0 both are the plain N-input recursions of :mod:`pdlt.theory.vertex`; for
 one input they are :func:`pdlt.theory.residual_ntk.residual_vertex_metric`.
 
-Served by :func:`pdlt.statistics` for residual MLPs and N inputs (``get=["V", "G1", "B", "F"]``).
+Served by :func:`pdlt.statistics` for residual MLPs and N inputs
+(``get=["V", "G1", "A", "B", "D", "F"]``).
 Coinciding inputs are merged first (every statistic of a repeated input is a copy).
 Cost: ``O(L^2 N^4)`` four-variable averages, batched (N = 3, L = 5: a few seconds).
 """
@@ -54,7 +56,8 @@ from ._averages import LayerAverages, OneVariableTable, apply_M, representatives
 from .kernel import first_layer_kernel, kernel_fold
 from .residual_ntk import _stein_lyapunov
 
-__all__ = ["residual_vertex_metric_multi", "residual_b_multi", "residual_f_multi"]
+__all__ = ["residual_vertex_metric_multi", "residual_b_multi", "residual_f_multi",
+           "residual_ad_multi"]
 
 #: the rule one up (the split path of kinked activations stops at "high")
 _UP = {"fast": "default", "default": "high", "high": "high"}
@@ -743,4 +746,225 @@ def _pair_sd(avg):
             else:
                 out[c, e] = float(expect_nd([fn["s"], fn["d"]], K[np.ix_([c, e], [c, e])],
                                             accuracy="high", **kw))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# A and D at N inputs: covariance of the shared fields S and P (derivation section 11)
+# ---------------------------------------------------------------------------
+
+def residual_ad_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="default") -> dict:
+    r"""Exact N-input ``A`` and ``D`` of a residual MLP at every layer, any activation.
+
+    ``A[l, a1, a2, a3, a4] = n_{l-1} Cov(H_{ii;a1a2}, H_{jj;a3a4})`` and
+    ``D[l, a1, a2, a3, a4] = n_{l-1} Cov(H_{ii;a1a2}, z_{j;a3} z_{j;a4})`` (i != j;
+    ``shared/NOTATION.md``). The one-input field construction of
+    :mod:`pdlt.theory.residual_ntk` (derivation ``residual_ntk.md`` section 5) with a
+    field per (layer, unordered pair of inputs): ``S_{m;ab} = (1/n) sum_j sigma_a
+    sigma_b(z_j^(m))`` and ``P_{m;ab} = (1/n) sum_j sigma'_a sigma'_b(z_j^(m))
+    H_{jj;ab}^(m)``; with ``Sigma`` their covariance, ``rho`` the responses and
+    ``c~`` the dressed own covariances,
+
+    .. math::
+        D = n\,[\rho(H)^T\Sigma\rho(zz) + \rho(H)^T\tilde c(zz)],\qquad
+        A = n\,\rho(H)^T\Sigma\rho(H).
+
+    Derivation: ``docs/derivations/residual_ntk_multi.md`` section 11. At gamma = 0 it
+    is the plain recursion of :mod:`pdlt.theory.ntk`; for one input
+    :func:`pdlt.theory.residual_ntk.residual_statistics` (A, D).
+
+    Parameters and errors as :func:`residual_b_multi`.
+
+    Returns
+    -------
+    dict
+        ``{"A": ndarray (L, N, N, N, N), "D": ndarray (L, N, N, N, N)}``, normalized by
+        ``n_{l-1}``; layer 1 is 0.
+
+    Examples
+    --------
+    >>> import numpy as np, pdlt
+    >>> from pdlt.theory.residual_multi import residual_ad_multi
+    >>> m = pdlt.MLP(n0=2, width=8, depth=3, activation="relu", C_W=1.5, gamma=0.5)
+    >>> residual_ad_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]]))["A"].shape
+    (3, 2, 2, 2, 2)
+    """
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    if (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
+        raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
+                         "(shape (L, N, N))")
+    if accuracy not in ("fast", "default", "high"):
+        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
+    if Ks is None:
+        K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
+        Ks, Thetas, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
+    Ks, Thetas = np.asarray(Ks, dtype=float), np.asarray(Thetas, dtype=float)
+    if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2] or \
+            Thetas.shape != Ks.shape:
+        raise ValueError(f"Ks and Thetas must have the same shape (L, N, N) with L = "
+                         f"{mlp.depth}; got {Ks.shape} and {Thetas.shape}")
+    N, L = Ks.shape[1], mlp.depth
+    reps, inv = representatives(Ks[0])
+    r2 = (slice(None), reps[:, None], reps[None, :])
+    out = _ad_multi(mlp, Ks[r2], Thetas[r2], accuracy)
+    if len(reps) < N:
+        out = {k: v[np.ix_(np.arange(L), inv, inv, inv, inv)] for k, v in out.items()}
+    for k, v in out.items():
+        if not np.all(np.isfinite(v)):
+            raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
+                                     "criticality (pdlt.criticality)")
+    return out
+
+
+def _kind_fns(act, kind):
+    """``(f, f^2)`` for ``kind`` "s" (sigma) or "p" (sigma') as :func:`expect_nd` integrands."""
+    if kind == "p":
+        return _dprime_fns(act)
+    si = act.scale_invariant if act.name != "monomial" else None
+    if si is not None:
+        return PiecewiseMonomial(si[0], si[1], 1), PiecewiseMonomial(si[0] ** 2, si[1] ** 2, 2)
+    s = act.sigma
+    return s, (lambda z: s(z) ** 2)
+
+
+def _kind_two_depth(act, C, l, p, P, kl, kp, accuracy):
+    """``T[u, v] = E[f_{P[u]}(z^(l)) h_{P[v]}(z^(p))]`` (p != l), f of kind kl, h of kp:
+    ``f_(ab) = f_a f_b`` (sigma or sigma', :func:`_kind_fns`)."""
+    fl, fp = _kind_fns(act, kl), _kind_fns(act, kp)
+    kw = dict(kinks=act.kinks, growth=entire_growth(act))
+    T = np.empty((len(P), len(P)))
+    groups = {}
+    for u, f in enumerate(P):
+        for v, h in enumerate(P):
+            xs, ys = sorted(set(f)), sorted(set(h))
+            groups.setdefault((len(xs), len(ys)), []).append((u, v, xs, ys))
+    for (nx, ny), items in groups.items():
+        d = nx + ny
+        fs = ([fl[1]] if nx == 1 else [fl[0], fl[0]]) + ([fp[1]] if ny == 1 else [fp[0], fp[0]])
+        cov = np.empty((len(items), d, d))
+        for k, (_, _, xs, ys) in enumerate(items):
+            lay, ins = [l] * nx + [p] * ny, xs + ys
+            for i in range(d):
+                for j in range(d):
+                    cov[k, i, j] = C[lay[i], lay[j]][ins[i], ins[j]]
+        acc = _UP[accuracy] if d <= 3 else accuracy
+        vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw), dtype=float))
+        for k, (u, v, _, _) in enumerate(items):
+            T[u, v] = vals[k]
+    return T
+
+
+def _ad_multi(mlp, Ks, Ths, accuracy):
+    act = mlp.activation
+    L, N = Ks.shape[0], Ks.shape[1]
+    out = {"A": np.zeros((L,) + (N,) * 4), "D": np.zeros((L,) + (N,) * 4)}
+    if L == 1:
+        return out
+    diag = np.einsum("lii->li", Ks)
+    if np.any(diag[:L - 1] <= 0):
+        raise ValueError("an input has zero variance; the finite-width statistics need "
+                         "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+    P, pidx = _pairs(N)
+    M = len(P)
+    pa, pb = np.array([i for i, _ in P]), np.array([j for _, j in P])
+    nf = L - 1
+    avg = [LayerAverages(act, Ks[m], OneVariableTable(act, diag[m].copy()), accuracy=accuracy)
+           for m in range(nf)]
+    a = _coefficients(mlp)
+    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    lW, xi, g = (np.asarray(v, float) for v in (mlp.lambda_W, mlp.xi, mlp.gamma))
+    varw = np.empty((L, N, N))
+    varw[0] = Ks[0]
+    for q in range(1, L):
+        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
+    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
+    rho = np.zeros((L, nf))                       # response of Khat_l to S_m (every pair)
+    for l in range(L):
+        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
+    b = np.zeros((L, L))                          # weight of layer q's NTK increment in H^(l)
+    for l in range(L):
+        b[l, l] = 1.0
+        b[l, :l] = b[l - 1, :l] * g[l] ** 2 if l else 0.0
+    F = 2 * nf * M                                # S_{m,k} at m M + k, P_{m,k} at (nf + m) M + k
+    Sx = lambda m: slice(m * M, (m + 1) * M)                   # noqa: E731
+    Px = lambda m: slice((nf + m) * M, (nf + m + 1) * M)       # noqa: E731
+    Th = np.array([Ths[m][pa, pb] for m in range(L)])          # (L, M)
+    Sv = [av.S[pa, pb] for av in avg]
+    PPv = [av.PP[pa, pb] for av in avg]
+    Mss = [_m_matrix(av, P) for av in avg]
+    Mpp = [_m_matrix_op(av.Mpp, N, P) for av in avg]
+
+    def resp_H(l):
+        """(M, F): response of H^(l)_p (the neuron's NTK mean given the fields)."""
+        r = np.zeros((M, F))
+        for m in range(l):
+            w = b[l, m + 1] * xi[m + 1] ** 2
+            r[:, Sx(m)] = w * lW[m + 1] * np.eye(M)
+            r[:, Px(m)] = w * CW[m + 1] * np.eye(M)
+        return r
+
+    R = np.zeros((F, F))
+    for m in range(nf):
+        for j in range(m):
+            R[Sx(m), Sx(j)] = rho[m, j] * Mss[m]
+            R[Px(m), Sx(j)] = Th[m][:, None] * rho[m, j] * Mpp[m]
+        R[Px(m)] += PPv[m][:, None] * resp_H(m)
+    own = np.zeros((F, F))
+    o = np.outer
+
+    def put(r, c, v):                             # a block and its mirror
+        own[r, c] = v
+        own[c, r] = v.T
+
+    for m in range(nf):
+        ssss, sspp, pppp = (avg[m].quad(k)[pa[:, None], pb[:, None], pa[None, :], pb[None, :]]
+                            for k in ("ssss", "sspp", "pppp"))
+        put(Sx(m), Sx(m), ssss - o(Sv[m], Sv[m]))
+        put(Sx(m), Px(m), (sspp - o(Sv[m], PPv[m])) * Th[m][None, :])
+        put(Px(m), Px(m), (pppp - o(PPv[m], PPv[m])) * o(Th[m], Th[m]))
+        for j in range(m):
+            if not np.any(C[m, j] != 0.0):
+                continue
+            put(Sx(m), Sx(j), _kind_two_depth(act, C, m, j, P, "s", "s", accuracy)
+                - o(Sv[m], Sv[j]))
+            put(Sx(m), Px(j), (_kind_two_depth(act, C, m, j, P, "s", "p", accuracy)
+                               - o(Sv[m], PPv[j])) * Th[j][None, :])
+            put(Px(m), Sx(j), (_kind_two_depth(act, C, m, j, P, "p", "s", accuracy)
+                               - o(PPv[m], Sv[j])) * Th[m][:, None])
+            put(Px(m), Px(j), (_kind_two_depth(act, C, m, j, P, "p", "p", accuracy)
+                               - o(PPv[m], PPv[j])) * o(Th[m], Th[j]))
+    nw = np.tile(np.repeat(np.array([mlp.widths[m + 1] for m in range(nf)], float), M), 2)
+    own_n = own / nw[None, :]
+    dress = np.linalg.inv(np.eye(F) - R)
+    ctil = own_n @ dress.T
+    Sig = _stein_lyapunov(R, own_n + ctil @ R.T + R @ ctil.T)
+    for l in range(1, L):
+        rz = np.zeros((M, F))
+        rz[:, :nf * M] = np.kron(rho[l], np.eye(M))
+        rH = resp_H(l)
+        cz = np.zeros((M, F))                     # c(z_a3 z_a4 at l) on every field
+        for m in range(l):
+            for k, (a3, a4) in enumerate(P):
+                X = np.outer(C[l, m][a3], C[l, m][a4])
+                X = 0.5 * (X + X.T)
+                cz[k, Sx(m)] = 2.0 * apply_M(avg[m].Mss, X)[pa, pb]
+                cz[k, Px(m)] = 2.0 * apply_M(avg[m].Mpp, X)[pa, pb] * Th[m]
+        ct = (cz / nw[None, :]) @ dress.T
+        n = mlp.widths[l]
+        Dp = n * (rH @ Sig @ rz.T + rH @ ct.T)
+        Ap = n * (rH @ Sig @ rH.T)
+        sel = (pidx[:, :, None, None], pidx[None, None, :, :])
+        out["D"][l], out["A"][l] = Dp[sel], Ap[sel]
+    return out
+
+
+def _m_matrix_op(op, N, P):
+    """:func:`_m_matrix` for any derivative operator ``op`` (e.g. ``d<sigma' sigma'>/dK``)."""
+    out = np.empty((len(P), len(P)))
+    pi = np.array([i for i, _ in P]), np.array([j for _, j in P])
+    for k, (e, f) in enumerate(P):
+        E = np.zeros((N, N))
+        E[e, f] = E[f, e] = 1.0
+        out[:, k] = apply_M(op, E)[pi]
     return out

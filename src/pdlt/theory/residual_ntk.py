@@ -43,8 +43,8 @@ by an independent delta-method derivation and at layers 3-5 by Rao-Blackwellized
 ensembles (:func:`pdlt.report.residual.residual_ntk_mean_measure`); P at layers 2-5
 and Q by Rao-Blackwellized ensembles (:func:`pdlt.report.residual.residual_dntk_p_measure`,
 :func:`pdlt.report.residual.residual_dntk_q_measure`); R, S, T, U by
-:class:`pdlt.experiment.Ensemble` (autodiff) at layers 2-4. For N inputs, V, G1, B and F
-are exact in :mod:`pdlt.theory.residual_multi` (any activation); the N-input kappa3, A, D,
+:class:`pdlt.experiment.Ensemble` (autodiff) at layers 2-4. For N inputs, V, G1, A, B, D
+and F are exact in :mod:`pdlt.theory.residual_multi` (any activation); the N-input kappa3,
 H1, P, Q, R, S, T, U are NOT derived for residual MLPs and raise ``NotImplementedError``.
 
 Cost: ``O(L^2)`` two-variable Gaussian averages (:func:`pdlt.gaussian.expect2`,
