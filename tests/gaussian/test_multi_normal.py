@@ -143,3 +143,19 @@ def test_quad_expectations_tanh_powers_one_rule_up():
         # not stepped up at all (gh_up = 0) they fail the 1e-9 below
         assert max(worst.values()) < 1e-8 * scale, worst
         assert max(worst[2], worst[3]) < 1e-9 * scale, worst
+
+
+def test_fused_gelu_inner_equals_the_general_formula():
+    # GELU's sigma takes a fused in-place path in NormalFamily.inner (the grid sums'
+    # shapes: m (b, P), c (b, 1)); the general formula (a scaled copy, a = 1 + 0)
+    # must agree to float64 round-off of the largest term, ~|m| eps
+    nf = normal_family(activation("gelu"), "sigma")
+    general = NormalFamily(nf.fn, A=(0.0, 1.0), B=(0.0,))     # B = (0,): skips the fast path
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(5, 400)) * 4
+    c = np.abs(rng.normal(size=(5, 1))) * 2
+    got, want = nf.inner(m, c), general.inner(m, c)
+    assert got.shape == want.shape == (5, 400)
+    np.testing.assert_allclose(got, want, rtol=0, atol=4 * np.finfo(float).eps * (np.abs(m) + 1).max())
+    # and it is the formula, not a copy of its input: a shift of c moves it
+    assert np.max(np.abs(nf.inner(m, c * (1 + 1e-6)) - want)) > 1e-9
