@@ -324,7 +324,7 @@ _RANK_TOL = 1e-14   # conditional variance <= this x the largest variance: a zer
 _INDEF_TOL = 1e-9   # eigenvalue < -this x d x the largest variance: genuinely indefinite
 
 
-def _factor(K, where=""):
+def _factor(K, where="", last=None):
     """Pivoted factor of a batch of PSD covariances, exact for any rank.
 
     ``z[order[:, k]] = sum_{j <= k} L[:, k, j] u_j`` with ``u ~ N(0, I)``:
@@ -333,6 +333,9 @@ def _factor(K, where=""):
     (conditional) variance, so the residual variances are norms, never
     negative, and an axis whose residual variance is below ``_RANK_TOL`` of
     the largest variance is a zero column (degenerate Gaussians are exact).
+
+    ``last`` (an index, or None): that variable is pivoted last, the others
+    largest first (:func:`_closed_last`).
 
     Returns
     -------
@@ -365,6 +368,8 @@ def _factor(K, where=""):
     for j in range(d):
         n2 = np.einsum("bij,bij->bi", R, R)
         n2[used] = -1.0
+        if last is not None and j < d - 1:
+            n2[:, last] = -1.0
         piv = np.argmax(n2, axis=1)
         top = n2[ar, piv]
         live &= top > _RANK_TOL * scale
@@ -627,6 +632,8 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
     elif pw:
         out, err = _piecewise_path(fs, Kb, order, L, accuracy, return_error)
     elif len(kinks) == 0:
+        if growth is not None and d > 1:
+            order, L = _closed_last(Kb, fs, order, L)
         out, err = _gh_path(fs, order, L, accuracy, return_error, growth=growth, gh_up=gh_up)
     else:
         out, err = _split_path(fs, order, L, tuple(float(c) for c in kinks), accuracy,
@@ -668,6 +675,37 @@ def _piecewise_path(fs, K, order, L, accuracy, return_error):
         if return_error:
             err[rest] = e
     return out, (err if return_error else None)
+
+
+def _closed_last(K, fs, order, L):
+    """The factor whose last variable (the axis in closed form) is the normal-family
+    factor with the largest conditional variance, where the covariance has full rank.
+
+    :func:`_factor` pivots the largest variance first, so its last variable has
+    the smallest conditional spread: the closed-form axis then takes the
+    narrowest direction and the outer trapezoid axes the widest. With the
+    widest conditional direction in closed form instead, the outer axes'
+    scales (the pivots' conditional standard deviations, which set their
+    node counts in :func:`axis_rules`) drop: GELU's four-variable averages at
+    the N = 16 benchmark's kernels, 40,000 -> 25,000 outer points at layer 1,
+    29,500 -> 18,500 at layer 5, 21,600 -> 14,400 at layer 10. The rule per
+    axis is unchanged (its scale from the new factor's column), so is its
+    error estimate. Rank-deficient covariances (and a reordering that would
+    meet a pivot below the rank tolerance) keep :func:`_factor`'s order.
+    """
+    B, d, _ = L.shape
+    exact = [k for k, f in enumerate(fs) if isinstance(f, NormalFamily)]
+    if not exact:
+        return order, L
+    full = np.all(np.abs(np.diagonal(L, axis1=1, axis2=2)) > 0, axis=1)
+    best = np.where(np.isin(order[:, d - 1], exact), L[:, d - 1, d - 1], -1.0)
+    order, L = order.copy(), L.copy()
+    for j in exact:
+        oj, Lj = _factor(K, last=j)
+        ok = full & np.all(np.abs(np.diagonal(Lj, axis1=1, axis2=2)) > 0, axis=1) \
+            & (Lj[:, d - 1, d - 1] > best)
+        order[ok], L[ok], best[ok] = oj[ok], Lj[ok], Lj[ok, d - 1, d - 1]
+    return order, L
 
 
 def _lower_rule(qs):
