@@ -9,8 +9,8 @@ for GELU (N inputs in 8 dims, seed 1, width 32, critical, the setting of
 at the default, and on the ``--old`` tree at ``--ref-accuracy`` (the
 reference: a different grid, other closed-form axes, one rule up). Prints CPU
 seconds and, per layer, the largest difference of V and G1 from the reference
-relative to that statistic's largest entry at that layer, next to this tree's
-``integration_error``. With ``--ntk``: the ten NTK tensors (8 inputs in 2
+relative to that statistic's largest entry at that layer, next to both trees'
+``integration_error`` (relative to V's largest entry). With ``--ntk``: the ten NTK tensors (8 inputs in 2
 dims, depth 3, ``theory_cost.py``'s case) for gelu and tanh, both trees, in
 the same run (CPU-second ratios are the meaningful numbers on a shared machine).
 """
@@ -85,7 +85,9 @@ def main(argv=None):
                 ref = data["ref"][k][layer]
                 scale = max(float(np.max(np.abs(ref))), 1e-300)
                 row[f"{k}_{tree}"] = float(np.max(np.abs(data[tree][k][layer] - ref))) / scale
-        row["err_new"] = float(data["new"]["err"][layer])
+        vscale = max(float(np.max(np.abs(data["ref"]["V"][layer]))), 1e-300)
+        for tree in ("new", "old"):      # integration_error relative to V's largest entry
+            row[f"est_{tree}"] = float(data[tree]["err"][layer]) / vscale
         rows.append(row)
         print(" ".join(f"{k}={v:.1e}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in row.items()), flush=True)

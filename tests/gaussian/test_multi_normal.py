@@ -145,17 +145,22 @@ def test_quad_expectations_tanh_powers_one_rule_up():
         assert max(worst[2], worst[3]) < 1e-9 * scale, worst
 
 
-def test_fused_gelu_inner_equals_the_general_formula():
-    # GELU's sigma takes a fused in-place path in NormalFamily.inner (the grid sums'
-    # shapes: m (b, P), c (b, 1)); the general formula (a scaled copy, a = 1 + 0)
-    # must agree to float64 round-off of the largest term, ~|m| eps
-    nf = normal_family(activation("gelu"), "sigma")
-    general = NormalFamily(nf.fn, A=(0.0, 1.0), B=(0.0,))     # B = (0,): skips the fast path
+@pytest.mark.parametrize("slot,spec", [("sigma", dict(A=(0.0, 1.0), B=(0.0,))),
+                                       ("d1", dict(A=(1.0, 0.0), B=(0.0, 1.0))),
+                                       ("d2", dict(B=(2.0, 0.0, -1.0, 0.0)))])
+def test_fused_gelu_inner_equals_the_general_formula(slot, spec):
+    # GELU's slots take fused in-place paths in NormalFamily.inner (the grid sums'
+    # shapes: m (b, P), c (b, 1)); the general formula (the same function written
+    # with a trailing zero coefficient, which skips the fused path) must agree to
+    # float64 round-off of the largest term, ~|m|^3 eps
+    nf = normal_family(activation("gelu"), slot)
+    general = NormalFamily(nf.fn, **spec)
     rng = np.random.default_rng(3)
     m = rng.normal(size=(5, 400)) * 4
     c = np.abs(rng.normal(size=(5, 1))) * 2
     got, want = nf.inner(m, c), general.inner(m, c)
     assert got.shape == want.shape == (5, 400)
-    np.testing.assert_allclose(got, want, rtol=0, atol=4 * np.finfo(float).eps * (np.abs(m) + 1).max())
+    np.testing.assert_allclose(got, want, rtol=0,
+                               atol=8 * np.finfo(float).eps * ((np.abs(m) + 1) ** 3).max())
     # and it is the formula, not a copy of its input: a shift of c moves it
     assert np.max(np.abs(nf.inner(m, c * (1 + 1e-6)) - want)) > 1e-9
