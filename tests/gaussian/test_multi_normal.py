@@ -143,3 +143,56 @@ def test_quad_expectations_tanh_powers_one_rule_up():
         # not stepped up at all (gh_up = 0) they fail the 1e-9 below
         assert max(worst.values()) < 1e-8 * scale, worst
         assert max(worst[2], worst[3]) < 1e-9 * scale, worst
+
+
+@pytest.mark.parametrize("slot,spec", [("sigma", dict(A=(0.0, 1.0), B=(0.0,))),
+                                       ("d1", dict(A=(1.0, 0.0), B=(0.0, 1.0))),
+                                       ("d2", dict(B=(2.0, 0.0, -1.0, 0.0)))])
+def test_fused_gelu_inner_equals_the_general_formula(slot, spec):
+    # GELU's slots take fused in-place paths in NormalFamily.inner (the grid sums'
+    # shapes: m (b, P), c (b, 1)); the general formula (the same function written
+    # with a trailing zero coefficient, which skips the fused path) must agree to
+    # float64 round-off of the largest term, ~|m|^3 eps
+    nf = normal_family(activation("gelu"), slot)
+    general = NormalFamily(nf.fn, **spec)
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(5, 400)) * 4
+    c = np.abs(rng.normal(size=(5, 1))) * 2
+    got, want = nf.inner(m, c), general.inner(m, c)
+    assert got.shape == want.shape == (5, 400)
+    np.testing.assert_allclose(got, want, rtol=0,
+                               atol=8 * np.finfo(float).eps * ((np.abs(m) + 1) ** 3).max())
+    # and it is the formula, not a copy of its input: a shift of c moves it
+    assert np.max(np.abs(nf.inner(m, c * (1 + 1e-6)) - want)) > 1e-9
+
+
+def test_closed_last_puts_the_widest_conditional_direction_in_closed_form():
+    from pdlt.gaussian._multi import _closed_last, _factor
+    s = normal_family(activation("gelu"), "sigma")
+    other = lambda z: z * np.tanh(z)                     # noqa: E731  not a NormalFamily
+    rng = np.random.default_rng(5)
+    K = np.stack([_random_cov(rng, 4, 2.0) for _ in range(6)])
+    A = rng.normal(size=(4, 2))
+    K = np.concatenate([K, (A @ A.T)[None]])             # rank 2: keeps _factor's order
+    o0, L0 = _factor(K)
+    fs = [s, s, other, s]
+    order, L = _closed_last(K, fs, o0, L0)
+    Kp = np.take_along_axis(np.take_along_axis(K, order[:, :, None], 1), order[:, None, :], 2)
+    np.testing.assert_allclose(L @ np.swapaxes(L, 1, 2), Kp, rtol=0, atol=1e-12 * K.max())
+    cond = 1.0 / np.diagonal(np.linalg.inv(K[:6]), axis1=1, axis2=2)   # Var(z_j | rest)
+    cond[:, 2] = -1.0                                     # slot 2 has no closed form
+    np.testing.assert_array_equal(order[:6, 3], np.argmax(cond, axis=1))
+    np.testing.assert_allclose(L[:6, 3, 3] ** 2, cond.max(axis=1), rtol=1e-10)
+    np.testing.assert_array_equal(order[6], o0[6])
+    assert np.any(order[:6, 3] != o0[:6, 3])             # the reordering did something
+    # and the average is the same integral: old and new order agree within the estimate
+    g = entire_growth(activation("gelu"))
+    v, e = expect_nd(fs, K[:6], return_error=True, growth=g)
+    from pdlt.gaussian import _multi
+    keep = _multi._closed_last
+    try:
+        _multi._closed_last = lambda K, fs, o, L: (o, L)
+        w = expect_nd(fs, K[:6], accuracy="high", growth=g)
+    finally:
+        _multi._closed_last = keep
+    assert np.all(np.abs(v - w) <= e + 1e-12 * np.abs(w))

@@ -324,7 +324,7 @@ _RANK_TOL = 1e-14   # conditional variance <= this x the largest variance: a zer
 _INDEF_TOL = 1e-9   # eigenvalue < -this x d x the largest variance: genuinely indefinite
 
 
-def _factor(K, where=""):
+def _factor(K, where="", last=None):
     """Pivoted factor of a batch of PSD covariances, exact for any rank.
 
     ``z[order[:, k]] = sum_{j <= k} L[:, k, j] u_j`` with ``u ~ N(0, I)``:
@@ -333,6 +333,9 @@ def _factor(K, where=""):
     (conditional) variance, so the residual variances are norms, never
     negative, and an axis whose residual variance is below ``_RANK_TOL`` of
     the largest variance is a zero column (degenerate Gaussians are exact).
+
+    ``last`` (an index, or None): that variable is pivoted last, the others
+    largest first (:func:`_closed_last`).
 
     Returns
     -------
@@ -365,6 +368,8 @@ def _factor(K, where=""):
     for j in range(d):
         n2 = np.einsum("bij,bij->bi", R, R)
         n2[used] = -1.0
+        if last is not None and j < d - 1:
+            n2[:, last] = -1.0
         piv = np.argmax(n2, axis=1)
         top = n2[ar, piv]
         live &= top > _RANK_TOL * scale
@@ -454,6 +459,9 @@ class NormalFamily:
         m = np.asarray(m, dtype=float)
         c = np.asarray(c, dtype=float)
         shape = np.broadcast_shapes(m.shape, c.shape)
+        fused = _FUSED_INNER.get((self.P, self.A, self.B, self.a))
+        if fused is not None and m.shape == shape:
+            return fused(m, c)
         out = None
 
         def add(acc, term):
@@ -501,6 +509,63 @@ class NormalFamily:
     def __repr__(self):
         return f"NormalFamily(P={self.P}, A={self.A}, B={self.B}, a={self.a})"
 
+
+def _inner_z_ndtr(m, c):
+    """:meth:`NormalFamily.inner` of ``z Phi(z)`` (GELU's sigma), fused in place.
+
+    The same formula, ``<W Phi(W)> = m Phi(m / r) + c^2 phi(m / r) / r``
+    with ``r^2 = 1 + c^2``, in three full-size temporaries instead of ~nine:
+    33 -> 23 ns per point (``ndtr`` alone is ~20 ns), the values equal to
+    round-off. m (..., P), c broadcastable to it (one value per covariance).
+    """
+    r = np.sqrt(1.0 + c * c)
+    x = m * (1.0 / r)
+    out = special.ndtr(x)
+    out *= m
+    x *= x
+    x *= -0.5
+    np.exp(x, out=x)
+    x *= (c * c) * (_PHI / r)
+    out += x
+    return out
+
+
+def _inner_ndtr_z_phi(m, c):
+    """Fused :meth:`NormalFamily.inner` of ``Phi(z) + z phi(z)`` (GELU's sigma'):
+    ``Phi(m / r) + m phi(m / r) / r^3``."""
+    r = np.sqrt(1.0 + c * c)
+    x = m * (1.0 / r)
+    out = special.ndtr(x)
+    x *= x
+    x *= -0.5
+    np.exp(x, out=x)
+    x *= _PHI / (r * r * r)
+    x *= m
+    out += x
+    return out
+
+
+def _inner_two_minus_z2_phi(m, c):
+    """Fused :meth:`NormalFamily.inner` of ``(2 - z^2) phi(z)`` (GELU's sigma''):
+    ``phi(m / r) / r (2 - c^2 / r^2 - m^2 / r^4)``."""
+    r2 = 1.0 + c * c
+    r = np.sqrt(r2)
+    x = m * (1.0 / r)
+    mu2 = m * (1.0 / r2)
+    mu2 *= mu2
+    np.subtract(2.0 - c * c / r2, mu2, out=mu2)
+    x *= x
+    x *= -0.5
+    np.exp(x, out=x)
+    x *= _PHI / r
+    x *= mu2
+    return x
+
+
+#: (P, A, B, a) of a NormalFamily -> its fused inner closed form (GELU's three slots)
+_FUSED_INNER = {((), (0.0, 1.0), (), 1.0): _inner_z_ndtr,
+                ((), (1.0,), (0.0, 1.0), 1.0): _inner_ndtr_z_phi,
+                ((), (), (2.0, 0.0, -1.0), 1.0): _inner_two_minus_z2_phi}
 
 _SQRT2 = math.sqrt(2.0)
 # slot functions of the named activations in the normal family (see NormalFamily)
@@ -604,6 +669,8 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
     elif pw:
         out, err = _piecewise_path(fs, Kb, order, L, accuracy, return_error)
     elif len(kinks) == 0:
+        if growth is not None and d > 1:
+            order, L = _closed_last(Kb, fs, order, L)
         out, err = _gh_path(fs, order, L, accuracy, return_error, growth=growth, gh_up=gh_up)
     else:
         out, err = _split_path(fs, order, L, tuple(float(c) for c in kinks), accuracy,
@@ -645,6 +712,37 @@ def _piecewise_path(fs, K, order, L, accuracy, return_error):
         if return_error:
             err[rest] = e
     return out, (err if return_error else None)
+
+
+def _closed_last(K, fs, order, L):
+    """The factor whose last variable (the axis in closed form) is the normal-family
+    factor with the largest conditional variance, where the covariance has full rank.
+
+    :func:`_factor` pivots the largest variance first, so its last variable has
+    the smallest conditional spread: the closed-form axis then takes the
+    narrowest direction and the outer trapezoid axes the widest. With the
+    widest conditional direction in closed form instead, the outer axes'
+    scales (the pivots' conditional standard deviations, which set their
+    node counts in :func:`axis_rules`) drop: GELU's four-variable averages at
+    the N = 16 benchmark's kernels, 40,000 -> 25,000 outer points at layer 1,
+    29,500 -> 18,500 at layer 5, 21,600 -> 14,400 at layer 10. The rule per
+    axis is unchanged (its scale from the new factor's column), so is its
+    error estimate. Rank-deficient covariances (and a reordering that would
+    meet a pivot below the rank tolerance) keep :func:`_factor`'s order.
+    """
+    B, d, _ = L.shape
+    exact = [k for k, f in enumerate(fs) if isinstance(f, NormalFamily)]
+    if not exact:
+        return order, L
+    full = np.all(np.abs(np.diagonal(L, axis1=1, axis2=2)) > 0, axis=1)
+    best = np.where(np.isin(order[:, d - 1], exact), L[:, d - 1, d - 1], -1.0)
+    order, L = order.copy(), L.copy()
+    for j in exact:
+        oj, Lj = _factor(K, last=j)
+        ok = full & np.all(np.abs(np.diagonal(Lj, axis1=1, axis2=2)) > 0, axis=1) \
+            & (Lj[:, d - 1, d - 1] > best)
+        order[ok], L[ok], best[ok] = oj[ok], Lj[ok], Lj[ok, d - 1, d - 1]
+    return order, L
 
 
 def _lower_rule(qs):
