@@ -230,8 +230,14 @@ def residual_ntk_rows(activations=("relu", "tanh", "gelu"), gammas=(0.3, 0.7), *
     width); ``"Q"`` likewise by :func:`residual_dntk_q_measure`
     (:func:`pdlt.theory.residual_ntk.residual_dntk_q`).
 
-    Needs torch for A, B, D, F. Cost ~2.5 ms per network and width at depth 5 (two
-    CPU cores); H1 ~0.2-1 ms per network and width at widths 16-32.
+    ``"R"``, ``"S"``, ``"T"``, ``"U"`` (the ddNTK statistics,
+    :func:`pdlt.theory.residual_ntk.residual_ddntk_r` ..
+    :func:`pdlt.theory.residual_ntk.residual_ddntk_u`) are measured like A, B, D, F by
+    :class:`pdlt.experiment.Ensemble` (autodiff on real networks), layers 2..depth.
+
+    Needs torch for A, B, D, F, R, S, T, U. Cost ~2.5 ms per network and width at depth 5
+    (two CPU cores); H1 ~0.2-1 ms per network and width at widths 16-32; R (third-order
+    jets) ~10 ms, S, T, U ~1.5-3 ms per network and width at depth 3-4, widths 16-32.
     """
     import pdlt
 

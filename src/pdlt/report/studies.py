@@ -258,10 +258,14 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
                                      r["theory"], r["measured"], r["se"], r["allowance"],
                                      key=f"residual {r['statistic']}"))
         # residual dNTK statistics P, Q, K1 = 1 (Rao-Blackwellized estimators): tanh at
-        # widths 16/32 (~20 s); under full also GELU, P at 32/64 (its 1/n terms are large)
+        # widths 16/32 (~20 s); under full also GELU, P at 32/64 (its 1/n terms are large),
+        # and the ddNTK statistics R, S, T, U
         cases = [("P", "tanh", 0.7, (16, 32), 3000), ("Q", "tanh", 0.3, (16, 32), 2000)]
         if full:
             cases += [("P", "gelu", 0.7, (32, 64), 2000), ("Q", "gelu", 0.7, (16, 32), 3000)]
+            # ddNTK statistics (autodiff estimators; ~4 min together)
+            cases += [("R", "tanh", 0.7, (16, 32), 3000), ("S", "tanh", 0.7, (16, 32), 3000),
+                      ("T", "gelu", 0.3, (16, 32), 6000), ("U", "tanh", 0.7, (16, 32), 6000)]
         for stat, act, g, ws, N in cases:
             for r in residual_ntk_rows((act,), (g,), depth=4, widths=ws, networks=N,
                                        seed=seed, stats=(stat,), K1=1.0):

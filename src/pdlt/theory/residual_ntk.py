@@ -1,4 +1,5 @@
-r"""NTK statistics of residual MLPs at order 1/n, single input: A, B, D, F, H1, P, Q (and exact V).
+r"""NTK statistics of residual MLPs at order 1/n, single input: A, B, D, F, H1, P, Q, R, S, T, U
+(and exact V).
 
 For the residual MLP ``z' = xi [b + W sigma(z)] + gamma z``
 (``shared/NOTATION.md``) the book's closure on a finite set of statistics
@@ -22,6 +23,12 @@ them exactly:
   :func:`pdlt.statistics` serves for residual MLPs;
 * :func:`residual_dntk_q`: Q, the dNTK's other contraction (a linear form in one
   neuron's features), which :func:`pdlt.statistics` serves for residual MLPs;
+* :func:`residual_ddntk_r`, :func:`residual_ddntk_s`, :func:`residual_ddntk_t`,
+  :func:`residual_ddntk_u`: the ddNTK statistics, served by :func:`pdlt.statistics`
+  for residual MLPs. S and R are linear forms in neuron j's features (B's attachments;
+  R also P's bilinear form), T a constant fed by F's and Q's forms, and U a constant fed
+  by an NTK-dNTK correlation ``n E[H_ab dH_baa]`` that plain MLPs do not have (8-15 %
+  of U at gamma = 0.7);
 * :func:`residual_b_closure`: B from the closure recursion (history terms
   dropped), for comparison only;
 * :func:`pdlt.theory.residual.residual_slopes`: the depth-to-width slopes of the normalized
@@ -35,15 +42,17 @@ Carlo of real networks (``docs/derivations/residual_g1_mc.py``); H1 at layer 3
 by an independent delta-method derivation and at layers 3-5 by Rao-Blackwellized
 ensembles (:func:`pdlt.report.residual.residual_ntk_mean_measure`); P at layers 2-5
 and Q by Rao-Blackwellized ensembles (:func:`pdlt.report.residual.residual_dntk_p_measure`,
-:func:`pdlt.report.residual.residual_dntk_q_measure`). R, S, T, U and all N-input
-tensors are NOT derived for residual MLPs and raise ``NotImplementedError``.
+:func:`pdlt.report.residual.residual_dntk_q_measure`); R, S, T, U by
+:class:`pdlt.experiment.Ensemble` (autodiff) at layers 2-4. All N-input tensors are NOT
+derived for residual MLPs and raise ``NotImplementedError``.
 
 Cost: ``O(L^2)`` two-variable Gaussian averages (:func:`pdlt.gaussian.expect2`,
 ~1e6 function evaluations each) and ``O(L^3)`` algebra; fine to depth ~50.
 
 Derivation: ``docs/derivations/residual_ntk.md`` (forward equation, why the
 closure fails, the B attachments, the F bilinear features, the field
-covariances for V, A, D, H1 (section 8), P (section 9), Q (section 10), and the checks).
+covariances for V, A, D, H1 (section 8), P (section 9), Q (section 10), the ddNTKs
+(sections 11-14: U, S, T, R and their ensembles), and the checks).
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ from ._averages import Integrands, OneVariableTable
 from .kernel import first_layer_kernel, kernel_fold
 
 __all__ = ["residual_ntk_one_input", "residual_ntk_mean", "residual_dntk_p", "residual_dntk_q",
+           "residual_ddntk_r", "residual_ddntk_s", "residual_ddntk_t", "residual_ddntk_u",
            "residual_statistics", "residual_b_closure", "one_input_kernel",
            "RESIDUAL_NTK_STATISTICS"]
 
@@ -168,7 +178,8 @@ def residual_ntk_one_input(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -
     ------
     NotImplementedError
         For a statistic other than A, B, D, F, V (P and Q: :func:`residual_dntk_p`,
-        :func:`residual_dntk_q`; R, S, T, U are not derived for residual MLPs).
+        :func:`residual_dntk_q`; R, S, T, U: :func:`residual_ddntk_r` ..
+        :func:`residual_ddntk_u`).
 
     Examples
     --------
@@ -806,6 +817,17 @@ def residual_dntk_p(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
     ndarray (L,)
         ``P^(l)``, normalized by ``n_{l-1}``.
     """
+    return _dntk_p_fold(mlp, K1, closure)
+
+
+def _dntk_p_fold(mlp, K1, closure, visit=None):
+    """P's fold over depth (:func:`residual_dntk_p`); returns P (L,).
+
+    ``visit(l, Pi, epsi, beta0, beta)``, if given, sees each step's inputs at layer l
+    (0-based): P's bilinear form ``Pi`` (L, 1 + 2L; rows the increments ``U_m``, columns
+    ``1 | q s(z^(p)) | p^2(z^(p))``), ``epsi = E[p^2(z^(l)) psi]`` and B's attachments
+    ``beta0``, ``beta`` (L,) of layer l, before the step (copies).
+    """
     act, L = mlp.activation, mlp.depth
     K, Th, (pp, pppp, dss, qs, qspp), (a, varw, C) = _one_input_setup(
         mlp, K1, ("pp", "pppp", "dss", "qs", "qspp"))
@@ -829,6 +851,8 @@ def residual_dntk_p(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
         epsi[1:1 + l] = PPQS[l, :l]
         epsi[1 + L:1 + L + l] = PPPP[l, :l]
         Beval = beta0 * qs[l] * pp[l] + float(bl @ (QSPP[l, :l] * pp[l] + qs[l] * PPPP[l, :l]))
+        if visit is not None:
+            visit(l, Pi.copy(), epsi, beta0, beta.copy())
         new = r * g ** 3 * Pi
         new[:, 0] += r * g * x * x * CW * (Pi @ epsi)
         u, f = l + 1, x * CW / varw[l + 1]
@@ -911,6 +935,17 @@ def residual_dntk_q(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
     FloatingPointError
         If Q overflows (far from criticality at large depth).
     """
+    return _dntk_q_fold(mlp, K1, closure)
+
+
+def _dntk_q_fold(mlp, K1, closure, visit=None):
+    """Q's fold over depth (:func:`residual_dntk_q`); returns Q (L,).
+
+    ``visit(l, M, esp, eqp, w)``, if given, sees each step's inputs at layer l (0-based):
+    F's bilinear form ``M`` (2L, 2L), the e-vectors ``esp = E[s p(z^(l)) phi]`` (3L),
+    ``eqp = E[q p(z^(l)) phi]`` on the M features (2L), and Q's linear form ``w`` (3L)
+    of layer l, before the step.
+    """
     act, L = mlp.activation, mlp.depth
     K, Th, (pp, dss, dqp, qspp, sspp), (a, varw, C) = _one_input_setup(
         mlp, K1, ("pp", "dss", "dqp", "qspp", "sspp"))
@@ -939,6 +974,8 @@ def residual_dntk_q(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
         eqp = np.zeros(L2)
         eqp[:l + 1] = a[l, :l + 1] * varw[:l + 1] * dqp[l]
         eqp[L:L + l] = QS[l, :l]
+        if visit is not None:
+            visit(l, M, esp, eqp, xv)
         Msp, Mqp = M @ esp[:L2], M @ eqp
         xe = float(xv @ esp)
         new = r * (gg ** 3 + xx * xx * gg * c * pp[l]) * xv
@@ -961,12 +998,13 @@ def residual_dntk_q(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
 
 
 def residual_statistics(mlp: MLP, K1: float, stats) -> dict:
-    """The one-input residual statistics ``stats`` by name: A, B, D, F, V, H1, P, Q.
+    """The one-input residual statistics ``stats`` by name: A, B, D, F, V, H1, P, Q, R..U.
 
     One dispatch for :func:`pdlt.statistics` and the report's residual rows:
     A, B, D, F and V from :func:`residual_ntk_one_input` (one call for all of
     them), H1 from :func:`residual_ntk_mean`, P from :func:`residual_dntk_p`,
-    Q from :func:`residual_dntk_q`.
+    Q from :func:`residual_dntk_q`, R, S, T, U from :func:`residual_ddntk_r`,
+    :func:`residual_ddntk_s`, :func:`residual_ddntk_t`, :func:`residual_ddntk_u`.
 
     Returns
     -------
@@ -974,7 +1012,9 @@ def residual_statistics(mlp: MLP, K1: float, stats) -> dict:
         name -> ndarray (L,), normalized by ``n_{l-1}`` (``shared/NOTATION.md``).
     """
     stats = list(stats)
-    own = {"H1": residual_ntk_mean, "P": residual_dntk_p, "Q": residual_dntk_q}
+    own = {"H1": residual_ntk_mean, "P": residual_dntk_p, "Q": residual_dntk_q,
+           "R": residual_ddntk_r, "S": residual_ddntk_s, "T": residual_ddntk_t,
+           "U": residual_ddntk_u}
     bad = [k for k in stats if k not in own and k not in RESIDUAL_NTK_STATISTICS + ("V",)]
     if bad:
         raise NotImplementedError(
@@ -983,4 +1023,383 @@ def residual_statistics(mlp: MLP, K1: float, stats) -> dict:
     shared = [k for k in stats if k not in own]
     out = residual_ntk_one_input(mlp, K1, stats=shared) if shared else {}
     out.update({k: own[k](mlp, K1) for k in stats if k in own})
+    return out
+
+
+# ---------------------------------------------------------------------------
+# U and S: the ddNTK statistics of the ddII kind (docs/derivations/residual_ntk.md, 11-12)
+# ---------------------------------------------------------------------------
+
+def _pair_table(act, K, C, fns, terms, closure):
+    """``[l, p] -> <f(z^(l)) g(z^(p))>`` for each named pair ``(f, g)`` of ``terms``.
+
+    Two-depth averages of one neuron (:func:`_two_depth_pairs`), or, with ``closure``,
+    the products ``<f>_{K_l} <g>_{K_p}`` (the book-style closure, for comparison only).
+    Only the strict lower triangle (p < l) is used by the callers.
+    """
+    if closure:
+        m = {k: _one_means(act, f, K) for k, f in fns.items()}
+        return {t: np.outer(m[t[0]], m[t[1]]) for t in terms}
+    return _two_depth_pairs(act, C, fns, terms)
+
+
+def residual_ddntk_u(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
+    r"""``U``, the ddNTK statistic ``n E[ddIIH_{ijji}]`` (i != j) of a residual MLP, one input.
+
+    Write ``Hs_i`` for neuron i's Hessian in the parameters (rescaled by the learning
+    rates) and ``g_i`` for its gradient, so that ``ddIIH_{i0i1i2i3} = g_{i2}^T Hs_{i0}
+    Hs_{i1} g_{i3}`` (``shared/NOTATION.md``). A residual step gives (derivation:
+    ``docs/derivations/residual_ntk.md``, section 12; ``q = sigma''``, ``p = sigma'``
+    at layer l, ``chi = xi^2 C_W <p^2> + gamma^2``)
+
+    .. math::
+        U' = \xi^4 C_W^2\Theta^3\langle q^2p^2\rangle
+             + 2r\,\xi^2 C_W\,\chi\,E[qp(z^{(l)})\,x] + r\chi^2 U,
+
+    where ``x(a) = n E[H_ab dH_baa | trajectories]`` (a != b) depends on neuron a's
+    trajectory only, ``x = sum_p chi_p sigma''sigma'(z_a^(p))``, with the step
+    ``x' = r gamma^3 chi x + xi^2 gamma^3 C_W Theta^3 sigma''sigma'(z_a^(l))``: the
+    half-skip term of the NTK and the dNTK's ``gamma^2`` part carry neuron a's
+    own ``sigma''sigma'`` (an NTK-dNTK correlation that a plain MLP does not have:
+    it is odd in the last layer's weights there). ``E[qp(z^(l)) x]`` is a two-depth
+    average; it vanishes at gamma = 0 (the book's ``U' = C_W^2 Theta^3 <q^2p^2> +
+    r C_W^2 <p^2>^2 U``, :func:`pdlt.theory.ddntk.ddntk_U_step`) and under the closure
+    for odd sigma (``<sigma''sigma'> = 0``). Layer 2 (exact at any width):
+    ``xi^4 C_W^2 Theta^3 <q^2p^2>``. ReLU and linear networks (``q = 0``): U = 0.
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+        First-layer kernel.
+    closure : bool
+        Replace the two-depth average by the product of one-depth ones (for
+        comparison only).
+
+    Returns
+    -------
+    ndarray (L,)
+        ``U^(l)``, normalized by ``n_{l-1}``.
+
+    Raises
+    ------
+    ValueError
+        If ``K1`` is not a finite number > 0.
+    FloatingPointError
+        If U overflows (far from criticality at large depth).
+    """
+    act, L = mlp.activation, mlp.depth
+    K, Th, (pp, qqpp), (a, varw, C) = _one_input_setup(mlp, K1, ("pp", "qqpp"))
+    qp = lambda z: act.d2(z) * act.d1(z)        # noqa: E731
+    QPQP = _pair_table(act, K, C, {"qp": qp}, (("qp", "qp"),), closure)[("qp", "qp")]
+    out = np.zeros(L)
+    chi_x = np.zeros(L)                  # x(a) = sum_p chi_x[p] qp(z_a^(p))
+    U = 0.0
+    for l in range(L - 1):
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        CW, g, x = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+        chi = x * x * CW * pp[l] + g * g
+        eqpx = float(chi_x[:l] @ QPQP[l, :l])
+        U = x ** 4 * CW ** 2 * Th[l] ** 3 * qqpp[l] + 2 * r * x * x * CW * chi * eqpx \
+            + r * chi * chi * U
+        chi_x[:l] *= r * g ** 3 * chi
+        chi_x[l] = x * x * g ** 3 * CW * Th[l] ** 3
+        out[l + 1] = U
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("U overflowed; reduce the depth or initialize at criticality")
+    return out
+
+
+def residual_ddntk_s(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
+    r"""``S``, the ddNTK statistic ``n E[ddIIH_{iijj}]`` (i != j) of a residual MLP, one input.
+
+    ``ddIIH_{iijj} = g_j^T Hs_i Hs_i g_j`` (notation of :func:`residual_ddntk_u`).
+    Its conditional mean given the two trajectories depends on neuron j's alone
+    (``docs/derivations/residual_ntk.md``, section 13),
+
+    .. math::
+        s(j) = s_0 + \sum_p \big[\sigma_p\,p^2(z_j^{(p)}) + \tau_p\,q^2(z_j^{(p)})\big],
+
+    and a layer step (``s, p, q = sigma, sigma', sigma''`` at layer l; ``n E[H_ab^2 |
+    trajectories] = beta_0 + sum_p beta_p [p^2(z_a^(p)) + p^2(z_b^(p))]`` the B
+    attachments of section 3; ``B_{f,g} = n E[f(z_a) g(z_b) H_ab^2]``, ``b_f(j) = n
+    E_a[f(z_a) H_aj^2]``; ``c = xi^2 gamma^2 C_W``):
+
+    .. math::
+        s' = r(\gamma^4 + c\langle p^2\rangle)s
+          + r(\xi^4 C_W^2\langle p^2\rangle + c)\,E[p^2(z_d)\,s(d)]
+          + \xi^4 C_W^2\Theta^3\langle q^2p^2\rangle + r\xi^4C_W^2\Theta B_{q^2,p^2}
+          + c\,\Theta\,(\Theta^2 q^2(z_j^{(l)}) + r\,b_{q^2}(j))
+          + \lambda_W\xi^2\big[\xi^2 C_W(\Theta^2\langle p^4\rangle + rB_{p^2,p^2})
+          + \gamma^2(\Theta^2p^2(z_j^{(l)}) + r\,b_{p^2}(j))\big],
+
+    and ``S = E[s(j)]``. At gamma = 0 this is the book's recursion
+    (:func:`pdlt.theory.ddntk.ddntk_S_step`); at layer 2 the closed form
+    ``xi^4 C_W^2 Theta^3 <q^2p^2> + xi^2 gamma^2 C_W Theta^3 <q^2> + lambda_W xi^2
+    Theta^2 (xi^2 C_W <p^4> + gamma^2 <p^2>)`` (exact at any width). Linear and ReLU
+    networks keep the lambda_W terms (``q = 0``).
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+        First-layer kernel.
+    closure : bool
+        Replace every two-depth average (here and in B's attachments) by the
+        product of one-depth ones (for comparison only).
+
+    Returns
+    -------
+    ndarray (L,)
+        ``S^(l)``, normalized by ``n_{l-1}``.
+
+    Raises
+    ------
+    ValueError
+        If ``K1`` is not a finite number > 0.
+    FloatingPointError
+        If S overflows (far from criticality at large depth).
+    """
+    act, L = mlp.activation, mlp.depth
+    K, Th, (pp, qq, pppp, qqpp), (a, varw, C) = _one_input_setup(
+        mlp, K1, ("pp", "qq", "pppp", "qqpp"))
+    fns = {"pp": lambda z: act.d1(z) ** 2, "qq": lambda z: act.d2(z) ** 2}
+    pr = _pair_table(act, K, C, fns, (("pp", "pp"), ("qq", "pp"), ("pp", "qq")), closure)
+    PP, QP, PQ = pr[("pp", "pp")], pr[("qq", "pp")], pr[("pp", "qq")]
+    lW = np.asarray(mlp.lambda_W, float)
+    out = np.zeros(L)
+    s0, sig, tau = 0.0, np.zeros(L), np.zeros(L)      # s(j) = s0 + sig.p^2(z_j) + tau.q^2(z_j)
+    beta0, beta = 0.0, np.zeros(L)                    # B attachments (residual_ntk_one_input)
+    for l in range(L - 1):
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        CW, g, x, lw = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1], lW[l + 1]
+        bl = beta[:l]
+        hpp = float(bl @ PP[l, :l])                   # sum_p beta_p E[p^2_l p^2_p]
+        hqp = float(bl @ QP[l, :l])                   # sum_p beta_p E[q^2_l p^2_p]
+        Bqp = beta0 * qq[l] * pp[l] + hqp * pp[l] + qq[l] * hpp
+        Bpp = beta0 * pp[l] ** 2 + 2 * pp[l] * hpp
+        eps = s0 * pp[l] + float(sig[:l] @ PP[l, :l] + tau[:l] @ PQ[l, :l])
+        c = x * x * g * g * CW
+        const = (x ** 4 * CW ** 2 * Th[l] ** 3 * qqpp[l] + r * x ** 4 * CW ** 2 * Th[l] * Bqp
+                 + r * c * Th[l] * (beta0 * qq[l] + hqp)
+                 + lw * x * x * (x * x * CW * (Th[l] ** 2 * pppp[l] + r * Bpp)
+                                 + g * g * r * (beta0 * pp[l] + hpp))
+                 + r * (x ** 4 * CW ** 2 * pp[l] + c) * eps)
+        keep = r * (g ** 4 + c * pp[l])
+        s0 = keep * s0 + const
+        sig *= keep
+        tau *= keep
+        sig[:l] += r * (c * Th[l] * qq[l] + lw * x * x * g * g * pp[l]) * bl
+        tau[l] += c * Th[l] ** 3
+        sig[l] += lw * x * x * g * g * Th[l] ** 2
+        chi = x * x * CW * pp[l] + g * g
+        beta0 = x ** 4 * CW ** 2 * pppp[l] * Th[l] ** 2 + r * (chi * chi * beta0
+                                                             + 2 * x * x * CW * chi * hpp)
+        beta[:l] *= r * g * g * chi
+        beta[l] = x * x * g * g * CW * Th[l] ** 2
+        out[l + 1] = s0 + float(sig[:l + 1] @ pp[:l + 1] + tau[:l + 1] @ qq[:l + 1])
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("S overflowed; reduce the depth or initialize at criticality")
+    return out
+
+
+def residual_ddntk_t(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
+    r"""``T``, the ddNTK statistic ``n E[ddIIH_{ijij}]`` (i != j) of a residual MLP, one input.
+
+    ``ddIIH_{ijij} = g_i^T Hs_i Hs_j g_j`` (notation of :func:`residual_ddntk_u`). Its
+    conditional mean given the two trajectories is a constant at O(1/n) (every source
+    is a free sum over old neurons; ``docs/derivations/residual_ntk.md``, section 13b),
+    and a step reads F's bilinear form ``M`` (``n E[H_ab | trajectories] = phi(a)^T M
+    phi(b)``) and Q's linear form ``w`` (``n E[dH_{bba} | trajectories] = w^T phi(a)``) of layer l
+    (``s, p, q = sigma, sigma', sigma''``; ``e_f = E[f(z^(l)) phi]``; ``chi = xi^2 C_W <p^2>
+    + gamma^2``; ``lambda_W``, ``xi``, ``C_W`` of the new layer):
+
+    .. math::
+        T' = \xi^4\Theta\big(C_W^2\Theta^2\langle q^2p^2\rangle
+             + 2\lambda_W C_W\Theta\langle q s p^2\rangle + \lambda_W^2\langle s^2p^2\rangle\big)
+           + r\xi^4\, v^T M v
+           + 2r\xi^2\chi\,\big(C_W\Theta\, w^Te_{qp} + \lambda_W\, w^Te_{sp}\big)
+           + r\chi^2 T,\qquad v = C_W\Theta\, e_{qp} + \lambda_W e_{sp}.
+
+    At gamma = 0 this is the book's recursion (:func:`pdlt.theory.ddntk.ddntk_T_step`:
+    ``M`` and ``w`` then live on the increments, ``e_{qp}^T M e_{qp} = <(qp)'>^2 F``); at
+    layer 2 the closed form ``xi^4 Theta (C_W^2 Theta^2 <q^2p^2> + 2 lambda_W C_W Theta
+    <q s p^2> + lambda_W^2 <s^2 p^2>)`` (exact at any width).
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+        First-layer kernel.
+    closure : bool
+        Replace every two-depth average (here and in ``M``, ``w``) by the product of
+        one-depth ones (for comparison only).
+
+    Returns
+    -------
+    ndarray (L,)
+        ``T^(l)``, normalized by ``n_{l-1}``.
+
+    Raises
+    ------
+    ValueError
+        If ``K1`` is not a finite number > 0.
+    FloatingPointError
+        If T overflows (far from criticality at large depth).
+    """
+    act, L = mlp.activation, mlp.depth
+    K, Th, (pp, qqpp, qspp, sspp), (a, varw, C) = _one_input_setup(
+        mlp, K1, ("pp", "qqpp", "qspp", "sspp"))
+    qp = lambda z: act.d2(z) * act.d1(z)        # noqa: E731
+    QQ = _pair_table(act, K, C, {"qp": qp}, (("qp", "qp"),), closure)[("qp", "qp")]
+    seen = []
+    _dntk_q_fold(mlp, K1, closure, visit=lambda *args: seen.append(args))
+    lW = np.asarray(mlp.lambda_W, float)
+    out = np.zeros(L)
+    T, L2 = 0.0, 2 * L
+    for l, M, esp, eqp, w in seen:
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        CW, g, x, lw = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1], lW[l + 1]
+        chi = x * x * CW * pp[l] + g * g
+        v = CW * Th[l] * eqp + lw * esp[:L2]
+        eqp3 = np.zeros(3 * L)
+        eqp3[:L2] = eqp
+        eqp3[L2:L2 + l] = QQ[l, :l]
+        T = (x ** 4 * Th[l] * (CW ** 2 * Th[l] ** 2 * qqpp[l] + 2 * lw * CW * Th[l] * qspp[l]
+                               + lw * lw * sspp[l])
+             + r * x ** 4 * float(v @ M @ v)
+             + 2 * r * x * x * chi * (CW * Th[l] * float(w @ eqp3) + lw * float(w @ esp))
+             + r * chi * chi * T)
+        out[l + 1] = T
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("T overflowed; reduce the depth or initialize at criticality")
+    return out
+
+
+def _stein_two_depth(act, K, C, closure):
+    """Two-depth tables ``[l, p]`` (p < l) that R needs, ``t = sigma''' sigma'``:
+
+    ``TP = E[t(z^(l)) p^2(z^(p))]``, ``PT = E[p^2(z^(l)) t(z^(p))]``, ``QSP = E[q s(z^(l))
+    p^2(z^(p))]``, ``PQS = E[p^2(z^(l)) q s(z^(p))]``, ``PP = E[p^2(z^(l)) p^2(z^(p))]``.
+    ``sigma'''`` is never evaluated: ``t = (q p)' - q^2`` and Stein along the variable that
+    carries the derivative (``y = beta x + e``: ``E[F'(y) G(x)] = E[F(y) G(x) (y - beta x)] /
+    Var e``), so a kink of ``sigma''`` (not a jump) is integrated, not differentiated.
+    """
+    L = len(K)
+    t = OneVariableTable(act, K)
+    q3p, pp, qs = (np.asarray(t[k], float) for k in ("q3p", "pp", "qs"))
+    if closure:
+        return dict(TP=np.outer(q3p, pp), PT=np.outer(pp, q3p), QSP=np.outer(qs, pp),
+                    PQS=np.outer(pp, qs), PP=np.outer(pp, pp))
+    fns = {"qp": lambda z: act.d2(z) * act.d1(z), "zqp": lambda z: z * act.d2(z) * act.d1(z),
+           "qq": lambda z: act.d2(z) ** 2, "pp": lambda z: act.d1(z) ** 2,
+           "zpp": lambda z: z * act.d1(z) ** 2, "qs": lambda z: act.d2(z) * act.sigma(z)}
+    pr = _two_depth_pairs(act, C, fns, (("pp", "zqp"), ("zpp", "qp"), ("pp", "qq"),
+                                        ("zqp", "pp"), ("qp", "zpp"), ("qq", "pp"),
+                                        ("qs", "pp"), ("pp", "qs"), ("pp", "pp")))
+    Kl, Kp = K[:, None], K[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b1, s1 = C / Kp, Kl - C * C / Kp          # z^(l) = b1 z^(p) + e, Var e = s1
+        b2, s2 = C / Kl, Kp - C * C / Kl          # z^(p) = b2 z^(l) + e', Var e' = s2
+        TP = (pr[("pp", "zqp")].T - b1 * pr[("zpp", "qp")].T) / s1 - pr[("pp", "qq")].T
+        PT = (pr[("zqp", "pp")].T - b2 * pr[("qp", "zpp")].T) / s2 - pr[("qq", "pp")].T
+    low = np.tril(np.ones((L, L), bool), -1)
+    return {k: np.where(low, v, 0.0) for k, v in dict(
+        TP=TP, PT=PT, QSP=pr[("qs", "pp")], PQS=pr[("pp", "qs")], PP=pr[("pp", "pp")]).items()}
+
+
+def residual_ddntk_r(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
+    r"""``R``, the ddNTK statistic ``n E[ddIH_{iijj}]`` (i != j) of a residual MLP, one input.
+
+    ``ddIH_{i0i1i2i3} = T3_{i0}[g_{i1}, g_{i2}, g_{i3}]`` with ``T3_i`` neuron i's third
+    derivative tensor (learning-rate rescaled). Its conditional mean given the two
+    trajectories depends on neuron j's alone (``docs/derivations/residual_ntk.md``,
+    section 13c),
+
+    .. math::
+        r(j) = r_0 + \sum_p \big[\rho^{(1)}_p\,\sigma'''\sigma'(z_j^{(p)})
+               + \rho^{(2)}_p\,\sigma''\sigma(z_j^{(p)}) + \rho^{(3)}_p\,\sigma'^2(z_j^{(p)})\big],
+
+    and a step (``s, p, q = sigma, sigma', sigma''`` at layer l; ``g = C_W Theta sigma'''
+    p + lambda_W q s``; ``B_{g,p^2}``, ``b_g(j)`` from B's attachments as in
+    :func:`residual_ddntk_s`; ``Pi`` P's bilinear form of :func:`residual_dntk_p` with
+    ``psi(j) = (1, q s(z_j^(p)), p^2(z_j^(p)))``; ``e = E[(C_W Theta q p + lambda_W s p)(z^(l))
+    U]`` on the increments):
+
+    .. math::
+        r' = r(\gamma^4 + \xi^2\gamma^2 C_W\langle p^2\rangle)r
+           + r(\xi^4 C_W^2\langle p^2\rangle + \xi^2\gamma^2 C_W)E[p^2(z_c)r(c)]
+           + \xi^4 C_W\Theta^2\langle g p^2\rangle + r\xi^4 C_W B_{g,p^2}
+           + \xi^2\gamma^2\big(\Theta^2 g(z_j^{(l)}) + r\,b_g(j)\big)
+           + r\xi^2 e^T\Pi\big(\xi^2 C_W E[p^2\psi] + \gamma^2\psi(j)\big),
+
+    ``R = E[r(j)]``. At gamma = 0 this is the book's recursion
+    (:func:`pdlt.theory.ddntk.ddntk_R_step`); layer 2 (exact at any width):
+    ``xi^4 C_W Theta^2 <g p^2> + xi^2 gamma^2 Theta^2 <g>``. ReLU and linear: R = 0.
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any per-layer ``gamma``, ``xi``; unequal widths only where ``gamma = 0``.
+    K1 : float > 0
+        First-layer kernel.
+    closure : bool
+        Replace every two-depth average (here, in P's form and B's attachments) by the
+        product of one-depth ones (for comparison only).
+
+    Returns
+    -------
+    ndarray (L,)
+        ``R^(l)``, normalized by ``n_{l-1}``.
+
+    Raises
+    ------
+    ValueError
+        If ``K1`` is not a finite number > 0, or if ``sigma''`` jumps at a kink (R
+        needs ``sigma'''``; as for plain MLPs).
+    FloatingPointError
+        If R overflows (far from criticality at large depth).
+    """
+    act, L = mlp.activation, mlp.depth
+    K, Th, (pp, dqp, dss, qs, qspp, q3p, q3ppp), (a, varw, C) = _one_input_setup(
+        mlp, K1, ("pp", "dqp", "dss", "qs", "qspp", "q3p", "q3ppp"))
+    seen = []
+    _dntk_p_fold(mlp, K1, closure, visit=lambda *args: seen.append(args))
+    tb = _stein_two_depth(act, K, C, closure)
+    TP, PT, QSP, PQS, PP = (tb[k] for k in ("TP", "PT", "QSP", "PQS", "PP"))
+    lW = np.asarray(mlp.lambda_W, float)
+    out = np.zeros(L)
+    r0, rho = 0.0, np.zeros((3, L))           # features: t = s''' s' | q s | p^2, at depth p
+    for l, Pi, epsi, beta0, beta in seen:
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        CW, g, x, lw = mlp.C_W[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1], lW[l + 1]
+        bl = beta[:l]
+        gm = CW * Th[l] * q3p[l] + lw * qs[l]                 # <g>
+        gp2 = CW * Th[l] * q3ppp[l] + lw * qspp[l]            # <g p^2>
+        gP = CW * Th[l] * TP[l, :l] + lw * QSP[l, :l]         # E[g(z^(l)) p^2(z^(p))]
+        hpp, hg = float(bl @ PP[l, :l]), float(bl @ gP)
+        Bg = beta0 * gm * pp[l] + hg * pp[l] + gm * hpp
+        e = (CW * Th[l] * dqp[l] + lw * dss[l]) * a[l] * varw
+        piv = e @ Pi                                          # (1 + 2L) on psi
+        Er = (r0 * pp[l] + float(rho[0, :l] @ PT[l, :l] + rho[1, :l] @ PQS[l, :l]
+                                 + rho[2, :l] @ PP[l, :l]))
+        c = x * x * g * g
+        const = (x ** 4 * CW * Th[l] ** 2 * gp2 + r * x ** 4 * CW * Bg
+                 + r * c * (beta0 * gm + hg)
+                 + r * x * x * (x * x * CW * float(piv @ epsi) + g * g * piv[0])
+                 + r * (x ** 4 * CW ** 2 * pp[l] + c * CW) * Er)
+        keep = r * (g ** 4 + c * CW * pp[l])
+        r0 = keep * r0 + const
+        rho *= keep
+        rho[0, l] += c * Th[l] ** 2 * CW * Th[l]
+        rho[1, l] += c * Th[l] ** 2 * lw
+        rho[2, :l] += r * c * gm * bl
+        rho[1] += r * c * piv[1:1 + L]
+        rho[2] += r * c * piv[1 + L:]
+        out[l + 1] = r0 + float(rho[0] @ q3p + rho[1] @ qs + rho[2] @ pp)
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("R overflowed; reduce the depth or initialize at criticality")
     return out
