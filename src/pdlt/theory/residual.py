@@ -23,6 +23,13 @@ For the residual MLP ``z^(l+1) = xi [b + W sigma(z^(l))] + gamma z^(l)``
   (:mod:`pdlt.theory.information`, book §B.3) diverges: residual connections
   let the network be deeper at a given width.
 
+* :func:`residual_slopes`: the depth slopes of the ten NTK statistics (NTK
+  fluctuations A, B, D, F; representation learning P, Q; ddNTKs R, S, T, U),
+  normalized as the plain :func:`pdlt.theory.ntk_criticality.ntk_slopes`, and the
+  ratio ``(P + 2Q)/(A + 2B)`` of representation learning to NTK fluctuations
+  (scale-invariant and half-stable classes; ReLU: 0.113 at gamma = 0, 0.128 at 0.5,
+  0.140 at 0.9).
+
 The single-input NTK statistics of residual MLPs: :mod:`pdlt.theory.residual_ntk`.
 Derivation: ``docs/derivations/residual.rst`` and
 ``docs/derivations/residual_ntk.md``.
