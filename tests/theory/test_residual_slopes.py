@@ -93,3 +93,20 @@ def test_bad_input(bad, match):
     kw = dict(activation="relu", gamma=0.5, depth=24) | bad
     with pytest.raises(ValueError, match=match):
         residual_slopes(kw.pop("activation"), kw.pop("gamma"), **kw)
+
+
+def test_aspect_ratio_figure_draws_the_representation_learning_slopes():
+    """The report figure carries the slopes of residual_slopes and the ratio; at gamma = 0
+    ReLU's (P + 2Q)/(A + 2B) is (2/9)/(17/27 + 4/3) = 6/53 (plain closed forms,
+    lambda_b = lambda_W = 1; exact finite differences, round-off ~1e-10)."""
+    pytest.importorskip("matplotlib")
+    from pdlt.report.residual import residual_aspect_ratio_figure
+    fig, d = residual_aspect_ratio_figure(("relu", "tanh"), gammas=[0.0, 0.5], depth=24)
+    r = d["relu"]
+    assert r["learning_to_fluctuation"][0] == pytest.approx(6 / 53, rel=1e-8)
+    s = residual_slopes("relu", 0.5, depth=24)
+    for k in NAMES:
+        assert r[f"nu_{k}"][1] == s[k]
+    assert r["learning_to_fluctuation"][1] == s["learning_to_fluctuation"]
+    assert "nu_Q" not in d["tanh"] and len(d["tanh"]["r_star_exact"]) == 2   # K*=0: r* only
+    assert len(fig.axes) == 7                          # six panels and r*'s second axis
