@@ -58,3 +58,30 @@ def test_diagnose_says_where_l_over_n_is(run_cli):
     assert any("well below the information-theoretic optimum" in n for n in d["notes"])
     code, out, _ = run_cli("diagnose", "--activation", "relu", "--depth", "3", "--width", "8")
     assert code == 0 and "optimal L/n (r*)" in out
+
+
+def test_diagnose_residual_prints_the_residual_ntk_slopes(run_cli):
+    """--residual: the ten NTK slopes are the residual ones (pdlt.theory.residual.
+    residual_slopes at depth 32), not the plain ones, and the representation-learning
+    ratio (P + 2Q)/(A + 2B) is printed; tanh (K*=0 class) says why there are none."""
+    from pdlt.theory.ntk_criticality import ntk_slopes
+    from pdlt.theory.residual import residual_slopes
+    d = run_cli.json("diagnose", "--activation", "relu", "--depth", "20", "--width", "64",
+                     "--residual", "0.5", "--json")
+    rs = residual_slopes("relu", 0.5, depth=32)
+    assert set(d["ntk_slopes"]) == set("ABDFPQRSTU")
+    for k in "ABDFPQRSTU":
+        assert d["ntk_slopes"][k] == pytest.approx(rs[k], rel=1e-12, abs=1e-15)
+    plain = ntk_slopes("relu")
+    assert abs(d["ntk_slopes"]["Q"] / plain["Q"] - 1) > 0.1     # 0.1260 vs 1/9
+    assert d["learning_to_fluctuation"] == pytest.approx(rs["learning_to_fluctuation"],
+                                                         rel=1e-12)
+    code, out, err = run_cli("diagnose", "--activation", "relu", "--depth", "20", "--width",
+                             "64", "--residual", "0.5")
+    assert code == 0 and err == ""
+    assert f"Q {rs['Q']:.3g}" in out and "(P + 2Q)/(A + 2B) = 0.128" in out
+    assert "not derived" not in out
+    d = run_cli.json("diagnose", "--activation", "tanh", "--depth", "20", "--width", "64",
+                     "--residual", "0.5", "--json")
+    assert d["ntk_slopes"] is None
+    assert any("NTK slopes not available" in n and "K*=0" in n for n in d["notes"])

@@ -686,59 +686,102 @@ class _Measured:
 
 def residual_aspect_ratio_figure(activations=("relu", "gelu"), gammas=None, *, n_out=1,
                                  depth=60):
-    """r*(gamma) from the exact residual vertex slope, and the NTK fluctuation slopes.
+    """r*(gamma) from the exact residual vertex slope, next to the NTK statistics' slopes.
 
-    Three panels: the vertex slope ``nu(gamma)`` from the closed form of
-    :func:`pdlt.theory.residual.residual_vertex_slope` (three-point part of the
-    two-depth terms) and exact (:func:`pdlt.theory.residual.residual_slopes`);
-    ``r* = 4/((20 + 3 n_L) nu)`` from both; and, for the scale-invariant
-    activations, the slopes of ``A, B/(n Theta^2)`` and ``D, F/(n K Theta)``
-    against gamma (``lambda_b = lambda_W = 1``): how strongly the NTK fluctuates
-    per unit of L/n. The representation-learning side (dNTK P, Q) is derived for
-    one input (:func:`pdlt.theory.residual_ntk.residual_dntk_p`, ``residual_dntk_q``)
-    but not yet turned into an NTK-based r*, so none is drawn. Theory only; about
-    4 s per (activation, gamma) at depth 60.
+    Six panels, against gamma (theory only, :func:`pdlt.theory.residual.residual_slopes`,
+    ``lambda_b = lambda_W = 1``, recursions to ``depth``):
+
+    1. the vertex slope ``nu(gamma)``, exact and its three-point part
+       (:func:`pdlt.theory.residual.three_point_vertex_slope`);
+    2. ``r* = 4/((20 + 3 n_L) nu)`` from both;
+    3. the NTK fluctuation slopes: ``A, B/(n Theta^2)`` and ``D, F/(n K Theta)``;
+    4. representation learning, the dNTK slopes ``P, Q/(n Theta^2)``;
+    5. the ddNTK slopes ``R, S, T, U/(n Theta^3)``;
+    6. the ratio of representation learning to NTK fluctuations,
+       ``(nu_P + 2 nu_Q)/(nu_A + 2 nu_B)`` (one output: ``n E[dH z]`` against
+       ``n Var H``; both grow like L/n, so the ratio does not depend on L/n), with
+       r* on a second axis.
+
+    Every slope is the coefficient of ``l^k/n`` with the powers ``k`` of
+    :data:`pdlt.theory.ntk_criticality.SLOPE_DEPTH_POWERS` (1 in the scale-invariant
+    class; in the half-stable class some statistics grow faster, marked ``l^k`` in
+    the legend, and the ratio of panel 6 is not depth-independent, so it is drawn
+    for scale-invariant activations only). K*=0 activations have no residual NTK
+    slopes (:func:`~pdlt.theory.residual.residual_slopes`) and are skipped in
+    panels 3-6. Accuracy of the slopes: the transient ``~ depth^k gamma^depth``
+    (below 1e-6 for gamma <= 0.5 at depth 40, ~1 % at gamma = 0.9 and depth 40,
+    ~0.3 % at depth 60). Cost (one CPU): ~3 s (ReLU) to ~6 s (GELU) per gamma at
+    depth 40.
 
     Returns
     -------
     fig, data
+        ``data[activation]`` holds ``nu_closed_form``, ``nu_exact``, ``r_star_*``,
+        ``nu_A`` ... ``nu_U`` and ``learning_to_fluctuation`` (lists over gamma).
     """
     from ..theory.criticality import criticality
     from ..theory.information import optimal_aspect_ratio_from_slope
+    from ..theory.ntk_criticality import SLOPE_DEPTH_POWERS
     from ..theory.residual import residual_slopes, three_point_vertex_slope
 
     g = np.linspace(0.0, 0.9, 10) if gammas is None else np.asarray(gammas, float)
     plt = pyplot()
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.2))
+    (ax1, ax2, ax3), (ax4, ax5, ax6) = axes
+    ax6r = ax6.twinx()
     data = dict(gamma=g.tolist(), n_out=n_out, depth=depth)
+    styles = ("-", "--", ":", "-.")
     for act in activations:
+        cls = criticality(act).universality_class
         closed = np.array([three_point_vertex_slope(act, float(x)) for x in g])
-        sl = [residual_slopes(act, float(x), depth=depth) for x in g]
-        exact = np.array([s["nu_V"] for s in sl])
+        ntk = cls in SLOPE_DEPTH_POWERS and cls != "K*=0"
+        if ntk:
+            sl = [residual_slopes(act, float(x), depth=depth) for x in g]
+            exact = np.array([s["nu_V"] for s in sl])
+        else:
+            from ..theory.residual import residual_vertex_slope
+            exact = np.array([residual_vertex_slope(act, float(x)) for x in g])
         r_c = np.array([optimal_aspect_ratio_from_slope(v, n_out) for v in closed])
         r_e = np.array([optimal_aspect_ratio_from_slope(v, n_out) for v in exact])
         d = dict(nu_closed_form=closed.tolist(), nu_exact=exact.tolist(),
                  r_star_closed_form=r_c.tolist(), r_star_exact=r_e.tolist())
         line, = ax1.plot(g, exact, "-", label=f"{act} exact")
-        ax1.plot(g, closed, "--", color=line.get_color(), label=f"{act} three-point only")
-        ax2.semilogy(g, r_e, "-", color=line.get_color(), label=f"{act} exact")
-        ax2.semilogy(g, r_c, "--", color=line.get_color())
-        if criticality(act).universality_class == "scale-invariant":
-            for name, ls in zip("ABDF", ("-", "--", ":", "-.")):
-                vals = [s[name] for s in sl]
-                d[f"nu_{name}"] = vals
-                ax3.plot(g, vals, ls, label=f"{act} {name}")
+        c = line.get_color()
+        ax1.plot(g, closed, "--", color=c, label=f"{act} three-point only")
+        ax2.semilogy(g, r_e, "-", color=c, label=f"{act} exact")
+        ax2.semilogy(g, r_c, "--", color=c)
+        if ntk:
+            pw = SLOPE_DEPTH_POWERS[cls]
+            for ax, names in ((ax3, "ABDF"), (ax4, "PQ"), (ax5, "RSTU")):
+                for name, ls in zip(names, styles):
+                    vals = [s[name] for s in sl]
+                    d[f"nu_{name}"] = vals
+                    k = pw[name]
+                    ax.plot(g, vals, ls, color=c,
+                            label=f"{act} {name}" + ("" if k == 1 else f" (l^{k})"))
+            ratio = [s["learning_to_fluctuation"] for s in sl]
+            d["learning_to_fluctuation"] = ratio
+            if all(q is not None for q in ratio):
+                ax6.plot(g, ratio, "-", color=c, label=f"{act} (P + 2Q)/(A + 2B)")
+                ax6r.semilogy(g, r_e, ":", color=c, label=f"{act} r*")
         data[act] = d
-    ax1.set_xlabel("residual strength gamma")
     ax1.set_ylabel("nu: V/(n K^2) ~ nu L/n")
-    ax2.set_xlabel("residual strength gamma")
     ax2.set_ylabel(f"r* = 4/((20 + 3 n_L) nu), n_L = {n_out}")
-    ax3.set_xlabel("residual strength gamma")
     ax3.set_ylabel("A, B/(n Theta^2); D, F/(n K Theta) per L/n")
     ax3.set_title("NTK fluctuation slopes")
-    for ax in (ax1, ax2, ax3):
+    ax4.set_ylabel("P, Q/(n Theta^2) per L/n")
+    ax4.set_title("representation learning (dNTK) slopes")
+    ax5.set_ylabel("R, S, T, U/(n Theta^3) per L/n")
+    ax5.set_title("ddNTK slopes")
+    ax6.set_ylabel("(nu_P + 2 nu_Q)/(nu_A + 2 nu_B)")
+    ax6r.set_ylabel("r* (dotted)")
+    ax6.set_title("representation learning / NTK fluctuations")
+    for ax in (ax1, ax2, ax3, ax4, ax5, ax6):
+        ax.set_xlabel("residual strength gamma")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
     return fig, data
 
 

@@ -563,15 +563,12 @@ def diagnose_architecture(act, depth, width, C_b=None, C_W=None, K1=1.0, residua
         out["ntk_slopes"] = None
         try:
             if gamma != 0.0:
-                # residual: the derived A, B, D, F and the exact vertex slope
-                # (pdlt.theory.residual_ntk); P..U are not derived for residual MLPs
+                # residual: the ten statistics of pdlt.theory.residual_ntk, normalized as
+                # ntk_slopes (scale-invariant and half-stable classes; K*=0 raises)
                 from .residual import residual_slopes
                 rs = residual_slopes(act, gamma, depth=32)
-                rs.pop("nu_V")                  # = out["vertex_slope"] (exact)
-                notes.append("residual: NTK statistics P..U not derived")
-                if any(v is None for v in rs.values()):
-                    raise ValueError("the residual NTK slopes are derived for the "
-                                     "scale-invariant class only")
+                for k in ("nu_V", "learning_to_fluctuation", "universality_class"):
+                    rs.pop(k)                   # nu_V = out["vertex_slope"] (exact)
                 out["ntk_slopes"] = rs
             else:
                 out["ntk_slopes"] = {k: v for k, v in ntk_slopes(act).items()
@@ -581,6 +578,17 @@ def diagnose_architecture(act, depth, width, C_b=None, C_W=None, K1=1.0, residua
             notes.append("NTK statistics at criticality (normalized statistic ~ slope x L^p/n): "
                          + ", ".join(f"{k} {v:.3g}" + ("" if pw.get(k, 1) == 1 else f" (p={pw[k]})")
                                      for k, v in out["ntk_slopes"].items()))
+            # representation learning (one output: n E[dH z] = P + 2Q) against the NTK's
+            # fluctuations (n Var H = A + 2B), both over Theta^2 and ~ L/n: their ratio is
+            # depth-independent where all four grow like l (not in the half-stable class)
+            sl = out["ntk_slopes"]
+            out["learning_to_fluctuation"] = None
+            if all(pw.get(k, 1) == 1 for k in "ABPQ") and sl["A"] + 2 * sl["B"] != 0:
+                q = (sl["P"] + 2 * sl["Q"]) / (sl["A"] + 2 * sl["B"])
+                out["learning_to_fluctuation"] = q
+                notes.append(f"representation learning vs NTK fluctuations: (P + 2Q)/(A + 2B) "
+                             f"= {q:.3g} (the dNTK-output correlation against the NTK "
+                             f"variance, both ~ L/n; independent of L/n)")
         except ValueError as exc:
             notes.append(f"NTK slopes not available: {exc}")
     # what finite width does to learning, on a data-free reference problem
