@@ -1,6 +1,6 @@
 r"""Products of piecewise monomials (the ReLU family) under a zero-mean Gaussian, in closed form.
 
-:func:`orthant_expect` gives ``<f_1(z_1) ... f_d(z_d)>`` for ``z ~ N(0, K)``,
+``orthant_expect`` gives ``<f_1(z_1) ... f_d(z_d)>`` for ``z ~ N(0, K)``,
 d = 1..4, where each ``f_k`` is a :class:`~pdlt.gaussian._multi.PiecewiseMonomial`
 ``z^n (c_- + (c_+ - c_-) 1{z > 0})`` (ReLU, leaky ReLU, their powers and
 derivatives). Expanding the brackets gives ``<prod_k z_k^(n_k) prod_(k in S) 1{z_k > 0}>``
@@ -17,8 +17,8 @@ in at most d dimensions: 1/2, ``1/4 + asin(rho) / (2 pi)``, Sheppard's
 ``1/8 + sum asin(rho_ij) / (4 pi)`` and, for four variables, Plackett's
 reduction to one integral along ``R(t) = (1 - t) I + t R``:
 
-``P4 = 1/16 + sum_(i<j) asin(rho_ij) / (8 pi)
-       + sum_(i<j) rho_ij / (4 pi^2) int_0^1 asin(rho_(kl.ij)(t)) / sqrt(1 - t^2 rho_ij^2) dt``
+``P4 = 1/16 + sum_(i<j) asin(rho_ij) / (8 pi)``
+``+ sum_(i<j) rho_ij / (4 pi^2) int_0^1 asin(rho_(kl.ij)(t)) / sqrt(1 - t^2 rho_ij^2) dt``
 
 (``rho_(kl.ij)(t)`` the partial correlation of the other pair given ``z_i = z_j = 0``
 at ``R(t)``). The integrand is analytic on [0, 1]; its singularities lie at
@@ -47,7 +47,7 @@ values (equicorrelated 1/5, factorized cases); rank-2 products within
 kinks); full-rank products within 1e-10 of the split path at "high", whose
 own error that is (a finer split rule agrees with this path to 1e-13).
 
-**Rank-deficient covariances** (:func:`_cone_moment`): with ``z = L u``,
+**Rank-deficient covariances** (``_cone_moment``): with ``z = L u``,
 ``u ~ N(0, I_r)``, r <= 3, the indicators cut a pointed polyhedral cone out
 of R^r; it is split into simplicial cones (a fan over its extreme rays),
 each an orthant of r well-conditioned facet variables, with the z_k as

@@ -436,7 +436,7 @@ class H1MultiCase:
 #: fast with depth: 0.58, 3.1, 8.2 at depths 4, 6, 8, faster than its noise), widths 8
 #: and 16, 60,000 networks each (~18 CPU s). Measured at 20,000 networks: n (E[H_01] -
 #: Theta_01) = 6.02 +- 0.26 (n = 8), 6.70 +- 0.20 (n = 16) against H1 = 8.21, resolution
-#: 28 %; at 40,000: 27 % (12 CPU s; the allowance |m(16) - m(8)|/2 = 0.82 is the larger
+#: 28 %; at 40,000: 27 % (12 CPU s; the allowance ``|m(16) - m(8)|/2`` = 0.82 is the larger
 #: part); widths 12, 24 with 30,000: 25 % at twice the cost. The control removes 1.9-2.8x
 #: of the plain estimator's stderr (0.59 -> 0.26 at n = 8). This case (60,000, 17.5 CPU
 #: s): 8.77 +- 0.29, allowance 0.77, resolution 23 %, controls x0/x0.5/x2 at z 18, 9.7,
