@@ -430,6 +430,14 @@ def residual_b_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="defaul
     >>> residual_b_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
     (3, 2, 2, 2, 2)
     """
+    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: {"B": _b_multi(*a)})["B"]
+
+def _ntk_multi(mlp, x, Ks, Thetas, accuracy, core):
+    """Validate, fold the kernels, merge repeated inputs, run ``core``, expand, check.
+
+    ``core(mlp, Ks, Thetas, accuracy)`` returns ``{name: (L, M, M, M, M)}`` over the
+    M distinct inputs; the result has the N inputs' shape (L, N, N, N, N).
+    """
     if not isinstance(mlp, MLP):
         raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
     if (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
@@ -448,13 +456,14 @@ def residual_b_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="defaul
     N, L = Ks.shape[1], mlp.depth
     reps, inv = representatives(Ks[0])
     r2 = (slice(None), reps[:, None], reps[None, :])
-    B = _b_multi(mlp, Ks[r2], Thetas[r2], accuracy)
+    out = core(mlp, Ks[r2], Thetas[r2], accuracy)
     if len(reps) < N:
-        B = B[np.ix_(np.arange(L), inv, inv, inv, inv)]
-    if not np.all(np.isfinite(B)):
-        raise FloatingPointError("B overflowed; reduce the depth or initialize at criticality "
-                                 "(pdlt.criticality)")
-    return B
+        out = {k: v[np.ix_(np.arange(L), inv, inv, inv, inv)] for k, v in out.items()}
+    for k, v in out.items():
+        if not np.all(np.isfinite(v)):
+            raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
+                                     "criticality (pdlt.criticality)")
+    return out
 
 
 def _dprime_fns(act):
@@ -572,32 +581,7 @@ def residual_f_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="defaul
     >>> residual_f_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
     (3, 2, 2, 2, 2)
     """
-    if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
-    if (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
-        raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
-                         "(shape (L, N, N))")
-    if accuracy not in ("fast", "default", "high"):
-        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
-    if Ks is None:
-        K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
-        Ks, Thetas, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
-    Ks, Thetas = np.asarray(Ks, dtype=float), np.asarray(Thetas, dtype=float)
-    if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2] or \
-            Thetas.shape != Ks.shape:
-        raise ValueError(f"Ks and Thetas must have the same shape (L, N, N) with L = "
-                         f"{mlp.depth}; got {Ks.shape} and {Thetas.shape}")
-    N, L = Ks.shape[1], mlp.depth
-    reps, inv = representatives(Ks[0])
-    r2 = (slice(None), reps[:, None], reps[None, :])
-    F = _f_multi(mlp, Ks[r2], Thetas[r2], accuracy)
-    if len(reps) < N:
-        F = F[np.ix_(np.arange(L), inv, inv, inv, inv)]
-    if not np.all(np.isfinite(F)):
-        raise FloatingPointError("F overflowed; reduce the depth or initialize at criticality "
-                                 "(pdlt.criticality)")
-    return F
-
+    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: {"F": _f_multi(*a)})["F"]
 
 def _fns_sd(act):
     """Integrands ``{"s": sigma, "d": sigma', "sd": sigma sigma'}`` for :func:`expect_nd`."""
@@ -789,33 +773,7 @@ def residual_ad_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="defau
     >>> residual_ad_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]]))["A"].shape
     (3, 2, 2, 2, 2)
     """
-    if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
-    if (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
-        raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
-                         "(shape (L, N, N))")
-    if accuracy not in ("fast", "default", "high"):
-        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
-    if Ks is None:
-        K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
-        Ks, Thetas, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
-    Ks, Thetas = np.asarray(Ks, dtype=float), np.asarray(Thetas, dtype=float)
-    if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2] or \
-            Thetas.shape != Ks.shape:
-        raise ValueError(f"Ks and Thetas must have the same shape (L, N, N) with L = "
-                         f"{mlp.depth}; got {Ks.shape} and {Thetas.shape}")
-    N, L = Ks.shape[1], mlp.depth
-    reps, inv = representatives(Ks[0])
-    r2 = (slice(None), reps[:, None], reps[None, :])
-    out = _ad_multi(mlp, Ks[r2], Thetas[r2], accuracy)
-    if len(reps) < N:
-        out = {k: v[np.ix_(np.arange(L), inv, inv, inv, inv)] for k, v in out.items()}
-    for k, v in out.items():
-        if not np.all(np.isfinite(v)):
-            raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
-                                     "criticality (pdlt.criticality)")
-    return out
-
+    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, _ad_multi)
 
 def _kind_fns(act, kind):
     """``(f, f^2)`` for ``kind`` "s" (sigma) or "p" (sigma') as :func:`expect_nd` integrands."""
