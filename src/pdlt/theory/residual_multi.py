@@ -478,29 +478,7 @@ def _dprime_fns(act):
 
 def _pp_two_depth(act, C, l, p, P, accuracy):
     """``T[(ef), (gh)] = E[sigma'_e sigma'_f(z^(l)) sigma'_g sigma'_h(z^(p))]`` over pairs P."""
-    d1, d1sq = _dprime_fns(act)
-    kw = dict(kinks=act.kinks, growth=entire_growth(act))
-    T = np.empty((len(P), len(P)))
-    groups = {}
-    for u, f in enumerate(P):
-        for v, h in enumerate(P):
-            xs, ys = sorted(set(f)), sorted(set(h))
-            groups.setdefault((len(xs), len(ys)), []).append((u, v, xs, ys))
-    for (nx, ny), items in groups.items():
-        d = nx + ny
-        fs = ([d1sq] if nx == 1 else [d1, d1]) + ([d1sq] if ny == 1 else [d1, d1])
-        cov = np.empty((len(items), d, d))
-        for k, (_, _, xs, ys) in enumerate(items):
-            lay, ins = [l] * nx + [p] * ny, xs + ys
-            for i in range(d):
-                for j in range(d):
-                    cov[k, i, j] = C[lay[i], lay[j]][ins[i], ins[j]]
-        acc = _UP[accuracy] if d <= 3 else accuracy
-        vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw), dtype=float))
-        for k, (u, v, _, _) in enumerate(items):
-            T[u, v] = vals[k]
-    return T
-
+    return _kind_two_depth(act, C, l, p, P, "p", "p", accuracy)
 
 def _b_multi(mlp, Ks, Ths, accuracy):
     act = mlp.activation
@@ -774,6 +752,7 @@ def residual_ad_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="defau
     (3, 2, 2, 2, 2)
     """
     return _ntk_multi(mlp, x, Ks, Thetas, accuracy, _ad_multi)
+
 
 def _kind_fns(act, kind):
     """``(f, f^2)`` for ``kind`` "s" (sigma) or "p" (sigma') as :func:`expect_nd` integrands."""
