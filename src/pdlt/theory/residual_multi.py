@@ -128,6 +128,21 @@ def residual_vertex_metric_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default
 # pieces
 # ---------------------------------------------------------------------------
 
+def _layer_tables(mlp, Ks, accuracy):
+    """Each input's variance (L, N) and the same-depth averages of layers 1..L-1.
+
+    Raises a ValueError naming the fix where an input has zero variance.
+    """
+    L = Ks.shape[0]
+    diag = np.einsum("lii->li", Ks)
+    if np.any(diag[:L - 1] <= 0):
+        raise ValueError("an input has zero variance; the finite-width statistics need "
+                         "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+    avg = [LayerAverages(mlp.activation, Ks[m], OneVariableTable(mlp.activation, diag[m].copy()),
+                         accuracy=accuracy) for m in range(L - 1)]
+    return diag, avg
+
+
 def _coefficients(mlp):
     """``a`` (L, L): ``z^(l) = sum_q a[l, q] w_q`` with independent increments ``w_q``."""
     L = mlp.depth
@@ -281,17 +296,12 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
     out = {"V": np.zeros((L,) + (N,) * 4), "G1": np.zeros((L, N, N))}
     if L == 1:
         return out
-    diag = np.einsum("lii->li", Ks)
-    if np.any(diag[:L - 1] <= 0):
-        raise ValueError("an input has zero variance; the finite-width statistics need "
-                         "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+    diag, avg = _layer_tables(mlp, Ks, accuracy)
     CW = np.asarray(mlp.C_W, float)
     Cb = np.asarray(mlp.C_b, float)
     xi = np.asarray(mlp.xi, float)
     g = np.asarray(mlp.gamma, float)
     nf = L - 1                                    # fields S_m, m = 0..L-2 (0-based layers)
-    avg = [LayerAverages(act, Ks[m], OneVariableTable(act, diag[m].copy()), accuracy=accuracy)
-           for m in range(nf)]
     # one neuron's joint covariance over depths and inputs
     a = _coefficients(mlp)
     varw = np.empty((L, N, N))
@@ -480,19 +490,15 @@ def _pp_two_depth(act, C, l, p, P, accuracy):
     """``T[(ef), (gh)] = E[sigma'_e sigma'_f(z^(l)) sigma'_g sigma'_h(z^(p))]`` over pairs P."""
     return _kind_two_depth(act, C, l, p, P, "p", "p", accuracy)
 
+
 def _b_multi(mlp, Ks, Ths, accuracy):
     act = mlp.activation
     L, N = Ks.shape[0], Ks.shape[1]
     B = np.zeros((L,) + (N,) * 4)
     if L == 1:
         return B
-    diag = np.einsum("lii->li", Ks)
-    if np.any(diag[:L - 1] <= 0):
-        raise ValueError("an input has zero variance; the finite-width statistics need "
-                         "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+    diag, avg = _layer_tables(mlp, Ks, accuracy)
     P, pidx = _pairs(N)
-    avg = [LayerAverages(act, Ks[m], OneVariableTable(act, diag[m].copy()), accuracy=accuracy)
-           for m in range(L - 1)]
     a = _coefficients(mlp)
     CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
     varw = np.empty((L, N, N))
@@ -624,12 +630,7 @@ def _f_multi(mlp, Ks, Ths, accuracy):
     F = np.zeros((L,) + (N,) * 4)
     if L == 1:
         return F
-    diag = np.einsum("lii->li", Ks)
-    if np.any(diag[:L - 1] <= 0):
-        raise ValueError("an input has zero variance; the finite-width statistics need "
-                         "K_aa > 0 (use C_b > 0 or nonzero inputs)")
-    avg = [LayerAverages(act, Ks[m], OneVariableTable(act, diag[m].copy()), accuracy=accuracy)
-           for m in range(L - 1)]
+    diag, avg = _layer_tables(mlp, Ks, accuracy)
     a = _coefficients(mlp)
     CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
     varw = np.empty((L, N, N))
@@ -798,16 +799,11 @@ def _ad_multi(mlp, Ks, Ths, accuracy):
     out = {"A": np.zeros((L,) + (N,) * 4), "D": np.zeros((L,) + (N,) * 4)}
     if L == 1:
         return out
-    diag = np.einsum("lii->li", Ks)
-    if np.any(diag[:L - 1] <= 0):
-        raise ValueError("an input has zero variance; the finite-width statistics need "
-                         "K_aa > 0 (use C_b > 0 or nonzero inputs)")
+    diag, avg = _layer_tables(mlp, Ks, accuracy)
     P, pidx = _pairs(N)
     M = len(P)
     pa, pb = np.array([i for i, _ in P]), np.array([j for _, j in P])
     nf = L - 1
-    avg = [LayerAverages(act, Ks[m], OneVariableTable(act, diag[m].copy()), accuracy=accuracy)
-           for m in range(nf)]
     a = _coefficients(mlp)
     CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
     lW, xi, g = (np.asarray(v, float) for v in (mlp.lambda_W, mlp.xi, mlp.gamma))
