@@ -93,7 +93,7 @@ def default_training_cases(quick=False, full=False):
     * the trained variance (the first of :data:`VARIANCE_CASES`: gelu,
       'circle-far', widths 16, 32, 20 000 networks);
     * gelu's trained mean and NTK change (the first of :data:`GELU_MEAN_CASES`: the
-      'circle' task, one Newton leap, widths 16, 32, 16 000 networks).
+      'circle' task, one Newton leap, widths 16, 32, 12 000 networks).
 
     ``full`` (``pdlt report --full``) runs the five cases with widths 32-256
     (pair/gd: 16-64) at 8000 networks (pair/gd: 6000) and the other two
@@ -131,19 +131,20 @@ def default_training_cases(quick=False, full=False):
 #: see GELU_MEAN_CASES). Default
 #: report: gelu, task 'circle-far', n = 16, 32 (20 000 networks, ~35 CPU s; resolution 0.24
 #: when written). --full adds gelu at n = 16, 32, 64 (40 000 networks) and tanh on the
-#: 'circle' task at n = 32, 64 (60 000 networks, 104 CPU s; resolution 0.37 and 0.42 when
-#: written: tanh's shift is 0.024-0.028 against v_inf = 0.005, and 25 % would need ~180 000
-#: networks per width; benchmarks/README.md, "Variance corrections (#14)").
+#: 'circle' task at n = 32, 64 (180 000 networks, ~130 CPU s: resolution 0.17 and 0.28,
+#: measured 2026-12-03; at 60 000 it was 0.37 and 0.42: tanh's shift is 0.024-0.028
+#: against v_inf = 0.005; benchmarks/README.md, "Variance corrections (#14)").
 VARIANCE_CASES = tuple(
     TrainingCase(task, "newton+gd", 5, widths=w, networks=M, activation=a, ntk=False,
                  variance=True, mean=False)
     for a, task, w, M in (("gelu", "circle-far", (16, 32), 20000),
                           ("gelu", "circle-far", (16, 32, 64), 40000),
-                          ("tanh", "circle", (32, 64), 60000)))
+                          ("tanh", "circle", (32, 64), 180000)))
 
 
 #: gelu's trained mean (rows "trained mean (1/n)", gelu) and NTK change: one Newton leap on
-#: the 'circle' task. Default report: n = 16, 32, 16 000 networks (~20 CPU s); --full: n =
+#: the 'circle' task. Default report: n = 16, 32, 12 000 networks (~16 CPU s, 15-16 %; 16 000:
+#: 13-14 %); --full: n =
 #: 16, 32, 64 (adds the 1/n extrapolation rows). Why the leap and not the leap + small steps:
 #: gelu's NTK fluctuates strongly (n Var(u.DeltaH.u) / lambda^2 = 1.7-4.4 over the
 #: eigenmodes u of Theta_AA, depth 3), so after gradient steps, which make the trained output
@@ -162,7 +163,7 @@ VARIANCE_CASES = tuple(
 #: whose order 1/n is exact there against first-layer Gaussian averages
 #: (tests/learning/test_finite_training.py); gelu itself is torch's exact GELU
 #: (tests/test_activations.py).
-GELU_MEAN_CASES = (TrainingCase("circle", "newton", widths=(16, 32), networks=16000,
+GELU_MEAN_CASES = (TrainingCase("circle", "newton", widths=(16, 32), networks=12000,
                                 activation="gelu", seed=3),
                    TrainingCase("circle", "newton", widths=(16, 32, 64), networks=16000,
                                 activation="gelu", seed=3))
