@@ -114,7 +114,8 @@ def test_trained_mean_shift_resolved_gelu_newton_leap():
     rejected (z 13.3, 7.1, 11.2). The leap, not leap + steps: after gradient steps gelu's trained mean
     carries large terms of third and fourth order in the NTK fluctuation at these widths
     (pdlt.report.finite_training.GELU_MEAN_CASES); after the leap the kernel map is linear in
-    the NTK and they vanish. The report's default row (12 000 networks) resolves ~0.15 (0.13 at 16 000)."""
+    the NTK and they vanish. The report's default row (12 000 networks) resolves ~0.15
+    (0.13 at 16 000)."""
     from pdlt.report.finite_training import TrainingCase, run_training_case
 
     r = run_training_case(TrainingCase("circle", "newton", widths=(16, 32), networks=4000,
