@@ -128,6 +128,7 @@ def residual_vertex_metric_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default
 # pieces
 # ---------------------------------------------------------------------------
 
+
 def _layer_tables(mlp, Ks, accuracy):
     """Each input's variance (L, N) and the same-depth averages of layers 1..L-1.
 
@@ -405,6 +406,7 @@ def _mean_d2(avg, f, q):
 # NTK variance B at N inputs (history recursion of attachments)
 # ---------------------------------------------------------------------------
 
+
 def residual_b_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="default") -> np.ndarray:
     r"""Exact N-input NTK variance ``B`` of a residual MLP at every layer, any activation.
 
@@ -441,6 +443,7 @@ def residual_b_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="defaul
     (3, 2, 2, 2, 2)
     """
     return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: {"B": _b_multi(*a)})["B"]
+
 
 def _ntk_multi(mlp, x, Ks, Thetas, accuracy, core):
     """Validate, fold the kernels, merge repeated inputs, run ``core``, expand, check.
@@ -542,6 +545,7 @@ def _b_multi(mlp, Ks, Ths, accuracy):
 # NTK-preactivation correlation F at N inputs (bilinear features)
 # ---------------------------------------------------------------------------
 
+
 def residual_f_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="default") -> np.ndarray:
     r"""Exact N-input ``F`` of a residual MLP at every layer, any activation.
 
@@ -566,6 +570,7 @@ def residual_f_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="defaul
     (3, 2, 2, 2, 2)
     """
     return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: {"F": _f_multi(*a)})["F"]
+
 
 def _fns_sd(act):
     """Integrands ``{"s": sigma, "d": sigma', "sd": sigma sigma'}`` for :func:`expect_nd`."""
@@ -715,6 +720,7 @@ def _pair_sd(avg):
 # ---------------------------------------------------------------------------
 # A and D at N inputs: covariance of the shared fields S and P (derivation section 11)
 # ---------------------------------------------------------------------------
+
 
 def residual_ad_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="default") -> dict:
     r"""Exact N-input ``A`` and ``D`` of a residual MLP at every layer, any activation.

@@ -76,6 +76,14 @@ __all__ = ["residual_ntk_one_input", "residual_ntk_mean", "residual_dntk_p", "re
 RESIDUAL_NTK_STATISTICS = ("A", "B", "D", "F")
 
 
+def _finite(name, arr):
+    """``arr``, or a FloatingPointError naming the statistic ``name`` that overflowed."""
+    if not np.all(np.isfinite(arr)):
+        raise FloatingPointError(f"{name} overflowed; reduce the depth or initialize at "
+                                 "criticality")
+    return arr
+
+
 def _one_input_setup(mlp, K1, names):
     """Validate K1; the kernel K, Theta (L,), the named one-variable averages of
     :class:`OneVariableTable` at K, and the residual trajectory ``(a, varw, C)``."""
@@ -229,9 +237,7 @@ def residual_ntk_one_input(mlp: MLP, K1: float, stats=RESIDUAL_NTK_STATISTICS) -
             v[L:L + l + 1] = C[l + 1, :l + 1] * dss[:l + 1]
             out["F"][l + 1] = float(v @ Ms[l + 1] @ v)
     for k, arr in out.items():
-        if not np.all(np.isfinite(arr)):
-            raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
-                                     "criticality")
+        _finite(k, arr)
     return out
 
 
@@ -608,9 +614,7 @@ def _vertex_metric(mlp, K1):
         inner["shift"][l] = shift
         g1 = x[l + 1] ** 2 * CW[l + 1] * shift + g[l + 1] ** 2 * g1
     for k, arr in out.items():
-        if not np.all(np.isfinite(arr)):
-            raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
-                                     "criticality")
+        _finite(k, arr)
     inner.update(rho=rho, dress=dress, nw=nw)
     return out, inner
 
@@ -754,9 +758,7 @@ def residual_ntk_mean(mlp: MLP, K1: float) -> np.ndarray:
                                       + CW[l + 1] * (Th[l] * dp + pp[l] * h1[l] + cov))
                      + g[l + 1] ** 2 * h1[l])
     out = h1 * np.asarray(mlp.widths[:L], float)
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("H1 overflowed; reduce the depth or initialize at criticality")
-    return out
+    return _finite("H1", out)
 
 
 # ---------------------------------------------------------------------------
@@ -870,9 +872,7 @@ def _dntk_p_fold(mlp, K1, closure, visit=None):
         beta[:l] *= r * g * g * chi
         beta[l] = x * x * g * g * CW * Th[l] ** 2
         out[l + 1] = float((a[l + 1] * varw) @ Pi @ mpsi)
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("P overflowed; reduce the depth or initialize at criticality")
-    return out
+    return _finite("P", out)
 
 
 # ---------------------------------------------------------------------------
@@ -993,9 +993,7 @@ def _dntk_q_fold(mlp, K1, closure, visit=None):
         vz[L:L + l + 1] = C[l + 1, :l + 1] * dss[:l + 1]
         vz[L2:L2 + l + 1] = C[l + 1, :l + 1] * dqp[:l + 1]
         out[l + 1] = float(xv @ vz)
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("Q overflowed; reduce the depth or initialize at criticality")
-    return out
+    return _finite("Q", out)
 
 
 def residual_statistics(mlp: MLP, K1: float, stats) -> dict:
@@ -1107,9 +1105,7 @@ def residual_ddntk_u(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
         chi_x[:l] *= r * g ** 3 * chi
         chi_x[l] = x * x * g ** 3 * CW * Th[l] ** 3
         out[l + 1] = U
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("U overflowed; reduce the depth or initialize at criticality")
-    return out
+    return _finite("U", out)
 
 
 def residual_ddntk_s(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
@@ -1201,9 +1197,7 @@ def residual_ddntk_s(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
         beta[:l] *= r * g * g * chi
         beta[l] = x * x * g * g * CW * Th[l] ** 2
         out[l + 1] = s0 + float(sig[:l + 1] @ pp[:l + 1] + tau[:l + 1] @ qq[:l + 1])
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("S overflowed; reduce the depth or initialize at criticality")
-    return out
+    return _finite("S", out)
 
 
 def residual_ddntk_t(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
@@ -1275,9 +1269,7 @@ def residual_ddntk_t(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
              + 2 * r * x * x * chi * (CW * Th[l] * float(w @ eqp3) + lw * float(w @ esp))
              + r * chi * chi * T)
         out[l + 1] = T
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("T overflowed; reduce the depth or initialize at criticality")
-    return out
+    return _finite("T", out)
 
 
 def _stein_two_depth(act, K, C, closure):
@@ -1401,6 +1393,4 @@ def residual_ddntk_r(mlp: MLP, K1: float, *, closure=False) -> np.ndarray:
         rho[1] += r * c * piv[1:1 + L]
         rho[2] += r * c * piv[1 + L:]
         out[l + 1] = r0 + float(rho[0] @ q3p + rho[1] @ qs + rho[2] @ pp)
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("R overflowed; reduce the depth or initialize at criticality")
-    return out
+    return _finite("R", out)
