@@ -15,6 +15,11 @@ r"""Entropy, mutual information and the optimal aspect ratio (book appendix A).
   :func:`optimal_aspect_ratio` turns it into ``r* = (L/n)* = 4/((20 + 3 n_L) nu)``
   with ``nu`` the vertex slope (:func:`pdlt.theory.vertex.vertex_slope`;
   residual MLPs: :func:`pdlt.theory.residual.residual_vertex_slope`).
+  The depth it counts is the number of layers that build the vertex: the
+  first layer is Gaussian (``V^(1) = 0``), so the output's
+  ``k2 = V^(L)/(n K^(L)^2) ~ nu (L - 1)/n`` and the optimal network has
+  ``L - 1 = r* n`` (one layer more than ``r* n``; the asymptotic slope
+  ignores that difference, :func:`pdlt.statistics` gives the finite-depth k2).
 
 Caveats: the optimum is a property of the truncated series (the exact mixture
 information keeps growing with k2); converting ``k2*`` to ``L/n`` with the

@@ -84,11 +84,16 @@ def _finite(name, arr):
     return arr
 
 
+def _check_K1(K1):
+    """The one-input entry points' check of the first-layer kernel ``K1``."""
+    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
+        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
+
+
 def _one_input_setup(mlp, K1, names):
     """Validate K1; the kernel K, Theta (L,), the named one-variable averages of
     :class:`OneVariableTable` at K, and the residual trajectory ``(a, varw, C)``."""
-    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
-        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
+    _check_K1(K1)
     K, Th = one_input_kernel(mlp, K1)
     t = OneVariableTable(mlp.activation, K)
     return K, Th, tuple(np.asarray(t[k], float) for k in names), _trajectory(mlp, K)
@@ -561,8 +566,7 @@ def _vertex_metric(mlp, K1):
     ``g1`` (``E[z^2] - K``), ``varK`` (``Var Khat``), ``shift`` (``E[sigma^2(z)] -
     <sigma^2>_K``), all unnormalized, and the S-field response ``rho``, dressing ``dress``
     and widths ``nw``."""
-    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
-        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
+    _check_K1(K1)
     act = mlp.activation
     L = mlp.depth
     K, _ = one_input_kernel(mlp, K1)
@@ -693,8 +697,7 @@ def residual_ntk_mean(mlp: MLP, K1: float) -> np.ndarray:
     >>> [round(float(h), 4) for h in residual_ntk_mean(m, 1.0)]   # plain ReLU: 0
     [0.0, 0.0, 0.738, 2.4916]
     """
-    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
-        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
+    _check_K1(K1)
     act = mlp.activation
     L = mlp.depth
     h1 = np.zeros(L)
