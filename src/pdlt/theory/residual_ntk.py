@@ -128,21 +128,6 @@ def _trajectory(mlp, K):
     return a, varw, C
 
 
-def _expect2_unique(f, h, Ka, C, Kb, kinks):
-    """``<f(z_a) h(z_b)>`` for many covariances, each distinct one integrated once.
-
-    At criticality (K constant, one gamma) the covariances repeat with the lag
-    only, so this turns O(L^2) two-variable integrals into O(L). Keys are
-    rounded to 13 significant digits (the integrals' own accuracy).
-    """
-    key = np.round(np.stack([Ka, C, Kb], axis=1), 13 - int(np.ceil(np.log10(
-        max(float(np.max(np.abs(Ka))), 1e-300)))))
-    uniq, inv = np.unique(key, axis=0, return_inverse=True)
-    first = np.array([np.flatnonzero(inv.ravel() == u)[0] for u in range(len(uniq))])
-    vals = gaussian.expect2(f, h, Ka[first], C[first], Kb[first], kinks_f=kinks, kinks_g=kinks)
-    return np.asarray(vals)[inv.ravel()]
-
-
 def _one_means(act, fn, K):
     """``<fn>_K`` at each layer's kernel (L,)."""
     return np.array([float(gaussian.expect(fn, k, kinks=act.kinks, period=act.period))
@@ -156,13 +141,13 @@ def _two_depth(act, fn, K, C):
     li, pi = np.tril_indices(L, -1)
     if len(li) == 0:
         return out
-    keep = C[li, pi] != 0.0          # uncorrelated (a plain layer in between): a product
     one = np.array([float(gaussian.expect(fn, k, kinks=act.kinks, period=act.period))
                     for k in K])
     out[li, pi] = one[li] * one[pi]
+    keep = C[li, pi] != 0.0          # uncorrelated (a plain layer in between): a product
     if keep.any():
-        out[li[keep], pi[keep]] = _expect2_unique(fn, fn, K[li[keep]], C[li[keep], pi[keep]],
-                                                  K[pi[keep]], act.kinks)
+        e = _two_depth_pairs(act, C, {"f": fn}, [("f", "f")])[("f", "f")]
+        out[li[keep], pi[keep]] = e[li[keep], pi[keep]]
     return out
 
 
@@ -329,8 +314,8 @@ def _cov2(act, f, h, K, C, same):
     out[np.arange(L), np.arange(L)] = np.asarray(same) - mf * mh
     li, mi = np.nonzero((C != 0.0) & ~np.eye(L, dtype=bool))
     if len(li):
-        e = _expect2_unique(f, h, K[li], C[li, mi], K[mi], act.kinks)
-        out[li, mi] = e - mf[li] * mh[mi]
+        e = _two_depth_pairs(act, C, {"f": f, "h": h}, [("f", "h")])[("f", "h")]
+        out[li, mi] = e[li, mi] - mf[li] * mh[mi]
     return out
 
 
