@@ -87,7 +87,42 @@ def test_gelu_gamma_half_against_a_direct_fit():
     assert set("BFPRSU") <= set(checked), checked
 
 
-@pytest.mark.parametrize("bad, match", [(dict(activation="tanh"), "K\\*=0"),
+def test_k0_class_at_gamma_zero_is_the_plain_slopes():
+    """K*=0 (tanh): at gamma = 0 the fitted slopes equal the plain ntk_slopes (depth
+    8192, Richardson; itself within ~1e-3 of the limit: B = 1/3 to 3.3e-4, U = 2 to
+    7.9e-4) to within the fit's own slope_error plus 1e-3 relative; the fit's error
+    estimate is not vacuous (< 3e-3), so a 1 % change is rejected."""
+    s, ref = residual_slopes("tanh", 0.0), ntk_slopes("tanh", depth=8192)
+    assert s["universality_class"] == "K*=0"
+    for k in NAMES:
+        tol = s["slope_error"][k] + 1e-3 * abs(ref[k])
+        assert s["slope_error"][k] < 3e-3 * abs(ref[k]), k
+        assert abs(s[k] - ref[k]) <= tol, (k, s[k], ref[k], tol)
+        assert abs(1.01 * s[k] - ref[k]) > tol and abs(0.99 * s[k] - ref[k]) > tol, k
+
+
+def test_k0_class_residual_fit_is_consistent():
+    """gamma = 0.5: (i) the same fit applied to V/(K^2 l) gives the exact
+    nu_V = (2/3)(1 - gamma^4) to 1e-3 relative; (ii) the slopes from depth 64 and 128
+    agree within the depth-64 slope_error (the estimate bounds the change)."""
+    from pdlt.theory.ntk_criticality import critical_learning_rates
+    from pdlt.theory.residual import _k0_fit
+    from pdlt.theory.statistics import statistics
+    L = 128
+    lr = critical_learning_rates("tanh", L)
+    m = residual_mlp("tanh", 0.5, width=8, depth=L, n_out=8, lambda_b=lr["lambda_b"],
+                     lambda_W=lr["lambda_W"])
+    st = statistics(m, K1=1.0, get=["V"])
+    l = np.arange(1, L + 1, dtype=float)
+    nu = _k0_fit(np.asarray(st.V) / (np.asarray(st.K) ** 2 * l), l, L / 4, L)
+    assert abs(nu - (2 / 3) * (1 - 0.5 ** 4)) < 1e-3 * 0.625
+    a, b = residual_slopes("tanh", 0.5, depth=64), residual_slopes("tanh", 0.5, depth=128)
+    for k in NAMES:
+        assert abs(a[k] - b[k]) <= a["slope_error"][k], (k, a[k], b[k], a["slope_error"][k])
+    assert a["nu_V"] == pytest.approx((2 / 3) * (1 - 0.5 ** 4), rel=1e-12)
+
+
+@pytest.mark.parametrize("bad, match", [(dict(activation="tanh", depth=32), ">= 64"),
                                         (dict(depth=5), "depth must be")])
 def test_bad_input(bad, match):
     kw = dict(activation="relu", gamma=0.5, depth=24) | bad

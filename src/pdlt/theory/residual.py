@@ -192,7 +192,7 @@ def three_point_vertex_slope(activation, gamma, *, crit=None):
     return (1.0 - g2) * ((1.0 - g2) * nu0 + 4.0 * g2 + cross)
 
 
-def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambda_W=1.0):
+def residual_slopes(activation, gamma, *, depth=None, K1=None, lambda_b=1.0, lambda_W=1.0):
     r"""Depth slopes of the exact residual V and of the ten NTK statistics at residual criticality.
 
     The network is :func:`residual_mlp` (every layer l >= 2 residual, equal widths,
@@ -219,9 +219,20 @@ def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambd
       (to round-off, ~1e-10); for ``gamma > 0`` the error is the transient,
       ``~ depth^d gamma^depth`` relative: at depth 40 below 1e-6 for
       ``gamma <= 0.5`` and ~1 % at ``gamma = 0.9`` (depth 60: ~0.3 %).
-    * K*=0 class (tanh, ...): not derived (the kernel decays like 1/l and the
-      plain slopes need depth ~2000, out of reach of the O(L^2) residual
-      recursions); ``ValueError``.
+    * K*=0 class (tanh, erf, ...; ``K ~ 1/l``): the statistics of a residual MLP with
+      the plain critical learning rates
+      (:func:`~pdlt.theory.ntk_criticality.critical_learning_rates`: ``chi_perp`` of a
+      residual layer, ``gamma^2 + (1 - gamma^2) chi_perp^plain``, keeps the plain
+      ``1 - p_perp/l``) to ``depth`` (default 256), ``g(l) = X / (Theta^a K^b l)``
+      fitted over ``depth/4 <= l <= depth`` by least squares in
+      ``1, 1/l, log(l)/l, 1/l^2, log(l)/l^2, log(l)^2/l^2`` (the corrections of the
+      K*=0 class; ``gamma^l`` transients are below 1e-14 there for ``gamma <= 0.9``),
+      ``nu_X`` the constant. ``slope_error[X]``: twice the difference from the same fit
+      over ``depth/8 .. depth/2`` (the difference alone did not always bound the change
+      from depth 64 to 128). At gamma = 0 it reproduces the plain
+      :func:`~pdlt.theory.ntk_criticality.ntk_slopes` (tanh, depth 256: within 5e-4
+      relative, ``tests/theory/test_residual_slopes.py``), and ``V / (K^2 l)`` fitted
+      the same way gives the exact ``nu_V = (2/3)(1 - gamma^4)``.
 
     ``learning_to_fluctuation``: ``(nu_P + 2 nu_Q) / (nu_A + 2 nu_B)``, the
     size of representation learning (one output: ``n E[dH z] = P + 2Q``) against
@@ -234,8 +245,10 @@ def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambd
     activation : str, Activation or callable
     gamma : float
         Residual strength, ``|gamma| < 1``.
-    depth : int, default 40
-        Depth of the recursions, >= 8 (see the accuracy above).
+    depth : int, optional
+        Depth of the recursions: default 40, >= 8 (scale-invariant and half-stable
+        classes, see the accuracy above); default 256, >= 64 (K*=0 class; cost ~ depth^3,
+        ~4 s at 256).
     K1 : float, optional
         First-layer kernel (scale-invariant class; default 1).
     lambda_b, lambda_W : float
@@ -245,13 +258,15 @@ def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambd
     -------
     dict
         ``{"nu_V": float, "A": float, ..., "U": float, "learning_to_fluctuation":
-        float or None, "universality_class": str}``.
+        float or None, "universality_class": str, "slope_error": dict or None}``
+        (``slope_error``: the K*=0 class's extrapolation estimate per statistic; None
+        in the other classes, whose error is the transient above).
 
     Raises
     ------
     ValueError
-        For ``depth < 8``, or an activation outside the scale-invariant and
-        half-stable classes.
+        For ``depth < 8`` (K*=0 class: ``< 64``), or an activation outside the
+        scale-invariant, half-stable and K*=0 classes.
 
     Examples
     --------
@@ -266,9 +281,13 @@ def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambd
     act = _activation(activation)
     crit = criticality(act)
     cls = crit.universality_class
-    if not crit.is_critical or cls not in ("scale-invariant", "half-stable"):
-        raise ValueError(f"residual_slopes is derived for the scale-invariant and half-stable "
-                         f"classes; {act.name!r} is in the {cls!r} class")
+    if not crit.is_critical or cls not in ("scale-invariant", "half-stable", "K*=0"):
+        raise ValueError(f"residual_slopes is derived for the scale-invariant, half-stable and "
+                         f"K*=0 classes; {act.name!r} is in the {cls!r} class")
+    if cls == "K*=0":
+        return _k0_slopes(act, crit, gamma, 256 if depth is None else depth,
+                          1.0 if K1 is None else K1, lambda_b, lambda_W)
+    depth = 40 if depth is None else depth
     if int(depth) != depth or depth < 8:
         raise ValueError(f"depth must be an integer >= 8; got {depth!r}")
     if cls == "half-stable" or K1 is None:
@@ -290,6 +309,48 @@ def residual_slopes(activation, gamma, *, depth=40, K1=None, lambda_b=1.0, lambd
         (out["P"] + 2.0 * out["Q"]) / (out["A"] + 2.0 * out["B"])
         if cls == "scale-invariant" else None)
     out["universality_class"] = cls
+    out["slope_error"] = None
+    return out
+
+
+def _k0_fit(g, l, lo, hi):
+    """The constant of the K*=0 class's asymptotic form fitted to ``g`` over ``lo <= l <= hi``."""
+    sel = (l >= lo) & (l <= hi)
+    x = l[sel]
+    lg = np.log(x)
+    basis = np.stack([np.ones_like(x), 1 / x, lg / x, 1 / x ** 2, lg / x ** 2,
+                      lg ** 2 / x ** 2], axis=1)
+    scale = np.abs(basis).max(axis=0)
+    coef = np.linalg.lstsq(basis / scale, g[sel], rcond=None)[0] / scale
+    return float(coef[0])
+
+
+def _k0_slopes(act, crit, gamma, depth, K1, lambda_b, lambda_W):
+    """:func:`residual_slopes` for the K*=0 class (its docstring)."""
+    from .ntk_criticality import NTK_STATISTICS, SLOPE_NORMALIZATIONS, critical_learning_rates
+    from .statistics import statistics
+
+    if int(depth) != depth or depth < 64:
+        raise ValueError(f"depth must be an integer >= 64 for the K*=0 class (the slopes are "
+                         f"fitted over depth/4 .. depth); got {depth!r}")
+    if not (isinstance(K1, (int, float)) and math.isfinite(K1) and K1 > 0):
+        raise ValueError(f"K1 must be a finite number > 0; got {K1!r}")
+    L = int(depth)
+    lr = critical_learning_rates(act, L, lambda_b=lambda_b, lambda_W=lambda_W)
+    m = residual_mlp(act, gamma, width=8, depth=L, n_out=8, lambda_b=lr["lambda_b"],
+                     lambda_W=lr["lambda_W"])
+    st = statistics(m, K1=float(K1), get=NTK_STATISTICS)
+    K, Th = np.asarray(st.K, float), np.asarray(st.Theta, float)
+    l = np.arange(1, L + 1, dtype=float)
+    out = {"nu_V": residual_vertex_slope(act, gamma, crit=crit)}
+    err = {}
+    for name, (a, b) in SLOPE_NORMALIZATIONS["K*=0"].items():
+        g = np.asarray(st[name], float) / (Th ** a * K ** b * l)
+        out[name] = _k0_fit(g, l, L / 4, L)
+        err[name] = 2.0 * abs(out[name] - _k0_fit(g, l, L / 8, L / 2))
+    out["learning_to_fluctuation"] = (out["P"] + 2.0 * out["Q"]) / (out["A"] + 2.0 * out["B"])
+    out["universality_class"] = "K*=0"
+    out["slope_error"] = err
     return out
 
 
