@@ -9,8 +9,8 @@ Hessian in the parameters, rescaled by the learning rates).
 For the residual MLP ``z' = xi [b + W sigma(z)] + gamma z`` the one-input recursions of
 :func:`pdlt.theory.residual_ntk.residual_ddntk_s` and
 :func:`pdlt.theory.residual_ntk.residual_ddntk_u` carry over with input slots
-(derivation: ``docs/derivations/residual_ntk_multi.md``, section 12; ``p, q = sigma',
-sigma''`` at layer l, ``chi_ef = xi^2 C_W <p_e p_f> + gamma^2``):
+(derivation: ``docs/derivations/residual_ntk_multi.md``, "S and U at N inputs"; ``p, q =
+sigma', sigma''`` at layer l, ``chi_ef = xi^2 C_W <p_e p_f> + gamma^2``):
 
 * **S.** Given the two trajectories, ``n E[ddIIH_{iijj} | .]`` depends on neuron j's
   alone, ``s(j) = s_0 + sum_p [sig_p p_{a0} p_{a1}(z_j^(p)) + tau_p q_{a0} q_{a1}(z_j^(p))]``:
@@ -64,7 +64,7 @@ def residual_su_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="defau
     attachments (functions ``sigma'_{a0} sigma'_{a1}`` of neuron j's past) and its own
     ``sigma''_{a0} sigma''_{a1}`` attachments, U from the NTK-dNTK correlation
     ``n E[H_ba dH_baa]`` (functions ``sigma'_{e1} sigma''_{f0}`` of neuron a's past).
-    Derivation: ``docs/derivations/residual_ntk_multi.md`` section 12.
+    Derivation: ``docs/derivations/residual_ntk_multi.md``, section "S and U at N inputs".
 
     Parameters
     ----------
