@@ -50,3 +50,21 @@ def test_multi_input_s_u_against_real_networks():
                         al.ravel(), label=lab, max_resolution=0.25)
             worst = float(np.max(c.resolution_each))
             assert worst <= 0.5, f"{lab}: an entry resolves only {worst:.2f}"
+
+
+def test_report_rows_are_the_statistics_entries():
+    """pdlt.report.residual.residual_multi_ddii_rows (``pdlt report --full``): one row per
+    entry up to the transpose symmetry and layer, theory = pdlt.statistics, the summary keys."""
+    pytest.importorskip("torch")
+    from pdlt.report.residual import residual_multi_ddii_rows
+
+    rows = residual_multi_ddii_rows(depth=3, layers=(2, 3), networks=40, seed=5)
+    assert len(rows) == 2 * 2 * 10               # S, U x layers 2, 3 x 10 orbits of 16 entries
+    assert {r.key for r in rows} == {"residual S (N inputs)", "residual U (N inputs)"}
+    th = pdlt.statistics(residual_mlp("tanh", 0.5, n0=2, width=32, depth=3, n_out=32,
+                                      lambda_b=0.5), X2, get=["S", "U"])
+    for lab, layer, want in (("S[0110]", 3, th.S[2, 0, 1, 1, 0]),
+                             ("U[0011]", 2, th.U[1, 0, 0, 1, 1])):
+        r = next(r for r in rows if r.statistic.startswith(lab) and r.layer == layer)
+        assert r.theory == want and r.width == 32
+    assert all(len(r.control_z) == 3 and np.isfinite(r.stderr) and r.stderr > 0 for r in rows)
