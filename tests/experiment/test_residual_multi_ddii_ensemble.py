@@ -24,19 +24,18 @@ from pdlt.theory.residual import residual_mlp
 X2 = np.array([[1.0, 0.0], [0.6, 0.8]])
 
 
-def test_multi_input_s_u_against_real_networks():
-    """~11 CPU s (3000 networks per width, 2 neurons each). Measured (seeds 411, 412),
-    resolution per entry (best / worst): S^(2) 1.8 / 2.1 %, S^(3) 6.8 / 7.8 %; U^(2)
-    5.1 / 15 %, U^(3) 20 / 40 % (U_0101 = 0.113, its smallest entries); max z 1.8; the
-    controls x0.5, x2 at z 109, 223 (S^(2)), 29, 59 (S^(3)), 40, 80 (U^(2)), 9.3, 20 (U^(3))."""
+def _check(act, gamma, networks, seed):
+    """S, U at layers 2-3 (two inputs X2, widths 16/32, 2 neurons per network): every entry
+    passes; per layer and statistic with a nonzero theory, the best entry resolves to
+    <= 25 % (the controls x0, x0.5, x2 rejected) and every entry to <= 50 %."""
     pytest.importorskip("torch")
     from pdlt.experiment import Ensemble
 
     L = 3
     ms = []
     for k, n in enumerate((16, 32)):
-        m = residual_mlp("tanh", 0.5, n0=2, width=n, depth=L, n_out=n, lambda_b=0.5)
-        ms.append(Ensemble(m, networks=3000, seed=411 + k).measure(
+        m = residual_mlp(act, gamma, n0=2, width=n, depth=L, n_out=n, lambda_b=0.5)
+        ms.append(Ensemble(m, networks=networks, seed=seed + k).measure(
             X2, stats=("S", "U"), layers=[2, 3], progress=False, derivative_neurons=2))
     theory = pdlt.statistics(m, X2, get=["S", "U"])
     for name in ("S", "U"):
@@ -45,11 +44,32 @@ def test_multi_input_s_u_against_real_networks():
         for layer, (e, se, al) in ((2, (b.mean, b.stderr, np.zeros_like(b.mean))),
                                    (3, width_extrapolation(a3.mean, a3.stderr, b3.mean,
                                                            b3.stderr))):
-            lab = f"residual tanh N-input {name}^({layer})"
+            lab = f"residual {act} N-input {name}^({layer})"
             c = powered(getattr(theory, name)[layer - 1].ravel(), e.ravel(), se.ravel(),
                         al.ravel(), label=lab, max_resolution=0.25)
-            worst = float(np.max(c.resolution_each))
-            assert worst <= 0.5, f"{lab}: an entry resolves only {worst:.2f}"
+            if c.relative:
+                worst = float(np.max(c.resolution_each))
+                assert worst <= 0.5, f"{lab}: an entry resolves only {worst:.2f}"
+
+
+def test_multi_input_s_u_against_real_networks():
+    """~11 CPU s (3000 networks per width, 2 neurons each). Measured (seeds 411, 412),
+    resolution per entry (best / worst): S^(2) 1.8 / 2.1 %, S^(3) 6.8 / 7.8 %; U^(2)
+    5.1 / 15 %, U^(3) 20 / 40 % (U_0101 = 0.113, its smallest entries); max z 1.8; the
+    controls x0.5, x2 at z 109, 223 (S^(2)), 29, 59 (S^(3)), 40, 80 (U^(2)), 9.3, 20 (U^(3))."""
+    _check("tanh", 0.5, 3000, 411)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act,gamma,networks", [("gelu", 0.3, 8000), ("relu", 0.5, 4000)])
+def test_multi_input_s_u_gelu_relu(act, gamma, networks):
+    """~25 (gelu) and ~10 (relu) CPU s. GELU's 1/n terms are large (S^(3)_0000 reads 10.07
+    at n = 16 against 8.67); at 4000 networks (seeds 421, 422) every entry passed with best /
+    worst resolution S^(3) 16 / 21 %, U^(3) 29 / 40 %, so this test uses 8000. ReLU:
+    sigma'' = 0, so U = 0 exactly (an absolute bound: layer 3 read -0.007(6), allowance
+    0.04) and S keeps the lambda_W terms and B's attachments (4000 networks: S^(3) 13 /
+    18 %)."""
+    _check(act, gamma, networks, 421)
 
 
 def test_report_rows_are_the_statistics_entries():
