@@ -74,7 +74,8 @@ def test_one_coinciding_and_diagonal_inputs_are_the_one_input_statistics(act, de
             assert _rel(o["U"][:, a, a, a, a], u1) < 1e-10, a
     for k in ("S", "U"):                             # the copy is a copy, entry by entry
         t = o[k]
-        assert np.array_equal(t[:, 1], t[:, 0]) and np.array_equal(t[:, :, :, :, 1], t[:, :, :, :, 0])
+        assert np.array_equal(t[:, 1], t[:, 0])
+        assert np.array_equal(t[:, :, :, :, 1], t[:, :, :, :, 0])
     one = residual_su_multi(m, X3[:1])
     s1, u1 = _one_input(m, X3[0])
     assert _rel(one["S"][:, 0, 0, 0, 0], s1) < 1e-10

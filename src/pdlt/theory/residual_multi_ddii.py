@@ -138,7 +138,7 @@ def _integrand(act, names):
 
 
 def _one_depth_pair(act, avg, k1, k2):
-    """``<k1(z_e) k2(z_f)>_K`` (N, N) at one layer, k from "p", "q" (products of sigma', sigma'')."""
+    """``<k1(z_e) k2(z_f)>_K`` (N, N) at one layer; k1, k2 from "p" (sigma'), "q" (sigma'')."""
     if k1 == k2 == "p":
         return avg.PP
     if k1 == k2 == "q":
@@ -207,7 +207,7 @@ def _su_multi(mlp, Ks, Ths, accuracy, closure=False):
     out = {"S": np.zeros((L,) + (N,) * 4), "U": np.zeros((L,) + (N,) * 4)}
     if L == 1:
         return out
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
+    _, avg = _layer_tables(mlp, Ks, accuracy)
     a = _coefficients(mlp)
     CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
     lW = np.asarray(mlp.lambda_W, float)
@@ -220,7 +220,7 @@ def _su_multi(mlp, Ks, Ths, accuracy, closure=False):
     i0, i1, i2, i3 = ix
     PP = [av.PP for av in avg]
     QQ = [av.QQ for av in avg]
-    QP = {}                                        # <q_e p_f>, (N, N), for the closure
+    pair1 = {}              # (k1, k2) -> depth -> <k1(z_e) k2(z_f)> (N, N), for products
 
     def table(l, p, kinds):
         """``[e, f, g, h] -> E[k1 k2 (z^(l)) k3 k4 (z^(p))]``; products when the depths are
@@ -228,11 +228,10 @@ def _su_multi(mlp, Ks, Ths, accuracy, closure=False):
         if closure or not np.any(C[l, p] != 0.0):
             one = []
             for dep, ks in ((l, kinds[:2]), (p, kinds[2:])):
-                if ks not in QP:
-                    QP[ks] = {}
-                if dep not in QP[ks]:
-                    QP[ks][dep] = _one_depth_pair(act, avg[dep], *ks)
-                one.append(QP[ks][dep])
+                cache = pair1.setdefault(ks, {})
+                if dep not in cache:
+                    cache[dep] = _one_depth_pair(act, avg[dep], *ks)
+                one.append(cache[dep])
             return np.einsum("ef,gh->efgh", *one)
         return _two_depth4(act, C, l, p, kinds, N, accuracy)
 
