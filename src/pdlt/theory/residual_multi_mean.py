@@ -37,7 +37,7 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from ._averages import apply_M, representatives
+from ._averages import apply_M, is_odd, representatives
 from .kernel import first_layer_kernel, kernel_fold
 from .residual_multi import (_UP, _coefficients, _kind_two_depth, _layer_tables, _m_matrix,
                              _m_matrix_op, _mean_d2, _pair_sd, _pairs, _sd_two_depth,
@@ -488,4 +488,116 @@ def _cov_pH(l, mlp, act, P, pidx, M, nf, rho, Mpp, resp_H, Sig, dress, nw, C, kt
                + np.einsum("xe,xy,ye->", vU, Mab, W) + np.einsum("xe,xy,ye->", W, Mab, vU))
         val += own / mlp.widths[l]
         out[f] = out[f[::-1]] = val
+    return out
+
+
+# ---------------------------------------------------------------------------
+# kappa3: the N-input three-point function (non-odd sigma)
+# ---------------------------------------------------------------------------
+
+
+def residual_kappa3_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> np.ndarray:
+    r"""The N-input three-point function ``kappa3`` of a residual MLP at every layer.
+
+    ``E[z_{i;a} z_{j;b} z_{k;c}] = (1/n_{l-1}) [d_ij kappa3_{abc} + d_ik kappa3_{acb}
+    + d_jk kappa3_{bca}]`` with ``kappa3_{abc} = n_{l-1} E[z_{i;a} z_{i;b} z_{k;c}]``
+    (i != k; symmetric in a, b); one input: the ``kappa3`` of
+    :func:`pdlt.theory.vertex.three_point_step`. In the field picture of
+    :mod:`pdlt.theory.residual_multi` neuron i's ``z_a z_b`` answers the fields through
+    ``Khat^{ab}`` and neuron k's ``z_c`` has no response (its conditional mean is 0), so
+    only k's own dressed terms remain:
+
+    .. math::
+        \kappa_{3;abc} = n\,\rho(z_az_b)^T (1 - R)^{-1} c(z_c),\qquad
+        c(z_c)_{(m,p)} = \mathrm{Cov}(\sigma_{p_1}\sigma_{p_2}(z^{(m)}), z_c^{(l)}) / n_m
+        = \textstyle\sum_e C_{lm}^{ce}\langle\partial_e(\sigma_{p_1}\sigma_{p_2})\rangle / n_m.
+
+    Zero for odd sigma (``<sigma' sigma>`` vanishes) and at gamma = 0 (``C_lm = 0``).
+    Derivation: ``docs/derivations/residual_ntk_multi.md``, section "H1 and kappa3 at N
+    inputs (h39)".
+
+    Parameters
+    ----------
+    mlp : MLP
+    x : array_like (N, n0), optional
+    Ks : ndarray (L, N, N), optional
+        The infinite-width kernels instead of ``x`` (give exactly one).
+    accuracy : {"fast", "default", "high"}
+
+    Returns
+    -------
+    ndarray (L, N, N, N)
+        ``kappa3[l, a, b, c]``, normalized by ``n_{l-1}``; layer 1 is 0.
+
+    Examples
+    --------
+    >>> import numpy as np, pdlt
+    >>> from pdlt.theory.residual_multi_mean import residual_kappa3_multi
+    >>> m = pdlt.MLP(n0=2, width=8, depth=3, activation="relu", C_W=1.5, gamma=0.5)
+    >>> residual_kappa3_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
+    (3, 2, 2, 2)
+    """
+    if (x is None) == (Ks is None):
+        raise ValueError("give exactly one of x (inputs, shape (N, n0)) and Ks (kernels, "
+                         "shape (L, N, N))")
+    if Ks is not None:
+        Ks = np.asarray(Ks, dtype=float)
+        Ths = Ks            # not used; passes the shape check
+    else:
+        Ths = None
+    Ks, _, reps, inv = _prepare(mlp, x, Ks, Ths, accuracy)
+    out = _kappa3_multi(mlp, Ks[:, reps[:, None], reps[None, :]], accuracy)
+    if len(reps) < Ks.shape[1]:
+        out = out[np.ix_(np.arange(mlp.depth), inv, inv, inv)]
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("kappa3 overflowed; reduce the depth or initialize at "
+                                 "criticality (pdlt.criticality)")
+    return out
+
+
+def _kappa3_multi(mlp, Ks, accuracy):
+    L, N = Ks.shape[0], Ks.shape[1]
+    out = np.zeros((L, N, N, N))
+    if L == 1 or is_odd(mlp.activation):      # odd sigma: every odd cumulant vanishes
+        return out
+    diag, avg = _layer_tables(mlp, Ks, accuracy)
+    P, pidx = _pairs(N)
+    M = len(P)
+    nf = L - 1
+    a = _coefficients(mlp)
+    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    varw = np.empty((L, N, N))
+    varw[0] = Ks[0]
+    for q in range(1, L):
+        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
+    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
+    rho = np.zeros((L, nf))
+    for l in range(L):
+        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
+    R = np.zeros((nf * M, nf * M))
+    for m in range(nf):
+        Mop = _m_matrix(avg[m], P)
+        for j in range(m):
+            R[m * M:(m + 1) * M, j * M:(j + 1) * M] = rho[m, j] * Mop
+    dress = np.linalg.inv(np.eye(nf * M) - R)
+    # dS[m][p, e] = <d_e (sigma_p1 sigma_p2)>_{K^(m)}, from <sigma_c sigma'_e> (_pair_sd)
+    dS = []
+    for m in range(nf):
+        sd = _pair_sd(avg[m])                     # [c, e] = <sigma_c sigma'_e>
+        d = np.zeros((M, N))
+        for k, (p1, p2) in enumerate(P):
+            if p1 == p2:
+                d[k, p1] = 2.0 * sd[p1, p1]
+            else:
+                d[k, p1], d[k, p2] = sd[p2, p1], sd[p1, p2]
+        dS.append(d)
+    nw = np.array([mlp.widths[m + 1] for m in range(nf)], float)
+    for l in range(1, L):
+        cv = np.zeros((nf * M, N))                # c(z_c) on every field, (fields, c)
+        for m in range(l):
+            cv[m * M:(m + 1) * M] = dS[m] @ C[l, m].T / nw[m]      # sum_e dS[p, e] C[c, e]
+        ct = dress @ cv
+        r = np.kron(rho[l], np.eye(M))            # (M, nf M)
+        k3 = mlp.widths[l] * (r @ ct)             # (pairs, c)
+        out[l] = k3[pidx]
     return out
