@@ -162,3 +162,59 @@ def test_served_by_statistics_and_errors():
         residual_ntk_mean_multi(m, X2, accuracy="best")
     with pytest.raises(ValueError, match="shape"):
         residual_ntk_mean_multi(m, Ks=np.ones((2, 2, 2)), Thetas=np.ones((2, 2, 2)))
+
+
+# ---------------------------------------------------------------------------
+# kappa3 (pdlt.theory.residual_multi_mean.residual_kappa3_multi)
+# ---------------------------------------------------------------------------
+
+from pdlt.theory.residual_multi_mean import residual_kappa3_multi   # noqa: E402
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "softplus"])
+def test_kappa3_diagonal_is_the_one_input_closure(act):
+    """kappa3_aaa of three distinct inputs (norms 1, 1.3, 0.86) = the one-input kappa3 of
+    pdlt.statistics (the fold's three_point_step, independent code) at K_aa: measured
+    <= 7e-15 relative; every layer of a residual output (n_out = width)."""
+    m = _res(act, n_out=8)
+    k = residual_kappa3_multi(m, X3)
+    for a in range(3):
+        K1 = float(first_layer_kernel(m, X3[a:a + 1])[0][0, 0])
+        one = np.ravel(pdlt.statistics(m, K1=K1, get="kappa3").kappa3)
+        assert np.max(np.abs(k[:, a, a, a] - one)) <= 1e-12 * np.max(np.abs(one))
+    assert np.all(np.abs(k[2:]) > 1e-3)
+    np.testing.assert_array_equal(k, np.swapaxes(k, 1, 2))          # symmetric in (a, b)
+
+
+def test_kappa3_collinear_relu_scales():
+    """ReLU with C_b = 0 at x, 2x, x/2: z(c x) = c z(x) in every network, so
+    kappa3_abc = c_a c_b c_c kappa3(x) in every entry (off-diagonal included; measured
+    ~1e-15 relative)."""
+    m = pdlt.MLP(n0=2, width=8, depth=5, n_out=8, activation="relu", C_W=1.5, C_b=0.0,
+                 gamma=0.5)
+    c = np.array([1.0, 2.0, 0.5])
+    x = c[:, None] * np.array([[0.6, 0.8]])
+    k = residual_kappa3_multi(m, x)
+    K1 = float(first_layer_kernel(m, x[:1])[0][0, 0])
+    one = np.ravel(pdlt.statistics(m, K1=K1, get="kappa3").kappa3)
+    want = one[:, None, None, None] * np.einsum("a,b,c->abc", c, c, c)
+    assert np.max(np.abs(k - want)) <= 1e-12 * np.max(np.abs(want))
+
+
+def test_kappa3_vanishes_for_odd_sigma_and_plain_layers():
+    """Odd sigma: exactly 0; gamma = 0 (plain network): 0; a plain output layer: 0 there."""
+    x = X3
+    assert not np.any(residual_kappa3_multi(_res("tanh", n_out=8), x))
+    assert not np.any(residual_kappa3_multi(_res("relu", gamma=0.0), x))
+    k = residual_kappa3_multi(_res("relu", n_out=1), x)
+    assert not np.any(k[-1]) and np.any(k[-2])
+
+
+def test_kappa3_served_by_statistics():
+    m = _res("gelu", depth=3, n_out=8)
+    np.testing.assert_array_equal(pdlt.statistics(m, X2, get="kappa3").kappa3,
+                                  residual_kappa3_multi(m, X2))
+    hc = residual_kappa3_multi(m, X2[[0, 1, 0]])
+    np.testing.assert_array_equal(hc[:, 2, 1, 2], hc[:, 0, 1, 0])
+    with pytest.raises(ValueError, match="exactly one of x"):
+        residual_kappa3_multi(m)
