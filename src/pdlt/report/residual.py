@@ -1314,3 +1314,53 @@ def residual_multi_kappa3_rows(activations=("relu", "gelu"), gamma=0.5, *,
                                          float(th[ix]), float(ext[ix]), float(se[ix]),
                                          float(al[ix]), key="residual kappa3 (N inputs)"))
     return rows
+
+
+def residual_mixed_vertex_measure(mlp, x, networks, seed=0, *, chunk=2000):
+    r"""``n C^(l,L)_{(ab)(cd)} = n Cov(Ghat^(l)_ab, z^(L)_{i;c} z^(L)_{i;d})`` of real residual MLPs.
+
+    The mixed vertex of :func:`pdlt.theory.residual_multi_mean.residual_mixed_vertex` on
+    ``networks`` i.i.d. numpy networks (float64, generator ``seed``; equal hidden widths
+    ``n``; the output layer plain, ``n_out`` neurons, or residual, ``n_out = n``). Per network:
+    every hidden metric ``Ghat^(l) = (1/n) sum_j z_j z_j^T`` and the output pair integrated
+    given layer L-1 and averaged over the output neurons, ``mean_i E[z_i z_i^T | L-1] =
+    xi^2 (C_b + C_W S) + gamma^2 mean_i y_i y_i^T``; the covariance over networks (delta-method
+    standard error of the centred products), times ``n``.
+
+    Returns
+    -------
+    mean, stderr : ndarray (L-1, N, N, N, N)
+        ``n C^(l,L)`` for l = 1..L-1.
+    """
+    x = np.atleast_2d(np.asarray(x, float))
+    N, L = len(x), mlp.depth
+    w = mlp.widths
+    n = int(w[1])
+    if len(set(w[1:L])) != 1:
+        raise ValueError(f"residual_mixed_vertex_measure needs equal hidden widths; got {w}")
+    act = mlp.activation
+    rng = np.random.default_rng(seed)
+    Gs, Qs = [], []
+    for start in range(0, networks, chunk):
+        M = min(chunk, networks - start)
+        W = rng.normal(size=(M, n, w[0])) * np.sqrt(mlp.C_W[0] / w[0])
+        b = rng.normal(size=(M, n, 1)) * np.sqrt(mlp.C_b[0])
+        z = W @ x.T + b
+        G = [np.einsum("mia,mib->mab", z, z) / n]
+        for l in range(1, L - 1):
+            W = rng.normal(size=(M, n, n)) * np.sqrt(mlp.C_W[l] / n)
+            b = rng.normal(size=(M, n, 1)) * np.sqrt(mlp.C_b[l])
+            z = mlp.xi[l] * (W @ act.sigma(z) + b) + mlp.gamma[l] * z
+            G.append(np.einsum("mia,mib->mab", z, z) / n)
+        sz = act.sigma(z)
+        l = L - 1
+        q = mlp.xi[l] ** 2 * (mlp.C_b[l] + mlp.C_W[l] * np.einsum("mia,mib->mab", sz, sz) / n)
+        if mlp.gamma[l] != 0.0:
+            q = q + mlp.gamma[l] ** 2 * G[-1]
+        Gs.append(np.stack(G, 1))
+        Qs.append(q)
+    Gs, Qs = np.concatenate(Gs), np.concatenate(Qs)          # (R, L-1, N, N), (R, N, N)
+    dG, dQ = Gs - Gs.mean(0), Qs - Qs.mean(0)
+    psi = n * np.einsum("rlab,rcd->rlabcd", dG, dQ)
+    R_ = len(psi)
+    return psi.sum(0) / (R_ - 1), psi.std(0, ddof=1) / np.sqrt(R_)

@@ -601,3 +601,126 @@ def _kappa3_multi(mlp, Ks, accuracy):
         k3 = mlp.widths[l] * (r @ ct)             # (pairs, c)
         out[l] = k3[pidx]
     return out
+
+
+# ---------------------------------------------------------------------------
+# the mixed vertex C^(l,L) between a hidden layer's metric and the output (hebbian shift)
+# ---------------------------------------------------------------------------
+
+
+def residual_mixed_vertex(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> np.ndarray:
+    r"""``C^(l,L)_{(ab)(cd)} = Cov(Ghat^(l)_ab, z^(L)_{i;c} z^(L)_{i;d})`` of a residual MLP.
+
+    ``Ghat^(l)_ab = (1/n_l) sum_j z^(l)_{j;a} z^(l)_{j;b}`` is hidden layer l's metric, i an
+    output neuron; the mixed vertex of
+    :func:`pdlt.learning.finite_bayes.hebbian_kernel_shift` (``docs/derivations/finite_bayes.rst``),
+    at order 1/n. In the field picture of :mod:`pdlt.theory.residual_multi` (``Phi = z_a z_b``
+    at layer l, ``Psi = z_c z_d`` at the output):
+
+    .. math::
+        C^{(l,L)} = \frac{1}{n_l}\,(C_{ac}C_{bd} + C_{ad}C_{bc})
+            + \rho(\Phi)^T\Sigma\rho(\Psi) + \tilde c(\Phi)^T\rho(\Psi) + \rho(\Phi)^T\tilde c(\Psi),
+
+    the first term the output neuron's own past in ``Ghat^(l)`` (``C = Cov(z^(l), z^(L))`` of
+    one neuron: zero unless the output layer continues layer l's neurons), the rest the
+    cross-neuron covariance of section 3 of the derivation, with ``c(Phi)`` on every field
+    (also the fields after layer l, which move the output through ``rho(Psi)``). At gamma = 0
+    it is the plain recursion ``C^(l,l'+1) = C_W M^(l') C^(l,l')`` of ``hebbian_kernel_shift``.
+    Derivation: ``docs/derivations/residual_ntk_multi.md``, section "H1 and kappa3 at N inputs
+    (h39)".
+
+    Parameters
+    ----------
+    mlp : MLP
+    x : array_like (N, n0), optional
+    Ks : ndarray (L, N, N), optional
+        The infinite-width kernels instead of ``x`` (give exactly one).
+    accuracy : {"fast", "default", "high"}
+
+    Returns
+    -------
+    ndarray (L-1, N, N, N, N)
+        ``C^(l,L)`` for the hidden layers l = 1..L-1 (unnormalized: it carries its 1/n).
+    """
+    if (x is None) == (Ks is None):
+        raise ValueError("give exactly one of x (inputs, shape (N, n0)) and Ks (kernels, "
+                         "shape (L, N, N))")
+    Ks, _, reps, inv = _prepare(mlp, x, Ks, None if Ks is None else np.asarray(Ks, float),
+                                accuracy)
+    out = _mixed_vertex(mlp, Ks[:, reps[:, None], reps[None, :]], accuracy)
+    if len(reps) < Ks.shape[1]:
+        out = out[np.ix_(np.arange(out.shape[0]), inv, inv, inv, inv)]
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("the mixed vertex overflowed; reduce the depth or initialize "
+                                 "at criticality (pdlt.criticality)")
+    return out
+
+
+def _mixed_vertex(mlp, Ks, accuracy):
+    act = mlp.activation
+    L, N = Ks.shape[0], Ks.shape[1]
+    out = np.zeros((max(L - 1, 0),) + (N,) * 4)
+    if L == 1:
+        return out
+    diag, avg = _layer_tables(mlp, Ks, accuracy)
+    P, pidx = _pairs(N)
+    M = len(P)
+    pa, pb = np.array([i for i, _ in P]), np.array([j for _, j in P])
+    nf = L - 1
+    a = _coefficients(mlp)
+    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    varw = np.empty((L, N, N))
+    varw[0] = Ks[0]
+    for q in range(1, L):
+        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
+    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
+    rho = np.zeros((L, nf))
+    for l in range(L):
+        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
+    F = nf * M
+    R = np.zeros((F, F))
+    own = np.zeros((F, F))
+    for m in range(nf):
+        sl = slice(m * M, (m + 1) * M)
+        Mop = _m_matrix(avg[m], P)
+        for j in range(m):
+            R[sl, j * M:(j + 1) * M] = rho[m, j] * Mop
+        Q4, S = avg[m].quad("ssss"), avg[m].S
+        own[sl, sl] = Q4[pa[:, None], pb[:, None], pa[None, :], pb[None, :]] - np.outer(
+            S[pa, pb], S[pa, pb])
+        for j in range(m):
+            if np.any(C[m, j] != 0.0):
+                v = _kind_two_depth(act, C, m, j, P, "s", "s", accuracy) - np.outer(
+                    S[pa, pb], avg[j].S[pa, pb])
+                own[sl, j * M:(j + 1) * M] = v
+                own[j * M:(j + 1) * M, sl] = v.T
+    nw = np.repeat(np.array([mlp.widths[m + 1] for m in range(nf)], float), M)
+    own_n = own / nw[None, :]
+    dress = np.linalg.inv(np.eye(F) - R)
+    ctil = own_n @ dress.T
+    Sig = _stein_lyapunov(R, own_n + ctil @ R.T + R @ ctil.T)
+
+    def cvec(l, upto):
+        """(M, F): c(z_a z_b at layer l) on the fields m < upto, 2 M_m[sym(C_lm C_lm)] / n_m."""
+        c = np.zeros((M, F))
+        for m in range(min(upto, nf)):
+            if not np.any(C[l, m] != 0.0):
+                continue
+            for k, (a1, a2) in enumerate(P):
+                X = np.outer(C[l, m][a1], C[l, m][a2])
+                c[k, m * M:(m + 1) * M] = 2.0 * apply_M(avg[m].Mss, 0.5 * (X + X.T))[pa, pb]
+        return c / nw[None, :]
+
+    Lo = L - 1
+    rP = np.kron(rho[Lo], np.eye(M))              # (M, F): response of Khat at the output
+    ctP = cvec(Lo, nf) @ dress.T                  # c~(z_c z_d at the output)
+    sel = (pidx[:, :, None, None], pidx[None, None, :, :])
+    for l in range(L - 1):
+        rl = np.kron(rho[l], np.eye(M))
+        ctl = cvec(l, nf) @ dress.T               # every field: the later ones move the output
+        cross = rl @ Sig @ rP.T + ctl @ rP.T + rl @ ctP.T
+        Cl = C[l, Lo]                             # one neuron's Cov(z^(l), z^(L))
+        same = (np.einsum("ac,bd->abcd", Cl, Cl) + np.einsum("ad,bc->abcd", Cl, Cl)) \
+            / mlp.widths[l + 1]
+        out[l] = cross[sel] + same
+    return out
