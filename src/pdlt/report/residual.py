@@ -1083,7 +1083,8 @@ def residual_multi_ntk_mean_measure(mlp, x, networks, seed=0, *, chunk=2000, fol
     st = statistics(mlp, x)
     Ks, Ths = st.K, st.Theta
     av1 = LayerAverages(act, Ks[0], OneVariableTable(act, np.diag(Ks[0]).copy()))
-    iu = np.triu_indices(N)
+    iu = np.triu_indices(N)                 # the pairs a <= b (H_ba is H_ab transposed)
+    pa, pb = iu
     n = int(w[1])
     eye = np.eye(n)
     rng = np.random.default_rng(seed)
@@ -1094,40 +1095,39 @@ def residual_multi_ntk_mean_measure(mlp, x, networks, seed=0, *, chunk=2000, fol
         W = rng.normal(size=(M, n, w[0])) * np.sqrt(mlp.C_W[0] / w[0])
         b = rng.normal(size=(M, n, 1)) * np.sqrt(mlp.C_b[0])
         z = W @ x.T + b                                          # (M, n, N)
-        H = Ths[0][None, :, :, None, None] * eye                  # (M, N, N, n, n)
-        H = np.broadcast_to(H, (M, N, N, n, n)).copy()
+        H = np.broadcast_to(Ths[0][pa, pb][None, :, None, None] * eye,
+                            (M, len(pa), n, n)).copy()            # (M, pairs, n, n)
         sz, pz = act.sigma(z), act.d1(z)
         s1 = np.einsum("mia,mib->mab", sz, sz) / n
         p1 = np.einsum("mia,mib->mab", pz, pz) / n
         Fe[0].append(np.concatenate([
             _moment_controls(z, np.zeros_like(z), np.broadcast_to(Ks[0], (M, N, N))),
-            (s1 - av1.S)[:, iu[0], iu[1]], (p1 - av1.PP)[:, iu[0], iu[1]]], axis=1))
+            (s1 - av1.S)[:, pa, pb], (p1 - av1.PP)[:, pa, pb]], axis=1))
         for l in range(1, L):
             xi, g, CW, Cb = mlp.xi[l], mlp.gamma[l], mlp.C_W[l], mlp.C_b[l]
             lb, lW = mlp.lambda_b[l], mlp.lambda_W[l]
-            Hd = np.einsum("mabii->miab", H)                      # (M, n, N, N)
-            ss = np.einsum("mia,mib->miab", sz, sz)
-            pp = np.einsum("mia,mib->miab", pz, pz)
+            Hd = np.einsum("mpii->mip", H)                        # (M, n, pairs)
+            ss = sz[:, :, pa] * sz[:, :, pb]
+            pp = pz[:, :, pa] * pz[:, :, pb]
             S, P = ss.mean(1), (pp * Hd).mean(1)
-            base = xi * xi * (lb + lW * S + CW * P)               # (M, N, N)
+            base = xi * xi * (lb + lW * S + CW * P)               # (M, pairs)
             Ei = base[:, None] + g * g * Hd                       # E[H_ii^(l) | l-1], per neuron
-            Y[l].append(n * (Ei.mean(1) - Ths[l]))
+            Y[l].append(n * (Ei.mean(1) - Ths[l][pa, pb]))
             if l == L - 1:
                 break
             W = rng.normal(size=(M, n, n)) * np.sqrt(CW / n)
             b = rng.normal(size=(M, n, 1)) * np.sqrt(Cb)
             mu = g * z
-            G = Cb + CW * S
+            G = Cb + CW * np.einsum("mia,mib->mab", sz, sz) / n
             z = xi * (W @ sz + b) + mu
             Yk = xi * W[:, None] * pz.transpose(0, 2, 1)[:, :, None, :] + g * eye   # (M, N, n, n)
-            Hn = Yk[:, :, None] @ H @ np.swapaxes(Yk, 2, 3)[:, None, :]
-            Hn += (xi * xi * (lb + lW * S))[:, :, :, None, None] * eye
-            H = Hn
-            innov = np.einsum("mabii->miab", H) - Ei              # zero mean given layer l-1
+            H = Yk[:, pa] @ H @ np.swapaxes(Yk[:, pb], 2, 3)
+            H += (xi * xi * (lb + lW * S))[:, :, None, None] * eye
+            innov = np.einsum("mpii->mip", H) - Ei                # zero mean given layer l-1
             cols = [_moment_controls(z, mu, xi * xi * G)]
             for wgt in (None, ss, pp):
                 v = innov if wgt is None else wgt * innov
-                cols.append(n * v.mean(1)[:, iu[0], iu[1]])
+                cols.append(n * v.mean(1))
             Fe[l].append(np.concatenate(cols, axis=1))
             sz, pz = act.sigma(z), act.d1(z)
     mean, se = np.zeros((L, N, N)), np.zeros((L, N, N))
@@ -1143,9 +1143,8 @@ def residual_multi_ntk_mean_measure(mlp, x, networks, seed=0, *, chunk=2000, fol
             Xo = Xo - Xo.mean(0)
             beta, *_ = np.linalg.lstsq(Xo.T @ Xo, Xo.T @ (To - To.mean(0)), rcond=None)
             Tc[inb] = T[inb] - X[inb] @ beta            # E[X] = 0 exactly: mean kept
-        Tc = Tc.reshape(networks, N, N)
-        mean[l] = Tc.mean(0)
-        se[l] = Tc.std(0, ddof=1) / np.sqrt(networks)
+        mean[l][pa, pb] = mean[l][pb, pa] = Tc.mean(0)
+        se[l][pa, pb] = se[l][pb, pa] = Tc.std(0, ddof=1) / np.sqrt(networks)
     return mean, se
 
 
