@@ -275,3 +275,11 @@ def test_hebbian_kernel_shift_residual():
     ht = hebbian_kernel_shift(pdlt.MLP(**dict(res_out, activation="tanh")), XA,
                               np.ones((2, 16)), XB, noise=0.3)
     assert np.all(np.isfinite(ht.shift))
+
+
+def test_near_coinciding_inputs_warn():
+    """Two distinct inputs with 1 - rho^2 < 1e-3 at some layer: a RuntimeWarning naming them
+    (the off-diagonal entry loses accuracy there; derivation, section h39)."""
+    m = _res("relu", depth=3)
+    with pytest.warns(RuntimeWarning, match="inputs 0 and 1 nearly coincide"):
+        residual_ntk_mean_multi(m, np.array([[1.0, 0.2], [1.0, 0.22]]))
