@@ -1050,7 +1050,7 @@ def residual_multi_ntk_mean_measure(mlp, x, networks, seed=0, *, chunk=2000, fol
     variates with mean exactly zero, cross-fitted over ``folds`` blocks (as
     :func:`residual_multi_measure`): the layer-1 means of ``sigma_a sigma_b`` and
     ``sigma'_a sigma'_b`` minus their Gaussian averages; for every sampled layer m the
-    Isserlis moment controls of :func:`_moment_controls` (a neuron is Gaussian with mean
+    Isserlis moment controls of ``_moment_controls`` (a neuron is Gaussian with mean
     ``gamma y_i`` and covariance ``xi^2 G`` given layer m-1), and the NTK diagonal's
     innovations ``mean_i w_i (H_ii^(m) - E[H_ii^(m) | m-1])`` with weights ``w_i = 1``,
     ``sigma_a sigma_b`` and ``sigma'_a sigma'_b`` of neuron i at layer m-1 (per-neuron

@@ -46,7 +46,7 @@ from .residual_multi import (_UP, _coefficients, _kind_two_depth, _layer_tables,
                              _stein_sd, _two_depth)
 from .residual_ntk import _stein_lyapunov
 
-__all__ = ["residual_ntk_mean_multi"]
+__all__ = ["residual_ntk_mean_multi", "residual_kappa3_multi", "residual_mixed_vertex"]
 
 
 def residual_ntk_mean_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
@@ -109,7 +109,7 @@ _NEAR = 1e-3
 
 
 def _warn_near_coinciding(Ks):
-    """Warn when two distinct inputs nearly coincide at some layer (see :data:`_NEAR`)."""
+    """Warn when two distinct inputs nearly coincide at some layer (see ``_NEAR``)."""
     d = np.einsum("lii->li", Ks)
     r = 1.0 - Ks ** 2 / (d[:, :, None] * d[:, None, :])
     N = Ks.shape[1]
