@@ -147,3 +147,35 @@ def test_mixed_vertex_against_real_networks():
 def test_mixed_vertex_plain_output_against_real_networks():
     """relu, plain output, 16000 networks: resolution 19-64 %, max z 2.0."""
     _check_mixed("relu", False, 16000, 0.7)
+
+
+@pytest.mark.slow
+def test_residual_hebbian_shift_against_importance_sampling():
+    """hebbian_kernel_shift of a residual MLP (relu, gamma = 0.5, residual criticality,
+    plain output, depth 3, width 16; 2 training inputs, 1 test input, noise 0.3) against
+    exact Bayesian inference over 100 000 real networks (importance sampling, as
+    tests/learning/test_finite_bayes.py does for plain MLPs): allowance the square of the
+    O(1/n) shift in units of the smallest prior metric diagonal (the next order), controls
+    x0 and x2 (x0.5 needs ~4x the networks, as for plain MLPs). Measured (ESS 27 900):
+    resolution 25 %, z(x0) 14.2, z(x2) 17.6, but |measured| is 0.62-0.89 of the theory
+    (z up to 9.8 before the allowance). The *plain* network (gamma = 0, the same inputs,
+    the plain formula) shows the same: 0.73-0.95 at width 16, and 0.54-0.91 at width 32
+    for both (not shrinking like 1/n): a question for the plain Hebbian formula at this
+    setting, not specific to the residual mixed vertex (which matches its own ensemble,
+    test_mixed_vertex_against_real_networks)."""
+    pytest.importorskip("torch")
+    from pdlt.experiment import Ensemble
+    from pdlt.learning.finite_bayes import hebbian_kernel_shift, importance_posterior
+    XA, YA, XB = np.array([[1.0, 0.0], [0.6, 0.8]]), np.array([1.0, -0.5]), np.array([[0.2, 0.9]])
+    mlp = residual_mlp("relu", 0.5, n0=2, width=16, depth=3, n_out=1)
+    heb = hebbian_kernel_shift(mlp, XA, YA, XB, noise=0.3)
+    z = Ensemble(mlp, networks=100_000, seed=3).preactivations(np.vstack([XA, XB]))
+    zL = z[-1].numpy().transpose(0, 2, 1)
+    G = np.stack([np.einsum("mja,mjb->mab", zl.numpy(), zl.numpy()) / zl.shape[1]
+                  for zl in z[:-1]], axis=1)
+    ip = importance_posterior(zL[:, :2], zL[:, 2:], YA, 0.3, observables=G)
+    assert ip.ess > 5000
+    Kdiag = np.array([np.diag(p).min() for p in heb.prior])
+    allow = np.abs(heb.shift).max() ** 2 / Kdiag.min()
+    powered(heb.shift, ip.observables, ip.observables_stderr, allow,
+            label="residual Hebbian shift", factors=(2.0,))
