@@ -1316,7 +1316,7 @@ def residual_multi_kappa3_rows(activations=("relu", "gelu"), gamma=0.5, *,
 
 
 def residual_mixed_vertex_measure(mlp, x, networks, seed=0, *, chunk=2000):
-    r"""``n C^(l,L)_{(ab)(cd)} = n Cov(Ghat^(l)_ab, z^(L)_{i;c} z^(L)_{i;d})`` of real residual MLPs.
+    r"""``n C^(l,L)_{(ab)(cd)} = n Cov(Ghat^(l)_ab, z^(L)_{i;c} z^(L)_{i;d})``, real residual MLPs.
 
     The mixed vertex of :func:`pdlt.theory.residual_multi_mean.residual_mixed_vertex` on
     ``networks`` i.i.d. numpy networks (float64, generator ``seed``; equal hidden widths

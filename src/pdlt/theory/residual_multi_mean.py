@@ -643,7 +643,8 @@ def residual_mixed_vertex(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> n
 
     .. math::
         C^{(l,L)} = \frac{1}{n_l}\,(C_{ac}C_{bd} + C_{ad}C_{bc})
-            + \rho(\Phi)^T\Sigma\rho(\Psi) + \tilde c(\Phi)^T\rho(\Psi) + \rho(\Phi)^T\tilde c(\Psi),
+            + \rho(\Phi)^T\Sigma\rho(\Psi) + \tilde c(\Phi)^T\rho(\Psi)
+            + \rho(\Phi)^T\tilde c(\Psi),
 
     the first term the output neuron's own past in ``Ghat^(l)`` (``C = Cov(z^(l), z^(L))`` of
     one neuron: zero unless the output layer continues layer l's neurons), the rest the
