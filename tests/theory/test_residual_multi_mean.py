@@ -283,3 +283,23 @@ def test_near_coinciding_inputs_warn():
     m = _res("relu", depth=3)
     with pytest.warns(RuntimeWarning, match="inputs 0 and 1 nearly coincide"):
         residual_ntk_mean_multi(m, np.array([[1.0, 0.2], [1.0, 0.22]]))
+
+
+def test_kernel_only_entry_points_validate():
+    """kappa3 and the mixed vertex take x or Ks (no Thetas); bad shapes and types named."""
+    m = _res("relu", depth=3, n_out=8)
+    K, Th = first_layer_kernel(m, X2)
+    Ks = kernel_fold(m, K, Th, susceptibilities=False)[0]
+    np.testing.assert_array_equal(residual_kappa3_multi(m, Ks=Ks), residual_kappa3_multi(m, X2))
+    np.testing.assert_array_equal(residual_mixed_vertex(m, Ks=Ks), residual_mixed_vertex(m, X2))
+    for f in (residual_kappa3_multi, residual_mixed_vertex):
+        with pytest.raises(ValueError, match="exactly one of x"):
+            f(m, X2, Ks=Ks)
+        with pytest.raises(ValueError, match="Ks must have shape"):
+            f(m, Ks=Ks[:2])
+        with pytest.raises(TypeError, match="pdlt.MLP"):
+            f(None, X2)
+        with pytest.raises(ValueError, match="accuracy"):
+            f(m, X2, accuracy="best")
+        with pytest.raises(ValueError, match="accuracy"):
+            f(m, Ks=Ks, accuracy="best")

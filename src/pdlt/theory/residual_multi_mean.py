@@ -123,15 +123,28 @@ def _warn_near_coinciding(Ks):
             "or merge the two inputs", RuntimeWarning, stacklevel=3)
 
 
-def _prepare(mlp, x, Ks, Thetas, accuracy):
-    """Validate, fold the kernels if needed; the distinct inputs and the map back."""
+def _prepare(mlp, x, Ks, Thetas, accuracy, thetas=True):
+    """Validate, fold the kernels if needed; the distinct inputs and the map back.
+
+    ``thetas=False``: only the kernels are needed (``Thetas`` is ignored and returned as
+    the folded NTK or None)."""
     if not isinstance(mlp, MLP):
         raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
-    if (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
-        raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
-                         "(shape (L, N, N))")
     if accuracy not in ("fast", "default", "high"):
         raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
+    if not thetas:
+        if (x is None) == (Ks is None):
+            raise ValueError("give exactly one of x (inputs, shape (N, n0)) and Ks (kernels, "
+                             "shape (L, N, N))")
+        if Ks is not None:
+            Ks = np.asarray(Ks, dtype=float)
+            if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2]:
+                raise ValueError(f"Ks must have shape (L, N, N) with L = {mlp.depth}; got "
+                                 f"{Ks.shape}")
+            return Ks, None, *representatives(Ks[0])
+    elif (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
+        raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
+                         "(shape (L, N, N))")
     if Ks is None:
         K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
         Ks, Thetas, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
@@ -561,15 +574,7 @@ def residual_kappa3_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> n
     >>> residual_kappa3_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
     (3, 2, 2, 2)
     """
-    if (x is None) == (Ks is None):
-        raise ValueError("give exactly one of x (inputs, shape (N, n0)) and Ks (kernels, "
-                         "shape (L, N, N))")
-    if Ks is not None:
-        Ks = np.asarray(Ks, dtype=float)
-        Ths = Ks            # not used; passes the shape check
-    else:
-        Ths = None
-    Ks, _, reps, inv = _prepare(mlp, x, Ks, Ths, accuracy)
+    Ks, _, reps, inv = _prepare(mlp, x, Ks, None, accuracy, thetas=False)
     out = _kappa3_multi(mlp, Ks[:, reps[:, None], reps[None, :]], accuracy)
     if len(reps) < Ks.shape[1]:
         out = out[np.ix_(np.arange(mlp.depth), inv, inv, inv)]
@@ -667,11 +672,7 @@ def residual_mixed_vertex(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> n
     ndarray (L-1, N, N, N, N)
         ``C^(l,L)`` for the hidden layers l = 1..L-1 (unnormalized: it carries its 1/n).
     """
-    if (x is None) == (Ks is None):
-        raise ValueError("give exactly one of x (inputs, shape (N, n0)) and Ks (kernels, "
-                         "shape (L, N, N))")
-    Ks, _, reps, inv = _prepare(mlp, x, Ks, None if Ks is None else np.asarray(Ks, float),
-                                accuracy)
+    Ks, _, reps, inv = _prepare(mlp, x, Ks, None, accuracy, thetas=False)
     out = _mixed_vertex(mlp, Ks[:, reps[:, None], reps[None, :]], accuracy)
     if len(reps) < Ks.shape[1]:
         out = out[np.ix_(np.arange(out.shape[0]), inv, inv, inv, inv)]
