@@ -1,4 +1,14 @@
-r"""Exact N-input NTK mean ``H1`` of residual MLPs at order 1/n, any activation.
+r"""Exact N-input H1, kappa3 and mixed vertex C^(l,L) of residual MLPs at order 1/n.
+
+* :func:`residual_ntk_mean_multi`: ``H1`` (below);
+* :func:`residual_kappa3_multi`: ``kappa3_{abc} = n E[z_{i;a} z_{i;b} z_{k;c}]`` (i != k),
+  the O(1/n) three-point function of a non-odd activation, from the neuron's own dressed
+  terms in the fields;
+* :func:`residual_mixed_vertex`: ``C^(l,L) = Cov(Ghat^(l), z^(L) z^(L))``, what
+  :func:`pdlt.learning.finite_bayes.hebbian_kernel_shift` needs for residual MLPs.
+
+All three are served through the field picture of :mod:`pdlt.theory.residual_multi`
+(``pdlt.statistics(..., get=["H1", "kappa3"])`` for residual MLPs and N inputs).
 
 ``E[H_{ii;ab}^(l)] = Theta^(l)_{ab} + H1^(l)_{ab} / n_{l-1} + O(1/n^2)`` (``shared/NOTATION.md``)
 for the residual MLP ``z' = xi [b + W sigma(z)] + gamma z``. Averaging the forward
