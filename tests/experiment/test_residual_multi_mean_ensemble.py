@@ -141,6 +141,10 @@ def test_mixed_vertex_against_real_networks():
     16000 networks: resolution 11-51 %, max z 1.9 (the worst entries are the small
     C_(00)(11)-type ones)."""
     _check_mixed("tanh", True, 8000, 0.75)
+    from pdlt.learning.finite_bayes import hebbian_kernel_shift      # served: odd sigma
+    m = residual_mlp("tanh", 0.5, n0=2, width=32, depth=3, n_out=32)
+    h = hebbian_kernel_shift(m, X2, np.ones((2, 32)), noise=0.3)
+    assert np.all(np.isfinite(h.shift)) and np.any(h.shift != 0.0)
 
 
 @pytest.mark.slow

@@ -1332,7 +1332,7 @@ def residual_mixed_vertex_measure(mlp, x, networks, seed=0, *, chunk=2000):
         ``n C^(l,L)`` for l = 1..L-1.
     """
     x = np.atleast_2d(np.asarray(x, float))
-    N, L = len(x), mlp.depth
+    L = mlp.depth
     w = mlp.widths
     n = int(w[1])
     if len(set(w[1:L])) != 1:

@@ -52,8 +52,8 @@ from ..network import MLP
 from ._averages import apply_M, is_odd, representatives
 from .kernel import first_layer_kernel, kernel_fold
 from .residual_multi import (_UP, _coefficients, _kind_two_depth, _layer_tables, _m_matrix,
-                             _m_matrix_op, _mean_d2, _pair_sd, _pairs, _sd_two_depth,
-                             _stein_sd, _two_depth)
+                             _m_matrix_op, _pair_sd, _pairs, _sd_two_depth, _stein_sd,
+                             _two_depth)
 from .residual_ntk import _stein_lyapunov
 
 __all__ = ["residual_ntk_mean_multi", "residual_kappa3_multi", "residual_mixed_vertex"]
