@@ -182,3 +182,16 @@ def test_residual_hebbian_shift_against_importance_sampling():
     allow = np.abs(heb.shift).max() ** 2 / Kdiag.min()
     powered(heb.shift, ip.observables, ip.observables_stderr, allow,
             label="residual Hebbian shift", factors=(2.0,))
+
+
+def test_mixed_vertex_rows_are_the_theory_entries():
+    """pdlt.report.residual.residual_mixed_vertex_rows: one row per (ab)(cd), a <= b, c <= d,
+    at the last hidden layer, theory = width x residual_mixed_vertex (tiny run: bookkeeping)."""
+    from pdlt.report import residual as R
+    rows = R.residual_mixed_vertex_rows((("tanh", True),), networks=200, depth=3)
+    assert len(rows) == 9 and all(r.key == "residual mixed vertex (N inputs)" for r in rows)
+    m = residual_mlp("tanh", 0.5, n0=2, width=64, depth=3, n_out=64)
+    th = 64 * residual_mixed_vertex(m, X2)[1]
+    pairs = [(0, 0), (0, 1), (1, 1)]
+    np.testing.assert_allclose([r.theory for r in rows], [th[p + q] for p in pairs for q in pairs],
+                               rtol=1e-12)
