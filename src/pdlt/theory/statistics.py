@@ -213,9 +213,9 @@ def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
             f"residual MLPs (gamma != 0 or xi != 1): {', '.join(missing)} not derived "
             + ("(one input: V, G1, kappa3, A, B, D, F, P, Q, R, S, T, U, H1 are; "
                "pdlt.theory.residual_ntk)"
-               if single else "for N inputs (N-input residual MLPs: V, G1, kappa3, A, B, D, F, "
-                              "H1, pdlt.theory.residual_multi and residual_multi_mean; one "
-                              "input: V, G1, kappa3, A, B, D, F, P, Q, R, S, T, U, H1)"))
+               if single else "for N inputs (N-input residual MLPs: V, G1, A, B, D and F, "
+                              "pdlt.theory.residual_multi; kappa3, H1, residual_multi_mean; "
+                              "one input: V, G1, kappa3, A, B, D, F, P, Q, R, S, T, U, H1)"))
     if not single:      # exact N-input V, G1, A, B, D, F, any activation (residual_multi)
         from .residual_multi import (residual_ad_multi, residual_b_multi, residual_f_multi,
                                      residual_vertex_metric_multi)
