@@ -270,11 +270,13 @@ def test_one_input_step_equals_the_hand_written_line():
 # errors
 # ---------------------------------------------------------------------------
 
-def test_residual_mlp_is_refused_for_several_inputs():
-    """One input is served (pdlt.theory.residual_ntk.residual_ntk_mean); N inputs are not."""
-    mlp = pdlt.MLP(n0=3, width=16, depth=4, activation="tanh", gamma=0.5)
-    with pytest.raises(NotImplementedError, match="residual MLPs.*H1 not derived"):
-        ntk_mean_correction(mlp, X3)
+def test_residual_mlp_is_served_for_several_inputs():
+    """One input: pdlt.theory.residual_ntk.residual_ntk_mean; N inputs:
+    pdlt.theory.residual_multi_mean (tests/theory/test_residual_multi_mean.py)."""
+    from pdlt.theory.residual_multi_mean import residual_ntk_mean_multi
+    mlp = pdlt.MLP(n0=3, width=16, depth=3, activation="tanh", gamma=0.5)
+    np.testing.assert_array_equal(ntk_mean_correction(mlp, X3[:2]),
+                                  residual_ntk_mean_multi(mlp, X3[:2]))
 
 
 def test_bad_arguments():

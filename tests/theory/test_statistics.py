@@ -183,7 +183,7 @@ def test_errors_and_residual_limits():
         pdlt.statistics(res, np.eye(2), get="P")
     assert set(defined(res, 1)) >= {"V", "G1", "kappa3", "A", "B", "D", "F"}
     assert "H1" in defined(res, 1) and "R" in defined(res, 1)   # residual H1, R: one input
-    assert "H1" not in defined(res, 2) and "V" in defined(res, 2)   # N-input: V, G1, A, B, D, F
+    assert "H1" in defined(res, 2) and "P" not in defined(res, 2)   # N-input: V, ..., F, H1
     assert "R" not in defined(pdlt.MLP(n0=1, width=4, depth=2, activation="elu", C_W=1.0,
                                        C_b=0.1))
 

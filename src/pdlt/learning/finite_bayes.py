@@ -374,7 +374,11 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
     Parameters
     ----------
     mlp : pdlt.MLP
-        A plain (non-residual) MLP.
+        A plain or residual MLP. Residual: the mixed vertex of
+        :func:`pdlt.theory.residual_multi_mean.residual_mixed_vertex` (the neurons' own
+        pasts and the cross-layer field covariance); a residual *output* layer
+        (``gamma[L-1] != 0``) needs an odd activation (otherwise ``Cov(Ghat, z)`` is O(1/n)
+        and adds a term not included here).
     X_train : array_like (N, n0)
     y_train : array_like (N,) or (N, n_out)
     X : array_like (M, n0), optional
@@ -391,9 +395,15 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
     from ..theory.vertex import apply_M, kernel_derivative_operator
 
     mlp, X_train, y2, Xe, noise = _mlp_data(mlp, X_train, y_train, X, noise)
-    if mlp.is_residual:
-        raise NotImplementedError("hebbian_kernel_shift covers plain MLPs (gamma = 0, xi = 1); "
-                                  "the residual mixed vertex is not implemented")
+    if mlp.is_residual and mlp.gamma[-1] != 0.0:
+        from ..theory._averages import is_odd
+        if not is_odd(mlp.activation):
+            raise NotImplementedError(
+                f"the output layer is residual (gamma[{mlp.depth - 1}] = {mlp.gamma[-1]:g}) and "
+                f"the activation {mlp.activation.name!r} is not odd: the hidden metrics then "
+                "correlate with the outputs at O(1/n) (a three-point term this shift does not "
+                f"include). Use a plain output layer (gamma[{mlp.depth - 1}] = 0, e.g. a scalar "
+                "gamma with n_out != width) or an odd activation (tanh, linear)")
     if mlp.depth < 2:
         raise ValueError("a depth-1 network has no hidden layer to learn a representation; "
                          "use depth >= 2")
@@ -406,17 +416,25 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
     alpha = scipy.linalg.cho_solve(cf, y2)
     prec = scipy.linalg.cho_solve(cf, np.eye(N))
     X_heb = alpha @ alpha.T - y2.shape[1] * 0.5 * (prec + prec.T)
-    ops = {lp: kernel_derivative_operator(mlp.activation, Ks[lp - 1]) for lp in range(1, L)}
+    if mlp.is_residual:     # C^(l,L) of every hidden layer (residual_multi_mean)
+        from ..theory.residual_multi_mean import residual_mixed_vertex
+        Cres = residual_mixed_vertex(mlp, Ks=Ks, accuracy=accuracy)
+    else:
+        ops = {lp: kernel_derivative_operator(mlp.activation, Ks[lp - 1]) for lp in range(1, L)}
     prior, shift = [], []
     for l in range(1, L):
         K, V, G1 = Ks[l - 1], fw.V[l - 1], fw.G1[l - 1]
         n_l, n_prev = mlp.widths[l], mlp.widths[l - 1]
-        # C^(l,l) = (K_ac K_bd + K_ad K_bc) / n_l + V^(l) / n_{l-1}
-        C = (np.einsum("ac,bd->abcd", K, K) + np.einsum("ad,bc->abcd", K, K)) / n_l + V / n_prev
-        for lp in range(l, L):
-            # C^(l,lp+1) = C_W^(lp+1) M^(lp) acting on the second pair
-            moved = apply_M(ops[lp], np.moveaxis(C, (2, 3), (0, 1)))
-            C = mlp.C_W[lp] * np.moveaxis(moved, (0, 1), (2, 3))
+        if mlp.is_residual:
+            C = Cres[l - 1]
+        else:
+            # C^(l,l) = (K_ac K_bd + K_ad K_bc) / n_l + V^(l) / n_{l-1}
+            C = (np.einsum("ac,bd->abcd", K, K) + np.einsum("ad,bc->abcd", K, K)) / n_l \
+                + V / n_prev
+            for lp in range(l, L):
+                # C^(l,lp+1) = C_W^(lp+1) M^(lp) acting on the second pair
+                moved = apply_M(ops[lp], np.moveaxis(C, (2, 3), (0, 1)))
+                C = mlp.C_W[lp] * np.moveaxis(moved, (0, 1), (2, 3))
         prior.append(K + G1 / n_prev)
         shift.append(0.5 * np.einsum("abcd,cd->ab", C[:, :, :N, :N], X_heb))
     return RepresentationShift(tuple(range(1, L)), np.array(prior), np.array(shift), x)

@@ -1091,3 +1091,387 @@ def residual_multi_ddii_rows(activation="tanh", gamma=0.5, *, x=((1.0, 0.0), (0.
                                  float(t[q]), float(ext[q]), float(se[q]), float(al[q]),
                                  key=f"residual {name} (N inputs)"))
     return rows
+
+
+
+def residual_multi_ntk_mean_measure(mlp, x, networks, seed=0, *, chunk=2000, folds=2):
+    r"""``n (E[H_{ii;ab}^(l)] - Theta^(l)_{ab})`` of real residual MLPs at N inputs (numpy).
+
+    The N-input NTK mean ``H1`` (:mod:`pdlt.theory.residual_multi_mean`) measured on
+    ``networks`` i.i.d. networks ``z' = xi [b + W sigma(z)] + gamma z`` (equal widths
+    ``n_1 = ... = n_L``, float64, generator ``seed``) that carry the full NTK matrix
+    ``H_{ik;ab}`` by the forward equation ``H'_{ab} = xi^2 (lambda_b + lambda_W S_ab) 1 +
+    Y_a H_ab Y_b^T``, ``Y_a = xi W diag(sigma'_a) + gamma 1``. At layer l the last step is
+    integrated exactly (Rao-Blackwell): given layer l-1,
+
+    .. math::
+        E[\bar H^{(l)}_{ab} \mid l-1] = \xi^2(\lambda_b + \lambda_W S_{ab} + C_W P_{ab})
+            + \gamma^2 \bar H^{(l-1)}_{ab},
+
+    ``S_ab = mean_j sigma_a sigma_b(z_j)``, ``P_ab = mean_j sigma'_a sigma'_b(z_j) H_{jj;ab}``,
+    ``Hbar = mean_i H_ii`` (the half-skip term is linear in the new W). Minus control
+    variates with mean exactly zero, cross-fitted over ``folds`` blocks (as
+    :func:`residual_multi_measure`): the layer-1 means of ``sigma_a sigma_b`` and
+    ``sigma'_a sigma'_b`` minus their Gaussian averages; for every sampled layer m the
+    Isserlis moment controls of ``_moment_controls`` (a neuron is Gaussian with mean
+    ``gamma y_i`` and covariance ``xi^2 G`` given layer m-1), and the NTK diagonal's
+    innovations ``mean_i w_i (H_ii^(m) - E[H_ii^(m) | m-1])`` with weights ``w_i = 1``,
+    ``sigma_a sigma_b`` and ``sigma'_a sigma'_b`` of neuron i at layer m-1 (per-neuron
+    conditional mean ``xi^2 (lambda_b + lambda_W S + C_W P) + gamma^2 H_ii``: exact).
+
+    Parameters
+    ----------
+    mlp : MLP
+        Residual MLP with equal widths ``n_1 = ... = n_L`` (``n_out = width``).
+    x : array_like (N, n0)
+    networks, seed, chunk, folds : int
+
+    Returns
+    -------
+    mean, stderr : ndarray (L, N, N)
+        ``n_{l-1} (E[Hbar^(l)] - Theta^(l))``, which is ``H1^(l) + O(1/n)``; layers 1, 2 are 0.
+    """
+    from ..theory._averages import LayerAverages, OneVariableTable
+    from ..theory.statistics import statistics
+
+    x = np.atleast_2d(np.asarray(x, float))
+    N, L = len(x), mlp.depth
+    w = mlp.widths
+    if len(set(w[1:])) != 1:
+        raise ValueError(f"residual_multi_ntk_mean_measure needs equal widths n_1 = ... = n_L; "
+                         f"got {w}")
+    if L < 3:
+        raise ValueError(f"H1 vanishes at layers 1 and 2; need depth >= 3, got {L}")
+    act = mlp.activation
+    st = statistics(mlp, x)
+    Ks, Ths = st.K, st.Theta
+    av1 = LayerAverages(act, Ks[0], OneVariableTable(act, np.diag(Ks[0]).copy()))
+    iu = np.triu_indices(N)                 # the pairs a <= b (H_ba is H_ab transposed)
+    pa, pb = iu
+    n = int(w[1])
+    eye = np.eye(n)
+    rng = np.random.default_rng(seed)
+    Y = [[] for _ in range(L)]
+    Fe = [[] for _ in range(L)]
+    for start in range(0, networks, chunk):
+        M = min(chunk, networks - start)
+        W = rng.normal(size=(M, n, w[0])) * np.sqrt(mlp.C_W[0] / w[0])
+        b = rng.normal(size=(M, n, 1)) * np.sqrt(mlp.C_b[0])
+        z = W @ x.T + b                                          # (M, n, N)
+        H = np.broadcast_to(Ths[0][pa, pb][None, :, None, None] * eye,
+                            (M, len(pa), n, n)).copy()            # (M, pairs, n, n)
+        sz, pz = act.sigma(z), act.d1(z)
+        s1 = np.einsum("mia,mib->mab", sz, sz) / n
+        p1 = np.einsum("mia,mib->mab", pz, pz) / n
+        Fe[0].append(np.concatenate([
+            _moment_controls(z, np.zeros_like(z), np.broadcast_to(Ks[0], (M, N, N))),
+            (s1 - av1.S)[:, pa, pb], (p1 - av1.PP)[:, pa, pb]], axis=1))
+        for l in range(1, L):
+            xi, g, CW, Cb = mlp.xi[l], mlp.gamma[l], mlp.C_W[l], mlp.C_b[l]
+            lb, lW = mlp.lambda_b[l], mlp.lambda_W[l]
+            Hd = np.einsum("mpii->mip", H)                        # (M, n, pairs)
+            ss = sz[:, :, pa] * sz[:, :, pb]
+            pp = pz[:, :, pa] * pz[:, :, pb]
+            S, P = ss.mean(1), (pp * Hd).mean(1)
+            base = xi * xi * (lb + lW * S + CW * P)               # (M, pairs)
+            Ei = base[:, None] + g * g * Hd                       # E[H_ii^(l) | l-1], per neuron
+            Y[l].append(n * (Ei.mean(1) - Ths[l][pa, pb]))
+            if l == L - 1:
+                break
+            W = rng.normal(size=(M, n, n)) * np.sqrt(CW / n)
+            b = rng.normal(size=(M, n, 1)) * np.sqrt(Cb)
+            mu = g * z
+            G = Cb + CW * np.einsum("mia,mib->mab", sz, sz) / n
+            z = xi * (W @ sz + b) + mu
+            Yk = xi * W[:, None] * pz.transpose(0, 2, 1)[:, :, None, :] + g * eye   # (M, N, n, n)
+            H = Yk[:, pa] @ H @ np.swapaxes(Yk[:, pb], 2, 3)
+            H += (xi * xi * (lb + lW * S))[:, :, None, None] * eye
+            innov = np.einsum("mpii->mip", H) - Ei                # zero mean given layer l-1
+            cols = [_moment_controls(z, mu, xi * xi * G)]
+            for wgt in (None, ss, pp):
+                v = innov if wgt is None else wgt * innov
+                cols.append(n * v.mean(1))
+            Fe[l].append(np.concatenate(cols, axis=1))
+            sz, pz = act.sigma(z), act.d1(z)
+    mean, se = np.zeros((L, N, N)), np.zeros((L, N, N))
+    edges = np.linspace(0, networks, int(folds) + 1).astype(int)
+    for l in range(2, L):
+        X = np.concatenate([np.concatenate(Fe[m]) for m in range(l)], axis=1)
+        T = np.concatenate(Y[l]).reshape(networks, -1)
+        Tc = np.empty_like(T)
+        for f in range(int(folds)):
+            inb = np.zeros(networks, dtype=bool)
+            inb[edges[f]:edges[f + 1]] = True
+            Xo, To = X[~inb], T[~inb]
+            Xo = Xo - Xo.mean(0)
+            beta, *_ = np.linalg.lstsq(Xo.T @ Xo, Xo.T @ (To - To.mean(0)), rcond=None)
+            Tc[inb] = T[inb] - X[inb] @ beta            # E[X] = 0 exactly: mean kept
+        mean[l][pa, pb] = mean[l][pb, pa] = Tc.mean(0)
+        se[l][pa, pb] = se[l][pb, pa] = Tc.std(0, ddof=1) / np.sqrt(networks)
+    return mean, se
+
+
+def residual_multi_ntk_mean_rows(activations=("relu", "tanh"), gamma=0.5, *,
+                                 x=((1.0, 0.0), (0.6, 0.8)), widths=(16, 32), depth=4,
+                                 networks=40000, seed=83):
+    """Rows: the N-input residual NTK mean H1 against real residual networks, last layer.
+
+    For each activation a residual MLP at residual criticality
+    (:func:`pdlt.theory.residual.residual_mlp`, ``n_out = width``, ``lambda_b = 0.5``) at
+    the inputs ``x`` (N, n0), measured by :func:`residual_multi_ntk_mean_measure` at the
+    two widths (independent seeds), extrapolated ``2 m(2n) - m(n)`` with the measured
+    allowance ``|m(2n) - m(n)|/2``, against ``pdlt.statistics(..., get="H1")``
+    (:mod:`pdlt.theory.residual_multi_mean`). One row per entry ``H1_ab``, ``a <= b``, at
+    layer ``depth``; key ``"residual H1 (N inputs)"``. Resolution at the defaults
+    (measured, seed 83): relu 12-16 %, tanh 13-22 %, max z 0.69, x0.5 and x2 rejected at
+    z >= 9.5. Cost ~45 CPU s per activation
+    (numpy, float64; the NTK matrix of every network is carried).
+
+    Returns
+    -------
+    list of :class:`pdlt.report.rows.Row`
+    """
+    import pdlt
+
+    from ..theory.residual import residual_mlp
+    from .rows import make_row, width_extrapolation
+
+    x = np.atleast_2d(np.asarray(x, float))
+    N, L = x.shape[0], depth
+    rows = []
+    for act in activations:
+        ms = []
+        for k, n in enumerate(widths):
+            m = residual_mlp(act, gamma, n0=x.shape[1], width=n, depth=L, n_out=n,
+                             lambda_b=0.5)
+            ms.append(residual_multi_ntk_mean_measure(m, x, networks, seed=seed + k))
+        th = pdlt.statistics(m, x, get="H1").H1[L - 1]
+        ext, se, al = width_extrapolation(ms[0][0][L - 1], ms[0][1][L - 1],
+                                          ms[1][0][L - 1], ms[1][1][L - 1])
+        for a in range(N):
+            for b in range(a, N):
+                rows.append(make_row(f"H1_{a}{b} (gamma={gamma:g}, {N} inputs, "
+                                     f"2m({widths[1]})-m({widths[0]}))", act, widths[1], L,
+                                     float(th[a, b]), float(ext[a, b]), float(se[a, b]),
+                                     float(al[a, b]), key="residual H1 (N inputs)"))
+    return rows
+
+
+def residual_multi_kappa3_measure(mlp, x, networks, seed=0, *, chunk=2000, folds=2):
+    r"""``kappa3_abc = n E[z_{i;a} z_{i;b} z_{k;c}]`` (i != k) of real residual MLPs (numpy).
+
+    The N-input three-point function (:func:`pdlt.theory.residual_multi_mean.residual_kappa3_multi`)
+    on ``networks`` i.i.d. networks (equal widths ``n_1 = ... = n_L``, float64, generator
+    ``seed``), the last layer integrated given the previous one (Rao-Blackwell): a neuron is
+    ``xi u_i + gamma y_i`` with ``u_i ~ N(0, G)`` independent, so for i != k
+    ``E[z_ia z_ib z_kc | l-1] = A_{i;ab} gamma y_{kc}``, ``A_i = xi^2 G + gamma^2 y_i y_i^T``,
+    averaged over the ordered pairs i != k. Minus the cross-fitted zero-mean controls of
+    :func:`residual_multi_measure` (Isserlis moment controls of degree 1..4 of every earlier
+    layer and the layer-1 means of ``sigma_a sigma_b``).
+
+    Returns
+    -------
+    mean, stderr : ndarray (L, N, N, N)
+        ``n_{l-1}`` times the pair average (``kappa3[l, a, b, c]``); layer 1 is 0.
+    """
+    from ..theory._averages import LayerAverages, OneVariableTable
+    from ..theory.statistics import statistics
+
+    x = np.atleast_2d(np.asarray(x, float))
+    N, L = len(x), mlp.depth
+    w = mlp.widths
+    if len(set(w[1:])) != 1:
+        raise ValueError(f"residual_multi_kappa3_measure needs equal widths n_1 = ... = n_L; "
+                         f"got {w}")
+    act = mlp.activation
+    Ks = statistics(mlp, x).K
+    S1 = LayerAverages(act, Ks[0], OneVariableTable(act, np.diag(Ks[0]).copy())).S
+    rng = np.random.default_rng(seed)
+    iu = np.triu_indices(N)
+    T, Fe = [[] for _ in range(L)], [[] for _ in range(L)]
+    n = int(w[1])
+    for start in range(0, networks, chunk):
+        M = min(chunk, networks - start)
+        W = rng.normal(size=(M, n, w[0])) * np.sqrt(mlp.C_W[0] / w[0])
+        b = rng.normal(size=(M, n, 1)) * np.sqrt(mlp.C_b[0])
+        z = W @ x.T + b
+        sz = act.sigma(z)
+        s = np.einsum("min,mip->mnp", sz, sz) / n
+        Fe[0].append(np.concatenate([
+            _moment_controls(z, np.zeros_like(z), np.broadcast_to(Ks[0], (M, N, N))),
+            (s - S1)[:, iu[0], iu[1]]], axis=1))
+        for l in range(1, L):
+            xi, g, CW, Cb = mlp.xi[l], mlp.gamma[l], mlp.C_W[l], mlp.C_b[l]
+            G = Cb + CW * np.einsum("min,mip->mnp", sz, sz) / n
+            A = xi * xi * G[:, None] + g * g * np.einsum("min,mip->minp", z, z)   # (M, n, N, N)
+            gy = g * z
+            T[l].append(n * (np.einsum("mab,mc->mabc", A.sum(1), gy.sum(1))
+                             - np.einsum("miab,mic->mabc", A, gy)) / (n * (n - 1)))
+            if l == L - 1:
+                break
+            W = rng.normal(size=(M, n, n)) * np.sqrt(CW / n)
+            b = rng.normal(size=(M, n, 1)) * np.sqrt(Cb)
+            z = xi * (W @ sz + b) + gy
+            sz = act.sigma(z)
+            Fe[l].append(_moment_controls(z, gy, xi * xi * G))
+    mean, se = np.zeros((L,) + (N,) * 3), np.zeros((L,) + (N,) * 3)
+    edges = np.linspace(0, networks, int(folds) + 1).astype(int)
+    for l in range(1, L):
+        X = np.concatenate([np.concatenate(Fe[m]) for m in range(l)], axis=1)
+        Y = np.concatenate(T[l]).reshape(networks, -1)
+        Yc = np.empty_like(Y)
+        for f in range(int(folds)):
+            inb = np.zeros(networks, dtype=bool)
+            inb[edges[f]:edges[f + 1]] = True
+            Xo, Yo = X[~inb], Y[~inb]
+            Xo = Xo - Xo.mean(0)
+            beta, *_ = np.linalg.lstsq(Xo.T @ Xo, Xo.T @ (Yo - Yo.mean(0)), rcond=None)
+            Yc[inb] = Y[inb] - X[inb] @ beta
+        Yc = Yc.reshape((networks,) + (N,) * 3)
+        mean[l] = Yc.mean(0)
+        se[l] = Yc.std(0, ddof=1) / np.sqrt(networks)
+    return mean, se
+
+
+def residual_multi_kappa3_rows(activations=("relu", "gelu"), gamma=0.5, *,
+                               x=((1.0, 0.0), (0.6, 0.8)), widths=(16, 32), depth=4,
+                               networks=32000, seed=89):
+    """Rows: the N-input residual three-point function kappa3 against real networks.
+
+    As :func:`residual_multi_ntk_mean_rows` (residual criticality, ``n_out = width``, two
+    widths extrapolated, allowance ``|m(2n) - m(n)|/2``), with
+    :func:`residual_multi_kappa3_measure` against ``pdlt.statistics(..., get="kappa3")``
+    (:func:`pdlt.theory.residual_multi_mean.residual_kappa3_multi`); non-odd activations
+    only (odd ones have kappa3 = 0). One row per entry ``kappa3_abc``, ``a <= b``, at layer
+    ``depth``; key ``"residual kappa3 (N inputs)"``. Measured at the defaults (seed 89):
+    relu 19-24 %, gelu 21-24 %, max z 1.3, x0.5 and x2 rejected at z >= 7.5. Cost ~5 CPU s
+    per activation.
+
+    Returns
+    -------
+    list of :class:`pdlt.report.rows.Row`
+    """
+    import pdlt
+
+    from ..theory.residual import residual_mlp
+    from .rows import make_row, width_extrapolation
+
+    x = np.atleast_2d(np.asarray(x, float))
+    N, L = x.shape[0], depth
+    rows = []
+    for act in activations:
+        ms = []
+        for k, n in enumerate(widths):
+            m = residual_mlp(act, gamma, n0=x.shape[1], width=n, depth=L, n_out=n)
+            ms.append(residual_multi_kappa3_measure(m, x, networks, seed=seed + k))
+        th = pdlt.statistics(m, x, get="kappa3").kappa3[L - 1]
+        ext, se, al = width_extrapolation(ms[0][0][L - 1], ms[0][1][L - 1],
+                                          ms[1][0][L - 1], ms[1][1][L - 1])
+        for a in range(N):
+            for b in range(a, N):
+                for c in range(N):
+                    ix = (a, b, c)
+                    rows.append(make_row(f"kappa3_{a}{b}{c} (gamma={gamma:g}, {N} inputs, "
+                                         f"2m({widths[1]})-m({widths[0]}))", act, widths[1], L,
+                                         float(th[ix]), float(ext[ix]), float(se[ix]),
+                                         float(al[ix]), key="residual kappa3 (N inputs)"))
+    return rows
+
+
+def residual_mixed_vertex_measure(mlp, x, networks, seed=0, *, chunk=2000):
+    r"""``n C^(l,L)_{(ab)(cd)} = n Cov(Ghat^(l)_ab, z^(L)_{i;c} z^(L)_{i;d})``, real residual MLPs.
+
+    The mixed vertex of :func:`pdlt.theory.residual_multi_mean.residual_mixed_vertex` on
+    ``networks`` i.i.d. numpy networks (float64, generator ``seed``; equal hidden widths
+    ``n``; the output layer plain, ``n_out`` neurons, or residual, ``n_out = n``). Per network:
+    every hidden metric ``Ghat^(l) = (1/n) sum_j z_j z_j^T`` and the output pair integrated
+    given layer L-1 and averaged over the output neurons, ``mean_i E[z_i z_i^T | L-1] =
+    xi^2 (C_b + C_W S) + gamma^2 mean_i y_i y_i^T``; the covariance over networks (delta-method
+    standard error of the centred products), times ``n``.
+
+    Returns
+    -------
+    mean, stderr : ndarray (L-1, N, N, N, N)
+        ``n C^(l,L)`` for l = 1..L-1.
+    """
+    x = np.atleast_2d(np.asarray(x, float))
+    L = mlp.depth
+    w = mlp.widths
+    n = int(w[1])
+    if len(set(w[1:L])) != 1:
+        raise ValueError(f"residual_mixed_vertex_measure needs equal hidden widths; got {w}")
+    act = mlp.activation
+    rng = np.random.default_rng(seed)
+    Gs, Qs = [], []
+    for start in range(0, networks, chunk):
+        M = min(chunk, networks - start)
+        W = rng.normal(size=(M, n, w[0])) * np.sqrt(mlp.C_W[0] / w[0])
+        b = rng.normal(size=(M, n, 1)) * np.sqrt(mlp.C_b[0])
+        z = W @ x.T + b
+        G = [np.einsum("mia,mib->mab", z, z) / n]
+        for l in range(1, L - 1):
+            W = rng.normal(size=(M, n, n)) * np.sqrt(mlp.C_W[l] / n)
+            b = rng.normal(size=(M, n, 1)) * np.sqrt(mlp.C_b[l])
+            z = mlp.xi[l] * (W @ act.sigma(z) + b) + mlp.gamma[l] * z
+            G.append(np.einsum("mia,mib->mab", z, z) / n)
+        sz = act.sigma(z)
+        l = L - 1
+        q = mlp.xi[l] ** 2 * (mlp.C_b[l] + mlp.C_W[l] * np.einsum("mia,mib->mab", sz, sz) / n)
+        if mlp.gamma[l] != 0.0:
+            q = q + mlp.gamma[l] ** 2 * G[-1]
+        Gs.append(np.stack(G, 1))
+        Qs.append(q)
+    Gs, Qs = np.concatenate(Gs), np.concatenate(Qs)          # (R, L-1, N, N), (R, N, N)
+    dG, dQ = Gs - Gs.mean(0), Qs - Qs.mean(0)
+    psi = n * np.einsum("rlab,rcd->rlabcd", dG, dQ)
+    R_ = len(psi)
+    return psi.sum(0) / (R_ - 1), psi.std(0, ddof=1) / np.sqrt(R_)
+
+
+def residual_mixed_vertex_rows(cases=(("tanh", True), ("relu", False)), gamma=0.5, *,
+                               x=((1.0, 0.0), (0.6, 0.8)), widths=(32, 64), depth=4,
+                               networks=16000, seed=97):
+    """Rows: the residual mixed vertex ``n C^(l,L)`` of the Hebbian shift against real networks.
+
+    For each ``(activation, residual_output)`` a residual MLP at residual criticality
+    (``n_out = width`` when the output is residual, else 1: the two cases
+    :func:`pdlt.learning.finite_bayes.hebbian_kernel_shift` serves for tanh and relu), measured
+    by :func:`residual_mixed_vertex_measure` at the two widths (32/64: its 1/n terms are
+    large), extrapolated ``2 m(2n) - m(n)`` with the allowance ``|m(2n) - m(n)|/2``, against
+    :func:`pdlt.theory.residual_multi_mean.residual_mixed_vertex` times the width. One row per
+    entry ``(ab)(cd)``, ``a <= b``, ``c <= d``, at the last hidden layer; key
+    ``"residual mixed vertex (N inputs)"``. Measured at the defaults (seed 97): tanh (residual
+    output) 11-24 %, relu (plain output) 22-32 %, max z 2.0, x0.5 and x2 rejected at z >= 5.3.
+    Cost ~7 CPU s per case.
+
+    Returns
+    -------
+    list of :class:`pdlt.report.rows.Row`
+    """
+    from ..theory.residual import residual_mlp
+    from ..theory.residual_multi_mean import residual_mixed_vertex
+    from .rows import make_row, width_extrapolation
+
+    x = np.atleast_2d(np.asarray(x, float))
+    N, L = x.shape[0], depth
+    pairs = [(a, b) for a in range(N) for b in range(a, N)]
+    rows = []
+    for act, res_out in cases:
+        ms = []
+        for k, n in enumerate(widths):
+            m = residual_mlp(act, gamma, n0=x.shape[1], width=n, depth=L,
+                             n_out=n if res_out else 1)
+            ms.append(residual_mixed_vertex_measure(m, x, networks, seed=seed + k))
+        th = widths[1] * residual_mixed_vertex(m, x)[L - 2]
+        ext, se, al = width_extrapolation(ms[0][0][L - 2], ms[0][1][L - 2],
+                                          ms[1][0][L - 2], ms[1][1][L - 2])
+        out = "residual" if res_out else "plain"
+        for p in pairs:
+            for q in pairs:
+                ix = p + q
+                rows.append(make_row(f"n C^({L - 1},{L})_({ix[0]}{ix[1]})({ix[2]}{ix[3]}) "
+                                     f"(gamma={gamma:g}, {out} output, {N} inputs, "
+                                     f"2m({widths[1]})-m({widths[0]}))", act, widths[1], L - 1,
+                                     float(th[ix]), float(ext[ix]), float(se[ix]),
+                                     float(al[ix]), key="residual mixed vertex (N inputs)"))
+    return rows

@@ -172,8 +172,8 @@ def defined(mlp, n_inputs=1):
     """The statistics :func:`statistics` can compute for ``mlp`` and this many inputs.
 
     Plain MLPs: all of :data:`NAMES` except R when sigma'' jumps at a kink
-    (elu with alpha != 1). Residual MLPs: K, Theta, chi's, V, G1, A, B, D, F, S, U, and
-    for one input also kappa3, H1, P, Q, R (as for plain MLPs), T.
+    (elu with alpha != 1). Residual MLPs: K, Theta, chi's, V, G1, kappa3, A, B, D, F, S, U,
+    H1, and for one input also P, Q, R (as for plain MLPs), T.
     """
     from ._averages import jumps_in_d2
     if not mlp.is_residual:
@@ -181,7 +181,7 @@ def defined(mlp, n_inputs=1):
     if n_inputs == 1:
         return INFINITE_WIDTH + ("V", "G1", "kappa3", "A", "B", "D", "F", "P", "Q") + (
             () if jumps_in_d2(mlp.activation) else ("R",)) + ("S", "T", "U", "H1")
-    return INFINITE_WIDTH + ("V", "G1", "A", "B", "D", "F", "S", "U")
+    return INFINITE_WIDTH + ("V", "G1", "kappa3", "A", "B", "D", "F", "S", "U", "H1")
 
 
 def _parse_get(get, mlp, n_inputs):
@@ -206,7 +206,8 @@ def _parse_get(get, mlp, n_inputs):
 def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
     """Residual MLPs: what is derived, and the exact one-input statistics."""
     allowed = {"V", "G1"} | ({"kappa3", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U",
-                              "H1"} if single else {"A", "B", "D", "F", "S", "U"})
+                              "H1"} if single else {"A", "B", "D", "F", "S", "U", "H1",
+                                                    "kappa3"})
     missing = sorted(need - allowed, key=NAMES.index)
     if missing:
         raise NotImplementedError(
@@ -215,8 +216,8 @@ def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
                "pdlt.theory.residual_ntk)"
                if single else "for N inputs (N-input residual MLPs: V, G1, A, B, D and F, "
                               "pdlt.theory.residual_multi; S, U, "
-                              "pdlt.theory.residual_multi_ddii; one input: V, G1, kappa3, A, B, D, "
-                              "F, P, Q, R, S, T, U, H1)"))
+                              "pdlt.theory.residual_multi_ddii; kappa3, H1, residual_multi_mean; "
+                              "one input: V, G1, kappa3, A, B, D, F, P, Q, R, S, T, U, H1)"))
     if not single:      # exact N-input V, G1, A, B, D, F, any activation (residual_multi)
         from .residual_multi import (residual_ad_multi, residual_b_multi, residual_f_multi,
                                      residual_vertex_metric_multi)
@@ -233,6 +234,12 @@ def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
             from .residual_multi_ddii import residual_su_multi
             su = residual_su_multi(mlp, Ks=K, Thetas=Theta, accuracy=accuracy)
             given.update({k: su[k] for k in ("S", "U") if k in need})
+        if "H1" in need:
+            from .residual_multi_mean import residual_ntk_mean_multi
+            given["H1"] = residual_ntk_mean_multi(mlp, Ks=K, Thetas=Theta, accuracy=accuracy)
+        if "kappa3" in need:
+            from .residual_multi_mean import residual_kappa3_multi
+            given["kappa3"] = residual_kappa3_multi(mlp, Ks=K, accuracy=accuracy)
         return given
     K1 = float(K[0, 0, 0])
     given = {}

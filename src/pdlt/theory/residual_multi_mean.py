@@ -1,0 +1,762 @@
+r"""Exact N-input H1, kappa3 and mixed vertex C^(l,L) of residual MLPs at order 1/n.
+
+* :func:`residual_ntk_mean_multi`: ``H1`` (below);
+* :func:`residual_kappa3_multi`: ``kappa3_{abc} = n E[z_{i;a} z_{i;b} z_{k;c}]`` (i != k),
+  the O(1/n) three-point function of a non-odd activation, from the neuron's own dressed
+  terms in the fields;
+* :func:`residual_mixed_vertex`: ``C^(l,L) = Cov(Ghat^(l), z^(L) z^(L))``, what
+  :func:`pdlt.learning.finite_bayes.hebbian_kernel_shift` needs for residual MLPs.
+
+All three are served through the field picture of :mod:`pdlt.theory.residual_multi`
+(``pdlt.statistics(..., get=["H1", "kappa3"])`` for residual MLPs and N inputs).
+
+``E[H_{ii;ab}^(l)] = Theta^(l)_{ab} + H1^(l)_{ab} / n_{l-1} + O(1/n^2)`` (``shared/NOTATION.md``)
+for the residual MLP ``z' = xi [b + W sigma(z)] + gamma z``. Averaging the forward
+equation of the NTK over layer l+1's weights (independent of layer l; the half-skip
+term is linear in them) gives exactly, for one neuron j of layer l,
+
+.. math::
+    E[H'_{ii;ab}] = \xi^2\big[\lambda_b + \lambda_W E[\sigma_a\sigma_b(z_j)]
+        + C_W E[\sigma'_a\sigma'_b(z_j) H_{jj;ab}]\big] + \gamma^2 E[H_{ii;ab}],
+
+so with ``h = H1 / n`` (unnormalized), ``s = sigma``, ``p = sigma'``,
+
+.. math::
+    h'_{ab} = \xi^2\big[\lambda_W\,\delta_{s_as_b}
+        + C_W\big(\Theta_{ab}\,\delta_{p_ap_b} + \langle p_ap_b\rangle h_{ab}
+        + \mathrm{Cov}(p_ap_b(z_j), H_{jj;ab})\big)\big] + \gamma^2 h_{ab}.
+
+* ``delta_f = E[f(z^(l))] - <f>_{K^(l)}``: the mean shift of the G1 step of
+  :mod:`pdlt.theory.residual_multi` (section 4 of the derivation) for a general
+  ``f = f_a f_b``: ``M^f[g] + (1/8) <d^4 f> Var(Khat) + (dressed own term)``;
+* the covariance of the neuron's ``p_a p_b`` with its own NTK diagonal: the shared
+  fields ``S``, ``P`` of A and D (``rho(f)^T Sigma rho(H) + rho(H)^T c~(f)``) plus the
+  neuron's own conditional NTK mean, the bilinear form ``M^{ab}`` of F evaluated on the
+  diagonal (``phi(j)^T M^{ab} phi(j)``), whose covariance with ``f(z^(l))`` is Stein's
+  lemma along the increments.
+
+Derivation: ``docs/derivations/residual_ntk_multi.md``, section "H1 and kappa3 at N
+inputs (h39)". At gamma = 0 this is the plain recursion of :mod:`pdlt.theory.ntk_mean`;
+for one input :func:`pdlt.theory.residual_ntk.residual_ntk_mean`. Served by
+:func:`pdlt.statistics` (``get="H1"``) for residual MLPs and N inputs.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
+from ..network import MLP
+from ._averages import apply_M, is_odd, representatives
+from .kernel import first_layer_kernel, kernel_fold
+from .residual_multi import (_UP, _coefficients, _kind_two_depth, _layer_tables, _m_matrix,
+                             _m_matrix_op, _pair_sd, _pairs, _sd_two_depth, _stein_sd,
+                             _two_depth)
+from .residual_ntk import _stein_lyapunov
+
+__all__ = ["residual_ntk_mean_multi", "residual_kappa3_multi", "residual_mixed_vertex"]
+
+
+def residual_ntk_mean_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
+                            accuracy="default") -> np.ndarray:
+    r"""Exact N-input NTK mean ``H1`` of a residual MLP at every layer, any activation.
+
+    ``E[H_{ii;ab}^(l)] = Theta^(l)_{ab} + H1^(l)_{ab} / n_{l-1}`` (module docstring).
+
+    Parameters
+    ----------
+    mlp : MLP
+        Any activation, per-layer ``gamma``, ``xi`` (unequal widths only where
+        ``gamma = 0``).
+    x : array_like (N, n0), optional
+        Inputs.
+    Ks, Thetas : ndarray (L, N, N), optional
+        The infinite-width kernel and NTK at every layer instead of ``x`` (both or
+        neither).
+    accuracy : {"fast", "default", "high"}
+        Rule of the two-depth Gaussian averages (:func:`pdlt.gaussian.expect_nd`).
+
+    Returns
+    -------
+    ndarray (L, N, N)
+        ``H1`` normalized by ``n_{l-1}``; layers 1 and 2 are 0.
+
+    Raises
+    ------
+    TypeError
+        ``mlp`` is not a :class:`pdlt.MLP`.
+    ValueError
+        Bad arguments, or an input of zero variance.
+    FloatingPointError
+        H1 overflowed (far from criticality at large depth).
+
+    Examples
+    --------
+    >>> import numpy as np, pdlt
+    >>> from pdlt.theory.residual_multi_mean import residual_ntk_mean_multi
+    >>> m = pdlt.MLP(n0=2, width=8, depth=4, activation="relu", C_W=1.5, gamma=0.5)
+    >>> residual_ntk_mean_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
+    (4, 2, 2)
+    """
+    Ks, Thetas, reps, inv = _prepare(mlp, x, Ks, Thetas, accuracy)
+    r2 = (slice(None), reps[:, None], reps[None, :])
+    _warn_near_coinciding(Ks[r2][:-1])
+    out = _h1_multi(mlp, Ks[r2], Thetas[r2], accuracy)
+    if len(reps) < Ks.shape[1]:
+        out = out[np.ix_(np.arange(mlp.depth), inv, inv)]
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("H1 overflowed; reduce the depth or initialize at "
+                                 "criticality (pdlt.criticality)")
+    return out
+
+
+#: below this 1 - rho^2 of two distinct inputs the Stein second derivatives lose accuracy
+#: (gelu, depth 4, accuracy "default" against "high": 1.4e-3 -> 6e-4 relative in H1_ab,
+#: 6.7e-4 -> 4e-3, 3.4e-4 -> 25 %)
+_NEAR = 1e-3
+
+
+def _warn_near_coinciding(Ks):
+    """Warn when two distinct inputs nearly coincide at some layer (see ``_NEAR``)."""
+    d = np.einsum("lii->li", Ks)
+    r = 1.0 - Ks ** 2 / (d[:, :, None] * d[:, None, :])
+    N = Ks.shape[1]
+    r[:, np.arange(N), np.arange(N)] = np.inf
+    if N > 1 and np.min(r) < _NEAR:
+        l, a, b = (int(i) for i in np.unravel_index(np.argmin(r), r.shape))
+        warnings.warn(
+            f"inputs {a} and {b} nearly coincide (1 - rho^2 = {r[l, a, b]:.1e} at layer {l + 1}): "
+            "the off-diagonal H1 entries of a residual MLP lose accuracy below 1e-3 (Stein "
+            "form of the two-depth second derivatives, ~(1 - rho^2)^-2); use accuracy='high' "
+            "or merge the two inputs", RuntimeWarning, stacklevel=3)
+
+
+def _prepare(mlp, x, Ks, Thetas, accuracy, thetas=True):
+    """Validate, fold the kernels if needed; the distinct inputs and the map back.
+
+    ``thetas=False``: only the kernels are needed (``Thetas`` is ignored and returned as
+    the folded NTK or None)."""
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
+    if accuracy not in ("fast", "default", "high"):
+        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
+    if not thetas:
+        if (x is None) == (Ks is None):
+            raise ValueError("give exactly one of x (inputs, shape (N, n0)) and Ks (kernels, "
+                             "shape (L, N, N))")
+        if Ks is not None:
+            Ks = np.asarray(Ks, dtype=float)
+            if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2]:
+                raise ValueError(f"Ks must have shape (L, N, N) with L = {mlp.depth}; got "
+                                 f"{Ks.shape}")
+            return Ks, None, *representatives(Ks[0])
+    elif (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
+        raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
+                         "(shape (L, N, N))")
+    if Ks is None:
+        K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
+        Ks, Thetas, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
+    Ks, Thetas = np.asarray(Ks, dtype=float), np.asarray(Thetas, dtype=float)
+    if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2] or \
+            Thetas.shape != Ks.shape:
+        raise ValueError(f"Ks and Thetas must have the same shape (L, N, N) with L = "
+                         f"{mlp.depth}; got {Ks.shape} and {Thetas.shape}")
+    reps, inv = representatives(Ks[0])
+    return Ks, Thetas, reps, inv
+
+
+# ---------------------------------------------------------------------------
+# two-depth averages of products of s = sigma and p = sigma', with Stein derivatives
+# ---------------------------------------------------------------------------
+
+
+class _Fns:
+    """Integrands ``s^i p^j`` of one variable, cached so that equal ones group."""
+
+    def __init__(self, act):
+        self.act = act
+        self.si = act.scale_invariant if act.name != "monomial" else None
+        self.cache = {}
+
+    def __call__(self, ns, np_, k=0):
+        key = (ns, np_, k)
+        if key not in self.cache:
+            if self.si is not None:     # ReLU family: exact piecewise monomials
+                cp, cm = self.si
+                f = PiecewiseMonomial(cp ** (ns + np_), cm ** (ns + np_), ns + k)
+            else:
+                s, d1 = self.act.sigma, self.act.d1
+                f = (lambda z, ns=ns, np_=np_, k=k: z ** k * s(z) ** ns * d1(z) ** np_)
+            self.cache[key] = f
+        return self.cache[key]
+
+
+def _stein_moments(act, C, items, accuracy, order):
+    r"""One-neuron ``E[g(x) F(y)]`` and its Stein derivatives along y, for many items.
+
+    Each item is ``(xvars, yvars)``: lists of ``(depth, input, kind)`` with kind "s"
+    (sigma) or "p" (sigma'); ``g`` is the product over ``xvars``, ``F`` over ``yvars``
+    (factors at the same depth and input are merged). ``C[l, m]`` (N, N) is
+    ``Cov(z^(l), z^(m))``. Writing ``y = B x + e`` (e independent of x, ``Lam =
+    Cov(e)^-1``, ``u = Lam e``), Stein's lemma along e gives ``E[g d_e F] = E[g F u_e]``
+    and ``E[g d_e d_h F] = E[g F (u_e u_h - Lam_eh)]``: no derivative of sigma is taken,
+    so kinks (a step sigma' for ReLU) are exact. ``B`` uses the pseudo-inverse of
+    ``Cov(x)``.
+
+    Returns, per item, ``(m0, d1, d2, ys)``: ``E[gF]``, ``E[g grad F]`` (ny,) and
+    ``E[g Hess F]`` (ny, ny) over the distinct y inputs ``ys`` (None above ``order``).
+    """
+    fns = _Fns(act)
+    kw = dict(kinks=act.kinks, growth=entire_growth(act))
+
+    def merge(vs):
+        out = {}
+        for dep, i, kind in vs:
+            c = out.setdefault((dep, i), [0, 0])
+            c[0 if kind == "s" else 1] += 1
+        return [(dep, i, tuple(c)) for (dep, i), c in sorted(out.items())]
+
+    groups = {}
+    for it in items:
+        xs, ys = merge(it[0]), merge(it[1])
+        sig = (tuple(v[2] for v in xs), tuple(v[2] for v in ys))
+        groups.setdefault(sig, []).append((it, xs, ys))
+    res = {}
+    for (sx, sy), group in groups.items():
+        nx, ny = len(sx), len(sy)
+        d = nx + ny
+        counts = list(sx) + list(sy)
+        cov = np.empty((len(group), d, d))
+        for k, (_, xs, ys) in enumerate(group):
+            var = xs + ys
+            for i in range(d):
+                for j in range(d):
+                    cov[k, i, j] = C[var[i][0], var[j][0]][var[i][1], var[j][1]]
+        acc = _UP[accuracy] if d <= 3 else accuracy
+
+        def nd(pw):
+            fs = [fns(counts[i][0], counts[i][1], pw[i]) for i in range(d)]
+            return np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw),
+                                            dtype=float))
+
+        m0 = nd([0] * d)
+        m1 = m2 = None
+        if order >= 1:
+            m1 = np.stack([nd([int(i == j) for j in range(d)]) for i in range(d)], axis=1)
+        if order >= 2:
+            m2 = np.empty((len(group), d, d))
+            for i in range(d):
+                for j in range(i, d):
+                    pw = [0] * d
+                    pw[i] += 1
+                    pw[j] += 1
+                    m2[:, i, j] = m2[:, j, i] = nd(pw)
+        for k, (it, xs, ys) in enumerate(group):
+            c = cov[k]
+            Kxx, Cyx, Kyy = c[:nx, :nx], c[nx:, :nx], c[nx:, nx:]
+            Bm = Cyx @ np.linalg.pinv(Kxx, hermitian=True)
+            Lam = np.linalg.inv(Kyy - Bm @ Cyx.T)
+            A = np.hstack([-Lam @ Bm, Lam])              # u = A (x, y)
+            g1 = A @ m1[k] if m1 is not None else None
+            g2 = A @ m2[k] @ A.T - Lam * m0[k] if m2 is not None else None
+            res[it] = (m0[k], g1, g2, [v[1] for v in ys])
+    return res
+
+
+def _hess(op, f):
+    """``Hs[e, h] = <d_e d_h (f_a f_b)>_K`` (N, N) for the pair ``f = (a, b)`` from the
+    kernel-derivative operator ``op = (D1, D2, O)`` of ``<f_a f_b>``."""
+    D1, D2, O = op
+    N = D1.shape[0]
+    a, b = f
+    H = np.zeros((N, N))
+    if a == b:
+        H[a, a] = 2.0 * D1[a, a]
+        return H
+    H[a, a], H[b, b] = 2.0 * D1[a, b], 2.0 * D2[a, b]
+    H[a, b] = H[b, a] = O[a, b]
+    return H
+
+
+# ---------------------------------------------------------------------------
+# F's bilinear forms (the recursion of residual_multi._f_multi, every layer kept)
+# ---------------------------------------------------------------------------
+
+
+def _f_forms(mlp, Ks, Ths, avg, a, varw, C, accuracy):
+    """``Ms[l]`` (N, N, Fd, Fd): ``n E[H_{ik;ab}^(l) | .] = phi(i)^T Ms[l][a, b] phi(k)``.
+
+    Features: ``U_m`` (m = 0..L-1, N each) at ``m N``, ``S_p`` (ordered input pairs
+    ``(c, e)``: ``sigma_c sigma'_e(z^(p))``) at ``L N + p N^2 + c N + e``. The same
+    recursion as :func:`pdlt.theory.residual_multi.residual_f_multi` (derivation section
+    10), which keeps only the readout.
+    """
+    act = mlp.activation
+    L, N = Ks.shape[0], Ks.shape[1]
+    CW = np.asarray(mlp.C_W, float)
+    J = [_stein_sd(av) for av in avg]
+    nU = L * N
+    Fd = nU + L * N * N
+
+    def U(m):
+        return slice(m * N, (m + 1) * N)
+
+    def S(p):
+        return slice(nU + p * N * N, nU + (p + 1) * N * N)
+
+    M = np.zeros((N, N, Fd, Fd))
+    Ms = [M.copy()]
+    for l in range(L - 1):
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        cw, g, xi = CW[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
+        Gi = np.linalg.pinv(varw[l + 1], hermitian=True)
+        Th = Ths[l]
+        E = np.zeros((N, N, Fd))
+        for m in range(l + 1):
+            E[:, :, U(m)] = a[l, m] * np.einsum("df,acf->acd", varw[m], J[l])
+        for p in range(l):
+            if np.any(C[l, p] != 0.0):
+                TT = _sd_two_depth(act, C, l, p, N, accuracy)
+            else:
+                TT = np.einsum("ce,da->cead", _pair_sd(avg[p]), _pair_sd(avg[l]))
+            E[:, :, S(p)] = TT.transpose(2, 3, 0, 1).reshape(N, N, N * N)
+        eMi = np.einsum("acx,abxy->abcy", E, M)
+        Mek = np.einsum("abxy,bcy->abcx", M, E)
+        eMe = np.einsum("abcy,bdy->abcd", eMi, E)
+        Q4 = avg[l].quad("ppss")
+        M = r * g * g * M
+        mix = xi * xi * cw * cw * (Q4 * Th[:, :, None, None] + r * eMe)
+        M[:, :, U(l + 1), U(l + 1)] += np.einsum("abcd,ce,df->abef", mix, Gi, Gi)
+        if g != 0.0:
+            k = xi * g * cw
+            for a_ in range(N):
+                for b_ in range(N):
+                    for c in range(N):
+                        M[a_, b_, U(l + 1), nU + l * N * N + c * N + a_] += k * Th[a_, b_] * Gi[c]
+                        M[a_, b_, nU + l * N * N + c * N + b_, U(l + 1)] += k * Th[a_, b_] * Gi[c]
+            M[:, :, U(l + 1), :] += k * r * np.einsum("cu,abcy->abuy", Gi, eMi)
+            M[:, :, :, U(l + 1)] += k * r * np.einsum("cu,abcx->abxu", Gi, Mek)
+        Ms.append(M.copy())
+    return Ms
+
+
+# ---------------------------------------------------------------------------
+# H1
+# ---------------------------------------------------------------------------
+
+
+def _h1_multi(mlp, Ks, Ths, accuracy):
+    act = mlp.activation
+    L, N = Ks.shape[0], Ks.shape[1]
+    H1 = np.zeros((L, N, N))
+    if L <= 2:
+        return H1
+    diag, avg = _layer_tables(mlp, Ks, accuracy)
+    P, pidx = _pairs(N)
+    M = len(P)
+    pa, pb = np.array([i for i, _ in P]), np.array([j for _, j in P])
+    nf = L - 1
+    a = _coefficients(mlp)
+    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    lW, xi, g = (np.asarray(v, float) for v in (mlp.lambda_W, mlp.xi, mlp.gamma))
+    varw = np.empty((L, N, N))
+    varw[0] = Ks[0]
+    for q in range(1, L):
+        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
+    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
+    rho = np.zeros((L, nf))                       # response of Khat_l to S_m (every pair)
+    for l in range(L):
+        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
+    b = np.zeros((L, L))                          # weight of layer q's NTK increment in H^(l)
+    for l in range(L):
+        b[l, l] = 1.0
+        b[l, :l] = b[l - 1, :l] * g[l] ** 2 if l else 0.0
+    # --- the shared fields S_{m;p}, P_{m;p} and their covariance (derivation section 11) ---
+    F = 2 * nf * M
+    Sx = lambda m: slice(m * M, (m + 1) * M)                   # noqa: E731
+    Px = lambda m: slice((nf + m) * M, (nf + m + 1) * M)       # noqa: E731
+    Th = np.array([Ths[m][pa, pb] for m in range(L)])          # (L, M)
+    Sv = [av.S[pa, pb] for av in avg]
+    PPv = [av.PP[pa, pb] for av in avg]
+    Mss = [_m_matrix(av, P) for av in avg]
+    Mpp = [_m_matrix_op(av.Mpp, N, P) for av in avg]
+
+    def resp_H(l):
+        r = np.zeros((M, F))
+        for m in range(l):
+            w = b[l, m + 1] * xi[m + 1] ** 2
+            r[:, Sx(m)] = w * lW[m + 1] * np.eye(M)
+            r[:, Px(m)] = w * CW[m + 1] * np.eye(M)
+        return r
+
+    R = np.zeros((F, F))
+    for m in range(nf):
+        for j in range(m):
+            R[Sx(m), Sx(j)] = rho[m, j] * Mss[m]
+            R[Px(m), Sx(j)] = Th[m][:, None] * rho[m, j] * Mpp[m]
+        R[Px(m)] += PPv[m][:, None] * resp_H(m)
+    own = np.zeros((F, F))
+    o = np.outer
+
+    def put(r, c, v):
+        own[r, c] = v
+        own[c, r] = v.T
+
+    kt = {}                                       # two-depth pair averages, (kind, kind, l, m)
+    for m in range(nf):
+        ssss, sspp, pppp = (avg[m].quad(k)[pa[:, None], pb[:, None], pa[None, :], pb[None, :]]
+                            for k in ("ssss", "sspp", "pppp"))
+        put(Sx(m), Sx(m), ssss - o(Sv[m], Sv[m]))
+        put(Sx(m), Px(m), (sspp - o(Sv[m], PPv[m])) * Th[m][None, :])
+        put(Px(m), Px(m), (pppp - o(PPv[m], PPv[m])) * o(Th[m], Th[m]))
+        for j in range(m):
+            if not np.any(C[m, j] != 0.0):
+                continue
+            for k1, k2 in (("s", "s"), ("s", "p"), ("p", "s"), ("p", "p")):
+                kt[(k1, k2, m, j)] = _kind_two_depth(act, C, m, j, P, k1, k2, accuracy)
+            put(Sx(m), Sx(j), kt[("s", "s", m, j)] - o(Sv[m], Sv[j]))
+            put(Sx(m), Px(j), (kt[("s", "p", m, j)] - o(Sv[m], PPv[j])) * Th[j][None, :])
+            put(Px(m), Sx(j), (kt[("p", "s", m, j)] - o(PPv[m], Sv[j])) * Th[m][:, None])
+            put(Px(m), Px(j), (kt[("p", "p", m, j)] - o(PPv[m], PPv[j])) * o(Th[m], Th[j]))
+    nw = np.tile(np.repeat(np.array([mlp.widths[m + 1] for m in range(nf)], float), M), 2)
+    own_n = own / nw[None, :]
+    dress = np.linalg.inv(np.eye(F) - R)
+    ctil = own_n @ dress.T
+    Sig = _stein_lyapunov(R, own_n + ctil @ R.T + R @ ctil.T)
+    SS = slice(0, nf * M)                         # the S block (V and G1 use it alone)
+    SigS, dressS = Sig[SS, SS], dress[SS, SS]
+    # --- two-depth averages for the own terms of the mean shifts ---
+    todo = [(m, l, p, f) for l in range(nf) for m in range(l) if np.any(C[l, m] != 0.0)
+            for p in P for f in P]
+    td = _two_depth(act, C, todo, accuracy) if todo else {}   # F = sigma sigma (as G1)
+    items_pp = [((tuple((m, i, "s") for i in p)), tuple((l, i, "p") for i in f))
+                for (m, l, p, f) in todo]
+    tp = _stein_moments(act, C, items_pp, accuracy, 2) if items_pp else {}
+    Ms = _f_forms(mlp, Ks, Ths, avg, a, varw, C, accuracy)
+    nU = L * N
+    Fd = nU + L * N * N
+    gm = np.zeros((N, N))                         # E[z z] - K, unnormalized
+    h = np.zeros((N, N))                          # H1 / n, unnormalized
+    for l in range(L - 1):
+        r = np.kron(rho[l], np.eye(M))            # (M, nf M): Khat_l's response to S
+        Vk = r @ SigS @ r.T
+        V4 = Vk[pidx[:, :, None, None], pidx[None, None, :, :]]
+        anyV = bool(np.any(V4))
+        d_ss = apply_M(avg[l].Mss, gm) + (avg[l].d4_source(V4, "s") if anyV else 0.0)
+        d_pp = apply_M(avg[l].Mpp, gm) + (avg[l].d4_source(V4, "p") if anyV else 0.0)
+        cov = np.zeros((N, N))
+        if l >= 1:
+            d_ss = d_ss + _own_shift(l, P, pidx, rho, dressS, nw, M, avg, td, kind="s")
+            d_pp = d_pp + _own_shift(l, P, pidx, rho, dressS, nw, M, avg, tp, kind="p")
+            cov = _cov_pH(l, mlp, act, P, pidx, M, nf, rho, Mpp, resp_H, Sig, dress, nw, C,
+                          kt, avg, Th, Sv, PPv, a, varw, Ms[l], nU, Fd, N, accuracy)
+        h = (xi[l + 1] ** 2 * (lW[l + 1] * d_ss
+                               + CW[l + 1] * (Ths[l] * d_pp + avg[l].PP * h + cov))
+             + g[l + 1] ** 2 * h)
+        gm = xi[l + 1] ** 2 * CW[l + 1] * d_ss + g[l + 1] ** 2 * gm
+        H1[l + 1] = mlp.widths[l + 1] * h
+    return H1
+
+
+def _own_shift(l, P, pidx, rho, dressS, nw, M, avg, td, kind):
+    """The neuron's own dressed term in ``delta_{f_a f_b}`` at layer l, f = s or p:
+    ``(1/2) sum_{m'} rho_{lm'} sum_{(e,h) ordered} c~_{(m', eh)}[d_e d_h f_a f_b]``."""
+    N = avg[l].N
+    op = avg[l].Mss if kind == "s" else avg[l].Mpp
+    out = np.zeros((N, N))
+    nS = dressS.shape[0]
+    for f in P:
+        Hs = _hess(op, f)
+        derivs = {}
+        for m in range(l):
+            for p in P:
+                key = (m, l, p, f) if kind == "s" else (
+                    tuple((m, i, "s") for i in p), tuple((l, i, "p") for i in f))
+                if key not in td:
+                    continue
+                if kind == "s":
+                    _, D2 = td[key]
+                    pairs = D2.items()
+                else:
+                    _, _, g2, ys = td[key]
+                    pairs = (((ys[i], ys[j]), g2[i, j]) for i in range(len(ys))
+                             for j in range(len(ys)))
+                for q, v in pairs:
+                    derivs.setdefault(q, np.zeros(nS))[m * M + pidx[p]] = (
+                        v - avg[m].S[p] * Hs[q]) / nw[m * M]
+        tot = 0.0
+        for q, vec in derivs.items():
+            dv = dressS @ vec
+            tot += 0.5 * sum(rho[l, mp] * dv[mp * M + pidx[q]] for mp in range(l))
+        out[f] = out[f[::-1]] = tot
+    return out
+
+
+def _cov_pH(l, mlp, act, P, pidx, M, nf, rho, Mpp, resp_H, Sig, dress, nw, C, kt, avg, Th,
+            Sv, PPv, a, varw, Mf, nU, Fd, N, accuracy):
+    """``Cov(sigma'_a sigma'_b(z_j^(l)), H_{jj;ab}^(l))`` (N, N), unnormalized: the shared
+    fields plus the neuron's own conditional NTK mean (F's form on the diagonal)."""
+    F = Sig.shape[0]
+    out = np.zeros((N, N))
+    # E[s_c sigma'_e(z^(p)) d_x (p_a p_b)(z^(l))] for p < l (Stein along z^(l))
+    items = [(tuple([(p, c, "s"), (p, e, "p")]), tuple((l, i, "p") for i in f))
+             for p in range(l) for c in range(N) for e in range(N) for f in P]
+    ws = _stein_moments(act, C, items, accuracy, 1) if items else {}
+    vU = np.zeros((Fd, N))                        # Cov(U_{m;c}, z^(l)): rows of the features
+    for m in range(l + 1):
+        vU[m * N:(m + 1) * N] = a[l, m] * varw[m]
+    for k, f in enumerate(P):
+        # shared fields: response of <p_a p_b>_{Khat_l}, and the dressed own covariances
+        rf = np.zeros(F)
+        for m in range(l):
+            rf[m * M:(m + 1) * M] = rho[l, m] * Mpp[l][k]
+        rH = resp_H(l)[k]
+        cf = np.zeros(F)
+        for m in range(l):
+            if ("p", "s", l, m) not in kt:
+                continue
+            cf[m * M:(m + 1) * M] = kt[("p", "s", l, m)][k] - PPv[l][k] * Sv[m]
+            cf[(nf + m) * M:(nf + m + 1) * M] = (kt[("p", "p", l, m)][k]
+                                                 - PPv[l][k] * PPv[m]) * Th[m]
+        val = float(rf @ Sig @ rH + rH @ (dress @ (cf / nw)))
+        # own part: sum_{alpha beta} M^{ab}_{alpha beta} Cov(f(z^(l)), phi_alpha phi_beta)
+        Hs = _hess(avg[l].Mpp, f)
+        W = np.zeros((Fd, N))                     # E[S_{p;(c,e)} grad f(z^(l))]
+        for p in range(l):           # (independent depths: the product, same formula)
+            for c in range(N):
+                for e in range(N):
+                    _, g1, _, ys = ws[(((p, c, "s"), (p, e, "p")), tuple((l, i, "p") for i in f))]
+                    for i, y in enumerate(ys):
+                        W[nU + p * N * N + c * N + e, y] = g1[i]
+        Mab = Mf[f[0], f[1]]
+        own = (np.einsum("xe,xy,yh,eh->", vU, Mab, vU, Hs)
+               + np.einsum("xe,xy,ye->", vU, Mab, W) + np.einsum("xe,xy,ye->", W, Mab, vU))
+        val += own / mlp.widths[l]
+        out[f] = out[f[::-1]] = val
+    return out
+
+
+# ---------------------------------------------------------------------------
+# kappa3: the N-input three-point function (non-odd sigma)
+# ---------------------------------------------------------------------------
+
+
+def residual_kappa3_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> np.ndarray:
+    r"""The N-input three-point function ``kappa3`` of a residual MLP at every layer.
+
+    ``E[z_{i;a} z_{j;b} z_{k;c}] = (1/n_{l-1}) [d_ij kappa3_{abc} + d_ik kappa3_{acb}
+    + d_jk kappa3_{bca}]`` with ``kappa3_{abc} = n_{l-1} E[z_{i;a} z_{i;b} z_{k;c}]``
+    (i != k; symmetric in a, b); one input: the ``kappa3`` of
+    :func:`pdlt.theory.vertex.three_point_step`. In the field picture of
+    :mod:`pdlt.theory.residual_multi` neuron i's ``z_a z_b`` answers the fields through
+    ``Khat^{ab}`` and neuron k's ``z_c`` has no response (its conditional mean is 0), so
+    only k's own dressed terms remain:
+
+    .. math::
+        \kappa_{3;abc} = n\,\rho(z_az_b)^T (1 - R)^{-1} c(z_c),\qquad
+        c(z_c)_{(m,p)} = \mathrm{Cov}(\sigma_{p_1}\sigma_{p_2}(z^{(m)}), z_c^{(l)}) / n_m
+        = \textstyle\sum_e C_{lm}^{ce}\langle\partial_e(\sigma_{p_1}\sigma_{p_2})\rangle / n_m.
+
+    Zero for odd sigma (``<sigma' sigma>`` vanishes) and at gamma = 0 (``C_lm = 0``).
+    Derivation: ``docs/derivations/residual_ntk_multi.md``, section "H1 and kappa3 at N
+    inputs (h39)".
+
+    Parameters
+    ----------
+    mlp : MLP
+    x : array_like (N, n0), optional
+    Ks : ndarray (L, N, N), optional
+        The infinite-width kernels instead of ``x`` (give exactly one).
+    accuracy : {"fast", "default", "high"}
+
+    Returns
+    -------
+    ndarray (L, N, N, N)
+        ``kappa3[l, a, b, c]``, normalized by ``n_{l-1}``; layer 1 is 0.
+
+    Examples
+    --------
+    >>> import numpy as np, pdlt
+    >>> from pdlt.theory.residual_multi_mean import residual_kappa3_multi
+    >>> m = pdlt.MLP(n0=2, width=8, depth=3, activation="relu", C_W=1.5, gamma=0.5)
+    >>> residual_kappa3_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
+    (3, 2, 2, 2)
+    """
+    Ks, _, reps, inv = _prepare(mlp, x, Ks, None, accuracy, thetas=False)
+    out = _kappa3_multi(mlp, Ks[:, reps[:, None], reps[None, :]], accuracy)
+    if len(reps) < Ks.shape[1]:
+        out = out[np.ix_(np.arange(mlp.depth), inv, inv, inv)]
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("kappa3 overflowed; reduce the depth or initialize at "
+                                 "criticality (pdlt.criticality)")
+    return out
+
+
+def _kappa3_multi(mlp, Ks, accuracy):
+    L, N = Ks.shape[0], Ks.shape[1]
+    out = np.zeros((L, N, N, N))
+    if L == 1 or is_odd(mlp.activation):      # odd sigma: every odd cumulant vanishes
+        return out
+    diag, avg = _layer_tables(mlp, Ks, accuracy)
+    P, pidx = _pairs(N)
+    M = len(P)
+    nf = L - 1
+    a = _coefficients(mlp)
+    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    varw = np.empty((L, N, N))
+    varw[0] = Ks[0]
+    for q in range(1, L):
+        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
+    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
+    rho = np.zeros((L, nf))
+    for l in range(L):
+        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
+    R = np.zeros((nf * M, nf * M))
+    for m in range(nf):
+        Mop = _m_matrix(avg[m], P)
+        for j in range(m):
+            R[m * M:(m + 1) * M, j * M:(j + 1) * M] = rho[m, j] * Mop
+    dress = np.linalg.inv(np.eye(nf * M) - R)
+    # dS[m][p, e] = <d_e (sigma_p1 sigma_p2)>_{K^(m)}, from <sigma_c sigma'_e> (_pair_sd)
+    dS = []
+    for m in range(nf):
+        sd = _pair_sd(avg[m])                     # [c, e] = <sigma_c sigma'_e>
+        d = np.zeros((M, N))
+        for k, (p1, p2) in enumerate(P):
+            if p1 == p2:
+                d[k, p1] = 2.0 * sd[p1, p1]
+            else:
+                d[k, p1], d[k, p2] = sd[p2, p1], sd[p1, p2]
+        dS.append(d)
+    nw = np.array([mlp.widths[m + 1] for m in range(nf)], float)
+    for l in range(1, L):
+        cv = np.zeros((nf * M, N))                # c(z_c) on every field, (fields, c)
+        for m in range(l):
+            cv[m * M:(m + 1) * M] = dS[m] @ C[l, m].T / nw[m]      # sum_e dS[p, e] C[c, e]
+        ct = dress @ cv
+        r = np.kron(rho[l], np.eye(M))            # (M, nf M)
+        k3 = mlp.widths[l] * (r @ ct)             # (pairs, c)
+        out[l] = k3[pidx]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the mixed vertex C^(l,L) between a hidden layer's metric and the output (hebbian shift)
+# ---------------------------------------------------------------------------
+
+
+def residual_mixed_vertex(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> np.ndarray:
+    r"""``C^(l,L)_{(ab)(cd)} = Cov(Ghat^(l)_ab, z^(L)_{i;c} z^(L)_{i;d})`` of a residual MLP.
+
+    ``Ghat^(l)_ab = (1/n_l) sum_j z^(l)_{j;a} z^(l)_{j;b}`` is hidden layer l's metric, i an
+    output neuron; the mixed vertex of
+    :func:`pdlt.learning.finite_bayes.hebbian_kernel_shift` (``docs/derivations/finite_bayes.rst``),
+    at order 1/n. In the field picture of :mod:`pdlt.theory.residual_multi` (``Phi = z_a z_b``
+    at layer l, ``Psi = z_c z_d`` at the output):
+
+    .. math::
+        C^{(l,L)} = \frac{1}{n_l}\,(C_{ac}C_{bd} + C_{ad}C_{bc})
+            + \rho(\Phi)^T\Sigma\rho(\Psi) + \tilde c(\Phi)^T\rho(\Psi)
+            + \rho(\Phi)^T\tilde c(\Psi),
+
+    the first term the output neuron's own past in ``Ghat^(l)`` (``C = Cov(z^(l), z^(L))`` of
+    one neuron: zero unless the output layer continues layer l's neurons), the rest the
+    cross-neuron covariance of section 3 of the derivation, with ``c(Phi)`` on every field
+    (also the fields after layer l, which move the output through ``rho(Psi)``). At gamma = 0
+    it is the plain recursion ``C^(l,l'+1) = C_W M^(l') C^(l,l')`` of ``hebbian_kernel_shift``.
+    Derivation: ``docs/derivations/residual_ntk_multi.md``, section "H1 and kappa3 at N inputs
+    (h39)".
+
+    Parameters
+    ----------
+    mlp : MLP
+    x : array_like (N, n0), optional
+    Ks : ndarray (L, N, N), optional
+        The infinite-width kernels instead of ``x`` (give exactly one).
+    accuracy : {"fast", "default", "high"}
+
+    Returns
+    -------
+    ndarray (L-1, N, N, N, N)
+        ``C^(l,L)`` for the hidden layers l = 1..L-1 (unnormalized: it carries its 1/n).
+    """
+    Ks, _, reps, inv = _prepare(mlp, x, Ks, None, accuracy, thetas=False)
+    out = _mixed_vertex(mlp, Ks[:, reps[:, None], reps[None, :]], accuracy)
+    if len(reps) < Ks.shape[1]:
+        out = out[np.ix_(np.arange(out.shape[0]), inv, inv, inv, inv)]
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("the mixed vertex overflowed; reduce the depth or initialize "
+                                 "at criticality (pdlt.criticality)")
+    return out
+
+
+def _mixed_vertex(mlp, Ks, accuracy):
+    act = mlp.activation
+    L, N = Ks.shape[0], Ks.shape[1]
+    out = np.zeros((max(L - 1, 0),) + (N,) * 4)
+    if L == 1:
+        return out
+    diag, avg = _layer_tables(mlp, Ks, accuracy)
+    P, pidx = _pairs(N)
+    M = len(P)
+    pa, pb = np.array([i for i, _ in P]), np.array([j for _, j in P])
+    nf = L - 1
+    a = _coefficients(mlp)
+    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    varw = np.empty((L, N, N))
+    varw[0] = Ks[0]
+    for q in range(1, L):
+        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
+    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
+    rho = np.zeros((L, nf))
+    for l in range(L):
+        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
+    F = nf * M
+    R = np.zeros((F, F))
+    own = np.zeros((F, F))
+    for m in range(nf):
+        sl = slice(m * M, (m + 1) * M)
+        Mop = _m_matrix(avg[m], P)
+        for j in range(m):
+            R[sl, j * M:(j + 1) * M] = rho[m, j] * Mop
+        Q4, S = avg[m].quad("ssss"), avg[m].S
+        own[sl, sl] = Q4[pa[:, None], pb[:, None], pa[None, :], pb[None, :]] - np.outer(
+            S[pa, pb], S[pa, pb])
+        for j in range(m):
+            if np.any(C[m, j] != 0.0):
+                v = _kind_two_depth(act, C, m, j, P, "s", "s", accuracy) - np.outer(
+                    S[pa, pb], avg[j].S[pa, pb])
+                own[sl, j * M:(j + 1) * M] = v
+                own[j * M:(j + 1) * M, sl] = v.T
+    nw = np.repeat(np.array([mlp.widths[m + 1] for m in range(nf)], float), M)
+    own_n = own / nw[None, :]
+    dress = np.linalg.inv(np.eye(F) - R)
+    ctil = own_n @ dress.T
+    Sig = _stein_lyapunov(R, own_n + ctil @ R.T + R @ ctil.T)
+
+    def cvec(l, upto):
+        """(M, F): c(z_a z_b at layer l) on the fields m < upto, 2 M_m[sym(C_lm C_lm)] / n_m."""
+        c = np.zeros((M, F))
+        for m in range(min(upto, nf)):
+            if not np.any(C[l, m] != 0.0):
+                continue
+            for k, (a1, a2) in enumerate(P):
+                X = np.outer(C[l, m][a1], C[l, m][a2])
+                c[k, m * M:(m + 1) * M] = 2.0 * apply_M(avg[m].Mss, 0.5 * (X + X.T))[pa, pb]
+        return c / nw[None, :]
+
+    Lo = L - 1
+    rP = np.kron(rho[Lo], np.eye(M))              # (M, F): response of Khat at the output
+    ctP = cvec(Lo, nf) @ dress.T                  # c~(z_c z_d at the output)
+    sel = (pidx[:, :, None, None], pidx[None, None, :, :])
+    for l in range(L - 1):
+        rl = np.kron(rho[l], np.eye(M))
+        ctl = cvec(l, nf) @ dress.T               # every field: the later ones move the output
+        cross = rl @ Sig @ rP.T + ctl @ rP.T + rl @ ctP.T
+        Cl = C[l, Lo]                             # one neuron's Cov(z^(l), z^(L))
+        same = (np.einsum("ac,bd->abcd", Cl, Cl) + np.einsum("ad,bc->abcd", Cl, Cl)) \
+            / mlp.widths[l + 1]
+        out[l] = cross[sel] + same
+    return out
