@@ -747,9 +747,9 @@ def _closed_last(K, fs, order, L):
 # GELU: the last two axes in closed form (bivariate normal)
 # ---------------------------------------------------------------------------
 
-#: (P, A, B, a) of GELU's sigma ``z Phi(z)``: a pair of such slots has the
-#: bivariate closed form of :func:`_zphi_pair`
-_ZPHI = ((), (0.0, 1.0), (), 1.0)
+#: (P, A, B, a) of GELU's sigma ``z Phi(z)`` ("s") and sigma' ``Phi(z) + z phi(z)`` ("p"):
+#: a pair of slots of one kind has the bivariate closed form of :func:`_zphi_pair`
+_PAIR_KINDS = {((), (0.0, 1.0), (), 1.0): "s", ((), (1.0,), (0.0, 1.0), 1.0): "p"}
 #: ``|r|`` (the correlation of the pair's augmented variables, :func:`_zphi_pair`) up to
 #: which the pair path is taken, and the Gauss-Legendre sizes of :func:`_bvn` per ``|r|``:
 #: <= 4e-16 absolute against Owen's T (scipy) on ``|h|, |k| <= 9`` at every bound, while
@@ -759,8 +759,11 @@ _BVN_NODES = ((0.3, 6), (0.7, 12), (0.8, 16), (_PAIR_R_MAX, 20))
 _PAIR_BLOCK = 2 ** 14     # points per block of the pair closed form (temporaries in cache)
 
 
-def _is_zphi(f):
-    return isinstance(f, NormalFamily) and (f.P, f.A, f.B, f.a) == _ZPHI
+def _pair_kind(f):
+    """"s" for GELU's ``z Phi``, "p" for its ``Phi + z phi``, else None."""
+    if not isinstance(f, NormalFamily):
+        return None
+    return _PAIR_KINDS.get((f.P, f.A, f.B, f.a))
 
 
 @functools.lru_cache(maxsize=8)
@@ -809,25 +812,31 @@ def _bvn(h, k, r):
     return tot
 
 
-def _zphi_pair(m1, m2, v1, v2, c12):
-    r"""``<g(X) g(Y)>`` for ``g(z) = z Phi(z)`` and ``(X, Y) ~ N((m1, m2), [[v1, c12], [c12, v2]])``.
+def _zphi_pair(m1, m2, v1, v2, c12, kind="s"):
+    r"""``<g(X) g(Y)>`` for GELU's ``g(z) = z Phi(z)`` (``kind`` "s") or its derivative
+    ``g'(z) = Phi(z) + z phi(z)`` ("p"), ``(X, Y) ~ N((m1, m2), [[v1, c12], [c12, v2]])``.
 
     With ``e1, e2 ~ N(0, 1)`` independent, ``g(X) = E_e[X 1{A > 0}]`` for
     ``A = X - e1`` (and ``B = Y - e2``), so the average is
-    ``E[X Y 1{A > 0, B > 0}]``. ``(A, B)`` has covariance ``S = Sigma + I``;
+    ``F = E[X Y 1{A > 0, B > 0}]``. ``(A, B)`` has covariance ``S = Sigma + I``;
     given ``(A, B)``, ``(X, Y)`` has mean ``m + beta ((A, B) - m)`` and
     covariance ``beta`` with ``beta = Sigma S^-1 = I - S^-1``. In the
     standardized ``a = (A - m1) / sigma_A``, ``b = (B - m2) / sigma_B``
-    (correlation ``r = c12 / (sigma_A sigma_B)``, ``s = sqrt(1 - r^2)``) the
-    region is ``a > -h, b > -k`` (``h = m1 / sigma_A``, ``k = m2 / sigma_B``),
-    and the truncated moments of a standard bivariate normal (Stein's lemma)
-    close it: with ``P = Phi_2(h, k; r)``, ``A1 = phi(h) Phi((k - r h) / s)``,
+    (correlation ``r = c12 / (sigma_A sigma_B)``, ``s = sqrt(1 - r^2)``;
+    ``mu_X = m1 + p1 a + q1 b``, ``mu_Y = m2 + p2 a + q2 b``) the region is
+    ``a > -h, b > -k`` (``h = m1 / sigma_A``, ``k = m2 / sigma_B``), and the
+    truncated moments of a standard bivariate normal (Stein's lemma) close
+    it: with ``P = Phi_2(h, k; r)``, ``A1 = phi(h) Phi((k - r h) / s)``,
     ``A2 = phi(k) Phi((h - r k) / s)``, ``Q = phi(h) phi((k - r h) / s)``:
     ``E[a] = A1 + r A2``, ``E[a^2] = P - h A1 - r^2 k A2 + r s Q``,
     ``E[a b] = r P - r h A1 - r k A2 + s Q`` (and b's by symmetry).
     Collected: ``(m1 m2 + c_P) P + (al11 m1 + al12 m2) A1 + (al21 m1 + al22 m2) A2
-    + c_Q Q``. Exact (the bivariate CDF to 4e-16, :func:`_bvn`); any rank
-    of Sigma (S is positive definite).
+    + c_Q Q``. The derivative pair is ``d^2 F / dm1 dm2``: the indicator's
+    derivatives are deltas at ``A = 0`` / ``B = 0``, giving
+    ``P + [(m1 - (p1 + r q1) h) A1 + q1 s Q] / sigma_A + [(m2 - (q2 + r p2) k) A2
+    + p2 s Q] / sigma_B + Q (mu_X mu_Y + beta_12) / (s sigma_A sigma_B)`` with the
+    means at ``A = B = 0``. Exact (the bivariate CDF to 4e-16, :func:`_bvn`);
+    any rank of Sigma (S is positive definite).
 
     Parameters
     ----------
@@ -835,6 +844,7 @@ def _zphi_pair(m1, m2, v1, v2, c12):
         Conditional means at the outer points.
     v1, v2, c12 : ndarray (b, 1)
         The pair's conditional covariance (one per covariance), ``|r| <= _PAIR_R_MAX``.
+    kind : {"s", "p"}
 
     Returns
     -------
@@ -847,17 +857,24 @@ def _zphi_pair(m1, m2, v1, v2, c12):
     r = c12 / (sa * sb)
     s = np.sqrt(1.0 - r * r)
     p1, q1, p2, q2 = b11 * sa, b12 * sb, b12 * sa, b22 * sb    # mu_X = m1 + p1 a + q1 b, ...
-    pp, qq, x = p1 * p2, q1 * q2, p1 * q2 + q1 * p2
-    cP = b12 + pp + qq + r * x
-    cQ = s * (r * (pp + qq) + x)
-    al11 = p2 + r * q2 - (pp + r * r * qq + r * x) / sa
-    al12 = p1 + r * q1
-    al21 = r * p2 + q2
-    al22 = r * p1 + q1 - (r * r * pp + qq + r * x) / sb
+    if kind == "s":
+        pp, qq, x = p1 * p2, q1 * q2, p1 * q2 + q1 * p2
+        cP = b12 + pp + qq + r * x
+        cQ = s * (r * (pp + qq) + x)
+        al11 = p2 + r * q2 - (pp + r * r * qq + r * x) / sa
+        al12 = p1 + r * q1
+        al21 = r * p2 + q2
+        al22 = r * p1 + q1 - (r * r * pp + qq + r * x) / sb
+    elif kind == "p":
+        al11, al12 = (1.0 - (p1 + r * q1) / sa) / sa, 0.0
+        al21, al22 = 0.0, (1.0 - (q2 + r * p2) / sb) / sb
+    else:
+        raise ValueError(f"kind must be 's' or 'p'; got {kind!r}")
     h = m1 * (1.0 / sa)
     k = m2 * (1.0 / sb)
     out = _bvn(h, k, r)
-    out *= m1 * m2 + cP
+    if kind == "s":
+        out *= m1 * m2 + cP
     t = k - r * h
     t *= 1.0 / s                                          # (k - r h) / s
     ph = h * h
@@ -870,7 +887,21 @@ def _zphi_pair(m1, m2, v1, v2, c12):
     t *= -0.5
     np.exp(t, out=t)
     t *= ph
-    t *= _PHI * cQ                                        # c_Q Q
+    t *= _PHI                                             # Q
+    if kind == "s":
+        t *= cQ
+    else:
+        # Q [s (q1 / sigma_A + p2 / sigma_B) + (u1 u2 + beta_12) / (s sigma_A sigma_B)],
+        # u1, u2 the means of X, Y at A = B = 0
+        u1 = m1 * (1.0 - p1 / sa)
+        u1 -= m2 * (q1 / sb)
+        u2 = m2 * (1.0 - q2 / sb)
+        u2 -= m1 * (p2 / sa)
+        u1 *= u2
+        u1 += b12
+        u1 *= 1.0 / (s * sa * sb)
+        u1 += s * (q1 / sa + p2 / sb)
+        t *= u1
     out += t
     t = al11 * m1
     t += al12 * m2
@@ -935,7 +966,8 @@ def _pair_factor(R, scale, pair):
 
 
 def _pair_choice(fs, K, accuracy, growth, gh_up):
-    """Per covariance, the pair of ``z Phi`` slots whose closed form costs the fewest
+    """Per covariance, the pair of slots of one kind (:func:`_pair_kind`) whose closed
+    form costs the fewest
     outer points (:func:`axis_rules` on the outer axes, the d-variable rules), among
     the pairs with ``|r| <= _PAIR_R_MAX``.
 
@@ -944,8 +976,9 @@ def _pair_choice(fs, K, accuracy, growth, gh_up):
     factor (:func:`_pair_factor`) and outer rule codes.
     """
     B, d, _ = K.shape
-    slots = [k for k, f in enumerate(fs) if _is_zphi(f)]
-    pairs = list(itertools.combinations(slots, 2))
+    kinds = [_pair_kind(f) for f in fs]
+    pairs = [(i, j) for i, j in itertools.combinations(range(d), 2)
+             if kinds[i] is not None and kinds[i] == kinds[j]]
     lam, U = np.linalg.eigh(K)
     R = U * np.sqrt(np.maximum(lam, 0.0))[:, None, :]
     scale = np.maximum(np.max(np.diagonal(K, axis1=1, axis2=2), axis=1), 1e-300)
@@ -995,19 +1028,21 @@ def _pair_sum(fs, pairs, choice, order, Lo, S2, codes, mass):
                 vals.append(fo[k](coef @ U.T))                       # (b, P_k)
             Ul = levels[-1][0]
             acc = _zphi_pair(Lb[:, i, :] @ Ul.T, Lb[:, j, :] @ Ul.T, S2[bi, 0, 0, None],
-                             S2[bi, 1, 1, None], S2[bi, 0, 1, None])
+                             S2[bi, 1, 1, None], S2[bi, 0, 1, None], _pair_kind(fs[i]))
             out[bi] = _fold_outer(vals, acc, levels, no + 1)
     return out
 
 
 def _smooth_path(fs, K, order, L, accuracy, return_error, growth, gh_up):
     """The smooth path (:func:`_gh_path`); for GELU (``growth``) averages of three or
-    four variables with two ``z Phi`` slots, the last two axes in closed form
+    four variables with two slots of one kind (:func:`_pair_kind`: ``z Phi`` or
+    ``Phi + z phi``), the last two axes in closed form
     (:func:`_pair_sum`) where a pair qualifies, the outer axes with the rules
     the d-variable average gives them (so its error estimate, the difference
     from :func:`_lower_rule` on those axes, is of the same kind)."""
     B, d, _ = K.shape
-    if growth is None or d < 3 or sum(_is_zphi(f) for f in fs) < 2:
+    kinds = [k for k in map(_pair_kind, fs) if k is not None]
+    if growth is None or d < 3 or len(kinds) == len(set(kinds)):
         if growth is not None and d > 1:
             order, L = _closed_last(K, fs, order, L)
         return _gh_path(fs, order, L, accuracy, return_error, growth=growth, gh_up=gh_up)
