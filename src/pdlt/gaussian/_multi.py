@@ -86,6 +86,23 @@ outer axes (error of the closed form ~1e-16, checked against adaptive
 quadrature in ``tests/gaussian/test_multi_normal.py``). GELU's trapezoid axes
 use the rule of an entire function (``axis_rules``, ``growth``).
 
+**GELU: the last two axes in closed form.** A three- or four-variable GELU
+average with two slots of one kind, ``z Phi`` (sigma) or ``Phi + z phi``
+(sigma'), puts that pair last and integrates it in closed form
+(:func:`_zphi_pair`: with ``z Phi(z) = E_e[z 1{z > e}]`` the pair average is a
+truncated moment of a bivariate normal; the bivariate CDF by Sheppard's
+formula with 6-20 Gauss-Legendre nodes, 4e-16 absolute; sigma' pairs are its
+mixed derivative in the two means). Only the other one or two axes are
+summed, with the rules the d-variable average gives them (the pair of the
+fewest outer points is chosen), and the error estimate is the same
+difference from the lower rule on those axes. Where the pair's augmented
+correlation exceeds ``_PAIR_R_MAX`` = 0.925 the one-axis path is taken. Against
+the one-axis path at "higher" (``tests/gaussian/test_gelu_pair.py``): within
+its estimate plus the |u| = 8 truncation (<= 1e-11 of the scale); the N = 16
+V and G1 at depth 10: 31 -> 6 CPU s, GELU's ten NTK tensors at N = 8 from
+~3.2x tanh's cost to ~1x (``benchmarks/gelu_cost.py``, benchmarks/README.md
+"Fifth pass (h46): GELU").
+
 **ReLU family (products of ``a_+- z`` and ``a_+-``): closed form.** The
 functions are ``PiecewiseMonomial``. Every average of two to four of them
 is first tried in closed form (:mod:`pdlt.gaussian._orthant`: Stein's lemma
