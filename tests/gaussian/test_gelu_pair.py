@@ -84,7 +84,10 @@ def _pair_reference(m1, m2, v1, v2, c12):
         x = m1 + sd * u
         inner = SIG.inner(np.array([m2 + slope * sd * u]), np.array([math.sqrt(rest)]))[0]
         return float(SIG(np.array(x)) * inner) * math.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
-    return integrate.quad(f, -12, 12, epsabs=1e-15, epsrel=1e-14, limit=400)[0]
+    # the steps of g(x) at x = 0 and of E[g(Y) | x] where its mean crosses 0
+    kinks = [u for u in (-m1 / sd, -m2 / (slope * sd) if slope else 99.0) if abs(u) < 12]
+    return integrate.quad(f, -12, 12, points=kinks or None, epsabs=1e-15, epsrel=1e-14,
+                          limit=400)[0]
 
 
 def _random_cases(rng):
@@ -237,7 +240,10 @@ def _pair_reference_p(m1, m2, v1, v2, c12):
         inner = p.inner(np.array([m2 + slope * sd * u]), np.array([math.sqrt(rest)]))[0]
         return float(p(np.array(m1 + sd * u)) * inner) * math.exp(-0.5 * u * u) \
             / math.sqrt(2 * math.pi)
-    return integrate.quad(f, -12, 12, epsabs=1e-15, epsrel=1e-14, limit=400)[0]
+    # the steps of g(x) at x = 0 and of E[g(Y) | x] where its mean crosses 0
+    kinks = [u for u in (-m1 / sd, -m2 / (slope * sd) if slope else 99.0) if abs(u) < 12]
+    return integrate.quad(f, -12, 12, points=kinks or None, epsabs=1e-15, epsrel=1e-14,
+                          limit=400)[0]
 
 
 @pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
