@@ -812,17 +812,18 @@ def _bvn(h, k, r):
     a = np.arcsin(r)                                     # (b, 1)
     hs = h * h
     hs += k * k
-    hs *= -0.5
+    hs *= 0.5
     hk = h * k
     tot = np.zeros(np.shape(h))
     tmp = np.empty(np.shape(h))
     for xi, wi in zip(x, w):
         sn = np.sin(0.5 * (1.0 + xi) * a)                # (b, 1)
-        inv = 1.0 / (1.0 - sn * sn)                      # 1 / cos^2
-        np.multiply(hk, sn * inv, out=tmp)
-        tmp += hs * inv
+        # w_i exp((h k sin t - (h^2 + k^2) / 2) / cos^2 t), the weight in the exponent
+        np.multiply(hk, sn, out=tmp)
+        tmp -= hs
+        tmp *= 1.0 / (1.0 - sn * sn)
+        tmp += math.log(wi)
         np.exp(tmp, out=tmp)
-        tmp *= wi
         tot += tmp
     tot *= a * (0.25 / math.pi)                          # (asin r / 2) (1 / 2 pi)
     tot += special.ndtr(h) * special.ndtr(k)
@@ -1028,8 +1029,11 @@ def _pair_sum(fs, pairs, choice, order, Lo, S2, codes, mass):
     keys, inv = np.unique(np.concatenate([codes[sel], fid[order[sel]], choice[sel, None]],
                                          axis=1), axis=0, return_inverse=True)
     inv = np.asarray(inv).reshape(-1)
+    # |r| of each pair: blocks of similar |r| take the fewest nodes in _bvn
+    rabs = np.abs(S2[:, 0, 1]) / np.sqrt((S2[:, 0, 0] + 1.0) * (S2[:, 1, 1] + 1.0))
     for g, key in enumerate(keys):
         idx = sel[inv == g]
+        idx = idx[np.argsort(rabs[idx], kind="stable")]
         cds = tuple(int(q) for q in key[:no])
         fo = [fs[int(v)] for v in key[no:2 * no]]
         i, j = pairs[int(key[2 * no])]
