@@ -298,3 +298,58 @@ def test_pair_path_at_large_variances():
         for g, e, w, Kb in zip(got, est, fine, K):
             cs = _cs_scale(fs, Kb)
             assert abs(g - w) <= e + _UNESTIMATED * cs and e < 1e-8 * cs, (g - w, e, cs)
+
+
+def _pair_reference_sp(m1, m2, v1, v2, c12):
+    """<g(X) g'(Y)> by adaptive quadrature over X of g(X) E[g'(Y) | X]."""
+    p = normal_family(GELU, "d1")
+    sd = math.sqrt(v1)
+    slope, rest = c12 / v1, max(v2 - c12 * c12 / v1, 0.0)
+
+    def f(u):
+        inner = p.inner(np.array([m2 + slope * sd * u]), np.array([math.sqrt(rest)]))[0]
+        return float(SIG(np.array(m1 + sd * u)) * inner) * math.exp(-0.5 * u * u) \
+            / math.sqrt(2 * math.pi)
+    kinks = [u for u in (-m1 / sd, -m2 / (slope * sd) if slope else 99.0) if abs(u) < 12]
+    return integrate.quad(f, -12, 12, points=kinks or None, epsabs=1e-15, epsrel=1e-14,
+                          limit=400)[0]
+
+
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
+def test_zphi_pair_mixed_kind_against_quadrature():
+    rng = np.random.default_rng(9)
+    cases = [(0.3, -0.7, 1.0, 2.0, 0.0), (1.2, 0.4, 1.5, 0.8, 0.9), (-0.5, 2.0, 2.0, 3.0, -2.1),
+             (-6.0, -5.0, 1.0, 2.0, 0.7), (5.0, 6.0, 4.0, 9.0, 5.0), (2.0, 1.0, 9.0, 9.0, 8.0)]
+    cases += _random_cases(rng)
+    for m1, m2, v1, v2, c in cases:
+        got = float(_zphi_pair(np.array([[m1]]), np.array([[m2]]), np.array([[v1]]),
+                               np.array([[v2]]), np.array([[c]]), "sp")[0, 0])
+        want = _pair_reference_sp(m1, m2, v1, v2, c)
+        # sigma grows like |x|, sigma' is bounded
+        scale = (abs(m1) + math.sqrt(v1) + 1) * (1 + abs(m2) / math.sqrt(v2 + 1))
+        assert abs(got - want) <= 1e-14 * scale, (m1, m2, v1, v2, c, got, want)
+    # uncorrelated: the product of the one-variable closed forms
+    m1, m2 = rng.normal(size=(2, 3, 40)) * 3
+    v1, v2 = np.abs(rng.normal(size=(2, 3, 1))) * 2
+    got = _zphi_pair(m1, m2, v1, v2, np.zeros((3, 1)), "sp")
+    want = SIG.inner(m1, np.sqrt(v1)) * normal_family(GELU, "d1").inner(m2, np.sqrt(v2))
+    np.testing.assert_allclose(got, want, rtol=0, atol=16 * _EPS * np.max(np.abs(m1) + 2))
+
+
+@pytest.mark.parametrize("sig", [("ps", "p", "s"), ("s", "q", "p"), ("pq", "s", "p")])
+def test_mixed_pair_path_against_the_one_axis_path(sig):
+    # the NTK tensors' merged three-variable averages with one sigma and one sigma' slot
+    # (e.g. <(sigma' sigma)_a sigma'_b sigma_c>), at the rule of those averages
+    base = {"s": SIG, "p": normal_family(GELU, "d1"), "q": normal_family(GELU, "d2")}
+    fs = [base[nm] if len(nm) == 1 else
+          (lambda names: lambda z: np.prod([base[n](z) for n in names], axis=0))(nm)
+          for nm in sig]
+    K = _covs(np.random.default_rng(len(sig[0]) + 3 * len(sig[1])), 3, 1.5, 3, 4)
+    pairs, choice = _multi._pair_choice(fs, K, "default", GROWTH, None)[:2]
+    assert np.all(choice >= 0) and all(fs[i] is SIG for i, j in pairs)
+    got, est = expect_nd(fs, K, return_error=True, growth=GROWTH)
+    with _no_pair_path():
+        ref = expect_nd(fs, K, accuracy="higher", growth=GROWTH)
+    for g, e, w, Kb in zip(got, est, ref, K):
+        cs = _cs_scale(fs, Kb)
+        assert abs(g - w) < 1e-9 * cs and abs(g - w) <= e + _UNESTIMATED * cs, (g - w, e, cs)

@@ -87,12 +87,12 @@ quadrature in ``tests/gaussian/test_multi_normal.py``). GELU's trapezoid axes
 use the rule of an entire function (``axis_rules``, ``growth``).
 
 **GELU: the last two axes in closed form.** A three- or four-variable GELU
-average with two slots of one kind, ``z Phi`` (sigma) or ``Phi + z phi``
-(sigma'), puts that pair last and integrates it in closed form
+average with two slots among ``z Phi`` (sigma) and ``Phi + z phi``
+(sigma') puts that pair last and integrates it in closed form
 (:func:`_zphi_pair`: with ``z Phi(z) = E_e[z 1{z > e}]`` the pair average is a
 truncated moment of a bivariate normal; the bivariate CDF by Sheppard's
 formula with 6-20 Gauss-Legendre nodes, 4e-16 absolute; sigma' pairs are its
-mixed derivative in the two means). Only the other one or two axes are
+mixed derivative in the two means, sigma sigma' pairs one derivative). Only the other one or two axes are
 summed, with the rules the d-variable average gives them (the pair of the
 fewest outer points is chosen), and the error estimate is the same
 difference from the lower rule on those axes. Where the pair's augmented
@@ -765,7 +765,7 @@ def _closed_last(K, fs, order, L):
 # ---------------------------------------------------------------------------
 
 #: (P, A, B, a) of GELU's sigma ``z Phi(z)`` ("s") and sigma' ``Phi(z) + z phi(z)`` ("p"):
-#: a pair of slots of one kind has the bivariate closed form of :func:`_zphi_pair`
+#: any two such slots have the bivariate closed form of :func:`_zphi_pair`
 _PAIR_KINDS = {((), (0.0, 1.0), (), 1.0): "s", ((), (1.0,), (0.0, 1.0), 1.0): "p"}
 #: ``|r|`` (the correlation of the pair's augmented variables, :func:`_zphi_pair`) up to
 #: which the pair path is taken, and the Gauss-Legendre sizes of :func:`_bvn` per ``|r|``:
@@ -777,7 +777,8 @@ _PAIR_BLOCK = 2 ** 14     # points per block of the pair closed form (temporarie
 
 
 def _pair_kind(f):
-    """"s" for GELU's ``z Phi``, "p" for its ``Phi + z phi``, else None."""
+    """"s" for GELU's ``z Phi``, "p" for its ``Phi + z phi``, else None (any two of
+    them form a pair: "s", "p" or, mixed, "sp")."""
     if not isinstance(f, NormalFamily):
         return None
     return _PAIR_KINDS.get((f.P, f.A, f.B, f.a))
@@ -831,8 +832,9 @@ def _bvn(h, k, r):
 
 
 def _zphi_pair(m1, m2, v1, v2, c12, kind="s"):
-    r"""``<g(X) g(Y)>`` for GELU's ``g(z) = z Phi(z)`` (``kind`` "s") or its derivative
-    ``g'(z) = Phi(z) + z phi(z)`` ("p"), ``(X, Y) ~ N((m1, m2), [[v1, c12], [c12, v2]])``.
+    r"""``<g(X) g(Y)>`` for GELU's ``g(z) = z Phi(z)`` (``kind`` "s"), ``<g'(X) g'(Y)>``
+    with ``g'(z) = Phi(z) + z phi(z)`` ("p") or ``<g(X) g'(Y)>`` ("sp"), for
+    ``(X, Y) ~ N((m1, m2), [[v1, c12], [c12, v2]])``.
 
     With ``e1, e2 ~ N(0, 1)`` independent, ``g(X) = E_e[X 1{A > 0}]`` for
     ``A = X - e1`` (and ``B = Y - e2``), so the average is
@@ -853,7 +855,8 @@ def _zphi_pair(m1, m2, v1, v2, c12, kind="s"):
     derivatives are deltas at ``A = 0`` / ``B = 0``, giving
     ``P + [(m1 - (p1 + r q1) h) A1 + q1 s Q] / sigma_A + [(m2 - (q2 + r p2) k) A2
     + p2 s Q] / sigma_B + Q (mu_X mu_Y + beta_12) / (s sigma_A sigma_B)`` with the
-    means at ``A = B = 0``. Exact (the bivariate CDF to 4e-16, :func:`_bvn`);
+    means at ``A = B = 0``; the mixed pair is ``dF / dm2`` (:func:`_sp_pair`).
+    Exact (the bivariate CDF to 4e-16, :func:`_bvn`);
     any rank of Sigma (S is positive definite).
 
     Parameters
@@ -862,7 +865,7 @@ def _zphi_pair(m1, m2, v1, v2, c12, kind="s"):
         Conditional means at the outer points.
     v1, v2, c12 : ndarray (b, 1)
         The pair's conditional covariance (one per covariance), ``|r| <= _PAIR_R_MAX``.
-    kind : {"s", "p"}
+    kind : {"s", "p", "sp"}
 
     Returns
     -------
@@ -886,8 +889,10 @@ def _zphi_pair(m1, m2, v1, v2, c12, kind="s"):
     elif kind == "p":
         al11, al12 = (1.0 - (p1 + r * q1) / sa) / sa, 0.0
         al21, al22 = 0.0, (1.0 - (q2 + r * p2) / sb) / sb
+    elif kind == "sp":
+        return _sp_pair(m1, m2, b12, sa, sb, r, s, p1, q1, p2, q2)
     else:
-        raise ValueError(f"kind must be 's' or 'p'; got {kind!r}")
+        raise ValueError(f"kind must be 's', 'p' or 'sp'; got {kind!r}")
     h = m1 * (1.0 / sa)
     k = m2 * (1.0 / sb)
     out = _bvn(h, k, r)
@@ -940,6 +945,57 @@ def _zphi_pair(m1, m2, v1, v2, c12, kind="s"):
     return out
 
 
+def _sp_pair(m1, m2, b12, sa, sb, r, s, p1, q1, p2, q2):
+    r"""``<g(X) g'(Y)>`` (GELU's sigma and sigma'): :func:`_zphi_pair`'s ``dF / dm2``.
+
+    ``E[X 1{A > 0, B > 0}] + E[X Y 1{A > 0} delta(B)]``: the first is
+    ``m1 P + (p1 + r q1) A1 + (r p1 + q1) A2``; in the second ``b = -k`` and
+    ``a ~ N(-r k, s^2)``, ``mu_X = c1 + p1 a``, ``mu_Y = c2 + p2 a``
+    (``c1 = m1 - q1 k``, ``c2 = m2 - q2 k``), and with the truncated moments
+    of a: ``[(c1 c2 + beta_12 - r k e + p1 p2 (r^2 k^2 + s^2)) A2
+    + s (e - p1 p2 (r k + h)) Q] / sigma_B``, ``e = c1 p2 + c2 p1``.
+    Arguments as computed in :func:`_zphi_pair` (the means (b, P), the
+    rest (b, 1)); returns (b, P).
+    """
+    h = m1 * (1.0 / sa)
+    k = m2 * (1.0 / sb)
+    out = _bvn(h, k, r)
+    out *= m1                                              # m1 P
+    ph = np.exp(-0.5 * h * h)
+    ph *= _PHI                                             # phi(h)
+    t1 = k - r * h
+    t1 *= 1.0 / s
+    A1 = special.ndtr(t1)
+    A1 *= ph
+    out += (p1 + r * q1) * A1
+    Q = np.exp(-0.5 * t1 * t1)
+    Q *= ph
+    Q *= _PHI                                              # phi(h) phi(t1) = phi(k) phi(t2)
+    t2 = h - r * k
+    t2 *= 1.0 / s
+    A2 = special.ndtr(t2)
+    A2 *= np.exp(-0.5 * k * k)
+    A2 *= _PHI                                             # phi(k) Phi(t2)
+    c1 = m1 - q1 * k
+    c2 = m2 - q2 * k
+    e = c1 * p2
+    e += c2 * p1
+    pp = p1 * p2
+    coef = c1 * c2
+    coef += b12 + pp * s * s
+    coef -= r * k * e
+    coef += (pp * r * r) * (k * k)
+    coef *= 1.0 / sb
+    coef += r * p1 + q1
+    coef *= A2
+    out += coef
+    e -= pp * (r * k + h)
+    e *= s / sb
+    e *= Q
+    out += e
+    return out
+
+
 def _pair_factor(R, scale, pair):
     """The outer axes of a factor whose last two variables are ``pair`` (i, j).
 
@@ -984,7 +1040,7 @@ def _pair_factor(R, scale, pair):
 
 
 def _pair_choice(fs, K, accuracy, growth, gh_up):
-    """Per covariance, the pair of slots of one kind (:func:`_pair_kind`) whose closed
+    """Per covariance, the pair of sigma / sigma' slots (:func:`_pair_kind`) whose closed
     form costs the fewest
     outer points (:func:`axis_rules` on the outer axes, the d-variable rules), among
     the pairs with ``|r| <= _PAIR_R_MAX``.
@@ -995,8 +1051,9 @@ def _pair_choice(fs, K, accuracy, growth, gh_up):
     """
     B, d, _ = K.shape
     kinds = [_pair_kind(f) for f in fs]
-    pairs = [(i, j) for i, j in itertools.combinations(range(d), 2)
-             if kinds[i] is not None and kinds[i] == kinds[j]]
+    pairs = [(i, j) if kinds[i] == "s" or kinds[i] == kinds[j] else (j, i)
+             for i, j in itertools.combinations(range(d), 2)
+             if kinds[i] is not None and kinds[j] is not None]
     lam, U = np.linalg.eigh(K)
     R = U * np.sqrt(np.maximum(lam, 0.0))[:, None, :]
     scale = np.maximum(np.max(np.diagonal(K, axis1=1, axis2=2), axis=1), 1e-300)
@@ -1048,22 +1105,23 @@ def _pair_sum(fs, pairs, choice, order, Lo, S2, codes, mass):
                 coef = np.take_along_axis(Lb, ob[:, k, None, None], axis=1)[:, 0, :k + 1]
                 vals.append(fo[k](coef @ U.T))                       # (b, P_k)
             Ul = levels[-1][0]
+            ki, kj = _pair_kind(fs[i]), _pair_kind(fs[j])
             acc = _zphi_pair(Lb[:, i, :] @ Ul.T, Lb[:, j, :] @ Ul.T, S2[bi, 0, 0, None],
-                             S2[bi, 1, 1, None], S2[bi, 0, 1, None], _pair_kind(fs[i]))
+                             S2[bi, 1, 1, None], S2[bi, 0, 1, None],
+                             ki if ki == kj else ki + kj)
             out[bi] = _fold_outer(vals, acc, levels, no + 1)
     return out
 
 
 def _smooth_path(fs, K, order, L, accuracy, return_error, growth, gh_up):
     """The smooth path (:func:`_gh_path`); for GELU (``growth``) averages of three or
-    four variables with two slots of one kind (:func:`_pair_kind`: ``z Phi`` or
-    ``Phi + z phi``), the last two axes in closed form
+    four variables with two slots among ``z Phi`` and ``Phi + z phi``
+    (:func:`_pair_kind`), the last two axes in closed form
     (:func:`_pair_sum`) where a pair qualifies, the outer axes with the rules
     the d-variable average gives them (so its error estimate, the difference
     from :func:`_lower_rule` on those axes, is of the same kind)."""
     B, d, _ = K.shape
-    kinds = [k for k in map(_pair_kind, fs) if k is not None]
-    if growth is None or d < 3 or len(kinds) == len(set(kinds)):
+    if growth is None or d < 3 or sum(_pair_kind(f) is not None for f in fs) < 2:
         if growth is not None and d > 1:
             order, L = _closed_last(K, fs, order, L)
         return _gh_path(fs, order, L, accuracy, return_error, growth=growth, gh_up=gh_up)
