@@ -99,9 +99,12 @@ difference from the lower rule on those axes. Where the pair's augmented
 correlation exceeds ``_PAIR_R_MAX`` = 0.925 the one-axis path is taken. Against
 the one-axis path at "higher" (``tests/gaussian/test_gelu_pair.py``): within
 its estimate plus the |u| = 8 truncation (<= 1e-11 of the scale); the N = 16
-V and G1 at depth 10: 31 -> 6 CPU s, GELU's ten NTK tensors at N = 8 from
-~3.2x tanh's cost to ~1x (``benchmarks/gelu_cost.py``, benchmarks/README.md
-"Fifth pass (h46): GELU").
+V and G1 at depth 10: 19-31 -> 3.5-6 CPU s (old and new in the same runs),
+GELU's ten NTK tensors at N = 8 from ~3.5x tanh's cost to ~0.9x, with
+~20-25x fewer points per four-variable average (``benchmarks/gelu_cost.py``,
+benchmarks/README.md "Fifth pass (h46): GELU"). At variances ~100 and up the
+one-axis path is capped by its point budget (1e-6..1e-3 off at "highest")
+while the pair path stays within its estimate.
 
 **ReLU family (products of ``a_+- z`` and ``a_+-``): closed form.** The
 functions are ``PiecewiseMonomial``. Every average of two to four of them
