@@ -86,6 +86,26 @@ outer axes (error of the closed form ~1e-16, checked against adaptive
 quadrature in ``tests/gaussian/test_multi_normal.py``). GELU's trapezoid axes
 use the rule of an entire function (``axis_rules``, ``growth``).
 
+**GELU: the last two axes in closed form.** A three- or four-variable GELU
+average with two slots among ``z Phi`` (sigma) and ``Phi + z phi``
+(sigma') puts that pair last and integrates it in closed form
+(:func:`_zphi_pair`: with ``z Phi(z) = E_e[z 1{z > e}]`` the pair average is a
+truncated moment of a bivariate normal; the bivariate CDF by Sheppard's
+formula with 6-20 Gauss-Legendre nodes, 4e-16 absolute; sigma' pairs are its
+mixed derivative in the two means, sigma sigma' pairs one derivative). Only the other one or two axes are
+summed, with the rules the d-variable average gives them (the pair of the
+fewest outer points is chosen), and the error estimate is the same
+difference from the lower rule on those axes. Where the pair's augmented
+correlation exceeds ``_PAIR_R_MAX`` = 0.925 the one-axis path is taken. Against
+the one-axis path at "higher" (``tests/gaussian/test_gelu_pair.py``): within
+its estimate plus the |u| = 8 truncation (<= 1e-11 of the scale); the N = 16
+V and G1 at depth 10: 19-31 -> 3.5-6 CPU s (old and new in the same runs),
+GELU's ten NTK tensors at N = 8 from ~3.5x tanh's cost to ~0.9x, with
+~20-25x fewer points per four-variable average (``benchmarks/gelu_cost.py``,
+benchmarks/README.md "Fifth pass (h46): GELU"). At variances ~100 and up the
+one-axis path is capped by its point budget (1e-6..1e-3 off at "highest")
+while the pair path stays within its estimate.
+
 **ReLU family (products of ``a_+- z`` and ``a_+-``): closed form.** The
 functions are ``PiecewiseMonomial``. Every average of two to four of them
 is first tried in closed form (:mod:`pdlt.gaussian._orthant`: Stein's lemma
@@ -669,9 +689,7 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
     elif pw:
         out, err = _piecewise_path(fs, Kb, order, L, accuracy, return_error)
     elif len(kinks) == 0:
-        if growth is not None and d > 1:
-            order, L = _closed_last(Kb, fs, order, L)
-        out, err = _gh_path(fs, order, L, accuracy, return_error, growth=growth, gh_up=gh_up)
+        out, err = _smooth_path(fs, Kb, order, L, accuracy, return_error, growth, gh_up)
     else:
         out, err = _split_path(fs, order, L, tuple(float(c) for c in kinks), accuracy,
                                return_error, exact_inner=False)
@@ -743,6 +761,387 @@ def _closed_last(K, fs, order, L):
             & (Lj[:, d - 1, d - 1] > best)
         order[ok], L[ok], best[ok] = oj[ok], Lj[ok], Lj[ok, d - 1, d - 1]
     return order, L
+
+
+# ---------------------------------------------------------------------------
+# GELU: the last two axes in closed form (bivariate normal)
+# ---------------------------------------------------------------------------
+
+#: (P, A, B, a) of GELU's sigma ``z Phi(z)`` ("s") and sigma' ``Phi(z) + z phi(z)`` ("p"):
+#: any two such slots have the bivariate closed form of :func:`_zphi_pair`
+_PAIR_KINDS = {((), (0.0, 1.0), (), 1.0): "s", ((), (1.0,), (0.0, 1.0), 1.0): "p"}
+#: ``|r|`` (the correlation of the pair's augmented variables, :func:`_zphi_pair`) up to
+#: which the pair path is taken, and the Gauss-Legendre sizes of :func:`_bvn` per ``|r|``:
+#: <= 4e-16 absolute against Owen's T (scipy) on ``|h|, |k| <= 9`` at every bound, while
+#: one size less leaves 4e-12 at ``|r| = 0.9`` (``tests/gaussian/test_gelu_pair.py``)
+_PAIR_R_MAX = 0.925
+_BVN_NODES = ((0.3, 6), (0.7, 12), (0.8, 16), (_PAIR_R_MAX, 20))
+_PAIR_BLOCK = 2 ** 14     # points per block of the pair closed form (temporaries in cache)
+
+
+def _pair_kind(f):
+    """"s" for GELU's ``z Phi``, "p" for its ``Phi + z phi``, else None (any two of
+    them form a pair: "s", "p" or, mixed, "sp")."""
+    if not isinstance(f, NormalFamily):
+        return None
+    return _PAIR_KINDS.get((f.P, f.A, f.B, f.a))
+
+
+@functools.lru_cache(maxsize=8)
+def _bvn_rule(n):
+    return np.polynomial.legendre.leggauss(n)
+
+
+def _bvn(h, k, r):
+    r"""Bivariate normal CDF ``Phi_2(h, k; r) = P(X < h, Y < k)`` for ``|r| <= _PAIR_R_MAX``.
+
+    Sheppard's formula ``Phi(h) Phi(k) + (1 / 2 pi) int_0^{asin r}
+    exp(-(h^2 - 2 h k sin t + k^2) / (2 cos^2 t)) dt``, the integral by
+    Gauss-Legendre (its integrand is analytic while ``cos t >= 0.38``), the
+    size from ``|r|`` (``_BVN_NODES``): absolute error <= 4e-16.
+
+    Parameters
+    ----------
+    h, k : ndarray (b, P)
+    r : ndarray (b, 1)
+        One correlation per covariance (the nodes in t are per covariance).
+
+    Returns
+    -------
+    ndarray (b, P)
+    """
+    rmax = float(np.max(np.abs(r), initial=0.0))
+    n = next(q for bound, q in _BVN_NODES if rmax <= bound)
+    x, w = _bvn_rule(n)
+    a = np.arcsin(r)                                     # (b, 1)
+    hs = h * h
+    hs += k * k
+    hs *= 0.5
+    hk = h * k
+    tot = np.zeros(np.shape(h))
+    tmp = np.empty(np.shape(h))
+    for xi, wi in zip(x, w):
+        sn = np.sin(0.5 * (1.0 + xi) * a)                # (b, 1)
+        # w_i exp((h k sin t - (h^2 + k^2) / 2) / cos^2 t), the weight in the exponent
+        np.multiply(hk, sn, out=tmp)
+        tmp -= hs
+        tmp *= 1.0 / (1.0 - sn * sn)
+        tmp += math.log(wi)
+        np.exp(tmp, out=tmp)
+        tot += tmp
+    tot *= a * (0.25 / math.pi)                          # (asin r / 2) (1 / 2 pi)
+    tot += special.ndtr(h) * special.ndtr(k)
+    return tot
+
+
+def _zphi_pair(m1, m2, v1, v2, c12, kind="s"):
+    r"""``<g(X) g(Y)>`` for GELU's ``g(z) = z Phi(z)`` (``kind`` "s"), ``<g'(X) g'(Y)>``
+    with ``g'(z) = Phi(z) + z phi(z)`` ("p") or ``<g(X) g'(Y)>`` ("sp"), for
+    ``(X, Y) ~ N((m1, m2), [[v1, c12], [c12, v2]])``.
+
+    With ``e1, e2 ~ N(0, 1)`` independent, ``g(X) = E_e[X 1{A > 0}]`` for
+    ``A = X - e1`` (and ``B = Y - e2``), so the average is
+    ``F = E[X Y 1{A > 0, B > 0}]``. ``(A, B)`` has covariance ``S = Sigma + I``;
+    given ``(A, B)``, ``(X, Y)`` has mean ``m + beta ((A, B) - m)`` and
+    covariance ``beta`` with ``beta = Sigma S^-1 = I - S^-1``. In the
+    standardized ``a = (A - m1) / sigma_A``, ``b = (B - m2) / sigma_B``
+    (correlation ``r = c12 / (sigma_A sigma_B)``, ``s = sqrt(1 - r^2)``;
+    ``mu_X = m1 + p1 a + q1 b``, ``mu_Y = m2 + p2 a + q2 b``) the region is
+    ``a > -h, b > -k`` (``h = m1 / sigma_A``, ``k = m2 / sigma_B``), and the
+    truncated moments of a standard bivariate normal (Stein's lemma) close
+    it: with ``P = Phi_2(h, k; r)``, ``A1 = phi(h) Phi((k - r h) / s)``,
+    ``A2 = phi(k) Phi((h - r k) / s)``, ``Q = phi(h) phi((k - r h) / s)``:
+    ``E[a] = A1 + r A2``, ``E[a^2] = P - h A1 - r^2 k A2 + r s Q``,
+    ``E[a b] = r P - r h A1 - r k A2 + s Q`` (and b's by symmetry).
+    Collected: ``(m1 m2 + c_P) P + (al11 m1 + al12 m2) A1 + (al21 m1 + al22 m2) A2
+    + c_Q Q``. The derivative pair is ``d^2 F / dm1 dm2``: the indicator's
+    derivatives are deltas at ``A = 0`` / ``B = 0``, giving
+    ``P + [(m1 - (p1 + r q1) h) A1 + q1 s Q] / sigma_A + [(m2 - (q2 + r p2) k) A2
+    + p2 s Q] / sigma_B + Q (mu_X mu_Y + beta_12) / (s sigma_A sigma_B)`` with the
+    means at ``A = B = 0``; the mixed pair is ``dF / dm2`` (:func:`_sp_pair`).
+    Exact (the bivariate CDF to 4e-16, :func:`_bvn`);
+    any rank of Sigma (S is positive definite).
+
+    Parameters
+    ----------
+    m1, m2 : ndarray (b, P)
+        Conditional means at the outer points.
+    v1, v2, c12 : ndarray (b, 1)
+        The pair's conditional covariance (one per covariance), ``|r| <= _PAIR_R_MAX``.
+    kind : {"s", "p", "sp"}
+
+    Returns
+    -------
+    ndarray (b, P)
+    """
+    S11, S22 = v1 + 1.0, v2 + 1.0
+    det = S11 * S22 - c12 * c12
+    b11, b12, b22 = 1.0 - S22 / det, c12 / det, 1.0 - S11 / det    # beta = I - S^-1
+    sa, sb = np.sqrt(S11), np.sqrt(S22)
+    r = c12 / (sa * sb)
+    s = np.sqrt(1.0 - r * r)
+    p1, q1, p2, q2 = b11 * sa, b12 * sb, b12 * sa, b22 * sb    # mu_X = m1 + p1 a + q1 b, ...
+    if kind == "s":
+        pp, qq, x = p1 * p2, q1 * q2, p1 * q2 + q1 * p2
+        cP = b12 + pp + qq + r * x
+        cQ = s * (r * (pp + qq) + x)
+        al11 = p2 + r * q2 - (pp + r * r * qq + r * x) / sa
+        al12 = p1 + r * q1
+        al21 = r * p2 + q2
+        al22 = r * p1 + q1 - (r * r * pp + qq + r * x) / sb
+    elif kind == "p":
+        al11, al12 = (1.0 - (p1 + r * q1) / sa) / sa, 0.0
+        al21, al22 = 0.0, (1.0 - (q2 + r * p2) / sb) / sb
+    elif kind == "sp":
+        return _sp_pair(m1, m2, b12, sa, sb, r, s, p1, q1, p2, q2)
+    else:
+        raise ValueError(f"kind must be 's', 'p' or 'sp'; got {kind!r}")
+    h = m1 * (1.0 / sa)
+    k = m2 * (1.0 / sb)
+    out = _bvn(h, k, r)
+    if kind == "s":
+        out *= m1 * m2 + cP
+    t = k - r * h
+    t *= 1.0 / s                                          # (k - r h) / s
+    ph = h * h
+    ph *= -0.5
+    np.exp(ph, out=ph)
+    ph *= _PHI                                            # phi(h)
+    A1 = special.ndtr(t)
+    A1 *= ph
+    t *= t
+    t *= -0.5
+    np.exp(t, out=t)
+    t *= ph
+    t *= _PHI                                             # Q
+    if kind == "s":
+        t *= cQ
+    else:
+        # Q [s (q1 / sigma_A + p2 / sigma_B) + (u1 u2 + beta_12) / (s sigma_A sigma_B)],
+        # u1, u2 the means of X, Y at A = B = 0
+        u1 = m1 * (1.0 - p1 / sa)
+        u1 -= m2 * (q1 / sb)
+        u2 = m2 * (1.0 - q2 / sb)
+        u2 -= m1 * (p2 / sa)
+        u1 *= u2
+        u1 += b12
+        u1 *= 1.0 / (s * sa * sb)
+        u1 += s * (q1 / sa + p2 / sb)
+        t *= u1
+    out += t
+    t = al11 * m1
+    t += al12 * m2
+    t *= A1
+    out += t
+    u = h - r * k
+    u *= 1.0 / s
+    A2 = special.ndtr(u)
+    pk = k * k
+    pk *= -0.5
+    np.exp(pk, out=pk)
+    A2 *= pk
+    A2 *= _PHI
+    t = al21 * m1
+    t += al22 * m2
+    t *= A2
+    out += t
+    return out
+
+
+def _sp_pair(m1, m2, b12, sa, sb, r, s, p1, q1, p2, q2):
+    r"""``<g(X) g'(Y)>`` (GELU's sigma and sigma'): :func:`_zphi_pair`'s ``dF / dm2``.
+
+    ``E[X 1{A > 0, B > 0}] + E[X Y 1{A > 0} delta(B)]``: the first is
+    ``m1 P + (p1 + r q1) A1 + (r p1 + q1) A2``; in the second ``b = -k`` and
+    ``a ~ N(-r k, s^2)``, ``mu_X = c1 + p1 a``, ``mu_Y = c2 + p2 a``
+    (``c1 = m1 - q1 k``, ``c2 = m2 - q2 k``), and with the truncated moments
+    of a: ``[(c1 c2 + beta_12 - r k e + p1 p2 (r^2 k^2 + s^2)) A2
+    + s (e - p1 p2 (r k + h)) Q] / sigma_B``, ``e = c1 p2 + c2 p1``.
+    Arguments as computed in :func:`_zphi_pair` (the means (b, P), the
+    rest (b, 1)); returns (b, P).
+    """
+    h = m1 * (1.0 / sa)
+    k = m2 * (1.0 / sb)
+    out = _bvn(h, k, r)
+    out *= m1                                              # m1 P
+    ph = np.exp(-0.5 * h * h)
+    ph *= _PHI                                             # phi(h)
+    t1 = k - r * h
+    t1 *= 1.0 / s
+    A1 = special.ndtr(t1)
+    A1 *= ph
+    out += (p1 + r * q1) * A1
+    Q = np.exp(-0.5 * t1 * t1)
+    Q *= ph
+    Q *= _PHI                                              # phi(h) phi(t1) = phi(k) phi(t2)
+    t2 = h - r * k
+    t2 *= 1.0 / s
+    A2 = special.ndtr(t2)
+    A2 *= np.exp(-0.5 * k * k)
+    A2 *= _PHI                                             # phi(k) Phi(t2)
+    c1 = m1 - q1 * k
+    c2 = m2 - q2 * k
+    e = c1 * p2
+    e += c2 * p1
+    pp = p1 * p2
+    coef = c1 * c2
+    coef += b12 + pp * s * s
+    coef -= r * k * e
+    coef += (pp * r * r) * (k * k)
+    coef *= 1.0 / sb
+    coef += r * p1 + q1
+    coef *= A2
+    out += coef
+    e -= pp * (r * k + h)
+    e *= s / sb
+    e *= Q
+    out += e
+    return out
+
+
+def _pair_factor(R, scale, pair):
+    """The outer axes of a factor whose last two variables are ``pair`` (i, j).
+
+    ``R`` (B, d, d) with ``z_v = R[:, v] . g`` (:func:`_factor`'s eigenfactor);
+    the other variables are pivoted largest conditional variance first
+    (modified Gram-Schmidt, zero columns below the rank tolerance), then the
+    pair's residuals give its conditional covariance.
+
+    Returns
+    -------
+    order : ndarray (B, d - 2) of int
+        The outer variables in pivot order.
+    Lo : ndarray (B, d, d - 2)
+        Every variable's coefficients on the outer axes (rows in input order;
+        lower triangular in pivot order).
+    S2 : ndarray (B, 2, 2)
+        The pair's conditional covariance given the outer axes.
+    """
+    R = R.copy()
+    B, d, _ = R.shape
+    no = d - 2
+    ar = np.arange(B)
+    Lo = np.zeros((B, d, no))
+    order = np.zeros((B, no), dtype=int)
+    used = np.zeros((B, d), dtype=bool)
+    used[:, list(pair)] = True
+    for j in range(no):
+        n2 = np.einsum("bij,bij->bi", R, R)
+        n2[used] = -1.0
+        piv = np.argmax(n2, axis=1)
+        top = n2[ar, piv]
+        live = top > _RANK_TOL * scale
+        q = R[ar, piv] / np.sqrt(np.where(live, top, 1.0))[:, None]
+        q[~live] = 0.0
+        col = np.einsum("bij,bj->bi", R, q)
+        R -= col[:, :, None] * q[:, None, :]
+        Lo[:, :, j] = col
+        order[:, j] = piv
+        used[ar, piv] = True
+    Rp = R[:, list(pair)]
+    return order, Lo, np.einsum("bik,bjk->bij", Rp, Rp)
+
+
+def _pair_choice(fs, K, accuracy, growth, gh_up):
+    """Per covariance, the pair of sigma / sigma' slots (:func:`_pair_kind`) whose closed
+    form costs the fewest
+    outer points (:func:`axis_rules` on the outer axes, the d-variable rules), among
+    the pairs with ``|r| <= _PAIR_R_MAX``.
+
+    Returns ``(pairs, choice, order, Lo, S2, codes)``: the candidate pairs,
+    per covariance the index of the chosen one (-1: none qualifies) and its
+    factor (:func:`_pair_factor`) and outer rule codes.
+    """
+    B, d, _ = K.shape
+    kinds = [_pair_kind(f) for f in fs]
+    pairs = [(i, j) if kinds[i] == "s" or kinds[i] == kinds[j] else (j, i)
+             for i, j in itertools.combinations(range(d), 2)
+             if kinds[i] is not None and kinds[j] is not None]
+    lam, U = np.linalg.eigh(K)
+    R = U * np.sqrt(np.maximum(lam, 0.0))[:, None, :]
+    scale = np.maximum(np.max(np.diagonal(K, axis1=1, axis2=2), axis=1), 1e-300)
+    no = d - 2
+    best = np.full(B, np.inf)
+    choice = np.full(B, -1)
+    order = np.zeros((B, no), dtype=int)
+    Lo = np.zeros((B, d, no))
+    S2 = np.zeros((B, 2, 2))
+    codes = np.ones((B, no), dtype=int)
+    for c, pair in enumerate(pairs):
+        o, L, S = _pair_factor(R, scale, pair)
+        s = np.concatenate([np.max(np.abs(L), axis=1), np.zeros((B, 2))], axis=1)
+        q = axis_rules(s, accuracy, growth, gh_up)[:, :no]
+        cost = np.prod(np.abs(q).astype(float), axis=1)
+        r = S[:, 0, 1] / np.sqrt((S[:, 0, 0] + 1.0) * (S[:, 1, 1] + 1.0))
+        take = (np.abs(r) <= _PAIR_R_MAX) & (cost < best)
+        best[take], choice[take] = cost[take], c
+        order[take], Lo[take], S2[take], codes[take] = o[take], L[take], S[take], q[take]
+    return pairs, choice, order, Lo, S2, codes
+
+
+def _pair_sum(fs, pairs, choice, order, Lo, S2, codes, mass):
+    """The outer axes' pruned product rule (``codes``) with the pair's closed form
+    (:func:`_zphi_pair`) at every outer point; entries with ``choice >= 0``."""
+    B, d, no = Lo.shape
+    out = np.zeros(B)
+    fid = np.array([next(i for i, g in enumerate(fs) if g is f) for f in fs])
+    sel = np.flatnonzero(choice >= 0)
+    keys, inv = np.unique(np.concatenate([codes[sel], fid[order[sel]], choice[sel, None]],
+                                         axis=1), axis=0, return_inverse=True)
+    inv = np.asarray(inv).reshape(-1)
+    # |r| of each pair: blocks of similar |r| take the fewest nodes in _bvn
+    rabs = np.abs(S2[:, 0, 1]) / np.sqrt((S2[:, 0, 0] + 1.0) * (S2[:, 1, 1] + 1.0))
+    for g, key in enumerate(keys):
+        idx = sel[inv == g]
+        idx = idx[np.argsort(rabs[idx], kind="stable")]
+        cds = tuple(int(q) for q in key[:no])
+        fo = [fs[int(v)] for v in key[no:2 * no]]
+        i, j = pairs[int(key[2 * no])]
+        levels = _outer_grid(cds, False, mass)
+        P = len(levels[-1][0])
+        step = max(1, _PAIR_BLOCK // max(P, 1))
+        for start in range(0, len(idx), step):
+            bi = idx[start:start + step]
+            Lb, ob = Lo[bi], order[bi]
+            vals = []
+            for k, (U, _, _, _) in enumerate(levels):
+                coef = np.take_along_axis(Lb, ob[:, k, None, None], axis=1)[:, 0, :k + 1]
+                vals.append(fo[k](coef @ U.T))                       # (b, P_k)
+            Ul = levels[-1][0]
+            ki, kj = _pair_kind(fs[i]), _pair_kind(fs[j])
+            acc = _zphi_pair(Lb[:, i, :] @ Ul.T, Lb[:, j, :] @ Ul.T, S2[bi, 0, 0, None],
+                             S2[bi, 1, 1, None], S2[bi, 0, 1, None],
+                             ki if ki == kj else ki + kj)
+            out[bi] = _fold_outer(vals, acc, levels, no + 1)
+    return out
+
+
+def _smooth_path(fs, K, order, L, accuracy, return_error, growth, gh_up):
+    """The smooth path (:func:`_gh_path`); for GELU (``growth``) averages of three or
+    four variables with two slots among ``z Phi`` and ``Phi + z phi``
+    (:func:`_pair_kind`), the last two axes in closed form
+    (:func:`_pair_sum`) where a pair qualifies, the outer axes with the rules
+    the d-variable average gives them (so its error estimate, the difference
+    from :func:`_lower_rule` on those axes, is of the same kind)."""
+    B, d, _ = K.shape
+    if growth is None or d < 3 or sum(_pair_kind(f) is not None for f in fs) < 2:
+        if growth is not None and d > 1:
+            order, L = _closed_last(K, fs, order, L)
+        return _gh_path(fs, order, L, accuracy, return_error, growth=growth, gh_up=gh_up)
+    pairs, choice, o, Lo, S2, codes = _pair_choice(fs, K, accuracy, growth, gh_up)
+    out = _pair_sum(fs, pairs, choice, o, Lo, S2, codes, _PRUNE_MASS)
+    err = None
+    if return_error:
+        err = np.abs(out - _pair_sum(fs, pairs, choice, o, Lo, S2, _lower_rule(codes),
+                                     _PRUNE_MASS_ESTIMATE))
+    rest = np.flatnonzero(choice < 0)
+    if len(rest):
+        ordr, Lr = _closed_last(K[rest], fs, order[rest], L[rest])
+        o2, e2 = _gh_path(fs, ordr, Lr, accuracy, return_error, growth=growth, gh_up=gh_up)
+        out[rest] = o2
+        if return_error:
+            err[rest] = e2
+    return out, err
 
 
 def _lower_rule(qs):
