@@ -1082,10 +1082,14 @@ def residual_multi_dntk_measure(act, gamma, x, widths, depth, networks, seed, *,
 
 #: default cases of :func:`residual_multi_dntk_rows` (``pdlt report --full``): two distinct
 #: inputs ``(1, 0), (0.6, 0.8)``, gamma = 0.5, depth 3, widths 16/32, rows at layer 3 (the
-#: two-depth terms enter there). Measured (2 busy cores): tanh 2000 networks per width,
-#: 35 s wall, every entry of layers 2-3 passes (|z| <= 1.9), best P 27 %, Q 23 %;
-#: the cases' network counts aim at <= 25 % per best entry.
-RESIDUAL_MULTI_DNTK_CASES = (("tanh", 4000), ("gelu", 4000))
+#: two-depth terms enter there). tanh: P and Q through every sigma'' term; ReLU: P = 0
+#: exactly (sigma'' = 0 pointwise: absolute rows), Q through the lambda_W terms and F's
+#: form. Measured on 2 busy cores (seeds 140-143): tanh 4000 networks per width, best P
+#: 16 %, Q 20 %, every entry within 1.3 se; ReLU 4000 networks (another seed): Q 24-30 %,
+#: every entry within 0.8 se, hence 6000 here. GELU (4000 networks) passes every entry but
+#: is not a default case: its autodiff dNTK estimates are heavy-tailed (P 51 %, Q 25.5 %;
+#: two runs of Q read 5-10 % high and 10-15 % low), see the derivation note.
+RESIDUAL_MULTI_DNTK_CASES = (("tanh", 4000), ("relu", 6000))
 
 
 def residual_multi_dntk_rows(cases=RESIDUAL_MULTI_DNTK_CASES, gamma=0.5, *,

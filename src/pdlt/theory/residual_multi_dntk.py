@@ -5,8 +5,9 @@ Definitions (``shared/NOTATION.md``), for two distinct neurons j != k:
 ``Q[l, a0, a1, a2, a3] = n_{l-1} E[dH_{jjk;a0a1a2} z_{k;a3}]``, the normalization and
 index order of the plain N-input steps of :mod:`pdlt.theory.dntk`.
 
-The one-input construction of :mod:`pdlt.theory.residual_ntk` (:func:`residual_dntk_p`,
-:func:`residual_dntk_q`) with input slots (derivation:
+The one-input construction of :mod:`pdlt.theory.residual_ntk`
+(:func:`~pdlt.theory.residual_ntk.residual_dntk_p`,
+:func:`~pdlt.theory.residual_ntk.residual_dntk_q`) with input slots (derivation:
 ``docs/derivations/residual_ntk_multi.md``, section "P and Q at N inputs (h40)"):
 
 * P: given the two neurons' trajectories, ``n E[dH_{jkk;t} | .] = phi(j)^T Pi^t psi(k)``
@@ -25,7 +26,8 @@ The new ingredients are one-neuron two-depth averages
 
 At gamma = 0 both are the plain recursions (:func:`pdlt.theory.dntk.dntk_P_step`,
 :func:`~pdlt.theory.dntk.dntk_Q_step`); the diagonal ``P_{aaaa}``, ``Q_{aaaa}`` of
-distinct inputs and one input are :func:`residual_dntk_p`, :func:`residual_dntk_q`.
+distinct inputs and one input are the one-input P and Q of
+:mod:`pdlt.theory.residual_ntk`.
 Served by :func:`pdlt.statistics` for residual MLPs and N inputs (``get=["P", "Q"]``).
 Cost: ``O(L^2 N^4)`` averages of up to four variables (N = 2, L = 5: about a second).
 """
