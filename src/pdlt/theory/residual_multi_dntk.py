@@ -29,7 +29,13 @@ At gamma = 0 both are the plain recursions (:func:`pdlt.theory.dntk.dntk_P_step`
 distinct inputs and one input are the one-input P and Q of
 :mod:`pdlt.theory.residual_ntk`.
 Served by :func:`pdlt.statistics` for residual MLPs and N inputs (``get=["P", "Q"]``).
-Cost: ``O(L^2 N^4)`` averages of up to four variables (N = 2, L = 5: about a second).
+Cost: ``O(L^2 N^4)`` averages of up to four variables (depth 5, one thread: N = 2 relu
+0.04 s, tanh 0.3 s, GELU 1.2 s; N = 3 GELU 8 s).
+
+Where the increment covariance ``G`` of a layer is singular (collinear inputs of a ReLU
+network, antipodal inputs of an odd one, with ``C_b = 0``) only the projector ``G^+ G``
+enters (the features are the conditioned increments ``G^+ u``), so those inputs are exact.
+
 """
 
 from __future__ import annotations
@@ -71,6 +77,13 @@ def residual_dntk_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="def
     ``M^{ab}`` F's bilinear form and ``Y^t_e`` the one-input bracket with input slots
     (derivation ``docs/derivations/residual_ntk_multi.md``, section "P and Q at N
     inputs"). ``P^(l) = sum Pi^t E[phi z_{a3}] E[psi]``, ``Q^(l) = w^t . E[phi z_{a3}]``.
+
+    Exact checks: gamma = 0 is the plain fold, the diagonal of distinct inputs is the
+    one-input P, Q, collinear ReLU-family inputs scale, antipodal inputs of an odd network
+    flip signs, the deep linear Q is isotropic. Against real residual networks (two
+    inputs, gamma = 0.5, :class:`pdlt.experiment.Ensemble`): every entry of tanh's P, Q at
+    layers 2-3 and ReLU's Q at layer 3 (best entry 12-22 %, x0.5 and x2 rejected);
+    GELU's autodiff estimates are too heavy-tailed to resolve P.
 
     Parameters
     ----------
