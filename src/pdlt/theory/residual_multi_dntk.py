@@ -234,7 +234,7 @@ def _dntk_multi(mlp, Ks, Ths, accuracy, want=frozenset("PQ")):
     out = {k: np.zeros((L,) + (N,) * 4) for k in want}
     if L == 1:
         return out
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
+    _, avg = _layer_tables(mlp, Ks, accuracy)
     a = _coefficients(mlp)
     CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
     lW = np.asarray(mlp.lambda_W, float)
