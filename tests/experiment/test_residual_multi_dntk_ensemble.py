@@ -12,7 +12,7 @@ x0, x0.5 and x2). Seeds fixed.
 * slow: layer 3 (the history terms: B's attachments, F's form, the two-depth averages),
   widths 16/32 extrapolated, through :func:`pdlt.report.residual.residual_multi_dntk_rows`
   (the ``pdlt report --full`` rows), best entry resolved to <= 25 % (tanh P, Q; ReLU Q;
-  ReLU's P is exactly 0).
+  GELU Q at inputs scaled by 0.7; ReLU's P is exactly 0; GELU's P passes, not resolved).
 """
 
 import numpy as np
@@ -41,18 +41,19 @@ def test_layer_two_against_real_networks():
 
 @pytest.mark.slow
 def test_layer_three_against_real_networks():
-    """The ``pdlt report --full`` rows (tanh 4000 and ReLU 6000 networks per width, widths
-    16/32, layer 3): every entry passes; tanh's P and Q and ReLU's Q resolve to <= 25 % at
-    the best entry and reject x0, x0.5, x2; ReLU's P is exactly 0 (absolute rows)."""
+    """The ``pdlt report --full`` rows (tanh 4000, ReLU 6000 networks per width, GELU 5000
+    at the inputs scaled by 0.7; widths 16/32, layer 3): every entry passes; tanh's P and
+    Q, ReLU's Q and GELU's Q resolve to <= 25 % at the best entry and reject x0, x0.5, x2;
+    ReLU's P is exactly 0 (absolute rows); GELU's P is not claimed (~40 %)."""
     rows = residual_multi_dntk_rows()
-    for act in ("tanh", "relu"):
+    for act in ("tanh", "relu", "gelu"):
         for name in ("P", "Q"):
             rs = [r for r in rows if r.activation == act and r.key == f"residual {name} (N inputs)"]
             t, e, s, a = (np.array([getattr(r, k) for r in rs])
                           for k in ("theory", "measured", "stderr", "allowance"))
             assert len(rs) == (12 if name == "P" else 16)
-            if (act, name) == ("relu", "P"):
-                assert np.all(t == 0.0) and all(r.passed for r in rs)
+            if (act, name) in (("relu", "P"), ("gelu", "P")):
+                assert all(r.passed for r in rs) and (act == "gelu" or np.all(t == 0.0))
                 continue
             powered(t, e, s, a, label=f"residual {act} N-input {name} layer 3",
                     max_resolution=0.25)
