@@ -82,8 +82,9 @@ def residual_dntk_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="def
     one-input P, Q, collinear ReLU-family inputs scale, antipodal inputs of an odd network
     flip signs, the deep linear Q is isotropic. Against real residual networks (two
     inputs, gamma = 0.5, :class:`pdlt.experiment.Ensemble`): every entry of tanh's P, Q at
-    layers 2-3 and ReLU's Q at layer 3 (best entry 12-22 %, x0.5 and x2 rejected);
-    GELU's autodiff estimates are too heavy-tailed to resolve P.
+    layers 2-3, ReLU's Q and GELU's Q (inputs scaled by 0.7) at layer 3 (best entry
+    12-22 %, x0.5 and x2 rejected); GELU's autodiff P estimates are too heavy-tailed to
+    resolve it (44 %).
 
     Parameters
     ----------
