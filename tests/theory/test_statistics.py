@@ -179,8 +179,7 @@ def test_errors_and_residual_limits():
     res = pdlt.MLP(n0=2, width=8, depth=3, activation="relu", gamma=0.5)
     with pytest.raises(NotImplementedError, match="R not derived for N inputs"):
         pdlt.statistics(res, np.eye(2), get="R")
-    with pytest.raises(NotImplementedError, match="not derived for N inputs"):
-        pdlt.statistics(res, np.eye(2), get="P")
+    assert {"P", "Q"} <= set(defined(res, 2))                       # N-input P, Q (h40)
     assert set(defined(res, 1)) >= {"V", "G1", "kappa3", "A", "B", "D", "F"}
     assert "H1" in defined(res, 1) and "R" in defined(res, 1)   # residual H1, R: one input
     assert "H1" in defined(res, 2) and "P" not in defined(res, 2)   # N-input: V, ..., F, H1

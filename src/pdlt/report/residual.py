@@ -1475,3 +1475,105 @@ def residual_mixed_vertex_rows(cases=(("tanh", True), ("relu", False)), gamma=0.
                                      float(th[ix]), float(ext[ix]), float(se[ix]),
                                      float(al[ix]), key="residual mixed vertex (N inputs)"))
     return rows
+
+
+
+# ---------------------------------------------------------------------------
+# (h40) N-input residual P and Q (the dNTK statistics) against real residual networks
+# ---------------------------------------------------------------------------
+
+def residual_multi_dntk_measure(act, gamma, x, widths, depth, networks, seed, *, neurons=4,
+                                layers=None):
+    """P and Q of real residual networks at the inputs ``x`` (N, n0), two widths.
+
+    A residual MLP at residual criticality (:func:`pdlt.theory.residual.residual_mlp`,
+    ``n_out = width``, ``lambda_b = 0.5``) per width, measured by
+    :class:`pdlt.experiment.Ensemble` (torch autodiff dNTK on the ordered pairs of
+    ``neurons`` neurons per network; seeds ``seed``, ``seed + 1``) at ``layers`` (default
+    2..depth), extrapolated ``2 m(2n) - m(n)`` with the measured allowance ``|m(2n) -
+    m(n)|/2`` (:func:`pdlt.report.rows.width_extrapolation`).
+
+    Returns
+    -------
+    dict
+        ``{"P", "Q": (ext, se, allowance, theory)}``, each (layers, N, N, N, N), the theory
+        :func:`pdlt.statistics` (exact N-input P, Q:
+        :mod:`pdlt.theory.residual_multi_dntk`); ``"layers"``; ``"seconds"`` (wall).
+    """
+    import time
+
+    import pdlt
+
+    from ..experiment import Ensemble
+    from ..theory.residual import residual_mlp
+    from .rows import width_extrapolation
+
+    x = np.atleast_2d(np.asarray(x, float))
+    layers = list(range(2, depth + 1)) if layers is None else [int(v) for v in layers]
+    t0 = time.perf_counter()
+    ms = []
+    for k, n in enumerate(widths):
+        m = residual_mlp(act, gamma, n0=x.shape[1], width=n, depth=depth, n_out=n,
+                         lambda_b=0.5)
+        ms.append(Ensemble(m, networks=networks, seed=seed + k).measure(
+            x, stats=["P", "Q"], layers=layers, progress=False, derivative_neurons=neurons))
+    th = pdlt.statistics(m, x, get=["P", "Q"])
+    out = {"layers": layers}
+    for name in ("P", "Q"):
+        a, b = ms[0][name], ms[1][name]
+        ext, se, al = width_extrapolation(a.mean, a.stderr, b.mean, b.stderr)
+        out[name] = (ext, se, al, np.asarray(th[name])[[l - 1 for l in layers]])
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+#: default cases of :func:`residual_multi_dntk_rows` (``pdlt report --full``): two distinct
+#: inputs ``(1, 0), (0.6, 0.8)``, gamma = 0.5, depth 3, widths 16/32, rows at layer 3 (the
+#: two-depth terms enter there). tanh: P and Q through every sigma'' term; ReLU: P = 0
+#: exactly (sigma'' = 0 pointwise: absolute rows), Q through the lambda_W terms and F's
+#: form. Measured on 2 busy cores (seeds 140-143): tanh 4000 networks per width, best P
+#: 16 %, Q 20 %, every entry within 1.3 se; ReLU 4000 networks (another seed): Q 24-30 %,
+#: every entry within 0.8 se, hence 6000 here. GELU (4000 networks) passes every entry but
+#: at these inputs is not a case: its autodiff dNTK estimates are heavy-tailed (P 51 %,
+#: Q 25.5 %; two runs of Q read 5-10 % high and 10-15 % low); with the inputs scaled by 0.7
+#: (K1_aa = 0.66) they are milder (one run, 4000 networks: Q 21 %, P 41 % at layer 3,
+#: every entry within 1.6 se), so GELU's case is Q there (the only non-odd sigma'' case).
+#: Entries ``(activation, networks, input scale)``.
+RESIDUAL_MULTI_DNTK_CASES = (("tanh", 4000, 1.0), ("relu", 6000, 1.0), ("gelu", 5000, 0.7))
+
+
+def residual_multi_dntk_rows(cases=RESIDUAL_MULTI_DNTK_CASES, gamma=0.5, *,
+                             x=((1.0, 0.0), (0.6, 0.8)), widths=(16, 32), depth=3, seed=140):
+    """Rows: the N-input residual P and Q against real residual networks, last layer.
+
+    One row per entry of ``P`` (up to its symmetry ``a1 <-> a2``) and of ``Q`` at layer
+    ``depth``, keys ``"residual P (N inputs)"``, ``"residual Q (N inputs)"``, measured by
+    :func:`residual_multi_dntk_measure` for each ``(activation, networks, scale)`` of
+    ``cases`` at the inputs ``scale * x``.
+
+    Returns
+    -------
+    list of :class:`pdlt.report.rows.Row`
+    """
+    import itertools
+
+    from .rows import make_row
+
+    x = np.atleast_2d(np.asarray(x, float))
+    N = x.shape[0]
+    rows = []
+    for i, (act, networks, scale) in enumerate(cases):
+        r = residual_multi_dntk_measure(act, gamma, scale * x, widths, depth, networks,
+                                        seed + 2 * i, layers=[depth])
+        xs = "" if scale == 1.0 else f", inputs x{scale:g}"
+        for name in ("P", "Q"):
+            ext, se, al, th = (v[0] for v in r[name])
+            for q in itertools.product(range(N), repeat=4):
+                if name == "P" and q[2] < q[1]:
+                    continue
+                rows.append(make_row(
+                    f"{name}[{''.join(map(str, q))}] (gamma={gamma:g}, {N} inputs{xs}, "
+                    f"2m({widths[1]})-m({widths[0]}))", act, widths[1], depth, float(th[q]),
+                    float(ext[q]), float(se[q]), float(al[q]),
+                    key=f"residual {name} (N inputs)"))
+    return rows
