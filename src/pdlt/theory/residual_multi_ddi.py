@@ -25,9 +25,9 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from .residual_multi import _UP, _coefficients, _layer_tables, _ntk_multi, _stein_sd
+from .residual_multi import _UP, _coefficients, _fn, _layer_tables, _ntk_multi, _stein_sd
 
-__all__ = ["residual_t_multi", "residual_q_multi_ddi"]
+__all__ = ["residual_r_multi", "residual_t_multi", "residual_p_multi_ddi", "residual_q_multi_ddi"]
 
 
 def residual_t_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="default") -> np.ndarray:
@@ -117,6 +117,8 @@ def _letter_fn(act, letters):
             return None
         k = len(letters)
         return PiecewiseMonomial(si[0] ** k, si[1] ** k, letters.count("s"))
+    if "t" in letters:
+        raise ValueError("the third derivative is taken by Stein (_TwoDepth._stein)")
     f = {"s": act.sigma, "p": act.d1, "q": act.d2}
     fs = [f[c] for c in letters]
     if len(fs) == 1:
@@ -174,21 +176,69 @@ class _TwoDepth:
                         groups.setdefault(names, []).append(((c, e, a, b), var))
         out = np.zeros((N,) * 4)
         for names, items in groups.items():
-            fs = [self.fn(nm) for nm in names]
-            if any(f is None for f in fs):
-                continue                                  # sigma'' of the ReLU family: 0
             d = len(names)
             cov = np.empty((len(items), d, d))
             for k, (_, var) in enumerate(items):
                 for i in range(d):
                     for j in range(d):
                         cov[k, i, j] = C[var[i][0], var[j][0]][var[i][1], var[j][1]]
-            acc = _UP[self.accuracy] if d <= 3 else self.accuracy
-            vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **self.kw),
-                                            dtype=float))
+            vals = self._stein(names, cov) if any("t" in nm for nm in names) else \
+                self._nd(names, cov)
+            if vals is None:
+                continue                                  # sigma'' of the ReLU family: 0
             for k, (ix, _) in enumerate(items):
                 out[ix] = vals[k]
         return out
+
+    def _nd(self, names, cov, powers=None):
+        """``E[prod_k z_k^powers[k] f_k(z_k)]`` over a batch of covariances (None: 0)."""
+        fs = [self.fn(nm) for nm in names]
+        if any(f is None for f in fs):
+            return None
+        if powers is not None:
+            fs = [_fn(f, k) for f, k in zip(fs, powers)]
+        acc = _UP[self.accuracy] if len(fs) <= 3 else self.accuracy
+        return np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **self.kw),
+                                        dtype=float))
+
+    def _stein(self, names, cov):
+        """Averages with one ``t = sigma'''`` factor, without evaluating sigma''' (Stein).
+
+        For the variable x that carries t (with ``rest`` in ``{"", "p"}`` on the same
+        input), ``t rest = (q rest)' - q rest'``, and ``E[f'(x) G(Y)] = E[f(x) G(Y) (x -
+        beta^T Y)] / s`` (``x = beta^T Y + e``, ``s = Var e``): moments of sigma'' only, so
+        a kink of sigma'' (not a jump: :func:`pdlt.theory._averages.jumps_in_d2`) is
+        integrated. The ReLU family: 0 (None).
+        """
+        act = self.act
+        if (act.scale_invariant if act.name != "monomial" else None) is not None:
+            return None
+        ix = [k for k, nm in enumerate(names) if "t" in nm]
+        if len(ix) != 1 or names[ix[0]] not in ("t", "pt"):
+            raise NotImplementedError(f"two-depth average of {names}")
+        i = ix[0]
+        rest = names[i].replace("t", "")
+        others = [k for k in range(len(names)) if k != i]
+        carried = list(names)
+        carried[i] = "".join(sorted("q" + rest))          # f = q rest: t rest = f' - q rest'
+        d = len(names)
+        Kyy = cov[:, others][:, :, others]
+        cxy = cov[:, i, others]
+        beta = np.einsum("kab,kb->ka", np.linalg.pinv(Kyy, hermitian=True), cxy)
+        s = cov[:, i, i] - np.einsum("ka,ka->k", beta, cxy)
+        pw = [0] * d
+        pw[i] = 1
+        val = self._nd(carried, cov, pw)
+        for j, k in enumerate(others):
+            pw = [0] * d
+            pw[k] = 1
+            val = val - beta[:, j] * self._nd(carried, cov, pw)
+        val = val / s
+        if rest == "p":                                   # rest' = q: - E[q q(x) G]
+            qq = list(names)
+            qq[i] = "qq"
+            val = val - self._nd(qq, cov)
+        return val
 
 
 # ---------------------------------------------------------------------------
@@ -231,19 +281,22 @@ class _Layout:
         return slice(self.nM + p * self.N ** 2, self.nM + (p + 1) * self.N ** 2)
 
 
-def _evec(lay, l, a, varw, J, td, f_slots):
+def _evec(lay, l, a, varw, J, td, f_slots, used):
     """``E[a, b, alpha] = E[phi_alpha f_ab(z^(l))]`` over all nQ features.
 
     ``f_ab = f1_a f2_b`` with ``f_slots = "f1f2"`` (``"ps"``: sigma'_a sigma_b, ``"qp"``:
     sigma''_a sigma'_b); ``J[a, b, f] = <d_f f_ab>_{K^(l)}`` (Stein on the increments).
+    Two-depth blocks whose feature no form uses yet (``used``, (nQ,) bool) stay 0: they
+    are only ever contracted with those forms (at gamma = 0, every one).
     """
     N = lay.N
     E = np.zeros((N, N, lay.nQ))
     for m in range(l + 1):
         E[:, :, lay.U(m)] = a[l, m] * np.einsum("df,abf->abd", varw[m], J)
     for p in range(l):
-        E[:, :, lay.S(p)] = td(l, p, "sp" + f_slots).transpose(2, 3, 0, 1).reshape(N, N, N * N)
-        E[:, :, lay.QP(p)] = td(l, p, "qp" + f_slots).transpose(2, 3, 0, 1).reshape(N, N, N * N)
+        for blk, g in ((lay.S(p), "sp"), (lay.QP(p), "qp")):
+            if used[blk].any():
+                E[:, :, blk] = td(l, p, g + f_slots).transpose(2, 3, 0, 1).reshape(N, N, N * N)
     return E
 
 
@@ -268,8 +321,10 @@ def _qt_multi(mlp, Ks, Ths, accuracy, want="T"):
         cw, g, xi, lw = CW[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1], lW[l + 1]
         Gi = np.linalg.pinv(varw[l + 1], hermitian=True)
         Th, PP = Ths[l], avg[l].PP
-        Esp = _evec(lay, l, a, varw, Jsp[l], td, "ps")      # [a, b]: sigma'_a sigma_b
-        Eqp = _evec(lay, l, a, varw, Jqp[l], td, "qp")      # [a, b]: sigma''_a sigma'_b
+        used = np.any(w != 0.0, axis=(0, 1, 2))
+        used[:nM] |= np.any(M != 0.0, axis=(0, 1, 3)) | np.any(M != 0.0, axis=(0, 1, 2))
+        Esp = _evec(lay, l, a, varw, Jsp[l], td, "ps", used)      # [a, b]: sigma'_a sigma_b
+        Eqp = _evec(lay, l, a, varw, Jqp[l], td, "qp", used)      # [a, b]: sigma''_a sigma'_b
         chi = xi * xi * cw * PP + g * g
         # --- T (reads M, w of layer l) ---
         v = cw * Th[:, :, None] * Eqp + lw * Esp            # [a, b, alpha]
@@ -334,3 +389,229 @@ def _qt_multi(mlp, Ks, Ths, accuracy, want="T"):
                 vz[:, lay.QP(p)] = np.einsum("yf,cef->yce", C[l + 1, p], Jqp[p]).reshape(N, N * N)
             out["Q"][l + 1] = np.einsum("xyzk,uk->xyzu", w, vz)
     return {want: out[want]}
+
+
+# ---------------------------------------------------------------------------
+# R: B's attachments, P's bilinear form Pi, R's linear form in neuron j's features
+# ---------------------------------------------------------------------------
+
+def residual_r_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="default") -> np.ndarray:
+    r"""Exact N-input ddNTK statistic ``R`` of a residual MLP at every layer.
+
+    ``R[l, a0, a1, a2, a3] = n_{l-1} E[ddIH_{iijj; a0a1a2a3}]`` (i != j), with
+    ``ddIH_{i0i1i2i3} = T3_{i0}[g_{i1}, g_{i2}, g_{i3}]`` (the third-derivative tensor of
+    neuron i0 at input a0, rescaled by the learning rates). The conditional mean given
+    the two trajectories is a linear form ``r^{0123}(j)`` in neuron j's features
+    (``1``, ``sigma'''_c sigma'_e``, ``sigma''_c sigma_e``, ``sigma'_c sigma'_e`` at every
+    depth). A step (``s, p, q, t = sigma, sigma', sigma'', sigma'''`` at layer l;
+    ``g_{01} = C_W Theta_01 t_0 p_1 + lambda_W q_0 s_1``; ``h_{01} = C_W Theta_01 q_0 p_1
+    + lambda_W p_0 s_1``; B's attachments for the pair slots ``(a0, a0; a2, a3)`` give
+    ``B_{g,p_2p_3} = n E[g_{01}(z_a) p_2p_3(z_d) H_{ad;02} H_{ad;03}]`` and ``b_g(j) = n
+    E_a[g_{01}(z_a) H_{aj;02} H_{aj;03}]``; ``Pi^{023}`` P's bilinear form, ``e_h =
+    E[h_{01}(z^(l)) U]`` on the increments):
+
+    .. math::
+        r' = r(\gamma^4 + \xi^2\gamma^2 C_W\langle p_0p_1\rangle)\,r(j)
+           + r(\xi^4 C_W^2\langle p_0p_1\rangle + \xi^2\gamma^2 C_W)\,E[p_2p_3(z_c)\,r(c)]
+           + \xi^4 C_W\Theta_{02}\Theta_{03}\langle g_{01}p_2p_3\rangle + r\xi^4 C_W B_{g,p_2p_3}
+           + \xi^2\gamma^2\big(\Theta_{02}\Theta_{03}\, g_{01}(z_j^{(l)}) + r\,b_g(j)\big)
+           + r\xi^2 e_h^T\Pi^{023}\big(\xi^2 C_W E[p_2p_3\psi] + \gamma^2\psi(j)\big),
+
+    ``R = E[r(j)]``. At gamma = 0 this is :func:`pdlt.theory.ddntk.ddntk_R_step`; for one
+    input :func:`pdlt.theory.residual_ntk.residual_ddntk_r`. ``sigma'''`` is never
+    evaluated (Stein's lemma on sigma''), and an activation whose sigma'' jumps at a kink
+    is refused, as for plain MLPs. Derivation: ``docs/derivations/residual_ntk_multi.md``,
+    section "R and T at N inputs (h42)".
+
+    Parameters, returns and raises as :func:`residual_t_multi` (``R`` normalized by
+    ``n_{l-1}``, shape (L, N, N, N, N), layer 1 is 0); also ValueError if sigma'' jumps.
+
+    Examples
+    --------
+    >>> import numpy as np, pdlt
+    >>> from pdlt.theory.residual_multi_ddi import residual_r_multi
+    >>> m = pdlt.MLP(n0=2, width=8, depth=3, activation="tanh", gamma=0.5)
+    >>> residual_r_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
+    (3, 2, 2, 2, 2)
+    """
+    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: _pr_multi(*a, want="R"))["R"]
+
+
+def residual_p_multi_ddi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
+                         accuracy="default") -> np.ndarray:
+    """N-input ``P`` of a residual MLP from the bilinear form ``Pi`` that R reads.
+
+    ``P[l, a0, a1, a2, a3] = n_{l-1} E[dH_{jkk; a0a1a2} z_{j;a3}]`` (j != k). Exposed as the
+    check of ``Pi`` (gamma = 0: the plain P; one input:
+    :func:`pdlt.theory.residual_ntk.residual_dntk_p`) and as an independent cross-check
+    of any other N-input residual P. Parameters and returns as :func:`residual_t_multi`.
+    """
+    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: _pr_multi(*a, want="P"))["P"]
+
+
+class _JLayout:
+    """Features of one neuron: ``1`` | ``QS_{p;(c,e)} = sigma''_c sigma_e`` | ``PP_{p;(c,e)}
+    = sigma'_c sigma'_e`` | ``TP_{p;(c,e)} = sigma'''_c sigma'_e`` (P's psi uses the
+    first three blocks, R's form all four)."""
+
+    def __init__(self, L, N):
+        self.L, self.N, self.n2 = L, N, N * N
+        self.nPsi = 1 + 2 * L * N * N
+        self.nR = self.nPsi + L * N * N
+
+    def blk(self, kind, p):
+        o = {"qs": 1, "pp": 1 + self.L * self.n2, "tp": self.nPsi}[kind] + p * self.n2
+        return slice(o, o + self.n2)
+
+    def at(self, kind, p, c, e):
+        return self.blk(kind, p).start + c * self.N + e
+
+
+def _pr_multi(mlp, Ks, Ths, accuracy, want="R"):
+    L, N = Ks.shape[0], Ks.shape[1]
+    out = np.zeros((L,) + (N,) * 4)
+    if L == 1:
+        return {want: out}
+    act = mlp.activation
+    avg, a, varw, C = _setup(mlp, Ks, accuracy)
+    if want == "R":
+        for av in avg:
+            av.t["q3p"]                                # refuses a jumping sigma''
+    td = _TwoDepth(act, C, N, accuracy)
+    jl = _JLayout(L, N)
+    nU = L * N
+    Jsp = [_stein_sd(av) for av in avg]            # [a, c, f] = <d_f (sigma'_a sigma_c)>
+    Jqp = [np.asarray(av.G2) for av in avg]        # [a, c, f] = <d_f (sigma''_a sigma'_c)>
+    CW, lW = np.asarray(mlp.C_W, float), np.asarray(mlp.lambda_W, float)
+    ar = np.arange(N)
+    beta0 = np.zeros((N,) * 4)                     # B's attachments (residual_multi._b_multi)
+    bk = np.zeros((L,) + (N,) * 4)
+    bi = np.zeros((L,) + (N,) * 4)
+    Pi = np.zeros((N, N, N, nU, jl.nPsi))          # P's form [b0, b1, b2] -> (U of j, psi of k)
+    rf = np.zeros((N,) * 4 + (jl.nR,))             # R's form [a0..a3] -> features of j
+
+    def mean_feats(p_max):
+        """``E[f]`` of every feature of depth < p_max (one neuron; ``<t_c p_e> = dqp``)."""
+        m = np.zeros(jl.nR)
+        m[0] = 1.0
+        for p in range(p_max):
+            m[jl.blk("qs", p)] = avg[p].QS.ravel()
+            m[jl.blk("pp", p)] = avg[p].PP.ravel()
+            m[jl.blk("tp", p)] = avg[p].dqp.ravel()
+        return m
+
+    for l in range(L - 1):                          # step layer l+1 -> l+2 (0-based l)
+        r = mlp.widths[l + 1] / mlp.widths[l]
+        cw, g, xi, lw = CW[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1], lW[l + 1]
+        Gi = np.linalg.pinv(varw[l + 1], hermitian=True)
+        Th, PP, QS = Ths[l], avg[l].PP, avg[l].QS
+        live = [p for p in range(l) if np.any(bk[p]) or np.any(bi[p])]
+        PPPP = {p: td(l, p, "pppp") for p in live}  # [c, e, a, b]: pp(z^(p)) pp(z^(l))
+        # E[p_b1 p_b2(z^(l)) psi] and E[p_b1 p_b2(z^(l)) f(z^(p))] for R's features
+        used = np.any(Pi != 0.0, axis=(0, 1, 2, 3)) if want == "P" else \
+            np.any(Pi != 0.0, axis=(0, 1, 2, 3)) | np.any(rf != 0.0, axis=(0, 1, 2, 3))[:jl.nPsi]
+        epsi = np.zeros((N, N, jl.nR))
+        epsi[:, :, 0] = PP
+        for p in range(l):
+            for kind in ("qs", "pp", "tp"):
+                blk = jl.blk(kind, p)
+                if kind == "tp" and (want == "P" or not np.any(rf[..., blk])):
+                    continue
+                if kind != "tp" and not used[blk].any():
+                    continue
+                epsi[:, :, blk] = td(l, p, kind + "pp").reshape(N * N, N, N).transpose(1, 2, 0)
+        # ------------------------------------------------------------- R (reads layer l)
+        if want == "R":
+            Q3PPP = (avg[l].quad("xppp") - avg[l].K[:, :, None, None] * avg[l].quad("qqpp")
+                     - avg[l].K[:, None, :, None] * np.einsum("acbd->abcd", avg[l].quad("qqpp"))
+                     - avg[l].K[:, None, None, :] * np.einsum("adbc->abcd", avg[l].quad("qqpp"))
+                     ) / avg[l].diag[:, None, None, None]     # <t_0 p_1 p_2 p_3> (Stein)
+            gm = cw * Th * avg[l].dqp + lw * QS                  # <g_01>
+            gpp = cw * Th[:, :, None, None] * Q3PPP + lw * avg[l].quad("qspp")
+            eh = np.zeros((N, N, nU))                            # E[h_01(z^(l)) U_{m;c}]
+            for m in range(l + 1):
+                eh[:, :, m * N:(m + 1) * N] = a[l, m] * np.einsum(
+                    "ch,abh->abc", varw[m], cw * Th[:, :, None] * Jqp[l] + lw * Jsp[l])
+            Er = np.einsum("abcdk,cdk->abcd", rf, epsi)          # E[p_2 p_3(z_c) r(c)]
+            new = r * (g ** 4 + xi * xi * g * g * cw * PP)[:, :, None, None, None] * rf
+            const = (xi ** 4 * cw * Th[:, None, :, None] * Th[:, None, None, :] * gpp
+                     + r * (xi ** 4 * cw ** 2 * PP + xi * xi * g * g * cw)[:, :, None, None] * Er)
+            for a0 in range(N):
+                for a2 in range(N):
+                    for a3 in range(N):
+                        q4 = (a0, a0, a2, a3)
+                        p23 = PP[a2, a3]
+                        for a1 in range(N):
+                            gG = {p: cw * Th[a0, a1] * td(l, p, "pptp")[a2, a3, a0, a1]
+                                  + lw * td(l, p, "ppqs")[a2, a3, a0, a1] for p in live}
+                            hist_i = sum(bi[p][q4] * gG[p] for p in live)
+                            hist_k = sum(bk[p][q4] * PPPP[p][a0, a0, a2, a3] for p in live)
+                            Bg = beta0[q4] * gm[a0, a1] * p23 + gm[a0, a1] * hist_k + hist_i * p23
+                            piv = eh[a0, a1] @ Pi[a0, a2, a3]             # (nPsi,)
+                            c = const[a0, a1, a2, a3]
+                            c += r * xi ** 4 * cw * Bg
+                            c += r * xi * xi * g * g * (beta0[q4] * gm[a0, a1] + hist_i)
+                            c += r * xi * xi * (xi * xi * cw * float(piv @ epsi[a2, a3, :jl.nPsi])
+                                                + g * g * piv[0])
+                            f = new[a0, a1, a2, a3]
+                            f[0] += c
+                            f[1:jl.nPsi] += r * xi * xi * g * g * piv[1:]
+                            f[jl.at("tp", l, a0, a1)] += xi * xi * g * g * Th[a0, a2] * Th[a0, a3] \
+                                * cw * Th[a0, a1]
+                            f[jl.at("qs", l, a0, a1)] += xi * xi * g * g * Th[a0, a2] * Th[a0, a3] \
+                                * lw
+                            for p in live:
+                                f[jl.at("pp", p, a0, a0)] += r * xi * xi * g * g * gm[a0, a1] \
+                                    * bk[p][q4]
+            rf = new
+            out[l + 1] = rf @ mean_feats(l + 1)
+        # ------------------------------------------------------------- Pi' (P's form)
+        esp = np.zeros((N, N, nU))                   # E[p_b0 s_e(z^(l)) U_{m;c}] [b0, e, c]
+        for m in range(l + 1):
+            esp[:, :, m * N:(m + 1) * N] = a[l, m] * np.einsum("ch,abh->abc", varw[m], Jsp[l])
+        QSPP = avg[l].quad("qspp")
+        newPi = r * g ** 3 * Pi
+        newPi[..., 0] += r * g * xi * xi * cw * np.einsum("xyzak,yzk->xyza", Pi,
+                                                          epsi[:, :, :jl.nPsi])
+        X = np.zeros((N, N, N, N, jl.nPsi))          # [b0, b1, b2, e] -> psi of k
+        for b0 in range(N):
+            for b1 in range(N):
+                for b2 in range(N):
+                    q4 = (b0, b0, b1, b2)
+                    for e in range(N):
+                        fq = QS[b0, e]                                # <q_b0 s_e>
+                        hG = {p: td(l, p, "ppqs")[b1, b2, b0, e] for p in live}
+                        hist_i = sum(bi[p][q4] * hG[p] for p in live)
+                        hist_k = sum(bk[p][q4] * PPPP[p][b0, b0, b1, b2] for p in live)
+                        Bq = beta0[q4] * fq * PP[b1, b2] + fq * hist_k + hist_i * PP[b1, b2]
+                        ephPi = esp[b0, e] @ Pi[b0, b1, b2]           # (nPsi,)
+                        v = X[b0, b1, b2, e]
+                        v[0] += xi * xi * cw * (Th[b0, b1] * Th[b0, b2] * QSPP[b0, e, b1, b2]
+                                                + r * Bq + r * float(ephPi @ epsi[b1, b2, :jl.nPsi]))
+                        v[0] += g * g * r * (beta0[q4] * fq + hist_i)
+                        v[jl.at("qs", l, b0, e)] += g * g * Th[b0, b1] * Th[b0, b2]
+                        for p in live:
+                            v[jl.at("pp", p, b0, b0)] += g * g * r * fq * bk[p][q4]
+                        v += g * g * r * ephPi
+        newPi[:, :, :, (l + 1) * N:(l + 2) * N, :] += xi * cw * np.einsum("xyzek,ef->xyzfk",
+                                                                           X, Gi)
+        Pi = newPi
+        # ------------------------------------------------------------- B's attachments
+        chi = xi * xi * cw * PP + g * g
+        i1, i2 = ar[:, None, None, None], ar[None, :, None, None]
+        i3, i4 = ar[None, None, :, None], ar[None, None, None, :]
+        ThTh = Th[i1, i3] * Th[i2, i4]
+        hi = sum(bi[p] * np.einsum("cdab->abcd", PPPP[p]) for p in live) if live else 0.0
+        hk = sum(bk[p] * PPPP[p] for p in live) if live else 0.0
+        chi12, chi34 = chi[i1, i2], chi[i3, i4]
+        beta0 = (xi ** 4 * cw ** 2 * avg[l].quad("pppp") * ThTh
+                 + r * (chi12 * chi34 * beta0 + xi * xi * cw * (chi34 * hi + chi12 * hk)))
+        bk[:l] *= r * g * g * chi12
+        bi[:l] *= r * g * g * chi34
+        bk[l] = bi[l] = xi * xi * g * g * cw * ThTh
+        if want == "P":
+            vz = np.zeros((N, nU))                   # E[U_{m;c} z_y^(l+1)] [y, (m, c)]
+            for m in range(l + 2):
+                vz[:, m * N:(m + 1) * N] = a[l + 1, m] * varw[m].T
+            out[l + 1] = np.einsum("xyzak,ua,k->xyzu", Pi, vz, mean_feats(l + 1)[:jl.nPsi])
+    return {want: out}
