@@ -27,7 +27,51 @@ from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
 from .residual_multi import _UP, _coefficients, _fn, _layer_tables, _ntk_multi, _stein_sd
 
-__all__ = ["residual_r_multi", "residual_t_multi", "residual_p_multi_ddi", "residual_q_multi_ddi"]
+__all__ = ["residual_ddi_multi", "residual_r_multi", "residual_t_multi", "residual_p_multi_ddi",
+           "residual_q_multi_ddi"]
+
+
+def residual_ddi_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="default",
+                       stats=("R", "T")) -> dict:
+    """The N-input residual statistics ``stats`` (a subset of P, Q, R, T), one fold per pair.
+
+    R and P share one fold (P's bilinear form), T and Q another (F's and Q's forms):
+    :func:`residual_r_multi`, :func:`residual_p_multi_ddi`, :func:`residual_t_multi`,
+    :func:`residual_q_multi_ddi`. What :func:`pdlt.statistics` calls for residual MLPs
+    at N inputs.
+
+    Parameters
+    ----------
+    mlp, x, Ks, Thetas, accuracy
+        As :func:`residual_t_multi`.
+    stats : sequence of str
+        Names from ``("P", "Q", "R", "T")``.
+
+    Returns
+    -------
+    dict
+        name -> ndarray (L, N, N, N, N), normalized by ``n_{l-1}``.
+
+    Raises
+    ------
+    ValueError
+        An unknown name in ``stats``, or as :func:`residual_t_multi` and
+        :func:`residual_r_multi`.
+    """
+    stats = tuple(stats)
+    bad = [k for k in stats if k not in ("P", "Q", "R", "T")]
+    if bad:
+        raise ValueError(f"stats: {bad} are not computed here; choose from P, Q, R, T "
+                         "(the others: pdlt.statistics)")
+    pr = tuple(k for k in ("P", "R") if k in stats)
+    qt = tuple(k for k in ("Q", "T") if k in stats)
+
+    def core(*a):
+        out = _pr_multi(*a, want=pr) if pr else {}
+        if qt:
+            out.update(_qt_multi(*a, want=qt))
+        return out
+    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, core)
 
 
 def residual_t_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="default") -> np.ndarray:
@@ -87,7 +131,7 @@ def residual_t_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="defaul
     >>> residual_t_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
     (3, 2, 2, 2, 2)
     """
-    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: _qt_multi(*a, want="T"))["T"]
+    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: _qt_multi(*a, want=("T",)))["T"]
 
 
 def residual_q_multi_ddi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
@@ -100,7 +144,7 @@ def residual_q_multi_ddi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
     :func:`pdlt.theory.residual_ntk.residual_dntk_q`) and as an independent cross-check
     of any other N-input residual Q. Parameters and returns as :func:`residual_t_multi`.
     """
-    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: _qt_multi(*a, want="Q"))["Q"]
+    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: _qt_multi(*a, want=("Q",)))["Q"]
 
 
 # ---------------------------------------------------------------------------
@@ -300,11 +344,11 @@ def _evec(lay, l, a, varw, J, td, f_slots, used):
     return E
 
 
-def _qt_multi(mlp, Ks, Ths, accuracy, want="T"):
+def _qt_multi(mlp, Ks, Ths, accuracy, want=("T",)):
     L, N = Ks.shape[0], Ks.shape[1]
     out = {"T": np.zeros((L,) + (N,) * 4), "Q": np.zeros((L,) + (N,) * 4)}
     if L == 1:
-        return {want: out[want]}
+        return {k: out[k] for k in want}
     act = mlp.activation
     avg, a, varw, C = _setup(mlp, Ks, accuracy)
     td = _TwoDepth(act, C, N, accuracy)
@@ -380,7 +424,7 @@ def _qt_multi(mlp, Ks, Ths, accuracy, want="T"):
             M[:, :, lay.U(l + 1), :] += k * r * np.einsum("cu,abcy->abuy", Gi, eMi)
             M[:, :, :, lay.U(l + 1)] += k * r * np.einsum("cu,abcx->abxu", Gi, Mek)
         # --- Q readout at layer l+1: vz[y, alpha] = E[phi_alpha z^(l+1)_y] ---
-        if want == "Q":
+        if "Q" in want:
             vz = np.zeros((N, lay.nQ))
             for m in range(l + 2):
                 vz[:, lay.U(m)] = a[l + 1, m] * varw[m].T
@@ -388,7 +432,7 @@ def _qt_multi(mlp, Ks, Ths, accuracy, want="T"):
                 vz[:, lay.S(p)] = np.einsum("yf,ecf->yce", C[l + 1, p], Jsp[p]).reshape(N, N * N)
                 vz[:, lay.QP(p)] = np.einsum("yf,cef->yce", C[l + 1, p], Jqp[p]).reshape(N, N * N)
             out["Q"][l + 1] = np.einsum("xyzk,uk->xyzu", w, vz)
-    return {want: out[want]}
+    return {k: out[k] for k in want}
 
 
 # ---------------------------------------------------------------------------
@@ -434,7 +478,7 @@ def residual_r_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="defaul
     >>> residual_r_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
     (3, 2, 2, 2, 2)
     """
-    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: _pr_multi(*a, want="R"))["R"]
+    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: _pr_multi(*a, want=("R",)))["R"]
 
 
 def residual_p_multi_ddi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
@@ -446,7 +490,7 @@ def residual_p_multi_ddi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
     :func:`pdlt.theory.residual_ntk.residual_dntk_p`) and as an independent cross-check
     of any other N-input residual P. Parameters and returns as :func:`residual_t_multi`.
     """
-    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: _pr_multi(*a, want="P"))["P"]
+    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: _pr_multi(*a, want=("P",)))["P"]
 
 
 class _JLayout:
@@ -467,14 +511,14 @@ class _JLayout:
         return self.blk(kind, p).start + c * self.N + e
 
 
-def _pr_multi(mlp, Ks, Ths, accuracy, want="R"):
+def _pr_multi(mlp, Ks, Ths, accuracy, want=("R",)):
     L, N = Ks.shape[0], Ks.shape[1]
-    out = np.zeros((L,) + (N,) * 4)
+    out = {k: np.zeros((L,) + (N,) * 4) for k in want}
     if L == 1:
-        return {want: out}
+        return out
     act = mlp.activation
     avg, a, varw, C = _setup(mlp, Ks, accuracy)
-    if want == "R":
+    if "R" in want:
         for av in avg:
             av.t["q3p"]                                # refuses a jumping sigma''
     td = _TwoDepth(act, C, N, accuracy)
@@ -508,20 +552,19 @@ def _pr_multi(mlp, Ks, Ths, accuracy, want="R"):
         live = [p for p in range(l) if np.any(bk[p]) or np.any(bi[p])]
         PPPP = {p: td(l, p, "pppp") for p in live}  # [c, e, a, b]: pp(z^(p)) pp(z^(l))
         # E[p_b1 p_b2(z^(l)) psi] and E[p_b1 p_b2(z^(l)) f(z^(p))] for R's features
-        used = np.any(Pi != 0.0, axis=(0, 1, 2, 3)) if want == "P" else \
-            np.any(Pi != 0.0, axis=(0, 1, 2, 3)) | np.any(rf != 0.0, axis=(0, 1, 2, 3))[:jl.nPsi]
+        used = np.any(Pi != 0.0, axis=(0, 1, 2, 3)) | np.any(rf != 0.0, axis=(0, 1, 2, 3))[:jl.nPsi]
         epsi = np.zeros((N, N, jl.nR))
         epsi[:, :, 0] = PP
         for p in range(l):
             for kind in ("qs", "pp", "tp"):
                 blk = jl.blk(kind, p)
-                if kind == "tp" and (want == "P" or not np.any(rf[..., blk])):
+                if kind == "tp" and not np.any(rf[..., blk]):
                     continue
                 if kind != "tp" and not used[blk].any():
                     continue
                 epsi[:, :, blk] = td(l, p, kind + "pp").reshape(N * N, N, N).transpose(1, 2, 0)
         # ------------------------------------------------------------- R (reads layer l)
-        if want == "R":
+        if "R" in want:
             Q3PPP = (avg[l].quad("xppp") - avg[l].K[:, :, None, None] * avg[l].quad("qqpp")
                      - avg[l].K[:, None, :, None] * np.einsum("acbd->abcd", avg[l].quad("qqpp"))
                      - avg[l].K[:, None, None, :] * np.einsum("adbc->abcd", avg[l].quad("qqpp"))
@@ -564,7 +607,7 @@ def _pr_multi(mlp, Ks, Ths, accuracy, want="R"):
                                 f[jl.at("pp", p, a0, a0)] += r * xi * xi * g * g * gm[a0, a1] \
                                     * bk[p][q4]
             rf = new
-            out[l + 1] = rf @ mean_feats(l + 1)
+            out["R"][l + 1] = rf @ mean_feats(l + 1)
         # ------------------------------------------------------------- Pi' (P's form)
         esp = np.zeros((N, N, nU))                   # E[p_b0 s_e(z^(l)) U_{m;c}] [b0, e, c]
         for m in range(l + 1):
@@ -609,9 +652,10 @@ def _pr_multi(mlp, Ks, Ths, accuracy, want="R"):
         bk[:l] *= r * g * g * chi12
         bi[:l] *= r * g * g * chi34
         bk[l] = bi[l] = xi * xi * g * g * cw * ThTh
-        if want == "P":
+        if "P" in want:
             vz = np.zeros((N, nU))                   # E[U_{m;c} z_y^(l+1)] [y, (m, c)]
             for m in range(l + 2):
                 vz[:, m * N:(m + 1) * N] = a[l + 1, m] * varw[m].T
-            out[l + 1] = np.einsum("xyzak,ua,k->xyzu", Pi, vz, mean_feats(l + 1)[:jl.nPsi])
-    return {want: out}
+            out["P"][l + 1] = np.einsum("xyzak,ua,k->xyzu", Pi, vz,
+                                        mean_feats(l + 1)[:jl.nPsi])
+    return out

@@ -172,8 +172,8 @@ def defined(mlp, n_inputs=1):
     """The statistics :func:`statistics` can compute for ``mlp`` and this many inputs.
 
     Plain MLPs: all of :data:`NAMES` except R when sigma'' jumps at a kink
-    (elu with alpha != 1). Residual MLPs: K, Theta, chi's, V, G1, A, B, D, F, and for
-    one input also kappa3, H1, P, Q, R (as for plain MLPs), S, T, U.
+    (elu with alpha != 1). Residual MLPs: K, Theta, chi's, V, G1, A, B, D, F, P, Q,
+    R (as for plain MLPs), T, and for one input also kappa3, H1, S, U.
     """
     from ._averages import jumps_in_d2
     if not mlp.is_residual:
@@ -181,7 +181,8 @@ def defined(mlp, n_inputs=1):
     if n_inputs == 1:
         return INFINITE_WIDTH + ("V", "G1", "kappa3", "A", "B", "D", "F", "P", "Q") + (
             () if jumps_in_d2(mlp.activation) else ("R",)) + ("S", "T", "U", "H1")
-    return INFINITE_WIDTH + ("V", "G1", "A", "B", "D", "F")
+    return INFINITE_WIDTH + ("V", "G1", "A", "B", "D", "F", "P", "Q") + (
+        () if jumps_in_d2(mlp.activation) else ("R",)) + ("T",)
 
 
 def _parse_get(get, mlp, n_inputs):
@@ -206,7 +207,7 @@ def _parse_get(get, mlp, n_inputs):
 def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
     """Residual MLPs: what is derived, and the exact one-input statistics."""
     allowed = {"V", "G1"} | ({"kappa3", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U",
-                              "H1"} if single else {"A", "B", "D", "F"})
+                              "H1"} if single else {"A", "B", "D", "F", "P", "Q", "R", "T"})
     missing = sorted(need - allowed, key=NAMES.index)
     if missing:
         raise NotImplementedError(
@@ -214,7 +215,8 @@ def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
             + ("(one input: V, G1, kappa3, A, B, D, F, P, Q, R, S, T, U, H1 are; "
                "pdlt.theory.residual_ntk)"
                if single else "for N inputs (N-input residual MLPs: V, G1, A, B, D and F, "
-                              "pdlt.theory.residual_multi; one input: V, G1, kappa3, A, B, D, "
+                              "pdlt.theory.residual_multi; P, Q, R, T, "
+                              "pdlt.theory.residual_multi_ddi; one input: V, G1, kappa3, A, B, D, "
                               "F, P, Q, R, S, T, U, H1)"))
     if not single:      # exact N-input V, G1, A, B, D, F, any activation (residual_multi)
         from .residual_multi import (residual_ad_multi, residual_b_multi, residual_f_multi,
@@ -228,6 +230,11 @@ def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
         if need & {"A", "D"}:
             ad = residual_ad_multi(mlp, Ks=K, Thetas=Theta, accuracy=accuracy)
             given.update({k: ad[k] for k in ("A", "D") if k in need})
+        ddi = [k for k in ("P", "Q", "R", "T") if k in need and k not in given]
+        if ddi:     # h42: R, T and the forms of P, Q they read (residual_multi_ddi)
+            from .residual_multi_ddi import residual_ddi_multi
+            given.update(residual_ddi_multi(mlp, Ks=K, Thetas=Theta, accuracy=accuracy,
+                                            stats=ddi))
         return given
     K1 = float(K[0, 0, 0])
     given = {}
