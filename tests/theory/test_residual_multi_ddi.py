@@ -1,4 +1,4 @@
-"""N-input ddNTK statistics R and T of residual MLPs (pdlt.theory.residual_multi_ddi): exact references.
+"""N-input residual R and T (pdlt.theory.residual_multi_ddi): exact references.
 
 * gamma = 0: the plain N-input steps of pdlt.theory.ddntk / dntk (the same layer averages:
   round-off), for R, T and the P, Q that the same folds read out (the check of the forms

@@ -252,7 +252,7 @@ class _TwoDepth:
         For the variable x that carries t (with ``rest`` in ``{"", "p"}`` on the same
         input), ``t rest = (q rest)' - q rest'``, and ``E[f'(x) G(Y)] = E[f(x) G(Y) (x -
         beta^T Y)] / s`` (``x = beta^T Y + e``, ``s = Var e``): moments of sigma'' only, so
-        a kink of sigma'' (not a jump: :func:`pdlt.theory._averages.jumps_in_d2`) is
+        a kink of sigma'' (not a jump: R refuses those) is
         integrated. The ReLU family: 0 (None). The moments take one rule up: the division
         by ``s`` amplifies their error (tanh, two depths at gamma = 0.5, four variables: 1e-6
         relative at the default rule, 5e-10 one up).
@@ -632,8 +632,9 @@ def _pr_multi(mlp, Ks, Ths, accuracy, want=("R",)):
                         Bq = beta0[q4] * fq * PP[b1, b2] + fq * hist_k + hist_i * PP[b1, b2]
                         ephPi = esp[b0, e] @ Pi[b0, b1, b2]           # (nPsi,)
                         v = X[b0, b1, b2, e]
+                        ePe = float(ephPi @ epsi[b1, b2, :jl.nPsi])
                         v[0] += xi * xi * cw * (Th[b0, b1] * Th[b0, b2] * QSPP[b0, e, b1, b2]
-                                                + r * Bq + r * float(ephPi @ epsi[b1, b2, :jl.nPsi]))
+                                                + r * Bq + r * ePe)
                         v[0] += g * g * r * (beta0[q4] * fq + hist_i)
                         v[jl.at("qs", l, b0, e)] += g * g * Th[b0, b1] * Th[b0, b2]
                         for p in live:
