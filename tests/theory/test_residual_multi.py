@@ -141,7 +141,7 @@ def test_statistics_serves_it_and_the_truncation_is_gone():
     s = pdlt.statistics(relu, X3[:2], get="all")
     assert s.V.shape == (4, 2, 2, 2, 2)
     with pytest.raises(NotImplementedError, match="for N inputs"):
-        pdlt.statistics(relu, X3[:2], get="P")
+        pdlt.statistics(relu, X3[:2], get="S")
     with pytest.raises(ValueError, match="exactly one"):
         residual_vertex_metric_multi(m)
     with pytest.raises(ValueError, match="accuracy"):
@@ -256,7 +256,7 @@ def test_statistics_serves_b_and_f_at_n_inputs():
     assert np.array_equal(s.F, residual_f_multi(m, X3[:2]))
     assert {"B", "F"} <= set(defined(m, 2))
     with pytest.raises(NotImplementedError, match="V, G1, A, B, D and F"):
-        pdlt.statistics(m, X3[:2], get=["P"])
+        pdlt.statistics(m, X3[:2], get=["S"])
     with pytest.raises(ValueError, match="both Ks and Thetas"):
         residual_b_multi(m, Ks=s.K)
     with pytest.raises(ValueError, match="both Ks and Thetas"):
@@ -381,6 +381,6 @@ def test_statistics_serves_a_and_d_at_n_inputs():
     assert np.array_equal(s.A, o["A"]) and np.array_equal(s.D, o["D"])
     assert {"A", "B", "D", "F"} <= set(defined(m, 2))
     with pytest.raises(NotImplementedError, match="V, G1, A, B, D and F"):
-        pdlt.statistics(m, X3[:2], get=["P"])
+        pdlt.statistics(m, X3[:2], get=["S"])
     with pytest.raises(ValueError, match="both Ks and Thetas"):
         residual_ad_multi(m, Ks=s.K)

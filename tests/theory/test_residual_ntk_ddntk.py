@@ -128,7 +128,7 @@ def test_served_by_statistics():
         np.testing.assert_array_equal(np.ravel(st[k]), f(m, 1.0))
     assert set("RSTU") <= set(pdlt.theory.statistics.defined(m))
     assert "S" not in pdlt.theory.statistics.defined(m, 2)
-    with pytest.raises(NotImplementedError, match="R, S not derived for N inputs"):
+    with pytest.raises(NotImplementedError, match="S not derived for N inputs"):
         pdlt.statistics(m, np.ones((2, 1)), get=("R", "S"))
     elu = residual_mlp("elu", 0.5, width=8, depth=3, n_out=8)      # sigma'' jumps at 0
     assert "R" not in pdlt.theory.statistics.defined(elu)

@@ -177,10 +177,10 @@ def test_errors_and_residual_limits():
     with pytest.raises(FloatingPointError, match="float64 range.*layer 2"):
         pdlt.statistics(tiny, K1=1.0, get="V")
     res = pdlt.MLP(n0=2, width=8, depth=3, activation="relu", gamma=0.5)
-    with pytest.raises(NotImplementedError, match="R not derived for N inputs"):
-        pdlt.statistics(res, np.eye(2), get="R")
+    with pytest.raises(NotImplementedError, match="S not derived for N inputs"):
+        pdlt.statistics(res, np.eye(2), get="S")
     with pytest.raises(NotImplementedError, match="not derived for N inputs"):
-        pdlt.statistics(res, np.eye(2), get="P")
+        pdlt.statistics(res, np.eye(2), get="U")
     assert set(defined(res, 1)) >= {"V", "G1", "kappa3", "A", "B", "D", "F"}
     assert "H1" in defined(res, 1) and "R" in defined(res, 1)   # residual H1, R: one input
     assert "H1" not in defined(res, 2) and "V" in defined(res, 2)   # N-input: V, G1, A, B, D, F
