@@ -1,22 +1,31 @@
-r"""N-input ddNTK statistics T (and R) of residual MLPs at order 1/n, any activation.
+r"""N-input ddNTK statistics R and T of residual MLPs at order 1/n (and the P, Q they read).
 
-``T[l, a0, a1, a2, a3] = n_{l-1} E[ddIIH_{ijij; a0a1a2a3}]`` (i != j;
-``shared/NOTATION.md``), the plain convention of :func:`pdlt.theory.ddntk.ddntk_T_step`.
-The one-input construction (:func:`pdlt.theory.residual_ntk.residual_ddntk_t`,
-``docs/derivations/residual_ntk.md`` section 13b) carries over with input slots
-(``docs/derivations/residual_ntk_multi.md``, section "R and T at N inputs (h42)"): the
-conditional mean of ``ddIIH_{ijij}`` given the two trajectories is a constant, and a
-step reads
+``R[l, a0, a1, a2, a3] = n_{l-1} E[ddIH_{iijj; a0a1a2a3}]`` and ``T[l, a0, a1, a2, a3] =
+n_{l-1} E[ddIIH_{ijij; a0a1a2a3}]`` (i != j; ``shared/NOTATION.md``), the plain conventions
+of :func:`pdlt.theory.ddntk.ddntk_R_step` and :func:`~pdlt.theory.ddntk.ddntk_T_step`. The
+one-input constructions (:func:`pdlt.theory.residual_ntk.residual_ddntk_r`,
+:func:`~pdlt.theory.residual_ntk.residual_ddntk_t`; ``docs/derivations/residual_ntk.md``
+sections 13b, 13c) carry over with input slots (``docs/derivations/residual_ntk_multi.md``,
+section "R and T at N inputs (h42)"). A neuron carries its own past, so each step reads
+conditional forms over one neuron's trajectory, built here at N inputs:
 
-* F's bilinear form ``n E[H_{ik;ab} | .] = phi(i)^T M^{ab} phi(k)`` (the recursion of
-  :func:`pdlt.theory.residual_multi.residual_f_multi`, repeated here because that
-  function does not expose ``M``), and
-* Q's linear form ``n E[dH_{jjk; a0a1a2} | .] = w^{a0a1a2} . phi(k)`` in neuron k's features
-  (increments ``U_{m;c}``, ``sigma_c sigma'_e(z^(p))``, ``sigma''_c sigma'_e(z^(p))``), the
-  N-input form of :func:`pdlt.theory.residual_ntk.residual_dntk_q`.
+* T: the conditional mean of ``ddIIH_{ijij}`` is a constant; a step reads F's bilinear form
+  ``n E[H_{ik;ab} | .] = phi(i)^T M^{ab} phi(k)`` (the recursion of
+  :func:`pdlt.theory.residual_multi.residual_f_multi`, repeated because that function does
+  not expose ``M``) and Q's linear form ``n E[dH_{jjk; a0a1a2} | .] = w^{a0a1a2} . phi(k)``
+  (increments ``U_{m;c}``, ``sigma_c sigma'_e(z^(p))``, ``sigma''_c sigma'_e(z^(p))``);
+* R: the conditional mean of ``ddIH_{iijj}`` is a linear form in neuron j's features
+  (``sigma'''_c sigma'_e``, ``sigma''_c sigma_e``, ``sigma'_c sigma'_e`` at every depth); a
+  step reads B's attachments (:func:`pdlt.theory.residual_multi.residual_b_multi`) and P's
+  bilinear form ``n E[dH_{jkk; b0b1b2} | .] = phi(j)^T Pi^{b0b1b2} psi(k)``.
 
-Q itself comes out of the same fold (:func:`residual_q_multi_ddi`, used here only as the
-check of ``w``: at gamma = 0 the plain Q, for coinciding inputs the one-input Q).
+P and Q come out of the same folds (:func:`residual_p_multi_ddi`, :func:`residual_q_multi_ddi`:
+the checks of ``Pi`` and ``w``, equal to the plain P, Q at gamma = 0 and to the one-input ones
+for coinciding inputs). One-neuron two-depth averages of products of sigma, sigma', sigma''
+are four-variable Gaussian averages (:func:`pdlt.gaussian.expect_nd`); sigma''' is never
+evaluated (Stein's lemma on sigma''). Cost: ``O(L^2 N^4)`` such averages (tanh, N = 2,
+depth 4: ~1 s for P, Q, R, T; N = 3: 10-15 s; kinked activations other than the ReLU family
+take the split rules and are much slower: ELU, N = 2, depth 3, minutes).
 """
 
 from __future__ import annotations
