@@ -140,10 +140,7 @@ def test_statistics_serves_it_and_the_truncation_is_gone():
     assert {"V", "G1"} <= set(defined(relu, 2))
     s = pdlt.statistics(relu, X3[:2], get="all")
     assert s.V.shape == (4, 2, 2, 2, 2)
-    missing = [k for k in NAMES if k not in defined(relu, 2)]   # (P, Q: h40)
-    if missing:
-        with pytest.raises(NotImplementedError, match="for N inputs"):
-            pdlt.statistics(relu, X3[:2], get=missing[:1])
+    assert defined(relu, 2) == defined(relu.with_(gamma=0.0), 2)    # every N-input statistic
     with pytest.raises(ValueError, match="exactly one"):
         residual_vertex_metric_multi(m)
     with pytest.raises(ValueError, match="accuracy"):
@@ -257,10 +254,7 @@ def test_statistics_serves_b_and_f_at_n_inputs():
     assert np.array_equal(s.B, residual_b_multi(m, X3[:2]))
     assert np.array_equal(s.F, residual_f_multi(m, X3[:2]))
     assert {"B", "F"} <= set(defined(m, 2))
-    missing = [k for k in NAMES if k not in defined(m, 2)]     # (P, Q: h40)
-    if missing:
-        with pytest.raises(NotImplementedError, match="not derived for N inputs"):
-            pdlt.statistics(m, X3[:2], get=missing[:1])
+    assert defined(m, 2) == defined(m.with_(gamma=0.0), 2)      # every N-input statistic
     with pytest.raises(ValueError, match="both Ks and Thetas"):
         residual_b_multi(m, Ks=s.K)
     with pytest.raises(ValueError, match="both Ks and Thetas"):
@@ -384,9 +378,6 @@ def test_statistics_serves_a_and_d_at_n_inputs():
     o = residual_ad_multi(m, X3[:2])
     assert np.array_equal(s.A, o["A"]) and np.array_equal(s.D, o["D"])
     assert {"A", "B", "D", "F"} <= set(defined(m, 2))
-    missing = [k for k in NAMES if k not in defined(m, 2)]     # (P, Q: h40)
-    if missing:
-        with pytest.raises(NotImplementedError, match="not derived for N inputs"):
-            pdlt.statistics(m, X3[:2], get=missing[:1])
+    assert defined(m, 2) == defined(m.with_(gamma=0.0), 2)      # every N-input statistic
     with pytest.raises(ValueError, match="both Ks and Thetas"):
         residual_ad_multi(m, Ks=s.K)

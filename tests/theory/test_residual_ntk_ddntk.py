@@ -127,9 +127,7 @@ def test_served_by_statistics():
     for k, f in FUNCS.items():
         np.testing.assert_array_equal(np.ravel(st[k]), f(m, 1.0))
     assert set("RSTU") <= set(pdlt.theory.statistics.defined(m))
-    assert "S" in pdlt.theory.statistics.defined(m, 2)          # N-input S, U: h41
-    with pytest.raises(NotImplementedError, match="R not derived for N inputs"):
-        pdlt.statistics(m, np.ones((2, 1)), get=("R", "S"))
+    assert set("RSTU") <= set(pdlt.theory.statistics.defined(m, 2))    # N inputs too
     elu = residual_mlp("elu", 0.5, width=8, depth=3, n_out=8)      # sigma'' jumps at 0
     assert "R" not in pdlt.theory.statistics.defined(elu)
     with pytest.raises(ValueError, match="sigma'' that jumps"):

@@ -172,8 +172,10 @@ def defined(mlp, n_inputs=1):
     """The statistics :func:`statistics` can compute for ``mlp`` and this many inputs.
 
     Plain MLPs: all of :data:`NAMES` except R when sigma'' jumps at a kink
-    (elu with alpha != 1). Residual MLPs: K, Theta, chi's, V, G1, kappa3, A, B, D, F, P, Q,
-    S, U, H1, and for one input also R (as for plain MLPs), T.
+    (elu with alpha != 1). Residual MLPs: the same, for one input or N (one input:
+    :mod:`pdlt.theory.residual_ntk`; N inputs: :mod:`pdlt.theory.residual_multi`,
+    ``residual_multi_mean``, ``residual_multi_dntk``, ``residual_multi_ddi``,
+    ``residual_multi_ddii``).
     """
     from ._averages import jumps_in_d2
     if not mlp.is_residual:
@@ -181,8 +183,8 @@ def defined(mlp, n_inputs=1):
     if n_inputs == 1:
         return INFINITE_WIDTH + ("V", "G1", "kappa3", "A", "B", "D", "F", "P", "Q") + (
             () if jumps_in_d2(mlp.activation) else ("R",)) + ("S", "T", "U", "H1")
-    return INFINITE_WIDTH + ("V", "G1", "kappa3", "A", "B", "D", "F", "P", "Q", "S", "U",
-                             "H1")
+    return INFINITE_WIDTH + ("V", "G1", "kappa3", "A", "B", "D", "F", "P", "Q") + (
+        () if jumps_in_d2(mlp.activation) else ("R",)) + ("S", "T", "U", "H1")
 
 
 def _parse_get(get, mlp, n_inputs):
@@ -207,8 +209,8 @@ def _parse_get(get, mlp, n_inputs):
 def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
     """Residual MLPs: what is derived, and the exact one-input statistics."""
     allowed = {"V", "G1"} | ({"kappa3", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U",
-                              "H1"} if single else {"A", "B", "D", "F", "P", "Q", "S", "U",
-                                                    "H1", "kappa3"})
+                              "H1"} if single else {"A", "B", "D", "F", "P", "Q", "R", "S",
+                                                    "T", "U", "H1", "kappa3"})
     missing = sorted(need - allowed, key=NAMES.index)
     if missing:
         raise NotImplementedError(
@@ -216,8 +218,8 @@ def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
             + ("(one input: V, G1, kappa3, A, B, D, F, P, Q, R, S, T, U, H1 are; "
                "pdlt.theory.residual_ntk)"
                if single else "for N inputs (N-input residual MLPs: V, G1, A, B, D and F, "
-                              "pdlt.theory.residual_multi; P, Q, residual_multi_dntk; S, U, "
-                              "pdlt.theory.residual_multi_ddii; kappa3, H1, residual_multi_mean; "
+                              "pdlt.theory.residual_multi; P, Q, R, T, residual_multi_ddi; "
+                              "S, U, residual_multi_ddii; kappa3, H1, residual_multi_mean; "
                               "one input: V, G1, kappa3, A, B, D, F, P, Q, R, S, T, U, H1)"))
     if not single:      # exact N-input V, G1, A, B, D, F, any activation (residual_multi)
         from .residual_multi import (residual_ad_multi, residual_b_multi, residual_f_multi,
@@ -241,7 +243,12 @@ def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
         if "kappa3" in need:
             from .residual_multi_mean import residual_kappa3_multi
             given["kappa3"] = residual_kappa3_multi(mlp, Ks=K, accuracy=accuracy)
-        if need & {"P", "Q"}:    # (h40) exact N-input P, Q (residual_multi_dntk)
+        if need & {"R", "T"}:   # h42: R, T and the forms of P, Q they read (residual_multi_ddi)
+            from .residual_multi_ddi import residual_ddi_multi
+            ddi = [k for k in ("P", "Q", "R", "T") if k in need]
+            given.update(residual_ddi_multi(mlp, Ks=K, Thetas=Theta, accuracy=accuracy,
+                                            stats=ddi))
+        elif need & {"P", "Q"}:    # h40: P, Q alone (residual_multi_dntk)
             from .residual_multi_dntk import residual_dntk_multi
             given.update(residual_dntk_multi(mlp, Ks=K, Thetas=Theta, accuracy=accuracy,
                                              stats=sorted(need & {"P", "Q"})))
