@@ -185,3 +185,18 @@ def test_served_by_statistics_and_refusals():
         residual_r_multi(e, X2)
     with pytest.raises(ValueError, match="choose from P, Q, R, T"):
         residual_ddi_multi(m, X2, stats=("S",))
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_p_q_equal_the_dntk_module(act):
+    """P and Q from R's and T's folds equal pdlt.theory.residual_multi_dntk's (independent
+    code: its own increments and projector), so that pdlt.statistics serves one P, Q
+    whichever statistics are asked with them; relu is the singular-increment case."""
+    from pdlt.theory.residual_multi_dntk import residual_dntk_multi
+    m = residual_mlp(act, 0.6, width=8, depth=3, n_out=8, n0=3)
+    a = residual_ddi_multi(m, X3, stats=("P", "Q"))
+    b = residual_dntk_multi(m, X3, stats=("P", "Q"))
+    for k in ("P", "Q"):       # measured (depth 4, tanh, gelu, relu): 1e-15 of the scale
+        scale = np.max(np.abs(b[k]), axis=(1, 2, 3, 4), keepdims=True)
+        assert np.all(scale[2:] > 0) or (k == "P" and act == "relu")   # relu: P = 0
+        assert np.all(np.abs(a[k] - b[k]) <= 1e-10 * scale), k
