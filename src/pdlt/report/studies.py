@@ -275,6 +275,9 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
         if full:   # N-input residual V, G1, A, B, D, F (relu, tanh; 2 inputs, layer 4; ~18 CPU s)
             from .residual import residual_multi_rows
             rows += residual_multi_rows(seed=seed + 60, ntk_networks=4000)
+            # trained residual networks against the 1/n end of training (h43; ~25 CPU s)
+            from .residual import residual_training_rows
+            rows += residual_training_rows(seed=seed + 80)
         figs["r* exact and NTK slopes"] = residual_aspect_ratio_figure(
             gammas=np.linspace(0.0, 0.9, 7), depth=32)[0]
     figs["optimal aspect ratio"] = optimal_aspect_ratio_figure()[0]
