@@ -128,3 +128,18 @@ def test_learning_size_of_residual_mlps():
         relu = ft.finite_width_learning_size(residual_mlp("relu", 0.5, n0=2, width=32,
                                                                depth=4), 1.0)
     assert np.isfinite(relu["representation_learning"])
+
+
+def test_ntk_regressor_with_width_on_a_residual_mlp():
+    """NTKRegressor(width=) goes through training_statistics: on N inputs it passes on the
+    N-input NotImplementedError (until those statistics exist), then it predicts."""
+    from pdlt.learning import NTKRegressor
+
+    mlp = residual_mlp("tanh", 0.5, n0=2, width=16, depth=3)
+    reg = NTKRegressor(mlp, width=16, steps=10).fit(X1, [0.5])
+    try:
+        mean = reg.predict(np.array([[0.2, 0.8]]))
+    except NotImplementedError as exc:
+        assert "residual" in str(exc) and "H1" in str(exc)
+    else:
+        assert np.all(np.isfinite(mean))

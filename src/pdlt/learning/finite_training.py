@@ -113,9 +113,12 @@ V, G1, A, B, D, F at N inputs: with one training input and ``X_test=None``
 (the training outputs and the NTK change) residual training is predicted now;
 on more inputs :func:`training_statistics` passes on its NotImplementedError
 (naming what is missing) until the N-input H1, P, Q, R, S, T, U exist, and then
-works with no change here. Checked against trained residual networks
-(``tests/experiment/test_training_residual.py``; the report rows of
-:func:`pdlt.report.residual.residual_training_rows`).
+works with no change here. Exact checks: ``tests/learning/test_finite_training_residual.py``
+(gamma = 0, xi != 1 equals the rescaled plain MLP); checked against trained
+residual tanh networks (``tests/experiment/test_training_residual_ensemble.py``,
+the ``--full`` report rows of :func:`pdlt.report.residual.residual_training_rows`).
+ReLU residual networks disagree with the expansion exactly as plain ReLU
+networks do (the kink, below).
 
 Kinked activations (ReLU): the expansion assumes a smooth network function.
 Trained ReLU networks disagree with it: ``n (E[z(T)] - m_inf)`` grows like
