@@ -53,8 +53,8 @@ def test_gamma_zero_residual_path_equals_the_plain_path(activation):
 
 def test_one_input_solution_equals_the_training_block_of_the_two_input_one():
     """The training dynamics never see the test inputs: on a plain MLP the train-input
-    mean and NTK change without test inputs equal those with a test input (the degree-3
-    cubature is exact in both)."""
+    mean, covariance and NTK change without test inputs equal those with a test input (the
+    degree-3 cubature and the Stein derivative are exact in both)."""
     mlp = pdlt.MLP(n0=2, width=16, depth=3, activation="tanh", C_W=1.0, C_b=0.1)
     a = ft.training_statistics(mlp, X1)
     b = ft.training_statistics(mlp, X1, np.array([[0.2, 0.8]]))
@@ -64,6 +64,11 @@ def test_one_input_solution_equals_the_training_block_of_the_two_input_one():
         np.testing.assert_allclose(ra.train_mean_correction, rb.train_mean_correction,
                                    rtol=1e-7)
         np.testing.assert_allclose(ra.ntk_change, rb.ntk_change[:1, :1], rtol=1e-7)
+        np.testing.assert_allclose(ra.train_cov_correction, rb.train_cov_correction,
+                                   rtol=1e-7)
+        np.testing.assert_allclose(ra.train_cov_infinite, rb.train_cov_infinite, rtol=1e-12,
+                                   atol=1e-15)
+        assert abs(ra.train_cov_correction[0, 0]) > 1e-3
         assert ra.mean_infinite.shape == (0,)
 
 

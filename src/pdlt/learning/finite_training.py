@@ -593,6 +593,10 @@ class FiniteWidthTraining:
     train_mean_infinite, train_mean_correction : ndarray (N_A, n_out)
         The same on the training inputs (the infinite-width mean is ``y``
         after convergence or a Newton leap).
+    train_cov_infinite, train_cov_correction : ndarray (N_A, n_out, N_A, n_out)
+        The covariance over initializations on the training inputs (zero at
+        infinite width after convergence or a Newton leap; its 1/n
+        coefficient need not be).
     ntk_change : ndarray (N, n_out, N, n_out)
         ``n E[H_{ij;ab}(T) - H_{ij;ab}(0)]`` over all inputs (training first):
         the predicted change of the NTK during training (representation
@@ -613,6 +617,8 @@ class FiniteWidthTraining:
     ntk_change: np.ndarray
     parts: dict = field(default_factory=dict)
     width: int | None = None
+    train_cov_infinite: np.ndarray | None = None
+    train_cov_correction: np.ndarray | None = None
 
     @property
     def n_out(self) -> int:
@@ -686,7 +692,7 @@ def _end_of_training(st: TrainingStatistics, y, sched):
                 + np.einsum("k,ka,kb->ab", c, F1_V @ y, F1_V @ y))
     # 2 Cov(C0 z, Z1) by Stein: E[(C0 z)_a Z1_b] = sum_j (C0 K)_{aj} E[d_j Z1_b]
     dirs = st.K @ C0.T                                                 # column a: direction u_a
-    rows = list(range(Na, N))
+    rows = list(range(N))          # every input: the training block of the covariance too
     cross = np.zeros((N, N))
     hstep = 1.0
     batch = []
@@ -753,7 +759,8 @@ def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> Fi
                 mean_infinite=mi[test], mean_correction=mc[test], cov_infinite=ci[test, test],
                 cov_correction=cc[test, test], train_mean_infinite=mi[:Na],
                 train_mean_correction=mc[:Na], ntk_change=h,
-                parts={k: v[test] for k, v in parts.items()}, width=w)
+                parts={k: v[test] for k, v in parts.items()}, width=w,
+                train_cov_infinite=ci[:Na, :Na], train_cov_correction=cc[:Na, :Na])
         pos = np.arange(N)[:, None]
         lst = st
     else:
@@ -768,7 +775,8 @@ def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> Fi
     return FiniteWidthTraining(
         mean_infinite=mi[pb], mean_correction=mc[pb], cov_infinite=pair(ci, pb),
         cov_correction=pair(cc, pb), train_mean_infinite=mi[pa], train_mean_correction=mc[pa],
-        ntk_change=pair(h, pos), parts={k: v[pb] for k, v in parts.items()}, width=w)
+        ntk_change=pair(h, pos), parts={k: v[pb] for k, v in parts.items()}, width=w,
+        train_cov_infinite=pair(ci, pa), train_cov_correction=pair(cc, pa))
 
 
 def finite_width_training(mlp, X_train, y_train, X_test=None, *, algorithm="gd", learning_rate=None,
