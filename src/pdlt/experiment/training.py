@@ -125,7 +125,9 @@ class TrainedEnsemble:
         (training first). Given its hidden layers a network's initial output is
         exactly Gaussian with its own last-layer kernel ``Khat``
         (:func:`pdlt.report.learning.hidden_kernels`, same ``seed``: the
-        antithetic sign flip of the last layer leaves ``Khat`` unchanged), so
+        antithetic sign flip of the last layer leaves ``Khat`` unchanged; residual
+        hidden layers are fine, a residual output layer is not: its output has the mean
+        ``gamma z^(L-1)`` given the hidden layers), so
         ``c = w^2 - diag(C0 Khat C0^T)`` with ``w = C0 z(0)`` has mean exactly
         zero at any width, and ``(z - zbar)^2 - beta c`` estimates the variance with the
         part that follows ``w^2`` removed; ``beta`` is the least-squares
