@@ -110,7 +110,8 @@ functions included), which deliver the output-layer tensors. For (ii):
 The width n of the expansion is ``n_{L-1}`` as for plain MLPs. Today
 :func:`pdlt.statistics` serves every residual statistic at one input but only
 V, G1, A, B, D, F at N inputs: with one training input and ``X_test=None``
-(the training outputs and the NTK change) residual training is predicted now;
+(the training outputs, their covariance and the NTK change) residual training is
+predicted now;
 on more inputs :func:`training_statistics` passes on its NotImplementedError
 (naming what is missing) until the N-input H1, P, Q, R, S, T, U exist, and then
 works with no change here. Exact checks: ``tests/learning/test_finite_training_residual.py``
