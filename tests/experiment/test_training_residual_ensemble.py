@@ -23,9 +23,9 @@ def _case(**kw):
 
 
 def test_residual_ntk_change_and_variance_during_training():
-    """n E[H(1) - H(0)] and n Var z(1) extrapolated from n = 16, 32 (8000 networks, ~5 s):
-    resolution ~17 % and ~22 % (NTK: stderr 0.24, allowance |m(32) - m(16)|/2 ~ 0.5
-    against -8.76)."""
+    """n E[H(1) - H(0)] and n Var z(1) extrapolated from n = 16, 32 (8000 networks, ~5 s),
+    allowance the whole change |m(32) - m(16)| (the report rows' rule): resolution ~22 %
+    and ~26 % (NTK: stderr 0.24, allowance ~1.0 against -8.76)."""
     from pdlt.report.residual import residual_training_case, residual_training_case_rows
 
     res = residual_training_case(_case(networks=8000, seed=4))
@@ -35,7 +35,7 @@ def test_residual_ntk_change_and_variance_during_training():
     powered(r.theory, r.measured, r.stderr, r.allowance, label="residual NTK change",
             max_resolution=0.3)
     # the variance at the training input after the leap is all 1/n (v_inf = 0): n Var
-    # extrapolated from 16, 32, resolution ~22 %
+    # extrapolated from 16, 32, resolution ~26 %
     r = rows["residual trained variance (1/n)"]
     assert r.theory == pytest.approx(2.4537, rel=1e-4) and res["tv_inf"][0] == 0.0
     powered(r.theory, r.measured, r.stderr, r.allowance, label="residual trained variance",
@@ -45,14 +45,14 @@ def test_residual_ntk_change_and_variance_during_training():
 @pytest.mark.slow
 def test_residual_trained_mean_and_ntk_change_default_case():
     """The report's case (40 000 networks, n = 16, 32; ~25 s): the trained mean at the
-    training input (resolution ~25 %), the NTK change (~12 %) and the variance (~12 %)."""
+    training input (resolution ~25 %), the NTK change (~18 %) and the variance (~22 %)."""
     from pdlt.report.residual import residual_training_case, residual_training_case_rows
 
     rows = residual_training_case_rows(residual_training_case(_case()))
     keys = [r.key for r in rows]
     assert keys == ["residual trained mean (1/n)", "residual NTK change (1/n)",
                     "residual trained variance (1/n)"]
-    for r, res_max in zip(rows, (0.35, 0.2, 0.2)):
+    for r, res_max in zip(rows, (0.35, 0.25, 0.3)):
         powered(r.theory, r.measured, r.stderr, r.allowance, label=r.statistic,
                 max_resolution=res_max)
 
