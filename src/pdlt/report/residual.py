@@ -1082,9 +1082,9 @@ class ResidualTrainingCase:
 #: -10.10(20) / -12.58(20) / -14.42(12) at n = 16 / 32 / 64 (40 000 / 40 000 / 20 000
 #: networks), so 2m(2n) - m(n) = -15.06 (16/32) and -16.27(32) (32/64), and the second
 #: Richardson step (1/n^2 removed too) -16.67, 2 % from the theory; but the 1/n^2 term
-#: shrinks by 0.74, not <= 0.5, from 16/32 to 32/64, so the rows' allowance |m(2n) -
-#: m(n)|/2 is too small there (at the report seed the 16/32 row missed by 0.01 of its
-#: bound 2.02; the rows now allow the whole change |m(2n) - m(n)|, which it passes), and
+#: shrinks by 0.74, not <= 0.5, from 16/32 to 32/64, so half the 16-to-32 change is too
+#: small an allowance there (at the report seed that row missed by 0.01 of its bound 2.02;
+#: the rows now allow the whole change, which it passes), and
 #: n = 64 costs ~80 CPU s. The variance reads 2.11 / 2.64 / 3.06 (second
 #: step 3.58 against 3.47), the mean -1.53(4) / -1.71(6) / -1.69(13). gamma 0.3, depth 4
 #: passes at n = 16, 32 (23 %, 12 %, 16 %), not included for cost.
