@@ -38,6 +38,12 @@ def register(sub):
                    help="number of target columns at the end of each CSV row (default 1): "
                         "one network output per column, trained together on the summed MSE "
                         "loss (with --width the outputs interact at order 1/n)")
+    p.add_argument("--residual", metavar="GAMMA", type=float, default=None,
+                   help="residual MLP z' = [b + W sigma(z)] + GAMMA z in the equal-width hidden "
+                        "layers (xi = 1; the output layer stays plain); with --critical the "
+                        "residual critical C_b, C_W. --width needs the residual finite-width "
+                        "statistics on the training and test inputs together (one input is "
+                        "served; N inputs: an error names what is missing)")
     p.add_argument("--train", required=True, help="training CSV")
     p.add_argument("--test", required=True, help="test CSV (its last column is the target)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -90,8 +96,6 @@ def _read_csv(path, name, targets=1):
 
 
 def run(args):
-    from ..learning import NNGPRegressor, NTKRegressor
-
     if args.targets < 1:
         raise ValueError(f"--targets must be a positive number of target columns; got "
                          f"{args.targets}")
@@ -103,12 +107,41 @@ def run(args):
     mlp = build_mlp(args, n0=Xa.shape[1], critical=args.critical)
     if args.targets > 1:
         mlp = mlp.with_(n_out=args.targets)
+    if args.residual is not None:
+        mlp = _residual(mlp, args)
     if args.learning_rate is not None and not (np.isfinite(args.learning_rate)
                                                and args.learning_rate > 0):
         raise ValueError(f"--learning-rate must be a finite number > 0; got {args.learning_rate}"
                          " (omit it for half the stability bound 2/lambda_max(Theta))")
     if args.noise != "auto" and not (np.isfinite(args.noise) and args.noise >= 0):
         raise ValueError(f"--noise must be a variance >= 0 or 'auto'; got {args.noise}")
+    try:
+        return _fit(args, mlp, Xa, ya, Xb, yb)
+    except NotImplementedError as exc:      # e.g. residual N-input statistics: one line, exit 2
+        raise ValueError(str(exc)) from exc
+
+
+def _residual(mlp, args):
+    """The --residual MLP: gamma in the equal-width hidden layers, a plain output layer."""
+    gamma = float(args.residual)
+    if not (np.isfinite(gamma) and abs(gamma) < 1):
+        raise ValueError(f"--residual must satisfy |gamma| < 1; got {args.residual}")
+    if mlp.n_out == mlp.widths[-2]:
+        raise ValueError(f"--residual with {mlp.n_out} targets, the MLP's hidden width, would "
+                         "make the output layer residual; use fewer target columns")
+    if args.critical and (args.C_b is None or args.C_W is None):
+        from ..theory.residual import residual_mlp
+        crit = residual_mlp(mlp.activation, gamma, n0=mlp.n0, width=mlp.widths[1],
+                            depth=mlp.depth, n_out=mlp.n_out)
+        C_b = crit.C_b if args.C_b is None else args.C_b
+        C_W = crit.C_W if args.C_W is None else args.C_W
+        return mlp.with_(gamma=gamma, C_b=C_b, C_W=C_W)
+    return mlp.with_(gamma=gamma)
+
+
+def _fit(args, mlp, Xa, ya, Xb, yb):
+    from ..learning import NNGPRegressor, NTKRegressor
+
     if args.method == "nngp":
         if args.steps is not None or args.learning_rate is not None:
             raise ValueError("--steps and --learning-rate apply to --method ntk only")

@@ -13,6 +13,15 @@ layer l steps by ``eta * lambda_b^(l) * dL/db`` and a weight of layer l by
 ``eta * lambda_W^(l) / n_{l-1} * dL/dW``. Then at first order the outputs
 move by ``-eta H (z - y)`` with the NTK H of NOTATION.md, so at infinite
 width the trained ensemble follows the frozen-NTK linear model.
+
+Residual MLPs (``mlp.gamma``, ``mlp.xi``; NOTATION.md): the forward pass is
+``z^(l) = xi^(l) [b^(l) + W^(l) sigma(z^(l-1))] + gamma^(l) z^(l-1)``, exactly
+that of :func:`pdlt.experiment.ntk.preactivations` for the residual ensembles,
+and the learning-rate tensor is unchanged (``lambda_b^(l)``, ``lambda_W^(l) /
+n_{l-1}`` on ``b^(l)``, ``W^(l)``; ``xi`` and ``gamma`` are fixed
+hyperparameters, not trained), so the recorded NTK is the forward-equation NTK
+``H' = xi^2 [lambda_b + lambda_W sigma.sigma / n] + Y H Y^T``, ``Y = xi W
+diag(sigma') + gamma 1`` (:mod:`pdlt.experiment.ntk`).
 """
 
 from __future__ import annotations
@@ -116,7 +125,9 @@ class TrainedEnsemble:
         (training first). Given its hidden layers a network's initial output is
         exactly Gaussian with its own last-layer kernel ``Khat``
         (:func:`pdlt.report.learning.hidden_kernels`, same ``seed``: the
-        antithetic sign flip of the last layer leaves ``Khat`` unchanged), so
+        antithetic sign flip of the last layer leaves ``Khat`` unchanged; residual
+        hidden layers are fine, a residual output layer is not: its output has the mean
+        ``gamma z^(L-1)`` given the hidden layers), so
         ``c = w^2 - diag(C0 Khat C0^T)`` with ``w = C0 z(0)`` has mean exactly
         zero at any width, and ``(z - zbar)^2 - beta c`` estimates the variance with the
         part that follows ``w^2`` removed; ``beta`` is the least-squares
@@ -163,16 +174,43 @@ class TrainedEnsemble:
         return Estimate(u.mean(0), u.std(0, ddof=1) / np.sqrt(u.shape[0]), M)
 
 
-def _forward(Ws, bs, x, tact):
-    """Outputs (B, N, n_L) of B networks on inputs x (N, n0)."""
+def _forward(Ws, bs, x, tact, gamma=None, xi=None):
+    """Outputs (B, N, n_L) of B networks on inputs x (N, n0).
+
+    ``gamma``, ``xi``: per-layer residual hyperparameters (``mlp.gamma``,
+    ``mlp.xi``; None: plain), ``z' = xi [b + W sigma(z)] + gamma z``.
+    """
     h = x
     z = None
     for l, (W, b) in enumerate(zip(Ws, bs)):
         if l > 0:
             h = tact.sigma(z)
         # z_{i;a} = b_i + sum_j W_ij h_{j;a}: (B, N, n_l)
-        z = torch.matmul(h, W.transpose(1, 2)) + b[:, None, :]
+        z_new = torch.matmul(h, W.transpose(1, 2)) + b[:, None, :]
+        if gamma is not None and (gamma[l] != 0.0 or xi[l] != 1.0):
+            z_new = xi[l] * z_new + gamma[l] * z if gamma[l] != 0.0 else xi[l] * z_new
+        z = z_new
     return z
+
+
+def _antithetic_flip(Ws, bs, mlp):
+    """Make network 2k+1 the sign-flipped copy of network 2k (``z^(L) -> -z^(L)``), in place.
+
+    A plain output layer (``gamma^(L) = 0``): negate its weights and bias
+    (``xi^(L)`` only scales). A residual output layer carries ``gamma z^(L-1)``,
+    which that flip leaves alone; for an odd activation negating ``W^(1)`` and
+    every bias flips every layer (``z^(l) -> -z^(l)``), for another activation
+    no parameter flip negates the output, and the caller refuses.
+    """
+    L = len(Ws)
+    if mlp.gamma[-1] == 0.0:
+        flip_W, flip_b = {L - 1}, {L - 1}
+    else:
+        flip_W, flip_b = {0}, set(range(L))
+    with torch.no_grad():
+        for l, (W, b) in enumerate(zip(Ws, bs)):
+            W[1::2] = (-1.0 if l in flip_W else 1.0) * W[0::2]
+            b[1::2] = (-1.0 if l in flip_b else 1.0) * b[0::2]
 
 
 def _output_ntk(Ws, bs, x, tact, mlp, params):
@@ -181,7 +219,7 @@ def _output_ntk(Ws, bs, x, tact, mlp, params):
     Returns ndarray (B, N, N) for one output, (B, N, n_out, N, n_out) otherwise
     (``[m, a, i, b, j] = H_{ij;ab}`` of network m).
     """
-    z = _forward(Ws, bs, x, tact)                                       # (B, N, n_out)
+    z = _forward(Ws, bs, x, tact, mlp.gamma, mlp.xi)                    # (B, N, n_out)
     L = mlp.depth
     lam = [mlp.lambda_W[l] / mlp.widths[l] for l in range(L)] + [mlp.lambda_b[l] for l in range(L)]
     B, N, n_out = z.shape
@@ -205,6 +243,7 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
     Parameters
     ----------
     mlp : pdlt.MLP
+        Plain or residual (``gamma``, ``xi``: the module docstring).
     X_train : array_like (N, n0)
     y_train : array_like (N,) or (N, n_out)
         ``n_out`` must equal ``mlp.n_out`` (a 1-D ``y`` needs ``n_out = 1``).
@@ -230,7 +269,11 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
     antithetic : bool, default False
         Variance reduction for means: network 2k+1 is network 2k with the last
         layer's weights and biases negated (``z -> -z``, ``H`` unchanged,
-        ``dH -> -dH``: the distribution of the ensemble is unchanged). The
+        ``dH -> -dH``: the distribution of the ensemble is unchanged). A
+        residual output layer (``gamma^(L) != 0``, i.e. ``n_out`` = width) needs
+        an odd activation: then ``W^(1)`` and every bias are negated, which
+        flips every layer; for other activations it is refused (no parameter
+        flip negates the output). The
         pair average cancels every part of the trained output that is odd in
         the initial output, which dominates the spread, so a mean's standard
         error shrinks from O(1) to O(n^{-1/2}). Needs an even ``networks``;
@@ -249,10 +292,6 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
     """
     if not isinstance(mlp, MLP):
         raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
-    if mlp.is_residual:
-        raise NotImplementedError(
-            "train_ensemble does not support residual MLPs yet (gamma != 0 or xi != 1): its "
-            "forward pass has no skip connections")
     Xa = validate_inputs(X_train, mlp.n0, "X_train")
     Xb = validate_inputs(X_test, mlp.n0, "X_test")
     y = np.asarray(y_train, dtype=float)
@@ -290,9 +329,18 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
         raise ValueError(f"record must lie in 0..steps={steps}; got {rec.tolist()}")
     if antithetic and networks % 2:
         raise ValueError(f"antithetic=True pairs networks: networks must be even; got {networks}")
+    if antithetic and mlp.gamma[-1] != 0.0:
+        from ..theory._averages import is_odd
+        if not is_odd(mlp.activation):
+            raise ValueError(
+                f"antithetic=True needs a sign flip of the network that negates the output; the "
+                f"output layer is residual (gamma[{mlp.depth - 1}] = {mlp.gamma[-1]:g}) and "
+                f"{mlp.activation.name!r} is not odd, so there is none. Use antithetic=False, "
+                "a plain output layer (n_out != width with a scalar gamma) or an odd activation")
     ens = Ensemble(mlp, networks=networks, seed=seed, dtype=dtype, device=device,
                    memory_budget=memory_budget, chunk_size=chunk_size)
     tact = torch_activation(mlp.activation)
+    res = (mlp.gamma, mlp.xi) if mlp.is_residual else ()
     conv = dict(dtype=dtype, device=ens.device)
     xa, xb = torch.as_tensor(Xa, **conv), torch.as_tensor(Xb, **conv)
     yt = torch.as_tensor(y, **conv)
@@ -318,19 +366,15 @@ def train_ensemble(mlp, X_train, y_train, X_test, *, networks=100, learning_rate
         stop = min(M, start + chunk)
         Ws, bs = ens.parameters(start, stop)
         if antithetic:
-            with torch.no_grad():
-                for l, (W, b) in enumerate(zip(Ws, bs)):
-                    sign = -1.0 if l == len(Ws) - 1 else 1.0
-                    W[1::2] = sign * W[0::2]
-                    b[1::2] = sign * b[0::2]
+            _antithetic_flip(Ws, bs, mlp)
         params = [p.requires_grad_(True) for p in (*Ws, *bs)]
         k = 0
         for t in range(steps + 1):
-            za = _forward(Ws, bs, xa, tact)
+            za = _forward(Ws, bs, xa, tact, *res)
             resid = za - yt
             if k < T and t == rec[k]:
                 with torch.no_grad():
-                    zb = _forward(Ws, bs, xb, tact)
+                    zb = _forward(Ws, bs, xb, tact, *res)
                 out_a[start:stop, k] = za.detach().cpu().double().numpy()
                 out_b[start:stop, k] = zb.cpu().double().numpy()
                 if ntk:

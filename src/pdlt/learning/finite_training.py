@@ -6,8 +6,9 @@ mean shift H1, the NTK fluctuations and correlations A, B, D, F, the dNTK
 (P, Q) and the ddNTKs (R, S, T, U) change the trained network's predictions
 at order 1/n (book chapter ∞, "The End of Training", §∞.2-∞.3).
 
-* :func:`training_statistics` computes the statistics an MLP needs on the
-  training and test inputs (it warns for kinked activations, see below);
+* :func:`training_statistics` computes the statistics an MLP (plain or
+  residual, see below) needs on the training and test inputs (it warns for
+  kinked activations, see below);
 * :func:`algorithm_schedule` builds the step schedules of the book's three
   algorithms: one giant leap (Newton step), a giant leap followed by small
   gradient steps, and many gradient-descent steps;
@@ -22,7 +23,7 @@ changes. At infinite width every converging schedule gives the same
 prediction; at order 1/n they differ (one giant leap is linear in the NTK, so
 the A, B term vanishes exactly; many small steps are not).
 
-**Several outputs** (``n_out > 1``, plain MLPs). The MSE loss sums over
+**Several outputs** (``n_out > 1``; plain MLPs and residual ones alike). The MSE loss sums over
 outputs, ``L = (1/2) sum_i eps_i^T M_t eps_i``, so a step moves ``theta_mu``
 by ``-lambda_mu sum_{i,c} (d_mu z_{i;c}) u_{i;c}`` with ``u_i = M_t eps_i``.
 Write ``s = (a, i)`` for an (input, output) pair. The one-output dynamics
@@ -76,6 +77,49 @@ correlated and the NTK block ``H_ij`` moves at order 1/n. The outputs
 interact: at order 1/n they cannot be trained one at a time. Cost: that of
 the one-output engine on ``n_out (N_A + N_B)`` inputs (memory ~ ``(n_out
 N)^4``; a clear MemoryError beyond 4 GiB).
+
+**Residual MLPs** (``z' = xi [b + W sigma(z)] + gamma z``, NOTATION.md). The
+dynamics above are exact Taylor expansions of the network function in its
+parameters and hold for any architecture; the solution at order 1/n then
+needs, at the output layer only, (i) the statistics K, G1, Theta, H1, A, B,
+D, F, P, Q, R, S, T, U of NOTATION.md with the same output-index (Kronecker
+delta) structure, and (ii) the vanishing of every odd moment of the output,
+``E[z z z]``, ``E[DeltaH z]``, ``E[dH]``, ``E[dH z z]`` at order 1/n (used for
+``E[F(H0) z] = 0`` and to keep dH only through ``E[dH z]``), plus the
+factorization of ``E[DeltaH DeltaH z z]``, ``E[dH z z z]`` into the two-point
+parts at leading order. The residual hidden layers change (i) only: they enter
+through the recursions of :func:`pdlt.statistics` (residual three-point
+functions included), which deliver the output-layer tensors. For (ii):
+
+* a *plain output layer* (``gamma^(L) = 0``: the default whenever ``n_out !=
+  width``; any ``xi^(L)``) is odd under ``W^(L), b^(L) -> -W^(L), -b^(L)``,
+  which maps ``z -> -z``, ``H -> H``, ``dH -> -dH``, ``ddH -> ddH`` and leaves the
+  ensemble unchanged, for any activation and any hidden residual layers: (ii)
+  holds exactly, the factorization follows as for plain MLPs by conditioning
+  on layer L-1 (its empirical averages fluctuate at O(n^{-1/2}) with or
+  without skip connections), and the engine applies unchanged;
+* a *residual output layer* (``gamma^(L) != 0``, i.e. ``n_out = width``) with an
+  odd activation: negating ``W^(1)`` and every bias maps ``z^(l) -> -z^(l)`` in
+  every layer, so (ii) holds again;
+* a residual output layer with a non-odd activation (ReLU, GELU): ``gamma
+  z^(L-1)`` does not flip, the output has an O(1/n) three-point function
+  (:func:`pdlt.statistics` ``kappa3``) and ``E[dH z z]``, ``E[DeltaH z]`` at
+  order 1/n; those terms are not derived here, so :func:`training_statistics`
+  refuses it (NotImplementedError).
+
+The width n of the expansion is ``n_{L-1}`` as for plain MLPs. Today
+:func:`pdlt.statistics` serves every residual statistic at one input but only
+V, G1, A, B, D, F at N inputs: with one training input and ``X_test=None``
+(the training outputs, their covariance and the NTK change) residual training is
+predicted now;
+on more inputs :func:`training_statistics` passes on its NotImplementedError
+(naming what is missing) until the N-input H1, P, Q, R, S, T, U exist, and then
+works with no change here. Exact checks: ``tests/learning/test_finite_training_residual.py``
+(gamma = 0, xi != 1 equals the rescaled plain MLP); checked against trained
+residual tanh networks (``tests/experiment/test_training_residual_ensemble.py``,
+the ``--full`` report rows of :func:`pdlt.report.residual.residual_training_rows`).
+ReLU residual networks disagree with the expansion exactly as plain ReLU
+networks do (the kink, below).
 
 Kinked activations (ReLU): the expansion assumes a smooth network function.
 Trained ReLU networks disagree with it: ``n (E[z(T)] - m_inf)`` grows like
@@ -257,7 +301,7 @@ _LIFT_MEMORY = 4 * 2 ** 30
 
 
 def _check_outputs(mlp, n_out=None):
-    """The MLP (plain, checked); ``n_out`` targets, when given, must match its outputs."""
+    """The MLP (checked); ``n_out`` targets, when given, must match its outputs."""
     mlp = check_mlp(mlp)
     if n_out is not None and mlp.n_out != n_out:
         raise ValueError(f"y_train has {n_out} target column(s) but the MLP has n_out = "
@@ -266,22 +310,49 @@ def _check_outputs(mlp, n_out=None):
     return mlp
 
 
-def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> TrainingStatistics:
+def _check_residual_output(mlp):
+    """Refuse a residual output layer with a non-odd activation (module docstring)."""
+    if mlp.gamma[-1] == 0.0:
+        return
+    from ..theory._averages import is_odd
+    if not is_odd(mlp.activation):
+        L = mlp.depth
+        raise NotImplementedError(
+            f"the output layer is residual (gamma[{L - 1}] = {mlp.gamma[-1]:g}, n_out = width = "
+            f"{mlp.n_out}) and the activation {mlp.activation.name!r} is not odd: the outputs "
+            "then have an O(1/n) three-point function (E[z z z], E[DeltaH z], E[dH z z] != 0), "
+            "which the end-of-training expansion assumes zero. Use a plain output layer "
+            f"(gamma[{L - 1}] = 0, e.g. a scalar gamma with n_out != width) or an odd "
+            "activation (tanh, linear)")
+
+
+def training_statistics(mlp, X_train, X_test=None, *, accuracy="default") -> TrainingStatistics:
     """The output-layer statistics of ``mlp`` on the training and test inputs.
 
     Parameters
     ----------
     mlp : pdlt.MLP
-        Plain (not residual) MLP. The statistics are those of the output
-        layer, per Kronecker-delta pairing of the output indices
-        (``TrainingStatistics.pairs``), so they serve any number of outputs
-        (:meth:`TrainingStatistics.lifted`).
+        Plain or residual MLP (a residual output layer needs an odd
+        activation; module docstring, "Residual MLPs"). The statistics are
+        those of the output layer, per Kronecker-delta pairing of the output
+        indices (``TrainingStatistics.pairs``), so they serve any number of
+        outputs (:meth:`TrainingStatistics.lifted`).
     X_train : array_like (N_A, n0)
-    X_test : array_like (N_B, n0)
+    X_test : array_like (N_B, n0), optional
+        None: no test inputs (``N_B = 0``; the predictions on the training
+        inputs and the NTK change there). One training input and no test
+        input is the one-input case, served for residual MLPs today.
 
     Returns
     -------
     TrainingStatistics
+
+    Raises
+    ------
+    NotImplementedError
+        A residual MLP on ``N_A + N_B > 1`` inputs while :func:`pdlt.statistics`
+        lacks its N-input H1, P, Q, R, S, T, U (the message names what is
+        missing); a residual output layer with a non-odd activation.
 
     Notes
     -----
@@ -292,9 +363,7 @@ def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> Training
     from ..theory.statistics import statistics
 
     mlp = _check_outputs(mlp)
-    if mlp.is_residual:
-        raise NotImplementedError("the NTK statistics are not derived for residual MLPs; use a "
-                                  "plain MLP (gamma = 0, xi = 1)")
+    _check_residual_output(mlp)
     if mlp.activation.kinks:
         warnings.warn(
             f"activation {mlp.activation.name!r} has kinks at {tuple(mlp.activation.kinks)}: "
@@ -311,10 +380,22 @@ def training_statistics(mlp, X_train, X_test, *, accuracy="default") -> Training
             "quantitative predictions",
             UserWarning, stacklevel=2)
     Xa = check_data(X_train, None, mlp.n0, name_X="X_train")
-    Xb = check_data(X_test, None, mlp.n0, name_X="X_test")
-    x = np.concatenate([Xa, Xb], axis=0)
+    if X_test is None:
+        x = Xa
+    else:
+        Xb = check_data(X_test, None, mlp.n0, name_X="X_test")
+        x = np.concatenate([Xa, Xb], axis=0)
     names = ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")
-    st = statistics(mlp, x, get=names + ("G1", "H1"), accuracy=accuracy)
+    try:
+        st = statistics(mlp, x, get=names + ("G1", "H1"), accuracy=accuracy)
+    except NotImplementedError as exc:
+        if not mlp.is_residual:
+            raise
+        raise NotImplementedError(
+            f"finite-width training of a residual MLP on N = {x.shape[0]} inputs (training and "
+            f"test together) needs its N-input output-layer statistics, and pdlt.statistics "
+            f"says: {exc}. One training input and no test input (X_test=None) uses the exact "
+            "one-input statistics") from exc
     return TrainingStatistics.from_tensors(K=st.K[-1], G1=st.G1[-1], Theta=st.Theta[-1],
                                            H1=st.H1[-1], n_train=Xa.shape[0],
                                            **{k: st[k][-1] for k in names})
@@ -513,6 +594,10 @@ class FiniteWidthTraining:
     train_mean_infinite, train_mean_correction : ndarray (N_A, n_out)
         The same on the training inputs (the infinite-width mean is ``y``
         after convergence or a Newton leap).
+    train_cov_infinite, train_cov_correction : ndarray (N_A, n_out, N_A, n_out)
+        The covariance over initializations on the training inputs (zero at
+        infinite width after convergence or a Newton leap; its 1/n
+        coefficient need not be).
     ntk_change : ndarray (N, n_out, N, n_out)
         ``n E[H_{ij;ab}(T) - H_{ij;ab}(0)]`` over all inputs (training first):
         the predicted change of the NTK during training (representation
@@ -533,6 +618,8 @@ class FiniteWidthTraining:
     ntk_change: np.ndarray
     parts: dict = field(default_factory=dict)
     width: int | None = None
+    train_cov_infinite: np.ndarray | None = None
+    train_cov_correction: np.ndarray | None = None
 
     @property
     def n_out(self) -> int:
@@ -606,7 +693,7 @@ def _end_of_training(st: TrainingStatistics, y, sched):
                 + np.einsum("k,ka,kb->ab", c, F1_V @ y, F1_V @ y))
     # 2 Cov(C0 z, Z1) by Stein: E[(C0 z)_a Z1_b] = sum_j (C0 K)_{aj} E[d_j Z1_b]
     dirs = st.K @ C0.T                                                 # column a: direction u_a
-    rows = list(range(Na, N))
+    rows = list(range(N))          # every input: the training block of the covariance too
     cross = np.zeros((N, N))
     hstep = 1.0
     batch = []
@@ -673,7 +760,8 @@ def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> Fi
                 mean_infinite=mi[test], mean_correction=mc[test], cov_infinite=ci[test, test],
                 cov_correction=cc[test, test], train_mean_infinite=mi[:Na],
                 train_mean_correction=mc[:Na], ntk_change=h,
-                parts={k: v[test] for k, v in parts.items()}, width=w)
+                parts={k: v[test] for k, v in parts.items()}, width=w,
+                train_cov_infinite=ci[:Na, :Na], train_cov_correction=cc[:Na, :Na])
         pos = np.arange(N)[:, None]
         lst = st
     else:
@@ -688,22 +776,26 @@ def end_of_training(stats: TrainingStatistics, y, schedule, *, width=None) -> Fi
     return FiniteWidthTraining(
         mean_infinite=mi[pb], mean_correction=mc[pb], cov_infinite=pair(ci, pb),
         cov_correction=pair(cc, pb), train_mean_infinite=mi[pa], train_mean_correction=mc[pa],
-        ntk_change=pair(h, pos), parts={k: v[pb] for k, v in parts.items()}, width=w)
+        ntk_change=pair(h, pos), parts={k: v[pb] for k, v in parts.items()}, width=w,
+        train_cov_infinite=pair(ci, pa), train_cov_correction=pair(cc, pa))
 
 
-def finite_width_training(mlp, X_train, y_train, X_test, *, algorithm="gd", learning_rate=None,
+def finite_width_training(mlp, X_train, y_train, X_test=None, *, algorithm="gd", learning_rate=None,
                           steps=None, width=None, accuracy="default") -> FiniteWidthTraining:
     """Predict what training does to a finite-width MLP's outputs, at order 1/n.
 
     Parameters
     ----------
     mlp : pdlt.MLP
-        Plain MLP; its hidden width n_{L-1} is the n of the correction
-        unless ``width`` is given, and its ``n_out`` must match the targets.
+        Plain or residual MLP (:func:`training_statistics`); its hidden width
+        n_{L-1} is the n of the correction unless ``width`` is given, and its
+        ``n_out`` must match the targets.
     X_train : array_like (N_A, n0)
     y_train : array_like (N_A,) or (N_A, n_out)
         A 1-D ``y_train`` (``n_out = 1``) gives results without output axes.
-    X_test : array_like (N_B, n0)
+    X_test : array_like (N_B, n0), optional
+        None: predictions on the training inputs only (``train_mean_*``,
+        ``ntk_change``; the test arrays are empty).
     algorithm, learning_rate, steps
         See :func:`algorithm_schedule`.
     width : int, optional
@@ -770,26 +862,54 @@ def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
         (cancellation in the fourth-derivative source of G1 and H1), so
         ``prediction_correction`` and ``mean_correction_coefficient`` are None
         and ``prediction_correction_note`` says why.
-    """
-    from ..network import MLP
 
+    Residual MLPs: the same reference problem with the MLP's hidden layers
+    (``mlp.with_(n0=2, n_out=1)``: a scalar gamma leaves that output layer
+    plain). Until :func:`pdlt.statistics` has their two-input H1, P..U, only
+    the training input is solved, from its exact one-input statistics (the
+    training dynamics never see the test input, so the NTK change there is
+    the two-input one): ``representation_learning`` and
+    ``ntk_change_coefficient`` are given, ``prediction_correction``,
+    ``mean_correction_coefficient``, ``test_mean_infinite`` and
+    ``one_minus_rho`` are None and the note says why. Cost: the one-input
+    residual dNTK/ddNTK fold, ~0.03 s (relu), 0.25 s (tanh), 0.75 s (gelu)
+    per layer.
+    """
     mlp = check_mlp(mlp)
-    if mlp.is_residual:
-        raise NotImplementedError("finite-width training is derived for plain MLPs only")
     C_b, C_W = mlp.C_b[0], mlp.C_W[0]
     if not K1 > C_b:
         raise ValueError(f"K1 = {K1} must exceed C_b = {C_b} (the inputs' part of K^(1) is "
                          "K1 - C_b)")
     scale = math.sqrt(2.0 * (K1 - C_b) / C_W)
-    ref = MLP(n0=2, widths=mlp.widths[1:-1], n_out=1, activation=mlp.activation,
-              C_b=mlp.C_b, C_W=mlp.C_W, lambda_b=mlp.lambda_b, lambda_W=mlp.lambda_W)
-    st = training_statistics(ref, np.array([[scale, 0.0]]), np.array([[0.0, scale]]))
+    # the same hidden layers (residual ones included) with two input dimensions and one
+    # output; a scalar gamma leaves that output layer plain
+    ref = mlp.with_(n0=2, n_out=1)
+    xa, xb = np.array([[scale, 0.0]]), np.array([[0.0, scale]])
+    try:
+        st = training_statistics(ref, xa, xb)
+        one_input = None
+    except NotImplementedError as exc:
+        if not ref.is_residual:
+            raise
+        # residual MLPs before their two-input H1, P..U exist: the training input alone.
+        # The NTK change there is exact from its one-input statistics (the training
+        # dynamics never see the test input, and the degree-3 cubature is exact for both)
+        st = _ntk_change_statistics(ref, xa)
+        one_input = str(exc).split(" and pdlt.statistics says: ")[-1]
     y = math.sqrt(float(st.K[0, 0]))
     Th = float(st.Theta[0, 0])
     sched = algorithm_schedule(st.Theta[:1, :1], "gd", learning_rate=0.5 / Th, steps=steps)
     r = end_of_training(st, np.array([y]), sched)
     n = mlp.widths[-2]
     dh = float(r.ntk_change[0, 0]) / Th
+    if one_input is not None:
+        return {"representation_learning": dh / n, "prediction_correction": None,
+                "ntk_change_coefficient": dh, "mean_correction_coefficient": None,
+                "Theta": Th, "y": y, "test_mean_infinite": None, "width": n,
+                "one_minus_rho": None,
+                "prediction_correction_note": (
+                    "not computed: the test-input correction of a residual MLP needs its "
+                    f"two-input statistics ({one_input.split(' (N-input')[0]})")}
     dm = float(r.mean_correction[0]) / y
     out = {"representation_learning": dh / n, "prediction_correction": abs(dm) / n,
            "ntk_change_coefficient": dh, "mean_correction_coefficient": dm, "Theta": Th,
@@ -810,6 +930,28 @@ def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
             "where the test-input correction loses its digits to cancellation (fewer layers "
             "keep the inputs apart)")
     return out
+
+
+def _ntk_change_statistics(mlp, x):
+    """Training statistics that serve only the NTK change ``ntk_change`` on the inputs ``x``.
+
+    The NTK change (:func:`_dynamics`) reads ``K``, ``Theta`` and the dNTK and
+    ddNTK statistics P, Q, R, S, T, U, never ``G1``, ``H1``, ``A``, ``B``,
+    ``D``, ``F``; those are set to zero here (so the mean and covariance of an
+    :func:`end_of_training` on the result are NOT the predictions) to save their
+    cost (for a residual MLP at one input ~60 % of the fold).
+    """
+    from ..theory.statistics import statistics
+
+    names = ("P", "Q", "R", "S", "T", "U")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # the kink warning was given by the caller
+        st = statistics(mlp, x, get=names)
+    N = x.shape[0]
+    zero2, zero4 = np.zeros((N, N)), np.zeros((N,) * 4)
+    return TrainingStatistics.from_tensors(K=st.K[-1], G1=zero2, Theta=st.Theta[-1], H1=zero2,
+                                           A=zero4, B=zero4, D=zero4, F=zero4, n_train=N,
+                                           **{k: st[k][-1] for k in names})
 
 
 #: smallest 1 - rho (train/test correlation at the output) at which the reference

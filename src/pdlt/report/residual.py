@@ -1656,3 +1656,246 @@ def residual_multi_ddi_rows(activations=("tanh",), gamma=0.5, *, entries=RESIDUA
                                      ws[1], L, float(t[q]), float(ext[q]), float(se[q]),
                                      float(al[q]), key=f"residual {s} (N inputs)"))
     return rows
+
+
+
+# ---------------------------------------------------------------------------
+# h43: trained residual networks against the order-1/n end of training
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ResidualTrainingCase:
+    """One trained-residual-network comparison of :func:`residual_training_rows`.
+
+    ``X`` (N_A, n0) training inputs with targets ``y``; ``X_test`` (N_B, n0) or
+    None (one-input case: the training outputs and the NTK there);
+    ``algorithm``/``steps`` as :func:`pdlt.learning.finite_training.algorithm_schedule`
+    (gradient steps at ``eta = 1 / lambda_max(Theta_AA)``); ``variance``: trained
+    variance rows at the test inputs (control variate, plain output layer with xi = 1).
+    """
+
+    activation: str = "tanh"
+    gamma: float = 0.5
+    X: tuple = ((math.sqrt(2.0), 0.0),)
+    y: tuple = (1.5,)
+    X_test: tuple | None = None
+    depth: int = 3
+    algorithm: str = "newton"
+    steps: int = 0
+    widths: tuple = (16, 32)
+    networks: int = 40000
+    seed: int = 0
+    variance: bool = False
+
+    @property
+    def label(self):
+        alg = self.algorithm + (f" ({self.steps} steps)" if self.algorithm != "newton" else "")
+        where = (f"{len(self.X)} input" if self.X_test is None
+                 else f"{len(self.X)} train + {len(self.X_test)} test inputs")
+        return f"gamma={self.gamma:g}, {where}, {alg}"
+
+
+#: the default cases. One input (what pdlt.statistics serves for residual MLPs today):
+#: tanh, gamma 0.5, depth 3, K1 = 1, target y = 1.5 (3 sqrt(K^(L))), one Newton leap.
+#: Measured 2026-12-04 (40 000 networks, antithetic pairs; theory m1 = -1.1725, NTK change
+#: -8.755): n (E[z(1)] - y) = -1.057(34) / -1.100(53) / -1.123(79) at n = 16 / 32 / 64,
+#: n E[H(1) - H(0)] = -5.79(5) / -6.90(5) / -7.76(5), i.e. 2m(2n) - m(n) = -8.02(11) from
+#: 16/32 and -8.62(10) from 32/64: the 1/n^2 term of the NTK change is large, the two-width
+#: extrapolation removes it. The variance at the training input after the leap is all
+#: order 1/n (v_inf = 0; theory n Var = 2.454): 1.65(3) / 1.96(3) / 2.18(3) at n = 16 / 32
+#: / 64 (20 000 networks), 2m(2n) - m(n) = 2.28(7) and 2.39(7), and the second Richardson
+#: step (the 1/n^2 term removed too) 2.43. Report seed: mean 21 %, NTK change 18 %, variance 22 %
+#: resolution, all pass. Cost ~25 CPU s (n = 16, 32). Not included: gamma 0.7, depth 4
+#: (theory: mean -1.889, NTK change -17.06, variance 3.468): at seed 7 the NTK change reads
+#: -10.10(20) / -12.58(20) / -14.42(12) at n = 16 / 32 / 64 (40 000 / 40 000 / 20 000
+#: networks), so 2m(2n) - m(n) = -15.06 (16/32) and -16.27(32) (32/64), and the second
+#: Richardson step (1/n^2 removed too) -16.67, 2 % from the theory; but the 1/n^2 term
+#: shrinks by 0.74, not <= 0.5, from 16/32 to 32/64, so half the 16-to-32 change is too
+#: small an allowance there (at the report seed that row missed by 0.01 of its bound 2.02;
+#: the rows now allow the whole change, which it passes), and
+#: n = 64 costs ~80 CPU s. The variance reads 2.11 / 2.64 / 3.06 (second
+#: step 3.58 against 3.47), the mean -1.53(4) / -1.71(6) / -1.69(13). gamma 0.3, depth 4
+#: passes at n = 16, 32 (23 %, 12 %, 16 %), not included for cost.
+RESIDUAL_TRAINING_CASES = (ResidualTrainingCase(),)
+
+#: N-input cases, for when pdlt.statistics serves the residual N-input H1, P..U (until
+#: then they raise NotImplementedError and residual_training_rows skips them with a log
+#: line): the report's 'pair' task (2 training inputs at right angles, 3 test inputs on
+#: the unit circle), tanh, gamma 0.5, gradient descent to convergence and a Newton leap
+#: with the trained variance. Their noise and cost are not measured yet (projected from
+#: the plain 'pair' rows: 6000-20 000 networks at n = 16, 32 for <= 25 % resolution).
+RESIDUAL_TRAINING_N_INPUT_CASES = tuple(
+    ResidualTrainingCase(X=((1.0, 0.0), (0.0, 1.0)), y=(0.6, -0.4),
+                         X_test=tuple((math.cos(t), math.sin(t))
+                                      for t in (0.25 * math.pi, 2.0, 3.5)),
+                         algorithm=alg, steps=s, networks=M, seed=seed, variance=var)
+    for alg, s, M, seed, var in (("gd", 100, 6000, 1, False),
+                                 ("newton", 0, 20000, 2, True)))
+
+
+def residual_training_case(case: ResidualTrainingCase, log=None) -> dict:
+    """Theory and trained ensembles for one :class:`ResidualTrainingCase` (needs torch).
+
+    Theory: :func:`pdlt.learning.finite_training.end_of_training` on the residual MLP's
+    output-layer statistics (:func:`pdlt.learning.finite_training.training_statistics`).
+    Measurement: :func:`pdlt.experiment.training.train_ensemble` (residual forward pass,
+    antithetic pairs, NTK recorded) at every width, seeds ``1000 seed + n``.
+
+    Returns
+    -------
+    dict
+        ``m1``, ``m_inf`` (N,), the 1/n coefficient and infinite-width trained mean over
+        the training then test inputs; ``d``, ``se`` (widths, N): ``n (E[z(T)] -
+        m_inf)``; ``ntk_change`` (N, N) theory and ``dh``, ``dh_se`` (widths, N, N)
+        measured, times n; ``v1``, ``dv``, ``dv_se`` for the test variances
+        (``case.variance``); ``tv1``, ``tv_inf`` (N_A,) and ``tv``, ``tv_se``
+        (widths, N_A): the variance over networks at the training inputs, ``n (Var -
+        v_inf)``, by the plain sample variance (its noise is ~ ``v_inf + v1/n``: precise
+        after a Newton leap, where ``v_inf = 0``).
+    """
+    from ..experiment.training import train_ensemble
+    from ..learning.finite_training import (algorithm_schedule, end_of_training,
+                                            training_statistics)
+    from ..theory.residual import residual_mlp
+    from .finite_training import _infinite_width_map
+
+    X = np.asarray(case.X, float)
+    y = np.asarray(case.y, float)
+    Xt = None if case.X_test is None else np.asarray(case.X_test, float)
+    Na = X.shape[0]
+    mlp = residual_mlp(case.activation, case.gamma, n0=X.shape[1], width=case.widths[0],
+                       depth=case.depth)
+    st = training_statistics(mlp, X, Xt)
+    ThA = st.Theta[:Na, :Na]
+    kw = {} if case.algorithm == "newton" else dict(
+        learning_rate=1.0 / np.linalg.eigvalsh(ThA)[-1], steps=case.steps)
+    sched = algorithm_schedule(ThA, case.algorithm, **kw)
+    pred = end_of_training(st, y, sched)
+    m_inf = np.concatenate([pred.train_mean_infinite, pred.mean_infinite])
+    m1 = np.concatenate([pred.train_mean_correction, pred.mean_correction])
+    N = m1.size
+    variance = case.variance and Xt is not None
+    if variance and mlp.xi[-1] != 1.0:
+        raise ValueError("the trained-variance control variate needs a plain output layer "
+                         "with xi = 1 (pdlt.report.learning.hidden_kernels)")
+    C0 = _infinite_width_map(st, sched)[Na:] if variance else None
+    d, se, dh, dh_se, dv, dv_se, tv, tv_se = [], [], [], [], [], [], [], []
+    tv_inf = np.diag(pred.train_cov_infinite)
+    for n in case.widths:
+        if log:
+            log(f"  residual training, {case.activation}, {case.label}: n={n}, "
+                f"{case.networks} networks")
+        seed = 1000 * case.seed + n
+        m_n = mlp.with_(width=n)
+        te = train_ensemble(m_n, X, y, X[:1] if Xt is None else Xt, networks=case.networks,
+                            step_matrices=sched, seed=seed, antithetic=True, ntk=True)
+        ma = te.mean(on="train")
+        mean, err = ma.mean[:, 0], ma.stderr[:, 0]
+        if Xt is not None:
+            mt = te.mean(on="test")
+            mean, err = np.r_[mean, mt.mean[:, 0]], np.r_[err, mt.stderr[:, 0]]
+        d.append(n * (mean - m_inf))
+        se.append(n * err)
+        tc = te.cov(on="train")
+        tv.append(n * (np.diag(tc.mean) - tv_inf))
+        tv_se.append(n * np.diag(tc.stderr))
+        ch = te.ntk_change()
+        dh.append(n * ch.mean[:N, :N])
+        dh_se.append(n * ch.stderr[:N, :N])
+        if variance:
+            from .learning import hidden_kernels
+            v = te.variance(C0, hidden_kernels(m_n, np.r_[X, Xt], case.networks, seed=seed))
+            dv.append(n * (v.mean - np.diag(pred.cov_infinite)))
+            dv_se.append(n * v.stderr)
+    return {"case": case, "n_train": Na, "m1": m1, "m_inf": m_inf, "d": np.array(d),
+            "se": np.array(se), "ntk_change": pred.ntk_change, "dh": np.array(dh),
+            "dh_se": np.array(dh_se), "v1": np.diag(pred.cov_correction) if variance else None,
+            "dv": np.array(dv), "dv_se": np.array(dv_se),
+            "tv1": np.diag(pred.train_cov_correction), "tv_inf": tv_inf, "tv": np.array(tv),
+            "tv_se": np.array(tv_se)}
+
+
+def residual_training_case_rows(res) -> list:
+    """Rows of one :func:`residual_training_case` result.
+
+    * ``residual trained mean (1/n)``: ``n (E[z(T)] - m_inf)`` at the largest width
+      against ``m1``, at the training input with the largest ``|m1|`` (none when
+      training pins the outputs to the targets) and at every test input; allowance
+      ``|d(n_max/2) - d(n_max)|``, the measured size of the 1/n^2 term there (as the
+      plain rows of :mod:`pdlt.report.finite_training`);
+    * ``residual NTK change (1/n)``: ``n E[H(T) - H(0)]`` at its largest predicted entry,
+      two-width extrapolation ``2 m(2n) - m(n)`` of the two largest widths
+      (:func:`pdlt.report.rows.width_extrapolation`) with the allowance ``|m(2n) -
+      m(n)|``, the whole measured change, not its half: here the terms beyond 1/n do not
+      halve per doubling. Measured at n = 16 / 32 / 64 (gamma 0.5, depth 3): the change
+      shrinks by 0.77 from 16/32 to 32/64, and the remainder of the 16/32 extrapolation
+      (against the second Richardson step) is 0.72 of ``|m(32) - m(16)|``;
+    * ``residual trained variance (1/n)``: at the training inputs (``|v1| >= 0.2 max
+      |v1|``), ``n (Var z(T) - v_inf)`` extrapolated the same way with the same allowance
+      (remainder 0.55 of the change); with ``case.variance`` also at the test inputs, at
+      the largest width with the allowance ``|dv(n_max/2) - dv(n_max)|``.
+    """
+    from .rows import make_row
+
+    case = res["case"]
+    Na, m1, d, se = res["n_train"], res["m1"], res["d"], res["se"]
+    n, L, act = case.widths[-1], case.depth, case.activation
+    rows = []
+    i_tr = int(np.argmax(np.abs(m1[:Na])))
+    idx = ([i_tr] if abs(m1[i_tr]) > 1e-3 * np.abs(m1).max() else []) + list(range(Na, m1.size))
+    for i in idx:
+        where = f"train {i}" if i < Na else f"test {i - Na}"
+        rows.append(make_row(f"trained mean shift n(m-m_inf), {case.label}, {where}", act, n, L,
+                             m1[i], d[-1, i], se[-1, i], abs(d[-2, i] - d[-1, i]),
+                             key="residual trained mean (1/n)"))
+    th = res["ntk_change"]
+    k = np.unravel_index(np.argmax(np.abs(th)), th.shape)
+    ext, s, al = width_extrapolation(res["dh"][-2][k], res["dh_se"][-2][k], res["dh"][-1][k],
+                                     res["dh_se"][-1][k])
+    rows.append(make_row(f"NTK change n E[H(T)-H(0)], {case.label}, entry "
+                         f"{tuple(int(v) for v in k)}, 2m({n})-m({case.widths[-2]})", act, n, L,
+                         th[k], ext, s, 2.0 * al, key="residual NTK change (1/n)"))
+    tv1 = res["tv1"]
+    for a in np.flatnonzero(np.abs(tv1) >= 0.2 * np.abs(tv1).max()):
+        ext, s, al = width_extrapolation(res["tv"][-2][a], res["tv_se"][-2][a], res["tv"][-1][a],
+                                         res["tv_se"][-1][a])
+        rows.append(make_row(f"trained variance shift n(v-v_inf), {case.label}, train {a}, "
+                             f"2m({n})-m({case.widths[-2]})", act, n, L, tv1[a], ext, s, 2.0 * al,
+                             key="residual trained variance (1/n)"))
+    if res["v1"] is not None:
+        v1, dv, dv_se = res["v1"], res["dv"], res["dv_se"]
+        for b in np.flatnonzero(np.abs(v1) >= 0.2 * np.abs(v1).max()):
+            rows.append(make_row(f"trained variance shift n(v-v_inf), {case.label}, test {b}",
+                                 act, n, L, v1[b], dv[-1, b], dv_se[-1, b],
+                                 abs(dv[-2, b] - dv[-1, b]), key="residual trained variance (1/n)"))
+    return rows
+
+
+def residual_training_rows(cases=None, *, seed=0, log=None) -> list:
+    """Trained residual networks against the order-1/n end-of-training prediction.
+
+    Default cases: :data:`RESIDUAL_TRAINING_CASES` and the N-input ones of
+    :data:`RESIDUAL_TRAINING_N_INPUT_CASES`; a case whose theory raises
+    NotImplementedError (N-input residual statistics not derived yet) is skipped with a
+    log line. ``seed`` is added to every case's seed. Rows: :func:`residual_training_case_rows`.
+    Cost (measured): the one-input tanh case ~25 CPU s.
+    """
+    import dataclasses
+
+    if cases is None:
+        cases = RESIDUAL_TRAINING_CASES + RESIDUAL_TRAINING_N_INPUT_CASES
+    rows = []
+    for case in cases:
+        case = dataclasses.replace(case, seed=case.seed + seed)
+        try:
+            res = residual_training_case(case, log=log)
+        except NotImplementedError as exc:
+            if log:
+                log(f"  residual training, {case.label}: skipped ({str(exc).splitlines()[0]})")
+            continue
+        rows += residual_training_case_rows(res)
+    return rows
+
+
+__all__ += ["ResidualTrainingCase", "RESIDUAL_TRAINING_CASES", "RESIDUAL_TRAINING_N_INPUT_CASES",
+            "residual_training_case", "residual_training_case_rows", "residual_training_rows"]
