@@ -140,6 +140,7 @@ import os
 import numpy as np
 from scipy import special
 
+from . import _trig
 from ._orthant import orthant_expect
 from ._rule import KernelNotPSDError, _gauss_legendre, expect
 
@@ -662,6 +663,11 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         ap, am = scale_invariant
         fs = [PiecewiseMonomial(ap, am, 1)] * d
     order, L = _factor(Kb, where)
+    if _trig._TRIG and all(isinstance(f, _trig.TrigPoly) for f in fs):
+        # sin and its products: closed form, cost independent of K (pdlt.gaussian._trig)
+        out, err = _trig.with_fallback(fs, Kb, return_error, lambda plain, Kr: expect_nd(
+            plain, Kr, kinks=kinks, accuracy=accuracy, return_error=True, where=where))
+        return (out.reshape(shape), err.reshape(shape)) if return_error else out.reshape(shape)
     pw = all(isinstance(f, PiecewiseMonomial) for f in fs)
     if pw and all(f.cp == f.cm for f in fs):
         # plain monomials (linear activation): Gauss-Hermite is exact for polynomials
@@ -1401,12 +1407,12 @@ def quad_expectations(act, K, *, accuracy="default", return_error=False, where="
         d = len(pattern)
         err = np.zeros(len(items))
         if d == 1:
-            vals = expect(lambda z: sigma(z) ** 4, K[idx[:, 0], idx[:, 0]], kinks=kinks,
-                          period=act.period)
+            vals = _trig.expect1(lambda z: sigma(z) ** 4, K[idx[:, 0], idx[:, 0]], kinks=kinks,
+                                 period=act.period)
             err = 1e-14 * np.abs(vals)
         else:
             Ksub = K[idx[:, :, None], idx[:, None, :]]
-            fs = [_power(sigma, p) for p in pattern]
+            fs = _trig.as_trig([_power(sigma, p) for p in pattern], act.period)
             res = expect_nd(fs, Ksub, kinks=kinks, accuracy=accuracy,
                             return_error=return_error, where=where, growth=growth,
                             gh_up=_GH_STEP_UP_SIGMA)
