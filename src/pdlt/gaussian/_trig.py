@@ -400,40 +400,50 @@ def _moment(n, mu, K):
 
 
 def _sum_terms(fs, K):
-    """``sum C <z^n exp(i k.z)>_K`` (B,) and its round-off bound (B,), K (B, d, d)."""
+    """``sum C <z^n exp(i k.z)>_K`` (B,) and two round-off bounds (B,), K (B, d, d).
+
+    The first bounds the round-off of the sum (it decides where the closed form
+    is used); the second that of the exponents ``k^T K k``, which is the
+    conditioning of the average in K itself (a float64 K fixes ``k^T K k`` only
+    to ``~eps sum |k_i k_j K_ij|``: the quadrature path has it too).
+    """
     B = K.shape[0]
     k, n, C, A = _combos(fs)
     out = np.zeros(B)
     bound = np.zeros(B)
+    bq = np.zeros(B)
     if len(C) == 0:
-        return out, bound
+        return out, bound, bq
     d = K.shape[-1]
     Kk = np.einsum("bij,mj->bmi", K, k)                        # (B, M, d)
     q = np.einsum("mi,bmi->bm", k, Kk)
     qabs = np.einsum("mi,bij,mj->bm", np.abs(k), np.abs(K), np.abs(k))
     np.maximum(q, 0.0, out=q)                                   # PSD: >= 0 up to round-off
     e = np.exp(-0.5 * q)
-    # round-off: of the sum (eps per term) and of the exponent (q to ~d^2 eps |k||K||k|)
-    rel = _EPS * (4.0 + 0.5 * (d * d + 2) * qabs)
+    # round-off: of the sum (a few eps per term, more with moments) and of the
+    # exponent (q to ~d^2 eps |k||K||k|, relative error of exp(-q/2) half of that)
+    rq = 0.5 * (d * d + 2) * _EPS * qabs
     if not n.any():
         out = e @ C.real if np.all(C.imag == 0) else (e @ C).real
-        bound = 8.0 * (e * rel) @ A
-        return out, bound
+        return out, 32.0 * _EPS * (e @ A), 8.0 * (e * rq) @ A
     val = np.zeros(B)
     for pat in np.unique(n, axis=0):
         sel = np.flatnonzero(np.all(n == pat, axis=1))
         es = e[:, sel]
         if not pat.any():
             val += (es @ C[sel]).real
-            bound += 8.0 * (es * rel[:, sel]) @ A[sel]
+            bound += 32.0 * _EPS * (es @ A[sel])
+            bq += 8.0 * (es * rq[:, sel]) @ A[sel]
             continue
         mu = 1j * Kk[:, sel]
         m, mabs = _moment(pat, mu, K)
         live = es > 0                                           # 0 * huge moment: 0
         t = np.where(live, es * m, 0.0)
         val += (t @ C[sel]).real
-        bound += 8.0 * np.where(live, es * mabs * rel[:, sel], 0.0) @ A[sel]
-    return val, bound
+        ta = np.where(live, es * mabs, 0.0)
+        bound += 32.0 * _EPS * (1 + int(pat.sum())) * (ta @ A[sel])
+        bq += 8.0 * (ta * rq[:, sel]) @ A[sel]
+    return val, bound, bq
 
 
 def trig_expect(fs, K, return_error=False):
@@ -464,9 +474,9 @@ def trig_expect(fs, K, return_error=False):
         val = trig_expect1(fs[0], K[:, 0, 0])
         bound = 1e-14 * np.abs(val) + 8 * _EPS * scale
         return val, (bound if return_error else np.zeros(B)), np.ones(B, dtype=bool)
-    val, bound = _sum_terms(fs, K)
+    val, bound, bq = _sum_terms(fs, K)
     ok = bound <= _RTOL * scale
-    return val, (bound if return_error else np.zeros(B)), ok
+    return val, (bound + bq if return_error else np.zeros(B)), ok
 
 
 def trig_expect1(f, K):
