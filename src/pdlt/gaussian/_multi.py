@@ -120,6 +120,16 @@ powers of coinciding inputs (relu^2, relu^3) every entry of
 (``benchmarks/accuracy.py``). Error
 estimate: the same panels with two nodes fewer (an overestimate).
 
+**sin (products of sines, cosines and powers of z): closed form.** Functions
+recognized as trigonometric polynomials (:mod:`pdlt.gaussian._trig`, passed as
+``TrigPoly``) are averaged by expanding the product into
+``exp(i k.z)`` terms, ``<z^n exp(i k.z)>_K = exp(-k^T K k / 2) E[(iKk + ...)^n]``:
+round-off of the sum, any rank, cost and memory independent of K (sin at
+``|x|^2 / n0 = 1e12``: the period limits; the trapezoid above capped its nodes
+and missed V at layer 2 by ~30 % at 1e6). Small variances, where the
+terms cancel, go to the smooth path below (``_trig._TRIG = False`` forces it
+everywhere).
+
 **Other kinked integrands (elu, declared user kinks): nested split
 Gauss-Legendre** on all axes with the same panels (the kinks given);
 ``(6-12 panels x 4-7 nodes)^d`` evaluations: slow for d = 4.
