@@ -54,7 +54,11 @@ def _cs_scale(fs, K):
 
 def _old(fs, K, accuracy="high"):
     """The general quadrature path (the closed form switched off)."""
-    return expect_nd([f.numeric() for f in fs], K, accuracy=accuracy)
+    saved, _trig._TRIG = _trig._TRIG, False
+    try:
+        return expect_nd([f.numeric() for f in fs], K, accuracy=accuracy)
+    finally:
+        _trig._TRIG = saved
 
 
 def _eigen_gh(fs, K, q):
@@ -272,7 +276,11 @@ def test_small_variance_falls_back_to_quadrature():
     K = _gram(np.random.default_rng(6), 3, 4, 6, 1e-3)
     _, _, ok = trig_expect(_CASES["ssss"], K)
     assert not ok.any()
-    assert np.array_equal(expect_nd(_CASES["ssss"], K, accuracy="high"), _old(_CASES["ssss"], K))
+    got, ref = expect_nd(_CASES["ssss"], K, accuracy="high"), _old(_CASES["ssss"], K)
+    assert np.all(np.abs(got - ref) <= 1e-14 * _cs_scale(_CASES["ssss"], K))
+    # (the closed form there is off by far more than that: the check can fail)
+    closed, _, _ = trig_expect(_CASES["ssss"], K)
+    assert not np.all(np.abs(closed - ref) <= 1e-14 * _cs_scale(_CASES["ssss"], K))
 
 
 def test_heat_series_meets_sum():
@@ -322,3 +330,30 @@ def test_statistics_at_huge_norm_are_the_period_limits():
     assert V2[0, 0, 0, 0] == pytest.approx(0.125, rel=1e-12)
     assert abs(V2[0, 0, 1, 1]) < 1e-14
     assert st.K[1, 0, 0] == pytest.approx(0.5, rel=1e-12)
+
+
+def test_residual_statistics_equal_the_quadrature_path(monkeypatch):
+    # residual sin MLPs reach the closed forms through expect (one variable),
+    # expect_nd (their own integrands, recognized) and pair_expectations: one input
+    # and three inputs against the general path at "high", to 1e-9 of each scale
+    mlp = pdlt.MLP(n0=3, width=32, depth=3, activation="sin", C_W=1.0, C_b=0.1, gamma=0.5)
+    x = np.random.default_rng(0).standard_normal((3, 3))
+    new = [pdlt.statistics(mlp, K1=1.0, get="all"), pdlt.statistics(mlp, x, get="all")]
+    monkeypatch.setattr(_trig, "_TRIG", False)
+    old = [pdlt.statistics(mlp, K1=1.0, get="all", accuracy="high"),
+           pdlt.statistics(mlp, x, get="all", accuracy="high")]
+    for a, b in zip(new, old):
+        for n in NAMES:
+            if getattr(b, n) is None:
+                continue
+            sc = np.max(np.abs(getattr(b, n)))
+            assert np.max(np.abs(getattr(a, n) - getattr(b, n))) <= 1e-9 * sc, n
+
+
+def test_residual_statistics_at_huge_norm_are_finite():
+    mlp = pdlt.MLP(n0=3, width=32, depth=3, activation="sin", C_W=1.0, C_b=0.0, gamma=0.5)
+    for st in (pdlt.statistics(mlp, K1=1e12, get="all"),
+               pdlt.statistics(mlp, _inputs(3, 1e12), get="all")):
+        for n in NAMES:
+            if getattr(st, n) is not None:
+                assert np.all(np.isfinite(getattr(st, n))), n

@@ -673,6 +673,8 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         ap, am = scale_invariant
         fs = [PiecewiseMonomial(ap, am, 1)] * d
     order, L = _factor(Kb, where)
+    if _trig._TRIG and not kinks and growth is None:
+        fs = _trig.trig_forms(fs) or fs     # recognized sin integrands (e.g. residual MLPs')
     if _trig._TRIG and all(isinstance(f, _trig.TrigPoly) for f in fs):
         # sin and its products: closed form, cost independent of K (pdlt.gaussian._trig)
         out, err = _trig.with_fallback(fs, Kb, return_error, lambda plain, Kr: expect_nd(

@@ -53,7 +53,13 @@ Functions are recognized by :func:`trig_form`: a callable evaluated at the
 symbolic identity ``Z`` (numpy's ``sin``/``cos`` of ``a Z + b``,
 arithmetic) that yields a :class:`TrigPoly` equal to the callable on a probe
 grid to 1e-12 is replaced by it; anything else (``tanh(Z)`` raises) keeps the
-quadrature. ``_TRIG = False`` forces the old paths everywhere.
+quadrature. Where it is used: :func:`pdlt.gaussian.expect` (zero mean, an
+activation with a ``period``), :func:`pdlt.gaussian.expect_nd` (functions
+without kinks outside the entire-function rule), the pairs of
+:func:`pdlt.gaussian.pair_expectations` without a closed form of their own,
+and the layer averages of :mod:`pdlt.theory._averages`: every statistic of
+a plain or residual sin MLP. ``_TRIG = False`` forces the old paths
+everywhere.
 """
 
 from __future__ import annotations
@@ -336,13 +342,18 @@ def expect1(f, K, *, kinks=(), period=None, **kw):
     return expect(f, K, kinks=kinks, period=period, **kw)
 
 
+def _opaque(g):
+    """``g`` on float arrays only: :func:`trig_form` does not recognize it (no re-entry)."""
+    return lambda z: g(np.asarray(z, dtype=float))
+
+
 def with_fallback(fs, K, return_error, quadrature):
     """:func:`trig_expect`, and ``quadrature(plain_fs, K[rest])`` -> (values, errors) where
     the closed form is not ``ok`` (small variances). Returns (values (B,), errors (B,))."""
     out, err, ok = trig_expect(fs, K, return_error=True)
     if not ok.all():
         rest = np.flatnonzero(~ok)
-        o, e = quadrature([f.numeric() for f in fs], K[rest])
+        o, e = quadrature([_opaque(f.numeric()) for f in fs], K[rest])
         out[rest], err[rest] = o, e
     return out, err
 
