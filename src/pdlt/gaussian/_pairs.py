@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _trig
 from ._closed import closed_forms_nn
 from ._mehler import _SeriesGrid, _mehler_offdiag
 from ._nested import expect2
@@ -94,6 +95,11 @@ def pair_expectations(act, K, terms=(("sigma", "sigma"),), *, rtol=1e-12, method
     K, diag, rho, den = _validate_kernel(K)
     N = K.shape[0]
     closed = closed_forms_nn(act, list(terms), K, diag, rho, den) if method == "auto" else {}
+    rest = [t for t in terms if t not in closed]
+    if rest and method == "auto" and _trig.active(getattr(act, "period", None)) \
+            and not getattr(act, "kinks", ()):
+        # sin and its products: closed form at any scale (pdlt.gaussian._trig), or None
+        closed.update(_trig.trig_pairs(act, K, rest) or {})
     out = {}
     grid = None  # what the series terms share: rho, the rule's nodes, f values
     for fa, fb in terms:

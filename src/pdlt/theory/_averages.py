@@ -32,6 +32,7 @@ import itertools
 import numpy as np
 
 from .. import gaussian
+from ..gaussian import _trig
 from ..gaussian._closed import closed_family, pair_terms
 from ..gaussian._multi import (_GH_STEP_UP_SIGMA, PiecewiseMonomial, _power, _quadruple_groups,
                                entire_growth, expect_nd, normal_family, quad_expectations,
@@ -140,7 +141,8 @@ class OneVariableTable:
             return g(z, s_, p_, q_) @ w
         act = self.act
         f = lambda z: g(z, act.sigma(z), act.d1(z), act.d2(z))  # noqa: E731
-        return np.asarray(gaussian.expect(f, self.K, kinks=act.kinks, period=act.period),
+        # sin: closed form at any K (_trig.expect1), else gaussian.expect
+        return np.asarray(_trig.expect1(f, self.K, kinks=act.kinks, period=act.period),
                           dtype=float)
 
     def __getitem__(self, name):
@@ -176,6 +178,10 @@ class OneVariableTable:
             v = (nodes[f] ** 2 * he(nodes[5])) @ nodes[4]
         else:
             fn = act.sigma if f == 1 else act.d1
+            t = _trig.as_trig([lambda z: fn(z) ** 2], None if act.kinks else act.period)[0]
+            if isinstance(t, _trig.TrigPoly):
+                # sin: <(f^2)^(n)>_K itself in closed form (no K^(n/2) division)
+                return _trig.trig_expect1(t.derivative(n), K)
             v = np.empty(K.shape)
             for idx in np.ndindex(K.shape):
                 r = float(np.sqrt(K[idx]))
@@ -451,8 +457,9 @@ class LayerAverages:
                     "dqp": zero}
         s, p, q = act.sigma, act.d1, act.d2
         fns = Integrands(act, s=s, p=p, zp=lambda z: z * p(z), q=q, zq=lambda z: z * q(z))
-        e2 = gaussian.pair_expectations(fns, K, (("zp", "s"), ("q", "q"), ("zq", "p"),
-                                                 ("q", "s")), rtol=_PAIR_RTOL)
+        terms = (("zp", "s"), ("q", "q"), ("zq", "p"), ("q", "s"))
+        e2 = ((_trig.active(act.period) and _trig.trig_pairs(fns, K, terms))
+              or gaussian.pair_expectations(fns, K, terms, rtol=_PAIR_RTOL))
         QQ = e2[("q", "q")]
         return {"S": S, "PP": PP, "QS": e2[("q", "s")], "QQ": QQ,
                 "dps": (e2[("zp", "s")] - K * PP) / d, "dqp": (e2[("zq", "p")] - K * QQ) / d}
@@ -642,8 +649,9 @@ class LayerAverages:
         fns = {f"f{i}": (lambda i: lambda z: z ** i * f(z))(i) for i in range(5)}
         terms = (("f0", "f0"), ("f1", "f1"), ("f2", "f2"), ("f2", "f0"), ("f4", "f0"),
                  ("f3", "f1"))
-        e = gaussian.pair_expectations(Integrands(self.act, **fns), self.K, terms,
-                                       rtol=_PAIR_RTOL)
+        fns = Integrands(self.act, **fns)
+        e = ((_trig.active(self.act.period) and _trig.trig_pairs(fns, self.K, terms))
+             or gaussian.pair_expectations(fns, self.K, terms, rtol=_PAIR_RTOL))
         m = {(int(a[1]), int(b[1])): v for (a, b), v in e.items()}
         for (i, j) in list(m):
             m[(j, i)] = m[(i, j)].T
@@ -778,10 +786,12 @@ def _eval_nd(fs, K, I, kw):
     M, k = I.shape
     if k == 1:
         kw.pop("accuracy")                      # one variable: error < 1e-14 always
-        v = np.asarray(gaussian.expect(fs[0], K[..., I[:, 0], I[:, 0]].reshape(-1), **kw),
+        v = np.asarray(_trig.expect1(fs[0], K[..., I[:, 0], I[:, 0]].reshape(-1), **kw),
                        dtype=float).reshape(lead + (M,))
         return (v, 1e-14 * np.abs(v)) if ret else v
     Ks = K[..., I[:, :, None], I[:, None, :]].reshape((-1, k, k))
+    if not kw["kinks"]:
+        fs = _trig.as_trig(fs, kw["period"])     # sin: closed form (pdlt.gaussian._trig)
     res = expect_nd(fs, Ks, kinks=kw["kinks"], accuracy=kw["accuracy"], return_error=ret,
                     **nd_only)
     if ret:
