@@ -319,6 +319,10 @@ _BLOCK_LAYERS = 128
 _AFFINE_ONE_INPUT = True
 #: evaluate the one-variable table once per distinct kernel value (:class:`_DistinctTable`)
 _DISTINCT_TABLE = True
+#: two uncorrelated inputs of a plain MLP (``pdlt diagnose``'s reference problem for odd
+#: activations): the steps as affine maps over all layers (:mod:`._affine_two_input`);
+#: False: the general per-layer fold
+_AFFINE_TWO_INPUT = True
 
 
 class _DistinctTable:
@@ -531,6 +535,12 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy):
     if _AFFINE_ONE_INPUT and N == 1 and not mlp.is_residual and set(run) <= set(_AFFINE_NAMES):
         _affine_one_input(mlp, table, Ks[:, 0, 0], Ths[:, 0, 0], run, out, errors)
         return out, errors
+    if _AFFINE_TWO_INPUT and N == 2:
+        from . import _affine_two_input as _two_input
+        if _two_input.applies(mlp, Ks, run, _AFFINE_NAMES):
+            with np.errstate(over="ignore", invalid="ignore"):     # overflow: raised by name
+                _two_input.affine_two_input(mlp, table, Ks, Ths, run, out, errors, accuracy)
+            return out, errors
     hps = [LayerHyper.of(mlp, l) for l in range(L)]
     nb = _BLOCK_LAYERS if N == 2 else 0
     block = None
