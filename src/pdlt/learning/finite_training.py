@@ -770,8 +770,22 @@ def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
         (cancellation in the fourth-derivative source of G1 and H1), so
         ``prediction_correction`` and ``mean_correction_coefficient`` are None
         and ``prediction_correction_note`` says why.
+
+    Notes
+    -----
+    Cost. The two inputs' kernel and NTK come first (:func:`_reference_kernel`);
+    the order-1/n statistics then run for both inputs only where the test-input
+    correction is reported, and otherwise for the training input alone (the
+    training input's entries of every statistic are its one-input statistics,
+    and nothing else is reported): scalar affine recursions, milliseconds per
+    10^4 layers besides the one-variable table. Two uncorrelated inputs (odd
+    activations with ``C_b = 0``: the reference problem of tanh, erf, sin at
+    every depth) fold as affine maps over all layers
+    (:mod:`pdlt.theory._affine_two_input`). benchmarks/README.md, "Diagnose at
+    depth: the reference problem without a per-layer fold".
     """
     from ..network import MLP
+    from ..theory.statistics import ORDER_ONE_OVER_N, _closure, _finite_fold, shared_tables
 
     mlp = check_mlp(mlp)
     if mlp.is_residual:
@@ -783,27 +797,45 @@ def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
     scale = math.sqrt(2.0 * (K1 - C_b) / C_W)
     ref = MLP(n0=2, widths=mlp.widths[1:-1], n_out=1, activation=mlp.activation,
               C_b=mlp.C_b, C_W=mlp.C_W, lambda_b=mlp.lambda_b, lambda_W=mlp.lambda_W)
-    st = training_statistics(ref, np.array([[scale, 0.0]]), np.array([[0.0, scale]]))
-    y = math.sqrt(float(st.K[0, 0]))
-    Th = float(st.Theta[0, 0])
+    x = np.array([[scale, 0.0], [0.0, scale]])
+    _kink_caution(ref, x)
+    names = ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")
+    need = _closure(names + ("G1", "H1")) & set(ORDER_ONE_OVER_N)
+    with shared_tables():       # the kernel's one-variable table serves the fold too
+        Ks, Ths = _reference_kernel(ref, x)
+        # the test-input correction goes through the off-diagonal G1 and H1, whose fourth-
+        # derivative source loses accuracy steeply as the two inputs' correlation nears 1
+        # (measured: one ulp of <ssss> moves it by <= 4e-6 relative while 1 - rho >= 5e-3 for
+        # relu and gelu, then by 1e-3 .. 1 at 1 - rho ~ 2e-3 .. 1e-3; benchmarks/README.md):
+        # beyond, the number is withheld rather than printed as if it were fine, and only
+        # the training input's statistics are computed
+        KL = Ks[-1]
+        one_minus_rho = 1.0 - float(KL[0, 1]) / math.sqrt(float(KL[0, 0] * KL[1, 1]))
+        reported = one_minus_rho >= _RHO_RELIABLE
+        sub = slice(None) if reported else slice(0, 1)
+        vals, _ = _finite_fold(ref, Ks[:, sub, sub], Ths[:, sub, sub], need, "default")
+    st = TrainingStatistics.from_tensors(K=Ks[-1, sub, sub], G1=vals["G1"][-1],
+                                         Theta=Ths[-1, sub, sub], H1=vals["H1"][-1], n_train=1,
+                                         **{k: vals[k][-1] for k in names})
+    y = math.sqrt(float(KL[0, 0]))
+    Th = float(Ths[-1, 0, 0])
     sched = algorithm_schedule(st.Theta[:1, :1], "gd", learning_rate=0.5 / Th, steps=steps)
     r = end_of_training(st, np.array([y]), sched)
     n = mlp.widths[-2]
     dh = float(r.ntk_change[0, 0]) / Th
-    dm = float(r.mean_correction[0]) / y
-    out = {"representation_learning": dh / n, "prediction_correction": abs(dm) / n,
-           "ntk_change_coefficient": dh, "mean_correction_coefficient": dm, "Theta": Th,
-           "y": y, "test_mean_infinite": float(r.mean_infinite[0]), "width": n,
-           "prediction_correction_note": None}
-    # the test-input correction goes through the off-diagonal G1 and H1, whose fourth-
-    # derivative source loses accuracy steeply as the two inputs' correlation nears 1
-    # (measured: one ulp of <ssss> moves it by <= 4e-6 relative while 1 - rho >= 5e-3 for
-    # relu and gelu, then by 1e-3 .. 1 at 1 - rho ~ 2e-3 .. 1e-3; benchmarks/README.md):
-    # beyond, the number is withheld rather than printed as if it were fine
-    one_minus_rho = 1.0 - float(st.K[0, 1]) / math.sqrt(float(st.K[0, 0] * st.K[1, 1]))
-    out["one_minus_rho"] = one_minus_rho
-    if one_minus_rho < _RHO_RELIABLE:
-        out["prediction_correction"] = out["mean_correction_coefficient"] = None
+    if reported:
+        test_mean = float(r.mean_infinite[0])
+    else:       # the infinite-width kernel prediction, as end_of_training makes it
+        F0 = _kernel_map_jets(Ths[-1], np.zeros((0, 2, 2)), sched, 1)[0]
+        test_mean = float((F0 @ np.array([y]))[1])
+    out = {"representation_learning": dh / n, "prediction_correction": None,
+           "ntk_change_coefficient": dh, "mean_correction_coefficient": None, "Theta": Th,
+           "y": y, "test_mean_infinite": test_mean, "width": n,
+           "prediction_correction_note": None, "one_minus_rho": one_minus_rho}
+    if reported:
+        dm = float(r.mean_correction[0]) / y
+        out["prediction_correction"], out["mean_correction_coefficient"] = abs(dm) / n, dm
+    else:
         out["prediction_correction_note"] = (
             f"not computed reliably: the reference problem's train and test inputs are "
             f"correlated to 1 - rho = {one_minus_rho:.2g} < {_RHO_RELIABLE:g} at the output, "
@@ -815,3 +847,68 @@ def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
 #: smallest 1 - rho (train/test correlation at the output) at which the reference
 #: problem's prediction correction is computed reliably
 _RHO_RELIABLE = 5e-3
+
+
+def _kink_caution(ref, x):
+    """:func:`training_statistics`' caution for a kinked activation, raised as it raises it.
+
+    Its own check and text, from the statistics of a one-layer copy of ``ref``
+    (no hidden layer: nothing to fold).
+    """
+    from ..network import MLP
+    if ref.activation.kinks:
+        training_statistics(MLP(n0=ref.n0, widths=[], n_out=1, activation=ref.activation),
+                            x[:1], x[1:])
+
+
+def _reference_kernel(ref, x):
+    r"""K, Theta (L, 2, 2) of the reference problem's two inputs (equal norms) at every layer.
+
+    Two inputs uncorrelated to round-off (``|K_01| <= 1e-17 sqrt(K_00 K_11)``;
+    an odd activation with ``C_b = 0`` keeps orthogonal inputs so at every
+    layer) have factorized pair averages, ``<f(z_0) g(z_1)> = <f>_0 <g>_1``
+    (the Mehler series' first term; the rest is ``O(rho)``, below float64
+    resolution): then the diagonal is the one-input flow and
+
+    .. math::
+        K^{(l+1)}_{01} = C_b + C_W \langle\sigma\rangle^2,\qquad
+        \Theta^{(l+1)}_{01} = \lambda_b + \lambda_W \langle\sigma\rangle^2
+            + C_W \langle\sigma'\rangle^2 \Theta^{(l)}_{01}
+
+    with the means from the one-variable table at ``K^(l)_00`` (all layers in
+    one call). Otherwise (or if the inputs become correlated) the general
+    two-input fold, :func:`pdlt.theory.kernel.kernel_fold`.
+    """
+    from ..theory._averages import _INDEPENDENT
+    from ..theory.kernel import first_layer_kernel, kernel_fold
+    from ..theory.statistics import _DistinctTable
+
+    def uncorrelated(K):
+        return bool(np.all(np.abs(K[..., 0, 1]) <= _INDEPENDENT
+                           * np.sqrt(K[..., 0, 0] * K[..., 1, 1])))
+
+    K0, T0 = first_layer_kernel(ref, x)
+    act, L = ref.activation, ref.depth
+    if (L > 1 and not act.kinks and uncorrelated(K0) and K0[0, 0] == K0[1, 1]
+            and T0[0, 0] == T0[1, 1] and T0[0, 1] == T0[1, 0]):
+        Kd, Td, _, _ = kernel_fold(ref, K0[:1, :1], T0[:1, :1], susceptibilities=False)
+        k, th = Kd[:, 0, 0], Td[:, 0, 0]
+        if np.all(k[:-1] > 0):
+            t = _DistinctTable(act, np.repeat(k[:-1, None], 2, axis=1))   # the fold's table
+            m, p = np.asarray(t["m0s"])[:, 0], np.asarray(t["m0p"])[:, 0]
+            cb, cw, lb, lw = (np.asarray(v, dtype=float)[1:L] for v in
+                              (ref.C_b, ref.C_W, ref.lambda_b, ref.lambda_W))
+            K01 = np.concatenate([[K0[0, 1]], cb + cw * m * m])
+            src, gain = (lb + lw * m * m).tolist(), (cw * p * p).tolist()
+            T01 = [float(T0[0, 1])]
+            for s_, g_ in zip(src, gain):
+                T01.append(s_ + g_ * T01[-1])
+            Ks, Ths = np.empty((L, 2, 2)), np.empty((L, 2, 2))
+            Ks[:, 0, 0] = Ks[:, 1, 1] = k
+            Ths[:, 0, 0] = Ths[:, 1, 1] = th
+            Ks[:, 0, 1] = Ks[:, 1, 0] = K01
+            Ths[:, 0, 1] = Ths[:, 1, 0] = T01
+            if uncorrelated(Ks) and np.all(np.isfinite(Ths)):
+                return Ks, Ths
+    Ks, Ths, _, _ = kernel_fold(ref, K0, T0, susceptibilities=False)
+    return Ks, Ths

@@ -36,6 +36,10 @@ from ._averages import _INDEPENDENT, _MOMENTS, _scale_invariant
 __all__ = ["affine_two_input"]
 
 _AR = np.arange(2)
+#: ``m<i><slots>`` table entries that the table also holds under another name (computed once)
+_ALIAS = {"m0ss": "ss", "m0pp": "pp", "m0ssss": "ssss", "m0ppss": "sspp", "m0pppp": "pppp",
+          "m0qq": "qq", "m0qs": "qs", "m0ppqs": "qspp", "m0ppqq": "qqpp", "m1pppq": "zqppp",
+          "m1ps": "zsp", "m2pp": "zpzp", "m1pq": "zqp", "m1ss": "zss"}
 _e = np.einsum
 
 
@@ -88,6 +92,7 @@ class _Averages:
         self._v = {}
 
     def tab(self, name):
+        name = _ALIAS.get(name, name)
         return np.asarray(self.t[name], dtype=float).reshape(self.n, 2)
 
     def _factorized(self, fa, fb, ia=0, ib=0):
@@ -232,8 +237,9 @@ def _d4_source(a, V, of):
 
 
 # ---------------------------------------------------------------------------
-# the steps over leading axes; ``src=False`` leaves out the terms that read no
-# order-1/n statistic (the gains)
+# the steps over leading axes, in two parts: ``gain=False`` gives the terms
+# that do not read the statistic itself (its source c_l: the averages and the
+# statistics it reads), ``gain=True`` the one term that does (M_l x)
 # ---------------------------------------------------------------------------
 
 def _covariances(a):
@@ -248,165 +254,152 @@ def _U(a, Th, c, lw):
     return tuple(_x(lw, 2) * m + _x(c, 2) * Th * p for m, p in zip(a["Mss"], a["Mpp"]))
 
 
-def _V(a, st, h, src):
+def _V(a, st, h, gain):
     c, r = h["C_W"], h["r"]
-    T = _apply_M(a["Mss"], st["V"], 2)
-    T = _apply_M(a["Mss"], np.moveaxis(T, (-2, -1), (-4, -3)), 2)
-    out = _x(c * c * r, 4) * np.moveaxis(T, (-4, -3), (-2, -1))
-    if src:
-        S = a["S"]
-        out = out + _x(c * c, 4) * (a.quad("ssss") - S[..., :, :, None, None]
-                                    * S[..., None, None, :, :])
-    return out
+    if gain:
+        T = _apply_M(a["Mss"], st["V"], 2)
+        T = _apply_M(a["Mss"], np.moveaxis(T, (-2, -1), (-4, -3)), 2)
+        return _x(c * c * r, 4) * np.moveaxis(T, (-4, -3), (-2, -1))
+    S = a["S"]
+    return _x(c * c, 4) * (a.quad("ssss") - S[..., :, :, None, None] * S[..., None, None, :, :])
 
 
-def _G1(a, st, h, src):
-    return _x(h["r"] * h["C_W"], 2) * (_apply_M(a["Mss"], st["G1"], 0)
-                                       + _d4_source(a, st["V"], "s"))
+def _G1(a, st, h, gain):
+    inner = _apply_M(a["Mss"], st["G1"], 0) if gain else _d4_source(a, st["V"], "s")
+    return _x(h["r"] * h["C_W"], 2) * inner
 
 
-def _B(a, st, h, src):
+def _B(a, st, h, gain):
     c, r, PP, Th = h["C_W"], h["r"], a["PP"], st["Theta"]
-    out = _x(r * c * c, 4) * PP[..., :, :, None, None] * PP[..., None, None, :, :] * st["B"]
-    if src:
-        out = out + _x(c * c, 4) * Th[..., :, None, :, None] * Th[..., None, :, None, :] \
-            * a.quad("pppp")
-    return out
+    if gain:
+        return _x(r * c * c, 4) * PP[..., :, :, None, None] * PP[..., None, None, :, :] * st["B"]
+    return _x(c * c, 4) * Th[..., :, None, :, None] * Th[..., None, :, None, :] * a.quad("pppp")
 
 
-def _F(a, st, h, src):
+def _F(a, st, h, gain):
     c, r, G, Th = h["C_W"], h["r"], a["G"], st["Theta"]
-    out = _x(r * c * c, 4) * _e("...ibx,...ixky,...kdy->...ibkd", G, st["F"], G)
-    if src:
-        out = out + _x(c * c, 4) * Th[..., :, None, :, None] * _e("...jlik->...ijkl",
-                                                                 a.quad("sspp"))
-    return out
+    if gain:
+        return _x(r * c * c, 4) * _e("...ibx,...ixky,...kdy->...ibkd", G, st["F"], G)
+    return _x(c * c, 4) * Th[..., :, None, :, None] * _e("...jlik->...ijkl", a.quad("sspp"))
 
 
-def _Ustat(a, st, h, src):
+def _Ustat(a, st, h, gain):
     c, r, PP, Th = h["C_W"], h["r"], a["PP"], st["Theta"]
-    out = _x(r * c * c, 4) * PP[..., :, None, None, :] * PP[..., None, :, :, None] * st["U"]
-    if src:
-        out = out + _x(c * c, 4) * Th[..., :, :, None, None] * Th[..., :, None, :, None] \
-            * Th[..., None, :, None, :] * a.quad("qqpp")
-    return out
+    if gain:
+        return _x(r * c * c, 4) * PP[..., :, None, None, :] * PP[..., None, :, :, None] * st["U"]
+    return (_x(c * c, 4) * Th[..., :, :, None, None] * Th[..., :, None, :, None]
+            * Th[..., None, :, None, :] * a.quad("qqpp"))
 
 
-def _D(a, st, h, src):
+def _D(a, st, h, gain):
     c, lw, r, Th = h["C_W"], h["lambda_W"], h["r"], st["Theta"]
+    if gain:
+        return _x(r * c * c, 4) * a["PP"][..., :, :, None, None] * _apply_M2(a["Mss"], st["D"])
+    cSS, _, cPS, _ = _covariances(a)
     UV = _apply_M(_U(a, Th, c, lw), st["V"], 2)
-    out = _x(r, 4) * (_x(c, 4) * _apply_M2(a["Mss"], UV) + _x(c * c, 4)
-                      * a["PP"][..., :, :, None, None] * _apply_M2(a["Mss"], st["D"]))
-    if src:
-        cSS, _, cPS, _ = _covariances(a)
-        out = out + _x(c, 4) * (_x(lw, 4) * cSS + _x(c, 4) * Th[..., :, :, None, None] * cPS)
-    return out
+    return (_x(c, 4) * (_x(lw, 4) * cSS + _x(c, 4) * Th[..., :, :, None, None] * cPS)
+            + _x(r * c, 4) * _apply_M2(a["Mss"], UV))
 
 
-def _A(a, st, h, src):
+def _A(a, st, h, gain):
     c, lw, r, Th, PP = h["C_W"], h["lambda_W"], h["r"], st["Theta"], a["PP"]
-    U = _U(a, Th, c, lw)
     PP12, PP34 = PP[..., :, :, None, None], PP[..., None, None, :, :]
+    if gain:
+        return _x(r * c * c, 4) * PP12 * PP34 * st["A"]
+    U = _U(a, Th, c, lw)
     UD = _apply_M(U, np.moveaxis(st["D"], (-2, -1), (-4, -3)), 2)
-    out = _x(r, 4) * (_apply_M2(U, _apply_M(U, st["V"], 2)) + _x(c, 4) * PP34 * UD
-                      + _x(c, 4) * PP12 * np.moveaxis(UD, (-4, -3), (-2, -1))
-                      + _x(c * c, 4) * PP12 * PP34 * st["A"])
-    if src:
-        cSS, cSP, cPS, cPP = _covariances(a)
-        T12, T34 = Th[..., :, :, None, None], Th[..., None, None, :, :]
-        out = out + (_x(lw * lw, 4) * cSS + _x(lw * c, 4) * (T34 * cSP + T12 * cPS)
-                     + _x(c * c, 4) * T12 * T34 * cPP)
-    return out
+    cSS, cSP, cPS, cPP = _covariances(a)
+    T12, T34 = Th[..., :, :, None, None], Th[..., None, None, :, :]
+    return (_x(lw * lw, 4) * cSS + _x(lw * c, 4) * (T34 * cSP + T12 * cPS)
+            + _x(c * c, 4) * T12 * T34 * cPP
+            + _x(r, 4) * (_apply_M2(U, _apply_M(U, st["V"], 2)) + _x(c, 4) * PP34 * UD
+                          + _x(c, 4) * PP12 * np.moveaxis(UD, (-4, -3), (-2, -1))))
 
 
 def _dntk_source(a, Th, c):
     return _x(c * c, 4) * Th[..., :, :, None, None] * Th[..., :, None, :, None] * a.quad("qpps")
 
 
-def _P(a, st, h, src):
-    c, r, B = h["C_W"], h["r"], st["B"]
-    prop = (a["QS"][..., :, None, None, :] * B[..., _AR, _AR, :, :][..., None]
-            + _e("...ijkb,...ilb->...ijkl", st["P"], a["G"]))
-    out = _x(r * c * c, 4) * a["PP"][..., None, :, :, None] * prop
-    if src:
-        out = out + _dntk_source(a, st["Theta"], c)
-    return out
+def _P(a, st, h, gain):
+    c, r = h["C_W"], h["r"]
+    pp = _x(r * c * c, 4) * a["PP"][..., None, :, :, None]
+    if gain:
+        return pp * _e("...ijkb,...ilb->...ijkl", st["P"], a["G"])
+    return (_dntk_source(a, st["Theta"], c)
+            + pp * a["QS"][..., :, None, None, :] * st["B"][..., _AR, _AR, :, :][..., None])
 
 
 def _Phi(a, Th, c, lw):
     return _x(c, 3) * Th[..., :, :, None] * a["G2"] + _x(lw, 3) * a["G"]
 
 
-def _Q(a, st, h, src):
+def _Q(a, st, h, gain):
     c, lw, r, Th, G = h["C_W"], h["lambda_W"], h["r"], st["Theta"], a["G"]
-    Phi = _Phi(a, Th, c, lw)
-    out = _x(r * c, 4) * (_e("...ijx,...ixky,...kly->...ijkl", Phi, st["F"], G)
-                          + _x(c, 4) * a["PP"][..., :, :, None, None]
-                          * _e("...ijkb,...klb->...ijkl", st["Q"], G))
-    if src:
-        psps = _e("...jlik->...ijkl", a.quad("sspp"))
-        out = out + _dntk_source(a, Th, c) + _x(lw * c, 4) * Th[..., :, None, :, None] * psps
-    return out
+    if gain:
+        return (_x(r * c * c, 4) * a["PP"][..., :, :, None, None]
+                * _e("...ijkb,...klb->...ijkl", st["Q"], G))
+    psps = _e("...jlik->...ijkl", a.quad("sspp"))
+    return (_dntk_source(a, Th, c) + _x(lw * c, 4) * Th[..., :, None, :, None] * psps
+            + _x(r * c, 4) * _e("...ijx,...ixky,...kly->...ijkl", _Phi(a, Th, c, lw), st["F"], G))
 
 
-def _R(a, st, h, src):
+def _R(a, st, h, gain):
     c, lw, r, Th, PP = h["C_W"], h["lambda_W"], h["r"], st["Theta"], a["PP"]
+    out = _x(r * c, 4) * PP[..., None, None, :, :]
+    if gain:
+        return out * _x(c, 4) * PP[..., :, :, None, None] * st["R"]
     psi = _x(c, 2) * Th * a["dqp"] + _x(lw, 2) * a["QS"]
     B = st["B"]
-    prop = (psi[..., :, :, None, None] * B[..., _AR, _AR, :, :][..., :, None, :, :]
-            + _e("...ikly,...ijy->...ijkl", st["P"], _Phi(a, Th, c, lw))
-            + _x(c, 4) * PP[..., :, :, None, None] * st["R"])
-    out = _x(r * c, 4) * PP[..., None, None, :, :] * prop
-    if src:
-        K, QQPP = a.Ks, a.quad("qqpp")
-        Q3PPP = (a.quad("xppp") - K[..., :, :, None, None] * QQPP
-                 - K[..., :, None, :, None] * _e("...acbd->...abcd", QQPP)
-                 - K[..., :, None, None, :] * _e("...adbc->...abcd", QQPP)) \
-            / a.diag[..., :, None, None, None]
-        T01, T02 = Th[..., :, :, None, None], Th[..., :, None, :, None]
-        T03 = Th[..., :, None, None, :]
-        out = out + (_x(c * c, 4) * T01 * T02 * T03 * Q3PPP
-                     + _x(lw * c, 4) * T02 * T03 * a.quad("qspp"))
-    return out
+    out = out * (psi[..., :, :, None, None] * B[..., _AR, _AR, :, :][..., :, None, :, :]
+                 + _e("...ikly,...ijy->...ijkl", st["P"], _Phi(a, Th, c, lw)))
+    K, QQPP = a.Ks, a.quad("qqpp")
+    Q3PPP = (a.quad("xppp") - K[..., :, :, None, None] * QQPP
+             - K[..., :, None, :, None] * _e("...acbd->...abcd", QQPP)
+             - K[..., :, None, None, :] * _e("...adbc->...abcd", QQPP)) \
+        / a.diag[..., :, None, None, None]
+    T01, T02 = Th[..., :, :, None, None], Th[..., :, None, :, None]
+    T03 = Th[..., :, None, None, :]
+    return out + (_x(c * c, 4) * T01 * T02 * T03 * Q3PPP
+                  + _x(lw * c, 4) * T02 * T03 * a.quad("qspp"))
 
 
-def _S(a, st, h, src):
-    c, lw, r, Th, PP, B = h["C_W"], h["lambda_W"], h["r"], st["Theta"], a["PP"], st["B"]
+def _S(a, st, h, gain):
+    c, lw, r, Th, PP = h["C_W"], h["lambda_W"], h["r"], st["Theta"], a["PP"]
     T01 = Th[..., :, :, None, None]
     P01 = PP[..., :, :, None, None]
-    prop = (_x(c, 4) * T01 * a["QQ"][..., :, :, None, None] * B + _x(c, 4) * P01 * st["S"]
-            + _x(lw, 4) * P01 * B)
-    out = _x(r * c, 4) * PP[..., None, None, :, :] * prop
-    if src:
-        T02, T13 = Th[..., :, None, :, None], Th[..., None, :, None, :]
-        out = out + (_x(c * c, 4) * T01 * T02 * T13 * a.quad("qqpp")
-                     + _x(lw * c, 4) * T02 * T13 * a.quad("pppp"))
-    return out
+    out = _x(r * c, 4) * PP[..., None, None, :, :]
+    if gain:
+        return out * _x(c, 4) * P01 * st["S"]
+    B = st["B"]
+    T02, T13 = Th[..., :, None, :, None], Th[..., None, :, None, :]
+    return (out * (_x(c, 4) * T01 * a["QQ"][..., :, :, None, None] * B + _x(lw, 4) * P01 * B)
+            + _x(c * c, 4) * T01 * T02 * T13 * a.quad("qqpp")
+            + _x(lw * c, 4) * T02 * T13 * a.quad("pppp"))
 
 
-def _T(a, st, h, src):
+def _T(a, st, h, gain):
     c, lw, r, Th, PP = h["C_W"], h["lambda_W"], h["r"], st["Theta"], a["PP"]
-    Phi = _Phi(a, Th, c, lw)
     P02, P13 = PP[..., :, None, :, None], PP[..., None, :, None, :]
+    if gain:
+        return _x(r * c * c, 4) * P02 * P13 * st["T"]
+    Phi = _Phi(a, Th, c, lw)
     prop = (_e("...ixjy,...ikx,...jly->...ijkl", st["F"], Phi, Phi)
             + _x(c, 4) * P13 * _e("...jlib,...ikb->...ijkl", st["Q"], Phi)
-            + _x(c, 4) * P02 * _e("...ikjb,...jlb->...ijkl", st["Q"], Phi)
-            + _x(c * c, 4) * P02 * P13 * st["T"])
-    out = _x(r, 4) * prop
-    if src:
-        T01, T02, T13 = (Th[..., :, :, None, None], Th[..., :, None, :, None],
-                         Th[..., None, :, None, :])
-        QPPS = a.quad("qpps")
-        phi2 = (_x(c * c, 4) * T02 * T13 * a.quad("qqpp")
-                + _x(lw * c, 4) * T13 * _e("...badc->...abcd", QPPS)
-                + _x(lw * c, 4) * T02 * QPPS
-                + _x(lw * lw, 4) * np.moveaxis(a.quad("sspp"), (-4, -3), (-2, -1)))
-        out = out + T01 * phi2
-    return out
+            + _x(c, 4) * P02 * _e("...ikjb,...jlb->...ijkl", st["Q"], Phi))
+    T01, T02, T13 = (Th[..., :, :, None, None], Th[..., :, None, :, None],
+                     Th[..., None, :, None, :])
+    QPPS = a.quad("qpps")
+    phi2 = (_x(c * c, 4) * T02 * T13 * a.quad("qqpp")
+            + _x(lw * c, 4) * T13 * _e("...badc->...abcd", QPPS)
+            + _x(lw * c, 4) * T02 * QPPS
+            + _x(lw * lw, 4) * np.moveaxis(a.quad("sspp"), (-4, -3), (-2, -1)))
+    return T01 * phi2 + _x(r, 4) * prop
 
 
-def _H1(a, st, h, src):
+def _H1(a, st, h, gain):
     c, lw, r, Th = h["C_W"], h["lambda_W"], h["r"], st["Theta"]
+    if gain:
+        return _x(r * c, 2) * a["PP"] * st["H1"]
     V, G1, D, F = st["V"], st["G1"], st["D"], st["F"]
     d_ss = _apply_M(a["Mss"], G1, 0) + _d4_source(a, V, "s")
     d_pp = _apply_M(a["Mpp"], G1, 0) + _d4_source(a, V, "p")
@@ -414,8 +407,7 @@ def _H1(a, st, h, src):
     i, j = _AR[:, None], _AR[None, :]
     D1, D2, O = a["Mpp"]
     cov = D1 * X[..., i, j, i, i] + D2 * X[..., i, j, j, j] + O * X[..., i, j, i, j]
-    return _x(r, 2) * (_x(lw, 2) * d_ss
-                       + _x(c, 2) * (Th * d_pp + a["PP"] * st["H1"] + cov))
+    return _x(r, 2) * (_x(lw, 2) * d_ss + _x(c, 2) * (Th * d_pp + cov))
 
 
 _STEPS = {"V": _V, "G1": _G1, "B": _B, "F": _F, "U": _Ustat, "D": _D, "A": _A, "P": _P,
@@ -477,14 +469,12 @@ def affine_two_input(mlp, table, Ks, Ths, run, out, errors, accuracy):
     for name in [k for k in _STEPS if k in run]:
         rank = _RANK.get(name, 4)
         shape, m = (2,) * rank, 2 ** rank
-        zero = np.zeros((1,) + shape)
         st = {k: out[k][:n] for k in _READS[name]}
-        st.update({name: zero, "Theta": Th})
-        src = _STEPS[name](a, st, h, True).reshape(n, m)
+        st["Theta"] = Th
+        src = np.broadcast_to(_STEPS[name](a, st, h, False), (n,) + shape).reshape(n, m)
         basis = np.eye(m).reshape((1, m) + shape)
-        stg = {k: np.zeros((1, 1) + out[k].shape[1:]) for k in _READS[name]}
-        stg.update({name: basis, "Theta": Th[:, None]})
-        gain = np.swapaxes(_STEPS[name](lead, stg, hg, False).reshape(n, m, m), 1, 2)
+        gain = _STEPS[name](lead, {name: basis, "Theta": Th[:, None]}, hg, True)
+        gain = np.swapaxes(np.broadcast_to(gain, (n, m) + shape).reshape(n, m, m), 1, 2)
         x = _scan(gain, src)
         if not np.all(np.isfinite(x)):
             done[name] = int(np.flatnonzero(~np.all(np.isfinite(x), axis=1))[0])
