@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._averages import _INDEPENDENT, _MOMENTS, _scale_invariant
+from . import _averages
+from ._averages import _MOMENTS, _scale_invariant
 
 __all__ = ["affine_two_input"]
 
@@ -438,8 +439,8 @@ def applies(mlp, Ks, run, names):
         return False
     K = Ks[:-1]
     d = np.sqrt(K[:, 0, 0] * K[:, 1, 1])
-    return bool(np.all(np.abs(K[:, 0, 1]) <= _INDEPENDENT * d)
-                and np.all(np.abs(K[:, 1, 0]) <= _INDEPENDENT * d))
+    eps = _averages._INDEPENDENT            # as LayerAverages factorizes (read at call time)
+    return bool(np.all(np.abs(K[:, 0, 1]) <= eps * d) and np.all(np.abs(K[:, 1, 0]) <= eps * d))
 
 
 def affine_two_input(mlp, table, Ks, Ths, run, out, errors, accuracy):
