@@ -347,6 +347,30 @@ def shared_tables():
         _SHARED = before
 
 
+#: kernel values per :class:`OneVariableTable` of :class:`_Chunked`
+_TABLE_CHUNK = 256
+
+
+class _Chunked:
+    """:class:`OneVariableTable` over ``K`` (1-d) as tables of :data:`_TABLE_CHUNK` values.
+
+    The same entries (each row is its own kernel value's average, evaluated
+    the same way); the rule's nodes of a chunk (``chunk x 880``) stay in cache
+    while an entry is evaluated, where one table at 10^4 values streams 70 MB
+    arrays through memory for every entry (measured ~3x the CPU time at depth 1e4).
+    """
+
+    def __init__(self, act, K):
+        OneVariableTable(act, K)                  # its checks and errors, on all values
+        self.act = act
+        self._parts = [OneVariableTable(act, K[i:i + _TABLE_CHUNK])
+                       for i in range(0, max(len(K), 1), _TABLE_CHUNK)]
+
+    def __getitem__(self, name):
+        parts = [np.asarray(t[name], dtype=float) for t in self._parts]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class _DistinctTable:
     """A :class:`OneVariableTable` evaluated once per distinct kernel value.
 
@@ -370,7 +394,7 @@ class _DistinctTable:
         key = (id(act), values.tobytes())
         self._base = _SHARED.get(key) if _SHARED is not None else None
         if self._base is None or self._base.act is not act:
-            self._base = OneVariableTable(act, values)
+            self._base = _Chunked(act, values)
             if _SHARED is not None:
                 _SHARED[key] = self._base
         self._inverse = inverse.reshape(K.shape)
