@@ -785,6 +785,7 @@ def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
     depth: the reference problem without a per-layer fold".
     """
     from ..network import MLP
+    from ..theory.kernel import first_layer_kernel, kernel_fold
     from ..theory.statistics import ORDER_ONE_OVER_N, _closure, _finite_fold, shared_tables
 
     mlp = check_mlp(mlp)
@@ -802,7 +803,7 @@ def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
     names = ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")
     need = _closure(names + ("G1", "H1")) & set(ORDER_ONE_OVER_N)
     with shared_tables():       # the kernel's one-variable table serves the fold too
-        Ks, Ths = _reference_kernel(ref, x)
+        Ks, Ths = _reference_kernel(ref, x, K1)
         # the test-input correction goes through the off-diagonal G1 and H1, whose fourth-
         # derivative source loses accuracy steeply as the two inputs' correlation nears 1
         # (measured: one ulp of <ssss> moves it by <= 4e-6 relative while 1 - rho >= 5e-3 for
@@ -812,13 +813,16 @@ def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
         KL = Ks[-1]
         one_minus_rho = 1.0 - float(KL[0, 1]) / math.sqrt(float(KL[0, 0] * KL[1, 1]))
         reported = one_minus_rho >= _RHO_RELIABLE
-        sub = slice(None) if reported else slice(0, 1)
-        vals, _ = _finite_fold(ref, Ks[:, sub, sub], Ths[:, sub, sub], need, "default")
-    st = TrainingStatistics.from_tensors(K=Ks[-1, sub, sub], G1=vals["G1"][-1],
-                                         Theta=Ths[-1, sub, sub], H1=vals["H1"][-1], n_train=1,
+        if not reported:    # the training input alone: its one-input flow from K1
+            Ks1, Ths1, _, _ = kernel_fold(ref, *first_layer_kernel(ref, None, K1),
+                                          susceptibilities=False)
+        Kf, Tf = (Ks, Ths) if reported else (Ks1, Ths1)
+        vals, _ = _finite_fold(ref, Kf, Tf, need, "default")
+    st = TrainingStatistics.from_tensors(K=Kf[-1], G1=vals["G1"][-1], Theta=Tf[-1],
+                                         H1=vals["H1"][-1], n_train=1,
                                          **{k: vals[k][-1] for k in names})
-    y = math.sqrt(float(KL[0, 0]))
-    Th = float(Ths[-1, 0, 0])
+    y = math.sqrt(float(Kf[-1, 0, 0]))
+    Th = float(Tf[-1, 0, 0])
     sched = algorithm_schedule(st.Theta[:1, :1], "gd", learning_rate=0.5 / Th, steps=steps)
     r = end_of_training(st, np.array([y]), sched)
     n = mlp.widths[-2]
@@ -861,7 +865,7 @@ def _kink_caution(ref, x):
                             x[:1], x[1:])
 
 
-def _reference_kernel(ref, x):
+def _reference_kernel(ref, x, K1):
     r"""K, Theta (L, 2, 2) of the reference problem's two inputs (equal norms) at every layer.
 
     Two inputs uncorrelated to round-off (``|K_01| <= 1e-17 sqrt(K_00 K_11)``;
@@ -876,8 +880,11 @@ def _reference_kernel(ref, x):
             + C_W \langle\sigma'\rangle^2 \Theta^{(l)}_{01}
 
     with the means from the one-variable table at ``K^(l)_00`` (all layers in
-    one call). Otherwise (or if the inputs become correlated) the general
-    two-input fold, :func:`pdlt.theory.kernel.kernel_fold`.
+    one call); the diagonal's first layer is then ``K1`` itself (``x``
+    reproduces it up to the rounding of its entries), so that it is the flow of
+    ``pdlt.statistics(mlp, K1=K1)`` to the bit. Otherwise (or if the inputs
+    become correlated) the general two-input fold,
+    :func:`pdlt.theory.kernel.kernel_fold`.
     """
     from ..theory._averages import _INDEPENDENT
     from ..theory.kernel import first_layer_kernel, kernel_fold
@@ -891,7 +898,11 @@ def _reference_kernel(ref, x):
     act, L = ref.activation, ref.depth
     if (L > 1 and not act.kinks and uncorrelated(K0) and K0[0, 0] == K0[1, 1]
             and T0[0, 0] == T0[1, 1] and T0[0, 1] == T0[1, 0]):
-        Kd, Td, _, _ = kernel_fold(ref, K0[:1, :1], T0[:1, :1], susceptibilities=False)
+        Kd, Td, _, _ = kernel_fold(ref, *first_layer_kernel(ref, None, K1),
+                                   susceptibilities=False)
+        K0, T0 = K0.copy(), T0.copy()
+        K0[0, 0] = K0[1, 1] = Kd[0, 0, 0]
+        T0[0, 0] = T0[1, 1] = Td[0, 0, 0]
         k, th = Kd[:, 0, 0], Td[:, 0, 0]
         if np.all(k[:-1] > 0):
             t = _DistinctTable(act, np.repeat(k[:-1, None], 2, axis=1))   # the fold's table

@@ -222,7 +222,8 @@ def _d4_source(a, V, of):
     d4, Lam, m = a.d4_tables(of)
     diag = 0.125 * V[..., _AR, _AR, _AR, _AR] * d4
     W = (V + np.swapaxes(V, -3, -2) + np.swapaxes(V, -3, -1)) / 3.0
-    Wp = _e("...ijkl,...ia,...jb,...kc,...ld->...abcd", W, Lam, Lam, Lam, Lam)
+    Wp = _e("...ijkd,...kc->...ijcd", _e("...ijkl,...ld->...ijkd", W, Lam), Lam)
+    Wp = _e("...ia,...ibcd->...abcd", Lam, _e("...ijcd,...jb->...ibcd", Wp, Lam))
     U = _e("...ijkl,...ij->...kl", W, Lam)
     R = _e("...ak,...kl,...lb->...ab", Lam, U, Lam)
     c0 = 3.0 * _e("...kl,...kl->...", U, Lam)

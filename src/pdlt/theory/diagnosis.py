@@ -165,7 +165,8 @@ def _learning_size(mlp, K1, notes, what, first_sentence=False):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            size = finite_width_learning_size(mlp.with_(n_out=1), K1)
+            # (with_ rebuilds the residual specs in O(L^2): 1.6 s at depth 1e4, so only if needed)
+            size = finite_width_learning_size(mlp if mlp.n_out == 1 else mlp.with_(n_out=1), K1)
     except (ValueError, FloatingPointError, np.linalg.LinAlgError,
             NotImplementedError) as exc:
         notes.append(f"{what} not predicted: {exc}")
@@ -433,6 +434,15 @@ def diagnose_architecture(act, depth, width, C_b=None, C_W=None, K1=1.0, residua
     a progress bar on stderr (``pdlt._progress``: on a terminal once it
     has run 5 s; ``pdlt diagnose --progress`` at once, ``--json`` never).
     """
+    from .statistics import shared_tables
+
+    # the one-variable table of the one-input flow serves every fold over it (the
+    # statistics at layer L and the reference problem's training input)
+    with shared_tables():
+        return _diagnose_architecture(act, depth, width, C_b, C_W, K1, residual, n_out)
+
+
+def _diagnose_architecture(act, depth, width, C_b, C_W, K1, residual, n_out):
     from ..network import MLP
     from .criticality import criticality
     from .phase import depth_scales
