@@ -883,11 +883,14 @@ def _reference_kernel(ref, x, K1):
     one call); the diagonal's first layer is then ``K1`` itself (``x``
     reproduces it up to the rounding of its entries), so that it is the flow of
     ``pdlt.statistics(mlp, K1=K1)`` to the bit. Otherwise (or if the inputs
-    become correlated) the general two-input fold,
-    :func:`pdlt.theory.kernel.kernel_fold`.
+    become correlated) the two-input flow of :func:`pdlt.theory.kernel_blocks.kernel_matrix`
+    for activations with closed-form pairs (~30 us per layer), else the general
+    two-input fold, :func:`pdlt.theory.kernel.kernel_fold`.
     """
+    from ..gaussian._closed import closed_family
     from ..theory._averages import _INDEPENDENT
     from ..theory.kernel import first_layer_kernel, kernel_fold
+    from ..theory.kernel_blocks import kernel_matrix
     from ..theory.statistics import _DistinctTable
 
     def uncorrelated(K):
@@ -921,5 +924,10 @@ def _reference_kernel(ref, x, K1):
             Ths[:, 0, 1] = Ths[:, 1, 0] = T01
             if uncorrelated(Ks) and np.all(np.isfinite(Ths)):
                 return Ks, Ths
+    if closed_family(act) is not None:
+        # closed-form pairs (ReLU family, erf, sin, gelu): the blocked kernel's fused passes
+        # (pdlt.theory.kernel_blocks; equal to the fold to a few ulps of each entry)
+        km = kernel_matrix(ref, x, layers="all", threads=1, memory_budget=None)
+        return np.asarray(km.K), np.asarray(km.Theta)
     Ks, Ths, _, _ = kernel_fold(ref, K0, T0, susceptibilities=False)
     return Ks, Ths
