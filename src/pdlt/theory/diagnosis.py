@@ -190,10 +190,13 @@ def diagnose_mlp(mlp: MLP, K1: float, *, learning=True,
         ``K^(1) = C_b^(1) + C_W^(1) |x|^2 / n_0`` of the typical input; > 0.
     learning : bool, default True
         Also predict the size of representation learning (plain MLPs: the
-        two-input NTK recursion at every layer, ~2-3 ms per layer for relu
-        and tanh at criticality, ~6 ms for gelu; benchmarks/README.md,
-        "Cost of pdlt diagnose at depth"). The one-input statistics cost
-        milliseconds at any depth (scalar affine recursions,
+        reference problem of
+        :func:`pdlt.learning.finite_training.finite_width_learning_size`,
+        whose order-1/n statistics run as affine recursions over all layers;
+        what remains per layer is the two-input kernel flow and the
+        one-variable averages, benchmarks/README.md, "Diagnose at depth: the
+        reference problem without a per-layer fold"). The one-input
+        statistics cost milliseconds at any depth (scalar affine recursions,
         :func:`pdlt.statistics`).
     critical_tolerance : (array_like, array_like), optional
         Absolute tolerances ``(C_b, C_W)``, scalars or per layer, within which
@@ -427,12 +430,18 @@ def diagnose_architecture(act, depth, width, C_b=None, C_W=None, K1=1.0, residua
     ``residual`` is the residual strength gamma (xi = 1) of the equal-width
     layers; ``n_out`` the output width n_L.
 
-    Cost: ~1.5-2 s CPU of fixed work (imports included) plus the two-input
-    reference problem of :func:`pdlt.learning.finite_training.finite_width_learning_size`,
-    ~2-3 ms per layer for relu and tanh and ~6 ms for gelu (depth 1000:
-    4.5-8 s; depth 10^4: 20-40 s, benchmarks/README.md). Its layer loop shows
-    a progress bar on stderr (``pdlt._progress``: on a terminal once it
-    has run 5 s; ``pdlt diagnose --progress`` at once, ``--json`` never).
+    Cost: ~1.5-2 s CPU of fixed work (imports included) plus, per layer, the
+    one-input kernel flows and one-variable averages and the two-input kernel
+    of the reference problem of
+    :func:`pdlt.learning.finite_training.finite_width_learning_size` (its
+    order-1/n statistics are affine recursions over all layers): depth 10^4
+    in ~2-7 s CPU for relu, tanh and gelu, ~20 s for swish, whose two-input
+    kernel has no closed form (a Mehler series per layer; benchmarks/README.md,
+    "Diagnose at depth: the reference problem without a per-layer fold"). The
+    one-variable tables are shared by every fold of one diagnosis
+    (:func:`pdlt.theory.statistics.shared_tables`). Layer loops that remain
+    show a progress bar on stderr (``pdlt._progress``: on a terminal once they
+    have run 5 s; ``pdlt diagnose --progress`` at once, ``--json`` never).
     """
     from .statistics import shared_tables
 
