@@ -369,3 +369,21 @@ def test_training_input_alone_equals_the_two_input_reference_problem(act, depth,
     assert np.all(np.abs(got - want) <= 1e-11 * np.abs(want)), (got - want) / want
     off = general(depth - 1)                                    # one layer off: rejected
     assert np.all(np.abs(got - off)[:2] > 1e-3 * np.abs(want)[:2])
+
+
+def test_two_input_kernel_fold_in_chunks_under_a_bar_is_the_fold(monkeypatch):
+    # the reference problem's general two-input kernel (activations without closed-form
+    # pairs, e.g. swish: ~20 s at depth 1e4) runs in chunks of layers under a progress bar;
+    # each chunk continues from the last on the same steps: bitwise the one-call fold
+    from pdlt.learning import finite_training as ft
+    from pdlt.theory.kernel import first_layer_kernel, kernel_fold
+    monkeypatch.setattr(ft, "_KERNEL_CHUNK", 7)
+    l = np.arange(30)
+    mlp = pdlt.MLP(n0=2, widths=[int(w) for w in 60 + 30 * np.cos(0.7 * l[:-1])],
+                   activation="swish", C_b=0.05, C_W=1.98 * (1.0 + 0.01 * np.sin(l)),
+                   lambda_b=0.3, lambda_W=1.0 + 0.5 * np.cos(0.3 * l))
+    K0, T0 = first_layer_kernel(mlp, np.array([[1.0, 0.2], [0.3, 0.9]]))
+    got = ft._kernel_fold_shown(mlp, K0, T0)
+    want = kernel_fold(mlp, K0, T0, susceptibilities=False)[:2]
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert not np.array_equal(got[0][8:], want[0][7:-1])     # a chunk one layer off differs

@@ -929,5 +929,31 @@ def _reference_kernel(ref, x, K1):
         # (pdlt.theory.kernel_blocks; equal to the fold to a few ulps of each entry)
         km = kernel_matrix(ref, x, layers="all", threads=1, memory_budget=None)
         return np.asarray(km.K), np.asarray(km.Theta)
-    Ks, Ths, _, _ = kernel_fold(ref, K0, T0, susceptibilities=False)
+    return _kernel_fold_shown(ref, K0, T0)
+
+
+#: layers per call of the general two-input kernel fold in :func:`_kernel_fold_shown`
+_KERNEL_CHUNK = 256
+
+
+def _kernel_fold_shown(mlp, K0, T0):
+    """:func:`pdlt.theory.kernel.kernel_fold` (K, Theta) in calls of :data:`_KERNEL_CHUNK`
+    layers under a progress bar (``pdlt._progress``: a Mehler series per layer, ~2 ms for
+    swish, so ~20 s at depth 1e4). Each call continues from the last layer of the one before
+    on the same steps: the same numbers as one call."""
+    from .._progress import layers as shown_layers
+    from ..network import MLP
+    from ..theory.kernel import kernel_fold
+
+    L, w = mlp.depth, mlp.widths
+    Ks, Ths = np.empty((L,) + K0.shape), np.empty((L,) + K0.shape)
+    Ks[0], Ths[0] = K0, T0
+    per = {k: tuple(getattr(mlp, k)) for k in ("C_b", "C_W", "lambda_b", "lambda_W")}
+    for a in shown_layers(range(1, L, _KERNEL_CHUNK),
+                          f"K, Theta, 2 inputs (x{_KERNEL_CHUNK} layers)"):
+        b = min(a + _KERNEL_CHUNK, L)                   # layers a .. b (1-based), a given
+        sub = MLP(n0=w[a - 1], widths=list(w[a:b]), n_out=w[b],
+                  activation=mlp.activation, **{k: v[a - 1:b] for k, v in per.items()})
+        Kc, Tc, _, _ = kernel_fold(sub, Ks[a - 1], Ths[a - 1], susceptibilities=False)
+        Ks[a:b], Ths[a:b] = Kc[1:], Tc[1:]
     return Ks, Ths
