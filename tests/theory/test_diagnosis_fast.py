@@ -387,3 +387,21 @@ def test_two_input_kernel_fold_in_chunks_under_a_bar_is_the_fold(monkeypatch):
     want = kernel_fold(mlp, K0, T0, susceptibilities=False)[:2]
     assert all(np.array_equal(g, w) for g, w in zip(got, want))
     assert not np.array_equal(got[0][8:], want[0][7:-1])     # a chunk one layer off differs
+
+
+def test_shared_tables_reuse_the_same_flow_and_table_only():
+    # within shared_tables (pdlt diagnose) a one-input kernel flow and its one-variable table
+    # are computed once for every fold over them; another network is not served from them
+    mlp = _uneven("tanh", 50)
+    alone = stats_mod.statistics(mlp, K1=1.0, get=("V", "A"))
+    other = mlp.with_(C_W=1.1 * np.asarray(mlp.C_W))
+    with stats_mod.shared_tables():
+        first = stats_mod.statistics(mlp, K1=1.0, get=("chi_perp", "V"))
+        again = stats_mod.statistics(mlp, K1=1.0, get=("V", "A"))
+        shifted = stats_mod.statistics(other, K1=1.0, get=("V", "A"))
+        assert len(stats_mod._SHARED) == 4               # two flows, two tables
+    assert stats_mod._SHARED is None
+    for k in ("K", "Theta", "V", "A"):
+        assert np.array_equal(again[k], alone[k])
+    assert np.array_equal(first.V, alone.V)
+    assert _rel(shifted.V, alone.V) > 1e-3

@@ -785,8 +785,9 @@ def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
     depth: the reference problem without a per-layer fold".
     """
     from ..network import MLP
-    from ..theory.kernel import first_layer_kernel, kernel_fold
-    from ..theory.statistics import ORDER_ONE_OVER_N, _closure, _finite_fold, shared_tables
+    from ..theory.kernel import first_layer_kernel
+    from ..theory.statistics import (ORDER_ONE_OVER_N, _closure, _finite_fold,
+                                     _kernel_fold_shared, shared_tables)
 
     mlp = check_mlp(mlp)
     if mlp.is_residual:
@@ -814,8 +815,8 @@ def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
         one_minus_rho = 1.0 - float(KL[0, 1]) / math.sqrt(float(KL[0, 0] * KL[1, 1]))
         reported = one_minus_rho >= _RHO_RELIABLE
         if not reported:    # the training input alone: its one-input flow from K1
-            Ks1, Ths1, _, _ = kernel_fold(ref, *first_layer_kernel(ref, None, K1),
-                                          susceptibilities=False)
+            Ks1, Ths1, _, _ = _kernel_fold_shared(ref, *first_layer_kernel(ref, None, K1),
+                                                  1e-12, False)
         Kf, Tf = (Ks, Ths) if reported else (Ks1, Ths1)
         vals, _ = _finite_fold(ref, Kf, Tf, need, "default")
     st = TrainingStatistics.from_tensors(K=Kf[-1], G1=vals["G1"][-1], Theta=Tf[-1],
@@ -889,9 +890,9 @@ def _reference_kernel(ref, x, K1):
     """
     from ..gaussian._closed import closed_family
     from ..theory._averages import _INDEPENDENT
-    from ..theory.kernel import first_layer_kernel, kernel_fold
+    from ..theory.kernel import first_layer_kernel
     from ..theory.kernel_blocks import kernel_matrix
-    from ..theory.statistics import _DistinctTable
+    from ..theory.statistics import _DistinctTable, _kernel_fold_shared
 
     def uncorrelated(K):
         return bool(np.all(np.abs(K[..., 0, 1]) <= _INDEPENDENT
@@ -901,8 +902,8 @@ def _reference_kernel(ref, x, K1):
     act, L = ref.activation, ref.depth
     if (L > 1 and not act.kinks and uncorrelated(K0) and K0[0, 0] == K0[1, 1]
             and T0[0, 0] == T0[1, 1] and T0[0, 1] == T0[1, 0]):
-        Kd, Td, _, _ = kernel_fold(ref, *first_layer_kernel(ref, None, K1),
-                                   susceptibilities=False)
+        Kd, Td, _, _ = _kernel_fold_shared(ref, *first_layer_kernel(ref, None, K1), 1e-12,
+                                           False)
         K0, T0 = K0.copy(), T0.copy()
         K0[0, 0] = K0[1, 1] = Kd[0, 0, 0]
         T0[0, 0] = T0[1, 1] = Td[0, 0, 0]

@@ -347,6 +347,29 @@ def shared_tables():
         _SHARED = before
 
 
+def _kernel_fold_shared(mlp, K, Theta, rtol, chis):
+    """:func:`pdlt.theory.kernel.kernel_fold`, remembered within :func:`shared_tables`.
+
+    The flow depends on the activation, the per-layer ``C_b, C_W, lambda_b,
+    lambda_W, gamma, xi`` and the first layer's K, Theta (not on the widths):
+    ``pdlt diagnose`` folds the same one-input flow for the kernel with its
+    susceptibilities, for V and G1 and for its reference problem's training
+    input, once now. A flow with susceptibilities serves a request without.
+    """
+    if _SHARED is None:
+        return kernel_fold(mlp, K, Theta, rtol=rtol, susceptibilities=chis)
+    key = ("kernel", id(mlp.activation), mlp.depth, float(rtol), np.asarray(K).tobytes(),
+           np.asarray(Theta).tobytes(), K.shape) + tuple(
+        np.asarray(getattr(mlp, k), dtype=float).tobytes()
+        for k in ("C_b", "C_W", "lambda_b", "lambda_W", "gamma", "xi"))
+    hit = _SHARED.get(key)
+    if hit is None or hit[0] is not mlp.activation or (chis and hit[1][2] is None):
+        hit = (mlp.activation, kernel_fold(mlp, K, Theta, rtol=rtol, susceptibilities=chis))
+        _SHARED[key] = hit
+    Ks, Ths, cpar, cperp = (None if v is None else v.copy() for v in hit[1])
+    return Ks, Ths, (cpar if chis else None), (cperp if chis else None)
+
+
 #: kernel values per :class:`OneVariableTable` of :class:`_Chunked`
 _TABLE_CHUNK = 256
 
@@ -694,7 +717,7 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
     need = _closure(get)
     K, Theta = first_layer_kernel(mlp, x, K1)
     chis = bool(need & {"chi_parallel", "chi_perp"})
-    Ks, Ths, cpar, cperp = kernel_fold(mlp, K, Theta, rtol=rtol, susceptibilities=chis)
+    Ks, Ths, cpar, cperp = _kernel_fold_shared(mlp, K, Theta, rtol, chis)
     fields = {"K": Ks, "Theta": Ths}
     if chis:
         fields.update(chi_parallel=cpar, chi_perp=cperp)
