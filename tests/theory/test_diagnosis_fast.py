@@ -6,6 +6,15 @@ table for all layers at once (``statistics._affine_one_input``), and evaluates
 the one-variable table once per distinct kernel value
 (``statistics._DistinctTable``).
 
+Two inputs (``pdlt diagnose``'s reference problem): two uncorrelated inputs of a
+plain MLP fold as affine maps over all layers (``pdlt.theory._affine_two_input``),
+the reference problem's kernel of uncorrelated inputs is the one-input flow with
+factorized means off the diagonal, and where the test-input correction is withheld
+only the training input is folded (``finite_training.finite_width_learning_size``);
+within one diagnosis the kernel flows and one-variable tables are shared
+(``statistics.shared_tables``). Each is compared with the general path with a
+tolerance stated at its test, and each comparison rejects a layer off.
+
 Tolerances. The affine recursions use the same table entries as the general
 steps in another order of operations, so the two folds agree to float64
 round-off of a ~200-layer recursion: asserted at 1e-13 of each statistic's
