@@ -29,6 +29,8 @@ then a loop of 16 x 16 mat-vecs. The per-layer fold stays the definition:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import _averages
@@ -41,7 +43,7 @@ _AR = np.arange(2)
 _ALIAS = {"m0ss": "ss", "m0pp": "pp", "m0ssss": "ssss", "m0ppss": "sspp", "m0pppp": "pppp",
           "m0qq": "qq", "m0qs": "qs", "m0ppqs": "qspp", "m0ppqq": "qqpp", "m1pppq": "zqppp",
           "m1ps": "zsp", "m2pp": "zpzp", "m1pq": "zqp", "m1ss": "zss"}
-_e = np.einsum
+_e = functools.partial(np.einsum, optimize=True)
 
 
 def _x(v, k):
@@ -206,14 +208,6 @@ class _Lead:
 
     def d4_tables(self, of):
         return self._up(self._a.d4_tables(of))
-
-    @property
-    def Ks(self):
-        return self._a.Ks[:, None]
-
-    @property
-    def diag(self):
-        return self._a.diag[:, None]
 
 
 def _d4_source(a, V, of):
