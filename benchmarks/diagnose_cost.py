@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/diagnose_cost.py [--old OLD/src] [--activations relu tanh gelu]
+    python benchmarks/diagnose_cost.py [--old OLD/src] [--activations relu tanh gelu swish]
                                        [--depths 100 1000 10000] [--old-depths 100 300]
 
 Each run is ``pdlt diagnose --activation A --depth L --width 1000 --json`` in a
@@ -110,7 +110,7 @@ def largest_difference(a, b):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--old", type=Path, default=None, help="src folder of the older tree")
-    ap.add_argument("--activations", nargs="+", default=["relu", "tanh", "gelu"])
+    ap.add_argument("--activations", nargs="+", default=["relu", "tanh", "gelu", "swish"])
     ap.add_argument("--depths", nargs="+", type=int, default=[100, 1000, 10000])
     ap.add_argument("--old-depths", nargs="+", type=int, default=[100, 300],
                     help="depths at which the old tree runs too (it is slow)")

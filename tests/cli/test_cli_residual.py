@@ -62,13 +62,14 @@ def test_diagnose_says_where_l_over_n_is(run_cli):
 
 def test_diagnose_residual_prints_the_residual_ntk_slopes(run_cli):
     """--residual: the ten NTK slopes are the residual ones (pdlt.theory.residual.
-    residual_slopes at depth 32), not the plain ones, and the representation-learning
-    ratio (P + 2Q)/(A + 2B) is printed; tanh (K*=0 class) says why there are none."""
+    residual_slopes at its default depth), not the plain ones, and the representation-learning
+    ratio (P + 2Q)/(A + 2B) is printed; tanh (K*=0 class) gets its fitted slopes and their
+    stated error."""
     from pdlt.theory.ntk_criticality import ntk_slopes
     from pdlt.theory.residual import residual_slopes
     d = run_cli.json("diagnose", "--activation", "relu", "--depth", "20", "--width", "64",
                      "--residual", "0.5", "--json")
-    rs = residual_slopes("relu", 0.5, depth=32)
+    rs = residual_slopes("relu", 0.5)
     assert set(d["ntk_slopes"]) == set("ABDFPQRSTU")
     for k in "ABDFPQRSTU":
         assert d["ntk_slopes"][k] == pytest.approx(rs[k], rel=1e-12, abs=1e-15)
@@ -83,5 +84,10 @@ def test_diagnose_residual_prints_the_residual_ntk_slopes(run_cli):
     assert "not derived" not in out
     d = run_cli.json("diagnose", "--activation", "tanh", "--depth", "20", "--width", "64",
                      "--residual", "0.5", "--json")
-    assert d["ntk_slopes"] is None
-    assert any("NTK slopes not available" in n and "K*=0" in n for n in d["notes"])
+    rt = residual_slopes("tanh", 0.5)
+    assert set(d["ntk_slopes"]) == set("ABDFPQRSTU")
+    for k in "ABDFPQRSTU":
+        assert d["ntk_slopes"][k] == pytest.approx(rt[k], rel=1e-12, abs=1e-15)
+        assert d["ntk_slope_errors"][k] == pytest.approx(rt["slope_error"][k], rel=1e-12,
+                                                        abs=1e-15)
+    assert any("K*=0 NTK slopes: fitted" in n for n in d["notes"])

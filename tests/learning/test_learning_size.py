@@ -138,7 +138,8 @@ def test_fast_reference_problem_equals_the_general_fold(act, critical_mlp, monke
         return np.array([r[k] for k in _KEYS])
 
     general = size(block=(stats_mod, "_BLOCK_LAYERS", 0), ind=(_averages, "_INDEPENDENT", -1.0),
-                   table=(stats_mod, "_DISTINCT_TABLE", False))
+                   table=(stats_mod, "_DISTINCT_TABLE", False),
+                   affine=(stats_mod, "_AFFINE_TWO_INPUT", False))
     fast = size()
     bumped = size(bump=True)
     tol = 1e-10 * np.abs(general) + 8.0 * np.abs(fast - bumped)
@@ -153,7 +154,8 @@ def test_fast_reference_problem_equals_the_general_fold(act, critical_mlp, monke
     class Shifted(_averages.LayerBlock):           # the same check rejects a layer off
         def __init__(self, Ks):
             super().__init__(np.concatenate([Ks[1:], Ks[-1:]]))
-    wrong = size(shift=(stats_mod, "LayerBlock", Shifted))
+    wrong = size(shift=(stats_mod, "LayerBlock", Shifted),      # (tanh: on the block path)
+                 affine=(stats_mod, "_AFFINE_TWO_INPUT", False))
     assert np.any(np.abs(wrong - general) > 100 * tol)
 
 

@@ -6,6 +6,15 @@ table for all layers at once (``statistics._affine_one_input``), and evaluates
 the one-variable table once per distinct kernel value
 (``statistics._DistinctTable``).
 
+Two inputs (``pdlt diagnose``'s reference problem): two uncorrelated inputs of a
+plain MLP fold as affine maps over all layers (``pdlt.theory._affine_two_input``),
+the reference problem's kernel of uncorrelated inputs is the one-input flow with
+factorized means off the diagonal, and where the test-input correction is withheld
+only the training input is folded (``finite_training.finite_width_learning_size``);
+within one diagnosis the kernel flows and one-variable tables are shared
+(``statistics.shared_tables``). Each is compared with the general path with a
+tolerance stated at its test, and each comparison rejects a layer off.
+
 Tolerances. The affine recursions use the same table entries as the general
 steps in another order of operations, so the two folds agree to float64
 round-off of a ~200-layer recursion: asserted at 1e-13 of each statistic's
@@ -195,3 +204,213 @@ def test_diagnose_progress_on_a_terminal_or_with_progress_never_in_json(monkeypa
     assert "layer" in err("--progress", terminal=False)
     assert err("--json", terminal=True) == ""
     assert "layer" in err("--json", "--progress", terminal=False)
+
+
+# ---------------------------------------------------------------------------
+# two uncorrelated inputs: the order-1/n fold as affine maps over all layers
+# (pdlt.theory._affine_two_input), the reference problem's kernel and its
+# training-input-only branch (pdlt.learning.finite_training)
+# ---------------------------------------------------------------------------
+
+_ODD = ["tanh", "erf", "sin"]
+
+
+def _uneven_two(act, depth=60):
+    """Critical-ish odd MLP with per-layer C_W, lambda_W and widths; lambda_b != 0 (the NTK's
+    cross entry grows), C_b = 0 (orthogonal inputs stay uncorrelated)."""
+    crit = pdlt.criticality(act)
+    l = np.arange(depth)
+    widths = [int(w) for w in 60 + 30 * np.cos(0.7 * l[:-1])]
+    return pdlt.MLP(n0=2, widths=widths, activation=act, C_b=0.0,
+                    C_W=crit.C_W * (1.0 + 0.01 * np.sin(l)), lambda_b=0.3,
+                    lambda_W=1.0 + 0.5 * np.cos(0.3 * l))
+
+
+_X2 = np.array([[1.1, 0.0], [0.0, 0.8]])          # orthogonal, unequal norms
+
+
+def _two_fold(mlp, monkeypatch, affine, shift=False, error=False):
+    from pdlt.theory import _affine_two_input as two
+    calls = []
+    with monkeypatch.context() as mp:
+        mp.setattr(stats_mod, "_AFFINE_TWO_INPUT", affine)
+        orig = two.affine_two_input
+
+        def spy(mlp_, table, *a):
+            calls.append(1)
+            if shift:       # the one-variable table of layer l + 1 read at layer l
+                class Shifted:
+                    def __init__(self, t):
+                        self._t = t
+
+                    def __getitem__(self, name):
+                        v = np.asarray(self._t[name])
+                        return np.concatenate([v[1:], v[-1:]])
+                table = Shifted(table)
+            return orig(mlp_, table, *a)
+        mp.setattr(two, "affine_two_input", spy)
+        s = stats_mod.statistics(mlp, _X2, get=_STATS, error=error)
+    assert bool(calls) == affine           # the path under test was the one taken
+    return s
+
+
+@pytest.mark.parametrize("act", _ODD)
+def test_affine_two_input_fold_equals_the_layer_fold(act, monkeypatch):
+    # Tolerance: the general fold's four-variable averages of the two inputs come from a
+    # two-variable rule; pdlt.gaussian._multi states them to <= 6e-11 of their
+    # Cauchy-Schwarz scale for tanh at "default" (erf 1.2e-15), plus <= 2e-14 for pruning,
+    # and estimates them itself (statistics(error=True): |default - high|, propagated; it
+    # misses errors the two rules share, e.g. tanh's V_(00)(11) at layer 2 is -5.6e-15 at
+    # both where independence makes it exactly 0, as the affine path gives it). The affine
+    # path factorizes them into one-variable averages (< 1e-14 each). So: 1e-10 of each
+    # statistic's scale (the stated accuracy, carried linearly through a 60-layer fold at
+    # chi ~ 1) plus twice the general fold's own estimate at that layer. Measured: <= 1e-11.
+    mlp = _uneven_two(act)
+    general = _two_fold(mlp, monkeypatch, False, error=True)
+    fast = _two_fold(mlp, monkeypatch, True)
+    wrong = _two_fold(mlp, monkeypatch, True, shift=True)
+    rejected = []
+    for k in _STATS:
+        scale = float(np.max(np.abs(general[k])))
+        err = general.error[k]
+        layer_err = np.max(err.reshape(len(err), -1), axis=1).reshape((-1,) + (1,) * (err.ndim - 1))
+        tol = 2.0 * layer_err + 1e-10 * scale
+        assert np.all(np.abs(fast[k] - general[k]) <= tol), \
+            (k, float(np.max(np.abs(fast[k] - general[k]) / (tol + 1e-300))))
+        assert float(np.max(tol)) <= 1e-8 * scale, k        # a tolerance that can bite
+        rejected.append(np.any(np.abs(wrong[k] - general[k]) > 100 * tol))
+    # the same comparison rejects the averages one layer off (V, A, D, ... read <s s>, <s^4>
+    # at K^(l), which moves with l)
+    assert sum(rejected) >= len(_STATS) - 2, rejected
+
+
+def test_affine_two_input_fold_serves_only_uncorrelated_distinct_inputs():
+    from pdlt.theory import _affine_two_input as two
+    mlp = _uneven_two("tanh", 5)
+    Ks = stats_mod.statistics(mlp, _X2).K
+    assert two.applies(mlp, Ks, ["V", "H1"], stats_mod._AFFINE_NAMES)
+    # correlated inputs (a bias), a kinked activation, three inputs, kappa3: the general fold
+    Kc = stats_mod.statistics(mlp.with_(C_b=0.1), _X2).K
+    assert not two.applies(mlp, Kc, ["V"], stats_mod._AFFINE_NAMES)
+    relu = pdlt.MLP(n0=2, width=10, depth=5, C_W=2.0)
+    assert not two.applies(relu, stats_mod.statistics(relu, _X2).K, ["V"],
+                           stats_mod._AFFINE_NAMES)
+    K3 = stats_mod.statistics(mlp, np.eye(3)[:, :2]).K
+    assert not two.applies(mlp, K3, ["V"], stats_mod._AFFINE_NAMES)
+    assert not two.applies(mlp, Ks, ["kappa3"], stats_mod._AFFINE_NAMES)
+
+
+def test_affine_two_input_fold_reports_overflow_like_the_layer_fold(monkeypatch):
+    # lambda_W = 1e154: B and A grow like lambda_W^2 (B / lambda_W^2 passes 1.8 near layer 20,
+    # 17 at layer 200) and overflow partway while V stays finite; both paths name the same
+    # statistic (the first in the fold's order) and layer
+    mlp = pdlt.MLP(n0=2, width=10, depth=200, activation="tanh", C_W=1.0, C_b=0.0,
+                   lambda_W=1e154)
+    msgs = []
+    for affine in (False, True):
+        monkeypatch.setattr(stats_mod, "_AFFINE_TWO_INPUT", affine)
+        with pytest.raises(FloatingPointError) as exc, np.errstate(over="ignore",
+                                                                   invalid="ignore"):
+            stats_mod.statistics(mlp, _X2, get=("V", "B", "A"))
+        msgs.append(str(exc.value))
+    assert msgs[0] == msgs[1]
+    assert "overflowed at layer" in msgs[0]
+
+
+@pytest.mark.parametrize("act", _ODD)
+def test_reference_kernel_of_uncorrelated_inputs_equals_the_two_input_fold(act):
+    # the reference problem's kernel: one-input flow on the diagonal and factorized means off
+    # it, against the general two-input fold (Mehler series, rho = 0). Tolerance: each
+    # one-variable average < 1e-14 relative (the engine's statement), through a 60-layer
+    # recursion at chi ~ 1: 1e-12 of each entry's scale (K: Cauchy-Schwarz sqrt(K_aa K_bb);
+    # Theta likewise). K_01 is round-off (|rho| <= 1e-17) on both sides.
+    from pdlt.learning.finite_training import _reference_kernel
+    from pdlt.theory.kernel import first_layer_kernel, kernel_fold
+    mlp = _uneven_two(act)
+    s = float(np.sqrt(2.0 / mlp.C_W[0]))                 # K^(1) = 1 for both inputs
+    x = s * np.eye(2)
+    Ks, Ths = _reference_kernel(mlp, x, 1.0)
+    Kg, Tg, _, _ = kernel_fold(mlp, *first_layer_kernel(mlp, x), susceptibilities=False)
+    for got, want in ((Ks, Kg), (Ths, Tg)):
+        d = np.sqrt(np.einsum("lii->li", want))
+        cs = d[:, :, None] * d[:, None, :]
+        assert np.max(np.abs(got - want) / cs) <= 1e-12
+        assert np.max(np.abs(got[1:] - want[:-1]) / cs[1:]) > 1e-6     # one layer off
+    assert np.max(np.abs(Ks[:, 0, 1]) / np.sqrt(Ks[:, 0, 0] * Ks[:, 1, 1])) <= 1e-17
+
+
+@pytest.mark.parametrize("act,depth", [("relu", 110), ("gelu", 60)])
+def test_training_input_alone_equals_the_two_input_reference_problem(act, depth,
+                                                                     critical_mlp):
+    # where the test-input correction is withheld (1 - rho < 5e-3), finite_width_learning_size
+    # folds the training input alone (its entries of every statistic are its one-input
+    # statistics); the general path folds both inputs and trains on them (training_statistics
+    # + end_of_training). Tolerance: the training input's entries of the two-input fold are
+    # the same one-variable averages (< 1e-14 each, the engine's statement) in another order,
+    # and its first-layer kernel K1 itself instead of the rounded x.x/n0 (1 ulp); through a
+    # ~100-layer fold and the end-of-training map: 1e-11 relative (measured <= 1e-13).
+    import warnings
+
+    from pdlt.learning.finite_training import (algorithm_schedule, end_of_training,
+                                               finite_width_learning_size, training_statistics)
+
+    def general(L):
+        mlp = critical_mlp(act, 1000, L, n0=2, n_out=1)
+        crit = pdlt.criticality(act)
+        s = float(np.sqrt(2.0 * (1.0 - crit.C_b) / crit.C_W))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            st = training_statistics(mlp, [[s, 0.0]], [[0.0, s]])
+        y, Th = float(np.sqrt(st.K[0, 0])), float(st.Theta[0, 0])
+        r = end_of_training(st, np.array([y]), algorithm_schedule(
+            st.Theta[:1, :1], "gd", learning_rate=0.5 / Th, steps=40))
+        one = 1.0 - st.K[0, 1] / np.sqrt(st.K[0, 0] * st.K[1, 1])
+        return np.array([float(r.ntk_change[0, 0]) / Th, Th, y, float(r.mean_infinite[0]), one])
+
+    mlp = critical_mlp(act, 1000, depth, n0=2, n_out=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        r = finite_width_learning_size(mlp)
+    assert r["prediction_correction"] is None                    # withheld: the branch tested
+    got = np.array([r["ntk_change_coefficient"], r["Theta"], r["y"], r["test_mean_infinite"],
+                    r["one_minus_rho"]])
+    want = general(depth)
+    assert np.all(np.abs(got - want) <= 1e-11 * np.abs(want)), (got - want) / want
+    off = general(depth - 1)                                    # one layer off: rejected
+    assert np.all(np.abs(got - off)[:2] > 1e-3 * np.abs(want)[:2])
+
+
+def test_two_input_kernel_fold_in_chunks_under_a_bar_is_the_fold(monkeypatch):
+    # the reference problem's general two-input kernel (activations without closed-form
+    # pairs, e.g. swish: ~20 s at depth 1e4) runs in chunks of layers under a progress bar;
+    # each chunk continues from the last on the same steps: bitwise the one-call fold
+    from pdlt.learning import finite_training as ft
+    from pdlt.theory.kernel import first_layer_kernel, kernel_fold
+    monkeypatch.setattr(ft, "_KERNEL_CHUNK", 7)
+    l = np.arange(30)
+    mlp = pdlt.MLP(n0=2, widths=[int(w) for w in 60 + 30 * np.cos(0.7 * l[:-1])],
+                   activation="swish", C_b=0.05, C_W=1.98 * (1.0 + 0.01 * np.sin(l)),
+                   lambda_b=0.3, lambda_W=1.0 + 0.5 * np.cos(0.3 * l))
+    K0, T0 = first_layer_kernel(mlp, np.array([[1.0, 0.2], [0.3, 0.9]]))
+    got = ft._kernel_fold_shown(mlp, K0, T0)
+    want = kernel_fold(mlp, K0, T0, susceptibilities=False)[:2]
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert not np.array_equal(got[0][8:], want[0][7:-1])     # a chunk one layer off differs
+
+
+def test_shared_tables_reuse_the_same_flow_and_table_only():
+    # within shared_tables (pdlt diagnose) a one-input kernel flow and its one-variable table
+    # are computed once for every fold over them; another network is not served from them
+    mlp = _uneven("tanh", 50)
+    alone = stats_mod.statistics(mlp, K1=1.0, get=("V", "A"))
+    other = mlp.with_(C_W=1.1 * np.asarray(mlp.C_W))
+    with stats_mod.shared_tables():
+        first = stats_mod.statistics(mlp, K1=1.0, get=("chi_perp", "V"))
+        again = stats_mod.statistics(mlp, K1=1.0, get=("V", "A"))
+        shifted = stats_mod.statistics(other, K1=1.0, get=("V", "A"))
+        assert len(stats_mod._SHARED) == 4               # two flows, two tables
+    assert stats_mod._SHARED is None
+    for k in ("K", "Theta", "V", "A"):
+        assert np.array_equal(again[k], alone[k])
+    assert np.array_equal(first.V, alone.V)
+    assert _rel(shifted.V, alone.V) > 1e-3

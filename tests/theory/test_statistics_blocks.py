@@ -48,6 +48,7 @@ def _reference(act, depth):
 
 def _fold(mlp, x, monkeypatch, block, perturb=False):
     monkeypatch.setattr(stats_mod, "_BLOCK_LAYERS", block)
+    monkeypatch.setattr(stats_mod, "_AFFINE_TWO_INPUT", False)  # its own test: test_diagnosis_fast
     if not block:       # the general path throughout: no factorized uncorrelated pairs
         monkeypatch.setattr(_averages, "_INDEPENDENT", -1.0)
     if perturb:

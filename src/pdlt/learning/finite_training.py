@@ -865,51 +865,101 @@ def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
 
     Residual MLPs: the same reference problem with the MLP's hidden layers
     (``mlp.with_(n0=2, n_out=1)``: a scalar gamma leaves that output layer
-    plain). Until :func:`pdlt.statistics` has their two-input H1, P..U, only
-    the training input is solved, from its exact one-input statistics (the
-    training dynamics never see the test input, so the NTK change there is
-    the two-input one): ``representation_learning`` and
-    ``ntk_change_coefficient`` are given, ``prediction_correction``,
-    ``mean_correction_coefficient``, ``test_mean_infinite`` and
-    ``one_minus_rho`` are None and the note says why. Cost: the one-input
-    residual dNTK/ddNTK fold, ~0.03 s (relu), 0.25 s (tanh), 0.75 s (gelu)
-    per layer.
+    plain), solved from :func:`training_statistics` (the N-input residual
+    statistics of :func:`pdlt.statistics`).
+
+    Notes
+    -----
+    Cost. The two inputs' kernel and NTK come first (:func:`_reference_kernel`);
+    the order-1/n statistics then run for both inputs only where the test-input
+    correction is reported, and otherwise for the training input alone (the
+    training input's entries of every statistic are its one-input statistics,
+    and nothing else is reported): scalar affine recursions, milliseconds per
+    10^4 layers besides the one-variable table. Two uncorrelated inputs (odd
+    activations with ``C_b = 0``: the reference problem of tanh, erf, sin at
+    every depth) fold as affine maps over all layers
+    (:mod:`pdlt.theory._affine_two_input`). benchmarks/README.md, "Diagnose at
+    depth: the reference problem without a per-layer fold".
     """
+    from ..network import MLP
+    from ..theory.kernel import first_layer_kernel
+    from ..theory.statistics import (ORDER_ONE_OVER_N, _closure, _finite_fold,
+                                     _kernel_fold_shared, shared_tables)
+
     mlp = check_mlp(mlp)
     C_b, C_W = mlp.C_b[0], mlp.C_W[0]
     if not K1 > C_b:
         raise ValueError(f"K1 = {K1} must exceed C_b = {C_b} (the inputs' part of K^(1) is "
                          "K1 - C_b)")
     scale = math.sqrt(2.0 * (K1 - C_b) / C_W)
+    if mlp.is_residual:
+        return _residual_learning_size(mlp, scale, steps)
+    ref = MLP(n0=2, widths=mlp.widths[1:-1], n_out=1, activation=mlp.activation,
+              C_b=mlp.C_b, C_W=mlp.C_W, lambda_b=mlp.lambda_b, lambda_W=mlp.lambda_W)
+    x = np.array([[scale, 0.0], [0.0, scale]])
+    _kink_caution(ref, x)
+    names = ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "U")
+    need = _closure(names + ("G1", "H1")) & set(ORDER_ONE_OVER_N)
+    with shared_tables():       # the kernel's one-variable table serves the fold too
+        Ks, Ths = _reference_kernel(ref, x, K1)
+        # the test-input correction goes through the off-diagonal G1 and H1, whose fourth-
+        # derivative source loses accuracy steeply as the two inputs' correlation nears 1
+        # (measured: one ulp of <ssss> moves it by <= 4e-6 relative while 1 - rho >= 5e-3 for
+        # relu and gelu, then by 1e-3 .. 1 at 1 - rho ~ 2e-3 .. 1e-3; benchmarks/README.md):
+        # beyond, the number is withheld rather than printed as if it were fine, and only
+        # the training input's statistics are computed
+        KL = Ks[-1]
+        one_minus_rho = 1.0 - float(KL[0, 1]) / math.sqrt(float(KL[0, 0] * KL[1, 1]))
+        reported = one_minus_rho >= _RHO_RELIABLE
+        if not reported:    # the training input alone: its one-input flow from K1
+            Ks1, Ths1, _, _ = _kernel_fold_shared(ref, *first_layer_kernel(ref, None, K1),
+                                                  1e-12, False)
+        Kf, Tf = (Ks, Ths) if reported else (Ks1, Ths1)
+        vals, _ = _finite_fold(ref, Kf, Tf, need, "default")
+    st = TrainingStatistics.from_tensors(K=Kf[-1], G1=vals["G1"][-1], Theta=Tf[-1],
+                                         H1=vals["H1"][-1], n_train=1,
+                                         **{k: vals[k][-1] for k in names})
+    y = math.sqrt(float(Kf[-1, 0, 0]))
+    Th = float(Tf[-1, 0, 0])
+    sched = algorithm_schedule(st.Theta[:1, :1], "gd", learning_rate=0.5 / Th, steps=steps)
+    r = end_of_training(st, np.array([y]), sched)
+    n = mlp.widths[-2]
+    dh = float(r.ntk_change[0, 0]) / Th
+    if reported:
+        test_mean = float(r.mean_infinite[0])
+    else:       # the infinite-width kernel prediction, as end_of_training makes it
+        F0 = _kernel_map_jets(Ths[-1], np.zeros((0, 2, 2)), sched, 1)[0]
+        test_mean = float((F0 @ np.array([y]))[1])
+    out = {"representation_learning": dh / n, "prediction_correction": None,
+           "ntk_change_coefficient": dh, "mean_correction_coefficient": None, "Theta": Th,
+           "y": y, "test_mean_infinite": test_mean, "width": n,
+           "prediction_correction_note": None, "one_minus_rho": one_minus_rho}
+    if reported:
+        dm = float(r.mean_correction[0]) / y
+        out["prediction_correction"], out["mean_correction_coefficient"] = abs(dm) / n, dm
+    else:
+        out["prediction_correction_note"] = (
+            f"not computed reliably: the reference problem's train and test inputs are "
+            f"correlated to 1 - rho = {one_minus_rho:.2g} < {_RHO_RELIABLE:g} at the output, "
+            "where the test-input correction loses its digits to cancellation (fewer layers "
+            "keep the inputs apart)")
+    return out
+
+
+def _residual_learning_size(mlp, scale, steps):
+    """:func:`finite_width_learning_size` of a residual MLP (inputs ``scale e_a``): the
+    two-input training statistics of its reference problem from :func:`training_statistics`."""
     # the same hidden layers (residual ones included) with two input dimensions and one
     # output; a scalar gamma leaves that output layer plain
     ref = mlp.with_(n0=2, n_out=1)
     xa, xb = np.array([[scale, 0.0]]), np.array([[0.0, scale]])
-    try:
-        st = training_statistics(ref, xa, xb)
-        one_input = None
-    except NotImplementedError as exc:
-        if not ref.is_residual:
-            raise
-        # residual MLPs before their two-input H1, P..U exist: the training input alone.
-        # The NTK change there is exact from its one-input statistics (the training
-        # dynamics never see the test input, and the degree-3 cubature is exact for both)
-        st = _ntk_change_statistics(ref, xa)
-        one_input = str(exc).split(" and pdlt.statistics says: ")[-1]
+    st = training_statistics(ref, xa, xb)
     y = math.sqrt(float(st.K[0, 0]))
     Th = float(st.Theta[0, 0])
     sched = algorithm_schedule(st.Theta[:1, :1], "gd", learning_rate=0.5 / Th, steps=steps)
     r = end_of_training(st, np.array([y]), sched)
     n = mlp.widths[-2]
     dh = float(r.ntk_change[0, 0]) / Th
-    if one_input is not None:
-        return {"representation_learning": dh / n, "prediction_correction": None,
-                "ntk_change_coefficient": dh, "mean_correction_coefficient": None,
-                "Theta": Th, "y": y, "test_mean_infinite": None, "width": n,
-                "one_minus_rho": None,
-                "prediction_correction_note": (
-                    "not computed: the test-input correction of a residual MLP needs its "
-                    f"two-input statistics ({one_input.split(' (N-input')[0]})")}
     dm = float(r.mean_correction[0]) / y
     out = {"representation_learning": dh / n, "prediction_correction": abs(dm) / n,
            "ntk_change_coefficient": dh, "mean_correction_coefficient": dm, "Theta": Th,
@@ -932,28 +982,112 @@ def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
     return out
 
 
-def _ntk_change_statistics(mlp, x):
-    """Training statistics that serve only the NTK change ``ntk_change`` on the inputs ``x``.
-
-    The NTK change (:func:`_dynamics`) reads ``K``, ``Theta`` and the dNTK and
-    ddNTK statistics P, Q, R, S, T, U, never ``G1``, ``H1``, ``A``, ``B``,
-    ``D``, ``F``; those are set to zero here (so the mean and covariance of an
-    :func:`end_of_training` on the result are NOT the predictions) to save their
-    cost (for a residual MLP at one input ~60 % of the fold).
-    """
-    from ..theory.statistics import statistics
-
-    names = ("P", "Q", "R", "S", "T", "U")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")      # the kink warning was given by the caller
-        st = statistics(mlp, x, get=names)
-    N = x.shape[0]
-    zero2, zero4 = np.zeros((N, N)), np.zeros((N,) * 4)
-    return TrainingStatistics.from_tensors(K=st.K[-1], G1=zero2, Theta=st.Theta[-1], H1=zero2,
-                                           A=zero4, B=zero4, D=zero4, F=zero4, n_train=N,
-                                           **{k: st[k][-1] for k in names})
-
-
 #: smallest 1 - rho (train/test correlation at the output) at which the reference
 #: problem's prediction correction is computed reliably
 _RHO_RELIABLE = 5e-3
+
+
+def _kink_caution(ref, x):
+    """:func:`training_statistics`' caution for a kinked activation, raised as it raises it.
+
+    Its own check and text, from the statistics of a one-layer copy of ``ref``
+    (no hidden layer: nothing to fold).
+    """
+    from ..network import MLP
+    if ref.activation.kinks:
+        training_statistics(MLP(n0=ref.n0, widths=[], n_out=1, activation=ref.activation),
+                            x[:1], x[1:])
+
+
+def _reference_kernel(ref, x, K1):
+    r"""K, Theta (L, 2, 2) of the reference problem's two inputs (equal norms) at every layer.
+
+    Two inputs uncorrelated to round-off (``|K_01| <= 1e-17 sqrt(K_00 K_11)``;
+    an odd activation with ``C_b = 0`` keeps orthogonal inputs so at every
+    layer) have factorized pair averages, ``<f(z_0) g(z_1)> = <f>_0 <g>_1``
+    (the Mehler series' first term; the rest is ``O(rho)``, below float64
+    resolution): then the diagonal is the one-input flow and
+
+    .. math::
+        K^{(l+1)}_{01} = C_b + C_W \langle\sigma\rangle^2,\qquad
+        \Theta^{(l+1)}_{01} = \lambda_b + \lambda_W \langle\sigma\rangle^2
+            + C_W \langle\sigma'\rangle^2 \Theta^{(l)}_{01}
+
+    with the means from the one-variable table at ``K^(l)_00`` (all layers in
+    one call); the diagonal's first layer is then ``K1`` itself (``x``
+    reproduces it up to the rounding of its entries), so that it is the flow of
+    ``pdlt.statistics(mlp, K1=K1)`` to the bit. Otherwise (or if the inputs
+    become correlated) the two-input flow of :func:`pdlt.theory.kernel_blocks.kernel_matrix`
+    for activations with closed-form pairs (~30 us per layer), else the general
+    two-input fold, :func:`pdlt.theory.kernel.kernel_fold`.
+    """
+    from ..gaussian._closed import closed_family
+    from ..theory._averages import _INDEPENDENT
+    from ..theory.kernel import first_layer_kernel
+    from ..theory.kernel_blocks import kernel_matrix
+    from ..theory.statistics import _DistinctTable, _kernel_fold_shared
+
+    def uncorrelated(K):
+        return bool(np.all(np.abs(K[..., 0, 1]) <= _INDEPENDENT
+                           * np.sqrt(K[..., 0, 0] * K[..., 1, 1])))
+
+    K0, T0 = first_layer_kernel(ref, x)
+    act, L = ref.activation, ref.depth
+    if (L > 1 and not act.kinks and uncorrelated(K0) and K0[0, 0] == K0[1, 1]
+            and T0[0, 0] == T0[1, 1] and T0[0, 1] == T0[1, 0]):
+        Kd, Td, _, _ = _kernel_fold_shared(ref, *first_layer_kernel(ref, None, K1), 1e-12,
+                                           False)
+        K0, T0 = K0.copy(), T0.copy()
+        K0[0, 0] = K0[1, 1] = Kd[0, 0, 0]
+        T0[0, 0] = T0[1, 1] = Td[0, 0, 0]
+        k, th = Kd[:, 0, 0], Td[:, 0, 0]
+        if np.all(k[:-1] > 0):
+            t = _DistinctTable(act, np.repeat(k[:-1, None], 2, axis=1))   # the fold's table
+            m, p = np.asarray(t["m0s"])[:, 0], np.asarray(t["m0p"])[:, 0]
+            cb, cw, lb, lw = (np.asarray(v, dtype=float)[1:L] for v in
+                              (ref.C_b, ref.C_W, ref.lambda_b, ref.lambda_W))
+            K01 = np.concatenate([[K0[0, 1]], cb + cw * m * m])
+            src, gain = (lb + lw * m * m).tolist(), (cw * p * p).tolist()
+            T01 = [float(T0[0, 1])]
+            for s_, g_ in zip(src, gain):
+                T01.append(s_ + g_ * T01[-1])
+            Ks, Ths = np.empty((L, 2, 2)), np.empty((L, 2, 2))
+            Ks[:, 0, 0] = Ks[:, 1, 1] = k
+            Ths[:, 0, 0] = Ths[:, 1, 1] = th
+            Ks[:, 0, 1] = Ks[:, 1, 0] = K01
+            Ths[:, 0, 1] = Ths[:, 1, 0] = T01
+            if uncorrelated(Ks) and np.all(np.isfinite(Ths)):
+                return Ks, Ths
+    if closed_family(act) is not None:
+        # closed-form pairs (ReLU family, erf, sin, gelu): the blocked kernel's fused passes
+        # (pdlt.theory.kernel_blocks; equal to the fold to a few ulps of each entry)
+        km = kernel_matrix(ref, x, layers="all", threads=1, memory_budget=None)
+        return np.asarray(km.K), np.asarray(km.Theta)
+    return _kernel_fold_shown(ref, K0, T0)
+
+
+#: layers per call of the general two-input kernel fold in :func:`_kernel_fold_shown`
+_KERNEL_CHUNK = 256
+
+
+def _kernel_fold_shown(mlp, K0, T0):
+    """:func:`pdlt.theory.kernel.kernel_fold` (K, Theta) in calls of :data:`_KERNEL_CHUNK`
+    layers under a progress bar (``pdlt._progress``: a Mehler series per layer, ~2 ms for
+    swish, so ~20 s at depth 1e4). Each call continues from the last layer of the one before
+    on the same steps: the same numbers as one call."""
+    from .._progress import layers as shown_layers
+    from ..network import MLP
+    from ..theory.kernel import kernel_fold
+
+    L, w = mlp.depth, mlp.widths
+    Ks, Ths = np.empty((L,) + K0.shape), np.empty((L,) + K0.shape)
+    Ks[0], Ths[0] = K0, T0
+    per = {k: tuple(getattr(mlp, k)) for k in ("C_b", "C_W", "lambda_b", "lambda_W")}
+    for a in shown_layers(range(1, L, _KERNEL_CHUNK),
+                          f"K, Theta, 2 inputs (x{_KERNEL_CHUNK} layers)"):
+        b = min(a + _KERNEL_CHUNK, L)                   # layers a .. b (1-based), a given
+        sub = MLP(n0=w[a - 1], widths=list(w[a:b]), n_out=w[b],
+                  activation=mlp.activation, **{k: v[a - 1:b] for k, v in per.items()})
+        Kc, Tc, _, _ = kernel_fold(sub, Ks[a - 1], Ths[a - 1], susceptibilities=False)
+        Ks[a:b], Ths[a:b] = Kc[1:], Tc[1:]
+    return Ks, Ths

@@ -165,7 +165,8 @@ def _learning_size(mlp, K1, notes, what, first_sentence=False):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            size = finite_width_learning_size(mlp.with_(n_out=1), K1)
+            # (with_ rebuilds the residual specs in O(L^2): 1.6 s at depth 1e4, so only if needed)
+            size = finite_width_learning_size(mlp if mlp.n_out == 1 else mlp.with_(n_out=1), K1)
     except (ValueError, FloatingPointError, np.linalg.LinAlgError,
             NotImplementedError) as exc:
         notes.append(f"{what} not predicted: {exc}")
@@ -189,10 +190,13 @@ def diagnose_mlp(mlp: MLP, K1: float, *, learning=True,
         ``K^(1) = C_b^(1) + C_W^(1) |x|^2 / n_0`` of the typical input; > 0.
     learning : bool, default True
         Also predict the size of representation learning (plain MLPs: the
-        two-input NTK recursion at every layer, ~2-3 ms per layer for relu
-        and tanh at criticality, ~6 ms for gelu; benchmarks/README.md,
-        "Cost of pdlt diagnose at depth"). The one-input statistics cost
-        milliseconds at any depth (scalar affine recursions,
+        reference problem of
+        :func:`pdlt.learning.finite_training.finite_width_learning_size`,
+        whose order-1/n statistics run as affine recursions over all layers;
+        what remains per layer is the two-input kernel flow and the
+        one-variable averages, benchmarks/README.md, "Diagnose at depth: the
+        reference problem without a per-layer fold"). The one-input
+        statistics cost milliseconds at any depth (scalar affine recursions,
         :func:`pdlt.statistics`).
     critical_tolerance : (array_like, array_like), optional
         Absolute tolerances ``(C_b, C_W)``, scalars or per layer, within which
@@ -426,13 +430,28 @@ def diagnose_architecture(act, depth, width, C_b=None, C_W=None, K1=1.0, residua
     ``residual`` is the residual strength gamma (xi = 1) of the equal-width
     layers; ``n_out`` the output width n_L.
 
-    Cost: ~1.5-2 s CPU of fixed work (imports included) plus the two-input
-    reference problem of :func:`pdlt.learning.finite_training.finite_width_learning_size`,
-    ~2-3 ms per layer for relu and tanh and ~6 ms for gelu (depth 1000:
-    4.5-8 s; depth 10^4: 20-40 s, benchmarks/README.md). Its layer loop shows
-    a progress bar on stderr (``pdlt._progress``: on a terminal once it
-    has run 5 s; ``pdlt diagnose --progress`` at once, ``--json`` never).
+    Cost: ~1.5-2 s CPU of fixed work (imports included) plus, per layer, the
+    one-input kernel flows and one-variable averages and the two-input kernel
+    of the reference problem of
+    :func:`pdlt.learning.finite_training.finite_width_learning_size` (its
+    order-1/n statistics are affine recursions over all layers): depth 10^4
+    in ~2-7 s CPU for relu, tanh and gelu, ~20 s for swish, whose two-input
+    kernel has no closed form (a Mehler series per layer; benchmarks/README.md,
+    "Diagnose at depth: the reference problem without a per-layer fold"). The
+    one-variable tables are shared by every fold of one diagnosis
+    (:func:`pdlt.theory.statistics.shared_tables`). Layer loops that remain
+    show a progress bar on stderr (``pdlt._progress``: on a terminal once they
+    have run 5 s; ``pdlt diagnose --progress`` at once, ``--json`` never).
     """
+    from .statistics import shared_tables
+
+    # the one-variable table of the one-input flow serves every fold over it (the
+    # statistics at layer L and the reference problem's training input)
+    with shared_tables():
+        return _diagnose_architecture(act, depth, width, C_b, C_W, K1, residual, n_out)
+
+
+def _diagnose_architecture(act, depth, width, C_b, C_W, K1, residual, n_out):
     from ..network import MLP
     from .criticality import criticality
     from .phase import depth_scales
@@ -564,12 +583,19 @@ def diagnose_architecture(act, depth, width, C_b=None, C_W=None, K1=1.0, residua
         try:
             if gamma != 0.0:
                 # residual: the ten statistics of pdlt.theory.residual_ntk, normalized as
-                # ntk_slopes (scale-invariant and half-stable classes; K*=0 raises)
+                # ntk_slopes (the K*=0 class by a fit in 1/l with its stated error)
                 from .residual import residual_slopes
-                rs = residual_slopes(act, gamma, depth=32)
+                rs = residual_slopes(act, gamma)
+                err = rs.pop("slope_error")
                 for k in ("nu_V", "learning_to_fluctuation", "universality_class"):
                     rs.pop(k)                   # nu_V = out["vertex_slope"] (exact)
                 out["ntk_slopes"] = rs
+                if err is not None:
+                    out["ntk_slope_errors"] = err
+                    notes.append("residual K*=0 NTK slopes: fitted in 1/l over depths up "
+                                 "to 256, each uncertain by up to "
+                                 f"{max(err.values()):.2g} (pdlt.theory.residual."
+                                 "residual_slopes)")
             else:
                 out["ntk_slopes"] = {k: v for k, v in ntk_slopes(act).items()
                                      if k != "universality_class"}

@@ -47,6 +47,7 @@ blocked kernel equals :func:`pdlt.flow`'s up to that round-off
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -316,9 +317,15 @@ def _store(out, idx, K, T, diag_a, diag_b, l, on_diagonal):
         dst = out[name][idx]
         dst[...] = M
         if on_diagonal:
-            il = np.tril_indices(dst.shape[0], -1)
+            il = _lower(dst.shape[0])
             dst[il] = dst.T[il]
             np.fill_diagonal(dst, d[l - 1])
+
+
+@functools.lru_cache(maxsize=8)
+def _lower(n):
+    """``np.tril_indices(n, -1)`` (every requested layer of a diagonal block asks for it)."""
+    return np.tril_indices(n, -1)
 
 
 def _kernel_block_series(mlp, xa, xb, layers, out, on_diagonal, rtol):

@@ -31,6 +31,7 @@ shape (L,).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -343,6 +344,78 @@ _BLOCK_LAYERS = 128
 _AFFINE_ONE_INPUT = True
 #: evaluate the one-variable table once per distinct kernel value (:class:`_DistinctTable`)
 _DISTINCT_TABLE = True
+#: two uncorrelated inputs of a plain MLP (``pdlt diagnose``'s reference problem for odd
+#: activations): the steps as affine maps over all layers (:mod:`._affine_two_input`);
+#: False: the general per-layer fold
+_AFFINE_TWO_INPUT = True
+
+
+#: within :func:`shared_tables`: kernel values -> the one-variable table computed there
+_SHARED = None
+
+
+@contextlib.contextmanager
+def shared_tables():
+    """Within the block, :class:`_DistinctTable` reuses the table of the same activation and
+    kernel values (each entry is computed once, on first use, for all the block's folds).
+
+    For callers that fold several statistics over the same kernels (the reference problem of
+    ``pdlt diagnose``: its kernel flow and its order-1/n fold); the tables are dropped at the
+    end of the block (at depth 1e4 the rule's nodes of one table take ~300 MB).
+    """
+    global _SHARED
+    before, _SHARED = _SHARED, {}
+    try:
+        yield
+    finally:
+        _SHARED = before
+
+
+def _kernel_fold_shared(mlp, K, Theta, rtol, chis):
+    """:func:`pdlt.theory.kernel.kernel_fold`, remembered within :func:`shared_tables`.
+
+    The flow depends on the activation, the per-layer ``C_b, C_W, lambda_b,
+    lambda_W, gamma, xi`` and the first layer's K, Theta (not on the widths):
+    ``pdlt diagnose`` folds the same one-input flow for the kernel with its
+    susceptibilities, for V and G1 and for its reference problem's training
+    input, once now. A flow with susceptibilities serves a request without.
+    """
+    if _SHARED is None:
+        return kernel_fold(mlp, K, Theta, rtol=rtol, susceptibilities=chis)
+    key = ("kernel", id(mlp.activation), mlp.depth, float(rtol), np.asarray(K).tobytes(),
+           np.asarray(Theta).tobytes(), K.shape) + tuple(
+        np.asarray(getattr(mlp, k), dtype=float).tobytes()
+        for k in ("C_b", "C_W", "lambda_b", "lambda_W", "gamma", "xi"))
+    hit = _SHARED.get(key)
+    if hit is None or hit[0] is not mlp.activation or (chis and hit[1][2] is None):
+        hit = (mlp.activation, kernel_fold(mlp, K, Theta, rtol=rtol, susceptibilities=chis))
+        _SHARED[key] = hit
+    Ks, Ths, cpar, cperp = (None if v is None else v.copy() for v in hit[1])
+    return Ks, Ths, (cpar if chis else None), (cperp if chis else None)
+
+
+#: kernel values per :class:`OneVariableTable` of :class:`_Chunked`
+_TABLE_CHUNK = 256
+
+
+class _Chunked:
+    """:class:`OneVariableTable` over ``K`` (1-d) as tables of :data:`_TABLE_CHUNK` values.
+
+    The same entries (each row is its own kernel value's average, evaluated
+    the same way); the rule's nodes of a chunk (``chunk x 880``) stay in cache
+    while an entry is evaluated, where one table at 10^4 values streams 70 MB
+    arrays through memory for every entry (measured ~3x the CPU time at depth 1e4).
+    """
+
+    def __init__(self, act, K):
+        OneVariableTable(act, K)                  # its checks and errors, on all values
+        self.act = act
+        self._parts = [OneVariableTable(act, K[i:i + _TABLE_CHUNK])
+                       for i in range(0, max(len(K), 1), _TABLE_CHUNK)]
+
+    def __getitem__(self, name):
+        parts = [np.asarray(t[name], dtype=float) for t in self._parts]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class _DistinctTable:
@@ -365,7 +438,12 @@ class _DistinctTable:
     def __init__(self, act, K):
         K = np.asarray(K, dtype=float)
         values, inverse = np.unique(K, return_inverse=True)
-        self._base = OneVariableTable(act, values)
+        key = (id(act), values.tobytes())
+        self._base = _SHARED.get(key) if _SHARED is not None else None
+        if self._base is None or self._base.act is not act:
+            self._base = _Chunked(act, values)
+            if _SHARED is not None:
+                _SHARED[key] = self._base
         self._inverse = inverse.reshape(K.shape)
         self.act, self.K = act, K
         self._v = {}
@@ -555,6 +633,12 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy):
     if _AFFINE_ONE_INPUT and N == 1 and not mlp.is_residual and set(run) <= set(_AFFINE_NAMES):
         _affine_one_input(mlp, table, Ks[:, 0, 0], Ths[:, 0, 0], run, out, errors)
         return out, errors
+    if _AFFINE_TWO_INPUT and N == 2:
+        from . import _affine_two_input as _two_input
+        if _two_input.applies(mlp, Ks, run, _AFFINE_NAMES):
+            with np.errstate(over="ignore", invalid="ignore"):     # overflow: raised by name
+                _two_input.affine_two_input(mlp, table, Ks, Ths, run, out, errors, accuracy)
+            return out, errors
     hps = [LayerHyper.of(mlp, l) for l in range(L)]
     nb = _BLOCK_LAYERS if N == 2 else 0
     block = None
@@ -657,7 +741,7 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
     need = _closure(get)
     K, Theta = first_layer_kernel(mlp, x, K1)
     chis = bool(need & {"chi_parallel", "chi_perp"})
-    Ks, Ths, cpar, cperp = kernel_fold(mlp, K, Theta, rtol=rtol, susceptibilities=chis)
+    Ks, Ths, cpar, cperp = _kernel_fold_shared(mlp, K, Theta, rtol, chis)
     fields = {"K": Ks, "Theta": Ths}
     if chis:
         fields.update(chi_parallel=cpar, chi_perp=cperp)
