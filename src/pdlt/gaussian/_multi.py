@@ -189,9 +189,9 @@ _CHUNK = 2 ** 22  # evaluation points per vectorized block
 _BLOCK = 2 ** 16  # points of the innermost axis per block (temporaries of 512 kB: in cache)
 _EPS = np.finfo(float).eps
 _GH_LOWER_STEPS = 1   # the error estimate's Gauss-Hermite rule: this many sizes smaller
-#: a variable whose conditional standard deviation is below this part of its own
-#: (|rho| > 0.87 for two) counts as merged with the earlier axes (axis_rules)
-_MERGED = 0.5
+#: a variable whose correlation with an earlier one exceeds this in absolute value
+#: (conditional standard deviation below half its own) counts as merged (axis_rules)
+_MERGED = 0.866
 
 
 @functools.lru_cache(maxsize=64)
@@ -284,9 +284,8 @@ def axis_rules(s, accuracy="default", growth=None, gh_up=None, merged=None):
     (measured against mpmath, s = 0.6..3).
 
     ``merged`` (int, shape ``s.shape[:-1]``, or None): per covariance, the
-    number of variables nearly determined by the earlier axes (conditional
-    standard deviation below ``_MERGED`` of their own, :func:`_gh_path`); each
-    takes the rule one level up. Their singularities then sit on the earlier
+    number of variables nearly proportional to an earlier one (``|rho|`` above
+    ``_MERGED``, :func:`_gh_path`); each takes the rule one level up. Their singularities then sit on the earlier
     axes together with the others', as in a merged power: tanh
     ``<q^2(z_a) p^2(z_b)>`` at ``z_b = -z_a`` (inputs x, -x) is a pole of
     order 10 on one axis, and the two-variable rule at axis scale 0.57 was
@@ -794,11 +793,14 @@ def _gh_path(fs, order, L, accuracy, return_error, smooth=True, growth=None, gh_
     s = np.max(np.abs(L), axis=1)               # per-axis scale (B, d)
     merged = None
     if smooth and growth is None:
-        # variables whose conditional spread is a small part of their own (strongly
-        # correlated or rank-deficient, e.g. inputs x, -x): merged singularities
-        sd = np.sqrt(np.einsum("bij,bij->bi", L, L))
-        merged = np.sum(np.abs(np.diagonal(L, axis1=1, axis2=2))[:, 1:]
-                        < _MERGED * sd[:, 1:], axis=1)
+        # variables nearly proportional to an earlier one (|correlation| above _MERGED,
+        # e.g. inputs x, -x): their singularities merge with that one's
+        C = L @ np.swapaxes(L, 1, 2)
+        sd = np.sqrt(np.diagonal(C, axis1=1, axis2=2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = np.abs(C) / (sd[:, :, None] * sd[:, None, :])
+        near = np.tril(np.nan_to_num(rho) > _MERGED, -1)
+        merged = np.sum(near.any(axis=2), axis=1)
     qs = axis_rules(s, accuracy, growth, gh_up, merged) if smooth else node_count(s, accuracy)
     d = L.shape[1]
     if d > 1:
