@@ -231,7 +231,8 @@ def verify_model(model, arch, *, G0=1.0, networks=500, init=None, seed=0, lambda
 
     * ``K`` against ``K + G1/n`` and ``Theta`` against ``Theta + H1/n``
       (order 1/n included), allowance ``|theory| s_l^2`` (the O(1/n^2) rest);
-      for residual MLPs ``H1`` is not derived and ``Theta`` gets ``|Theta| s_l``;
+      where the NLO NTK is not finite (``H1`` unavailable) ``Theta`` gets
+      ``|Theta| s_l``;
     * ``V`` and ``A`` at leading order, allowance ``|theory| s_l`` (their
       relative O(1/n) corrections);
     * plus float64 round-off, ``64 L eps |theory|``, everywhere (``Theta^(1)``

@@ -59,7 +59,10 @@ NOT_RESOLVED = (
     "P..U rows whose resolution is above 50 % (see the table), e.g. Q[0101] at two inputs",
     "r*: its input, the output's V/(n K^2) for n_L = 1 and 3, is checked under --full (tanh); "
     "the mutual-information series behind k2* = 4/(20 + 3 n_L) is theory only",
-    "the N-input residual NTK statistics beyond A, B, D, F (kappa3, H1, P..U) are not derived")
+    "the N-input residual statistics beyond V, G1, A, B, D, F (kappa3, H1, P..U, the mixed "
+    "vertex) have rows only under --full (two inputs; per-entry resolutions: H1 12-22 %, "
+    "kappa3 19-24 %, P, Q 12-21 %, R, T 14-26 %, S 4-13 %, U 15-36 %, mixed vertex 11-32 %; "
+    "the entries above 25 % are listed unresolved)")
 
 
 def _closing_note(suite):

@@ -44,8 +44,10 @@ ensembles (:func:`pdlt.report.residual.residual_ntk_mean_measure`); P at layers 
 and Q by Rao-Blackwellized ensembles (:func:`pdlt.report.residual.residual_dntk_p_measure`,
 :func:`pdlt.report.residual.residual_dntk_q_measure`); R, S, T, U by
 :class:`pdlt.experiment.Ensemble` (autodiff) at layers 2-4. For N inputs, V, G1, A, B, D
-and F are exact in :mod:`pdlt.theory.residual_multi` (any activation); the N-input kappa3,
-H1, P, Q, R, S, T, U are NOT derived for residual MLPs and raise ``NotImplementedError``.
+and F are exact in :mod:`pdlt.theory.residual_multi` (any activation), kappa3 and H1 in
+:mod:`pdlt.theory.residual_multi_mean`, P and Q in :mod:`pdlt.theory.residual_multi_dntk`,
+R and T in :mod:`pdlt.theory.residual_multi_ddi`, S and U in
+:mod:`pdlt.theory.residual_multi_ddii`; :func:`pdlt.statistics` serves them all.
 
 Cost: ``O(L^2)`` two-variable Gaussian averages (:func:`pdlt.gaussian.expect2`,
 ~1e6 function evaluations each) and ``O(L^3)`` algebra; fine to depth ~50.

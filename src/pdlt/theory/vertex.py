@@ -88,7 +88,7 @@ def three_point_step(avg, st, hp):
 
     ``kappa3' = xi^2 gamma C_W K <(sigma^2)'> + r gamma chi_par kappa3`` with
     ``chi_par = xi^2 C_W <(sigma sigma')'> + gamma^2`` (zero for odd sigma).
-    (1, 1) in and out; the N-input three-point tensor is not derived.
+    (1, 1) in and out; N inputs: :func:`pdlt.theory.residual_multi_mean.residual_kappa3_multi`.
     """
     t, x2, g = avg.t, hp.xi ** 2, hp.gamma
     chi = x2 * hp.C_W * t["dss"] + g * g
