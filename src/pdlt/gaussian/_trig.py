@@ -71,7 +71,7 @@ import numbers
 import numpy as np
 
 __all__ = ["TrigPoly", "Z", "trig_form", "trig_forms", "trig_expect", "trig_expect1",
-           "trig_pairs", "active", "as_trig", "expect1", "with_fallback"]
+           "trig_pairs", "active", "as_trig", "with_fallback"]
 
 #: False: every caller takes its quadrature path (an independent reference)
 _TRIG = True
@@ -329,17 +329,6 @@ def as_trig(fs, period):
     if not active(period):
         return fs
     return trig_forms(fs) or fs
-
-
-def expect1(f, K, *, kinks=(), period=None, **kw):
-    """:func:`pdlt.gaussian.expect` of ``f`` at variances K, in closed form where
-    ``f`` is trigonometric (:func:`trig_expect1`, cost independent of K)."""
-    if active(period) and not kinks:
-        t = trig_form(f)
-        if t is not None:
-            return trig_expect1(t, K)
-    from ._rule import expect
-    return expect(f, K, kinks=kinks, period=period, **kw)
 
 
 def _opaque(g):

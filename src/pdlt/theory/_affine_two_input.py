@@ -475,9 +475,8 @@ def affine_two_input(mlp, table, Ks, Ths, run, out, errors, accuracy):
         if not np.all(np.isfinite(x)):
             done[name] = int(np.flatnonzero(~np.all(np.isfinite(x), axis=1))[0])
         out[name][:] = x.reshape((L,) + shape)
-    if done:
-        from .statistics import ORDER_ONE_OVER_N
-        name = min(done, key=lambda k: (done[k], ORDER_ONE_OVER_N.index(k)))
+    if done:        # run is in the order of statistics.ORDER_ONE_OVER_N
+        name = min(done, key=lambda k: (done[k], list(run).index(k)))
         raise FloatingPointError(
             f"{name} overflowed at layer {done[name] + 1}; reduce the depth or initialize at "
             "criticality (pdlt.criticality)")

@@ -141,8 +141,8 @@ class OneVariableTable:
             return g(z, s_, p_, q_) @ w
         act = self.act
         f = lambda z: g(z, act.sigma(z), act.d1(z), act.d2(z))  # noqa: E731
-        # sin: closed form at any K (_trig.expect1), else gaussian.expect
-        return np.asarray(_trig.expect1(f, self.K, kinks=act.kinks, period=act.period),
+        # sin: closed form at any K inside gaussian.expect (pdlt.gaussian._trig)
+        return np.asarray(gaussian.expect(f, self.K, kinks=act.kinks, period=act.period),
                           dtype=float)
 
     def __getitem__(self, name):
@@ -786,7 +786,7 @@ def _eval_nd(fs, K, I, kw):
     M, k = I.shape
     if k == 1:
         kw.pop("accuracy")                      # one variable: error < 1e-14 always
-        v = np.asarray(_trig.expect1(fs[0], K[..., I[:, 0], I[:, 0]].reshape(-1), **kw),
+        v = np.asarray(gaussian.expect(fs[0], K[..., I[:, 0], I[:, 0]].reshape(-1), **kw),
                        dtype=float).reshape(lead + (M,))
         return (v, 1e-14 * np.abs(v)) if ret else v
     Ks = K[..., I[:, :, None], I[:, None, :]].reshape((-1, k, k))
