@@ -930,12 +930,18 @@ def finite_width_learning_size(mlp, K1=1.0, *, steps=40):
     else:       # the infinite-width kernel prediction, as end_of_training makes it
         F0 = _kernel_map_jets(Ths[-1], np.zeros((0, 2, 2)), sched, 1)[0]
         test_mean = float((F0 @ np.array([y]))[1])
+    dm = float(r.mean_correction[0]) / y if reported else None
+    return _learning_size_result(dh, dm, n, Th, y, test_mean, one_minus_rho)
+
+
+def _learning_size_result(dh, dm, n, Th, y, test_mean, one_minus_rho):
+    """:func:`finite_width_learning_size`'s dict; the test-input correction ``dm`` is
+    withheld (None, with the reason) where ``1 - rho < _RHO_RELIABLE``."""
     out = {"representation_learning": dh / n, "prediction_correction": None,
            "ntk_change_coefficient": dh, "mean_correction_coefficient": None, "Theta": Th,
            "y": y, "test_mean_infinite": test_mean, "width": n,
            "prediction_correction_note": None, "one_minus_rho": one_minus_rho}
-    if reported:
-        dm = float(r.mean_correction[0]) / y
+    if one_minus_rho >= _RHO_RELIABLE:
         out["prediction_correction"], out["mean_correction_coefficient"] = abs(dm) / n, dm
     else:
         out["prediction_correction_note"] = (
@@ -961,25 +967,10 @@ def _residual_learning_size(mlp, scale, steps):
     n = mlp.widths[-2]
     dh = float(r.ntk_change[0, 0]) / Th
     dm = float(r.mean_correction[0]) / y
-    out = {"representation_learning": dh / n, "prediction_correction": abs(dm) / n,
-           "ntk_change_coefficient": dh, "mean_correction_coefficient": dm, "Theta": Th,
-           "y": y, "test_mean_infinite": float(r.mean_infinite[0]), "width": n,
-           "prediction_correction_note": None}
-    # the test-input correction goes through the off-diagonal G1 and H1, whose fourth-
-    # derivative source loses accuracy steeply as the two inputs' correlation nears 1
-    # (measured: one ulp of <ssss> moves it by <= 4e-6 relative while 1 - rho >= 5e-3 for
-    # relu and gelu, then by 1e-3 .. 1 at 1 - rho ~ 2e-3 .. 1e-3; benchmarks/README.md):
-    # beyond, the number is withheld rather than printed as if it were fine
+    # the test-input correction is withheld where the inputs nearly coincide at the output
+    # (the cancellation in the off-diagonal G1, H1: _learning_size_result)
     one_minus_rho = 1.0 - float(st.K[0, 1]) / math.sqrt(float(st.K[0, 0] * st.K[1, 1]))
-    out["one_minus_rho"] = one_minus_rho
-    if one_minus_rho < _RHO_RELIABLE:
-        out["prediction_correction"] = out["mean_correction_coefficient"] = None
-        out["prediction_correction_note"] = (
-            f"not computed reliably: the reference problem's train and test inputs are "
-            f"correlated to 1 - rho = {one_minus_rho:.2g} < {_RHO_RELIABLE:g} at the output, "
-            "where the test-input correction loses its digits to cancellation (fewer layers "
-            "keep the inputs apart)")
-    return out
+    return _learning_size_result(dh, dm, n, Th, y, float(r.mean_infinite[0]), one_minus_rho)
 
 
 #: smallest 1 - rho (train/test correlation at the output) at which the reference
