@@ -47,6 +47,8 @@ Cost: ``O(L^2 N^4)`` four-variable averages, batched (N = 3, L = 5: a few second
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -165,14 +167,245 @@ def _pairs(N):
 
 def _m_matrix(avg, P):
     """``Mop[p, p'] = d<sigma sigma_p>/dK_{p'}`` (symmetric change of the entry p')."""
-    N = avg.N
+    return _m_matrix_op(avg.Mss, avg.N, P)
+
+
+def _m_matrix_op(op, N, P):
+    """:func:`_m_matrix` for any derivative operator ``op`` (e.g. ``d<sigma' sigma'>/dK``)."""
     out = np.empty((len(P), len(P)))
     pi = np.array([i for i, _ in P]), np.array([j for _, j in P])
     for k, (e, f) in enumerate(P):
         E = np.zeros((N, N))
         E[e, f] = E[f, e] = 1.0
-        out[:, k] = apply_M(avg.Mss, E)[pi]
+        out[:, k] = apply_M(op, E)[pi]
     return out
+
+
+# ---------------------------------------------------------------------------
+# the field picture shared by every N-input statistic (here and in residual_multi_mean)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Neuron:
+    """One neuron's Gaussian trajectory over depths at N distinct inputs (infinite width).
+
+    Attributes
+    ----------
+    avg : list of LayerAverages
+        The same-depth averages of layers 1..L-1 (:func:`_layer_tables`).
+    P : list of (int, int)
+        The M = N (N + 1) / 2 unordered input pairs; ``pidx`` (N, N) their index,
+        ``pa``, ``pb`` (M,) their inputs.
+    a : ndarray (L, L)
+        :func:`_coefficients`.
+    varw : ndarray (L, N, N)
+        Covariance of the independent increments ``w_q``.
+    C : ndarray (L, L, N, N)
+        ``C[l, m] = Cov(z^(l), z^(m))``.
+    rho : ndarray (L, L - 1)
+        Response of ``Khat_l`` to the field ``S_m`` (every pair).
+    """
+
+    avg: list
+    P: list
+    pidx: np.ndarray
+    pa: np.ndarray
+    pb: np.ndarray
+    a: np.ndarray
+    varw: np.ndarray
+    C: np.ndarray
+    rho: np.ndarray
+
+    @property
+    def M(self):
+        return len(self.P)
+
+    @property
+    def nf(self):
+        """The number of field layers ``S_m``, m = 0..L-2."""
+        return len(self.rho) - 1
+
+
+def _neuron(mlp, Ks, accuracy) -> _Neuron:
+    """:class:`_Neuron` of ``mlp`` at the kernels ``Ks`` (L, N, N), L >= 2."""
+    L, N = Ks.shape[0], Ks.shape[1]
+    _, avg = _layer_tables(mlp, Ks, accuracy)
+    P, pidx = _pairs(N)
+    a = _coefficients(mlp)
+    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    varw = np.empty((L, N, N))
+    varw[0] = Ks[0]
+    for q in range(1, L):
+        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
+    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
+    rho = np.zeros((L, L - 1))
+    for l in range(L):
+        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
+    return _Neuron(avg=avg, P=P, pidx=pidx, pa=np.array([i for i, _ in P]),
+                   pb=np.array([j for _, j in P]), a=a, varw=varw, C=C, rho=rho)
+
+
+def _s_response(nr):
+    """``R`` (nf M, nf M): the response of the fields ``S_m`` to the earlier ``S_j``."""
+    M, nf = nr.M, nr.nf
+    R = np.zeros((nf * M, nf * M))
+    for m in range(nf):
+        Mop = _m_matrix(nr.avg[m], nr.P)
+        for j in range(m):
+            R[m * M:(m + 1) * M, j * M:(j + 1) * M] = nr.rho[m, j] * Mop
+    return R
+
+
+def _s_own(nr):
+    """The one-depth blocks of the fields' own covariance (nf M, nf M), other blocks 0."""
+    M, nf, pa, pb = nr.M, nr.nf, nr.pa, nr.pb
+    own = np.zeros((nf * M, nf * M))
+    for m in range(nf):
+        sl = slice(m * M, (m + 1) * M)
+        Q4, S = nr.avg[m].quad("ssss"), nr.avg[m].S
+        own[sl, sl] = Q4[pa[:, None], pb[:, None], pa[None, :], pb[None, :]] - np.outer(
+            S[pa, pb], S[pa, pb])
+    return own
+
+
+def _field_widths(mlp, nr, copies=1):
+    """``nw`` (copies nf M,): the width ``n_{m+1}`` of each field's layer."""
+    nw = np.repeat(np.array([mlp.widths[m + 1] for m in range(nr.nf)], float), nr.M)
+    return np.tile(nw, copies) if copies > 1 else nw
+
+
+def _dressed(R, own_n):
+    """``(dress, Sigma)``: ``(1 - R)^-1`` and the field covariance from the own one
+    ``own_n`` (divided by the widths)."""
+    dress = np.linalg.inv(np.eye(len(R)) - R)
+    ctil = own_n @ dress.T
+    return dress, _stein_lyapunov(R, own_n + ctil @ R.T + R @ ctil.T)
+
+
+def _c_zz(nr, l, nw, Th=None, upto=None):
+    """(M, F): ``c(z_a z_b at layer l)``, the neuron's own covariance with every field
+    ``m < upto`` (default all): ``2 M_m[sym(C_lm[a] C_lm[b])] / n_m`` on ``S_m`` and, given
+    ``Th`` (L, M), ``2 M^pp_m[.] Theta_m / n_m`` on ``P_m`` (F = 2 nf M)."""
+    M, nf, C, P, pa, pb = nr.M, nr.nf, nr.C, nr.P, nr.pa, nr.pb
+    c = np.zeros((M, len(nw)))
+    for m in range(nf if upto is None else min(upto, nf)):
+        if not np.any(C[l, m] != 0.0):
+            continue
+        for k, (a1, a2) in enumerate(P):
+            X = np.outer(C[l, m][a1], C[l, m][a2])
+            X = 0.5 * (X + X.T)
+            c[k, m * M:(m + 1) * M] = 2.0 * apply_M(nr.avg[m].Mss, X)[pa, pb]
+            if Th is not None:
+                c[k, (nf + m) * M:(nf + m + 1) * M] = (
+                    2.0 * apply_M(nr.avg[m].Mpp, X)[pa, pb] * Th[m])
+    return c / nw[None, :]
+
+
+@dataclass(frozen=True)
+class _SPFields:
+    """The shared fields ``S_{m;p}`` (at ``m M + p``) and ``P_{m;p}`` (at ``(nf + m) M + p``)
+    of A, D and H1 (derivation section 11), F = 2 nf M of them.
+
+    Attributes
+    ----------
+    b : ndarray (L, L)
+        Weight of layer q's NTK increment in ``H^(l)``.
+    Th, : ndarray (L, M)
+        The NTK at every layer and pair; ``Sv``, ``PPv`` (list of (M,)): ``<sigma sigma>``,
+        ``<sigma' sigma'>`` of layers 1..L-1; ``Mss``, ``Mpp`` their kernel responses.
+    R, own : ndarray (F, F)
+        The fields' responses and own covariance (unnormalized); ``kt``: the two-depth
+        averages ``{(kind, kind, m, j): (M, M)}`` it used.
+    nw : ndarray (F,)
+        Each field's width; ``dress = (1 - R)^-1``, ``Sig`` the field covariance.
+    """
+
+    b: np.ndarray
+    Th: np.ndarray
+    Sv: list
+    PPv: list
+    Mss: list
+    Mpp: list
+    R: np.ndarray
+    own: np.ndarray
+    kt: dict
+    nw: np.ndarray
+    dress: np.ndarray
+    Sig: np.ndarray
+    lW: np.ndarray
+    xi: np.ndarray
+    CW: np.ndarray
+    nf: int
+    M: int
+
+    def Sx(self, m):
+        return slice(m * self.M, (m + 1) * self.M)
+
+    def Px(self, m):
+        return slice((self.nf + m) * self.M, (self.nf + m + 1) * self.M)
+
+    def resp_H(self, l):
+        """(M, F): response of ``H^(l)_p`` (the neuron's NTK mean given the fields)."""
+        M = self.M
+        r = np.zeros((M, len(self.R)))
+        for m in range(l):
+            w = self.b[l, m + 1] * self.xi[m + 1] ** 2
+            r[:, self.Sx(m)] = w * self.lW[m + 1] * np.eye(M)
+            r[:, self.Px(m)] = w * self.CW[m + 1] * np.eye(M)
+        return r
+
+
+def _sp_fields(mlp, nr, Ths, accuracy) -> _SPFields:
+    """:class:`_SPFields` of ``mlp`` (``Ths`` (L, N, N) the NTK at every layer)."""
+    act, avg, P, M, nf, C, rho, pa, pb = (mlp.activation, nr.avg, nr.P, nr.M, nr.nf, nr.C,
+                                          nr.rho, nr.pa, nr.pb)
+    L, N = len(rho), len(nr.pidx)
+    CW = np.asarray(mlp.C_W, float)
+    lW, xi, g = (np.asarray(v, float) for v in (mlp.lambda_W, mlp.xi, mlp.gamma))
+    b = np.zeros((L, L))
+    for l in range(L):
+        b[l, l] = 1.0
+        b[l, :l] = b[l - 1, :l] * g[l] ** 2 if l else 0.0
+    F = 2 * nf * M
+    Th = np.array([Ths[m][pa, pb] for m in range(L)])
+    Sv = [av.S[pa, pb] for av in avg]
+    PPv = [av.PP[pa, pb] for av in avg]
+    Mss = [_m_matrix(av, P) for av in avg]
+    Mpp = [_m_matrix_op(av.Mpp, N, P) for av in avg]
+    R, own, kt = np.zeros((F, F)), np.zeros((F, F)), {}
+    fx = _SPFields(b=b, Th=Th, Sv=Sv, PPv=PPv, Mss=Mss, Mpp=Mpp, R=R, own=own, kt=kt,
+                   nw=_field_widths(mlp, nr, 2), dress=None, Sig=None, lW=lW, xi=xi, CW=CW,
+                   nf=nf, M=M)
+    Sx, Px = fx.Sx, fx.Px
+    for m in range(nf):
+        for j in range(m):
+            R[Sx(m), Sx(j)] = rho[m, j] * Mss[m]
+            R[Px(m), Sx(j)] = Th[m][:, None] * rho[m, j] * Mpp[m]
+        R[Px(m)] += PPv[m][:, None] * fx.resp_H(m)
+    o = np.outer
+
+    def put(r, c, v):                             # a block and its mirror
+        own[r, c] = v
+        own[c, r] = v.T
+
+    for m in range(nf):
+        ssss, sspp, pppp = (avg[m].quad(k)[pa[:, None], pb[:, None], pa[None, :], pb[None, :]]
+                            for k in ("ssss", "sspp", "pppp"))
+        put(Sx(m), Sx(m), ssss - o(Sv[m], Sv[m]))
+        put(Sx(m), Px(m), (sspp - o(Sv[m], PPv[m])) * Th[m][None, :])
+        put(Px(m), Px(m), (pppp - o(PPv[m], PPv[m])) * o(Th[m], Th[m]))
+        for j in range(m):
+            if not np.any(C[m, j] != 0.0):
+                continue
+            for k1, k2 in (("s", "s"), ("s", "p"), ("p", "s"), ("p", "p")):
+                kt[(k1, k2, m, j)] = _kind_two_depth(act, C, m, j, P, k1, k2, accuracy)
+            put(Sx(m), Sx(j), kt[("s", "s", m, j)] - o(Sv[m], Sv[j]))
+            put(Sx(m), Px(j), (kt[("s", "p", m, j)] - o(Sv[m], PPv[j])) * Th[j][None, :])
+            put(Px(m), Sx(j), (kt[("p", "s", m, j)] - o(PPv[m], Sv[j])) * Th[m][:, None])
+            put(Px(m), Px(j), (kt[("p", "p", m, j)] - o(PPv[m], PPv[j])) * o(Th[m], Th[j]))
+    dress, Sig = _dressed(R, own / fx.nw[None, :])
+    return dataclasses.replace(fx, dress=dress, Sig=Sig)
 
 
 def _monomials(d):
@@ -297,36 +530,13 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
     out = {"V": np.zeros((L,) + (N,) * 4), "G1": np.zeros((L, N, N))}
     if L == 1:
         return out
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
+    nr = _neuron(mlp, Ks, accuracy)
+    avg, C, rho, nf = nr.avg, nr.C, nr.rho, nr.nf
     CW = np.asarray(mlp.C_W, float)
-    Cb = np.asarray(mlp.C_b, float)
     xi = np.asarray(mlp.xi, float)
     g = np.asarray(mlp.gamma, float)
-    nf = L - 1                                    # fields S_m, m = 0..L-2 (0-based layers)
-    # one neuron's joint covariance over depths and inputs
-    a = _coefficients(mlp)
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        S = avg[q - 1].S if q - 1 < nf else None
-        varw[q] = Cb[q] + CW[q] * S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
-    rho = np.zeros((L, nf))                       # response of Khat_l to S_m (every pair)
-    for l in range(L):
-        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
-    pa, pb = np.array([i for i, _ in P]), np.array([j for _, j in P])
-    # fields: index m * M + p
-    F = nf * M
-    Mop = [_m_matrix(av, P) for av in avg]
-    R = np.zeros((F, F))
-    own = np.zeros((F, F))
-    for m in range(nf):
-        sl = slice(m * M, (m + 1) * M)
-        for j in range(m):
-            R[sl, j * M:(j + 1) * M] = rho[m, j] * Mop[m]
-        Q4, S = avg[m].quad("ssss"), avg[m].S
-        own[sl, sl] = Q4[pa[:, None], pb[:, None], pa[None, :], pb[None, :]] - np.outer(
-            S[pa, pb], S[pa, pb])
+    # fields S_m (m = 0..L-2, 0-based layers): index m * M + p
+    R, own = _s_response(nr), _s_own(nr)
     # two-depth moments for m < l <= L-2 (own covariances and the G1 own term)
     todo = [(m, l, p, f) for l in range(nf) for m in range(l) if np.any(C[l, m] != 0.0)
             for p in P for f in P]
@@ -334,26 +544,15 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
     for (m, l, p, f), (m0, _) in td.items():
         v = m0 - avg[m].S[p] * avg[l].S[f]
         own[m * M + pidx[p], l * M + pidx[f]] = own[l * M + pidx[f], m * M + pidx[p]] = v
-    nw = np.repeat(np.array([mlp.widths[m + 1] for m in range(nf)], dtype=float), M)
-    own_n = own / nw[None, :]
-    dress = np.linalg.inv(np.eye(F) - R)
-    ctil = own_n @ dress.T
-    Sig = _stein_lyapunov(R, own_n + ctil @ R.T + R @ ctil.T)
+    nw = _field_widths(mlp, nr)
+    dress, Sig = _dressed(R, own / nw[None, :])
     gm = np.zeros((N, N))                         # E[z z] - K, unnormalized
     for l in range(L):
         r = np.kron(rho[l], np.eye(M))            # (M, F): Khat_l^p response
         Vk = r @ Sig @ r.T                        # Var(Khat_l), pairs x pairs
         out["G1"][l] = mlp.widths[l] * gm
         if l >= 1:
-            # c(z_a1 z_a2 at l) on field (m, p): 2 M_m[sym(C_lm[a1] C_lm[a2])] / n_m
-            c = np.zeros((M, F))
-            for m in range(min(l, nf)):
-                Clm = C[l, m]
-                for k, (a1, a2) in enumerate(P):
-                    X = np.outer(Clm[a1], Clm[a2])
-                    X = 0.5 * (X + X.T)
-                    c[k, m * M:(m + 1) * M] = 2.0 * apply_M(avg[m].Mss, X)[pa, pb] / nw[m * M]
-            ct = c @ dress.T                      # dressed, (M, F)
+            ct = _c_zz(nr, l, nw, upto=l) @ dress.T   # c~(z_a1 z_a2 at l), dressed (M, F)
             cr = ct @ r.T                         # [pa, pb] = rho . c~(z_pa)[., pb]
             Vp = mlp.widths[l] * (Vk + cr + cr.T)
             out["V"][l] = Vp[pidx[:, :, None, None], pidx[None, None, :, :]]
@@ -373,7 +572,7 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
                         m0, D2 = td[(m, l, p, f)]
                         for q, v in D2.items():
                             Eq = _mean_d2(avg[l], f, q)
-                            derivs.setdefault(q, np.zeros(F))[m * M + pidx[p]] = (
+                            derivs.setdefault(q, np.zeros(len(R)))[m * M + pidx[p]] = (
                                 v - avg[m].S[p] * Eq) / nw[m * M]
                 tot = 0.0
                 for q, vec in derivs.items():
@@ -500,15 +699,9 @@ def _b_multi(mlp, Ks, Ths, accuracy):
     B = np.zeros((L,) + (N,) * 4)
     if L == 1:
         return B
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
-    P, pidx = _pairs(N)
-    a = _coefficients(mlp)
-    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)   # Cov(z^(l), z^(m)), one neuron
+    nr = _neuron(mlp, Ks, accuracy)
+    avg, P, pidx, C = nr.avg, nr.P, nr.pidx, nr.C
+    CW = np.asarray(mlp.C_W, float)
     i1, i2 = np.arange(N)[:, None, None, None], np.arange(N)[None, :, None, None]
     i3, i4 = np.arange(N)[None, None, :, None], np.arange(N)[None, None, None, :]
     p12, p34 = pidx[i1, i2], pidx[i3, i4]          # pair index of each side, (N,)*4
@@ -629,20 +822,17 @@ def _stein_sd(avg):
     return J
 
 
-def _f_multi(mlp, Ks, Ths, accuracy):
-    act = mlp.activation
-    L, N = Ks.shape[0], Ks.shape[1]
-    F = np.zeros((L,) + (N,) * 4)
-    if L == 1:
-        return F
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
-    a = _coefficients(mlp)
-    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
+def _f_forms(mlp, nr, Ths, accuracy):
+    """The bilinear forms of F, layer by layer: yields ``M`` (N, N, Fd, Fd) at layers
+    2..L, ``n E[H_{ik;ab}^(l) | .] = phi(i)^T M[a, b] phi(k)`` (derivation section 10).
+
+    Features: ``U_m`` (m = 0..L-1, N each) at ``m N``, ``S_p`` (ordered input pairs
+    ``(c, e)``: ``sigma_c sigma'_e(z^(p))``) at ``L N + p N^2 + c N + e``. At layer 1 the
+    form is 0. :func:`_f_multi` reads out F; ``residual_multi_mean`` keeps every layer.
+    """
+    act, avg, a, varw, C = mlp.activation, nr.avg, nr.a, nr.varw, nr.C
+    L, N = len(nr.rho), len(nr.pidx)
+    CW = np.asarray(mlp.C_W, float)
     J = [_stein_sd(av) for av in avg]
     nU = L * N
     Fd = nU + L * N * N
@@ -688,13 +878,28 @@ def _f_multi(mlp, Ks, Ths, accuracy):
                         M[a_, b_, nU + l * N * N + c * N + b_, U(l + 1)] += k * Th[a_, b_] * Gi[c]
             M[:, :, U(l + 1), :] += k * r * np.einsum("cu,abcy->abuy", Gi, eMi)
             M[:, :, :, U(l + 1)] += k * r * np.einsum("cu,abcx->abxu", Gi, Mek)
+        yield M
+
+
+def _f_multi(mlp, Ks, Ths, accuracy):
+    L, N = Ks.shape[0], Ks.shape[1]
+    F = np.zeros((L,) + (N,) * 4)
+    if L == 1:
+        return F
+    nr = _neuron(mlp, Ks, accuracy)
+    a, varw, C = nr.a, nr.varw, nr.C
+    J = [_stein_sd(av) for av in nr.avg]
+    nU = L * N
+    Fd = nU + L * N * N
+    for l, M in enumerate(_f_forms(mlp, nr, Ths, accuracy)):
         # readout at layer l+1: v[y, alpha] = E[phi_alpha z^(l+1)_y]
         v = np.zeros((N, Fd))
         for m in range(l + 2):
-            v[:, U(m)] = a[l + 1, m] * varw[m].T
+            v[:, m * N:(m + 1) * N] = a[l + 1, m] * varw[m].T
         for p in range(l + 1):
             # E[sigma_c sigma'_e(z^(p)) z_y] = sum_f C[l+1, p][y, f] J_p[e, c, f]
-            v[:, S(p)] = np.einsum("yf,ecf->yce", C[l + 1, p], J[p]).reshape(N, N * N)
+            v[:, nU + p * N * N:nU + (p + 1) * N * N] = np.einsum(
+                "yf,ecf->yce", C[l + 1, p], J[p]).reshape(N, N * N)
         # F[x, y, u, w] = v[y] . M^{xu} . v[w]
         F[l + 1] = np.einsum("ya,xuab,wb->xyuw", v, M, v)
     return F
@@ -800,110 +1005,23 @@ def _kind_two_depth(act, C, l, p, P, kl, kp, accuracy):
 
 
 def _ad_multi(mlp, Ks, Ths, accuracy):
-    act = mlp.activation
     L, N = Ks.shape[0], Ks.shape[1]
     out = {"A": np.zeros((L,) + (N,) * 4), "D": np.zeros((L,) + (N,) * 4)}
     if L == 1:
         return out
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
-    P, pidx = _pairs(N)
-    M = len(P)
-    pa, pb = np.array([i for i, _ in P]), np.array([j for _, j in P])
-    nf = L - 1
-    a = _coefficients(mlp)
-    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
-    lW, xi, g = (np.asarray(v, float) for v in (mlp.lambda_W, mlp.xi, mlp.gamma))
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
-    rho = np.zeros((L, nf))                       # response of Khat_l to S_m (every pair)
-    for l in range(L):
-        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
-    b = np.zeros((L, L))                          # weight of layer q's NTK increment in H^(l)
-    for l in range(L):
-        b[l, l] = 1.0
-        b[l, :l] = b[l - 1, :l] * g[l] ** 2 if l else 0.0
-    F = 2 * nf * M                                # S_{m,k} at m M + k, P_{m,k} at (nf + m) M + k
-    Sx = lambda m: slice(m * M, (m + 1) * M)                   # noqa: E731
-    Px = lambda m: slice((nf + m) * M, (nf + m + 1) * M)       # noqa: E731
-    Th = np.array([Ths[m][pa, pb] for m in range(L)])          # (L, M)
-    Sv = [av.S[pa, pb] for av in avg]
-    PPv = [av.PP[pa, pb] for av in avg]
-    Mss = [_m_matrix(av, P) for av in avg]
-    Mpp = [_m_matrix_op(av.Mpp, N, P) for av in avg]
-
-    def resp_H(l):
-        """(M, F): response of H^(l)_p (the neuron's NTK mean given the fields)."""
-        r = np.zeros((M, F))
-        for m in range(l):
-            w = b[l, m + 1] * xi[m + 1] ** 2
-            r[:, Sx(m)] = w * lW[m + 1] * np.eye(M)
-            r[:, Px(m)] = w * CW[m + 1] * np.eye(M)
-        return r
-
-    R = np.zeros((F, F))
-    for m in range(nf):
-        for j in range(m):
-            R[Sx(m), Sx(j)] = rho[m, j] * Mss[m]
-            R[Px(m), Sx(j)] = Th[m][:, None] * rho[m, j] * Mpp[m]
-        R[Px(m)] += PPv[m][:, None] * resp_H(m)
-    own = np.zeros((F, F))
-    o = np.outer
-
-    def put(r, c, v):                             # a block and its mirror
-        own[r, c] = v
-        own[c, r] = v.T
-
-    for m in range(nf):
-        ssss, sspp, pppp = (avg[m].quad(k)[pa[:, None], pb[:, None], pa[None, :], pb[None, :]]
-                            for k in ("ssss", "sspp", "pppp"))
-        put(Sx(m), Sx(m), ssss - o(Sv[m], Sv[m]))
-        put(Sx(m), Px(m), (sspp - o(Sv[m], PPv[m])) * Th[m][None, :])
-        put(Px(m), Px(m), (pppp - o(PPv[m], PPv[m])) * o(Th[m], Th[m]))
-        for j in range(m):
-            if not np.any(C[m, j] != 0.0):
-                continue
-            put(Sx(m), Sx(j), _kind_two_depth(act, C, m, j, P, "s", "s", accuracy)
-                - o(Sv[m], Sv[j]))
-            put(Sx(m), Px(j), (_kind_two_depth(act, C, m, j, P, "s", "p", accuracy)
-                               - o(Sv[m], PPv[j])) * Th[j][None, :])
-            put(Px(m), Sx(j), (_kind_two_depth(act, C, m, j, P, "p", "s", accuracy)
-                               - o(PPv[m], Sv[j])) * Th[m][:, None])
-            put(Px(m), Px(j), (_kind_two_depth(act, C, m, j, P, "p", "p", accuracy)
-                               - o(PPv[m], PPv[j])) * o(Th[m], Th[j]))
-    nw = np.tile(np.repeat(np.array([mlp.widths[m + 1] for m in range(nf)], float), M), 2)
-    own_n = own / nw[None, :]
-    dress = np.linalg.inv(np.eye(F) - R)
-    ctil = own_n @ dress.T
-    Sig = _stein_lyapunov(R, own_n + ctil @ R.T + R @ ctil.T)
+    nr = _neuron(mlp, Ks, accuracy)
+    M, nf, rho, pidx = nr.M, nr.nf, nr.rho, nr.pidx
+    fx = _sp_fields(mlp, nr, Ths, accuracy)
+    F = len(fx.R)
     for l in range(1, L):
         rz = np.zeros((M, F))
         rz[:, :nf * M] = np.kron(rho[l], np.eye(M))
-        rH = resp_H(l)
-        cz = np.zeros((M, F))                     # c(z_a3 z_a4 at l) on every field
-        for m in range(l):
-            for k, (a3, a4) in enumerate(P):
-                X = np.outer(C[l, m][a3], C[l, m][a4])
-                X = 0.5 * (X + X.T)
-                cz[k, Sx(m)] = 2.0 * apply_M(avg[m].Mss, X)[pa, pb]
-                cz[k, Px(m)] = 2.0 * apply_M(avg[m].Mpp, X)[pa, pb] * Th[m]
-        ct = (cz / nw[None, :]) @ dress.T
+        rH = fx.resp_H(l)
+        ct = _c_zz(nr, l, fx.nw, Th=fx.Th, upto=l) @ fx.dress.T   # c~(z_a3 z_a4 at l)
         n = mlp.widths[l]
-        Dp = n * (rH @ Sig @ rz.T + rH @ ct.T)
-        Ap = n * (rH @ Sig @ rH.T)
+        Dp = n * (rH @ fx.Sig @ rz.T + rH @ ct.T)
+        Ap = n * (rH @ fx.Sig @ rH.T)
         sel = (pidx[:, :, None, None], pidx[None, None, :, :])
         out["D"][l], out["A"][l] = Dp[sel], Ap[sel]
     return out
 
-
-def _m_matrix_op(op, N, P):
-    """:func:`_m_matrix` for any derivative operator ``op`` (e.g. ``d<sigma' sigma'>/dK``)."""
-    out = np.empty((len(P), len(P)))
-    pi = np.array([i for i, _ in P]), np.array([j for _, j in P])
-    for k, (e, f) in enumerate(P):
-        E = np.zeros((N, N))
-        E[e, f] = E[f, e] = 1.0
-        out[:, k] = apply_M(op, E)[pi]
-    return out
