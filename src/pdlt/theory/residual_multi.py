@@ -546,6 +546,7 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
         own[m * M + pidx[p], l * M + pidx[f]] = own[l * M + pidx[f], m * M + pidx[p]] = v
     nw = _field_widths(mlp, nr)
     dress, Sig = _dressed(R, own / nw[None, :])
+    d2 = _d2_sigma(td)
     gm = np.zeros((N, N))                         # E[z z] - K, unnormalized
     for l in range(L):
         r = np.kron(rho[l], np.eye(M))            # (M, F): Khat_l^p response
@@ -560,27 +561,8 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
             break
         V4 = Vk[pidx[:, :, None, None], pidx[None, None, :, :]]
         shift = apply_M(avg[l].Mss, gm) + (avg[l].d4_source(V4) if np.any(V4) else 0.0)
-        # own term: (1/2) sum_{m'} rho[l, m'] sum_{ordered (e f)} c~_{(m', ef)}[d_e d_f F]
-        if l >= 1:
-            ownsh = np.zeros((N, N))
-            for f in P:
-                derivs = {}
-                for m in range(l):
-                    if (m, l, P[0], f) not in td:
-                        continue
-                    for p in P:
-                        m0, D2 = td[(m, l, p, f)]
-                        for q, v in D2.items():
-                            Eq = _mean_d2(avg[l], f, q)
-                            derivs.setdefault(q, np.zeros(len(R)))[m * M + pidx[p]] = (
-                                v - avg[m].S[p] * Eq) / nw[m * M]
-                tot = 0.0
-                for q, vec in derivs.items():
-                    dv = dress @ vec
-                    kq = pidx[q]
-                    tot += 0.5 * sum(rho[l, mp] * dv[mp * M + kq] for mp in range(l))
-                ownsh[f] = ownsh[f[::-1]] = tot
-            shift = shift + ownsh
+        if l >= 1:      # the neuron's own term
+            shift = shift + _own_shift(nr, l, dress, nw, avg[l].Mss, d2)
         gm = xi[l + 1] ** 2 * CW[l + 1] * shift + g[l + 1] ** 2 * gm
     for k, arr in out.items():
         if not np.all(np.isfinite(arr)):
@@ -589,16 +571,58 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
     return out
 
 
-def _mean_d2(avg, f, q):
-    """``<d_q1 d_q2 (sigma_f1 sigma_f2)>_K`` at one layer (q an ordered pair inside f)."""
-    D1, D2, O = avg.Mss
+def _hess(op, f):
+    """``Hs[e, h] = <d_e d_h (f_a f_b)>_K`` (N, N) for the pair ``f = (a, b)`` from the
+    kernel-derivative operator ``op = (D1, D2, O)`` of ``<f_a f_b>``."""
+    D1, D2, O = op
+    N = D1.shape[0]
     a, b = f
-    e, h = q
+    H = np.zeros((N, N))
     if a == b:
-        return 2.0 * D1[a, a]                     # <(sigma^2)''> = 2 d<sigma^2>/dK
-    if e != h:
-        return O[a, b]                            # <sigma'_a sigma'_b>
-    return 2.0 * (D1[a, b] if e == a else D2[a, b])   # <sigma''_e sigma_other>
+        H[a, a] = 2.0 * D1[a, a]                  # <(f^2)''> = 2 d<f^2>/dK
+        return H
+    H[a, a], H[b, b] = 2.0 * D1[a, b], 2.0 * D2[a, b]   # <f''_e f_other>
+    H[a, b] = H[b, a] = O[a, b]                   # <f'_a f'_b>
+    return H
+
+
+def _d2_sigma(td):
+    """:func:`_own_shift`'s ``d2`` from :func:`_two_depth`'s averages ``td``."""
+    def d2(m, l, p, f):
+        return td[(m, l, p, f)][1].items() if (m, l, p, f) in td else None
+    return d2
+
+
+def _own_shift(nr, l, dressS, nw, op, d2):
+    """The neuron's own dressed term in ``delta_{f_a f_b}`` at layer l (N, N), unnormalized:
+    ``(1/2) sum_{m'} rho_{lm'} sum_{(e,h) ordered} c~_{(m', eh)}[d_e d_h f_a f_b]``.
+
+    ``dressS`` (nf M, nf M) is ``(1 - R)^-1`` of the fields ``S``, ``nw`` their widths, ``op``
+    the kernel-derivative operator of ``<f_a f_b>`` at layer l, and ``d2(m, l, p, f)`` the
+    pairs ``((e, h), E[sigma_p1 sigma_p2(z^(m)) d_e d_h f_f1 f_f2(z^(l))])`` (None where
+    depths m and l are independent).
+    """
+    avg, P, pidx, M, rho = nr.avg, nr.P, nr.pidx, nr.M, nr.rho
+    N = avg[l].N
+    out = np.zeros((N, N))
+    nS = dressS.shape[0]
+    for f in P:
+        Hs = _hess(op, f)
+        derivs = {}
+        for m in range(l):
+            for p in P:
+                pairs = d2(m, l, p, f)
+                if pairs is None:
+                    continue
+                for q, v in pairs:
+                    derivs.setdefault(q, np.zeros(nS))[m * M + pidx[p]] = (
+                        v - avg[m].S[p] * Hs[q]) / nw[m * M]
+        tot = 0.0
+        for q, vec in derivs.items():
+            dv = dressS @ vec
+            tot += 0.5 * sum(rho[l, mp] * dv[mp * M + pidx[q]] for mp in range(l))
+        out[f] = out[f[::-1]] = tot
+    return out
 
 
 # ---------------------------------------------------------------------------
