@@ -104,26 +104,8 @@ def residual_vertex_metric_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default
     >>> out["V"].shape, out["G1"].shape
     ((3, 2, 2, 2, 2), (3, 2, 2))
     """
-    if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
-    if (x is None) == (Ks is None):
-        raise ValueError("give exactly one of x (inputs, shape (N, n0)) and Ks (kernels, "
-                         "shape (L, N, N))")
-    if accuracy not in ("fast", "default", "high"):
-        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
-    if Ks is None:
-        K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
-        Ks, _, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
-    Ks = np.asarray(Ks, dtype=float)
-    if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2]:
-        raise ValueError(f"Ks must have shape (L, N, N) with L = {mlp.depth}; got {Ks.shape}")
-    N = Ks.shape[1]
-    reps, inv = representatives(Ks[0])
-    out = _vertex_metric_multi(mlp, Ks[:, reps[:, None], reps[None, :]], accuracy)
-    if len(reps) < N:
-        out = {"V": out["V"][np.ix_(np.arange(mlp.depth), inv, inv, inv, inv)],
-               "G1": out["G1"][np.ix_(np.arange(mlp.depth), inv, inv)]}
-    return out
+    return _ntk_multi(mlp, x, Ks, None, accuracy,
+                      lambda m, K, _, acc: _vertex_metric_multi(m, K, acc), thetas=False)
 
 
 # ---------------------------------------------------------------------------
@@ -668,19 +650,41 @@ def residual_b_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="defaul
     return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: {"B": _b_multi(*a)})["B"]
 
 
-def _ntk_multi(mlp, x, Ks, Thetas, accuracy, core):
+def _ntk_multi(mlp, x, Ks, Thetas, accuracy, core, thetas=True):
     """Validate, fold the kernels, merge repeated inputs, run ``core``, expand, check.
 
-    ``core(mlp, Ks, Thetas, accuracy)`` returns ``{name: (L, M, M, M, M)}`` over the
-    M distinct inputs; the result has the N inputs' shape (L, N, N, N, N).
+    ``core(mlp, Ks, Thetas, accuracy)`` returns ``{name: (L', M, ..., M)}`` over the M
+    distinct inputs; the result has the N inputs' shape (L', N, ..., N). ``thetas=False``:
+    ``Ks`` alone may be given instead of ``x`` (``Thetas`` is then None).
     """
+    Ks, Thetas, reps, inv = _prepare(mlp, x, Ks, Thetas, accuracy, thetas)
+    r2 = (slice(None), reps[:, None], reps[None, :])
+    return _expand(core(mlp, Ks[r2], None if Thetas is None else Thetas[r2], accuracy),
+                   reps, inv)
+
+
+def _prepare(mlp, x, Ks, Thetas, accuracy, thetas=True):
+    """Validate, fold the kernels if needed; the distinct inputs and the map back.
+
+    ``thetas=False``: only the kernels are needed (``Thetas`` is ignored and returned as
+    the folded NTK or None)."""
     if not isinstance(mlp, MLP):
         raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
-    if (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
+    if not thetas:
+        if (x is None) == (Ks is None):
+            raise ValueError("give exactly one of x (inputs, shape (N, n0)) and Ks (kernels, "
+                             "shape (L, N, N))")
+    elif (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
         raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
                          "(shape (L, N, N))")
     if accuracy not in ("fast", "default", "high"):
         raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
+    if not thetas and Ks is not None:
+        Ks = np.asarray(Ks, dtype=float)
+        if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2]:
+            raise ValueError(f"Ks must have shape (L, N, N) with L = {mlp.depth}; got "
+                             f"{Ks.shape}")
+        return Ks, None, *representatives(Ks[0])
     if Ks is None:
         K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
         Ks, Thetas, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
@@ -689,12 +693,16 @@ def _ntk_multi(mlp, x, Ks, Thetas, accuracy, core):
             Thetas.shape != Ks.shape:
         raise ValueError(f"Ks and Thetas must have the same shape (L, N, N) with L = "
                          f"{mlp.depth}; got {Ks.shape} and {Thetas.shape}")
-    N, L = Ks.shape[1], mlp.depth
     reps, inv = representatives(Ks[0])
-    r2 = (slice(None), reps[:, None], reps[None, :])
-    out = core(mlp, Ks[r2], Thetas[r2], accuracy)
-    if len(reps) < N:
-        out = {k: v[np.ix_(np.arange(L), inv, inv, inv, inv)] for k, v in out.items()}
+    return Ks, Thetas, reps, inv
+
+
+def _expand(out, reps, inv):
+    """``{name: (L', M, ..., M)}`` over the M distinct inputs ``reps`` -> over all inputs
+    (``inv`` maps back); raises FloatingPointError naming a statistic that overflowed."""
+    if len(reps) < len(inv):
+        out = {k: v[np.ix_(np.arange(v.shape[0]), *(inv,) * (v.ndim - 1))]
+               for k, v in out.items()}
     for k, v in out.items():
         if not np.all(np.isfinite(v)):
             raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "

@@ -49,11 +49,10 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from ._averages import apply_M, is_odd, representatives
-from .kernel import first_layer_kernel, kernel_fold
-from .residual_multi import (_UP, _c_zz, _d2_sigma, _dressed, _f_forms, _field_widths, _hess,
-                             _kind_two_depth, _neuron, _own_shift, _pair_sd, _s_own,
-                             _s_response, _sp_fields, _two_depth)
+from ._averages import apply_M, is_odd
+from .residual_multi import (_UP, _c_zz, _d2_sigma, _dressed, _expand, _f_forms, _field_widths,
+                             _hess, _kind_two_depth, _neuron, _ntk_multi, _own_shift, _pair_sd,
+                             _prepare, _s_own, _s_response, _sp_fields, _two_depth)
 
 __all__ = ["residual_ntk_mean_multi", "residual_kappa3_multi", "residual_mixed_vertex"]
 
@@ -102,13 +101,7 @@ def residual_ntk_mean_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
     Ks, Thetas, reps, inv = _prepare(mlp, x, Ks, Thetas, accuracy)
     r2 = (slice(None), reps[:, None], reps[None, :])
     _warn_near_coinciding(Ks[r2][:-1])
-    out = _h1_multi(mlp, Ks[r2], Thetas[r2], accuracy)
-    if len(reps) < Ks.shape[1]:
-        out = out[np.ix_(np.arange(mlp.depth), inv, inv)]
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("H1 overflowed; reduce the depth or initialize at "
-                                 "criticality (pdlt.criticality)")
-    return out
+    return _expand({"H1": _h1_multi(mlp, Ks[r2], Thetas[r2], accuracy)}, reps, inv)["H1"]
 
 
 #: below this 1 - rho^2 of two distinct inputs the Stein second derivatives lose accuracy
@@ -130,40 +123,6 @@ def _warn_near_coinciding(Ks):
             "the off-diagonal H1 entries of a residual MLP lose accuracy below 1e-3 (Stein "
             "form of the two-depth second derivatives, ~(1 - rho^2)^-2); use accuracy='high' "
             "or merge the two inputs", RuntimeWarning, stacklevel=3)
-
-
-def _prepare(mlp, x, Ks, Thetas, accuracy, thetas=True):
-    """Validate, fold the kernels if needed; the distinct inputs and the map back.
-
-    ``thetas=False``: only the kernels are needed (``Thetas`` is ignored and returned as
-    the folded NTK or None)."""
-    if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
-    if accuracy not in ("fast", "default", "high"):
-        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
-    if not thetas:
-        if (x is None) == (Ks is None):
-            raise ValueError("give exactly one of x (inputs, shape (N, n0)) and Ks (kernels, "
-                             "shape (L, N, N))")
-        if Ks is not None:
-            Ks = np.asarray(Ks, dtype=float)
-            if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2]:
-                raise ValueError(f"Ks must have shape (L, N, N) with L = {mlp.depth}; got "
-                                 f"{Ks.shape}")
-            return Ks, None, *representatives(Ks[0])
-    elif (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
-        raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
-                         "(shape (L, N, N))")
-    if Ks is None:
-        K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
-        Ks, Thetas, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
-    Ks, Thetas = np.asarray(Ks, dtype=float), np.asarray(Thetas, dtype=float)
-    if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2] or \
-            Thetas.shape != Ks.shape:
-        raise ValueError(f"Ks and Thetas must have the same shape (L, N, N) with L = "
-                         f"{mlp.depth}; got {Ks.shape} and {Thetas.shape}")
-    reps, inv = representatives(Ks[0])
-    return Ks, Thetas, reps, inv
 
 
 # ---------------------------------------------------------------------------
@@ -422,14 +381,9 @@ def residual_kappa3_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> n
     >>> residual_kappa3_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
     (3, 2, 2, 2)
     """
-    Ks, _, reps, inv = _prepare(mlp, x, Ks, None, accuracy, thetas=False)
-    out = _kappa3_multi(mlp, Ks[:, reps[:, None], reps[None, :]], accuracy)
-    if len(reps) < Ks.shape[1]:
-        out = out[np.ix_(np.arange(mlp.depth), inv, inv, inv)]
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("kappa3 overflowed; reduce the depth or initialize at "
-                                 "criticality (pdlt.criticality)")
-    return out
+    return _ntk_multi(mlp, x, Ks, None, accuracy,
+                      lambda m, K, _, acc: {"kappa3": _kappa3_multi(m, K, acc)},
+                      thetas=False)["kappa3"]
 
 
 def _kappa3_multi(mlp, Ks, accuracy):
@@ -503,14 +457,9 @@ def residual_mixed_vertex(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> n
     ndarray (L-1, N, N, N, N)
         ``C^(l,L)`` for the hidden layers l = 1..L-1 (unnormalized: it carries its 1/n).
     """
-    Ks, _, reps, inv = _prepare(mlp, x, Ks, None, accuracy, thetas=False)
-    out = _mixed_vertex(mlp, Ks[:, reps[:, None], reps[None, :]], accuracy)
-    if len(reps) < Ks.shape[1]:
-        out = out[np.ix_(np.arange(out.shape[0]), inv, inv, inv, inv)]
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("the mixed vertex overflowed; reduce the depth or initialize "
-                                 "at criticality (pdlt.criticality)")
-    return out
+    return _ntk_multi(mlp, x, Ks, None, accuracy,
+                      lambda m, K, _, acc: {"the mixed vertex": _mixed_vertex(m, K, acc)},
+                      thetas=False)["the mixed vertex"]
 
 
 def _mixed_vertex(mlp, Ks, accuracy):
