@@ -47,7 +47,6 @@ Cost: ``O(L^2 N^4)`` four-variable averages, batched (N = 3, L = 5: a few second
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -291,51 +290,32 @@ class _SPFields:
 
     Attributes
     ----------
-    b : ndarray (L, L)
-        Weight of layer q's NTK increment in ``H^(l)``.
-    Th, : ndarray (L, M)
-        The NTK at every layer and pair; ``Sv``, ``PPv`` (list of (M,)): ``<sigma sigma>``,
-        ``<sigma' sigma'>`` of layers 1..L-1; ``Mss``, ``Mpp`` their kernel responses.
+    Th : ndarray (L, M)
+        The NTK at every layer and pair.
+    Sv, PPv : list of ndarray (M,)
+        ``<sigma sigma>``, ``<sigma' sigma'>`` of layers 1..L-1; ``Mss``, ``Mpp`` (list of
+        (M, M)) their responses to the kernel.
+    H : ndarray (L, M, F)
+        ``H[l]``: the response of ``H^(l)_p`` (the neuron's NTK mean given the fields).
     R, own : ndarray (F, F)
         The fields' responses and own covariance (unnormalized); ``kt``: the two-depth
         averages ``{(kind, kind, m, j): (M, M)}`` it used.
     nw : ndarray (F,)
-        Each field's width; ``dress = (1 - R)^-1``, ``Sig`` the field covariance.
+        Each field's width; ``dress = (1 - R)^-1``, ``Sig`` the field covariance (F, F).
     """
 
-    b: np.ndarray
     Th: np.ndarray
     Sv: list
     PPv: list
     Mss: list
     Mpp: list
+    H: np.ndarray
     R: np.ndarray
     own: np.ndarray
     kt: dict
     nw: np.ndarray
     dress: np.ndarray
     Sig: np.ndarray
-    lW: np.ndarray
-    xi: np.ndarray
-    CW: np.ndarray
-    nf: int
-    M: int
-
-    def Sx(self, m):
-        return slice(m * self.M, (m + 1) * self.M)
-
-    def Px(self, m):
-        return slice((self.nf + m) * self.M, (self.nf + m + 1) * self.M)
-
-    def resp_H(self, l):
-        """(M, F): response of ``H^(l)_p`` (the neuron's NTK mean given the fields)."""
-        M = self.M
-        r = np.zeros((M, len(self.R)))
-        for m in range(l):
-            w = self.b[l, m + 1] * self.xi[m + 1] ** 2
-            r[:, self.Sx(m)] = w * self.lW[m + 1] * np.eye(M)
-            r[:, self.Px(m)] = w * self.CW[m + 1] * np.eye(M)
-        return r
 
 
 def _sp_fields(mlp, nr, Ths, accuracy) -> _SPFields:
@@ -345,26 +325,35 @@ def _sp_fields(mlp, nr, Ths, accuracy) -> _SPFields:
     L, N = len(rho), len(nr.pidx)
     CW = np.asarray(mlp.C_W, float)
     lW, xi, g = (np.asarray(v, float) for v in (mlp.lambda_W, mlp.xi, mlp.gamma))
-    b = np.zeros((L, L))
+    b = np.zeros((L, L))                          # weight of layer q's NTK increment in H^(l)
     for l in range(L):
         b[l, l] = 1.0
         b[l, :l] = b[l - 1, :l] * g[l] ** 2 if l else 0.0
     F = 2 * nf * M
+
+    def Sx(m):
+        return slice(m * M, (m + 1) * M)
+
+    def Px(m):
+        return slice((nf + m) * M, (nf + m + 1) * M)
+
+    H = np.zeros((L, M, F))
+    for l in range(L):
+        for m in range(l):
+            w = b[l, m + 1] * xi[m + 1] ** 2
+            H[l][:, Sx(m)] = w * lW[m + 1] * np.eye(M)
+            H[l][:, Px(m)] = w * CW[m + 1] * np.eye(M)
     Th = np.array([Ths[m][pa, pb] for m in range(L)])
     Sv = [av.S[pa, pb] for av in avg]
     PPv = [av.PP[pa, pb] for av in avg]
     Mss = [_m_matrix(av, P) for av in avg]
     Mpp = [_m_matrix_op(av.Mpp, N, P) for av in avg]
     R, own, kt = np.zeros((F, F)), np.zeros((F, F)), {}
-    fx = _SPFields(b=b, Th=Th, Sv=Sv, PPv=PPv, Mss=Mss, Mpp=Mpp, R=R, own=own, kt=kt,
-                   nw=_field_widths(mlp, nr, 2), dress=None, Sig=None, lW=lW, xi=xi, CW=CW,
-                   nf=nf, M=M)
-    Sx, Px = fx.Sx, fx.Px
     for m in range(nf):
         for j in range(m):
             R[Sx(m), Sx(j)] = rho[m, j] * Mss[m]
             R[Px(m), Sx(j)] = Th[m][:, None] * rho[m, j] * Mpp[m]
-        R[Px(m)] += PPv[m][:, None] * fx.resp_H(m)
+        R[Px(m)] += PPv[m][:, None] * H[m]
     o = np.outer
 
     def put(r, c, v):                             # a block and its mirror
@@ -386,8 +375,10 @@ def _sp_fields(mlp, nr, Ths, accuracy) -> _SPFields:
             put(Sx(m), Px(j), (kt[("s", "p", m, j)] - o(Sv[m], PPv[j])) * Th[j][None, :])
             put(Px(m), Sx(j), (kt[("p", "s", m, j)] - o(PPv[m], Sv[j])) * Th[m][:, None])
             put(Px(m), Px(j), (kt[("p", "p", m, j)] - o(PPv[m], PPv[j])) * o(Th[m], Th[j]))
-    dress, Sig = _dressed(R, own / fx.nw[None, :])
-    return dataclasses.replace(fx, dress=dress, Sig=Sig)
+    nw = _field_widths(mlp, nr, 2)
+    dress, Sig = _dressed(R, own / nw[None, :])
+    return _SPFields(Th=Th, Sv=Sv, PPv=PPv, Mss=Mss, Mpp=Mpp, H=H, R=R, own=own, kt=kt, nw=nw,
+                     dress=dress, Sig=Sig)
 
 
 def _monomials(d):
@@ -1048,7 +1039,7 @@ def _ad_multi(mlp, Ks, Ths, accuracy):
     for l in range(1, L):
         rz = np.zeros((M, F))
         rz[:, :nf * M] = np.kron(rho[l], np.eye(M))
-        rH = fx.resp_H(l)
+        rH = fx.H[l]
         ct = _c_zz(nr, l, fx.nw, Th=fx.Th, upto=l) @ fx.dress.T   # c~(z_a3 z_a4 at l)
         n = mlp.widths[l]
         Dp = n * (rH @ fx.Sig @ rz.T + rH @ ct.T)

@@ -309,7 +309,7 @@ def _cov_pH(l, mlp, nr, fx, Mf, accuracy):
         rf = np.zeros(F)
         for m in range(l):
             rf[m * M:(m + 1) * M] = rho[l, m] * Mpp[l][k]
-        rH = fx.resp_H(l)[k]
+        rH = fx.H[l][k]
         cf = np.zeros(F)
         for m in range(l):
             if ("p", "s", l, m) not in kt:
