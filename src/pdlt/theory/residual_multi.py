@@ -43,6 +43,11 @@ Served by :func:`pdlt.statistics` for residual MLPs and N inputs
 (``get=["V", "G1", "A", "B", "D", "F"]``).
 Coinciding inputs are merged first (every statistic of a repeated input is a copy).
 Cost: ``O(L^2 N^4)`` four-variable averages, batched (N = 3, L = 5: a few seconds).
+
+The field picture (one neuron's trajectory :func:`_neuron`, the fields ``S`` and ``S, P``
+with their responses and covariance :func:`_sp_fields`, ``c(z z)`` :func:`_c_zz`, the
+own mean shift :func:`_own_shift`, the forms of F :func:`_f_forms`) is written once here;
+:mod:`pdlt.theory.residual_multi_mean` (H1, kappa3, the mixed vertex) builds on it.
 """
 
 from __future__ import annotations
@@ -200,6 +205,7 @@ class _Neuron:
 
     @property
     def M(self):
+        """The number of input pairs."""
         return len(self.P)
 
     @property
