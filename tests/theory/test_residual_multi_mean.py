@@ -103,12 +103,11 @@ def test_off_diagonal_is_continuous():
 
 @pytest.mark.parametrize("act", ["relu", pytest.param("gelu", marks=pytest.mark.slow)])
 def test_forms_read_out_F(act):
-    """The bilinear forms (a copy of residual_multi's F recursion that keeps every layer)
+    """The bilinear forms (residual_multi's F recursion, every layer kept)
     read out residual_f_multi's F (round-off), and pair an increment U_m only with itself,
     another increment, or an older S_p (p < m): the structure the own term's Stein step
     uses."""
-    from pdlt.theory.residual_multi import _coefficients, _layer_tables
-    from pdlt.theory.residual_multi_mean import _f_forms
+    from pdlt.theory.residual_multi import _coefficients, _f_forms, _layer_tables, _neuron
     m = _res(act, depth=4)
     K, Th = first_layer_kernel(m, X2)
     Ks, Ths, _, _ = kernel_fold(m, K, Th, susceptibilities=False)
@@ -120,7 +119,9 @@ def test_forms_read_out_F(act):
     for q in range(1, L):
         varw[q] = m.C_b[q] + m.C_W[q] * avg[q - 1].S
     C = np.einsum("lq,mq,qab->lmab", a, a, varw)
-    Ms = _f_forms(m, Ks, Ths, avg, a, varw, C, "default")
+    nr = _neuron(m, Ks, "default")
+    assert np.array_equal(nr.varw, varw) and np.array_equal(nr.C, C)
+    Ms = [None] + list(_f_forms(m, nr, Ths, "default"))
     Fw = residual_f_multi(m, Ks=Ks, Thetas=Ths)
     nU = L * N
     for l in range(1, L):

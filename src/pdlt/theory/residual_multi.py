@@ -43,10 +43,16 @@ Served by :func:`pdlt.statistics` for residual MLPs and N inputs
 (``get=["V", "G1", "A", "B", "D", "F"]``).
 Coinciding inputs are merged first (every statistic of a repeated input is a copy).
 Cost: ``O(L^2 N^4)`` four-variable averages, batched (N = 3, L = 5: a few seconds).
+
+The field picture (one neuron's trajectory :func:`_neuron`, the fields ``S`` and ``S, P``
+with their responses and covariance :func:`_sp_fields`, ``c(z z)`` :func:`_c_zz`, the
+own mean shift :func:`_own_shift`, the forms of F :func:`_f_forms`) is written once here;
+:mod:`pdlt.theory.residual_multi_mean` (H1, kappa3, the mixed vertex) builds on it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -102,26 +108,8 @@ def residual_vertex_metric_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default
     >>> out["V"].shape, out["G1"].shape
     ((3, 2, 2, 2, 2), (3, 2, 2))
     """
-    if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
-    if (x is None) == (Ks is None):
-        raise ValueError("give exactly one of x (inputs, shape (N, n0)) and Ks (kernels, "
-                         "shape (L, N, N))")
-    if accuracy not in ("fast", "default", "high"):
-        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
-    if Ks is None:
-        K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
-        Ks, _, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
-    Ks = np.asarray(Ks, dtype=float)
-    if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2]:
-        raise ValueError(f"Ks must have shape (L, N, N) with L = {mlp.depth}; got {Ks.shape}")
-    N = Ks.shape[1]
-    reps, inv = representatives(Ks[0])
-    out = _vertex_metric_multi(mlp, Ks[:, reps[:, None], reps[None, :]], accuracy)
-    if len(reps) < N:
-        out = {"V": out["V"][np.ix_(np.arange(mlp.depth), inv, inv, inv, inv)],
-               "G1": out["G1"][np.ix_(np.arange(mlp.depth), inv, inv)]}
-    return out
+    return _ntk_multi(mlp, x, Ks, None, accuracy,
+                      lambda m, K, _, acc: _vertex_metric_multi(m, K, acc), thetas=False)
 
 
 # ---------------------------------------------------------------------------
@@ -165,14 +153,238 @@ def _pairs(N):
 
 def _m_matrix(avg, P):
     """``Mop[p, p'] = d<sigma sigma_p>/dK_{p'}`` (symmetric change of the entry p')."""
-    N = avg.N
+    return _m_matrix_op(avg.Mss, avg.N, P)
+
+
+def _m_matrix_op(op, N, P):
+    """:func:`_m_matrix` for any derivative operator ``op`` (e.g. ``d<sigma' sigma'>/dK``)."""
     out = np.empty((len(P), len(P)))
     pi = np.array([i for i, _ in P]), np.array([j for _, j in P])
     for k, (e, f) in enumerate(P):
         E = np.zeros((N, N))
         E[e, f] = E[f, e] = 1.0
-        out[:, k] = apply_M(avg.Mss, E)[pi]
+        out[:, k] = apply_M(op, E)[pi]
     return out
+
+
+# ---------------------------------------------------------------------------
+# the field picture shared by every N-input statistic (here and in residual_multi_mean)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Neuron:
+    """One neuron's Gaussian trajectory over depths at N distinct inputs (infinite width).
+
+    Attributes
+    ----------
+    avg : list of LayerAverages
+        The same-depth averages of layers 1..L-1 (:func:`_layer_tables`).
+    P : list of (int, int)
+        The M = N (N + 1) / 2 unordered input pairs; ``pidx`` (N, N) their index,
+        ``pa``, ``pb`` (M,) their inputs.
+    a : ndarray (L, L)
+        :func:`_coefficients`.
+    varw : ndarray (L, N, N)
+        Covariance of the independent increments ``w_q``.
+    C : ndarray (L, L, N, N)
+        ``C[l, m] = Cov(z^(l), z^(m))``.
+    rho : ndarray (L, L - 1)
+        Response of ``Khat_l`` to the field ``S_m`` (every pair).
+    """
+
+    avg: list
+    P: list
+    pidx: np.ndarray
+    pa: np.ndarray
+    pb: np.ndarray
+    a: np.ndarray
+    varw: np.ndarray
+    C: np.ndarray
+    rho: np.ndarray
+
+    @property
+    def M(self):
+        """The number of input pairs."""
+        return len(self.P)
+
+    @property
+    def nf(self):
+        """The number of field layers ``S_m``, m = 0..L-2."""
+        return len(self.rho) - 1
+
+
+def _neuron(mlp, Ks, accuracy) -> _Neuron:
+    """:class:`_Neuron` of ``mlp`` at the kernels ``Ks`` (L, N, N), L >= 2."""
+    L, N = Ks.shape[0], Ks.shape[1]
+    _, avg = _layer_tables(mlp, Ks, accuracy)
+    P, pidx = _pairs(N)
+    a = _coefficients(mlp)
+    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    varw = np.empty((L, N, N))
+    varw[0] = Ks[0]
+    for q in range(1, L):
+        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
+    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
+    rho = np.zeros((L, L - 1))
+    for l in range(L):
+        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
+    return _Neuron(avg=avg, P=P, pidx=pidx, pa=np.array([i for i, _ in P]),
+                   pb=np.array([j for _, j in P]), a=a, varw=varw, C=C, rho=rho)
+
+
+def _s_response(nr):
+    """``R`` (nf M, nf M): the response of the fields ``S_m`` to the earlier ``S_j``."""
+    M, nf = nr.M, nr.nf
+    R = np.zeros((nf * M, nf * M))
+    for m in range(nf):
+        Mop = _m_matrix(nr.avg[m], nr.P)
+        for j in range(m):
+            R[m * M:(m + 1) * M, j * M:(j + 1) * M] = nr.rho[m, j] * Mop
+    return R
+
+
+def _s_own(nr):
+    """The one-depth blocks of the fields' own covariance (nf M, nf M), other blocks 0."""
+    M, nf, pa, pb = nr.M, nr.nf, nr.pa, nr.pb
+    own = np.zeros((nf * M, nf * M))
+    for m in range(nf):
+        sl = slice(m * M, (m + 1) * M)
+        Q4, S = nr.avg[m].quad("ssss"), nr.avg[m].S
+        own[sl, sl] = Q4[pa[:, None], pb[:, None], pa[None, :], pb[None, :]] - np.outer(
+            S[pa, pb], S[pa, pb])
+    return own
+
+
+def _field_widths(mlp, nr, copies=1):
+    """``nw`` (copies nf M,): the width ``n_{m+1}`` of each field's layer."""
+    nw = np.repeat(np.array([mlp.widths[m + 1] for m in range(nr.nf)], float), nr.M)
+    return np.tile(nw, copies) if copies > 1 else nw
+
+
+def _dressed(R, own_n):
+    """``(dress, Sigma)``: ``(1 - R)^-1`` and the field covariance from the own one
+    ``own_n`` (divided by the widths)."""
+    dress = np.linalg.inv(np.eye(len(R)) - R)
+    ctil = own_n @ dress.T
+    return dress, _stein_lyapunov(R, own_n + ctil @ R.T + R @ ctil.T)
+
+
+def _c_zz(nr, l, nw, Th=None, upto=None):
+    """(M, F): ``c(z_a z_b at layer l)``, the neuron's own covariance with every field
+    ``m < upto`` (default all): ``2 M_m[sym(C_lm[a] C_lm[b])] / n_m`` on ``S_m`` and, given
+    ``Th`` (L, M), ``2 M^pp_m[.] Theta_m / n_m`` on ``P_m`` (F = 2 nf M)."""
+    M, nf, C, P, pa, pb = nr.M, nr.nf, nr.C, nr.P, nr.pa, nr.pb
+    c = np.zeros((M, len(nw)))
+    for m in range(nf if upto is None else min(upto, nf)):
+        if not np.any(C[l, m] != 0.0):
+            continue
+        for k, (a1, a2) in enumerate(P):
+            X = np.outer(C[l, m][a1], C[l, m][a2])
+            X = 0.5 * (X + X.T)
+            c[k, m * M:(m + 1) * M] = 2.0 * apply_M(nr.avg[m].Mss, X)[pa, pb]
+            if Th is not None:
+                c[k, (nf + m) * M:(nf + m + 1) * M] = (
+                    2.0 * apply_M(nr.avg[m].Mpp, X)[pa, pb] * Th[m])
+    return c / nw[None, :]
+
+
+@dataclass(frozen=True)
+class _SPFields:
+    """The shared fields ``S_{m;p}`` (at ``m M + p``) and ``P_{m;p}`` (at ``(nf + m) M + p``)
+    of A, D and H1 (derivation section 11), F = 2 nf M of them.
+
+    Attributes
+    ----------
+    Th : ndarray (L, M)
+        The NTK at every layer and pair.
+    Sv, PPv : list of ndarray (M,)
+        ``<sigma sigma>``, ``<sigma' sigma'>`` of layers 1..L-1; ``Mss``, ``Mpp`` (list of
+        (M, M)) their responses to the kernel.
+    H : ndarray (L, M, F)
+        ``H[l]``: the response of ``H^(l)_p`` (the neuron's NTK mean given the fields).
+    R, own : ndarray (F, F)
+        The fields' responses and own covariance (unnormalized); ``kt``: the two-depth
+        averages ``{(kind, kind, m, j): (M, M)}`` it used.
+    nw : ndarray (F,)
+        Each field's width; ``dress = (1 - R)^-1``, ``Sig`` the field covariance (F, F).
+    """
+
+    Th: np.ndarray
+    Sv: list
+    PPv: list
+    Mss: list
+    Mpp: list
+    H: np.ndarray
+    R: np.ndarray
+    own: np.ndarray
+    kt: dict
+    nw: np.ndarray
+    dress: np.ndarray
+    Sig: np.ndarray
+
+
+def _sp_fields(mlp, nr, Ths, accuracy) -> _SPFields:
+    """:class:`_SPFields` of ``mlp`` (``Ths`` (L, N, N) the NTK at every layer)."""
+    act, avg, P, M, nf, C, rho, pa, pb = (mlp.activation, nr.avg, nr.P, nr.M, nr.nf, nr.C,
+                                          nr.rho, nr.pa, nr.pb)
+    L, N = len(rho), len(nr.pidx)
+    CW = np.asarray(mlp.C_W, float)
+    lW, xi, g = (np.asarray(v, float) for v in (mlp.lambda_W, mlp.xi, mlp.gamma))
+    b = np.zeros((L, L))                          # weight of layer q's NTK increment in H^(l)
+    for l in range(L):
+        b[l, l] = 1.0
+        b[l, :l] = b[l - 1, :l] * g[l] ** 2 if l else 0.0
+    F = 2 * nf * M
+
+    def Sx(m):
+        return slice(m * M, (m + 1) * M)
+
+    def Px(m):
+        return slice((nf + m) * M, (nf + m + 1) * M)
+
+    H = np.zeros((L, M, F))
+    for l in range(L):
+        for m in range(l):
+            w = b[l, m + 1] * xi[m + 1] ** 2
+            H[l][:, Sx(m)] = w * lW[m + 1] * np.eye(M)
+            H[l][:, Px(m)] = w * CW[m + 1] * np.eye(M)
+    Th = np.array([Ths[m][pa, pb] for m in range(L)])
+    Sv = [av.S[pa, pb] for av in avg]
+    PPv = [av.PP[pa, pb] for av in avg]
+    Mss = [_m_matrix(av, P) for av in avg]
+    Mpp = [_m_matrix_op(av.Mpp, N, P) for av in avg]
+    R, own, kt = np.zeros((F, F)), np.zeros((F, F)), {}
+    for m in range(nf):
+        for j in range(m):
+            R[Sx(m), Sx(j)] = rho[m, j] * Mss[m]
+            R[Px(m), Sx(j)] = Th[m][:, None] * rho[m, j] * Mpp[m]
+        R[Px(m)] += PPv[m][:, None] * H[m]
+    o = np.outer
+
+    def put(r, c, v):                             # a block and its mirror
+        own[r, c] = v
+        own[c, r] = v.T
+
+    for m in range(nf):
+        ssss, sspp, pppp = (avg[m].quad(k)[pa[:, None], pb[:, None], pa[None, :], pb[None, :]]
+                            for k in ("ssss", "sspp", "pppp"))
+        put(Sx(m), Sx(m), ssss - o(Sv[m], Sv[m]))
+        put(Sx(m), Px(m), (sspp - o(Sv[m], PPv[m])) * Th[m][None, :])
+        put(Px(m), Px(m), (pppp - o(PPv[m], PPv[m])) * o(Th[m], Th[m]))
+        for j in range(m):
+            if not np.any(C[m, j] != 0.0):
+                continue
+            for k1, k2 in (("s", "s"), ("s", "p"), ("p", "s"), ("p", "p")):
+                kt[(k1, k2, m, j)] = _kind_two_depth(act, C, m, j, P, k1, k2, accuracy)
+            put(Sx(m), Sx(j), kt[("s", "s", m, j)] - o(Sv[m], Sv[j]))
+            put(Sx(m), Px(j), (kt[("s", "p", m, j)] - o(Sv[m], PPv[j])) * Th[j][None, :])
+            put(Px(m), Sx(j), (kt[("p", "s", m, j)] - o(PPv[m], Sv[j])) * Th[m][:, None])
+            put(Px(m), Px(j), (kt[("p", "p", m, j)] - o(PPv[m], PPv[j])) * o(Th[m], Th[j]))
+    nw = _field_widths(mlp, nr, 2)
+    dress, Sig = _dressed(R, own / nw[None, :])
+    return _SPFields(Th=Th, Sv=Sv, PPv=PPv, Mss=Mss, Mpp=Mpp, H=H, R=R, own=own, kt=kt, nw=nw,
+                     dress=dress, Sig=Sig)
 
 
 def _monomials(d):
@@ -297,36 +509,13 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
     out = {"V": np.zeros((L,) + (N,) * 4), "G1": np.zeros((L, N, N))}
     if L == 1:
         return out
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
+    nr = _neuron(mlp, Ks, accuracy)
+    avg, C, rho, nf = nr.avg, nr.C, nr.rho, nr.nf
     CW = np.asarray(mlp.C_W, float)
-    Cb = np.asarray(mlp.C_b, float)
     xi = np.asarray(mlp.xi, float)
     g = np.asarray(mlp.gamma, float)
-    nf = L - 1                                    # fields S_m, m = 0..L-2 (0-based layers)
-    # one neuron's joint covariance over depths and inputs
-    a = _coefficients(mlp)
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        S = avg[q - 1].S if q - 1 < nf else None
-        varw[q] = Cb[q] + CW[q] * S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
-    rho = np.zeros((L, nf))                       # response of Khat_l to S_m (every pair)
-    for l in range(L):
-        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
-    pa, pb = np.array([i for i, _ in P]), np.array([j for _, j in P])
-    # fields: index m * M + p
-    F = nf * M
-    Mop = [_m_matrix(av, P) for av in avg]
-    R = np.zeros((F, F))
-    own = np.zeros((F, F))
-    for m in range(nf):
-        sl = slice(m * M, (m + 1) * M)
-        for j in range(m):
-            R[sl, j * M:(j + 1) * M] = rho[m, j] * Mop[m]
-        Q4, S = avg[m].quad("ssss"), avg[m].S
-        own[sl, sl] = Q4[pa[:, None], pb[:, None], pa[None, :], pb[None, :]] - np.outer(
-            S[pa, pb], S[pa, pb])
+    # fields S_m (m = 0..L-2, 0-based layers): index m * M + p
+    R, own = _s_response(nr), _s_own(nr)
     # two-depth moments for m < l <= L-2 (own covariances and the G1 own term)
     todo = [(m, l, p, f) for l in range(nf) for m in range(l) if np.any(C[l, m] != 0.0)
             for p in P for f in P]
@@ -334,26 +523,16 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
     for (m, l, p, f), (m0, _) in td.items():
         v = m0 - avg[m].S[p] * avg[l].S[f]
         own[m * M + pidx[p], l * M + pidx[f]] = own[l * M + pidx[f], m * M + pidx[p]] = v
-    nw = np.repeat(np.array([mlp.widths[m + 1] for m in range(nf)], dtype=float), M)
-    own_n = own / nw[None, :]
-    dress = np.linalg.inv(np.eye(F) - R)
-    ctil = own_n @ dress.T
-    Sig = _stein_lyapunov(R, own_n + ctil @ R.T + R @ ctil.T)
+    nw = _field_widths(mlp, nr)
+    dress, Sig = _dressed(R, own / nw[None, :])
+    d2 = _d2_sigma(td)
     gm = np.zeros((N, N))                         # E[z z] - K, unnormalized
     for l in range(L):
         r = np.kron(rho[l], np.eye(M))            # (M, F): Khat_l^p response
         Vk = r @ Sig @ r.T                        # Var(Khat_l), pairs x pairs
         out["G1"][l] = mlp.widths[l] * gm
         if l >= 1:
-            # c(z_a1 z_a2 at l) on field (m, p): 2 M_m[sym(C_lm[a1] C_lm[a2])] / n_m
-            c = np.zeros((M, F))
-            for m in range(min(l, nf)):
-                Clm = C[l, m]
-                for k, (a1, a2) in enumerate(P):
-                    X = np.outer(Clm[a1], Clm[a2])
-                    X = 0.5 * (X + X.T)
-                    c[k, m * M:(m + 1) * M] = 2.0 * apply_M(avg[m].Mss, X)[pa, pb] / nw[m * M]
-            ct = c @ dress.T                      # dressed, (M, F)
+            ct = _c_zz(nr, l, nw, upto=l) @ dress.T   # c~(z_a1 z_a2 at l), dressed (M, F)
             cr = ct @ r.T                         # [pa, pb] = rho . c~(z_pa)[., pb]
             Vp = mlp.widths[l] * (Vk + cr + cr.T)
             out["V"][l] = Vp[pidx[:, :, None, None], pidx[None, None, :, :]]
@@ -361,27 +540,8 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
             break
         V4 = Vk[pidx[:, :, None, None], pidx[None, None, :, :]]
         shift = apply_M(avg[l].Mss, gm) + (avg[l].d4_source(V4) if np.any(V4) else 0.0)
-        # own term: (1/2) sum_{m'} rho[l, m'] sum_{ordered (e f)} c~_{(m', ef)}[d_e d_f F]
-        if l >= 1:
-            ownsh = np.zeros((N, N))
-            for f in P:
-                derivs = {}
-                for m in range(l):
-                    if (m, l, P[0], f) not in td:
-                        continue
-                    for p in P:
-                        m0, D2 = td[(m, l, p, f)]
-                        for q, v in D2.items():
-                            Eq = _mean_d2(avg[l], f, q)
-                            derivs.setdefault(q, np.zeros(F))[m * M + pidx[p]] = (
-                                v - avg[m].S[p] * Eq) / nw[m * M]
-                tot = 0.0
-                for q, vec in derivs.items():
-                    dv = dress @ vec
-                    kq = pidx[q]
-                    tot += 0.5 * sum(rho[l, mp] * dv[mp * M + kq] for mp in range(l))
-                ownsh[f] = ownsh[f[::-1]] = tot
-            shift = shift + ownsh
+        if l >= 1:      # the neuron's own term
+            shift = shift + _own_shift(nr, l, dress, nw, avg[l].Mss, d2)
         gm = xi[l + 1] ** 2 * CW[l + 1] * shift + g[l + 1] ** 2 * gm
     for k, arr in out.items():
         if not np.all(np.isfinite(arr)):
@@ -390,16 +550,58 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
     return out
 
 
-def _mean_d2(avg, f, q):
-    """``<d_q1 d_q2 (sigma_f1 sigma_f2)>_K`` at one layer (q an ordered pair inside f)."""
-    D1, D2, O = avg.Mss
+def _hess(op, f):
+    """``Hs[e, h] = <d_e d_h (f_a f_b)>_K`` (N, N) for the pair ``f = (a, b)`` from the
+    kernel-derivative operator ``op = (D1, D2, O)`` of ``<f_a f_b>``."""
+    D1, D2, O = op
+    N = D1.shape[0]
     a, b = f
-    e, h = q
+    H = np.zeros((N, N))
     if a == b:
-        return 2.0 * D1[a, a]                     # <(sigma^2)''> = 2 d<sigma^2>/dK
-    if e != h:
-        return O[a, b]                            # <sigma'_a sigma'_b>
-    return 2.0 * (D1[a, b] if e == a else D2[a, b])   # <sigma''_e sigma_other>
+        H[a, a] = 2.0 * D1[a, a]                  # <(f^2)''> = 2 d<f^2>/dK
+        return H
+    H[a, a], H[b, b] = 2.0 * D1[a, b], 2.0 * D2[a, b]   # <f''_e f_other>
+    H[a, b] = H[b, a] = O[a, b]                   # <f'_a f'_b>
+    return H
+
+
+def _d2_sigma(td):
+    """:func:`_own_shift`'s ``d2`` from :func:`_two_depth`'s averages ``td``."""
+    def d2(m, l, p, f):
+        return td[(m, l, p, f)][1].items() if (m, l, p, f) in td else None
+    return d2
+
+
+def _own_shift(nr, l, dressS, nw, op, d2):
+    """The neuron's own dressed term in ``delta_{f_a f_b}`` at layer l (N, N), unnormalized:
+    ``(1/2) sum_{m'} rho_{lm'} sum_{(e,h) ordered} c~_{(m', eh)}[d_e d_h f_a f_b]``.
+
+    ``dressS`` (nf M, nf M) is ``(1 - R)^-1`` of the fields ``S``, ``nw`` their widths, ``op``
+    the kernel-derivative operator of ``<f_a f_b>`` at layer l, and ``d2(m, l, p, f)`` the
+    pairs ``((e, h), E[sigma_p1 sigma_p2(z^(m)) d_e d_h f_f1 f_f2(z^(l))])`` (None where
+    depths m and l are independent).
+    """
+    avg, P, pidx, M, rho = nr.avg, nr.P, nr.pidx, nr.M, nr.rho
+    N = avg[l].N
+    out = np.zeros((N, N))
+    nS = dressS.shape[0]
+    for f in P:
+        Hs = _hess(op, f)
+        derivs = {}
+        for m in range(l):
+            for p in P:
+                pairs = d2(m, l, p, f)
+                if pairs is None:
+                    continue
+                for q, v in pairs:
+                    derivs.setdefault(q, np.zeros(nS))[m * M + pidx[p]] = (
+                        v - avg[m].S[p] * Hs[q]) / nw[m * M]
+        tot = 0.0
+        for q, vec in derivs.items():
+            dv = dressS @ vec
+            tot += 0.5 * sum(rho[l, mp] * dv[mp * M + pidx[q]] for mp in range(l))
+        out[f] = out[f[::-1]] = tot
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -445,19 +647,41 @@ def residual_b_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="defaul
     return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: {"B": _b_multi(*a)})["B"]
 
 
-def _ntk_multi(mlp, x, Ks, Thetas, accuracy, core):
+def _ntk_multi(mlp, x, Ks, Thetas, accuracy, core, thetas=True):
     """Validate, fold the kernels, merge repeated inputs, run ``core``, expand, check.
 
-    ``core(mlp, Ks, Thetas, accuracy)`` returns ``{name: (L, M, M, M, M)}`` over the
-    M distinct inputs; the result has the N inputs' shape (L, N, N, N, N).
+    ``core(mlp, Ks, Thetas, accuracy)`` returns ``{name: (L', M, ..., M)}`` over the M
+    distinct inputs; the result has the N inputs' shape (L', N, ..., N). ``thetas=False``:
+    ``Ks`` alone may be given instead of ``x`` (``Thetas`` is then None).
     """
+    Ks, Thetas, reps, inv = _prepare(mlp, x, Ks, Thetas, accuracy, thetas)
+    r2 = (slice(None), reps[:, None], reps[None, :])
+    return _expand(core(mlp, Ks[r2], None if Thetas is None else Thetas[r2], accuracy),
+                   reps, inv)
+
+
+def _prepare(mlp, x, Ks, Thetas, accuracy, thetas=True):
+    """Validate, fold the kernels if needed; the distinct inputs and the map back.
+
+    ``thetas=False``: only the kernels are needed (``Thetas`` is ignored and returned as
+    the folded NTK or None)."""
     if not isinstance(mlp, MLP):
         raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
-    if (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
+    if not thetas:
+        if (x is None) == (Ks is None):
+            raise ValueError("give exactly one of x (inputs, shape (N, n0)) and Ks (kernels, "
+                             "shape (L, N, N))")
+    elif (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
         raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
                          "(shape (L, N, N))")
     if accuracy not in ("fast", "default", "high"):
         raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
+    if not thetas and Ks is not None:
+        Ks = np.asarray(Ks, dtype=float)
+        if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2]:
+            raise ValueError(f"Ks must have shape (L, N, N) with L = {mlp.depth}; got "
+                             f"{Ks.shape}")
+        return Ks, None, *representatives(Ks[0])
     if Ks is None:
         K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
         Ks, Thetas, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
@@ -466,12 +690,16 @@ def _ntk_multi(mlp, x, Ks, Thetas, accuracy, core):
             Thetas.shape != Ks.shape:
         raise ValueError(f"Ks and Thetas must have the same shape (L, N, N) with L = "
                          f"{mlp.depth}; got {Ks.shape} and {Thetas.shape}")
-    N, L = Ks.shape[1], mlp.depth
     reps, inv = representatives(Ks[0])
-    r2 = (slice(None), reps[:, None], reps[None, :])
-    out = core(mlp, Ks[r2], Thetas[r2], accuracy)
-    if len(reps) < N:
-        out = {k: v[np.ix_(np.arange(L), inv, inv, inv, inv)] for k, v in out.items()}
+    return Ks, Thetas, reps, inv
+
+
+def _expand(out, reps, inv):
+    """``{name: (L', M, ..., M)}`` over the M distinct inputs ``reps`` -> over all inputs
+    (``inv`` maps back); raises FloatingPointError naming a statistic that overflowed."""
+    if len(reps) < len(inv):
+        out = {k: v[np.ix_(np.arange(v.shape[0]), *(inv,) * (v.ndim - 1))]
+               for k, v in out.items()}
     for k, v in out.items():
         if not np.all(np.isfinite(v)):
             raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
@@ -500,15 +728,9 @@ def _b_multi(mlp, Ks, Ths, accuracy):
     B = np.zeros((L,) + (N,) * 4)
     if L == 1:
         return B
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
-    P, pidx = _pairs(N)
-    a = _coefficients(mlp)
-    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)   # Cov(z^(l), z^(m)), one neuron
+    nr = _neuron(mlp, Ks, accuracy)
+    avg, P, pidx, C = nr.avg, nr.P, nr.pidx, nr.C
+    CW = np.asarray(mlp.C_W, float)
     i1, i2 = np.arange(N)[:, None, None, None], np.arange(N)[None, :, None, None]
     i3, i4 = np.arange(N)[None, None, :, None], np.arange(N)[None, None, None, :]
     p12, p34 = pidx[i1, i2], pidx[i3, i4]          # pair index of each side, (N,)*4
@@ -629,20 +851,17 @@ def _stein_sd(avg):
     return J
 
 
-def _f_multi(mlp, Ks, Ths, accuracy):
-    act = mlp.activation
-    L, N = Ks.shape[0], Ks.shape[1]
-    F = np.zeros((L,) + (N,) * 4)
-    if L == 1:
-        return F
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
-    a = _coefficients(mlp)
-    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
+def _f_forms(mlp, nr, Ths, accuracy):
+    """The bilinear forms of F, layer by layer: yields ``M`` (N, N, Fd, Fd) at layers
+    2..L, ``n E[H_{ik;ab}^(l) | .] = phi(i)^T M[a, b] phi(k)`` (derivation section 10).
+
+    Features: ``U_m`` (m = 0..L-1, N each) at ``m N``, ``S_p`` (ordered input pairs
+    ``(c, e)``: ``sigma_c sigma'_e(z^(p))``) at ``L N + p N^2 + c N + e``. At layer 1 the
+    form is 0. :func:`_f_multi` reads out F; ``residual_multi_mean`` keeps every layer.
+    """
+    act, avg, a, varw, C = mlp.activation, nr.avg, nr.a, nr.varw, nr.C
+    L, N = len(nr.rho), len(nr.pidx)
+    CW = np.asarray(mlp.C_W, float)
     J = [_stein_sd(av) for av in avg]
     nU = L * N
     Fd = nU + L * N * N
@@ -688,13 +907,28 @@ def _f_multi(mlp, Ks, Ths, accuracy):
                         M[a_, b_, nU + l * N * N + c * N + b_, U(l + 1)] += k * Th[a_, b_] * Gi[c]
             M[:, :, U(l + 1), :] += k * r * np.einsum("cu,abcy->abuy", Gi, eMi)
             M[:, :, :, U(l + 1)] += k * r * np.einsum("cu,abcx->abxu", Gi, Mek)
+        yield M
+
+
+def _f_multi(mlp, Ks, Ths, accuracy):
+    L, N = Ks.shape[0], Ks.shape[1]
+    F = np.zeros((L,) + (N,) * 4)
+    if L == 1:
+        return F
+    nr = _neuron(mlp, Ks, accuracy)
+    a, varw, C = nr.a, nr.varw, nr.C
+    J = [_stein_sd(av) for av in nr.avg]
+    nU = L * N
+    Fd = nU + L * N * N
+    for l, M in enumerate(_f_forms(mlp, nr, Ths, accuracy)):
         # readout at layer l+1: v[y, alpha] = E[phi_alpha z^(l+1)_y]
         v = np.zeros((N, Fd))
         for m in range(l + 2):
-            v[:, U(m)] = a[l + 1, m] * varw[m].T
+            v[:, m * N:(m + 1) * N] = a[l + 1, m] * varw[m].T
         for p in range(l + 1):
             # E[sigma_c sigma'_e(z^(p)) z_y] = sum_f C[l+1, p][y, f] J_p[e, c, f]
-            v[:, S(p)] = np.einsum("yf,ecf->yce", C[l + 1, p], J[p]).reshape(N, N * N)
+            v[:, nU + p * N * N:nU + (p + 1) * N * N] = np.einsum(
+                "yf,ecf->yce", C[l + 1, p], J[p]).reshape(N, N * N)
         # F[x, y, u, w] = v[y] . M^{xu} . v[w]
         F[l + 1] = np.einsum("ya,xuab,wb->xyuw", v, M, v)
     return F
@@ -800,110 +1034,23 @@ def _kind_two_depth(act, C, l, p, P, kl, kp, accuracy):
 
 
 def _ad_multi(mlp, Ks, Ths, accuracy):
-    act = mlp.activation
     L, N = Ks.shape[0], Ks.shape[1]
     out = {"A": np.zeros((L,) + (N,) * 4), "D": np.zeros((L,) + (N,) * 4)}
     if L == 1:
         return out
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
-    P, pidx = _pairs(N)
-    M = len(P)
-    pa, pb = np.array([i for i, _ in P]), np.array([j for _, j in P])
-    nf = L - 1
-    a = _coefficients(mlp)
-    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
-    lW, xi, g = (np.asarray(v, float) for v in (mlp.lambda_W, mlp.xi, mlp.gamma))
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
-    rho = np.zeros((L, nf))                       # response of Khat_l to S_m (every pair)
-    for l in range(L):
-        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
-    b = np.zeros((L, L))                          # weight of layer q's NTK increment in H^(l)
-    for l in range(L):
-        b[l, l] = 1.0
-        b[l, :l] = b[l - 1, :l] * g[l] ** 2 if l else 0.0
-    F = 2 * nf * M                                # S_{m,k} at m M + k, P_{m,k} at (nf + m) M + k
-    Sx = lambda m: slice(m * M, (m + 1) * M)                   # noqa: E731
-    Px = lambda m: slice((nf + m) * M, (nf + m + 1) * M)       # noqa: E731
-    Th = np.array([Ths[m][pa, pb] for m in range(L)])          # (L, M)
-    Sv = [av.S[pa, pb] for av in avg]
-    PPv = [av.PP[pa, pb] for av in avg]
-    Mss = [_m_matrix(av, P) for av in avg]
-    Mpp = [_m_matrix_op(av.Mpp, N, P) for av in avg]
-
-    def resp_H(l):
-        """(M, F): response of H^(l)_p (the neuron's NTK mean given the fields)."""
-        r = np.zeros((M, F))
-        for m in range(l):
-            w = b[l, m + 1] * xi[m + 1] ** 2
-            r[:, Sx(m)] = w * lW[m + 1] * np.eye(M)
-            r[:, Px(m)] = w * CW[m + 1] * np.eye(M)
-        return r
-
-    R = np.zeros((F, F))
-    for m in range(nf):
-        for j in range(m):
-            R[Sx(m), Sx(j)] = rho[m, j] * Mss[m]
-            R[Px(m), Sx(j)] = Th[m][:, None] * rho[m, j] * Mpp[m]
-        R[Px(m)] += PPv[m][:, None] * resp_H(m)
-    own = np.zeros((F, F))
-    o = np.outer
-
-    def put(r, c, v):                             # a block and its mirror
-        own[r, c] = v
-        own[c, r] = v.T
-
-    for m in range(nf):
-        ssss, sspp, pppp = (avg[m].quad(k)[pa[:, None], pb[:, None], pa[None, :], pb[None, :]]
-                            for k in ("ssss", "sspp", "pppp"))
-        put(Sx(m), Sx(m), ssss - o(Sv[m], Sv[m]))
-        put(Sx(m), Px(m), (sspp - o(Sv[m], PPv[m])) * Th[m][None, :])
-        put(Px(m), Px(m), (pppp - o(PPv[m], PPv[m])) * o(Th[m], Th[m]))
-        for j in range(m):
-            if not np.any(C[m, j] != 0.0):
-                continue
-            put(Sx(m), Sx(j), _kind_two_depth(act, C, m, j, P, "s", "s", accuracy)
-                - o(Sv[m], Sv[j]))
-            put(Sx(m), Px(j), (_kind_two_depth(act, C, m, j, P, "s", "p", accuracy)
-                               - o(Sv[m], PPv[j])) * Th[j][None, :])
-            put(Px(m), Sx(j), (_kind_two_depth(act, C, m, j, P, "p", "s", accuracy)
-                               - o(PPv[m], Sv[j])) * Th[m][:, None])
-            put(Px(m), Px(j), (_kind_two_depth(act, C, m, j, P, "p", "p", accuracy)
-                               - o(PPv[m], PPv[j])) * o(Th[m], Th[j]))
-    nw = np.tile(np.repeat(np.array([mlp.widths[m + 1] for m in range(nf)], float), M), 2)
-    own_n = own / nw[None, :]
-    dress = np.linalg.inv(np.eye(F) - R)
-    ctil = own_n @ dress.T
-    Sig = _stein_lyapunov(R, own_n + ctil @ R.T + R @ ctil.T)
+    nr = _neuron(mlp, Ks, accuracy)
+    M, nf, rho, pidx = nr.M, nr.nf, nr.rho, nr.pidx
+    fx = _sp_fields(mlp, nr, Ths, accuracy)
+    F = len(fx.R)
     for l in range(1, L):
         rz = np.zeros((M, F))
         rz[:, :nf * M] = np.kron(rho[l], np.eye(M))
-        rH = resp_H(l)
-        cz = np.zeros((M, F))                     # c(z_a3 z_a4 at l) on every field
-        for m in range(l):
-            for k, (a3, a4) in enumerate(P):
-                X = np.outer(C[l, m][a3], C[l, m][a4])
-                X = 0.5 * (X + X.T)
-                cz[k, Sx(m)] = 2.0 * apply_M(avg[m].Mss, X)[pa, pb]
-                cz[k, Px(m)] = 2.0 * apply_M(avg[m].Mpp, X)[pa, pb] * Th[m]
-        ct = (cz / nw[None, :]) @ dress.T
+        rH = fx.H[l]
+        ct = _c_zz(nr, l, fx.nw, Th=fx.Th, upto=l) @ fx.dress.T   # c~(z_a3 z_a4 at l)
         n = mlp.widths[l]
-        Dp = n * (rH @ Sig @ rz.T + rH @ ct.T)
-        Ap = n * (rH @ Sig @ rH.T)
+        Dp = n * (rH @ fx.Sig @ rz.T + rH @ ct.T)
+        Ap = n * (rH @ fx.Sig @ rH.T)
         sel = (pidx[:, :, None, None], pidx[None, None, :, :])
         out["D"][l], out["A"][l] = Dp[sel], Ap[sel]
     return out
 
-
-def _m_matrix_op(op, N, P):
-    """:func:`_m_matrix` for any derivative operator ``op`` (e.g. ``d<sigma' sigma'>/dK``)."""
-    out = np.empty((len(P), len(P)))
-    pi = np.array([i for i, _ in P]), np.array([j for _, j in P])
-    for k, (e, f) in enumerate(P):
-        E = np.zeros((N, N))
-        E[e, f] = E[f, e] = 1.0
-        out[:, k] = apply_M(op, E)[pi]
-    return out

@@ -49,12 +49,10 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from ._averages import apply_M, is_odd, representatives
-from .kernel import first_layer_kernel, kernel_fold
-from .residual_multi import (_UP, _coefficients, _kind_two_depth, _layer_tables, _m_matrix,
-                             _m_matrix_op, _pair_sd, _pairs, _sd_two_depth, _stein_sd,
-                             _two_depth)
-from .residual_ntk import _stein_lyapunov
+from ._averages import apply_M, is_odd
+from .residual_multi import (_UP, _c_zz, _d2_sigma, _dressed, _expand, _f_forms, _field_widths,
+                             _hess, _kind_two_depth, _neuron, _ntk_multi, _own_shift, _pair_sd,
+                             _prepare, _s_own, _s_response, _sp_fields, _two_depth)
 
 __all__ = ["residual_ntk_mean_multi", "residual_kappa3_multi", "residual_mixed_vertex"]
 
@@ -103,13 +101,7 @@ def residual_ntk_mean_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
     Ks, Thetas, reps, inv = _prepare(mlp, x, Ks, Thetas, accuracy)
     r2 = (slice(None), reps[:, None], reps[None, :])
     _warn_near_coinciding(Ks[r2][:-1])
-    out = _h1_multi(mlp, Ks[r2], Thetas[r2], accuracy)
-    if len(reps) < Ks.shape[1]:
-        out = out[np.ix_(np.arange(mlp.depth), inv, inv)]
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("H1 overflowed; reduce the depth or initialize at "
-                                 "criticality (pdlt.criticality)")
-    return out
+    return _expand({"H1": _h1_multi(mlp, Ks[r2], Thetas[r2], accuracy)}, reps, inv)["H1"]
 
 
 #: below this 1 - rho^2 of two distinct inputs the Stein second derivatives lose accuracy
@@ -131,40 +123,6 @@ def _warn_near_coinciding(Ks):
             "the off-diagonal H1 entries of a residual MLP lose accuracy below 1e-3 (Stein "
             "form of the two-depth second derivatives, ~(1 - rho^2)^-2); use accuracy='high' "
             "or merge the two inputs", RuntimeWarning, stacklevel=3)
-
-
-def _prepare(mlp, x, Ks, Thetas, accuracy, thetas=True):
-    """Validate, fold the kernels if needed; the distinct inputs and the map back.
-
-    ``thetas=False``: only the kernels are needed (``Thetas`` is ignored and returned as
-    the folded NTK or None)."""
-    if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a pdlt.MLP; got {type(mlp).__name__}")
-    if accuracy not in ("fast", "default", "high"):
-        raise ValueError(f"accuracy must be 'fast', 'default' or 'high'; got {accuracy!r}")
-    if not thetas:
-        if (x is None) == (Ks is None):
-            raise ValueError("give exactly one of x (inputs, shape (N, n0)) and Ks (kernels, "
-                             "shape (L, N, N))")
-        if Ks is not None:
-            Ks = np.asarray(Ks, dtype=float)
-            if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2]:
-                raise ValueError(f"Ks must have shape (L, N, N) with L = {mlp.depth}; got "
-                                 f"{Ks.shape}")
-            return Ks, None, *representatives(Ks[0])
-    elif (x is None) == (Ks is None) or (Ks is None) != (Thetas is None):
-        raise ValueError("give either x (inputs, shape (N, n0)) or both Ks and Thetas "
-                         "(shape (L, N, N))")
-    if Ks is None:
-        K, Th = first_layer_kernel(mlp, np.atleast_2d(np.asarray(x, dtype=float)))
-        Ks, Thetas, _, _ = kernel_fold(mlp, K, Th, susceptibilities=False)
-    Ks, Thetas = np.asarray(Ks, dtype=float), np.asarray(Thetas, dtype=float)
-    if Ks.ndim != 3 or Ks.shape[0] != mlp.depth or Ks.shape[1] != Ks.shape[2] or \
-            Thetas.shape != Ks.shape:
-        raise ValueError(f"Ks and Thetas must have the same shape (L, N, N) with L = "
-                         f"{mlp.depth}; got {Ks.shape} and {Thetas.shape}")
-    reps, inv = representatives(Ks[0])
-    return Ks, Thetas, reps, inv
 
 
 # ---------------------------------------------------------------------------
@@ -265,83 +223,6 @@ def _stein_moments(act, C, items, accuracy, order):
     return res
 
 
-def _hess(op, f):
-    """``Hs[e, h] = <d_e d_h (f_a f_b)>_K`` (N, N) for the pair ``f = (a, b)`` from the
-    kernel-derivative operator ``op = (D1, D2, O)`` of ``<f_a f_b>``."""
-    D1, D2, O = op
-    N = D1.shape[0]
-    a, b = f
-    H = np.zeros((N, N))
-    if a == b:
-        H[a, a] = 2.0 * D1[a, a]
-        return H
-    H[a, a], H[b, b] = 2.0 * D1[a, b], 2.0 * D2[a, b]
-    H[a, b] = H[b, a] = O[a, b]
-    return H
-
-
-# ---------------------------------------------------------------------------
-# F's bilinear forms (the recursion of residual_multi._f_multi, every layer kept)
-# ---------------------------------------------------------------------------
-
-
-def _f_forms(mlp, Ks, Ths, avg, a, varw, C, accuracy):
-    """``Ms[l]`` (N, N, Fd, Fd): ``n E[H_{ik;ab}^(l) | .] = phi(i)^T Ms[l][a, b] phi(k)``.
-
-    Features: ``U_m`` (m = 0..L-1, N each) at ``m N``, ``S_p`` (ordered input pairs
-    ``(c, e)``: ``sigma_c sigma'_e(z^(p))``) at ``L N + p N^2 + c N + e``. The same
-    recursion as :func:`pdlt.theory.residual_multi.residual_f_multi` (derivation section
-    10), which keeps only the readout.
-    """
-    act = mlp.activation
-    L, N = Ks.shape[0], Ks.shape[1]
-    CW = np.asarray(mlp.C_W, float)
-    J = [_stein_sd(av) for av in avg]
-    nU = L * N
-    Fd = nU + L * N * N
-
-    def U(m):
-        return slice(m * N, (m + 1) * N)
-
-    def S(p):
-        return slice(nU + p * N * N, nU + (p + 1) * N * N)
-
-    M = np.zeros((N, N, Fd, Fd))
-    Ms = [M.copy()]
-    for l in range(L - 1):
-        r = mlp.widths[l + 1] / mlp.widths[l]
-        cw, g, xi = CW[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
-        Gi = np.linalg.pinv(varw[l + 1], hermitian=True)
-        Th = Ths[l]
-        E = np.zeros((N, N, Fd))
-        for m in range(l + 1):
-            E[:, :, U(m)] = a[l, m] * np.einsum("df,acf->acd", varw[m], J[l])
-        for p in range(l):
-            if np.any(C[l, p] != 0.0):
-                TT = _sd_two_depth(act, C, l, p, N, accuracy)
-            else:
-                TT = np.einsum("ce,da->cead", _pair_sd(avg[p]), _pair_sd(avg[l]))
-            E[:, :, S(p)] = TT.transpose(2, 3, 0, 1).reshape(N, N, N * N)
-        eMi = np.einsum("acx,abxy->abcy", E, M)
-        Mek = np.einsum("abxy,bcy->abcx", M, E)
-        eMe = np.einsum("abcy,bdy->abcd", eMi, E)
-        Q4 = avg[l].quad("ppss")
-        M = r * g * g * M
-        mix = xi * xi * cw * cw * (Q4 * Th[:, :, None, None] + r * eMe)
-        M[:, :, U(l + 1), U(l + 1)] += np.einsum("abcd,ce,df->abef", mix, Gi, Gi)
-        if g != 0.0:
-            k = xi * g * cw
-            for a_ in range(N):
-                for b_ in range(N):
-                    for c in range(N):
-                        M[a_, b_, U(l + 1), nU + l * N * N + c * N + a_] += k * Th[a_, b_] * Gi[c]
-                        M[a_, b_, nU + l * N * N + c * N + b_, U(l + 1)] += k * Th[a_, b_] * Gi[c]
-            M[:, :, U(l + 1), :] += k * r * np.einsum("cu,abcy->abuy", Gi, eMi)
-            M[:, :, :, U(l + 1)] += k * r * np.einsum("cu,abcx->abxu", Gi, Mek)
-        Ms.append(M.copy())
-    return Ms
-
-
 # ---------------------------------------------------------------------------
 # H1
 # ---------------------------------------------------------------------------
@@ -353,80 +234,14 @@ def _h1_multi(mlp, Ks, Ths, accuracy):
     H1 = np.zeros((L, N, N))
     if L <= 2:
         return H1
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
-    P, pidx = _pairs(N)
-    M = len(P)
-    pa, pb = np.array([i for i, _ in P]), np.array([j for _, j in P])
-    nf = L - 1
-    a = _coefficients(mlp)
-    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    nr = _neuron(mlp, Ks, accuracy)
+    avg, P, pidx, M, nf, C, rho = nr.avg, nr.P, nr.pidx, nr.M, nr.nf, nr.C, nr.rho
+    CW = np.asarray(mlp.C_W, float)
     lW, xi, g = (np.asarray(v, float) for v in (mlp.lambda_W, mlp.xi, mlp.gamma))
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
-    rho = np.zeros((L, nf))                       # response of Khat_l to S_m (every pair)
-    for l in range(L):
-        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
-    b = np.zeros((L, L))                          # weight of layer q's NTK increment in H^(l)
-    for l in range(L):
-        b[l, l] = 1.0
-        b[l, :l] = b[l - 1, :l] * g[l] ** 2 if l else 0.0
     # --- the shared fields S_{m;p}, P_{m;p} and their covariance (derivation section 11) ---
-    F = 2 * nf * M
-    Sx = lambda m: slice(m * M, (m + 1) * M)                   # noqa: E731
-    Px = lambda m: slice((nf + m) * M, (nf + m + 1) * M)       # noqa: E731
-    Th = np.array([Ths[m][pa, pb] for m in range(L)])          # (L, M)
-    Sv = [av.S[pa, pb] for av in avg]
-    PPv = [av.PP[pa, pb] for av in avg]
-    Mss = [_m_matrix(av, P) for av in avg]
-    Mpp = [_m_matrix_op(av.Mpp, N, P) for av in avg]
-
-    def resp_H(l):
-        r = np.zeros((M, F))
-        for m in range(l):
-            w = b[l, m + 1] * xi[m + 1] ** 2
-            r[:, Sx(m)] = w * lW[m + 1] * np.eye(M)
-            r[:, Px(m)] = w * CW[m + 1] * np.eye(M)
-        return r
-
-    R = np.zeros((F, F))
-    for m in range(nf):
-        for j in range(m):
-            R[Sx(m), Sx(j)] = rho[m, j] * Mss[m]
-            R[Px(m), Sx(j)] = Th[m][:, None] * rho[m, j] * Mpp[m]
-        R[Px(m)] += PPv[m][:, None] * resp_H(m)
-    own = np.zeros((F, F))
-    o = np.outer
-
-    def put(r, c, v):
-        own[r, c] = v
-        own[c, r] = v.T
-
-    kt = {}                                       # two-depth pair averages, (kind, kind, l, m)
-    for m in range(nf):
-        ssss, sspp, pppp = (avg[m].quad(k)[pa[:, None], pb[:, None], pa[None, :], pb[None, :]]
-                            for k in ("ssss", "sspp", "pppp"))
-        put(Sx(m), Sx(m), ssss - o(Sv[m], Sv[m]))
-        put(Sx(m), Px(m), (sspp - o(Sv[m], PPv[m])) * Th[m][None, :])
-        put(Px(m), Px(m), (pppp - o(PPv[m], PPv[m])) * o(Th[m], Th[m]))
-        for j in range(m):
-            if not np.any(C[m, j] != 0.0):
-                continue
-            for k1, k2 in (("s", "s"), ("s", "p"), ("p", "s"), ("p", "p")):
-                kt[(k1, k2, m, j)] = _kind_two_depth(act, C, m, j, P, k1, k2, accuracy)
-            put(Sx(m), Sx(j), kt[("s", "s", m, j)] - o(Sv[m], Sv[j]))
-            put(Sx(m), Px(j), (kt[("s", "p", m, j)] - o(Sv[m], PPv[j])) * Th[j][None, :])
-            put(Px(m), Sx(j), (kt[("p", "s", m, j)] - o(PPv[m], Sv[j])) * Th[m][:, None])
-            put(Px(m), Px(j), (kt[("p", "p", m, j)] - o(PPv[m], PPv[j])) * o(Th[m], Th[j]))
-    nw = np.tile(np.repeat(np.array([mlp.widths[m + 1] for m in range(nf)], float), M), 2)
-    own_n = own / nw[None, :]
-    dress = np.linalg.inv(np.eye(F) - R)
-    ctil = own_n @ dress.T
-    Sig = _stein_lyapunov(R, own_n + ctil @ R.T + R @ ctil.T)
+    fx = _sp_fields(mlp, nr, Ths, accuracy)
     SS = slice(0, nf * M)                         # the S block (V and G1 use it alone)
-    SigS, dressS = Sig[SS, SS], dress[SS, SS]
+    SigS, dressS = fx.Sig[SS, SS], fx.dress[SS, SS]
     # --- two-depth averages for the own terms of the mean shifts ---
     todo = [(m, l, p, f) for l in range(nf) for m in range(l) if np.any(C[l, m] != 0.0)
             for p in P for f in P]
@@ -434,9 +249,7 @@ def _h1_multi(mlp, Ks, Ths, accuracy):
     items_pp = [((tuple((m, i, "s") for i in p)), tuple((l, i, "p") for i in f))
                 for (m, l, p, f) in todo]
     tp = _stein_moments(act, C, items_pp, accuracy, 2) if items_pp else {}
-    Ms = _f_forms(mlp, Ks, Ths, avg, a, varw, C, accuracy)
-    nU = L * N
-    Fd = nU + L * N * N
+    Ms = [None] + list(_f_forms(mlp, nr, Ths, accuracy))   # (layer 1's form is not used)
     gm = np.zeros((N, N))                         # E[z z] - K, unnormalized
     h = np.zeros((N, N))                          # H1 / n, unnormalized
     for l in range(L - 1):
@@ -448,10 +261,9 @@ def _h1_multi(mlp, Ks, Ths, accuracy):
         d_pp = apply_M(avg[l].Mpp, gm) + (avg[l].d4_source(V4, "p") if anyV else 0.0)
         cov = np.zeros((N, N))
         if l >= 1:
-            d_ss = d_ss + _own_shift(l, P, pidx, rho, dressS, nw, M, avg, td, kind="s")
-            d_pp = d_pp + _own_shift(l, P, pidx, rho, dressS, nw, M, avg, tp, kind="p")
-            cov = _cov_pH(l, mlp, act, P, pidx, M, nf, rho, Mpp, resp_H, Sig, dress, nw, C,
-                          kt, avg, Th, Sv, PPv, a, varw, Ms[l], nU, Fd, N, accuracy)
+            d_ss = d_ss + _own_shift(nr, l, dressS, fx.nw, avg[l].Mss, _d2_sigma(td))
+            d_pp = d_pp + _own_shift(nr, l, dressS, fx.nw, avg[l].Mpp, _d2_pp(tp))
+            cov = _cov_pH(l, mlp, nr, fx, Ms[l], accuracy)
         h = (xi[l + 1] ** 2 * (lW[l + 1] * d_ss
                                + CW[l + 1] * (Ths[l] * d_pp + avg[l].PP * h + cov))
              + g[l + 1] ** 2 * h)
@@ -460,44 +272,29 @@ def _h1_multi(mlp, Ks, Ths, accuracy):
     return H1
 
 
-def _own_shift(l, P, pidx, rho, dressS, nw, M, avg, td, kind):
-    """The neuron's own dressed term in ``delta_{f_a f_b}`` at layer l, f = s or p:
-    ``(1/2) sum_{m'} rho_{lm'} sum_{(e,h) ordered} c~_{(m', eh)}[d_e d_h f_a f_b]``."""
-    N = avg[l].N
-    op = avg[l].Mss if kind == "s" else avg[l].Mpp
-    out = np.zeros((N, N))
-    nS = dressS.shape[0]
-    for f in P:
-        Hs = _hess(op, f)
-        derivs = {}
-        for m in range(l):
-            for p in P:
-                key = (m, l, p, f) if kind == "s" else (
-                    tuple((m, i, "s") for i in p), tuple((l, i, "p") for i in f))
-                if key not in td:
-                    continue
-                if kind == "s":
-                    _, D2 = td[key]
-                    pairs = D2.items()
-                else:
-                    _, _, g2, ys = td[key]
-                    pairs = (((ys[i], ys[j]), g2[i, j]) for i in range(len(ys))
-                             for j in range(len(ys)))
-                for q, v in pairs:
-                    derivs.setdefault(q, np.zeros(nS))[m * M + pidx[p]] = (
-                        v - avg[m].S[p] * Hs[q]) / nw[m * M]
-        tot = 0.0
-        for q, vec in derivs.items():
-            dv = dressS @ vec
-            tot += 0.5 * sum(rho[l, mp] * dv[mp * M + pidx[q]] for mp in range(l))
-        out[f] = out[f[::-1]] = tot
-    return out
+def _d2_pp(tp):
+    """:func:`~pdlt.theory.residual_multi._own_shift`'s ``d2`` for ``f = sigma'`` from the
+    Stein moments ``tp`` (:func:`_stein_moments`, keys as in :func:`_h1_multi`)."""
+    def d2(m, l, p, f):
+        key = (tuple((m, i, "s") for i in p), tuple((l, i, "p") for i in f))
+        if key not in tp:
+            return None
+        _, _, g2, ys = tp[key]
+        return (((ys[i], ys[j]), g2[i, j]) for i in range(len(ys)) for j in range(len(ys)))
+    return d2
 
 
-def _cov_pH(l, mlp, act, P, pidx, M, nf, rho, Mpp, resp_H, Sig, dress, nw, C, kt, avg, Th,
-            Sv, PPv, a, varw, Mf, nU, Fd, N, accuracy):
+def _cov_pH(l, mlp, nr, fx, Mf, accuracy):
     """``Cov(sigma'_a sigma'_b(z_j^(l)), H_{jj;ab}^(l))`` (N, N), unnormalized: the shared
-    fields plus the neuron's own conditional NTK mean (F's form on the diagonal)."""
+    fields ``fx`` plus the neuron's own conditional NTK mean (F's form ``Mf`` on the
+    diagonal)."""
+    act, P, M, nf, C, rho, avg, a, varw = (mlp.activation, nr.P, nr.M, nr.nf, nr.C, nr.rho,
+                                           nr.avg, nr.a, nr.varw)
+    Mpp, Sig, dress, nw, kt, Th, Sv, PPv = (fx.Mpp, fx.Sig, fx.dress, fx.nw, fx.kt, fx.Th,
+                                            fx.Sv, fx.PPv)
+    L, N = len(rho), len(nr.pidx)
+    nU = L * N
+    Fd = nU + L * N * N
     F = Sig.shape[0]
     out = np.zeros((N, N))
     # E[s_c sigma'_e(z^(p)) d_x (p_a p_b)(z^(l))] for p < l (Stein along z^(l))
@@ -512,7 +309,7 @@ def _cov_pH(l, mlp, act, P, pidx, M, nf, rho, Mpp, resp_H, Sig, dress, nw, C, kt
         rf = np.zeros(F)
         for m in range(l):
             rf[m * M:(m + 1) * M] = rho[l, m] * Mpp[l][k]
-        rH = resp_H(l)[k]
+        rH = fx.H[l][k]
         cf = np.zeros(F)
         for m in range(l):
             if ("p", "s", l, m) not in kt:
@@ -584,14 +381,9 @@ def residual_kappa3_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> n
     >>> residual_kappa3_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
     (3, 2, 2, 2)
     """
-    Ks, _, reps, inv = _prepare(mlp, x, Ks, None, accuracy, thetas=False)
-    out = _kappa3_multi(mlp, Ks[:, reps[:, None], reps[None, :]], accuracy)
-    if len(reps) < Ks.shape[1]:
-        out = out[np.ix_(np.arange(mlp.depth), inv, inv, inv)]
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("kappa3 overflowed; reduce the depth or initialize at "
-                                 "criticality (pdlt.criticality)")
-    return out
+    return _ntk_multi(mlp, x, Ks, None, accuracy,
+                      lambda m, K, _, acc: {"kappa3": _kappa3_multi(m, K, acc)},
+                      thetas=False)["kappa3"]
 
 
 def _kappa3_multi(mlp, Ks, accuracy):
@@ -599,26 +391,9 @@ def _kappa3_multi(mlp, Ks, accuracy):
     out = np.zeros((L, N, N, N))
     if L == 1 or is_odd(mlp.activation):      # odd sigma: every odd cumulant vanishes
         return out
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
-    P, pidx = _pairs(N)
-    M = len(P)
-    nf = L - 1
-    a = _coefficients(mlp)
-    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
-    rho = np.zeros((L, nf))
-    for l in range(L):
-        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
-    R = np.zeros((nf * M, nf * M))
-    for m in range(nf):
-        Mop = _m_matrix(avg[m], P)
-        for j in range(m):
-            R[m * M:(m + 1) * M, j * M:(j + 1) * M] = rho[m, j] * Mop
-    dress = np.linalg.inv(np.eye(nf * M) - R)
+    nr = _neuron(mlp, Ks, accuracy)
+    avg, P, pidx, M, nf, C, rho = nr.avg, nr.P, nr.pidx, nr.M, nr.nf, nr.C, nr.rho
+    dress = np.linalg.inv(np.eye(nf * M) - _s_response(nr))
     # dS[m][p, e] = <d_e (sigma_p1 sigma_p2)>_{K^(m)}, from <sigma_c sigma'_e> (_pair_sd)
     dS = []
     for m in range(nf):
@@ -682,14 +457,9 @@ def residual_mixed_vertex(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> n
     ndarray (L-1, N, N, N, N)
         ``C^(l,L)`` for the hidden layers l = 1..L-1 (unnormalized: it carries its 1/n).
     """
-    Ks, _, reps, inv = _prepare(mlp, x, Ks, None, accuracy, thetas=False)
-    out = _mixed_vertex(mlp, Ks[:, reps[:, None], reps[None, :]], accuracy)
-    if len(reps) < Ks.shape[1]:
-        out = out[np.ix_(np.arange(out.shape[0]), inv, inv, inv, inv)]
-    if not np.all(np.isfinite(out)):
-        raise FloatingPointError("the mixed vertex overflowed; reduce the depth or initialize "
-                                 "at criticality (pdlt.criticality)")
-    return out
+    return _ntk_multi(mlp, x, Ks, None, accuracy,
+                      lambda m, K, _, acc: {"the mixed vertex": _mixed_vertex(m, K, acc)},
+                      thetas=False)["the mixed vertex"]
 
 
 def _mixed_vertex(mlp, Ks, accuracy):
@@ -698,62 +468,26 @@ def _mixed_vertex(mlp, Ks, accuracy):
     out = np.zeros((max(L - 1, 0),) + (N,) * 4)
     if L == 1:
         return out
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
-    P, pidx = _pairs(N)
-    M = len(P)
-    pa, pb = np.array([i for i, _ in P]), np.array([j for _, j in P])
-    nf = L - 1
-    a = _coefficients(mlp)
-    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)
-    rho = np.zeros((L, nf))
-    for l in range(L):
-        rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
-    F = nf * M
-    R = np.zeros((F, F))
-    own = np.zeros((F, F))
+    nr = _neuron(mlp, Ks, accuracy)
+    avg, P, pidx, M, nf, C, rho, pa, pb = (nr.avg, nr.P, nr.pidx, nr.M, nr.nf, nr.C, nr.rho,
+                                           nr.pa, nr.pb)
+    R, own = _s_response(nr), _s_own(nr)
     for m in range(nf):
-        sl = slice(m * M, (m + 1) * M)
-        Mop = _m_matrix(avg[m], P)
-        for j in range(m):
-            R[sl, j * M:(j + 1) * M] = rho[m, j] * Mop
-        Q4, S = avg[m].quad("ssss"), avg[m].S
-        own[sl, sl] = Q4[pa[:, None], pb[:, None], pa[None, :], pb[None, :]] - np.outer(
-            S[pa, pb], S[pa, pb])
         for j in range(m):
             if np.any(C[m, j] != 0.0):
                 v = _kind_two_depth(act, C, m, j, P, "s", "s", accuracy) - np.outer(
-                    S[pa, pb], avg[j].S[pa, pb])
-                own[sl, j * M:(j + 1) * M] = v
-                own[j * M:(j + 1) * M, sl] = v.T
-    nw = np.repeat(np.array([mlp.widths[m + 1] for m in range(nf)], float), M)
-    own_n = own / nw[None, :]
-    dress = np.linalg.inv(np.eye(F) - R)
-    ctil = own_n @ dress.T
-    Sig = _stein_lyapunov(R, own_n + ctil @ R.T + R @ ctil.T)
-
-    def cvec(l, upto):
-        """(M, F): c(z_a z_b at layer l) on the fields m < upto, 2 M_m[sym(C_lm C_lm)] / n_m."""
-        c = np.zeros((M, F))
-        for m in range(min(upto, nf)):
-            if not np.any(C[l, m] != 0.0):
-                continue
-            for k, (a1, a2) in enumerate(P):
-                X = np.outer(C[l, m][a1], C[l, m][a2])
-                c[k, m * M:(m + 1) * M] = 2.0 * apply_M(avg[m].Mss, 0.5 * (X + X.T))[pa, pb]
-        return c / nw[None, :]
-
+                    avg[m].S[pa, pb], avg[j].S[pa, pb])
+                own[m * M:(m + 1) * M, j * M:(j + 1) * M] = v
+                own[j * M:(j + 1) * M, m * M:(m + 1) * M] = v.T
+    nw = _field_widths(mlp, nr)
+    dress, Sig = _dressed(R, own / nw[None, :])
     Lo = L - 1
     rP = np.kron(rho[Lo], np.eye(M))              # (M, F): response of Khat at the output
-    ctP = cvec(Lo, nf) @ dress.T                  # c~(z_c z_d at the output)
+    ctP = _c_zz(nr, Lo, nw) @ dress.T             # c~(z_c z_d at the output)
     sel = (pidx[:, :, None, None], pidx[None, None, :, :])
     for l in range(L - 1):
         rl = np.kron(rho[l], np.eye(M))
-        ctl = cvec(l, nf) @ dress.T               # every field: the later ones move the output
+        ctl = _c_zz(nr, l, nw) @ dress.T          # every field: the later ones move the output
         cross = rl @ Sig @ rP.T + ctl @ rP.T + rl @ ctP.T
         Cl = C[l, Lo]                             # one neuron's Cov(z^(l), z^(L))
         same = (np.einsum("ac,bd->abcd", Cl, Cl) + np.einsum("ad,bc->abcd", Cl, Cl)) \
