@@ -375,7 +375,10 @@ class LayerAverages:
         self._quad_cache = {}
         self._moments = {}
         self._d4 = {}
+        self._stein = {}
         self.quad_error = None
+        #: of -> (N, N) estimated absolute error of :meth:`d4_source` (and the method per pair)
+        self.d4_error, self.d4_method = {}, {}
 
     def _nd(self, name, fs, I, *, kinks=(), period=None, accuracy="default", return_error=False,
             growth=None, gh_up=None):
@@ -560,16 +563,31 @@ class LayerAverages:
         r"""``(1/8) sum_b V_{(b1b2)(b3b4)} <d_b1 d_b2 d_b3 d_b4 (f_a f_b)>_K``, f = s or p.
 
         (N, N). One input: ``(1/8) V <(f^2)''''>``. A pair of distinct inputs
-        uses the 2x2 Hermite tensor (Mehler moments, loses ~(1-rho^2)^-2 in
-        relative accuracy); pairs with ``1 - rho^2 < 1e-4`` use the
-        coinciding limit at the midpoint kernel (error O(1 - rho)).
+        has up to three formulations (:func:`d4_pair_source` states them),
+        each with an error estimate; the one with the smallest estimate is
+        taken per pair:
+
+        * ``"stein"`` (smooth activations): ``<f^(k)_a f^(4-k)_b>`` by Stein's
+          lemma along the rows of K (no ``K^{-1}``), from pair averages with at
+          most two derivatives of f per input; uniformly accurate in rho.
+        * ``"hermite"``: the 2x2 Hermite tensor (pair moments contracted with
+          ``K^{-1}`` four times): loses ~(1 - rho^2)^-2 in relative accuracy.
+        * ``"midpoint"``: the coinciding limit at the midpoint kernel, error
+          O(1 - rho) (kinked activations, ``1 - rho^2 < 1e-4`` only).
+
+        The estimated absolute error of the source, (N, N), is kept in
+        ``self.d4_error[of]``; the formulation taken per pair in
+        ``self.d4_method[of]``.
         """
         N, K = self.N, self.K
         key = "d4ss" if of == "s" else "d4pp"
-        Q = np.zeros((N, N))
+        Q, E = np.zeros((N, N)), np.zeros((N, N))
         ar = np.arange(N)
         Q[ar, ar] = 0.125 * V[ar, ar, ar, ar] * np.asarray(self.t[key]).reshape(N)
+        E[ar, ar] = 1e-14 * np.abs(Q[ar, ar])      # one-variable averages: < 1e-14
+        methods = np.full((N, N), "", dtype=object)
         if N == 1:
+            self.d4_error[of], self.d4_method[of] = E, methods
             return Q
         diag = self.diag
         a, b = np.triu_indices(N, 1)
@@ -580,34 +598,121 @@ class LayerAverages:
         W = V[idx[:, :, None, None, None], idx[:, None, :, None, None],
               idx[:, None, None, :, None], idx[:, None, None, None, :]]
         W = (W + np.swapaxes(W, 2, 3) + np.swapaxes(W, 2, 4)) / 3.0
-        far = rel >= _COINCIDE
-        out = np.empty(len(a))
-        if far.any():
-            m = self._pair_moments(of)
-            P = np.flatnonzero(far)
-            Lam = np.empty((len(P), 2, 2))
-            Lam[:, 0, 0] = Kbb[P] / det[P]
-            Lam[:, 1, 1] = Kaa[P] / det[P]
-            Lam[:, 0, 1] = Lam[:, 1, 0] = -Kab[P] / det[P]
-            Wf = W[P]
-            Wp = np.einsum("pijkl,pia,pjb,pkc,pld->pabcd", Wf, Lam, Lam, Lam, Lam)
-            U = np.einsum("pijkl,pij->pkl", Wf, Lam)
-            R = np.einsum("pak,pkl,plb->pab", Lam, U, Lam)
-            c0 = 3.0 * np.einsum("pkl,pkl->p", U, Lam)
-            aa, bb = a[P], b[P]
-            mm = {k: v[aa, bb] for k, v in m.items()}
-            quartic = (Wp[:, 0, 0, 0, 0] * mm[(4, 0)] + 4 * Wp[:, 0, 0, 0, 1] * mm[(3, 1)]
-                       + 6 * Wp[:, 0, 0, 1, 1] * mm[(2, 2)] + 4 * Wp[:, 0, 1, 1, 1] * mm[(1, 3)]
-                       + Wp[:, 1, 1, 1, 1] * mm[(0, 4)])
-            quad = R[:, 0, 0] * mm[(2, 0)] + 2 * R[:, 0, 1] * mm[(1, 1)] + R[:, 1, 1] * mm[(0, 2)]
-            out[P] = 0.125 * (quartic - 6.0 * quad + c0 * mm[(0, 0)])
-        if (~far).any():
-            P = np.flatnonzero(~far)
-            Wbar = W[P].reshape(len(P), -1).mean(axis=1)
-            out[P] = 0.125 * Wbar * self._d4_mid(key)[P]
-        Q[a, b] = out
-        Q[b, a] = out
+        cands = []
+        if self._stein_applies:
+            T, dT = self._stein_terms(of)
+            cands.append(("stein",) + d4_pair_source(W, T[:, a, b], dT[:, a, b]))
+        if not self._stein_applies or self._independent:
+            m, rerr = self._pair_moments(of), self._moment_rtol
+            cands.append(("hermite",) + _hermite_source(W, Kaa, Kbb, Kab, det,
+                                                         {k: v[a, b] for k, v in m.items()},
+                                                         rerr))
+        near = rel < _COINCIDE
+        if near.any() and not self._stein_applies:
+            out = np.zeros(len(a))
+            err = np.full(len(a), np.inf)
+            P = np.flatnonzero(near)
+            Wf = W[P].reshape(len(P), -1)
+            Wbar = Wf.mean(axis=1)
+            mid = 0.125 * Wbar * self._d4_mid(key)[P]
+            out[P] = mid
+            # the O(1 - rho) term: the spread of V over the pair's index patterns and
+            # of the kernel around its midpoint, at the scale of the source and of the
+            # Hermite value where that is still resolved
+            sep = (1.0 - Kab[P] / np.sqrt(Kaa[P] * Kbb[P])
+                   + np.abs(Kaa[P] - Kbb[P]) / (Kaa[P] + Kbb[P]))
+            spread = np.max(np.abs(Wf - Wbar[:, None]), axis=1) / np.maximum(
+                np.max(np.abs(Wf), axis=1), 1e-300)
+            err[P] = np.abs(mid) * (sep + spread) * 4.0
+            cands.append(("midpoint", out, err))
+        best_val, best_err = cands[0][1].copy(), cands[0][2].copy()
+        best = np.full(len(a), cands[0][0], dtype=object)
+        for name, val, err in cands[1:]:
+            take = err < best_err
+            best_val[take], best_err[take], best[take] = val[take], err[take], name
+        Q[a, b] = Q[b, a] = best_val
+        E[a, b] = E[b, a] = best_err
+        methods[a, b] = methods[b, a] = best
+        self.d4_error[of], self.d4_method[of] = E, methods
         return Q
+
+    @functools.cached_property
+    def _stein_applies(self):
+        """Smooth activations (no kinks, sigma''' available): the Stein formulation."""
+        return not self.act.kinks and _scale_invariant(self.act) is None and \
+            third_derivative(self.act) is not None
+
+    @functools.cached_property
+    def _moment_rtol(self):
+        """Relative error of the pair moments of the Hermite form."""
+        if self._independent:
+            return 2e-14                     # products of one-variable averages
+        if _scale_invariant(self.act) is not None:
+            return 1e-15                     # exact angular integrals (round-off)
+        return _PAIR_RTOL
+
+    def _stein_terms(self, of):
+        """``T[k][a, b] = <f^(k)(z_a) f^(4-k)(z_b)>`` (5, N, N) and their estimated errors.
+
+        With ``F = (f, f', f'')`` (``sigma, sigma', sigma''`` for ``of = "s"``,
+        ``sigma', sigma'', sigma'''`` for ``"p"``) and Stein's lemma along row a
+        of K, ``<z_a H> = K_aa <d_a H> + K_ab <d_b H>``:
+
+        * ``T2 = <F2_a F2_b>``
+        * ``T3 = (<z_a F2_a F1_b> - K_ab T2) / K_aa``
+        * ``X = <z_a F3_a F0_b> = (<z_a^2 F2_a F0_b> - K_ab <z_a F2_a F1_b>) / K_aa - <F2_a F0_b>``
+        * ``T4 = (X - K_ab T3) / K_aa``; ``T1, T0`` the transposes of ``T3, T4``.
+
+        Only ``K_aa`` divides (no ``K^{-1}``): the relative accuracy of the pair
+        averages (:func:`pdlt.gaussian.pair_expectations`, absolute error
+        ``<= rtol sqrt(<g_a^2> <h_b^2>)``) carries over with O(1) factors.
+        """
+        if of in self._stein:
+            return self._stein[of]
+        act, K, N = self.act, self.K, self.N
+        if of == "s":
+            f0, f1, f2 = act.sigma, act.d1, act.d2
+        else:
+            f0, f1, f2 = act.d1, act.d2, third_derivative(act)
+        g = {"f0": f0, "f1": f1, "f2": f2, "zf2": lambda z: z * f2(z),
+             "zzf2": lambda z: z * z * f2(z)}
+        terms = (("f2", "f2"), ("zf2", "f1"), ("zzf2", "f0"), ("f2", "f0"))
+        if self._independent:
+            one = {k: np.asarray(_trig.expect1(v, self.diag, kinks=act.kinks,
+                                               period=act.period), dtype=float)
+                   for k, v in g.items()}
+            e = {(x, y): np.multiply.outer(one[x], one[y]) for x, y in terms}
+            rt = 2e-14
+        else:
+            fns = Integrands(act, **g)
+            e = ((_trig.active(act.period) and _trig.trig_pairs(fns, K, terms))
+                 or gaussian.pair_expectations(fns, K, terms, rtol=_PAIR_RTOL))
+            rt = _PAIR_RTOL
+        sq = {k: np.sqrt(np.abs(np.asarray(_trig.expect1(lambda z, v=v: v(z) ** 2, self.diag,
+                                                         kinks=act.kinks, period=act.period),
+                                           dtype=float)))
+              for k, v in g.items()}
+        bound = {(x, y): rt * (np.multiply.outer(sq[x], sq[y]) + np.abs(e[(x, y)]))
+                 for x, y in terms}
+        E22, E21, E20z, E20 = (np.asarray(e[t], dtype=float) for t in terms)
+        e22, e21, e20z, e20 = (bound[t] for t in terms)
+        Kd, aK = self.diag[:, None], np.abs(K)
+        T2 = E22
+        T3 = (E21 - K * T2) / Kd
+        X = (E20z - K * E21) / Kd - E20
+        T4 = (X - K * T3) / Kd
+        d2 = e22
+        d3 = (e21 + aK * d2) / Kd
+        dX = (e20z + aK * e21) / Kd + e20
+        d4 = (dX + aK * d3) / Kd
+        # round-off of the combinations: a few ulps of their largest term
+        ulp = 8 * np.finfo(float).eps
+        d3 = d3 + ulp * (np.abs(E21) + aK * np.abs(T2)) / Kd
+        d4 = d4 + ulp * ((np.abs(E20z) + aK * np.abs(E21)) / Kd + np.abs(E20) + aK * np.abs(T3)) / Kd
+        T = np.stack([T4.T, T3.T, T2, T3, T4])
+        dT = np.stack([d4.T, d3.T, d2, d3, d4])
+        self._stein[of] = (T, dT)
+        return T, dT
 
     def _d4_mid(self, key):
         """``<(f^2)^(4)>`` at the midpoint kernel ``(K_aa + K_bb)/2`` of every pair a < b.
@@ -656,6 +761,141 @@ class LayerAverages:
         for (i, j) in list(m):
             m[(j, i)] = m[(i, j)].T
         return m
+
+
+# ---------------------------------------------------------------------------
+# the fourth-derivative source of a pair of distinct inputs
+# ---------------------------------------------------------------------------
+
+#: binomial weights of ``<d^4 (f_a f_b)>`` by the number k of derivatives on input a
+_BINOM4 = np.array([1.0, 4.0, 6.0, 4.0, 1.0])
+
+
+def _pattern_weights(W):
+    """``W_k`` (P, 5): the symmetrized V of each pair with k indices on a (0), 4 - k on b (1)."""
+    return np.stack([W[:, 1, 1, 1, 1], W[:, 0, 1, 1, 1], W[:, 0, 0, 1, 1], W[:, 0, 0, 0, 1],
+                     W[:, 0, 0, 0, 0]], axis=1)
+
+
+def d4_pair_source(W, T, dT):
+    r"""``(1/8) sum_k C(4, k) W_k <f^(k)(z_a) f^(4-k)(z_b)>`` for P pairs, and its error.
+
+    ``<d_b1..d_b4 (f_a f_b)>`` with k of the derivatives on input a is
+    ``<f^(k)_a f^(4-k)_b>``; the fully symmetrized V (``W``, (P, 2, 2, 2, 2),
+    index 0 = a, 1 = b) weighs it by ``W_k`` times the number C(4, k) of its
+    index patterns.
+
+    Parameters
+    ----------
+    W : ndarray (P, 2, 2, 2, 2)
+    T, dT : ndarray (5, P)
+        ``T[k] = <f^(k)_a f^(4-k)_b>`` and its estimated absolute error.
+
+    Returns
+    -------
+    value, error : ndarray (P,)
+    """
+    Wk = _pattern_weights(W)
+    val = 0.125 * np.einsum("k,pk,kp->p", _BINOM4, Wk, T)
+    err = 0.125 * np.einsum("k,pk,kp->p", _BINOM4, np.abs(Wk), dT)
+    err = err + 8 * np.finfo(float).eps * 0.125 * np.einsum("k,pk,kp->p", _BINOM4, np.abs(Wk),
+                                                             np.abs(T))
+    return val, err
+
+
+def _hermite_source(W, Kaa, Kbb, Kab, det, mm, rerr):
+    """The Hermite form of :meth:`LayerAverages.d4_source` for P pairs, and its error.
+
+    ``<d^4 F> = <F H_4(z; K)>`` with the Hermite tensor of ``Lambda = K^{-1}``:
+    pair moments ``mm[(i, j)] = <z_a^i f_a z_b^j f_b>`` (P,) contracted with
+    Lambda four times. Error: ``rerr`` (the moments' relative error) times the
+    sum of the absolute values of the terms, which grows like (1 - rho^2)^-2
+    relative to the value for nearly coinciding inputs.
+    """
+    n = len(Kaa)
+    Lam = np.empty((n, 2, 2))
+    Lam[:, 0, 0] = Kbb / det
+    Lam[:, 1, 1] = Kaa / det
+    Lam[:, 0, 1] = Lam[:, 1, 0] = -Kab / det
+    Wp = np.einsum("pijkl,pia,pjb,pkc,pld->pabcd", W, Lam, Lam, Lam, Lam)
+    U = np.einsum("pijkl,pij->pkl", W, Lam)
+    R = np.einsum("pak,pkl,plb->pab", Lam, U, Lam)
+    c0 = 3.0 * np.einsum("pkl,pkl->p", U, Lam)
+    parts = [Wp[:, 0, 0, 0, 0] * mm[(4, 0)], 4 * Wp[:, 0, 0, 0, 1] * mm[(3, 1)],
+             6 * Wp[:, 0, 0, 1, 1] * mm[(2, 2)], 4 * Wp[:, 0, 1, 1, 1] * mm[(1, 3)],
+             Wp[:, 1, 1, 1, 1] * mm[(0, 4)],
+             -6 * R[:, 0, 0] * mm[(2, 0)], -12 * R[:, 0, 1] * mm[(1, 1)],
+             -6 * R[:, 1, 1] * mm[(0, 2)], c0 * mm[(0, 0)]]
+    val = 0.125 * sum(parts)
+    err = 0.125 * (rerr + 8 * np.finfo(float).eps) * sum(np.abs(x) for x in parts)
+    return val, err
+
+
+def _third_named(name):
+    """``sigma'''`` of the named smooth activations, in closed form (None if not listed)."""
+    from scipy import special
+
+    def tanh3(z):
+        t = np.tanh(z)
+        p = 1.0 - t * t
+        return p * (6.0 * t * t - 2.0)
+
+    def logistic3(z):           # (d/dz)^2 of e(1 - e), e = expit
+        e = special.expit(z)
+        d = e * (1.0 - e)
+        return d * (1.0 - 2.0 * e) ** 2 - 2.0 * d * d
+
+    def logistic2(z):
+        e = special.expit(z)
+        return e * (1.0 - e) * (1.0 - 2.0 * e)
+
+    c = 2.0 / np.sqrt(np.pi)
+    table = {
+        "tanh": tanh3,
+        "sigmoid": logistic3,
+        "softplus": logistic2,
+        # z e(z): sigma''' = 3 e'' + z e'''
+        "swish": lambda z: 3.0 * logistic2(z) + z * _third_of_logistic(z),
+        "silu": lambda z: 3.0 * logistic2(z) + z * _third_of_logistic(z),
+        # z Phi(z): sigma'' = (2 - z^2) phi, sigma''' = (z^3 - 4 z) phi
+        "gelu": lambda z: (z ** 3 - 4.0 * z) * np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi),
+        "erf": lambda z: c * (4.0 * z * z - 2.0) * np.exp(-z * z),
+        "sin": lambda z: -np.cos(z),
+    }
+    return table.get(name)
+
+
+def _third_of_logistic(z):
+    """``expit'''(z)``: e (1 - e) (1 - 6 e + 6 e^2)."""
+    from scipy import special
+    e = special.expit(z)
+    return e * (1.0 - e) * (1.0 - 6.0 * e + 6.0 * e * e)
+
+
+def third_derivative(act):
+    r"""``sigma'''`` of a smooth activation, or None where it is not available.
+
+    Named activations: closed forms. ``monomial(p)``: ``p (p-1) (p-2) z^(p-3)``.
+    Other smooth activations with exact ``d2``: Richardson-extrapolated central
+    differences of ``d2`` (:func:`pdlt.activations._fd_derivative`, error
+    O(h^6) with ``h = 1e-2 max(1, |z|)``: ~1e-12 relative for functions
+    analytic in a strip of width >~ 1, round-off ~1e-14 / h). Kinked
+    activations, and ``d2`` that are themselves finite differences, get None
+    (the fourth-derivative source then uses the Hermite form).
+    """
+    if act.kinks or _scale_invariant(act) is not None:
+        return None
+    name = act.spec[0] if act.spec is not None else None
+    if name == "monomial":
+        p = int(act.parameters["p"])
+        return lambda z: (p * (p - 1) * (p - 2) * np.asarray(z, float) ** max(p - 3, 0)
+                          if p >= 3 else np.zeros_like(np.asarray(z, float)))
+    if name is not None and _third_named(name) is not None:
+        return _third_named(name)
+    if act.derivatives != "exact":
+        return None
+    from ..activations import _fd_derivative
+    return _fd_derivative(act.d2, 1, 1e-2)
 
 
 #: Gauss-Legendre nodes per smooth piece of the angular integral (trigonometric
