@@ -599,31 +599,37 @@ class LayerAverages:
               idx[:, None, None, :, None], idx[:, None, None, None, :]]
         W = (W + np.swapaxes(W, 2, 3) + np.swapaxes(W, 2, 4)) / 3.0
         cands = []
-        if self._stein_applies:
+        stein = self._stein_applies and not self._independent
+        if stein:
             T, dT = self._stein_terms(of)
             cands.append(("stein",) + d4_pair_source(W, T[:, a, b], dT[:, a, b]))
-        if not self._stein_applies or self._independent:
-            m, rerr = self._pair_moments(of), self._moment_rtol
-            cands.append(("hermite",) + _hermite_source(W, Kaa, Kbb, Kab, det,
-                                                         {k: v[a, b] for k, v in m.items()},
-                                                         rerr))
+        else:
+            # uncorrelated inputs: factorized moments, K^{-1} = diag(1/K): well conditioned
+            mm = {k: v[a, b] for k, v in self._pair_moments(of).items()}
+            rho = np.abs(Kab) / np.sqrt(Kaa * Kbb)
+            # the moments' relative error; rho enters the exact angular integrals through
+            # arccos(rho), whose conditioning is ~1 / (1 - rho) (one ulp of rho -> eps/(1-rho))
+            rerr = self._moment_rtol + 2 * np.finfo(float).eps / np.maximum(1.0 - rho, 1e-300)
+            cands.append(("hermite",) + _hermite_source(W, Kaa, Kbb, Kab, det, mm, rerr))
         near = rel < _COINCIDE
-        if near.any() and not self._stein_applies:
-            out = np.zeros(len(a))
-            err = np.full(len(a), np.inf)
+        if near.any() and not stein:
             P = np.flatnonzero(near)
-            Wf = W[P].reshape(len(P), -1)
-            Wbar = Wf.mean(axis=1)
+            out, err = np.zeros(len(a)), np.full(len(a), np.inf)
+            Wk = _pattern_weights(W[P])                          # (p, 5)
+            Wbar = W[P].reshape(len(P), -1).mean(axis=1)
             mid = 0.125 * Wbar * self._d4_mid(key)[P]
             out[P] = mid
-            # the O(1 - rho) term: the spread of V over the pair's index patterns and
-            # of the kernel around its midpoint, at the scale of the source and of the
-            # Hermite value where that is still resolved
+            # the O(1 - rho) terms of the coinciding limit: the kernel around its
+            # midpoint (times the value), and the spread of V over the pair's index
+            # patterns times each pattern's own average (by the Hermite form, with
+            # its error: where that is unresolved, so is this estimate -- and large)
             sep = (1.0 - Kab[P] / np.sqrt(Kaa[P] * Kbb[P])
                    + np.abs(Kaa[P] - Kbb[P]) / (Kaa[P] + Kbb[P]))
-            spread = np.max(np.abs(Wf - Wbar[:, None]), axis=1) / np.maximum(
-                np.max(np.abs(Wf), axis=1), 1e-300)
-            err[P] = np.abs(mid) * (sep + spread) * 4.0
+            Tk, dTk = _hermite_patterns(Kaa[P], Kbb[P], Kab[P], det[P],
+                                        {k: v[P] for k, v in mm.items()}, rerr[P])
+            err[P] = (4.0 * np.abs(mid) * sep
+                      + 0.125 * np.einsum("k,pk,kp->p", _BINOM4, np.abs(Wk - Wbar[:, None]),
+                                          np.abs(Tk) + dTk))
             cands.append(("midpoint", out, err))
         best_val, best_err = cands[0][1].copy(), cands[0][2].copy()
         best = np.full(len(a), cands[0][0], dtype=object)
@@ -801,6 +807,20 @@ def d4_pair_source(W, T, dT):
     err = err + 8 * np.finfo(float).eps * 0.125 * np.einsum("k,pk,kp->p", _BINOM4, np.abs(Wk),
                                                              np.abs(T))
     return val, err
+
+
+def _hermite_patterns(Kaa, Kbb, Kab, det, mm, rerr):
+    """``<f^(k)_a f^(4-k)_b>`` (5, P) by the Hermite form, one index pattern at a time, and errors."""
+    n = len(Kaa)
+    T, dT = np.empty((5, n)), np.empty((5, n))
+    for k in range(5):
+        W = np.zeros((n,) + (2,) * 4)
+        for idx in itertools.product((0, 1), repeat=4):
+            if idx.count(0) == k:
+                W[(slice(None),) + idx] = 1.0
+        v, e = _hermite_source(W, Kaa, Kbb, Kab, det, mm, rerr)
+        T[k], dT[k] = v / (0.125 * _BINOM4[k]), e / (0.125 * _BINOM4[k])
+    return T, dT
 
 
 def _hermite_source(W, Kaa, Kbb, Kab, det, mm, rerr):
