@@ -47,6 +47,8 @@ _PAIR_RTOL = 1e-13
 #: scale like K^2 (the NTK ones up to K^3), so K must stay well inside the range
 KERNEL_RANGE = (1e-100, 1e100)
 _COINCIDE = 1e-4   # 1 - rho^2 below which a pair counts as coinciding in <d^4 F>
+#: 1 - rho^2 at or below which two inputs are collinear to round-off (no Hermite form)
+_COLLINEAR = 64 * np.finfo(float).eps
 #: |rho| below which inputs count as uncorrelated (pair averages factorize exactly
 #: in float64: the neglected terms are O(rho) relative)
 _INDEPENDENT = 1e-17
@@ -586,7 +588,9 @@ class LayerAverages:
         Q[ar, ar] = 0.125 * V[ar, ar, ar, ar] * np.asarray(self.t[key]).reshape(N)
         E[ar, ar] = 1e-14 * np.abs(Q[ar, ar])      # one-variable averages: < 1e-14
         methods = np.full((N, N), "", dtype=object)
-        if N == 1:
+        si = _scale_invariant(self.act)
+        if N == 1 or (si is not None and si[0] == si[1]):
+            # (a linear activation: every term has >= 2 derivatives of f on one input: 0)
             self.d4_error[of], self.d4_method[of] = E, methods
             return Q
         diag = self.diag
@@ -604,13 +608,33 @@ class LayerAverages:
             T, dT = self._stein_terms(of)
             cands.append(("stein",) + d4_pair_source(W, T[:, a, b], dT[:, a, b]))
         else:
-            # uncorrelated inputs: factorized moments, K^{-1} = diag(1/K): well conditioned
+            # kinked activations (and uncorrelated inputs, where K^{-1} is diagonal and the
+            # form well conditioned): the Hermite form
             mm = {k: v[a, b] for k, v in self._pair_moments(of).items()}
-            rho = np.abs(Kab) / np.sqrt(Kaa * Kbb)
-            # the moments' relative error; rho enters the exact angular integrals through
-            # arccos(rho), whose conditioning is ~1 / (1 - rho) (one ulp of rho -> eps/(1-rho))
-            rerr = self._moment_rtol + 2 * np.finfo(float).eps / np.maximum(1.0 - rho, 1e-300)
-            cands.append(("hermite",) + _hermite_source(W, Kaa, Kbb, Kab, det, mm, rerr))
+            rerr = np.full(len(a), self._moment_rtol)
+            ok = rel > _COLLINEAR
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                val, bound = _hermite_source(W, Kaa, Kbb, Kab, np.where(ok, det, 1.0), mm, rerr)
+            val, bound = np.where(ok, val, 0.0), np.where(ok & np.isfinite(bound), bound, np.inf)
+            loose = ok & (bound > 1e-12 * np.abs(val))
+            if loose.any() and not self._independent:
+                # the running-error bound counts every product at its worst; measure the
+                # round-off instead: the same form at K with its off-diagonal moved by
+                # +-4 ulp (moments and K^{-1} recomputed; the exact value moves by
+                # ~4 eps / (1 - rho) relative), scaled by the moments' error in ulps
+                eps = np.finfo(float).eps
+                spread = np.zeros(len(a))
+                for sgn in (1.0, -1.0):
+                    Kp = K * (1.0 + sgn * 4 * eps)
+                    Kp[ar, ar] = diag
+                    Kab2 = Kp[a, b]
+                    mp_ = {k: v[a, b] for k, v in self._moments_at(Kp, of).items()}
+                    v2, _ = _hermite_source(W, Kaa, Kbb, Kab2, Kaa * Kbb - Kab2 * Kab2, mp_, rerr)
+                    spread = np.maximum(spread, np.abs(v2 - val))
+                measured = 4.0 * spread * max(1.0, self._moment_rtol / eps) + \
+                    8 * eps * np.abs(val)
+                bound = np.where(loose, np.minimum(bound, measured), bound)
+            cands.append(("hermite", val, bound))
         near = rel < _COINCIDE
         if near.any() and not stein:
             P = np.flatnonzero(near)
@@ -625,12 +649,19 @@ class LayerAverages:
             # its error: where that is unresolved, so is this estimate -- and large)
             sep = (1.0 - Kab[P] / np.sqrt(Kaa[P] * Kbb[P])
                    + np.abs(Kaa[P] - Kbb[P]) / (Kaa[P] + Kbb[P]))
-            Tk, dTk = _hermite_patterns(Kaa[P], Kbb[P], Kab[P], det[P],
-                                        {k: v[P] for k, v in mm.items()}, rerr[P])
-            err[P] = (4.0 * np.abs(mid) * sep
-                      + 0.125 * np.einsum("k,pk,kp->p", _BINOM4, np.abs(Wk - Wbar[:, None]),
-                                          np.abs(Tk) + dTk))
+            okP = rel[P] > _COLLINEAR
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                Tk, dTk = _hermite_patterns(Kaa[P], Kbb[P], Kab[P], np.where(okP, det[P], 1.0),
+                                            {k: v[P] for k, v in mm.items()}, rerr[P])
+                spread_err = 0.125 * np.einsum("k,pk,kp->p", _BINOM4,
+                                               np.abs(Wk - Wbar[:, None]), np.abs(Tk) + dTk)
+            spread_err = np.where(np.isfinite(spread_err), spread_err, np.inf)
+            # exactly collinear inputs (1 - rho^2 at round-off): z_b = c z_a, the pair
+            # averages are one-variable ones and the limit has no spread term
+            err[P] = 4.0 * np.abs(mid) * sep + np.where(okP, spread_err, 0.0)
             cands.append(("midpoint", out, err))
+        for c in cands:
+            c[2][~np.isfinite(c[2])] = np.inf
         best_val, best_err = cands[0][1].copy(), cands[0][2].copy()
         best = np.full(len(a), cands[0][0], dtype=object)
         for name, val, err in cands[1:]:
@@ -743,6 +774,13 @@ class LayerAverages:
             self._moments[of] = self._pair_moments_uncached(of)
         return self._moments[of]
 
+    def _moments_at(self, K, of):
+        """The pair moments of :meth:`_pair_moments` at another kernel K (not cached)."""
+        si = _scale_invariant(self.act)
+        if si is not None:
+            return _piecewise_pair_moments(si, 1 if of == "s" else 0, K)
+        return self._pair_moments_generic(of, K)
+
     def _pair_moments_uncached(self, of):
         if self._independent:
             m = {(i, j): self._factorized(of, of, i, j) for i, j in _MOMENTS}
@@ -756,13 +794,16 @@ class LayerAverages:
                 return self._block.row(("moments", of), self._pos,
                                        lambda Ks: _piecewise_pair_moments(si, deg, Ks))
             return _piecewise_pair_moments(si, deg, self.K)
+        return self._pair_moments_generic(of, self.K)
+
+    def _pair_moments_generic(self, of, K):
         f = self.act.sigma if of == "s" else self.act.d1
         fns = {f"f{i}": (lambda i: lambda z: z ** i * f(z))(i) for i in range(5)}
         terms = (("f0", "f0"), ("f1", "f1"), ("f2", "f2"), ("f2", "f0"), ("f4", "f0"),
                  ("f3", "f1"))
         fns = Integrands(self.act, **fns)
-        e = ((_trig.active(self.act.period) and _trig.trig_pairs(fns, self.K, terms))
-             or gaussian.pair_expectations(fns, self.K, terms, rtol=_PAIR_RTOL))
+        e = ((_trig.active(self.act.period) and _trig.trig_pairs(fns, K, terms))
+             or gaussian.pair_expectations(fns, K, terms, rtol=_PAIR_RTOL))
         m = {(int(a[1]), int(b[1])): v for (a, b), v in e.items()}
         for (i, j) in list(m):
             m[(j, i)] = m[(i, j)].T
@@ -828,26 +869,32 @@ def _hermite_source(W, Kaa, Kbb, Kab, det, mm, rerr):
 
     ``<d^4 F> = <F H_4(z; K)>`` with the Hermite tensor of ``Lambda = K^{-1}``:
     pair moments ``mm[(i, j)] = <z_a^i f_a z_b^j f_b>`` (P,) contracted with
-    Lambda four times. Error: ``rerr`` (the moments' relative error) times the
-    sum of the absolute values of the terms, which grows like (1 - rho^2)^-2
-    relative to the value for nearly coinciding inputs.
+    Lambda four times. Error (a running-error bound): the same contraction of
+    ``|W|, |Lambda|, |mm|`` (every product, before the cancellations) times the
+    moments' relative error ``rerr`` plus the relative error of Lambda, ~4 ulp
+    / (1 - rho^2) (``det`` cancels). For nearly coinciding inputs the value is
+    ~(1 - rho^2)^2 smaller than that sum: this is the loss the estimate reports.
     """
+    def contract(W, Lam, mm):
+        Wp = np.einsum("pijkl,pia,pjb,pkc,pld->pabcd", W, Lam, Lam, Lam, Lam)
+        U = np.einsum("pijkl,pij->pkl", W, Lam)
+        R = np.einsum("pak,pkl,plb->pab", Lam, U, Lam)
+        c0 = 3.0 * np.einsum("pkl,pkl->p", U, Lam)
+        return [Wp[:, 0, 0, 0, 0] * mm[(4, 0)], 4 * Wp[:, 0, 0, 0, 1] * mm[(3, 1)],
+                6 * Wp[:, 0, 0, 1, 1] * mm[(2, 2)], 4 * Wp[:, 0, 1, 1, 1] * mm[(1, 3)],
+                Wp[:, 1, 1, 1, 1] * mm[(0, 4)],
+                -6 * R[:, 0, 0] * mm[(2, 0)], -12 * R[:, 0, 1] * mm[(1, 1)],
+                -6 * R[:, 1, 1] * mm[(0, 2)], c0 * mm[(0, 0)]]
     n = len(Kaa)
     Lam = np.empty((n, 2, 2))
     Lam[:, 0, 0] = Kbb / det
     Lam[:, 1, 1] = Kaa / det
     Lam[:, 0, 1] = Lam[:, 1, 0] = -Kab / det
-    Wp = np.einsum("pijkl,pia,pjb,pkc,pld->pabcd", W, Lam, Lam, Lam, Lam)
-    U = np.einsum("pijkl,pij->pkl", W, Lam)
-    R = np.einsum("pak,pkl,plb->pab", Lam, U, Lam)
-    c0 = 3.0 * np.einsum("pkl,pkl->p", U, Lam)
-    parts = [Wp[:, 0, 0, 0, 0] * mm[(4, 0)], 4 * Wp[:, 0, 0, 0, 1] * mm[(3, 1)],
-             6 * Wp[:, 0, 0, 1, 1] * mm[(2, 2)], 4 * Wp[:, 0, 1, 1, 1] * mm[(1, 3)],
-             Wp[:, 1, 1, 1, 1] * mm[(0, 4)],
-             -6 * R[:, 0, 0] * mm[(2, 0)], -12 * R[:, 0, 1] * mm[(1, 1)],
-             -6 * R[:, 1, 1] * mm[(0, 2)], c0 * mm[(0, 0)]]
-    val = 0.125 * sum(parts)
-    err = 0.125 * (rerr + 8 * np.finfo(float).eps) * sum(np.abs(x) for x in parts)
+    val = 0.125 * sum(contract(W, Lam, mm))
+    bound = 0.125 * sum(contract(np.abs(W), np.abs(Lam), {k: np.abs(v) for k, v in mm.items()}))
+    eps = np.finfo(float).eps
+    lam_rel = 4 * eps * Kaa * Kbb / det
+    err = (rerr + 16 * eps + 4 * lam_rel) * bound
     return val, err
 
 
