@@ -565,9 +565,9 @@ class LayerAverages:
         r"""``(1/8) sum_b V_{(b1b2)(b3b4)} <d_b1 d_b2 d_b3 d_b4 (f_a f_b)>_K``, f = s or p.
 
         (N, N). One input: ``(1/8) V <(f^2)''''>``. A pair of distinct inputs
-        has up to three formulations (:func:`d4_pair_source` states them),
-        each with an error estimate; the one with the smallest estimate is
-        taken per pair:
+        has up to three formulations (``docs/derivations/metric.rst``), each
+        with an error estimate; the one with the smallest estimate is taken
+        per pair:
 
         * ``"stein"`` (smooth activations): ``<f^(k)_a f^(4-k)_b>`` by Stein's
           lemma along the rows of K (no ``K^{-1}``), from pair averages with at

@@ -736,11 +736,12 @@ def _warn_d4(err, out, Ks):
         warnings.warn(
             f"{name} of inputs {a} and {b} at layer {l + 1} has an estimated error of "
             f"{rel[l, a, b]:.1e} of its scale (> {_D4_WARN:g}; 1 - rho = {one_minus_rho:.1e} at "
-            f"layer {l}): the fourth-derivative source of a nearly coinciding pair of a kinked "
-            "activation is ill-conditioned (Hermite form ~(1 - rho^2)^-2, coinciding limit "
-            "O(1 - rho)). Treat that entry as unresolved (Statistics.integration_error holds the "
-            "estimate), merge the two inputs if they are meant to coincide, or use inputs "
-            "further apart", RuntimeWarning, stacklevel=3)
+            f"layer {l}): its fourth-derivative source is ill-conditioned for nearly "
+            "coinciding inputs of a kinked activation (or one without exact derivatives: "
+            "Hermite form, ~(1 - rho^2)^-2; coinciding limit, O(1 - rho)). Treat that entry "
+            "as unresolved (Statistics.integration_error holds the estimate), merge the two "
+            "inputs if they are meant to coincide, or use inputs further apart",
+            RuntimeWarning, stacklevel=4)
 
 
 # ---------------------------------------------------------------------------
