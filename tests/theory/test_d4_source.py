@@ -1,10 +1,11 @@
 """The fourth-derivative source of G1 and H1 for a pair of distinct inputs (issue #15).
 
 ``LayerAverages.d4_source`` forms ``(1/8) sum V <d^4 (f_a f_b)>`` (f = sigma for G1,
-sigma' for H1). Smooth activations take the Stein form (``<f^(k)_a f^(4-k)_b>`` by
-Stein's lemma along the rows of K, no ``K^{-1}``); kinked ones the Hermite form (pair
-moments contracted with ``K^{-1}`` four times, relative loss ~(1 - rho^2)^-2) or the
-coinciding limit, whichever has the smaller error estimate; ``pdlt.statistics`` carries
+sigma' for H1). Smooth activations and the ReLU family (in closed form) take the Stein
+form (``<f^(k)_a f^(4-k)_b>`` by Stein's lemma along the rows of K, no ``K^{-1}``);
+other kinked ones (elu) the Hermite form (pair moments contracted with ``K^{-1}`` four
+times, relative loss ~(1 - rho^2)^-2) or the coinciding limit, whichever has the
+smaller error estimate; ``pdlt.statistics`` carries
 the estimates into ``integration_error`` and warns above 1e-8 of an entry's scale.
 
 References, independent of the library's formulation:
@@ -12,7 +13,7 @@ References, independent of the library's formulation:
 * smooth: ``<f^(k)(z_a) f^(4-k)(z_b)>`` by a direct 2-D trapezoid rule (h = 0.08 on
   [-11, 11]^2: exponentially convergent for these analytic integrands, ~1e-14; h = 0.05
   agrees, see benchmarks/d4_source_accuracy.py) of the exact derivatives (sympy);
-* relu: the Hermite form in 40-digit arithmetic (mpmath) on exact angular moments.
+* ReLU family: the Hermite form in 32-digit arithmetic (mpmath) on exact angular moments.
 
 Each comparison is shown able to fail: the former Hermite-only path (forced here) is
 rejected by the same tolerance.
