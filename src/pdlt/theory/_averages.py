@@ -729,8 +729,10 @@ class LayerAverages:
         if of in self._stein:
             return self._stein[of]
         si = _scale_invariant(self.act)
-        if si is not None:
-            self._stein[of] = _piecewise_stein_terms(si, self.K, of)
+        if si is not None:      # closed forms; K only: per block of layers when in one
+            self._stein[of] = (_piecewise_stein_terms(si, self.K, of) if self._block is None
+                               else self._block.row(("stein", of), self._pos,
+                                                    lambda Ks: _piecewise_stein_terms(si, Ks, of)))
             return self._stein[of]
         act, K, N = self.act, self.K, self.N
         if of == "s":
@@ -897,10 +899,11 @@ def _piecewise_stein_terms(si, K, of):
     ~eps / (1 - rho^2)); against the Hermite form in 40 digits: 1e-15 at
     1 - rho = 0.3 .. 1e-3, 2e-12 at 1e-5 (``tests/theory/test_d4_source.py``).
     Entries of collinear inputs (``det = 0``) and the diagonal are not finite.
+    K may carry leading axes (..., N, N): the result is then (..., 5, N, N).
     """
     C2 = (float(si[0]) - float(si[1])) ** 2
-    d = np.diag(K)
-    Ka, Kb = d[:, None], d[None, :]
+    d = np.einsum("...ii->...i", K)
+    Ka, Kb = d[..., :, None], d[..., None, :]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         det = Ka * Kb - K * K
         sd = np.sqrt(det)
@@ -913,9 +916,10 @@ def _piecewise_stein_terms(si, K, of):
             T2 = C2 * K / (2 * np.pi * d32)
             T3 = -C2 * Kb / (2 * np.pi * d32)
             T4 = (C2 * K / (np.pi * Ka * sd) + C2 * K * Kb / (2 * np.pi * d32)) / Ka
-        T = np.stack([T4.T, T3.T, T2, T3, T4])
+        tr = lambda X: np.swapaxes(X, -1, -2)  # noqa: E731
+        T = np.stack([tr(T4), tr(T3), T2, T3, T4], axis=-3)
         eps = np.finfo(float).eps
-        dT = np.abs(T) * (16 * eps + 6 * eps * Ka * Kb / det)
+        dT = np.abs(T) * (16 * eps + 6 * eps * (Ka * Kb / det)[..., None, :, :])
     return T, dT
 
 
