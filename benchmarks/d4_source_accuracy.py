@@ -77,7 +77,8 @@ def _ref_relu(Kab, of, W):
         m, n = i + deg, j + deg
         ang = mp.quad(lambda a: mp.cos(a) ** m * mp.cos(a - phi) ** n,
                       [phi - mp.pi / 2, mp.pi / 2]) / (2 * mp.pi)
-        mm[(i, j)] = 2 ** (mp.mpf(m + n) / 2) * mp.gamma(1 + mp.mpf(m + n) / 2) * sa ** m * sb ** n * ang
+        mm[(i, j)] = (2 ** (mp.mpf(m + n) / 2) * mp.gamma(1 + mp.mpf(m + n) / 2)
+                      * sa ** m * sb ** n * ang)
     det = Kaa * Kbb - Kab ** 2
     Lam = [[Kbb / det, -Kab / det], [-Kab / det, Kaa / det]]
 
@@ -105,7 +106,8 @@ def _ref_relu(Kab, of, W):
 def main():
     V = _v()
     W = (V + np.swapaxes(V, 1, 2) + np.swapaxes(V, 1, 3)) / 3.0
-    print(f"{'act':6s} {'1-rho':>6s} f  {'old err':>8s} {'new err':>8s} {'new est':>8s} method    ms")
+    print(f"{'act':6s} {'1-rho':>6s} f  {'old err':>8s} {'new err':>8s} {'new est':>8s} "
+          "method    ms")
     for name in ("tanh", "swish", "gelu", "relu"):
         act = pdlt.activation(name)
         for om in OMEGAS:
@@ -117,7 +119,8 @@ def main():
             ms = 1e3 * (time.perf_counter() - t0)
             for of in "sp":
                 Q = Qs[of]
-                ref = (_ref_relu if name == "relu" else lambda *a: _ref_smooth(name, *a))(Kab, of, W)
+                ref = (_ref_relu(Kab, of, W) if name == "relu"
+                       else _ref_smooth(name, Kab, of, W))
                 mm = {k: np.array([v[0, 1]]) for k, v in avg._pair_moments(of).items()}
                 old, _ = _hermite_source(W[None], np.array([KAA]), np.array([KBB]), np.array([Kab]),
                                          np.array([KAA * KBB - Kab ** 2]), mm, 0.0)

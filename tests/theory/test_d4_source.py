@@ -96,7 +96,8 @@ def test_third_derivatives():
     for name in ("tanh", "sigmoid", "softplus", "swish", "gelu", "erf", "sin"):
         act = pdlt.activation(name)
         h = 1e-3
-        fd = (act.d2(z - 2 * h) - 8 * act.d2(z - h) + 8 * act.d2(z + h) - act.d2(z + 2 * h)) / (12 * h)
+        fd = (act.d2(z - 2 * h) - 8 * act.d2(z - h) + 8 * act.d2(z + h)
+              - act.d2(z + 2 * h)) / (12 * h)
         assert np.max(np.abs(third_derivative(act)(z) - fd)) < 1e-9, name
     assert np.allclose(third_derivative(pdlt.activation("monomial", p=3))(z), 6.0)
     user = pdlt.Activation.from_callable(np.tanh, d1=lambda z: 1 - np.tanh(z) ** 2,
@@ -192,7 +193,8 @@ def _mp_relu_source(K, V, of, si=(1.0, 0.0)):
         t = ey(b)
         for p1, p2 in pairs:
             l1, l2 = Lam[b[p1[0]]][b[p1[1]]], Lam[b[p2[0]]][b[p2[1]]]
-            t += l1 * l2 * mm[(0, 0)] - ey((b[p1[0]], b[p1[1]])) * l2 - ey((b[p2[0]], b[p2[1]])) * l1
+            t += (l1 * l2 * mm[(0, 0)] - ey((b[p1[0]], b[p1[1]])) * l2
+                  - ey((b[p2[0]], b[p2[1]])) * l1)
         tot += mp.mpf(float(W[b])) * t
     return float(tot / 8)
 

@@ -773,7 +773,8 @@ class LayerAverages:
         # round-off of the combinations: a few ulps of their largest term
         ulp = 8 * np.finfo(float).eps
         d3 = d3 + ulp * (np.abs(E21) + aK * np.abs(T2)) / Kd
-        d4 = d4 + ulp * ((np.abs(E20z) + aK * np.abs(E21)) / Kd + np.abs(E20) + aK * np.abs(T3)) / Kd
+        d4 = d4 + ulp * ((np.abs(E20z) + aK * np.abs(E21)) / Kd + np.abs(E20)
+                         + aK * np.abs(T3)) / Kd
         T = np.stack([T4.T, T3.T, T2, T3, T4])
         dT = np.stack([d4.T, d3.T, d2, d3, d4])
         self._stein[of] = (T, dT)
@@ -924,7 +925,7 @@ def _piecewise_stein_terms(si, K, of):
 
 
 def _hermite_patterns(Kaa, Kbb, Kab, det, mm, rerr):
-    """``<f^(k)_a f^(4-k)_b>`` (5, P) by the Hermite form, one index pattern at a time, and errors."""
+    """``<f^(k)_a f^(4-k)_b>`` (5, P) by the Hermite form, one index pattern at a time; errors."""
     n = len(Kaa)
     T, dT = np.empty((5, n)), np.empty((5, n))
     for k in range(5):

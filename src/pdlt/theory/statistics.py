@@ -721,7 +721,7 @@ def _d4_propagate(err, avg, hp, Theta, l):
 
 
 def _warn_d4(err, out, Ks):
-    """Warn once per statistic whose entry's estimated error exceeds :data:`_D4_WARN` of its scale."""
+    """Warn once per statistic with an entry's estimated error above :data:`_D4_WARN` of scale."""
     d = np.einsum("lii->li", Ks)
     for name, E in err.items():
         X = out[name]
