@@ -47,6 +47,8 @@ _PAIR_RTOL = 1e-13
 #: scale like K^2 (the NTK ones up to K^3), so K must stay well inside the range
 KERNEL_RANGE = (1e-100, 1e100)
 _COINCIDE = 1e-4   # 1 - rho^2 below which a pair counts as coinciding in <d^4 F>
+#: 1 - rho^2 at or below which two inputs are collinear to round-off (no Hermite form)
+_COLLINEAR = 64 * np.finfo(float).eps
 #: |rho| below which inputs count as uncorrelated (pair averages factorize exactly
 #: in float64: the neglected terms are O(rho) relative)
 _INDEPENDENT = 1e-17
@@ -375,7 +377,10 @@ class LayerAverages:
         self._quad_cache = {}
         self._moments = {}
         self._d4 = {}
+        self._stein = {}
         self.quad_error = None
+        #: of -> (N, N) estimated absolute error of :meth:`d4_source` (and the method per pair)
+        self.d4_error, self.d4_method = {}, {}
 
     def _nd(self, name, fs, I, *, kinks=(), period=None, accuracy="default", return_error=False,
             growth=None, gh_up=None):
@@ -560,16 +565,33 @@ class LayerAverages:
         r"""``(1/8) sum_b V_{(b1b2)(b3b4)} <d_b1 d_b2 d_b3 d_b4 (f_a f_b)>_K``, f = s or p.
 
         (N, N). One input: ``(1/8) V <(f^2)''''>``. A pair of distinct inputs
-        uses the 2x2 Hermite tensor (Mehler moments, loses ~(1-rho^2)^-2 in
-        relative accuracy); pairs with ``1 - rho^2 < 1e-4`` use the
-        coinciding limit at the midpoint kernel (error O(1 - rho)).
+        has up to three formulations (``docs/derivations/metric.rst``), each
+        with an error estimate; the one with the smallest estimate is taken
+        per pair:
+
+        * ``"stein"`` (smooth activations): ``<f^(k)_a f^(4-k)_b>`` by Stein's
+          lemma along the rows of K (no ``K^{-1}``), from pair averages with at
+          most two derivatives of f per input; uniformly accurate in rho.
+        * ``"hermite"``: the 2x2 Hermite tensor (pair moments contracted with
+          ``K^{-1}`` four times): loses ~(1 - rho^2)^-2 in relative accuracy.
+        * ``"midpoint"``: the coinciding limit at the midpoint kernel, error
+          O(1 - rho) (kinked activations, ``1 - rho^2 < 1e-4`` only).
+
+        The estimated absolute error of the source, (N, N), is kept in
+        ``self.d4_error[of]``; the formulation taken per pair in
+        ``self.d4_method[of]``.
         """
         N, K = self.N, self.K
         key = "d4ss" if of == "s" else "d4pp"
-        Q = np.zeros((N, N))
+        Q, E = np.zeros((N, N)), np.zeros((N, N))
         ar = np.arange(N)
         Q[ar, ar] = 0.125 * V[ar, ar, ar, ar] * np.asarray(self.t[key]).reshape(N)
-        if N == 1:
+        E[ar, ar] = 1e-14 * np.abs(Q[ar, ar])      # one-variable averages: < 1e-14
+        methods = np.full((N, N), "", dtype=object)
+        si = _scale_invariant(self.act)
+        if N == 1 or (si is not None and si[0] == si[1]):
+            # (a linear activation: every term has >= 2 derivatives of f on one input: 0)
+            self.d4_error[of], self.d4_method[of] = E, methods
             return Q
         diag = self.diag
         a, b = np.triu_indices(N, 1)
@@ -580,34 +602,183 @@ class LayerAverages:
         W = V[idx[:, :, None, None, None], idx[:, None, :, None, None],
               idx[:, None, None, :, None], idx[:, None, None, None, :]]
         W = (W + np.swapaxes(W, 2, 3) + np.swapaxes(W, 2, 4)) / 3.0
-        far = rel >= _COINCIDE
-        out = np.empty(len(a))
-        if far.any():
-            m = self._pair_moments(of)
-            P = np.flatnonzero(far)
-            Lam = np.empty((len(P), 2, 2))
-            Lam[:, 0, 0] = Kbb[P] / det[P]
-            Lam[:, 1, 1] = Kaa[P] / det[P]
-            Lam[:, 0, 1] = Lam[:, 1, 0] = -Kab[P] / det[P]
-            Wf = W[P]
-            Wp = np.einsum("pijkl,pia,pjb,pkc,pld->pabcd", Wf, Lam, Lam, Lam, Lam)
-            U = np.einsum("pijkl,pij->pkl", Wf, Lam)
-            R = np.einsum("pak,pkl,plb->pab", Lam, U, Lam)
-            c0 = 3.0 * np.einsum("pkl,pkl->p", U, Lam)
-            aa, bb = a[P], b[P]
-            mm = {k: v[aa, bb] for k, v in m.items()}
-            quartic = (Wp[:, 0, 0, 0, 0] * mm[(4, 0)] + 4 * Wp[:, 0, 0, 0, 1] * mm[(3, 1)]
-                       + 6 * Wp[:, 0, 0, 1, 1] * mm[(2, 2)] + 4 * Wp[:, 0, 1, 1, 1] * mm[(1, 3)]
-                       + Wp[:, 1, 1, 1, 1] * mm[(0, 4)])
-            quad = R[:, 0, 0] * mm[(2, 0)] + 2 * R[:, 0, 1] * mm[(1, 1)] + R[:, 1, 1] * mm[(0, 2)]
-            out[P] = 0.125 * (quartic - 6.0 * quad + c0 * mm[(0, 0)])
-        if (~far).any():
-            P = np.flatnonzero(~far)
+        cands = []
+        stein = self._stein_applies and not self._independent
+        if stein:
+            T, dT = self._stein_terms(of)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                val, err = d4_pair_source(W, T[:, a, b], dT[:, a, b])
+                if si is not None:
+                    # ReLU family: the closed forms' only error is det's rounding, the same
+                    # for every T_k (a shift of K): measured as the change of the source
+                    # when K_ab moves by +-4 ulp, not as |T_k| eps / (1 - rho^2) each
+                    eps = np.finfo(float).eps
+                    spread = np.zeros(len(a))
+                    for sgn in (1.0, -1.0):
+                        Kp = K * (1.0 + sgn * 4 * eps)
+                        Kp[ar, ar] = diag
+                        Tp, _ = _piecewise_stein_terms(si, Kp, of)
+                        spread = np.maximum(spread, np.abs(
+                            d4_pair_source(W, Tp[:, a, b], np.zeros((5, len(a))))[0] - val))
+                    err = 4.0 * spread + d4_pair_source(W, T[:, a, b], np.zeros((5, len(a))))[1]
+            bad = ~(np.isfinite(val) & np.isfinite(err))     # ReLU family, collinear inputs
+            val[bad], err[bad] = 0.0, np.inf
+            cands.append(("stein", val, err))
+        else:
+            # kinked activations (and uncorrelated inputs, where K^{-1} is diagonal and the
+            # form well conditioned): the Hermite form
+            mm = {k: v[a, b] for k, v in self._pair_moments(of).items()}
+            rerr = np.full(len(a), self._moment_rtol)
+            ok = rel > _COLLINEAR
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                val, bound = _hermite_source(W, Kaa, Kbb, Kab, np.where(ok, det, 1.0), mm, rerr)
+            val, bound = np.where(ok, val, 0.0), np.where(ok & np.isfinite(bound), bound, np.inf)
+            loose = ok & (bound > 1e-12 * np.abs(val))
+            if loose.any() and not self._independent:
+                # the running-error bound counts every product at its worst; measure the
+                # round-off instead: the same form at K with its off-diagonal moved by
+                # +-4 ulp (moments and K^{-1} recomputed; the exact value moves by
+                # ~4 eps / (1 - rho) relative), scaled by the moments' error in ulps
+                eps = np.finfo(float).eps
+                spread = np.zeros(len(a))
+                for sgn in (1.0, -1.0):
+                    Kp = K * (1.0 + sgn * 4 * eps)
+                    Kp[ar, ar] = diag
+                    Kab2 = Kp[a, b]
+                    mp_ = {k: v[a, b] for k, v in self._moments_at(Kp, of).items()}
+                    v2, _ = _hermite_source(W, Kaa, Kbb, Kab2, Kaa * Kbb - Kab2 * Kab2, mp_, rerr)
+                    spread = np.maximum(spread, np.abs(v2 - val))
+                measured = 4.0 * spread * max(1.0, self._moment_rtol / eps) + \
+                    8 * eps * np.abs(val)
+                bound = np.where(loose, np.minimum(bound, measured), bound)
+            cands.append(("hermite", val, bound))
+        near = rel < _COINCIDE
+        if near.any() and (not stein or self.act.kinks):
+            P = np.flatnonzero(near)
+            out, err = np.zeros(len(a)), np.full(len(a), np.inf)
+            Wk = _pattern_weights(W[P])                          # (p, 5)
             Wbar = W[P].reshape(len(P), -1).mean(axis=1)
-            out[P] = 0.125 * Wbar * self._d4_mid(key)[P]
-        Q[a, b] = out
-        Q[b, a] = out
+            mid = 0.125 * Wbar * self._d4_mid(key)[P]
+            out[P] = mid
+            # the O(1 - rho) terms of the coinciding limit: the kernel around its
+            # midpoint (times the value), and the spread of V over the pair's index
+            # patterns times each pattern's own average (by the Hermite form, with
+            # its error: where that is unresolved, so is this estimate -- and large)
+            sep = (1.0 - Kab[P] / np.sqrt(Kaa[P] * Kbb[P])
+                   + np.abs(Kaa[P] - Kbb[P]) / (Kaa[P] + Kbb[P]))
+            okP = rel[P] > _COLLINEAR
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                if stein:
+                    Tk, dTk = T[:, a[P], b[P]], dT[:, a[P], b[P]]
+                else:
+                    Tk, dTk = _hermite_patterns(Kaa[P], Kbb[P], Kab[P],
+                                                np.where(okP, det[P], 1.0),
+                                                {k: v[P] for k, v in mm.items()}, rerr[P])
+                spread_err = 0.125 * np.einsum("k,pk,kp->p", _BINOM4,
+                                               np.abs(Wk - Wbar[:, None]), np.abs(Tk) + dTk)
+            spread_err = np.where(np.isfinite(spread_err), spread_err, np.inf)
+            # exactly collinear inputs (1 - rho^2 at round-off): z_b = c z_a, the pair
+            # averages are one-variable ones and the limit has no spread term
+            err[P] = 4.0 * np.abs(mid) * sep + np.where(okP, spread_err, 0.0)
+            cands.append(("midpoint", out, err))
+        for c in cands:
+            c[2][~np.isfinite(c[2])] = np.inf
+        best_val, best_err = cands[0][1].copy(), cands[0][2].copy()
+        best = np.full(len(a), cands[0][0], dtype=object)
+        for name, val, err in cands[1:]:
+            take = err < best_err
+            best_val[take], best_err[take], best[take] = val[take], err[take], name
+        Q[a, b] = Q[b, a] = best_val
+        E[a, b] = E[b, a] = best_err
+        methods[a, b] = methods[b, a] = best
+        self.d4_error[of], self.d4_method[of] = E, methods
         return Q
+
+    @functools.cached_property
+    def _stein_applies(self):
+        """The Stein formulation: smooth activations with sigma^(3), and the ReLU family."""
+        if _scale_invariant(self.act) is not None:
+            return True
+        return not self.act.kinks and third_derivative(self.act) is not None
+
+    @functools.cached_property
+    def _moment_rtol(self):
+        """Relative error of the pair moments of the Hermite form."""
+        if self._independent:
+            return 2e-14                     # products of one-variable averages
+        if _scale_invariant(self.act) is not None:
+            return 1e-15                     # exact angular integrals (round-off)
+        return _PAIR_RTOL
+
+    def _stein_terms(self, of):
+        """``T[k][a, b] = <f^(k)(z_a) f^(4-k)(z_b)>`` (5, N, N) and their estimated errors.
+
+        With ``F = (f, f', f'')`` (``sigma, sigma', sigma''`` for ``of = "s"``,
+        ``sigma', sigma'', sigma'''`` for ``"p"``) and Stein's lemma along row a
+        of K, ``<z_a H> = K_aa <d_a H> + K_ab <d_b H>``:
+
+        * ``T2 = <F2_a F2_b>``
+        * ``T3 = (<z_a F2_a F1_b> - K_ab T2) / K_aa``
+        * ``X = <z_a F3_a F0_b> = (<z_a^2 F2_a F0_b> - K_ab <z_a F2_a F1_b>) / K_aa - <F2_a F0_b>``
+        * ``T4 = (X - K_ab T3) / K_aa``; ``T1, T0`` the transposes of ``T3, T4``.
+
+        Only ``K_aa`` divides (no ``K^{-1}``): the relative accuracy of the pair
+        averages (:func:`pdlt.gaussian.pair_expectations`, absolute error
+        ``<= rtol sqrt(<g_a^2> <h_b^2>)``) carries over with O(1) factors.
+        """
+        if of in self._stein:
+            return self._stein[of]
+        si = _scale_invariant(self.act)
+        if si is not None:      # closed forms; K only: per block of layers when in one
+            self._stein[of] = (_piecewise_stein_terms(si, self.K, of) if self._block is None
+                               else self._block.row(("stein", of), self._pos,
+                                                    lambda Ks: _piecewise_stein_terms(si, Ks, of)))
+            return self._stein[of]
+        act, K, N = self.act, self.K, self.N
+        if of == "s":
+            f0, f1, f2 = act.sigma, act.d1, act.d2
+        else:
+            f0, f1, f2 = act.d1, act.d2, third_derivative(act)
+        g = {"f0": f0, "f1": f1, "f2": f2, "zf2": lambda z: z * f2(z),
+             "zzf2": lambda z: z * z * f2(z)}
+        terms = (("f2", "f2"), ("zf2", "f1"), ("zzf2", "f0"), ("f2", "f0"))
+        if self._independent:
+            one = {k: np.asarray(_trig.expect1(v, self.diag, kinks=act.kinks,
+                                               period=act.period), dtype=float)
+                   for k, v in g.items()}
+            e = {(x, y): np.multiply.outer(one[x], one[y]) for x, y in terms}
+            rt = 2e-14
+        else:
+            fns = Integrands(act, **g)
+            e = ((_trig.active(act.period) and _trig.trig_pairs(fns, K, terms))
+                 or gaussian.pair_expectations(fns, K, terms, rtol=_PAIR_RTOL))
+            rt = _PAIR_RTOL
+        sq = {k: np.sqrt(np.abs(np.asarray(_trig.expect1(lambda z, v=v: v(z) ** 2, self.diag,
+                                                         kinks=act.kinks, period=act.period),
+                                           dtype=float)))
+              for k, v in g.items()}
+        bound = {(x, y): rt * (np.multiply.outer(sq[x], sq[y]) + np.abs(e[(x, y)]))
+                 for x, y in terms}
+        E22, E21, E20z, E20 = (np.asarray(e[t], dtype=float) for t in terms)
+        e22, e21, e20z, e20 = (bound[t] for t in terms)
+        Kd, aK = self.diag[:, None], np.abs(K)
+        T2 = E22
+        T3 = (E21 - K * T2) / Kd
+        X = (E20z - K * E21) / Kd - E20
+        T4 = (X - K * T3) / Kd
+        d2 = e22
+        d3 = (e21 + aK * d2) / Kd
+        dX = (e20z + aK * e21) / Kd + e20
+        d4 = (dX + aK * d3) / Kd
+        # round-off of the combinations: a few ulps of their largest term
+        ulp = 8 * np.finfo(float).eps
+        d3 = d3 + ulp * (np.abs(E21) + aK * np.abs(T2)) / Kd
+        d4 = d4 + ulp * ((np.abs(E20z) + aK * np.abs(E21)) / Kd + np.abs(E20)
+                         + aK * np.abs(T3)) / Kd
+        T = np.stack([T4.T, T3.T, T2, T3, T4])
+        dT = np.stack([d4.T, d3.T, d2, d3, d4])
+        self._stein[of] = (T, dT)
+        return T, dT
 
     def _d4_mid(self, key):
         """``<(f^2)^(4)>`` at the midpoint kernel ``(K_aa + K_bb)/2`` of every pair a < b.
@@ -632,6 +803,13 @@ class LayerAverages:
             self._moments[of] = self._pair_moments_uncached(of)
         return self._moments[of]
 
+    def _moments_at(self, K, of):
+        """The pair moments of :meth:`_pair_moments` at another kernel K (not cached)."""
+        si = _scale_invariant(self.act)
+        if si is not None:
+            return _piecewise_pair_moments(si, 1 if of == "s" else 0, K)
+        return self._pair_moments_generic(of, K)
+
     def _pair_moments_uncached(self, of):
         if self._independent:
             m = {(i, j): self._factorized(of, of, i, j) for i, j in _MOMENTS}
@@ -645,17 +823,220 @@ class LayerAverages:
                 return self._block.row(("moments", of), self._pos,
                                        lambda Ks: _piecewise_pair_moments(si, deg, Ks))
             return _piecewise_pair_moments(si, deg, self.K)
+        return self._pair_moments_generic(of, self.K)
+
+    def _pair_moments_generic(self, of, K):
         f = self.act.sigma if of == "s" else self.act.d1
         fns = {f"f{i}": (lambda i: lambda z: z ** i * f(z))(i) for i in range(5)}
         terms = (("f0", "f0"), ("f1", "f1"), ("f2", "f2"), ("f2", "f0"), ("f4", "f0"),
                  ("f3", "f1"))
         fns = Integrands(self.act, **fns)
-        e = ((_trig.active(self.act.period) and _trig.trig_pairs(fns, self.K, terms))
-             or gaussian.pair_expectations(fns, self.K, terms, rtol=_PAIR_RTOL))
+        e = ((_trig.active(self.act.period) and _trig.trig_pairs(fns, K, terms))
+             or gaussian.pair_expectations(fns, K, terms, rtol=_PAIR_RTOL))
         m = {(int(a[1]), int(b[1])): v for (a, b), v in e.items()}
         for (i, j) in list(m):
             m[(j, i)] = m[(i, j)].T
         return m
+
+
+# ---------------------------------------------------------------------------
+# the fourth-derivative source of a pair of distinct inputs
+# ---------------------------------------------------------------------------
+
+#: binomial weights of ``<d^4 (f_a f_b)>`` by the number k of derivatives on input a
+_BINOM4 = np.array([1.0, 4.0, 6.0, 4.0, 1.0])
+
+
+def _pattern_weights(W):
+    """``W_k`` (P, 5): the symmetrized V of each pair with k indices on a (0), 4 - k on b (1)."""
+    return np.stack([W[:, 1, 1, 1, 1], W[:, 0, 1, 1, 1], W[:, 0, 0, 1, 1], W[:, 0, 0, 0, 1],
+                     W[:, 0, 0, 0, 0]], axis=1)
+
+
+def d4_pair_source(W, T, dT):
+    r"""``(1/8) sum_k C(4, k) W_k <f^(k)(z_a) f^(4-k)(z_b)>`` for P pairs, and its error.
+
+    ``<d_b1..d_b4 (f_a f_b)>`` with k of the derivatives on input a is
+    ``<f^(k)_a f^(4-k)_b>``; the fully symmetrized V (``W``, (P, 2, 2, 2, 2),
+    index 0 = a, 1 = b) weighs it by ``W_k`` times the number C(4, k) of its
+    index patterns.
+
+    Parameters
+    ----------
+    W : ndarray (P, 2, 2, 2, 2)
+    T, dT : ndarray (5, P)
+        ``T[k] = <f^(k)_a f^(4-k)_b>`` and its estimated absolute error.
+
+    Returns
+    -------
+    value, error : ndarray (P,)
+    """
+    Wk = _pattern_weights(W)
+    val = 0.125 * np.einsum("k,pk,kp->p", _BINOM4, Wk, T)
+    err = 0.125 * np.einsum("k,pk,kp->p", _BINOM4, np.abs(Wk), dT)
+    err = err + 8 * np.finfo(float).eps * 0.125 * np.einsum("k,pk,kp->p", _BINOM4, np.abs(Wk),
+                                                             np.abs(T))
+    return val, err
+
+
+def _piecewise_stein_terms(si, K, of):
+    r"""``<f^(k)(z_a) f^(4-k)(z_b)>`` (5, N, N) of the ReLU family in closed form, and errors.
+
+    ``sigma = c_+ z theta(z) + c_- z theta(-z)``: ``sigma'' = C delta(z)``,
+    ``sigma^(3) = C delta'(z)``, ``C = c_+ - c_-``. The Stein form of
+    :meth:`LayerAverages._stein_terms` with these distributions (``z delta = 0``,
+    ``z delta' = -delta``, ``z^2 delta' = 0``) needs only
+
+    * ``<delta_a delta_b> = 1 / (2 pi sqrt(det))``,
+      ``<delta'_a delta'_b> = K_ab / (2 pi det^(3/2))``,
+    * ``<delta_a sigma_b> = C sqrt(det) / (2 pi K_aa)`` (``z_b | z_a = 0`` has
+      variance ``det / K_aa``), ``<delta'_a sigma'_b> = -C K_ab / (2 pi K_aa sqrt(det))``,
+
+    so ``f = sigma``: ``T2 = C^2 / (2 pi sqrt det)``, ``T3 = -K_ab T2 / K_aa``,
+    ``T4 = (K_ab^2 T2 / K_aa - C^2 sqrt(det) / (2 pi K_aa)) / K_aa``; ``f = sigma'``:
+    ``T2 = C^2 K_ab / (2 pi det^(3/2))``, ``T3 = -C^2 K_bb / (2 pi det^(3/2))``,
+    ``T4 = (C^2 K_ab / (pi K_aa sqrt det) + C^2 K_ab K_bb / (2 pi det^(3/2))) / K_aa``.
+    No cancellation but ``det = K_aa K_bb - K_ab^2`` itself (relative error
+    ~eps / (1 - rho^2)); against the Hermite form in 40 digits: 1e-15 at
+    1 - rho = 0.3 .. 1e-3, 2e-12 at 1e-5 (``tests/theory/test_d4_source.py``).
+    Entries of collinear inputs (``det = 0``) and the diagonal are not finite.
+    K may carry leading axes (..., N, N): the result is then (..., 5, N, N).
+    """
+    C2 = (float(si[0]) - float(si[1])) ** 2
+    d = np.einsum("...ii->...i", K)
+    Ka, Kb = d[..., :, None], d[..., None, :]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        det = Ka * Kb - K * K
+        sd = np.sqrt(det)
+        d32 = det * sd
+        if of == "s":
+            T2 = C2 / (2 * np.pi * sd)
+            T3 = -K * T2 / Ka
+            T4 = (K * K * T2 / Ka - C2 * sd / (2 * np.pi * Ka)) / Ka
+        else:
+            T2 = C2 * K / (2 * np.pi * d32)
+            T3 = -C2 * Kb / (2 * np.pi * d32)
+            T4 = (C2 * K / (np.pi * Ka * sd) + C2 * K * Kb / (2 * np.pi * d32)) / Ka
+        tr = lambda X: np.swapaxes(X, -1, -2)  # noqa: E731
+        T = np.stack([tr(T4), tr(T3), T2, T3, T4], axis=-3)
+        eps = np.finfo(float).eps
+        dT = np.abs(T) * (16 * eps + 6 * eps * (Ka * Kb / det)[..., None, :, :])
+    return T, dT
+
+
+def _hermite_patterns(Kaa, Kbb, Kab, det, mm, rerr):
+    """``<f^(k)_a f^(4-k)_b>`` (5, P) by the Hermite form, one index pattern at a time; errors."""
+    n = len(Kaa)
+    T, dT = np.empty((5, n)), np.empty((5, n))
+    for k in range(5):
+        W = np.zeros((n,) + (2,) * 4)
+        for idx in itertools.product((0, 1), repeat=4):
+            if idx.count(0) == k:
+                W[(slice(None),) + idx] = 1.0
+        v, e = _hermite_source(W, Kaa, Kbb, Kab, det, mm, rerr)
+        T[k], dT[k] = v / (0.125 * _BINOM4[k]), e / (0.125 * _BINOM4[k])
+    return T, dT
+
+
+def _hermite_source(W, Kaa, Kbb, Kab, det, mm, rerr):
+    """The Hermite form of :meth:`LayerAverages.d4_source` for P pairs, and its error.
+
+    ``<d^4 F> = <F H_4(z; K)>`` with the Hermite tensor of ``Lambda = K^{-1}``:
+    pair moments ``mm[(i, j)] = <z_a^i f_a z_b^j f_b>`` (P,) contracted with
+    Lambda four times. Error (a running-error bound): the same contraction of
+    ``|W|, |Lambda|, |mm|`` (every product, before the cancellations) times the
+    moments' relative error ``rerr`` plus the relative error of Lambda, ~4 ulp
+    / (1 - rho^2) (``det`` cancels). For nearly coinciding inputs the value is
+    ~(1 - rho^2)^2 smaller than that sum: this is the loss the estimate reports.
+    """
+    def contract(W, Lam, mm):
+        Wp = np.einsum("pijkl,pia,pjb,pkc,pld->pabcd", W, Lam, Lam, Lam, Lam)
+        U = np.einsum("pijkl,pij->pkl", W, Lam)
+        R = np.einsum("pak,pkl,plb->pab", Lam, U, Lam)
+        c0 = 3.0 * np.einsum("pkl,pkl->p", U, Lam)
+        return [Wp[:, 0, 0, 0, 0] * mm[(4, 0)], 4 * Wp[:, 0, 0, 0, 1] * mm[(3, 1)],
+                6 * Wp[:, 0, 0, 1, 1] * mm[(2, 2)], 4 * Wp[:, 0, 1, 1, 1] * mm[(1, 3)],
+                Wp[:, 1, 1, 1, 1] * mm[(0, 4)],
+                -6 * R[:, 0, 0] * mm[(2, 0)], -12 * R[:, 0, 1] * mm[(1, 1)],
+                -6 * R[:, 1, 1] * mm[(0, 2)], c0 * mm[(0, 0)]]
+    n = len(Kaa)
+    Lam = np.empty((n, 2, 2))
+    Lam[:, 0, 0] = Kbb / det
+    Lam[:, 1, 1] = Kaa / det
+    Lam[:, 0, 1] = Lam[:, 1, 0] = -Kab / det
+    val = 0.125 * sum(contract(W, Lam, mm))
+    bound = 0.125 * sum(contract(np.abs(W), np.abs(Lam), {k: np.abs(v) for k, v in mm.items()}))
+    eps = np.finfo(float).eps
+    lam_rel = 4 * eps * Kaa * Kbb / det
+    err = (rerr + 16 * eps + 4 * lam_rel) * bound
+    return val, err
+
+
+def _third_named(name):
+    """``sigma'''`` of the named smooth activations, in closed form (None if not listed)."""
+    from scipy import special
+
+    def tanh3(z):
+        t = np.tanh(z)
+        p = 1.0 - t * t
+        return p * (6.0 * t * t - 2.0)
+
+    def logistic3(z):           # (d/dz)^2 of e(1 - e), e = expit
+        e = special.expit(z)
+        d = e * (1.0 - e)
+        return d * (1.0 - 2.0 * e) ** 2 - 2.0 * d * d
+
+    def logistic2(z):
+        e = special.expit(z)
+        return e * (1.0 - e) * (1.0 - 2.0 * e)
+
+    c = 2.0 / np.sqrt(np.pi)
+    table = {
+        "tanh": tanh3,
+        "sigmoid": logistic3,
+        "softplus": logistic2,
+        # z e(z): sigma''' = 3 e'' + z e'''
+        "swish": lambda z: 3.0 * logistic2(z) + z * _third_of_logistic(z),
+        "silu": lambda z: 3.0 * logistic2(z) + z * _third_of_logistic(z),
+        # z Phi(z): sigma'' = (2 - z^2) phi, sigma''' = (z^3 - 4 z) phi
+        "gelu": lambda z: (z ** 3 - 4.0 * z) * np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi),
+        "erf": lambda z: c * (4.0 * z * z - 2.0) * np.exp(-z * z),
+        "sin": lambda z: -np.cos(z),
+    }
+    return table.get(name)
+
+
+def _third_of_logistic(z):
+    """``expit'''(z)``: e (1 - e) (1 - 6 e + 6 e^2)."""
+    from scipy import special
+    e = special.expit(z)
+    return e * (1.0 - e) * (1.0 - 6.0 * e + 6.0 * e * e)
+
+
+def third_derivative(act):
+    r"""``sigma'''`` of a smooth activation, or None where it is not available.
+
+    Named activations: closed forms. ``monomial(p)``: ``p (p-1) (p-2) z^(p-3)``.
+    Other smooth activations with exact ``d2``: Richardson-extrapolated central
+    differences of ``d2`` (:func:`pdlt.activations._fd_derivative`, error
+    O(h^6) with ``h = 1e-2 max(1, |z|)``: ~1e-12 relative for functions
+    analytic in a strip of width >~ 1, round-off ~1e-14 / h). Kinked
+    activations, and ``d2`` that are themselves finite differences, get None
+    (the fourth-derivative source then uses the Hermite form).
+    """
+    if act.kinks or _scale_invariant(act) is not None:
+        return None
+    name = act.spec[0] if act.spec is not None else None
+    if name == "monomial":
+        p = int(act.parameters["p"])
+        return lambda z: (p * (p - 1) * (p - 2) * np.asarray(z, float) ** max(p - 3, 0)
+                          if p >= 3 else np.zeros_like(np.asarray(z, float)))
+    if name is not None and _third_named(name) is not None:
+        return _third_named(name)
+    if act.derivatives != "exact":
+        return None
+    from ..activations import _fd_derivative
+    return _fd_derivative(act.d2, 1, 1e-2)
 
 
 #: Gauss-Legendre nodes per smooth piece of the angular integral (trigonometric

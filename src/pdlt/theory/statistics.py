@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 
 import numpy as np
 
 from .._progress import layers as _layers
 from ..network import MLP
 from ._averages import (KERNEL_RANGE, LayerAverages, LayerBlock, OneVariableTable, _TableRow,
-                        _scale_invariant, is_odd, representatives)
+                        _scale_invariant, apply_M, is_odd, representatives)
 from .kernel import LayerHyper, first_layer_kernel, kernel_fold
 from .ddntk import ddntk_R_step, ddntk_S_step, ddntk_T_step, ddntk_U_step
 from .dntk import dntk_P_step, dntk_Q_step
@@ -84,8 +85,12 @@ class Statistics:
     get : tuple of str
         The names asked for.
     integration_error : ndarray (L,) or None
-        Estimated absolute error of the four-variable averages that entered
-        V at each layer's step (not propagated); set when V was computed.
+        Estimated absolute error at each layer: the larger of the error of
+        the four-variable averages that entered V's step (not propagated)
+        and, for N > 1 inputs, the estimated error of G1 and H1 from their
+        fourth-derivative sources (``LayerAverages.d4_source``, propagated
+        through the fold); set when V was computed. :func:`statistics` warns
+        when a G1 or H1 entry's estimate exceeds 1e-8 of its scale.
     error : dict or None
         With ``statistics(..., error=True)``: name -> estimated absolute
         error of every entry of that order-1/n statistic (its shape), the
@@ -332,6 +337,10 @@ def layer_step(act, K, Theta, state, names, hp, *, accuracy="default", merge=Tru
     for k in names:
         val = _STEPS[k](avg, st, hp)
         out[k] = val[np.ix_(*(inv,) * val.ndim)] if merged else val
+    # the fourth-derivative sources' error estimates, over every input
+    avg.d4_error_inputs = {of: (E[np.ix_(inv, inv)] if merged else E)
+                           for of, E in avg.d4_error.items()}
+    avg.inputs_map = (reps, inv) if merged else None
     return out, avg
 
 
@@ -600,7 +609,7 @@ def _affine_one_input(mlp, table, K, Theta, run, out, errors):
         errors[1:] = 1e-14 * np.abs(ssss) * Cw ** 2
 
 
-def _finite_fold(mlp, Ks, Ths, need, accuracy):
+def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True):
     act, L, N = mlp.activation, mlp.depth, Ks.shape[1]
     if mlp.is_residual:
         given = _residual_given(mlp, need, Ks, Ths, N == 1, accuracy)
@@ -640,6 +649,9 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy):
                 _two_input.affine_two_input(mlp, table, Ks, Ths, run, out, errors, accuracy)
             return out, errors
     hps = [LayerHyper.of(mlp, l) for l in range(L)]
+    d4err = ({k: np.zeros((L, N, N)) for k in ("G1", "H1") if k in run}
+             if (errors is not None and N > 1) else None)
+    d4err = d4err or None
     nb = _BLOCK_LAYERS if N == 2 else 0
     block = None
     for l in _layers(range(1, L), f"{', '.join(run)}, {N} input{'s' if N > 1 else ''}"):
@@ -661,7 +673,75 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy):
             scale = hps[l].C_W ** 2 * hps[l].xi ** 4
             errors[l] = (float(np.max(E)) if E is not None
                          else 1e-14 * float(np.max(np.abs(avg.quad("ssss"))))) * scale
+        if d4err is not None:
+            _d4_propagate(d4err, avg, hps[l], Ths[l - 1], l)
+            errors[l] = max(errors[l], *(float(np.max(v[l])) for v in d4err.values()))
+    if d4err is not None and warn:
+        _warn_d4(d4err, out, Ks)
     return out, errors
+
+
+#: relative error of a G1 / H1 entry above which :func:`statistics` warns
+_D4_WARN = 1e-8
+
+
+def _d4_propagate(err, avg, hp, Theta, l):
+    """Carry the estimated absolute errors of G1 and H1 (``err[name]``, (L, N, N)) one layer.
+
+    The steps are linear in G1 and H1: ``dG1' = |r C_W| (|M_ss| dG1 + dsrc_s)`` (residual:
+    ``r (xi^2 C_W (...) + gamma^2 dG1)``), ``dH1' = r (|lambda_W| dDss + C_W (|Theta| dDpp
+    + |PP| dH1))`` with ``dD.. = |M..| dG1 + dsrc_.``: the error of each layer's
+    fourth-derivative source (``LayerAverages.d4_error``), propagated.
+    """
+    src = getattr(avg, "d4_error_inputs", {})
+    N = Theta.shape[0]
+    zero = np.zeros((N, N))
+    absop = lambda op: tuple(np.abs(o) for o in op)  # noqa: E731
+    rmap = getattr(avg, "inputs_map", None)
+    gprev = err["G1"][l - 1] if "G1" in err else zero
+    if rmap is not None:    # merged inputs: the operators act on the distinct inputs
+        reps, inv = rmap
+        ex = lambda X: X[np.ix_(inv, inv)]  # noqa: E731
+        g = gprev[np.ix_(reps, reps)]
+    else:
+        ex = lambda X: X  # noqa: E731
+        g = gprev
+    dss = ex(apply_M(absop(avg.Mss), g)) + src.get("s", zero)
+    dpp = (ex(apply_M(absop(avg.Mpp), g)) if "H1" in err else zero) + src.get("p", zero)
+    if "G1" in err:
+        if hp.gamma == 0.0 and hp.xi == 1.0:
+            err["G1"][l] = abs(hp.ratio * hp.C_W) * dss
+        else:
+            err["G1"][l] = abs(hp.ratio) * (hp.xi ** 2 * abs(hp.C_W) * dss + hp.gamma ** 2 * gprev)
+    if "H1" in err:
+        hprev = err["H1"][l - 1]
+        PP = ex(np.abs(avg.PP))
+        err["H1"][l] = abs(hp.ratio) * (abs(hp.lambda_W) * dss
+                                        + abs(hp.C_W) * (np.abs(Theta) * dpp + PP * hprev))
+
+
+def _warn_d4(err, out, Ks):
+    """Warn once per statistic with an entry's estimated error above :data:`_D4_WARN` of scale."""
+    d = np.einsum("lii->li", Ks)
+    for name, E in err.items():
+        X = out[name]
+        xd = np.abs(np.einsum("lii->li", X))
+        scale = np.maximum(np.abs(X), np.sqrt(xd[:, :, None] * xd[:, None, :]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(E > 0, E / scale, 0.0)
+        if not np.any(rel > _D4_WARN):
+            continue
+        l, a, b = (int(i) for i in np.unravel_index(np.argmax(rel), rel.shape))
+        one_minus_rho = 1.0 - Ks[l - 1, a, b] / np.sqrt(d[l - 1, a] * d[l - 1, b])
+        warnings.warn(
+            f"{name} of inputs {a} and {b} at layer {l + 1} has an estimated error of "
+            f"{rel[l, a, b]:.1e} of its scale (> {_D4_WARN:g}; 1 - rho = {one_minus_rho:.1e} at "
+            f"layer {l}): its fourth-derivative source is ill-conditioned for nearly "
+            "coinciding inputs of a kinked activation (or one without exact derivatives: "
+            "Hermite form, ~(1 - rho^2)^-2; coinciding limit, O(1 - rho)). Treat that entry "
+            "as unresolved (Statistics.integration_error holds the estimate), merge the two "
+            "inputs if they are meant to coincide, or use inputs further apart",
+            RuntimeWarning, stacklevel=4)
 
 
 # ---------------------------------------------------------------------------
@@ -752,7 +832,7 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         fields.update(vals)
         if error:
             other = {"fast": "default", "default": "high", "high": "default"}[accuracy]
-            alt, _ = _finite_fold(mlp, Ks, Ths, finite, other)
+            alt, _ = _finite_fold(mlp, Ks, Ths, finite, other, warn=False)
             estimate = {k: np.abs(vals[k] - alt[k]) for k in vals}
     if K1 is not None:
         fields = {k: v.reshape(v.shape[0]) for k, v in fields.items()}
