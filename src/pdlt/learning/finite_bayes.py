@@ -9,7 +9,9 @@ others, and the posterior covariance depends on the targets.
 * :func:`finite_width_posterior` (from an MLP) and
   :func:`nearly_gaussian_posterior` (from K, V, G1 directly): the posterior
   mean and covariance at test inputs to order 1/n, and the log evidence;
-  ``noise = 0`` is allowed whenever ``K_AA + G1_AA/n`` is invertible;
+  ``noise = 0`` is allowed whenever ``K_AA + G1_AA/n`` is invertible; a residual
+  output layer with a non-odd activation adds the output's O(1/n) three-point function
+  (``kappa3``), which enters linearly;
 * :func:`hebbian_kernel_shift`: the posterior mean of every hidden-layer
   metric, which moves along the outer product of the whitened targets by
   O(1/n) ("Hebbian" representation learning, book §6.4.2);
