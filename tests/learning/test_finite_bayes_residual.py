@@ -252,7 +252,8 @@ def test_kappa3_errors():
     with pytest.raises(ValueError, match="shape"):
         nearly_gaussian_posterior(K, V, [0.1, 0.2], 2, 0.1, kappa3=k3[:2])
     with pytest.raises(ValueError, match="symmetric in a, b"):
-        nearly_gaussian_posterior(K, V, [0.1, 0.2], 2, 0.1, kappa3=k3 + np.arange(27.).reshape(3, 3, 3))
+        nearly_gaussian_posterior(K, V, [0.1, 0.2], 2, 0.1,
+                                  kappa3=k3 + np.arange(27.0).reshape(3, 3, 3))
     with pytest.raises(ValueError, match="NaN"):
         nearly_gaussian_posterior(K, V, [0.1, 0.2], 2, 0.1, kappa3=k3 * np.nan)
 
@@ -309,8 +310,8 @@ def test_conditional_posterior_with_prior_mean_is_the_shifted_gp():
     A = K[:2, :2] + s * np.eye(2)
     np.testing.assert_allclose(p.mean[:, 0], mu[2:] + K[2:, :2] @ np.linalg.solve(A, y - mu[:2]),
                                rtol=1e-12)
-    np.testing.assert_allclose(p.var[:, 0], np.diag(K[2:, 2:] - K[2:, :2] @ np.linalg.solve(A, K[:2, 2:])),
-                               rtol=1e-12)
+    S = K[2:, 2:] - K[2:, :2] @ np.linalg.solve(A, K[:2, 2:])
+    np.testing.assert_allclose(p.var[:, 0], np.diag(S), rtol=1e-12)
     # a zero prior mean is the plain mixture (two kernels: the weights matter)
     K2 = K + 0.2 * np.outer([1.0, -0.5, 0.3, 0.8], [1.0, -0.5, 0.3, 0.8])
     Kh = np.stack([K, K2, K, K2])
@@ -333,7 +334,8 @@ def _parity_theory_consistent(r):
                                   C_W=1.5, C_b=0.1), X, get=("V", "G1", "kappa3"))
     big = 1e7
     p, m = (nearly_gaussian_posterior(st.K[-1], st.V[-1], y, 2, 0.05, G1=st.G1[-1], n=big,
-                                      kappa3=st.kappa3[-1]) for y in (BAYES_Y_TRAIN, -BAYES_Y_TRAIN))
+                                      kappa3=st.kappa3[-1])
+            for y in (BAYES_Y_TRAIN, -BAYES_Y_TRAIN))
     np.testing.assert_allclose(big * 0.5 * (p.mean + m.mean)[:, 0], r["mean3"], rtol=1e-6)
     np.testing.assert_allclose(big * 0.5 * np.diag(p.cov - m.cov), r["var3"], rtol=1e-6)
 
