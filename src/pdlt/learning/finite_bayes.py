@@ -441,7 +441,10 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
     ``Ghat^(l)_ab = (1/n_l) sum_j z^(l)_{j;a} z^(l)_{j;b}`` moves under Bayesian
     conditioning by ``(1/2) C^(l,L) . [alpha alpha^T - n_out (K_AA + s2)^-1]``
     with the mixed vertex ``C^(l,L)`` (``docs/derivations/finite_bayes.rst``;
-    book §6.4.2). Zero at infinite width.
+    book §6.4.2), plus ``sum_(i,c) Cov(Ghat^(l)_ab, z_(i;c)) alpha_(i;c)`` when the output
+    layer is residual with a non-odd activation (then that covariance is O(1/n):
+    :func:`pdlt.theory.residual_multi_mean.residual_mixed_three_point`). Zero at infinite
+    width.
 
     Parameters
     ----------
@@ -449,8 +452,8 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
         A plain or residual MLP. Residual: the mixed vertex of
         :func:`pdlt.theory.residual_multi_mean.residual_mixed_vertex` (the neurons' own
         pasts and the cross-layer field covariance); a residual *output* layer
-        (``gamma[L-1] != 0``) needs an odd activation (otherwise ``Cov(Ghat, z)`` is O(1/n)
-        and adds a term not included here).
+        (``gamma[L-1] != 0``) with a non-odd activation adds the linear term above (with
+        ``n_out = n`` observed outputs the caveat of :func:`finite_width_posterior` applies).
     X_train : array_like (N, n0)
     y_train : array_like (N,) or (N, n_out)
     X : array_like (M, n0), optional
@@ -467,15 +470,6 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
     from ..theory.vertex import apply_M, kernel_derivative_operator
 
     mlp, X_train, y2, Xe, noise = _mlp_data(mlp, X_train, y_train, X, noise)
-    if mlp.is_residual and mlp.gamma[-1] != 0.0:
-        from ..theory._averages import is_odd
-        if not is_odd(mlp.activation):
-            raise NotImplementedError(
-                f"the output layer is residual (gamma[{mlp.depth - 1}] = {mlp.gamma[-1]:g}) and "
-                f"the activation {mlp.activation.name!r} is not odd: the hidden metrics then "
-                "correlate with the outputs at O(1/n) (a three-point term this shift does not "
-                f"include). Use a plain output layer (gamma[{mlp.depth - 1}] = 0, e.g. a scalar "
-                "gamma with n_out != width) or an odd activation (tanh, linear)")
     if mlp.depth < 2:
         raise ValueError("a depth-1 network has no hidden layer to learn a representation; "
                          "use depth >= 2")
@@ -488,6 +482,11 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
     alpha = scipy.linalg.cho_solve(cf, y2)
     prec = scipy.linalg.cho_solve(cf, np.eye(N))
     X_heb = alpha @ alpha.T - y2.shape[1] * 0.5 * (prec + prec.T)
+    k3mix = s_heb = None
+    if _has_output_three_point(mlp):   # Cov(Ghat, z) is O(1/n): the linear-response term
+        from ..theory.residual_multi_mean import residual_mixed_three_point
+        k3mix = residual_mixed_three_point(mlp, Ks=Ks, accuracy=accuracy)
+        s_heb = alpha.sum(axis=1)
     if mlp.is_residual:     # C^(l,L) of every hidden layer (residual_multi_mean)
         from ..theory.residual_multi_mean import residual_mixed_vertex
         Cres = residual_mixed_vertex(mlp, Ks=Ks, accuracy=accuracy)
@@ -509,6 +508,9 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
                 C = mlp.C_W[lp] * np.moveaxis(moved, (0, 1), (2, 3))
         prior.append(K + G1 / n_prev)
         shift.append(0.5 * np.einsum("abcd,cd->ab", C[:, :, :N, :N], X_heb))
+        if k3mix is not None:
+            # Cov(Ghat^(l)_ab, z_(i;c)) alpha_(i;c), summed over the output neurons
+            shift[-1] = shift[-1] + np.einsum("abc,c->ab", k3mix[l - 1][:, :, :N], s_heb)
     return RepresentationShift(tuple(range(1, L)), np.array(prior), np.array(shift), x)
 
 
