@@ -360,6 +360,12 @@ def test_three_point_posterior_variance_of_real_residual_networks():
     d, se = r["dv"][:, b], r["dv_se"][:, b]
     powered(r["var3"][b], d[1], se[1], abs(d[1] - d[0]), label="relu kappa3 posterior variance",
             max_resolution=0.35)
+    # the report's rows (pdlt report): the same variance comparison, and the mean's row
+    from pdlt.report.learning import _residual_bayes_rows
+    rows = _residual_bayes_rows(r)
+    var_rows = [w for w in rows if "variance" in w.statistic and w.statistic.endswith(f"test {b}")]
+    assert len(var_rows) == 1 and var_rows[0].passed and var_rows[0].measured == d[1]
+    assert any("mean" in w.statistic for w in rows)
 
 
 @pytest.mark.slow

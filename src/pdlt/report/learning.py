@@ -29,7 +29,8 @@ from .figures import pyplot
 
 __all__ = ["width_convergence", "learning_figures", "hidden_kernels", "conditional_posterior",
            "hidden_kernel_martingale", "posterior_control_variate",
-           "BayesCase", "default_bayes_cases", "run_bayes_case", "finite_bayes_study"]
+           "BayesCase", "default_bayes_cases", "run_bayes_case", "finite_bayes_study",
+           "residual_hidden_state", "residual_bayes_three_point"]
 
 
 def width_convergence(mlp, task, *, widths=(64, 128, 256, 512), networks=400, steps=40,
@@ -506,7 +507,8 @@ def residual_bayes_three_point(activation="relu", *, widths=(8, 16), networks=10
         ``mean3``, ``var3`` (N_B,): theory coefficients of the kappa3 terms (even mean,
         odd variance, times n); ``mean1_full``: the whole 1/n mean coefficient at ``+y``;
         per width (W, N_B): ``dm``, ``dm_se``, ``dv``, ``dv_se`` (measured, times n),
-        ``ess`` (W,), ``widths``.
+        ``dm_plus``, ``dm_plus_se`` (the whole ``n (m(y) - m_inf)``), ``ess`` (2W,),
+        ``widths``, ``activation``.
     """
     import pdlt
     from ..learning.finite_bayes import nearly_gaussian_posterior
@@ -555,6 +557,7 @@ def residual_bayes_three_point(activation="relu", *, widths=(8, 16), networks=10
         res["dm_plus_se"].append(smp)
     out.update({k: np.array(v) for k, v in res.items()})
     out["widths"] = np.array(widths)
+    out["activation"] = activation
     out["var_inf"], out["mean_inf"] = v_inf, m_inf
     return out
 
@@ -693,9 +696,18 @@ def finite_bayes_study(cases=None, *, quick=False, full=False, log=None):
     from .figures import pyplot
     from .rows import Study
 
+    cases_default = cases is None
     cases = default_bayes_cases(quick, full) if cases is None else list(cases)
     results = [run_bayes_case(c, log=log) for c in cases]
     rows = tuple(r for res in results for r in _bayes_rows(res))
+    three_point = not quick and cases_default
+    if three_point:         # residual output layers: the output three-point function
+        for act in ("relu", "gelu"):
+            if log:
+                log(f"  Bayes residual kappa3 {act}: {RESIDUAL_BAYES_NETWORKS * (3 if full else 1)}"
+                    " networks per width")
+            rows += tuple(_residual_bayes_rows(residual_bayes_three_point(
+                act, networks=RESIDUAL_BAYES_NETWORKS * (3 if full else 1), seed=5)))
 
     def figure():
         plt = pyplot()
@@ -736,7 +748,40 @@ def finite_bayes_study(cases=None, *, quick=False, full=False, log=None):
         "and n (m - m_inf) against the predicted 1/n coefficients (K, G1, V); allowance of "
         "the single-width rows (variance only): the change from the previous width; "
         "extrapolated rows: half of it. The mean has extrapolated rows only: at these widths "
-        "its d(n) still moves by more than |d(n/2) - d(n)| per halving.", rows, figure)
+        "its d(n) still moves by more than |d(n/2) - d(n)| per halving."
+        + (" Residual output layers (relu, gelu; gamma 0.5, n_out = width 8/16, one output "
+           "neuron observed): the output three-point function kappa3, isolated by its parity "
+           "in the targets (the y-even posterior mean, extrapolated, and the y-odd variance; "
+           "zero without kappa3) (report.learning.residual_bayes_three_point)."
+           if three_point else ""), rows, figure)
+
+
+#: networks per width of the residual kappa3 rows (x3 with --full): ~11 s per activation;
+#: measured at 1 200 000 (docs/derivations/finite_bayes.rst) the rows resolve to 0.09-0.27.
+RESIDUAL_BAYES_NETWORKS = 400000
+
+
+def _residual_bayes_rows(res):
+    """Rows of :func:`residual_bayes_three_point`: the y-even mean extrapolated over the
+    two widths and the y-odd variance at the larger width, at the test inputs whose
+    kappa3 term is >= 0.2 of the largest."""
+    from .rows import make_row, width_extrapolation
+
+    n = int(res["widths"][-1])
+    rows = []
+    for b in np.flatnonzero(np.abs(res["mean3"]) >= 0.2 * np.abs(res["mean3"]).max()):
+        ext, sx, allow = width_extrapolation(res["dm"][0, b], res["dm_se"][0, b],
+                                             res["dm"][1, b], res["dm_se"][1, b])
+        rows.append(make_row(f"residual output kappa3: y-even posterior mean n(m(y)+m(-y))/2 "
+                             f"(n/2,n extrap.), test {b}", res["activation"], n, 3,
+                             res["mean3"][b], ext, sx, allow, key="Bayes kappa3 (1/n)"))
+    for b in np.flatnonzero(np.abs(res["var3"]) >= 0.2 * np.abs(res["var3"]).max()):
+        d, se = res["dv"][:, b], res["dv_se"][:, b]
+        rows.append(make_row(f"residual output kappa3: y-odd posterior variance "
+                             f"n(v(y)-v(-y))/2, test {b}", res["activation"], n, 3,
+                             res["var3"][b], d[-1], se[-1], abs(d[-1] - d[-2]),
+                             key="Bayes kappa3 (1/n)"))
+    return rows
 
 
 # ---------------------------------------------------------------------------
