@@ -260,7 +260,8 @@ def test_mixed_vertex_gamma_zero_is_the_plain_recursion(act):
 def test_hebbian_kernel_shift_residual():
     """Residual hidden layers with a plain output: served, symmetric, continuous in gamma
     (gamma = 1e-7 within 1e-5 of the plain shift); a residual output with non-odd sigma is
-    refused (with tanh, odd, it is served: the ensemble file's mixed-vertex test)."""
+    served with its linear three-point term (h48; tests/learning/test_finite_bayes_residual.py),
+    which targets summing to zero over the output neurons switch off."""
     from pdlt.learning.finite_bayes import hebbian_kernel_shift
     XA, YA, XB = np.array([[1.0, 0.0], [0.6, 0.8]]), np.array([1.0, -0.5]), np.array([[0.2, 0.9]])
     kw = dict(n0=2, width=16, depth=3, activation="relu", C_W=1.5, C_b=0.1, n_out=1)
@@ -270,9 +271,16 @@ def test_hebbian_kernel_shift_residual():
     h = hebbian_kernel_shift(pdlt.MLP(**kw, gamma=0.5), XA, YA, XB, noise=0.3)
     np.testing.assert_allclose(h.shift, np.swapaxes(h.shift, 1, 2), atol=1e-14)
     assert np.max(np.abs(h.shift - h0.shift)) > 0.05 * np.max(np.abs(h0.shift))
-    res_out = dict(kw, n_out=16, gamma=0.5)
-    with pytest.raises(NotImplementedError, match="not odd"):
-        hebbian_kernel_shift(pdlt.MLP(**res_out), XA, np.ones((2, 16)), XB, noise=0.3)
+    res_out = pdlt.MLP(**dict(kw, n_out=16, gamma=0.5))
+    y = np.ones((2, 16))
+    y[:, 8:] = -1.0           # sum_k alpha_k = 0: no linear term, the shift is even in y
+    hp = hebbian_kernel_shift(res_out, XA, y, XB, noise=0.3)
+    hm = hebbian_kernel_shift(res_out, XA, -y, XB, noise=0.3)
+    np.testing.assert_allclose(hp.shift, hm.shift, atol=1e-14)
+    y[:, 8:] = 1.0
+    hp = hebbian_kernel_shift(res_out, XA, y, XB, noise=0.3)
+    hm = hebbian_kernel_shift(res_out, XA, -y, XB, noise=0.3)
+    assert np.max(np.abs(hp.shift - hm.shift)) > 1e-2
 
 
 def test_near_coinciding_inputs_warn():

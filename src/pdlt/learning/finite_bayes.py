@@ -9,7 +9,9 @@ others, and the posterior covariance depends on the targets.
 * :func:`finite_width_posterior` (from an MLP) and
   :func:`nearly_gaussian_posterior` (from K, V, G1 directly): the posterior
   mean and covariance at test inputs to order 1/n, and the log evidence;
-  ``noise = 0`` is allowed whenever ``K_AA + G1_AA/n`` is invertible;
+  ``noise = 0`` is allowed whenever ``K_AA + G1_AA/n`` is invertible; a residual
+  output layer with a non-odd activation adds the output's O(1/n) three-point function
+  (``kappa3``), which enters linearly;
 * :func:`hebbian_kernel_shift`: the posterior mean of every hidden-layer
   metric, which moves along the outer product of the whitened targets by
   O(1/n) ("Hebbian" representation learning, book §6.4.2);
@@ -183,12 +185,15 @@ def _gauss_log_evidence(cf, y2, alpha):
                  - 0.5 * n_out * N * math.log(2 * math.pi))
 
 
-def nearly_gaussian_posterior(K, V, y, n_train, noise=0.0, *, G1=None, n=1.0):
+def nearly_gaussian_posterior(K, V, y, n_train, noise=0.0, *, G1=None, n=1.0, kappa3=None):
     """Posterior of a nearly-Gaussian prior conditioned on noisy training outputs.
 
     The prior of the outputs on D = N + M inputs (training first) has the
     cumulants ``delta_ij (K + G1/n)`` and ``kappa4 = (1/n)[V + 2 perms]`` of
-    ``shared/NOTATION.md``; formulas: ``docs/derivations/finite_bayes.rst``.
+    ``shared/NOTATION.md``, and optionally the three-point function
+    ``E[z_{i;a} z_{j;b} z_{k;c}] = (1/n)[d_ij kappa3_abc + d_ik kappa3_acb + d_jk kappa3_bca]``
+    (a residual output layer with a non-odd activation); formulas:
+    ``docs/derivations/finite_bayes.rst``.
 
     Parameters
     ----------
@@ -206,6 +211,12 @@ def nearly_gaussian_posterior(K, V, y, n_train, noise=0.0, *, G1=None, n=1.0):
         NLO metric (default 0).
     n : float, default 1
         The width of the 1/n expansion.
+    kappa3 : array_like (D, D, D), optional
+        Three-point function normalized by ``n``: ``kappa3[a, b, c] = n E[z_{i;a} z_{i;b}
+        z_{k;c}]`` (i != k), symmetric in a, b (the layout of
+        :func:`pdlt.theory.residual_multi_mean.residual_kappa3_multi`). Default (or all
+        zeros): none, and the result is exactly that without it. One output (n_out = 1):
+        the full third cumulant is ``(kappa3_abc + kappa3_acb + kappa3_bca) / n``.
 
     Returns
     -------
@@ -217,6 +228,7 @@ def nearly_gaussian_posterior(K, V, y, n_train, noise=0.0, *, G1=None, n=1.0):
         If ``K_AA + G1_AA/n + noise I`` is singular.
     """
     Sig0, V, y2, n = _check_blocks(K, V, y, n_train, n)
+    k3 = _check_kappa3(kappa3, Sig0.shape[0])
     noise = check_noise(noise)
     n_in = Sig0.shape[0]
     G1 = np.zeros((n_in, n_in)) if G1 is None else np.asarray(G1, dtype=float)
@@ -270,10 +282,63 @@ def nearly_gaussian_posterior(K, V, y, n_train, noise=0.0, *, G1=None, n=1.0):
     T0 = (n_out ** 2 * np.einsum("abcd,ab,cd->", VAA, prec, prec)
           + 2.0 * n_out * np.einsum("abcd,ab,cd->", VAX, prec, prec))
     logZ = _gauss_log_evidence(cf, y2, alpha) + (T4 - 6.0 * T2 + 3.0 * T0) / (24.0 * n)
+    if k3 is not None:
+        # the three-point function enters linearly (the (1/6) kappa3 . H3 Edgeworth term)
+        d_mean, d_cov, T3 = _three_point_terms(k3, alpha, prec, X, Y2, n)
+        mean = mean + W @ d_mean
+        d_cov = np.einsum("ma,ijab,pb->imjp", W, d_cov, W, optimize=True)
+        d_cov = 0.5 * (d_cov + d_cov.transpose(2, 3, 0, 1))
+        cov = cov + (d_cov[0, :, 0, :] if n_out == 1 else d_cov)
+        logZ = logZ + T3 / (6.0 * n)
     return FiniteWidthPosterior(mean=mean, cov=cov, mean_infinite_width=m_inf,
                                 cov_infinite_width=S_inf, log_evidence=float(logZ),
                                 log_evidence_infinite_width=_gauss_log_evidence(cf_inf, y2, alpha_inf),
                                 width=n)
+
+
+def _check_kappa3(kappa3, n_in):
+    """``kappa3`` as a float (D, D, D) array, or None when absent or exactly zero."""
+    if kappa3 is None:
+        return None
+    k3 = np.asarray(kappa3, dtype=float)
+    if k3.shape != (n_in,) * 3:
+        raise ValueError(f"kappa3 must have shape {(n_in,) * 3} (kappa3[a,b,c] = n E[z_(i;a) "
+                         f"z_(i;b) z_(k;c)], i != k, over train+test inputs); got {k3.shape}")
+    if not np.all(np.isfinite(k3)):
+        raise ValueError("kappa3 contains NaN or inf")
+    scale = np.abs(k3).max()
+    if scale == 0.0:
+        return None
+    if np.abs(k3 - k3.transpose(1, 0, 2)).max() > 1e-8 * scale:
+        raise ValueError("kappa3[a, b, c] must be symmetric in a, b (it is n E[z_(i;a) z_(i;b) "
+                         "z_(k;c)] with i != k); symmetrize it or check the index order")
+    return 0.5 * (k3 + k3.transpose(1, 0, 2))
+
+
+def _three_point_terms(k3, alpha, prec, X, Y2, n):
+    """The O(1/n) three-point terms of the posterior (``docs/derivations/finite_bayes.rst``).
+
+    Returns ``t3`` (D, n_out) (mean shift before ``W``), ``U3`` (n_out, n_out, D, D)
+    (covariance shift before ``W . W^T``) and the log-evidence term ``T3`` (times
+    ``1/(6n)``).
+    """
+    N, n_out = alpha.shape
+    kA = k3[:, :N, :N]                                   # kappa3_(a c d), c d in A
+    s = alpha.sum(axis=1)                                # sum over output neurons, (N,)
+    # t_{a,i} = (1/2n)[2 k_acd (alpha_ci s_d - P_cd) + k_cda X_cd]
+    t3 = (np.einsum("acd,ci,d->ai", kA, alpha, s)
+          - np.einsum("acd,cd->a", kA, prec)[:, None]
+          + 0.5 * np.einsum("cda,cd->a", k3[:N, :N, :], X)[:, None]) / n
+    # U_{ij;ab} = (1/n)[d_ij k_abc s_c + k_acb alpha_ci + k_bca alpha_cj]
+    kc = k3[:, :N, :]                                    # [a, c, b] = kappa3_acb
+    U3 = (np.eye(n_out)[:, :, None, None] * np.einsum("abc,c->ab", k3[:, :, :N], s)[None, None]
+          + np.einsum("acb,ci->iab", kc, alpha)[:, None]
+          + np.einsum("bca,cj->jab", kc, alpha)[None, :]) / n
+    kAA = k3[:N, :N, :N]
+    T3 = 3.0 * (np.einsum("abc,ab,c->", kAA, Y2, s)
+                - n_out * np.einsum("abc,ab,c->", kAA, prec, s)
+                - 2.0 * np.einsum("acb,ab,c->", kAA, prec, s))
+    return t3, U3, T3
 
 
 # ---------------------------------------------------------------------------
@@ -322,12 +387,16 @@ def finite_width_posterior(mlp, X_train, y_train, X_test, noise=0.0, *, accuracy
         ``mean`` (M, n_out), ``cov`` ((M, M) for one output), and the
         infinite-width (NNGP) ``mean_infinite_width``, ``cov_infinite_width``.
 
-    Raises
-    ------
-    NotImplementedError
-        If the output layer is residual (``gamma[L-1] != 0``) and the
-        activation is not odd: the output's O(1/n) three-point function is
-        not included.
+    Notes
+    -----
+    A residual output layer (``gamma[L-1] != 0``, so ``n_out = n_{L-1}``) with a non-odd
+    activation (relu, gelu) gives the output an O(1/n) three-point function
+    (:func:`pdlt.theory.residual_multi_mean.residual_kappa3_multi`); it enters the
+    posterior linearly, at the order of V (``kappa3`` of :func:`nearly_gaussian_posterior`).
+    With ``n_out = n`` outputs the sums over output neurons in the correction (``X``,
+    ``sum_k alpha_k``) grow with ``n_out``: the series is an expansion in ``1/n`` at fixed
+    targets per neuron, and its next term is not small unless those sums are (see
+    ``docs/derivations/finite_bayes.rst``).
 
     Examples
     --------
@@ -345,22 +414,25 @@ def finite_width_posterior(mlp, X_train, y_train, X_test, noise=0.0, *, accuracy
     mlp, X_train, y2, X_test, noise = _mlp_data(mlp, X_train, y_train, X_test, noise)
     if X_test.shape[0] == 0:
         raise ValueError("X_test must have at least one row")
-    if mlp.gamma[-1] != 0.0:
-        from ..theory._averages import is_odd
-        if not is_odd(mlp.activation):
-            # z^(L) = xi [b + W sigma] + gamma z^(L-1) keeps an O(1/n) three-point function
-            # for a non-odd sigma, which shifts the posterior at the same order as V
-            raise NotImplementedError(
-                f"the output layer is residual (gamma[{mlp.depth - 1}] = {mlp.gamma[-1]:g}) and "
-                f"the activation {mlp.activation.name!r} is not odd: the output then has an "
-                "O(1/n) three-point function, which this posterior does not include. Use a "
-                f"plain output layer (gamma[{mlp.depth - 1}] = 0, e.g. a scalar gamma with "
-                "n_out != width) or an odd activation (tanh, linear)")
     x = np.vstack([X_train, X_test])
-    st = statistics(mlp, x, get=("V", "G1"), accuracy=accuracy)
     n = mlp.widths[mlp.depth - 1]
+    if _has_output_three_point(mlp):
+        # z^(L) = xi [b + W sigma] + gamma z^(L-1) keeps an O(1/n_{L-1}) three-point
+        # function for a non-odd sigma: it shifts the posterior at the same order as V
+        st = statistics(mlp, x, get=("V", "G1", "kappa3"), accuracy=accuracy)
+        return nearly_gaussian_posterior(st.K[-1], st.V[-1], y2, X_train.shape[0], noise,
+                                         G1=st.G1[-1], n=n, kappa3=st.kappa3[-1])
+    st = statistics(mlp, x, get=("V", "G1"), accuracy=accuracy)
     return nearly_gaussian_posterior(st.K[-1], st.V[-1], y2, X_train.shape[0], noise,
                                      G1=st.G1[-1], n=n)
+
+
+def _has_output_three_point(mlp):
+    """True for a residual output layer with a non-odd activation (O(1/n) kappa3)."""
+    if not (mlp.is_residual and mlp.gamma[-1] != 0.0):
+        return False
+    from ..theory._averages import is_odd
+    return not is_odd(mlp.activation)
 
 
 def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="default"):
@@ -369,7 +441,10 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
     ``Ghat^(l)_ab = (1/n_l) sum_j z^(l)_{j;a} z^(l)_{j;b}`` moves under Bayesian
     conditioning by ``(1/2) C^(l,L) . [alpha alpha^T - n_out (K_AA + s2)^-1]``
     with the mixed vertex ``C^(l,L)`` (``docs/derivations/finite_bayes.rst``;
-    book §6.4.2). Zero at infinite width.
+    book §6.4.2), plus ``sum_(i,c) Cov(Ghat^(l)_ab, z_(i;c)) alpha_(i;c)`` when the output
+    layer is residual with a non-odd activation (then that covariance is O(1/n):
+    :func:`pdlt.theory.residual_multi_mean.residual_mixed_three_point`). Zero at infinite
+    width.
 
     Parameters
     ----------
@@ -377,8 +452,8 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
         A plain or residual MLP. Residual: the mixed vertex of
         :func:`pdlt.theory.residual_multi_mean.residual_mixed_vertex` (the neurons' own
         pasts and the cross-layer field covariance); a residual *output* layer
-        (``gamma[L-1] != 0``) needs an odd activation (otherwise ``Cov(Ghat, z)`` is O(1/n)
-        and adds a term not included here).
+        (``gamma[L-1] != 0``) with a non-odd activation adds the linear term above (with
+        ``n_out = n`` observed outputs the caveat of :func:`finite_width_posterior` applies).
     X_train : array_like (N, n0)
     y_train : array_like (N,) or (N, n_out)
     X : array_like (M, n0), optional
@@ -395,15 +470,6 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
     from ..theory.vertex import apply_M, kernel_derivative_operator
 
     mlp, X_train, y2, Xe, noise = _mlp_data(mlp, X_train, y_train, X, noise)
-    if mlp.is_residual and mlp.gamma[-1] != 0.0:
-        from ..theory._averages import is_odd
-        if not is_odd(mlp.activation):
-            raise NotImplementedError(
-                f"the output layer is residual (gamma[{mlp.depth - 1}] = {mlp.gamma[-1]:g}) and "
-                f"the activation {mlp.activation.name!r} is not odd: the hidden metrics then "
-                "correlate with the outputs at O(1/n) (a three-point term this shift does not "
-                f"include). Use a plain output layer (gamma[{mlp.depth - 1}] = 0, e.g. a scalar "
-                "gamma with n_out != width) or an odd activation (tanh, linear)")
     if mlp.depth < 2:
         raise ValueError("a depth-1 network has no hidden layer to learn a representation; "
                          "use depth >= 2")
@@ -416,6 +482,11 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
     alpha = scipy.linalg.cho_solve(cf, y2)
     prec = scipy.linalg.cho_solve(cf, np.eye(N))
     X_heb = alpha @ alpha.T - y2.shape[1] * 0.5 * (prec + prec.T)
+    k3mix = s_heb = None
+    if _has_output_three_point(mlp):   # Cov(Ghat, z) is O(1/n): the linear-response term
+        from ..theory.residual_multi_mean import residual_mixed_three_point
+        k3mix = residual_mixed_three_point(mlp, Ks=Ks, accuracy=accuracy)
+        s_heb = alpha.sum(axis=1)
     if mlp.is_residual:     # C^(l,L) of every hidden layer (residual_multi_mean)
         from ..theory.residual_multi_mean import residual_mixed_vertex
         Cres = residual_mixed_vertex(mlp, Ks=Ks, accuracy=accuracy)
@@ -437,6 +508,9 @@ def hebbian_kernel_shift(mlp, X_train, y_train, X=None, noise=0.0, *, accuracy="
                 C = mlp.C_W[lp] * np.moveaxis(moved, (0, 1), (2, 3))
         prior.append(K + G1 / n_prev)
         shift.append(0.5 * np.einsum("abcd,cd->ab", C[:, :, :N, :N], X_heb))
+        if k3mix is not None:
+            # Cov(Ghat^(l)_ab, z_(i;c)) alpha_(i;c), summed over the output neurons
+            shift[-1] = shift[-1] + np.einsum("abc,c->ab", k3mix[l - 1][:, :, :N], s_heb)
     return RepresentationShift(tuple(range(1, L)), np.array(prior), np.array(shift), x)
 
 

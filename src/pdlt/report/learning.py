@@ -29,7 +29,8 @@ from .figures import pyplot
 
 __all__ = ["width_convergence", "learning_figures", "hidden_kernels", "conditional_posterior",
            "hidden_kernel_martingale", "posterior_control_variate",
-           "BayesCase", "default_bayes_cases", "run_bayes_case", "finite_bayes_study"]
+           "BayesCase", "default_bayes_cases", "run_bayes_case", "finite_bayes_study",
+           "residual_hidden_state", "residual_bayes_three_point"]
 
 
 def width_convergence(mlp, task, *, widths=(64, 128, 256, 512), networks=400, steps=40,
@@ -292,7 +293,7 @@ def hidden_kernels(mlp, X, networks, seed=0, *, chunk=4000, dtype=None):
     return out
 
 
-def conditional_posterior(Khat, y_train, noise, *, blocks=50):
+def conditional_posterior(Khat, y_train, noise, *, blocks=50, prior_mean=None):
     """Exact Bayesian posterior of an ensemble of networks, the last layer integrated out.
 
     Network m contributes its hidden layers, i.e. its last-layer kernel
@@ -319,6 +320,10 @@ def conditional_posterior(Khat, y_train, noise, *, blocks=50):
         Observation-noise variance s (``0`` allowed when every ``Khat_AA`` is
         invertible, i.e. n >= N and distinct inputs).
     blocks : int, default 50
+    prior_mean : array_like (M, D), optional
+        Each network's conditional prior mean of the output given its hidden layers (a
+        residual output layer: ``gamma z^(L-1)_i`` of the neuron observed,
+        :func:`residual_hidden_state`); default 0 (a plain output layer).
 
     Returns
     -------
@@ -341,6 +346,11 @@ def conditional_posterior(Khat, y_train, noise, *, blocks=50):
         raise ValueError(f"noise must be a finite variance >= 0; got {noise!r}")
     if not (isinstance(blocks, (int, np.integer)) and 2 <= blocks <= M):
         raise ValueError(f"blocks must be an integer in [2, M={M}]; got {blocks!r}")
+    if prior_mean is not None:
+        mu0 = np.asarray(prior_mean, float)
+        if mu0.shape != (M, D):
+            raise ValueError(f"prior_mean must have shape (M, D) = {(M, D)}; got {mu0.shape}")
+        return _conditional_posterior_shifted(Kh, y, noise, blocks, mu0)
     A = Kh[:, :N, :N] + noise * np.eye(N)
     try:
         L = np.linalg.cholesky(A)
@@ -374,6 +384,182 @@ def conditional_posterior(Khat, y_train, noise, *, blocks=50):
     return ImportancePosterior(mean=mean[:, None], mean_stderr=errs[0][:, None], var=var[:, None],
                                var_stderr=errs[1][:, None], observables=None,
                                observables_stderr=None, ess=ess, networks=M)
+
+
+def _mixture_parts(Kh, y, noise, mu0):
+    """Per-network evidence weight, posterior mean and variance of the Gaussian output
+    ``N(mu0, Kh)`` given ``y = z_A + noise``: ``w`` (M,), ``mu`` and ``S`` (M, D - N)."""
+    M, D = Kh.shape[:2]
+    N = y.size
+    A = Kh[:, :N, :N] + noise * np.eye(N)
+    try:
+        L = np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        raise ValueError("some network's Khat_AA + noise I is singular; add noise > 0") from None
+    r = y[None, :] - mu0[:, :N]                                              # (M, N)
+    rhs = np.concatenate([r[:, :, None], Kh[:, :N, N:]], axis=2)
+    sol = np.linalg.solve(A, rhs)
+    alpha, R = sol[:, :, 0], sol[:, :, 1:]
+    mu = mu0[:, N:] + np.einsum("mab,ma->mb", Kh[:, :N, N:], alpha)
+    S = np.diagonal(Kh[:, N:, N:], axis1=1, axis2=2) - np.einsum("mab,mab->mb", Kh[:, :N, N:], R)
+    logw = -0.5 * np.einsum("ma,ma->m", r, alpha) - np.log(np.diagonal(L, axis1=1, axis2=2)).sum(1)
+    return np.exp(logw - logw.max()), mu, S
+
+
+def _block_jackknife(per_network, estimate, blocks):
+    """Estimate and jackknife stderr of ``estimate(*block sums)`` over ``blocks`` blocks."""
+    M = per_network[0].shape[0]
+    edges = np.linspace(0, M, blocks + 1).astype(int)
+    parts = [np.add.reduceat(a, edges[:-1], axis=0) for a in per_network]
+    total = [p.sum(0) for p in parts]
+    full = estimate(*total)
+    loo = [estimate(*(t - p[k] for t, p in zip(total, parts))) for k in range(blocks)]
+    errs = []
+    for j in range(len(full)):
+        arr = np.array([e[j] for e in loo])
+        errs.append(np.sqrt((blocks - 1) / blocks * ((arr - arr.mean(0)) ** 2).sum(0)))
+    return full, errs
+
+
+def _conditional_posterior_shifted(Kh, y, noise, blocks, mu0):
+    """:func:`conditional_posterior` with a per-network prior mean ``mu0`` (M, D)."""
+    from ..learning.finite_bayes import ImportancePosterior
+
+    w, mu, S = _mixture_parts(Kh, y, noise, mu0)
+
+    def estimate(sw, swm, sws):
+        m = swm / sw
+        return m, sws / sw - m * m
+
+    (mean, var), errs = _block_jackknife([w, w[:, None] * mu, w[:, None] * (S + mu * mu)],
+                                         estimate, blocks)
+    ess = float(w.sum() ** 2 / np.sum(w * w))
+    return ImportancePosterior(mean=mean[:, None], mean_stderr=errs[0][:, None], var=var[:, None],
+                               var_stderr=errs[1][:, None], observables=None,
+                               observables_stderr=None, ess=ess, networks=len(w))
+
+
+def residual_hidden_state(mlp, X, networks, seed=0, *, neuron=0, chunk=4000):
+    """Each network's output law given its hidden layers, for a residual output layer.
+
+    ``z^(L)_i = xi [b_i + W_i sigma(z^(L-1))] + gamma z^(L-1)_i``: given layer L-1 the
+    output neuron i is Gaussian with mean ``gamma z^(L-1)_i`` and covariance ``Khat =
+    xi^2 [C_b + (C_W/n) sum_j sigma_j sigma_j^T]`` (the same for every neuron).
+
+    Parameters
+    ----------
+    mlp : pdlt.MLP
+        Residual output layer (``n_out = n_{L-1}``), depth >= 2.
+    X : array_like (D, n0)
+    networks, seed : int
+        Networks as drawn by ``pdlt.experiment.Ensemble(mlp, networks, seed)``.
+    neuron : int, default 0
+        The output neuron whose conditional mean is returned.
+    chunk : int, default 4000
+
+    Returns
+    -------
+    Khat : ndarray (networks, D, D)
+    mean : ndarray (networks, D)
+        ``gamma z^(L-1)_neuron``.
+    """
+    import torch
+
+    from ..experiment import Ensemble
+    from ..experiment.activations import torch_activation
+
+    if mlp.depth < 2 or mlp.n_out != mlp.widths[-2]:
+        raise ValueError("residual_hidden_state needs depth >= 2 and n_out = n_{L-1} (a "
+                         f"residual output layer); got depth {mlp.depth}, widths {mlp.widths}")
+    ens = Ensemble(mlp, networks=networks, seed=seed, dtype=torch.float64)
+    sigma = torch_activation(mlp.activation).sigma
+    c_b, c_w, n = mlp.C_b[-1], mlp.C_W[-1], mlp.widths[-2]
+    xi2, g = mlp.xi[-1] ** 2, mlp.gamma[-1]
+    Kh = np.empty((networks, len(X), len(X)))
+    mean = np.empty((networks, len(X)))
+    for s in range(0, networks, chunk):
+        z = ens.preactivations(X, s, min(networks, s + chunk))[-2]         # (m, n, D)
+        h = sigma(z)
+        Kh[s:s + h.shape[0]] = xi2 * (c_b + c_w / n * torch.einsum("mja,mjb->mab", h, h)).numpy()
+        mean[s:s + h.shape[0]] = g * z[:, neuron, :].numpy()
+    return Kh, mean
+
+
+def residual_bayes_three_point(activation="relu", *, widths=(8, 16), networks=100000,
+                               noise=0.05, gamma=0.5, C_W=1.5, C_b=0.1, depth=3, seed=0,
+                               blocks=50):
+    """The output three-point function in the Bayesian posterior of residual MLPs.
+
+    A residual output layer (``gamma``, ``n_out = width``) with a non-odd activation: one
+    output neuron observed (targets ``+y`` and ``-y`` on :data:`BAYES_X_TRAIN`), its
+    posterior at :data:`BAYES_X_TEST`. At O(1/n) the part of the posterior mean *even* in
+    ``y`` and the part of the posterior variance *odd* in ``y`` come from ``kappa3`` alone
+    (V's terms have the other parity, G1 none, the infinite-width posterior neither), so
+    ``n [m(y) + m(-y)] / 2`` and ``n [v(y) - v(-y)] / 2`` measure the three-point terms
+    directly; the theory without ``kappa3`` predicts 0 for both. Exact posterior:
+    :func:`conditional_posterior` with each network's ``gamma z^(L-1)_0`` prior mean
+    (:func:`residual_hidden_state`), the same networks for ``+y`` and ``-y`` (joint
+    jackknife).
+
+    Returns
+    -------
+    dict
+        ``mean3``, ``var3`` (N_B,): theory coefficients of the kappa3 terms (even mean,
+        odd variance, times n); ``mean1_full``: the whole 1/n mean coefficient at ``+y``;
+        per width (W, N_B): ``dm``, ``dm_se``, ``dv``, ``dv_se`` (measured, times n),
+        ``dm_plus``, ``dm_plus_se`` (the whole ``n (m(y) - m_inf)``), ``ess`` (2W,),
+        ``widths``, ``activation``.
+    """
+    import pdlt
+    from ..learning.finite_bayes import nearly_gaussian_posterior
+    from ..theory.statistics import statistics
+
+    XA, ya, XB = BAYES_X_TRAIN, BAYES_Y_TRAIN, BAYES_X_TEST
+    X = np.vstack([XA, XB])
+    N = len(XA)
+
+    def mlp_at(n):
+        return pdlt.MLP(2, width=n, depth=depth, n_out=n, gamma=gamma, activation=activation,
+                        C_W=C_W, C_b=C_b)
+
+    st = statistics(mlp_at(widths[0]), X, get=("V", "G1", "kappa3"))
+    big = float(_COEFFICIENT_WIDTH)
+    args = (st.K[-1], st.V[-1])
+    out = {}
+    full = nearly_gaussian_posterior(*args, ya, N, noise, G1=st.G1[-1], n=big,
+                                     kappa3=st.kappa3[-1])
+    no3 = nearly_gaussian_posterior(*args, ya, N, noise, G1=st.G1[-1], n=big)
+    out["mean3"] = big * (full.mean - no3.mean)[:, 0]
+    out["var3"] = big * np.diag(full.cov - no3.cov)
+    out["mean1_full"] = big * (full.mean - full.mean_infinite_width)[:, 0]
+    m_inf = full.mean_infinite_width[:, 0]
+    v_inf = np.diag(full.cov_infinite_width)
+    res = {k: [] for k in ("dm", "dm_se", "dv", "dv_se", "ess", "dm_plus", "dm_plus_se")}
+    for n in widths:
+        Kh, mu0 = residual_hidden_state(mlp_at(n), X, networks, seed=seed * 1000 + n)
+        parts = []
+        for y in (ya, -ya):
+            w, mu, S = _mixture_parts(Kh, y, noise, mu0)
+            parts += [w, w[:, None] * mu, w[:, None] * (S + mu * mu)]
+            res["ess"].append(float(w.sum() ** 2 / np.sum(w * w)))
+
+        def estimate(sw1, swm1, sws1, sw2, swm2, sws2):
+            m1, m2 = swm1 / sw1, swm2 / sw2
+            v1, v2 = sws1 / sw1 - m1 * m1, sws2 / sw2 - m2 * m2
+            return (n * 0.5 * (m1 + m2), n * 0.5 * (v1 - v2), n * (m1 - m_inf))
+
+        (dm, dv, dmp), (sm, sv, smp) = _block_jackknife(parts, estimate, blocks)
+        res["dm"].append(dm)
+        res["dm_se"].append(sm)
+        res["dv"].append(dv)
+        res["dv_se"].append(sv)
+        res["dm_plus"].append(dmp)
+        res["dm_plus_se"].append(smp)
+    out.update({k: np.array(v) for k, v in res.items()})
+    out["widths"] = np.array(widths)
+    out["activation"] = activation
+    out["var_inf"], out["mean_inf"] = v_inf, m_inf
+    return out
 
 
 @dataclass(frozen=True)
@@ -510,9 +696,18 @@ def finite_bayes_study(cases=None, *, quick=False, full=False, log=None):
     from .figures import pyplot
     from .rows import Study
 
+    cases_default = cases is None
     cases = default_bayes_cases(quick, full) if cases is None else list(cases)
     results = [run_bayes_case(c, log=log) for c in cases]
     rows = tuple(r for res in results for r in _bayes_rows(res))
+    three_point = not quick and cases_default
+    if three_point:         # residual output layers: the output three-point function
+        for act in ("relu", "gelu"):
+            if log:
+                log(f"  Bayes residual kappa3 {act}: {RESIDUAL_BAYES_NETWORKS * (3 if full else 1)}"
+                    " networks per width")
+            rows += tuple(_residual_bayes_rows(residual_bayes_three_point(
+                act, networks=RESIDUAL_BAYES_NETWORKS * (3 if full else 1), seed=5)))
 
     def figure():
         plt = pyplot()
@@ -553,7 +748,40 @@ def finite_bayes_study(cases=None, *, quick=False, full=False, log=None):
         "and n (m - m_inf) against the predicted 1/n coefficients (K, G1, V); allowance of "
         "the single-width rows (variance only): the change from the previous width; "
         "extrapolated rows: half of it. The mean has extrapolated rows only: at these widths "
-        "its d(n) still moves by more than |d(n/2) - d(n)| per halving.", rows, figure)
+        "its d(n) still moves by more than |d(n/2) - d(n)| per halving."
+        + (" Residual output layers (relu, gelu; gamma 0.5, n_out = width 8/16, one output "
+           "neuron observed): the output three-point function kappa3, isolated by its parity "
+           "in the targets (the y-even posterior mean, extrapolated, and the y-odd variance; "
+           "zero without kappa3) (report.learning.residual_bayes_three_point)."
+           if three_point else ""), rows, figure)
+
+
+#: networks per width of the residual kappa3 rows (x3 with --full): ~11 s per activation;
+#: measured at 1 200 000 (docs/derivations/finite_bayes.rst) the rows resolve to 0.09-0.27.
+RESIDUAL_BAYES_NETWORKS = 400000
+
+
+def _residual_bayes_rows(res):
+    """Rows of :func:`residual_bayes_three_point`: the y-even mean extrapolated over the
+    two widths and the y-odd variance at the larger width, at the test inputs whose
+    kappa3 term is >= 0.2 of the largest."""
+    from .rows import make_row, width_extrapolation
+
+    n = int(res["widths"][-1])
+    rows = []
+    for b in np.flatnonzero(np.abs(res["mean3"]) >= 0.2 * np.abs(res["mean3"]).max()):
+        ext, sx, allow = width_extrapolation(res["dm"][0, b], res["dm_se"][0, b],
+                                             res["dm"][1, b], res["dm_se"][1, b])
+        rows.append(make_row(f"residual output kappa3: y-even posterior mean n(m(y)+m(-y))/2 "
+                             f"(n/2,n extrap.), test {b}", res["activation"], n, 3,
+                             res["mean3"][b], ext, sx, allow, key="Bayes kappa3 (1/n)"))
+    for b in np.flatnonzero(np.abs(res["var3"]) >= 0.2 * np.abs(res["var3"]).max()):
+        d, se = res["dv"][:, b], res["dv_se"][:, b]
+        rows.append(make_row(f"residual output kappa3: y-odd posterior variance "
+                             f"n(v(y)-v(-y))/2, test {b}", res["activation"], n, 3,
+                             res["var3"][b], d[-1], se[-1], abs(d[-1] - d[-2]),
+                             key="Bayes kappa3 (1/n)"))
+    return rows
 
 
 # ---------------------------------------------------------------------------

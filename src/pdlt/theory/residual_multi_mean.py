@@ -54,7 +54,8 @@ from .residual_multi import (_UP, _c_zz, _d2_sigma, _dressed, _expand, _f_forms,
                              _hess, _kind_two_depth, _neuron, _ntk_multi, _own_shift, _pair_sd,
                              _prepare, _s_own, _s_response, _sp_fields, _two_depth)
 
-__all__ = ["residual_ntk_mean_multi", "residual_kappa3_multi", "residual_mixed_vertex"]
+__all__ = ["residual_ntk_mean_multi", "residual_kappa3_multi", "residual_mixed_vertex",
+           "residual_mixed_three_point"]
 
 
 def residual_ntk_mean_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
@@ -386,7 +387,9 @@ def residual_kappa3_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> n
                       thetas=False)["kappa3"]
 
 
-def _kappa3_multi(mlp, Ks, accuracy):
+def _kappa3_multi(mlp, Ks, accuracy, single=None):
+    """kappa3 of every layer; ``single`` (a 0-based layer): the pair at each layer l and
+    the single preactivation at layer ``single`` instead of l (unnormalized, no ``n_l``)."""
     L, N = Ks.shape[0], Ks.shape[1]
     out = np.zeros((L, N, N, N))
     if L == 1 or is_odd(mlp.activation):      # odd sigma: every odd cumulant vanishes
@@ -407,13 +410,61 @@ def _kappa3_multi(mlp, Ks, accuracy):
         dS.append(d)
     nw = np.array([mlp.widths[m + 1] for m in range(nf)], float)
     for l in range(1, L):
+        t = l if single is None else single       # layer of the single z_c
         cv = np.zeros((nf * M, N))                # c(z_c) on every field, (fields, c)
-        for m in range(l):
-            cv[m * M:(m + 1) * M] = dS[m] @ C[l, m].T / nw[m]      # sum_e dS[p, e] C[c, e]
+        for m in range(min(l, t)):                # rho(z_a z_b) of layer l sees fields < l
+            cv[m * M:(m + 1) * M] = dS[m] @ C[t, m].T / nw[m]      # sum_e dS[p, e] C[c, e]
         ct = dress @ cv
         r = np.kron(rho[l], np.eye(M))            # (M, nf M)
-        k3 = mlp.widths[l] * (r @ ct)             # (pairs, c)
+        k3 = (mlp.widths[l] if single is None else 1.0) * (r @ ct)   # (pairs, c)
         out[l] = k3[pidx]
+    return out
+
+
+def residual_mixed_three_point(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> np.ndarray:
+    r"""``Cov(Ghat^(l)_ab, z^(L)_{i;c})`` of a residual MLP, every hidden layer l, at O(1/n).
+
+    ``Ghat^(l)_ab = (1/n_l) sum_j z^(l)_{j;a} z^(l)_{j;b}``; i any output neuron. Given
+    the layers up to l, ``z^(m+1)_i = xi [b_i + W_i sigma(z^(m))] + gamma^(m+1) z^(m)_i`` has
+    conditional mean ``gamma^(m+1) z^(m)_i`` (b, W of later layers have mean 0), so by the
+    tower property
+
+    .. math::
+        \mathrm{Cov}(\hat G^{(l)}_{ab}, z^{(L)}_{i;c})
+            = \Big(\prod_{m=l+1}^{L}\gamma^{(m)}\Big) E[\hat G^{(l)}_{ab} z^{(l)}_{i;c}]
+            = \Big(\prod_{m=l+1}^{L}\gamma^{(m)}\Big)\frac{\kappa^{(l)}_{3;abc}}{n_{l-1}}
+              + O(1/n^2)
+
+    (:func:`residual_kappa3_multi`; the j = i term of ``Ghat`` is O(1/n^2)). The field
+    picture of :func:`residual_kappa3_multi` with the single preactivation moved to the
+    output gives the same to rounding (``tests/theory/test_residual_multi_mean.py``). Zero
+    for odd sigma, at gamma^(L) = 0 (a plain output layer) and for l = 1. It is the term of
+    :func:`pdlt.learning.finite_bayes.hebbian_kernel_shift` for a residual output layer
+    with a non-odd activation (``docs/derivations/finite_bayes.rst``).
+
+    Parameters
+    ----------
+    mlp : MLP
+    x : array_like (N, n0), optional
+    Ks : ndarray (L, N, N), optional
+        The infinite-width kernels instead of ``x`` (give exactly one).
+    accuracy : {"fast", "default", "high"}
+
+    Returns
+    -------
+    ndarray (L-1, N, N, N)
+        ``[l-1, a, b, c] = Cov(Ghat^(l)_ab, z^(L)_{i;c})`` for l = 1..L-1 (unnormalized: it
+        carries its 1/n); symmetric in a, b.
+    """
+    L = mlp.depth
+    k3 = residual_kappa3_multi(mlp, x, Ks=Ks, accuracy=accuracy)
+    N = k3.shape[1]
+    out = np.zeros((L - 1, N, N, N))
+    for l in range(1, L):                       # 1-based hidden layer l
+        out[l - 1] = np.prod(mlp.gamma[l:L]) * k3[l - 1] / mlp.widths[l - 1]
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("the mixed three-point function overflowed; reduce the depth "
+                                 "or initialize at criticality (pdlt.criticality)")
     return out
 
 
