@@ -8,6 +8,7 @@ theory only.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -1733,6 +1734,18 @@ RESIDUAL_TRAINING_N_INPUT_CASES = tuple(
                                  ("newton", 0, 20000, 2, True)))
 
 
+@functools.lru_cache(maxsize=8)
+def _residual_training_statistics(activation, gamma, depth, width, X, X_test):
+    """:func:`pdlt.learning.finite_training.training_statistics` of a case's residual MLP,
+    cached: the N-input cases share their inputs (and cost ~18 s at N = 5, tanh)."""
+    from ..learning.finite_training import training_statistics
+    from ..theory.residual import residual_mlp
+
+    X = np.asarray(X, float)
+    mlp = residual_mlp(activation, gamma, n0=X.shape[1], width=width, depth=depth)
+    return training_statistics(mlp, X, None if X_test is None else np.asarray(X_test, float))
+
+
 def residual_training_case(case: ResidualTrainingCase, log=None) -> dict:
     """Theory and trained ensembles for one :class:`ResidualTrainingCase` (needs torch).
 
@@ -1751,11 +1764,11 @@ def residual_training_case(case: ResidualTrainingCase, log=None) -> dict:
         (``case.variance``); ``tv1``, ``tv_inf`` (N_A,) and ``tv``, ``tv_se``
         (widths, N_A): the variance over networks at the training inputs, ``n (Var -
         v_inf)``, by the plain sample variance (its noise is ~ ``v_inf + v1/n``: precise
-        after a Newton leap, where ``v_inf = 0``).
+        after a Newton leap, where ``v_inf = 0``); ``K_train`` (N_A,) the training
+        inputs' kernel (the scale below which ``tv1`` counts as zero).
     """
     from ..experiment.training import train_ensemble
-    from ..learning.finite_training import (algorithm_schedule, end_of_training,
-                                            training_statistics)
+    from ..learning.finite_training import algorithm_schedule, end_of_training
     from ..theory.residual import residual_mlp
     from .finite_training import _infinite_width_map
 
@@ -1765,7 +1778,8 @@ def residual_training_case(case: ResidualTrainingCase, log=None) -> dict:
     Na = X.shape[0]
     mlp = residual_mlp(case.activation, case.gamma, n0=X.shape[1], width=case.widths[0],
                        depth=case.depth)
-    st = training_statistics(mlp, X, Xt)
+    st = _residual_training_statistics(case.activation, case.gamma, case.depth,
+                                       case.widths[0], case.X, case.X_test)
     ThA = st.Theta[:Na, :Na]
     kw = {} if case.algorithm == "newton" else dict(
         learning_rate=1.0 / np.linalg.eigvalsh(ThA)[-1], steps=case.steps)
@@ -1812,7 +1826,7 @@ def residual_training_case(case: ResidualTrainingCase, log=None) -> dict:
             "dh_se": np.array(dh_se), "v1": np.diag(pred.cov_correction) if variance else None,
             "dv": np.array(dv), "dv_se": np.array(dv_se),
             "tv1": np.diag(pred.train_cov_correction), "tv_inf": tv_inf, "tv": np.array(tv),
-            "tv_se": np.array(tv_se)}
+            "tv_se": np.array(tv_se), "K_train": np.diag(st.K)[:Na].copy()}
 
 
 def residual_training_case_rows(res) -> list:
@@ -1856,7 +1870,10 @@ def residual_training_case_rows(res) -> list:
                          f"{tuple(int(v) for v in k)}, 2m({n})-m({case.widths[-2]})", act, n, L,
                          th[k], ext, s, 2.0 * al, key="residual NTK change (1/n)"))
     tv1 = res["tv1"]
-    for a in np.flatnonzero(np.abs(tv1) >= 0.2 * np.abs(tv1).max()):
+    # none after gradient descent to convergence: the training outputs are pinned to the
+    # targets at every width (tv1 is then rounding, ~1e-12 of the kernel)
+    pinned = np.abs(tv1).max() <= 1e-6 * res["K_train"].max()
+    for a in [] if pinned else np.flatnonzero(np.abs(tv1) >= 0.2 * np.abs(tv1).max()):
         ext, s, al = width_extrapolation(res["tv"][-2][a], res["tv_se"][-2][a], res["tv"][-1][a],
                                          res["tv_se"][-1][a])
         rows.append(make_row(f"trained variance shift n(v-v_inf), {case.label}, train {a}, "
