@@ -1856,7 +1856,10 @@ def residual_training_case_rows(res) -> list:
     n, L, act = case.widths[-1], case.depth, case.activation
     rows = []
     i_tr = int(np.argmax(np.abs(m1[:Na])))
-    idx = ([i_tr] if abs(m1[i_tr]) > 1e-3 * np.abs(m1).max() else []) + list(range(Na, m1.size))
+    # no training-input row when training pins the outputs to the targets (|m1| there is
+    # then what 100 steps leave unconverged, ~1e-5 of the kernel's scale)
+    scale = max(np.abs(m1).max(), math.sqrt(res["K_train"].max()))
+    idx = ([i_tr] if abs(m1[i_tr]) > 1e-3 * scale else []) + list(range(Na, m1.size))
     for i in idx:
         where = f"train {i}" if i < Na else f"test {i - Na}"
         rows.append(make_row(f"trained mean shift n(m-m_inf), {case.label}, {where}", act, n, L,
