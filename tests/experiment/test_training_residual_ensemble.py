@@ -73,7 +73,7 @@ def test_n_input_residual_ntk_change_at_a_test_input():
 
     case = dataclasses.replace(RESIDUAL_TRAINING_N_INPUT_CASES[0],
                                X_test=((math.cos(0.25 * math.pi), math.sin(0.25 * math.pi)),),
-                               networks=3000, seed=6)
+                               widths=(16, 32), networks=3000, seed=6)
     res = residual_training_case(case)
     th = res["ntk_change"]
     assert np.unravel_index(np.argmax(np.abs(th)), th.shape) == (2, 2)
