@@ -139,8 +139,9 @@ def test_residual_refusals_and_their_messages():
 
 
 def test_learning_size_of_residual_mlps():
-    """finite_width_learning_size: one-input NTK change for residual MLPs (the test input
-    waits for the two-input statistics); gamma = 0, xi != 1 equals the plain twin."""
+    """finite_width_learning_size of residual MLPs: the NTK change equals the direct
+    end_of_training one (the test-input correction comes from the two-input residual
+    statistics); gamma = 0, xi != 1 equals the plain twin."""
     mlp = residual_mlp("tanh", 0.5, n0=3, width=32, depth=5)
     r = ft.finite_width_learning_size(mlp, 1.0)
     st = ft.training_statistics(mlp.with_(n0=2, n_out=1), np.array([[np.sqrt(2.0), 0.0]]))
