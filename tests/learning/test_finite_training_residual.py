@@ -82,6 +82,26 @@ def test_gamma_zero_residual_path_equals_the_plain_path_at_n_inputs():
     assert np.all(np.abs(np.diag(r.cov_correction)) > 1e-3)
 
 
+def test_residual_training_block_does_not_see_the_test_input():
+    """gamma = 0.5: two training inputs alone (N = 2) and with a test input (N = 3) give
+    the same training-input mean, covariance and NTK change (the N-input residual
+    statistics restricted to the training inputs are the training inputs' own)."""
+    mlp = residual_mlp("tanh", 0.5, n0=2, width=16, depth=3)
+    Xa, y = np.array([[0.9, -0.6], [0.3, 0.8]]), [0.7, -0.3]
+    a = ft.training_statistics(mlp, Xa)
+    b = ft.training_statistics(mlp, Xa, np.array([[-0.5, 0.4]]))
+    for alg, kw in (("newton", {}), ("gd", dict(learning_rate=0.5 / a.Theta[0, 0], steps=4))):
+        ra = ft.end_of_training(a, y, ft.algorithm_schedule(a.Theta, alg, **kw))
+        rb = ft.end_of_training(b, y, ft.algorithm_schedule(b.Theta[:2, :2], alg, **kw))
+        np.testing.assert_allclose(ra.train_mean_correction, rb.train_mean_correction,
+                                   rtol=1e-7)
+        np.testing.assert_allclose(ra.ntk_change, rb.ntk_change[:2, :2], rtol=1e-7)
+        np.testing.assert_allclose(ra.train_cov_correction, rb.train_cov_correction,
+                                   rtol=1e-7, atol=1e-12)
+        assert np.abs(ra.train_mean_correction).min() > 1e-3
+    assert abs(rb.mean_correction[0]) > 1e-3 and abs(rb.ntk_change[2, 2]) > 1e-3
+
+
 def test_one_input_solution_equals_the_training_block_of_the_two_input_one():
     """The training dynamics never see the test inputs: on a plain MLP the train-input
     mean, covariance and NTK change without test inputs equal those with a test input (the
