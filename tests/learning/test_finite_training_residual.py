@@ -51,6 +51,57 @@ def test_gamma_zero_residual_path_equals_the_plain_path(activation):
     assert np.all(np.abs(out["plain"]) > 1e-3)        # nothing compared is trivially zero
 
 
+def test_gamma_zero_residual_path_equals_the_plain_path_at_n_inputs():
+    """The same reduction on two training inputs and a test input (N = 3: the N-input
+    residual statistics of pdlt.theory.residual_multi*, ~2 s; two test inputs, N = 4,
+    agree as well at 12 s): trained mean and covariance at the training and test inputs
+    and the NTK change, Newton leap and gradient steps."""
+    res, plain = _pair("tanh")
+    Xa, Xb = np.array([[0.9, -0.6], [0.3, 0.8]]), np.array([[-0.5, 0.4]])
+    y = [0.7, -0.3]
+    out = {}
+    for name, m in (("res", res), ("plain", plain)):
+        st = ft.training_statistics(m, Xa, Xb)
+        ThA = st.Theta[:2, :2]
+        parts = [st.K.ravel(), st.Theta.ravel(), st.H1.ravel(), st.cov_H.ravel(),
+                 st.dHz.ravel(), st.ddI.ravel(), st.ddII.ravel()]
+        for sched in (ft.algorithm_schedule(ThA, "newton"),
+                      ft.algorithm_schedule(ThA, "gd", learning_rate=0.6 / np.linalg.eigvalsh(
+                          ThA)[-1], steps=3)):
+            r = ft.end_of_training(st, y, sched)
+            parts += [r.train_mean_correction, r.mean_correction, r.mean_infinite,
+                      r.ntk_change.ravel(), r.cov_correction.ravel(),
+                      r.train_cov_correction.ravel()]
+        out[name] = np.concatenate(parts)
+    scale = np.abs(out["plain"]).max()
+    np.testing.assert_allclose(out["res"], out["plain"], rtol=1e-7, atol=1e-9 * scale)
+    # the test-input corrections are not trivially zero
+    st = ft.training_statistics(plain, Xa, Xb)
+    r = ft.end_of_training(st, y, ft.algorithm_schedule(st.Theta[:2, :2], "newton"))
+    assert np.all(np.abs(r.mean_correction) > 1e-3)
+    assert np.all(np.abs(np.diag(r.cov_correction)) > 1e-3)
+
+
+def test_residual_training_block_does_not_see_the_test_input():
+    """gamma = 0.5: two training inputs alone (N = 2) and with a test input (N = 3) give
+    the same training-input mean, covariance and NTK change (the N-input residual
+    statistics restricted to the training inputs are the training inputs' own)."""
+    mlp = residual_mlp("tanh", 0.5, n0=2, width=16, depth=3)
+    Xa, y = np.array([[0.9, -0.6], [0.3, 0.8]]), [0.7, -0.3]
+    a = ft.training_statistics(mlp, Xa)
+    b = ft.training_statistics(mlp, Xa, np.array([[-0.5, 0.4]]))
+    for alg, kw in (("newton", {}), ("gd", dict(learning_rate=0.5 / a.Theta[0, 0], steps=4))):
+        ra = ft.end_of_training(a, y, ft.algorithm_schedule(a.Theta, alg, **kw))
+        rb = ft.end_of_training(b, y, ft.algorithm_schedule(b.Theta[:2, :2], alg, **kw))
+        np.testing.assert_allclose(ra.train_mean_correction, rb.train_mean_correction,
+                                   rtol=1e-7)
+        np.testing.assert_allclose(ra.ntk_change, rb.ntk_change[:2, :2], rtol=1e-7)
+        np.testing.assert_allclose(ra.train_cov_correction, rb.train_cov_correction,
+                                   rtol=1e-7, atol=1e-12)
+        assert np.abs(ra.train_mean_correction).min() > 1e-3
+    assert abs(rb.mean_correction[0]) > 1e-3 and abs(rb.ntk_change[2, 2]) > 1e-3
+
+
 def test_one_input_solution_equals_the_training_block_of_the_two_input_one():
     """The training dynamics never see the test inputs: on a plain MLP the train-input
     mean, covariance and NTK change without test inputs equal those with a test input (the
@@ -92,15 +143,10 @@ def test_residual_training_at_one_input_and_several_outputs():
 
 
 def test_residual_refusals_and_their_messages():
-    # N inputs: pdlt.statistics' NotImplementedError, with what is missing and the way out
+    # N inputs are served (the N-input residual statistics exist)
     mlp = residual_mlp("tanh", 0.5, n0=2, width=8, depth=3)
-    try:
-        ft.training_statistics(mlp, X1, np.array([[0.2, 0.8]]))
-    except NotImplementedError as exc:
-        msg = str(exc)
-        assert "residual" in msg and "N = 2" in msg and "X_test=None" in msg and "H1" in msg
-    else:       # the N-input H1, P..U have been merged: the two-input statistics exist
-        pass
+    st = ft.training_statistics(mlp, X1, np.array([[0.2, 0.8]]))
+    assert st.K.shape == (2, 2) and np.all(np.isfinite(st.ddII))
     # a residual output layer (n_out = width) with a non-odd activation
     relu_out = residual_mlp("relu", 0.5, n0=2, width=8, depth=3, n_out=8)
     assert relu_out.gamma[-1] == 0.5
@@ -113,8 +159,9 @@ def test_residual_refusals_and_their_messages():
 
 
 def test_learning_size_of_residual_mlps():
-    """finite_width_learning_size: one-input NTK change for residual MLPs (the test input
-    waits for the two-input statistics); gamma = 0, xi != 1 equals the plain twin."""
+    """finite_width_learning_size of residual MLPs: the NTK change equals the direct
+    end_of_training one (the test-input correction comes from the two-input residual
+    statistics); gamma = 0, xi != 1 equals the plain twin."""
     mlp = residual_mlp("tanh", 0.5, n0=3, width=32, depth=5)
     r = ft.finite_width_learning_size(mlp, 1.0)
     st = ft.training_statistics(mlp.with_(n0=2, n_out=1), np.array([[np.sqrt(2.0), 0.0]]))
@@ -136,15 +183,11 @@ def test_learning_size_of_residual_mlps():
 
 
 def test_ntk_regressor_with_width_on_a_residual_mlp():
-    """NTKRegressor(width=) goes through training_statistics: on N inputs it passes on the
-    N-input NotImplementedError (until those statistics exist), then it predicts."""
+    """NTKRegressor(width=) goes through training_statistics: it predicts at a test input
+    of a residual MLP (the N-input residual statistics)."""
     from pdlt.learning import NTKRegressor
 
     mlp = residual_mlp("tanh", 0.5, n0=2, width=16, depth=3)
     reg = NTKRegressor(mlp, width=16, steps=10).fit(X1, [0.5])
-    try:
-        mean = reg.predict(np.array([[0.2, 0.8]]))
-    except NotImplementedError as exc:
-        assert "residual" in str(exc) and "H1" in str(exc)
-    else:
-        assert np.all(np.isfinite(mean))
+    mean = reg.predict(np.array([[0.2, 0.8]]))
+    assert np.all(np.isfinite(mean))

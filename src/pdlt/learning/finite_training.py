@@ -107,17 +107,19 @@ functions included), which deliver the output-layer tensors. For (ii):
   order 1/n; those terms are not derived here, so :func:`training_statistics`
   refuses it (NotImplementedError).
 
-The width n of the expansion is ``n_{L-1}`` as for plain MLPs. Today
-:func:`pdlt.statistics` serves every residual statistic at one input but only
-V, G1, A, B, D, F at N inputs: with one training input and ``X_test=None``
-(the training outputs, their covariance and the NTK change) residual training is
-predicted now;
-on more inputs :func:`training_statistics` passes on its NotImplementedError
-(naming what is missing) until the N-input H1, P, Q, R, S, T, U exist, and then
-works with no change here. Exact checks: ``tests/learning/test_finite_training_residual.py``
-(gamma = 0, xi != 1 equals the rescaled plain MLP); checked against trained
-residual tanh networks (``tests/experiment/test_training_residual_ensemble.py``,
-the ``--full`` report rows of :func:`pdlt.report.residual.residual_training_rows`).
+The width n of the expansion is ``n_{L-1}`` as for plain MLPs.
+:func:`pdlt.statistics` serves every order-1/n residual statistic at N inputs
+(``pdlt.theory.residual_multi*``), so residual training takes any training and
+test inputs (cost: the N-input residual statistics, ~2.5 s at N = 3 and ~18 s
+at N = 5 for a depth-3 tanh MLP, ~150 s at N = 5 for gelu). Exact checks:
+``tests/learning/test_finite_training_residual.py`` (gamma = 0, xi != 1 equals
+the rescaled plain MLP, at one input and at two training plus two test
+inputs); checked against trained residual tanh networks
+(``tests/experiment/test_training_residual_ensemble.py``, the ``--full``
+report rows of :func:`pdlt.report.residual.residual_training_rows`: one input,
+and two training plus three test inputs by a Newton leap and by gradient
+descent; measured numbers in
+:data:`pdlt.report.residual.RESIDUAL_TRAINING_N_INPUT_CASES`).
 ReLU residual networks disagree with the expansion exactly as plain ReLU
 networks do (the kink, below).
 
@@ -340,8 +342,7 @@ def training_statistics(mlp, X_train, X_test=None, *, accuracy="default") -> Tra
     X_train : array_like (N_A, n0)
     X_test : array_like (N_B, n0), optional
         None: no test inputs (``N_B = 0``; the predictions on the training
-        inputs and the NTK change there). One training input and no test
-        input is the one-input case, served for residual MLPs today.
+        inputs and the NTK change there).
 
     Returns
     -------
@@ -350,15 +351,16 @@ def training_statistics(mlp, X_train, X_test=None, *, accuracy="default") -> Tra
     Raises
     ------
     NotImplementedError
-        A residual MLP on ``N_A + N_B > 1`` inputs while :func:`pdlt.statistics`
-        lacks its N-input H1, P, Q, R, S, T, U (the message names what is
-        missing); a residual output layer with a non-odd activation.
+        A residual output layer with a non-odd activation; a statistic
+        :func:`pdlt.statistics` does not serve for this MLP (passed on with
+        what it says).
 
     Notes
     -----
     Cost: the N-input NTK tensors of :func:`pdlt.statistics` with
     ``N = N_A + N_B``, which grows like N^4 to N^5 (0.2 s at N = 4, 4 s at
-    N = 8, 25 s at N = 12 for a depth-3 tanh MLP); keep N small.
+    N = 8, 25 s at N = 12 for a depth-3 tanh MLP; residual MLPs: ~2.5 s at
+    N = 3, ~18 s at N = 5, depth-3 tanh); keep N small.
     """
     from ..theory.statistics import statistics
 
@@ -393,9 +395,8 @@ def training_statistics(mlp, X_train, X_test=None, *, accuracy="default") -> Tra
             raise
         raise NotImplementedError(
             f"finite-width training of a residual MLP on N = {x.shape[0]} inputs (training and "
-            f"test together) needs its N-input output-layer statistics, and pdlt.statistics "
-            f"says: {exc}. One training input and no test input (X_test=None) uses the exact "
-            "one-input statistics") from exc
+            f"test together) needs its output-layer statistics, and pdlt.statistics "
+            f"says: {exc}") from exc
     return TrainingStatistics.from_tensors(K=st.K[-1], G1=st.G1[-1], Theta=st.Theta[-1],
                                            H1=st.H1[-1], n_train=Xa.shape[0],
                                            **{k: st[k][-1] for k in names})

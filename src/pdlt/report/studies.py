@@ -287,7 +287,8 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
             rows += residual_multi_dntk_rows(seed=seed + 140)
             from .residual import residual_multi_ddi_rows      # h42: N-input R, T (~2.5 min)
             rows += residual_multi_ddi_rows(seed=seed + 4200)
-            # trained residual networks against the 1/n end of training (h43; ~25 CPU s)
+            # trained residual networks against the 1/n end of training (h43: one input, ~25
+            # CPU s; h47: two training + three test inputs, GD and Newton, ~140 CPU s)
             from .residual import residual_training_rows
             rows += residual_training_rows(seed=seed + 80)
         figs["r* exact and NTK slopes"] = residual_aspect_ratio_figure(
