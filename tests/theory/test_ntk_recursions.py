@@ -172,11 +172,16 @@ def test_half_stable_slopes(act):
 
 
 def test_residual_mlp_refused_not_ignored():
-    """One input: the residual recursions (pdlt.theory.residual_ntk) serve every NTK
-    statistic; N inputs of a residual MLP are refused, not computed by the plain steps."""
-    mlp = pdlt.MLP(n0=1, width=8, depth=3, n_out=8, gamma=0.5)
-    with pytest.raises(NotImplementedError, match="residual"):
-        ntk_fluctuation_flow(mlp, np.ones((2, 1)))
+    """N inputs of a residual MLP are served by the residual modules (not by the plain
+    steps, which would ignore the skip connections): the flow equals
+    pdlt.theory.residual_multi's A and differs from the gamma = 0 network's."""
+    from pdlt.theory.residual_multi import residual_ad_multi
+    mlp = pdlt.MLP(n0=2, width=8, depth=3, n_out=8, gamma=0.5)
+    x = np.array([[1.0, 0.0], [0.6, 0.8]])
+    f = pdlt.statistics(mlp, x, get=("A",)).A
+    np.testing.assert_allclose(f, residual_ad_multi(mlp, x)["A"], rtol=1e-12, atol=1e-14)
+    plain = pdlt.statistics(mlp.with_(gamma=0.0), x, get=("A",)).A
+    assert np.max(np.abs(f[-1] - plain[-1])) > 0.1 * np.max(np.abs(plain[-1]))
 
 
 def test_half_stable_recursions_vs_ensemble_at_k_star():

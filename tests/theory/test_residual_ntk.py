@@ -299,8 +299,9 @@ def test_ntk_mean_is_served_by_statistics():
     assert st.H1[2] > 0.1                       # ReLU: zero for plain MLPs, not here
     assert "H1" in pdlt.theory.statistics.defined(m)
     assert "R" in pdlt.theory.statistics.defined(m)
-    with pytest.raises(NotImplementedError, match="H1 not derived"):
-        pdlt.statistics(m, np.ones((2, 1)), get=("H1",))
+    m2 = m.with_(n0=2)                                               # N inputs too
+    two = pdlt.statistics(m2, np.array([[1.0, 0.0], [0.6, 0.8]]), get=("H1",))
+    assert two.H1.shape == (5, 2, 2) and np.all(np.isfinite(two.H1))
     with pytest.raises(ValueError, match="K1 must be"):
         residual_ntk_mean(m, 0.0)
 

@@ -743,7 +743,7 @@ class LayerAverages:
              "zzf2": lambda z: z * z * f2(z)}
         terms = (("f2", "f2"), ("zf2", "f1"), ("zzf2", "f0"), ("f2", "f0"))
         if self._independent:
-            one = {k: np.asarray(_trig.expect1(v, self.diag, kinks=act.kinks,
+            one = {k: np.asarray(gaussian.expect(v, self.diag, kinks=act.kinks,
                                                period=act.period), dtype=float)
                    for k, v in g.items()}
             e = {(x, y): np.multiply.outer(one[x], one[y]) for x, y in terms}
@@ -753,7 +753,7 @@ class LayerAverages:
             e = ((_trig.active(act.period) and _trig.trig_pairs(fns, K, terms))
                  or gaussian.pair_expectations(fns, K, terms, rtol=_PAIR_RTOL))
             rt = _PAIR_RTOL
-        sq = {k: np.sqrt(np.abs(np.asarray(_trig.expect1(lambda z, v=v: v(z) ** 2, self.diag,
+        sq = {k: np.sqrt(np.abs(np.asarray(gaussian.expect(lambda z, v=v: v(z) ** 2, self.diag,
                                                          kinks=act.kinks, period=act.period),
                                            dtype=float)))
               for k, v in g.items()}
