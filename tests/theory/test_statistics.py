@@ -222,3 +222,17 @@ def test_every_accuracy_runs_with_four_distinct_inputs(act, accuracy):
     s = pdlt.statistics(mlp, x, get=["A", "P", "T"], accuracy=accuracy, error=True)
     for k in ("A", "P", "T"):
         assert np.isfinite(s[k]).all() and np.isfinite(s.error[k]).all()
+
+
+def test_exactly_collinear_kinked_inputs_get_a_reason_not_an_overflow():
+    """A bias-free ReLU network at inputs x and 0.7 x (or -0.7 x): rho = +-1 exactly at
+    layer 1, where relu's d<sigma'_a sigma'_b>/drho is infinite, so D's step is not finite.
+    The error names the inputs, the layer and the fix (it said "overflowed ... initialize
+    at criticality", which is not the cause); with C_b > 0 the same inputs fold."""
+    m = pdlt.MLP(n0=1, width=16, depth=4, activation="relu", C_W=2.0, C_b=0.0)
+    for c in (0.7, -0.7):
+        with pytest.raises(FloatingPointError, match="inputs 0 and 1 are exactly collinear at "
+                                                     "layer 1.*C_b > 0"):
+            pdlt.statistics(m, np.array([[1.0], [c]]), get="A")
+    st = pdlt.statistics(m.with_(C_b=0.1), np.array([[1.0], [0.7]]), get="A")
+    assert np.all(np.isfinite(st.A))

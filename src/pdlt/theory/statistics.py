@@ -271,6 +271,27 @@ def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
     return given
 
 
+def _nonfinite_reason(act, K, name, l):
+    """Why statistic ``name`` is not finite at layer ``l + 1`` (stepped from kernel K)."""
+    if act.kinks and K.shape[0] > 1:
+        d = np.sqrt(np.diag(K))
+        rho = K / np.outer(d, d)
+        a, b = np.triu_indices(K.shape[0], 1)
+        hit = np.flatnonzero(1.0 - rho[a, b] ** 2 <= 1e-14)
+        if hit.size:
+            i, j = int(a[hit[0]]), int(b[hit[0]])
+            return (f"{name} is not finite at layer {l + 1}: inputs {i} and {j} are exactly "
+                    f"collinear at layer {l} (rho = {rho[i, j]:+.15g}) with different norms, "
+                    f"where the layer step's derivative operator of {act.name!r} (a kink: "
+                    "d<sigma'_a sigma'_b>/drho ~ 1/sin(theta)) is infinite, so the recursion "
+                    "cannot step from them. Give the network a bias (C_b > 0) or inputs that "
+                    "are not collinear (for a bias-free ReLU network, positively collinear "
+                    "inputs scale: z(c x) = c z(x), so their statistics are the one-input "
+                    "ones times powers of c)")
+    return (f"{name} overflowed at layer {l + 1}; reduce the depth or initialize at "
+            "criticality (pdlt.criticality)")
+
+
 def _as_tensors(given, N):
     return {k: np.asarray(v, dtype=float).reshape((-1,) + (N,) * _RANK.get(k, 4))
             for k, v in given.items()}
@@ -664,9 +685,7 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True):
                               block=block, pos=(l - 1) % nb if nb else None)
         for k in run:
             if not np.all(np.isfinite(new[k])):
-                raise FloatingPointError(
-                    f"{k} overflowed at layer {l + 1}; reduce the depth or initialize at "
-                    "criticality (pdlt.criticality)")
+                raise FloatingPointError(_nonfinite_reason(act, Ks[l - 1], k, l))
             out[k][l] = new[k]
         if errors is not None:
             E = avg.quad_error
