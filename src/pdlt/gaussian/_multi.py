@@ -89,7 +89,7 @@ use the rule of an entire function (``axis_rules``, ``growth``).
 **GELU: the last two axes in closed form.** A three- or four-variable GELU
 average with two slots among ``z Phi`` (sigma) and ``Phi + z phi``
 (sigma') puts that pair last and integrates it in closed form
-(:func:`_zphi_pair`: with ``z Phi(z) = E_e[z 1{z > e}]`` the pair average is a
+(``_zphi_pair``: with ``z Phi(z) = E_e[z 1{z > e}]`` the pair average is a
 truncated moment of a bivariate normal; the bivariate CDF by Sheppard's
 formula with 6-20 Gauss-Legendre nodes, 4e-16 absolute; sigma' pairs are its
 mixed derivative in the two means, sigma sigma' pairs one derivative). Only the other one or two axes are
@@ -98,7 +98,7 @@ fewest outer points is chosen), and the error estimate is the same
 difference from the lower rule on those axes. Where the pair's augmented
 correlation exceeds ``_PAIR_R_MAX`` = 0.925 the one-axis path is taken. Against
 the one-axis path at "higher" (``tests/gaussian/test_gelu_pair.py``): within
-its estimate plus the |u| = 8 truncation (<= 1e-11 of the scale); the N = 16
+its estimate plus the ``|u| = 8`` truncation (<= 1e-11 of the scale); the N = 16
 V and G1 at depth 10: 19-31 -> 3.5-6 CPU s (old and new in the same runs),
 GELU's ten NTK tensors at N = 8 from ~3.5x tanh's cost to ~0.9x, with
 ~20-25x fewer points per four-variable average (``benchmarks/gelu_cost.py``,
