@@ -381,3 +381,13 @@ def test_statistics_serves_a_and_d_at_n_inputs():
     assert defined(m, 2) == defined(m.with_(gamma=0.0), 2)      # every N-input statistic
     with pytest.raises(ValueError, match="both Ks and Thetas"):
         residual_ad_multi(m, Ks=s.K)
+
+
+def test_collinear_kinked_inputs_raise_instead_of_looping():
+    """A bias-free residual ReLU network at inputs x, 0.7 x: the field response is NaN
+    (relu's infinite d<sigma'sigma'>/drho at rho = 1), which made the nilpotent doubling
+    of _stein_lyapunov loop forever; now a FloatingPointError names the cause and fix."""
+    m = residual_mlp("relu", 0.5, width=16, depth=4, n_out=16, n0=1)
+    for get in ("A", "H1"):
+        with pytest.raises(FloatingPointError, match="collinear.*C_b > 0"):
+            pdlt.statistics(m, np.array([[1.0], [0.7]]), get=get)

@@ -440,10 +440,21 @@ def _stein_lyapunov(R, X):
     ``Sig = sum_k R^k X (R^T)^k``; after ``ceil(log2(n))`` doublings ``R^(2^j) = 0``
     and the sum is exact (no iteration error).
     """
+    if not (np.all(np.isfinite(R)) and np.all(np.isfinite(X))):
+        # (a NaN never leaves R^(2^j), so the doubling would not end)
+        raise FloatingPointError(
+            "the residual fields' response or covariance is not finite: a pair average's "
+            "derivative is infinite at the inputs (exactly collinear inputs of a kinked "
+            "activation, rho = +-1 with different norms, are the usual cause); give the "
+            "network a bias (C_b > 0) or inputs that are not collinear")
     Sig, power = X.copy(), R.copy()
-    while np.any(power):
+    for _ in range(int(np.ceil(np.log2(max(R.shape[0], 2)))) + 1):
+        if not np.any(power):
+            break
         Sig = Sig + power @ Sig @ power.T
         power = power @ power
+    if np.any(power):
+        raise ValueError("_stein_lyapunov: R is not strictly causal (nilpotent)")
     return 0.5 * (Sig + Sig.T)
 
 
