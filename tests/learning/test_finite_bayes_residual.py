@@ -15,6 +15,8 @@ docs/derivations/finite_bayes.rst, section "The three-point function"). Checked 
   kappa3, and the plain output / odd activation paths are untouched.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 from numpy.polynomial.hermite_e import hermegauss
@@ -268,7 +270,9 @@ def test_residual_output_with_non_odd_activation_includes_kappa3():
     assert mlp.gamma[-1] == 0.5
     assert abs(_kappa3_out(mlp)) > 0.1          # the output three-point function is there
     y = np.array([[1.0, -0.5, 0.2, 0.7], [0.3, 0.9, -1.1, 0.0]])
-    post = finite_width_posterior(mlp, XA, y, XB, noise=0.1)
+    # all n_out = n outputs observed: the expansion is not controlled, and pdlt says so
+    with pytest.warns(pdlt.ValidityWarning, match="all n_out = n = 4 outputs are observed"):
+        post = finite_width_posterior(mlp, XA, y, XB, noise=0.1)
     x = np.vstack([XA, XB])
     st = pdlt.statistics(mlp, x, get=("V", "G1", "kappa3"))
     ref = nearly_gaussian_posterior(st.K[-1], st.V[-1], y, 2, 0.1, G1=st.G1[-1], n=4,
@@ -285,7 +289,9 @@ def test_plain_output_or_odd_activation_is_unchanged(n_out, act):
     # no output three-point function here, and the path is exactly the old one
     assert _kappa3_out(mlp) == 0.0
     y = np.ones((2, n_out))
-    post = finite_width_posterior(mlp, XA, y, XB, noise=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pdlt.ValidityWarning)     # residual output, n_out = 4
+        post = finite_width_posterior(mlp, XA, y, XB, noise=0.1)
     st = pdlt.statistics(mlp, np.vstack([XA, XB]), get=("V", "G1"))
     ref = nearly_gaussian_posterior(st.K[-1], st.V[-1], y, 2, 0.1, G1=st.G1[-1],
                                     n=mlp.widths[mlp.depth - 1])

@@ -416,6 +416,14 @@ def finite_width_posterior(mlp, X_train, y_train, X_test, noise=0.0, *, accuracy
         raise ValueError("X_test must have at least one row")
     x = np.vstack([X_train, X_test])
     n = mlp.widths[mlp.depth - 1]
+    if mlp.is_residual and mlp.gamma[-1] != 0.0 and mlp.n_out > 1:
+        from .._validation import _warn
+        _warn(f"finite_width_posterior: the output layer is residual, so all n_out = n = "
+              f"{mlp.n_out} outputs are observed; the O(1/n) correction sums over the n "
+              "output neurons and the 1/n expansion is not controlled (measured: an O(1) "
+              "error at n = 8, docs/derivations/finite_bayes.rst). Observe fewer outputs: a "
+              "plain output layer (gamma[L-1] = 0), or nearly_gaussian_posterior with the "
+              "same K, V, G1, kappa3 for the observed neurons")
     if _has_output_three_point(mlp):
         # z^(L) = xi [b + W sigma] + gamma z^(L-1) keeps an O(1/n_{L-1}) three-point
         # function for a non-odd sigma: it shifts the posterior at the same order as V
