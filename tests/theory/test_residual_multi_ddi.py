@@ -149,9 +149,9 @@ def test_stein_third_derivative_matches_closed_form_tanh():
     Bound: the accuracy contract of issue 15 (1e-8 relative; measured <= 4.6e-10, the Stein
     division by Var(x | rest) amplifying the rules' error)."""
     from pdlt.gaussian._multi import expect_nd
-    from pdlt.theory.residual_multi_ddi import _setup
+    from pdlt.theory.residual_multi import _neuron
     m = residual_mlp("tanh", 0.5, n0=2, width=8, depth=3, n_out=8)
-    _, _, _, C = _setup(m, np.asarray(pdlt.statistics(m, X2).K), "default")
+    C = _neuron(m, np.asarray(pdlt.statistics(m, X2).K), "default").C
     td = _TwoDepth(m.activation, C, 2, "default")
     th = np.tanh
     f = {"p": lambda z: 1 - th(z) ** 2, "t": lambda z: (1 - th(z) ** 2) * (6 * th(z) ** 2 - 2)}

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from .residual_multi import _UP, _coefficients, _fn, _layer_tables, _ntk_multi, _stein_sd
+from .residual_multi import _UP, _fn, _neuron, _ntk_multi, _stein_sd
 
 __all__ = ["residual_ddi_multi", "residual_r_multi", "residual_t_multi", "residual_p_multi_ddi",
            "residual_q_multi_ddi"]
@@ -301,21 +301,6 @@ class _TwoDepth:
 # the fold: F's form M, Q's form w, T
 # ---------------------------------------------------------------------------
 
-def _setup(mlp, Ks, accuracy):
-    """Layer tables, trajectory coefficients, increment covariances and ``C[l, m]``."""
-    L = Ks.shape[0]
-    diag, avg = _layer_tables(mlp, Ks, accuracy)
-    a = _coefficients(mlp)
-    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
-    N = Ks.shape[1]
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)   # Cov(z^(l), z^(m)), one neuron
-    return avg, a, varw, C
-
-
 class _Layout:
     """Feature indices: ``U_{m;c}`` (L N), ``S_{p;(c,e)} = sigma_c sigma'_e(z^(p))``
     (L N^2), ``QP_{p;(c,e)} = sigma''_c sigma'_e(z^(p))`` (L N^2). F's form M lives on
@@ -362,7 +347,8 @@ def _qt_multi(mlp, Ks, Ths, accuracy, want=("T",)):
     if L == 1:
         return {k: out[k] for k in want}
     act = mlp.activation
-    avg, a, varw, C = _setup(mlp, Ks, accuracy)
+    nr = _neuron(mlp, Ks, accuracy)     # one neuron's trajectory: C = Cov(z^(l), z^(m))
+    avg, a, varw, C = nr.avg, nr.a, nr.varw, nr.C
     td = _TwoDepth(act, C, N, accuracy)
     lay = _Layout(L, N)
     nM = lay.nM
@@ -529,7 +515,8 @@ def _pr_multi(mlp, Ks, Ths, accuracy, want=("R",)):
     if L == 1:
         return out
     act = mlp.activation
-    avg, a, varw, C = _setup(mlp, Ks, accuracy)
+    nr = _neuron(mlp, Ks, accuracy)     # one neuron's trajectory: C = Cov(z^(l), z^(m))
+    avg, a, varw, C = nr.avg, nr.a, nr.varw, nr.C
     if "R" in want:
         for av in avg:
             av.t["q3p"]                                # refuses a jumping sigma''

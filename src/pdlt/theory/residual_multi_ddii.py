@@ -48,7 +48,7 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from .residual_multi import _UP, _coefficients, _layer_tables, _ntk_multi
+from .residual_multi import _UP, _neuron, _ntk_multi
 
 __all__ = ["residual_su_multi"]
 
@@ -207,15 +207,10 @@ def _su_multi(mlp, Ks, Ths, accuracy, closure=False):
     out = {"S": np.zeros((L,) + (N,) * 4), "U": np.zeros((L,) + (N,) * 4)}
     if L == 1:
         return out
-    _, avg = _layer_tables(mlp, Ks, accuracy)
-    a = _coefficients(mlp)
-    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    nr = _neuron(mlp, Ks, accuracy)     # one neuron's trajectory: C = Cov(z^(l), z^(m))
+    avg, C = nr.avg, nr.C
+    CW = np.asarray(mlp.C_W, float)
     lW = np.asarray(mlp.lambda_W, float)
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)   # Cov(z^(l), z^(m)), one neuron
     ix = np.ix_(*(np.arange(N),) * 4)
     i0, i1, i2, i3 = ix
     PP = [av.PP for av in avg]

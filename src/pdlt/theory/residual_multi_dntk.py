@@ -44,7 +44,7 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from .residual_multi import _UP, _coefficients, _layer_tables, _ntk_multi
+from .residual_multi import _UP, _neuron, _ntk_multi
 
 __all__ = ["residual_dntk_multi", "residual_dntk_p_multi", "residual_dntk_q_multi"]
 
@@ -235,15 +235,10 @@ def _dntk_multi(mlp, Ks, Ths, accuracy, want=frozenset("PQ")):
     out = {k: np.zeros((L,) + (N,) * 4) for k in want}
     if L == 1:
         return out
-    _, avg = _layer_tables(mlp, Ks, accuracy)
-    a = _coefficients(mlp)
-    CW, Cb = np.asarray(mlp.C_W, float), np.asarray(mlp.C_b, float)
+    nr = _neuron(mlp, Ks, accuracy)     # one neuron's trajectory: C = Cov(z^(l), z^(m))
+    avg, a, varw, C = nr.avg, nr.a, nr.varw, nr.C
+    CW = np.asarray(mlp.C_W, float)
     lW = np.asarray(mlp.lambda_W, float)
-    varw = np.empty((L, N, N))
-    varw[0] = Ks[0]
-    for q in range(1, L):
-        varw[q] = Cb[q] + CW[q] * avg[q - 1].S
-    C = np.einsum("lq,mq,qab->lmab", a, a, varw)  # Cov(z^(l), z^(m)), one neuron
     # The increments enter as Ut_m = G_m^+ U_m (G_m = varw[m] their covariance): the
     # Gaussian conditioning E[W_ij | u_i] = c sigma_j^T G^+ u_i. Then E[Ut_m f(z)] and
     # E[Ut_m z] carry the projector G^+ G onto G's range, never G^+ alone (which is
