@@ -214,6 +214,15 @@ class _Neuron:
         return len(self.rho) - 1
 
 
+
+def _gather(C, depths, inputs):
+    """Covariances ``(B, d, d)`` of the variables ``z_{inputs[b, i]}^(depths[b, i])`` of one
+    neuron, from ``C[l, m] = Cov(z^(l), z^(m))`` (L, L, N, N); ``depths``, ``inputs``
+    integer arrays (B, d)."""
+    dep, ins = np.asarray(depths, dtype=int), np.asarray(inputs, dtype=int)
+    return C[dep[:, :, None], dep[:, None, :], ins[:, :, None], ins[:, None, :]]
+
+
 def _neuron(mlp, Ks, accuracy) -> _Neuron:
     """:class:`_Neuron` of ``mlp`` at the kernels ``Ks`` (L, N, N), L >= 2."""
     L, N = Ks.shape[0], Ks.shape[1]
@@ -451,13 +460,8 @@ def _two_depth(act, C, todo, accuracy, stein=False):
         d = nx + ny
         xf = [s2] if nx == 1 else [s, s]
         base = xf + ([s2] if ny == 1 else [s, s])
-        cov = np.empty((len(items), d, d))
-        for k, ((m, l, _, _), xs, ys) in enumerate(items):
-            lay = [m] * nx + [l] * ny
-            ins = xs + ys
-            for i in range(d):
-                for j in range(d):
-                    cov[k, i, j] = C[lay[i], lay[j]][ins[i], ins[j]]
+        cov = _gather(C, [[m] * nx + [l] * ny for (m, l, _, _), _, _ in items],
+                      [list(xs) + list(ys) for _, xs, ys in items])
         m0 = nd(base, cov)
         if smooth:
             D = {}
@@ -822,11 +826,8 @@ def _sd_two_depth(act, C, l, p, N, accuracy):
     TT = np.empty((N,) * 4)
     for names, items in groups.items():
         dd = len(names)
-        cov = np.empty((len(items), dd, dd))
-        for k, (_, var) in enumerate(items):
-            for i in range(dd):
-                for j in range(dd):
-                    cov[k, i, j] = C[var[i][0], var[j][0]][var[i][1], var[j][1]]
+        cov = _gather(C, [[v[0] for v in var] for _, var in items],
+                      [[v[1] for v in var] for _, var in items])
         acc = _UP[accuracy] if dd <= 3 else accuracy
         vals = np.atleast_1d(np.asarray(expect_nd([fn[n] for n in names], cov, accuracy=acc,
                                                   **kw), dtype=float))
@@ -1020,12 +1021,8 @@ def _kind_two_depth(act, C, l, p, P, kl, kp, accuracy):
     for (nx, ny), items in groups.items():
         d = nx + ny
         fs = ([fl[1]] if nx == 1 else [fl[0], fl[0]]) + ([fp[1]] if ny == 1 else [fp[0], fp[0]])
-        cov = np.empty((len(items), d, d))
-        for k, (_, _, xs, ys) in enumerate(items):
-            lay, ins = [l] * nx + [p] * ny, xs + ys
-            for i in range(d):
-                for j in range(d):
-                    cov[k, i, j] = C[lay[i], lay[j]][ins[i], ins[j]]
+        cov = _gather(C, [[l] * nx + [p] * ny] * len(items),
+                      [list(xs) + list(ys) for _, _, xs, ys in items])
         acc = _UP[accuracy] if d <= 3 else accuracy
         vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw), dtype=float))
         for k, (u, v, _, _) in enumerate(items):

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from .residual_multi import _UP, _fn, _neuron, _ntk_multi, _stein_sd
+from .residual_multi import _UP, _fn, _gather, _neuron, _ntk_multi, _stein_sd
 
 __all__ = ["residual_ddi_multi", "residual_r_multi", "residual_t_multi", "residual_p_multi_ddi",
            "residual_q_multi_ddi"]
@@ -229,12 +229,8 @@ class _TwoDepth:
                         groups.setdefault(names, []).append(((c, e, a, b), var))
         out = np.zeros((N,) * 4)
         for names, items in groups.items():
-            d = len(names)
-            cov = np.empty((len(items), d, d))
-            for k, (_, var) in enumerate(items):
-                for i in range(d):
-                    for j in range(d):
-                        cov[k, i, j] = C[var[i][0], var[j][0]][var[i][1], var[j][1]]
+            cov = _gather(C, [[v[0] for v in var] for _, var in items],
+                          [[v[1] for v in var] for _, var in items])
             vals = self._stein(names, cov) if any("t" in nm for nm in names) else \
                 self._nd(names, cov)
             if vals is None:

@@ -48,7 +48,7 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from .residual_multi import _UP, _neuron, _ntk_multi
+from .residual_multi import _UP, _gather, _neuron, _ntk_multi
 
 __all__ = ["residual_su_multi"]
 
@@ -181,12 +181,8 @@ def _two_depth4(act, C, l, p, kinds, N, accuracy):
     kw = dict(kinks=act.kinks, growth=entire_growth(act))
     for names, items in groups.items():
         fs = [_integrand(act, nm) for nm in names]
-        d = len(fs)
-        cov = np.empty((len(items), d, d))
-        for k, (_, var) in enumerate(items):
-            for i in range(d):
-                for j in range(d):
-                    cov[k, i, j] = C[var[i][0], var[j][0]][var[i][1], var[j][1]]
+        cov = _gather(C, [[v[0] for v in var] for _, var in items],
+                      [[v[1] for v in var] for _, var in items])
         # one rule up at every size: the default rule is ~2e-7 off at the rank-deficient
         # covariances of antipodal inputs (tanh), one up ~1e-9
         vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=_UP[accuracy], **kw),

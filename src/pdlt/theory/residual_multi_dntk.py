@@ -44,7 +44,7 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from .residual_multi import _UP, _neuron, _ntk_multi
+from .residual_multi import _UP, _gather, _neuron, _ntk_multi
 
 __all__ = ["residual_dntk_multi", "residual_dntk_p_multi", "residual_dntk_q_multi"]
 
@@ -190,11 +190,8 @@ def _products(act, C, l, p, kl, kp, N, accuracy):
     T = np.empty((N,) * 4)
     for names, items in groups.items():
         d = len(names)
-        cov = np.empty((len(items), d, d))
-        for k, (_, keys) in enumerate(items):
-            for i, (di, ii) in enumerate(keys):
-                for j, (dj, ij) in enumerate(keys):
-                    cov[k, i, j] = C[di, dj][ii, ij]
+        cov = _gather(C, [[k[0] for k in keys] for _, keys in items],
+                      [[k[1] for k in keys] for _, keys in items])
         fs = [_product([fk[c] for c in nm]) for nm in names]
         acc = _UP[accuracy] if d <= 3 else accuracy
         vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw), dtype=float))

@@ -51,8 +51,8 @@ from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
 from ._averages import apply_M, is_odd
 from .residual_multi import (_UP, _c_zz, _d2_sigma, _dressed, _expand, _f_forms, _field_widths,
-                             _hess, _kind_two_depth, _neuron, _ntk_multi, _own_shift, _pair_sd,
-                             _prepare, _s_own, _s_response, _sp_fields, _two_depth)
+                             _gather, _hess, _kind_two_depth, _neuron, _ntk_multi, _own_shift,
+                             _pair_sd, _prepare, _s_own, _s_response, _sp_fields, _two_depth)
 
 __all__ = ["residual_ntk_mean_multi", "residual_kappa3_multi", "residual_mixed_vertex",
            "residual_mixed_three_point"]
@@ -187,12 +187,8 @@ def _stein_moments(act, C, items, accuracy, order):
         nx, ny = len(sx), len(sy)
         d = nx + ny
         counts = list(sx) + list(sy)
-        cov = np.empty((len(group), d, d))
-        for k, (_, xs, ys) in enumerate(group):
-            var = xs + ys
-            for i in range(d):
-                for j in range(d):
-                    cov[k, i, j] = C[var[i][0], var[j][0]][var[i][1], var[j][1]]
+        cov = _gather(C, [[v[0] for v in list(xs) + list(ys)] for _, xs, ys in group],
+                      [[v[1] for v in list(xs) + list(ys)] for _, xs, ys in group])
         acc = _UP[accuracy] if d <= 3 else accuracy
 
         def nd(pw):
