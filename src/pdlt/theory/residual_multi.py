@@ -90,7 +90,12 @@ def residual_vertex_metric_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default
     -------
     dict
         ``{"V": ndarray (L, N, N, N, N), "G1": ndarray (L, N, N)}``, normalized by
-        ``n_{l-1}`` (``V[l, a1, a2, a3, a4] = V_{(a1a2)(a3a4)}``).
+        ``n_{l-1}`` (``V[l, a1, a2, a3, a4] = V_{(a1a2)(a3a4)}``), and
+        ``"G1_error"`` (L, N, N): G1's estimated absolute error from its
+        fourth-derivative sources (ill-conditioned for nearly coinciding inputs of
+        an activation without the Stein form), propagated layer by layer; the
+        other averages' errors are not in it (``pdlt.statistics(..., error=True)``
+        measures them).
 
     Raises
     ------
@@ -531,10 +536,13 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
     dress, Sig = _dressed(R, own / nw[None, :])
     d2 = _d2_sigma(td)
     gm = np.zeros((N, N))                         # E[z z] - K, unnormalized
+    dgm = np.zeros((N, N))                        # its estimated error (d4 sources)
+    out["G1_error"] = np.zeros((L, N, N))
     for l in range(L):
         r = np.kron(rho[l], np.eye(M))            # (M, F): Khat_l^p response
         Vk = r @ Sig @ r.T                        # Var(Khat_l), pairs x pairs
         out["G1"][l] = mlp.widths[l] * gm
+        out["G1_error"][l] = mlp.widths[l] * dgm
         if l >= 1:
             ct = _c_zz(nr, l, nw, upto=l) @ dress.T   # c~(z_a1 z_a2 at l), dressed (M, F)
             cr = ct @ r.T                         # [pa, pb] = rho . c~(z_pa)[., pb]
@@ -547,11 +555,29 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
         if l >= 1:      # the neuron's own term
             shift = shift + _own_shift(nr, l, dress, nw, avg[l].Mss, d2)
         gm = xi[l + 1] ** 2 * CW[l + 1] * shift + g[l + 1] ** 2 * gm
+        dgm = _d4_carry(dgm, avg[l], "s", xi[l + 1] ** 2 * abs(CW[l + 1]), g[l + 1] ** 2,
+                        np.any(V4))
     for k, arr in out.items():
+        if k.endswith("_error"):
+            continue
         if not np.all(np.isfinite(arr)):
             raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
                                      "criticality (pdlt.criticality)")
     return out
+
+
+def _d4_carry(dg, avg, of, gain, g2, sourced):
+    """The estimated absolute error of ``delta_f`` (``of`` "s": G1's shift; "p": H1's
+    ``delta_{pp}``) at this layer, or with ``of="s"`` of the next layer's unnormalized G1:
+    ``|M_ff| dg + d4_error`` (the fourth-derivative source's own estimate,
+    :meth:`~pdlt.theory._averages.LayerAverages.d4_source`), then ``gain * (...) + g2 * dg``
+    for "s". ``dg`` (N, N) is the error of the unnormalized G1 it steps from; ``sourced``:
+    the source was evaluated (V nonzero)."""
+    op = avg.Mss if of == "s" else avg.Mpp
+    d = apply_M(tuple(np.abs(o) for o in op), dg)
+    if sourced:
+        d = d + avg.d4_error.get(of, 0.0)
+    return gain * d + g2 * dg if of == "s" else d
 
 
 def _hess(op, f):
@@ -705,7 +731,7 @@ def _expand(out, reps, inv):
         out = {k: v[np.ix_(np.arange(v.shape[0]), *(inv,) * (v.ndim - 1))]
                for k, v in out.items()}
     for k, v in out.items():
-        if not np.all(np.isfinite(v)):
+        if not k.endswith("_error") and not np.all(np.isfinite(v)):
             raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
                                      "criticality (pdlt.criticality)")
     return out

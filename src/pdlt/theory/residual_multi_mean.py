@@ -50,7 +50,7 @@ import numpy as np
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
 from ._averages import apply_M, is_odd
-from .residual_multi import (_UP, _c_zz, _d2_sigma, _dressed, _expand, _f_forms, _field_widths,
+from .residual_multi import (_UP, _c_zz, _d2_sigma, _d4_carry, _dressed, _expand, _f_forms, _field_widths,
                              _gather, _hess, _kind_two_depth, _neuron, _ntk_multi, _own_shift,
                              _pair_sd, _prepare, _s_own, _s_response, _sp_fields, _two_depth)
 
@@ -59,7 +59,7 @@ __all__ = ["residual_ntk_mean_multi", "residual_kappa3_multi", "residual_mixed_v
 
 
 def residual_ntk_mean_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
-                            accuracy="default") -> np.ndarray:
+                            accuracy="default", return_error=False):
     r"""Exact N-input NTK mean ``H1`` of a residual MLP at every layer, any activation.
 
     ``E[H_{ii;ab}^(l)] = Theta^(l)_{ab} + H1^(l)_{ab} / n_{l-1}`` (module docstring).
@@ -76,11 +76,17 @@ def residual_ntk_mean_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
         neither).
     accuracy : {"fast", "default", "high"}
         Rule of the two-depth Gaussian averages (:func:`pdlt.gaussian.expect_nd`).
+    return_error : bool, default False
+        Also return H1's estimated absolute error from its fourth-derivative
+        sources (ill-conditioned for nearly coinciding inputs of an activation
+        without the Stein form), propagated layer by layer; the other averages'
+        errors are not in it (``pdlt.statistics(..., error=True)`` measures them).
 
     Returns
     -------
     ndarray (L, N, N)
-        ``H1`` normalized by ``n_{l-1}``; layers 1 and 2 are 0.
+        ``H1`` normalized by ``n_{l-1}``; layers 1 and 2 are 0. With
+        ``return_error``, the pair ``(H1, error)``, both (L, N, N).
 
     Raises
     ------
@@ -102,7 +108,8 @@ def residual_ntk_mean_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
     Ks, Thetas, reps, inv = _prepare(mlp, x, Ks, Thetas, accuracy)
     r2 = (slice(None), reps[:, None], reps[None, :])
     _warn_near_coinciding(Ks[r2][:-1])
-    return _expand({"H1": _h1_multi(mlp, Ks[r2], Thetas[r2], accuracy)}, reps, inv)["H1"]
+    out = _expand(_h1_multi(mlp, Ks[r2], Thetas[r2], accuracy), reps, inv)
+    return (out["H1"], out["H1_error"]) if return_error else out["H1"]
 
 
 #: below this 1 - rho^2 of two distinct inputs the Stein second derivatives lose accuracy
@@ -228,9 +235,9 @@ def _stein_moments(act, C, items, accuracy, order):
 def _h1_multi(mlp, Ks, Ths, accuracy):
     act = mlp.activation
     L, N = Ks.shape[0], Ks.shape[1]
-    H1 = np.zeros((L, N, N))
+    H1, H1_error = np.zeros((L, N, N)), np.zeros((L, N, N))
     if L <= 2:
-        return H1
+        return {"H1": H1, "H1_error": H1_error}
     nr = _neuron(mlp, Ks, accuracy)
     avg, P, pidx, M, nf, C, rho = nr.avg, nr.P, nr.pidx, nr.M, nr.nf, nr.C, nr.rho
     CW = np.asarray(mlp.C_W, float)
@@ -249,6 +256,7 @@ def _h1_multi(mlp, Ks, Ths, accuracy):
     Ms = [None] + list(_f_forms(mlp, nr, Ths, accuracy))   # (layer 1's form is not used)
     gm = np.zeros((N, N))                         # E[z z] - K, unnormalized
     h = np.zeros((N, N))                          # H1 / n, unnormalized
+    dgm, dh = np.zeros((N, N)), np.zeros((N, N))  # their estimated errors (d4 sources)
     for l in range(L - 1):
         r = np.kron(rho[l], np.eye(M))            # (M, nf M): Khat_l's response to S
         Vk = r @ SigS @ r.T
@@ -266,7 +274,12 @@ def _h1_multi(mlp, Ks, Ths, accuracy):
              + g[l + 1] ** 2 * h)
         gm = xi[l + 1] ** 2 * CW[l + 1] * d_ss + g[l + 1] ** 2 * gm
         H1[l + 1] = mlp.widths[l + 1] * h
-    return H1
+        e_ss, e_pp = (_d4_carry(dgm, avg[l], of, 1.0, 0.0, anyV) for of in ("s", "p"))
+        dh = (xi[l + 1] ** 2 * (abs(lW[l + 1]) * e_ss + abs(CW[l + 1]) * (
+            np.abs(Ths[l]) * e_pp + np.abs(avg[l].PP) * dh)) + g[l + 1] ** 2 * dh)
+        dgm = xi[l + 1] ** 2 * abs(CW[l + 1]) * e_ss + g[l + 1] ** 2 * dgm
+        H1_error[l + 1] = mlp.widths[l + 1] * dh
+    return {"H1": H1, "H1_error": H1_error}
 
 
 def _d2_pp(tp):

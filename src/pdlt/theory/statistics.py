@@ -89,8 +89,11 @@ class Statistics:
         the four-variable averages that entered V's step (not propagated)
         and, for N > 1 inputs, the estimated error of G1 and H1 from their
         fourth-derivative sources (``LayerAverages.d4_source``, propagated
-        through the fold); set when V was computed. :func:`statistics` warns
-        when a G1 or H1 entry's estimate exceeds 1e-8 of its scale.
+        through the fold); set when V was computed. Residual MLPs at N > 1
+        inputs: the propagated errors of G1 and H1 from their fourth-derivative
+        sources alone (set when G1 or H1 was computed; ``error=True`` measures
+        every average). :func:`statistics` warns when a G1 or H1 entry's
+        estimate exceeds 1e-8 of its scale.
     error : dict or None
         With ``statistics(..., error=True)``: name -> estimated absolute
         error of every entry of that order-1/n statistic (its shape), the
@@ -232,6 +235,7 @@ def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
                                      residual_vertex_metric_multi)
         given = (residual_vertex_metric_multi(mlp, Ks=K, accuracy=accuracy)
                  if need & {"V", "G1"} else {})
+        d4 = {"G1": given.pop("G1_error")} if "G1" in need else {}
         if "B" in need:
             given["B"] = residual_b_multi(mlp, Ks=K, Thetas=Theta, accuracy=accuracy)
         if "F" in need:
@@ -245,7 +249,8 @@ def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
             given.update({k: su[k] for k in ("S", "U") if k in need})
         if "H1" in need:
             from .residual_multi_mean import residual_ntk_mean_multi
-            given["H1"] = residual_ntk_mean_multi(mlp, Ks=K, Thetas=Theta, accuracy=accuracy)
+            given["H1"], d4["H1"] = residual_ntk_mean_multi(mlp, Ks=K, Thetas=Theta,
+                                                            accuracy=accuracy, return_error=True)
         if "kappa3" in need:
             from .residual_multi_mean import residual_kappa3_multi
             given["kappa3"] = residual_kappa3_multi(mlp, Ks=K, accuracy=accuracy)
@@ -258,6 +263,7 @@ def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
             from .residual_multi_dntk import residual_dntk_multi
             given.update(residual_dntk_multi(mlp, Ks=K, Thetas=Theta, accuracy=accuracy,
                                              stats=sorted(need & {"P", "Q"})))
+        given[_D4_KEY] = d4
         return given
     K1 = float(K[0, 0, 0])
     given = {}
@@ -636,12 +642,17 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True):
         given = _residual_given(mlp, need, Ks, Ths, N == 1, accuracy)
     else:   # a plain MLP's odd cumulants vanish (flip the signs of one layer's W and b)
         given = {"kappa3": np.zeros((L,) + (N,) * 3)} if "kappa3" in need else {}
+    d4given = given.pop(_D4_KEY, None)
     out = {k: np.zeros((L,) + (N,) * _RANK.get(k, 4)) for k in need}
     given = {k: v for k, v in given.items() if k in need}
     for k, v in _as_tensors(given, N).items():
         out[k][:] = v
     run = [k for k in ORDER_ONE_OVER_N if k in need and k not in given]
     errors = np.zeros(L) if "V" in run else None
+    if d4given:     # residual N inputs: G1's and H1's errors from their d4 sources
+        errors = np.max([np.max(E.reshape(L, -1), axis=1) for E in d4given.values()], axis=0)
+        if warn:
+            _warn_d4(d4given, out, Ks)
     if L == 1 or not run:
         return out, errors
     diag = np.einsum("lii->li", Ks[:L - 1])
@@ -699,6 +710,9 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True):
         _warn_d4(d4err, out, Ks)
     return out, errors
 
+
+#: the key under which :func:`_residual_given` passes G1's and H1's propagated d4 errors
+_D4_KEY = "_d4_error"
 
 #: relative error of a G1 / H1 entry above which :func:`statistics` warns
 _D4_WARN = 1e-8
