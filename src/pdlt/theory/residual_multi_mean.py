@@ -43,14 +43,12 @@ for one input :func:`pdlt.theory.residual_ntk.residual_ntk_mean`. Served by
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from ._averages import apply_M, is_odd
-from .residual_multi import (_UP, _c_zz, _d2_sigma, _d4_carry, _dressed, _expand, _f_forms, _field_widths,
+from ._averages import apply_M, is_odd, third_derivative
+from .residual_multi import (_UP, _c_zz, _warn_near_coinciding, _d2_sigma, _d4_carry, _dressed, _expand, _f_forms, _field_widths,
                              _gather, _hess, _kind_two_depth, _neuron, _ntk_multi, _own_shift,
                              _pair_sd, _prepare, _s_own, _s_response, _sp_fields, _two_depth)
 
@@ -107,30 +105,11 @@ def residual_ntk_mean_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
     """
     Ks, Thetas, reps, inv = _prepare(mlp, x, Ks, Thetas, accuracy)
     r2 = (slice(None), reps[:, None], reps[None, :])
-    _warn_near_coinciding(Ks[r2][:-1])
+    _warn_near_coinciding(Ks[r2][:-1], "H1")
     out = _expand(_h1_multi(mlp, Ks[r2], Thetas[r2], accuracy), reps, inv)
     return (out["H1"], out["H1_error"]) if return_error else out["H1"]
 
 
-#: below this 1 - rho^2 of two distinct inputs the Stein second derivatives lose accuracy
-#: (gelu, depth 4, accuracy "default" against "high": 1.4e-3 -> 6e-4 relative in H1_ab,
-#: 6.7e-4 -> 4e-3, 3.4e-4 -> 25 %)
-_NEAR = 1e-3
-
-
-def _warn_near_coinciding(Ks):
-    """Warn when two distinct inputs nearly coincide at some layer (see ``_NEAR``)."""
-    d = np.einsum("lii->li", Ks)
-    r = 1.0 - Ks ** 2 / (d[:, :, None] * d[:, None, :])
-    N = Ks.shape[1]
-    r[:, np.arange(N), np.arange(N)] = np.inf
-    if N > 1 and np.min(r) < _NEAR:
-        l, a, b = (int(i) for i in np.unravel_index(np.argmin(r), r.shape))
-        warnings.warn(
-            f"inputs {a} and {b} nearly coincide (1 - rho^2 = {r[l, a, b]:.1e} at layer {l + 1}): "
-            "the off-diagonal H1 entries of a residual MLP lose accuracy below 1e-3 (Stein "
-            "form of the two-depth second derivatives, ~(1 - rho^2)^-2); use accuracy='high' "
-            "or merge the two inputs", RuntimeWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------
@@ -158,6 +137,39 @@ class _Fns:
             self.cache[key] = f
         return self.cache[key]
 
+    def deriv(self, ns, np_, order):
+        """``d^order/dz^order [s^ns p^np]`` (order 1, 2) of a smooth activation, from
+        ``sigma''`` and :func:`~pdlt.theory._averages.third_derivative`."""
+        key = ("d", ns, np_, order)
+        if key not in self.cache:
+            act = self.act
+            s, p, q = act.sigma, act.d1, act.d2
+            r = third_derivative(act) if order == 2 and np_ > 0 else None
+            if order == 1:      # (a, b, c, d): coefficient * s^a p^b q^c r^d
+                terms = [(ns, ns - 1, np_ + 1, 0, 0), (np_, ns, np_ - 1, 1, 0)]
+            else:
+                terms = [(ns * (ns - 1), ns - 2, np_ + 2, 0, 0),
+                         (2 * ns * np_ + ns, ns - 1, np_, 1, 0),
+                         (np_ * (np_ - 1), ns, np_ - 2, 2, 0), (np_, ns, np_ - 1, 0, 1)]
+            terms = [t for t in terms if t[0] != 0]
+
+            def f(z, terms=terms):
+                z = np.asarray(z, dtype=float)
+                sv, pv, qv = s(z), p(z), q(z)
+                rv = r(z) if r is not None else None
+                out = np.zeros_like(z)
+                for c, a, b, cq, cr in terms:
+                    t = c * sv ** a * pv ** b * qv ** cq
+                    out = out + (t * rv if cr else t)
+                return out
+            self.cache[key] = f
+        return self.cache[key]
+
+
+#: True: every activation takes the Stein form in :func:`_stein_moments` (an independent
+#: check of the direct derivatives of smooth activations, for tests)
+_STEIN_ONLY = False
+
 
 def _stein_moments(act, C, items, accuracy, order):
     r"""One-neuron ``E[g(x) F(y)]`` and its Stein derivatives along y, for many items.
@@ -169,13 +181,16 @@ def _stein_moments(act, C, items, accuracy, order):
     Cov(e)^-1``, ``u = Lam e``), Stein's lemma along e gives ``E[g d_e F] = E[g F u_e]``
     and ``E[g d_e d_h F] = E[g F (u_e u_h - Lam_eh)]``: no derivative of sigma is taken,
     so kinks (a step sigma' for ReLU) are exact. ``B`` uses the pseudo-inverse of
-    ``Cov(x)``.
+    ``Cov(x)``. Smooth activations instead differentiate F's factors (``sigma''``,
+    ``sigma^(3)``): Lam loses ~(1 - rho^2)^-1 per derivative when two y inputs nearly
+    coincide, the derivatives lose nothing.
 
     Returns, per item, ``(m0, d1, d2, ys)``: ``E[gF]``, ``E[g grad F]`` (ny,) and
     ``E[g Hess F]`` (ny, ny) over the distinct y inputs ``ys`` (None above ``order``).
     """
     fns = _Fns(act)
     kw = dict(kinks=act.kinks, growth=entire_growth(act))
+    direct = fns.si is None and not act.kinks and not _STEIN_ONLY
 
     def merge(vs):
         out = {}
@@ -205,6 +220,31 @@ def _stein_moments(act, C, items, accuracy, order):
 
         m0 = nd([0] * d)
         m1 = m2 = None
+        if direct:
+            # smooth activations: the derivatives of F's factors themselves (no Lam, whose
+            # conditioning goes like (1 - rho^2)^-1 per derivative for nearly coinciding
+            # y inputs)
+            base = [fns(counts[i][0], counts[i][1]) for i in range(d)]
+
+            def with_d(repl):
+                fs = list(base)
+                for i, o in repl:
+                    fs[nx + i] = fns.deriv(counts[nx + i][0], counts[nx + i][1], o)
+                return np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw),
+                                                dtype=float))
+            g1 = (np.stack([with_d([(e, 1)]) for e in range(ny)], axis=1)
+                  if order >= 1 else None)
+            g2 = None
+            if order >= 2:
+                g2 = np.empty((len(group), ny, ny))
+                for e in range(ny):
+                    g2[:, e, e] = with_d([(e, 2)])
+                    for h in range(e + 1, ny):
+                        g2[:, e, h] = g2[:, h, e] = with_d([(e, 1), (h, 1)])
+            for k, (it, xs, ys) in enumerate(group):
+                res[it] = (m0[k], None if g1 is None else g1[k],
+                           None if g2 is None else g2[k], [v[1] for v in ys])
+            continue
         if order >= 1:
             m1 = np.stack([nd([int(i == j) for j in range(d)]) for i in range(d)], axis=1)
         if order >= 2:
