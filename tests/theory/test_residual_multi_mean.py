@@ -314,27 +314,21 @@ def test_kernel_only_entry_points_validate():
 
 
 def test_direct_derivatives_match_the_stein_form(monkeypatch):
-    """Smooth activations differentiate F's factors in ``_stein_moments`` (no Lam); the
-    Stein form (every activation's route before) agrees where it is well conditioned, and
-    the direct form is the more accurate one where inputs approach each other."""
+    """Smooth activations differentiate F's factors in ``_stein_moments`` (no Lam, whose
+    conditioning goes like (1 - rho^2)^-1 per derivative); where the Stein form (every
+    activation's route before) is well conditioned the two agree, which checks the
+    derivative formulas (1 % more in the first or second derivatives moves H1 by 3 % or
+    4 %)."""
     import pdlt.theory.residual_multi_mean as rmm
     m = pdlt.MLP(n0=2, width=32, depth=4, activation="tanh", C_b=0.1, C_W=1.0, gamma=0.6,
                  xi=0.8)
     far = np.array([[1.0, 0.3], [1.0, 0.6]])
-    near = np.array([[1.0, 0.3], [1.0, 0.32]])      # 1 - rho^2 ~ 2e-4 at layer 3
 
-    def h1(x, stein, acc):
+    def h1(x, stein):
         monkeypatch.setattr(rmm, "_STEIN_ONLY", stein)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return residual_ntk_mean_multi(m, x, accuracy=acc)
-    d, s = h1(far, False, "high"), h1(far, True, "high")
-    scale = np.max(np.abs(s))
-    assert np.max(np.abs(d - s)) <= 1e-10 * scale
-    # nearly coinciding: each form's default-vs-high difference; the direct one is smaller
-    err = {st: np.max(np.abs(h1(near, st, "default") - h1(near, st, "high"))) for st in
-           (False, True)}
-    assert err[False] < 0.3 * err[True], err
+        return residual_ntk_mean_multi(m, x, accuracy="high")
+    d, s = h1(far, False), h1(far, True)
+    assert np.max(np.abs(d - s)) <= 1e-10 * np.max(np.abs(s))
 
 
 def test_near_coinciding_inputs_warn_for_F():

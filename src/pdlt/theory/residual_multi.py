@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
+from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd, rule_up
 from ..network import MLP
 from ._averages import LayerAverages, OneVariableTable, apply_M, representatives
 from .kernel import first_layer_kernel, kernel_fold
@@ -68,6 +68,22 @@ __all__ = ["residual_vertex_metric_multi", "residual_b_multi", "residual_f_multi
 
 #: the rule one up (the split path of kinked activations stops at "high")
 _UP = {"fast": "default", "default": "high", "high": "high"}
+
+
+def _rule(accuracy, act, d):
+    """Rule of the residual modules' d-variable averages at ``accuracy``: one level up.
+
+    Their integrands (merged powers such as ``sigma^2 sigma'^2`` over a trajectory, at two
+    depths) converge slower than the plain tensors'. Measured against every rule two
+    levels up (tanh, depth 3-4, gamma 0.6, xi 0.8, first-layer variance ~1.1, relative to
+    the largest entry): four variables at "default" left A 2e-8, Q 3e-8, H1 7e-8 (N = 2)
+    and A 3e-8, H1 1e-7 (N = 4); one level up 4e-12..1e-10, at ~1.6x the cost. Kinked
+    activations: two and three variables one up to "high" at most (the split path's top),
+    four at ``accuracy`` itself.
+    """
+    if act.kinks:
+        return _UP[accuracy] if d <= 3 else accuracy
+    return rule_up(accuracy)
 
 
 def residual_vertex_metric_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default") -> dict:
@@ -453,7 +469,7 @@ def _two_depth(act, C, todo, accuracy, stein=False):
     def nd(fs, cov):
         # two and three variables: one rule up (cheap; the powers sigma^2 of a merged pair
         # converge slowest), so that one input matches the one-input module to ~1e-12
-        k = dict(kw, accuracy=_UP[accuracy]) if len(fs) <= 3 else kw
+        k = dict(kw, accuracy=_rule(accuracy, act, len(fs)))
         return np.atleast_1d(np.asarray(expect_nd(fs, cov, **k), dtype=float))
 
     groups = {}
@@ -884,7 +900,7 @@ def _sd_two_depth(act, C, l, p, N, accuracy):
         dd = len(names)
         cov = _gather(C, [[v[0] for v in var] for _, var in items],
                       [[v[1] for v in var] for _, var in items])
-        acc = _UP[accuracy] if dd <= 3 else accuracy
+        acc = _rule(accuracy, act, dd)
         vals = np.atleast_1d(np.asarray(expect_nd([fn[n] for n in names], cov, accuracy=acc,
                                                   **kw), dtype=float))
         for k, (ix, _) in enumerate(items):
@@ -1079,7 +1095,7 @@ def _kind_two_depth(act, C, l, p, P, kl, kp, accuracy):
         fs = ([fl[1]] if nx == 1 else [fl[0], fl[0]]) + ([fp[1]] if ny == 1 else [fp[0], fp[0]])
         cov = _gather(C, [[l] * nx + [p] * ny] * len(items),
                       [list(xs) + list(ys) for _, _, xs, ys in items])
-        acc = _UP[accuracy] if d <= 3 else accuracy
+        acc = _rule(accuracy, act, d)
         vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw), dtype=float))
         for k, (u, v, _, _) in enumerate(items):
             T[u, v] = vals[k]

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from .residual_multi import _UP, _fn, _gather, _neuron, _ntk_multi, _stein_sd
+from .residual_multi import _fn, _gather, _neuron, _ntk_multi, _rule, _stein_sd
 
 __all__ = ["residual_ddi_multi", "residual_r_multi", "residual_t_multi", "residual_p_multi_ddi",
            "residual_q_multi_ddi"]
@@ -247,7 +247,7 @@ class _TwoDepth:
             return None
         if powers is not None:
             fs = [_fn(f, k) for f, k in zip(fs, powers)]
-        acc = _UP[self.accuracy] if len(fs) <= 3 or up else self.accuracy
+        acc = _rule(self.accuracy, self.act, 3 if up else len(fs))
         return np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **self.kw),
                                         dtype=float))
 

@@ -48,7 +48,7 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from .residual_multi import _UP, _gather, _neuron, _ntk_multi
+from .residual_multi import _gather, _neuron, _ntk_multi, _rule
 
 __all__ = ["residual_su_multi"]
 
@@ -185,8 +185,8 @@ def _two_depth4(act, C, l, p, kinds, N, accuracy):
                       [[v[1] for v in var] for _, var in items])
         # one rule up at every size: the default rule is ~2e-7 off at the rank-deficient
         # covariances of antipodal inputs (tanh), one up ~1e-9
-        vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=_UP[accuracy], **kw),
-                                        dtype=float))
+        acc = _rule(accuracy, act, 3)
+        vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw), dtype=float))
         for k, (idx, _) in enumerate(items):
             T[idx] = vals[k]
     return T

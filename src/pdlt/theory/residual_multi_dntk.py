@@ -44,7 +44,7 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from .residual_multi import _UP, _gather, _neuron, _ntk_multi
+from .residual_multi import _gather, _neuron, _ntk_multi, _rule
 
 __all__ = ["residual_dntk_multi", "residual_dntk_p_multi", "residual_dntk_q_multi"]
 
@@ -193,7 +193,7 @@ def _products(act, C, l, p, kl, kp, N, accuracy):
         cov = _gather(C, [[k[0] for k in keys] for _, keys in items],
                       [[k[1] for k in keys] for _, keys in items])
         fs = [_product([fk[c] for c in nm]) for nm in names]
-        acc = _UP[accuracy] if d <= 3 else accuracy
+        acc = _rule(accuracy, act, d)
         vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw), dtype=float))
         for k, (ix, _) in enumerate(items):
             T[ix] = vals[k]

@@ -48,9 +48,10 @@ import numpy as np
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
 from ._averages import apply_M, is_odd, third_derivative
-from .residual_multi import (_UP, _c_zz, _warn_near_coinciding, _d2_sigma, _d4_carry, _dressed, _expand, _f_forms, _field_widths,
-                             _gather, _hess, _kind_two_depth, _neuron, _ntk_multi, _own_shift,
-                             _pair_sd, _prepare, _s_own, _s_response, _sp_fields, _two_depth)
+from .residual_multi import (_c_zz, _d2_sigma, _d4_carry, _dressed, _expand, _f_forms,
+                             _field_widths, _gather, _hess, _kind_two_depth, _neuron,
+                             _ntk_multi, _own_shift, _pair_sd, _prepare, _rule, _s_own,
+                             _s_response, _sp_fields, _two_depth, _warn_near_coinciding)
 
 __all__ = ["residual_ntk_mean_multi", "residual_kappa3_multi", "residual_mixed_vertex",
            "residual_mixed_three_point"]
@@ -211,7 +212,7 @@ def _stein_moments(act, C, items, accuracy, order):
         counts = list(sx) + list(sy)
         cov = _gather(C, [[v[0] for v in list(xs) + list(ys)] for _, xs, ys in group],
                       [[v[1] for v in list(xs) + list(ys)] for _, xs, ys in group])
-        acc = _UP[accuracy] if d <= 3 else accuracy
+        acc = _rule(accuracy, act, d)
 
         def nd(pw):
             fs = [fns(counts[i][0], counts[i][1], pw[i]) for i in range(d)]
