@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _trig
+from ._collinear import collinear_pairs
 from ._closed import closed_forms_nn
 from ._mehler import _SeriesGrid, _mehler_offdiag
 from ._nested import expect2
@@ -100,6 +101,13 @@ def pair_expectations(act, K, terms=(("sigma", "sigma"),), *, rtol=1e-12, method
             and not getattr(act, "kinks", ()):
         # sin and its products: closed form at any scale (pdlt.gaussian._trig), or None
         closed.update(_trig.trig_pairs(act, K, rest) or {})
+    if rest and N == 2 and method == "auto":
+        # two nearly collinear inputs of a smooth function (pdlt.gaussian._collinear):
+        # the fixed rule with a few-node inner Gauss-Hermite, where the series would
+        # not converge and nested quadrature would cost ~1e5 evaluations per term
+        near = collinear_pairs(act, K, diag, rest, rtol)
+        if near is not None:
+            closed.update(near)
     out = {}
     grid = None  # what the series terms share: rho, the rule's nodes, f values
     for fa, fb in terms:
