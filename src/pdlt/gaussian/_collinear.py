@@ -122,11 +122,21 @@ def collinear_pairs(act, K, diag, terms, rtol):
     sd = np.sqrt(diag)
     z = sd[:, None] * u[None, :]
     vals, inner = {}, {}
+    # an Activation evaluates sigma, sigma', sigma'' in one pass (Activation.values)
+    three = ("sigma", "d1", "d2")
+    joint = (getattr(act, "joint", None) is not None
+             and {n for t in terms for n in t} <= set(three))
+
+    def evaluate(name, at, cache):
+        if name not in cache:
+            if joint:
+                cache.update(zip(three, act.values(at)))
+            else:
+                cache[name] = getattr(act, name)(at)
+        return cache[name]
 
     def value(name):
-        if name not in vals:
-            vals[name] = getattr(act, name)(z)
-        return vals[name]
+        return evaluate(name, z, vals)
 
     def inner_nodes(a):
         # z_b given z_a = sd_a u: mu + s v at the Gauss-Hermite v, (M, n)
@@ -135,11 +145,13 @@ def collinear_pairs(act, K, diag, terms, rtol):
             inner[a] = (slope * u)[:, None] + s * x[None, :]
         return inner[a]
 
+    at_inner = ({}, {})
+
     def smoothed(name, a):
         # E_v[g(z_b) | z_a] at the outer nodes z_a = sd_a u: (M,)
         if coincident:
             return getattr(act, name)(sign * z[1 - a]) if sign < 0 else value(name)[1 - a]
-        return getattr(act, name)(inner_nodes(a)) @ wg
+        return evaluate(name, inner_nodes(a), at_inner[a]) @ wg
 
     out = {}
     for fa, fb in terms:

@@ -64,7 +64,7 @@ def single_input_moments(act, K):
     if K.ndim == 0 and 0 < K <= gaussian._K_FIXED_MAX and not act.kinks and periodic_ok:
         u, w = gaussian._fixed_rule()
         z = math.sqrt(float(K)) * u
-        s, d1, d2 = act.sigma(z), act.d1(z), act.d2(z)
+        s, d1, d2 = act.values(z)          # one pass (bitwise the three calls)
         return float((s * s) @ w), float((d1 * d1) @ w), float((s * d2) @ w)
     kw = dict(kinks=act.kinks, period=act.period, periodic=True)   # functions of sigma only
     return (gaussian.expect(lambda z: act.sigma(z) ** 2, K, **kw),
