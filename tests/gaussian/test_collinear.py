@@ -144,6 +144,9 @@ def test_applies_only_where_valid():
     assert _collinear.collinear_pairs(swish, _kernel(1.0, 1.0, 2e-2), diag, TERMS, 1e-12) is None
     for name in ("relu", "elu", "sin"):      # kinks, or a period
         assert _collinear.collinear_pairs(pdlt.activation(name), K, diag, TERMS, 1e-12) is None
+    # an rtol the fixed rule (error < 1e-14) could not guarantee: the general path
+    assert _collinear.collinear_pairs(swish, K, diag, TERMS, 1e-14) is None
+    assert _collinear.collinear_pairs(swish, K, diag, TERMS, 1e-13) is not None
     big = _kernel(2.0 ** 17, 2.0 ** 17, 1e-3)
     assert _collinear.collinear_pairs(swish, big, np.diag(big).copy(), TERMS, 1e-12) is None
     # N = 2 only, and only for method="auto": "series" is the general path itself

@@ -32,7 +32,8 @@ of each function instead of ~5e4, and no series bookkeeping.
 
 Applicability (else the general path runs, unchanged): N = 2, ``method="auto"``,
 no kinks and no period (the fixed rule is then valid), both variances in
-``(0, _K_FIXED_MAX]``, ``s <= S_MAX``. The diagonal is computed exactly as
+``(0, _K_FIXED_MAX]``, ``s <= S_MAX``, ``rtol >= 1e-13`` (ten times the fixed
+rule's error). The diagonal is computed exactly as
 the Mehler path computes it (the same values on the same rule, the same
 products): bitwise the general path's. The off-diagonal agrees with the
 general path (series or nested quadrature) within the accuracy both state,
@@ -58,6 +59,8 @@ _D = 1.0
 _N_MAX = 8
 #: share of ``rtol`` allowed for the inner Gauss-Hermite error
 _SHARE = 1e-3
+#: below this rtol the fixed rule's own error (< 1e-14) is not negligible: general path
+_RTOL_MIN = 1e-13
 
 
 @functools.lru_cache(maxsize=_N_MAX)
@@ -95,7 +98,7 @@ def collinear_pairs(act, K, diag, terms, rtol):
     -------
     dict mapping each term to an (2, 2) ndarray, or None
     """
-    if act.kinks or act.period is not None:
+    if act.kinks or act.period is not None or rtol < _RTOL_MIN:
         return None
     K00, K01, K11 = float(K[0, 0]), float(K[0, 1]), float(K[1, 1])
     if not (0.0 < K00 <= _K_FIXED_MAX and 0.0 < K11 <= _K_FIXED_MAX):
@@ -125,7 +128,7 @@ def collinear_pairs(act, K, diag, terms, rtol):
     # an Activation evaluates sigma, sigma', sigma'' in one pass (Activation.values)
     three = ("sigma", "d1", "d2")
     joint = (getattr(act, "joint", None) is not None
-             and {n for t in terms for n in t} <= set(three))
+             and {name for term in terms for name in term} <= set(three))
 
     def evaluate(name, at, cache):
         if name not in cache:
