@@ -14,7 +14,9 @@ difference of the reference problem's numbers (``finite_width_learning``:
 ``representation_learning``, ``prediction_correction`` and the rest)
 between them. ``--old`` is the ``src`` folder of an older checkout, e.g.
 ``git archive 3dd83a2 src | tar -x -C /tmp/old`` then ``--old /tmp/old/src``;
-each configuration runs the old tree and then the new one, side by side.
+each configuration runs the old tree and then the new one, side by side. The
+last column is the largest relative difference over every number ``--json``
+prints, with the key where it occurs ("bitwise" when all are equal).
 
 ``--parts`` adds, per configuration and tree, the CPU seconds of the stages
 of ``diagnose_architecture`` in one fresh process: imports, the one-input
@@ -107,6 +109,35 @@ def largest_difference(a, b):
     return worst
 
 
+def _numbers(d, path=""):
+    """Every number of a ``--json`` dict, by its path (``finite_width_learning/Theta``)."""
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield from _numbers(v, f"{path}/{k}" if path else str(k))
+    elif isinstance(d, list):
+        for i, v in enumerate(d):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(d, (int, float)) and not isinstance(d, bool):
+        yield path, float(d)
+
+
+def largest_difference_all(a, b):
+    """``(largest |a - b| / max(|a|, |b|), its path)`` over every number of both ``--json``
+    outputs (a number present in one only counts as 1)."""
+    na, nb = dict(_numbers(a)), dict(_numbers(b))
+    worst, where = 0.0, ""
+    for k in sorted(set(na) | set(nb)):
+        x, y = na.get(k), nb.get(k)
+        if x is None or y is None:
+            r = 1.0
+        else:
+            s = max(abs(x), abs(y))
+            r = abs(x - y) / s if s > 0 else 0.0
+        if r > worst:
+            worst, where = r, k
+    return worst, where
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--old", type=Path, default=None, help="src folder of the older tree")
@@ -120,8 +151,8 @@ def main(argv=None):
                     help="also the CPU seconds of diagnose's stages (after the table)")
     args = ap.parse_args(argv)
     print("| activation | depth | old wall | old CPU | new wall | new CPU | "
-          "learning numbers, old vs new |")
-    print("|---|--:|--:|--:|--:|--:|--:|")
+          "learning numbers, old vs new | every --json number, old vs new |")
+    print("|---|--:|--:|--:|--:|--:|--:|--|")
     stages = []
     for act in args.activations:
         for depth in sorted(set(args.depths) | (set(args.old_depths) if args.old else set())):
@@ -132,6 +163,11 @@ def main(argv=None):
             cells += ([f"{old[0]:.1f} s", f"{old[1]:.1f} s"] if old else ["", ""])
             cells += ([f"{new[0]:.1f} s", f"{new[1]:.1f} s"] if new else ["timeout", ""])
             cells.append(f"{largest_difference(old[2], new[2]):.1e}" if old and new else "")
+            if old and new:
+                r, where = largest_difference_all(old[2], new[2])
+                cells.append(f"{r:.1e} ({where})" if r else "0 (bitwise)")
+            else:
+                cells.append("")
             print("| " + " | ".join(cells) + " |", flush=True)
             if args.parts:
                 for tree, src in (("old", args.old), ("new", _HERE)):

@@ -226,3 +226,26 @@ def test_gelu_criticality_and_one_input_V_G1_against_quadrature():
     for j, name in enumerate(("K", "V", "G1")):
         np.testing.assert_allclose(np.ravel(st[name]), ref[:, j], rtol=1e-11, atol=1e-13,
                                    err_msg=name)
+
+
+def test_joint_values_equal_the_three_calls_to_the_bit():
+    # Activation.values (one pass, e.g. one expit for swish) is a fast special case of
+    # (sigma, d1, d2); the engine mixes both, so they must agree exactly
+    z = np.concatenate([np.linspace(-40.0, 40.0, 4001), [0.0, -0.0, 1e-300, -1e-300, 1e-8,
+                        -750.0, 750.0, 1e300, -1e300]])
+    z2 = np.random.default_rng(0).standard_normal((7, 33)) * 5.0
+    have = [n for n in ALL_NAMED if pdlt.activation(n).joint is not None]
+    assert {"tanh", "swish", "gelu", "erf", "sigmoid", "softplus"} <= set(have)
+    for name in ALL_NAMED + ["silu"]:
+        act = pdlt.activation(name)
+        for x in (z, z2):
+            with np.errstate(all="ignore"):
+                got = act.values(x)
+                want = (act.sigma(x), act.d1(x), act.d2(x))
+            for g, w in zip(got, want):
+                assert np.asarray(g).shape == x.shape
+                assert np.array_equal(g, w, equal_nan=True), name
+    # powered: the same derivative in another (equal up to rounding) form is caught
+    sw = pdlt.activation("swish")
+    e = 1.0 / (1.0 + np.exp(-z[:4001]))
+    assert not np.array_equal(sw.values(z[:4001])[1], e * (1.0 + z[:4001] * (1.0 - e)))

@@ -1,8 +1,10 @@
 r"""``<f(z_a) g(z_b)>_K`` for all pairs of N inputs: :func:`pair_expectations`.
 
 The workhorse of the kernel flow: closed forms where they exist
-(:mod:`pdlt.gaussian._closed`), the Mehler series with a rigorous tail bound
-otherwise (:mod:`pdlt.gaussian._mehler`), and nested quadrature
+(:mod:`pdlt.gaussian._closed`), for two nearly collinear inputs of a smooth
+function the fixed rule with a few-node inner Gauss-Hermite
+(:mod:`pdlt.gaussian._collinear`), the Mehler series with a rigorous tail
+bound otherwise (:mod:`pdlt.gaussian._mehler`), and nested quadrature
 (:mod:`pdlt.gaussian._nested`) for the pairs where the series would
 converge slowly or on request (``method="quadrature"``).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _trig
+from ._collinear import collinear_pairs
 from ._closed import closed_forms_nn
 from ._mehler import _SeriesGrid, _mehler_offdiag
 from ._nested import expect2
@@ -80,8 +83,13 @@ def pair_expectations(act, K, terms=(("sigma", "sigma"),), *, rtol=1e-12, method
         Target accuracy of the series: absolute error at most
         ``rtol * sqrt(<fa_a^2> <fb_b^2>)`` for each pair.
     method : {"auto", "series", "quadrature"}
-        ``"auto"`` uses closed forms, then the Mehler series with nested
-        quadrature for slow pairs; ``"series"`` skips the closed forms;
+        ``"auto"`` uses closed forms, then, for N = 2 inputs of a smooth
+        non-periodic function whose conditional spread
+        ``sqrt(K_bb - K_ab^2 / K_aa)`` is at most 1e-2, the collinear rule
+        (:mod:`pdlt.gaussian._collinear`: ~1e3 evaluations where the series
+        stalls and nested quadrature takes ~1e5; the diagonal bitwise the
+        series path's), then the Mehler series with nested quadrature for
+        slow pairs; ``"series"`` skips the closed forms and the collinear rule;
         ``"quadrature"`` forces nested quadrature for every off-diagonal pair
         (slow; a reference).
 
@@ -100,6 +108,13 @@ def pair_expectations(act, K, terms=(("sigma", "sigma"),), *, rtol=1e-12, method
             and not getattr(act, "kinks", ()):
         # sin and its products: closed form at any scale (pdlt.gaussian._trig), or None
         closed.update(_trig.trig_pairs(act, K, rest) or {})
+    if rest and N == 2 and method == "auto":
+        # two nearly collinear inputs of a smooth function (pdlt.gaussian._collinear):
+        # the fixed rule with a few-node inner Gauss-Hermite, where the series would
+        # not converge and nested quadrature would cost ~1e5 evaluations per term
+        near = collinear_pairs(act, K, diag, rest, rtol)
+        if near is not None:
+            closed.update(near)
     out = {}
     grid = None  # what the series terms share: rho, the rule's nodes, f values
     for fa, fb in terms:

@@ -133,7 +133,7 @@ class OneVariableTable:
             return None
         u, w = gaussian._fixed_rule()
         z = np.sqrt(K)[..., None] * u
-        return z, act.sigma(z), act.d1(z), act.d2(z), w, u
+        return (z, *act.values(z), w, u)       # one pass (bitwise the three calls)
 
     def _E(self, g):
         """``<g(z, s, p, q)>_K`` with ``s, p, q = sigma(z), sigma'(z), sigma''(z)``."""

@@ -64,7 +64,7 @@ def single_input_moments(act, K):
     if K.ndim == 0 and 0 < K <= gaussian._K_FIXED_MAX and not act.kinks and periodic_ok:
         u, w = gaussian._fixed_rule()
         z = math.sqrt(float(K)) * u
-        s, d1, d2 = act.sigma(z), act.d1(z), act.d2(z)
+        s, d1, d2 = act.values(z)          # one pass (bitwise the three calls)
         return float((s * s) @ w), float((d1 * d1) @ w), float((s * d2) @ w)
     kw = dict(kinks=act.kinks, period=act.period, periodic=True)   # functions of sigma only
     return (gaussian.expect(lambda z: act.sigma(z) ** 2, K, **kw),
@@ -166,6 +166,20 @@ def _check_averages(values, layer, K, act):
             "an activation of at most polynomial growth)")
 
 
+def _merged(K):
+    """True if every entry of the (N, N) kernel is the same number: merged inputs.
+
+    Then every pair average is the one-variable average at that K (the inputs
+    coincide, ``rho = 1`` for every pair), the next K is again one number, and
+    so on: merged inputs are a fixed point of the N-input map, which the fold
+    then steps as one input (:func:`kernel_fold`). Deep critical networks
+    merge distinct inputs to round-off (swish's reference problem after ~10^3
+    layers): once the pair path returns the diagonal for ``K_ab = K_aa = K_bb``
+    (the collinear rule does, bitwise), the kernel stays merged.
+    """
+    return K.min() == K.max()
+
+
 def kernel_fold(mlp: MLP, K, Theta, *, rtol=1e-12, susceptibilities=True):
     """K, Theta (and chi_parallel, chi_perp) at every layer from the first layer's.
 
@@ -189,6 +203,11 @@ def kernel_fold(mlp: MLP, K, Theta, *, rtol=1e-12, susceptibilities=True):
     One input runs the same :func:`kernel_update` on floats, with the three
     one-variable moments of :func:`single_input_moments` serving both the
     step and the susceptibilities (10,000 layers in well under a second).
+    N inputs whose kernel has merged (:func:`_merged`: every entry the same
+    number) take their pair averages from the same one-variable moments: the
+    exact value for coincident inputs, not an approximation; a kernel with
+    two entries that differ in the last bit takes the pair path
+    (``tests/theory/test_kernel_merged.py``).
     """
     act, L, N = mlp.activation, mlp.depth, K.shape[0]
     hps = [LayerHyper.of(mlp, l) for l in range(max(L, 1))]
@@ -221,6 +240,13 @@ def kernel_fold(mlp: MLP, K, Theta, *, rtol=1e-12, susceptibilities=True):
                 S, PP = ss, dd
                 if not (math.isfinite(S) and math.isfinite(PP)):
                     _check_averages((S, PP), l, K, act)
+            elif _merged(K):
+                # coincident inputs (every entry of K equal: the fold's fixed point of
+                # merged inputs, reached to round-off by deep critical networks): each pair
+                # is the one-variable average at that K, and stays so at every later layer
+                ss, dd, _ = single_input_moments(act, float(K[0, 0]))
+                S, PP = np.full((N, N), ss), np.full((N, N), dd)
+                _check_averages((S, PP), l, K, act)
             else:
                 try:
                     S, PP = kernel_pairs(act, K, rtol)
