@@ -102,7 +102,7 @@ class Reference:
         return out.reshape(K.shape[:-2])
 
     # -- the engine's entry points, reimplemented -----------------------------
-    def expect(self, f, K, mean=0.0, *, kinks=(), period=None):
+    def expect(self, f, K, mean=0.0, **rule_options):
         return self.one(f, K, mean)
 
     def pair_expectations(self, act, K, terms=(("sigma", "sigma"),), *, rtol=1e-12,
@@ -115,12 +115,11 @@ class Reference:
         C[..., 0, 1] = C[..., 1, 0] = K[i, j]
         return {(a, b): self.nd([getattr(act, a), getattr(act, b)], C) for a, b in terms}
 
-    def expect_nd(self, fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
-                  return_error=False, where="", growth=None):
+    def expect_nd(self, fs, K, *, return_error=False, **rule_options):
         v = self.nd(list(fs), K)
         return (v, np.zeros_like(v)) if return_error else v
 
-    def quad_expectations(self, act, K, *, accuracy="default", return_error=False, where=""):
+    def quad_expectations(self, act, K, *, return_error=False, **rule_options):
         K = np.asarray(K, float)
         N = K.shape[0]
         T = np.empty((N,) * 4)
@@ -131,19 +130,67 @@ class Reference:
         return (T, np.zeros_like(T)) if return_error else T
 
 
+#: engine integrators the reference must never reach: any call raises (a path that bypasses
+#: the four entry points above would otherwise be "checked" against itself)
+TRIPWIRES = (("_rule", "_fixed_rule"), ("_rule", "_rule"), ("_nested", "expect2"),
+             ("_mehler", "_mehler_offdiag"), ("_mehler", "hermite_coefficients"),
+             ("_closed", "pair_terms"), ("_closed", "closed_form_pair"),
+             ("_closed", "closed_forms_nn"), ("_trig", "trig_pairs"), ("_trig", "trig_expect"),
+             ("_trig", "trig_expect1"), ("_orthant", "orthant_expect"),
+             ("_multi", "_factor"), ("_multi", "_gh_sum"), ("_multi", "_split_sum"))
+
+
+def _tripwire(name):
+    def hit(*args, **kwargs):
+        raise AssertionError(f"the reference run reached the engine's {name}: a path that "
+                             "bypasses the patched entry points")
+    return hit
+
+
+def _rebind(table):
+    """Replace every binding of each object in ``table`` ({id: new}) in every pdlt module."""
+    import sys
+    saved = []
+    for modname, mod in list(sys.modules.items()):
+        if not (modname == "pdlt" or modname.startswith("pdlt.")) or mod is None:
+            continue
+        for name, val in list(vars(mod).items()):
+            new = table.get(id(val))
+            if new is not None:
+                saved.append((mod, name, val))
+                setattr(mod, name, new)
+    return saved
+
+
 @contextlib.contextmanager
 def integrated_by(ref: Reference):
-    """Every Gaussian average of the fold computed by ``ref`` (restored on exit)."""
-    saved = (G.expect, G.pair_expectations, _averages.expect_nd,
-             _averages.quad_expectations, G._K_FIXED_MAX)
-    G.expect, G.pair_expectations = ref.expect, ref.pair_expectations
-    _averages.expect_nd, _averages.quad_expectations = ref.expect_nd, ref.quad_expectations
+    """Every Gaussian average of the fold computed by ``ref`` (restored on exit).
+
+    Every pdlt module's binding of the engine's entry points (``expect``,
+    ``pair_expectations``, ``expect_nd``, ``quad_expectations``, however imported)
+    is replaced by the reference's; closed-form pair families are switched off
+    (``closed_family`` -> None) so closed-form activations take the same route;
+    and the engine's integrators below the entry points (:data:`TRIPWIRES`) raise
+    if anything still reaches them.
+    """
+    from pdlt.gaussian import _closed, _multi, _pairs, _rule
+    import importlib
+    table = {id(_rule.expect): ref.expect, id(_pairs.pair_expectations): ref.pair_expectations,
+             id(_multi.expect_nd): ref.expect_nd,
+             id(_multi.quad_expectations): ref.quad_expectations,
+             id(_closed.closed_family): (lambda act, *a, **k: None)}
+    for mod, name in TRIPWIRES:
+        obj = getattr(importlib.import_module(f"pdlt.gaussian.{mod}"), name)
+        table[id(obj)] = _tripwire(f"{mod}.{name}")
+    saved = _rebind(table)
+    k_fixed = G._K_FIXED_MAX
     G._K_FIXED_MAX = -np.inf          # the one-variable table goes through expect too
     try:
         yield
     finally:
-        (G.expect, G.pair_expectations, _averages.expect_nd,
-         _averages.quad_expectations, G._K_FIXED_MAX) = saved
+        for mod, name, val in saved:
+            setattr(mod, name, val)
+        G._K_FIXED_MAX = k_fixed
 
 
 def case(act, N, depth=4):
