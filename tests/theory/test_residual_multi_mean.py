@@ -105,8 +105,8 @@ def test_off_diagonal_is_continuous():
 
 @pytest.mark.parametrize("act", ["relu", pytest.param("gelu", marks=pytest.mark.slow)])
 def test_forms_read_out_F(act):
-    """The bilinear forms (residual_multi's F recursion, every layer kept)
-    read out residual_f_multi's F (round-off), and pair an increment U_m only with itself,
+    """The bilinear forms (residual_multi's F recursion, every layer kept, the increment
+    features as G^+ w) read out residual_f_multi's F (round-off), and pair an increment U_m only with itself,
     another increment, or an older S_p (p < m): the structure the own term's Stein step
     uses."""
     from pdlt.theory.residual_multi import _coefficients, _f_forms, _layer_tables, _neuron
@@ -129,7 +129,8 @@ def test_forms_read_out_F(act):
     for l in range(1, L):
         v = np.zeros((N, Ms[l].shape[-1]))
         for q in range(l + 1):
-            v[:, q * N:(q + 1) * N] = a[l, q] * varw[q].T
+            # the forms carry the increments as G^+ w (_Neuron.proj): E[G^+ w z] = a P
+            v[:, q * N:(q + 1) * N] = a[l, q] * nr.proj[q].T
         for p in range(l):
             J = np.zeros((N, N, N))
             D1, _, O = avg[p].Mss

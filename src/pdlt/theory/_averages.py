@@ -79,6 +79,15 @@ def jumps_in_d2(act) -> bool:
     return False
 
 
+def jumps_in_d1(act) -> bool:
+    """True if ``sigma'`` jumps at a kink (the ReLU family, elu with alpha != 1 ...)."""
+    for c in act.kinks:
+        h = 1e-7 * max(1.0, abs(c))
+        if abs(float(act.d1(c + h)) - float(act.d1(c - h))) > 1e-6:
+            return True
+    return False
+
+
 def is_odd(act) -> bool:
     """True if ``sigma(-z) = -sigma(z)`` (checked on a grid)."""
     z = np.linspace(0.05, 6.0, 37)
@@ -482,9 +491,14 @@ class LayerAverages:
 
     @functools.cached_property
     def Mpp(self):
-        if self.N == 1 or not self.act.kinks:
-            # smooth: d<p_a p_b>/dK_aa = (1/2)<p''_a p_b> = (1/2)<q'_a p_b>, /dK_ab = <q_a q_b>
+        si = _scale_invariant(self.act)
+        if self.N == 1 or not self.act.kinks or (si is None and not jumps_in_d1(self.act)):
+            # d<p_a p_b>/dK_aa = (1/2)<p''_a p_b> = (1/2)<q'_a p_b>, /dK_ab = <q_a q_b>: with
+            # Stein's lemma for <q'_a p_b> (dqp), right wherever sigma' is continuous (q =
+            # sigma'' may jump: elu), and well conditioned at any rho
             return derivative_operator(0.5 * self.dqp, self.QQ, self.t["dpp"])
+        if si is not None:
+            return derivative_operator(*_piecewise_pp_derivatives(si, self.K), self.t["dpp"])
         return derivative_operator(*self._hermite_pp(), self.t["dpp"])
 
     def _hermite_pp(self):
@@ -894,6 +908,36 @@ def d4_pair_source(W, T, dT):
     err = err + 8 * np.finfo(float).eps * 0.125 * np.einsum("k,pk,kp->p", _BINOM4, np.abs(Wk),
                                                              np.abs(T))
     return val, err
+
+
+def _piecewise_pp_derivatives(si, K):
+    r"""``d<p_a p_b>/dK_aa`` (``Dd[a, b]``) and ``d<p_a p_b>/dK_ab`` (``Do``) of the ReLU
+    family in closed form (N, N each; diagonal unused).
+
+    ``p = c_+ theta(z) + c_- theta(-z)`` makes ``<p_a p_b> = (c_+^2 + c_-^2) / 2 -
+    (c_+ - c_-)^2 phi / (2 pi)``, ``cos(phi) = rho``: a function of the correlation
+    alone, so with ``g = (c_+ - c_-)^2 / (2 pi sqrt(1 - rho^2))``,
+    ``Do = g / sqrt(K_aa K_bb)`` and ``Dd[a, b] = -g rho / (2 K_aa)`` (Euler:
+    ``K_aa Dd[a, b] + K_bb Dd[b, a] + K_ab Do = 0``). The Hermite form (``K^-1``
+    contracted twice) lost ~(1 - rho^2)^-1 of its accuracy, which the NTK
+    fluctuations A and D then squared: off by 100x at 1 - rho = 3e-9 (relu, depth 4).
+    ``sqrt(1 - rho^2) = sqrt(det K) / sqrt(K_aa K_bb)``; collinear inputs (``det = 0``)
+    give inf, which :func:`pdlt.statistics` reports by name.
+    """
+    K = np.asarray(K, dtype=float)
+    N = K.shape[-1]
+    Dd, Do = np.zeros((N, N)), np.zeros((N, N))
+    a, b = np.triu_indices(N, 1)
+    Kaa, Kbb, Kab = K[a, a], K[b, b], K[a, b]
+    nrm = np.sqrt(Kaa * Kbb)
+    det = np.maximum(Kaa * Kbb - Kab * Kab, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = (si[0] - si[1]) ** 2 / (2.0 * np.pi) / (np.sqrt(det) / nrm)
+        rho = Kab / nrm
+        Do[a, b] = Do[b, a] = g / nrm
+        Dd[a, b] = -0.5 * g * rho / Kaa
+        Dd[b, a] = -0.5 * g * rho / Kbb
+    return Dd, Do
 
 
 def _piecewise_stein_terms(si, K, of):

@@ -213,6 +213,15 @@ class _Neuron:
         ``C[l, m] = Cov(z^(l), z^(m))``.
     rho : ndarray (L, L - 1)
         Response of ``Khat_l`` to the field ``S_m`` (every pair).
+    proj : ndarray (L, N, N)
+        ``proj[q]`` (q >= 1): the orthogonal projector onto the range of ``varw[q]``.
+        The bilinear forms of F, P, Q, R, T carry the increments as ``varw^+ w_q``
+        (the conditioning ``E[W | w] = c sigma^T varw^+ w``), whose averages with
+        anything are ``proj`` where the raw increments' carry ``varw``, so neither
+        ``varw`` nor ``varw^+`` appears (``varw`` is nearly singular for nearly
+        coinciding inputs: through it the forms' quadrature errors were amplified by
+        its condition number squared). ``proj[0] = varw[0]``: ``U_0 = z^(1)`` enters
+        raw (no form is conditioned on it).
     """
 
     avg: list
@@ -224,6 +233,7 @@ class _Neuron:
     varw: np.ndarray
     C: np.ndarray
     rho: np.ndarray
+    proj: np.ndarray
 
     @property
     def M(self):
@@ -261,7 +271,17 @@ def _neuron(mlp, Ks, accuracy) -> _Neuron:
     for l in range(L):
         rho[l, :l] = a[l, 1:l + 1] ** 2 * CW[1:l + 1]
     return _Neuron(avg=avg, P=P, pidx=pidx, pa=np.array([i for i, _ in P]),
-                   pb=np.array([j for _, j in P]), a=a, varw=varw, C=C, rho=rho)
+                   pb=np.array([j for _, j in P]), a=a, varw=varw, C=C, rho=rho,
+                   proj=np.stack([varw[0]] + [_projector(v) for v in varw[1:]]))
+
+
+def _projector(G, rtol=1e-12):
+    """The orthogonal projector onto the range of the symmetric PSD matrix ``G``
+    (eigenvalues below ``rtol`` of the largest count as zero: the round-off of an exactly
+    singular covariance; a nonsingular ``G`` gives the identity to round-off)."""
+    lam, V = np.linalg.eigh(G)
+    keep = lam > rtol * max(float(lam[-1]), 1e-300)
+    return V[:, keep] @ V[:, keep].T
 
 
 def _s_response(nr):
@@ -932,7 +952,7 @@ def _f_forms(mlp, nr, Ths, accuracy):
     ``(c, e)``: ``sigma_c sigma'_e(z^(p))``) at ``L N + p N^2 + c N + e``. At layer 1 the
     form is 0. :func:`_f_multi` reads out F; ``residual_multi_mean`` keeps every layer.
     """
-    act, avg, a, varw, C = mlp.activation, nr.avg, nr.a, nr.varw, nr.C
+    act, avg, a, proj, C = mlp.activation, nr.avg, nr.a, nr.proj, nr.C
     L, N = len(nr.rho), len(nr.pidx)
     CW = np.asarray(mlp.C_W, float)
     J = [_stein_sd(av) for av in avg]
@@ -950,13 +970,14 @@ def _f_forms(mlp, nr, Ths, accuracy):
         r = mlp.widths[l + 1] / mlp.widths[l]
         cw, g, xi = CW[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1]
         # E[W_ij | u_i] = c sigma_j^T G^+ u_i (u lies in the range of G, the increment's
-        # covariance; G is singular for collinear inputs of a homogeneous network)
-        Gi = np.linalg.pinv(varw[l + 1], hermitian=True)
+        # covariance; G is singular for collinear inputs of a homogeneous network): the
+        # feature is G^+ u_i, so G^+ here and G in the averages become the projector
+        Gi = proj[l + 1]
         Th = Ths[l]
         # e[a, c, alpha] = E[phi_alpha sigma'_a sigma_c(z^(l))] (one neuron)
         E = np.zeros((N, N, Fd))
         for m in range(l + 1):
-            E[:, :, U(m)] = a[l, m] * np.einsum("df,acf->acd", varw[m], J[l])
+            E[:, :, U(m)] = a[l, m] * np.einsum("df,acf->acd", proj[m], J[l])
         for p in range(l):
             if np.any(C[l, p] != 0.0):
                 TT = _sd_two_depth(act, C, l, p, N, accuracy)          # [c, e, a, d]
@@ -989,15 +1010,15 @@ def _f_multi(mlp, Ks, Ths, accuracy):
     if L == 1:
         return F
     nr = _neuron(mlp, Ks, accuracy)
-    a, varw, C = nr.a, nr.varw, nr.C
+    a, proj, C = nr.a, nr.proj, nr.C
     J = [_stein_sd(av) for av in nr.avg]
     nU = L * N
     Fd = nU + L * N * N
     for l, M in enumerate(_f_forms(mlp, nr, Ths, accuracy)):
-        # readout at layer l+1: v[y, alpha] = E[phi_alpha z^(l+1)_y]
+        # readout at layer l+1: v[y, alpha] = E[phi_alpha z^(l+1)_y] (U features G^+ w)
         v = np.zeros((N, Fd))
         for m in range(l + 2):
-            v[:, m * N:(m + 1) * N] = a[l + 1, m] * varw[m].T
+            v[:, m * N:(m + 1) * N] = a[l + 1, m] * proj[m].T
         for p in range(l + 1):
             # E[sigma_c sigma'_e(z^(p)) z_y] = sum_f C[l+1, p][y, f] J_p[e, c, f]
             v[:, nU + p * N * N:nU + (p + 1) * N * N] = np.einsum(

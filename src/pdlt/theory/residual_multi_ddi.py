@@ -318,7 +318,7 @@ class _Layout:
         return slice(self.nM + p * self.N ** 2, self.nM + (p + 1) * self.N ** 2)
 
 
-def _evec(lay, l, a, varw, J, td, f_slots, used):
+def _evec(lay, l, a, proj, J, td, f_slots, used):
     """``E[a, b, alpha] = E[phi_alpha f_ab(z^(l))]`` over all nQ features.
 
     ``f_ab = f1_a f2_b`` with ``f_slots = "f1f2"`` (``"ps"``: sigma'_a sigma_b, ``"qp"``:
@@ -329,7 +329,7 @@ def _evec(lay, l, a, varw, J, td, f_slots, used):
     N = lay.N
     E = np.zeros((N, N, lay.nQ))
     for m in range(l + 1):
-        E[:, :, lay.U(m)] = a[l, m] * np.einsum("df,abf->abd", varw[m], J)
+        E[:, :, lay.U(m)] = a[l, m] * np.einsum("df,abf->abd", proj[m], J)
     for p in range(l):
         for blk, g in ((lay.S(p), "sp"), (lay.QP(p), "qp")):
             if used[blk].any():
@@ -344,7 +344,7 @@ def _qt_multi(mlp, Ks, Ths, accuracy, want=("T",)):
         return {k: out[k] for k in want}
     act = mlp.activation
     nr = _neuron(mlp, Ks, accuracy)     # one neuron's trajectory: C = Cov(z^(l), z^(m))
-    avg, a, varw, C = nr.avg, nr.a, nr.varw, nr.C
+    avg, a, proj, C = nr.avg, nr.a, nr.proj, nr.C
     td = _TwoDepth(act, C, N, accuracy)
     lay = _Layout(L, N)
     nM = lay.nM
@@ -357,12 +357,12 @@ def _qt_multi(mlp, Ks, Ths, accuracy, want=("T",)):
     for l in range(L - 1):                         # step layer l+1 -> l+2 (0-based l)
         r = mlp.widths[l + 1] / mlp.widths[l]
         cw, g, xi, lw = CW[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1], lW[l + 1]
-        Gi = np.linalg.pinv(varw[l + 1], hermitian=True)
+        Gi = proj[l + 1]         # increment features as G^+ w (residual_multi._Neuron)
         Th, PP = Ths[l], avg[l].PP
         used = np.any(w != 0.0, axis=(0, 1, 2))
         used[:nM] |= np.any(M != 0.0, axis=(0, 1, 3)) | np.any(M != 0.0, axis=(0, 1, 2))
-        Esp = _evec(lay, l, a, varw, Jsp[l], td, "ps", used)      # [a, b]: sigma'_a sigma_b
-        Eqp = _evec(lay, l, a, varw, Jqp[l], td, "qp", used)      # [a, b]: sigma''_a sigma'_b
+        Esp = _evec(lay, l, a, proj, Jsp[l], td, "ps", used)      # [a, b]: sigma'_a sigma_b
+        Eqp = _evec(lay, l, a, proj, Jqp[l], td, "qp", used)      # [a, b]: sigma''_a sigma'_b
         chi = xi * xi * cw * PP + g * g
         # --- T (reads M, w of layer l) ---
         v = cw * Th[:, :, None] * Eqp + lw * Esp            # [a, b, alpha]
@@ -421,7 +421,7 @@ def _qt_multi(mlp, Ks, Ths, accuracy, want=("T",)):
         if "Q" in want:
             vz = np.zeros((N, lay.nQ))
             for m in range(l + 2):
-                vz[:, lay.U(m)] = a[l + 1, m] * varw[m].T
+                vz[:, lay.U(m)] = a[l + 1, m] * proj[m].T
             for p in range(l + 1):
                 vz[:, lay.S(p)] = np.einsum("yf,ecf->yce", C[l + 1, p], Jsp[p]).reshape(N, N * N)
                 vz[:, lay.QP(p)] = np.einsum("yf,cef->yce", C[l + 1, p], Jqp[p]).reshape(N, N * N)
@@ -512,7 +512,7 @@ def _pr_multi(mlp, Ks, Ths, accuracy, want=("R",)):
         return out
     act = mlp.activation
     nr = _neuron(mlp, Ks, accuracy)     # one neuron's trajectory: C = Cov(z^(l), z^(m))
-    avg, a, varw, C = nr.avg, nr.a, nr.varw, nr.C
+    avg, a, proj, C = nr.avg, nr.a, nr.proj, nr.C
     if "R" in want:
         for av in avg:
             av.t["q3p"]                                # refuses a jumping sigma''
@@ -542,7 +542,7 @@ def _pr_multi(mlp, Ks, Ths, accuracy, want=("R",)):
     for l in range(L - 1):                          # step layer l+1 -> l+2 (0-based l)
         r = mlp.widths[l + 1] / mlp.widths[l]
         cw, g, xi, lw = CW[l + 1], mlp.gamma[l + 1], mlp.xi[l + 1], lW[l + 1]
-        Gi = np.linalg.pinv(varw[l + 1], hermitian=True)
+        Gi = proj[l + 1]         # increment features as G^+ w (residual_multi._Neuron)
         Th, PP, QS = Ths[l], avg[l].PP, avg[l].QS
         live = [p for p in range(l) if np.any(bk[p]) or np.any(bi[p])]
         PPPP = {p: td(l, p, "pppp") for p in live}  # [c, e, a, b]: pp(z^(p)) pp(z^(l))
@@ -569,7 +569,7 @@ def _pr_multi(mlp, Ks, Ths, accuracy, want=("R",)):
             eh = np.zeros((N, N, nU))                            # E[h_01(z^(l)) U_{m;c}]
             for m in range(l + 1):
                 eh[:, :, m * N:(m + 1) * N] = a[l, m] * np.einsum(
-                    "ch,abh->abc", varw[m], cw * Th[:, :, None] * Jqp[l] + lw * Jsp[l])
+                    "ch,abh->abc", proj[m], cw * Th[:, :, None] * Jqp[l] + lw * Jsp[l])
             Er = np.einsum("abcdk,cdk->abcd", rf, epsi)          # E[p_2 p_3(z_c) r(c)]
             new = r * (g ** 4 + xi * xi * g * g * cw * PP)[:, :, None, None, None] * rf
             const = (xi ** 4 * cw * Th[:, None, :, None] * Th[:, None, None, :] * gpp
@@ -606,7 +606,7 @@ def _pr_multi(mlp, Ks, Ths, accuracy, want=("R",)):
         # ------------------------------------------------------------- Pi' (P's form)
         esp = np.zeros((N, N, nU))                   # E[p_b0 s_e(z^(l)) U_{m;c}] [b0, e, c]
         for m in range(l + 1):
-            esp[:, :, m * N:(m + 1) * N] = a[l, m] * np.einsum("ch,abh->abc", varw[m], Jsp[l])
+            esp[:, :, m * N:(m + 1) * N] = a[l, m] * np.einsum("ch,abh->abc", proj[m], Jsp[l])
         QSPP = avg[l].quad("qspp")
         newPi = r * g ** 3 * Pi
         newPi[..., 0] += r * g * xi * xi * cw * np.einsum("xyzak,yzk->xyza", Pi,
@@ -651,7 +651,7 @@ def _pr_multi(mlp, Ks, Ths, accuracy, want=("R",)):
         if "P" in want:
             vz = np.zeros((N, nU))                   # E[U_{m;c} z_y^(l+1)] [y, (m, c)]
             for m in range(l + 2):
-                vz[:, m * N:(m + 1) * N] = a[l + 1, m] * varw[m].T
+                vz[:, m * N:(m + 1) * N] = a[l + 1, m] * proj[m].T
             out["P"][l + 1] = np.einsum("xyzak,ua,k->xyzu", Pi, vz,
                                         mean_feats(l + 1)[:jl.nPsi])
     return out

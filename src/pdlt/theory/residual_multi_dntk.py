@@ -204,15 +204,6 @@ def _products(act, C, l, p, kl, kp, N, accuracy):
 # the fold
 # ---------------------------------------------------------------------------
 
-def _projector(G, rtol=1e-12):
-    """The orthogonal projector onto the range of the symmetric PSD matrix ``G``
-    (eigenvalues below ``rtol`` of the largest count as zero: the round-off of an exactly
-    singular covariance; a nonsingular ``G`` gives the identity to round-off)."""
-    lam, V = np.linalg.eigh(G)
-    keep = lam > rtol * max(float(lam[-1]), 1e-300)
-    return V[:, keep] @ V[:, keep].T
-
-
 class _Zeros(dict):
     """The two-depth tables of one step; a missing one (uncorrelated depths) is zero."""
 
@@ -233,7 +224,7 @@ def _dntk_multi(mlp, Ks, Ths, accuracy, want=frozenset("PQ")):
     if L == 1:
         return out
     nr = _neuron(mlp, Ks, accuracy)     # one neuron's trajectory: C = Cov(z^(l), z^(m))
-    avg, a, varw, C = nr.avg, nr.a, nr.varw, nr.C
+    avg, a, C = nr.avg, nr.a, nr.C
     CW = np.asarray(mlp.C_W, float)
     lW = np.asarray(mlp.lambda_W, float)
     # The increments enter as Ut_m = G_m^+ U_m (G_m = varw[m] their covariance): the
@@ -241,10 +232,7 @@ def _dntk_multi(mlp, Ks, Ths, accuracy, want=frozenset("PQ")):
     # E[Ut_m z] carry the projector G^+ G onto G's range, never G^+ alone (which is
     # round-off where G is singular: collinear inputs of a homogeneous network, antipodal
     # inputs of an odd one with C_b = 0). U_0 = z^(1) never carries a coefficient.
-    proj = np.empty((L, N, N))
-    proj[0] = varw[0]
-    for q in range(1, L):
-        proj[q] = _projector(varw[q])
+    proj = nr.proj
     NN = N * N
     nU = L * N                                    # U_{m;d} at m N + d
     Fd = nU + L * NN                              # F's features: U | S_{p;(c,e)} = s_c p_e

@@ -339,8 +339,8 @@ def _cov_pH(l, mlp, nr, fx, Mf, accuracy):
     """``Cov(sigma'_a sigma'_b(z_j^(l)), H_{jj;ab}^(l))`` (N, N), unnormalized: the shared
     fields ``fx`` plus the neuron's own conditional NTK mean (F's form ``Mf`` on the
     diagonal)."""
-    act, P, M, nf, C, rho, avg, a, varw = (mlp.activation, nr.P, nr.M, nr.nf, nr.C, nr.rho,
-                                           nr.avg, nr.a, nr.varw)
+    act, P, M, nf, C, rho, avg, a, proj = (mlp.activation, nr.P, nr.M, nr.nf, nr.C, nr.rho,
+                                           nr.avg, nr.a, nr.proj)
     Mpp, Sig, dress, nw, kt, Th, Sv, PPv = (fx.Mpp, fx.Sig, fx.dress, fx.nw, fx.kt, fx.Th,
                                             fx.Sv, fx.PPv)
     L, N = len(rho), len(nr.pidx)
@@ -353,8 +353,8 @@ def _cov_pH(l, mlp, nr, fx, Mf, accuracy):
              for p in range(l) for c in range(N) for e in range(N) for f in P]
     ws = _stein_moments(act, C, items, accuracy, 1) if items else {}
     vU = np.zeros((Fd, N))                        # Cov(U_{m;c}, z^(l)): rows of the features
-    for m in range(l + 1):
-        vU[m * N:(m + 1) * N] = a[l, m] * varw[m]
+    for m in range(l + 1):                        # (U features G^+ w: residual_multi._Neuron)
+        vU[m * N:(m + 1) * N] = a[l, m] * proj[m]
     for k, f in enumerate(P):
         # shared fields: response of <p_a p_b>_{Khat_l}, and the dressed own covariances
         rf = np.zeros(F)
