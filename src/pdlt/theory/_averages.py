@@ -603,7 +603,7 @@ class LayerAverages:
               idx[:, None, None, :, None], idx[:, None, None, None, :]]
         W = (W + np.swapaxes(W, 2, 3) + np.swapaxes(W, 2, 4)) / 3.0
         cands = []
-        stein = self._stein_applies and not self._independent
+        stein = self._stein_applies and self._stein_has(of) and not self._independent
         if stein:
             T, dT = self._stein_terms(of)
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -696,10 +696,21 @@ class LayerAverages:
 
     @functools.cached_property
     def _stein_applies(self):
-        """The Stein formulation: smooth activations with sigma^(3), and the ReLU family."""
+        """The Stein formulation: smooth activations with sigma^(3), the ReLU family, and
+        kinked activations with exact derivatives and a continuous sigma (elu: the delta
+        functions of the derivatives at the kinks in closed form, :func:`_kink_terms`)."""
         if _scale_invariant(self.act) is not None:
             return True
-        return not self.act.kinks and third_derivative(self.act) is not None
+        if self.act.kinks:
+            return _kink_jumps(self.act, "s") is not None
+        return third_derivative(self.act) is not None
+
+    def _stein_has(self, of):
+        """Whether the Stein terms of ``of`` are available: ``"p"`` of a kinked activation
+        needs its pointwise third derivative (:func:`_kink_jumps`; elu only)."""
+        if of == "s" or _scale_invariant(self.act) is not None or not self.act.kinks:
+            return True
+        return _kink_jumps(self.act, "p") is not None
 
     @functools.cached_property
     def _moment_rtol(self):
@@ -735,10 +746,11 @@ class LayerAverages:
                                                     lambda Ks: _piecewise_stein_terms(si, Ks, of)))
             return self._stein[of]
         act, K, N = self.act, self.K, self.N
+        jumps = _kink_jumps(act, of) if act.kinks else None
         if of == "s":
             f0, f1, f2 = act.sigma, act.d1, act.d2
         else:
-            f0, f1, f2 = act.d1, act.d2, third_derivative(act)
+            f0, f1, f2 = act.d1, act.d2, (jumps[1] if jumps else third_derivative(act))
         g = {"f0": f0, "f1": f1, "f2": f2, "zf2": lambda z: z * f2(z),
              "zzf2": lambda z: z * z * f2(z)}
         terms = (("f2", "f2"), ("zf2", "f1"), ("zzf2", "f0"), ("f2", "f0"))
@@ -761,6 +773,12 @@ class LayerAverages:
                  for x, y in terms}
         E22, E21, E20z, E20 = (np.asarray(e[t], dtype=float) for t in terms)
         e22, e21, e20z, e20 = (bound[t] for t in terms)
+        if jumps is not None and not self._independent:
+            # the averages above are of the pointwise parts of f1, f2; add their delta
+            # functions at the kinks (Stein's lemma holds for the weak derivatives)
+            (c22, c21, c20z, c20), (b22, b21, b20z, b20) = _kink_terms(K, jumps[0], g)
+            E22, E21, E20z, E20 = E22 + c22, E21 + c21, E20z + c20z, E20 + c20
+            e22, e21, e20z, e20 = e22 + b22, e21 + b21, e20z + b20z, e20 + b20
         Kd, aK = self.diag[:, None], np.abs(K)
         T2 = E22
         T3 = (E21 - K * T2) / Kd
@@ -922,6 +940,165 @@ def _piecewise_stein_terms(si, K, of):
         eps = np.finfo(float).eps
         dT = np.abs(T) * (16 * eps + 6 * eps * (Ka * Kb / det)[..., None, :, :])
     return T, dT
+
+
+def _one_sided(fn, c):
+    """``(f(c+), f(c-))``: linear extrapolation from ``c +- h, c +- 2h`` (error O(h^2))."""
+    h = 1e-6 * max(1.0, abs(c))
+    up = 2.0 * float(fn(np.float64(c + h))) - float(fn(np.float64(c + 2 * h)))
+    lo = 2.0 * float(fn(np.float64(c - h))) - float(fn(np.float64(c - 2 * h)))
+    return up, lo
+
+
+def _kink_jumps(act, of):
+    r"""The jumps at the kinks for the Stein terms of a kinked activation, or None.
+
+    With ``f0, f1 = sigma, sigma'`` (``of = "s"``) or ``sigma', sigma''`` (``"p"``),
+    and ``J0, J1`` the jumps ``f(c+) - f(c-)`` of f0 and f1 at a kink c, the weak
+    derivatives are ``f1 = {f1} + J0 delta_c`` and ``f2 = {f2} + J1 delta_c + J0
+    delta'_c`` (braces: the pointwise derivative, what ``act.d1``, ``act.d2`` return).
+
+    Returns
+    -------
+    None, or (jumps, f2)
+        ``jumps``: tuple of ``(c, J0, J1)`` per kink; ``f2``: the pointwise third
+        derivative for ``"p"`` (None for ``"s"``). elu: exact (``sigma' `` jumps by
+        ``1 - alpha``, ``sigma''`` by ``-alpha``; ``sigma''' = alpha e^z`` below 0, 0
+        above, i.e. ``act.d2``). Other kinked activations with exact derivatives and a
+        continuous sigma: ``"s"`` only, jumps of ``act.d1`` from one-sided limits
+        (:func:`_one_sided`, error ~1e-12 |sigma'''|). None for the ReLU family (closed
+        forms: :func:`_piecewise_stein_terms`), numerical derivatives, periodic ones.
+    """
+    if (not act.kinks or _scale_invariant(act) is not None or act.derivatives != "exact"
+            or act.period is not None):
+        return None
+    if act.spec is not None and act.spec[0] == "elu":
+        al = float(act.parameters["alpha"])
+        kinks = tuple((float(c), 0.0, 1.0 - al) if of == "s" else (float(c), 1.0 - al, -al)
+                      for c in act.kinks)
+        return kinks, (None if of == "s" else act.d2)
+    if of == "p":
+        return None
+    out = []
+    for c in act.kinks:
+        s_up, s_lo = _one_sided(act.sigma, float(c))
+        if abs(s_up - s_lo) > 1e-9 * max(1.0, abs(s_up)):
+            return None                                   # sigma itself jumps
+        p_up, p_lo = _one_sided(act.d1, float(c))
+        out.append((float(c), 0.0, p_up - p_lo))
+    return tuple(out), None
+
+
+#: relative error of the one-variable conditional averages of :func:`_kink_pair`
+_COND_RTOL = 1e-13
+
+
+def _kink_terms(K, jumps, g):
+    r"""The delta-function parts of the four pair averages of the Stein form, (N, N) each.
+
+    ``<f2_a f2_b>``, ``<z_a f2_a f1_b>``, ``<z_a^2 f2_a f0_b>``, ``<f2_a f0_b>`` of
+    :meth:`LayerAverages._stein_terms` with ``f1, f2`` the weak derivatives of
+    :func:`_kink_jumps`, less the same averages of their pointwise parts (``g``: the
+    pointwise ``f0, f1, f2, z f2, z^2 f2`` by name). Returns ``(values, errors)``,
+    two lists of four (N, N) arrays (zero diagonal; not finite for collinear pairs).
+    """
+    N = K.shape[0]
+    d = np.diag(K)
+    vals = [np.zeros((N, N)) for _ in range(4)]
+    errs = [np.zeros((N, N)) for _ in range(4)]
+    for a, b in itertools.permutations(range(N), 2):
+        v, e = _kink_pair(float(d[a]), float(d[b]), float(K[a, b]), jumps, g)
+        for i in range(4):
+            vals[i][a, b], errs[i][a, b] = v[i], e[i]
+    return vals, errs
+
+
+def _kink_pair(Kaa, Kbb, Kab, jumps, g):
+    r"""The delta parts of :func:`_kink_terms` for one ordered pair (a, b).
+
+    With ``p(x, y)`` the pair's density, ``det = K_aa K_bb - K_ab^2`` and
+    ``u_a = (K_bb c - K_ab d) / det``, ``u_b = (K_aa d - K_ab c) / det``:
+
+    * ``<delta(z_a - c) h(z_b)> = phi_aa(c) E[h(m + s u)]``, ``m = K_ab c / K_aa``,
+      ``s^2 = det / K_aa`` (``z_b`` given ``z_a = c``), u standard normal;
+    * ``<delta'(z_a - c) h(z_b)> = phi_aa(c) [(c / K_aa) E[h] - K_ab / (K_aa s) E[u h]]``
+      (``-d/dx`` of ``int p(x, y) h(y) dy``; ``E[u h] / s`` is ``E[h']`` by Stein:
+      no derivative of h needed, and only ``s ~ sqrt(det)`` divides);
+    * ``<delta(z_a - c) delta(z_b - d)> = p(c, d)``, with ``delta'`` on a: times
+      ``u_a``, on b: ``u_b``, on both: ``u_a u_b + K_ab / det``;
+
+    the same with a and b exchanged for the deltas of the second factor. A factor
+    ``z^i f2`` carries ``z^i delta'_c = c^i delta'_c - i c^(i-1) delta_c``.
+    Errors: the one-variable averages to ``_COND_RTOL`` of their rms, the closed forms
+    to ``8 eps (1 + K_aa K_bb / det)`` relative (det's rounding).
+    """
+    nan = [np.nan] * 4
+    det = Kaa * Kbb - Kab * Kab
+    if not det > 0:
+        return nan, nan
+    kinks = tuple(j[0] for j in jumps)
+    eps = np.finfo(float).eps
+    rel_dd = 8 * eps * (1.0 + Kaa * Kbb / det)
+    cache = {}
+
+    def cond(name, side, c):
+        """(D0, D1, err0, err1): ``<delta^(j)(z_side - c) h(z_other)>``, h = g[name]."""
+        key = (name, side, c)
+        if key not in cache:
+            Kc, Ko = (Kaa, Kbb) if side == "a" else (Kbb, Kaa)
+            mu, s = Kab * c / Kc, np.sqrt(det / Kc)
+            h = g[name]
+            E0 = float(gaussian.expect(h, s * s, mu, kinks=kinks))
+            E1 = float(gaussian.expect(lambda z: (z - mu) / s * h(z), s * s, mu, kinks=kinks))
+            rms = np.sqrt(float(gaussian.expect(lambda z: h(z) ** 2, s * s, mu, kinks=kinks)))
+            ph = np.exp(-0.5 * c * c / Kc) / np.sqrt(2 * np.pi * Kc)
+            w1 = abs(Kab) / (Kc * s)
+            D0, D1 = ph * E0, ph * (c / Kc * E0 - Kab / (Kc * s) * E1)
+            cache[key] = (D0, D1, _COND_RTOL * ph * rms + 4 * eps * abs(D0),
+                          _COND_RTOL * ph * rms * (abs(c) / Kc + w1)
+                          + 4 * eps * ph * (abs(c / Kc * E0) + w1 * abs(E1)))
+        return cache[key]
+
+    def dd(c, d_, i, j):
+        ua = (Kbb * c - Kab * d_) / det
+        ub = (Kaa * d_ - Kab * c) / det
+        q = (Kbb * c * c - 2 * Kab * c * d_ + Kaa * d_ * d_) / det
+        p = np.exp(-0.5 * q) / (2 * np.pi * np.sqrt(det))
+        return p * {(0, 0): 1.0, (1, 0): ua, (0, 1): ub, (1, 1): ua * ub + Kab / det}[(i, j)]
+
+    # (A-side pointwise name, power i of z), (B-side pointwise name, B's deltas per kink)
+    spec = ((("f2", 0), ("f2", lambda J0, J1: (J1, J0))),
+            (("zf2", 1), ("f1", lambda J0, J1: (J0, 0.0))),
+            (("zzf2", 2), ("f0", lambda J0, J1: (0.0, 0.0))),
+            (("f2", 0), ("f0", lambda J0, J1: (0.0, 0.0))))
+    vals, errs = [], []
+    for (an, i), (bn, bdel) in spec:
+        v = e = 0.0
+        for c, J0, J1 in jumps:                    # deltas of the a factor, h on b
+            al = J1 * c ** i - (J0 * i * c ** (i - 1) if i else 0.0)
+            be = J0 * c ** i
+            D0, D1, e0, e1 = cond(bn, "a", c) if (al or be) else (0, 0, 0, 0)
+            v += al * D0 + be * D1
+            e += abs(al) * e0 + abs(be) * e1
+        for d_, J0, J1 in jumps:                   # deltas of the b factor, h on a
+            ga, et = bdel(J0, J1)
+            if not (ga or et):
+                continue
+            D0, D1, e0, e1 = cond(an, "b", d_)
+            v += ga * D0 + et * D1
+            e += abs(ga) * e0 + abs(et) * e1
+            for c, J0a, J1a in jumps:              # both factors' deltas
+                al = J1a * c ** i - (J0a * i * c ** (i - 1) if i else 0.0)
+                be = J0a * c ** i
+                for coef, ij in ((al * ga, (0, 0)), (al * et, (0, 1)), (be * ga, (1, 0)),
+                                 (be * et, (1, 1))):
+                    if coef:
+                        x = coef * dd(c, d_, *ij)
+                        v += x
+                        e += rel_dd * abs(x)
+        vals.append(v)
+        errs.append(e)
+    return vals, errs
 
 
 def _hermite_patterns(Kaa, Kbb, Kab, det, mm, rerr):
