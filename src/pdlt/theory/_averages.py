@@ -379,6 +379,8 @@ class LayerAverages:
         self._d4 = {}
         self._stein = {}
         self.quad_error = None
+        #: the estimated absolute error of :attr:`Mpp` (an operator), where it is known
+        self.Mpp_error = None
         #: of -> (N, N) estimated absolute error of :meth:`d4_source` (and the method per pair)
         self.d4_error, self.d4_method = {}, {}
 
@@ -485,6 +487,23 @@ class LayerAverages:
         if self.N == 1 or not self.act.kinks:
             # smooth: d<p_a p_b>/dK_aa = (1/2)<p''_a p_b> = (1/2)<q'_a p_b>, /dK_ab = <q_a q_b>
             return derivative_operator(0.5 * self.dqp, self.QQ, self.t["dpp"])
+        if self._stein_applies and not self._independent:
+            # kinked: d<p_a p_b>/dK_aa = (1/2)<sigma'''_a sigma'_b> and /dK_ab =
+            # <sigma''_a sigma''_b>, distributionally: the Stein terms T3, T2 of f = sigma
+            # (closed forms for the ReLU family), uniform in rho. The Hermite form lost
+            # ~eps / (1 - rho^2)^2: 1e-3 of H1 at 1 - rho = 2.5e-7 for elu, unreported
+            T, dT = self._stein_terms("s")
+            Dd, Do = 0.5 * T[3], T[2].copy()
+            eDd, eDo = 0.5 * dT[3], dT[2].copy()
+            off = ~np.eye(self.N, dtype=bool)
+            bad = off & ~(np.isfinite(Dd) & np.isfinite(Do) & np.isfinite(eDd) & np.isfinite(eDo))
+            if bad.any():       # collinear to round-off: the Hermite form, error not known
+                Hd, Ho = self._hermite_pp()
+                Dd[bad], Do[bad], eDd[bad], eDo[bad] = Hd[bad], Ho[bad], np.inf, np.inf
+            np.fill_diagonal(eDd, 0.0)
+            np.fill_diagonal(eDo, 0.0)
+            self.Mpp_error = derivative_operator(eDd, eDo, 1e-14 * np.abs(self.t["dpp"]))
+            return derivative_operator(Dd, Do, self.t["dpp"])
         return derivative_operator(*self._hermite_pp(), self.t["dpp"])
 
     def _hermite_pp(self):

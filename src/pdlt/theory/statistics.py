@@ -693,7 +693,8 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True):
             errors[l] = (float(np.max(E)) if E is not None
                          else 1e-14 * float(np.max(np.abs(avg.quad("ssss"))))) * scale
         if d4err is not None:
-            _d4_propagate(d4err, avg, hps[l], Ths[l - 1], l)
+            _d4_propagate(d4err, avg, hps[l], Ths[l - 1], l,
+                          G1=out["G1"][l - 1] if "G1" in out else None)
             errors[l] = max(errors[l], *(float(np.max(v[l])) for v in d4err.values()))
     if d4err is not None and warn:
         _warn_d4(d4err, out, Ks)
@@ -704,13 +705,15 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True):
 _D4_WARN = 1e-8
 
 
-def _d4_propagate(err, avg, hp, Theta, l):
+def _d4_propagate(err, avg, hp, Theta, l, G1=None):
     """Carry the estimated absolute errors of G1 and H1 (``err[name]``, (L, N, N)) one layer.
 
     The steps are linear in G1 and H1: ``dG1' = |r C_W| (|M_ss| dG1 + dsrc_s)`` (residual:
     ``r (xi^2 C_W (...) + gamma^2 dG1)``), ``dH1' = r (|lambda_W| dDss + C_W (|Theta| dDpp
     + |PP| dH1))`` with ``dD.. = |M..| dG1 + dsrc_.``: the error of each layer's
-    fourth-derivative source (``LayerAverages.d4_error``), propagated.
+    fourth-derivative source (``LayerAverages.d4_error``), propagated; where the operator
+    ``M_pp`` carries an estimate of its own (``LayerAverages.Mpp_error``, kinked
+    activations), ``dD_pp`` also gets ``|dM_pp| |G1|`` (G1: the previous layer's values).
     """
     src = getattr(avg, "d4_error_inputs", {})
     N = Theta.shape[0]
@@ -727,6 +730,9 @@ def _d4_propagate(err, avg, hp, Theta, l):
         g = gprev
     dss = ex(apply_M(absop(avg.Mss), g)) + src.get("s", zero)
     dpp = (ex(apply_M(absop(avg.Mpp), g)) if "H1" in err else zero) + src.get("p", zero)
+    if "H1" in err and G1 is not None and getattr(avg, "Mpp_error", None) is not None:
+        G1d = np.abs(G1[np.ix_(reps, reps)] if rmap is not None else G1)
+        dpp = dpp + ex(apply_M(avg.Mpp_error, G1d))
     if "G1" in err:
         if hp.gamma == 0.0 and hp.xi == 1.0:
             err["G1"][l] = abs(hp.ratio * hp.C_W) * dss
