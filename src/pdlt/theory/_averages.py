@@ -498,7 +498,8 @@ class LayerAverages:
             off = ~np.eye(self.N, dtype=bool)
             bad = off & ~(np.isfinite(Dd) & np.isfinite(Do) & np.isfinite(eDd) & np.isfinite(eDo))
             if bad.any():       # collinear to round-off: the Hermite form, error not known
-                Hd, Ho = self._hermite_pp()
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    Hd, Ho = self._hermite_pp()
                 Dd[bad], Do[bad], eDd[bad], eDo[bad] = Hd[bad], Ho[bad], np.inf, np.inf
             np.fill_diagonal(eDd, 0.0)
             np.fill_diagonal(eDo, 0.0)
