@@ -589,7 +589,9 @@ class LayerAverages:
         with an error estimate; the one with the smallest estimate is taken
         per pair:
 
-        * ``"stein"`` (smooth activations): ``<f^(k)_a f^(4-k)_b>`` by Stein's
+        * ``"stein"`` (smooth activations; the ReLU family in closed form; elu and
+          other kinked activations with their delta functions at the kinks,
+          :func:`_kink_terms`): ``<f^(k)_a f^(4-k)_b>`` by Stein's
           lemma along the rows of K (no ``K^{-1}``), from pair averages with at
           most two derivatives of f per input; uniformly accurate in rho.
         * ``"hermite"``: the 2x2 Hermite tensor (pair moments contracted with
@@ -1244,7 +1246,8 @@ def third_derivative(act):
     O(h^6) with ``h = 1e-2 max(1, |z|)``: ~1e-12 relative for functions
     analytic in a strip of width >~ 1, round-off ~1e-14 / h). Kinked
     activations, and ``d2`` that are themselves finite differences, get None
-    (the fourth-derivative source then uses the Hermite form).
+    (kinked ones: elu's pointwise third derivative and the jumps come from
+    :func:`_kink_jumps`; otherwise the fourth-derivative source uses the Hermite form).
     """
     if act.kinks or _scale_invariant(act) is not None:
         return None
