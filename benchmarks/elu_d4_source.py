@@ -137,6 +137,7 @@ def fold(alpha, eps, ref=None, hermite=False):
     mlp, x = _mlp(alpha), _x(eps)
     orig_terms, orig_applies = LayerAverages._stein_terms, LayerAverages._stein_applies
     K2 = pdlt.statistics(mlp, x, get=["K"]).K[1]
+    est, orig_warn = {}, stats_mod._warn_d4
     try:
         if ref is not None:
             def terms(self, of):
@@ -148,8 +149,6 @@ def fold(alpha, eps, ref=None, hermite=False):
             LayerAverages._stein_terms = terms
         if hermite:
             LayerAverages._stein_applies = property(lambda self: False)
-        est = {}
-        orig_warn = stats_mod._warn_d4
 
         def keep(err, out, Ks):          # the per-statistic estimate the warning reads
             est.update({k: v.copy() for k, v in err.items()})
@@ -192,8 +191,8 @@ def main(quick=False):
                 Th, _ = _hermite_patterns(np.array([KAA]), np.array([KBB]), np.array([Kab]),
                                           np.array([KAA * KBB - Kab ** 2]), mm, np.array([1e-13]))
                 sc = np.max(np.abs(ref))
-                print(f"{alpha:5.1f} {om:6.0e} {of:>2} {sc:9.3g} "
-                      f"{np.max(np.abs(T[:, 0, 1] - ref)) / sc:8.1e} {np.max(dT[:, 0, 1]) / sc:8.1e} "
+                e_new, e_est = np.max(np.abs(T[:, 0, 1] - ref)) / sc, np.max(dT[:, 0, 1]) / sc
+                print(f"{alpha:5.1f} {om:6.0e} {of:>2} {sc:9.3g} {e_new:8.1e} {e_est:8.1e} "
                       f"{np.max(np.abs(Th[:, 0] - ref)) / sc:11.1e} {ms:5.0f}")
     print()
     print("Part 2: depth-3 fold, |X_01 - ref| / scale at layer 3 (scale: max(|X_01|, "
