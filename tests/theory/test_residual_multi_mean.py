@@ -287,11 +287,19 @@ def test_hebbian_kernel_shift_residual():
 
 
 def test_near_coinciding_inputs_warn():
-    """Two distinct inputs with 1 - rho^2 < 1e-3 at some layer: a RuntimeWarning naming them
-    (the off-diagonal entry loses accuracy there; derivation, section h39)."""
-    m = _res("relu", depth=3)
-    with pytest.warns(RuntimeWarning, match="inputs 0 and 1 nearly coincide"):
-        residual_ntk_mean_multi(m, np.array([[1.0, 0.2], [1.0, 0.22]]))
+    """Two distinct inputs of a kinked activation with 1 - rho^2 < 1e-3 at some layer: A and
+    H1 are not resolved there; pdlt.statistics says so, naming them (plain and residual)."""
+    x = np.array([[1.0, 0.2], [1.0, 0.2 + 1e-5]])
+    for gamma in (0.5, 0.0):
+        m = pdlt.MLP(n0=2, width=8, depth=3, activation="relu", C_W=1.3, C_b=0.1, gamma=gamma)
+        with pytest.warns(RuntimeWarning, match="inputs 0 and 1 nearly coincide.*A and H1"):
+            pdlt.statistics(m, x, get=["A", "H1"])
+    # smooth activations are resolved there: no such warning
+    m = pdlt.MLP(n0=2, width=8, depth=3, activation="tanh", C_W=1.3, C_b=0.1, gamma=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pdlt.statistics(m, x, get=["A", "H1"])
+    assert not [w for w in caught if "nearly coincide" in str(w.message)]
 
 
 def test_kernel_only_entry_points_validate():
@@ -332,13 +340,15 @@ def test_direct_derivatives_match_the_stein_form(monkeypatch):
     assert np.max(np.abs(d - s)) <= 1e-10 * np.max(np.abs(s))
 
 
-def test_near_coinciding_inputs_warn_for_F():
-    """F inverts the increments' covariance (nearly singular for nearly coinciding inputs):
-    the same warning as H1's, naming F."""
-    from pdlt.theory.residual_multi import residual_f_multi
-    m = _res("tanh", depth=3)
-    with pytest.warns(RuntimeWarning, match="inputs 0 and 1 nearly coincide.*the F entries"):
-        residual_f_multi(m, np.array([[1.0, 0.2], [1.0, 0.22]]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        residual_f_multi(m, np.array([[1.0, 0.2], [0.3, 1.0]]))
+def test_F_and_H1_stay_resolved_for_nearly_coinciding_inputs():
+    """The forms carry the increments as G^+ w (``_Neuron.proj``): G nearly singular for
+    nearly coinciding inputs no longer amplifies the quadrature errors (before: F default
+    against "high" 0.5, H1 0.8 of scale at 1 - rho^2 = 6e-9; tanh, depth 4)."""
+    m = pdlt.MLP(n0=2, width=32, depth=4, activation="tanh", C_b=0.1, C_W=1.0, gamma=0.6,
+                 xi=0.8)
+    x = np.array([[1.0, 0.3], [1.0, 0.3 + 1e-4]])
+    s = pdlt.statistics(m, x, get=["F", "H1"], error=True)
+    for k in ("F", "H1"):
+        assert np.max(s.error[k][-1]) <= 1e-11 * np.max(np.abs(s[k][-1])), k
+    # and the coinciding limit is approached continuously (O(1 - rho) apart)
+    assert abs(s.H1[-1, 0, 1] - s.H1[-1, 0, 0]) <= 1e-4 * abs(s.H1[-1, 0, 0])

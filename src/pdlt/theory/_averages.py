@@ -388,6 +388,8 @@ class LayerAverages:
         self._d4 = {}
         self._stein = {}
         self.quad_error = None
+        #: the estimated absolute error of :attr:`Mpp` (an operator), where it is known
+        self.Mpp_error = None
         #: of -> (N, N) estimated absolute error of :meth:`d4_source` (and the method per pair)
         self.d4_error, self.d4_method = {}, {}
 
@@ -491,14 +493,34 @@ class LayerAverages:
 
     @functools.cached_property
     def Mpp(self):
-        si = _scale_invariant(self.act)
-        if self.N == 1 or not self.act.kinks or (si is None and not jumps_in_d1(self.act)):
+        smooth_p = _scale_invariant(self.act) is None and not jumps_in_d1(self.act)
+        if self.N == 1 or not self.act.kinks:
             # d<p_a p_b>/dK_aa = (1/2)<p''_a p_b> = (1/2)<q'_a p_b>, /dK_ab = <q_a q_b>: with
-            # Stein's lemma for <q'_a p_b> (dqp), right wherever sigma' is continuous (q =
-            # sigma'' may jump: elu), and well conditioned at any rho
+            # Stein's lemma for <q'_a p_b> (dqp), well conditioned at any rho
             return derivative_operator(0.5 * self.dqp, self.QQ, self.t["dpp"])
-        if si is not None:
-            return derivative_operator(*_piecewise_pp_derivatives(si, self.K), self.t["dpp"])
+        if self._stein_applies("s") and not self._independent:
+            # kinked: d<p_a p_b>/dK_aa = (1/2)<sigma'''_a sigma'_b> and /dK_ab =
+            # <sigma''_a sigma''_b>, distributionally: the Stein terms T3, T2 of f = sigma
+            # (closed forms for the ReLU family), uniform in rho. The Hermite form lost
+            # ~eps / (1 - rho^2)^2: 1e-3 of H1 at 1 - rho = 2.5e-7 for elu, unreported
+            T, dT = self._stein_terms("s")
+            Dd, Do = 0.5 * T[3], T[2].copy()
+            eDd, eDo = 0.5 * dT[3], dT[2].copy()
+            off = ~np.eye(self.N, dtype=bool)
+            bad = off & ~(np.isfinite(Dd) & np.isfinite(Do) & np.isfinite(eDd) & np.isfinite(eDo))
+            if bad.any():       # collinear to round-off: the Hermite form, error not known
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    Hd, Ho = self._hermite_pp()
+                Dd[bad], Do[bad], eDd[bad], eDo[bad] = Hd[bad], Ho[bad], np.inf, np.inf
+            np.fill_diagonal(eDd, 0.0)
+            np.fill_diagonal(eDo, 0.0)
+            self.Mpp_error = derivative_operator(eDd, eDo, 1e-14 * np.abs(self.t["dpp"]))
+            return derivative_operator(Dd, Do, self.t["dpp"])
+        if smooth_p:
+            # a kinked activation whose sigma' is continuous (its jumps not known): the
+            # smooth form holds (q = sigma'' may jump, it has no delta), uniform in rho;
+            # the Hermite form below lost ~(1 - rho^2)^-1, which A and D then squared
+            return derivative_operator(0.5 * self.dqp, self.QQ, self.t["dpp"])
         return derivative_operator(*self._hermite_pp(), self.t["dpp"])
 
     def _hermite_pp(self):
@@ -583,7 +605,9 @@ class LayerAverages:
         with an error estimate; the one with the smallest estimate is taken
         per pair:
 
-        * ``"stein"`` (smooth activations): ``<f^(k)_a f^(4-k)_b>`` by Stein's
+        * ``"stein"`` (smooth activations; the ReLU family in closed form; elu and
+          other kinked activations with their delta functions at the kinks,
+          :func:`_kink_terms`): ``<f^(k)_a f^(4-k)_b>`` by Stein's
           lemma along the rows of K (no ``K^{-1}``), from pair averages with at
           most two derivatives of f per input; uniformly accurate in rho.
         * ``"hermite"``: the 2x2 Hermite tensor (pair moments contracted with
@@ -709,13 +733,18 @@ class LayerAverages:
         return Q
 
     def _stein_applies(self, of):
-        """The Stein formulation of ``<d^4 (f_a f_b)>``: the ReLU family (closed forms), and
-        smooth activations with ``f''``: ``sigma''`` for ``of = "s"`` (every activation has
-        it), ``sigma^(3)`` (:func:`third_derivative`) for ``"p"``."""
+        """The Stein formulation of ``<d^4 (f_a f_b)>`` (``of`` "s": f = sigma; "p": f =
+        sigma'): the ReLU family (closed forms); smooth activations with ``f''``
+        (``sigma''`` for "s", every activation has it; ``sigma^(3)``,
+        :func:`third_derivative`, for "p"); kinked activations with exact derivatives and
+        a continuous sigma where the jumps of f's derivatives are known (elu: their delta
+        functions in closed form, :func:`_kink_terms`; "p" needs the pointwise third
+        derivative, :func:`_kink_jumps`)."""
         if _scale_invariant(self.act) is not None:
             return True
         if self.act.kinks:
-            return False
+            return _kink_jumps(self.act, "s") is not None and (
+                of == "s" or _kink_jumps(self.act, "p") is not None)
         return of == "s" or third_derivative(self.act) is not None
 
     @functools.cached_property
@@ -752,23 +781,27 @@ class LayerAverages:
                                                     lambda Ks: _piecewise_stein_terms(si, Ks, of)))
             return self._stein[of]
         act = self.act
+        jumps = _kink_jumps(act, of) if act.kinks else None
         if of == "s":
             fs = [act.sigma, act.d1, act.d2]
         else:
-            fs = [act.d1, act.d2, third_derivative(act)]
-        T, dT = self._stein_from(fs)
+            fs = [act.d1, act.d2, jumps[1] if jumps else third_derivative(act)]
+        T, dT = self._stein_from(fs, jumps[0] if jumps else None)
         # finite-difference derivatives (a user's activation without exact d1, d2; sigma^(3)
         # without a closed form) carry their own error: the same terms with each of them
-        # at half the step (fd_alternatives) estimate it
-        alt = fd_alternatives(act, of)
+        # at half the step (fd_alternatives) estimate it (kinked activations take the
+        # Stein form only with exact derivatives)
+        alt = fd_alternatives(act, of) if not act.kinks else {}
         if alt:
             T2, dT2 = self._stein_from([alt.get(i, f) for i, f in enumerate(fs)])
             dT = dT + dT2 + np.abs(T - T2)
         self._stein[of] = (T, dT)
         return T, dT
 
-    def _stein_from(self, fs):
-        """:meth:`_stein_terms` for the functions ``fs = (f, f', f'')``: ``(T, dT)``."""
+    def _stein_from(self, fs, kink_jumps=None):
+        """:meth:`_stein_terms` for the functions ``fs = (f, f', f'')`` (pointwise parts),
+        plus the delta functions of f', f'' at the kinks (``kink_jumps``,
+        :func:`_kink_jumps`): ``(T, dT)``."""
         act, K = self.act, self.K
         f0, f1, f2 = fs
         g = {"f0": f0, "f1": f1, "f2": f2, "zf2": lambda z: z * f2(z),
@@ -793,6 +826,12 @@ class LayerAverages:
                  for x, y in terms}
         E22, E21, E20z, E20 = (np.asarray(e[t], dtype=float) for t in terms)
         e22, e21, e20z, e20 = (bound[t] for t in terms)
+        if kink_jumps is not None and not self._independent:
+            # the averages above are of the pointwise parts of f1, f2; add their delta
+            # functions at the kinks (Stein's lemma holds for the weak derivatives)
+            (c22, c21, c20z, c20), (b22, b21, b20z, b20) = _kink_terms(K, kink_jumps, g)
+            E22, E21, E20z, E20 = E22 + c22, E21 + c21, E20z + c20z, E20 + c20
+            e22, e21, e20z, e20 = e22 + b22, e21 + b21, e20z + b20z, e20 + b20
         Kd, aK = self.diag[:, None], np.abs(K)
         T2 = E22
         T3 = (E21 - K * T2) / Kd
@@ -910,36 +949,6 @@ def d4_pair_source(W, T, dT):
     return val, err
 
 
-def _piecewise_pp_derivatives(si, K):
-    r"""``d<p_a p_b>/dK_aa`` (``Dd[a, b]``) and ``d<p_a p_b>/dK_ab`` (``Do``) of the ReLU
-    family in closed form (N, N each; diagonal unused).
-
-    ``p = c_+ theta(z) + c_- theta(-z)`` makes ``<p_a p_b> = (c_+^2 + c_-^2) / 2 -
-    (c_+ - c_-)^2 phi / (2 pi)``, ``cos(phi) = rho``: a function of the correlation
-    alone, so with ``g = (c_+ - c_-)^2 / (2 pi sqrt(1 - rho^2))``,
-    ``Do = g / sqrt(K_aa K_bb)`` and ``Dd[a, b] = -g rho / (2 K_aa)`` (Euler:
-    ``K_aa Dd[a, b] + K_bb Dd[b, a] + K_ab Do = 0``). The Hermite form (``K^-1``
-    contracted twice) lost ~(1 - rho^2)^-1 of its accuracy, which the NTK
-    fluctuations A and D then squared: off by 100x at 1 - rho = 3e-9 (relu, depth 4).
-    ``sqrt(1 - rho^2) = sqrt(det K) / sqrt(K_aa K_bb)``; collinear inputs (``det = 0``)
-    give inf, which :func:`pdlt.statistics` reports by name.
-    """
-    K = np.asarray(K, dtype=float)
-    N = K.shape[-1]
-    Dd, Do = np.zeros((N, N)), np.zeros((N, N))
-    a, b = np.triu_indices(N, 1)
-    Kaa, Kbb, Kab = K[a, a], K[b, b], K[a, b]
-    nrm = np.sqrt(Kaa * Kbb)
-    det = np.maximum(Kaa * Kbb - Kab * Kab, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        g = (si[0] - si[1]) ** 2 / (2.0 * np.pi) / (np.sqrt(det) / nrm)
-        rho = Kab / nrm
-        Do[a, b] = Do[b, a] = g / nrm
-        Dd[a, b] = -0.5 * g * rho / Kaa
-        Dd[b, a] = -0.5 * g * rho / Kbb
-    return Dd, Do
-
-
 def _piecewise_stein_terms(si, K, of):
     r"""``<f^(k)(z_a) f^(4-k)(z_b)>`` (5, N, N) of the ReLU family in closed form, and errors.
 
@@ -983,6 +992,190 @@ def _piecewise_stein_terms(si, K, of):
         eps = np.finfo(float).eps
         dT = np.abs(T) * (16 * eps + 6 * eps * (Ka * Kb / det)[..., None, :, :])
     return T, dT
+
+
+def _one_sided(fn, c):
+    """``(f(c+), f(c-))``: linear extrapolation from ``c +- h, c +- 2h`` (error O(h^2))."""
+    h = 1e-6 * max(1.0, abs(c))
+    up = 2.0 * float(fn(np.float64(c + h))) - float(fn(np.float64(c + 2 * h)))
+    lo = 2.0 * float(fn(np.float64(c - h))) - float(fn(np.float64(c - 2 * h)))
+    return up, lo
+
+
+def _kink_jumps(act, of):
+    r"""The jumps at the kinks for the Stein terms of a kinked activation, or None.
+
+    With ``f0, f1 = sigma, sigma'`` (``of = "s"``) or ``sigma', sigma''`` (``"p"``),
+    and ``J0, J1`` the jumps ``f(c+) - f(c-)`` of f0 and f1 at a kink c, the weak
+    derivatives are ``f1 = {f1} + J0 delta_c`` and ``f2 = {f2} + J1 delta_c + J0
+    delta'_c`` (braces: the pointwise derivative, what ``act.d1``, ``act.d2`` return).
+
+    Returns
+    -------
+    None, or (jumps, f2)
+        ``jumps``: tuple of ``(c, J0, J1)`` per kink; ``f2``: the pointwise third
+        derivative for ``"p"`` (None for ``"s"``). elu: exact (``sigma' `` jumps by
+        ``1 - alpha``, ``sigma''`` by ``-alpha``; ``sigma''' = alpha e^z`` below 0, 0
+        above, i.e. ``act.d2``). Other kinked activations with exact derivatives and a
+        continuous sigma: ``"s"`` only, jumps of ``act.d1`` from one-sided limits
+        (:func:`_one_sided`, error ~1e-12 |sigma'''|). None for the ReLU family (closed
+        forms: :func:`_piecewise_stein_terms`), numerical derivatives, periodic ones.
+    """
+    if (not act.kinks or _scale_invariant(act) is not None or act.derivatives != "exact"
+            or act.period is not None):
+        return None
+    if act.spec is not None and act.spec[0] == "elu":
+        al = float(act.parameters["alpha"])
+        kinks = tuple((float(c), 0.0, 1.0 - al) if of == "s" else (float(c), 1.0 - al, -al)
+                      for c in act.kinks)
+        return kinks, (None if of == "s" else act.d2)
+    if of == "p":
+        return None
+    out = []
+    for c in act.kinks:
+        s_up, s_lo = _one_sided(act.sigma, float(c))
+        if abs(s_up - s_lo) > 1e-9 * max(1.0, abs(s_up)):
+            return None                                   # sigma itself jumps
+        p_up, p_lo = _one_sided(act.d1, float(c))
+        out.append((float(c), 0.0, p_up - p_lo))
+    return tuple(out), None
+
+
+#: relative error of the one-variable conditional averages of :func:`_kink_pair`
+_COND_RTOL = 1e-13
+
+
+def _two_product(a, b):
+    """``a b = p + e`` exactly (Dekker / Veltkamp; float64, no overflow for |a|, |b| < 1e150)."""
+    p = a * b
+    c = 134217729.0 * a            # 2^27 + 1
+    ah = c - (c - a)
+    al = a - ah
+    c = 134217729.0 * b
+    bh = c - (c - b)
+    bl = b - bh
+    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    return p, e
+
+
+def _det2(Kaa, Kbb, Kab):
+    """``K_aa K_bb - K_ab^2`` to a few ulps of the result (no cancellation: the products
+    exactly as sums of two floats; the leading difference exact when they are within a
+    factor 2, Sterbenz)."""
+    p1, e1 = _two_product(Kaa, Kbb)
+    p2, e2 = _two_product(Kab, Kab)
+    return (p1 - p2) + (e1 - e2)
+
+
+def _kink_terms(K, jumps, g):
+    r"""The delta-function parts of the four pair averages of the Stein form, (N, N) each.
+
+    ``<f2_a f2_b>``, ``<z_a f2_a f1_b>``, ``<z_a^2 f2_a f0_b>``, ``<f2_a f0_b>`` of
+    :meth:`LayerAverages._stein_terms` with ``f1, f2`` the weak derivatives of
+    :func:`_kink_jumps`, less the same averages of their pointwise parts (``g``: the
+    pointwise ``f0, f1, f2, z f2, z^2 f2`` by name). Returns ``(values, errors)``,
+    two lists of four (N, N) arrays (zero diagonal; not finite for collinear pairs).
+    """
+    N = K.shape[0]
+    d = np.diag(K)
+    vals = [np.zeros((N, N)) for _ in range(4)]
+    errs = [np.zeros((N, N)) for _ in range(4)]
+    for a, b in itertools.permutations(range(N), 2):
+        v, e = _kink_pair(float(d[a]), float(d[b]), float(K[a, b]), jumps, g)
+        for i in range(4):
+            vals[i][a, b], errs[i][a, b] = v[i], e[i]
+    return vals, errs
+
+
+def _kink_pair(Kaa, Kbb, Kab, jumps, g):
+    r"""The delta parts of :func:`_kink_terms` for one ordered pair (a, b).
+
+    With ``p(x, y)`` the pair's density, ``det = K_aa K_bb - K_ab^2`` and
+    ``u_a = (K_bb c - K_ab d) / det``, ``u_b = (K_aa d - K_ab c) / det``:
+
+    * ``<delta(z_a - c) h(z_b)> = phi_aa(c) E[h(m + s u)]``, ``m = K_ab c / K_aa``,
+      ``s^2 = det / K_aa`` (``z_b`` given ``z_a = c``), u standard normal;
+    * ``<delta'(z_a - c) h(z_b)> = phi_aa(c) [(c / K_aa) E[h] - K_ab / (K_aa s) E[u h]]``
+      (``-d/dx`` of ``int p(x, y) h(y) dy``; ``E[u h] / s`` is ``E[h']`` by Stein:
+      no derivative of h needed, and only ``s ~ sqrt(det)`` divides);
+    * ``<delta(z_a - c) delta(z_b - d)> = p(c, d)``, with ``delta'`` on a: times
+      ``u_a``, on b: ``u_b``, on both: ``u_a u_b + K_ab / det``;
+
+    the same with a and b exchanged for the deltas of the second factor. A factor
+    ``z^i f2`` carries ``z^i delta'_c = c^i delta'_c - i c^(i-1) delta_c``.
+    ``det`` is computed without cancellation (:func:`_det2`), so the closed forms are
+    good to a few ulps (with the plain ``K_aa K_bb - K_ab^2``, ~eps / (1 - rho^2)
+    relative: 1e-7 of H1 at 1 - rho = 1e-5, the source's cancellation amplifying it).
+    Errors: the one-variable averages to ``_COND_RTOL`` of their rms, the closed forms
+    to ``16 eps`` relative.
+    """
+    nan = [np.nan] * 4
+    det = _det2(Kaa, Kbb, Kab)
+    if not det > 0:
+        return nan, nan
+    kinks = tuple(j[0] for j in jumps)
+    eps = np.finfo(float).eps
+    rel_dd = 16 * eps
+    cache = {}
+
+    def cond(name, side, c):
+        """(D0, D1, err0, err1): ``<delta^(j)(z_side - c) h(z_other)>``, h = g[name]."""
+        key = (name, side, c)
+        if key not in cache:
+            Kc, Ko = (Kaa, Kbb) if side == "a" else (Kbb, Kaa)
+            mu, s = Kab * c / Kc, np.sqrt(det / Kc)
+            h = g[name]
+            E0 = float(gaussian.expect(h, s * s, mu, kinks=kinks))
+            E1 = float(gaussian.expect(lambda z: (z - mu) / s * h(z), s * s, mu, kinks=kinks))
+            rms = np.sqrt(float(gaussian.expect(lambda z: h(z) ** 2, s * s, mu, kinks=kinks)))
+            ph = np.exp(-0.5 * c * c / Kc) / np.sqrt(2 * np.pi * Kc)
+            w1 = abs(Kab) / (Kc * s)
+            D0, D1 = ph * E0, ph * (c / Kc * E0 - Kab / (Kc * s) * E1)
+            cache[key] = (D0, D1, _COND_RTOL * ph * rms + 4 * eps * abs(D0),
+                          _COND_RTOL * ph * rms * (abs(c) / Kc + w1)
+                          + 4 * eps * ph * (abs(c / Kc * E0) + w1 * abs(E1)))
+        return cache[key]
+
+    def dd(c, d_, i, j):
+        ua = (Kbb * c - Kab * d_) / det
+        ub = (Kaa * d_ - Kab * c) / det
+        q = (Kbb * c * c - 2 * Kab * c * d_ + Kaa * d_ * d_) / det
+        p = np.exp(-0.5 * q) / (2 * np.pi * np.sqrt(det))
+        return p * {(0, 0): 1.0, (1, 0): ua, (0, 1): ub, (1, 1): ua * ub + Kab / det}[(i, j)]
+
+    # (A-side pointwise name, power i of z), (B-side pointwise name, B's deltas per kink)
+    spec = ((("f2", 0), ("f2", lambda J0, J1: (J1, J0))),
+            (("zf2", 1), ("f1", lambda J0, J1: (J0, 0.0))),
+            (("zzf2", 2), ("f0", lambda J0, J1: (0.0, 0.0))),
+            (("f2", 0), ("f0", lambda J0, J1: (0.0, 0.0))))
+    vals, errs = [], []
+    for (an, i), (bn, bdel) in spec:
+        v = e = 0.0
+        for c, J0, J1 in jumps:                    # deltas of the a factor, h on b
+            al = J1 * c ** i - (J0 * i * c ** (i - 1) if i else 0.0)
+            be = J0 * c ** i
+            D0, D1, e0, e1 = cond(bn, "a", c) if (al or be) else (0, 0, 0, 0)
+            v += al * D0 + be * D1
+            e += abs(al) * e0 + abs(be) * e1
+        for d_, J0, J1 in jumps:                   # deltas of the b factor, h on a
+            ga, et = bdel(J0, J1)
+            if not (ga or et):
+                continue
+            D0, D1, e0, e1 = cond(an, "b", d_)
+            v += ga * D0 + et * D1
+            e += abs(ga) * e0 + abs(et) * e1
+            for c, J0a, J1a in jumps:              # both factors' deltas
+                al = J1a * c ** i - (J0a * i * c ** (i - 1) if i else 0.0)
+                be = J0a * c ** i
+                for coef, ij in ((al * ga, (0, 0)), (al * et, (0, 1)), (be * ga, (1, 0)),
+                                 (be * et, (1, 1))):
+                    if coef:
+                        x = coef * dd(c, d_, *ij)
+                        v += x
+                        e += rel_dd * abs(x)
+        vals.append(v)
+        errs.append(e)
+    return vals, errs
 
 
 def _hermite_patterns(Kaa, Kbb, Kab, det, mm, rerr):
@@ -1081,9 +1274,9 @@ def third_derivative(act):
     Other smooth activations: Richardson-extrapolated central differences
     (:func:`_d3_rule`: ~1e-13 of tanh's scale with an exact ``d2``, ~1e-9
     when d1 and d2 are themselves differences; :func:`fd_alternatives`
-    estimates the error at run time).
-    Kinked activations get None (the fourth-derivative source then uses the
-    Hermite form).
+    estimates the error at run time). Kinked activations get None (elu's
+    pointwise third derivative and the jumps come from :func:`_kink_jumps`;
+    otherwise the fourth-derivative source uses the Hermite form).
     """
     if act.kinks or _scale_invariant(act) is not None:
         return None

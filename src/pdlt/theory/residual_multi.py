@@ -52,7 +52,6 @@ own mean shift :func:`_own_shift`, the forms of F :func:`_f_forms`) is written o
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -858,36 +857,7 @@ def residual_f_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None, accuracy="defaul
     >>> residual_f_multi(m, np.array([[1.0, 0.0], [0.6, 0.8]])).shape
     (3, 2, 2, 2, 2)
     """
-    def core(m, K, Th, acc):
-        _warn_near_coinciding(K[:-1], "F")
-        return {"F": _f_multi(m, K, Th, acc)}
-    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, core)["F"]
-
-
-#: below this 1 - rho^2 of two distinct inputs F and H1 (whose steps read F's forms)
-#: lose accuracy: the conditional weights ``E[W | u] = c sigma^T G^+ u`` divide by the
-#: increments' covariance G, nearly singular there. Measured (tanh, depth 4, gamma 0.6,
-#: xi 0.8, accuracy "default" against "high", relative to the largest entry), smallest
-#: 1 - rho^2 over the layers 5.7e-3, 9.3e-4, 2.4e-4, 5.9e-5, 5.9e-9: F 2e-11, 5e-10, 4e-9,
-#: 2e-7, 0.5; H1 4e-12, 6e-10, 8e-9, 5e-8, 0.8
-_NEAR = 1e-3
-
-
-def _warn_near_coinciding(Ks, what):
-    """Warn when two distinct inputs nearly coincide at some layer (see ``_NEAR``)."""
-    d = np.einsum("lii->li", Ks)
-    r = 1.0 - Ks ** 2 / (d[:, :, None] * d[:, None, :])
-    N = Ks.shape[1]
-    r[:, np.arange(N), np.arange(N)] = np.inf
-    if N > 1 and np.min(r) < _NEAR:
-        l, a, b = (int(i) for i in np.unravel_index(np.argmin(r), r.shape))
-        warnings.warn(
-            f"inputs {a} and {b} nearly coincide (1 - rho^2 = {r[l, a, b]:.1e} at layer {l + 1}): "
-            f"the {what} entries of a residual MLP that couple them lose accuracy below "
-            f"{_NEAR:g} (F's conditional weights invert the increments' covariance, nearly "
-            "singular there: ~(1 - rho^2)^-1 per inversion); pdlt.statistics(..., error=True) "
-            "measures the loss (accuracy='high' as a second rule); merge the two inputs if "
-            "they are meant to coincide", RuntimeWarning, stacklevel=3)
+    return _ntk_multi(mlp, x, Ks, Thetas, accuracy, lambda *a: {"F": _f_multi(*a)})["F"]
 
 
 def _fns_sd(act):

@@ -51,7 +51,7 @@ from ._averages import apply_M, is_odd, third_derivative
 from .residual_multi import (_c_zz, _d2_sigma, _d4_carry, _dressed, _expand, _f_forms,
                              _field_widths, _gather, _hess, _kind_two_depth, _neuron,
                              _ntk_multi, _own_shift, _pair_sd, _prepare, _rule, _s_own,
-                             _s_response, _sp_fields, _two_depth, _warn_near_coinciding)
+                             _s_response, _sp_fields, _two_depth)
 
 __all__ = ["residual_ntk_mean_multi", "residual_kappa3_multi", "residual_mixed_vertex",
            "residual_mixed_three_point"]
@@ -106,7 +106,6 @@ def residual_ntk_mean_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
     """
     Ks, Thetas, reps, inv = _prepare(mlp, x, Ks, Thetas, accuracy)
     r2 = (slice(None), reps[:, None], reps[None, :])
-    _warn_near_coinciding(Ks[r2][:-1], "H1")
     out = _expand(_h1_multi(mlp, Ks[r2], Thetas[r2], accuracy), reps, inv)
     return (out["H1"], out["H1_error"]) if return_error else out["H1"]
 

@@ -653,6 +653,8 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True):
         errors = np.max([np.max(E.reshape(L, -1), axis=1) for E in d4given.values()], axis=0)
         if warn:
             _warn_d4(d4given, out, Ks)
+    if N > 1 and warn and act.kinks and need & {"A", "H1"}:
+        _warn_kinked_coinciding(act, Ks[:L - 1], sorted(need & {"A", "H1"}))
     if L == 1 or not run:
         return out, errors
     diag = np.einsum("lii->li", Ks[:L - 1])
@@ -704,11 +706,42 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True):
             errors[l] = (float(np.max(E)) if E is not None
                          else 1e-14 * float(np.max(np.abs(avg.quad("ssss"))))) * scale
         if d4err is not None:
-            _d4_propagate(d4err, avg, hps[l], Ths[l - 1], l)
+            _d4_propagate(d4err, avg, hps[l], Ths[l - 1], l,
+                          G1=out["G1"][l - 1] if "G1" in out else None)
             errors[l] = max(errors[l], *(float(np.max(v[l])) for v in d4err.values()))
     if d4err is not None and warn:
         _warn_d4(d4err, out, Ks)
     return out, errors
+
+
+#: below this 1 - rho^2 of two distinct inputs at a layer the steps read, A and H1 of a
+#: kinked activation are not resolved to 1e-8. Their steps contract V (and G1) with
+#: d<sigma'_a sigma'_b>/dK ~ (1 - rho^2)^-1/2, twice for A, so V's own error returns
+#: amplified: relu (C_b 0.1, C_W 2, depth 4, two inputs) A_ab off by ~2e-12 / (1 - rho^2)
+#: of scale (3e-4 at 6.7e-9, 0.14 at 6.7e-11); H1_ab of relu 0.07 -> 3e5 between
+#: 1 - rho = 1e-3 and 1e-5 apart (its G1, H1 estimate said 5e-4); elu(0.5) A 0.56 at 5e-11
+_KINKED_NEAR = 1e-3
+
+
+def _warn_kinked_coinciding(act, Ks, names):
+    """Warn when two distinct inputs nearly coincide (see :data:`_KINKED_NEAR`)."""
+    d = np.einsum("lii->li", Ks)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = 1.0 - Ks ** 2 / (d[:, :, None] * d[:, None, :])
+    N = Ks.shape[1]
+    r[:, np.arange(N), np.arange(N)] = np.inf
+    r[~np.isfinite(r)] = np.inf
+    if np.min(r) >= _KINKED_NEAR:
+        return
+    l, a, b = (int(i) for i in np.unravel_index(np.argmin(r), r.shape))
+    warnings.warn(
+        f"inputs {a} and {b} nearly coincide (1 - rho^2 = {r[l, a, b]:.1e} at layer {l + 1}): "
+        f"{' and '.join(names)} of the kinked activation {act.name!r} are not resolved to "
+        f"1e-8 for such pairs below 1 - rho^2 = {_KINKED_NEAR:g} (their steps contract V with "
+        "d<sigma'_a sigma'_b>/dK ~ (1 - rho^2)^-1/2, which amplifies V's own error; relu: "
+        "~2e-12 / (1 - rho^2) of scale in A, worse in H1). Treat those entries as unresolved, "
+        "merge the two inputs if they are meant to coincide, or use inputs further apart",
+        RuntimeWarning, stacklevel=4)
 
 
 #: the key under which :func:`_residual_given` passes G1's and H1's propagated d4 errors
@@ -718,13 +751,15 @@ _D4_KEY = "_d4_error"
 _D4_WARN = 1e-8
 
 
-def _d4_propagate(err, avg, hp, Theta, l):
+def _d4_propagate(err, avg, hp, Theta, l, G1=None):
     """Carry the estimated absolute errors of G1 and H1 (``err[name]``, (L, N, N)) one layer.
 
     The steps are linear in G1 and H1: ``dG1' = |r C_W| (|M_ss| dG1 + dsrc_s)`` (residual:
     ``r (xi^2 C_W (...) + gamma^2 dG1)``), ``dH1' = r (|lambda_W| dDss + C_W (|Theta| dDpp
     + |PP| dH1))`` with ``dD.. = |M..| dG1 + dsrc_.``: the error of each layer's
-    fourth-derivative source (``LayerAverages.d4_error``), propagated.
+    fourth-derivative source (``LayerAverages.d4_error``), propagated; where the operator
+    ``M_pp`` carries an estimate of its own (``LayerAverages.Mpp_error``, kinked
+    activations), ``dD_pp`` also gets ``|dM_pp| |G1|`` (G1: the previous layer's values).
     """
     src = getattr(avg, "d4_error_inputs", {})
     N = Theta.shape[0]
@@ -741,6 +776,9 @@ def _d4_propagate(err, avg, hp, Theta, l):
         g = gprev
     dss = ex(apply_M(absop(avg.Mss), g)) + src.get("s", zero)
     dpp = (ex(apply_M(absop(avg.Mpp), g)) if "H1" in err else zero) + src.get("p", zero)
+    if "H1" in err and G1 is not None and getattr(avg, "Mpp_error", None) is not None:
+        G1d = np.abs(G1[np.ix_(reps, reps)] if rmap is not None else G1)
+        dpp = dpp + ex(apply_M(avg.Mpp_error, G1d))
     if "G1" in err:
         if hp.gamma == 0.0 and hp.xi == 1.0:
             err["G1"][l] = abs(hp.ratio * hp.C_W) * dss
