@@ -653,7 +653,7 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True):
         errors = np.max([np.max(E.reshape(L, -1), axis=1) for E in d4given.values()], axis=0)
         if warn:
             _warn_d4(d4given, out, Ks)
-    if N > 1 and warn and act.kinks and need & {"A", "H1"}:
+    if N > 1 and L > 1 and warn and act.kinks and need & {"A", "H1"}:
         _warn_kinked_coinciding(act, Ks[:L - 1], sorted(need & {"A", "H1"}))
     if L == 1 or not run:
         return out, errors
