@@ -70,22 +70,23 @@ class Integrands:
         self.__dict__.update(fns)
 
 
-def jumps_in_d2(act) -> bool:
-    """True if ``sigma''`` jumps at a kink (elu with alpha != 1 ...): R is then refused."""
-    for c in act.kinks:
+def _jumps(fn, kinks) -> bool:
+    """True if ``fn`` jumps at one of ``kinks`` (one-sided values 2e-7 apart differ)."""
+    for c in kinks:
         h = 1e-7 * max(1.0, abs(c))
-        if abs(float(act.d2(c + h)) - float(act.d2(c - h))) > 1e-6:
+        if abs(float(fn(c + h)) - float(fn(c - h))) > 1e-6:
             return True
     return False
+
+
+def jumps_in_d2(act) -> bool:
+    """True if ``sigma''`` jumps at a kink (elu with alpha != 1 ...): R is then refused."""
+    return _jumps(act.d2, act.kinks)
 
 
 def jumps_in_d1(act) -> bool:
     """True if ``sigma'`` jumps at a kink (the ReLU family, elu with alpha != 1 ...)."""
-    for c in act.kinks:
-        h = 1e-7 * max(1.0, abs(c))
-        if abs(float(act.d1(c + h)) - float(act.d1(c - h))) > 1e-6:
-            return True
-    return False
+    return _jumps(act.d1, act.kinks)
 
 
 def is_odd(act) -> bool:
