@@ -81,3 +81,35 @@ def test_expect2_monte_carlo_tanh(rng):
     mc, se = prod.mean(), prod.std(ddof=1) / math.sqrt(len(prod))
     got = G.expect2(np.tanh, np.tanh, K11, K12, K22)
     assert abs(mc - got) < 4 * se
+
+
+def test_kinks_away_from_zero():
+    """Kinks of f and g away from 0 (h52 found the widths of g's features shaped (B, 1)
+    instead of (B, len(kinks_g)): a broadcasting error whenever g had a kink off 0).
+    Against an independent adaptive quadrature split at the kinks (scipy.integrate.quad,
+    the conditional density of z2 given z1)."""
+    from scipy import integrate
+
+    def f(z):
+        return np.maximum(z - 0.4, 0.0)
+
+    def g(z):
+        return np.abs(z + 0.3)
+    K11, K12, K22 = 1.0, 0.5, 1.2
+    got = G.expect2(f, g, K11, K12, K22, kinks_f=(0.4,), kinks_g=(-0.3,))
+    s2 = K22 - K12 ** 2 / K11
+
+    def inner(z1):
+        m = K12 / K11 * z1
+        h = lambda z2: g(z2) * np.exp(-0.5 * (z2 - m) ** 2 / s2) / np.sqrt(2 * np.pi * s2)  # noqa: E731
+        return sum(integrate.quad(h, a, b, epsabs=1e-14, epsrel=1e-13, limit=200)[0]
+                   for a, b in ((m - 12 * np.sqrt(s2), -0.3), (-0.3, m + 12 * np.sqrt(s2)))
+                   if b > a)
+    ref = integrate.quad(lambda z1: f(z1) * inner(z1) * np.exp(-0.5 * z1 ** 2 / K11)
+                         / np.sqrt(2 * np.pi * K11), 0.4, 12.0, epsabs=1e-14, epsrel=1e-13,
+                         limit=200)[0]
+    assert abs(got - ref) <= 1e-12 * abs(ref)
+    # a batch, kinks of both at 0.4
+    v = G.expect2(f, f, np.array([1.0, 2.0]), np.array([0.5, 0.3]), np.array([1.2, 1.0]),
+                kinks_f=(0.4,), kinks_g=(0.4,))
+    assert v.shape == (2,) and np.all(np.isfinite(v)) and np.all(v > 0)

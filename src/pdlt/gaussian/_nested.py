@@ -103,8 +103,9 @@ def _nested(f, g, K11, K12, K22, kinks_f, kinks_g):
         nz = slope[:, None] != 0
         star = np.where(nz, cg[None, :] / np.where(nz, slope[:, None], 1.0), 0.0)
         # (floored at 1e-15 of the unit scale: the graded panels span 4^30)
-        wid = np.where(nz, np.clip(s, 1e-15, 1.0)[:, None]
-                       / np.abs(np.where(nz, slope[:, None], 1.0)), 0.0)
+        wid = np.broadcast_to(np.where(nz, np.clip(s, 1e-15, 1.0)[:, None]
+                                       / np.abs(np.where(nz, slope[:, None], 1.0)), 0.0),
+                              star.shape)     # one width per feature of g
     centers = np.concatenate([cf[None, :] / sd1[:, None] + 0 * star[:, :1], star], axis=1)
     widths = np.concatenate([np.where(cf[None, :] == 0, 1.0 / sd1[:, None], 0.0)
                              + 0 * star[:, :1], wid], axis=1)
