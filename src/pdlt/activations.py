@@ -100,7 +100,8 @@ class Activation:
     joint: Callable | None = field(default=None, compare=False, hash=False, repr=False)
 
     def values(self, z):
-        """``(sigma(z), sigma'(z), sigma''(z))`` on the same nodes: :attr:`joint` or three calls."""
+        """``(sigma(z), sigma'(z), sigma''(z))`` on the same nodes: the ``joint`` field, or
+        three calls."""
         if self.joint is not None:
             return self.joint(z)
         return self.sigma(z), self.d1(z), self.d2(z)

@@ -86,3 +86,20 @@ def test_kinked_ntk_fluctuations_continuous_at_nearly_coinciding_inputs(act, nam
         assert abs(X[0, 1, 0, 1] - X[0, 0, 0, 0]) <= 1e-4 * abs(X[0, 0, 0, 0]), k
     if "A" not in names:
         assert not [w for w in caught if "nearly coincide" in str(w.message)]
+
+
+def test_residual_multi_input_flags_kernels_beyond_its_rules():
+    """Residual N-input trajectory averages of a smooth activation are resolved up to
+    K ~ 64; beyond, the diagonal drifts from the exact one-input module (tanh H1 20 % at
+    K ~ 1.5e3) while error=True sees nothing: pdlt.statistics warns. ReLU: exact, silent."""
+    base = np.random.default_rng(0).standard_normal((2, 3))
+    m = pdlt.MLP(n0=3, width=16, depth=3, activation="tanh", C_b=0.1, C_W=1.0, gamma=0.5)
+    with pytest.warns(RuntimeWarning, match="kernel reaches K = 1.48e"):
+        s = pdlt.statistics(m, base * 100, get=["H1"])
+    one = pdlt.statistics(m, base[:1] * 100, get=["H1"]).H1.reshape(-1)
+    assert np.max(np.abs(s.H1[:, 0, 0] - one)) > 1e-8 * np.max(np.abs(one))   # why it warns
+    for act, scale in (("tanh", 8.0), ("relu", 100.0)):
+        m = pdlt.MLP(n0=3, width=16, depth=3, activation=act, C_b=0.1, C_W=1.0, gamma=0.5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            pdlt.statistics(m, base * scale, get=["V", "G1"])
