@@ -494,12 +494,8 @@ class LayerAverages:
 
     @functools.cached_property
     def Mpp(self):
-        smooth_p = _scale_invariant(self.act) is None and not jumps_in_d1(self.act)
-        if self.N == 1 or not self.act.kinks:
-            # d<p_a p_b>/dK_aa = (1/2)<p''_a p_b> = (1/2)<q'_a p_b>, /dK_ab = <q_a q_b>: with
-            # Stein's lemma for <q'_a p_b> (dqp), well conditioned at any rho
-            return derivative_operator(0.5 * self.dqp, self.QQ, self.t["dpp"])
-        if self._stein_applies("s") and not self._independent:
+        kinked = self.N > 1 and bool(self.act.kinks)
+        if kinked and self._stein_applies("s") and not self._independent:
             # kinked: d<p_a p_b>/dK_aa = (1/2)<sigma'''_a sigma'_b> and /dK_ab =
             # <sigma''_a sigma''_b>, distributionally: the Stein terms T3, T2 of f = sigma
             # (closed forms for the ReLU family), uniform in rho. The Hermite form lost
@@ -517,10 +513,12 @@ class LayerAverages:
             np.fill_diagonal(eDo, 0.0)
             self.Mpp_error = derivative_operator(eDd, eDo, 1e-14 * np.abs(self.t["dpp"]))
             return derivative_operator(Dd, Do, self.t["dpp"])
-        if smooth_p:
-            # a kinked activation whose sigma' is continuous (its jumps not known): the
-            # smooth form holds (q = sigma'' may jump, it has no delta), uniform in rho;
-            # the Hermite form below lost ~(1 - rho^2)^-1, which A and D then squared
+        if not kinked or (_scale_invariant(self.act) is None and not jumps_in_d1(self.act)):
+            # d<p_a p_b>/dK_aa = (1/2)<p''_a p_b> = (1/2)<q'_a p_b>, /dK_ab = <q_a q_b>, with
+            # Stein's lemma for <q'_a p_b> (dqp): well conditioned at any rho, and right
+            # wherever sigma' is continuous (q = sigma'' may jump, it has no delta); a kinked
+            # sigma' of unknown jumps takes the Hermite form below (~(1 - rho^2)^-1 lost,
+            # which A and D then square)
             return derivative_operator(0.5 * self.dqp, self.QQ, self.t["dpp"])
         return derivative_operator(*self._hermite_pp(), self.t["dpp"])
 

@@ -591,8 +591,8 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
         if l >= 1:      # the neuron's own term
             shift = shift + _own_shift(nr, l, dress, nw, avg[l].Mss, d2)
         gm = xi[l + 1] ** 2 * CW[l + 1] * shift + g[l + 1] ** 2 * gm
-        dgm = _d4_carry(dgm, avg[l], "s", xi[l + 1] ** 2 * abs(CW[l + 1]), g[l + 1] ** 2,
-                        np.any(V4))
+        dgm = (xi[l + 1] ** 2 * abs(CW[l + 1]) * _d4_carry(dgm, avg[l], "s", np.any(V4))
+               + g[l + 1] ** 2 * dgm)
     for k, arr in out.items():
         if k.endswith("_error"):
             continue
@@ -602,18 +602,15 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
     return out
 
 
-def _d4_carry(dg, avg, of, gain, g2, sourced):
-    """The estimated absolute error of ``delta_f`` (``of`` "s": G1's shift; "p": H1's
-    ``delta_{pp}``) at this layer, or with ``of="s"`` of the next layer's unnormalized G1:
-    ``|M_ff| dg + d4_error`` (the fourth-derivative source's own estimate,
-    :meth:`~pdlt.theory._averages.LayerAverages.d4_source`), then ``gain * (...) + g2 * dg``
-    for "s". ``dg`` (N, N) is the error of the unnormalized G1 it steps from; ``sourced``:
-    the source was evaluated (V nonzero)."""
+def _d4_carry(dg, avg, of, sourced):
+    """The estimated absolute error of the mean shift ``delta_f`` at this layer (``of``
+    "s": G1's, "p": H1's ``delta_{pp}``): ``|M_ff| dg + d4_error``, the error ``dg`` (N, N)
+    of the unnormalized G1 it steps from through the operator, plus the fourth-derivative
+    source's own estimate (:meth:`~pdlt.theory._averages.LayerAverages.d4_source`) when it
+    was evaluated (``sourced``: V nonzero)."""
     op = avg.Mss if of == "s" else avg.Mpp
     d = apply_M(tuple(np.abs(o) for o in op), dg)
-    if sourced:
-        d = d + avg.d4_error.get(of, 0.0)
-    return gain * d + g2 * dg if of == "s" else d
+    return d + avg.d4_error.get(of, 0.0) if sourced else d
 
 
 def _hess(op, f):

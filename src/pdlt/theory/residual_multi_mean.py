@@ -110,8 +110,6 @@ def residual_ntk_mean_multi(mlp: MLP, x=None, *, Ks=None, Thetas=None,
     return (out["H1"], out["H1_error"]) if return_error else out["H1"]
 
 
-
-
 # ---------------------------------------------------------------------------
 # two-depth averages of products of s = sigma and p = sigma', with Stein derivatives
 # ---------------------------------------------------------------------------
@@ -314,7 +312,7 @@ def _h1_multi(mlp, Ks, Ths, accuracy):
              + g[l + 1] ** 2 * h)
         gm = xi[l + 1] ** 2 * CW[l + 1] * d_ss + g[l + 1] ** 2 * gm
         H1[l + 1] = mlp.widths[l + 1] * h
-        e_ss, e_pp = (_d4_carry(dgm, avg[l], of, 1.0, 0.0, anyV) for of in ("s", "p"))
+        e_ss, e_pp = (_d4_carry(dgm, avg[l], of, anyV) for of in ("s", "p"))
         dh = (xi[l + 1] ** 2 * (abs(lW[l + 1]) * e_ss + abs(CW[l + 1]) * (
             np.abs(Ths[l]) * e_pp + np.abs(avg[l].PP) * dh)) + g[l + 1] ** 2 * dh)
         dgm = xi[l + 1] ** 2 * abs(CW[l + 1]) * e_ss + g[l + 1] ** 2 * dgm
