@@ -291,6 +291,25 @@ def apply_M(op, X):
     return D1[(...,) + ex] * Xd[:, None] + D2[(...,) + ex] * Xd[None, :] + O[(...,) + ex] * X
 
 
+def shift_error(avg, of, dg, G=None, source=0.0):
+    """Estimated absolute error (N, N) of a mean shift ``delta_ff = M_ff g + source``.
+
+    ``of`` "s" (G1's ``delta_{sigma sigma}``) or "p" (H1's ``delta_{sigma' sigma'}``) at
+    the layer of ``avg`` (:class:`LayerAverages`): ``|M_ff| dg`` (``dg`` (N, N): the
+    error of the g it steps from, carried through the operator's absolute values) plus
+    ``source`` (the fourth-derivative source's estimate, ``avg.d4_error[of]``, where it
+    was evaluated) plus, for "p" where the operator has an estimate of its own
+    (``avg.Mpp_error``: kinked activations, Stein terms with delta functions),
+    ``|dM_pp| |G|`` (``G``: the values of g). Written once for the plain steps
+    (``statistics._d4_propagate``) and the residual ones (``residual_multi``).
+    """
+    op = avg.Mss if of == "s" else avg.Mpp
+    d = apply_M(tuple(np.abs(o) for o in op), dg) + source
+    if of == "p" and G is not None and getattr(avg, "Mpp_error", None) is not None:
+        d = d + apply_M(avg.Mpp_error, np.abs(G))
+    return d
+
+
 def apply_M2(op, X):
     """:func:`apply_M` on the last two axes of a 4-tensor."""
     return np.moveaxis(apply_M(op, np.moveaxis(X, (2, 3), (0, 1))), (0, 1), (2, 3))

@@ -58,7 +58,8 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd, rule_up
 from ..network import MLP
-from ._averages import LayerAverages, OneVariableTable, apply_M, representatives
+from ._averages import (LayerAverages, OneVariableTable, apply_M, representatives,
+                        shift_error)
 from .kernel import first_layer_kernel, kernel_fold
 from .residual_ntk import _stein_lyapunov
 
@@ -591,8 +592,8 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
         if l >= 1:      # the neuron's own term
             shift = shift + _own_shift(nr, l, dress, nw, avg[l].Mss, d2)
         gm = xi[l + 1] ** 2 * CW[l + 1] * shift + g[l + 1] ** 2 * gm
-        dgm = (xi[l + 1] ** 2 * abs(CW[l + 1]) * _d4_carry(dgm, avg[l], "s", np.any(V4))
-               + g[l + 1] ** 2 * dgm)
+        e_ss = shift_error(avg[l], "s", dgm, source=avg[l].d4_error["s"] if np.any(V4) else 0.0)
+        dgm = xi[l + 1] ** 2 * abs(CW[l + 1]) * e_ss + g[l + 1] ** 2 * dgm
     for k, arr in out.items():
         if k.endswith("_error"):
             continue
@@ -600,17 +601,6 @@ def _vertex_metric_multi(mlp, Ks, accuracy, stein=False):
             raise FloatingPointError(f"{k} overflowed; reduce the depth or initialize at "
                                      "criticality (pdlt.criticality)")
     return out
-
-
-def _d4_carry(dg, avg, of, sourced):
-    """The estimated absolute error of the mean shift ``delta_f`` at this layer (``of``
-    "s": G1's, "p": H1's ``delta_{pp}``): ``|M_ff| dg + d4_error``, the error ``dg`` (N, N)
-    of the unnormalized G1 it steps from through the operator, plus the fourth-derivative
-    source's own estimate (:meth:`~pdlt.theory._averages.LayerAverages.d4_source`) when it
-    was evaluated (``sourced``: V nonzero)."""
-    op = avg.Mss if of == "s" else avg.Mpp
-    d = apply_M(tuple(np.abs(o) for o in op), dg)
-    return d + avg.d4_error.get(of, 0.0) if sourced else d
 
 
 def _hess(op, f):

@@ -47,8 +47,8 @@ import numpy as np
 
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
-from ._averages import apply_M, is_odd, third_derivative
-from .residual_multi import (_c_zz, _d2_sigma, _d4_carry, _dressed, _expand, _f_forms,
+from ._averages import apply_M, is_odd, shift_error, third_derivative
+from .residual_multi import (_c_zz, _d2_sigma, _dressed, _expand, _f_forms,
                              _field_widths, _gather, _hess, _kind_two_depth, _neuron,
                              _ntk_multi, _own_shift, _pair_sd, _prepare, _rule, _s_own,
                              _s_response, _sp_fields, _two_depth)
@@ -302,6 +302,10 @@ def _h1_multi(mlp, Ks, Ths, accuracy):
         anyV = bool(np.any(V4))
         d_ss = apply_M(avg[l].Mss, gm) + (avg[l].d4_source(V4, "s") if anyV else 0.0)
         d_pp = apply_M(avg[l].Mpp, gm) + (avg[l].d4_source(V4, "p") if anyV else 0.0)
+        # their estimated errors: the d4 sources' and dM_pp's (kinked) through the steps
+        e_ss, e_pp = (shift_error(avg[l], of, dgm, gm,
+                                  avg[l].d4_error.get(of, 0.0) if anyV else 0.0)
+                      for of in ("s", "p"))
         cov = np.zeros((N, N))
         if l >= 1:
             d_ss = d_ss + _own_shift(nr, l, dressS, fx.nw, avg[l].Mss, _d2_sigma(td))
@@ -312,7 +316,6 @@ def _h1_multi(mlp, Ks, Ths, accuracy):
              + g[l + 1] ** 2 * h)
         gm = xi[l + 1] ** 2 * CW[l + 1] * d_ss + g[l + 1] ** 2 * gm
         H1[l + 1] = mlp.widths[l + 1] * h
-        e_ss, e_pp = (_d4_carry(dgm, avg[l], of, anyV) for of in ("s", "p"))
         dh = (xi[l + 1] ** 2 * (abs(lW[l + 1]) * e_ss + abs(CW[l + 1]) * (
             np.abs(Ths[l]) * e_pp + np.abs(avg[l].PP) * dh)) + g[l + 1] ** 2 * dh)
         dgm = xi[l + 1] ** 2 * abs(CW[l + 1]) * e_ss + g[l + 1] ** 2 * dgm

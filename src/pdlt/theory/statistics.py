@@ -40,7 +40,7 @@ import numpy as np
 from .._progress import layers as _layers
 from ..network import MLP
 from ._averages import (KERNEL_RANGE, LayerAverages, LayerBlock, OneVariableTable, _TableRow,
-                        _scale_invariant, apply_M, is_odd, representatives)
+                        _scale_invariant, apply_M, is_odd, representatives, shift_error)
 from .kernel import LayerHyper, first_layer_kernel, kernel_fold
 from .ddntk import ddntk_R_step, ddntk_S_step, ddntk_T_step, ddntk_U_step
 from .dntk import dntk_P_step, dntk_Q_step
@@ -790,21 +790,18 @@ def _d4_propagate(err, avg, hp, Theta, l, G1=None):
     src = getattr(avg, "d4_error_inputs", {})
     N = Theta.shape[0]
     zero = np.zeros((N, N))
-    absop = lambda op: tuple(np.abs(o) for o in op)  # noqa: E731
     rmap = getattr(avg, "inputs_map", None)
     gprev = err["G1"][l - 1] if "G1" in err else zero
     if rmap is not None:    # merged inputs: the operators act on the distinct inputs
         reps, inv = rmap
         ex = lambda X: X[np.ix_(inv, inv)]  # noqa: E731
         g = gprev[np.ix_(reps, reps)]
+        G1 = G1[np.ix_(reps, reps)] if G1 is not None else None
     else:
         ex = lambda X: X  # noqa: E731
         g = gprev
-    dss = ex(apply_M(absop(avg.Mss), g)) + src.get("s", zero)
-    dpp = (ex(apply_M(absop(avg.Mpp), g)) if "H1" in err else zero) + src.get("p", zero)
-    if "H1" in err and G1 is not None and getattr(avg, "Mpp_error", None) is not None:
-        G1d = np.abs(G1[np.ix_(reps, reps)] if rmap is not None else G1)
-        dpp = dpp + ex(apply_M(avg.Mpp_error, G1d))
+    dss = ex(shift_error(avg, "s", g)) + src.get("s", zero)
+    dpp = ex(shift_error(avg, "p", g, G1)) + src.get("p", zero) if "H1" in err else zero
     if "G1" in err:
         if hp.gamma == 0.0 and hp.xi == 1.0:
             err["G1"][l] = abs(hp.ratio * hp.C_W) * dss
