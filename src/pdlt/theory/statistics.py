@@ -714,6 +714,7 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True):
     d4err = d4err or None
     nb = _BLOCK_LAYERS if N == 2 else 0
     block = None
+    quad_rel = np.zeros(L)      # V's averages' estimated error over V's largest entry
     for l in _layers(range(1, L), f"{', '.join(run)}, {N} input{'s' if N > 1 else ''}"):
         if nb and (l - 1) % nb == 0:
             block = LayerBlock(Ks[l - 1:min(l - 1 + nb, L - 1)])     # the kernels stepped from
@@ -731,13 +732,56 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True):
             scale = hps[l].C_W ** 2 * hps[l].xi ** 4
             errors[l] = (float(np.max(E)) if E is not None
                          else 1e-14 * float(np.max(np.abs(avg.quad("ssss"))))) * scale
+            if "V" in out:
+                quad_rel[l] = errors[l] / max(float(np.max(np.abs(out["V"][l]))), 1e-300)
         if d4err is not None:
             _d4_propagate(d4err, avg, hps[l], Ths[l - 1], l,
                           G1=out["G1"][l - 1] if "G1" in out else None)
             errors[l] = max(errors[l], *(float(np.max(v[l])) for v in d4err.values()))
     if d4err is not None and warn:
         _warn_d4(d4err, out, Ks)
+    if warn and N > 1 and accuracy != "fast":   # "fast" states ~1e-6 (gaussian._multi)
+        _warn_quad(quad_rel, act, Ks)
     return out, errors
+
+
+#: V's averages' estimated error, relative to V's largest entry, above which
+#: :func:`statistics` warns at "default" and "high" (the contract of issue #15) where the
+#: kernel stepped from exceeds :data:`_QUAD_K`
+_QUAD_WARN = 1e-8
+#: the variance above which the smooth path's point budget can leave 1e-8 short. Measured
+#: (tanh, four distinct inputs, depth 2, V relative to its largest entry, estimate and
+#: default - high): K = 1..10: estimate <= 2e-9, difference <= 2e-12; K = 30: 8e-7 and
+#: 4e-8; K ~ 100: 1e-5 and 2e-6 (GELU, its pairs in closed form: <= 6e-10 up to 30).
+#: Below it the estimate (the difference from a smaller rule) overestimates 100x and more
+#: (five tanh inputs in two dimensions at K < 1.2: 9.5e-7 against a true ~1e-8), so it
+#: alone would flag resolved results
+_QUAD_K = 10.0
+
+
+def _warn_quad(rel, act, Ks):
+    """Warn when the three- and four-variable averages of a layer miss :data:`_QUAD_WARN`
+    at a variance above :data:`_QUAD_K`.
+
+    Their rules are capped in points (``pdlt.gaussian._multi``: at most
+    ``min(8 x 64^d, 64^4)`` per average), so smooth activations at large variances miss
+    1e-8 (tanh, four distinct inputs at first-layer K ~ 100: 2e-6 of V, 3e-5 of G1, which
+    ``integration_error`` stated but nothing flagged).
+    """
+    kmax = np.array([0.0] + [float(np.max(np.einsum("ii->i", K))) for K in Ks[:-1]])
+    rel = np.where(kmax > _QUAD_K, rel, 0.0)
+    if not np.any(rel > _QUAD_WARN):
+        return
+    l = int(np.argmax(rel))
+    warnings.warn(
+        f"the three- and four-variable Gaussian averages of layer {l + 1} have an estimated "
+        f"error of {rel[l]:.1e} of V's largest entry (> {_QUAD_WARN:g}; largest K = "
+        f"{kmax[l]:.3g} at layer {l}): their rules reach their point budget for {act.name!r} "
+        "at this variance. Treat the finite-width statistics of distinct inputs there as "
+        "resolved to that level (Statistics.integration_error holds V's estimate; "
+        "statistics(..., error=True) measures each statistic), try accuracy='high', "
+        "smaller inputs (K closer to 1), or fewer distinct inputs at a time (pairs use "
+        "two-variable averages, resolved at any K)", RuntimeWarning, stacklevel=4)
 
 
 #: below this 1 - rho^2 of two distinct inputs at a layer the steps read, A and H1 of a
