@@ -83,7 +83,7 @@ def test_halving_is_exact_for_even_integrands():
 def test_trapezoid_sizes_round_up():
     # four equal axes of scale s: below the point budget (64^4) for these s, so the
     # sizes are the rule's count rounded up to the ladder, at most ~6 % more
-    s = np.linspace(0.61, 1.5, 200)[:, None] * np.ones((1, 4))
+    s = np.linspace(M._TRAP_FROM + 0.01, 1.25, 200)[:, None] * np.ones((1, 4))
     q = -M.axis_rules(s, "default")[:, 0]
     c = M._TRAP_C["default"]
     want = np.ceil(1.0 + 2.0 * M._TRAP_T * np.maximum(s[:, 0] * c / np.pi ** 2,

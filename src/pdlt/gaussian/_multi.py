@@ -21,7 +21,7 @@ raises :class:`KernelNotPSDError` naming it and the eigenvalue
 **Smooth integrands: nested product rule, Gauss-Hermite or trapezoid per
 axis.** A tensor rule in u is summed innermost-first, so ``f_k`` is
 evaluated on only ``Q_1 ... Q_k`` points. Along axis k the integrand varies
-on the scale ``s_k = max_i |L_ik|``. Narrow axes (``s_k <= 0.6``) use
+on the scale ``s_k = max_i |L_ik|``. Narrow axes (``s_k <= 0.5``) use
 Gauss-Hermite with ``Q(s) = ceil(q0 + q1 s)`` nodes (rounded up to a rule
 size; ``(q0, q1)`` = (3, 18) "fast", (5, 30) "default", (8, 48) "high",
 (12, 72) "higher", (16, 96) "highest"; with three or fewer variables each
@@ -32,10 +32,13 @@ at "default", 4e-8 one rule up, and tanh's dNTK and ddNTKs at N = 2, 3 were
 1e-8..9e-8 of their scale off an independent reference with the Gauss-Hermite
 axes one rule up, <= 2e-10 two up (``benchmarks/statistics_reference.py``));
 wider axes use the trapezoidal rule on ``|u| <= 8`` with spacing
-``h = min(pi^2 / (c s), 0.7)``, ``c`` = 16 / 25 / 32 / 40 for four variables
+``h = min(pi^2 / (c s), 0.7)``, ``c`` = 16 / 30 / 32 / 40 / 48 for four variables
 (+5 per variable less: the merged powers ``tanh^p`` have stronger
 singularities), at most 640 nodes, and fewer where the tensor grid would
-exceed ``min(8 x 64^d, 64^4)`` points (bounded cost)
+exceed ``min(8 x 64^d, 64^4)`` points (bounded cost; the boundary 0.5 and the
+default c = 30, were 0.6 and 25, from random tanh inputs with N > n0, where four
+variables load on one axis of scale ~0.6: V was 2.9e-8 off, now <= 4.5e-10, see
+``_TRAP_FROM``)
 (``axis_rules``; trapezoid sizes rounded up to a ladder ~6 % apart, so that
 covariances of similar scales share one cached grid), one node for a zero
 axis. The tensor grid is pruned: the lightest points of the outer axes that
@@ -206,8 +209,15 @@ _SPLIT_RULES = {
     "default": (np.array([-8.0, -6.0, -4.0, -2.5, -1.2, 0.0, 1.2, 2.5, 4.0, 6.0, 8.0]), 6),
     "high": (np.array([-8.0, -6.0, -4.5, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0]), 7),
 }
-# smooth path: trapezoidal rule on the axes of scale above _TRAP_FROM (axis_rules)
-_TRAP_FROM = 0.6
+# smooth path: trapezoidal rule on the axes of scale above _TRAP_FROM (axis_rules).
+# 0.5 and default c = 30 (were 0.6 and 25): random tanh inputs with N > n0 (5-8 inputs in
+# 2-3 dims, C_b 0.1, C_W 1.2, depth 4, 12 cases) left V up to 2.9e-8 of its largest entry
+# off "high" (which is within 1e-11 of the eigenbasis reference of
+# benchmarks/statistics_reference.py): four variables loading on one axis of scale ~0.6,
+# their poles aligned there; Gauss-Hermite at s = 0.598 with 24 nodes gave 1.3e-8 of the
+# average's scale, the trapezoid at s = 0.614 with c = 25 3e-8. Now <= 4.5e-10, at ~1.4x
+# the CPU time of the N = 16, depth-10 tanh benchmark (7.6 -> 10.8 s)
+_TRAP_FROM = 0.5
 _TRAP_T = 8.0
 _TRAP_HMAX = 0.7
 _TRAP_QMAX = 640          # nodes per trapezoid axis at most, and the tensor grid of d axes
@@ -216,7 +226,11 @@ _TRAP_LADDER = np.unique(np.append(np.minimum(np.ceil(2.0 * 1.06 ** np.arange(10
                                    _TRAP_QMAX)).astype(int)
 # at most 8 x 64^d points (64 was the old Gauss-Hermite cap), and 64^4 for d = 4
 _TRAP_POINTS = {d: min(8.0 * 64.0 ** d, 64.0 ** 4) for d in range(1, 5)}
-_TRAP_C = {"fast": 16.0, "default": 25.0, "high": 32.0, "higher": 40.0, "highest": 48.0}
+_TRAP_C = {"fast": 16.0, "default": 30.0, "high": 32.0, "higher": 40.0, "highest": 48.0}
+#: entire activations (``growth``: GELU) keep the former boundary and default c: no poles
+#: to align (four-GELU products <= 3e-12 at c = 25, axis_rules)
+_TRAP_FROM_ENTIRE = 0.6
+_TRAP_C_ENTIRE = {**_TRAP_C, "default": 25.0}
 _PHI = 1.0 / math.sqrt(2.0 * math.pi)
 _TWO_MIN_S = 1e-3  # sqrt(1 - rho^2) of the last pair below this: one axis less in closed form
 _GRADE = np.array([1.0])  # offsets around a projected kink, in units of its smoothing width
@@ -293,7 +307,8 @@ def axis_rules(s, accuracy="default", growth=None, gh_up=None, merged=None):
     """Rule codes of the smooth path for axis scales ``s``: Gauss-Hermite or trapezoid.
 
     Gauss-Hermite (:func:`node_count` nodes, code ``q > 0``) on axes of scale
-    ``s <= _TRAP_FROM``, where it converges fast; above, the trapezoidal rule
+    ``s <= _TRAP_FROM`` (entire activations: ``_TRAP_FROM_ENTIRE``), where it
+    converges fast; above, the trapezoidal rule
     (code ``-q``) with spacing ``h = pi^2 / (c s)`` (``c`` from ``accuracy``),
     at most 0.7, i.e. ``q = 1 + 2 _TRAP_T / h`` nodes (capped at
     ``_TRAP_QMAX``): for an activation analytic in ``|Im z| < pi / 2`` (tanh;
@@ -343,7 +358,8 @@ def axis_rules(s, accuracy="default", growth=None, gh_up=None, merged=None):
     gh = node_count(s, gh_accuracy)
     # fewer than four variables: the integrands are powers of the activation
     # (coinciding inputs merged), with stronger singularities: c + 5 per variable less
-    c = _TRAP_C[accuracy] + 5.0 * max(0, 4 - d)
+    c = (_TRAP_C if growth is None else _TRAP_C_ENTIRE)[accuracy] + 5.0 * max(0, 4 - d)
+    trap_from = _TRAP_FROM if growth is None else _TRAP_FROM_ENTIRE
     if growth is None:
         inv_h = s * c / math.pi ** 2
     else:
@@ -352,14 +368,14 @@ def axis_rules(s, accuracy="default", growth=None, gh_up=None, merged=None):
     # rounded up to a ladder of sizes ~6 % apart, so that covariances of similar
     # scales share one (pruned) grid: at most ~6 % more nodes per axis
     q = _TRAP_LADDER[np.searchsorted(_TRAP_LADDER, np.minimum(q, _TRAP_QMAX))]
-    codes = np.where(s > _TRAP_FROM, -q, gh)
+    codes = np.where(s > trap_from, -q, gh)
     # over the point budget: shrink the trapezoid axes by a common factor (the
     # accuracy then drops, and the error estimate says by how much)
     size = np.prod(np.abs(codes).astype(float), axis=-1, keepdims=True)
     n_tr = np.maximum(np.sum(codes < -1, axis=-1, keepdims=True), 1)
     shrink = np.minimum(1.0, (_TRAP_POINTS[max(1, min(d, 4))] / size) ** (1.0 / n_tr))
     qs = np.maximum(np.floor(q * shrink), np.minimum(q, 16)).astype(int)
-    return np.where(s > _TRAP_FROM, -qs, gh)
+    return np.where(s > trap_from, -qs, gh)
 
 
 def _validate_batch(K, d):
