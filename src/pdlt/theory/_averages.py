@@ -607,8 +607,10 @@ class LayerAverages:
         per pair:
 
         * ``"stein"`` (smooth activations; the ReLU family in closed form; elu and
-          other kinked activations with their delta functions at the kinks,
-          :func:`_kink_terms`): ``<f^(k)_a f^(4-k)_b>`` by Stein's
+          other kinked activations with a continuous sigma, a user's too, with their
+          delta functions at the kinks, :func:`_kink_terms`; the error of a user's
+          finite differences and one-sided limits: the source's change at half the
+          step): ``<f^(k)_a f^(4-k)_b>`` by Stein's
           lemma along the rows of K (no ``K^{-1}``), from pair averages with at
           most two derivatives of f per input; uniformly accurate in rho.
         * ``"hermite"``: the 2x2 Hermite tensor (pair moments contracted with
@@ -648,12 +650,13 @@ class LayerAverages:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 val, err = d4_pair_source(W, T[:, a, b], dT[:, a, b])
                 if of in self._stein_alt:
-                    # kinked user activation: the step difference of the source itself
-                    # (the T_k, up to (1 - rho)^-3/2, cancel in it: |T - T2| of each
-                    # would count their error before the cancellation)
+                    # kinked user activation: the step difference of the source itself,
+                    # twice (_stein_terms) (the T_k, up to (1 - rho)^-3/2, cancel in it:
+                    # |T - T2| of each would count their error before the cancellation)
                     dT1, T2 = self._stein_alt[of]
                     err = (d4_pair_source(W, T[:, a, b], dT1[:, a, b])[1]
-                           + np.abs(d4_pair_source(W, T2[:, a, b], 0 * dT1[:, a, b])[0] - val))
+                           + 2.0 * np.abs(d4_pair_source(W, T2[:, a, b], 0 * dT1[:, a, b])[0]
+                                          - val))
                 if si is not None:
                     # ReLU family: the closed forms' only error is det's rounding, the same
                     # for every T_k (a shift of K): measured as the change of the source
@@ -744,10 +747,12 @@ class LayerAverages:
         """The Stein formulation of ``<d^4 (f_a f_b)>`` (``of`` "s": f = sigma; "p": f =
         sigma'): the ReLU family (closed forms); smooth activations with ``f''``
         (``sigma''`` for "s", every activation has it; ``sigma^(3)``,
-        :func:`third_derivative`, for "p"); kinked activations with exact derivatives and
-        a continuous sigma where the jumps of f's derivatives are known (elu: their delta
-        functions in closed form, :func:`_kink_terms`; "p" needs the pointwise third
-        derivative, :func:`_kink_jumps`)."""
+        :func:`third_derivative`, for "p"); kinked activations with a continuous sigma,
+        with the delta functions of f's derivatives at the kinks (:func:`_kink_terms`):
+        elu's jumps exact, other activations' (a user's, exact or numerical derivatives)
+        from one-sided limits and their pointwise derivatives one-sided near the kinks
+        (:func:`_kink_jumps`, :func:`_kinked_derivative`; not for kinks closer than
+        :data:`_KINK_GAP`, nor periodic ones: the Hermite form)."""
         if _scale_invariant(self.act) is not None:
             return True
         if self.act.kinks:
@@ -803,13 +808,15 @@ class LayerAverages:
         # at half the step (fd_alternatives) estimate it
         alt = fd_alternatives(act, of)
         if act.kinks and not _is_elu(act):
-            # kinked (not elu): the jumps from one-sided limits and the pointwise sigma'''
+            # kinked (not elu): the jumps from one-sided limits and the pointwise derivatives
             # near the kinks (Chebyshev series of each side) carry an error too: redone at
-            # half the step and width, with the functions of fd_alternatives
+            # half the step and width, with the functions of fd_alternatives; twice the
+            # difference (the one-sided limits of exact d1, d2 are O(h^2): the half step
+            # leaves 1/4 of their error, the difference is 3/4 of it)
             alt_jumps = _kink_jumps(act, of, 0.5)[0]
             T2, dT2 = self._stein_from([alt.get(i, f) for i, f in enumerate(fs)], alt_jumps)
             self._stein_alt[of] = (dT, T2)
-            dT = dT + dT2 + np.abs(T - T2)
+            dT = dT + dT2 + 2.0 * np.abs(T - T2)
         elif alt:
             T2, dT2 = self._stein_from([alt.get(i, f) for i, f in enumerate(fs)])
             dT = dT + dT2 + np.abs(T - T2)
@@ -1430,8 +1437,8 @@ def third_derivative(act):
     (:func:`_d3_rule`: ~1e-13 of tanh's scale with an exact ``d2``, ~1e-9
     when d1 and d2 are themselves differences; :func:`fd_alternatives`
     estimates the error at run time). Kinked activations get None (elu's
-    pointwise third derivative and the jumps come from :func:`_kink_jumps`;
-    otherwise the fourth-derivative source uses the Hermite form).
+    pointwise third derivative and the jumps come from :func:`_kink_jumps`, other
+    kinked activations' from :func:`_kinked_derivative`, one-sided near the kinks).
     """
     if act.kinks or _scale_invariant(act) is not None:
         return None
