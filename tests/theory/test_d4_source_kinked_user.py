@@ -191,3 +191,16 @@ def test_user_elu_fold_matches_40_digit_reference(alpha, eps):
         if X not in warned:
             assert err <= 1e-8 and est[X][0, 1] <= 1e-8 * scale
     assert warned == ({"H1"} if eps == 0.00186 else set())
+
+
+def test_close_kinks_and_a_jumping_sigma_keep_the_hermite_form():
+    # kinks closer than 0.5 max(1, |c|): no one-sided series of width 0.25 fits between
+    # them; a sigma that jumps (exact derivatives given: not refused at construction):
+    # the Hermite form, as before (None)
+    close = pdlt.activation(lambda z: np.where(z > 0, z, 0.5 * z) + np.where(z > 0.2, z - 0.2, 0.0),
+                            kinks=[0.0, 0.2])
+    assert _kink_jumps(close, "s") is None and _kink_jumps(close, "p") is None
+    jump = pdlt.Activation.from_callable(lambda z: np.where(z > 0, 1.0 + z, z),
+                                         d1=lambda z: np.ones_like(z), d2=lambda z: 0 * z,
+                                         name="jumps", kinks=(0.0,))
+    assert _kink_jumps(jump, "s") is None and _kink_jumps(jump, "p") is None
