@@ -1087,7 +1087,7 @@ def _kinked_derivative(act, order, scale=1.0):
     ``scale``) at ``|z - c| >= w / 2`` from every kink (:data:`_SIDE_WIDTH`), where its
     stencils stay on one side, and within ``w / 2`` the derivative of the Chebyshev
     series of ``act.d2`` on that side (:func:`_side_series`). Numerical derivatives:
-    away from the kinks the finite differences of :func:`~pdlt.activations.from_callable`
+    away from the kinks the finite differences of :meth:`pdlt.Activation.from_callable`
     (at ``scale = 1`` ``act.d1``, ``act.d2`` themselves; :func:`_d3_rule` for the third),
     within ``w / 2`` the ``order``-th derivative of the series of sigma itself: the
     user's ``d1, d2`` shrink their step there down to 1e-7 and cross the kink below it
@@ -1478,7 +1478,8 @@ def fd_alternatives(act, of):
     doubles (first derivatives) or quadruples (second) the round-off, so the
     difference is ~1 to 4 times the larger part of the error (a doubled step
     would give the coarse rule's 64-fold truncation instead). Empty when all
-    three are exact.
+    three are exact. Kinked activations (not elu, not the ReLU family): the
+    functions of :func:`_kinked_pointwise` at half the step and width.
     """
     from ..activations import _fd_derivative
     out = {}
