@@ -122,8 +122,9 @@ def test_elu_mpp_matches_reference(alpha):
 
 def test_kink_jumps():
     # elu exact; a user elu (alpha = 0.5, exact derivatives, kink declared) by one-sided
-    # limits: the same jump of sigma' to 1e-11 and the same G1 terms; its H1 terms need a
-    # pointwise sigma''' (named elu only): None; relu (closed forms elsewhere): None
+    # limits: the same jump of sigma' to 1e-11 and the same G1 terms; its H1 terms too
+    # (h53: sigma''' one-sided near the kink; test_d4_source_kinked_user.py); relu (closed
+    # forms elsewhere): None
     (c, J0, J1), = _kink_jumps(pdlt.activation("elu", alpha=0.5), "s")[0]
     assert (c, J0, J1) == (0.0, 0.0, 0.5)
     (c, J0, J1), = _kink_jumps(pdlt.activation("elu", alpha=0.5), "p")[0]
@@ -133,7 +134,9 @@ def test_kink_jumps():
                                          d2=lambda z: elu.d2(z), name="my_elu", kinks=(0.0,))
     (c, J0, J1), = _kink_jumps(user, "s")[0]
     assert c == 0.0 and J0 == 0.0 and abs(J1 - 0.5) < 1e-11
-    assert _kink_jumps(user, "p") is None and _kink_jumps(pdlt.activation("relu"), "s") is None
+    (c, J0, J1), = _kink_jumps(user, "p")[0]
+    assert abs(J0 - 0.5) < 1e-11 and abs(J1 + 0.5) < 1e-11
+    assert _kink_jumps(pdlt.activation("relu"), "s") is None
     K = _kernel(1e-3)
     Tu, _ = _avg(user, K)._stein_terms("s")
     ref = np.array(REF_T[(0.5, 1e-3, "s")])

@@ -407,6 +407,8 @@ class LayerAverages:
         self._moments = {}
         self._d4 = {}
         self._stein = {}
+        #: of -> (dT without the step difference, T at half the step), kinked user activations
+        self._stein_alt = {}
         self.quad_error = None
         #: the estimated absolute error of :attr:`Mpp` (an operator), where it is known
         self.Mpp_error = None
@@ -624,8 +626,10 @@ class LayerAverages:
         per pair:
 
         * ``"stein"`` (smooth activations; the ReLU family in closed form; elu and
-          other kinked activations with their delta functions at the kinks,
-          :func:`_kink_terms`): ``<f^(k)_a f^(4-k)_b>`` by Stein's
+          other kinked activations with a continuous sigma, a user's too, with their
+          delta functions at the kinks, :func:`_kink_terms`; the error of a user's
+          finite differences and one-sided limits: the source's change at half the
+          step): ``<f^(k)_a f^(4-k)_b>`` by Stein's
           lemma along the rows of K (no ``K^{-1}``), from pair averages with at
           most two derivatives of f per input; uniformly accurate in rho.
         * ``"hermite"``: the 2x2 Hermite tensor (pair moments contracted with
@@ -664,6 +668,14 @@ class LayerAverages:
             T, dT = self._stein_terms(of)
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 val, err = d4_pair_source(W, T[:, a, b], dT[:, a, b])
+                if of in self._stein_alt:
+                    # kinked user activation: the step difference of the source itself,
+                    # twice (_stein_terms) (the T_k, up to (1 - rho)^-3/2, cancel in it:
+                    # |T - T2| of each would count their error before the cancellation)
+                    dT1, T2 = self._stein_alt[of]
+                    err = (d4_pair_source(W, T[:, a, b], dT1[:, a, b])[1]
+                           + 2.0 * np.abs(d4_pair_source(W, T2[:, a, b], 0 * dT1[:, a, b])[0]
+                                          - val))
                 if si is not None:
                     # ReLU family: the closed forms' only error is det's rounding, the same
                     # for every T_k (a shift of K): measured as the change of the source
@@ -754,10 +766,12 @@ class LayerAverages:
         """The Stein formulation of ``<d^4 (f_a f_b)>`` (``of`` "s": f = sigma; "p": f =
         sigma'): the ReLU family (closed forms); smooth activations with ``f''``
         (``sigma''`` for "s", every activation has it; ``sigma^(3)``,
-        :func:`third_derivative`, for "p"); kinked activations with exact derivatives and
-        a continuous sigma where the jumps of f's derivatives are known (elu: their delta
-        functions in closed form, :func:`_kink_terms`; "p" needs the pointwise third
-        derivative, :func:`_kink_jumps`)."""
+        :func:`third_derivative`, for "p"); kinked activations with a continuous sigma,
+        with the delta functions of f's derivatives at the kinks (:func:`_kink_terms`):
+        elu's jumps exact, other activations' (a user's, exact or numerical derivatives)
+        from one-sided limits and their pointwise derivatives one-sided near the kinks
+        (:func:`_kink_jumps`, :func:`_kinked_derivative`; not for kinks closer than
+        :data:`_KINK_GAP`, nor periodic ones: the Hermite form)."""
         if _scale_invariant(self.act) is not None:
             return True
         if self.act.kinks:
@@ -800,17 +814,29 @@ class LayerAverages:
             return self._stein[of]
         act = self.act
         jumps = _kink_jumps(act, of) if act.kinks else None
-        if of == "s":
+        if act.kinks and not _is_elu(act):
+            # a user's kinked activation: its pointwise derivatives one-sided near the kinks
+            fs = _kinked_pointwise(act, of, 1.0)
+        elif of == "s":
             fs = [act.sigma, act.d1, act.d2]
         else:
             fs = [act.d1, act.d2, jumps[1] if jumps else third_derivative(act)]
         T, dT = self._stein_from(fs, jumps[0] if jumps else None)
         # finite-difference derivatives (a user's activation without exact d1, d2; sigma^(3)
         # without a closed form) carry their own error: the same terms with each of them
-        # at half the step (fd_alternatives) estimate it (kinked activations take the
-        # Stein form only with exact derivatives)
-        alt = fd_alternatives(act, of) if not act.kinks else {}
-        if alt:
+        # at half the step (fd_alternatives) estimate it
+        alt = fd_alternatives(act, of)
+        if act.kinks and not _is_elu(act):
+            # kinked (not elu): the jumps from one-sided limits and the pointwise derivatives
+            # near the kinks (Chebyshev series of each side) carry an error too: redone at
+            # half the step and width, with the functions of fd_alternatives; twice the
+            # difference (the one-sided limits of exact d1, d2 are O(h^2): the half step
+            # leaves 1/4 of their error, the difference is 3/4 of it)
+            alt_jumps = _kink_jumps(act, of, 0.5)[0]
+            T2, dT2 = self._stein_from([alt.get(i, f) for i, f in enumerate(fs)], alt_jumps)
+            self._stein_alt[of] = (dT, T2)
+            dT = dT + dT2 + 2.0 * np.abs(T - T2)
+        elif alt:
             T2, dT2 = self._stein_from([alt.get(i, f) for i, f in enumerate(fs)])
             dT = dT + dT2 + np.abs(T - T2)
         self._stein[of] = (T, dT)
@@ -1012,15 +1038,130 @@ def _piecewise_stein_terms(si, K, of):
     return T, dT
 
 
-def _one_sided(fn, c):
-    """``(f(c+), f(c-))``: linear extrapolation from ``c +- h, c +- 2h`` (error O(h^2))."""
+def _one_sided(fn, c, scale=1.0):
+    """``(f(c+), f(c-))``: linear extrapolation from ``c +- h, c +- 2h`` (error O(h^2)),
+    ``h = 1e-6 scale max(1, |c|)``."""
     h = 1e-6 * max(1.0, abs(c))
+    if scale != 1.0:
+        h = h * scale
     up = 2.0 * float(fn(np.float64(c + h))) - float(fn(np.float64(c + 2 * h)))
     lo = 2.0 * float(fn(np.float64(c - h))) - float(fn(np.float64(c - 2 * h)))
     return up, lo
 
 
-def _kink_jumps(act, of):
+#: one side of a kink c is interpolated on ``[c, c +- w]``, ``w = _SIDE_WIDTH max(1, |c|)``
+#: (times the step scale), by a Chebyshev series of degree ``_SIDE_DEG`` (first-kind
+#: points: never at c itself) cut at its rounding plateau; kinks closer than
+#: ``_KINK_GAP max(1, |c|)`` are not split this way (their Stein terms: None)
+_SIDE_WIDTH, _SIDE_DEG, _KINK_GAP = 0.25, 32, 0.5
+
+
+def _side_series(fn, c, side, width):
+    """Chebyshev coefficients of ``fn`` on ``[c, c + side width]`` (x = -1 at c).
+
+    Interpolated at the degree-``_SIDE_DEG`` first-kind points and cut after the last
+    coefficient above 8 times the largest of the last eight (the rounding plateau):
+    the derivatives at the end point amplify the coefficients' rounding by ~n^(2k),
+    so the noise tail is dropped (an analytic piece of width 0.25 converges to it by
+    degree ~10..14: elu, tanh).
+    """
+    def g(x):
+        return np.asarray(fn(c + side * width * 0.5 * (x + 1.0)), dtype=float)
+    coef = np.polynomial.chebyshev.chebinterpolate(g, _SIDE_DEG)
+    plateau = np.max(np.abs(coef[-8:]))
+    big = np.flatnonzero(np.abs(coef) > 8.0 * plateau)
+    return coef[:big[-1] + 1] if big.size else coef[:1]
+
+
+@functools.lru_cache(maxsize=32)
+def _kink_sides(act, base, scale):
+    """``((c, w, {+1: coef, -1: coef}), ...)`` per kink: :func:`_side_series` of
+    ``act.sigma`` (``base = "s"``) or ``act.d2`` (``"q"``) on both sides, width ``w``
+    (:data:`_SIDE_WIDTH`, times ``scale``). None if two kinks are closer than
+    :data:`_KINK_GAP`."""
+    fn = act.sigma if base == "s" else act.d2
+    ks = sorted(float(c) for c in act.kinks)
+    out = []
+    for c in ks:
+        gap = min([abs(c - k) for k in ks if k != c] or [np.inf])
+        if gap < _KINK_GAP * max(1.0, abs(c)):
+            return None
+        w = scale * _SIDE_WIDTH * max(1.0, abs(c))
+        out.append((c, w, {s: _side_series(fn, c, s, w) for s in (1, -1)}))
+    return tuple(out)
+
+
+def _side_derivative(coef, side, width, k, x=-1.0):
+    """The k-th z-derivative of a :func:`_side_series` at its point x (-1: the kink)."""
+    d = np.polynomial.chebyshev.chebder(coef, k) if k else coef
+    return np.polynomial.chebyshev.chebval(x, d) * (2.0 / (side * width)) ** k
+
+
+def _kinked_derivative(act, order, scale=1.0):
+    r"""The pointwise ``sigma^(order)`` (1..3) of a kinked activation (no elu, no ReLU
+    family) for the Stein terms, or None (kinks closer than :data:`_KINK_GAP`).
+
+    Exact derivatives: ``act.d1``, ``act.d2``; sigma''' by the rule of the smooth
+    activations (:func:`_d3_rule`, central differences of ``d2`` at 1e-2 times
+    ``scale``) at ``|z - c| >= w / 2`` from every kink (:data:`_SIDE_WIDTH`), where its
+    stencils stay on one side, and within ``w / 2`` the derivative of the Chebyshev
+    series of ``act.d2`` on that side (:func:`_side_series`). Numerical derivatives:
+    away from the kinks the finite differences of :meth:`pdlt.Activation.from_callable`
+    (at ``scale = 1`` ``act.d1``, ``act.d2`` themselves; :func:`_d3_rule` for the third),
+    within ``w / 2`` the ``order``-th derivative of the series of sigma itself: the
+    user's ``d1, d2`` shrink their step there down to 1e-7 and cross the kink below it
+    (O(1) and O(1e7) wrong in that band), which nearly coinciding pairs see (elu(0.5)
+    G1's T_k 160 % off at 1 - rho = 1e-6). Measured against the exact derivatives over
+    ``|z - c| in [1e-9, 0.1]``: sigma', sigma'', sigma''' to 2e-14, 4e-12, 4.8e-10
+    (elu(0.5)); 6e-13, 2e-10, 3.7e-8 (tanh with its negative side halved; the worst at
+    the kink itself). ``scale = 0.5`` (:func:`fd_alternatives`) halves steps and widths.
+    """
+    from ..activations import _fd_derivative
+    exact = act.derivatives == "exact"
+    if exact and order < 3:
+        return act.d1 if order == 1 else act.d2
+    sides = _kink_sides(act, "q" if exact else "s", scale)
+    if sides is None:
+        return None
+    k = 1 if exact else order
+    if order == 3:
+        far = _d3_rule(act, scale)
+    elif scale == 1.0:
+        far = act.d1 if order == 1 else act.d2
+    else:
+        far = _fd_derivative(act.sigma, order, 1e-2 * scale, act.kinks)
+
+    def fn(z):
+        z = np.asarray(z, dtype=float)
+        out = np.empty(z.shape)
+        near = np.zeros(z.shape, dtype=bool)
+        for c, w, ser in sides:
+            for s in (1, -1):
+                m = ((z - c > 0) if s == 1 else (z - c <= 0)) & (np.abs(z - c) < 0.5 * w)
+                if np.any(m):
+                    x = 2.0 * np.abs(z[m] - c) / w - 1.0
+                    out[m] = _side_derivative(ser[s], s, w, k, x)
+                    near |= m
+        if not np.all(near):
+            out[~near] = far(z[~near])
+        return out
+    return fn
+
+
+def _kinked_third(act, scale=1.0):
+    """``sigma'''`` of :func:`_kinked_derivative`."""
+    return _kinked_derivative(act, 3, scale)
+
+
+def _kinked_pointwise(act, of, scale=1.0):
+    """``[f, f', f'']`` pointwise for the Stein terms of a kinked activation (f = sigma:
+    ``of = "s"``, sigma': ``"p"``), by :func:`_kinked_derivative`; None where it is."""
+    orders = (0, 1, 2) if of == "s" else (1, 2, 3)
+    fs = [act.sigma if k == 0 else _kinked_derivative(act, k, scale) for k in orders]
+    return None if any(f is None for f in fs) else fs
+
+
+def _kink_jumps(act, of, scale=1.0):
     r"""The jumps at the kinks for the Stein terms of a kinked activation, or None.
 
     With ``f0, f1 = sigma, sigma'`` (``of = "s"``) or ``sigma', sigma''`` (``"p"``),
@@ -1034,29 +1175,52 @@ def _kink_jumps(act, of):
         ``jumps``: tuple of ``(c, J0, J1)`` per kink; ``f2``: the pointwise third
         derivative for ``"p"`` (None for ``"s"``). elu: exact (``sigma' `` jumps by
         ``1 - alpha``, ``sigma''`` by ``-alpha``; ``sigma''' = alpha e^z`` below 0, 0
-        above, i.e. ``act.d2``). Other kinked activations with exact derivatives and a
-        continuous sigma: ``"s"`` only, jumps of ``act.d1`` from one-sided limits
-        (:func:`_one_sided`, error ~1e-12 |sigma'''|). None for the ReLU family (closed
-        forms: :func:`_piecewise_stein_terms`), numerical derivatives, periodic ones.
+        above, i.e. ``act.d2``). Other kinked activations with a continuous sigma:
+        with exact derivatives, the jumps of ``act.d1`` (and ``act.d2``) from one-sided
+        limits (:func:`_one_sided`, error ~1e-12 |sigma'''|); with numerical ones, the
+        one-sided derivatives of sigma itself at the kink from the Chebyshev series of
+        each side (:func:`_side_series`; measured: the jumps of sigma' to 2e-14 .. 9e-13,
+        of sigma'' to 4e-12 .. 3e-10, elu(0.5) and a kinked tanh); f2
+        :func:`_kinked_third`. ``scale`` (0.5: the
+        second estimate of :meth:`LayerAverages._stein_terms`) scales every step and
+        width. None for the ReLU family (closed forms: :func:`_piecewise_stein_terms`),
+        periodic ones, a sigma that jumps, kinks closer than :data:`_KINK_GAP`.
     """
-    if (not act.kinks or _scale_invariant(act) is not None or act.derivatives != "exact"
-            or act.period is not None):
+    if not act.kinks or _scale_invariant(act) is not None or act.period is not None:
         return None
     if act.spec is not None and act.spec[0] == "elu":
         al = float(act.parameters["alpha"])
         kinks = tuple((float(c), 0.0, 1.0 - al) if of == "s" else (float(c), 1.0 - al, -al)
                       for c in act.kinks)
         return kinks, (None if of == "s" else act.d2)
+    f2 = None
     if of == "p":
-        return None
+        f2 = _kinked_third(act, scale)
+        if f2 is None:
+            return None
     out = []
-    for c in act.kinks:
-        s_up, s_lo = _one_sided(act.sigma, float(c))
-        if abs(s_up - s_lo) > 1e-9 * max(1.0, abs(s_up)):
-            return None                                   # sigma itself jumps
-        p_up, p_lo = _one_sided(act.d1, float(c))
-        out.append((float(c), 0.0, p_up - p_lo))
-    return tuple(out), None
+    if act.derivatives == "exact":
+        for c in act.kinks:
+            s_up, s_lo = _one_sided(act.sigma, float(c), scale)
+            if abs(s_up - s_lo) > 1e-9 * max(1.0, abs(s_up)):
+                return None                                   # sigma itself jumps
+            p_up, p_lo = _one_sided(act.d1, float(c), scale)
+            if of == "s":
+                out.append((float(c), 0.0, p_up - p_lo))
+            else:
+                q_up, q_lo = _one_sided(act.d2, float(c), scale)
+                out.append((float(c), p_up - p_lo, q_up - q_lo))
+        return tuple(out), f2
+    sides = _kink_sides(act, "s", scale)
+    if sides is None:
+        return None
+    for c, w, ser in sides:
+        lim = {s: [_side_derivative(ser[s], s, w, k) for k in range(3)] for s in (1, -1)}
+        up, lo = lim[1], lim[-1]
+        if abs(up[0] - lo[0]) > 1e-9 * max(1.0, abs(up[0])):
+            return None                                       # sigma itself jumps
+        out.append((c, 0.0, up[1] - lo[1]) if of == "s" else (c, up[1] - lo[1], up[2] - lo[2]))
+    return tuple(out), f2
 
 
 #: relative error of the one-variable conditional averages of :func:`_kink_pair`
@@ -1293,8 +1457,8 @@ def third_derivative(act):
     (:func:`_d3_rule`: ~1e-13 of tanh's scale with an exact ``d2``, ~1e-9
     when d1 and d2 are themselves differences; :func:`fd_alternatives`
     estimates the error at run time). Kinked activations get None (elu's
-    pointwise third derivative and the jumps come from :func:`_kink_jumps`;
-    otherwise the fourth-derivative source uses the Hermite form).
+    pointwise third derivative and the jumps come from :func:`_kink_jumps`, other
+    kinked activations' from :func:`_kinked_derivative`, one-sided near the kinks).
     """
     if act.kinks or _scale_invariant(act) is not None:
         return None
@@ -1333,10 +1497,22 @@ def fd_alternatives(act, of):
     doubles (first derivatives) or quadruples (second) the round-off, so the
     difference is ~1 to 4 times the larger part of the error (a doubled step
     would give the coarse rule's 64-fold truncation instead). Empty when all
-    three are exact.
+    three are exact. Kinked activations (not elu, not the ReLU family): the
+    functions of :func:`_kinked_pointwise` at half the step and width.
     """
     from ..activations import _fd_derivative
     out = {}
+    if act.kinks:
+        # the named elu, the ReLU family: exact; other kinked activations:
+        # _kinked_pointwise at half the step and width, where not exact
+        if _is_elu(act) or _scale_invariant(act) is not None:
+            return out
+        fs = _kinked_pointwise(act, of, 0.5)
+        if fs is None:
+            return out
+        off = 0 if of == "s" else 1            # position k holds sigma^(k + off)
+        return {k: f for k, f in enumerate(fs)
+                if k + off >= 1 and (act.derivatives != "exact" or k + off == 3)}
     if act.derivatives != "exact":      # a user's d1, d2 (step 1e-2 unless declared)
         d1 = _fd_derivative(act.sigma, 1, 5e-3, act.kinks)
         d2 = _fd_derivative(act.sigma, 2, 5e-3, act.kinks)
@@ -1346,6 +1522,11 @@ def fd_alternatives(act, of):
         if not (name == "monomial" or (name is not None and _third_named(name) is not None)):
             out[2] = _d3_rule(act, 0.5)
     return out
+
+
+def _is_elu(act):
+    """True for the named elu (its jumps and sigma''' exact: :func:`_kink_jumps`)."""
+    return act.spec is not None and act.spec[0] == "elu"
 
 
 #: Gauss-Legendre nodes per smooth piece of the angular integral (trigonometric

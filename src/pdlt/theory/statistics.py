@@ -875,8 +875,10 @@ def _warn_d4(err, out, Ks):
             f"{name} of inputs {a} and {b} at layer {l + 1} has an estimated error of "
             f"{rel[l, a, b]:.1e} of its scale (> {_D4_WARN:g}; 1 - rho = {one_minus_rho:.1e} at "
             f"layer {l}): its fourth-derivative source is ill-conditioned for nearly "
-            "coinciding inputs of a kinked activation (or one without exact derivatives: "
-            "Hermite form, ~(1 - rho^2)^-2; coinciding limit, O(1 - rho)). Treat that entry "
+            "coinciding inputs of a kinked activation (where sigma' jumps, the terms of its "
+            "Stein form grow like (1 - rho)^-3/2 or faster and cancel; the Hermite form, "
+            "where it is still used, loses ~(1 - rho^2)^-2; the coinciding limit is "
+            "O(1 - rho)). Treat that entry "
             "as unresolved (Statistics.integration_error holds the estimate), merge the two "
             "inputs if they are meant to coincide, or use inputs further apart",
             RuntimeWarning, stacklevel=4)
