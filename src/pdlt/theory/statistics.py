@@ -101,7 +101,8 @@ class Statistics:
         error of every entry of that order-1/n statistic (its shape), the
         difference of two integration rules, propagated through the fold;
         for two distinct inputs of a kinked activation with
-        ``1 - rho^2 < 1e-3`` at some layer, at least 8 times the change of
+        ``1 - rho^2 < 1e-3`` at some layer (and a statistic asked for other
+        than V, G1, kappa3), at least 8 times the change of
         the whole flow when the first layer's off-diagonal K moves by
         4 ulp (the rounding of V, amplified by ``d<sigma'_a sigma'_b>/dK ~
         (1 - rho^2)^-1/2``; the closed forms of the ReLU family make the two
@@ -758,6 +759,9 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True):
 #: 4e-11 at 1 - rho^2 = 6.7e-7, 1e-6 at 6.7e-11; H1 4e-6 absolute at 6.7e-7, 4.9 at
 #: 6.7e-11, where H1_01 itself is 1.5e-5). Above it the spread is far below 1e-8 of scale.
 _KINKED_NEAR = 1e-3
+#: statistics whose steps do not contract with ``d<sigma'_a sigma'_b>/dK``: asked for
+#: alone, they skip the spread (V is resolved at any rho, G1 has its d4 estimate)
+_NO_PP_CONTRACTION = frozenset({"V", "G1", "kappa3"})
 #: the stated estimate is this times the measured spread (the true distance to the
 #: reference was 0.2 .. 2.5 times the spread for V, G1, D, A and H1 at 1 - rho^2 = 6.7e-7
 #: .. 6.7e-11)
@@ -1014,9 +1018,10 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         fields.update(vals)
         spread = None
         L, N = Ks.shape[0], Ks.shape[1]
-        if (N > 1 and L > 1 and mlp.activation.kinks
+        if (N > 1 and L > 1 and mlp.activation.kinks and finite - _NO_PP_CONTRACTION
                 and _nearest_pair(Ks[:L - 1])[0] < _KINKED_NEAR):
             # nearly coinciding inputs of a kinked activation: the rounding of K, amplified
+            # (V, G1, kappa3 alone: no d<p p>/dK contraction; G1's own estimate stands)
             spread = _rounding_spread(mlp, K, Theta, rtol, finite, accuracy, vals)
             _warn_rounding(mlp.activation, spread, vals,
                            [k for k in ORDER_ONE_OVER_N if k in get], Ks[:L - 1])
