@@ -830,13 +830,15 @@ def _cs_scale(X):
     return np.maximum(np.abs(X), cs)
 
 
-def _warn_rounding(act, est, vals, names, Ks):
+def _warn_rounding(act, est, vals, names, Ks, residual=False):
     """Warn once per statistic in ``names`` with an entry's estimate above
     :data:`_ROUNDING_WARN` of its scale (:func:`_rounding_spread`)."""
     sep = _nearest_pair(Ks)
     for name in names:
-        if name in ("G1", "H1"):
-            continue    # warned from their fourth-derivative sources' estimate (_warn_d4)
+        if name in ("G1", "H1") and not residual:
+            # plain MLPs: warned from their fourth-derivative sources' estimate (_warn_d4),
+            # which covered the reference's distance (relu, leaky) 10-25x
+            continue
         E, X = est[name], vals[name]
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.where(E > 0, E / _cs_scale(X), 0.0)
@@ -1024,7 +1026,8 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
             # (V, G1, kappa3 alone: no d<p p>/dK contraction; G1's own estimate stands)
             spread = _rounding_spread(mlp, K, Theta, rtol, finite, accuracy, vals)
             _warn_rounding(mlp.activation, spread, vals,
-                           [k for k in ORDER_ONE_OVER_N if k in get], Ks[:L - 1])
+                           [k for k in ORDER_ONE_OVER_N if k in get], Ks[:L - 1],
+                           residual=mlp.is_residual)
             if errors is not None:
                 errors = np.maximum(errors, np.max([v.reshape(L, -1).max(axis=1)
                                                     for v in spread.values()], axis=0))
