@@ -40,7 +40,7 @@ import numpy as np
 from .._progress import layers as _layers
 from ..network import MLP
 from ._averages import (KERNEL_RANGE, LayerAverages, LayerBlock, OneVariableTable, _TableRow,
-                        _scale_invariant, apply_M, is_odd, representatives)
+                        _scale_invariant, apply_M, is_odd, jumps_in_d1, representatives)
 from .kernel import LayerHyper, first_layer_kernel, kernel_fold
 from .ddntk import ddntk_R_step, ddntk_S_step, ddntk_T_step, ddntk_U_step
 from .dntk import dntk_P_step, dntk_Q_step
@@ -93,16 +93,17 @@ class Statistics:
         inputs: the propagated errors of G1 and H1 from their fourth-derivative
         sources alone (set when G1 or H1 was computed; ``error=True`` measures
         every average). :func:`statistics` warns when a G1 or H1 entry's
-        estimate exceeds 1e-8 of its scale. Two distinct inputs of a kinked
-        activation with ``1 - rho^2 < 1e-3`` at some layer: also the
-        rounding spread below, at its largest entry per layer.
+        estimate exceeds 1e-8 of its scale. Two distinct inputs of an
+        activation whose sigma' jumps, with ``1 - rho^2 < 1e-3`` at some
+        layer: also the rounding spread below, at its largest entry per layer.
     error : dict or None
         With ``statistics(..., error=True)``: name -> estimated absolute
         error of every entry of that order-1/n statistic (its shape), the
         difference of two integration rules, propagated through the fold;
-        for two distinct inputs of a kinked activation with
-        ``1 - rho^2 < 1e-3`` at some layer (and a statistic asked for other
-        than V, G1, kappa3), at least 8 times the change of
+        for two distinct inputs of an activation whose sigma' jumps at a kink
+        (ReLU family, elu with alpha != 1) with ``1 - rho^2 < 1e-3`` at some
+        layer (and a statistic asked for other than V, G1, kappa3), at least
+        8 times the change of
         the whole flow when the first layer's off-diagonal K moves by
         4 ulp (the rounding of V, amplified by ``d<sigma'_a sigma'_b>/dK ~
         (1 - rho^2)^-1/2``; the closed forms of the ReLU family make the two
@@ -971,7 +972,8 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         add ~1e-13 relative on top. Costs the second fold. Two distinct
         inputs of a kinked activation closer than ``1 - rho^2 = 1e-3`` at a
         layer: at least the rounding spread (``Statistics.error``), which
-        :func:`statistics` computes for them anyway (two more flows).
+        :func:`statistics` computes for them anyway where sigma' jumps (two
+        more flows).
 
     Returns
     -------
@@ -1020,10 +1022,12 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         fields.update(vals)
         spread = None
         L, N = Ks.shape[0], Ks.shape[1]
-        if (N > 1 and L > 1 and mlp.activation.kinks and finite - _NO_PP_CONTRACTION
+        if (N > 1 and L > 1 and mlp.activation.kinks and jumps_in_d1(mlp.activation)
+                and finite - _NO_PP_CONTRACTION
                 and _nearest_pair(Ks[:L - 1])[0] < _KINKED_NEAR):
-            # nearly coinciding inputs of a kinked activation: the rounding of K, amplified
-            # (V, G1, kappa3 alone: no d<p p>/dK contraction; G1's own estimate stands)
+            # nearly coinciding inputs of an activation whose sigma' jumps: the rounding of
+            # K, amplified (V, G1, kappa3 alone: no d<p p>/dK contraction; G1's own estimate
+            # stands; a continuous sigma' (elu) keeps d<p p>/dK bounded: no amplification)
             spread = _rounding_spread(mlp, K, Theta, rtol, finite, accuracy, vals)
             _warn_rounding(mlp.activation, spread, vals,
                            [k for k in ORDER_ONE_OVER_N if k in get], Ks[:L - 1],
