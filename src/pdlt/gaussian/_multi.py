@@ -663,7 +663,10 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
     ----------
     fs : sequence of d callables
         Vectorized functions. If every one is a ``PiecewiseMonomial``
-        the innermost axis is integrated exactly.
+        the innermost axis is integrated exactly. Two variables of
+        piecewise monomials, or of functions kinked at 0 only (elu), take
+        the polar form (:func:`_polar_pair`, :func:`_polar_pair_kinked`):
+        uniform in the correlation, collinear covariances included.
     K : array_like of shape (..., d, d)
         Covariances: symmetric positive semi-definite of any rank
         (degenerate Gaussians are integrated exactly on their support).
