@@ -116,8 +116,11 @@ def test_elu_mpp_matches_reference(alpha):
         assert abs(D1[0, 1] - 0.5 * ref[3]) <= E1[0, 1] <= 1e-12 * abs(ref[3])
         assert abs(D1[1, 0] - 0.5 * ref[1]) <= E1[1, 0] <= 1e-12 * abs(ref[1])
         if om == 1e-3:
+            # the Hermite form loses ~eps / (1 - rho^2)^2 even on exact pair moments (its
+            # 3e-2 came mostly from the split path's moments; with the polar pair
+            # integrals, 5e-9): the Stein form is the one resolved to 1e-12
             Hd, Ho = avg._hermite_pp()
-            assert abs(Ho[0, 1] - ref[2]) > 1e-2 * abs(ref[2])
+            assert abs(Ho[0, 1] - ref[2]) > 1e-10 * abs(ref[2])
 
 
 def test_kink_jumps():
@@ -261,12 +264,18 @@ def test_elu_quad_error_estimate_matches_independent_reference():
     mlp = pdlt.MLP(n0=8, width=32, depth=4, activation=act, C_b=0.1, C_W=1.0)
     K = pdlt.statistics(mlp, x, get=["K"]).K[1]
     ref = _elu_ref_quad(K)
+    # (h54: entries of two distinct inputs take the polar form now, 5e-15 off (they were
+    # the 5.8e-10); the split rule is left with the three-input ones: 2.9e-11, estimate
+    # 3.0e-11)
     T, E = quad_expectations(act, K, accuracy="default", return_error=True)
-    actual = np.max(np.abs(T - ref))
-    assert 5e-11 < actual < 5e-9                       # resolvable: the reference is 3e-14
-    assert 0.5 * actual <= np.max(E) <= 2.0 * actual, (np.max(E), actual)
+    distinct = np.array([len(set(i)) for i in np.ndindex(*T.shape)]).reshape(T.shape)
+    assert np.max(np.abs(T - ref)[distinct < 3]) < 1e-13
+    three = distinct == 3
+    actual = np.max(np.abs(T - ref)[three])
+    assert 1e-11 < actual < 5e-9                       # resolvable: the reference is 3e-14
+    assert 0.5 * actual <= np.max(E[three]) <= 2.0 * actual, (np.max(E[three]), actual)
     Th = quad_expectations(act, K, accuracy="high")
-    assert np.max(np.abs(Th - ref)) < 1e-2 * actual    # "high" is the better rule
+    assert np.max(np.abs(Th - ref)[three]) < 1e-2 * actual    # "high" is the better rule
 
 
 def _rel(X, R):

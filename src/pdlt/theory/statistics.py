@@ -40,7 +40,8 @@ import numpy as np
 from .._progress import layers as _layers
 from ..network import MLP
 from ._averages import (KERNEL_RANGE, LayerAverages, LayerBlock, OneVariableTable, _TableRow,
-                        _scale_invariant, apply_M, is_odd, representatives, shift_error)
+                        _scale_invariant, apply_M, is_odd, jumps_in_d1, representatives,
+                        shift_error)
 from .kernel import LayerHyper, first_layer_kernel, kernel_fold
 from .ddntk import ddntk_R_step, ddntk_S_step, ddntk_T_step, ddntk_U_step
 from .dntk import dntk_P_step, dntk_Q_step
@@ -93,11 +94,23 @@ class Statistics:
         inputs: the propagated errors of G1 and H1 from their fourth-derivative
         sources alone (set when G1 or H1 was computed; ``error=True`` measures
         every average). :func:`statistics` warns when a G1 or H1 entry's
-        estimate exceeds 1e-8 of its scale.
+        estimate exceeds 1e-8 of its scale. Two distinct inputs of an
+        activation whose sigma' jumps, with ``1 - rho^2 < 1e-3`` at some
+        layer: also the rounding spread below, at its largest entry per layer.
     error : dict or None
         With ``statistics(..., error=True)``: name -> estimated absolute
         error of every entry of that order-1/n statistic (its shape), the
-        difference of two integration rules, propagated through the fold.
+        difference of two integration rules, propagated through the fold;
+        for two distinct inputs of an activation whose sigma' jumps at a kink
+        (ReLU family, elu with alpha != 1) with ``1 - rho^2 < 1e-3`` at some
+        layer (and a statistic asked for other than V, G1, kappa3), at least
+        8 times the change of
+        the whole flow when the first layer's off-diagonal K moves by
+        4 ulp (the rounding of V, amplified by ``d<sigma'_a sigma'_b>/dK ~
+        (1 - rho^2)^-1/2``; the closed forms of the ReLU family make the two
+        rules agree exactly). :func:`statistics` warns, also without
+        ``error=True``, when an entry of a statistic asked for (other than
+        G1, H1) has this estimate above 1e-8 of its Cauchy-Schwarz scale.
     """
 
     mlp: MLP
@@ -679,8 +692,6 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True):
         errors = np.max([np.max(E.reshape(L, -1), axis=1) for E in d4given.values()], axis=0)
         if warn:
             _warn_d4(d4given, out, Ks)
-    if N > 1 and L > 1 and warn and act.kinks and need & {"A", "H1"}:
-        _warn_kinked_coinciding(act, Ks[:L - 1], sorted(need & {"A", "H1"}))
     if L == 1 or not run:
         return out, errors
     diag = np.einsum("lii->li", Ks[:L - 1])
@@ -784,34 +795,113 @@ def _warn_quad(rel, act, Ks):
         "two-variable averages, resolved at any K)", RuntimeWarning, stacklevel=4)
 
 
-#: below this 1 - rho^2 of two distinct inputs at a layer the steps read, A and H1 of a
-#: kinked activation are not resolved to 1e-8. Their steps contract V (and G1) with
-#: d<sigma'_a sigma'_b>/dK ~ (1 - rho^2)^-1/2, twice for A, so V's own error returns
-#: amplified: relu (C_b 0.1, C_W 2, depth 4, two inputs) A_ab off by ~2e-12 / (1 - rho^2)
-#: of scale (3e-4 at 6.7e-9, 0.14 at 6.7e-11); H1_ab of relu 0.07 -> 3e5 between
-#: 1 - rho = 1e-3 and 1e-5 apart (its G1, H1 estimate said 5e-4); elu(0.5) A 0.56 at 5e-11
+#: 1 - rho^2 of two distinct inputs (at a layer the steps read) below which
+#: :func:`statistics` measures how the statistics of a kinked activation move when K's
+#: off-diagonal moves by 4 ulp (:func:`_rounding_spread`). Their steps contract V, D and
+#: G1 with ``d<sigma'_a sigma'_b>/dK ~ (1 - rho^2)^-1/2`` (A twice) and H1's fourth-derivative
+#: source weighs V's entries by ``(1 - rho^2)^-3/2``, so the rounding of V's entries returns
+#: amplified (relu, C_b 0.1, C_W 2, depth 4, two inputs, against the 40-digit reference of
+#: ``benchmarks/relu_coinciding_reference.py``: A ~7e-17 / (1 - rho^2) of its scale,
+#: 4e-11 at 1 - rho^2 = 6.7e-7, 1e-6 at 6.7e-11; H1 4e-6 absolute at 6.7e-7, 4.9 at
+#: 6.7e-11, where H1_01 itself is 1.5e-5). Above it the spread is far below 1e-8 of scale.
 _KINKED_NEAR = 1e-3
+#: statistics whose steps do not contract with ``d<sigma'_a sigma'_b>/dK``: asked for
+#: alone, they skip the spread (V is resolved at any rho, G1 has its d4 estimate)
+_NO_PP_CONTRACTION = frozenset({"V", "G1", "kappa3"})
+#: the stated estimate is this times the measured spread (the true distance to the
+#: reference was 0.2 .. 2.5 times the spread for V, G1, D, A and H1 at 1 - rho^2 = 6.7e-7
+#: .. 6.7e-11)
+_SPREAD_FACTOR = 8.0
+#: relative error of an entry (of its Cauchy-Schwarz scale) above which :func:`statistics`
+#: warns about nearly coinciding inputs of a kinked activation
+_ROUNDING_WARN = 1e-8
 
 
-def _warn_kinked_coinciding(act, Ks, names):
-    """Warn when two distinct inputs nearly coincide (see :data:`_KINKED_NEAR`)."""
+def _nearest_pair(Ks):
+    """``(1 - rho^2, l, a, b)`` of the closest two distinct inputs over the layers ``Ks``
+    (L, N, N); exactly coinciding inputs (merged by the fold) do not count."""
     d = np.einsum("lii->li", Ks)
     with np.errstate(divide="ignore", invalid="ignore"):
         r = 1.0 - Ks ** 2 / (d[:, :, None] * d[:, None, :])
     N = Ks.shape[1]
     r[:, np.arange(N), np.arange(N)] = np.inf
-    r[~np.isfinite(r)] = np.inf
-    if np.min(r) >= _KINKED_NEAR:
-        return
+    r[~np.isfinite(r) | (r <= 0.0)] = np.inf
     l, a, b = (int(i) for i in np.unravel_index(np.argmin(r), r.shape))
-    warnings.warn(
-        f"inputs {a} and {b} nearly coincide (1 - rho^2 = {r[l, a, b]:.1e} at layer {l + 1}): "
-        f"{' and '.join(names)} of the kinked activation {act.name!r} are not resolved to "
-        f"1e-8 for such pairs below 1 - rho^2 = {_KINKED_NEAR:g} (their steps contract V with "
-        "d<sigma'_a sigma'_b>/dK ~ (1 - rho^2)^-1/2, which amplifies V's own error; relu: "
-        "~2e-12 / (1 - rho^2) of scale in A, worse in H1). Treat those entries as unresolved, "
-        "merge the two inputs if they are meant to coincide, or use inputs further apart",
-        RuntimeWarning, stacklevel=4)
+    return float(r[l, a, b]), l, a, b
+
+
+def _rounding_spread(mlp, K, Theta, rtol, need, accuracy, vals):
+    """The estimated absolute error of every entry of ``vals`` from the rounding of K.
+
+    The whole flow again (kernel, NTK and the order-1/n fold) from the first layer's
+    kernel ``K`` (N, N) and NTK ``Theta`` with every off-diagonal ``K_ab`` times
+    ``1 +- 4 eps``: the exact statistics move by ~eps relative, while the rounding,
+    amplified by nearly coinciding kinked inputs, moves at random (the rounding of
+    ``K^(l)_ab`` also moves ``1 - rho^2`` by ~eps / (1 - rho^2) relative, which Theta's
+    fold inherits through ``<sigma'_a sigma'_b>``). :data:`_SPREAD_FACTOR` times the
+    larger change; a fold that fails (inputs collinear to round-off) gives ``inf``.
+    """
+    eps = np.finfo(float).eps
+    N = K.shape[0]
+    off = ~np.eye(N, dtype=bool)
+    spread = {k: np.zeros_like(v) for k, v in vals.items()}
+    for sgn in (1.0, -1.0):
+        Kp = K.copy()
+        Kp[off] *= 1.0 + sgn * 4 * eps
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                Ks, Ths, _, _ = _kernel_fold_shared(mlp, Kp, Theta, rtol, False)
+                alt, _ = _finite_fold(mlp, Ks, Ths, need, accuracy, warn=False)
+        except (FloatingPointError, ValueError):
+            return {k: np.full_like(v, np.inf) for k, v in vals.items()}
+        for k in spread:
+            with np.errstate(invalid="ignore"):
+                dk = np.abs(alt[k] - vals[k])
+            spread[k] = np.maximum(spread[k], np.where(np.isfinite(dk), dk, np.inf))
+    return {k: _SPREAD_FACTOR * v for k, v in spread.items()}
+
+
+def _cs_scale(X):
+    """Per entry of X (L, N, ..., N): ``max(|X|, prod_k |X_(i_k ... i_k)|^(1/r))``."""
+    L, r = X.shape[0], X.ndim - 1
+    N = X.shape[1]
+    ar = np.arange(N)
+    d = np.abs(X[(slice(None),) + (ar,) * r]).reshape(L, N)
+    cs = np.ones(X.shape)
+    for k in range(r):
+        shape = [L] + [1] * r
+        shape[k + 1] = N
+        cs = cs * d.reshape(shape) ** (1.0 / r)
+    return np.maximum(np.abs(X), cs)
+
+
+def _warn_rounding(act, est, vals, names, Ks, residual=False):
+    """Warn once per statistic in ``names`` with an entry's estimate above
+    :data:`_ROUNDING_WARN` of its scale (:func:`_rounding_spread`)."""
+    sep = _nearest_pair(Ks)
+    for name in names:
+        if name in ("G1", "H1") and not residual:
+            # plain MLPs: warned from their fourth-derivative sources' estimate (_warn_d4),
+            # which covered the reference's distance (relu, leaky) 10-25x
+            continue
+        E, X = est[name], vals[name]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(E > 0, E / _cs_scale(X), 0.0)
+        if not np.any(rel > _ROUNDING_WARN):
+            continue
+        at = np.unravel_index(np.argmax(rel), rel.shape)
+        warnings.warn(
+            f"{name}{list(int(i) for i in at[1:])} at layer {int(at[0]) + 1} has an estimated "
+            f"error of {rel[at]:.1e} of its scale (> {_ROUNDING_WARN:g}): inputs {sep[2]} and "
+            f"{sep[3]} nearly coincide (1 - rho^2 = {sep[0]:.1e} at layer {sep[1] + 1}), and "
+            f"the steps of the kinked activation {act.name!r} amplify the rounding of V by "
+            "(1 - rho^2)^-1/2 per contraction with d<sigma'_a sigma'_b>/dK (A: ~7e-17 / "
+            "(1 - rho^2) of scale for relu; H1 worse, (1 - rho^2)^-3/2 in its source). The "
+            "estimate is the change under a 4-ulp move of K (statistics(..., error=True) "
+            "returns it). Treat that entry as unresolved, merge the two inputs if they are "
+            "meant to coincide, or use inputs further apart",
+            RuntimeWarning, stacklevel=3)
 
 
 #: the key under which :func:`_residual_given` passes G1's and H1's propagated d4 errors
@@ -923,7 +1013,11 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         entry by entry (the statistic's shape). It measures the three- and
         four-variable averages, the accuracy limit of N-input statistics;
         the one- and two-variable averages (all a one-input statistic uses)
-        add ~1e-13 relative on top. Costs the second fold.
+        add ~1e-13 relative on top. Costs the second fold. Two distinct
+        inputs of a kinked activation closer than ``1 - rho^2 = 1e-3`` at a
+        layer: at least the rounding spread (``Statistics.error``), which
+        :func:`statistics` computes for them anyway where sigma' jumps (two
+        more flows).
 
     Returns
     -------
@@ -970,10 +1064,27 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
     if finite:
         vals, errors = _finite_fold(mlp, Ks, Ths, finite, accuracy)
         fields.update(vals)
+        spread = None
+        L, N = Ks.shape[0], Ks.shape[1]
+        if (N > 1 and L > 1 and mlp.activation.kinks and jumps_in_d1(mlp.activation)
+                and finite - _NO_PP_CONTRACTION
+                and _nearest_pair(Ks[:L - 1])[0] < _KINKED_NEAR):
+            # nearly coinciding inputs of an activation whose sigma' jumps: the rounding of
+            # K, amplified (V, G1, kappa3 alone: no d<p p>/dK contraction; G1's own estimate
+            # stands; a continuous sigma' (elu) keeps d<p p>/dK bounded: no amplification)
+            spread = _rounding_spread(mlp, K, Theta, rtol, finite, accuracy, vals)
+            _warn_rounding(mlp.activation, spread, vals,
+                           [k for k in ORDER_ONE_OVER_N if k in get], Ks[:L - 1],
+                           residual=mlp.is_residual)
+            if errors is not None:
+                errors = np.maximum(errors, np.max([v.reshape(L, -1).max(axis=1)
+                                                    for v in spread.values()], axis=0))
         if error:
             other = {"fast": "default", "default": "high", "high": "default"}[accuracy]
             alt, _ = _finite_fold(mlp, Ks, Ths, finite, other, warn=False)
             estimate = {k: np.abs(vals[k] - alt[k]) for k in vals}
+            if spread is not None:
+                estimate = {k: np.maximum(v, spread[k]) for k, v in estimate.items()}
     if K1 is not None:
         fields = {k: v.reshape(v.shape[0]) for k, v in fields.items()}
         if estimate is not None:
