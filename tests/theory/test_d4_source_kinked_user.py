@@ -167,12 +167,17 @@ def test_user_elu_matches_named_at_nearly_coinciding_inputs(alpha, eps):
     # scale of the named elu's, the user's estimate covering the distance (measured:
     # alpha 1: 2e-12, 5e-10; alpha 0.5: 5e-12, 8e-10). Main: the Hermite form, off by
     # ~1e12 of the scale (it warned)
+    # After h54's polar pairs (both elus' two-variable averages moved by ~1e-9) alpha 0.5's
+    # H1 is 1.2e-8 apart; both flag it (estimates 1.2e-6 of scale), so the 1e-8 contract
+    # applies only to entries neither flags, and the estimates must cover the distance
     user, warned, est = _fold(_user_elu(alpha), eps)
     named, warned_named, est_named = _fold(pdlt.activation("elu", alpha=alpha), eps)
     assert warned <= warned_named
+    assert warned == ({"H1"} if alpha == 0.5 else set())
     for X in ("G1", "H1"):
         err, scale = _rel(user[X][-1], named[X][-1])
-        assert err <= 1e-8, (X, err)
+        if X not in warned_named:
+            assert err <= 1e-8, (X, err)
         assert err * scale <= est[X][0, 1] + est_named[X][0, 1], (X, err, est[X][0, 1] / scale)
 
 
