@@ -681,7 +681,7 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         Vectorized functions. If every one is a ``PiecewiseMonomial``
         the innermost axis is integrated exactly. Two variables of
         piecewise monomials, or of functions kinked at 0 only (elu), take
-        the polar form (:func:`_polar_pair`, :func:`_polar_pair_kinked`):
+        the polar form (``_polar_pair``, ``_polar_pair_kinked``):
         uniform in the correlation, collinear covariances included.
     K : array_like of shape (..., d, d)
         Covariances: symmetric positive semi-definite of any rank
@@ -771,9 +771,9 @@ _ORTHANT = True
 
 
 #: two piecewise monomials (ReLU family pairs, the N = 2 entries of the four-point
-#: tensors): the polar form of :func:`_polar_pair`; False: the orthant / split path
+#: tensors): the polar form of ``_polar_pair``; False: the orthant / split path
 _POLAR = True
-#: Gauss-Legendre nodes per angular piece of :func:`_polar_pair` (the integrand is a
+#: Gauss-Legendre nodes per angular piece of ``_polar_pair`` (the integrand is a
 #: trigonometric polynomial of degree <= 8 on each piece: exact to round-off)
 _POLAR_NODES = 32
 
@@ -846,14 +846,14 @@ def _polar_pair(fs, K, order, L, accuracy, return_error):
     return out, err
 
 
-#: radial panels of :func:`_polar_pair_kinked` (the standard radius; e^(-r^2/2) < 1e-39
+#: radial panels of ``_polar_pair_kinked`` (the standard radius; e^(-r^2/2) < 1e-39
 #: beyond the last) and Gauss-Legendre nodes per radial panel / angular piece per rule
 _RADIAL_BREAKS = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0, 10.5, 13.5)
 _POLAR_KINKED_RULES = {"fast": (12, 16), "default": (20, 24), "high": (28, 32)}
 
 
 def _polar_sum(fs, v1, v2, phi, q_r, q_a):
-    """The polar double integral of :func:`_polar_pair_kinked` at one rule."""
+    """The polar double integral of ``_polar_pair_kinked`` at one rule."""
     two_pi = 2.0 * np.pi
     P = len(v1)
     base = np.broadcast_to(np.array([0.0, 0.5 * np.pi, 1.5 * np.pi, two_pi]), (P, 4))
@@ -877,7 +877,7 @@ def _polar_sum(fs, v1, v2, phi, q_r, q_a):
 def _polar_pair_kinked(fs, K, order, L, accuracy, return_error):
     r"""``<f_1(z_1) f_2(z_2)>`` of two functions kinked at 0 only (elu), uniform in rho.
 
-    The polar form of :func:`_polar_pair` with the radius integrated numerically: on
+    The polar form of ``_polar_pair`` with the radius integrated numerically: on
     each angular piece between the four sign changes of ``cos(alpha)``,
     ``cos(alpha - phi)`` the integrand ``r e^(-r^2/2) f_1(sqrt(K_11) r cos alpha)
     f_2(sqrt(K_22) r cos(alpha - phi))`` is smooth in r and alpha: Gauss-Legendre on
