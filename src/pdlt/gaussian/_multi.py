@@ -790,6 +790,22 @@ def _two_product(a, b):
     return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
 
 
+def det2(Kaa, Kbb, Kab):
+    """``K_aa K_bb - K_ab^2`` to a few ulps of the result (no cancellation: the products
+    exactly as sums of two floats (:func:`_two_product`); the leading difference exact
+    when they are within a factor 2, Sterbenz). Shared by the polar pair forms here and
+    the kink terms of :mod:`pdlt.theory._averages`."""
+    p1, e1 = _two_product(Kaa, Kbb)
+    p2, e2 = _two_product(Kab, Kab)
+    return (p1 - p2) + (e1 - e2)
+
+
+def _pair_angle(v1, v2, k12):
+    """The angle ``phi = atan2(sqrt(det K), K_12)`` in [0, pi] of a pair (B, 1), from
+    :func:`det2` (uniform in rho, collinear included)."""
+    return np.arctan2(np.sqrt(np.maximum(det2(v1, v2, k12), 0.0)), k12)[:, None]
+
+
 def _polar_pair(fs, K, order, L, accuracy, return_error):
     r"""``<f_1(z_1) f_2(z_2)>`` of two piecewise monomials in polar form, uniform in rho.
 
@@ -822,10 +838,7 @@ def _polar_pair(fs, K, order, L, accuracy, return_error):
     if idx.size == 0:
         return out, err
     v1, v2, k12 = v1[idx], v2[idx], k12[idx]
-    p1, e1 = _two_product(v1, v2)
-    p2, e2 = _two_product(k12, k12)
-    det = np.maximum((p1 - p2) + (e1 - e2), 0.0)
-    phi = np.arctan2(np.sqrt(det), k12)[:, None]                  # in [0, pi]
+    phi = _pair_angle(v1, v2, k12)                                # in [0, pi]
     two_pi = 2.0 * np.pi
     base = np.broadcast_to(np.array([0.0, 0.5 * np.pi, 1.5 * np.pi, two_pi]), (len(idx), 4))
     cuts = np.concatenate([base, np.mod(phi + 0.5 * np.pi, two_pi),
@@ -904,10 +917,7 @@ def _polar_pair_kinked(fs, K, order, L, accuracy, return_error):
     if idx.size == 0:
         return out, err
     v1, v2, k12 = v1[idx], v2[idx], k12[idx]
-    p1, e1 = _two_product(v1, v2)
-    p2, e2 = _two_product(k12, k12)
-    det = np.maximum((p1 - p2) + (e1 - e2), 0.0)
-    phi = np.arctan2(np.sqrt(det), k12)[:, None]
+    phi = _pair_angle(v1, v2, k12)
     q_r, q_a = _POLAR_KINKED_RULES[accuracy]
     val, mag = _polar_sum(fs, v1, v2, phi, q_r, q_a)
     out[idx] = val

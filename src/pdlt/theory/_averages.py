@@ -35,7 +35,7 @@ from .. import gaussian
 from ..gaussian import _trig
 from ..gaussian._closed import closed_family, pair_terms
 from ..gaussian._multi import (_GH_STEP_UP_SIGMA, PiecewiseMonomial, _power, _quadruple_groups,
-                               entire_growth, expect_nd, normal_family, quad_expectations,
+                               det2, entire_growth, expect_nd, normal_family, quad_expectations,
                                rule_up)
 
 __all__ = ["KERNEL_RANGE", "LayerAverages", "LayerBlock", "OneVariableTable", "representatives", "apply_M", "apply_M2",
@@ -1227,28 +1227,6 @@ def _kink_jumps(act, of, scale=1.0):
 _COND_RTOL = 1e-13
 
 
-def _two_product(a, b):
-    """``a b = p + e`` exactly (Dekker / Veltkamp; float64, no overflow for |a|, |b| < 1e150)."""
-    p = a * b
-    c = 134217729.0 * a            # 2^27 + 1
-    ah = c - (c - a)
-    al = a - ah
-    c = 134217729.0 * b
-    bh = c - (c - b)
-    bl = b - bh
-    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
-    return p, e
-
-
-def _det2(Kaa, Kbb, Kab):
-    """``K_aa K_bb - K_ab^2`` to a few ulps of the result (no cancellation: the products
-    exactly as sums of two floats; the leading difference exact when they are within a
-    factor 2, Sterbenz)."""
-    p1, e1 = _two_product(Kaa, Kbb)
-    p2, e2 = _two_product(Kab, Kab)
-    return (p1 - p2) + (e1 - e2)
-
-
 def _kink_terms(K, jumps, g):
     r"""The delta-function parts of the four pair averages of the Stein form, (N, N) each.
 
@@ -1285,14 +1263,14 @@ def _kink_pair(Kaa, Kbb, Kab, jumps, g):
 
     the same with a and b exchanged for the deltas of the second factor. A factor
     ``z^i f2`` carries ``z^i delta'_c = c^i delta'_c - i c^(i-1) delta_c``.
-    ``det`` is computed without cancellation (:func:`_det2`), so the closed forms are
+    ``det`` is computed without cancellation (:func:`pdlt.gaussian._multi.det2`), so the closed forms are
     good to a few ulps (with the plain ``K_aa K_bb - K_ab^2``, ~eps / (1 - rho^2)
     relative: 1e-7 of H1 at 1 - rho = 1e-5, the source's cancellation amplifying it).
     Errors: the one-variable averages to ``_COND_RTOL`` of their rms, the closed forms
     to ``16 eps`` relative.
     """
     nan = [np.nan] * 4
-    det = _det2(Kaa, Kbb, Kab)
+    det = det2(Kaa, Kbb, Kab)
     if not det > 0:
         return nan, nan
     kinks = tuple(j[0] for j in jumps)
