@@ -177,7 +177,8 @@ import os
 import numpy as np
 from scipy import special
 
-from . import _trig
+from . import _exppw, _trig
+from ._exppw import ExpPiecewise, exp_inner
 from ._orthant import orthant_expect
 from ._rule import KernelNotPSDError, _gauss_legendre, expect
 
@@ -749,6 +750,8 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         out, err = _piecewise_path(fs, Kb, order, L, accuracy, return_error)
     elif len(kinks) == 0:
         out, err = _smooth_path(fs, Kb, order, L, accuracy, return_error, growth, gh_up)
+    elif _exppw._EXP and all(isinstance(f, ExpPiecewise) for f in fs):
+        out, err = _exp_path(fs, Kb, order, L, kinks, accuracy, return_error)
     else:
         out, err = _split_path(fs, order, L, tuple(float(c) for c in kinks), accuracy,
                                return_error, exact_inner=False)
@@ -1673,6 +1676,28 @@ def _split_axis(m, Lkk, centers, breaks, q):
     return u, w
 
 
+def _exp_path(fs, K, order, L, kinks, accuracy, return_error):
+    """Exponential polynomials between kinks (elu): the split path with the innermost
+    axis in closed form (:func:`pdlt.gaussian._exppw.exp_inner`) where every variance is
+    at least ``_exppw._EXP_MIN_VAR``; below, ``alpha (e^z - 1)`` written as two terms
+    loses ~eps absolute against a scale ~var^(p/2), and the all-quadrature split path
+    (``fn`` itself, expm1) is kept."""
+    kinks = tuple(sorted(set(float(c) for c in kinks) | {t for f in fs for t in f.kinks}))
+    ok = np.min(np.diagonal(K, axis1=1, axis2=2), axis=1) >= _exppw._EXP_MIN_VAR
+    if ok.all():
+        return _split_path(fs, order, L, kinks, accuracy, return_error, exact_inner=True)
+    out = np.empty(len(K))
+    err = np.empty(len(K)) if return_error else None
+    for sel, inner in ((np.flatnonzero(ok), True), (np.flatnonzero(~ok), False)):
+        if len(sel):
+            o, e = _split_path(fs, order[sel], L[sel], kinks, accuracy, return_error,
+                               exact_inner=inner)
+            out[sel] = o
+            if return_error:
+                err[sel] = e
+    return out, err
+
+
 def _split_path(fs, order, L, kinks, accuracy, return_error, exact_inner):
     breaks, q = _SPLIT_RULES[accuracy]
     out = _split_sum(fs, order, L, kinks, breaks, q, exact_inner)
@@ -1693,7 +1718,7 @@ def _split_sum(fs, order, L, kinks, breaks, q, exact_inner):
     # the last two axes in closed form (bivariate normal) when the last two
     # variables are the only ones on them, of degree <= 1, and not collinear
     two = np.zeros(B, dtype=bool)
-    if exact_inner and d >= 2:
+    if exact_inner and d >= 2 and all(isinstance(f, PiecewiseMonomial) for f in fs):
         sb = np.sqrt(L[:, d - 1, d - 2] ** 2 + L[:, d - 1, d - 1] ** 2)
         two = (rank == d) & (L[:, d - 1, d - 1] > _TWO_MIN_S * np.maximum(sb, 1e-300))
         deg1 = np.array([f.n <= 1 for f in fs])
@@ -1764,7 +1789,8 @@ def _split_sum(fs, order, L, kinks, breaks, q, exact_inner):
             elif exact_inner:
                 m = np.einsum("bpj,bij->bpi", us, Lb[:, r - 1:, :r - 1])      # (b, P, d-r+1)
                 l = Lb[:, None, r - 1:, r - 1]
-                val = val * _exact_inner(fo[r - 1:], m, l)
+                inner = exp_inner if isinstance(fo[r - 1], ExpPiecewise) else _exact_inner
+                val = val * inner(fo[r - 1:], m, l)
             else:
                 # variables beyond the rank: functions of u_1..u_r
                 for k in range(r, d):
@@ -1783,6 +1809,8 @@ def _power(f, p):
         return f
     if isinstance(f, PiecewiseMonomial):
         return PiecewiseMonomial(f.cp ** p, f.cm ** p, f.n * p)
+    if isinstance(f, ExpPiecewise):
+        return f ** p
 
     def fp(z):
         return f(z) ** p
