@@ -35,7 +35,7 @@ import math
 import numpy as np
 from scipy import special
 
-__all__ = ["ExpPiecewise", "exp_family", "exp_inner"]
+__all__ = ["ExpPiecewise", "exp_family", "exp_monomial", "exp_inner"]
 
 _PHI = 1.0 / math.sqrt(2.0 * math.pi)
 _LOG_PHI = -0.5 * math.log(2.0 * math.pi)
@@ -197,6 +197,22 @@ def exp_family(act, slot="sigma"):
             np.abs(got - want) <= 1e-14 * np.maximum(1.0, np.abs(want))):
         return None
     return ep
+
+
+def exp_monomial(act, fn, ns=0, np_=0, k=0):
+    """``fn`` (``z^k sigma^ns sigma'^np``) as an :class:`ExpPiecewise` calling ``fn``, for
+    the named elu; any other activation: ``fn`` itself."""
+    s = exp_family(act, "sigma")
+    p = exp_family(act, "d1")
+    if s is None or p is None:
+        return fn
+    out = ExpPiecewise(None, p.kinks, [[((0, 0.0), 1.0)]] * (len(p.kinks) + 1))
+    for f, n in ((s, ns), (p, np_)):
+        for _ in range(n):
+            out = out * f
+    if k:
+        out = out.times_z(k)
+    return ExpPiecewise(fn, out.kinks, out.pieces)
 
 
 # ---------------------------------------------------------------------------

@@ -651,7 +651,8 @@ _FAMILY_PROBE = np.linspace(-12.0, 12.0, 241)
 
 
 def normal_family(act, slot="sigma"):
-    """``act``'s function ``slot`` ("sigma", "d1", "d2") as a ``NormalFamily``, else itself.
+    """``act``'s function ``slot`` ("sigma", "d1", "d2") as a ``NormalFamily`` (or, for the
+    named elu, an :class:`~pdlt.gaussian._exppw.ExpPiecewise`), else itself.
 
     Only for the named activations listed in ``_NORMAL_FAMILY`` (GELU, erf)
     and only if the activation's function equals the closed form on a probe
@@ -659,6 +660,9 @@ def normal_family(act, slot="sigma"):
     rule).
     """
     fn = getattr(act, slot)
+    ep = _exppw.exp_family(act, slot)       # elu: an ExpPiecewise (innermost axis exact)
+    if ep is not None:
+        return ep
     spec = _NORMAL_FAMILY.get(getattr(act, "name", None), {}).get(slot)
     if spec is None or getattr(act, "kinks", ()) or isinstance(fn, NormalFamily):
         return fn
