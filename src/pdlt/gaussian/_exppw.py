@@ -35,7 +35,7 @@ import math
 import numpy as np
 from scipy import special
 
-__all__ = ["ExpPiecewise", "exp_family", "exp_monomial", "exp_inner"]
+__all__ = ["ExpPiecewise", "exp_family", "exp_monomial", "exp_product", "exp_slots", "exp_inner"]
 
 _PHI = 1.0 / math.sqrt(2.0 * math.pi)
 _LOG_PHI = -0.5 * math.log(2.0 * math.pi)
@@ -197,6 +197,23 @@ def exp_family(act, slot="sigma"):
             np.abs(got - want) <= 1e-14 * np.maximum(1.0, np.abs(want))):
         return None
     return ep
+
+
+def exp_product(fs, fn):
+    """``fn`` (the product of ``fs``), as an :class:`ExpPiecewise` with ``fn``'s values where
+    every factor is one (elu), else ``fn`` itself."""
+    if not fs or not all(isinstance(f, ExpPiecewise) for f in fs):
+        return fn
+    out = fs[0]
+    for f in fs[1:]:
+        out = out * f
+    return ExpPiecewise(fn, out.kinks, out.pieces)
+
+
+def exp_slots(act, names=("sigma", "d1", "d2")):
+    """``[exp_family(act, n) for n in names]`` if all exist (the named elu), else None."""
+    out = [exp_family(act, n) for n in names]
+    return None if any(f is None for f in out) else out
 
 
 def exp_monomial(act, fn, ns=0, np_=0, k=0):

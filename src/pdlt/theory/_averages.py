@@ -34,7 +34,7 @@ import numpy as np
 from .. import gaussian
 from ..gaussian import _trig
 from ..gaussian._closed import closed_family, pair_terms
-from ..gaussian._exppw import ExpPiecewise
+from ..gaussian._exppw import ExpPiecewise, exp_product
 from ..gaussian._multi import (_GH_STEP_UP_SIGMA, PiecewiseMonomial, _power, _quadruple_groups,
                                entire_growth, expect_nd, normal_family, quad_expectations,
                                rule_up)
@@ -1738,16 +1738,6 @@ class LayerBlock:
         return tuple(x[pos] for x in v) if isinstance(v, tuple) else v[pos]
 
 
-def _exp_product(fs, fn):
-    """``fn`` (the product of ``fs``), as an ExpPiecewise with ``fn``'s values where every
-    factor is one (elu: :func:`pdlt.gaussian.expect_nd` then integrates its innermost axis
-    in closed form), else ``fn`` itself."""
-    if not all(isinstance(f, ExpPiecewise) for f in fs):
-        return fn
-    prod = functools.reduce(lambda a, b: a * b, fs)
-    return ExpPiecewise(fn, prod.kinks, prod.pieces)
-
-
 def _quad_tensor(act, K, slots, accuracy, cache, nd):
     """``<f1(z_a1) f2(z_a2) f3(z_a3) f4(z_a4)>`` for N inputs (coinciding slots merged).
 
@@ -1772,7 +1762,7 @@ def _quad_tensor(act, K, slots, accuracy, cache, nd):
             fs = [functools.reduce(lambda a, b: a * b, [pm[n] for n in nm]) for nm in sig]
         else:
             fs = [base[nm[0]] if len(nm) == 1 else
-                  _exp_product([base[n] for n in nm],
+                  exp_product([base[n] for n in nm],
                                (lambda names: lambda z: np.prod([base[n](z) for n in names],
                                                                 axis=0))(nm))
                   for nm in sig]

@@ -773,6 +773,9 @@ def _dprime_fns(act):
     if si is not None:
         return (PiecewiseMonomial(si[0], si[1], 0),
                 PiecewiseMonomial(si[0] ** 2, si[1] ** 2, 0))
+    if exp_family(act) is not None:     # elu: exponential polynomials (exact inner axis)
+        d1 = exp_family(act, "d1")
+        return d1, d1 ** 2
     d1 = act.d1
     return d1, (lambda z: d1(z) ** 2)
 
@@ -860,6 +863,9 @@ def _fns_sd(act):
     if si is not None:
         return {"s": PiecewiseMonomial(si[0], si[1], 1), "d": PiecewiseMonomial(si[0], si[1], 0),
                 "sd": PiecewiseMonomial(si[0] ** 2, si[1] ** 2, 1)}
+    if exp_family(act) is not None:     # elu: exponential polynomials (exact inner axis)
+        s, d1 = exp_family(act, "sigma"), exp_family(act, "d1")
+        return {"s": s, "d": d1, "sd": s * d1}
     s, d1 = act.sigma, act.d1
     return {"s": s, "d": d1, "sd": lambda z: s(z) * d1(z)}
 
@@ -1060,6 +1066,9 @@ def _kind_fns(act, kind):
     si = act.scale_invariant if act.name != "monomial" else None
     if si is not None:
         return PiecewiseMonomial(si[0], si[1], 1), PiecewiseMonomial(si[0] ** 2, si[1] ** 2, 2)
+    if exp_family(act) is not None:     # elu: exponential polynomials (exact inner axis)
+        s = exp_family(act, "sigma")
+        return s, s ** 2
     s = act.sigma
     return s, (lambda z: s(z) ** 2)
 
