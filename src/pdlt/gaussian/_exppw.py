@@ -239,23 +239,22 @@ def exp_monomial(act, fn, ns=0, np_=0, k=0):
 def _R(c, D):
     """``R_i(c) = int_0^inf w^i exp(-c w - w^2 / 2) dw`` for i = 0..D, c >= 0 (array)."""
     c = np.asarray(c, dtype=float)
-    out = [None] * (D + 1)
+    r0 = math.sqrt(0.5 * math.pi) * special.erfcx(c * (1.0 / math.sqrt(2.0)))
+    out = [r0]
+    if D == 0:
+        return out
     big = c >= _R_SWITCH
-    cs = np.where(big, _R_SWITCH, c)
-    r0 = math.sqrt(0.5 * math.pi) * special.erfcx(cs * (1.0 / math.sqrt(2.0)))
-    out[0] = r0
-    if D >= 1:
-        out[1] = 1.0 - cs * r0
+    cs = np.where(big, 0.0, c)
+    r0s = np.where(big, 0.0, r0)
+    out.append(1.0 - cs * r0s)
     for i in range(2, D + 1):
-        out[i] = (i - 1) * out[i - 2] - cs * out[i - 1]
+        out.append((i - 1) * out[i - 2] - cs * out[i - 1])
     if big.any():
-        cb = c[big]
-        inv = 1.0 / cb
+        inv = 1.0 / c[big]
         h = np.exp(-0.5 * np.multiply.outer(inv * inv, _LAG_X * _LAG_X)) * _LAG_W   # (nb, 30)
-        xi = np.ones_like(_LAG_X)
-        p = inv.copy()
-        for i in range(D + 1):
-            out[i] = np.array(out[i], dtype=float, copy=True)
+        xi = _LAG_X.copy()
+        p = inv * inv
+        for i in range(1, D + 1):
             out[i][big] = (h @ xi) * p
             xi = xi * _LAG_X
             p = p * inv
@@ -328,6 +327,36 @@ def _interval_moments(lo, hi, c0, b, D):
     return out
 
 
+def _exp_inner1(f, m, l):
+    """:func:`exp_inner` of one variable (the full-rank case), l > 0: the coefficients
+    are the pieces' own (scalars), ``z^n = sum_j C(n, j) m^(n-j) l^j u^j``."""
+    edges = (-np.inf,) + f.kinks + (np.inf,)
+    total = np.zeros(m.shape)
+    inv = 1.0 / l
+    for p, terms in enumerate(f.pieces):
+        if not terms:
+            continue
+        lo = np.full(m.shape, -np.inf) if p == 0 else (edges[p] - m) * inv
+        hi = np.full(m.shape, np.inf) if p == len(edges) - 2 else (edges[p + 1] - m) * inv
+        by_a = {}
+        for (n, a), c in terms:
+            by_a.setdefault(a, {})[n] = c
+        for a, cz in by_a.items():
+            D = max(cz)
+            N = _interval_moments(lo, hi, a * m, a * l, D)
+            mp = [np.ones(m.shape)]
+            lp = [np.ones(l.shape)]
+            for _ in range(D):
+                mp.append(mp[-1] * m)
+                lp.append(lp[-1] * l)
+            for n, c in cz.items():
+                acc = 0.0
+                for j in range(n + 1):
+                    acc = acc + math.comb(n, j) * mp[n - j] * lp[j] * N[j]
+                total += c * acc
+    return total
+
+
 def exp_inner(fs_inner, m, l):
     """``int prod_k f_k(m_k + l_k u) phi(u) du`` for :class:`ExpPiecewise` f_k, in closed form.
 
@@ -346,6 +375,8 @@ def exp_inner(fs_inner, m, l):
     shape = m.shape[:-1]
     m = m.reshape(-1, nv)
     l = l.reshape(-1, nv)
+    if nv == 1 and np.all(l > 0):
+        return _exp_inner1(fs_inner[0], m[:, 0], l[:, 0]).reshape(shape)
     P = m.shape[0]
     # kinks in u of every variable
     cuts = []
