@@ -2,7 +2,8 @@
 all-quadrature split path, before/after in one run (benchmarks/README.md, "elu: the
 innermost axis in closed form").
 
-    flock /tmp/pdlt-heavy.lock nice python benchmarks/elu_exp_inner.py [--only new|old] [--json out.json]
+    flock /tmp/pdlt-heavy.lock nice python benchmarks/elu_exp_inner.py \
+        [--only new|old] [--json out.json]
 
 Cases: a plain elu MLP (n0 = 8, width 32, depth 4, three random inputs), every N-input
 statistic but R (``pdlt.statistics(..., get=[...])``); a residual elu MLP (gamma 0.5,
@@ -37,7 +38,6 @@ def residual():
     mlp = pdlt.MLP(n0=2, width=16, depth=3, activation="elu", C_W=1.0, C_b=0.1, gamma=0.5)
     x = np.array([[1.0, 0.2], [0.3, 0.9]])
     g1 = residual_vertex_metric_multi(mlp, x)["G1"]
-    t = time.process_time()
     h1 = residual_ntk_mean_multi(mlp, x)
     return {"G1": np.asarray(g1), "H1": np.asarray(h1)}
 

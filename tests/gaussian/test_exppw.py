@@ -79,7 +79,8 @@ def test_inner_axis_equals_adaptive_quadrature(name):
 def test_two_variables_on_one_axis():
     # rank-deficient inner axis: a product of two variables with slopes of both signs
     for f, g in [(S, S ** 2), (P, Q.times_z()), (S * P, S)]:
-        for m1, l1, m2, l2 in [(0.3, 1.0, -0.5, -0.7), (1.0, 2.0, 2.0, 2.0), (-1.0, 1.0, 1.0, -3.0)]:
+        for m1, l1, m2, l2 in [(0.3, 1.0, -0.5, -0.7), (1.0, 2.0, 2.0, 2.0),
+                               (-1.0, 1.0, 1.0, -3.0)]:
             got = exp_inner([f, g], np.array([[m1, m2]]), np.array([[l1, l2]]))[0]
             dens = lambda u: np.exp(-0.5 * u * u) / np.sqrt(2 * np.pi)  # noqa: E731
             fu = lambda u: (f.formula(np.array([m1 + l1 * u]))[0]  # noqa: E731
@@ -113,7 +114,8 @@ def test_two_variable_average_equals_nested_scipy():
         m = b * z1
         pts = sorted([-12.0, 12.0, -m / sc])
         return sum(integrate.quad(lambda u: P.formula(np.array([m + sc * u]))[0] * dens(u),
-                                  a, c, epsrel=2e-14, epsabs=0)[0] for a, c in zip(pts[:-1], pts[1:]))
+                                  a, c, epsrel=2e-14, epsabs=0)[0]
+                   for a, c in zip(pts[:-1], pts[1:]))
     # outer axis: Gauss-Legendre on each side of the kink (the inner average is smooth)
     x, w = np.polynomial.legendre.leggauss(60)
     ref = 0.0

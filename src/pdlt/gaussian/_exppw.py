@@ -383,8 +383,8 @@ def exp_inner(fs_inner, m, l):
     for k, f in enumerate(fs_inner):
         for t in f.kinks:
             with np.errstate(divide="ignore", invalid="ignore"):
-                cuts.append(np.where(l[:, k] != 0, (t - m[:, k]) / np.where(l[:, k] != 0, l[:, k], 1.0),
-                                     np.inf))
+                lk = np.where(l[:, k] != 0, l[:, k], 1.0)
+                cuts.append(np.where(l[:, k] != 0, (t - m[:, k]) / lk, np.inf))
     cuts = np.sort(np.stack(cuts, axis=1), axis=1) if cuts else np.zeros((P, 0))
     edges = np.concatenate([np.full((P, 1), -np.inf), cuts, np.full((P, 1), np.inf)], axis=1)
     D = sum(f.degree() for f in fs_inner)
@@ -403,7 +403,6 @@ def exp_inner(fs_inner, m, l):
         ms, ls = m[sel], l[sel]
         # the product on this interval: {exponents tuple: poly coefficients in u (n, D+1)}
         prod = {(): np.concatenate([np.ones((len(sel), 1)), np.zeros((len(sel), D))], axis=1)}
-        deg = 0
         for k, f in enumerate(fs_inner):
             zk = ms[:, k] + ls[:, k] * mid
             piece = np.searchsorted(np.array(f.kinks), zk, side="left") if f.kinks \
@@ -437,7 +436,6 @@ def exp_inner(fs_inner, m, l):
                     kk = key + (a,)
                     new[kk] = new[kk] + q if kk in new else q
             prod = new
-            deg += f.degree()
             if not prod:
                 break
         val = np.zeros(len(sel))
