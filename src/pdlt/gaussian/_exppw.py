@@ -26,6 +26,21 @@ the recursion loses ``c^(i-1)`` there). The interval's ``N_j`` is the difference
 of two tails on the side where the tilted Gaussian ``N(b, 1)`` lies beyond the
 interval, else the whole-line moment ``e^(c0 + b^2/2) E[(b + v)^j]`` less both
 tails.
+
+**Accuracy and cost** (``tests/gaussian/test_exppw.py``, ``benchmarks/elu_exp_inner.py``).
+One axis against adaptive quadrature (means on both sides of the kink, slopes
+0.25..8, sigma .. sigma^4, z sigma'', (sigma^2)''), two variables on one axis
+(rank-deficient) and a nested two-variable scipy reference: <= 1e-12 of the
+Cauchy-Schwarz scale; expect_nd against the all-quadrature split path at "high"
+(2-4 variables, random, rho 0.999, rank 2): <= 6e-13; the plain elu fold (three
+inputs, depth 4, every statistic but R) at "high": <= 6.8e-13 of each statistic.
+At "default" the outer axes' rule error (1e-10..3e-9 of the statistics, the same on
+both paths) dominates. The error estimate stays the difference from one node more
+per panel on the outer axes (the inner axis adds ~1e-15). A variance below
+``_EXP_MIN_VAR`` keeps the all-quadrature path (``alpha (e^z - 1)`` as two terms
+loses ~eps absolute). Cost: a four-variable average ~45-60 s -> ~1-2 s; plain elu
+statistics (N = 3, depth 4) 3.2 -> 0.7 CPU s, residual elu G1 + H1 (N = 2, depth 3)
+425 -> 24 s.
 """
 
 from __future__ import annotations
