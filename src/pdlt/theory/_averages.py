@@ -34,6 +34,7 @@ import numpy as np
 from .. import gaussian
 from ..gaussian import _trig
 from ..gaussian._closed import closed_family, pair_terms
+from ..gaussian._exppw import ExpPiecewise, exp_product
 from ..gaussian._multi import (_GH_STEP_UP_SIGMA, PiecewiseMonomial, _power, _quadruple_groups,
                                det2, entire_growth, expect_nd, normal_family, quad_expectations,
                                rule_up)
@@ -1727,6 +1728,8 @@ def _quad_tensor(act, K, slots, accuracy, cache, nd):
     # GELU/erf slots as NormalFamily: their innermost axis is then a closed form
     base = {"s": normal_family(act, "sigma"), "p": normal_family(act, "d1"),
             "q": normal_family(act, "d2"), "x": lambda z: z * act.d2(z)}
+    if isinstance(base["q"], ExpPiecewise):
+        base["x"] = base["q"].times_z()       # elu: z sigma'' stays an exponential polynomial
     si = _scale_invariant(act)
     if si is not None:
         pm = {"s": PiecewiseMonomial(si[0], si[1], 1), "p": PiecewiseMonomial(si[0], si[1], 0)}
@@ -1737,7 +1740,9 @@ def _quad_tensor(act, K, slots, accuracy, cache, nd):
             fs = [functools.reduce(lambda a, b: a * b, [pm[n] for n in nm]) for nm in sig]
         else:
             fs = [base[nm[0]] if len(nm) == 1 else
-                  (lambda names: lambda z: np.prod([base[n](z) for n in names], axis=0))(nm)
+                  exp_product([base[n] for n in nm],
+                               (lambda names: lambda z: np.prod([base[n](z) for n in names],
+                                                                axis=0))(nm))
                   for nm in sig]
         # four distinct inputs with derivative slots (A, P..U): one rule up. At the
         # default these were 2e-8..4e-8 of tanh's A, P, Q, R, T, U at N = 4 (the

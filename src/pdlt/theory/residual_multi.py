@@ -56,6 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..gaussian._exppw import ExpPiecewise, exp_family
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd, rule_up
 from ..network import MLP
 from ._averages import (LayerAverages, OneVariableTable, apply_M, representatives,
@@ -455,6 +456,8 @@ def _fn(f, k):
         return f
     if isinstance(f, PiecewiseMonomial):
         return PiecewiseMonomial(f.cp, f.cm, f.n + k)
+    if isinstance(f, ExpPiecewise):
+        return f.times_z(k)
     return lambda z: z ** k * f(z)
 
 
@@ -479,6 +482,10 @@ def _two_depth(act, C, todo, accuracy, stein=False):
         p1 = PiecewiseMonomial(si[0], si[1], 0)
         dd = PiecewiseMonomial(2 * si[0] ** 2, 2 * si[1] ** 2, 0)     # (sigma^2)'' = 2 sigma'^2
         jump = si[0] - si[1]                                           # sigma'' = jump delta
+    elif exp_family(act) is not None:     # elu: exponential polynomials (exact inner axis)
+        s, p1, q2 = (exp_family(act, k) for k in ("sigma", "d1", "d2"))
+        s2 = s ** 2
+        dd = 2.0 * (p1 ** 2 + s * q2)
     else:
         s, p1, q2 = act.sigma, act.d1, act.d2
         s2 = lambda z: s(z) ** 2              # noqa: E731
@@ -766,6 +773,9 @@ def _dprime_fns(act):
     if si is not None:
         return (PiecewiseMonomial(si[0], si[1], 0),
                 PiecewiseMonomial(si[0] ** 2, si[1] ** 2, 0))
+    if exp_family(act) is not None:     # elu: exponential polynomials (exact inner axis)
+        d1 = exp_family(act, "d1")
+        return d1, d1 ** 2
     d1 = act.d1
     return d1, (lambda z: d1(z) ** 2)
 
@@ -853,6 +863,9 @@ def _fns_sd(act):
     if si is not None:
         return {"s": PiecewiseMonomial(si[0], si[1], 1), "d": PiecewiseMonomial(si[0], si[1], 0),
                 "sd": PiecewiseMonomial(si[0] ** 2, si[1] ** 2, 1)}
+    if exp_family(act) is not None:     # elu: exponential polynomials (exact inner axis)
+        s, d1 = exp_family(act, "sigma"), exp_family(act, "d1")
+        return {"s": s, "d": d1, "sd": s * d1}
     s, d1 = act.sigma, act.d1
     return {"s": s, "d": d1, "sd": lambda z: s(z) * d1(z)}
 
@@ -1053,6 +1066,9 @@ def _kind_fns(act, kind):
     si = act.scale_invariant if act.name != "monomial" else None
     if si is not None:
         return PiecewiseMonomial(si[0], si[1], 1), PiecewiseMonomial(si[0] ** 2, si[1] ** 2, 2)
+    if exp_family(act) is not None:     # elu: exponential polynomials (exact inner axis)
+        s = exp_family(act, "sigma")
+        return s, s ** 2
     s = act.sigma
     return s, (lambda z: s(z) ** 2)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..gaussian._exppw import exp_product, exp_slots
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
 from .residual_multi import _fn, _gather, _neuron, _ntk_multi, _rule, _stein_sd
@@ -173,6 +174,9 @@ def _letter_fn(act, letters):
     if "t" in letters:
         raise ValueError("the third derivative is taken by Stein (_TwoDepth._stein)")
     f = {"s": act.sigma, "p": act.d1, "q": act.d2}
+    ex = exp_slots(act)                  # elu: exponential polynomials (exact inner axis)
+    if ex is not None:
+        f = dict(zip("spq", ex))
     fs = [f[c] for c in letters]
     if len(fs) == 1:
         return fs[0]
@@ -182,7 +186,7 @@ def _letter_fn(act, letters):
         for g in fs[1:]:
             v = v * g(z)
         return v
-    return prod
+    return exp_product(fs, prod)
 
 
 class _TwoDepth:

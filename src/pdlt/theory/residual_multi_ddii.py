@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..gaussian._exppw import exp_product, exp_slots
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
 from .residual_multi import _gather, _neuron, _ntk_multi, _rule
@@ -131,10 +132,13 @@ def _integrand(act, names):
         k = len(names)
         return PiecewiseMonomial(si[0] ** k, si[1] ** k, 0)
     fn = {"p": act.d1, "q": act.d2}
+    ex = exp_slots(act, ("d1", "d2"))    # elu: exponential polynomials (exact inner axis)
+    if ex is not None:
+        fn = dict(zip("pq", ex))
     if len(names) == 1:
         return fn[names[0]]
     f1, f2 = fn[names[0]], fn[names[1]]
-    return lambda z: f1(z) * f2(z)
+    return exp_product([f1, f2], lambda z: f1(z) * f2(z))
 
 
 def _one_depth_pair(act, avg, k1, k2):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..gaussian._exppw import exp_product, exp_slots
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
 from .residual_multi import _gather, _neuron, _ntk_multi, _rule
@@ -153,6 +154,9 @@ def _kinds(act):
     if si is not None:
         return {"s": PiecewiseMonomial(si[0], si[1], 1), "p": PiecewiseMonomial(si[0], si[1], 0),
                 "q": None}
+    ex = exp_slots(act)                  # elu: exponential polynomials (exact inner axis)
+    if ex is not None:
+        return dict(zip("spq", ex))
     return {"s": act.sigma, "p": act.d1, "q": act.d2}
 
 
@@ -164,7 +168,7 @@ def _product(fns):
         return out
     if len(fns) == 1:
         return fns[0]
-    return lambda z: np.prod([f(z) for f in fns], axis=0)
+    return exp_product(fns, lambda z: np.prod([f(z) for f in fns], axis=0))
 
 
 def _products(act, C, l, p, kl, kp, N, accuracy):

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..gaussian._exppw import exp_monomial
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
 from ..network import MLP
 from ._averages import apply_M, is_odd, shift_error, third_derivative
@@ -132,6 +133,7 @@ class _Fns:
             else:
                 s, d1 = self.act.sigma, self.act.d1
                 f = (lambda z, ns=ns, np_=np_, k=k: z ** k * s(z) ** ns * d1(z) ** np_)
+                f = exp_monomial(self.act, f, ns, np_, k)     # elu: exact inner axis
             self.cache[key] = f
         return self.cache[key]
 
