@@ -192,7 +192,7 @@ import numpy as np
 from scipy import special
 
 from . import _exppw, _trig
-from ._exppw import ExpPiecewise, exp_inner
+from ._exppw import ExpPiecewise, agrees_on_probe, exp_inner
 from ._orthant import orthant_expect
 from ._rule import KernelNotPSDError, _gauss_legendre, expect
 
@@ -681,13 +681,7 @@ def normal_family(act, slot="sigma"):
     if spec is None or getattr(act, "kinks", ()) or isinstance(fn, NormalFamily):
         return fn
     nf = NormalFamily(fn, **spec)
-    with np.errstate(all="ignore"):
-        got = np.asarray(fn(_FAMILY_PROBE), dtype=float)
-    want = nf.formula(_FAMILY_PROBE)
-    if got.shape != want.shape or not np.all(
-            np.abs(got - want) <= 1e-14 * np.maximum(1.0, np.abs(want))):
-        return fn
-    return nf
+    return nf if agrees_on_probe(fn, nf.formula, _FAMILY_PROBE) else fn
 
 
 def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
