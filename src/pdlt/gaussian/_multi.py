@@ -1613,7 +1613,7 @@ _INTERP = True
 _INTERP_POINTS = 12        # nodes per interpolation stencil (degree 11)
 _INTERP_DELTA = (0.04, 0.02)   # grid spacings in the mean tried in turn
 _INTERP_TOL = 1e-14        # largest error at the cell centers, relative to max |g|
-_INTERP_MIN_P = 512        # outer points below this: directly
+_INTERP_MIN_P = 2048       # outer points below this: directly (overheads dominate)
 #: cost model, in direct evaluations (~4.2 ns each, measured on the N = 16 fold):
 #: per tabulated value (grid and check), per interpolated value, and per covariance
 _INTERP_GRID, _INTERP_HORNER, _INTERP_FIXED = 1.5, 5.0, 24000.0
@@ -1674,23 +1674,25 @@ def _inner_interp(f, m, l, u, w, points, acc):
         li, lt = lo[todo, None], l[todo, None, None]
         y = li + delta * (np.arange(G) - (n // 2 - 1))          # cell c: nodes c .. c+n-1
         gv = f(y[:, :, None] + lt * u) @ w                       # (k, G)
-        C = np.swapaxes(np.lib.stride_tricks.sliding_window_view(gv, n, axis=1)
-                        @ _TAYLOR.T, 0, 2)                       # (n, ncell, k)
+        C = np.lib.stride_tricks.sliding_window_view(gv, n, axis=1) @ _TAYLOR.T
         yc = li + delta * (np.arange(ncell) + 0.5)
         gc = f(yc[:, :, None] + lt * u) @ w                      # (k, ncell)
-        ok = np.max(np.abs(C[0].T - gc), axis=1) <= _INTERP_TOL * np.max(np.abs(gv), axis=1)
-        if ok.any():
-            C = np.ascontiguousarray(C[:, :, ok]).reshape(n, -1)   # (n, ncell * k_ok)
-            sel = todo[ok]
-            t = (m[sel] - lo[sel, None]) * (1.0 / delta)
+        ok = np.max(np.abs(C[:, :, 0] - gc), axis=1) <= _INTERP_TOL * np.max(np.abs(gv), axis=1)
+        good = np.flatnonzero(ok)
+        C = np.ascontiguousarray(np.transpose(C, (2, 0, 1)))      # (n, k, ncell)
+        rows = max(1, _BLOCK // P)
+        for r0 in range(0, len(good), rows):
+            # a few covariances at a time: their values stay in cache through the n steps
+            gi = good[r0:r0 + rows]
+            t = (m[todo[gi]] - lo[todo[gi], None]) * (1.0 / delta)      # (r, P)
             c = np.minimum(t.astype(np.intp), ncell - 1)
             x = t - c - 0.5
-            c = c * len(sel) + np.arange(len(sel))[:, None]      # flat index (cell, cov)
+            c += (gi * ncell)[:, None]                             # flat index in C[j]
             a = np.take(C[n - 1], c)
             for j in range(n - 2, -1, -1):
                 a *= x
                 a += np.take(C[j], c)
-            acc[sel] = a
+            acc[todo[gi]] = a
         todo = todo[~ok]
         if not len(todo):
             break
@@ -1809,8 +1811,12 @@ def _inner_ranges(codes, even, mass=_PRUNE_MASS):
     n = np.maximum(Q - np.searchsorted(sq, need, side="left"), 1)
     # the kept nodes are the heaviest: a central range of Q - 2 half nodes
     half = (Q - n) // 2
-    groups = [(np.flatnonzero(half == h), int(h), Q - int(h))
-              for h in np.flatnonzero(np.bincount(half))]
+    # the outer points of each distinct half, in increasing order (one stable sort,
+    # not one scan of all points per distinct half)
+    by = np.argsort(half, kind="stable")
+    cnt = np.bincount(half)
+    ends = np.cumsum(cnt)
+    groups = [(by[ends[h] - cnt[h]:ends[h]], int(h), Q - int(h)) for h in np.flatnonzero(cnt)]
     points = int(sum(len(s) * (j1 - j0) for s, j0, j1 in groups))
     return (points, u, w, groups)
 
