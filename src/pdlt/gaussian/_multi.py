@@ -1813,7 +1813,7 @@ def _inner_ranges(codes, even, mass=_PRUNE_MASS):
     half = (Q - n) // 2
     # the outer points of each distinct half, in increasing order (one stable sort,
     # not one scan of all points per distinct half)
-    by = np.argsort(half, kind="stable")
+    by = np.argsort(half.astype(np.int16), kind="stable")     # radix sort (Q <= 640)
     cnt = np.bincount(half)
     ends = np.cumsum(cnt)
     groups = [(by[ends[h] - cnt[h]:ends[h]], int(h), Q - int(h)) for h in np.flatnonzero(cnt)]
