@@ -79,6 +79,25 @@ the error by 10x or more wherever the error exceeds round-off (1e-12); it does
 not include the truncation at ``|u| = 8`` (below 1e-11 relative for
 integrands growing like ``|z|^4``) nor round-off (~1e-13).
 
+**The last axis by interpolation in the conditional mean.** Given the outer
+axes, the last variable is ``m_p + l u`` with one slope l per covariance and a
+mean m_p per outer point, so the inner sums are values of one function
+``g(m) = sum_j w_j f(m + l u_j)`` at the P outer points. Where a cost model says
+it pays (``_inner_interp``: direct evaluations against a table of g on a grid of
+spacing 0.04 in m plus one degree-11 polynomial per outer point; from 256 outer
+points), g is tabulated with the full last-axis rule and interpolated locally
+(12 grid values per cell, Taylor form at the cell center). Its error is checked
+at every cell center against the directly computed g and must stay below
+``1e-14`` of ``max |g|`` (else spacing 0.02, else the direct sums): measured
+~1e-15 for tanh, whose poles at ``i pi / 2`` bound g's smoothness when l is
+small (spacing 0.05: 1e-14, 0.08: 4e-12); a kinked or otherwise unresolved g
+fails the check and is summed directly. Against the direct sums: V of the
+N = 16, depth-10 tanh benchmark within 2e-14 of its largest entry, every
+statistic of tanh, erf, GELU at N = 2..4 within 4e-15, swish within 1.1e-12
+(the direct sums' pruning of the last axis, which the table does not do, at
+integrands growing like |z|); N = 16 tanh V and G1 ~1.4x faster
+(benchmarks/README.md, "Theory engine cost (#15)").
+
 **GELU and erf: the innermost axis in closed form.** Their functions are
 ``P(z) + A(z) Phi(a z) + B(z) phi(a z)`` (``NormalFamily``; GELU's
 ``z Phi``, ``Phi + z phi``, ``(2 - z^2) phi`` and erf's), whose average over
