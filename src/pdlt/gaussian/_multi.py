@@ -1634,7 +1634,8 @@ _INTERP_DELTA = (0.04, 0.02)   # grid spacings in the mean tried in turn
 _INTERP_TOL = 1e-14        # largest error at the cell centers, relative to max |g|
 _INTERP_MIN_P = 256        # outer points below this: directly (overheads dominate)
 #: cost model, in direct evaluations (~4.2 ns each, measured on the N = 16 fold):
-#: per tabulated value (grid and check), per interpolated value, and per covariance
+#: per tabulated value (grid and check), per interpolated value, and per task (the
+#: covariances of one rule, tabulated together)
 _INTERP_GRID, _INTERP_HORNER, _INTERP_FIXED = 1.5, 5.0, 24000.0
 
 
