@@ -980,8 +980,11 @@ def _near_pair_triple(fs, K, order, L, accuracy, return_error):
     ``1 - rho^2`` and the split path meets the sliver obliquely: ``<theta theta theta>``
     2.4e-5 off at ``1 - rho = 1e-6`` (split path) -- that took the mixed entries of B, F
     of three relu inputs with one nearly coinciding pair ~1e-6 of scale off, unreported.
-    Error estimate: the difference from :data:`_TRIPLE_LOWER` plus 16 eps times the
-    integral of ``|integrand|``. The other rows (and zero variances): :func:`_piecewise_path`.
+    Error estimate: the difference from :data:`_TRIPLE_LOWER`, plus 16 eps times the
+    integral of ``|integrand|``, plus twice the change when K's off-diagonal moves by
+    +-4 ulp (``c_2``'s rounding, ~eps / phi: against a 40-digit reference,
+    ``benchmarks/relu_triple_reference.py``, within 3.7e-13 at ``1 - rho = 1e-10``, a few
+    ulps at 1e-6 and above). The other rows (and zero variances): :func:`_piecewise_path`.
     """
     B = K.shape[0]
     dg = np.einsum("bii->bi", K)
@@ -1009,7 +1012,14 @@ def _near_pair_triple(fs, K, order, L, accuracy, return_error):
         out[idx] = val
         if return_error:
             lo, _ = _triple_sum(fp, parts, _TRIPLE_LOWER)
-            err[idx] = np.abs(val - lo) + 16 * _EPS * mag
+            # the rounding of c_2 (an O(phi) difference over sin phi): measured as the
+            # change when K's off-diagonal moves by +-4 ulp (the value's own conditioning)
+            spread = np.zeros(idx.size)
+            for sgn in (1.0, -1.0):
+                Kq = Kp[off] * (1.0 + sgn * 4 * _EPS * (1.0 - np.eye(3)))
+                spread = np.maximum(spread, np.abs(
+                    _triple_sum(fp, _triple_parts(Kq), _TRIPLE_RULE)[0] - val))
+            err[idx] = np.abs(val - lo) + 16 * _EPS * mag + 2.0 * spread
         take[idx] = True
     if not take.all():
         rest = np.flatnonzero(~take)
