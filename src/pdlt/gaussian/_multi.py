@@ -124,7 +124,14 @@ geometries go to the split path below, one rule up. (That path was found
 off on rank-deficient covariances: at "high" by up to 1.6e-8 of the scale
 for rank-2 ``<relu^2 relu relu>`` (``tests/gaussian/test_orthant.py``), 4.7e-7
 for rank-3 four-ReLU averages of 16 inputs in 3 dims, and 2.6e-5 for
-averages with sigma' slots at rank 2 (``benchmarks/relu_orthant.py``).) **Split path: closed-form inner axes.**
+averages with sigma' slots at rank 2 (``benchmarks/relu_orthant.py``).) **Three variables, one pair nearly coinciding** (``1 - rho^2 < 1e-3``, the third off
+the pair's plane): ReLU-family pieces, and functions kinked at 0 only (elu), on the
+unit sphere with the pair's sign changes at exact longitudes
+(:func:`_near_pair_triple`; the orthant form divides by ``1 - rho^2``, the split and exp
+paths met the pair's sliver obliquely: 1.2e-6 off ``<theta theta theta>``, 4.3e-6 off
+elu's ``<p p p>``, unreported; now within 4e-13 and 1e-14 of 30-digit / independent
+references, ``benchmarks/relu_triple_reference.py``, ``elu_triple_reference.py``).
+**Split path: closed-form inner axes.**
 The last two axes are done
 in closed form when the last two variables are of degree <= 1 and not
 collinear (``sqrt(1 - rho^2) > 1e-3``): a bivariate normal orthant
