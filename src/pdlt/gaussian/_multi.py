@@ -143,7 +143,14 @@ geometries go to the split path below, one rule up. (That path was found
 off on rank-deficient covariances: at "high" by up to 1.6e-8 of the scale
 for rank-2 ``<relu^2 relu relu>`` (``tests/gaussian/test_orthant.py``), 4.7e-7
 for rank-3 four-ReLU averages of 16 inputs in 3 dims, and 2.6e-5 for
-averages with sigma' slots at rank 2 (``benchmarks/relu_orthant.py``).) **Split path: closed-form inner axes.**
+averages with sigma' slots at rank 2 (``benchmarks/relu_orthant.py``).) **Three variables, one pair nearly coinciding** (``1 - rho^2 < 1e-3``, the third off
+the pair's plane): ReLU-family pieces, and functions kinked at 0 only (elu), on the
+unit sphere with the pair's sign changes at exact longitudes
+(:func:`_near_pair_triple`; the orthant form divides by ``1 - rho^2``, the split and exp
+paths met the pair's sliver obliquely: 1.2e-6 off ``<theta theta theta>``, 4.3e-6 off
+elu's ``<p p p>``, unreported; now within 4e-13 and 1e-14 of 30-digit / independent
+references, ``benchmarks/relu_triple_reference.py``, ``elu_triple_reference.py``).
+**Split path: closed-form inner axes.**
 The last two axes are done
 in closed form when the last two variables are of degree <= 1 and not
 collinear (``sqrt(1 - rho^2) > 1e-3``): a bivariate normal orthant
@@ -782,10 +789,16 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         out, err = _gh_path(fs, order, L, accuracy, return_error, smooth=False)
     elif pw and d == 2 and _POLAR:
         out, err = _polar_pair(fs, Kb, order, L, accuracy, return_error)
+    elif pw and d == 3 and _POLAR:
+        out, err = _near_pair_triple(fs, Kb, order, L, accuracy, return_error)
     elif pw:
         out, err = _piecewise_path(fs, Kb, order, L, accuracy, return_error)
     elif d == 2 and _POLAR and len(kinks) and all(float(c) == 0.0 for c in kinks):
         out, err = _polar_pair_kinked(fs, Kb, order, L, accuracy, return_error)
+    elif (d == 3 and _POLAR and len(kinks) and all(float(c) == 0.0 for c in kinks)
+          and all(float(t) == 0.0 for f in fs for t in getattr(f, "kinks", ()))):
+        out, err = _near_pair_triple(fs, Kb, order, L, accuracy, return_error,
+                                     kinks=tuple(float(c) for c in kinks))
     elif len(kinks) == 0:
         out, err = _smooth_path(fs, Kb, order, L, accuracy, return_error, growth, gh_up)
     elif _exppw._EXP and all(isinstance(f, ExpPiecewise) for f in fs):
@@ -890,6 +903,219 @@ def _polar_pair(fs, K, order, L, accuracy, return_error):
     out[idx] = pre * np.sum(wt * g, axis=(1, 2))
     if return_error:
         err[idx] = 16 * np.finfo(float).eps * pre * np.sum(wt * np.abs(g), axis=(1, 2))
+    return out, err
+
+
+#: three piecewise monomials of which one pair nearly coincides (``1 - rho^2 <``
+#: ``_NEAR_PAIR``) and the third variable is off the pair's plane (its variance given the
+#: pair ``>= _NEAR_PAIR_OFF`` of its own): the polar form of ``_near_pair_triple``;
+#: elsewhere the orthant / split path (uniformly accurate there)
+_NEAR_PAIR = 1e-3
+_NEAR_PAIR_OFF = 1e-3
+#: (angular nodes per panel, panels per piece, latitude nodes per piece) of
+#: ``_near_pair_triple`` and of its lower rule (the error estimate)
+_TRIPLE_RULE, _TRIPLE_LOWER = (48, 2, 32), (32, 2, 24)
+
+
+def _triple_parts(K):
+    """The pair (0, 1) of K (B, 3, 3) as ``z_0 = a g_1``, ``z_1 = b (cos phi g_1 + sin phi
+    g_2)`` and the third as ``z_2 = c_1 g_1 + c_2 g_2 + s g_3`` (g standard normal):
+    ``a, b, phi, c_1, c_2, s`` (B,) each. ``sin phi`` from :func:`det2` (uniform in rho);
+    ``c_2`` divides an O(phi) difference by ``sin phi`` (error ~eps / phi, the
+    conditioning of the average itself in K_12)."""
+    K00, K11, K22 = K[:, 0, 0], K[:, 1, 1], K[:, 2, 2]
+    K01, K02, K12 = K[:, 0, 1], K[:, 0, 2], K[:, 1, 2]
+    a, b = np.sqrt(K00), np.sqrt(K11)
+    phi = _pair_angle(a * a, b * b, K01)[:, 0]
+    cphi, sphi = np.cos(phi), np.sin(phi)
+    c1 = K02 / a
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c2 = np.where(sphi > 0, (K12 / b - cphi * c1) / np.where(sphi > 0, sphi, 1.0), 0.0)
+    s = np.sqrt(np.maximum(K22 - c1 * c1 - c2 * c2, 0.0))
+    return a, b, phi, c1, c2, s
+
+
+def _pm(f, u):
+    """A :class:`PiecewiseMonomial` at u (no float conversion of its argument)."""
+    c = np.where(u > 0, f.cp, f.cm)
+    return c if f.n == 0 else c * u ** f.n
+
+
+def _sphere_nodes(parts, q_a, sub, q_b):
+    """Longitude / latitude nodes of ``_triple_sum`` (shared with the kinked form): alpha,
+    its weights (B, M), beta_*, the latitude nodes and weights (2, B, M, q_b), mu."""
+    a, b, phi, c1, c2, s = parts
+    B = len(a)
+    two_pi = 2.0 * np.pi
+    ac = np.arctan2(c2, c1)
+    cuts = np.concatenate([np.broadcast_to([0.0, 0.5 * np.pi, 1.5 * np.pi, two_pi], (B, 4)),
+                           np.mod(np.stack([phi + 0.5 * np.pi, phi + 1.5 * np.pi,
+                                            ac + 0.5 * np.pi, ac + 1.5 * np.pi], axis=1),
+                                  two_pi)], axis=1)
+    cuts.sort(axis=1)
+    t = np.linspace(0.0, 1.0, sub + 1)[:-1]
+    lo, hi = cuts[:, :-1, None], cuts[:, 1:, None]
+    br = np.concatenate([(lo + (hi - lo) * t).reshape(B, -1), cuts[:, -1:]], axis=1)
+    xa, wa = _gauss_legendre(q_a)
+    lo, hi = br[:, :-1, None], br[:, 1:, None]
+    al = (0.5 * (hi + lo) + 0.5 * (hi - lo) * xa).reshape(B, -1)        # (B, M)
+    wal = (0.5 * (hi - lo) * wa).reshape(B, -1)
+    mu = c1[:, None] * np.cos(al) + c2[:, None] * np.sin(al)
+    bs = np.arctan2(-mu, s[:, None])             # z_2 changes sign at latitude bs
+    xb, wb = _gauss_legendre(q_b)
+    lat = []
+    for lo_b, hi_b in ((bs, np.full_like(bs, 0.5 * np.pi)), (np.full_like(bs, -0.5 * np.pi), bs)):
+        lat.append((0.5 * (hi_b + lo_b)[..., None] + 0.5 * (hi_b - lo_b)[..., None] * xb,
+                    0.5 * (hi_b - lo_b)[..., None] * wb))
+    return al, wal, bs, lat, mu
+
+
+def _triple_sum(fs, parts, rule):
+    r"""``<f_0 f_1 f_2>`` on the sphere (``_near_pair_triple``) at one rule: (value, the
+    same integral of ``|integrand|``)."""
+    f0, f1, f2 = fs
+    a, b, phi, c1, c2, s = parts
+    al, wal, bs, lat, mu = _sphere_nodes(parts, *rule)
+    r2 = np.hypot(mu, s[:, None])
+    m = 1 + f0.n + f1.n
+    I = Ia = 0.0
+    for (be, w), c in zip(lat, (f2.cp, f2.cm)):
+        g = c * np.cos(be) ** m
+        if f2.n:
+            g = g * np.sin(be - bs[..., None]) ** f2.n
+        I = I + np.sum(w * g, axis=-1)
+        Ia = Ia + np.sum(w * np.abs(g), axis=-1)
+    pa = _pm(f0, np.cos(al)) * _pm(f1, np.cos(al - phi[:, None])) * r2 ** f2.n
+    n = f0.n + f1.n + f2.n
+    pre = (2.0 ** (0.5 * n) * math.gamma(0.5 * (n + 3)) / (math.gamma(1.5) * 4.0 * np.pi)
+           * a ** f0.n * b ** f1.n)
+    return pre * np.sum(wal * pa * I, axis=1), pre * np.sum(wal * np.abs(pa) * Ia, axis=1)
+
+
+def _triple_sum_kinked(fs, parts, rule):
+    """``<f_0 f_1 f_2>`` of functions kinked at 0 only: the sphere of ``_triple_sum`` times
+    a radial Gauss-Legendre integral (chi, 3 degrees of freedom) on the panels of
+    :data:`_RADIAL_BREAKS`: (value, the same integral of ``|integrand|``)."""
+    a, b, phi, c1, c2, s = parts
+    q_a, sub, q_b, q_r = rule
+    xr, wr = _gauss_legendre(q_r)
+    brr = np.array(_RADIAL_BREAKS)
+    r = (0.5 * (brr[1:] + brr[:-1])[:, None] + 0.5 * np.diff(brr)[:, None] * xr).reshape(-1)
+    wrad = ((0.5 * np.diff(brr)[:, None] * wr).reshape(-1) * r * r * np.exp(-0.5 * r * r)
+            * math.sqrt(2.0 / math.pi))
+    val, mag = np.zeros(len(a)), np.zeros(len(a))
+    for i in range(len(a)):            # one row at a time: (M, 2 q_b, radial nodes) each
+        p1 = tuple(x[i:i + 1] for x in parts)
+        al, wal, bs, lat, mu = _sphere_nodes(p1, q_a, sub, q_b)
+        be = np.concatenate([lat[0][0], lat[1][0]], axis=-1)[0]          # (M, 2 q_b)
+        wb = np.concatenate([lat[1 - 1][1], lat[1][1]], axis=-1)[0]
+        cb = np.cos(be)
+        u0 = (a[i] * cb * np.cos(al[0])[:, None])[..., None] * r
+        u1 = (b[i] * cb * np.cos(al[0] - phi[i])[:, None])[..., None] * r
+        u2 = (cb * mu[0][:, None] + s[i] * np.sin(be))[..., None] * r
+        g = (np.asarray(fs[0](u0), dtype=float) * np.asarray(fs[1](u1), dtype=float)
+             * np.asarray(fs[2](u2), dtype=float))
+        w = wal[0][:, None, None] * (wb * cb)[..., None] * wrad / (4.0 * np.pi)
+        val[i], mag[i] = np.sum(w * g), np.sum(w * np.abs(g))
+    return val, mag
+
+#: (angular nodes per panel, panels per piece, latitude nodes per piece, radial nodes per
+#: panel of :data:`_RADIAL_BREAKS`) of ``_near_pair_triple_kinked`` per accuracy, and the
+#: lower rule of each (the error estimate)
+_TRIPLE_KINKED_RULES = {"fast": (16, 2, 12, 10), "default": (24, 2, 16, 14),
+                        "high": (32, 2, 24, 20)}
+_TRIPLE_KINKED_LOWER = {"fast": (12, 2, 10, 8), "default": (16, 2, 12, 10),
+                        "high": (24, 2, 16, 14)}
+
+
+
+def _near_pair_triple(fs, K, order, L, accuracy, return_error, kinks=None):
+    r"""``<f_0 f_1 f_2>`` of three piecewise monomials (or, with ``kinks``, of functions
+    kinked at 0 only: elu), uniform in a nearly coinciding pair.
+
+    Where the most correlated pair has ``1 - rho^2 < _NEAR_PAIR`` and the third variable's
+    variance given the pair is ``>= _NEAR_PAIR_OFF`` of its own, with the pair as
+    (0, 1) (:func:`_triple_parts`): the product is positively homogeneous of degree
+    ``n = n_0 + n_1 + n_2`` in ``g``, so the average is ``E[|g|^n]`` (chi, 3 degrees of
+    freedom) times the mean over the unit sphere,
+    ``omega = (cos beta cos alpha, cos beta sin alpha, sin beta)``: ``z_0, z_1`` change
+    sign at fixed longitudes alpha (``pi/2, 3 pi/2`` and those plus ``phi``: the sliver
+    between them is a piece of its own, no ``1 - rho^2`` divides), ``z_2 = r_2
+    cos beta_* ... = r_2 sin(beta - beta_*)`` at the latitude ``beta_* = atan2(-mu, s)``,
+    ``mu = c_1 cos alpha + c_2 sin alpha``. Gauss-Legendre on the latitude pieces (a
+    trigonometric polynomial on each: exact to round-off) and on the longitude pieces
+    (analytic on each; :data:`_TRIPLE_RULE`). The orthant closed form divides by
+    ``1 - rho^2`` and the split path meets the sliver obliquely: ``<theta theta theta>``
+    2.4e-5 off at ``1 - rho = 1e-6`` (split path) -- that took the mixed entries of B, F
+    of three relu inputs with one nearly coinciding pair ~1e-6 of scale off, unreported.
+    Error estimate: the difference from :data:`_TRIPLE_LOWER`, plus 16 eps times the
+    integral of ``|integrand|``, plus twice the change when K's off-diagonal moves by
+    +-4 ulp (``c_2``'s rounding, ~eps / phi: against a 40-digit reference,
+    ``benchmarks/relu_triple_reference.py``, within 3.7e-13 at ``1 - rho = 1e-10``, a few
+    ulps at 1e-6 and above). The other rows (and zero variances): :func:`_piecewise_path`.
+
+    Kinked at 0 (``kinks = (0,)``, not homogeneous): the same sphere times a radial
+    Gauss-Legendre integral along each direction (:func:`_triple_sum_kinked`, smooth in
+    the radius: no kink is crossed along a ray), rules :data:`_TRIPLE_KINKED_RULES`. The
+    exp / split path it replaces was 4.3e-6 off elu's ``<p p p>`` at ``1 - rho = 1e-4``
+    (its estimate said 1.1e-7); this form is within ~1e-14 at "default" at ``1 - rho =
+    1e-1 .. 1e-8`` and 0 against the same form at higher rules, and within 2e-13 of the
+    exp path at "high" at 1e-1. Cost ~0.1 s per average at "default" (value and lower
+    rule; the rounding spread twice that again). The other rows: the exp path (elu's
+    ``ExpPiecewise``) or the split path.
+    """
+    B = K.shape[0]
+    dg = np.einsum("bii->bi", K)
+    out = np.zeros(B)
+    err = np.zeros(B) if return_error else None
+    if kinks is None:
+        one = lambda fp, parts, lower: _triple_sum(  # noqa: E731
+            fp, parts, _TRIPLE_LOWER if lower else _TRIPLE_RULE)
+    else:
+        one = lambda fp, parts, lower: _triple_sum_kinked(  # noqa: E731
+            fp, parts, (_TRIPLE_KINKED_LOWER if lower else _TRIPLE_KINKED_RULES)[accuracy])
+    pairs = ((0, 1, 2), (0, 2, 1), (1, 2, 0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.stack([det2(dg[:, i], dg[:, j], K[:, i, j]) / (dg[:, i] * dg[:, j])
+                        for i, j, _ in pairs], axis=1)
+    rel = np.where(np.isfinite(rel), rel, np.inf)
+    which = np.argmin(rel, axis=1)
+    take = np.zeros(B, dtype=bool)
+    for p, perm in enumerate(pairs):
+        idx = np.flatnonzero((which == p) & (rel[:, p] < _NEAR_PAIR) & np.all(dg > 0, axis=1))
+        if idx.size == 0:
+            continue
+        Kp = K[idx][:, perm][:, :, perm]
+        parts = _triple_parts(Kp)
+        off = parts[5] ** 2 >= _NEAR_PAIR_OFF * Kp[:, 2, 2]
+        idx, parts = idx[off], tuple(x[off] for x in parts)
+        if idx.size == 0:
+            continue
+        fp = [fs[i] for i in perm]
+        val, mag = one(fp, parts, False)
+        out[idx] = val
+        if return_error:
+            lo, _ = one(fp, parts, True)
+            # the rounding of c_2 (an O(phi) difference over sin phi): measured as the
+            # change when K's off-diagonal moves by +-4 ulp (the value's own conditioning)
+            spread = np.zeros(idx.size)
+            for sgn in (1.0, -1.0):
+                Kq = Kp[off] * (1.0 + sgn * 4 * _EPS * (1.0 - np.eye(3)))
+                spread = np.maximum(spread, np.abs(one(fp, _triple_parts(Kq), False)[0] - val))
+            err[idx] = np.abs(val - lo) + 16 * _EPS * mag + 2.0 * spread
+        take[idx] = True
+    if not take.all():
+        rest = np.flatnonzero(~take)
+        if kinks is None:
+            o, e = _piecewise_path(fs, K[rest], order[rest], L[rest], accuracy, return_error)
+        elif _exppw._EXP and all(isinstance(f, ExpPiecewise) for f in fs):
+            o, e = _exp_path(fs, K[rest], order[rest], L[rest], kinks, accuracy, return_error)
+        else:
+            o, e = _split_path(fs, order[rest], L[rest], kinks, accuracy, return_error,
+                               exact_inner=False)
+        out[rest] = o
+        if return_error:
+            err[rest] = e
     return out, err
 
 
