@@ -95,7 +95,7 @@ fails the check and is summed directly. Against the direct sums: V of the
 N = 16, depth-10 tanh benchmark within 2e-14 of its largest entry, every
 statistic of tanh, erf, GELU at N = 2..4 within 4e-15, swish within 1.1e-12
 (the direct sums' pruning of the last axis, which the table does not do, at
-integrands growing like |z|); N = 16 tanh V and G1 ~1.4x faster
+integrands growing like ``|z|``); N = 16 tanh V and G1 ~1.4x faster
 (benchmarks/README.md, "Theory engine cost (#15)").
 
 **GELU and erf: the innermost axis in closed form.** Their functions are
@@ -146,7 +146,7 @@ for rank-3 four-ReLU averages of 16 inputs in 3 dims, and 2.6e-5 for
 averages with sigma' slots at rank 2 (``benchmarks/relu_orthant.py``).) **Three variables, one pair nearly coinciding** (``1 - rho^2 < 1e-3``, the third off
 the pair's plane): ReLU-family pieces, and functions kinked at 0 only (elu), on the
 unit sphere with the pair's sign changes at exact longitudes
-(:func:`_near_pair_triple`; the orthant form divides by ``1 - rho^2``, the split and exp
+(``_near_pair_triple``; the orthant form divides by ``1 - rho^2``, the split and exp
 paths met the pair's sliver obliquely: 1.2e-6 off ``<theta theta theta>``, 4.3e-6 off
 elu's ``<p p p>``, unreported; now within 4e-13 and 1e-14 of 30-digit / independent
 references, ``benchmarks/relu_triple_reference.py``, ``elu_triple_reference.py``).
@@ -186,7 +186,7 @@ everywhere).
 **elu: the innermost axis in closed form.** elu's sigma, sigma', sigma'' and
 their products, powers, sums and products with powers of z are exponential
 polynomials between kinks (:class:`~pdlt.gaussian._exppw.ExpPiecewise`, produced
-by :func:`normal_family` and the theory's integrand builders for the named elu);
+by ``normal_family`` and the theory's integrand builders for the named elu);
 the split path below then does its last axis by tilted truncated Gaussian moments
 (:func:`~pdlt.gaussian._exppw.exp_inner`, module doc there) and sums only the outer
 axes, with the same panels and the same error estimate (one node more per panel
