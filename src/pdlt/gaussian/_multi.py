@@ -1188,11 +1188,180 @@ def _polar_pair_kinked(fs, K, order, L, accuracy, return_error):
     return out, err
 
 
+#: four piecewise monomials (n <= 2) of which one pair nearly coincides where the orthant
+#: closed form does not apply (correlation matrix eigenvalue < 1e-6): ``_near_pair_quad``;
+#: (angular nodes per panel, panels per angular piece, radial nodes per panel of
+#: :data:`_RADIAL_BREAKS`, nodes per panel of the third variable's two sides) per accuracy,
+#: and the lower rule of each (the error estimate)
+_QUAD_RULES = {"fast": (16, 2, 12, 12), "default": (20, 2, 16, 16), "high": (24, 2, 20, 20)}
+_QUAD_LOWER = {"fast": (12, 2, 10, 10), "default": (16, 2, 12, 12), "high": (20, 2, 16, 16)}
+#: panels per side of the third variable's kink, and its range (standard units)
+_QUAD_G3_PANELS, _QUAD_G3_RANGE = 3, 11.0
+#: rows of four with a pair below this ``1 - rho^2`` take ``_near_pair_quad`` before the
+#: orthant form (which is right to ~1e-15 at 1e-4 and above, but 2.9e-8 off
+#: ``<theta theta theta theta>`` at 1e-10 by its cone form, estimate 1.6e-10)
+_QUAD_FIRST = 1e-6
+
+
+def _quad_parts(K):
+    """The pair (0, 1) of K (B, 4, 4) as in :func:`_triple_parts` and the two others as
+    ``z_2 = c21 g_1 + c22 g_2 + s2 g_3``, ``z_3 = c31 g_1 + c32 g_2 + c33 g_3 + s3 g_4``:
+    ``(a, b, phi, c21, c22, s2, c31, c32, c33, s3)`` (B,) each."""
+    a, b, phi, c21, c22, s2 = _triple_parts(K[:, :3, :3])
+    _, _, _, c31, c32, _ = _triple_parts(K[:, [0, 1, 3]][:, :, [0, 1, 3]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c33 = np.where(s2 > 0, (K[:, 2, 3] - c21 * c31 - c22 * c32) / np.where(s2 > 0, s2, 1.0),
+                       0.0)
+    s3 = np.sqrt(np.maximum(K[:, 3, 3] - c31 * c31 - c32 * c32 - c33 * c33, 0.0))
+    return a, b, phi, c21, c22, s2, c31, c32, c33, s3
+
+
+def _pm_normal(f, m, s):
+    """``E[f(m + s w)]`` for a :class:`PiecewiseMonomial` f of degree <= 2, w ~ N(0, 1)."""
+    t = m / s
+    P = special.ndtr(t)
+    p = _PHI * np.exp(-0.5 * t * t)
+    if f.n == 0:
+        plus, full = P, 1.0
+    elif f.n == 1:
+        plus, full = m * P + s * p, m
+    else:
+        plus, full = (m * m + s * s) * P + m * s * p, m * m + s * s
+    return f.cp * plus + f.cm * (full - plus)
+
+
+def _quad_sum(fs, parts, rule):
+    r"""``<f_0 f_1 f_2 f_3>`` of ``_near_pair_quad`` at one rule, row by row: (value, the
+    same integral of ``|integrand|``)."""
+    f0, f1, f2, f3 = fs
+    q_a, sub, q_r, q_3 = rule
+    two_pi = 2.0 * np.pi
+    xr, wr = _gauss_legendre(q_r)
+    brr = np.array(_RADIAL_BREAKS)
+    R = (0.5 * (brr[1:] + brr[:-1])[:, None] + 0.5 * np.diff(brr)[:, None] * xr).reshape(-1)
+    wR = (0.5 * np.diff(brr)[:, None] * wr).reshape(-1) * R * np.exp(-0.5 * R * R)
+    x3, w3 = _gauss_legendre(q_3)
+    t = (np.arange(_QUAD_G3_PANELS)[:, None] + 0.5 * (1.0 + x3)) / _QUAD_G3_PANELS   # (P, q)
+    t, w3 = t.reshape(-1), np.broadcast_to(0.5 * w3 / _QUAD_G3_PANELS, t.shape).reshape(-1)
+    xa, wa = _gauss_legendre(q_a)
+    ts = np.linspace(0.0, 1.0, sub + 1)[:-1]
+    val, mag = np.zeros(len(parts[0])), np.zeros(len(parts[0]))
+    for i in range(len(parts[0])):
+        a, b, phi, c21, c22, s2, c31, c32, c33, s3 = (float(x[i]) for x in parts)
+        cuts = np.sort(np.concatenate([[0.0, 0.5 * np.pi, 1.5 * np.pi, two_pi], np.mod(
+            [phi + 0.5 * np.pi, phi + 1.5 * np.pi], two_pi)]))
+        lo, hi = cuts[:-1, None], cuts[1:, None]
+        br = np.append((lo + (hi - lo) * ts).reshape(-1), two_pi)
+        lo, hi = br[:-1, None], br[1:, None]
+        al = (0.5 * (hi + lo) + 0.5 * (hi - lo) * xa).reshape(-1)                 # (M,)
+        wal = (0.5 * (hi - lo) * wa).reshape(-1) / two_pi
+        ca, sa = np.cos(al), np.sin(al)
+        pa = wal * _pm(f0, a * ca) * _pm(f1, b * np.cos(al - phi))              # (M,)
+        keep = pa != 0.0
+        ca, sa, pa = ca[keep], sa[keep], pa[keep]
+        mu2 = (c21 * ca + c22 * sa)[:, None] * R                                # (M, nR)
+        mu3 = (c31 * ca + c32 * sa)[:, None] * R
+        kink = np.clip(-mu2 / s2, -_QUAD_G3_RANGE, _QUAD_G3_RANGE)[..., None]
+        I = Ia = 0.0
+        for lo3, hi3 in ((-_QUAD_G3_RANGE, kink), (kink, _QUAD_G3_RANGE)):
+            g3 = lo3 + (hi3 - lo3) * t                                           # (M, nR, n3)
+            w = (hi3 - lo3) * w3 * _PHI * np.exp(-0.5 * g3 * g3)
+            g = _pm(f2, mu2[..., None] + s2 * g3) * _pm_normal(f3, mu3[..., None] + c33 * g3, s3)
+            I = I + np.sum(w * g, axis=-1)
+            Ia = Ia + np.sum(w * np.abs(g), axis=-1)
+        rad = wR * R ** (f0.n + f1.n)
+        val[i] = np.sum(pa[:, None] * rad * I)
+        mag[i] = np.sum(np.abs(pa)[:, None] * rad * Ia)
+    return val, mag
+
+
+def _near_pair_quad(fs, K, accuracy, return_error):
+    r"""``<f_0 f_1 f_2 f_3>`` of four piecewise monomials (degree <= 2) with one nearly
+    coinciding pair, uniform in its correlation: (taken (B,) bool, value, estimate).
+
+    Rows whose most correlated pair has ``1 - rho^2 < _NEAR_PAIR`` and whose two other
+    variables keep ``>= _NEAR_PAIR_OFF`` of their variance given what precedes them in the
+    factor of :func:`_quad_parts` (the pair first). With ``(g_1, g_2) = R (cos alpha, sin
+    alpha)``: alpha by Gauss-Legendre between the pair's sign changes (``pi/2, 3 pi/2`` and
+    those plus ``phi``: the sliver between them a piece of its own, no ``1 - rho^2``
+    divides), R on the panels of :data:`_RADIAL_BREAKS`, ``g_3`` split at ``z_2``'s sign
+    change, ``g_4`` in closed form (:func:`_pm_normal`): every axis a smooth integrand on
+    each piece (:data:`_QUAD_RULES`). The split path it replaces (the orthant form's
+    fallback) missed the sliver: ``<theta theta theta theta>`` 2.2e-5 off at ``1 - rho^2 =
+    1e-6`` (~ proportional to ``sqrt(1 - rho^2)``) with an estimate of 9e-15
+    (``benchmarks/relu_quad_reference.py``). Error estimate: the difference from
+    :data:`_QUAD_LOWER`, plus 16 eps times the integral of ``|integrand|``, plus twice the
+    change when K's off-diagonal moves by +-4 ulp (``c22``, ``c32``'s rounding ~eps/phi).
+    """
+    B = K.shape[0]
+    dg = np.einsum("bii->bi", K)
+    take = np.zeros(B, dtype=bool)
+    out = np.zeros(B)
+    err = np.zeros(B)
+    if any(f.n > 2 for f in fs):
+        return take, out, err
+    pairs = list(itertools.combinations(range(4), 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.stack([det2(dg[:, i], dg[:, j], K[:, i, j]) / (dg[:, i] * dg[:, j])
+                        for i, j in pairs], axis=1)
+    rel = np.where(np.isfinite(rel), rel, np.inf)
+    which = np.argmin(rel, axis=1)
+    for p, (i, j) in enumerate(pairs):
+        idx = np.flatnonzero((which == p) & (rel[:, p] < _NEAR_PAIR) & np.all(dg > 0, axis=1))
+        if idx.size == 0:
+            continue
+        perm = [i, j] + [k for k in range(4) if k not in (i, j)]
+        Kp = K[idx][:, perm][:, :, perm]
+        parts = _quad_parts(Kp)
+        off = ((parts[5] ** 2 >= _NEAR_PAIR_OFF * Kp[:, 2, 2])
+               & (parts[9] ** 2 >= _NEAR_PAIR_OFF * Kp[:, 3, 3]))
+        idx, Kp, parts = idx[off], Kp[off], tuple(x[off] for x in parts)
+        if idx.size == 0:
+            continue
+        fp = [fs[k] for k in perm]
+        val, mag = _quad_sum(fp, parts, _QUAD_RULES[accuracy])
+        out[idx] = val
+        if return_error:
+            lo, _ = _quad_sum(fp, parts, _QUAD_LOWER[accuracy])
+            spread = np.zeros(idx.size)
+            for sgn in (1.0, -1.0):
+                Kq = Kp * (1.0 + sgn * 4 * _EPS * (1.0 - np.eye(4)))
+                spread = np.maximum(spread, np.abs(_quad_sum(fp, _quad_parts(Kq),
+                                                             _QUAD_RULES[accuracy])[0] - val))
+            err[idx] = np.abs(val - lo) + 16 * _EPS * mag + 2.0 * spread
+        take[idx] = True
+    return take, out, err
+
+
 def _piecewise_path(fs, K, order, L, accuracy, return_error):
     """Piecewise monomials (ReLU family): the orthant closed form where the correlation
     matrix's smallest eigenvalue is >= 1e-6, the split path (exact inner axes) elsewhere."""
     if not _ORTHANT or len(fs) < 2:
         return _split_path(fs, order, L, (0.0,), accuracy, return_error, exact_inner=True)
+    if len(fs) == 4 and _POLAR:
+        # a pair with 1 - rho^2 < _QUAD_FIRST: never the orthant's direct form (its
+        # correlation eigenvalue is below 1e-6), and its cone form (eigenvalue < 1e-10)
+        # drops an O(sqrt(eigenvalue)) sliver: _near_pair_quad first
+        dg = np.einsum("bii->bi", K)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.min([det2(dg[:, i], dg[:, j], K[:, i, j]) / (dg[:, i] * dg[:, j])
+                          for i, j in itertools.combinations(range(4), 2)], axis=0)
+        first = np.flatnonzero(rel < _QUAD_FIRST)
+        if first.size:
+            took, o, e = _near_pair_quad(fs, K[first], accuracy, return_error)
+            if took.any():
+                rest = np.setdiff1d(np.arange(len(K)), first[took])
+                out, err = np.zeros(len(K)), (np.zeros(len(K)) if return_error else None)
+                out[first[took]] = o[took]
+                if return_error:
+                    err[first[took]] = e[took]
+                if rest.size:
+                    o, e = _piecewise_path(fs, K[rest], order[rest], L[rest], accuracy,
+                                           return_error)
+                    out[rest] = o
+                    if return_error:
+                        err[rest] = e
+                return out, err
     out, err, ok = orthant_expect(fs, K, return_error)
     if not ok.all():
         # the few left (nearly singular, not exactly): the split path one rule up, and
@@ -1200,6 +1369,15 @@ def _piecewise_path(fs, K, order, L, accuracy, return_error):
         # two nodes fewer per panel, overstated the error ~2000x on such a covariance:
         # 1.8e-6 against a true 8e-10 at "default", N = 16 relu inputs in 3 dims)
         rest = np.flatnonzero(~ok)
+        if len(fs) == 4 and _POLAR:
+            # one nearly coinciding pair: the split path misses its sliver (_near_pair_quad)
+            took, o, e = _near_pair_quad(fs, K[rest], accuracy, return_error)
+            out[rest[took]] = o[took]
+            if return_error:
+                err[rest[took]] = e[took]
+            rest = rest[~took]
+            if rest.size == 0:
+                return out, (err if return_error else None)
         up = {"fast": "default", "default": "high"}.get(accuracy)
         if up is None:
             o, e = _split_path(fs, order[rest], L[rest], (0.0,), accuracy, return_error,
