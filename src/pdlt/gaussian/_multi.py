@@ -1193,10 +1193,20 @@ def _polar_pair_kinked(fs, K, order, L, accuracy, return_error):
 #: (angular nodes per panel, panels per angular piece, radial nodes per panel of
 #: :data:`_RADIAL_BREAKS`, nodes per panel of the third variable's two sides) per accuracy,
 #: and the lower rule of each (the error estimate)
-_QUAD_RULES = {"fast": (16, 2, 12, 12), "default": (20, 2, 16, 16), "high": (24, 2, 20, 20)}
-_QUAD_LOWER = {"fast": (12, 2, 10, 10), "default": (16, 2, 12, 12), "high": (20, 2, 16, 16)}
+#: (measured: at most 2e-8, 5e-11, 4.9e-13, 3.5e-14 off the reference at (8, 2, 8, 8),
+#: (12, 2, 10, 10), (16, 2, 12, 12), (20, 2, 16, 16); 0.004 .. 0.09 s per average)
+_QUAD_RULES = {"fast": (12, 2, 10, 10), "default": (16, 2, 12, 12), "high": (20, 2, 16, 16)}
+_QUAD_LOWER = {"fast": (8, 2, 8, 8), "default": (12, 2, 10, 10), "high": (16, 2, 12, 12)}
 #: panels per side of the third variable's kink, and its range (standard units)
 _QUAD_G3_PANELS, _QUAD_G3_RANGE = 3, 11.0
+#: offsets (in units of the kink's width ``s3 / |c33|``) of the graded panels around the
+#: fourth variable's kink in g_3 where it is nearly determined (``_quad_sum``)
+_QUAD_GRADE = (-4.0 ** 6, -4.0 ** 4, -16.0, -4.0, -1.0, 0.0, 1.0, 4.0, 16.0, 4.0 ** 4, 4.0 ** 6)
+#: offsets (in units of ``s3 / |c33|``) of the angular cuts graded around the directions
+#: where z_2 and z_3 change sign together (``_quad_sum``)
+_QUAD_ALPHA_GRADE = (1.0, 4.0, 16.0, 64.0)
+#: z_3's kink in g_3 narrower than this (``s3 / |c33|``): the graded panels around it
+_QUAD_THIN = 0.5
 #: rows of four with a pair below this ``1 - rho^2`` take ``_near_pair_quad`` before the
 #: orthant form (which is right to ~1e-15 at 1e-4 and above, but 2.9e-8 off
 #: ``<theta theta theta theta>`` at 1e-10 by its cone form, estimate 1.6e-10)
@@ -1217,7 +1227,10 @@ def _quad_parts(K):
 
 
 def _pm_normal(f, m, s):
-    """``E[f(m + s w)]`` for a :class:`PiecewiseMonomial` f of degree <= 2, w ~ N(0, 1)."""
+    """``E[f(m + s w)]`` for a :class:`PiecewiseMonomial` f of degree <= 2, w ~ N(0, 1)
+    (``s = 0``: ``f(m)``)."""
+    if s == 0.0:
+        return _pm(f, m)
     t = m / s
     P = special.ndtr(t)
     p = _PHI * np.exp(-0.5 * t * t)
@@ -1246,10 +1259,20 @@ def _quad_sum(fs, parts, rule):
     xa, wa = _gauss_legendre(q_a)
     ts = np.linspace(0.0, 1.0, sub + 1)[:-1]
     val, mag = np.zeros(len(parts[0])), np.zeros(len(parts[0]))
+    s3_, c33_ = parts[9], parts[8]
+    thin = s3_ < _QUAD_THIN * np.abs(c33_)
     for i in range(len(parts[0])):
         a, b, phi, c21, c22, s2, c31, c32, c33, s3 = (float(x[i]) for x in parts)
-        cuts = np.sort(np.concatenate([[0.0, 0.5 * np.pi, 1.5 * np.pi, two_pi], np.mod(
-            [phi + 0.5 * np.pi, phi + 1.5 * np.pi], two_pi)]))
+        # z_2 and z_3 change sign together along the directions alpha_0, alpha_0 + pi of
+        # the pair's plane (a kink in alpha where z_3 is nearly determined: graded there)
+        a0 = math.atan2(-(c21 * c33 - c31 * s2), c22 * c33 - c32 * s2)
+        h = s3 / abs(c33) if c33 != 0.0 else np.inf
+        extra = [a0, a0 + np.pi]
+        if h < _QUAD_ALPHA_GRADE[-1]:
+            extra += [a0 + sg * o * max(h, 1e-300) + sh for o in _QUAD_ALPHA_GRADE
+                      if o * h < 0.5 for sg in (-1.0, 1.0) for sh in (0.0, np.pi)]
+        cuts = np.unique(np.concatenate([[0.0, 0.5 * np.pi, 1.5 * np.pi, two_pi], np.mod(
+            [phi + 0.5 * np.pi, phi + 1.5 * np.pi] + extra, two_pi)]))
         lo, hi = cuts[:-1, None], cuts[1:, None]
         br = np.append((lo + (hi - lo) * ts).reshape(-1), two_pi)
         lo, hi = br[:-1, None], br[1:, None]
@@ -1261,9 +1284,18 @@ def _quad_sum(fs, parts, rule):
         ca, sa, pa = ca[keep], sa[keep], pa[keep]
         mu2 = (c21 * ca + c22 * sa)[:, None] * R                                # (M, nR)
         mu3 = (c31 * ca + c32 * sa)[:, None] * R
-        kink = np.clip(-mu2 / s2, -_QUAD_G3_RANGE, _QUAD_G3_RANGE)[..., None]
+        T3 = _QUAD_G3_RANGE
+        br = [np.full(mu2.shape, -T3), np.clip(-mu2 / s2, -T3, T3), np.full(mu2.shape, T3)]
+        if thin[i]:
+            # z_3 nearly determined by g_1..g_3 (rank-3 K, s3 from rounding; or s3 small):
+            # E over g_4 is a kink of width h = s3 / |c33| in g_3, met by graded panels
+            h = s3 / abs(c33)
+            k3 = -mu3 / c33
+            br += [np.clip(k3 + h * o, -T3, T3) for o in _QUAD_GRADE]
+        br = np.sort(np.stack(br, axis=-1), axis=-1)                            # (M, nR, nb)
         I = Ia = 0.0
-        for lo3, hi3 in ((-_QUAD_G3_RANGE, kink), (kink, _QUAD_G3_RANGE)):
+        for j in range(br.shape[-1] - 1):
+            lo3, hi3 = br[..., j:j + 1], br[..., j + 1:j + 2]
             g3 = lo3 + (hi3 - lo3) * t                                           # (M, nR, n3)
             w = (hi3 - lo3) * w3 * _PHI * np.exp(-0.5 * g3 * g3)
             g = _pm(f2, mu2[..., None] + s2 * g3) * _pm_normal(f3, mu3[..., None] + c33 * g3, s3)
@@ -1291,7 +1323,8 @@ def _near_pair_quad(fs, K, accuracy, return_error):
     1e-6`` (~ proportional to ``sqrt(1 - rho^2)``) with an estimate of 9e-15
     (``benchmarks/relu_quad_reference.py``). Error estimate: the difference from
     :data:`_QUAD_LOWER`, plus 16 eps times the integral of ``|integrand|``, plus twice the
-    change when K's off-diagonal moves by +-4 ulp (``c22``, ``c32``'s rounding ~eps/phi).
+    change when K's off-diagonal moves by +-4 ulp (``c22``, ``c32``'s rounding ~eps/phi;
+    at the lower rule). Cost ~0.07 s per average at "default".
     """
     B = K.shape[0]
     dg = np.einsum("bii->bi", K)
@@ -1310,27 +1343,41 @@ def _near_pair_quad(fs, K, accuracy, return_error):
         idx = np.flatnonzero((which == p) & (rel[:, p] < _NEAR_PAIR) & np.all(dg > 0, axis=1))
         if idx.size == 0:
             continue
-        perm = [i, j] + [k for k in range(4) if k not in (i, j)]
-        Kp = K[idx][:, perm][:, :, perm]
-        parts = _quad_parts(Kp)
-        off = ((parts[5] ** 2 >= _NEAR_PAIR_OFF * Kp[:, 2, 2])
-               & (parts[9] ** 2 >= _NEAR_PAIR_OFF * Kp[:, 3, 3]))
-        idx, Kp, parts = idx[off], Kp[off], tuple(x[off] for x in parts)
-        if idx.size == 0:
-            continue
+        k2, k3 = [k for k in range(4) if k not in (i, j)]
+        for perm in ([i, j, k2, k3], [i, j, k3, k2]):
+            Kp = K[idx][:, perm][:, :, perm]
+            parts = _quad_parts(Kp)
+            # the third variable off the pair's plane (the fourth may be determined: rank 3)
+            off = ((parts[5] ** 2 >= _NEAR_PAIR_OFF * Kp[:, 2, 2])
+                   & (parts[8] ** 2 + parts[9] ** 2 >= _NEAR_PAIR_OFF * Kp[:, 3, 3]))
+            if perm[2] == k2:    # the other order where it has the larger share of its own
+                _, _, _, _, _, s3o = _triple_parts(K[idx][:, [i, j, k3]][:, :, [i, j, k3]])
+                off &= parts[5] ** 2 / Kp[:, 2, 2] >= s3o ** 2 / K[idx, k3, k3]
+            taken = _near_quad_rows(fs, perm, idx[off], Kp[off], tuple(x[off] for x in parts),
+                                    accuracy, return_error, out, err)
+            take[taken] = True
+            idx = idx[~off]
+            if idx.size == 0:
+                break
+    return take, out, err
+
+
+def _near_quad_rows(fs, perm, idx, Kp, parts, accuracy, return_error, out, err):
+    """``_near_pair_quad`` at rows idx, their covariances Kp permuted (pair first): fills
+    out, err there; returns idx."""
+    if idx.size:
         fp = [fs[k] for k in perm]
         val, mag = _quad_sum(fp, parts, _QUAD_RULES[accuracy])
         out[idx] = val
         if return_error:
             lo, _ = _quad_sum(fp, parts, _QUAD_LOWER[accuracy])
             spread = np.zeros(idx.size)
-            for sgn in (1.0, -1.0):
+            for sgn in (1.0, -1.0):       # (at the lower rule: a difference of two sums)
                 Kq = Kp * (1.0 + sgn * 4 * _EPS * (1.0 - np.eye(4)))
                 spread = np.maximum(spread, np.abs(_quad_sum(fp, _quad_parts(Kq),
-                                                             _QUAD_RULES[accuracy])[0] - val))
+                                                             _QUAD_LOWER[accuracy])[0] - lo))
             err[idx] = np.abs(val - lo) + 16 * _EPS * mag + 2.0 * spread
-        take[idx] = True
-    return take, out, err
+    return idx
 
 
 def _piecewise_path(fs, K, order, L, accuracy, return_error):
