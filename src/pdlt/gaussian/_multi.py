@@ -1199,9 +1199,13 @@ _QUAD_RULES = {"fast": (12, 2, 10, 10), "default": (16, 2, 12, 12), "high": (20,
 _QUAD_LOWER = {"fast": (8, 2, 8, 8), "default": (12, 2, 10, 10), "high": (16, 2, 12, 12)}
 #: panels per side of the third variable's kink, and its range (standard units)
 _QUAD_G3_PANELS, _QUAD_G3_RANGE = 3, 11.0
+#: panels per piece of g_3 (and angular panels per piece) where z_3's kink is graded: the
+#: pieces are already short
+_QUAD_G3_PANELS_THIN = 1
 #: offsets (in units of the kink's width ``s3 / |c33|``) of the graded panels around the
 #: fourth variable's kink in g_3 where it is nearly determined (``_quad_sum``)
-_QUAD_GRADE = (-4.0 ** 6, -4.0 ** 4, -16.0, -4.0, -1.0, 0.0, 1.0, 4.0, 16.0, 4.0 ** 4, 4.0 ** 6)
+_QUAD_GRADE = (-4.0 ** 5, -4.0 ** 4, -4.0 ** 3, -16.0, -4.0, -1.0, 0.0, 1.0, 4.0, 16.0, 4.0 ** 3,
+               4.0 ** 4, 4.0 ** 5)
 #: offsets (in units of ``s3 / |c33|``) of the angular cuts graded around the directions
 #: where z_2 and z_3 change sign together (``_quad_sum``)
 _QUAD_ALPHA_GRADE = (1.0, 4.0, 16.0, 64.0)
@@ -1254,15 +1258,18 @@ def _quad_sum(fs, parts, rule):
     R = (0.5 * (brr[1:] + brr[:-1])[:, None] + 0.5 * np.diff(brr)[:, None] * xr).reshape(-1)
     wR = (0.5 * np.diff(brr)[:, None] * wr).reshape(-1) * R * np.exp(-0.5 * R * R)
     x3, w3 = _gauss_legendre(q_3)
-    t = (np.arange(_QUAD_G3_PANELS)[:, None] + 0.5 * (1.0 + x3)) / _QUAD_G3_PANELS   # (P, q)
-    t, w3 = t.reshape(-1), np.broadcast_to(0.5 * w3 / _QUAD_G3_PANELS, t.shape).reshape(-1)
+    nodes3 = {}
+    for P in (_QUAD_G3_PANELS, _QUAD_G3_PANELS_THIN):
+        tt = (np.arange(P)[:, None] + 0.5 * (1.0 + x3)) / P                      # (P, q)
+        nodes3[P] = tt.reshape(-1), np.broadcast_to(0.5 * w3 / P, tt.shape).reshape(-1)
     xa, wa = _gauss_legendre(q_a)
-    ts = np.linspace(0.0, 1.0, sub + 1)[:-1]
     val, mag = np.zeros(len(parts[0])), np.zeros(len(parts[0]))
     s3_, c33_ = parts[9], parts[8]
     thin = s3_ < _QUAD_THIN * np.abs(c33_)
     for i in range(len(parts[0])):
         a, b, phi, c21, c22, s2, c31, c32, c33, s3 = (float(x[i]) for x in parts)
+        t, w3 = nodes3[_QUAD_G3_PANELS_THIN if thin[i] else _QUAD_G3_PANELS]
+        ts = np.linspace(0.0, 1.0, sub + 1)[:-1]
         # z_2 and z_3 change sign together along the directions alpha_0, alpha_0 + pi of
         # the pair's plane (a kink in alpha where z_3 is nearly determined: graded there)
         a0 = math.atan2(-(c21 * c33 - c31 * s2), c22 * c33 - c32 * s2)
@@ -1292,6 +1299,7 @@ def _quad_sum(fs, parts, rule):
             h = s3 / abs(c33)
             k3 = -mu3 / c33
             br += [np.clip(k3 + h * o, -T3, T3) for o in _QUAD_GRADE]
+            br += [np.full(mu2.shape, T3 * u) for u in (-2 / 3, -1 / 3, 0.0, 1 / 3, 2 / 3)]
         br = np.sort(np.stack(br, axis=-1), axis=-1)                            # (M, nR, nb)
         I = Ia = 0.0
         for j in range(br.shape[-1] - 1):
