@@ -1333,6 +1333,17 @@ def _near_pair_quad(fs, K, accuracy, return_error):
     :data:`_QUAD_LOWER`, plus 16 eps times the integral of ``|integrand|``, plus twice the
     change when K's off-diagonal moves by +-4 ulp (``c22``, ``c32``'s rounding ~eps/phi;
     at the lower rule). Cost ~0.07 s per average at "default".
+
+    The two others are ordered so that the third has the larger share of its variance
+    off the pair's plane (it must keep ``_NEAR_PAIR_OFF``); the fourth may be nearly
+    determined by the first three (rank-3 K: four inputs in two dims at the first layer;
+    ``s3 < _QUAD_THIN |c33|``): ``E`` over ``g_4`` is then a kink of width ``s3 / |c33|``
+    in ``g_3``, met by panels graded around it (:data:`_QUAD_GRADE`), and the angle is
+    cut where ``z_2`` and ``z_3`` change sign together (graded, :data:`_QUAD_ALPHA_GRADE`):
+    1.4e-13 from the orthant cone form on a rank-3 K, ~0.35 s per average at "default"
+    (x2.5 with the estimate). Between, ``s3 / |c33| ~ 0.05 .. 0.3``, it converges slowly
+    (~4e-8 of 0.06 at "default"; covered by the estimate). Rows not taken (a fourth
+    variable in the pair's plane, degrees > 2) keep the orthant / split path.
     """
     B = K.shape[0]
     dg = np.einsum("bii->bi", K)
