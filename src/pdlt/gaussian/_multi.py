@@ -721,7 +721,9 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         the innermost axis is integrated exactly. Two variables of
         piecewise monomials, or of functions kinked at 0 only (elu), take
         the polar form (``_polar_pair``, ``_polar_pair_kinked``):
-        uniform in the correlation, collinear covariances included.
+        uniform in the correlation, collinear covariances included; three
+        and four piecewise monomials with a nearly coinciding pair, the
+        forms of ``_near_pair_triple`` and ``_near_pair_quad``.
     K : array_like of shape (..., d, d)
         Covariances: symmetric positive semi-definite of any rank
         (degenerate Gaussians are integrated exactly on their support).
