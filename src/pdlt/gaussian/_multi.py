@@ -803,11 +803,8 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
                                      kinks=tuple(float(c) for c in kinks))
     elif len(kinks) == 0:
         out, err = _smooth_path(fs, Kb, order, L, accuracy, return_error, growth, gh_up)
-    elif _exppw._EXP and all(isinstance(f, ExpPiecewise) for f in fs):
-        out, err = _exp_path(fs, Kb, order, L, kinks, accuracy, return_error)
     else:
-        out, err = _split_path(fs, order, L, tuple(float(c) for c in kinks), accuracy,
-                               return_error, exact_inner=False)
+        out, err = _kinked_path(fs, Kb, order, L, kinks, accuracy, return_error)
     if return_error:
         return out.reshape(shape), err.reshape(shape)
     return out.reshape(shape)
@@ -1110,11 +1107,9 @@ def _near_pair_triple(fs, K, order, L, accuracy, return_error, kinks=None):
         rest = np.flatnonzero(~take)
         if kinks is None:
             o, e = _piecewise_path(fs, K[rest], order[rest], L[rest], accuracy, return_error)
-        elif _exppw._EXP and all(isinstance(f, ExpPiecewise) for f in fs):
-            o, e = _exp_path(fs, K[rest], order[rest], L[rest], kinks, accuracy, return_error)
         else:
-            o, e = _split_path(fs, order[rest], L[rest], kinks, accuracy, return_error,
-                               exact_inner=False)
+            o, e = _kinked_path(fs, K[rest], order[rest], L[rest], kinks, accuracy,
+                                return_error)
         out[rest] = o
         if return_error:
             err[rest] = e
@@ -2478,6 +2473,15 @@ def _split_axis(m, Lkk, centers, breaks, q):
         w[~piv] = 0.0
         w[~piv, 0] = 1.0
     return u, w
+
+
+def _kinked_path(fs, K, order, L, kinks, accuracy, return_error):
+    """Kinked integrands that no pair / triple form takes: elu's exponential polynomials
+    by :func:`_exp_path`, everything else by the split path (all axes by quadrature)."""
+    if _exppw._EXP and all(isinstance(f, ExpPiecewise) for f in fs):
+        return _exp_path(fs, K, order, L, kinks, accuracy, return_error)
+    return _split_path(fs, order, L, tuple(float(c) for c in kinks), accuracy, return_error,
+                       exact_inner=False)
 
 
 def _exp_path(fs, K, order, L, kinks, accuracy, return_error):
