@@ -291,11 +291,8 @@ def test_f_diagonal_and_coinciding_inputs_are_the_one_input_f(act):
     np.testing.assert_allclose(many, np.broadcast_to(one, many.shape), rtol=1e-13, atol=0)
 
 
-# slow since h58 (merged 2026-12-04): exactly collinear kinked pairs (1 - rho^2 at
-# round-off) take the near-pair four-variable form, ~0.35 s per average (this fold
-# ~1 s before); a floor routing them back to the orthant cone form was measured
-# 1e-8 of scale off at 1 - rho^2 = 1e-15 with a 5e-12 estimate, so not taken: open in #15
-@pytest.mark.slow
+# (exactly collinear kinked pairs are merged into one variable, gaussian._multi.
+# _merge_collinear: ~0.1 s; the near-pair form they took after h58 made this 25-110 s)
 @pytest.mark.parametrize("act", ["relu", "leaky_relu(0.2)"])
 def test_f_collinear_inputs_of_a_homogeneous_network(act):
     """C_b = 0, lambda_b = 0, ReLU family: H scales as c_a c_b, z as c, so F of x, 2x, x/2

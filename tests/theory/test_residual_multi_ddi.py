@@ -106,11 +106,8 @@ def test_index_symmetries_and_copies(tanh_residual):
     assert _rel(rep, T2[np.ix_(range(4), idx, idx, idx, idx)]) < 1e-12
 
 
-# slow since h58 (merged 2026-12-04): exactly collinear kinked pairs (1 - rho^2 at
-# round-off) take the near-pair four-variable form, ~0.35 s per average (this fold
-# ~1 s before); a floor routing them back to the orthant cone form was measured
-# 1e-8 of scale off at 1 - rho^2 = 1e-15 with a 5e-12 estimate, so not taken: open in #15
-@pytest.mark.slow
+# (exactly collinear kinked pairs are merged into one variable, gaussian._multi.
+# _merge_collinear: ~0.1 s; the near-pair form they took after h58 made this 25-110 s)
 def test_relu_collinear_inputs_scale():
     """ReLU, C_b = lambda_b = 0: at x, 2x, x/2 every entry of T and Q (off-diagonal ones
     included) is the one-input value times ``c_a0 c_a1 c_a2 c_a3``; R = P = 0. With

@@ -91,7 +91,8 @@ def test_transpose_symmetry(act):
     assert np.max(np.abs(o["U"] - o["U"][:, :, :, :, ::-1])) > 1e-3 * np.max(np.abs(o["U"]))
 
 
-@pytest.mark.slow
+# (exactly collinear kinked pairs are merged into one variable, gaussian._multi.
+# _merge_collinear: ~0.1 s; the near-pair form they took after h58 made this 180 s)
 def test_relu_collinear_inputs_scale_exactly():
     """(Slow since h58: the exactly collinear pairs, 1 - rho^2 at round-off, now take the
     near-pair four-variable form, ~0.35 s per average on these rank-deficient covariances,
