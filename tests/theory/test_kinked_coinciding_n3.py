@@ -33,11 +33,12 @@ import pytest
 import pdlt
 from pdlt.gaussian import _multi
 
+from eps_reference import assert_mixed_entries, eps_reference, ref_at  # tests/theory
+
 REF = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "relu_coinciding_reference.json"
 CASES = {"relu": dict(activation="relu", C_b=0.1, C_W=2.0),
          "leaky": dict(activation="leaky_relu", C_b=0.1, C_W=1.5)}
 NAMES = ("V", "A", "B", "D", "F", "H1")
-NODES = np.concatenate([[0.0], np.linspace(0.045, 0.2, 12)])
 
 
 def _x(eps):
@@ -55,30 +56,12 @@ def _mixed(shape):
 
 @functools.lru_cache(maxsize=None)
 def _reference(name):
-    """``{X: (coefficients of degree 11, of degree 9)}`` of the last layer's entries in eps."""
-    mlp, vals = _mlp(name), []
-    near = _multi._near_pair_triple
-    _multi._near_pair_triple = _multi._piecewise_path
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for e in NODES:
-                s = pdlt.statistics(mlp, _x(e), get=NAMES)
-                K = s.K[:-1, :2, :2]
-                rel = 1.0 - K[:, 0, 1] ** 2 / (K[:, 0, 0] * K[:, 1, 1])
-                assert e == 0.0 or np.min(rel) >= 1e-3
-                vals.append({X: getattr(s, X)[-1] for X in NAMES})
-    finally:
-        _multi._near_pair_triple = near
-    P = np.polynomial.polynomial
-    return {X: tuple(P.polyfit(NODES, np.array([v[X].ravel() for v in vals]), deg)
-                     for deg in (11, 9)) for X in NAMES}
+    return eps_reference(_mlp(name), _x, NAMES,
+                         [(_multi, "_near_pair_triple", _multi._piecewise_path)])
 
 
 def _ref_at(name, X, eps, shape):
-    c11, c9 = _reference(name)[X]
-    P = np.polynomial.polynomial
-    return P.polyval(eps, c11).reshape(shape), np.abs(P.polyval(eps, c11) - P.polyval(eps, c9)).reshape(shape)
+    return ref_at(_reference(name)[X], eps, shape)
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,21 +77,7 @@ def _run(name, eps):
 @pytest.mark.parametrize("eps", [1e-3, 1e-4])
 def test_mixed_entries_against_reference(name, eps):
     s, warned = _run(name, eps)
-    for X in NAMES:
-        T = getattr(s, X)[-1]
-        ref, acc = _ref_at(name, X, eps, T.shape)
-        ref0, _ = _ref_at(name, X, 0.0, T.shape)
-        scale = np.max(np.abs(ref))
-        mix = _mixed(T.shape)
-        assert np.max(acc[mix]) <= 1e-10 * scale, X                 # the reference's accuracy
-        d = np.abs(T - ref)[mix]
-        assert np.max(d) <= 1e-8 * scale, X
-        # error=True covers it, but for the fold's own rounding, which it leaves out
-        # (measured up to 3e-13 of scale here, leaky D)
-        assert np.all(d <= s.error[X][-1][mix] + acc[mix] + 1e-12 * scale), X
-        # resolution: the mixed entries move with eps by far more than the tolerance
-        if X != "V":
-            assert np.max(np.abs(ref - ref0)[mix]) > 100 * 1e-8 * scale, X
+    assert_mixed_entries(s, _reference(name), eps, NAMES, _mixed)
     assert not [w for w in warned if w[:2] in ("B[", "D[", "F[", "V[")]
 
 

@@ -27,10 +27,11 @@ import pytest
 import pdlt
 from pdlt.gaussian import _multi
 
+from eps_reference import assert_mixed_entries, eps_reference, ref_at  # tests/theory
+
 CASES = {"relu": dict(activation="relu", C_b=0.1, C_W=2.0),
          "leaky": dict(activation="leaky_relu", C_b=0.1, C_W=1.5)}
 NAMES = ("V", "A", "B", "D", "F")
-NODES = np.concatenate([[0.0], np.linspace(0.045, 0.2, 12)])
 EPS = 1e-3
 
 
@@ -55,32 +56,12 @@ def _none_taken(fs, K, accuracy, return_error):
 
 @functools.lru_cache(maxsize=None)
 def _reference(name):
-    """``{X: (coefficients of degree 11, of degree 9)}`` of the last layer's entries in eps."""
-    mlp, vals = _mlp(name), []
-    mp = pytest.MonkeyPatch()
-    mp.setattr(_multi, "_near_pair_triple", _multi._piecewise_path)
-    mp.setattr(_multi, "_near_pair_quad", _none_taken)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for e in NODES:
-                s = pdlt.statistics(mlp, _x(e), get=NAMES)
-                K = s.K[:-1, :2, :2]
-                rel = 1.0 - K[:, 0, 1] ** 2 / (K[:, 0, 0] * K[:, 1, 1])
-                assert e == 0.0 or np.min(rel) >= 1e-3
-                vals.append({X: getattr(s, X)[-1] for X in NAMES})
-    finally:
-        mp.undo()
-    P = np.polynomial.polynomial
-    return {X: tuple(P.polyfit(NODES, np.array([v[X].ravel() for v in vals]), deg)
-                     for deg in (11, 9)) for X in NAMES}
+    return eps_reference(_mlp(name), _x, NAMES, [(_multi, "_near_pair_triple", _multi._piecewise_path),
+                                                 (_multi, "_near_pair_quad", _none_taken)])
 
 
 def _ref_at(name, X, eps, shape):
-    c11, c9 = _reference(name)[X]
-    P = np.polynomial.polynomial
-    return (P.polyval(eps, c11).reshape(shape),
-            np.abs(P.polyval(eps, c11) - P.polyval(eps, c9)).reshape(shape))
+    return ref_at(_reference(name)[X], eps, shape)
 
 
 @pytest.mark.slow        # relu 16 s, leaky 40 s (the near-pair forms at every layer)
@@ -92,20 +73,7 @@ def test_four_input_entries_against_reference(name):
     warned = [str(w.message) for w in caught]
     K = s.K[:-1, :2, :2]
     assert np.max(1.0 - K[:, 0, 1] ** 2 / (K[:, 0, 0] * K[:, 1, 1])) < 1e-6
-    for X in NAMES:
-        T = getattr(s, X)[-1]
-        ref, acc = _ref_at(name, X, EPS, T.shape)
-        ref0, _ = _ref_at(name, X, 0.0, T.shape)
-        scale = np.max(np.abs(ref))
-        mix = _mixed(T.shape)
-        assert np.max(acc[mix]) <= 1e-10 * scale, X                 # the reference's accuracy
-        d = np.abs(T - ref)[mix]
-        assert np.max(d) <= 1e-8 * scale, X
-        # the stated estimate covers it (but for the fold's own rounding, ~1e-13 of scale)
-        assert np.all(d <= s.error[X][-1][mix] + acc[mix] + 1e-12 * scale), X
-        # resolution: the entries move with eps by far more than the tolerance
-        if X != "V":
-            assert np.max(np.abs(ref - ref0)[mix]) > 100 * 1e-8 * scale, X
+    assert_mixed_entries(s, _reference(name), EPS, NAMES, _mixed)
     # no false alarm on V, B, F; A and D (relu and leaky) warn at layer 3 on an estimate
     # of 2e-8 .. 6e-8 of scale against a true 2e-10 at most: their four-variable averages
     # at layer 1 (a rank-3 K, four inputs in two dims) carry the +-4 ulp spread of a
