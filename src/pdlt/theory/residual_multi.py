@@ -52,14 +52,16 @@ own mean shift :func:`_own_shift`, the forms of F :func:`_f_forms`) is written o
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import gaussian
 from ..gaussian._exppw import ExpPiecewise, exp_family
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd, rule_up
 from ..network import MLP
-from ._averages import (LayerAverages, OneVariableTable, apply_M, representatives,
+from ._averages import (Integrands, LayerAverages, OneVariableTable, apply_M, representatives,
                         shift_error)
 from .kernel import first_layer_kernel, kernel_fold
 from .residual_ntk import _stein_lyapunov
@@ -69,6 +71,88 @@ __all__ = ["residual_vertex_metric_multi", "residual_b_multi", "residual_f_multi
 
 #: the rule one up (the split path of kinked activations stops at "high")
 _UP = {"fast": "default", "default": "high", "high": "high"}
+
+
+#: largest variance of a covariance at which the residual modules' one- and two-variable
+#: averages of a smooth non-periodic activation keep :func:`expect_nd`'s product rules.
+#: Above it they take the one-variable rule (:func:`pdlt.gaussian.expect`) and the pair
+#: engine (:func:`pdlt.gaussian.pair_expectations`) of the one-input module: panels graded
+#: around the activation's transition in its own variable, resolved at any K. The product
+#: rules are capped in points (640 per axis): tanh ``<sigma'^4>`` at K = 1.5e3 was 7 % off,
+#: at 1.5e11 0 instead of 1.4e-6; ``<sigma^2 sigma^2>`` of two depths 1.7e-2 at 1.5e3.
+#: Below it both agree to ~1e-14 (K = 3) .. 1e-8 (K = 30): kept, bit-identical
+_EXACT_K = 10.0
+
+#: within :func:`unresolved_averages`: the list the three- and four-variable averages above
+#: :data:`_EXACT_K` report their estimates to
+_COLLECT = None
+
+
+@contextlib.contextmanager
+def unresolved_averages():
+    """Within the block, the residual modules report the three- and four-variable averages
+    of a smooth activation at a variance above :data:`_EXACT_K` (where
+    :func:`expect_nd`'s point budget binds): the yielded list gets one
+    ``(relative estimate, largest variance, d)`` per batch, the estimate being
+    :func:`expect_nd`'s (the difference from its lower rule) over the average's
+    Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)``, largest over the batch."""
+    global _COLLECT
+    before, _COLLECT = _COLLECT, []
+    try:
+        yield _COLLECT
+    finally:
+        _COLLECT = before
+
+
+def _plain_smooth(act, fs):
+    """True where the averages of ``fs`` go through the smooth product rule of
+    :func:`expect_nd` (no kinks, no period, no exact piecewise or exponential forms)."""
+    return (not act.kinks and getattr(act, "period", None) is None
+            and not any(isinstance(f, (PiecewiseMonomial, ExpPiecewise)) for f in fs))
+
+
+def _expect(act, fs, cov, *, accuracy, **kw):
+    """:func:`expect_nd` for the residual modules: ``<f_1(z_1) ... f_d(z_d)>`` over a batch
+    of covariances ``cov`` (B, d, d) (or (d, d)), values of shape (B,) (or scalar).
+
+    A smooth non-periodic activation's one- and two-variable averages at a variance above
+    :data:`_EXACT_K` take the one-variable rule and the pair engine (resolved at any K);
+    its three- and four-variable ones report :func:`expect_nd`'s estimate to
+    :func:`unresolved_averages` there. Everything else is :func:`expect_nd` as called.
+    """
+    fs = list(fs)
+    d = len(fs)
+    cov = np.asarray(cov, dtype=float)
+    if not _plain_smooth(act, fs):
+        return expect_nd(fs, cov, accuracy=accuracy, **kw)
+    Kb = cov.reshape(-1, d, d)
+    var = np.max(np.einsum("bii->bi", Kb), axis=1)
+    big = var > _EXACT_K
+    if not np.any(big):
+        return expect_nd(fs, cov, accuracy=accuracy, **kw)
+    if d >= 3:
+        if _COLLECT is None:
+            return expect_nd(fs, cov, accuracy=accuracy, **kw)
+        val, err = expect_nd(fs, Kb, accuracy=accuracy, return_error=True, **kw)
+        scale = np.ones(int(np.sum(big)))
+        for k, f in enumerate(fs):
+            scale *= np.asarray(gaussian.expect(lambda z, f=f: np.abs(f(z)) ** d,
+                                                Kb[big, k, k]), dtype=float) ** (1.0 / d)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(scale > 0, err[big] / scale, np.where(err[big] > 0, np.inf, 0.0))
+        _COLLECT.append((float(np.max(rel)), float(np.max(var[big])), d))
+        return val.reshape(cov.shape[:-2])
+    out = np.empty(len(Kb))
+    if np.any(~big):
+        out[~big] = np.atleast_1d(expect_nd(fs, Kb[~big], accuracy=accuracy, **kw))
+    if d == 1:
+        out[big] = gaussian.expect(fs[0], Kb[big, 0, 0])
+    else:
+        sh = Integrands(act, f=fs[0], g=fs[1])
+        for b in np.flatnonzero(big):
+            out[b] = gaussian.pair_expectations(sh, Kb[b], [("f", "g")], rtol=1e-13)[
+                ("f", "g")][0, 1]
+    return out.reshape(cov.shape[:-2])
 
 
 def _rule(accuracy, act, d):
@@ -497,7 +581,7 @@ def _two_depth(act, C, todo, accuracy, stein=False):
         # two and three variables: one rule up (cheap; the powers sigma^2 of a merged pair
         # converge slowest), so that one input matches the one-input module to ~1e-12
         k = dict(kw, accuracy=_rule(accuracy, act, len(fs)))
-        return np.atleast_1d(np.asarray(expect_nd(fs, cov, **k), dtype=float))
+        return np.atleast_1d(np.asarray(_expect(act, fs, cov, **k), dtype=float))
 
     groups = {}
     for it in todo:
@@ -891,8 +975,8 @@ def _sd_two_depth(act, C, l, p, N, accuracy):
         cov = _gather(C, [[v[0] for v in var] for _, var in items],
                       [[v[1] for v in var] for _, var in items])
         acc = _rule(accuracy, act, dd)
-        vals = np.atleast_1d(np.asarray(expect_nd([fn[n] for n in names], cov, accuracy=acc,
-                                                  **kw), dtype=float))
+        vals = np.atleast_1d(np.asarray(_expect(act, [fn[n] for n in names], cov, accuracy=acc,
+                                                **kw), dtype=float))
         for k, (ix, _) in enumerate(items):
             TT[ix] = vals[k]
     return TT
@@ -1008,9 +1092,9 @@ def _pair_sd(avg):
     for c in range(N):
         for e in range(N):
             if c == e:
-                out[c, e] = float(expect_nd([fn["sd"]], K[[c]][:, [c]], accuracy="high", **kw))
+                out[c, e] = float(_expect(avg.act, [fn["sd"]], K[[c]][:, [c]], accuracy="high", **kw))
             else:
-                out[c, e] = float(expect_nd([fn["s"], fn["d"]], K[np.ix_([c, e], [c, e])],
+                out[c, e] = float(_expect(avg.act, [fn["s"], fn["d"]], K[np.ix_([c, e], [c, e])],
                                             accuracy="high", **kw))
     return out
 
@@ -1090,7 +1174,7 @@ def _kind_two_depth(act, C, l, p, P, kl, kp, accuracy):
         cov = _gather(C, [[l] * nx + [p] * ny] * len(items),
                       [list(xs) + list(ys) for _, _, xs, ys in items])
         acc = _rule(accuracy, act, d)
-        vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw), dtype=float))
+        vals = np.atleast_1d(np.asarray(_expect(act, fs, cov, accuracy=acc, **kw), dtype=float))
         for k, (u, v, _, _) in enumerate(items):
             T[u, v] = vals[k]
     return T
