@@ -1164,7 +1164,8 @@ def _pair_sd(avg):
     for c in range(N):
         for e in range(N):
             if c == e:
-                out[c, e] = float(_expect(avg.act, [fn["sd"]], K[[c]][:, [c]], accuracy="high", **kw))
+                out[c, e] = float(_expect(avg.act, [fn["sd"]], K[[c]][:, [c]], accuracy="high",
+                                          **kw))
             else:
                 out[c, e] = float(_expect(avg.act, [fn["s"], fn["d"]], K[np.ix_([c, e], [c, e])],
                                             accuracy="high", **kw))
