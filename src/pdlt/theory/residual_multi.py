@@ -42,6 +42,17 @@ one input they are :func:`pdlt.theory.residual_ntk.residual_vertex_metric`.
 Served by :func:`pdlt.statistics` for residual MLPs and N inputs
 (``get=["V", "G1", "A", "B", "D", "F"]``).
 Coinciding inputs are merged first (every statistic of a repeated input is a copy).
+
+Large kernels (smooth activations, :func:`_expect`): :func:`expect_nd`'s product rules are
+capped in points, so at variances of ~100 and more they stop resolving the activation's
+transition (width 1 in z, ``1/sqrt(K)`` in the rules' units). Above ``K = 10`` (``_EXACT_K``)
+the one- and two-variable averages (all that an entry of one input alone reads) take the
+one-variable rule and the pair engine of the one-input module, panels graded around the
+transition in the activation's own variable: the diagonal equals
+:mod:`pdlt.theory.residual_ntk` to 1e-13 of scale up to K = 1.5e11. The three- and
+four-variable averages (entries of distinct inputs) keep the capped rules and report an
+estimate (:func:`unresolved_averages`); :func:`pdlt.statistics` propagates it
+(:func:`perturbed_unresolved`) and warns (``benchmarks/residual_large_k.py``).
 Cost: ``O(L^2 N^4)`` four-variable averages, batched (N = 3, L = 5: a few seconds).
 
 The field picture (one neuron's trajectory :func:`_neuron`, the fields ``S`` and ``S, P``

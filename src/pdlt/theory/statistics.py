@@ -97,6 +97,11 @@ class Statistics:
         estimate exceeds 1e-8 of its scale. Two distinct inputs of an
         activation whose sigma' jumps, with ``1 - rho^2 < 1e-3`` at some
         layer: also the rounding spread below, at its largest entry per layer.
+        Residual MLPs, N inputs, smooth activation, three- and four-variable
+        averages past their point budget (kernels above ~10): also 4 times the
+        change of every statistic when each of them moves by its estimate
+        (``residual_multi.perturbed_unresolved``), largest entry per layer;
+        :func:`statistics` warns when an entry's exceeds 1e-8 of its scale.
     error : dict or None
         With ``statistics(..., error=True)``: name -> estimated absolute
         error of every entry of that order-1/n statistic (its shape), the
@@ -111,6 +116,8 @@ class Statistics:
         rules agree exactly). :func:`statistics` warns, also without
         ``error=True``, when an entry of a statistic asked for (other than
         G1, H1) has this estimate above 1e-8 of its Cauchy-Schwarz scale.
+        Residual MLPs at N inputs: at least the propagated estimate of the
+        averages past their point budget (``integration_error`` above), per entry.
     """
 
     mlp: MLP
