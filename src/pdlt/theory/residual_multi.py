@@ -42,6 +42,17 @@ one input they are :func:`pdlt.theory.residual_ntk.residual_vertex_metric`.
 Served by :func:`pdlt.statistics` for residual MLPs and N inputs
 (``get=["V", "G1", "A", "B", "D", "F"]``).
 Coinciding inputs are merged first (every statistic of a repeated input is a copy).
+
+Large kernels (smooth activations, :func:`_expect`): :func:`expect_nd`'s product rules are
+capped in points, so at variances of ~100 and more they stop resolving the activation's
+transition (width 1 in z, ``1/sqrt(K)`` in the rules' units). Above ``K = 10`` (``_EXACT_K``)
+the one- and two-variable averages (all that an entry of one input alone reads) take the
+one-variable rule and the pair engine of the one-input module, panels graded around the
+transition in the activation's own variable: the diagonal equals
+:mod:`pdlt.theory.residual_ntk` to 1e-13 of scale up to K = 1.5e11. The three- and
+four-variable averages (entries of distinct inputs) keep the capped rules and report an
+estimate (:func:`unresolved_averages`); :func:`pdlt.statistics` propagates it
+(:func:`perturbed_unresolved`) and warns (``benchmarks/residual_large_k.py``).
 Cost: ``O(L^2 N^4)`` four-variable averages, batched (N = 3, L = 5: a few seconds).
 
 The field picture (one neuron's trajectory :func:`_neuron`, the fields ``S`` and ``S, P``
@@ -52,15 +63,18 @@ own mean shift :func:`_own_shift`, the forms of F :func:`_f_forms`) is written o
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import gaussian
 from ..gaussian._exppw import ExpPiecewise, exp_family
-from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd, rule_up
+from ..gaussian._multi import (_TRAP_T, PiecewiseMonomial, _factor, axis_rules,
+                               entire_growth, expect_nd, rule_up)
 from ..network import MLP
-from ._averages import (LayerAverages, OneVariableTable, apply_M, representatives,
-                        shift_error)
+from ._averages import (Integrands, LayerAverages, OneVariableTable, _quad_tensor, apply_M,
+                        representatives, shift_error)
 from .kernel import first_layer_kernel, kernel_fold
 from .residual_ntk import _stein_lyapunov
 
@@ -69,6 +83,138 @@ __all__ = ["residual_vertex_metric_multi", "residual_b_multi", "residual_f_multi
 
 #: the rule one up (the split path of kinked activations stops at "high")
 _UP = {"fast": "default", "default": "high", "high": "high"}
+
+
+#: largest variance of a covariance at which the residual modules' one- and two-variable
+#: averages of a smooth non-periodic activation keep :func:`expect_nd`'s product rules.
+#: Above it they take the one-variable rule (:func:`pdlt.gaussian.expect`) and the pair
+#: engine (:func:`pdlt.gaussian.pair_expectations`) of the one-input module: panels graded
+#: around the activation's transition in its own variable, resolved at any K. The product
+#: rules are capped in points (640 per axis): tanh ``<sigma'^4>`` at K = 1.5e3 was 7 % off,
+#: at 1.5e11 0 instead of 1.4e-6; ``<sigma^2 sigma^2>`` of two depths 1.7e-2 at 1.5e3.
+#: Below it both agree to ~1e-14 (K = 3) .. 1e-8 (K = 30): kept, bit-identical
+_EXACT_K = 10.0
+
+#: z-spacing of a trapezoid axis of :func:`expect_nd` (its u-spacing times the axis scale,
+#: in units of the activation's feature width 1) above which its lower-rule estimate is not
+#: trusted: both rules then sample the activation's transition less than once per node and
+#: can agree while both miss it (tanh, two variables at K = 1.5e3, spacing 3.5: the estimate
+#: 0.25-0.5x the error; at K = 1.5e11 both were 0 where the average is 1.8e-12)
+_SPACING_TRUST = 2.0
+
+#: within :func:`unresolved_averages`: the list the three- and four-variable averages above
+#: :data:`_EXACT_K` report their estimates to
+_COLLECT = None
+#: within :func:`perturbed_unresolved`: those averages return their value plus their
+#: estimate (the error fold of ``pdlt.statistics(..., error=True)``)
+_PERTURB = False
+
+
+@contextlib.contextmanager
+def unresolved_averages():
+    """Within the block, the residual modules report the three- and four-variable averages
+    of a smooth activation at a variance above :data:`_EXACT_K`, where :func:`expect_nd`'s
+    point budget binds: the yielded list gets one ``(relative estimate, largest variance,
+    d)`` per batch, largest over the batch (:func:`_unresolved_estimate`)."""
+    global _COLLECT
+    before, _COLLECT = _COLLECT, []
+    try:
+        yield _COLLECT
+    finally:
+        _COLLECT = before
+
+
+@contextlib.contextmanager
+def perturbed_unresolved():
+    """Within the block, every average that :func:`unresolved_averages` would report returns
+    its value plus its estimated absolute error: a fold run so, differenced with the plain
+    one, propagates those errors through the statistics' own formulas (entries that do not
+    read them, e.g. the diagonal, do not move)."""
+    global _PERTURB
+    before, _PERTURB = _PERTURB, True
+    try:
+        yield
+    finally:
+        _PERTURB = before
+
+
+def _plain_smooth(act, fs):
+    """True where the averages of ``fs`` go through the smooth product rule of
+    :func:`expect_nd` (no kinks, no period, no exact piecewise or exponential forms)."""
+    return (not act.kinks and getattr(act, "period", None) is None
+            and not any(isinstance(f, (PiecewiseMonomial, ExpPiecewise)) for f in fs))
+
+
+def _unresolved_estimate(fs, Kb, err, accuracy, growth):
+    """Estimated absolute error (B,) of :func:`expect_nd`'s smooth product rule on the
+    covariances ``Kb`` (B, d, d), and the Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)``
+    (B,) (one-variable rule, resolved at any K).
+
+    ``err`` is :func:`expect_nd`'s own (the difference from its lower rule); where an axis'
+    z-spacing ``h`` (:func:`axis_rules`' node count on the factor's axis scale) exceeds
+    :data:`_SPACING_TRUST` it is at least ``exp(-pi^2 / h)`` of the scale, the trapezoid
+    error of a function analytic in ``|Im z| < pi / 2`` (tanh's strip; sigmoid and swish
+    reach pi, GELU is entire), 1 for ``h`` far beyond the feature.
+    """
+    d = Kb.shape[1]
+    scale = np.ones(len(Kb))
+    for k, f in enumerate(fs):
+        scale *= np.asarray(gaussian.expect(lambda z, f=f: np.abs(f(z)) ** d, Kb[:, k, k]),
+                            dtype=float) ** (1.0 / d)
+    _, L = _factor(Kb)
+    s = np.max(np.abs(L), axis=1)                           # axis scales (B, d)
+    q = axis_rules(s, accuracy, growth)
+    with np.errstate(divide="ignore", over="ignore"):
+        h = np.where(q < -1, s * 2.0 * _TRAP_T / np.maximum(-q - 1, 1), 0.0)
+        model = np.where(h > _SPACING_TRUST, np.exp(-np.pi ** 2 / np.maximum(h, 1e-300)), 0.0)
+    return np.maximum(err, np.max(model, axis=1) * scale), scale
+
+
+def _expect(act, fs, cov, *, accuracy, **kw):
+    """:func:`expect_nd` for the residual modules: ``<f_1(z_1) ... f_d(z_d)>`` over a batch
+    of covariances ``cov`` (B, d, d) (or (d, d)), values of shape (B,) (or scalar).
+
+    A smooth non-periodic activation's one- and two-variable averages at a variance above
+    :data:`_EXACT_K` take the one-variable rule and the pair engine (resolved at any K);
+    its three- and four-variable ones there report their estimate
+    (:func:`_unresolved_estimate`) to :func:`unresolved_averages` and, within
+    :func:`perturbed_unresolved`, return the value plus the estimate. Everything else is
+    :func:`expect_nd` as called.
+    """
+    fs = list(fs)
+    d = len(fs)
+    cov = np.asarray(cov, dtype=float)
+    if not _plain_smooth(act, fs):
+        return expect_nd(fs, cov, accuracy=accuracy, **kw)
+    Kb = cov.reshape(-1, d, d)
+    var = np.max(np.einsum("bii->bi", Kb), axis=1)
+    big = var > _EXACT_K
+    if not np.any(big):
+        return expect_nd(fs, cov, accuracy=accuracy, **kw)
+    if d >= 3:
+        if _COLLECT is None and not _PERTURB:
+            return expect_nd(fs, cov, accuracy=accuracy, **kw)
+        val, err = expect_nd(fs, Kb, accuracy=accuracy, return_error=True, **kw)
+        est, scale = _unresolved_estimate(fs, Kb[big], err[big], accuracy, kw.get("growth"))
+        if _COLLECT is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = np.where(scale > 0, est / scale, np.where(est > 0, np.inf, 0.0))
+            _COLLECT.append((float(np.max(rel)), float(np.max(var[big])), d))
+        if _PERTURB:
+            val = val.copy()
+            val[big] += est
+        return val.reshape(cov.shape[:-2])
+    out = np.empty(len(Kb))
+    if np.any(~big):
+        out[~big] = np.atleast_1d(expect_nd(fs, Kb[~big], accuracy=accuracy, **kw))
+    if d == 1:
+        out[big] = gaussian.expect(fs[0], Kb[big, 0, 0])
+    else:
+        sh = Integrands(act, f=fs[0], g=fs[1])
+        for b in np.flatnonzero(big):
+            out[b] = gaussian.pair_expectations(sh, Kb[b], [("f", "g")], rtol=1e-13)[
+                ("f", "g")][0, 1]
+    return out.reshape(cov.shape[:-2])
 
 
 def _rule(accuracy, act, d):
@@ -140,6 +286,26 @@ def residual_vertex_metric_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default
 # ---------------------------------------------------------------------------
 
 
+class _TrajectoryAverages(LayerAverages):
+    """:class:`LayerAverages` whose four-point tensors (``quad``) at a variance above
+    :data:`_EXACT_K` go through :func:`_expect` (smooth non-periodic activations, N > 1):
+    the coinciding slots' one- and two-variable averages resolved at any K, the others
+    reported to :func:`unresolved_averages` (and moved within :func:`perturbed_unresolved`).
+    Elsewhere the same tensors as :class:`LayerAverages`."""
+
+    def quad(self, slots):
+        if (self.N == 1 or not _plain_smooth(self.act, [])
+                or float(np.max(np.diag(self.K))) <= _EXACT_K):
+            return super().quad(slots)
+        act, K = self.act, self.K
+
+        def nd(name, fs, I, *, kinks=(), period=None, accuracy="default", growth=None, **_):
+            return np.atleast_1d(_expect(act, fs, K[I[:, :, None], I[:, None, :]],
+                                         accuracy=accuracy, kinks=kinks, growth=growth))
+        # not cached: the perturbed fold must see its own values
+        return _quad_tensor(act, K, slots, self.accuracy, None, nd)
+
+
 def _layer_tables(mlp, Ks, accuracy):
     """Each input's variance (L, N) and the same-depth averages of layers 1..L-1.
 
@@ -150,7 +316,8 @@ def _layer_tables(mlp, Ks, accuracy):
     if np.any(diag[:L - 1] <= 0):
         raise ValueError("an input has zero variance; the finite-width statistics need "
                          "K_aa > 0 (use C_b > 0 or nonzero inputs)")
-    avg = [LayerAverages(mlp.activation, Ks[m], OneVariableTable(mlp.activation, diag[m].copy()),
+    avg = [_TrajectoryAverages(mlp.activation, Ks[m],
+                               OneVariableTable(mlp.activation, diag[m].copy()),
                          accuracy=accuracy) for m in range(L - 1)]
     return diag, avg
 
@@ -497,7 +664,7 @@ def _two_depth(act, C, todo, accuracy, stein=False):
         # two and three variables: one rule up (cheap; the powers sigma^2 of a merged pair
         # converge slowest), so that one input matches the one-input module to ~1e-12
         k = dict(kw, accuracy=_rule(accuracy, act, len(fs)))
-        return np.atleast_1d(np.asarray(expect_nd(fs, cov, **k), dtype=float))
+        return np.atleast_1d(np.asarray(_expect(act, fs, cov, **k), dtype=float))
 
     groups = {}
     for it in todo:
@@ -891,8 +1058,8 @@ def _sd_two_depth(act, C, l, p, N, accuracy):
         cov = _gather(C, [[v[0] for v in var] for _, var in items],
                       [[v[1] for v in var] for _, var in items])
         acc = _rule(accuracy, act, dd)
-        vals = np.atleast_1d(np.asarray(expect_nd([fn[n] for n in names], cov, accuracy=acc,
-                                                  **kw), dtype=float))
+        vals = np.atleast_1d(np.asarray(_expect(act, [fn[n] for n in names], cov, accuracy=acc,
+                                                **kw), dtype=float))
         for k, (ix, _) in enumerate(items):
             TT[ix] = vals[k]
     return TT
@@ -1008,9 +1175,10 @@ def _pair_sd(avg):
     for c in range(N):
         for e in range(N):
             if c == e:
-                out[c, e] = float(expect_nd([fn["sd"]], K[[c]][:, [c]], accuracy="high", **kw))
+                out[c, e] = float(_expect(avg.act, [fn["sd"]], K[[c]][:, [c]], accuracy="high",
+                                          **kw))
             else:
-                out[c, e] = float(expect_nd([fn["s"], fn["d"]], K[np.ix_([c, e], [c, e])],
+                out[c, e] = float(_expect(avg.act, [fn["s"], fn["d"]], K[np.ix_([c, e], [c, e])],
                                             accuracy="high", **kw))
     return out
 
@@ -1090,7 +1258,7 @@ def _kind_two_depth(act, C, l, p, P, kl, kp, accuracy):
         cov = _gather(C, [[l] * nx + [p] * ny] * len(items),
                       [list(xs) + list(ys) for _, _, xs, ys in items])
         acc = _rule(accuracy, act, d)
-        vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw), dtype=float))
+        vals = np.atleast_1d(np.asarray(_expect(act, fs, cov, accuracy=acc, **kw), dtype=float))
         for k, (u, v, _, _) in enumerate(items):
             T[u, v] = vals[k]
     return T

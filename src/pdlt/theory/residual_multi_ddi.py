@@ -33,9 +33,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..gaussian._exppw import exp_product, exp_slots
-from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
+from ..gaussian._multi import PiecewiseMonomial, entire_growth
 from ..network import MLP
-from .residual_multi import _fn, _gather, _neuron, _ntk_multi, _rule, _stein_sd
+from .residual_multi import _expect, _fn, _gather, _neuron, _ntk_multi, _rule, _stein_sd
 
 __all__ = ["residual_ddi_multi", "residual_r_multi", "residual_t_multi", "residual_p_multi_ddi",
            "residual_q_multi_ddi"]
@@ -252,7 +252,7 @@ class _TwoDepth:
         if powers is not None:
             fs = [_fn(f, k) for f, k in zip(fs, powers)]
         acc = _rule(self.accuracy, self.act, 3 if up else len(fs))
-        return np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **self.kw),
+        return np.atleast_1d(np.asarray(_expect(self.act, fs, cov, accuracy=acc, **self.kw),
                                         dtype=float))
 
     def _stein(self, names, cov):

@@ -47,9 +47,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..gaussian._exppw import exp_product, exp_slots
-from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
+from ..gaussian._multi import PiecewiseMonomial, entire_growth
 from ..network import MLP
-from .residual_multi import _gather, _neuron, _ntk_multi, _rule
+from .residual_multi import _expect, _gather, _neuron, _ntk_multi, _rule
 
 __all__ = ["residual_su_multi"]
 
@@ -158,7 +158,7 @@ def _one_depth_pair(act, avg, k1, k2):
                 fs, I = [_integrand(act, (k1,)), _integrand(act, (k2,))], [e, f]
             if any(h is None for h in fs):
                 continue
-            out[e, f] = float(expect_nd(fs, avg.K[np.ix_(I, I)], accuracy="high", **kw))
+            out[e, f] = float(_expect(act, fs, avg.K[np.ix_(I, I)], accuracy="high", **kw))
     return out
 
 
@@ -190,7 +190,7 @@ def _two_depth4(act, C, l, p, kinds, N, accuracy):
         # one rule up at every size: the default rule is ~2e-7 off at the rank-deficient
         # covariances of antipodal inputs (tanh), one up ~1e-9
         acc = _rule(accuracy, act, 3)
-        vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw), dtype=float))
+        vals = np.atleast_1d(np.asarray(_expect(act, fs, cov, accuracy=acc, **kw), dtype=float))
         for k, (idx, _) in enumerate(items):
             T[idx] = vals[k]
     return T

@@ -43,9 +43,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..gaussian._exppw import exp_product, exp_slots
-from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
+from ..gaussian._multi import PiecewiseMonomial, entire_growth
 from ..network import MLP
-from .residual_multi import _gather, _neuron, _ntk_multi, _rule
+from .residual_multi import _expect, _gather, _neuron, _ntk_multi, _rule
 
 __all__ = ["residual_dntk_multi", "residual_dntk_p_multi", "residual_dntk_q_multi"]
 
@@ -198,7 +198,7 @@ def _products(act, C, l, p, kl, kp, N, accuracy):
                       [[k[1] for k in keys] for _, keys in items])
         fs = [_product([fk[c] for c in nm]) for nm in names]
         acc = _rule(accuracy, act, d)
-        vals = np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw), dtype=float))
+        vals = np.atleast_1d(np.asarray(_expect(act, fs, cov, accuracy=acc, **kw), dtype=float))
         for k, (ix, _) in enumerate(items):
             T[ix] = vals[k]
     return T

@@ -46,10 +46,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..gaussian._exppw import exp_monomial
-from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd
+from ..gaussian._multi import PiecewiseMonomial, entire_growth
 from ..network import MLP
 from ._averages import apply_M, is_odd, shift_error, third_derivative
-from .residual_multi import (_c_zz, _d2_sigma, _dressed, _expand, _f_forms,
+from .residual_multi import (_c_zz, _d2_sigma, _dressed, _expand, _expect, _f_forms,
                              _field_widths, _gather, _hess, _kind_two_depth, _neuron,
                              _ntk_multi, _own_shift, _pair_sd, _prepare, _rule, _s_own,
                              _s_response, _sp_fields, _two_depth)
@@ -215,7 +215,7 @@ def _stein_moments(act, C, items, accuracy, order):
 
         def nd(pw):
             fs = [fns(counts[i][0], counts[i][1], pw[i]) for i in range(d)]
-            return np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw),
+            return np.atleast_1d(np.asarray(_expect(act, fs, cov, accuracy=acc, **kw),
                                             dtype=float))
 
         m0 = nd([0] * d)
@@ -230,7 +230,7 @@ def _stein_moments(act, C, items, accuracy, order):
                 fs = list(base)
                 for i, o in repl:
                     fs[nx + i] = fns.deriv(counts[nx + i][0], counts[nx + i][1], o)
-                return np.atleast_1d(np.asarray(expect_nd(fs, cov, accuracy=acc, **kw),
+                return np.atleast_1d(np.asarray(_expect(act, fs, cov, accuracy=acc, **kw),
                                                 dtype=float))
             g1 = (np.stack([with_d([(e, 1)]) for e in range(ny)], axis=1)
                   if order >= 1 else None)

@@ -66,7 +66,7 @@ import numpy as np
 
 from .. import gaussian
 from ..network import MLP
-from ._averages import Integrands, OneVariableTable
+from ._averages import Integrands, OneVariableTable, third_derivative
 from .kernel import first_layer_kernel, kernel_fold
 
 __all__ = ["residual_ntk_one_input", "residual_ntk_mean", "residual_dntk_p", "residual_dntk_q",
@@ -491,6 +491,31 @@ def _two_depth_pairs(act, C, fns, terms):
     return out
 
 
+#: kernel above which :func:`_cov_second_derivative_direct` replaces the Stein form of
+#: :func:`_cov_second_derivative` for smooth non-periodic activations: the Stein form divides
+#: averages of ``F (y - beta x)^2`` by ``s^2`` and cancels ~sqrt(K) of them (tanh G1,
+#: gamma 0.5, depth 3, against the direct form: 8e-11 at K = 1.5e3, 1.6e-4 at 1.5e7, 2 % at
+#: 1.5e9, the wrong sign at 1.5e11); below it the two agree to ~1e-13 and the Stein form
+#: stays (bit-identical). The same threshold as ``residual_multi._EXACT_K``
+_DIRECT_K = 10.0
+
+
+def _cov_second_derivative_direct(act, C, K, g, F2, cov, gmean):
+    """``cov`` (L, L) [l, m] of :func:`_cov_second_derivative`, with the entries where
+    ``max(K_l, K_m)`` exceeds :data:`_DIRECT_K` replaced by ``E[g(z^(m)) F''(z^(l))] -
+    <F''>_{K_l} <g>_{K_m}``, ``F2 = F''`` itself (smooth non-periodic activations: two-depth
+    pair averages, resolved at any K); ``gmean`` (L,) is ``<g>_K``. Unchanged otherwise."""
+    if act.kinks or act.period is not None:
+        return cov
+    big = np.maximum(K[:, None], K[None, :]) > _DIRECT_K
+    np.fill_diagonal(big, False)
+    if not np.any(big):
+        return cov
+    pr = _two_depth_pairs(act, C, {"g": g, "F2": F2}, [("g", "F2")])[("g", "F2")]
+    mF2 = np.array([float(gaussian.expect(F2, k)) for k in K])
+    return np.where(big, pr.T - mF2[:, None] * gmean[None, :], cov)
+
+
 def _cov_second_derivative(pairs, K, C):
     """``Cov(g(z^(m)), F''(z^(l)))`` (matrix [l, m]) from two-depth averages, no derivative of F.
 
@@ -599,7 +624,12 @@ def _vertex_metric(mlp, K1):
     pairs["g"] = mean
     pairs["F2"] = np.array([float(gaussian.expect(lambda z, k=k: s2(z) * (z * z / k - 1.0) / k,
                                               k, **kw)) for k in K])    # <(sigma^2)''>
-    cF2 = _cov_second_derivative(pairs, K, C)[:, :nf]
+    cF2 = _cov_second_derivative(pairs, K, C)
+    if not act.kinks:       # large K: (sigma^2)'' = 2 (sigma'^2 + sigma sigma'') directly
+        cF2 = _cov_second_derivative_direct(
+            act, C, K, s2, lambda z: 2.0 * (act.d1(z) ** 2 + act.sigma(z) * act.d2(z)), cF2,
+            mean)
+    cF2 = cF2[:, :nf]
     g1 = 0.0                                     # E[z^(l) z^(l)] - K^(l), unnormalized
     for l in range(L):
         r = rho[l]
@@ -725,6 +755,11 @@ def residual_ntk_mean(mlp: MLP, K1: float) -> np.ndarray:
     pairs["F2"] = np.array([float(gaussian.expect(lambda z, k=k: p2(z) * (z * z / k - 1.0) / k,
                                                   k, **kw)) for k in K])   # <(sigma'^2)''>
     cF2 = _cov_second_derivative(pairs, K, C)   # [l, m]: Cov(sigma^2(z^(m)), (sigma'^2)''(z^(l)))
+    d3 = third_derivative(act)
+    if d3 is not None:      # large K: (sigma'^2)'' = 2 (sigma''^2 + sigma' sigma''') directly
+        cF2 = _cov_second_derivative_direct(
+            act, C, K, s2, lambda z: 2.0 * (act.d2(z) ** 2 + act.d1(z) * d3(z)), cF2,
+            pairs["g"])
     # w_S[l, p] = E[(sigma'^2)'(z^(l)) sigma sigma'(z^(p))], p < l, by Stein along z^(l)
     Kp, Kl = K[None, :], K[:, None]
     beta = C / Kp
