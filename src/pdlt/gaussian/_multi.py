@@ -150,6 +150,10 @@ unit sphere with the pair's sign changes at exact longitudes
 paths met the pair's sliver obliquely: 1.2e-6 off ``<theta theta theta>``, 4.3e-6 off
 elu's ``<p p p>``, unreported; now within 4e-13 and 1e-14 of 30-digit / independent
 references, ``benchmarks/relu_triple_reference.py``, ``elu_triple_reference.py``).
+**Four elu variables, a pair below** ``1 - rho^2 = 0.15`` (``_exp_near_quad``): the
+four-variable form of ``_near_pair_quad`` with elu along the rays (``_quad_sum_exp``);
+the exp path missed the sliver of the jump of sigma'' (``<q q p p>`` 8.5e-5 of scale off
+at ``1 - rho^2 = 1e-6``, estimate 5e-11; ``benchmarks/elu_quad_check.py``).
 **Split path: closed-form inner axes.**
 The last two axes are done
 in closed form when the last two variables are of degree <= 1 and not
@@ -723,7 +727,9 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         the polar form (``_polar_pair``, ``_polar_pair_kinked``):
         uniform in the correlation, collinear covariances included; three
         and four piecewise monomials with a nearly coinciding pair, the
-        forms of ``_near_pair_triple`` and ``_near_pair_quad``.
+        forms of ``_near_pair_triple`` and ``_near_pair_quad``; four of elu's
+        (``ExpPiecewise`` kinked at 0) with a pair below ``1 - rho^2 = 0.15``, the
+        latter with elu along the rays (``_exp_near_quad``).
     K : array_like of shape (..., d, d)
         Covariances: symmetric positive semi-definite of any rank
         (degenerate Gaussians are integrated exactly on their support).
