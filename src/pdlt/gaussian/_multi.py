@@ -2601,7 +2601,15 @@ def _kinked_path(fs, K, order, L, kinks, accuracy, return_error):
 def _exp_near_quad(fs, K, order, L, kinks, accuracy, return_error):
     """Four elu variables: rows with a pair below ``1 - rho^2 = _EXP_QUAD_NEAR`` (every
     variance >= ``_exppw._EXP_MIN_VAR``, every kink at 0) by ``_near_pair_quad``'s form
-    (:func:`_quad_sum_exp`), the rest (and rows it does not take) by :func:`_exp_path`."""
+    (:func:`_quad_sum_exp`), the rest (and rows it does not take) by :func:`_exp_path`.
+
+    The exp path missed the pair's sliver where sigma'' (a jump at 0) sits on the pair:
+    ``<q q p p>`` 8.5e-5 of the Cauchy-Schwarz scale off at ``1 - rho^2 = 1e-6`` (~
+    ``sqrt(1 - rho^2)``), estimate 5.5e-11; sigma, sigma' alone 1e-8 .. 1e-10 with
+    estimates up to 30x short at 1e-1 .. 1e-3. This form: <= 1.5e-12 of scale on 15 slot
+    products x 3 covariances x ``1 - rho^2 = 1e-1 .. 1e-10``, every estimate covering
+    (``benchmarks/elu_quad_check.py``, an independent reference). At 0.2 .. 0.6 the exp
+    path is within 1.2x of its estimate (1e-11 .. 1e-8): the threshold."""
     out = np.zeros(len(K))
     err = np.zeros(len(K)) if return_error else None
     rest = np.arange(len(K))
