@@ -1,4 +1,4 @@
-"""elu four-variable averages with a near pair (sigma, sigma', sigma'', z sigma'' slots): a reference.
+"""elu four-variable averages with a near pair (sigma, sigma', sigma'', z sigma''): a reference.
 
 ``python benchmarks/elu_quad_check.py [--write] [--quick]``
 
@@ -139,8 +139,8 @@ def products():
 
 
 def scale_of(K, names):
-    """Cauchy-Schwarz scale ``prod_k <|f_k(z_k)|^4>^(1/4)`` (Gauss-Hermite, 200 nodes per
-    side of the kink is not needed at this use: 1e-3 relative is plenty)."""
+    """Cauchy-Schwarz scale ``prod_k <|f_k(z_k)|^4>^(1/4)`` (200-node Gauss-Hermite across
+    the kink: ~1e-3 relative, plenty for a scale)."""
     x, w = np.polynomial.hermite_e.hermegauss(200)
     w = w / np.sqrt(2 * np.pi)
     return float(np.prod([np.sum(w * slot(n, np.sqrt(K[k, k]) * x) ** 4) ** 0.25
@@ -214,7 +214,8 @@ def main():
         v, e, dt = got[k]
         ref, sc = float(r["value"]), r["scale"]
         flag = "SHORT" if abs(v - ref) > e + r["check"] else ""
-        print(f"K{r['K_index']} {r['one_minus_rho2']:.0e} {r['slots']}: off {abs(v - ref) / sc:.1e} "
+        print(f"K{r['K_index']} {r['one_minus_rho2']:.0e} {r['slots']}: "
+              f"off {abs(v - ref) / sc:.1e} "
               f"est {e / sc:.1e} (check {r['check'] / sc:.0e}, {dt:.2f} s) {flag}", flush=True)
 
 

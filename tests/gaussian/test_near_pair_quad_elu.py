@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -29,8 +30,8 @@ TOL = 1e-11          # of the Cauchy-Schwarz scale
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("elu_quad_check_load", BENCH / "elu_quad_check.py")
-    import sys
+    spec = importlib.util.spec_from_file_location("elu_quad_check_load",
+                                                  BENCH / "elu_quad_check.py")
     sys.path.insert(0, str(BENCH))
     try:
         mod = importlib.util.module_from_spec(spec)
