@@ -150,6 +150,10 @@ unit sphere with the pair's sign changes at exact longitudes
 paths met the pair's sliver obliquely: 1.2e-6 off ``<theta theta theta>``, 4.3e-6 off
 elu's ``<p p p>``, unreported; now within 4e-13 and 1e-14 of 30-digit / independent
 references, ``benchmarks/relu_triple_reference.py``, ``elu_triple_reference.py``).
+**Four elu variables, a pair below** ``1 - rho^2 = 0.15`` (``_exp_near_quad``): the
+four-variable form of ``_near_pair_quad`` with elu along the rays (``_quad_sum_exp``);
+the exp path missed the sliver of the jump of sigma'' (``<q q p p>`` 8.5e-5 of scale off
+at ``1 - rho^2 = 1e-6``, estimate 5e-11; ``benchmarks/elu_quad_check.py``).
 **Split path: closed-form inner axes.**
 The last two axes are done
 in closed form when the last two variables are of degree <= 1 and not
@@ -723,7 +727,9 @@ def expect_nd(fs, K, *, kinks=(), scale_invariant=None, accuracy="default",
         the polar form (``_polar_pair``, ``_polar_pair_kinked``):
         uniform in the correlation, collinear covariances included; three
         and four piecewise monomials with a nearly coinciding pair, the
-        forms of ``_near_pair_triple`` and ``_near_pair_quad``.
+        forms of ``_near_pair_triple`` and ``_near_pair_quad``; four of elu's
+        (``ExpPiecewise`` kinked at 0) with a pair below ``1 - rho^2 = 0.15``, the
+        latter with elu along the rays (``_exp_near_quad``).
     K : array_like of shape (..., d, d)
         Covariances: symmetric positive semi-definite of any rank
         (degenerate Gaussians are integrated exactly on their support).
@@ -1396,7 +1402,7 @@ def _quad_sum(fs, parts, rule):
     return val, mag
 
 
-def _near_pair_quad(fs, K, accuracy, return_error):
+def _near_pair_quad(fs, K, accuracy, return_error, kinked=False, near=None):
     r"""``<f_0 f_1 f_2 f_3>`` of four piecewise monomials (degree <= 2) with one nearly
     coinciding pair, uniform in its correlation: (taken (B,) bool, value, estimate).
 
@@ -1427,13 +1433,19 @@ def _near_pair_quad(fs, K, accuracy, return_error):
     is 1, 4, 16 widths (:data:`_QUAD_R_GRADE_MIN`; without them 4e-8 of 0.06 off at
     "default", with them within 8e-13 of "high"). Rows not taken (a fourth
     variable in the pair's plane, degrees > 2) keep the orthant / split path.
+
+    ``kinked``: ``fs`` are :class:`ExpPiecewise` kinked at 0 only (elu): the same form
+    with ``f_0, f_1`` along each ray and ``g_4`` by :func:`exp_inner`
+    (:func:`_quad_sum_exp`); ``near``: the ``1 - rho^2`` below which a row is taken
+    (default :data:`_NEAR_PAIR`).
     """
     B = K.shape[0]
+    near = _NEAR_PAIR if near is None else near
     dg = np.einsum("bii->bi", K)
     take = np.zeros(B, dtype=bool)
     out = np.zeros(B)
     err = np.zeros(B)
-    if any(f.n > 2 for f in fs):
+    if not kinked and any(f.n > 2 for f in fs):
         return take, out, err
     pairs = list(itertools.combinations(range(4), 2))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -1442,7 +1454,7 @@ def _near_pair_quad(fs, K, accuracy, return_error):
     rel = np.where(np.isfinite(rel), rel, np.inf)
     which = np.argmin(rel, axis=1)
     for p, (i, j) in enumerate(pairs):
-        idx = np.flatnonzero((which == p) & (rel[:, p] < _NEAR_PAIR) & np.all(dg > 0, axis=1))
+        idx = np.flatnonzero((which == p) & (rel[:, p] < near) & np.all(dg > 0, axis=1))
         if idx.size == 0:
             continue
         k2, k3 = [k for k in range(4) if k not in (i, j)]
@@ -1456,7 +1468,7 @@ def _near_pair_quad(fs, K, accuracy, return_error):
                 _, _, _, _, _, s3o = _triple_parts(K[idx][:, [i, j, k3]][:, :, [i, j, k3]])
                 off &= parts[5] ** 2 / Kp[:, 2, 2] >= s3o ** 2 / K[idx, k3, k3]
             taken = _near_quad_rows(fs, perm, idx[off], Kp[off], tuple(x[off] for x in parts),
-                                    accuracy, return_error, out, err)
+                                    accuracy, return_error, out, err, kinked)
             take[taken] = True
             idx = idx[~off]
             if idx.size == 0:
@@ -1464,22 +1476,122 @@ def _near_pair_quad(fs, K, accuracy, return_error):
     return take, out, err
 
 
-def _near_quad_rows(fs, perm, idx, Kp, parts, accuracy, return_error, out, err):
+def _near_quad_rows(fs, perm, idx, Kp, parts, accuracy, return_error, out, err, kinked=False):
     """``_near_pair_quad`` at rows idx, their covariances Kp permuted (pair first): fills
     out, err there; returns idx."""
     if idx.size:
         fp = [fs[k] for k in perm]
-        val, mag = _quad_sum(fp, parts, _QUAD_RULES[accuracy])
+        summ, rules, lower = ((_quad_sum_exp, _QUAD_EXP_RULES, _QUAD_EXP_LOWER) if kinked
+                              else (_quad_sum, _QUAD_RULES, _QUAD_LOWER))
+        val, mag = summ(fp, parts, rules[accuracy])
         out[idx] = val
         if return_error:
-            lo, _ = _quad_sum(fp, parts, _QUAD_LOWER[accuracy])
+            lo, _ = summ(fp, parts, lower[accuracy])
             spread = np.zeros(idx.size)
             for sgn in (1.0, -1.0):       # (at the lower rule: a difference of two sums)
                 Kq = Kp * (1.0 + sgn * 4 * _EPS * (1.0 - np.eye(4)))
-                spread = np.maximum(spread, np.abs(_quad_sum(fp, _quad_parts(Kq),
-                                                             _QUAD_LOWER[accuracy])[0] - lo))
+                spread = np.maximum(spread, np.abs(summ(fp, _quad_parts(Kq),
+                                                        lower[accuracy])[0] - lo))
             err[idx] = np.abs(val - lo) + 16 * _EPS * mag + 2.0 * spread
     return idx
+
+
+#: elu (``ExpPiecewise`` kinked at 0) four-variable rows whose most correlated pair has
+#: ``1 - rho^2`` below this take ``_near_pair_quad``'s form (``_quad_sum_exp``) instead of
+#: the exp path (``_exp_near_quad``)
+_EXP_QUAD_NEAR = 0.15
+#: (angular nodes per panel, panels per angular piece, radial nodes per panel of
+#: :data:`_RADIAL_BREAKS`, nodes per panel of g_3) of ``_quad_sum_exp``, and the lower rule
+#: of each (the error estimate)
+_QUAD_EXP_RULES = {"fast": (12, 2, 10, 12), "default": (16, 2, 14, 16), "high": (20, 2, 20, 20)}
+_QUAD_EXP_LOWER = {"fast": (8, 2, 8, 8), "default": (12, 2, 10, 12), "high": (16, 2, 14, 16)}
+#: points of ``_quad_sum_exp`` whose weight is below this fraction of the largest are skipped
+_QUAD_EXP_PRUNE = 1e-28
+
+
+def _quad_sum_exp(fs, parts, rule):
+    r"""``<f_0 f_1 f_2 f_3>`` of four :class:`ExpPiecewise` kinked at 0 only (elu) in the
+    form of :func:`_quad_sum`: ``f_0, f_1`` along each ray ``(g_1, g_2) = R (cos alpha,
+    sin alpha)`` (no kink is crossed along a ray: smooth in R), ``f_2`` on both sides of
+    its kink in ``g_3``, ``E`` over ``g_4`` of ``f_3`` by :func:`exp_inner` (closed form).
+    Row by row: (value, the same integral of ``|integrand|``)."""
+    f0, f1, f2, f3 = fs
+    q_a, sub, q_r, q_3 = rule
+    two_pi = 2.0 * np.pi
+    xr, wr = _gauss_legendre(q_r)
+    brr = np.array(_RADIAL_BREAKS)
+    R = (0.5 * (brr[1:] + brr[:-1])[:, None] + 0.5 * np.diff(brr)[:, None] * xr).reshape(-1)
+    wR = (0.5 * np.diff(brr)[:, None] * wr).reshape(-1) * R * np.exp(-0.5 * R * R)
+    x3, w3 = _gauss_legendre(q_3)
+    nodes3 = {}
+    for P in (_QUAD_G3_PANELS, _QUAD_G3_PANELS_THIN):
+        tt = (np.arange(P)[:, None] + 0.5 * (1.0 + x3)) / P                      # (P, q)
+        nodes3[P] = tt.reshape(-1), np.broadcast_to(0.5 * w3 / P, tt.shape).reshape(-1)
+    xa, wa = _gauss_legendre(q_a)
+    val, mag = np.zeros(len(parts[0])), np.zeros(len(parts[0]))
+    thin = parts[9] < _QUAD_THIN * np.abs(parts[8])
+    ev = lambda f, u: np.asarray(f(u), dtype=float)  # noqa: E731
+    for i in range(len(parts[0])):
+        a, b, phi, c21, c22, s2, c31, c32, c33, s3 = (float(x[i]) for x in parts)
+        t, w3 = nodes3[_QUAD_G3_PANELS_THIN if thin[i] else _QUAD_G3_PANELS]
+        ts = np.linspace(0.0, 1.0, sub + 1)[:-1]
+        a0 = math.atan2(-(c21 * c33 - c31 * s2), c22 * c33 - c32 * s2)
+        h = s3 / abs(c33) if c33 != 0.0 else np.inf
+        extra = [a0, a0 + np.pi]
+        if h < _QUAD_ALPHA_GRADE[-1]:
+            extra += [a0 + sg * o * max(h, 1e-300) + sh for o in _QUAD_ALPHA_GRADE
+                      if o * h < 0.5 for sg in (-1.0, 1.0) for sh in (0.0, np.pi)]
+        cuts = np.unique(np.concatenate([[0.0, 0.5 * np.pi, 1.5 * np.pi, two_pi], np.mod(
+            [phi + 0.5 * np.pi, phi + 1.5 * np.pi] + extra, two_pi)]))
+        lo, hi = cuts[:-1, None], cuts[1:, None]
+        br = np.append((lo + (hi - lo) * ts).reshape(-1), two_pi)
+        lo, hi = br[:-1, None], br[1:, None]
+        al = (0.5 * (hi + lo) + 0.5 * (hi - lo) * xa).reshape(-1)                 # (M,)
+        wal = (0.5 * (hi - lo) * wa).reshape(-1) / two_pi
+        ca, sa, cb = np.cos(al), np.sin(al), np.cos(al - phi)
+        Rm, wRm = np.broadcast_to(R, (len(al), len(R))), np.broadcast_to(wR, (len(al), len(R)))
+        if thin[i] and h >= _QUAD_R_GRADE_MIN:
+            dlt = np.abs((c21 * ca + c22 * sa) / s2 - (c31 * ca + c32 * sa) / c33)
+            with np.errstate(divide="ignore"):
+                ro = np.stack([np.clip(o * h / dlt, 0.0, brr[-1]) for o in (1.0, 4.0, 16.0)], 1)
+            rb = np.sort(np.concatenate([np.broadcast_to(brr, (len(ca), len(brr))), ro], 1), 1)
+            lo_r, hi_r = rb[:, :-1, None], rb[:, 1:, None]
+            Rm = (0.5 * (hi_r + lo_r) + 0.5 * (hi_r - lo_r) * xr).reshape(len(ca), -1)
+            wRm = ((0.5 * (hi_r - lo_r) * wr).reshape(len(ca), -1) * Rm
+                   * np.exp(-0.5 * Rm * Rm))
+        # f_0 f_1 along the rays; a ray where either vanishes identically (sigma'') is dropped
+        F = ev(f0, (a * ca)[:, None] * Rm) * ev(f1, (b * cb)[:, None] * Rm)      # (M, nR)
+        keep = np.any(F != 0.0, axis=1)
+        F, ca, sa, Rm, wRm, wal = F[keep], ca[keep], sa[keep], Rm[keep], wRm[keep], wal[keep]
+        mu2 = (c21 * ca + c22 * sa)[:, None] * Rm                               # (M, nR)
+        mu3 = (c31 * ca + c32 * sa)[:, None] * Rm
+        T3 = _QUAD_G3_RANGE
+        br = [np.full(mu2.shape, -T3), np.clip(-mu2 / s2, -T3, T3), np.full(mu2.shape, T3)]
+        if thin[i]:
+            k3 = -mu3 / c33
+            br += [np.clip(k3 + h * o, -T3, T3) for o in _QUAD_GRADE]
+            br += [np.full(mu2.shape, T3 * u) for u in (-2 / 3, -1 / 3, 0.0, 1 / 3, 2 / 3)]
+        br = np.sort(np.stack(br, axis=-1), axis=-1)                            # (M, nR, nb)
+        # points whose weight is below _QUAD_EXP_PRUNE of the largest outer weight: not
+        # evaluated (the integrand grows polynomially: their sum is < 1e-15 of the value)
+        Wo = wal[:, None] * wRm * np.abs(F)
+        thr = _QUAD_EXP_PRUNE * np.max(Wo)
+        I = Ia = 0.0
+        for j in range(br.shape[-1] - 1):
+            lo3, hi3 = br[..., j:j + 1], br[..., j + 1:j + 2]
+            g3 = lo3 + (hi3 - lo3) * t                                           # (M, nR, n3)
+            w = (hi3 - lo3) * w3 * _PHI * np.exp(-0.5 * g3 * g3)
+            live = Wo[..., None] * w > thr
+            m3 = (mu3[..., None] + c33 * g3)[live]
+            e3 = (ev(f3, m3) if s3 == 0.0 else
+                  exp_inner([f3], m3[:, None], np.full(m3.shape + (1,), s3)))
+            g = np.zeros(g3.shape)
+            g[live] = ev(f2, (mu2[..., None] + s2 * g3)[live]) * e3
+            I = I + np.sum(w * g, axis=-1)
+            Ia = Ia + np.sum(w * np.abs(g), axis=-1)
+        val[i] = np.sum(wal[:, None] * wRm * F * I)
+        mag[i] = np.sum(wal[:, None] * wRm * np.abs(F) * Ia)
+    return val, mag
 
 
 def _piecewise_path(fs, K, order, L, accuracy, return_error):
@@ -2548,9 +2660,49 @@ def _kinked_path(fs, K, order, L, kinks, accuracy, return_error):
     """Kinked integrands that no pair / triple form takes: elu's exponential polynomials
     by :func:`_exp_path`, everything else by the split path (all axes by quadrature)."""
     if _exppw._EXP and all(isinstance(f, ExpPiecewise) for f in fs):
+        if len(fs) == 4 and _POLAR:
+            return _exp_near_quad(fs, K, order, L, kinks, accuracy, return_error)
         return _exp_path(fs, K, order, L, kinks, accuracy, return_error)
     return _split_path(fs, order, L, tuple(float(c) for c in kinks), accuracy, return_error,
                        exact_inner=False)
+
+
+def _exp_near_quad(fs, K, order, L, kinks, accuracy, return_error):
+    """Four elu variables: rows with a pair below ``1 - rho^2 = _EXP_QUAD_NEAR`` (every
+    variance >= ``_exppw._EXP_MIN_VAR``, every kink at 0) by ``_near_pair_quad``'s form
+    (:func:`_quad_sum_exp`), the rest (and rows it does not take) by :func:`_exp_path`.
+
+    The exp path missed the pair's sliver where sigma'' (a jump at 0) sits on the pair:
+    ``<q q p p>`` 8.5e-5 of the Cauchy-Schwarz scale off at ``1 - rho^2 = 1e-6`` (~
+    ``sqrt(1 - rho^2)``), estimate 5.5e-11; sigma, sigma' alone 1e-8 .. 1e-10 with
+    estimates up to 30x short at 1e-1 .. 1e-3. This form: <= 1.5e-12 of scale on 15 slot
+    products x 3 covariances x ``1 - rho^2 = 1e-1 .. 1e-10``, every estimate covering
+    (``benchmarks/elu_quad_check.py``, an independent reference). At 0.2 .. 0.6 the exp
+    path is within 1.2x of its estimate (1e-11 .. 1e-8): the threshold."""
+    out = np.zeros(len(K))
+    err = np.zeros(len(K)) if return_error else None
+    rest = np.arange(len(K))
+    if all(float(c) == 0.0 for c in kinks) and all(t == 0.0 for f in fs for t in f.kinks):
+        dg = np.einsum("bii->bi", K)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.min([det2(dg[:, i], dg[:, j], K[:, i, j]) / (dg[:, i] * dg[:, j])
+                          for i, j in itertools.combinations(range(4), 2)], axis=0)
+        cand = np.flatnonzero((rel < _EXP_QUAD_NEAR) & (np.min(dg, axis=1) >= _exppw._EXP_MIN_VAR))
+        if cand.size:
+            took, o, e = _near_pair_quad(fs, K[cand], accuracy, return_error, kinked=True,
+                                         near=_EXP_QUAD_NEAR)
+            out[cand[took]] = o[took]
+            if return_error:
+                err[cand[took]] = e[took]
+            rest = np.setdiff1d(rest, cand[took])
+    if rest.size == len(K):
+        return _exp_path(fs, K, order, L, kinks, accuracy, return_error)
+    if rest.size:
+        o, e = _exp_path(fs, K[rest], order[rest], L[rest], kinks, accuracy, return_error)
+        out[rest] = o
+        if return_error:
+            err[rest] = e
+    return out, err
 
 
 def _exp_path(fs, K, order, L, kinks, accuracy, return_error):
