@@ -1320,12 +1320,11 @@ def _pm_normal(f, m, s):
     return f.cp * plus + f.cm * (full - plus)
 
 
-def _quad_sum(fs, parts, rule):
-    r"""``<f_0 f_1 f_2 f_3>`` of ``_near_pair_quad`` at one rule, row by row: (value, the
-    same integral of ``|integrand|``)."""
-    f0, f1, f2, f3 = fs
+def _quad_rule_nodes(rule):
+    """The nodes of one rule of :func:`_quad_sum` / :func:`_quad_sum_exp` shared by every
+    row: radial ``(xr, wr, R, wR)`` on :data:`_RADIAL_BREAKS`, the third variable's unit
+    panels ``{panels: (t, w)}``, angular ``(xa, wa)``."""
     q_a, sub, q_r, q_3 = rule
-    two_pi = 2.0 * np.pi
     xr, wr = _gauss_legendre(q_r)
     brr = np.array(_RADIAL_BREAKS)
     R = (0.5 * (brr[1:] + brr[:-1])[:, None] + 0.5 * np.diff(brr)[:, None] * xr).reshape(-1)
@@ -1335,29 +1334,75 @@ def _quad_sum(fs, parts, rule):
     for P in (_QUAD_G3_PANELS, _QUAD_G3_PANELS_THIN):
         tt = (np.arange(P)[:, None] + 0.5 * (1.0 + x3)) / P                      # (P, q)
         nodes3[P] = tt.reshape(-1), np.broadcast_to(0.5 * w3 / P, tt.shape).reshape(-1)
-    xa, wa = _gauss_legendre(q_a)
+    return (xr, wr, R, wR), nodes3, _gauss_legendre(q_a)
+
+
+def _quad_angles(row, xa, wa, sub):
+    """One row's angular nodes ``alpha`` (M,) and weights (over 2 pi), cut at the pair's
+    sign changes and where z_2 and z_3 change sign together, and ``h = s3 / |c33|``."""
+    a, b, phi, c21, c22, s2, c31, c32, c33, s3 = row
+    two_pi = 2.0 * np.pi
+    ts = np.linspace(0.0, 1.0, sub + 1)[:-1]
+    # z_2 and z_3 change sign together along the directions alpha_0, alpha_0 + pi of
+    # the pair's plane (a kink in alpha where z_3 is nearly determined: graded there)
+    a0 = math.atan2(-(c21 * c33 - c31 * s2), c22 * c33 - c32 * s2)
+    h = s3 / abs(c33) if c33 != 0.0 else np.inf
+    extra = [a0, a0 + np.pi]
+    if h < _QUAD_ALPHA_GRADE[-1]:
+        extra += [a0 + sg * o * max(h, 1e-300) + sh for o in _QUAD_ALPHA_GRADE
+                  if o * h < 0.5 for sg in (-1.0, 1.0) for sh in (0.0, np.pi)]
+    cuts = np.unique(np.concatenate([[0.0, 0.5 * np.pi, 1.5 * np.pi, two_pi], np.mod(
+        [phi + 0.5 * np.pi, phi + 1.5 * np.pi] + extra, two_pi)]))
+    lo, hi = cuts[:-1, None], cuts[1:, None]
+    br = np.append((lo + (hi - lo) * ts).reshape(-1), two_pi)
+    lo, hi = br[:-1, None], br[1:, None]
+    al = (0.5 * (hi + lo) + 0.5 * (hi - lo) * xa).reshape(-1)                     # (M,)
+    wal = (0.5 * (hi - lo) * wa).reshape(-1) / two_pi
+    return al, wal, h
+
+
+def _quad_radial_graded(row, h, ca, sa, xr, wr):
+    """Radial nodes and weights (M, nR') with breaks where the kinks of z_2 (sharp) and
+    z_3 (width h) in g_3, ``R |Delta(alpha)|`` apart, are 1, 4, 16 widths apart."""
+    _, _, _, c21, c22, s2, c31, c32, c33, _ = row
+    brr = np.array(_RADIAL_BREAKS)
+    dlt = np.abs((c21 * ca + c22 * sa) / s2 - (c31 * ca + c32 * sa) / c33)
+    with np.errstate(divide="ignore"):
+        ro = np.stack([np.clip(o * h / dlt, 0.0, brr[-1]) for o in (1.0, 4.0, 16.0)], 1)
+    rb = np.sort(np.concatenate([np.broadcast_to(brr, (len(ca), len(brr))), ro], 1), 1)
+    lo_r, hi_r = rb[:, :-1, None], rb[:, 1:, None]
+    Rm = (0.5 * (hi_r + lo_r) + 0.5 * (hi_r - lo_r) * xr).reshape(len(ca), -1)
+    wRm = (0.5 * (hi_r - lo_r) * wr).reshape(len(ca), -1) * Rm * np.exp(-0.5 * Rm * Rm)
+    return Rm, wRm
+
+
+def _quad_g3_breaks(mu2, mu3, row, h, thin):
+    """The third variable's panel breaks (M, nR, nb): its range, z_2's kink and, where
+    z_3 is nearly determined (``thin``: E over g_4 a kink of width h in g_3), panels
+    graded around z_3's kink."""
+    s2, c33 = row[5], row[8]
+    T3 = _QUAD_G3_RANGE
+    br = [np.full(mu2.shape, -T3), np.clip(-mu2 / s2, -T3, T3), np.full(mu2.shape, T3)]
+    if thin:
+        k3 = -mu3 / c33
+        br += [np.clip(k3 + h * o, -T3, T3) for o in _QUAD_GRADE]
+        br += [np.full(mu2.shape, T3 * u) for u in (-2 / 3, -1 / 3, 0.0, 1 / 3, 2 / 3)]
+    return np.sort(np.stack(br, axis=-1), axis=-1)
+
+
+def _quad_sum(fs, parts, rule):
+    r"""``<f_0 f_1 f_2 f_3>`` of ``_near_pair_quad`` at one rule, row by row: (value, the
+    same integral of ``|integrand|``)."""
+    f0, f1, f2, f3 = fs
+    (xr, wr, R, wR), nodes3, (xa, wa) = _quad_rule_nodes(rule)
     val, mag = np.zeros(len(parts[0])), np.zeros(len(parts[0]))
     s3_, c33_ = parts[9], parts[8]
     thin = s3_ < _QUAD_THIN * np.abs(c33_)
     for i in range(len(parts[0])):
-        a, b, phi, c21, c22, s2, c31, c32, c33, s3 = (float(x[i]) for x in parts)
+        row = tuple(float(x[i]) for x in parts)
+        a, b, phi, c21, c22, s2, c31, c32, c33, s3 = row
         t, w3 = nodes3[_QUAD_G3_PANELS_THIN if thin[i] else _QUAD_G3_PANELS]
-        ts = np.linspace(0.0, 1.0, sub + 1)[:-1]
-        # z_2 and z_3 change sign together along the directions alpha_0, alpha_0 + pi of
-        # the pair's plane (a kink in alpha where z_3 is nearly determined: graded there)
-        a0 = math.atan2(-(c21 * c33 - c31 * s2), c22 * c33 - c32 * s2)
-        h = s3 / abs(c33) if c33 != 0.0 else np.inf
-        extra = [a0, a0 + np.pi]
-        if h < _QUAD_ALPHA_GRADE[-1]:
-            extra += [a0 + sg * o * max(h, 1e-300) + sh for o in _QUAD_ALPHA_GRADE
-                      if o * h < 0.5 for sg in (-1.0, 1.0) for sh in (0.0, np.pi)]
-        cuts = np.unique(np.concatenate([[0.0, 0.5 * np.pi, 1.5 * np.pi, two_pi], np.mod(
-            [phi + 0.5 * np.pi, phi + 1.5 * np.pi] + extra, two_pi)]))
-        lo, hi = cuts[:-1, None], cuts[1:, None]
-        br = np.append((lo + (hi - lo) * ts).reshape(-1), two_pi)
-        lo, hi = br[:-1, None], br[1:, None]
-        al = (0.5 * (hi + lo) + 0.5 * (hi - lo) * xa).reshape(-1)                 # (M,)
-        wal = (0.5 * (hi - lo) * wa).reshape(-1) / two_pi
+        al, wal, h = _quad_angles(row, xa, wa, rule[1])
         ca, sa = np.cos(al), np.sin(al)
         pa = wal * _pm(f0, a * ca) * _pm(f1, b * np.cos(al - phi))              # (M,)
         keep = pa != 0.0
@@ -1366,28 +1411,10 @@ def _quad_sum(fs, parts, rule):
         ca, sa, pa = ca[keep], sa[keep], pa[keep]
         Rm, wRm = R[None, :], wR[None, :]
         if thin[i] and h >= _QUAD_R_GRADE_MIN:
-            # the kinks of z_2 (sharp) and z_3 (width h) in g_3 are R |Delta(alpha)| apart:
-            # radial breaks where that distance is a few widths
-            dlt = np.abs((c21 * ca + c22 * sa) / s2 - (c31 * ca + c32 * sa) / c33)
-            with np.errstate(divide="ignore"):
-                ro = np.stack([np.clip(o * h / dlt, 0.0, brr[-1]) for o in (1.0, 4.0, 16.0)], 1)
-            rb = np.sort(np.concatenate([np.broadcast_to(brr, (len(ca), len(brr))), ro], 1), 1)
-            lo_r, hi_r = rb[:, :-1, None], rb[:, 1:, None]
-            Rm = (0.5 * (hi_r + lo_r) + 0.5 * (hi_r - lo_r) * xr).reshape(len(ca), -1)
-            wRm = ((0.5 * (hi_r - lo_r) * wr).reshape(len(ca), -1) * Rm
-                   * np.exp(-0.5 * Rm * Rm))
+            Rm, wRm = _quad_radial_graded(row, h, ca, sa, xr, wr)
         mu2 = (c21 * ca + c22 * sa)[:, None] * Rm                               # (M, nR)
         mu3 = (c31 * ca + c32 * sa)[:, None] * Rm
-        T3 = _QUAD_G3_RANGE
-        br = [np.full(mu2.shape, -T3), np.clip(-mu2 / s2, -T3, T3), np.full(mu2.shape, T3)]
-        if thin[i]:
-            # z_3 nearly determined by g_1..g_3 (rank-3 K, s3 from rounding; or s3 small):
-            # E over g_4 is a kink of width h = s3 / |c33| in g_3, met by graded panels
-            h = s3 / abs(c33)
-            k3 = -mu3 / c33
-            br += [np.clip(k3 + h * o, -T3, T3) for o in _QUAD_GRADE]
-            br += [np.full(mu2.shape, T3 * u) for u in (-2 / 3, -1 / 3, 0.0, 1 / 3, 2 / 3)]
-        br = np.sort(np.stack(br, axis=-1), axis=-1)                            # (M, nR, nb)
+        br = _quad_g3_breaks(mu2, mu3, row, h, thin[i])                         # (M, nR, nb)
         I = Ia = 0.0
         for j in range(br.shape[-1] - 1):
             lo3, hi3 = br[..., j:j + 1], br[..., j + 1:j + 2]
@@ -1516,62 +1543,26 @@ def _quad_sum_exp(fs, parts, rule):
     its kink in ``g_3``, ``E`` over ``g_4`` of ``f_3`` by :func:`exp_inner` (closed form).
     Row by row: (value, the same integral of ``|integrand|``)."""
     f0, f1, f2, f3 = fs
-    q_a, sub, q_r, q_3 = rule
-    two_pi = 2.0 * np.pi
-    xr, wr = _gauss_legendre(q_r)
-    brr = np.array(_RADIAL_BREAKS)
-    R = (0.5 * (brr[1:] + brr[:-1])[:, None] + 0.5 * np.diff(brr)[:, None] * xr).reshape(-1)
-    wR = (0.5 * np.diff(brr)[:, None] * wr).reshape(-1) * R * np.exp(-0.5 * R * R)
-    x3, w3 = _gauss_legendre(q_3)
-    nodes3 = {}
-    for P in (_QUAD_G3_PANELS, _QUAD_G3_PANELS_THIN):
-        tt = (np.arange(P)[:, None] + 0.5 * (1.0 + x3)) / P                      # (P, q)
-        nodes3[P] = tt.reshape(-1), np.broadcast_to(0.5 * w3 / P, tt.shape).reshape(-1)
-    xa, wa = _gauss_legendre(q_a)
+    (xr, wr, R, wR), nodes3, (xa, wa) = _quad_rule_nodes(rule)
     val, mag = np.zeros(len(parts[0])), np.zeros(len(parts[0]))
     thin = parts[9] < _QUAD_THIN * np.abs(parts[8])
     ev = lambda f, u: np.asarray(f(u), dtype=float)  # noqa: E731
     for i in range(len(parts[0])):
-        a, b, phi, c21, c22, s2, c31, c32, c33, s3 = (float(x[i]) for x in parts)
+        row = tuple(float(x[i]) for x in parts)
+        a, b, phi, c21, c22, s2, c31, c32, c33, s3 = row
         t, w3 = nodes3[_QUAD_G3_PANELS_THIN if thin[i] else _QUAD_G3_PANELS]
-        ts = np.linspace(0.0, 1.0, sub + 1)[:-1]
-        a0 = math.atan2(-(c21 * c33 - c31 * s2), c22 * c33 - c32 * s2)
-        h = s3 / abs(c33) if c33 != 0.0 else np.inf
-        extra = [a0, a0 + np.pi]
-        if h < _QUAD_ALPHA_GRADE[-1]:
-            extra += [a0 + sg * o * max(h, 1e-300) + sh for o in _QUAD_ALPHA_GRADE
-                      if o * h < 0.5 for sg in (-1.0, 1.0) for sh in (0.0, np.pi)]
-        cuts = np.unique(np.concatenate([[0.0, 0.5 * np.pi, 1.5 * np.pi, two_pi], np.mod(
-            [phi + 0.5 * np.pi, phi + 1.5 * np.pi] + extra, two_pi)]))
-        lo, hi = cuts[:-1, None], cuts[1:, None]
-        br = np.append((lo + (hi - lo) * ts).reshape(-1), two_pi)
-        lo, hi = br[:-1, None], br[1:, None]
-        al = (0.5 * (hi + lo) + 0.5 * (hi - lo) * xa).reshape(-1)                 # (M,)
-        wal = (0.5 * (hi - lo) * wa).reshape(-1) / two_pi
+        al, wal, h = _quad_angles(row, xa, wa, rule[1])
         ca, sa, cb = np.cos(al), np.sin(al), np.cos(al - phi)
         Rm, wRm = np.broadcast_to(R, (len(al), len(R))), np.broadcast_to(wR, (len(al), len(R)))
         if thin[i] and h >= _QUAD_R_GRADE_MIN:
-            dlt = np.abs((c21 * ca + c22 * sa) / s2 - (c31 * ca + c32 * sa) / c33)
-            with np.errstate(divide="ignore"):
-                ro = np.stack([np.clip(o * h / dlt, 0.0, brr[-1]) for o in (1.0, 4.0, 16.0)], 1)
-            rb = np.sort(np.concatenate([np.broadcast_to(brr, (len(ca), len(brr))), ro], 1), 1)
-            lo_r, hi_r = rb[:, :-1, None], rb[:, 1:, None]
-            Rm = (0.5 * (hi_r + lo_r) + 0.5 * (hi_r - lo_r) * xr).reshape(len(ca), -1)
-            wRm = ((0.5 * (hi_r - lo_r) * wr).reshape(len(ca), -1) * Rm
-                   * np.exp(-0.5 * Rm * Rm))
+            Rm, wRm = _quad_radial_graded(row, h, ca, sa, xr, wr)
         # f_0 f_1 along the rays; a ray where either vanishes identically (sigma'') is dropped
         F = ev(f0, (a * ca)[:, None] * Rm) * ev(f1, (b * cb)[:, None] * Rm)      # (M, nR)
         keep = np.any(F != 0.0, axis=1)
         F, ca, sa, Rm, wRm, wal = F[keep], ca[keep], sa[keep], Rm[keep], wRm[keep], wal[keep]
         mu2 = (c21 * ca + c22 * sa)[:, None] * Rm                               # (M, nR)
         mu3 = (c31 * ca + c32 * sa)[:, None] * Rm
-        T3 = _QUAD_G3_RANGE
-        br = [np.full(mu2.shape, -T3), np.clip(-mu2 / s2, -T3, T3), np.full(mu2.shape, T3)]
-        if thin[i]:
-            k3 = -mu3 / c33
-            br += [np.clip(k3 + h * o, -T3, T3) for o in _QUAD_GRADE]
-            br += [np.full(mu2.shape, T3 * u) for u in (-2 / 3, -1 / 3, 0.0, 1 / 3, 2 / 3)]
-        br = np.sort(np.stack(br, axis=-1), axis=-1)                            # (M, nR, nb)
+        br = _quad_g3_breaks(mu2, mu3, row, h, thin[i])                         # (M, nR, nb)
         # points whose weight is below _QUAD_EXP_PRUNE of the largest outer weight: not
         # evaluated (the integrand grows polynomially: their sum is < 1e-15 of the value)
         Wo = wal[:, None] * wRm * np.abs(F)
