@@ -45,7 +45,7 @@ covariance of variance up to 2, whose average is a 2-D one computed by mpmath).
 The network (as ``residual_rules.py``): tanh, depth 4, width 32, C_b 0.1,
 C_W 1, gamma 0.6, xi 0.8, N standard-normal inputs in 8 dimensions (seed 0), so
 the first-layer variances are ``0.1 + |x|^2 / 8`` (N = 2: 0.53 and 1.35; N = 3
-adds 1.30). Entries as ``residual_reference.py``: max |default - reference| at
+adds 0.61). Entries as ``residual_reference.py``: max |default - reference| at
 the last layer where the statistic is not zero by symmetry, over its largest
 entry there; in parentheses the reference's two-target difference, and the
 engine's own estimate (``statistics(..., error=True)``) on the same scale.
