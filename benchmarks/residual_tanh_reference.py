@@ -204,7 +204,9 @@ def _mp_funcs():
                             lambda z: mp.tanh(z) ** 2 * sech(z) ** 4),
             "tanh'' ^2": (lambda z: (2 * np.tanh(z) / np.cosh(z) ** 2) ** 2,
                           lambda z: (2 * mp.tanh(z) * sech(z) ** 2) ** 2),
-            "z tanh": (lambda z: z * np.tanh(z), lambda z: z * mp.tanh(z))}
+            "z tanh": (lambda z: z * np.tanh(z), lambda z: z * mp.tanh(z)),
+            "tanh''": (lambda z: -2 * np.tanh(z) / np.cosh(z) ** 2,
+                       lambda z: -2 * mp.tanh(z) * sech(z) ** 2)}
 
 
 def _mp_2d(g1, g2, C):
@@ -244,7 +246,7 @@ def validate(eps_list=EPS):
             print(f"| 1-D {name} | {var} | {mp.nstr(exact, 17)} | "
                   + " | ".join(f"{x:.1e}" for x in errs) + f" | {pts} |", flush=True)
     for var in (0.5, 1.0, 2.0):
-        for rho, (n1, n2) in ((0.6, ("tanh2 sech4", "sech2")), (-0.9, ("tanh", "tanh'' ^2"))):
+        for rho, (n1, n2) in ((0.6, ("tanh2 sech4", "sech2")), (-0.9, ("tanh", "tanh''"))):
             C = [[var, rho * var * 0.8], [rho * var * 0.8, 0.64 * var]]
             exact = _mp_2d(F[n1][1], F[n2][1], C)
             errs, pts = [], 0
