@@ -234,12 +234,19 @@ def _mehler_offdiag(grid, fa, fb, rtol):
             if bad.all():
                 rmax = float(np.max(np.where(absr > rlim, 0.0, absr)))
         rp = rmax ** ks
-        tail = rmax * rp * tailc              # bound on the terms k > M, for M = k
+        with np.errstate(invalid="ignore"):
+            tail = rmax * rp * tailc          # bound on the terms k > M, for M = k
+        # rmax = 0 (the strip's pairs left to the series have rho = 0): no tail, whatever
+        # the coefficients' bound (inf where it overflows at large K: 0 * inf); any other
+        # 0 * inf (rp underflowed) stays unbounded
+        tail = np.where(np.isnan(tail), np.inf if rmax > 0 else 0.0, tail)
         choices = []
         ok = np.flatnonzero(tail <= budget)
         M = int(ok[0]) if len(ok) else kmax
         choices.append((M + 1, None, M))
-        pk = rp * np.max(acf[ia], axis=0) * np.max(acg[jb], axis=0)
+        with np.errstate(invalid="ignore"):
+            pk = rp * np.max(acf[ia], axis=0) * np.max(acg[jb], axis=0)
+        pk = np.where(np.isnan(pk), np.inf if rmax > 0 else 0.0, pk)
         for q in (0, 1):
             drop = np.cumsum(np.where(odd != bool(q), pk, 0.0))
             okq = np.flatnonzero((tail + drop <= budget) & (drop <= _PARITY_SHARE * budget)
