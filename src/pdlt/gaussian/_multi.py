@@ -858,10 +858,13 @@ def _merge_collinear(fs, K, accuracy, return_error, where):
         return None
     out = np.zeros(K.shape[0])
     err = np.zeros(K.shape[0])
+    def nd(f, Kr):
+        r = expect_nd(f, Kr, accuracy=accuracy, return_error=return_error, where=where)
+        return r if return_error else (r, 0.0)
+
     plain = np.flatnonzero(hit < 0)
     if plain.size:
-        out[plain], err[plain] = expect_nd(fs, K[plain], accuracy=accuracy,
-                                           return_error=True, where=where)
+        out[plain], err[plain] = nd(fs, K[plain])
     for p, (a, b) in enumerate(pairs):
         rows = np.flatnonzero(hit == p)
         if rows.size == 0:
@@ -877,7 +880,7 @@ def _merge_collinear(fs, K, accuracy, return_error, where):
             unit = PiecewiseMonomial(sgn * fb.cm, sgn * fb.cp, fb.n) if neg else fb
             merged = [fs[k] * unit if k == a else fs[k] for k in rest]
             Ks = K[rows[sel]][:, rest][:, :, rest]
-            o, e = expect_nd(merged, Ks, accuracy=accuracy, return_error=True, where=where)
+            o, e = nd(merged, Ks)
             w = np.abs(c[sel]) ** fb.n
             out[rows[sel]], err[rows[sel]] = w * o, w * e
     return out, (err if return_error else None)
