@@ -59,7 +59,7 @@ import time
 import numpy as np
 
 import pdlt
-from statistics_reference import Reference, integrated_by
+from statistics_reference import Reference, eigen_factor, integrated_by
 
 from pdlt.theory.statistics import defined
 
@@ -120,9 +120,7 @@ class Trapezoid(Reference):
         flat = K.reshape(-1, d, d)
         out = np.empty(len(flat))
         for i, C in enumerate(flat):
-            lam, U = np.linalg.eigh(C)
-            keep = lam > 1e-13 * max(lam.max(), 1e-300)
-            A = U[:, keep] * np.sqrt(lam[keep])           # (d, r): z = A u
+            A = eigen_factor(C)                           # (d, r): z = A u
             r = A.shape[1]
             if r == 0:
                 out[i] = np.prod([float(f(np.zeros(1))[0]) for f in fs])

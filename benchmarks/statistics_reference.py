@@ -51,6 +51,14 @@ from pdlt.theory import _averages
 STATS = ("K", "Theta", "V", "G1", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "U", "H1")
 
 
+def eigen_factor(C):
+    """``A`` (d, r) with ``C = A A^T`` from the eigenvectors of the eigenvalues above 1e-13
+    of the largest (z = A u, u standard normal of the covariance's rank r)."""
+    lam, U = np.linalg.eigh(C)
+    keep = lam > 1e-13 * max(lam.max(), 1e-300)
+    return U[:, keep] * np.sqrt(lam[keep])
+
+
 class Reference:
     """Tensor Gauss-Hermite averages ``<f_1(z_1) ... f_d(z_d)>``, ``z ~ N(0, K)``.
 
@@ -82,9 +90,7 @@ class Reference:
         flat = K.reshape(-1, d, d)
         out = np.empty(len(flat))
         for i, C in enumerate(flat):
-            lam, U = np.linalg.eigh(C)
-            keep = lam > 1e-13 * max(lam.max(), 1e-300)
-            A = U[:, keep] * np.sqrt(lam[keep])          # (d, r): z = A u
+            A = eigen_factor(C)                          # (d, r): z = A u
             r = A.shape[1]
             if r == 0:
                 out[i] = np.prod([float(f(np.zeros(1))[0]) for f in fs])
