@@ -59,7 +59,7 @@ import time
 import numpy as np
 
 import pdlt
-from statistics_reference import Reference, eigen_factor, integrated_by
+from statistics_reference import Reference, integrated_by
 
 from pdlt.theory.statistics import defined
 
@@ -114,81 +114,71 @@ class Trapezoid(Reference):
             out[i] = np.asarray(f(mean[i] + s * u), float) @ w
         return out
 
-    def nd(self, fs, K):
-        K = np.asarray(K, float)
-        d = K.shape[-1]
-        flat = K.reshape(-1, d, d)
-        out = np.empty(len(flat))
-        for i, C in enumerate(flat):
-            A = eigen_factor(C)                           # (d, r): z = A u
-            r = A.shape[1]
-            if r == 0:
-                out[i] = np.prod([float(f(np.zeros(1))[0]) for f in fs])
-                continue
-            rules = [self.axis(float(np.max(np.abs(A[:, j])))) for j in range(r)]
-            # pruned tensor grid: all axes but the first as one sorted list by |u|^2
-            if r > 1:
-                mesh = np.meshgrid(*[ru for ru, _ in rules[1:]], indexing="ij")
-                wmesh = np.meshgrid(*[rw for _, rw in rules[1:]], indexing="ij")
-                rest = np.stack([m.ravel() for m in mesh], axis=1)
-                wrest = np.prod(np.stack([m.ravel() for m in wmesh], axis=1), axis=1)
-                rad = np.sum(rest * rest, axis=1)
-                o = np.argsort(rad, kind="stable")
-                rest, wrest, rad = rest[o], wrest[o], rad[o]
-            else:
-                rest, wrest, rad = np.zeros((1, 0)), np.ones(1), np.zeros(1)
-            u1, w1 = rules[0]
-            # parity: an integrand even under u -> -u (evenly many odd factors) is summed over
-            # u_1 >= 0 with doubled weights (the grid is symmetric); an odd one is 0
-            probe = np.random.default_rng(0).standard_normal((16, r)) @ A.T
+    def factored(self, fs, A):
+        """One covariance ``z = A u`` (r >= 1 axes) on the pruned trapezoid grid."""
+        r = A.shape[1]
+        rules = [self.axis(float(np.max(np.abs(A[:, j])))) for j in range(r)]
+        # pruned tensor grid: all axes but the first as one sorted list by |u|^2
+        if r > 1:
+            mesh = np.meshgrid(*[ru for ru, _ in rules[1:]], indexing="ij")
+            wmesh = np.meshgrid(*[rw for _, rw in rules[1:]], indexing="ij")
+            rest = np.stack([m.ravel() for m in mesh], axis=1)
+            wrest = np.prod(np.stack([m.ravel() for m in wmesh], axis=1), axis=1)
+            rad = np.sum(rest * rest, axis=1)
+            o = np.argsort(rad, kind="stable")
+            rest, wrest, rad = rest[o], wrest[o], rad[o]
+        else:
+            rest, wrest, rad = np.zeros((1, 0)), np.ones(1), np.zeros(1)
+        u1, w1 = rules[0]
+        # parity: an integrand even under u -> -u (evenly many odd factors) is summed over
+        # u_1 >= 0 with doubled weights (the grid is symmetric); an odd one is 0
+        probe = np.random.default_rng(0).standard_normal((16, r)) @ A.T
 
-            def g(z):
-                v = np.ones(len(z))
-                for k, f in enumerate(fs):
-                    v = v * np.asarray(f(z[:, k]), float)
-                return v
+        def g(z):
+            v = np.ones(len(z))
+            for k, f in enumerate(fs):
+                v = v * np.asarray(f(z[:, k]), float)
+            return v
 
-            gp, gm = g(probe), g(-probe)
-            tol = 1e-13 * max(float(np.max(np.abs(gp))), 1e-300)
-            if np.all(np.abs(gp + gm) <= tol):
-                out[i] = 0.0
-                continue
-            even = bool(np.all(np.abs(gp - gm) <= tol))
-            if even:
-                w1 = np.where(u1 > 0, 2 * w1, np.where(u1 < 0, 0.0, w1))
-            total = 0.0
-            block_u, block_w = [], []
+        gp, gm = g(probe), g(-probe)
+        tol = 1e-13 * max(float(np.max(np.abs(gp))), 1e-300)
+        if np.all(np.abs(gp + gm) <= tol):
+            return 0.0
+        even = bool(np.all(np.abs(gp - gm) <= tol))
+        if even:
+            w1 = np.where(u1 > 0, 2 * w1, np.where(u1 < 0, 0.0, w1))
+        total = 0.0
+        block_u, block_w = [], []
+        count = 0
+
+        def flush():
+            nonlocal total, count
+            if not block_u:
+                return
+            nodes = np.concatenate(block_u)
+            z = nodes @ A.T
+            val = np.ones(len(z))
+            for k, f in enumerate(fs):
+                val = val * np.asarray(f(z[:, k]), float)
+            total += float(val @ np.concatenate(block_w))
+            self.points += len(z)
+            block_u.clear()
+            block_w.clear()
             count = 0
 
-            def flush():
-                nonlocal total, count
-                if not block_u:
-                    return
-                nodes = np.concatenate(block_u)
-                z = nodes @ A.T
-                val = np.ones(len(z))
-                for k, f in enumerate(fs):
-                    val = val * np.asarray(f(z[:, k]), float)
-                total += float(val @ np.concatenate(block_w))
-                self.points += len(z)
-                block_u.clear()
-                block_w.clear()
-                count = 0
-
-            for j in range(len(u1)):
-                if w1[j] == 0.0:
-                    continue
-                m = int(np.searchsorted(rad, self.R2 - u1[j] ** 2, side="right"))
-                if m == 0:
-                    continue
-                block_u.append(np.concatenate([np.full((m, 1), u1[j]), rest[:m]], axis=1))
-                block_w.append(w1[j] * wrest[:m])
-                count += m
-                if count > 400_000:
-                    flush()
-            flush()
-            out[i] = total
-        return out.reshape(K.shape[:-2])
+        for j in range(len(u1)):
+            if w1[j] == 0.0:
+                continue
+            m = int(np.searchsorted(rad, self.R2 - u1[j] ** 2, side="right"))
+            if m == 0:
+                continue
+            block_u.append(np.concatenate([np.full((m, 1), u1[j]), rest[:m]], axis=1))
+            block_w.append(w1[j] * wrest[:m])
+            count += m
+            if count > 400_000:
+                flush()
+        flush()
+        return total
 
 
 # -- validation against mpmath ---------------------------------------------------------------

@@ -95,24 +95,29 @@ class Reference:
             if r == 0:
                 out[i] = np.prod([float(f(np.zeros(1))[0]) for f in fs])
                 continue
-            q = self.orders[r - 1]
-            u, w = self.rule(q)
-            total = 0.0
-            # chunk over the first axis to bound memory (q^(r-1) nodes at a time)
-            if r > 1:
-                rest = np.array(list(itertools.product(range(q), repeat=r - 1)), int)
-                ur, wr = u[rest], np.prod(w[rest], axis=1)
-            else:
-                ur, wr = np.zeros((1, 0)), np.ones(1)
-            for j in range(q):
-                nodes = np.concatenate([np.full((len(ur), 1), u[j]), ur], axis=1)  # (m, r)
-                z = nodes @ A.T                                                     # (m, d)
-                val = np.ones(len(z))
-                for k, f in enumerate(fs):
-                    val = val * np.asarray(f(z[:, k]), float)
-                total += w[j] * float(val @ wr)
-            out[i] = total
+            out[i] = self.factored(fs, A)
         return out.reshape(K.shape[:-2])
+
+    def factored(self, fs, A):
+        """``<prod_k f_k(z_k)>`` for ``z = A u``, A (d, r), r >= 1, u standard normal."""
+        r = A.shape[1]
+        q = self.orders[r - 1]
+        u, w = self.rule(q)
+        total = 0.0
+        # chunk over the first axis to bound memory (q^(r-1) nodes at a time)
+        if r > 1:
+            rest = np.array(list(itertools.product(range(q), repeat=r - 1)), int)
+            ur, wr = u[rest], np.prod(w[rest], axis=1)
+        else:
+            ur, wr = np.zeros((1, 0)), np.ones(1)
+        for j in range(q):
+            nodes = np.concatenate([np.full((len(ur), 1), u[j]), ur], axis=1)  # (m, r)
+            z = nodes @ A.T                                                     # (m, d)
+            val = np.ones(len(z))
+            for k, f in enumerate(fs):
+                val = val * np.asarray(f(z[:, k]), float)
+            total += w[j] * float(val @ wr)
+        return total
 
     # -- the engine's entry points, reimplemented -----------------------------
     def expect(self, f, K, mean=0.0, **rule_options):
