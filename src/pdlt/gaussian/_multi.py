@@ -848,12 +848,11 @@ def _merge_collinear(fs, K, accuracy, return_error, where):
     keep the near-pair forms, whose estimate states the rounding's effect.
     """
     d = K.shape[-1]
-    dg = np.einsum("bii->bi", K)
     hit = np.full(K.shape[0], -1)
     pairs = list(itertools.combinations(range(d), 2))
-    for p, (a, b) in enumerate(pairs):
-        exact = (det2(dg[:, a], dg[:, b], K[:, a, b]) <= 0.0) & (dg[:, a] > 0) & (dg[:, b] > 0)
-        hit = np.where((hit < 0) & exact, p, hit)
+    rel = _pair_rel(K, pairs)           # inf where a variance is 0: never merged
+    for p in range(len(pairs)):
+        hit = np.where((hit < 0) & (rel[:, p] <= 0.0), p, hit)
     if np.all(hit < 0):
         return None
     out = np.zeros(K.shape[0])
@@ -920,6 +919,16 @@ def det2(Kaa, Kbb, Kab):
     p1, e1 = _two_product(Kaa, Kbb)
     p2, e2 = _two_product(Kab, Kab)
     return (p1 - p2) + (e1 - e2)
+
+
+def _pair_rel(K, pairs):
+    """``1 - rho^2 = det2 / (K_aa K_bb)`` (B, len(pairs)) of the pairs ``(a, b, ...)`` of the
+    covariances K (B, d, d), uniform in rho (:func:`det2`); inf where a variance is 0."""
+    dg = np.einsum("bii->bi", K)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.stack([det2(dg[:, p[0]], dg[:, p[1]], K[:, p[0], p[1]])
+                        / (dg[:, p[0]] * dg[:, p[1]]) for p in pairs], axis=1)
+    return np.where(np.isfinite(rel), rel, np.inf)
 
 
 def _pair_angle(v1, v2, k12):
@@ -1150,10 +1159,7 @@ def _near_pair_triple(fs, K, order, L, accuracy, return_error, kinks=None):
         one = lambda fp, parts, lower: _triple_sum_kinked(  # noqa: E731
             fp, parts, (_TRIPLE_KINKED_LOWER if lower else _TRIPLE_KINKED_RULES)[accuracy])
     pairs = ((0, 1, 2), (0, 2, 1), (1, 2, 0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.stack([det2(dg[:, i], dg[:, j], K[:, i, j]) / (dg[:, i] * dg[:, j])
-                        for i, j, _ in pairs], axis=1)
-    rel = np.where(np.isfinite(rel), rel, np.inf)
+    rel = _pair_rel(K, pairs)
     which = np.argmin(rel, axis=1)
     take = np.zeros(B, dtype=bool)
     for p, perm in enumerate(pairs):
@@ -1485,10 +1491,7 @@ def _near_pair_quad(fs, K, accuracy, return_error, kinked=False, near=None):
     if not kinked and any(f.n > 2 for f in fs):
         return take, out, err
     pairs = list(itertools.combinations(range(4), 2))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.stack([det2(dg[:, i], dg[:, j], K[:, i, j]) / (dg[:, i] * dg[:, j])
-                        for i, j in pairs], axis=1)
-    rel = np.where(np.isfinite(rel), rel, np.inf)
+    rel = _pair_rel(K, pairs)
     which = np.argmin(rel, axis=1)
     for p, (i, j) in enumerate(pairs):
         idx = np.flatnonzero((which == p) & (rel[:, p] < near) & np.all(dg > 0, axis=1))
@@ -1604,10 +1607,7 @@ def _piecewise_path(fs, K, order, L, accuracy, return_error):
         # a pair with 1 - rho^2 < _QUAD_FIRST: never the orthant's direct form (its
         # correlation eigenvalue is below 1e-6), and its cone form (eigenvalue < 1e-10)
         # drops an O(sqrt(eigenvalue)) sliver: _near_pair_quad first
-        dg = np.einsum("bii->bi", K)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel = np.min([det2(dg[:, i], dg[:, j], K[:, i, j]) / (dg[:, i] * dg[:, j])
-                          for i, j in itertools.combinations(range(4), 2)], axis=0)
+        rel = np.min(_pair_rel(K, list(itertools.combinations(range(4), 2))), axis=1)
         first = np.flatnonzero(rel < _QUAD_FIRST)
         if first.size:
             took, o, e = _near_pair_quad(fs, K[first], accuracy, return_error)
@@ -2685,9 +2685,7 @@ def _exp_near_quad(fs, K, order, L, kinks, accuracy, return_error):
     rest = np.arange(len(K))
     if all(float(c) == 0.0 for c in kinks) and all(t == 0.0 for f in fs for t in f.kinks):
         dg = np.einsum("bii->bi", K)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel = np.min([det2(dg[:, i], dg[:, j], K[:, i, j]) / (dg[:, i] * dg[:, j])
-                          for i, j in itertools.combinations(range(4), 2)], axis=0)
+        rel = np.min(_pair_rel(K, list(itertools.combinations(range(4), 2))), axis=1)
         cand = np.flatnonzero((rel < _EXP_QUAD_NEAR) & (np.min(dg, axis=1) >= _exppw._EXP_MIN_VAR))
         if cand.size:
             took, o, e = _near_pair_quad(fs, K[cand], accuracy, return_error, kinked=True,
