@@ -624,12 +624,10 @@ def _vertex_metric(mlp, K1):
     pairs["g"] = mean
     pairs["F2"] = np.array([float(gaussian.expect(lambda z, k=k: s2(z) * (z * z / k - 1.0) / k,
                                               k, **kw)) for k in K])    # <(sigma^2)''>
-    cF2 = _cov_second_derivative(pairs, K, C)
-    if not act.kinks:       # large K: (sigma^2)'' = 2 (sigma'^2 + sigma sigma'') directly
-        cF2 = _cov_second_derivative_direct(
-            act, C, K, s2, lambda z: 2.0 * (act.d1(z) ** 2 + act.sigma(z) * act.d2(z)), cF2,
-            mean)
-    cF2 = cF2[:, :nf]
+    # large K (smooth activations): (sigma^2)'' = 2 (sigma'^2 + sigma sigma'') directly
+    cF2 = _cov_second_derivative_direct(
+        act, C, K, s2, lambda z: 2.0 * (act.d1(z) ** 2 + act.sigma(z) * act.d2(z)),
+        _cov_second_derivative(pairs, K, C), mean)[:, :nf]
     g1 = 0.0                                     # E[z^(l) z^(l)] - K^(l), unnormalized
     for l in range(L):
         r = rho[l]

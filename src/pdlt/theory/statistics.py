@@ -731,8 +731,8 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True, unresolved=None):
         # entry that reads them; the diagonal and other resolved entries do not move)
         from .residual_multi import perturbed_unresolved
         with perturbed_unresolved():
-            moved = _as_tensors({k: v for k, v in _residual_given(
-                mlp, need, Ks, Ths, False, accuracy).items() if k in need}, N)
+            moved = _as_tensors({k: v for k, v in _residual_multi_given(
+                mlp, need, Ks, Ths, accuracy).items() if k in need}, N)
         pert = {k: _UNRES_FACTOR * np.abs(moved[k] - out[k]) for k in moved}
         if unresolved is not None:
             unresolved.update(pert)
