@@ -857,6 +857,7 @@ def _merge_collinear(fs, K, accuracy, return_error, where):
         return None
     out = np.zeros(K.shape[0])
     err = np.zeros(K.shape[0])
+
     def nd(f, Kr):
         r = expect_nd(f, Kr, accuracy=accuracy, return_error=return_error, where=where)
         return r if return_error else (r, 0.0)
