@@ -49,6 +49,8 @@ adds 0.61). Entries as ``residual_reference.py``: max |default - reference| at
 the last layer where the statistic is not zero by symmetry, over its largest
 entry there; in parentheses the reference's two-target difference, and the
 engine's own estimate (``statistics(..., error=True)``) on the same scale.
+``--plain``: the same network with gamma = 0, xi = 1 (the plain MLP, whose statistics
+go through the plain modules; kappa3 is not defined there and P, Q are run once).
 """
 
 from __future__ import annotations
@@ -287,9 +289,10 @@ def validate(eps_list=EPS):
 
 # -- the residual fold -----------------------------------------------------------------------
 
-def case(N, depth=4):
-    mlp = pdlt.MLP(n0=8, width=32, depth=depth, activation="tanh", C_b=0.1, C_W=1.0,
-                   gamma=0.6, xi=0.8)
+def case(N, depth=4, plain=False):
+    """The network and inputs; ``plain``: gamma = 0, xi = 1 (the plain MLP's own modules)."""
+    res = {} if plain else dict(gamma=0.6, xi=0.8)
+    mlp = pdlt.MLP(n0=8, width=32, depth=depth, activation="tanh", C_b=0.1, C_W=1.0, **res)
     x = np.random.default_rng(0).standard_normal((N, 8))
     return mlp, x
 
@@ -304,8 +307,8 @@ def _worst(diff, R):
     return best
 
 
-def compare(N, eps_list=EPS, groups=GROUPS, save=None):
-    mlp, x = case(N)
+def compare(N, eps_list=EPS, groups=GROUPS, save=None, plain=False):
+    mlp, x = case(N, plain=plain)
     rows, t_eng, t_ref, points = {}, 0.0, [0.0] * len(eps_list), [0] * len(eps_list)
     raw = {}
     for g, stats in enumerate(groups):
@@ -370,6 +373,8 @@ def main():
     ap.add_argument("--no-dntk", action="store_true",
                     help="skip the second run of P, Q through residual_multi_dntk")
     ap.add_argument("--save", default=None, help="npz of every array (suffix _N<N>)")
+    ap.add_argument("--plain", action="store_true",
+                    help="the plain MLP (gamma 0, xi 1; P, Q once: no second module)")
     a = ap.parse_args()
     eps_list = tuple(float(e) for e in a.eps.split(","))
     if a.validate:
@@ -377,9 +382,10 @@ def main():
         return
     for N in (int(n) for n in a.N.split(",")):
         save = a.save.replace(".npz", f"_N{N}.npz") if a.save else None
-        rows, te, tr, pts = compare(N, eps_list, save=save,
-                                    groups=GROUPS[:1] if a.no_dntk else GROUPS)
-        print(f"residual tanh N={N}: default vs trapezoid reference at eps {eps_list[-1]:.0e} "
+        rows, te, tr, pts = compare(N, eps_list, save=save, plain=a.plain,
+                                    groups=GROUPS[:1] if a.no_dntk or a.plain else GROUPS)
+        print(f"{'plain' if a.plain else 'residual'} tanh N={N}: default vs trapezoid "
+              f"reference at eps {eps_list[-1]:.0e} "
               f"(reference's difference to eps {eps_list[-2]:.0e}; engine's own estimate), "
               "fraction of the largest entry at the last nonzero layer; worst layer: the "
               "same at the layer where it is largest")
