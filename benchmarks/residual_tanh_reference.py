@@ -51,6 +51,8 @@ entry there; in parentheses the reference's two-target difference, and the
 engine's own estimate (``statistics(..., error=True)``) on the same scale.
 ``--plain``: the same network with gamma = 0, xi = 1 (the plain MLP, whose statistics
 go through the plain modules; kappa3 is not defined there and P, Q are run once).
+``--act swish``: the same with swish (poles of sigmoid at ``i pi``; ``--validate`` is
+tanh's only).
 """
 
 from __future__ import annotations
@@ -289,10 +291,15 @@ def validate(eps_list=EPS):
 
 # -- the residual fold -----------------------------------------------------------------------
 
-def case(N, depth=4, plain=False):
+#: distance of each activation's nearest singularity from the real axis (tanh: poles at
+#: i pi / 2; swish = z sigmoid(z): sigmoid's poles at i pi)
+POLES = {"tanh": np.pi / 2, "swish": np.pi}
+
+
+def case(N, depth=4, plain=False, act="tanh"):
     """The network and inputs; ``plain``: gamma = 0, xi = 1 (the plain MLP's own modules)."""
     res = {} if plain else dict(gamma=0.6, xi=0.8)
-    mlp = pdlt.MLP(n0=8, width=32, depth=depth, activation="tanh", C_b=0.1, C_W=1.0, **res)
+    mlp = pdlt.MLP(n0=8, width=32, depth=depth, activation=act, C_b=0.1, C_W=1.0, **res)
     x = np.random.default_rng(0).standard_normal((N, 8))
     return mlp, x
 
@@ -307,8 +314,8 @@ def _worst(diff, R):
     return best
 
 
-def compare(N, eps_list=EPS, groups=GROUPS, save=None, plain=False):
-    mlp, x = case(N, plain=plain)
+def compare(N, eps_list=EPS, groups=GROUPS, save=None, plain=False, act="tanh"):
+    mlp, x = case(N, plain=plain, act=act)
     rows, t_eng, t_ref, points = {}, 0.0, [0.0] * len(eps_list), [0] * len(eps_list)
     raw = {}
     for g, stats in enumerate(groups):
@@ -320,7 +327,7 @@ def compare(N, eps_list=EPS, groups=GROUPS, save=None, plain=False):
         refs = []
         for i, e in enumerate(eps_list):
             t0 = time.perf_counter()
-            ref = Trapezoid(e)
+            ref = Trapezoid(e, pole=POLES[act])
             with integrated_by(ref):
                 refs.append(pdlt.statistics(mlp, x, get=stats))
             t_ref[i] += time.perf_counter() - t0
@@ -373,6 +380,7 @@ def main():
     ap.add_argument("--no-dntk", action="store_true",
                     help="skip the second run of P, Q through residual_multi_dntk")
     ap.add_argument("--save", default=None, help="npz of every array (suffix _N<N>)")
+    ap.add_argument("--act", default="tanh", choices=sorted(POLES))
     ap.add_argument("--plain", action="store_true",
                     help="the plain MLP (gamma 0, xi 1; P, Q once: no second module)")
     a = ap.parse_args()
@@ -382,9 +390,9 @@ def main():
         return
     for N in (int(n) for n in a.N.split(",")):
         save = a.save.replace(".npz", f"_N{N}.npz") if a.save else None
-        rows, te, tr, pts = compare(N, eps_list, save=save, plain=a.plain,
+        rows, te, tr, pts = compare(N, eps_list, save=save, plain=a.plain, act=a.act,
                                     groups=GROUPS[:1] if a.no_dntk or a.plain else GROUPS)
-        print(f"{'plain' if a.plain else 'residual'} tanh N={N}: default vs trapezoid "
+        print(f"{'plain' if a.plain else 'residual'} {a.act} N={N}: default vs trapezoid "
               f"reference at eps {eps_list[-1]:.0e} "
               f"(reference's difference to eps {eps_list[-2]:.0e}; engine's own estimate), "
               "fraction of the largest entry at the last nonzero layer; worst layer: the "
