@@ -1456,7 +1456,8 @@ def _pm_pair_normal(f2, f3, mu2, mu3, s2, c33, s3, e):
     row's coefficients: ``k - r h = e / (s2 sv)`` and ``t1 = e / (s2 s3)`` (the kinks'
     distance in units of z_3's width) without the cancellation of ``k - r h``.
     Within 5.3e-15 absolute (values up to ~10) of mpmath (1D adaptive quadrature over g_3
-    of the g_4 average) at ``s3 / |c33|`` 0 .. 0.45 (``tests/gaussian/test_near_pair_quad.py``).
+    of the g_4 average) at ``s3 / |c33|`` 0 .. 0.45
+    (``tests/gaussian/test_near_pair_quad.py``).
     """
     a, b = f2.n, f3.n
     sgn2, sgn3 = (-1.0) ** a, (-1.0) ** b
