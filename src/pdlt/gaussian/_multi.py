@@ -1452,9 +1452,10 @@ def _pm_pair_normal(f2, f3, mu2, mu3, s2, c33, s3, e):
     into the truncated moments of :func:`_trunc_pair_moments` (``|f|`` the same with
     ``|c_+|, (-1)^n |c_-|``); the orthant probability is :func:`_bvn_near1` for
     ``|r| > _PAIR_R_MAX`` (``r < 0`` by ``Phi(h) - Phi_2(h, -k; -r)``; ``s = 0``:
-    ``Phi(min(h, k))``, or ``max(Phi(h) - Phi(-k), 0)`` at ``r = -1``) else :func:`_bvn`. ``e`` is ``mu3 s2 - c33 mu2`` formed from the
-    row's coefficients: ``k - r h = e / (s2 sv)`` and ``t1 = e / (s2 s3)`` (the kinks'
-    distance in units of z_3's width) without the cancellation of ``k - r h``.
+    ``Phi(min(h, k))``, or ``max(Phi(h) - Phi(-k), 0)`` at ``r = -1``) else :func:`_bvn`.
+    ``e`` is ``mu3 s2 - c33 mu2`` formed from the row's coefficients: ``k - r h = e / (s2
+    sv)`` and ``t1 = e / (s2 s3)`` (the kinks' distance in units of z_3's width) without
+    the cancellation of ``k - r h``.
     Within 5.3e-15 absolute (values up to ~10) of mpmath (1D adaptive quadrature over g_3
     of the g_4 average) at ``s3 / |c33|`` 0 .. 0.45
     (``tests/gaussian/test_near_pair_quad.py``).
