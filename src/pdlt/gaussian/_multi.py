@@ -1280,10 +1280,10 @@ _QUAD_LOWER = {"fast": (8, 2, 8, 8), "default": (12, 2, 10, 10), "high": (16, 2,
 #: panels per side of the third variable's kink, and its range (standard units)
 _QUAD_G3_PANELS, _QUAD_G3_RANGE = 3, 11.0
 #: panels per piece of g_3 (and angular panels per piece) where z_3's kink is graded: the
-#: pieces are already short
+#: pieces are already short (``_quad_sum_exp``; ``_quad_sum``'s thin rows are closed-form)
 _QUAD_G3_PANELS_THIN = 1
 #: offsets (in units of the kink's width ``s3 / |c33|``) of the graded panels around the
-#: fourth variable's kink in g_3 where it is nearly determined (``_quad_sum``)
+#: fourth variable's kink in g_3 where it is nearly determined (``_quad_sum_exp``)
 _QUAD_GRADE = (-4.0 ** 5, -4.0 ** 4, -4.0 ** 3, -16.0, -4.0, -1.0, 0.0, 1.0, 4.0, 16.0, 4.0 ** 3,
                4.0 ** 4, 4.0 ** 5)
 #: offsets (in units of ``s3 / |c33|``) of the angular cuts graded around the directions
@@ -1328,6 +1328,170 @@ def _pm_normal(f, m, s):
     else:
         plus, full = (m * m + s * s) * P + m * s * p, m * m + s * s
     return f.cp * plus + f.cm * (full - plus)
+
+
+#: Gauss-Legendre nodes of :func:`_bvn_near1`'s remainder integral (over ``[0, s]``)
+_BVN_NEAR1_NODES = 20
+#: s below which :func:`_bvn_near1` drops the remainder integral: at most 2.6e-20 there
+#: (|h|, |k| <= 12; 1.6e-13 at s = 0.03, 7e-17 at 0.01)
+_BVN_NEAR1_SMALL = 3e-3
+_SQRT_HALF = math.sqrt(0.5)
+
+
+def _bvn_near1(h, k, r, s, t1):
+    r"""``Phi_2(h, k; r) = P(X < h, Y < k)`` for ``_PAIR_R_MAX < r < 1``, with
+    ``s = sqrt(1 - r^2)`` and ``t1 = (k - r h) / s`` given (both stable where the caller
+    has them from the factor: no ``1 - r`` is formed here).
+
+    Drezner and Wesolowsky's form as Genz (2004) writes it for ``|r| > 0.925``:
+    ``Phi(min(h, k))`` less ``(1 / 2 pi) int_0^s`` of the density along
+    ``x = sqrt(1 - rho^2)``; the integrand's singular part at ``x = 0``
+    (``exp(-(h - k)^2 / 2 x^2 - h k / 2)`` times a quadratic in ``x^2``) is integrated in
+    closed form and the smooth remainder by Gauss-Legendre (:data:`_BVN_NEAR1_NODES`;
+    dropped below ``s = _BVN_NEAR1_SMALL``, where it is < 3e-20).
+    Every ``(h - k)^2 / x^2`` is formed from ``q = (h - k) / s = s h / (1 + r) - t1``.
+    Absolute error <= 1.1e-16 against mpmath (``|h| <= 6``, ``|t1| <= 40``, ``1 - r =
+    0.075 .. 5e-25``; ``tests/gaussian/test_near_pair_quad.py``).
+
+    Parameters
+    ----------
+    h, k, t1 : ndarray
+        Broadcast together.
+    r, s : float
+
+    Returns
+    -------
+    ndarray
+    """
+    q = s * h / (1.0 + r) - t1                        # (h - k) / s
+    hk = h * k
+    c = (4.0 - hk) / 8.0
+    d = (12.0 - hk) / 16.0
+    bs = (s * q) ** 2                                 # (h - k)^2
+    q2 = q * q
+    out = s * np.exp(-0.5 * (q2 + hk)) * (1.0 - c * (bs - s * s) * (1.0 - d * bs / 5.0) / 3.0
+                                        + c * d * s ** 4 / 5.0)
+    aq = np.abs(q)
+    # exp(-h k / 2) Phi(-|q|) as erfcx (q^2 + h k >= 0: nothing overflows)
+    tail = 0.5 * special.erfcx(aq * _SQRT_HALF) * np.exp(-0.5 * (q2 + hk))
+    out -= np.sqrt(2.0 * np.pi) * tail * s * aq * (1.0 - c * bs * (1.0 - d * bs / 5.0) / 3.0)
+    if s < _BVN_NEAR1_SMALL:
+        return special.ndtr(np.minimum(h, k)) - out / (2.0 * np.pi)
+    x, w = _bvn_rule(_BVN_NEAR1_NODES)
+    for xi, wi in zip(x, w):
+        u = 0.5 * (1.0 + xi)                          # x = s u on [0, s]
+        xs = (s * u) ** 2
+        rs = math.sqrt(1.0 - xs)
+        f = (np.exp(-0.5 * hk * xs / (1.0 + rs) ** 2) / rs
+             - (1.0 + c * xs * (1.0 + d * xs)))
+        out += 0.5 * s * wi * np.exp(-0.5 * (q2 / (u * u) + hk)) * f
+    return special.ndtr(np.minimum(h, k)) - out / (2.0 * np.pi)
+
+
+def _trunc_pair_moments(n2, n3, h, k, r, s, d1, P, sets):
+    r"""``N_S(a, b) = E[(X + h)^a (Y + k)^b prod_(S) 1{. > 0}]`` for a standard bivariate
+    normal (X, Y) of correlation r (``s = sqrt(1 - r^2)`` >= 0, ``d1 = k - r h``), every
+    ``a <= n2``, ``b <= n3`` and indicator set S of ``{X + h, Y + k}`` in ``sets`` (pairs
+    of bools (ix, iy)); ``P`` the orthant probability ``Phi_2(h, k; r)`` (used where
+    ``(True, True)`` is asked for). Returns ``{(ix, iy): {(a, b): ndarray}}``.
+
+    Stein's lemma ``E[X g] = E[d_X g] + r E[d_Y g]`` (and Y's) lowers a or b by one; an
+    indicator's derivative is a delta at its boundary, where the other variable is
+    ``d + s Z`` (``d1`` given ``X = -h``, ``d2 = h - r k = s^2 h - r d1`` given ``Y = -k``):
+    its moments in closed form in ``t = d / s`` (``Phi(t)``, ``s phi(t)``). No step
+    divides by s but ``t``; at ``s = 0`` (the fourth variable determined) ``Phi(t)`` is
+    the step ``1{d > 0}`` (1/2 at ``d = 0``) and ``s phi(t) = 0``: the limit.
+    """
+    d2 = s * s * h - r * d1
+    ph, pk = _PHI * np.exp(-0.5 * h * h), _PHI * np.exp(-0.5 * k * k)
+
+    def edge(d):
+        """``(Phi(d / s), s phi(d / s))``."""
+        if s > 0.0:
+            t = d / s
+            return special.ndtr(t), s * _PHI * np.exp(-0.5 * t * t)
+        return np.where(d > 0, 1.0, np.where(d < 0, 0.0, 0.5)), np.zeros(np.shape(d))
+
+    E1, E2 = edge(d1), edge(d2)
+
+    def cond(m, d, E, ind):
+        """``E[(d + s Z)^m (1{d + s Z > 0} if ind)]``, m <= 2."""
+        if not ind:
+            return (1.0, d, d * d + s * s)[m]
+        Pt, spt = E
+        return (Pt, d * Pt + spt, (d * d + s * s) * Pt + d * spt)[m]
+
+    out = {}
+    for ix, iy in sets:
+        base = P if (ix and iy) else special.ndtr(h) if ix else special.ndtr(k) if iy else 1.0
+        N = {(0, 0): base}
+        # deltas: at X = -h (weight phi(h)), (Y + k)^m; at Y = -k, (X + h)^m
+        dX = (lambda m: ph * cond(m, d1, E1, iy)) if ix else (lambda m: 0.0)
+        dY = (lambda m: pk * cond(m, d2, E2, ix)) if iy else (lambda m: 0.0)
+        get = lambda a, b: N[(a, b)] if a >= 0 and b >= 0 else 0.0  # noqa: E731
+        for b in range(1, n3 + 1):
+            N[(0, b)] = (k * get(0, b - 1) + (b - 1) * get(0, b - 2) + r * dX(b - 1)
+                         + (dY(0) if b == 1 else 0.0))
+        for a in range(1, n2 + 1):
+            for b in range(n3 + 1):
+                N[(a, b)] = (h * get(a - 1, b) + (a - 1) * get(a - 2, b)
+                             + r * b * get(a - 1, b - 1) + (dX(b) if a == 1 else 0.0)
+                             + (r * dY(a - 1) if b == 0 else 0.0))
+        out[(ix, iy)] = N
+    return out
+
+
+def _pm_pair_normal(f2, f3, mu2, mu3, s2, c33, s3, e):
+    r"""``E[f_2(mu2 + s2 g_3) f_3(mu3 + c33 g_3 + s3 g_4)]`` over independent standard
+    ``g_3, g_4`` for :class:`PiecewiseMonomial` s of degree <= 2, in closed form (the
+    inner average of a thin row of :func:`_quad_row`; ``s2 > 0``, ``c33 != 0``), and the
+    same of ``|f_2 f_3|``: (value, magnitude).
+
+    With ``u = s2 (X + h)``, ``v = sv (Y + k)`` (``sv = hypot(c33, s3)``, correlation
+    ``r = c33 / sv``, ``s = s3 / sv``), ``f(z) = z^n (c_- + (c_+ - c_-) 1{z > 0})`` expands
+    into the truncated moments of :func:`_trunc_pair_moments` (``|f|`` the same with
+    ``|c_+|, (-1)^n |c_-|``); the orthant probability is :func:`_bvn_near1` for
+    ``|r| > _PAIR_R_MAX`` (``r < 0`` by ``Phi(h) - Phi_2(h, -k; -r)``; ``s = 0``:
+    ``Phi(min(h, k))``, or ``max(Phi(h) - Phi(-k), 0)`` at ``r = -1``) else :func:`_bvn`.
+    ``e`` is ``mu3 s2 - c33 mu2`` formed from the row's coefficients: ``k - r h = e / (s2
+    sv)`` and ``t1 = e / (s2 s3)`` (the kinks' distance in units of z_3's width) without
+    the cancellation of ``k - r h``.
+    Within 5.3e-15 absolute (values up to ~10) of mpmath (1D adaptive quadrature over g_3
+    of the g_4 average) at ``s3 / |c33|`` 0 .. 0.45
+    (``tests/gaussian/test_near_pair_quad.py``).
+    """
+    a, b = f2.n, f3.n
+    sgn2, sgn3 = (-1.0) ** a, (-1.0) ** b
+    combos = {}          # (ix, iy): (coefficient in f_2 f_3, in |f_2 f_3|)
+    for ix, c2, m2 in ((False, f2.cm, sgn2 * abs(f2.cm)),
+                       (True, f2.cp - f2.cm, abs(f2.cp) - sgn2 * abs(f2.cm))):
+        for iy, c3, m3 in ((False, f3.cm, sgn3 * abs(f3.cm)),
+                           (True, f3.cp - f3.cm, abs(f3.cp) - sgn3 * abs(f3.cm))):
+            if c2 * c3 != 0.0 or m2 * m3 != 0.0:
+                combos[(ix, iy)] = (c2 * c3, m2 * m3)
+    sv = math.hypot(c33, s3)
+    r, s = c33 / sv, s3 / sv
+    h, k = mu2 / s2, mu3 / sv
+    d1 = e / (s2 * sv)
+    P = None
+    if (True, True) not in combos:
+        pass
+    elif s == 0.0:
+        P = (special.ndtr(np.minimum(h, k)) if r > 0 else
+             np.maximum(special.ndtr(h) - special.ndtr(-k), 0.0))
+    elif r > _PAIR_R_MAX:
+        P = _bvn_near1(h, k, r, s, e / (s2 * s3))
+    elif r < -_PAIR_R_MAX:
+        P = special.ndtr(h) - _bvn_near1(h, -k, -r, s, -e / (s2 * s3))
+    else:
+        P = _bvn(h.reshape(1, -1), k.reshape(1, -1), np.array([[r]])).reshape(h.shape)
+    N = _trunc_pair_moments(a, b, h, k, r, s, d1, P, tuple(combos))
+    val, mag = np.zeros(np.shape(h)), np.zeros(np.shape(h))
+    for S, (cv, cm) in combos.items():
+        val = val + cv * N[S][(a, b)]
+        mag = mag + cm * N[S][(a, b)]
+    scale = s2 ** a * sv ** b
+    return val * scale, mag * scale
 
 
 @functools.lru_cache(maxsize=16)
@@ -1405,7 +1569,8 @@ def _quad_sum(fs, parts, rule):
     r"""``<f_0 f_1 f_2 f_3>`` of ``_near_pair_quad`` at one rule, row by row: (value, the
     same integral of ``|integrand|``). Each row is :func:`_quad_row`, which remembers its
     last results: a fold asks for the same average many times (residual relu, two nearly
-    coinciding inputs: 54 of 129 near-pair averages repeated, ~0.6 s each)."""
+    coinciding inputs: 54 of 129 near-pair averages repeated; ~0.015 s each since the thin
+    rows' inner average is closed-form, 0.6 .. 1.5 s before)."""
     key = tuple((f.cp, f.cm, f.n) for f in fs)
     out = [_quad_row(key, tuple(float(x[i]) for x in parts), tuple(rule))
            for i in range(len(parts[0]))]
@@ -1415,12 +1580,16 @@ def _quad_sum(fs, parts, rule):
 @functools.lru_cache(maxsize=512)
 def _quad_row(key, row, rule):
     """One row of :func:`_quad_sum`: ``key`` the four ``(cp, cm, n)``, ``row`` the ten
-    parts of :func:`_quad_parts` as floats. Returns (value, integral of |integrand|)."""
+    parts of :func:`_quad_parts` as floats. Returns (value, integral of |integrand|).
+
+    A thin row (``s3 < _QUAD_THIN |c33|``) takes its inner ``(g_3, g_4)`` average in
+    closed form (:func:`_pm_pair_normal`; its magnitude ``E|f_2 f_3|`` there), the outer
+    ``(alpha, R)`` nodes as before; other rows sum ``g_3`` on its panels."""
     f0, f1, f2, f3 = (PiecewiseMonomial(*k) for k in key)
     (xr, wr, R, wR), nodes3, (xa, wa) = _quad_rule_nodes(rule)
     a, b, phi, c21, c22, s2, c31, c32, c33, s3 = row
     thin = s3 < _QUAD_THIN * abs(c33)
-    t, w3 = nodes3[_QUAD_G3_PANELS_THIN if thin else _QUAD_G3_PANELS]
+    t, w3 = nodes3[_QUAD_G3_PANELS]
     al, wal, h = _quad_angles(row, xa, wa, rule[1])
     ca, sa = np.cos(al), np.sin(al)
     pa = wal * _pm(f0, a * ca) * _pm(f1, b * np.cos(al - phi))                  # (M,)
@@ -1433,6 +1602,13 @@ def _quad_row(key, row, rule):
         Rm, wRm = _quad_radial_graded(row, h, ca, sa, xr, wr)
     mu2 = (c21 * ca + c22 * sa)[:, None] * Rm                                   # (M, nR)
     mu3 = (c31 * ca + c32 * sa)[:, None] * Rm
+    rad = wRm * Rm ** (f0.n + f1.n)
+    if thin:
+        # (g_3, g_4) in closed form: a bivariate normal of correlation ~1 (_pm_pair_normal)
+        e = (c31 * s2 - c33 * c21) * ca + (c32 * s2 - c33 * c22) * sa              # (M,)
+        e = e[:, None] * Rm
+        I, Ia = _pm_pair_normal(f2, f3, mu2, mu3, s2, c33, s3, e)
+        return float(np.sum(pa[:, None] * rad * I)), float(np.sum(np.abs(pa)[:, None] * rad * Ia))
     br = _quad_g3_breaks(mu2, mu3, row, h, thin)                                # (M, nR, nb)
     I = Ia = 0.0
     for j in range(br.shape[-1] - 1):
@@ -1442,8 +1618,8 @@ def _quad_row(key, row, rule):
         g = _pm(f2, mu2[..., None] + s2 * g3) * _pm_normal(f3, mu3[..., None] + c33 * g3, s3)
         I = I + np.sum(w * g, axis=-1)
         Ia = Ia + np.sum(w * np.abs(g), axis=-1)
-    rad = wRm * Rm ** (f0.n + f1.n)
     return float(np.sum(pa[:, None] * rad * I)), float(np.sum(np.abs(pa)[:, None] * rad * Ia))
+
 
 
 def _near_pair_quad(fs, K, accuracy, return_error, kinked=False, near=None):
@@ -1469,13 +1645,18 @@ def _near_pair_quad(fs, K, accuracy, return_error, kinked=False, near=None):
     off the pair's plane (it must keep ``_NEAR_PAIR_OFF``); the fourth may be nearly
     determined by the first three (rank-3 K: four inputs in two dims at the first layer;
     ``s3 < _QUAD_THIN |c33|``): ``E`` over ``g_4`` is then a kink of width ``s3 / |c33|``
-    in ``g_3``, met by panels graded around it (:data:`_QUAD_GRADE`), and the angle is
-    cut where ``z_2`` and ``z_3`` change sign together (graded, :data:`_QUAD_ALPHA_GRADE`):
-    1.4e-13 from the orthant cone form on a rank-3 K, ~0.35 s per average at "default"
-    (x2.5 with the estimate). Between, ``s3 / |c33| ~ 0.05 .. 0.3``, the two kinks in
-    ``g_3`` are ``R |Delta(alpha)|`` apart against a fixed width: radial breaks where that
-    is 1, 4, 16 widths (:data:`_QUAD_R_GRADE_MIN`; without them 4e-8 of 0.06 off at
-    "default", with them within 8e-13 of "high"). Rows not taken (a fourth
+    in ``g_3``, and the ``(g_3, g_4)`` average, a bivariate normal of correlation
+    ``c33 / hypot(c33, s3) ~ 1``, is taken in closed form (:func:`_pm_pair_normal`:
+    Genz's near-1 bivariate CDF and Stein's lemma, within 5e-15 of mpmath); the angle is
+    cut where ``z_2`` and ``z_3`` change sign together (graded, :data:`_QUAD_ALPHA_GRADE`)
+    and, for ``s3 / |c33| >= _QUAD_R_GRADE_MIN``, the radial axis where the two kinks are
+    1, 4, 16 widths apart (``R |Delta(alpha)|``; without them 4e-8 of 0.06 off at
+    "default"). Measured: 5.2e-15 from the orthant cone form on a rank-3 K (s3 = 0), <=
+    6e-15 from its direct recursion at ``s3 / |c33| = 0.005 .. 0.3`` where that is
+    resolved, "default" within 1.7e-16 of "high" on the residual relu near-pair rows
+    (``benchmarks/relu_quad_thin.py``); ~0.015 .. 0.05 s per average at "default" (was
+    0.35 .. 1.5 s with 12 nodes on each of ~20 graded ``g_3`` panels, whose sum was up to
+    4.7e-12 off at single nodes and 2.2e-12 off in the average). Rows not taken (a fourth
     variable in the pair's plane, degrees > 2) keep the orthant / split path.
 
     ``kinked``: ``fs`` are :class:`ExpPiecewise` kinked at 0 only (elu): the same form
