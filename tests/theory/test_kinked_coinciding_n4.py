@@ -64,8 +64,9 @@ def _ref_at(name, X, eps, shape):
     return ref_at(_reference(name)[X], eps, shape)
 
 
-@pytest.mark.slow        # relu 16 s, leaky 40 s (the near-pair forms at every layer)
-@pytest.mark.parametrize("name", sorted(CASES))
+# relu ~11 s of CPU since the thin rows' inner average is closed-form (was 16-80 s): in CI;
+# leaky ~28 s (the eps reference's 13 folds): slow
+@pytest.mark.parametrize("name", [pytest.param("leaky", marks=pytest.mark.slow), "relu"])
 def test_four_input_entries_against_reference(name):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -1621,7 +1621,6 @@ def _quad_row(key, row, rule):
     return float(np.sum(pa[:, None] * rad * I)), float(np.sum(np.abs(pa)[:, None] * rad * Ia))
 
 
-
 def _near_pair_quad(fs, K, accuracy, return_error, kinked=False, near=None):
     r"""``<f_0 f_1 f_2 f_3>`` of four piecewise monomials (degree <= 2) with one nearly
     coinciding pair, uniform in its correlation: (taken (B,) bool, value, estimate).
