@@ -184,7 +184,11 @@ def _stein_moments(act, C, items, accuracy, order):
     so kinks (a step sigma' for ReLU) are exact. ``B`` uses the pseudo-inverse of
     ``Cov(x)``. Smooth activations instead differentiate F's factors (``sigma''``,
     ``sigma^(3)``): Lam loses ~(1 - rho^2)^-1 per derivative when two y inputs nearly
-    coincide, the derivatives lose nothing.
+    coincide, the derivatives lose nothing. Above the fixed rule's K = 2^16, two-variable
+    items (one x, one y factor) put the localized derivative factor outside and take
+    ``E[g F'']`` by one integration by parts (:func:`_localized_outer`; GELU, depth 3,
+    inputs scaled by 1e6: the H1 diagonal 1e-5 of scale off the one-input module before,
+    2e-15 after).
 
     Returns, per item, ``(m0, d1, d2, ys)``: ``E[gF]``, ``E[g grad F]`` (ny,) and
     ``E[g Hess F]`` (ny, ny) over the distinct y inputs ``ys`` (None above ``order``).

@@ -496,7 +496,10 @@ def _two_depth_pairs(act, C, fns, terms):
 #: averages of ``F (y - beta x)^2`` by ``s^2`` and cancels ~sqrt(K) of them (tanh G1,
 #: gamma 0.5, depth 3, against the direct form: 8e-11 at K = 1.5e3, 1.6e-4 at 1.5e7, 2 % at
 #: 1.5e9, the wrong sign at 1.5e11); below it the two agree to ~1e-13 and the Stein form
-#: stays (bit-identical). The same threshold as ``residual_multi._EXACT_K``
+#: stays (bit-identical). The same threshold as ``residual_multi._EXACT_K``. Above the
+#: fixed rule's 2^16 H1's ``F'' = (sigma'^2)''`` (a localized bump) takes one integration
+#: by parts instead (:func:`_cov_second_derivative_ibp`: the direct nested average cancels
+#: ~sqrt(K), GELU 2e-8 relative at K1 = 1.5e5, 2e-5 at 1.5e11)
 _DIRECT_K = 10.0
 
 
@@ -723,7 +726,11 @@ def residual_ntk_mean(mlp: MLP, K1: float) -> np.ndarray:
     the neuron's own conditional NTK mean ``phi^T M phi`` (the bilinear form
     of F, :func:`_bilinear_forms`, on the diagonal), with ``v_U[m] =
     Cov(z^(l), w_m)`` and ``w_S[p] = E[f'(z^(l)) sigma sigma'(z^(p))]``
-    (two-depth averages, by Stein without differentiating f). At gamma = 0
+    (two-depth averages, by Stein without differentiating f; Stein along z^(l) leaves
+    ~1e-15 relative at any K, GELU K1 = 1.5e3 .. 1.5e11). The mean shift's own term
+    ``Cov(sigma^2(z^(p)), (sigma'^2)''(z^(l)))`` is :func:`_cov_second_derivative_direct`
+    (one integration by parts above K = 2^16: 2e-5 relative, 5.6e-6 of H1's scale,
+    at K1 = 1.5e11 before; ``benchmarks/residual_h1_gelu.py``). At gamma = 0
     this is the plain recursion of :mod:`pdlt.theory.ntk_mean`
     (``Cov = dpp (D + 2F) / n``); for linear sigma every term vanishes and
     ``H1 = 0`` at every layer. Derivation: ``docs/derivations/residual_ntk.md``,
