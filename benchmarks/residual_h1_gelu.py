@@ -138,8 +138,9 @@ def main():
             ref_h = rn.residual_ntk_mean(m, K1)[2]
             rn._cov_second_derivative_ibp = ibp
             sc = abs(new_h)
-            print(f"| {name} | {K1:.1e} | {ref_i:.15e} | {(old_c - ref_i) / abs(ref_i):.1e} | "
-                  f"{(seen['new'] - ref_i) / abs(ref_i):.1e} | {(ref_d - ref_i) / abs(ref_i):.1e} | "
+            r = abs(ref_i)
+            print(f"| {name} | {K1:.1e} | {ref_i:.15e} | {(old_c - ref_i) / r:.1e} | "
+                  f"{(seen['new'] - ref_i) / r:.1e} | {(ref_d - ref_i) / r:.1e} | "
                   f"{(old_h - new_h) / sc:.1e} | {(new_h - ref_h) / sc:.1e} |", flush=True)
 
 
