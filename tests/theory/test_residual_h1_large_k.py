@@ -8,7 +8,8 @@ the integer points |z| <= 12 (the localized factors are < 1e-30 beyond) and at m
 of each Gaussian's standard deviation, 20 nodes a panel (c at K1 = 1.5e11 within 4e-16 of
 the benchmark's rule with features to |z| <= 40; n = 20 vs 32 there: 1e-12). ``E[g F'']``
 is referenced by the integration by parts along y with y the outer variable (no
-cancellation) and, at K1 = 1.5e5 where its round-off (~1e-16 sqrt(K) relative) is small, by the definition.
+cancellation) and, at K1 = 1.5e5 where its round-off (~1e-16 sqrt(K) relative) is small,
+by the definition.
 
 Tolerances: H1 reads ``c = Cov(sigma^2(x), (sigma'^2)''(y))`` with weight ~0.27 (a
 relative change of c moves layer-3 H1 by ~0.27 times it over max|H1|), so the contract
