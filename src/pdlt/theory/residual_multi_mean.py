@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import gaussian
 from ..gaussian._exppw import exp_monomial
 from ..gaussian._multi import PiecewiseMonomial, entire_growth
 from ..network import MLP
@@ -183,7 +184,11 @@ def _stein_moments(act, C, items, accuracy, order):
     so kinks (a step sigma' for ReLU) are exact. ``B`` uses the pseudo-inverse of
     ``Cov(x)``. Smooth activations instead differentiate F's factors (``sigma''``,
     ``sigma^(3)``): Lam loses ~(1 - rho^2)^-1 per derivative when two y inputs nearly
-    coincide, the derivatives lose nothing.
+    coincide, the derivatives lose nothing. Above the fixed rule's K = 2^16, two-variable
+    items (one x, one y factor) put the localized derivative factor outside and take
+    ``E[g F'']`` by one integration by parts (:func:`_localized_outer`; GELU, depth 3,
+    inputs scaled by 1e6: the H1 diagonal 1e-5 of scale off the one-input module before,
+    2e-15 after).
 
     Returns, per item, ``(m0, d1, d2, ys)``: ``E[gF]``, ``E[g grad F]`` (ny,) and
     ``E[g Hess F]`` (ny, ny) over the distinct y inputs ``ys`` (None above ``order``).
@@ -241,6 +246,8 @@ def _stein_moments(act, C, items, accuracy, order):
                     g2[:, e, e] = with_d([(e, 2)])
                     for h in range(e + 1, ny):
                         g2[:, e, h] = g2[:, h, e] = with_d([(e, 1), (h, 1)])
+            if d == 2:
+                _localized_outer(fns, counts, cov, g1, g2)
             for k, (it, xs, ys) in enumerate(group):
                 res[it] = (m0[k], None if g1 is None else g1[k],
                            None if g2 is None else g2[k], [v[1] for v in ys])
@@ -265,6 +272,34 @@ def _stein_moments(act, C, items, accuracy, order):
             g2 = A @ m2[k] @ A.T - Lam * m0[k] if m2 is not None else None
             res[it] = (m0[k], g1, g2, [v[1] for v in ys])
     return res
+
+
+def _localized_outer(fns, counts, cov, g1, g2):
+    r"""Overwrite, in place, the two-variable (one x, one y factor) Stein moments ``g1``
+    (B, 1), ``g2`` (B, 1, 1) of :func:`_stein_moments`' direct path where a variance exceeds
+    the fixed rule's ``2^16`` (the pair averages are nested quadrature there).
+
+    ``F'`` and ``F''`` of ``F = s^i p^j`` are localized (``F''`` integrates to 0): as the
+    inner factor of :func:`pdlt.gaussian.expect2` they lose ~5e-11 (``E[g F']``) and ~1e-13
+    sqrt(K) (``E[g F'']``: GELU 3e-5 at K = 1.5e11) relative; as the outer one (its rule
+    graded at the unit scale around 0) ~1e-15. ``E[g F'']`` by one integration by parts
+    along y (``alpha = C_xy / K_yy``), which does not cancel:
+    ``E[g(x) F''(y)] = -alpha E[g'(x) F'(y)] + E[g(x) y F'(y)] / K_yy``
+    (:func:`pdlt.theory.residual_ntk._cov_second_derivative_ibp`; measured in
+    ``benchmarks/residual_h1_gelu.py``).
+    """
+    huge = np.max(np.einsum("bii->bi", cov), axis=1) > gaussian._K_FIXED_MAX
+    if not np.any(huge) or (g1 is None and g2 is None):
+        return
+    c = cov[huge]
+    Kx, Cxy, Ky = c[:, 0, 0], c[:, 0, 1], c[:, 1, 1]
+    g, F1 = fns(*counts[0]), fns.deriv(*counts[1], 1)
+    if g1 is not None:
+        g1[huge, 0] = gaussian.expect2(F1, g, Ky, Cxy, Kx)
+    if g2 is not None:
+        gd = fns.deriv(*counts[0], 1)
+        g2[huge, 0, 0] = (-(Cxy / Ky) * gaussian.expect2(F1, gd, Ky, Cxy, Kx)
+                          + gaussian.expect2(lambda z: z * F1(z), g, Ky, Cxy, Kx) / Ky)
 
 
 # ---------------------------------------------------------------------------

@@ -496,15 +496,23 @@ def _two_depth_pairs(act, C, fns, terms):
 #: averages of ``F (y - beta x)^2`` by ``s^2`` and cancels ~sqrt(K) of them (tanh G1,
 #: gamma 0.5, depth 3, against the direct form: 8e-11 at K = 1.5e3, 1.6e-4 at 1.5e7, 2 % at
 #: 1.5e9, the wrong sign at 1.5e11); below it the two agree to ~1e-13 and the Stein form
-#: stays (bit-identical). The same threshold as ``residual_multi._EXACT_K``
+#: stays (bit-identical). The same threshold as ``residual_multi._EXACT_K``. Above the
+#: fixed rule's 2^16 H1's ``F'' = (sigma'^2)''`` (a localized bump) takes one integration
+#: by parts instead (:func:`_cov_second_derivative_ibp`: the direct nested average cancels
+#: ~sqrt(K), GELU 2e-8 relative at K1 = 1.5e5, 2e-5 at 1.5e11)
 _DIRECT_K = 10.0
 
 
-def _cov_second_derivative_direct(act, C, K, g, F2, cov, gmean):
+def _cov_second_derivative_direct(act, C, K, g, F2, cov, gmean, parts=None):
     """``cov`` (L, L) [l, m] of :func:`_cov_second_derivative`, with the entries where
     ``max(K_l, K_m)`` exceeds :data:`_DIRECT_K` replaced by ``E[g(z^(m)) F''(z^(l))] -
     <F''>_{K_l} <g>_{K_m}``, ``F2 = F''`` itself (smooth non-periodic activations: two-depth
-    pair averages, resolved at any K); ``gmean`` (L,) is ``<g>_K``. Unchanged otherwise."""
+    pair averages, resolved at any K); ``gmean`` (L,) is ``<g>_K``. Unchanged otherwise.
+
+    ``parts = (g', F', zF')`` (closed forms): where ``max(K_l, K_m)`` also exceeds the
+    fixed rule's ``2^16`` (the pair averages are nested quadrature there), the entry is
+    :func:`_cov_second_derivative_ibp` instead, which does not cancel; None keeps the form
+    above everywhere (bit-identical)."""
     if act.kinks or act.period is not None:
         return cov
     big = np.maximum(K[:, None], K[None, :]) > _DIRECT_K
@@ -513,7 +521,40 @@ def _cov_second_derivative_direct(act, C, K, g, F2, cov, gmean):
         return cov
     pr = _two_depth_pairs(act, C, {"g": g, "F2": F2}, [("g", "F2")])[("g", "F2")]
     mF2 = np.array([float(gaussian.expect(F2, k)) for k in K])
-    return np.where(big, pr.T - mF2[:, None] * gmean[None, :], cov)
+    out = np.where(big, pr.T - mF2[:, None] * gmean[None, :], cov)
+    if parts is not None:
+        huge = big & (np.maximum(K[:, None], K[None, :]) > gaussian._K_FIXED_MAX)
+        if np.any(huge):
+            li, mi = np.nonzero(huge)
+            out[li, mi] = _cov_second_derivative_ibp(g, *parts, K[li], C[li, mi], K[mi],
+                                                     gmean[mi])
+    return out
+
+
+def _cov_second_derivative_ibp(g, gd, F1, zF1, Kl, Clm, Km, gmean):
+    r"""``Cov(g(x), F''(y))`` by one integration by parts along y, for arrays of 2 x 2
+    covariances (``Var y = Kl``, ``Cov(x, y) = Clm``, ``Var x = Km``; ``gmean = <g>_Km``).
+
+    With ``G(y) = E[g(x) | y]``, ``G' = alpha E[g'(x) | y]`` (``alpha = Clm / Kl``) and
+    ``phi'/phi = -y / Kl``, ``int F'' G phi = -int F' (G phi)'`` gives
+
+    .. math::
+        E[g(x) F''(y)] = -\alpha E[g'(x) F'(y)] + E[g(x)\, y F'(y)] / K_l,
+        \qquad \langle F''\rangle_{K_l} = \langle y F'\rangle_{K_l} / K_l.
+
+    ``F''`` of ``F = sigma'^2`` is a localized bump (``int F'' = 0``): at large K the
+    direct average weighs it by ``E[g | y] phi(y) ~ sqrt(K)`` around an O(1) result and
+    nested quadrature leaves ~1e-13 sqrt(K)-relative (GELU, gamma 0.5: 3e-8 relative at
+    K = 1.5e5, 3e-5 at 1.5e11); ``F'`` integrates to 1 and nothing cancels here (6e-14 ..
+    6e-12 relative over K = 1.5e5 .. 1.5e9 against an independent panel rule,
+    ``benchmarks/residual_h1_gelu.py``). The localized factor is the outer variable of
+    :func:`pdlt.gaussian.expect2` (its outer rule is graded at the unit scale around 0).
+    ``g, gd, F1, zF1``: g, g', F', ``y F'(y)``.
+    """
+    e1 = gaussian.expect2(F1, gd, Kl, Clm, Km)
+    e2 = gaussian.expect2(zF1, g, Kl, Clm, Km)
+    mzF1 = np.array([float(gaussian.expect(zF1, k)) for k in np.atleast_1d(Kl)])
+    return -(Clm / Kl) * e1 + (e2 - mzF1 * gmean) / Kl
 
 
 def _cov_second_derivative(pairs, K, C):
@@ -685,7 +726,11 @@ def residual_ntk_mean(mlp: MLP, K1: float) -> np.ndarray:
     the neuron's own conditional NTK mean ``phi^T M phi`` (the bilinear form
     of F, :func:`_bilinear_forms`, on the diagonal), with ``v_U[m] =
     Cov(z^(l), w_m)`` and ``w_S[p] = E[f'(z^(l)) sigma sigma'(z^(p))]``
-    (two-depth averages, by Stein without differentiating f). At gamma = 0
+    (two-depth averages, by Stein without differentiating f; Stein along z^(l) leaves
+    ~1e-15 relative at any K, GELU K1 = 1.5e3 .. 1.5e11). The mean shift's own term
+    ``Cov(sigma^2(z^(p)), (sigma'^2)''(z^(l)))`` is :func:`_cov_second_derivative_direct`
+    (one integration by parts above K = 2^16: 2e-5 relative, 5.6e-6 of H1's scale,
+    at K1 = 1.5e11 before; ``benchmarks/residual_h1_gelu.py``). At gamma = 0
     this is the plain recursion of :mod:`pdlt.theory.ntk_mean`
     (``Cov = dpp (D + 2F) / n``); for linear sigma every term vanishes and
     ``H1 = 0`` at every layer. Derivation: ``docs/derivations/residual_ntk.md``,
@@ -755,9 +800,11 @@ def residual_ntk_mean(mlp: MLP, K1: float) -> np.ndarray:
     cF2 = _cov_second_derivative(pairs, K, C)   # [l, m]: Cov(sigma^2(z^(m)), (sigma'^2)''(z^(l)))
     d3 = third_derivative(act)
     if d3 is not None:      # large K: (sigma'^2)'' = 2 (sigma''^2 + sigma' sigma''') directly
+        dpp1 = lambda z: 2.0 * act.d1(z) * act.d2(z)       # noqa: E731  (sigma'^2)'
         cF2 = _cov_second_derivative_direct(
             act, C, K, s2, lambda z: 2.0 * (act.d2(z) ** 2 + act.d1(z) * d3(z)), cF2,
-            pairs["g"])
+            pairs["g"], parts=(lambda z: 2.0 * act.sigma(z) * act.d1(z), dpp1,
+                               lambda z: z * dpp1(z)))
     # w_S[l, p] = E[(sigma'^2)'(z^(l)) sigma sigma'(z^(p))], p < l, by Stein along z^(l)
     Kp, Kl = K[None, :], K[:, None]
     beta = C / Kp
