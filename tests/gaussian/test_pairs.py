@@ -17,6 +17,7 @@ References and tolerances
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -225,3 +226,42 @@ def test_series_against_independent_reference(name):
         for a, b in ((0, 1), (0, 2), (1, 2)):
             ref = _smooth_reference([f, f], K[np.ix_([a, b], [a, b])])
             assert abs(res[(fa, fa)][a, b] - ref) <= 2e-12 * np.sqrt(n2[a] * n2[b]), (fa, a, b)
+
+
+# <f> of GELU's sigma, sigma', sigma'' over N(0, K), closed forms (no engine code):
+# E[z Phi(z)] = K / sqrt(2 pi (1 + K)), E[Phi(z) + z phi(z)] = 1/2,
+# E[(2 - z^2) phi(z)] = (2 - K / (1 + K)) / sqrt(2 pi (1 + K))
+_GELU_MEANS = {"sigma": lambda K: K / math.sqrt(2 * math.pi * (1 + K)),
+               "d1": lambda K: 0.5,
+               "d2": lambda K: (2 - K / (1 + K)) / math.sqrt(2 * math.pi * (1 + K))}
+
+
+def _gelu_square_mean(name, K):
+    """``<f^2>`` by scipy's adaptive quadrature in u = z / sqrt(K), breakpoints where the
+    narrow part sits (independent of pdlt.gaussian)."""
+    from scipy import integrate
+    f = getattr(pdlt.activation("gelu"), name)
+    s = math.sqrt(K)
+    g = lambda u: float(f(np.array(s * u)) ** 2) * math.exp(-u * u / 2) / math.sqrt(2 * math.pi)
+    w = 40.0 / s
+    pts = [-12.0, -w, -w / 40, 0.0, w / 40, w, 12.0]
+    return sum(integrate.quad(g, lo, hi, limit=200, epsabs=0, epsrel=1e-13)[0]
+               for lo, hi in zip(pts[:-1], pts[1:]))
+
+
+@pytest.mark.parametrize("K", [1e3, 1e9, 1e12])
+def test_uncorrelated_pairs_at_large_variance(K):
+    """A pair with K_ab = 0 exactly is <f_a><g_b>. Above the fixed rule's range (K > 2^16)
+    the series kept the fixed rule's c_0 for such pairs (the others go to quadrature):
+    GELU's sigma'' 1.5e-6 of the Cauchy-Schwarz scale off at K = 1e9, with a
+    RuntimeWarning (0 * inf); now c_0 comes from the resolved one-variable rule."""
+    act = pdlt.activation("gelu")
+    Kab = np.array([[K, 0.0], [0.0, 2 * K]])
+    terms = [("d2", "d2"), ("d1", "d2"), ("sigma", "d2")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = G.pair_expectations(act, Kab, terms)
+    for fa, fb in terms:
+        ref = _GELU_MEANS[fa](K) * _GELU_MEANS[fb](2 * K)
+        scale = math.sqrt(_gelu_square_mean(fa, K) * _gelu_square_mean(fb, 2 * K))
+        assert abs(res[(fa, fb)][0, 1] - ref) <= 1e-12 * scale, (fa, fb)

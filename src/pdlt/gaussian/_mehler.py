@@ -155,8 +155,20 @@ class _SeriesGrid:
         """``(c, <f^2>, tails)`` (see :func:`_series_coefficients`)."""
         key = (name, kmax)
         if key not in self._coef:
-            self._coef[key] = _series_coefficients(self.values(name), kmax,
-                                                   getattr(self.act, name), self.pos, self.huge)
+            f = getattr(self.act, name)
+            c, n2, t = _series_coefficients(self.values(name), kmax, f, self.pos, self.huge)
+            if self.huge.any():
+                # the fixed rule does not resolve these inputs: their pairs with rho != 0
+                # go to quadrature (infinite tails), but a pair with rho = 0 exactly is
+                # c_0(a) c_0(b) = <f_a><g_b>, so c_0 and <f^2> come from the resolved
+                # one-variable rule (the fixed rule's c_0 was 1e-6 of scale off for GELU's
+                # sigma'' at K = 1e9)
+                act, dh = self.act, self.diag[self.huge]
+                kw = dict(kinks=act.kinks, period=act.period)
+                c[self.huge] = 0.0
+                c[self.huge, 0] = expect(f, dh, **kw)
+                n2[self.huge] = expect(lambda z: f(z) ** 2, dh, **kw)
+            self._coef[key] = (c, n2, t)
         return self._coef[key]
 
     def strip_max(self, ia, jb):
@@ -221,7 +233,9 @@ def _mehler_offdiag(grid, fa, fb, rtol):
         absr = absrho[ia, jb]
         tailc = np.max(tfn[ia], axis=0) * np.max(tgn[jb], axis=0)
         rmax = grid.strip_max(ia, jb)
-        if rmax ** (kmax + 1) * tailc[kmax] > budget:
+        with np.errstate(invalid="ignore"):     # 0 * inf (rho = 0, unresolved input): no
+            strip_tail = rmax ** (kmax + 1) * tailc[kmax]      # tail, as below
+        if rmax > 0 and strip_tail > budget:
             # the block bound fails at kmax: test pairs one by one; those
             # failing their own bound at kmax go to quadrature
             with np.errstate(divide="ignore"):
