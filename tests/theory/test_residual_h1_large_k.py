@@ -128,3 +128,67 @@ def test_multi_stein_moments(net, monkeypatch):
     old2, old1 = moments()
     assert abs(old2 - ref2) > 100 * TOL * abs(ref2)
     assert abs(old1 - ref1) > 1e-12 * abs(ref1)
+
+
+def _nodes40(center, sd, n=20):
+    """Panels at the integer points |z| <= 40 (tanh's localized factors decay like
+    exp(-2|z|): < 1e-34 beyond) and at multiples of the Gaussian's sd."""
+    feat = np.linspace(-40, 40, 81)
+    b = center + sd * np.array([-14, -10, -7, -5, -3.5, -2.5, -1.5, -0.75, 0, 0.75, 1.5,
+                                2.5, 3.5, 5, 7, 10, 14])
+    b = np.unique(np.concatenate([b, feat[(feat > b[0]) & (feat < b[-1])]]))
+    u, w = leggauss(n)
+    lo, hi = b[:-1, None], b[1:, None]
+    return (0.5 * (lo + hi) + 0.5 * (hi - lo) * u).ravel(), (0.5 * (hi - lo) * w).ravel()
+
+
+def _e2_40(f, h, Ka, c, Kb):
+    beta, v = c / Ka, Kb - c * c / Ka
+    xa, wa = _nodes40(0.0, np.sqrt(Ka))
+    tot = 0.0
+    for xi, wi in zip(xa, wa):
+        y, wy = _nodes40(beta * xi, np.sqrt(v))
+        inner = np.sum(wy * h(y) * np.exp(-0.5 * (y - beta * xi) ** 2 / v)) / np.sqrt(2 * np.pi * v)
+        tot += wi * f(xi) * inner * np.exp(-0.5 * xi * xi / Ka) / np.sqrt(2 * np.pi * Ka)
+    return float(tot)
+
+
+def test_tanh_vertex_metric_localized_second_derivative(monkeypatch):
+    """G1's ``E[sigma^2(x) (sigma^2)''(y)]`` for tanh at K1 = 1.5e9, where ``(sigma^2)''`` is a
+    localized bump: the one-input module (``_cov_second_derivative_direct`` with
+    ``parts``) and the N-input one (``residual_multi._localized_dd``) against the panel
+    rule by parts (y outer). The direct nested average was 2.5e-9 relative off (the G1
+    diagonal 2.6e-9 of scale); G1 reads it with weight ~1, so 1e-10 is the contract with
+    margin, and the direct form fails it."""
+    from pdlt.theory import residual_multi as rm
+    t = np.tanh
+    ts = lambda z: t(z) ** 2                                          # noqa: E731
+    tF1 = lambda z: 2 * t(z) * (1 - t(z) ** 2)                        # (tanh^2)'
+    net = pdlt.MLP(n0=3, width=16, depth=3, activation="tanh", C_b=0.1, C_W=1.0, gamma=0.5)
+    K, C = _pair(net, 1.5e9)
+    Kx, c, Ky = K[0], C[1, 0], K[1]
+    ref = -(c / Ky) * _e2_40(tF1, tF1, Ky, c, Kx) + _e2_40(lambda z: z * tF1(z), ts, Ky, c, Kx) / Ky
+    act = net.activation
+    cov = np.array([[[Kx, c], [c, Ky]]])
+    new = rm._localized_dd(act.sigma, act.d1, cov, np.array([np.nan]))[0]
+    assert abs(new - ref) <= TOL * abs(ref)
+    # the direct two-variable average (what the N-input module took before)
+    direct = float(rm._expect(act, [lambda z: act.sigma(z) ** 2,
+                                    lambda z: 2.0 * (act.d1(z) ** 2 + act.sigma(z) * act.d2(z))],
+                              cov, accuracy="high")[0])
+    assert abs(direct - ref) > 10 * TOL * abs(ref)
+    # the one-input module: Cov = E[g F''] - <F''><g>, <F''> = <y F'> / Ky
+    gm = np.array([pdlt.gaussian.expect(ts, k) for k in K], float)
+    ssp = lambda z: 2.0 * act.sigma(z) * act.d1(z)                    # noqa: E731
+    F2 = lambda z: 2.0 * (act.d1(z) ** 2 + act.sigma(z) * act.d2(z))  # noqa: E731
+    x40, w40 = _nodes40(0.0, np.sqrt(Ky))
+    mzF1 = float(np.sum(w40 * x40 * tF1(x40) * np.exp(-0.5 * x40 * x40 / Ky))
+                 / np.sqrt(2 * np.pi * Ky))
+    x40, w40 = _nodes40(0.0, np.sqrt(Kx))
+    mg = float(np.sum(w40 * ts(x40) * np.exp(-0.5 * x40 * x40 / Kx)) / np.sqrt(2 * np.pi * Kx))
+    cov_ref = ref - mzF1 / Ky * mg
+    one = rn._cov_second_derivative_direct(act, C, K, ts, F2, np.zeros((3, 3)), gm,
+                                           parts=(ssp, ssp, lambda z: z * ssp(z)))[1, 0]
+    assert abs(one - cov_ref) <= TOL * abs(cov_ref)
+    old = rn._cov_second_derivative_direct(act, C, K, ts, F2, np.zeros((3, 3)), gm)[1, 0]
+    assert abs(old - cov_ref) > 10 * TOL * abs(cov_ref)      # the direct form: rejected
