@@ -70,6 +70,7 @@ import numpy as np
 
 from .. import gaussian
 from ..gaussian._exppw import ExpPiecewise, exp_family
+from ..gaussian._graded import expect_graded, graded_axes
 from ..gaussian._multi import (_TRAP_T, PiecewiseMonomial, _factor, axis_rules,
                                entire_growth, expect_nd, rule_up)
 from ..network import MLP
@@ -101,6 +102,15 @@ _EXACT_K = 10.0
 #: can agree while both miss it (tanh, two variables at K = 1.5e3, spacing 3.5: the estimate
 #: 0.25-0.5x the error; at K = 1.5e11 both were 0 where the average is 1.8e-12)
 _SPACING_TRUST = 2.0
+
+#: named activations whose three- and four-variable averages above :data:`_EXACT_K` may take
+#: the nested rule graded in z (:func:`pdlt.gaussian._graded.expect_graded`): smooth, one
+#: transition of width ~1 at 0 (a user's callable may have any scale: it keeps
+#: :func:`expect_nd` and its estimate)
+_GRADED_NAMES = frozenset({"tanh", "erf", "sigmoid", "softplus", "swish", "silu", "gelu"})
+#: most graded axes (conditional standard deviations above 0.1) of a covariance the nested
+#: rule takes: ~0.05 s a covariance at three (tanh, K = 1.5e3), ~60 s at four
+_GRADED_AXES = 3
 
 #: within :func:`unresolved_averages`: the list the three- and four-variable averages above
 #: :data:`_EXACT_K` report their estimates to
@@ -145,6 +155,17 @@ def _plain_smooth(act, fs):
             and not any(isinstance(f, (PiecewiseMonomial, ExpPiecewise)) for f in fs))
 
 
+def _cs_scale(fs, Kb):
+    """Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)`` (B,) of ``<f_1 ... f_d>`` on the
+    covariances ``Kb`` (B, d, d) (one-variable rule, resolved at any K)."""
+    d = Kb.shape[1]
+    scale = np.ones(len(Kb))
+    for k, f in enumerate(fs):
+        scale *= np.asarray(gaussian.expect(lambda z, f=f: np.abs(f(z)) ** d, Kb[:, k, k]),
+                            dtype=float) ** (1.0 / d)
+    return scale
+
+
 def _unresolved_estimate(fs, Kb, err, accuracy, growth):
     """Estimated absolute error (B,) of :func:`expect_nd`'s smooth product rule on the
     covariances ``Kb`` (B, d, d), and the Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)``
@@ -156,11 +177,7 @@ def _unresolved_estimate(fs, Kb, err, accuracy, growth):
     error of a function analytic in ``|Im z| < pi / 2`` (tanh's strip; sigmoid and swish
     reach pi, GELU is entire), 1 for ``h`` far beyond the feature.
     """
-    d = Kb.shape[1]
-    scale = np.ones(len(Kb))
-    for k, f in enumerate(fs):
-        scale *= np.asarray(gaussian.expect(lambda z, f=f: np.abs(f(z)) ** d, Kb[:, k, k]),
-                            dtype=float) ** (1.0 / d)
+    scale = _cs_scale(fs, Kb)
     _, L = _factor(Kb)
     s = np.max(np.abs(L), axis=1)                           # axis scales (B, d)
     q = axis_rules(s, accuracy, growth)
@@ -192,18 +209,7 @@ def _expect(act, fs, cov, *, accuracy, **kw):
     if not np.any(big):
         return expect_nd(fs, cov, accuracy=accuracy, **kw)
     if d >= 3:
-        if _COLLECT is None and not _PERTURB:
-            return expect_nd(fs, cov, accuracy=accuracy, **kw)
-        val, err = expect_nd(fs, Kb, accuracy=accuracy, return_error=True, **kw)
-        est, scale = _unresolved_estimate(fs, Kb[big], err[big], accuracy, kw.get("growth"))
-        if _COLLECT is not None:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rel = np.where(scale > 0, est / scale, np.where(est > 0, np.inf, 0.0))
-            _COLLECT.append((float(np.max(rel)), float(np.max(var[big])), d))
-        if _PERTURB:
-            val = val.copy()
-            val[big] += est
-        return val.reshape(cov.shape[:-2])
+        return _expect_many(act, fs, cov, Kb, var, big, accuracy=accuracy, **kw)
     out = np.empty(len(Kb))
     if np.any(~big):
         out[~big] = np.atleast_1d(expect_nd(fs, Kb[~big], accuracy=accuracy, **kw))
@@ -215,6 +221,53 @@ def _expect(act, fs, cov, *, accuracy, **kw):
             out[b] = gaussian.pair_expectations(sh, Kb[b], [("f", "g")], rtol=1e-13)[
                 ("f", "g")][0, 1]
     return out.reshape(cov.shape[:-2])
+
+
+def _expect_many(act, fs, cov, Kb, var, big, *, accuracy, **kw):
+    """:func:`_expect`'s three- and four-variable averages, some variance above
+    :data:`_EXACT_K`.
+
+    Covariances at most :data:`_EXACT_K` keep :func:`expect_nd` (bit-identical). Above it,
+    a named activation's averages of at most :data:`_GRADED_AXES` graded axes
+    (:func:`pdlt.gaussian._graded.graded_cost`: conditional standard deviations above 0.1,
+    largest first; a collinear pair of inputs at one depth counts once) take the nested rule
+    graded in z (:func:`pdlt.gaussian._graded.expect_graded`, resolved at any K, its
+    lower-rule difference as estimate); the rest (four distinct directions) keep
+    :func:`expect_nd` and its estimate (:func:`_unresolved_estimate`). Both report to
+    :func:`unresolved_averages` and move within :func:`perturbed_unresolved`.
+    """
+    d = len(fs)
+    graded = np.zeros(len(Kb), dtype=bool)
+    if act.spec is not None and act.spec[0] in _GRADED_NAMES:
+        graded[big] = graded_axes(Kb[big]) <= _GRADED_AXES
+    want = _COLLECT is not None or _PERTURB
+    val = np.empty(len(Kb))
+    est = np.zeros(len(Kb))
+    rest = ~graded
+    if np.any(rest):
+        if np.all(rest) and not want:
+            return expect_nd(fs, cov, accuracy=accuracy, **kw)
+        if want:
+            v, e = expect_nd(fs, Kb[rest], accuracy=accuracy, return_error=True, **kw)
+        else:
+            v, e = expect_nd(fs, Kb[rest], accuracy=accuracy, **kw), None
+        val[rest] = np.atleast_1d(v)
+        cap = rest & big
+        if want and np.any(cap):
+            est[cap] = _unresolved_estimate(fs, Kb[cap], np.atleast_1d(e)[big[rest]], accuracy,
+                                            kw.get("growth"))[0]
+    if np.any(graded):
+        out = expect_graded(fs, Kb[graded], return_error=want)
+        val[graded], est[graded] = (out if want else (out, 0.0))
+    if want:
+        scale = _cs_scale(fs, Kb[big])
+        if _COLLECT is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = np.where(scale > 0, est[big] / scale, np.where(est[big] > 0, np.inf, 0.0))
+            _COLLECT.append((float(np.max(rel)), float(np.max(var[big])), d))
+        if _PERTURB:
+            val[big] += est[big]
+    return val.reshape(cov.shape[:-2])
 
 
 def _rule(accuracy, act, d):
