@@ -98,8 +98,9 @@ def reference(names, K, epsabs, closed_last=False):
 def cases():
     """(name, functions, K, closed_last, reference functions, reference K): random
     correlations scaled to K ~ 30, 1e3, 1e6. The four-variable cases are of rank 3 (the
-    first variable twice, as collinear inputs at one depth): the reference integrates
-    the three distinct variables with the product of the pair's functions."""
+    first variable twice, as collinear inputs at one depth; the last nearly determined by
+    the others, conditional sd 0.05): the reference integrates the three distinct
+    variables with the product of the pair's functions."""
     rng = np.random.default_rng(7)
     out = []
     for kmax in (30.0, 1e3, 1e6):
@@ -108,11 +109,15 @@ def cases():
         D = np.sqrt(np.diag(C))
         sd = np.sqrt(kmax) * np.linspace(1.0, 0.5, 3)
         K = C / np.outer(D, D) * np.outer(sd, sd)
-        i = [0, 0, 1, 2]
         for name, fn in (("tanh3", ["ztanh", "tanh", "gelu"]), ("gelu3", ["d1", "tanh2", "gelu"])):
             out.append((f"{name} K={kmax:g}", fn, K, True, fn, K))
-        out.append((f"gelu4 K={kmax:g}", ["tanh", "d1", "tanh", "gelu"], K[np.ix_(i, i)], True,
-                    ["tanh_d1", "tanh", "gelu"], K))
+        # z2 = (z0 + z1) / 2 + 0.05 e (a trajectory's next depth, nearly determined), and
+        # the first variable twice
+        T = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]])
+        K3 = T @ K @ T.T + np.diag([0.0, 0.0, 0.05 ** 2])
+        i = [0, 0, 1, 2]
+        out.append((f"gelu4 K={kmax:g}", ["tanh", "d1", "tanh", "gelu"], K3[np.ix_(i, i)], True,
+                    ["tanh_d1", "tanh", "gelu"], K3))
     return out
 
 

@@ -50,9 +50,15 @@ the one- and two-variable averages (all that an entry of one input alone reads) 
 one-variable rule and the pair engine of the one-input module, panels graded around the
 transition in the activation's own variable: the diagonal equals
 :mod:`pdlt.theory.residual_ntk` to 1e-13 of scale up to K = 1.5e11. The three- and
-four-variable averages (entries of distinct inputs) keep the capped rules and report an
-estimate (:func:`unresolved_averages`); :func:`pdlt.statistics` propagates it
-(:func:`perturbed_unresolved`) and warns (``benchmarks/residual_large_k.py``).
+four-variable averages (entries of distinct inputs) of a named activation take the nested
+rule graded in z (:func:`pdlt.gaussian._graded.expect_graded`, ~1e-14 of scale at any K)
+where at most two of their axes are graded point by point (three-variable averages, and
+four-variable ones of collinear inputs); the rest (four distinct directions: random
+inputs) keep the capped rules. Both report an estimate (:func:`unresolved_averages`);
+:func:`pdlt.statistics` propagates it (:func:`perturbed_unresolved`) and warns
+(``benchmarks/residual_large_k.py``: tanh's collinear off-diagonal G1 3e-3 -> 1e-11, H1
+3e-2 -> 4e-11 at K = 1.5e3). At K ~ 1e11 the covariances' own float64 rounding (eps K in
+their entries) limits the off-diagonal G1 to ~1e-5 of its scale; the estimate says so.
 Cost: ``O(L^2 N^4)`` four-variable averages, batched (N = 3, L = 5: a few seconds).
 
 The field picture (one neuron's trajectory :func:`_neuron`, the fields ``S`` and ``S, P``
@@ -108,9 +114,11 @@ _SPACING_TRUST = 2.0
 #: transition of width ~1 at 0 (a user's callable may have any scale: it keeps
 #: :func:`expect_nd` and its estimate)
 _GRADED_NAMES = frozenset({"tanh", "erf", "sigmoid", "softplus", "swish", "silu", "gelu"})
-#: most graded axes (conditional standard deviations above 0.1) of a covariance the nested
-#: rule takes: ~0.05 s a covariance at three (tanh, K = 1.5e3), ~60 s at four
-_GRADED_AXES = 3
+_EPS = np.finfo(float).eps
+#: most graded axes integrated point by point (:func:`pdlt.gaussian._graded.graded_axes`:
+#: conditional standard deviations above 0.1, the last one a table) of a covariance the
+#: nested rule takes: ~0.1 s a covariance at two (tanh, K = 1.5e3), ~40-60 s at three
+_GRADED_AXES = 2
 
 #: within :func:`unresolved_averages`: the list the three- and four-variable averages above
 #: :data:`_EXACT_K` report their estimates to
@@ -193,10 +201,10 @@ def _expect(act, fs, cov, *, accuracy, **kw):
 
     A smooth non-periodic activation's one- and two-variable averages at a variance above
     :data:`_EXACT_K` take the one-variable rule and the pair engine (resolved at any K);
-    its three- and four-variable ones there report their estimate
-    (:func:`_unresolved_estimate`) to :func:`unresolved_averages` and, within
-    :func:`perturbed_unresolved`, return the value plus the estimate. Everything else is
-    :func:`expect_nd` as called.
+    its three- and four-variable ones there go through :func:`_expect_many` (the nested
+    rule graded in z where affordable) and report their estimate to
+    :func:`unresolved_averages` and, within :func:`perturbed_unresolved`, return the
+    value plus the estimate. Everything else is :func:`expect_nd` as called.
     """
     fs = list(fs)
     d = len(fs)
@@ -228,13 +236,15 @@ def _expect_many(act, fs, cov, Kb, var, big, *, accuracy, **kw):
     :data:`_EXACT_K`.
 
     Covariances at most :data:`_EXACT_K` keep :func:`expect_nd` (bit-identical). Above it,
-    a named activation's averages of at most :data:`_GRADED_AXES` graded axes
-    (:func:`pdlt.gaussian._graded.graded_cost`: conditional standard deviations above 0.1,
-    largest first; a collinear pair of inputs at one depth counts once) take the nested rule
-    graded in z (:func:`pdlt.gaussian._graded.expect_graded`, resolved at any K, its
-    lower-rule difference as estimate); the rest (four distinct directions) keep
-    :func:`expect_nd` and its estimate (:func:`_unresolved_estimate`). Both report to
-    :func:`unresolved_averages` and move within :func:`perturbed_unresolved`.
+    a named activation's averages of at most :data:`_GRADED_AXES` graded axes integrated
+    point by point (:func:`pdlt.gaussian._graded.graded_axes`: conditional standard
+    deviations above 0.1, largest first, the last a table; a collinear pair of inputs at
+    one depth counts once) take the nested rule graded in z
+    (:func:`pdlt.gaussian._graded.expect_graded`, resolved at any K; estimate: its
+    lower-rule difference plus the covariance's rounding, ``d eps sqrt(K)`` of scale); the
+    rest (four distinct directions) keep :func:`expect_nd` and its estimate
+    (:func:`_unresolved_estimate`). Both report to :func:`unresolved_averages` and move
+    within :func:`perturbed_unresolved`.
     """
     d = len(fs)
     graded = np.zeros(len(Kb), dtype=bool)
@@ -261,6 +271,12 @@ def _expect_many(act, fs, cov, Kb, var, big, *, accuracy, **kw):
         val[graded], est[graded] = (out if want else (out, 0.0))
     if want:
         scale = _cs_scale(fs, Kb[big])
+        # the covariance's own float64 rounding: eps K in its entries, an error of that size
+        # in the conditional variances (z units, the activation's width 1); the average's
+        # derivative in them (Stein: <d_i d_j prod f>) localizes a variable of variance K in
+        # a window of width 1, ~ scale / sqrt(K): d eps sqrt(K) of scale. At K = 1.5e11 a
+        # relative 2e-16 moved G1 by 2.5e-5 of its scale (G1 ~ K^-1/2 of the averages')
+        est[graded] += (d * _EPS * np.sqrt(var[graded])) * scale[graded[big]]
         if _COLLECT is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 rel = np.where(scale > 0, est[big] / scale, np.where(est[big] > 0, np.inf, 0.0))
@@ -342,8 +358,9 @@ def residual_vertex_metric_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default
 class _TrajectoryAverages(LayerAverages):
     """:class:`LayerAverages` whose four-point tensors (``quad``) at a variance above
     :data:`_EXACT_K` go through :func:`_expect` (smooth non-periodic activations, N > 1):
-    the coinciding slots' one- and two-variable averages resolved at any K, the others
-    reported to :func:`unresolved_averages` (and moved within :func:`perturbed_unresolved`).
+    the coinciding slots' one- and two-variable averages resolved at any K, the others by
+    :func:`_expect_many` (reported to :func:`unresolved_averages`, moved within
+    :func:`perturbed_unresolved`).
     Elsewhere the same tensors as :class:`LayerAverages`."""
 
     def quad(self, slots):
