@@ -737,7 +737,8 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True, unresolved=None):
     for k, v in _as_tensors(given, N).items():
         out[k][:] = v
     pert = None
-    if unres is not None and _unres_trigger(unres) > _UNRES_WARN and (warn or unresolved is not None):
+    if (unres is not None and _unres_trigger(unres) > _UNRES_WARN
+            and (warn or unresolved is not None)):
         # residual N inputs, smooth activation, averages past their point budget: the fold
         # again with each of them moved by its estimate, differenced (the estimate of every
         # entry that reads them; the diagonal and other resolved entries do not move)
