@@ -12,6 +12,8 @@ K1=...)``: two-depth pair averages, resolved at any K):
 * ``coll``: two collinear inputs ``x`` and ``(1 + eta) x`` (eta = 1e-5); the off-diagonal
   entry against the mean of the two one-input statistics (the entry is a symmetric smooth
   function of the two inputs, so the mean is its value to O(eta^2) ~ 1e-10 relative).
+  Only while the inputs' z differ by much less than the activation's width 1
+  (``eta s |x| << 1``): at s = 1e6 take eta ~ 1e-9 (h62, ``benchmarks/README.md``).
 
 Distances are over the one-input statistic's largest entry (all layers); ``est`` is
 ``statistics(..., error=True)``'s estimate of the same entries over the same scale, and

@@ -50,9 +50,15 @@ the one- and two-variable averages (all that an entry of one input alone reads) 
 one-variable rule and the pair engine of the one-input module, panels graded around the
 transition in the activation's own variable: the diagonal equals
 :mod:`pdlt.theory.residual_ntk` to 1e-13 of scale up to K = 1.5e11. The three- and
-four-variable averages (entries of distinct inputs) keep the capped rules and report an
-estimate (:func:`unresolved_averages`); :func:`pdlt.statistics` propagates it
-(:func:`perturbed_unresolved`) and warns (``benchmarks/residual_large_k.py``).
+four-variable averages (entries of distinct inputs) of a named activation take the nested
+rule graded in z (:func:`pdlt.gaussian._graded.expect_graded`, ~1e-14 of scale at any K)
+where at most two of their axes are graded point by point (three-variable averages, and
+four-variable ones of collinear inputs); the rest (four distinct directions: random
+inputs) keep the capped rules. Both report an estimate (:func:`unresolved_averages`);
+:func:`pdlt.statistics` propagates it (:func:`perturbed_unresolved`) and warns
+(``benchmarks/residual_large_k.py``: tanh's collinear off-diagonal G1 3e-3 -> 1e-11, H1
+3e-2 -> 4e-11 at K = 1.5e3). At K ~ 1e11 the covariances' own float64 rounding (eps K in
+their entries) limits the off-diagonal G1 to ~1e-5 of its scale; the estimate says so.
 Cost: ``O(L^2 N^4)`` four-variable averages, batched (N = 3, L = 5: a few seconds).
 
 The field picture (one neuron's trajectory :func:`_neuron`, the fields ``S`` and ``S, P``
@@ -70,6 +76,7 @@ import numpy as np
 
 from .. import gaussian
 from ..gaussian._exppw import ExpPiecewise, exp_family
+from ..gaussian._graded import expect_graded, graded_axes
 from ..gaussian._multi import (_TRAP_T, PiecewiseMonomial, _factor, axis_rules,
                                entire_growth, expect_nd, rule_up)
 from ..network import MLP
@@ -101,6 +108,17 @@ _EXACT_K = 10.0
 #: can agree while both miss it (tanh, two variables at K = 1.5e3, spacing 3.5: the estimate
 #: 0.25-0.5x the error; at K = 1.5e11 both were 0 where the average is 1.8e-12)
 _SPACING_TRUST = 2.0
+
+#: named activations whose three- and four-variable averages above :data:`_EXACT_K` may take
+#: the nested rule graded in z (:func:`pdlt.gaussian._graded.expect_graded`): smooth, one
+#: transition of width ~1 at 0 (a user's callable may have any scale: it keeps
+#: :func:`expect_nd` and its estimate)
+_GRADED_NAMES = frozenset({"tanh", "erf", "sigmoid", "softplus", "swish", "silu", "gelu"})
+_EPS = np.finfo(float).eps
+#: most graded axes integrated point by point (:func:`pdlt.gaussian._graded.graded_axes`:
+#: conditional standard deviations above 0.1, the last one a table) of a covariance the
+#: nested rule takes: ~0.1 s a covariance at two (tanh, K = 1.5e3), ~40-60 s at three
+_GRADED_AXES = 2
 
 #: within :func:`unresolved_averages`: the list the three- and four-variable averages above
 #: :data:`_EXACT_K` report their estimates to
@@ -145,6 +163,17 @@ def _plain_smooth(act, fs):
             and not any(isinstance(f, (PiecewiseMonomial, ExpPiecewise)) for f in fs))
 
 
+def _cs_scale(fs, Kb):
+    """Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)`` (B,) of ``<f_1 ... f_d>`` on the
+    covariances ``Kb`` (B, d, d) (one-variable rule, resolved at any K)."""
+    d = Kb.shape[1]
+    scale = np.ones(len(Kb))
+    for k, f in enumerate(fs):
+        scale *= np.asarray(gaussian.expect(lambda z, f=f: np.abs(f(z)) ** d, Kb[:, k, k]),
+                            dtype=float) ** (1.0 / d)
+    return scale
+
+
 def _unresolved_estimate(fs, Kb, err, accuracy, growth):
     """Estimated absolute error (B,) of :func:`expect_nd`'s smooth product rule on the
     covariances ``Kb`` (B, d, d), and the Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)``
@@ -156,11 +185,7 @@ def _unresolved_estimate(fs, Kb, err, accuracy, growth):
     error of a function analytic in ``|Im z| < pi / 2`` (tanh's strip; sigmoid and swish
     reach pi, GELU is entire), 1 for ``h`` far beyond the feature.
     """
-    d = Kb.shape[1]
-    scale = np.ones(len(Kb))
-    for k, f in enumerate(fs):
-        scale *= np.asarray(gaussian.expect(lambda z, f=f: np.abs(f(z)) ** d, Kb[:, k, k]),
-                            dtype=float) ** (1.0 / d)
+    scale = _cs_scale(fs, Kb)
     _, L = _factor(Kb)
     s = np.max(np.abs(L), axis=1)                           # axis scales (B, d)
     q = axis_rules(s, accuracy, growth)
@@ -176,10 +201,10 @@ def _expect(act, fs, cov, *, accuracy, **kw):
 
     A smooth non-periodic activation's one- and two-variable averages at a variance above
     :data:`_EXACT_K` take the one-variable rule and the pair engine (resolved at any K);
-    its three- and four-variable ones there report their estimate
-    (:func:`_unresolved_estimate`) to :func:`unresolved_averages` and, within
-    :func:`perturbed_unresolved`, return the value plus the estimate. Everything else is
-    :func:`expect_nd` as called.
+    its three- and four-variable ones there go through :func:`_expect_many` (the nested
+    rule graded in z where affordable) and report their estimate to
+    :func:`unresolved_averages` and, within :func:`perturbed_unresolved`, return the
+    value plus the estimate. Everything else is :func:`expect_nd` as called.
     """
     fs = list(fs)
     d = len(fs)
@@ -192,18 +217,7 @@ def _expect(act, fs, cov, *, accuracy, **kw):
     if not np.any(big):
         return expect_nd(fs, cov, accuracy=accuracy, **kw)
     if d >= 3:
-        if _COLLECT is None and not _PERTURB:
-            return expect_nd(fs, cov, accuracy=accuracy, **kw)
-        val, err = expect_nd(fs, Kb, accuracy=accuracy, return_error=True, **kw)
-        est, scale = _unresolved_estimate(fs, Kb[big], err[big], accuracy, kw.get("growth"))
-        if _COLLECT is not None:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rel = np.where(scale > 0, est / scale, np.where(est > 0, np.inf, 0.0))
-            _COLLECT.append((float(np.max(rel)), float(np.max(var[big])), d))
-        if _PERTURB:
-            val = val.copy()
-            val[big] += est
-        return val.reshape(cov.shape[:-2])
+        return _expect_many(act, fs, cov, Kb, var, big, accuracy=accuracy, **kw)
     out = np.empty(len(Kb))
     if np.any(~big):
         out[~big] = np.atleast_1d(expect_nd(fs, Kb[~big], accuracy=accuracy, **kw))
@@ -215,6 +229,61 @@ def _expect(act, fs, cov, *, accuracy, **kw):
             out[b] = gaussian.pair_expectations(sh, Kb[b], [("f", "g")], rtol=1e-13)[
                 ("f", "g")][0, 1]
     return out.reshape(cov.shape[:-2])
+
+
+def _expect_many(act, fs, cov, Kb, var, big, *, accuracy, **kw):
+    """:func:`_expect`'s three- and four-variable averages, some variance above
+    :data:`_EXACT_K`.
+
+    Covariances at most :data:`_EXACT_K` keep :func:`expect_nd` (bit-identical). Above it,
+    a named activation's averages of at most :data:`_GRADED_AXES` graded axes integrated
+    point by point (:func:`pdlt.gaussian._graded.graded_axes`: conditional standard
+    deviations above 0.1, largest first, the last a table; a collinear pair of inputs at
+    one depth counts once) take the nested rule graded in z
+    (:func:`pdlt.gaussian._graded.expect_graded`, resolved at any K; estimate: its
+    lower-rule difference plus the covariance's rounding, ``d eps sqrt(K)`` of scale); the
+    rest (four distinct directions) keep :func:`expect_nd` and its estimate
+    (:func:`_unresolved_estimate`). Both report to :func:`unresolved_averages` and move
+    within :func:`perturbed_unresolved`.
+    """
+    d = len(fs)
+    graded = np.zeros(len(Kb), dtype=bool)
+    if act.spec is not None and act.spec[0] in _GRADED_NAMES:
+        graded[big] = graded_axes(Kb[big]) <= _GRADED_AXES
+    want = _COLLECT is not None or _PERTURB
+    val = np.empty(len(Kb))
+    est = np.zeros(len(Kb))
+    rest = ~graded
+    if np.any(rest):
+        if np.all(rest) and not want:
+            return expect_nd(fs, cov, accuracy=accuracy, **kw)
+        if want:
+            v, e = expect_nd(fs, Kb[rest], accuracy=accuracy, return_error=True, **kw)
+        else:
+            v, e = expect_nd(fs, Kb[rest], accuracy=accuracy, **kw), None
+        val[rest] = np.atleast_1d(v)
+        cap = rest & big
+        if want and np.any(cap):
+            est[cap] = _unresolved_estimate(fs, Kb[cap], np.atleast_1d(e)[big[rest]], accuracy,
+                                            kw.get("growth"))[0]
+    if np.any(graded):
+        out = expect_graded(fs, Kb[graded], return_error=want)
+        val[graded], est[graded] = (out if want else (out, 0.0))
+    if want:
+        scale = _cs_scale(fs, Kb[big])
+        # the covariance's own float64 rounding: eps K in its entries, an error of that size
+        # in the conditional variances (z units, the activation's width 1); the average's
+        # derivative in them (Stein: <d_i d_j prod f>) localizes a variable of variance K in
+        # a window of width 1, ~ scale / sqrt(K): d eps sqrt(K) of scale. At K = 1.5e11 a
+        # relative 2e-16 moved G1 by 2.5e-5 of its scale (G1 ~ K^-1/2 of the averages')
+        est[graded] += (d * _EPS * np.sqrt(var[graded])) * scale[graded[big]]
+        if _COLLECT is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = np.where(scale > 0, est[big] / scale, np.where(est[big] > 0, np.inf, 0.0))
+            _COLLECT.append((float(np.max(rel)), float(np.max(var[big])), d))
+        if _PERTURB:
+            val[big] += est[big]
+    return val.reshape(cov.shape[:-2])
 
 
 def _rule(accuracy, act, d):
@@ -289,8 +358,9 @@ def residual_vertex_metric_multi(mlp: MLP, x=None, *, Ks=None, accuracy="default
 class _TrajectoryAverages(LayerAverages):
     """:class:`LayerAverages` whose four-point tensors (``quad``) at a variance above
     :data:`_EXACT_K` go through :func:`_expect` (smooth non-periodic activations, N > 1):
-    the coinciding slots' one- and two-variable averages resolved at any K, the others
-    reported to :func:`unresolved_averages` (and moved within :func:`perturbed_unresolved`).
+    the coinciding slots' one- and two-variable averages resolved at any K, the others by
+    :func:`_expect_many` (reported to :func:`unresolved_averages`, moved within
+    :func:`perturbed_unresolved`).
     Elsewhere the same tensors as :class:`LayerAverages`."""
 
     def quad(self, slots):

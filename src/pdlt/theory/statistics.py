@@ -310,8 +310,9 @@ def _residual_given(mlp, need, K, Theta, single, accuracy="default"):
 #: the key under which :func:`_residual_given` passes the summary of the residual N-input
 #: averages past their point budget (:func:`_unresolved_summary`)
 _UNRES_KEY = "_unresolved"
-#: the largest relative estimate of those averages above which :func:`_finite_fold` runs
-#: the perturbed fold (their errors propagated) and :func:`statistics` warns from it
+#: the largest relative estimate of those averages, times ``sqrt(K)`` (:func:`_unres_trigger`),
+#: above which :func:`_finite_fold` runs the perturbed fold (their errors propagated), and the
+#: propagated estimate above which :func:`statistics` warns
 _UNRES_WARN = 1e-8
 #: the stated error is this times the change of the perturbed fold (every unresolved
 #: average moved by its estimate, all in one direction, where the true errors have either
@@ -321,12 +322,22 @@ _UNRES_WARN = 1e-8
 _UNRES_FACTOR = 4.0
 
 
+def _unres_trigger(u):
+    """A batch's ``(relative estimate, largest variance, d)`` as the relative error it may
+    leave in an entry: the estimate times ``sqrt(K)``. The off-diagonal G1 and H1 of a
+    smooth activation fall like ``K^-1/2`` of the averages they are sums of (tanh, collinear
+    inputs, K = 1.5e11: averages right to 3e-10 of their scale, from their covariance's own
+    rounding, left G1 9e-6 off; ``benchmarks/residual_large_k.py``)."""
+    return u[0] * max(1.0, float(np.sqrt(u[1])))
+
+
 def _unresolved_summary(unres):
-    """``(largest relative estimate, largest variance, d)`` over the batches reported to
-    :func:`pdlt.theory.residual_multi.unresolved_averages`, or None if none was."""
+    """``(relative estimate, largest variance, d)`` of the batch reported to
+    :func:`pdlt.theory.residual_multi.unresolved_averages` with the largest
+    :func:`_unres_trigger`, or None if none was."""
     if not unres:
         return None
-    return max(unres, key=lambda u: u[0])
+    return max(unres, key=_unres_trigger)
 
 
 def _warn_unresolved(act, unres, pert, out):
@@ -344,8 +355,9 @@ def _warn_unresolved(act, unres, pert, out):
     warnings.warn(
         f"{name}{list(int(i) for i in at[1:])} at layer {int(at[0]) + 1} has an estimated error "
         f"of {rel:.1e} of its scale (> {_UNRES_WARN:g}): the N-input statistics of a residual "
-        f"{act.name!r} MLP integrate three- and four-variable trajectory averages whose rules "
-        f"reach their point budget at these kernels (largest variance {unres[1]:.3g}; "
+        f"{act.name!r} MLP integrate three- and four-variable trajectory averages not resolved "
+        f"to that at these kernels (product rules past their point budget, or the "
+        f"covariances' own float64 rounding; largest variance {unres[1]:.3g}; "
         f"estimated {unres[0]:.1e} of an average's scale). Entries of one input alone "
         "(the diagonal) are resolved at any K. statistics(..., error=True) returns the "
         "estimate per entry; rescale the inputs (K^(1) = C_b + C_W |x|^2 / n0 of order 1), "
@@ -725,7 +737,8 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True, unresolved=None):
     for k, v in _as_tensors(given, N).items():
         out[k][:] = v
     pert = None
-    if unres is not None and unres[0] > _UNRES_WARN and (warn or unresolved is not None):
+    if (unres is not None and _unres_trigger(unres) > _UNRES_WARN
+            and (warn or unresolved is not None)):
         # residual N inputs, smooth activation, averages past their point budget: the fold
         # again with each of them moved by its estimate, differenced (the estimate of every
         # entry that reads them; the diagonal and other resolved entries do not move)
