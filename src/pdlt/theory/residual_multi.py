@@ -83,7 +83,7 @@ from ..network import MLP
 from ._averages import (Integrands, LayerAverages, OneVariableTable, _quad_tensor, apply_M,
                         representatives, shift_error, third_derivative)
 from .kernel import first_layer_kernel, kernel_fold
-from .residual_ntk import _stein_lyapunov
+from .residual_ntk import _second_derivative_by_parts, _stein_lyapunov
 
 __all__ = ["residual_vertex_metric_multi", "residual_b_multi", "residual_f_multi",
            "residual_ad_multi"]
@@ -815,10 +815,8 @@ def _localized_dd(s, p1, cov, direct):
     if not np.any(huge):
         return out
     F1 = lambda z: 2.0 * s(z) * p1(z)            # noqa: E731  (sigma^2)'
-    Kx, Ky, C = Kx[huge], Ky[huge], C[huge]
-    e1 = gaussian.expect2(F1, F1, Ky, C, Kx)
-    e2 = gaussian.expect2(lambda z: z * F1(z), lambda z: s(z) ** 2, Ky, C, Kx)
-    out[huge] = -(C / Ky) * e1 + e2 / Ky
+    out[huge] = _second_derivative_by_parts(lambda z: s(z) ** 2, F1, F1, Ky[huge], C[huge],
+                                            Kx[huge])
     return out
 
 

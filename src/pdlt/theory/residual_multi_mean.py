@@ -54,6 +54,7 @@ from .residual_multi import (_c_zz, _d2_sigma, _dressed, _expand, _expect, _f_fo
                              _field_widths, _gather, _hess, _kind_two_depth, _neuron,
                              _ntk_multi, _own_shift, _pair_sd, _prepare, _rule, _s_own,
                              _s_response, _sp_fields, _two_depth)
+from .residual_ntk import _second_derivative_by_parts
 
 __all__ = ["residual_ntk_mean_multi", "residual_kappa3_multi", "residual_mixed_vertex",
            "residual_mixed_three_point"]
@@ -298,8 +299,7 @@ def _localized_outer(fns, counts, cov, g1, g2):
         g1[huge, 0] = gaussian.expect2(F1, g, Ky, Cxy, Kx)
     if g2 is not None:
         gd = fns.deriv(*counts[0], 1)
-        g2[huge, 0, 0] = (-(Cxy / Ky) * gaussian.expect2(F1, gd, Ky, Cxy, Kx)
-                          + gaussian.expect2(lambda z: z * F1(z), g, Ky, Cxy, Kx) / Ky)
+        g2[huge, 0, 0] = _second_derivative_by_parts(g, gd, F1, Ky, Cxy, Kx)
 
 
 # ---------------------------------------------------------------------------

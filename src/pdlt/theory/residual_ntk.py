@@ -551,10 +551,22 @@ def _cov_second_derivative_ibp(g, gd, F1, zF1, Kl, Clm, Km, gmean):
     :func:`pdlt.gaussian.expect2` (its outer rule is graded at the unit scale around 0).
     ``g, gd, F1, zF1``: g, g', F', ``y F'(y)``.
     """
-    e1 = gaussian.expect2(F1, gd, Kl, Clm, Km)
-    e2 = gaussian.expect2(zF1, g, Kl, Clm, Km)
     mzF1 = np.array([float(gaussian.expect(zF1, k)) for k in np.atleast_1d(Kl)])
-    return -(Clm / Kl) * e1 + (e2 - mzF1 * gmean) / Kl
+    return _second_derivative_by_parts(g, gd, F1, Kl, Clm, Km, zF1=zF1, shift=mzF1 * gmean)
+
+
+def _second_derivative_by_parts(g, gd, F1, Ky, Cxy, Kx, *, zF1=None, shift=0.0):
+    """``E[g(x) F''(y)] - shift / Ky`` by the integration by parts of
+    :func:`_cov_second_derivative_ibp`, ``-alpha E[g'(x) F'(y)] + (E[g(x) y F'(y)] - shift) /
+    Ky``, the localized ``F'`` the outer variable of :func:`pdlt.gaussian.expect2` (arrays of
+    covariances ``Var y = Ky``, ``Cov = Cxy``, ``Var x = Kx``; ``zF1`` is ``y F'(y)``, built
+    from F1 if not given). Shared by the one-input module and the N-input ones
+    (``residual_multi._localized_dd``, ``residual_multi_mean._localized_outer``)."""
+    if zF1 is None:
+        zF1 = lambda z: z * F1(z)                  # noqa: E731
+    e1 = gaussian.expect2(F1, gd, Ky, Cxy, Kx)
+    e2 = gaussian.expect2(zF1, g, Ky, Cxy, Kx)
+    return -(Cxy / Ky) * e1 + (e2 - shift) / Ky
 
 
 def _cov_second_derivative(pairs, K, C):
