@@ -37,12 +37,15 @@ Derivation: ``docs/derivations/residual.rst`` and
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 
 import numpy as np
 
+from ..activations import _from_spec
 from ..activations import activation as _activation
 from ..network import MLP
 from ._aspect_ratio import optimal_aspect_ratio_from_slope
@@ -275,10 +278,25 @@ def residual_slopes(activation, gamma, *, depth=None, K1=None, lambda_b=1.0, lam
     >>> round(s["Q"], 6), round(s["learning_to_fluctuation"], 6)
     (0.126022, 0.128461)
     """
+    act = _activation(activation)
+    key = (gamma, depth, K1, lambda_b, lambda_W)
+    if act.spec is not None and all(isinstance(k, (int, float, type(None))) for k in key):
+        # named activations are pure functions of their name: cache the result (the K*=0
+        # class folds a depth-256 network, ~10 s); a copy, so callers may edit theirs
+        return copy.deepcopy(_residual_slopes_named(act.spec, *key))
+    return _residual_slopes(act, *key)
+
+
+@functools.lru_cache(maxsize=32)
+def _residual_slopes_named(spec, gamma, depth, K1, lambda_b, lambda_W):
+    return _residual_slopes(_from_spec(*spec), gamma, depth, K1, lambda_b, lambda_W)
+
+
+def _residual_slopes(act, gamma, depth, K1, lambda_b, lambda_W):
+    """:func:`residual_slopes` for an :class:`~pdlt.Activation`."""
     from .ntk_criticality import NTK_STATISTICS, SLOPE_DEPTH_POWERS, SLOPE_NORMALIZATIONS
     from .statistics import statistics
 
-    act = _activation(activation)
     crit = criticality(act)
     cls = crit.universality_class
     if not crit.is_critical or cls not in ("scale-invariant", "half-stable", "K*=0"):
