@@ -208,7 +208,7 @@ def learning_study(widths=(64, 128, 256), networks=300, steps=40, seed=3):
 
 
 def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=4000, seed=21,
-                   ntk=False, full=False):
+                   ntk=False, full=False, aspect_gammas=None):
     """Residual MLPs at residual criticality: theory against residual ensembles.
 
     Each case ``(activation, gamma, n, L)`` is measured at widths n (every
@@ -226,6 +226,9 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
     :func:`pdlt.report.residual.residual_dntk_p_measure` and ``residual_dntk_q_measure``,
     ~20 s; with ``full`` also GELU at gamma = 0.7, P at widths 32/64, ~2 min) and the
     figure of r* from the exact vertex slope with the NTK fluctuation slopes (~1 min).
+    ``aspect_gammas``: the residual strengths of the r* figure
+    (:func:`pdlt.report.residual.optimal_aspect_ratio_figure`; default its 60 points,
+    ~0.25 s each per activation).
     """
     from ..theory.residual import residual_mlp
     from .residual import (information_figure, optimal_aspect_ratio_figure, residual_depth_figure,
@@ -293,7 +296,7 @@ def residual_study(cases=(("tanh", 0.5, 32, 6), ("relu", 0.5, 64, 5)), networks=
             rows += residual_training_rows(seed=seed + 80)
         figs["r* exact and NTK slopes"] = residual_aspect_ratio_figure(
             gammas=np.linspace(0.0, 0.9, 7), depth=32)[0]
-    figs["optimal aspect ratio"] = optimal_aspect_ratio_figure()[0]
+    figs["optimal aspect ratio"] = optimal_aspect_ratio_figure(gammas=aspect_gammas)[0]
     figs["information"] = information_figure()[0]
 
     return Study("Residual MLPs and the optimal aspect ratio",
