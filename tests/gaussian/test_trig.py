@@ -352,8 +352,11 @@ def test_residual_statistics_equal_the_quadrature_path(monkeypatch):
 
 def test_residual_statistics_at_huge_norm_are_finite():
     mlp = pdlt.MLP(n0=3, width=32, depth=3, activation="sin", C_W=1.0, C_b=0.0, gamma=0.5)
+    # H1 of three inputs (its three- and four-variable averages of sin on the capped
+    # Gauss-Hermite rule, ~40 s) is left to two inputs, whose H1 takes the same averages
     for st in (pdlt.statistics(mlp, K1=1e12, get="all"),
-               pdlt.statistics(mlp, _inputs(3, 1e12), get="all")):
+               pdlt.statistics(mlp, _inputs(2, 1e12), get="all"),
+               pdlt.statistics(mlp, _inputs(3, 1e12), get=[n for n in NAMES if n != "H1"])):
         for n in NAMES:
             if getattr(st, n) is not None:
                 assert np.all(np.isfinite(getattr(st, n))), n
