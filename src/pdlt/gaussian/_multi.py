@@ -1055,6 +1055,20 @@ def _sphere_nodes(parts, q_a, sub, q_b):
     return al, wal, bs, lat, mu
 
 
+def _int_power(x, n):
+    """``x ** n`` for an integer ``n >= 0``: numpy's own for ``n <= 2`` (a copy or a
+    square: the same bits), repeated multiplication above (numpy's ``pow`` there is ~100x
+    a multiply: the 252 ``_triple_sum`` calls of the N = 6 relu near-pair case took 9.4 s,
+    now 4.3 s, h66; within ``n - 1`` ulp of it, the averages within 4.1e-16 of their
+    magnitude)."""
+    if n <= 2:
+        return x ** n
+    out = x * x
+    for _ in range(n - 2):
+        out *= x
+    return out
+
+
 def _triple_sum(fs, parts, rule):
     r"""``<f_0 f_1 f_2>`` on the sphere (``_near_pair_triple``) at one rule: (value, the
     same integral of ``|integrand|``)."""
@@ -1065,7 +1079,7 @@ def _triple_sum(fs, parts, rule):
     m = 1 + f0.n + f1.n
     I = Ia = 0.0
     for (be, w), c in zip(lat, (f2.cp, f2.cm)):
-        g = c * np.cos(be) ** m
+        g = c * _int_power(np.cos(be), m)
         if f2.n:
             g = g * np.sin(be - bs[..., None]) ** f2.n
         I = I + np.sum(w * g, axis=-1)
