@@ -1608,9 +1608,11 @@ def _quad_row(key, row, rule):
     Genz's near-1 form where ``|r| > _PAIR_R_MAX``, Sheppard's (:func:`_bvn`) otherwise;
     its magnitude ``E|f_2 f_3|`` there) at the outer ``(alpha, R)`` nodes; a thin row
     (``s3 < _QUAD_THIN |c33|``) with ``s3 / |c33| >= _QUAD_R_GRADE_MIN`` gets the graded
-    radial breaks. (Until h66 the rows that are not thin summed ``g_3`` on 3 panels of
-    ``rule[3]`` nodes with ``g_4`` by :func:`_pm_normal`: ~0.6 s a row, the same values to
-    <= 4e-15 of their magnitude, ``benchmarks/README.md``.)"""
+    radial breaks. (Until h66 the rows that are not thin summed ``g_3`` on 3 panels a side
+    of z_2's kink, ``rule[3]`` nodes each, ``g_4`` by :func:`_pm_normal`: 0.05 .. 0.6 s a
+    row, and z_3's kink of width ``s3 / |c33|`` ~ 0.5 unresolved: up to 2.7e-5 of the
+    row's magnitude off a dense reference, 8.6e-9 on the N = 6 relu near-pair case's rows,
+    where this form is within 4.3e-16; ``benchmarks/relu_quad_wide.py``.)"""
     f0, f1, f2, f3 = (PiecewiseMonomial(*k) for k in key)
     (xr, wr, R, wR), _, (xa, wa) = _quad_rule_nodes(rule)
     a, b, phi, c21, c22, s2, c31, c32, c33, s3 = row
