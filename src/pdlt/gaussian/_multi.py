@@ -1294,10 +1294,10 @@ def _polar_pair_kinked(fs, K, order, L, accuracy, return_error):
 #: panels, h66's base: 8.6e-9, 2.5e-11, 6.3e-14, 3.5e-14, 0.05 .. 0.32 s)
 _QUAD_RULES = {"fast": (12, 2, 10, 10), "default": (16, 2, 12, 12), "high": (20, 2, 16, 16)}
 _QUAD_LOWER = {"fast": (8, 2, 8, 8), "default": (12, 2, 10, 10), "high": (16, 2, 12, 12)}
-#: panels per side of the third variable's kink, and its range (standard units)
+#: panels per side of the third variable's kink, and its range (standard units; ``_quad_sum_exp``)
 _QUAD_G3_PANELS, _QUAD_G3_RANGE = 3, 11.0
 #: panels per piece of g_3 (and angular panels per piece) where z_3's kink is graded: the
-#: pieces are already short (``_quad_sum_exp``; ``_quad_sum``'s thin rows are closed-form)
+#: pieces are already short (``_quad_sum_exp``; ``_quad_sum``'s rows are closed-form)
 _QUAD_G3_PANELS_THIN = 1
 #: offsets (in units of the kink's width ``s3 / |c33|``) of the graded panels around the
 #: fourth variable's kink in g_3 where it is nearly determined (``_quad_sum_exp``)
@@ -1588,7 +1588,7 @@ def _quad_sum(fs, parts, rule):
     same integral of ``|integrand|``). Each row is :func:`_quad_row`, which remembers its
     last results: a fold asks for the same average many times (residual relu, two nearly
     coinciding inputs: 54 of 129 near-pair averages repeated; ~0.015 s each since the
-    inner average is closed-form: h64 for thin rows, h66 for the others, 0.3 .. 1.5 s
+    inner average is closed-form: h64 for thin rows, h66 for the others, 0.05 .. 1.5 s
     before)."""
     key = tuple((f.cp, f.cm, f.n) for f in fs)
     out = [_quad_row(key, tuple(float(x[i]) for x in parts), tuple(rule))
