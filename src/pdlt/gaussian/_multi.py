@@ -1026,9 +1026,10 @@ def _pm(f, u):
     return c if f.n == 0 else c * u ** f.n
 
 
-def _sphere_nodes(parts, q_a, sub, q_b):
+def _sphere_nodes(parts, q_a, sub, q_b, pieces=(True, True)):
     """Longitude / latitude nodes of ``_triple_sum`` (shared with the kinked form): alpha,
-    its weights (B, M), beta_*, the latitude nodes and weights (2, B, M, q_b), mu."""
+    its weights (B, M), beta_*, the latitude nodes and weights (2, B, M, q_b), mu; a
+    latitude piece (above, below beta_*) not in ``pieces`` is None."""
     a, b, phi, c1, c2, s = parts
     B = len(a)
     two_pi = 2.0 * np.pi
@@ -1049,7 +1050,11 @@ def _sphere_nodes(parts, q_a, sub, q_b):
     bs = np.arctan2(-mu, s[:, None])             # z_2 changes sign at latitude bs
     xb, wb = _gauss_legendre(q_b)
     lat = []
-    for lo_b, hi_b in ((bs, np.full_like(bs, 0.5 * np.pi)), (np.full_like(bs, -0.5 * np.pi), bs)):
+    for lo_b, hi_b, want in ((bs, np.full_like(bs, 0.5 * np.pi), pieces[0]),
+                             (np.full_like(bs, -0.5 * np.pi), bs, pieces[1])):
+        if not want:
+            lat.append(None)
+            continue
         lat.append((0.5 * (hi_b + lo_b)[..., None] + 0.5 * (hi_b - lo_b)[..., None] * xb,
                     0.5 * (hi_b - lo_b)[..., None] * wb))
     return al, wal, bs, lat, mu
@@ -1074,13 +1079,14 @@ def _triple_sum(fs, parts, rule):
     same integral of ``|integrand|``)."""
     f0, f1, f2 = fs
     a, b, phi, c1, c2, s = parts
-    al, wal, bs, lat, mu = _sphere_nodes(parts, *rule)
+    al, wal, bs, lat, mu = _sphere_nodes(parts, *rule, pieces=(f2.cp != 0.0, f2.cm != 0.0))
     r2 = np.hypot(mu, s[:, None])
     m = 1 + f0.n + f1.n
     I = Ia = 0.0
-    for (be, w), c in zip(lat, (f2.cp, f2.cm)):
+    for piece, c in zip(lat, (f2.cp, f2.cm)):
         if c == 0.0:       # (relu, theta: z_2 < 0) adds zeros: the same bits without it
             continue
+        be, w = piece
         g = c * _int_power(np.cos(be), m)
         if f2.n:
             g = g * np.sin(be - bs[..., None]) ** f2.n
