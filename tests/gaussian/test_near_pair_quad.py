@@ -13,6 +13,9 @@ Thin rows (the fourth variable nearly determined: ``s3 < |c33| / 2``) take their
 ``(g_3, g_4)`` average in closed form (h64): the near-1 bivariate CDF and the inner form
 against mpmath at correlations 0.91 .. 1 - 1e-12 .. 1 (<= 1.1e-16 and 2.4e-15 of scale),
 rejecting a wrong kink distance, a dropped spread and the former graded ``g_3`` panels.
+The other rows (``s3 >= |c33| / 2``, h66) take the same closed form: against mpmath at
+``s3 / |c33| = 0.5 .. 1e3`` and ``c33 = 0`` (<= 3.9e-16 of scale), rejecting the value x
+(1 + 10 tol) and the former 3 x 12-node ``g_3`` panels where the kinks are within a width.
 """
 
 from __future__ import annotations
@@ -176,8 +179,10 @@ def _mp_inner(f2, f3, mu2, mu3, s2, c33, s3):
             return mp.npdf(x) * (f2.cp if u > 0 else f2.cm) * u ** f2.n * _mp_pm_normal(
                 f3, mu3 + c33 * x, s3)
 
-        x3, w = -mu3 / c33, abs(s3 / c33)
-        pts = [-mu2 / s2] + [x3 + o * w for o in (-30, -4, -1, 0, 1, 4, 30)]
+        pts = [-mu2 / s2]
+        if c33 != 0:        # (c33 = 0: E over g_4 does not depend on g_3)
+            x3, w = -mu3 / c33, abs(s3 / c33)
+            pts += [x3 + o * w for o in (-30, -4, -1, 0, 1, 4, 30)]
         pts = sorted({p for p in pts if abs(p) < 14})
         return float(mp.quad(g, [-14] + pts + [14]))
 
@@ -226,6 +231,70 @@ def test_thin_inner_against_mpmath():
             drop = _pm_pair_normal(f2, f3, np.array([mu2]), np.array([mu3]), s2, c33, 0.0,
                                    np.array([e]))[0][0]
             assert abs(drop - ref) > 10 * tol
+
+
+def _wide_cases():
+    """(f_2, f_3, mu2, mu3, s2, c33, s3, e) of rows that are not thin (h66): s3 / |c33| =
+    0.5, 1, 3, 30, 1e3 (correlation 0.89 .. 1e-3: Sheppard's :func:`_bvn`) and c33 = 0
+    (r = 0), both signs of c33, kinks within 1 width and up to 8 apart."""
+    rng = np.random.default_rng(17)
+    out = []
+    for ratio in (0.5, 1.0, 3.0, 30.0, 1e3, np.inf):
+        for j in range(3):
+            f2, f3 = (PiecewiseMonomial(rng.uniform(-1, 2), (0.0, rng.uniform(-1, 1))[j % 2],
+                                        int(rng.integers(0, 3))) for _ in range(2))
+            s2 = rng.uniform(0.3, 1.5)
+            if np.isinf(ratio):
+                c33, s3 = 0.0, rng.uniform(0.3, 1.5)
+            else:
+                c33 = (-1.0) ** j * rng.uniform(0.3, 1.5) / np.sqrt(ratio)
+                s3 = abs(c33) * ratio
+            mu2 = rng.uniform(-2, 2)
+            t1 = rng.uniform(-1, 1) if j < 2 else rng.uniform(-8, 8)
+            e = t1 * s2 * s3
+            out.append((f2, f3, mu2, (e + c33 * mu2) / s2, s2, c33, s3, e))
+    return out
+
+
+def _panel_inner(f2, f3, mu2, mu3, s2, c33, s3, q=12, panels=3, T=11.0):
+    """The inner average as ``_quad_row`` summed it for rows that are not thin until h66:
+    g_3 on [-T, T] split at z_2's kink, ``panels`` x ``q`` Gauss-Legendre nodes a side,
+    g_4 in closed form."""
+    x, w = np.polynomial.legendre.leggauss(q)
+    br = [-T, min(max(-mu2 / s2, -T), T), T]
+    tot = 0.0
+    for lo, hi in zip(br[:-1], br[1:]):
+        for i in range(panels):
+            a, b = lo + (hi - lo) * i / panels, lo + (hi - lo) * (i + 1) / panels
+            g3 = 0.5 * (a + b) + 0.5 * (b - a) * x
+            wt = 0.5 * (b - a) * w * np.exp(-0.5 * g3 * g3) / np.sqrt(2 * np.pi)
+            tot += np.sum(wt * f2(mu2 + s2 * g3) * _multi._pm_normal(f3, mu3 + c33 * g3, s3))
+    return tot
+
+
+def test_wide_inner_against_mpmath():
+    """Rows that are not thin (``s3 >= |c33| / 2``, h66): the closed form within 2e-14 of
+    the Cauchy-Schwarz scale (measured <= 3.9e-16 of it) for value and magnitude; the
+    comparison rejects the value x (1 + 10 tol), and at s3 / |c33| = 0.5 with the kinks
+    within a width the former 3 x 12-node ``g_3`` panels (up to ~1e-4 off there)."""
+    worst, panel_off = 0.0, []
+    for f2, f3, mu2, mu3, s2, c33, s3, e in _wide_cases():
+        v, mag = (x[0] for x in _pm_pair_normal(f2, f3, np.array([mu2]), np.array([mu3]), s2,
+                                                c33, s3, np.array([e])))
+        ref = _mp_inner(f2, f3, mu2, mu3, s2, c33, s3)
+        signed = any(g.cp < 0 or (-1) ** g.n * g.cm < 0 for g in (f2, f3))
+        ref_mag = _mp_inner(_abs_pm(f2), _abs_pm(f3), mu2, mu3, s2, c33, s3) if signed else ref
+        sv = np.hypot(c33, s3)
+        scale = np.sqrt(_mp_square(f2, mu2, s2) * _mp_square(f3, mu3, sv))
+        tol = INNER_TOL * max(scale, 0.01)
+        worst = max(worst, abs(v - ref) / max(scale, 0.01), abs(mag - ref_mag) / max(scale, 0.01))
+        assert abs(v - ref) <= tol and abs(mag - ref_mag) <= tol
+        assert abs(v * (1 + 10 * INNER_TOL) - ref) > tol or abs(ref) < 0.1 * max(scale, 0.01)
+        if c33 != 0.0 and s3 == 0.5 * abs(c33) and abs(e) <= s2 * s3:
+            old = _panel_inner(f2, f3, mu2, mu3, s2, c33, s3)
+            panel_off.append(abs(old - ref) > 10 * tol)
+    print(f"worst {worst:.2e} of scale")
+    assert panel_off and all(panel_off)
 
 
 def test_former_thin_panels_fail_the_inner_comparison():

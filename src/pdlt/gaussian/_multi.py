@@ -1026,9 +1026,10 @@ def _pm(f, u):
     return c if f.n == 0 else c * u ** f.n
 
 
-def _sphere_nodes(parts, q_a, sub, q_b):
+def _sphere_nodes(parts, q_a, sub, q_b, pieces=(True, True)):
     """Longitude / latitude nodes of ``_triple_sum`` (shared with the kinked form): alpha,
-    its weights (B, M), beta_*, the latitude nodes and weights (2, B, M, q_b), mu."""
+    its weights (B, M), beta_*, the latitude nodes and weights (2, B, M, q_b), mu; a
+    latitude piece (above, below beta_*) not in ``pieces`` is None."""
     a, b, phi, c1, c2, s = parts
     B = len(a)
     two_pi = 2.0 * np.pi
@@ -1049,10 +1050,28 @@ def _sphere_nodes(parts, q_a, sub, q_b):
     bs = np.arctan2(-mu, s[:, None])             # z_2 changes sign at latitude bs
     xb, wb = _gauss_legendre(q_b)
     lat = []
-    for lo_b, hi_b in ((bs, np.full_like(bs, 0.5 * np.pi)), (np.full_like(bs, -0.5 * np.pi), bs)):
+    for lo_b, hi_b, want in ((bs, np.full_like(bs, 0.5 * np.pi), pieces[0]),
+                             (np.full_like(bs, -0.5 * np.pi), bs, pieces[1])):
+        if not want:
+            lat.append(None)
+            continue
         lat.append((0.5 * (hi_b + lo_b)[..., None] + 0.5 * (hi_b - lo_b)[..., None] * xb,
                     0.5 * (hi_b - lo_b)[..., None] * wb))
     return al, wal, bs, lat, mu
+
+
+def _int_power(x, n):
+    """``x ** n`` for an integer ``n >= 0``: numpy's own for ``n <= 2`` (a copy or a
+    square: the same bits), repeated multiplication above (numpy's ``pow`` there is ~100x
+    a multiply: the 252 ``_triple_sum`` calls of the N = 6 relu near-pair case took 9.4 s,
+    now 4.3 s, h66; within ``n - 1`` ulp of it, the averages within 4.1e-16 of their
+    magnitude)."""
+    if n <= 2:
+        return x ** n
+    out = x * x
+    for _ in range(n - 2):
+        out *= x
+    return out
 
 
 def _triple_sum(fs, parts, rule):
@@ -1060,12 +1079,15 @@ def _triple_sum(fs, parts, rule):
     same integral of ``|integrand|``)."""
     f0, f1, f2 = fs
     a, b, phi, c1, c2, s = parts
-    al, wal, bs, lat, mu = _sphere_nodes(parts, *rule)
+    al, wal, bs, lat, mu = _sphere_nodes(parts, *rule, pieces=(f2.cp != 0.0, f2.cm != 0.0))
     r2 = np.hypot(mu, s[:, None])
     m = 1 + f0.n + f1.n
     I = Ia = 0.0
-    for (be, w), c in zip(lat, (f2.cp, f2.cm)):
-        g = c * np.cos(be) ** m
+    for piece, c in zip(lat, (f2.cp, f2.cm)):
+        if c == 0.0:       # (relu, theta: z_2 < 0) adds zeros: the same bits without it
+            continue
+        be, w = piece
+        g = c * _int_power(np.cos(be), m)
         if f2.n:
             g = g * np.sin(be - bs[..., None]) ** f2.n
         I = I + np.sum(w * g, axis=-1)
@@ -1271,16 +1293,19 @@ def _polar_pair_kinked(fs, K, order, L, accuracy, return_error):
 #: four piecewise monomials (n <= 2) of which one pair nearly coincides where the orthant
 #: closed form does not apply (correlation matrix eigenvalue < 1e-6): ``_near_pair_quad``;
 #: (angular nodes per panel, panels per angular piece, radial nodes per panel of
-#: :data:`_RADIAL_BREAKS`, nodes per panel of the third variable's two sides) per accuracy,
-#: and the lower rule of each (the error estimate)
-#: (measured: at most 2e-8, 5e-11, 4.9e-13, 3.5e-14 off the reference at (8, 2, 8, 8),
-#: (12, 2, 10, 10), (16, 2, 12, 12), (20, 2, 16, 16); 0.004 .. 0.09 s per average)
+#: :data:`_RADIAL_BREAKS`, nodes per panel of the third variable's two sides: unused since
+#: h66, every row's inner ``(g_3, g_4)`` average is closed-form) per accuracy, and the lower
+#: rule of each (the error estimate)
+#: (measured on the 48 rows of ``relu_quad_reference.json`` it takes: at most 7.2e-11,
+#: 3.5e-14, 3.5e-14, 3.5e-14 off the reference at (8, 2, 8, 8), (12, 2, 10, 10),
+#: (16, 2, 12, 12), (20, 2, 16, 16), 0.005 .. 0.018 s per average; with the former g_3
+#: panels, h66's base: 8.6e-9, 2.5e-11, 6.3e-14, 3.5e-14, 0.05 .. 0.32 s)
 _QUAD_RULES = {"fast": (12, 2, 10, 10), "default": (16, 2, 12, 12), "high": (20, 2, 16, 16)}
 _QUAD_LOWER = {"fast": (8, 2, 8, 8), "default": (12, 2, 10, 10), "high": (16, 2, 12, 12)}
-#: panels per side of the third variable's kink, and its range (standard units)
+#: panels per side of the third variable's kink, and its range (standard units; ``_quad_sum_exp``)
 _QUAD_G3_PANELS, _QUAD_G3_RANGE = 3, 11.0
 #: panels per piece of g_3 (and angular panels per piece) where z_3's kink is graded: the
-#: pieces are already short (``_quad_sum_exp``; ``_quad_sum``'s thin rows are closed-form)
+#: pieces are already short (``_quad_sum_exp``; ``_quad_sum``'s rows are closed-form)
 _QUAD_G3_PANELS_THIN = 1
 #: offsets (in units of the kink's width ``s3 / |c33|``) of the graded panels around the
 #: fourth variable's kink in g_3 where it is nearly determined (``_quad_sum_exp``)
@@ -1444,8 +1469,8 @@ def _trunc_pair_moments(n2, n3, h, k, r, s, d1, P, sets):
 def _pm_pair_normal(f2, f3, mu2, mu3, s2, c33, s3, e):
     r"""``E[f_2(mu2 + s2 g_3) f_3(mu3 + c33 g_3 + s3 g_4)]`` over independent standard
     ``g_3, g_4`` for :class:`PiecewiseMonomial` s of degree <= 2, in closed form (the
-    inner average of a thin row of :func:`_quad_row`; ``s2 > 0``, ``c33 != 0``), and the
-    same of ``|f_2 f_3|``: (value, magnitude).
+    inner average of every row of :func:`_quad_row`; ``s2 > 0``, ``hypot(c33, s3) > 0``;
+    ``c33 = 0`` is ``r = 0``), and the same of ``|f_2 f_3|``: (value, magnitude).
 
     With ``u = s2 (X + h)``, ``v = sv (Y + k)`` (``sv = hypot(c33, s3)``, correlation
     ``r = c33 / sv``, ``s = s3 / sv``), ``f(z) = z^n (c_- + (c_+ - c_-) 1{z > 0})`` expands
@@ -1457,7 +1482,8 @@ def _pm_pair_normal(f2, f3, mu2, mu3, s2, c33, s3, e):
     sv)`` and ``t1 = e / (s2 s3)`` (the kinks' distance in units of z_3's width) without
     the cancellation of ``k - r h``.
     Within 5.3e-15 absolute (values up to ~10) of mpmath (1D adaptive quadrature over g_3
-    of the g_4 average) at ``s3 / |c33|`` 0 .. 0.45
+    of the g_4 average) at ``s3 / |c33|`` 0 .. 0.45, and within 3.9e-16 of its
+    Cauchy-Schwarz scale at ``s3 / |c33|`` 0.5 .. 1e3 and ``c33 = 0``
     (``tests/gaussian/test_near_pair_quad.py``).
     """
     a, b = f2.n, f3.n
@@ -1569,8 +1595,9 @@ def _quad_sum(fs, parts, rule):
     r"""``<f_0 f_1 f_2 f_3>`` of ``_near_pair_quad`` at one rule, row by row: (value, the
     same integral of ``|integrand|``). Each row is :func:`_quad_row`, which remembers its
     last results: a fold asks for the same average many times (residual relu, two nearly
-    coinciding inputs: 54 of 129 near-pair averages repeated; ~0.015 s each since the thin
-    rows' inner average is closed-form, 0.6 .. 1.5 s before)."""
+    coinciding inputs: 54 of 129 near-pair averages repeated; ~0.015 s each since the
+    inner average is closed-form: h64 for thin rows, h66 for the others, 0.05 .. 1.5 s
+    before)."""
     key = tuple((f.cp, f.cm, f.n) for f in fs)
     out = [_quad_row(key, tuple(float(x[i]) for x in parts), tuple(rule))
            for i in range(len(parts[0]))]
@@ -1580,16 +1607,23 @@ def _quad_sum(fs, parts, rule):
 @functools.lru_cache(maxsize=512)
 def _quad_row(key, row, rule):
     """One row of :func:`_quad_sum`: ``key`` the four ``(cp, cm, n)``, ``row`` the ten
-    parts of :func:`_quad_parts` as floats. Returns (value, integral of |integrand|).
+    parts of :func:`_quad_parts` as floats (``s2 > 0``, ``hypot(c33, s3) > 0``: the rows
+    of :func:`_near_pair_quad` keep ``>= _NEAR_PAIR_OFF`` of both variances). Returns
+    (value, integral of |integrand|).
 
-    A thin row (``s3 < _QUAD_THIN |c33|``) takes its inner ``(g_3, g_4)`` average in
-    closed form (:func:`_pm_pair_normal`; its magnitude ``E|f_2 f_3|`` there), the outer
-    ``(alpha, R)`` nodes as before; other rows sum ``g_3`` on its panels."""
+    Every row takes its inner ``(g_3, g_4)`` average in closed form
+    (:func:`_pm_pair_normal`: a bivariate normal of correlation ``c33 / hypot(c33, s3)``,
+    Genz's near-1 form where ``|r| > _PAIR_R_MAX``, Sheppard's (:func:`_bvn`) otherwise;
+    its magnitude ``E|f_2 f_3|`` there) at the outer ``(alpha, R)`` nodes; a thin row
+    (``s3 < _QUAD_THIN |c33|``) with ``s3 / |c33| >= _QUAD_R_GRADE_MIN`` gets the graded
+    radial breaks. (Until h66 the rows that are not thin summed ``g_3`` on 3 panels a side
+    of z_2's kink, ``rule[3]`` nodes each, ``g_4`` by :func:`_pm_normal`: 0.05 .. 0.6 s a
+    row, and z_3's kink of width ``s3 / |c33|`` ~ 0.5 unresolved: up to 2.7e-5 of the
+    row's magnitude off a dense reference, 8.6e-9 on the N = 6 relu near-pair case's rows,
+    where this form is within 4.3e-16; ``benchmarks/relu_quad_wide.py``.)"""
     f0, f1, f2, f3 = (PiecewiseMonomial(*k) for k in key)
-    (xr, wr, R, wR), nodes3, (xa, wa) = _quad_rule_nodes(rule)
+    (xr, wr, R, wR), _, (xa, wa) = _quad_rule_nodes(rule)
     a, b, phi, c21, c22, s2, c31, c32, c33, s3 = row
-    thin = s3 < _QUAD_THIN * abs(c33)
-    t, w3 = nodes3[_QUAD_G3_PANELS]
     al, wal, h = _quad_angles(row, xa, wa, rule[1])
     ca, sa = np.cos(al), np.sin(al)
     pa = wal * _pm(f0, a * ca) * _pm(f1, b * np.cos(al - phi))                  # (M,)
@@ -1598,26 +1632,15 @@ def _quad_row(key, row, rule):
         return 0.0, 0.0    # the pair's product vanishes everywhere (e.g. relu at rho = -1)
     ca, sa, pa = ca[keep], sa[keep], pa[keep]
     Rm, wRm = R[None, :], wR[None, :]
-    if thin and h >= _QUAD_R_GRADE_MIN:
+    if s3 < _QUAD_THIN * abs(c33) and h >= _QUAD_R_GRADE_MIN:
         Rm, wRm = _quad_radial_graded(row, h, ca, sa, xr, wr)
     mu2 = (c21 * ca + c22 * sa)[:, None] * Rm                                   # (M, nR)
     mu3 = (c31 * ca + c32 * sa)[:, None] * Rm
     rad = wRm * Rm ** (f0.n + f1.n)
-    if thin:
-        # (g_3, g_4) in closed form: a bivariate normal of correlation ~1 (_pm_pair_normal)
-        e = (c31 * s2 - c33 * c21) * ca + (c32 * s2 - c33 * c22) * sa              # (M,)
-        e = e[:, None] * Rm
-        I, Ia = _pm_pair_normal(f2, f3, mu2, mu3, s2, c33, s3, e)
-        return float(np.sum(pa[:, None] * rad * I)), float(np.sum(np.abs(pa)[:, None] * rad * Ia))
-    br = _quad_g3_breaks(mu2, mu3, row, h, thin)                                # (M, nR, nb)
-    I = Ia = 0.0
-    for j in range(br.shape[-1] - 1):
-        lo3, hi3 = br[..., j:j + 1], br[..., j + 1:j + 2]
-        g3 = lo3 + (hi3 - lo3) * t                                               # (M, nR, n3)
-        w = (hi3 - lo3) * w3 * _PHI * np.exp(-0.5 * g3 * g3)
-        g = _pm(f2, mu2[..., None] + s2 * g3) * _pm_normal(f3, mu3[..., None] + c33 * g3, s3)
-        I = I + np.sum(w * g, axis=-1)
-        Ia = Ia + np.sum(w * np.abs(g), axis=-1)
+    # e = mu3 s2 - c33 mu2 from the coefficients (no cancellation where z_3 ~ z_2 c33 / s2)
+    e = (c31 * s2 - c33 * c21) * ca + (c32 * s2 - c33 * c22) * sa              # (M,)
+    e = e[:, None] * Rm
+    I, Ia = _pm_pair_normal(f2, f3, mu2, mu3, s2, c33, s3, e)
     return float(np.sum(pa[:, None] * rad * I)), float(np.sum(np.abs(pa)[:, None] * rad * Ia))
 
 
@@ -1630,15 +1653,18 @@ def _near_pair_quad(fs, K, accuracy, return_error, kinked=False, near=None):
     factor of :func:`_quad_parts` (the pair first). With ``(g_1, g_2) = R (cos alpha, sin
     alpha)``: alpha by Gauss-Legendre between the pair's sign changes (``pi/2, 3 pi/2`` and
     those plus ``phi``: the sliver between them a piece of its own, no ``1 - rho^2``
-    divides), R on the panels of :data:`_RADIAL_BREAKS`, ``g_3`` split at ``z_2``'s sign
-    change, ``g_4`` in closed form (:func:`_pm_normal`): every axis a smooth integrand on
-    each piece (:data:`_QUAD_RULES`). The split path it replaces (the orthant form's
+    divides), R on the panels of :data:`_RADIAL_BREAKS`, the ``(g_3, g_4)`` average in
+    closed form (:func:`_pm_pair_normal`; until h66 ``g_3`` on panels split at ``z_2``'s
+    sign change where ``s3 >= _QUAD_THIN |c33|``, which missed z_3's kink: up to 2.7e-5 of
+    the magnitude off at ``s3 / |c33| ~ 0.5``): a smooth integrand on each piece of the
+    outer axes (:data:`_QUAD_RULES`). The split path it replaces (the orthant form's
     fallback) missed the sliver: ``<theta theta theta theta>`` 2.2e-5 off at ``1 - rho^2 =
     1e-6`` (~ proportional to ``sqrt(1 - rho^2)``) with an estimate of 9e-15
     (``benchmarks/relu_quad_reference.py``). Error estimate: the difference from
     :data:`_QUAD_LOWER`, plus 16 eps times the integral of ``|integrand|``, plus twice the
     change when K's off-diagonal moves by +-4 ulp (``c22``, ``c32``'s rounding ~eps/phi;
-    at the lower rule). Cost ~0.07 s per average at "default".
+    at the lower rule). Cost ~0.015 s per average at "default" (0.3 .. 0.6 s before h66
+    where ``s3 >= _QUAD_THIN |c33|``).
 
     The two others are ordered so that the third has the larger share of its variance
     off the pair's plane (it must keep ``_NEAR_PAIR_OFF``); the fourth may be nearly

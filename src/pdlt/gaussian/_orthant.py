@@ -205,6 +205,15 @@ def _moment(K, n, S, return_error):
 _RANK0 = 1e-10   # correlation eigenvalue below this: a zero direction (cone path)
 
 
+def _cross3(a, b):
+    """``a x b`` of two 3-vectors: the products and differences of :func:`numpy.cross` in
+    the same order (bit-identical), without its per-call overhead (~0.25 ms: 1.9 of the
+    3.6 s ``_cone_moment`` took in the N = 6 relu near-pair case, h66)."""
+    a0, a1, a2 = a.tolist()
+    b0, b1, b2 = b.tolist()
+    return np.array([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0])
+
+
 def _cone_moment(K, n, S):
     """``<prod_k z_k^(n_k) prod_(k in S) 1{z_k > 0}>`` for rank-deficient K (B, d, d).
 
@@ -257,7 +266,7 @@ def _cone_moment(K, n, S):
         else:
             cand = []
             for i, j in itertools.combinations(range(len(Cn)), 2):
-                x = np.cross(Cn[i], Cn[j])
+                x = _cross3(Cn[i], Cn[j])
                 nx = np.linalg.norm(x)
                 if nx < 1e-6:
                     cand = None
@@ -291,7 +300,7 @@ def _cone_moment(K, n, S):
             ctr /= np.linalg.norm(ctr)
             e1 = rays[0] - (rays[0] @ ctr) * ctr
             e1 /= np.linalg.norm(e1)
-            e2 = np.cross(ctr, e1)
+            e2 = _cross3(ctr, e1)
             ang = [math.atan2(q @ e2, q @ e1) for q in rays]
             rs = [rays[k] for k in np.argsort(ang)]
             tri_list, alt_list = [], []
@@ -301,7 +310,7 @@ def _cone_moment(K, n, S):
                     a, bb, c = rr[0], rr[k], rr[k + 1]
                     fac = []
                     for p, q, o in ((bb, c, a), (c, a, bb), (a, bb, c)):
-                        f = np.cross(p, q)
+                        f = _cross3(p, q)
                         f /= np.linalg.norm(f)
                         fac.append(f * np.sign(f @ o))
                     lst.append(np.array(fac))
