@@ -32,7 +32,24 @@ modules' averages at K = 1.5e3, over their Cauchy-Schwarz scale, against 12 node
 panel): 10 nodes (the rule) 1.3e-14, 8 nodes 5.9e-12, 6 nodes 5.4e-9. Against an
 independent nested ``scipy.integrate.quad`` (``benchmarks/residual_offdiag_reference.py``,
 K = 30, 1e3, 1e6): <= 1e-15. The cost does not grow with K: ~0.1-1 s a covariance with
-two graded axes integrated point by point (:func:`graded_axes`), ~40 s with three.
+two graded axes integrated point by point (:func:`graded_axes`), ~40-60 s with three.
+
+Four graded variables (four distinct directions: random inputs) would be three graded
+axes point by point. Instead the last two are one 2-D table of their conditional means
+(:func:`_table2`): ``g(m2, m3) = <f_2(m2 + a u) f_3(m3 + b u + c v)>`` (``a, b, c`` the
+last two rows of the factor), tensor Chebyshev interpolants of degree 15 in each variable
+on the panels graded around ``m2 = 0`` and ``m3 = 0`` (widths ``max(1, a)`` and
+``max(1, sd(z3))``, ratio 2), its values the graded rule in ``u`` of ``f_2`` times the
+1-D table of ``f_3``; the outer two axes point by point, as above. The two transitions
+are axis-aligned in ``(m2, m3)``; where they meet, ``m3 = (b / a) m2``, ``g`` has an
+oblique feature of width ~``max(1, c)`` against panels of ~``|b|``, so the pair is the one
+of least ``rho = |b| / max(1, c)`` (the least conditional correlation, :func:`_last_pair`)
+and the table is taken at ``rho <= 4`` (:data:`_RHO_MAX`; beyond, three axes point by
+point). Measured (erf, four random directions at K = 30 .. 1e6, against the exact orthant
+form ``erf(z) = E sign(z + e)``, ``benchmarks/graded_four.py``): <= 3e-15; degree 11
+1e-13 .. 1e-12, degree 9 1e-11 .. 1e-10; at rho = 4.7 3e-15, 9.8 7e-15, 10.8 2e-12
+(estimated 1e-10). Cost (tanh, one core): ~3 s a covariance, ~4.5 s with the estimate
+(three axes point by point: ~40-60 s).
 
 Axes whose conditional standard deviation is at most :data:`_S_HERMITE` (near duplicates
 of an earlier variable: collinear inputs) are integrated by Gauss-Hermite
@@ -41,7 +58,7 @@ axis (pivoting), so the integrand is analytic in ``|Im u| < pi / (2 s)`` of the 
 Zero axes (rank-deficient covariances) are skipped.
 
 Error estimate: the same nested rule with :data:`_LOWER_NODES` nodes per panel (a table of
-degree 19, Gauss-Hermite rules 3/4 as long), its difference from the full rule (8 nodes:
+degree 19, a 2-D table of degree 11, Gauss-Hermite rules 3/4 as long), its difference from the full rule (8 nodes:
 ~6e-12 of scale where the rule is ~1e-14: pessimistic). The covariance's own float64
 rounding is not in it (:func:`pdlt.theory.residual_multi._expect_many` adds it).
 """
@@ -69,16 +86,15 @@ _S_HERMITE = 0.1
 #: Chebyshev-Lobatto points per panel of the last axis' table (full rule, lower rule)
 _CHEB = 24
 _LOWER_CHEB = 20
-#: the same for the 2-D table of the last two axes (four graded axes), in each variable
+#: the same in each variable of the 2-D table of the last two of four graded axes
+#: (erf at K = 30 .. 1e6 against the exact orthant form: 16 points <= 3e-15, 12 points
+#: 1e-13 .. 1e-12, 10 points 1e-11 .. 1e-10; 24 points as accurate at 2x the cost)
 _CHEB2 = 16
 _LOWER_CHEB2 = 12
-#: four graded axes: the last two one 2-D table (False: point by point, the old rule)
+#: four graded axes: the last two one 2-D table (False: three axes point by point)
 _TABLE2 = True
-_INNER_CHEB = {True: 24, False: 20}
-_FIRST = 1.0
-#: largest rho of the 2-D table (:func:`_last_pair`)
+#: largest ``rho`` (:func:`_last_pair`) at which the 2-D table is taken
 _RHO_MAX = 4.0
-_DEBUG = None
 #: evaluation points per vectorized block
 _CHUNK = 2 ** 21
 
@@ -201,10 +217,10 @@ def _table2(f2, f3, C, mmax2, mmax3, n, ncheb, ncheb2):
     of ``f2`` times the 1-D table (:func:`_table`) of ``f3`` in ``v``; a vectorized
     evaluator (Chebyshev polynomials of each variable contracted with the coefficients)."""
     a, b, c = C[0, 0], C[1, 0], C[1, 1]
-    tab = _table(f3, c, mmax3 + _T * abs(b), n, _INNER_CHEB[ncheb == _CHEB], fast=True)
+    tab = _table(f3, c, mmax3 + _T * abs(b), n, ncheb, fast=True)
     ncheb = ncheb2
-    e2 = _edges(_FIRST * max(1.0, abs(a)), mmax2)
-    e3 = _edges(_FIRST * max(1.0, np.hypot(b, c)), mmax3)
+    e2 = _edges(max(1.0, abs(a)), mmax2)
+    e3 = _edges(max(1.0, np.hypot(b, c)), mmax3)
     xc, V2C = _cheb(ncheb)
     mid2, half2 = 0.5 * (e2[1:] + e2[:-1]), 0.5 * (e2[1:] - e2[:-1])
     mid3, half3 = 0.5 * (e3[1:] + e3[:-1]), 0.5 * (e3[1:] - e3[:-1])
@@ -223,8 +239,6 @@ def _table2(f2, f3, C, mmax2, mmax3, n, ncheb, ncheb2):
         v = wt[keep] * f2(Mi[rows, 0] + a * uk) * tab(Mi[rows, 1] + b * uk)
         g[i:i + step] = np.bincount(rows, weights=v, minlength=len(Mi))
     P2, P3 = len(mid2), len(mid3)
-    if _DEBUG is not None:
-        _DEBUG.append((P2, P3, len(M)))
     coef = np.einsum("aj,bl,pjql->paqb", V2C, V2C, g.reshape(P2, ncheb, P3, ncheb))
     coef = np.ascontiguousarray(coef.transpose(0, 2, 1, 3))      # (P2, P3, ncheb, ncheb)
 
