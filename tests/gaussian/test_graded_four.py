@@ -119,7 +119,7 @@ def test_three_variables_and_collinear_pairs_do_not_take_the_table(monkeypatch):
 
 def test_nearly_collinear_pairs_keep_three_axes():
     # four directions nearly linearly dependent (x4 = x1 + x2 + x3 + 0.03 w): every pair
-    # is nearly collinear given the other two (rho ~ 11 > 4, measured 2e-12 off there),
+    # is nearly collinear given the other two (rho ~ 11 > 8, measured 2e-12 off there),
     # so no 2-D table: three graded axes point by point, as before
     rng = np.random.default_rng(11)
     v, w = rng.standard_normal((3, 4)), rng.standard_normal(4)

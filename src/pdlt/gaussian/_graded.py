@@ -39,12 +39,13 @@ axes point by point. Instead the last two are one 2-D table of their conditional
 (:func:`_table2`): ``g(m2, m3) = <f_2(m2 + a u) f_3(m3 + b u + c v)>`` (``a, b, c`` the
 last two rows of the factor), tensor Chebyshev interpolants of degree 15 in each variable
 on the panels graded around ``m2 = 0`` and ``m3 = 0`` (widths ``max(1, a)`` and
-``max(1, sd(z3))``, ratio 2), its values the graded rule in ``u`` of ``f_2`` times the
-1-D table of ``f_3``; the outer two axes point by point, as above. The two transitions
+``max(1, sd(z3))``, ratio 2, up to the largest mean the outer axes reach), its values the
+graded rule in ``u`` of ``f_2`` times a 1-D table of ``f_3`` (degree 15: a panel next to
+0 of half-width ``W / 4`` is ``2 pi`` half-widths from the strip of analyticity); the outer two axes point by point, as above. The two transitions
 are axis-aligned in ``(m2, m3)``; where they meet, ``m3 = (b / a) m2``, ``g`` has an
 oblique feature of width ~``max(1, c)`` against panels of ~``|b|``, so the pair is the one
 of least ``rho = |b| / max(1, c)`` (the least conditional correlation, :func:`_last_pair`)
-and the table is taken at ``rho <= 4`` (:data:`_RHO_MAX`; beyond, three axes point by
+and the table is taken at ``rho <= 8`` (:data:`_RHO_MAX`; beyond, three axes point by
 point). Measured (erf, four random directions at K = 30 .. 1e6, against the exact orthant
 form ``erf(z) = E sign(z + e)``, ``benchmarks/graded_four.py``): <= 3e-15; degree 11
 1e-13 .. 1e-12, degree 9 1e-11 .. 1e-10; at rho = 4.7 3e-15, 9.8 7e-15, 10.8 2e-12
@@ -94,7 +95,7 @@ _LOWER_CHEB2 = 12
 #: four graded axes: the last two one 2-D table (False: three axes point by point)
 _TABLE2 = True
 #: largest ``rho`` (:func:`_last_pair`) at which the 2-D table is taken
-_RHO_MAX = 4.0
+_RHO_MAX = 8.0
 #: evaluation points per vectorized block
 _CHUNK = 2 ** 21
 
@@ -155,9 +156,10 @@ def _cheb(n):
     return x, T * (2.0 / (n - 1)) * c[:, None]
 
 
-def _edges(W, mmax):
-    """Panel edges graded around 0: width ``W / 2`` next to it, ratio 2, up to ``mmax``."""
-    J = max(1, int(np.ceil(np.log2(max(mmax, W) / W))) + 1)
+def _edges(W, mmax, extra=1):
+    """Panel edges graded around 0: width ``W / 2`` next to it, ratio 2, up to ``mmax``
+    (and ``extra`` panels beyond: the 1-D table's one, none for the 2-D table)."""
+    J = max(1, int(np.ceil(np.log2(max(mmax, W) / W))) + extra)
     pos = W * 2.0 ** np.arange(-1, J + 1)
     return np.concatenate([-pos[::-1], [0.0], pos])
 
@@ -217,10 +219,10 @@ def _table2(f2, f3, C, mmax2, mmax3, n, ncheb, ncheb2):
     of ``f2`` times the 1-D table (:func:`_table`) of ``f3`` in ``v``; a vectorized
     evaluator (Chebyshev polynomials of each variable contracted with the coefficients)."""
     a, b, c = C[0, 0], C[1, 0], C[1, 1]
-    tab = _table(f3, c, mmax3 + _T * abs(b), n, ncheb, fast=True)
     ncheb = ncheb2
-    e2 = _edges(max(1.0, abs(a)), mmax2)
-    e3 = _edges(max(1.0, np.hypot(b, c)), mmax3)
+    tab = _table(f3, c, mmax3 + _T * abs(b), n, ncheb, fast=True)
+    e2 = _edges(max(1.0, abs(a)), mmax2, 0)
+    e3 = _edges(max(1.0, np.hypot(b, c)), mmax3, 0)
     xc, V2C = _cheb(ncheb)
     mid2, half2 = 0.5 * (e2[1:] + e2[:-1]), 0.5 * (e2[1:] - e2[:-1])
     mid3, half3 = 0.5 * (e3[1:] + e3[:-1]), 0.5 * (e3[1:] - e3[:-1])
