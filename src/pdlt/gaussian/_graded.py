@@ -391,18 +391,19 @@ def expect_graded(fs, K, *, return_error=False):
     return val.reshape(shape)
 
 
-def graded_axes(K):
+def graded_axes(K, table2=True):
     """Number of graded axes integrated point by point (conditional standard deviation
     above :data:`_S_HERMITE`, less one where the last axis is graded: it is a table; less
     two where four variables are all graded and a pair of them makes the 2-D table,
     :func:`_last_pair`) of each covariance ``K`` (B, d, d), shape (B,): the nested rule's
     cost is ~``300^m`` evaluations for ``m`` of them (tanh, one core: m = 2 ~0.1-1 s, plus
-    ~2 s for a 2-D table; m = 3 ~40-60 s)."""
+    ~2-6 s for a 2-D table; m = 3 ~40-60 s). ``table2=False``: as if four graded axes
+    had no 2-D table (three point by point), whether or not :func:`expect_graded` makes one."""
     K = np.asarray(K, dtype=float)
     _, L = _factor(K)
     graded = np.abs(np.diagonal(L, axis1=1, axis2=2)) > _S_HERMITE
     m = np.sum(graded, axis=1) - graded[:, -1]
-    if K.shape[-1] == 4 and _TABLE2:
+    if K.shape[-1] == 4 and _TABLE2 and table2:
         for b in np.flatnonzero(np.all(graded, axis=1)):
             if _last_pair(L[b]) is not None:
                 m[b] = 2
