@@ -122,6 +122,11 @@ _EPS = np.finfo(float).eps
 #: one 2-D table) of a covariance the nested rule takes: ~0.1 s a covariance at two (tanh,
 #: K = 1.5e3), ~3 s at two plus a 2-D table (four distinct directions), ~40-60 s at three
 _GRADED_AXES = 2
+#: four distinct directions (four graded variables) take the nested rule's 2-D table
+#: (counted as two axes): ~3-6 s a covariance (tanh, one core, under load), so a residual
+#: N = 2 fold at s = 100 went from ~1 min to ~6 min and N = 4 random inputs (~1350 such
+#: covariances a fold) to hours; False: they keep :func:`expect_nd` and its estimate
+_GRADED_FOUR = True
 
 #: within :func:`unresolved_averages`: the list the three- and four-variable averages above
 #: :data:`_EXACT_K` report their estimates to
@@ -253,7 +258,7 @@ def _expect_many(act, fs, cov, Kb, var, big, *, accuracy, **kw):
     d = len(fs)
     graded = np.zeros(len(Kb), dtype=bool)
     if act.spec is not None and act.spec[0] in _GRADED_NAMES:
-        graded[big] = graded_axes(Kb[big]) <= _GRADED_AXES
+        graded[big] = graded_axes(Kb[big], table2=_GRADED_FOUR) <= _GRADED_AXES
     want = _COLLECT is not None or _PERTURB
     val = np.empty(len(Kb))
     est = np.zeros(len(Kb))
