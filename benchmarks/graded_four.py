@@ -44,7 +44,8 @@ def sign4(S):
             p0 = 1.0 / (2.0 * np.pi * np.sqrt(B[0, 0] * B[1, 1] - B[0, 1] ** 2))
             A = St[np.ix_([k, l], [i, j])]
             C = St[np.ix_([k, l], [k, l])] - A @ np.linalg.solve(B, A.T)
-            out += off[i, j] * 4.0 * p0 * (2.0 / np.pi) * np.arcsin(C[0, 1] / np.sqrt(C[0, 0] * C[1, 1]))
+            rho = C[0, 1] / np.sqrt(C[0, 0] * C[1, 1])
+            out += off[i, j] * 4.0 * p0 * (2.0 / np.pi) * np.arcsin(rho)
         return out
 
     with warnings.catch_warnings():
@@ -70,13 +71,15 @@ def timed(fs, C):
 
 
 def part_erf():
-    print("| seed | K | rho | error | estimate | CPU s (value + estimate) |\n|---:|---:|---:|---:|---:|---:|")
+    print("| seed | K | rho | error | estimate | CPU s (value + estimate) |\n"
+          "|---:|---:|---:|---:|---:|---:|")
     for seed in (1, 2, 3, 4):
         for s in (30.0, 1e3, 1e4, 1e6):
             C = directions(seed, s)
             v, e, t = timed([special.erf] * 4, C)
             ref = sign4(C + 0.5 * np.eye(4))
-            print(f"| {seed} | {s:.0e} | {rho(C):.2f} | {v - ref:.1e} | {e:.1e} | {t:.1f} |", flush=True)
+            print(f"| {seed} | {s:.0e} | {rho(C):.2f} | {v - ref:.1e} | {e:.1e} | {t:.1f} |",
+                  flush=True)
 
 
 def part_degree():
@@ -111,7 +114,8 @@ def part_old():
     mixed = [np.tanh, d1, lambda z: np.tanh(z) ** 2, lambda z: z * special.ndtr(z)]
     print("| case | K | new - old(12 nodes) | new est | old(10) - old(12) | CPU s new / old(10) |\n"
           "|---|---:|---:|---:|---:|---:|")
-    for name, fs, seed, s in (("tanh^4", [np.tanh] * 4, 1, 1e3), ("tanh, tanh', tanh^2, gelu", mixed, 4, 30.0)):
+    for name, fs, seed, s in (("tanh^4", [np.tanh] * 4, 1, 1e3),
+                              ("tanh, tanh', tanh^2, gelu", mixed, 4, 30.0)):
         C = directions(seed, s)
         with np.errstate(over="ignore"):
             v, e, t = timed(fs, C)
@@ -123,8 +127,8 @@ def part_old():
             _graded._NODES, _graded._CHEB = 12, 28
             ref = float(_graded.expect_graded(fs, C))
             _graded._NODES, _graded._CHEB, _graded._TABLE2 = n, c, True
-        print(f"| {name} | {s:.0e} | {v - ref:.1e} | {e:.1e} | {old - ref:.1e} | {t:.1f} / {t_old:.1f} |",
-              flush=True)
+        print(f"| {name} | {s:.0e} | {v - ref:.1e} | {e:.1e} | {old - ref:.1e} "
+              f"| {t:.1f} / {t_old:.1f} |", flush=True)
 
 
 def part_genz():
@@ -135,8 +139,9 @@ def part_genz():
         tot = 0.0
         for sg in itertools.product([1, -1], repeat=4):
             D = np.diag(sg)
-            tot += np.prod(sg) * multivariate_normal.cdf(np.zeros(4), mean=np.zeros(4), cov=D @ S @ D,
-                                                         maxpts=20_000_000, abseps=1e-12, releps=0)
+            tot += np.prod(sg) * multivariate_normal.cdf(
+                np.zeros(4), mean=np.zeros(4), cov=D @ S @ D, maxpts=20_000_000, abseps=1e-12,
+                releps=0)
         print(f"seed {seed}: Plackett {sign4(S):.15f}, Genz {tot:.15f}, diff {tot - sign4(S):.1e}")
 
 

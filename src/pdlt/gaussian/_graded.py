@@ -34,23 +34,26 @@ independent nested ``scipy.integrate.quad`` (``benchmarks/residual_offdiag_refer
 K = 30, 1e3, 1e6): <= 1e-15. The cost does not grow with K: ~0.1-1 s a covariance with
 two graded axes integrated point by point (:func:`graded_axes`), ~40-60 s with three.
 
-Four graded variables (four distinct directions: random inputs) would be three graded
-axes point by point. Instead the last two are one 2-D table of their conditional means
+Four graded variables (four distinct directions: random inputs) would be three graded axes
+point by point. Instead the last two are one 2-D table of their conditional means
 (:func:`_table2`): ``g(m2, m3) = <f_2(m2 + a u) f_3(m3 + b u + c v)>`` (``a, b, c`` the
 last two rows of the factor), tensor Chebyshev interpolants of degree 15 in each variable
-on the panels graded around ``m2 = 0`` and ``m3 = 0`` (widths ``max(1, a)`` and
-``max(1, sd(z3))``, ratio 2, up to the largest mean the outer axes reach), its values the
-graded rule in ``u`` of ``f_2`` times a 1-D table of ``f_3`` (degree 15: a panel next to
-0 of half-width ``W / 4`` is ``2 pi`` half-widths from the strip of analyticity); the outer two axes point by point, as above. The two transitions
-are axis-aligned in ``(m2, m3)``; where they meet, ``m3 = (b / a) m2``, ``g`` has an
-oblique feature of width ~``max(1, c)`` against panels of ~``|b|``, so the pair is the one
-of least ``rho = |b| / max(1, c)`` (the least conditional correlation, :func:`_last_pair`)
-and the table is taken at ``rho <= 8`` (:data:`_RHO_MAX`; beyond, three axes point by
-point). Measured (erf, four random directions at K = 30 .. 1e6, against the exact orthant
-form ``erf(z) = E sign(z + e)``, ``benchmarks/graded_four.py``): <= 3e-15; degree 11
-1e-13 .. 1e-12, degree 9 1e-11 .. 1e-10; at rho = 4.7 3e-15, 9.8 7e-15, 10.8 2e-12
-(estimated 1e-10). Cost (tanh, one core): ~3 s a covariance, ~4.5 s with the estimate
-(three axes point by point: ~40-60 s).
+on the panels graded around ``m2 = 0`` and ``m3 = 0`` (widths ``max(1, a)`` and ``max(1,
+sd(z3))``, ratio 2, up to the largest mean the outer axes reach), its values the graded
+rule in ``u`` of ``f_2`` times a 1-D table of ``f_3`` (degree 15: a panel next to 0 of
+half-width ``W / 4`` is ``2 pi`` half-widths from the strip of analyticity); the outer two
+axes point by point, as above. The two transitions are axis-aligned in ``(m2, m3)``; where
+they meet, ``m3 = (b / a) m2``, ``g`` has an oblique feature of width ~``max(1, c)``
+against panels of ~``|b|``, so the pair is the one of least ``rho = |b| / max(1, c)`` (the
+least conditional correlation, :func:`_last_pair`) and the table is taken at ``rho <= 3``
+(:data:`_RHO_MAX`; beyond, three axes point by point). Measured (erf, four random
+directions at K = 30 .. 1e6, against the exact orthant form ``erf(z) = E sign(z + e)``,
+``benchmarks/graded_four.py``): <= 3e-15 at ``rho <= 2.6``; a table of degree 11 1e-13 ..
+2e-12, degree 9 1e-11 .. 2e-10. At ``rho = 4.7`` 3e-15 up to K = 1e4 but 4e-10 at K = 1e6
+(estimated 1.4e-8; 12 nodes a panel 6e-12, so the graded rules, not the table, and the old
+three-axis rule 8e-12 there), at ``rho = 10.8`` 2e-12 (estimated 1e-10). Cost (tanh, one
+core, under load): ~3 s a covariance, ~4-5 s with the estimate; residual covariances
+(conditional sds ~1 under outer ones ~40) ~6 s (three axes point by point: ~40-60 s).
 
 Axes whose conditional standard deviation is at most :data:`_S_HERMITE` (near duplicates
 of an earlier variable: collinear inputs) are integrated by Gauss-Hermite
@@ -59,9 +62,10 @@ axis (pivoting), so the integrand is analytic in ``|Im u| < pi / (2 s)`` of the 
 Zero axes (rank-deficient covariances) are skipped.
 
 Error estimate: the same nested rule with :data:`_LOWER_NODES` nodes per panel (a table of
-degree 19, a 2-D table of degree 11, Gauss-Hermite rules 3/4 as long), its difference from the full rule (8 nodes:
-~6e-12 of scale where the rule is ~1e-14: pessimistic). The covariance's own float64
-rounding is not in it (:func:`pdlt.theory.residual_multi._expect_many` adds it).
+degree 19, a 2-D table of degree 11, Gauss-Hermite rules 3/4 as long), its difference from
+the full rule (8 nodes: ~6e-12 of scale where the rule is ~1e-14: pessimistic). The
+covariance's own float64 rounding is not in it
+(:func:`pdlt.theory.residual_multi._expect_many` adds it).
 """
 
 from __future__ import annotations
@@ -89,13 +93,13 @@ _CHEB = 24
 _LOWER_CHEB = 20
 #: the same in each variable of the 2-D table of the last two of four graded axes
 #: (erf at K = 30 .. 1e6 against the exact orthant form: 16 points <= 3e-15, 12 points
-#: 1e-13 .. 1e-12, 10 points 1e-11 .. 1e-10; 24 points as accurate at 2x the cost)
+#: 3e-13 .. 2e-12, 10 points 1e-11 .. 2e-10; 24 points as accurate at 2x the cost)
 _CHEB2 = 16
 _LOWER_CHEB2 = 12
 #: four graded axes: the last two one 2-D table (False: three axes point by point)
 _TABLE2 = True
 #: largest ``rho`` (:func:`_last_pair`) at which the 2-D table is taken
-_RHO_MAX = 8.0
+_RHO_MAX = 3.0
 #: evaluation points per vectorized block
 _CHUNK = 2 ** 21
 
