@@ -288,10 +288,13 @@ def _last_pair(L):
         for j in range(i + 1, 4):
             rest = [k for k in range(4) if k not in (i, j)]
             perm = rest + [i, j]
-            Lp = np.linalg.cholesky(K[np.ix_(perm, perm)])
-            if Lp[3, 3] ** 2 + Lp[3, 2] ** 2 > Lp[2, 2] ** 2:
-                perm = rest + [j, i]
+            try:            # (K up to ~1e11 over conditional variances of 1e-2: may fail)
                 Lp = np.linalg.cholesky(K[np.ix_(perm, perm)])
+                if Lp[3, 3] ** 2 + Lp[3, 2] ** 2 > Lp[2, 2] ** 2:
+                    perm = rest + [j, i]
+                    Lp = np.linalg.cholesky(K[np.ix_(perm, perm)])
+            except np.linalg.LinAlgError:
+                continue
             if not np.all(np.diagonal(Lp) > _S_HERMITE):
                 continue
             rho = abs(Lp[3, 2]) / max(1.0, Lp[3, 3])
