@@ -32,7 +32,28 @@ modules' averages at K = 1.5e3, over their Cauchy-Schwarz scale, against 12 node
 panel): 10 nodes (the rule) 1.3e-14, 8 nodes 5.9e-12, 6 nodes 5.4e-9. Against an
 independent nested ``scipy.integrate.quad`` (``benchmarks/residual_offdiag_reference.py``,
 K = 30, 1e3, 1e6): <= 1e-15. The cost does not grow with K: ~0.1-1 s a covariance with
-two graded axes integrated point by point (:func:`graded_axes`), ~40 s with three.
+two graded axes integrated point by point (:func:`graded_axes`), ~40-60 s with three.
+
+Four graded variables (four distinct directions: random inputs) would be three graded axes
+point by point. Instead the last two are one 2-D table of their conditional means
+(:func:`_table2`): ``g(m2, m3) = <f_2(m2 + a u) f_3(m3 + b u + c v)>`` (``a, b, c`` the
+last two rows of the factor), tensor Chebyshev interpolants of degree 15 in each variable
+on the panels graded around ``m2 = 0`` and ``m3 = 0`` (widths ``max(1, a)`` and ``max(1,
+sd(z3))``, ratio 2, up to the largest mean the outer axes reach), its values the graded
+rule in ``u`` of ``f_2`` times a 1-D table of ``f_3`` (degree 15: a panel next to 0 of
+half-width ``W / 4`` is ``2 pi`` half-widths from the strip of analyticity); the outer two
+axes point by point, as above. The two transitions are axis-aligned in ``(m2, m3)``; where
+they meet, ``m3 = (b / a) m2``, ``g`` has an oblique feature of width ~``max(1, c)``
+against panels of ~``|b|``, so the pair is the one of least ``rho = |b| / max(1, c)`` (the
+least conditional correlation, :func:`_last_pair`) and the table is taken at ``rho <= 3``
+(:data:`_RHO_MAX`; beyond, three axes point by point). Measured (erf, four random
+directions at K = 30 .. 1e6, against the exact orthant form ``erf(z) = E sign(z + e)``,
+``benchmarks/graded_four.py``): <= 3e-15 at ``rho <= 2.6``; a table of degree 11 1e-13 ..
+2e-12, degree 9 1e-11 .. 2e-10. At ``rho = 4.7`` 3e-15 up to K = 1e4 but 4e-10 at K = 1e6
+(estimated 1.4e-8; 12 nodes a panel 6e-12, so the graded rules, not the table, and the old
+three-axis rule 8e-12 there), at ``rho = 10.8`` 2e-12 (estimated 1e-10). Cost (tanh, one
+core, under load): ~3 s a covariance, ~4-5 s with the estimate; residual covariances
+(conditional sds ~1 under outer ones ~40) ~6 s (three axes point by point: ~40-60 s).
 
 Axes whose conditional standard deviation is at most :data:`_S_HERMITE` (near duplicates
 of an earlier variable: collinear inputs) are integrated by Gauss-Hermite
@@ -41,9 +62,10 @@ axis (pivoting), so the integrand is analytic in ``|Im u| < pi / (2 s)`` of the 
 Zero axes (rank-deficient covariances) are skipped.
 
 Error estimate: the same nested rule with :data:`_LOWER_NODES` nodes per panel (a table of
-degree 19, Gauss-Hermite rules 3/4 as long), its difference from the full rule (8 nodes:
-~6e-12 of scale where the rule is ~1e-14: pessimistic). The covariance's own float64
-rounding is not in it (:func:`pdlt.theory.residual_multi._expect_many` adds it).
+degree 19, a 2-D table of degree 11, Gauss-Hermite rules 3/4 as long), its difference from
+the full rule (8 nodes: ~6e-12 of scale where the rule is ~1e-14: pessimistic). The
+covariance's own float64 rounding is not in it
+(:func:`pdlt.theory.residual_multi._expect_many` adds it).
 """
 
 from __future__ import annotations
@@ -69,6 +91,15 @@ _S_HERMITE = 0.1
 #: Chebyshev-Lobatto points per panel of the last axis' table (full rule, lower rule)
 _CHEB = 24
 _LOWER_CHEB = 20
+#: the same in each variable of the 2-D table of the last two of four graded axes
+#: (erf at K = 30 .. 1e6 against the exact orthant form: 16 points <= 3e-15, 12 points
+#: 3e-13 .. 2e-12, 10 points 1e-11 .. 2e-10; 24 points as accurate at 2x the cost)
+_CHEB2 = 16
+_LOWER_CHEB2 = 12
+#: four graded axes: the last two one 2-D table (False: three axes point by point)
+_TABLE2 = True
+#: largest ``rho`` (:func:`_last_pair`) at which the 2-D table is taken
+_RHO_MAX = 3.0
 #: evaluation points per vectorized block
 _CHUNK = 2 ** 21
 
@@ -129,14 +160,19 @@ def _cheb(n):
     return x, T * (2.0 / (n - 1)) * c[:, None]
 
 
-def _table(f, s, mmax, n, ncheb):
+def _edges(W, mmax, extra=1):
+    """Panel edges graded around 0: width ``W / 2`` next to it, ratio 2, up to ``mmax``
+    (and ``extra`` panels beyond: the 1-D table's one, none for the 2-D table)."""
+    J = max(1, int(np.ceil(np.log2(max(mmax, W) / W))) + extra)
+    pos = W * 2.0 ** np.arange(-1, J + 1)
+    return np.concatenate([-pos[::-1], [0.0], pos])
+
+
+def _table(f, s, mmax, n, ncheb, fast=False):
     """``g(m) = <f(m + s u)>_u`` on panels graded around ``m = 0`` (width ``max(1, s)``,
     ratio 2) covering ``|m| <= mmax``: Chebyshev interpolants of degree ``ncheb - 1`` per
     panel (through the Lobatto points), and a vectorized evaluator (Clenshaw)."""
-    W = max(1.0, s)
-    J = max(1, int(np.ceil(np.log2(max(mmax, W) / W))) + 1)
-    pos = W * 2.0 ** np.arange(-1, J + 1)
-    edges = np.concatenate([-pos[::-1], [0.0], pos])
+    edges = _edges(max(1.0, s), mmax)
     xc, V2C = _cheb(ncheb)
     lo, hi = edges[:-1], edges[1:]
     mid, half = 0.5 * (lo + hi), 0.5 * (hi - lo)
@@ -144,6 +180,27 @@ def _table(f, s, mmax, n, ncheb):
     u, wt = _axis_nodes(m[:, None], np.array([s]), np.zeros(1), 0, n)
     g = np.sum(wt * f(m[:, None] + s * u), axis=1).reshape(len(lo), ncheb)
     coef = g @ V2C.T                                     # (panels, ncheb)
+
+    if fast:
+        def ev_fast(mq):
+            # grouped by panel: Clenshaw with scalar coefficients on contiguous runs
+            i = np.clip(np.searchsorted(edges, mq) - 1, 0, len(lo) - 1).astype(np.int16)
+            order = np.argsort(i, kind="stable")
+            ms = mq[order]
+            cut = np.concatenate([[0], np.cumsum(np.bincount(i, minlength=len(lo)))])
+            out = np.empty(len(mq))
+            for p in range(len(lo)):
+                if cut[p + 1] == cut[p]:
+                    continue
+                t2 = 2.0 * (ms[cut[p]:cut[p + 1]] - mid[p]) / half[p]
+                cp = coef[p]
+                b1 = np.full(len(t2), cp[ncheb - 1])
+                b2 = np.zeros(len(t2))
+                for k in range(ncheb - 2, 0, -1):
+                    b1, b2 = cp[k] + t2 * b1 - b2, b1
+                out[order[cut[p]:cut[p + 1]]] = cp[0] + 0.5 * t2 * b1 - b2
+            return out
+        return ev_fast
 
     def ev(mq):
         i = np.clip(np.searchsorted(edges, mq) - 1, 0, len(lo) - 1)
@@ -156,6 +213,100 @@ def _table(f, s, mmax, n, ncheb):
     return ev
 
 
+def _table2(f2, f3, C, mmax2, mmax3, n, ncheb, ncheb2):
+    """``g(m2, m3) = <f2(m2 + C_00 u) f3(m3 + C_10 u + C_11 v)>_(u, v)`` (``C`` the lower
+    factor of the last two variables' conditional covariance, pivoted: ``C_00`` its
+    largest standard deviation) on the tensor product of panels graded around ``m2 = 0``
+    (width ``max(1, C_00)``) and ``m3 = 0`` (width ``max(1, sd(z3))``), ratio 2, covering
+    ``|m2| <= mmax2``, ``|m3| <= mmax3``: tensor Chebyshev interpolants of degree
+    ``ncheb - 1`` in each variable per panel pair. The values are the graded rule in ``u``
+    of ``f2`` times the 1-D table (:func:`_table`) of ``f3`` in ``v``; a vectorized
+    evaluator (Chebyshev polynomials of each variable contracted with the coefficients)."""
+    a, b, c = C[0, 0], C[1, 0], C[1, 1]
+    ncheb = ncheb2
+    tab = _table(f3, c, mmax3 + _T * abs(b), n, ncheb, fast=True)
+    e2 = _edges(max(1.0, abs(a)), mmax2, 0)
+    e3 = _edges(max(1.0, np.hypot(b, c)), mmax3, 0)
+    xc, V2C = _cheb(ncheb)
+    mid2, half2 = 0.5 * (e2[1:] + e2[:-1]), 0.5 * (e2[1:] - e2[:-1])
+    mid3, half3 = 0.5 * (e3[1:] + e3[:-1]), 0.5 * (e3[1:] - e3[:-1])
+    m2 = (mid2[:, None] + half2[:, None] * xc).ravel()
+    m3 = (mid3[:, None] + half3[:, None] * xc).ravel()
+    M = np.stack(np.broadcast_arrays(m2[:, None], m3[None, :]), axis=-1).reshape(-1, 2)
+    Lk, r = np.array([a, b]), np.array([0.0, c])
+    g = np.empty(len(M))
+    step = max(1, _CHUNK // ((len(_GAUSS_BREAKS) + 2 * len(_GRADE)) * n))
+    for i in range(0, len(M), step):
+        Mi = M[i:i + step]
+        u, wt = _axis_nodes(Mi, Lk, r, 0, n)
+        keep = wt > 0.0
+        rows = np.nonzero(keep)[0]
+        uk = u[keep]
+        v = wt[keep] * f2(Mi[rows, 0] + a * uk) * tab(Mi[rows, 1] + b * uk)
+        g[i:i + step] = np.bincount(rows, weights=v, minlength=len(Mi))
+    P2, P3 = len(mid2), len(mid3)
+    coef = np.einsum("aj,bl,pjql->paqb", V2C, V2C, g.reshape(P2, ncheb, P3, ncheb))
+    coef = np.ascontiguousarray(coef.transpose(0, 2, 1, 3))      # (P2, P3, ncheb, ncheb)
+
+    def basis(t):
+        T = np.empty((len(t), ncheb))
+        T[:, 0] = 1.0
+        T[:, 1] = t
+        for k in range(2, ncheb):
+            T[:, k] = 2.0 * t * T[:, k - 1] - T[:, k - 2]
+        return T
+
+    def ev(q2, q3):
+        i2 = np.clip(np.searchsorted(e2, q2) - 1, 0, P2 - 1)
+        i3 = np.clip(np.searchsorted(e3, q3) - 1, 0, P3 - 1)
+        out = np.empty(len(q2))
+        blk = 8192
+        for s0 in range(0, len(q2), blk):
+            j2, j3 = i2[s0:s0 + blk], i3[s0:s0 + blk]
+            T2 = basis((q2[s0:s0 + blk] - mid2[j2]) / half2[j2])
+            T3 = basis((q3[s0:s0 + blk] - mid3[j3]) / half3[j3])
+            out[s0:s0 + blk] = np.einsum("pa,pab,pb->p", T2, coef[j2, j3], T3)
+        return out
+    return ev
+
+
+def _last_pair(L):
+    """Order of four graded variables (factor ``L``, pivoted, all conditional standard
+    deviations above :data:`_S_HERMITE`) whose last two make the 2-D table
+    (:func:`_table2`), and its factor; ``None`` where no order is resolved.
+
+    The table's panels are graded around ``m2 = 0`` and ``m3 = 0``; its one oblique
+    feature is where the two transitions meet, ``m3 = (b / a) m2`` (``a, b, c`` the last
+    two rows of the factor: ``z2 = m2 + a u``, ``z3 = m3 + b u + c v``), of width
+    ``max(1, c)`` in ``m3`` against panels of ``~|b|``: resolved while
+    ``rho = |b| / max(1, c) <= _RHO_MAX`` (the last two variables' conditional correlation
+    not too close to 1). Of the six pairs, the one of least ``rho`` (each pair's larger
+    conditional variance first, the other two in pivoted order)."""
+    K = L @ L.T
+    best = None
+    for i in range(3):
+        for j in range(i + 1, 4):
+            rest = [k for k in range(4) if k not in (i, j)]
+            perm = rest + [i, j]
+            try:            # (K up to ~1e11 over conditional variances of 1e-2: may fail)
+                Lp = np.linalg.cholesky(K[np.ix_(perm, perm)])
+                if Lp[3, 3] ** 2 + Lp[3, 2] ** 2 > Lp[2, 2] ** 2:
+                    perm = rest + [j, i]
+                    Lp = np.linalg.cholesky(K[np.ix_(perm, perm)])
+            except np.linalg.LinAlgError:
+                continue
+            if not np.all(np.diagonal(Lp) > _S_HERMITE):
+                continue
+            rho = abs(Lp[3, 2]) / max(1.0, Lp[3, 3])
+            if (i, j) == (2, 3):
+                perm, Lp = [0, 1, 2, 3], L           # the pivoted order as it is
+            if best is None or rho < best[0]:
+                best = (rho, perm, Lp)
+    if best is None or best[0] > _RHO_MAX:
+        return None
+    return best[1], best[2]
+
+
 def _nested(fs, L, n, ncheb, hermite_scale=1.0):
     """``<prod f_k(z_k)>`` for one factor ``L`` (d, d) (z = L u, pivoted order)."""
     d = L.shape[0]
@@ -166,14 +317,26 @@ def _nested(fs, L, n, ncheb, hermite_scale=1.0):
     gh = [_gauss_hermite(max(2, int(round(hermite_scale * _hermite_nodes(sk)))))
           if 0.0 < sk <= _S_HERMITE else None for sk in s]
     # the last axis, if graded, as a table of its conditional mean
-    tab = None
-    if d >= 2 and s[d - 1] > _S_HERMITE:
+    tab = tab2 = None
+    plan = _last_pair(L) if d == 4 and np.all(s > _S_HERMITE) and _TABLE2 else None
+    if plan is not None:
+        # four graded axes: the last two one 2-D table of their conditional means
+        fs, L = [fs[i] for i in plan[0]], plan[1]
+        s = np.abs(np.diagonal(L))
+        r = np.sqrt(np.maximum(np.cumsum((L ** 2)[:, ::-1], axis=1)[:, ::-1], 0.0))
+        r = np.concatenate([r, np.zeros((d, 1))], axis=1)
+        tab2 = _table2(fs[2], fs[3], L[2:, 2:], _T * np.sum(np.abs(L[2, :2])),
+                       _T * np.sum(np.abs(L[3, :2])), n, ncheb,
+                       _CHEB2 if ncheb == _CHEB else _LOWER_CHEB2)
+    elif d >= 2 and s[d - 1] > _S_HERMITE:
         mmax = _T * np.sum(np.abs(L[d - 1, :d - 1]))
         tab = _table(fs[d - 1], s[d - 1], mmax, n, ncheb)
 
     def level(k, w, prod, M):
         if k == d:
             return float(np.sum(w * prod))
+        if k == d - 2 and tab2 is not None:
+            return float(np.sum(w * prod * tab2(M[:, k], M[:, k + 1])))
         if k == d - 1 and tab is not None:
             return float(np.sum(w * prod * tab(M[:, k])))
         if s[k] == 0.0:
@@ -235,11 +398,20 @@ def expect_graded(fs, K, *, return_error=False):
     return val.reshape(shape)
 
 
-def graded_axes(K):
+def graded_axes(K, table2=True):
     """Number of graded axes integrated point by point (conditional standard deviation
-    above :data:`_S_HERMITE`, less one where the last axis is graded: it is a table) of
-    each covariance ``K`` (B, d, d), shape (B,): the nested rule's cost is ~``300^m``
-    evaluations for ``m`` of them (tanh, one core: m = 2 ~0.1 s, m = 3 ~40 s)."""
-    _, L = _factor(np.asarray(K, dtype=float))
+    above :data:`_S_HERMITE`, less one where the last axis is graded: it is a table; less
+    two where four variables are all graded and a pair of them makes the 2-D table,
+    :func:`_last_pair`) of each covariance ``K`` (B, d, d), shape (B,): the nested rule's
+    cost is ~``300^m`` evaluations for ``m`` of them (tanh, one core: m = 2 ~0.1-1 s, plus
+    ~2-6 s for a 2-D table; m = 3 ~40-60 s). ``table2=False``: as if four graded axes
+    had no 2-D table (three point by point), whether or not :func:`expect_graded` makes one."""
+    K = np.asarray(K, dtype=float)
+    _, L = _factor(K)
     graded = np.abs(np.diagonal(L, axis1=1, axis2=2)) > _S_HERMITE
-    return np.sum(graded, axis=1) - graded[:, -1]
+    m = np.sum(graded, axis=1) - graded[:, -1]
+    if K.shape[-1] == 4 and _TABLE2 and table2:
+        for b in np.flatnonzero(np.all(graded, axis=1)):
+            if _last_pair(L[b]) is not None:
+                m[b] = 2
+    return m

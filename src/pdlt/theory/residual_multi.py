@@ -52,9 +52,11 @@ transition in the activation's own variable: the diagonal equals
 :mod:`pdlt.theory.residual_ntk` to 1e-13 of scale up to K = 1.5e11. The three- and
 four-variable averages (entries of distinct inputs) of a named activation take the nested
 rule graded in z (:func:`pdlt.gaussian._graded.expect_graded`, ~1e-14 of scale at any K)
-where at most two of their axes are graded point by point (three-variable averages, and
-four-variable ones of collinear inputs); the rest (four distinct directions: random
-inputs) keep the capped rules. Both report an estimate (:func:`unresolved_averages`);
+where at most two of their axes are graded point by point (three-variable averages,
+four-variable ones of collinear inputs, and four distinct directions, random inputs,
+whose last two variables make one 2-D table); the rest (four distinct directions every
+pair of which is nearly collinear given the other two, :func:`pdlt.gaussian._graded._last_pair`)
+keep the capped rules. Both report an estimate (:func:`unresolved_averages`);
 :func:`pdlt.statistics` propagates it (:func:`perturbed_unresolved`) and warns
 (``benchmarks/residual_large_k.py``: tanh's collinear off-diagonal G1 3e-3 -> 1e-11, H1
 3e-2 -> 4e-11 at K = 1.5e3). At K ~ 1e11 the covariances' own float64 rounding (eps K in
@@ -116,9 +118,17 @@ _SPACING_TRUST = 2.0
 _GRADED_NAMES = frozenset({"tanh", "erf", "sigmoid", "softplus", "swish", "silu", "gelu"})
 _EPS = np.finfo(float).eps
 #: most graded axes integrated point by point (:func:`pdlt.gaussian._graded.graded_axes`:
-#: conditional standard deviations above 0.1, the last one a table) of a covariance the
-#: nested rule takes: ~0.1 s a covariance at two (tanh, K = 1.5e3), ~40-60 s at three
+#: conditional standard deviations above 0.1, the last one a table, the last two of four
+#: one 2-D table) of a covariance the nested rule takes: ~0.1 s a covariance at two (tanh,
+#: K = 1.5e3), ~3 s at two plus a 2-D table (four distinct directions), ~40-60 s at three
 _GRADED_AXES = 2
+#: True: four distinct directions (four graded variables) take the nested rule's 2-D table
+#: (counted as two axes): ~3-6 s a covariance (tanh, one core, under load), resolved (a
+#: residual N = 2 fold at s = 100 unwarned), but that fold went from ~1 min to ~6 min and
+#: N = 4 random inputs (~1350 such covariances a fold) to hours. Off by default until the
+#: residual fold has a budget like the plain path's (``_averages._GRADED_BUDGET``): they
+#: keep :func:`expect_nd`, its estimate and the warning
+_GRADED_FOUR = False
 
 #: within :func:`unresolved_averages`: the list the three- and four-variable averages above
 #: :data:`_EXACT_K` report their estimates to
@@ -238,18 +248,19 @@ def _expect_many(act, fs, cov, Kb, var, big, *, accuracy, **kw):
     Covariances at most :data:`_EXACT_K` keep :func:`expect_nd` (bit-identical). Above it,
     a named activation's averages of at most :data:`_GRADED_AXES` graded axes integrated
     point by point (:func:`pdlt.gaussian._graded.graded_axes`: conditional standard
-    deviations above 0.1, largest first, the last a table; a collinear pair of inputs at
-    one depth counts once) take the nested rule graded in z
-    (:func:`pdlt.gaussian._graded.expect_graded`, resolved at any K; estimate: its
-    lower-rule difference plus the covariance's rounding, ``d eps sqrt(K)`` of scale); the
-    rest (four distinct directions) keep :func:`expect_nd` and its estimate
+    deviations above 0.1, largest first, the last a table, the last two of four distinct
+    directions one 2-D table; a collinear pair of inputs at one depth counts once) take
+    the nested rule graded in z (:func:`pdlt.gaussian._graded.expect_graded`, resolved at
+    any K; estimate: its lower-rule difference plus the covariance's rounding,
+    ``d eps sqrt(K)`` of scale); the rest (four distinct directions nearly collinear in
+    every pair) keep :func:`expect_nd` and its estimate
     (:func:`_unresolved_estimate`). Both report to :func:`unresolved_averages` and move
     within :func:`perturbed_unresolved`.
     """
     d = len(fs)
     graded = np.zeros(len(Kb), dtype=bool)
     if act.spec is not None and act.spec[0] in _GRADED_NAMES:
-        graded[big] = graded_axes(Kb[big]) <= _GRADED_AXES
+        graded[big] = graded_axes(Kb[big], table2=_GRADED_FOUR) <= _GRADED_AXES
     want = _COLLECT is not None or _PERTURB
     val = np.empty(len(Kb))
     est = np.zeros(len(Kb))
