@@ -38,6 +38,7 @@ import warnings
 import numpy as np
 
 from .._progress import layers as _layers
+from . import _averages
 from ..network import MLP
 from ._averages import (KERNEL_RANGE, LayerAverages, LayerBlock, OneVariableTable, _TableRow,
                         _scale_invariant, apply_M, is_odd, jumps_in_d1, representatives,
@@ -852,11 +853,17 @@ def _warn_quad(rel, act, Ks):
     if not np.any(rel > _QUAD_WARN):
         return
     l = int(np.argmax(rel))
+    g = _averages._GRADED
+    budget = ""
+    if g is not None and g.skipped:
+        budget = (f"; {g.skipped} of them past the graded rule's budget (~{g.budget:g} s "
+                  "of modelled cost: pdlt.theory._averages._GRADED_BUDGET) kept the capped "
+                  "rule")
     warnings.warn(
         f"the three- and four-variable Gaussian averages of layer {l + 1} have an estimated "
         f"error of {rel[l]:.1e} of V's largest entry (> {_QUAD_WARN:g}; largest K = "
         f"{kmax[l]:.3g} at layer {l}): their rules reach their point budget for {act.name!r} "
-        "at this variance. Treat the finite-width statistics of distinct inputs there as "
+        f"at this variance{budget}. Treat the finite-width statistics of distinct inputs there as "
         "resolved to that level (Statistics.integration_error holds V's estimate; "
         "statistics(..., error=True) measures each statistic), try accuracy='high', "
         "smaller inputs (K closer to 1), or fewer distinct inputs at a time (pairs use "
@@ -1132,8 +1139,20 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
     errors, estimate = None, None
     if finite:
         unresolved = {}
-        vals, errors = _finite_fold(mlp, Ks, Ths, finite, accuracy, unresolved=unresolved)
-        fields.update(vals)
+        # a plain MLP's three- and four-variable averages above _averages._GRADED_K of a
+        # named smooth activation: the graded rule, under a budget (both folds share it)
+        graded = (_averages.graded_plain() if not mlp.is_residual and Ks.shape[1] >= 3
+                  else contextlib.nullcontext())
+        with graded as gstate:
+            vals, errors = _finite_fold(mlp, Ks, Ths, finite, accuracy,
+                                        unresolved=unresolved)
+            fields.update(vals)
+            alt = None
+            if error:
+                other = {"fast": "default", "default": "high", "high": "default"}[accuracy]
+                if gstate is not None:
+                    gstate.perturb = True   # graded values moved by their estimates
+                alt, _ = _finite_fold(mlp, Ks, Ths, finite, other, warn=False)
         spread = None
         L, N = Ks.shape[0], Ks.shape[1]
         if (N > 1 and L > 1 and mlp.activation.kinks and jumps_in_d1(mlp.activation)
@@ -1150,8 +1169,6 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
                 errors = np.maximum(errors, np.max([v.reshape(L, -1).max(axis=1)
                                                     for v in spread.values()], axis=0))
         if error:
-            other = {"fast": "default", "default": "high", "high": "default"}[accuracy]
-            alt, _ = _finite_fold(mlp, Ks, Ths, finite, other, warn=False)
             estimate = {k: np.abs(vals[k] - alt[k]) for k in vals}
             for k, v in unresolved.items():     # averages past their point budget
                 estimate[k] = np.maximum(estimate[k], v)
