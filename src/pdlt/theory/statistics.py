@@ -88,7 +88,8 @@ class Statistics:
         The names asked for.
     integration_error : ndarray (L,) or None
         Estimated absolute error at each layer: the larger of the error of
-        the four-variable averages that entered V's step (not propagated)
+        the four-variable averages that entered V's step (not propagated;
+        on the graded rule: its estimate plus ``d eps sqrt(K)`` of scale)
         and, for N > 1 inputs, the estimated error of G1 and H1 from their
         fourth-derivative sources (``LayerAverages.d4_source``, propagated
         through the fold); set when V was computed. Residual MLPs at N > 1
@@ -846,7 +847,9 @@ def _warn_quad(rel, act, Ks):
     Their rules are capped in points (``pdlt.gaussian._multi``: at most
     ``min(8 x 64^d, 64^4)`` per average), so smooth activations at large variances miss
     1e-8 (tanh, four distinct inputs at first-layer K ~ 100: 2e-6 of V, 3e-5 of G1, which
-    ``integration_error`` stated but nothing flagged).
+    ``integration_error`` stated but nothing flagged). Named smooth activations there
+    take the graded rule (:class:`pdlt.theory._averages._GradedPlain`, estimate ~1e-13)
+    and stay silent, up to its budget; the warning counts the averages past it.
     """
     kmax = np.array([0.0] + [float(np.max(np.einsum("ii->i", K))) for K in Ks[:-1]])
     rel = np.where(kmax > _QUAD_K, rel, 0.0)
@@ -1077,7 +1080,13 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
     accuracy : {"fast", "default", "high"}
         Rule of the three- and four-variable expectations (N > 1; their
         accuracy is stated in :mod:`pdlt.gaussian._multi`). One input uses
-        one-variable rules only (error < 1e-14).
+        one-variable rules only (error < 1e-14). Plain MLPs, N >= 3 inputs,
+        tanh, erf, sigmoid, softplus, swish, gelu: the two-, three- and
+        four-variable averages of the four-slot tensors whose covariance has a
+        variance above 10 take the nested rule graded in z instead (any
+        ``accuracy``; ~1e-14 of scale at any K), up to ~30 s of modelled cost
+        per call (``_averages._GRADED_BUDGET``; N = 4: the sigma-only tensors
+        of V and G1 and part of the rest); beyond it the capped rule, warned.
     rtol : float
         Accuracy of the pair expectations of the kernel flow
         (:func:`pdlt.gaussian.pair_expectations`).
@@ -1089,7 +1098,9 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         entry by entry (the statistic's shape). It measures the three- and
         four-variable averages, the accuracy limit of N-input statistics;
         the one- and two-variable averages (all a one-input statistic uses)
-        add ~1e-13 relative on top. Costs the second fold. Two distinct
+        add ~1e-13 relative on top. Costs the second fold (averages on the
+        graded rule are not recomputed: that fold reads them moved by their
+        estimate, so the difference carries it). Two distinct
         inputs of a kinked activation closer than ``1 - rho^2 = 1e-3`` at a
         layer: at least the rounding spread (``Statistics.error``), which
         :func:`statistics` computes for them anyway where sigma' jumps (two
