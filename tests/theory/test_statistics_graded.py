@@ -109,3 +109,26 @@ def test_moderate_kernels_are_bit_identical(monkeypatch, act):
         assert np.array_equal(new[name], old[name]), name
         assert np.array_equal(new.error[name], old.error[name]), name
     assert np.array_equal(new.integration_error, old.integration_error)
+
+
+def test_averages_past_the_budget_are_estimated_and_flagged(monkeypatch):
+    # three distinct tanh inputs at first-layer K ~ 100 with a budget that covers V's
+    # averages (the sigma-only tensor comes first) but not all of A's: V stays resolved,
+    # A's capped averages (2e-4 of A off before) are flagged, and error=True's estimate
+    # covers A's distance to the fully graded value (its second fold reads them moved by
+    # their estimate)
+    x = np.random.default_rng(0).standard_normal((3, 8))
+    m = pdlt.MLP(n0=8, width=64, depth=3, activation="tanh", C_b=0.0, C_W=1.0)
+    x = 10.0 * x / np.sqrt(np.max(np.sum(x * x, axis=1) / 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        full = pdlt.statistics(m, x, get=["V", "A"])
+    assert np.max(full.K[0]) > 50
+    monkeypatch.setattr(_averages, "_GRADED_BUDGET", 1.5)
+    with pytest.warns(RuntimeWarning, match="past the graded rule's budget"):
+        part = pdlt.statistics(m, x, get=["V", "A"], error=True)
+    assert np.array_equal(part.V, full.V)
+    assert part.integration_error[1] < 1e-8 * np.max(np.abs(part.V[1]))
+    dist = np.abs(part.A - full.A)
+    assert np.max(dist) > 1e-8 * np.max(np.abs(full.A))      # the capped rule is off
+    assert np.all(part.error["A"] >= dist)                     # and estimated

@@ -1815,8 +1815,13 @@ class _GradedPlain:
     the graded rule, under a budget.
 
     ``eval`` splits the rows of one :meth:`LayerAverages._nd` call: covariances at most
-    :data:`_GRADED_K` (and those past the budget, or of more than :data:`_GRADED_AXES`
-    graded axes: four directions nearly collinear in every pair) keep :func:`expect_nd`;
+    :data:`_GRADED_K` keep :func:`expect_nd` as called (bit-identical); those past the
+    budget, or of more than :data:`_GRADED_AXES` graded axes (four directions nearly
+    collinear in every pair) keep its capped rule with the residual modules' estimate
+    (:func:`pdlt.theory.residual_multi._unresolved_estimate`: its lower-rule difference, at
+    least the trapezoid's ``exp(-pi^2 / h)`` where its spacing passes the transition;
+    recorded in ``capped_rel`` for the warning, kept like the graded values and added to
+    the value with ``perturb``);
     the rest take :func:`pdlt.gaussian._graded.expect_graded`, estimate: its lower-rule
     difference plus the covariance's own rounding, ``d eps sqrt(K)`` of the Cauchy-Schwarz
     scale (as :func:`pdlt.theory.residual_multi._expect_many`). Values are kept by
@@ -1829,18 +1834,35 @@ class _GradedPlain:
     def __init__(self, budget):
         self.budget, self.spent = float(budget), 0.0
         self.cache = {}
-        self.skipped = 0        # covariances above _GRADED_K past the budget
+        #: the averages above _GRADED_K that kept the capped rule: (value, estimate), at
+        #: the first fold's accuracy (the error fold reads them moved by the estimate)
+        self.capped = {}
+        self._past, self._axes = set(), set()
         self.graded = 0         # covariances the graded rule took
+        #: largest estimated error (over the average's Cauchy-Schwarz scale) of the
+        #: averages above _GRADED_K that kept the capped rule
+        self.capped_rel = 0.0
         self.perturb = False
+
+    @property
+    def skipped(self):
+        """Averages above :data:`_GRADED_K` past the budget."""
+        return len(self._past)
+
+    @property
+    def three_axes(self):
+        """Averages above :data:`_GRADED_K` of more than :data:`_GRADED_AXES` graded axes."""
+        return len(self._axes)
 
     def _take(self, key, d, m):
         if key in self.cache:
             return True
         if m > _GRADED_AXES:
+            self._axes.add(key)
             return False
         cost = _GRADED_COST[d]
-        if self.spent + cost > self.budget:
-            self.skipped += 1
+        if key in self._past or self.spent + cost > self.budget:
+            self._past.add(key)
             return False
         self.spent += cost
         return True
@@ -1858,12 +1880,25 @@ class _GradedPlain:
         take = np.array([bool(big[b]) and self._take(keys[b], d, m[b]) for b in range(len(Kb))])
         ret = kw["return_error"]
         val, err = np.empty(len(Kb)), np.zeros(len(Kb))
-        if not np.all(take):
-            rest = np.flatnonzero(~take)
-            out = _eval_nd(fs, K, I[rest], kw)
-            val[rest] = out[0] if ret else out
+        small = np.flatnonzero(~big)
+        if len(small):                  # at most _GRADED_K: expect_nd as called
+            out = _eval_nd(fs, K, I[small], kw)
+            val[small] = out[0] if ret else out
             if ret:
-                err[rest] = out[1]
+                err[small] = out[1]
+        cap = [b for b in np.flatnonzero(big & ~take) if keys[b] not in self.capped]
+        if cap:                         # past the budget: the capped rule and its estimate
+            from .residual_multi import _unresolved_estimate
+            v, e = _eval_nd(fs, K, I[cap], dict(kw, return_error=True))
+            est, scale = _unresolved_estimate(fs, Kb[cap], e, kw["accuracy"], kw.get("growth"))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = np.where(scale > 0, est / scale, np.where(est > 0, np.inf, 0.0))
+            self.capped_rel = max(self.capped_rel, float(np.max(rel)))
+            for b, vb, eb in zip(cap, np.atleast_1d(v), np.atleast_1d(est)):
+                self.capped[keys[b]] = (float(vb), float(eb))
+        for b in np.flatnonzero(big & ~take):
+            v, e = self.capped[keys[b]]
+            val[b], err[b] = (v + e if self.perturb else v), e
         new = [b for b in np.flatnonzero(take) if keys[b] not in self.cache]
         if new:
             v, e = expect_graded(fs, Kb[new], return_error=True)

@@ -853,19 +853,28 @@ def _warn_quad(rel, act, Ks):
     """
     kmax = np.array([0.0] + [float(np.max(np.einsum("ii->i", K))) for K in Ks[:-1]])
     rel = np.where(kmax > _QUAD_K, rel, 0.0)
-    if not np.any(rel > _QUAD_WARN):
-        return
-    l = int(np.argmax(rel))
     g = _averages._GRADED
+    capped = g.capped_rel if g is not None else 0.0
+    if not np.any(rel > _QUAD_WARN) and not capped > _QUAD_WARN:
+        return
     budget = ""
-    if g is not None and g.skipped:
-        budget = (f"; {g.skipped} of them past the graded rule's budget (~{g.budget:g} s "
-                  "of modelled cost: pdlt.theory._averages._GRADED_BUDGET) kept the capped "
-                  "rule")
+    if g is not None and (g.skipped or g.three_axes):
+        budget = (f"; {g.skipped + g.three_axes} of them above K = {_averages._GRADED_K:g} "
+                  f"kept the capped rule ({g.skipped} past the graded rule's budget of "
+                  f"~{g.budget:g} s of modelled cost, pdlt.theory._averages._GRADED_BUDGET; "
+                  f"{g.three_axes} of three graded axes, ~40-60 s each), estimated error up "
+                  f"to {capped:.1e} of their Cauchy-Schwarz scale (the tensors with sigma' "
+                  "slots, A, D, H1, ... read them)")
+    if np.any(rel > _QUAD_WARN):
+        l = int(np.argmax(rel))
+        head = (f"the three- and four-variable Gaussian averages of layer {l + 1} have an "
+                f"estimated error of {rel[l]:.1e} of V's largest entry (> {_QUAD_WARN:g}; "
+                f"largest K = {kmax[l]:.3g} at layer {l})")
+    else:
+        head = (f"three- and four-variable Gaussian averages have an estimated error above "
+                f"{_QUAD_WARN:g} of their scale (largest K = {np.max(kmax):.3g})")
     warnings.warn(
-        f"the three- and four-variable Gaussian averages of layer {l + 1} have an estimated "
-        f"error of {rel[l]:.1e} of V's largest entry (> {_QUAD_WARN:g}; largest K = "
-        f"{kmax[l]:.3g} at layer {l}): their rules reach their point budget for {act.name!r} "
+        f"{head}: their rules reach their point budget for {act.name!r} "
         f"at this variance{budget}. Treat the finite-width statistics of distinct inputs there as "
         "resolved to that level (Statistics.integration_error holds V's estimate; "
         "statistics(..., error=True) measures each statistic), try accuracy='high', "
