@@ -13,7 +13,8 @@ difference is the reference's own resolution. The same construction as
 
 prints the reference for the first-layer kernel of ``plain_graded.py``'s tanh, N = 4,
 K ~ 30 case, and the engine's values: the capped rule at "default" and "high", the
-graded rule.
+graded rule. Measured (90 s, one core): reference -0.007986693555617 (the two targets
+differ by 2.1e-14); graded 2.0e-15 off; capped rule 8.4e-7 ("default"), 8.0e-7 ("high").
 """
 
 import time
