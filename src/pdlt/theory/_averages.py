@@ -1810,9 +1810,12 @@ def _graded_act(act):
 
 
 class _GradedPlain:
-    """Within :func:`graded_plain`: a plain MLP's three- and four-variable averages of a
-    named smooth activation whose covariance has a variance above :data:`_GRADED_K`, by
-    the graded rule, under a budget.
+    """Within :func:`graded_plain`: a plain MLP's two-, three- and four-variable averages of
+    the four-slot tensors (:meth:`LayerAverages.quad`: V and G1's sigma-only one, A, D,
+    H1's ``ppss``, ...) of a named smooth activation whose covariance has a variance above
+    :data:`_GRADED_K`, by the graded rule, under a budget (requests served in the fold's
+    order: the sigma-only tensor first). The two-variable ones are in because
+    :func:`expect_nd`'s pair rule left V's estimate at 1e-8 at K = 30 (tanh, ``<s^2 s^2>``).
 
     ``eval`` splits the rows of one :meth:`LayerAverages._nd` call: covariances at most
     :data:`_GRADED_K` keep :func:`expect_nd` as called (bit-identical); those past the
@@ -1926,10 +1929,11 @@ def _cs_scale(fs, Kb):
 
 @contextlib.contextmanager
 def graded_plain(budget=None):
-    """Within: a plain MLP's three- and four-variable averages of a named smooth activation
-    above :data:`_GRADED_K` take the graded rule (:class:`_GradedPlain`), at most ``budget``
-    modelled seconds of them (default :data:`_GRADED_BUDGET`). Yields the state (its
-    ``skipped``, ``graded`` counts; set ``perturb`` for the error fold)."""
+    """Within: a plain MLP's two-, three- and four-variable four-slot averages of a named
+    smooth activation above :data:`_GRADED_K` take the graded rule (:class:`_GradedPlain`),
+    at most ``budget`` modelled seconds of them (default :data:`_GRADED_BUDGET`). Yields
+    the state (its ``skipped``, ``three_axes``, ``graded`` counts and ``capped_rel``; set
+    ``perturb`` for the error fold)."""
     global _GRADED
     prev = _GRADED
     _GRADED = _GradedPlain(_GRADED_BUDGET if budget is None else budget)
