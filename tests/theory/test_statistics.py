@@ -240,12 +240,14 @@ def test_exactly_collinear_kinked_inputs_get_a_reason_not_an_overflow():
     assert np.all(np.isfinite(st.A))
 
 
-def test_averages_short_of_1e8_at_large_variance_are_flagged():
-    """Four distinct tanh inputs at first-layer K ~ 100: the smooth path's point budget
-    leaves V ~1e-6 short (issue #15: integration_error stated it, nothing flagged). The
-    warning must name it, the estimate must cover the distance to the "high" rule, and
-    that distance must itself exceed 1e-8 (so the warning is not spurious); at K ~ 1 the
-    same inputs stay silent."""
+def test_averages_short_of_1e8_at_large_variance_are_flagged(monkeypatch):
+    """Four distinct tanh inputs at first-layer K ~ 100: the graded rule resolves V's
+    averages there (silent, estimate < 1e-8 of V); past its budget (here 0) the smooth
+    path's point budget leaves V ~1e-6 short (issue #15: integration_error stated it,
+    nothing flagged). The warning must name it, the estimate must cover the distance to
+    the "high" rule, and that distance must itself exceed 1e-8 (so the warning is not
+    spurious); at K ~ 1 the same inputs stay silent."""
+    from pdlt.theory import _averages
     rng = np.random.default_rng(0)
     x0 = rng.standard_normal((4, 3))
     mlp = pdlt.MLP(n0=3, width=32, depth=2, activation="tanh", C_b=0.0, C_W=1.0)
@@ -253,7 +255,12 @@ def test_averages_short_of_1e8_at_large_variance_are_flagged():
         warnings.simplefilter("error")
         pdlt.statistics(mlp, x0, get=["V"])                     # K ~ 1: resolved, silent
     x = 10.0 * x0
-    with pytest.warns(RuntimeWarning, match="point budget"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # the graded rule: silent
+        g = pdlt.statistics(mlp, x, get=["V"])
+    assert g.integration_error[1] < 1e-8 * np.max(np.abs(g.V[1]))
+    monkeypatch.setattr(_averages, "_GRADED_BUDGET", 0.0)
+    with pytest.warns(RuntimeWarning, match="point budget.*past the graded rule's budget"):
         d = pdlt.statistics(mlp, x, get=["V"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -262,6 +269,8 @@ def test_averages_short_of_1e8_at_large_variance_are_flagged():
     dist = np.max(np.abs(d.V[1] - h.V[1]))
     assert dist > 1e-8 * scale
     assert d.integration_error[1] >= dist
+    # the capped rules' distance to the graded values is within their estimate
+    assert np.max(np.abs(d.V[1] - g.V[1])) <= d.integration_error[1]
 
 
 def test_random_inputs_beyond_the_input_dimension_meet_1e8():

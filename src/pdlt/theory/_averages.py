@@ -26,6 +26,7 @@ their pair averages as products of one-variable ones.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 
@@ -35,6 +36,7 @@ from .. import gaussian
 from ..gaussian import _trig
 from ..gaussian._closed import closed_family, pair_terms
 from ..gaussian._exppw import ExpPiecewise, exp_product
+from ..gaussian._graded import expect_graded, graded_axes
 from ..gaussian._multi import (_GH_STEP_UP_SIGMA, PiecewiseMonomial, _power, _quadruple_groups,
                                det2, entire_growth, expect_nd, normal_family, quad_expectations,
                                rule_up)
@@ -428,6 +430,9 @@ class LayerAverages:
         kw = dict(kinks=kinks, period=period, accuracy=accuracy, return_error=return_error,
                   growth=growth, gh_up=gh_up)
         if self._block is None:
+            if (_GRADED is not None and I.shape[1] >= 2 and name[0] in ("ssss", "quad")
+                    and _graded_act(self.act)):
+                return _GRADED.eval(self.act, name, fs, self.K, I, kw)
             return _eval_nd(fs, self.K, I, kw)
         key = (name, I.tobytes(), I.shape, tuple(sorted(kw.items())))
         return self._block.row(key, self._pos, lambda Ks: _eval_nd(fs, Ks, I, kw))
@@ -602,7 +607,12 @@ class LayerAverages:
                 v = self.t[table[key]]
             return np.full((1, 1, 1, 1), float(np.asarray(v).reshape(-1)[0]))
         if slots == "ssss":
-            if self._block is None:
+            if (self._block is None and _GRADED is not None and N >= 3 and _graded_act(act)
+                    and np.max(self.diag) > _GRADED_K):
+                # the same groups and rules, the three- and four-variable ones above
+                # _GRADED_K through the graded rule (:class:`_GradedPlain`)
+                T, E = _quad_ssss(act, N, self.accuracy, self._nd)
+            elif self._block is None:
                 T, E = quad_expectations(act, self.K, accuracy=self.accuracy,
                                          return_error=True, where=self.where)
             else:   # the same expectations, for every layer of the block at once
@@ -1762,3 +1772,172 @@ def _quad_tensor(act, K, slots, accuracy, cache, nd):
             vals = np.array([cache[(sig, ix)] for ix in ixs])
         T[..., pos] = np.asarray(vals)[..., rows]
     return T.reshape(K.shape[:-2] + (N,) * 4)
+
+
+# ---------------------------------------------------------------------------
+# plain MLPs, N >= 3 inputs: three- and four-variable averages at large variance
+# ---------------------------------------------------------------------------
+
+#: the variance above which a named smooth activation's three- and four-variable averages
+#: of a plain MLP take the nested rule graded in z (:func:`pdlt.gaussian._graded.expect_graded`)
+#: within :func:`graded_plain`: :func:`expect_nd`'s capped product rules miss 1e-8 above
+#: ~10 (tanh, four distinct inputs, depth 2: V 4e-8 at K = 30, 2e-6 at K ~ 100); at or
+#: below it every average keeps :func:`expect_nd`, bit-identical
+_GRADED_K = 10.0
+#: most graded axes integrated point by point of a covariance the graded rule takes
+#: (:func:`pdlt.gaussian._graded.graded_axes`; three: ~40-60 s a covariance)
+_GRADED_AXES = 2
+#: modelled cost (seconds, one core, tanh, with the estimate) of one graded covariance by
+#: its number of variables: two 0.025 s, three 0.12-0.17 s, four (the 2-D table) 5.3 s at K = 30 and
+#: 10.9 s at K = 1e3 (measured, ``benchmarks/README.md``). Deterministic: the same
+#: averages are graded on any machine
+_GRADED_COST = {2: 0.03, 3: 0.2, 4: 8.0}
+#: modelled seconds of graded covariances one :func:`graded_plain` may spend; the rest keep
+#: :func:`expect_nd`'s capped rule, its estimate and :func:`pdlt.statistics`' warning
+_GRADED_BUDGET = 30.0
+_EPS = np.finfo(float).eps
+#: the state of :func:`graded_plain` (None outside it: every average is :func:`expect_nd`)
+_GRADED = None
+
+
+def _graded_act(act):
+    """True for a named smooth activation the graded rule resolves (tanh, erf, sigmoid,
+    softplus, swish, gelu: one transition of width ~1 at 0; users' callables and kinked
+    activations keep :func:`expect_nd`)."""
+    from .residual_multi import _GRADED_NAMES
+    return (not act.kinks and getattr(act, "period", None) is None
+            and act.spec is not None and act.spec[0] in _GRADED_NAMES)
+
+
+class _GradedPlain:
+    """Within :func:`graded_plain`: a plain MLP's two-, three- and four-variable averages of
+    the four-slot tensors (:meth:`LayerAverages.quad`: V and G1's sigma-only one, A, D,
+    H1's ``ppss``, ...) of a named smooth activation whose covariance has a variance above
+    :data:`_GRADED_K`, by the graded rule, under a budget (requests served in the fold's
+    order: the sigma-only tensor first). The two-variable ones are in because
+    :func:`expect_nd`'s pair rule left V's estimate at 1e-8 at K = 30 (tanh, ``<s^2 s^2>``).
+
+    ``eval`` splits the rows of one :meth:`LayerAverages._nd` call: covariances at most
+    :data:`_GRADED_K` keep :func:`expect_nd` as called (bit-identical); those past the
+    budget, or of more than :data:`_GRADED_AXES` graded axes (four directions nearly
+    collinear in every pair) keep its capped rule with the residual modules' estimate
+    (:func:`pdlt.theory.residual_multi._unresolved_estimate`: its lower-rule difference, at
+    least the trapezoid's ``exp(-pi^2 / h)`` where its spacing passes the transition;
+    recorded in ``capped_rel`` for the warning, kept like the graded values and added to
+    the value with ``perturb``);
+    the rest take :func:`pdlt.gaussian._graded.expect_graded`, estimate: its lower-rule
+    difference plus the covariance's own rounding, ``d eps sqrt(K)`` of the Cauchy-Schwarz
+    scale (as :func:`pdlt.theory.residual_multi._expect_many`). Values are kept by
+    (activation, average, covariance) (the graded rule does not depend on ``accuracy``:
+    the second fold of ``statistics(..., error=True)`` reads them); with ``perturb`` they
+    are returned moved by their estimate (that fold: its difference carries the estimate
+    into every statistic).
+    """
+
+    def __init__(self, budget):
+        self.budget, self.spent = float(budget), 0.0
+        self.cache = {}
+        #: the averages above _GRADED_K that kept the capped rule: (value, estimate), at
+        #: the first fold's accuracy (the error fold reads them moved by the estimate)
+        self.capped = {}
+        self._past, self._axes = set(), set()
+        self.graded = 0         # covariances the graded rule took
+        #: largest estimated error (over the average's Cauchy-Schwarz scale) of the
+        #: averages above _GRADED_K that kept the capped rule
+        self.capped_rel = 0.0
+        self.perturb = False
+
+    @property
+    def skipped(self):
+        """Averages above :data:`_GRADED_K` past the budget."""
+        return len(self._past)
+
+    @property
+    def three_axes(self):
+        """Averages above :data:`_GRADED_K` of more than :data:`_GRADED_AXES` graded axes."""
+        return len(self._axes)
+
+    def _take(self, key, d, m):
+        if key in self.cache:
+            return True
+        if m > _GRADED_AXES:
+            self._axes.add(key)
+            return False
+        cost = _GRADED_COST[d]
+        if key in self._past or self.spent + cost > self.budget:
+            self._past.add(key)
+            return False
+        self.spent += cost
+        return True
+
+    def eval(self, act, name, fs, K, I, kw):
+        Kb = K[I[:, :, None], I[:, None, :]]
+        d = I.shape[1]
+        var = np.max(np.einsum("bii->bi", Kb), axis=1)
+        big = var > _GRADED_K
+        if not np.any(big):
+            return _eval_nd(fs, K, I, kw)
+        keys = [(act.spec[0], repr(name), Kb[b].tobytes()) for b in range(len(Kb))]
+        m = np.zeros(len(Kb), dtype=int)
+        m[big] = graded_axes(Kb[big])
+        take = np.array([bool(big[b]) and self._take(keys[b], d, m[b]) for b in range(len(Kb))])
+        ret = kw["return_error"]
+        val, err = np.empty(len(Kb)), np.zeros(len(Kb))
+        small = np.flatnonzero(~big)
+        if len(small):                  # at most _GRADED_K: expect_nd as called
+            out = _eval_nd(fs, K, I[small], kw)
+            val[small] = out[0] if ret else out
+            if ret:
+                err[small] = out[1]
+        cap = [b for b in np.flatnonzero(big & ~take) if keys[b] not in self.capped]
+        if cap:                         # past the budget: the capped rule and its estimate
+            from .residual_multi import _unresolved_estimate
+            v, e = _eval_nd(fs, K, I[cap], dict(kw, return_error=True))
+            est, scale = _unresolved_estimate(fs, Kb[cap], e, kw["accuracy"], kw.get("growth"))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = np.where(scale > 0, est / scale, np.where(est > 0, np.inf, 0.0))
+            self.capped_rel = max(self.capped_rel, float(np.max(rel)))
+            for b, vb, eb in zip(cap, np.atleast_1d(v), np.atleast_1d(est)):
+                self.capped[keys[b]] = (float(vb), float(eb))
+        for b in np.flatnonzero(big & ~take):
+            v, e = self.capped[keys[b]]
+            val[b], err[b] = (v + e if self.perturb else v), e
+        new = [b for b in np.flatnonzero(take) if keys[b] not in self.cache]
+        if new:
+            v, e = expect_graded(fs, Kb[new], return_error=True)
+            scale = _cs_scale(fs, Kb[new])
+            e = e + d * _EPS * np.sqrt(var[new]) * scale
+            for b, vb, eb in zip(new, np.atleast_1d(v), np.atleast_1d(e)):
+                self.cache[keys[b]] = (float(vb), float(eb))
+                self.graded += 1
+        for b in np.flatnonzero(take):
+            v, e = self.cache[keys[b]]
+            val[b], err[b] = (v + e if self.perturb else v), e
+        return (val, err) if ret else val
+
+
+def _cs_scale(fs, Kb):
+    """Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)`` (B,) of ``<f_1 ... f_d>`` on the
+    covariances ``Kb`` (B, d, d) (one-variable rule, resolved at any K)."""
+    d = Kb.shape[1]
+    scale = np.ones(len(Kb))
+    for k, f in enumerate(fs):
+        scale *= np.asarray(gaussian.expect(lambda z, f=f: np.abs(f(z)) ** d, Kb[:, k, k]),
+                            dtype=float) ** (1.0 / d)
+    return scale
+
+
+@contextlib.contextmanager
+def graded_plain(budget=None):
+    """Within: a plain MLP's two-, three- and four-variable four-slot averages of a named
+    smooth activation above :data:`_GRADED_K` take the graded rule (:class:`_GradedPlain`),
+    at most ``budget`` modelled seconds of them (default :data:`_GRADED_BUDGET`). Yields
+    the state (its ``skipped``, ``three_axes``, ``graded`` counts and ``capped_rel``; set
+    ``perturb`` for the error fold)."""
+    global _GRADED
+    prev = _GRADED
+    _GRADED = _GradedPlain(_GRADED_BUDGET if budget is None else budget)
+    try:
+        yield _GRADED
+    finally:
+        _GRADED = prev

@@ -38,6 +38,7 @@ import warnings
 import numpy as np
 
 from .._progress import layers as _layers
+from . import _averages
 from ..network import MLP
 from ._averages import (KERNEL_RANGE, LayerAverages, LayerBlock, OneVariableTable, _TableRow,
                         _scale_invariant, apply_M, is_odd, jumps_in_d1, representatives,
@@ -87,7 +88,8 @@ class Statistics:
         The names asked for.
     integration_error : ndarray (L,) or None
         Estimated absolute error at each layer: the larger of the error of
-        the four-variable averages that entered V's step (not propagated)
+        the four-variable averages that entered V's step (not propagated;
+        on the graded rule: its estimate plus ``d eps sqrt(K)`` of scale)
         and, for N > 1 inputs, the estimated error of G1 and H1 from their
         fourth-derivative sources (``LayerAverages.d4_source``, propagated
         through the fold); set when V was computed. Residual MLPs at N > 1
@@ -845,18 +847,35 @@ def _warn_quad(rel, act, Ks):
     Their rules are capped in points (``pdlt.gaussian._multi``: at most
     ``min(8 x 64^d, 64^4)`` per average), so smooth activations at large variances miss
     1e-8 (tanh, four distinct inputs at first-layer K ~ 100: 2e-6 of V, 3e-5 of G1, which
-    ``integration_error`` stated but nothing flagged).
+    ``integration_error`` stated but nothing flagged). Named smooth activations there
+    take the graded rule (:class:`pdlt.theory._averages._GradedPlain`, estimate ~1e-13)
+    and stay silent, up to its budget; the warning counts the averages past it.
     """
     kmax = np.array([0.0] + [float(np.max(np.einsum("ii->i", K))) for K in Ks[:-1]])
     rel = np.where(kmax > _QUAD_K, rel, 0.0)
-    if not np.any(rel > _QUAD_WARN):
+    g = _averages._GRADED
+    capped = g.capped_rel if g is not None else 0.0
+    if not np.any(rel > _QUAD_WARN) and not capped > _QUAD_WARN:
         return
-    l = int(np.argmax(rel))
+    budget = ""
+    if g is not None and (g.skipped or g.three_axes):
+        budget = (f"; {g.skipped + g.three_axes} of them above K = {_averages._GRADED_K:g} "
+                  f"kept the capped rule ({g.skipped} past the graded rule's budget of "
+                  f"~{g.budget:g} s of modelled cost, pdlt.theory._averages._GRADED_BUDGET; "
+                  f"{g.three_axes} of three graded axes, ~40-60 s each), estimated error up "
+                  f"to {capped:.1e} of their Cauchy-Schwarz scale (the tensors with sigma' "
+                  "slots, A, D, H1, ... read them)")
+    if np.any(rel > _QUAD_WARN):
+        l = int(np.argmax(rel))
+        head = (f"the three- and four-variable Gaussian averages of layer {l + 1} have an "
+                f"estimated error of {rel[l]:.1e} of V's largest entry (> {_QUAD_WARN:g}; "
+                f"largest K = {kmax[l]:.3g} at layer {l})")
+    else:
+        head = (f"three- and four-variable Gaussian averages have an estimated error above "
+                f"{_QUAD_WARN:g} of their scale (largest K = {np.max(kmax):.3g})")
     warnings.warn(
-        f"the three- and four-variable Gaussian averages of layer {l + 1} have an estimated "
-        f"error of {rel[l]:.1e} of V's largest entry (> {_QUAD_WARN:g}; largest K = "
-        f"{kmax[l]:.3g} at layer {l}): their rules reach their point budget for {act.name!r} "
-        "at this variance. Treat the finite-width statistics of distinct inputs there as "
+        f"{head}: their rules reach their point budget for {act.name!r} "
+        f"at this variance{budget}. Treat the finite-width statistics of distinct inputs there as "
         "resolved to that level (Statistics.integration_error holds V's estimate; "
         "statistics(..., error=True) measures each statistic), try accuracy='high', "
         "smaller inputs (K closer to 1), or fewer distinct inputs at a time (pairs use "
@@ -1070,7 +1089,13 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
     accuracy : {"fast", "default", "high"}
         Rule of the three- and four-variable expectations (N > 1; their
         accuracy is stated in :mod:`pdlt.gaussian._multi`). One input uses
-        one-variable rules only (error < 1e-14).
+        one-variable rules only (error < 1e-14). Plain MLPs, N >= 3 inputs,
+        tanh, erf, sigmoid, softplus, swish, gelu: the two-, three- and
+        four-variable averages of the four-slot tensors whose covariance has a
+        variance above 10 take the nested rule graded in z instead (any
+        ``accuracy``; ~1e-14 of scale at any K), up to ~30 s of modelled cost
+        per call (``_averages._GRADED_BUDGET``; N = 4: the sigma-only tensors
+        of V and G1 and part of the rest); beyond it the capped rule, warned.
     rtol : float
         Accuracy of the pair expectations of the kernel flow
         (:func:`pdlt.gaussian.pair_expectations`).
@@ -1082,7 +1107,9 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         entry by entry (the statistic's shape). It measures the three- and
         four-variable averages, the accuracy limit of N-input statistics;
         the one- and two-variable averages (all a one-input statistic uses)
-        add ~1e-13 relative on top. Costs the second fold. Two distinct
+        add ~1e-13 relative on top. Costs the second fold (averages on the
+        graded rule are not recomputed: that fold reads them moved by their
+        estimate, so the difference carries it). Two distinct
         inputs of a kinked activation closer than ``1 - rho^2 = 1e-3`` at a
         layer: at least the rounding spread (``Statistics.error``), which
         :func:`statistics` computes for them anyway where sigma' jumps (two
@@ -1132,8 +1159,20 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
     errors, estimate = None, None
     if finite:
         unresolved = {}
-        vals, errors = _finite_fold(mlp, Ks, Ths, finite, accuracy, unresolved=unresolved)
-        fields.update(vals)
+        # a plain MLP's three- and four-variable averages above _averages._GRADED_K of a
+        # named smooth activation: the graded rule, under a budget (both folds share it)
+        graded = (_averages.graded_plain() if not mlp.is_residual and Ks.shape[1] >= 3
+                  else contextlib.nullcontext())
+        with graded as gstate:
+            vals, errors = _finite_fold(mlp, Ks, Ths, finite, accuracy,
+                                        unresolved=unresolved)
+            fields.update(vals)
+            alt = None
+            if error:
+                other = {"fast": "default", "default": "high", "high": "default"}[accuracy]
+                if gstate is not None:
+                    gstate.perturb = True   # graded values moved by their estimates
+                alt, _ = _finite_fold(mlp, Ks, Ths, finite, other, warn=False)
         spread = None
         L, N = Ks.shape[0], Ks.shape[1]
         if (N > 1 and L > 1 and mlp.activation.kinks and jumps_in_d1(mlp.activation)
@@ -1150,8 +1189,6 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
                 errors = np.maximum(errors, np.max([v.reshape(L, -1).max(axis=1)
                                                     for v in spread.values()], axis=0))
         if error:
-            other = {"fast": "default", "default": "high", "high": "default"}[accuracy]
-            alt, _ = _finite_fold(mlp, Ks, Ths, finite, other, warn=False)
             estimate = {k: np.abs(vals[k] - alt[k]) for k in vals}
             for k, v in unresolved.items():     # averages past their point budget
                 estimate[k] = np.maximum(estimate[k], v)
