@@ -1905,6 +1905,7 @@ class _GradedPlain:
         new = [b for b in np.flatnonzero(take) if keys[b] not in self.cache]
         if new:
             v, e = expect_graded(fs, Kb[new], return_error=True)
+            from .residual_multi import _cs_scale
             scale = _cs_scale(fs, Kb[new])
             e = e + d * _EPS * np.sqrt(var[new]) * scale
             for b, vb, eb in zip(new, np.atleast_1d(v), np.atleast_1d(e)):
@@ -1914,17 +1915,6 @@ class _GradedPlain:
             v, e = self.cache[keys[b]]
             val[b], err[b] = (v + e if self.perturb else v), e
         return (val, err) if ret else val
-
-
-def _cs_scale(fs, Kb):
-    """Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)`` (B,) of ``<f_1 ... f_d>`` on the
-    covariances ``Kb`` (B, d, d) (one-variable rule, resolved at any K)."""
-    d = Kb.shape[1]
-    scale = np.ones(len(Kb))
-    for k, f in enumerate(fs):
-        scale *= np.asarray(gaussian.expect(lambda z, f=f: np.abs(f(z)) ** d, Kb[:, k, k]),
-                            dtype=float) ** (1.0 / d)
-    return scale
 
 
 @contextlib.contextmanager
