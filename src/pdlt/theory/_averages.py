@@ -40,6 +40,7 @@ from ..gaussian._graded import expect_graded, graded_axes
 from ..gaussian._multi import (_GH_STEP_UP_SIGMA, PiecewiseMonomial, _power, _quadruple_groups,
                                det2, entire_growth, expect_nd, normal_family, quad_expectations,
                                rule_up)
+from ._capped import _GRADED_NAMES, _cs_scale, _unresolved_estimate
 
 __all__ = ["KERNEL_RANGE", "LayerAverages", "LayerBlock", "OneVariableTable", "representatives", "apply_M", "apply_M2",
            "derivative_operator", "is_odd", "jumps_in_d2"]
@@ -1804,7 +1805,6 @@ def _graded_act(act):
     """True for a named smooth activation the graded rule resolves (tanh, erf, sigmoid,
     softplus, swish, gelu: one transition of width ~1 at 0; users' callables and kinked
     activations keep :func:`expect_nd`)."""
-    from .residual_multi import _GRADED_NAMES
     return (not act.kinks and getattr(act, "period", None) is None
             and act.spec is not None and act.spec[0] in _GRADED_NAMES)
 
@@ -1821,7 +1821,7 @@ class _GradedPlain:
     :data:`_GRADED_K` keep :func:`expect_nd` as called (bit-identical); those past the
     budget, or of more than :data:`_GRADED_AXES` graded axes (four directions nearly
     collinear in every pair) keep its capped rule with the residual modules' estimate
-    (:func:`pdlt.theory.residual_multi._unresolved_estimate`: its lower-rule difference, at
+    (:func:`pdlt.theory._capped._unresolved_estimate`: its lower-rule difference, at
     least the trapezoid's ``exp(-pi^2 / h)`` where its spacing passes the transition;
     recorded in ``capped_rel`` for the warning, kept like the graded values and added to
     the value with ``perturb``);
@@ -1891,7 +1891,6 @@ class _GradedPlain:
                 err[small] = out[1]
         cap = [b for b in np.flatnonzero(big & ~take) if keys[b] not in self.capped]
         if cap:                         # past the budget: the capped rule and its estimate
-            from .residual_multi import _unresolved_estimate
             v, e = _eval_nd(fs, K, I[cap], dict(kw, return_error=True))
             est, scale = _unresolved_estimate(fs, Kb[cap], e, kw["accuracy"], kw.get("growth"))
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -1905,7 +1904,6 @@ class _GradedPlain:
         new = [b for b in np.flatnonzero(take) if keys[b] not in self.cache]
         if new:
             v, e = expect_graded(fs, Kb[new], return_error=True)
-            from .residual_multi import _cs_scale
             scale = _cs_scale(fs, Kb[new])
             e = e + d * _EPS * np.sqrt(var[new]) * scale
             for b, vb, eb in zip(new, np.atleast_1d(v), np.atleast_1d(e)):

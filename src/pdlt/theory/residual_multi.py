@@ -79,12 +79,12 @@ import numpy as np
 from .. import gaussian
 from ..gaussian._exppw import ExpPiecewise, exp_family
 from ..gaussian._graded import expect_graded, graded_axes
-from ..gaussian._multi import (_TRAP_T, PiecewiseMonomial, _factor, axis_rules,
-                               entire_growth, expect_nd, rule_up)
+from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd, rule_up
 from ..network import MLP
 from ._averages import (Integrands, LayerAverages, OneVariableTable, _quad_tensor, apply_M,
                         representatives, shift_error, third_derivative)
 from .kernel import first_layer_kernel, kernel_fold
+from ._capped import _GRADED_NAMES, _SPACING_TRUST, _cs_scale, _unresolved_estimate  # noqa: F401
 from .residual_ntk import _second_derivative_by_parts, _stein_lyapunov
 
 __all__ = ["residual_vertex_metric_multi", "residual_b_multi", "residual_f_multi",
@@ -104,18 +104,6 @@ _UP = {"fast": "default", "default": "high", "high": "high"}
 #: Below it both agree to ~1e-14 (K = 3) .. 1e-8 (K = 30): kept, bit-identical
 _EXACT_K = 10.0
 
-#: z-spacing of a trapezoid axis of :func:`expect_nd` (its u-spacing times the axis scale,
-#: in units of the activation's feature width 1) above which its lower-rule estimate is not
-#: trusted: both rules then sample the activation's transition less than once per node and
-#: can agree while both miss it (tanh, two variables at K = 1.5e3, spacing 3.5: the estimate
-#: 0.25-0.5x the error; at K = 1.5e11 both were 0 where the average is 1.8e-12)
-_SPACING_TRUST = 2.0
-
-#: named activations whose three- and four-variable averages above :data:`_EXACT_K` may take
-#: the nested rule graded in z (:func:`pdlt.gaussian._graded.expect_graded`): smooth, one
-#: transition of width ~1 at 0 (a user's callable may have any scale: it keeps
-#: :func:`expect_nd` and its estimate)
-_GRADED_NAMES = frozenset({"tanh", "erf", "sigmoid", "softplus", "swish", "silu", "gelu"})
 _EPS = np.finfo(float).eps
 #: most graded axes integrated point by point (:func:`pdlt.gaussian._graded.graded_axes`:
 #: conditional standard deviations above 0.1, the last one a table, the last two of four
@@ -171,38 +159,6 @@ def _plain_smooth(act, fs):
     :func:`expect_nd` (no kinks, no period, no exact piecewise or exponential forms)."""
     return (not act.kinks and getattr(act, "period", None) is None
             and not any(isinstance(f, (PiecewiseMonomial, ExpPiecewise)) for f in fs))
-
-
-def _cs_scale(fs, Kb):
-    """Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)`` (B,) of ``<f_1 ... f_d>`` on the
-    covariances ``Kb`` (B, d, d) (one-variable rule, resolved at any K)."""
-    d = Kb.shape[1]
-    scale = np.ones(len(Kb))
-    for k, f in enumerate(fs):
-        scale *= np.asarray(gaussian.expect(lambda z, f=f: np.abs(f(z)) ** d, Kb[:, k, k]),
-                            dtype=float) ** (1.0 / d)
-    return scale
-
-
-def _unresolved_estimate(fs, Kb, err, accuracy, growth):
-    """Estimated absolute error (B,) of :func:`expect_nd`'s smooth product rule on the
-    covariances ``Kb`` (B, d, d), and the Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)``
-    (B,) (one-variable rule, resolved at any K).
-
-    ``err`` is :func:`expect_nd`'s own (the difference from its lower rule); where an axis'
-    z-spacing ``h`` (:func:`axis_rules`' node count on the factor's axis scale) exceeds
-    :data:`_SPACING_TRUST` it is at least ``exp(-pi^2 / h)`` of the scale, the trapezoid
-    error of a function analytic in ``|Im z| < pi / 2`` (tanh's strip; sigmoid and swish
-    reach pi, GELU is entire), 1 for ``h`` far beyond the feature.
-    """
-    scale = _cs_scale(fs, Kb)
-    _, L = _factor(Kb)
-    s = np.max(np.abs(L), axis=1)                           # axis scales (B, d)
-    q = axis_rules(s, accuracy, growth)
-    with np.errstate(divide="ignore", over="ignore"):
-        h = np.where(q < -1, s * 2.0 * _TRAP_T / np.maximum(-q - 1, 1), 0.0)
-        model = np.where(h > _SPACING_TRUST, np.exp(-np.pi ** 2 / np.maximum(h, 1e-300)), 0.0)
-    return np.maximum(err, np.max(model, axis=1) * scale), scale
 
 
 def _expect(act, fs, cov, *, accuracy, **kw):

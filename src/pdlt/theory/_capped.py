@@ -1,0 +1,59 @@
+"""Leaf helpers shared by the plain (:mod:`pdlt.theory._averages`) and residual
+(:mod:`pdlt.theory.residual_multi`) N-input averages at large variance: which named
+activations the graded rule (:func:`pdlt.gaussian._graded.expect_graded`) takes, the
+Cauchy-Schwarz scale of an average, and the estimate of :func:`pdlt.gaussian.expect_nd`'s
+capped product rule. A module of its own so that neither imports the other (the residual
+modules import :mod:`pdlt.theory._averages`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import gaussian
+from ..gaussian._multi import _TRAP_T, _factor, axis_rules
+
+__all__ = []
+
+#: z-spacing of a trapezoid axis of :func:`expect_nd` (its u-spacing times the axis scale,
+#: in units of the activation's feature width 1) above which its lower-rule estimate is not
+#: trusted: both rules then sample the activation's transition less than once per node and
+#: can agree while both miss it (tanh, two variables at K = 1.5e3, spacing 3.5: the estimate
+#: 0.25-0.5x the error; at K = 1.5e11 both were 0 where the average is 1.8e-12)
+_SPACING_TRUST = 2.0
+
+#: named activations whose three- and four-variable averages above :data:`_EXACT_K` may take
+#: the nested rule graded in z (:func:`pdlt.gaussian._graded.expect_graded`): smooth, one
+#: transition of width ~1 at 0 (a user's callable may have any scale: it keeps
+#: :func:`expect_nd` and its estimate)
+_GRADED_NAMES = frozenset({"tanh", "erf", "sigmoid", "softplus", "swish", "silu", "gelu"})
+def _cs_scale(fs, Kb):
+    """Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)`` (B,) of ``<f_1 ... f_d>`` on the
+    covariances ``Kb`` (B, d, d) (one-variable rule, resolved at any K)."""
+    d = Kb.shape[1]
+    scale = np.ones(len(Kb))
+    for k, f in enumerate(fs):
+        scale *= np.asarray(gaussian.expect(lambda z, f=f: np.abs(f(z)) ** d, Kb[:, k, k]),
+                            dtype=float) ** (1.0 / d)
+    return scale
+
+
+def _unresolved_estimate(fs, Kb, err, accuracy, growth):
+    """Estimated absolute error (B,) of :func:`expect_nd`'s smooth product rule on the
+    covariances ``Kb`` (B, d, d), and the Cauchy-Schwarz scale ``prod_k <|f_k|^d>^(1/d)``
+    (B,) (one-variable rule, resolved at any K).
+
+    ``err`` is :func:`expect_nd`'s own (the difference from its lower rule); where an axis'
+    z-spacing ``h`` (:func:`axis_rules`' node count on the factor's axis scale) exceeds
+    :data:`_SPACING_TRUST` it is at least ``exp(-pi^2 / h)`` of the scale, the trapezoid
+    error of a function analytic in ``|Im z| < pi / 2`` (tanh's strip; sigmoid and swish
+    reach pi, GELU is entire), 1 for ``h`` far beyond the feature.
+    """
+    scale = _cs_scale(fs, Kb)
+    _, L = _factor(Kb)
+    s = np.max(np.abs(L), axis=1)                           # axis scales (B, d)
+    q = axis_rules(s, accuracy, growth)
+    with np.errstate(divide="ignore", over="ignore"):
+        h = np.where(q < -1, s * 2.0 * _TRAP_T / np.maximum(-q - 1, 1), 0.0)
+        model = np.where(h > _SPACING_TRUST, np.exp(-np.pi ** 2 / np.maximum(h, 1e-300)), 0.0)
+    return np.maximum(err, np.max(model, axis=1) * scale), scale
