@@ -168,7 +168,7 @@ def _edges(W, mmax, extra=1):
     return np.concatenate([-pos[::-1], [0.0], pos])
 
 
-def _table(f, s, mmax, n, ncheb, fast=False):
+def _table(f, s, mmax, n, ncheb):
     """``g(m) = <f(m + s u)>_u`` on panels graded around ``m = 0`` (width ``max(1, s)``,
     ratio 2) covering ``|m| <= mmax``: Chebyshev interpolants of degree ``ncheb - 1`` per
     panel (through the Lobatto points), and a vectorized evaluator (Clenshaw)."""
@@ -181,35 +181,25 @@ def _table(f, s, mmax, n, ncheb, fast=False):
     g = np.sum(wt * f(m[:, None] + s * u), axis=1).reshape(len(lo), ncheb)
     coef = g @ V2C.T                                     # (panels, ncheb)
 
-    if fast:
-        def ev_fast(mq):
-            # grouped by panel: Clenshaw with scalar coefficients on contiguous runs
-            i = np.clip(np.searchsorted(edges, mq) - 1, 0, len(lo) - 1).astype(np.int16)
-            order = np.argsort(i, kind="stable")
-            ms = mq[order]
-            cut = np.concatenate([[0], np.cumsum(np.bincount(i, minlength=len(lo)))])
-            out = np.empty(len(mq))
-            for p in range(len(lo)):
-                if cut[p + 1] == cut[p]:
-                    continue
-                t2 = 2.0 * (ms[cut[p]:cut[p + 1]] - mid[p]) / half[p]
-                cp = coef[p]
-                b1 = np.full(len(t2), cp[ncheb - 1])
-                b2 = np.zeros(len(t2))
-                for k in range(ncheb - 2, 0, -1):
-                    b1, b2 = cp[k] + t2 * b1 - b2, b1
-                out[order[cut[p]:cut[p + 1]]] = cp[0] + 0.5 * t2 * b1 - b2
-            return out
-        return ev_fast
-
     def ev(mq):
+        # grouped by panel: Clenshaw with one panel's coefficients on a contiguous run (per
+        # point the same arithmetic as looking the coefficients up point by point)
         i = np.clip(np.searchsorted(edges, mq) - 1, 0, len(lo) - 1)
-        t2 = 2.0 * (mq - mid[i]) / half[i]
-        b1 = np.zeros(len(mq))
-        b2 = np.zeros(len(mq))
-        for k in range(ncheb - 1, 0, -1):
-            b1, b2 = coef[i, k] + t2 * b1 - b2, b1
-        return coef[i, 0] + 0.5 * t2 * b1 - b2
+        order = np.argsort(i, kind="stable")
+        ms = mq[order]
+        cut = np.concatenate([[0], np.cumsum(np.bincount(i, minlength=len(lo)))])
+        out = np.empty(len(mq))
+        for p in range(len(lo)):
+            if cut[p + 1] == cut[p]:
+                continue
+            t2 = 2.0 * (ms[cut[p]:cut[p + 1]] - mid[p]) / half[p]
+            cp = coef[p]
+            b1 = np.full(len(t2), cp[ncheb - 1])
+            b2 = np.zeros(len(t2))
+            for k in range(ncheb - 2, 0, -1):
+                b1, b2 = cp[k] + t2 * b1 - b2, b1
+            out[order[cut[p]:cut[p + 1]]] = cp[0] + 0.5 * t2 * b1 - b2
+        return out
     return ev
 
 
@@ -224,7 +214,7 @@ def _table2(f2, f3, C, mmax2, mmax3, n, ncheb, ncheb2):
     evaluator (Chebyshev polynomials of each variable contracted with the coefficients)."""
     a, b, c = C[0, 0], C[1, 0], C[1, 1]
     ncheb = ncheb2
-    tab = _table(f3, c, mmax3 + _T * abs(b), n, ncheb, fast=True)
+    tab = _table(f3, c, mmax3 + _T * abs(b), n, ncheb)
     e2 = _edges(max(1.0, abs(a)), mmax2, 0)
     e3 = _edges(max(1.0, np.hypot(b, c)), mmax3, 0)
     xc, V2C = _cheb(ncheb)
