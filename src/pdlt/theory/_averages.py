@@ -40,7 +40,8 @@ from ..gaussian._graded import expect_graded, graded_axes
 from ..gaussian._multi import (_GH_STEP_UP_SIGMA, PiecewiseMonomial, _power, _quadruple_groups,
                                det2, entire_growth, expect_nd, normal_family, quad_expectations,
                                rule_up)
-from ._capped import _GRADED_NAMES, _cs_scale, _unresolved_estimate
+from ._capped import (_GRADED_AXES, _GRADED_NAMES, _covariance_rounding, _cs_scale,
+                      _unresolved_estimate)
 
 __all__ = ["KERNEL_RANGE", "LayerAverages", "LayerBlock", "OneVariableTable", "representatives", "apply_M", "apply_M2",
            "derivative_operator", "is_odd", "jumps_in_d2"]
@@ -1785,9 +1786,6 @@ def _quad_tensor(act, K, slots, accuracy, cache, nd):
 #: ~10 (tanh, four distinct inputs, depth 2: V 4e-8 at K = 30, 2e-6 at K ~ 100); at or
 #: below it every average keeps :func:`expect_nd`, bit-identical
 _GRADED_K = 10.0
-#: most graded axes integrated point by point of a covariance the graded rule takes
-#: (:func:`pdlt.gaussian._graded.graded_axes`; three: ~40-60 s a covariance)
-_GRADED_AXES = 2
 #: modelled cost (seconds, one core, tanh, with the estimate) of one graded covariance by
 #: its number of variables: two 0.025 s, three 0.12-0.17 s, four (the 2-D table) 5.3 s at K = 30 and
 #: 10.9 s at K = 1e3 (measured, ``benchmarks/README.md``). Deterministic: the same
@@ -1796,7 +1794,6 @@ _GRADED_COST = {2: 0.03, 3: 0.2, 4: 8.0}
 #: modelled seconds of graded covariances one :func:`graded_plain` may spend; the rest keep
 #: :func:`expect_nd`'s capped rule, its estimate and :func:`pdlt.statistics`' warning
 _GRADED_BUDGET = 30.0
-_EPS = np.finfo(float).eps
 #: the state of :func:`graded_plain` (None outside it: every average is :func:`expect_nd`)
 _GRADED = None
 
@@ -1905,7 +1902,7 @@ class _GradedPlain:
         if new:
             v, e = expect_graded(fs, Kb[new], return_error=True)
             scale = _cs_scale(fs, Kb[new])
-            e = e + d * _EPS * np.sqrt(var[new]) * scale
+            e = e + _covariance_rounding(d, var[new], scale)
             for b, vb, eb in zip(new, np.atleast_1d(v), np.atleast_1d(e)):
                 self.cache[keys[b]] = (float(vb), float(eb))
                 self.graded += 1

@@ -84,7 +84,8 @@ from ..network import MLP
 from ._averages import (Integrands, LayerAverages, OneVariableTable, _quad_tensor, apply_M,
                         representatives, shift_error, third_derivative)
 from .kernel import first_layer_kernel, kernel_fold
-from ._capped import _GRADED_NAMES, _SPACING_TRUST, _cs_scale, _unresolved_estimate  # noqa: F401
+from ._capped import (_GRADED_AXES, _GRADED_NAMES, _SPACING_TRUST,  # noqa: F401
+                      _covariance_rounding, _cs_scale, _unresolved_estimate)
 from .residual_ntk import _second_derivative_by_parts, _stein_lyapunov
 
 __all__ = ["residual_vertex_metric_multi", "residual_b_multi", "residual_f_multi",
@@ -104,12 +105,6 @@ _UP = {"fast": "default", "default": "high", "high": "high"}
 #: Below it both agree to ~1e-14 (K = 3) .. 1e-8 (K = 30): kept, bit-identical
 _EXACT_K = 10.0
 
-_EPS = np.finfo(float).eps
-#: most graded axes integrated point by point (:func:`pdlt.gaussian._graded.graded_axes`:
-#: conditional standard deviations above 0.1, the last one a table, the last two of four
-#: one 2-D table) of a covariance the nested rule takes: ~0.1 s a covariance at two (tanh,
-#: K = 1.5e3), ~3 s at two plus a 2-D table (four distinct directions), ~40-60 s at three
-_GRADED_AXES = 2
 #: True: four distinct directions (four graded variables) take the nested rule's 2-D table
 #: (counted as two axes): ~3-6 s a covariance (tanh, one core, under load), resolved (a
 #: residual N = 2 fold at s = 100 unwarned), but that fold went from ~1 min to ~6 min and
@@ -238,12 +233,7 @@ def _expect_many(act, fs, cov, Kb, var, big, *, accuracy, **kw):
         val[graded], est[graded] = (out if want else (out, 0.0))
     if want:
         scale = _cs_scale(fs, Kb[big])
-        # the covariance's own float64 rounding: eps K in its entries, an error of that size
-        # in the conditional variances (z units, the activation's width 1); the average's
-        # derivative in them (Stein: <d_i d_j prod f>) localizes a variable of variance K in
-        # a window of width 1, ~ scale / sqrt(K): d eps sqrt(K) of scale. At K = 1.5e11 a
-        # relative 2e-16 moved G1 by 2.5e-5 of its scale (G1 ~ K^-1/2 of the averages')
-        est[graded] += (d * _EPS * np.sqrt(var[graded])) * scale[graded[big]]
+        est[graded] += _covariance_rounding(d, var[graded], scale[graded[big]])
         if _COLLECT is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 rel = np.where(scale > 0, est[big] / scale, np.where(est[big] > 0, np.inf, 0.0))
