@@ -104,3 +104,58 @@ def test_threads_give_identical_results(monkeypatch):
     monkeypatch.setenv("PDLT_THREADS", "zero")
     with pytest.raises(ValueError, match="PDLT_THREADS"):
         M.expect_nd([np.tanh] * 4, Ks)
+
+
+def test_byte_cache_bounds_bytes_not_count():
+    # the grid caches are bounded by the bytes of their arrays: ~600 distinct rules of
+    # up to ~250 MB each (16 random tanh inputs at K1 = 30) filled a count-bounded
+    # cache of 1024 past the machine's memory (issue #15)
+    calls = []
+
+    @M._byte_cache(1000)
+    def grid(n, scale=1.0):
+        calls.append(n)
+        return [(np.full(n, scale), np.arange(n)), None]        # 16 n bytes
+
+    assert grid(20)[0][0].sum() == 20.0        # 320 bytes, kept
+    assert grid(20, 1.0) is grid(20)           # defaults applied in the key: one entry
+    assert calls == [20] and grid.cache_bytes() == 320
+    grid(30)                                   # 480: 800 held
+    grid(20)                                   # hit: 20 becomes the most recent
+    grid(25)                                   # 400: over 1000, the least recent (30) goes
+    assert grid.cache_len() == 2 and grid.cache_bytes() == 720
+    grid(20)
+    assert calls == [20, 30, 25]
+    grid(30)
+    assert calls == [20, 30, 25, 30] and grid.cache_bytes() <= 1000
+    grid(100)                                  # 1600 bytes: returned, never kept
+    grid(100)
+    assert calls[-2:] == [100, 100] and grid.cache_bytes() <= 1000
+    grid.limit = 0                             # the bound is read at every call
+    grid(5)
+    assert grid.cache_len() <= 2 and grid.cache_bytes() <= 1000
+
+
+def test_queued_grid_sums_flushed_by_bytes_are_bit_identical(monkeypatch):
+    # _gh_sum runs its queued grid sums once their grids exceed _HELD_BYTES, so that
+    # memory stays bounded; each sum writes its own entries, so flushing after every
+    # rule (_HELD_BYTES = 0) gives the same bits as one run at the end
+    rng = np.random.default_rng(3)
+    K = np.stack([_cov(int(s), 4, sc) for s, sc in zip(rng.integers(0, 99, 6),
+                                                          [0.3, 0.6, 1.0, 2.0, 3.0, 5.0])])
+    fs = (np.tanh,) * 4
+    ref = M.expect_nd(fs, K)
+    M._outer_grid.cache_clear()
+    M._inner_ranges.cache_clear()
+    M._outer_bins.cache_clear()
+    monkeypatch.setattr(M, "_HELD_BYTES", 0)
+    monkeypatch.setattr(M._outer_grid, "limit", 0)        # nothing kept: rebuilt each time
+    runs = []
+    run = M._run_tasks
+    monkeypatch.setattr(M, "_run_tasks", lambda tasks, L, out: (runs.append(len(tasks)),
+                                                                run(tasks, L, out)))
+    again = M.expect_nd(fs, K)
+    assert np.array_equal(ref, again)
+    # one run per rule (several rules here), none holding the grids of two
+    assert sum(n > 0 for n in runs) >= 3
+    assert M._outer_grid.cache_bytes() == 0

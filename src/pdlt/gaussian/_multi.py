@@ -213,10 +213,13 @@ Coinciding indices are reduced before integrating:
 
 from __future__ import annotations
 
+import collections
 import functools
+import inspect
 import itertools
 import math
 import os
+import threading
 
 import numpy as np
 from scipy import special
@@ -282,10 +285,74 @@ _GRADE = np.array([1.0])  # offsets around a projected kink, in units of its smo
 _CHUNK = 2 ** 22  # evaluation points per vectorized block
 _BLOCK = 2 ** 16  # points of the innermost axis per block (temporaries of 512 kB: in cache)
 _EPS = np.finfo(float).eps
+#: bytes of cached tensor grids (_outer_grid; a quarter of it for _inner_ranges, an
+#: eighth for _outer_bins), and of the grids the queued grid sums of one _gh_sum hold
+_GRID_CACHE_BYTES = 2 ** 30
+_HELD_BYTES = 2 ** 29
 _GH_LOWER_STEPS = 1   # the error estimate's Gauss-Hermite rule: this many sizes smaller
 #: a variable whose correlation with an earlier one exceeds this in absolute value
 #: (conditional standard deviation below half its own) counts as merged (axis_rules)
 _MERGED = 0.866
+
+
+def _nbytes(value):
+    """Bytes held by the arrays in ``value`` (arrays, nested tuples and lists)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+def _byte_cache(limit):
+    """An LRU cache bounded by the bytes of its values' arrays, not by their count.
+
+    The tensor grids cached here (:func:`_outer_grid`, :func:`_inner_ranges`) range
+    from kilobytes to ~250 MB (4.3e6 kept outer points of a four-variable trapezoid
+    rule); a count bound of 1024 held tens of GB for 16 random inputs at K1 = 30
+    (~600 distinct rules), and the process was killed for memory (issue #15). Keys
+    are the call's arguments with defaults applied; a value larger than ``limit`` is
+    returned but not kept. The bound is the wrapper's ``limit`` attribute, read at
+    every call. Thread-safe (the grid sums may run on threads).
+    """
+    def deco(fn):
+        sig = inspect.signature(fn)
+        store = collections.OrderedDict()
+        held = [0]
+        lock = threading.Lock()
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            key = bound.args
+            with lock:
+                if key in store:
+                    store.move_to_end(key)
+                    return store[key][0]
+            value = fn(*args, **kwargs)
+            size = _nbytes(value)
+            with lock:
+                cap = wrapper.limit
+                if key not in store and size <= cap:
+                    store[key] = (value, size)
+                    held[0] += size
+                    while held[0] > cap:
+                        _, (_, s) = store.popitem(last=False)
+                        held[0] -= s
+            return value
+
+        def cache_clear():
+            with lock:
+                store.clear()
+                held[0] = 0
+
+        wrapper.limit = limit
+        wrapper.cache_clear = cache_clear
+        wrapper.cache_bytes = lambda: held[0]
+        wrapper.cache_len = lambda: len(store)
+        return wrapper
+    return deco
 
 
 @functools.lru_cache(maxsize=64)
@@ -2374,7 +2441,7 @@ def _gh_sum(fs, order, L, qs, even=False, mass=None):
     fid = np.array([next(i for i, g in enumerate(fs) if g is f) for f in fs])
     keys, inv = np.unique(np.concatenate([qs, fid[order]], axis=1), axis=0, return_inverse=True)
     inv = np.asarray(inv).reshape(-1)
-    tasks = []
+    tasks, held = [], 0
     for g, key in enumerate(keys):
         idx = np.flatnonzero(inv == g)
         codes = tuple(int(q) for q in key[:d])
@@ -2392,6 +2459,13 @@ def _gh_sum(fs, order, L, qs, even=False, mass=None):
         for start in range(0, len(idx), step):
             sel = idx[start:start + step]
             tasks.append((sel, fo, levels, inner[1:], inner[0] * len(sel)))
+        # the queued tasks keep their grids alive (whatever the cache drops): run them
+        # once they hold more than _HELD_BYTES, so that memory stays bounded however
+        # many distinct rules a batch asks for (~600 for 16 random inputs at K1 = 30)
+        held += _nbytes(levels) + _nbytes(inner[1:])
+        if held > _HELD_BYTES:
+            _run_tasks(tasks, L, out)
+            tasks, held = [], 0
     _run_tasks(tasks, L, out)
     return out
 
@@ -2629,7 +2703,7 @@ def _halved(rule):
     return np.where(zero, 0.0, u)[keep], np.where(zero, w, 2.0 * w)[keep]
 
 
-@functools.lru_cache(maxsize=1024)
+@_byte_cache(_GRID_CACHE_BYTES)
 def _outer_grid(codes, even, mass=_PRUNE_MASS):
     """Kept points of the tensor grid of the outer axes (rule ``codes``), level by level.
 
@@ -2668,7 +2742,7 @@ def _outer_grid(codes, even, mass=_PRUNE_MASS):
     return levels
 
 
-@functools.lru_cache(maxsize=1024)
+@_byte_cache(_GRID_CACHE_BYTES // 8)
 def _outer_bins(codes, even, mass):
     """Bins (0.1 in log10, from the lightest) of the last outer level's point weights,
     and the weights' mass per bin."""
@@ -2678,7 +2752,7 @@ def _outer_bins(codes, even, mass):
     return bp, np.bincount(bp, weights=Wp)
 
 
-@functools.lru_cache(maxsize=1024)
+@_byte_cache(_GRID_CACHE_BYTES // 4)
 def _inner_ranges(codes, even, mass=_PRUNE_MASS):
     """The last axis of rule ``codes``: per kept outer point, the central nodes kept.
 
