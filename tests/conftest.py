@@ -7,8 +7,18 @@ inputs); ``ray2`` (a two-CPU Ray instance per test module). Markers: ``needs_tor
 
 import importlib.util
 import json
+import os
 
-import numpy as np
+# Under pytest-xdist (``addopts``: one worker per core) each worker gets its share of
+# the cores for BLAS, OpenMP and torch's intra-op threads, read when numpy and torch
+# are first imported (after this line): two workers of two threads each on two cores
+# would only contend. Set before any test imports them; a user's setting is kept.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_share))
+
+import numpy as np  # noqa: E402  (after the thread settings)
 import pytest
 
 EPS = np.finfo(float).eps

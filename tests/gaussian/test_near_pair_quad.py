@@ -191,6 +191,23 @@ def _abs_pm(f):
     return PiecewiseMonomial(abs(f.cp), (-1) ** f.n * abs(f.cm), f.n)
 
 
+def _check_row(f2, f3, mu2, mu3, s2, c33, s3, e):
+    """The closed form of one row against mpmath, value and magnitude (``E|f_2 f_3|``),
+    within ``INNER_TOL`` of the Cauchy-Schwarz scale, and the comparison rejecting the
+    value x (1 + 10 tol). Returns (reference, tolerance, error over the scale)."""
+    v, mag = (x[0] for x in _pm_pair_normal(f2, f3, np.array([mu2]), np.array([mu3]), s2,
+                                            c33, s3, np.array([e])))
+    ref = _mp_inner(f2, f3, mu2, mu3, s2, c33, s3)
+    signed = any(g.cp < 0 or (-1) ** g.n * g.cm < 0 for g in (f2, f3))
+    ref_mag = _mp_inner(_abs_pm(f2), _abs_pm(f3), mu2, mu3, s2, c33, s3) if signed else ref
+    sv = np.hypot(c33, s3)
+    scale = max(np.sqrt(_mp_square(f2, mu2, s2) * _mp_square(f3, mu3, sv)), 0.01)
+    tol = INNER_TOL * scale
+    assert abs(v - ref) <= tol and abs(mag - ref_mag) <= tol
+    assert abs(v * (1 + 10 * INNER_TOL) - ref) > tol or abs(ref) < 0.1 * scale
+    return ref, tol, max(abs(v - ref), abs(mag - ref_mag)) / scale
+
+
 def _thin_cases():
     """(f_2, f_3, mu2, mu3, s2, c33, s3, e): s3 / |c33| = 0.45, 1.4e-2, 1.4e-4, 1.4e-6, 0
     (correlation 0.91 (``_bvn``), 1 - 1e-4 (the remainder integral kept), 1 - 1e-8, 1 -
@@ -217,16 +234,7 @@ def test_thin_inner_against_mpmath():
     value x (1 + 10 tol) and the fourth variable's spread dropped (s3 = 0: 2.6e-10 ..
     1.1e-2 off at s3 / |c33| >= 1.4e-2, kinks within 4 widths)."""
     for f2, f3, mu2, mu3, s2, c33, s3, e in _thin_cases():
-        v, mag = (x[0] for x in _pm_pair_normal(f2, f3, np.array([mu2]), np.array([mu3]), s2,
-                                                c33, s3, np.array([e])))
-        ref = _mp_inner(f2, f3, mu2, mu3, s2, c33, s3)
-        signed = any(g.cp < 0 or (-1) ** g.n * g.cm < 0 for g in (f2, f3))
-        ref_mag = _mp_inner(_abs_pm(f2), _abs_pm(f3), mu2, mu3, s2, c33, s3) if signed else ref
-        sv = np.hypot(c33, s3)
-        scale = np.sqrt(_mp_square(f2, mu2, s2) * _mp_square(f3, mu3, sv))
-        tol = INNER_TOL * max(scale, 0.01)
-        assert abs(v - ref) <= tol and abs(mag - ref_mag) <= tol
-        assert abs(v * (1 + 10 * INNER_TOL) - ref) > tol or abs(ref) < 0.1 * max(scale, 0.01)
+        ref, tol, _ = _check_row(f2, f3, mu2, mu3, s2, c33, s3, e)
         if s3 >= 1.4e-2 * abs(c33) and abs(e) <= 4 * s2 * s3:     # kinks within 4 widths
             drop = _pm_pair_normal(f2, f3, np.array([mu2]), np.array([mu3]), s2, c33, 0.0,
                                    np.array([e]))[0][0]
@@ -279,17 +287,8 @@ def test_wide_inner_against_mpmath():
     within a width the former 3 x 12-node ``g_3`` panels (up to ~1e-4 off there)."""
     worst, panel_off = 0.0, []
     for f2, f3, mu2, mu3, s2, c33, s3, e in _wide_cases():
-        v, mag = (x[0] for x in _pm_pair_normal(f2, f3, np.array([mu2]), np.array([mu3]), s2,
-                                                c33, s3, np.array([e])))
-        ref = _mp_inner(f2, f3, mu2, mu3, s2, c33, s3)
-        signed = any(g.cp < 0 or (-1) ** g.n * g.cm < 0 for g in (f2, f3))
-        ref_mag = _mp_inner(_abs_pm(f2), _abs_pm(f3), mu2, mu3, s2, c33, s3) if signed else ref
-        sv = np.hypot(c33, s3)
-        scale = np.sqrt(_mp_square(f2, mu2, s2) * _mp_square(f3, mu3, sv))
-        tol = INNER_TOL * max(scale, 0.01)
-        worst = max(worst, abs(v - ref) / max(scale, 0.01), abs(mag - ref_mag) / max(scale, 0.01))
-        assert abs(v - ref) <= tol and abs(mag - ref_mag) <= tol
-        assert abs(v * (1 + 10 * INNER_TOL) - ref) > tol or abs(ref) < 0.1 * max(scale, 0.01)
+        ref, tol, rel = _check_row(f2, f3, mu2, mu3, s2, c33, s3, e)
+        worst = max(worst, rel)
         if c33 != 0.0 and s3 == 0.5 * abs(c33) and abs(e) <= s2 * s3:
             old = _panel_inner(f2, f3, mu2, mu3, s2, c33, s3)
             panel_off.append(abs(old - ref) > 10 * tol)
