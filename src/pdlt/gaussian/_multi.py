@@ -3050,63 +3050,77 @@ def _split_sum(fs, order, L, kinks, breaks, q, exact_inner):
         step = max(1, _CHUNK // (per_axis ** max(n_outer, 1)))
         for start in range(0, len(idx_g), step):
             sel = idx_g[start:start + step]
-            Lb = L[sel]
             b = len(sel)
-            us = np.zeros((b, 1, 0))
-            w = np.ones((b, 1))
-            val = np.ones((b, 1))
-            for k in range(n_outer):
-                m_all = np.einsum("bpj,bij->bpi", us, Lb[:, :, :k])     # (b, P, d) means
-                npts = m_all.shape[1]
-                lk = Lb[:, :, k]                                      # (b, d) slopes on axis k
-                # kinks of variable k on this axis, and of later variables i > k
-                # projected (their conditional means cross a kink there)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    cen = (ks[None, None, None, :] - m_all[:, :, k:, None]) \
-                        / lk[:, None, k:, None]
-                cen = np.where(np.isfinite(cen), cen, 0.0)
-                if k + 1 < d:
-                    # a later variable's kink is smoothed by the later axes over a
-                    # width (its remaining conditional sd) / |slope on this axis|:
-                    # panels of that width on both sides resolve the near-kink
-                    rest = np.sqrt(np.sum(Lb[:, k + 1:, k + 1:] ** 2, axis=2))   # (b, d-k-1)
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        wid = rest / np.abs(lk[:, k + 1:])
-                    wid = np.where(np.isfinite(wid), np.minimum(wid, 4.0), 0.0)
-                    later = cen[:, :, 1:, :]
-                    off = wid[:, None, :, None] * _GRADE
-                    cen = np.concatenate([cen[:, :, :1, :].reshape(b, npts, -1),
-                                          later.reshape(b, npts, -1),
-                                          (later[..., None] + off[..., None, :]).reshape(b, npts, -1),
-                                          (later[..., None] - off[..., None, :]).reshape(b, npts, -1)],
-                                         axis=2)
-                cen = cen.reshape(b * npts, -1)
-                u, wk = _split_axis(m_all[:, :, k].ravel(), np.repeat(Lb[:, k, k], npts),
-                                    cen, breaks, q)
-                u = u.reshape(b, npts, -1)
-                wk = wk.reshape(b, npts, -1)
-                z = m_all[:, :, k][:, :, None] + Lb[:, k, k][:, None, None] * u
-                val = (val[:, :, None] * fo[k](z)).reshape(b, -1)
-                w = (w[:, :, None] * wk).reshape(b, -1)
-                us = np.concatenate([np.repeat(us, u.shape[2], axis=1),
-                                     u.reshape(b, -1, 1)], axis=2)
-            if use2:
-                m = np.einsum("bpj,bij->bpi", us, Lb[:, d - 2:, :d - 2])      # (b, P, 2)
-                val = val * _exact_inner2(fo[d - 2], fo[d - 1], m[:, :, 0],
-                                          Lb[:, None, d - 2, d - 2], m[:, :, 1],
-                                          Lb[:, None, d - 1, d - 2], Lb[:, None, d - 1, d - 1])
-            elif exact_inner:
-                m = np.einsum("bpj,bij->bpi", us, Lb[:, r - 1:, :r - 1])      # (b, P, d-r+1)
-                l = Lb[:, None, r - 1:, r - 1]
-                inner = exp_inner if isinstance(fo[r - 1], ExpPiecewise) else _exact_inner
-                val = val * inner(fo[r - 1:], m, l)
-            else:
-                # variables beyond the rank: functions of u_1..u_r
-                for k in range(r, d):
-                    z = np.einsum("bpj,bj->bp", us, Lb[:, k, :r])
-                    val = val * fo[k](z)
-            out[sel] = np.sum(val * w, axis=1)
+            out[sel] = _split_block(fo, L[sel], ks, breaks, q, n_outer, per_axis, r, d, use2,
+                                    exact_inner, np.zeros((b, 1, 0)), np.ones((b, 1)),
+                                    np.ones((b, 1)))
     return out
+
+
+def _split_block(fo, Lb, ks, breaks, q, n_outer, per_axis, r, d, use2, exact_inner, us, w,
+                 val):
+    """:func:`_split_sum` from the points ``us`` (b, P, k) of the first k outer axes, their
+    weights and products ``w``, ``val`` (b, P): the remaining outer axes by split
+    quadrature (in blocks of points: at most ``_CHUNK`` after each axis, so that memory
+    stays bounded when ``per_axis ** n_outer`` is large, e.g. four elu variables of tiny
+    variance, ~1e8 points), then the inner part. Returns the sums (b,)."""
+    b, npts, k = us.shape
+    if k < n_outer and b * npts * per_axis > _CHUNK and npts > 1:
+        blk = max(1, _CHUNK // (b * per_axis))
+        return sum(_split_block(fo, Lb, ks, breaks, q, n_outer, per_axis, r, d, use2,
+                                exact_inner, us[:, i:i + blk], w[:, i:i + blk],
+                                val[:, i:i + blk])
+                   for i in range(0, npts, blk))
+    if k < n_outer:
+        m_all = np.einsum("bpj,bij->bpi", us, Lb[:, :, :k])     # (b, P, d) means
+        lk = Lb[:, :, k]                                      # (b, d) slopes on axis k
+        # kinks of variable k on this axis, and of later variables i > k
+        # projected (their conditional means cross a kink there)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cen = (ks[None, None, None, :] - m_all[:, :, k:, None]) / lk[:, None, k:, None]
+        cen = np.where(np.isfinite(cen), cen, 0.0)
+        if k + 1 < d:
+            # a later variable's kink is smoothed by the later axes over a
+            # width (its remaining conditional sd) / |slope on this axis|:
+            # panels of that width on both sides resolve the near-kink
+            rest = np.sqrt(np.sum(Lb[:, k + 1:, k + 1:] ** 2, axis=2))   # (b, d-k-1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                wid = rest / np.abs(lk[:, k + 1:])
+            wid = np.where(np.isfinite(wid), np.minimum(wid, 4.0), 0.0)
+            later = cen[:, :, 1:, :]
+            off = wid[:, None, :, None] * _GRADE
+            cen = np.concatenate([cen[:, :, :1, :].reshape(b, npts, -1),
+                                  later.reshape(b, npts, -1),
+                                  (later[..., None] + off[..., None, :]).reshape(b, npts, -1),
+                                  (later[..., None] - off[..., None, :]).reshape(b, npts, -1)],
+                                 axis=2)
+        cen = cen.reshape(b * npts, -1)
+        u, wk = _split_axis(m_all[:, :, k].ravel(), np.repeat(Lb[:, k, k], npts),
+                            cen, breaks, q)
+        u = u.reshape(b, npts, -1)
+        wk = wk.reshape(b, npts, -1)
+        z = m_all[:, :, k][:, :, None] + Lb[:, k, k][:, None, None] * u
+        val = (val[:, :, None] * fo[k](z)).reshape(b, -1)
+        w = (w[:, :, None] * wk).reshape(b, -1)
+        us = np.concatenate([np.repeat(us, u.shape[2], axis=1), u.reshape(b, -1, 1)], axis=2)
+        return _split_block(fo, Lb, ks, breaks, q, n_outer, per_axis, r, d, use2,
+                            exact_inner, us, w, val)
+    if use2:
+        m = np.einsum("bpj,bij->bpi", us, Lb[:, d - 2:, :d - 2])      # (b, P, 2)
+        val = val * _exact_inner2(fo[d - 2], fo[d - 1], m[:, :, 0],
+                                  Lb[:, None, d - 2, d - 2], m[:, :, 1],
+                                  Lb[:, None, d - 1, d - 2], Lb[:, None, d - 1, d - 1])
+    elif exact_inner:
+        m = np.einsum("bpj,bij->bpi", us, Lb[:, r - 1:, :r - 1])      # (b, P, d-r+1)
+        l = Lb[:, None, r - 1:, r - 1]
+        inner = exp_inner if isinstance(fo[r - 1], ExpPiecewise) else _exact_inner
+        val = val * inner(fo[r - 1:], m, l)
+    else:
+        # variables beyond the rank: functions of u_1..u_r
+        for j in range(r, d):
+            z = np.einsum("bpj,bj->bp", us, Lb[:, j, :r])
+            val = val * fo[j](z)
+    return np.sum(val * w, axis=1)
 
 
 # ---------------------------------------------------------------------------
