@@ -189,6 +189,20 @@ def test_served_by_statistics_and_refusals():
         residual_ddi_multi(m, X2, stats=("S",))
 
 
+def test_collinear_inputs_refused_by_name_for_smooth_r():
+    """Exactly collinear inputs (n0 = 1, C_b = 0) of a smooth residual MLP: R's Stein form
+    divides by the conditional variance of the third-derivative variable, 0 there. A clear
+    error that names the cause and the fixes (was a NaN and "R overflowed; reduce the
+    depth"); the same inputs with a bias, and T (no third derivative), are finite."""
+    x = np.array([[-0.3], [0.8], [1.2]])
+    m = MLP(n0=1, width=8, depth=3, n_out=8, activation="tanh", C_W=1.9, C_b=0.0, gamma=0.48)
+    with pytest.raises(FloatingPointError, match="collinear.*C_b > 0"):
+        pdlt.statistics(m, x, get=["R"])
+    assert np.all(np.isfinite(pdlt.statistics(m, x, get=["T"]).T))
+    mb = MLP(n0=1, width=8, depth=3, n_out=8, activation="tanh", C_W=1.9, C_b=0.1, gamma=0.48)
+    assert np.all(np.isfinite(pdlt.statistics(mb, x, get=["R"]).R))
+
+
 @pytest.mark.parametrize("act", ["tanh", "relu"])
 def test_p_q_equal_the_dntk_module(act):
     """P and Q from R's and T's folds equal pdlt.theory.residual_multi_dntk's (independent

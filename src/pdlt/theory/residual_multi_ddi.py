@@ -189,6 +189,12 @@ def _letter_fn(act, letters):
     return exp_product(fs, prod)
 
 
+#: conditional variance, relative to the variance, below which :meth:`_stein`'s variable is
+#: a linear combination of the others (float64 round-off of the Schur complement: ~eps x
+#: the condition number; exactly collinear inputs give ~1e-16)
+_STEIN_MIN_S = 1e-13
+
+
 class _TwoDepth:
     """``E[X_c Y_e(z^(p)) Z_a W_b(z^(l))]`` as (N, N, N, N) tensors [c, e, a, b], cached.
 
@@ -282,6 +288,19 @@ class _TwoDepth:
         cxy = cov[:, i, others]
         beta = np.einsum("kab,kb->ka", np.linalg.pinv(Kyy, hermitian=True), cxy)
         s = cov[:, i, i] - np.einsum("ka,ka->k", beta, cxy)
+        # x a linear combination of the others to round-off (exactly collinear inputs, e.g.
+        # n0 = 1 without a bias): the Stein form divides by s = 0 (was a NaN, then "R
+        # overflowed; reduce the depth", which does not help)
+        bad = s <= _STEIN_MIN_S * cov[:, i, i]
+        if np.any(bad):
+            k = int(np.flatnonzero(bad)[0])
+            raise FloatingPointError(
+                f"R of a residual MLP at N inputs: an average with sigma''' ({names}) needs "
+                f"the variable carrying it not to be a linear combination of the others, but "
+                f"its conditional variance is {max(float(s[k]), 0.0):.1e} of its variance "
+                f"{float(cov[k, i, i]):.3g} (exactly collinear inputs: with n0 = 1 and C_b = 0 "
+                "every input is +-collinear). Give the network a bias (C_b > 0), use inputs "
+                "that are not collinear, or compute R one input at a time")
         pw = [0] * d
         pw[i] = 1
         val = self._nd(carried, cov, pw, up=True)
