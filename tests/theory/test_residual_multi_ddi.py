@@ -203,6 +203,36 @@ def test_collinear_inputs_refused_by_name_for_smooth_r():
     assert np.all(np.isfinite(pdlt.statistics(mb, x, get=["R"]).R))
 
 
+def test_nearly_coinciding_inputs_r_estimate_covers():
+    """Four inputs of one bias-dominated direction (distinct parts 3e-4 of the norm): R's
+    Stein form divides moments that cancel 4.7e8-fold by a conditional variance of 5e-8 of
+    the variance; R was 4.5e-5 off with no estimate and no warning (88 % off, parts 3e-6).
+    Reference: the off-diagonal entry's distance from the diagonal grows like |x|^2 (K's
+    distinct parts), so the inputs 100x larger (resolved) fix it at 1e-4 of theirs. Now the
+    estimate covers the error, with a warning, and rejects the entry moved by 2x the
+    error; well-separated inputs (X3) stay silent."""
+    x = 3e-4 * np.array([[0.258, 1.152, -0.563], [-0.591, 0.464, 0.006],
+                         [0.163, -0.786, 0.501], [-0.128, 0.238, 0.390]])
+    m = MLP(n0=3, width=15, depth=3, n_out=15, activation="swish", C_W=1.367, C_b=0.1411,
+            gamma=0.594)
+    with pytest.warns(RuntimeWarning, match="Stein form"):
+        st = pdlt.statistics(m, x, get=["R"], error=True)
+    big = pdlt.statistics(m, 100 * x, get=["R"], error=True)
+    R, E = st.R[-1], st.error["R"][-1]
+    ref = R[0, 0, 0, 0] + (big.R[-1, 0, 1, 2, 3] - big.R[-1, 0, 0, 0, 0]) / 1e4
+    off = abs(R[0, 1, 2, 3] - ref)
+    assert off > 1e-6 * abs(ref)                       # the case is ill-conditioned ...
+    assert off <= E[0, 1, 2, 3]                        # ... and its estimate covers it
+    assert abs(big.R[-1, 0, 1, 2, 3] - R[0, 0, 0, 0]) > 100 * big.error["R"][-1].max()
+    assert off + E[0, 1, 2, 3] < 10 * off              # the estimate is not inflated 10x
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        m3 = MLP(n0=3, width=8, depth=3, n_out=8, activation="swish", C_W=1.3, C_b=0.1,
+                 gamma=0.5)
+        pdlt.statistics(m3, X3, get=["R"])
+
+
 @pytest.mark.parametrize("act", ["tanh", "relu"])
 def test_p_q_equal_the_dntk_module(act):
     """P and Q from R's and T's folds equal pdlt.theory.residual_multi_dntk's (independent
