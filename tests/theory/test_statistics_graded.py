@@ -132,3 +132,41 @@ def test_averages_past_the_budget_are_estimated_and_flagged(monkeypatch):
     dist = np.abs(part.A - full.A)
     assert np.max(dist) > 1e-8 * np.max(np.abs(full.A))      # the capped rule is off
     assert np.all(part.error["A"] >= dist)                     # and estimated
+
+
+def test_two_inputs_at_large_kernels_are_resolved(monkeypatch):
+    # N = 2 (the layer blocks' path until session 15: expect_nd's capped pair rules, tanh
+    # A 3e-6 .. D 1e-1 of scale off at first-layer K ~ 70 .. 650, warned): inputs
+    # (1 +- eta) x at K ~ 600; entries with as many of each input in each pair equal the
+    # one-input statistic at x to O(eta^2)
+    eta = 1e-5
+    x0 = np.random.default_rng(0).standard_normal(3)
+    m = pdlt.MLP(n0=3, width=16, depth=3, activation="tanh", C_b=0.1, C_W=1.0)
+    xs = x0 * np.sqrt(1000.0 / (0.1 + x0 @ x0 / 3))
+    x = np.stack([(1 + eta) * xs, (1 - eta) * xs])
+    K1 = 0.1 + xs @ xs / 3                                    # the one input x
+
+    def distance(st):
+        out = {}
+        for name in NAMES:
+            one = pdlt.statistics(m, K1=K1, get=[name])[name]
+            T = st[name]
+            idx = np.indices(T.shape[1:]).reshape(T.ndim - 1, -1)
+            if len(idx) == 4:
+                sel = (np.sum(idx[:2], axis=0) == 1) & (np.sum(idx[2:], axis=0) == 1)
+            else:
+                sel = np.sum(idx, axis=0) == 1
+            d = np.abs(T.reshape(T.shape[0], -1)[:, sel] - one[:, None])
+            out[name] = float(np.max(d) / np.max(np.abs(one)))
+        return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                        # nothing flagged
+        st = pdlt.statistics(m, x, get=NAMES)
+    assert st.K[0, 0, 0] > 500
+    dist = distance(st)
+    assert max(dist.values()) < 1e-8, dist
+    monkeypatch.setattr(_averages, "graded_plain", contextlib.nullcontext)
+    with pytest.warns(RuntimeWarning):
+        old = pdlt.statistics(m, x, get=NAMES)
+    assert max(distance(old).values()) > 1e-6

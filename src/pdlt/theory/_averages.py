@@ -609,7 +609,7 @@ class LayerAverages:
                 v = self.t[table[key]]
             return np.full((1, 1, 1, 1), float(np.asarray(v).reshape(-1)[0]))
         if slots == "ssss":
-            if (self._block is None and _GRADED is not None and N >= 3 and _graded_act(act)
+            if (self._block is None and _GRADED is not None and N >= 2 and _graded_act(act)
                     and np.max(self.diag) > _GRADED_K):
                 # the same groups and rules, the three- and four-variable ones above
                 # _GRADED_K through the graded rule (:class:`_GradedPlain`)
@@ -1777,7 +1777,10 @@ def _quad_tensor(act, K, slots, accuracy, cache, nd):
 
 
 # ---------------------------------------------------------------------------
-# plain MLPs, N >= 3 inputs: three- and four-variable averages at large variance
+# plain MLPs, N >= 2 inputs: two-, three- and four-variable averages at large variance
+# (N = 2 since session 15: its layer blocks called expect_nd's capped pair rules, tanh
+# A 3e-6 .. D 1e-1 of scale at first-layer K ~ 70 .. 650; two inputs (1 +- 1e-5) x at
+# K ~ 600 were 3e-5 (V) .. 7e-3 (H1) off the one-input statistics, now 2e-11 .. 6e-10)
 # ---------------------------------------------------------------------------
 
 #: the variance above which a named smooth activation's three- and four-variable averages

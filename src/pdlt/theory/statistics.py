@@ -795,6 +795,11 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True, unresolved=None):
              if (errors is not None and N > 1) else None)
     d4err = d4err or None
     nb = _BLOCK_LAYERS if N == 2 else 0
+    if (nb and _averages._GRADED is not None and _averages._graded_act(act)
+            and np.max(np.einsum("lii->li", Ks[:L - 1])) > _averages._GRADED_K):
+        # two inputs, a kernel above _GRADED_K: layer by layer, so that the four-slot
+        # averages there take the graded rule (_GradedPlain; blocks call expect_nd)
+        nb = 0
     block = None
     quad_rel = np.zeros(L)      # V's averages' estimated error over V's largest entry
     for l in _layers(range(1, L), f"{', '.join(run)}, {N} input{'s' if N > 1 else ''}"):
@@ -1090,7 +1095,7 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
     accuracy : {"fast", "default", "high"}
         Rule of the three- and four-variable expectations (N > 1; their
         accuracy is stated in :mod:`pdlt.gaussian._multi`). One input uses
-        one-variable rules only (error < 1e-14). Plain MLPs, N >= 3 inputs,
+        one-variable rules only (error < 1e-14). Plain MLPs, N >= 2 inputs,
         tanh, erf, sigmoid, softplus, swish, gelu: the two-, three- and
         four-variable averages of the four-slot tensors whose covariance has a
         variance above 10 take the nested rule graded in z instead (any
@@ -1162,7 +1167,7 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         unresolved = {}
         # a plain MLP's three- and four-variable averages above _averages._GRADED_K of a
         # named smooth activation: the graded rule, under a budget (both folds share it)
-        graded = (_averages.graded_plain() if not mlp.is_residual and Ks.shape[1] >= 3
+        graded = (_averages.graded_plain() if not mlp.is_residual and Ks.shape[1] >= 2
                   else contextlib.nullcontext())
         with graded as gstate:
             vals, errors = _finite_fold(mlp, Ks, Ths, finite, accuracy,
