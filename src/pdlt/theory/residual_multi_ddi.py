@@ -319,8 +319,11 @@ class _TwoDepth:
                 f"its conditional variance is {max(float(s[k]), 0.0):.1e} of its variance "
                 f"{float(cov[k, i, i]):.3g}: inputs collinear or coinciding to round-off (with "
                 "n0 = 1 and C_b = 0 every input is +-collinear; N > n0 inputs without a bias "
-                "are linearly dependent). Give the network a bias (C_b > 0), merge inputs meant "
-                "to coincide, use inputs that are not collinear, or compute R one input at a "
+                "are linearly dependent), or a kernel so large that one input's trajectory is "
+                "collinear across depths to float64 (residual increments of order 1 against "
+                "that variance; above ~1e10 R is not resolved there anyway). Give the network "
+                "a bias (C_b > 0), merge inputs meant to coincide, use inputs that are not "
+                "collinear, rescale the inputs (K^(1) of order 1), or compute R one input at a "
                 "time")
         zero = mag == 0
         s = np.where(zero, 1.0, s)
