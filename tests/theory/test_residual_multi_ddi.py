@@ -233,6 +233,21 @@ def test_nearly_coinciding_inputs_r_estimate_covers():
         pdlt.statistics(m3, X3, get=["R"])
 
 
+def test_huge_kernel_r_is_flagged_not_refused():
+    """Two residual tanh inputs at K1 = 1e11: one input's trajectory is collinear across
+    depths to float64 (the same zero conditional variance as collinear inputs); R there is
+    returned with an estimate of at least its size and a warning, not refused (the call's
+    other statistics are resolved)."""
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    x *= np.sqrt(3e11) / np.linalg.norm(x, axis=1, keepdims=True)
+    m = MLP(n0=3, width=16, depth=3, n_out=16, activation="tanh", C_W=1.0, C_b=0.0,
+            gamma=0.5)
+    with pytest.warns(RuntimeWarning, match="has an estimated error"):
+        st = pdlt.statistics(m, x, get=["R"])
+    assert np.all(np.isfinite(st.R)) and np.all(np.isfinite(st.integration_error))
+    assert st.integration_error[-1] >= abs(st.R[-1, 0, 1, 0, 1])
+
+
 @pytest.mark.parametrize("act", ["tanh", "relu"])
 def test_p_q_equal_the_dntk_module(act):
     """P and Q from R's and T's folds equal pdlt.theory.residual_multi_dntk's (independent

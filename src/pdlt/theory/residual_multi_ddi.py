@@ -201,6 +201,10 @@ _STEIN_MIN_S = 1e-13
 #: the inputs 10x and 100x larger), i.e. moments ~1e-13..1e-12 off; 1e-12 stated 2.8e-5
 #: (short), this 2.8e-4
 _STEIN_EPS = 1e-11
+#: variance above which a conditional variance below :data:`_STEIN_MIN_S` is taken for the
+#: kernel's size (flagged: an estimate of at least the value), not for collinear inputs
+#: (refused): tanh, two residual inputs at K1 = 1e11 hit it across depths
+_STEIN_HUGE_K = 1e8
 
 
 class _TwoDepth:
@@ -310,7 +314,8 @@ class _TwoDepth:
         # n0 = 1 without a bias): the Stein form divides by s = 0 (was a NaN, then "R
         # overflowed; reduce the depth", which does not help). Moments that all vanish
         # (sin at K ~ 1e12, where every such average is e^(-K/2)) leave 0 at any s
-        bad = (s <= _STEIN_MIN_S * cov[:, i, i]) & (mag > 0)
+        small = (s <= _STEIN_MIN_S * cov[:, i, i]) & (mag > 0)
+        bad = small & (cov[:, i, i] <= _STEIN_HUGE_K)
         if np.any(bad):
             k = int(np.flatnonzero(bad)[0])
             raise FloatingPointError(
@@ -319,20 +324,21 @@ class _TwoDepth:
                 f"its conditional variance is {max(float(s[k]), 0.0):.1e} of its variance "
                 f"{float(cov[k, i, i]):.3g}: inputs collinear or coinciding to round-off (with "
                 "n0 = 1 and C_b = 0 every input is +-collinear; N > n0 inputs without a bias "
-                "are linearly dependent), or a kernel so large that one input's trajectory is "
-                "collinear across depths to float64 (residual increments of order 1 against "
-                "that variance; above ~1e10 R is not resolved there anyway). Give the network "
-                "a bias (C_b > 0), merge inputs meant to coincide, use inputs that are not "
-                "collinear, rescale the inputs (K^(1) of order 1), or compute R one input at a "
+                "are linearly dependent). Give the network a bias (C_b > 0), merge inputs meant "
+                "to coincide, use inputs that are not collinear, or compute R one input at a "
                 "time")
         zero = mag == 0
-        s = np.where(zero, 1.0, s)
+        # above _STEIN_HUGE_K one input's trajectory is collinear across depths to float64
+        # (residual increments of order 1 against the variance): flagged, not refused (R
+        # is not resolved there anyway; the other statistics of the call are)
+        s = np.where(zero, 1.0, np.where(small, np.maximum(np.abs(s), _STEIN_MIN_S
+                                                           * cov[:, i, i]), s))
         val = np.where(zero, 0.0, num / s)
         # the division amplifies the moments' error by mag / |numerator|: ~1e8 for inputs
         # 3e-4 apart in relative norm (R was 1.5e-4 off there and 88 % off at 3e-6, with no
         # estimate). Reported like the averages past their point budget: within
         # unresolved_averages, and moved by the estimate within perturbed_unresolved
-        est = _STEIN_EPS * mag / s
+        est = _STEIN_EPS * mag / s + np.where(small, np.abs(val), 0.0)
         if residual_multi._COLLECT is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 rel = np.where(zero, 0.0, est / (np.abs(val) + est))
