@@ -195,21 +195,53 @@ def _letter_fn(act, letters):
 #: the condition number; exactly collinear inputs give ~1e-16)
 _STEIN_MIN_S = 1e-13
 #: relative error of :meth:`_stein`'s moments, for the estimate of what its division by the
-#: conditional variance leaves: ``_STEIN_EPS * sum |terms| / s``. Measured (swish, four
-#: inputs of one bias-dominated direction, their distinct parts 3e-4 of the norm: s / var
-#: 5e-8, terms 4.7e8 x the difference): R 4.5e-5 off (reference: R - R_diag ~ |x|^2 from
-#: the inputs 10x and 100x larger), i.e. moments ~1e-13..1e-12 off; 1e-12 stated 2.8e-5
-#: (short), this 2.8e-4. NOT a bound in general: at other nearly coinciding inputs R is
-#: further off than this states (gelu, four inputs 1e-4 apart: 9 % off, stated 0.27 %;
-#: tanh, three inputs 3e-4 apart: 6x; sigmoid, four: 2.3x), while T, P, A there are right
-#: to their references, the moments' rule difference is small and s's rounding is not it:
-#: the cause is open. Those cases are flagged (warned), not resolved
-_STEIN_EPS = 1e-11
+#: conditional variance leaves: ``_STEIN_EPS * sum |terms| / s``. With the regression
+#: solved accurately (:func:`_regression`) the terms' errors cancel with the terms (the same
+#: nodes at nearly the same covariances): swish, four inputs of one bias-dominated direction
+#: 3e-4 and 3e-6 apart (s / var 5e-8 and ~5e-12, terms 4.7e8 and ~5e12 x the difference), R
+#: 3e-10 and 3.6e-6 off (reference: R - R_diag ~ |x|^2 from the inputs 100x and 1000x
+#: larger), an effective 2e-18 of the terms; this covers float64 rounding of every term
+#: uncorrelated (~2e-16) 500x. (With the former pseudo-inverse regression R was 3.6e-5 and
+#: 88 % off there, gelu 9 % at 1e-4, and 1e-11 here still understated it 2-34x.)
+_STEIN_EPS = 1e-13
 #: variance above which a conditional variance below :data:`_STEIN_MIN_S` is taken for the
 #: kernel's size (flagged: an estimate of at least the value), not for collinear inputs
 #: (refused): tanh, two residual inputs at K1 = 1e11 hit it across depths
 _STEIN_HUGE_K = 1e8
 
+
+
+def _regression(Kyy, cxy):
+    """``beta`` (B, m) with ``Kyy beta = cxy`` for a batch of covariances ``Kyy`` (B, m, m):
+    the coefficients of the Stein form's regression of x on the others.
+
+    LU solves (backward stable) with one step of iterative refinement; a singular ``Kyy``
+    (linearly dependent others: N > n0 inputs without a bias) by the pseudo-inverse. The
+    Stein form needs the residual ``cxy - Kyy beta`` small against s: the former
+    eigendecomposition-based pseudo-inverse for every row left it ~eps kappa, which the
+    division by s amplified (gelu, four nearly coinciding residual inputs 1e-4 apart: R 9 %
+    off; tanh, sigmoid 2e-4 of scale; LU: within the references, 2e-8).
+    """
+    beta = np.empty_like(cxy)
+    rows = np.arange(len(Kyy))
+    try:
+        beta[:] = np.linalg.solve(Kyy, cxy[..., None])[..., 0]
+        ok = np.all(np.isfinite(beta), axis=1)
+    except np.linalg.LinAlgError:
+        ok = np.zeros(len(Kyy), dtype=bool)
+        for k in rows:
+            try:
+                beta[k] = np.linalg.solve(Kyy[k], cxy[k])
+                ok[k] = bool(np.all(np.isfinite(beta[k])))
+            except np.linalg.LinAlgError:
+                pass
+    if np.any(ok):
+        r = cxy[ok] - np.einsum("kab,kb->ka", Kyy[ok], beta[ok])
+        beta[ok] += np.linalg.solve(Kyy[ok], r[..., None])[..., 0]
+    if not np.all(ok):
+        bad = ~ok
+        beta[bad] = np.einsum("kab,kb->ka", np.linalg.pinv(Kyy[bad], hermitian=True), cxy[bad])
+    return beta
 
 class _TwoDepth:
     """``E[X_c Y_e(z^(p)) Z_a W_b(z^(l))]`` as (N, N, N, N) tensors [c, e, a, b], cached.
@@ -302,7 +334,7 @@ class _TwoDepth:
         d = len(names)
         Kyy = cov[:, others][:, :, others]
         cxy = cov[:, i, others]
-        beta = np.einsum("kab,kb->ka", np.linalg.pinv(Kyy, hermitian=True), cxy)
+        beta = _regression(Kyy, cxy)
         s = cov[:, i, i] - np.einsum("ka,ka->k", beta, cxy)
         pw = [0] * d
         pw[i] = 1
