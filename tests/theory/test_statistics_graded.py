@@ -58,20 +58,20 @@ def _collinear(K1=1000.0, eta=1e-5):
     return m, x * np.sqrt(K1 / (0.1 + np.dot(x0, x0) / 3))
 
 
-def _symmetric_distance(m, st):
-    # entries with as many (1 + eta) as (1 - eta) inputs (within each pair for rank 4)
-    # are the one-input statistic at x0 to O(eta^2) (the first order cancels by the
-    # entry's symmetry); relative to its largest value
+def _symmetric_distance(m, st, plus=1, minus=2, K1=None):
+    # entries with as many (1 + eta) inputs (index ``plus``) as (1 - eta) ones (``minus``),
+    # within each pair for rank 4, are the one-input statistic at x0 (first-layer kernel K1,
+    # default input 0's) to O(eta^2) (the first order cancels by the entry's symmetry);
+    # relative to its largest value
+    K1 = float(st.K[0, 0, 0]) if K1 is None else K1
     out = {}
     for name in NAMES:
-        one = pdlt.statistics(m, K1=float(st.K[0, 0, 0]), get=[name])[name]
+        one = pdlt.statistics(m, K1=K1, get=[name])[name]
         T = st[name]
         idx = np.indices(T.shape[1:]).reshape(T.ndim - 1, -1)
-        if len(idx) == 4:
-            sel = ((np.sum(idx[:2] == 1, axis=0) == np.sum(idx[:2] == 2, axis=0))
-                   & (np.sum(idx[2:] == 1, axis=0) == np.sum(idx[2:] == 2, axis=0)))
-        else:
-            sel = np.sum(idx == 1, axis=0) == np.sum(idx == 2, axis=0)
+        groups = (idx[:2], idx[2:]) if len(idx) == 4 else (idx,)
+        sel = np.all([np.sum(g == plus, axis=0) == np.sum(g == minus, axis=0)
+                      for g in groups], axis=0)
         d = np.abs(T.reshape(T.shape[0], -1)[:, sel] - one[:, None])
         out[name] = float(np.max(d) / np.max(np.abs(one)))
     return out
@@ -147,18 +147,7 @@ def test_two_inputs_at_large_kernels_are_resolved(monkeypatch):
     K1 = 0.1 + xs @ xs / 3                                    # the one input x
 
     def distance(st):
-        out = {}
-        for name in NAMES:
-            one = pdlt.statistics(m, K1=K1, get=[name])[name]
-            T = st[name]
-            idx = np.indices(T.shape[1:]).reshape(T.ndim - 1, -1)
-            if len(idx) == 4:
-                sel = (np.sum(idx[:2], axis=0) == 1) & (np.sum(idx[2:], axis=0) == 1)
-            else:
-                sel = np.sum(idx, axis=0) == 1
-            d = np.abs(T.reshape(T.shape[0], -1)[:, sel] - one[:, None])
-            out[name] = float(np.max(d) / np.max(np.abs(one)))
-        return out
+        return _symmetric_distance(m, st, plus=0, minus=1, K1=K1)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")                        # nothing flagged

@@ -609,7 +609,7 @@ class LayerAverages:
                 v = self.t[table[key]]
             return np.full((1, 1, 1, 1), float(np.asarray(v).reshape(-1)[0]))
         if slots == "ssss":
-            if (self._block is None and _GRADED is not None and N >= 2 and _graded_act(act)
+            if (self._block is None and _GRADED is not None and _graded_act(act)
                     and np.max(self.diag) > _GRADED_K):
                 # the same groups and rules, the three- and four-variable ones above
                 # _GRADED_K through the graded rule (:class:`_GradedPlain`)

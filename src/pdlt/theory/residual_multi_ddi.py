@@ -210,7 +210,6 @@ _STEIN_EPS = 1e-13
 _STEIN_HUGE_K = 1e8
 
 
-
 def _regression(Kyy, cxy):
     """``beta`` (B, m) with ``Kyy beta = cxy`` for a batch of covariances ``Kyy`` (B, m, m):
     the coefficients of the Stein form's regression of x on the others.
@@ -223,13 +222,12 @@ def _regression(Kyy, cxy):
     off; tanh, sigmoid 2e-4 of scale; LU: within the references, 2e-8).
     """
     beta = np.empty_like(cxy)
-    rows = np.arange(len(Kyy))
     try:
         beta[:] = np.linalg.solve(Kyy, cxy[..., None])[..., 0]
         ok = np.all(np.isfinite(beta), axis=1)
     except np.linalg.LinAlgError:
         ok = np.zeros(len(Kyy), dtype=bool)
-        for k in rows:
+        for k in range(len(Kyy)):
             try:
                 beta[k] = np.linalg.solve(Kyy[k], cxy[k])
                 ok[k] = bool(np.all(np.isfinite(beta[k])))
@@ -242,6 +240,7 @@ def _regression(Kyy, cxy):
         bad = ~ok
         beta[bad] = np.einsum("kab,kb->ka", np.linalg.pinv(Kyy[bad], hermitian=True), cxy[bad])
     return beta
+
 
 class _TwoDepth:
     """``E[X_c Y_e(z^(p)) Z_a W_b(z^(l))]`` as (N, N, N, N) tensors [c, e, a, b], cached.
@@ -370,10 +369,10 @@ class _TwoDepth:
         s = np.where(zero, 1.0, np.where(small, np.maximum(np.abs(s), _STEIN_MIN_S
                                                            * cov[:, i, i]), s))
         val = np.where(zero, 0.0, num / s)
-        # the division amplifies the moments' error by mag / |numerator|: ~1e8 for inputs
-        # 3e-4 apart in relative norm (R was 1.5e-4 off there and 88 % off at 3e-6, with no
-        # estimate). Reported like the averages past their point budget: within
-        # unresolved_averages, and moved by the estimate within perturbed_unresolved
+        # the division amplifies the moments' error by mag / |numerator| (~5e8 for inputs
+        # 3e-4 apart in relative norm, _STEIN_EPS). Reported like the averages past their
+        # point budget: within unresolved_averages, and moved by the estimate within
+        # perturbed_unresolved
         est = _STEIN_EPS * mag / s + np.where(small, np.abs(val), 0.0)
         if residual_multi._COLLECT is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
