@@ -60,8 +60,8 @@ def directions(seed, s):
 
 
 def rho(C):
-    plan = _graded._last_pair(_factor(C[None])[1][0])
-    return np.nan if plan is None else abs(plan[1][3, 2]) / max(1.0, plan[1][3, 3])
+    Lp = _graded._last_pair(_factor(C[None])[1][0])[1]
+    return abs(Lp[3, 2]) / max(1.0, Lp[3, 3])
 
 
 def timed(fs, C):
@@ -96,7 +96,6 @@ def part_degree():
 
 
 def part_rho():
-    rmax, _graded._RHO_MAX = _graded._RHO_MAX, 1e9
     rng = np.random.default_rng(11)
     v, w = rng.standard_normal((3, 4)), rng.standard_normal(4)
     print("| eps | rho | error | estimate |\n|---:|---:|---:|---:|")
@@ -106,7 +105,21 @@ def part_rho():
         val, e, _ = timed([special.erf] * 4, C)
         print(f"| {eps:g} | {rho(C):.2f} | {val - sign4(C + 0.5 * np.eye(4)):.1e} | {e:.1e} |",
               flush=True)
-    _graded._RHO_MAX = rmax
+
+
+def part_rank():
+    # four directions in three dimensions (N > n0 without a bias): rank 3, the last
+    # variable a combination of the first three, c = 0 in the table
+    print("| seed | K | rho | error | estimate | CPU s (value + estimate) |\n"
+          "|---:|---:|---:|---:|---:|---:|")
+    for seed in (0, 1, 2):
+        x = np.random.default_rng(seed).standard_normal((4, 3))
+        for s in (30.0, 1e3, 1e4, 1e6):
+            C = s * x @ x.T / np.max(np.diag(x @ x.T))
+            v, e, t = timed([special.erf] * 4, C)
+            ref = sign4(C + 0.5 * np.eye(4))
+            print(f"| {seed} | {s:.0e} | {rho(C):.2f} | {v - ref:.1e} | {e:.1e} | {t:.1f} |",
+                  flush=True)
 
 
 def part_old():

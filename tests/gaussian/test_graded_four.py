@@ -26,6 +26,7 @@ from scipy import integrate, special
 from pdlt.gaussian import _graded
 from pdlt.gaussian._graded import expect_graded, graded_axes
 from pdlt.gaussian._multi import expect_nd
+from pdlt.theory._capped import _cs_scale
 
 EPS = np.finfo(float).eps
 
@@ -117,15 +118,56 @@ def test_three_variables_and_collinear_pairs_do_not_take_the_table(monkeypatch):
         assert a[0] == b[0] and a[1] == b[1]
 
 
-def test_nearly_collinear_pairs_keep_three_axes():
-    # four directions nearly linearly dependent (x4 = x1 + x2 + x3 + 0.03 w): every pair
-    # is nearly collinear given the other two (rho ~ 11 > 8, measured 2e-12 off there),
-    # so no 2-D table: three graded axes point by point, as before
+def _check(C, fs=None):
+    ref, res = _sign4(C + 0.5 * np.eye(4))
+    val, est = expect_graded(fs or [special.erf] * 4, C, return_error=True)
+    tol = _tol(C, res)
+    assert abs(val - ref) < tol, (val, ref, tol)
+    assert est < 1e-10
+    return val, ref, tol
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.03])
+def test_nearly_dependent_directions_take_the_sheared_table(eps):
+    # four directions nearly linearly dependent (x4 = x1 + x2 + x3 + eps w): every pair is
+    # highly correlated given the other two (rho ~ 10-11: the ridge where the last two
+    # transitions meet is 10x narrower than the panels of an unsheared table); the sheared
+    # table takes them (before: three graded axes point by point, ~40-60 s)
     rng = np.random.default_rng(11)
     v, w = rng.standard_normal((3, 4)), rng.standard_normal(4)
-    x = np.vstack([v, v.sum(0) + 0.03 * w])
-    C = 1e4 * x @ x.T / np.max(np.diag(x @ x.T))
-    assert graded_axes(C[None])[0] == 3
-    x = np.vstack([v, v.sum(0) + 0.3 * w])                # rho 2.6: the table
+    x = np.vstack([v, v.sum(0) + eps * w])
     C = 1e4 * x @ x.T / np.max(np.diag(x @ x.T))
     assert graded_axes(C[None])[0] == 2
+    _check(C)
+
+
+@pytest.mark.parametrize("K", [30.0, 1e4, 1e6])
+def test_four_inputs_in_three_dimensions(K, monkeypatch):
+    # N > n0 without a bias: rank 3, the fourth variable a combination of the first three
+    # (c = 0 in the table, rho = |b| up to ~45 at K = 1e6). The ridge t = z3 - (b / a) z2 is
+    # then sharp (width 1) and must be graded on the outer axes too: without it the same
+    # comparison fails at K = 1e6 (4e-7 off)
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    C = K * x @ x.T / np.max(np.diag(x @ x.T))
+    assert np.linalg.matrix_rank(x @ x.T) == 3 and graded_axes(C[None])[0] == 2
+    val, ref, tol = _check(C)
+    if K >= 1e6:
+        monkeypatch.setattr(_graded, "_RIDGE", False)
+        assert abs(expect_graded([special.erf] * 4, C) - ref) > 100.0 * tol
+
+
+def test_the_table_does_not_depend_on_which_pair_goes_last(monkeypatch):
+    # tanh, swish, gelu and tanh' (linear and flat asymptotes; no closed form): the least
+    # oblique pair (the rule) and the pivoted order (another pair, another shear and other
+    # panels in both regions of the table) agree within their estimates
+    fs = [np.tanh, lambda z: z * special.expit(z), lambda z: z * special.ndtr(z),
+          lambda z: 1.0 - np.tanh(z) ** 2]
+    C = _directions(4, 1e4)
+    v1, e1 = expect_graded(fs, C, return_error=True)
+    pair = _graded._last_pair
+    monkeypatch.setattr(_graded, "_last_pair", lambda L: ([0, 1, 2, 3], L))
+    v2, e2 = expect_graded(fs, C, return_error=True)
+    scale = _cs_scale(fs, C[None])[0]                   # ~1.6e3: |swish| |gelu| ~ sqrt(K)
+    assert pair(_graded._factor(C[None])[1][0])[0] != [0, 1, 2, 3]   # another pair indeed
+    assert abs(v1 - v2) <= e1 + e2 + 1e-13 * scale, (v1, v2, e1, e2)
+    assert max(e1, e2) < 1e-10 * scale

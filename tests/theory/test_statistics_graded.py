@@ -159,3 +159,31 @@ def test_two_inputs_at_large_kernels_are_resolved(monkeypatch):
     with pytest.warns(RuntimeWarning):
         old = pdlt.statistics(m, x, get=NAMES)
     assert max(distance(old).values()) > 1e-6
+
+
+def test_four_inputs_in_three_dimensions_are_resolved(monkeypatch):
+    # N > n0 without a bias (the random-input case): the first-layer kernel has
+    # rank 3, so V's four-distinct average is a rank-deficient four-variable one (the 2-D
+    # table with c = 0 since session 16; before, three graded axes point by point, ~40-60 s,
+    # so the capped rule, 1.7e-4 off at K ~ 1e4). erf: the exact orthant form at K + I/2
+    # minus the product of two arcsine laws
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    x = 100.0 * x / np.sqrt(np.mean(x * x, axis=1, keepdims=True))
+    m = pdlt.MLP(n0=3, width=16, depth=2, activation="erf", C_b=0.0, C_W=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                        # nothing flagged
+        st = pdlt.statistics(m, x, get=["V"], error=True)
+    K = st.K[0]
+    assert np.linalg.matrix_rank(K, tol=1e-9 * np.max(K)) == 3 and np.max(K) >= 1e4
+
+    def pair(i, j):
+        return 2 / np.pi * np.arcsin(2 * K[i, j] / np.sqrt((1 + 2 * K[i, i]) * (1 + 2 * K[j, j])))
+
+    four, res = _g4._sign4(K + 0.5 * np.eye(4))
+    ref, tol = four - pair(0, 1) * pair(2, 3), 2 * _g4._tol(K, res)
+    assert abs(st.V[1, 0, 1, 2, 3] - ref) < tol, (st.V[1, 0, 1, 2, 3], ref, tol)
+    assert st.error["V"][1, 0, 1, 2, 3] < 1e-8 * np.max(np.abs(st.V[1]))
+    monkeypatch.setattr(_averages, "_GRADED_BUDGET", 0.0)    # the capped rule: off, flagged
+    with pytest.warns(RuntimeWarning, match="past the graded rule's budget"):
+        old = pdlt.statistics(m, x, get=["V"])
+    assert abs(old.V[1, 0, 1, 2, 3] - ref) > 1e3 * tol

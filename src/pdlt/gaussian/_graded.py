@@ -35,25 +35,27 @@ K = 30, 1e3, 1e6): <= 1e-15. The cost does not grow with K: ~0.1-1 s a covarianc
 two graded axes integrated point by point (:func:`graded_axes`), ~40-60 s with three.
 
 Four graded variables (four distinct directions: random inputs) would be three graded axes
-point by point. Instead the last two are one 2-D table of their conditional means
+point by point (~40-60 s). Instead the last two are one 2-D table of their conditional means
 (:func:`_table2`): ``g(m2, m3) = <f_2(m2 + a u) f_3(m3 + b u + c v)>`` (``a, b, c`` the
-last two rows of the factor), tensor Chebyshev interpolants of degree 15 in each variable
-on the panels graded around ``m2 = 0`` and ``m3 = 0`` (widths ``max(1, a)`` and ``max(1,
-sd(z3))``, ratio 2, up to the largest mean the outer axes reach), its values the graded
-rule in ``u`` of ``f_2`` times a 1-D table of ``f_3`` (degree 15: a panel next to 0 of
-half-width ``W / 4`` is ``2 pi`` half-widths from the strip of analyticity); the outer two
-axes point by point, as above. The two transitions are axis-aligned in ``(m2, m3)``; where
-they meet, ``m3 = (b / a) m2``, ``g`` has an oblique feature of width ~``max(1, c)``
-against panels of ~``|b|``, so the pair is the one of least ``rho = |b| / max(1, c)`` (the
-least conditional correlation, :func:`_last_pair`) and the table is taken at ``rho <= 3``
-(:data:`_RHO_MAX`; beyond, three axes point by point). Measured (erf, four random
-directions at K = 30 .. 1e6, against the exact orthant form ``erf(z) = E sign(z + e)``,
-``benchmarks/graded_four.py``): <= 3e-15 at ``rho <= 2.6``; a table of degree 11 1e-13 ..
-2e-12, degree 9 1e-11 .. 2e-10. At ``rho = 4.7`` 3e-15 up to K = 1e4 but 4e-10 at K = 1e6
-(estimated 1.4e-8; 12 nodes a panel 6e-12, so the graded rules, not the table, and the old
-three-axis rule 8e-12 there), at ``rho = 10.8`` 2e-12 (estimated 1e-10). Cost (tanh, one
-core, under load): ~3 s a covariance, ~4-5 s with the estimate; residual covariances
-(conditional sds ~1 under outer ones ~40) ~6 s (three axes point by point: ~40-60 s).
+last two rows of the factor), tensor Chebyshev interpolants of degree 15 in each variable;
+the outer two axes point by point, as above. Where the two transitions meet, ``m3 = (b /
+a) m2``, ``g`` has a ridge of width ``max(1, c)`` in ``m3``, oblique to any panels of
+``(m2, m3)`` and narrow against ``|b|`` when the pair is highly correlated given the other
+two (``rho = |b| / max(1, c)`` large: nearly dependent directions, and ``c = 0`` for the
+rank-deficient covariances of four inputs in three dimensions without a bias). So the table
+is sheared, ``t = m3 - (b / a) m2``, while ``f_2``'s transition lies within the Gaussian,
+and as it is beyond; its values are matrix products over one rule shared by all its nodes
+(``_table2``'s docstring). The ridge is also a transition of the outer axes (a fifth row
+of the factor, ``z3 - (b / a) z2``, of conditional standard deviation ``c``): without it,
+4e-7 off at rank 3 and K = 1e6. The pair taken last is the one of least ``rho``
+(:func:`_last_pair`: the table's cost grows with it). Measured (erf, against the exact
+orthant form ``erf(z) = E sign(z + e)``, ``benchmarks/graded_four.py``): random directions
+at K = 30 .. 1e6, nearly dependent ones (``rho`` 0.6 .. 11) and four directions in three
+dimensions (rank 3, ``rho`` up to 110 at K = 1e6) all within 6e-15, except one random case
+at K = 1e6 (4e-10, estimated 1.4e-8: the outer graded rules, as before); tables of degree
+11 / 9: 1e-13 .. 5e-13 / 3e-11 .. 1e-10 (rejected). Cost (tanh, one core, under load, value
+and estimate): 0.2-0.4 s a covariance, 0.6-1.1 s at ``rho`` ~ 50-110 (before: 2-4 s with
+an unsheared table at ``rho <= 3``, three axes point by point beyond).
 
 Axes whose conditional standard deviation is at most :data:`_S_HERMITE` (near duplicates
 of an earlier variable: collinear inputs) are integrated by Gauss-Hermite
@@ -98,8 +100,15 @@ _CHEB2 = 16
 _LOWER_CHEB2 = 12
 #: four graded axes: the last two one 2-D table (False: three axes point by point)
 _TABLE2 = True
-#: largest ``rho`` (:func:`_last_pair`) at which the 2-D table is taken
-_RHO_MAX = 3.0
+#: the 2-D table: ``f``'s transition (width 1) graded to ``_TAIL`` widths (beyond: its
+#: asymptote, as :data:`_GRADE`); panel widths at most ``_CAP`` times the width of a feature
+#: oblique to them; nodes of the shared rules per matrix-product block
+_TAIL = 32.0
+_CAP = 2.0
+_QBLOCK = 4096
+#: the 2-D table's ridge graded on the outer axes (False: only the four variables' own
+#: transitions, as before session 16: 4e-7 off at rank 3 and K = 1e6; for tests)
+_RIDGE = True
 #: evaluation points per vectorized block
 _CHUNK = 2 ** 21
 
@@ -203,77 +212,171 @@ def _table(f, s, mmax, n, ncheb):
     return ev
 
 
-def _table2(f2, f3, C, mmax2, mmax3, n, ncheb, ncheb2):
-    """``g(m2, m3) = <f2(m2 + C_00 u) f3(m3 + C_10 u + C_11 v)>_(u, v)`` (``C`` the lower
-    factor of the last two variables' conditional covariance, pivoted: ``C_00`` its
-    largest standard deviation) on the tensor product of panels graded around ``m2 = 0``
-    (width ``max(1, C_00)``) and ``m3 = 0`` (width ``max(1, sd(z3))``), ratio 2, covering
-    ``|m2| <= mmax2``, ``|m3| <= mmax3``: tensor Chebyshev interpolants of degree
-    ``ncheb - 1`` in each variable per panel pair. The values are the graded rule in ``u``
-    of ``f2`` times the 1-D table (:func:`_table`) of ``f3`` in ``v``; a vectorized
-    evaluator (Chebyshev polynomials of each variable contracted with the coefficients)."""
-    a, b, c = C[0, 0], C[1, 0], C[1, 1]
-    ncheb = ncheb2
-    tab = _table(f3, c, mmax3 + _T * abs(b), n, ncheb)
-    e2 = _edges(max(1.0, abs(a)), mmax2, 0)
-    e3 = _edges(max(1.0, np.hypot(b, c)), mmax3, 0)
-    xc, V2C = _cheb(ncheb)
-    mid2, half2 = 0.5 * (e2[1:] + e2[:-1]), 0.5 * (e2[1:] - e2[:-1])
-    mid3, half3 = 0.5 * (e3[1:] + e3[:-1]), 0.5 * (e3[1:] - e3[:-1])
-    m2 = (mid2[:, None] + half2[:, None] * xc).ravel()
-    m3 = (mid3[:, None] + half3[:, None] * xc).ravel()
-    M = np.stack(np.broadcast_arrays(m2[:, None], m3[None, :]), axis=-1).reshape(-1, 2)
-    Lk, r = np.array([a, b]), np.array([0.0, c])
-    g = np.empty(len(M))
-    step = max(1, _CHUNK // ((len(_GAUSS_BREAKS) + 2 * len(_GRADE)) * n))
-    for i in range(0, len(M), step):
-        Mi = M[i:i + step]
-        u, wt = _axis_nodes(Mi, Lk, r, 0, n)
-        keep = wt > 0.0
-        rows = np.nonzero(keep)[0]
-        uk = u[keep]
-        v = wt[keep] * f2(Mi[rows, 0] + a * uk) * tab(Mi[rows, 1] + b * uk)
-        g[i:i + step] = np.bincount(rows, weights=v, minlength=len(Mi))
-    P2, P3 = len(mid2), len(mid3)
-    coef = np.einsum("aj,bl,pjql->paqb", V2C, V2C, g.reshape(P2, ncheb, P3, ncheb))
-    coef = np.ascontiguousarray(coef.transpose(0, 2, 1, 3))      # (P2, P3, ncheb, ncheb)
+def _legendre(breaks, n):
+    """Composite Gauss-Legendre nodes and weights (n a panel) on the panels ``breaks``."""
+    x, wq = np.polynomial.legendre.leggauss(n)
+    half, mid = 0.5 * np.diff(breaks), 0.5 * (breaks[1:] + breaks[:-1])
+    return (mid[:, None] + half[:, None] * x).ravel(), (half[:, None] * wq).ravel()
 
-    def basis(t):
-        T = np.empty((len(t), ncheb))
+
+def _uniform(lo, hi, h, extra):
+    """Breakpoints of spacing at most ``h`` on ``[lo, hi]``, with ``extra`` ones inside."""
+    b = np.concatenate([np.linspace(lo, hi, max(1, int(np.ceil((hi - lo) / h))) + 1), extra])
+    return np.unique(b[(b >= lo) & (b <= hi)])
+
+
+def _refine(edges, reach, cap):
+    """Panels of ``edges`` that meet ``[-reach, reach]`` split to widths at most ``cap``."""
+    out = [edges[:1]]
+    for e0, e1 in zip(edges[:-1], edges[1:]):
+        k = int(np.ceil((e1 - e0) / cap)) if (e1 > -reach and e0 < reach) else 1
+        out.append(np.linspace(e0, e1, max(k, 1) + 1)[1:])
+    return np.concatenate(out)
+
+
+class _Tensor2:
+    """Tensor Chebyshev interpolants on the panel pairs of ``e2`` x ``e3`` (values ``g``
+    (P2 ncheb, P3 ncheb) at the Lobatto points, panel-major) and their evaluation."""
+
+    def __init__(self, e2, e3, ncheb):
+        self.e2, self.e3, self.n = e2, e3, ncheb
+        self.xc, self.V2C = _cheb(ncheb)
+        self.mid2, self.half2 = 0.5 * (e2[1:] + e2[:-1]), 0.5 * np.diff(e2)
+        self.mid3, self.half3 = 0.5 * (e3[1:] + e3[:-1]), 0.5 * np.diff(e3)
+
+    def nodes(self):
+        return ((self.mid2[:, None] + self.half2[:, None] * self.xc).ravel(),
+                (self.mid3[:, None] + self.half3[:, None] * self.xc).ravel())
+
+    def fit(self, g):
+        P2, P3, n = len(self.mid2), len(self.mid3), self.n
+        coef = np.einsum("aj,bl,pjql->paqb", self.V2C, self.V2C, g.reshape(P2, n, P3, n))
+        self.coef = np.ascontiguousarray(coef.transpose(0, 2, 1, 3))   # (P2, P3, n, n)
+
+    def _basis(self, t):
+        T = np.empty((len(t), self.n))
         T[:, 0] = 1.0
         T[:, 1] = t
-        for k in range(2, ncheb):
+        for k in range(2, self.n):
             T[:, k] = 2.0 * t * T[:, k - 1] - T[:, k - 2]
         return T
 
-    def ev(q2, q3):
-        i2 = np.clip(np.searchsorted(e2, q2) - 1, 0, P2 - 1)
-        i3 = np.clip(np.searchsorted(e3, q3) - 1, 0, P3 - 1)
+    def __call__(self, q2, q3):
+        i2 = np.clip(np.searchsorted(self.e2, q2) - 1, 0, len(self.mid2) - 1)
+        i3 = np.clip(np.searchsorted(self.e3, q3) - 1, 0, len(self.mid3) - 1)
         out = np.empty(len(q2))
         blk = 8192
         for s0 in range(0, len(q2), blk):
             j2, j3 = i2[s0:s0 + blk], i3[s0:s0 + blk]
-            T2 = basis((q2[s0:s0 + blk] - mid2[j2]) / half2[j2])
-            T3 = basis((q3[s0:s0 + blk] - mid3[j3]) / half3[j3])
-            out[s0:s0 + blk] = np.einsum("pa,pab,pb->p", T2, coef[j2, j3], T3)
+            T2 = self._basis((q2[s0:s0 + blk] - self.mid2[j2]) / self.half2[j2])
+            T3 = self._basis((q3[s0:s0 + blk] - self.mid3[j3]) / self.half3[j3])
+            out[s0:s0 + blk] = np.einsum("pa,pab,pb->p", T2, self.coef[j2, j3], T3)
+        return out
+
+
+def _table2(f2, f3, C, mmax2, mmax3, n, ncheb):
+    r"""``g(m2, m3) = <f2(m2 + a u) f3(m3 + b u + c v)>_(u, v)`` for ``|m2| <= mmax2``,
+    ``|m3| <= mmax3`` (``C = [[a, 0], [b, c]]`` the lower factor of the last two
+    variables' conditional covariance, pivoted: ``a >= hypot(b, c)``, ``c >= 0``; ``c = 0``
+    for a rank-deficient covariance): tensor Chebyshev interpolants (``ncheb`` points a
+    panel, each variable), and a vectorized evaluator ``ev(q2, q3)``.
+
+    With ``T(m) = <f3(m + c v)>_v`` (the 1-D table :func:`_table`; ``f3`` itself at
+    ``c = 0``), ``g = <f2(m2 + a u) T(m3 + b u)>_u`` has three features: ``f2``'s transition
+    at ``m2 = 0`` (width ``W2 = max(1, a)``), ``T``'s smoothed by ``u`` at ``m3 = 0``
+    (width ``h = hypot(b, max(1, c))``), and, while ``f2``'s transition lies within the
+    Gaussian (``|m2| <= B = 8.5 a + 32``), the ridge where the two meet, ``m3 = beta m2``
+    (``beta = b / a``), of width ``max(1, c)``: oblique, and narrow against ``|b|`` at a
+    high conditional correlation. So two tables:
+
+    * ``|m2| <= B``, sheared: ``G(m2, t) = g(m2, t + beta m2)`` on panels graded around
+      ``m2 = 0`` and the ridge ``t = 0`` (width ``max(1, c)``), ratio 2, split to widths
+      at most :data:`_CAP` ``W2`` in ``m2`` and ``_CAP h`` in ``t`` where the (now oblique)
+      ``m3 = 0`` feature crosses, ``|t| <= |beta| B + 8.5 h``. In ``y = z2`` (``y = m2 + a
+      u``) ``G = int f2(y) T(t + beta y) phi((y - m2) / a) / a dy`` separates: one matrix
+      product over a ``y`` rule shared by every node (composite Gauss-Legendre, spacing
+      ``min(a, max(1, c) / |beta|)`` (``T``'s transition in ``y``) plus ``f2``'s graded
+      breakpoints around 0, out to ``B + 8.5 a``).
+    * ``|m2| > B`` (``f2`` at its asymptote over the Gaussian), as it is: panels graded
+      from ``B`` in ``m2`` and around ``m3 = 0`` (width ``h``); one matrix product over a
+      ``u`` rule shared by every node (spacing ``min(1, max(1, c) / |b|)``).
+
+    The shared rules have ``~10 (34 + 64 / a) max(1, rho)`` nodes (``rho = |b| / max(1,
+    c)``), against ~450 per table node point by point: the matrix products make the table
+    ~10x cheaper than the unsheared one it replaced (module docstring: accuracy and cost).
+    """
+    a, b, c = abs(C[0, 0]), C[1, 0], max(C[1, 1], 0.0)
+    beta = b / a
+    W2, W3 = max(1.0, a), max(1.0, c)
+    h = np.hypot(b, W3)
+    B = min(_T * a + _TAIL, max(mmax2, W2))
+    Y = B + _T * a
+    # region I (|m2| <= B), sheared: t = m3 - beta m2
+    tmax = mmax3 + abs(beta) * B
+    e2 = _edges(W2, B, 0)
+    e2 = _refine(np.concatenate([[-B], e2[np.abs(e2) < B], [B]]), B, _CAP * W2)
+    e3 = _refine(_edges(W3, tmax, 0), abs(beta) * B + _T * h, _CAP * h)
+    one = _Tensor2(e2, e3, ncheb)
+    two = mmax2 > B
+    T = (_table(f3, c, max(tmax + abs(beta) * Y, mmax3 + _T * abs(b)), n, ncheb)
+         if c > 0.0 else f3)
+    # its values: the y rule, one matrix product
+    hy = min(a, W3 / abs(beta)) if beta != 0.0 else a
+    y, wy = _legendre(_uniform(-Y, Y, hy, np.concatenate([-_GRADE[::-1], _GRADE])), n)
+    wy = wy * f2(y) / (a * np.sqrt(2.0 * np.pi))
+    m2, t3 = one.nodes()
+    g = np.zeros((len(m2), len(t3)))
+    for s in range(0, len(y), _QBLOCK):
+        ys = y[s:s + _QBLOCK]
+        phi = np.exp(-0.5 * ((ys[None, :] - m2[:, None]) / a) ** 2) * wy[None, s:s + _QBLOCK]
+        g += phi @ T((t3[:, None] + beta * ys[None, :]).ravel()).reshape(len(t3), len(ys)).T
+    one.fit(g)
+    tables = [one]
+    if two:
+        # region II (|m2| > B, f2 at its asymptote), as it is: the u rule
+        pos = B * 2.0 ** np.arange(0, int(np.ceil(np.log2(mmax2 / B))) + 1)
+        e3 = _edges(h, mmax3, 0)
+        hu = min(1.0, W3 / abs(b)) if b != 0.0 else 1.0
+        u, wu = _legendre(_uniform(-_T, _T, hu, _GAUSS_BREAKS), n)
+        wu = wu * np.exp(-0.5 * u * u) / np.sqrt(2.0 * np.pi)
+        for e2 in (-pos[::-1], pos):
+            side = _Tensor2(e2, e3, ncheb)
+            m2, m3 = side.nodes()
+            g = np.zeros((len(m2), len(m3)))
+            for s in range(0, len(u), _QBLOCK):
+                us = u[s:s + _QBLOCK]
+                F = f2(m2[:, None] + a * us[None, :]) * wu[None, s:s + _QBLOCK]
+                g += F @ T((m3[:, None] + b * us[None, :]).ravel()).reshape(len(m3), len(us)).T
+            side.fit(g)
+            tables.append(side)
+
+    def ev(q2, q3):
+        out = np.empty(len(q2))
+        inner = np.abs(q2) <= B
+        k = np.flatnonzero(inner)
+        out[k] = one(q2[k], q3[k] - beta * q2[k])
+        if two:
+            for side, k in ((tables[1], np.flatnonzero(~inner & (q2 < 0))),
+                            (tables[2], np.flatnonzero(~inner & (q2 > 0)))):
+                out[k] = side(q2[k], q3[k])
         return out
     return ev
 
 
 def _last_pair(L):
-    """Order of four graded variables (factor ``L``, pivoted, all conditional standard
-    deviations above :data:`_S_HERMITE`) whose last two make the 2-D table
-    (:func:`_table2`), and its factor; ``None`` where no order is resolved.
+    """Order of four variables (factor ``L``, pivoted, the first three conditional
+    standard deviations above :data:`_S_HERMITE`) whose last two make the 2-D table
+    (:func:`_table2`), and its factor.
 
-    The table's panels are graded around ``m2 = 0`` and ``m3 = 0``; its one oblique
-    feature is where the two transitions meet, ``m3 = (b / a) m2`` (``a, b, c`` the last
-    two rows of the factor: ``z2 = m2 + a u``, ``z3 = m3 + b u + c v``), of width
-    ``max(1, c)`` in ``m3`` against panels of ``~|b|``: resolved while
-    ``rho = |b| / max(1, c) <= _RHO_MAX`` (the last two variables' conditional correlation
-    not too close to 1). Of the six pairs, the one of least ``rho`` (each pair's larger
-    conditional variance first, the other two in pivoted order)."""
+    The table's cost grows with ``rho = |b| / max(1, c)`` (``a, b, c`` the last two rows
+    of the factor: ``z2 = m2 + a u``, ``z3 = m3 + b u + c v``; the last two variables'
+    conditional correlation), so of the six pairs the one of least ``rho`` (each pair's
+    larger conditional variance first, the other two in pivoted order) among the orders
+    whose four conditional standard deviations exceed :data:`_S_HERMITE`; where none does
+    (a rank-deficient covariance: four inputs in three dimensions without bias, or a
+    near-duplicate), the pivoted order as it is (its last ``c`` small or 0)."""
     K = L @ L.T
-    best = None
+    best = (np.inf, [0, 1, 2, 3], L)
     for i in range(3):
         for j in range(i + 1, 4):
             rest = [k for k in range(4) if k not in (i, j)]
@@ -290,10 +393,8 @@ def _last_pair(L):
             rho = abs(Lp[3, 2]) / max(1.0, Lp[3, 3])
             if (i, j) == (2, 3):
                 perm, Lp = [0, 1, 2, 3], L           # the pivoted order as it is
-            if best is None or rho < best[0]:
+            if rho < best[0]:
                 best = (rho, perm, Lp)
-    if best is None or best[0] > _RHO_MAX:
-        return None
     return best[1], best[2]
 
 
@@ -308,15 +409,19 @@ def _nested(fs, L, n, ncheb, hermite_scale=1.0):
           if 0.0 < sk <= _S_HERMITE else None for sk in s]
     # the last axis, if graded, as a table of its conditional mean
     tab = tab2 = None
-    plan = _last_pair(L) if d == 4 and np.all(s > _S_HERMITE) and _TABLE2 else None
+    plan = _last_pair(L) if d == 4 and np.all(s[:3] > _S_HERMITE) and _TABLE2 else None
     if plan is not None:
-        # four graded axes: the last two one 2-D table of their conditional means
+        # four variables, three graded: the last two one 2-D table of their conditional means
         fs, L = [fs[i] for i in plan[0]], plan[1]
         s = np.abs(np.diagonal(L))
+        # the table's ridge, t = z3 - (b / a) z2 (conditional sd c: sharp where the pair is
+        # highly correlated), is a transition of the outer axes too: graded as a fifth row
+        if _RIDGE:
+            L = np.vstack([L, L[3] - (L[3, 2] / L[2, 2]) * L[2]])
         r = np.sqrt(np.maximum(np.cumsum((L ** 2)[:, ::-1], axis=1)[:, ::-1], 0.0))
-        r = np.concatenate([r, np.zeros((d, 1))], axis=1)
+        r = np.concatenate([r, np.zeros((len(L), 1))], axis=1)
         tab2 = _table2(fs[2], fs[3], L[2:, 2:], _T * np.sum(np.abs(L[2, :2])),
-                       _T * np.sum(np.abs(L[3, :2])), n, ncheb,
+                       _T * np.sum(np.abs(L[3, :2])), n,
                        _CHEB2 if ncheb == _CHEB else _LOWER_CHEB2)
     elif d >= 2 and s[d - 1] > _S_HERMITE:
         mmax = _T * np.sum(np.abs(L[d - 1, :d - 1]))
@@ -332,7 +437,8 @@ def _nested(fs, L, n, ncheb, hermite_scale=1.0):
         if s[k] == 0.0:
             return level(k + 1, w, prod * fs[k](M[:, k]), M)
         graded = s[k] > _S_HERMITE
-        per = (len(_GAUSS_BREAKS) + len(_GRADE) * (d - k)) * n if graded else len(gh[k][0])
+        per = ((len(_GAUSS_BREAKS) + len(_GRADE) * (len(L) - k)) * n if graded
+               else len(gh[k][0]))
         step = max(1, _CHUNK // per)
         total = 0.0
         for i in range(0, len(w), step):
@@ -349,7 +455,7 @@ def _nested(fs, L, n, ncheb, hermite_scale=1.0):
             total += level(k + 1, wi[rows] * wt[keep], pi[rows] * fs[k](Mn[:, k]), Mn)
         return total
 
-    return level(0, np.ones(1), np.ones(1), np.zeros((1, d)))
+    return level(0, np.ones(1), np.ones(1), np.zeros((1, len(L))))
 
 
 def expect_graded(fs, K, *, return_error=False):
@@ -390,18 +496,16 @@ def expect_graded(fs, K, *, return_error=False):
 
 def graded_axes(K, table2=True):
     """Number of graded axes integrated point by point (conditional standard deviation
-    above :data:`_S_HERMITE`, less one where the last axis is graded: it is a table; less
-    two where four variables are all graded and a pair of them makes the 2-D table,
-    :func:`_last_pair`) of each covariance ``K`` (B, d, d), shape (B,): the nested rule's
+    above :data:`_S_HERMITE`, less one where the last axis is graded: it is a table; two
+    where four variables have their first three graded: the last two make the 2-D table,
+    :func:`_table2`) of each covariance ``K`` (B, d, d), shape (B,): the nested rule's
     cost is ~``300^m`` evaluations for ``m`` of them (tanh, one core: m = 2 ~0.1-1 s, plus
-    ~2-6 s for a 2-D table; m = 3 ~40-60 s). ``table2=False``: as if four graded axes
+    ~0.1-1 s for a 2-D table; m = 3 ~40-60 s). ``table2=False``: as if four graded axes
     had no 2-D table (three point by point), whether or not :func:`expect_graded` makes one."""
     K = np.asarray(K, dtype=float)
     _, L = _factor(K)
     graded = np.abs(np.diagonal(L, axis1=1, axis2=2)) > _S_HERMITE
     m = np.sum(graded, axis=1) - graded[:, -1]
     if K.shape[-1] == 4 and _TABLE2 and table2:
-        for b in np.flatnonzero(np.all(graded, axis=1)):
-            if _last_pair(L[b]) is not None:
-                m[b] = 2
+        m[np.all(graded[:, :3], axis=1)] = 2
     return m
