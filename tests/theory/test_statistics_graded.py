@@ -103,7 +103,7 @@ def test_moderate_kernels_are_bit_identical(monkeypatch, act):
                  C_W=1.0 if act == "tanh" else 1.98)
     new = pdlt.statistics(m, x, get=NAMES, error=True)
     assert np.max(np.einsum("lii->li", new.K)) < 10
-    monkeypatch.setattr(_averages, "graded_plain", contextlib.nullcontext)
+    monkeypatch.setattr(_averages, "graded_plain", lambda *a: contextlib.nullcontext())
     old = pdlt.statistics(m, x, get=NAMES, error=True)
     for name in NAMES:
         assert np.array_equal(new[name], old[name]), name
@@ -124,7 +124,7 @@ def test_averages_past_the_budget_are_estimated_and_flagged(monkeypatch):
         warnings.simplefilter("error")
         full = pdlt.statistics(m, x, get=["V", "A"])
     assert np.max(full.K[0]) > 50
-    monkeypatch.setattr(_averages, "_GRADED_BUDGET", 1.5)
+    monkeypatch.setattr(_averages, "_GRADED_BUDGET", 0.3)
     with pytest.warns(RuntimeWarning, match="past the graded rule's budget"):
         part = pdlt.statistics(m, x, get=["V", "A"], error=True)
     assert np.array_equal(part.V, full.V)
@@ -132,6 +132,10 @@ def test_averages_past_the_budget_are_estimated_and_flagged(monkeypatch):
     dist = np.abs(part.A - full.A)
     assert np.max(dist) > 1e-8 * np.max(np.abs(full.A))      # the capped rule is off
     assert np.all(part.error["A"] >= dist)                     # and estimated
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")         # accuracy="high": 10x the budget, all graded
+        high = pdlt.statistics(m, x, get=["V", "A"], accuracy="high")
+    assert np.max(np.abs(high.A - full.A)) < 1e-10 * np.max(np.abs(full.A))
 
 
 def test_two_inputs_at_large_kernels_are_resolved(monkeypatch):
@@ -155,7 +159,7 @@ def test_two_inputs_at_large_kernels_are_resolved(monkeypatch):
     assert st.K[0, 0, 0] > 500
     dist = distance(st)
     assert max(dist.values()) < 1e-8, dist
-    monkeypatch.setattr(_averages, "graded_plain", contextlib.nullcontext)
+    monkeypatch.setattr(_averages, "graded_plain", lambda *a: contextlib.nullcontext())
     with pytest.warns(RuntimeWarning):
         old = pdlt.statistics(m, x, get=NAMES)
     assert max(distance(old).values()) > 1e-6

@@ -1790,13 +1790,15 @@ def _quad_tensor(act, K, slots, accuracy, cache, nd):
 #: below it every average keeps :func:`expect_nd`, bit-identical
 _GRADED_K = 10.0
 #: modelled cost (seconds, one core, tanh, with the estimate) of one graded covariance by
-#: its number of variables: two 0.025 s, three 0.12-0.17 s, four (the 2-D table) 5.3 s at K = 30 and
-#: 10.9 s at K = 1e3 (measured, ``benchmarks/README.md``). Deterministic: the same
+#: its number of variables, ~1.5x the measured (this 2-core machine under load, a plain fold
+#: of four random inputs at K = 100 .. 1e4: two 0.004 s, three 0.026-0.028 s, four (the
+#: sheared 2-D table) 0.33-0.42 s; ``benchmarks/README.md``). Deterministic: the same
 #: averages are graded on any machine
-_GRADED_COST = {2: 0.03, 3: 0.2, 4: 8.0}
-#: modelled seconds of graded covariances one :func:`graded_plain` may spend; the rest keep
-#: :func:`expect_nd`'s capped rule, its estimate and :func:`pdlt.statistics`' warning
-_GRADED_BUDGET = 30.0
+_GRADED_COST = {2: 0.005, 3: 0.04, 4: 0.6}
+#: modelled seconds of graded covariances one :func:`graded_plain` may spend (10x with
+#: ``accuracy="high"``); the rest keep :func:`expect_nd`'s capped rule, its estimate and
+#: :func:`pdlt.statistics`' warning
+_GRADED_BUDGET = 60.0
 #: the state of :func:`graded_plain` (None outside it: every average is :func:`expect_nd`)
 _GRADED = None
 

@@ -836,6 +836,9 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True, unresolved=None):
 #: :func:`statistics` warns at "default" and "high" (the contract of issue #15) where the
 #: kernel stepped from exceeds :data:`_QUAD_K`
 _QUAD_WARN = 1e-8
+#: factor on the graded rule's budget (:data:`pdlt.theory._averages._GRADED_BUDGET`) with
+#: ``accuracy="high"``
+_HIGH_BUDGET = 10.0
 #: the variance above which the smooth path's point budget can leave 1e-8 short. Measured
 #: (tanh, four distinct inputs, depth 2, V relative to its largest entry, estimate and
 #: default - high): K = 1..10: estimate <= 2e-9, difference <= 2e-12; K = 30: 8e-7 and
@@ -865,12 +868,14 @@ def _warn_quad(rel, act, Ks):
         return
     budget = ""
     if g is not None and (g.skipped or g.three_axes):
+        axes = (f"; {g.three_axes} of three graded axes, ~40-60 s each" if g.three_axes
+                else "")
         budget = (f"; {g.skipped + g.three_axes} of them above K = {_averages._GRADED_K:g} "
                   f"kept the capped rule ({g.skipped} past the graded rule's budget of "
-                  f"~{g.budget:g} s of modelled cost, pdlt.theory._averages._GRADED_BUDGET; "
-                  f"{g.three_axes} of three graded axes, ~40-60 s each), estimated error up "
-                  f"to {capped:.1e} of their Cauchy-Schwarz scale (the tensors with sigma' "
-                  "slots, A, D, H1, ... read them)")
+                  f"~{g.budget:g} s of modelled cost, pdlt.theory._averages._GRADED_BUDGET, "
+                  f"10x with accuracy='high'{axes}), estimated error up to {capped:.1e} of "
+                  "their Cauchy-Schwarz scale (the tensors with sigma' slots, A, D, H1, ... "
+                  "read them)")
     if np.any(rel > _QUAD_WARN):
         l = int(np.argmax(rel))
         head = (f"the three- and four-variable Gaussian averages of layer {l + 1} have an "
@@ -1099,9 +1104,10 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         tanh, erf, sigmoid, softplus, swish, gelu: the two-, three- and
         four-variable averages of the four-slot tensors whose covariance has a
         variance above 10 take the nested rule graded in z instead (any
-        ``accuracy``; ~1e-14 of scale at any K), up to ~30 s of modelled cost
-        per call (``_averages._GRADED_BUDGET``; N = 4: the sigma-only tensors
-        of V and G1 and part of the rest); beyond it the capped rule, warned.
+        ``accuracy``; ~1e-14 of scale at any K), up to ~60 s of modelled cost
+        per call (``_averages._GRADED_BUDGET``, 10x with ``"high"``; N = 4,
+        ``get="all"``: ~30 s for each layer above 10); beyond it the capped
+        rule, warned.
     rtol : float
         Accuracy of the pair expectations of the kernel flow
         (:func:`pdlt.gaussian.pair_expectations`).
@@ -1167,7 +1173,9 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         unresolved = {}
         # a plain MLP's three- and four-variable averages above _averages._GRADED_K of a
         # named smooth activation: the graded rule, under a budget (both folds share it)
-        graded = (_averages.graded_plain() if not mlp.is_residual and Ks.shape[1] >= 2
+        graded = (_averages.graded_plain(_averages._GRADED_BUDGET
+                                         * (_HIGH_BUDGET if accuracy == "high" else 1.0))
+                  if not mlp.is_residual and Ks.shape[1] >= 2
                   else contextlib.nullcontext())
         with graded as gstate:
             vals, errors = _finite_fold(mlp, Ks, Ths, finite, accuracy,
