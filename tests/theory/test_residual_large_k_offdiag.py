@@ -8,6 +8,7 @@ in z-space with graded breakpoints and a closed-form last variable, no pdlt code
 
 import json
 import pathlib
+import warnings
 
 import numpy as np
 import pytest
@@ -87,3 +88,24 @@ def test_small_kernels_keep_expect_nd_bit_for_bit():
     assert np.array_equal(residual_multi._expect(act, fs, Kb[small], **kw),
                           expect_nd(fs, Kb[small], **kw))
     assert abs(mixed[~small][0] - expect_graded(fs, Kb[~small])[0]) == 0.0
+
+
+def test_four_direction_tables_in_the_residual_fold(monkeypatch):
+    # two random tanh inputs of a residual MLP (first-layer K ~ 21): the averages over four
+    # distinct directions (two inputs at two depths) take the sheared 2-D table within
+    # graded_four's budget (since session 16; before, the capped rule and the warning).
+    # Against the capped rule at "high" (expect_nd's product rule: other code), every
+    # entry within that rule's own estimate, which flags it; the table's estimate is ~0
+    x = 12.0 * np.random.default_rng(0).standard_normal((2, 3))
+    m = pdlt.MLP(n0=3, width=16, depth=3, activation="tanh", C_b=0.1, C_W=1.0, gamma=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new = pdlt.statistics(m, x, get=["G1"], error=True)
+    assert np.max(new.K) > 20
+    monkeypatch.setattr(residual_multi, "_FOUR_BUDGET", 0.0)
+    with pytest.warns(RuntimeWarning, match="past the 2-D table's budget"):
+        old = pdlt.statistics(m, x, get=["G1"], error=True, accuracy="high")
+    for k in ("V", "G1"):
+        scale = np.max(np.abs(new[k]))
+        assert np.max(new.error[k]) < 1e-8 * scale
+        assert np.all(np.abs(new[k] - old[k]) <= old.error[k] + 1e-13 * scale), k

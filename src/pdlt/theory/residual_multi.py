@@ -52,11 +52,11 @@ transition in the activation's own variable: the diagonal equals
 :mod:`pdlt.theory.residual_ntk` to 1e-13 of scale up to K = 1.5e11. The three- and
 four-variable averages (entries of distinct inputs) of a named activation take the nested
 rule graded in z (:func:`pdlt.gaussian._graded.expect_graded`, ~1e-14 of scale at any K)
-where at most two of their axes are graded point by point (three-variable averages,
-four-variable ones of collinear inputs, and four distinct directions, random inputs,
-whose last two variables make one 2-D table); the rest (four distinct directions every
-pair of which is nearly collinear given the other two, :func:`pdlt.gaussian._graded._last_pair`)
-keep the capped rules. Both report an estimate (:func:`unresolved_averages`);
+where at most two of their axes are graded point by point (three-variable averages and
+four-variable ones of collinear inputs); four distinct directions (random inputs: two
+inputs at two depths), whose last two variables make the sheared 2-D table, within
+:func:`graded_four`'s budget (``pdlt.statistics`` opens it; ~0.5 s each, a fold of two
+inputs asks ~36, of four ~1350); the rest keep the capped rules. Both report an estimate (:func:`unresolved_averages`);
 :func:`pdlt.statistics` propagates it (:func:`perturbed_unresolved`) and warns
 (``benchmarks/residual_large_k.py``: tanh's collinear off-diagonal G1 3e-3 -> 1e-11, H1
 3e-2 -> 4e-11 at K = 1.5e3). At K ~ 1e11 the covariances' own float64 rounding (eps K in
@@ -105,13 +105,52 @@ _UP = {"fast": "default", "default": "high", "high": "high"}
 #: Below it both agree to ~1e-14 (K = 3) .. 1e-8 (K = 30): kept, bit-identical
 _EXACT_K = 10.0
 
-#: True: four distinct directions (four graded variables) take the nested rule's 2-D table
-#: (counted as two axes): ~3-6 s a covariance (tanh, one core, under load), resolved (a
-#: residual N = 2 fold at s = 100 unwarned), but that fold went from ~1 min to ~6 min and
-#: N = 4 random inputs (~1350 such covariances a fold) to hours. Off by default until the
-#: residual fold has a budget like the plain path's (``_averages._GRADED_BUDGET``): they
-#: keep :func:`expect_nd`, its estimate and the warning
-_GRADED_FOUR = False
+#: modelled cost (seconds, one core, tanh, under load, with the estimate) of one four-direction
+#: average (four graded variables: the nested rule's sheared 2-D table), ~1.2x the measured
+#: 0.48 s (a residual N = 2 fold at s = 100: 72 of them, fold and error fold 41 s, silent;
+#: with the capped rule 15 s, warned; with the unsheared table of session 14, ~5 s each,
+#: 724 s). Deterministic: the same averages are graded on any machine
+_FOUR_COST = 0.6
+#: modelled seconds of four-direction tables one :func:`graded_four` may spend (N = 4
+#: random inputs ask ~1350 a fold); past it they keep :func:`expect_nd`, its estimate and
+#: the warning. 10x with ``accuracy="high"`` (:func:`pdlt.statistics`)
+_FOUR_BUDGET = 60.0
+#: the state of :func:`graded_four` (None outside it: four-direction averages keep
+#: :func:`expect_nd`)
+_FOUR = None
+
+
+class _FourBudget:
+    """Which four-direction covariances take the 2-D table within :func:`graded_four`: the
+    first ones up to the budget; a covariance once taken (or refused) stays so, so that the
+    error folds of ``pdlt.statistics`` make the decisions of the first."""
+
+    def __init__(self, budget):
+        self.budget, self.spent = float(budget), 0.0
+        self.taken, self.past = set(), set()
+
+    def take(self, Kb):
+        out = np.zeros(len(Kb), dtype=bool)
+        for i, key in enumerate(K.tobytes() for K in Kb):
+            if key not in self.taken and key not in self.past:
+                (self.taken if self.spent + _FOUR_COST <= self.budget else self.past).add(key)
+            out[i] = key in self.taken
+            self.spent += _FOUR_COST * out[i]
+        return out
+
+
+@contextlib.contextmanager
+def graded_four(budget=None):
+    """Within the block, four-direction averages above :data:`_EXACT_K` take the nested
+    rule's 2-D table up to ``budget`` modelled seconds (default :data:`_FOUR_BUDGET`);
+    yields the state (``past``: the covariances refused)."""
+    global _FOUR
+    before, _FOUR = _FOUR, _FourBudget(_FOUR_BUDGET if budget is None else budget)
+    try:
+        yield _FOUR
+    finally:
+        _FOUR = before
+
 
 #: within :func:`unresolved_averages`: the list the three- and four-variable averages above
 #: :data:`_EXACT_K` report their estimates to
@@ -200,18 +239,23 @@ def _expect_many(act, fs, cov, Kb, var, big, *, accuracy, **kw):
     a named activation's averages of at most :data:`_GRADED_AXES` graded axes integrated
     point by point (:func:`pdlt.gaussian._graded.graded_axes`: conditional standard
     deviations above 0.1, largest first, the last a table, the last two of four distinct
-    directions one 2-D table; a collinear pair of inputs at one depth counts once) take
-    the nested rule graded in z (:func:`pdlt.gaussian._graded.expect_graded`, resolved at
-    any K; estimate: its lower-rule difference plus the covariance's rounding,
-    ``d eps sqrt(K)`` of scale); the rest (four distinct directions nearly collinear in
-    every pair) keep :func:`expect_nd` and its estimate
+    directions one 2-D table, within :func:`graded_four`'s budget; a collinear pair of
+    inputs at one depth counts once) take the nested rule graded in z
+    (:func:`pdlt.gaussian._graded.expect_graded`, resolved at any K; estimate: its
+    lower-rule difference plus the covariance's rounding, ``d eps sqrt(K)`` of scale); the
+    rest (four distinct directions past the budget or outside :func:`graded_four`) keep
+    :func:`expect_nd` and its estimate
     (:func:`_unresolved_estimate`). Both report to :func:`unresolved_averages` and move
     within :func:`perturbed_unresolved`.
     """
     d = len(fs)
     graded = np.zeros(len(Kb), dtype=bool)
     if act.spec is not None and act.spec[0] in _GRADED_NAMES:
-        graded[big] = graded_axes(Kb[big], table2=_GRADED_FOUR) <= _GRADED_AXES
+        ok = graded_axes(Kb[big], table2=False) <= _GRADED_AXES
+        if d == 4 and _FOUR is not None:            # four directions: the 2-D table, budgeted
+            four = np.flatnonzero(~ok & (graded_axes(Kb[big], table2=True) <= _GRADED_AXES))
+            ok[four] = _FOUR.take(Kb[big][four])
+        graded[big] = ok
     want = _COLLECT is not None or _PERTURB
     val = np.empty(len(Kb))
     est = np.zeros(len(Kb))

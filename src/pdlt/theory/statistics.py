@@ -354,11 +354,16 @@ def _warn_unresolved(act, unres, pert, out):
     if worst is None:
         return
     name, rel, at = worst
+    from . import residual_multi
+    four = residual_multi._FOUR
+    past = (f"; {len(four.past)} four-direction covariances past the 2-D table's budget of "
+            f"~{four.budget:g} s of modelled cost, residual_multi._FOUR_BUDGET, 10x with "
+            "accuracy='high'" if four is not None and four.past else "")
     warnings.warn(
         f"{name}{list(int(i) for i in at[1:])} at layer {int(at[0]) + 1} has an estimated error "
         f"of {rel:.1e} of its scale (> {_UNRES_WARN:g}): the N-input statistics of a residual "
         f"{act.name!r} MLP integrate three- and four-variable trajectory averages not resolved "
-        f"to that at these kernels (product rules past their point budget, or the "
+        f"to that at these kernels (product rules past their point budget{past}, or the "
         f"covariances' own float64 rounding, or R's Stein form dividing by the small "
         f"conditional variance of nearly coinciding inputs; largest variance {unres[1]:.3g}; "
         f"estimated {unres[0]:.1e} of an average's scale). Entries of one input alone "
@@ -1173,10 +1178,15 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         unresolved = {}
         # a plain MLP's three- and four-variable averages above _averages._GRADED_K of a
         # named smooth activation: the graded rule, under a budget (both folds share it)
-        graded = (_averages.graded_plain(_averages._GRADED_BUDGET
-                                         * (_HIGH_BUDGET if accuracy == "high" else 1.0))
-                  if not mlp.is_residual and Ks.shape[1] >= 2
-                  else contextlib.nullcontext())
+        # (residual: the four-direction ones, residual_multi.graded_four)
+        up = _HIGH_BUDGET if accuracy == "high" else 1.0
+        if Ks.shape[1] < 2:
+            graded = contextlib.nullcontext()
+        elif mlp.is_residual:
+            from .residual_multi import _FOUR_BUDGET, graded_four
+            graded = graded_four(_FOUR_BUDGET * up)
+        else:
+            graded = _averages.graded_plain(_averages._GRADED_BUDGET * up)
         with graded as gstate:
             vals, errors = _finite_fold(mlp, Ks, Ths, finite, accuracy,
                                         unresolved=unresolved)
@@ -1184,7 +1194,7 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
             alt = None
             if error:
                 other = {"fast": "default", "default": "high", "high": "default"}[accuracy]
-                if gstate is not None:
+                if gstate is not None and not mlp.is_residual:
                     gstate.perturb = True   # graded values moved by their estimates
                 alt, _ = _finite_fold(mlp, Ks, Ths, finite, other, warn=False)
         spread = None
