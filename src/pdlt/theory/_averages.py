@@ -1821,8 +1821,9 @@ class _GradedPlain:
 
     ``eval`` splits the rows of one :meth:`LayerAverages._nd` call: covariances at most
     :data:`_GRADED_K` keep :func:`expect_nd` as called (bit-identical); those past the
-    budget, or of more than :data:`_GRADED_AXES` graded axes (four directions nearly
-    collinear in every pair) keep its capped rule with the residual modules' estimate
+    budget, or of more than :data:`_GRADED_AXES` graded axes (none of at most four
+    variables since the sheared 2-D table) keep its capped rule with the residual
+    modules' estimate
     (:func:`pdlt.theory._capped._unresolved_estimate`: its lower-rule difference, at
     least the trapezoid's ``exp(-pi^2 / h)`` where its spacing passes the transition;
     recorded in ``capped_rel`` for the warning, kept like the graded values and added to

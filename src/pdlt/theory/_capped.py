@@ -64,7 +64,7 @@ def _unresolved_estimate(fs, Kb, err, accuracy, growth):
 #: most graded axes integrated point by point (:func:`pdlt.gaussian._graded.graded_axes`:
 #: conditional standard deviations above 0.1, the last one a table, the last two of four
 #: one 2-D table) of a covariance the nested rule takes: ~0.1 s a covariance at two (tanh,
-#: K = 1.5e3), ~3 s at two plus a 2-D table (four distinct directions), ~40-60 s at three
+#: K = 1.5e3), ~0.3-1 s at two plus a 2-D table (four distinct directions), ~40-60 s at three
 _GRADED_AXES = 2
 
 
