@@ -36,7 +36,7 @@ from .. import gaussian
 from ..gaussian import _trig
 from ..gaussian._closed import closed_family, pair_terms
 from ..gaussian._exppw import ExpPiecewise, exp_product
-from ..gaussian._graded import expect_graded, graded_axes
+from ..gaussian._graded import expect_graded, graded_axes, table_weight
 from ..gaussian._multi import (_GH_STEP_UP_SIGMA, PiecewiseMonomial, _power, _quadruple_groups,
                                det2, entire_growth, expect_nd, normal_family, quad_expectations,
                                rule_up)
@@ -1860,13 +1860,13 @@ class _GradedPlain:
         """Averages above :data:`_GRADED_K` of more than :data:`_GRADED_AXES` graded axes."""
         return len(self._axes)
 
-    def _take(self, key, d, m):
+    def _take(self, key, d, m, weight=1.0):
         if key in self.cache:
             return True
         if m > _GRADED_AXES:
             self._axes.add(key)
             return False
-        cost = _GRADED_COST[d]
+        cost = _GRADED_COST[d] * weight
         if key in self._past or self.spent + cost > self.budget:
             self._past.add(key)
             return False
@@ -1883,7 +1883,11 @@ class _GradedPlain:
         keys = [(act.spec[0], repr(name), Kb[b].tobytes()) for b in range(len(Kb))]
         m = np.zeros(len(Kb), dtype=int)
         m[big] = graded_axes(Kb[big])
-        take = np.array([bool(big[b]) and self._take(keys[b], d, m[b]) for b in range(len(Kb))])
+        weight = np.ones(len(Kb))
+        if d == 4:              # a 2-D table's cost grows with its pair's correlation
+            weight[big] = table_weight(Kb[big])
+        take = np.array([bool(big[b]) and self._take(keys[b], d, m[b], weight[b])
+                         for b in range(len(Kb))])
         ret = kw["return_error"]
         val, err = np.empty(len(Kb)), np.zeros(len(Kb))
         small = np.flatnonzero(~big)

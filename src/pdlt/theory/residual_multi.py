@@ -78,7 +78,7 @@ import numpy as np
 
 from .. import gaussian
 from ..gaussian._exppw import ExpPiecewise, exp_family
-from ..gaussian._graded import expect_graded, graded_axes
+from ..gaussian._graded import expect_graded, graded_axes, table_weight
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd, rule_up
 from ..network import MLP
 from ._averages import (Integrands, LayerAverages, OneVariableTable, _quad_tensor, apply_M,
@@ -131,11 +131,12 @@ class _FourBudget:
 
     def take(self, Kb):
         out = np.zeros(len(Kb), dtype=bool)
+        cost = _FOUR_COST * table_weight(Kb)        # grows with the pair's correlation
         for i, key in enumerate(K.tobytes() for K in Kb):
             if key not in self.taken and key not in self.past:
-                (self.taken if self.spent + _FOUR_COST <= self.budget else self.past).add(key)
+                (self.taken if self.spent + cost[i] <= self.budget else self.past).add(key)
             out[i] = key in self.taken
-            self.spent += _FOUR_COST * out[i]
+            self.spent += cost[i] * out[i]
         return out
 
 
