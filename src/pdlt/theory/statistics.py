@@ -356,7 +356,7 @@ def _warn_unresolved(act, unres, pert, out):
     name, rel, at = worst
     from . import residual_multi
     four = residual_multi._FOUR
-    past = (f"; {len(four.past)} four-direction covariances past the 2-D table's budget of "
+    past = (f"; {len(four.past)} four-direction averages past the 2-D table's budget of "
             f"~{four.budget:g} s of modelled cost, residual_multi._FOUR_BUDGET, 10x with "
             "accuracy='high'" if four is not None and four.past else "")
     warnings.warn(
