@@ -107,7 +107,7 @@ _EXACT_K = 10.0
 
 #: modelled cost (seconds, one core, tanh, under load, with the estimate) of one four-direction
 #: average (four graded variables: the nested rule's sheared 2-D table), ~1.2x the measured
-#: 0.48 s (a residual N = 2 fold at s = 100: 72 of them, fold and error fold 41 s, silent;
+#: 0.48 s (a residual N = 2 fold at s = 100: 36 of them, fold and error fold 25 s, silent;
 #: with the capped rule 15 s, warned; with the unsheared table of session 14, ~5 s each,
 #: 724 s). Deterministic: the same averages are graded on any machine
 _FOUR_COST = 0.6
