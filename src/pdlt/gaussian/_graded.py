@@ -75,6 +75,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._multi import _factor
+from ._rule import _panels
 
 __all__ = ["expect_graded", "graded_axes", "table_weight"]
 
@@ -139,13 +140,8 @@ def _axis_nodes(M, Lk, r, k, n):
                 dup |= np.abs(c - c0) <= 0.25 * min(w, w0)
         seen.append((c, w))
         breaks.append(np.where(dup[:, None], 2.0 * _T, c[:, None] + w * _GRADE[None, :]))
-    b = np.sort(np.clip(np.concatenate(breaks, axis=1), -_T, _T), axis=1)
-    x, wq = np.polynomial.legendre.leggauss(n)
-    lo, hi = b[:, :-1], b[:, 1:]
-    half, mid = 0.5 * (hi - lo), 0.5 * (hi + lo)
-    u = (mid[:, :, None] + half[:, :, None] * x).reshape(P, -1)
-    wt = (half[:, :, None] * wq).reshape(P, -1) * np.exp(-0.5 * u * u) / np.sqrt(2.0 * np.pi)
-    return u, wt
+    u, wt = _panels(np.sort(np.clip(np.concatenate(breaks, axis=1), -_T, _T), axis=1), n)
+    return u, wt * np.exp(-0.5 * u * u) / np.sqrt(2.0 * np.pi)
 
 
 def _hermite_nodes(s):
@@ -210,13 +206,6 @@ def _table(f, s, mmax, n, ncheb):
             out[order[cut[p]:cut[p + 1]]] = cp[0] + 0.5 * t2 * b1 - b2
         return out
     return ev
-
-
-def _legendre(breaks, n):
-    """Composite Gauss-Legendre nodes and weights (n a panel) on the panels ``breaks``."""
-    x, wq = np.polynomial.legendre.leggauss(n)
-    half, mid = 0.5 * np.diff(breaks), 0.5 * (breaks[1:] + breaks[:-1])
-    return (mid[:, None] + half[:, None] * x).ravel(), (half[:, None] * wq).ravel()
 
 
 def _uniform(lo, hi, h, extra):
@@ -322,7 +311,7 @@ def _table2(f2, f3, C, mmax2, mmax3, n, ncheb):
          if c > 0.0 else f3)
     # its values: the y rule, one matrix product
     hy = min(a, W3 / abs(beta)) if beta != 0.0 else a
-    y, wy = _legendre(_uniform(-Y, Y, hy, np.concatenate([-_GRADE[::-1], _GRADE])), n)
+    y, wy = _panels(_uniform(-Y, Y, hy, np.concatenate([-_GRADE[::-1], _GRADE])), n)
     wy = wy * f2(y) / (a * np.sqrt(2.0 * np.pi))
     m2, t3 = one.nodes()
     g = np.zeros((len(m2), len(t3)))
@@ -337,7 +326,7 @@ def _table2(f2, f3, C, mmax2, mmax3, n, ncheb):
         pos = B * 2.0 ** np.arange(0, int(np.ceil(np.log2(mmax2 / B))) + 1)
         e3 = _edges(h, mmax3, 0)
         hu = min(1.0, W3 / abs(b)) if b != 0.0 else 1.0
-        u, wu = _legendre(_uniform(-_T, _T, hu, _GAUSS_BREAKS), n)
+        u, wu = _panels(_uniform(-_T, _T, hu, _GAUSS_BREAKS), n)
         wu = wu * np.exp(-0.5 * u * u) / np.sqrt(2.0 * np.pi)
         for e2 in (-pos[::-1], pos):
             side = _Tensor2(e2, e3, ncheb)

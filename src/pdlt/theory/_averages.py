@@ -40,7 +40,7 @@ from ..gaussian._graded import expect_graded, graded_axes, table_weight
 from ..gaussian._multi import (_GH_STEP_UP_SIGMA, PiecewiseMonomial, _power, _quadruple_groups,
                                det2, entire_growth, expect_nd, normal_family, quad_expectations,
                                rule_up)
-from ._capped import (_GRADED_AXES, _GRADED_NAMES, _covariance_rounding, _cs_scale,
+from ._capped import (_GRADED_AXES, _GRADED_NAMES, _Budget, _covariance_rounding, _cs_scale,
                       _unresolved_estimate)
 
 __all__ = ["KERNEL_RANGE", "LayerAverages", "LayerBlock", "OneVariableTable", "representatives", "apply_M", "apply_M2",
@@ -1838,12 +1838,12 @@ class _GradedPlain:
     """
 
     def __init__(self, budget):
-        self.budget, self.spent = float(budget), 0.0
+        self.budget = _Budget(budget)
         self.cache = {}
         #: the averages above _GRADED_K that kept the capped rule: (value, estimate), at
         #: the first fold's accuracy (the error fold reads them moved by the estimate)
         self.capped = {}
-        self._past, self._axes = set(), set()
+        self._axes = set()
         self.graded = 0         # covariances the graded rule took
         #: largest estimated error (over the average's Cauchy-Schwarz scale) of the
         #: averages above _GRADED_K that kept the capped rule
@@ -1853,7 +1853,7 @@ class _GradedPlain:
     @property
     def skipped(self):
         """Averages above :data:`_GRADED_K` past the budget."""
-        return len(self._past)
+        return len(self.budget.past)
 
     @property
     def three_axes(self):
@@ -1861,17 +1861,10 @@ class _GradedPlain:
         return len(self._axes)
 
     def _take(self, key, d, m, weight=1.0):
-        if key in self.cache:
-            return True
         if m > _GRADED_AXES:
             self._axes.add(key)
             return False
-        cost = _GRADED_COST[d] * weight
-        if key in self._past or self.spent + cost > self.budget:
-            self._past.add(key)
-            return False
-        self.spent += cost
-        return True
+        return self.budget.take(key, _GRADED_COST[d] * weight)
 
     def eval(self, act, name, fs, K, I, kw):
         Kb = K[I[:, :, None], I[:, None, :]]

@@ -77,3 +77,24 @@ def _covariance_rounding(d, var, scale):
     1, ~ scale / sqrt(K): ``d eps sqrt(K)`` of scale. At K = 1.5e11 a relative 2e-16
     moved G1 by 2.5e-5 of its scale (G1 ~ K^-1/2 of the averages')."""
     return (d * _EPS * np.sqrt(var)) * scale
+
+
+class _Budget:
+    """Modelled seconds of graded averages one call may spend, first come first served:
+    :meth:`take` grants a key while ``spent + cost <= limit`` and charges it, once; a key
+    once granted or refused stays so (the error folds of :func:`pdlt.statistics` make the
+    first fold's decisions). Shared by the plain (:class:`pdlt.theory._averages._GradedPlain`)
+    and residual (:func:`pdlt.theory.residual_multi.graded_four`) paths."""
+
+    def __init__(self, limit):
+        self.limit, self.spent = float(limit), 0.0
+        self.taken, self.past = set(), set()
+
+    def take(self, key, cost):
+        if key not in self.taken and key not in self.past:
+            if self.spent + cost <= self.limit:
+                self.taken.add(key)
+                self.spent += cost
+            else:
+                self.past.add(key)
+        return key in self.taken

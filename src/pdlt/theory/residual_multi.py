@@ -56,7 +56,8 @@ where at most two of their axes are graded point by point (three-variable averag
 four-variable ones of collinear inputs); four distinct directions (random inputs: two
 inputs at two depths), whose last two variables make the sheared 2-D table, within
 :func:`graded_four`'s budget (``pdlt.statistics`` opens it; ~0.5 s each, a fold of two
-inputs asks ~36, of four ~1350); the rest keep the capped rules. Both report an estimate (:func:`unresolved_averages`);
+inputs asks ~36, of four ~1350); the rest keep the capped rules. Both report an estimate
+(:func:`unresolved_averages`);
 :func:`pdlt.statistics` propagates it (:func:`perturbed_unresolved`) and warns
 (``benchmarks/residual_large_k.py``: tanh's collinear off-diagonal G1 3e-3 -> 1e-11, H1
 3e-2 -> 4e-11 at K = 1.5e3). At K ~ 1e11 the covariances' own float64 rounding (eps K in
@@ -84,7 +85,7 @@ from ..network import MLP
 from ._averages import (Integrands, LayerAverages, OneVariableTable, _quad_tensor, apply_M,
                         representatives, shift_error, third_derivative)
 from .kernel import first_layer_kernel, kernel_fold
-from ._capped import (_GRADED_AXES, _GRADED_NAMES, _SPACING_TRUST,  # noqa: F401
+from ._capped import (_GRADED_AXES, _GRADED_NAMES, _SPACING_TRUST, _Budget,  # noqa: F401
                       _covariance_rounding, _cs_scale, _unresolved_estimate)
 from .residual_ntk import _second_derivative_by_parts, _stein_lyapunov
 
@@ -121,34 +122,22 @@ _FOUR = None
 
 
 class _FourBudget:
-    """Which four-direction averages (function tuple, covariance) take the 2-D table within
-    :func:`graded_four`: the first ones up to the budget; one once taken (or refused) stays
-    so, so that the error folds of ``pdlt.statistics`` make the decisions of the first.
-    Also the graded
-    values (value, estimate) by function tuple and covariance: the residual folds ask the
-    same average many times (two random inputs: 72 four-direction calls, 36 distinct; four:
-    2708, 952 distinct), the error folds all of them again."""
+    """Within :func:`graded_four`: which four-direction averages (function tuple,
+    covariance) take the 2-D table (``budget``, a :class:`pdlt.theory._capped._Budget`:
+    the first ones up to it, decisions kept across the error folds of ``pdlt.statistics``),
+    and the graded values (value, estimate) by function tuple and covariance: the residual
+    folds ask the same average many times (two random inputs: 72 four-direction calls, 36
+    distinct; four: 2708, 952 distinct), the error folds all of them again."""
 
     def __init__(self, budget):
-        self.budget, self.spent = float(budget), 0.0
-        self.taken, self.past = set(), set()
+        self.budget = _Budget(budget)
         self.cache = {}
 
     def take(self, fs, Kb):
-        """Which of the covariances ``Kb`` (B, 4, 4) take the table for ``fs``: those
-        computed or taken before, and new ones while the budget lasts (charged here)."""
-        out = np.zeros(len(Kb), dtype=bool)
+        """Which of the covariances ``Kb`` (B, 4, 4) take the table for ``fs``."""
         cost = _FOUR_COST * table_weight(Kb)        # grows with the pair's correlation
-        for i, K in enumerate(Kb):
-            key = (tuple(fs), K.tobytes())
-            if key not in self.taken and key not in self.past:
-                if self.spent + cost[i] <= self.budget:
-                    self.taken.add(key)
-                    self.spent += cost[i]
-                else:
-                    self.past.add(key)
-            out[i] = key in self.taken
-        return out
+        return np.array([self.budget.take((tuple(fs), K.tobytes()), c)
+                         for K, c in zip(Kb, cost)], dtype=bool)
 
     def graded(self, fs, Kb):
         """:func:`expect_graded` with its estimate on ``Kb`` (B, d, d), each (``fs``,
@@ -166,7 +155,7 @@ class _FourBudget:
 def graded_four(budget=None):
     """Within the block, four-direction averages above :data:`_EXACT_K` take the nested
     rule's 2-D table up to ``budget`` modelled seconds (default :data:`_FOUR_BUDGET`);
-    yields the state (``past``: the covariances refused)."""
+    yields the state (``budget.past``: the averages refused)."""
     global _FOUR
     before, _FOUR = _FOUR, _FourBudget(_FOUR_BUDGET if budget is None else budget)
     try:
@@ -276,7 +265,8 @@ def _expect_many(act, fs, cov, Kb, var, big, *, accuracy, **kw):
     if act.spec is not None and act.spec[0] in _GRADED_NAMES:
         ok = graded_axes(Kb[big], table2=False) <= _GRADED_AXES
         if d == 4 and _FOUR is not None:            # four directions: the 2-D table, budgeted
-            four = np.flatnonzero(~ok & (graded_axes(Kb[big], table2=True) <= _GRADED_AXES))
+            four = np.flatnonzero(~ok)
+            four = four[graded_axes(Kb[big][four], table2=True) <= _GRADED_AXES]
             ok[four] = _FOUR.take(fs, Kb[big][four])
         graded[big] = ok
     want = _COLLECT is not None or _PERTURB

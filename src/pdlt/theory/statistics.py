@@ -356,9 +356,9 @@ def _warn_unresolved(act, unres, pert, out):
     name, rel, at = worst
     from . import residual_multi
     four = residual_multi._FOUR
-    past = (f"; {len(four.past)} four-direction averages past the 2-D table's budget of "
-            f"~{four.budget:g} s of modelled cost, residual_multi._FOUR_BUDGET, 10x with "
-            "accuracy='high'" if four is not None and four.past else "")
+    past = (f"; {len(four.budget.past)} four-direction averages past the 2-D table's budget "
+            f"of ~{four.budget.limit:g} s of modelled cost, residual_multi._FOUR_BUDGET, 10x "
+            "with accuracy='high'" if four is not None and four.budget.past else "")
     warnings.warn(
         f"{name}{list(int(i) for i in at[1:])} at layer {int(at[0]) + 1} has an estimated error "
         f"of {rel:.1e} of its scale (> {_UNRES_WARN:g}): the N-input statistics of a residual "
@@ -877,7 +877,7 @@ def _warn_quad(rel, act, Ks):
                 else "")
         budget = (f"; {g.skipped + g.three_axes} of them above K = {_averages._GRADED_K:g} "
                   f"kept the capped rule ({g.skipped} past the graded rule's budget of "
-                  f"~{g.budget:g} s of modelled cost, pdlt.theory._averages._GRADED_BUDGET, "
+                  f"~{g.budget.limit:g} s of modelled cost, pdlt.theory._averages._GRADED_BUDGET, "
                   f"10x with accuracy='high'{axes}), estimated error up to {capped:.1e} of "
                   "their Cauchy-Schwarz scale (the tensors with sigma' slots, A, D, H1, ... "
                   "read them)")
