@@ -57,6 +57,15 @@ at K = 1e6 (4e-10, estimated 1.4e-8: the outer graded rules, as before); tables 
 and estimate): 0.2-0.4 s a covariance, 0.6-1.1 s at ``rho`` ~ 50-110 (before: 2-4 s with
 an unsheared table at ``rho <= 3``, three axes point by point beyond).
 
+Everything of that rule but the functions' values depends on the covariance only: the
+outer points and weights, the table's panels and shared rules, the points sorted by panel
+pair (:class:`_Plan4`). The folds ask ~35 function tuples of each four-variable covariance
+(its variables in any order); :class:`GradedPlans` keeps the plans across calls, by the
+covariance in pivoted order, and each plan the tables of the pairs of functions it has met,
+so a further tuple costs its two outer functions at the points, a table where its last pair
+is new, and one ``(n, n)`` contraction per panel pair (the points' Chebyshev bases times
+the coefficients): ~0.07-0.11 s against ~0.4 s (values within 1e-16 of the unplanned rule).
+
 Axes whose conditional standard deviation is at most :data:`_S_HERMITE` (near duplicates
 of an earlier variable: collinear inputs) are integrated by Gauss-Hermite
 (:func:`_hermite_nodes` nodes): every later transition moves by at most that much over the
@@ -72,12 +81,14 @@ covariance's own float64 rounding is not in it
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 from ._multi import _factor
 from ._rule import _panels
 
-__all__ = ["expect_graded", "graded_axes", "table_weight"]
+__all__ = ["GradedPlans", "expect_graded", "graded_axes", "table_cost", "table_weight"]
 
 #: Gauss-Legendre nodes per panel (full rule) and in the error estimate's lower rule
 _NODES = 10
@@ -112,6 +123,11 @@ _QBLOCK = 4096
 _RIDGE = True
 #: evaluation points per vectorized block
 _CHUNK = 2 ** 21
+#: :class:`GradedPlans`: bytes of plans kept (~40 bytes a point, ~2e5 points a plan, and
+#: its tables: ~10 MB a covariance and rule)
+_PLAN_BYTES = 2 ** 30
+#: tables (pairs of functions) a plan keeps, most recently used
+_FITS_KEPT = 4
 
 
 def _gauss_hermite(q):
@@ -224,8 +240,9 @@ def _refine(edges, reach, cap):
 
 
 class _Tensor2:
-    """Tensor Chebyshev interpolants on the panel pairs of ``e2`` x ``e3`` (values ``g``
-    (P2 ncheb, P3 ncheb) at the Lobatto points, panel-major) and their evaluation."""
+    """Tensor Chebyshev interpolants on the panel pairs of ``e2`` x ``e3``: the Lobatto
+    nodes, coefficients from values there (:meth:`fit`), and sums of weighted values at
+    fixed points (:meth:`points`: grouped by panel pair, one ``(n, n)`` contraction a pair)."""
 
     def __init__(self, e2, e3, ncheb):
         self.e2, self.e3, self.n = e2, e3, ncheb
@@ -238,37 +255,57 @@ class _Tensor2:
                 (self.mid3[:, None] + self.half3[:, None] * self.xc).ravel())
 
     def fit(self, g):
+        """Coefficients (P2 P3, n, n) from the values ``g`` (P2 n, P3 n) at :meth:`nodes`."""
         P2, P3, n = len(self.mid2), len(self.mid3), self.n
-        coef = np.einsum("aj,bl,pjql->paqb", self.V2C, self.V2C, g.reshape(P2, n, P3, n))
-        self.coef = np.ascontiguousarray(coef.transpose(0, 2, 1, 3))   # (P2, P3, n, n)
+        coef = (self.V2C @ g.reshape(P2, n, P3 * n)).reshape(P2, n, P3, n) @ self.V2C.T
+        return np.ascontiguousarray(coef.transpose(0, 2, 1, 3)).reshape(P2 * P3, n, n)
 
     def _basis(self, t):
-        T = np.empty((len(t), self.n))
-        T[:, 0] = 1.0
-        T[:, 1] = t
+        """Chebyshev polynomials ``T_k(t)``, (n, len(t))."""
+        T = np.empty((self.n, len(t)))
+        T[0] = 1.0
+        T[1] = t
+        t2 = 2.0 * t
         for k in range(2, self.n):
-            T[:, k] = 2.0 * t * T[:, k - 1] - T[:, k - 2]
+            np.multiply(t2, T[k - 1], out=T[k])
+            T[k] -= T[k - 2]
         return T
 
-    def __call__(self, q2, q3):
+    def points(self, q2, q3):
+        """The points ``(q2, q3)`` sorted by panel pair: their order, and (the pair of each
+        run, run starts, local coordinates in [-1, 1] of both variables, sorted)."""
+        P3 = len(self.mid3)
         i2 = np.clip(np.searchsorted(self.e2, q2) - 1, 0, len(self.mid2) - 1)
-        i3 = np.clip(np.searchsorted(self.e3, q3) - 1, 0, len(self.mid3) - 1)
-        out = np.empty(len(q2))
-        blk = 8192
-        for s0 in range(0, len(q2), blk):
-            j2, j3 = i2[s0:s0 + blk], i3[s0:s0 + blk]
-            T2 = self._basis((q2[s0:s0 + blk] - self.mid2[j2]) / self.half2[j2])
-            T3 = self._basis((q3[s0:s0 + blk] - self.mid3[j3]) / self.half3[j3])
-            out[s0:s0 + blk] = np.einsum("pa,pab,pb->p", T2, self.coef[j2, j3], T3)
-        return out
+        i3 = np.clip(np.searchsorted(self.e3, q3) - 1, 0, P3 - 1)
+        pair = i2 * P3 + i3
+        order = np.argsort(pair, kind="stable")
+        pair, i2, i3 = pair[order], i2[order], i3[order]
+        start = np.flatnonzero(np.concatenate([[True], pair[1:] != pair[:-1]]))
+        x2 = (q2[order] - self.mid2[i2]) / self.half2[i2]
+        x3 = (q3[order] - self.mid3[i3]) / self.half3[i3]
+        return order, (pair[start], start, x2, x3)
+
+    def total(self, pts, coef, W):
+        """``sum_p W_p g(q_p)`` over :meth:`points` ``pts`` (``W`` sorted as they are)."""
+        pair, start, x2, x3 = pts
+        stop = np.append(start[1:], len(x2))
+        A = self._basis(x2)
+        A *= W
+        Bm = self._basis(x3)
+        H = np.empty((len(pair), self.n, self.n))
+        for g, (s0, s1) in enumerate(zip(start, stop)):
+            np.dot(A[:, s0:s1], Bm[:, s0:s1].T, out=H[g])
+        return float(np.sum(H * coef[pair]))
 
 
-def _table2(f2, f3, C, mmax2, mmax3, n, ncheb):
+class _Table2:
     r"""``g(m2, m3) = <f2(m2 + a u) f3(m3 + b u + c v)>_(u, v)`` for ``|m2| <= mmax2``,
     ``|m3| <= mmax3`` (``C = [[a, 0], [b, c]]`` the lower factor of the last two
     variables' conditional covariance, pivoted: ``a >= hypot(b, c)``, ``c >= 0``; ``c = 0``
     for a rank-deficient covariance): tensor Chebyshev interpolants (``ncheb`` points a
-    panel, each variable), and a vectorized evaluator ``ev(q2, q3)``.
+    panel, each variable). The panels and rules depend on ``C`` only (built once); the
+    values on ``f2, f3`` (:meth:`fit`, one per pair of functions); sums over fixed points
+    (:meth:`points`, :meth:`total`) serve every pair of functions.
 
     With ``T(m) = <f3(m + c v)>_v`` (the 1-D table :func:`_table`; ``f3`` itself at
     ``c = 0``), ``g = <f2(m2 + a u) T(m3 + b u)>_u`` has three features: ``f2``'s transition
@@ -294,62 +331,80 @@ def _table2(f2, f3, C, mmax2, mmax3, n, ncheb):
     c)``), against ~450 per table node point by point: the matrix products make the table
     ~10x cheaper than the unsheared one it replaced (module docstring: accuracy and cost).
     """
-    a, b, c = abs(C[0, 0]), C[1, 0], max(C[1, 1], 0.0)
-    beta = b / a
-    W2, W3 = max(1.0, a), max(1.0, c)
-    h = np.hypot(b, W3)
-    B = min(_T * a + _TAIL, max(mmax2, W2))
-    Y = B + _T * a
-    # region I (|m2| <= B), sheared: t = m3 - beta m2
-    tmax = mmax3 + abs(beta) * B
-    e2 = _edges(W2, B, 0)
-    e2 = _refine(np.concatenate([[-B], e2[np.abs(e2) < B], [B]]), B, _CAP * W2)
-    e3 = _refine(_edges(W3, tmax, 0), abs(beta) * B + _T * h, _CAP * h)
-    one = _Tensor2(e2, e3, ncheb)
-    two = mmax2 > B
-    T = (_table(f3, c, max(tmax + abs(beta) * Y, mmax3 + _T * abs(b)), n, ncheb)
-         if c > 0.0 else f3)
-    # its values: the y rule, one matrix product
-    hy = min(a, W3 / abs(beta)) if beta != 0.0 else a
-    y, wy = _panels(_uniform(-Y, Y, hy, np.concatenate([-_GRADE[::-1], _GRADE])), n)
-    wy = wy * f2(y) / (a * np.sqrt(2.0 * np.pi))
-    m2, t3 = one.nodes()
-    g = np.zeros((len(m2), len(t3)))
-    for s in range(0, len(y), _QBLOCK):
-        ys = y[s:s + _QBLOCK]
-        phi = np.exp(-0.5 * ((ys[None, :] - m2[:, None]) / a) ** 2) * wy[None, s:s + _QBLOCK]
-        g += phi @ T((t3[:, None] + beta * ys[None, :]).ravel()).reshape(len(t3), len(ys)).T
-    one.fit(g)
-    tables = [one]
-    if two:
-        # region II (|m2| > B, f2 at its asymptote), as it is: the u rule
-        pos = B * 2.0 ** np.arange(0, int(np.ceil(np.log2(mmax2 / B))) + 1)
-        e3 = _edges(h, mmax3, 0)
-        hu = min(1.0, W3 / abs(b)) if b != 0.0 else 1.0
-        u, wu = _panels(_uniform(-_T, _T, hu, _GAUSS_BREAKS), n)
-        wu = wu * np.exp(-0.5 * u * u) / np.sqrt(2.0 * np.pi)
-        for e2 in (-pos[::-1], pos):
-            side = _Tensor2(e2, e3, ncheb)
+
+    def __init__(self, C, mmax2, mmax3, n, ncheb):
+        a, b, c = abs(C[0, 0]), C[1, 0], max(C[1, 1], 0.0)
+        self.a, self.b, self.c, self.n = a, b, c, n
+        self.beta = beta = b / a
+        W2, W3 = max(1.0, a), max(1.0, c)
+        h = np.hypot(b, W3)
+        self.B = B = min(_T * a + _TAIL, max(mmax2, W2))
+        Y = B + _T * a
+        # region I (|m2| <= B), sheared: t = m3 - beta m2
+        tmax = mmax3 + abs(beta) * B
+        e2 = _edges(W2, B, 0)
+        e2 = _refine(np.concatenate([[-B], e2[np.abs(e2) < B], [B]]), B, _CAP * W2)
+        e3 = _refine(_edges(W3, tmax, 0), abs(beta) * B + _T * h, _CAP * h)
+        self.tables = [_Tensor2(e2, e3, ncheb)]
+        self.Tmax = max(tmax + abs(beta) * Y, mmax3 + _T * abs(b))
+        self.ncheb = ncheb
+        # its values: the y rule, one matrix product
+        hy = min(a, W3 / abs(beta)) if beta != 0.0 else a
+        self.y, wy = _panels(_uniform(-Y, Y, hy, np.concatenate([-_GRADE[::-1], _GRADE])), n)
+        self.wy = wy / (a * np.sqrt(2.0 * np.pi))
+        if mmax2 > B:
+            # region II (|m2| > B, f2 at its asymptote), as it is: the u rule
+            pos = B * 2.0 ** np.arange(0, int(np.ceil(np.log2(mmax2 / B))) + 1)
+            e3 = _edges(h, mmax3, 0)
+            self.tables += [_Tensor2(-pos[::-1], e3, ncheb), _Tensor2(pos, e3, ncheb)]
+            hu = min(1.0, W3 / abs(b)) if b != 0.0 else 1.0
+            self.u, wu = _panels(_uniform(-_T, _T, hu, _GAUSS_BREAKS), n)
+            self.wu = wu * np.exp(-0.5 * self.u ** 2) / np.sqrt(2.0 * np.pi)
+
+    def fit(self, f2, f3):
+        """Coefficients of each region's interpolant for ``f2, f3``."""
+        a, b, beta = self.a, self.b, self.beta
+        T = _table(f3, self.c, self.Tmax, self.n, self.ncheb) if self.c > 0.0 else f3
+        one = self.tables[0]
+        m2, t3 = one.nodes()
+        y, wy = self.y, self.wy * f2(self.y)
+        g = np.zeros((len(m2), len(t3)))
+        for s in range(0, len(y), _QBLOCK):
+            ys = y[s:s + _QBLOCK]
+            phi = np.exp(-0.5 * ((ys[None, :] - m2[:, None]) / a) ** 2) * wy[None, s:s + _QBLOCK]
+            g += phi @ T((t3[:, None] + beta * ys[None, :]).ravel()).reshape(len(t3), len(ys)).T
+        coefs = [one.fit(g)]
+        for side in self.tables[1:]:
             m2, m3 = side.nodes()
             g = np.zeros((len(m2), len(m3)))
-            for s in range(0, len(u), _QBLOCK):
-                us = u[s:s + _QBLOCK]
-                F = f2(m2[:, None] + a * us[None, :]) * wu[None, s:s + _QBLOCK]
+            for s in range(0, len(self.u), _QBLOCK):
+                us = self.u[s:s + _QBLOCK]
+                F = f2(m2[:, None] + a * us[None, :]) * self.wu[None, s:s + _QBLOCK]
                 g += F @ T((m3[:, None] + b * us[None, :]).ravel()).reshape(len(m3), len(us)).T
-            side.fit(g)
-            tables.append(side)
+            coefs.append(side.fit(g))
+        return coefs
 
-    def ev(q2, q3):
-        out = np.empty(len(q2))
-        inner = np.abs(q2) <= B
-        k = np.flatnonzero(inner)
-        out[k] = one(q2[k], q3[k] - beta * q2[k])
-        if two:
-            for side, k in ((tables[1], np.flatnonzero(~inner & (q2 < 0))),
-                            (tables[2], np.flatnonzero(~inner & (q2 > 0)))):
-                out[k] = side(q2[k], q3[k])
-        return out
-    return ev
+    def points(self, q2, q3):
+        """The points ``(q2, q3)`` by region (region I sheared), each sorted by panel pair
+        (:meth:`_Tensor2.points`): their order (P,) and ``[(region, first, stop, its
+        points)]`` (the region's run of that order)."""
+        inner = np.abs(q2) <= self.B
+        parts = [(np.flatnonzero(inner), 0)]
+        if len(self.tables) > 1:
+            parts += [(np.flatnonzero(~inner & (q2 < 0)), 1), (np.flatnonzero(~inner & (q2 > 0)), 2)]
+        order, out, first = [], [], 0
+        for k, r in parts:
+            if len(k):
+                q3k = q3[k] - self.beta * q2[k] if r == 0 else q3[k]
+                o, pts = self.tables[r].points(q2[k], q3k)
+                order.append(k[o])
+                out.append((r, first, first + len(k), pts))
+                first += len(k)
+        return np.concatenate(order), out
+
+    def total(self, pts, coefs, W):
+        """``sum_p W_p g(q_p)`` over :meth:`points` ``pts`` (``W`` in their order)."""
+        return sum(self.tables[r].total(p, coefs[r], W[i:j]) for r, i, j, p in pts)
 
 
 def _last_pair(L):
@@ -387,40 +442,129 @@ def _last_pair(L):
     return best[1], best[2]
 
 
+def _reach(L):
+    """``r[j, k] = sqrt(sum_{i >= k} L_ji^2)`` (the standard deviation ``z_j`` keeps from
+    axis ``k`` on; after axis ``k``: ``r[j, k + 1]``), a zero column appended."""
+    r = np.sqrt(np.maximum(np.cumsum((L ** 2)[:, ::-1], axis=1)[:, ::-1], 0.0))
+    return np.concatenate([r, np.zeros((len(L), 1))], axis=1)
+
+
+def _graded_level(L, r, k, n, w, M):
+    """Graded axis ``k`` (:func:`_axis_nodes`) for the points ``M`` (P, rows) of weights
+    ``w`` (P,): the next level's weights and points, zero-weight padding dropped, and the
+    point each came from."""
+    u, wt = _axis_nodes(M, L[:, k], r[:, k + 1], k, n)
+    keep = wt > 0.0
+    rows = np.nonzero(keep)[0]
+    return w[rows] * wt[keep], M[rows] + u[keep][:, None] * L[None, :, k], rows
+
+
+def _tabled(L):
+    """True where :func:`expect_graded` takes a covariance of factor ``L`` (pivoted) by
+    :class:`_Plan4`: four variables, the first three graded."""
+    return (L.shape[0] == 4 and _TABLE2
+            and bool(np.all(np.abs(np.diagonal(L))[:3] > _S_HERMITE)))
+
+
+class _Plan4:
+    """Four variables, the first three graded (pivoted factor ``L``): the last two one 2-D
+    table of their conditional means (:class:`_Table2`; the pair of least ``rho``,
+    :func:`_last_pair`), the outer two axes graded point by point. Everything but the
+    functions' values depends on the covariance only and is built once: the outer points
+    and weights, the table's panels and rules, the points sorted by panel pair. A function
+    tuple then costs its two outer functions at the points, the table of its last two
+    (once per pair of functions: :meth:`value` keeps them by ``names``) and one contraction
+    per panel pair (the folds ask ~35 tuples of each covariance)."""
+
+    def __init__(self, L, n, ncheb):
+        self.perm, L = _last_pair(L)
+        # the table's ridge, t = z3 - (b / a) z2 (conditional sd c: sharp where the pair is
+        # highly correlated), is a transition of the outer axes too: graded as a fifth row
+        L5 = np.vstack([L, L[3] - (L[3, 2] / L[2, 2]) * L[2]]) if _RIDGE else L
+        r = _reach(L5)
+        w, M = np.ones(1), np.zeros((1, len(L5)))
+        for k in range(2):
+            w, M, _ = _graded_level(L5, r, k, n, w, M)
+        self.table = _Table2(L[2:, 2:], _T * np.sum(np.abs(L[2, :2])),
+                             _T * np.sum(np.abs(L[3, :2])), n,
+                             _CHEB2 if ncheb == _CHEB else _LOWER_CHEB2)
+        order, self.pts = self.table.points(M[:, 2], M[:, 3])
+        self.w, self.z0, self.z1 = w[order], M[order, 0], M[order, 1]
+        self.fits = collections.OrderedDict()
+        # points (w, z0, z1, two local coordinates) and the tables kept
+        self.nbytes = 5 * 8 * len(w) + _FITS_KEPT * sum(
+            8 * t.n * t.n * len(t.mid2) * len(t.mid3) for t in self.table.tables)
+
+    def value(self, fs, names):
+        """``<prod fs_k(z_k)>`` (``fs`` in ``L``'s order; ``names`` identify them: equal
+        names, equal functions)."""
+        fs = [fs[i] for i in self.perm]
+        key = tuple(names[i] for i in self.perm[2:])
+        if key in self.fits:
+            self.fits.move_to_end(key)
+        else:
+            self.fits[key] = self.table.fit(fs[2], fs[3])
+            if len(self.fits) > _FITS_KEPT:
+                self.fits.popitem(last=False)
+        W = self.w * fs[0](self.z0) * fs[1](self.z1)
+        return float(self.table.total(self.pts, self.fits[key], W))
+
+
+class GradedPlans:
+    """:class:`_Plan4` of four-variable covariances, kept across :func:`expect_graded`
+    calls (one ``pdlt.statistics`` call: its folds ask ~35 function tuples of each
+    covariance, in any order of its variables), by the covariance in pivoted order and
+    rule, up to ``max_bytes`` (points and tables; beyond, plans are built for their call and
+    not kept: the folds ask the covariances in cycles, where dropping the least recently used
+    would keep none)."""
+
+    def __init__(self, max_bytes=_PLAN_BYTES):
+        self.max_bytes, self.nbytes = max_bytes, 0
+        self._plans = collections.OrderedDict()
+        #: plans built (covariance, rule)
+        self.built = 0
+
+    def plan(self, Kp, n, ncheb):
+        key = (Kp.tobytes(), n, ncheb)
+        if key in self._plans:
+            return self._plans[key]
+        p = _plan(Kp, n, ncheb)
+        self.built += 1
+        size = 0 if p is None else p.nbytes
+        if self.nbytes + size <= self.max_bytes:
+            self._plans[key] = p
+            self.nbytes += size
+        return p
+
+
+def _plan(Kp, n, ncheb):
+    """:class:`_Plan4` of the covariance ``Kp`` (4, 4, pivoted order), from its own factor
+    (so a function of ``Kp`` alone, whichever order of the variables asked first); None
+    where it does not apply (:func:`_tabled`)."""
+    o, L = _factor(Kp[None])
+    if not _tabled(L[0]):
+        return None
+    p = _Plan4(L[0], n, ncheb)
+    p.perm = [int(o[0][i]) for i in p.perm]
+    return p
+
+
 def _nested(fs, L, n, ncheb, hermite_scale=1.0):
     """``<prod f_k(z_k)>`` for one factor ``L`` (d, d) (z = L u, pivoted order)."""
     d = L.shape[0]
     s = np.abs(np.diagonal(L))
-    r = np.sqrt(np.maximum(np.cumsum((L ** 2)[:, ::-1], axis=1)[:, ::-1], 0.0))
-    # r[j, k] = sqrt(sum_{i >= k} L_ji^2); after axis k: r[j, k + 1]
-    r = np.concatenate([r, np.zeros((d, 1))], axis=1)
+    r = _reach(L)
     gh = [_gauss_hermite(max(2, int(round(hermite_scale * _hermite_nodes(sk)))))
           if 0.0 < sk <= _S_HERMITE else None for sk in s]
     # the last axis, if graded, as a table of its conditional mean
-    tab = tab2 = None
-    plan = _last_pair(L) if d == 4 and np.all(s[:3] > _S_HERMITE) and _TABLE2 else None
-    if plan is not None:
-        # four variables, three graded: the last two one 2-D table of their conditional means
-        fs, L = [fs[i] for i in plan[0]], plan[1]
-        s = np.abs(np.diagonal(L))
-        # the table's ridge, t = z3 - (b / a) z2 (conditional sd c: sharp where the pair is
-        # highly correlated), is a transition of the outer axes too: graded as a fifth row
-        if _RIDGE:
-            L = np.vstack([L, L[3] - (L[3, 2] / L[2, 2]) * L[2]])
-        r = np.sqrt(np.maximum(np.cumsum((L ** 2)[:, ::-1], axis=1)[:, ::-1], 0.0))
-        r = np.concatenate([r, np.zeros((len(L), 1))], axis=1)
-        tab2 = _table2(fs[2], fs[3], L[2:, 2:], _T * np.sum(np.abs(L[2, :2])),
-                       _T * np.sum(np.abs(L[3, :2])), n,
-                       _CHEB2 if ncheb == _CHEB else _LOWER_CHEB2)
-    elif d >= 2 and s[d - 1] > _S_HERMITE:
+    tab = None
+    if d >= 2 and s[d - 1] > _S_HERMITE:
         mmax = _T * np.sum(np.abs(L[d - 1, :d - 1]))
         tab = _table(fs[d - 1], s[d - 1], mmax, n, ncheb)
 
     def level(k, w, prod, M):
         if k == d:
             return float(np.sum(w * prod))
-        if k == d - 2 and tab2 is not None:
-            return float(np.sum(w * prod * tab2(M[:, k], M[:, k + 1])))
         if k == d - 1 and tab is not None:
             return float(np.sum(w * prod * tab(M[:, k])))
         if s[k] == 0.0:
@@ -433,21 +577,20 @@ def _nested(fs, L, n, ncheb, hermite_scale=1.0):
         for i in range(0, len(w), step):
             Mi, wi, pi = M[i:i + step], w[i:i + step], prod[i:i + step]
             if graded:
-                u, wt = _axis_nodes(Mi, L[:, k], r[:, k + 1], k, n)
+                wn, Mn, rows = _graded_level(L, r, k, n, wi, Mi)
             else:
                 u = np.broadcast_to(gh[k][0], (len(wi), len(gh[k][0])))
                 wt = np.broadcast_to(gh[k][1], u.shape)
-            keep = wt > 0.0
-            rows = np.nonzero(keep)[0]
-            uk = u[keep]
-            Mn = Mi[rows] + uk[:, None] * L[None, :, k]
-            total += level(k + 1, wi[rows] * wt[keep], pi[rows] * fs[k](Mn[:, k]), Mn)
+                keep = wt > 0.0
+                rows = np.nonzero(keep)[0]
+                wn, Mn = wi[rows] * wt[keep], Mi[rows] + u[keep][:, None] * L[None, :, k]
+            total += level(k + 1, wn, pi[rows] * fs[k](Mn[:, k]), Mn)
         return total
 
     return level(0, np.ones(1), np.ones(1), np.zeros((1, len(L))))
 
 
-def expect_graded(fs, K, *, return_error=False):
+def expect_graded(fs, K, *, return_error=False, plans=None, names=None):
     """``<f_1(z_1) ... f_d(z_d)>`` for ``z ~ N(0, K)``, any variance (module docstring).
 
     Parameters
@@ -458,6 +601,12 @@ def expect_graded(fs, K, *, return_error=False):
         Covariances (PSD, any rank).
     return_error : bool
         Also return the estimated absolute error (the lower rule's difference).
+    plans : GradedPlans, optional
+        Keeps the four-variable covariances' points, rules and tables across calls (the
+        values do not depend on it).
+    names : sequence of d hashables, optional
+        Identify ``fs`` for ``plans`` (equal names, equal functions; default: the
+        functions themselves).
 
     Returns
     -------
@@ -467,16 +616,28 @@ def expect_graded(fs, K, *, return_error=False):
     """
     fs = list(fs)
     d = len(fs)
+    names = list(fs) if names is None else list(names)
     K = np.asarray(K, dtype=float)
     Kb = K.reshape(-1, d, d)
     order, L = _factor(Kb)
     val = np.empty(len(Kb))
     err = np.zeros(len(Kb))
+    rules = [(_NODES, _CHEB, 1.0)] + ([(_LOWER_NODES, _LOWER_CHEB, 0.75)] if return_error else [])
     for b in range(len(Kb)):
-        fo = [fs[i] for i in order[b]]
-        val[b] = _nested(fo, L[b], _NODES, _CHEB)
+        o = order[b]
+        fo, no = [fs[i] for i in o], [names[i] for i in o]
+        out = []
+        for n, ncheb, hs in rules:
+            if _tabled(L[b]):
+                Kp = np.ascontiguousarray(Kb[b][np.ix_(o, o)])
+                p = _plan(Kp, n, ncheb) if plans is None else plans.plan(Kp, n, ncheb)
+                if p is not None:
+                    out.append(p.value(fo, no))
+                    continue
+            out.append(_nested(fo, L[b], n, ncheb, hs))
+        val[b] = out[0]
         if return_error:
-            err[b] = abs(val[b] - _nested(fo, L[b], _LOWER_NODES, _LOWER_CHEB, 0.75))
+            err[b] = abs(out[0] - out[1])
     shape = K.shape[:-2]
     if return_error:
         return val.reshape(shape), err.reshape(shape)
@@ -509,11 +670,19 @@ _RHO_COST = 50.0
 def table_weight(K):
     """Cost of each covariance ``K`` (B, 4, 4) in units of a 2-D table at small ``rho``:
     ``max(1, rho / _RHO_COST)`` where :func:`expect_graded` makes one, 1 elsewhere (B,)."""
+    return table_cost(K)[0]
+
+
+def table_cost(K):
+    """:func:`table_weight` of each covariance ``K`` (B, 4, 4), and the key of its plan
+    (:class:`GradedPlans`: the covariance in pivoted order; every order of its variables
+    shares it), a list of B bytes."""
     K = np.asarray(K, dtype=float)
-    _, L = _factor(K)
+    order, L = _factor(K)
     out = np.ones(len(K))
     graded = np.abs(np.diagonal(L, axis1=1, axis2=2)) > _S_HERMITE
     for b in np.flatnonzero(np.all(graded[:, :3], axis=1)):
         Lp = _last_pair(L[b])[1]
         out[b] = max(1.0, abs(Lp[3, 2]) / max(1.0, Lp[3, 3]) / _RHO_COST)
-    return out
+    keys = [np.ascontiguousarray(K[b][np.ix_(o, o)]).tobytes() for b, o in enumerate(order)]
+    return out, keys

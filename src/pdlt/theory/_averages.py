@@ -36,7 +36,7 @@ from .. import gaussian
 from ..gaussian import _trig
 from ..gaussian._closed import closed_family, pair_terms
 from ..gaussian._exppw import ExpPiecewise, exp_product
-from ..gaussian._graded import expect_graded, graded_axes, table_weight
+from ..gaussian._graded import GradedPlans, expect_graded, graded_axes, table_cost
 from ..gaussian._multi import (_GH_STEP_UP_SIGMA, PiecewiseMonomial, _power, _quadruple_groups,
                                det2, entire_growth, expect_nd, normal_family, quad_expectations,
                                rule_up)
@@ -1794,7 +1794,10 @@ _GRADED_K = 10.0
 #: of four random inputs at K = 100 .. 1e4: two 0.004 s, three 0.026-0.028 s, four (the
 #: sheared 2-D table) 0.33-0.42 s; ``benchmarks/README.md``). Deterministic: the same
 #: averages are graded on any machine
-_GRADED_COST = {2: 0.005, 3: 0.04, 4: 0.6}
+_GRADED_COST = {2: 0.005, 3: 0.04, 4: 0.12}
+#: the same of a four-variable covariance's plan (:class:`pdlt.gaussian._graded.GradedPlans`:
+#: its points, rules and table panels; the four-variable cost above is each function tuple's)
+_GRADED_PLAN_COST = 0.6
 #: modelled seconds of graded covariances one :func:`graded_plain` may spend (10x with
 #: ``accuracy="high"``); the rest keep :func:`expect_nd`'s capped rule, its estimate and
 #: :func:`pdlt.statistics`' warning
@@ -1840,6 +1843,7 @@ class _GradedPlain:
     def __init__(self, budget):
         self.budget = _Budget(budget)
         self.cache = {}
+        self.plans = GradedPlans()
         #: the averages above _GRADED_K that kept the capped rule: (value, estimate), at
         #: the first fold's accuracy (the error fold reads them moved by the estimate)
         self.capped = {}
@@ -1860,11 +1864,12 @@ class _GradedPlain:
         """Averages above :data:`_GRADED_K` of more than :data:`_GRADED_AXES` graded axes."""
         return len(self._axes)
 
-    def _take(self, key, d, m, weight=1.0):
+    def _take(self, key, d, m, weight=1.0, plan=None):
         if m > _GRADED_AXES:
             self._axes.add(key)
             return False
-        return self.budget.take(key, _GRADED_COST[d] * weight)
+        return self.budget.take(key, _GRADED_COST[d] * weight,
+                                shared=None if plan is None else (plan, _GRADED_PLAN_COST * weight))
 
     def eval(self, act, name, fs, K, I, kw):
         Kb = K[I[:, :, None], I[:, None, :]]
@@ -1876,10 +1881,12 @@ class _GradedPlain:
         keys = [(act.spec[0], repr(name), Kb[b].tobytes()) for b in range(len(Kb))]
         m = np.zeros(len(Kb), dtype=int)
         m[big] = graded_axes(Kb[big])
-        weight = np.ones(len(Kb))
+        weight, plan = np.ones(len(Kb)), [None] * len(Kb)
         if d == 4:              # a 2-D table's cost grows with its pair's correlation
-            weight[big] = table_weight(Kb[big])
-        take = np.array([bool(big[b]) and self._take(keys[b], d, m[b], weight[b])
+            weight[big], pk = table_cost(Kb[big])
+            for b, k in zip(np.flatnonzero(big), pk):
+                plan[b] = k
+        take = np.array([bool(big[b]) and self._take(keys[b], d, m[b], weight[b], plan[b])
                          for b in range(len(Kb))])
         ret = kw["return_error"]
         val, err = np.empty(len(Kb)), np.zeros(len(Kb))
@@ -1903,7 +1910,8 @@ class _GradedPlain:
             val[b], err[b] = (v + e if self.perturb else v), e
         new = [b for b in np.flatnonzero(take) if keys[b] not in self.cache]
         if new:
-            v, e = expect_graded(fs, Kb[new], return_error=True)
+            v, e = expect_graded(fs, Kb[new], return_error=True, plans=self.plans,
+                                 names=[(act.spec[0], name[0], name[1][k]) for k in range(d)])
             scale = _cs_scale(fs, Kb[new])
             e = e + _covariance_rounding(d, var[new], scale)
             for b, vb, eb in zip(new, np.atleast_1d(v), np.atleast_1d(e)):

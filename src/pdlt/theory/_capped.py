@@ -89,12 +89,19 @@ class _Budget:
     def __init__(self, limit):
         self.limit, self.spent = float(limit), 0.0
         self.taken, self.past = set(), set()
+        self._shared = set()
 
-    def take(self, key, cost):
+    def take(self, key, cost, shared=None):
+        """Grant ``key`` at ``cost``, plus ``shared = (key, cost)`` the first time a
+        granted key names it (work its keys share: a four-variable covariance's plan,
+        :class:`pdlt.gaussian._graded.GradedPlans`)."""
         if key not in self.taken and key not in self.past:
-            if self.spent + cost <= self.limit:
+            extra = shared[1] if shared is not None and shared[0] not in self._shared else 0.0
+            if self.spent + cost + extra <= self.limit:
                 self.taken.add(key)
-                self.spent += cost
+                self.spent += cost + extra
+                if shared is not None:
+                    self._shared.add(shared[0])
             else:
                 self.past.add(key)
         return key in self.taken

@@ -79,7 +79,7 @@ import numpy as np
 
 from .. import gaussian
 from ..gaussian._exppw import ExpPiecewise, exp_family
-from ..gaussian._graded import expect_graded, graded_axes, table_weight
+from ..gaussian._graded import GradedPlans, expect_graded, graded_axes, table_cost
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd, rule_up
 from ..network import MLP
 from ._averages import (Integrands, LayerAverages, OneVariableTable, _quad_tensor, apply_M,
@@ -106,12 +106,14 @@ _UP = {"fast": "default", "default": "high", "high": "high"}
 #: Below it both agree to ~1e-14 (K = 3) .. 1e-8 (K = 30): kept, bit-identical
 _EXACT_K = 10.0
 
-#: modelled cost (seconds, one core, tanh, under load, with the estimate) of one four-direction
-#: average (four graded variables: the nested rule's sheared 2-D table), ~1.2x the measured
-#: 0.48 s (a residual N = 2 fold at s = 100: 36 of them, fold and error fold 25 s, silent;
-#: with the capped rule 15 s, warned; with the unsheared table of session 14, ~5 s each,
-#: 724 s). Deterministic: the same averages are graded on any machine
+#: modelled cost (seconds, one core, tanh, under load, with the estimate) of four-direction
+#: averages (four graded variables: the nested rule's sheared 2-D table): a covariance's
+#: plan (:class:`pdlt.gaussian._graded.GradedPlans`: its points, rules and table panels,
+#: and its first function tuple) and each further function tuple of it (its outer values,
+#: its table where its last pair of functions is new, the contraction), ~1.2x the measured
+#: (PLACEHOLDER). Deterministic: the same averages are graded on any machine
 _FOUR_COST = 0.6
+_FOUR_TUPLE_COST = 0.12
 #: modelled seconds of four-direction tables one :func:`graded_four` may spend (N = 4
 #: random inputs ask ~1350 a fold); past it they keep :func:`expect_nd`, its estimate and
 #: the warning. 10x with ``accuracy="high"`` (:func:`pdlt.statistics`)
@@ -132,20 +134,25 @@ class _FourBudget:
     def __init__(self, budget):
         self.budget = _Budget(budget)
         self.cache = {}
+        self.plans = GradedPlans()
 
-    def take(self, fs, Kb):
-        """Which of the covariances ``Kb`` (B, 4, 4) take the table for ``fs``."""
-        cost = _FOUR_COST * table_weight(Kb)        # grows with the pair's correlation
-        return np.array([self.budget.take((tuple(fs), K.tobytes()), c)
-                         for K, c in zip(Kb, cost)], dtype=bool)
+    def take(self, names, Kb):
+        """Which of the covariances ``Kb`` (B, 4, 4) take the table for the functions
+        ``names`` (the functions themselves, or names that identify them)."""
+        weight, plan = table_cost(Kb)        # grows with the pair's correlation
+        return np.array([self.budget.take((tuple(names), K.tobytes()), _FOUR_TUPLE_COST * w,
+                                          shared=(p, _FOUR_COST * w))
+                         for K, w, p in zip(Kb, weight, plan)], dtype=bool)
 
-    def graded(self, fs, Kb):
+    def graded(self, fs, Kb, names=None):
         """:func:`expect_graded` with its estimate on ``Kb`` (B, d, d), each (``fs``,
-        covariance) computed once."""
-        keys = [(tuple(fs), K.tobytes()) for K in Kb]
+        covariance) computed once (``names`` identify ``fs``: the residual folds rebuild
+        some functions per call; default the functions themselves)."""
+        names = list(fs) if names is None else list(names)
+        keys = [(tuple(names), K.tobytes()) for K in Kb]
         new = [b for b, k in enumerate(keys) if k not in self.cache]
         if new:
-            v, e = expect_graded(fs, Kb[new], return_error=True)
+            v, e = expect_graded(fs, Kb[new], return_error=True, plans=self.plans, names=names)
             for b, vb, eb in zip(new, np.atleast_1d(v), np.atleast_1d(e)):
                 self.cache[keys[b]] = (float(vb), float(eb))
         return np.array([self.cache[k] for k in keys]).reshape(len(keys), 2).T
@@ -207,7 +214,7 @@ def _plain_smooth(act, fs):
             and not any(isinstance(f, (PiecewiseMonomial, ExpPiecewise)) for f in fs))
 
 
-def _expect(act, fs, cov, *, accuracy, **kw):
+def _expect(act, fs, cov, *, accuracy, names=None, **kw):
     """:func:`expect_nd` for the residual modules: ``<f_1(z_1) ... f_d(z_d)>`` over a batch
     of covariances ``cov`` (B, d, d) (or (d, d)), values of shape (B,) (or scalar).
 
@@ -216,7 +223,9 @@ def _expect(act, fs, cov, *, accuracy, **kw):
     its three- and four-variable ones there go through :func:`_expect_many` (the nested
     rule graded in z where affordable) and report their estimate to
     :func:`unresolved_averages` and, within :func:`perturbed_unresolved`, return the
-    value plus the estimate. Everything else is :func:`expect_nd` as called.
+    value plus the estimate. Everything else is :func:`expect_nd` as called. ``names``
+    (optional, one hashable per function: equal names, equal functions) identify ``fs``
+    for :func:`graded_four`'s cache where the caller rebuilds them per call.
     """
     fs = list(fs)
     d = len(fs)
@@ -229,7 +238,7 @@ def _expect(act, fs, cov, *, accuracy, **kw):
     if not np.any(big):
         return expect_nd(fs, cov, accuracy=accuracy, **kw)
     if d >= 3:
-        return _expect_many(act, fs, cov, Kb, var, big, accuracy=accuracy, **kw)
+        return _expect_many(act, fs, cov, Kb, var, big, accuracy=accuracy, names=names, **kw)
     out = np.empty(len(Kb))
     if np.any(~big):
         out[~big] = np.atleast_1d(expect_nd(fs, Kb[~big], accuracy=accuracy, **kw))
@@ -243,7 +252,7 @@ def _expect(act, fs, cov, *, accuracy, **kw):
     return out.reshape(cov.shape[:-2])
 
 
-def _expect_many(act, fs, cov, Kb, var, big, *, accuracy, **kw):
+def _expect_many(act, fs, cov, Kb, var, big, *, accuracy, names=None, **kw):
     """:func:`_expect`'s three- and four-variable averages, some variance above
     :data:`_EXACT_K`.
 
@@ -267,7 +276,7 @@ def _expect_many(act, fs, cov, Kb, var, big, *, accuracy, **kw):
         if d == 4 and _FOUR is not None:            # four directions: the 2-D table, budgeted
             four = np.flatnonzero(~ok)
             four = four[graded_axes(Kb[big][four], table2=True) <= _GRADED_AXES]
-            ok[four] = _FOUR.take(fs, Kb[big][four])
+            ok[four] = _FOUR.take(names or fs, Kb[big][four])
         graded[big] = ok
     want = _COLLECT is not None or _PERTURB
     val = np.empty(len(Kb))
@@ -286,7 +295,7 @@ def _expect_many(act, fs, cov, Kb, var, big, *, accuracy, **kw):
             est[cap] = _unresolved_estimate(fs, Kb[cap], np.atleast_1d(e)[big[rest]], accuracy,
                                             kw.get("growth"))[0]
     if np.any(graded) and _FOUR is not None:          # within pdlt.statistics: once each
-        val[graded], est[graded] = _FOUR.graded(fs, Kb[graded])
+        val[graded], est[graded] = _FOUR.graded(fs, Kb[graded], names)
     elif np.any(graded):
         out = expect_graded(fs, Kb[graded], return_error=want)
         val[graded], est[graded] = (out if want else (out, 0.0))
@@ -386,8 +395,10 @@ class _TrajectoryAverages(LayerAverages):
         act, K = self.act, self.K
 
         def nd(name, fs, I, *, kinks=(), period=None, accuracy="default", growth=None, **_):
+            # name = ("quad", slots per variable): identifies fs, rebuilt on every call
             return np.atleast_1d(_expect(act, fs, K[I[:, :, None], I[:, None, :]],
-                                         accuracy=accuracy, kinks=kinks, growth=growth))
+                                         accuracy=accuracy, kinks=kinks, growth=growth,
+                                         names=[(name[0], k) for k in name[1]]))
         # not cached: the perturbed fold must see its own values
         return _quad_tensor(act, K, slots, self.accuracy, None, nd)
 
