@@ -180,3 +180,39 @@ def test_the_table_weight_grows_with_rho():
     C = [K * x @ x.T / np.max(np.diag(x @ x.T)) for K in (30.0, 1e8, 1e10)]
     w = _graded.table_weight(np.array(C))
     assert w[0] == 1.0 and 8.0 < w[1] < 10.0 and 80.0 < w[2] < 100.0, w
+
+
+def test_plans_are_shared_by_function_tuples_and_orders():
+    # a pdlt.statistics call asks ~35 function tuples of each four-variable covariance, its
+    # variables in any order: GradedPlans builds the covariance's points, rules and table
+    # panels once per rule and keeps tables by pair of functions. Every value is the
+    # unplanned rule's, bit for bit (one code path: the plan of the covariance in pivoted
+    # order), whichever order of the variables comes first
+    funcs = [np.tanh, lambda z: 1.0 - np.tanh(z) ** 2, lambda z: np.tanh(z) ** 2, special.erf]
+    C = _directions(1, 1e3)
+    plans, rng = _graded.GradedPlans(), np.random.default_rng(0)
+    for _ in range(10):
+        fs = [funcs[i] for i in rng.integers(0, 4, 4)]
+        p = rng.permutation(4)
+        ref = expect_graded(fs, C, return_error=True)
+        got = expect_graded([fs[i] for i in p], C[np.ix_(p, p)], return_error=True, plans=plans)
+        assert got == ref
+    assert plans.built == 2                     # one covariance, two rules (value, estimate)
+    # past max_bytes a plan is built for its call only: the same values
+    few = _graded.GradedPlans(max_bytes=0)
+    for _ in range(2):
+        assert expect_graded(fs, C, return_error=True, plans=few) == ref
+    assert few.built == 4
+
+
+def test_plans_keep_tables_by_name():
+    # names identify the functions (the residual folds rebuild theirs per call): equal
+    # names share a table, so a name must not be reused for another function
+    C = _directions(2, 1e2)
+    th, sq = np.tanh, lambda z: np.tanh(z) ** 2
+    plans = _graded.GradedPlans()
+    a = expect_graded([th] * 4, C, plans=plans, names="tttt")
+    assert expect_graded([lambda z: np.tanh(z)] * 4, C, plans=plans, names="tttt") == a
+    b = expect_graded([th, th, sq, sq], C)
+    assert expect_graded([th, th, sq, sq], C, plans=plans, names="ttss") == b
+    assert abs(a - b) > 1e-3 * abs(b)
