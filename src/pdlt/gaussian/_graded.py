@@ -518,8 +518,9 @@ class GradedPlans:
     not kept: the folds ask the covariances in cycles, where dropping the least recently used
     would keep none)."""
 
-    def __init__(self, max_bytes=_PLAN_BYTES):
-        self.max_bytes, self.nbytes = max_bytes, 0
+    def __init__(self, max_bytes=None):
+        self.max_bytes = _PLAN_BYTES if max_bytes is None else max_bytes
+        self.nbytes = 0
         self._plans = collections.OrderedDict()
         #: plans built (covariance, rule)
         self.built = 0

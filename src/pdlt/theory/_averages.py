@@ -1791,17 +1791,23 @@ def _quad_tensor(act, K, slots, accuracy, cache, nd):
 _GRADED_K = 10.0
 #: modelled cost (seconds, one core, tanh, with the estimate) of one graded covariance by
 #: its number of variables, ~1.5x the measured (this 2-core machine under load, a plain fold
-#: of four random inputs at K = 100 .. 1e4: two 0.004 s, three 0.026-0.028 s, four (the
-#: sheared 2-D table) 0.33-0.42 s; ``benchmarks/README.md``). Deterministic: the same
-#: averages are graded on any machine
-_GRADED_COST = {2: 0.005, 3: 0.04, 4: 0.12}
-#: the same of a four-variable covariance's plan (:class:`pdlt.gaussian._graded.GradedPlans`:
-#: its points, rules and table panels; the four-variable cost above is each function tuple's)
-_GRADED_PLAN_COST = 0.6
+#: of four random inputs at K = 100 .. 1e4: two 0.004 s, three 0.026-0.028 s;
+#: ``benchmarks/README.md``); four: each function tuple of a covariance whose plan is
+#: built (its outer values, a table where its last pair of functions is new, the
+#: contraction: 0.05-0.19 s, ~0.085 s in the residual folds), and the plan itself
+#: (:data:`_GRADED_PLAN_COST`: points, rules, panels: with the first tuple 0.06-0.55 s,
+#: ~0.15 s). Deterministic: the same averages are graded on any machine
+_GRADED_COST = {2: 0.005, 3: 0.04, 4: 0.08}
+#: the same of a four-variable covariance's plan (:class:`pdlt.gaussian._graded.GradedPlans`)
+_GRADED_PLAN_COST = 0.12
 #: modelled seconds of graded covariances one :func:`graded_plain` may spend (10x with
 #: ``accuracy="high"``); the rest keep :func:`expect_nd`'s capped rule, its estimate and
-#: :func:`pdlt.statistics`' warning
-_GRADED_BUDGET = 60.0
+#: :func:`pdlt.statistics`' warning. Since the plans (session 17) the graded rule costs
+#: about what the capped one does in the folds (16 random tanh inputs in 3 dimensions at
+#: K1 = 30, depth 2, V: everything graded 364 s and 1.2 GB, silent; with 60 s of it, 634 s,
+#: 2.9 GB and warned: the capped rule of rank-3 covariances takes 1-5 s each), so the
+#: budget bounds only the extremes (N in the tens at K > 10, tables of large ``rho``)
+_GRADED_BUDGET = 600.0
 #: the state of :func:`graded_plain` (None outside it: every average is :func:`expect_nd`)
 _GRADED = None
 
