@@ -514,14 +514,16 @@ class GradedPlans:
     """:class:`_Plan4` of four-variable covariances, kept across :func:`expect_graded`
     calls (one ``pdlt.statistics`` call: its folds ask ~35 function tuples of each
     covariance, in any order of its variables), by the covariance in pivoted order and
-    rule, up to ``max_bytes`` (points and tables; beyond, plans are built for their call and
-    not kept: the folds ask the covariances in cycles, where dropping the least recently used
-    would keep none)."""
+    rule, from the second time one is asked (a fold that asks each covariance once, V of
+    many inputs, keeps none), up to ``max_bytes`` (points and tables; beyond, plans are
+    built for their call and not kept: the folds ask the covariances in cycles, where
+    dropping the least recently used would keep none)."""
 
     def __init__(self, max_bytes=None):
         self.max_bytes = _PLAN_BYTES if max_bytes is None else max_bytes
         self.nbytes = 0
-        self._plans = collections.OrderedDict()
+        self._plans = {}
+        self._seen = set()
         #: plans built (covariance, rule)
         self.built = 0
 
@@ -532,9 +534,10 @@ class GradedPlans:
         p = _plan(Kp, n, ncheb)
         self.built += 1
         size = 0 if p is None else p.nbytes
-        if self.nbytes + size <= self.max_bytes:
+        if key in self._seen and self.nbytes + size <= self.max_bytes:
             self._plans[key] = p
             self.nbytes += size
+        self._seen.add(key)
         return p
 
 

@@ -1111,10 +1111,10 @@ def statistics(mlp: MLP, x=None, *, K1=None, get=("K", "Theta"), accuracy="defau
         variance above 10 take the nested rule graded in z instead (any
         ``accuracy``; ~1e-14 of scale at any K), up to ~600 s of modelled cost
         per call (``_averages._GRADED_BUDGET``, 10x with ``"high"``; N = 4,
-        ``get="all"``: ~4 s for each layer above 10; 16 inputs in 3
+        ``get="all"``: ~10 s for a layer above 10; 16 inputs in 3
         dimensions, V: ~3 min a layer); beyond it the capped rule, warned.
         Residual MLPs likewise (``residual_multi._FOUR_BUDGET``; four inputs
-        at K ~ 1e4: ~3 min).
+        at K ~ 1e3 .. 1e4: ~3 min).
     rtol : float
         Accuracy of the pair expectations of the kernel flow
         (:func:`pdlt.gaussian.pair_expectations`).
