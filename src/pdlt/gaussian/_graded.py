@@ -189,6 +189,14 @@ def _edges(W, mmax, extra=1):
     return np.concatenate([-pos[::-1], [0.0], pos])
 
 
+def _by_run(i):
+    """The stable order sorting the panel indices ``i`` (NumPy's radix sort where they fit
+    16 bits: ~7x faster than on int64, the same order)."""
+    if len(i) and np.max(i) < 2 ** 15:
+        i = i.astype(np.int16)
+    return np.argsort(i, kind="stable")
+
+
 def _table(f, s, mmax, n, ncheb):
     """``g(m) = <f(m + s u)>_u`` on panels graded around ``m = 0`` (width ``max(1, s)``,
     ratio 2) covering ``|m| <= mmax``: Chebyshev interpolants of degree ``ncheb - 1`` per
@@ -206,7 +214,7 @@ def _table(f, s, mmax, n, ncheb):
         # grouped by panel: Clenshaw with one panel's coefficients on a contiguous run (per
         # point the same arithmetic as looking the coefficients up point by point)
         i = np.clip(np.searchsorted(edges, mq) - 1, 0, len(lo) - 1)
-        order = np.argsort(i, kind="stable")
+        order = _by_run(i)
         ms = mq[order]
         cut = np.concatenate([[0], np.cumsum(np.bincount(i, minlength=len(lo)))])
         out = np.empty(len(mq))
@@ -278,7 +286,7 @@ class _Tensor2:
         i2 = np.clip(np.searchsorted(self.e2, q2) - 1, 0, len(self.mid2) - 1)
         i3 = np.clip(np.searchsorted(self.e3, q3) - 1, 0, P3 - 1)
         pair = i2 * P3 + i3
-        order = np.argsort(pair, kind="stable")
+        order = _by_run(pair)
         pair, i2, i3 = pair[order], i2[order], i3[order]
         start = np.flatnonzero(np.concatenate([[True], pair[1:] != pair[:-1]]))
         x2 = (q2[order] - self.mid2[i2]) / self.half2[i2]
