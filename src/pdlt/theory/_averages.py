@@ -1804,7 +1804,7 @@ _GRADED_PLAN_COST = 0.12
 #: ``accuracy="high"``); the rest keep :func:`expect_nd`'s capped rule, its estimate and
 #: :func:`pdlt.statistics`' warning. Since the plans (session 17) the graded rule costs
 #: about what the capped one does in the folds (16 random tanh inputs in 3 dimensions at
-#: K1 = 30, depth 2, V: everything graded 364 s and 1.2 GB, silent; with 60 s of it, 634 s,
+#: K1 = 30, depth 2, V: everything graded 323-380 s and 0.4 GB, silent; with 60 s of it, 634 s,
 #: 2.9 GB and warned: the capped rule of rank-3 covariances takes 1-5 s each), so the
 #: budget bounds only the extremes (N in the tens at K > 10, tables of large ``rho``)
 _GRADED_BUDGET = 600.0
