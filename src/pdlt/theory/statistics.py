@@ -764,7 +764,7 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True, unresolved=None):
     if d4given:     # residual N inputs: G1's and H1's errors from their d4 sources
         errors = np.max([np.max(E.reshape(L, -1), axis=1) for E in d4given.values()], axis=0)
         if warn:
-            _warn_d4(d4given, out, Ks)
+            _warn_d4(d4given, out, Ks, mlp.activation)
     if pert:
         pe = np.max([np.max(E.reshape(L, -1), axis=1) for E in pert.values()], axis=0)
         errors = pe if errors is None else np.maximum(errors, pe)
@@ -831,7 +831,7 @@ def _finite_fold(mlp, Ks, Ths, need, accuracy, warn=True, unresolved=None):
                           G1=out["G1"][l - 1] if "G1" in out else None)
             errors[l] = max(errors[l], *(float(np.max(v[l])) for v in d4err.values()))
     if d4err is not None and warn:
-        _warn_d4(d4err, out, Ks)
+        _warn_d4(d4err, out, Ks, act)
     if warn and N > 1 and accuracy != "fast":   # "fast" states ~1e-6 (gaussian._multi)
         _warn_quad(quad_rel, act, Ks)
     return out, errors
@@ -1052,8 +1052,10 @@ def _d4_propagate(err, avg, hp, Theta, l, G1=None):
                                         + abs(hp.C_W) * (np.abs(Theta) * dpp + PP * hprev))
 
 
-def _warn_d4(err, out, Ks):
-    """Warn once per statistic with an entry's estimated error above :data:`_D4_WARN` of scale."""
+def _warn_d4(err, out, Ks, act=None):
+    """Warn once per statistic with an entry's estimated error above :data:`_D4_WARN` of scale
+    (the reason by ``act``: kinked activations lose it at nearly coinciding inputs; others
+    where float64 does not resolve the source's terms, e.g. sin at a variance of 1e12)."""
     d = np.einsum("lii->li", Ks)
     for name, E in err.items():
         X = out[name]
@@ -1065,16 +1067,25 @@ def _warn_d4(err, out, Ks):
             continue
         l, a, b = (int(i) for i in np.unravel_index(np.argmax(rel), rel.shape))
         one_minus_rho = 1.0 - Ks[l - 1, a, b] / np.sqrt(d[l - 1, a] * d[l - 1, b])
+        if act is None or act.kinks:
+            why = ("its fourth-derivative source is ill-conditioned for nearly coinciding "
+                   "inputs of a kinked activation (where sigma' jumps, the terms of its Stein "
+                   "form grow like (1 - rho)^-3/2 or faster and cancel; the Hermite form, where "
+                   "it is still used, loses ~(1 - rho^2)^-2; the coinciding limit is "
+                   "O(1 - rho))")
+            fix = ", merge the two inputs if they are meant to coincide, or use inputs further apart"
+        else:
+            why = (f"its fourth-derivative source is not resolved in float64 at these kernels "
+                   f"(largest variance {float(np.max(d)):.1e}: the terms of its Stein form "
+                   "cancel, for nearly coinciding inputs or, e.g., a periodic activation at "
+                   "large variance)")
+            fix = (", or use inputs further apart" if one_minus_rho < 1e-3 else
+                   ", or smaller inputs")
         warnings.warn(
             f"{name} of inputs {a} and {b} at layer {l + 1} has an estimated error of "
             f"{rel[l, a, b]:.1e} of its scale (> {_D4_WARN:g}; 1 - rho = {one_minus_rho:.1e} at "
-            f"layer {l}): its fourth-derivative source is ill-conditioned for nearly "
-            "coinciding inputs of a kinked activation (where sigma' jumps, the terms of its "
-            "Stein form grow like (1 - rho)^-3/2 or faster and cancel; the Hermite form, "
-            "where it is still used, loses ~(1 - rho^2)^-2; the coinciding limit is "
-            "O(1 - rho)). Treat that entry "
-            "as unresolved (Statistics.integration_error holds the estimate), merge the two "
-            "inputs if they are meant to coincide, or use inputs further apart",
+            f"layer {l}): {why}. Treat that entry as unresolved "
+            f"(Statistics.integration_error holds the estimate){fix}",
             RuntimeWarning, stacklevel=4)
 
 
