@@ -64,7 +64,10 @@ pair (:class:`_Plan4`). The folds ask ~35 function tuples of each four-variable 
 covariance in pivoted order, and each plan the tables of the pairs of functions it has met,
 so a further tuple costs its two outer functions at the points, a table where its last pair
 is new, and one ``(n, n)`` contraction per panel pair (the points' Chebyshev bases times
-the coefficients): ~0.07-0.11 s against ~0.4 s (values within 1e-16 of the unplanned rule).
+the coefficients): ~0.05-0.19 s against ~0.3-0.5 s before. Three variables whose last is
+graded (:class:`_Plan3`: ~47 tuples a covariance in a residual fold) likewise share their
+outer points and the last axis' panels. One code path with and without
+:class:`GradedPlans`, so values do not depend on it.
 
 Axes whose conditional standard deviation is at most :data:`_S_HERMITE` (near duplicates
 of an earlier variable: collinear inputs) are integrated by Gauss-Hermite
@@ -197,37 +200,65 @@ def _by_run(i):
     return np.argsort(i, kind="stable")
 
 
-def _table(f, s, mmax, n, ncheb):
+class _Table1:
     """``g(m) = <f(m + s u)>_u`` on panels graded around ``m = 0`` (width ``max(1, s)``,
     ratio 2) covering ``|m| <= mmax``: Chebyshev interpolants of degree ``ncheb - 1`` per
-    panel (through the Lobatto points), and a vectorized evaluator (Clenshaw)."""
-    edges = _edges(max(1.0, s), mmax)
-    xc, V2C = _cheb(ncheb)
-    lo, hi = edges[:-1], edges[1:]
-    mid, half = 0.5 * (lo + hi), 0.5 * (hi - lo)
-    m = (mid[:, None] + half[:, None] * xc).ravel()
-    u, wt = _axis_nodes(m[:, None], np.array([s]), np.zeros(1), 0, n)
-    g = np.sum(wt * f(m[:, None] + s * u), axis=1).reshape(len(lo), ncheb)
-    coef = g @ V2C.T                                     # (panels, ncheb)
+    panel (through the Lobatto points). The panels and the rule at their nodes depend on
+    ``s`` and ``mmax`` only; the coefficients on ``f`` (:meth:`fit`); values at points
+    sorted by panel once (:meth:`points`) by Clenshaw, one panel's coefficients on a
+    contiguous run (per point the same arithmetic as looking them up point by point)."""
 
-    def ev(mq):
-        # grouped by panel: Clenshaw with one panel's coefficients on a contiguous run (per
-        # point the same arithmetic as looking the coefficients up point by point)
-        i = np.clip(np.searchsorted(edges, mq) - 1, 0, len(lo) - 1)
+    def __init__(self, s, mmax, n, ncheb):
+        self.s, self.ncheb = s, ncheb
+        self.edges = _edges(max(1.0, s), mmax)
+        xc, self.V2C = _cheb(ncheb)
+        lo, hi = self.edges[:-1], self.edges[1:]
+        self.mid, self.half = 0.5 * (lo + hi), 0.5 * (hi - lo)
+        self.m = (self.mid[:, None] + self.half[:, None] * xc).ravel()
+        self.u, self.wt = _axis_nodes(self.m[:, None], np.array([s]), np.zeros(1), 0, n)
+
+    def fit(self, f):
+        """Coefficients (panels, ncheb) for ``f``."""
+        g = np.sum(self.wt * f(self.m[:, None] + self.s * self.u), axis=1)
+        return g.reshape(len(self.mid), self.ncheb) @ self.V2C.T
+
+    def points(self, mq):
+        """The points ``mq`` sorted by panel: their order, and (run bounds, twice the local
+        coordinates)."""
+        P = len(self.mid)
+        i = np.clip(np.searchsorted(self.edges, mq) - 1, 0, P - 1)
         order = _by_run(i)
-        ms = mq[order]
-        cut = np.concatenate([[0], np.cumsum(np.bincount(i, minlength=len(lo)))])
-        out = np.empty(len(mq))
-        for p in range(len(lo)):
+        cut = np.concatenate([[0], np.cumsum(np.bincount(i, minlength=P))])
+        t2 = 2.0 * (mq[order] - self.mid[i[order]]) / self.half[i[order]]
+        return order, (cut, t2)
+
+    def values(self, pts, coef):
+        """``g`` at :meth:`points` ``pts`` (in their order)."""
+        cut, t2 = pts
+        out = np.empty(len(t2))
+        n = self.ncheb
+        for p in range(len(self.mid)):
             if cut[p + 1] == cut[p]:
                 continue
-            t2 = 2.0 * (ms[cut[p]:cut[p + 1]] - mid[p]) / half[p]
+            t = t2[cut[p]:cut[p + 1]]
             cp = coef[p]
-            b1 = np.full(len(t2), cp[ncheb - 1])
-            b2 = np.zeros(len(t2))
-            for k in range(ncheb - 2, 0, -1):
-                b1, b2 = cp[k] + t2 * b1 - b2, b1
-            out[order[cut[p]:cut[p + 1]]] = cp[0] + 0.5 * t2 * b1 - b2
+            b1 = np.full(len(t), cp[n - 1])
+            b2 = np.zeros(len(t))
+            for k in range(n - 2, 0, -1):
+                b1, b2 = cp[k] + t * b1 - b2, b1
+            out[cut[p]:cut[p + 1]] = cp[0] + 0.5 * t * b1 - b2
+        return out
+
+
+def _table(f, s, mmax, n, ncheb):
+    """:class:`_Table1` of ``f`` as a vectorized evaluator ``g(mq)``."""
+    tab = _Table1(s, mmax, n, ncheb)
+    coef = tab.fit(f)
+
+    def ev(mq):
+        order, pts = tab.points(mq)
+        out = np.empty(len(mq))
+        out[order] = tab.values(pts, coef)
         return out
     return ev
 
@@ -474,6 +505,52 @@ def _tabled(L):
             and bool(np.all(np.abs(np.diagonal(L))[:3] > _S_HERMITE)))
 
 
+def _planned(L):
+    """True where :func:`expect_graded` takes a covariance of factor ``L`` by a plan:
+    :func:`_tabled`, or three variables whose last is graded (:class:`_Plan3`)."""
+    return _tabled(L) or (L.shape[0] == 3 and abs(L[2, 2]) > _S_HERMITE)
+
+
+class _Plan3:
+    """Three variables, the last graded (pivoted factor ``L``; so all three: the pivoted
+    conditional standard deviations do not grow): the outer two axes graded point by point,
+    the last a table of its conditional mean (:class:`_Table1`). As :class:`_Plan4`: the
+    points, their weights and the table's panels and rule are built once; a function tuple
+    costs its two outer functions at the points, the last one's table (kept by name) and
+    Clenshaw on the points sorted by panel (the residual folds ask ~47 tuples of each
+    such covariance)."""
+
+    def __init__(self, L, n, ncheb):
+        self.perm = [0, 1, 2]
+        r = _reach(L)
+        w, M = np.ones(1), np.zeros((1, 3))
+        for k in range(2):
+            w, M, _ = _graded_level(L, r, k, n, w, M)
+        self.table = _Table1(abs(L[2, 2]), _T * np.sum(np.abs(L[2, :2])), n, ncheb)
+        order, self.pts = self.table.points(M[:, 2])
+        self.w, self.z0, self.z1 = w[order], M[order, 0], M[order, 1]
+        self.fits = collections.OrderedDict()
+        self.nbytes = 4 * 8 * len(w) + _FITS_KEPT * 8 * self.table.ncheb * len(self.table.mid)
+
+    def value(self, fs, names):
+        """``<prod fs_k(z_k)>`` (``fs`` in ``L``'s order, ``names`` identify them)."""
+        fs, key = [fs[i] for i in self.perm], names[self.perm[2]]
+        coef = _kept(self.fits, key, lambda: self.table.fit(fs[2]))
+        W = self.w * fs[0](self.z0) * fs[1](self.z1)
+        return float(np.sum(W * self.table.values(self.pts, coef)))
+
+
+def _kept(fits, key, fit):
+    """``fits[key]``, fitted where missing; the :data:`_FITS_KEPT` most recent kept."""
+    if key in fits:
+        fits.move_to_end(key)
+    else:
+        fits[key] = fit()
+        if len(fits) > _FITS_KEPT:
+            fits.popitem(last=False)
+    return fits[key]
+
+
 class _Plan4:
     """Four variables, the first three graded (pivoted factor ``L``): the last two one 2-D
     table of their conditional means (:class:`_Table2`; the pair of least ``rho``,
@@ -508,14 +585,9 @@ class _Plan4:
         names, equal functions)."""
         fs = [fs[i] for i in self.perm]
         key = tuple(names[i] for i in self.perm[2:])
-        if key in self.fits:
-            self.fits.move_to_end(key)
-        else:
-            self.fits[key] = self.table.fit(fs[2], fs[3])
-            if len(self.fits) > _FITS_KEPT:
-                self.fits.popitem(last=False)
+        coefs = _kept(self.fits, key, lambda: self.table.fit(fs[2], fs[3]))
         W = self.w * fs[0](self.z0) * fs[1](self.z1)
-        return float(self.table.total(self.pts, self.fits[key], W))
+        return float(self.table.total(self.pts, coefs, W))
 
 
 class GradedPlans:
@@ -550,13 +622,16 @@ class GradedPlans:
 
 
 def _plan(Kp, n, ncheb):
-    """:class:`_Plan4` of the covariance ``Kp`` (4, 4, pivoted order), from its own factor
-    (so a function of ``Kp`` alone, whichever order of the variables asked first); None
-    where it does not apply (:func:`_tabled`)."""
+    """:class:`_Plan4` or :class:`_Plan3` of the covariance ``Kp`` (d, d, pivoted order),
+    from its own factor (so a function of ``Kp`` alone, whichever order of the variables
+    asked first); None where neither applies (:func:`_planned`)."""
     o, L = _factor(Kp[None])
-    if not _tabled(L[0]):
+    if _tabled(L[0]):
+        p = _Plan4(L[0], n, ncheb)
+    elif _planned(L[0]):
+        p = _Plan3(L[0], n, ncheb)
+    else:
         return None
-    p = _Plan4(L[0], n, ncheb)
     p.perm = [int(o[0][i]) for i in p.perm]
     return p
 
@@ -640,7 +715,7 @@ def expect_graded(fs, K, *, return_error=False, plans=None, names=None):
         fo, no = [fs[i] for i in o], [names[i] for i in o]
         out = []
         for n, ncheb, hs in rules:
-            if _tabled(L[b]):
+            if _planned(L[b]):
                 Kp = np.ascontiguousarray(Kb[b][np.ix_(o, o)])
                 p = _plan(Kp, n, ncheb) if plans is None else plans.plan(Kp, n, ncheb)
                 if p is not None:
