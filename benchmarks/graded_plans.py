@@ -38,7 +38,8 @@ def _tanh_family():
 
 def part_tuples():
     funcs = _tanh_family()
-    print("| covariance | K | s a tuple, no plans | s a tuple, plans | plans built | largest difference |")
+    print("| covariance | K | s a tuple, no plans | s a tuple, plans | plans built "
+          "| largest difference |")
     print("|---|---:|---:|---:|---:|---:|")
     for rank, K in ((4, 1e2), (4, 1e4), (3, 30.0), (3, 1e4)):
         x = np.random.default_rng(rank).standard_normal((4, rank))

@@ -430,7 +430,8 @@ class _Table2:
         inner = np.abs(q2) <= self.B
         parts = [(np.flatnonzero(inner), 0)]
         if len(self.tables) > 1:
-            parts += [(np.flatnonzero(~inner & (q2 < 0)), 1), (np.flatnonzero(~inner & (q2 > 0)), 2)]
+            parts += [(np.flatnonzero(~inner & (q2 < 0)), 1),
+                      (np.flatnonzero(~inner & (q2 > 0)), 2)]
         order, out, first = [], [], 0
         for k, r in parts:
             if len(k):

@@ -1839,13 +1839,13 @@ class _GradedPlain:
     the value with ``perturb``);
     the rest take :func:`pdlt.gaussian._graded.expect_graded`, estimate: its lower-rule
     difference plus the covariance's own rounding, ``d eps sqrt(K)`` of the Cauchy-Schwarz
-    scale (as :func:`pdlt.theory.residual_multi._expect_many`); four-variable ones share
-    their covariance's plan (``plans``, :class:`pdlt.gaussian._graded.GradedPlans`; the
-    functions named by activation and slot: :func:`_quad_tensor` rebuilds them per call). Values are kept by
-    (activation, average, covariance) (the graded rule does not depend on ``accuracy``:
-    the second fold of ``statistics(..., error=True)`` reads them); with ``perturb`` they
-    are returned moved by their estimate (that fold: its difference carries the estimate
-    into every statistic).
+    scale (as :func:`pdlt.theory.residual_multi._expect_many`); three- and four-variable
+    ones share their covariance's plan (``plans``, :class:`pdlt.gaussian._graded.GradedPlans`;
+    the functions named by activation and slot: :func:`_quad_tensor` rebuilds them per
+    call). Values are kept by (activation, average, covariance) (the graded rule does not
+    depend on ``accuracy``: the second fold of ``statistics(..., error=True)`` reads them);
+    with ``perturb`` they are returned moved by their estimate (that fold: its difference
+    carries the estimate into every statistic).
     """
 
     def __init__(self, budget):

@@ -116,7 +116,7 @@ _EXACT_K = 10.0
 _FOUR_COST = 0.12
 _FOUR_TUPLE_COST = 0.08
 #: modelled seconds of four-direction tables one :func:`graded_four` may spend (N = 4
-#: random inputs ask 1312 tuples of 38 covariances, ~110 s modelled, 203 s for the whole
+#: random inputs ask 1312 tuples of 38 covariances, ~110 s modelled, 178 s for the whole
 #: fold with its error fold; the capped rule took longer: 366 s with 99 tables before the
 #: plans); past it they keep :func:`expect_nd`, its estimate and the warning. 10x with
 #: ``accuracy="high"`` (:func:`pdlt.statistics`)

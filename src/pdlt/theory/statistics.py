@@ -1073,7 +1073,8 @@ def _warn_d4(err, out, Ks, act=None):
                    "form grow like (1 - rho)^-3/2 or faster and cancel; the Hermite form, where "
                    "it is still used, loses ~(1 - rho^2)^-2; the coinciding limit is "
                    "O(1 - rho))")
-            fix = ", merge the two inputs if they are meant to coincide, or use inputs further apart"
+            fix = (", merge the two inputs if they are meant to coincide, or use inputs "
+                   "further apart")
         else:
             why = (f"its fourth-derivative source is not resolved in float64 at these kernels "
                    f"(largest variance {float(np.max(d)):.1e}: the terms of its Stein form "
