@@ -177,9 +177,9 @@ def _fold(alpha, eps, ref=None, scale_ref=1.0, hermite=False):
     est = {}
     orig_warn = stats_mod._warn_d4
 
-    def keep(err, out, Ks):
+    def keep(err, out, Ks, *act):
         est.update({k: v[2].copy() for k, v in err.items()})
-        return orig_warn(err, out, Ks)
+        return orig_warn(err, out, Ks, *act)
 
     def terms(self, of):
         if self.N == 2 and np.array_equal(self.K, K2):

@@ -132,9 +132,9 @@ def _fold(act, eps, ref=None, depth=3):
     K2 = pdlt.statistics(mlp, x, get=["K"]).K[1]
     orig, orig_warn, est = LayerAverages._stein_terms, stats_mod._warn_d4, {}
 
-    def keep(err, out, Ks):
+    def keep(err, out, Ks, *act):
         est.update({k: v[-1].copy() for k, v in err.items()})
-        return orig_warn(err, out, Ks)
+        return orig_warn(err, out, Ks, *act)
 
     def terms(self, of):
         if self.N == 2 and np.array_equal(self.K, K2):
