@@ -36,7 +36,7 @@ two graded axes integrated point by point (:func:`graded_axes`), ~40-60 s with t
 
 Four graded variables (four distinct directions: random inputs) would be three graded axes
 point by point (~40-60 s). Instead the last two are one 2-D table of their conditional means
-(:func:`_table2`): ``g(m2, m3) = <f_2(m2 + a u) f_3(m3 + b u + c v)>`` (``a, b, c`` the
+(:class:`_Table2`): ``g(m2, m3) = <f_2(m2 + a u) f_3(m3 + b u + c v)>`` (``a, b, c`` the
 last two rows of the factor), tensor Chebyshev interpolants of degree 15 in each variable;
 the outer two axes point by point, as above. Where the two transitions meet, ``m3 = (b /
 a) m2``, ``g`` has a ridge of width ``max(1, c)`` in ``m3``, oblique to any panels of
@@ -45,7 +45,7 @@ two (``rho = |b| / max(1, c)`` large: nearly dependent directions, and ``c = 0``
 rank-deficient covariances of four inputs in three dimensions without a bias). So the table
 is sheared, ``t = m3 - (b / a) m2``, while ``f_2``'s transition lies within the Gaussian,
 and as it is beyond; its values are matrix products over one rule shared by all its nodes
-(``_table2``'s docstring). The ridge is also a transition of the outer axes (a fifth row
+(``_Table2``'s docstring). The ridge is also a transition of the outer axes (a fifth row
 of the factor, ``z3 - (b / a) z2``, of conditional standard deviation ``c``): without it,
 4e-7 off at rank 3 and K = 1e6. The pair taken last is the one of least ``rho``
 (:func:`_last_pair`: the table's cost grows with it). Measured (erf, against the exact
@@ -450,7 +450,7 @@ class _Table2:
 def _last_pair(L):
     """Order of four variables (factor ``L``, pivoted, the first three conditional
     standard deviations above :data:`_S_HERMITE`) whose last two make the 2-D table
-    (:func:`_table2`), and its factor.
+    (:class:`_Table2`), and its factor.
 
     The table's cost grows with ``rho = |b| / max(1, c)`` (``a, b, c`` the last two rows
     of the factor: ``z2 = m2 + a u``, ``z3 = m3 + b u + c v``; the last two variables'
@@ -736,7 +736,7 @@ def graded_axes(K, table2=True):
     """Number of graded axes integrated point by point (conditional standard deviation
     above :data:`_S_HERMITE`, less one where the last axis is graded: it is a table; two
     where four variables have their first three graded: the last two make the 2-D table,
-    :func:`_table2`) of each covariance ``K`` (B, d, d), shape (B,): the nested rule's
+    :class:`_Table2`) of each covariance ``K`` (B, d, d), shape (B,): the nested rule's
     cost is ~``300^m`` evaluations for ``m`` of them (tanh, one core: m = 2 ~0.1-1 s, plus
     ~0.1-1 s for a 2-D table; m = 3 ~40-60 s). ``table2=False``: as if four graded axes
     had no 2-D table (three point by point), whether or not :func:`expect_graded` makes one."""
