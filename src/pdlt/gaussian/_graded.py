@@ -512,7 +512,28 @@ def _planned(L):
     return _tabled(L) or (L.shape[0] == 3 and abs(L[2, 2]) > _S_HERMITE)
 
 
-class _Plan3:
+class _Plan:
+    """What :class:`_Plan3` and :class:`_Plan4` share: the outer two axes of the factor
+    ``L`` (rows: the variables, and the graded transitions beyond them) graded point by
+    point, the points sorted for ``self.table`` (its ``points`` of the columns ``cols``),
+    and the weights times the two outer functions (:meth:`outer`)."""
+
+    def _outer_points(self, L, n, cols):
+        r = _reach(L)
+        w, M = np.ones(1), np.zeros((1, len(L)))
+        for k in range(2):
+            w, M, _ = _graded_level(L, r, k, n, w, M)
+        order, self.pts = self.table.points(*(M[:, j] for j in cols))
+        self.w, self.z0, self.z1 = w[order], M[order, 0], M[order, 1]
+        self.fits = collections.OrderedDict()
+        return len(w)
+
+    def outer(self, fs):
+        """The weights times ``fs[0]``, ``fs[1]`` at the points (in their order)."""
+        return self.w * fs[0](self.z0) * fs[1](self.z1)
+
+
+class _Plan3(_Plan):
     """Three variables, the last graded (pivoted factor ``L``; so all three: the pivoted
     conditional standard deviations do not grow): the outer two axes graded point by point,
     the last a table of its conditional mean (:class:`_Table1`). As :class:`_Plan4`: the
@@ -523,22 +544,15 @@ class _Plan3:
 
     def __init__(self, L, n, ncheb):
         self.perm = [0, 1, 2]
-        r = _reach(L)
-        w, M = np.ones(1), np.zeros((1, 3))
-        for k in range(2):
-            w, M, _ = _graded_level(L, r, k, n, w, M)
         self.table = _Table1(abs(L[2, 2]), _T * np.sum(np.abs(L[2, :2])), n, ncheb)
-        order, self.pts = self.table.points(M[:, 2])
-        self.w, self.z0, self.z1 = w[order], M[order, 0], M[order, 1]
-        self.fits = collections.OrderedDict()
-        self.nbytes = 4 * 8 * len(w) + _FITS_KEPT * 8 * self.table.ncheb * len(self.table.mid)
+        P = self._outer_points(L, n, (2,))
+        self.nbytes = 4 * 8 * P + _FITS_KEPT * 8 * self.table.ncheb * len(self.table.mid)
 
     def value(self, fs, names):
         """``<prod fs_k(z_k)>`` (``fs`` in ``L``'s order, ``names`` identify them)."""
         fs, key = [fs[i] for i in self.perm], names[self.perm[2]]
         coef = _kept(self.fits, key, lambda: self.table.fit(fs[2]))
-        W = self.w * fs[0](self.z0) * fs[1](self.z1)
-        return float(np.sum(W * self.table.values(self.pts, coef)))
+        return float(np.sum(self.outer(fs) * self.table.values(self.pts, coef)))
 
 
 def _kept(fits, key, fit):
@@ -552,7 +566,7 @@ def _kept(fits, key, fit):
     return fits[key]
 
 
-class _Plan4:
+class _Plan4(_Plan):
     """Four variables, the first three graded (pivoted factor ``L``): the last two one 2-D
     table of their conditional means (:class:`_Table2`; the pair of least ``rho``,
     :func:`_last_pair`), the outer two axes graded point by point. Everything but the
@@ -567,18 +581,12 @@ class _Plan4:
         # the table's ridge, t = z3 - (b / a) z2 (conditional sd c: sharp where the pair is
         # highly correlated), is a transition of the outer axes too: graded as a fifth row
         L5 = np.vstack([L, L[3] - (L[3, 2] / L[2, 2]) * L[2]]) if _RIDGE else L
-        r = _reach(L5)
-        w, M = np.ones(1), np.zeros((1, len(L5)))
-        for k in range(2):
-            w, M, _ = _graded_level(L5, r, k, n, w, M)
         self.table = _Table2(L[2:, 2:], _T * np.sum(np.abs(L[2, :2])),
                              _T * np.sum(np.abs(L[3, :2])), n,
                              _CHEB2 if ncheb == _CHEB else _LOWER_CHEB2)
-        order, self.pts = self.table.points(M[:, 2], M[:, 3])
-        self.w, self.z0, self.z1 = w[order], M[order, 0], M[order, 1]
-        self.fits = collections.OrderedDict()
+        P = self._outer_points(L5, n, (2, 3))
         # points (w, z0, z1, two local coordinates) and the tables kept
-        self.nbytes = 5 * 8 * len(w) + _FITS_KEPT * sum(
+        self.nbytes = 5 * 8 * P + _FITS_KEPT * sum(
             8 * t.n * t.n * len(t.mid2) * len(t.mid3) for t in self.table.tables)
 
     def value(self, fs, names):
@@ -587,14 +595,13 @@ class _Plan4:
         fs = [fs[i] for i in self.perm]
         key = tuple(names[i] for i in self.perm[2:])
         coefs = _kept(self.fits, key, lambda: self.table.fit(fs[2], fs[3]))
-        W = self.w * fs[0](self.z0) * fs[1](self.z1)
-        return float(self.table.total(self.pts, coefs, W))
+        return float(self.table.total(self.pts, coefs, self.outer(fs)))
 
 
 class GradedPlans:
-    """:class:`_Plan4` of four-variable covariances, kept across :func:`expect_graded`
-    calls (one ``pdlt.statistics`` call: its folds ask ~35 function tuples of each
-    covariance, in any order of its variables), by the covariance in pivoted order and
+    """:class:`_Plan4` and :class:`_Plan3` of four- and three-variable covariances, kept
+    across :func:`expect_graded` calls (one ``pdlt.statistics`` call: its folds ask ~35-47
+    function tuples of each covariance, in any order of its variables), by the covariance in pivoted order and
     rule, from the second time one is asked (a fold that asks each covariance once, V of
     many inputs, keeps none), up to ``max_bytes`` (points and tables; beyond, plans are
     built for their call and not kept: the folds ask the covariances in cycles, where
@@ -620,6 +627,12 @@ class GradedPlans:
             self.nbytes += size
         self._seen.add(key)
         return p
+
+
+def _pivoted(K, o):
+    """The covariance ``K`` (d, d) in the pivoted order ``o``, contiguous: the key of its
+    plan (every order of its variables gives the same one)."""
+    return np.ascontiguousarray(K[np.ix_(o, o)])
 
 
 def _plan(Kp, n, ncheb):
@@ -690,8 +703,8 @@ def expect_graded(fs, K, *, return_error=False, plans=None, names=None):
     return_error : bool
         Also return the estimated absolute error (the lower rule's difference).
     plans : GradedPlans, optional
-        Keeps the four-variable covariances' points, rules and tables across calls (the
-        values do not depend on it).
+        Keeps the three- and four-variable covariances' points, rules and tables across
+        calls (the values do not depend on it).
     names : sequence of d hashables, optional
         Identify ``fs`` for ``plans`` (equal names, equal functions; default: the
         functions themselves).
@@ -714,10 +727,10 @@ def expect_graded(fs, K, *, return_error=False, plans=None, names=None):
     for b in range(len(Kb)):
         o = order[b]
         fo, no = [fs[i] for i in o], [names[i] for i in o]
+        Kp = _pivoted(Kb[b], o) if _planned(L[b]) else None
         out = []
         for n, ncheb, hs in rules:
-            if _planned(L[b]):
-                Kp = np.ascontiguousarray(Kb[b][np.ix_(o, o)])
+            if Kp is not None:
                 p = _plan(Kp, n, ncheb) if plans is None else plans.plan(Kp, n, ncheb)
                 if p is not None:
                     out.append(p.value(fo, no))
@@ -772,5 +785,5 @@ def table_cost(K):
     for b in np.flatnonzero(np.all(graded[:, :3], axis=1)):
         Lp = _last_pair(L[b])[1]
         out[b] = max(1.0, abs(Lp[3, 2]) / max(1.0, Lp[3, 3]) / _RHO_COST)
-    keys = [np.ascontiguousarray(K[b][np.ix_(o, o)]).tobytes() for b, o in enumerate(order)]
+    keys = [_pivoted(K[b], o).tobytes() for b, o in enumerate(order)]
     return out, keys

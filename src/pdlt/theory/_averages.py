@@ -36,7 +36,7 @@ from .. import gaussian
 from ..gaussian import _trig
 from ..gaussian._closed import closed_family, pair_terms
 from ..gaussian._exppw import ExpPiecewise, exp_product
-from ..gaussian._graded import GradedPlans, expect_graded, graded_axes, table_cost
+from ..gaussian._graded import GradedPlans, expect_graded, graded_axes
 from ..gaussian._multi import (_GH_STEP_UP_SIGMA, PiecewiseMonomial, _power, _quadruple_groups,
                                det2, entire_growth, expect_nd, normal_family, quad_expectations,
                                rule_up)
@@ -1792,14 +1792,10 @@ _GRADED_K = 10.0
 #: modelled cost (seconds, one core, tanh, with the estimate) of one graded covariance by
 #: its number of variables, ~1.5x the measured (this 2-core machine under load, a plain fold
 #: of four random inputs at K = 100 .. 1e4: two 0.004 s, three 0.026-0.028 s;
-#: ``benchmarks/README.md``); four: each function tuple of a covariance whose plan is
-#: built (its outer values, a table where its last pair of functions is new, the
-#: contraction: 0.05-0.19 s, ~0.085 s in the residual folds), and the plan itself
-#: (:data:`_GRADED_PLAN_COST`: points, rules, panels: with the first tuple 0.06-0.55 s,
-#: ~0.15 s). Deterministic: the same averages are graded on any machine
-_GRADED_COST = {2: 0.005, 3: 0.04, 4: 0.08}
-#: the same of a four-variable covariance's plan (:class:`pdlt.gaussian._graded.GradedPlans`)
-_GRADED_PLAN_COST = 0.12
+#: ``benchmarks/README.md``); four: :data:`pdlt.theory._capped._FOUR_TUPLE_COST` and
+#: ``_FOUR_PLAN_COST`` (a function tuple, a covariance's plan), as in the residual folds.
+#: Deterministic: the same averages are graded on any machine
+_GRADED_COST = {2: 0.005, 3: 0.04}
 #: modelled seconds of graded covariances one :func:`graded_plain` may spend (10x with
 #: ``accuracy="high"``); the rest keep :func:`expect_nd`'s capped rule, its estimate and
 #: :func:`pdlt.statistics`' warning. Since the plans (session 17) the graded rule costs
@@ -1872,13 +1868,6 @@ class _GradedPlain:
         """Averages above :data:`_GRADED_K` of more than :data:`_GRADED_AXES` graded axes."""
         return len(self._axes)
 
-    def _take(self, key, d, m, weight=1.0, plan=None):
-        if m > _GRADED_AXES:
-            self._axes.add(key)
-            return False
-        return self.budget.take(key, _GRADED_COST[d] * weight,
-                                shared=None if plan is None else (plan, _GRADED_PLAN_COST * weight))
-
     def eval(self, act, name, fs, K, I, kw):
         Kb = K[I[:, :, None], I[:, None, :]]
         d = I.shape[1]
@@ -1889,13 +1878,13 @@ class _GradedPlain:
         keys = [(act.spec[0], repr(name), Kb[b].tobytes()) for b in range(len(Kb))]
         m = np.zeros(len(Kb), dtype=int)
         m[big] = graded_axes(Kb[big])
-        weight, plan = np.ones(len(Kb)), [None] * len(Kb)
-        if d == 4:              # a 2-D table's cost grows with its pair's correlation
-            weight[big], pk = table_cost(Kb[big])
-            for b, k in zip(np.flatnonzero(big), pk):
-                plan[b] = k
-        take = np.array([bool(big[b]) and self._take(keys[b], d, m[b], weight[b], plan[b])
-                         for b in range(len(Kb))])
+        self._axes.update(keys[b] for b in np.flatnonzero(big & (m > _GRADED_AXES)))
+        ok = np.flatnonzero(big & (m <= _GRADED_AXES))
+        take = np.zeros(len(Kb), dtype=bool)
+        if d == 4:              # a covariance's plan once; costs grow with the pair's rho
+            take[ok] = self.budget.take_four([keys[b] for b in ok], Kb[ok])
+        else:
+            take[ok] = [self.budget.take(keys[b], _GRADED_COST[d]) for b in ok]
         ret = kw["return_error"]
         val, err = np.empty(len(Kb)), np.zeros(len(Kb))
         small = np.flatnonzero(~big)

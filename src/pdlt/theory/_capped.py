@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import gaussian
+from ..gaussian._graded import table_cost
 from ..gaussian._multi import _TRAP_T, _factor, axis_rules
 
 __all__ = []
@@ -79,6 +80,18 @@ def _covariance_rounding(d, var, scale):
     return (d * _EPS * np.sqrt(var)) * scale
 
 
+#: modelled cost (seconds, one core, tanh, under load, with the estimate) of a four-variable
+#: average on the graded rule's 2-D table (plain and residual folds alike): each function
+#: tuple (its outer values, its table where its last pair of functions is new, the
+#: contraction: 0.05-0.19 s, ~0.085 s in a residual fold of four random inputs, 1312 tuples
+#: of 38 covariances), and once per covariance its plan
+#: (:class:`pdlt.gaussian._graded.GradedPlans`: points, rules, panels; ~0.05 s, with the
+#: first tuple 0.06-0.55 s). Both times :func:`pdlt.gaussian._graded.table_weight`.
+#: Deterministic: the same averages are graded on any machine
+_FOUR_TUPLE_COST = 0.08
+_FOUR_PLAN_COST = 0.12
+
+
 class _Budget:
     """Modelled seconds of graded averages one call may spend, first come first served:
     :meth:`take` grants a key while ``spent + cost <= limit`` and charges it, once; a key
@@ -105,3 +118,12 @@ class _Budget:
             else:
                 self.past.add(key)
         return key in self.taken
+
+    def take_four(self, keys, Kb):
+        """:meth:`take` for four-variable averages ``keys`` of covariances ``Kb`` (B, 4, 4):
+        each at :data:`_FOUR_TUPLE_COST`, its covariance's plan at :data:`_FOUR_PLAN_COST`
+        once, both weighted by the table's ``rho`` (:func:`~pdlt.gaussian._graded.table_cost`);
+        a bool array (B,)."""
+        weight, plan = table_cost(Kb)
+        return np.array([self.take(k, _FOUR_TUPLE_COST * w, shared=(p, _FOUR_PLAN_COST * w))
+                         for k, w, p in zip(keys, weight, plan)], dtype=bool)

@@ -55,8 +55,9 @@ rule graded in z (:func:`pdlt.gaussian._graded.expect_graded`, ~1e-14 of scale a
 where at most two of their axes are graded point by point (three-variable averages and
 four-variable ones of collinear inputs); four distinct directions (random inputs: two
 inputs at two depths), whose last two variables make the sheared 2-D table, within
-:func:`graded_four`'s budget (``pdlt.statistics`` opens it; ~0.5 s each, a fold of two
-inputs asks ~36, of four ~1350); the rest keep the capped rules. Both report an estimate
+:func:`graded_four`'s budget (``pdlt.statistics`` opens it; ~0.1 s a function tuple, the
+covariance's points and panels shared by its tuples; a fold of two inputs asks ~36, of
+four 1312); the rest keep the capped rules. Both report an estimate
 (:func:`unresolved_averages`);
 :func:`pdlt.statistics` propagates it (:func:`perturbed_unresolved`) and warns
 (``benchmarks/residual_large_k.py``: tanh's collinear off-diagonal G1 3e-3 -> 1e-11, H1
@@ -79,7 +80,7 @@ import numpy as np
 
 from .. import gaussian
 from ..gaussian._exppw import ExpPiecewise, exp_family
-from ..gaussian._graded import GradedPlans, expect_graded, graded_axes, table_cost
+from ..gaussian._graded import GradedPlans, expect_graded, graded_axes
 from ..gaussian._multi import PiecewiseMonomial, entire_growth, expect_nd, rule_up
 from ..network import MLP
 from ._averages import (Integrands, LayerAverages, OneVariableTable, _quad_tensor, apply_M,
@@ -106,16 +107,8 @@ _UP = {"fast": "default", "default": "high", "high": "high"}
 #: Below it both agree to ~1e-14 (K = 3) .. 1e-8 (K = 30): kept, bit-identical
 _EXACT_K = 10.0
 
-#: modelled cost (seconds, one core, tanh, under load, with the estimate) of four-direction
-#: averages (four graded variables: the nested rule's sheared 2-D table): a covariance's
-#: plan (:class:`pdlt.gaussian._graded.GradedPlans`: its points, rules and table panels)
-#: and each function tuple (its outer values, its table where its last pair of functions
-#: is new, the contraction), as :data:`pdlt.theory._averages._GRADED_COST` (measured: a
-#: residual fold of four random inputs, 1312 tuples of 38 covariances, 0.085 s a tuple,
-#: plans ~0.05 s). Deterministic: the same averages are graded on any machine
-_FOUR_COST = 0.12
-_FOUR_TUPLE_COST = 0.08
-#: modelled seconds of four-direction tables one :func:`graded_four` may spend (N = 4
+#: modelled seconds of four-direction tables one :func:`graded_four` may spend (costs:
+#: :data:`pdlt.theory._capped._FOUR_TUPLE_COST`, ``_FOUR_PLAN_COST``; N = 4
 #: random inputs ask 1312 tuples of 38 covariances, ~110 s modelled, 178 s for the whole
 #: fold with its error fold; the capped rule took longer: 366 s with 99 tables before the
 #: plans); past it they keep :func:`expect_nd`, its estimate and the warning. 10x with
@@ -132,7 +125,9 @@ class _FourBudget:
     the first ones up to it, decisions kept across the error folds of ``pdlt.statistics``),
     and the graded values (value, estimate) by function tuple and covariance: the residual
     folds ask the same average many times (two random inputs: 72 four-direction calls, 36
-    distinct; four: 2708, 952 distinct), the error folds all of them again."""
+    distinct; four: 1312 distinct tuples of 38 covariances), the error folds all of them
+    again; ``plans`` (:class:`pdlt.gaussian._graded.GradedPlans`) share each covariance's
+    points and panels among its tuples."""
 
     def __init__(self, budget):
         self.budget = _Budget(budget)
@@ -142,10 +137,7 @@ class _FourBudget:
     def take(self, names, Kb):
         """Which of the covariances ``Kb`` (B, 4, 4) take the table for the functions
         ``names`` (the functions themselves, or names that identify them)."""
-        weight, plan = table_cost(Kb)        # grows with the pair's correlation
-        return np.array([self.budget.take((tuple(names), K.tobytes()), _FOUR_TUPLE_COST * w,
-                                          shared=(p, _FOUR_COST * w))
-                         for K, w, p in zip(Kb, weight, plan)], dtype=bool)
+        return self.budget.take_four([(tuple(names), K.tobytes()) for K in Kb], Kb)
 
     def graded(self, fs, Kb, names=None):
         """:func:`expect_graded` with its estimate on ``Kb`` (B, d, d), each (``fs``,
